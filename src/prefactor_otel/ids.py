@@ -1,0 +1,128 @@
+"""PFIDs and the deterministic ids and idempotency keys derived from OTel ids.
+
+A PFID is a 48-bit millisecond timestamp, a 30-bit partition and 80 random bits (160 bits in binary form,
+where the partition takes 32), written as 32 lowercase Crockford base32 characters: the first carries 3 bits. This module matches the public `pfid` package bit for bit
+(checked against its fixture table in the tests) without depending on it: that package needs Python >= 3.11.
+
+Everything the exporter sends is keyed deterministically on OTel ids, so a retry, a replay or a second process
+re-sending the same span produces the same Prefactor id and the same idempotency key, never a duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_DECODE = {c: i for i, c in enumerate(ALPHABET)}
+# Crockford's decoding is lenient about these look-alikes.
+_DECODE.update({"o": 0, "i": 1, "l": 1})
+
+MAX_TIMESTAMP = (1 << 48) - 1
+MAX_PARTITION = (1 << 30) - 1
+MAX_RANDOMNESS = (1 << 80) - 1
+PFID_LENGTH = 32
+_PFID_RE = re.compile(r"^[0-7][0-9abcdefghjkmnpqrstvwxyz]{31}$")
+
+IDEMPOTENCY_KEY_MIN = 8
+IDEMPOTENCY_KEY_MAX = 64
+
+
+class PfidError(ValueError):
+    """A value is not a PFID or a PFID cannot be built from the given parts."""
+
+
+def encode(timestamp_ms: int, partition: int, randomness: int) -> str:
+    """Build the 32-character PFID for the given parts."""
+    if not 0 <= timestamp_ms <= MAX_TIMESTAMP:
+        raise PfidError(f"PFID timestamp out of range: {timestamp_ms}")
+    if not 0 <= partition <= MAX_PARTITION:
+        raise PfidError(f"PFID partition out of range: {partition}")
+    if not 0 <= randomness <= MAX_RANDOMNESS:
+        raise PfidError("PFID randomness must fit in 80 bits")
+    value = (timestamp_ms << 110) | (partition << 80) | randomness
+    chars = []
+    for _ in range(PFID_LENGTH):
+        chars.append(ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def encode_binary(binary: bytes) -> str:
+    """Encode the 20-byte binary form (timestamp, partition, randomness, big-endian)."""
+    if len(binary) != 20:
+        raise PfidError("binary PFID must be 20 bytes")
+    if binary[6] & 0xC0:
+        raise PfidError("binary PFID partition overflows 30 bits")
+    return encode(
+        int.from_bytes(binary[0:6], "big"),
+        int.from_bytes(binary[6:10], "big"),
+        int.from_bytes(binary[10:20], "big"),
+    )
+
+
+def decode(pfid: str) -> tuple[int, int, int]:
+    """Split a PFID into (timestamp_ms, partition, randomness). Upper case is tolerated, as in `pfid`."""
+    if not isinstance(pfid, str) or len(pfid) != PFID_LENGTH:
+        raise PfidError("a PFID is a 32-character string")
+    value = 0
+    for char in pfid.lower():
+        digit = _DECODE.get(char)
+        if digit is None:
+            raise PfidError(f"invalid PFID character {char!r}")
+        value = (value << 5) | digit
+    if value >> 158:
+        raise PfidError("PFID overflows 158 bits (first character must be 0-7)")
+    return value >> 110, (value >> 80) & MAX_PARTITION, value & MAX_RANDOMNESS
+
+
+def is_pfid(value: object) -> bool:
+    """True for a canonical (lowercase) PFID -- the form the API accepts."""
+    if not isinstance(value, str) or not _PFID_RE.match(value):
+        return False
+    try:
+        decode(value)
+    except PfidError:
+        return False
+    return True
+
+
+def extract_partition(pfid: str) -> int:
+    """The account partition carried by any id of that account (agent, environment, instance...)."""
+    return decode(pfid)[1]
+
+
+def timestamp_of(pfid: str) -> int:
+    return decode(pfid)[0]
+
+
+def _hash80(*parts: str) -> int:
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=10).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _clamp_ms(unix_nanos: int | None) -> int:
+    if unix_nanos is None or unix_nanos < 0:
+        return 0
+    return min(unix_nanos // 1_000_000, MAX_TIMESTAMP)
+
+
+def span_pfid(partition: int, trace_id: int, span_id: int, start_time_ns: int | None) -> str:
+    """Prefactor span id for an OTel span: the same OTel span always gets the same PFID."""
+    return encode(_clamp_ms(start_time_ns), partition, _hash80("span", f"{trace_id:032x}", f"{span_id:016x}"))
+
+
+def instance_pfid(partition: int, agent_key: str, trace_id: int, first_seen_ns: int | None) -> str:
+    """Prefactor agent-instance id for one trace of one agent."""
+    return encode(_clamp_ms(first_seen_ns), partition, _hash80("instance", agent_key, f"{trace_id:032x}"))
+
+
+def idempotency_key(action: str, *parts: str) -> str:
+    """A stable key (8..64 chars) for one action on one object.
+
+    Readable prefix for debugging, then 160 bits of hash: same action on the same object -> same key.
+    """
+    digest = hashlib.blake2b("\x1f".join((action, *parts)).encode(), digest_size=20).hexdigest()
+    prefix = re.sub(r"[^a-z0-9]+", "-", action.lower()).strip("-")[:20] or "op"
+    key = f"{prefix}-{digest}"
+    return key[:IDEMPOTENCY_KEY_MAX]
