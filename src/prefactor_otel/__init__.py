@@ -3,3 +3,8 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from prefactor_otel.config import ConfigError, PrefactorConfig
+from prefactor_otel.exporter import PrefactorSpanExporter
+
+__all__ = ["ConfigError", "PrefactorConfig", "PrefactorSpanExporter", "__version__"]

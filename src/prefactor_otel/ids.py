@@ -1,8 +1,9 @@
 """PFIDs and the deterministic ids and idempotency keys derived from OTel ids.
 
 A PFID is a 48-bit millisecond timestamp, a 30-bit partition and 80 random bits (160 bits in binary form,
-where the partition takes 32), written as 32 lowercase Crockford base32 characters: the first carries 3 bits. This module matches the public `pfid` package bit for bit
-(checked against its fixture table in the tests) without depending on it: that package needs Python >= 3.11.
+where the partition takes 32), written as 32 lowercase Crockford base32 characters: the first carries 3 bits.
+This module matches the public `pfid` package bit for bit (checked against its fixture table in the tests)
+without depending on it: that package needs Python >= 3.11 and we support 3.10.
 
 Everything the exporter sends is keyed deterministically on OTel ids, so a retry, a replay or a second process
 re-sending the same span produces the same Prefactor id and the same idempotency key, never a duplicate.

@@ -1,0 +1,220 @@
+"""PrefactorConfig: keyword arguments override PREFACTOR_* environment variables override defaults.
+
+Auto-configuration builds the exporter with no arguments, so everything must be reachable from the
+environment. An invalid value raises one `ConfigError` naming the variable; the exporter turns that into one
+log line and a disabled exporter, so the host application never dies of a typo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from prefactor_otel import ids
+
+DEFAULT_API_URL = "https://app.prefactorai.com"
+API_PREFIX = "/api/v1"
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. The message names the variable and never contains a secret."""
+
+
+class Secret:
+    """A string that never shows itself in repr/str/logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}: expected one of true/false/1/0/yes/no/on/off, got {raw!r}")
+
+
+def _positive_number(kind: Callable[[str], T], *, allow_zero: bool = False) -> Callable[[str, str], T]:
+    def parse(name: str, raw: str) -> T:
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+        if value != value or value < 0 or (value == 0 and not allow_zero):  # NaN, negative
+            raise ConfigError(f"{name}: must be {'>= 0' if allow_zero else '> 0'}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _pfid(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not ids.is_pfid(value):
+        raise ConfigError(f"{name}: expected a Prefactor id (32-character lowercase PFID), got {value!r}")
+    return value
+
+
+def _url(name: str, raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name}: expected an http(s) URL, got {raw!r}")
+    # Users copy the URL from docs with or without the /api/v1 prefix; we add it ourselves.
+    if value.endswith(API_PREFIX):
+        value = value[: -len(API_PREFIX)]
+    return value
+
+
+def _text(name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _purpose(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("live", "smoke_test", "eval"):
+        raise ConfigError(f"{name}: expected live, smoke_test or eval, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class _Option:
+    env: str
+    parse: Callable[[str, str], Any]
+    doc: str
+
+
+# field name -> (environment variable, parser, documentation). The README's configuration table is this.
+OPTIONS: dict[str, _Option] = {
+    "api_url": _Option("PREFACTOR_API_URL", _url, "Prefactor API base URL (paths live under /api/v1)"),
+    "api_token": _Option("PREFACTOR_API_TOKEN", _text, "API token (Bearer). Without it the exporter is off"),
+    "agent_id": _Option("PREFACTOR_AGENT_ID", _pfid, "agent the runs belong to (omit with a deployment token)"),
+    "environment_id": _Option("PREFACTOR_ENVIRONMENT_ID", _pfid, "environment for the runs (account token)"),
+    "agent_name": _Option("PREFACTOR_AGENT_NAME", _text, "agent version name (default: service.name)"),
+    "agent_identifier": _Option(
+        "PREFACTOR_AGENT_IDENTIFIER", _text, "agent version identifier (default: service.version)"
+    ),
+    "purpose": _Option("PREFACTOR_INSTANCE_PURPOSE", _purpose, "live, smoke_test or eval"),
+    "enabled": _Option("PREFACTOR_ENABLED", _parse_bool, "false turns the exporter into a no-op"),
+    "export_timeout": _Option(
+        "PREFACTOR_EXPORT_TIMEOUT", _positive_number(float), "seconds one export() may take, retries included"
+    ),
+    "max_items_per_request": _Option("PREFACTOR_BULK_MAX_ITEMS", _positive_number(int), "bulk items per HTTP request"),
+    "max_request_bytes": _Option("PREFACTOR_BULK_MAX_BYTES", _positive_number(int), "bytes of JSON per bulk request"),
+    "max_waiting_spans": _Option(
+        "PREFACTOR_MAX_WAITING_SPANS",
+        _positive_number(int),
+        "children held back waiting for their parent; beyond this the oldest is sent as an orphan",
+    ),
+    "max_queued_spans": _Option(
+        "PREFACTOR_MAX_QUEUED_SPANS",
+        _positive_number(int),
+        "spans held in memory while undeliverable; beyond this the oldest is dropped (counted)",
+    ),
+    "max_wait_seconds": _Option(
+        "PREFACTOR_MAX_WAIT_SECONDS",
+        _positive_number(float, allow_zero=True),
+        "how long a child waits for its parent before it is sent as an orphan",
+    ),
+    "finish_grace_seconds": _Option(
+        "PREFACTOR_FINISH_GRACE_SECONDS",
+        _positive_number(float, allow_zero=True),
+        "quiet time after a trace's root before its agent instance is finished",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class PrefactorConfig:
+    api_url: str = DEFAULT_API_URL
+    api_token: Secret = field(default_factory=lambda: Secret(""))
+    agent_id: str | None = None
+    environment_id: str | None = None
+    agent_name: str | None = None
+    agent_identifier: str | None = None
+    purpose: str | None = None
+    enabled: bool = True
+    export_timeout: float = 10.0
+    max_items_per_request: int = 500
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_waiting_spans: int = 10_000
+    max_queued_spans: int = 20_000
+    max_wait_seconds: float = 30.0
+    finish_grace_seconds: float = 2.0
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> PrefactorConfig:
+        """Build from keyword arguments > environment > defaults. Raises ConfigError naming the variable."""
+        env = os.environ if environ is None else environ
+        unknown = set(overrides) - set(OPTIONS)
+        if unknown:
+            raise ConfigError(f"unknown Prefactor option(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for name, option in OPTIONS.items():
+            if name in overrides and overrides[name] is not None:
+                raw = overrides[name]
+                values[name] = cls._from_keyword(name, option, raw)
+            else:
+                raw_env = env.get(option.env)
+                if raw_env is not None and raw_env.strip() != "":
+                    values[name] = option.parse(option.env, raw_env)
+        if "api_token" in values and not isinstance(values["api_token"], Secret):
+            values["api_token"] = Secret(values["api_token"])
+        return cls(**values)
+
+    @staticmethod
+    def _from_keyword(name: str, option: _Option, raw: Any) -> Any:
+        if name == "api_token" and isinstance(raw, Secret):
+            return raw
+        if isinstance(raw, str):
+            return option.parse(name, raw)
+        if isinstance(raw, bool) and name == "enabled":
+            return raw
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return option.parse(name, str(raw))
+        raise ConfigError(f"{name}: unsupported value type {type(raw).__name__}")
+
+    @property
+    def api_base(self) -> str:
+        return self.api_url + API_PREFIX
+
+    def replace(self, **changes: Any) -> PrefactorConfig:
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        """One line for the startup log: endpoint and settings, token masked."""
+        token = self.api_token.get()
+        token_hint = f"set ({len(token)} chars)" if token else "missing"
+        return (
+            f"endpoint={self.api_base} agent_id={self.agent_id or '-'} token={token_hint} "
+            f"timeout={self.export_timeout}s bulk_max_items={self.max_items_per_request} "
+            f"bulk_max_bytes={self.max_request_bytes}"
+        )

@@ -1,0 +1,383 @@
+"""PrefactorSpanExporter: owns state and the OpenTelemetry contract; wires mapping, planner and transport.
+
+Contract (architecture.md): constructible with no arguments; never raises from the constructor or `export`;
+`export` is thread-safe and returns within the export timeout; `force_flush` and `shutdown` honour their
+`timeout_millis`; after shutdown `export` returns FAILURE and warns once; the API token never appears in logs,
+errors or repr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from prefactor_otel import __version__, ids
+from prefactor_otel._logging import RateLimitedLog, logger
+from prefactor_otel.config import ConfigError, PrefactorConfig
+from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_version_from_resource, map_span
+from prefactor_otel.planner import ItemOutcome, PlannedItem, Planner
+from prefactor_otel.transport import BulkTransport, chunk_encoded, encode_item, suppress_instrumentation
+
+SDK_HEADER = f"prefactor-otel@{__version__}"
+_TICK_S = 0.5
+_TICK_BACKOFF_CAP_S = 30.0
+
+
+class PrefactorSpanExporter(SpanExporter):
+    """Exports OTel spans to Prefactor: one agent instance per trace, one agent span per span, in bulk.
+
+    Keyword arguments are the PrefactorConfig options (`api_url`, `api_token`, `agent_id`, ...) and override
+    the PREFACTOR_* environment variables. `config=` passes a ready PrefactorConfig; `http_client=` an httpx
+    client to use instead of the exporter's own.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: PrefactorConfig | None = None,
+        http_client: httpx.Client | None = None,
+        environ: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> None:
+        self._disabled_reason: str | None = None
+        self._shutdown = False
+        self._warned_after_shutdown = False
+        self._send_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._log = RateLimitedLog()
+        self._counters: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
+        self._planner: Planner | None = None
+        self._unplanned: deque[SpanRecord] = deque()
+        self._scopes: set[str] = set()
+        self._ticker: threading.Thread | None = None
+        self._ticker_stop = threading.Event()
+        self._transport: BulkTransport | None = None
+        try:
+            self._config = config if config is not None else PrefactorConfig.load(environ, **options)
+        except ConfigError as exc:
+            logger.error("Prefactor exporter disabled: invalid configuration: %s", exc)
+            self._config = PrefactorConfig(enabled=False)
+            self._disabled_reason = "invalid configuration"
+            return
+        if not self._config.enabled:
+            self._disabled_reason = "PREFACTOR_ENABLED is false"
+            logger.info("Prefactor exporter disabled (PREFACTOR_ENABLED=false)")
+            return
+        if not self._config.api_token:
+            self._disabled_reason = "no API token"
+            logger.warning(
+                "Prefactor exporter disabled: PREFACTOR_API_TOKEN is not set; spans will not be sent to Prefactor"
+            )
+            return
+        try:
+            self._transport = BulkTransport(self._config, sdk_header=SDK_HEADER, client=http_client)
+        except Exception as exc:  # never raise into the host application
+            logger.error("Prefactor exporter disabled: cannot create the HTTP client (%s)", type(exc).__name__)
+            self._disabled_reason = "HTTP client error"
+            return
+        logger.info("Prefactor exporter ready: %s", self._config.describe())
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.ref(self)
+
+            def _after_fork() -> None:
+                exporter = ref()
+                if exporter is not None:
+                    exporter._reset_after_fork()
+
+            os.register_at_fork(after_in_child=_after_fork)
+
+    def __repr__(self) -> str:
+        return f"PrefactorSpanExporter({self._config.describe()}, disabled={self._disabled_reason!r})"
+
+    # ------------------------------------------------------------------ OTel contract
+
+    @property
+    def enabled(self) -> bool:
+        return self._disabled_reason is None
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            return self._export(spans)
+        except Exception:  # the host application must never see our failure
+            logger.exception("Prefactor export failed unexpectedly; %d span(s) not delivered", len(spans))
+            self._dropped["internal_error"] += len(spans)
+            return SpanExportResult.FAILURE
+
+    def _export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shutdown:
+            if not self._warned_after_shutdown:
+                self._warned_after_shutdown = True
+                logger.warning("Prefactor exporter already shut down; ignoring %d span(s)", len(spans))
+            self._dropped["after_shutdown"] += len(spans)
+            return SpanExportResult.FAILURE
+        if self._disabled_reason is not None:
+            return SpanExportResult.SUCCESS  # a no-op by configuration is not an export failure
+        deadline = time.monotonic() + self._config.export_timeout
+        records = self._map(spans)
+        with self._state_lock:
+            self._unplanned.extend(records)
+            self._trim_unplanned()
+        if not self._send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return SpanExportResult.FAILURE
+        try:
+            ok = self._drain(deadline)
+        finally:
+            self._send_lock.release()
+        self._ensure_ticker()
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        if self._disabled_reason is not None or self._shutdown:
+            return True
+        deadline = time.monotonic() + timeout_millis / 1000
+        if not self._send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return False
+        try:
+            return self._drain(min(deadline, time.monotonic() + self._config.export_timeout), flush=True)
+        except Exception:
+            logger.exception("Prefactor force_flush failed unexpectedly")
+            return False
+        finally:
+            self._send_lock.release()
+
+    def shutdown(self, timeout_millis: int = 30_000) -> None:
+        if self._shutdown:
+            return
+        deadline = time.monotonic() + timeout_millis / 1000
+        self._ticker_stop.set()
+        try:
+            if self._disabled_reason is None and self._send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                try:
+                    self._drain(deadline, shutdown=True)
+                finally:
+                    self._send_lock.release()
+        except Exception:
+            logger.exception("Prefactor shutdown failed unexpectedly")
+        finally:
+            self._shutdown = True
+            if self._transport is not None:
+                self._transport.close()
+            self._report_losses()
+
+    # ------------------------------------------------------------------ internals
+
+    def _map(self, spans: Sequence[ReadableSpan]) -> list[SpanRecord]:
+        records: list[SpanRecord] = []
+        for span in spans:
+            try:
+                record = map_span(span)
+            except Exception as exc:  # one bad span must not cost the batch
+                self._dropped["mapping_error"] += 1
+                self._log.log(logging.WARNING, "map", "Prefactor: span %r could not be mapped (%s)", span.name, exc)
+                continue
+            if record.scope:
+                self._scopes.add(record.scope)
+            records.append(record)
+        return records
+
+    def _trim_unplanned(self) -> None:
+        # Records wait here only until the account partition is known; bounded like the planner.
+        overflow = len(self._unplanned) - self._config.max_queued_spans
+        for _ in range(max(0, overflow)):
+            self._unplanned.popleft()
+            self._dropped["queue_full"] += 1
+
+    def _ensure_planner(self, deadline: float) -> Planner | None:
+        if self._planner is not None:
+            return self._planner
+        assert self._transport is not None
+        if self._config.agent_id:
+            partition = ids.extract_partition(self._config.agent_id)
+        else:
+            pfid = self._transport.generate_pfid(deadline)
+            if pfid is None or not ids.is_pfid(pfid):
+                return None
+            partition = ids.extract_partition(pfid)
+        config = self._config
+        scopes = self._scopes
+
+        def agent_version_for(resource: Mapping[str, object]):  # type: ignore[no-untyped-def]
+            return agent_version_from_resource(
+                resource,
+                sdk_version=__version__,
+                agent_name=config.agent_name,
+                agent_identifier=config.agent_identifier,
+                scopes=sorted(scopes),
+            )
+
+        self._planner = Planner(
+            partition=partition,
+            agent_key=config.agent_id or "deployment",
+            agent_id=config.agent_id,
+            environment_id=config.environment_id,
+            purpose=config.purpose,
+            agent_version_for=agent_version_for,
+            schema_version=agent_schema_version(),
+            max_waiting_spans=config.max_waiting_spans,
+            max_queued_spans=config.max_queued_spans,
+            max_wait_seconds=config.max_wait_seconds,
+            finish_grace_seconds=config.finish_grace_seconds,
+        )
+        return self._planner
+
+    def _drain(self, deadline: float, *, flush: bool = False, shutdown: bool = False) -> bool:
+        """Send everything the planner has ready. True if nothing that was ready is left undelivered."""
+        transport = self._transport
+        if transport is None:
+            return True
+        with suppress_instrumentation():
+            planner = self._ensure_planner(deadline)
+            if planner is None:
+                return False
+            with self._state_lock:
+                if self._unplanned:
+                    planner.add(list(self._unplanned), time.monotonic())
+                    self._unplanned.clear()
+            max_items = self._config.max_items_per_request
+            for _round in range(10_000):  # bounded: every round makes progress or returns
+                if time.monotonic() >= deadline:
+                    return False
+                with self._state_lock:
+                    items = planner.plan(time.monotonic(), flush=flush, shutdown=shutdown)
+                if not items:
+                    return True
+                encoded, sendable = self._encode(items, planner)
+                if not sendable:
+                    continue
+                for chunk in chunk_encoded(encoded, max_items, self._config.max_request_bytes):
+                    chunk_items = [sendable[i] for i in chunk]
+                    keys = [item.key for item in chunk_items]
+                    result = transport.send_bulk([encoded[i] for i in chunk], keys, deadline)
+                    with self._state_lock:
+                        planner.apply(result.outcomes, time.monotonic())
+                    if result.error in ("too_large", "rejected"):
+                        if len(chunk_items) == 1:
+                            # One item the server will not take in any request: drop it, counted.
+                            with self._state_lock:
+                                planner.apply({keys[0]: ItemOutcome("error", result.error)}, time.monotonic())
+                        else:
+                            max_items = max(1, len(chunk_items) // 2)  # split in halves and re-plan
+                        break
+                    if result.error is not None:
+                        return False
+                    outcomes = result.outcomes.values()
+                    if not any(o.status != "not_processed" for o in outcomes):
+                        self._dropped_contract_round()
+                        return False
+                    if any(o.status != "success" for o in outcomes):
+                        break
+                # Re-plan: after a partial failure to re-order what is left, after success for finishes
+                # that just became due. The next plan is empty when everything is delivered.
+            return False
+
+    def _dropped_contract_round(self) -> None:
+        self._counters["empty_bulk_answers"] += 1
+        self._log.log(logging.WARNING, "empty", "Prefactor export: the server processed no item of a request")
+
+    def _encode(self, items: list[PlannedItem], planner: Planner) -> tuple[list[bytes], list[PlannedItem]]:
+        encoded: list[bytes] = []
+        sendable: list[PlannedItem] = []
+        for item in items:
+            try:
+                encoded.append(encode_item(item.body))
+            except (TypeError, ValueError) as exc:
+                self._log.log(logging.WARNING, "encode", "Prefactor: item could not be encoded (%s)", exc)
+                with self._state_lock:
+                    planner.apply({item.key: ItemOutcome("error", "unencodable")}, time.monotonic())
+                continue
+            sendable.append(item)
+        return encoded, sendable
+
+    # ------------------------------------------------------------------ background finishing
+
+    def _ensure_ticker(self) -> None:
+        if self._ticker is not None and self._ticker.is_alive():
+            return
+        if self._shutdown or self._disabled_reason is not None:
+            return
+        self._ticker = threading.Thread(target=self._tick_loop, name="prefactor-otel-finisher", daemon=True)
+        self._ticker.start()
+
+    def _tick_loop(self) -> None:
+        """Finishes instances after their grace period and sends aged orphans when no export comes along."""
+        delay = _TICK_S
+        while not self._ticker_stop.wait(delay):
+            planner = self._planner
+            if planner is None:
+                continue
+            with self._state_lock:
+                due = planner.has_due_work(time.monotonic())
+            if not due or not self._send_lock.acquire(blocking=False):
+                continue
+            try:
+                ok = self._drain(time.monotonic() + self._config.export_timeout)
+            except Exception:
+                logger.exception("Prefactor background send failed unexpectedly")
+                ok = False
+            finally:
+                self._send_lock.release()
+            delay = _TICK_S if ok else min(_TICK_BACKOFF_CAP_S, delay * 2)
+
+    def _reset_after_fork(self) -> None:
+        self._send_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._ticker = None
+        self._ticker_stop = threading.Event()
+        if self._transport is not None:
+            self._transport.reset_after_fork()
+
+    # ------------------------------------------------------------------ visibility
+
+    def _report_losses(self) -> None:
+        stats = self.stats()
+        if stats["spans_dropped"] or stats["spans_queued"]:
+            logger.warning(
+                "Prefactor exporter shut down: %d span(s) exported, %d dropped %s, %d left undelivered",
+                stats["spans_exported"],
+                stats["spans_dropped"],
+                dict(stats["dropped_by_reason"]),
+                stats["spans_queued"],
+            )
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: spans received/exported/dropped (by reason), retries, requests, instances."""
+        planner = self._planner
+        dropped: Counter[str] = Counter(self._dropped)
+        counters: Counter[str] = Counter(self._counters)
+        queued = len(self._unplanned)
+        open_traces = 0
+        if planner is not None:
+            dropped.update(planner.dropped)
+            counters.update(planner.counters)
+            queued += planner.queued_spans
+            open_traces = planner.open_traces
+        if self._transport is not None:
+            counters.update(self._transport.counters)
+        return {
+            "enabled": self.enabled,
+            "disabled_reason": self._disabled_reason,
+            "spans_received": counters["spans_received"] + self._dropped["mapping_error"],
+            "spans_exported": counters["spans_exported"],
+            "spans_dropped": sum(v for k, v in dropped.items() if not k.startswith("finish_rejected")),
+            "dropped_by_reason": dict(dropped),
+            "spans_orphaned": sum(v for k, v in counters.items() if k.startswith("spans_orphaned_")),
+            "spans_queued": queued,
+            "open_traces": open_traces,
+            "instances_registered": counters["instances_registered"],
+            "instances_finished": counters["instances_finished"],
+            "requests": counters["requests"],
+            "retries": counters["retries"],
+            "bytes_sent": counters["bytes_sent"],
+            "auth_failed": bool(self._transport and self._transport.auth_failed),
+        }

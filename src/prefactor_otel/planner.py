@@ -1,0 +1,487 @@
+"""The planner: which traces have agent instances, which spans exist, who waits for a parent. No I/O.
+
+The exporter feeds it mapped spans (`add`), asks for the next ordered list of bulk items (`plan`), sends them
+and reports each item's outcome back (`apply`). Everything it emits is keyed deterministically (ids.py), so
+re-planning an item that was sent but not acknowledged produces the same item and the server deduplicates it.
+
+Ordering rules (architecture.md, "Ordering"): register + start come before a trace's first span; within one
+plan parents come before children; a child whose parent has not been created waits here, bounded by count
+and age, and is then sent as an orphan (no `parent_span_id`, the OTel parent kept in its payload,
+`metadata.orphaned = true`) -- never dropped silently. An instance is finished once its local root has been
+delivered and the trace has been quiet for a grace period (or at flush/shutdown).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from prefactor_otel import ids
+from prefactor_otel.mapping.payload import SpanRecord
+from prefactor_otel.mapping.values import hex_span_id, iso_from_ns
+from prefactor_otel.models import (
+    BULK_CREATE_SPAN,
+    BULK_FINISH_INSTANCE,
+    BULK_REGISTER,
+    BULK_START,
+    AgentSchemaVersionForRegister,
+    AgentVersionForRegister,
+)
+
+OutcomeStatus = Literal["success", "error", "not_processed"]
+
+# Error codes meaning "this already happened": a deterministic id or key met its own earlier write.
+_ALREADY_DONE_CODES = frozenset({"idempotency_key_already_used", "already_exists"})
+_MAX_FINISHED_TRACES_REMEMBERED = 10_000
+_MAX_OPEN_TRACES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedItem:
+    key: str
+    action: str
+    body: dict[str, Any]  # the wire item, `_type` and `idempotency_key` included
+    trace_id: int
+    span_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    status: OutcomeStatus
+    code: str | None = None
+    message: str | None = None
+
+
+@dataclass(slots=True)
+class _PendingSpan:
+    record: SpanRecord
+    arrived_at: float
+    orphaned: bool = False
+    parent_missing_retries: int = 0
+
+
+@dataclass(slots=True)
+class _Trace:
+    trace_id: int
+    instance_id: str
+    register_item: dict[str, Any]
+    start_item: dict[str, Any]
+    registered: bool = False
+    started: bool = False
+    created: set[int] = field(default_factory=set)
+    pending: dict[int, _PendingSpan] = field(default_factory=dict)
+    root_delivered: bool = False
+    root_failed: bool = False
+    root_end_ns: int = 0
+    last_end_ns: int = 0
+    any_failed: bool = False
+    last_activity: float = 0.0
+    rejected: bool = False
+
+
+AgentVersionBuilder = Callable[[Mapping[str, object]], AgentVersionForRegister]
+
+
+class Planner:
+    def __init__(
+        self,
+        *,
+        partition: int,
+        agent_key: str,
+        agent_id: str | None,
+        environment_id: str | None,
+        purpose: str | None,
+        agent_version_for: AgentVersionBuilder,
+        schema_version: AgentSchemaVersionForRegister,
+        max_waiting_spans: int = 10_000,
+        max_queued_spans: int = 20_000,
+        max_wait_seconds: float = 30.0,
+        finish_grace_seconds: float = 2.0,
+    ) -> None:
+        self.partition = partition
+        self._agent_key = agent_key
+        self._agent_id = agent_id
+        self._environment_id = environment_id
+        self._purpose = purpose
+        self._agent_version_for = agent_version_for
+        self._schema_version = schema_version.model_dump(exclude_none=True)
+        self._max_waiting = max_waiting_spans
+        self._max_queued = max(max_queued_spans, max_waiting_spans)
+        self._max_wait = max_wait_seconds
+        self._grace = finish_grace_seconds
+        self._traces: OrderedDict[int, _Trace] = OrderedDict()
+        self._finished: OrderedDict[int, None] = OrderedDict()
+        self._items: dict[str, PlannedItem] = {}  # key -> item of the last plan, for `apply`
+        self._span_ids: dict[tuple[int, int], str] = {}  # (trace, OTel span) -> Prefactor id, open traces only
+        self._queued = 0
+        self.counters: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.dropped_samples: deque[str] = deque(maxlen=20)
+
+    # ------------------------------------------------------------------ input
+
+    def add(self, records: Iterable[SpanRecord], now: float) -> None:
+        for record in records:
+            self.counters["spans_received"] += 1
+            if record.trace_id in self._finished:
+                # A finished instance accepts no spans; this one came after the grace period.
+                self._drop(1, "instance_already_finished", record)
+                continue
+            trace = self._traces.get(record.trace_id)
+            if trace is None:
+                trace = self._new_trace(record)
+            if trace.rejected:
+                self._drop(1, "instance_rejected", record)
+                continue
+            if record.span_id in trace.pending or record.span_id in trace.created:
+                self.counters["spans_duplicate_ignored"] += 1
+                continue
+            trace.pending[record.span_id] = _PendingSpan(record, now)
+            trace.last_activity = now
+            trace.last_end_ns = max(trace.last_end_ns, record.end_time_ns)
+            self._traces.move_to_end(record.trace_id)
+            self._queued += 1
+        self._enforce_bounds(now)
+
+    def _new_trace(self, first: SpanRecord) -> _Trace:
+        instance_id = ids.instance_pfid(self.partition, self._agent_key, first.trace_id, first.start_time_ns)
+        trace_hex = f"{first.trace_id:032x}"
+        register: dict[str, Any] = {
+            "_type": BULK_REGISTER,
+            "idempotency_key": ids.idempotency_key(BULK_REGISTER, self._agent_key, trace_hex),
+            "id": instance_id,
+            "agent_version": self._agent_version_for(first.resource).model_dump(exclude_none=True),
+            "agent_schema_version": self._schema_version,
+        }
+        if self._agent_id:
+            register["agent_id"] = self._agent_id
+        if self._environment_id:
+            register["environment_id"] = self._environment_id
+        if self._purpose:
+            register["purpose"] = self._purpose
+        start = {
+            "_type": BULK_START,
+            "idempotency_key": ids.idempotency_key(BULK_START, self._agent_key, trace_hex),
+            "agent_instance_id": instance_id,
+            "timestamp": iso_from_ns(first.start_time_ns),
+        }
+        trace = _Trace(first.trace_id, instance_id, register, start)
+        self._traces[first.trace_id] = trace
+        self.counters["instances_seen"] += 1
+        return trace
+
+    # ------------------------------------------------------------------ bounds
+
+    def _enforce_bounds(self, now: float) -> None:
+        if self._queued > self._max_queued:
+            self._drop_oldest(self._queued - self._max_queued)
+        waiting = self._waiting_spans()
+        if len(waiting) > self._max_waiting:
+            waiting.sort(key=lambda p: p.arrived_at)
+            for pending in waiting[: len(waiting) - self._max_waiting]:
+                self._orphan(pending, "count")
+        if len(self._traces) > _MAX_OPEN_TRACES:
+            # Bounded memory: the least recently active trace is closed early.
+            self._force_finish_oldest(len(self._traces) - _MAX_OPEN_TRACES)
+
+    def _waiting_spans(self) -> list[_PendingSpan]:
+        return [
+            pending
+            for trace in self._traces.values()
+            for pending in trace.pending.values()
+            if not pending.orphaned and not self._parent_resolved(trace, pending.record, frozenset())
+        ]
+
+    def _orphan(self, pending: _PendingSpan, why: str) -> None:
+        pending.orphaned = True
+        self.counters[f"spans_orphaned_{why}"] += 1
+
+    def _drop_oldest(self, count: int) -> None:
+        candidates = sorted(
+            ((p.arrived_at, t.trace_id, span_id) for t in self._traces.values() for span_id, p in t.pending.items()),
+        )
+        for _, trace_id, span_id in candidates[:count]:
+            pending = self._traces[trace_id].pending.pop(span_id)
+            self._queued -= 1
+            self._drop(1, "queue_full", pending.record)
+
+    def _force_finish_oldest(self, count: int) -> None:
+        for trace_id in list(self._traces)[:count]:
+            trace = self._traces[trace_id]
+            if not trace.pending:
+                trace.root_delivered = True  # finish it on the next plan with what we have
+                trace.last_activity = float("-inf")
+
+    def _drop(self, count: int, reason: str, record: SpanRecord | None = None) -> None:
+        self.dropped[reason] += count
+        if record is not None:
+            self.dropped_samples.append(f"{reason}: span {record.name!r} trace {record.trace_id:032x}")
+
+    # ------------------------------------------------------------------ planning
+
+    @staticmethod
+    def _parent_resolved(trace: _Trace, record: SpanRecord, planned: frozenset[int] | set[int]) -> bool:
+        if record.is_local_root:
+            return True
+        return record.parent_span_id in trace.created or record.parent_span_id in planned
+
+    def plan(self, now: float, *, flush: bool = False, shutdown: bool = False) -> list[PlannedItem]:
+        """The items to send next, in dependency order.
+
+        flush: finish instances whose root is in without waiting for the grace period.
+        shutdown: also send every waiting child as an orphan and finish every instance.
+        """
+        items: list[PlannedItem] = []
+        for trace in self._traces.values():
+            if trace.rejected:
+                continue
+            if shutdown:
+                for pending in trace.pending.values():
+                    if not pending.orphaned and not self._parent_resolved_deep(trace, pending.record):
+                        self._orphan(pending, "shutdown")
+            else:
+                for pending in trace.pending.values():
+                    if (
+                        not pending.orphaned
+                        and now - pending.arrived_at >= self._max_wait
+                        and not self._parent_resolved_deep(trace, pending.record)
+                    ):
+                        self._orphan(pending, "age")
+            span_items = self._plan_spans(trace)
+            finish = self._plan_finish(trace, now, span_items, flush=flush, shutdown=shutdown)
+            if not span_items and finish is None:
+                continue
+            if not trace.registered:
+                items.append(self._item(trace.register_item, trace.trace_id))
+            if not trace.started:
+                items.append(self._item(trace.start_item, trace.trace_id))
+            items.extend(span_items)
+            if finish is not None:
+                items.append(finish)
+        self._items = {item.key: item for item in items}
+        return items
+
+    def _parent_resolved_deep(self, trace: _Trace, record: SpanRecord) -> bool:
+        """True if the parent is created, or pending with a chain that ends in a created/root span."""
+        seen: set[int] = set()
+        current = record
+        while True:
+            if current.is_local_root or current.parent_span_id in trace.created:
+                return True
+            parent = trace.pending.get(current.parent_span_id)  # type: ignore[arg-type]
+            if parent is None or parent.record.span_id in seen:
+                return False
+            if parent.orphaned:
+                return True
+            seen.add(parent.record.span_id)
+            current = parent.record
+
+    def _plan_spans(self, trace: _Trace) -> list[PlannedItem]:
+        if not trace.pending:
+            return []
+        children: dict[int, list[_PendingSpan]] = {}
+        frontier: deque[_PendingSpan] = deque()
+        for pending in trace.pending.values():
+            record = pending.record
+            if pending.orphaned or record.is_local_root or record.parent_span_id in trace.created:
+                frontier.append(pending)
+            else:
+                children.setdefault(record.parent_span_id, []).append(pending)  # type: ignore[arg-type]
+        planned: list[PlannedItem] = []
+        while frontier:
+            pending = frontier.popleft()
+            planned.append(self._create_item(trace, pending))
+            frontier.extend(children.pop(pending.record.span_id, ()))
+        return planned
+
+    def _create_item(self, trace: _Trace, pending: _PendingSpan) -> PlannedItem:
+        record = pending.record
+        payload = record.payload
+        parent_id: str | None = None
+        if pending.orphaned:
+            payload = copy.copy(payload)
+            payload["metadata"] = {**payload["metadata"], "orphaned": True}
+        elif not record.is_local_root:
+            parent = trace.pending.get(record.parent_span_id)  # type: ignore[arg-type]
+            start_ns = parent.record.start_time_ns if parent is not None else None
+            parent_id = self._span_pfid(trace, record.parent_span_id, start_ns)  # type: ignore[arg-type]
+        span_id = self._span_pfid(trace, record.span_id, record.start_time_ns)
+        details: dict[str, Any] = {
+            "agent_instance_id": trace.instance_id,
+            "id": span_id,
+            "schema_name": record.schema_name,
+            "status": record.status,
+            "payload": payload,
+            "result_payload": record.result_payload,
+            "started_at": record.started_at,
+            "finished_at": record.finished_at,
+        }
+        if parent_id is not None:
+            details["parent_span_id"] = parent_id
+        # Orphaning changes the body, so it gets its own key; the id stays, and "already exists" is success.
+        key = ids.idempotency_key(
+            BULK_CREATE_SPAN + ("#orphan" if pending.orphaned else ""),
+            self._agent_key,
+            f"{record.trace_id:032x}",
+            hex_span_id(record.span_id),
+        )
+        body = {"_type": BULK_CREATE_SPAN, "idempotency_key": key, "details": details}
+        return PlannedItem(key, BULK_CREATE_SPAN, body, record.trace_id, record.span_id)
+
+    def _span_pfid(self, trace: _Trace, span_id: int, start_ns: int | None) -> str:
+        # The PFID embeds the span's start time; we remember created ids so a parent's id is rebuilt exactly.
+        cached = self._span_ids.get((trace.trace_id, span_id))
+        if cached is not None:
+            return cached
+        if start_ns is None:
+            raise LookupError("parent span id requested before the parent was seen")
+        value = ids.span_pfid(self.partition, trace.trace_id, span_id, start_ns)
+        self._span_ids[(trace.trace_id, span_id)] = value
+        return value
+
+    def _plan_finish(
+        self, trace: _Trace, now: float, span_items: list[PlannedItem], *, flush: bool, shutdown: bool
+    ) -> PlannedItem | None:
+        if len(span_items) != len(trace.pending):
+            return None  # somebody still waits for a parent: the run is not over
+        planned = [trace.pending[item.span_id].record for item in span_items if item.span_id is not None]
+        roots = [record for record in planned if record.is_local_root]
+        root_in = trace.root_delivered or bool(roots)
+        quiet = now - trace.last_activity >= self._grace
+        if not (shutdown or (root_in and (quiet or flush))):
+            return None
+        if not planned and not trace.created:
+            return None
+        if root_in:
+            failed = trace.root_failed or any(record.status == "failed" for record in roots)
+            end_ns = max([trace.root_end_ns, *(record.end_time_ns for record in roots)])
+        else:
+            # Shutdown before the root ended: close the run at its last known span, failed if any span failed.
+            failed = trace.any_failed or any(record.status == "failed" for record in planned)
+            end_ns = trace.last_end_ns
+        key = ids.idempotency_key(BULK_FINISH_INSTANCE, self._agent_key, f"{trace.trace_id:032x}")
+        body = {
+            "_type": BULK_FINISH_INSTANCE,
+            "idempotency_key": key,
+            "agent_instance_id": trace.instance_id,
+            "status": "failed" if failed else "complete",
+            "timestamp": iso_from_ns(end_ns),
+        }
+        return PlannedItem(key, BULK_FINISH_INSTANCE, body, trace.trace_id)
+
+    @staticmethod
+    def _item(body: dict[str, Any], trace_id: int) -> PlannedItem:
+        return PlannedItem(body["idempotency_key"], body["_type"], body, trace_id)
+
+    # ------------------------------------------------------------------ outcomes
+
+    def apply(self, outcomes: Mapping[str, ItemOutcome], now: float) -> None:
+        """Record what the server did with each item of the last plan. Keys not given = not processed."""
+        for key, outcome in outcomes.items():
+            item = self._items.get(key)
+            if item is None or outcome.status == "not_processed":
+                continue
+            trace = self._traces.get(item.trace_id)
+            if trace is None:
+                continue
+            ok = outcome.status == "success" or outcome.code in _ALREADY_DONE_CODES
+            if item.action == BULK_REGISTER:
+                self._on_register(trace, ok, outcome)
+            elif item.action == BULK_START:
+                # invalid_action on start = already active: a replay of our own earlier start.
+                self._on_start(trace, ok or outcome.code == "invalid_action", outcome)
+            elif item.action == BULK_CREATE_SPAN:
+                self._on_span(trace, item, ok, outcome)
+            elif item.action == BULK_FINISH_INSTANCE:
+                self._on_finish(trace, ok or outcome.code == "invalid_action", outcome)
+
+    def _on_register(self, trace: _Trace, ok: bool, outcome: ItemOutcome) -> None:
+        if ok:
+            trace.registered = True
+            self.counters["instances_registered"] += 1
+        else:
+            self._reject(trace, f"register_{outcome.code or 'error'}")
+
+    def _on_start(self, trace: _Trace, ok: bool, outcome: ItemOutcome) -> None:
+        if ok:
+            trace.started = True
+        else:
+            self._reject(trace, f"start_{outcome.code or 'error'}")
+
+    def _reject(self, trace: _Trace, reason: str) -> None:
+        trace.rejected = True
+        self._queued -= len(trace.pending)
+        self._drop(len(trace.pending), f"instance_rejected:{reason}")
+        trace.pending.clear()
+
+    def _on_span(self, trace: _Trace, item: PlannedItem, ok: bool, outcome: ItemOutcome) -> None:
+        span_id = item.span_id
+        pending = trace.pending.get(span_id)  # type: ignore[arg-type]
+        if pending is None:
+            return
+        if ok:
+            del trace.pending[span_id]  # type: ignore[arg-type]
+            self._queued -= 1
+            trace.created.add(span_id)  # type: ignore[arg-type]
+            self.counters["spans_exported"] += 1
+            if pending.record.is_local_root:
+                trace.root_delivered = True
+                trace.root_failed = trace.root_failed or pending.record.status == "failed"
+                trace.root_end_ns = max(trace.root_end_ns, pending.record.end_time_ns)
+            if pending.record.status == "failed":
+                trace.any_failed = True
+            return
+        if outcome.code == "not_found" and not pending.orphaned and pending.parent_missing_retries == 0:
+            # The server does not know the parent (e.g. it was dropped): keep the span, without the link.
+            pending.parent_missing_retries += 1
+            self._orphan(pending, "parent_rejected")
+            return
+        del trace.pending[span_id]  # type: ignore[arg-type]
+        self._queued -= 1
+        self._drop(1, f"rejected:{outcome.code or 'error'}", pending.record)
+
+    def _on_finish(self, trace: _Trace, ok: bool, outcome: ItemOutcome) -> None:
+        if ok:
+            self.counters["instances_finished"] += 1
+        else:
+            self.dropped[f"finish_rejected:{outcome.code or 'error'}"] += 1
+        self._forget(trace)
+
+    def _forget(self, trace: _Trace) -> None:
+        self._traces.pop(trace.trace_id, None)
+        for span_id in trace.created:
+            self._span_ids.pop((trace.trace_id, span_id), None)
+        for span_id in trace.pending:
+            self._span_ids.pop((trace.trace_id, span_id), None)
+        self._finished[trace.trace_id] = None
+        while len(self._finished) > _MAX_FINISHED_TRACES_REMEMBERED:
+            self._finished.popitem(last=False)
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def queued_spans(self) -> int:
+        return self._queued
+
+    @property
+    def open_traces(self) -> int:
+        return len(self._traces)
+
+    def has_due_work(self, now: float) -> bool:
+        """Cheap check for the background ticker: is anything ready without new input?"""
+        for trace in self._traces.values():
+            if trace.rejected:
+                continue
+            if trace.root_delivered and not trace.pending and now - trace.last_activity >= self._grace:
+                return True
+            for pending in trace.pending.values():
+                if (
+                    pending.orphaned
+                    or now - pending.arrived_at >= self._max_wait
+                    or self._parent_resolved(trace, pending.record, frozenset())
+                ):
+                    return True
+        return False

@@ -1,0 +1,305 @@
+"""Transport: the only module that does I/O. One httpx client, bulk requests, retries, one deadline.
+
+`send_bulk` sends one bulk request (already chunked by the caller with `chunk_encoded`) and retries it on
+connection errors, timeouts, 408, 429 and 5xx with exponential backoff and full jitter, honouring
+`Retry-After`, never past the caller's deadline. It returns every item's outcome; items missing from the
+response were not processed (the server stops at the first error) and are the caller's to send again.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from opentelemetry import context as otel_context
+from pydantic import ValidationError
+
+from prefactor_otel._logging import RateLimitedLog, logger
+from prefactor_otel.config import PrefactorConfig
+from prefactor_otel.models import ApiResponse, BulkResponse, PfidGenerateDetails
+from prefactor_otel.planner import ItemOutcome
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+
+
+@dataclass(slots=True)
+class BulkResult:
+    """What became of one bulk request.
+
+    error: None when the server answered with per-item outputs; otherwise one of
+    "auth" (401/403, sending stopped), "timeout" (deadline reached while retrying), "shutdown",
+    "too_large" (413), "rejected" (another 4xx for the whole request), "redirect" (3xx), "contract"
+    (unparseable answer, after retries).
+    """
+
+    outcomes: dict[str, ItemOutcome] = field(default_factory=dict)
+    error: str | None = None
+    status_code: int | None = None
+
+
+def encode_item(item: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON. Raises ValueError for values strict JSON cannot carry (mapping prevents these)."""
+    return json.dumps(item, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def bulk_body(encoded_items: Sequence[bytes]) -> bytes:
+    return b'{"items":[' + b",".join(encoded_items) + b"]}"
+
+
+_BODY_OVERHEAD = len(bulk_body([]))
+
+
+def chunk_encoded(encoded_items: Sequence[bytes], max_items: int, max_bytes: int) -> list[range]:
+    """Split consecutive items into requests of at most max_items items and max_bytes bytes.
+
+    Order is kept (parents before children). An item larger than max_bytes goes alone.
+    """
+    chunks: list[range] = []
+    start = 0
+    size = _BODY_OVERHEAD
+    for index, encoded in enumerate(encoded_items):
+        extra = len(encoded) + (1 if index > start else 0)
+        if index > start and (index - start >= max_items or size + extra > max_bytes):
+            chunks.append(range(start, index))
+            start, size = index, _BODY_OVERHEAD
+            extra = len(encoded)
+        size += extra
+    if start < len(encoded_items):
+        chunks.append(range(start, len(encoded_items)))
+    return chunks
+
+
+@contextmanager
+def suppress_instrumentation() -> Iterator[None]:
+    """Our own HTTP calls must not become spans, or an instrumented httpx would feed the exporter itself."""
+    ctx = otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
+    ctx = otel_context.set_value(otel_context._SUPPRESS_HTTP_INSTRUMENTATION_KEY, True, ctx)
+    token = otel_context.attach(ctx)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def parse_retry_after(value: str | None, now_wall: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date); None if absent or invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now_wall is None else now_wall)
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+class BulkTransport:
+    def __init__(self, config: PrefactorConfig, *, sdk_header: str, client: httpx.Client | None = None) -> None:
+        self._config = config
+        self._sdk_header = sdk_header
+        self._owns_client = client is None
+        self._client = client or self._new_client()
+        self._stop = threading.Event()
+        self._auth_failed = False
+        self._log = RateLimitedLog()
+        self.counters: Counter[str] = Counter()
+
+    def _new_client(self) -> httpx.Client:
+        return httpx.Client(
+            headers={
+                "Authorization": f"Bearer {self._config.api_token.get()}",
+                "X-Prefactor-SDK": self._sdk_header,
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": self._sdk_header,
+            },
+            follow_redirects=False,  # a redirect would carry the token to another origin
+            timeout=httpx.Timeout(self._config.export_timeout),
+        )
+
+    def reset_after_fork(self) -> None:
+        """A forked child must not share the parent's pooled sockets."""
+        if self._owns_client:
+            self._client = self._new_client()
+        self._stop = threading.Event()
+
+    @property
+    def auth_failed(self) -> bool:
+        return self._auth_failed
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._owns_client:
+            self._client.close()
+
+    def interrupt(self) -> None:
+        """Wake any backoff sleep (shutdown)."""
+        self._stop.set()
+
+    # ------------------------------------------------------------------ requests
+
+    def send_bulk(self, encoded_items: Sequence[bytes], keys: Sequence[str], deadline: float) -> BulkResult:
+        body = bulk_body(encoded_items)
+        attempt = 0
+        while True:
+            if self._auth_failed:
+                return BulkResult(error="auth")
+            if self._stop.is_set():
+                return BulkResult(error="shutdown")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return BulkResult(error="timeout")
+            self.counters["requests"] += 1
+            self.counters["bytes_sent"] += len(body)
+            retry_after: float | None = None
+            try:
+                with suppress_instrumentation():
+                    response = self._client.post(
+                        self._config.api_base + "/bulk",
+                        content=body,
+                        timeout=httpx.Timeout(remaining),
+                    )
+            except httpx.TransportError as exc:
+                self.counters["connection_errors"] += 1
+                self._log.log(
+                    logging.WARNING, "conn", "Prefactor export: connection problem (%s), retrying", type(exc).__name__
+                )
+                status = None
+            else:
+                status = response.status_code
+                result = self._handle_response(response, keys)
+                if result is not None:
+                    return result
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+            # retryable
+            attempt += 1
+            self.counters["retries"] += 1
+            delay = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
+            if retry_after is not None:
+                delay = retry_after
+            remaining = deadline - time.monotonic()
+            if delay >= remaining:
+                self._log.log(
+                    logging.WARNING,
+                    "deadline",
+                    "Prefactor export: gave up after %d attempt(s) within the export timeout (last: %s)",
+                    attempt,
+                    status if status is not None else "connection error",
+                )
+                return BulkResult(error="timeout", status_code=status)
+            if self._stop.wait(delay):
+                return BulkResult(error="shutdown")
+
+    def _handle_response(self, response: httpx.Response, keys: Sequence[str]) -> BulkResult | None:
+        """A final result, or None when the request should be retried."""
+        status = response.status_code
+        if status in (401, 403):
+            if not self._auth_failed:
+                self._auth_failed = True
+                logger.error(
+                    "Prefactor rejected the API token (HTTP %d); the exporter stops sending. "
+                    "Check PREFACTOR_API_TOKEN and its scope.",
+                    status,
+                )
+            return BulkResult(error="auth", status_code=status)
+        if status in RETRYABLE_STATUS:
+            self.counters[f"http_{status}"] += 1
+            self._log.log(logging.WARNING, f"http{status}", "Prefactor export: HTTP %d, retrying", status)
+            return None
+        if 300 <= status < 400:
+            self._log.log(
+                logging.ERROR,
+                "redirect",
+                "Prefactor export: HTTP %d redirect not followed; check PREFACTOR_API_URL",
+                status,
+            )
+            return BulkResult(error="redirect", status_code=status)
+        if status == 413:
+            return BulkResult(error="too_large", status_code=status)
+        if status != 200:
+            self._log.log(
+                logging.ERROR,
+                f"http{status}",
+                "Prefactor export: request rejected with HTTP %d: %s",
+                status,
+                _error_summary(response),
+            )
+            return BulkResult(error="rejected", status_code=status)
+        try:
+            parsed = BulkResponse.model_validate_json(response.content)
+        except ValidationError as exc:
+            self.counters["contract_errors"] += 1
+            self._log.log(
+                logging.WARNING,
+                "contract",
+                "Prefactor export: the bulk response does not fit the API contract (%d error(s)), retrying",
+                exc.error_count(),
+            )
+            return None
+        outcomes: dict[str, ItemOutcome] = {}
+        for key in keys:
+            output = parsed.outputs.get(key)
+            if output is None:
+                outcomes[key] = ItemOutcome("not_processed")
+            elif output.is_success:
+                outcomes[key] = ItemOutcome("success")
+            else:
+                outcomes[key] = ItemOutcome("error", output.code, output.message)
+        return BulkResult(outcomes=outcomes, status_code=status)
+
+    def generate_pfid(self, deadline: float) -> str | None:
+        """Ask the server for one id of the account (its partition is the account's). None on failure."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or self._auth_failed:
+            return None
+        try:
+            with suppress_instrumentation():
+                response = self._client.post(
+                    self._config.api_base + "/pfid/generate", json={"count": 1}, timeout=httpx.Timeout(remaining)
+                )
+        except httpx.TransportError as exc:
+            self._log.log(logging.WARNING, "pfid", "Prefactor: cannot reach the API for an id (%s)", type(exc).__name__)
+            return None
+        if response.status_code in (401, 403):
+            self._handle_response(response, ())
+            return None
+        if response.status_code != 200:
+            self._log.log(logging.WARNING, "pfid", "Prefactor: id generation failed with HTTP %d", response.status_code)
+            return None
+        try:
+            parsed = ApiResponse[PfidGenerateDetails].model_validate_json(response.content)
+        except ValidationError:
+            self._log.log(logging.WARNING, "pfid", "Prefactor: id generation answer does not fit the API contract")
+            return None
+        return parsed.details.pfids[0] if parsed.details.pfids else None
+
+
+def _error_summary(response: httpx.Response) -> str:
+    """code and message of an API error body; never echoes request headers."""
+    try:
+        data = response.json()
+    except ValueError:
+        return f"non-JSON body ({len(response.content)} bytes)"
+    if isinstance(data, dict):
+        return f"{data.get('code')}: {str(data.get('message'))[:200]}"
+    return "unexpected body"

@@ -1,0 +1,60 @@
+"""Real OTel SDK spans for tests: an in-memory exporter collects what a TracerProvider produced."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+
+class Collector(SpanExporter):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+def make_provider(service: str = "test-agent", version: str = "1.2.3") -> tuple[TracerProvider, Collector]:
+    collector = Collector()
+    provider = TracerProvider(resource=Resource.create({"service.name": service, "service.version": version}))
+    provider.add_span_processor(SimpleSpanProcessor(collector))
+    return provider, collector
+
+
+def agent_trace(provider: TracerProvider, *, fail: bool = False) -> None:
+    """invoke_agent -> chat, execute_tool (-> nested plain span)."""
+    tracer = provider.get_tracer("tests.agent", "0.1")
+    with tracer.start_as_current_span(
+        "invoke_agent support",
+        attributes={
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": "support",
+        },
+    ):
+        with tracer.start_as_current_span(
+            "chat gpt-4o",
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": "gpt-4o",
+                "gen_ai.usage.input_tokens": 12,
+                "gen_ai.usage.output_tokens": 5,
+                "gen_ai.input.messages": '[{"role":"user","parts":[{"type":"text","content":"hi"}]}]',
+            },
+        ):
+            pass
+        with (
+            tracer.start_as_current_span(
+                "execute_tool lookup",
+                attributes={
+                    "gen_ai.operation.name": "execute_tool",
+                    "gen_ai.tool.name": "lookup",
+                },
+            ),
+            tracer.start_as_current_span("db query"),
+        ):
+            if fail:
+                raise RuntimeError("tool broke")

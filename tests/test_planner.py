@@ -1,0 +1,194 @@
+"""The planner alone: real mapped spans in, ordered bulk items out, fake outcomes back. No server."""
+
+from prefactor_otel.mapping import agent_schema_version, agent_version_from_resource, map_span
+from prefactor_otel.planner import ItemOutcome, Planner
+from tests.spans import agent_trace, make_provider
+
+PARTITION = 12345
+
+
+def _planner(**kw):
+    return Planner(
+        partition=PARTITION,
+        agent_key="agent",
+        agent_id=None,
+        environment_id=None,
+        purpose=None,
+        agent_version_for=lambda r: agent_version_from_resource(r, sdk_version="0"),
+        schema_version=agent_schema_version(),
+        **{"finish_grace_seconds": 0.0, **kw},
+    )
+
+
+def _records():
+    provider, collector = make_provider()
+    agent_trace(provider)
+    return [map_span(s) for s in collector.spans]  # children end first: db, chat? order as ended
+
+
+def _ok(items):
+    return {item.key: ItemOutcome("success") for item in items}
+
+
+def test_one_trace_register_start_spans_parent_first_then_finish():
+    planner = _planner()
+    records = _records()
+    planner.add(records, now=0.0)
+    items = planner.plan(now=0.0)
+    actions = [i.action for i in items]
+    assert actions[:2] == ["agent_instances/register", "agent_instances/start"]
+    assert actions[-1] == "agent_instances/finish"
+    created = [i for i in items if i.action == "agent_spans/create"]
+    assert len(created) == 4
+    seen: set[str] = set()
+    for item in created:
+        parent = item.body["details"].get("parent_span_id")
+        assert parent is None or parent in seen  # parents precede children
+        seen.add(item.body["details"]["id"])
+    planner.apply(_ok(items), now=0.0)
+    assert planner.counters["spans_exported"] == 4
+    assert planner.counters["instances_finished"] == 1
+    assert planner.plan(now=1.0) == []
+    assert planner.open_traces == 0
+
+
+def test_child_before_parent_waits_then_gets_the_right_parent():
+    planner = _planner()
+    records = _records()
+    root = next(r for r in records if r.is_local_root)
+    children = [r for r in records if not r.is_local_root]
+    planner.add(children, now=0.0)
+    first = planner.plan(now=0.0)
+    assert [i.action for i in first] == []  # nothing is ready: everyone waits for an ancestor
+    planner.add([root], now=1.0)
+    items = planner.plan(now=1.0)
+    creates = [i for i in items if i.action == "agent_spans/create"]
+    assert creates[0].span_id == root.span_id
+    by_span = {i.span_id: i.body["details"] for i in creates}
+    for r in children:
+        assert by_span[r.span_id]["parent_span_id"] == by_span[r.parent_span_id]["id"]
+
+
+def test_ids_and_keys_are_deterministic_across_planners():
+    records = _records()
+    a, b = _planner(), _planner()
+    a.add(records, 0.0)
+    b.add(records, 0.0)
+    assert [i.body for i in a.plan(0.0)] == [i.body for i in b.plan(0.0)]
+
+
+def test_unacknowledged_items_are_planned_again_identically():
+    planner = _planner()
+    planner.add(_records(), 0.0)
+    items = planner.plan(0.0)
+    # server processed only the first three, then stopped (error on none): rest not processed
+    planner.apply({i.key: ItemOutcome("success") for i in items[:3]}, 0.0)
+    again = planner.plan(0.0)
+    assert [i.body for i in again] == [i.body for i in items[3:]]
+
+
+def test_orphan_after_age_bound_keeps_otel_parent_in_payload():
+    planner = _planner(max_wait_seconds=5.0)
+    records = _records()
+    child = next(r for r in records if r.name == "chat gpt-4o")
+    planner.add([child], 0.0)
+    assert planner.plan(1.0) == []
+    items = planner.plan(6.0)
+    create = next(i for i in items if i.action == "agent_spans/create")
+    details = create.body["details"]
+    assert "parent_span_id" not in details
+    assert details["payload"]["parent_span_id"] == f"{child.parent_span_id:016x}"
+    assert details["payload"]["metadata"]["orphaned"] is True
+    assert planner.counters["spans_orphaned_age"] == 1
+
+
+def test_orphan_at_count_bound():
+    planner = _planner(max_waiting_spans=1)
+    records = [r for r in _records() if r.name in ("chat gpt-4o", "execute_tool lookup")]
+    planner.add(records, 0.0)
+    assert planner.counters["spans_orphaned_count"] == 1
+
+
+def test_shutdown_sends_waiting_children_as_orphans_and_finishes():
+    planner = _planner()
+    records = [r for r in _records() if not r.is_local_root]
+    planner.add(records, 0.0)
+    items = planner.plan(0.0, shutdown=True)
+    creates = [i for i in items if i.action == "agent_spans/create"]
+    assert len(creates) == 3
+    assert items[-1].action == "agent_instances/finish"
+
+
+def test_finish_waits_for_grace_period():
+    planner = _planner(finish_grace_seconds=2.0)
+    planner.add(_records(), 0.0)
+    items = planner.plan(0.0)
+    assert items[-1].action != "agent_instances/finish"
+    planner.apply(_ok(items), 0.0)
+    assert planner.plan(1.0) == []
+    assert planner.has_due_work(2.5)
+    later = planner.plan(2.5)
+    assert [i.action for i in later] == ["agent_instances/finish"]
+    assert later[0].body["status"] == "complete"
+
+
+def test_failed_root_finishes_failed():
+    provider, collector = make_provider()
+    tracer = provider.get_tracer("t")
+    try:
+        with tracer.start_as_current_span("root"):
+            raise ValueError("x")
+    except ValueError:
+        pass
+    planner = _planner()
+    planner.add([map_span(s) for s in collector.spans], 0.0)
+    items = planner.plan(0.0)
+    assert items[-1].body["status"] == "failed"
+
+
+def test_rejected_register_drops_the_trace_counted():
+    planner = _planner()
+    planner.add(_records(), 0.0)
+    items = planner.plan(0.0)
+    planner.apply({items[0].key: ItemOutcome("error", "invalid_value", "bad")}, 0.0)
+    assert sum(planner.dropped.values()) == 4
+    assert planner.plan(0.0) == []
+
+
+def test_span_error_is_dropped_with_reason_and_others_continue():
+    planner = _planner()
+    planner.add(_records(), 0.0)
+    items = planner.plan(0.0)
+    outcomes = _ok(items[:2])
+    bad = items[2]
+    outcomes[bad.key] = ItemOutcome("error", "invalid_value", "nope")
+    planner.apply(outcomes, 0.0)
+    assert planner.dropped["rejected:invalid_value"] == 1
+    again = planner.plan(0.0)
+    assert bad.key not in {i.key for i in again}
+
+
+def test_already_used_key_counts_as_delivered():
+    planner = _planner()
+    planner.add(_records(), 0.0)
+    items = planner.plan(0.0)
+    outcomes = {i.key: ItemOutcome("error", "idempotency_key_already_used") for i in items}
+    planner.apply(outcomes, 0.0)
+    assert planner.counters["spans_exported"] == 4
+    assert not planner.dropped
+
+
+def test_queue_bound_drops_oldest_counted():
+    planner = _planner(max_queued_spans=2, max_waiting_spans=1)
+    planner.add(_records(), 0.0)
+    assert planner.queued_spans == 2
+    assert planner.dropped["queue_full"] == 2
+
+
+def test_late_span_after_finish_is_dropped_counted():
+    planner = _planner()
+    records = _records()
+    planner.add(records, 0.0)
+    planner.apply(_ok(planner.plan(0.0)), 0.0)
+    planner.add([records[0]], 1.0)
+    assert planner.dropped["instance_already_finished"] == 1
