@@ -168,7 +168,7 @@ class PrefactorConfig:
     max_waiting_spans: int = 10_000
     max_queued_spans: int = 20_000
     max_wait_seconds: float = 30.0
-    finish_grace_seconds: float = 2.0
+    finish_grace_seconds: float = 6.0
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> PrefactorConfig:

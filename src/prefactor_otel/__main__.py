@@ -1,0 +1,3 @@
+from prefactor_otel.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""`prefactor-otel` command line: demo | serve | show."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import httpx
+
+DEFAULT_DEV_TOKEN = "pf_local_dev_token"
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from prefactor_otel import PrefactorSpanExporter
+    from prefactor_otel.demo_agent import run_agent
+    from prefactor_otel.devserver import DevServer, render_runs
+
+    server: DevServer | None = None
+    if os.environ.get("PREFACTOR_API_URL"):
+        exporter = PrefactorSpanExporter()
+        print(f"Exporting to {os.environ['PREFACTOR_API_URL']} (from PREFACTOR_API_URL)")
+    else:
+        server = DevServer(token=DEFAULT_DEV_TOKEN).start()
+        print(f"No PREFACTOR_API_URL set: started the embedded local Prefactor-compatible server at {server.url}")
+        exporter = PrefactorSpanExporter(
+            api_url=server.url,
+            api_token=server.token,
+            agent_id=server.agent_id,
+            environment_id=server.environment_id,
+            finish_grace_seconds=0,
+        )
+    if not exporter.enabled:
+        print(f"The exporter is disabled ({exporter.stats()['disabled_reason']}); nothing will be sent.")
+    try:
+        provider = TracerProvider(resource=Resource.create({"service.name": "weather-bot", "service.version": "0.1.0"}))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        tracer = provider.get_tracer("prefactor_otel.demo_agent", "0.1.0")
+        for question, city in (("What's the weather in Paris?", "Paris"), ("And on Mars?", "Mars")):
+            print(f"agent run: {question!r} -> {run_agent(tracer, question, city)!r}")
+        provider.shutdown()
+        stats = exporter.stats()
+        print(
+            f"exported {stats['spans_exported']} span(s) in {stats['requests']} request(s), "
+            f"dropped {stats['spans_dropped']}, instances finished {stats['instances_finished']}"
+        )
+        if server is not None:
+            print()
+            print(render_runs(server.snapshot()))
+        ok = stats["spans_dropped"] == 0 and stats["spans_queued"] == 0 and exporter.enabled
+        return 0 if ok else 1
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from prefactor_otel.devserver import serve
+
+    serve(args.host, args.port, args.token, agent_id=args.agent_id, environment_id=args.environment_id)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from prefactor_otel.devserver import render_runs
+
+    try:
+        response = httpx.get(
+            args.url.rstrip("/") + "/_dev/snapshot",
+            headers={"Authorization": f"Bearer {args.token}"},
+            timeout=10,
+        )
+    except httpx.HTTPError as exc:
+        print(f"cannot reach {args.url}: {type(exc).__name__}", file=sys.stderr)
+        return 2
+    if response.status_code != 200:
+        print(f"{args.url} answered HTTP {response.status_code}", file=sys.stderr)
+        return 2
+    snapshot = response.json()
+    if args.json:
+        print(json.dumps(snapshot, indent=2))
+    else:
+        print(render_runs(snapshot))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="prefactor-otel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run a small instrumented agent and export it (local server by default)")
+    demo.set_defaults(func=_demo)
+    serve = sub.add_parser("serve", help="run the local Prefactor-compatible API server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8787)
+    serve.add_argument("--token", default=os.environ.get("PREFACTOR_API_TOKEN") or DEFAULT_DEV_TOKEN)
+    serve.add_argument("--agent-id", default=None, help="seed this agent id (its partition becomes the account's)")
+    serve.add_argument("--environment-id", default=None)
+    serve.set_defaults(func=_serve)
+    show = sub.add_parser("show", help="print the agent runs a local server holds")
+    show.add_argument("--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787")
+    show.add_argument("--token", default=os.environ.get("PREFACTOR_API_TOKEN") or DEFAULT_DEV_TOKEN)
+    show.add_argument("--json", action="store_true", help="print the raw snapshot")
+    show.set_defaults(func=_show)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

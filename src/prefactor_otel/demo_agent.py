@@ -1,0 +1,90 @@
+"""A small OTel-instrumented sample agent for `prefactor-otel demo`: no model, no network, GenAI spans.
+
+It emits what an instrumented agent framework would: an `invoke_agent` span around `chat` (LLM) and
+`execute_tool` spans carrying OTel GenAI semantic-convention attributes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from opentelemetry.trace import Status, StatusCode, Tracer
+
+WEATHER = {"Paris": "18°C, light rain", "Sydney": "24°C, sunny"}
+
+
+class ToolFailed(RuntimeError):
+    pass
+
+
+def _chat(tracer: Tracer, model: str, messages: list[dict], reply: dict, usage: tuple[int, int]) -> dict:
+    with tracer.start_as_current_span(
+        f"chat {model}",
+        attributes={
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "demo",
+            "gen_ai.request.model": model,
+            "gen_ai.response.model": model,
+            "gen_ai.input.messages": json.dumps(messages),
+            "gen_ai.output.messages": json.dumps([reply]),
+            "gen_ai.usage.input_tokens": usage[0],
+            "gen_ai.usage.output_tokens": usage[1],
+            "gen_ai.response.finish_reasons": [
+                "tool_call" if reply.get("parts", [{}])[0].get("type") == "tool_call" else "stop"
+            ],
+        },
+    ):
+        time.sleep(0.01)  # the "model" thinks
+        return reply
+
+
+def _tool(tracer: Tracer, name: str, call_id: str, arguments: dict) -> str:
+    with tracer.start_as_current_span(
+        f"execute_tool {name}",
+        attributes={
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": name,
+            "gen_ai.tool.call.id": call_id,
+            "gen_ai.tool.call.arguments": json.dumps(arguments),
+        },
+    ) as span:
+        city = arguments["city"]
+        if city not in WEATHER:
+            raise ToolFailed(f"no weather station for {city!r}")
+        result = WEATHER[city]
+        span.set_attribute("gen_ai.tool.call.result", result)
+        return result
+
+
+def run_agent(tracer: Tracer, question: str, city: str) -> str:
+    """One agent run = one trace: plan with the model, call a tool, answer with the model."""
+    with tracer.start_as_current_span(
+        "invoke_agent weather-bot",
+        attributes={
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": "weather-bot",
+            "gen_ai.conversation.id": f"conv-{city.lower()}",
+        },
+    ) as agent_span:
+        user = {"role": "user", "parts": [{"type": "text", "content": question}]}
+        call = {
+            "role": "assistant",
+            "parts": [
+                {"type": "tool_call", "id": f"call-{city.lower()}", "name": "get_weather", "arguments": {"city": city}}
+            ],
+        }
+        _chat(tracer, "demo-model-1", [user], call, (42, 9))
+        try:
+            weather = _tool(tracer, "get_weather", f"call-{city.lower()}", {"city": city})
+        except ToolFailed as exc:
+            agent_span.record_exception(exc)
+            agent_span.set_status(Status(StatusCode.ERROR, str(exc)))
+            return f"Sorry: {exc}"
+        answer = {"role": "assistant", "parts": [{"type": "text", "content": f"{city}: {weather}"}]}
+        tool_msg = {
+            "role": "tool",
+            "parts": [{"type": "tool_call_response", "id": f"call-{city.lower()}", "response": weather}],
+        }
+        _chat(tracer, "demo-model-1", [user, call, tool_msg], answer, (71, 12))
+        return answer["parts"][0]["content"]

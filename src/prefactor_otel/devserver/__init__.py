@@ -1,0 +1,34 @@
+"""A strict, local, Prefactor-compatible API server for tests, demos and offline development.
+
+It serves the part of the Prefactor API an exporter uses (ping, agent instance register/start/finish/
+terminate, span create/finish, lists, PFID generation, bulk) over real HTTP on 127.0.0.1, validating like a
+strict server would: bearer auth, PFIDs in the account partition, parents in the same instance, state
+machines, idempotent replay, stop-at-first-error bulk, body limits. Faults can be injected (delays, status
+codes, dropped connections, commit-then-fail, redirects) to exercise an exporter's retry logic.
+
+    with DevServer() as srv:
+        ...point the exporter at srv.url with srv.token and srv.agent_id...
+        assert srv.spans()
+        print(render_runs(srv.snapshot()))
+
+Dev-only endpoints (token-protected): `GET /_dev/snapshot`, `GET|POST|DELETE /_dev/faults`.
+"""
+
+from __future__ import annotations
+
+from prefactor_otel.devserver.faults import Fault
+from prefactor_otel.devserver.render import render_runs
+from prefactor_otel.devserver.server import DEFAULT_PORT, DEFAULT_TOKEN, DevServer, RequestLog, serve
+from prefactor_otel.devserver.store import ApiError, Store
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_TOKEN",
+    "ApiError",
+    "DevServer",
+    "Fault",
+    "RequestLog",
+    "Store",
+    "render_runs",
+    "serve",
+]

@@ -1,0 +1,703 @@
+"""`DevServer`: the store behind real HTTP on 127.0.0.1, with auth, limits and fault injection.
+
+One `ThreadingHTTPServer` per `DevServer`, each with its own store, faults and request log, so any number of
+them can run side by side in one test process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import secrets
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import Any, NamedTuple, TextIO
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from prefactor_otel import ids
+from prefactor_otel.devserver import store as st
+from prefactor_otel.devserver.faults import Fault, FaultSet
+from prefactor_otel.devserver.store import ApiError, JsonDict, Store, error_body
+from prefactor_otel.devserver.timefmt import now_us
+
+logger = logging.getLogger("prefactor_otel.devserver")
+
+DEFAULT_TOKEN = "pf_test_token"
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_PORT = 8787  # what `prefactor-otel serve` uses too
+API = "/api/v1"
+# Above this, a too-large body is not even drained: the connection is just closed after the 413.
+_DRAIN_LIMIT = 256 * 1024 * 1024
+_CONNECTION_ERRORS = (ConnectionError, TimeoutError, OSError)
+_DEFAULT_FAULT_CODES = {
+    400: "bad_request",
+    401: "bad_authtoken",
+    403: "not_permitted",
+    404: "not_found",
+    409: "invalid_action",
+    413: "bad_request",
+    422: "validation_errors",
+}
+
+
+class RequestLog(NamedTuple):
+    """One request the server answered. `status` 0 means the connection was dropped without a response."""
+
+    method: str
+    path: str
+    status: int
+    request_bytes: int
+    item_count: int | None
+
+
+class _BodyTooLarge(Exception):
+    def __init__(self, size: int | None, drained: bool) -> None:
+        super().__init__("body too large")
+        self.size = size
+        self.drained = drained
+
+
+class _BadRequest(Exception):
+    pass
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # Keep-alive connections would make server_close() wait forever; stop() closes them itself.
+    block_on_close = False
+
+    # handle_request() must not wait: our own loop only calls it once the listening socket is readable.
+    timeout = 0
+
+    def __init__(self, address: tuple[str, int], dev: DevServer) -> None:
+        self.dev = dev
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopped = threading.Event()
+        super().__init__(address, _Handler)
+
+    def serve_until_stopped(self) -> None:
+        # Not serve_forever(): that polls for shutdown, so every stop() would cost up to a poll interval,
+        # and test suites stop hundreds of servers. A wake-up socket makes stop() immediate.
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self, selectors.EVENT_READ)
+                selector.register(self._wake_r, selectors.EVENT_READ)
+                while True:
+                    events = selector.select()
+                    if any(key.fileobj is self._wake_r for key, _ in events):
+                        return
+                    self.handle_request()
+        finally:
+            self._stopped.set()
+
+    def stop_serving(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        self._stopped.wait(5)
+
+    def server_close(self) -> None:
+        super().server_close()
+        for sock in (self._wake_r, self._wake_w):
+            sock.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up mid-request is normal for a test server: no traceback on stderr.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _CONNECTION_ERRORS):
+            return
+        logger.debug("dev server: error while handling a request", exc_info=True)
+
+    def close_connections(self) -> None:
+        with self.connections_lock:
+            open_sockets = list(self.connections)
+        for sock in open_sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the exporter's connection pool is part of what we test
+    server_version = "prefactor-otel-devserver"
+    sys_version = ""
+    timeout = 120
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes; without NODELAY, Nagle + delayed ACK costs 40 ms each.
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        with contextlib.suppress(_CONNECTION_ERRORS):
+            super().finish()
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except _CONNECTION_ERRORS:
+            self.close_connection = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Silent by default: the benchmark sends thousands of requests, and tests read `requests` instead.
+        return
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_PATCH(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _read_body(self, limit: int) -> bytes:
+        encoding = (self.headers.get("Transfer-Encoding") or "").lower()
+        if encoding == "chunked":
+            return self._read_chunked(limit)
+        if encoding:
+            raise _BadRequest(f"unsupported Transfer-Encoding {encoding}")
+        length_header = self.headers.get("Content-Length")
+        if length_header is None:
+            return b""
+        try:
+            length = int(length_header)
+        except ValueError:
+            raise _BadRequest("invalid Content-Length") from None
+        if length < 0:
+            raise _BadRequest("invalid Content-Length")
+        if length > limit:
+            # Drain what the client is sending anyway, so it reads our 413 instead of a broken pipe.
+            if length > _DRAIN_LIMIT:
+                raise _BodyTooLarge(length, drained=False)
+            remaining = length
+            while remaining > 0:
+                chunk = self.rfile.read(min(remaining, 1 << 16))
+                if not chunk:
+                    raise ConnectionResetError("client closed while sending")
+                remaining -= len(chunk)
+            raise _BodyTooLarge(length, drained=True)
+        body = self.rfile.read(length)
+        if len(body) != length:
+            raise ConnectionResetError("client closed while sending")
+        return body
+
+    def _read_chunked(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            line = self.rfile.readline(1024)
+            if not line:
+                raise ConnectionResetError("client closed while sending")
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise _BadRequest("invalid chunked encoding") from None
+            if size == 0:
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(parts)
+            total += size
+            if total > limit:
+                raise _BodyTooLarge(None, drained=False)
+            parts.append(self.rfile.read(size))
+            self.rfile.readline(1024)
+
+    def _decode(self, raw: bytes) -> bytes:
+        encoding = (self.headers.get("Content-Encoding") or "identity").lower()
+        limit = self.server.dev.max_body_bytes
+        if encoding == "identity":
+            return raw
+        if encoding not in ("gzip", "deflate"):
+            raise _BadRequest(f"unsupported Content-Encoding {encoding}")
+        try:
+            wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+            decompressor = zlib.decompressobj(wbits)
+            # Bounded: a small compressed body must not inflate past the limit (zip bomb).
+            out = decompressor.decompress(raw, limit + 1)
+        except zlib.error:
+            raise _BadRequest(f"body is not valid {encoding}") from None
+        if len(out) > limit:
+            raise _BodyTooLarge(None, drained=True)
+        return out
+
+    def _send(
+        self,
+        status: int,
+        body: JsonDict | bytes,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
+        close: bool = False,
+        content_type: str = "application/json",
+    ) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in headers:
+                self.send_header(name, value)
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(data)
+        except _CONNECTION_ERRORS:
+            self.close_connection = True
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _check_auth(self) -> ApiError | None:
+        header = self.headers.get("Authorization")
+        if not header:
+            return ApiError(401, "not_authenticated", "missing Authorization: Bearer <token> header")
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return ApiError(401, "not_authenticated", "Authorization header must be 'Bearer <token>'")
+        if not hmac.compare_digest(value.strip().encode(), self.server.dev.token.encode()):
+            # Never echo what was sent: a wrong token is often a real token for another account.
+            return ApiError(401, "bad_authtoken", "invalid API token")
+        return None
+
+    # ------------------------------------------------------------------ request flow
+
+    def _dispatch(self) -> None:
+        dev = self.server.dev
+        method = self.command.upper()
+        split = urlsplit(self.path)
+        path = unquote(split.path)
+        if len(path) > 1:
+            path = path.rstrip("/")
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
+
+        def record(status: int, size: int, items: int | None = None) -> None:
+            # Logged before the response is written: a test that got its answer must see its request.
+            dev._log(RequestLog(method, path, status, size, items))
+
+        try:
+            raw = self._read_body(dev.max_body_bytes)
+        except _BodyTooLarge as exc:
+            size = exc.size if exc.size is not None else dev.max_body_bytes + 1
+            record(413, size)
+            message = f"request body exceeds {dev.max_body_bytes} bytes; split it into smaller requests"
+            self._send(413, error_body("bad_request", message), close=True)
+            return
+        except _BadRequest as exc:
+            record(400, 0)
+            self._send(400, error_body("bad_request", str(exc)), close=True)
+            return
+
+        size = len(raw)
+        auth_error = self._check_auth()
+        if auth_error is not None:
+            record(401, size)
+            self._send(auth_error.status, auth_error.body(), headers=(("WWW-Authenticate", "Bearer"),))
+            return
+
+        parsed: Any = {}
+        parse_error: str | None = None
+        try:
+            text = self._decode(raw)
+            if text.strip():
+                parsed = json.loads(text, parse_constant=_reject_constant)
+        except _BodyTooLarge:
+            record(413, size)
+            self._send(413, error_body("bad_request", "decompressed body too large"), close=True)
+            return
+        except _BadRequest as exc:
+            parse_error = str(exc)
+        except (ValueError, UnicodeDecodeError):
+            parse_error = "body is not valid JSON"
+        items = None
+        if path == f"{API}/bulk" and isinstance(parsed, dict) and isinstance(parsed.get("items"), list):
+            items = len(parsed["items"])
+
+        # Faults act like a broken proxy in front of an authenticated API; /_dev stays reachable regardless.
+        fault = None if path.startswith("/_dev") else dev.faults.take(method, path)
+        if fault is not None:
+            if fault.delay_s:
+                time.sleep(fault.delay_s)
+            if not fault.commit_then_fail:
+                if fault.drop_connection:
+                    record(0, size, items)
+                    self._drop()
+                    return
+                if fault.redirect_to is not None:
+                    status = fault.status or 307
+                    record(status, size, items)
+                    self._send(status, b"", headers=(("Location", fault.redirect_to),))
+                    return
+                if fault.status is not None:
+                    self._send_fault(fault, record, size, items)
+                    return
+
+        if parse_error is not None:
+            status, body = 400, error_body("bad_request", parse_error)
+        else:
+            try:
+                status, body = self._route(method, path, query, parsed)
+            except Exception:  # a dev-server bug must answer 500, not kill the connection
+                logger.exception("dev server: unexpected error handling %s %s", method, path)
+                status, body = 500, error_body("unexpected", "unexpected dev server error")
+
+        if fault is not None and fault.commit_then_fail:
+            # The work above is committed; the client just never learns it.
+            if fault.drop_connection:
+                record(0, size, items)
+                self._drop()
+                return
+            self._send_fault(fault, record, size, items, default_status=500)
+            return
+        record(status, size, items)
+        self._send(status, body)
+
+    def _send_fault(self, fault: Fault, record: Any, size: int, items: int | None, default_status: int = 500) -> None:
+        status = fault.status or default_status
+        headers: tuple[tuple[str, str], ...] = ()
+        if fault.retry_after is not None:
+            headers = (("Retry-After", fault.retry_after),)
+        record(status, size, items)
+        if fault.body is not None:
+            self._send(status, fault.body.encode(), headers=headers, content_type=_guess_type(fault.body))
+        else:
+            code = _DEFAULT_FAULT_CODES.get(status, "unexpected")
+            self._send(status, error_body(code, f"injected fault: HTTP {status}"), headers=headers)
+
+    def _route(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, JsonDict]:
+        dev = self.server.dev
+        store = dev.store
+        if path.startswith("/_dev/"):
+            return self._route_dev(method, path, body)
+        if not path.startswith(API + "/"):
+            return 404, error_body("not_found", "no such endpoint")
+        parts = path[len(API) + 1 :].split("/")
+        header_key = self.headers.get("Idempotency-Key")
+
+        def not_allowed() -> tuple[int, JsonDict]:
+            return 405, error_body("bad_request", f"method {method} not allowed on {path}")
+
+        head = parts[0]
+        if head == "ping" and len(parts) == 1:
+            return (200, {"status": "success", "details": {"token_type": "api"}}) if method == "GET" else not_allowed()
+        if head == "bulk" and len(parts) == 1:
+            if method != "POST":
+                return not_allowed()
+            status, out, _ = store.bulk(body)
+            return status, out
+        if head == "pfid" and parts[1:] == ["generate"]:
+            return store.generate_pfids(body) if method == "POST" else not_allowed()
+        if head == "agent_instance":
+            if len(parts) == 1:
+                return store.list_instances(query) if method == "GET" else not_allowed()
+            if parts[1:] == ["register"]:
+                return _rest(store, st.REGISTER, body, {}, header_key) if method == "POST" else not_allowed()
+            if len(parts) == 2:
+                return store.get_instance(parts[1]) if method == "GET" else not_allowed()
+            if len(parts) == 3 and parts[2] in ("start", "finish", "terminate"):
+                if method != "POST":
+                    return not_allowed()
+                action = {"start": st.START, "finish": st.FINISH_INSTANCE, "terminate": st.TERMINATE}[parts[2]]
+                return _rest(store, action, body, {"agent_instance_id": parts[1]}, header_key)
+        if head == "agent_spans":
+            if len(parts) == 1:
+                if method == "GET":
+                    return store.list_spans(query)
+                if method == "POST":
+                    return _rest(store, st.CREATE_SPAN, body, {}, header_key)
+                return not_allowed()
+            if len(parts) == 2:
+                return store.get_span(parts[1]) if method == "GET" else not_allowed()
+            if len(parts) == 3 and parts[2] == "finish":
+                if method != "POST":
+                    return not_allowed()
+                return _rest(store, st.FINISH_SPAN, body, {"agent_span_id": parts[1]}, header_key)
+        return 404, error_body("not_found", "no such endpoint")
+
+    def _route_dev(self, method: str, path: str, body: Any) -> tuple[int, JsonDict]:
+        dev = self.server.dev
+        if path == "/_dev/snapshot" and method == "GET":
+            return 200, dev.snapshot()
+        if path == "/_dev/faults":
+            if method == "GET":
+                return 200, {"status": "success", "summaries": [f.to_dict() for f in dev.faults.list()]}
+            if method == "POST":
+                try:
+                    fault = Fault.from_dict(body)
+                except (TypeError, ValueError) as exc:
+                    return 422, error_body("invalid_value", str(exc))
+                dev.add_fault(fault)
+                return 200, {"status": "success", "details": fault.to_dict()}
+            if method == "DELETE":
+                dev.clear_faults()
+                return 200, {"status": "success"}
+        return 404, error_body("not_found", "no such dev endpoint")
+
+
+def _rest(
+    store: Store, action: str, body: Any, path_params: dict[str, str], header_key: str | None
+) -> tuple[int, JsonDict]:
+    """A REST call in the canonical action form: path parameters become fields, the key comes out."""
+    if not isinstance(body, dict):
+        return 400, error_body("bad_request", "body must be a JSON object")
+    params = dict(body)
+    try:
+        key = params.pop("idempotency_key", None)
+        if key is None:
+            key = header_key
+        elif header_key is not None and header_key != key:
+            raise ApiError(
+                422,
+                "validation_errors",
+                "Idempotency-Key header differs from the body's idempotency_key",
+                {"idempotency_key": ["differs from the Idempotency-Key header"]},
+            )
+        if key is not None:
+            st.validate_idempotency_key(key)
+        for name, value in path_params.items():
+            if name in params:
+                raise ApiError(422, "validation_errors", f"unknown field {name}", {name: ["unknown field"]})
+            params[name] = value
+    except ApiError as exc:
+        return exc.status, exc.body()
+    return store.execute(action, params, key)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _guess_type(body: str) -> str:
+    stripped = body.lstrip()
+    if stripped.startswith(("{", "[")):
+        return "application/json"
+    if stripped.startswith("<"):
+        return "text/html; charset=utf-8"
+    return "text/plain; charset=utf-8"
+
+
+class DevServer:
+    """A strict, local, Prefactor-compatible API server on real HTTP. See the package docstring."""
+
+    def __init__(
+        self,
+        token: str = DEFAULT_TOKEN,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        partition: int | None = None,
+        *,
+        agent_id: str | None = None,
+        environment_id: str | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        if not isinstance(token, str) or not token.strip() or token != token.strip():
+            raise ValueError("DevServer token must be a non-empty string without surrounding whitespace")
+        if max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be >= 1")
+        seeded = [value for value in (agent_id, environment_id) if value is not None]
+        for value in seeded:
+            if not ids.is_pfid(value):
+                raise ValueError("agent_id/environment_id must be canonical PFIDs")
+        partitions = {ids.extract_partition(value) for value in seeded}
+        if partition is not None:
+            if not 0 <= partition <= ids.MAX_PARTITION:
+                raise ValueError("partition must fit in 30 bits")
+            partitions.add(partition)
+        if len(partitions) > 1:
+            raise ValueError("agent_id, environment_id and partition must all name the same PFID partition")
+        self.partition: int = partitions.pop() if partitions else secrets.randbelow(ids.MAX_PARTITION + 1)
+        now_ms = now_us() // 1000
+        self.account_id = ids.encode(now_ms, self.partition, secrets.randbits(80))
+        self.agent_id = agent_id or ids.encode(now_ms, self.partition, secrets.randbits(80))
+        self.environment_id = environment_id or ids.encode(now_ms, self.partition, secrets.randbits(80))
+        self.host = host
+        self.max_body_bytes = max_body_bytes
+        self._token = token
+        self._port = port
+        self.store = Store(
+            account_id=self.account_id,
+            agent_id=self.agent_id,
+            environment_id=self.environment_id,
+            partition=self.partition,
+        )
+        self.faults = FaultSet()
+        self._requests: list[RequestLog] = []
+        self._requests_lock = threading.Lock()
+        self._httpd: _HTTPServer | None = None
+        self._bound = False
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> DevServer:
+        if self._httpd is not None:
+            return self
+        httpd = _HTTPServer((self.host, self._port), self)
+        self._httpd = httpd
+        self._port = httpd.server_address[1]
+        self._bound = True
+        self._thread = threading.Thread(
+            target=httpd.serve_until_stopped,
+            name=f"prefactor-devserver-{self._port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.stop_serving()
+        httpd.close_connections()
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> DevServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._httpd is not None
+
+    @property
+    def token(self) -> str:
+        return self._token
+
+    @property
+    def port(self) -> int:
+        # Still answers after stop(), so a test can report where a finished server was.
+        if not self._bound:
+            raise RuntimeError("DevServer is not started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Base URL without the /api/v1 suffix, as `PREFACTOR_API_URL` wants it."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return self.url + API
+
+    def new_id(self) -> str:
+        """A fresh PFID in this account's partition (what a client-chosen id must look like)."""
+        return self.store.new_id()
+
+    def env(self) -> dict[str, str]:
+        """PREFACTOR_* variables pointing an exporter (or a subprocess) at this server."""
+        return {
+            "PREFACTOR_API_URL": self.url,
+            "PREFACTOR_API_TOKEN": self.token,
+            "PREFACTOR_AGENT_ID": self.agent_id,
+            "PREFACTOR_ENVIRONMENT_ID": self.environment_id,
+        }
+
+    def __repr__(self) -> str:
+        where = self.url if self._httpd is not None else "not started"
+        return f"DevServer({where}, agent_id={self.agent_id}, token=***)"
+
+    # ------------------------------------------------------------------ faults and inspection
+
+    def add_fault(self, fault: Fault) -> None:
+        self.faults.add(fault)
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def _log(self, entry: RequestLog) -> None:
+        with self._requests_lock:
+            self._requests.append(entry)
+
+    @property
+    def requests(self) -> list[RequestLog]:
+        with self._requests_lock:
+            return list(self._requests)
+
+    def clear_requests(self) -> None:
+        with self._requests_lock:
+            self._requests.clear()
+
+    def instances(self) -> list[JsonDict]:
+        return self.store.instances()
+
+    def spans(self, instance_id: str | None = None) -> list[JsonDict]:
+        return self.store.spans(instance_id)
+
+    def snapshot(self) -> JsonDict:
+        return self.store.snapshot()
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    token: str | None = None,
+    agent_id: str | None = None,
+    environment_id: str | None = None,
+    *,
+    out: TextIO | None = None,
+) -> int:
+    """Run a dev server in the foreground until Ctrl-C or SIGTERM; print how to point an exporter at it."""
+    stream = out or sys.stdout
+    chosen = token or "pf_dev_" + secrets.token_urlsafe(18)
+    server = DevServer(token=chosen, host=host, port=port, agent_id=agent_id, environment_id=environment_id)
+    server.start()
+    stop = threading.Event()
+    previous = None
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        lines = [
+            f"Prefactor dev server listening on {server.url}",
+            "Point an exporter at it with:",
+            *(f"  export {name}={value}" for name, value in server.env().items()),
+            "Press Ctrl-C to stop.",
+        ]
+        print("\n".join(lines), file=stream, flush=True)
+        while not stop.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        if in_main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    instances, spans = server.store.counts()
+    print(f"stopped: {instances} agent runs, {spans} spans received", file=stream, flush=True)
+    return 0

@@ -1,0 +1,47 @@
+"""Pure parts of the transport: chunking and Retry-After parsing."""
+
+import json
+
+from prefactor_otel.transport import bulk_body, chunk_encoded, encode_item, parse_retry_after
+
+
+def _items(sizes):
+    return [encode_item({"_type": "t", "idempotency_key": f"key-{i:05d}", "pad": "x" * n}) for i, n in enumerate(sizes)]
+
+
+def test_chunks_respect_item_and_byte_limits_and_keep_order():
+    encoded = _items([100] * 10)
+    chunks = chunk_encoded(encoded, max_items=3, max_bytes=10_000)
+    assert [len(c) for c in chunks] == [3, 3, 3, 1]
+    assert [i for c in chunks for i in c] == list(range(10))
+    one = len(bulk_body(encoded[:1]))
+    chunks = chunk_encoded(encoded, max_items=100, max_bytes=one * 2)
+    for c in chunks:
+        assert len(bulk_body([encoded[i] for i in c])) <= one * 2
+    assert sum(len(c) for c in chunks) == 10
+
+
+def test_oversized_item_goes_alone():
+    encoded = _items([10, 5000, 10])
+    chunks = chunk_encoded(encoded, max_items=100, max_bytes=1000)
+    assert [list(c) for c in chunks] == [[0], [1], [2]]
+
+
+def test_bulk_body_is_valid_json():
+    encoded = _items([1, 2])
+    assert len(json.loads(bulk_body(encoded))["items"]) == 2
+
+
+def test_retry_after_forms():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("-4") == 0.0
+    http_date = "Wed, 21 Oct 2015 07:28:00 GMT"
+    assert parse_retry_after(http_date, now_wall=1445412470.0) == 10.0
+
+
+def test_non_ascii_is_utf8_not_escaped():
+    encoded = encode_item({"_type": "t", "idempotency_key": "12345678", "s": "漢字"})
+    assert "漢字".encode() in encoded
