@@ -63,6 +63,8 @@ class PrefactorSpanExporter(SpanExporter):
         self._ticker: threading.Thread | None = None
         self._ticker_stop = threading.Event()
         self._transport: BulkTransport | None = None
+        self._rest_only: set[str] = set()
+        self._rest_only_changed = False
         try:
             self._config = config if config is not None else PrefactorConfig.load(environ, **options)
         except ConfigError as exc:
@@ -255,31 +257,92 @@ class PrefactorSpanExporter(SpanExporter):
                 encoded, sendable = self._encode(items, planner)
                 if not sendable:
                     continue
-                for chunk in chunk_encoded(encoded, max_items, self._config.max_request_bytes):
-                    chunk_items = [sendable[i] for i in chunk]
-                    keys = [item.key for item in chunk_items]
-                    result = transport.send_bulk([encoded[i] for i in chunk], keys, deadline)
-                    with self._state_lock:
-                        planner.apply(result.outcomes, time.monotonic())
-                    if result.error in ("too_large", "rejected"):
-                        if len(chunk_items) == 1:
-                            # One item the server will not take in any request: drop it, counted.
-                            with self._state_lock:
-                                planner.apply({keys[0]: ItemOutcome("error", result.error)}, time.monotonic())
-                        else:
-                            max_items = max(1, len(chunk_items) // 2)  # split in halves and re-plan
-                        break
-                    if result.error is not None:
-                        return False
-                    outcomes = result.outcomes.values()
-                    if not any(o.status != "not_processed" for o in outcomes):
-                        self._dropped_contract_round()
-                        return False
-                    if any(o.status != "success" for o in outcomes):
-                        break
+                verdict = self._send_round(planner, sendable, encoded, max_items, deadline)
+                if verdict is False:
+                    return False
+                if isinstance(verdict, int):
+                    max_items = verdict
                 # Re-plan: after a partial failure to re-order what is left, after success for finishes
                 # that just became due. The next plan is empty when everything is delivered.
             return False
+
+    def _send_round(
+        self,
+        planner: Planner,
+        items: list[PlannedItem],
+        encoded: list[bytes],
+        max_items: int,
+        deadline: float,
+    ) -> bool | int:
+        """Send one plan in order. True: all delivered; False: stop for now; int: re-plan with this chunk size."""
+        transport = self._transport
+        assert transport is not None
+        for segment in self._segments(items, encoded, max_items):
+            if isinstance(segment, int):  # an action the bulk endpoint refused: its REST call
+                item = items[segment]
+                result = transport.send_rest(item.body, deadline)
+                if result.error == "rejected":
+                    result.outcomes = {item.key: ItemOutcome("error", result.code, result.message)}
+                    result.error = None
+                keys = [item.key]
+                chunk_items = [item]
+            else:
+                chunk_items = [items[i] for i in segment]
+                keys = [item.key for item in chunk_items]
+                result = transport.send_bulk([encoded[i] for i in segment], keys, deadline)
+                self._learn_rest_only(chunk_items, result.outcomes)
+            with self._state_lock:
+                planner.apply(result.outcomes, time.monotonic())
+            if result.error in ("too_large", "rejected"):
+                if len(chunk_items) == 1:
+                    # One item the server will not take in any request: drop it, counted.
+                    with self._state_lock:
+                        planner.apply({keys[0]: ItemOutcome("error", result.error)}, time.monotonic())
+                    return True
+                return max(1, len(chunk_items) // 2)  # split in halves and re-plan
+            if result.error is not None:
+                return False
+            outcomes = result.outcomes.values()
+            if not any(o.status != "not_processed" for o in outcomes) and not self._rest_only_changed:
+                self._dropped_contract_round()
+                return False
+            if self._rest_only_changed or any(o.status != "success" for o in outcomes):
+                self._rest_only_changed = False
+                return True
+        return True
+
+    def _segments(self, items: list[PlannedItem], encoded: list[bytes], max_items: int) -> list[range | int]:
+        """Consecutive bulk-able items chunked by count and bytes; REST-only actions as single indices."""
+        segments: list[range | int] = []
+        start = 0
+        for index, item in enumerate([*items, None]):
+            if item is None or item.action in self._rest_only:
+                if index > start:
+                    chunks = chunk_encoded(encoded[start:index], max_items, self._config.max_request_bytes)
+                    segments.extend(range(c.start + start, c.stop + start) for c in chunks)
+                if item is not None:
+                    segments.append(index)
+                start = index + 1
+        return segments
+
+    def _learn_rest_only(self, items: list[PlannedItem], outcomes: dict[str, ItemOutcome]) -> None:
+        """An action type the bulk endpoint does not know is sent as its REST call from then on.
+
+        `agent_instances/start|finish` in bulk are inferred, not documented (prefactor-api.md, question 1).
+        """
+        for item in items:
+            outcome = outcomes.get(item.key)
+            if outcome is None or outcome.status != "error" or item.action in self._rest_only:
+                continue
+            unknown_type = outcome.code == "not_implemented" or (
+                outcome.code in ("invalid_action", "bad_request", "validation_errors")
+                and "_type" in (outcome.message or "")
+            )
+            if unknown_type:
+                self._rest_only.add(item.action)
+                self._rest_only_changed = True
+                outcomes[item.key] = ItemOutcome("not_processed")
+                logger.info("Prefactor: bulk does not take %r; sending it as its REST call", item.action)
 
     def _dropped_contract_round(self) -> None:
         self._counters["empty_bulk_answers"] += 1

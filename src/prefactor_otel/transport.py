@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +26,16 @@ from pydantic import ValidationError
 
 from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.config import PrefactorConfig
-from prefactor_otel.models import ApiResponse, BulkResponse, PfidGenerateDetails
+from prefactor_otel.models import (
+    BULK_CREATE_SPAN,
+    BULK_FINISH_INSTANCE,
+    BULK_FINISH_SPAN,
+    BULK_REGISTER,
+    BULK_START,
+    ApiResponse,
+    BulkResponse,
+    PfidGenerateDetails,
+)
 from prefactor_otel.planner import ItemOutcome
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -47,6 +56,8 @@ class BulkResult:
     outcomes: dict[str, ItemOutcome] = field(default_factory=dict)
     error: str | None = None
     status_code: int | None = None
+    code: str | None = None  # API error code of a rejected request
+    message: str | None = None
 
 
 def encode_item(item: dict[str, Any]) -> bytes:
@@ -119,6 +130,14 @@ class BulkTransport:
         self._sdk_header = sdk_header
         self._owns_client = client is None
         self._client = client or self._new_client()
+        # Sent per request (not as client defaults) so a caller-supplied client authenticates too.
+        self._headers = {
+            "Authorization": f"Bearer {config.api_token.get()}",
+            "X-Prefactor-SDK": sdk_header,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": sdk_header,
+        }
         self._stop = threading.Event()
         self._auth_failed = False
         self._log = RateLimitedLog()
@@ -126,13 +145,6 @@ class BulkTransport:
 
     def _new_client(self) -> httpx.Client:
         return httpx.Client(
-            headers={
-                "Authorization": f"Bearer {self._config.api_token.get()}",
-                "X-Prefactor-SDK": self._sdk_header,
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-                "User-Agent": self._sdk_header,
-            },
             follow_redirects=False,  # a redirect would carry the token to another origin
             timeout=httpx.Timeout(self._config.export_timeout),
         )
@@ -159,7 +171,18 @@ class BulkTransport:
     # ------------------------------------------------------------------ requests
 
     def send_bulk(self, encoded_items: Sequence[bytes], keys: Sequence[str], deadline: float) -> BulkResult:
-        body = bulk_body(encoded_items)
+        """One bulk request, retried inside the deadline; per-item outcomes for `keys`."""
+        return self._post("/bulk", bulk_body(encoded_items), deadline, lambda r: self._bulk_outcomes(r, keys))
+
+    def send_rest(self, item: dict[str, Any], deadline: float) -> BulkResult:
+        """Send one bulk-shaped item as its REST call (for an action the bulk endpoint does not take)."""
+        path, body = rest_request(item)
+        key = item["idempotency_key"]
+        return self._post(path, encode_item(body), deadline, lambda r: self._rest_outcome(r, key))
+
+    def _post(
+        self, path: str, body: bytes, deadline: float, on_ok: Callable[[httpx.Response], BulkResult | None]
+    ) -> BulkResult:
         attempt = 0
         while True:
             if self._auth_failed:
@@ -175,8 +198,9 @@ class BulkTransport:
             try:
                 with suppress_instrumentation():
                     response = self._client.post(
-                        self._config.api_base + "/bulk",
+                        self._config.api_base + path,
                         content=body,
+                        headers=self._headers,
                         timeout=httpx.Timeout(remaining),
                     )
             except httpx.TransportError as exc:
@@ -187,7 +211,9 @@ class BulkTransport:
                 status = None
             else:
                 status = response.status_code
-                result = self._handle_response(response, keys)
+                result = self._handle_status(response)
+                if result is None and 200 <= status < 300:
+                    result = on_ok(response)
                 if result is not None:
                     return result
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -210,9 +236,11 @@ class BulkTransport:
             if self._stop.wait(delay):
                 return BulkResult(error="shutdown")
 
-    def _handle_response(self, response: httpx.Response, keys: Sequence[str]) -> BulkResult | None:
-        """A final result, or None when the request should be retried."""
+    def _handle_status(self, response: httpx.Response) -> BulkResult | None:
+        """A final result for a non-2xx status, or None (2xx, or retryable: `_post` tells them apart)."""
         status = response.status_code
+        if 200 <= status < 300:
+            return None
         if status in (401, 403):
             if not self._auth_failed:
                 self._auth_failed = True
@@ -236,15 +264,18 @@ class BulkTransport:
             return BulkResult(error="redirect", status_code=status)
         if status == 413:
             return BulkResult(error="too_large", status_code=status)
-        if status != 200:
-            self._log.log(
-                logging.ERROR,
-                f"http{status}",
-                "Prefactor export: request rejected with HTTP %d: %s",
-                status,
-                _error_summary(response),
-            )
-            return BulkResult(error="rejected", status_code=status)
+        code, message = _error_fields(response)
+        self._log.log(
+            logging.ERROR,
+            f"http{status}",
+            "Prefactor export: request rejected with HTTP %d: %s: %s",
+            status,
+            code,
+            message,
+        )
+        return BulkResult(error="rejected", status_code=status, code=code, message=message)
+
+    def _bulk_outcomes(self, response: httpx.Response, keys: Sequence[str]) -> BulkResult | None:
         try:
             parsed = BulkResponse.model_validate_json(response.content)
         except ValidationError as exc:
@@ -265,7 +296,17 @@ class BulkTransport:
                 outcomes[key] = ItemOutcome("success")
             else:
                 outcomes[key] = ItemOutcome("error", output.code, output.message)
-        return BulkResult(outcomes=outcomes, status_code=status)
+        return BulkResult(outcomes=outcomes, status_code=response.status_code)
+
+    def _rest_outcome(self, response: httpx.Response, key: str) -> BulkResult | None:
+        try:
+            parsed = ApiResponse[dict[str, Any]].model_validate_json(response.content)
+        except ValidationError:
+            self.counters["contract_errors"] += 1
+            self._log.log(logging.WARNING, "contract", "Prefactor export: a REST response does not fit the contract")
+            return None
+        del parsed
+        return BulkResult(outcomes={key: ItemOutcome("success")}, status_code=response.status_code)
 
     def generate_pfid(self, deadline: float) -> str | None:
         """Ask the server for one id of the account (its partition is the account's). None on failure."""
@@ -275,13 +316,16 @@ class BulkTransport:
         try:
             with suppress_instrumentation():
                 response = self._client.post(
-                    self._config.api_base + "/pfid/generate", json={"count": 1}, timeout=httpx.Timeout(remaining)
+                    self._config.api_base + "/pfid/generate",
+                    content=b'{"count":1}',
+                    headers=self._headers,
+                    timeout=httpx.Timeout(remaining),
                 )
         except httpx.TransportError as exc:
             self._log.log(logging.WARNING, "pfid", "Prefactor: cannot reach the API for an id (%s)", type(exc).__name__)
             return None
         if response.status_code in (401, 403):
-            self._handle_response(response, ())
+            self._handle_status(response)
             return None
         if response.status_code != 200:
             self._log.log(logging.WARNING, "pfid", "Prefactor: id generation failed with HTTP %d", response.status_code)
@@ -294,12 +338,30 @@ class BulkTransport:
         return parsed.details.pfids[0] if parsed.details.pfids else None
 
 
-def _error_summary(response: httpx.Response) -> str:
+def _error_fields(response: httpx.Response) -> tuple[str | None, str]:
     """code and message of an API error body; never echoes request headers."""
     try:
         data = response.json()
     except ValueError:
-        return f"non-JSON body ({len(response.content)} bytes)"
+        return None, f"non-JSON body ({len(response.content)} bytes)"
     if isinstance(data, dict):
-        return f"{data.get('code')}: {str(data.get('message'))[:200]}"
-    return "unexpected body"
+        return data.get("code"), str(data.get("message"))[:200]
+    return None, "unexpected body"
+
+
+def rest_request(item: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The REST path and body of a bulk item: path parameters leave the body, the rest stays as is."""
+    action = item["_type"]
+    body = {k: v for k, v in item.items() if k != "_type"}
+    if action == BULK_REGISTER:
+        return "/agent_instance/register", body
+    if action in (BULK_START, BULK_FINISH_INSTANCE):
+        instance_id = body.pop("agent_instance_id")
+        verb = "start" if action == BULK_START else "finish"
+        return f"/agent_instance/{instance_id}/{verb}", body
+    if action == BULK_CREATE_SPAN:
+        return "/agent_spans", body
+    if action == BULK_FINISH_SPAN:
+        span_id = body.pop("agent_span_id")
+        return f"/agent_spans/{span_id}/finish", body
+    raise ValueError(f"no REST form for bulk action {action!r}")

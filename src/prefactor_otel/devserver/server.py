@@ -514,6 +514,7 @@ class DevServer:
         agent_id: str | None = None,
         environment_id: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        bulk_actions: frozenset[str] | None = None,
     ) -> None:
         if not isinstance(token, str) or not token.strip() or token != token.strip():
             raise ValueError("DevServer token must be a non-empty string without surrounding whitespace")
@@ -544,6 +545,7 @@ class DevServer:
             agent_id=self.agent_id,
             environment_id=self.environment_id,
             partition=self.partition,
+            bulk_actions=bulk_actions,
         )
         self.faults = FaultSet()
         self._requests: list[RequestLog] = []

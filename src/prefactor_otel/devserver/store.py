@@ -221,7 +221,18 @@ class _Span:
 class Store:
     """One account (seeded agent and environment) and everything registered under it."""
 
-    def __init__(self, *, account_id: str, agent_id: str, environment_id: str, partition: int) -> None:
+    def __init__(
+        self,
+        *,
+        account_id: str,
+        agent_id: str,
+        environment_id: str,
+        partition: int,
+        bulk_actions: frozenset[str] | None = None,
+    ) -> None:
+        # A subset of BULK_ACTIONS emulates a server whose bulk endpoint lacks some `_type`s (the inferred
+        # `agent_instances/start|finish`), so the exporter's REST fallback can be tested.
+        self.bulk_actions = BULK_ACTIONS if bulk_actions is None else frozenset(bulk_actions) & BULK_ACTIONS
         self.account_id = account_id
         self.agent_id = agent_id
         self.environment_id = environment_id
@@ -358,7 +369,7 @@ class Store:
         outputs: dict[str, JsonDict] = {}
         for item in items:
             kind, key = item["_type"], item["idempotency_key"]
-            if kind not in BULK_ACTIONS:
+            if kind not in self.bulk_actions:
                 if kind in KNOWN_UNSERVED_BULK_TYPES:
                     outputs[key] = error_body("not_implemented", f"_type {kind} is not served by the dev server")
                 else:

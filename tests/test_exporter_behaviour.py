@@ -1,0 +1,190 @@
+"""The exporter's OTel contract and delivery edge cases, against the local server over real HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+from opentelemetry import context as otel_context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+
+from prefactor_otel import PrefactorSpanExporter
+from prefactor_otel.devserver import DevServer, Fault
+from prefactor_otel.models import BULK_CREATE_SPAN, BULK_FINISH_SPAN, BULK_REGISTER
+from tests.spans import agent_trace, make_provider
+
+TOKEN = "pf_behaviour_token"
+
+
+def _exporter(srv: DevServer, **kw) -> PrefactorSpanExporter:
+    options = {
+        "api_url": srv.url,
+        "api_token": srv.token,
+        "agent_id": srv.agent_id,
+        "environment_id": srv.environment_id,
+        "finish_grace_seconds": 0,
+        "export_timeout": 10,
+        **kw,
+    }
+    return PrefactorSpanExporter(environ={}, **options)
+
+
+def _spans(traces: int = 1):
+    provider, collector = make_provider()
+    for _ in range(traces):
+        agent_trace(provider)
+    return collector.spans
+
+
+def _wait_for(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_rest_fallback_when_bulk_lacks_instance_actions():
+    with DevServer(token=TOKEN, bulk_actions=frozenset({BULK_REGISTER, BULK_CREATE_SPAN, BULK_FINISH_SPAN})) as srv:
+        exporter = _exporter(srv)
+        assert exporter.export(_spans(2)) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+        assert [i["status"] for i in srv.instances()] == ["complete", "complete"]
+        assert len(srv.spans()) == 8
+        paths = {r.path for r in srv.requests}
+        assert any(p.endswith("/start") for p in paths) and any(p.endswith("/finish") for p in paths)
+        assert exporter.stats()["spans_dropped"] == 0
+
+
+def test_background_finisher_closes_runs_after_the_grace_period():
+    with DevServer(token=TOKEN) as srv:
+        exporter = _exporter(srv, finish_grace_seconds=0.3)
+        assert exporter.export(_spans()) is SpanExportResult.SUCCESS
+        assert srv.instances()[0]["status"] == "active"  # root in, grace not over
+        assert _wait_for(lambda: srv.instances()[0]["status"] == "complete")
+        exporter.shutdown()
+
+
+def test_force_flush_finishes_runs_without_waiting_for_grace():
+    with DevServer(token=TOKEN) as srv:
+        exporter = _exporter(srv, finish_grace_seconds=60)
+        exporter.export(_spans())
+        assert srv.instances()[0]["status"] == "active"
+        assert exporter.force_flush(timeout_millis=5000) is True
+        assert srv.instances()[0]["status"] == "complete"
+        exporter.shutdown()
+
+
+def test_concurrent_exports_from_many_threads_deliver_each_span_once():
+    with DevServer(token=TOKEN) as srv:
+        exporter = _exporter(srv)
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))  # export() on every ending thread
+
+        def work() -> None:
+            for _ in range(10):
+                agent_trace(provider)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        provider.shutdown()
+        spans = srv.spans()
+        assert len(spans) == 160
+        assert len({s["id"] for s in spans}) == 160
+        assert len(srv.instances()) == 40
+        assert all(i["status"] == "complete" for i in srv.instances())
+
+
+def test_413_splits_requests_until_they_fit():
+    with DevServer(token=TOKEN, max_body_bytes=12_000) as srv:
+        exporter = _exporter(srv, max_request_bytes=10_000_000)
+        assert exporter.export(_spans(10)) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+        assert len(srv.spans()) == 40
+        assert any(r.status == 413 for r in srv.requests)
+        assert exporter.stats()["spans_dropped"] == 0
+
+
+def test_single_item_too_large_for_the_server_is_dropped_and_counted():
+    with DevServer(token=TOKEN, max_body_bytes=30_000) as srv:
+        provider, collector = make_provider()
+        tracer = provider.get_tracer("t")
+        with tracer.start_as_current_span("root"), tracer.start_as_current_span("huge", attributes={"x": "y" * 50_000}):
+            pass
+        exporter = _exporter(srv)
+        exporter.export(collector.spans)
+        exporter.shutdown()
+        stats = exporter.stats()
+        assert stats["dropped_by_reason"].get("rejected:too_large") == 1
+        assert [s["payload"]["name"] for s in srv.spans()] == ["root"]
+
+
+def test_redirect_is_not_followed_and_spans_stay_queued():
+    with DevServer(token=TOKEN) as srv, DevServer(token=TOKEN) as elsewhere:
+        srv.add_fault(Fault(path="/api/v1/bulk", redirect_to=elsewhere.url + "/api/v1/bulk", status=307, times=1))
+        exporter = _exporter(srv)
+        spans = _spans()
+        assert exporter.export(spans) is SpanExportResult.FAILURE
+        assert elsewhere.requests == []  # the token never went to the other origin
+        assert exporter.stats()["spans_queued"] == 4
+        assert exporter.force_flush(5000) is True  # fault used up: delivered now
+        assert len(srv.spans()) == 4
+        exporter.shutdown()
+
+
+def test_non_json_answer_is_a_contract_error_and_retried():
+    with DevServer(token=TOKEN) as srv:
+        srv.add_fault(Fault(path="/api/v1/bulk", status=200, body="<html>gateway</html>", times=1))
+        exporter = _exporter(srv)
+        assert exporter.export(_spans()) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+        assert len(srv.spans()) == 4
+        assert exporter.stats()["retries"] >= 1
+
+
+def test_own_http_calls_run_with_instrumentation_suppressed():
+    seen: list[object] = []
+
+    def hook(request: httpx.Request) -> None:
+        seen.append(otel_context.get_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY))
+
+    with DevServer(token=TOKEN) as srv, httpx.Client(event_hooks={"request": [hook]}) as client:
+        exporter = _exporter(srv, http_client=client)
+        assert exporter.export(_spans()) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+        assert seen and all(value is True for value in seen)
+        assert len(srv.spans()) == 4  # a caller-supplied client authenticates too
+
+
+def test_export_never_raises_on_a_broken_span():
+    class Broken:
+        name = "broken"
+
+        def __getattr__(self, item):
+            raise RuntimeError("boom")
+
+    with DevServer(token=TOKEN) as srv:
+        exporter = _exporter(srv)
+        good = _spans()
+        assert exporter.export([Broken(), *good]) is SpanExportResult.SUCCESS  # type: ignore[list-item]
+        exporter.shutdown()
+        assert len(srv.spans()) == 4
+        assert exporter.stats()["dropped_by_reason"]["mapping_error"] == 1
+
+
+def test_shutdown_is_idempotent_and_export_after_warns_once(caplog):
+    with DevServer(token=TOKEN) as srv:
+        exporter = _exporter(srv)
+        exporter.shutdown()
+        exporter.shutdown()
+        spans = _spans()
+        assert exporter.export(spans) is SpanExportResult.FAILURE
+        assert exporter.export(spans) is SpanExportResult.FAILURE
+        warnings = [r for r in caplog.records if "already shut down" in r.getMessage()]
+        assert len(warnings) == 1
