@@ -17,11 +17,11 @@ def test_defaults():
 
 
 def test_keyword_overrides_environment_overrides_default():
-    env = {"PREFACTOR_API_URL": "http://env.example:1/api/v1/", "PREFACTOR_EXPORT_TIMEOUT": "3"}
+    env = {"PREFACTOR_API_URL": "https://env.example:1/api/v1/", "PREFACTOR_EXPORT_TIMEOUT": "3"}
     cfg = PrefactorConfig.load(env)
-    assert cfg.api_url == "http://env.example:1" and cfg.export_timeout == 3.0
-    cfg = PrefactorConfig.load(env, api_url="http://kw.example:2", export_timeout=7)
-    assert cfg.api_url == "http://kw.example:2" and cfg.export_timeout == 7.0
+    assert cfg.api_url == "https://env.example:1" and cfg.export_timeout == 3.0
+    cfg = PrefactorConfig.load(env, api_url="https://kw.example:2", export_timeout=7)
+    assert cfg.api_url == "https://kw.example:2" and cfg.export_timeout == 7.0
 
 
 @pytest.mark.parametrize(
@@ -75,3 +75,25 @@ def test_enabled_false_is_a_kill_switch():
     exporter = PrefactorSpanExporter(environ={"PREFACTOR_API_TOKEN": TOKEN, "PREFACTOR_ENABLED": "false"})
     assert not exporter.enabled
     assert exporter.stats()["disabled_reason"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://api.example.com", "http://10.0.0.5:8080", "http://prefactor.internal/api/v1"],
+)
+def test_plain_http_to_a_remote_host_is_refused(url):
+    with pytest.raises(ConfigError) as info:
+        PrefactorConfig.load({"PREFACTOR_API_URL": url})
+    assert "PREFACTOR_API_URL" in str(info.value) and "PREFACTOR_ALLOW_INSECURE" in str(info.value)
+    assert PrefactorConfig.load({"PREFACTOR_API_URL": url, "PREFACTOR_ALLOW_INSECURE": "true"}).api_url
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8787", "http://localhost:1", "http://[::1]:9", "https://x.example"])
+def test_loopback_and_https_are_allowed(url):
+    assert PrefactorConfig.load({"PREFACTOR_API_URL": url}).api_url == url
+
+
+def test_tls_verification_is_on_by_default():
+    cfg = PrefactorConfig.load({})
+    assert cfg.tls_verify is True
+    assert PrefactorConfig.load({}, tls_verify=False).tls_verify is False

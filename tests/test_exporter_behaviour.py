@@ -188,3 +188,69 @@ def test_shutdown_is_idempotent_and_export_after_warns_once(caplog):
         assert exporter.export(spans) is SpanExportResult.FAILURE
         warnings = [r for r in caplog.records if "already shut down" in r.getMessage()]
         assert len(warnings) == 1
+
+
+def _silent_listener():
+    """A socket that accepts connections (kernel backlog) and never answers: the worst backend."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _refused_url() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _agent_id() -> str:
+    from prefactor_otel.ids import encode
+
+    return encode(1_700_000_000_000, 9, 9)
+
+
+def test_budgets_hold_against_a_server_that_never_answers():
+    sock, url = _silent_listener()
+    try:
+        exporter = PrefactorSpanExporter(
+            environ={}, api_url=url, api_token=TOKEN, agent_id=_agent_id(), export_timeout=1
+        )
+        started = time.monotonic()
+        assert exporter.export(_spans()) is SpanExportResult.FAILURE
+        assert time.monotonic() - started < 1.5
+        started = time.monotonic()
+        exporter.shutdown(timeout_millis=2000)
+        assert time.monotonic() - started <= 2.5
+    finally:
+        sock.close()
+
+
+def test_shutdown_interrupts_another_threads_backoff():
+    exporter = PrefactorSpanExporter(
+        environ={}, api_url=_refused_url(), api_token=TOKEN, agent_id=_agent_id(), export_timeout=30
+    )
+    results: list[SpanExportResult] = []
+    worker = threading.Thread(target=lambda: results.append(exporter.export(_spans())))
+    worker.start()
+    time.sleep(0.3)  # the export is now in its retry ladder (connection refused -> backoff)
+    started = time.monotonic()
+    exporter.shutdown(timeout_millis=2000)
+    assert time.monotonic() - started <= 2.5
+    worker.join(timeout=5)
+    assert results == [SpanExportResult.FAILURE]
+
+
+def test_exit_budget_caps_exports_after_interpreter_exit_began():
+    exporter = PrefactorSpanExporter(
+        environ={}, api_url=_refused_url(), api_token=TOKEN, agent_id=_agent_id(), export_timeout=30, shutdown_timeout=1
+    )
+    exporter._begin_exit()  # what the atexit hook does
+    started = time.monotonic()
+    assert exporter.export(_spans()) is SpanExportResult.FAILURE
+    exporter.shutdown(timeout_millis=30_000)
+    assert time.monotonic() - started <= 1.5

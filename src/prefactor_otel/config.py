@@ -124,6 +124,20 @@ OPTIONS: dict[str, _Option] = {
     ),
     "purpose": _Option("PREFACTOR_INSTANCE_PURPOSE", _purpose, "live, smoke_test or eval"),
     "enabled": _Option("PREFACTOR_ENABLED", _parse_bool, "false turns the exporter into a no-op"),
+    "allow_insecure": _Option(
+        "PREFACTOR_ALLOW_INSECURE",
+        _parse_bool,
+        "allow a plain http:// URL to a host other than loopback (the token would travel in clear text)",
+    ),
+    "tls_verify": _Option(
+        "PREFACTOR_TLS_VERIFY", _parse_bool, "verify the server's TLS certificate (turn off only knowingly)"
+    ),
+    "ca_bundle": _Option("PREFACTOR_CA_BUNDLE", _text, "CA bundle file to verify the server with"),
+    "shutdown_timeout": _Option(
+        "PREFACTOR_SHUTDOWN_TIMEOUT",
+        _positive_number(float, allow_zero=True),
+        "seconds the exporter may spend delivering at process exit / shutdown, in total",
+    ),
     "export_timeout": _Option(
         "PREFACTOR_EXPORT_TIMEOUT", _positive_number(float), "seconds one export() may take, retries included"
     ),
@@ -162,6 +176,10 @@ class PrefactorConfig:
     agent_identifier: str | None = None
     purpose: str | None = None
     enabled: bool = True
+    allow_insecure: bool = False
+    tls_verify: bool = True
+    ca_bundle: str | None = None
+    shutdown_timeout: float = 5.0
     export_timeout: float = 10.0
     max_items_per_request: int = 500
     max_request_bytes: int = 4 * 1024 * 1024
@@ -188,7 +206,20 @@ class PrefactorConfig:
                     values[name] = option.parse(option.env, raw_env)
         if "api_token" in values and not isinstance(values["api_token"], Secret):
             values["api_token"] = Secret(values["api_token"])
-        return cls(**values)
+        config = cls(**values)
+        config._check_transport_security()
+        return config
+
+    def _check_transport_security(self) -> None:
+        scheme, _, rest = self.api_url.partition("://")
+        host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+        host = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+        loopback = host in ("localhost", "::1") or host.startswith("127.")
+        if scheme == "http" and not loopback and not self.allow_insecure:
+            raise ConfigError(
+                f"PREFACTOR_API_URL: plain http:// to {host!r} would send the API token unencrypted; "
+                "use https:// or set PREFACTOR_ALLOW_INSECURE=true"
+            )
 
     @staticmethod
     def _from_keyword(name: str, option: _Option, raw: Any) -> Any:
@@ -196,7 +227,7 @@ class PrefactorConfig:
             return raw
         if isinstance(raw, str):
             return option.parse(name, raw)
-        if isinstance(raw, bool) and name == "enabled":
+        if isinstance(raw, bool) and option.parse is _parse_bool:
             return raw
         if isinstance(raw, (int, float)) and not isinstance(raw, bool):
             return option.parse(name, str(raw))

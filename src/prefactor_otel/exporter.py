@@ -8,6 +8,7 @@ errors or repr.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -64,6 +65,7 @@ class PrefactorSpanExporter(SpanExporter):
         self._ticker_stop = threading.Event()
         self._transport: BulkTransport | None = None
         self._rest_only: set[str] = set()
+        self._exit_deadline: float | None = None
         self._rest_only_changed = False
         try:
             self._config = config if config is not None else PrefactorConfig.load(environ, **options)
@@ -89,8 +91,8 @@ class PrefactorSpanExporter(SpanExporter):
             self._disabled_reason = "HTTP client error"
             return
         logger.info("Prefactor exporter ready: %s", self._config.describe())
+        ref = weakref.ref(self)
         if hasattr(os, "register_at_fork"):
-            ref = weakref.ref(self)
 
             def _after_fork() -> None:
                 exporter = ref()
@@ -98,6 +100,15 @@ class PrefactorSpanExporter(SpanExporter):
                     exporter._reset_after_fork()
 
             os.register_at_fork(after_in_child=_after_fork)
+
+        def _at_exit() -> None:
+            exporter = ref()
+            if exporter is not None:
+                exporter._begin_exit()
+
+        # Registered after the TracerProvider's own atexit hook in the usual set-up order, so it runs first
+        # (atexit is LIFO): from then on every export and the final shutdown share one exit budget.
+        atexit.register(_at_exit)
 
     def __repr__(self) -> str:
         return f"PrefactorSpanExporter({self._config.describe()}, disabled={self._disabled_reason!r})"
@@ -126,6 +137,8 @@ class PrefactorSpanExporter(SpanExporter):
         if self._disabled_reason is not None:
             return SpanExportResult.SUCCESS  # a no-op by configuration is not an export failure
         deadline = time.monotonic() + self._config.export_timeout
+        if self._exit_deadline is not None:
+            deadline = min(deadline, self._exit_deadline)  # the process is exiting: the exit budget rules
         records = self._map(spans)
         with self._state_lock:
             self._unplanned.extend(records)
@@ -154,13 +167,21 @@ class PrefactorSpanExporter(SpanExporter):
             self._send_lock.release()
 
     def shutdown(self, timeout_millis: int = 30_000) -> None:
+        """Deliver what is left within min(timeout_millis, PREFACTOR_SHUTDOWN_TIMEOUT), then close."""
         if self._shutdown:
             return
-        deadline = time.monotonic() + timeout_millis / 1000
+        now = time.monotonic()
+        deadline = min(now + timeout_millis / 1000, self._exit_deadline or now + self._config.shutdown_timeout)
         self._ticker_stop.set()
         try:
-            if self._disabled_reason is None and self._send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            if self._transport is not None:
+                self._transport.interrupt_waits()  # a sender sleeping in backoff lets go of the lock now
+            if self._disabled_reason is None and self._send_lock.acquire(
+                timeout=max(0.0, deadline - time.monotonic())
+            ):
                 try:
+                    if self._transport is not None:
+                        self._transport.resume_waits()
                     self._drain(deadline, shutdown=True)
                 finally:
                     self._send_lock.release()
@@ -391,6 +412,10 @@ class PrefactorSpanExporter(SpanExporter):
             finally:
                 self._send_lock.release()
             delay = _TICK_S if ok else min(_TICK_BACKOFF_CAP_S, delay * 2)
+
+    def _begin_exit(self) -> None:
+        if self._exit_deadline is None:
+            self._exit_deadline = time.monotonic() + self._config.shutdown_timeout
 
     def _reset_after_fork(self) -> None:
         self._send_lock = threading.Lock()

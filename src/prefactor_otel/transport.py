@@ -12,6 +12,7 @@ import email.utils
 import json
 import logging
 import random
+import ssl
 import threading
 import time
 from collections import Counter
@@ -139,14 +140,19 @@ class BulkTransport:
             "User-Agent": sdk_header,
         }
         self._stop = threading.Event()
+        self._interrupt = threading.Event()
         self._auth_failed = False
         self._log = RateLimitedLog()
         self.counters: Counter[str] = Counter()
 
     def _new_client(self) -> httpx.Client:
+        verify: bool | ssl.SSLContext = self._config.tls_verify
+        if self._config.tls_verify and self._config.ca_bundle:
+            verify = ssl.create_default_context(cafile=self._config.ca_bundle)
         return httpx.Client(
             follow_redirects=False,  # a redirect would carry the token to another origin
             timeout=httpx.Timeout(self._config.export_timeout),
+            verify=verify,
         )
 
     def reset_after_fork(self) -> None:
@@ -154,6 +160,7 @@ class BulkTransport:
         if self._owns_client:
             self._client = self._new_client()
         self._stop = threading.Event()
+        self._interrupt = threading.Event()
 
     @property
     def auth_failed(self) -> bool:
@@ -164,9 +171,16 @@ class BulkTransport:
         if self._owns_client:
             self._client.close()
 
-    def interrupt(self) -> None:
-        """Wake any backoff sleep (shutdown)."""
-        self._stop.set()
+    def interrupt_waits(self) -> None:
+        """Wake every backoff sleep now (shutdown must not wait for another thread's retry ladder).
+
+        The interrupted sender gives up its request ("interrupted"); the items stay with the planner and the
+        shutting-down caller, once it holds the send lock, calls `resume_waits` and sends them itself.
+        """
+        self._interrupt.set()
+
+    def resume_waits(self) -> None:
+        self._interrupt.clear()
 
     # ------------------------------------------------------------------ requests
 
@@ -233,8 +247,8 @@ class BulkTransport:
                     status if status is not None else "connection error",
                 )
                 return BulkResult(error="timeout", status_code=status)
-            if self._stop.wait(delay):
-                return BulkResult(error="shutdown")
+            if self._stop.is_set() or self._interrupt.wait(delay):
+                return BulkResult(error="shutdown" if self._stop.is_set() else "interrupted")
 
     def _handle_status(self, response: httpx.Response) -> BulkResult | None:
         """A final result for a non-2xx status, or None (2xx, or retryable: `_post` tells them apart)."""
