@@ -111,18 +111,44 @@ def test_413_splits_requests_until_they_fit():
         assert exporter.stats()["spans_dropped"] == 0
 
 
-def test_single_item_too_large_for_the_server_is_dropped_and_counted():
+def test_single_span_too_large_for_the_server_becomes_a_placeholder_in_place():
     with DevServer(token=TOKEN, max_body_bytes=30_000) as srv:
         provider, collector = make_provider()
         tracer = provider.get_tracer("t")
-        with tracer.start_as_current_span("root"), tracer.start_as_current_span("huge", attributes={"x": "y" * 50_000}):
-            pass
-        exporter = _exporter(srv)
+        with tracer.start_as_current_span("root"):
+            with tracer.start_as_current_span("huge", attributes={"x": "y" * 50_000}):
+                with tracer.start_as_current_span("grandchild"):
+                    pass
+        exporter = _exporter(srv)  # client-side limit 4 MiB: the server's 413 tells
         exporter.export(collector.spans)
         exporter.shutdown()
+        spans = {s["payload"]["name"]: s for s in srv.spans()}
+        assert set(spans) == {"root", "huge", "grandchild"}
+        huge = spans["huge"]
+        assert huge["payload"]["metadata"]["prefactor.too_large"] is True
+        assert huge["payload"]["metadata"]["prefactor.original_bytes"] > 50_000
+        assert huge["parent_span_id"] == spans["root"]["id"]
+        assert spans["grandchild"]["parent_span_id"] == huge["id"]  # the tree keeps its shape
         stats = exporter.stats()
-        assert stats["dropped_by_reason"].get("rejected:too_large") == 1
-        assert [s["payload"]["name"] for s in srv.spans()] == ["root"]
+        assert stats["spans_dropped"] == 0
+
+
+def test_span_over_the_client_limit_is_replaced_before_sending():
+    with DevServer(token=TOKEN) as srv:
+        provider, collector = make_provider()
+        tracer = provider.get_tracer("t")
+        with tracer.start_as_current_span("root"):
+            with tracer.start_as_current_span("huge", attributes={"x": "y" * 50_000}):
+                with tracer.start_as_current_span("grandchild"):
+                    pass
+        exporter = _exporter(srv, max_request_bytes=20_000)
+        exporter.export(collector.spans)
+        exporter.shutdown()
+        assert not any(r.status == 413 for r in srv.requests)
+        spans = {s["payload"]["name"]: s for s in srv.spans()}
+        assert spans["huge"]["payload"]["metadata"]["prefactor.too_large"] is True
+        assert spans["grandchild"]["parent_span_id"] == spans["huge"]["id"]
+        assert all(r.request_bytes <= 20_000 for r in srv.requests)
 
 
 def test_redirect_is_not_followed_and_spans_stay_queued():

@@ -176,9 +176,7 @@ class PrefactorSpanExporter(SpanExporter):
         try:
             if self._transport is not None:
                 self._transport.interrupt_waits()  # a sender sleeping in backoff lets go of the lock now
-            if self._disabled_reason is None and self._send_lock.acquire(
-                timeout=max(0.0, deadline - time.monotonic())
-            ):
+            if self._disabled_reason is None and self._send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 try:
                     if self._transport is not None:
                         self._transport.resume_waits()
@@ -316,9 +314,13 @@ class PrefactorSpanExporter(SpanExporter):
                 planner.apply(result.outcomes, time.monotonic())
             if result.error in ("too_large", "rejected"):
                 if len(chunk_items) == 1:
-                    # One item the server will not take in any request: drop it, counted.
                     with self._state_lock:
-                        planner.apply({keys[0]: ItemOutcome("error", result.error)}, time.monotonic())
+                        replaced = result.error == "too_large" and planner.replace_with_placeholder(
+                            keys[0], len(encoded[segment.start]) if isinstance(segment, range) else 0
+                        )
+                        if not replaced:
+                            # One item the server will not take in any request: drop it, counted.
+                            planner.apply({keys[0]: ItemOutcome("error", result.error)}, time.monotonic())
                     return True
                 return max(1, len(chunk_items) // 2)  # split in halves and re-plan
             if result.error is not None:
@@ -372,15 +374,28 @@ class PrefactorSpanExporter(SpanExporter):
     def _encode(self, items: list[PlannedItem], planner: Planner) -> tuple[list[bytes], list[PlannedItem]]:
         encoded: list[bytes] = []
         sendable: list[PlannedItem] = []
+        limit = self._config.max_request_bytes
+        replaced = False
         for item in items:
             try:
-                encoded.append(encode_item(item.body))
+                data = encode_item(item.body)
             except (TypeError, ValueError) as exc:
                 self._log.log(logging.WARNING, "encode", "Prefactor: item could not be encoded (%s)", exc)
                 with self._state_lock:
                     planner.apply({item.key: ItemOutcome("error", "unencodable")}, time.monotonic())
                 continue
+            if len(data) > limit:
+                # Checked before sending: a poison span must not cost a 413 ladder on every export.
+                with self._state_lock:
+                    if not planner.replace_with_placeholder(item.key, len(data)):
+                        planner.apply({item.key: ItemOutcome("error", "too_large")}, time.monotonic())
+                self._log.log(logging.WARNING, "too_large", "Prefactor: a %d-byte span became a placeholder", len(data))
+                replaced = True
+                continue
+            encoded.append(data)
             sendable.append(item)
+        if replaced:
+            return [], []  # re-plan, so the placeholder keeps its place before its children
         return encoded, sendable
 
     # ------------------------------------------------------------------ background finishing

@@ -61,6 +61,7 @@ class _PendingSpan:
     arrived_at: float
     orphaned: bool = False
     parent_missing_retries: int = 0
+    too_large_bytes: int | None = None  # set: send a small placeholder in its place
 
 
 @dataclass(slots=True)
@@ -80,6 +81,31 @@ class _Trace:
     any_failed: bool = False
     last_activity: float = 0.0
     rejected: bool = False
+
+
+def _placeholder(record: SpanRecord, original_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The envelope without content: ids, name, status, times survive; the gap in the tree stays visible."""
+    payload = record.payload
+    error = payload.get("error")
+    message = f"span too large to export ({original_bytes} bytes); content dropped"
+    small = {
+        key: payload.get(key)
+        for key in ("span_id", "trace_id", "parent_span_id", "name", "kind", "status", "token_usage")
+    }
+    small["name"] = str(small["name"])[:1000]
+    small.update(
+        inputs={},
+        metadata={"prefactor.too_large": True, "prefactor.original_bytes": original_bytes},
+        error=(
+            {"error_type": str(error.get("error_type"))[:200], "message": message, "stacktrace": None}
+            if isinstance(error, dict)
+            else None
+        ),
+        events=[],
+        links=[],
+    )
+    result = {"outputs": {}, "token_usage": small["token_usage"], "error": small["error"]}
+    return small, result
 
 
 AgentVersionBuilder = Callable[[Mapping[str, object]], AgentVersionForRegister]
@@ -300,6 +326,9 @@ class Planner:
     def _create_item(self, trace: _Trace, pending: _PendingSpan) -> PlannedItem:
         record = pending.record
         payload = record.payload
+        result_payload = record.result_payload
+        if pending.too_large_bytes is not None:
+            payload, result_payload = _placeholder(record, pending.too_large_bytes)
         parent_id: str | None = None
         if pending.orphaned:
             payload = copy.copy(payload)
@@ -315,15 +344,16 @@ class Planner:
             "schema_name": record.schema_name,
             "status": record.status,
             "payload": payload,
-            "result_payload": record.result_payload,
+            "result_payload": result_payload,
             "started_at": record.started_at,
             "finished_at": record.finished_at,
         }
         if parent_id is not None:
             details["parent_span_id"] = parent_id
         # Orphaning changes the body, so it gets its own key; the id stays, and "already exists" is success.
+        variant = ("#orphan" if pending.orphaned else "") + ("#placeholder" if pending.too_large_bytes else "")
         key = ids.idempotency_key(
-            BULK_CREATE_SPAN + ("#orphan" if pending.orphaned else ""),
+            BULK_CREATE_SPAN + variant,
             self._agent_key,
             f"{record.trace_id:032x}",
             hex_span_id(record.span_id),
@@ -377,6 +407,23 @@ class Planner:
         return PlannedItem(body["idempotency_key"], body["_type"], body, trace_id)
 
     # ------------------------------------------------------------------ outcomes
+
+    def replace_with_placeholder(self, key: str, original_bytes: int) -> bool:
+        """A span too large for any request: next plans send a small placeholder in the same place of the tree.
+
+        False if the item is not a span create of the last plan, or is already a placeholder.
+        """
+        item = self._items.get(key)
+        if item is None or item.action != BULK_CREATE_SPAN:
+            return False
+        trace = self._traces.get(item.trace_id)
+        pending = trace.pending.get(item.span_id) if trace is not None else None  # type: ignore[arg-type]
+        if pending is None or pending.too_large_bytes is not None:
+            return False
+        pending.too_large_bytes = original_bytes
+        self.counters["spans_replaced_too_large"] += 1
+        self.dropped_samples.append(f"too_large: span {pending.record.name!r} ({original_bytes} bytes)")
+        return True
 
     def apply(self, outcomes: Mapping[str, ItemOutcome], now: float) -> None:
         """Record what the server did with each item of the last plan. Keys not given = not processed."""
