@@ -45,3 +45,8 @@ def test_retry_after_forms():
 def test_non_ascii_is_utf8_not_escaped():
     encoded = encode_item({"_type": "t", "idempotency_key": "12345678", "s": "漢字"})
     assert "漢字".encode() in encoded
+
+
+def test_lone_surrogates_are_replaced_not_fatal():
+    encoded = encode_item({"_type": "t", "idempotency_key": "12345678", "s": "a\udc80b"})
+    assert json.loads(encoded)["s"] == "a?b"

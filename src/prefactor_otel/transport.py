@@ -62,8 +62,15 @@ class BulkResult:
 
 
 def encode_item(item: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON. Raises ValueError for values strict JSON cannot carry (mapping prevents these)."""
-    return json.dumps(item, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    """Compact UTF-8 JSON. Raises ValueError for values strict JSON cannot carry (mapping prevents these).
+
+    Lone surrogates (Python strings may hold them, UTF-8 cannot) become "?" rather than costing the span.
+    """
+    text = json.dumps(item, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", errors="replace")
 
 
 def bulk_body(encoded_items: Sequence[bytes]) -> bytes:

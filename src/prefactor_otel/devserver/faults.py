@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,9 @@ class Fault:
       response -- or, together with `drop_connection`, commit and then drop the connection.
     - `redirect_to`: answer a redirect (`status`, default 307) to this `Location`, without processing.
 
-    `times=-1` keeps the fault forever; `method="*"` matches any method. Faults act after authentication
+    `times=-1` keeps the fault forever; `method="*"` matches any method. `probability` < 1 makes the fault
+    hit only that share of matching requests (one draw per request across all faults, so the shares of
+    several faults on one path add up, as in a chaos mix of "20% 5xx, 10% 429, ..."). Faults act after authentication
     (a request with a bad token gets its 401) and never on `/_dev/...`, so a test can always clear them.
     """
 
@@ -38,6 +41,7 @@ class Fault:
     drop_connection: bool = False
     commit_then_fail: bool = False
     redirect_to: str | None = None
+    probability: float = 1.0
 
     def __post_init__(self) -> None:
         # Validate eagerly: a fault posted over HTTP must fail at injection time, not mid-test.
@@ -62,6 +66,13 @@ class Fault:
         for name in ("drop_connection", "commit_then_fail"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Fault.{name} must be a boolean")
+        if (
+            isinstance(self.probability, bool)
+            or not isinstance(self.probability, (int, float))
+            or not 0.0 < self.probability <= 1.0
+        ):
+            raise ValueError("Fault.probability must be in (0, 1]")
+        self.probability = float(self.probability)
         if self.redirect_to is not None and (self.drop_connection or self.commit_then_fail):
             raise ValueError("Fault.redirect_to cannot be combined with drop_connection or commit_then_fail")
         if self.redirect_to is not None and self.status is not None and not 300 <= self.status <= 399:
@@ -94,9 +105,14 @@ class Fault:
 class FaultSet:
     """The active faults of one server; `take` consumes one use of the first matching fault."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int | None = None) -> None:
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
+        self._rng = random.Random(seed)
+
+    def seed(self, seed: int) -> None:
+        with self._lock:
+            self._rng.seed(seed)
 
     def add(self, fault: Fault) -> None:
         with self._lock:
@@ -112,11 +128,17 @@ class FaultSet:
 
     def take(self, method: str, path: str) -> Fault | None:
         with self._lock:
+            draw = self._rng.random()
+            share = 0.0
             for index, fault in enumerate(self._faults):
-                if fault.matches(method, path):
-                    if fault.times > 0:
-                        fault.times -= 1
-                        if fault.times == 0:
-                            del self._faults[index]
-                    return fault
-        return None
+                if not fault.matches(method, path):
+                    continue
+                share += fault.probability
+                if draw >= share:
+                    continue
+                if fault.times > 0:
+                    fault.times -= 1
+                    if fault.times == 0:
+                        del self._faults[index]
+                return fault
+            return None
