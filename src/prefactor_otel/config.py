@@ -133,6 +133,18 @@ OPTIONS: dict[str, _Option] = {
         "PREFACTOR_TLS_VERIFY", _parse_bool, "verify the server's TLS certificate (turn off only knowingly)"
     ),
     "ca_bundle": _Option("PREFACTOR_CA_BUNDLE", _text, "CA bundle file to verify the server with"),
+    "spool": _Option(
+        "PREFACTOR_SPOOL", _parse_bool, "keep undeliverable items on disk and re-send them, across restarts"
+    ),
+    "spool_dir": _Option(
+        "PREFACTOR_SPOOL_DIR", _text, "spool directory (default: per user and destination under the temp dir)"
+    ),
+    "spool_max_bytes": _Option(
+        "PREFACTOR_SPOOL_MAX_BYTES", _positive_number(int), "spool size cap; beyond it the oldest is dropped (counted)"
+    ),
+    "spool_retention_seconds": _Option(
+        "PREFACTOR_SPOOL_RETENTION_SECONDS", _positive_number(float), "spooled items older than this are dropped"
+    ),
     "shutdown_timeout": _Option(
         "PREFACTOR_SHUTDOWN_TIMEOUT",
         _positive_number(float, allow_zero=True),
@@ -180,6 +192,10 @@ class PrefactorConfig:
     tls_verify: bool = True
     ca_bundle: str | None = None
     shutdown_timeout: float = 5.0
+    spool: bool = True
+    spool_dir: str | None = None
+    spool_max_bytes: int = 100 * 1024 * 1024
+    spool_retention_seconds: float = 24 * 3600.0
     export_timeout: float = 10.0
     max_items_per_request: int = 500
     max_request_bytes: int = 4 * 1024 * 1024

@@ -16,6 +16,7 @@ import time
 import weakref
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,8 +27,16 @@ from prefactor_otel import __version__, ids
 from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.config import ConfigError, PrefactorConfig
 from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_version_from_resource, map_span
+from prefactor_otel.models import BULK_CREATE_SPAN, BULK_FINISH_INSTANCE, BULK_START
 from prefactor_otel.planner import ItemOutcome, PlannedItem, Planner
-from prefactor_otel.transport import BulkTransport, chunk_encoded, encode_item, suppress_instrumentation
+from prefactor_otel.spool import Spool, default_spool_dir
+from prefactor_otel.transport import (
+    BulkResult,
+    BulkTransport,
+    chunk_encoded,
+    encode_item,
+    suppress_instrumentation,
+)
 
 SDK_HEADER = f"prefactor-otel@{__version__}"
 _TICK_S = 0.5
@@ -66,6 +75,9 @@ class PrefactorSpanExporter(SpanExporter):
         self._transport: BulkTransport | None = None
         self._rest_only: set[str] = set()
         self._exit_deadline: float | None = None
+        self._spool: Spool | None = None
+        self._spool_retry_at = 0.0
+        self._spool_backoff = 1.0
         self._rest_only_changed = False
         try:
             self._config = config if config is not None else PrefactorConfig.load(environ, **options)
@@ -90,7 +102,22 @@ class PrefactorSpanExporter(SpanExporter):
             logger.error("Prefactor exporter disabled: cannot create the HTTP client (%s)", type(exc).__name__)
             self._disabled_reason = "HTTP client error"
             return
+        if self._config.spool:
+            directory = (
+                Path(self._config.spool_dir)
+                if self._config.spool_dir
+                else default_spool_dir(self._config.api_base, self._config.agent_id or "deployment")
+            )
+            spool = Spool(
+                directory,
+                max_bytes=self._config.spool_max_bytes,
+                retention_seconds=self._config.spool_retention_seconds,
+            )
+            self._spool = spool if spool.enabled else None
         logger.info("Prefactor exporter ready: %s", self._config.describe())
+        if self._spool is not None and self._spool.has_backlog:
+            logger.info("Prefactor: %d bytes left in the spool by an earlier run; re-sending", spool.backlog_bytes)
+            self._ensure_ticker()
         ref = weakref.ref(self)
         if hasattr(os, "register_at_fork"):
 
@@ -253,7 +280,11 @@ class PrefactorSpanExporter(SpanExporter):
         return self._planner
 
     def _drain(self, deadline: float, *, flush: bool = False, shutdown: bool = False) -> bool:
-        """Send everything the planner has ready. True if nothing that was ready is left undelivered."""
+        """Send everything the planner has ready. True if nothing that was ready is left undelivered.
+
+        With a spool backlog, the backlog goes first (oldest first keeps parents before children); what
+        cannot be delivered by the deadline is handed to the spool, behind it.
+        """
         transport = self._transport
         if transport is None:
             return True
@@ -265,25 +296,138 @@ class PrefactorSpanExporter(SpanExporter):
                 if self._unplanned:
                     planner.add(list(self._unplanned), time.monotonic())
                     self._unplanned.clear()
-            max_items = self._config.max_items_per_request
-            for _round in range(10_000):  # bounded: every round makes progress or returns
-                if time.monotonic() >= deadline:
+            spool = self._spool
+            if spool is not None and spool.has_backlog:
+                retry_due = time.monotonic() >= self._spool_retry_at
+                if not ((retry_due or shutdown) and self._replay_spool(deadline)):
+                    self._spill(planner, flush=flush, shutdown=shutdown)
                     return False
-                with self._state_lock:
-                    items = planner.plan(time.monotonic(), flush=flush, shutdown=shutdown)
-                if not items:
-                    return True
-                encoded, sendable = self._encode(items, planner)
-                if not sendable:
-                    continue
-                verdict = self._send_round(planner, sendable, encoded, max_items, deadline)
-                if verdict is False:
-                    return False
-                if isinstance(verdict, int):
-                    max_items = verdict
-                # Re-plan: after a partial failure to re-order what is left, after success for finishes
-                # that just became due. The next plan is empty when everything is delivered.
-            return False
+            delivered = self._send_live(planner, deadline, flush=flush, shutdown=shutdown)
+            if not delivered and not transport.auth_failed:
+                self._spill(planner, flush=flush, shutdown=shutdown)
+            return delivered
+
+    def _send_live(self, planner: Planner, deadline: float, *, flush: bool, shutdown: bool) -> bool:
+        max_items = self._config.max_items_per_request
+        for _round in range(10_000):  # bounded: every round makes progress or returns
+            if time.monotonic() >= deadline:
+                return False
+            with self._state_lock:
+                items = planner.plan(time.monotonic(), flush=flush, shutdown=shutdown)
+            if not items:
+                return True
+            encoded, sendable = self._encode(items, planner)
+            if not sendable:
+                continue
+            verdict = self._send_round(planner, sendable, encoded, max_items, deadline)
+            if verdict is False:
+                return False
+            if isinstance(verdict, int):
+                max_items = verdict
+            # Re-plan: after a partial failure to re-order what is left, after success for finishes
+            # that just became due. The next plan is empty when everything is delivered.
+        return False
+
+    # ------------------------------------------------------------------ durable spool
+
+    def _spill(self, planner: Planner, *, flush: bool, shutdown: bool) -> None:
+        """Hand everything ready to the spool, in plan order; the planner then treats it as delivered."""
+        spool = self._spool
+        if spool is None:
+            return
+        with self._state_lock:
+            items = planner.plan(time.monotonic(), flush=flush, shutdown=shutdown)
+            if items and spool.append([item.body for item in items]):
+                planner.handoff(items, time.monotonic())
+        self._spool_retry_at = max(self._spool_retry_at, time.monotonic() + self._spool_backoff)
+
+    def _replay_spool(self, deadline: float) -> bool:
+        """Send spool files oldest first. True once the spool is empty; False (backing off) on failure."""
+        spool = self._spool
+        transport = self._transport
+        assert spool is not None and transport is not None
+        while spool.has_backlog:
+            if time.monotonic() >= deadline:
+                return False
+            file = spool.take_oldest()
+            if file is None:
+                break
+            remaining = self._send_spooled(file.items, deadline)
+            if remaining:
+                spool.give_back(file, remaining)
+                self._spool_backoff = min(_TICK_BACKOFF_CAP_S, max(1.0, self._spool_backoff * 2))
+                self._spool_retry_at = time.monotonic() + self._spool_backoff
+                return False
+            spool.complete(file)
+        self._spool_backoff = 1.0
+        return True
+
+    def _send_spooled(self, items: list[dict[str, Any]], deadline: float) -> list[dict[str, Any]]:
+        """Deliver spooled items in order; returns what is left to send later (empty: all settled)."""
+        transport = self._transport
+        assert transport is not None
+        pending = list(items)
+        max_items = self._config.max_items_per_request
+        while pending:
+            head = pending[0]
+            if head["_type"] in self._rest_only:
+                result = transport.send_rest(head, deadline)
+                if result.error == "rejected":
+                    result.outcomes = {head["idempotency_key"]: ItemOutcome("error", result.code, result.message)}
+                    result.error = None
+                chunk = [head]
+            else:
+                encoded = [encode_item(item) for item in pending[: max_items * 4]]
+                first = chunk_encoded(encoded, max_items, self._config.max_request_bytes)[0]
+                chunk = pending[: len(first)]
+                keys = [item["idempotency_key"] for item in chunk]
+                result = transport.send_bulk(encoded[: len(first)], keys, deadline)
+                if result.error is None:
+                    planned = [
+                        PlannedItem(item["idempotency_key"], item["_type"], item, 0) for item in chunk
+                    ]
+                    self._learn_rest_only(planned, result.outcomes)
+            if result.error in ("too_large", "rejected") and len(chunk) > 1:
+                max_items = max(1, len(chunk) // 2)
+                continue
+            if result.error in ("too_large", "rejected"):
+                result = BulkResult({head["idempotency_key"]: ItemOutcome("error", result.error)})
+            if result.error is not None:
+                return pending
+            settled = 0
+            for item in chunk:
+                outcome = result.outcomes.get(item["idempotency_key"], ItemOutcome("not_processed"))
+                if outcome.status == "not_processed":
+                    break
+                settled += 1
+                self._settle_spooled(item, outcome, pending)
+            if settled == 0 and not self._rest_only_changed:
+                return pending
+            self._rest_only_changed = False
+            del pending[:settled]
+        return []
+
+    def _settle_spooled(self, item: dict[str, Any], outcome: ItemOutcome, pending: list[dict[str, Any]]) -> None:
+        action = item["_type"]
+        done = outcome.status == "success" or outcome.code in ("idempotency_key_already_used", "already_exists")
+        if action in (BULK_START, BULK_FINISH_INSTANCE) and outcome.code == "invalid_action":
+            done = True  # already started / already finished: our own earlier attempt
+        if done:
+            if action == BULK_CREATE_SPAN:
+                self._counters["spans_replayed"] += 1
+            return
+        details = item.get("details") if action == BULK_CREATE_SPAN else None
+        if outcome.code == "not_found" and isinstance(details, dict) and details.get("parent_span_id"):
+            # The parent never reached the server (dropped earlier): keep the span, without the link.
+            orphan = {**item, "details": {k: v for k, v in details.items() if k != "parent_span_id"}}
+            payload = dict(details.get("payload") or {})
+            payload["metadata"] = {**(payload.get("metadata") or {}), "orphaned": True}
+            orphan["details"]["payload"] = payload
+            orphan["idempotency_key"] = ids.idempotency_key("orphan", item["idempotency_key"])
+            pending.insert(1, orphan)  # right after the item being settled (which is removed)
+            self._counters["spans_orphaned_parent_rejected"] += 1
+            return
+        self._dropped[f"spool_rejected:{action}:{outcome.code or 'error'}"] += 1
 
     def _send_round(
         self,
@@ -409,18 +553,25 @@ class PrefactorSpanExporter(SpanExporter):
         self._ticker.start()
 
     def _tick_loop(self) -> None:
-        """Finishes instances after their grace period and sends aged orphans when no export comes along."""
+        """Finishes instances after their grace period, sends aged orphans and replays the spool when no
+        export comes along."""
         delay = _TICK_S
         while not self._ticker_stop.wait(delay):
             planner = self._planner
-            if planner is None:
-                continue
-            with self._state_lock:
-                due = planner.has_due_work(time.monotonic())
+            spool = self._spool
+            due = spool is not None and spool.has_backlog and time.monotonic() >= self._spool_retry_at
+            if planner is not None and not due:
+                with self._state_lock:
+                    due = planner.has_due_work(time.monotonic())
             if not due or not self._send_lock.acquire(blocking=False):
                 continue
             try:
-                ok = self._drain(time.monotonic() + self._config.export_timeout)
+                deadline = time.monotonic() + self._config.export_timeout
+                if planner is None:
+                    with suppress_instrumentation():
+                        ok = self._replay_spool(deadline)
+                else:
+                    ok = self._drain(deadline)
             except Exception:
                 logger.exception("Prefactor background send failed unexpectedly")
                 ok = False
@@ -467,11 +618,17 @@ class PrefactorSpanExporter(SpanExporter):
             open_traces = planner.open_traces
         if self._transport is not None:
             counters.update(self._transport.counters)
+        if self._spool is not None:
+            for key, value in self._spool.counters.items():
+                if key.startswith("dropped:"):
+                    dropped[key.removeprefix("dropped:")] += value
+                else:
+                    counters[key] += value
         return {
             "enabled": self.enabled,
             "disabled_reason": self._disabled_reason,
             "spans_received": counters["spans_received"] + self._dropped["mapping_error"],
-            "spans_exported": counters["spans_exported"],
+            "spans_exported": counters["spans_exported"] + counters["spans_replayed"],
             "spans_dropped": sum(v for k, v in dropped.items() if not k.startswith("finish_rejected")),
             "dropped_by_reason": dict(dropped),
             "spans_orphaned": sum(v for k, v in counters.items() if k.startswith("spans_orphaned_")),
@@ -483,4 +640,8 @@ class PrefactorSpanExporter(SpanExporter):
             "retries": counters["retries"],
             "bytes_sent": counters["bytes_sent"],
             "auth_failed": bool(self._transport and self._transport.auth_failed),
+            "spans_spooled": counters["spans_spooled"],
+            "spans_replayed": counters["spans_replayed"],
+            "spool_backlog_bytes": self._spool.backlog_bytes if self._spool is not None else 0,
+            "spool_enabled": self._spool is not None,
         }

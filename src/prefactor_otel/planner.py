@@ -425,7 +425,11 @@ class Planner:
         self.dropped_samples.append(f"too_large: span {pending.record.name!r} ({original_bytes} bytes)")
         return True
 
-    def apply(self, outcomes: Mapping[str, ItemOutcome], now: float) -> None:
+    def handoff(self, items: Iterable[PlannedItem], now: float) -> None:
+        """These items went to the durable spool: treat them as delivered (the spool sends them in order)."""
+        self.apply({item.key: ItemOutcome("success") for item in items}, now, spooled=True)
+
+    def apply(self, outcomes: Mapping[str, ItemOutcome], now: float, *, spooled: bool = False) -> None:
         """Record what the server did with each item of the last plan. Keys not given = not processed."""
         for key, outcome in outcomes.items():
             item = self._items.get(key)
@@ -441,7 +445,7 @@ class Planner:
                 # invalid_action on start = already active: a replay of our own earlier start.
                 self._on_start(trace, ok or outcome.code == "invalid_action", outcome)
             elif item.action == BULK_CREATE_SPAN:
-                self._on_span(trace, item, ok, outcome)
+                self._on_span(trace, item, ok, outcome, spooled)
             elif item.action == BULK_FINISH_INSTANCE:
                 self._on_finish(trace, ok or outcome.code == "invalid_action", outcome)
 
@@ -464,7 +468,7 @@ class Planner:
         self._drop(len(trace.pending), f"instance_rejected:{reason}")
         trace.pending.clear()
 
-    def _on_span(self, trace: _Trace, item: PlannedItem, ok: bool, outcome: ItemOutcome) -> None:
+    def _on_span(self, trace: _Trace, item: PlannedItem, ok: bool, outcome: ItemOutcome, spooled: bool) -> None:
         span_id = item.span_id
         pending = trace.pending.get(span_id)  # type: ignore[arg-type]
         if pending is None:
@@ -473,7 +477,7 @@ class Planner:
             del trace.pending[span_id]  # type: ignore[arg-type]
             self._queued -= 1
             trace.created.add(span_id)  # type: ignore[arg-type]
-            self.counters["spans_exported"] += 1
+            self.counters["spans_spooled" if spooled else "spans_exported"] += 1
             if pending.record.is_local_root:
                 trace.root_delivered = True
                 trace.root_failed = trace.root_failed or pending.record.status == "failed"
@@ -492,7 +496,7 @@ class Planner:
 
     def _on_finish(self, trace: _Trace, ok: bool, outcome: ItemOutcome) -> None:
         if ok:
-            self.counters["instances_finished"] += 1
+            self.counters["instances_finished"] += 1  # or handed to the spool, which finishes it in order
         else:
             self.dropped[f"finish_rejected:{outcome.code or 'error'}"] += 1
         self._forget(trace)
