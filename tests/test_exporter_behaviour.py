@@ -242,11 +242,11 @@ def _agent_id() -> str:
     return encode(1_700_000_000_000, 9, 9)
 
 
-def test_budgets_hold_against_a_server_that_never_answers():
+def test_budgets_hold_against_a_server_that_never_answers(tmp_path):
     sock, url = _silent_listener()
     try:
         exporter = PrefactorSpanExporter(
-            environ={}, api_url=url, api_token=TOKEN, agent_id=_agent_id(), export_timeout=1
+            environ={}, spool_dir=str(tmp_path), api_url=url, api_token=TOKEN, agent_id=_agent_id(), export_timeout=1
         )
         started = time.monotonic()
         assert exporter.export(_spans()) is SpanExportResult.FAILURE
@@ -258,9 +258,14 @@ def test_budgets_hold_against_a_server_that_never_answers():
         sock.close()
 
 
-def test_shutdown_interrupts_another_threads_backoff():
+def test_shutdown_interrupts_another_threads_backoff(tmp_path):
     exporter = PrefactorSpanExporter(
-        environ={}, api_url=_refused_url(), api_token=TOKEN, agent_id=_agent_id(), export_timeout=30
+        environ={},
+        spool_dir=str(tmp_path),
+        api_url=_refused_url(),
+        api_token=TOKEN,
+        agent_id=_agent_id(),
+        export_timeout=30,
     )
     results: list[SpanExportResult] = []
     worker = threading.Thread(target=lambda: results.append(exporter.export(_spans())))
@@ -273,9 +278,15 @@ def test_shutdown_interrupts_another_threads_backoff():
     assert results == [SpanExportResult.FAILURE]
 
 
-def test_exit_budget_caps_exports_after_interpreter_exit_began():
+def test_exit_budget_caps_exports_after_interpreter_exit_began(tmp_path):
     exporter = PrefactorSpanExporter(
-        environ={}, api_url=_refused_url(), api_token=TOKEN, agent_id=_agent_id(), export_timeout=30, shutdown_timeout=1
+        environ={},
+        spool_dir=str(tmp_path),
+        api_url=_refused_url(),
+        api_token=TOKEN,
+        agent_id=_agent_id(),
+        export_timeout=30,
+        shutdown_timeout=1,
     )
     exporter._begin_exit()  # what the atexit hook does
     started = time.monotonic()

@@ -163,13 +163,18 @@ def _dead_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def test_dead_server_export_fails_within_timeout_and_shutdown_within_budget():
+def test_dead_server_export_fails_within_timeout_and_shutdown_within_budget(tmp_path):
     from prefactor_otel.ids import encode
 
     provider, collector = make_provider()
     agent_trace(provider)
     exporter = PrefactorSpanExporter(
-        environ={}, api_url=_dead_url(), api_token=TOKEN, agent_id=encode(1_700_000_000_000, 5, 5), export_timeout=1
+        environ={},
+        spool_dir=str(tmp_path),
+        api_url=_dead_url(),
+        api_token=TOKEN,
+        agent_id=encode(1_700_000_000_000, 5, 5),
+        export_timeout=1,
     )
     started = time.monotonic()
     assert exporter.export(collector.spans) is SpanExportResult.FAILURE
