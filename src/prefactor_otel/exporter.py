@@ -27,6 +27,7 @@ from prefactor_otel import __version__, ids
 from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.config import ConfigError, PrefactorConfig
 from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_version_from_resource, map_span
+from prefactor_otel.metrics import register_metrics
 from prefactor_otel.models import BULK_CREATE_SPAN, BULK_FINISH_INSTANCE, BULK_START
 from prefactor_otel.planner import ItemOutcome, PlannedItem, Planner
 from prefactor_otel.spool import Spool, default_spool_dir
@@ -115,6 +116,10 @@ class PrefactorSpanExporter(SpanExporter):
             )
             self._spool = spool if spool.enabled else None
         logger.info("Prefactor exporter ready: %s", self._config.describe())
+        try:
+            register_metrics(self.stats, __version__)
+        except Exception:  # self-metrics are a convenience: never a reason to fail
+            logger.debug("Prefactor self-metrics unavailable", exc_info=True)
         if self._spool is not None and self._spool.has_backlog:
             logger.info("Prefactor: %d bytes left in the spool by an earlier run; re-sending", spool.backlog_bytes)
             self._ensure_ticker()
@@ -644,4 +649,7 @@ class PrefactorSpanExporter(SpanExporter):
             "spans_replayed": counters["spans_replayed"],
             "spool_backlog_bytes": self._spool.backlog_bytes if self._spool is not None else 0,
             "spool_enabled": self._spool is not None,
+            "requests_by_outcome": {
+                key.removeprefix("outcome:"): value for key, value in counters.items() if key.startswith("outcome:")
+            },
         }

@@ -226,12 +226,14 @@ class BulkTransport:
                     )
             except httpx.TransportError as exc:
                 self.counters["connection_errors"] += 1
+                self.counters["outcome:connection_error"] += 1
                 self._log.log(
                     logging.WARNING, "conn", "Prefactor export: connection problem (%s), retrying", type(exc).__name__
                 )
                 status = None
             else:
                 status = response.status_code
+                self.counters[f"outcome:http_{status}"] += 1
                 result = self._handle_status(response)
                 if result is None and 200 <= status < 300:
                     result = on_ok(response)
