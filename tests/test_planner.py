@@ -192,3 +192,10 @@ def test_late_span_after_finish_is_dropped_counted():
     planner.apply(_ok(planner.plan(0.0)), 0.0)
     planner.add([records[0]], 1.0)
     assert planner.dropped["instance_already_finished"] == 1
+
+
+def test_count_bound_only_counts_spans_that_really_wait():
+    # parent and children arrive together: nobody waits, so a tiny bound orphans no one
+    planner = _planner(max_waiting_spans=1)
+    planner.add(_records(), 0.0)
+    assert not any(k.startswith("spans_orphaned") for k in planner.counters)

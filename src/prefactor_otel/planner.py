@@ -218,7 +218,7 @@ class Planner:
             pending
             for trace in self._traces.values()
             for pending in trace.pending.values()
-            if not pending.orphaned and not self._parent_resolved(trace, pending.record, frozenset())
+            if not pending.orphaned and not self._parent_resolved_deep(trace, pending.record)
         ]
 
     def _orphan(self, pending: _PendingSpan, why: str) -> None:
