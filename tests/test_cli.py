@@ -18,3 +18,65 @@ def test_demo_runs_offline_and_prints_trees():
     assert "otel:agent" in out and "otel:llm" in out and "otel:tool" in out
     assert "complete" in out and "failed" in out
     assert "dropped 0" in out
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PREFACTOR_"))}
+    env.update(extra)
+    return env
+
+
+def test_doctor_against_the_local_server_and_token_not_printed():
+    from prefactor_otel.devserver import DevServer
+
+    token = "pf_doctor_secret_token"
+    with DevServer(token=token) as srv:
+        proc = subprocess.run(
+            [sys.executable, "-m", "prefactor_otel", "doctor"],
+            env=_env(PREFACTOR_API_URL=srv.url, PREFACTOR_API_TOKEN=token, OTEL_TRACES_EXPORTER="prefactor"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 0, proc.stdout
+    assert "/ping -> HTTP 200" in proc.stdout and "resolves to PrefactorSpanExporter" in proc.stdout
+    assert token not in proc.stdout + proc.stderr
+
+
+def test_doctor_reports_missing_token_and_bad_values():
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefactor_otel", "doctor"], env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1 and "PREFACTOR_API_TOKEN is missing" in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefactor_otel", "doctor"],
+        env=_env(PREFACTOR_EXPORT_TIMEOUT="soon"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "PREFACTOR_EXPORT_TIMEOUT" in proc.stdout
+
+
+def test_serve_and_show_print_the_runs_a_server_holds():
+    from prefactor_otel import PrefactorSpanExporter
+    from prefactor_otel.devserver import DevServer
+    from tests.spans import agent_trace, make_provider
+
+    with DevServer(token="pf_show_token") as srv:
+        exporter = PrefactorSpanExporter(
+            environ={}, api_url=srv.url, api_token=srv.token, agent_id=srv.agent_id, finish_grace_seconds=0
+        )
+        provider, collector = make_provider()
+        agent_trace(provider)
+        exporter.export(collector.spans)
+        exporter.shutdown()
+        proc = subprocess.run(
+            [sys.executable, "-m", "prefactor_otel", "show", "--url", srv.url, "--token", srv.token],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert "invoke_agent support" in proc.stdout and "chat gpt-4o" in proc.stdout and "complete" in proc.stdout

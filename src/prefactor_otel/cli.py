@@ -1,8 +1,9 @@
-"""`prefactor-otel` command line: demo | serve | show."""
+"""`prefactor-otel` command line: demo | serve | show | doctor."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -90,6 +91,60 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    """Check the set-up a user has, without sending any span: config, entry point, configurator, API."""
+    from importlib.metadata import PackageNotFoundError, entry_points, version
+
+    from prefactor_otel import PrefactorSpanExporter
+    from prefactor_otel.config import ConfigError, PrefactorConfig
+
+    problems = 0
+
+    def report(ok: bool, text: str) -> None:
+        nonlocal problems
+        problems += 0 if ok else 1
+        print(f"[{'ok' if ok else '!!'}] {text}")
+
+    try:
+        config = PrefactorConfig.load()
+    except ConfigError as exc:
+        report(False, f"configuration: {exc}")
+        return 1
+    report(True, f"configuration: {config.describe()}")
+    report(
+        bool(config.api_token), "PREFACTOR_API_TOKEN is set" if config.api_token else "PREFACTOR_API_TOKEN is missing"
+    )
+    found = entry_points(group="opentelemetry_traces_exporter", name="prefactor")
+    report(
+        bool(found) and next(iter(found)).load() is PrefactorSpanExporter,
+        "entry point opentelemetry_traces_exporter:prefactor resolves to PrefactorSpanExporter",
+    )
+    if os.environ.get("OTEL_TRACES_EXPORTER", "").strip():
+        configurators = list(entry_points(group="opentelemetry_configurator"))
+        report(
+            bool(configurators),
+            "an OTel configurator is installed (" + ", ".join(ep.name for ep in configurators) + ")"
+            if configurators
+            else "no OTel configurator installed: OTEL_TRACES_EXPORTER is never read; "
+            "pip install opentelemetry-distro opentelemetry-instrumentation",
+        )
+        if "prefactor" not in os.environ["OTEL_TRACES_EXPORTER"].split(","):
+            print(f"[..] OTEL_TRACES_EXPORTER={os.environ['OTEL_TRACES_EXPORTER']} does not name prefactor")
+    with contextlib.suppress(PackageNotFoundError):
+        print(f"[..] opentelemetry-sdk {version('opentelemetry-sdk')}, prefactor-otel {version('prefactor-otel')}")
+    if config.api_token:
+        try:
+            response = httpx.get(
+                config.api_base + "/ping",
+                headers={"Authorization": f"Bearer {config.api_token.get()}"},
+                timeout=config.export_timeout,
+            )
+            report(response.status_code == 200, f"GET {config.api_base}/ping -> HTTP {response.status_code}")
+        except httpx.HTTPError as exc:
+            report(False, f"GET {config.api_base}/ping failed: {type(exc).__name__}")
+    return 1 if problems else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prefactor-otel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.add_argument("--token", default=os.environ.get("PREFACTOR_API_TOKEN") or DEFAULT_DEV_TOKEN)
     show.add_argument("--json", action="store_true", help="print the raw snapshot")
     show.set_defaults(func=_show)
+    doctor = sub.add_parser("doctor", help="check configuration, plugin wiring and API access (sends no span)")
+    doctor.set_defaults(func=_doctor)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
