@@ -293,3 +293,19 @@ def test_exit_budget_caps_exports_after_interpreter_exit_began(tmp_path):
     assert exporter.export(_spans()) is SpanExportResult.FAILURE
     exporter.shutdown(timeout_millis=30_000)
     assert time.monotonic() - started <= 1.5
+
+
+def test_span_filter_genai_end_to_end():
+    with DevServer(token=TOKEN) as srv:
+        exporter = _exporter(srv, span_filter="genai")
+        provider, collector = make_provider()
+        tracer = provider.get_tracer("t")
+        with tracer.start_as_current_span("GET /health"):
+            pass
+        agent_trace(provider)  # agent -> chat, tool -> "db query" (plain leaf)
+        exporter.export(collector.spans)
+        exporter.shutdown()
+        names = sorted(s["payload"]["name"] for s in srv.spans())
+        assert names == ["chat gpt-4o", "execute_tool lookup", "invoke_agent support"]
+        assert len(srv.instances()) == 1 and srv.instances()[0]["status"] == "complete"
+        assert exporter.stats()["spans_dropped"] == 0

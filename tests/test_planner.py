@@ -199,3 +199,63 @@ def test_count_bound_only_counts_spans_that_really_wait():
     planner = _planner(max_waiting_spans=1)
     planner.add(_records(), 0.0)
     assert not any(k.startswith("spans_orphaned") for k in planner.counters)
+
+
+def _genai_only(record):
+    return record.schema_name != "otel:span"
+
+
+def test_span_filter_keeps_genai_spans_and_their_ancestors():
+    provider, collector = make_provider()
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("http request"):  # plain, but an ancestor of an LLM call
+        with tracer.start_as_current_span("db query"):  # plain leaf: filtered out
+            pass
+        with tracer.start_as_current_span("chat", attributes={"gen_ai.operation.name": "chat"}):
+            pass
+    planner = _planner(span_filter=_genai_only)
+    planner.add([map_span(s) for s in collector.spans], 0.0)
+    items = planner.plan(0.0)
+    names = [i.body["details"]["payload"]["name"] for i in items if i.action == "agent_spans/create"]
+    assert names == ["http request", "chat"]
+    assert items[-1].action == "agent_instances/finish"
+    assert planner.counters["spans_filtered_out"] == 1
+
+
+def test_span_filter_reparents_a_span_that_outlived_its_filtered_parent():
+    provider, collector = make_provider()
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("invoke_agent", attributes={"gen_ai.operation.name": "invoke_agent"}):
+        middle = tracer.start_span("background task")  # plain, ends before its child (async work)
+        from opentelemetry import trace as trace_api
+
+        with trace_api.use_span(middle, end_on_exit=False):
+            late = tracer.start_span("chat late", attributes={"gen_ai.operation.name": "chat"})
+        middle.end()
+        late.end()
+    spans = {s.name: s for s in collector.spans}
+    records = [map_span(spans[n]) for n in ("background task", "chat late", "invoke_agent")]
+    planner = _planner(span_filter=_genai_only)
+    planner.add(records, 0.0)
+    creates = {
+        i.body["details"]["payload"]["name"]: i.body["details"]
+        for i in planner.plan(0.0)
+        if i.action == "agent_spans/create"
+    }
+    assert set(creates) == {"invoke_agent", "chat late"}
+    late_details = creates["chat late"]
+    assert late_details["parent_span_id"] == creates["invoke_agent"]["id"]  # nearest exported ancestor
+    meta = late_details["payload"]["metadata"]
+    assert meta["prefactor.reparented_from"] == f"{spans['background task'].context.span_id:016x}"
+    assert planner.counters["spans_reparented"] == 1
+
+
+def test_span_filter_trace_with_nothing_to_export_registers_nothing():
+    provider, collector = make_provider()
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("healthcheck"):
+        pass
+    planner = _planner(span_filter=_genai_only)
+    planner.add([map_span(s) for s in collector.spans], 0.0)
+    assert planner.plan(0.0) == []
+    assert planner.open_traces == 0

@@ -98,6 +98,13 @@ def _text(name: str, raw: str) -> str:
     return raw.strip()
 
 
+def _span_filter(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("all", "genai"):
+        raise ConfigError(f"{name}: expected all or genai, got {raw!r}")
+    return value
+
+
 def _purpose(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("live", "smoke_test", "eval"):
@@ -124,6 +131,12 @@ OPTIONS: dict[str, _Option] = {
     ),
     "purpose": _Option("PREFACTOR_INSTANCE_PURPOSE", _purpose, "live, smoke_test or eval"),
     "enabled": _Option("PREFACTOR_ENABLED", _parse_bool, "false turns the exporter into a no-op"),
+    "span_filter": _Option(
+        "PREFACTOR_SPAN_FILTER",
+        _span_filter,
+        "all, or genai: only spans of a GenAI convention and their ancestors (children of a dropped span are "
+        "re-parented to the nearest exported ancestor)",
+    ),
     "allow_insecure": _Option(
         "PREFACTOR_ALLOW_INSECURE",
         _parse_bool,
@@ -188,6 +201,7 @@ class PrefactorConfig:
     agent_identifier: str | None = None
     purpose: str | None = None
     enabled: bool = True
+    span_filter: str = "all"
     allow_insecure: bool = False
     tls_verify: bool = True
     ca_bundle: str | None = None

@@ -44,6 +44,11 @@ _TICK_S = 0.5
 _TICK_BACKOFF_CAP_S = 30.0
 
 
+def _carries_genai(record: SpanRecord) -> bool:
+    """PREFACTOR_SPAN_FILTER=genai: a span some GenAI convention typed or recognised."""
+    return record.schema_name != "otel:span" or "convention" in record.payload.get("metadata", {})
+
+
 class PrefactorSpanExporter(SpanExporter):
     """Exports OTel spans to Prefactor: one agent instance per trace, one agent span per span, in bulk.
 
@@ -281,6 +286,7 @@ class PrefactorSpanExporter(SpanExporter):
             max_queued_spans=config.max_queued_spans,
             max_wait_seconds=config.max_wait_seconds,
             finish_grace_seconds=config.finish_grace_seconds,
+            span_filter=_carries_genai if config.span_filter == "genai" else None,
         )
         return self._planner
 

@@ -81,6 +81,10 @@ class _Trace:
     any_failed: bool = False
     last_activity: float = 0.0
     rejected: bool = False
+    # span filter: spans with an exported descendant (kept whole), and filtered spans -> their OTel parent
+    needed: set[int] = field(default_factory=set)
+    skipped: dict[int, int | None] = field(default_factory=dict)
+    root_skipped: bool = False
 
 
 def _placeholder(record: SpanRecord, original_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -126,6 +130,7 @@ class Planner:
         max_queued_spans: int = 20_000,
         max_wait_seconds: float = 30.0,
         finish_grace_seconds: float = 2.0,
+        span_filter: Callable[[SpanRecord], bool] | None = None,
     ) -> None:
         self.partition = partition
         self._agent_key = agent_key
@@ -138,6 +143,7 @@ class Planner:
         self._max_queued = max(max_queued_spans, max_waiting_spans)
         self._max_wait = max_wait_seconds
         self._grace = finish_grace_seconds
+        self._span_filter = span_filter
         self._traces: OrderedDict[int, _Trace] = OrderedDict()
         self._finished: OrderedDict[int, None] = OrderedDict()
         self._items: dict[str, PlannedItem] = {}  # key -> item of the last plan, for `apply`
@@ -165,12 +171,52 @@ class Planner:
             if record.span_id in trace.pending or record.span_id in trace.created:
                 self.counters["spans_duplicate_ignored"] += 1
                 continue
+            if self._span_filter is not None and not self._passes_filter(trace, record):
+                trace.last_activity = now
+                continue
             trace.pending[record.span_id] = _PendingSpan(record, now)
             trace.last_activity = now
             trace.last_end_ns = max(trace.last_end_ns, record.end_time_ns)
             self._traces.move_to_end(record.trace_id)
             self._queued += 1
         self._enforce_bounds(now)
+
+    def _passes_filter(self, trace: _Trace, record: SpanRecord) -> bool:
+        """Keep spans the filter wants and their ancestors; remember the rest so children can skip them.
+
+        Children normally end (and arrive) before their parent, so a kept child has marked its parent as
+        needed by the time the parent arrives: trees stay whole. A kept span whose parent was already filtered
+        out (it outlived it) is re-parented to its nearest exported ancestor instead of becoming an orphan.
+        """
+        assert self._span_filter is not None
+        if self._span_filter(record) or record.span_id in trace.needed:
+            if not record.is_local_root:
+                if record.parent_span_id in trace.skipped:
+                    self._reparent(trace, record)
+                if record.parent_span_id is not None:
+                    trace.needed.add(record.parent_span_id)
+            return True
+        trace.skipped[record.span_id] = None if record.is_local_root else record.parent_span_id
+        self.counters["spans_filtered_out"] += 1
+        if record.is_local_root:
+            trace.root_skipped = True
+            trace.root_failed = trace.root_failed or record.status == "failed"
+            trace.root_end_ns = max(trace.root_end_ns, record.end_time_ns)
+        return False
+
+    def _reparent(self, trace: _Trace, record: SpanRecord) -> None:
+        original = record.parent_span_id
+        ancestor = original
+        for _ in range(len(trace.skipped) + 1):  # bounded walk up through filtered-out spans
+            if ancestor is None or ancestor not in trace.skipped:
+                break
+            ancestor = trace.skipped[ancestor]
+        record.parent_span_id = ancestor
+        payload = dict(record.payload)
+        payload["parent_span_id"] = hex_span_id(ancestor) if ancestor is not None else None
+        payload["metadata"] = {**payload["metadata"], "prefactor.reparented_from": hex_span_id(original or 0)}
+        record.payload = payload
+        self.counters["spans_reparented"] += 1
 
     def _new_trace(self, first: SpanRecord) -> _Trace:
         instance_id = ids.instance_pfid(self.partition, self._agent_key, first.trace_id, first.start_time_ns)
@@ -261,6 +307,7 @@ class Planner:
         shutdown: also send every waiting child as an orphan and finish every instance.
         """
         items: list[PlannedItem] = []
+        empty: list[int] = []
         for trace in self._traces.values():
             if trace.rejected:
                 continue
@@ -277,6 +324,10 @@ class Planner:
                     ):
                         self._orphan(pending, "age")
             span_items = self._plan_spans(trace)
+            if trace.root_skipped and not trace.pending and not trace.created and not trace.registered:
+                if shutdown or flush or now - trace.last_activity >= self._grace:
+                    empty.append(trace.trace_id)  # the filter kept nothing: no agent run to report
+                continue
             finish = self._plan_finish(trace, now, span_items, flush=flush, shutdown=shutdown)
             if not span_items and finish is None:
                 continue
@@ -287,6 +338,8 @@ class Planner:
             items.extend(span_items)
             if finish is not None:
                 items.append(finish)
+        for trace_id in empty:
+            del self._traces[trace_id]
         self._items = {item.key: item for item in items}
         return items
 
@@ -379,7 +432,7 @@ class Planner:
             return None  # somebody still waits for a parent: the run is not over
         planned = [trace.pending[item.span_id].record for item in span_items if item.span_id is not None]
         roots = [record for record in planned if record.is_local_root]
-        root_in = trace.root_delivered or bool(roots)
+        root_in = trace.root_delivered or trace.root_skipped or bool(roots)
         quiet = now - trace.last_activity >= self._grace
         if not (shutdown or (root_in and (quiet or flush))):
             return None
