@@ -308,4 +308,5 @@ def test_span_filter_genai_end_to_end():
         names = sorted(s["payload"]["name"] for s in srv.spans())
         assert names == ["chat gpt-4o", "execute_tool lookup", "invoke_agent support"]
         assert len(srv.instances()) == 1 and srv.instances()[0]["status"] == "complete"
-        assert exporter.stats()["spans_dropped"] == 0
+        stats = exporter.stats()
+        assert stats["spans_dropped"] == 0 and stats["spans_filtered_out"] == 2

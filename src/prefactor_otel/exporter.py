@@ -642,6 +642,8 @@ class PrefactorSpanExporter(SpanExporter):
             "spans_exported": counters["spans_exported"] + counters["spans_replayed"],
             "spans_dropped": sum(v for k, v in dropped.items() if not k.startswith("finish_rejected")),
             "dropped_by_reason": dict(dropped),
+            "spans_filtered_out": counters["spans_filtered_out"],
+            "spans_reparented": counters["spans_reparented"],
             "spans_orphaned": sum(v for k, v in counters.items() if k.startswith("spans_orphaned_")),
             "spans_queued": queued,
             "open_traces": open_traces,
