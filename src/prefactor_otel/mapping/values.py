@@ -54,10 +54,14 @@ def parse_json_maybe(value: object) -> JsonValue:
     """Parse a JSON-in-a-string attribute; keep the raw string when it is not JSON."""
     if isinstance(value, str) and value[:1] in ("{", "["):
         try:
-            return json_safe(json.loads(value))
+            # json.loads output is JSON already, except NaN/Infinity literals: map those while parsing.
+            return json.loads(value, parse_constant=_NON_FINITE.__getitem__)
         except (ValueError, RecursionError):
             return value
     return json_safe(value)
+
+
+_NON_FINITE = {"NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity"}
 
 
 def hex_trace_id(trace_id: int) -> str:
