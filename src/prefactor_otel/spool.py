@@ -62,12 +62,20 @@ class Spool:
 
     def _prepare(self) -> bool:
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            info = self.directory.stat()
-            if hasattr(os, "getuid") and info.st_uid != os.getuid():
-                raise PermissionError("the spool directory belongs to another user")
-            if stat.S_IMODE(info.st_mode) & 0o077:
-                os.chmod(self.directory, 0o700)
+            # Both levels of the default <tmp>/prefactor-otel-<uid>/<hash> are private, so another user of a
+            # shared temp dir can neither read spooled prompts nor swap the directory under us.
+            for directory in (self.directory.parent, self.directory):
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for directory in (
+                (self.directory.parent, self.directory)
+                if self.directory.parent.name.startswith("prefactor-otel-")
+                else (self.directory,)
+            ):
+                info = directory.stat()
+                if hasattr(os, "getuid") and info.st_uid != os.getuid():
+                    raise PermissionError("the spool directory belongs to another user")
+                if stat.S_IMODE(info.st_mode) & 0o077:
+                    os.chmod(directory, 0o700)
             probe = self.directory / f".probe-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
