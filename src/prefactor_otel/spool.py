@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import stat
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefactor_otel._logging import logger
+from prefactor_otel._logging import RateLimitedLog, logger
 
 FORMAT_VERSION = 1
 _NAME_RE = re.compile(r"^(\d{20})-(\d+)-(\d+)\.json(?:\.lease-(\d+))?$")
@@ -56,6 +57,7 @@ class Spool:
         self._index: dict[str, int] = {}  # file name -> size: the in-memory index, bounded by max_bytes
         self._total = 0
         self.counters: Counter[str] = Counter()
+        self._log = RateLimitedLog()
         self.enabled = self._prepare()
 
     # ------------------------------------------------------------------ set-up
@@ -162,7 +164,14 @@ class Spool:
         if size is not None:
             self._total -= size
         self.counters[f"dropped:{reason}"] += count
-        logger.warning("Prefactor spool: dropped %d item(s) (%s)", count, reason)
+        self._log.log(
+            logging.WARNING,
+            reason,
+            "Prefactor spool: dropped %d item(s) (%s); %d dropped for this reason so far",
+            count,
+            reason,
+            self.counters[f"dropped:{reason}"],
+        )
 
     # ------------------------------------------------------------------ reading
 
