@@ -155,9 +155,10 @@ class Spool:
 
     def _discard(self, path: Path, reason: str) -> None:
         """Drop a file, counting its items by reason (read before deleting: the count must be honest)."""
-        count = 0
-        with contextlib.suppress(OSError, ValueError):
-            count = len(json.loads(path.read_bytes()).get("items", []))
+        count = 0  # spans, like every other drop counter (instance actions are not spans)
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            items = json.loads(path.read_bytes()).get("items", [])
+            count = sum(1 for item in items if item.get("_type") == "agent_spans/create")
         with contextlib.suppress(OSError):
             path.unlink()
         size = self._index.pop(path.name, None)
@@ -167,7 +168,7 @@ class Spool:
         self._log.log(
             logging.WARNING,
             reason,
-            "Prefactor spool: dropped %d item(s) (%s); %d dropped for this reason so far",
+            "Prefactor spool: dropped %d span(s) (%s); %d dropped for this reason so far",
             count,
             reason,
             self.counters[f"dropped:{reason}"],
