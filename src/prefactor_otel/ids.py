@@ -124,6 +124,10 @@ def idempotency_key(action: str, *parts: str) -> str:
     Readable prefix for debugging, then 160 bits of hash: same action on the same object -> same key.
     """
     digest = hashlib.blake2b("\x1f".join((action, *parts)).encode(), digest_size=20).hexdigest()
-    prefix = re.sub(r"[^a-z0-9]+", "-", action.lower()).strip("-")[:20] or "op"
-    key = f"{prefix}-{digest}"
-    return key[:IDEMPOTENCY_KEY_MAX]
+    prefix = _KEY_PREFIXES.get(action)
+    if prefix is None:
+        prefix = _KEY_PREFIXES[action] = re.sub(r"[^a-z0-9]+", "-", action.lower()).strip("-")[:20] or "op"
+    return f"{prefix}-{digest}"[:IDEMPOTENCY_KEY_MAX]
+
+
+_KEY_PREFIXES: dict[str, str] = {}
