@@ -97,3 +97,15 @@ def test_tls_verification_is_on_by_default():
     cfg = PrefactorConfig.load({})
     assert cfg.tls_verify is True
     assert PrefactorConfig.load({}, tls_verify=False).tls_verify is False
+
+
+def test_redaction_options_as_keyword_arguments():
+    def mask(path: str, value: str) -> str:
+        return value.replace("hunter2", "***")
+
+    cfg = PrefactorConfig.load({}, redact_patterns=[r"acct-\d+"], redact_keys=("x-session",), redact_callback=mask)
+    assert cfg.redact_patterns == (r"acct-\d+",) and cfg.redact_keys == ("x-session",)
+    assert cfg.redact_callback is mask
+    with pytest.raises(ConfigError) as info:
+        PrefactorConfig.load({}, redact_patterns=["(unclosed"])
+    assert "redact_patterns" in str(info.value)

@@ -32,8 +32,9 @@ def test_envelope_and_ids_are_the_otel_ids():
     assert p["parent_span_id"] == f"{spans['invoke_agent support'].context.span_id:016x}"
     assert set(p) >= {"name", "kind", "status", "inputs", "metadata", "token_usage", "error", "events", "links"}
     assert record.schema_name == "otel:llm"
-    assert p["inputs"]["model"] == "gpt-4o"
-    assert p["inputs"]["messages"][0]["role"] == "user"  # JSON-in-string parsed
+    assert p["model"] == "gpt-4o"  # typed fields sit at the payload's top level
+    # JSON-in-string parsed and normalised to the shared message shape
+    assert p["inputs"]["messages"] == [{"role": "user", "content": "hi"}]
     assert p["token_usage"] == {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
     # consumed attributes do not appear again in metadata
     assert "gen_ai.request.model" not in p["metadata"]

@@ -8,7 +8,9 @@ log line and a disabled exporter, so the host application never dies of a typo.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -112,6 +114,41 @@ def _purpose(name: str, raw: str) -> str:
     return value
 
 
+def _regex_list(name: str, raw: str) -> tuple[str, ...]:
+    """A JSON array of regular expressions, or one regular expression; each must compile."""
+    value = raw.strip()
+    patterns: list[str]
+    if value.startswith("["):
+        try:
+            loaded = json.loads(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a JSON array of regular expressions") from None
+        if not isinstance(loaded, list) or not all(isinstance(p, str) for p in loaded):
+            raise ConfigError(f"{name}: expected a JSON array of regular expressions")
+        patterns = loaded
+    else:
+        patterns = [value]
+    for index, pattern in enumerate(patterns):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            # The message names the position, never the pattern (it may describe a secret's shape).
+            raise ConfigError(f"{name}: pattern {index + 1} is not a valid regular expression ({exc.msg})") from None
+    return tuple(patterns)
+
+
+def _name_list(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _callback_spec(name: str, raw: str) -> str:
+    value = raw.strip()
+    module, sep, attribute = value.partition(":")
+    if not sep or not module or not attribute:
+        raise ConfigError(f"{name}: expected 'package.module:function', got {raw!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class _Option:
     env: str
@@ -188,6 +225,46 @@ OPTIONS: dict[str, _Option] = {
         _positive_number(float, allow_zero=True),
         "quiet time after a trace's root before its agent instance is finished",
     ),
+    "capture_inputs": _Option(
+        "PREFACTOR_CAPTURE_INPUTS",
+        _parse_bool,
+        "send span inputs (messages sent, tool arguments, queries); false drops them",
+    ),
+    "capture_outputs": _Option(
+        "PREFACTOR_CAPTURE_OUTPUTS",
+        _parse_bool,
+        "send span outputs (messages received, tool results, documents); false drops them",
+    ),
+    "max_input_length": _Option(
+        "PREFACTOR_MAX_INPUT_LENGTH",
+        _positive_number(int, allow_zero=True),
+        "UTF-8 bytes kept of each string in inputs (longer ones are cut with a marker; 0 = no limit)",
+    ),
+    "max_output_length": _Option(
+        "PREFACTOR_MAX_OUTPUT_LENGTH",
+        _positive_number(int, allow_zero=True),
+        "UTF-8 bytes kept of each string in outputs (longer ones are cut with a marker; 0 = no limit)",
+    ),
+    "redact_defaults": _Option(
+        "PREFACTOR_REDACT_DEFAULTS",
+        _parse_bool,
+        "mask secret-looking keys and values (API keys, bearer tokens, JWTs, passwords) before sending",
+    ),
+    "redact_patterns": _Option(
+        "PREFACTOR_REDACT_PATTERNS",
+        _regex_list,
+        "extra regular expressions to mask (a JSON array, or one expression)",
+    ),
+    "redact_keys": _Option(
+        "PREFACTOR_REDACT_KEYS",
+        _name_list,
+        "extra attribute / JSON key names whose values are masked (comma-separated)",
+    ),
+    "redact_callback": _Option(
+        "PREFACTOR_REDACT_CALLBACK",
+        _callback_spec,
+        "'module:function' called as f(path, value) -> value on every string; if it raises, the value is masked",
+    ),
 }
 
 
@@ -217,6 +294,14 @@ class PrefactorConfig:
     max_queued_spans: int = 20_000
     max_wait_seconds: float = 30.0
     finish_grace_seconds: float = 6.0
+    capture_inputs: bool = True
+    capture_outputs: bool = True
+    max_input_length: int = 100_000
+    max_output_length: int = 100_000
+    redact_defaults: bool = True
+    redact_patterns: tuple[str, ...] = ()
+    redact_keys: tuple[str, ...] = ()
+    redact_callback: str | Callable[[str, str], str] | None = None
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> PrefactorConfig:
@@ -261,6 +346,12 @@ class PrefactorConfig:
             return raw
         if isinstance(raw, (int, float)) and not isinstance(raw, bool):
             return option.parse(name, str(raw))
+        if isinstance(raw, (list, tuple)) and option.parse in (_regex_list, _name_list):
+            if not all(isinstance(part, str) for part in raw):
+                raise ConfigError(f"{name}: expected a list of strings")
+            return option.parse(name, json.dumps(list(raw))) if option.parse is _regex_list else tuple(raw)
+        if callable(raw) and name == "redact_callback":
+            return raw
         raise ConfigError(f"{name}: unsupported value type {type(raw).__name__}")
 
     @property

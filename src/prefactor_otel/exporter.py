@@ -27,6 +27,7 @@ from prefactor_otel import __version__, ids
 from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.config import ConfigError, PrefactorConfig
 from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_version_from_resource, map_span
+from prefactor_otel.mapping.options import MappingOptions
 from prefactor_otel.metrics import register_metrics
 from prefactor_otel.models import BULK_CREATE_SPAN, BULK_FINISH_INSTANCE, BULK_START
 from prefactor_otel.planner import ItemOutcome, PlannedItem, Planner
@@ -90,6 +91,13 @@ class PrefactorSpanExporter(SpanExporter):
         except ConfigError as exc:
             logger.error("Prefactor exporter disabled: invalid configuration: %s", exc)
             self._config = PrefactorConfig(enabled=False)
+            self._disabled_reason = "invalid configuration"
+            return
+        try:
+            self._mapping_options = MappingOptions.from_config(self._config)
+        except ConfigError as exc:
+            # e.g. a redaction callback that cannot be imported: fail closed, send nothing unredacted
+            logger.error("Prefactor exporter disabled: invalid configuration: %s", exc)
             self._disabled_reason = "invalid configuration"
             return
         if not self._config.enabled:
@@ -234,7 +242,7 @@ class PrefactorSpanExporter(SpanExporter):
         records: list[SpanRecord] = []
         for span in spans:
             try:
-                record = map_span(span)
+                record = map_span(span, self._mapping_options)
             except Exception as exc:  # one bad span must not cost the batch
                 self._dropped["mapping_error"] += 1
                 self._log.log(logging.WARNING, "map", "Prefactor: span %r could not be mapped (%s)", span.name, exc)

@@ -1,8 +1,24 @@
 """Classify a span into a Prefactor span type. Pure functions.
 
-This is the generic level: the OTel GenAI `gen_ai.operation.name` decides, with a tool fallback for
-instrumentations that name tools without an operation. The fuller priority list of
-shared/design/semantic-conventions.md (OpenInference, Traceloop, LangSmith...) extends `classify`.
+Priority list A0 of shared/design/semantic-conventions.md (the order Langfuse's server uses), first hit wins:
+
+1. `langfuse.observation.type`      6. `gen_ai.operation.name`
+2. `openinference.span.kind`        7. `llm.request.type` (Traceloop before 0.60)
+3. `mlflow.spanType` (JSON string)  8. `gen_ai.tool.name` / `gen_ai.tool.call.id` present -> tool
+4. `langsmith.span.kind`            9. a model attribute present -> llm (embedding for `embedding.*`)
+5. `traceloop.span.kind`           10. span-name patterns, only on spans that carry some GenAI attribute
+
+A span may carry two conventions at once (pydantic-ai plus the OpenInference span processor writes both
+`gen_ai.*` and `openinference.*`): the higher one decides. Known mislabels, handled on purpose:
+
+- LangSmith writes `gen_ai.operation.name=embeddings` on retriever runs: `langsmith.span.kind` (4) is checked first.
+- Traceloop (>= 0.60) labels the root `{name}.workflow` span of *every* LangChain run `invoke_agent`, even a plain
+  prompt | model | parser chain. The mapping sees one span at a time (it is pure and children end before their
+  parents), so it cannot look for LLM/tool descendants; it decides from the span's own markers instead: a
+  Traceloop workflow/task is a chain unless its own operation names something specific. `invoke_agent` on a
+  workflow counts only when the workflow's own name says agent (the rule OpenInference's LangChain
+  instrumentation applies to every run), so `weather_agent.workflow` is an agent and `RunnableSequence.workflow`
+  a chain. A `vector_db_retrieve` / `chat` / `execute_tool` task keeps its specific type.
 """
 
 from __future__ import annotations
@@ -14,17 +30,131 @@ SPAN = "otel:span"
 LLM = "otel:llm"
 TOOL = "otel:tool"
 AGENT = "otel:agent"
+RETRIEVER = "otel:retriever"
+EMBEDDING = "otel:embedding"
+CHAIN = "otel:chain"
 
-_OPERATION_TO_SCHEMA = {
+ALL_SCHEMAS = (SPAN, LLM, TOOL, AGENT, RETRIEVER, EMBEDDING, CHAIN)
+
+# Convention names recorded in `metadata.convention`.
+GEN_AI = "gen_ai"
+OPENINFERENCE = "openinference"
+TRACELOOP = "traceloop"
+LANGFUSE = "langfuse"
+MLFLOW = "mlflow"
+LANGSMITH = "langsmith"
+VERCEL_AI = "vercel_ai"
+
+_LANGFUSE = {
+    "generation": LLM,
+    "embedding": EMBEDDING,
+    "agent": AGENT,
+    "tool": TOOL,
+    "retriever": RETRIEVER,
+    "chain": CHAIN,
+    "evaluator": CHAIN,
+    "guardrail": CHAIN,
+    "span": SPAN,
+    "event": SPAN,
+}
+_OPENINFERENCE = {
+    "LLM": LLM,
+    "EMBEDDING": EMBEDDING,
+    "AGENT": AGENT,
+    "TOOL": TOOL,
+    "RETRIEVER": RETRIEVER,
+    "RERANKER": RETRIEVER,  # a query in, ranked documents out: the retriever payload fits
+    "CHAIN": CHAIN,
+    "GUARDRAIL": CHAIN,
+    "EVALUATOR": CHAIN,
+    "PROMPT": CHAIN,
+    "DECISION": CHAIN,
+    "UNKNOWN": SPAN,
+}
+_MLFLOW = {
+    "LLM": LLM,
+    "CHAT_MODEL": LLM,
+    "EMBEDDING": EMBEDDING,
+    "AGENT": AGENT,
+    "TOOL": TOOL,
+    "RETRIEVER": RETRIEVER,
+    "RERANKER": RETRIEVER,
+    "CHAIN": CHAIN,
+    "PARSER": CHAIN,
+    "MEMORY": CHAIN,
+    "WORKFLOW": CHAIN,
+    "TASK": CHAIN,
+    "GUARDRAIL": CHAIN,
+    "EVALUATOR": CHAIN,
+    "UNKNOWN": SPAN,
+}
+_LANGSMITH = {
+    "llm": LLM,
+    "tool": TOOL,
+    "retriever": RETRIEVER,
+    "embedding": EMBEDDING,
+    "chain": CHAIN,
+    "prompt": CHAIN,
+    "parser": CHAIN,
+}
+_TRACELOOP = {"agent": AGENT, "tool": TOOL, "workflow": CHAIN, "task": CHAIN}
+_OPERATIONS = {
     "chat": LLM,
     "text_completion": LLM,
     "generate_content": LLM,
     "completion": LLM,  # older conventions
     "generate": LLM,
+    "embeddings": EMBEDDING,
+    "embedding": EMBEDDING,
     "execute_tool": TOOL,
     "invoke_agent": AGENT,
     "create_agent": AGENT,
+    "retrieval": RETRIEVER,
+    "retrieve": RETRIEVER,
+    "vector_db_retrieve": RETRIEVER,  # Traceloop LangChain retrievers
+    "invoke_workflow": CHAIN,
+    "execute_task": CHAIN,
+    "plan": CHAIN,
+    "handoff": CHAIN,
 }
+_LEGACY_REQUEST_TYPES = {"chat": LLM, "completion": LLM, "embedding": EMBEDDING, "rerank": CHAIN}
+_VERCEL_OPERATIONS = {
+    "ai.generateText.doGenerate": LLM,
+    "ai.streamText.doStream": LLM,
+    "ai.generateObject.doGenerate": LLM,
+    "ai.streamObject.doStream": LLM,
+    "ai.embed.doEmbed": EMBEDDING,
+    "ai.embedMany.doEmbed": EMBEDDING,
+    "ai.toolCall": TOOL,
+}
+_MODEL_KEYS = ("gen_ai.request.model", "gen_ai.response.model", "llm.model_name", "llm.request.model_name")
+_NAME_PREFIXES = (
+    ("chat ", LLM),
+    ("text_completion ", LLM),
+    ("generate_content ", LLM),
+    ("embeddings ", EMBEDDING),
+    ("execute_tool ", TOOL),
+    ("invoke_agent ", AGENT),
+    ("retrieval ", RETRIEVER),
+)
+_NAME_EXACT = {"agent run": AGENT, "running tool": TOOL, "call_llm": LLM, "openai.embeddings": EMBEDDING}
+_NAME_SUFFIXES = ((".chat", LLM), (".completion", LLM), (".embeddings", EMBEDDING), (".tool", TOOL), (".agent", AGENT))
+# Attribute prefixes that mark a span as GenAI at all; span-name patterns are trusted only on such spans.
+GENAI_KEY_PREFIXES = (
+    "gen_ai.",
+    "llm.",
+    "openinference.",
+    "traceloop.",
+    "langsmith.",
+    "langfuse.",
+    "mlflow.",
+    "embedding.",
+    "retrieval.",
+    "reranker.",
+    "ai.operationId",
+    "pydantic_ai.",
+    "gcp.vertex.agent.",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +162,130 @@ class Classification:
     schema_name: str
     convention: str | None  # which convention decided, None for the generic fallback
     operation: str | None
+    decided_by: str | None = None  # the attribute (or "span.name") that decided
 
 
-def classify(attributes: Mapping[str, object]) -> Classification:
-    operation = attributes.get("gen_ai.operation.name")
-    if isinstance(operation, str):
-        schema = _OPERATION_TO_SCHEMA.get(operation.strip().lower())
+def _mlflow_type(value: object) -> str | None:
+    # MLflow JSON-encodes every attribute value, plain strings too: '"LLM"'.
+    if isinstance(value, str):
+        return value.strip().strip('"').upper()
+    return None
+
+
+def _name_pattern(name: str) -> str | None:
+    for prefix, schema in _NAME_PREFIXES:
+        if name.startswith(prefix):
+            return schema
+    exact = _NAME_EXACT.get(name)
+    if exact is not None:
+        return exact
+    for suffix, schema in _NAME_SUFFIXES:
+        if name.endswith(suffix):
+            return schema
+    return None
+
+
+_PREFIX_CONVENTIONS = (
+    ("gen_ai.", GEN_AI),
+    ("traceloop.", TRACELOOP),
+    ("langsmith.", LANGSMITH),
+    ("langfuse.", LANGFUSE),
+    ("mlflow.", MLFLOW),
+    ("ai.", VERCEL_AI),
+    ("pydantic_ai.", GEN_AI),
+    ("gcp.vertex.agent.", GEN_AI),
+)
+
+
+def genai_attribute_convention(attributes: Mapping[str, object]) -> str | None:
+    """The convention of the first GenAI-marked attribute, or None for a span without any."""
+    for key in attributes:
+        if key.startswith(GENAI_KEY_PREFIXES):
+            for prefix, convention in _PREFIX_CONVENTIONS:
+                if key.startswith(prefix):
+                    return convention
+            return OPENINFERENCE  # llm.*, embedding.*, retrieval.*, reranker.*, openinference.*
+    return None
+
+
+def _traceloop(attributes: Mapping[str, object], kind: str, operation: str | None) -> Classification:
+    schema = _TRACELOOP[kind]
+    if schema is CHAIN and operation is not None:
+        specific = _OPERATIONS.get(operation)
+        if specific is AGENT:
+            # The mislabel: every LangChain root workflow says invoke_agent. Trust it only when the run's own
+            # name says agent.
+            name = attributes.get("traceloop.entity.name") or attributes.get("gen_ai.agent.name") or ""
+            if "agent" in str(name).lower():
+                return Classification(AGENT, TRACELOOP, operation, "traceloop.span.kind")
+        elif specific is not None and specific is not CHAIN:
+            return Classification(specific, GEN_AI, operation, "gen_ai.operation.name")
+    # The operation reported is what the span is: "workflow" / "task" (an invoke_agent mislabel stays in metadata).
+    return Classification(schema, TRACELOOP, kind if schema is CHAIN else operation or kind, "traceloop.span.kind")
+
+
+def _agreeing(operation: str | None, schema: str, fallback: str) -> str:
+    # `operation` reports the gen_ai operation only when it agrees with the type that was decided; a mislabel
+    # (LangSmith's retriever "embeddings") gives way to the deciding convention's own kind and stays in metadata.
+    if operation is not None and _OPERATIONS.get(operation) == schema:
+        return operation
+    return fallback
+
+
+def classify(attributes: Mapping[str, object], name: str | None = None) -> Classification:
+    """The span type of a span with these attributes (and, for the last-resort patterns, this name)."""
+    raw_operation = attributes.get("gen_ai.operation.name")
+    operation = raw_operation.strip().lower() if isinstance(raw_operation, str) else None
+
+    value = attributes.get("langfuse.observation.type")
+    if isinstance(value, str) and value.lower() in _LANGFUSE:
+        schema = _LANGFUSE[value.lower()]
+        return Classification(
+            schema, LANGFUSE, _agreeing(operation, schema, value.lower()), "langfuse.observation.type"
+        )
+    value = attributes.get("openinference.span.kind")
+    if isinstance(value, str) and value.upper() in _OPENINFERENCE:
+        schema = _OPENINFERENCE[value.upper()]
+        kind = value.lower()
+        return Classification(schema, OPENINFERENCE, _agreeing(operation, schema, kind), "openinference.span.kind")
+    mlflow = _mlflow_type(attributes.get("mlflow.spanType"))
+    if mlflow in _MLFLOW:
+        schema = _MLFLOW[mlflow]
+        return Classification(schema, MLFLOW, _agreeing(operation, schema, mlflow.lower()), "mlflow.spanType")
+    value = attributes.get("langsmith.span.kind")
+    if isinstance(value, str) and value.lower() in _LANGSMITH:
+        schema = _LANGSMITH[value.lower()]
+        return Classification(schema, LANGSMITH, _agreeing(operation, schema, value.lower()), "langsmith.span.kind")
+    value = attributes.get("traceloop.span.kind")
+    if isinstance(value, str) and value.lower() in _TRACELOOP:
+        return _traceloop(attributes, value.lower(), operation)
+    if operation is not None:
+        schema = _OPERATIONS.get(operation)
+        if schema is None and "memory" in operation:
+            schema = CHAIN
         if schema is not None:
-            return Classification(schema, "gen_ai", operation)
+            return Classification(schema, GEN_AI, operation, "gen_ai.operation.name")
+    value = attributes.get("llm.request.type")
+    if isinstance(value, str) and value.lower() in _LEGACY_REQUEST_TYPES:
+        return Classification(_LEGACY_REQUEST_TYPES[value.lower()], TRACELOOP, value.lower(), "llm.request.type")
+    value = attributes.get("ai.operationId")
+    if isinstance(value, str) and value in _VERCEL_OPERATIONS:
+        return Classification(_VERCEL_OPERATIONS[value], VERCEL_AI, value, "ai.operationId")
     if "gen_ai.tool.name" in attributes or "gen_ai.tool.call.id" in attributes:
-        return Classification(TOOL, "gen_ai", operation if isinstance(operation, str) else None)
-    return Classification(SPAN, None, operation if isinstance(operation, str) else None)
+        return Classification(TOOL, GEN_AI, operation, "gen_ai.tool.name")
+    for key in _MODEL_KEYS:
+        if key in attributes:
+            convention = GEN_AI if key.startswith("gen_ai.") else OPENINFERENCE
+            return Classification(LLM, convention, operation, key)
+    if "embedding.model_name" in attributes:
+        return Classification(EMBEDDING, OPENINFERENCE, operation, "embedding.model_name")
+    convention = genai_attribute_convention(attributes)
+    if convention is not None:
+        if name:
+            schema = _name_pattern(name)
+            if schema is not None:
+                return Classification(schema, convention, operation, "span.name")
+        # Some convention, no type we know (gen_ai.operation.name=unknown, custom operations): a plain span
+        # that still says which convention it came from.
+        return Classification(SPAN, convention, operation, None)
+    return Classification(SPAN, None, operation, None)

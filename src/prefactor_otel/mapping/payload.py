@@ -15,15 +15,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
 from prefactor_otel.mapping import conventions
+from prefactor_otel.mapping import typed as typed_mod
+from prefactor_otel.mapping.limits import MAX_BYTES_PER_CHAR, truncate_tree
+from prefactor_otel.mapping.options import DEFAULT_OPTIONS, MappingOptions
+from prefactor_otel.mapping.redaction import Redactor
 from prefactor_otel.mapping.resource import selected_resource_attributes
-from prefactor_otel.mapping.values import (
-    attributes_dict,
-    hex_span_id,
-    hex_trace_id,
-    iso_from_ns,
-    json_safe,
-    parse_json_maybe,
-)
+from prefactor_otel.mapping.values import attributes_dict, hex_span_id, hex_trace_id, iso_from_ns, json_safe
 
 Status = Literal["complete", "failed"]
 
@@ -63,111 +60,191 @@ class MappingError(ValueError):
     """A span cannot be mapped (e.g. it has no context). The exporter counts and logs it."""
 
 
-# attribute -> (section, field) for the generic GenAI mapping. Consumed attributes leave `metadata`.
-_INPUT_FIELDS = {
-    "gen_ai.request.model": "model",
-    "gen_ai.provider.name": "provider",
-    "gen_ai.system": "provider",
-    "gen_ai.input.messages": "messages",
-    "gen_ai.system_instructions": "system_instructions",
-    "gen_ai.tool.name": "tool_name",
-    "gen_ai.tool.call.id": "tool_call_id",
-    "gen_ai.tool.call.arguments": "arguments",
-    "gen_ai.agent.name": "agent_name",
-    "gen_ai.agent.id": "agent_id",
-    "gen_ai.conversation.id": "conversation_id",
-}
-_OUTPUT_FIELDS = {
-    "gen_ai.response.model": "model",
-    "gen_ai.output.messages": "messages",
-    "gen_ai.response.finish_reasons": "finish_reasons",
-    "gen_ai.response.id": "response_id",
-    "gen_ai.tool.call.result": "result",
-}
-_USAGE_INPUT = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
-_USAGE_OUTPUT = ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens")
 _EXCEPTION_EVENT = "exception"
 
 
-def _token_usage(attributes: Mapping[str, object], consumed: set[str]) -> dict[str, int] | None:
-    def first_int(keys: tuple[str, ...]) -> int | None:
-        for key in keys:
-            value = attributes.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                consumed.add(key)
-                return int(value)
+def _error_type_attribute(value: object) -> str | None:
+    # `error.type` is the semconv's error class; one instrumentation writes it as "<class 'openai.X'>".
+    if not isinstance(value, str) or not value:
         return None
-
-    prompt = first_int(_USAGE_INPUT)
-    completion = first_int(_USAGE_OUTPUT)
-    if prompt is None and completion is None:
-        return None
-    return {
-        "prompt_tokens": prompt or 0,
-        "completion_tokens": completion or 0,
-        "total_tokens": (prompt or 0) + (completion or 0),
-    }
+    if value.startswith("<class '") and value.endswith("'>"):
+        return value[8:-2]
+    return value
 
 
-def _error(span: ReadableSpan) -> dict[str, Any] | None:
-    for event in span.events:
-        if event.name == _EXCEPTION_EVENT:
-            attrs = event.attributes or {}
+def _error(
+    events: list[tuple[str, Mapping[str, object]]], description: str | None, attributes: Mapping[str, object]
+) -> dict[str, Any]:
+    for name, attrs in events:
+        if name == _EXCEPTION_EVENT:
             return {
                 "error_type": str(attrs.get("exception.type") or "Exception"),
                 "message": json_safe(attrs.get("exception.message")),
                 "stacktrace": json_safe(attrs.get("exception.stacktrace")),
             }
-    if span.status.status_code is StatusCode.ERROR:
-        return {"error_type": "error", "message": span.status.description, "stacktrace": None}
-    return None
+    error_type = _error_type_attribute(attributes.get("error.type")) or "error"
+    return {"error_type": error_type, "message": description, "stacktrace": None}
 
 
-def _events(span: ReadableSpan) -> list[dict[str, Any]]:
-    return [
-        {"name": event.name, "timestamp": iso_from_ns(event.timestamp), "attributes": attributes_dict(event.attributes)}
-        for event in span.events
-    ]
+def _redacted_events(
+    span: ReadableSpan, redactor: Redactor | None, log: list[dict[str, Any]]
+) -> list[tuple[str, Mapping[str, object]]]:
+    out: list[tuple[str, Mapping[str, object]]] = []
+    for index, event in enumerate(span.events):
+        attrs: Mapping[str, object] = event.attributes or {}
+        if redactor is not None and attrs:
+            attrs = redactor.redact_attributes(attrs, f"events[{index}].attributes", log)
+        out.append((event.name, attrs))
+    return out
 
 
-def _links(span: ReadableSpan) -> list[dict[str, Any]]:
-    return [
-        {
-            "trace_id": hex_trace_id(link.context.trace_id),
-            "span_id": hex_span_id(link.context.span_id),
-            "attributes": attributes_dict(link.attributes),
-        }
-        for link in span.links
-    ]
+def _links(span: ReadableSpan, redactor: Redactor | None, log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    links = []
+    for index, link in enumerate(span.links):
+        attrs: Mapping[str, object] | None = link.attributes
+        if redactor is not None and attrs:
+            attrs = redactor.redact_attributes(attrs, f"links[{index}].attributes", log)
+        links.append(
+            {
+                "trace_id": hex_trace_id(link.context.trace_id),
+                "span_id": hex_span_id(link.context.span_id),
+                "attributes": attributes_dict(attrs),
+            }
+        )
+    return links
 
 
-def map_span(span: ReadableSpan) -> SpanRecord:
+def _longest_string(attributes: Mapping[str, object]) -> int:
+    longest = 0
+    for value in attributes.values():
+        if isinstance(value, str):
+            if len(value) > longest:
+                longest = len(value)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, str) and len(item) > longest:
+                    longest = len(item)
+    return longest
+
+
+def _limit(section: dict[str, Any], limit: int, longest: int, name: str, log: list[dict[str, Any]]) -> dict[str, Any]:
+    # Parsed strings are never longer than the raw attribute strings they come from, so when even the longest raw
+    # string fits (at 4 UTF-8 bytes per character), the walk is skipped: the common case in the hot path.
+    if not limit or not section or longest * MAX_BYTES_PER_CHAR <= limit:
+        return section
+    return truncate_tree(section, limit, name, log)
+
+
+def _redact_section_keys(redactor: Redactor, section: dict[str, Any], name: str, log: list[dict[str, Any]]) -> None:
+    for key, value in section.items():
+        if key == "messages" and isinstance(value, list):
+            # Message text was value-scanned; only tool-call arguments and extra parts can hold keyed secrets.
+            for index, message in enumerate(value):
+                if isinstance(message, dict):
+                    for field in ("tool_calls", "parts"):
+                        if field in message:
+                            redactor.redact_keys_in(message[field], f"{name}.messages[{index}].{field}", log)
+        elif isinstance(value, (dict, list)):
+            redactor.redact_keys_in(value, f"{name}.{key}", log)
+
+
+def _dedupe(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (path, rule), counts summed: a JSON value with many secrets reads as one line."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for entry in log:
+        key = (entry["path"], entry["rule"])
+        if key in merged:
+            merged[key]["count"] = merged[key].get("count", 1) + entry.get("count", 1)
+        else:
+            merged[key] = dict(entry)
+    return list(merged.values())
+
+
+def _typed(
+    ctx: typed_mod.Context,
+    classification: conventions.Classification,
+    span: ReadableSpan,
+    attributes: Mapping[str, object],
+    redactor: Redactor | None,
+    redactions: list[dict[str, Any]],
+) -> tuple[typed_mod.Typed, dict[str, Any] | None]:
+    raw_operation = attributes.get("gen_ai.operation.name")
+    if isinstance(raw_operation, str) and raw_operation.strip().lower() == classification.operation:
+        ctx.consume("gen_ai.operation.name")  # now `operation`; a value the span type overrode stays
+    typed = typed_mod.build(ctx, classification, span)
+    if redactor is not None:
+        # Key rules inside parsed JSON (`{"password": ...}` in tool arguments, request bodies).
+        _redact_section_keys(redactor, typed.inputs, "inputs", redactions)
+        _redact_section_keys(redactor, typed.outputs, "outputs", redactions)
+        if "params" in typed.fields:
+            redactor.redact_keys_in(typed.fields["params"], "params", redactions)
+    return typed, typed_mod.token_usage(ctx)
+
+
+def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanRecord:
+    """Map one ended span. Pure: the same span and options always give the same record; never raises for
+    content (a failing redaction callback masks the value), only MappingError for a span without context/end."""
     context = span.context
     if context is None or not context.is_valid:
         raise MappingError(f"span {span.name!r} has no valid context")
     if span.start_time is None or span.end_time is None:
         raise MappingError(f"span {span.name!r} has not ended")
+    opts = options if options is not None else DEFAULT_OPTIONS
 
-    attributes: Mapping[str, object] = span.attributes or {}
-    classification = conventions.classify(attributes)
-    consumed: set[str] = {"gen_ai.operation.name"} if classification.convention else set()
+    # 1. Redaction first, on the raw attribute values: nothing after this sees a secret.
+    redactions: list[dict[str, Any]] = []
+    redactor = opts.redactor if opts.redactor.active else None
+    raw_attributes: Mapping[str, object] = span.attributes or {}
+    attributes = (
+        redactor.redact_attributes(raw_attributes, "attributes", redactions)
+        if redactor is not None
+        else dict(raw_attributes)
+    )
+    events = _redacted_events(span, redactor, redactions)
+    links = _links(span, redactor, redactions) if span.links else []
+    description = span.status.description
+    if redactor is not None and description:
+        description = redactor.redact_text(description, "status.description", redactions)
 
-    inputs: dict[str, Any] = {}
-    outputs: dict[str, Any] = {}
-    if classification.convention:
-        for key, field in _INPUT_FIELDS.items():
-            if key in attributes and field not in inputs:
-                inputs[field] = parse_json_maybe(attributes[key])
-                consumed.add(key)
-        for key, field in _OUTPUT_FIELDS.items():
-            if key in attributes and field not in outputs:
-                outputs[field] = parse_json_maybe(attributes[key])
-                consumed.add(key)
-        if classification.operation:
-            inputs["operation"] = classification.operation
-    token_usage = _token_usage(attributes, consumed) if classification.convention else None
+    # 2. Classification and the typed fields of the span's type.
+    classification = conventions.classify(attributes, span.name)
+    ctx = typed_mod.Context(attributes)
+    mapping_error = None
+    if classification.convention is not None:
+        try:
+            typed, token_usage = _typed(ctx, classification, span, attributes, redactor, redactions)
+        except Exception as exc:
+            # A shape no instrumentation we know produces: keep the span, generic, with every attribute in
+            # metadata (already redacted), rather than lose it in the exporter.
+            ctx = typed_mod.Context(attributes)
+            typed, token_usage = typed_mod.Typed(), None
+            mapping_error = type(exc).__name__
+    else:
+        # A plain span: its attributes stay in metadata as they are. (Usage attributes are GenAI attributes, so a
+        # span carrying any has a convention.)
+        typed = typed_mod.Typed()
+        token_usage = None
 
-    metadata = {key: json_safe(value) for key, value in attributes.items() if key not in consumed}
+    # 3. Content controls: capture switches, then length limits.
+    metadata: dict[str, Any] = {}
+    inputs, outputs = typed.inputs, typed.outputs
+    omitted = []
+    if not opts.capture_inputs and inputs:
+        inputs, omitted = {}, ["inputs"]
+    if not opts.capture_outputs and outputs:
+        outputs = {}
+        omitted.append("outputs")
+    truncated: list[dict[str, Any]] = []
+    if (opts.max_input_length and inputs) or (opts.max_output_length and outputs):
+        longest = _longest_string(attributes)
+        inputs = _limit(inputs, opts.max_input_length, longest, "inputs", truncated)
+        outputs = _limit(outputs, opts.max_output_length, longest, "outputs", truncated)
+
+    # 4. Metadata: every attribute no field consumed, then what the mapping itself has to say.
+    consumed = ctx.consumed
+    for key, value in attributes.items():
+        if key not in consumed:
+            metadata[key] = json_safe(value)
     scope = span.instrumentation_scope
     scope_label = None
     if scope is not None and scope.name:
@@ -180,6 +257,16 @@ def map_span(span: ReadableSpan) -> SpanRecord:
         metadata[f"resource.{key}"] = json_safe(value)
     if classification.convention:
         metadata["convention"] = classification.convention
+        if classification.decided_by:
+            metadata["prefactor.classified_by"] = classification.decided_by
+    if redactions:
+        metadata["prefactor.redactions"] = _dedupe(redactions)
+    if truncated:
+        metadata["prefactor.truncated"] = truncated
+    if omitted:
+        metadata["prefactor.content_omitted"] = omitted
+    if mapping_error:
+        metadata["prefactor.mapping_error"] = mapping_error
     if span.dropped_attributes or span.dropped_events or span.dropped_links:
         metadata["otel.dropped"] = {
             "attributes": span.dropped_attributes,
@@ -189,7 +276,7 @@ def map_span(span: ReadableSpan) -> SpanRecord:
 
     failed = span.status.status_code is StatusCode.ERROR
     status: Status = "failed" if failed else "complete"
-    error = _error(span) if failed else None
+    error = _error(events, description, attributes) if failed else None
     parent = span.parent
     parent_id = parent.span_id if parent is not None and parent.is_valid else None
     kind = span.kind.name.lower() if span.kind is not None else "internal"
@@ -201,14 +288,18 @@ def map_span(span: ReadableSpan) -> SpanRecord:
         "name": span.name,
         "kind": kind,
         "status": status,
+        **typed.fields,
         "inputs": inputs,
         "metadata": metadata,
         "token_usage": token_usage,
         "error": error,
-        "events": _events(span),
-        "links": _links(span),
+        "events": [
+            {"name": name, "timestamp": iso_from_ns(event.timestamp), "attributes": attributes_dict(attrs)}
+            for (name, attrs), event in zip(events, span.events, strict=True)
+        ],
+        "links": links,
     }
-    result_payload: dict[str, Any] = {"outputs": outputs, "token_usage": token_usage, "error": error}
+    result_payload: dict[str, Any] = {"outputs": outputs, **typed.result, "token_usage": token_usage, "error": error}
     return SpanRecord(
         trace_id=context.trace_id,
         span_id=context.span_id,

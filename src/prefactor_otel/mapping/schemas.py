@@ -1,98 +1,233 @@
 """The span types this exporter emits, registered with the agent schema version. Pure data.
 
-Every schema name `classify` can return must be here (a test checks it). The schema version's external
-identifier is a hash of this set, so an exporter release with new or changed schemas registers a new schema
-version by itself.
+Every schema name `classify` can return has an entry here (a test checks it), with a JSON Schema for the payload
+(`params_schema`) and the result payload (`result_schema`) that names every field the mapping can emit
+(typed.py), a title, a description and a Liquid template for the one-line summary. The schemas are permissive
+where conventions vary (message parts, tool arguments, raw values are free-form) and exact where the mapping
+decides (ids, status, token counts, the message shape). The schema version's external identifier is a hash of this
+set, so an exporter release with new or changed schemas registers a new schema version by itself.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from functools import cache
 from typing import Any
 
-from prefactor_otel.mapping import conventions
+from prefactor_otel.mapping import conventions as c
 from prefactor_otel.models import AgentSchemaVersionForRegister, SpanTypeSchemaForCreate
 
-_NULLABLE_OBJECT: dict[str, Any] = {"type": ["object", "null"]}
-_TOKEN_USAGE: dict[str, Any] = {
-    "type": ["object", "null"],
-    "properties": {
-        "prompt_tokens": {"type": ["integer", "null"]},
-        "completion_tokens": {"type": ["integer", "null"]},
-        "total_tokens": {"type": ["integer", "null"]},
-    },
-    "additionalProperties": True,
-}
-_ERROR: dict[str, Any] = {
-    "type": ["object", "null"],
-    "properties": {
-        "error_type": {"type": "string"},
-        "message": {"type": ["string", "null"]},
-        "stacktrace": {"type": ["string", "null"]},
-    },
-    "additionalProperties": True,
-}
+JsonSchema = dict[str, Any]
 
-# The envelope every span payload carries (architecture.md, "The mapping"). Permissive where conventions vary.
-ENVELOPE_PARAMS_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
+# Compact on purpose: the whole set travels with every agent-instance registration.
+_STRING = {"type": "string"}
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_ANY: JsonSchema = {}  # free-form JSON: tool arguments, raw values, message parts
+_COUNT = {"type": "integer"}
+_OBJECT = {"type": "object"}
+_ARRAY = {"type": "array"}
+
+# Extra counts beside the three (cache_read_tokens, cache_write_tokens, reasoning_tokens; `aggregated: true` for the
+# usage of a whole run, whose children are counted already) are allowed.
+_TOKEN_USAGE: JsonSchema = {
+    "type": ["object", "null"],
+    "properties": {"prompt_tokens": _COUNT, "completion_tokens": _COUNT, "total_tokens": _COUNT},
+    "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+}
+_ERROR: JsonSchema = {"type": ["object", "null"], "properties": {"error_type": _STRING}, "required": ["error_type"]}
+# One message, the same shape for every convention.
+MESSAGE: JsonSchema = {
     "type": "object",
     "properties": {
-        "span_id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
-        "trace_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-        "parent_span_id": {"type": ["string", "null"]},
-        "name": {"type": "string"},
-        "kind": {"type": "string"},
-        "status": {"type": "string", "enum": ["complete", "failed"]},
-        "inputs": {"type": "object"},
-        "metadata": {"type": "object"},
-        "token_usage": _TOKEN_USAGE,
-        "error": _ERROR,
-        "events": {"type": "array", "items": {"type": "object"}},
-        "links": {"type": "array", "items": {"type": "object"}},
+        "role": _NULLABLE_STRING,
+        "content": _NULLABLE_STRING,
+        "tool_calls": {"type": "array", "items": {"type": "object", "required": ["name", "arguments"]}},
     },
-    "required": ["span_id", "trace_id", "name", "kind", "status", "inputs", "metadata"],
-    "additionalProperties": True,
+    "required": ["role", "content"],
+}
+# A list of messages, or the raw value when a convention's value did not parse as messages.
+_MESSAGES: JsonSchema = {"items": MESSAGE}
+_DOCUMENTS: JsonSchema = {
+    "type": "array",
+    "items": {"type": "object", "properties": {"score": {"type": ["number", "null"]}}, "required": ["content"]},
 }
 
-RESULT_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "properties": {"outputs": {"type": "object"}, "token_usage": _TOKEN_USAGE, "error": _ERROR},
-    "additionalProperties": True,
+_NULLABLE_OBJECT = {"type": ["object", "null"]}
+# Fields every payload may carry (architecture.md, "The mapping"), plus the common typed fields. Token usage is
+# described in full where it is the point of the span type (LLM, agent, embedding), by type elsewhere.
+_ENVELOPE_PROPERTIES: dict[str, JsonSchema] = {
+    "span_id": _STRING,
+    "trace_id": _STRING,
+    "parent_span_id": _NULLABLE_STRING,
+    "name": _STRING,
+    "kind": _STRING,
+    "status": {"enum": ["complete", "failed"]},
+    "operation": _STRING,
+    "session_id": _ANY,
+    "user_id": _ANY,
+    "tags": _ARRAY,
+    "metadata": _OBJECT,
+    "token_usage": _NULLABLE_OBJECT,
+    "error": _NULLABLE_OBJECT,
+    "events": _ARRAY,
+    "links": _ARRAY,
+}
+_RESULT_PROPERTIES: dict[str, JsonSchema] = {"token_usage": _NULLABLE_OBJECT, "error": _NULLABLE_OBJECT}
+_GENERIC_VALUE = {"value": _ANY}
+
+
+def _params_schema(typed: dict[str, JsonSchema], inputs: dict[str, JsonSchema]) -> JsonSchema:
+    properties = copy.deepcopy(_ENVELOPE_PROPERTIES)
+    properties.update(typed)
+    properties["inputs"] = {"type": "object", "properties": inputs} if inputs else _OBJECT
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": ["span_id", "trace_id", "name", "kind", "status", "inputs", "metadata"],
+    }
+
+
+def _result_schema(typed: dict[str, JsonSchema], outputs: dict[str, JsonSchema]) -> JsonSchema:
+    properties = copy.deepcopy(_RESULT_PROPERTIES)
+    properties.update(typed)
+    properties["outputs"] = {"type": "object", "properties": outputs} if outputs else _OBJECT
+    return {"type": "object", "properties": properties, "required": ["outputs"]}
+
+
+_NUMBER = {"type": "number"}
+_MODEL_FIELDS: dict[str, JsonSchema] = {
+    "token_usage": _TOKEN_USAGE,
+    "model": _STRING,  # the model requested
+    "provider": _STRING,
+    "params": {  # request parameters (temperature, max_tokens, top_p, top_k, stop, seed, stream, ...)
+        "type": "object",
+        "properties": {"temperature": _NUMBER, "max_tokens": _NUMBER, "top_p": _NUMBER, "stream": {"type": "boolean"}},
+    },
 }
 
-_TYPES: tuple[tuple[str, str, str, str], ...] = (
-    (conventions.SPAN, "Span", "An OpenTelemetry span with no GenAI meaning.", "{{ name }}"),
-    (
-        conventions.LLM,
+# name -> (title, description, Liquid template, params typed fields, inputs, result typed fields, outputs)
+_TYPES: dict[
+    str,
+    tuple[str, str, str, dict[str, JsonSchema], dict[str, JsonSchema], dict[str, JsonSchema], dict[str, JsonSchema]],
+] = {
+    c.LLM: (
         "LLM call",
-        "A model inference call (OTel GenAI chat / completion).",
-        "{{ inputs.model }} {{ name }}{% if token_usage %} ({{ token_usage.prompt_tokens }} in, "
-        "{{ token_usage.completion_tokens }} out){% endif %}",
+        "A model call: model, parameters, messages, token usage.",
+        "{{ model | default: name }}{% if token_usage %} · {{ token_usage.prompt_tokens }} in / "
+        "{{ token_usage.completion_tokens }} out{% endif %}",
+        {
+            **_MODEL_FIELDS,
+            # {type, name, description, parameters} each; a value that is no list stays as it came
+            "tool_definitions": {"items": {"properties": {"name": _NULLABLE_STRING}}},
+        },
+        {"messages": _MESSAGES},
+        {
+            "response_model": _STRING,
+            "response_id": _STRING,
+            "finish_reasons": _ARRAY,
+            "ttft_ms": _NUMBER,  # time to first token, ms after the span start
+        },
+        {"messages": _MESSAGES, **_GENERIC_VALUE},
     ),
-    (conventions.TOOL, "Tool call", "A tool or function executed for an agent.", "{{ inputs.tool_name }}"),
-    (conventions.AGENT, "Agent run", "An agent invocation and its steps.", "{{ inputs.agent_name }}"),
-)
+    c.TOOL: (
+        "Tool call",
+        "A tool executed for an agent: name, call id, arguments, result.",
+        "{{ tool_name | default: name }}",
+        {
+            "tool_name": _STRING,
+            "tool_call_id": _STRING,
+            "tool_type": _STRING,
+            "tool_description": _STRING,
+        },
+        {},
+        {},
+        {},
+    ),
+    c.AGENT: (
+        "Agent run",
+        "An agent invocation: agent, conversation, messages, result, usage of the run.",
+        "{{ agent_name | default: name }}{% if token_usage %} · {{ token_usage.total_tokens }} tokens{% endif %}",
+        {
+            "agent_name": _STRING,
+            "agent_id": _STRING,
+            "agent_description": _STRING,
+            "conversation_id": {"type": ["string", "integer"]},
+            "token_usage": _TOKEN_USAGE,
+            "model": _STRING,
+            "provider": _STRING,
+        },
+        {"messages": _MESSAGES},
+        {},
+        {},
+    ),
+    c.RETRIEVER: (
+        "Retrieval",
+        "A retriever or reranker call: query and documents.",
+        "{{ name }}{% if inputs.query %}: {{ inputs.query | truncate: 80 }}{% endif %}",
+        {"top_k": {"type": ["integer", "number"]}, "data_source_id": _STRING, "model": _STRING},
+        {"query": _ANY, "documents": _DOCUMENTS},
+        {},
+        {"documents": _DOCUMENTS, **_GENERIC_VALUE},
+    ),
+    c.EMBEDDING: (
+        "Embedding",
+        "An embeddings call: model, input texts, dimension.",
+        "{{ model | default: name }}{% if inputs.texts %} · {{ inputs.texts.size }} inputs{% endif %}",
+        dict(_MODEL_FIELDS),
+        {"texts": _ARRAY},
+        {
+            "response_model": _STRING,
+            "dimension_count": {"type": "integer"},
+            "vector_count": {"type": "integer"},
+        },
+        {},
+    ),
+    c.CHAIN: (
+        "Chain step",
+        "A workflow, task, chain, prompt or guardrail step.",
+        "{{ name }}",
+        {"entity_name": _STRING},
+        {},
+        {},
+        {},
+    ),
+    c.SPAN: (
+        "Span",
+        "An OpenTelemetry span with no GenAI type.",
+        "{{ name }}",
+        {"entity_name": _STRING},
+        {},
+        {},
+        {},
+    ),
+}
+
+# Kept for readers of the generic envelope (the OTel-only schema of earlier versions).
+ENVELOPE_PARAMS_SCHEMA: JsonSchema = _params_schema({}, {})
+RESULT_SCHEMA: JsonSchema = _result_schema({}, {})
 
 
 @cache
 def span_type_schemas() -> tuple[SpanTypeSchemaForCreate, ...]:
-    return tuple(
-        SpanTypeSchemaForCreate(
-            name=name,
-            title=title,
-            description=description,
-            template=template,
-            params_schema=ENVELOPE_PARAMS_SCHEMA,
-            result_schema=RESULT_SCHEMA,
+    schemas = []
+    for name in c.ALL_SCHEMAS:
+        title, description, template, typed, inputs, result_typed, outputs = _TYPES[name]
+        schemas.append(
+            SpanTypeSchemaForCreate(
+                name=name,
+                title=title,
+                description=description,
+                template=template,
+                params_schema=_params_schema(typed, inputs),
+                result_schema=_result_schema(result_typed, outputs),
+            )
         )
-        for name, title, description, template in _TYPES
-    )
+    return tuple(schemas)
 
 
+@cache
 def schema_names() -> frozenset[str]:
     return frozenset(schema.name for schema in span_type_schemas())
 

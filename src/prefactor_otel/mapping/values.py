@@ -20,6 +20,11 @@ def json_safe(value: object) -> JsonValue:
     """
     if value is None or isinstance(value, (bool, int, str)):
         return value
+    # Concrete containers first: the ABC checks below are slow, and OTel attribute sequences are tuples.
+    if type(value) is tuple or type(value) is list:
+        return [json_safe(v) for v in value]
+    if type(value) is dict:
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, float):
         if math.isfinite(value):
             return value
@@ -43,25 +48,44 @@ def attributes_dict(attributes: Mapping[str, object] | None) -> dict[str, JsonVa
 
 def iso_from_ns(unix_nanos: int | None) -> str | None:
     """ISO 8601 UTC with `Z` and millisecond precision (truncated, never rounded up past the real instant)."""
+    global _last_second
     if unix_nanos is None:
         return None
-    millis = unix_nanos // 1_000_000
-    dt = datetime.fromtimestamp(millis // 1000, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis % 1000:03d}Z"
+    seconds, millis = divmod(unix_nanos // 1_000_000, 1000)
+    cached = _last_second  # spans of one batch share their second: format it once (one atomic read)
+    if cached[0] != seconds:
+        cached = (seconds, datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+        _last_second = cached
+    return f"{cached[1]}.{millis:03d}Z"
+
+
+_last_second: tuple[int, str] = (-1, "")
 
 
 def parse_json_maybe(value: object) -> JsonValue:
     """Parse a JSON-in-a-string attribute; keep the raw string when it is not JSON."""
     if isinstance(value, str) and value[:1] in ("{", "["):
         try:
-            # json.loads output is JSON already, except NaN/Infinity literals: map those while parsing.
-            return json.loads(value, parse_constant=_NON_FINITE.__getitem__)
+            # json.loads output is JSON already, except NaN/Infinity literals: mapped while parsing.
+            return _DECODER.decode(value)
         except (ValueError, RecursionError):
             return value
     return json_safe(value)
 
 
 _NON_FINITE = {"NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity"}
+# One decoder for every call: json.loads with a keyword argument builds a new JSONDecoder each time.
+_DECODER = json.JSONDecoder(parse_constant=_NON_FINITE.__getitem__)
+
+
+def parse_json_loose(value: object) -> JsonValue:
+    """Like parse_json_maybe, but also decodes JSON-encoded scalars (MLflow writes '"LLM"' and '"some text"')."""
+    if isinstance(value, str) and value[:1] in ('"', "{", "[") and len(value) > 1:
+        try:
+            return _DECODER.decode(value)
+        except (ValueError, RecursionError):
+            return value
+    return json_safe(value)
 
 
 def hex_trace_id(trace_id: int) -> str:

@@ -1,0 +1,250 @@
+"""Normalise the message shapes of the GenAI conventions into one shape. Pure functions.
+
+Target shape (shared/design/semantic-conventions.md):
+`{role, content: str | None, parts?: [...], tool_calls?: [{id, name, arguments}], tool_call_id?, name?, finish_reason?}`
+
+Sources:
+- OTel GenAI JSON (`gen_ai.input.messages` / `gen_ai.output.messages`, pydantic-ai, Traceloop >= 0.60): a list of
+  `{role, parts: [{type: text|tool_call|tool_call_response|reasoning|uri|blob..., ...}], finish_reason?}`.
+- Older JSON shapes (`{role, content}` with OpenAI-style `tool_calls`) seen in callback payloads.
+- Flattened attributes: OpenInference `llm.input_messages.{i}.message.*` and Traceloop's legacy
+  `gen_ai.prompt.{i}.*` / `gen_ai.completion.{i}.*`, grouped by index before they reach this module.
+- LangChain serialisations (`{"lc": 1, "type": "constructor", "id": [..., "AIMessage"], "kwargs": {...}}` and
+  `{"type": "ai", "data": {...}}`) found in generic input/output values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from prefactor_otel.mapping.values import parse_json_maybe
+
+Message = dict[str, Any]
+
+# Parts that become `content` / `tool_calls` / `tool_call_id`; every other part type is kept in `parts`.
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+_LANGCHAIN_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
+_MAX_DEPTH = 8  # LangChain payloads nest; deeper structures are kept as they are
+
+
+def _as_text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    # Tool results and structured contents are JSON; keep them readable as one string in `content`.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _name(value: object) -> str | None:
+    """Roles, ids and names are strings in the shared shape, whatever an instrumentation wrote."""
+    return value if value is None or isinstance(value, str) else str(value)
+
+
+def normalize_tool_call(call: Mapping[str, Any]) -> dict[str, Any]:
+    """OTel `tool_call` part, OpenAI `{id, type, function: {name, arguments}}` or LangChain `{id, name, args}`."""
+    function = call.get("function")
+    if isinstance(function, dict):
+        name, arguments = function.get("name"), function.get("arguments")
+    else:
+        name = call.get("name")
+        arguments = call["arguments"] if "arguments" in call else call.get("args")
+    return {"id": _name(call.get("id")), "name": _name(name), "arguments": parse_json_maybe(arguments)}
+
+
+def _from_parts(role: object, parts: Sequence[Any]) -> Message:
+    texts: list[str] = []
+    tool_calls: list[dict[str, Any]] | None = None
+    responses: list[dict[str, Any]] | None = None
+    other: list[Any] | None = None
+    for part in parts:
+        if type(part) is not dict:
+            texts.append(str(part))
+            continue
+        kind = part.get("type")
+        if kind in _TEXT_PARTS:
+            content = part["content"] if "content" in part else part.get("text")
+            if isinstance(content, str):
+                texts.append(content)
+                continue
+        elif kind == "tool_call":
+            if tool_calls is None:
+                tool_calls = []
+            tool_calls.append(normalize_tool_call(part))
+            continue
+        elif kind == "tool_call_response":
+            if responses is None:
+                responses = []
+            responses.append(part)
+            continue
+        if other is None:
+            other = []
+        other.append(part)
+    message: Message = {"role": _name(role), "content": texts[0] if len(texts) == 1 else "\n".join(texts) or None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    if responses:
+        if len(responses) == 1 and not texts:
+            # One tool result per message (OpenAI's `role: tool`) maps onto the flat shape.
+            response = responses[0]
+            message["tool_call_id"] = _name(response.get("id"))
+            message["content"] = _as_text(response["response"] if "response" in response else response.get("result"))
+            if response.get("name"):
+                message["name"] = _name(response["name"])
+        else:
+            # parallel tool results stay parts: one tool_call_id cannot hold them
+            other = [*(other or ()), *responses]
+    if other:
+        message["parts"] = other
+    return message
+
+
+def normalize_message(raw: object) -> Message:
+    """One message of any JSON shape above."""
+    if not isinstance(raw, dict):
+        return {"role": None, "content": _as_text(raw)}
+    if "lc" in raw or ("data" in raw and "type" in raw and isinstance(raw.get("data"), dict)):
+        converted = unwrap_langchain(raw)
+        if isinstance(converted, dict) and "role" in converted:
+            return converted
+    role = raw.get("role")
+    parts = raw.get("parts")
+    if isinstance(parts, list):
+        message = _from_parts(role, parts)
+    else:
+        content = raw.get("content")
+        if isinstance(content, list):
+            # OpenAI multimodal content: a list of typed parts
+            message = _from_parts(role, content)
+        else:
+            message = {"role": _name(role), "content": _as_text(content)}
+        calls = raw.get("tool_calls")
+        if isinstance(calls, list) and calls:
+            message["tool_calls"] = [normalize_tool_call(c) for c in calls if isinstance(c, dict)]
+        if raw.get("tool_call_id") is not None:
+            message["tool_call_id"] = _name(raw["tool_call_id"])
+    if raw.get("name") is not None and "name" not in message:
+        message["name"] = _name(raw["name"])
+    finish = raw.get("finish_reason")
+    if finish:
+        message["finish_reason"] = _name(finish)
+    return message
+
+
+def normalize_messages(value: object) -> list[Message] | None:
+    """A JSON list of messages (already parsed); None when `value` is not a list (the caller keeps it raw)."""
+    if isinstance(value, dict):
+        # `{"messages": [...]}` (LangChain prompt values and request bodies)
+        inner = value.get("messages")
+        if isinstance(inner, list):
+            value = inner
+        else:
+            return None
+    if not isinstance(value, list):
+        return None
+    # LangChain batches are a list of conversations: one conversation is what a single call sent.
+    if len(value) == 1 and isinstance(value[0], list):
+        value = value[0]
+    return [normalize_message(m) for m in value]
+
+
+def system_message(instructions: object) -> Message | None:
+    """`gen_ai.system_instructions` (a list of parts, or a string) as a leading system message."""
+    if isinstance(instructions, str):
+        return {"role": "system", "content": instructions}
+    if isinstance(instructions, list) and instructions:
+        return _from_parts("system", instructions)
+    return None
+
+
+def from_flattened(groups: Mapping[int, Mapping[str, Any]], prefix: str) -> list[Message]:
+    """Messages from flattened attributes grouped by index: `{0: {"message.role": ..., ...}}`.
+
+    `prefix` is `message.` for OpenInference and `` for Traceloop's legacy `gen_ai.prompt.{i}.*`.
+    """
+    messages: list[Message] = []
+    role_key, content_key = prefix + "role", prefix + "content"
+    calls_prefix, contents_prefix = prefix + "tool_calls.", prefix + "contents."
+    for index in sorted(groups):
+        fields = groups[index]
+        message: Message = {"role": _name(fields.get(role_key)), "content": _as_text(fields.get(content_key))}
+        calls: dict[int, dict[str, Any]] = {}
+        contents: dict[int, dict[str, Any]] = {}
+        for key, value in fields.items():
+            if key.startswith(calls_prefix):
+                number, _, rest = key[len(calls_prefix) :].partition(".")
+                if number.isdigit():
+                    # OpenInference: tool_call.id / tool_call.function.name|arguments; Traceloop: id / name / arguments
+                    field = rest.removeprefix("tool_call.").removeprefix("function.")
+                    calls.setdefault(int(number), {})[field] = value
+            elif key.startswith(contents_prefix):
+                number, _, rest = key[len(contents_prefix) :].partition(".")
+                if number.isdigit():
+                    contents.setdefault(int(number), {})[rest.removeprefix("message_content.")] = value
+        if calls:
+            message["tool_calls"] = [
+                {
+                    "id": _name(c.get("id")),
+                    "name": _name(c.get("name")),
+                    "arguments": parse_json_maybe(c.get("arguments")),
+                }
+                for _, c in sorted(calls.items())
+            ]
+        if contents:
+            parts: list[Any] = []
+            for _, c in sorted(contents.items()):
+                kind = c.get("type")
+                if kind == "text" and message["content"] is None:
+                    message["content"] = _as_text(c.get("text"))
+                elif kind == "text":
+                    message["content"] = f"{message['content']}\n{c.get('text')}"
+                elif kind == "image":
+                    parts.append({"type": "uri", "modality": "image", "uri": c.get("image.image.url")})
+                else:
+                    parts.append(c)
+            if parts:
+                message["parts"] = parts
+        for source, target in ((prefix + "tool_call_id", "tool_call_id"), (prefix + "name", "name")):
+            if fields.get(source) is not None:
+                message[target] = _name(fields[source])
+        finish = fields.get(prefix + "finish_reason")
+        if finish:
+            message["finish_reason"] = _name(finish)
+        messages.append(message)
+    return messages
+
+
+def unwrap_langchain(value: Any, depth: int = 0) -> Any:
+    """LangChain's serialised objects as plain data: messages in the shared shape, other objects as their kwargs."""
+    if depth > _MAX_DEPTH:
+        return value
+    if isinstance(value, dict):
+        if value.get("lc") == 1 and value.get("type") == "constructor":
+            ident = value.get("id")
+            cls = ident[-1] if isinstance(ident, list) and ident else ""
+            kwargs = value.get("kwargs") if isinstance(value.get("kwargs"), dict) else {}
+            if isinstance(cls, str) and cls.endswith("Message"):
+                return _langchain_message(kwargs, cls)
+            return {k: unwrap_langchain(v, depth + 1) for k, v in kwargs.items()}
+        data = value.get("data")
+        if isinstance(data, dict) and isinstance(value.get("type"), str) and "content" in data:
+            return _langchain_message(data, "")  # messages_to_dict: {"type": "ai", "data": {...}}
+        return {k: unwrap_langchain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap_langchain(v, depth + 1) for v in value]
+    return value
+
+
+def _langchain_message(fields: Mapping[str, Any], cls: str) -> Message:
+    kind = fields.get("type") or cls.removesuffix("MessageChunk").removesuffix("Message").lower()
+    role = _LANGCHAIN_ROLES.get(str(kind), str(kind))  # always a string
+    content = fields.get("content")
+    message = _from_parts(role, content) if isinstance(content, list) else {"role": role, "content": _as_text(content)}
+    calls = fields.get("tool_calls")
+    if isinstance(calls, list) and calls:
+        message["tool_calls"] = [normalize_tool_call(c) for c in calls if isinstance(c, dict)]
+    if fields.get("tool_call_id") is not None:
+        message["tool_call_id"] = _name(fields["tool_call_id"])
+    if fields.get("name") is not None:
+        message["name"] = _name(fields["name"])
+    return message

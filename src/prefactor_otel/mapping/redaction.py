@@ -1,0 +1,366 @@
+"""Redaction of secrets before anything leaves the process. Pure functions over one span's values.
+
+Three kinds of rules, applied in this order:
+1. **Key rules**: an attribute (or a key inside a JSON attribute value) whose name looks like a secret
+   (`authorization`, `password`, `api_key`, `cookie`, ...; plus the user's PREFACTOR_REDACT_KEYS) has its whole
+   string value masked. Key rules never touch numbers or booleans, so token counts (`gen_ai.usage.input_tokens`,
+   `llm.token_count.prompt`) always survive.
+2. **Value rules**: secret-looking substrings anywhere in a string (OpenAI-style `sk-...` keys, bearer tokens,
+   JWTs, cloud keys, private-key blocks, `password=...`, credentials in URLs; plus the user's
+   PREFACTOR_REDACT_PATTERNS) are replaced by `[REDACTED:<rule>]`. Each default rule has literal trigger strings; a
+   value that contains none of them is not scanned by the rule's regex at all (this runs in the export hot path).
+3. The user's **callback** `(path, value) -> value`, last. If it raises or returns a non-string, the value is masked
+   (fail closed): an unreviewed value is never sent.
+
+Value rules run on the raw attribute strings, before JSON-in-string values are parsed: the replacements contain no
+quote or backslash, so JSON stays valid, and one scan per attribute replaces a walk of every parsed value. Key rules
+inside JSON values need the parsed structure: they run on the mapped inputs, outputs and params (in place, no copy).
+Every redaction is recorded as `{path, rule}`, never with the value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+RedactCallback = Callable[[str, str], str]
+MASK = "[REDACTED]"
+
+# Last segment of an attribute key (lower case, '-' -> '_') that names a secret.
+_SECRET_KEYS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "passphrase",
+        "secret",
+        "client_secret",
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "auth_token",
+        "session_token",
+        "bearer_token",
+        "api_token",
+        "csrf_token",
+        "x_csrf_token",
+        "x_auth_token",
+        "auth",
+        "authorization",
+        "proxy_authorization",
+        "cookie",
+        "set_cookie",
+        "credential",
+        "credentials",
+        "api_key",
+        "apikey",
+        "x_api_key",
+        "access_key",
+        "secret_key",
+        "private_key",
+        "connection_string",
+        "signature",
+    }
+)
+_SECRET_KEY_SUFFIXES = (
+    "_password",
+    "_passwd",
+    "_secret",
+    "_api_key",
+    "_apikey",
+    "_access_token",
+    "_refresh_token",
+    "_auth_token",
+    "_private_key",
+    "_secret_key",
+    "_access_key",
+    "_credentials",
+)
+_KEY_CACHE_LIMIT = 4096
+_MIN_SECRET_LENGTH = 5  # shorter strings cannot hold any default value pattern
+_SHORT = 128  # below this length one combined regex decides whether any default rule can match
+# Convention attributes that hold identifiers and enumerations (operation, model, provider, ids, span kinds), never
+# free text: the default value patterns skip them (key rules, user patterns and the callback still apply).
+_STRUCTURAL_KEYS = frozenset(
+    {
+        "gen_ai.operation.name",
+        "gen_ai.provider.name",
+        "gen_ai.system",
+        "gen_ai.request.model",
+        "gen_ai.response.model",
+        "gen_ai.response.id",
+        "gen_ai.response.finish_reasons",
+        "gen_ai.tool.name",
+        "gen_ai.tool.type",
+        "gen_ai.tool.call.id",
+        "gen_ai.agent.name",
+        "gen_ai.agent.id",
+        "gen_ai.conversation.id",
+        "openinference.span.kind",
+        "llm.system",
+        "llm.provider",
+        "llm.model_name",
+        "llm.request.type",
+        "traceloop.span.kind",
+        "server.address",
+    }
+)
+
+
+class _ValueRule:
+    """One value pattern and the cheap checks that let most strings skip it.
+
+    `gate`: a character every match contains; `c in text` for one character is a memchr, so it dismisses most
+    values at almost no cost. `triggers`: literals of which every match contains one, searched in the lower-cased
+    text when `lower` (for the case-insensitive rules, whose regexes are slow to scan); None: the regex itself is
+    the scan, which is fast when it starts with a literal (CPython's `re` then searches for that prefix directly;
+    a leading `\\b` would defeat that, so `boundary` checks the character before a match instead).
+    """
+
+    __slots__ = ("boundary", "gate", "lower", "marker", "name", "pattern", "triggers")
+
+    def __init__(
+        self,
+        name: str,
+        pattern: str,
+        *,
+        gate: str | None = None,
+        triggers: tuple[str, ...] | None = None,
+        lower: bool = False,
+        boundary: bool = False,
+        flags: int = 0,
+    ) -> None:
+        self.name = name
+        self.pattern = re.compile(pattern, flags)
+        self.gate = gate
+        self.triggers = triggers
+        self.lower = lower
+        self.boundary = boundary
+        self.marker = f"[REDACTED:{name}]"
+
+    def apply(self, text: str, lowered: str | None) -> tuple[str, int]:
+        """`(text with matches replaced, number replaced)`; `lowered` is `text.lower()` when the rule wants it."""
+        if self.gate is not None and self.gate not in text:
+            return text, 0
+        if self.triggers is not None:
+            haystack = lowered if self.lower and lowered is not None else text
+            for trigger in self.triggers:
+                if trigger in haystack:
+                    break
+            else:
+                return text, 0
+        if self.pattern.search(text) is None:
+            return text, 0
+        count = 0
+        marker, boundary = self.marker, self.boundary
+        has_secret_group = "secret" in self.pattern.groupindex
+
+        def replace(match: re.Match[str]) -> str:
+            nonlocal count
+            start = match.start()
+            if boundary and start > 0:
+                before = match.string[start - 1]
+                if before.isalnum() or before == "_":
+                    return match.group(0)  # inside a longer word ("task-...", "risk-..."): not a key
+            count += 1
+            if has_secret_group:
+                # Keep what frames the secret ("password=", "https://user:") so the text still reads.
+                return (
+                    match.string[start : match.start("secret")]
+                    + marker
+                    + match.string[match.end("secret") : match.end()]
+                )
+            return marker
+
+        return self.pattern.sub(replace, text), count
+
+
+def _default_rules() -> list[_ValueRule]:
+    token = r"[A-Za-z0-9_-]"
+    return [
+        _ValueRule("api_key", r"sk-" + token + "{16,}", gate="-", boundary=True),  # OpenAI, Anthropic (sk-ant-)
+        _ValueRule("bearer_token", r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}", triggers=("bearer",), lower=True),
+        _ValueRule("jwt", r"eyJ" + token + "{8,}\\." + token + "{8,}\\." + token + "{8,}", gate="J", boundary=True),
+        _ValueRule("aws_access_key", r"(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Z])", gate="A", boundary=True),
+        _ValueRule(
+            "github_token", r"(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})", gate="_", boundary=True
+        ),
+        _ValueRule("google_api_key", r"AIza" + token + "{35}", gate="z", boundary=True),
+        _ValueRule("slack_token", r"xox[abposr]-[A-Za-z0-9-]{10,}", gate="-", boundary=True),
+        _ValueRule(
+            "private_key",
+            r"-----BEGIN[A-Z ]*PRIVATE KEY-----.*?(?:-----END[A-Z ]*PRIVATE KEY-----|\Z)",
+            gate="-",
+            flags=re.DOTALL,
+        ),
+        _ValueRule(
+            "password",
+            # password=..., "password": "...", also inside JSON-in-a-string where quotes are escaped
+            r"(?i)\b(?:password|passwd|pwd)(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?(?P<secret>[^\s\"'\\,;&}]+)",
+            triggers=("passw", "pwd"),
+            lower=True,
+        ),
+        # scheme://user:password@host: the password only
+        _ValueRule("url_credentials", r"://[^\s:/@\"'\\]+:(?P<secret>[^\s@/\"'\\]+)@", gate="@"),
+    ]
+
+
+# Literals of which every default match contains one (case variants of the case-insensitive rules included).
+_SHORT_GATE_LITERALS = (
+    "sk-", "eyJ", "AKIA", "ASIA", "gh", "github_pat_", "AIza", "xox", "-----BEGIN", "://",
+    "bearer", "Bearer", "BEARER", "passw", "Passw", "PASSW", "pwd", "Pwd", "PWD",
+)  # fmt: skip
+
+
+def _path(where: str, key: str | None) -> str:
+    return where if key is None else f'{where}["{key}"]'
+
+
+def _normalize_key(key: str) -> str:
+    return key.rsplit(".", 1)[-1].lower().replace("-", "_")
+
+
+class Redactor:
+    """Compiled rules for one exporter. Holds only a bounded cache of key decisions (pure otherwise)."""
+
+    def __init__(
+        self,
+        *,
+        defaults: bool = True,
+        patterns: Iterable[str] = (),
+        keys: Iterable[str] = (),
+        callback: RedactCallback | None = None,
+    ) -> None:
+        rules = _default_rules() if defaults else []
+        user_rules = [_ValueRule(f"user_pattern_{i}", p) for i, p in enumerate(patterns, start=1)]  # re.error: config
+        self._rules = tuple(rules + user_rules)
+        self._user_rules = tuple(user_rules)
+        self._any_lower = any(rule.lower for rule in self._rules)
+        # One regex over every default literal: cheaper than the per-rule checks on short strings (identifiers,
+        # model names), which are most values; long strings go through the per-rule gates instead.
+        self._short_gate = re.compile("|".join(map(re.escape, _SHORT_GATE_LITERALS))) if defaults else None
+        self._structural = _STRUCTURAL_KEYS if defaults and not user_rules else frozenset()
+        self._defaults = defaults
+        user_keys = {k.strip().lower() for k in keys if k.strip()}
+        self._user_keys = frozenset(user_keys | {_normalize_key(k) for k in user_keys})
+        self._callback = callback
+        self._key_cache: dict[str, str | None] = {}
+        self.active = bool(self._rules or self._user_keys or callback)
+
+    # ------------------------------------------------------------------ keys
+
+    def key_rule(self, key: str) -> str | None:
+        """The rule that masks the value of an attribute or JSON key with this name, or None."""
+        cached = self._key_cache.get(key, False)
+        if cached is not False:
+            return cached  # type: ignore[return-value]
+        rule: str | None = None
+        last = _normalize_key(key)
+        if key.lower() in self._user_keys or last in self._user_keys:
+            rule = "user_key"
+        elif self._defaults and (last in _SECRET_KEYS or last.endswith(_SECRET_KEY_SUFFIXES)):
+            rule = "secret_key"
+        if len(self._key_cache) >= _KEY_CACHE_LIMIT:
+            self._key_cache.clear()  # bounded: attribute names repeat, so this almost never happens
+        self._key_cache[key] = rule
+        return rule
+
+    # ------------------------------------------------------------------ strings
+
+    def redact_text(self, text: str, path: str, log: list[dict[str, Any]]) -> str:
+        """Value rules and the callback on one string."""
+        return self._text(text, path, None, log)
+
+    def _text(self, text: str, where: str, key: str | None, log: list[dict[str, Any]]) -> str:
+        # The recorded path is `where` alone, or `where["key"]`: built only when something is recorded.
+        size = len(text)
+        if size >= _MIN_SECRET_LENGTH:
+            rules = self._rules
+            if size < _SHORT and self._short_gate is not None and self._short_gate.search(text) is None:
+                rules = self._user_rules
+            if rules:
+                lowered = text.lower() if self._any_lower and rules is self._rules else None
+                for rule in rules:
+                    new, count = rule.apply(text, lowered)
+                    if count:
+                        text = new
+                        if lowered is not None:
+                            lowered = text.lower()
+                        log.append({"path": _path(where, key), "rule": rule.name, "count": count})
+        if self._callback is not None:
+            text = self._call(text, _path(where, key), log)
+        return text
+
+    def _call(self, text: str, path: str, log: list[dict[str, Any]]) -> str:
+        try:
+            result = self._callback(path, text)  # type: ignore[misc]
+        except Exception:
+            log.append({"path": path, "rule": "callback_error"})
+            return MASK
+        if not isinstance(result, str):
+            log.append({"path": path, "rule": "callback_error"})
+            return MASK
+        if result != text:
+            log.append({"path": path, "rule": "callback"})
+        return result
+
+    # ------------------------------------------------------------------ attribute sets
+
+    def redact_attributes(
+        self, attributes: Mapping[str, object], where: str, log: list[dict[str, Any]]
+    ) -> dict[str, object]:
+        """A redacted copy of an attribute mapping; `where` prefixes recorded paths (`events[0].attributes`)."""
+        out: dict[str, object] = {}
+        cache = self._key_cache
+        for key, value in attributes.items():
+            if isinstance(value, str):
+                rule = cache[key] if key in cache else self.key_rule(key)
+                if rule is not None:
+                    out[key] = f"[REDACTED:{rule}]"
+                    log.append({"path": _path(where, key), "rule": rule})
+                elif self._callback is None and (len(value) < _MIN_SECRET_LENGTH or key in self._structural):
+                    out[key] = value  # an identifier or too short for any value rule: the common case
+                else:
+                    out[key] = self._text(value, where, key, log)
+            elif isinstance(value, (tuple, list)) and value and isinstance(value[0], str):
+                rule = cache[key] if key in cache else self.key_rule(key)
+                if rule is not None:
+                    out[key] = tuple(f"[REDACTED:{rule}]" for _ in value)
+                    log.append({"path": _path(where, key), "rule": rule})
+                else:
+                    path = _path(where, key)
+                    out[key] = tuple(
+                        self._text(item, f"{path}[{i}]", None, log) if isinstance(item, str) else item
+                        for i, item in enumerate(value)
+                    )
+            else:
+                out[key] = value  # numbers and booleans: never secrets (token counts stay)
+        return out
+
+    def redact_keys_in(self, value: Any, path: str, log: list[dict[str, Any]], depth: int = 0) -> None:
+        """Mask, in place, string values under secret-named keys inside parsed JSON (tool arguments, results,
+        request bodies). The strings themselves were value-scanned as raw attributes already. The structures
+        are the mapping's own (fresh from json.loads or built by it), so mutating them is safe. Child paths are
+        built only where a container is entered or a value is masked."""
+        if depth > 32:
+            return
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, (dict, list)):
+                    rule = self.key_rule(key) if isinstance(key, str) else None
+                    if rule is not None:
+                        value[key] = f"[REDACTED:{rule}]"  # a whole credentials object
+                        log.append({"path": f"{path}.{key}", "rule": rule})
+                    else:
+                        self.redact_keys_in(item, f"{path}.{key}", log, depth + 1)
+                elif isinstance(item, str) and isinstance(key, str):
+                    rule = self.key_rule(key)
+                    if rule is not None:
+                        value[key] = f"[REDACTED:{rule}]"
+                        log.append({"path": f"{path}.{key}", "rule": rule})
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, (dict, list)):
+                    self.redact_keys_in(item, f"{path}[{index}]", log, depth + 1)

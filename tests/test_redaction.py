@@ -1,0 +1,286 @@
+"""Content controls: redaction (default rules, user patterns and keys, callback failing closed), capture switches,
+UTF-8-safe truncation, the configuration options, and secrets never reaching the server end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from prefactor_otel import PrefactorSpanExporter
+from prefactor_otel.config import ConfigError, PrefactorConfig
+from prefactor_otel.devserver import DevServer
+from prefactor_otel.mapping import MappingOptions, map_span
+from tests.fixtures.semconv.checks import check_record, provider
+from tests.fixtures.semconv.fake_openai import SECRET_IN_PROMPT, FakeOpenAI, openai_workload
+
+BEARER = "Bearer tok_live_9f8e7d6c5b4a3210"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+
+
+def _chat_span(**extra: object):  # type: ignore[no-untyped-def]
+    tracer_provider, collector = provider()
+    attributes = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": "gpt-4o",
+        "gen_ai.input.messages": json.dumps(
+            [{"role": "user", "parts": [{"type": "text", "content": f"use {SECRET_IN_PROMPT} and {JWT}"}]}]
+        ),
+        "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": "ok"}]}]),
+        "gen_ai.usage.input_tokens": 12,
+        "gen_ai.usage.output_tokens": 3,
+        "http.request.header.authorization": (BEARER,),
+        "Authorization": BEARER,
+        **extra,
+    }
+    with tracer_provider.get_tracer("t").start_as_current_span("chat gpt-4o", attributes=attributes) as span:  # type: ignore[arg-type]
+        span.add_event("exception", {"exception.type": "E", "exception.message": f"auth failed with {BEARER}"})
+    return collector.spans[0]
+
+
+def test_default_rules_mask_secrets_but_never_token_counts() -> None:
+    record = map_span(_chat_span())
+    check_record(record)
+    text = json.dumps([record.payload, record.result_payload])
+    assert SECRET_IN_PROMPT not in text and JWT not in text and "tok_live_9f8e7d6c5b4a3210" not in text
+    content = record.payload["inputs"]["messages"][0]["content"]
+    assert content == "use [REDACTED:api_key] and [REDACTED:jwt]"
+    metadata = record.payload["metadata"]
+    assert metadata["Authorization"] == "[REDACTED:secret_key]"
+    assert metadata["http.request.header.authorization"] == ["[REDACTED:secret_key]"]
+    assert record.payload["token_usage"] == {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+    assert "[REDACTED:bearer_token]" in record.payload["events"][0]["attributes"]["exception.message"]
+    # what was redacted: path and rule, never the value
+    redactions = metadata["prefactor.redactions"]
+    assert {"path": 'attributes["Authorization"]', "rule": "secret_key"} in redactions
+    assert {"path": 'attributes["gen_ai.input.messages"]', "rule": "api_key", "count": 1} in redactions
+    assert {"path": 'attributes["gen_ai.input.messages"]', "rule": "jwt", "count": 1} in redactions
+    assert {"path": 'events[0].attributes["exception.message"]', "rule": "bearer_token", "count": 1} in redactions
+    assert "sk-" not in json.dumps(redactions)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("key sk-ant-api03-abcdefghijklmnopqrstuv", "api_key"),
+        ("AKIAIOSFODNN7EXAMPLE", "aws_access_key"),
+        ("ghp_" + "a1" * 18, "github_token"),
+        ("AIza" + "B" * 35, "google_api_key"),
+        ("xoxb-123456789012-abcdef", "slack_token"),
+        ("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----", "private_key"),
+        ("login with password=hunter2!", "password"),
+        ("postgres://admin:s3cret@db:5432/app", "url_credentials"),
+        ("Authorization: BEARER abcdefghijkl", "bearer_token"),
+    ],
+)
+def test_each_default_value_rule(text: str, rule: str) -> None:
+    redactor = MappingOptions().redactor
+    log: list[dict[str, object]] = []
+    out = redactor.redact_text(text, "p", log)
+    assert f"[REDACTED:{rule}]" in out
+    assert [entry["rule"] for entry in log] == [rule]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["the risk-assessment-framework-document", "a basic password reset question", "https://example.com/a:b", "eyJ"],
+)
+def test_ordinary_text_is_left_alone(text: str) -> None:
+    assert MappingOptions().redactor.redact_text(text, "p", []) == text
+
+
+def test_secret_keys_inside_json_values() -> None:
+    tracer_provider, collector = provider()
+    arguments = {"user": "ann", "password": "hunter2", "auth": {"api_key": "k-123"}, "retries": 3}
+    with tracer_provider.get_tracer("t").start_as_current_span(
+        "execute_tool login",
+        attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.call.arguments": json.dumps(arguments)},
+    ):
+        pass
+    record = map_span(collector.spans[0])
+    assert record.payload["inputs"]["arguments"] == {
+        "user": "ann",
+        "password": "[REDACTED:secret_key]",
+        "auth": "[REDACTED:secret_key]",
+        "retries": 3,
+    }
+    paths = {entry["path"] for entry in record.payload["metadata"]["prefactor.redactions"]}
+    # the password value was caught in the raw string already (value rule); the keys mask whole values
+    assert {"inputs.arguments.password", "inputs.arguments.auth"} <= paths
+
+
+def test_user_patterns_keys_and_callback() -> None:
+    seen: list[str] = []
+
+    def callback(path: str, value: str) -> str:
+        seen.append(path)
+        return value.replace("ACME-", "[acme]-")
+
+    options = MappingOptions(
+        redact_patterns=(r"\bcust-\d{6}\b",), redact_keys=("user.email",), redact_callback=callback
+    )
+    record = map_span(_chat_span(**{"note": "customer cust-123456 of ACME-corp", "user.email": "a@b.c"}), options)
+    metadata = record.payload["metadata"]
+    assert metadata["note"] == "customer [REDACTED:user_pattern_1] of [acme]-corp"
+    assert metadata["user.email"] == "[REDACTED:user_key]"
+    rules = {entry["rule"] for entry in metadata["prefactor.redactions"]}
+    assert {"user_pattern_1", "user_key", "callback"} <= rules
+    assert 'attributes["note"]' in seen
+
+
+@pytest.mark.parametrize("behaviour", ["raise", "not-a-string"])
+def test_a_failing_callback_fails_closed(behaviour: str) -> None:
+    def callback(path: str, value: str) -> str:
+        if "messages" in path:
+            if behaviour == "raise":
+                raise RuntimeError("redaction service down")
+            return None  # type: ignore[return-value]
+        return value
+
+    record = map_span(_chat_span(), MappingOptions(redact_callback=callback))  # never raises
+    text = json.dumps(record.payload)
+    assert "redaction service down" not in text
+    # the values the callback could not vouch for are masked, not sent raw
+    assert record.payload["inputs"]["messages"] == "[REDACTED]"
+    assert {"path": 'attributes["gen_ai.input.messages"]', "rule": "callback_error"} in record.payload["metadata"][
+        "prefactor.redactions"
+    ]
+    assert record.payload["token_usage"]["prompt_tokens"] == 12
+
+
+def test_capture_switches_drop_content_without_leaking_it_into_metadata() -> None:
+    record = map_span(_chat_span(), MappingOptions(capture_inputs=False, capture_outputs=False))
+    check_record(record)
+    assert record.payload["inputs"] == {} and record.result_payload["outputs"] == {}
+    assert "gen_ai.input.messages" not in record.payload["metadata"]
+    assert "gen_ai.output.messages" not in record.payload["metadata"]
+    assert record.payload["metadata"]["prefactor.content_omitted"] == ["inputs", "outputs"]
+    assert record.payload["model"] == "gpt-4o" and record.payload["token_usage"]["total_tokens"] == 15
+
+
+def test_truncation_is_utf8_safe_and_recorded() -> None:
+    long_text = "é" * 300 + "漢" * 300  # 600 + 900 bytes
+    tracer_provider, collector = provider()
+    with tracer_provider.get_tracer("t").start_as_current_span(
+        "chat m",
+        attributes={
+            "gen_ai.operation.name": "chat",
+            "gen_ai.input.messages": json.dumps([{"role": "user", "content": long_text}], ensure_ascii=False),
+            "gen_ai.output.messages": json.dumps([{"role": "assistant", "content": "short"}]),
+        },
+    ):
+        pass
+    record = map_span(collector.spans[0], MappingOptions(max_input_length=1001, max_output_length=10))
+    check_record(record)
+    content = record.payload["inputs"]["messages"][0]["content"]
+    kept, _, marker = content.partition("…")
+    assert kept == "é" * 300 + "漢" * 133  # 600 + 399 bytes: the cut never splits a character
+    assert marker == "[truncated: 1500 bytes]"
+    assert record.payload["metadata"]["prefactor.truncated"] == [
+        {"path": "inputs.messages[0].content", "original_bytes": 1500}
+    ]
+    assert record.result_payload["outputs"]["messages"][0]["content"] == "short"
+    unlimited = map_span(collector.spans[0], MappingOptions(max_input_length=0))
+    assert unlimited.payload["inputs"]["messages"][0]["content"] == long_text
+
+
+def test_configuration_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("semconv_test_redact_hook")
+    module.scrub = lambda path, value: value.upper()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    config = PrefactorConfig.load(
+        {
+            "PREFACTOR_CAPTURE_INPUTS": "false",
+            "PREFACTOR_CAPTURE_OUTPUTS": "yes",
+            "PREFACTOR_MAX_INPUT_LENGTH": "0",
+            "PREFACTOR_MAX_OUTPUT_LENGTH": "2048",
+            "PREFACTOR_REDACT_DEFAULTS": "off",
+            "PREFACTOR_REDACT_PATTERNS": '["cust-\\\\d+", "order/[0-9]+"]',
+            "PREFACTOR_REDACT_KEYS": "user.email, x-tenant",
+            "PREFACTOR_REDACT_CALLBACK": "semconv_test_redact_hook:scrub",
+        }
+    )
+    options = MappingOptions.from_config(config)
+    assert (options.capture_inputs, options.capture_outputs) == (False, True)
+    assert (options.max_input_length, options.max_output_length) == (0, 2048)
+    assert options.redact_defaults is False
+    assert options.redact_patterns == ("cust-\\d+", "order/[0-9]+")
+    assert options.redact_keys == ("user.email", "x-tenant")
+    assert options.redact_callback is module.scrub  # type: ignore[attr-defined]
+    defaults = MappingOptions.from_config(PrefactorConfig.load({}))
+    assert defaults == MappingOptions()
+
+    with pytest.raises(ConfigError, match="PREFACTOR_REDACT_PATTERNS: pattern 2"):
+        PrefactorConfig.load({"PREFACTOR_REDACT_PATTERNS": '["ok", "(unclosed"]'})
+    with pytest.raises(ConfigError, match="PREFACTOR_REDACT_CALLBACK"):
+        PrefactorConfig.load({"PREFACTOR_REDACT_CALLBACK": "no_colon_here"})
+    with pytest.raises(ConfigError, match="PREFACTOR_REDACT_CALLBACK: cannot load"):
+        MappingOptions.from_config(PrefactorConfig.load({"PREFACTOR_REDACT_CALLBACK": "no_such_module_x:fn"}))
+    with pytest.raises(ConfigError, match="PREFACTOR_MAX_INPUT_LENGTH"):
+        PrefactorConfig.load({"PREFACTOR_MAX_INPUT_LENGTH": "-1"})
+
+
+@pytest.fixture
+def recorded_bodies() -> Iterator[tuple[httpx.Client, list[bytes]]]:
+    bodies: list[bytes] = []
+
+    def record(request: httpx.Request) -> None:
+        bodies.append(request.read())
+
+    client = httpx.Client(event_hooks={"request": [record]})
+    yield client, bodies
+    client.close()
+
+
+def test_secrets_never_reach_the_server(
+    monkeypatch: pytest.MonkeyPatch, recorded_bodies: tuple[httpx.Client, list[bytes]]
+) -> None:
+    pytest.importorskip("opentelemetry.instrumentation.openai_v2")
+    from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "SPAN_ONLY")
+    client, bodies = recorded_bodies
+    with DevServer() as server:
+        exporter = PrefactorSpanExporter(
+            environ={},
+            api_url=server.url,
+            api_token=server.token,
+            agent_id=server.agent_id,
+            finish_grace_seconds=0,
+            spool=False,
+            http_client=client,
+        )
+        tracer_provider = TracerProvider()
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+        instrumentor = OpenAIInstrumentor()
+        instrumentor.instrument(tracer_provider=tracer_provider)
+        try:
+            tracer = tracer_provider.get_tracer("app")
+            with (
+                FakeOpenAI() as fake,
+                tracer.start_as_current_span(
+                    "handle request",
+                    attributes={"Authorization": BEARER, "http.request.header.authorization": (BEARER,)},
+                ),
+            ):
+                openai_workload(fake.base_url)
+        finally:
+            instrumentor.uninstrument()
+        tracer_provider.shutdown()
+        stored = server.spans()
+    sent = b"".join(bodies).decode()
+    assert sent, "the exporter sent nothing"
+    assert SECRET_IN_PROMPT not in sent
+    assert "tok_live_9f8e7d6c5b4a3210" not in sent
+    chat = next(s for s in stored if s["payload"]["name"] == "chat gpt-tools")
+    assert chat["payload"]["token_usage"]["prompt_tokens"] == 11  # gen_ai.usage.input_tokens arrived
+    root = next(s for s in stored if s["payload"]["name"] == "handle request")
+    assert root["payload"]["metadata"]["Authorization"] == "[REDACTED:secret_key]"
