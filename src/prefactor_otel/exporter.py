@@ -402,9 +402,7 @@ class PrefactorSpanExporter(SpanExporter):
                 keys = [item["idempotency_key"] for item in chunk]
                 result = transport.send_bulk(encoded[: len(first)], keys, deadline)
                 if result.error is None:
-                    planned = [
-                        PlannedItem(item["idempotency_key"], item["_type"], item, 0) for item in chunk
-                    ]
+                    planned = [PlannedItem(item["idempotency_key"], item["_type"], item, 0) for item in chunk]
                     self._learn_rest_only(planned, result.outcomes)
             if result.error in ("too_large", "rejected") and len(chunk) > 1:
                 max_items = max(1, len(chunk) // 2)
