@@ -50,3 +50,11 @@ def test_non_ascii_is_utf8_not_escaped():
 def test_lone_surrogates_are_replaced_not_fatal():
     encoded = encode_item({"_type": "t", "idempotency_key": "12345678", "s": "a\udc80b"})
     assert json.loads(encoded)["s"] == "a?b"
+
+
+def test_register_items_encode_the_shared_schema_once_and_identically():
+    schema = {"external_identifier": "x", "span_type_schemas": [{"name": "otel:span", "params_schema": {}}]}
+    item = {"_type": "agent_instances/register", "idempotency_key": "12345678", "agent_schema_version": schema}
+    first = encode_item(item)
+    assert json.loads(first) == item
+    assert encode_item(dict(item)) == first  # the same bytes on a retry: the idempotent replay depends on it

@@ -66,11 +66,33 @@ def encode_item(item: dict[str, Any]) -> bytes:
 
     Lone surrogates (Python strings may hold them, UTF-8 cannot) become "?" rather than costing the span.
     """
-    text = json.dumps(item, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    schema = item.get("agent_schema_version")
+    if schema is None:
+        text = _ENCODER.encode(item)
+    else:
+        # Every register item carries the same ~10 KB schema set (one dict shared by the planner): encode it once.
+        rest = _ENCODER.encode({key: value for key, value in item.items() if key != "agent_schema_version"})
+        text = f'{rest[:-1]},"agent_schema_version":{_encoded_once(schema)}}}'
     try:
         return text.encode()
     except UnicodeEncodeError:
         return text.encode("utf-8", errors="replace")
+
+
+# One encoder for every item: json.dumps with non-default arguments builds a new encoder per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_ENCODED_SCHEMAS: dict[int, tuple[object, str]] = {}
+
+
+def _encoded_once(value: dict[str, Any]) -> str:
+    cached = _ENCODED_SCHEMAS.get(id(value))
+    if cached is not None and cached[0] is value:
+        return cached[1]
+    text = _ENCODER.encode(value)
+    if len(_ENCODED_SCHEMAS) >= 16:
+        _ENCODED_SCHEMAS.clear()
+    _ENCODED_SCHEMAS[id(value)] = (value, text)
+    return text
 
 
 def bulk_body(encoded_items: Sequence[bytes]) -> bytes:
