@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import openai  # noqa: F401  (the test extra installs it; missing = fail, not skip)
+import opentelemetry.instrumentation.openai_v2  # noqa: F401  (the test extra installs it; missing = fail, not skip)
 import pytest
+from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 
 from tests.fixtures.semconv.checks import export_to_devserver, map_all, provider
 from tests.fixtures.semconv.fake_openai import SECRET_IN_PROMPT, FakeOpenAI, openai_workload
-
-pytest.importorskip("openai")
-pytest.importorskip("opentelemetry.instrumentation.openai_v2")
-
-from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
 
 
 @pytest.fixture

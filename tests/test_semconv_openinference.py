@@ -5,19 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import langchain_core  # noqa: F401  (the test extra installs it; missing = fail, not skip)
+import openinference.instrumentation.langchain
+import openinference.instrumentation.openai  # noqa: F401  (the test extra installs it; missing = fail, not skip)
 import pytest
+from openinference.instrumentation.langchain import LangChainInstrumentor
+from openinference.instrumentation.openai import OpenAIInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
 from tests.fixtures.semconv.checks import export_to_devserver, map_all, provider
 from tests.fixtures.semconv.fake_openai import SECRET_IN_PROMPT, FakeOpenAI, openai_workload
 from tests.fixtures.semconv.langchain_app import run_langchain_app
-
-pytest.importorskip("openinference.instrumentation.openai")
-pytest.importorskip("openinference.instrumentation.langchain")
-pytest.importorskip("langchain_core")
-
-from openinference.instrumentation.langchain import LangChainInstrumentor
-from openinference.instrumentation.openai import OpenAIInstrumentor
 
 
 @pytest.fixture

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import warnings
 
+import pydantic_ai  # noqa: F401  (the test extra installs it; missing = fail, not skip)
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-
-from prefactor_otel.mapping import SpanRecord
-from tests.fixtures.semconv.checks import export_to_devserver, map_all, provider
-
-pytest.importorskip("pydantic_ai")
-
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.instrumented import InstrumentationSettings
 from pydantic_ai.models.test import TestModel
+
+from prefactor_otel.mapping import SpanRecord
+from tests.fixtures.semconv.checks import export_to_devserver, map_all, provider
 
 
 def _weather(city: str) -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
+import opentelemetry.instrumentation.openai  # noqa: F401  (the test extra installs it; missing = fail, not skip)
+from opentelemetry.instrumentation.openai import OpenAIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 
 from prefactor_otel import PrefactorSpanExporter
@@ -14,10 +15,6 @@ from prefactor_otel.devserver import DevServer
 from tests.fixtures.semconv.checks import export_to_devserver, map_all, provider
 from tests.fixtures.semconv.fake_openai import SECRET_IN_PROMPT, FakeOpenAI, openai_workload
 from tests.fixtures.semconv.replay import load
-
-pytest.importorskip("opentelemetry.instrumentation.openai")
-
-from opentelemetry.instrumentation.openai import OpenAIInstrumentor
 
 
 def test_traceloop_0_62_openai_live() -> None:
