@@ -328,11 +328,14 @@ class PrefactorSpanExporter(SpanExporter):
 
     def _send_live(self, planner: Planner, deadline: float, *, flush: bool, shutdown: bool) -> bool:
         max_items = self._config.max_items_per_request
+        # One clock reading per drain: re-plans within it must not pick up, one by one, the runs whose grace
+        # period ends meanwhile (that made single-item requests under load); the next drain takes them together.
+        now = time.monotonic()
         for _round in range(10_000):  # bounded: every round makes progress or returns
             if time.monotonic() >= deadline:
                 return False
             with self._state_lock:
-                items = planner.plan(time.monotonic(), flush=flush, shutdown=shutdown)
+                items = planner.plan(now, flush=flush, shutdown=shutdown)
             if not items:
                 return True
             encoded, sendable = self._encode(items, planner)

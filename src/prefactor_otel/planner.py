@@ -148,6 +148,7 @@ class Planner:
         self._finished: OrderedDict[int, None] = OrderedDict()
         self._items: dict[str, PlannedItem] = {}  # key -> item of the last plan, for `apply`
         self._span_ids: dict[tuple[int, int], str] = {}  # (trace, OTel span) -> Prefactor id, open traces only
+        self._with_pending: dict[int, None] = {}  # trace ids that (may) have pending spans, in arrival order
         self._queued = 0
         self.counters: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
@@ -175,6 +176,7 @@ class Planner:
                 trace.last_activity = now
                 continue
             trace.pending[record.span_id] = _PendingSpan(record, now)
+            self._with_pending[record.trace_id] = None
             trace.last_activity = now
             trace.last_end_ns = max(trace.last_end_ns, record.end_time_ns)
             self._traces.move_to_end(record.trace_id)
@@ -308,7 +310,7 @@ class Planner:
         """
         items: list[PlannedItem] = []
         empty: list[int] = []
-        for trace in self._traces.values():
+        for trace in self._candidates(now, everything=flush or shutdown):
             if trace.rejected:
                 continue
             if shutdown:
@@ -342,6 +344,27 @@ class Planner:
             del self._traces[trace_id]
         self._items = {item.key: item for item in items}
         return items
+
+    def _candidates(self, now: float, *, everything: bool) -> list[_Trace]:
+        """Traces that may have work: those with pending spans, and those quiet for the grace period.
+
+        Not every open trace: with thousands of runs waiting out their grace period, a plan per export must not
+        cost O(open runs). `_traces` is ordered by last activity (oldest first), so the quiet ones are a prefix.
+        """
+        if everything:
+            return list(self._traces.values())
+        chosen: dict[int, _Trace] = {}
+        for trace_id, trace in self._traces.items():
+            if now - trace.last_activity < self._grace:
+                break
+            chosen[trace_id] = trace
+        for trace_id in list(self._with_pending):
+            trace = self._traces.get(trace_id)
+            if trace is None or not trace.pending:
+                del self._with_pending[trace_id]  # cleaned lazily: cheaper than at every removal
+            else:
+                chosen.setdefault(trace_id, trace)
+        return list(chosen.values())
 
     def _parent_resolved_deep(self, trace: _Trace, record: SpanRecord) -> bool:
         """True if the parent is created, or pending with a chain that ends in a created/root span."""
@@ -576,7 +599,7 @@ class Planner:
 
     def has_due_work(self, now: float) -> bool:
         """Cheap check for the background ticker: is anything ready without new input?"""
-        for trace in self._traces.values():
+        for trace in self._candidates(now, everything=False):
             if trace.rejected:
                 continue
             if trace.root_delivered and not trace.pending and now - trace.last_activity >= self._grace:
