@@ -1,0 +1,517 @@
+"""The measurements, each run in a fresh child process by run.py: `python benchmarks/measure.py KIND PARAMS_JSON`.
+
+A child prints one JSON line (its result) as the last line of its standard output. Kinds:
+
+- `cpu`: CPU per span in the exporting thread (`time.thread_time()` around `export()` and the final `shutdown()`)
+  for the JSON floor, OTLPSpanExporter and PrefactorSpanExporter, on one fixed set of spans, interleaved runs,
+  a fresh exporter per run. Also the HTTP requests and bytes each sends, and what the per-span REST pattern
+  would send for the same spans.
+- `phases`: where PrefactorSpanExporter's CPU goes (thread time per stage, wrappers around the stages).
+- `scale`: one exporter fed N spans generated on the fly; CPU per span, last-10 % CPU per span, peak RSS.
+- `e2e`: spans/s through BatchSpanProcessor into a server in another process.
+- `app`: the agent loop's time on the application thread with no exporter, OTLP, or ours behind BatchSpanProcessor.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import json
+import re
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import rest_pattern
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from workload import SERVICE, SPANS_PER_TRACE, SpanSource, agent_run, batched, floor_dict, tracers
+
+from prefactor_otel import PrefactorSpanExporter, ids
+
+BATCH = 512  # BatchSpanProcessor's default max_export_batch_size
+Result = dict[str, Any]
+# Each exporter gets its own spool directory under one per-process root, removed when the process ends.
+SPOOL_ROOT = Path(tempfile.mkdtemp(prefix="prefactor-bench-spool-"))
+atexit.register(shutil.rmtree, SPOOL_ROOT, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def bench_agent_id(seed: int = 7) -> str:
+    """A PFID for the agent, so the exporter takes the partition from it and never calls pfid/generate."""
+    return ids.encode(int(time.time() * 1000), 4242 + seed, 0x5EED_0000_0000 + seed)
+
+
+def prefactor_exporter(url: str, **options: Any) -> PrefactorSpanExporter:
+    settings: dict[str, Any] = {
+        "api_url": url,
+        "api_token": "pf_bench_token",
+        "agent_id": bench_agent_id(),
+        "finish_grace_seconds": 0,
+        "spool_dir": tempfile.mkdtemp(dir=SPOOL_ROOT),
+    }
+    settings.update(options)
+    exporter = PrefactorSpanExporter(**settings)
+    if not exporter.enabled:
+        raise RuntimeError(f"exporter disabled: {exporter!r}")
+    return exporter
+
+
+def otlp_exporter(url: str) -> OTLPSpanExporter:
+    return OTLPSpanExporter(endpoint=url + "/v1/traces", timeout=10)
+
+
+def sink_stats(url: str, reset: bool = False) -> dict[str, int]:
+    """Counters of a fast sink (in its own process); `reset` zeroes them."""
+    request = urllib.request.Request(url + ("/_reset" if reset else "/_stats"), method="POST" if reset else "GET")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def current_rss_mb() -> float:
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / (1024 * 1024)
+
+
+class GcClock:
+    """Thread CPU time spent in garbage collections while `active` (gc.callbacks run in the collecting thread)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = 0
+        self.active = False
+        self._started: float | None = None
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if not self.active:
+            return
+        if phase == "start":
+            self._started = time.thread_time()
+        elif self._started is not None:
+            self.seconds += time.thread_time() - self._started
+            self.collections += 1
+            self._started = None
+
+    def reset(self) -> None:
+        self.seconds, self.collections = 0.0, 0
+
+
+GC = GcClock()
+
+
+def export_all(exporter: SpanExporter, batches: Sequence[Sequence[ReadableSpan]]) -> tuple[float, float, bool]:
+    """Thread CPU seconds and wall seconds of exporting every batch and shutting down; True if all succeeded."""
+    ok = True
+    gc.collect()
+    GC.reset()
+    GC.active = True
+    wall = time.perf_counter()
+    cpu = time.thread_time()
+    for batch in batches:
+        ok = exporter.export(batch) is SpanExportResult.SUCCESS and ok
+    exporter.shutdown()
+    cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+    GC.active = False
+    return cpu, wall, ok
+
+
+def floor_all(batches: Sequence[Sequence[ReadableSpan]]) -> tuple[float, float, int]:
+    gc.collect()
+    wall = time.perf_counter()
+    cpu = time.thread_time()
+    size = 0
+    for batch in batches:
+        for span in batch:
+            size += len(json.dumps(floor_dict(span)))
+    return time.thread_time() - cpu, time.perf_counter() - wall, size
+
+
+# ---------------------------------------------------------------------------------------------- kinds
+
+
+def measure_cpu(params: Result) -> Result:
+    spans = SpanSource(seed=1).spans(params["spans"])
+    batches = batched(spans, BATCH)
+    count = len(spans)
+    # The pre-generated spans stand in for what BatchSpanProcessor would hold (at most a queue's worth): keep
+    # them out of the garbage collector's scans so its cost reflects the exporters' own allocations.
+    gc.collect()
+    gc.freeze()
+    bulk, otlp = params["bulk"], params["otlp"]
+    runs: dict[str, list[Result]] = {"floor": [], "otlp": [], "prefactor": []}
+
+    def one(kind: str) -> Result:
+        if kind == "floor":
+            cpu, wall, size = floor_all(batches)
+            return {"cpu_us": cpu / count * 1e6, "wall_us": wall / count * 1e6, "json_bytes": size}
+        url = bulk if kind == "prefactor" else otlp
+        sink_stats(url, reset=True)
+        exporter: SpanExporter = prefactor_exporter(bulk) if kind == "prefactor" else otlp_exporter(otlp)
+        cpu, wall, ok = export_all(exporter, batches)
+        sink = sink_stats(url)
+        result: Result = {
+            "cpu_us": cpu / count * 1e6,
+            "wall_us": wall / count * 1e6,
+            "gc_us": GC.seconds / count * 1e6,
+            "ok": ok,
+            "requests": sink.get("requests", 0),
+            "body_bytes": sink.get("body_bytes", 0),
+            "head_bytes": sink.get("head_bytes", 0),
+        }
+        if isinstance(exporter, PrefactorSpanExporter):
+            stats = exporter.stats()
+            result.update(
+                exported=stats["spans_exported"],
+                dropped=stats["spans_dropped"],
+                instances_finished=stats["instances_finished"],
+                exporter_requests=stats["requests"],
+            )
+        return result
+
+    for kind in runs:  # warm-up: first-use costs (lazy imports, schema builds, connection set-up) are not counted
+        one(kind)
+    for _ in range(params["runs"]):
+        for kind in runs:
+            runs[kind].append(one(kind))
+    rest = rest_pattern.per_span_rest(spans)
+    return {"spans": count, "traces": count // SPANS_PER_TRACE, "batch": BATCH, "runs": runs, "rest": rest}
+
+
+def measure_phases(params: Result) -> Result:
+    """Thread CPU per stage of PrefactorSpanExporter, by wrapping the stages (outer stages include inner ones)."""
+    import prefactor_otel.exporter as exporter_module
+    import prefactor_otel.planner as planner_module
+    import prefactor_otel.transport as transport_module
+
+    spans = SpanSource(seed=1).spans(params["spans"])
+    batches = batched(spans, BATCH)
+    gc.collect()
+    gc.freeze()
+    spent: Counter[str] = Counter()
+
+    def wrap(owner: Any, name: str, label: str) -> None:
+        original: Callable[..., Any] | None = getattr(owner, name, None)
+        if original is None:  # the code moved on: that stage is not measured, the total still is
+            return
+        call: Callable[..., Any] = original
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.thread_time()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                spent[label] += time.thread_time() - start
+
+        setattr(owner, name, timed)
+
+    wrap(exporter_module, "map_span", "mapping: map_span (ReadableSpan -> payloads)")
+    wrap(planner_module.Planner, "add", "planner: add (incl. new instance items)")
+    wrap(planner_module.Planner, "plan", "planner: plan (ordering, create items, ids, keys)")
+    wrap(planner_module.Planner, "apply", "planner: apply outcomes")
+    wrap(exporter_module.PrefactorSpanExporter, "_encode", "encode: items -> JSON bytes")
+    wrap(transport_module.BulkTransport, "_post", "transport: HTTP request + response handling")
+    wrap(transport_module.BulkTransport, "_bulk_outcomes", "transport: response validation (pydantic)")
+    totals: list[float] = []
+    stages: list[dict[str, float]] = []
+    for run in range(params["runs"] + 1):
+        spent.clear()
+        cpu, _, _ = export_all(prefactor_exporter(params["bulk"]), batches)
+        if run == 0:
+            continue  # warm-up
+        totals.append(cpu / len(spans) * 1e6)
+        stages.append({label: seconds / len(spans) * 1e6 for label, seconds in spent.items()})
+    return {"spans": len(spans), "total_us": totals, "stages": stages}
+
+
+def measure_scale(params: Result) -> Result:
+    kind, total = params["exporter"], params["spans"]
+    source = SpanSource(seed=2)
+
+    def new_exporter() -> SpanExporter | None:
+        if kind == "prefactor":
+            return prefactor_exporter(params["bulk"], finish_grace_seconds=params.get("grace", 0))
+        if kind == "otlp":
+            return otlp_exporter(params["otlp"])
+        return None
+
+    # Warm the process up with a throwaway exporter (lazy imports, first-use costs, the garbage collector's
+    # steady state), so the measured exporter starts empty in a process that looks like a long-running one.
+    warm = new_exporter()
+    for batch in source.batches(params.get("warmup_spans", 4 * BATCH), BATCH):
+        if warm is not None:
+            warm.export(batch)
+    if warm is not None:
+        warm.shutdown()
+    exporter = new_exporter()
+    gc.collect()
+    rss_before = current_rss_mb()
+    per_batch: list[tuple[int, float, float]] = []  # spans, thread CPU, of which garbage collection
+    ok = True
+    open_traces = 0
+    GC.reset()
+    for batch in source.batches(total, BATCH):
+        if exporter is None:
+            continue
+        GC.active = True
+        gc_before = GC.seconds
+        start = time.thread_time()
+        ok = exporter.export(batch) is SpanExportResult.SUCCESS and ok
+        per_batch.append((len(batch), time.thread_time() - start, GC.seconds - gc_before))
+        GC.active = False
+        if isinstance(exporter, PrefactorSpanExporter):
+            open_traces = max(open_traces, exporter.stats()["open_traces"])
+    result: Result = {"exporter": kind, "spans": total, "grace": params.get("grace", 0), "max_open_traces": open_traces}
+    if exporter is not None:
+        GC.active = True
+        start = time.thread_time()
+        exporter.shutdown()
+        shutdown_cpu = time.thread_time() - start
+        GC.active = False
+        cpu = sum(seconds for _, seconds, _ in per_batch) + shutdown_cpu
+        # Growth check robust to noise and to the collector: per-batch CPU without GC, median of a tenth of the run.
+        tenth = max(1, len(per_batch) // 10)
+        without_gc = [(seconds - collecting) / n * 1e6 for n, seconds, collecting in per_batch]
+        result.update(
+            ok=ok,
+            cpu_us=cpu / total * 1e6,
+            gc_us=GC.seconds / total * 1e6,
+            first_tenth_us=statistics.median(without_gc[:tenth]),
+            last_tenth_us=statistics.median(without_gc[-tenth:]),
+            shutdown_ms=shutdown_cpu * 1e3,
+        )
+        if isinstance(exporter, PrefactorSpanExporter):
+            stats = exporter.stats()
+            result.update(exported=stats["spans_exported"], dropped=stats["spans_dropped"])
+    result.update(rss_before_mb=rss_before, peak_rss_mb=peak_rss_mb())
+    return result
+
+
+def measure_e2e(params: Result) -> Result:
+    target = params["spans"]
+    if params["sink"] == "devserver":
+        exporter = prefactor_exporter(
+            params["url"],
+            api_token=params["token"],
+            agent_id=params["agent_id"],
+            environment_id=params["environment_id"],
+            finish_grace_seconds=6,  # the default: force_flush at the end finishes the runs
+        )
+    else:
+        exporter = prefactor_exporter(params["url"], finish_grace_seconds=6)
+    provider = TracerProvider(resource=SERVICE)
+    # A queue that holds the whole run: the figure is the pipeline's throughput, not BatchSpanProcessor's drops.
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter, max_queue_size=target + 4 * BATCH, max_export_batch_size=BATCH)
+    )
+    agent, llm = tracers(provider)
+    import random
+
+    rng = random.Random(3)
+    traces = -(-target // SPANS_PER_TRACE)
+    start = time.perf_counter()
+    for _ in range(traces):
+        agent_run(agent, llm, rng)
+    produced = time.perf_counter() - start
+    # BatchSpanProcessor's flush exports the queue; the exporter's own flush then finishes the agent runs.
+    flushed = provider.force_flush(timeout_millis=600_000) and exporter.force_flush(timeout_millis=600_000)
+    elapsed = time.perf_counter() - start
+    stats = exporter.stats()
+    provider.shutdown()
+    spans = traces * SPANS_PER_TRACE
+    return {
+        "spans": spans,
+        "traces": traces,
+        "produce_s": produced,
+        "total_s": elapsed,
+        "spans_per_s": spans / elapsed,
+        "flushed": flushed,
+        "exported": stats["spans_exported"],
+        "dropped": stats["spans_dropped"],
+        "instances_finished": stats["instances_finished"],
+        "requests": stats["requests"],
+    }
+
+
+def measure_steady(params: Result) -> Result:
+    """A steady load: agent runs paced at a fixed span rate through BatchSpanProcessor, exporter defaults.
+
+    What a long-running service sees: agent runs keep reaching the end of their finish grace while new spans
+    arrive. Reports requests per 1,000 spans, the share of 1-item requests, and the CPU the process spends
+    outside the application thread per span (BatchSpanProcessor's worker and the exporter's threads).
+    """
+    import random
+
+    exporter: SpanExporter
+    if params["exporter"] == "otlp":
+        exporter = otlp_exporter(params["url"])
+    else:
+        exporter = prefactor_exporter(
+            params["url"],
+            api_token=params["token"],
+            agent_id=params["agent_id"],
+            environment_id=params["environment_id"],
+            finish_grace_seconds=6,  # the default
+        )
+    provider = TracerProvider(resource=SERVICE)
+    processor = BatchSpanProcessor(exporter)  # the defaults, as an application has them
+    provider.add_span_processor(processor)
+    agent, llm = tracers(provider)
+    rng = random.Random(5)
+    interval = SPANS_PER_TRACE / params["rate"]
+    traces = int(params["seconds"] * params["rate"] / SPANS_PER_TRACE)
+    process_cpu = time.process_time()
+    app_cpu = time.thread_time()
+    start = time.perf_counter()
+    for index in range(traces):
+        agent_run(agent, llm, rng)
+        delay = start + (index + 1) * interval - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    app_cpu = time.thread_time() - app_cpu
+    background_cpu = time.process_time() - process_cpu - app_cpu
+    elapsed = time.perf_counter() - start
+    result: Result = {"exporter": params["exporter"], "target_rate": params["rate"]}
+    if isinstance(exporter, PrefactorSpanExporter):
+        stats = exporter.stats()
+        result.update(
+            exported_during_run=stats["spans_exported"],
+            requests_during_run=stats["requests"],
+            dropped=stats["spans_dropped"],
+        )
+    provider.shutdown()
+    if isinstance(exporter, PrefactorSpanExporter):
+        stats = exporter.stats()
+        result.update(
+            exported=stats["spans_exported"],
+            spooled=stats["spans_spooled"],
+            dropped=stats["spans_dropped"],
+            left_queued=stats["spans_queued"],
+        )
+    spans = traces * SPANS_PER_TRACE
+    result.update(
+        spans=spans,
+        traces=traces,
+        seconds=elapsed,
+        rate=spans / elapsed,
+        background_cpu_us=background_cpu / spans * 1e6,
+    )
+    return result
+
+
+def measure_app(params: Result) -> Result:
+    """The agent loop timed on the application thread; the exporter works behind BatchSpanProcessor."""
+    import random
+
+    mode = params["mode"]
+    out: Result = {"mode": mode}
+    for variant, runs, work, io_seconds in (
+        ("cpu", params["cpu_runs"], params["work"], 0.0),
+        ("io", params["io_runs"], 0, params["io_seconds"]),
+    ):
+        provider = TracerProvider(resource=SERVICE)
+        exporter: SpanExporter | None = None
+        if mode == "otlp":
+            exporter = otlp_exporter(params["otlp"])
+        elif mode == "prefactor":
+            exporter = prefactor_exporter(params["bulk"])
+        if exporter is not None:
+            provider.add_span_processor(BatchSpanProcessor(exporter))  # the defaults, as an application has them
+        agent, llm = tracers(provider)
+        rng = random.Random(4)
+        for _ in range(10):  # warm-up
+            agent_run(agent, llm, rng, work=work, io_seconds=io_seconds)
+        gc.collect()
+        wall = time.perf_counter()
+        cpu = time.thread_time()
+        for _ in range(runs):
+            agent_run(agent, llm, rng, work=work, io_seconds=io_seconds)
+        cpu = time.thread_time() - cpu
+        wall = time.perf_counter() - wall
+        exported = None
+        if isinstance(exporter, PrefactorSpanExporter):
+            provider.force_flush(timeout_millis=60_000)
+            exported = exporter.stats()["spans_exported"]
+        provider.shutdown()
+        out[variant] = {
+            "runs": runs,
+            "wall_us_per_run": wall / runs * 1e6,
+            "cpu_us_per_run": cpu / runs * 1e6,
+            "exported": exported,
+            "produced": (runs + 10) * SPANS_PER_TRACE,
+        }
+    return out
+
+
+def measure_profile(params: Result) -> Result:
+    """cProfile of PrefactorSpanExporter exporting the CPU workload: the functions that cost the most."""
+    import cProfile
+    import pstats
+
+    spans = SpanSource(seed=1).spans(params["spans"])
+    batches = batched(spans, BATCH)
+    gc.collect()
+    gc.freeze()
+    export_all(prefactor_exporter(params["bulk"]), batches)  # warm-up
+    profiler = cProfile.Profile()
+    profiler.enable()
+    export_all(prefactor_exporter(params["bulk"]), batches)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    rows: list[Result] = []
+    waits = ("recv", "recv_into", "select", "poll", "acquire", "wait", "sendall")  # blocked on I/O or locks, not CPU
+    for (filename, line, function), (_, calls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
+        if any(f"'{name}'" in function or f".{name}'" in function for name in waits):
+            continue
+        where = re.sub(r"^.*?(site-packages/|/src/|/lib/python3\.\d+/)", "", filename)
+        rows.append(
+            {
+                "function": f"{where}:{line}({function})",
+                "calls": calls,
+                "self_us_per_span": tottime / len(spans) * 1e6,
+                "cumulative_us_per_span": cumtime / len(spans) * 1e6,
+            }
+        )
+    top_self = sorted(rows, key=lambda r: r["self_us_per_span"], reverse=True)[: params.get("top", 20)]
+    top_cumulative = sorted(
+        (r for r in rows if "prefactor_otel" in r["function"]), key=lambda r: r["cumulative_us_per_span"], reverse=True
+    )[: params.get("top", 20)]
+    return {"spans": len(spans), "top_self": top_self, "top_cumulative": top_cumulative}
+
+
+KINDS: dict[str, Callable[[Result], Result]] = {
+    "profile": measure_profile,
+    "cpu": measure_cpu,
+    "phases": measure_phases,
+    "scale": measure_scale,
+    "e2e": measure_e2e,
+    "app": measure_app,
+    "steady": measure_steady,
+}
+
+
+def main(argv: list[str]) -> int:
+    kind, params = argv[0], json.loads(argv[1])
+    result = KINDS[kind](params)
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

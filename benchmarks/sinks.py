@@ -1,0 +1,247 @@
+"""Local sinks for the benchmarks, run in their own process on 127.0.0.1 (never in the process measured).
+
+    python benchmarks/sinks.py             # fast sinks: Prefactor bulk + OTLP/HTTP, on two ports
+    python benchmarks/sinks.py --devserver # the real local Prefactor-compatible server (prefactor_otel.devserver)
+
+The process prints one JSON line with its addresses, then serves until its standard input closes (the parent
+exits) or `--max-seconds` pass.
+
+The fast sinks answer as fast as a Python socket loop can, so the benchmark measures the exporter and not a
+server: the bulk sink parses the request and returns a well-formed bulk answer
+(`{"status":"success","outputs":{key:{"status":"success","details":{"id":...}}}}` for every item key), the
+OTLP sink answers 200 with an empty `ExportTraceServiceResponse`. Both count requests and bytes (request line
+and headers separately from the body), served at `GET /_stats`; `POST /_reset` zeroes them.
+
+With `--devserver`, lines on standard input are commands: `counts` prints a JSON line with the instances and
+spans the server holds and the requests it answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+MAX_REQUESTS_PER_CONNECTION = 1_000_000
+MAX_HEADER_LINES = 100
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class Stats:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def add(self, path: str, head_bytes: int, body_bytes: int, items: int) -> None:
+        with self._lock:
+            self.counts[f"requests:{path}"] += 1
+            self.counts["requests"] += 1
+            self.counts["head_bytes"] += head_bytes
+            self.counts["body_bytes"] += body_bytes
+            self.counts["items"] += items
+            if items == 1:
+                self.counts["single_item_requests"] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.counts.clear()
+
+
+def _item_id(item: dict[str, Any]) -> str | None:
+    details = item.get("details")
+    if isinstance(details, dict) and isinstance(details.get("id"), str):
+        return details["id"]
+    for field in ("id", "agent_span_id", "agent_instance_id"):
+        if isinstance(item.get(field), str):
+            return item[field]
+    return None
+
+
+def bulk_answer(body: bytes) -> tuple[bytes, int]:
+    """A well-formed bulk answer: success for every item key, with the item's id in `details`."""
+    items = json.loads(body)["items"]
+    outputs = {
+        item["idempotency_key"]: {"status": "success", "details": {"id": _item_id(item)}}
+        for item in items
+        if isinstance(item, dict)
+    }
+    return json.dumps({"status": "success", "outputs": outputs}, separators=(",", ":")).encode(), len(items)
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    """HTTP/1.1 with keep-alive, Content-Length or chunked bodies; nothing more than the exporters need."""
+
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def handle(self) -> None:
+        for _ in range(MAX_REQUESTS_PER_CONNECTION):
+            request_line = self.rfile.readline(65537)
+            if not request_line.strip():
+                return
+            head_bytes = len(request_line)
+            length = 0
+            chunked = False
+            keep_alive = True
+            for _ in range(MAX_HEADER_LINES):
+                line = self.rfile.readline(65537)
+                head_bytes += len(line)
+                if line in (b"\r\n", b"\n", b""):
+                    break
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                    chunked = True
+                elif name == b"connection" and b"close" in value.lower():
+                    keep_alive = False
+            body = self._read_chunked() if chunked else self.rfile.read(min(length, MAX_BODY_BYTES))
+            method, target = request_line.split(b" ", 2)[:2]
+            path = target.decode("latin-1").split("?", 1)[0]
+            status, content_type, payload = self.server.answer(method.decode("latin-1"), path, body, head_bytes)
+            self.wfile.write(
+                b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+                % (status, b"OK" if status == 200 else b"ERR", content_type, len(payload))
+                + payload
+            )
+            if not keep_alive:
+                return
+
+    def _read_chunked(self) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        while size <= MAX_BODY_BYTES:
+            chunk_size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
+            if chunk_size == 0:
+                self.rfile.readline(1024)
+                break
+            parts.append(self.rfile.read(chunk_size))
+            self.rfile.readline(1024)
+            size += chunk_size
+        return b"".join(parts)
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.kind = kind
+        self.stats = Stats()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def answer(self, method: str, path: str, body: bytes, head_bytes: int) -> tuple[int, bytes, bytes]:
+        json_type = b"application/json"
+        if path == "/_stats":
+            return 200, json_type, json.dumps(self.stats.snapshot()).encode()
+        if path == "/_reset":
+            self.stats.reset()
+            return 200, json_type, b"{}"
+        if self.kind == "bulk":
+            if path != "/api/v1/bulk" or method != "POST":
+                self.stats.add(path, head_bytes, len(body), 0)
+                return 404, json_type, b'{"status":"error","code":"not_found","message":"bench sink: bulk only"}'
+            payload, items = bulk_answer(body)
+            self.stats.add(path, head_bytes, len(body), items)
+            return 200, json_type, payload
+        self.stats.add(path, head_bytes, len(body), 0)
+        return 200, b"application/x-protobuf", b""  # an empty ExportTraceServiceResponse: all accepted
+
+
+def _serve(server: socketserver.BaseServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait_for_parent(max_seconds: float, on_line: Any = None) -> None:
+    """Return when stdin closes (the parent is gone) or after max_seconds; `on_line` handles command lines."""
+    done = threading.Event()
+
+    def reader() -> None:
+        for line in sys.stdin:
+            if on_line is not None:
+                on_line(line.strip())
+        done.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    done.wait(max_seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devserver", action="store_true", help="run the real local Prefactor-compatible server")
+    parser.add_argument("--max-seconds", type=float, default=1800.0, help="exit after this long in any case")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    if args.devserver:
+        from prefactor_otel.devserver import DevServer
+
+        dev = DevServer(token="pf_bench_token").start()
+        print(
+            json.dumps(
+                {"url": dev.url, "token": dev.token, "agent_id": dev.agent_id, "environment_id": dev.environment_id}
+            ),
+            flush=True,
+        )
+
+        def command(line: str) -> None:
+            if line == "counts":
+                instances = dev.instances()
+                requests = dev.requests
+                _, spans = dev.store.counts()
+                print(
+                    json.dumps(
+                        {
+                            "instances": len(instances),
+                            "instances_finished": sum(
+                                1 for i in instances if i.get("status") in ("complete", "failed")
+                            ),
+                            "spans": spans,
+                            "requests": len(requests),
+                            "single_item_requests": sum(1 for r in requests if r.item_count == 1),
+                            "request_bytes": sum(r.request_bytes for r in requests),
+                            "errors": sum(1 for r in requests if r.status >= 400),
+                        }
+                    ),
+                    flush=True,
+                )
+
+        try:
+            _wait_for_parent(args.max_seconds - (time.monotonic() - started), command)
+        finally:
+            dev.stop()
+        return 0
+    bulk, otlp = _Server("bulk"), _Server("otlp")
+    _serve(bulk)
+    _serve(otlp)
+    print(json.dumps({"bulk": bulk.url, "otlp": otlp.url}), flush=True)
+    try:
+        _wait_for_parent(args.max_seconds)
+    finally:
+        bulk.shutdown()
+        otlp.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
