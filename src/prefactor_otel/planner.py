@@ -262,12 +262,17 @@ class Planner:
             self._force_finish_oldest(len(self._traces) - _MAX_OPEN_TRACES)
 
     def _waiting_spans(self) -> list[_PendingSpan]:
-        return [
-            pending
-            for trace in self._traces.values()
-            for pending in trace.pending.values()
-            if not pending.orphaned and not self._parent_resolved_deep(trace, pending.record)
-        ]
+        waiting = []
+        for trace_id in self._with_pending:  # only traces with pending spans: not O(open runs)
+            trace = self._traces.get(trace_id)
+            if trace is None:
+                continue
+            waiting.extend(
+                pending
+                for pending in trace.pending.values()
+                if not pending.orphaned and not self._parent_resolved_deep(trace, pending.record)
+            )
+        return waiting
 
     def _orphan(self, pending: _PendingSpan, why: str) -> None:
         pending.orphaned = True
@@ -275,7 +280,9 @@ class Planner:
 
     def _drop_oldest(self, count: int) -> None:
         candidates = sorted(
-            ((p.arrived_at, t.trace_id, span_id) for t in self._traces.values() for span_id, p in t.pending.items()),
+            (p.arrived_at, t.trace_id, span_id)
+            for t in (self._traces[i] for i in self._with_pending if i in self._traces)
+            for span_id, p in t.pending.items()
         )
         for _, trace_id, span_id in candidates[:count]:
             pending = self._traces[trace_id].pending.pop(span_id)
