@@ -995,6 +995,9 @@ def write_results(
     notes = HERE / "profile_notes.md"
     if notes.exists():
         parts += [notes.read_text().strip(), ""]
+    soak = HERE / "soak_notes.md"  # written by hand from benchmarks/soak_dead_backend.py (a 10-minute run)
+    if soak.exists():
+        parts += [soak.read_text().strip(), ""]
     parts += [
         "## History",
         "",
