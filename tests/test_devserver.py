@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,18 +15,6 @@ SCHEMAS = [
     {"name": "otel:agent", "params_schema": {"type": "object"}, "title": "Agent"},
     {"name": "otel:llm", "params_schema": {"type": "object"}},
 ]
-
-
-@pytest.fixture
-def srv() -> Iterator[DevServer]:
-    with DevServer() as server:
-        yield server
-
-
-@pytest.fixture
-def client(srv: DevServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {srv.token}"}, timeout=10) as c:
-        yield c
 
 
 def register_body(srv: DevServer, **overrides: Any) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,18 +13,6 @@ from prefactor_otel.devserver import DevServer
 T0 = "2024-01-01T00:00:00.000Z"
 T1 = "2024-01-01T00:00:01.000Z"
 T2 = "2024-01-01T00:00:02.000Z"
-
-
-@pytest.fixture
-def srv() -> Iterator[DevServer]:
-    with DevServer() as server:
-        yield server
-
-
-@pytest.fixture
-def client(srv: DevServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {srv.token}"}, timeout=10) as c:
-        yield c
 
 
 def register_item(srv: DevServer, key: str, instance_id: str) -> dict[str, Any]:

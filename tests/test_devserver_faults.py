@@ -7,25 +7,12 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from prefactor_otel.devserver import DevServer, Fault
-
-
-@pytest.fixture
-def srv() -> Iterator[DevServer]:
-    with DevServer() as server:
-        yield server
-
-
-@pytest.fixture
-def client(srv: DevServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {srv.token}"}, timeout=10) as c:
-        yield c
 
 
 def register_items(srv: DevServer, key: str = "fault-reg-01") -> list[dict[str, Any]]:
