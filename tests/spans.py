@@ -58,3 +58,18 @@ def agent_trace(provider: TracerProvider, *, fail: bool = False) -> None:
         ):
             if fail:
                 raise RuntimeError("tool broke")
+
+
+def exporter_for(server, **overrides):  # type: ignore[no-untyped-def]
+    """A PrefactorSpanExporter pointed at a local DevServer: no environment, runs finished at once."""
+    from prefactor_otel import PrefactorSpanExporter
+
+    options = {
+        "api_url": server.url,
+        "api_token": server.token,
+        "agent_id": server.agent_id,
+        "environment_id": server.environment_id,
+        "finish_grace_seconds": 0,
+        **overrides,
+    }
+    return PrefactorSpanExporter(environ={}, **options)

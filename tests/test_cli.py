@@ -59,14 +59,11 @@ def test_doctor_reports_missing_token_and_bad_values():
 
 
 def test_serve_and_show_print_the_runs_a_server_holds():
-    from prefactor_otel import PrefactorSpanExporter
     from prefactor_otel.devserver import DevServer
-    from tests.spans import agent_trace, make_provider
+    from tests.spans import agent_trace, exporter_for, make_provider
 
     with DevServer(token="pf_show_token") as srv:
-        exporter = PrefactorSpanExporter(
-            environ={}, api_url=srv.url, api_token=srv.token, agent_id=srv.agent_id, finish_grace_seconds=0
-        )
+        exporter = exporter_for(srv, finish_grace_seconds=0)
         provider, collector = make_provider()
         agent_trace(provider)
         exporter.export(collector.spans)

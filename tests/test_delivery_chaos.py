@@ -8,9 +8,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
-from prefactor_otel import PrefactorSpanExporter
 from prefactor_otel.devserver import DevServer, Fault
-from tests.spans import Collector
+from tests.spans import Collector, exporter_for
 
 TOKEN = "pf_chaos_token"
 
@@ -36,12 +35,8 @@ def test_chaos_every_span_exactly_once_with_the_right_parent():
             Fault(delay_s=0.2, probability=0.05, times=-1),
         ):
             srv.add_fault(fault)
-        exporter = PrefactorSpanExporter(
-            environ={},
-            api_url=srv.url,
-            api_token=srv.token,
-            agent_id=srv.agent_id,
-            environment_id=srv.environment_id,
+        exporter = exporter_for(
+            srv,
             finish_grace_seconds=0,
             export_timeout=60,
             max_items_per_request=200,
@@ -82,11 +77,8 @@ def test_chaos_every_span_exactly_once_with_the_right_parent():
 
 def test_bad_input_never_reaches_the_app_and_is_delivered_or_counted():
     with DevServer(token=TOKEN) as srv:
-        exporter = PrefactorSpanExporter(
-            environ={},
-            api_url=srv.url,
-            api_token=srv.token,
-            agent_id=srv.agent_id,
+        exporter = exporter_for(
+            srv,
             finish_grace_seconds=0,
         )
         collector = Collector()

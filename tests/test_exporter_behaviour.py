@@ -13,23 +13,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from prefactor_otel import PrefactorSpanExporter
 from prefactor_otel.devserver import DevServer, Fault
 from prefactor_otel.models import BULK_CREATE_SPAN, BULK_FINISH_SPAN, BULK_REGISTER
-from tests.spans import agent_trace, make_provider
+from tests.spans import agent_trace, exporter_for, make_provider
 
 TOKEN = "pf_behaviour_token"
 
 
 def _exporter(srv: DevServer, **kw) -> PrefactorSpanExporter:
-    options = {
-        "spool": False,
-        "api_url": srv.url,
-        "api_token": srv.token,
-        "agent_id": srv.agent_id,
-        "environment_id": srv.environment_id,
-        "finish_grace_seconds": 0,
-        "export_timeout": 10,
-        **kw,
-    }
-    return PrefactorSpanExporter(environ={}, **options)
+    return exporter_for(srv, **{"spool": False, "export_timeout": 10, **kw})
 
 
 def _spans(traces: int = 1):

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 
 from prefactor_otel import PrefactorSpanExporter
 from prefactor_otel.devserver import DevServer, Fault
-from tests.spans import Collector, agent_trace, make_provider
+from tests.spans import Collector, agent_trace, exporter_for, make_provider
 
 TOKEN = "pf_e2e_secret_token_do_not_log"
 BIG = "漢字テキスト✓é" * 20_000  # ~200 KB of UTF-8, non-ASCII
@@ -27,16 +27,7 @@ def server():
 
 
 def _exporter(srv: DevServer, **kw) -> PrefactorSpanExporter:
-    options = {
-        "api_url": srv.url,
-        "api_token": srv.token,
-        "agent_id": srv.agent_id,
-        "environment_id": srv.environment_id,
-        "finish_grace_seconds": 0,
-        "export_timeout": 10,
-        **kw,
-    }
-    return PrefactorSpanExporter(environ={}, **options)
+    return exporter_for(srv, **{"export_timeout": 10, **kw})
 
 
 def three_traces(provider: TracerProvider) -> None:

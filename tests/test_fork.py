@@ -10,19 +10,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from prefactor_otel import PrefactorSpanExporter
 from prefactor_otel.devserver import DevServer
-from tests.spans import agent_trace
+from tests.spans import agent_trace, exporter_for
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_spans_from_forked_workers_are_delivered():
     with DevServer(token="pf_fork_token") as srv:
-        exporter = PrefactorSpanExporter(
-            environ={},
-            api_url=srv.url,
-            api_token=srv.token,
-            agent_id=srv.agent_id,
+        exporter = exporter_for(
+            srv,
             finish_grace_seconds=0,
         )
         provider = TracerProvider(resource=Resource.create({"service.name": "prefork"}))

@@ -5,7 +5,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from prefactor_otel.devserver import DevServer, Fault
 from prefactor_otel.metrics import register_metrics
-from tests.spans import agent_trace, make_provider
+from tests.spans import agent_trace, exporter_for, make_provider
 
 
 def _points(reader: InMemoryMetricReader) -> dict[str, list]:
@@ -24,15 +24,11 @@ def test_counters_are_reported_as_otel_metrics(monkeypatch):
     from opentelemetry import metrics
 
     monkeypatch.setattr(metrics, "get_meter", meter_provider.get_meter)
-    from prefactor_otel import PrefactorSpanExporter
 
     with DevServer(token="pf_metrics_token") as srv:
         srv.add_fault(Fault(status=503, times=1))
-        exporter = PrefactorSpanExporter(
-            environ={},
-            api_url=srv.url,
-            api_token=srv.token,
-            agent_id=srv.agent_id,
+        exporter = exporter_for(
+            srv,
             finish_grace_seconds=0,
             spool=False,
         )

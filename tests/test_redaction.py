@@ -12,12 +12,12 @@ import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from prefactor_otel import PrefactorSpanExporter
 from prefactor_otel.config import ConfigError, PrefactorConfig
 from prefactor_otel.devserver import DevServer
 from prefactor_otel.mapping import MappingOptions, map_span
 from tests.fixtures.semconv.checks import check_record, provider
 from tests.fixtures.semconv.fake_openai import SECRET_IN_PROMPT, FakeOpenAI, openai_workload
+from tests.spans import exporter_for
 
 BEARER = "Bearer tok_live_9f8e7d6c5b4a3210"
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
@@ -247,11 +247,8 @@ def test_secrets_never_reach_the_server(
     monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "SPAN_ONLY")
     client, bodies = recorded_bodies
     with DevServer() as server:
-        exporter = PrefactorSpanExporter(
-            environ={},
-            api_url=server.url,
-            api_token=server.token,
-            agent_id=server.agent_id,
+        exporter = exporter_for(
+            server,
             finish_grace_seconds=0,
             spool=False,
             http_client=client,

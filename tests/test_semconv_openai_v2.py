@@ -10,7 +10,7 @@ import pytest
 from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 
-from tests.fixtures.semconv.checks import export_to_devserver, map_all, provider
+from tests.fixtures.semconv.checks import export_to_devserver, fake_openai_workload, instrumented, map_all, provider
 from tests.fixtures.semconv.fake_openai import SECRET_IN_PROMPT, FakeOpenAI, openai_workload
 
 
@@ -88,15 +88,7 @@ def test_openai_v2_end_to_end_through_the_exporter(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "SPAN_ONLY")
     instrumentor = OpenAIInstrumentor()
 
-    def run(tracer_provider: TracerProvider) -> None:
-        instrumentor.instrument(tracer_provider=tracer_provider)
-        try:
-            with FakeOpenAI() as fake:
-                openai_workload(fake.base_url)
-        finally:
-            instrumentor.uninstrument()
-
-    stored, _ = export_to_devserver(run)
+    stored, _ = export_to_devserver(instrumented(instrumentor, fake_openai_workload))
     schemas = sorted(s["schema_name"] for s in stored)
     assert schemas == ["otel:embedding"] + ["otel:llm"] * 4
     failed = [s for s in stored if s["status"] == "failed"]

@@ -11,35 +11,24 @@ import openinference.instrumentation.openai  # noqa: F401  (the test extra insta
 import pytest
 from openinference.instrumentation.langchain import LangChainInstrumentor
 from openinference.instrumentation.openai import OpenAIInstrumentor
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 
-from tests.fixtures.semconv.checks import export_to_devserver, map_all, provider
-from tests.fixtures.semconv.fake_openai import SECRET_IN_PROMPT, FakeOpenAI, openai_workload
+from tests.fixtures.semconv.checks import export_to_devserver, fake_openai_workload, instrumented, map_all, provider
+from tests.fixtures.semconv.fake_openai import SECRET_IN_PROMPT
 from tests.fixtures.semconv.langchain_app import run_langchain_app
 
 
 @pytest.fixture
 def openai_spans() -> Iterator[list[ReadableSpan]]:
     tracer_provider, collector = provider()
-    instrumentor = OpenAIInstrumentor()
-    instrumentor.instrument(tracer_provider=tracer_provider)
-    try:
-        with FakeOpenAI() as fake:
-            openai_workload(fake.base_url)
-    finally:
-        instrumentor.uninstrument()
+    instrumented(OpenAIInstrumentor(), fake_openai_workload)(tracer_provider)
     yield collector.spans
 
 
 @pytest.fixture
 def langchain_spans() -> Iterator[list[ReadableSpan]]:
     tracer_provider, collector = provider()
-    instrumentor = LangChainInstrumentor()
-    instrumentor.instrument(tracer_provider=tracer_provider)
-    try:
-        run_langchain_app()
-    finally:
-        instrumentor.uninstrument()
+    instrumented(LangChainInstrumentor(), run_langchain_app)(tracer_provider)
     yield collector.spans
 
 
@@ -140,14 +129,7 @@ def test_langchain_llm_tool_retriever_agent_and_chain_spans(langchain_spans: lis
 def test_openinference_langchain_end_to_end_through_the_exporter() -> None:
     instrumentor = LangChainInstrumentor()
 
-    def run(tracer_provider: TracerProvider) -> None:
-        instrumentor.instrument(tracer_provider=tracer_provider)
-        try:
-            run_langchain_app()
-        finally:
-            instrumentor.uninstrument()
-
-    stored, _ = export_to_devserver(run)
+    stored, _ = export_to_devserver(instrumented(instrumentor, run_langchain_app))
     assert {s["schema_name"] for s in stored} == {
         "otel:chain",
         "otel:llm",

@@ -8,24 +8,17 @@ import json
 
 import opentelemetry.instrumentation.openai  # noqa: F401  (the test extra installs it; missing = fail, not skip)
 from opentelemetry.instrumentation.openai import OpenAIInstrumentor
-from opentelemetry.sdk.trace import TracerProvider
 
-from prefactor_otel import PrefactorSpanExporter
 from prefactor_otel.devserver import DevServer
-from tests.fixtures.semconv.checks import export_to_devserver, map_all, provider
-from tests.fixtures.semconv.fake_openai import SECRET_IN_PROMPT, FakeOpenAI, openai_workload
+from tests.fixtures.semconv.checks import export_to_devserver, fake_openai_workload, instrumented, map_all, provider
+from tests.fixtures.semconv.fake_openai import SECRET_IN_PROMPT
 from tests.fixtures.semconv.replay import load
+from tests.spans import exporter_for
 
 
 def test_traceloop_0_62_openai_live() -> None:
     tracer_provider, collector = provider()
-    instrumentor = OpenAIInstrumentor()
-    instrumentor.instrument(tracer_provider=tracer_provider)
-    try:
-        with FakeOpenAI() as fake:
-            openai_workload(fake.base_url)
-    finally:
-        instrumentor.uninstrument()
+    instrumented(OpenAIInstrumentor(), fake_openai_workload)(tracer_provider)
     records = map_all(collector.spans)
     ask, answer, streamed, failed = records["openai.chat"]
     (embedding,) = records["openai.embeddings"]
@@ -135,26 +128,15 @@ def test_traceloop_0_62_langchain_replayed_root_mislabel() -> None:
 def test_traceloop_end_to_end_through_the_exporter() -> None:
     instrumentor = OpenAIInstrumentor()
 
-    def run(tracer_provider: TracerProvider) -> None:
-        instrumentor.instrument(tracer_provider=tracer_provider)
-        try:
-            with FakeOpenAI() as fake:
-                openai_workload(fake.base_url)
-        finally:
-            instrumentor.uninstrument()
-
-    stored, _ = export_to_devserver(run)
+    stored, _ = export_to_devserver(instrumented(instrumentor, fake_openai_workload))
     assert sorted(s["schema_name"] for s in stored) == ["otel:embedding"] + ["otel:llm"] * 4
 
 
 def test_replayed_legacy_spans_end_to_end() -> None:
     spans = load("traceloop_0_47_openai.json")
     with DevServer() as server:
-        exporter = PrefactorSpanExporter(
-            environ={},
-            api_url=server.url,
-            api_token=server.token,
-            agent_id=server.agent_id,
+        exporter = exporter_for(
+            server,
             finish_grace_seconds=0,
             spool=False,
         )

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from prefactor_otel import PrefactorSpanExporter
 from prefactor_otel.devserver import DevServer, Fault
 from prefactor_otel.spool import Spool
-from tests.spans import agent_trace, make_provider
+from tests.spans import agent_trace, exporter_for, make_provider
 
 TOKEN = "pf_spool_secret_token"
 
@@ -86,11 +86,8 @@ def test_unwritable_directory_disables_spool_with_one_warning(tmp_path, caplog):
 
 
 def _exporter(srv: DevServer, spool_dir: Path, **kw) -> PrefactorSpanExporter:
-    return PrefactorSpanExporter(
-        environ={},
-        api_url=srv.url,
-        api_token=srv.token,
-        agent_id=srv.agent_id,
+    return exporter_for(
+        srv,
         finish_grace_seconds=0,
         export_timeout=1,
         spool_dir=str(spool_dir),
