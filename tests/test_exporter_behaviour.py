@@ -6,6 +6,7 @@ import threading
 import time
 
 import httpx
+import pytest
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
@@ -156,14 +157,24 @@ def test_redirect_is_not_followed_and_spans_stay_queued():
         exporter.shutdown()
 
 
-def test_non_json_answer_is_a_contract_error_and_retried():
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<html>gateway</html>",  # not JSON
+        '{"status": "success", "outputs": {"k": {"status": "maybe"}}}',  # JSON, but an output status off-contract
+        '{"status": "success", "outputs": ["k"]}',  # JSON, but outputs is not a map
+    ],
+)
+def test_an_answer_off_the_contract_is_a_contract_error_and_retried(body):
     with DevServer(token=TOKEN) as srv:
-        srv.add_fault(Fault(path="/api/v1/bulk", status=200, body="<html>gateway</html>", times=1))
+        srv.add_fault(Fault(path="/api/v1/bulk", status=200, body=body, times=1))
         exporter = _exporter(srv)
         assert exporter.export(_spans()) is SpanExportResult.SUCCESS
         exporter.shutdown()
         assert len(srv.spans()) == 4
-        assert exporter.stats()["retries"] >= 1
+        stats = exporter.stats()
+        assert stats["retries"] >= 1
+        assert stats["contract_errors"] == 1
 
 
 def test_own_http_calls_run_with_instrumentation_suppressed():

@@ -30,7 +30,7 @@ from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_versi
 from prefactor_otel.mapping.options import MappingOptions
 from prefactor_otel.metrics import register_metrics
 from prefactor_otel.models import BULK_CREATE_SPAN, BULK_FINISH_INSTANCE, BULK_START
-from prefactor_otel.planner import ItemOutcome, PlannedItem, Planner
+from prefactor_otel.planner import NOT_PROCESSED, ItemOutcome, PlannedItem, Planner
 from prefactor_otel.spool import Spool, default_spool_dir
 from prefactor_otel.transport import (
     BulkResult,
@@ -416,7 +416,7 @@ class PrefactorSpanExporter(SpanExporter):
                 return pending
             settled = 0
             for item in chunk:
-                outcome = result.outcomes.get(item["idempotency_key"], ItemOutcome("not_processed"))
+                outcome = result.outcomes.get(item["idempotency_key"], NOT_PROCESSED)
                 if outcome.status == "not_processed":
                     break
                 settled += 1
@@ -528,7 +528,7 @@ class PrefactorSpanExporter(SpanExporter):
             if unknown_type:
                 self._rest_only.add(item.action)
                 self._rest_only_changed = True
-                outcomes[item.key] = ItemOutcome("not_processed")
+                outcomes[item.key] = NOT_PROCESSED
                 logger.info("Prefactor: bulk does not take %r; sending it as its REST call", item.action)
 
     def _dropped_contract_round(self) -> None:
@@ -660,6 +660,7 @@ class PrefactorSpanExporter(SpanExporter):
             "instances_finished": counters["instances_finished"],
             "requests": counters["requests"],
             "retries": counters["retries"],
+            "contract_errors": counters["contract_errors"],  # answers that did not fit the API contract
             "bytes_sent": counters["bytes_sent"],
             "auth_failed": bool(self._transport and self._transport.auth_failed),
             "spans_spooled": counters["spans_spooled"],

@@ -55,6 +55,11 @@ class ItemOutcome:
     message: str | None = None
 
 
+# The two outcomes almost every item gets; shared, since a frozen dataclass is dear to build per item.
+SUCCESS = ItemOutcome("success")
+NOT_PROCESSED = ItemOutcome("not_processed")
+
+
 @dataclass(slots=True)
 class _PendingSpan:
     record: SpanRecord
@@ -510,7 +515,7 @@ class Planner:
 
     def handoff(self, items: Iterable[PlannedItem], now: float) -> None:
         """These items went to the durable spool: treat them as delivered (the spool sends them in order)."""
-        self.apply({item.key: ItemOutcome("success") for item in items}, now, spooled=True)
+        self.apply({item.key: SUCCESS for item in items}, now, spooled=True)
 
     def apply(self, outcomes: Mapping[str, ItemOutcome], now: float, *, spooled: bool = False) -> None:
         """Record what the server did with each item of the last plan. Keys not given = not processed."""

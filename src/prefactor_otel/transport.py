@@ -33,12 +33,12 @@ from prefactor_otel.models import (
     BULK_FINISH_INSTANCE,
     BULK_FINISH_SPAN,
     BULK_REGISTER,
+    BULK_RESPONSE_FIELDS,
     BULK_START,
     ApiResponse,
-    BulkResponse,
     PfidGenerateDetails,
 )
-from prefactor_otel.planner import ItemOutcome
+from prefactor_otel.planner import NOT_PROCESSED, SUCCESS, ItemOutcome
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.5
@@ -329,7 +329,7 @@ class BulkTransport:
 
     def _bulk_outcomes(self, response: httpx.Response, keys: Sequence[str]) -> BulkResult | None:
         try:
-            parsed = BulkResponse.model_validate_json(response.content)
+            outputs = BULK_RESPONSE_FIELDS.validate_json(response.content)["outputs"]
         except ValidationError as exc:
             self.counters["contract_errors"] += 1
             self._log.log(
@@ -341,13 +341,13 @@ class BulkTransport:
             return None
         outcomes: dict[str, ItemOutcome] = {}
         for key in keys:
-            output = parsed.outputs.get(key)
+            output = outputs.get(key)
             if output is None:
-                outcomes[key] = ItemOutcome("not_processed")
-            elif output.is_success:
-                outcomes[key] = ItemOutcome("success")
+                outcomes[key] = NOT_PROCESSED
+            elif output["status"] == "success":
+                outcomes[key] = SUCCESS
             else:
-                outcomes[key] = ItemOutcome("error", output.code, output.message)
+                outcomes[key] = ItemOutcome("error", output.get("code"), output.get("message"))
         return BulkResult(outcomes=outcomes, status_code=response.status_code)
 
     def _rest_outcome(self, response: httpx.Response, key: str) -> BulkResult | None:
@@ -358,7 +358,7 @@ class BulkTransport:
             self._log.log(logging.WARNING, "contract", "Prefactor export: a REST response does not fit the contract")
             return None
         del parsed
-        return BulkResult(outcomes={key: ItemOutcome("success")}, status_code=response.status_code)
+        return BulkResult(outcomes={key: SUCCESS}, status_code=response.status_code)
 
     def generate_pfid(self, deadline: float) -> str | None:
         """Ask the server for one id of the account (its partition is the account's). None on failure."""

@@ -7,20 +7,27 @@ carries outputs, token_usage and error.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import StatusCode
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.trace import Link, StatusCode
 
 from prefactor_otel.mapping import conventions
 from prefactor_otel.mapping import typed as typed_mod
 from prefactor_otel.mapping.limits import MAX_BYTES_PER_CHAR, truncate_tree
 from prefactor_otel.mapping.options import DEFAULT_OPTIONS, MappingOptions
 from prefactor_otel.mapping.redaction import Redactor
-from prefactor_otel.mapping.resource import selected_resource_attributes
-from prefactor_otel.mapping.values import attributes_dict, hex_span_id, hex_trace_id, iso_from_ns, json_safe
+from prefactor_otel.mapping.resource import resource_metadata
+from prefactor_otel.mapping.values import (
+    attributes_dict,
+    hex_span_id,
+    hex_trace_id,
+    iso_from_ns,
+    json_safe,
+    plain_attributes,
+)
 
 Status = Literal["complete", "failed"]
 
@@ -61,6 +68,8 @@ class MappingError(ValueError):
 
 
 _EXCEPTION_EVENT = "exception"
+# Attribute values that are JSON as they are (floats are not: NaN and infinities go through json_safe).
+_JSON_SCALARS = frozenset({str, int, bool, type(None)})
 
 
 def _error_type_attribute(value: object) -> str | None:
@@ -87,10 +96,10 @@ def _error(
 
 
 def _redacted_events(
-    span: ReadableSpan, redactor: Redactor | None, log: list[dict[str, Any]]
+    span_events: Sequence[Event], redactor: Redactor | None, log: list[dict[str, Any]]
 ) -> list[tuple[str, Mapping[str, object]]]:
     out: list[tuple[str, Mapping[str, object]]] = []
-    for index, event in enumerate(span.events):
+    for index, event in enumerate(span_events):
         attrs: Mapping[str, object] = event.attributes or {}
         if redactor is not None and attrs:
             attrs = redactor.redact_attributes(attrs, f"events[{index}].attributes", log)
@@ -98,9 +107,9 @@ def _redacted_events(
     return out
 
 
-def _links(span: ReadableSpan, redactor: Redactor | None, log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _links(span_links: Sequence[Link], redactor: Redactor | None, log: list[dict[str, Any]]) -> list[dict[str, Any]]:
     links = []
-    for index, link in enumerate(span.links):
+    for index, link in enumerate(span_links):
         attrs: Mapping[str, object] | None = link.attributes
         if redactor is not None and attrs:
             attrs = redactor.redact_attributes(attrs, f"links[{index}].attributes", log)
@@ -191,17 +200,16 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
         raise MappingError(f"span {span.name!r} has not ended")
     opts = options if options is not None else DEFAULT_OPTIONS
 
-    # 1. Redaction first, on the raw attribute values: nothing after this sees a secret.
+    # 1. Redaction first, on our own copy of the raw attribute values: nothing after this sees a secret.
     redactions: list[dict[str, Any]] = []
     redactor = opts.redactor if opts.redactor.active else None
-    raw_attributes: Mapping[str, object] = span.attributes or {}
-    attributes = (
-        redactor.redact_attributes(raw_attributes, "attributes", redactions)
-        if redactor is not None
-        else dict(raw_attributes)
-    )
-    events = _redacted_events(span, redactor, redactions)
-    links = _links(span, redactor, redactions) if span.links else []
+    attributes = plain_attributes(span.attributes)
+    if redactor is not None:
+        redactor.redact_owned(attributes, "attributes", redactions)
+    span_events = span.events  # ReadableSpan builds a new tuple on every access: read once
+    events = _redacted_events(span_events, redactor, redactions) if span_events else []
+    span_links = span.links
+    links = _links(span_links, redactor, redactions) if span_links else []
     description = span.status.description
     if redactor is not None and description:
         description = redactor.redact_text(description, "status.description", redactions)
@@ -244,7 +252,7 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
     consumed = ctx.consumed
     for key, value in attributes.items():
         if key not in consumed:
-            metadata[key] = json_safe(value)
+            metadata[key] = value if type(value) in _JSON_SCALARS else json_safe(value)
     scope = span.instrumentation_scope
     scope_label = None
     if scope is not None and scope.name:
@@ -252,9 +260,9 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
         if scope.version:
             metadata["otel.scope.version"] = scope.version
         scope_label = f"{scope.name}@{scope.version}" if scope.version else scope.name
-    resource_attrs = span.resource.attributes if span.resource is not None else {}
-    for key, value in selected_resource_attributes(resource_attrs).items():
-        metadata[f"resource.{key}"] = json_safe(value)
+    resource = span.resource
+    resource_attrs = resource.attributes if resource is not None else {}
+    metadata.update(resource_metadata(resource))
     if classification.convention:
         metadata["convention"] = classification.convention
         if classification.decided_by:
@@ -295,7 +303,7 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
         "error": error,
         "events": [
             {"name": name, "timestamp": iso_from_ns(event.timestamp), "attributes": attributes_dict(attrs)}
-            for (name, attrs), event in zip(events, span.events, strict=True)
+            for (name, attrs), event in zip(events, span_events, strict=True)
         ],
         "links": links,
     }

@@ -312,32 +312,36 @@ class Redactor:
         self, attributes: Mapping[str, object], where: str, log: list[dict[str, Any]]
     ) -> dict[str, object]:
         """A redacted copy of an attribute mapping; `where` prefixes recorded paths (`events[0].attributes`)."""
-        out: dict[str, object] = {}
+        out = dict(attributes)
+        self.redact_owned(out, where, log)
+        return out
+
+    def redact_owned(self, attributes: dict[str, object], where: str, log: list[dict[str, Any]]) -> None:
+        """Redact, in place, an attribute dict the caller owns (a copy made for this span)."""
         cache = self._key_cache
+        scan_all = self._callback is not None
+        structural = self._structural
         for key, value in attributes.items():
             if isinstance(value, str):
                 rule = cache[key] if key in cache else self.key_rule(key)
                 if rule is not None:
-                    out[key] = f"[REDACTED:{rule}]"
+                    attributes[key] = f"[REDACTED:{rule}]"
                     log.append({"path": _path(where, key), "rule": rule})
-                elif self._callback is None and (len(value) < _MIN_SECRET_LENGTH or key in self._structural):
-                    out[key] = value  # an identifier or too short for any value rule: the common case
-                else:
-                    out[key] = self._text(value, where, key, log)
+                elif scan_all or (len(value) >= _MIN_SECRET_LENGTH and key not in structural):
+                    attributes[key] = self._text(value, where, key, log)
+                # else: an identifier or too short for any value rule, the common case: kept as it is
             elif isinstance(value, (tuple, list)) and value and isinstance(value[0], str):
                 rule = cache[key] if key in cache else self.key_rule(key)
                 if rule is not None:
-                    out[key] = tuple(f"[REDACTED:{rule}]" for _ in value)
+                    attributes[key] = tuple(f"[REDACTED:{rule}]" for _ in value)
                     log.append({"path": _path(where, key), "rule": rule})
                 else:
                     path = _path(where, key)
-                    out[key] = tuple(
+                    attributes[key] = tuple(
                         self._text(item, f"{path}[{i}]", None, log) if isinstance(item, str) else item
                         for i, item in enumerate(value)
                     )
-            else:
-                out[key] = value  # numbers and booleans: never secrets (token counts stay)
-        return out
+            # numbers and booleans: never secrets (token counts stay)
 
     def redact_keys_in(self, value: Any, path: str, log: list[dict[str, Any]], depth: int = 0) -> None:
         """Mask, in place, string values under secret-named keys inside parsed JSON (tool arguments, results,

@@ -6,6 +6,9 @@ import platform
 import sys
 from collections.abc import Iterable, Mapping
 
+from opentelemetry.sdk.resources import Resource
+
+from prefactor_otel.mapping.values import JsonValue, json_safe
 from prefactor_otel.models import AgentVersionForRegister, RuntimeEnvironment
 
 # Resource attributes worth repeating in every span's metadata: they tell runs of one agent apart.
@@ -55,3 +58,27 @@ def agent_version_from_resource(
 
 def selected_resource_attributes(attributes: Mapping[str, object]) -> dict[str, object]:
     return {key: attributes[key] for key in SELECTED_RESOURCE_ATTRIBUTES if key in attributes}
+
+
+def resource_metadata(resource: Resource | None) -> dict[str, JsonValue]:
+    """`{"resource.service.name": ..., ...}`: the selected Resource attributes as span metadata.
+
+    A process has one Resource (or a few), shared by all its spans, and a Resource is immutable: the result is
+    computed once per Resource object and shared (callers copy it into their own dict).
+    """
+    if resource is None:
+        return {}
+    cached = _RESOURCE_METADATA.get(id(resource))
+    if cached is not None and cached[0] is resource:
+        return cached[1]
+    metadata = {
+        f"resource.{key}": json_safe(value) for key, value in selected_resource_attributes(resource.attributes).items()
+    }
+    if len(_RESOURCE_METADATA) >= _RESOURCE_CACHE_SIZE:
+        _RESOURCE_METADATA.clear()  # more Resources than any process uses: start over rather than grow
+    _RESOURCE_METADATA[id(resource)] = (resource, metadata)  # holding the Resource keeps its id from being reused
+    return metadata
+
+
+_RESOURCE_CACHE_SIZE = 64
+_RESOURCE_METADATA: dict[int, tuple[Resource, dict[str, JsonValue]]] = {}

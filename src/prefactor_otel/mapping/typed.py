@@ -169,6 +169,8 @@ class Context:
     def first(self, keys: Sequence[str]) -> tuple[str, object] | None:
         """First present, non-empty attribute of the chain; later duplicates of its value are consumed too."""
         attributes = self.attributes
+        if attributes.keys().isdisjoint(keys):
+            return None  # most chains miss on most spans: one C-level check instead of a Python loop
         for index, key in enumerate(keys):
             value = attributes.get(key)
             if value is None or value == "":
@@ -193,6 +195,8 @@ class Context:
 
     def number(self, keys: Sequence[str]) -> int | None:
         attributes = self.attributes
+        if attributes.keys().isdisjoint(keys):
+            return None
         for key in keys:
             value = attributes.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):

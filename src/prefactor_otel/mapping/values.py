@@ -40,6 +40,22 @@ def json_safe(value: object) -> JsonValue:
     return str(value)
 
 
+def plain_attributes(attributes: Mapping[str, object] | None) -> dict[str, object]:
+    """A plain dict copy of an attribute mapping. A span's `attributes` is a MappingProxyType over the SDK's
+    BoundedAttributes: its `copy()` is a C-level dict copy, where `dict(...)` fetches each value through Python."""
+    if not attributes:
+        return {}
+    copy = getattr(attributes, "copy", None)
+    if copy is not None:
+        try:
+            copied = copy()
+        except Exception:  # a foreign mapping whose copy() needs arguments or fails: the generic path
+            copied = None
+        if type(copied) is dict:
+            return copied
+    return dict(attributes)
+
+
 def attributes_dict(attributes: Mapping[str, object] | None) -> dict[str, JsonValue]:
     if not attributes:
         return {}
