@@ -24,7 +24,7 @@ A span may carry two conventions at once (pydantic-ai plus the OpenInference spa
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 SPAN = "otel:span"
 LLM = "otel:llm"
@@ -157,12 +157,14 @@ GENAI_KEY_PREFIXES = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Classification:
+class Classification(NamedTuple):  # a NamedTuple: immutable like a frozen dataclass, several times cheaper to build
     schema_name: str
     convention: str | None  # which convention decided, None for the generic fallback
     operation: str | None
     decided_by: str | None = None  # the attribute (or "span.name") that decided
+
+
+_PLAIN = Classification(SPAN, None, None, None)
 
 
 def _mlflow_type(value: object) -> str | None:
@@ -234,6 +236,8 @@ def _agreeing(operation: str | None, schema: str, fallback: str) -> str:
 
 def classify(attributes: Mapping[str, object], name: str | None = None) -> Classification:
     """The span type of a span with these attributes (and, for the last-resort patterns, this name)."""
+    if genai_attribute_convention(attributes) is None:
+        return _PLAIN  # every rule below reads a GenAI-prefixed attribute: a span without one is plain
     raw_operation = attributes.get("gen_ai.operation.name")
     operation = raw_operation.strip().lower() if isinstance(raw_operation, str) else None
 
