@@ -99,6 +99,15 @@ def test_instance_ids_differ_per_agent_and_trace():
 
 
 def test_idempotency_keys_are_stable_and_in_bounds():
+    span = ids.span_pfid(5, 1, 2, 0)
+    variants = ("", "orphan", "placeholder", "orphanplaceholder")
+    keys = {ids.idempotency_key_for_id("agent_spans/create", span, variant) for variant in variants}
+    assert len(keys) == 4  # every body variant of one span has its own key
+    assert all(ids.IDEMPOTENCY_KEY_MIN <= len(k) <= ids.IDEMPOTENCY_KEY_MAX for k in keys)
+    other_span = ids.span_pfid(5, 1, 3, 0)
+    assert ids.idempotency_key_for_id("agent_spans/create", span) != ids.idempotency_key_for_id(
+        "agent_spans/create", other_span
+    )
     k1 = ids.idempotency_key("agent_spans/create", "t", "s")
     assert k1 == ids.idempotency_key("agent_spans/create", "t", "s")
     assert k1 != ids.idempotency_key("agent_spans/create", "t", "s2")

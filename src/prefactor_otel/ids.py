@@ -124,10 +124,22 @@ def idempotency_key(action: str, *parts: str) -> str:
     Readable prefix for debugging, then 160 bits of hash: same action on the same object -> same key.
     """
     digest = hashlib.blake2b("\x1f".join((action, *parts)).encode(), digest_size=20).hexdigest()
+    return f"{_key_prefix(action)}-{digest}"[:IDEMPOTENCY_KEY_MAX]
+
+
+def idempotency_key_for_id(action: str, pfid: str, variant: str = "") -> str:
+    """The key for one action on an object whose PFID is itself derived from its OTel ids (a span): the PFID
+    already carries a hash of them, so it identifies the object as well as a second hash would, for less.
+    `variant` (a few letters) tells apart bodies of the same action on the same object."""
+    key = f"{_key_prefix(action)}-{pfid}"  # at most 20 + 1 + 32 characters
+    return f"{key}-{variant}"[:IDEMPOTENCY_KEY_MAX] if variant else key
+
+
+def _key_prefix(action: str) -> str:
     prefix = _KEY_PREFIXES.get(action)
     if prefix is None:
         prefix = _KEY_PREFIXES[action] = re.sub(r"[^a-z0-9]+", "-", action.lower()).strip("-")[:20] or "op"
-    return f"{prefix}-{digest}"[:IDEMPOTENCY_KEY_MAX]
+    return prefix
 
 
 _KEY_PREFIXES: dict[str, str] = {}

@@ -439,13 +439,8 @@ class Planner:
         if parent_id is not None:
             details["parent_span_id"] = parent_id
         # Orphaning changes the body, so it gets its own key; the id stays, and "already exists" is success.
-        variant = ("#orphan" if pending.orphaned else "") + ("#placeholder" if pending.too_large_bytes else "")
-        key = ids.idempotency_key(
-            BULK_CREATE_SPAN + variant,
-            self._agent_key,
-            f"{record.trace_id:032x}",
-            hex_span_id(record.span_id),
-        )
+        variant = ("orphan" if pending.orphaned else "") + ("placeholder" if pending.too_large_bytes else "")
+        key = ids.idempotency_key_for_id(BULK_CREATE_SPAN, span_id, variant)
         body = {"_type": BULK_CREATE_SPAN, "idempotency_key": key, "details": details}
         return PlannedItem(key, BULK_CREATE_SPAN, body, record.trace_id, record.span_id)
 
