@@ -103,7 +103,10 @@ def _encoded_once(value: dict[str, Any]) -> bytes:
 
 
 def bulk_body(encoded_items: Sequence[bytes]) -> bytes:
-    return b'{"items":[' + b",".join(encoded_items) + b"]}"
+    if len(encoded_items) < 2:
+        return b'{"items":[' + b"".join(encoded_items) + b"]}"
+    # One join over the whole body: wrapping a joined list would copy the megabyte-sized body twice.
+    return b",".join([b'{"items":[' + encoded_items[0], *encoded_items[1:-1], encoded_items[-1] + b"]}"])
 
 
 _BODY_OVERHEAD = len(bulk_body([]))
