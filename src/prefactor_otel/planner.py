@@ -73,8 +73,8 @@ class _PendingSpan:
 class _Trace:
     trace_id: int
     instance_id: str
-    register_item: dict[str, Any]
-    start_item: dict[str, Any]
+    register_item: dict[str, Any] | None  # dropped once the server has it: open runs hold little
+    start_item: dict[str, Any] | None
     registered: bool = False
     started: bool = False
     created: set[int] = field(default_factory=set)
@@ -90,6 +90,8 @@ class _Trace:
     needed: set[int] = field(default_factory=set)
     skipped: dict[int, int | None] = field(default_factory=dict)
     root_skipped: bool = False
+    # OTel span id -> Prefactor id, for the spans seen: a parent's id is rebuilt exactly for its children
+    span_ids: dict[int, str] = field(default_factory=dict)
 
 
 def _placeholder(record: SpanRecord, original_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -152,7 +154,7 @@ class Planner:
         self._traces: OrderedDict[int, _Trace] = OrderedDict()
         self._finished: OrderedDict[int, None] = OrderedDict()
         self._items: dict[str, PlannedItem] = {}  # key -> item of the last plan, for `apply`
-        self._span_ids: dict[tuple[int, int], str] = {}  # (trace, OTel span) -> Prefactor id, open traces only
+        self._agent_versions: dict[int, tuple[object, dict[str, Any]]] = {}  # id(version model) -> its dump
         self._with_pending: dict[int, None] = {}  # trace ids that (may) have pending spans, in arrival order
         self._queued = 0
         self.counters: Counter[str] = Counter()
@@ -232,7 +234,7 @@ class Planner:
             "_type": BULK_REGISTER,
             "idempotency_key": ids.idempotency_key(BULK_REGISTER, self._agent_key, trace_hex),
             "id": instance_id,
-            "agent_version": self._agent_version_for(first.resource).model_dump(exclude_none=True),
+            "agent_version": self._agent_version_body(first.resource),
             "agent_schema_version": self._schema_version,
         }
         if self._agent_id:
@@ -251,6 +253,19 @@ class Planner:
         self._traces[first.trace_id] = trace
         self.counters["instances_seen"] += 1
         return trace
+
+    def _agent_version_body(self, resource: Mapping[str, object]) -> dict[str, Any]:
+        # The builder returns the same model while nothing changes (the exporter caches it); its dump is shared
+        # by the register items of every run, never modified.
+        version = self._agent_version_for(resource)
+        cached = self._agent_versions.get(id(version))
+        if cached is not None and cached[0] is version:
+            return cached[1]
+        body = version.model_dump(exclude_none=True)
+        if len(self._agent_versions) >= 16:
+            self._agent_versions.clear()
+        self._agent_versions[id(version)] = (version, body)  # holding the model keeps its id from being reused
+        return body
 
     # ------------------------------------------------------------------ bounds
 
@@ -345,9 +360,9 @@ class Planner:
             finish = self._plan_finish(trace, now, span_items, flush=flush, shutdown=shutdown)
             if not span_items and finish is None:
                 continue
-            if not trace.registered:
+            if trace.register_item is not None:
                 items.append(self._item(trace.register_item, trace.trace_id))
-            if not trace.started:
+            if trace.start_item is not None:
                 items.append(self._item(trace.start_item, trace.trace_id))
             items.extend(span_items)
             if finish is not None:
@@ -446,13 +461,13 @@ class Planner:
 
     def _span_pfid(self, trace: _Trace, span_id: int, start_ns: int | None) -> str:
         # The PFID embeds the span's start time; we remember created ids so a parent's id is rebuilt exactly.
-        cached = self._span_ids.get((trace.trace_id, span_id))
+        cached = trace.span_ids.get(span_id)
         if cached is not None:
             return cached
         if start_ns is None:
             raise LookupError("parent span id requested before the parent was seen")
         value = ids.span_pfid(self.partition, trace.trace_id, span_id, start_ns)
-        self._span_ids[(trace.trace_id, span_id)] = value
+        trace.span_ids[span_id] = value
         return value
 
     def _plan_finish(
@@ -535,6 +550,7 @@ class Planner:
     def _on_register(self, trace: _Trace, ok: bool, outcome: ItemOutcome) -> None:
         if ok:
             trace.registered = True
+            trace.register_item = None
             self.counters["instances_registered"] += 1
         else:
             self._reject(trace, f"register_{outcome.code or 'error'}")
@@ -542,6 +558,7 @@ class Planner:
     def _on_start(self, trace: _Trace, ok: bool, outcome: ItemOutcome) -> None:
         if ok:
             trace.started = True
+            trace.start_item = None
         else:
             self._reject(trace, f"start_{outcome.code or 'error'}")
 
@@ -586,10 +603,6 @@ class Planner:
 
     def _forget(self, trace: _Trace) -> None:
         self._traces.pop(trace.trace_id, None)
-        for span_id in trace.created:
-            self._span_ids.pop((trace.trace_id, span_id), None)
-        for span_id in trace.pending:
-            self._span_ids.pop((trace.trace_id, span_id), None)
         self._finished[trace.trace_id] = None
         while len(self._finished) > _MAX_FINISHED_TRACES_REMEMBERED:
             self._finished.popitem(last=False)
