@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from prefactor_otel import ids
 from prefactor_otel.mapping.payload import SpanRecord
-from prefactor_otel.mapping.values import hex_span_id, iso_from_ns
+from prefactor_otel.mapping.values import as_dict, hex_span_id, iso_from_ns
 from prefactor_otel.models import (
     BULK_CREATE_SPAN,
     BULK_FINISH_INSTANCE,
@@ -96,7 +96,7 @@ class _Trace:
 
 def _placeholder(record: SpanRecord, original_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """The envelope without content: ids, name, status, times survive; the gap in the tree stays visible."""
-    payload = record.payload
+    payload = as_dict(record.payload)
     error = payload.get("error")
     message = f"span too large to export ({original_bytes} bytes); content dropped"
     small = {
@@ -221,7 +221,7 @@ class Planner:
                 break
             ancestor = trace.skipped[ancestor]
         record.parent_span_id = ancestor
-        payload = dict(record.payload)
+        payload = dict(as_dict(record.payload))
         payload["parent_span_id"] = hex_span_id(ancestor) if ancestor is not None else None
         payload["metadata"] = {**payload["metadata"], "prefactor.reparented_from": hex_span_id(original or 0)}
         record.payload = payload
@@ -434,7 +434,7 @@ class Planner:
             payload, result_payload = _placeholder(record, pending.too_large_bytes)
         parent_id: str | None = None
         if pending.orphaned:
-            payload = copy.copy(payload)
+            payload = copy.copy(as_dict(payload))
             payload["metadata"] = {**payload["metadata"], "orphaned": True}
         elif not record.is_local_root:
             parent = trace.pending.get(record.parent_span_id)  # type: ignore[arg-type]

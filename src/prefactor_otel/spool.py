@@ -116,13 +116,12 @@ class Spool:
 
     # ------------------------------------------------------------------ writing
 
-    def append(self, items: Sequence[dict[str, Any]]) -> bool:
-        """Write items durably, in order. False (nothing written) if the spool is off or the write failed."""
+    def append(self, items: Sequence[dict[str, Any] | bytes]) -> bool:
+        """Write items (dicts, or their JSON already encoded) durably, in order. False (nothing written) if the
+        spool is off or the write failed."""
         if not self.enabled or not items:
             return False
-        data = json.dumps(
-            {"version": FORMAT_VERSION, "items": list(items)}, ensure_ascii=False, separators=(",", ":")
-        ).encode("utf-8", errors="replace")
+        data = _file_bytes(items)
         with self._lock:
             self._counter += 1
             name = f"{time.time_ns():020d}-{os.getpid()}-{self._counter}.json"
@@ -219,9 +218,7 @@ class Spool:
                     file.path.unlink()
                 self._forget(name)
                 return
-            data = json.dumps(
-                {"version": FORMAT_VERSION, "items": list(remaining)}, ensure_ascii=False, separators=(",", ":")
-            ).encode("utf-8", errors="replace")
+            data = _file_bytes(remaining)
             try:
                 tmp = file.path.with_name(f".tmp-{name}")
                 tmp.write_bytes(data)
@@ -257,3 +254,14 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _file_bytes(items: Sequence[dict[str, Any] | bytes]) -> bytes:
+    """A spool file: `{"version": N, "items": [...]}`, items already encoded kept as they are."""
+    encoded = [
+        item
+        if isinstance(item, bytes)
+        else json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode("utf-8", errors="replace")
+        for item in items
+    ]
+    return b'{"version":%d,"items":[%s]}' % (FORMAT_VERSION, b",".join(encoded))

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.config import PrefactorConfig
+from prefactor_otel.mapping.values import RawJson
 from prefactor_otel.models import (
     BULK_CREATE_SPAN,
     BULK_FINISH_INSTANCE,
@@ -74,8 +75,28 @@ def encode_item(item: dict[str, Any]) -> bytes:
     if schema is not None:
         # Every register item carries the same ~10 KB schema set (one dict shared by the planner): encode it once.
         rest = _to_json({key: value for key, value in item.items() if key != "agent_schema_version"})
-        return b"%s,\"agent_schema_version\":%s}" % (rest[:-1], _encoded_once(schema))
+        return _with_member(rest, "agent_schema_version", _encoded_once(schema))
+    details = item.get("details")
+    if type(details) is dict and any(type(value) is RawJson for value in details.values()):
+        # A span create whose payloads were encoded when the span was mapped: embed them as they are.
+        encoded = _to_json({key: value for key, value in details.items() if type(value) is not RawJson})
+        for key, value in details.items():
+            if type(value) is RawJson:
+                encoded = _with_member(encoded, key, value)
+        rest = _to_json({key: value for key, value in item.items() if key != "details"})
+        return _with_member(rest, "details", encoded)
     return _to_json(item)
+
+
+def encode_json(value: dict[str, Any]) -> RawJson:
+    """One JSON object, compact, for embedding later (see RawJson). Raises ValueError like encode_item."""
+    return RawJson(_to_json(value))
+
+
+def _with_member(encoded_object: bytes, key: str, encoded_value: bytes) -> bytes:
+    """`{...}` + one more member, both already JSON."""
+    separator = b"" if encoded_object == b"{}" else b","
+    return b"%s%s\"%s\":%s}" % (encoded_object[:-1], separator, key.encode(), encoded_value)
 
 
 def _to_json(value: dict[str, Any]) -> bytes:

@@ -21,6 +21,7 @@ from prefactor_otel.mapping.options import DEFAULT_OPTIONS, MappingOptions
 from prefactor_otel.mapping.redaction import Redactor
 from prefactor_otel.mapping.resource import resource_metadata
 from prefactor_otel.mapping.values import (
+    RawJson,
     attributes_dict,
     hex_span_id,
     hex_trace_id,
@@ -45,10 +46,11 @@ class SpanRecord:
     status: Status
     start_time_ns: int
     end_time_ns: int
-    payload: dict[str, Any]
-    result_payload: dict[str, Any]
+    payload: dict[str, Any] | RawJson  # RawJson once the exporter has encoded it
+    result_payload: dict[str, Any] | RawJson
     scope: str | None
     resource: Mapping[str, object]  # the Resource's attributes (shared, not copied)
+    convention: str | None = None  # the GenAI convention that typed or recognised the span, if any
 
     @property
     def is_local_root(self) -> bool:
@@ -322,4 +324,5 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
         result_payload=result_payload,
         scope=scope_label,
         resource=resource_attrs,
+        convention=classification.convention,
     )

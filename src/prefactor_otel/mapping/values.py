@@ -13,6 +13,24 @@ import pydantic_core
 JsonValue = Any
 
 
+class RawJson(bytes):
+    """A JSON value already encoded (compact UTF-8). The bulk encoder embeds it as it is.
+
+    The exporter encodes each span's payloads as soon as they are mapped, so the dict trees the mapping built
+    die young instead of surviving, and being scanned by the garbage collector, until the span is delivered.
+    """
+
+    __slots__ = ()
+
+
+def as_dict(value: dict[str, Any] | RawJson) -> dict[str, Any]:
+    """A payload as a dict (decoded from its JSON when it was encoded): for the rare paths that edit one."""
+    if isinstance(value, bytes):
+        decoded = json.loads(value)
+        return decoded if isinstance(decoded, dict) else {}
+    return value
+
+
 def json_safe(value: object) -> JsonValue:
     """Encode any value OTel allows on an attribute (and some it does not) as strict JSON.
 
