@@ -2,7 +2,7 @@
 
 import json
 
-from prefactor_otel.transport import bulk_body, chunk_encoded, encode_item, parse_retry_after
+from prefactor_otel.transport import bulk_body, chunk_encoded, encode_item, encode_json, parse_retry_after
 
 
 def _items(sizes):
@@ -58,3 +58,16 @@ def test_register_items_encode_the_shared_schema_once_and_identically():
     first = encode_item(item)
     assert json.loads(first) == item
     assert encode_item(dict(item)) == first  # the same bytes on a retry: the idempotent replay depends on it
+
+
+def test_payloads_encoded_at_mapping_are_embedded_as_they_are():
+    payload = {"span_id": "ab", "inputs": {"messages": [{"role": "user", "content": "héllo \"quoted\""}]}, "x": 1.5}
+    details = {"id": "s", "payload": encode_json(payload), "status": "complete", "result_payload": encode_json({})}
+    item = {"_type": "agent_spans/create", "idempotency_key": "12345678", "details": details}
+    decoded = json.loads(encode_item(item))
+    assert decoded == {
+        "_type": "agent_spans/create",
+        "idempotency_key": "12345678",
+        "details": {"id": "s", "status": "complete", "payload": payload, "result_payload": {}},
+    }
+    assert json.loads(encode_item({"details": {"payload": encode_json(payload)}})) == {"details": {"payload": payload}}

@@ -75,16 +75,18 @@ def encode_item(item: dict[str, Any]) -> bytes:
     if schema is not None:
         # Every register item carries the same ~10 KB schema set (one dict shared by the planner): encode it once.
         rest = _to_json({key: value for key, value in item.items() if key != "agent_schema_version"})
-        return _with_member(rest, "agent_schema_version", _encoded_once(schema))
+        return b"".join(_members(rest, [("agent_schema_version", _encoded_once(schema))]))
     details = item.get("details")
     if type(details) is dict and any(type(value) is RawJson for value in details.values()):
-        # A span create whose payloads were encoded when the span was mapped: embed them as they are.
-        encoded = _to_json({key: value for key, value in details.items() if type(value) is not RawJson})
-        for key, value in details.items():
-            if type(value) is RawJson:
-                encoded = _with_member(encoded, key, value)
+        # A span create whose payloads were encoded when the span was mapped: embed them as they are, with one
+        # copy of the (large) payload bytes.
+        plain = _to_json({key: value for key, value in details.items() if type(value) is not RawJson})
+        raw = [(key, value) for key, value in details.items() if type(value) is RawJson]
         rest = _to_json({key: value for key, value in item.items() if key != "details"})
-        return _with_member(rest, "details", encoded)
+        parts = _members(rest, [("details", b"")])
+        parts[-1:] = _members(plain, raw)  # the empty placeholder value becomes the details object
+        parts.append(b"}")
+        return b"".join(parts)
     return _to_json(item)
 
 
@@ -93,10 +95,17 @@ def encode_json(value: dict[str, Any]) -> RawJson:
     return RawJson(_to_json(value))
 
 
-def _with_member(encoded_object: bytes, key: str, encoded_value: bytes) -> bytes:
-    """`{...}` + one more member, both already JSON."""
-    separator = b"" if encoded_object == b"{}" else b","
-    return b"%s%s\"%s\":%s}" % (encoded_object[:-1], separator, key.encode(), encoded_value)
+def _members(encoded_object: bytes, members: list[tuple[str, bytes]]) -> list[bytes]:
+    """The parts of `{...}` plus members whose values are already JSON (keys are our own plain names); the
+    caller joins them once."""
+    parts = [encoded_object[:-1]]
+    separator = encoded_object != b"{}"
+    for key, value in members:
+        parts.append(b',"%s":' % key.encode() if separator else b'"%s":' % key.encode())
+        parts.append(value)
+        separator = True
+    parts.append(b"}")
+    return parts
 
 
 def _to_json(value: dict[str, Any]) -> bytes:
