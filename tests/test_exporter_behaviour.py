@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 from opentelemetry import context as otel_context
+from opentelemetry import trace as trace_api
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 
@@ -311,3 +312,47 @@ def test_span_filter_genai_end_to_end():
         assert len(srv.instances()) == 1 and srv.instances()[0]["status"] == "complete"
         stats = exporter.stats()
         assert stats["spans_dropped"] == 0 and stats["spans_filtered_out"] == 2
+
+
+def test_span_filter_reparents_through_the_exporter_with_content_intact():
+    # The exporter encodes payloads at mapping time; re-parenting edits one: it must come out whole.
+    with DevServer(token=TOKEN) as srv:
+        exporter = _exporter(srv, span_filter="genai")
+        provider, collector = make_provider()
+        tracer = provider.get_tracer("t")
+        with tracer.start_as_current_span("invoke_agent a", attributes={"gen_ai.operation.name": "invoke_agent"}):
+            middle = tracer.start_span("background task")  # plain: filtered out, ends before its child
+            with trace_api.use_span(middle, end_on_exit=False):
+                late = tracer.start_span("chat late", attributes={"gen_ai.operation.name": "chat", "k": "vé"})
+            middle.end()
+            late.end()
+        assert exporter.export(collector.spans) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+        spans = {s["payload"]["name"]: s for s in srv.spans()}
+        assert set(spans) == {"invoke_agent a", "chat late"}
+        chat = spans["chat late"]
+        assert chat["parent_span_id"] == spans["invoke_agent a"]["id"]
+        assert chat["payload"]["metadata"]["prefactor.reparented_from"] == f"{middle.context.span_id:016x}"
+        assert chat["payload"]["metadata"]["k"] == "vé" and chat["payload"]["operation"] == "chat"
+
+
+def test_a_child_whose_parent_never_comes_is_sent_orphaned_with_content_intact():
+    with DevServer(token=TOKEN) as srv:
+        exporter = _exporter(srv)
+        provider, collector = make_provider()
+        tracer = provider.get_tracer("t")
+        with tracer.start_as_current_span("invoke_agent a", attributes={"gen_ai.operation.name": "invoke_agent"}):
+            with tracer.start_as_current_span("chat lost parent", attributes={"gen_ai.operation.name": "chat"}):
+                with tracer.start_as_current_span("execute_tool t", attributes={"gen_ai.tool.name": "t", "k": "v"}):
+                    pass
+        by_name = {s.name: s for s in collector.spans}
+        # The middle span is lost before the exporter: its child can only be sent without a parent.
+        assert exporter.export([by_name["execute_tool t"], by_name["invoke_agent a"]]) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+        spans = {s["payload"]["name"]: s for s in srv.spans()}
+        tool = spans["execute_tool t"]
+        assert tool["payload"]["metadata"]["orphaned"] is True
+        assert tool.get("parent_span_id") is None
+        assert tool["payload"]["tool_name"] == "t" and tool["payload"]["metadata"]["k"] == "v"
+        assert tool["payload"]["parent_span_id"] == f"{by_name['chat lost parent'].context.span_id:016x}"
+        assert exporter.stats()["spans_orphaned"] == 1
