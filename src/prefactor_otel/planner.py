@@ -17,7 +17,7 @@ import copy
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from prefactor_otel import ids
 from prefactor_otel.mapping.payload import SpanRecord
@@ -39,8 +39,8 @@ _MAX_FINISHED_TRACES_REMEMBERED = 10_000
 _MAX_OPEN_TRACES = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedItem:
+# NamedTuples: immutable like frozen dataclasses, and several times cheaper to build (one or two per span).
+class PlannedItem(NamedTuple):
     key: str
     action: str
     body: dict[str, Any]  # the wire item, `_type` and `idempotency_key` included
@@ -48,14 +48,13 @@ class PlannedItem:
     span_id: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ItemOutcome:
+class ItemOutcome(NamedTuple):
     status: OutcomeStatus
     code: str | None = None
     message: str | None = None
 
 
-# The two outcomes almost every item gets; shared, since a frozen dataclass is dear to build per item.
+# The two outcomes almost every item gets, shared.
 SUCCESS = ItemOutcome("success")
 NOT_PROCESSED = ItemOutcome("not_processed")
 
@@ -272,11 +271,12 @@ class Planner:
     def _enforce_bounds(self, now: float) -> None:
         if self._queued > self._max_queued:
             self._drop_oldest(self._queued - self._max_queued)
-        waiting = self._waiting_spans()
-        if len(waiting) > self._max_waiting:
-            waiting.sort(key=lambda p: p.arrived_at)
-            for pending in waiting[: len(waiting) - self._max_waiting]:
-                self._orphan(pending, "count")
+        if self._queued > self._max_waiting:  # waiting spans are queued spans: fewer queued, nothing to check
+            waiting = self._waiting_spans()
+            if len(waiting) > self._max_waiting:
+                waiting.sort(key=lambda p: p.arrived_at)
+                for pending in waiting[: len(waiting) - self._max_waiting]:
+                    self._orphan(pending, "count")
         if len(self._traces) > _MAX_OPEN_TRACES:
             # Bounded memory: the least recently active trace is closed early.
             self._force_finish_oldest(len(self._traces) - _MAX_OPEN_TRACES)
