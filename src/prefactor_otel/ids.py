@@ -16,7 +16,7 @@ import re
 
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _PAIRS = [a + b for a in ALPHABET for b in ALPHABET]
-_SHIFTS = tuple(range(150, -1, -10))
+_LOW40 = (1 << 40) - 1
 _DECODE = {c: i for i, c in enumerate(ALPHABET)}
 # Crockford's decoding is lenient about these look-alikes.
 _DECODE.update({"o": 0, "i": 1, "l": 1})
@@ -43,10 +43,20 @@ def encode(timestamp_ms: int, partition: int, randomness: int) -> str:
         raise PfidError(f"PFID partition out of range: {partition}")
     if not 0 <= randomness <= MAX_RANDOMNESS:
         raise PfidError("PFID randomness must fit in 80 bits")
-    value = (timestamp_ms << 110) | (partition << 80) | randomness
-    # 16 lookups of 10 bits (two characters) each: this runs once per exported span, so it is kept cheap.
-    pairs = _PAIRS
-    return "".join([pairs[(value >> shift) & 1023] for shift in _SHIFTS])
+    # 16 lookups of 10 bits (two characters) each, on four 40-bit words (machine-size ints, cheap to shift):
+    # this runs once per exported span. The 160 bits are 2 zero bits, timestamp, partition, randomness.
+    high = (timestamp_ms << 30) | partition
+    a, b = high >> 40, high & _LOW40
+    c, d = randomness >> 40, randomness & _LOW40
+    p = _PAIRS
+    return "".join(
+        (
+            p[a >> 30], p[(a >> 20) & 1023], p[(a >> 10) & 1023], p[a & 1023],
+            p[b >> 30], p[(b >> 20) & 1023], p[(b >> 10) & 1023], p[b & 1023],
+            p[c >> 30], p[(c >> 20) & 1023], p[(c >> 10) & 1023], p[c & 1023],
+            p[d >> 30], p[(d >> 20) & 1023], p[(d >> 10) & 1023], p[d & 1023],
+        )
+    )  # fmt: skip
 
 
 def encode_binary(binary: bytes) -> str:
@@ -110,7 +120,9 @@ def _clamp_ms(unix_nanos: int | None) -> int:
 
 def span_pfid(partition: int, trace_id: int, span_id: int, start_time_ns: int | None) -> str:
     """Prefactor span id for an OTel span: the same OTel span always gets the same PFID."""
-    return encode(_clamp_ms(start_time_ns), partition, _hash80("span", f"{trace_id:032x}", f"{span_id:016x}"))
+    # The bytes _hash80("span", trace hex, span hex) hashes, formatted in one step (once per exported span).
+    digest = hashlib.blake2b(b"span\x1f%032x\x1f%016x" % (trace_id, span_id), digest_size=10).digest()
+    return encode(_clamp_ms(start_time_ns), partition, int.from_bytes(digest, "big"))
 
 
 def instance_pfid(partition: int, agent_key: str, trace_id: int, first_seen_ns: int | None) -> str:
