@@ -228,10 +228,9 @@ class Planner:
 
     def _new_trace(self, first: SpanRecord) -> _Trace:
         instance_id = ids.instance_pfid(self.partition, self._agent_key, first.trace_id, first.start_time_ns)
-        trace_hex = f"{first.trace_id:032x}"
         register: dict[str, Any] = {
             "_type": BULK_REGISTER,
-            "idempotency_key": ids.idempotency_key(BULK_REGISTER, self._agent_key, trace_hex),
+            "idempotency_key": ids.idempotency_key_for_id(BULK_REGISTER, instance_id),
             "id": instance_id,
             "agent_version": self._agent_version_body(first.resource),
             "agent_schema_version": self._schema_version,
@@ -244,7 +243,7 @@ class Planner:
             register["purpose"] = self._purpose
         start = {
             "_type": BULK_START,
-            "idempotency_key": ids.idempotency_key(BULK_START, self._agent_key, trace_hex),
+            "idempotency_key": ids.idempotency_key_for_id(BULK_START, instance_id),
             "agent_instance_id": instance_id,
             "timestamp": iso_from_ns(first.start_time_ns),
         }
@@ -490,7 +489,7 @@ class Planner:
             # Shutdown before the root ended: close the run at its last known span, failed if any span failed.
             failed = trace.any_failed or any(record.status == "failed" for record in planned)
             end_ns = trace.last_end_ns
-        key = ids.idempotency_key(BULK_FINISH_INSTANCE, self._agent_key, f"{trace.trace_id:032x}")
+        key = ids.idempotency_key_for_id(BULK_FINISH_INSTANCE, trace.instance_id)
         body = {
             "_type": BULK_FINISH_INSTANCE,
             "idempotency_key": key,
