@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.trace import Link, StatusCode
+from opentelemetry.trace import Link, SpanKind, StatusCode
 
 from prefactor_otel.mapping import conventions
 from prefactor_otel.mapping import typed as typed_mod
@@ -70,6 +70,7 @@ class MappingError(ValueError):
 
 
 _EXCEPTION_EVENT = "exception"
+_KIND_NAMES = {kind: kind.name.lower() for kind in SpanKind}
 # Attribute values that are JSON as they are (floats are not: NaN and infinities go through json_safe).
 _JSON_SCALARS = frozenset({str, int, bool, type(None)})
 
@@ -195,11 +196,14 @@ def _typed(
 def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanRecord:
     """Map one ended span. Pure: the same span and options always give the same record; never raises for
     content (a failing redaction callback masks the value), only MappingError for a span without context/end."""
+    # Each ReadableSpan property is a Python call: every one is read once.
     context = span.context
+    name = span.name
     if context is None or not context.is_valid:
-        raise MappingError(f"span {span.name!r} has no valid context")
-    if span.start_time is None or span.end_time is None:
-        raise MappingError(f"span {span.name!r} has not ended")
+        raise MappingError(f"span {name!r} has no valid context")
+    start_ns, end_ns = span.start_time, span.end_time
+    if start_ns is None or end_ns is None:
+        raise MappingError(f"span {name!r} has not ended")
     opts = options if options is not None else DEFAULT_OPTIONS
 
     # 1. Redaction first, on our own copy of the raw attribute values: nothing after this sees a secret.
@@ -212,12 +216,13 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
     events = _redacted_events(span_events, redactor, redactions) if span_events else []
     span_links = span.links
     links = _links(span_links, redactor, redactions) if span_links else []
-    description = span.status.description
+    span_status = span.status
+    description = span_status.description
     if redactor is not None and description:
         description = redactor.redact_text(description, "status.description", redactions)
 
     # 2. Classification and the typed fields of the span's type.
-    classification = conventions.classify(attributes, span.name)
+    classification = conventions.classify(attributes, name)
     ctx = typed_mod.Context(attributes)
     mapping_error = None
     if classification.convention is not None:
@@ -277,25 +282,23 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
         metadata["prefactor.content_omitted"] = omitted
     if mapping_error:
         metadata["prefactor.mapping_error"] = mapping_error
-    if span.dropped_attributes or span.dropped_events or span.dropped_links:
-        metadata["otel.dropped"] = {
-            "attributes": span.dropped_attributes,
-            "events": span.dropped_events,
-            "links": span.dropped_links,
-        }
+    dropped = (span.dropped_attributes, span.dropped_events, span.dropped_links)
+    if any(dropped):
+        metadata["otel.dropped"] = {"attributes": dropped[0], "events": dropped[1], "links": dropped[2]}
 
-    failed = span.status.status_code is StatusCode.ERROR
+    failed = span_status.status_code is StatusCode.ERROR
     status: Status = "failed" if failed else "complete"
     error = _error(events, description, attributes) if failed else None
     parent = span.parent
     parent_id = parent.span_id if parent is not None and parent.is_valid else None
-    kind = span.kind.name.lower() if span.kind is not None else "internal"
+    span_kind = span.kind
+    kind = _KIND_NAMES.get(span_kind) or (span_kind.name.lower() if span_kind is not None else "internal")
 
     payload: dict[str, Any] = {
         "span_id": hex_span_id(context.span_id),
         "trace_id": hex_trace_id(context.trace_id),
         "parent_span_id": hex_span_id(parent_id) if parent_id is not None else None,
-        "name": span.name,
+        "name": name,
         "kind": kind,
         "status": status,
         **typed.fields,
@@ -310,19 +313,19 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
         "links": links,
     }
     result_payload: dict[str, Any] = {"outputs": outputs, **typed.result, "token_usage": token_usage, "error": error}
-    return SpanRecord(
-        trace_id=context.trace_id,
-        span_id=context.span_id,
-        parent_span_id=parent_id,
-        parent_is_remote=bool(parent is not None and parent_id is not None and parent.is_remote),
-        name=span.name,
-        schema_name=classification.schema_name,
-        status=status,
-        start_time_ns=span.start_time,
-        end_time_ns=max(span.end_time, span.start_time),
-        payload=payload,
-        result_payload=result_payload,
-        scope=scope_label,
-        resource=resource_attrs,
-        convention=classification.convention,
+    return SpanRecord(  # positional: a keyword call costs more, once per span
+        context.trace_id,
+        context.span_id,
+        parent_id,
+        bool(parent is not None and parent_id is not None and parent.is_remote),
+        name,
+        classification.schema_name,
+        status,
+        start_ns,
+        max(end_ns, start_ns),
+        payload,
+        result_payload,
+        scope_label,
+        resource_attrs,
+        classification.convention,
     )

@@ -164,7 +164,7 @@ class Context:
     def __init__(self, attributes: dict[str, object]) -> None:
         self.attributes = attributes
         self.consumed: set[str] = set()
-        self._families: dict[str, dict[int, dict[str, Any]]] | None = None
+        self._families: dict[str, dict[int, dict[str, str]]] | None = None
 
     def first(self, keys: Sequence[str]) -> tuple[str, object] | None:
         """First present, non-empty attribute of the chain; later duplicates of its value are consumed too."""
@@ -176,9 +176,11 @@ class Context:
             if value is None or value == "":
                 continue
             self.consumed.add(key)
-            for other in keys[index + 1 :]:
-                if other in attributes and attributes[other] == value:
-                    self.consumed.add(other)
+            rest = keys[index + 1 :]
+            if rest and not attributes.keys().isdisjoint(rest):
+                for other in rest:
+                    if other in attributes and attributes[other] == value:
+                        self.consumed.add(other)
             return key, value
         return None
 
@@ -207,25 +209,17 @@ class Context:
     def family(self, prefix: str) -> dict[int, dict[str, Any]] | None:
         """Consume and return one flattened family (`llm.input_messages.` -> {0: {"message.role": ...}})."""
         if self._families is None:
-            self._families = {}
-            for key, value in self.attributes.items():
-                if key.startswith(FAMILIES):
-                    for family in FAMILIES:
-                        if key.startswith(family):
-                            number, _, rest = key[len(family) :].partition(".")
-                            if number.isdigit():
-                                groups = self._families.setdefault(family, {})
-                                groups.setdefault(int(number), {})[rest] = (key, value)
-                            break
+            self._families = _family_index(tuple(self.attributes))
         groups = self._families.get(prefix)
         if not groups:
             return None
+        attributes = self.attributes
         out: dict[int, dict[str, Any]] = {}
         for index, fields in groups.items():
             entry: dict[str, Any] = {}
-            for rest, (key, value) in fields.items():
+            for rest, key in fields.items():
                 self.consumed.add(key)
-                entry[rest] = json_safe(value)
+                entry[rest] = json_safe(attributes[key])
             out[index] = entry
         return out
 
@@ -233,6 +227,34 @@ class Context:
         for key in keys:
             if key in self.attributes:
                 self.consumed.add(key)
+
+
+def _family_index(keys: tuple[str, ...]) -> dict[str, dict[int, dict[str, str]]]:
+    """Flattened families by attribute name alone: `{"llm.input_messages.": {0: {"message.role": key}}}`.
+
+    Spans of one instrumentation share their attribute names, so the index is computed once per name set (a
+    bounded cache) rather than by testing every name of every span against every family prefix.
+    """
+    cached = _FAMILY_INDEXES.get(keys)
+    if cached is not None:
+        return cached
+    index: dict[str, dict[int, dict[str, str]]] = {}
+    for key in keys:
+        if key.startswith(FAMILIES):
+            for family in FAMILIES:
+                if key.startswith(family):
+                    number, _, rest = key[len(family) :].partition(".")
+                    if number.isdigit():
+                        index.setdefault(family, {}).setdefault(int(number), {})[rest] = key
+                    break
+    if len(_FAMILY_INDEXES) >= _FAMILY_INDEX_CACHE_SIZE:
+        _FAMILY_INDEXES.clear()
+    _FAMILY_INDEXES[keys] = index
+    return index
+
+
+_FAMILY_INDEX_CACHE_SIZE = 256
+_FAMILY_INDEXES: dict[tuple[str, ...], dict[str, dict[int, dict[str, str]]]] = {}
 
 
 class Typed:
@@ -769,6 +791,8 @@ def build(ctx: Context, classification: c.Classification, span: ReadableSpan) ->
 
 def token_usage(ctx: Context) -> dict[str, Any] | None:
     """Prefactor's token_usage names: prompt_tokens / completion_tokens / total_tokens, plus detail counts."""
+    if ctx.attributes.keys().isdisjoint(_USAGE_KEYS):
+        return None  # tool, agent and chain spans mostly carry no usage at all
     prompt = ctx.number(PROMPT_TOKENS)
     completion = ctx.number(COMPLETION_TOKENS)
     total = ctx.number(TOTAL_TOKENS)
@@ -804,6 +828,18 @@ def token_usage(ctx: Context) -> dict[str, Any] | None:
     if aggregated:
         usage_out["aggregated"] = True
     return usage_out
+
+
+_USAGE_KEYS = frozenset(
+    (
+        *PROMPT_TOKENS,
+        *COMPLETION_TOKENS,
+        *TOTAL_TOKENS,
+        *USAGE_JSON,
+        *AGGREGATED_PROMPT,
+        *AGGREGATED_COMPLETION,
+    )
+)
 
 
 def _int(value: object) -> int | None:
