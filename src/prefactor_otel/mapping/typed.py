@@ -247,13 +247,15 @@ def _family_index(keys: tuple[str, ...]) -> dict[str, dict[int, dict[str, str]]]
                     if number.isdigit():
                         index.setdefault(family, {}).setdefault(int(number), {})[rest] = key
                     break
-    if len(_FAMILY_INDEXES) >= _FAMILY_INDEX_CACHE_SIZE:
-        _FAMILY_INDEXES.clear()
-    _FAMILY_INDEXES[keys] = index
+    if len(keys) <= _FAMILY_INDEX_MAX_NAMES:  # long flattened spans vary (one name set per message count): not kept
+        if len(_FAMILY_INDEXES) >= _FAMILY_INDEX_CACHE_SIZE:
+            _FAMILY_INDEXES.clear()
+        _FAMILY_INDEXES[keys] = index
     return index
 
 
-_FAMILY_INDEX_CACHE_SIZE = 256
+_FAMILY_INDEX_CACHE_SIZE = 128
+_FAMILY_INDEX_MAX_NAMES = 64
 _FAMILY_INDEXES: dict[tuple[str, ...], dict[str, dict[int, dict[str, str]]]] = {}
 
 
