@@ -145,3 +145,18 @@ def test_links_are_mapped():
     assert record.payload["links"] == [
         {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}", "attributes": {"why": "follows"}}
     ]
+
+
+def test_per_resource_and_per_name_set_caches_never_mix_spans_up():
+    # resource.* metadata is cached per Resource, flattened families per attribute-name set: spans of two
+    # services, with the same attribute names and different values, each keep their own.
+    records = []
+    for service in ("svc-a", "svc-b", "svc-a"):
+        provider, collector = make_provider(service=service)
+        with provider.get_tracer("t").start_as_current_span(
+            "llm", attributes={"openinference.span.kind": "LLM", "llm.input_messages.0.message.content": service}
+        ):
+            pass
+        records.append(map_span(collector.spans[0]))
+    assert [r.payload["metadata"]["resource.service.name"] for r in records] == ["svc-a", "svc-b", "svc-a"]
+    assert [r.payload["inputs"]["messages"][0]["content"] for r in records] == ["svc-a", "svc-b", "svc-a"]
