@@ -125,7 +125,10 @@ def load_ref(ref: str, into: Path) -> Any:
         capture_output=True,
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(into, filter="data")
+        try:
+            tar.extractall(into, filter="data")
+        except TypeError:  # a Python patch release older than the extraction filters: our own archive anyway
+            tar.extractall(into)
     package = into / REF_PACKAGE
     (into / "src" / "prefactor_otel").rename(package)
     word = re.compile(r"\bprefactor_otel\b")
