@@ -26,7 +26,7 @@ def test_every_planned_item_fits_its_request_model():
         agent_id=models_agent_id(),
         environment_id=None,
         purpose="eval",
-        agent_version_for=lambda r: agent_version_from_resource(r, sdk_version="0"),
+        agent_version_for=lambda r: agent_version_from_resource(r, sdk_version="0").model_dump(exclude_none=True),
         schema_version=agent_schema_version(),
         finish_grace_seconds=0,
     )

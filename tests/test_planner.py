@@ -14,7 +14,7 @@ def _planner(**kw):
         agent_id=None,
         environment_id=None,
         purpose=None,
-        agent_version_for=lambda r: agent_version_from_resource(r, sdk_version="0"),
+        agent_version_for=lambda r: agent_version_from_resource(r, sdk_version="0").model_dump(exclude_none=True),
         schema_version=agent_schema_version(),
         **{"finish_grace_seconds": 0.0, **kw},
     )

@@ -29,7 +29,7 @@ from prefactor_otel.config import ConfigError, PrefactorConfig
 from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_version_from_resource, map_span
 from prefactor_otel.mapping.options import MappingOptions
 from prefactor_otel.metrics import register_metrics
-from prefactor_otel.models import BULK_CREATE_SPAN, BULK_FINISH_INSTANCE, BULK_START, AgentVersionForRegister
+from prefactor_otel.models import BULK_CREATE_SPAN, BULK_FINISH_INSTANCE, BULK_START
 from prefactor_otel.planner import NOT_PROCESSED, ItemOutcome, PlannedItem, Planner
 from prefactor_otel.spool import Spool, default_spool_dir
 from prefactor_otel.transport import (
@@ -281,10 +281,11 @@ class PrefactorSpanExporter(SpanExporter):
         config = self._config
         scopes = self._scopes
 
-        versions: dict[tuple[int, int], tuple[object, AgentVersionForRegister]] = {}
+        versions: dict[tuple[int, int], tuple[object, dict[str, Any]]] = {}
 
-        def agent_version_for(resource: Mapping[str, object]) -> AgentVersionForRegister:
-            # One model per (Resource, scopes seen so far): the scope set only grows, so its size names it.
+        def agent_version_for(resource: Mapping[str, object]) -> dict[str, Any]:
+            # Built and dumped once per (Resource, scopes seen so far): the scope set only grows, so its size
+            # names it.
             key = (id(resource), len(scopes))
             cached = versions.get(key)
             if cached is not None and cached[0] is resource:
@@ -295,7 +296,7 @@ class PrefactorSpanExporter(SpanExporter):
                 agent_name=config.agent_name,
                 agent_identifier=config.agent_identifier,
                 scopes=sorted(scopes),
-            )
+            ).model_dump(exclude_none=True)
             if len(versions) >= 64:
                 versions.clear()
             versions[key] = (resource, version)  # holding the Resource keeps its id from being reused

@@ -28,7 +28,6 @@ from prefactor_otel.models import (
     BULK_REGISTER,
     BULK_START,
     AgentSchemaVersionForRegister,
-    AgentVersionForRegister,
 )
 
 OutcomeStatus = Literal["success", "error", "not_processed"]
@@ -118,7 +117,9 @@ def _placeholder(record: SpanRecord, original_bytes: int) -> tuple[dict[str, Any
     return small, result
 
 
-AgentVersionBuilder = Callable[[Mapping[str, object]], AgentVersionForRegister]
+# Resource attributes -> the register item's `agent_version` (AgentVersionForRegister dumped). The planner shares
+# the returned dict between register items and never modifies it.
+AgentVersionBuilder = Callable[[Mapping[str, object]], dict[str, Any]]
 
 
 class Planner:
@@ -153,7 +154,6 @@ class Planner:
         self._traces: OrderedDict[int, _Trace] = OrderedDict()
         self._finished: OrderedDict[int, None] = OrderedDict()
         self._items: dict[str, PlannedItem] = {}  # key -> item of the last plan, for `apply`
-        self._agent_versions: dict[int, tuple[object, dict[str, Any]]] = {}  # id(version model) -> its dump
         self._with_pending: dict[int, None] = {}  # trace ids that (may) have pending spans, in arrival order
         self._queued = 0
         self.counters: Counter[str] = Counter()
@@ -232,7 +232,7 @@ class Planner:
             "_type": BULK_REGISTER,
             "idempotency_key": ids.idempotency_key_for_id(BULK_REGISTER, instance_id),
             "id": instance_id,
-            "agent_version": self._agent_version_body(first.resource),
+            "agent_version": self._agent_version_for(first.resource),
             "agent_schema_version": self._schema_version,
         }
         if self._agent_id:
@@ -251,19 +251,6 @@ class Planner:
         self._traces[first.trace_id] = trace
         self.counters["instances_seen"] += 1
         return trace
-
-    def _agent_version_body(self, resource: Mapping[str, object]) -> dict[str, Any]:
-        # The builder returns the same model while nothing changes (the exporter caches it); its dump is shared
-        # by the register items of every run, never modified.
-        version = self._agent_version_for(resource)
-        cached = self._agent_versions.get(id(version))
-        if cached is not None and cached[0] is version:
-            return cached[1]
-        body = version.model_dump(exclude_none=True)
-        if len(self._agent_versions) >= 16:
-            self._agent_versions.clear()
-        self._agent_versions[id(version)] = (version, body)  # holding the model keeps its id from being reused
-        return body
 
     # ------------------------------------------------------------------ bounds
 

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.config import PrefactorConfig
-from prefactor_otel.mapping.values import RawJson
+from prefactor_otel.mapping.values import RawJson, as_dict
 from prefactor_otel.models import (
     BULK_CREATE_SPAN,
     BULK_FINISH_INSTANCE,
@@ -76,22 +76,17 @@ def encode_item(item: dict[str, Any]) -> bytes:
     if schema is not None:
         # Every register item carries the same ~10 KB schema set (one dict shared by the planner): encode it once.
         rest = _to_json({key: value for key, value in item.items() if key != "agent_schema_version"})
-        return b"".join(_members(rest, [("agent_schema_version", _encoded_once(schema))]))
+        separator = b"," if rest != b"{}" else b""
+        return b'%s%s"agent_schema_version":%s}' % (rest[:-1], separator, _encoded_once(schema))
     details = item.get("details")
     if type(details) is dict:
         fast = _span_create(item, details)
         if fast is not None:
             return fast
-    if type(details) is dict and any(type(value) is RawJson for value in details.values()):
-        # Encoded payloads next to values of other types: embed the payloads as they are, with one copy of the
-        # (large) payload bytes.
-        plain = _to_json({key: value for key, value in details.items() if type(value) is not RawJson})
-        raw = [(key, value) for key, value in details.items() if type(value) is RawJson]
-        rest = _to_json({key: value for key, value in item.items() if key != "details"})
-        parts = _members(rest, [("details", b"")])
-        parts[-1:] = _members(plain, raw)  # the empty placeholder value becomes the details object
-        parts.append(b"}")
-        return b"".join(parts)
+        if any(type(value) is RawJson for value in details.values()):
+            # Rare (a value neither string nor payload, or not UTF-8): decode the payloads, encode it all as usual.
+            details = {key: as_dict(value) if type(value) is RawJson else value for key, value in details.items()}
+            return _to_json({**item, "details": details})
     return _to_json(item)
 
 
@@ -130,19 +125,6 @@ def _span_create(item: dict[str, Any], details: dict[str, Any]) -> bytes | None:
 def encode_json(value: dict[str, Any]) -> RawJson:
     """One JSON object, compact, for embedding later (see RawJson). Raises ValueError like encode_item."""
     return RawJson(_to_json(value))
-
-
-def _members(encoded_object: bytes, members: list[tuple[str, bytes]]) -> list[bytes]:
-    """The parts of `{...}` plus members whose values are already JSON (keys are our own plain names); the
-    caller joins them once."""
-    parts = [encoded_object[:-1]]
-    separator = encoded_object != b"{}"
-    for key, value in members:
-        parts.append(b',"%s":' % key.encode() if separator else b'"%s":' % key.encode())
-        parts.append(value)
-        separator = True
-    parts.append(b"}")
-    return parts
 
 
 def _to_json(value: dict[str, Any]) -> bytes:
