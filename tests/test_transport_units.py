@@ -61,7 +61,7 @@ def test_register_items_encode_the_shared_schema_once_and_identically():
 
 
 def test_payloads_encoded_at_mapping_are_embedded_as_they_are():
-    payload = {"span_id": "ab", "inputs": {"messages": [{"role": "user", "content": "héllo \"quoted\""}]}, "x": 1.5}
+    payload = {"span_id": "ab", "inputs": {"messages": [{"role": "user", "content": 'héllo "quoted"'}]}, "x": 1.5}
     details = {"id": "s", "payload": encode_json(payload), "status": "complete", "result_payload": encode_json({})}
     item = {"_type": "agent_spans/create", "idempotency_key": "12345678", "details": details}
     decoded = json.loads(encode_item(item))

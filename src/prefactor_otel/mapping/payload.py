@@ -160,6 +160,18 @@ def _redact_section_keys(redactor: Redactor, section: dict[str, Any], name: str,
             redactor.redact_keys_in(value, f"{name}.{key}", log)
 
 
+def _span_sequence(span: ReadableSpan, field: str) -> Sequence[Any]:
+    """`span.events` / `span.links`, without building a copy when there are none (most spans).
+
+    The public properties copy the SDK's BoundedList under its lock on every access; its length is known without
+    that. The SDK's own field is only asked whether it is empty, and an SDK without it gets the public property.
+    """
+    own = getattr(span, f"_{field}", None)
+    if own is not None and not own:
+        return ()
+    return getattr(span, field)  # type: ignore[no-any-return]
+
+
 def _dedupe(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per (path, rule), counts summed: a JSON value with many secrets reads as one line."""
     merged: dict[tuple[str, str], dict[str, Any]] = {}
@@ -212,9 +224,9 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
     attributes = plain_attributes(span.attributes)
     if redactor is not None:
         redactor.redact_owned(attributes, "attributes", redactions)
-    span_events = span.events  # ReadableSpan builds a new tuple on every access: read once
+    span_events = _span_sequence(span, "events")  # a new tuple on every access: read once
     events = _redacted_events(span_events, redactor, redactions) if span_events else []
-    span_links = span.links
+    span_links = _span_sequence(span, "links")
     links = _links(span_links, redactor, redactions) if span_links else []
     span_status = span.status
     description = span_status.description
@@ -223,7 +235,7 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
 
     # 2. Classification and the typed fields of the span's type.
     classification = conventions.classify(attributes, name)
-    ctx = typed_mod.Context(attributes)
+    ctx = typed_mod.Context(attributes, span_events)
     mapping_error = None
     if classification.convention is not None:
         try:
@@ -231,7 +243,7 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
         except Exception as exc:
             # A shape no instrumentation we know produces: keep the span, generic, with every attribute in
             # metadata (already redacted), rather than lose it in the exporter.
-            ctx = typed_mod.Context(attributes)
+            ctx = typed_mod.Context(attributes, span_events)
             typed, token_usage = typed_mod.Typed(), None
             mapping_error = type(exc).__name__
     else:

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan
 
 from prefactor_otel.mapping import conventions as c
 from prefactor_otel.mapping.messages import (
@@ -157,12 +157,14 @@ FAMILIES = (
 
 
 class Context:
-    """One span's (redacted) attributes, what the chains consumed, and lazily grouped flattened families."""
+    """One span's (redacted) attributes and events, what the chains consumed, and lazily grouped flattened
+    families."""
 
-    __slots__ = ("_families", "attributes", "consumed")
+    __slots__ = ("_families", "attributes", "consumed", "events")
 
-    def __init__(self, attributes: dict[str, object]) -> None:
+    def __init__(self, attributes: dict[str, object], events: Sequence[Event] = ()) -> None:
         self.attributes = attributes
+        self.events = events  # the span's events, read once by the caller (each read of span.events copies them)
         self.consumed: set[str] = set()
         self._families: dict[str, dict[int, dict[str, str]]] | None = None
 
@@ -501,7 +503,7 @@ def _ttft_ms(ctx: Context, span: ReadableSpan) -> float | None:
     start = span.start_time
     if start is None:
         return None
-    for event in span.events:
+    for event in ctx.events:
         if event.name in _TTFT_EVENTS:
             return round((event.timestamp - start) / 1e6, 3)
     hit = ctx.first(("langfuse.observation.completion_start_time",))
