@@ -348,6 +348,12 @@ def summarize(results: Result, plan: Plan) -> Result:
         s["wall_payload_floor"] = median([r["wall_us"] for r in runs["payload_floor"]])
         s["gc_payload_floor"] = 0.0
         s["ratio_payload_floor"] = s["cpu_prefactor"] / s["cpu_payload_floor"]
+    if runs.get("prefactor_unredacted"):  # absent from dumps made before it existed
+        values = [r["cpu_us"] for r in runs["prefactor_unredacted"]]
+        s["cpu_prefactor_unredacted"] = median(values)
+        s["cpu_prefactor_unredacted_spread"] = spread_pct(values)
+        s["wall_prefactor_unredacted"] = median([r["wall_us"] for r in runs["prefactor_unredacted"]])
+        s["gc_prefactor_unredacted"] = median([r.get("gc_us", 0.0) for r in runs["prefactor_unredacted"]])
     ours = runs["prefactor"][-1]
     s["delivery_ok"] = all(
         r["ok"] and r["exported"] == spans and r["dropped"] == 0 and r["instances_finished"] == cpu["traces"]
@@ -586,6 +592,7 @@ def tables(s: Result) -> list[tuple[str, list[str], list[list[str]], str]]:
         ("payload_floor", "Prefactor payload floor (json.dumps of each span's mapped payloads; mapping not timed)"),
         ("otlp", "OTLPSpanExporter (opentelemetry-exporter-otlp-proto-http)"),
         ("prefactor", "PrefactorSpanExporter"),
+        ("prefactor_unredacted", "PrefactorSpanExporter, PREFACTOR_REDACT_DEFAULTS=false (built-in redaction off)"),
     ):
         if f"cpu_{kind}" not in s:
             continue
@@ -614,6 +621,13 @@ def tables(s: Result) -> list[tuple[str, list[str], list[list[str]], str]]:
                 f" The payload floor is the stdlib's cost for the JSON we actually send and nothing else; the "
                 f"exporter is {s['ratio_payload_floor']:.2f}x it."
                 if "ratio_payload_floor" in s
+                else ""
+            )
+            + (
+                " The built-in redaction rules (secret-named keys, secret-looking values; on unless"
+                " PREFACTOR_REDACT_DEFAULTS=false, and no user rules are configured here) cost"
+                f" {s['cpu_prefactor'] - s['cpu_prefactor_unredacted']:.1f} us/span of it."
+                if "cpu_prefactor_unredacted" in s
                 else ""
             ),
         )
