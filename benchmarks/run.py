@@ -332,7 +332,9 @@ def summarize(results: Result, plan: Plan) -> Result:
     runs = cpu["runs"]
     spans = cpu["spans"]
     s: Result = {"spans": spans, "traces": cpu["traces"], "cpu_runs": len(runs["prefactor"])}
-    for kind in ("floor", "otlp", "prefactor"):
+    for kind in ("floor", "payload_floor", "otlp", "prefactor", "prefactor_unredacted"):
+        if not runs.get(kind):  # the newer rows are absent from dumps made before they existed
+            continue
         values = [r["cpu_us"] for r in runs[kind]]
         s[f"cpu_{kind}"] = median(values)
         s[f"cpu_{kind}_spread"] = spread_pct(values)
@@ -341,19 +343,8 @@ def summarize(results: Result, plan: Plan) -> Result:
     s["ratio_otlp"] = s["cpu_prefactor"] / s["cpu_otlp"]
     s["ratio_floor"] = s["cpu_prefactor"] / s["cpu_floor"]
     s["otlp_ratio_floor"] = s["cpu_otlp"] / s["cpu_floor"]
-    if runs.get("payload_floor"):  # absent from dumps made before it existed
-        values = [r["cpu_us"] for r in runs["payload_floor"]]
-        s["cpu_payload_floor"] = median(values)
-        s["cpu_payload_floor_spread"] = spread_pct(values)
-        s["wall_payload_floor"] = median([r["wall_us"] for r in runs["payload_floor"]])
-        s["gc_payload_floor"] = 0.0
+    if "cpu_payload_floor" in s:
         s["ratio_payload_floor"] = s["cpu_prefactor"] / s["cpu_payload_floor"]
-    if runs.get("prefactor_unredacted"):  # absent from dumps made before it existed
-        values = [r["cpu_us"] for r in runs["prefactor_unredacted"]]
-        s["cpu_prefactor_unredacted"] = median(values)
-        s["cpu_prefactor_unredacted_spread"] = spread_pct(values)
-        s["wall_prefactor_unredacted"] = median([r["wall_us"] for r in runs["prefactor_unredacted"]])
-        s["gc_prefactor_unredacted"] = median([r.get("gc_us", 0.0) for r in runs["prefactor_unredacted"]])
     ours = runs["prefactor"][-1]
     s["delivery_ok"] = all(
         r["ok"] and r["exported"] == spans and r["dropped"] == 0 and r["instances_finished"] == cpu["traces"]
