@@ -1,7 +1,8 @@
 """The planner alone: real mapped spans in, ordered bulk items out, fake outcomes back. No server."""
 
 from prefactor_otel.mapping import agent_schema_version, agent_version_from_resource, map_span
-from prefactor_otel.planner import ItemOutcome, Planner
+from prefactor_otel.outcomes import ItemOutcome
+from prefactor_otel.planner import Planner
 from tests.spans import agent_trace, make_provider
 
 PARTITION = 12345

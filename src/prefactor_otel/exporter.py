@@ -30,10 +30,10 @@ from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_versi
 from prefactor_otel.mapping.options import MappingOptions
 from prefactor_otel.metrics import register_metrics
 from prefactor_otel.models import BULK_CREATE_SPAN, BULK_FINISH_INSTANCE, BULK_START
-from prefactor_otel.planner import NOT_PROCESSED, ItemOutcome, PlannedItem, Planner
+from prefactor_otel.outcomes import NOT_PROCESSED, BulkResult, ItemOutcome
+from prefactor_otel.planner import PlannedItem, Planner
 from prefactor_otel.spool import Spool, default_spool_dir
 from prefactor_otel.transport import (
-    BulkResult,
     BulkTransport,
     chunk_encoded,
     encode_item,

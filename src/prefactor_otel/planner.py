@@ -17,7 +17,7 @@ import copy
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from prefactor_otel import ids
 from prefactor_otel.mapping.payload import SpanRecord
@@ -29,8 +29,7 @@ from prefactor_otel.models import (
     BULK_START,
     AgentSchemaVersionForRegister,
 )
-
-OutcomeStatus = Literal["success", "error", "not_processed"]
+from prefactor_otel.outcomes import SUCCESS, ItemOutcome
 
 # Error codes meaning "this already happened": a deterministic id or key met its own earlier write.
 _ALREADY_DONE_CODES = frozenset({"idempotency_key_already_used", "already_exists"})
@@ -38,24 +37,13 @@ _MAX_FINISHED_TRACES_REMEMBERED = 10_000
 _MAX_OPEN_TRACES = 10_000
 
 
-# NamedTuples: immutable like frozen dataclasses, and several times cheaper to build (one or two per span).
+# A NamedTuple: immutable like a frozen dataclass, and several times cheaper to build (one or two per span).
 class PlannedItem(NamedTuple):
     key: str
     action: str
     body: dict[str, Any]  # the wire item, `_type` and `idempotency_key` included
     trace_id: int
     span_id: int | None = None
-
-
-class ItemOutcome(NamedTuple):
-    status: OutcomeStatus
-    code: str | None = None
-    message: str | None = None
-
-
-# The two outcomes almost every item gets, shared.
-SUCCESS = ItemOutcome("success")
-NOT_PROCESSED = ItemOutcome("not_processed")
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""Transport: the only module that does I/O. One httpx client, bulk requests, retries, one deadline.
+"""Transport: the module that does HTTP. One httpx client, bulk requests, retries, one deadline.
 
 `send_bulk` sends one bulk request (already chunked by the caller with `chunk_encoded`) and retries it on
 connection errors, timeouts, 408, 429 and 5xx with exponential backoff and full jitter, honouring
@@ -18,7 +18,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _json_string  # C: quotes and escapes one str
 from typing import Any
 
@@ -40,28 +39,11 @@ from prefactor_otel.models import (
     ApiResponse,
     PfidGenerateDetails,
 )
-from prefactor_otel.planner import NOT_PROCESSED, SUCCESS, ItemOutcome
+from prefactor_otel.outcomes import NOT_PROCESSED, SUCCESS, BulkResult, ItemOutcome
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
-
-
-@dataclass(slots=True)
-class BulkResult:
-    """What became of one bulk request.
-
-    error: None when the server answered with per-item outputs; otherwise one of
-    "auth" (401/403, sending stopped), "timeout" (deadline reached while retrying), "shutdown",
-    "too_large" (413), "rejected" (another 4xx for the whole request), "redirect" (3xx), "contract"
-    (unparseable answer, after retries).
-    """
-
-    outcomes: dict[str, ItemOutcome] = field(default_factory=dict)
-    error: str | None = None
-    status_code: int | None = None
-    code: str | None = None  # API error code of a rejected request
-    message: str | None = None
 
 
 def encode_item(item: dict[str, Any]) -> bytes:
