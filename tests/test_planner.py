@@ -260,3 +260,65 @@ def test_span_filter_trace_with_nothing_to_export_registers_nothing():
     planner.add([map_span(s) for s in collector.spans], 0.0)
     assert planner.plan(0.0) == []
     assert planner.open_traces == 0
+
+
+def _chain_records():
+    """root -> child -> grandchild, mapped; OTel ends (and the exporter receives) the grandchild first."""
+    provider, collector = make_provider()
+    tracer = provider.get_tracer("chain")
+    with tracer.start_as_current_span("root"):
+        with tracer.start_as_current_span("child"):
+            with tracer.start_as_current_span("grandchild"):
+                pass
+    by_name = {s.name: map_span(s) for s in collector.spans}
+    return by_name["root"], by_name["child"], by_name["grandchild"]
+
+
+def test_a_timed_out_chain_is_orphaned_at_its_top_so_the_grandchild_keeps_its_parent():
+    planner = _planner(max_wait_seconds=30.0)
+    _root, child, grandchild = _chain_records()
+    planner.add([grandchild], now=0.0)  # arrives first, and ages first
+    planner.add([child], now=20.0)
+    items = planner.plan(now=31.0)  # the grandchild has waited 31 s, its parent 11 s; the root never came
+    creates = {i.span_id: i.body["details"] for i in items if i.action == "agent_spans/create"}
+    assert set(creates) == {child.span_id, grandchild.span_id}
+    assert "parent_span_id" not in creates[child.span_id]  # the top of the chain is the orphan ...
+    assert creates[grandchild.span_id]["parent_span_id"] == creates[child.span_id]["id"]  # ... its child keeps it
+    assert planner.counters["spans_orphaned_age"] == 1
+
+
+def test_shutdown_and_the_count_bound_also_orphan_only_the_tops():
+    _root, child, grandchild = _chain_records()
+    planner = _planner()
+    planner.add([grandchild, child], now=0.0)
+    items = planner.plan(now=0.0, shutdown=True)
+    creates = {i.span_id: i.body["details"] for i in items if i.action == "agent_spans/create"}
+    assert creates[grandchild.span_id]["parent_span_id"] == creates[child.span_id]["id"]
+    bounded = _planner(max_waiting_spans=1)
+    bounded.add([grandchild], now=0.0)
+    bounded.add([child], now=1.0)  # two waiting, bound 1: one chain top is released, the chain stays linked
+    creates = {i.span_id: i.body["details"] for i in bounded.plan(now=1.0) if i.action == "agent_spans/create"}
+    assert creates[grandchild.span_id]["parent_span_id"] == creates[child.span_id]["id"]
+    assert bounded.counters["spans_orphaned_count"] == 1
+
+
+def test_a_long_lived_run_remembers_a_bounded_number_of_span_ids(monkeypatch):
+    from prefactor_otel import planner as planner_module
+
+    monkeypatch.setattr(planner_module, "MAX_SPANS_REMEMBERED_PER_TRACE", 50, raising=False)
+    provider, collector = make_provider()
+    tracer = provider.get_tracer("long")
+    with tracer.start_as_current_span("root") as root:
+        for n in range(300):
+            with tracer.start_as_current_span(f"step {n}"):
+                pass
+    records = [map_span(s) for s in collector.spans]  # the root ends last, as in a run that lasts for hours
+    planner = _planner(max_wait_seconds=0.0, finish_grace_seconds=1000.0)
+    for n, record in enumerate(records[:-1]):
+        planner.add([record], now=float(n))
+        planner.apply(_ok(planner.plan(now=float(n))), now=float(n))
+    trace = planner._traces[root.get_span_context().trace_id]
+    assert len(trace.created) <= 50 and len(trace.span_ids) <= 50
+    planner.add(records[-1:], now=400.0)
+    planner.apply(_ok(planner.plan(now=400.0, flush=True)), now=400.0)
+    assert planner.counters["spans_exported"] == 301 and planner.counters["instances_finished"] == 1

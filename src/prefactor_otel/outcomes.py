@@ -1,12 +1,17 @@
-"""What became of sent items: the small value types the transport produces and the planner consumes.
+"""What became of sent items: the value types the transport produces, and the rules that judge them.
 
-Plain immutable values, safe to share between threads; no module state.
+`judge` is the one place that decides what an outcome means (delivered, retry as an orphan, rejected, not
+processed), for items planned now and items read back from the spool alike. Plain immutable values and pure
+functions, safe from any thread; no module state.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Literal, NamedTuple
+
+from prefactor_otel.models import BULK_CREATE_SPAN, BULK_FINISH_INSTANCE, BULK_START
 
 OutcomeStatus = Literal["success", "error", "not_processed"]
 
@@ -38,3 +43,29 @@ class BulkResult:
     status_code: int | None = None
     code: str | None = None  # API error code of a rejected request
     message: str | None = None
+
+
+class Verdict(Enum):
+    """What an item's outcome means for the item: the one rule book for live and replayed items."""
+
+    DONE = "done"  # delivered, or the server already had it (our own earlier attempt)
+    ORPHAN = "orphan"  # a span create whose parent the server does not know: send it again without the link
+    REJECTED = "rejected"  # the server will not take it: drop it, counted with its code
+    PENDING = "pending"  # not processed: send it again later
+
+
+# Error codes meaning "this already happened": a deterministic id or key met its own earlier write.
+ALREADY_DONE_CODES = frozenset({"idempotency_key_already_used", "already_exists"})
+
+
+def judge(action: str, outcome: ItemOutcome, *, can_orphan: bool) -> Verdict:
+    """The verdict for one item. `can_orphan`: a span create that still carries its parent link."""
+    if outcome.status == "not_processed":
+        return Verdict.PENDING
+    if outcome.status == "success" or outcome.code in ALREADY_DONE_CODES:
+        return Verdict.DONE
+    if action in (BULK_START, BULK_FINISH_INSTANCE) and outcome.code == "invalid_action":
+        return Verdict.DONE  # already started / already finished: a replay of our own earlier action
+    if action == BULK_CREATE_SPAN and outcome.code == "not_found" and can_orphan:
+        return Verdict.ORPHAN
+    return Verdict.REJECTED

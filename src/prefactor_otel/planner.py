@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from prefactor_otel import ids
 from prefactor_otel.mapping.payload import SpanRecord
-from prefactor_otel.mapping.values import as_dict, hex_span_id, iso_from_ns
+from prefactor_otel.mapping.values import RawJson, as_dict, hex_span_id, iso_from_ns
 from prefactor_otel.models import (
     BULK_CREATE_SPAN,
     BULK_FINISH_INSTANCE,
@@ -29,12 +29,13 @@ from prefactor_otel.models import (
     BULK_START,
     AgentSchemaVersionForRegister,
 )
-from prefactor_otel.outcomes import SUCCESS, ItemOutcome
+from prefactor_otel.outcomes import SUCCESS, ItemOutcome, Verdict, judge
 
-# Error codes meaning "this already happened": a deterministic id or key met its own earlier write.
-_ALREADY_DONE_CODES = frozenset({"idempotency_key_already_used", "already_exists"})
 _MAX_FINISHED_TRACES_REMEMBERED = 10_000
 _MAX_OPEN_TRACES = 10_000
+# Span ids remembered per open run (created spans, Prefactor ids, filter bookkeeping). A run that lives for hours
+# would otherwise grow without bound; a late child of a forgotten parent waits and is then sent as an orphan.
+MAX_SPANS_REMEMBERED_PER_TRACE = 10_000
 
 
 # A NamedTuple: immutable like a frozen dataclass, and several times cheaper to build (one or two per span).
@@ -51,7 +52,6 @@ class _PendingSpan:
     record: SpanRecord
     arrived_at: float
     orphaned: bool = False
-    parent_missing_retries: int = 0
     too_large_bytes: int | None = None  # set: send a small placeholder in its place
 
 
@@ -63,7 +63,7 @@ class _Trace:
     start_item: dict[str, Any] | None
     registered: bool = False
     started: bool = False
-    created: set[int] = field(default_factory=set)
+    created: dict[int, None] = field(default_factory=dict)  # an insertion-ordered set, bounded (oldest forgotten)
     pending: dict[int, _PendingSpan] = field(default_factory=dict)
     root_delivered: bool = False
     root_failed: bool = False
@@ -73,7 +73,7 @@ class _Trace:
     last_activity: float = 0.0
     rejected: bool = False
     # span filter: spans with an exported descendant (kept whole), and filtered spans -> their OTel parent
-    needed: set[int] = field(default_factory=set)
+    needed: dict[int, None] = field(default_factory=dict)
     skipped: dict[int, int | None] = field(default_factory=dict)
     root_skipped: bool = False
     # OTel span id -> Prefactor id, for the spans seen: a parent's id is rebuilt exactly for its children
@@ -103,6 +103,37 @@ def _placeholder(record: SpanRecord, original_bytes: int) -> tuple[dict[str, Any
     )
     result = {"outputs": {}, "token_usage": small["token_usage"], "error": small["error"]}
     return small, result
+
+
+def orphan_payload(payload: dict[str, Any] | RawJson) -> dict[str, Any]:
+    """A span payload marked as sent without its parent link (the OTel parent id stays in the payload)."""
+    marked = copy.copy(as_dict(payload))
+    marked["metadata"] = {**(marked.get("metadata") or {}), "orphaned": True}
+    return marked
+
+
+def span_create_key(span_id: str, *, orphan: bool, placeholder: bool) -> str:
+    # Orphaning changes the body, so it gets its own key; the id stays, and "already exists" is success.
+    variant = ("orphan" if orphan else "") + ("placeholder" if placeholder else "")
+    return ids.idempotency_key_for_id(BULK_CREATE_SPAN, span_id, variant)
+
+
+def orphan_item(body: dict[str, Any]) -> dict[str, Any]:
+    """A span-create wire item (as read back from the spool) sent again without its parent link, exactly as the
+    planner would have built it had it orphaned the span itself: same payload marking, same idempotency key."""
+    details = {key: value for key, value in body["details"].items() if key != "parent_span_id"}
+    payload = orphan_payload(details.get("payload") or {})
+    details["payload"] = payload
+    placeholder = bool(payload["metadata"].get("prefactor.too_large"))
+    key = span_create_key(details["id"], orphan=True, placeholder=placeholder)
+    return {**body, "idempotency_key": key, "details": details}
+
+
+def _remember(bounded: dict[Any, Any], key: Any, value: Any) -> None:
+    """Insert into an insertion-ordered dict that keeps at most MAX_SPANS_REMEMBERED_PER_TRACE entries."""
+    bounded[key] = value
+    if len(bounded) > MAX_SPANS_REMEMBERED_PER_TRACE:
+        del bounded[next(iter(bounded))]
 
 
 # Resource attributes -> the register item's `agent_version` (AgentVersionForRegister dumped). The planner shares
@@ -145,8 +176,8 @@ class Planner:
         self._with_pending: dict[int, None] = {}  # trace ids that (may) have pending spans, in arrival order
         self._queued = 0
         self.counters: Counter[str] = Counter()
-        self.dropped: Counter[str] = Counter()
-        self.dropped_samples: deque[str] = deque(maxlen=20)
+        self.dropped: Counter[str] = Counter()  # span creates only; instance actions: `actions_dropped`
+        self.actions_dropped: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ input
 
@@ -190,9 +221,9 @@ class Planner:
                 if record.parent_span_id in trace.skipped:
                     self._reparent(trace, record)
                 if record.parent_span_id is not None:
-                    trace.needed.add(record.parent_span_id)
+                    _remember(trace.needed, record.parent_span_id, None)
             return True
-        trace.skipped[record.span_id] = None if record.is_local_root else record.parent_span_id
+        _remember(trace.skipped, record.span_id, None if record.is_local_root else record.parent_span_id)
         self.counters["spans_filtered_out"] += 1
         if record.is_local_root:
             trace.root_skipped = True
@@ -237,7 +268,6 @@ class Planner:
         }
         trace = _Trace(first.trace_id, instance_id, register, start)
         self._traces[first.trace_id] = trace
-        self.counters["instances_seen"] += 1
         return trace
 
     # ------------------------------------------------------------------ bounds
@@ -246,27 +276,63 @@ class Planner:
         if self._queued > self._max_queued:
             self._drop_oldest(self._queued - self._max_queued)
         if self._queued > self._max_waiting:  # waiting spans are queued spans: fewer queued, nothing to check
-            waiting = self._waiting_spans()
-            if len(waiting) > self._max_waiting:
-                waiting.sort(key=lambda p: p.arrived_at)
-                for pending in waiting[: len(waiting) - self._max_waiting]:
-                    self._orphan(pending, "count")
+            chains = [chain for trace in self._traces_with_pending() for chain in self._waiting_chains(trace)]
+            excess = sum(size for _top, size, _earliest in chains) - self._max_waiting
+            for top, size, _earliest in sorted(chains, key=lambda chain: chain[2]):  # oldest waiting first
+                if excess <= 0:
+                    break
+                self._orphan(top, "count")
+                excess -= size
         if len(self._traces) > _MAX_OPEN_TRACES:
             # Bounded memory: the least recently active trace is closed early.
             self._force_finish_oldest(len(self._traces) - _MAX_OPEN_TRACES)
 
-    def _waiting_spans(self) -> list[_PendingSpan]:
-        waiting = []
-        for trace_id in self._with_pending:  # only traces with pending spans: not O(open runs)
-            trace = self._traces.get(trace_id)
-            if trace is None:
+    def _traces_with_pending(self) -> list[_Trace]:
+        # Only traces with pending spans: not O(open runs).
+        return [self._traces[i] for i in self._with_pending if i in self._traces and self._traces[i].pending]
+
+    def _waiting_chains(self, trace: _Trace) -> list[tuple[_PendingSpan, int, float]]:
+        """The waiting chains of a trace: (top, spans in the chain, earliest arrival in the chain).
+
+        A top waits for a parent that is not here; the spans below it wait for it. Orphaning the top releases
+        the whole chain with its links intact (orphaning a grandchild first would cut it from its parent).
+        """
+        waiting = {
+            span_id: p
+            for span_id, p in trace.pending.items()
+            if not p.orphaned and not self._parent_resolved_deep(trace, p.record)
+        }
+        if not waiting:
+            return []
+        children: dict[int | None, list[int]] = {}
+        for span_id, pending in waiting.items():
+            children.setdefault(pending.record.parent_span_id, []).append(span_id)
+        chains = []
+        for span_id, top in waiting.items():
+            if top.record.parent_span_id in waiting:
                 continue
-            waiting.extend(
-                pending
-                for pending in trace.pending.values()
-                if not pending.orphaned and not self._parent_resolved_deep(trace, pending.record)
-            )
-        return waiting
+            size, earliest, stack, seen = 0, top.arrived_at, [span_id], set()
+            while stack:
+                current = stack.pop()
+                if current in seen:
+                    continue
+                seen.add(current)
+                size += 1
+                earliest = min(earliest, waiting[current].arrived_at)
+                stack.extend(children.get(current, ()))
+            chains.append((top, size, earliest))
+        return chains
+
+    def _orphan_waiting_tops(self, trace: _Trace, why: str, now: float | None) -> None:
+        """Orphan the top of each waiting chain (with `now`: of chains where some span has waited too long).
+        Spans caught in a parent cycle (corrupt input) have no top: at shutdown they are orphaned one by one."""
+        for top, _size, earliest in self._waiting_chains(trace):
+            if now is None or now - earliest >= self._max_wait:
+                self._orphan(top, why)
+        if now is None:
+            for pending in trace.pending.values():
+                if not pending.orphaned and not self._parent_resolved_deep(trace, pending.record):
+                    self._orphan(pending, why)
 
     def _orphan(self, pending: _PendingSpan, why: str) -> None:
         pending.orphaned = True
@@ -292,8 +358,6 @@ class Planner:
 
     def _drop(self, count: int, reason: str, record: SpanRecord | None = None) -> None:
         self.dropped[reason] += count
-        if record is not None:
-            self.dropped_samples.append(f"{reason}: span {record.name!r} trace {record.trace_id:032x}")
 
     # ------------------------------------------------------------------ planning
 
@@ -315,17 +379,9 @@ class Planner:
             if trace.rejected:
                 continue
             if shutdown:
-                for pending in trace.pending.values():
-                    if not pending.orphaned and not self._parent_resolved_deep(trace, pending.record):
-                        self._orphan(pending, "shutdown")
+                self._orphan_waiting_tops(trace, "shutdown", None)
             else:
-                for pending in trace.pending.values():
-                    if (
-                        not pending.orphaned
-                        and now - pending.arrived_at >= self._max_wait
-                        and not self._parent_resolved_deep(trace, pending.record)
-                    ):
-                        self._orphan(pending, "age")
+                self._orphan_waiting_tops(trace, "age", now)
             span_items = self._plan_spans(trace)
             if trace.root_skipped and not trace.pending and not trace.created and not trace.registered:
                 if shutdown or flush or now - trace.last_activity >= self._grace:
@@ -408,8 +464,7 @@ class Planner:
             payload, result_payload = _placeholder(record, pending.too_large_bytes)
         parent_id: str | None = None
         if pending.orphaned:
-            payload = copy.copy(as_dict(payload))
-            payload["metadata"] = {**payload["metadata"], "orphaned": True}
+            payload = orphan_payload(payload)
         elif not record.is_local_root:
             parent = trace.pending.get(record.parent_span_id)  # type: ignore[arg-type]
             start_ns = parent.record.start_time_ns if parent is not None else None
@@ -427,9 +482,7 @@ class Planner:
         }
         if parent_id is not None:
             details["parent_span_id"] = parent_id
-        # Orphaning changes the body, so it gets its own key; the id stays, and "already exists" is success.
-        variant = ("orphan" if pending.orphaned else "") + ("placeholder" if pending.too_large_bytes else "")
-        key = ids.idempotency_key_for_id(BULK_CREATE_SPAN, span_id, variant)
+        key = span_create_key(span_id, orphan=pending.orphaned, placeholder=pending.too_large_bytes is not None)
         body = {"_type": BULK_CREATE_SPAN, "idempotency_key": key, "details": details}
         return PlannedItem(key, BULK_CREATE_SPAN, body, record.trace_id, record.span_id)
 
@@ -441,7 +494,7 @@ class Planner:
         if start_ns is None:
             raise LookupError("parent span id requested before the parent was seen")
         value = ids.span_pfid(self.partition, trace.trace_id, span_id, start_ns)
-        trace.span_ids[span_id] = value
+        _remember(trace.span_ids, span_id, value)
         return value
 
     def _plan_finish(
@@ -494,7 +547,6 @@ class Planner:
             return False
         pending.too_large_bytes = original_bytes
         self.counters["spans_replaced_too_large"] += 1
-        self.dropped_samples.append(f"too_large: span {pending.record.name!r} ({original_bytes} bytes)")
         return True
 
     def handoff(self, items: Iterable[PlannedItem], now: float) -> None:
@@ -510,16 +562,17 @@ class Planner:
             trace = self._traces.get(item.trace_id)
             if trace is None:
                 continue
-            ok = outcome.status == "success" or outcome.code in _ALREADY_DONE_CODES
+            pending = trace.pending.get(item.span_id) if item.span_id is not None else None
+            verdict = judge(item.action, outcome, can_orphan=pending is not None and not pending.orphaned)
+            ok = verdict is Verdict.DONE
             if item.action == BULK_REGISTER:
                 self._on_register(trace, ok, outcome)
             elif item.action == BULK_START:
-                # invalid_action on start = already active: a replay of our own earlier start.
-                self._on_start(trace, ok or outcome.code == "invalid_action", outcome)
+                self._on_start(trace, ok, outcome)
             elif item.action == BULK_CREATE_SPAN:
-                self._on_span(trace, item, ok, outcome, spooled)
+                self._on_span(trace, item, verdict, outcome, spooled)
             elif item.action == BULK_FINISH_INSTANCE:
-                self._on_finish(trace, ok or outcome.code == "invalid_action", outcome)
+                self._on_finish(trace, ok, outcome)
 
     def _on_register(self, trace: _Trace, ok: bool, outcome: ItemOutcome) -> None:
         if ok:
@@ -542,15 +595,15 @@ class Planner:
         self._drop(len(trace.pending), f"instance_rejected:{reason}")
         trace.pending.clear()
 
-    def _on_span(self, trace: _Trace, item: PlannedItem, ok: bool, outcome: ItemOutcome, spooled: bool) -> None:
+    def _on_span(self, trace: _Trace, item: PlannedItem, verdict: Verdict, outcome: ItemOutcome, spooled: bool) -> None:
         span_id = item.span_id
         pending = trace.pending.get(span_id)  # type: ignore[arg-type]
         if pending is None:
             return
-        if ok:
+        if verdict is Verdict.DONE:
             del trace.pending[span_id]  # type: ignore[arg-type]
             self._queued -= 1
-            trace.created.add(span_id)  # type: ignore[arg-type]
+            _remember(trace.created, span_id, None)  # type: ignore[arg-type]
             self.counters["spans_spooled" if spooled else "spans_exported"] += 1
             if pending.record.is_local_root:
                 trace.root_delivered = True
@@ -559,9 +612,8 @@ class Planner:
             if pending.record.status == "failed":
                 trace.any_failed = True
             return
-        if outcome.code == "not_found" and not pending.orphaned and pending.parent_missing_retries == 0:
+        if verdict is Verdict.ORPHAN:
             # The server does not know the parent (e.g. it was dropped): keep the span, without the link.
-            pending.parent_missing_retries += 1
             self._orphan(pending, "parent_rejected")
             return
         del trace.pending[span_id]  # type: ignore[arg-type]
@@ -572,7 +624,7 @@ class Planner:
         if ok:
             self.counters["instances_finished"] += 1  # or handed to the spool, which finishes it in order
         else:
-            self.dropped[f"finish_rejected:{outcome.code or 'error'}"] += 1
+            self.actions_dropped[f"finish_rejected:{outcome.code or 'error'}"] += 1
         self._forget(trace)
 
     def _forget(self, trace: _Trace) -> None:
