@@ -222,6 +222,7 @@ def measure_cpu(params: Result) -> Result:
 
 def measure_phases(params: Result) -> Result:
     """Thread CPU per stage of PrefactorSpanExporter, by wrapping the stages (outer stages include inner ones)."""
+    import prefactor_otel.delivery as delivery_module
     import prefactor_otel.exporter as exporter_module
     import prefactor_otel.planner as planner_module
     import prefactor_otel.transport as transport_module
@@ -251,7 +252,7 @@ def measure_phases(params: Result) -> Result:
     wrap(planner_module.Planner, "add", "planner: add (incl. new instance items)")
     wrap(planner_module.Planner, "plan", "planner: plan (ordering, create items, ids, keys)")
     wrap(planner_module.Planner, "apply", "planner: apply outcomes")
-    wrap(exporter_module.PrefactorSpanExporter, "_encode", "encode: items -> JSON bytes")
+    wrap(delivery_module.Delivery, "_encode", "encode: items -> JSON bytes")
     wrap(transport_module.BulkTransport, "_post", "transport: HTTP request + response handling")
     wrap(transport_module.BulkTransport, "_bulk_outcomes", "transport: response validation (pydantic)")
     totals: list[float] = []

@@ -1,9 +1,24 @@
-"""PrefactorSpanExporter: owns state and the OpenTelemetry contract; wires mapping, planner and transport.
+"""PrefactorSpanExporter: the OpenTelemetry contract and the exporter's lifecycle (start, fork, exit, shutdown).
 
-Contract (architecture.md): constructible with no arguments; never raises from the constructor or `export`;
-`export` is thread-safe and returns within the export timeout; `force_flush` and `shutdown` honour their
-`timeout_millis`; after shutdown `export` returns FAILURE and warns once; the API token never appears in logs,
-errors or repr.
+Contract: constructible with no arguments; never raises from the constructor or `export`; `export` is
+thread-safe and returns within the export timeout; `force_flush` and `shutdown` honour their `timeout_millis`;
+at interpreter exit everything, whatever the set-up order, shares one budget (PREFACTOR_SHUTDOWN_TIMEOUT); after
+shutdown `export` returns FAILURE and warns once; the API token never appears in logs, errors or repr.
+
+Work is split: mapping (pure, on the calling thread) -> planner (state) -> delivery.py (requests, outcomes) with
+durability.py (the spool) for what cannot be delivered now. This module only wires them and owns the threads.
+
+Threads and locks:
+- `export()` is called by the BatchSpanProcessor's worker (or any thread); `force_flush`/`shutdown` by the
+  application or an atexit hook; the finisher thread (`_tick_loop`) finishes runs after their grace period,
+  sends aged orphans, replays the spool and notices interpreter exit.
+- `_send_lock`: one sender at a time (delivery, replay, spill after a failed delivery). Never waited for past a
+  caller's deadline.
+- `_state_lock`: the planner and `_unplanned`; held only for in-memory work (and one spool append on spill).
+- `_lifecycle_lock`: shutdown runs once.
+- Counters are plain Counters written by the thread doing the work; `stats()` copies each one atomically.
+- After fork, `_reset_after_fork` (registered once per exporter) is the one place that rebuilds locks, threads,
+  the HTTP client and per-process state: the child starts with no runs of its parent's.
 """
 
 from __future__ import annotations
@@ -26,29 +41,36 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from prefactor_otel import __version__, ids
 from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.config import ConfigError, PrefactorConfig
+from prefactor_otel.delivery import Delivery, PlannedSource
+from prefactor_otel.durability import Backlog
 from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_version_from_resource, map_span
 from prefactor_otel.mapping.options import MappingOptions
 from prefactor_otel.metrics import register_metrics
-from prefactor_otel.models import BULK_CREATE_SPAN, BULK_FINISH_INSTANCE, BULK_START
-from prefactor_otel.outcomes import NOT_PROCESSED, BulkResult, ItemOutcome
-from prefactor_otel.planner import PlannedItem, Planner
+from prefactor_otel.planner import Planner
 from prefactor_otel.spool import Spool, default_spool_dir
-from prefactor_otel.transport import (
-    BulkTransport,
-    chunk_encoded,
-    encode_item,
-    encode_json,
-    suppress_instrumentation,
-)
+from prefactor_otel.transport import BulkTransport, encode_json, suppress_instrumentation
 
 SDK_HEADER = f"prefactor-otel@{__version__}"
 _TICK_S = 0.5
 _TICK_BACKOFF_CAP_S = 30.0
+# Of a shutdown budget, what is kept back for writing the undelivered rest to the spool.
+_SPILL_RESERVE_S = 0.5
 
 
 def _carries_genai(record: SpanRecord) -> bool:
     """PREFACTOR_SPAN_FILTER=genai: a span some GenAI convention typed or recognised."""
     return record.schema_name != "otel:span" or record.convention is not None
+
+
+def _interpreter_exiting() -> bool:
+    """True once the interpreter is past its last application thread: atexit hooks are running (whatever their
+    order) or about to. The main thread is marked stopped before non-daemon threads are joined, so those must be
+    gone too. Cheap while the main thread lives (one call)."""
+    main = threading.main_thread()
+    if main.is_alive():
+        return False
+    current = threading.current_thread()
+    return not any(t is not main and t is not current and not t.daemon and t.is_alive() for t in threading.enumerate())
 
 
 class PrefactorSpanExporter(SpanExporter):
@@ -69,36 +91,23 @@ class PrefactorSpanExporter(SpanExporter):
     ) -> None:
         self._disabled_reason: str | None = None
         self._shutdown = False
+        self._closing = False
         self._warned_after_shutdown = False
-        self._send_lock = threading.Lock()
-        self._state_lock = threading.Lock()
-        self._log = RateLimitedLog()
-        self._counters: Counter[str] = Counter()
-        self._dropped: Counter[str] = Counter()
-        self._planner: Planner | None = None
-        self._unplanned: deque[SpanRecord] = deque()
+        self._lifecycle_lock = threading.Lock()
+        self._new_process_state()
         self._scopes: set[str] = set()
-        self._ticker: threading.Thread | None = None
-        self._ticker_stop = threading.Event()
         self._transport: BulkTransport | None = None
-        self._rest_only: set[str] = set()
-        self._exit_deadline: float | None = None
-        self._spool: Spool | None = None
-        self._spool_retry_at = 0.0
-        self._spool_backoff = 1.0
-        self._rest_only_changed = False
+        self._delivery: Delivery | None = None
+        self._backlog: Backlog | None = None
+        self._partition: int | None = None
         try:
             self._config = config if config is not None else PrefactorConfig.load(environ, **options)
-        except ConfigError as exc:
-            logger.error("Prefactor exporter disabled: invalid configuration: %s", exc)
-            self._config = PrefactorConfig(enabled=False)
-            self._disabled_reason = "invalid configuration"
-            return
-        try:
             self._mapping_options = MappingOptions.from_config(self._config)
         except ConfigError as exc:
             # e.g. a redaction callback that cannot be imported: fail closed, send nothing unredacted
             logger.error("Prefactor exporter disabled: invalid configuration: %s", exc)
+            if not hasattr(self, "_config"):
+                self._config = PrefactorConfig(enabled=False)
             self._disabled_reason = "invalid configuration"
             return
         if not self._config.enabled:
@@ -117,44 +126,71 @@ class PrefactorSpanExporter(SpanExporter):
             logger.error("Prefactor exporter disabled: cannot create the HTTP client (%s)", type(exc).__name__)
             self._disabled_reason = "HTTP client error"
             return
-        if self._config.spool:
-            directory = (
-                Path(self._config.spool_dir)
-                if self._config.spool_dir
-                else default_spool_dir(self._config.api_base, self._config.agent_id or "deployment")
-            )
-            spool = Spool(
-                directory,
-                max_bytes=self._config.spool_max_bytes,
-                retention_seconds=self._config.spool_retention_seconds,
-            )
-            self._spool = spool if spool.enabled else None
+        self._delivery = Delivery(self._transport, self._config)
+        self._open_spool()
+        if self._config.agent_id:
+            self._partition = ids.extract_partition(self._config.agent_id)
+        elif self._backlog is not None:
+            self._partition = self._backlog.load_partition()
         logger.info("Prefactor exporter ready: %s", self._config.describe())
         try:
             register_metrics(self.stats, __version__)
         except Exception:  # self-metrics are a convenience: never a reason to fail
             logger.debug("Prefactor self-metrics unavailable", exc_info=True)
-        if self._spool is not None and self._spool.has_backlog:
-            logger.info("Prefactor: %d bytes left in the spool by an earlier run; re-sending", spool.backlog_bytes)
-            self._ensure_ticker()
+        if self._backlog is not None and self._backlog.has_backlog:
+            logger.info(
+                "Prefactor: %d bytes left in the spool by an earlier run; re-sending", self._backlog.spool.backlog_bytes
+            )
+        self._register_process_hooks()
+        self._ensure_ticker()
+
+    def _new_process_state(self) -> None:
+        """Everything that belongs to one process: built at construction and again in a forked child."""
+        self._send_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._log = RateLimitedLog()
+        self._counters: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
+        self._planner: Planner | None = None
+        self._unplanned: deque[SpanRecord] = deque()
+        self._ticker: threading.Thread | None = None
+        self._ticker_stop = threading.Event()
+        self._exit_deadline: float | None = None
+        self._forked_at_ns: int | None = None
+
+    def _open_spool(self) -> None:
+        if not self._config.spool:
+            return
+        directory = (
+            Path(self._config.spool_dir)
+            if self._config.spool_dir
+            else default_spool_dir(self._config.api_base, self._config.agent_id or "deployment")
+        )
+        spool = Spool(
+            directory, max_bytes=self._config.spool_max_bytes, retention_seconds=self._config.spool_retention_seconds
+        )
+        if spool.enabled:
+            self._backlog = Backlog(spool)
+
+    def _register_process_hooks(self) -> None:
         ref = weakref.ref(self)
-        if hasattr(os, "register_at_fork"):
 
-            def _after_fork() -> None:
-                exporter = ref()
-                if exporter is not None:
-                    exporter._reset_after_fork()
+        def after_fork_in_child() -> None:
+            exporter = ref()
+            if exporter is not None:
+                exporter._reset_after_fork()
 
-            os.register_at_fork(after_in_child=_after_fork)
-
-        def _at_exit() -> None:
+        def at_exit() -> None:
             exporter = ref()
             if exporter is not None:
                 exporter._begin_exit()
 
-        # Registered after the TracerProvider's own atexit hook in the usual set-up order, so it runs first
-        # (atexit is LIFO): from then on every export and the final shutdown share one exit budget.
-        atexit.register(_at_exit)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=after_fork_in_child)
+        # Usually registered after the TracerProvider's own hook, so it runs first (atexit is LIFO). When the
+        # exporter was created first, `_interpreter_exiting()` (checked on every call and by the finisher thread)
+        # starts the exit budget instead.
+        atexit.register(at_exit)
 
     def __repr__(self) -> str:
         return f"PrefactorSpanExporter({self._config.describe()}, disabled={self._disabled_reason!r})"
@@ -166,15 +202,7 @@ class PrefactorSpanExporter(SpanExporter):
         return self._disabled_reason is None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            return self._export(spans)
-        except Exception:  # the host application must never see our failure
-            logger.exception("Prefactor export failed unexpectedly; %d span(s) not delivered", len(spans))
-            self._dropped["internal_error"] += len(spans)
-            return SpanExportResult.FAILURE
-
-    def _export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._shutdown:
+        if self._shutdown or self._closing:
             if not self._warned_after_shutdown:
                 self._warned_after_shutdown = True
                 logger.warning("Prefactor exporter already shut down; ignoring %d span(s)", len(spans))
@@ -182,30 +210,41 @@ class PrefactorSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
         if self._disabled_reason is not None:
             return SpanExportResult.SUCCESS  # a no-op by configuration is not an export failure
-        deadline = time.monotonic() + self._config.export_timeout
-        if self._exit_deadline is not None:
-            deadline = min(deadline, self._exit_deadline)  # the process is exiting: the exit budget rules
-        records = self._map(spans)
+        try:
+            records = self._map(spans)
+        except Exception:  # the host application must never see our failure
+            logger.exception("Prefactor: mapping failed unexpectedly; %d span(s) dropped", len(spans))
+            self._dropped["internal_error"] += len(spans)
+            return SpanExportResult.FAILURE
+        try:
+            # From here on the spans are the planner's: an unexpected error below leaves them queued, not lost.
+            return self._deliver(records)
+        except Exception:
+            logger.exception("Prefactor export failed unexpectedly; its spans stay queued")
+            return SpanExportResult.FAILURE
+
+    def _deliver(self, records: list[SpanRecord]) -> SpanExportResult:
+        deadline = self._deadline(self._config.export_timeout)
         with self._state_lock:
             self._unplanned.extend(records)
             self._trim_unplanned()
+        self._ensure_ticker()
         if not self._send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return SpanExportResult.FAILURE
         try:
             ok = self._drain(deadline)
         finally:
             self._send_lock.release()
-        self._ensure_ticker()
         return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        if self._disabled_reason is not None or self._shutdown:
+        if self._disabled_reason is not None or self._shutdown or self._closing:
             return True
-        deadline = time.monotonic() + timeout_millis / 1000
+        deadline = min(self._deadline(timeout_millis / 1000), self._deadline(self._config.export_timeout))
         if not self._send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return False
         try:
-            return self._drain(min(deadline, time.monotonic() + self._config.export_timeout), flush=True)
+            return self._drain(deadline, flush=True)
         except Exception:
             logger.exception("Prefactor force_flush failed unexpectedly")
             return False
@@ -213,40 +252,73 @@ class PrefactorSpanExporter(SpanExporter):
             self._send_lock.release()
 
     def shutdown(self, timeout_millis: int = 30_000) -> None:
-        """Deliver what is left within min(timeout_millis, PREFACTOR_SHUTDOWN_TIMEOUT), then close."""
-        if self._shutdown:
-            return
-        now = time.monotonic()
-        deadline = min(now + timeout_millis / 1000, self._exit_deadline or now + self._config.shutdown_timeout)
-        self._ticker_stop.set()
+        """Deliver what is left within min(timeout_millis, PREFACTOR_SHUTDOWN_TIMEOUT), then close.
+
+        What cannot be delivered in time goes to the spool (a later process sends it); runs still open are in
+        the journal of open runs. Runs once: a second, concurrent call returns at once.
+        """
+        with self._lifecycle_lock:
+            if self._shutdown or self._closing:
+                return
+            self._closing = True
         try:
-            if self._transport is not None:
-                self._transport.interrupt_waits()  # a sender sleeping in backoff lets go of the lock now
-            if self._disabled_reason is None and self._send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                try:
-                    if self._transport is not None:
-                        self._transport.resume_waits()
-                    self._drain(deadline, shutdown=True)
-                finally:
-                    self._send_lock.release()
+            if self._disabled_reason is None:
+                self._shutdown_delivery(timeout_millis / 1000)
         except Exception:
             logger.exception("Prefactor shutdown failed unexpectedly")
         finally:
             self._shutdown = True
             if self._transport is not None:
                 self._transport.close()
-            self._report_losses()
+            self._report_at_close()
 
-    # ------------------------------------------------------------------ internals
+    def _shutdown_delivery(self, budget_s: float) -> None:
+        deadline = min(self._deadline(budget_s), self._deadline(self._config.shutdown_timeout))
+        transport = self._transport
+        assert transport is not None
+        self._ticker_stop.set()
+        # Another thread's request must end in time for us to send or spill: its backoff sleeps wake now, its
+        # socket waits are capped, so the send lock frees up before our spill reserve.
+        lock_deadline = deadline - min(_SPILL_RESERVE_S, (deadline - time.monotonic()) / 5)
+        transport.interrupt_waits()
+        self._cap_transport(lock_deadline)
+        if self._send_lock.acquire(timeout=max(0.0, lock_deadline - time.monotonic())):
+            try:
+                transport.resume_waits()
+                self._cap_transport(deadline)
+                self._drain(deadline, shutdown=True)
+            finally:
+                self._send_lock.release()
+        else:
+            # The in-flight request did not end in time: keep everything on disk instead (idempotency keys make
+            # a later re-send of what that request delivered harmless).
+            self._spill_unsent(shutdown=True)
+        ticker = self._ticker
+        if ticker is not None and ticker is not threading.current_thread():
+            ticker.join(max(0.0, deadline - time.monotonic()))
+
+    # ------------------------------------------------------------------ delivery
+
+    def _deadline(self, seconds: float) -> float:
+        """now + seconds, but never past the exit budget once the interpreter is exiting."""
+        if self._exit_deadline is None and _interpreter_exiting():
+            self._begin_exit()
+        deadline = time.monotonic() + seconds
+        return deadline if self._exit_deadline is None else min(deadline, self._exit_deadline)
 
     def _map(self, spans: Sequence[ReadableSpan]) -> list[SpanRecord]:
         records: list[SpanRecord] = []
+        forked_at = self._forked_at_ns
         for span in spans:
+            if forked_at is not None and (span.start_time or 0) < forked_at:
+                # This process's copy of a span that was open in the parent at the fork: the parent exports it.
+                self._counters["spans_ignored_forked_copy"] += 1
+                continue
             try:
                 record = map_span(span, self._mapping_options)
             except Exception as exc:  # one bad span must not cost the batch
                 self._dropped["mapping_error"] += 1
-                self._log.log(logging.WARNING, "map", "Prefactor: span %r could not be mapped (%s)", span.name, exc)
+                self._log.log(logging.WARNING, "map", "Prefactor: a span could not be mapped (%s)", type(exc).__name__)
                 continue
             if record.scope:
                 self._scopes.add(record.scope)
@@ -265,27 +337,27 @@ class PrefactorSpanExporter(SpanExporter):
         overflow = len(self._unplanned) - self._config.max_queued_spans
         for _ in range(max(0, overflow)):
             self._unplanned.popleft()
+            self._counters["spans_received"] += 1  # received, then dropped: both counted
             self._dropped["queue_full"] += 1
 
     def _ensure_planner(self, deadline: float) -> Planner | None:
         if self._planner is not None:
             return self._planner
-        assert self._transport is not None
-        if self._config.agent_id:
-            partition = ids.extract_partition(self._config.agent_id)
-        else:
+        if self._partition is None:
+            assert self._transport is not None
             pfid = self._transport.generate_pfid(deadline)
             if pfid is None or not ids.is_pfid(pfid):
                 return None
-            partition = ids.extract_partition(pfid)
+            self._partition = ids.extract_partition(pfid)
+            if self._backlog is not None:
+                self._backlog.save_partition(self._partition)
         config = self._config
         scopes = self._scopes
-
         versions: dict[tuple[int, int], tuple[object, dict[str, Any]]] = {}
 
         def agent_version_for(resource: Mapping[str, object]) -> dict[str, Any]:
             # Built and dumped once per (Resource, scopes seen so far): the scope set only grows, so its size
-            # names it.
+            # names it. The entry holds the Resource, so its id cannot be reused while cached.
             key = (id(resource), len(scopes))
             cached = versions.get(key)
             if cached is not None and cached[0] is resource:
@@ -299,11 +371,11 @@ class PrefactorSpanExporter(SpanExporter):
             ).model_dump(exclude_none=True)
             if len(versions) >= 64:
                 versions.clear()
-            versions[key] = (resource, version)  # holding the Resource keeps its id from being reused
+            versions[key] = (resource, version)
             return version
 
         self._planner = Planner(
-            partition=partition,
+            partition=self._partition,
             agent_key=config.agent_id or "deployment",
             agent_id=config.agent_id,
             environment_id=config.environment_id,
@@ -315,17 +387,17 @@ class PrefactorSpanExporter(SpanExporter):
             max_wait_seconds=config.max_wait_seconds,
             finish_grace_seconds=config.finish_grace_seconds,
             span_filter=_carries_genai if config.span_filter == "genai" else None,
+            finish_without_root=self._forked_at_ns is None,
         )
         return self._planner
 
     def _drain(self, deadline: float, *, flush: bool = False, shutdown: bool = False) -> bool:
-        """Send everything the planner has ready. True if nothing that was ready is left undelivered.
+        """Send everything ready (the spool's backlog first: it is older). True if nothing ready is left.
 
-        With a spool backlog, the backlog goes first (oldest first keeps parents before children); what
-        cannot be delivered by the deadline is handed to the spool, behind it.
+        What cannot be delivered by the deadline goes to the spool, behind the backlog. Send lock held.
         """
-        transport = self._transport
-        if transport is None:
+        delivery = self._delivery
+        if delivery is None:
             return True
         with suppress_instrumentation():
             planner = self._ensure_planner(deadline)
@@ -335,305 +407,108 @@ class PrefactorSpanExporter(SpanExporter):
                 if self._unplanned:
                     planner.add(list(self._unplanned), time.monotonic())
                     self._unplanned.clear()
-            spool = self._spool
-            if spool is not None and spool.has_backlog:
-                retry_due = time.monotonic() >= self._spool_retry_at
-                if not ((retry_due or shutdown) and self._replay_spool(deadline)):
+            backlog = self._backlog
+            if backlog is not None and backlog.has_backlog:
+                replayed = (backlog.retry_due(time.monotonic()) or shutdown) and backlog.replay(delivery, deadline)
+                if not replayed:
                     self._spill(planner, flush=flush, shutdown=shutdown)
                     return False
-            delivered = self._send_live(planner, deadline, flush=flush, shutdown=shutdown)
-            if not delivered and not transport.auth_failed:
+            source = PlannedSource(planner, self._state_lock, flush=flush, shutdown=shutdown)
+            delivered = delivery.drain(source, deadline)
+            if not delivered and not delivery.transport.auth_failed:
                 self._spill(planner, flush=flush, shutdown=shutdown)
             return delivered
 
-    def _send_live(self, planner: Planner, deadline: float, *, flush: bool, shutdown: bool) -> bool:
-        max_items = self._config.max_items_per_request
-        # One clock reading per drain: re-plans within it must not pick up, one by one, the runs whose grace
-        # period ends meanwhile (that made single-item requests under load); the next drain takes them together.
-        now = time.monotonic()
-        for _round in range(10_000):  # bounded: every round makes progress or returns
-            if time.monotonic() >= deadline:
-                return False
-            with self._state_lock:
-                items = planner.plan(now, flush=flush, shutdown=shutdown)
-            if not items:
-                return True
-            encoded, sendable = self._encode(items, planner)
-            if not sendable:
-                continue
-            verdict = self._send_round(planner, sendable, encoded, max_items, deadline)
-            if verdict is False:
-                return False
-            if isinstance(verdict, int):
-                max_items = verdict
-            # Re-plan: after a partial failure to re-order what is left, after success for finishes
-            # that just became due. The next plan is empty when everything is delivered.
-        return False
-
-    # ------------------------------------------------------------------ durable spool
-
     def _spill(self, planner: Planner, *, flush: bool, shutdown: bool) -> None:
-        """Hand everything ready to the spool, in plan order; the planner then treats it as delivered."""
-        spool = self._spool
-        if spool is None:
+        if self._backlog is not None:
+            self._backlog.spill(planner, self._state_lock, flush=flush, shutdown=shutdown)
+
+    def _spill_unsent(self, *, shutdown: bool) -> None:
+        """Without the send lock: plan what we have and write it to the spool."""
+        planner = self._planner
+        if planner is None:
             return
         with self._state_lock:
-            items = planner.plan(time.monotonic(), flush=flush, shutdown=shutdown)
-            if items and spool.append([encode_item(item.body) for item in items]):
-                planner.handoff(items, time.monotonic())
-        self._spool_retry_at = max(self._spool_retry_at, time.monotonic() + self._spool_backoff)
+            if self._unplanned:
+                planner.add(list(self._unplanned), time.monotonic())
+                self._unplanned.clear()
+        self._spill(planner, flush=True, shutdown=shutdown)
 
-    def _replay_spool(self, deadline: float) -> bool:
-        """Send spool files oldest first. True once the spool is empty; False (backing off) on failure."""
-        spool = self._spool
-        transport = self._transport
-        assert spool is not None and transport is not None
-        while spool.has_backlog:
-            if time.monotonic() >= deadline:
-                return False
-            file = spool.take_oldest()
-            if file is None:
-                break
-            remaining = self._send_spooled(file.items, deadline)
-            if remaining:
-                spool.give_back(file, remaining)
-                self._spool_backoff = min(_TICK_BACKOFF_CAP_S, max(1.0, self._spool_backoff * 2))
-                self._spool_retry_at = time.monotonic() + self._spool_backoff
-                return False
-            spool.complete(file)
-        self._spool_backoff = 1.0
-        return True
-
-    def _send_spooled(self, items: list[dict[str, Any]], deadline: float) -> list[dict[str, Any]]:
-        """Deliver spooled items in order; returns what is left to send later (empty: all settled)."""
-        transport = self._transport
-        assert transport is not None
-        pending = list(items)
-        max_items = self._config.max_items_per_request
-        while pending:
-            head = pending[0]
-            if head["_type"] in self._rest_only:
-                result = transport.send_rest(head, deadline)
-                if result.error == "rejected":
-                    result.outcomes = {head["idempotency_key"]: ItemOutcome("error", result.code, result.message)}
-                    result.error = None
-                chunk = [head]
-            else:
-                encoded = [encode_item(item) for item in pending[: max_items * 4]]
-                first = chunk_encoded(encoded, max_items, self._config.max_request_bytes)[0]
-                chunk = pending[: len(first)]
-                keys = [item["idempotency_key"] for item in chunk]
-                result = transport.send_bulk(encoded[: len(first)], keys, deadline)
-                if result.error is None:
-                    planned = [PlannedItem(item["idempotency_key"], item["_type"], item, 0) for item in chunk]
-                    self._learn_rest_only(planned, result.outcomes)
-            if result.error in ("too_large", "rejected") and len(chunk) > 1:
-                max_items = max(1, len(chunk) // 2)
-                continue
-            if result.error in ("too_large", "rejected"):
-                result = BulkResult({head["idempotency_key"]: ItemOutcome("error", result.error)})
-            if result.error is not None:
-                return pending
-            settled = 0
-            for item in chunk:
-                outcome = result.outcomes.get(item["idempotency_key"], NOT_PROCESSED)
-                if outcome.status == "not_processed":
-                    break
-                settled += 1
-                self._settle_spooled(item, outcome, pending)
-            if settled == 0 and not self._rest_only_changed:
-                return pending
-            self._rest_only_changed = False
-            del pending[:settled]
-        return []
-
-    def _settle_spooled(self, item: dict[str, Any], outcome: ItemOutcome, pending: list[dict[str, Any]]) -> None:
-        action = item["_type"]
-        done = outcome.status == "success" or outcome.code in ("idempotency_key_already_used", "already_exists")
-        if action in (BULK_START, BULK_FINISH_INSTANCE) and outcome.code == "invalid_action":
-            done = True  # already started / already finished: our own earlier attempt
-        if done:
-            if action == BULK_CREATE_SPAN:
-                self._counters["spans_replayed"] += 1
-            return
-        details = item.get("details") if action == BULK_CREATE_SPAN else None
-        if outcome.code == "not_found" and isinstance(details, dict) and details.get("parent_span_id"):
-            # The parent never reached the server (dropped earlier): keep the span, without the link.
-            orphan = {**item, "details": {k: v for k, v in details.items() if k != "parent_span_id"}}
-            payload = dict(details.get("payload") or {})
-            payload["metadata"] = {**(payload.get("metadata") or {}), "orphaned": True}
-            orphan["details"]["payload"] = payload
-            orphan["idempotency_key"] = ids.idempotency_key("orphan", item["idempotency_key"])
-            pending.insert(1, orphan)  # right after the item being settled (which is removed)
-            self._counters["spans_orphaned_parent_rejected"] += 1
-            return
-        self._dropped[f"spool_rejected:{action}:{outcome.code or 'error'}"] += 1
-
-    def _send_round(
-        self,
-        planner: Planner,
-        items: list[PlannedItem],
-        encoded: list[bytes],
-        max_items: int,
-        deadline: float,
-    ) -> bool | int:
-        """Send one plan in order. True: all delivered; False: stop for now; int: re-plan with this chunk size."""
-        transport = self._transport
-        assert transport is not None
-        for segment in self._segments(items, encoded, max_items):
-            if isinstance(segment, int):  # an action the bulk endpoint refused: its REST call
-                item = items[segment]
-                result = transport.send_rest(item.body, deadline)
-                if result.error == "rejected":
-                    result.outcomes = {item.key: ItemOutcome("error", result.code, result.message)}
-                    result.error = None
-                keys = [item.key]
-                chunk_items = [item]
-            else:
-                chunk_items = [items[i] for i in segment]
-                keys = [item.key for item in chunk_items]
-                result = transport.send_bulk([encoded[i] for i in segment], keys, deadline)
-                self._learn_rest_only(chunk_items, result.outcomes)
-            with self._state_lock:
-                planner.apply(result.outcomes, time.monotonic())
-            if result.error in ("too_large", "rejected"):
-                if len(chunk_items) == 1:
-                    with self._state_lock:
-                        replaced = result.error == "too_large" and planner.replace_with_placeholder(
-                            keys[0], len(encoded[segment.start]) if isinstance(segment, range) else 0
-                        )
-                        if not replaced:
-                            # One item the server will not take in any request: drop it, counted.
-                            planner.apply({keys[0]: ItemOutcome("error", result.error)}, time.monotonic())
-                    return True
-                return max(1, len(chunk_items) // 2)  # split in halves and re-plan
-            if result.error is not None:
-                return False
-            outcomes = result.outcomes.values()
-            if not any(o.status != "not_processed" for o in outcomes) and not self._rest_only_changed:
-                self._dropped_contract_round()
-                return False
-            if self._rest_only_changed or any(o.status != "success" for o in outcomes):
-                self._rest_only_changed = False
-                return True
-        return True
-
-    def _segments(self, items: list[PlannedItem], encoded: list[bytes], max_items: int) -> list[range | int]:
-        """Consecutive bulk-able items chunked by count and bytes; REST-only actions as single indices."""
-        segments: list[range | int] = []
-        start = 0
-        for index, item in enumerate([*items, None]):
-            if item is None or item.action in self._rest_only:
-                if index > start:
-                    chunks = chunk_encoded(encoded[start:index], max_items, self._config.max_request_bytes)
-                    segments.extend(range(c.start + start, c.stop + start) for c in chunks)
-                if item is not None:
-                    segments.append(index)
-                start = index + 1
-        return segments
-
-    def _learn_rest_only(self, items: list[PlannedItem], outcomes: dict[str, ItemOutcome]) -> None:
-        """An action type the bulk endpoint does not know is sent as its REST call from then on.
-
-        `agent_instances/start|finish` in bulk are inferred, not documented (prefactor-api.md, question 1).
-        """
-        for item in items:
-            outcome = outcomes.get(item.key)
-            if outcome is None or outcome.status != "error" or item.action in self._rest_only:
-                continue
-            unknown_type = outcome.code == "not_implemented" or (
-                outcome.code in ("invalid_action", "bad_request", "validation_errors")
-                and "_type" in (outcome.message or "")
-            )
-            if unknown_type:
-                self._rest_only.add(item.action)
-                self._rest_only_changed = True
-                outcomes[item.key] = NOT_PROCESSED
-                logger.info("Prefactor: bulk does not take %r; sending it as its REST call", item.action)
-
-    def _dropped_contract_round(self) -> None:
-        self._counters["empty_bulk_answers"] += 1
-        self._log.log(logging.WARNING, "empty", "Prefactor export: the server processed no item of a request")
-
-    def _encode(self, items: list[PlannedItem], planner: Planner) -> tuple[list[bytes], list[PlannedItem]]:
-        encoded: list[bytes] = []
-        sendable: list[PlannedItem] = []
-        limit = self._config.max_request_bytes
-        replaced = False
-        for item in items:
-            try:
-                data = encode_item(item.body)
-            except (TypeError, ValueError) as exc:
-                self._log.log(logging.WARNING, "encode", "Prefactor: item could not be encoded (%s)", exc)
-                with self._state_lock:
-                    planner.apply({item.key: ItemOutcome("error", "unencodable")}, time.monotonic())
-                continue
-            if len(data) > limit:
-                # Checked before sending: a poison span must not cost a 413 ladder on every export.
-                with self._state_lock:
-                    if not planner.replace_with_placeholder(item.key, len(data)):
-                        planner.apply({item.key: ItemOutcome("error", "too_large")}, time.monotonic())
-                self._log.log(logging.WARNING, "too_large", "Prefactor: a %d-byte span became a placeholder", len(data))
-                replaced = True
-                continue
-            encoded.append(data)
-            sendable.append(item)
-        if replaced:
-            return [], []  # re-plan, so the placeholder keeps its place before its children
-        return encoded, sendable
-
-    # ------------------------------------------------------------------ background finishing
+    # ------------------------------------------------------------------ background finishing, exit, fork
 
     def _ensure_ticker(self) -> None:
         if self._ticker is not None and self._ticker.is_alive():
             return
-        if self._shutdown or self._disabled_reason is not None:
+        if self._shutdown or self._closing or self._disabled_reason is not None:
             return
         self._ticker = threading.Thread(target=self._tick_loop, name="prefactor-otel-finisher", daemon=True)
         self._ticker.start()
 
     def _tick_loop(self) -> None:
-        """Finishes instances after their grace period, sends aged orphans and replays the spool when no
-        export comes along."""
+        """Finishes runs after their grace period, sends aged orphans, replays the spool; notices exit."""
+        stop = self._ticker_stop
         delay = _TICK_S
-        while not self._ticker_stop.wait(delay):
-            planner = self._planner
-            spool = self._spool
-            due = spool is not None and spool.has_backlog and time.monotonic() >= self._spool_retry_at
-            if planner is not None and not due:
-                with self._state_lock:
-                    due = planner.has_due_work(time.monotonic())
-            if not due or not self._send_lock.acquire(blocking=False):
+        next_send = 0.0
+        while not stop.wait(_TICK_S):
+            if self._exit_deadline is None and _interpreter_exiting():
+                self._begin_exit()
+            now = time.monotonic()
+            if now < next_send or not self._has_due_work(now) or not self._send_lock.acquire(blocking=False):
                 continue
             try:
-                deadline = time.monotonic() + self._config.export_timeout
-                if planner is None:
-                    with suppress_instrumentation():
-                        ok = self._replay_spool(deadline)
-                else:
-                    ok = self._drain(deadline)
+                deadline = self._deadline(self._config.export_timeout)
+                ok = self._background_send(deadline)
             except Exception:
                 logger.exception("Prefactor background send failed unexpectedly")
                 ok = False
             finally:
                 self._send_lock.release()
             delay = _TICK_S if ok else min(_TICK_BACKOFF_CAP_S, delay * 2)
+            next_send = time.monotonic() + delay - _TICK_S
+
+    def _has_due_work(self, now: float) -> bool:
+        backlog = self._backlog
+        if backlog is not None and backlog.has_backlog and backlog.retry_due(now):
+            return True
+        planner = self._planner
+        if planner is None:
+            return bool(self._unplanned)
+        with self._state_lock:
+            return bool(self._unplanned) or planner.has_due_work(now)
+
+    def _background_send(self, deadline: float) -> bool:
+        if self._planner is None and self._backlog is not None and not self._unplanned:
+            assert self._delivery is not None
+            with suppress_instrumentation():
+                return self._backlog.replay(self._delivery, deadline)
+        return self._drain(deadline)
 
     def _begin_exit(self) -> None:
-        if self._exit_deadline is None:
-            self._exit_deadline = time.monotonic() + self._config.shutdown_timeout
+        if self._exit_deadline is not None:
+            return
+        self._exit_deadline = time.monotonic() + self._config.shutdown_timeout
+        self._cap_transport(self._exit_deadline)
+
+    def _cap_transport(self, at: float) -> None:
+        cap = getattr(self._transport, "cap_deadline", None)
+        if cap is not None:
+            cap(at)
 
     def _reset_after_fork(self) -> None:
-        self._send_lock = threading.Lock()
-        self._state_lock = threading.Lock()
-        self._ticker = None
-        self._ticker_stop = threading.Event()
+        """The one place a forked child is made whole: new locks and threads, a new HTTP client, and no state of
+        the parent's (its runs, waiting spans and counters stay the parent's to deliver)."""
+        self._new_process_state()
+        self._forked_at_ns = time.time_ns()
         if self._transport is not None:
             self._transport.reset_after_fork()
+        if self._delivery is not None:
+            self._delivery.reset_after_fork()
+        if self._backlog is not None:
+            self._backlog.reset_after_fork()
 
     # ------------------------------------------------------------------ visibility
 
-    def _report_losses(self) -> None:
+    def _report_at_close(self) -> None:
         stats = self.stats()
         if stats["spans_dropped"] or stats["spans_queued"]:
             logger.warning(
@@ -643,23 +518,39 @@ class PrefactorSpanExporter(SpanExporter):
                 dict(stats["dropped_by_reason"]),
                 stats["spans_queued"],
             )
+        if stats["spool_backlog_bytes"]:
+            assert self._backlog is not None
+            logger.warning(
+                "Prefactor: %d bytes of undelivered items are kept in the spool (%s); the next process that starts "
+                "with this configuration re-sends them",
+                stats["spool_backlog_bytes"],
+                self._backlog.spool.directory,
+            )
 
     def stats(self) -> dict[str, Any]:
-        """Counters: spans received/exported/dropped (by reason), retries, requests, instances."""
+        """Counters: spans received/exported/dropped (by reason), retries, requests, runs, spool."""
+        # dict(counter) copies in one C call, so a key added meanwhile by another thread cannot break the copy.
+        dropped: Counter[str] = Counter(dict(self._dropped))
+        counters: Counter[str] = Counter(dict(self._counters))
+        actions_dropped: Counter[str] = Counter()
         planner = self._planner
-        dropped: Counter[str] = Counter(self._dropped)
-        counters: Counter[str] = Counter(self._counters)
         queued = len(self._unplanned)
         open_traces = 0
         if planner is not None:
-            dropped.update(planner.dropped)
-            counters.update(planner.counters)
+            dropped.update(dict(planner.dropped))
+            actions_dropped.update(dict(planner.actions_dropped))
+            counters.update(dict(planner.counters))
             queued += planner.queued_spans
             open_traces = planner.open_traces
-        if self._transport is not None:
-            counters.update(self._transport.counters)
-        if self._spool is not None:
-            for key, value in self._spool.counters.items():
+        for part in (self._transport, self._delivery):
+            if part is not None:
+                counters.update(dict(part.counters))
+        backlog = self._backlog
+        if backlog is not None:
+            counters.update(dict(backlog.counters))
+            dropped.update(dict(backlog.dropped))
+            actions_dropped.update(dict(backlog.actions_dropped))
+            for key, value in dict(backlog.spool.counters).items():
                 if key.startswith("dropped:"):
                     dropped[key.removeprefix("dropped:")] += value
                 else:
@@ -669,11 +560,13 @@ class PrefactorSpanExporter(SpanExporter):
             "disabled_reason": self._disabled_reason,
             "spans_received": counters["spans_received"] + self._dropped["mapping_error"],
             "spans_exported": counters["spans_exported"] + counters["spans_replayed"],
-            "spans_dropped": sum(v for k, v in dropped.items() if not k.startswith("finish_rejected")),
+            "spans_dropped": sum(dropped.values()),
             "dropped_by_reason": dict(dropped),
+            "instance_actions_dropped": dict(actions_dropped),
             "spans_filtered_out": counters["spans_filtered_out"],
             "spans_reparented": counters["spans_reparented"],
             "spans_orphaned": sum(v for k, v in counters.items() if k.startswith("spans_orphaned_")),
+            "spans_ignored_forked_copy": counters["spans_ignored_forked_copy"],
             "spans_queued": queued,
             "open_traces": open_traces,
             "instances_registered": counters["instances_registered"],
@@ -681,12 +574,13 @@ class PrefactorSpanExporter(SpanExporter):
             "requests": counters["requests"],
             "retries": counters["retries"],
             "contract_errors": counters["contract_errors"],  # answers that did not fit the API contract
+            "empty_bulk_answers": counters["empty_bulk_answers"],
             "bytes_sent": counters["bytes_sent"],
             "auth_failed": bool(self._transport and self._transport.auth_failed),
             "spans_spooled": counters["spans_spooled"],
             "spans_replayed": counters["spans_replayed"],
-            "spool_backlog_bytes": self._spool.backlog_bytes if self._spool is not None else 0,
-            "spool_enabled": self._spool is not None,
+            "spool_backlog_bytes": backlog.spool.backlog_bytes if backlog is not None else 0,
+            "spool_enabled": backlog is not None,
             "requests_by_outcome": {
                 key.removeprefix("outcome:"): value for key, value in counters.items() if key.startswith("outcome:")
             },

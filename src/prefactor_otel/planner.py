@@ -78,6 +78,8 @@ class _Trace:
     root_skipped: bool = False
     # OTel span id -> Prefactor id, for the spans seen: a parent's id is rebuilt exactly for its children
     span_ids: dict[int, str] = field(default_factory=dict)
+    root_seen: bool = False  # a local root of this trace reached this process
+    journaled: bool = False  # the run is in `run_changes` as open: this process must finish it
 
 
 def _placeholder(record: SpanRecord, original_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -157,6 +159,7 @@ class Planner:
         max_wait_seconds: float = 30.0,
         finish_grace_seconds: float = 2.0,
         span_filter: Callable[[SpanRecord], bool] | None = None,
+        finish_without_root: bool = True,
     ) -> None:
         self.partition = partition
         self._agent_key = agent_key
@@ -170,6 +173,12 @@ class Planner:
         self._max_wait = max_wait_seconds
         self._grace = finish_grace_seconds
         self._span_filter = span_filter
+        # False in a forked child: a run whose root this process never saw is its parent's (it was open at the
+        # fork); the child adds its spans to it but leaves finishing it to the parent.
+        self._finish_without_root = finish_without_root
+        # instance id -> latest activity (ns) of runs this process must finish, or None once finished or handed
+        # off: what the journal of open runs records (taken by the exporter after every plan and delivery).
+        self.run_changes: dict[str, int | None] = {}
         self._traces: OrderedDict[int, _Trace] = OrderedDict()
         self._finished: OrderedDict[int, None] = OrderedDict()
         self._items: dict[str, PlannedItem] = {}  # key -> item of the last plan, for `apply`
@@ -197,6 +206,8 @@ class Planner:
             if record.span_id in trace.pending or record.span_id in trace.created:
                 self.counters["spans_duplicate_ignored"] += 1
                 continue
+            if record.is_local_root:
+                trace.root_seen = True
             if self._span_filter is not None and not self._passes_filter(trace, record):
                 trace.last_activity = now
                 continue
@@ -390,6 +401,9 @@ class Planner:
             finish = self._plan_finish(trace, now, span_items, flush=flush, shutdown=shutdown)
             if not span_items and finish is None:
                 continue
+            if not trace.journaled and (self._finish_without_root or trace.root_seen):
+                trace.journaled = True  # from this plan on the run may exist on the server
+                self.run_changes[trace.instance_id] = max(trace.last_end_ns, trace.root_end_ns)
             if trace.register_item is not None:
                 items.append(self._item(trace.register_item, trace.trace_id))
             if trace.start_item is not None:
@@ -508,6 +522,8 @@ class Planner:
         quiet = now - trace.last_activity >= self._grace
         if not (shutdown or (root_in and (quiet or flush))):
             return None
+        if not root_in and not self._finish_without_root and not trace.root_seen:
+            return None  # a run inherited across fork: its root, and its finish, belong to the parent process
         if not planned and not trace.created:
             return None
         if root_in:
@@ -591,6 +607,8 @@ class Planner:
 
     def _reject(self, trace: _Trace, reason: str) -> None:
         trace.rejected = True
+        if trace.journaled:
+            self.run_changes[trace.instance_id] = None  # the run does not exist: nothing to finish
         self._queued -= len(trace.pending)
         self._drop(len(trace.pending), f"instance_rejected:{reason}")
         trace.pending.clear()
@@ -611,6 +629,8 @@ class Planner:
                 trace.root_end_ns = max(trace.root_end_ns, pending.record.end_time_ns)
             if pending.record.status == "failed":
                 trace.any_failed = True
+            if trace.journaled:
+                self.run_changes[trace.instance_id] = trace.last_end_ns
             return
         if verdict is Verdict.ORPHAN:
             # The server does not know the parent (e.g. it was dropped): keep the span, without the link.
@@ -628,12 +648,18 @@ class Planner:
         self._forget(trace)
 
     def _forget(self, trace: _Trace) -> None:
+        if trace.journaled:
+            self.run_changes[trace.instance_id] = None
         self._traces.pop(trace.trace_id, None)
         self._finished[trace.trace_id] = None
         while len(self._finished) > _MAX_FINISHED_TRACES_REMEMBERED:
             self._finished.popitem(last=False)
 
     # ------------------------------------------------------------------ introspection
+
+    def take_run_changes(self) -> dict[str, int | None]:
+        changes, self.run_changes = self.run_changes, {}
+        return changes
 
     @property
     def queued_spans(self) -> int:

@@ -1,0 +1,118 @@
+"""Durability: what cannot be delivered now waits on disk, and is delivered from there first, across restarts.
+
+`Backlog` joins the spool (spool.py: undelivered bulk items, oldest first) to the delivery path:
+- `spill` hands everything the planner has ready to the spool; the planner then treats it as delivered, so the
+  run's later items follow it into the spool or, once the backlog is gone, go live behind it.
+- `replay` delivers spool files oldest first, each one through `Delivery.drain` with a `SpooledSource`: the same
+  chunking, fallbacks and outcome rules as live items. After a failure it backs off (1 s doubling to 30 s).
+- the account partition learnt from the server is kept beside the spool, so a later process without an agent id
+  can plan (and spool) its spans while the API is down.
+
+Threads: `replay` runs on the thread holding the exporter's send lock. `spill` runs either there or, when
+shutdown could not get the send lock in time, on the shutting-down thread; it takes the exporter's state lock
+around the planner, and the spool serialises its own writers. The backoff fields are written by the sending
+thread only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from prefactor_otel.delivery import Delivery, SpooledSource
+from prefactor_otel.planner import Planner
+from prefactor_otel.spool import Spool
+from prefactor_otel.transport import encode_item
+
+BACKOFF_FIRST_S = 1.0
+BACKOFF_CAP_S = 30.0
+_PARTITION_FILE = "partition"
+
+
+class Backlog:
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.retry_at = 0.0
+        self._backoff = BACKOFF_FIRST_S
+        self.counters: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.actions_dropped: Counter[str] = Counter()
+
+    def reset_after_fork(self) -> None:
+        self.counters, self.dropped, self.actions_dropped = Counter(), Counter(), Counter()
+        self.retry_at = 0.0
+        self._backoff = BACKOFF_FIRST_S
+        reset = getattr(self.spool, "reset_after_fork", None)
+        if reset is not None:
+            reset()
+
+    @property
+    def has_backlog(self) -> bool:
+        return self.spool.has_backlog
+
+    def retry_due(self, now: float) -> bool:
+        return now >= self.retry_at
+
+    # ------------------------------------------------------------------ writing
+
+    def spill(self, planner: Planner, lock: threading.Lock, *, flush: bool, shutdown: bool) -> int:
+        """Hand everything ready to the spool, in plan order. Returns the number of items written."""
+        with lock:
+            items = planner.plan(time.monotonic(), flush=flush, shutdown=shutdown)
+            if not items:
+                return 0
+            # Register items as dicts: the spool stores their large shared schema set once per file.
+            encoded: list[dict[str, Any] | bytes] = [
+                item.body if "agent_schema_version" in item.body else encode_item(item.body) for item in items
+            ]
+            if not self.spool.append(encoded):
+                return 0
+            planner.handoff(items, time.monotonic())
+        self.retry_at = max(self.retry_at, time.monotonic() + self._backoff)
+        return len(items)
+
+    # ------------------------------------------------------------------ reading
+
+    def replay(self, delivery: Delivery, deadline: float) -> bool:
+        """Deliver spool files oldest first. True once the spool is empty; False (backing off) on failure."""
+        spool = self.spool
+        while spool.has_backlog:
+            if time.monotonic() >= deadline:
+                return False
+            file = spool.take_oldest()
+            if file is None:
+                break
+            source = SpooledSource(file.items)
+            delivered = delivery.drain(source, deadline)
+            self._count(source)
+            if not delivered:  # what is left keeps its place at the head of the spool
+                spool.give_back(file, [item.body for item in source.pending])
+                self._backoff = min(BACKOFF_CAP_S, max(BACKOFF_FIRST_S, self._backoff * 2))
+                self.retry_at = time.monotonic() + self._backoff
+                return False
+            spool.complete(file)
+        self._backoff = BACKOFF_FIRST_S
+        return True
+
+    def _count(self, source: SpooledSource) -> None:
+        self.counters.update(source.counters)
+        self.dropped.update(source.dropped)
+        self.actions_dropped.update(source.actions_dropped)
+
+    # ------------------------------------------------------------------ the account partition
+
+    def load_partition(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.spool.directory / _PARTITION_FILE).read_text().strip())
+        return None
+
+    def save_partition(self, partition: int) -> None:
+        path = self.spool.directory / _PARTITION_FILE
+        tmp = path.with_name(f".tmp-partition-{os.getpid()}")
+        with contextlib.suppress(OSError):
+            tmp.write_text(str(partition))
+            os.replace(tmp, path)
