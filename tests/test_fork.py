@@ -47,3 +47,42 @@ def test_spans_from_forked_workers_are_delivered():
         assert len(srv.spans()) == 4 + 3 * 5 * 4
         assert len(srv.instances()) == 1 + 15
         assert all(i["status"] == "complete" for i in srv.instances())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_inside_an_open_run_leaves_the_run_to_the_parent():
+    """The child inherits the parent's open root span and its exporter: it must add its own spans to the run but
+    neither send its copy of the parent's spans nor finish the run the parent is still writing to."""
+    with DevServer(token="pf_fork_token") as srv:
+        exporter = exporter_for(srv, finish_grace_seconds=0, spool=False)
+        provider = TracerProvider(resource=Resource.create({"service.name": "fork-open"}))
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=50))
+        tracer = provider.get_tracer("fork")
+        with tracer.start_as_current_span("invoke_agent parent", attributes={"gen_ai.operation.name": "invoke_agent"}):
+            with tracer.start_as_current_span("before fork"):
+                pass
+            provider.force_flush()  # the run exists on the server, with its first span; the root is still open
+            pid = os.fork()
+            if pid == 0:  # the child: its span joins the run, then it leaves the `with` (ending its root copy)
+                with tracer.start_as_current_span("in the child"):
+                    pass
+            else:
+                child_code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+                assert srv.instances()[0]["status"] == "active"  # the child did not finish the parent's run
+                with tracer.start_as_current_span("after the child left"):
+                    pass
+        if pid == 0:
+            code = 1
+            try:
+                provider.shutdown()
+                stats = exporter.stats()
+                code = 0 if stats["spans_ignored_forked_copy"] == 1 and stats["spans_exported"] == 1 else 2
+            finally:
+                os._exit(code)
+        provider.shutdown()
+        assert child_code == 0
+        instances = srv.instances()
+        assert len(instances) == 1 and instances[0]["status"] == "complete"
+        names = sorted(s["payload"]["name"] for s in srv.spans())
+        assert names == ["after the child left", "before fork", "in the child", "invoke_agent parent"]
+        assert exporter.stats()["spans_dropped"] == 0

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from opentelemetry import trace as trace_api
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
@@ -46,7 +47,7 @@ from prefactor_otel.durability import Backlog
 from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_version_from_resource, map_span
 from prefactor_otel.mapping.options import MappingOptions
 from prefactor_otel.metrics import register_metrics
-from prefactor_otel.planner import Planner
+from prefactor_otel.planner import InheritedRun, Planner
 from prefactor_otel.spool import Spool, default_spool_dir
 from prefactor_otel.transport import BulkTransport, encode_json, suppress_instrumentation
 
@@ -71,6 +72,26 @@ def _interpreter_exiting() -> bool:
         return False
     current = threading.current_thread()
     return not any(t is not main and t is not current and not t.daemon and t.is_alive() for t in threading.enumerate())
+
+
+def _runs_open_at_fork(planner: Planner | None, partition: int | None) -> dict[int, InheritedRun]:
+    """In a forked child: the parent's open runs, so the child's spans join them (never finishing them).
+
+    The span current in the forking thread (typically the one the child's work hangs under) is added with its
+    Prefactor id: it has not ended, so no planner knows it yet, and the child's spans need it as their parent.
+    Best effort: the parent's planner may have been mid-update at the fork, and nothing here may fail the child.
+    """
+    try:
+        runs = planner.open_runs() if planner is not None else {}
+        current = trace_api.get_current_span()
+        context = current.get_span_context()
+        start_ns = getattr(current, "start_time", None)
+        if context.is_valid and isinstance(start_ns, int) and partition is not None and context.trace_id in runs:
+            pfid = ids.span_pfid(partition, context.trace_id, context.span_id, start_ns)
+            runs[context.trace_id].span_ids[context.span_id] = pfid
+        return runs
+    except Exception:
+        return {}
 
 
 class PrefactorSpanExporter(SpanExporter):
@@ -157,6 +178,7 @@ class PrefactorSpanExporter(SpanExporter):
         self._ticker_stop = threading.Event()
         self._exit_deadline: float | None = None
         self._forked_at_ns: int | None = None
+        self._inherited_runs: dict[int, InheritedRun] = {}
 
     def _open_spool(self) -> None:
         if not self._config.spool:
@@ -387,7 +409,7 @@ class PrefactorSpanExporter(SpanExporter):
             max_wait_seconds=config.max_wait_seconds,
             finish_grace_seconds=config.finish_grace_seconds,
             span_filter=_carries_genai if config.span_filter == "genai" else None,
-            finish_without_root=self._forked_at_ns is None,
+            inherited_runs=self._inherited_runs,
         )
         return self._planner
 
@@ -497,8 +519,10 @@ class PrefactorSpanExporter(SpanExporter):
     def _reset_after_fork(self) -> None:
         """The one place a forked child is made whole: new locks and threads, a new HTTP client, and no state of
         the parent's (its runs, waiting spans and counters stay the parent's to deliver)."""
+        inherited = _runs_open_at_fork(self._planner, self._partition)
         self._new_process_state()
         self._forked_at_ns = time.time_ns()
+        self._inherited_runs = inherited
         if self._transport is not None:
             self._transport.reset_after_fork()
         if self._delivery is not None:

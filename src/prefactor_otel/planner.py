@@ -78,7 +78,7 @@ class _Trace:
     root_skipped: bool = False
     # OTel span id -> Prefactor id, for the spans seen: a parent's id is rebuilt exactly for its children
     span_ids: dict[int, str] = field(default_factory=dict)
-    root_seen: bool = False  # a local root of this trace reached this process
+    inherited: bool = False  # the parent process's run, open at the fork: this process never finishes it
     journaled: bool = False  # the run is in `run_changes` as open: this process must finish it
 
 
@@ -138,6 +138,11 @@ def _remember(bounded: dict[Any, Any], key: Any, value: Any) -> None:
         del bounded[next(iter(bounded))]
 
 
+class InheritedRun(NamedTuple):
+    instance_id: str
+    span_ids: dict[int, str]  # OTel span id -> Prefactor id, of spans whose ids the child may need as parents
+
+
 # Resource attributes -> the register item's `agent_version` (AgentVersionForRegister dumped). The planner shares
 # the returned dict between register items and never modifies it.
 AgentVersionBuilder = Callable[[Mapping[str, object]], dict[str, Any]]
@@ -159,7 +164,7 @@ class Planner:
         max_wait_seconds: float = 30.0,
         finish_grace_seconds: float = 2.0,
         span_filter: Callable[[SpanRecord], bool] | None = None,
-        finish_without_root: bool = True,
+        inherited_runs: Mapping[int, InheritedRun] | None = None,
     ) -> None:
         self.partition = partition
         self._agent_key = agent_key
@@ -173,9 +178,9 @@ class Planner:
         self._max_wait = max_wait_seconds
         self._grace = finish_grace_seconds
         self._span_filter = span_filter
-        # False in a forked child: a run whose root this process never saw is its parent's (it was open at the
-        # fork); the child adds its spans to it but leaves finishing it to the parent.
-        self._finish_without_root = finish_without_root
+        # In a forked child: the runs its parent had open at the fork. The child adds its spans to them (same
+        # instance id, parents' ids known) but leaves finishing them to the parent.
+        self._inherited = dict(inherited_runs or {})
         # instance id -> latest activity (ns) of runs this process must finish, or None once finished or handed
         # off: what the journal of open runs records (taken by the exporter after every plan and delivery).
         self.run_changes: dict[str, int | None] = {}
@@ -206,8 +211,6 @@ class Planner:
             if record.span_id in trace.pending or record.span_id in trace.created:
                 self.counters["spans_duplicate_ignored"] += 1
                 continue
-            if record.is_local_root:
-                trace.root_seen = True
             if self._span_filter is not None and not self._passes_filter(trace, record):
                 trace.last_activity = now
                 continue
@@ -257,7 +260,11 @@ class Planner:
         self.counters["spans_reparented"] += 1
 
     def _new_trace(self, first: SpanRecord) -> _Trace:
-        instance_id = ids.instance_pfid(self.partition, self._agent_key, first.trace_id, first.start_time_ns)
+        inherited = self._inherited.pop(first.trace_id, None)
+        if inherited is not None:
+            instance_id = inherited.instance_id
+        else:
+            instance_id = ids.instance_pfid(self.partition, self._agent_key, first.trace_id, first.start_time_ns)
         register: dict[str, Any] = {
             "_type": BULK_REGISTER,
             "idempotency_key": ids.idempotency_key_for_id(BULK_REGISTER, instance_id),
@@ -278,6 +285,9 @@ class Planner:
             "timestamp": iso_from_ns(first.start_time_ns),
         }
         trace = _Trace(first.trace_id, instance_id, register, start)
+        if inherited is not None:
+            trace.inherited = True
+            trace.span_ids.update(inherited.span_ids)
         self._traces[first.trace_id] = trace
         return trace
 
@@ -401,7 +411,7 @@ class Planner:
             finish = self._plan_finish(trace, now, span_items, flush=flush, shutdown=shutdown)
             if not span_items and finish is None:
                 continue
-            if not trace.journaled and (self._finish_without_root or trace.root_seen):
+            if not trace.journaled and not trace.inherited:
                 trace.journaled = True  # from this plan on the run may exist on the server
                 self.run_changes[trace.instance_id] = max(trace.last_end_ns, trace.root_end_ns)
             if trace.register_item is not None:
@@ -522,8 +532,8 @@ class Planner:
         quiet = now - trace.last_activity >= self._grace
         if not (shutdown or (root_in and (quiet or flush))):
             return None
-        if not root_in and not self._finish_without_root and not trace.root_seen:
-            return None  # a run inherited across fork: its root, and its finish, belong to the parent process
+        if trace.inherited:
+            return None  # its root, and its finish, belong to the parent process
         if not planned and not trace.created:
             return None
         if root_in:
@@ -656,6 +666,14 @@ class Planner:
             self._finished.popitem(last=False)
 
     # ------------------------------------------------------------------ introspection
+
+    def open_runs(self) -> dict[int, InheritedRun]:
+        """The runs open here, with the Prefactor ids of their spans: what a forked child inherits."""
+        return {
+            trace_id: InheritedRun(trace.instance_id, dict(trace.span_ids))
+            for trace_id, trace in list(self._traces.items())
+            if not trace.rejected
+        }
 
     def take_run_changes(self) -> dict[str, int | None]:
         changes, self.run_changes = self.run_changes, {}
