@@ -232,6 +232,7 @@ class PrefactorSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
         if self._disabled_reason is not None:
             return SpanExportResult.SUCCESS  # a no-op by configuration is not an export failure
+        self._counters["spans_received"] += len(spans)
         try:
             records = self._map(spans)
         except Exception:  # the host application must never see our failure
@@ -359,7 +360,6 @@ class PrefactorSpanExporter(SpanExporter):
         overflow = len(self._unplanned) - self._config.max_queued_spans
         for _ in range(max(0, overflow)):
             self._unplanned.popleft()
-            self._counters["spans_received"] += 1  # received, then dropped: both counted
             self._dropped["queue_full"] += 1
 
     def _ensure_planner(self, deadline: float) -> Planner | None:
@@ -582,7 +582,7 @@ class PrefactorSpanExporter(SpanExporter):
         return {
             "enabled": self.enabled,
             "disabled_reason": self._disabled_reason,
-            "spans_received": counters["spans_received"] + self._dropped["mapping_error"],
+            "spans_received": counters["spans_received"],
             "spans_exported": counters["spans_exported"] + counters["spans_replayed"],
             "spans_dropped": sum(dropped.values()),
             "dropped_by_reason": dict(dropped),

@@ -197,7 +197,7 @@ class Planner:
 
     def add(self, records: Iterable[SpanRecord], now: float) -> None:
         for record in records:
-            self.counters["spans_received"] += 1
+            self.counters["spans_added"] += 1
             if record.trace_id in self._finished:
                 # A finished instance accepts no spans; this one came after the grace period.
                 self._drop(1, "instance_already_finished", record)

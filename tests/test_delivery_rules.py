@@ -1,0 +1,137 @@
+"""One delivery path: items read back from the spool are judged and re-sent exactly like live ones; the stats
+stay honest under threads and odd outcomes."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from prefactor_otel.devserver import DevServer, Fault
+from prefactor_otel.models import BULK_CREATE_SPAN
+from tests.spans import agent_trace, exporter_for, make_provider
+
+TOKEN = "pf_rules_token"
+
+
+def _spooled_items(directory: Path) -> list[tuple[Path, list[dict]]]:
+    files = []
+    for path in sorted(directory.iterdir()):
+        if path.name[0].isdigit() and path.suffix == ".json":
+            files.append((path, json.loads(path.read_bytes())["items"]))
+    return files
+
+
+def test_a_replayed_span_whose_parent_is_gone_is_sent_as_an_orphan_in_its_place(tmp_path):
+    """root -> tool -> db: the spooled create of `execute_tool` is lost; on replay the server does not know the
+    parent of `db query`, which is re-sent without the link, right where it was, and nothing is sent twice."""
+    provider, collector = make_provider()
+    agent_trace(provider)
+    with DevServer(token=TOKEN) as srv:
+        srv.add_fault(Fault(drop_connection=True, times=-1))
+        first = exporter_for(srv, spool_dir=str(tmp_path), export_timeout=1)
+        assert first.export(collector.spans) is SpanExportResult.FAILURE
+        first.shutdown(timeout_millis=500)
+        (path, items), *_ = _spooled_items(tmp_path)
+        names = [i["details"]["payload"]["name"] if i["_type"] == BULK_CREATE_SPAN else i["_type"] for i in items]
+        lost = names.index("execute_tool lookup")
+        del items[lost]
+        path.write_bytes(json.dumps({"version": 1, "items": items}).encode())
+        srv.clear_faults()
+        later = exporter_for(srv, spool_dir=str(tmp_path))
+        later.shutdown()
+        stored = {s["payload"]["name"]: s for s in srv.spans()}
+        assert set(stored) == {"invoke_agent support", "chat gpt-4o", "db query"}
+        assert stored["db query"]["parent_span_id"] is None and stored["db query"]["payload"]["metadata"]["orphaned"]
+        assert stored["chat gpt-4o"]["parent_span_id"] == stored["invoke_agent support"]["id"]
+        assert [i["status"] for i in srv.instances()] == ["complete"]
+        stats = later.stats()
+        assert stats["spans_replayed"] == 3 and stats["spans_orphaned"] == 1 and stats["spans_dropped"] == 0
+        assert not _spooled_items(tmp_path)  # settled: nothing left to send again
+
+
+def test_instance_actions_rejected_are_not_counted_as_dropped_spans():
+    provider, collector = make_provider()
+    agent_trace(provider)
+    with DevServer(token=TOKEN) as srv:
+        exporter = exporter_for(srv, spool=False)
+        srv.add_fault(Fault(path="/api/v1/bulk", status=422, body='{"code":"validation_errors","message":"no"}'))
+        exporter.export(collector.spans)
+        exporter.shutdown()
+        stats = exporter.stats()
+        assert stats["spans_dropped"] == sum(stats["dropped_by_reason"].values())
+        assert all("finish" not in reason for reason in stats["dropped_by_reason"])
+
+
+def test_spans_trimmed_while_waiting_for_the_account_are_counted_as_received_and_dropped():
+    provider, collector = make_provider()
+    for _ in range(3):
+        agent_trace(provider)
+    with DevServer(token=TOKEN) as srv:
+        srv.add_fault(Fault(path="/api/v1/pfid/generate", drop_connection=True, times=-1))
+        # a deployment token (no agent id): ids need the account partition, which the server cannot give now
+        exporter = exporter_for(
+            srv, agent_id=None, environment_id=None, spool=False, max_queued_spans=5, export_timeout=1
+        )
+        exporter.export(collector.spans)
+        stats = exporter.stats()
+        assert stats["spans_received"] == 12
+        assert stats["dropped_by_reason"].get("queue_full") == 7 and stats["spans_queued"] == 5
+        exporter.shutdown(timeout_millis=200)
+
+
+def test_stats_can_be_read_while_other_threads_add_counters():
+    with DevServer(token=TOKEN) as srv:
+        exporter = exporter_for(srv, spool=False)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def add_keys() -> None:
+            n = 0
+            while not stop.is_set() and n < 200_000:
+                exporter._counters[f"k{n}"] += 1  # as delivery does for a new outcome key
+                n += 1
+
+        def read() -> None:
+            try:
+                for _ in range(300):
+                    exporter.stats()
+            except BaseException as exc:  # the failure under test
+                errors.append(exc)
+
+        writer = threading.Thread(target=add_keys)
+        writer.start()
+        readers = [threading.Thread(target=read) for _ in range(2)]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(60)
+        stop.set()
+        writer.join(60)
+        exporter.shutdown()
+        assert errors == []
+
+
+def test_two_concurrent_shutdowns_run_once(caplog):
+    provider, collector = make_provider()
+    agent_trace(provider)
+    with DevServer(token=TOKEN) as srv:
+        srv.add_fault(Fault(drop_connection=True, times=-1))  # nothing can be delivered: the close reports it
+        exporter = exporter_for(srv, spool=False, export_timeout=0.5)
+        exporter.export(collector.spans)
+        barrier = threading.Barrier(2)
+
+        def stop() -> None:
+            barrier.wait()
+            exporter.shutdown(timeout_millis=500)
+
+        caplog.set_level("WARNING", logger="prefactor_otel")
+        threads = [threading.Thread(target=stop) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        closes = [r for r in caplog.records if r.getMessage().startswith("Prefactor exporter shut down")]
+        assert len(closes) == 1

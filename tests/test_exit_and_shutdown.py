@@ -1,0 +1,112 @@
+"""Shutdown and interpreter exit on a bad day: another thread mid-request, set-up order, exits with no shutdown().
+
+Budgets are measured by benchmarks/hostile.py; these tests assert what happened (delivered, spooled, finished),
+with outer guards only so that a regression shows up as a failure instead of a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+from prefactor_otel.devserver import DevServer, Fault
+from tests.spans import agent_trace, exporter_for, make_provider
+
+TOKEN = "pf_exit_token"
+ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def _run(script: str, env: dict[str, str], guard_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env={**os.environ, "PYTHONPATH": ROOT, **env},
+        capture_output=True,
+        text=True,
+        timeout=guard_s,
+    )
+
+
+def test_shutdown_while_another_thread_is_mid_request_keeps_the_runs_on_disk(tmp_path):
+    provider, collector = make_provider()
+    for _ in range(3):
+        agent_trace(provider)
+    roots = [s for s in collector.spans if s.parent is None]
+    # One whole run, and two runs still open (their roots have not ended): their spans wait for their parent.
+    spans = [s for s in collector.spans if s.context.trace_id == roots[0].context.trace_id or s.parent is not None]
+    with DevServer(token=TOKEN) as srv:
+        # Every bulk request hangs for 2 s and then loses its connection: the exporting thread holds the send
+        # lock through its whole export budget.
+        srv.add_fault(Fault(delay_s=2.0, drop_connection=True, times=-1))
+        exporter = exporter_for(srv, spool_dir=str(tmp_path), export_timeout=30)
+        exporting = threading.Thread(target=exporter.export, args=(spans,))
+        exporting.start()
+        threading.Event().wait(0.5)  # the request is in flight: the server holds it for 2 s before dropping it
+        assert exporting.is_alive() and not srv.requests
+        exporter.shutdown(timeout_millis=1000)
+        exporting.join(60)
+        srv.clear_faults()
+        later = exporter_for(srv, spool_dir=str(tmp_path))  # the next process with this configuration
+        later.shutdown()
+        instances = srv.instances()
+        # Nothing was lost and no run is left active: the open runs were spooled with their waiting spans and
+        # their finish, and the next process delivered them.
+        assert len(instances) == 3 and all(i["status"] == "complete" for i in instances)
+        assert len(srv.spans()) == 10 and len({s["id"] for s in srv.spans()}) == 10
+
+
+EXIT_WITHOUT_SHUTDOWN = """
+    import os
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from prefactor_otel import PrefactorSpanExporter
+    from tests.test_delivery_chaos import _trace
+
+    exporter = PrefactorSpanExporter(finish_grace_seconds=0, {kwargs})
+    if os.environ.get("EXPORTER_FIRST") != "1":
+        raise SystemExit("set EXPORTER_FIRST")
+    provider = TracerProvider(resource=Resource.create({{"service.name": "exit"}}))  # created after the exporter
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=20_000, schedule_delay_millis=50))
+    tracer = provider.get_tracer("exit")
+    for n in range({traces}):
+        _trace(tracer, n)
+    print("ENDED", flush=True)
+    # no shutdown(): the TracerProvider's atexit hook runs first (it was registered last), then the exporter's
+"""
+
+
+def test_exit_budget_holds_when_the_exporter_was_created_before_the_provider():
+    with DevServer(token=TOKEN) as srv:
+        srv.add_fault(Fault(delay_s=40.0, times=-1))  # a backend that answers far too slowly
+        script = EXIT_WITHOUT_SHUTDOWN.format(kwargs="export_timeout=30, shutdown_timeout=1, spool=False", traces=5)
+        # Without an exit budget the final exports wait 30 s each: the guard stops the test instead of a hang.
+        done = _run(script, {**srv.env(), "EXPORTER_FIRST": "1"}, guard_s=25.0)
+        assert done.returncode == 0, done.stderr
+        assert "ENDED" in done.stdout
+
+
+def test_chaos_through_an_exit_with_no_shutdown_call_finishes_every_run():
+    with DevServer(token=TOKEN) as srv:
+        srv.faults.seed(20261129)
+        for fault in (
+            Fault(status=503, probability=0.20, times=-1),
+            Fault(status=429, retry_after="0.05", probability=0.10, times=-1),
+            Fault(drop_connection=True, probability=0.05, times=-1),
+            Fault(commit_then_fail=True, status=500, probability=0.05, times=-1),
+        ):
+            srv.add_fault(fault)
+        script = EXIT_WITHOUT_SHUTDOWN.format(
+            kwargs="export_timeout=60, shutdown_timeout=60, max_items_per_request=200, spool=False", traces=200
+        )
+        done = _run(script, {**srv.env(), "EXPORTER_FIRST": "1"}, guard_s=120.0)
+        assert done.returncode == 0, done.stderr
+        instances = srv.instances()
+        assert len(instances) == 200 and all(i["status"] == "complete" for i in instances)
+        stored = srv.spans()
+        assert (
+            len(stored) == 2000 and len({(s["payload"]["trace_id"], s["payload"]["span_id"]) for s in stored}) == 2000
+        )
