@@ -38,6 +38,24 @@ _RECORDER = textwrap.dedent(
     """
 )
 
+# A process that records a run, forks a child that outlives it, then waits to be killed.
+_FORKING_RECORDER = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from prefactor_otel.journal import RunJournal
+
+    journal = RunJournal(Path(sys.argv[1]))
+    journal.record({"parent-run": 5})
+    child = os.fork()
+    if child == 0:  # a worker that never traces: it must not keep the parent's journal locked
+        time.sleep(120)
+        os._exit(0)
+    print(journal.path.name, child, flush=True)
+    time.sleep(120)
+    """
+)
+
 # A process that takes the abandoned journals, says how many runs it holds, then waits to be killed.
 _TAKER = textwrap.dedent(
     """
@@ -160,6 +178,19 @@ def test_a_forked_child_writes_its_own_journal_and_leaves_the_parents_lock(tmp_p
     assert taken[0].path != parent_path
     journal.record({"parent-run": 11})
     assert _journal_lines(parent_path)[-1] == "parent-run 11"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_that_outlives_its_killed_parent_does_not_keep_the_parents_runs_locked(tmp_path):
+    with _process(_FORKING_RECORDER, tmp_path) as (proc, printed):
+        journal_name, child = printed.split()
+        try:
+            _kill(proc)
+            os.kill(int(child), 0)  # the child is still running
+            taken = RunJournal(tmp_path).take_abandoned()
+        finally:
+            os.kill(int(child), signal.SIGKILL)  # our own grandchild, by its pid
+    assert [(journal.path.name, journal.runs) for journal in taken] == [(journal_name, [AbandonedRun("parent-run", 5)])]
 
 
 _POOL_JOURNAL: RunJournal | None = None
