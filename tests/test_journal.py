@@ -271,7 +271,8 @@ def test_compaction_keeps_exactly_the_open_runs(tmp_path):
             assert RunJournal(tmp_path).take_abandoned() == []  # the compacted file is locked like the first
     assert compacted_after is not None
     assert journal.path == path and len(_journal_lines(path)) <= 4097  # bounded, while 2,000 rounds wrote 42,000
-    assert journal.close() == 11  # left for a later process, and what it finds is exactly the open runs
+    # What a later process would find if this one died now: exactly the open runs.
+    _dead_journal(tmp_path, path.read_bytes())
     taken = RunJournal(tmp_path).take_abandoned()
     assert sorted(taken[0].runs) == sorted([("long-run", 1999), *((f"run-1999-{i}", 1999) for i in range(10))])
 
@@ -288,6 +289,13 @@ def test_close_removes_the_journal_when_every_run_ended(tmp_path):
     journal.record({"run-after-close": 3})  # a late delivery still gets a journal (a new one)
     assert journal.path not in (None, path)
     assert _journal_lines(journal.path) == [HEADER.strip(), "run-after-close 3"]
+    # Runs still open at close() stay in the journal, locked while this process lives (a request may still be
+    # in flight on another thread); after it exits, a later process takes them.
+    assert journal.close() == 1
+    assert journal.path is not None and journal.path.exists()
+    assert RunJournal(tmp_path).take_abandoned() == []
+    journal.record({"run-after-close": None})  # the in-flight finish landed after all
+    assert journal.close() == 0 and list(tmp_path.iterdir()) == []
 
 
 def test_bad_updates_are_counted_and_never_written(tmp_path, caplog):

@@ -25,15 +25,19 @@ says whether the owner is alive, so pid reuse cannot fool it. After taking the l
 path still names the file it locked (the owner may have compacted or deleted it in between). The taker holds
 the lock while it makes the finishes durable, then `discard()`s the journal; if the taker dies first, the lock
 is dropped again and a later process takes the same journal (finishing twice is harmless: a finish carries a
-deterministic idempotency key). Reading is bounded: at most `max_read_bytes` per journal, lines of at most
-512 bytes; a journal cut at the bound is reported as truncated (logged, counted), never an exception.
+deterministic idempotency key). At a clean shutdown, `close()` deletes the journal when no run is open; runs
+still open keep it (locked until the process exits, so a live sibling never finishes a run this process may
+still finish). Journals of ended processes with no open run are deleted by the next taker. Reading is
+bounded: at most `max_read_bytes` per journal, lines of at most 512 bytes; a journal cut at the bound is
+reported as truncated (logged, counted), never an exception.
 
 Durability: a process kill keeps the page cache, so a written line survives SIGKILL and OOM without fsync. A
 record that opens a run is fsynced (`sync_opens`, default on; the journal's creation fsyncs the directory too),
 so an OS crash or power loss cannot lose an open run: it loses at most later activity times (the run is then
 finished with an earlier time) and closes (the run is finished a second time, harmlessly). With `sync_opens`
 off, an OS crash loses what the kernel had not written back (typically the last 5-30 s). Compaction always
-fsyncs before its rename, so a crash cannot replace a good journal with an empty one.
+fsyncs before its rename, so a crash cannot replace a good journal with an empty one. (Where the spool directory
+is on a tmpfs /tmp, an OS crash empties it whatever is fsynced.)
 
 Fork: flock locks belong to the open file description, which a child shares. After a fork the child closes its
 copies of the descriptors (never LOCK_UN: that would release the parent's lock) and starts with an empty open
@@ -326,36 +330,32 @@ class RunJournal:
         self.counters["journal_compactions"] += 1
 
     def close(self) -> int:
-        """At shutdown: delete the journal if no run is open, else leave it (unlocked) for a later process.
-        Journals taken and not yet discarded are released. Returns the number of runs left open."""
+        """At shutdown: delete the journal if no run is open. Runs still open (a request still in flight on
+        another thread, a finish that could not be handed off) stay in it, locked until this process exits,
+        then a later process takes them; records made after close() keep going into it. Journals taken and not
+        yet discarded are released. Returns the number of runs still open."""
         if not self.enabled:
             return 0
         try:
             with self._lock:
                 if self._pid != os.getpid():
                     self._forget_parent_locked()
-                left = len(self._open)
-                if self._fd is not None and self._path is not None:
-                    if self._rewrite_needed and left:
-                        self._rewrite_locked()
-                    if not left:
-                        with contextlib.suppress(OSError):
-                            os.unlink(self._path)
-                    os.close(self._fd)
-                    if left:
-                        logger.info(
-                            "Prefactor run journal: %d run(s) still open at shutdown, left in %s for a later process",
-                            left,
-                            self._path,
-                        )
-                self._fd, self._path, self._lines = None, None, 0
-                self._open.clear()  # they belong to the file left behind; a later record starts a new journal
                 for journal in list(self._taken.values()):
                     self._release_locked(journal)
+                left = len(self._open)
+                if left:
+                    if self._rewrite_needed:
+                        self._rewrite_locked()
+                    logger.info("Prefactor run journal: %d run(s) still open at shutdown, in %s", left, self._path)
+                elif self._fd is not None and self._path is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(self._path)
+                    os.close(self._fd)
+                    self._fd, self._path, self._lines = None, None, 0  # a later open starts a new journal
                 return left
-        except Exception:
+        except Exception as exc:
             self.counters["journal_errors"] += 1
-            logger.warning("Prefactor run journal: close failed", exc_info=True)
+            logger.warning("Prefactor run journal: close failed (%r)", exc)
             return 0
 
     def reset_after_fork(self) -> None:
