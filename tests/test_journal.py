@@ -47,11 +47,34 @@ _FORKING_RECORDER = textwrap.dedent(
 
     journal = RunJournal(Path(sys.argv[1]))
     journal.record({"parent-run": 5})
+    ready_read, ready_write = os.pipe()
     child = os.fork()
     if child == 0:  # a worker that never traces: it must not keep the parent's journal locked
+        os.write(ready_write, b"x")  # fork hooks have run once os.fork() returns here
         time.sleep(120)
         os._exit(0)
+    os.read(ready_read, 1)
     print(journal.path.name, child, flush=True)
+    time.sleep(120)
+    """
+)
+
+# A process whose journal writes start failing (a file size limit, like a full disk), then recover.
+_FAILING_RECORDER = textwrap.dedent(
+    """
+    import resource, signal, sys, time
+    from pathlib import Path
+    from prefactor_otel.journal import RunJournal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    journal = RunJournal(Path(sys.argv[1]), sync_opens=False)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    for run in range(100):  # ~45 bytes a line: writes fail part-way through, and from then on
+        journal.record({f"run-{run:036d}": run})
+    failed_writes = journal.counters["journal_write_errors"]
+    for run in range(97):  # as runs end, the journal fits again and is rewritten from memory
+        journal.record({f"run-{run:036d}": None})
+    print(failed_writes, journal.counters["journal_write_errors"] - failed_writes, flush=True)
     time.sleep(120)
     """
 )
@@ -119,6 +142,17 @@ def test_runs_of_a_killed_process_are_taken_with_their_last_activity(tmp_path):
     assert not (tmp_path / journal_name).exists()
     assert RunJournal(tmp_path).take_abandoned() == []
     assert taker.counters["abandoned_runs_taken"] == 2
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE")
+def test_failed_writes_are_repaired_from_memory(tmp_path):
+    with _process(_FAILING_RECORDER, tmp_path) as (proc, printed):
+        failed_while_opening, failed_while_closing = map(int, printed.split())
+        _kill(proc)
+    assert failed_while_opening > 0 and failed_while_closing > 0  # the limit did bite, until runs ended
+    taken = RunJournal(tmp_path).take_abandoned()
+    assert [journal.runs for journal in taken] == [[AbandonedRun(f"run-{run:036d}", run) for run in (97, 98, 99)]]
+    assert taken[0].malformed_lines == 0  # the half-written line was rewritten away
 
 
 def test_a_journal_is_taken_again_when_its_taker_dies_before_discarding(tmp_path):
