@@ -68,7 +68,11 @@ _FAILING_RECORDER = textwrap.dedent(
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
     journal = RunJournal(Path(sys.argv[1]), sync_opens=False)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (2_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    hard_limit = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10, hard_limit))
+    journal.record({"early-run": 1})  # the journal cannot even be created: kept in memory, created later
+    assert journal.path is None
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2_000, hard_limit))
     for run in range(100):  # ~45 bytes a line: writes fail part-way through, and from then on
         journal.record({f"run-{run:036d}": run})
     failed_writes = journal.counters["journal_write_errors"]
@@ -151,7 +155,8 @@ def test_failed_writes_are_repaired_from_memory(tmp_path):
         _kill(proc)
     assert failed_while_opening > 0 and failed_while_closing > 0  # the limit did bite, until runs ended
     taken = RunJournal(tmp_path).take_abandoned()
-    assert [journal.runs for journal in taken] == [[AbandonedRun(f"run-{run:036d}", run) for run in (97, 98, 99)]]
+    expected = [AbandonedRun("early-run", 1), *(AbandonedRun(f"run-{run:036d}", run) for run in (97, 98, 99))]
+    assert [journal.runs for journal in taken] == [expected]
     assert taken[0].malformed_lines == 0  # the half-written line was rewritten away
 
 
@@ -293,7 +298,7 @@ def test_compaction_keeps_exactly_the_open_runs(tmp_path):
     for round_no in range(1, 2_000):  # a steady service: each delivery round ends ten runs and opens ten
         ended = {f"run-{round_no - 1}-{i}": None for i in range(10)}
         journal.record({**ended, **{f"run-{round_no}-{i}": round_no for i in range(10)}, "long-run": round_no})
-        if compacted_after is None and journal.counters["journal_compactions"]:
+        if compacted_after is None and journal.counters["journal_rewrites"]:
             compacted_after = round_no
             path = journal.path
             assert path is not None

@@ -239,10 +239,11 @@ class RunJournal:
             lines.append(f"{instance_id} {activity_ns}\n")
         if not lines:
             return
-        if self._fd is None and not self._create_locked():
+        if self._fd is None and not open_runs:
+            self._rewrite_needed = False  # the runs that never reached a file have all ended: nothing to write
             return
-        if self._rewrite_needed:
-            self._rewrite_locked()  # writes the whole open set, these updates included
+        if self._fd is None or self._rewrite_needed:
+            self._write_whole_locked()  # the whole open set, these updates included
             return
         data = "".join(lines).encode("ascii")
         try:
@@ -254,7 +255,7 @@ class RunJournal:
             return
         self._lines += len(lines)
         if self._lines > max(_COMPACT_MIN_LINES, _COMPACT_LINES_PER_OPEN_RUN * len(open_runs)):
-            self._rewrite_locked()
+            self._write_whole_locked()
 
     def _reject(self, instance_id: object, reason: str) -> None:
         self.counters["records_rejected"] += 1
@@ -277,22 +278,27 @@ class RunJournal:
             type(exc).__name__,
         )
 
-    def _create_locked(self) -> bool:
-        """Create, lock and name this process's journal. False (journal disabled) if the directory refuses."""
-        pid = os.getpid()
+    def _write_whole_locked(self) -> None:
+        """Write the open set as this process's journal: create it (the first open, or after creation failed),
+        or replace it (compaction, or repair after a failed write). A failure is counted and retried next time."""
+        content = _HEADER + "".join(f"{i} {ns}\n" for i, ns in self._open.items()).encode("ascii")
+        creating = self._fd is None
+        # A new name is unique: no live process shares the pid, and 32 random bits keep a dead one's file apart.
+        path = self.directory / f"runs-{os.getpid()}-{secrets.token_hex(4)}.journal" if creating else self._path
+        assert path is not None
         try:
-            # Unique: no live process shares the pid, and 32 random bits keep a dead one's file from being reused.
-            path = self.directory / f"runs-{pid}-{secrets.token_hex(4)}.journal"
-            fd = self._new_locked_file(path, _HEADER, sync=self._sync_opens)
-            if self._sync_opens:
-                _fsync_directory(self.directory)
+            fd = self._new_locked_file(path, content, sync=True)
+            if creating and self._sync_opens:
+                _fsync_directory(self.directory)  # the new name survives an OS crash too
         except OSError as exc:
-            self.enabled = False
-            self._disable(exc)
-            return False
-        self._fd, self._path, self._lines = fd, path, 1
+            self._write_failed(exc)
+            return
+        old, self._fd, self._path = self._fd, fd, path
+        if old is not None:
+            os.close(old)  # the old file is unlinked by the rename; closing drops its lock
+            self.counters["journal_rewrites"] += 1
+        self._lines = 1 + len(self._open)
         self._rewrite_needed = False
-        return True
 
     def _new_locked_file(self, path: Path, content: bytes, *, sync: bool) -> int:
         """Write `content` to a temporary file, lock it, then rename it to `path` (so it is never unowned)."""
@@ -313,22 +319,6 @@ class RunJournal:
             raise
         return fd
 
-    def _rewrite_locked(self) -> None:
-        """Replace the journal with one holding only the open runs (compaction, or repair after a failed write)."""
-        assert self._path is not None
-        content = _HEADER + "".join(f"{i} {ns}\n" for i, ns in self._open.items()).encode("ascii")
-        try:
-            fd = self._new_locked_file(self._path, content, sync=True)
-        except OSError as exc:
-            self._write_failed(exc)
-            return
-        old, self._fd = self._fd, fd
-        if old is not None:
-            os.close(old)  # the old file is unlinked by the rename; closing drops its lock
-        self._lines = 1 + len(self._open)
-        self._rewrite_needed = False
-        self.counters["journal_compactions"] += 1
-
     def close(self) -> int:
         """At shutdown: delete the journal if no run is open. Runs still open (a request still in flight on
         another thread, a finish that could not be handed off) stay in it, locked until this process exits,
@@ -344,8 +334,8 @@ class RunJournal:
                     self._release_locked(journal)
                 left = len(self._open)
                 if left:
-                    if self._rewrite_needed:
-                        self._rewrite_locked()
+                    if self._rewrite_needed or self._fd is None:
+                        self._write_whole_locked()
                     logger.info("Prefactor run journal: %d run(s) still open at shutdown, in %s", left, self._path)
                 elif self._fd is not None and self._path is not None:
                     with contextlib.suppress(OSError):
