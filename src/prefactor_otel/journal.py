@@ -21,15 +21,15 @@ at least 4096 lines), the journal is rewritten with only the open runs: temporar
 
 Ownership: the owner holds an exclusive `fcntl.flock` on its journal for its lifetime; the kernel drops the lock
 when the process dies however it dies. A journal whose lock can be taken is abandoned -- the lock, not the pid,
-says whether the owner is alive, so pid reuse cannot fool it. After taking the lock, the taker checks that the
-path still names the file it locked (the owner may have compacted or deleted it in between). The taker holds
-the lock while it makes the finishes durable, then `discard()`s the journal; if the taker dies first, the lock
-is dropped again and a later process takes the same journal (finishing twice is harmless: a finish carries a
-deterministic idempotency key). At a clean shutdown, `close()` deletes the journal when no run is open; runs
-still open keep it (locked until the process exits, so a live sibling never finishes a run this process may
-still finish). Journals of ended processes with no open run are deleted by the next taker. Reading is
-bounded: at most `max_read_bytes` per journal, lines of at most 512 bytes; a journal cut at the bound is
-reported as truncated (logged, counted), never an exception.
+says whether the owner is alive, so pid reuse cannot fool it. After taking the lock, the taker checks that the path
+still names the file it locked (the owner may have compacted or deleted it in between). The taker holds the lock
+while it makes the finishes durable, then `discard()`s the journal (or `release()`s it, untouched, when it could
+not); if the taker dies first, the lock is dropped again and a later process takes the same journal (finishing
+twice is harmless: a finish carries a deterministic idempotency key). At a clean shutdown, `close()` deletes the
+journal when no run is open; runs still open keep it (locked until the process exits, so a live sibling never
+finishes a run this process may still finish). Journals of ended processes with no open run are deleted by the next
+taker. Reading is bounded: at most `max_read_bytes` per journal, lines of at most 512 bytes; a journal cut at the
+bound is reported as truncated (logged, counted), never an exception.
 
 Durability: a process kill keeps the page cache, so a written line survives SIGKILL and OOM without fsync. A
 record that opens a run is fsynced (`sync_opens`, default on; the journal's creation fsyncs the directory too),
@@ -111,7 +111,7 @@ class AbandonedJournal:
 
     path: Path
     runs: list[AbandonedRun]  # the runs still open, in order of first mention
-    malformed_lines: int  # lines skipped (including a torn last line)
+    malformed_lines: int  # lines skipped, a torn last line and a missing header included
     truncated: bool  # the journal was longer than max_read_bytes: runs past the bound were not read
     _fd: int | None = field(default=None, repr=False)
     _owner_pid: int = field(default=0, repr=False)
