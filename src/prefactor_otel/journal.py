@@ -1,0 +1,575 @@
+"""A journal of this process's open agent runs, so that a later process finishes the runs of one that died.
+
+A run (AgentInstance) is started when the first span of its trace is delivered and finished when the trace is
+over. A process killed in between (SIGKILL, OOM, a pool worker terminated) would leave it `active` forever; its
+journal on disk says which runs were open and when each was last active, and a later process sharing the spool
+directory takes the journal over and finishes those runs.
+
+Files: one journal per process, `runs-<pid>-<8 hex>.journal` in the spool directory (the spool's file pattern
+never matches it), mode 0600, opened with O_NOFOLLOW. It is created lazily, when the first run opens, under a
+temporary name (`.runs-....journal.tmp`), locked and given its header before it is renamed into place, so a
+taker never sees a journal that is not yet owned. The pid in the name is informational only.
+
+Format (ASCII, one record per line, append-only):
+    # prefactor-otel run journal v1
+    <instance id> <ns>      the run is open, last active at <ns> (ns since epoch); the first mention opens it
+    <instance id> -         the run was finished, or handed off for finishing (e.g. its finish is in the spool)
+A reader keeps the largest time per run; a `-` line closes the run and a later time opens it again. A line that
+does not parse is skipped and counted; a last line without its newline (a write cut short) is ignored. Each
+`record()` call is one `write()` (O_APPEND). When closed entries dominate (more than 4 lines per open run, and
+at least 4096 lines), the journal is rewritten with only the open runs: temporary file, fsync, lock, rename over.
+
+Ownership: the owner holds an exclusive `fcntl.flock` on its journal for its lifetime; the kernel drops the lock
+when the process dies however it dies. A journal whose lock can be taken is abandoned -- the lock, not the pid,
+says whether the owner is alive, so pid reuse cannot fool it. After taking the lock, the taker checks that the path
+still names the file it locked (the owner may have compacted or deleted it in between). The taker holds the lock
+while it makes the finishes durable, then `discard()`s the journal (or `release()`s it, untouched, when it could
+not); if the taker dies first, the lock is dropped again and a later process takes the same journal (finishing
+twice is harmless: a finish carries a deterministic idempotency key). At a clean shutdown, `close()` deletes the
+journal when no run is open; runs still open keep it (locked until the process exits, so a live sibling never
+finishes a run this process may still finish). Journals of ended processes with no open run are deleted by the next
+taker. Reading is bounded: at most `max_read_bytes` per journal, lines of at most 512 bytes; a journal cut at the
+bound is reported as truncated (logged, counted), never an exception.
+
+Durability: a process kill keeps the page cache, so a written line survives SIGKILL and OOM without fsync. A
+record that opens a run is fsynced (`sync_opens`, default on; the journal's creation fsyncs the directory too),
+so an OS crash or power loss cannot lose an open run: it loses at most later activity times (the run is then
+finished with an earlier time) and closes (the run is finished a second time, harmlessly). With `sync_opens`
+off, an OS crash loses what the kernel had not written back (typically the last 5-30 s). Compaction always
+fsyncs before its rename, so a crash cannot replace a good journal with an empty one. (Where the spool directory
+is on a tmpfs /tmp, an OS crash empties it whatever is fsynced.)
+
+Fork: flock locks belong to the open file description, which a child shares. After a fork the child closes its
+copies of the descriptors (never LOCK_UN: that would release the parent's lock) and starts with an empty open
+set; its own journal (new name, new lock) is created when its first run opens. This runs from an
+`os.register_at_fork` hook, and again (idempotently) if `record()` or the owner's `reset_after_fork()` notices a
+new pid first.
+
+Platforms without fcntl (Windows): the journal is disabled and says so once (INFO); runs of a killed process
+stay active there. A directory that cannot be written disables the journal with one warning. No method raises.
+
+Threads: `record()` is called by the exporter's sending thread; `take_abandoned()`, `discard()`, `release()` by
+whichever thread replays the spool; `close()` by the thread shutting down; `reset_after_fork()` by the child's
+fork hook. `self._lock` guards the descriptor, path, open set, line count and the set of taken journals; it is
+a leaf lock (nothing is called under it that takes another lock) and is replaced, not acquired, after a fork.
+Parsing a taken journal happens outside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import secrets
+import stat
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from prefactor_otel._logging import RateLimitedLog, logger
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+FORMAT_VERSION = 1
+_HEADER = b"# prefactor-otel run journal v%d\n" % FORMAT_VERSION
+_HEADER_RE = re.compile(rb"^# prefactor-otel run journal v(\d{1,6})$")
+_JOURNAL_RE = re.compile(r"^runs-(\d+)-[0-9a-f]{8}\.journal$")
+_TEMP_RE = re.compile(r"^\.runs-(\d+)-[0-9a-f]{8}\.journal\.tmp$")
+# Instance ids are PFIDs (32 base32 characters); anything id-like without spaces or line breaks is accepted.
+_ID_RE = re.compile(r"[0-9A-Za-z_.:-]{1,128}")
+_ID_BYTES_RE = re.compile(rb"[0-9A-Za-z_.:-]{1,128}")
+_MAX_LINE = 512
+_MAX_NS = (1 << 63) - 1
+_COMPACT_MIN_LINES = 4096
+_COMPACT_LINES_PER_OPEN_RUN = 4
+_TAKE_LIMIT = 8
+# A temporary journal lives for the few milliseconds of a creation or compaction; one older than this was left
+# by a process that died mid-write (the age keeps a taker from racing a creator between open and flock).
+_STALE_TEMP_S = 300.0
+_DEFAULT_MAX_READ_BYTES = 16 * 1024 * 1024
+_OPEN_FLAGS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+class AbandonedRun(NamedTuple):
+    instance_id: str
+    last_activity_ns: int
+
+
+@dataclass(slots=True, eq=False)
+class AbandonedJournal:
+    """A journal of a process that ended, locked by this process until `discard()` or `release()`."""
+
+    path: Path
+    runs: list[AbandonedRun]  # the runs still open, in order of first mention
+    malformed_lines: int  # lines skipped, a torn last line and a missing header included
+    truncated: bool  # the journal was longer than max_read_bytes: runs past the bound were not read
+    _fd: int | None = field(default=None, repr=False)
+    _owner_pid: int = field(default=0, repr=False)
+
+
+class _Parsed(NamedTuple):
+    version: int | None  # None: no header
+    runs: dict[str, int]
+    malformed: int
+    torn: int
+    truncated: bool
+
+
+class RunJournal:
+    """The journal of this process's open runs, in `directory` (the spool directory)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        sync_opens: bool = True,
+        max_read_bytes: int = _DEFAULT_MAX_READ_BYTES,
+    ) -> None:
+        self.directory = Path(directory)
+        self._sync_opens = sync_opens
+        self._max_read_bytes = max(1, max_read_bytes)
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self._open: dict[str, int] = {}  # instance id -> last activity (ns): this process's open runs only
+        self._lines = 0  # lines in the current file, header included
+        self._rewrite_needed = False  # a write failed part-way: the file no longer matches `_open`
+        self._taken: dict[int, AbandonedJournal] = {}  # fd -> journal taken and not yet discarded/released
+        self.counters: Counter[str] = Counter()
+        self._log = RateLimitedLog()
+        self.enabled = self._prepare()
+        if self.enabled and hasattr(os, "register_at_fork"):
+            ref = weakref.ref(self)
+
+            def _after_fork_in_child() -> None:
+                journal = ref()
+                if journal is not None:
+                    journal.reset_after_fork()
+
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+
+    def _prepare(self) -> bool:
+        if fcntl is None:
+            logger.info(
+                "Prefactor run journal disabled: no fcntl on this platform; runs of a killed process stay active"
+            )
+            return False
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            probe = self.directory / f".probe-journal-{os.getpid()}-{secrets.token_hex(4)}"
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            self._disable(exc)
+            return False
+        return True
+
+    def _disable(self, exc: OSError) -> None:
+        logger.warning(
+            "Prefactor run journal disabled: cannot write in %s (%s); runs of a killed process will stay active",
+            self.directory,
+            type(exc).__name__,
+        )
+        self.counters["journal_disabled"] += 1
+
+    # ------------------------------------------------------------------ this process's runs
+
+    @property
+    def path(self) -> Path | None:
+        """This process's journal file, or None before the first run opens (or after `close()`)."""
+        return self._path
+
+    @property
+    def open_runs(self) -> int:
+        return len(self._open)
+
+    def record(self, updates: Mapping[str, int | None]) -> None:
+        """Note runs' latest activity (ns since epoch: the run is open) or their end (None: finished or handed
+        off for finishing). Updates that change nothing write nothing. Never raises."""
+        if not self.enabled or not updates:
+            return
+        try:
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._forget_parent_locked()
+                self._record_locked(updates)
+        except Exception as exc:  # the journal must never break an export
+            self.counters["journal_errors"] += 1
+            if self._fd is not None:
+                self._rewrite_needed = True  # memory may be ahead of the file: write it whole next time
+            self._log.log(logging.WARNING, "record", "Prefactor run journal: record failed (%r)", exc)
+
+    def _record_locked(self, updates: Mapping[str, int | None]) -> None:
+        open_runs = self._open
+        lines: list[str] = []
+        opened = False
+        for instance_id, activity_ns in updates.items():
+            if type(instance_id) is not str:
+                self._reject(instance_id, "instance id is not a string")
+                continue
+            if activity_ns is None:
+                if instance_id in open_runs:
+                    del open_runs[instance_id]
+                    lines.append(f"{instance_id} -\n")
+                continue
+            if type(activity_ns) is not int or not 0 <= activity_ns <= _MAX_NS:
+                self._reject(instance_id, "activity time is not an int of ns since epoch")
+                continue
+            known = open_runs.get(instance_id)
+            if known is None:
+                if _ID_RE.fullmatch(instance_id) is None:
+                    self._reject(instance_id, "instance id is not id-like")
+                    continue
+                opened = True
+            elif activity_ns <= known:
+                continue
+            open_runs[instance_id] = activity_ns
+            lines.append(f"{instance_id} {activity_ns}\n")
+        if not lines:
+            return
+        if self._fd is None and not open_runs:
+            self._rewrite_needed = False  # the runs that never reached a file have all ended: nothing to write
+            return
+        if self._fd is None or self._rewrite_needed:
+            self._write_whole_locked()  # the whole open set, these updates included
+            return
+        data = "".join(lines).encode("ascii")
+        try:
+            _write_all(self._fd, data)  # type: ignore[arg-type]
+            if opened and self._sync_opens:
+                os.fsync(self._fd)  # type: ignore[arg-type]
+        except OSError as exc:
+            self._write_failed(exc)
+            return
+        self._lines += len(lines)
+        if self._lines > max(_COMPACT_MIN_LINES, _COMPACT_LINES_PER_OPEN_RUN * len(open_runs)):
+            self._write_whole_locked()
+
+    def _reject(self, instance_id: object, reason: str) -> None:
+        self.counters["records_rejected"] += 1
+        self._log.log(
+            logging.WARNING,
+            "reject",
+            "Prefactor run journal: update for %.80r not recorded (%s); %d rejected so far",
+            instance_id,
+            reason,
+            self.counters["records_rejected"],
+        )
+
+    def _write_failed(self, exc: OSError) -> None:
+        self._rewrite_needed = True  # the next record rewrites the file from memory
+        self.counters["journal_write_errors"] += 1
+        self._log.log(
+            logging.WARNING,
+            "write",
+            "Prefactor run journal: write failed (%s); open runs are kept in memory and written again next time",
+            type(exc).__name__,
+        )
+
+    def _write_whole_locked(self) -> None:
+        """Write the open set as this process's journal: create it (the first open, or after creation failed),
+        or replace it (compaction, or repair after a failed write). A failure is counted and retried next time."""
+        content = _HEADER + "".join(f"{i} {ns}\n" for i, ns in self._open.items()).encode("ascii")
+        creating = self._fd is None
+        # A new name is unique: no live process shares the pid, and 32 random bits keep a dead one's file apart.
+        path = self.directory / f"runs-{os.getpid()}-{secrets.token_hex(4)}.journal" if creating else self._path
+        assert path is not None
+        try:
+            fd = self._new_locked_file(path, content, sync=True)
+            if creating and self._sync_opens:
+                _fsync_directory(self.directory)  # the new name survives an OS crash too
+        except OSError as exc:
+            self._write_failed(exc)
+            return
+        old, self._fd, self._path = self._fd, fd, path
+        if old is not None:
+            os.close(old)  # the old file is unlinked by the rename; closing drops its lock
+            self.counters["journal_rewrites"] += 1
+        self._lines = 1 + len(self._open)
+        self._rewrite_needed = False
+
+    def _new_locked_file(self, path: Path, content: bytes, *, sync: bool) -> int:
+        """Write `content` to a temporary file, lock it, then rename it to `path` (so it is never unowned)."""
+        temp = path.with_name(f".{path.name}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _OPEN_FLAGS, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _write_all(fd, content)
+            if sync:
+                os.fsync(fd)
+            os.replace(temp, path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        return fd
+
+    def close(self) -> int:
+        """At shutdown: delete the journal if no run is open. Runs still open (a request still in flight on
+        another thread, a finish that could not be handed off) stay in it, locked until this process exits,
+        then a later process takes them; records made after close() keep going into it. Journals taken and not
+        yet discarded are released. Returns the number of runs still open."""
+        if not self.enabled:
+            return 0
+        try:
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._forget_parent_locked()
+                for journal in list(self._taken.values()):
+                    self._release_locked(journal)
+                left = len(self._open)
+                if left:
+                    if self._rewrite_needed or self._fd is None:
+                        self._write_whole_locked()
+                    logger.info("Prefactor run journal: %d run(s) still open at shutdown, in %s", left, self._path)
+                elif self._fd is not None and self._path is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(self._path)
+                    os.close(self._fd)
+                    self._fd, self._path, self._lines = None, None, 0  # a later open starts a new journal
+                return left
+        except Exception as exc:
+            self.counters["journal_errors"] += 1
+            logger.warning("Prefactor run journal: close failed (%r)", exc)
+            return 0
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: forget the parent's journal without releasing its lock. Idempotent."""
+        if self._pid == os.getpid():
+            return
+        self._lock = threading.Lock()  # the parent's may have been held by a thread that does not exist here
+        with self._lock:
+            self._forget_parent_locked()
+
+    def _forget_parent_locked(self) -> None:
+        # Closing our copy of a descriptor leaves the parent's lock in place (it belongs to the shared open
+        # file description); flock(LOCK_UN) would release it for the parent too.
+        for fd in [self._fd, *self._taken]:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        for journal in self._taken.values():
+            journal._fd = None
+        self._taken.clear()
+        self._fd, self._path, self._lines = None, None, 0
+        self._open.clear()
+        self._rewrite_needed = False
+        self._pid = os.getpid()
+
+    # ------------------------------------------------------------------ runs of processes that ended
+
+    def take_abandoned(self, limit: int = _TAKE_LIMIT) -> list[AbandonedJournal]:
+        """Take (lock) up to `limit` journals of processes that ended and still list open runs. The caller makes
+        their finishes durable, then calls `discard()` (or `release()` to leave a journal for later). Journals
+        with no open run are deleted here. Never raises."""
+        if not self.enabled or limit <= 0:
+            return []
+        taken: list[AbandonedJournal] = []
+        try:
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._forget_parent_locked()
+                own = self._path.name if self._path is not None else None
+            names: list[str] = []
+            with os.scandir(self.directory) as entries:
+                for entry in entries:
+                    if _JOURNAL_RE.match(entry.name) and entry.name != own:
+                        names.append(entry.name)
+                    elif _TEMP_RE.match(entry.name) and entry.stat().st_mtime < time.time() - _STALE_TEMP_S:
+                        self._remove_stale_temp(Path(entry.path))
+            for name in sorted(names):
+                if len(taken) >= limit:
+                    break
+                journal = self._take(self.directory / name)
+                if journal is not None:
+                    taken.append(journal)
+        except Exception as exc:
+            self.counters["journal_errors"] += 1
+            self._log.log(logging.WARNING, "take", "Prefactor run journal: scan for abandoned runs failed (%r)", exc)
+        return taken
+
+    def _take(self, path: Path) -> AbandonedJournal | None:
+        fd = _lock_existing(path)
+        if fd is None:
+            return None  # gone, alive, or not ours to read
+        keep = False
+        try:
+            parsed = _parse(fd, self._max_read_bytes)
+            if parsed.version is not None and parsed.version != FORMAT_VERSION:
+                self.counters["journals_unknown_version"] += 1
+                return None  # written by another version of this package: it takes it
+            malformed = parsed.malformed + parsed.torn + (parsed.version is None)
+            self.counters["journal_lines_malformed"] += malformed
+            if parsed.truncated:
+                self.counters["journals_truncated"] += 1
+                logger.warning(
+                    "Prefactor run journal: %s is longer than %d bytes; runs past that point stay active",
+                    path.name,
+                    self._max_read_bytes,
+                )
+            if not parsed.runs:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                self.counters["journals_removed_empty"] += 1
+                return None
+            runs = [AbandonedRun(instance_id, ns) for instance_id, ns in parsed.runs.items()]
+            journal = AbandonedJournal(path, runs, malformed, parsed.truncated, fd, os.getpid())
+            with self._lock:
+                self._taken[fd] = journal
+            keep = True
+            self.counters["journals_taken"] += 1
+            self.counters["abandoned_runs_taken"] += len(runs)
+            logger.info(
+                "Prefactor run journal: %d run(s) left open by an ended process (%s)%s",
+                len(runs),
+                path.name,
+                f", {malformed} malformed line(s) skipped" if malformed else "",
+            )
+            return journal
+        finally:
+            if not keep:
+                os.close(fd)
+
+    def _remove_stale_temp(self, path: Path) -> None:
+        """A temporary journal whose lock can be taken belongs to a process that died while creating it."""
+        fd = _lock_existing(path)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            os.close(fd)
+
+    def discard(self, abandoned: AbandonedJournal) -> None:
+        """Delete a taken journal: its runs' finishes are durable now (delivered or in the spool)."""
+        self._end_take(abandoned, delete=True)
+
+    def release(self, abandoned: AbandonedJournal) -> None:
+        """Give a taken journal back untouched (its finishes could not be made durable): a later take retries."""
+        self._end_take(abandoned, delete=False)
+
+    def _end_take(self, abandoned: AbandonedJournal, *, delete: bool) -> None:
+        if abandoned._fd is None or abandoned._owner_pid != os.getpid():
+            return  # already ended, or taken by the parent before a fork: the parent's to end
+        try:
+            with self._lock:
+                if delete:
+                    with contextlib.suppress(OSError):
+                        os.unlink(abandoned.path)  # we hold its lock, so the path is still the file we read
+                    self.counters["journals_discarded"] += 1
+                self._release_locked(abandoned)
+        except Exception:
+            self.counters["journal_errors"] += 1
+            logger.warning("Prefactor run journal: ending a take failed", exc_info=True)
+
+    def _release_locked(self, abandoned: AbandonedJournal) -> None:
+        fd = abandoned._fd
+        if fd is None:
+            return
+        abandoned._fd = None
+        self._taken.pop(fd, None)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+# ---------------------------------------------------------------------- file helpers
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a new name in `directory` survive an OS crash (best effort: some systems cannot open directories)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _lock_existing(path: Path) -> int | None:
+    """Open and lock an existing regular file without waiting; None if it is gone, locked, replaced or odd."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _OPEN_FLAGS)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        opened = os.fstat(fd)
+        current = os.stat(path, follow_symlinks=False)  # still the file we locked? (not compacted or deleted)
+        if stat.S_ISREG(opened.st_mode) and (opened.st_dev, opened.st_ino) == (current.st_dev, current.st_ino):
+            return fd
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.ENOENT):
+            logger.debug("Prefactor run journal: cannot lock %s (%s)", path.name, type(exc).__name__)
+    os.close(fd)
+    return None
+
+
+def _parse(fd: int, max_bytes: int) -> _Parsed:
+    """Read a journal line by line, at most `max_bytes`; nothing in the file can make this raise."""
+    runs: dict[str, int] = {}
+    malformed = torn = 0
+    version: int | None = None
+    consumed = 0
+    first = True
+    os.lseek(fd, 0, os.SEEK_SET)
+    with open(fd, "rb", buffering=64 * 1024, closefd=False) as reader:
+        while consumed < max_bytes:
+            line = reader.readline(min(_MAX_LINE + 1, max_bytes - consumed))
+            if not line:
+                break
+            consumed += len(line)
+            if not line.endswith(b"\n"):
+                if len(line) <= _MAX_LINE and consumed < max_bytes:
+                    torn += 1  # the last line, cut short by a crash mid-write
+                    break
+                malformed += 1  # too long: skip to the next line break, within the bound
+                while consumed < max_bytes:
+                    rest = reader.readline(min(64 * 1024, max_bytes - consumed))
+                    consumed += len(rest)
+                    if not rest or rest.endswith(b"\n"):
+                        break
+                first = False
+                continue
+            line = line[:-1]
+            if first:
+                first = False
+                header = _HEADER_RE.match(line)
+                if header is not None:
+                    version = int(header.group(1))
+                    if version != FORMAT_VERSION:
+                        break
+                    continue
+            instance_id, _, value = line.partition(b" ")
+            if _ID_BYTES_RE.fullmatch(instance_id) is None:
+                malformed += 1
+                continue
+            key = instance_id.decode("ascii")
+            if value == b"-":
+                runs.pop(key, None)
+            elif value.isdigit() and len(value) <= 19 and (ns := int(value)) <= _MAX_NS:
+                if ns > runs.get(key, -1):
+                    runs[key] = ns
+            else:
+                malformed += 1
+        truncated = consumed >= max_bytes and reader.read(1) != b""
+    return _Parsed(version, runs, malformed, torn, truncated)
