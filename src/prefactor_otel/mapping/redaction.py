@@ -13,19 +13,36 @@ Three kinds of rules, applied in this order:
    (fail closed): an unreviewed value is never sent.
 
 Value rules run on the raw attribute strings, before JSON-in-string values are parsed: the replacements contain no
-quote or backslash, so JSON stays valid, and one scan per attribute replaces a walk of every parsed value. Key rules
-inside JSON values need the parsed structure: they run on the mapped inputs, outputs and params (in place, no copy).
+quote or backslash, so JSON stays valid, and one scan per attribute replaces a walk of every parsed value; a rule
+such as `client_secret": "..."` therefore catches a secret at any nesting depth. Key rules inside JSON values need the
+parsed structure: they run on the mapped inputs, outputs and params (in place, no copy).
 Every redaction is recorded as `{path, rule}`, never with the value.
+
+What goes through it (the mapping calls it; see payload.py): every attribute of the span, its events and links; the
+span name, event names, status description, instrumentation scope name/version, the Resource attributes that are
+sent (span metadata and the agent version). Non-string values are not exempt:
+- `bytes` / `bytearray` / `memoryview` (OTel allows bytes) are sent as their lenient UTF-8 decoding (invalid bytes
+  become U+FFFD), so they are decoded first and then treated exactly like a string: masked under a secret key,
+  value-scanned otherwise.
+- Sequences and mappings (OTel allows both, nested) are walked: key rules on mapping keys, value rules on strings.
+- Fail closed on depth: whatever lies deeper than `MAX_DEPTH` containers is replaced by `[REDACTED:depth_limit]`
+  (recorded), never sent unexamined.
+
+Called from the exporting thread only (map_span); the Redactor's one mutable piece, the key-decision cache, is a
+plain dict whose races can only repeat a decision (no lock needed).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 RedactCallback = Callable[[str, str], str]
 MASK = "[REDACTED]"
+MAX_DEPTH = 32  # containers deeper than this are masked whole (fail closed), not walked
+DEPTH_MASK = "[REDACTED:depth_limit]"
+_BINARY = (bytes, bytearray, memoryview)
 
 # Last segment of an attribute key (lower case, '-' -> '_') that names a secret.
 _SECRET_KEYS = frozenset(
@@ -177,13 +194,43 @@ class _ValueRule:
         return self.pattern.sub(replace, text), count
 
 
+# `key": "value`, `key=value`, `key: value` (also with escaped quotes, inside JSON-in-a-string): the value only.
+_ASSIGNED = r"(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?"
+# An assigned value that is a secret: not a JSON literal, number, object or array (masking those would break the
+# JSON they sit in, and they are not credentials).
+_ASSIGNED_VALUE = r"(?P<secret>(?![\[{]|(?:null|true|false|-?\d+(?:\.\d+)?)(?![^\s\"'\\,;&}]))[^\s\"'\\,;&}]+)"
+_AWS_SECRET = r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"  # 40 characters of base64
+_AWS_KEY_ID = r"(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Z])"
+
+
 def _default_rules() -> list[_ValueRule]:
     token = r"[A-Za-z0-9_-]"
     return [
         _ValueRule("api_key", r"sk-" + token + "{16,}", gate="-", boundary=True),  # OpenAI, Anthropic (sk-ant-)
         _ValueRule("bearer_token", r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}", triggers=("bearer",), lower=True),
+        # Authorization / Proxy-Authorization: Basic <base64 of user:password>
+        _ValueRule(
+            "basic_auth",
+            r"(?i)authorization" + _ASSIGNED + r"basic\s+(?P<secret>[A-Za-z0-9+/=._~-]{4,})",
+            triggers=("authoriz",),
+            lower=True,
+        ),
         _ValueRule("jwt", r"eyJ" + token + "{8,}\\." + token + "{8,}\\." + token + "{8,}", gate="J", boundary=True),
-        _ValueRule("aws_access_key", r"(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Z])", gate="A", boundary=True),
+        # An AWS secret access key cannot be told from other base64 alone; next to its key id (either side, on one
+        # line), it can. These run before aws_access_key, which then masks the id.
+        _ValueRule(
+            "aws_secret_key",
+            _AWS_KEY_ID + r"[^\n]{1,100}?(?P<secret>" + _AWS_SECRET + ")",
+            gate="A",
+            triggers=("AKIA", "ASIA"),
+        ),
+        _ValueRule(
+            "aws_secret_key",
+            r"(?P<secret>" + _AWS_SECRET + r")[^\n]{1,100}?" + _AWS_KEY_ID,
+            gate="A",
+            triggers=("AKIA", "ASIA"),
+        ),
+        _ValueRule("aws_access_key", _AWS_KEY_ID, gate="A", boundary=True),
         _ValueRule(
             "github_token", r"(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})", gate="_", boundary=True
         ),
@@ -202,6 +249,15 @@ def _default_rules() -> list[_ValueRule]:
             triggers=("passw", "pwd"),
             lower=True,
         ),
+        # client_secret=..., "api_key": "...", AWS_SECRET_ACCESS_KEY: ..., "refresh_token": "..." in free text and
+        # in JSON-in-a-string at any depth (the key rules see parsed JSON only to MAX_DEPTH).
+        _ValueRule(
+            "secret_assignment",
+            r"(?i)(?:secret(?:[_-]?(?:access[_-]?)?key)?|api[_-]?key|(?:access|refresh|auth|id|session)[_-]?token"
+            r"|private[_-]?key)" + _ASSIGNED + _ASSIGNED_VALUE,
+            triggers=("secret", "api_key", "api-key", "apikey", "_token", "-token", "private_key", "private-key"),
+            lower=True,
+        ),
         # scheme://user:password@host: the password only
         _ValueRule("url_credentials", r"://[^\s:/@\"'\\]+:(?P<secret>[^\s@/\"'\\]+)@", gate="@"),
     ]
@@ -211,6 +267,8 @@ def _default_rules() -> list[_ValueRule]:
 _SHORT_GATE_LITERALS = (
     "sk-", "eyJ", "AKIA", "ASIA", "gh", "github_pat_", "AIza", "xox", "-----BEGIN", "://",
     "bearer", "Bearer", "BEARER", "passw", "Passw", "PASSW", "pwd", "Pwd", "PWD",
+    "uthoriz", "UTHORIZ", "ecret", "ECRET", "pi_k", "pi-k", "pik", "PI_K", "PI-K", "PIK",
+    "token", "Token", "TOKEN", "rivate", "RIVATE",
 )  # fmt: skip
 
 
@@ -335,26 +393,55 @@ class Redactor:
                 elif scan_all or (len(value) >= _MIN_SECRET_LENGTH and key not in structural):
                     attributes[key] = self._text(value, where, key, log)
                 # else: an identifier or too short for any value rule, the common case: kept as it is
-            elif isinstance(value, (tuple, list)) and value and isinstance(value[0], str):
+            elif type(value) is int or type(value) is float or type(value) is bool or value is None:
+                pass  # numbers and booleans: never secrets (token counts stay)
+            else:
+                # bytes, sequences, mappings: rare, walked in full
                 rule = cache[key] if key in cache else self.key_rule(key)
+                path = _path(where, key)
                 if rule is not None:
-                    attributes[key] = tuple(f"[REDACTED:{rule}]" for _ in value)
-                    log.append({"path": _path(where, key), "rule": rule})
+                    masked = _masked(value, rule)
+                    if masked is not value:
+                        attributes[key] = masked
+                        log.append({"path": path, "rule": rule})
                 else:
-                    path = _path(where, key)
-                    attributes[key] = tuple(
-                        self._text(item, f"{path}[{i}]", None, log) if isinstance(item, str) else item
-                        for i, item in enumerate(value)
-                    )
-            # numbers and booleans: never secrets (token counts stay)
+                    attributes[key] = self._nested(value, path, log, 0)
+
+    def _nested(self, value: object, path: str, log: list[dict[str, Any]], depth: int) -> object:
+        """A redacted copy of one non-string attribute value (or a part of one). Tuples stay tuples (what the SDK
+        gives and the chains expect), other containers become lists and dicts; bytes become text."""
+        if isinstance(value, str):
+            return self._text(value, path, None, log)
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        if isinstance(value, _BINARY):
+            return self._text(bytes(value).decode("utf-8", errors="replace"), path, None, log)
+        if depth >= MAX_DEPTH:
+            log.append({"path": path, "rule": "depth_limit"})
+            return DEPTH_MASK
+        if isinstance(value, Mapping):
+            out: dict[str, object] = {}
+            for raw_key, item in value.items():
+                key = str(raw_key)
+                rule = self.key_rule(key)
+                masked = item if rule is None else _masked(item, rule)
+                if masked is not item:
+                    out[key] = masked
+                    log.append({"path": f"{path}.{key}", "rule": rule})
+                else:
+                    out[key] = self._nested(item, f"{path}.{key}", log, depth + 1)
+            return out
+        if isinstance(value, (tuple, list, Sequence)):
+            items = [self._nested(item, f"{path}[{index}]", log, depth + 1) for index, item in enumerate(value)]
+            return tuple(items) if isinstance(value, tuple) else items
+        return self._text(str(value), path, None, log)  # what json_safe would send: its str()
 
     def redact_keys_in(self, value: Any, path: str, log: list[dict[str, Any]], depth: int = 0) -> None:
         """Mask, in place, string values under secret-named keys inside parsed JSON (tool arguments, results,
         request bodies). The strings themselves were value-scanned as raw attributes already. The structures
         are the mapping's own (fresh from json.loads or built by it), so mutating them is safe. Child paths are
-        built only where a container is entered or a value is masked."""
-        if depth > 32:
-            return
+        built only where a container is entered or a value is masked. A container deeper than MAX_DEPTH is masked
+        whole: it is not examined, so it is not sent."""
         if isinstance(value, dict):
             for key, item in value.items():
                 if isinstance(item, (dict, list)):
@@ -362,6 +449,9 @@ class Redactor:
                     if rule is not None:
                         value[key] = f"[REDACTED:{rule}]"  # a whole credentials object
                         log.append({"path": f"{path}.{key}", "rule": rule})
+                    elif depth >= MAX_DEPTH:
+                        value[key] = DEPTH_MASK
+                        log.append({"path": f"{path}.{key}", "rule": "depth_limit"})
                     else:
                         self.redact_keys_in(item, f"{path}.{key}", log, depth + 1)
                 elif isinstance(item, str) and isinstance(key, str):
@@ -372,4 +462,22 @@ class Redactor:
         elif isinstance(value, list):
             for index, item in enumerate(value):
                 if isinstance(item, (dict, list)):
-                    self.redact_keys_in(item, f"{path}[{index}]", log, depth + 1)
+                    if depth >= MAX_DEPTH:
+                        value[index] = DEPTH_MASK
+                        log.append({"path": f"{path}[{index}]", "rule": "depth_limit"})
+                    else:
+                        self.redact_keys_in(item, f"{path}[{index}]", log, depth + 1)
+
+
+def _masked(value: object, rule: str) -> object:
+    """A value under a secret key, masked: strings, bytes and containers; numbers and booleans stay (token counts
+    are never secrets), and a value with nothing to mask is returned as it is (the same object). A sequence keeps
+    its length (one marker per item), as string arrays always did."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    marker = f"[REDACTED:{rule}]"
+    if isinstance(value, (tuple, list)):
+        if all(item is None or isinstance(item, (bool, int, float)) for item in value):
+            return value
+        return tuple(item if item is None or isinstance(item, (bool, int, float)) else marker for item in value)
+    return marker
