@@ -61,6 +61,7 @@ def _emit(tracer_provider: TracerProvider) -> None:
     tracer = tracer_provider.get_tracer(f"plugin-{SECRETS['scope name']}", "1.0")
     with tracer.start_as_current_span("root") as root:
         root.set_attribute("note", "plain")
+        root.set_status(Status(StatusCode.ERROR, f"login failed: secret={SECRETS['status description']}"))
     deep_arguments = {
         "task": "deploy",
         "config": _nested(40, {"client_secret": SECRETS["deep client_secret"]}),
@@ -92,12 +93,12 @@ def _emit(tracer_provider: TracerProvider) -> None:
                 "exception.stacktrace": f"Traceback ...\nAuthError: Authorization: Basic {BASIC}",
             },
         )
-        span.set_status(Status(StatusCode.ERROR, f"login failed api_key={SECRETS['status description']}"))
+        span.set_status(Status(StatusCode.ERROR, "deploy failed"))
 
 
 def _resource() -> Resource:
     return Resource.create(
-        {"service.name": "leaky-agent", "service.namespace": f"team api_key={SECRETS['resource']}", "host.name": "h1"}
+        {"service.name": "leaky-agent", "service.namespace": f"team secret={SECRETS['resource']}", "host.name": "h1"}
     )
 
 
@@ -124,7 +125,9 @@ def test_every_field_of_a_mapped_span_is_redacted() -> None:
     assert payload["tool_name"] == "deploy"
     rules = {entry["rule"] for entry in metadata["prefactor.redactions"]}
     assert {"basic_auth", "aws_secret_key", "secret_assignment", "depth_limit", "secret_key", "api_key"} <= rules
-    assert metadata["resource.service.namespace"] == "team api_key=[REDACTED:secret_assignment]"
+    assert metadata["resource.service.namespace"] == "team secret=[REDACTED:secret_assignment]"
+    root = map_span(collector.spans[0], MappingOptions())
+    assert root.payload["error"]["message"] == "login failed: secret=[REDACTED:secret_assignment]"
 
 
 def test_nesting_beyond_the_depth_limit_is_masked_not_sent() -> None:
@@ -201,7 +204,7 @@ def test_a_bad_usage_count_is_absent_and_the_other_typed_fields_stay(bad: float)
         (f"AWS_SECRET_ACCESS_KEY: {AWS_SECRETS[0]}", "secret_assignment", "AWS_SECRET_ACCESS_KEY: "),
         (f"{AWS_KEY_ID} / {AWS_SECRETS[0]}", "aws_secret_key", "[REDACTED:aws_access_key] / "),
         ('{\\"client_secret\\": \\"abc123xyz\\"}', "secret_assignment", '{\\"client_secret\\": \\"'),
-        ("refresh_token=rt-0123456789", "secret_assignment", "refresh_token="),
+        ("client-secret: cs-0123456789", "secret_assignment", "client-secret: "),
     ],
 )
 def test_new_value_rules(text: str, rule: str, kept: str) -> None:
@@ -216,7 +219,7 @@ def test_new_value_rules(text: str, rule: str, kept: str) -> None:
     [
         "the secretary: Jane",
         "Basic authentication is described in RFC 7617",
-        '{"max_tokens": 100, "api_key": null, "secret": 5, "access_token": {"a": 1}}',
+        '{"max_tokens": 100, "client_secret": null, "secret": 5, "secret_key": {"a": 1}}',
         "authorization: pending review",
     ],
 )

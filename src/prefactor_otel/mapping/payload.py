@@ -111,7 +111,7 @@ def _redacted_events(
         attrs: Mapping[str, object] = event.attributes or {}
         name = event.name
         if redactor is not None:
-            name = redactor.redact_text(name, f"events[{index}].name", log)
+            name = redactor.redact_label(name, f"events[{index}].name", log)
             if attrs:
                 attrs = redactor.redact_attributes(attrs, f"events[{index}].attributes", log)
         out.append((name, attrs))
@@ -220,10 +220,10 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
     context = span.context
     name = span.name
     if context is None or not context.is_valid:
-        raise MappingError(f"span {name!r} has no valid context")
+        raise MappingError("the span has no valid context")  # no name: it is unredacted here, and may hold a secret
     start_ns, end_ns = span.start_time, span.end_time
     if start_ns is None or end_ns is None:
-        raise MappingError(f"span {name!r} has not ended")
+        raise MappingError("the span has not ended")
     opts = options if options is not None else DEFAULT_OPTIONS
 
     # 1. Redaction first, on our own copy of the raw attribute values: nothing after this sees a secret.
@@ -231,7 +231,7 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
     redactor = opts.redactor if opts.redactor.active else None
     attributes = plain_attributes(span.attributes)
     if redactor is not None:
-        name = redactor.redact_text(name, "name", redactions)
+        name = redactor.redact_label(name, "name", redactions)
         redactor.redact_owned(attributes, "attributes", redactions)
     span_events = _span_sequence(span, "events")  # a new tuple on every access: read once
     events = _redacted_events(span_events, redactor, redactions) if span_events else []
@@ -286,9 +286,9 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
     if scope is not None and scope.name:
         scope_name, scope_version = scope.name, scope.version
         if redactor is not None:
-            scope_name = redactor.redact_text(scope_name, "otel.scope.name", redactions)
+            scope_name = redactor.redact_label(scope_name, "otel.scope.name", redactions)
             if scope_version:
-                scope_version = redactor.redact_text(scope_version, "otel.scope.version", redactions)
+                scope_version = redactor.redact_label(scope_version, "otel.scope.version", redactions)
         metadata["otel.scope.name"] = scope_name
         if scope_version:
             metadata["otel.scope.version"] = scope_version

@@ -6,9 +6,14 @@ Three kinds of rules, applied in this order:
    string value masked. Key rules never touch numbers or booleans, so token counts (`gen_ai.usage.input_tokens`,
    `llm.token_count.prompt`) always survive.
 2. **Value rules**: secret-looking substrings anywhere in a string (OpenAI-style `sk-...` keys, bearer tokens,
-   JWTs, cloud keys, private-key blocks, `password=...`, credentials in URLs; plus the user's
-   PREFACTOR_REDACT_PATTERNS) are replaced by `[REDACTED:<rule>]`. Each default rule has literal trigger strings; a
-   value that contains none of them is not scanned by the rule's regex at all (this runs in the export hot path).
+   `Authorization` / `Proxy-Authorization: Basic ...`, JWTs, cloud keys, an AWS secret access key next to its
+   `AKIA`/`ASIA` key id, private-key blocks, `password=...`, secret assignments such as `client_secret=...`,
+   `"secret_key": "..."` or `AWS_SECRET_ACCESS_KEY: ...`, credentials in URLs; plus the user's
+   PREFACTOR_REDACT_PATTERNS) are replaced by `[REDACTED:<rule>]`. Where a rule has a `secret` group only that part
+   is replaced, so `password=[REDACTED:password]` still reads. An assigned JSON literal (`null`, a number, an object)
+   is left alone: it is no credential, and masking it would break the JSON it sits in. Each default rule has literal
+   trigger strings; a value that contains none of them is not scanned by the rule's regex at all (this runs in the
+   export hot path).
 3. The user's **callback** `(path, value) -> value`, last. If it raises or returns a non-string, the value is masked
    (fail closed): an unreviewed value is never sent.
 
@@ -129,9 +134,9 @@ _STRUCTURAL_KEYS = frozenset(
 class _ValueRule:
     """One value pattern and the cheap checks that let most strings skip it.
 
-    `gate`: a character every match contains; `c in text` for one character is a memchr, so it dismisses most
-    values at almost no cost. `triggers`: literals of which every match contains one, searched in the lower-cased
-    text when `lower` (for the case-insensitive rules, whose regexes are slow to scan); None: the regex itself is
+    `gate`: a literal every match contains (mostly one character); `c in text` for one character is a memchr, so it
+    dismisses most values at almost no cost. `triggers`: literals of which every match contains one, searched in the
+    lower-cased text when `lower` (for the case-insensitive rules, whose regexes are slow to scan); None: the regex is
     the scan, which is fast when it starts with a literal (CPython's `re` then searches for that prefix directly;
     a leading `\\b` would defeat that, so `boundary` checks the character before a match instead).
     """
@@ -194,12 +199,90 @@ class _ValueRule:
         return self.pattern.sub(replace, text), count
 
 
+class _AnchoredRule(_ValueRule):
+    """A case-insensitive rule located by its key words: `str.find` in the lowered text finds each occurrence and
+    the regex is only matched at the few positions where such a key can start. Scanning a whole text with a
+    case-insensitive alternation costs about a hundred times more, and key words such as `token` occur in ordinary
+    GenAI text. `anchors`: (word, offsets): a match may start that many characters before the word."""
+
+    __slots__ = ("anchors",)
+
+    def __init__(self, name: str, pattern: str, anchors: tuple[tuple[str, tuple[int, ...]], ...]) -> None:
+        super().__init__(name, pattern, triggers=tuple(word for word, _ in anchors), lower=True)
+        self.anchors = anchors
+
+    def apply(self, text: str, lowered: str | None) -> tuple[str, int]:
+        haystack = lowered if lowered is not None else text.lower()
+        if len(haystack) != len(text):
+            return super().apply(text, haystack)  # lower() changed the length (rare scripts): positions differ
+        starts: set[int] = set()
+        for word, offsets in self.anchors:
+            at = haystack.find(word)
+            while at != -1:
+                starts.update(at - offset for offset in offsets if at >= offset)
+                at = haystack.find(word, at + 1)
+        if not starts:
+            return text, 0
+        pieces: list[str] = []
+        done = count = 0
+        for start in sorted(starts):
+            if start < done:
+                continue  # inside the previous match
+            match = self.pattern.match(text, start)
+            if match is None:
+                continue
+            pieces.append(text[done : match.start("secret")])
+            pieces.append(self.marker)
+            done = match.end("secret")
+            count += 1
+        if not count:
+            return text, 0
+        pieces.append(text[done:])
+        return "".join(pieces), count
+
+
+class _AwsSecretRule(_ValueRule):
+    """An AWS secret access key cannot be told from other base64 by its shape alone; within 100 characters of its
+    key id (`AKIA...`/`ASIA...`, either side, on the same line) it can. The id is the scan (a regex with a literal
+    start, as cheap as the aws_access_key rule); only the few characters around an id are searched for the key."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__("aws_secret_key", _AWS_KEY_ID, gate="A")
+
+    def apply(self, text: str, lowered: str | None) -> tuple[str, int]:
+        found: set[tuple[int, int]] = set()
+        for key_id in self.pattern.finditer(text):
+            line_start = text.rfind("\n", 0, key_id.start()) + 1
+            line_end = text.find("\n", key_id.end())
+            low = max(line_start, key_id.start() - _AWS_NEAR - 40)
+            high = min(len(text) if line_end == -1 else line_end, key_id.end() + _AWS_NEAR + 40)
+            for candidate in _AWS_SECRET_RE.finditer(text, low, high):
+                start, end = candidate.span()
+                if end < len(text) and text[end] in _BASE64_CHARS:
+                    continue  # cut by the window's end: part of a longer run, not a key
+                found.add((start, end))
+        if not found:
+            return text, 0
+        pieces: list[str] = []
+        done = 0
+        for start, end in sorted(found):
+            pieces.append(text[done:start])
+            pieces.append(self.marker)
+            done = end
+        pieces.append(text[done:])
+        return "".join(pieces), len(found)
+
+
 # `key": "value`, `key=value`, `key: value` (also with escaped quotes, inside JSON-in-a-string): the value only.
 _ASSIGNED = r"(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?"
 # An assigned value that is a secret: not a JSON literal, number, object or array (masking those would break the
 # JSON they sit in, and they are not credentials).
 _ASSIGNED_VALUE = r"(?P<secret>(?![\[{]|(?:null|true|false|-?\d+(?:\.\d+)?)(?![^\s\"'\\,;&}]))[^\s\"'\\,;&}]+)"
-_AWS_SECRET = r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"  # 40 characters of base64
+_AWS_SECRET_RE = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")  # 40 characters of base64
+_BASE64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/+=")
+_AWS_NEAR = 100  # characters between a key id and its secret key
 _AWS_KEY_ID = r"(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Z])"
 
 
@@ -216,20 +299,8 @@ def _default_rules() -> list[_ValueRule]:
             lower=True,
         ),
         _ValueRule("jwt", r"eyJ" + token + "{8,}\\." + token + "{8,}\\." + token + "{8,}", gate="J", boundary=True),
-        # An AWS secret access key cannot be told from other base64 alone; next to its key id (either side, on one
-        # line), it can. These run before aws_access_key, which then masks the id.
-        _ValueRule(
-            "aws_secret_key",
-            _AWS_KEY_ID + r"[^\n]{1,100}?(?P<secret>" + _AWS_SECRET + ")",
-            gate="A",
-            triggers=("AKIA", "ASIA"),
-        ),
-        _ValueRule(
-            "aws_secret_key",
-            r"(?P<secret>" + _AWS_SECRET + r")[^\n]{1,100}?" + _AWS_KEY_ID,
-            gate="A",
-            triggers=("AKIA", "ASIA"),
-        ),
+        # Runs before aws_access_key, which then masks the key id it looked for.
+        _AwsSecretRule(),
         _ValueRule("aws_access_key", _AWS_KEY_ID, gate="A", boundary=True),
         _ValueRule(
             "github_token", r"(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})", gate="_", boundary=True
@@ -249,14 +320,13 @@ def _default_rules() -> list[_ValueRule]:
             triggers=("passw", "pwd"),
             lower=True,
         ),
-        # client_secret=..., "api_key": "...", AWS_SECRET_ACCESS_KEY: ..., "refresh_token": "..." in free text and
-        # in JSON-in-a-string at any depth (the key rules see parsed JSON only to MAX_DEPTH).
-        _ValueRule(
+        # client_secret=..., "secret_key": "...", AWS_SECRET_ACCESS_KEY: ... in free text and in JSON-in-a-string at
+        # any depth (the key rules see parsed JSON only to MAX_DEPTH). Keys with "secret" only: each further key word
+        # is one more scan of every long text (api_key, token, ... inside parsed JSON are the key rules' part).
+        _AnchoredRule(
             "secret_assignment",
-            r"(?i)(?:secret(?:[_-]?(?:access[_-]?)?key)?|api[_-]?key|(?:access|refresh|auth|id|session)[_-]?token"
-            r"|private[_-]?key)" + _ASSIGNED + _ASSIGNED_VALUE,
-            triggers=("secret", "api_key", "api-key", "apikey", "_token", "-token", "private_key", "private-key"),
-            lower=True,
+            r"(?i)secret(?:[_-]?(?:access[_-]?)?key)?" + _ASSIGNED + _ASSIGNED_VALUE,
+            anchors=(("secret", (0,)),),
         ),
         # scheme://user:password@host: the password only
         _ValueRule("url_credentials", r"://[^\s:/@\"'\\]+:(?P<secret>[^\s@/\"'\\]+)@", gate="@"),
@@ -267,8 +337,7 @@ def _default_rules() -> list[_ValueRule]:
 _SHORT_GATE_LITERALS = (
     "sk-", "eyJ", "AKIA", "ASIA", "gh", "github_pat_", "AIza", "xox", "-----BEGIN", "://",
     "bearer", "Bearer", "BEARER", "passw", "Passw", "PASSW", "pwd", "Pwd", "PWD",
-    "uthoriz", "UTHORIZ", "ecret", "ECRET", "pi_k", "pi-k", "pik", "PI_K", "PI-K", "PIK",
-    "token", "Token", "TOKEN", "rivate", "RIVATE",
+    "uthoriz", "UTHORIZ", "ecret", "ECRET",
 )  # fmt: skip
 
 
@@ -305,6 +374,7 @@ class Redactor:
         self._user_keys = frozenset(user_keys | {_normalize_key(k) for k in user_keys})
         self._callback = callback
         self._key_cache: dict[str, str | None] = {}
+        self._label_cache: dict[str, tuple[str, tuple[tuple[str, int], ...]]] = {}
         self.active = bool(self._rules or self._user_keys or callback)
 
     # ------------------------------------------------------------------ keys
@@ -330,6 +400,23 @@ class Redactor:
     def redact_text(self, text: str, path: str, log: list[dict[str, Any]]) -> str:
         """Value rules and the callback on one string."""
         return self._text(text, path, None, log)
+
+    def redact_label(self, text: str, path: str, log: list[dict[str, Any]]) -> str:
+        """`redact_text` for names that repeat (span and event names, scopes): the outcome is cached by text, as
+        key decisions are. Not cached with a callback (called on every string, as documented)."""
+        if self._callback is not None:
+            return self._text(text, path, None, log)
+        cached = self._label_cache.get(text)
+        if cached is None:
+            own: list[dict[str, Any]] = []
+            result = self._text(text, "", None, own)
+            cached = (result, tuple((entry["rule"], entry.get("count", 1)) for entry in own))
+            if len(self._label_cache) >= _KEY_CACHE_LIMIT:
+                self._label_cache.clear()  # bounded: names with ids in them must not grow it without end
+            self._label_cache[text] = cached
+        for rule, count in cached[1]:
+            log.append({"path": path, "rule": rule, "count": count})
+        return cached[0]
 
     def _text(self, text: str, where: str, key: str | None, log: list[dict[str, Any]]) -> str:
         # The recorded path is `where` alone, or `where["key"]`: built only when something is recorded.
