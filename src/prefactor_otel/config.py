@@ -3,17 +3,36 @@
 Auto-configuration builds the exporter with no arguments, so everything must be reachable from the
 environment. An invalid value raises one `ConfigError` naming the variable; the exporter turns that into one
 log line and a disabled exporter, so the host application never dies of a typo.
+
+Two values are checked for safety, not only shape (both in `PrefactorConfig.__post_init__`, so every way of
+building a config passes them):
+- **PREFACTOR_API_URL** is parsed with `httpx.URL`, the parser of the HTTP client that will connect, and the
+  decision is made on the parsed host of the URL exactly as requests will use it, never on a prefix of the string.
+  A URL with user info (`user:pw@`), a query or a fragment is refused outright: none has a meaning here and each
+  is a way to make a string look like one host while connecting to another. Plain `http://` is allowed only to
+  loopback without PREFACTOR_ALLOW_INSECURE: an IP literal that `ipaddress` says is loopback (127.0.0.0/8, ::1,
+  IPv4-mapped ::ffff:127.x), or exactly the name `localhost` (a trailing dot allowed). Every other name counts as
+  remote even if it resolves to 127.0.0.1 today: resolution can change between this check and the connection.
+- **PREFACTOR_API_TOKEN** must be printable ASCII without whitespace inside it (surrounding whitespace, e.g. the
+  newline of a token file, is stripped). A control character would otherwise reach the HTTP layer, which logs the
+  header line at DEBUG and reports a connection error on every retry.
+Error messages never contain the token, and never the user info of a URL.
+
+Called from whichever thread builds the exporter (usually the main thread, once); no shared state, no locks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+import httpx
 
 from prefactor_otel import ids
 
@@ -87,13 +106,70 @@ def _pfid(name: str, raw: str) -> str:
 
 
 def _url(name: str, raw: str) -> str:
+    """The base URL, without a trailing slash or the /api/v1 prefix; refuses what `_parse_api_url` refuses."""
     value = raw.strip().rstrip("/")
-    if not value.startswith(("http://", "https://")):
-        raise ConfigError(f"{name}: expected an http(s) URL, got {raw!r}")
+    _parse_api_url(name, value)
     # Users copy the URL from docs with or without the /api/v1 prefix; we add it ourselves.
     if value.endswith(API_PREFIX):
         value = value[: -len(API_PREFIX)]
     return value
+
+
+def _parse_api_url(name: str, value: str) -> httpx.URL:
+    """The URL as the HTTP client will parse it, after the structural checks. Messages never echo the raw value:
+    it may hold a password in its user info."""
+    try:
+        url = httpx.URL(value)
+    except Exception:  # httpx.InvalidURL, or a TypeError/ValueError on exotic input
+        raise ConfigError(f"{name}: not a valid URL") from None
+    if url.scheme not in ("http", "https"):
+        raise ConfigError(f"{name}: expected an http(s) URL")
+    if not url.host:
+        raise ConfigError(f"{name}: the URL has no host")
+    if url.userinfo:
+        raise ConfigError(
+            f"{name}: the URL must not contain user info ('user:password@'); the token goes in PREFACTOR_API_TOKEN"
+        )
+    # Checked on the string too: an empty query ('x?') or fragment ('x#') parses as absent but is never intended.
+    if url.query or url.fragment or "?" in value or "#" in value:
+        raise ConfigError(f"{name}: the URL must not contain a query ('?') or fragment ('#')")
+    return url
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for an IP literal that is loopback, or exactly `localhost` / `localhost.`; False for any other name,
+    whatever it resolves to now (DNS can change between this check and the connection)."""
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])  # an IPv6 zone ("%25eth0") does not change the address
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def _token(name: str, raw: str) -> str:
+    value = raw.strip()
+    _check_token(name, value)
+    return value
+
+
+def _check_token(name: str, value: str) -> None:
+    """Refuse a token HTTP cannot carry. The message says what and where, never the value."""
+    for position, char in enumerate(value, start=1):
+        if not char.isprintable() or char.isspace():
+            kind = "a control character (e.g. a line break)" if not char.isprintable() else "whitespace"
+            raise ConfigError(
+                f"{name}: the token contains {kind} at position {position} of {len(value)}; "
+                "copy it again without line breaks or spaces"
+            )
+        if not char.isascii():
+            raise ConfigError(
+                f"{name}: the token contains a non-ASCII character at position {position} of {len(value)}; "
+                "HTTP headers carry ASCII only"
+            )
 
 
 def _text(name: str, raw: str) -> str:
@@ -159,7 +235,9 @@ class _Option:
 # field name -> (environment variable, parser, documentation). The README's configuration table is this.
 OPTIONS: dict[str, _Option] = {
     "api_url": _Option("PREFACTOR_API_URL", _url, "Prefactor API base URL (paths live under /api/v1)"),
-    "api_token": _Option("PREFACTOR_API_TOKEN", _text, "API token (Bearer). Without it the exporter is off"),
+    "api_token": _Option(
+        "PREFACTOR_API_TOKEN", _token, "API token (Bearer; printable ASCII). Without it the exporter is off"
+    ),
     "agent_id": _Option("PREFACTOR_AGENT_ID", _pfid, "agent the runs belong to (omit with a deployment token)"),
     "environment_id": _Option("PREFACTOR_ENVIRONMENT_ID", _pfid, "environment for the runs (account token)"),
     "agent_name": _Option("PREFACTOR_AGENT_NAME", _text, "agent version name (default: service.name)"),
@@ -177,7 +255,8 @@ OPTIONS: dict[str, _Option] = {
     "allow_insecure": _Option(
         "PREFACTOR_ALLOW_INSECURE",
         _parse_bool,
-        "allow a plain http:// URL to a host other than loopback (the token would travel in clear text)",
+        "allow a plain http:// URL to a host other than loopback (127.0.0.0/8, ::1, the name localhost); the token "
+        "would travel in clear text",
     ),
     "tls_verify": _Option(
         "PREFACTOR_TLS_VERIFY", _parse_bool, "verify the server's TLS certificate (turn off only knowingly)"
@@ -321,19 +400,27 @@ class PrefactorConfig:
                     values[name] = option.parse(option.env, raw_env)
         if "api_token" in values and not isinstance(values["api_token"], Secret):
             values["api_token"] = Secret(values["api_token"])
-        config = cls(**values)
-        config._check_transport_security()
-        return config
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        # Here rather than in load(): a config built directly, or changed with replace(), is checked the same way.
+        if not isinstance(self.api_token, Secret):
+            raise ConfigError("PREFACTOR_API_TOKEN: expected a string")
+        _check_token("PREFACTOR_API_TOKEN", self.api_token.get())
+        self._check_transport_security()
 
     def _check_transport_security(self) -> None:
-        scheme, _, rest = self.api_url.partition("://")
-        host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-        host = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
-        loopback = host in ("localhost", "::1") or host.startswith("127.")
-        if scheme == "http" and not loopback and not self.allow_insecure:
+        """Judge the URL requests will use (base + /api/v1/...), parsed as the HTTP client parses it."""
+        name = "PREFACTOR_API_URL"
+        base = _parse_api_url(name, self.api_url)
+        used = _parse_api_url(name, self.api_base + "/bulk")
+        if (used.scheme, used.host, used.port) != (base.scheme, base.host, base.port):
+            raise ConfigError(f"{name}: the URL does not keep its host when the API path is appended")
+        if used.scheme == "http" and not self.allow_insecure and not is_loopback_host(used.host):
             raise ConfigError(
-                f"PREFACTOR_API_URL: plain http:// to {host!r} would send the API token unencrypted; "
-                "use https:// or set PREFACTOR_ALLOW_INSECURE=true"
+                f"{name}: plain http:// to {used.host!r} would send the API token unencrypted; use https://, or "
+                "set PREFACTOR_ALLOW_INSECURE=true (loopback means an address in 127.0.0.0/8, ::1 or the name "
+                "localhost; other names are remote even if they resolve to 127.0.0.1)"
             )
 
     @staticmethod

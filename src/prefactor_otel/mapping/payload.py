@@ -3,6 +3,11 @@
 The payload follows the envelope other Prefactor tools read (architecture.md): span_id, trace_id,
 parent_span_id, name, kind, status, inputs, metadata, token_usage, error, events, links. The result payload
 carries outputs, token_usage and error.
+
+Redaction comes first and covers every string of the span that is sent: the span name, attributes, event names and
+attributes, link attributes, status description (exception messages and stacktraces are event attributes), the
+instrumentation scope, and the Resource attributes copied into metadata. Nothing after step 1 reads the raw span
+for content. Called from the exporting thread; no shared state but the bounded caches of redaction and resource.
 """
 
 from __future__ import annotations
@@ -104,9 +109,12 @@ def _redacted_events(
     out: list[tuple[str, Mapping[str, object]]] = []
     for index, event in enumerate(span_events):
         attrs: Mapping[str, object] = event.attributes or {}
-        if redactor is not None and attrs:
-            attrs = redactor.redact_attributes(attrs, f"events[{index}].attributes", log)
-        out.append((event.name, attrs))
+        name = event.name
+        if redactor is not None:
+            name = redactor.redact_label(name, f"events[{index}].name", log)
+            if attrs:
+                attrs = redactor.redact_attributes(attrs, f"events[{index}].attributes", log)
+        out.append((name, attrs))
     return out
 
 
@@ -212,10 +220,10 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
     context = span.context
     name = span.name
     if context is None or not context.is_valid:
-        raise MappingError(f"span {name!r} has no valid context")
+        raise MappingError("the span has no valid context")  # no name: it is unredacted here, and may hold a secret
     start_ns, end_ns = span.start_time, span.end_time
     if start_ns is None or end_ns is None:
-        raise MappingError(f"span {name!r} has not ended")
+        raise MappingError("the span has not ended")
     opts = options if options is not None else DEFAULT_OPTIONS
 
     # 1. Redaction first, on our own copy of the raw attribute values: nothing after this sees a secret.
@@ -223,6 +231,7 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
     redactor = opts.redactor if opts.redactor.active else None
     attributes = plain_attributes(span.attributes)
     if redactor is not None:
+        name = redactor.redact_label(name, "name", redactions)
         redactor.redact_owned(attributes, "attributes", redactions)
     span_events = _span_sequence(span, "events")  # a new tuple on every access: read once
     events = _redacted_events(span_events, redactor, redactions) if span_events else []
@@ -235,7 +244,7 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
 
     # 2. Classification and the typed fields of the span's type.
     classification = conventions.classify(attributes, name)
-    ctx = typed_mod.Context(attributes, span_events)
+    ctx = typed_mod.Context(attributes, span_events, name)
     mapping_error = None
     if classification.convention is not None:
         try:
@@ -243,7 +252,7 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
         except Exception as exc:
             # A shape no instrumentation we know produces: keep the span, generic, with every attribute in
             # metadata (already redacted), rather than lose it in the exporter.
-            ctx = typed_mod.Context(attributes, span_events)
+            ctx = typed_mod.Context(attributes, span_events, name)
             typed, token_usage = typed_mod.Typed(), None
             mapping_error = type(exc).__name__
     else:
@@ -275,13 +284,21 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
     scope = span.instrumentation_scope
     scope_label = None
     if scope is not None and scope.name:
-        metadata["otel.scope.name"] = scope.name
-        if scope.version:
-            metadata["otel.scope.version"] = scope.version
-        scope_label = f"{scope.name}@{scope.version}" if scope.version else scope.name
+        scope_name, scope_version = scope.name, scope.version
+        if redactor is not None:
+            scope_name = redactor.redact_label(scope_name, "otel.scope.name", redactions)
+            if scope_version:
+                scope_version = redactor.redact_label(scope_version, "otel.scope.version", redactions)
+        metadata["otel.scope.name"] = scope_name
+        if scope_version:
+            metadata["otel.scope.version"] = scope_version
+        scope_label = f"{scope_name}@{scope_version}" if scope_version else scope_name
     resource = span.resource
     resource_attrs = resource.attributes if resource is not None else {}
-    metadata.update(resource_metadata(resource))
+    resource_meta, resource_redactions = resource_metadata(resource, redactor)
+    metadata.update(resource_meta)
+    if resource_redactions:
+        redactions.extend(resource_redactions)
     if classification.convention:
         metadata["convention"] = classification.convention
         if classification.decided_by:
@@ -294,6 +311,8 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
         metadata["prefactor.content_omitted"] = omitted
     if mapping_error:
         metadata["prefactor.mapping_error"] = mapping_error
+    if ctx.invalid_counts:
+        metadata["prefactor.invalid_counts"] = ctx.invalid_counts
     dropped = (span.dropped_attributes, span.dropped_events, span.dropped_links)
     if any(dropped):
         metadata["otel.dropped"] = {"attributes": dropped[0], "events": dropped[1], "links": dropped[2]}

@@ -6,26 +6,48 @@ Three kinds of rules, applied in this order:
    string value masked. Key rules never touch numbers or booleans, so token counts (`gen_ai.usage.input_tokens`,
    `llm.token_count.prompt`) always survive.
 2. **Value rules**: secret-looking substrings anywhere in a string (OpenAI-style `sk-...` keys, bearer tokens,
-   JWTs, cloud keys, private-key blocks, `password=...`, credentials in URLs; plus the user's
-   PREFACTOR_REDACT_PATTERNS) are replaced by `[REDACTED:<rule>]`. Each default rule has literal trigger strings; a
-   value that contains none of them is not scanned by the rule's regex at all (this runs in the export hot path).
+   `Authorization` / `Proxy-Authorization: Basic ...`, JWTs, cloud keys, an AWS secret access key next to its
+   `AKIA`/`ASIA` key id, private-key blocks, `password=...`, secret assignments such as `client_secret=...`,
+   `"secret_key": "..."` or `AWS_SECRET_ACCESS_KEY: ...`, credentials in URLs; plus the user's
+   PREFACTOR_REDACT_PATTERNS) are replaced by `[REDACTED:<rule>]`. Where a rule has a `secret` group only that part
+   is replaced, so `password=[REDACTED:password]` still reads. An assigned JSON literal (`null`, a number, an object)
+   is left alone: it is no credential, and masking it would break the JSON it sits in. Each default rule has literal
+   trigger strings; a value that contains none of them is not scanned by the rule's regex at all (this runs in the
+   export hot path).
 3. The user's **callback** `(path, value) -> value`, last. If it raises or returns a non-string, the value is masked
    (fail closed): an unreviewed value is never sent.
 
 Value rules run on the raw attribute strings, before JSON-in-string values are parsed: the replacements contain no
-quote or backslash, so JSON stays valid, and one scan per attribute replaces a walk of every parsed value. Key rules
-inside JSON values need the parsed structure: they run on the mapped inputs, outputs and params (in place, no copy).
+quote or backslash, so JSON stays valid, and one scan per attribute replaces a walk of every parsed value; a rule
+such as `client_secret": "..."` therefore catches a secret at any nesting depth. Key rules inside JSON values need the
+parsed structure: they run on the mapped inputs, outputs and params (in place, no copy).
 Every redaction is recorded as `{path, rule}`, never with the value.
+
+What goes through it (the mapping calls it; see payload.py): every attribute of the span, its events and links; the
+span name, event names, status description, instrumentation scope name/version, the Resource attributes that are
+sent (span metadata and the agent version). Non-string values are not exempt:
+- `bytes` / `bytearray` / `memoryview` (OTel allows bytes) are sent as their lenient UTF-8 decoding (invalid bytes
+  become U+FFFD), so they are decoded first and then treated exactly like a string: masked under a secret key,
+  value-scanned otherwise.
+- Sequences and mappings (OTel allows both, nested) are walked: key rules on mapping keys, value rules on strings.
+- Fail closed on depth: whatever lies deeper than `MAX_DEPTH` containers is replaced by `[REDACTED:depth_limit]`
+  (recorded), never sent unexamined.
+
+Called from the exporting thread only (map_span); the Redactor's one mutable piece, the key-decision cache, is a
+plain dict whose races can only repeat a decision (no lock needed).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 RedactCallback = Callable[[str, str], str]
 MASK = "[REDACTED]"
+MAX_DEPTH = 32  # containers deeper than this are masked whole (fail closed), not walked
+DEPTH_MASK = "[REDACTED:depth_limit]"
+_BINARY = (bytes, bytearray, memoryview)
 
 # Last segment of an attribute key (lower case, '-' -> '_') that names a secret.
 _SECRET_KEYS = frozenset(
@@ -112,9 +134,9 @@ _STRUCTURAL_KEYS = frozenset(
 class _ValueRule:
     """One value pattern and the cheap checks that let most strings skip it.
 
-    `gate`: a character every match contains; `c in text` for one character is a memchr, so it dismisses most
-    values at almost no cost. `triggers`: literals of which every match contains one, searched in the lower-cased
-    text when `lower` (for the case-insensitive rules, whose regexes are slow to scan); None: the regex itself is
+    `gate`: a literal every match contains (mostly one character); `c in text` for one character is a memchr, so it
+    dismisses most values at almost no cost. `triggers`: literals of which every match contains one, searched in the
+    lower-cased text when `lower` (for the case-insensitive rules, whose regexes are slow to scan); None: the regex is
     the scan, which is fast when it starts with a literal (CPython's `re` then searches for that prefix directly;
     a leading `\\b` would defeat that, so `boundary` checks the character before a match instead).
     """
@@ -177,13 +199,109 @@ class _ValueRule:
         return self.pattern.sub(replace, text), count
 
 
+class _AnchoredRule(_ValueRule):
+    """A case-insensitive rule located by its key words: `str.find` in the lowered text finds each occurrence and
+    the regex is only matched at the few positions where such a key can start. Scanning a whole text with a
+    case-insensitive alternation costs about a hundred times more, and key words such as `token` occur in ordinary
+    GenAI text. `anchors`: (word, offsets): a match may start that many characters before the word."""
+
+    __slots__ = ("anchors",)
+
+    def __init__(self, name: str, pattern: str, anchors: tuple[tuple[str, tuple[int, ...]], ...]) -> None:
+        super().__init__(name, pattern, triggers=tuple(word for word, _ in anchors), lower=True)
+        self.anchors = anchors
+
+    def apply(self, text: str, lowered: str | None) -> tuple[str, int]:
+        haystack = lowered if lowered is not None else text.lower()
+        if len(haystack) != len(text):
+            return super().apply(text, haystack)  # lower() changed the length (rare scripts): positions differ
+        starts: set[int] = set()
+        for word, offsets in self.anchors:
+            at = haystack.find(word)
+            while at != -1:
+                starts.update(at - offset for offset in offsets if at >= offset)
+                at = haystack.find(word, at + 1)
+        if not starts:
+            return text, 0
+        pieces: list[str] = []
+        done = count = 0
+        for start in sorted(starts):
+            if start < done:
+                continue  # inside the previous match
+            match = self.pattern.match(text, start)
+            if match is None:
+                continue
+            pieces.append(text[done : match.start("secret")])
+            pieces.append(self.marker)
+            done = match.end("secret")
+            count += 1
+        if not count:
+            return text, 0
+        pieces.append(text[done:])
+        return "".join(pieces), count
+
+
+class _AwsSecretRule(_ValueRule):
+    """An AWS secret access key cannot be told from other base64 by its shape alone; within 100 characters of its
+    key id (`AKIA...`/`ASIA...`, either side, on the same line) it can. The id is the scan (a regex with a literal
+    start, as cheap as the aws_access_key rule); only the few characters around an id are searched for the key."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__("aws_secret_key", _AWS_KEY_ID, gate="A")
+
+    def apply(self, text: str, lowered: str | None) -> tuple[str, int]:
+        found: set[tuple[int, int]] = set()
+        for key_id in self.pattern.finditer(text):
+            line_start = text.rfind("\n", 0, key_id.start()) + 1
+            line_end = text.find("\n", key_id.end())
+            low = max(line_start, key_id.start() - _AWS_NEAR - 40)
+            high = min(len(text) if line_end == -1 else line_end, key_id.end() + _AWS_NEAR + 40)
+            for candidate in _AWS_SECRET_RE.finditer(text, low, high):
+                start, end = candidate.span()
+                if end < len(text) and text[end] in _BASE64_CHARS:
+                    continue  # cut by the window's end: part of a longer run, not a key
+                found.add((start, end))
+        if not found:
+            return text, 0
+        pieces: list[str] = []
+        done = 0
+        for start, end in sorted(found):
+            pieces.append(text[done:start])
+            pieces.append(self.marker)
+            done = end
+        pieces.append(text[done:])
+        return "".join(pieces), len(found)
+
+
+# `key": "value`, `key=value`, `key: value` (also with escaped quotes, inside JSON-in-a-string): the value only.
+_ASSIGNED = r"(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?"
+# An assigned value that is a secret: not a JSON literal, number, object or array (masking those would break the
+# JSON they sit in, and they are not credentials).
+_ASSIGNED_VALUE = r"(?P<secret>(?![\[{]|(?:null|true|false|-?\d+(?:\.\d+)?)(?![^\s\"'\\,;&}]))[^\s\"'\\,;&}]+)"
+_AWS_SECRET_RE = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")  # 40 characters of base64
+_BASE64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/+=")
+_AWS_NEAR = 100  # characters between a key id and its secret key
+_AWS_KEY_ID = r"(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Z])"
+
+
 def _default_rules() -> list[_ValueRule]:
     token = r"[A-Za-z0-9_-]"
     return [
         _ValueRule("api_key", r"sk-" + token + "{16,}", gate="-", boundary=True),  # OpenAI, Anthropic (sk-ant-)
         _ValueRule("bearer_token", r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}", triggers=("bearer",), lower=True),
+        # Authorization / Proxy-Authorization: Basic <base64 of user:password>
+        _ValueRule(
+            "basic_auth",
+            r"(?i)authorization" + _ASSIGNED + r"basic\s+(?P<secret>[A-Za-z0-9+/=._~-]{4,})",
+            triggers=("authoriz",),
+            lower=True,
+        ),
         _ValueRule("jwt", r"eyJ" + token + "{8,}\\." + token + "{8,}\\." + token + "{8,}", gate="J", boundary=True),
-        _ValueRule("aws_access_key", r"(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Z])", gate="A", boundary=True),
+        # Runs before aws_access_key, which then masks the key id it looked for.
+        _AwsSecretRule(),
+        _ValueRule("aws_access_key", _AWS_KEY_ID, gate="A", boundary=True),
         _ValueRule(
             "github_token", r"(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})", gate="_", boundary=True
         ),
@@ -202,6 +320,14 @@ def _default_rules() -> list[_ValueRule]:
             triggers=("passw", "pwd"),
             lower=True,
         ),
+        # client_secret=..., "secret_key": "...", AWS_SECRET_ACCESS_KEY: ... in free text and in JSON-in-a-string at
+        # any depth (the key rules see parsed JSON only to MAX_DEPTH). Keys with "secret" only: each further key word
+        # is one more scan of every long text (api_key, token, ... inside parsed JSON are the key rules' part).
+        _AnchoredRule(
+            "secret_assignment",
+            r"(?i)secret(?:[_-]?(?:access[_-]?)?key)?" + _ASSIGNED + _ASSIGNED_VALUE,
+            anchors=(("secret", (0,)),),
+        ),
         # scheme://user:password@host: the password only
         _ValueRule("url_credentials", r"://[^\s:/@\"'\\]+:(?P<secret>[^\s@/\"'\\]+)@", gate="@"),
     ]
@@ -211,6 +337,7 @@ def _default_rules() -> list[_ValueRule]:
 _SHORT_GATE_LITERALS = (
     "sk-", "eyJ", "AKIA", "ASIA", "gh", "github_pat_", "AIza", "xox", "-----BEGIN", "://",
     "bearer", "Bearer", "BEARER", "passw", "Passw", "PASSW", "pwd", "Pwd", "PWD",
+    "uthoriz", "UTHORIZ", "ecret", "ECRET",
 )  # fmt: skip
 
 
@@ -247,6 +374,7 @@ class Redactor:
         self._user_keys = frozenset(user_keys | {_normalize_key(k) for k in user_keys})
         self._callback = callback
         self._key_cache: dict[str, str | None] = {}
+        self._label_cache: dict[str, tuple[str, tuple[tuple[str, int], ...]]] = {}
         self.active = bool(self._rules or self._user_keys or callback)
 
     # ------------------------------------------------------------------ keys
@@ -272,6 +400,23 @@ class Redactor:
     def redact_text(self, text: str, path: str, log: list[dict[str, Any]]) -> str:
         """Value rules and the callback on one string."""
         return self._text(text, path, None, log)
+
+    def redact_label(self, text: str, path: str, log: list[dict[str, Any]]) -> str:
+        """`redact_text` for names that repeat (span and event names, scopes): the outcome is cached by text, as
+        key decisions are. Not cached with a callback (called on every string, as documented)."""
+        if self._callback is not None:
+            return self._text(text, path, None, log)
+        cached = self._label_cache.get(text)
+        if cached is None:
+            own: list[dict[str, Any]] = []
+            result = self._text(text, "", None, own)
+            cached = (result, tuple((entry["rule"], entry.get("count", 1)) for entry in own))
+            if len(self._label_cache) >= _KEY_CACHE_LIMIT:
+                self._label_cache.clear()  # bounded: names with ids in them must not grow it without end
+            self._label_cache[text] = cached
+        for rule, count in cached[1]:
+            log.append({"path": path, "rule": rule, "count": count})
+        return cached[0]
 
     def _text(self, text: str, where: str, key: str | None, log: list[dict[str, Any]]) -> str:
         # The recorded path is `where` alone, or `where["key"]`: built only when something is recorded.
@@ -335,26 +480,55 @@ class Redactor:
                 elif scan_all or (len(value) >= _MIN_SECRET_LENGTH and key not in structural):
                     attributes[key] = self._text(value, where, key, log)
                 # else: an identifier or too short for any value rule, the common case: kept as it is
-            elif isinstance(value, (tuple, list)) and value and isinstance(value[0], str):
+            elif type(value) is int or type(value) is float or type(value) is bool or value is None:
+                pass  # numbers and booleans: never secrets (token counts stay)
+            else:
+                # bytes, sequences, mappings: rare, walked in full
                 rule = cache[key] if key in cache else self.key_rule(key)
+                path = _path(where, key)
                 if rule is not None:
-                    attributes[key] = tuple(f"[REDACTED:{rule}]" for _ in value)
-                    log.append({"path": _path(where, key), "rule": rule})
+                    masked = _masked(value, rule)
+                    if masked is not value:
+                        attributes[key] = masked
+                        log.append({"path": path, "rule": rule})
                 else:
-                    path = _path(where, key)
-                    attributes[key] = tuple(
-                        self._text(item, f"{path}[{i}]", None, log) if isinstance(item, str) else item
-                        for i, item in enumerate(value)
-                    )
-            # numbers and booleans: never secrets (token counts stay)
+                    attributes[key] = self._nested(value, path, log, 0)
+
+    def _nested(self, value: object, path: str, log: list[dict[str, Any]], depth: int) -> object:
+        """A redacted copy of one non-string attribute value (or a part of one). Tuples stay tuples (what the SDK
+        gives and the chains expect), other containers become lists and dicts; bytes become text."""
+        if isinstance(value, str):
+            return self._text(value, path, None, log)
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        if isinstance(value, _BINARY):
+            return self._text(bytes(value).decode("utf-8", errors="replace"), path, None, log)
+        if depth >= MAX_DEPTH:
+            log.append({"path": path, "rule": "depth_limit"})
+            return DEPTH_MASK
+        if isinstance(value, Mapping):
+            out: dict[str, object] = {}
+            for raw_key, item in value.items():
+                key = str(raw_key)
+                rule = self.key_rule(key)
+                masked = item if rule is None else _masked(item, rule)
+                if masked is not item:
+                    out[key] = masked
+                    log.append({"path": f"{path}.{key}", "rule": rule})
+                else:
+                    out[key] = self._nested(item, f"{path}.{key}", log, depth + 1)
+            return out
+        if isinstance(value, (tuple, list, Sequence)):
+            items = [self._nested(item, f"{path}[{index}]", log, depth + 1) for index, item in enumerate(value)]
+            return tuple(items) if isinstance(value, tuple) else items
+        return self._text(str(value), path, None, log)  # what json_safe would send: its str()
 
     def redact_keys_in(self, value: Any, path: str, log: list[dict[str, Any]], depth: int = 0) -> None:
         """Mask, in place, string values under secret-named keys inside parsed JSON (tool arguments, results,
         request bodies). The strings themselves were value-scanned as raw attributes already. The structures
         are the mapping's own (fresh from json.loads or built by it), so mutating them is safe. Child paths are
-        built only where a container is entered or a value is masked."""
-        if depth > 32:
-            return
+        built only where a container is entered or a value is masked. A container deeper than MAX_DEPTH is masked
+        whole: it is not examined, so it is not sent."""
         if isinstance(value, dict):
             for key, item in value.items():
                 if isinstance(item, (dict, list)):
@@ -362,6 +536,9 @@ class Redactor:
                     if rule is not None:
                         value[key] = f"[REDACTED:{rule}]"  # a whole credentials object
                         log.append({"path": f"{path}.{key}", "rule": rule})
+                    elif depth >= MAX_DEPTH:
+                        value[key] = DEPTH_MASK
+                        log.append({"path": f"{path}.{key}", "rule": "depth_limit"})
                     else:
                         self.redact_keys_in(item, f"{path}.{key}", log, depth + 1)
                 elif isinstance(item, str) and isinstance(key, str):
@@ -372,4 +549,22 @@ class Redactor:
         elif isinstance(value, list):
             for index, item in enumerate(value):
                 if isinstance(item, (dict, list)):
-                    self.redact_keys_in(item, f"{path}[{index}]", log, depth + 1)
+                    if depth >= MAX_DEPTH:
+                        value[index] = DEPTH_MASK
+                        log.append({"path": f"{path}[{index}]", "rule": "depth_limit"})
+                    else:
+                        self.redact_keys_in(item, f"{path}[{index}]", log, depth + 1)
+
+
+def _masked(value: object, rule: str) -> object:
+    """A value under a secret key, masked: strings, bytes and containers; numbers and booleans stay (token counts
+    are never secrets), and a value with nothing to mask is returned as it is (the same object). A sequence keeps
+    its length (one marker per item), as string arrays always did."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    marker = f"[REDACTED:{rule}]"
+    if isinstance(value, (tuple, list)):
+        if all(item is None or isinstance(item, (bool, int, float)) for item in value):
+            return value
+        return tuple(item if item is None or isinstance(item, (bool, int, float)) else marker for item in value)
+    return marker

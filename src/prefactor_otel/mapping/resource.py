@@ -1,13 +1,20 @@
-"""Resource -> agent version and runtime environment. Pure functions."""
+"""Resource -> agent version and runtime environment. Pure functions (plus a bounded cache).
+
+The Resource attributes that leave the process (the selected ones in span metadata, service.name / .version /
+.namespace in the agent version) go through the exporter's Redactor like any span string. Called from the exporting
+thread; the cache is a plain dict whose races can only recompute an entry.
+"""
 
 from __future__ import annotations
 
 import platform
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 
+from prefactor_otel.mapping.redaction import Redactor
 from prefactor_otel.mapping.values import JsonValue, json_safe
 from prefactor_otel.models import AgentVersionForRegister, RuntimeEnvironment
 
@@ -38,11 +45,18 @@ def agent_version_from_resource(
     agent_name: str | None = None,
     agent_identifier: str | None = None,
     scopes: Iterable[str] = (),
+    redactor: Redactor | None = None,
 ) -> AgentVersionForRegister:
-    """`service.name` -> version name, `service.version` -> external identifier; config overrides both."""
-    name = agent_name or str(attributes.get("service.name") or "unknown_service")
-    identifier = agent_identifier or str(attributes.get("service.version") or UNVERSIONED)
-    description_parts = [f"{key}={attributes[key]}" for key in ("service.namespace",) if key in attributes]
+    """`service.name` -> version name, `service.version` -> external identifier; config overrides both.
+
+    `redactor`: the exporter's (MappingOptions.redactor), applied to the values taken from the Resource; without
+    one, the built-in rules apply (a secret in a service name is never sent raw)."""
+    redact = _resource_text(redactor if redactor is not None else _DEFAULT_REDACTOR)
+    name = agent_name or redact(str(attributes.get("service.name") or "unknown_service"), "service.name")
+    identifier = agent_identifier or redact(str(attributes.get("service.version") or UNVERSIONED), "service.version")
+    description_parts = [
+        f"{key}={redact(str(json_safe(attributes[key])), key)}" for key in ("service.namespace",) if key in attributes
+    ]
     return AgentVersionForRegister(
         name=name,
         external_identifier=identifier,
@@ -60,25 +74,42 @@ def selected_resource_attributes(attributes: Mapping[str, object]) -> dict[str, 
     return {key: attributes[key] for key in SELECTED_RESOURCE_ATTRIBUTES if key in attributes}
 
 
-def resource_metadata(resource: Resource | None) -> dict[str, JsonValue]:
-    """`{"resource.service.name": ..., ...}`: the selected Resource attributes as span metadata.
+def _resource_text(redactor: Redactor) -> Callable[[str, str], str]:
+    def redact(text: str, key: str) -> str:
+        return redactor.redact_text(text, f'resource["{key}"]', []) if redactor.active else text
+
+    return redact
+
+
+def resource_metadata(
+    resource: Resource | None, redactor: Redactor | None = None
+) -> tuple[dict[str, JsonValue], list[dict[str, Any]]]:
+    """`({"resource.service.name": ..., ...}, redactions)`: the selected Resource attributes as span metadata,
+    redacted, and what was redacted (`resource["host.name"]` paths) to record on each span.
 
     A process has one Resource (or a few), shared by all its spans, and a Resource is immutable: the result is
-    computed once per Resource object and shared (callers copy it into their own dict).
+    computed once per (Resource, Redactor) and shared (callers copy it into their own dict).
     """
     if resource is None:
-        return {}
-    cached = _RESOURCE_METADATA.get(id(resource))
-    if cached is not None and cached[0] is resource:
-        return cached[1]
-    metadata = {
-        f"resource.{key}": json_safe(value) for key, value in selected_resource_attributes(resource.attributes).items()
-    }
+        return {}, []
+    key = (id(resource), id(redactor))
+    cached = _RESOURCE_METADATA.get(key)
+    if cached is not None and cached[0] is resource and cached[1] is redactor:
+        return cached[2], cached[3]
+    selected: dict[str, object] = dict(selected_resource_attributes(resource.attributes))
+    log: list[dict[str, Any]] = []
+    if redactor is not None:
+        redactor.redact_owned(selected, "resource", log)
+    metadata = {f"resource.{name}": json_safe(value) for name, value in selected.items()}
     if len(_RESOURCE_METADATA) >= _RESOURCE_CACHE_SIZE:
         _RESOURCE_METADATA.clear()  # more Resources than any process uses: start over rather than grow
-    _RESOURCE_METADATA[id(resource)] = (resource, metadata)  # holding the Resource keeps its id from being reused
-    return metadata
+    # Holding the Resource and the Redactor keeps their ids from being reused while the entry lives.
+    _RESOURCE_METADATA[key] = (resource, redactor, metadata, log)
+    return metadata, log
 
 
 _RESOURCE_CACHE_SIZE = 64
-_RESOURCE_METADATA: dict[int, tuple[Resource, dict[str, JsonValue]]] = {}
+_RESOURCE_METADATA: dict[
+    tuple[int, int], tuple[Resource, Redactor | None, dict[str, JsonValue], list[dict[str, Any]]]
+] = {}
+_DEFAULT_REDACTOR = Redactor()

@@ -160,12 +160,14 @@ class Context:
     """One span's (redacted) attributes and events, what the chains consumed, and lazily grouped flattened
     families."""
 
-    __slots__ = ("_families", "attributes", "consumed", "events")
+    __slots__ = ("_families", "attributes", "consumed", "events", "invalid_counts", "name")
 
-    def __init__(self, attributes: dict[str, object], events: Sequence[Event] = ()) -> None:
+    def __init__(self, attributes: dict[str, object], events: Sequence[Event] = (), name: str = "") -> None:
         self.attributes = attributes
         self.events = events  # the span's events, read once by the caller (each read of span.events copies them)
+        self.name = name  # the span's name, redacted: builders that derive a field from it read this, not span.name
         self.consumed: set[str] = set()
+        self.invalid_counts: list[str] = []  # numeric attributes a count chain skipped (NaN, negative, ...)
         self._families: dict[str, dict[int, dict[str, str]]] | None = None
 
     def first(self, keys: Sequence[str]) -> tuple[str, object] | None:
@@ -198,14 +200,21 @@ class Context:
         return (hit[0], self.parse(*hit)) if hit is not None else None
 
     def number(self, keys: Sequence[str]) -> int | None:
+        """First attribute of the chain that is a count. A number that is not one (NaN, infinite, negative,
+        fractional) is skipped, left in metadata as it came and named in `invalid_counts`: one bad count must not
+        cost the span its other typed fields."""
         attributes = self.attributes
         if attributes.keys().isdisjoint(keys):
             return None
         for key in keys:
             value = attributes.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
+                count = _count(value)
+                if count is None:
+                    self.invalid_counts.append(key)
+                    continue
                 self.consumed.add(key)
-                return int(value)
+                return count
         return None
 
     def family(self, prefix: str) -> dict[int, dict[str, Any]] | None:
@@ -587,7 +596,7 @@ def _unwrap_tool_result(value: Any, typed: Typed) -> Any:
 
 
 def tool(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
-    name = ctx.value(TOOL_NAME) or _strip_prefix(span.name, "execute_tool ", ".tool")
+    name = ctx.value(TOOL_NAME) or _strip_prefix(ctx.name, "execute_tool ", ".tool")
     typed.put(typed.fields, "tool_name", name)
     typed.put(typed.fields, "tool_call_id", ctx.value(TOOL_CALL_ID))
     typed.put(typed.fields, "tool_type", ctx.value(("gen_ai.tool.type",)))
@@ -616,7 +625,7 @@ def tool(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
 
 
 def agent(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
-    name = ctx.value(AGENT_NAME) or _strip_prefix(span.name, "invoke_agent ", ".agent") or span.name
+    name = ctx.value(AGENT_NAME) or _strip_prefix(ctx.name, "invoke_agent ", ".agent") or ctx.name
     typed.put(typed.fields, "agent_name", name)
     typed.put(typed.fields, "agent_id", ctx.value(("gen_ai.agent.id", "graph.node.id")))
     typed.put(typed.fields, "agent_description", ctx.value(("gen_ai.agent.description",)))
@@ -848,5 +857,15 @@ _USAGE_KEYS = frozenset(
 
 def _int(value: object) -> int | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(value)
+        return _count(value)
     return None
+
+
+def _count(value: float) -> int | None:
+    """`value` as a token count, or None when it cannot be one: NaN, infinite, negative or fractional."""
+    if type(value) is int:
+        return value if value >= 0 else None
+    if isinstance(value, float):
+        # is_integer() is False for NaN and the infinities: int() of those raises.
+        return int(value) if value.is_integer() and value >= 0 else None
+    return int(value) if value >= 0 else None  # an int subclass
