@@ -110,3 +110,42 @@ def test_chaos_through_an_exit_with_no_shutdown_call_finishes_every_run():
         assert (
             len(stored) == 2000 and len({(s["payload"]["trace_id"], s["payload"]["span_id"]) for s in stored}) == 2000
         )
+
+
+KILLED_MID_RUN = """
+    import time
+    from prefactor_otel import PrefactorSpanExporter
+    from tests.spans import agent_trace, make_provider
+
+    provider, collector = make_provider()
+    agent_trace(provider)
+    exporter = PrefactorSpanExporter(finish_grace_seconds=0, max_wait_seconds=0)
+    # everything but the root: the run is registered, started and has its steps, and is still going
+    exporter.export([s for s in collector.spans if s.parent is not None])
+    print("RUNNING", exporter.stats()["spans_exported"], flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_run_left_active_by_a_killed_process_is_finished_by_the_next_one(tmp_path):
+    with DevServer(token=TOKEN) as srv:
+        env = {**srv.env(), "PREFACTOR_SPOOL_DIR": str(tmp_path)}
+        app = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(KILLED_MID_RUN)],
+            env={**os.environ, "PYTHONPATH": ROOT, **env},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert app.stdout is not None
+            assert app.stdout.readline().split() == ["RUNNING", "3"]
+        finally:
+            app.kill()  # SIGKILL: no atexit, no shutdown
+            app.wait(10)
+        assert [i["status"] for i in srv.instances()] == ["active"]
+        later = exporter_for(srv, spool_dir=str(tmp_path))  # the next process with this configuration
+        later.shutdown()
+        (instance,) = srv.instances()
+        assert instance["status"] == "failed" and instance["finished_at"] is not None
+        assert later.stats()["instance_actions_dropped"] == {}
+        assert not list(tmp_path.glob("runs-*.journal"))  # the dead process's journal was taken and removed

@@ -45,8 +45,8 @@ class ItemSource(Protocol):
 
 
 class PlannedSource:
-    """The planner as a source. `after_plan` runs under the state lock right after each plan (the exporter
-    journals the runs a plan opens there, before any of its items is sent)."""
+    """The planner as a source. `on_change` runs under the state lock after each plan and each apply: the
+    exporter journals there the runs a plan opens (before any of its items is sent) and those it closes."""
 
     def __init__(
         self,
@@ -55,13 +55,13 @@ class PlannedSource:
         *,
         flush: bool = False,
         shutdown: bool = False,
-        after_plan: Callable[[], None] | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self._planner = planner
         self._lock = lock
         self._flush = flush
         self._shutdown = shutdown
-        self._after_plan = after_plan
+        self._on_change = on_change
         # One clock reading per drain: re-plans within it must not pick up, one by one, the runs whose grace
         # period ends meanwhile (that made single-item requests under load); the next drain takes them together.
         self._now = time.monotonic()
@@ -69,13 +69,15 @@ class PlannedSource:
     def plan(self) -> list[PlannedItem]:
         with self._lock:
             items = self._planner.plan(self._now, flush=self._flush, shutdown=self._shutdown)
-            if self._after_plan is not None:
-                self._after_plan()
+            if self._on_change is not None:
+                self._on_change()
             return items
 
     def apply(self, outcomes: Mapping[str, ItemOutcome]) -> None:
         with self._lock:
             self._planner.apply(outcomes, time.monotonic())
+            if self._on_change is not None:
+                self._on_change()
 
     def too_large(self, key: str, size: int) -> None:
         with self._lock:

@@ -1,17 +1,21 @@
 """Durability: what cannot be delivered now waits on disk, and is delivered from there first, across restarts.
 
-`Backlog` joins the spool (spool.py: undelivered bulk items, oldest first) to the delivery path:
+`Backlog` joins the spool (spool.py: undelivered bulk items, oldest first) and the journal of open runs
+(journal.py) to the delivery path:
 - `spill` hands everything the planner has ready to the spool; the planner then treats it as delivered, so the
   run's later items follow it into the spool or, once the backlog is gone, go live behind it.
 - `replay` delivers spool files oldest first, each one through `Delivery.drain` with a `SpooledSource`: the same
   chunking, fallbacks and outcome rules as live items. After a failure it backs off (1 s doubling to 30 s).
+- `record_runs` writes to the journal which runs this process has opened (before their register is sent) and
+  closed; `adopt_abandoned` finds the journals of processes that died with runs open (SIGKILL, OOM, a pool
+  worker terminated) and puts a `failed` finish for each of their runs into the spool, so no run stays `active`.
 - the account partition learnt from the server is kept beside the spool, so a later process without an agent id
   can plan (and spool) its spans while the API is down.
 
 Threads: `replay` runs on the thread holding the exporter's send lock. `spill` runs either there or, when
 shutdown could not get the send lock in time, on the shutting-down thread; it takes the exporter's state lock
 around the planner, and the spool serialises its own writers. The backoff fields are written by the sending
-thread only.
+thread only. `record_runs` runs under the exporter's state lock (the journal has its own leaf lock).
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ import time
 from collections import Counter
 from typing import Any
 
+from prefactor_otel import ids
+from prefactor_otel._logging import logger
 from prefactor_otel.delivery import Delivery, SpooledSource
+from prefactor_otel.journal import RunJournal
+from prefactor_otel.mapping.values import iso_from_ns
+from prefactor_otel.models import BULK_FINISH_INSTANCE
 from prefactor_otel.planner import Planner
 from prefactor_otel.spool import Spool
 from prefactor_otel.transport import encode_item
@@ -34,8 +43,9 @@ _PARTITION_FILE = "partition"
 
 
 class Backlog:
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, journal: RunJournal | None = None) -> None:
         self.spool = spool
+        self.journal = journal if journal is not None and journal.enabled else None
         self.retry_at = 0.0
         self._backoff = BACKOFF_FIRST_S
         self.counters: Counter[str] = Counter()
@@ -49,6 +59,8 @@ class Backlog:
         reset = getattr(self.spool, "reset_after_fork", None)
         if reset is not None:
             reset()
+        if self.journal is not None:
+            self.journal.reset_after_fork()
 
     @property
     def has_backlog(self) -> bool:
@@ -72,6 +84,7 @@ class Backlog:
             if not self.spool.append(encoded):
                 return 0
             planner.handoff(items, time.monotonic())
+            self.record_runs(planner.take_run_changes())
         self.retry_at = max(self.retry_at, time.monotonic() + self._backoff)
         return len(items)
 
@@ -102,6 +115,48 @@ class Backlog:
         self.counters.update(source.counters)
         self.dropped.update(source.dropped)
         self.actions_dropped.update(source.actions_dropped)
+
+    # ------------------------------------------------------------------ runs left open
+
+    def record_runs(self, changes: dict[str, int | None]) -> None:
+        if changes and self.journal is not None:
+            self.journal.record(changes)
+
+    def adopt_abandoned(self) -> int:
+        """Finish (as `failed`, at their last known activity) the runs of dead processes: into the spool first,
+        then the dead journal is discarded. Returns the number of runs adopted."""
+        journal = self.journal
+        if journal is None:
+            return 0
+        adopted = 0
+        for abandoned in journal.take_abandoned():
+            items: list[dict[str, Any] | bytes] = [
+                {
+                    "_type": BULK_FINISH_INSTANCE,
+                    "idempotency_key": ids.idempotency_key_for_id(BULK_FINISH_INSTANCE, run.instance_id),
+                    "agent_instance_id": run.instance_id,
+                    "status": "failed",
+                    "timestamp": iso_from_ns(run.last_activity_ns),
+                }
+                for run in abandoned.runs
+            ]
+            if items and not self.spool.append(items):
+                journal.release(abandoned)  # a later attempt (or process) takes it again
+                continue
+            journal.discard(abandoned)
+            adopted += len(items)
+        if adopted:
+            self.counters["runs_adopted_from_dead_processes"] += adopted
+            logger.warning(
+                "Prefactor: %d run(s) left open by a process that ended without finishing them will be finished "
+                "as failed",
+                adopted,
+            )
+        return adopted
+
+    def close(self) -> int:
+        """At shutdown: the journal is removed when no run is left open; returns the runs still open."""
+        return self.journal.close() if self.journal is not None else 0
 
     # ------------------------------------------------------------------ the account partition
 

@@ -44,6 +44,7 @@ from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.config import ConfigError, PrefactorConfig
 from prefactor_otel.delivery import Delivery, PlannedSource
 from prefactor_otel.durability import Backlog
+from prefactor_otel.journal import RunJournal
 from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_version_from_resource, map_span
 from prefactor_otel.mapping.options import MappingOptions
 from prefactor_otel.metrics import register_metrics
@@ -54,6 +55,7 @@ from prefactor_otel.transport import BulkTransport, encode_json, suppress_instru
 SDK_HEADER = f"prefactor-otel@{__version__}"
 _TICK_S = 0.5
 _TICK_BACKOFF_CAP_S = 30.0
+_ADOPT_EVERY_S = 60.0  # how often the journals of ended processes are looked for
 # Of a shutdown budget, what is kept back for writing the undelivered rest to the spool.
 _SPILL_RESERVE_S = 0.5
 
@@ -158,6 +160,7 @@ class PrefactorSpanExporter(SpanExporter):
             register_metrics(self.stats, __version__)
         except Exception:  # self-metrics are a convenience: never a reason to fail
             logger.debug("Prefactor self-metrics unavailable", exc_info=True)
+        self._adopt_abandoned_runs()
         if self._backlog is not None and self._backlog.has_backlog:
             logger.info(
                 "Prefactor: %d bytes left in the spool by an earlier run; re-sending", self._backlog.spool.backlog_bytes
@@ -192,7 +195,7 @@ class PrefactorSpanExporter(SpanExporter):
             directory, max_bytes=self._config.spool_max_bytes, retention_seconds=self._config.spool_retention_seconds
         )
         if spool.enabled:
-            self._backlog = Backlog(spool)
+            self._backlog = Backlog(spool, RunJournal(spool.directory))
 
     def _register_process_hooks(self) -> None:
         ref = weakref.ref(self)
@@ -319,6 +322,10 @@ class PrefactorSpanExporter(SpanExporter):
         ticker = self._ticker
         if ticker is not None and ticker is not threading.current_thread():
             ticker.join(max(0.0, deadline - time.monotonic()))
+        if self._backlog is not None:
+            with self._state_lock:
+                self._journal_runs()
+            self._backlog.close()
 
     # ------------------------------------------------------------------ delivery
 
@@ -435,11 +442,22 @@ class PrefactorSpanExporter(SpanExporter):
                 if not replayed:
                     self._spill(planner, flush=flush, shutdown=shutdown)
                     return False
-            source = PlannedSource(planner, self._state_lock, flush=flush, shutdown=shutdown)
+            source = PlannedSource(
+                planner, self._state_lock, flush=flush, shutdown=shutdown, on_change=self._journal_runs
+            )
             delivered = delivery.drain(source, deadline)
             if not delivered and not delivery.transport.auth_failed:
                 self._spill(planner, flush=flush, shutdown=shutdown)
             return delivered
+
+    def _journal_runs(self) -> None:
+        """Under the state lock: the runs the last plan opened or the last outcomes closed, to the journal."""
+        planner = self._planner
+        if planner is None:
+            return
+        changes = planner.take_run_changes()  # taken even without a journal: it must not grow
+        if self._backlog is not None:
+            self._backlog.record_runs(changes)
 
     def _spill(self, planner: Planner, *, flush: bool, shutdown: bool) -> None:
         if self._backlog is not None:
@@ -467,14 +485,19 @@ class PrefactorSpanExporter(SpanExporter):
         self._ticker.start()
 
     def _tick_loop(self) -> None:
-        """Finishes runs after their grace period, sends aged orphans, replays the spool; notices exit."""
+        """Finishes runs after their grace period, sends aged orphans, replays the spool, finishes the runs of
+        dead processes (at start and every minute); notices exit."""
         stop = self._ticker_stop
         delay = _TICK_S
         next_send = 0.0
+        next_adoption = time.monotonic() + _ADOPT_EVERY_S  # the constructor has just looked
         while not stop.wait(_TICK_S):
             if self._exit_deadline is None and _interpreter_exiting():
                 self._begin_exit()
             now = time.monotonic()
+            if now >= next_adoption and self._exit_deadline is None:
+                next_adoption = now + _ADOPT_EVERY_S
+                self._adopt_abandoned_runs()
             if now < next_send or not self._has_due_work(now) or not self._send_lock.acquire(blocking=False):
                 continue
             try:
@@ -487,6 +510,14 @@ class PrefactorSpanExporter(SpanExporter):
                 self._send_lock.release()
             delay = _TICK_S if ok else min(_TICK_BACKOFF_CAP_S, delay * 2)
             next_send = time.monotonic() + delay - _TICK_S
+
+    def _adopt_abandoned_runs(self) -> None:
+        if self._backlog is None:
+            return
+        try:
+            self._backlog.adopt_abandoned()
+        except Exception:  # never a reason to fail the application
+            logger.exception("Prefactor: finishing the runs of ended processes failed unexpectedly")
 
     def _has_due_work(self, now: float) -> bool:
         backlog = self._backlog
