@@ -204,7 +204,7 @@ class Spool:
         limit needs. False (nothing written) if the spool is off, the write failed or the items exceed the cap."""
         if not self.enabled or not items:
             return False
-        encoder = ItemEncoder()
+        encoder = ItemEncoder(items)
         encoded = []
         too_large = unencodable = 0
         for item in items:
@@ -411,7 +411,7 @@ class Spool:
                 self._forget(name)
                 return
             try:
-                encoder = ItemEncoder()
+                encoder = ItemEncoder(remaining)
                 data = render([encoder.encode(item) for item in remaining])
                 write_atomic(self.directory / name, data, mtime=os.stat(file.path).st_mtime)
                 file.path.unlink(missing_ok=True)

@@ -7,11 +7,12 @@ Version 2 (written since the per-file limit):
 
     {"version":2,"shared":{KEY:VALUE,...},"refs":[[INDEX,FIELD,KEY],...],"items":[ITEM,...]}
 
-A top-level field of a dict item whose value is an object or array of at least `SHARE_MIN_BYTES` of JSON (the
-~10 KB `agent_schema_version` every register item repeats) is written once per file under `shared`, keyed by a
-digest of its JSON, and left out of the item; `refs` puts it back on reading, as one object shared by every item
-that refers to it (one copy in memory per file). Items handed over already encoded (bytes) are written as they
-are. Version 1 (`{"version":1,"items":[...]}`) is still read.
+A top-level field of a dict item whose value is an object or array that recurs in the hand-off (the same object:
+the planner gives every register item one `agent_schema_version` dict, ~10 KB) and has at least `SHARE_MIN_BYTES`
+of JSON is written once per file under `shared`, keyed by a digest of its JSON, and left out of the item; `refs`
+puts it back on reading, as one object shared by every item that refers to it (one copy in memory per file).
+Items handed over already encoded (bytes) are written as they are. Version 1 (`{"version":1,"items":[...]}`) is
+still read.
 
 Packing: items go into a file in order until the next one would take it past `max_file_bytes`; then a new file
 starts. An item bigger than the limit on its own gets a file of its own (the caller bounds single items).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,10 +67,18 @@ def _embedded_json(value: object) -> Any:
 
 
 class ItemEncoder:
-    """Encodes the items of one append or give-back. A large sub-object shared by many items (the planner hands
-    every register item the same schema dict) is encoded and hashed once, remembered by identity."""
+    """Encodes the items of one append or give-back. A large sub-object several items share (the planner hands
+    every register item the same schema dict) is encoded and hashed once, remembered by identity; one that
+    occurs once is encoded inline (sharing it would only cost a digest)."""
 
-    def __init__(self) -> None:
+    def __init__(self, items: Sequence[dict[str, Any] | bytes]) -> None:
+        seen: set[int] = set()
+        self._recurring: set[int] = set()
+        for item in items:
+            if isinstance(item, dict):
+                for value in item.values():
+                    if isinstance(value, (dict, list)):
+                        (self._recurring if id(value) in seen else seen).add(id(value))
         # id -> (the object itself, kept so its id cannot be reused while we remember it; key; JSON)
         self._memo: dict[int, tuple[object, str, bytes]] = {}
 
@@ -79,7 +89,7 @@ class ItemEncoder:
         shared: list[tuple[bytes, str, bytes]] = []
         rest: dict[str, Any] = {}
         for field, value in item.items():
-            if isinstance(value, (dict, list)) and value:
+            if id(value) in self._recurring and isinstance(value, (dict, list)):
                 found = self._large(value)
                 if found is not None:
                     shared.append((dumps(field), *found))
