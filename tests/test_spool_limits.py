@@ -158,8 +158,8 @@ def test_malformed_and_truncated_files_are_quarantined_counted_logged_once_and_t
 def test_the_quarantine_is_bounded(tmp_path):
     stamp = time.time_ns()
     for n in range(20):
-        (tmp_path / f"{stamp + n:020d}-1-1.json").write_bytes(b"x" * 30_000)
-    spool = Spool(tmp_path, max_bytes=100_000, retention_seconds=3600, max_file_bytes=50_000)
+        (tmp_path / f"{stamp + n:020d}-1-1.json").write_bytes(b"x" * 15_000)
+    spool = Spool(tmp_path, max_bytes=400_000, retention_seconds=3600, max_file_bytes=50_000)
     assert spool.take_oldest() is None
     assert spool.counters["spool_files_quarantined"] == 20
     assert sum(p.stat().st_size for p in (tmp_path / ".quarantine").iterdir()) <= 50_000
@@ -212,3 +212,14 @@ def test_dict_items_may_hold_payloads_already_encoded_and_unencodable_items_are_
     assert spool.append([encoded, broken])
     assert _drain(spool) == [{"_type": "agent_spans/create", "idempotency_key": "k", "details": {"payload": {"a": 1}}}]
     assert spool.counters["dropped:spool_unencodable"] == 1
+
+
+def test_a_backlog_over_the_cap_is_trimmed_oldest_first_at_start_up(tmp_path):
+    big = Spool(tmp_path, max_bytes=100 * MIB, retention_seconds=3600, max_file_bytes=4096)
+    big.append([_span(n) for n in range(300)])  # ~80 KB, e.g. written before the cap was lowered
+    spool = Spool(tmp_path, max_bytes=20_000, retention_seconds=3600, max_file_bytes=4096)
+    assert spool.backlog_bytes <= 20_000
+    assert sum(p.stat().st_size for p in _spool_files(tmp_path)) <= 20_000
+    kept = [i["idempotency_key"] for i in _drain(spool)]
+    assert kept == [f"span-{n:05d}" for n in range(300 - len(kept), 300)]  # the newest
+    assert spool.counters["dropped:spool_full"] == 300 - len(kept)

@@ -7,9 +7,9 @@ large shared objects stored once per file) is in `spool_format`.
 
 Bounded: a hand-off is split into files of at most `max_file_bytes` (one item larger than that gets a file of its
 own; an item larger than `max_item_bytes` is dropped, counted). Before writing, the oldest files are dropped
-(counted) until the new ones fit under `max_bytes`; a hand-off larger than the whole cap is refused (`append`
-returns False, counted, logged). A file is read only if it is within the read limit, so replay memory is bounded
-whatever the backlog. Files past the retention age are dropped, counted.
+(counted) until the new ones fit under `max_bytes` (every rescan trims to the cap too); a hand-off larger than the
+whole cap is refused (`append` returns False, counted, logged). A file is read only if it is within the read
+limit, so replay memory is bounded whatever the backlog. Files past the retention age are dropped, counted.
 
 Leases: a sender takes a file by renaming it to `<name>.lease-<pid>`; a lease whose process died (or that carries
 our own pid but is not one we hold: a restart that reused the pid) is taken back by the next rescan.
@@ -185,6 +185,7 @@ class Spool:
         self._foreign_bytes = foreign
         self._recount()
         self._last_rescan = time.monotonic()
+        self._make_room(0)  # a lowered cap, or a backlog from before the cap held: trimmed, oldest first, counted
 
     def _rescan_due(self) -> bool:
         return time.monotonic() - self._last_rescan >= self._rescan_seconds
@@ -381,18 +382,18 @@ class Spool:
 
     def _set_aside(self, path: Path, name: str, problem: Exception) -> None:
         count = count_spans(path)
-        quarantine(path, self.directory / _QUARANTINE, name, self._quarantine_bytes)
+        kept = quarantine(path, self.directory / _QUARANTINE, name, self._quarantine_bytes)
         self._forget(name)
         self.counters["spool_files_quarantined"] += 1
         self.counters["dropped:spool_corrupt"] += count
         self._log.log(
             logging.WARNING,
             "spool_corrupt",
-            "Prefactor spool: unreadable file %s (%s): %d span(s) dropped, file kept in %s",
+            "Prefactor spool: unreadable file %s (%s): %d span(s) dropped, file %s",
             name,
             type(problem).__name__ if not isinstance(problem, CorruptFile) else problem,
             count,
-            self.directory / _QUARANTINE,
+            f"kept in {self.directory / _QUARANTINE}" if kept else "deleted (too large to keep)",
         )
 
     def complete(self, file: SpoolFile) -> None:

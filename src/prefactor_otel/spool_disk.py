@@ -100,9 +100,9 @@ def names_present(directory: Path) -> set[str]:
         return {base_name(entry.name) for entry in entries if NAME_RE.match(entry.name)}
 
 
-def quarantine(path: Path, directory: Path, name: str, budget: int) -> None:
+def quarantine(path: Path, directory: Path, name: str, budget: int) -> bool:
     """Move a file into the quarantine directory (oldest removed beyond `budget` bytes); delete it if it is larger
-    than the budget or cannot be moved."""
+    than the budget or cannot be moved. True if it was kept."""
     try:
         if os.stat(path).st_size > budget:
             raise OSError("larger than the quarantine")
@@ -120,6 +120,8 @@ def quarantine(path: Path, directory: Path, name: str, budget: int) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(path)
+        return False
+    return True
 
 
 class SenderLock:
