@@ -108,9 +108,10 @@ def test_version_1_files_are_still_read(tmp_path):
 
 
 def test_a_file_over_the_read_limit_is_never_loaded_and_its_spans_are_counted(tmp_path):
-    # A 30 MB version-1 file, as the unbounded spool used to write.
-    span = json.dumps(_span(0, size=10_000), separators=(",", ":")).encode()
-    (tmp_path / f"{time.time_ns():020d}-1-1.json").write_bytes(b'{"version":1,"items":[%s]}' % b",".join([span] * 3000))
+    # 30 MB, and not a shape the spool ever wrote (so it cannot be rewritten as bounded files either).
+    span = json.dumps(_span(0, size=10_000)).encode()
+    body = b'{"items": [%s], "version": 1}' % b", ".join([span] * 3000)
+    (tmp_path / f"{time.time_ns():020d}-1-1.json").write_bytes(body)
     time.sleep(0.001)
     spool_args = {"max_bytes": 100 * MIB, "retention_seconds": 3600, "max_file_bytes": 64 << 10}
     Spool(tmp_path, **spool_args, max_item_bytes=64 << 10).append([_span(7)])
@@ -223,3 +224,45 @@ def test_a_backlog_over_the_cap_is_trimmed_oldest_first_at_start_up(tmp_path):
     kept = [i["idempotency_key"] for i in _drain(spool)]
     assert kept == [f"span-{n:05d}" for n in range(300 - len(kept), 300)]  # the newest
     assert spool.counters["dropped:spool_full"] == 300 - len(kept)
+
+
+def _v1_file(path: Path, items: list[dict]) -> None:
+    path.write_bytes(
+        b'{"version":1,"items":[%s]}' % b",".join(json.dumps(i, ensure_ascii=False).encode() for i in items)
+    )
+
+
+def test_an_oversized_version_1_file_is_rewritten_as_bounded_files_in_its_place_with_bounded_memory(tmp_path):
+    # As the unbounded spool wrote it: a whole hand-off in one file, here ~12 MB against a 64 KiB file limit.
+    schema = _schema_set()
+    legacy = []
+    for n in range(600):
+        legacy += [_register(n, schema), _span(n, size=9000), {**_span(10_000 + n), "details": {"text": "é€😀" * 5}}]
+    stamp = time.time_ns()
+    _v1_file(tmp_path / f"{stamp:020d}-1-1.json", legacy)
+    _v1_file(tmp_path / f"{stamp + 1:020d}-1-2.json", [_span(99_999)])  # written after it: must stay after it
+    limits = {"max_bytes": 100 * MIB, "retention_seconds": 3600, "max_file_bytes": 64 << 10}
+    spool = Spool(tmp_path, **limits, max_item_bytes=64 << 10)
+    tracemalloc.start()
+    try:
+        first = spool.take_oldest()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MIB  # never the whole 12 MB file (nor its decoded items) at once
+    assert spool.counters["spool_files_split"] == 1 and not spool.counters["dropped:spool_corrupt"]
+    assert all(p.stat().st_size <= (64 << 10) for p in _spool_files(tmp_path))
+    items = first.items
+    spool.complete(first)
+    items += _drain(spool)
+    assert items == [*legacy, _span(99_999)]
+
+
+def test_a_truncated_oversized_version_1_file_is_quarantined_with_its_spans_counted(tmp_path):
+    path = tmp_path / f"{time.time_ns():020d}-1-1.json"
+    _v1_file(path, [_span(n, size=1000) for n in range(100)])
+    path.write_bytes(path.read_bytes()[:-3000])
+    spool = Spool(tmp_path, max_bytes=MIB, retention_seconds=3600, max_file_bytes=8192, max_item_bytes=8192)
+    assert spool.take_oldest() is None
+    assert spool.counters["dropped:spool_corrupt"] == 98  # counted from the raw bytes
+    assert not _spool_files(tmp_path)  # no pieces left behind

@@ -9,7 +9,9 @@ Bounded: a hand-off is split into files of at most `max_file_bytes` (one item la
 own; an item larger than `max_item_bytes` is dropped, counted). Before writing, the oldest files are dropped
 (counted) until the new ones fit under `max_bytes` (every rescan trims to the cap too); a hand-off larger than the
 whole cap is refused (`append` returns False, counted, logged). A file is read only if it is within the read
-limit, so replay memory is bounded whatever the backlog. Files past the retention age are dropped, counted.
+limit, so replay memory is bounded whatever the backlog; a version-1 file over it (written before files were
+bounded) is rewritten as bounded files in its place, reading it in chunks. Files past the retention age are
+dropped, counted.
 
 Leases: a sender takes a file by renaming it to `<name>.lease-<pid>`; a lease whose process died (or that carries
 our own pid but is not one we hold: a restart that reused the pid) is taken back by the next rescan.
@@ -24,10 +26,11 @@ every `rescan_seconds` otherwise (`has_backlog`, `append`), so files a live proc
 `has_own_backlog` says whether files this process wrote still exist anywhere (leased by anyone): while they do,
 live items of the same runs must not be sent ahead of them.
 
-Unreadable files (not JSON, truncated, wrong shape, or over the read limit) are moved to `.quarantine/`
-(bounded on its own: at most `max(max_file_bytes, max_bytes // 10)` bytes, oldest removed first; a larger file is
-deleted), their spans counted as dropped `spool_corrupt`, logged (rate-limited); `take_oldest` serves the next
-file and never raises. `.tmp-*` files older than a minute whose writer is not a live process are removed.
+Unreadable files (not JSON, truncated, wrong shape, or over the read limit and not splittable) are moved to
+`.quarantine/` (bounded on its own: at most `max(max_file_bytes, max_bytes // 10)` bytes, oldest removed first; a
+larger file is deleted), their spans counted as dropped `spool_corrupt`, logged (rate-limited); `take_oldest`
+serves the next file and never raises. `.tmp-*` files older than a minute whose writer is not a live process
+are removed.
 
 Threads: the exporter's export callers and its background sender call every method. `_lock` guards the index,
 leases, own-file set, counters and the sender-lock descriptor; file writes happen under it (names and the index
@@ -61,7 +64,17 @@ from prefactor_otel.spool_disk import (
     remove_if_stale_tmp,
     write_atomic,
 )
-from prefactor_otel.spool_format import FORMAT_VERSION, CorruptFile, ItemEncoder, count_spans, decode, pack, render
+from prefactor_otel.spool_format import (
+    FORMAT_VERSION,
+    CorruptFile,
+    EncodedItem,
+    ItemEncoder,
+    count_spans,
+    decode,
+    iter_v1_items,
+    pack,
+    render,
+)
 
 __all__ = ["FORMAT_VERSION", "Spool", "SpoolFile", "default_spool_dir"]
 
@@ -370,6 +383,8 @@ class Spool:
                     size = os.stat(lease).st_size
                     self._leased[name] = size
                     if size > self._read_limit:
+                        if self._split_oversized(lease, name):
+                            continue  # its pieces are now the oldest files
                         raise CorruptFile(f"{size} bytes, over the {self._read_limit}-byte read limit")
                     with open(lease, "rb") as fh:
                         items = decode(fh.read(self._read_limit + 1))
@@ -379,6 +394,48 @@ class Spool:
                 self._recount()
                 return SpoolFile(lease, items)
             return None
+
+    def _split_oversized(self, lease: Path, name: str) -> bool:
+        """Rewrite an oversized version-1 file (written before files were bounded) as bounded files that keep its
+        place: `<its name minus .json><6-digit piece>.json` sort after it and before any later stamp. False (nothing
+        left behind) if it is not one, or cannot be split."""
+        stem = name.removesuffix(".json")
+        pieces: list[tuple[str, int]] = []
+        batch: list[EncodedItem] = []
+
+        def flush() -> None:
+            data = render(batch)
+            piece = f"{stem}{len(pieces):06d}.json"
+            write_atomic(self.directory / piece, data, mtime=os.stat(lease).st_mtime)
+            pieces.append((piece, len(data)))
+            batch.clear()
+
+        encoder = ItemEncoder(())
+        try:
+            size = 0
+            for body in iter_v1_items(lease, self._max_item_bytes):
+                if batch and size + len(body) > self._max_file_bytes:
+                    flush()
+                    size = 0
+                batch.append(encoder.encode(body))  # already JSON: copied as it is
+                size += len(body) + 1
+            if batch:
+                flush()
+            os.unlink(lease)
+        except (CorruptFile, OSError, ValueError):
+            for piece, _ in pieces:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.directory / piece)
+            return False
+        was_ours = name in self._own
+        self._forget(name)
+        self._index.update(pieces)
+        self._index = dict(sorted(self._index.items()))
+        if was_ours:
+            self._own.update(piece for piece, _ in pieces)
+        self._recount()
+        self.counters["spool_files_split"] += 1
+        return True
 
     def _set_aside(self, path: Path, name: str, problem: Exception) -> None:
         count = count_spans(path)

@@ -14,15 +14,20 @@ puts it back on reading, as one object shared by every item that refers to it (o
 Items handed over already encoded (bytes) are written as they are. Version 1 (`{"version":1,"items":[...]}`) is
 still read.
 
+A version-1 file over the read limit (the spool once wrote a whole hand-off into one file) is not loaded:
+`iter_v1_items` walks it item by item in bounded memory, so the spool can rewrite it as bounded files.
+
 Packing: items go into a file in order until the next one would take it past `max_file_bytes`; then a new file
 starts. An item bigger than the limit on its own gets a file of its own (the caller bounds single items).
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +36,12 @@ FORMAT_VERSION = 2
 SHARE_MIN_BYTES = 1024
 SPAN_CREATE = "agent_spans/create"
 # Compact JSON writes this once per span create item; inside a string the quotes would be escaped (\"), so
-# counting it in raw bytes counts span items even in a file that no longer parses.
+# counting it in raw bytes counts span items even in a file that no longer parses (whitespace allowed: files not
+# written by us).
 _SPAN_MARKER = b'"_type":"agent_spans/create"'
+_SPAN_MARKER_RE = re.compile(rb'"_type"\s{0,8}:\s{0,8}"agent_spans/create"')
+_SPAN_MARKER_MAX = len(_SPAN_MARKER) + 16
+_V1_PREFIX = b'{"version":1,"items":['
 _FILE_OVERHEAD = 64  # the envelope's keys and brackets, rounded up
 _REF_OVERHEAD = 16  # `[INDEX,` `,` `],` of one ref, rounded up (INDEX is counted separately)
 
@@ -190,6 +199,42 @@ def decode(data: bytes) -> list[dict[str, Any]]:
     return items
 
 
+def iter_v1_items(path: Path, max_item_bytes: int, chunk_bytes: int = 256 << 10) -> Iterator[bytes]:
+    """The items of a version-1 file as their JSON, one at a time, reading `chunk_bytes` at a time. Raises
+    CorruptFile if it is not the version-1 shape the spool wrote, is truncated, or holds an item over
+    `max_item_bytes` (so at most about that much is held at once)."""
+    decoder = json.JSONDecoder()
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    with open(path, "rb") as fh:
+        if fh.read(len(_V1_PREFIX)) != _V1_PREFIX:
+            raise CorruptFile("not a version-1 spool file")
+        text, pos, eof = "", 0, False
+        while True:
+            while pos < len(text) and text[pos] in " \t\r\n,":
+                pos += 1
+            if pos < len(text) and text[pos] == "]":
+                return
+            try:
+                if pos >= len(text):
+                    raise ValueError("need more")
+                item, end = decoder.raw_decode(text, pos)
+            except ValueError:
+                # An item cut by the chunk boundary (or not JSON at all): read on, within the item bound.
+                if eof:
+                    raise CorruptFile("truncated") from None
+                if len(text) - pos > max_item_bytes:
+                    raise CorruptFile("an item over the item limit") from None
+                chunk = fh.read(chunk_bytes)
+                eof = not chunk
+                text = text[pos:] + utf8.decode(chunk, final=eof)
+                pos = 0
+                continue
+            if not (isinstance(item, dict) and isinstance(item.get("_type"), str)):
+                raise CorruptFile("an item that is not a bulk item")
+            yield text[pos:end].encode("utf-8", errors="replace")
+            pos = end
+
+
 def count_spans(path: Path, chunk_bytes: int = 1 << 20) -> int:
     """Span create items in a file, counted in its raw bytes (works on truncated files), read in bounded chunks.
     0 if the file cannot be read."""
@@ -199,9 +244,12 @@ def count_spans(path: Path, chunk_bytes: int = 1 << 20) -> int:
         with open(path, "rb") as fh:
             while chunk := fh.read(chunk_bytes):
                 window = tail + chunk
-                count += window.count(_SPAN_MARKER)
-                # Keep a marker's length minus one: a marker split across chunks is counted once, in the next window.
-                tail = window[-(len(_SPAN_MARKER) - 1) :]
+                matches = list(_SPAN_MARKER_RE.finditer(window))
+                count += len(matches)
+                # Keep what could start a marker cut by the chunk boundary (less than a whole one, and nothing of a
+                # marker already counted): it is counted once, in the next window.
+                keep_from = max(len(window) - _SPAN_MARKER_MAX + 1, matches[-1].end() if matches else 0)
+                tail = window[keep_from:]
     except OSError:
         return count
     return count
