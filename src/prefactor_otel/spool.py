@@ -54,26 +54,24 @@ from typing import Any
 
 from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.spool_disk import (
-    NAME_RE,
     SenderLock,
     base_name,
     make_private_directory,
     names_present,
-    pid_alive,
     quarantine,
-    remove_if_stale_tmp,
+    scan,
     write_atomic,
+    write_pieces,
 )
 from prefactor_otel.spool_format import (
     FORMAT_VERSION,
     CorruptFile,
-    EncodedItem,
     ItemEncoder,
     count_spans,
     decode,
-    iter_v1_items,
     pack,
     render,
+    v1_pieces,
 )
 
 __all__ = ["FORMAT_VERSION", "Spool", "SpoolFile", "default_spool_dir"]
@@ -158,44 +156,12 @@ class Spool:
     # ------------------------------------------------------------------ scanning
 
     def _rescan(self) -> None:
-        """Rebuild the index from the directory: unleased files, and leases of dead processes taken back."""
-        now = time.time()
-        pid = os.getpid()
-        index: dict[str, int] = {}
-        foreign = 0
-        with os.scandir(self.directory) as entries:
-            for entry in entries:
-                if entry.name.startswith(".tmp-"):
-                    if remove_if_stale_tmp(entry, now):
-                        self.counters["spool_tmp_removed"] += 1
-                    continue
-                match = NAME_RE.match(entry.name)
-                if match is None:
-                    continue
-                name = base_name(entry.name)
-                try:
-                    info = entry.stat()
-                except OSError:
-                    continue  # gone meanwhile
-                lease_pid = int(match.group(4)) if match.group(4) is not None else None
-                if lease_pid is not None and (
-                    (lease_pid == pid and name in self._leased) or (lease_pid != pid and pid_alive(lease_pid))
-                ):
-                    if lease_pid != pid:  # in flight: another live process's (counted for the cap) or ours
-                        foreign += info.st_size
-                    continue
-                if now - info.st_mtime > self._retention:
-                    self._discard(Path(entry.path), name, "spool_expired")
-                    continue
-                if lease_pid is not None:
-                    # The sender died holding the lease (or it is ours from before a restart): send it again.
-                    try:
-                        os.replace(entry.path, self.directory / name)
-                    except OSError:
-                        continue  # another process took it back first
-                index[name] = info.st_size
-        self._index = dict(sorted(index.items()))
-        self._foreign_bytes = foreign
+        """Rebuild the index from the directory (leases of dead processes taken back, expired files dropped)."""
+        found = scan(self.directory, self._leased, self._retention)
+        self.counters["spool_tmp_removed"] += found.tmp_removed
+        self._index, self._foreign_bytes = found.index, found.foreign_bytes
+        for path, name in found.expired:
+            self._discard(path, name, "spool_expired")
         self._recount()
         self._last_rescan = time.monotonic()
         self._make_room(0)  # a lowered cap, or a backlog from before the cap held: trimmed, oldest first, counted
@@ -396,41 +362,22 @@ class Spool:
             return None
 
     def _split_oversized(self, lease: Path, name: str) -> bool:
-        """Rewrite an oversized version-1 file (written before files were bounded) as bounded files that keep its
-        place: `<its name minus .json><6-digit piece>.json` sort after it and before any later stamp. False (nothing
-        left behind) if it is not one, or cannot be split."""
-        stem = name.removesuffix(".json")
-        pieces: list[tuple[str, int]] = []
-        batch: list[EncodedItem] = []
-
-        def flush() -> None:
-            data = render(batch)
-            piece = f"{stem}{len(pieces):06d}.json"
-            write_atomic(self.directory / piece, data, mtime=os.stat(lease).st_mtime)
-            pieces.append((piece, len(data)))
-            batch.clear()
-
-        encoder = ItemEncoder(())
+        """Rewrite an oversized version-1 file (written before files were bounded) as bounded files in its place.
+        False (nothing left behind) if it is not one, or cannot be split."""
         try:
-            size = 0
-            for body in iter_v1_items(lease, self._max_item_bytes):
-                if batch and size + len(body) > self._max_file_bytes:
-                    flush()
-                    size = 0
-                batch.append(encoder.encode(body))  # already JSON: copied as it is
-                size += len(body) + 1
-            if batch:
-                flush()
-            os.unlink(lease)
+            pieces = write_pieces(
+                self.directory,
+                name.removesuffix(".json"),
+                v1_pieces(lease, self._max_file_bytes, self._max_item_bytes),
+                mtime=os.stat(lease).st_mtime,
+            )
         except (CorruptFile, OSError, ValueError):
-            for piece, _ in pieces:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.directory / piece)
             return False
+        with contextlib.suppress(OSError):
+            os.unlink(lease)  # if it stays, the next rescan takes it back: its items are sent twice, idempotently
         was_ours = name in self._own
         self._forget(name)
-        self._index.update(pieces)
-        self._index = dict(sorted(self._index.items()))
+        self._index = dict(sorted({**self._index, **dict(pieces)}.items()))
         if was_ours:
             self._own.update(piece for piece, _ in pieces)
         self._recount()

@@ -1,4 +1,4 @@
-"""Spool directory mechanics: atomic writes, the sender lock, the quarantine, stale temporary files, liveness.
+"""Spool directory mechanics: scans, atomic writes, the sender lock, the quarantine, stale temporary files, liveness.
 
 Threads: called only by `Spool`, under the spool's lock, which also guards `SenderLock`'s descriptor (this module
 has no lock and no module state of its own).
@@ -11,6 +11,9 @@ import os
 import re
 import stat
 import tempfile
+import time
+from collections.abc import Container, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 try:
@@ -92,6 +95,70 @@ def remove_if_stale_tmp(entry: os.DirEntry[str], now: float) -> bool:
     except OSError:
         return False
     return True
+
+
+@dataclass(slots=True)
+class Scan:
+    index: dict[str, int] = field(default_factory=dict)  # unleased name -> size, sorted by name
+    foreign_bytes: int = 0  # leased by other live processes
+    expired: list[tuple[Path, str]] = field(default_factory=list)  # (path, name) past the retention age
+    tmp_removed: int = 0
+
+
+def scan(directory: Path, leased_by_us: Container[str], retention_seconds: float) -> Scan:
+    """What the directory holds for sending. Leases of dead processes (or with our pid but not one we hold: a
+    restart that reused it) are taken back on the way; stale temporary files are removed."""
+    now = time.time()
+    pid = os.getpid()
+    found = Scan()
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith(".tmp-"):
+                found.tmp_removed += remove_if_stale_tmp(entry, now)
+                continue
+            match = NAME_RE.match(entry.name)
+            if match is None:
+                continue
+            name = base_name(entry.name)
+            try:
+                info = entry.stat()
+            except OSError:
+                continue  # gone meanwhile
+            lease_pid = int(match.group(4)) if match.group(4) is not None else None
+            if lease_pid is not None and (
+                (lease_pid == pid and name in leased_by_us) or (lease_pid != pid and pid_alive(lease_pid))
+            ):
+                if lease_pid != pid:  # in flight: another live process's (it counts for the cap) or ours
+                    found.foreign_bytes += info.st_size
+                continue
+            if now - info.st_mtime > retention_seconds:
+                found.expired.append((Path(entry.path), name))
+                continue
+            if lease_pid is not None:
+                try:
+                    os.replace(entry.path, directory / name)  # the sender died holding it: to be sent again
+                except OSError:
+                    continue  # another process took it back first
+            found.index[name] = info.st_size
+    found.index = dict(sorted(found.index.items()))
+    return found
+
+
+def write_pieces(directory: Path, stem: str, pieces: Iterable[bytes], mtime: float) -> list[tuple[str, int]]:
+    """Write files `<stem><6-digit piece>.json` (they sort right after `<stem>.json` and before any later stamp),
+    all or none: on an error the pieces written are removed and the error raised."""
+    written: list[tuple[str, int]] = []
+    try:
+        for data in pieces:
+            name = f"{stem}{len(written):06d}.json"
+            write_atomic(directory / name, data, mtime=mtime)
+            written.append((name, len(data)))
+    except BaseException:
+        for name, _ in written:
+            with contextlib.suppress(OSError):
+                os.unlink(directory / name)
+        raise
+    return written
 
 
 def names_present(directory: Path) -> set[str]:

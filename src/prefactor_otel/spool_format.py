@@ -235,6 +235,22 @@ def iter_v1_items(path: Path, max_item_bytes: int, chunk_bytes: int = 256 << 10)
             pos = end
 
 
+def v1_pieces(path: Path, max_file_bytes: int, max_item_bytes: int) -> Iterator[bytes]:
+    """A version-1 file's items as version-2 files of at most `max_file_bytes` (bar a single larger item), in
+    order, read in chunks. Raises CorruptFile (see `iter_v1_items`)."""
+    encoder = ItemEncoder(())
+    batch: list[EncodedItem] = []
+    size = _FILE_OVERHEAD
+    for body in iter_v1_items(path, max_item_bytes):
+        if batch and size + len(body) + 1 > max_file_bytes:
+            yield render(batch)
+            batch, size = [], _FILE_OVERHEAD
+        batch.append(encoder.encode(body))  # already JSON: copied as it is
+        size += len(body) + 1
+    if batch:
+        yield render(batch)
+
+
 def count_spans(path: Path, chunk_bytes: int = 1 << 20) -> int:
     """Span create items in a file, counted in its raw bytes (works on truncated files), read in bounded chunks.
     0 if the file cannot be read."""
