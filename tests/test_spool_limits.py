@@ -266,3 +266,15 @@ def test_a_truncated_oversized_version_1_file_is_quarantined_with_its_spans_coun
     assert spool.take_oldest() is None
     assert spool.counters["dropped:spool_corrupt"] == 98  # counted from the raw bytes
     assert not _spool_files(tmp_path)  # no pieces left behind
+
+
+def test_take_oldest_stops_at_its_deadline_even_with_files_to_set_aside(tmp_path):
+    stamp = time.time_ns()
+    for n in range(5):
+        (tmp_path / f"{stamp + n:020d}-1-1.json").write_bytes(b"garbage")
+    Spool(tmp_path, max_bytes=MIB, retention_seconds=3600).append([_span(0)])
+    spool = Spool(tmp_path, max_bytes=MIB, retention_seconds=3600)
+    assert spool.take_oldest(deadline=time.monotonic() - 1) is None  # past: nothing read, nothing moved
+    assert spool.counters["spool_files_quarantined"] == 0 and len(_spool_files(tmp_path)) == 6
+    file = spool.take_oldest(deadline=time.monotonic() + 60)
+    assert file is not None and file.items == [_span(0)]
