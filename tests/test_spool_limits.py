@@ -278,3 +278,12 @@ def test_take_oldest_stops_at_its_deadline_even_with_files_to_set_aside(tmp_path
     assert spool.counters["spool_files_quarantined"] == 0 and len(_spool_files(tmp_path)) == 6
     file = spool.take_oldest(deadline=time.monotonic() + 60)
     assert file is not None and file.items == [_span(0)]
+
+
+def test_the_cap_counts_what_other_writers_of_the_directory_added_since_the_last_scan(tmp_path):
+    limits = {"max_bytes": 20_000, "retention_seconds": 3600, "max_file_bytes": 4096}
+    first, second = Spool(tmp_path, **limits), Spool(tmp_path, **limits)  # two workers, both started empty
+    assert first.append([_span(n) for n in range(40)])  # ~10 KB
+    assert second.append([_span(100 + n) for n in range(40)])
+    assert first.append([_span(200 + n) for n in range(40)])
+    assert sum(p.stat().st_size for p in _spool_files(tmp_path)) <= 20_000

@@ -7,7 +7,8 @@ large shared objects stored once per file) is in `spool_format`.
 
 Bounded: a hand-off is split into files of at most `max_file_bytes` (one item larger than that gets a file of its
 own; an item larger than `max_item_bytes` is dropped, counted). Before writing, the oldest files are dropped
-(counted) until the new ones fit under `max_bytes` (every rescan trims to the cap too); a hand-off larger than the
+(counted) until the new ones fit under `max_bytes`, counting other processes' files (`append` rescans when the
+directory changed since its last scan or write; every rescan trims to the cap too); a hand-off larger than the
 whole cap is refused (`append` returns False, counted, logged). A file is read only if it is within the read
 limit, so replay memory is bounded whatever the backlog; a version-1 file over it (written before files were
 bounded) is rewritten as bounded files in its place, reading it in chunks. Files past the retention age are
@@ -123,6 +124,7 @@ class Spool:
         self._foreign_bytes = 0  # files leased by other live processes, as of the last rescan
         self._total = 0
         self._last_rescan = float("-inf")
+        self._seen_mtime_ns = 0  # the directory's mtime after our last scan or write: another change is not ours
         self._sender = SenderLock(directory)
         self.counters: Counter[str] = Counter()
         self._log = RateLimitedLog()
@@ -164,10 +166,17 @@ class Spool:
             self._discard(path, name, "spool_expired")
         self._recount()
         self._last_rescan = time.monotonic()
+        self._seen_mtime_ns = self._directory_mtime_ns()
         self._make_room(0)  # a lowered cap, or a backlog from before the cap held: trimmed, oldest first, counted
 
     def _rescan_due(self) -> bool:
         return time.monotonic() - self._last_rescan >= self._rescan_seconds
+
+    def _directory_mtime_ns(self) -> int:
+        try:
+            return os.stat(self.directory).st_mtime_ns
+        except OSError:
+            return 0
 
     def _recount(self) -> None:
         self._total = sum(self._index.values()) + sum(self._leased.values()) + self._foreign_bytes
@@ -203,9 +212,9 @@ class Spool:
             for reason, count in (("spool_item_too_large", too_large), ("spool_unencodable", unencodable)):
                 if count:
                     self._count_drop(reason, count)
-            if self._rescan_due():
+            if self._rescan_due() or self._directory_mtime_ns() != self._seen_mtime_ns:
                 with contextlib.suppress(OSError):
-                    self._rescan()  # other processes' files count against the cap too
+                    self._rescan()  # another process wrote or took files: theirs count against the cap too
             if not self._make_room(new_bytes):
                 self.counters["spool_refused_items"] += len(encoded)
                 self._log.log(
@@ -235,6 +244,7 @@ class Spool:
                 self._index[name] = size
                 self._own.add(name)
             self._recount()
+            self._seen_mtime_ns = self._directory_mtime_ns()
             self.counters["items_spooled"] += len(encoded)
         return True
 
