@@ -259,3 +259,22 @@ def test_own_backlog_lasts_while_another_process_holds_our_file(tmp_path):
     finally:
         leaser.kill()
     assert not spool.has_own_backlog
+
+
+def test_sending_with_a_deadline_waits_for_the_other_sender_to_finish(tmp_path):
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    spool = Spool(tmp_path / "spool", max_bytes=MIB, retention_seconds=3600)
+    holder = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "spool")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "HELD"
+        with spool.sending(deadline=time.monotonic() + 0.3) as acquired:
+            assert not acquired  # held throughout: gives up at the deadline
+        threading.Timer(0.3, lambda: (holder.stdin.write("\n"), holder.stdin.flush())).start()
+        with spool.sending(deadline=time.monotonic() + 60) as acquired:
+            assert acquired  # taken as soon as the other sender let go
+        assert holder.wait(timeout=30) == 0
+    finally:
+        holder.kill()

@@ -78,6 +78,7 @@ from prefactor_otel.spool_format import (
 __all__ = ["FORMAT_VERSION", "Spool", "SpoolFile", "default_spool_dir"]
 
 _QUARANTINE = ".quarantine"
+_SENDER_POLL_S = 0.05
 DEFAULT_MAX_FILE_BYTES = 1 << 20
 DEFAULT_MAX_ITEM_BYTES = 4 << 20  # the transport's default request limit: a larger item could never be sent
 
@@ -443,10 +444,14 @@ class Spool:
     # ------------------------------------------------------------------ one sender per directory
 
     @contextlib.contextmanager
-    def sending(self) -> Iterator[bool]:
+    def sending(self, deadline: float | None = None) -> Iterator[bool]:
         """`with spool.sending() as acquired:` -- replay only if acquired; another process (or thread) is the
-        sender otherwise. Never blocks."""
+        sender otherwise. Without a deadline it never blocks; with one (monotonic) it retries until then, for a
+        flush or shutdown that must see its own backlog sent (another sender holds the lock per replay only)."""
         acquired = self._acquire_sender()
+        while not acquired and deadline is not None and time.monotonic() + _SENDER_POLL_S < deadline:
+            time.sleep(_SENDER_POLL_S)  # flock has no timed wait: poll, outside our lock
+            acquired = self._acquire_sender()
         try:
             yield acquired
         finally:
