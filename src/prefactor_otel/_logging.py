@@ -1,4 +1,8 @@
-"""The exporter's own logger, rate-limited so a dead backend cannot flood the host application's logs."""
+"""The exporter's own logger, rate-limited so a dead backend cannot flood the host application's logs.
+
+Threads: any exporter thread logs. `RateLimitedLog._lock` guards its per-key table; a forked child must call
+`reset_after_fork` (the parent may have held the lock at the fork).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,10 @@ class RateLimitedLog:
     def __init__(self, interval: float = 60.0) -> None:
         self._interval = interval
         self._last: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: a new lock (the parent's may have been held at the fork); the table is kept."""
         self._lock = threading.Lock()
 
     def log(self, level: int, key: str, message: str, *args: object) -> None:

@@ -1,37 +1,86 @@
 """The durable spool: bulk items that could not be delivered wait on disk, oldest first, across restarts.
 
-One file per hand-off, written atomically (temporary file + fsync + rename) in a 0700 directory. Files hold
-only bulk items -- never the token or a header. A sender takes a file by renaming it to a lease
-(`<name>.lease-<pid>`), so processes sharing the directory (pre-fork workers) never send one file twice at
-once; a lease whose process died is taken back. Because every item carries a deterministic idempotency key,
-a file sent twice (a crash between sending and deleting) still creates nothing twice.
+Files: one or more per hand-off, each written atomically (temporary `.tmp-p<pid>-*` + fsync + rename) in a 0700
+directory, named `<time ns, 20 digits>-<pid>-<counter>.json` so that names sort in write order (the stamp never
+repeats within a process). Files hold only bulk items -- never the token or a header. The format (bounded files,
+large shared objects stored once per file) is in `spool_format`.
 
-Bounded: the total size is capped (oldest files dropped, counted) and files past the retention age are
-dropped, counted. A directory that cannot be created or written disables the spool with one warning.
+Bounded: a hand-off is split into files of at most `max_file_bytes` (one item larger than that gets a file of its
+own; an item larger than `max_item_bytes` is dropped, counted). Before writing, the oldest files are dropped
+(counted) until the new ones fit under `max_bytes`, counting other processes' files (`append` rescans when the
+directory changed since its last scan or write; every rescan trims to the cap too); a hand-off larger than the
+whole cap is refused (`append` returns False, counted, logged). A file is read only if it is within the read
+limit, so replay memory is bounded whatever the backlog; a version-1 file over it (written before files were
+bounded) is rewritten as bounded files in its place, reading it in chunks. Files past the retention age are
+dropped, counted.
+
+Leases: a sender takes a file by renaming it to `<name>.lease-<pid>`; a lease whose process died (or that carries
+our own pid but is not one we hold: a restart that reused the pid) is taken back by the next rescan.
+
+One sender per directory: `with spool.sending() as acquired:` holds a non-blocking exclusive flock on
+`.sender.lock` while a process replays, so processes sharing the directory never send files of one run out of
+order. The flock belongs to the open file description, which a fork shares: the parent releases with LOCK_UN
+(so a child's inherited copy cannot keep it held) and a child only closes its copy (`reset_after_fork`).
+
+Other processes' files: the directory is rescanned when a sender takes the lock with an empty index, and at most
+every `rescan_seconds` otherwise (`has_backlog`, `append`), so files a live process leaves behind are replayed.
+`has_own_backlog` says whether files this process wrote still exist anywhere (leased by anyone): while they do,
+live items of the same runs must not be sent ahead of them.
+
+Unreadable files (not JSON, truncated, wrong shape, or over the read limit and not splittable) are moved to
+`.quarantine/` (bounded on its own: at most `max(max_file_bytes, max_bytes // 10)` bytes, oldest removed first; a
+larger file is deleted), their spans counted as dropped `spool_corrupt`, logged (rate-limited); `take_oldest`
+serves the next file and never raises. `.tmp-*` files older than a minute whose writer is not a live process
+are removed.
+
+Threads: the exporter's export callers and its background sender call every method. `_lock` guards the index,
+leases, own-file set, counters and the sender-lock descriptor; file writes happen under it (names and the index
+must agree in order). `reset_after_fork` must be called in a forked child before anything else.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
-import re
-import stat
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefactor_otel._logging import RateLimitedLog, logger
+from prefactor_otel.spool_disk import (
+    SenderLock,
+    base_name,
+    make_private_directory,
+    names_present,
+    quarantine,
+    scan,
+    write_atomic,
+    write_pieces,
+)
+from prefactor_otel.spool_format import (
+    FORMAT_VERSION,
+    CorruptFile,
+    ItemEncoder,
+    count_spans,
+    decode,
+    pack,
+    render,
+    v1_pieces,
+)
 
-FORMAT_VERSION = 1
-_NAME_RE = re.compile(r"^(\d{20})-(\d+)-(\d+)\.json(?:\.lease-(\d+))?$")
+__all__ = ["FORMAT_VERSION", "Spool", "SpoolFile", "default_spool_dir"]
+
+_QUARANTINE = ".quarantine"
+_SENDER_POLL_S = 0.05
+DEFAULT_MAX_FILE_BYTES = 1 << 20
+DEFAULT_MAX_ITEM_BYTES = 4 << 20  # the transport's default request limit: a larger item could never be sent
 
 
 def default_spool_dir(api_base: str, agent_key: str) -> Path:
@@ -48,14 +97,36 @@ class SpoolFile:
 
 
 class Spool:
-    def __init__(self, directory: Path, *, max_bytes: int, retention_seconds: float) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_bytes: int,
+        retention_seconds: float,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
+        rescan_seconds: float = 5.0,
+    ) -> None:
         self.directory = directory
         self._max_bytes = max_bytes
         self._retention = retention_seconds
+        self._max_file_bytes = max_file_bytes
+        self._max_item_bytes = max_item_bytes
+        # A given-back file may have grown a little (orphaned copies); twice the larger limit leaves room for that.
+        self._read_limit = 2 * max(max_file_bytes, max_item_bytes) + 65536
+        self._quarantine_bytes = max(max_file_bytes, max_bytes // 10)
+        self._rescan_seconds = rescan_seconds
         self._lock = threading.Lock()
         self._counter = 0
-        self._index: dict[str, int] = {}  # file name -> size: the in-memory index, bounded by max_bytes
+        self._last_stamp = 0
+        self._index: dict[str, int] = {}  # unleased file name -> size, in name (= write) order
+        self._leased: dict[str, int] = {}  # name -> size of files this process has leased and not yet settled
+        self._own: set[str] = set()  # names of files this process wrote that may still exist
+        self._foreign_bytes = 0  # files leased by other live processes, as of the last rescan
         self._total = 0
+        self._last_rescan = float("-inf")
+        self._seen_mtime_ns = 0  # the directory's mtime after our last scan or write: another change is not ours
+        self._sender = SenderLock(directory)
         self.counters: Counter[str] = Counter()
         self._log = RateLimitedLog()
         self.enabled = self._prepare()
@@ -64,23 +135,8 @@ class Spool:
 
     def _prepare(self) -> bool:
         try:
-            # Both levels of the default <tmp>/prefactor-otel-<uid>/<hash> are private, so another user of a
-            # shared temp dir can neither read spooled prompts nor swap the directory under us.
-            for directory in (self.directory.parent, self.directory):
-                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            for directory in (
-                (self.directory.parent, self.directory)
-                if self.directory.parent.name.startswith("prefactor-otel-")
-                else (self.directory,)
-            ):
-                info = directory.stat()
-                if hasattr(os, "getuid") and info.st_uid != os.getuid():
-                    raise PermissionError("the spool directory belongs to another user")
-                if stat.S_IMODE(info.st_mode) & 0o077:
-                    os.chmod(directory, 0o700)
-            probe = self.directory / f".probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            make_private_directory(self.directory)
+            self._rescan()
         except OSError as exc:
             logger.warning(
                 "Prefactor spool disabled: cannot use %s (%s); undeliverable spans stay in memory only",
@@ -88,82 +144,143 @@ class Spool:
                 type(exc).__name__,
             )
             return False
-        self._rescan()
         return True
 
+    def reset_after_fork(self) -> None:
+        """In a forked child, before any other call: new locks, and nothing the parent holds is ours."""
+        self._lock = threading.Lock()
+        self._log.reset_after_fork()
+        self._sender.reset_after_fork()  # closes our copy only: the parent may be the sender
+        # The parent's leases are the parent's: to us they are another live process's files.
+        self._foreign_bytes += sum(self._leased.values())
+        self._leased = {}
+        # `_own` stays: files the parent wrote may hold earlier items of runs the child inherited.
+
+    # ------------------------------------------------------------------ scanning
+
     def _rescan(self) -> None:
-        now = time.time()
-        index: dict[str, int] = {}
-        for entry in os.scandir(self.directory):
-            match = _NAME_RE.match(entry.name)
-            if match is None:
-                continue
-            with contextlib.suppress(OSError):
-                info = entry.stat()
-                if now - info.st_mtime > self._retention:
-                    self._discard(Path(entry.path), "spool_expired")
-                    continue
-                lease_pid = match.group(4)
-                if lease_pid is not None and not _pid_alive(int(lease_pid)):
-                    # The sender died holding the lease: the file is ours to send again.
-                    unleased = self.directory / entry.name.split(".lease-")[0]
-                    os.replace(entry.path, unleased)
-                    index[unleased.name] = info.st_size
-                elif lease_pid is None:
-                    index[entry.name] = info.st_size
-        self._index = dict(sorted(index.items()))
-        self._total = sum(self._index.values())
+        """Rebuild the index from the directory (leases of dead processes taken back, expired files dropped)."""
+        found = scan(self.directory, self._leased, self._retention)
+        self.counters["spool_tmp_removed"] += found.tmp_removed
+        self._index, self._foreign_bytes = found.index, found.foreign_bytes
+        for path, name in found.expired:
+            self._discard(path, name, "spool_expired")
+        self._recount()
+        self._last_rescan = time.monotonic()
+        self._seen_mtime_ns = self._directory_mtime_ns()
+        self._make_room(0)  # a lowered cap, or a backlog from before the cap held: trimmed, oldest first, counted
+
+    def _rescan_due(self) -> bool:
+        return time.monotonic() - self._last_rescan >= self._rescan_seconds
+
+    def _directory_mtime_ns(self) -> int:
+        try:
+            return os.stat(self.directory).st_mtime_ns
+        except OSError:
+            return 0
+
+    def _recount(self) -> None:
+        self._total = sum(self._index.values()) + sum(self._leased.values()) + self._foreign_bytes
+
+    def refresh(self) -> None:
+        """Pick up files other processes (or a previous run) left, and expire old ones."""
+        with self._lock, contextlib.suppress(OSError):
+            self._rescan()
 
     # ------------------------------------------------------------------ writing
 
     def append(self, items: Sequence[dict[str, Any] | bytes]) -> bool:
-        """Write items (dicts, or their JSON already encoded) durably, in order. False (nothing written) if the
-        spool is off or the write failed."""
+        """Write items (dicts, or their JSON already encoded) durably, in order, in as many files as the per-file
+        limit needs. False (nothing written) if the spool is off, the write failed or the items exceed the cap."""
         if not self.enabled or not items:
             return False
-        data = _file_bytes(items)
-        with self._lock:
-            self._counter += 1
-            name = f"{time.time_ns():020d}-{os.getpid()}-{self._counter}.json"
+        encoder = ItemEncoder(items)
+        encoded = []
+        too_large = unencodable = 0
+        for item in items:
             try:
-                fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
-                try:
-                    with os.fdopen(fd, "wb") as fh:
-                        fh.write(data)
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                    os.replace(tmp, self.directory / name)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
-                    raise
+                one = encoder.encode(item)
+            except (TypeError, ValueError, RecursionError):
+                unencodable += _is_span(item)
+                continue
+            if one.size > self._max_item_bytes:
+                too_large += one.is_span
+                continue
+            encoded.append(one)
+        files = pack(encoded, self._max_file_bytes)
+        new_bytes = sum(len(data) for data in files)
+        with self._lock:
+            for reason, count in (("spool_item_too_large", too_large), ("spool_unencodable", unencodable)):
+                if count:
+                    self._count_drop(reason, count)
+            if self._rescan_due() or self._directory_mtime_ns() != self._seen_mtime_ns:
+                with contextlib.suppress(OSError):
+                    self._rescan()  # another process wrote or took files: theirs count against the cap too
+            if not self._make_room(new_bytes):
+                self.counters["spool_refused_items"] += len(encoded)
+                self._log.log(
+                    logging.WARNING,
+                    "spool_refused",
+                    "Prefactor spool: refused %d item(s) (%d bytes) that do not fit the %d-byte cap; they stay in "
+                    "memory",
+                    len(encoded),
+                    new_bytes,
+                    self._max_bytes,
+                )
+                return False
+            written: list[tuple[str, int]] = []
+            try:
+                for data in files:
+                    name = self._next_name()
+                    write_atomic(self.directory / name, data)
+                    written.append((name, len(data)))
             except OSError as exc:
+                for name, _ in written:  # all or nothing: the caller keeps every item
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.directory / name)
                 logger.warning("Prefactor spool write failed (%s); spans stay in memory", type(exc).__name__)
                 self.counters["spool_write_errors"] += 1
                 return False
-            self._index[name] = len(data)
-            self._total += len(data)
-            self.counters["items_spooled"] += len(items)
-            self._enforce_cap()
+            for name, size in written:
+                self._index[name] = size
+                self._own.add(name)
+            self._recount()
+            self._seen_mtime_ns = self._directory_mtime_ns()
+            self.counters["items_spooled"] += len(encoded)
         return True
 
-    def _enforce_cap(self) -> None:
-        while self._total > self._max_bytes and len(self._index) > 1:
-            oldest = next(iter(self._index))
-            self._discard(self.directory / oldest, "spool_full")
+    def _next_name(self) -> str:
+        # Strictly increasing within the process, so the files of one hand-off (and of successive ones) sort in order.
+        stamp = max(time.time_ns(), self._last_stamp + 1)
+        self._last_stamp = stamp
+        self._counter += 1
+        return f"{stamp:020d}-{os.getpid()}-{self._counter:06d}.json"
 
-    def _discard(self, path: Path, reason: str) -> None:
-        """Drop a file, counting its items by reason (read before deleting: the count must be honest)."""
-        count = 0  # spans, like every other drop counter (instance actions are not spans)
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            items = json.loads(path.read_bytes()).get("items", [])
-            count = sum(1 for item in items if item.get("_type") == "agent_spans/create")
-        with contextlib.suppress(OSError):
+    def _make_room(self, new_bytes: int) -> bool:
+        """Drop the oldest unleased files until `new_bytes` fit under the cap. False if they cannot fit."""
+        if new_bytes > self._max_bytes:
+            return False
+        while self._total + new_bytes > self._max_bytes and self._index:
+            oldest = next(iter(self._index))
+            self._discard(self.directory / oldest, oldest, "spool_full")
+        return self._total + new_bytes <= self._max_bytes
+
+    def _discard(self, path: Path, name: str, reason: str) -> None:
+        """Drop a file, counting its spans by reason (counted before deleting, in bounded reads)."""
+        count = count_spans(path)
+        try:
             path.unlink()
-        size = self._index.pop(path.name, None)
-        if size is not None:
-            self._total -= size
-        self.counters[f"dropped:{reason}"] += count
+        except FileNotFoundError:
+            self._index.pop(name, None)  # another process leased it: not dropped, and still someone's backlog
+            self._recount()
+            return
+        except OSError:
+            pass
+        self._forget(name)
+        self._count_drop(reason, count)
+
+    def _count_drop(self, reason: str, count: int) -> None:
+        self.counters[f"dropped:{reason}"] += count  # spans, like every other drop counter
         self._log.log(
             logging.WARNING,
             reason,
@@ -173,95 +290,193 @@ class Spool:
             self.counters[f"dropped:{reason}"],
         )
 
+    def _forget(self, name: str) -> None:
+        self._index.pop(name, None)
+        self._leased.pop(name, None)
+        self._own.discard(name)
+        self._recount()
+
     # ------------------------------------------------------------------ reading
 
     @property
     def has_backlog(self) -> bool:
+        """Any file to replay, ours or another process's (rescanned at most every `rescan_seconds`)."""
+        if not self._index and self.enabled and self._rescan_due() and self._lock.acquire(blocking=False):
+            try:
+                with contextlib.suppress(OSError):
+                    self._rescan()
+            finally:
+                self._lock.release()
         return bool(self._index)
+
+    @property
+    def has_own_backlog(self) -> bool:
+        """Whether files this process wrote still exist, leased by anyone: until they are gone, live items of the
+        same runs must wait (or be spooled behind them)."""
+        with self._lock:
+            if not self._own:
+                return False
+            if self._leased.keys() & self._own:
+                return True
+            for name in self._own:
+                if os.path.exists(self.directory / name):
+                    return True
+            try:
+                # Leased by another process (its pid is in the name): list the directory. A listing is not
+                # atomic against renames, so a name is only given up when two listings miss it.
+                missing = self._own - names_present(self.directory)
+                if missing:
+                    missing -= names_present(self.directory)
+            except OSError:
+                return True  # cannot tell: the safe answer keeps the order
+            self._own -= missing
+            return bool(self._own)
 
     @property
     def backlog_bytes(self) -> int:
         return self._total
 
-    def take_oldest(self) -> SpoolFile | None:
-        """Lease the oldest file for sending. None if there is none (or another process took it)."""
+    def take_oldest(self, deadline: float | None = None) -> SpoolFile | None:
+        """Lease the oldest file for sending. None if there is none, another process took it, or the monotonic
+        `deadline` passed. Unreadable files are quarantined on the way; this never raises."""
         with self._lock:
             while self._index:
-                name = next(iter(self._index))
-                path = self.directory / name
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                name, size = next(iter(self._index.items()))
                 lease = self.directory / f"{name}.lease-{os.getpid()}"
                 try:
-                    os.replace(path, lease)
-                    items = json.loads(lease.read_bytes())["items"]
+                    os.replace(self.directory / name, lease)
                 except FileNotFoundError:
-                    self._forget(name)  # another process took it
+                    self._index.pop(name)  # another process took it (if it was ours, it is still our backlog)
+                    self._recount()
                     continue
-                except (OSError, ValueError, KeyError, TypeError):
-                    self._forget(name)
-                    self._discard(lease, "spool_corrupt")
+                except OSError as exc:
+                    self._log.log(logging.WARNING, "spool_lease", "Prefactor spool: cannot lease a file (%s)", exc)
+                    return None
+                self._index.pop(name)
+                self._leased[name] = size
+                try:
+                    size = os.stat(lease).st_size
+                    self._leased[name] = size
+                    if size > self._read_limit:
+                        if self._split_oversized(lease, name):
+                            continue  # its pieces are now the oldest files
+                        raise CorruptFile(f"{size} bytes, over the {self._read_limit}-byte read limit")
+                    with open(lease, "rb") as fh:
+                        items = decode(fh.read(self._read_limit + 1))
+                except Exception as exc:  # whatever is wrong with one file, the next one is served
+                    self._set_aside(lease, name, exc)
                     continue
+                self._recount()
                 return SpoolFile(lease, items)
             return None
+
+    def _split_oversized(self, lease: Path, name: str) -> bool:
+        """Rewrite an oversized version-1 file (written before files were bounded) as bounded files in its place.
+        False (nothing left behind) if it is not one, or cannot be split."""
+        try:
+            pieces = write_pieces(
+                self.directory,
+                name.removesuffix(".json"),
+                v1_pieces(lease, self._max_file_bytes, self._max_item_bytes),
+                mtime=os.stat(lease).st_mtime,
+            )
+        except (CorruptFile, OSError, ValueError):
+            return False
+        with contextlib.suppress(OSError):
+            os.unlink(lease)  # if it stays, the next rescan takes it back: its items are sent twice, idempotently
+        was_ours = name in self._own
+        self._forget(name)
+        self._index = dict(sorted({**self._index, **dict(pieces)}.items()))
+        if was_ours:
+            self._own.update(piece for piece, _ in pieces)
+        self._recount()
+        self.counters["spool_files_split"] += 1
+        return True
+
+    def _set_aside(self, path: Path, name: str, problem: Exception) -> None:
+        count = count_spans(path)
+        kept = quarantine(path, self.directory / _QUARANTINE, name, self._quarantine_bytes)
+        self._forget(name)
+        self.counters["spool_files_quarantined"] += 1
+        self.counters["dropped:spool_corrupt"] += count
+        self._log.log(
+            logging.WARNING,
+            "spool_corrupt",
+            "Prefactor spool: unreadable file %s (%s): %d span(s) dropped, file %s",
+            name,
+            type(problem).__name__ if not isinstance(problem, CorruptFile) else problem,
+            count,
+            f"kept in {self.directory / _QUARANTINE}" if kept else "deleted (too large to keep)",
+        )
 
     def complete(self, file: SpoolFile) -> None:
         with self._lock:
             with contextlib.suppress(OSError):
                 file.path.unlink()
-            self._forget(file.path.name.split(".lease-")[0])
+            self._forget(base_name(file.path.name))
 
     def give_back(self, file: SpoolFile, remaining: Sequence[dict[str, Any]]) -> None:
         """Return the unsent rest of a leased file to the queue, keeping its place (its name)."""
-        name = file.path.name.split(".lease-")[0]
+        name = base_name(file.path.name)
         with self._lock:
             if not remaining:
                 with contextlib.suppress(OSError):
                     file.path.unlink()
                 self._forget(name)
                 return
-            data = _file_bytes(remaining)
             try:
-                tmp = file.path.with_name(f".tmp-{name}")
-                tmp.write_bytes(data)
-                os.replace(tmp, self.directory / name)
+                encoder = ItemEncoder(remaining)
+                data = render([encoder.encode(item) for item in remaining])
+                write_atomic(self.directory / name, data, mtime=os.stat(file.path).st_mtime)
                 file.path.unlink(missing_ok=True)
-            except OSError:
+            except (OSError, TypeError, ValueError, RecursionError):
+                # The lease (the whole file, resent items included: idempotent) is taken back by the next rescan.
+                self._leased.pop(name, None)
+                self._recount()
                 return
-            old = self._index.get(name, 0)
+            self._leased.pop(name, None)
             self._index[name] = len(data)
             self._index = dict(sorted(self._index.items()))
-            self._total += len(data) - old
+            self._recount()
 
-    def _forget(self, name: str) -> None:
-        size = self._index.pop(name, None)
-        if size is not None:
-            self._total -= size
+    # ------------------------------------------------------------------ one sender per directory
 
-    def refresh(self) -> None:
-        """Pick up files other processes (or a previous run) left, and expire old ones."""
+    @contextlib.contextmanager
+    def sending(self, deadline: float | None = None) -> Iterator[bool]:
+        """`with spool.sending() as acquired:` -- replay only if acquired; another process (or thread) is the
+        sender otherwise. Without a deadline it never blocks; with one (monotonic) it retries until then, for a
+        flush or shutdown that must see its own backlog sent (another sender holds the lock per replay only)."""
+        acquired = self._acquire_sender()
+        while not acquired and deadline is not None and time.monotonic() + _SENDER_POLL_S < deadline:
+            time.sleep(_SENDER_POLL_S)  # flock has no timed wait: poll, outside our lock
+            acquired = self._acquire_sender()
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                self._release_sender()
+
+    def _acquire_sender(self) -> bool:
+        if not self.enabled:
+            return False
         with self._lock:
-            self._rescan()
+            try:
+                if not self._sender.acquire():
+                    return False
+            except OSError as exc:
+                self._log.log(logging.WARNING, "spool_lock", "Prefactor spool: cannot open the sender lock (%s)", exc)
+                return False
+            if not self._index or self._rescan_due():
+                with contextlib.suppress(OSError):
+                    self._rescan()  # files other processes left: this sender replays them too
+            return True
+
+    def _release_sender(self) -> None:
+        with self._lock:
+            self._sender.release()
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # a lease of ours from before a restart with the same pid: not in flight
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def _file_bytes(items: Sequence[dict[str, Any] | bytes]) -> bytes:
-    """A spool file: `{"version": N, "items": [...]}`, items already encoded kept as they are."""
-    encoded = [
-        item
-        if isinstance(item, bytes)
-        else json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode("utf-8", errors="replace")
-        for item in items
-    ]
-    return b'{"version":%d,"items":[%s]}' % (FORMAT_VERSION, b",".join(encoded))
+def _is_span(item: dict[str, Any] | bytes) -> bool:
+    return isinstance(item, dict) and item.get("_type") == "agent_spans/create"

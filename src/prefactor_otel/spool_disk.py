@@ -1,0 +1,239 @@
+"""Spool directory mechanics: scans, atomic writes, the sender lock, the quarantine, stale temporary files, liveness.
+
+Threads: called only by `Spool`, under the spool's lock, which also guards `SenderLock`'s descriptor (this module
+has no lock and no module state of its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+import tempfile
+import time
+from collections.abc import Container, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; one process per directory is assumed there
+    fcntl = None  # type: ignore[assignment]
+
+NAME_RE = re.compile(r"^(\d{20})-(\d+)-(\d+)\.json(?:\.lease-(\d+))?$")
+_TMP_RE = re.compile(r"^\.tmp-(?:p(\d+)-)?")
+_TMP_MAX_AGE_S = 60.0
+_LOCK_FILE = ".sender.lock"
+
+
+def base_name(name: str) -> str:
+    """A spool file's name without its lease suffix."""
+    return name.split(".lease-")[0]
+
+
+def make_private_directory(directory: Path) -> None:
+    """Create the directory 0700 and check that it is ours and writable. Raises OSError otherwise."""
+    # Both levels of the default <tmp>/prefactor-otel-<uid>/<hash> are private, so another user of a shared temp
+    # dir can neither read spooled prompts nor swap the directory under us.
+    for level in (directory.parent, directory):
+        level.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for level in (directory.parent, directory) if directory.parent.name.startswith("prefactor-otel-") else (directory,):
+        info = level.stat()
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            raise PermissionError("the spool directory belongs to another user")
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            os.chmod(level, 0o700)
+    probe = directory / f".probe-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a lease of ours from before a restart with the same pid: not in flight
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    return True
+
+
+def write_atomic(path: Path, data: bytes, mtime: float | None = None) -> None:
+    """Temporary file (named with our pid, so a rescan can tell a live writer's) + fsync + rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-p{os.getpid()}-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if mtime is not None:
+            os.utime(tmp, (mtime, mtime))  # a rewritten file keeps its age (retention counts from the first write)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def remove_if_stale_tmp(entry: os.DirEntry[str], now: float) -> bool:
+    """Remove a `.tmp-*` file older than a minute unless another live process is writing it. True if removed.
+
+    The caller holds the spool's lock, under which all our own writes happen: a tmp with our pid is a crash's."""
+    match = _TMP_RE.match(entry.name)
+    writer = int(match.group(1)) if match and match.group(1) else None
+    try:
+        if now - entry.stat().st_mtime < _TMP_MAX_AGE_S:
+            return False
+        if writer is not None and writer != os.getpid() and pid_alive(writer):
+            return False  # another live writer (a slow disk): not ours to judge
+        os.unlink(entry.path)
+    except OSError:
+        return False
+    return True
+
+
+@dataclass(slots=True)
+class Scan:
+    index: dict[str, int] = field(default_factory=dict)  # unleased name -> size, sorted by name
+    foreign_bytes: int = 0  # leased by other live processes
+    expired: list[tuple[Path, str]] = field(default_factory=list)  # (path, name) past the retention age
+    tmp_removed: int = 0
+
+
+def scan(directory: Path, leased_by_us: Container[str], retention_seconds: float) -> Scan:
+    """What the directory holds for sending. Leases of dead processes (or with our pid but not one we hold: a
+    restart that reused it) are taken back on the way; stale temporary files are removed."""
+    now = time.time()
+    pid = os.getpid()
+    found = Scan()
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith(".tmp-"):
+                found.tmp_removed += remove_if_stale_tmp(entry, now)
+                continue
+            match = NAME_RE.match(entry.name)
+            if match is None:
+                continue
+            name = base_name(entry.name)
+            try:
+                info = entry.stat()
+            except OSError:
+                continue  # gone meanwhile
+            lease_pid = int(match.group(4)) if match.group(4) is not None else None
+            if lease_pid is not None and (
+                (lease_pid == pid and name in leased_by_us) or (lease_pid != pid and pid_alive(lease_pid))
+            ):
+                if lease_pid != pid:  # in flight: another live process's (it counts for the cap) or ours
+                    found.foreign_bytes += info.st_size
+                continue
+            if now - info.st_mtime > retention_seconds:
+                found.expired.append((Path(entry.path), name))
+                continue
+            if lease_pid is not None:
+                try:
+                    os.replace(entry.path, directory / name)  # the sender died holding it: to be sent again
+                except OSError:
+                    continue  # another process took it back first
+            found.index[name] = info.st_size
+    found.index = dict(sorted(found.index.items()))
+    return found
+
+
+def write_pieces(directory: Path, stem: str, pieces: Iterable[bytes], mtime: float) -> list[tuple[str, int]]:
+    """Write files `<stem><6-digit piece>.json` (they sort right after `<stem>.json` and before any later stamp),
+    all or none: on an error the pieces written are removed and the error raised."""
+    written: list[tuple[str, int]] = []
+    try:
+        for data in pieces:
+            name = f"{stem}{len(written):06d}.json"
+            write_atomic(directory / name, data, mtime=mtime)
+            written.append((name, len(data)))
+    except BaseException:
+        for name, _ in written:
+            with contextlib.suppress(OSError):
+                os.unlink(directory / name)
+        raise
+    return written
+
+
+def names_present(directory: Path) -> set[str]:
+    """Spool file names in the directory, leased by anyone or not."""
+    with os.scandir(directory) as entries:
+        return {base_name(entry.name) for entry in entries if NAME_RE.match(entry.name)}
+
+
+def quarantine(path: Path, directory: Path, name: str, budget: int) -> bool:
+    """Move a file into the quarantine directory (oldest removed beyond `budget` bytes); delete it if it is larger
+    than the budget or cannot be moved. True if it was kept."""
+    try:
+        if os.stat(path).st_size > budget:
+            raise OSError("larger than the quarantine")
+        directory.mkdir(mode=0o700, exist_ok=True)
+        os.replace(path, directory / name)
+        with os.scandir(directory) as entries:
+            files = sorted((entry.name, entry.stat().st_size) for entry in entries if entry.is_file())
+        total = sum(size for _, size in files)
+        for oldest, size in files:
+            if total <= budget:
+                break
+            with contextlib.suppress(OSError):
+                os.unlink(directory / oldest)
+            total -= size
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return False
+    return True
+
+
+class SenderLock:
+    """A non-blocking exclusive flock on `.sender.lock`: at most one sender per directory across processes.
+
+    The flock belongs to the open file description, which a fork shares: `release` unlocks explicitly (closing
+    alone would leave a forked child's inherited copy holding it) and a child's `reset_after_fork` only closes its
+    copy (unlocking would release the parent's lock)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._path = directory / _LOCK_FILE
+        self._fd: int | None = None
+        self._pid = 0
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> bool:
+        """True if this process is now the sender; False if another process (or thread) is. Raises OSError if
+        the lock file cannot be opened."""
+        if self._fd is not None:
+            return False  # another thread of this process is the sender
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+        self._fd, self._pid = fd, os.getpid()
+        return True
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if fcntl is not None and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    def reset_after_fork(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # never LOCK_UN: the lock belongs to the description the parent still uses
