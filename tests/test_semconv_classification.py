@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from prefactor_otel.mapping import carries_genai_convention, classify, map_span, schema_names
+from prefactor_otel.mapping import classify, map_span, schema_names
 from tests.fixtures.semconv.checks import check_record, provider
 
 
@@ -157,18 +157,6 @@ def test_json_in_string_values_are_parsed_defensively() -> None:
     )
     assert record.payload["inputs"]["arguments"] == "{'city': 'Paris'}"
     assert record.result_payload["outputs"]["result"] == '{"truncated": '
-
-
-def test_carries_genai_convention() -> None:
-    assert carries_genai_convention({"gen_ai.operation.name": "chat"}, None)
-    assert carries_genai_convention({"openinference.span.kind": "LLM"}, None)
-    assert carries_genai_convention({"llm.request.type": "chat"}, "x")
-    assert carries_genai_convention({}, "opentelemetry.instrumentation.openai_v2")
-    assert carries_genai_convention(None, "pydantic-ai")
-    assert not carries_genai_convention(
-        {"http.request.method": "GET", "db.system": "pg"}, "opentelemetry.instrumentation.httpx"
-    )
-    assert not carries_genai_convention(None, None)
 
 
 def test_odd_shapes_never_lose_the_span() -> None:

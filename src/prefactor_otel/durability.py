@@ -90,13 +90,24 @@ class Backlog:
 
     # ------------------------------------------------------------------ reading
 
-    def replay(self, delivery: Delivery, deadline: float) -> bool:
-        """Deliver spool files oldest first. True once the spool is empty; False (backing off) on failure."""
+    @property
+    def has_own_backlog(self) -> bool:
+        """Files this process wrote are still on disk: its live items must queue behind them (a run's finish
+        must not overtake its register, whichever process sends the file)."""
+        return self.spool.has_own_backlog
+
+    def replay(self, delivery: Delivery, deadline: float, *, wait: bool = False) -> bool:
+        """Deliver spool files oldest first, as the directory's one sender. True once the spool is empty; False
+        when another process is the sender (`wait`: until the deadline), or on failure (then backing off)."""
+        with self.spool.sending(deadline if wait else None) as acquired:
+            return acquired and self._replay_files(delivery, deadline)
+
+    def _replay_files(self, delivery: Delivery, deadline: float) -> bool:
         spool = self.spool
         while spool.has_backlog:
             if time.monotonic() >= deadline:
                 return False
-            file = spool.take_oldest()
+            file = spool.take_oldest(deadline)
             if file is None:
                 break
             source = SpooledSource(file.items)

@@ -192,7 +192,10 @@ class PrefactorSpanExporter(SpanExporter):
             else default_spool_dir(self._config.api_base, self._config.agent_id or "deployment")
         )
         spool = Spool(
-            directory, max_bytes=self._config.spool_max_bytes, retention_seconds=self._config.spool_retention_seconds
+            directory,
+            max_bytes=self._config.spool_max_bytes,
+            retention_seconds=self._config.spool_retention_seconds,
+            max_item_bytes=self._config.max_request_bytes,  # a larger item could never be sent
         )
         if spool.enabled:
             self._backlog = Backlog(spool, RunJournal(spool.directory))
@@ -382,6 +385,7 @@ class PrefactorSpanExporter(SpanExporter):
                 self._backlog.save_partition(self._partition)
         config = self._config
         scopes = self._scopes
+        redactor = self._mapping_options.redactor
         versions: dict[tuple[int, int], tuple[object, dict[str, Any]]] = {}
 
         def agent_version_for(resource: Mapping[str, object]) -> dict[str, Any]:
@@ -397,6 +401,7 @@ class PrefactorSpanExporter(SpanExporter):
                 agent_name=config.agent_name,
                 agent_identifier=config.agent_identifier,
                 scopes=sorted(scopes),
+                redactor=redactor,  # the user's rules too: the Resource leaves the process in the agent version
             ).model_dump(exclude_none=True)
             if len(versions) >= 64:
                 versions.clear()
@@ -438,8 +443,10 @@ class PrefactorSpanExporter(SpanExporter):
                     self._unplanned.clear()
             backlog = self._backlog
             if backlog is not None and backlog.has_backlog:
-                replayed = (backlog.retry_due(time.monotonic()) or shutdown) and backlog.replay(delivery, deadline)
-                if not replayed:
+                urgent = flush or shutdown
+                if backlog.retry_due(time.monotonic()) or urgent:
+                    backlog.replay(delivery, deadline, wait=urgent)
+                if backlog.has_own_backlog:  # our older items are still on disk: the new ones queue behind them
                     self._spill(planner, flush=flush, shutdown=shutdown)
                     return False
             source = PlannedSource(

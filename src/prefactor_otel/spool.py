@@ -182,11 +182,6 @@ class Spool:
     def _recount(self) -> None:
         self._total = sum(self._index.values()) + sum(self._leased.values()) + self._foreign_bytes
 
-    def refresh(self) -> None:
-        """Pick up files other processes (or a previous run) left, and expire old ones."""
-        with self._lock, contextlib.suppress(OSError):
-            self._rescan()
-
     # ------------------------------------------------------------------ writing
 
     def append(self, items: Sequence[dict[str, Any] | bytes]) -> bool:

@@ -1,7 +1,6 @@
 """Pure mapping from OTel spans and resources to Prefactor payloads (no I/O, no state)."""
 
 from prefactor_otel.mapping.conventions import Classification, classify
-from prefactor_otel.mapping.filters import carries_genai_convention
 from prefactor_otel.mapping.options import MappingOptions
 from prefactor_otel.mapping.payload import MappingError, SpanRecord, map_span
 from prefactor_otel.mapping.resource import agent_version_from_resource
@@ -15,7 +14,6 @@ __all__ = [
     "SpanRecord",
     "agent_schema_version",
     "agent_version_from_resource",
-    "carries_genai_convention",
     "classify",
     "iso_from_ns",
     "json_safe",
