@@ -10,7 +10,9 @@
   closed; `adopt_abandoned` finds the journals of processes that died with runs open (SIGKILL, OOM, a pool
   worker terminated) and puts a `failed` finish for each of their runs into the spool, so no run stays `active`.
 - the account partition learnt from the server is kept beside the spool, so a later process without an agent id
-  can plan (and spool) its spans while the API is down.
+  can plan (and spool) its spans while the API is down. Before any partition was ever learnt (a deployment
+  token, the API down since the first start), bulk items cannot be built at all: at shutdown the mapped span
+  records themselves are kept (`keep_records`, `records-*.jsonl`) and the next process plans them.
 
 Threads: `replay` runs on the thread holding the exporter's send lock. `spill` runs either there or, when
 shutdown could not get the send lock in time, on the shutting-down thread; it takes the exporter's state lock
@@ -21,6 +23,7 @@ thread only. `record_runs` runs under the exporter's state lock (the journal has
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -31,7 +34,8 @@ from prefactor_otel import ids
 from prefactor_otel._logging import logger
 from prefactor_otel.delivery import Delivery, SpooledSource
 from prefactor_otel.journal import RunJournal
-from prefactor_otel.mapping.values import iso_from_ns
+from prefactor_otel.mapping.payload import SpanRecord
+from prefactor_otel.mapping.values import RawJson, iso_from_ns
 from prefactor_otel.models import BULK_FINISH_INSTANCE
 from prefactor_otel.planner import Planner
 from prefactor_otel.spool import Spool
@@ -169,6 +173,46 @@ class Backlog:
         """At shutdown: the journal is removed when no run is left open; returns the runs still open."""
         return self.journal.close() if self.journal is not None else 0
 
+    # ------------------------------------------------------------------ span records without a partition
+
+    def keep_records(self, records: list[SpanRecord]) -> bool:
+        """Write mapped span records (not yet bulk items: no partition to build their ids) for the next process."""
+        lines = [_record_line(record) for record in records]
+        path = self.spool.directory / f"records-{time.time_ns():020d}-{os.getpid()}.jsonl"
+        tmp = path.with_name(f".tmp-p{os.getpid()}-{path.name}")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(b"\n".join(lines) + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            logger.warning("Prefactor: cannot keep %d span(s) on disk (%s)", len(records), type(exc).__name__)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return False
+        self.counters["spans_kept_unplanned"] += len(records)
+        return True
+
+    def take_records(self, limit: int) -> list[SpanRecord]:
+        """The records earlier processes kept, oldest first, at most `limit` (the files read are removed)."""
+        records: list[SpanRecord] = []
+        resources: dict[str, dict[str, Any]] = {}  # one dict per distinct Resource, as the SDK shares them
+        for path in sorted(self.spool.directory.glob("records-*.jsonl")):
+            if len(records) >= limit:
+                break
+            try:
+                data = path.read_bytes()
+                path.unlink()
+            except OSError:
+                continue
+            for line in data.splitlines():
+                try:
+                    records.append(_record_from_line(line, resources))
+                except (ValueError, KeyError, TypeError):
+                    self.dropped["spool_corrupt"] += 1
+        return records[:limit]
+
     # ------------------------------------------------------------------ the account partition
 
     def load_partition(self) -> int | None:
@@ -182,3 +226,52 @@ class Backlog:
         with contextlib.suppress(OSError):
             tmp.write_text(str(partition))
             os.replace(tmp, path)
+
+
+def _record_line(record: SpanRecord) -> bytes:
+    def embedded(payload: Any) -> Any:
+        return json.loads(payload) if isinstance(payload, bytes) else payload
+
+    return json.dumps(
+        {
+            "trace_id": record.trace_id,
+            "span_id": record.span_id,
+            "parent_span_id": record.parent_span_id,
+            "parent_is_remote": record.parent_is_remote,
+            "name": record.name,
+            "schema_name": record.schema_name,
+            "status": record.status,
+            "start": record.start_time_ns,
+            "end": record.end_time_ns,
+            "payload": embedded(record.payload),
+            "result_payload": embedded(record.result_payload),
+            "scope": record.scope,
+            "resource": dict(record.resource),
+            "convention": record.convention,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+        default=str,
+    ).encode("utf-8", errors="replace")
+
+
+def _record_from_line(line: bytes, resources: dict[str, dict[str, Any]]) -> SpanRecord:
+    data = json.loads(line)
+    resource_key = json.dumps(data["resource"], sort_keys=True)
+    resource = resources.setdefault(resource_key, data["resource"])
+    return SpanRecord(
+        trace_id=int(data["trace_id"]),
+        span_id=int(data["span_id"]),
+        parent_span_id=None if data["parent_span_id"] is None else int(data["parent_span_id"]),
+        parent_is_remote=bool(data["parent_is_remote"]),
+        name=str(data["name"]),
+        schema_name=str(data["schema_name"]),
+        status=data["status"],
+        start_time_ns=int(data["start"]),
+        end_time_ns=int(data["end"]),
+        payload=RawJson(json.dumps(data["payload"], ensure_ascii=False, separators=(",", ":")).encode()),
+        result_payload=RawJson(json.dumps(data["result_payload"], ensure_ascii=False, separators=(",", ":")).encode()),
+        scope=data["scope"],
+        resource=resource,
+        convention=data["convention"],
+    )

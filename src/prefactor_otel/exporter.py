@@ -5,8 +5,9 @@ thread-safe and returns within the export timeout; `force_flush` and `shutdown` 
 at interpreter exit everything, whatever the set-up order, shares one budget (PREFACTOR_SHUTDOWN_TIMEOUT); after
 shutdown `export` returns FAILURE and warns once; the API token never appears in logs, errors or repr.
 
-Work is split: mapping (pure, on the calling thread) -> planner (state) -> delivery.py (requests, outcomes) with
-durability.py (the spool) for what cannot be delivered now. This module only wires them and owns the threads.
+Work is split: mapping (pure, on the calling thread) -> pipeline.py (the planner and the drain of one process)
+-> delivery.py (requests, outcomes), with durability.py (the spool, the journal of open runs) for what cannot be
+delivered now. This module owns the OTel contract, the threads and the process lifecycle.
 
 Threads and locks:
 - `export()` is called by the BatchSpanProcessor's worker (or any thread); `force_flush`/`shutdown` by the
@@ -14,11 +15,13 @@ Threads and locks:
   sends aged orphans, replays the spool and notices interpreter exit.
 - `_send_lock`: one sender at a time (delivery, replay, spill after a failed delivery). Never waited for past a
   caller's deadline.
-- `_state_lock`: the planner and `_unplanned`; held only for in-memory work (and one spool append on spill).
+- the pipeline's `state_lock`: the planner and the records waiting for it (see pipeline.py).
 - `_lifecycle_lock`: shutdown runs once.
 - Counters are plain Counters written by the thread doing the work; `stats()` copies each one atomically.
 - After fork, `_reset_after_fork` (registered once per exporter) is the one place that rebuilds locks, threads,
-  the HTTP client and per-process state: the child starts with no runs of its parent's.
+  the HTTP client and the pipeline: the child starts with no runs of its parent's (it may add spans to the runs
+  its parent had open, never finish them). The spool and the journal also guard themselves with fork hooks of
+  their own, because their descriptors must be handled even when the exporter is gone.
 """
 
 from __future__ import annotations
@@ -29,28 +32,28 @@ import os
 import threading
 import time
 import weakref
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
-from opentelemetry import trace as trace_api
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from prefactor_otel import __version__, ids
 from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.config import ConfigError, PrefactorConfig
-from prefactor_otel.delivery import Delivery, PlannedSource
+from prefactor_otel.delivery import Delivery
 from prefactor_otel.durability import Backlog
 from prefactor_otel.journal import RunJournal
-from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_version_from_resource, map_span
+from prefactor_otel.mapping import SpanRecord, map_span
 from prefactor_otel.mapping.options import MappingOptions
 from prefactor_otel.metrics import register_metrics
-from prefactor_otel.planner import InheritedRun, Planner
+from prefactor_otel.pipeline import Pipeline
+from prefactor_otel.planner import InheritedRun
 from prefactor_otel.spool import Spool, default_spool_dir
-from prefactor_otel.transport import BulkTransport, encode_json, suppress_instrumentation
+from prefactor_otel.transport import BulkTransport, encode_json
 
 SDK_HEADER = f"prefactor-otel@{__version__}"
 _TICK_S = 0.5
@@ -58,11 +61,6 @@ _TICK_BACKOFF_CAP_S = 30.0
 _ADOPT_EVERY_S = 60.0  # how often the journals of ended processes are looked for
 # Of a shutdown budget, what is kept back for writing the undelivered rest to the spool.
 _SPILL_RESERVE_S = 0.5
-
-
-def _carries_genai(record: SpanRecord) -> bool:
-    """PREFACTOR_SPAN_FILTER=genai: a span some GenAI convention typed or recognised."""
-    return record.schema_name != "otel:span" or record.convention is not None
 
 
 def _interpreter_exiting() -> bool:
@@ -74,26 +72,6 @@ def _interpreter_exiting() -> bool:
         return False
     current = threading.current_thread()
     return not any(t is not main and t is not current and not t.daemon and t.is_alive() for t in threading.enumerate())
-
-
-def _runs_open_at_fork(planner: Planner | None, partition: int | None) -> dict[int, InheritedRun]:
-    """In a forked child: the parent's open runs, so the child's spans join them (never finishing them).
-
-    The span current in the forking thread (typically the one the child's work hangs under) is added with its
-    Prefactor id: it has not ended, so no planner knows it yet, and the child's spans need it as their parent.
-    Best effort: the parent's planner may have been mid-update at the fork, and nothing here may fail the child.
-    """
-    try:
-        runs = planner.open_runs() if planner is not None else {}
-        current = trace_api.get_current_span()
-        context = current.get_span_context()
-        start_ns = getattr(current, "start_time", None)
-        if context.is_valid and isinstance(start_ns, int) and partition is not None and context.trace_id in runs:
-            pfid = ids.span_pfid(partition, context.trace_id, context.span_id, start_ns)
-            runs[context.trace_id].span_ids[context.span_id] = pfid
-        return runs
-    except Exception:
-        return {}
 
 
 class PrefactorSpanExporter(SpanExporter):
@@ -122,7 +100,7 @@ class PrefactorSpanExporter(SpanExporter):
         self._transport: BulkTransport | None = None
         self._delivery: Delivery | None = None
         self._backlog: Backlog | None = None
-        self._partition: int | None = None
+        self._pipeline: Pipeline | None = None
         try:
             self._config = config if config is not None else PrefactorConfig.load(environ, **options)
             self._mapping_options = MappingOptions.from_config(self._config)
@@ -151,10 +129,9 @@ class PrefactorSpanExporter(SpanExporter):
             return
         self._delivery = Delivery(self._transport, self._config)
         self._open_spool()
-        if self._config.agent_id:
-            self._partition = ids.extract_partition(self._config.agent_id)
-        elif self._backlog is not None:
-            self._partition = self._backlog.load_partition()
+        self._pipeline = self._new_pipeline({})
+        if self._backlog is not None:
+            self._pipeline.add(self._backlog.take_records(self._config.max_queued_spans))
         logger.info("Prefactor exporter ready: %s", self._config.describe())
         try:
             register_metrics(self.stats, __version__)
@@ -171,17 +148,32 @@ class PrefactorSpanExporter(SpanExporter):
     def _new_process_state(self) -> None:
         """Everything that belongs to one process: built at construction and again in a forked child."""
         self._send_lock = threading.Lock()
-        self._state_lock = threading.Lock()
         self._log = RateLimitedLog()
         self._counters: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
-        self._planner: Planner | None = None
-        self._unplanned: deque[SpanRecord] = deque()
         self._ticker: threading.Thread | None = None
         self._ticker_stop = threading.Event()
         self._exit_deadline: float | None = None
         self._forked_at_ns: int | None = None
-        self._inherited_runs: dict[int, InheritedRun] = {}
+
+    def _new_pipeline(self, inherited_runs: dict[int, InheritedRun]) -> Pipeline:
+        assert self._delivery is not None
+        partition = None
+        if self._config.agent_id:
+            partition = ids.extract_partition(self._config.agent_id)
+        elif self._pipeline is not None:
+            partition = self._pipeline.partition
+        elif self._backlog is not None:
+            partition = self._backlog.load_partition()
+        return Pipeline(
+            self._config,
+            self._delivery,
+            self._backlog,
+            partition=partition,
+            scopes=self._scopes,
+            redactor=self._mapping_options.redactor,
+            inherited_runs=inherited_runs,
+        )
 
     def _open_spool(self) -> None:
         if not self._config.spool:
@@ -253,15 +245,15 @@ class PrefactorSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
 
     def _deliver(self, records: list[SpanRecord]) -> SpanExportResult:
+        pipeline = self._pipeline
+        assert pipeline is not None
         deadline = self._deadline(self._config.export_timeout)
-        with self._state_lock:
-            self._unplanned.extend(records)
-            self._trim_unplanned()
+        pipeline.add(records)
         self._ensure_ticker()
         if not self._send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return SpanExportResult.FAILURE
         try:
-            ok = self._drain(deadline)
+            ok = pipeline.drain(deadline)
         finally:
             self._send_lock.release()
         return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
@@ -273,7 +265,8 @@ class PrefactorSpanExporter(SpanExporter):
         if not self._send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return False
         try:
-            return self._drain(deadline, flush=True)
+            assert self._pipeline is not None
+            return self._pipeline.drain(deadline, flush=True)
         except Exception:
             logger.exception("Prefactor force_flush failed unexpectedly")
             return False
@@ -304,7 +297,8 @@ class PrefactorSpanExporter(SpanExporter):
     def _shutdown_delivery(self, budget_s: float) -> None:
         deadline = min(self._deadline(budget_s), self._deadline(self._config.shutdown_timeout))
         transport = self._transport
-        assert transport is not None
+        pipeline = self._pipeline
+        assert transport is not None and pipeline is not None
         self._ticker_stop.set()
         # Another thread's request must end in time for us to send or spill: its backoff sleeps wake now, its
         # socket waits are capped, so the send lock frees up before our spill reserve.
@@ -315,20 +309,17 @@ class PrefactorSpanExporter(SpanExporter):
             try:
                 transport.resume_waits()
                 self._cap_transport(deadline)
-                self._drain(deadline, shutdown=True)
+                pipeline.drain(deadline, shutdown=True)
             finally:
                 self._send_lock.release()
         else:
             # The in-flight request did not end in time: keep everything on disk instead (idempotency keys make
             # a later re-send of what that request delivered harmless).
-            self._spill_unsent(shutdown=True)
+            pipeline.spill_unsent(shutdown=True)
         ticker = self._ticker
         if ticker is not None and ticker is not threading.current_thread():
             ticker.join(max(0.0, deadline - time.monotonic()))
-        if self._backlog is not None:
-            with self._state_lock:
-                self._journal_runs()
-            self._backlog.close()
+        pipeline.close()
 
     # ------------------------------------------------------------------ delivery
 
@@ -365,122 +356,6 @@ class PrefactorSpanExporter(SpanExporter):
             records.append(record)
         return records
 
-    def _trim_unplanned(self) -> None:
-        # Records wait here only until the account partition is known; bounded like the planner.
-        overflow = len(self._unplanned) - self._config.max_queued_spans
-        for _ in range(max(0, overflow)):
-            self._unplanned.popleft()
-            self._dropped["queue_full"] += 1
-
-    def _ensure_planner(self, deadline: float) -> Planner | None:
-        if self._planner is not None:
-            return self._planner
-        if self._partition is None:
-            assert self._transport is not None
-            pfid = self._transport.generate_pfid(deadline)
-            if pfid is None or not ids.is_pfid(pfid):
-                return None
-            self._partition = ids.extract_partition(pfid)
-            if self._backlog is not None:
-                self._backlog.save_partition(self._partition)
-        config = self._config
-        scopes = self._scopes
-        redactor = self._mapping_options.redactor
-        versions: dict[tuple[int, int], tuple[object, dict[str, Any]]] = {}
-
-        def agent_version_for(resource: Mapping[str, object]) -> dict[str, Any]:
-            # Built and dumped once per (Resource, scopes seen so far): the scope set only grows, so its size
-            # names it. The entry holds the Resource, so its id cannot be reused while cached.
-            key = (id(resource), len(scopes))
-            cached = versions.get(key)
-            if cached is not None and cached[0] is resource:
-                return cached[1]
-            version = agent_version_from_resource(
-                resource,
-                sdk_version=__version__,
-                agent_name=config.agent_name,
-                agent_identifier=config.agent_identifier,
-                scopes=sorted(scopes),
-                redactor=redactor,  # the user's rules too: the Resource leaves the process in the agent version
-            ).model_dump(exclude_none=True)
-            if len(versions) >= 64:
-                versions.clear()
-            versions[key] = (resource, version)
-            return version
-
-        self._planner = Planner(
-            partition=self._partition,
-            agent_key=config.agent_id or "deployment",
-            agent_id=config.agent_id,
-            environment_id=config.environment_id,
-            purpose=config.purpose,
-            agent_version_for=agent_version_for,
-            schema_version=agent_schema_version(),
-            max_waiting_spans=config.max_waiting_spans,
-            max_queued_spans=config.max_queued_spans,
-            max_wait_seconds=config.max_wait_seconds,
-            finish_grace_seconds=config.finish_grace_seconds,
-            span_filter=_carries_genai if config.span_filter == "genai" else None,
-            inherited_runs=self._inherited_runs,
-        )
-        return self._planner
-
-    def _drain(self, deadline: float, *, flush: bool = False, shutdown: bool = False) -> bool:
-        """Send everything ready (the spool's backlog first: it is older). True if nothing ready is left.
-
-        What cannot be delivered by the deadline goes to the spool, behind the backlog. Send lock held.
-        """
-        delivery = self._delivery
-        if delivery is None:
-            return True
-        with suppress_instrumentation():
-            planner = self._ensure_planner(deadline)
-            if planner is None:
-                return False
-            with self._state_lock:
-                if self._unplanned:
-                    planner.add(list(self._unplanned), time.monotonic())
-                    self._unplanned.clear()
-            backlog = self._backlog
-            if backlog is not None and backlog.has_backlog:
-                urgent = flush or shutdown
-                if backlog.retry_due(time.monotonic()) or urgent:
-                    backlog.replay(delivery, deadline, wait=urgent)
-                if backlog.has_own_backlog:  # our older items are still on disk: the new ones queue behind them
-                    self._spill(planner, flush=flush, shutdown=shutdown)
-                    return False
-            source = PlannedSource(
-                planner, self._state_lock, flush=flush, shutdown=shutdown, on_change=self._journal_runs
-            )
-            delivered = delivery.drain(source, deadline)
-            if not delivered and not delivery.transport.auth_failed:
-                self._spill(planner, flush=flush, shutdown=shutdown)
-            return delivered
-
-    def _journal_runs(self) -> None:
-        """Under the state lock: the runs the last plan opened or the last outcomes closed, to the journal."""
-        planner = self._planner
-        if planner is None:
-            return
-        changes = planner.take_run_changes()  # taken even without a journal: it must not grow
-        if self._backlog is not None:
-            self._backlog.record_runs(changes)
-
-    def _spill(self, planner: Planner, *, flush: bool, shutdown: bool) -> None:
-        if self._backlog is not None:
-            self._backlog.spill(planner, self._state_lock, flush=flush, shutdown=shutdown)
-
-    def _spill_unsent(self, *, shutdown: bool) -> None:
-        """Without the send lock: plan what we have and write it to the spool."""
-        planner = self._planner
-        if planner is None:
-            return
-        with self._state_lock:
-            if self._unplanned:
-                planner.add(list(self._unplanned), time.monotonic())
-                self._unplanned.clear()
-        self._spill(planner, flush=True, shutdown=shutdown)
-
     # ------------------------------------------------------------------ background finishing, exit, fork
 
     def _ensure_ticker(self) -> None:
@@ -505,11 +380,14 @@ class PrefactorSpanExporter(SpanExporter):
             if now >= next_adoption and self._exit_deadline is None:
                 next_adoption = now + _ADOPT_EVERY_S
                 self._adopt_abandoned_runs()
-            if now < next_send or not self._has_due_work(now) or not self._send_lock.acquire(blocking=False):
+            pipeline = self._pipeline
+            if pipeline is None or now < next_send or not pipeline.has_due_work(now):
+                continue
+            if not self._send_lock.acquire(blocking=False):
                 continue
             try:
                 deadline = self._deadline(self._config.export_timeout)
-                ok = self._background_send(deadline)
+                ok = pipeline.background_send(deadline)
             except Exception:
                 logger.exception("Prefactor background send failed unexpectedly")
                 ok = False
@@ -526,23 +404,6 @@ class PrefactorSpanExporter(SpanExporter):
         except Exception:  # never a reason to fail the application
             logger.exception("Prefactor: finishing the runs of ended processes failed unexpectedly")
 
-    def _has_due_work(self, now: float) -> bool:
-        backlog = self._backlog
-        if backlog is not None and backlog.has_backlog and backlog.retry_due(now):
-            return True
-        planner = self._planner
-        if planner is None:
-            return bool(self._unplanned)
-        with self._state_lock:
-            return bool(self._unplanned) or planner.has_due_work(now)
-
-    def _background_send(self, deadline: float) -> bool:
-        if self._planner is None and self._backlog is not None and not self._unplanned:
-            assert self._delivery is not None
-            with suppress_instrumentation():
-                return self._backlog.replay(self._delivery, deadline)
-        return self._drain(deadline)
-
     def _begin_exit(self) -> None:
         if self._exit_deadline is not None:
             return
@@ -557,16 +418,17 @@ class PrefactorSpanExporter(SpanExporter):
     def _reset_after_fork(self) -> None:
         """The one place a forked child is made whole: new locks and threads, a new HTTP client, and no state of
         the parent's (its runs, waiting spans and counters stay the parent's to deliver)."""
-        inherited = _runs_open_at_fork(self._planner, self._partition)
+        inherited = self._pipeline.runs_open_at_fork() if self._pipeline is not None else {}
         self._new_process_state()
         self._forked_at_ns = time.time_ns()
-        self._inherited_runs = inherited
         if self._transport is not None:
             self._transport.reset_after_fork()
         if self._delivery is not None:
             self._delivery.reset_after_fork()
         if self._backlog is not None:
             self._backlog.reset_after_fork()
+        if self._delivery is not None:
+            self._pipeline = self._new_pipeline(inherited)
 
     # ------------------------------------------------------------------ visibility
 
@@ -595,15 +457,9 @@ class PrefactorSpanExporter(SpanExporter):
         dropped: Counter[str] = Counter(dict(self._dropped))
         counters: Counter[str] = Counter(dict(self._counters))
         actions_dropped: Counter[str] = Counter()
-        planner = self._planner
-        queued = len(self._unplanned)
-        open_traces = 0
-        if planner is not None:
-            dropped.update(dict(planner.dropped))
-            actions_dropped.update(dict(planner.actions_dropped))
-            counters.update(dict(planner.counters))
-            queued += planner.queued_spans
-            open_traces = planner.open_traces
+        queued = open_traces = 0
+        if self._pipeline is not None:
+            queued, open_traces = self._pipeline.collect(counters, dropped, actions_dropped)
         for part in (self._transport, self._delivery):
             if part is not None:
                 counters.update(dict(part.counters))

@@ -1,0 +1,248 @@
+"""The pipeline of one process: mapped spans -> planner -> delivery, with the spool behind it.
+
+`Pipeline` holds what belongs to one process and is rebuilt whole in a forked child: span records waiting for
+the account partition (`unplanned`), the planner (created once the partition is known), and the drain that sends
+what is ready -- this process's spooled backlog first, then live items, and what cannot be delivered to the spool.
+
+Threads and locks: `add` is called from any thread exporting spans; `drain`, `spill_unsent` and
+`background_send` by the one thread holding the exporter's send lock (`spill_unsent` by shutdown without it).
+`state_lock` guards `unplanned` and the planner; it is held only for in-memory work, journal writes and one
+spool append on a spill, never across a request. Counters are written by the thread doing the work.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from opentelemetry import trace as trace_api
+
+from prefactor_otel import __version__, ids
+from prefactor_otel.config import PrefactorConfig
+from prefactor_otel.delivery import Delivery, PlannedSource
+from prefactor_otel.durability import Backlog
+from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_version_from_resource
+from prefactor_otel.mapping.redaction import Redactor
+from prefactor_otel.planner import InheritedRun, Planner
+from prefactor_otel.transport import suppress_instrumentation
+
+
+def carries_genai(record: SpanRecord) -> bool:
+    """PREFACTOR_SPAN_FILTER=genai: a span some GenAI convention typed or recognised."""
+    return record.schema_name != "otel:span" or record.convention is not None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: PrefactorConfig,
+        delivery: Delivery,
+        backlog: Backlog | None,
+        *,
+        partition: int | None,
+        scopes: set[str],
+        redactor: Redactor | None,
+        inherited_runs: Mapping[int, InheritedRun] | None = None,
+    ) -> None:
+        self._config = config
+        self._delivery = delivery
+        self._backlog = backlog
+        self.partition = partition
+        self._scopes = scopes
+        self._redactor = redactor
+        self._inherited_runs = dict(inherited_runs or {})
+        self.state_lock = threading.Lock()
+        self.unplanned: deque[SpanRecord] = deque()
+        self.planner: Planner | None = None
+        self.dropped: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ input
+
+    def add(self, records: Iterable[SpanRecord]) -> None:
+        with self.state_lock:
+            self.unplanned.extend(records)
+            # Records wait here only until the account partition is known; bounded like the planner.
+            for _ in range(max(0, len(self.unplanned) - self._config.max_queued_spans)):
+                self.unplanned.popleft()
+                self.dropped["queue_full"] += 1
+
+    def _take_unplanned(self, planner: Planner) -> None:
+        with self.state_lock:
+            if self.unplanned:
+                planner.add(list(self.unplanned), time.monotonic())
+                self.unplanned.clear()
+
+    # ------------------------------------------------------------------ the planner
+
+    def ensure_planner(self, deadline: float) -> Planner | None:
+        if self.planner is not None:
+            return self.planner
+        if self.partition is None:
+            pfid = self._delivery.transport.generate_pfid(deadline)
+            if pfid is None or not ids.is_pfid(pfid):
+                return None
+            self.partition = ids.extract_partition(pfid)
+            if self._backlog is not None:
+                self._backlog.save_partition(self.partition)
+        config = self._config
+        scopes = self._scopes
+        redactor = self._redactor
+        versions: dict[tuple[int, int], tuple[object, dict[str, Any]]] = {}
+
+        def agent_version_for(resource: Mapping[str, object]) -> dict[str, Any]:
+            # Built and dumped once per (Resource, scopes seen so far): the scope set only grows, so its size
+            # names it. The entry holds the Resource, so its id cannot be reused while cached.
+            key = (id(resource), len(scopes))
+            cached = versions.get(key)
+            if cached is not None and cached[0] is resource:
+                return cached[1]
+            version = agent_version_from_resource(
+                resource,
+                sdk_version=__version__,
+                agent_name=config.agent_name,
+                agent_identifier=config.agent_identifier,
+                scopes=sorted(scopes),
+                redactor=redactor,  # the user's rules too: the Resource leaves the process in the agent version
+            ).model_dump(exclude_none=True)
+            if len(versions) >= 64:
+                versions.clear()
+            versions[key] = (resource, version)
+            return version
+
+        self.planner = Planner(
+            partition=self.partition,
+            agent_key=config.agent_id or "deployment",
+            agent_id=config.agent_id,
+            environment_id=config.environment_id,
+            purpose=config.purpose,
+            agent_version_for=agent_version_for,
+            schema_version=agent_schema_version(),
+            max_waiting_spans=config.max_waiting_spans,
+            max_queued_spans=config.max_queued_spans,
+            max_wait_seconds=config.max_wait_seconds,
+            finish_grace_seconds=config.finish_grace_seconds,
+            span_filter=carries_genai if config.span_filter == "genai" else None,
+            inherited_runs=self._inherited_runs,
+        )
+        return self.planner
+
+    def runs_open_at_fork(self) -> dict[int, InheritedRun]:
+        """In a forked child, of the parent's pipeline: its open runs, so the child's spans join them (never
+        finishing them). The span current in the forking thread (typically the one the child's work hangs under)
+        is added with its Prefactor id: it has not ended, so no planner knows it yet.
+
+        Best effort: the planner may have been mid-update at the fork, and nothing here may fail the child.
+        """
+        try:
+            runs = self.planner.open_runs() if self.planner is not None else {}
+            current = trace_api.get_current_span()
+            context = current.get_span_context()
+            start_ns = getattr(current, "start_time", None)
+            known = context.is_valid and isinstance(start_ns, int) and self.partition is not None
+            if known and context.trace_id in runs:
+                pfid = ids.span_pfid(self.partition, context.trace_id, context.span_id, start_ns)  # type: ignore[arg-type]
+                runs[context.trace_id].span_ids[context.span_id] = pfid
+            return runs
+        except Exception:
+            return {}
+
+    # ------------------------------------------------------------------ sending
+
+    def drain(self, deadline: float, *, flush: bool = False, shutdown: bool = False) -> bool:
+        """Send everything ready (this process's spooled backlog first: it is older). True if nothing ready is
+        left. What cannot be delivered by the deadline goes to the spool, behind the backlog."""
+        delivery = self._delivery
+        with suppress_instrumentation():
+            planner = self.ensure_planner(deadline)
+            if planner is None:
+                if shutdown:
+                    self._keep_unplanned()
+                return False
+            self._take_unplanned(planner)
+            backlog = self._backlog
+            if backlog is not None and backlog.has_backlog:
+                urgent = flush or shutdown
+                if backlog.retry_due(time.monotonic()) or urgent:
+                    backlog.replay(delivery, deadline, wait=urgent)
+                if backlog.has_own_backlog:  # our older items are still on disk: the new ones queue behind them
+                    self._spill(planner, flush=flush, shutdown=shutdown)
+                    return False
+            source = PlannedSource(
+                planner, self.state_lock, flush=flush, shutdown=shutdown, on_change=self.journal_runs
+            )
+            delivered = delivery.drain(source, deadline)
+            if not delivered and not delivery.transport.auth_failed:
+                self._spill(planner, flush=flush, shutdown=shutdown)
+            return delivered
+
+    def background_send(self, deadline: float) -> bool:
+        """For the finisher thread: the spool's backlog alone while no span has come, else a drain."""
+        if self.planner is None and self._backlog is not None and not self.unplanned:
+            with suppress_instrumentation():
+                return self._backlog.replay(self._delivery, deadline)
+        return self.drain(deadline)
+
+    def has_due_work(self, now: float) -> bool:
+        backlog = self._backlog
+        if backlog is not None and backlog.has_backlog and backlog.retry_due(now):
+            return True
+        planner = self.planner
+        if planner is None:
+            return bool(self.unplanned)
+        with self.state_lock:
+            return bool(self.unplanned) or planner.has_due_work(now)
+
+    def journal_runs(self) -> None:
+        """Under the state lock: the runs the last plan opened or the last outcomes closed, to the journal."""
+        planner = self.planner
+        if planner is None:
+            return
+        changes = planner.take_run_changes()  # taken even without a journal: it must not grow
+        if self._backlog is not None:
+            self._backlog.record_runs(changes)
+
+    def _spill(self, planner: Planner, *, flush: bool, shutdown: bool) -> None:
+        if self._backlog is not None:
+            self._backlog.spill(planner, self.state_lock, flush=flush, shutdown=shutdown)
+
+    def spill_unsent(self, *, shutdown: bool) -> None:
+        """Without the send lock (shutdown could not get it in time): plan what we have, write it to the spool."""
+        planner = self.planner
+        if planner is None:
+            self._keep_unplanned()
+            return
+        self._take_unplanned(planner)
+        self._spill(planner, flush=True, shutdown=shutdown)
+
+    def _keep_unplanned(self) -> None:
+        """No partition yet (no agent id, API unreachable): keep the span records themselves on disk."""
+        if self._backlog is None:
+            return
+        with self.state_lock:
+            records = list(self.unplanned)
+            if records and self._backlog.keep_records(records):
+                self.unplanned.clear()
+
+    def close(self) -> None:
+        """At shutdown, after the last drain: journal what changed, and close the journal."""
+        if self._backlog is not None:
+            with self.state_lock:
+                self.journal_runs()
+            self._backlog.close()
+
+    # ------------------------------------------------------------------ visibility
+
+    def collect(self, counters: Counter[str], dropped: Counter[str], actions_dropped: Counter[str]) -> tuple[int, int]:
+        """Adds this pipeline's counters; returns (spans queued, open runs)."""
+        dropped.update(dict(self.dropped))  # dict(): one C call, safe while another thread adds a key
+        queued = len(self.unplanned)
+        planner = self.planner
+        if planner is None:
+            return queued, 0
+        dropped.update(dict(planner.dropped))
+        actions_dropped.update(dict(planner.actions_dropped))
+        counters.update(dict(planner.counters))
+        return queued + planner.queued_spans, planner.open_traces
