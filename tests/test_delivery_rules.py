@@ -135,3 +135,23 @@ def test_two_concurrent_shutdowns_run_once(caplog):
             thread.join(30)
         closes = [r for r in caplog.records if r.getMessage().startswith("Prefactor exporter shut down")]
         assert len(closes) == 1
+
+
+def test_with_a_deployment_token_and_the_api_down_from_the_start_spans_are_kept_on_disk(tmp_path):
+    """No agent id and no partition ever learnt: bulk items cannot be built, so the span records themselves are
+    kept at shutdown, and the next process plans and delivers them."""
+    provider, collector = make_provider()
+    for _ in range(2):
+        agent_trace(provider)
+    with DevServer(token=TOKEN) as srv:
+        srv.add_fault(Fault(drop_connection=True, times=-1, method="*", path="/api/v1/"))
+        first = exporter_for(srv, agent_id=None, environment_id=None, spool_dir=str(tmp_path), export_timeout=0.5)
+        assert first.export(collector.spans) is SpanExportResult.FAILURE
+        first.shutdown(timeout_millis=1000)
+        assert first.stats()["spans_queued"] == 0 and first.stats()["spans_dropped"] == 0
+        srv.clear_faults()
+        later = exporter_for(srv, agent_id=None, environment_id=None, spool_dir=str(tmp_path))
+        later.shutdown()
+        assert len(srv.spans()) == 8
+        assert [i["status"] for i in srv.instances()] == ["complete", "complete"]
+        assert not list(tmp_path.glob("records-*"))
