@@ -160,3 +160,53 @@ def test_per_resource_and_per_name_set_caches_never_mix_spans_up():
         records.append(map_span(collector.spans[0]))
     assert [r.payload["metadata"]["resource.service.name"] for r in records] == ["svc-a", "svc-b", "svc-a"]
     assert [r.payload["inputs"]["messages"][0]["content"] for r in records] == ["svc-a", "svc-b", "svc-a"]
+
+
+def test_events_and_links_are_read_from_an_sdk_without_the_private_fields():
+    """map_span asks the SDK's private `_events`/`_links` only whether they are empty (the public properties copy
+    under a lock on every read): a span type without those fields must still give its events and links."""
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import Link
+
+    provider, collector = make_provider()
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("linked") as linked:
+        pass
+    with tracer.start_as_current_span("span", links=[Link(linked.get_span_context())]) as span:
+        span.add_event("thought", {"text": "hello"})
+    base = collector.spans[-1]
+
+    class OtherSpan(ReadableSpan):
+        @property
+        def events(self):  # type: ignore[override]
+            return self._kept_events
+
+        @property
+        def links(self):  # type: ignore[override]
+            return self._kept_links
+
+        @property
+        def dropped_events(self):  # type: ignore[override]
+            return 0
+
+        @property
+        def dropped_links(self):  # type: ignore[override]
+            return 0
+
+    other = OtherSpan(
+        name=base.name,
+        context=base.context,
+        parent=base.parent,
+        resource=base.resource,
+        attributes=base.attributes,
+        kind=base.kind,
+        status=base.status,
+        start_time=base.start_time,
+        end_time=base.end_time,
+        instrumentation_scope=base.instrumentation_scope,
+    )
+    other._kept_events, other._kept_links = base.events, base.links
+    del other._events, other._links
+    payload = map_span(other).payload
+    assert [e["name"] for e in payload["events"]] == ["thought"]
+    assert len(payload["links"]) == 1

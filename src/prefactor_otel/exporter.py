@@ -231,6 +231,12 @@ class PrefactorSpanExporter(SpanExporter):
         if self._disabled_reason is not None:
             return SpanExportResult.SUCCESS  # a no-op by configuration is not an export failure
         self._counters["spans_received"] += len(spans)
+        excess = len(spans) - self._config.max_queued_spans
+        if excess > 0:
+            # More than the queue holds: the oldest would be trimmed right after mapping. Not mapping them keeps
+            # one huge export() (a direct call; the batch processor sends 512) within its time and memory.
+            self._dropped["queue_full"] += excess
+            spans = spans[excess:]
         try:
             records = self._map(spans)
         except Exception:  # the host application must never see our failure
