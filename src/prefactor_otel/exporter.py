@@ -53,6 +53,7 @@ from prefactor_otel.metrics import register_metrics
 from prefactor_otel.pipeline import Pipeline
 from prefactor_otel.planner import InheritedRun
 from prefactor_otel.spool import Spool, default_spool_dir
+from prefactor_otel.stats import collect_stats
 from prefactor_otel.transport import BulkTransport, encode_json
 
 SDK_HEADER = f"prefactor-otel@{__version__}"
@@ -458,54 +459,14 @@ class PrefactorSpanExporter(SpanExporter):
             )
 
     def stats(self) -> dict[str, Any]:
-        """Counters: spans received/exported/dropped (by reason), retries, requests, runs, spool."""
-        # dict(counter) copies in one C call, so a key added meanwhile by another thread cannot break the copy.
-        dropped: Counter[str] = Counter(dict(self._dropped))
-        counters: Counter[str] = Counter(dict(self._counters))
-        actions_dropped: Counter[str] = Counter()
-        queued = open_traces = 0
-        if self._pipeline is not None:
-            queued, open_traces = self._pipeline.collect(counters, dropped, actions_dropped)
-        for part in (self._transport, self._delivery):
-            if part is not None:
-                counters.update(dict(part.counters))
-        backlog = self._backlog
-        if backlog is not None:
-            counters.update(dict(backlog.counters))
-            dropped.update(dict(backlog.dropped))
-            actions_dropped.update(dict(backlog.actions_dropped))
-            for key, value in dict(backlog.spool.counters).items():
-                if key.startswith("dropped:"):
-                    dropped[key.removeprefix("dropped:")] += value
-                else:
-                    counters[key] += value
-        return {
-            "enabled": self.enabled,
-            "disabled_reason": self._disabled_reason,
-            "spans_received": counters["spans_received"],
-            "spans_exported": counters["spans_exported"] + counters["spans_replayed"],
-            "spans_dropped": sum(dropped.values()),
-            "dropped_by_reason": dict(dropped),
-            "instance_actions_dropped": dict(actions_dropped),
-            "spans_filtered_out": counters["spans_filtered_out"],
-            "spans_reparented": counters["spans_reparented"],
-            "spans_orphaned": sum(v for k, v in counters.items() if k.startswith("spans_orphaned_")),
-            "spans_ignored_forked_copy": counters["spans_ignored_forked_copy"],
-            "spans_queued": queued,
-            "open_traces": open_traces,
-            "instances_registered": counters["instances_registered"],
-            "instances_finished": counters["instances_finished"],
-            "requests": counters["requests"],
-            "retries": counters["retries"],
-            "contract_errors": counters["contract_errors"],  # answers that did not fit the API contract
-            "empty_bulk_answers": counters["empty_bulk_answers"],
-            "bytes_sent": counters["bytes_sent"],
-            "auth_failed": bool(self._transport and self._transport.auth_failed),
-            "spans_spooled": counters["spans_spooled"],
-            "spans_replayed": counters["spans_replayed"],
-            "spool_backlog_bytes": backlog.spool.backlog_bytes if backlog is not None else 0,
-            "spool_enabled": backlog is not None,
-            "requests_by_outcome": {
-                key.removeprefix("outcome:"): value for key, value in counters.items() if key.startswith("outcome:")
-            },
-        }
+        """Counters: spans received/exported/dropped (by reason), retries, requests, runs, spool (see stats.py)."""
+        return collect_stats(
+            enabled=self.enabled,
+            disabled_reason=self._disabled_reason,
+            counters=self._counters,
+            dropped=self._dropped,
+            pipeline=self._pipeline,
+            transport=self._transport,
+            delivery=self._delivery,
+            backlog=self._backlog,
+        )
