@@ -30,6 +30,7 @@ class Fault:
 
     - `trickle_bytes_per_s`: write the whole answer -- status line and headers included -- at this rate.
       With `status` the injected answer is trickled, else the real one (processed and committed).
+      `trickle_headers=False` sends the status line and headers at once and trickles only the body.
     - `endless_body`: answer `status` (default 200) with a chunked body that never ends, WITHOUT processing.
     - `body_bytes`: answer `status` (default 200) with a body of this many filler bytes, WITHOUT processing.
     - `black_hole`: read the request line and headers, then neither read the body nor answer, WITHOUT
@@ -53,6 +54,7 @@ class Fault:
     redirect_to: str | None = None
     probability: float = 1.0
     trickle_bytes_per_s: float | None = None
+    trickle_headers: bool = True
     endless_body: bool = False
     body_bytes: int | None = None
     black_hole: bool = False
@@ -77,7 +79,7 @@ class Fault:
         if isinstance(self.delay_s, bool) or not isinstance(self.delay_s, (int, float)) or self.delay_s < 0:
             raise ValueError("Fault.delay_s must be a number >= 0")
         self.delay_s = float(self.delay_s)
-        for name in ("drop_connection", "commit_then_fail", "endless_body", "black_hole"):
+        for name in ("drop_connection", "commit_then_fail", "endless_body", "black_hole", "trickle_headers"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Fault.{name} must be a boolean")
         if (

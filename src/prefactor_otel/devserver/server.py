@@ -136,6 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 120
     server: _HTTPServer
     _trickle_rate: float | None = None  # bytes/s of the current request's answer, from a trickle fault
+    _trickle_head = True  # whether the status line and headers are trickled too
 
     def setup(self) -> None:
         super().setup()
@@ -283,7 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Write an answer by hand, at the fault's trickle rate if any; `body=None` is an endless chunked body."""
         framing = ("Transfer-Encoding", "chunked") if body is None else ("Content-Length", str(len(body)))
         try:
-            if not self._write_counted(self._hostile_head(status, (*headers, framing))):
+            if not self._write_counted(self._hostile_head(status, (*headers, framing)), trickle=self._trickle_head):
                 return
             if body is None:
                 chunk = b"%x\r\n%s\r\n" % (1 << 16, b" " * (1 << 16))
@@ -301,7 +302,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = (("Content-Type", "application/json"), ("Content-Length", str(size)))
         piece = b" " * (1 << 16)
         try:
-            if not self._write_counted(self._hostile_head(status, headers)):
+            if not self._write_counted(self._hostile_head(status, headers), trickle=self._trickle_head):
                 return
             left = size
             while left > 0 and self._write_counted(piece[: min(left, len(piece))]):
@@ -318,11 +319,11 @@ class _Handler(BaseHTTPRequestHandler):
         lines += [f"{name}: {value}" for name, value in headers]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    def _write_counted(self, data: bytes) -> bool:
+    def _write_counted(self, data: bytes, *, trickle: bool = True) -> bool:
         """Write (trickled at the fault's rate if any) and count; False once the server is stopping."""
         stopping = self.server.stopping
         rate = self._trickle_rate
-        if rate is None:
+        if rate is None or not trickle:
             if stopping.is_set():
                 return False
             self.wfile.write(data)
@@ -435,6 +436,7 @@ class _Handler(BaseHTTPRequestHandler):
         fault = None if path.startswith("/_dev") else dev.faults.take(method, path)
         if fault is not None:
             self._trickle_rate = fault.trickle_bytes_per_s
+            self._trickle_head = fault.trickle_headers
             if fault.delay_s:
                 time.sleep(fault.delay_s)
             if not fault.commit_then_fail:
