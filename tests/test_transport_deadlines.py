@@ -101,11 +101,16 @@ def _register_item(srv: DevServer) -> tuple[bytes, str]:
     return encode_item(item), key
 
 
-def test_cap_deadline_ends_a_request_in_flight() -> None:
+@pytest.mark.parametrize("body_mb", [0, 48], ids=["waiting-for-headers", "blocked-writing-the-body"])
+def test_cap_deadline_ends_a_request_in_flight(body_mb: int) -> None:
+    # The black hole reads the headers and nothing else: a small request then waits for an answer, a large one
+    # (beyond the socket buffers) blocks while writing its body.
     with DevServer() as srv:
         srv.add_fault(Fault(black_hole=True, times=-1))
         transport = _transport(srv)
         encoded, key = _register_item(srv)
+        if body_mb:
+            encoded = encoded[:-1] + b',"pad":"' + b"x" * (body_mb << 20) + b'"}'
         thread, out = _run(lambda: transport.send_bulk([encoded], [key], time.monotonic() + 120))
         for _ in range(200):  # bounded: until the request is in the black hole
             if srv.requests:
