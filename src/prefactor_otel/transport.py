@@ -319,7 +319,7 @@ class BulkTransport:
             logging.WARNING,
             reason,
             "Prefactor export: the answer is not a Prefactor answer (%s: %s; at most %d bytes are read); "
-            "connection discarded, retrying",
+            "connection discarded",
             reason,
             exc,
             MAX_RESPONSE_BYTES,
