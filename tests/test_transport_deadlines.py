@@ -182,3 +182,18 @@ def test_the_network_layer_is_optional() -> None:
     # keeps the per-operation timeouts and the between-chunk checks (the test above).
     assert install_deadline_backend(httpx.MockTransport(lambda request: httpx.Response(200))) is None  # type: ignore[arg-type]
     assert install_deadline_backend(httpx.HTTPTransport()) is not None
+
+
+def test_without_the_network_layer_the_body_deadline_still_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As with an httpx whose internals moved: the client we build falls back to per-operation timeouts.
+    monkeypatch.setattr(transport_module, "install_deadline_backend", lambda transport: None)
+    fault = Fault(status=503, body="x" * 400, trickle_bytes_per_s=5, trickle_headers=False, times=-1)
+    with DevServer() as srv:
+        srv.add_fault(fault)
+        transport = _transport(srv)
+        assert transport._network is None
+        encoded, key = _register_item(srv)
+        thread, out = _run(lambda: transport.send_bulk([encoded], [key], time.monotonic() + 1))
+        assert _finished(srv, thread)
+        assert out[0].error == "timeout"
+        transport.close()
