@@ -1,8 +1,22 @@
 """Pure parts of the transport: chunking and Retry-After parsing."""
 
+import gzip
 import json
 
-from prefactor_otel.transport import bulk_body, chunk_encoded, encode_item, encode_json, parse_retry_after
+import pytest
+
+from prefactor_otel.transport import (
+    MAX_RESPONSE_BYTES,
+    ResponseTooLarge,
+    UnreadableResponse,
+    bulk_body,
+    chunk_encoded,
+    decode_body,
+    encode_item,
+    encode_json,
+    environment_proxy,
+    parse_retry_after,
+)
 
 
 def _items(sizes):
@@ -83,3 +97,27 @@ def test_string_details_take_the_direct_path_and_match_the_general_encoder():
     assert json.loads(encode_item(lone))["details"]["name"] == "a?b"  # the general path's replacement
     mixed = {**item, "details": {**details, "n": 3, "none": None}}
     assert json.loads(encode_item(mixed))["details"]["n"] == 3
+
+
+def test_the_proxy_from_the_environment_still_applies(monkeypatch):
+    # The client is built on our own transport (for the deadline-aware network layer), which makes httpx ignore
+    # the proxy variables: the transport picks the one for the API URL itself.
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert environment_proxy("https://app.prefactorai.com") is None
+    monkeypatch.setenv("HTTPS_PROXY", "proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,.corp.example")
+    assert environment_proxy("https://app.prefactorai.com") == "http://proxy.internal:3128"
+    assert environment_proxy("https://api.corp.example") is None
+    assert environment_proxy("http://localhost:8787") is None  # and HTTP_PROXY is unset
+
+
+def test_a_compressed_answer_inflates_only_up_to_the_cap():
+    assert decode_body(gzip.compress(b'{"a":1}'), "gzip") == b'{"a":1}'
+    assert decode_body(b"plain", None) == b"plain"
+    bomb = gzip.compress(b" " * (MAX_RESPONSE_BYTES + 1))  # ~8 KB on the wire
+    with pytest.raises(ResponseTooLarge):
+        decode_body(bomb, "gzip")
+    with pytest.raises(UnreadableResponse):
+        decode_body(b"x", "br")

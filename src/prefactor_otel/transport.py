@@ -4,6 +4,16 @@
 connection errors, timeouts, 408, 429 and 5xx with exponential backoff and full jitter, honouring
 `Retry-After`, never past the caller's deadline. It returns every item's outcome; items missing from the
 response were not processed (the server stops at the first error) and are the caller's to send again.
+
+The deadline is wall-clock for the whole request, answer included (see `netdeadline`), and `cap_deadline`
+lowers every deadline at once, a request in flight included. Answers are streamed and read up to
+MAX_RESPONSE_BYTES. With a caller-supplied `http_client` the network layer is the caller's: the deadline and
+the cap are then checked between body chunks only, so one connect, one write or the wait for the headers can
+each take up to the time left when the request started (httpx's per-operation timeout).
+
+Threads: sends are serialized by the exporter's send lock (one sender at a time); `interrupt_waits`,
+`resume_waits`, `cap_deadline` and `close` may be called from any thread (events and single assignments:
+no lock). `counters` is written by the sender only.
 """
 
 from __future__ import annotations
@@ -15,152 +25,50 @@ import random
 import ssl
 import threading
 import time
+import urllib.parse
+import urllib.request
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from json.encoder import encode_basestring as _json_string  # C: quotes and escapes one str
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import httpx
-import pydantic_core
 from opentelemetry import context as otel_context
 from pydantic import ValidationError
 
 from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.config import PrefactorConfig
-from prefactor_otel.mapping.values import RawJson, as_dict
 from prefactor_otel.models import (
-    BULK_CREATE_SPAN,
-    BULK_FINISH_INSTANCE,
-    BULK_FINISH_SPAN,
-    BULK_REGISTER,
     BULK_RESPONSE_FIELDS,
-    BULK_START,
     ApiResponse,
     PfidGenerateDetails,
 )
+from prefactor_otel.netdeadline import SLICE_S, DeadlineBackend, install_deadline_backend
 from prefactor_otel.outcomes import NOT_PROCESSED, SUCCESS, BulkResult, ItemOutcome
+
+# The wire form lives in its own module; re-exported here, where the exporter and older code import it from.
+from prefactor_otel.wire import bulk_body as bulk_body
+from prefactor_otel.wire import chunk_encoded as chunk_encoded
+from prefactor_otel.wire import encode_item as encode_item
+from prefactor_otel.wire import encode_json as encode_json
+from prefactor_otel.wire import rest_request as rest_request
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
+# A bulk answer is one small output per item (about 200 bytes each, a few hundred per request): 8 MiB is generous.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+# When the backoff would overrun the deadline, the last attempt keeps half the time left, and at least this.
+LAST_ATTEMPT_MIN_S = 0.25
 
 
-def encode_item(item: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON. Raises ValueError for values JSON cannot carry at all (mapping prevents these).
-
-    pydantic-core's serializer (Rust, already a dependency through pydantic) does the common case about 3x
-    faster than the stdlib encoder; non-finite floats become "NaN"/"Infinity" strings as in `json_safe`. Lone
-    surrogates (Python strings may hold them, UTF-8 cannot) make it refuse the item: the stdlib path then writes
-    them as "?" rather than costing the span.
-    """
-    schema = item.get("agent_schema_version")
-    if schema is not None:
-        # Every register item carries the same ~10 KB schema set (one dict shared by the planner): encode it once.
-        rest = _to_json({key: value for key, value in item.items() if key != "agent_schema_version"})
-        separator = b"," if rest != b"{}" else b""
-        return b'%s%s"agent_schema_version":%s}' % (rest[:-1], separator, _encoded_once(schema))
-    details = item.get("details")
-    if type(details) is dict:
-        fast = _span_create(item, details)
-        if fast is not None:
-            return fast
-        if any(type(value) is RawJson for value in details.values()):
-            # Rare (a value neither string nor payload, or not UTF-8): decode the payloads, encode it all as usual.
-            details = {key: as_dict(value) if type(value) is RawJson else value for key, value in details.items()}
-            return _to_json({**item, "details": details})
-    return _to_json(item)
+class ResponseTooLarge(Exception):
+    """The answer exceeds MAX_RESPONSE_BYTES (declared or read so far): not a Prefactor answer."""
 
 
-def _span_create(item: dict[str, Any], details: dict[str, Any]) -> bytes | None:
-    """An item with `details` (a span create) whose values are strings (ids, times, names) and encoded payloads,
-    written without a serializer call: for objects this small the call costs more than the work (5.9 -> 4.2 us
-    per span create). None when a value is of another type or cannot be UTF-8: the general path takes it."""
-    text = ["{"]
-    for key, value in item.items():
-        if key != "details":
-            if type(value) is not str:
-                return None
-            text.append(f"{_json_string(key)}:{_json_string(value)},")
-    text.append('"details":{')
-    separator = ""
-    embedded: list[tuple[str, RawJson]] = []
-    for key, value in details.items():
-        if type(value) is str:
-            text.append(f"{separator}{_json_string(key)}:{_json_string(value)}")
-            separator = ","
-        elif type(value) is RawJson:
-            embedded.append((key, value))
-        else:
-            return None
-    try:
-        parts = ["".join(text).encode()]
-        for key, value in embedded:
-            parts += (f"{separator}{_json_string(key)}:".encode(), value)
-            separator = ","
-    except UnicodeEncodeError:
-        return None
-    parts.append(b"}}")
-    return b"".join(parts)
-
-
-def encode_json(value: dict[str, Any]) -> RawJson:
-    """One JSON object, compact, for embedding later (see RawJson). Raises ValueError like encode_item."""
-    return RawJson(_to_json(value))
-
-
-def _to_json(value: dict[str, Any]) -> bytes:
-    try:
-        return pydantic_core.to_json(value, inf_nan_mode="strings")
-    except pydantic_core.PydanticSerializationError:
-        text = _ENCODER.encode(value)  # ValueError for what JSON cannot hold (a non-string key, a set, ...)
-        return text.encode("utf-8", errors="replace")
-
-
-# The fallback encoder: json.dumps with non-default arguments builds a new encoder per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-_ENCODED_SCHEMAS: dict[int, tuple[object, bytes]] = {}
-
-
-def _encoded_once(value: dict[str, Any]) -> bytes:
-    cached = _ENCODED_SCHEMAS.get(id(value))
-    if cached is not None and cached[0] is value:
-        return cached[1]
-    data = _to_json(value)
-    if len(_ENCODED_SCHEMAS) >= 16:
-        _ENCODED_SCHEMAS.clear()
-    _ENCODED_SCHEMAS[id(value)] = (value, data)
-    return data
-
-
-def bulk_body(encoded_items: Sequence[bytes]) -> bytes:
-    if len(encoded_items) < 2:
-        return b'{"items":[' + b"".join(encoded_items) + b"]}"
-    # One join over the whole body: wrapping a joined list would copy the megabyte-sized body twice.
-    return b",".join([b'{"items":[' + encoded_items[0], *encoded_items[1:-1], encoded_items[-1] + b"]}"])
-
-
-_BODY_OVERHEAD = len(bulk_body([]))
-
-
-def chunk_encoded(encoded_items: Sequence[bytes], max_items: int, max_bytes: int) -> list[range]:
-    """Split consecutive items into requests of at most max_items items and max_bytes bytes.
-
-    Order is kept (parents before children). An item larger than max_bytes goes alone.
-    """
-    chunks: list[range] = []
-    start = 0
-    size = _BODY_OVERHEAD
-    for index, encoded in enumerate(encoded_items):
-        extra = len(encoded) + (1 if index > start else 0)
-        if index > start and (index - start >= max_items or size + extra > max_bytes):
-            chunks.append(range(start, index))
-            start, size = index, _BODY_OVERHEAD
-            extra = len(encoded)
-        size += extra
-    if start < len(encoded_items):
-        chunks.append(range(start, len(encoded_items)))
-    return chunks
+class UnreadableResponse(Exception):
+    """The answer's Content-Encoding is one we did not ask for and cannot decode within the size cap."""
 
 
 @contextmanager
@@ -200,6 +108,8 @@ class BulkTransport:
         self._config = config
         self._sdk_header = sdk_header
         self._owns_client = client is None
+        self._ceiling: float | None = None
+        self._network: DeadlineBackend | None = None
         self._client = client or self._new_client()
         # Sent per request (not as client defaults) so a caller-supplied client authenticates too.
         self._headers = {
@@ -207,6 +117,8 @@ class BulkTransport:
             "X-Prefactor-SDK": sdk_header,
             "Content-Type": "application/json",
             "Accept": "application/json",
+            # Answers are small; identity keeps a compressed answer from inflating past the size cap.
+            "Accept-Encoding": "identity",
             "User-Agent": sdk_header,
         }
         self._stop = threading.Event()
@@ -219,10 +131,18 @@ class BulkTransport:
         verify: bool | ssl.SSLContext = self._config.tls_verify
         if self._config.tls_verify and self._config.ca_bundle:
             verify = ssl.create_default_context(cafile=self._config.ca_bundle)
+        # Our own transport (so the deadline-aware network layer goes under it): httpx then ignores the proxy
+        # variables, so the one that applies to the API URL is passed explicitly.
+        transport = httpx.HTTPTransport(verify=verify, proxy=environment_proxy(self._config.api_base))
+        self._network = install_deadline_backend(transport)
+        if self._network is None:
+            logger.debug("Prefactor: this httpx version takes no deadline-aware network layer; per-operation timeouts")
+        else:
+            self._network.ceiling = self._ceiling
         return httpx.Client(
+            transport=transport,
             follow_redirects=False,  # a redirect would carry the token to another origin
             timeout=httpx.Timeout(self._config.export_timeout),
-            verify=verify,
         )
 
     def reset_after_fork(self) -> None:
@@ -252,54 +172,105 @@ class BulkTransport:
     def resume_waits(self) -> None:
         self._interrupt.clear()
 
+    def cap_deadline(self, at: float | None) -> None:
+        """No request, retry or backoff sleep goes past `at` (time.monotonic()) from now on; None lifts the cap.
+
+        Applies to a request already in flight too: with the client built here it ends within about SLICE_S of
+        the ceiling (with a caller-supplied client, at its next body chunk or socket timeout). Call it when the
+        process starts exiting, from any thread.
+        """
+        self._ceiling = at
+        if self._network is not None:
+            self._network.ceiling = at
+
+    def _deadline(self, deadline: float) -> float:
+        ceiling = self._ceiling
+        return deadline if ceiling is None else min(deadline, ceiling)
+
     # ------------------------------------------------------------------ requests
 
     def send_bulk(self, encoded_items: Sequence[bytes], keys: Sequence[str], deadline: float) -> BulkResult:
         """One bulk request, retried inside the deadline; per-item outcomes for `keys`."""
-        return self._post("/bulk", bulk_body(encoded_items), deadline, lambda r: self._bulk_outcomes(r, keys))
+        return self._post("/bulk", bulk_body(encoded_items), deadline, lambda r, b: self._bulk_outcomes(r, b, keys))
 
     def send_rest(self, item: dict[str, Any], deadline: float) -> BulkResult:
         """Send one bulk-shaped item as its REST call (for an action the bulk endpoint does not take)."""
         path, body = rest_request(item)
         key = item["idempotency_key"]
-        return self._post(path, encode_item(body), deadline, lambda r: self._rest_outcome(r, key))
+        return self._post(path, encode_item(body), deadline, lambda r, b: self._rest_outcome(r, b, key))
+
+    def _request(self, path: str, body: bytes, deadline: float) -> tuple[httpx.Response, bytes]:
+        """POST and read the whole answer by `deadline` (wall clock), at most MAX_RESPONSE_BYTES of it.
+
+        Raises httpx.TransportError (a timeout once the deadline passes), ResponseTooLarge or UnreadableResponse;
+        leaving early closes the response, which discards its connection.
+        """
+        remaining = self._deadline(deadline) - time.monotonic()
+        if remaining <= 0:
+            raise httpx.ConnectTimeout("request deadline reached before sending")
+        network = self._network
+        with (
+            suppress_instrumentation(),
+            network.bounded(deadline) if network is not None else nullcontext(),
+            self._client.stream(
+                "POST",
+                self._config.api_base + path,
+                content=body,
+                headers=self._headers,
+                timeout=httpx.Timeout(remaining),
+            ) as response,
+        ):
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+                raise ResponseTooLarge(f"declared {declared} bytes")
+            parts: list[bytes] = []
+            size = 0
+            for chunk in response.iter_raw():
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise ResponseTooLarge(f"more than {size} bytes")
+                # Also bounds a caller-supplied client, whose sockets are not ours to slice.
+                if time.monotonic() >= self._deadline(deadline):
+                    raise httpx.ReadTimeout("request deadline reached while reading the answer")
+                parts.append(chunk)
+            return response, decode_body(b"".join(parts), response.headers.get("content-encoding"))
 
     def _post(
-        self, path: str, body: bytes, deadline: float, on_ok: Callable[[httpx.Response], BulkResult | None]
+        self,
+        path: str,
+        body: bytes,
+        deadline: float,
+        on_ok: Callable[[httpx.Response, bytes], BulkResult | None],
     ) -> BulkResult:
         attempt = 0
+        shortened = False  # a backoff was cut short to fit a last attempt in the budget
         while True:
             if self._auth_failed:
                 return BulkResult(error="auth")
             if self._stop.is_set():
                 return BulkResult(error="shutdown")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if self._deadline(deadline) <= time.monotonic():
                 return BulkResult(error="timeout")
             self.counters["requests"] += 1
             self.counters["bytes_sent"] += len(body)
             retry_after: float | None = None
+            status: int | None = None
             try:
-                with suppress_instrumentation():
-                    response = self._client.post(
-                        self._config.api_base + path,
-                        content=body,
-                        headers=self._headers,
-                        timeout=httpx.Timeout(remaining),
-                    )
+                response, answer = self._request(path, body, deadline)
             except httpx.TransportError as exc:
                 self.counters["connection_errors"] += 1
                 self.counters["outcome:connection_error"] += 1
                 self._log.log(
                     logging.WARNING, "conn", "Prefactor export: connection problem (%s), retrying", type(exc).__name__
                 )
-                status = None
+            except (ResponseTooLarge, UnreadableResponse) as exc:
+                self._count_unreadable(exc)
             else:
                 status = response.status_code
                 self.counters[f"outcome:http_{status}"] += 1
-                result = self._handle_status(response)
+                result = self._handle_status(response, answer)
                 if result is None and 200 <= status < 300:
-                    result = on_ok(response)
+                    result = on_ok(response, answer)
                 if result is not None:
                     return result
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -309,20 +280,52 @@ class BulkTransport:
             delay = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
             if retry_after is not None:
                 delay = retry_after
-            remaining = deadline - time.monotonic()
-            if delay >= remaining:
-                self._log.log(
-                    logging.WARNING,
-                    "deadline",
-                    "Prefactor export: gave up after %d attempt(s) within the export timeout (last: %s)",
-                    attempt,
-                    status if status is not None else "connection error",
-                )
-                return BulkResult(error="timeout", status_code=status)
-            if self._stop.is_set() or self._interrupt.wait(delay):
+            remaining = self._deadline(deadline) - time.monotonic()
+            if delay > remaining - LAST_ATTEMPT_MIN_S:
+                # The full wait does not fit. Once per request, wait what the budget affords and try a last time
+                # with the rest (a short 5xx burst at exit must not cost the run); else give up now.
+                if shortened or remaining <= 0:
+                    self._log.log(
+                        logging.WARNING,
+                        "deadline",
+                        "Prefactor export: gave up after %d attempt(s) within the export timeout (last: %s)",
+                        attempt,
+                        status if status is not None else "connection error",
+                    )
+                    return BulkResult(error="timeout", status_code=status)
+                shortened = True
+                attempt_time = max(remaining / 2, LAST_ATTEMPT_MIN_S)
+                delay = max(0.0, min(delay, remaining - attempt_time))
+            if self._backoff(delay):
                 return BulkResult(error="shutdown" if self._stop.is_set() else "interrupted")
 
-    def _handle_status(self, response: httpx.Response) -> BulkResult | None:
+    def _backoff(self, seconds: float) -> bool:
+        """Sleep `seconds`, cut short by a ceiling set meanwhile; True when woken by interrupt_waits or close."""
+        end = time.monotonic() + seconds
+        while True:
+            ceiling = self._ceiling
+            left = (end if ceiling is None else min(end, ceiling)) - time.monotonic()
+            if left <= 0:
+                return False
+            if self._interrupt.wait(min(left, SLICE_S)) or self._stop.is_set():
+                return True
+
+    def _count_unreadable(self, exc: Exception) -> None:
+        self.counters["contract_errors"] += 1
+        reason = "response_too_large" if isinstance(exc, ResponseTooLarge) else "response_unreadable"
+        self.counters[reason] += 1
+        self.counters[f"outcome:{reason}"] += 1
+        self._log.log(
+            logging.WARNING,
+            reason,
+            "Prefactor export: the answer is not a Prefactor answer (%s: %s; at most %d bytes are read); "
+            "connection discarded",
+            reason,
+            exc,
+            MAX_RESPONSE_BYTES,
+        )
+
+    def _handle_status(self, response: httpx.Response, answer: bytes) -> BulkResult | None:
         """A final result for a non-2xx status, or None (2xx, or retryable: `_post` tells them apart)."""
         status = response.status_code
         if 200 <= status < 300:
@@ -350,7 +353,7 @@ class BulkTransport:
             return BulkResult(error="redirect", status_code=status)
         if status == 413:
             return BulkResult(error="too_large", status_code=status)
-        code, message = _error_fields(response)
+        code, message = _error_fields(answer)
         self._log.log(
             logging.ERROR,
             f"http{status}",
@@ -361,9 +364,9 @@ class BulkTransport:
         )
         return BulkResult(error="rejected", status_code=status, code=code, message=message)
 
-    def _bulk_outcomes(self, response: httpx.Response, keys: Sequence[str]) -> BulkResult | None:
+    def _bulk_outcomes(self, response: httpx.Response, answer: bytes, keys: Sequence[str]) -> BulkResult | None:
         try:
-            outputs = BULK_RESPONSE_FIELDS.validate_json(response.content)["outputs"]
+            outputs = BULK_RESPONSE_FIELDS.validate_json(answer)["outputs"]
         except ValidationError as exc:
             self.counters["contract_errors"] += 1
             self._log.log(
@@ -384,9 +387,9 @@ class BulkTransport:
                 outcomes[key] = ItemOutcome("error", output.get("code"), output.get("message"))
         return BulkResult(outcomes=outcomes, status_code=response.status_code)
 
-    def _rest_outcome(self, response: httpx.Response, key: str) -> BulkResult | None:
+    def _rest_outcome(self, response: httpx.Response, answer: bytes, key: str) -> BulkResult | None:
         try:
-            parsed = ApiResponse[dict[str, Any]].model_validate_json(response.content)
+            parsed = ApiResponse[dict[str, Any]].model_validate_json(answer)
         except ValidationError:
             self.counters["contract_errors"] += 1
             self._log.log(logging.WARNING, "contract", "Prefactor export: a REST response does not fit the contract")
@@ -395,59 +398,67 @@ class BulkTransport:
         return BulkResult(outcomes={key: SUCCESS}, status_code=response.status_code)
 
     def generate_pfid(self, deadline: float) -> str | None:
-        """Ask the server for one id of the account (its partition is the account's). None on failure."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or self._auth_failed:
+        """Ask the server for one id of the account (its partition is the account's). None on failure.
+
+        One attempt, under the same wall-clock deadline, ceiling and answer size cap as the bulk requests."""
+        if self._auth_failed or self._deadline(deadline) <= time.monotonic():
             return None
         try:
-            with suppress_instrumentation():
-                response = self._client.post(
-                    self._config.api_base + "/pfid/generate",
-                    content=b'{"count":1}',
-                    headers=self._headers,
-                    timeout=httpx.Timeout(remaining),
-                )
+            response, answer = self._request("/pfid/generate", b'{"count":1}', deadline)
         except httpx.TransportError as exc:
             self._log.log(logging.WARNING, "pfid", "Prefactor: cannot reach the API for an id (%s)", type(exc).__name__)
             return None
+        except (ResponseTooLarge, UnreadableResponse) as exc:
+            self._count_unreadable(exc)
+            return None
         if response.status_code in (401, 403):
-            self._handle_status(response)
+            self._handle_status(response, answer)
             return None
         if response.status_code != 200:
             self._log.log(logging.WARNING, "pfid", "Prefactor: id generation failed with HTTP %d", response.status_code)
             return None
         try:
-            parsed = ApiResponse[PfidGenerateDetails].model_validate_json(response.content)
+            parsed = ApiResponse[PfidGenerateDetails].model_validate_json(answer)
         except ValidationError:
             self._log.log(logging.WARNING, "pfid", "Prefactor: id generation answer does not fit the API contract")
             return None
         return parsed.details.pfids[0] if parsed.details.pfids else None
 
 
-def _error_fields(response: httpx.Response) -> tuple[str | None, str]:
+def decode_body(raw: bytes, content_encoding: str | None) -> bytes:
+    """The answer's bytes without its Content-Encoding, inflated to at most MAX_RESPONSE_BYTES (we ask for
+    identity; a server compressing anyway must not inflate a small body into gigabytes)."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise UnreadableResponse(f"unsupported Content-Encoding {encoding[:40]!r}")
+    wbits = zlib.MAX_WBITS | 16 if "gzip" in encoding else zlib.MAX_WBITS
+    try:
+        inflated = zlib.decompressobj(wbits).decompress(raw, MAX_RESPONSE_BYTES + 1)
+    except zlib.error as exc:
+        raise UnreadableResponse(f"invalid {encoding} body") from exc
+    if len(inflated) > MAX_RESPONSE_BYTES:
+        raise ResponseTooLarge(f"{encoding} body inflates past {MAX_RESPONSE_BYTES} bytes")
+    return inflated
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy the environment (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY) sets for `url`, or None."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or (parts.hostname and urllib.request.proxy_bypass_environment(parts.hostname, proxies)):
+        return None
+    return proxy if "://" in proxy else "http://" + proxy
+
+
+def _error_fields(answer: bytes) -> tuple[str | None, str]:
     """code and message of an API error body; never echoes request headers."""
     try:
-        data = response.json()
+        data = json.loads(answer)
     except ValueError:
-        return None, f"non-JSON body ({len(response.content)} bytes)"
+        return None, f"non-JSON body ({len(answer)} bytes)"
     if isinstance(data, dict):
         return data.get("code"), str(data.get("message"))[:200]
     return None, "unexpected body"
-
-
-def rest_request(item: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The REST path and body of a bulk item: path parameters leave the body, the rest stays as is."""
-    action = item["_type"]
-    body = {k: v for k, v in item.items() if k != "_type"}
-    if action == BULK_REGISTER:
-        return "/agent_instance/register", body
-    if action in (BULK_START, BULK_FINISH_INSTANCE):
-        instance_id = body.pop("agent_instance_id")
-        verb = "start" if action == BULK_START else "finish"
-        return f"/agent_instance/{instance_id}/{verb}", body
-    if action == BULK_CREATE_SPAN:
-        return "/agent_spans", body
-    if action == BULK_FINISH_SPAN:
-        span_id = body.pop("agent_span_id")
-        return f"/agent_spans/{span_id}/finish", body
-    raise ValueError(f"no REST form for bulk action {action!r}")

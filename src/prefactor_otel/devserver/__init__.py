@@ -4,7 +4,8 @@ It serves the part of the Prefactor API an exporter uses (ping, agent instance r
 terminate, span create/finish, lists, PFID generation, bulk) over real HTTP on 127.0.0.1, validating like a
 strict server would: bearer auth, PFIDs in the account partition, parents in the same instance, state
 machines, idempotent replay, stop-at-first-error bulk, body limits. Faults can be injected (delays, status
-codes, dropped connections, commit-then-fail, redirects) to exercise an exporter's retry logic.
+codes, dropped connections, commit-then-fail, redirects) to exercise an exporter's retry logic, and hostile
+answers (trickled, endless, huge, never) to exercise its wall-clock and size bounds.
 
     with DevServer() as srv:
         ...point the exporter at srv.url with srv.token and srv.agent_id...

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import http
 import json
 import logging
 import secrets
@@ -84,6 +85,8 @@ class _HTTPServer(ThreadingHTTPServer):
         self.connections_lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopped = threading.Event()
+        # Set first thing in stop(): hostile answers (trickles, endless bodies, black holes) end on it.
+        self.stopping = threading.Event()
         super().__init__(address, _Handler)
 
     def serve_until_stopped(self) -> None:
@@ -132,6 +135,8 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = 120
     server: _HTTPServer
+    _trickle_rate: float | None = None  # bytes/s of the current request's answer, from a trickle fault
+    _trickle_head = True  # whether the status line and headers are trickled too
 
     def setup(self) -> None:
         super().setup()
@@ -254,6 +259,11 @@ class _Handler(BaseHTTPRequestHandler):
         content_type: str = "application/json",
     ) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+        if self._trickle_rate is not None:
+            extra = (*headers, ("Connection", "close")) if close else headers
+            self.close_connection = self.close_connection or close
+            self._send_hostile(status, data, headers=(("Content-Type", content_type), *extra))
+            return
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -267,6 +277,84 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except _CONNECTION_ERRORS:
             self.close_connection = True
+
+    # ------------------------------------------------------------------ hostile answers (see Fault)
+
+    def _send_hostile(self, status: int, body: bytes | None, *, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        """Write an answer by hand, at the fault's trickle rate if any; `body=None` is an endless chunked body."""
+        framing = ("Transfer-Encoding", "chunked") if body is None else ("Content-Length", str(len(body)))
+        try:
+            if not self._write_counted(self._hostile_head(status, (*headers, framing)), trickle=self._trickle_head):
+                return
+            if body is None:
+                chunk = b"%x\r\n%s\r\n" % (1 << 16, b" " * (1 << 16))
+                while self._write_counted(chunk):
+                    pass
+                return
+            for start in range(0, len(body), 1 << 16):
+                if not self._write_counted(body[start : start + (1 << 16)]):
+                    return
+        except _CONNECTION_ERRORS:
+            self.close_connection = True
+
+    def _send_filler(self, status: int, size: int) -> None:
+        """Content-Length `size`, filler written in pieces (a 1 GB answer must not cost the server 1 GB)."""
+        headers = (("Content-Type", "application/json"), ("Content-Length", str(size)))
+        piece = b" " * (1 << 16)
+        try:
+            if not self._write_counted(self._hostile_head(status, headers), trickle=self._trickle_head):
+                return
+            left = size
+            while left > 0 and self._write_counted(piece[: min(left, len(piece))]):
+                left -= min(left, len(piece))
+        except _CONNECTION_ERRORS:
+            self.close_connection = True
+
+    def _hostile_head(self, status: int, headers: tuple[tuple[str, str], ...]) -> bytes:
+        try:
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        lines = [f"HTTP/1.1 {status} {phrase}", f"Server: {self.server_version}", f"Date: {self.date_time_string()}"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _write_counted(self, data: bytes, *, trickle: bool = True) -> bool:
+        """Write (trickled at the fault's rate if any) and count; False once the server is stopping."""
+        stopping = self.server.stopping
+        rate = self._trickle_rate
+        if rate is None or not trickle:
+            if stopping.is_set():
+                return False
+            self.wfile.write(data)
+            self.server.dev._count_fault_bytes(len(data))
+            return True
+        # Pieces of ~50 ms worth of bytes (at least one), each after its share of the time.
+        piece = max(1, int(rate * 0.05))
+        for start in range(0, len(data), piece):
+            part = data[start : start + piece]
+            if stopping.wait(len(part) / rate):
+                return False
+            self.wfile.write(part)
+            self.server.dev._count_fault_bytes(len(part))
+        return True
+
+    def _hold(self) -> None:
+        """A black hole: read nothing more, answer nothing, until the client hangs up or the server stops."""
+        self.close_connection = True
+        while not self.server.stopping.wait(0.1):
+            try:
+                self.connection.setblocking(False)
+                try:
+                    peeked = self.connection.recv(1, socket.MSG_PEEK)
+                finally:
+                    self.connection.setblocking(True)
+            except BlockingIOError:
+                continue
+            except _CONNECTION_ERRORS:
+                return
+            if not peeked:
+                return  # the client closed (with an unread body pending we cannot tell: the stop ends it)
 
     def _drop(self) -> None:
         self.close_connection = True
@@ -299,6 +387,12 @@ class _Handler(BaseHTTPRequestHandler):
         def record(status: int, size: int, items: int | None = None) -> None:
             # Logged before the response is written: a test that got its answer must see its request.
             dev._log(RequestLog(method, path, status, size, items))
+
+        self._trickle_rate = None
+        if not path.startswith("/_dev") and dev.faults.take(method, path, before_body=True) is not None:
+            record(0, 0)
+            self._hold()
+            return
 
         try:
             raw = self._read_body(dev.max_body_bytes)
@@ -341,9 +435,20 @@ class _Handler(BaseHTTPRequestHandler):
         # Faults act like a broken proxy in front of an authenticated API; /_dev stays reachable regardless.
         fault = None if path.startswith("/_dev") else dev.faults.take(method, path)
         if fault is not None:
+            self._trickle_rate = fault.trickle_bytes_per_s
+            self._trickle_head = fault.trickle_headers
             if fault.delay_s:
                 time.sleep(fault.delay_s)
             if not fault.commit_then_fail:
+                if fault.endless_body or fault.body_bytes is not None:
+                    status = fault.status or 200
+                    record(status, size, items)
+                    self.close_connection = True
+                    if fault.body_bytes is None:
+                        self._send_hostile(status, None, headers=(("Content-Type", "application/json"),))
+                    else:
+                        self._send_filler(status, fault.body_bytes)
+                    return
                 if fault.drop_connection:
                     record(0, size, items)
                     self._drop()
@@ -548,6 +653,8 @@ class DevServer:
             bulk_actions=bulk_actions,
         )
         self.faults = FaultSet()
+        self._fault_bytes = 0
+        self._fault_bytes_lock = threading.Lock()
         self._requests: list[RequestLog] = []
         self._requests_lock = threading.Lock()
         self._httpd: _HTTPServer | None = None
@@ -575,6 +682,7 @@ class DevServer:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
+        httpd.stopping.set()
         httpd.stop_serving()
         httpd.close_connections()
         httpd.server_close()
@@ -637,6 +745,16 @@ class DevServer:
 
     def clear_faults(self) -> None:
         self.faults.clear()
+
+    def _count_fault_bytes(self, count: int) -> None:
+        with self._fault_bytes_lock:
+            self._fault_bytes += count
+
+    @property
+    def fault_bytes_sent(self) -> int:
+        """Bytes written by hostile answers (trickles, endless or filler bodies), headers included."""
+        with self._fault_bytes_lock:
+            return self._fault_bytes
 
     def _log(self, entry: RequestLog) -> None:
         with self._requests_lock:
