@@ -28,7 +28,8 @@ from prefactor_otel.config import PrefactorConfig
 from prefactor_otel.models import BULK_CREATE_SPAN
 from prefactor_otel.outcomes import NOT_PROCESSED, BulkResult, ItemOutcome, Verdict, judge
 from prefactor_otel.planner import PlannedItem, Planner, orphan_item
-from prefactor_otel.transport import BulkTransport, chunk_encoded, encode_item
+from prefactor_otel.transport import BulkTransport
+from prefactor_otel.wire import chunk_encoded, encode_item
 
 _MAX_ROUNDS = 10_000  # every round makes progress or returns; this only bounds a misbehaving server
 

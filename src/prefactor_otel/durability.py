@@ -39,7 +39,7 @@ from prefactor_otel.mapping.values import RawJson, iso_from_ns
 from prefactor_otel.models import BULK_FINISH_INSTANCE
 from prefactor_otel.planner import Planner
 from prefactor_otel.spool import Spool
-from prefactor_otel.transport import encode_item
+from prefactor_otel.wire import encode_item
 
 BACKOFF_FIRST_S = 1.0
 BACKOFF_CAP_S = 30.0

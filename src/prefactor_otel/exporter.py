@@ -54,7 +54,8 @@ from prefactor_otel.pipeline import Pipeline
 from prefactor_otel.planner import InheritedRun
 from prefactor_otel.spool import Spool, default_spool_dir
 from prefactor_otel.stats import collect_stats
-from prefactor_otel.transport import BulkTransport, encode_json
+from prefactor_otel.transport import BulkTransport
+from prefactor_otel.wire import encode_json
 
 SDK_HEADER = f"prefactor-otel@{__version__}"
 _TICK_S = 0.5

@@ -146,11 +146,15 @@ class BulkTransport:
         )
 
     def reset_after_fork(self) -> None:
-        """A forked child must not share the parent's pooled sockets."""
+        """A forked child must not share the parent's pooled sockets, nor a lock another thread held at the fork;
+        it counts its own requests and starts without the parent's exit ceiling."""
+        self._ceiling = None
         if self._owns_client:
             self._client = self._new_client()
         self._stop = threading.Event()
         self._interrupt = threading.Event()
+        self._log = RateLimitedLog()
+        self.counters = Counter()
 
     @property
     def auth_failed(self) -> bool:
