@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 Result = dict[str, Any]
 HISTORY_START = "<!-- history:start -->"
+HOSTILE_START, HOSTILE_END = "<!-- hostile:start -->", "<!-- hostile:end -->"
 HISTORY_END = "<!-- history:end -->"
 CHILD_TIMEOUT_S = 300
 
@@ -961,8 +962,11 @@ def write_results(
     path: Path, s: Result, env: Result, command: str, duration: float, quick: bool, when: str, *, new_row: bool = True
 ) -> None:
     previous: list[str] = []
+    hostile = ""  # written by benchmarks/hostile.py between its markers: carried over as it is
     if path.exists():
         text = path.read_text()
+        if HOSTILE_START in text and HOSTILE_END in text:
+            hostile = HOSTILE_START + text.split(HOSTILE_START, 1)[1].split(HOSTILE_END, 1)[0] + HOSTILE_END
         if HISTORY_START in text and HISTORY_END in text:
             block = text.split(HISTORY_START, 1)[1].split(HISTORY_END, 1)[0]
             previous = [line for line in block.strip().splitlines() if line.startswith("| 20")]
@@ -1019,6 +1023,8 @@ def write_results(
     soak = HERE / "soak_notes.md"  # written by hand from benchmarks/soak_dead_backend.py (a 10-minute run)
     if soak.exists():
         parts += [soak.read_text().strip(), ""]
+    if hostile:
+        parts += [hostile, ""]
     parts += [
         "## History",
         "",
