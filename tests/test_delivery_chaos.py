@@ -24,17 +24,25 @@ def _trace(tracer, n: int) -> None:
                 pass
 
 
+def add_chaos(srv: DevServer, *, seed: int, slow: bool = True) -> None:
+    """20% 5xx, 10% 429 with Retry-After, 5% dropped connections, 5% committed-then-failed (the duplicate trap),
+    and (`slow`) 5% slow answers, drawn with a fixed seed."""
+    srv.faults.seed(seed)
+    faults = [
+        Fault(status=503, probability=0.20, times=-1),
+        Fault(status=429, retry_after="0.05", probability=0.10, times=-1),
+        Fault(drop_connection=True, probability=0.05, times=-1),
+        Fault(commit_then_fail=True, status=500, probability=0.05, times=-1),
+    ]
+    if slow:
+        faults.append(Fault(delay_s=0.2, probability=0.05, times=-1))
+    for fault in faults:
+        srv.add_fault(fault)
+
+
 def test_chaos_every_span_exactly_once_with_the_right_parent():
     with DevServer(token=TOKEN) as srv:
-        srv.faults.seed(20261128)
-        for fault in (
-            Fault(status=503, probability=0.20, times=-1),
-            Fault(status=429, retry_after="0.05", probability=0.10, times=-1),
-            Fault(drop_connection=True, probability=0.05, times=-1),
-            Fault(commit_then_fail=True, status=500, probability=0.05, times=-1),
-            Fault(delay_s=0.2, probability=0.05, times=-1),
-        ):
-            srv.add_fault(fault)
+        add_chaos(srv, seed=20261128)
         exporter = exporter_for(
             srv,
             finish_grace_seconds=0,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prefactor_otel.devserver import DevServer, Fault
 from tests.spans import agent_trace, exporter_for, make_provider
+from tests.test_delivery_chaos import add_chaos
 
 TOKEN = "pf_exit_token"
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -91,14 +92,7 @@ def test_exit_budget_holds_when_the_exporter_was_created_before_the_provider():
 
 def test_chaos_through_an_exit_with_no_shutdown_call_finishes_every_run():
     with DevServer(token=TOKEN) as srv:
-        srv.faults.seed(20261129)
-        for fault in (
-            Fault(status=503, probability=0.20, times=-1),
-            Fault(status=429, retry_after="0.05", probability=0.10, times=-1),
-            Fault(drop_connection=True, probability=0.05, times=-1),
-            Fault(commit_then_fail=True, status=500, probability=0.05, times=-1),
-        ):
-            srv.add_fault(fault)
+        add_chaos(srv, seed=20261129, slow=False)
         script = EXIT_WITHOUT_SHUTDOWN.format(
             kwargs="export_timeout=60, shutdown_timeout=60, max_items_per_request=200, spool=False", traces=200
         )

@@ -153,13 +153,19 @@ def _try_sending_elsewhere(spool_dir: Path, script: Path) -> str:
     return proc.stdout.strip()
 
 
-def test_one_sender_per_directory_across_processes(tmp_path):
+def _spool_and_a_holder(tmp_path):
+    """A spool, and another process that holds its directory's sender lock until it reads a line."""
     script = tmp_path / "holder.py"
     script.write_text(HOLDER)
     spool = Spool(tmp_path / "spool", max_bytes=MIB, retention_seconds=3600)
     holder = subprocess.Popen(
         [sys.executable, str(script), str(tmp_path / "spool")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
+    return spool, holder, script
+
+
+def test_one_sender_per_directory_across_processes(tmp_path):
+    spool, holder, script = _spool_and_a_holder(tmp_path)
     try:
         assert holder.stdout.readline().strip() == "HELD"
         with spool.sending() as acquired:
@@ -262,12 +268,7 @@ def test_own_backlog_lasts_while_another_process_holds_our_file(tmp_path):
 
 
 def test_sending_with_a_deadline_waits_for_the_other_sender_to_finish(tmp_path):
-    script = tmp_path / "holder.py"
-    script.write_text(HOLDER)
-    spool = Spool(tmp_path / "spool", max_bytes=MIB, retention_seconds=3600)
-    holder = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "spool")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    spool, holder, _script = _spool_and_a_holder(tmp_path)
     try:
         assert holder.stdout.readline().strip() == "HELD"
         with spool.sending(deadline=time.monotonic() + 0.3) as acquired:
