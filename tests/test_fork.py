@@ -86,3 +86,40 @@ def test_a_fork_inside_an_open_run_leaves_the_run_to_the_parent():
         names = sorted(s["payload"]["name"] for s in srv.spans())
         assert names == ["after the child left", "before fork", "in the child", "invoke_agent parent"]
         assert exporter.stats()["spans_dropped"] == 0
+
+
+def _worker_trace(n: int) -> int:
+    from opentelemetry import trace
+
+    tracer = trace.get_tracer("pool")
+    with tracer.start_as_current_span(f"invoke_agent task-{n}", attributes={"gen_ai.operation.name": "invoke_agent"}):
+        with tracer.start_as_current_span("step"):
+            pass
+    return n
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_multiprocessing_pool_workers_deliver_and_finish_their_runs_when_they_end():
+    """Pool workers end with os._exit(): no atexit, no provider shutdown. Their last spans sit in the batch
+    processor's queue (5 s schedule); the exporter flushes and finishes them through multiprocessing's finalizers."""
+    import multiprocessing
+
+    from opentelemetry import trace
+
+    with DevServer(token="pf_pool_token") as srv:
+        exporter = exporter_for(srv, finish_grace_seconds=0, spool=False)
+        provider = TracerProvider(resource=Resource.create({"service.name": "pool"}))
+        provider.add_span_processor(BatchSpanProcessor(exporter))  # the default 5 s schedule delay
+        previous = trace._TRACER_PROVIDER
+        trace._TRACER_PROVIDER = provider  # what trace.set_tracer_provider does, once per process
+        try:
+            pool = multiprocessing.get_context("fork").Pool(2)
+            assert sorted(pool.map(_worker_trace, range(6))) == list(range(6))
+            pool.close()
+            pool.join()  # the workers exit normally
+        finally:
+            trace._TRACER_PROVIDER = previous
+        provider.shutdown()
+        instances = srv.instances()
+        assert len(instances) == 6 and all(i["status"] == "complete" for i in instances)
+        assert len(srv.spans()) == 12

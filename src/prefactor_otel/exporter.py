@@ -34,10 +34,12 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from multiprocessing import util as multiprocessing_util
 from pathlib import Path
 from typing import Any
 
 import httpx
+from opentelemetry import trace as trace_api
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
@@ -74,6 +76,32 @@ def _interpreter_exiting() -> bool:
         return False
     current = threading.current_thread()
     return not any(t is not main and t is not current and not t.daemon and t.is_alive() for t in threading.enumerate())
+
+
+def _finish_with_the_worker(exporter: PrefactorSpanExporter) -> None:
+    """In a process started by multiprocessing (registered with `util.register_after_fork`, which runs after
+    multiprocessing has cleared the finalizers it inherited). Such a process ends with os._exit(): no atexit hook
+    runs, but multiprocessing's own finalizers do (a worker that is terminated runs neither; its runs are
+    finished by the journal). Flush the global TracerProvider (normally the one feeding this exporter: its batch
+    queue holds the worker's last spans), then shut down within the exit budget."""
+    ref = weakref.ref(exporter)
+
+    def finish() -> None:
+        owner = ref()
+        if owner is None or owner._shutdown:
+            return
+        owner._begin_exit()
+        budget_ms = int(owner._config.shutdown_timeout * 1000)
+        provider = trace_api.get_tracer_provider()
+        flush = getattr(provider, "force_flush", None)
+        if callable(flush):
+            try:
+                flush(budget_ms)
+            except Exception:
+                logger.debug("Prefactor: flushing the tracer provider in a worker failed", exc_info=True)
+        owner.shutdown(budget_ms)
+
+    multiprocessing_util.Finalize(None, finish, exitpriority=10)
 
 
 class PrefactorSpanExporter(SpanExporter):
@@ -209,6 +237,7 @@ class PrefactorSpanExporter(SpanExporter):
 
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=after_fork_in_child)
+        multiprocessing_util.register_after_fork(self, _finish_with_the_worker)
         # Usually registered after the TracerProvider's own hook, so it runs first (atexit is LIFO). When the
         # exporter was created first, `_interpreter_exiting()` (checked on every call and by the finisher thread)
         # starts the exit budget instead.
