@@ -31,7 +31,7 @@ def _run(script: str, env: dict[str, str], guard_s: float = 60.0) -> subprocess.
     )
 
 
-def test_shutdown_while_another_thread_is_mid_request_keeps_the_runs_on_disk(tmp_path):
+def test_shutdown_while_another_thread_is_mid_request_keeps_the_runs_on_disk(tmp_path, caplog):
     provider, collector = make_provider()
     for _ in range(3):
         agent_trace(provider)
@@ -47,8 +47,12 @@ def test_shutdown_while_another_thread_is_mid_request_keeps_the_runs_on_disk(tmp
         exporting.start()
         threading.Event().wait(0.5)  # the request is in flight: the server holds it for 2 s before dropping it
         assert exporting.is_alive() and not srv.requests
+        caplog.set_level("WARNING", logger="prefactor_otel")
         exporter.shutdown(timeout_millis=1000)
         exporting.join(60)
+        # one line says what was left on disk and that the next start re-sends it
+        kept = [r.getMessage() for r in caplog.records if "kept in the spool" in r.getMessage()]
+        assert len(kept) == 1 and str(tmp_path) in kept[0] and "re-sends them" in kept[0]
         srv.clear_faults()
         later = exporter_for(srv, spool_dir=str(tmp_path))  # the next process with this configuration
         later.shutdown()

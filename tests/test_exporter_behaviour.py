@@ -356,3 +356,33 @@ def test_a_child_whose_parent_never_comes_is_sent_orphaned_with_content_intact()
         assert tool["payload"]["tool_name"] == "t" and tool["payload"]["metadata"]["k"] == "v"
         assert tool["payload"]["parent_span_id"] == f"{by_name['chat lost parent'].context.span_id:016x}"
         assert exporter.stats()["spans_orphaned"] == 1
+
+
+def test_a_413_on_a_span_sent_as_its_rest_call_records_its_real_size():
+    """A server whose bulk endpoint does not take span creates: they go as REST calls, and a 413 on one of them
+    replaces it by a placeholder that says how large the span was."""
+    bulk = frozenset({BULK_REGISTER, BULK_FINISH_SPAN, "agent_instances/start", "agent_instances/finish"})
+    with DevServer(token=TOKEN, max_body_bytes=30_000, bulk_actions=bulk) as srv:
+        provider, collector = make_provider()
+        tracer = provider.get_tracer("t")
+        with tracer.start_as_current_span("root"):
+            with tracer.start_as_current_span("huge", attributes={"x": "y" * 50_000}):
+                pass
+        exporter = _exporter(srv)
+        exporter.export(collector.spans)
+        exporter.shutdown()
+        spans = {s["payload"]["name"]: s for s in srv.spans()}
+        assert any(r.status == 413 and r.path == "/api/v1/agent_spans" for r in srv.requests)
+        assert spans["huge"]["payload"]["metadata"]["prefactor.original_bytes"] > 50_000
+
+
+def test_shutdown_ends_the_finishers_request_in_flight_and_finishes_the_run():
+    """The background finisher is mid-request (its finish hangs at the server) when shutdown comes: shutdown caps
+    that request, takes over, and the run is finished before shutdown returns."""
+    with DevServer(token=TOKEN) as srv:
+        exporter = _exporter(srv, finish_grace_seconds=0.3)
+        assert exporter.export(_spans()) is SpanExportResult.SUCCESS
+        srv.add_fault(Fault(delay_s=30.0, times=1))  # the finisher's request: answered only after 30 s
+        assert _wait_for(lambda: not srv.faults.list(), 5.0)  # taken: the finish is in flight
+        exporter.shutdown(timeout_millis=3000)
+        assert [i["status"] for i in srv.instances()] == ["complete"]

@@ -337,11 +337,13 @@ class PrefactorSpanExporter(SpanExporter):
         pipeline = self._pipeline
         assert transport is not None and pipeline is not None
         self._ticker_stop.set()
-        # Another thread's request must end in time for us to send or spill: its backoff sleeps wake now, its
-        # socket waits are capped, so the send lock frees up before our spill reserve.
-        lock_deadline = deadline - min(_SPILL_RESERVE_S, (deadline - time.monotonic()) / 5)
+        # Another thread's request must end in time for us to send or spill: its backoff sleeps wake now, and its
+        # socket waits are capped halfway to the point where we stop waiting for the send lock (it ends within a
+        # quarter second of the cap), so the lock frees up with time left for our own last attempt.
+        now = time.monotonic()
+        lock_deadline = deadline - min(_SPILL_RESERVE_S, (deadline - now) / 5)
         transport.interrupt_waits()
-        self._cap_transport(lock_deadline)
+        self._cap_transport(now + (lock_deadline - now) / 2)
         if self._send_lock.acquire(timeout=max(0.0, lock_deadline - time.monotonic())):
             try:
                 transport.resume_waits()
