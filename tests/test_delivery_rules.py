@@ -155,3 +155,54 @@ def test_with_a_deployment_token_and_the_api_down_from_the_start_spans_are_kept_
         assert len(srv.spans()) == 8
         assert [i["status"] for i in srv.instances()] == ["complete", "complete"]
         assert not list(tmp_path.glob("records-*"))
+
+
+def test_the_id_keyed_caches_never_mix_up_resources():
+    """Agent versions and resource metadata are cached per Resource object (keyed by id, holding the object so
+    the id is not reused while cached, and cleared past 64 entries). 70 services one after another, each
+    Resource dropped after use, must each land under their own agent version with their own metadata."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    with DevServer(token=TOKEN) as srv:
+        exporter = exporter_for(srv, spool=False)
+        for n in range(70):
+            provider = TracerProvider(resource=Resource.create({"service.name": f"svc-{n}"}))
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+            with provider.get_tracer("t").start_as_current_span(f"run of svc-{n}"):
+                pass
+            del provider  # its Resource may be freed: a new one could get its id
+        exporter.shutdown()
+        snap = srv.snapshot()
+        versions = {v["id"]: v["name"] for v in snap["agent_versions"]}
+        by_instance = {i["id"]: versions[i["agent_version_id"]] for i in snap["instances"]}
+        for span in snap["spans"]:
+            service = span["payload"]["name"].removeprefix("run of ")
+            assert by_instance[span["agent_instance_id"]] == service
+            assert span["payload"]["metadata"]["resource.service.name"] == service
+        assert len(snap["spans"]) == 70
+
+
+def test_the_agent_version_cache_survives_id_reuse():
+    """Resource attribute mappings that are freed right after use get their ids reused at once: the cache must
+    hold what it keys by id, or it would hand one service's agent version to the next."""
+    from prefactor_otel.config import PrefactorConfig
+    from prefactor_otel.delivery import Delivery
+    from prefactor_otel.pipeline import Pipeline
+    from prefactor_otel.transport import BulkTransport
+
+    config = PrefactorConfig.load({}, api_url="http://127.0.0.1:9", api_token="t")  # nothing is sent
+    pipeline = Pipeline(
+        config,
+        Delivery(BulkTransport(config, sdk_header="test"), config),
+        None,
+        partition=1,
+        scopes=set(),
+        redactor=None,
+    )
+    planner = pipeline.ensure_planner(deadline=0.0)
+    assert planner is not None
+    for n in range(200):
+        version = planner._agent_version_for({"service.name": f"svc-{n}"})  # the mapping dies right here
+        assert version["name"] == f"svc-{n}"
