@@ -10,11 +10,8 @@ never matches it), mode 0600, opened with O_NOFOLLOW. It is created lazily, when
 temporary name (`.runs-....journal.tmp`), locked and given its header before it is renamed into place, so a
 taker never sees a journal that is not yet owned. The pid in the name is informational only.
 
-Format (ASCII, one record per line, append-only):
-    # prefactor-otel run journal v1
-    <instance id> <ns>      the run is open, last active at <ns> (ns since epoch); the first mention opens it
-    <instance id> -         the run was finished, or handed off for finishing (e.g. its finish is in the spool)
-A reader keeps the largest time per run; a `-` line closes the run and a later time opens it again. A line that
+Format (journal_file.py, which also holds the parser and the file operations): a header line, then one
+`<instance id> <ns>` (open, last active at <ns>) or `<instance id> -` (closed) line per change. A reader keeps the largest time per run; a `-` line closes the run and a later time opens it again. A line that
 does not parse is skipped and counted; a last line without its newline (a write cut short) is ignored. Each
 `record()` call is one `write()` (O_APPEND). When closed entries dominate (more than 4 lines per open run, and
 at least 4096 lines), the journal is rewritten with only the open runs: temporary file, fsync, lock, rename over.
@@ -58,12 +55,10 @@ Parsing a taken journal happens outside it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import re
 import secrets
-import stat
 import threading
 import time
 import weakref
@@ -74,22 +69,26 @@ from pathlib import Path
 from typing import NamedTuple
 
 from prefactor_otel._logging import RateLimitedLog, logger
+from prefactor_otel.journal_file import (
+    FORMAT_VERSION,
+    HEADER,
+    MAX_NS,
+    OPEN_FLAGS,
+    fsync_directory,
+    lock_existing,
+    parse,
+    write_all,
+)
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-FORMAT_VERSION = 1
-_HEADER = b"# prefactor-otel run journal v%d\n" % FORMAT_VERSION
-_HEADER_RE = re.compile(rb"^# prefactor-otel run journal v(\d{1,6})$")
 _JOURNAL_RE = re.compile(r"^runs-(\d+)-[0-9a-f]{8}\.journal$")
 _TEMP_RE = re.compile(r"^\.runs-(\d+)-[0-9a-f]{8}\.journal\.tmp$")
 # Instance ids are PFIDs (32 base32 characters); anything id-like without spaces or line breaks is accepted.
 _ID_RE = re.compile(r"[0-9A-Za-z_.:-]{1,128}")
-_ID_BYTES_RE = re.compile(rb"[0-9A-Za-z_.:-]{1,128}")
-_MAX_LINE = 512
-_MAX_NS = (1 << 63) - 1
 _COMPACT_MIN_LINES = 4096
 _COMPACT_LINES_PER_OPEN_RUN = 4
 _TAKE_LIMIT = 8
@@ -97,7 +96,6 @@ _TAKE_LIMIT = 8
 # by a process that died mid-write (the age keeps a taker from racing a creator between open and flock).
 _STALE_TEMP_S = 300.0
 _DEFAULT_MAX_READ_BYTES = 16 * 1024 * 1024
-_OPEN_FLAGS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class AbandonedRun(NamedTuple):
@@ -115,14 +113,6 @@ class AbandonedJournal:
     truncated: bool  # the journal was longer than max_read_bytes: runs past the bound were not read
     _fd: int | None = field(default=None, repr=False)
     _owner_pid: int = field(default=0, repr=False)
-
-
-class _Parsed(NamedTuple):
-    version: int | None  # None: no header
-    runs: dict[str, int]
-    malformed: int
-    torn: int
-    truncated: bool
 
 
 class RunJournal:
@@ -168,7 +158,7 @@ class RunJournal:
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             probe = self.directory / f".probe-journal-{os.getpid()}-{secrets.token_hex(4)}"
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | OPEN_FLAGS, 0o600)
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
@@ -224,7 +214,7 @@ class RunJournal:
                     del open_runs[instance_id]
                     lines.append(f"{instance_id} -\n")
                 continue
-            if type(activity_ns) is not int or not 0 <= activity_ns <= _MAX_NS:
+            if type(activity_ns) is not int or not 0 <= activity_ns <= MAX_NS:
                 self._reject(instance_id, "activity time is not an int of ns since epoch")
                 continue
             known = open_runs.get(instance_id)
@@ -247,7 +237,7 @@ class RunJournal:
             return
         data = "".join(lines).encode("ascii")
         try:
-            _write_all(self._fd, data)  # type: ignore[arg-type]
+            write_all(self._fd, data)  # type: ignore[arg-type]
             if opened and self._sync_opens:
                 os.fsync(self._fd)  # type: ignore[arg-type]
         except OSError as exc:
@@ -281,7 +271,7 @@ class RunJournal:
     def _write_whole_locked(self) -> None:
         """Write the open set as this process's journal: create it (the first open, or after creation failed),
         or replace it (compaction, or repair after a failed write). A failure is counted and retried next time."""
-        content = _HEADER + "".join(f"{i} {ns}\n" for i, ns in self._open.items()).encode("ascii")
+        content = HEADER + "".join(f"{i} {ns}\n" for i, ns in self._open.items()).encode("ascii")
         creating = self._fd is None
         # A new name is unique: no live process shares the pid, and 32 random bits keep a dead one's file apart.
         path = self.directory / f"runs-{os.getpid()}-{secrets.token_hex(4)}.journal" if creating else self._path
@@ -289,7 +279,7 @@ class RunJournal:
         try:
             fd = self._new_locked_file(path, content, sync=True)
             if creating and self._sync_opens:
-                _fsync_directory(self.directory)  # the new name survives an OS crash too
+                fsync_directory(self.directory)  # the new name survives an OS crash too
         except OSError as exc:
             self._write_failed(exc)
             return
@@ -305,10 +295,10 @@ class RunJournal:
         temp = path.with_name(f".{path.name}.tmp")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _OPEN_FLAGS, 0o600)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | OPEN_FLAGS, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _write_all(fd, content)
+            write_all(fd, content)
             if sync:
                 os.fsync(fd)
             os.replace(temp, path)
@@ -404,12 +394,12 @@ class RunJournal:
         return taken
 
     def _take(self, path: Path) -> AbandonedJournal | None:
-        fd = _lock_existing(path)
+        fd = lock_existing(path)
         if fd is None:
             return None  # gone, alive, or not ours to read
         keep = False
         try:
-            parsed = _parse(fd, self._max_read_bytes)
+            parsed = parse(fd, self._max_read_bytes)
             if parsed.version is not None and parsed.version != FORMAT_VERSION:
                 self.counters["journals_unknown_version"] += 1
                 return None  # written by another version of this package: it takes it
@@ -447,7 +437,7 @@ class RunJournal:
 
     def _remove_stale_temp(self, path: Path) -> None:
         """A temporary journal whose lock can be taken belongs to a process that died while creating it."""
-        fd = _lock_existing(path)
+        fd = lock_existing(path)
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -483,93 +473,3 @@ class RunJournal:
         self._taken.pop(fd, None)
         with contextlib.suppress(OSError):
             os.close(fd)
-
-
-# ---------------------------------------------------------------------- file helpers
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a new name in `directory` survive an OS crash (best effort: some systems cannot open directories)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _lock_existing(path: Path) -> int | None:
-    """Open and lock an existing regular file without waiting; None if it is gone, locked, replaced or odd."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _OPEN_FLAGS)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        opened = os.fstat(fd)
-        current = os.stat(path, follow_symlinks=False)  # still the file we locked? (not compacted or deleted)
-        if stat.S_ISREG(opened.st_mode) and (opened.st_dev, opened.st_ino) == (current.st_dev, current.st_ino):
-            return fd
-    except OSError as exc:
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.ENOENT):
-            logger.debug("Prefactor run journal: cannot lock %s (%s)", path.name, type(exc).__name__)
-    os.close(fd)
-    return None
-
-
-def _parse(fd: int, max_bytes: int) -> _Parsed:
-    """Read a journal line by line, at most `max_bytes`; nothing in the file can make this raise."""
-    runs: dict[str, int] = {}
-    malformed = torn = 0
-    version: int | None = None
-    consumed = 0
-    first = True
-    os.lseek(fd, 0, os.SEEK_SET)
-    with open(fd, "rb", buffering=64 * 1024, closefd=False) as reader:
-        while consumed < max_bytes:
-            line = reader.readline(min(_MAX_LINE + 1, max_bytes - consumed))
-            if not line:
-                break
-            consumed += len(line)
-            if not line.endswith(b"\n"):
-                if len(line) <= _MAX_LINE and consumed < max_bytes:
-                    torn += 1  # the last line, cut short by a crash mid-write
-                    break
-                malformed += 1  # too long: skip to the next line break, within the bound
-                while consumed < max_bytes:
-                    rest = reader.readline(min(64 * 1024, max_bytes - consumed))
-                    consumed += len(rest)
-                    if not rest or rest.endswith(b"\n"):
-                        break
-                first = False
-                continue
-            line = line[:-1]
-            if first:
-                first = False
-                header = _HEADER_RE.match(line)
-                if header is not None:
-                    version = int(header.group(1))
-                    if version != FORMAT_VERSION:
-                        break
-                    continue
-            instance_id, _, value = line.partition(b" ")
-            if _ID_BYTES_RE.fullmatch(instance_id) is None:
-                malformed += 1
-                continue
-            key = instance_id.decode("ascii")
-            if value == b"-":
-                runs.pop(key, None)
-            elif value.isdigit() and len(value) <= 19 and (ns := int(value)) <= _MAX_NS:
-                if ns > runs.get(key, -1):
-                    runs[key] = ns
-            else:
-                malformed += 1
-        truncated = consumed >= max_bytes and reader.read(1) != b""
-    return _Parsed(version, runs, malformed, torn, truncated)
