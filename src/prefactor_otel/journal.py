@@ -11,10 +11,11 @@ temporary name (`.runs-....journal.tmp`), locked and given its header before it 
 taker never sees a journal that is not yet owned. The pid in the name is informational only.
 
 Format (journal_file.py, which also holds the parser and the file operations): a header line, then one
-`<instance id> <ns>` (open, last active at <ns>) or `<instance id> -` (closed) line per change. A reader keeps the largest time per run; a `-` line closes the run and a later time opens it again. A line that
-does not parse is skipped and counted; a last line without its newline (a write cut short) is ignored. Each
-`record()` call is one `write()` (O_APPEND). When closed entries dominate (more than 4 lines per open run, and
-at least 4096 lines), the journal is rewritten with only the open runs: temporary file, fsync, lock, rename over.
+`<instance id> <ns>` (open, last active at <ns>) or `<instance id> -` (closed) line per change. A reader keeps
+the largest time per run; a `-` line closes the run and a later time opens it again. A line that does not parse
+is skipped and counted; a last line without its newline (a write cut short) is ignored. Each `record()` call
+is one `write()` (O_APPEND). When closed entries dominate (more than 4 lines per open run, and at least 4096
+lines), the journal is rewritten with only the open runs: temporary file, fsync, lock, rename over.
 
 Ownership: the owner holds an exclusive `fcntl.flock` on its journal for its lifetime; the kernel drops the lock
 when the process dies however it dies. A journal whose lock can be taken is abandoned -- the lock, not the pid,
