@@ -25,9 +25,10 @@ from typing import Any, Protocol
 
 from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.config import PrefactorConfig
+from prefactor_otel.items import PlannedItem, orphan_item
 from prefactor_otel.models import BULK_CREATE_SPAN
 from prefactor_otel.outcomes import NOT_PROCESSED, BulkResult, ItemOutcome, Verdict, judge
-from prefactor_otel.planner import PlannedItem, Planner, orphan_item
+from prefactor_otel.planner import Planner
 from prefactor_otel.transport import BulkTransport
 from prefactor_otel.wire import chunk_encoded, encode_item
 

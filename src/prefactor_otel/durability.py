@@ -30,13 +30,12 @@ import time
 from collections import Counter
 from typing import Any
 
-from prefactor_otel import ids
 from prefactor_otel._logging import logger
 from prefactor_otel.delivery import Delivery, SpooledSource
+from prefactor_otel.items import finish_item
 from prefactor_otel.journal import RunJournal
 from prefactor_otel.mapping.payload import SpanRecord
-from prefactor_otel.mapping.values import RawJson, iso_from_ns
-from prefactor_otel.models import BULK_FINISH_INSTANCE
+from prefactor_otel.mapping.values import RawJson
 from prefactor_otel.planner import Planner
 from prefactor_otel.spool import Spool
 from prefactor_otel.wire import encode_item
@@ -146,14 +145,7 @@ class Backlog:
         adopted = 0
         for abandoned in journal.take_abandoned():
             items: list[dict[str, Any] | bytes] = [
-                {
-                    "_type": BULK_FINISH_INSTANCE,
-                    "idempotency_key": ids.idempotency_key_for_id(BULK_FINISH_INSTANCE, run.instance_id),
-                    "agent_instance_id": run.instance_id,
-                    "status": "failed",
-                    "timestamp": iso_from_ns(run.last_activity_ns),
-                }
-                for run in abandoned.runs
+                finish_item(run.instance_id, "failed", run.last_activity_ns) for run in abandoned.runs
             ]
             if items and not self.spool.append(items):
                 journal.release(abandoned)  # a later attempt (or process) takes it again

@@ -13,15 +13,23 @@ delivered and the trace has been quiet for a grace period (or at flush/shutdown)
 
 from __future__ import annotations
 
-import copy
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from prefactor_otel import ids
+from prefactor_otel.items import (
+    PlannedItem,
+    finish_item,
+    orphan_payload,
+    placeholder_payloads,
+    register_item,
+    span_create_item,
+    start_item,
+)
 from prefactor_otel.mapping.payload import SpanRecord
-from prefactor_otel.mapping.values import RawJson, as_dict, hex_span_id, iso_from_ns
+from prefactor_otel.mapping.values import as_dict, hex_span_id
 from prefactor_otel.models import (
     BULK_CREATE_SPAN,
     BULK_FINISH_INSTANCE,
@@ -36,15 +44,6 @@ _MAX_OPEN_TRACES = 10_000
 # Span ids remembered per open run (created spans, Prefactor ids, filter bookkeeping). A run that lives for hours
 # would otherwise grow without bound; a late child of a forgotten parent waits and is then sent as an orphan.
 MAX_SPANS_REMEMBERED_PER_TRACE = 10_000
-
-
-# A NamedTuple: immutable like a frozen dataclass, and several times cheaper to build (one or two per span).
-class PlannedItem(NamedTuple):
-    key: str
-    action: str
-    body: dict[str, Any]  # the wire item, `_type` and `idempotency_key` included
-    trace_id: int
-    span_id: int | None = None
 
 
 @dataclass(slots=True)
@@ -80,55 +79,6 @@ class _Trace:
     span_ids: dict[int, str] = field(default_factory=dict)
     inherited: bool = False  # the parent process's run, open at the fork: this process never finishes it
     journaled: bool = False  # the run is in `run_changes` as open: this process must finish it
-
-
-def _placeholder(record: SpanRecord, original_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The envelope without content: ids, name, status, times survive; the gap in the tree stays visible."""
-    payload = as_dict(record.payload)
-    error = payload.get("error")
-    message = f"span too large to export ({original_bytes} bytes); content dropped"
-    small = {
-        key: payload.get(key)
-        for key in ("span_id", "trace_id", "parent_span_id", "name", "kind", "status", "token_usage")
-    }
-    small["name"] = str(small["name"])[:1000]
-    small.update(
-        inputs={},
-        metadata={"prefactor.too_large": True, "prefactor.original_bytes": original_bytes},
-        error=(
-            {"error_type": str(error.get("error_type"))[:200], "message": message, "stacktrace": None}
-            if isinstance(error, dict)
-            else None
-        ),
-        events=[],
-        links=[],
-    )
-    result = {"outputs": {}, "token_usage": small["token_usage"], "error": small["error"]}
-    return small, result
-
-
-def orphan_payload(payload: dict[str, Any] | RawJson) -> dict[str, Any]:
-    """A span payload marked as sent without its parent link (the OTel parent id stays in the payload)."""
-    marked = copy.copy(as_dict(payload))
-    marked["metadata"] = {**(marked.get("metadata") or {}), "orphaned": True}
-    return marked
-
-
-def span_create_key(span_id: str, *, orphan: bool, placeholder: bool) -> str:
-    # Orphaning changes the body, so it gets its own key; the id stays, and "already exists" is success.
-    variant = ("orphan" if orphan else "") + ("placeholder" if placeholder else "")
-    return ids.idempotency_key_for_id(BULK_CREATE_SPAN, span_id, variant)
-
-
-def orphan_item(body: dict[str, Any]) -> dict[str, Any]:
-    """A span-create wire item (as read back from the spool) sent again without its parent link, exactly as the
-    planner would have built it had it orphaned the span itself: same payload marking, same idempotency key."""
-    details = {key: value for key, value in body["details"].items() if key != "parent_span_id"}
-    payload = orphan_payload(details.get("payload") or {})
-    details["payload"] = payload
-    placeholder = bool(payload["metadata"].get("prefactor.too_large"))
-    key = span_create_key(details["id"], orphan=True, placeholder=placeholder)
-    return {**body, "idempotency_key": key, "details": details}
 
 
 def _remember(bounded: dict[Any, Any], key: Any, value: Any) -> None:
@@ -265,26 +215,15 @@ class Planner:
             instance_id = inherited.instance_id
         else:
             instance_id = ids.instance_pfid(self.partition, self._agent_key, first.trace_id, first.start_time_ns)
-        register: dict[str, Any] = {
-            "_type": BULK_REGISTER,
-            "idempotency_key": ids.idempotency_key_for_id(BULK_REGISTER, instance_id),
-            "id": instance_id,
-            "agent_version": self._agent_version_for(first.resource),
-            "agent_schema_version": self._schema_version,
-        }
-        if self._agent_id:
-            register["agent_id"] = self._agent_id
-        if self._environment_id:
-            register["environment_id"] = self._environment_id
-        if self._purpose:
-            register["purpose"] = self._purpose
-        start = {
-            "_type": BULK_START,
-            "idempotency_key": ids.idempotency_key_for_id(BULK_START, instance_id),
-            "agent_instance_id": instance_id,
-            "timestamp": iso_from_ns(first.start_time_ns),
-        }
-        trace = _Trace(first.trace_id, instance_id, register, start)
+        register = register_item(
+            instance_id,
+            agent_version=self._agent_version_for(first.resource),
+            schema_version=self._schema_version,
+            agent_id=self._agent_id,
+            environment_id=self._environment_id,
+            purpose=self._purpose,
+        )
+        trace = _Trace(first.trace_id, instance_id, register, start_item(instance_id, first.start_time_ns))
         if inherited is not None:
             trace.inherited = True
             trace.span_ids.update(inherited.span_ids)
@@ -485,7 +424,7 @@ class Planner:
         payload = record.payload
         result_payload = record.result_payload
         if pending.too_large_bytes is not None:
-            payload, result_payload = _placeholder(record, pending.too_large_bytes)
+            payload, result_payload = placeholder_payloads(record, pending.too_large_bytes)
         parent_id: str | None = None
         if pending.orphaned:
             payload = orphan_payload(payload)
@@ -494,21 +433,17 @@ class Planner:
             start_ns = parent.record.start_time_ns if parent is not None else None
             parent_id = self._span_pfid(trace, record.parent_span_id, start_ns)  # type: ignore[arg-type]
         span_id = self._span_pfid(trace, record.span_id, record.start_time_ns)
-        details: dict[str, Any] = {
-            "agent_instance_id": trace.instance_id,
-            "id": span_id,
-            "schema_name": record.schema_name,
-            "status": record.status,
-            "payload": payload,
-            "result_payload": result_payload,
-            "started_at": record.started_at,
-            "finished_at": record.finished_at,
-        }
-        if parent_id is not None:
-            details["parent_span_id"] = parent_id
-        key = span_create_key(span_id, orphan=pending.orphaned, placeholder=pending.too_large_bytes is not None)
-        body = {"_type": BULK_CREATE_SPAN, "idempotency_key": key, "details": details}
-        return PlannedItem(key, BULK_CREATE_SPAN, body, record.trace_id, record.span_id)
+        body = span_create_item(
+            record,
+            trace.instance_id,
+            span_id,
+            parent_id,
+            payload,
+            result_payload,
+            orphan=pending.orphaned,
+            placeholder=pending.too_large_bytes is not None,
+        )
+        return PlannedItem(body["idempotency_key"], BULK_CREATE_SPAN, body, record.trace_id, record.span_id)
 
     def _span_pfid(self, trace: _Trace, span_id: int, start_ns: int | None) -> str:
         # The PFID embeds the span's start time; we remember created ids so a parent's id is rebuilt exactly.
@@ -543,15 +478,8 @@ class Planner:
             # Shutdown before the root ended: close the run at its last known span, failed if any span failed.
             failed = trace.any_failed or any(record.status == "failed" for record in planned)
             end_ns = trace.last_end_ns
-        key = ids.idempotency_key_for_id(BULK_FINISH_INSTANCE, trace.instance_id)
-        body = {
-            "_type": BULK_FINISH_INSTANCE,
-            "idempotency_key": key,
-            "agent_instance_id": trace.instance_id,
-            "status": "failed" if failed else "complete",
-            "timestamp": iso_from_ns(end_ns),
-        }
-        return PlannedItem(key, BULK_FINISH_INSTANCE, body, trace.trace_id)
+        body = finish_item(trace.instance_id, "failed" if failed else "complete", end_ns)
+        return PlannedItem(body["idempotency_key"], BULK_FINISH_INSTANCE, body, trace.trace_id)
 
     @staticmethod
     def _item(body: dict[str, Any], trace_id: int) -> PlannedItem:
