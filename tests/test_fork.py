@@ -123,3 +123,29 @@ def test_multiprocessing_pool_workers_deliver_and_finish_their_runs_when_they_en
         instances = srv.instances()
         assert len(instances) == 6 and all(i["status"] == "complete" for i in instances)
         assert len(srv.spans()) == 12
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_keeps_its_own_spans_even_when_their_start_time_is_before_the_fork():
+    import time
+
+    with DevServer(token="pf_fork_token") as srv:
+        exporter = exporter_for(srv, finish_grace_seconds=0, spool=False)
+        provider = TracerProvider(resource=Resource.create({"service.name": "fork-backdated"}))
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=50))
+        tracer = provider.get_tracer("fork")
+        started_before_fork = time.time_ns()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                span = tracer.start_span("backdated", start_time=started_before_fork)  # a trace of its own
+                span.end()
+                provider.shutdown()
+                stats = exporter.stats()
+                code = 0 if stats["spans_exported"] == 1 and stats["spans_ignored_forked_copy"] == 0 else 2
+            finally:
+                os._exit(code)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        provider.shutdown()
+        assert [s["payload"]["name"] for s in srv.spans()] == ["backdated"]

@@ -67,6 +67,11 @@ _ADOPT_EVERY_S = 60.0  # how often the journals of ended processes are looked fo
 _SPILL_RESERVE_S = 0.5
 
 
+def _trace_id(span: ReadableSpan) -> int | None:
+    context = span.context
+    return context.trace_id if context is not None else None
+
+
 def _interpreter_exiting() -> bool:
     """True once the interpreter is past its last application thread: atexit hooks are running (whatever their
     order) or about to. The main thread is marked stopped before non-daemon threads are joined, so those must be
@@ -185,6 +190,7 @@ class PrefactorSpanExporter(SpanExporter):
         self._ticker_stop = threading.Event()
         self._exit_deadline: float | None = None
         self._forked_at_ns: int | None = None
+        self._traces_open_at_fork: frozenset[int] = frozenset()
 
     def _new_pipeline(self, inherited_runs: dict[int, InheritedRun]) -> Pipeline:
         assert self._delivery is not None
@@ -372,8 +378,9 @@ class PrefactorSpanExporter(SpanExporter):
     def _map(self, spans: Sequence[ReadableSpan]) -> list[SpanRecord]:
         records: list[SpanRecord] = []
         forked_at = self._forked_at_ns
+        open_at_fork = self._traces_open_at_fork
         for span in spans:
-            if forked_at is not None and (span.start_time or 0) < forked_at:
+            if forked_at is not None and (span.start_time or 0) < forked_at and _trace_id(span) in open_at_fork:
                 # This process's copy of a span that was open in the parent at the fork: the parent exports it.
                 self._counters["spans_ignored_forked_copy"] += 1
                 continue
@@ -458,8 +465,13 @@ class PrefactorSpanExporter(SpanExporter):
         """The one place a forked child is made whole: new locks and threads, a new HTTP client, and no state of
         the parent's (its runs, waiting spans and counters stay the parent's to deliver)."""
         inherited = self._pipeline.runs_open_at_fork() if self._pipeline is not None else {}
+        current = trace_api.get_current_span().get_span_context()
+        open_at_fork = frozenset([*inherited, *([current.trace_id] if current.is_valid else [])])
         self._new_process_state()
         self._forked_at_ns = time.time_ns()
+        # Only spans of traces open at the fork that started before it are copies of the parent's: a span of any
+        # other trace is the child's own, even with a start time set in the past.
+        self._traces_open_at_fork = open_at_fork
         if self._transport is not None:
             self._transport.reset_after_fork()
         if self._delivery is not None:
