@@ -386,3 +386,18 @@ def test_shutdown_ends_the_finishers_request_in_flight_and_finishes_the_run():
         assert _wait_for(lambda: not srv.faults.list(), 5.0)  # taken: the finish is in flight
         exporter.shutdown(timeout_millis=3000)
         assert [i["status"] for i in srv.instances()] == ["complete"]
+
+
+def test_a_start_up_failure_disables_the_exporter_instead_of_raising(monkeypatch, caplog):
+    """E.g. a process at its thread limit: the constructor must not raise into the application."""
+
+    def no_threads(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("can't start new thread")
+
+    with DevServer(token=TOKEN) as srv:
+        monkeypatch.setattr(threading.Thread, "start", no_threads)
+        exporter = _exporter(srv)
+        monkeypatch.undo()
+        assert not exporter.enabled and exporter.stats()["disabled_reason"] == "start-up error"
+        assert exporter.export(_spans()) is SpanExportResult.SUCCESS  # a no-op, never an exception
+        exporter.shutdown()

@@ -162,6 +162,14 @@ class PrefactorSpanExporter(SpanExporter):
             logger.error("Prefactor exporter disabled: cannot create the HTTP client (%s)", type(exc).__name__)
             self._disabled_reason = "HTTP client error"
             return
+        try:
+            self._start()
+        except Exception:  # never raise into the host application (e.g. no thread can be started)
+            logger.exception("Prefactor exporter disabled: it could not start")
+            self._disabled_reason = "start-up error"
+
+    def _start(self) -> None:
+        assert self._transport is not None
         self._delivery = Delivery(self._transport, self._config)
         self._open_spool()
         self._pipeline = self._new_pipeline({})
