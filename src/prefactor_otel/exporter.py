@@ -26,15 +26,11 @@ Threads and locks:
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import threading
 import time
-import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from multiprocessing import util as multiprocessing_util
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +39,7 @@ from opentelemetry import trace as trace_api
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from prefactor_otel import __version__, ids
+from prefactor_otel import __version__, ids, lifecycle
 from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.config import ConfigError, PrefactorConfig
 from prefactor_otel.delivery import Delivery
@@ -70,43 +66,6 @@ _SPILL_RESERVE_S = 0.5
 def _trace_id(span: ReadableSpan) -> int | None:
     context = span.context
     return context.trace_id if context is not None else None
-
-
-def _interpreter_exiting() -> bool:
-    """True once the interpreter is past its last application thread: atexit hooks are running (whatever their
-    order) or about to. The main thread is marked stopped before non-daemon threads are joined, so those must be
-    gone too. Cheap while the main thread lives (one call)."""
-    main = threading.main_thread()
-    if main.is_alive():
-        return False
-    current = threading.current_thread()
-    return not any(t is not main and t is not current and not t.daemon and t.is_alive() for t in threading.enumerate())
-
-
-def _finish_with_the_worker(exporter: PrefactorSpanExporter) -> None:
-    """In a process started by multiprocessing (registered with `util.register_after_fork`, which runs after
-    multiprocessing has cleared the finalizers it inherited). Such a process ends with os._exit(): no atexit hook
-    runs, but multiprocessing's own finalizers do (a worker that is terminated runs neither; its runs are
-    finished by the journal). Flush the global TracerProvider (normally the one feeding this exporter: its batch
-    queue holds the worker's last spans), then shut down within the exit budget."""
-    ref = weakref.ref(exporter)
-
-    def finish() -> None:
-        owner = ref()
-        if owner is None or owner._shutdown:
-            return
-        owner._begin_exit()
-        budget_ms = int(owner._config.shutdown_timeout * 1000)
-        provider = trace_api.get_tracer_provider()
-        flush = getattr(provider, "force_flush", None)
-        if callable(flush):
-            try:
-                flush(budget_ms)
-            except Exception:
-                logger.debug("Prefactor: flushing the tracer provider in a worker failed", exc_info=True)
-        owner.shutdown(budget_ms)
-
-    multiprocessing_util.Finalize(None, finish, exitpriority=10)
 
 
 class PrefactorSpanExporter(SpanExporter):
@@ -237,25 +196,14 @@ class PrefactorSpanExporter(SpanExporter):
             self._backlog = Backlog(spool, RunJournal(spool.directory))
 
     def _register_process_hooks(self) -> None:
-        ref = weakref.ref(self)
-
-        def after_fork_in_child() -> None:
-            exporter = ref()
-            if exporter is not None:
-                exporter._reset_after_fork()
-
-        def at_exit() -> None:
-            exporter = ref()
-            if exporter is not None:
-                exporter._begin_exit()
-
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=after_fork_in_child)
-        multiprocessing_util.register_after_fork(self, _finish_with_the_worker)
-        # Usually registered after the TracerProvider's own hook, so it runs first (atexit is LIFO). When the
-        # exporter was created first, `_interpreter_exiting()` (checked on every call and by the finisher thread)
-        # starts the exit budget instead.
-        atexit.register(at_exit)
+        lifecycle.register(
+            self,
+            after_fork_in_child=PrefactorSpanExporter._reset_after_fork,
+            # Runs first when the exporter was created after its TracerProvider; otherwise the exporter notices
+            # the exit itself (`_deadline`, and the finisher thread every half second).
+            at_exit=PrefactorSpanExporter._begin_exit,
+            at_worker_exit=PrefactorSpanExporter._finish_as_a_worker,
+        )
 
     def __repr__(self) -> str:
         return f"PrefactorSpanExporter({self._config.describe()}, disabled={self._disabled_reason!r})"
@@ -378,7 +326,7 @@ class PrefactorSpanExporter(SpanExporter):
 
     def _deadline(self, seconds: float) -> float:
         """now + seconds, but never past the exit budget once the interpreter is exiting."""
-        if self._exit_deadline is None and _interpreter_exiting():
+        if self._exit_deadline is None and lifecycle.interpreter_exiting():
             self._begin_exit()
         deadline = time.monotonic() + seconds
         return deadline if self._exit_deadline is None else min(deadline, self._exit_deadline)
@@ -428,7 +376,7 @@ class PrefactorSpanExporter(SpanExporter):
         next_send = 0.0
         next_adoption = time.monotonic() + _ADOPT_EVERY_S  # the constructor has just looked
         while not stop.wait(_TICK_S):
-            if self._exit_deadline is None and _interpreter_exiting():
+            if self._exit_deadline is None and lifecycle.interpreter_exiting():
                 self._begin_exit()
             now = time.monotonic()
             if now >= next_adoption and self._exit_deadline is None:
@@ -457,6 +405,21 @@ class PrefactorSpanExporter(SpanExporter):
             self._backlog.adopt_abandoned()
         except Exception:  # never a reason to fail the application
             logger.exception("Prefactor: finishing the runs of ended processes failed unexpectedly")
+
+    def _finish_as_a_worker(self) -> None:
+        """A multiprocessing worker ends: flush the global TracerProvider (normally the one feeding this exporter:
+        its batch queue holds the worker's last spans), then shut down, all within the exit budget."""
+        if self._shutdown:
+            return
+        self._begin_exit()
+        budget_ms = int(self._config.shutdown_timeout * 1000)
+        flush = getattr(trace_api.get_tracer_provider(), "force_flush", None)
+        if callable(flush):
+            try:
+                flush(budget_ms)
+            except Exception:
+                logger.debug("Prefactor: flushing the tracer provider in a worker failed", exc_info=True)
+        self.shutdown(budget_ms)
 
     def _begin_exit(self) -> None:
         if self._exit_deadline is not None:
