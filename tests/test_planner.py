@@ -303,9 +303,9 @@ def test_shutdown_and_the_count_bound_also_orphan_only_the_tops():
 
 
 def test_a_long_lived_run_remembers_a_bounded_number_of_span_ids(monkeypatch):
-    from prefactor_otel import planner as planner_module
+    from prefactor_otel import runs as runs_module
 
-    monkeypatch.setattr(planner_module, "MAX_SPANS_REMEMBERED_PER_TRACE", 50, raising=False)
+    monkeypatch.setattr(runs_module, "MAX_SPANS_REMEMBERED_PER_TRACE", 50, raising=False)
     provider, collector = make_provider()
     tracer = provider.get_tracer("long")
     with tracer.start_as_current_span("root") as root:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from prefactor_otel import ids
@@ -29,7 +28,6 @@ from prefactor_otel.items import (
     start_item,
 )
 from prefactor_otel.mapping.payload import SpanRecord
-from prefactor_otel.mapping.values import as_dict, hex_span_id
 from prefactor_otel.models import (
     BULK_CREATE_SPAN,
     BULK_FINISH_INSTANCE,
@@ -38,54 +36,17 @@ from prefactor_otel.models import (
     AgentSchemaVersionForRegister,
 )
 from prefactor_otel.outcomes import SUCCESS, ItemOutcome, Verdict, judge
+from prefactor_otel.runs import (
+    PendingSpan,
+    RunState,
+    parent_resolved_deep,
+    passes_filter,
+    remember,
+    waiting_chains,
+)
 
 _MAX_FINISHED_TRACES_REMEMBERED = 10_000
 _MAX_OPEN_TRACES = 10_000
-# Span ids remembered per open run (created spans, Prefactor ids, filter bookkeeping). A run that lives for hours
-# would otherwise grow without bound; a late child of a forgotten parent waits and is then sent as an orphan.
-MAX_SPANS_REMEMBERED_PER_TRACE = 10_000
-
-
-@dataclass(slots=True)
-class _PendingSpan:
-    record: SpanRecord
-    arrived_at: float
-    orphaned: bool = False
-    too_large_bytes: int | None = None  # set: send a small placeholder in its place
-
-
-@dataclass(slots=True)
-class _Trace:
-    trace_id: int
-    instance_id: str
-    register_item: dict[str, Any] | None  # dropped once the server has it: open runs hold little
-    start_item: dict[str, Any] | None
-    registered: bool = False
-    started: bool = False
-    created: dict[int, None] = field(default_factory=dict)  # an insertion-ordered set, bounded (oldest forgotten)
-    pending: dict[int, _PendingSpan] = field(default_factory=dict)
-    root_delivered: bool = False
-    root_failed: bool = False
-    root_end_ns: int = 0
-    last_end_ns: int = 0
-    any_failed: bool = False
-    last_activity: float = 0.0
-    rejected: bool = False
-    # span filter: spans with an exported descendant (kept whole), and filtered spans -> their OTel parent
-    needed: dict[int, None] = field(default_factory=dict)
-    skipped: dict[int, int | None] = field(default_factory=dict)
-    root_skipped: bool = False
-    # OTel span id -> Prefactor id, for the spans seen: a parent's id is rebuilt exactly for its children
-    span_ids: dict[int, str] = field(default_factory=dict)
-    inherited: bool = False  # the parent process's run, open at the fork: this process never finishes it
-    journaled: bool = False  # the run is in `run_changes` as open: this process must finish it
-
-
-def _remember(bounded: dict[Any, Any], key: Any, value: Any) -> None:
-    """Insert into an insertion-ordered dict that keeps at most MAX_SPANS_REMEMBERED_PER_TRACE entries."""
-    bounded[key] = value
-    if len(bounded) > MAX_SPANS_REMEMBERED_PER_TRACE:
-        del bounded[next(iter(bounded))]
 
 
 class InheritedRun(NamedTuple):
@@ -134,7 +95,7 @@ class Planner:
         # instance id -> latest activity (ns) of runs this process must finish, or None once finished or handed
         # off: what the journal of open runs records (taken by the exporter after every plan and delivery).
         self.run_changes: dict[str, int | None] = {}
-        self._traces: OrderedDict[int, _Trace] = OrderedDict()
+        self._traces: OrderedDict[int, RunState] = OrderedDict()
         self._finished: OrderedDict[int, None] = OrderedDict()
         self._items: dict[str, PlannedItem] = {}  # key -> item of the last plan, for `apply`
         self._with_pending: dict[int, None] = {}  # trace ids that (may) have pending spans, in arrival order
@@ -161,10 +122,12 @@ class Planner:
             if record.span_id in trace.pending or record.span_id in trace.created:
                 self.counters["spans_duplicate_ignored"] += 1
                 continue
-            if self._span_filter is not None and not self._passes_filter(trace, record):
+            if self._span_filter is not None and not passes_filter(
+                trace, record, self._span_filter(record), self.counters
+            ):
                 trace.last_activity = now
                 continue
-            trace.pending[record.span_id] = _PendingSpan(record, now)
+            trace.pending[record.span_id] = PendingSpan(record, now)
             self._with_pending[record.trace_id] = None
             trace.last_activity = now
             trace.last_end_ns = max(trace.last_end_ns, record.end_time_ns)
@@ -172,44 +135,7 @@ class Planner:
             self._queued += 1
         self._enforce_bounds(now)
 
-    def _passes_filter(self, trace: _Trace, record: SpanRecord) -> bool:
-        """Keep spans the filter wants and their ancestors; remember the rest so children can skip them.
-
-        Children normally end (and arrive) before their parent, so a kept child has marked its parent as
-        needed by the time the parent arrives: trees stay whole. A kept span whose parent was already filtered
-        out (it outlived it) is re-parented to its nearest exported ancestor instead of becoming an orphan.
-        """
-        assert self._span_filter is not None
-        if self._span_filter(record) or record.span_id in trace.needed:
-            if not record.is_local_root:
-                if record.parent_span_id in trace.skipped:
-                    self._reparent(trace, record)
-                if record.parent_span_id is not None:
-                    _remember(trace.needed, record.parent_span_id, None)
-            return True
-        _remember(trace.skipped, record.span_id, None if record.is_local_root else record.parent_span_id)
-        self.counters["spans_filtered_out"] += 1
-        if record.is_local_root:
-            trace.root_skipped = True
-            trace.root_failed = trace.root_failed or record.status == "failed"
-            trace.root_end_ns = max(trace.root_end_ns, record.end_time_ns)
-        return False
-
-    def _reparent(self, trace: _Trace, record: SpanRecord) -> None:
-        original = record.parent_span_id
-        ancestor = original
-        for _ in range(len(trace.skipped) + 1):  # bounded walk up through filtered-out spans
-            if ancestor is None or ancestor not in trace.skipped:
-                break
-            ancestor = trace.skipped[ancestor]
-        record.parent_span_id = ancestor
-        payload = dict(as_dict(record.payload))
-        payload["parent_span_id"] = hex_span_id(ancestor) if ancestor is not None else None
-        payload["metadata"] = {**payload["metadata"], "prefactor.reparented_from": hex_span_id(original or 0)}
-        record.payload = payload
-        self.counters["spans_reparented"] += 1
-
-    def _new_trace(self, first: SpanRecord) -> _Trace:
+    def _new_trace(self, first: SpanRecord) -> RunState:
         inherited = self._inherited.pop(first.trace_id, None)
         if inherited is not None:
             instance_id = inherited.instance_id
@@ -223,7 +149,7 @@ class Planner:
             environment_id=self._environment_id,
             purpose=self._purpose,
         )
-        trace = _Trace(first.trace_id, instance_id, register, start_item(instance_id, first.start_time_ns))
+        trace = RunState(first.trace_id, instance_id, register, start_item(instance_id, first.start_time_ns))
         if inherited is not None:
             trace.inherited = True
             trace.span_ids.update(inherited.span_ids)
@@ -236,7 +162,7 @@ class Planner:
         if self._queued > self._max_queued:
             self._drop_oldest(self._queued - self._max_queued)
         if self._queued > self._max_waiting:  # waiting spans are queued spans: fewer queued, nothing to check
-            chains = [chain for trace in self._traces_with_pending() for chain in self._waiting_chains(trace)]
+            chains = [chain for trace in self._traces_with_pending() for chain in waiting_chains(trace)]
             excess = sum(size for _top, size, _earliest in chains) - self._max_waiting
             for top, size, _earliest in sorted(chains, key=lambda chain: chain[2]):  # oldest waiting first
                 if excess <= 0:
@@ -247,54 +173,22 @@ class Planner:
             # Bounded memory: the least recently active trace is closed early.
             self._force_finish_oldest(len(self._traces) - _MAX_OPEN_TRACES)
 
-    def _traces_with_pending(self) -> list[_Trace]:
+    def _traces_with_pending(self) -> list[RunState]:
         # Only traces with pending spans: not O(open runs).
         return [self._traces[i] for i in self._with_pending if i in self._traces and self._traces[i].pending]
 
-    def _waiting_chains(self, trace: _Trace) -> list[tuple[_PendingSpan, int, float]]:
-        """The waiting chains of a trace: (top, spans in the chain, earliest arrival in the chain).
-
-        A top waits for a parent that is not here; the spans below it wait for it. Orphaning the top releases
-        the whole chain with its links intact (orphaning a grandchild first would cut it from its parent).
-        """
-        waiting = {
-            span_id: p
-            for span_id, p in trace.pending.items()
-            if not p.orphaned and not self._parent_resolved_deep(trace, p.record)
-        }
-        if not waiting:
-            return []
-        children: dict[int | None, list[int]] = {}
-        for span_id, pending in waiting.items():
-            children.setdefault(pending.record.parent_span_id, []).append(span_id)
-        chains = []
-        for span_id, top in waiting.items():
-            if top.record.parent_span_id in waiting:
-                continue
-            size, earliest, stack, seen = 0, top.arrived_at, [span_id], set()
-            while stack:
-                current = stack.pop()
-                if current in seen:
-                    continue
-                seen.add(current)
-                size += 1
-                earliest = min(earliest, waiting[current].arrived_at)
-                stack.extend(children.get(current, ()))
-            chains.append((top, size, earliest))
-        return chains
-
-    def _orphan_waiting_tops(self, trace: _Trace, why: str, now: float | None) -> None:
+    def _orphan_waiting_tops(self, trace: RunState, why: str, now: float | None) -> None:
         """Orphan the top of each waiting chain (with `now`: of chains where some span has waited too long).
         Spans caught in a parent cycle (corrupt input) have no top: at shutdown they are orphaned one by one."""
-        for top, _size, earliest in self._waiting_chains(trace):
+        for top, _size, earliest in waiting_chains(trace):
             if now is None or now - earliest >= self._max_wait:
                 self._orphan(top, why)
         if now is None:
             for pending in trace.pending.values():
-                if not pending.orphaned and not self._parent_resolved_deep(trace, pending.record):
+                if not pending.orphaned and not parent_resolved_deep(trace, pending.record):
                     self._orphan(pending, why)
 
-    def _orphan(self, pending: _PendingSpan, why: str) -> None:
+    def _orphan(self, pending: PendingSpan, why: str) -> None:
         pending.orphaned = True
         self.counters[f"spans_orphaned_{why}"] += 1
 
@@ -322,7 +216,7 @@ class Planner:
     # ------------------------------------------------------------------ planning
 
     @staticmethod
-    def _parent_resolved(trace: _Trace, record: SpanRecord, planned: frozenset[int] | set[int]) -> bool:
+    def _parent_resolved(trace: RunState, record: SpanRecord, planned: frozenset[int] | set[int]) -> bool:
         if record.is_local_root:
             return True
         return record.parent_span_id in trace.created or record.parent_span_id in planned
@@ -365,7 +259,7 @@ class Planner:
         self._items = {item.key: item for item in items}
         return items
 
-    def _candidates(self, now: float, *, everything: bool) -> list[_Trace]:
+    def _candidates(self, now: float, *, everything: bool) -> list[RunState]:
         """Traces that may have work: those with pending spans, and those quiet for the grace period.
 
         Not every open trace: with thousands of runs waiting out their grace period, a plan per export must not
@@ -373,7 +267,7 @@ class Planner:
         """
         if everything:
             return list(self._traces.values())
-        chosen: dict[int, _Trace] = {}
+        chosen: dict[int, RunState] = {}
         for trace_id, trace in self._traces.items():
             if now - trace.last_activity < self._grace:
                 break
@@ -386,26 +280,11 @@ class Planner:
                 chosen.setdefault(trace_id, trace)
         return list(chosen.values())
 
-    def _parent_resolved_deep(self, trace: _Trace, record: SpanRecord) -> bool:
-        """True if the parent is created, or pending with a chain that ends in a created/root span."""
-        seen: set[int] = set()
-        current = record
-        while True:
-            if current.is_local_root or current.parent_span_id in trace.created:
-                return True
-            parent = trace.pending.get(current.parent_span_id)  # type: ignore[arg-type]
-            if parent is None or parent.record.span_id in seen:
-                return False
-            if parent.orphaned:
-                return True
-            seen.add(parent.record.span_id)
-            current = parent.record
-
-    def _plan_spans(self, trace: _Trace) -> list[PlannedItem]:
+    def _plan_spans(self, trace: RunState) -> list[PlannedItem]:
         if not trace.pending:
             return []
-        children: dict[int, list[_PendingSpan]] = {}
-        frontier: deque[_PendingSpan] = deque()
+        children: dict[int, list[PendingSpan]] = {}
+        frontier: deque[PendingSpan] = deque()
         for pending in trace.pending.values():
             record = pending.record
             if pending.orphaned or record.is_local_root or record.parent_span_id in trace.created:
@@ -419,7 +298,7 @@ class Planner:
             frontier.extend(children.pop(pending.record.span_id, ()))
         return planned
 
-    def _create_item(self, trace: _Trace, pending: _PendingSpan) -> PlannedItem:
+    def _create_item(self, trace: RunState, pending: PendingSpan) -> PlannedItem:
         record = pending.record
         payload = record.payload
         result_payload = record.result_payload
@@ -445,7 +324,7 @@ class Planner:
         )
         return PlannedItem(body["idempotency_key"], BULK_CREATE_SPAN, body, record.trace_id, record.span_id)
 
-    def _span_pfid(self, trace: _Trace, span_id: int, start_ns: int | None) -> str:
+    def _span_pfid(self, trace: RunState, span_id: int, start_ns: int | None) -> str:
         # The PFID embeds the span's start time; we remember created ids so a parent's id is rebuilt exactly.
         cached = trace.span_ids.get(span_id)
         if cached is not None:
@@ -453,11 +332,11 @@ class Planner:
         if start_ns is None:
             raise LookupError("parent span id requested before the parent was seen")
         value = ids.span_pfid(self.partition, trace.trace_id, span_id, start_ns)
-        _remember(trace.span_ids, span_id, value)
+        remember(trace.span_ids, span_id, value)
         return value
 
     def _plan_finish(
-        self, trace: _Trace, now: float, span_items: list[PlannedItem], *, flush: bool, shutdown: bool
+        self, trace: RunState, now: float, span_items: list[PlannedItem], *, flush: bool, shutdown: bool
     ) -> PlannedItem | None:
         if len(span_items) != len(trace.pending):
             return None  # somebody still waits for a parent: the run is not over
@@ -528,7 +407,7 @@ class Planner:
             elif item.action == BULK_FINISH_INSTANCE:
                 self._on_finish(trace, ok, outcome)
 
-    def _on_register(self, trace: _Trace, ok: bool, outcome: ItemOutcome) -> None:
+    def _on_register(self, trace: RunState, ok: bool, outcome: ItemOutcome) -> None:
         if ok:
             trace.registered = True
             trace.register_item = None
@@ -536,14 +415,14 @@ class Planner:
         else:
             self._reject(trace, f"register_{outcome.code or 'error'}")
 
-    def _on_start(self, trace: _Trace, ok: bool, outcome: ItemOutcome) -> None:
+    def _on_start(self, trace: RunState, ok: bool, outcome: ItemOutcome) -> None:
         if ok:
             trace.started = True
             trace.start_item = None
         else:
             self._reject(trace, f"start_{outcome.code or 'error'}")
 
-    def _reject(self, trace: _Trace, reason: str) -> None:
+    def _reject(self, trace: RunState, reason: str) -> None:
         trace.rejected = True
         if trace.journaled:
             self.run_changes[trace.instance_id] = None  # the run does not exist: nothing to finish
@@ -551,7 +430,9 @@ class Planner:
         self._drop(len(trace.pending), f"instance_rejected:{reason}")
         trace.pending.clear()
 
-    def _on_span(self, trace: _Trace, item: PlannedItem, verdict: Verdict, outcome: ItemOutcome, spooled: bool) -> None:
+    def _on_span(
+        self, trace: RunState, item: PlannedItem, verdict: Verdict, outcome: ItemOutcome, spooled: bool
+    ) -> None:
         span_id = item.span_id
         pending = trace.pending.get(span_id)  # type: ignore[arg-type]
         if pending is None:
@@ -559,7 +440,7 @@ class Planner:
         if verdict is Verdict.DONE:
             del trace.pending[span_id]  # type: ignore[arg-type]
             self._queued -= 1
-            _remember(trace.created, span_id, None)  # type: ignore[arg-type]
+            remember(trace.created, span_id, None)  # type: ignore[arg-type]
             self.counters["spans_spooled" if spooled else "spans_exported"] += 1
             if pending.record.is_local_root:
                 trace.root_delivered = True
@@ -578,14 +459,14 @@ class Planner:
         self._queued -= 1
         self._drop(1, f"rejected:{outcome.code or 'error'}", pending.record)
 
-    def _on_finish(self, trace: _Trace, ok: bool, outcome: ItemOutcome) -> None:
+    def _on_finish(self, trace: RunState, ok: bool, outcome: ItemOutcome) -> None:
         if ok:
             self.counters["instances_finished"] += 1  # or handed to the spool, which finishes it in order
         else:
             self.actions_dropped[f"finish_rejected:{outcome.code or 'error'}"] += 1
         self._forget(trace)
 
-    def _forget(self, trace: _Trace) -> None:
+    def _forget(self, trace: RunState) -> None:
         if trace.journaled:
             self.run_changes[trace.instance_id] = None
         self._traces.pop(trace.trace_id, None)
