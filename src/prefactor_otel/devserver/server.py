@@ -641,6 +641,7 @@ class DevServer:
         self.account_id = ids.encode(now_ms, self.partition, secrets.randbits(80))
         self.agent_id = agent_id or ids.encode(now_ms, self.partition, secrets.randbits(80))
         self.environment_id = environment_id or ids.encode(now_ms, self.partition, secrets.randbits(80))
+        self.agent_deployment_id = ids.encode(now_ms, self.partition, secrets.randbits(80))
         self.host = host
         self.max_body_bytes = max_body_bytes
         self._token = token
@@ -651,6 +652,7 @@ class DevServer:
             environment_id=self.environment_id,
             partition=self.partition,
             bulk_actions=bulk_actions,
+            agent_deployment_id=self.agent_deployment_id,
         )
         self.faults = FaultSet()
         self._fault_bytes = 0

@@ -205,6 +205,8 @@ class _Instance:
     termination_reason: str | None = None
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPAN_STATUSES, 0))
     span_ids: list[str] = field(default_factory=list)
+    quality_payloads: dict[str, JsonDict] = field(default_factory=dict)
+    quality_summaries: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -229,6 +231,7 @@ class Store:
         environment_id: str,
         partition: int,
         bulk_actions: frozenset[str] | None = None,
+        agent_deployment_id: str | None = None,
     ) -> None:
         # A subset of BULK_ACTIONS emulates a server whose bulk endpoint lacks some `_type`s (the inferred
         # `agent_instances/start|finish`), so the exporter's REST fallback can be tested.
@@ -238,6 +241,9 @@ class Store:
         self.environment_id = environment_id
         self.partition = partition
         self._partition_chars = ids.encode(0, partition, 0)[10:16]
+        # The seeded agent deployed into the seeded environment: prefactor-http 0.4.3 requires its id on every
+        # agent instance (AgentInstance.agent_deployment_id) and fails to parse an answer without it.
+        self.agent_deployment_id = agent_deployment_id or self.new_id()
         self._lock = threading.RLock()
         self._instances: dict[str, _Instance] = {}
         self._spans: dict[str, _Span] = {}
@@ -659,6 +665,7 @@ class Store:
             "agent_version_id": instance.agent_version_id,
             "agent_schema_version_id": instance.schema_version.data["id"],
             "environment_id": instance.environment_id,
+            "agent_deployment_id": self.agent_deployment_id,
             "status": instance.status,
             "inserted_at": format_timestamp(instance.inserted_us),
             "updated_at": format_timestamp(instance.updated_us),
@@ -668,6 +675,8 @@ class Store:
             "external_identifier": instance.external_identifier,
             "purpose": instance.purpose,
             "termination_reason": instance.termination_reason,
+            "quality_payloads": _copy(instance.quality_payloads),
+            "quality_summaries": dict(instance.quality_summaries),
         }
 
     @staticmethod
