@@ -315,6 +315,10 @@ class Store:
         # Python SDKs put a span create's key inside `details`, TS beside it: accept both, agree or fail.
         if action != CREATE_SPAN:
             return params, key
+        if "details" not in params and params:
+            # The flat bulk form prefactor-http's BulkClient docstring shows (`agent_spans/create` with the
+            # span's fields beside `_type`) is the same create: the fields are the details.
+            params = {"details": params}
         details = params.get("details")
         if not isinstance(details, dict) or "idempotency_key" not in details:
             return params, key
@@ -706,7 +710,8 @@ class Store:
                 "finished_at",
                 "sensitive_encoding",
             ),
-            required=("agent_instance_id", "schema_name", "status", "payload"),
+            # `payload` defaults to {} as in prefactor-http's CreateAgentSpanRequest (the flat bulk form omits it).
+            required=("agent_instance_id", "schema_name", "status"),
             where="details.",
         )
         instance_id = self._check_id("agent_instance_id", details["agent_instance_id"])
@@ -722,7 +727,7 @@ class Store:
         status = details["status"]
         if status not in SPAN_STATUSES:
             raise _invalid("status", f"must be one of {', '.join(SPAN_STATUSES)}")
-        payload = details["payload"]
+        payload = details.get("payload", {})
         if not isinstance(payload, dict):
             raise _invalid("payload", "must be a JSON object")
         result_payload = _opt_obj(details, "result_payload")
@@ -754,7 +759,9 @@ class Store:
         instance = self._instances.get(instance_id)
         if instance is None:
             raise ApiError(404, "not_found", "agent instance not found")
-        if instance.status != "active":
+        # `pending` is accepted: prefactor-core queues the run's start but POSTs span creates at once
+        # (SpanManager.start), so the real API must take spans before the start lands (docs/local-server.md).
+        if instance.status not in ("pending", "active"):
             control = self._control(instance)
             raise ApiError(
                 409,
@@ -823,7 +830,7 @@ class Store:
         if span is None:
             raise ApiError(404, "not_found", "agent span not found")
         instance = self._instances[span.instance_id]
-        if instance.status not in ("active", "terminated"):
+        if instance.status not in ("pending", "active", "terminated"):
             raise ApiError(409, "invalid_action", f"the span's agent instance is {instance.status}")
         if span.status in FINISH_STATUSES:
             raise ApiError(409, "invalid_action", f"span is already {span.status}")

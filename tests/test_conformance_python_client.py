@@ -1,0 +1,269 @@
+"""The dev server judged by Prefactor's own Python clients: `prefactor-http` 0.4.3 and `prefactor-core` 0.5.3.
+
+Every endpoint the official HTTP client offers is driven against a DevServer on 127.0.0.1, and `prefactor-core`'s
+documented flow (queued start, span context managers, queued finishes) runs end to end. An answer the official
+client cannot parse raises `PrefactorResponseContractError` here, exactly as it would in a user's program.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import pytest
+from prefactor_core import PrefactorCoreClient, PrefactorCoreConfig, QueueConfig, SchemaRegistry
+from prefactor_http import HttpClientConfig, PrefactorHttpClient
+from prefactor_http.exceptions import PrefactorApiError, PrefactorNotFoundError
+from prefactor_http.models import AgentInstance, AgentSpan, BulkItem, BulkRequest
+
+from prefactor_otel.devserver import DevServer, Fault
+
+T = TypeVar("T")
+# Only a safety limit against a hang; no test asserts anything about time.
+SAFETY_LIMIT_S = 60.0
+
+SPAN_TYPES = [
+    {
+        "name": "agent:llm",
+        "title": "LLM Call",
+        "params_schema": {
+            "type": "object",
+            "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}},
+            "required": ["model", "prompt"],
+        },
+        "result_schema": {"type": "object", "properties": {"response": {"type": "string"}}},
+    },
+    {"name": "agent:tool", "params_schema": {"type": "object"}},
+]
+QUALITY_SCHEMAS = [
+    {
+        "name": "helpfulness",
+        "schema": {"type": "object", "properties": {"score": {"type": "number"}}, "required": ["score"]},
+        "title": "Helpfulness",
+        "template": "score {{score}}",
+    }
+]
+
+
+def run(make: Callable[[], Awaitable[T]]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(make(), SAFETY_LIMIT_S)
+
+    return asyncio.run(bounded())
+
+
+def http_config(srv: DevServer) -> HttpClientConfig:
+    return HttpClientConfig(api_url=srv.url, api_token=srv.token, max_retries=0, request_timeout=10.0)
+
+
+@asynccontextmanager
+async def http_client(srv: DevServer) -> AsyncIterator[PrefactorHttpClient]:
+    async with PrefactorHttpClient(http_config(srv)) as client:
+        yield client
+
+
+async def register(client: PrefactorHttpClient, srv: DevServer, **extra: Any) -> AgentInstance:
+    return await client.agent_instances.register(
+        agent_id=srv.agent_id,
+        environment_id=srv.environment_id,
+        agent_version={"name": "conformance", "external_identifier": "1.0.0"},
+        agent_schema_version={
+            "external_identifier": "schemas-1",
+            "span_type_schemas": SPAN_TYPES,
+            "quality_schemas": QUALITY_SCHEMAS,
+        },
+        idempotency_key="register-0001",
+        purpose="smoke_test",
+        **extra,
+    )
+
+
+@pytest.fixture
+def srv() -> DevServer:
+    with DevServer() as server:
+        yield server
+
+
+# --------------------------------------------------------------------------- prefactor-http
+
+
+def test_ping_and_pfid_generate(srv: DevServer) -> None:
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with http_client(srv) as client:
+            # pfid generation has no typed method in 0.4.3; the client's generic request is how users call it.
+            return await client.validate_token(), await client.request(
+                "POST", "/api/v1/pfid/generate", json_data={"count": 3}
+            )
+
+    ping, pfids = run(scenario)
+    assert ping["status"] == "success"
+    assert len(pfids["details"]["pfids"]) == 3
+
+
+def test_instance_lifecycle_register_get_start_finish(srv: DevServer) -> None:
+    async def scenario() -> list[AgentInstance]:
+        async with http_client(srv) as client:
+            registered = await register(client, srv, external_identifier="run-1")
+            fetched = await client.agent_instances.get(registered.id)
+            started = await client.agent_instances.start(registered.id, idempotency_key="start-0001")
+            finished = await client.agent_instances.finish(registered.id, status="failed", idempotency_key="fin-0001")
+            with pytest.raises(PrefactorNotFoundError):
+                await client.agent_instances.get(srv.new_id())
+            return [registered, fetched, started, finished]
+
+    registered, fetched, started, finished = run(scenario)
+    assert registered.status == "pending" and registered.agent_deployment_id == srv.agent_deployment_id
+    assert registered.purpose == "smoke_test" and registered.external_identifier == "run-1"
+    assert fetched.id == registered.id and fetched.status == "pending"
+    assert started.status == "active" and started.started_at is not None
+    assert finished.status == "failed" and finished.finished_at is not None
+    assert [i["status"] for i in srv.instances()] == ["failed"]
+
+
+def test_span_create_and_finish(srv: DevServer) -> None:
+    async def scenario() -> tuple[AgentSpan, AgentSpan, AgentSpan, AgentSpan]:
+        async with http_client(srv) as client:
+            instance = await register(client, srv)
+            await client.agent_instances.start(instance.id)
+            parent = await client.agent_spans.create(
+                agent_instance_id=instance.id,
+                schema_name="agent:llm",
+                status="active",
+                payload={"model": "m", "prompt": "p"},
+                idempotency_key="span-create-0001",
+            )
+            child = await client.agent_spans.create(
+                agent_instance_id=instance.id, schema_name="agent:tool", status="pending", parent_span_id=parent.id
+            )
+            cancelled = await client.agent_spans.finish(child.id, status="cancelled")
+            done = await client.agent_spans.finish(parent.id, status="complete", result_payload={"response": "r"})
+            return parent, child, cancelled, done
+
+    parent, child, cancelled, done = run(scenario)
+    assert parent.status == "active" and parent.schema_title == "LLM Call"
+    assert child.parent_span_id == parent.id and cancelled.status == "cancelled"
+    assert done.status == "complete" and done.result_payload == {"response": "r"}
+    assert sorted(s["status"] for s in srv.spans()) == ["cancelled", "complete"]
+
+
+def test_span_create_in_a_pending_run_is_accepted(srv: DevServer) -> None:
+    # prefactor-core POSTs span creates at once while the run's start waits in its queue.
+    async def scenario() -> AgentSpan:
+        async with http_client(srv) as client:
+            instance = await register(client, srv)
+            span = await client.agent_spans.create(
+                agent_instance_id=instance.id, schema_name="agent:tool", status="active"
+            )
+            await client.agent_instances.start(instance.id)
+            await client.agent_spans.finish(span.id, status="complete")
+            return span
+
+    span = run(scenario)
+    assert span.status == "active"
+    assert [s["status"] for s in srv.spans()] == ["complete"]
+
+
+def test_bulk_with_the_flat_span_create_form_of_the_official_docstring(srv: DevServer) -> None:
+    async def scenario() -> Any:
+        async with http_client(srv) as client:
+            instance = await register(client, srv)
+            request = BulkRequest(
+                items=[
+                    BulkItem(  # the form prefactor-http's BulkClient docstring shows
+                        _type="agent_spans/create",
+                        idempotency_key="create-span-001",
+                        agent_instance_id=instance.id,
+                        schema_name="agent:llm",
+                        status="active",
+                    ),
+                    BulkItem(
+                        _type="agent_spans/create",
+                        idempotency_key="create-span-002",
+                        details={"agent_instance_id": instance.id, "schema_name": "agent:tool", "status": "active"},
+                    ),
+                    BulkItem(
+                        _type="agent_instances/register",
+                        idempotency_key="register-instance-001",
+                        agent_id=srv.agent_id,
+                        agent_version={"name": "My Agent", "external_identifier": "v1.0.0"},
+                        agent_schema_version={"external_identifier": "v1.0.0", "span_type_schemas": SPAN_TYPES},
+                    ),
+                ]
+            )
+            return await client.bulk.execute(request)
+
+    response = run(scenario)
+    assert {k: v.status for k, v in response.outputs.items()} == {
+        "create-span-001": "success",
+        "create-span-002": "success",
+        "register-instance-001": "success",
+    }
+    assert sorted(s["schema_name"] for s in srv.spans()) == ["agent:llm", "agent:tool"]
+    assert all(s["payload"] == {} for s in srv.spans())
+
+
+def test_errors_reach_the_official_client_as_its_typed_errors(srv: DevServer) -> None:
+    async def scenario() -> None:
+        async with http_client(srv) as client:
+            instance = await register(client, srv)
+            await client.agent_instances.start(instance.id)
+            await client.agent_instances.finish(instance.id)
+            with pytest.raises(PrefactorApiError) as conflict:
+                await client.agent_instances.finish(instance.id)
+            assert conflict.value.status_code == 409
+            with pytest.raises(PrefactorNotFoundError):
+                await client.agent_spans.finish(srv.new_id(), status="complete")
+
+    run(scenario)
+
+
+# --------------------------------------------------------------------------- prefactor-core
+
+
+def core_config(srv: DevServer, registry: SchemaRegistry) -> PrefactorCoreConfig:
+    return PrefactorCoreConfig(
+        http_config=http_config(srv),
+        queue_config=QueueConfig(num_workers=1, max_retries=0, retry_delay_base=0.01),
+        schema_registry=registry,
+    )
+
+
+def registry() -> SchemaRegistry:
+    reg = SchemaRegistry()
+    for entry in SPAN_TYPES:
+        reg.register_type(**entry)
+    return reg
+
+
+def test_core_documented_flow_with_spans_racing_the_queued_start(srv: DevServer) -> None:
+    async def scenario() -> str:
+        async with PrefactorCoreClient(core_config(srv, registry())) as client:
+            instance = await client.create_agent_instance(
+                agent_id=srv.agent_id, agent_version={"name": "core-agent"}, environment_id=srv.environment_id
+            )
+            # Hold the queued start so the span creates certainly reach the server while the run is pending,
+            # the order prefactor-core allows (its start is queued, its span creates are not).
+            srv.add_fault(Fault(path=f"/api/v1/agent_instance/{instance.id}/start", delay_s=0.5))
+            await instance.start()
+            async with instance.span("agent:llm") as llm:
+                await llm.start({"model": "m", "prompt": "hello"})
+                async with instance.span("agent:tool") as tool:
+                    await tool.start({"q": 1})
+                    await tool.complete({"ok": True})
+                await llm.complete({"response": "hi"})
+            async with instance.span("agent:tool") as skipped:
+                await skipped.cancel()
+            await instance.finish()
+            return instance.id
+
+    instance_id = run(scenario)  # leaving the client raises PrefactorTelemetryFailureError if any call failed
+    (instance,) = srv.instances()
+    assert instance["id"] == instance_id and instance["status"] == "complete"
+    spans = {(s["schema_name"], s["status"]) for s in srv.spans(instance_id)}
+    assert spans == {("agent:llm", "complete"), ("agent:tool", "complete"), ("agent:tool", "cancelled")}
+    llm = next(s for s in srv.spans(instance_id) if s["schema_name"] == "agent:llm")
+    tool = next(s for s in srv.spans(instance_id) if s["status"] == "complete" and s["schema_name"] == "agent:tool")
+    assert tool["parent_span_id"] == llm["id"]
+    assert llm["result_payload"] == {"response": "hi"}
