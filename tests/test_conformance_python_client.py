@@ -74,9 +74,8 @@ async def register(client: PrefactorHttpClient, srv: DevServer, **extra: Any) ->
             "span_type_schemas": SPAN_TYPES,
             "quality_schemas": QUALITY_SCHEMAS,
         },
-        idempotency_key="register-0001",
         purpose="smoke_test",
-        **extra,
+        **{"idempotency_key": "register-0001", **extra},
     )
 
 
@@ -234,6 +233,8 @@ def registry() -> SchemaRegistry:
     reg = SchemaRegistry()
     for entry in SPAN_TYPES:
         reg.register_type(**entry)
+    for quality in QUALITY_SCHEMAS:
+        reg.register_quality_schema(**quality)
     return reg
 
 
@@ -255,15 +256,79 @@ def test_core_documented_flow_with_spans_racing_the_queued_start(srv: DevServer)
                 await llm.complete({"response": "hi"})
             async with instance.span("agent:tool") as skipped:
                 await skipped.cancel()
+            await instance.record_quality("helpfulness", {"score": 1})
             await instance.finish()
             return instance.id
 
     instance_id = run(scenario)  # leaving the client raises PrefactorTelemetryFailureError if any call failed
     (instance,) = srv.instances()
     assert instance["id"] == instance_id and instance["status"] == "complete"
+    assert instance["quality_payloads"] == {"helpfulness": {"score": 1}}
     spans = {(s["schema_name"], s["status"]) for s in srv.spans(instance_id)}
     assert spans == {("agent:llm", "complete"), ("agent:tool", "complete"), ("agent:tool", "cancelled")}
     llm = next(s for s in srv.spans(instance_id) if s["schema_name"] == "agent:llm")
     tool = next(s for s in srv.spans(instance_id) if s["status"] == "complete" and s["schema_name"] == "agent:tool")
     assert tool["parent_span_id"] == llm["id"]
     assert llm["result_payload"] == {"response": "hi"}
+
+
+def test_record_quality_over_rest_and_bulk_agree(srv: DevServer) -> None:
+    async def scenario() -> tuple[AgentInstance, AgentInstance, Any, AgentInstance]:
+        async with http_client(srv) as client:
+            rest_run = await register(client, srv)
+            bulk_run = await register(client, srv, idempotency_key=None)
+            recorded = await client.agent_instances.record_quality(
+                rest_run.id, name="helpfulness", payload={"score": 0.8}, idempotency_key="quality-0001"
+            )
+            cleared = await client.agent_instances.record_quality(rest_run.id, name="helpfulness", payload=None)
+            with pytest.raises(PrefactorApiError) as unknown:
+                await client.agent_instances.record_quality(rest_run.id, name="nonsense", payload={"score": 1})
+            assert unknown.value.status_code == 422
+            with pytest.raises(PrefactorNotFoundError):
+                await client.agent_instances.record_quality(srv.new_id(), name="helpfulness", payload={"score": 1})
+            bulk = await client.bulk.execute(
+                BulkRequest(
+                    items=[
+                        BulkItem(
+                            _type="agent_instances/record_quality",
+                            idempotency_key="bulk-quality-01",
+                            agent_instance_id=bulk_run.id,
+                            name="helpfulness",
+                            payload={"score": 0.8},
+                        )
+                    ]
+                )
+            )
+            return recorded, cleared, bulk, await client.agent_instances.get(bulk_run.id)
+
+    recorded, cleared, bulk, bulk_run = run(scenario)
+    assert recorded.quality_payloads == {"helpfulness": {"score": 0.8}}
+    assert recorded.quality_summaries == {"helpfulness": "score 0.8"}
+    assert cleared.quality_payloads == {} and cleared.quality_summaries == {}
+    output = bulk.outputs["bulk-quality-01"]
+    assert output.status == "success", output
+    assert AgentInstance.model_validate(output.model_extra["details"]).quality_payloads == recorded.quality_payloads
+    assert bulk_run.quality_payloads == recorded.quality_payloads
+    assert bulk_run.quality_summaries == recorded.quality_summaries
+
+
+def test_agent_reads(srv: DevServer) -> None:
+    async def scenario() -> tuple[Any, ...]:
+        async with http_client(srv) as client:
+            await register(client, srv)
+            listed = await client.agents.list_agents(page_size=10)
+            got = await client.agents.get(srv.agent_id)
+            shown = await client.agents.show(agent_id=srv.agent_id, include_counts=True)
+            with pytest.raises(PrefactorNotFoundError):
+                await client.agents.get(srv.new_id())
+            with pytest.raises(PrefactorNotFoundError):
+                await client.agents.show(external_identifier="nobody")
+            with pytest.raises(PrefactorApiError) as write:
+                await client.agents.retire(srv.agent_id)
+            return listed, got, shown, write.value
+
+    listed, got, shown, write = run(scenario)
+    assert [a.id for a in listed] == [srv.agent_id]
+    assert got.id == srv.agent_id and got.status == "active"
+    assert shown.instance_counts is not None and shown.instance_counts.pending == 1
+    assert write.status_code == 501 and write.code == "not_implemented"

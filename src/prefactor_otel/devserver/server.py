@@ -524,11 +524,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return _rest(store, st.REGISTER, body, {}, header_key) if method == "POST" else not_allowed()
             if len(parts) == 2:
                 return store.get_instance(parts[1]) if method == "GET" else not_allowed()
-            if len(parts) == 3 and parts[2] in ("start", "finish", "terminate"):
+            if len(parts) == 3 and parts[2] in _INSTANCE_ACTIONS:
                 if method != "POST":
                     return not_allowed()
-                action = {"start": st.START, "finish": st.FINISH_INSTANCE, "terminate": st.TERMINATE}[parts[2]]
+                action = _INSTANCE_ACTIONS[parts[2]]
                 return _rest(store, action, body, {"agent_instance_id": parts[1]}, header_key)
+        if head == "agent":
+            return _route_agent(store, method, parts[1:], query)
         if head == "agent_spans":
             if len(parts) == 1:
                 if method == "GET":
@@ -562,6 +564,32 @@ class _Handler(BaseHTTPRequestHandler):
                 dev.clear_faults()
                 return 200, {"status": "success"}
         return 404, error_body("not_found", "no such dev endpoint")
+
+
+_INSTANCE_ACTIONS = {
+    "start": st.START,
+    "finish": st.FINISH_INSTANCE,
+    "terminate": st.TERMINATE,
+    "record_quality": st.RECORD_QUALITY,
+}
+
+
+def _route_agent(store: Store, method: str, rest: list[str], query: dict[str, str]) -> tuple[int, JsonDict]:
+    """`/api/v1/agent…`: the reads prefactor-http's AgentClient offers. Its writes (create, update, retire,
+    reinstate, delete) answer 501 `not_implemented`, distinguishable from "no such endpoint" and "not found"."""
+    if method == "GET":
+        if not rest:
+            return store.list_agents(query)
+        if rest == ["show"]:
+            return store.show_agent(query)
+        if len(rest) == 1:
+            return store.get_agent(rest[0])
+        return 404, error_body("not_found", "no such endpoint")
+    if (method == "POST" and (not rest or (len(rest) == 2 and rest[1] in ("retire", "reinstate")))) or (
+        method in ("PUT", "DELETE") and len(rest) == 1
+    ):
+        return 501, error_body("not_implemented", "the dev server serves agents read-only (the seeded agent)")
+    return 405, error_body("bad_request", f"method {method} not allowed")
 
 
 def _rest(

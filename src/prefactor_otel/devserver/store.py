@@ -31,11 +31,12 @@ REGISTER = "agent_instances/register"
 START = "agent_instances/start"
 FINISH_INSTANCE = "agent_instances/finish"
 TERMINATE = "agent_instances/terminate"
+RECORD_QUALITY = "agent_instances/record_quality"
 CREATE_SPAN = "agent_spans/create"
 FINISH_SPAN = "agent_spans/finish"
 
 # What `POST /api/v1/bulk` executes. Terminate is REST-only: nothing shows it exists in bulk.
-BULK_ACTIONS = frozenset({REGISTER, START, FINISH_INSTANCE, CREATE_SPAN, FINISH_SPAN})
+BULK_ACTIONS = frozenset({REGISTER, START, FINISH_INSTANCE, CREATE_SPAN, FINISH_SPAN, RECORD_QUALITY})
 # Real Prefactor bulk types we do not serve: answered `not_implemented` rather than `invalid_action`,
 # so a test can tell "the dev server lacks it" from "no such thing".
 KNOWN_UNSERVED_BULK_TYPES = frozenset(
@@ -50,7 +51,6 @@ KNOWN_UNSERVED_BULK_TYPES = frozenset(
         "environments/update",
         "agent_instances/list",
         "agent_instances/show",
-        "agent_instances/record_quality",
         "agent_spans/list",
     }
 )
@@ -187,6 +187,7 @@ class _KeyRecord:
 class _SchemaVersion:
     data: JsonDict
     titles: dict[str, str]
+    quality: dict[str, JsonDict] = field(default_factory=dict)  # quality schema name -> its entry
 
 
 @dataclass
@@ -244,6 +245,7 @@ class Store:
         # The seeded agent deployed into the seeded environment: prefactor-http 0.4.3 requires its id on every
         # agent instance (AgentInstance.agent_deployment_id) and fails to parse an answer without it.
         self.agent_deployment_id = agent_deployment_id or self.new_id()
+        self._created_us = now_us()
         self._lock = threading.RLock()
         self._instances: dict[str, _Instance] = {}
         self._spans: dict[str, _Span] = {}
@@ -258,6 +260,7 @@ class Store:
             TERMINATE: self._terminate,
             CREATE_SPAN: self._create_span,
             FINISH_SPAN: self._finish_span,
+            RECORD_QUALITY: self._record_quality,
         }
 
     # ------------------------------------------------------------------ ids
@@ -494,9 +497,7 @@ class Store:
             legacy = _opt_obj(value, name, where)
             if legacy is not None and not all(isinstance(v, dict) for v in legacy.values()):
                 raise _invalid(where + name, "must map span type names to JSON schema objects")
-        quality = value.get("quality_schemas")
-        if quality is not None and not isinstance(quality, list):
-            raise _invalid(where + "quality_schemas", "must be a list")
+        self._validate_quality_schemas(value.get("quality_schemas"), where + "quality_schemas")
         types = value.get("span_type_schemas")
         if types is None:
             return value
@@ -535,6 +536,35 @@ class Store:
             for text in ("title", "description", "template", "result_template"):
                 _opt_str(entry, text, at)
         return value
+
+    @staticmethod
+    def _validate_quality_schemas(value: object, where: str) -> None:
+        if value is None:
+            return
+        if not isinstance(value, list):
+            raise _invalid(where, "must be a list")
+        names: set[str] = set()
+        for index, entry in enumerate(value):
+            at = f"{where}.{index}."
+            if not isinstance(entry, dict):
+                raise _invalid(at[:-1], "must be a JSON object")
+            _check_fields(
+                entry,
+                ("name", "schema", "title", "description", "template", "data_risk"),
+                required=("name", "schema"),
+                where=at,
+            )
+            name = entry["name"]
+            if not isinstance(name, str) or not name:
+                raise _invalid(at + "name", "must be a non-empty string")
+            if name in names:
+                raise _invalid(at + "name", f"duplicates quality schema {name!r}")
+            names.add(name)
+            if not isinstance(entry["schema"], dict):
+                raise _invalid(at + "schema", "must be a JSON object")
+            _opt_obj(entry, "data_risk", at)
+            for text in ("title", "description", "template"):
+                _opt_str(entry, text, at)
 
     def _intern_agent_version(self, version: JsonDict, now: int) -> str:
         key = _canonical(_drop_nones(version))
@@ -586,6 +616,16 @@ class Store:
                 }
                 for name, params_schema in (schema.get("span_schemas") or {}).items()
             ]
+        quality = [
+            {
+                "name": q["name"],
+                "schema": q["schema"],
+                "title": q.get("title") or q["name"],
+                "description": q.get("description"),
+                "template": q.get("template"),
+            }
+            for q in schema.get("quality_schemas") or []
+        ]
         data = {
             "type": "agent_schema_version",
             "id": self.new_id(now),
@@ -593,9 +633,12 @@ class Store:
             "agent_id": self.agent_id,
             "external_identifier": schema.get("external_identifier"),
             "span_type_schemas": copy.deepcopy(entries),
+            "quality_schemas": copy.deepcopy(quality),
             "inserted_at": format_timestamp(now),
         }
-        version = _SchemaVersion(data=data, titles={e["name"]: e["title"] for e in entries})
+        version = _SchemaVersion(
+            data=data, titles={e["name"]: e["title"] for e in entries}, quality={q["name"]: q for q in quality}
+        )
         self._schema_versions[key] = version
         return version
 
@@ -656,6 +699,32 @@ class Store:
         instance.termination_reason = reason
         instance.finished_us = now
         instance.updated_us = now
+        return {"status": "success", "details": self._render_instance(instance)}
+
+    def _record_quality(self, params: JsonDict) -> JsonDict:
+        # Sets one named payload, or clears it with a null payload; other names stay (the documented contract of
+        # prefactor-http's AgentInstanceClient.record_quality). Allowed in any run status: evaluations of a run
+        # usually come after it finished.
+        _check_fields(params, ("agent_instance_id", "name", "payload"), required=("agent_instance_id", "name"))
+        name = params["name"]
+        if not isinstance(name, str) or not name:
+            raise _invalid("name", "must be a non-empty string")
+        payload = _opt_obj(params, "payload")
+        instance = self._instance_for(params)
+        entry = instance.schema_version.quality.get(name)
+        if entry is None:
+            raise _invalid("name", "is not a quality schema registered in this instance's agent schema version")
+        if payload is None:
+            instance.quality_payloads.pop(name, None)
+            instance.quality_summaries.pop(name, None)
+        else:
+            instance.quality_payloads[name] = payload
+            template = entry.get("template")
+            if template:
+                instance.quality_summaries[name] = render_template(template, payload)
+            else:
+                instance.quality_summaries.pop(name, None)
+        instance.updated_us = now_us()
         return {"status": "success", "details": self._render_instance(instance)}
 
     def _render_instance(self, instance: _Instance) -> JsonDict:
@@ -878,6 +947,59 @@ class Store:
                 return 404, error_body("not_found", "agent span not found")
             return 200, {"status": "success", "details": span.data}
 
+    def _render_agent(self, *, summary: bool, counts: bool) -> JsonDict:
+        # The one seeded agent, read-only: every available action is off because the dev server serves no
+        # agent writes. Field sets follow prefactor-http's Agent / AgentSummary.
+        created = format_timestamp(self._created_us)
+        agent: JsonDict = {
+            "type": "agent",
+            "id": self.agent_id,
+            "name": "dev-server agent",
+            "description": None,
+            "external_identifier": None,
+            "status": "active",
+            "owner_person_id": None,
+            "team_id": None,
+            "available_actions": {"update": False, "retire": False, "reinstate": False, "delete": False},
+            "inserted_at": created,
+            "updated_at": created,
+        }
+        if summary:
+            return agent
+        agent["risk_profile_id"] = None
+        if counts:
+            by_status = dict.fromkeys(("pending", "active", "complete", "failed", "cancelled", "terminated"), 0)
+            for instance in self._instances.values():
+                by_status[instance.status] += 1
+            finished = sum(by_status[s] for s in TERMINAL_INSTANCE)
+            agent["instance_counts"] = {"total": len(self._instances), **by_status, "finished": finished}
+        return agent
+
+    def get_agent(self, agent_id: str) -> Outcome:
+        with self._lock:
+            if agent_id != self.agent_id:
+                return 404, error_body("not_found", "agent not found")
+            return 200, {"status": "success", "details": self._render_agent(summary=False, counts=True)}
+
+    def show_agent(self, query: Mapping[str, str]) -> Outcome:
+        agent_id, external = query.get("agent_id"), query.get("external_identifier")
+        if (agent_id is None) == (external is None):
+            message = "give exactly one of agent_id and external_identifier"
+            return 422, error_body("validation_errors", message, {"agent_id": [message]})
+        if agent_id != self.agent_id:  # the seeded agent has no external identifier
+            return 404, error_body("not_found", "agent not found")
+        counts = query.get("include_counts") == "true"
+        with self._lock:
+            return 200, {"status": "success", "details": self._render_agent(summary=False, counts=counts)}
+
+    def list_agents(self, query: Mapping[str, str]) -> Outcome:
+        with self._lock:
+            rows = [self._render_agent(summary=True, counts=False)]
+        # Filters on team/owner/risk profile match nothing but "no value": the seeded agent has none.
+        if any(query.get(name) not in (None, "", "null") for name in ("team_id", "owner_person_id", "risk_profile_id")):
+            rows = []
+        return _page(rows, query, ("id", "name", "inserted_at"))
+
     def list_instances(self, query: Mapping[str, str]) -> Outcome:
         agent_id = query.get("agent_id")
         if not agent_id:
@@ -952,6 +1074,21 @@ class Store:
         """(instances, spans) without copying anything: cheap enough to poll."""
         with self._lock:
             return len(self._instances), len(self._spans)
+
+
+_TEMPLATE_FIELD = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
+
+
+def render_template(template: str, payload: Mapping[str, Any]) -> str:
+    """`{{field}}` interpolation (dotted paths reach into objects); a missing field renders empty."""
+
+    def value(match: re.Match[str]) -> str:
+        current: Any = payload
+        for part in match.group(1).split("."):
+            current = current.get(part) if isinstance(current, Mapping) else None
+        return "" if current is None else str(current)
+
+    return _TEMPLATE_FIELD.sub(value, template)
 
 
 def _sorted(rows: list[JsonDict], field_name: str, descending: bool) -> list[JsonDict]:
