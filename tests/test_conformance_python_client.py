@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import pytest
@@ -17,6 +18,7 @@ from prefactor_core import PrefactorCoreClient, PrefactorCoreConfig, QueueConfig
 from prefactor_http import HttpClientConfig, PrefactorHttpClient
 from prefactor_http.exceptions import PrefactorApiError, PrefactorNotFoundError
 from prefactor_http.models import AgentInstance, AgentSpan, BulkItem, BulkRequest
+from prefactor_http.models.base import ListResponse
 
 from prefactor_otel.devserver import DevServer, Fault
 
@@ -332,3 +334,24 @@ def test_agent_reads(srv: DevServer) -> None:
     assert got.id == srv.agent_id and got.status == "active"
     assert shown.instance_counts is not None and shown.instance_counts.pending == 1
     assert write.status_code == 501 and write.code == "not_implemented"
+
+
+def test_times_keep_their_microseconds_and_lists_parse_with_one_based_pages(srv: DevServer) -> None:
+    started = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)
+
+    async def scenario() -> tuple[AgentSpan, dict[str, Any]]:
+        async with http_client(srv) as client:
+            instance = await register(client, srv)
+            span = await client.agent_spans.create(
+                agent_instance_id=instance.id, schema_name="agent:tool", status="active", started_at=started
+            )
+            listed = await client.request(
+                "GET", "/api/v1/agent_instance", params={"agent_id": srv.agent_id, "pagination[page_size]": 1}
+            )
+            return span, listed
+
+    span, listed = run(scenario)
+    assert span.started_at == started  # prefactor-core sends datetime.isoformat(): microseconds
+    page = ListResponse[AgentInstance].model_validate(listed)
+    assert page.pagination is not None and page.pagination.page_index == 1
+    assert page.summaries[0].agent_deployment_id == srv.agent_deployment_id

@@ -251,12 +251,12 @@ def test_instance_state_machine(client: httpx.Client, srv: DevServer) -> None:
     assert_error(client.post(base + "/finish", json={"status": "complete"}), 409, "invalid_action")
     r = client.post(base + "/start", json={"timestamp": "2024-01-01T00:00:00.000Z"})
     assert r.json()["details"]["status"] == "active"
-    assert r.json()["details"]["started_at"] == "2024-01-01T00:00:00.000Z"
+    assert r.json()["details"]["started_at"] == "2024-01-01T00:00:00.000000Z"
     assert_error(client.post(base + "/start", json={}), 409, "invalid_action")
     assert_error(client.post(base + "/finish", json={"status": "cancelled"}), 409, "invalid_action")
     r = client.post(base + "/finish", json={"status": "failed", "timestamp": "2024-01-01T00:00:05+00:00"})
     assert r.json()["details"]["status"] == "failed"
-    assert r.json()["details"]["finished_at"] == "2024-01-01T00:00:05.000Z"
+    assert r.json()["details"]["finished_at"] == "2024-01-01T00:00:05.000000Z"
     assert_error(client.post(base + "/finish", json={}), 409, "invalid_action")
     assert_error(client.post(base + "/start", json={}), 409, "invalid_action")
 
@@ -291,6 +291,9 @@ def test_get_and_list_instances(client: httpx.Client, srv: DevServer) -> None:
     r = client.get("/api/v1/agent_instance", params={"agent_id": srv.agent_id, "pagination[page_size]": 1})
     assert [row["id"] for row in r.json()["summaries"]] == [first]
     assert r.json()["pagination"]["next_page_offset"] == 1
+    assert r.json()["pagination"]["page_index"] == 1  # one-based, as prefactor-http's PaginationOutput says
+    params = {"agent_id": srv.agent_id, "pagination[page_size]": 1, "pagination[offset]": 1}
+    assert client.get("/api/v1/agent_instance", params=params).json()["pagination"]["page_index"] == 2
     assert [i["id"] for i in srv.instances()] == [first, second]
 
 
@@ -330,7 +333,7 @@ def test_span_create_returns_a_valid_agent_span(client: httpx.Client, srv: DevSe
     span = models.AgentSpan.model_validate(details)
     assert span.status == "complete" and details["schema_title"] == "Agent"
     assert details["agent_id"] == srv.agent_id and details["account_id"] == srv.account_id
-    assert details["started_at"] == "2024-01-01T00:00:01.000Z"
+    assert details["started_at"] == "2024-01-01T00:00:01.000000Z"
     assert details["result_payload"] == {"outputs": {"text": "hi"}}
     r = create_span(client, instance_id, schema_name="otel:llm")
     assert r.json()["details"]["schema_title"] == "otel:llm"  # no title registered: the name
@@ -433,7 +436,7 @@ def test_span_create_rejects_unknown_and_missing_fields(client: httpx.Client, sr
     assert_error(client.post("/api/v1/agent_spans", json={"details": details}), 422, "validation_errors")
 
 
-def test_timestamps_are_normalised_to_utc_milliseconds(client: httpx.Client, srv: DevServer) -> None:
+def test_timestamps_are_normalised_to_utc_microseconds(client: httpx.Client, srv: DevServer) -> None:
     instance_id = register(client, srv)
     r = create_span(
         client,
@@ -442,10 +445,10 @@ def test_timestamps_are_normalised_to_utc_milliseconds(client: httpx.Client, srv
         finished_at="2024-01-01T00:00:01.9999Z",
     )
     details = r.json()["details"]
-    assert details["started_at"] == "2024-01-01T00:00:01.123Z"
-    assert details["finished_at"] == "2024-01-01T00:00:01.999Z"
+    assert details["started_at"] == "2024-01-01T00:00:01.123456Z"  # nanoseconds truncated to the API's µs
+    assert details["finished_at"] == "2024-01-01T00:00:01.999900Z"
     for key in ("inserted_at", "updated_at"):
-        assert details[key].endswith("Z") and len(details[key]) == len("2024-01-01T00:00:01.999Z")
+        assert details[key].endswith("Z") and len(details[key]) == len("2024-01-01T00:00:01.999999Z")
 
 
 def test_span_finish_state_machine(client: httpx.Client, srv: DevServer) -> None:
@@ -458,7 +461,7 @@ def test_span_finish_state_machine(client: httpx.Client, srv: DevServer) -> None
     )
     details = r.json()["details"]
     assert details["status"] == "failed" and details["result_payload"] == {"error": "boom"}
-    assert details["finished_at"] == "2024-01-01T00:00:04.000Z"
+    assert details["finished_at"] == "2024-01-01T00:00:04.000000Z"
     assert_error(client.post(f"/api/v1/agent_spans/{span_id}/finish", json={}), 409, "invalid_action")
 
     pending = create_span(

@@ -1123,7 +1123,7 @@ def _page(rows: list[JsonDict], query: Mapping[str, str], sortable: tuple[str, .
         "item_end": offset + len(chosen),
         "next_page_offset": offset + size if offset + size < total else None,
         "page_count": (total + size - 1) // size,
-        "page_index": offset // size,
+        "page_index": offset // size + 1,  # one-based, as prefactor-http's PaginationOutput documents
         "page_offset": offset,
         "page_size": size,
         "previous_page_offset": max(0, offset - size) if offset > 0 else None,
