@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 from prefactor_core import PrefactorCoreClient, PrefactorCoreConfig, QueueConfig, SchemaRegistry
+from prefactor_core.monitoring.termination_monitor import TerminationMonitor
 from prefactor_http import HttpClientConfig, PrefactorHttpClient
 from prefactor_http.exceptions import PrefactorApiError, PrefactorNotFoundError
 from prefactor_http.models import AgentInstance, AgentSpan, BulkItem, BulkRequest
@@ -54,6 +55,12 @@ def run(make: Callable[[], Awaitable[T]]) -> T:
         return await asyncio.wait_for(make(), SAFETY_LIMIT_S)
 
     return asyncio.run(bounded())
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    # Bounded by run()'s safety limit; yields to the client's own tasks between checks.
+    while not condition():
+        await asyncio.sleep(0.01)
 
 
 def http_config(srv: DevServer) -> HttpClientConfig:
@@ -355,3 +362,85 @@ def test_times_keep_their_microseconds_and_lists_parse_with_one_based_pages(srv:
     page = ListResponse[AgentInstance].model_validate(listed)
     assert page.pagination is not None and page.pagination.page_index == 1
     assert page.summaries[0].agent_deployment_id == srv.agent_deployment_id
+
+
+def test_termination_reaches_the_official_clients_on_all_three_paths(srv: DevServer) -> None:
+    async def scenario() -> tuple[list[str | None], str | None, AgentSpan, int]:
+        async with http_client(srv) as client:
+            instance = await register(client, srv)
+            await client.agent_instances.start(instance.id)
+            open_span = await client.agent_spans.create(
+                agent_instance_id=instance.id, schema_name="agent:tool", status="active"
+            )
+            srv.terminate(instance.id, "budget exceeded")
+            signals: list[str | None] = []
+            # 1. span create in the terminated run: a success carrying `control` (the only answer the client reads)
+            created = await client.agent_spans.create(
+                agent_instance_id=instance.id,
+                schema_name="agent:tool",
+                status="active",
+                control_signal_callback=signals.append,
+            )
+            # 2. span finish
+            await client.agent_spans.finish(open_span.id, status="complete", control_signal_callback=signals.append)
+            # 3. prefactor-core's termination poll over GET /agent_instance/{id}
+            monitor = TerminationMonitor(fetch_instance=client.agent_instances.get, poll_interval=0.05)
+            monitor.sync(instance.id)
+            await monitor.get_termination_event().wait()
+            reason = monitor.termination_reason
+            monitor.destroy()
+            # Finishing a terminated run is a 409, which prefactor-core's finish skips on purpose.
+            with pytest.raises(PrefactorApiError) as finish:
+                await client.agent_instances.finish(instance.id)
+            return signals, reason, created, finish.value.status_code
+
+    signals, polled_reason, created, finish_status = run(scenario)
+    assert signals == ["budget exceeded", "budget exceeded"]
+    assert polled_reason == "budget exceeded"
+    assert created.status == "active"
+    assert finish_status == 409
+    assert srv.instances()[0]["status"] == "terminated"
+
+
+def test_core_client_learns_of_termination_from_a_queued_span_finish(srv: DevServer) -> None:
+    async def scenario() -> tuple[str | None, bool]:
+        async with PrefactorCoreClient(core_config(srv, registry())) as client:
+            instance = await client.create_agent_instance(
+                agent_id=srv.agent_id, agent_version={"name": "core-agent"}, environment_id=srv.environment_id
+            )
+            await instance.start()
+            terminated = asyncio.Event()
+            # prefactor-core keeps its monitor in `_termination_monitor` (no public accessor); subscribe() is the
+            # monitor's callback API.
+            monitor = client._termination_monitor
+            assert monitor is not None
+            monitor.subscribe(terminated.set)
+            async with instance.span("agent:tool") as span:
+                await span.start({"q": 1})
+                # The run's start is queued: terminate once it has landed (only an active run can be terminated).
+                await until(lambda: srv.instances()[0]["status"] == "active")
+                srv.terminate(instance.id, "stopped by operator")
+                await span.complete({"ok": True})
+            await terminated.wait()
+            reason = monitor.termination_reason
+            await instance.finish()  # the 409 is skipped by prefactor-core, not a telemetry failure
+            return reason, terminated.is_set()
+
+    reason, fired = run(scenario)
+    assert fired and reason == "stopped by operator"
+    assert srv.instances()[0]["status"] == "terminated"
+
+
+def test_terminate_over_the_dev_endpoint(srv: DevServer) -> None:
+    async def scenario() -> tuple[dict[str, Any], AgentInstance]:
+        async with http_client(srv) as client:
+            instance = await register(client, srv)
+            await client.agent_instances.start(instance.id)
+            answer = await client.request(
+                "POST", "/_dev/terminate", json_data={"agent_instance_id": instance.id, "reason": "from a script"}
+            )
+            return answer, await client.agent_instances.get(instance.id)
+
+    answer, instance = run(scenario)
+    assert answer["details"]["status"] == "terminated"
+    assert instance.status == "terminated" and instance.termination_reason == "from a script"

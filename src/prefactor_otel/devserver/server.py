@@ -550,6 +550,12 @@ class _Handler(BaseHTTPRequestHandler):
         dev = self.server.dev
         if path == "/_dev/snapshot" and method == "GET":
             return 200, dev.snapshot()
+        if path == "/_dev/terminate" and method == "POST":
+            # What an operator does in Prefactor's UI (an account-token action no SDK calls), for scripts and
+            # demos: `{"agent_instance_id": ..., "reason": ...}`.
+            if not isinstance(body, dict):
+                return 400, error_body("bad_request", "body must be a JSON object")
+            return dev.store.execute(st.TERMINATE, body)
         if path == "/_dev/faults":
             if method == "GET":
                 return 200, {"status": "success", "summaries": [f.to_dict() for f in dev.faults.list()]}
@@ -769,6 +775,14 @@ class DevServer:
         return f"DevServer({where}, agent_id={self.agent_id}, token=***)"
 
     # ------------------------------------------------------------------ faults and inspection
+
+    def terminate(self, instance_id: str, reason: str) -> JsonDict:
+        """Terminate an active run as an operator would in Prefactor: the run becomes `terminated` and later span
+        answers for it carry `control`. Returns the instance; raises `ApiError` with the API's answer otherwise."""
+        status, body = self.store.execute(st.TERMINATE, {"agent_instance_id": instance_id, "reason": reason})
+        if status != 200:
+            raise ApiError(status, body.get("code", "unexpected"), body.get("message", ""), body.get("errors"))
+        return dict(body["details"])
 
     def add_fault(self, fault: Fault) -> None:
         self.faults.add(fault)

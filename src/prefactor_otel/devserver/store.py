@@ -829,8 +829,11 @@ class Store:
         if instance is None:
             raise ApiError(404, "not_found", "agent instance not found")
         # `pending` is accepted: prefactor-core queues the run's start but POSTs span creates at once
-        # (SpanManager.start), so the real API must take spans before the start lands (docs/local-server.md).
-        if instance.status not in ("pending", "active"):
+        # (SpanManager.start), so the real API must take spans before the start lands. `terminated` is accepted
+        # with `control` in the answer: the official clients read `control` only from successful span answers
+        # (prefactor_http AgentSpanClient.create), so that is how a create learns of termination. See
+        # docs/local-server.md.
+        if instance.status not in ("pending", "active", "terminated"):
             control = self._control(instance)
             raise ApiError(
                 409,
@@ -878,7 +881,11 @@ class Store:
         self._spans[span_id] = _Span(data, instance_id, status, started, finished)
         instance.span_ids.append(span_id)
         instance.counts[status] += 1
-        return {"status": "success", "details": data}
+        out: JsonDict = {"status": "success", "details": data}
+        control = self._control(instance)
+        if control:
+            out["control"] = control
+        return out
 
     def _finish_span(self, params: JsonDict) -> JsonDict:
         _check_fields(
