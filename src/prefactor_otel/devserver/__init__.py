@@ -13,7 +13,8 @@ answers (trickled, endless, huge, never) to exercise its wall-clock and size bou
         print(render_runs(srv.snapshot()))
 
 Dev-only endpoints (token-protected): `GET /_dev/snapshot`, `GET|POST|DELETE /_dev/faults`, `POST /_dev/terminate`
-(also `DevServer.terminate`). How each answer was decided: docs/local-server.md.
+(also `DevServer.terminate`), `GET|DELETE /_dev/findings` (also `DevServer.findings()`: what the server accepted as
+the real API would but a stricter server would refuse). How each answer was decided: docs/local-server.md.
 """
 
 from __future__ import annotations

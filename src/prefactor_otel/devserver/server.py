@@ -550,6 +550,12 @@ class _Handler(BaseHTTPRequestHandler):
         dev = self.server.dev
         if path == "/_dev/snapshot" and method == "GET":
             return 200, dev.snapshot()
+        if path == "/_dev/findings":
+            if method == "GET":
+                return 200, {"status": "success", "summaries": dev.findings()}
+            if method == "DELETE":
+                dev.clear_findings()
+                return 200, {"status": "success"}
         if path == "/_dev/terminate" and method == "POST":
             # What an operator does in Prefactor's UI (an account-token action no SDK calls), for scripts and
             # demos: `{"agent_instance_id": ..., "reason": ...}`.
@@ -775,6 +781,15 @@ class DevServer:
         return f"DevServer({where}, agent_id={self.agent_id}, token=***)"
 
     # ------------------------------------------------------------------ faults and inspection
+
+    def findings(self) -> list[JsonDict]:
+        """Strict-mode findings: requests the server accepted as the real API would, but a stricter server would
+        have refused (unknown fields, payloads breaking their schema, runs finished complete with open spans,
+        incomplete data_risk). Each is `{"rule", "action", "message", "field"?, ...}`. See docs/local-server.md."""
+        return self.store.findings()
+
+    def clear_findings(self) -> None:
+        self.store.clear_findings()
 
     def terminate(self, instance_id: str, reason: str) -> JsonDict:
         """Terminate an active run as an operator would in Prefactor: the run becomes `terminated` and later span

@@ -5,23 +5,32 @@ become fields, exactly as a bulk item carries them) and returns `(http_status, b
 what makes REST and bulk share idempotency keys, and what the server and the tests both drive.
 
 Strictness is the point: the server rejects what a careful real server could reject (ids outside the
-account partition, unknown fields, unregistered span types, illegal state transitions), so an exporter
-that passes here has no slack to rely on.
+account partition, unregistered span types, illegal state transitions), so an exporter that passes here has no
+slack to rely on. Where the real API is documented or inferred to accept something (unknown fields, which
+Prefactor drops) or its behaviour is unknown (a payload breaking its registered schema, a run finished
+`complete` with open spans, an incomplete `data_risk`), the server answers as the API would and records a
+**strict-mode finding** instead (`Store.findings()`, `DevServer.findings()`, `GET /_dev/findings`), for tests to
+inspect. docs/local-server.md lists which rule is which.
+
+Threads: the server's request threads and the test thread call in concurrently; one RLock (`_lock`) guards all
+state, findings included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from prefactor_otel import ids
+from prefactor_otel.devserver.schema_check import violations
 from prefactor_otel.devserver.timefmt import format_timestamp, now_us, parse_timestamp
 
 JsonDict = dict[str, Any]
@@ -62,6 +71,8 @@ PURPOSES = ("live", "smoke_test", "eval")
 IDEMPOTENCY_KEY_MIN = ids.IDEMPOTENCY_KEY_MIN
 IDEMPOTENCY_KEY_MAX = ids.IDEMPOTENCY_KEY_MAX
 MAX_PAGE_SIZE = 100
+_DATA_RISK_KEYS = ("action_profile", "params_data_categories", "result_data_categories")
+MAX_FINDINGS = 1000  # a runaway client must not grow the server without bound
 # Same language as ids.is_pfid (first character carries 3 bits); the tests hold the two together.
 _PFID_RE = re.compile(r"^[0-7][0-9abcdefghjkmnpqrstvwxyz]{31}$")
 
@@ -101,14 +112,22 @@ def _invalid(field_name: str, message: str) -> ApiError:
     return ApiError(422, "invalid_value", f"{field_name} {message}", {field_name: [message]})
 
 
+# Where `_check_fields` reports unknown fields, per thread: `Store.execute` points `.report` at its findings for
+# the action the thread runs; outside an action unknown fields are simply ignored.
+_field_sink = threading.local()
+
+
 def _check_fields(
     params: Mapping[str, Any], allowed: Iterable[str], required: Iterable[str] = (), where: str = ""
 ) -> None:
+    """Missing required fields are a 422 (the API's answer too); unknown fields are a finding, not an error:
+    Prefactor drops unknown fields without an error (its TypeScript client's changelog)."""
     allowed_set = set(allowed)
     errors: dict[str, list[str]] = {}
+    sink: Callable[[str], None] | None = getattr(_field_sink, "report", None)
     for name in params:
-        if name not in allowed_set:
-            errors[where + name] = ["unknown field"]
+        if name not in allowed_set and sink is not None:
+            sink(where + name)
     for name in required:
         if params.get(name) is None:
             errors[where + name] = ["is required"]
@@ -188,6 +207,7 @@ class _SchemaVersion:
     data: JsonDict
     titles: dict[str, str]
     quality: dict[str, JsonDict] = field(default_factory=dict)  # quality schema name -> its entry
+    span_types: dict[str, JsonDict] = field(default_factory=dict)  # span type name -> its entry
 
 
 @dataclass
@@ -247,6 +267,8 @@ class Store:
         self.agent_deployment_id = agent_deployment_id or self.new_id()
         self._created_us = now_us()
         self._lock = threading.RLock()
+        self._findings: list[JsonDict] = []
+        self._current_action = ""
         self._instances: dict[str, _Instance] = {}
         self._spans: dict[str, _Span] = {}
         self._keys: dict[str, _KeyRecord] = {}
@@ -294,7 +316,7 @@ class Store:
         except ApiError as exc:
             return exc.status, exc.body()
         digest = fingerprint(action, params) if idempotency_key is not None else b""
-        with self._lock:
+        with self._lock, self._finding_context(action):
             if idempotency_key is not None:
                 record = self._keys.get(idempotency_key)
                 if record is not None:
@@ -312,6 +334,56 @@ class Store:
             if idempotency_key is not None:
                 self._keys[idempotency_key] = _KeyRecord(digest, 200, body)
             return 200, body
+
+    # ------------------------------------------------------------------ strict-mode findings
+
+    @contextlib.contextmanager
+    def _finding_context(self, action: str) -> Iterator[None]:
+        # Called with `_lock` held: `_current_action` belongs to the one action running.
+        previous = getattr(_field_sink, "report", None)
+        self._current_action = action
+        _field_sink.report = self._unknown_field
+        try:
+            yield
+        finally:
+            _field_sink.report = previous
+
+    def _unknown_field(self, name: str) -> None:
+        self._find("unknown_field", f"unknown field {name} (dropped)", name)
+
+    def _find(self, rule: str, message: str, field_name: str | None = None, **context: Any) -> None:
+        finding: JsonDict = {"rule": rule, "action": self._current_action, "message": message}
+        if field_name is not None:
+            finding["field"] = field_name
+        finding.update(context)
+        with self._lock:
+            if len(self._findings) < MAX_FINDINGS:
+                self._findings.append(finding)
+
+    def findings(self) -> list[JsonDict]:
+        """Strict-mode findings so far, oldest first: what a stricter server would have refused (see the module
+        docstring). Copies."""
+        with self._lock:
+            return _copy(self._findings)
+
+    def clear_findings(self) -> None:
+        with self._lock:
+            self._findings.clear()
+
+    def _check_schema(self, value: Any, schema: Any, what: str, **context: Any) -> None:
+        problems = violations(value, schema)
+        if problems:
+            self._find("schema_violation", f"{what} breaks its registered schema: {'; '.join(problems)}", **context)
+
+    def _check_data_risk(self, entry: Mapping[str, Any], at: str) -> None:
+        risk = entry.get("data_risk")
+        if isinstance(risk, dict):
+            missing = [
+                k for k in ("action_profile", "params_data_categories", "result_data_categories") if k not in risk
+            ]
+            if missing:
+                message = f"{at}data_risk lacks {', '.join(missing)} (prefactor-http's DataRisk requires all three)"
+                self._find("data_risk_incomplete", message, at + "data_risk")
 
     @staticmethod
     def _normalise(action: str, params: JsonDict, key: str | None) -> tuple[JsonDict, str | None]:
@@ -346,10 +418,10 @@ class Store:
             return 422, error_body("validation_errors", "body must be a JSON object", {"body": ["not an object"]}), None
         items = body.get("items")
         count = len(items) if isinstance(items, list) else None
-        unknown = sorted(set(body) - {"items"})
-        if unknown:
-            errors = {name: ["unknown field"] for name in unknown}
-            return 422, error_body("validation_errors", f"unknown field {unknown[0]}", errors), count
+        with self._lock:
+            self._current_action = "bulk"
+            for name in sorted(set(body) - {"items"}):
+                self._find("unknown_field", f"unknown field {name} (dropped)", name)
         if not isinstance(items, list) or not items:
             return 422, error_body("validation_errors", "items must be a non-empty list", {"items": ["empty"]}), count
         item_errors: dict[str, dict[str, list[str]]] = {}
@@ -533,12 +605,12 @@ class Store:
                 raise _invalid(at + "params_schema", "must be a JSON object")
             _opt_obj(entry, "result_schema", at)
             _opt_obj(entry, "data_risk", at)
+            self._check_data_risk(entry, at)
             for text in ("title", "description", "template", "result_template"):
                 _opt_str(entry, text, at)
         return value
 
-    @staticmethod
-    def _validate_quality_schemas(value: object, where: str) -> None:
+    def _validate_quality_schemas(self, value: object, where: str) -> None:
         if value is None:
             return
         if not isinstance(value, list):
@@ -563,6 +635,7 @@ class Store:
             if not isinstance(entry["schema"], dict):
                 raise _invalid(at + "schema", "must be a JSON object")
             _opt_obj(entry, "data_risk", at)
+            self._check_data_risk(entry, at)
             for text in ("title", "description", "template"):
                 _opt_str(entry, text, at)
 
@@ -599,6 +672,7 @@ class Store:
                     "title": e.get("title") or e["name"],
                     "description": e.get("description"),
                     "template": e.get("template"),
+                    "data_risk": e.get("data_risk"),
                 }
                 for e in schema["span_type_schemas"]
             ]
@@ -613,6 +687,7 @@ class Store:
                     "title": name,
                     "description": None,
                     "template": None,
+                    "data_risk": None,
                 }
                 for name, params_schema in (schema.get("span_schemas") or {}).items()
             ]
@@ -623,6 +698,7 @@ class Store:
                 "title": q.get("title") or q["name"],
                 "description": q.get("description"),
                 "template": q.get("template"),
+                "data_risk": q.get("data_risk"),
             }
             for q in schema.get("quality_schemas") or []
         ]
@@ -637,7 +713,10 @@ class Store:
             "inserted_at": format_timestamp(now),
         }
         version = _SchemaVersion(
-            data=data, titles={e["name"]: e["title"] for e in entries}, quality={q["name"]: q for q in quality}
+            data=data,
+            titles={e["name"]: e["title"] for e in entries},
+            quality={q["name"]: q for q in quality},
+            span_types={e["name"]: e for e in entries},
         )
         self._schema_versions[key] = version
         return version
@@ -681,6 +760,10 @@ class Store:
                 raise ApiError(409, "invalid_action", f"only an active instance can finish as {status}")
             if instance.started_us is not None and finished < instance.started_us:
                 raise _invalid("timestamp", "is before the instance started")
+            open_spans = instance.counts["active"] + instance.counts["pending"]
+            if status == "complete" and open_spans:
+                message = f"instance finished complete with {open_spans} span(s) still open"
+                self._find("finished_with_open_spans", message, agent_instance_id=instance.id)
         instance.status = status
         instance.finished_us = finished
         instance.updated_us = now
@@ -718,6 +801,7 @@ class Store:
             instance.quality_payloads.pop(name, None)
             instance.quality_summaries.pop(name, None)
         else:
+            self._check_schema(payload, entry["schema"], f"quality payload {name!r}", agent_instance_id=instance.id)
             instance.quality_payloads[name] = payload
             template = entry.get("template")
             if template:
@@ -858,6 +942,11 @@ class Store:
         if span_id is not None and span_id in self._spans:
             raise ApiError(409, "invalid_value", "id already exists", {"id": ["already exists"]})
 
+        span_type = instance.schema_version.span_types[schema_name]
+        self._check_schema(payload, span_type["params_schema"], f"payload of a {schema_name} span", span_id=span_id)
+        if result_payload is not None:
+            what = f"result_payload of a {schema_name} span"
+            self._check_schema(result_payload, span_type["result_schema"], what, span_id=span_id)
         span_id = span_id or self.new_id(started if started is not None else now)
         data: JsonDict = {
             "type": "agent_span",
@@ -914,6 +1003,10 @@ class Store:
             raise ApiError(409, "invalid_action", "only a pending span can be cancelled")
         if status != "cancelled" and span.status != "active":
             raise ApiError(409, "invalid_action", f"only an active span can finish as {status}")
+        if result_payload is not None:
+            span_type = instance.schema_version.span_types.get(span.data["schema_name"], {})
+            what = f"result_payload of a {span.data['schema_name']} span"
+            self._check_schema(result_payload, span_type.get("result_schema"), what, span_id=span_id)
         now = now_us()
         finished = now if timestamp is None else timestamp
         started = finished if status == "cancelled" else span.started_us
@@ -1074,6 +1167,7 @@ class Store:
                     "spans": [s.data for s in self._spans.values()],
                     "schema_versions": [v.data for v in self._schema_versions.values()],
                     "agent_versions": list(self._agent_versions.values()),
+                    "findings": self._findings,
                 }
             )
 
