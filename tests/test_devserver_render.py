@@ -99,7 +99,8 @@ def _check_render_over_http(srv: DevServer) -> None:
     assert all(o["status"] == "success" for o in outputs.values()), outputs
     expected = "\n".join(
         [
-            f"agent run {instance_id}  complete  weather-bot@2.1  started 2024-05-01T10:00:00.000Z  4000 ms  4 spans",
+            f"agent run {instance_id}  complete  weather-bot@2.1  started 2024-05-01T10:00:00.000000Z"
+            "  4000 ms  4 spans",
             "├─ otel:agent  invoke_agent  complete  2500 ms",
             "│  ├─ otel:llm  chat gpt-4o  complete  1000 ms",
             "│  └─ otel:tool  get_weather  complete  12 ms",

@@ -1,7 +1,9 @@
 """Pydantic v2 models of the Prefactor HTTP API.
 
-The response models mirror `prefactor_http.models` (see shared/design/seed-prefactor-http-models.txt) and
-tolerate fields the seed does not know (the live API adds some), so a newer server is not a contract error.
+The response models mirror `prefactor_http.models` 0.4.3 (tests/test_conformance_models.py compares the field
+sets, so drift is caught) and tolerate fields they do not know (the live API adds some), so a newer server is not
+a contract error. Fields the official models require but older servers lacked (`agent_deployment_id`) are
+optional here: the exporter reads none of them.
 The request models describe exactly what this exporter sends; they forbid unknown fields so a typo in our own
 code fails in tests, not on the wire.
 """
@@ -37,14 +39,14 @@ class _Request(BaseModel):
 
 
 class AgentInstanceSpanCounts(_Response):
-    total: int
-    # The 0.4.3 wheel dropped `pending`; the docs still list it. Accept either.
+    # Defaults as in prefactor-http 0.4.3. The 0.4.3 wheel dropped `pending`; the docs still list it.
+    total: int = 0
     pending: int = 0
-    active: int
-    complete: int
-    failed: int
-    cancelled: int
-    finished: int
+    active: int = 0
+    complete: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    finished: int = 0
 
 
 class AgentInstance(_Response):
@@ -57,9 +59,16 @@ class AgentInstance(_Response):
     status: InstanceStatus
     inserted_at: datetime
     updated_at: datetime
+    # Required by prefactor-http 0.4.3; optional here so an answer from an older server still parses.
+    agent_deployment_id: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    termination_reason: str | None = None
+    external_identifier: str | None = None
     span_counts: AgentInstanceSpanCounts | None = None
+    purpose: InstancePurpose | None = None
+    quality_payloads: dict[str, dict[str, Any]] | None = None
+    quality_summaries: dict[str, str] | None = None
 
 
 class AgentSpan(_Response):
@@ -148,6 +157,21 @@ class SpanTypeSchemaForCreate(_Request):
     title: str | None = None
     description: str | None = None
     template: str | None = None
+    # prefactor-http's DataRisk (action_profile, params/result_data_categories); kept as a plain object here.
+    data_risk: dict[str, Any] | None = None
+
+
+class QualitySchemaForCreate(_Request):
+    """A named schema for `record_quality` payloads (prefactor-http's QualitySchemaForCreate)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str
+    schema_: dict[str, Any] = Field(alias="schema")
+    title: str | None = None
+    description: str | None = None
+    template: str | None = None
+    data_risk: dict[str, Any] | None = None
 
 
 class AgentSchemaVersionForRegister(_Request):
@@ -155,6 +179,7 @@ class AgentSchemaVersionForRegister(_Request):
     span_schemas: dict[str, dict[str, Any]] | None = None
     span_result_schemas: dict[str, dict[str, Any]] | None = None
     span_type_schemas: list[SpanTypeSchemaForCreate] | None = None
+    quality_schemas: list[QualitySchemaForCreate] | None = None
 
 
 class RuntimeEnvironment(_Request):
@@ -204,6 +229,8 @@ class AgentSpanDetailsForCreate(_Request):
     parent_span_id: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    # prefactor-http sends its key here; this exporter sends it beside `details` (both are accepted).
+    idempotency_key: IdempotencyKey | None = None
 
 
 class CreateAgentSpanRequest(_Request):
@@ -215,6 +242,14 @@ class FinishSpanRequest(_Request):
     status: FinishStatus | None = None
     result_payload: dict[str, Any] | None = None
     timestamp: str | None = None
+    idempotency_key: IdempotencyKey | None = None
+
+
+class AgentInstanceRecordQuality(_Request):
+    """`POST /agent_instance/{id}/record_quality`: set (or, with a null payload, clear) one named payload."""
+
+    name: str
+    payload: dict[str, Any] | None = None
     idempotency_key: IdempotencyKey | None = None
 
 

@@ -12,7 +12,9 @@ answers (trickled, endless, huge, never) to exercise its wall-clock and size bou
         assert srv.spans()
         print(render_runs(srv.snapshot()))
 
-Dev-only endpoints (token-protected): `GET /_dev/snapshot`, `GET|POST|DELETE /_dev/faults`.
+Dev-only endpoints (token-protected): `GET /_dev/snapshot`, `GET|POST|DELETE /_dev/faults`, `POST /_dev/terminate`
+(also `DevServer.terminate`), `GET|DELETE /_dev/findings` (also `DevServer.findings()`: what the server accepted as
+the real API would but a stricter server would refuse). How each answer was decided: docs/local-server.md.
 """
 
 from __future__ import annotations

@@ -524,11 +524,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return _rest(store, st.REGISTER, body, {}, header_key) if method == "POST" else not_allowed()
             if len(parts) == 2:
                 return store.get_instance(parts[1]) if method == "GET" else not_allowed()
-            if len(parts) == 3 and parts[2] in ("start", "finish", "terminate"):
+            if len(parts) == 3 and parts[2] in _INSTANCE_ACTIONS:
                 if method != "POST":
                     return not_allowed()
-                action = {"start": st.START, "finish": st.FINISH_INSTANCE, "terminate": st.TERMINATE}[parts[2]]
+                action = _INSTANCE_ACTIONS[parts[2]]
                 return _rest(store, action, body, {"agent_instance_id": parts[1]}, header_key)
+        if head == "agent":
+            return _route_agent(store, method, parts[1:], query)
         if head == "agent_spans":
             if len(parts) == 1:
                 if method == "GET":
@@ -548,6 +550,18 @@ class _Handler(BaseHTTPRequestHandler):
         dev = self.server.dev
         if path == "/_dev/snapshot" and method == "GET":
             return 200, dev.snapshot()
+        if path == "/_dev/findings":
+            if method == "GET":
+                return 200, {"status": "success", "summaries": dev.findings()}
+            if method == "DELETE":
+                dev.clear_findings()
+                return 200, {"status": "success"}
+        if path == "/_dev/terminate" and method == "POST":
+            # What an operator does in Prefactor's UI (an account-token action no SDK calls), for scripts and
+            # demos: `{"agent_instance_id": ..., "reason": ...}`.
+            if not isinstance(body, dict):
+                return 400, error_body("bad_request", "body must be a JSON object")
+            return dev.store.execute(st.TERMINATE, body)
         if path == "/_dev/faults":
             if method == "GET":
                 return 200, {"status": "success", "summaries": [f.to_dict() for f in dev.faults.list()]}
@@ -562,6 +576,32 @@ class _Handler(BaseHTTPRequestHandler):
                 dev.clear_faults()
                 return 200, {"status": "success"}
         return 404, error_body("not_found", "no such dev endpoint")
+
+
+_INSTANCE_ACTIONS = {
+    "start": st.START,
+    "finish": st.FINISH_INSTANCE,
+    "terminate": st.TERMINATE,
+    "record_quality": st.RECORD_QUALITY,
+}
+
+
+def _route_agent(store: Store, method: str, rest: list[str], query: dict[str, str]) -> tuple[int, JsonDict]:
+    """`/api/v1/agent…`: the reads prefactor-http's AgentClient offers. Its writes (create, update, retire,
+    reinstate, delete) answer 501 `not_implemented`, distinguishable from "no such endpoint" and "not found"."""
+    if method == "GET":
+        if not rest:
+            return store.list_agents(query)
+        if rest == ["show"]:
+            return store.show_agent(query)
+        if len(rest) == 1:
+            return store.get_agent(rest[0])
+        return 404, error_body("not_found", "no such endpoint")
+    if (method == "POST" and (not rest or (len(rest) == 2 and rest[1] in ("retire", "reinstate")))) or (
+        method in ("PUT", "DELETE") and len(rest) == 1
+    ):
+        return 501, error_body("not_implemented", "the dev server serves agents read-only (the seeded agent)")
+    return 405, error_body("bad_request", f"method {method} not allowed")
 
 
 def _rest(
@@ -641,6 +681,7 @@ class DevServer:
         self.account_id = ids.encode(now_ms, self.partition, secrets.randbits(80))
         self.agent_id = agent_id or ids.encode(now_ms, self.partition, secrets.randbits(80))
         self.environment_id = environment_id or ids.encode(now_ms, self.partition, secrets.randbits(80))
+        self.agent_deployment_id = ids.encode(now_ms, self.partition, secrets.randbits(80))
         self.host = host
         self.max_body_bytes = max_body_bytes
         self._token = token
@@ -651,6 +692,7 @@ class DevServer:
             environment_id=self.environment_id,
             partition=self.partition,
             bulk_actions=bulk_actions,
+            agent_deployment_id=self.agent_deployment_id,
         )
         self.faults = FaultSet()
         self._fault_bytes = 0
@@ -739,6 +781,23 @@ class DevServer:
         return f"DevServer({where}, agent_id={self.agent_id}, token=***)"
 
     # ------------------------------------------------------------------ faults and inspection
+
+    def findings(self) -> list[JsonDict]:
+        """Strict-mode findings: requests the server accepted as the real API would, but a stricter server would
+        have refused (unknown fields, payloads breaking their schema, runs finished complete with open spans,
+        incomplete data_risk). Each is `{"rule", "action", "message", "field"?, ...}`. See docs/local-server.md."""
+        return self.store.findings()
+
+    def clear_findings(self) -> None:
+        self.store.clear_findings()
+
+    def terminate(self, instance_id: str, reason: str) -> JsonDict:
+        """Terminate an active run as an operator would in Prefactor: the run becomes `terminated` and later span
+        answers for it carry `control`. Returns the instance; raises `ApiError` with the API's answer otherwise."""
+        status, body = self.store.execute(st.TERMINATE, {"agent_instance_id": instance_id, "reason": reason})
+        if status != 200:
+            raise ApiError(status, body.get("code", "unexpected"), body.get("message", ""), body.get("errors"))
+        return dict(body["details"])
 
     def add_fault(self, fault: Fault) -> None:
         self.faults.add(fault)

@@ -5,23 +5,32 @@ become fields, exactly as a bulk item carries them) and returns `(http_status, b
 what makes REST and bulk share idempotency keys, and what the server and the tests both drive.
 
 Strictness is the point: the server rejects what a careful real server could reject (ids outside the
-account partition, unknown fields, unregistered span types, illegal state transitions), so an exporter
-that passes here has no slack to rely on.
+account partition, unregistered span types, illegal state transitions), so an exporter that passes here has no
+slack to rely on. Where the real API is documented or inferred to accept something (unknown fields, which
+Prefactor drops) or its behaviour is unknown (a payload breaking its registered schema, a run finished
+`complete` with open spans, an incomplete `data_risk`), the server answers as the API would and records a
+**strict-mode finding** instead (`Store.findings()`, `DevServer.findings()`, `GET /_dev/findings`), for tests to
+inspect. docs/local-server.md lists which rule is which.
+
+Threads: the server's request threads and the test thread call in concurrently; one RLock (`_lock`) guards all
+state, findings included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from prefactor_otel import ids
+from prefactor_otel.devserver.schema_check import violations
 from prefactor_otel.devserver.timefmt import format_timestamp, now_us, parse_timestamp
 
 JsonDict = dict[str, Any]
@@ -31,11 +40,12 @@ REGISTER = "agent_instances/register"
 START = "agent_instances/start"
 FINISH_INSTANCE = "agent_instances/finish"
 TERMINATE = "agent_instances/terminate"
+RECORD_QUALITY = "agent_instances/record_quality"
 CREATE_SPAN = "agent_spans/create"
 FINISH_SPAN = "agent_spans/finish"
 
 # What `POST /api/v1/bulk` executes. Terminate is REST-only: nothing shows it exists in bulk.
-BULK_ACTIONS = frozenset({REGISTER, START, FINISH_INSTANCE, CREATE_SPAN, FINISH_SPAN})
+BULK_ACTIONS = frozenset({REGISTER, START, FINISH_INSTANCE, CREATE_SPAN, FINISH_SPAN, RECORD_QUALITY})
 # Real Prefactor bulk types we do not serve: answered `not_implemented` rather than `invalid_action`,
 # so a test can tell "the dev server lacks it" from "no such thing".
 KNOWN_UNSERVED_BULK_TYPES = frozenset(
@@ -50,7 +60,6 @@ KNOWN_UNSERVED_BULK_TYPES = frozenset(
         "environments/update",
         "agent_instances/list",
         "agent_instances/show",
-        "agent_instances/record_quality",
         "agent_spans/list",
     }
 )
@@ -62,6 +71,8 @@ PURPOSES = ("live", "smoke_test", "eval")
 IDEMPOTENCY_KEY_MIN = ids.IDEMPOTENCY_KEY_MIN
 IDEMPOTENCY_KEY_MAX = ids.IDEMPOTENCY_KEY_MAX
 MAX_PAGE_SIZE = 100
+_DATA_RISK_KEYS = ("action_profile", "params_data_categories", "result_data_categories")
+MAX_FINDINGS = 1000  # a runaway client must not grow the server without bound
 # Same language as ids.is_pfid (first character carries 3 bits); the tests hold the two together.
 _PFID_RE = re.compile(r"^[0-7][0-9abcdefghjkmnpqrstvwxyz]{31}$")
 
@@ -101,14 +112,22 @@ def _invalid(field_name: str, message: str) -> ApiError:
     return ApiError(422, "invalid_value", f"{field_name} {message}", {field_name: [message]})
 
 
+# Where `_check_fields` reports unknown fields, per thread: `Store.execute` points `.report` at its findings for
+# the action the thread runs; outside an action unknown fields are simply ignored.
+_field_sink = threading.local()
+
+
 def _check_fields(
     params: Mapping[str, Any], allowed: Iterable[str], required: Iterable[str] = (), where: str = ""
 ) -> None:
+    """Missing required fields are a 422 (the API's answer too); unknown fields are a finding, not an error:
+    Prefactor drops unknown fields without an error (its TypeScript client's changelog)."""
     allowed_set = set(allowed)
     errors: dict[str, list[str]] = {}
+    sink: Callable[[str], None] | None = getattr(_field_sink, "report", None)
     for name in params:
-        if name not in allowed_set:
-            errors[where + name] = ["unknown field"]
+        if name not in allowed_set and sink is not None:
+            sink(where + name)
     for name in required:
         if params.get(name) is None:
             errors[where + name] = ["is required"]
@@ -187,6 +206,8 @@ class _KeyRecord:
 class _SchemaVersion:
     data: JsonDict
     titles: dict[str, str]
+    quality: dict[str, JsonDict] = field(default_factory=dict)  # quality schema name -> its entry
+    span_types: dict[str, JsonDict] = field(default_factory=dict)  # span type name -> its entry
 
 
 @dataclass
@@ -205,6 +226,8 @@ class _Instance:
     termination_reason: str | None = None
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPAN_STATUSES, 0))
     span_ids: list[str] = field(default_factory=list)
+    quality_payloads: dict[str, JsonDict] = field(default_factory=dict)
+    quality_summaries: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -229,6 +252,7 @@ class Store:
         environment_id: str,
         partition: int,
         bulk_actions: frozenset[str] | None = None,
+        agent_deployment_id: str | None = None,
     ) -> None:
         # A subset of BULK_ACTIONS emulates a server whose bulk endpoint lacks some `_type`s (the inferred
         # `agent_instances/start|finish`), so the exporter's REST fallback can be tested.
@@ -238,7 +262,13 @@ class Store:
         self.environment_id = environment_id
         self.partition = partition
         self._partition_chars = ids.encode(0, partition, 0)[10:16]
+        # The seeded agent deployed into the seeded environment: prefactor-http 0.4.3 requires its id on every
+        # agent instance (AgentInstance.agent_deployment_id) and fails to parse an answer without it.
+        self.agent_deployment_id = agent_deployment_id or self.new_id()
+        self._created_us = now_us()
         self._lock = threading.RLock()
+        self._findings: list[JsonDict] = []
+        self._current_action = ""
         self._instances: dict[str, _Instance] = {}
         self._spans: dict[str, _Span] = {}
         self._keys: dict[str, _KeyRecord] = {}
@@ -252,6 +282,7 @@ class Store:
             TERMINATE: self._terminate,
             CREATE_SPAN: self._create_span,
             FINISH_SPAN: self._finish_span,
+            RECORD_QUALITY: self._record_quality,
         }
 
     # ------------------------------------------------------------------ ids
@@ -285,7 +316,7 @@ class Store:
         except ApiError as exc:
             return exc.status, exc.body()
         digest = fingerprint(action, params) if idempotency_key is not None else b""
-        with self._lock:
+        with self._lock, self._finding_context(action):
             if idempotency_key is not None:
                 record = self._keys.get(idempotency_key)
                 if record is not None:
@@ -304,11 +335,65 @@ class Store:
                 self._keys[idempotency_key] = _KeyRecord(digest, 200, body)
             return 200, body
 
+    # ------------------------------------------------------------------ strict-mode findings
+
+    @contextlib.contextmanager
+    def _finding_context(self, action: str) -> Iterator[None]:
+        # Called with `_lock` held: `_current_action` belongs to the one action running.
+        previous = getattr(_field_sink, "report", None)
+        self._current_action = action
+        _field_sink.report = self._unknown_field
+        try:
+            yield
+        finally:
+            _field_sink.report = previous
+
+    def _unknown_field(self, name: str) -> None:
+        self._find("unknown_field", f"unknown field {name} (dropped)", name)
+
+    def _find(self, rule: str, message: str, field_name: str | None = None, **context: Any) -> None:
+        finding: JsonDict = {"rule": rule, "action": self._current_action, "message": message}
+        if field_name is not None:
+            finding["field"] = field_name
+        finding.update(context)
+        with self._lock:
+            if len(self._findings) < MAX_FINDINGS:
+                self._findings.append(finding)
+
+    def findings(self) -> list[JsonDict]:
+        """Strict-mode findings so far, oldest first: what a stricter server would have refused (see the module
+        docstring). Copies."""
+        with self._lock:
+            return _copy(self._findings)
+
+    def clear_findings(self) -> None:
+        with self._lock:
+            self._findings.clear()
+
+    def _check_schema(self, value: Any, schema: Any, what: str, **context: Any) -> None:
+        problems = violations(value, schema)
+        if problems:
+            self._find("schema_violation", f"{what} breaks its registered schema: {'; '.join(problems)}", **context)
+
+    def _check_data_risk(self, entry: Mapping[str, Any], at: str) -> None:
+        risk = entry.get("data_risk")
+        if isinstance(risk, dict):
+            missing = [
+                k for k in ("action_profile", "params_data_categories", "result_data_categories") if k not in risk
+            ]
+            if missing:
+                message = f"{at}data_risk lacks {', '.join(missing)} (prefactor-http's DataRisk requires all three)"
+                self._find("data_risk_incomplete", message, at + "data_risk")
+
     @staticmethod
     def _normalise(action: str, params: JsonDict, key: str | None) -> tuple[JsonDict, str | None]:
         # Python SDKs put a span create's key inside `details`, TS beside it: accept both, agree or fail.
         if action != CREATE_SPAN:
             return params, key
+        if "details" not in params and params:
+            # The flat bulk form prefactor-http's BulkClient docstring shows (`agent_spans/create` with the
+            # span's fields beside `_type`) is the same create: the fields are the details.
+            params = {"details": params}
         details = params.get("details")
         if not isinstance(details, dict) or "idempotency_key" not in details:
             return params, key
@@ -333,10 +418,10 @@ class Store:
             return 422, error_body("validation_errors", "body must be a JSON object", {"body": ["not an object"]}), None
         items = body.get("items")
         count = len(items) if isinstance(items, list) else None
-        unknown = sorted(set(body) - {"items"})
-        if unknown:
-            errors = {name: ["unknown field"] for name in unknown}
-            return 422, error_body("validation_errors", f"unknown field {unknown[0]}", errors), count
+        with self._lock:
+            self._current_action = "bulk"
+            for name in sorted(set(body) - {"items"}):
+                self._find("unknown_field", f"unknown field {name} (dropped)", name)
         if not isinstance(items, list) or not items:
             return 422, error_body("validation_errors", "items must be a non-empty list", {"items": ["empty"]}), count
         item_errors: dict[str, dict[str, list[str]]] = {}
@@ -484,9 +569,7 @@ class Store:
             legacy = _opt_obj(value, name, where)
             if legacy is not None and not all(isinstance(v, dict) for v in legacy.values()):
                 raise _invalid(where + name, "must map span type names to JSON schema objects")
-        quality = value.get("quality_schemas")
-        if quality is not None and not isinstance(quality, list):
-            raise _invalid(where + "quality_schemas", "must be a list")
+        self._validate_quality_schemas(value.get("quality_schemas"), where + "quality_schemas")
         types = value.get("span_type_schemas")
         if types is None:
             return value
@@ -522,9 +605,39 @@ class Store:
                 raise _invalid(at + "params_schema", "must be a JSON object")
             _opt_obj(entry, "result_schema", at)
             _opt_obj(entry, "data_risk", at)
+            self._check_data_risk(entry, at)
             for text in ("title", "description", "template", "result_template"):
                 _opt_str(entry, text, at)
         return value
+
+    def _validate_quality_schemas(self, value: object, where: str) -> None:
+        if value is None:
+            return
+        if not isinstance(value, list):
+            raise _invalid(where, "must be a list")
+        names: set[str] = set()
+        for index, entry in enumerate(value):
+            at = f"{where}.{index}."
+            if not isinstance(entry, dict):
+                raise _invalid(at[:-1], "must be a JSON object")
+            _check_fields(
+                entry,
+                ("name", "schema", "title", "description", "template", "data_risk"),
+                required=("name", "schema"),
+                where=at,
+            )
+            name = entry["name"]
+            if not isinstance(name, str) or not name:
+                raise _invalid(at + "name", "must be a non-empty string")
+            if name in names:
+                raise _invalid(at + "name", f"duplicates quality schema {name!r}")
+            names.add(name)
+            if not isinstance(entry["schema"], dict):
+                raise _invalid(at + "schema", "must be a JSON object")
+            _opt_obj(entry, "data_risk", at)
+            self._check_data_risk(entry, at)
+            for text in ("title", "description", "template"):
+                _opt_str(entry, text, at)
 
     def _intern_agent_version(self, version: JsonDict, now: int) -> str:
         key = _canonical(_drop_nones(version))
@@ -559,6 +672,7 @@ class Store:
                     "title": e.get("title") or e["name"],
                     "description": e.get("description"),
                     "template": e.get("template"),
+                    "data_risk": e.get("data_risk"),
                 }
                 for e in schema["span_type_schemas"]
             ]
@@ -573,9 +687,21 @@ class Store:
                     "title": name,
                     "description": None,
                     "template": None,
+                    "data_risk": None,
                 }
                 for name, params_schema in (schema.get("span_schemas") or {}).items()
             ]
+        quality = [
+            {
+                "name": q["name"],
+                "schema": q["schema"],
+                "title": q.get("title") or q["name"],
+                "description": q.get("description"),
+                "template": q.get("template"),
+                "data_risk": q.get("data_risk"),
+            }
+            for q in schema.get("quality_schemas") or []
+        ]
         data = {
             "type": "agent_schema_version",
             "id": self.new_id(now),
@@ -583,9 +709,15 @@ class Store:
             "agent_id": self.agent_id,
             "external_identifier": schema.get("external_identifier"),
             "span_type_schemas": copy.deepcopy(entries),
+            "quality_schemas": copy.deepcopy(quality),
             "inserted_at": format_timestamp(now),
         }
-        version = _SchemaVersion(data=data, titles={e["name"]: e["title"] for e in entries})
+        version = _SchemaVersion(
+            data=data,
+            titles={e["name"]: e["title"] for e in entries},
+            quality={q["name"]: q for q in quality},
+            span_types={e["name"]: e for e in entries},
+        )
         self._schema_versions[key] = version
         return version
 
@@ -628,6 +760,10 @@ class Store:
                 raise ApiError(409, "invalid_action", f"only an active instance can finish as {status}")
             if instance.started_us is not None and finished < instance.started_us:
                 raise _invalid("timestamp", "is before the instance started")
+            open_spans = instance.counts["active"] + instance.counts["pending"]
+            if status == "complete" and open_spans:
+                message = f"instance finished complete with {open_spans} span(s) still open"
+                self._find("finished_with_open_spans", message, agent_instance_id=instance.id)
         instance.status = status
         instance.finished_us = finished
         instance.updated_us = now
@@ -648,6 +784,33 @@ class Store:
         instance.updated_us = now
         return {"status": "success", "details": self._render_instance(instance)}
 
+    def _record_quality(self, params: JsonDict) -> JsonDict:
+        # Sets one named payload, or clears it with a null payload; other names stay (the documented contract of
+        # prefactor-http's AgentInstanceClient.record_quality). Allowed in any run status: evaluations of a run
+        # usually come after it finished.
+        _check_fields(params, ("agent_instance_id", "name", "payload"), required=("agent_instance_id", "name"))
+        name = params["name"]
+        if not isinstance(name, str) or not name:
+            raise _invalid("name", "must be a non-empty string")
+        payload = _opt_obj(params, "payload")
+        instance = self._instance_for(params)
+        entry = instance.schema_version.quality.get(name)
+        if entry is None:
+            raise _invalid("name", "is not a quality schema registered in this instance's agent schema version")
+        if payload is None:
+            instance.quality_payloads.pop(name, None)
+            instance.quality_summaries.pop(name, None)
+        else:
+            self._check_schema(payload, entry["schema"], f"quality payload {name!r}", agent_instance_id=instance.id)
+            instance.quality_payloads[name] = payload
+            template = entry.get("template")
+            if template:
+                instance.quality_summaries[name] = render_template(template, payload)
+            else:
+                instance.quality_summaries.pop(name, None)
+        instance.updated_us = now_us()
+        return {"status": "success", "details": self._render_instance(instance)}
+
     def _render_instance(self, instance: _Instance) -> JsonDict:
         counts = instance.counts
         finished = counts["complete"] + counts["failed"] + counts["cancelled"]
@@ -659,6 +822,7 @@ class Store:
             "agent_version_id": instance.agent_version_id,
             "agent_schema_version_id": instance.schema_version.data["id"],
             "environment_id": instance.environment_id,
+            "agent_deployment_id": self.agent_deployment_id,
             "status": instance.status,
             "inserted_at": format_timestamp(instance.inserted_us),
             "updated_at": format_timestamp(instance.updated_us),
@@ -668,6 +832,8 @@ class Store:
             "external_identifier": instance.external_identifier,
             "purpose": instance.purpose,
             "termination_reason": instance.termination_reason,
+            "quality_payloads": _copy(instance.quality_payloads),
+            "quality_summaries": dict(instance.quality_summaries),
         }
 
     @staticmethod
@@ -697,7 +863,8 @@ class Store:
                 "finished_at",
                 "sensitive_encoding",
             ),
-            required=("agent_instance_id", "schema_name", "status", "payload"),
+            # `payload` defaults to {} as in prefactor-http's CreateAgentSpanRequest (the flat bulk form omits it).
+            required=("agent_instance_id", "schema_name", "status"),
             where="details.",
         )
         instance_id = self._check_id("agent_instance_id", details["agent_instance_id"])
@@ -713,7 +880,7 @@ class Store:
         status = details["status"]
         if status not in SPAN_STATUSES:
             raise _invalid("status", f"must be one of {', '.join(SPAN_STATUSES)}")
-        payload = details["payload"]
+        payload = details.get("payload", {})
         if not isinstance(payload, dict):
             raise _invalid("payload", "must be a JSON object")
         result_payload = _opt_obj(details, "result_payload")
@@ -745,7 +912,12 @@ class Store:
         instance = self._instances.get(instance_id)
         if instance is None:
             raise ApiError(404, "not_found", "agent instance not found")
-        if instance.status != "active":
+        # `pending` is accepted: prefactor-core queues the run's start but POSTs span creates at once
+        # (SpanManager.start), so the real API must take spans before the start lands. `terminated` is accepted
+        # with `control` in the answer: the official clients read `control` only from successful span answers
+        # (prefactor_http AgentSpanClient.create), so that is how a create learns of termination. See
+        # docs/local-server.md.
+        if instance.status not in ("pending", "active", "terminated"):
             control = self._control(instance)
             raise ApiError(
                 409,
@@ -770,6 +942,11 @@ class Store:
         if span_id is not None and span_id in self._spans:
             raise ApiError(409, "invalid_value", "id already exists", {"id": ["already exists"]})
 
+        span_type = instance.schema_version.span_types[schema_name]
+        self._check_schema(payload, span_type["params_schema"], f"payload of a {schema_name} span", span_id=span_id)
+        if result_payload is not None:
+            what = f"result_payload of a {schema_name} span"
+            self._check_schema(result_payload, span_type["result_schema"], what, span_id=span_id)
         span_id = span_id or self.new_id(started if started is not None else now)
         data: JsonDict = {
             "type": "agent_span",
@@ -793,7 +970,11 @@ class Store:
         self._spans[span_id] = _Span(data, instance_id, status, started, finished)
         instance.span_ids.append(span_id)
         instance.counts[status] += 1
-        return {"status": "success", "details": data}
+        out: JsonDict = {"status": "success", "details": data}
+        control = self._control(instance)
+        if control:
+            out["control"] = control
+        return out
 
     def _finish_span(self, params: JsonDict) -> JsonDict:
         _check_fields(
@@ -814,7 +995,7 @@ class Store:
         if span is None:
             raise ApiError(404, "not_found", "agent span not found")
         instance = self._instances[span.instance_id]
-        if instance.status not in ("active", "terminated"):
+        if instance.status not in ("pending", "active", "terminated"):
             raise ApiError(409, "invalid_action", f"the span's agent instance is {instance.status}")
         if span.status in FINISH_STATUSES:
             raise ApiError(409, "invalid_action", f"span is already {span.status}")
@@ -822,6 +1003,10 @@ class Store:
             raise ApiError(409, "invalid_action", "only a pending span can be cancelled")
         if status != "cancelled" and span.status != "active":
             raise ApiError(409, "invalid_action", f"only an active span can finish as {status}")
+        if result_payload is not None:
+            span_type = instance.schema_version.span_types.get(span.data["schema_name"], {})
+            what = f"result_payload of a {span.data['schema_name']} span"
+            self._check_schema(result_payload, span_type.get("result_schema"), what, span_id=span_id)
         now = now_us()
         finished = now if timestamp is None else timestamp
         started = finished if status == "cancelled" else span.started_us
@@ -861,6 +1046,59 @@ class Store:
             if span is None:
                 return 404, error_body("not_found", "agent span not found")
             return 200, {"status": "success", "details": span.data}
+
+    def _render_agent(self, *, summary: bool, counts: bool) -> JsonDict:
+        # The one seeded agent, read-only: every available action is off because the dev server serves no
+        # agent writes. Field sets follow prefactor-http's Agent / AgentSummary.
+        created = format_timestamp(self._created_us)
+        agent: JsonDict = {
+            "type": "agent",
+            "id": self.agent_id,
+            "name": "dev-server agent",
+            "description": None,
+            "external_identifier": None,
+            "status": "active",
+            "owner_person_id": None,
+            "team_id": None,
+            "available_actions": {"update": False, "retire": False, "reinstate": False, "delete": False},
+            "inserted_at": created,
+            "updated_at": created,
+        }
+        if summary:
+            return agent
+        agent["risk_profile_id"] = None
+        if counts:
+            by_status = dict.fromkeys(("pending", "active", "complete", "failed", "cancelled", "terminated"), 0)
+            for instance in self._instances.values():
+                by_status[instance.status] += 1
+            finished = sum(by_status[s] for s in TERMINAL_INSTANCE)
+            agent["instance_counts"] = {"total": len(self._instances), **by_status, "finished": finished}
+        return agent
+
+    def get_agent(self, agent_id: str) -> Outcome:
+        with self._lock:
+            if agent_id != self.agent_id:
+                return 404, error_body("not_found", "agent not found")
+            return 200, {"status": "success", "details": self._render_agent(summary=False, counts=True)}
+
+    def show_agent(self, query: Mapping[str, str]) -> Outcome:
+        agent_id, external = query.get("agent_id"), query.get("external_identifier")
+        if (agent_id is None) == (external is None):
+            message = "give exactly one of agent_id and external_identifier"
+            return 422, error_body("validation_errors", message, {"agent_id": [message]})
+        if agent_id != self.agent_id:  # the seeded agent has no external identifier
+            return 404, error_body("not_found", "agent not found")
+        counts = query.get("include_counts") == "true"
+        with self._lock:
+            return 200, {"status": "success", "details": self._render_agent(summary=False, counts=counts)}
+
+    def list_agents(self, query: Mapping[str, str]) -> Outcome:
+        with self._lock:
+            rows = [self._render_agent(summary=True, counts=False)]
+        # Filters on team/owner/risk profile match nothing but "no value": the seeded agent has none.
+        if any(query.get(name) not in (None, "", "null") for name in ("team_id", "owner_person_id", "risk_profile_id")):
+            rows = []
+        return _page(rows, query, ("id", "name", "inserted_at"))
 
     def list_instances(self, query: Mapping[str, str]) -> Outcome:
         agent_id = query.get("agent_id")
@@ -929,6 +1167,7 @@ class Store:
                     "spans": [s.data for s in self._spans.values()],
                     "schema_versions": [v.data for v in self._schema_versions.values()],
                     "agent_versions": list(self._agent_versions.values()),
+                    "findings": self._findings,
                 }
             )
 
@@ -936,6 +1175,21 @@ class Store:
         """(instances, spans) without copying anything: cheap enough to poll."""
         with self._lock:
             return len(self._instances), len(self._spans)
+
+
+_TEMPLATE_FIELD = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
+
+
+def render_template(template: str, payload: Mapping[str, Any]) -> str:
+    """`{{field}}` interpolation (dotted paths reach into objects); a missing field renders empty."""
+
+    def value(match: re.Match[str]) -> str:
+        current: Any = payload
+        for part in match.group(1).split("."):
+            current = current.get(part) if isinstance(current, Mapping) else None
+        return "" if current is None else str(current)
+
+    return _TEMPLATE_FIELD.sub(value, template)
 
 
 def _sorted(rows: list[JsonDict], field_name: str, descending: bool) -> list[JsonDict]:
@@ -970,7 +1224,7 @@ def _page(rows: list[JsonDict], query: Mapping[str, str], sortable: tuple[str, .
         "item_end": offset + len(chosen),
         "next_page_offset": offset + size if offset + size < total else None,
         "page_count": (total + size - 1) // size,
-        "page_index": offset // size,
+        "page_index": offset // size + 1,  # one-based, as prefactor-http's PaginationOutput documents
         "page_offset": offset,
         "page_size": size,
         "previous_page_offset": max(0, offset - size) if offset > 0 else None,

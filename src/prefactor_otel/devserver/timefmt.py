@@ -52,16 +52,16 @@ def _parse(value: str) -> int:
 
 
 def format_timestamp(micros: int | None) -> str | None:
-    """`YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC, milliseconds truncated), or None."""
+    """`YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds: what the API stores and prefactor-core sends), or None."""
     if micros is None:
         return None
-    return _format(micros // 1000)
+    return _format(micros)
 
 
 @functools.lru_cache(maxsize=16384)
-def _format(millis: int) -> str:
-    moment = _EPOCH + timedelta(milliseconds=millis)
+def _format(micros: int) -> str:
+    moment = _EPOCH + timedelta(microseconds=micros)
     return (
         f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:{moment.minute:02d}:"
-        f"{moment.second:02d}.{moment.microsecond // 1000:03d}Z"
+        f"{moment.second:02d}.{moment.microsecond:06d}Z"
     )
