@@ -77,3 +77,35 @@ def test_serve_and_show_print_the_runs_a_server_holds():
         )
     assert proc.returncode == 0, proc.stderr
     assert "invoke_agent support" in proc.stdout and "chat gpt-4o" in proc.stdout and "complete" in proc.stdout
+
+
+def test_terminate_a_run_on_the_local_server_from_the_command_line():
+    from prefactor_otel.devserver import DevServer
+    from tests.spans import agent_trace, exporter_for, make_provider
+
+    provider, collector = make_provider()
+    agent_trace(provider)
+    with DevServer(token="pf_cli_token") as srv:
+        exporter = exporter_for(srv, finish_grace_seconds=60, spool=False)  # the run stays active
+        exporter.export([s for s in collector.spans if s.parent is not None][:1])
+        exporter.export([s for s in collector.spans if s.parent is None])
+        (run,) = srv.instances()
+        proc = subprocess.run(
+            [sys.executable, "-m", "prefactor_otel", "terminate", run["id"], "--reason", "runaway loop"],
+            env=_env(PREFACTOR_API_URL=srv.url, PREFACTOR_API_TOKEN="pf_cli_token"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        (run,) = srv.instances()
+        assert run["status"] == "terminated" and run["termination_reason"] == "runaway loop"
+        again = subprocess.run(
+            [sys.executable, "-m", "prefactor_otel", "terminate", run["id"]],
+            env=_env(PREFACTOR_API_URL=srv.url, PREFACTOR_API_TOKEN="pf_cli_token"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert again.returncode == 1 and "HTTP 409" in again.stderr  # a finished run cannot be terminated
+        exporter.shutdown()

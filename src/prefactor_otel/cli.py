@@ -1,4 +1,4 @@
-"""`prefactor-otel` command line: demo | serve | show | doctor."""
+"""`prefactor-otel` command line: demo | serve | show | terminate | doctor."""
 
 from __future__ import annotations
 
@@ -91,6 +91,26 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate(args: argparse.Namespace) -> int:
+    """Terminate a run on a local server, as an operator does in Prefactor: its later span calls carry control."""
+    try:
+        response = httpx.post(
+            args.url.rstrip("/") + "/_dev/terminate",
+            json={"agent_instance_id": args.instance_id, "reason": args.reason},
+            headers={"Authorization": f"Bearer {args.token}"},
+            timeout=10,
+        )
+    except httpx.HTTPError as exc:
+        print(f"cannot reach {args.url}: {type(exc).__name__}", file=sys.stderr)
+        return 2
+    if response.status_code != 200:
+        detail = response.json().get("message") if "json" in response.headers.get("content-type", "") else ""
+        print(f"{args.url} answered HTTP {response.status_code}: {detail}", file=sys.stderr)
+        return 1
+    print(f"run {args.instance_id} terminated ({args.reason})")
+    return 0
+
+
 def _doctor(args: argparse.Namespace) -> int:
     """Check the set-up a user has, without sending any span: config, entry point, configurator, API."""
     from importlib.metadata import PackageNotFoundError, entry_points, version
@@ -162,6 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.add_argument("--token", default=os.environ.get("PREFACTOR_API_TOKEN") or DEFAULT_DEV_TOKEN)
     show.add_argument("--json", action="store_true", help="print the raw snapshot")
     show.set_defaults(func=_show)
+    terminate = sub.add_parser(
+        "terminate", help="terminate a run on a local server (its span calls then carry control)"
+    )
+    terminate.add_argument("instance_id", help="the agent run's id")
+    terminate.add_argument("--reason", default="terminated from the command line")
+    terminate.add_argument("--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787")
+    terminate.add_argument("--token", default=os.environ.get("PREFACTOR_API_TOKEN") or DEFAULT_DEV_TOKEN)
+    terminate.set_defaults(func=_terminate)
     doctor = sub.add_parser("doctor", help="check configuration, plugin wiring and API access (sends no span)")
     doctor.set_defaults(func=_doctor)
     args = parser.parse_args(argv)
