@@ -68,17 +68,28 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show(args: argparse.Namespace) -> int:
-    from prefactor_otel.devserver import render_runs
-
+def _local_server(
+    args: argparse.Namespace, method: str, path: str, body: dict[str, str] | None = None
+) -> httpx.Response | None:
+    """One call to a local server's `/_dev` API (`--url`, `--token`); None (said on stderr) if unreachable."""
     try:
-        response = httpx.get(
-            args.url.rstrip("/") + "/_dev/snapshot",
+        return httpx.request(
+            method,
+            args.url.rstrip("/") + path,
+            json=body,
             headers={"Authorization": f"Bearer {args.token}"},
             timeout=10,
         )
     except httpx.HTTPError as exc:
         print(f"cannot reach {args.url}: {type(exc).__name__}", file=sys.stderr)
+        return None
+
+
+def _show(args: argparse.Namespace) -> int:
+    from prefactor_otel.devserver import render_runs
+
+    response = _local_server(args, "GET", "/_dev/snapshot")
+    if response is None:
         return 2
     if response.status_code != 200:
         print(f"{args.url} answered HTTP {response.status_code}", file=sys.stderr)
@@ -93,15 +104,9 @@ def _show(args: argparse.Namespace) -> int:
 
 def _terminate(args: argparse.Namespace) -> int:
     """Terminate a run on a local server, as an operator does in Prefactor: its later span calls carry control."""
-    try:
-        response = httpx.post(
-            args.url.rstrip("/") + "/_dev/terminate",
-            json={"agent_instance_id": args.instance_id, "reason": args.reason},
-            headers={"Authorization": f"Bearer {args.token}"},
-            timeout=10,
-        )
-    except httpx.HTTPError as exc:
-        print(f"cannot reach {args.url}: {type(exc).__name__}", file=sys.stderr)
+    body = {"agent_instance_id": args.instance_id, "reason": args.reason}
+    response = _local_server(args, "POST", "/_dev/terminate", body)
+    if response is None:
         return 2
     if response.status_code != 200:
         detail = response.json().get("message") if "json" in response.headers.get("content-type", "") else ""

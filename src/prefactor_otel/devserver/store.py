@@ -573,71 +573,52 @@ class Store:
         types = value.get("span_type_schemas")
         if types is None:
             return value
-        if not isinstance(types, list):
-            raise _invalid(where + "span_type_schemas", "must be a list")
-        names: set[str] = set()
-        for index, entry in enumerate(types):
-            at = f"{where}span_type_schemas.{index}."
-            if not isinstance(entry, dict):
-                raise _invalid(at[:-1], "must be a JSON object")
-            _check_fields(
-                entry,
-                (
-                    "name",
-                    "params_schema",
-                    "result_schema",
-                    "title",
-                    "description",
-                    "template",
-                    "result_template",
-                    "data_risk",
-                ),
-                required=("name", "params_schema"),
-                where=at,
-            )
-            name = entry["name"]
-            if not isinstance(name, str) or not name:
-                raise _invalid(at + "name", "must be a non-empty string")
-            if name in names:
-                raise _invalid(at + "name", f"duplicates span type {name!r}")
-            names.add(name)
-            if not isinstance(entry["params_schema"], dict):
-                raise _invalid(at + "params_schema", "must be a JSON object")
+        texts = ("title", "description", "template", "result_template")
+        fields = ("name", "params_schema", "result_schema", *texts, "data_risk")
+        for at, entry in self._named_entries(types, where + "span_type_schemas", fields, "params_schema", "span type"):
             _opt_obj(entry, "result_schema", at)
             _opt_obj(entry, "data_risk", at)
             self._check_data_risk(entry, at)
-            for text in ("title", "description", "template", "result_template"):
+            for text in texts:
                 _opt_str(entry, text, at)
         return value
 
     def _validate_quality_schemas(self, value: object, where: str) -> None:
         if value is None:
             return
+        texts = ("title", "description", "template")
+        fields = ("name", "schema", *texts, "data_risk")
+        for at, entry in self._named_entries(value, where, fields, "schema", "quality schema"):
+            _opt_obj(entry, "data_risk", at)
+            self._check_data_risk(entry, at)
+            for text in texts:
+                _opt_str(entry, text, at)
+
+    @staticmethod
+    def _named_entries(
+        value: object, where: str, fields: tuple[str, ...], schema_field: str, kind: str
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """A list of objects with a unique non-empty `name` and a JSON-object `schema_field`, checked;
+        `(path prefix, entry)` for each, for the checks that differ."""
         if not isinstance(value, list):
             raise _invalid(where, "must be a list")
         names: set[str] = set()
+        entries = []
         for index, entry in enumerate(value):
             at = f"{where}.{index}."
             if not isinstance(entry, dict):
                 raise _invalid(at[:-1], "must be a JSON object")
-            _check_fields(
-                entry,
-                ("name", "schema", "title", "description", "template", "data_risk"),
-                required=("name", "schema"),
-                where=at,
-            )
+            _check_fields(entry, fields, required=("name", schema_field), where=at)
             name = entry["name"]
             if not isinstance(name, str) or not name:
                 raise _invalid(at + "name", "must be a non-empty string")
             if name in names:
-                raise _invalid(at + "name", f"duplicates quality schema {name!r}")
+                raise _invalid(at + "name", f"duplicates {kind} {name!r}")
             names.add(name)
-            if not isinstance(entry["schema"], dict):
-                raise _invalid(at + "schema", "must be a JSON object")
-            _opt_obj(entry, "data_risk", at)
-            self._check_data_risk(entry, at)
-            for text in ("title", "description", "template"):
-                _opt_str(entry, text, at)
+            if not isinstance(entry[schema_field], dict):
+                raise _invalid(at + schema_field, "must be a JSON object")
+            entries.append((at, entry))
+        return entries
 
     def _intern_agent_version(self, version: JsonDict, now: int) -> str:
         key = _canonical(_drop_nones(version))
