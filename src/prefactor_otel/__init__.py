@@ -6,5 +6,6 @@ __version__ = "0.1.0"
 
 from prefactor_otel.config import ConfigError, PrefactorConfig
 from prefactor_otel.exporter import PrefactorSpanExporter
+from prefactor_otel.processor import PrefactorSpanProcessor
 
-__all__ = ["ConfigError", "PrefactorConfig", "PrefactorSpanExporter", "__version__"]
+__all__ = ["ConfigError", "PrefactorConfig", "PrefactorSpanExporter", "PrefactorSpanProcessor", "__version__"]
