@@ -183,6 +183,13 @@ def _span_filter(name: str, raw: str) -> str:
     return value
 
 
+def _live_spans(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("agent", "all", "none"):
+        raise ConfigError(f"{name}: expected agent, all or none, got {raw!r}")
+    return value
+
+
 def _purpose(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("live", "smoke_test", "eval"):
@@ -251,6 +258,12 @@ OPTIONS: dict[str, _Option] = {
         _span_filter,
         "all, or genai: only spans of a GenAI convention and their ancestors (children of a dropped span are "
         "re-parented to the nearest exported ancestor)",
+    ),
+    "live_spans": _Option(
+        "PREFACTOR_LIVE_SPANS",
+        _live_spans,
+        "with PrefactorSpanProcessor, which spans are created active when they start and finished when they end: "
+        "agent (a run's root, agent spans and their ancestors), all, or none",
     ),
     "allow_insecure": _Option(
         "PREFACTOR_ALLOW_INSECURE",
@@ -358,6 +371,7 @@ class PrefactorConfig:
     purpose: str | None = None
     enabled: bool = True
     span_filter: str = "all"
+    live_spans: str = "agent"
     allow_insecure: bool = False
     tls_verify: bool = True
     ca_bundle: str | None = None

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from prefactor_otel.metrics import register_metrics
 from prefactor_otel.pipeline import Pipeline
 from prefactor_otel.planner import InheritedRun
 from prefactor_otel.spool import Spool, default_spool_dir
+from prefactor_otel.starts import live_mapper
 from prefactor_otel.stats import collect_stats
 from prefactor_otel.transport import BulkTransport
 from prefactor_otel.wire import encode_json
@@ -91,6 +92,9 @@ class PrefactorSpanExporter(SpanExporter):
         self._lifecycle_lock = threading.Lock()
         self._new_process_state()
         self._scopes: set[str] = set()
+        # Span starts from a PrefactorSpanProcessor (see start_queue): the same deque for the exporter's life, so
+        # the processor may hold it; emptied in a forked child.
+        self._starts: deque[ReadableSpan] = deque()
         self._transport: BulkTransport | None = None
         self._delivery: Delivery | None = None
         self._backlog: Backlog | None = None
@@ -176,6 +180,8 @@ class PrefactorSpanExporter(SpanExporter):
             scopes=self._scopes,
             redactor=self._mapping_options.redactor,
             inherited_runs=inherited_runs,
+            starts=self._starts,
+            map_started=live_mapper(self._mapping_options),
         )
 
     def _open_spool(self) -> None:
@@ -208,11 +214,23 @@ class PrefactorSpanExporter(SpanExporter):
     def __repr__(self) -> str:
         return f"PrefactorSpanExporter({self._config.describe()}, disabled={self._disabled_reason!r})"
 
+    def count_start_dropped(self) -> None:
+        """A span start the queue had no room for: that span is not live and its run's finish does not wait for
+        it (its end is exported as usual). Counted from application threads: exact enough, not exact."""
+        self._counters["starts_dropped"] += 1
+
     # ------------------------------------------------------------------ OTel contract
 
     @property
     def enabled(self) -> bool:
         return self._disabled_reason is None
+
+    def start_queue(self) -> tuple[deque[ReadableSpan], int] | None:
+        """For PrefactorSpanProcessor: the deque its `on_start` appends started spans to, and the length beyond
+        which it counts them in `count_start_dropped` instead. None when the exporter sends nothing."""
+        if self._disabled_reason is not None:
+            return None
+        return self._starts, self._config.max_queued_spans
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown or self._closing:
@@ -439,6 +457,7 @@ class PrefactorSpanExporter(SpanExporter):
         current = trace_api.get_current_span().get_span_context()
         open_at_fork = frozenset([*inherited, *([current.trace_id] if current.is_valid else [])])
         self._new_process_state()
+        self._starts.clear()  # the parent's starts: its spans, which the parent exports
         self._forked_at_ns = time.time_ns()
         # Only spans of traces open at the fork that started before it are copies of the parent's: a span of any
         # other trace is the child's own, even with a start time set in the past.

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from prefactor_otel import ids
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.mapping.values import RawJson, as_dict, iso_from_ns
-from prefactor_otel.models import BULK_CREATE_SPAN, BULK_FINISH_INSTANCE, BULK_REGISTER, BULK_START
+from prefactor_otel.models import BULK_CREATE_SPAN, BULK_FINISH_INSTANCE, BULK_FINISH_SPAN, BULK_REGISTER, BULK_START
 
 
 # A NamedTuple: immutable like a frozen dataclass, and several times cheaper to build (one or two per span).
@@ -72,20 +72,24 @@ def span_create_item(
     orphan: bool,
     placeholder: bool,
 ) -> dict[str, Any]:
-    """`agent_spans/create`, already finished, fields nested under `details` as in the REST create."""
+    """`agent_spans/create`, fields nested under `details` as in the REST create: already finished, or (a live
+    span, status "active") with no end and no result yet."""
     details: dict[str, Any] = {
         "agent_instance_id": instance_id,
         "id": span_id,
         "schema_name": record.schema_name,
         "status": record.status,
         "payload": payload,
-        "result_payload": result_payload,
         "started_at": record.started_at,
-        "finished_at": record.finished_at,
     }
+    live = record.status == "active"
+    if not live:
+        details["result_payload"] = result_payload
+        details["finished_at"] = record.finished_at
     if parent_id is not None:
         details["parent_span_id"] = parent_id
-    key = span_create_key(span_id, orphan=orphan, placeholder=placeholder)
+    # A live create is another body for the same span id: its own key (its finish follows it).
+    key = span_create_key(span_id, orphan=orphan, placeholder=placeholder, live=live)
     return {"_type": BULK_CREATE_SPAN, "idempotency_key": key, "details": details}
 
 
@@ -132,9 +136,39 @@ def orphan_payload(payload: dict[str, Any] | RawJson) -> dict[str, Any]:
     return marked
 
 
-def span_create_key(span_id: str, *, orphan: bool, placeholder: bool) -> str:
+def span_finish_item(span_id: str, record: SpanRecord, result_payload: dict[str, Any] | RawJson) -> dict[str, Any]:
+    """`agent_spans/finish` of a live span, fields flat (a `details` wrapper is accepted by the API but stores no
+    result); its key depends on the span only, so finishing twice is harmless."""
+    return {
+        "_type": BULK_FINISH_SPAN,
+        "idempotency_key": ids.idempotency_key_for_id(BULK_FINISH_SPAN, span_id),
+        "agent_span_id": span_id,
+        "status": record.status,
+        "timestamp": record.finished_at,
+        "result_payload": result_payload,
+    }
+
+
+def params_at_end(started: dict[str, Any], ended: dict[str, Any]) -> dict[str, Any]:
+    """Of a live span, the payload fields that changed or appeared after its start (attributes set later, events,
+    usage, error): they go with its finish, under `result_payload.params_at_end`. Status and ids are left out."""
+    late: dict[str, Any] = {}
+    for key, value in ended.items():
+        if key in _SAME_AT_END or (key in started and started[key] == value):
+            continue
+        before = started.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            value = {k: v for k, v in value.items() if k not in before or before[k] != v}  # only what changed
+        late[key] = value
+    return late
+
+
+_SAME_AT_END = frozenset({"span_id", "trace_id", "parent_span_id", "status"})
+
+
+def span_create_key(span_id: str, *, orphan: bool, placeholder: bool, live: bool = False) -> str:
     # Orphaning changes the body, so it gets its own key; the id stays, and "already exists" is success.
-    variant = ("orphan" if orphan else "") + ("placeholder" if placeholder else "")
+    variant = ("live" if live else "") + ("orphan" if orphan else "") + ("placeholder" if placeholder else "")
     return ids.idempotency_key_for_id(BULK_CREATE_SPAN, span_id, variant)
 
 

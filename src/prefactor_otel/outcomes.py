@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal, NamedTuple
 
-from prefactor_otel.models import BULK_CREATE_SPAN, BULK_FINISH_INSTANCE, BULK_START
+from prefactor_otel.models import BULK_CREATE_SPAN, BULK_FINISH_INSTANCE, BULK_FINISH_SPAN, BULK_START
 
 OutcomeStatus = Literal["success", "error", "not_processed"]
 
@@ -64,7 +64,7 @@ def judge(action: str, outcome: ItemOutcome, *, can_orphan: bool) -> Verdict:
         return Verdict.PENDING
     if outcome.status == "success" or outcome.code in ALREADY_DONE_CODES:
         return Verdict.DONE
-    if action in (BULK_START, BULK_FINISH_INSTANCE) and outcome.code == "invalid_action":
+    if action in (BULK_START, BULK_FINISH_INSTANCE, BULK_FINISH_SPAN) and outcome.code == "invalid_action":
         return Verdict.DONE  # already started / already finished: a replay of our own earlier action
     if action == BULK_CREATE_SPAN and outcome.code == "not_found" and can_orphan:
         return Verdict.ORPHAN

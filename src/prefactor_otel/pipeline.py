@@ -4,6 +4,10 @@
 the account partition (`unplanned`), the planner (created once the partition is known), and the drain that sends
 what is ready -- this process's spooled backlog first, then live items, and what cannot be delivered to the spool.
 
+Span starts (PrefactorSpanProcessor) arrive in `starts`, a deque the application's threads append to (an atomic
+append, nothing else, on their side); the sending thread pops them, reads them (starts.py) and gives them to the
+planner before the ended spans of the same drain.
+
 Threads and locks: `add` is called from any thread exporting spans; `drain`, `spill_unsent` and
 `background_send` by the one thread holding the exporter's send lock (`spill_unsent` by shutdown without it).
 `state_lock` guards `unplanned` and the planner; it is held only for in-memory work, journal writes and one
@@ -15,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry import trace as trace_api
@@ -27,6 +31,7 @@ from prefactor_otel.durability import Backlog
 from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_version_from_resource
 from prefactor_otel.mapping.redaction import Redactor
 from prefactor_otel.planner import InheritedRun, Planner
+from prefactor_otel.starts import LivePolicy, StartedSpan, read_start
 from prefactor_otel.transport import suppress_instrumentation
 
 
@@ -46,8 +51,12 @@ class Pipeline:
         scopes: set[str],
         redactor: Redactor | None,
         inherited_runs: Mapping[int, InheritedRun] | None = None,
+        starts: deque[Any] | None = None,
+        map_started: Callable[[Any], SpanRecord] | None = None,
     ) -> None:
         self._config = config
+        self.starts: deque[Any] = starts if starts is not None else deque()
+        self._map_started = map_started
         self._delivery = delivery
         self._backlog = backlog
         self.partition = partition
@@ -68,6 +77,26 @@ class Pipeline:
             for _ in range(max(0, len(self.unplanned) - self._config.max_queued_spans)):
                 self.unplanned.popleft()
                 self.dropped["queue_full"] += 1
+
+    def _take_starts(self, planner: Planner) -> None:
+        starts = self.starts
+        if not starts:
+            return
+        batch: list[StartedSpan] = []
+        for _ in range(len(starts)):
+            try:
+                span = starts.popleft()
+            except IndexError:
+                break
+            try:
+                started = read_start(span)
+            except Exception:  # a span object we do not know how to read: its end still comes the usual way
+                self.dropped["start_unreadable"] += 1
+                continue
+            if started is not None:
+                batch.append(started)
+        with self.state_lock:
+            planner.start(batch, time.monotonic())
 
     def _take_unplanned(self, planner: Planner) -> None:
         with self.state_lock:
@@ -126,6 +155,9 @@ class Pipeline:
             finish_grace_seconds=config.finish_grace_seconds,
             span_filter=carries_genai if config.span_filter == "genai" else None,
             inherited_runs=self._inherited_runs,
+            live_policy=LivePolicy(config.live_spans),
+            map_started=self._map_started,
+            max_open_spans=config.max_queued_spans,
         )
         return self.planner
 
@@ -161,6 +193,7 @@ class Pipeline:
                 if shutdown:
                     self._keep_unplanned()
                 return False
+            self._take_starts(planner)
             self._take_unplanned(planner)
             backlog = self._backlog
             if backlog is not None and backlog.has_backlog:
@@ -180,7 +213,7 @@ class Pipeline:
 
     def background_send(self, deadline: float) -> bool:
         """For the finisher thread: the spool's backlog alone while no span has come, else a drain."""
-        if self.planner is None and self._backlog is not None and not self.unplanned:
+        if self.planner is None and self._backlog is not None and not self.unplanned and not self.starts:
             with suppress_instrumentation():
                 return self._backlog.replay(self._delivery, deadline)
         return self.drain(deadline)
@@ -190,8 +223,8 @@ class Pipeline:
         if backlog is not None and backlog.has_backlog and backlog.retry_due(now):
             return True
         planner = self.planner
-        if planner is None:
-            return bool(self.unplanned)
+        if planner is None or self.starts:
+            return bool(self.unplanned) or bool(self.starts)
         with self.state_lock:
             return bool(self.unplanned) or planner.has_due_work(now)
 
@@ -214,6 +247,7 @@ class Pipeline:
         if planner is None:
             self._keep_unplanned()
             return
+        self._take_starts(planner)
         self._take_unplanned(planner)
         self._spill(planner, flush=True, shutdown=shutdown)
 

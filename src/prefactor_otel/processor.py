@@ -2,11 +2,16 @@
 
 The processor owns a PrefactorSpanExporter and a BatchSpanProcessor feeding it (so the `OTEL_BSP_*` settings,
 the queue and its fork handling are the SDK's own). What it adds over `BatchSpanProcessor(PrefactorSpanExporter())`:
+- span starts: `on_start` appends the span to the exporter's start queue (a deque: one atomic append, no mapping,
+  no I/O, no lock on the application's thread); the exporter's sending thread reads them within half a second. So
+  a run is registered at its root's real start, live spans (PREFACTOR_LIVE_SPANS) are created `active` while they
+  run, and a run is finished as soon as every span started here has ended and been delivered.
 - `force_flush` flushes the exporter too (the SDK's processors never call the exporter's `force_flush`), so the
   runs whose spans have all ended are finished at once, not after the grace period.
 
-Threads: `on_start`/`on_end` run on the application's threads and only hand the span on (no mapping, no I/O);
-`force_flush`/`shutdown` on the caller's thread. The processor holds no lock of its own.
+Threads: `on_start`/`on_end` run on the application's threads and only hand the span on; `force_flush`/`shutdown`
+on the caller's thread. The processor holds no lock of its own. The start queue is bounded (PREFACTOR_MAX_QUEUED_
+SPANS): a start beyond it is counted (`starts_dropped`) and that span is exported at its end as without starts.
 """
 
 from __future__ import annotations
@@ -47,9 +52,17 @@ class PrefactorSpanProcessor(SpanProcessor):
             max_export_batch_size=max_export_batch_size,
             export_timeout_millis=export_timeout_millis,
         )
+        queue = self.exporter.start_queue()
+        self._starts, self._max_starts = queue if queue is not None else (None, 0)
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        pass
+        starts = self._starts
+        if starts is None:
+            return
+        if len(starts) < self._max_starts:
+            starts.append(span)
+        else:
+            self.exporter.count_start_dropped()
 
     def on_end(self, span: ReadableSpan) -> None:
         self._batch.on_end(span)

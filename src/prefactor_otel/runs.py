@@ -20,6 +20,7 @@ from typing import Any
 
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.mapping.values import as_dict, hex_span_id
+from prefactor_otel.starts import StartedSpan
 
 # Span ids remembered per open run (created spans, Prefactor ids, filter bookkeeping). A run that lives for hours
 # would otherwise grow without bound; a late child of a forgotten parent waits and is then sent as an orphan.
@@ -32,6 +33,24 @@ class PendingSpan:
     arrived_at: float
     orphaned: bool = False
     too_large_bytes: int | None = None  # set: send a small placeholder in its place
+    attempted: bool = False  # planned at least once: the server may have it
+
+
+@dataclass(slots=True)
+class OpenSpan:
+    """A span started in this process (PrefactorSpanProcessor) and not yet received ended."""
+
+    started: StartedSpan
+    live: bool = False  # created (or planned) active in Prefactor
+
+
+@dataclass(slots=True)
+class LiveSpan:
+    """A span created active: its payload at the start (to tell what appeared later) and, once it has ended and
+    its create may have reached the server, the ended record to finish it with."""
+
+    started_payload: dict[str, Any]
+    ended: SpanRecord | None = None
 
 
 @dataclass(slots=True)
@@ -59,6 +78,12 @@ class RunState:
     span_ids: dict[int, str] = field(default_factory=dict)
     inherited: bool = False  # the parent process's run, open at the fork: this process never finishes it
     journaled: bool = False  # the run is in `run_changes` as open: this process must finish it
+    # Starts (PrefactorSpanProcessor): spans started here and not yet received ended, live spans, and whether the
+    # run is to be registered before any span of it is sent (its local root has started).
+    tracked: bool = False
+    open: dict[int, OpenSpan] = field(default_factory=dict)
+    live: dict[int, LiveSpan] = field(default_factory=dict)
+    announce: bool = False
 
 
 def remember(bounded: dict[Any, Any], key: Any, value: Any) -> None:

@@ -35,12 +35,13 @@ from prefactor_otel.mapping.values import (
     plain_attributes,
 )
 
-Status = Literal["complete", "failed"]
+Status = Literal["active", "complete", "failed"]
 
 
 @dataclass(slots=True)
 class SpanRecord:
-    """Everything the planner needs about one finished OTel span, already mapped."""
+    """Everything the planner needs about one OTel span, already mapped: an ended span, or (status "active") a span
+    mapped at its start to be created live (its end time is then its start time, its result payload empty)."""
 
     trace_id: int
     span_id: int
@@ -213,15 +214,20 @@ def _typed(
     return typed, typed_mod.token_usage(ctx)
 
 
-def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanRecord:
+def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, started: bool = False) -> SpanRecord:
     """Map one ended span. Pure: the same span and options always give the same record; never raises for
-    content (a failing redaction callback masks the value), only MappingError for a span without context/end."""
+    content (a failing redaction callback masks the value), only MappingError for a span without context/end.
+
+    started: map a span that has only started (a live span): what it holds so far, status "active", no result.
+    """
     # Each ReadableSpan property is a Python call: every one is read once.
     context = span.context
     name = span.name
     if context is None or not context.is_valid:
         raise MappingError("the span has no valid context")  # no name: it is unredacted here, and may hold a secret
     start_ns, end_ns = span.start_time, span.end_time
+    if started:
+        end_ns = start_ns
     if start_ns is None or end_ns is None:
         raise MappingError("the span has not ended")
     opts = options if options is not None else DEFAULT_OPTIONS
@@ -317,8 +323,8 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
     if any(dropped):
         metadata["otel.dropped"] = {"attributes": dropped[0], "events": dropped[1], "links": dropped[2]}
 
-    failed = span_status.status_code is StatusCode.ERROR
-    status: Status = "failed" if failed else "complete"
+    failed = span_status.status_code is StatusCode.ERROR and not started
+    status: Status = "active" if started else "failed" if failed else "complete"
     error = _error(events, description, attributes) if failed else None
     parent = span.parent
     parent_id = parent.span_id if parent is not None and parent.is_valid else None
@@ -343,7 +349,9 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None) -> SpanR
         ],
         "links": links,
     }
-    result_payload: dict[str, Any] = {"outputs": outputs, **typed.result, "token_usage": token_usage, "error": error}
+    result_payload: dict[str, Any] = (
+        {} if started else {"outputs": outputs, **typed.result, "token_usage": token_usage, "error": error}
+    )
     return SpanRecord(  # positional: a keyword call costs more, once per span
         context.trace_id,
         context.span_id,

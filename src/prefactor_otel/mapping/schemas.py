@@ -63,7 +63,7 @@ _ENVELOPE_PROPERTIES: dict[str, JsonSchema] = {
     "parent_span_id": _NULLABLE_STRING,
     "name": _STRING,
     "kind": _STRING,
-    "status": {"enum": ["complete", "failed"]},
+    "status": {"enum": ["active", "complete", "failed"]},  # "active": a live span, created at its start
     "operation": _STRING,
     "session_id": _ANY,
     "user_id": _ANY,
@@ -74,7 +74,13 @@ _ENVELOPE_PROPERTIES: dict[str, JsonSchema] = {
     "events": _ARRAY,
     "links": _ARRAY,
 }
-_RESULT_PROPERTIES: dict[str, JsonSchema] = {"token_usage": _NULLABLE_OBJECT, "error": _NULLABLE_OBJECT}
+# `params_at_end`: of a live span (created at its start), the payload fields that changed or appeared after it
+# started (attributes set later, events, usage), sent with its finish (docs/live-runs.md).
+_RESULT_PROPERTIES: dict[str, JsonSchema] = {
+    "token_usage": _NULLABLE_OBJECT,
+    "error": _NULLABLE_OBJECT,
+    "params_at_end": _OBJECT,
+}
 _GENERIC_VALUE = {"value": _ANY}
 
 
