@@ -59,6 +59,12 @@ def collect_stats(
         "spans_reparented": c["spans_reparented"],
         "spans_orphaned": sum(v for k, v in c.items() if k.startswith("spans_orphaned_")),
         "spans_ignored_forked_copy": c["spans_ignored_forked_copy"],
+        # live runs (PrefactorSpanProcessor): spans created active, starts the queue had no room for, started spans
+        # forgotten because too many were open at once, runs terminated in Prefactor
+        "spans_live": c["spans_live_created"],
+        "starts_dropped": c["starts_dropped"],
+        "open_spans_forgotten": c["open_spans_forgotten"],
+        "runs_terminated": c["runs_terminated"],
         "spans_queued": queued,
         "open_traces": open_traces,
         "instances_registered": c["instances_registered"],
