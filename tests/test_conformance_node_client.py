@@ -208,6 +208,7 @@ def test_spans_without_a_schema_are_refused_and_the_client_says_so(node: Path, s
     assert any("Error registering agent" in e and "agent_schema_version is required" in e for e in errors), errors
     assert any("Error sending span" in e for e in errors), errors
     assert srv.instances() == [] and srv.spans() == []
+    assert srv.findings() == []
 
 
 # --------------------------------------------------------------------------- the public HTTP classes
@@ -260,6 +261,7 @@ def test_the_client_retry_policy_meets_the_injected_faults(node: Path, srv: DevS
     assert seen["finish"]["error"]["status"] == 500 and seen["finish"]["error"]["retryable"] is True
     (instance,) = srv.instances()
     assert instance["status"] == "active"  # the faults answered without processing the finish
+    assert srv.findings() == []
 
 
 # --------------------------------------------------------------------------- termination
