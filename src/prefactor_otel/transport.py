@@ -45,7 +45,7 @@ from prefactor_otel.models import (
     PfidGenerateDetails,
 )
 from prefactor_otel.netdeadline import SLICE_S, DeadlineBackend, install_deadline_backend
-from prefactor_otel.outcomes import NOT_PROCESSED, SUCCESS, BulkResult, ItemOutcome
+from prefactor_otel.outcomes import NOT_PROCESSED, SUCCESS, BulkResult, ItemOutcome, terminate_reason
 
 # The wire form lives in its own module; re-exported here, where the exporter and older code import it from.
 from prefactor_otel.wire import bulk_body as bulk_body
@@ -385,10 +385,14 @@ class BulkTransport:
             output = outputs.get(key)
             if output is None:
                 outcomes[key] = NOT_PROCESSED
-            elif output["status"] == "success":
-                outcomes[key] = SUCCESS
+                continue
+            if output["status"] == "success":
+                outcome = SUCCESS
             else:
-                outcomes[key] = ItemOutcome("error", output.get("code"), output.get("message"))
+                outcome = ItemOutcome("error", output.get("code"), output.get("message"))
+            if "control" in output:  # rare: only answers in a run Prefactor terminated carry it
+                outcome = with_control(outcome, output)
+            outcomes[key] = outcome
         return BulkResult(outcomes=outcomes, status_code=response.status_code)
 
     def _rest_outcome(self, response: httpx.Response, answer: bytes, key: str) -> BulkResult | None:
@@ -398,8 +402,8 @@ class BulkTransport:
             self.counters["contract_errors"] += 1
             self._log.log(logging.WARNING, "contract", "Prefactor export: a REST response does not fit the contract")
             return None
-        del parsed
-        return BulkResult(outcomes={key: SUCCESS}, status_code=response.status_code)
+        outcome = with_control(SUCCESS, parsed.model_extra)  # a span answer's top-level `control`
+        return BulkResult(outcomes={key: outcome}, status_code=response.status_code)
 
     def generate_pfid(self, deadline: float) -> str | None:
         """Ask the server for one id of the account (its partition is the account's). None on failure.
@@ -427,6 +431,12 @@ class BulkTransport:
             self._log.log(logging.WARNING, "pfid", "Prefactor: id generation answer does not fit the API contract")
             return None
         return parsed.details.pfids[0] if parsed.details.pfids else None
+
+
+def with_control(outcome: ItemOutcome, answer: object) -> ItemOutcome:
+    """The outcome, marked when the answer tells the run to terminate (see outcomes.terminate_reason)."""
+    terminate, reason = terminate_reason(answer)
+    return outcome._replace(terminate=True, terminate_reason=reason) if terminate else outcome
 
 
 def decode_body(raw: bytes, content_encoding: str | None) -> bytes:
