@@ -13,7 +13,8 @@ each take up to the time left when the request started (httpx's per-operation ti
 
 Threads: sends are serialized by the exporter's send lock (one sender at a time); `interrupt_waits`,
 `resume_waits`, `cap_deadline` and `close` may be called from any thread (events and single assignments:
-no lock). `counters` is written by the sender only.
+no lock). `get` (the run poll) may run on another thread meanwhile: the httpx client is thread-safe, the
+deadline is thread-local, and `get` writes no counters. `counters` is written by the sender only.
 """
 
 from __future__ import annotations
@@ -203,8 +204,18 @@ class BulkTransport:
         key = item["idempotency_key"]
         return self._post(path, encode_item(body), deadline, lambda r, b: self._rest_outcome(r, b, key))
 
-    def _request(self, path: str, body: bytes, deadline: float) -> tuple[httpx.Response, bytes]:
-        """POST and read the whole answer by `deadline` (wall clock), at most MAX_RESPONSE_BYTES of it.
+    def get(self, path: str, deadline: float) -> tuple[int | None, bytes]:
+        """One GET of an API path (e.g. "/agent_instance/<id>") by `deadline`: (status, answer), or (None, b"")
+        on a connection problem, a deadline reached or an answer that is not one. Not retried, and a 401/403 is
+        only returned: a read the token may not make must not stop the exporter's writes."""
+        try:
+            response, answer = self._request(path, b"", deadline, method="GET")
+        except (httpx.TransportError, ResponseTooLarge, UnreadableResponse):
+            return None, b""
+        return response.status_code, answer
+
+    def _request(self, path: str, body: bytes, deadline: float, method: str = "POST") -> tuple[httpx.Response, bytes]:
+        """Send and read the whole answer by `deadline` (wall clock), at most MAX_RESPONSE_BYTES of it.
 
         Raises httpx.TransportError (a timeout once the deadline passes), ResponseTooLarge or UnreadableResponse;
         leaving early closes the response, which discards its connection.
@@ -217,9 +228,9 @@ class BulkTransport:
             suppress_instrumentation(),
             network.bounded(deadline) if network is not None else nullcontext(),
             self._client.stream(
-                "POST",
+                method,
                 self._config.api_base + path,
-                content=body,
+                content=body if method == "POST" else None,
                 headers=self._headers,
                 timeout=httpx.Timeout(remaining),
             ) as response,
