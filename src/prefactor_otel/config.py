@@ -98,6 +98,18 @@ def _positive_number(kind: Callable[[str], T], *, allow_zero: bool = False) -> C
     return parse
 
 
+MIN_POLL_INTERVAL_S = 0.1
+
+
+def _poll_interval(name: str, raw: str) -> float:
+    """Seconds between polls of a run, or 0 (off). Below MIN_POLL_INTERVAL_S is a typo (milliseconds?), not a
+    wish: every active run would be polled as fast as the exporter ticks."""
+    value = _positive_number(float, allow_zero=True)(name, raw)
+    if 0 < value < MIN_POLL_INTERVAL_S:
+        raise ConfigError(f"{name}: must be 0 (off) or at least {MIN_POLL_INTERVAL_S} seconds, got {raw!r}")
+    return value
+
+
 def _pfid(name: str, raw: str) -> str:
     value = raw.strip()
     if not ids.is_pfid(value):
@@ -317,6 +329,11 @@ OPTIONS: dict[str, _Option] = {
         _positive_number(float, allow_zero=True),
         "quiet time after a trace's root before its agent instance is finished",
     ),
+    "control_poll_interval": _Option(
+        "PREFACTOR_CONTROL_POLL_INTERVAL",
+        _poll_interval,
+        "seconds between polls of an active run for termination by Prefactor (0: off; answers still carry it)",
+    ),
     "capture_inputs": _Option(
         "PREFACTOR_CAPTURE_INPUTS",
         _parse_bool,
@@ -387,6 +404,7 @@ class PrefactorConfig:
     max_queued_spans: int = 20_000
     max_wait_seconds: float = 30.0
     finish_grace_seconds: float = 6.0
+    control_poll_interval: float = 30.0
     capture_inputs: bool = True
     capture_outputs: bool = True
     max_input_length: int = 100_000

@@ -137,6 +137,10 @@ class Delivery:
         self.rest_only: set[str] = set()  # actions the bulk endpoint does not take: sent as their REST calls
         self._rest_only_changed = False
         self.counters: Counter[str] = Counter()
+        # Called (on the sending thread, before the source hears of the outcomes) once per item whose answer
+        # carried `control: {"terminate": true}`, with the item and the reason: the exporter records the run's
+        # termination there. Set by the exporter; one that raises is logged and counted, never propagated.
+        self.on_terminate: Callable[[PlannedItem, str | None], None] | None = None
 
     def reset_after_fork(self) -> None:
         self._log = RateLimitedLog()  # its lock may have been held by another thread at the fork
@@ -209,6 +213,7 @@ class Delivery:
                 sizes = [len(encoded[i]) for i in segment]
                 result = transport.send_bulk([encoded[i] for i in segment], [item.key for item in chunk], deadline)
                 self._learn_rest_only(chunk, result.outcomes)
+            self._report_terminations(chunk, result.outcomes)
             source.apply(result.outcomes)
             if result.error in ("too_large", "rejected"):
                 if len(chunk) == 1:
@@ -228,6 +233,22 @@ class Delivery:
                 self._rest_only_changed = False
                 return True
         return True
+
+    def _report_terminations(self, items: list[PlannedItem], outcomes: Mapping[str, ItemOutcome]) -> None:
+        """Hand each item whose answer says its run was terminated to `on_terminate` (live and spooled alike)."""
+        for item in items:
+            outcome = outcomes.get(item.key)
+            if outcome is None or not outcome.terminate:
+                continue
+            self.counters["control_terminate_answers"] += 1
+            hook = self.on_terminate
+            if hook is None:
+                continue
+            try:
+                hook(item, outcome.terminate_reason)
+            except Exception as exc:  # the hook must not cost the delivery of the items around it
+                self.counters["control_hook_errors"] += 1
+                self._log.log(logging.ERROR, "on_terminate", "Prefactor: recording a termination failed (%r)", exc)
 
     @staticmethod
     def _progress(result: BulkResult) -> bool:

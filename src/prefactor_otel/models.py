@@ -134,6 +134,7 @@ class BulkOutputFields(TypedDict):
     status: Literal["success", "error"]
     code: NotRequired[Any]
     message: NotRequired[Any]
+    control: NotRequired[Any]  # `{"terminate": true, "reason": ...}` when Prefactor terminated the item's run
 
 
 class BulkResponseFields(TypedDict):

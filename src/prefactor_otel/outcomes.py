@@ -13,6 +13,8 @@ from typing import Literal, NamedTuple
 
 from prefactor_otel.models import BULK_CREATE_SPAN, BULK_FINISH_INSTANCE, BULK_FINISH_SPAN, BULK_START
 
+MAX_REASON_CHARS = 2_000  # a reason ends up in logs and exceptions: a hostile answer must not fill them
+
 OutcomeStatus = Literal["success", "error", "not_processed"]
 
 
@@ -21,6 +23,22 @@ class ItemOutcome(NamedTuple):
     status: OutcomeStatus
     code: str | None = None
     message: str | None = None
+    # The answer carried `control: {"terminate": true, ...}`: Prefactor terminated the item's run. The reason
+    # (None when the answer gave none) is meaningful only when `terminate` is True.
+    terminate: bool = False
+    terminate_reason: str | None = None
+
+
+def terminate_reason(answer: object) -> tuple[bool, str | None]:
+    """(True, reason) when an answer object carries `control` as an object with a truthy `terminate` (the rule
+    Prefactor's SDKs follow); (False, None) otherwise, whatever shape `control` has."""
+    if not isinstance(answer, dict):
+        return False, None
+    control = answer.get("control")
+    if not isinstance(control, dict) or not control.get("terminate"):
+        return False, None
+    reason = control.get("reason")
+    return True, None if reason is None else str(reason)[:MAX_REASON_CHARS]
 
 
 # The two outcomes almost every item gets, shared.

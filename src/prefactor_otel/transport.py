@@ -13,7 +13,8 @@ each take up to the time left when the request started (httpx's per-operation ti
 
 Threads: sends are serialized by the exporter's send lock (one sender at a time); `interrupt_waits`,
 `resume_waits`, `cap_deadline` and `close` may be called from any thread (events and single assignments:
-no lock). `counters` is written by the sender only.
+no lock). `get` (the run poll) may run on another thread meanwhile: the httpx client is thread-safe, the
+deadline is thread-local, and `get` writes no counters. `counters` is written by the sender only.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from prefactor_otel.models import (
     PfidGenerateDetails,
 )
 from prefactor_otel.netdeadline import SLICE_S, DeadlineBackend, install_deadline_backend
-from prefactor_otel.outcomes import NOT_PROCESSED, SUCCESS, BulkResult, ItemOutcome
+from prefactor_otel.outcomes import NOT_PROCESSED, SUCCESS, BulkResult, ItemOutcome, terminate_reason
 
 # The wire form lives in its own module; re-exported here, where the exporter and older code import it from.
 from prefactor_otel.wire import bulk_body as bulk_body
@@ -203,8 +204,18 @@ class BulkTransport:
         key = item["idempotency_key"]
         return self._post(path, encode_item(body), deadline, lambda r, b: self._rest_outcome(r, b, key))
 
-    def _request(self, path: str, body: bytes, deadline: float) -> tuple[httpx.Response, bytes]:
-        """POST and read the whole answer by `deadline` (wall clock), at most MAX_RESPONSE_BYTES of it.
+    def get(self, path: str, deadline: float) -> tuple[int | None, bytes]:
+        """One GET of an API path (e.g. "/agent_instance/<id>") by `deadline`: (status, answer), or (None, b"")
+        on a connection problem, a deadline reached or an answer that is not one. Not retried, and a 401/403 is
+        only returned: a read the token may not make must not stop the exporter's writes."""
+        try:
+            response, answer = self._request(path, b"", deadline, method="GET")
+        except (httpx.TransportError, ResponseTooLarge, UnreadableResponse):
+            return None, b""
+        return response.status_code, answer
+
+    def _request(self, path: str, body: bytes, deadline: float, method: str = "POST") -> tuple[httpx.Response, bytes]:
+        """Send and read the whole answer by `deadline` (wall clock), at most MAX_RESPONSE_BYTES of it.
 
         Raises httpx.TransportError (a timeout once the deadline passes), ResponseTooLarge or UnreadableResponse;
         leaving early closes the response, which discards its connection.
@@ -217,9 +228,9 @@ class BulkTransport:
             suppress_instrumentation(),
             network.bounded(deadline) if network is not None else nullcontext(),
             self._client.stream(
-                "POST",
+                method,
                 self._config.api_base + path,
-                content=body,
+                content=body if method == "POST" else None,
                 headers=self._headers,
                 timeout=httpx.Timeout(remaining),
             ) as response,
@@ -385,10 +396,14 @@ class BulkTransport:
             output = outputs.get(key)
             if output is None:
                 outcomes[key] = NOT_PROCESSED
-            elif output["status"] == "success":
-                outcomes[key] = SUCCESS
+                continue
+            if output["status"] == "success":
+                outcome = SUCCESS
             else:
-                outcomes[key] = ItemOutcome("error", output.get("code"), output.get("message"))
+                outcome = ItemOutcome("error", output.get("code"), output.get("message"))
+            if "control" in output:  # rare: only answers in a run Prefactor terminated carry it
+                outcome = with_control(outcome, output)
+            outcomes[key] = outcome
         return BulkResult(outcomes=outcomes, status_code=response.status_code)
 
     def _rest_outcome(self, response: httpx.Response, answer: bytes, key: str) -> BulkResult | None:
@@ -398,8 +413,8 @@ class BulkTransport:
             self.counters["contract_errors"] += 1
             self._log.log(logging.WARNING, "contract", "Prefactor export: a REST response does not fit the contract")
             return None
-        del parsed
-        return BulkResult(outcomes={key: SUCCESS}, status_code=response.status_code)
+        outcome = with_control(SUCCESS, parsed.model_extra)  # a span answer's top-level `control`
+        return BulkResult(outcomes={key: outcome}, status_code=response.status_code)
 
     def generate_pfid(self, deadline: float) -> str | None:
         """Ask the server for one id of the account (its partition is the account's). None on failure.
@@ -427,6 +442,12 @@ class BulkTransport:
             self._log.log(logging.WARNING, "pfid", "Prefactor: id generation answer does not fit the API contract")
             return None
         return parsed.details.pfids[0] if parsed.details.pfids else None
+
+
+def with_control(outcome: ItemOutcome, answer: object) -> ItemOutcome:
+    """The outcome, marked when the answer tells the run to terminate (see outcomes.terminate_reason)."""
+    terminate, reason = terminate_reason(answer)
+    return outcome._replace(terminate=True, terminate_reason=reason) if terminate else outcome
 
 
 def decode_body(raw: bytes, content_encoding: str | None) -> bytes:

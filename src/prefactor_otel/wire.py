@@ -156,3 +156,15 @@ def rest_request(item: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         span_id = body.pop("agent_span_id")
         return f"/agent_spans/{span_id}/finish", body
     raise ValueError(f"no REST form for bulk action {action!r}")
+
+
+def instance_id_of(item: dict[str, Any]) -> str | None:
+    """The Prefactor run a wire item belongs to, when the item names it (a span finish names only its span)."""
+    if item.get("_type") == BULK_REGISTER:
+        found = item.get("id")
+    else:
+        found = item.get("agent_instance_id")
+        if found is None:
+            details = item.get("details")
+            found = details.get("agent_instance_id") if isinstance(details, dict) else None
+    return found if isinstance(found, str) else None
