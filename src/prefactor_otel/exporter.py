@@ -42,8 +42,11 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from prefactor_otel import __version__, ids, lifecycle
 from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.config import ConfigError, PrefactorConfig
+from prefactor_otel.control import SOURCE_RESPONSE, TERMINATIONS
+from prefactor_otel.control_poll import InstancePoller
 from prefactor_otel.delivery import Delivery
 from prefactor_otel.durability import Backlog
+from prefactor_otel.items import PlannedItem
 from prefactor_otel.journal import RunJournal
 from prefactor_otel.mapping import SpanRecord, map_span
 from prefactor_otel.mapping.options import MappingOptions
@@ -54,7 +57,7 @@ from prefactor_otel.spool import Spool, default_spool_dir
 from prefactor_otel.starts import live_mapper
 from prefactor_otel.stats import collect_stats
 from prefactor_otel.transport import BulkTransport
-from prefactor_otel.wire import encode_json
+from prefactor_otel.wire import encode_json, instance_id_of
 
 SDK_HEADER = f"prefactor-otel@{__version__}"
 _TICK_S = 0.5
@@ -99,6 +102,7 @@ class PrefactorSpanExporter(SpanExporter):
         self._delivery: Delivery | None = None
         self._backlog: Backlog | None = None
         self._pipeline: Pipeline | None = None
+        self._poller: InstancePoller | None = None
         try:
             self._config = config if config is not None else PrefactorConfig.load(environ, **options)
             self._mapping_options = MappingOptions.from_config(self._config)
@@ -134,6 +138,8 @@ class PrefactorSpanExporter(SpanExporter):
     def _start(self) -> None:
         assert self._transport is not None
         self._delivery = Delivery(self._transport, self._config)
+        self._delivery.on_terminate = self._on_terminate_answer
+        self._poller = InstancePoller(self._transport, TERMINATIONS, self._config.control_poll_interval)
         self._open_spool()
         self._pipeline = self._new_pipeline({})
         if self._backlog is not None:
@@ -401,6 +407,8 @@ class PrefactorSpanExporter(SpanExporter):
                 next_adoption = now + _ADOPT_EVERY_S
                 self._adopt_abandoned_runs()
             pipeline = self._pipeline
+            if pipeline is not None and self._exit_deadline is None:
+                self._poll_for_control(pipeline)
             if pipeline is None or now < next_send or not pipeline.has_due_work(now):
                 continue
             if not self._send_lock.acquire(blocking=False):
@@ -415,6 +423,51 @@ class PrefactorSpanExporter(SpanExporter):
                 self._send_lock.release()
             delay = _TICK_S if ok else min(_TICK_BACKOFF_CAP_S, delay * 2)
             next_send = time.monotonic() + delay - _TICK_S
+
+    # ------------------------------------------------------------------ control
+
+    def _on_terminate_answer(self, item: PlannedItem, reason: str | None) -> None:
+        """Delivery heard `control.terminate` in the answer to `item` (sending thread, no lock held)."""
+        pipeline = self._pipeline
+        instance_id = instance_id_of(item.body)
+        trace_id: int | None = item.trace_id or None  # 0: an item read back from the spool
+        if pipeline is not None:
+            with pipeline.state_lock:
+                planner = pipeline.planner
+                if planner is not None:
+                    if instance_id is None and trace_id is not None:
+                        instance_id = planner.instance_of_trace(trace_id)
+                    elif trace_id is None and instance_id is not None:
+                        trace_id = planner.trace_of_instance(instance_id)
+        if instance_id is None:
+            return
+        TERMINATIONS.record(instance_id, trace_id, reason, SOURCE_RESPONSE)
+        self._stop_terminated_run(trace_id)
+
+    def _poll_for_control(self, pipeline: Pipeline) -> None:
+        """The slow path: ask for the status of the runs open here (each at most once per poll interval)."""
+        poller = self._poller
+        if poller is None or poller.stopped or pipeline.planner is None:
+            return
+        with pipeline.state_lock:
+            runs = pipeline.planner.active_runs()
+        if not runs:
+            return
+        try:
+            poller.poll(runs, self._deadline(min(self._config.export_timeout, 5.0)))
+        except Exception:  # never a reason to stop the finisher thread
+            logger.debug("Prefactor: polling for control failed", exc_info=True)
+        for instance_id, trace_id in runs:
+            if TERMINATIONS.for_instance(instance_id) is not None:
+                self._stop_terminated_run(trace_id)
+
+    def _stop_terminated_run(self, trace_id: int | None) -> None:
+        pipeline = self._pipeline
+        if trace_id is None or pipeline is None:
+            return
+        with pipeline.state_lock:
+            if pipeline.planner is not None:
+                pipeline.planner.terminate(trace_id)
 
     def _adopt_abandoned_runs(self) -> None:
         if self._backlog is None:
@@ -466,6 +519,8 @@ class PrefactorSpanExporter(SpanExporter):
             self._transport.reset_after_fork()
         if self._delivery is not None:
             self._delivery.reset_after_fork()
+        if self._poller is not None:
+            self._poller.reset_after_fork()
         if self._backlog is not None:
             self._backlog.reset_after_fork()
         if self._delivery is not None:
@@ -503,4 +558,5 @@ class PrefactorSpanExporter(SpanExporter):
             transport=self._transport,
             delivery=self._delivery,
             backlog=self._backlog,
+            poller=self._poller,
         )

@@ -294,6 +294,10 @@ class Planner:
         self._forget(trace)
         return dropped
 
+    def instance_of_trace(self, trace_id: int) -> str | None:
+        trace = self._traces.get(trace_id)
+        return trace.instance_id if trace is not None else None
+
     def trace_of_instance(self, instance_id: str) -> int | None:
         for trace_id, trace in self._traces.items():
             if trace.instance_id == instance_id:

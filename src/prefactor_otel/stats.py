@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from prefactor_otel.control_poll import InstancePoller
 from prefactor_otel.delivery import Delivery
 from prefactor_otel.durability import Backlog
 from prefactor_otel.pipeline import Pipeline
@@ -26,6 +27,7 @@ def collect_stats(
     transport: BulkTransport | None,
     delivery: Delivery | None,
     backlog: Backlog | None,
+    poller: InstancePoller | None = None,
 ) -> dict[str, Any]:
     """`spans_dropped` counts spans only; rejected instance actions are in `instance_actions_dropped`."""
     all_dropped: Counter[str] = Counter(dict(dropped))
@@ -34,7 +36,7 @@ def collect_stats(
     queued = open_traces = 0
     if pipeline is not None:
         queued, open_traces = pipeline.collect(all_counters, all_dropped, actions_dropped)
-    for part in (transport, delivery):
+    for part in (transport, delivery, poller):
         if part is not None:
             all_counters.update(dict(part.counters))
     if backlog is not None:
@@ -65,6 +67,9 @@ def collect_stats(
         "starts_dropped": c["starts_dropped"],
         "open_spans_forgotten": c["open_spans_forgotten"],
         "runs_terminated": c["runs_terminated"],
+        # control: span answers that carried control.terminate, and polls of run status (docs/control.md)
+        "control_terminate_answers": c["control_terminate_answers"],
+        "control_polls": c["control_polls"],
         "spans_queued": queued,
         "open_traces": open_traces,
         "instances_registered": c["instances_registered"],
