@@ -1,7 +1,7 @@
 """Run state machine after registration: start, finish, terminate and record_quality.
 
 Threads: each action runs inside `Store.execute`, on a request thread or the test thread, with the store's RLock
-(`_lock`) held; it guards the instances (and their spans) these change.
+(`_lock`) held; it guards the instances (and their spans: termination closes the in-flight ones) these change.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from prefactor_otel.devserver.findings import Findings
-from prefactor_otel.devserver.model import FINISH_STATUSES, TERMINAL_INSTANCE
-from prefactor_otel.devserver.timefmt import now_us
+from prefactor_otel.devserver.model import FINISH_STATUSES, TERMINAL_INSTANCE, _Instance, _Span
+from prefactor_otel.devserver.timefmt import format_timestamp, now_us
 from prefactor_otel.devserver.validation import ApiError, JsonDict, _check_fields, _invalid, _opt_obj, _opt_time
 
 
@@ -73,7 +73,35 @@ class InstanceActions(Findings):
         instance.termination_reason = reason
         instance.finished_us = now
         instance.updated_us = now
+        self._close_in_flight_spans(instance, now)
         return {"status": "success", "details": self._render_instance(instance)}
+
+    def _close_in_flight_spans(self, instance: _Instance, at_us: int) -> None:
+        """Termination "closes in-flight spans" (Prefactor's API documentation). Spans have no `terminated`
+        state, so each takes the close its state machine allows: an `active` span becomes `failed` (stopped from
+        outside, it did not complete), a `pending` one `cancelled` (it never ran), both finished at the
+        termination. The reason stays on the run (`termination_reason`); no result payload is invented."""
+        for span_id in instance.span_ids:
+            span = self._spans[span_id]
+            if span.status == "active":
+                status, started = "failed", span.started_us
+            elif span.status == "pending":
+                status, started = "cancelled", at_us
+            else:
+                continue
+            # A client clock ahead of ours may have started the span "later": never finish before the start.
+            finished = at_us if started is None else max(at_us, started)
+            data = {
+                **span.data,
+                "status": status,
+                "started_at": format_timestamp(started),
+                "finished_at": format_timestamp(finished),
+                "updated_at": format_timestamp(at_us),
+            }
+            instance.counts[span.status] -= 1
+            instance.counts[status] += 1
+            self._spans[span_id] = _Span(data, span.instance_id, status, started, finished)
+            instance.closed_by_termination.add(span_id)
 
     def _record_quality(self, params: JsonDict) -> JsonDict:
         # Sets one named payload, or clears it with a null payload; other names stay (the documented contract of

@@ -77,6 +77,8 @@ class _Instance:
     span_ids: list[str] = field(default_factory=list)
     quality_payloads: dict[str, JsonDict] = field(default_factory=dict)
     quality_summaries: dict[str, str] = field(default_factory=dict)
+    # Spans the run's termination closed: a later finish of one answers success with `control`, not a conflict.
+    closed_by_termination: set[str] = field(default_factory=set)
 
 
 @dataclass

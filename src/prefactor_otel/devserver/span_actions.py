@@ -7,7 +7,7 @@ Threads: each action runs inside `Store.execute`, on a request thread or the tes
 from __future__ import annotations
 
 from prefactor_otel.devserver.findings import Findings
-from prefactor_otel.devserver.model import FINISH_STATUSES, SPAN_STATUSES, _Span
+from prefactor_otel.devserver.model import FINISH_STATUSES, SPAN_STATUSES, _Instance, _Span
 from prefactor_otel.devserver.timefmt import format_timestamp, now_us
 from prefactor_otel.devserver.validation import ApiError, JsonDict, _check_fields, _invalid, _opt_obj, _opt_time
 
@@ -168,16 +168,21 @@ class SpanActions(Findings):
         instance = self._instances[span.instance_id]
         if instance.status not in ("pending", "active", "terminated"):
             raise ApiError(409, "invalid_action", f"the span's agent instance is {instance.status}")
+        control = self._control(instance)
+        conflict = {"control": control} if control else None  # a 409 in a terminated run says so too
+        if span_id in instance.closed_by_termination:
+            # The termination closed it while the client still ran it: the client's finish is how it learns that
+            # the run was stopped, so it succeeds with `control` (the only answer the official clients read) and
+            # the span stays as the termination left it. docs/local-server.md.
+            self._check_result_payload(instance, span_id, span.data["schema_name"], result_payload)
+            return {"status": "success", "details": span.data, "control": control}
         if span.status in FINISH_STATUSES:
-            raise ApiError(409, "invalid_action", f"span is already {span.status}")
+            raise ApiError(409, "invalid_action", f"span is already {span.status}", extra=conflict)
         if status == "cancelled" and span.status != "pending":
-            raise ApiError(409, "invalid_action", "only a pending span can be cancelled")
+            raise ApiError(409, "invalid_action", "only a pending span can be cancelled", extra=conflict)
         if status != "cancelled" and span.status != "active":
-            raise ApiError(409, "invalid_action", f"only an active span can finish as {status}")
-        if result_payload is not None:
-            span_type = instance.schema_version.span_types.get(span.data["schema_name"], {})
-            what = f"result_payload of a {span.data['schema_name']} span"
-            self._check_schema(result_payload, span_type.get("result_schema"), what, span_id=span_id)
+            raise ApiError(409, "invalid_action", f"only an active span can finish as {status}", extra=conflict)
+        self._check_result_payload(instance, span_id, span.data["schema_name"], result_payload)
         now = now_us()
         finished = now if timestamp is None else timestamp
         started = finished if status == "cancelled" else span.started_us
@@ -197,7 +202,14 @@ class SpanActions(Findings):
         instance.counts[status] += 1
         self._spans[span_id] = _Span(data, span.instance_id, status, started, finished)
         out: JsonDict = {"status": "success", "details": data}
-        control = self._control(instance)
         if control:
             out["control"] = control
         return out
+
+    def _check_result_payload(
+        self, instance: _Instance, span_id: str, schema_name: str, result_payload: JsonDict | None
+    ) -> None:
+        if result_payload is not None:
+            span_type = instance.schema_version.span_types.get(schema_name, {})
+            what = f"result_payload of a {schema_name} span"
+            self._check_schema(result_payload, span_type.get("result_schema"), what, span_id=span_id)
