@@ -81,6 +81,7 @@ class InstanceActions(Findings):
         state, so each takes the close its state machine allows: an `active` span becomes `failed` (stopped from
         outside, it did not complete), a `pending` one `cancelled` (it never ran), both finished at the
         termination. The reason stays on the run (`termination_reason`); no result payload is invented."""
+        at = format_timestamp(at_us)  # formatted once: a run may hold many thousands of open spans
         for span_id in instance.span_ids:
             span = self._spans[span_id]
             if span.status == "active":
@@ -94,10 +95,11 @@ class InstanceActions(Findings):
             data = {
                 **span.data,
                 "status": status,
-                "started_at": format_timestamp(started),
-                "finished_at": format_timestamp(finished),
-                "updated_at": format_timestamp(at_us),
+                "finished_at": at if finished == at_us else format_timestamp(finished),
+                "updated_at": at,
             }
+            if status == "cancelled":
+                data["started_at"] = at
             instance.counts[span.status] -= 1
             instance.counts[status] += 1
             self._spans[span_id] = _Span(data, span.instance_id, status, started, finished)
