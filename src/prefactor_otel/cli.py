@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 import httpx
@@ -69,25 +70,26 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _local_server(
-    args: argparse.Namespace, method: str, path: str, body: dict[str, str] | None = None
+    args: argparse.Namespace, method: str, path: str, body: dict[str, str] | None = None, *, quiet: bool = False
 ) -> httpx.Response | None:
-    """One call to a local server's `/_dev` API (`--url`, `--token`); None (said on stderr) if unreachable."""
+    """One call to a server (`--url`, `--token`); None (said on stderr unless `quiet`) if unreachable."""
+    base = args.url.rstrip("/")
+    base = base.removesuffix("/api/v1")  # the URL may be given with the API prefix, as users copy it
     try:
         return httpx.request(
-            method,
-            args.url.rstrip("/") + path,
-            json=body,
-            headers={"Authorization": f"Bearer {args.token}"},
-            timeout=10,
+            method, base + path, json=body, headers={"Authorization": f"Bearer {args.token}"}, timeout=10
         )
     except httpx.HTTPError as exc:
-        print(f"cannot reach {args.url}: {type(exc).__name__}", file=sys.stderr)
+        if not quiet:
+            print(f"cannot reach {args.url}: {type(exc).__name__}", file=sys.stderr)
         return None
 
 
 def _show(args: argparse.Namespace) -> int:
     from prefactor_otel.devserver import render_runs
 
+    if args.watch:
+        return _watch(args)
     response = _local_server(args, "GET", "/_dev/snapshot")
     if response is None:
         return 2
@@ -102,10 +104,40 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _watch(args: argparse.Namespace) -> int:
+    """`show --watch`: one frame of live runs and in-flight spans every `--interval` seconds, until Ctrl-C or
+    `--count` frames. A terminal is redrawn in place; other output gets the frames one after another."""
+    from prefactor_otel.devserver import render_live
+    from prefactor_otel.devserver.timefmt import now_us
+
+    redraw = sys.stdout.isatty()
+    frames = reached = 0
+    try:
+        while args.count is None or frames < args.count:
+            if frames:
+                time.sleep(args.interval)
+            frames += 1
+            response = _local_server(args, "GET", "/_dev/snapshot", quiet=True)
+            if response is not None and response.status_code == 200:
+                reached += 1
+                body = render_live(response.json(), now_us=now_us())
+            else:
+                # A watch outlives a server restart: say so in the frame and keep polling.
+                why = "unreachable" if response is None else f"HTTP {response.status_code}"
+                body = f"cannot read {args.url}: {why}\n"
+            head = f"{args.url}  {time.strftime('%H:%M:%S')}  every {args.interval:g} s (Ctrl-C to stop)\n\n"
+            sys.stdout.write(("\x1b[H\x1b[2J" if redraw else "\n" if frames > 1 else "") + head + body)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    return 0 if reached else 2
+
+
 def _terminate(args: argparse.Namespace) -> int:
-    """Terminate a run on a local server, as an operator does in Prefactor: its later span calls carry control."""
-    body = {"agent_instance_id": args.instance_id, "reason": args.reason}
-    response = _local_server(args, "POST", "/_dev/terminate", body)
+    """Terminate a run, as an operator does in Prefactor: the API's `POST /agent_instance/{id}/terminate` (only an
+    active run; a reason is required). The run's in-flight spans are closed and its later span calls carry control."""
+    path = f"/api/v1/agent_instance/{args.instance_id}/terminate"
+    response = _local_server(args, "POST", path, {"reason": args.reason})
     if response is None:
         return 2
     if response.status_code != 200:
@@ -114,6 +146,20 @@ def _terminate(args: argparse.Namespace) -> int:
         return 1
     print(f"run {args.instance_id} terminated ({args.reason})")
     return 0
+
+
+def _positive_seconds(value: str) -> float:
+    seconds = float(value)
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 3600 seconds")
+    return seconds
+
+
+def _positive_count(value: str) -> int:
+    count = int(value)
+    if count < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return count
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -186,12 +232,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.add_argument("--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787")
     show.add_argument("--token", default=os.environ.get("PREFACTOR_API_TOKEN") or DEFAULT_DEV_TOKEN)
     show.add_argument("--json", action="store_true", help="print the raw snapshot")
+    show.add_argument("--watch", action="store_true", help="show live runs and in-flight spans until Ctrl-C")
+    show.add_argument("--interval", type=_positive_seconds, default=1.0, help="seconds between --watch frames")
+    show.add_argument("--count", type=_positive_count, default=None, help="stop --watch after this many frames")
     show.set_defaults(func=_show)
     terminate = sub.add_parser(
-        "terminate", help="terminate a run on a local server (its span calls then carry control)"
+        "terminate", help="terminate an active run (its in-flight spans close; its span calls then carry control)"
     )
     terminate.add_argument("instance_id", help="the agent run's id")
-    terminate.add_argument("--reason", default="terminated from the command line")
+    terminate.add_argument("--reason", required=True, help="why (required by the API; shown with the run)")
     terminate.add_argument("--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787")
     terminate.add_argument("--token", default=os.environ.get("PREFACTOR_API_TOKEN") or DEFAULT_DEV_TOKEN)
     terminate.set_defaults(func=_terminate)

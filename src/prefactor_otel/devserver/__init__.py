@@ -20,7 +20,7 @@ the real API would but a stricter server would refuse). How each answer was deci
 from __future__ import annotations
 
 from prefactor_otel.devserver.faults import Fault
-from prefactor_otel.devserver.render import render_runs
+from prefactor_otel.devserver.render import render_live, render_runs
 from prefactor_otel.devserver.server import DEFAULT_PORT, DEFAULT_TOKEN, DevServer, RequestLog, serve
 from prefactor_otel.devserver.store import ApiError, Store
 
@@ -32,6 +32,7 @@ __all__ = [
     "Fault",
     "RequestLog",
     "Store",
+    "render_live",
     "render_runs",
     "serve",
 ]

@@ -1,12 +1,13 @@
-"""Agent runs as plain-text trees (`prefactor-otel demo` / `show`).
+"""Agent runs as plain-text trees (`prefactor-otel demo` / `show`), and the live frame of `show --watch`.
 
 Works on a `snapshot()` dict, possibly loaded from JSON written by another process, so every field is
-treated as optional and nothing here assumes the snapshot came from this exact server version.
+treated as optional and nothing here assumes the snapshot came from this exact server version. Pure functions:
+any thread may call them; no state, no locks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prefactor_otel.devserver.timefmt import parse_timestamp
@@ -66,7 +67,9 @@ def _version_label(instance: JsonDict, versions: Mapping[str, JsonDict]) -> str:
     return f"{name}@{identifier}" if identifier else str(name)
 
 
-def _render_tree(spans: list[JsonDict], lines: list[str]) -> None:
+def _render_tree(
+    spans: list[JsonDict], lines: list[str], span_line: Callable[[JsonDict, bool], str] = _span_line
+) -> None:
     by_id = {str(s.get("id")): s for s in spans}
     children: dict[str, list[JsonDict]] = {}
     roots: list[tuple[JsonDict, bool]] = []
@@ -110,7 +113,7 @@ def _render_tree(spans: list[JsonDict], lines: list[str]) -> None:
         if span_id in seen:
             continue
         seen.add(span_id)
-        lines.append(f"{prefix}{'└─ ' if last else '├─ '}{_span_line(span, orphan)}")
+        lines.append(f"{prefix}{'└─ ' if last else '├─ '}{span_line(span, orphan)}")
         kids = [k for k in children.get(span_id, []) if str(k.get("id")) not in seen]
         below = prefix + ("   " if last else "│  ")
         stack.extend((kid, False, below, i == len(kids) - 1) for i, kid in reversed(list(enumerate(kids))))
@@ -154,4 +157,59 @@ def render_runs(snapshot: Mapping[str, Any]) -> str:
             lines.append("")
         lines.append(f"spans of unknown agent runs  {len(strays)} span{'' if len(strays) == 1 else 's'}")
         _render_tree(strays, lines)
+    return "\n".join(lines) + "\n"
+
+
+LIVE = ("pending", "active")  # a run or span in one of these is still in flight
+
+
+def _elapsed(start: object, now_us: int) -> str:
+    started = _micros(start)
+    if started is None:
+        return "not started"
+    return f"{max(0, now_us - started) / 1_000_000:.1f} s"
+
+
+def render_live(snapshot: Mapping[str, Any], *, now_us: int) -> str:
+    """One frame of `prefactor-otel show --watch`: the runs still in flight (`pending`/`active`), each with its
+    in-flight spans as a tree (status and time since each started, at `now_us`); finished runs are only counted."""
+    instances = [i for i in snapshot.get("instances") or [] if isinstance(i, Mapping)]
+    versions = {str(v.get("id")): v for v in snapshot.get("agent_versions") or [] if isinstance(v, Mapping)}
+    in_flight: dict[str, list[JsonDict]] = {}
+    for span in snapshot.get("spans") or []:
+        if isinstance(span, Mapping) and span.get("status") in LIVE:
+            in_flight.setdefault(str(span.get("agent_instance_id")), []).append(span)
+    live = [i for i in instances if i.get("status") in LIVE]
+
+    def span_line(span: JsonDict, _orphan: bool) -> str:
+        # A span whose parent already finished is drawn at the top level here: that is not an orphan.
+        parts = [str(span.get("schema_name") or "?")]
+        payload = span.get("payload")
+        name = payload.get("name") if isinstance(payload, Mapping) else None
+        if isinstance(name, str) and name:
+            parts.append(name)
+        parts += [str(span.get("status") or "?"), _elapsed(span.get("started_at"), now_us)]
+        return "  ".join(parts)
+
+    lines: list[str] = [] if live else ["no live agent runs"]
+    for instance in sorted(live, key=lambda i: _order_key(i, "started_at", "inserted_at")):
+        own = in_flight.get(str(instance.get("id")), [])
+        started = instance.get("started_at")
+        if lines:
+            lines.append("")
+        lines.append(
+            "  ".join(
+                [
+                    f"agent run {instance.get('id')}",
+                    str(instance.get("status") or "?"),
+                    _version_label(instance, versions),
+                    f"running {_elapsed(started, now_us)}" if started else "not started",
+                    f"{len(own)} span{'' if len(own) == 1 else 's'} in flight",
+                ]
+            )
+        )
+        _render_tree(own, lines, span_line)
+    done = len(instances) - len(live)
+    if done:
+        lines += ["", f"{done} finished run{'' if done == 1 else 's'} not shown"]
     return "\n".join(lines) + "\n"

@@ -792,8 +792,9 @@ class DevServer:
         self.store.clear_findings()
 
     def terminate(self, instance_id: str, reason: str) -> JsonDict:
-        """Terminate an active run as an operator would in Prefactor: the run becomes `terminated` and later span
-        answers for it carry `control`. Returns the instance; raises `ApiError` with the API's answer otherwise."""
+        """Terminate an active run as an operator would in Prefactor: the run becomes `terminated`, its in-flight
+        spans close (`active` -> `failed`, `pending` -> `cancelled`) and later span answers for it carry `control`.
+        Returns the instance; raises `ApiError` with the API's answer otherwise."""
         status, body = self.store.execute(st.TERMINATE, {"agent_instance_id": instance_id, "reason": reason})
         if status != 200:
             raise ApiError(status, body.get("code", "unexpected"), body.get("message", ""), body.get("errors"))
