@@ -29,12 +29,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from opentelemetry.sdk.resources import Resource  # noqa: E402
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: E402
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from prefactor_otel import PrefactorSpanExporter, PrefactorSpanProcessor  # noqa: E402
-from prefactor_otel.devserver import DevServer  # noqa: E402
+from prefactor_otel import PrefactorSpanExporter, PrefactorSpanProcessor
+from prefactor_otel.devserver import DevServer
 
 AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "bench"}
 
