@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_autoconfig import Distros, distribution_order
 
 
 def test_demo_runs_offline_and_prints_trees():
@@ -33,13 +38,19 @@ def test_doctor_against_the_local_server_and_token_not_printed():
     with DevServer(token=token) as srv:
         proc = subprocess.run(
             [sys.executable, "-m", "prefactor_otel", "doctor"],
-            env=_env(PREFACTOR_API_URL=srv.url, PREFACTOR_API_TOKEN=token, OTEL_TRACES_EXPORTER="prefactor"),
+            env=_env(
+                PREFACTOR_API_URL=srv.url,
+                PREFACTOR_API_TOKEN=token,
+                OTEL_TRACES_EXPORTER="prefactor",
+                OTEL_PYTHON_DISTRO="prefactor",
+            ),
             capture_output=True,
             text=True,
             timeout=60,
         )
     assert proc.returncode == 0, proc.stdout
     assert "/ping -> HTTP 200" in proc.stdout and "resolves to PrefactorSpanExporter" in proc.stdout
+    assert "will use the Prefactor distro and configurator" in proc.stdout
     assert token not in proc.stdout + proc.stderr
 
 
@@ -56,6 +67,27 @@ def test_doctor_reports_missing_token_and_bad_values():
         timeout=60,
     )
     assert proc.returncode == 1 and "PREFACTOR_EXPORT_TIMEOUT" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("distros", "distro_env", "expected"),
+    [
+        ("theirs-listed-first", None, "[!!] another OTel distro is installed (distro)"),
+        ("theirs-listed-first", "prefactor", "[ok] opentelemetry-instrument will use the Prefactor distro"),
+        ("theirs-listed-first", "distro", "[!!] OTEL_PYTHON_DISTRO=distro: the Prefactor distro and configurator"),
+        ("without-opentelemetry-distro", None, "[ok] opentelemetry-instrument will use the Prefactor distro"),
+    ],
+)
+def test_doctor_says_whether_opentelemetry_instrument_will_use_our_set_up(
+    tmp_path: Path, distros: Distros, distro_env: str | None, expected: str
+) -> None:
+    env = _env(OTEL_TRACES_EXPORTER="prefactor", PYTHONPATH=str(distribution_order(tmp_path, distros)))
+    if distro_env is not None:
+        env["OTEL_PYTHON_DISTRO"] = distro_env
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefactor_otel", "doctor"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert expected in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_serve_and_show_print_the_runs_a_server_holds():
