@@ -141,3 +141,20 @@ def test_terminate_a_run_on_the_local_server_from_the_command_line():
         )
         assert again.returncode == 1 and "HTTP 409" in again.stderr  # a finished run cannot be terminated
         exporter.shutdown()
+
+
+def test_doctor_flags_an_sdk_that_cannot_take_our_processor(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk import _configuration as sdk_configuration
+
+    from prefactor_otel.cli import _zero_code_findings
+
+    env = {"OTEL_TRACES_EXPORTER": "prefactor", "OTEL_PYTHON_DISTRO": "prefactor"}
+    assert all(ok for ok, _ in _zero_code_findings(env))
+
+    def before_1_40(auto_instrumentation_version: str | None = None) -> None:  # the SDK's signature before 1.40
+        raise AssertionError("the doctor must not set anything up")
+
+    monkeypatch.setattr(sdk_configuration, "_initialize_components", before_1_40)
+    assert (False, "opentelemetry-sdk < 1.40: zero-code runs put the exporter in a BatchSpanProcessor") in (
+        _zero_code_findings(env)
+    )
