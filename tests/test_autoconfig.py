@@ -1,76 +1,290 @@
-"""`opentelemetry-instrument` with OTEL_TRACES_EXPORTER=prefactor and only PREFACTOR_* settings."""
+"""`opentelemetry-instrument` with OTEL_TRACES_EXPORTER=prefactor and only PREFACTOR_* settings.
+
+Each run is a real `opentelemetry-instrument python app.py` against a local server. Whether opentelemetry-distro is
+visible, and whose distro Python lists first, is fixed per run through PYTHONPATH (it precedes site-packages, and
+Python keeps the first distribution it finds of each name): a stand-in `opentelemetry-distro` metadata directory
+without entry points hides the installed one; a link to an installed distribution's metadata lists it first.
+"""
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
-from importlib.metadata import entry_points
+from importlib.metadata import distribution, entry_points
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from opentelemetry.sdk import _configuration as sdk_configuration
 
 from prefactor_otel import PrefactorSpanExporter
 from prefactor_otel.devserver import DevServer
+from prefactor_otel.zerocode import (
+    PrefactorConfigurator,
+    PrefactorDistro,
+    export_span_processor,
+    names_prefactor,
+    next_other,
+)
 
+TESTS_PARENT = str(Path(__file__).resolve().parent.parent)
+
+# The app reports what the configurator built (SDK internals, read only), then runs the workload.
 APP = textwrap.dedent(
     """
-    import sys
+    import json, os, sys
     sys.path.insert(0, {tests_parent!r})
-    from opentelemetry import trace
+    from opentelemetry import metrics, trace
     from tests.test_exporter_e2e import three_traces
 
-    three_traces(trace.get_tracer_provider())
+    provider = trace.get_tracer_provider()
+    processors = getattr(getattr(provider, "_active_span_processor", None), "_span_processors", ())
+    readers = getattr(metrics.get_meter_provider(), "_metric_readers", ())
+    report = {{
+        "processors": [type(p).__name__ for p in processors],
+        "exporters": [type(getattr(p, "span_exporter", getattr(p, "exporter", None))).__name__ for p in processors],
+        "metric_readers": [type(getattr(r, "_exporter", r)).__name__ for r in readers],
+        "env": {{k: os.environ.get(k) for k in ("OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER",
+                                                 "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_PYTHON_CONFIGURATOR")}},
+    }}
+    print("REPORT " + json.dumps(report))
+    three_traces(provider)
     print("app done")
     """
 )
 
-
-def test_entry_point_is_registered_and_loads_the_class():
-    (ep,) = entry_points(group="opentelemetry_traces_exporter", name="prefactor")
-    assert ep.load() is PrefactorSpanExporter
+Distros = Literal["without-opentelemetry-distro", "ours-listed-first", "theirs-listed-first"]
 
 
-def test_opentelemetry_instrument_delivers(tmp_path):
+def _metadata_dir(name: str) -> Path:
+    dist = distribution(name)
+    metadata = next(f for f in dist.files or () if f.name == "METADATA" and f.parent.name.endswith(".dist-info"))
+    return Path(str(dist.locate_file(metadata))).parent
+
+
+def distribution_order(tmp_path: Path, distros: Distros) -> Path:
+    """A directory for PYTHONPATH that fixes which distros the run sees, and in which order."""
+    path = tmp_path / "dists"
+    path.mkdir()
+    if distros == "without-opentelemetry-distro":
+        stand_in = path / "opentelemetry_distro-0.0.0.dist-info"
+        stand_in.mkdir()
+        (stand_in / "METADATA").write_text("Metadata-Version: 2.1\nName: opentelemetry-distro\nVersion: 0.0.0\n")
+    else:
+        first = _metadata_dir("prefactor-otel" if distros == "ours-listed-first" else "opentelemetry-distro")
+        (path / first.name).symlink_to(first, target_is_directory=True)
+    return path
+
+
+def run_instrumented(
+    tmp_path: Path, server: DevServer, distros: Distros, **env_extra: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`opentelemetry-instrument python app.py` with only PREFACTOR_* and the given OTEL_* variables set."""
+    app = tmp_path / "app.py"
+    app.write_text(APP.format(tests_parent=TESTS_PARENT))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PREFACTOR_"))}
+    env.update(
+        OTEL_SERVICE_NAME="autoconf-agent",
+        PREFACTOR_API_URL=server.url,
+        PREFACTOR_API_TOKEN=server.token,
+        PREFACTOR_AGENT_ID=server.agent_id,
+        PREFACTOR_ENVIRONMENT_ID=server.environment_id,
+        PREFACTOR_FINISH_GRACE_SECONDS="0",
+        PYTHONPATH=str(distribution_order(tmp_path, distros)),
+        **env_extra,
+    )
+    instrument = os.path.join(os.path.dirname(sys.executable), "opentelemetry-instrument")
+    proc = subprocess.run(
+        [instrument, sys.executable, str(app)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("REPORT ")), None)
+    assert line is not None, proc.stdout + proc.stderr
+    return proc, json.loads(line.removeprefix("REPORT "))
+
+
+def assert_clean(proc: subprocess.CompletedProcess[str], token: str) -> None:
+    assert proc.returncode == 0, proc.stderr
+    assert "app done" in proc.stdout
+    assert "Traceback" not in proc.stderr and "Failed to auto initialize" not in proc.stderr, proc.stderr
+    assert token not in proc.stdout + proc.stderr
+
+
+def test_entry_points_are_registered_and_load_our_classes():
+    (exporter,) = entry_points(group="opentelemetry_traces_exporter", name="prefactor")
+    assert exporter.load() is PrefactorSpanExporter
+    (distro,) = entry_points(group="opentelemetry_distro", name="prefactor")
+    assert distro.load() is PrefactorDistro
+    (configurator,) = entry_points(group="opentelemetry_configurator", name="prefactor")
+    assert configurator.load() is PrefactorConfigurator
+
+
+def test_only_the_traces_exporter_and_prefactor_settings_deliver_through_the_processor(tmp_path):
     from tests.test_exporter_e2e import TOKEN
 
-    # Run the same workload in-process only to know which OTel spans to expect (names/parents).
-    collector_provider_spans = _expected_spans()
+    expected = _expected_spans()
     with DevServer(token=TOKEN) as server:
-        app = tmp_path / "app.py"
-        app.write_text(APP.format(tests_parent=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PREFACTOR_"))}
-        env.update(
-            OTEL_TRACES_EXPORTER="prefactor",
-            OTEL_METRICS_EXPORTER="none",
-            OTEL_LOGS_EXPORTER="none",
-            OTEL_SERVICE_NAME="autoconf-agent",
-            PREFACTOR_API_URL=server.url,
-            PREFACTOR_API_TOKEN=TOKEN,
-            PREFACTOR_AGENT_ID=server.agent_id,
-            PREFACTOR_ENVIRONMENT_ID=server.environment_id,
-            PREFACTOR_FINISH_GRACE_SECONDS="0",
+        proc, report = run_instrumented(
+            tmp_path, server, "without-opentelemetry-distro", OTEL_TRACES_EXPORTER="prefactor"
         )
-        instrument = shutil.which("opentelemetry-instrument") or os.path.join(
-            os.path.dirname(sys.executable), "opentelemetry-instrument"
-        )
-        proc = subprocess.run(
-            [instrument, sys.executable, str(app)], env=env, capture_output=True, text=True, timeout=120
-        )
-        assert proc.returncode == 0, proc.stderr
-        assert "app done" in proc.stdout
-        assert TOKEN not in proc.stdout + proc.stderr
+        assert_clean(proc, TOKEN)
+        assert report["processors"] == ["PrefactorSpanProcessor"]
+        assert report["exporters"] == ["PrefactorSpanExporter"]
+        assert report["metric_readers"] == []
+        assert report["env"]["OTEL_METRICS_EXPORTER"] == "none" and report["env"]["OTEL_LOGS_EXPORTER"] == "none"
         spans = server.spans()
-        assert len(spans) == len(collector_provider_spans)
+        assert len(spans) == len(expected)
         instances = server.instances()
         assert sorted(i["status"] for i in instances) == ["complete", "complete", "failed"]
+        # the resource comes from OTEL_* as usual: OTEL_SERVICE_NAME names the agent version
+        assert [v["name"] for v in server.snapshot()["agent_versions"]] == ["autoconf-agent"]
         names = sorted(s["payload"]["name"] for s in spans)
-        assert names == sorted(s.name for s in collector_provider_spans)
+        assert names == sorted(s.name for s in expected)
         # parent links survive: every non-root span's parent is a span of the same instance
         by_id = {s["id"]: s for s in spans}
         for s in spans:
             if s["payload"]["parent_span_id"] is not None:
                 parent = by_id[s["parent_span_id"]]
                 assert parent["payload"]["span_id"] == s["payload"]["parent_span_id"]
+
+
+def test_other_exporters_keep_their_batch_processor_and_a_users_metrics_exporter_is_kept(tmp_path):
+    with DevServer() as server:
+        proc, report = run_instrumented(
+            tmp_path,
+            server,
+            "without-opentelemetry-distro",
+            OTEL_TRACES_EXPORTER="prefactor, console",
+            OTEL_METRICS_EXPORTER="console",
+        )
+        assert_clean(proc, server.token)
+        assert report["processors"] == ["PrefactorSpanProcessor", "BatchSpanProcessor"]
+        assert report["exporters"] == ["PrefactorSpanExporter", "ConsoleSpanExporter"]
+        assert report["metric_readers"] == ["ConsoleMetricExporter"]
+        assert report["env"]["OTEL_METRICS_EXPORTER"] == "console" and report["env"]["OTEL_LOGS_EXPORTER"] == "none"
+        assert '"name": "invoke_agent support"' in proc.stdout  # the console exporter printed spans too
+        assert len(server.instances()) == 3
+
+
+def test_with_opentelemetry_distro_listed_after_ours_our_set_up_wins(tmp_path):
+    with DevServer() as server:
+        proc, report = run_instrumented(tmp_path, server, "ours-listed-first", OTEL_TRACES_EXPORTER="prefactor")
+        assert_clean(proc, server.token)
+        assert report["processors"] == ["PrefactorSpanProcessor"]
+        assert report["env"]["OTEL_METRICS_EXPORTER"] == "none" and report["env"]["OTEL_EXPORTER_OTLP_PROTOCOL"] is None
+        assert len(server.instances()) == 3
+
+
+def test_with_opentelemetry_distro_listed_first_otel_python_distro_selects_ours(tmp_path):
+    with DevServer() as server:
+        proc, report = run_instrumented(
+            tmp_path, server, "theirs-listed-first", OTEL_TRACES_EXPORTER="prefactor", OTEL_PYTHON_DISTRO="prefactor"
+        )
+        assert_clean(proc, server.token)
+        assert report["processors"] == ["PrefactorSpanProcessor"]
+        assert report["env"]["OTEL_METRICS_EXPORTER"] == "none" and report["env"]["OTEL_LOGS_EXPORTER"] == "none"
+        assert report["env"]["OTEL_PYTHON_CONFIGURATOR"] == "prefactor"
+        assert len(server.instances()) == 3
+
+
+def test_a_run_not_naming_prefactor_gets_the_other_distro_as_if_we_were_not_installed(tmp_path):
+    with DevServer() as server:
+        proc, report = run_instrumented(
+            tmp_path,
+            server,
+            "ours-listed-first",
+            OTEL_TRACES_EXPORTER="console",
+            OTEL_METRICS_EXPORTER="none",
+            OTEL_LOGS_EXPORTER="none",
+        )
+        assert_clean(proc, server.token)
+        assert report["processors"] == ["BatchSpanProcessor"]
+        assert report["env"]["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"  # opentelemetry-distro's default: it ran
+        assert server.instances() == []
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [("prefactor", True), (" console , prefactor ", True), ("console", False), ("prefactorx", False), ("", False)],
+)
+def test_names_prefactor_splits_as_the_sdk_does(value: str, named: bool) -> None:
+    assert names_prefactor(value) is named
+    assert names_prefactor(None) is False
+
+
+def test_next_other_skips_our_own_entry_point():
+    other = next_other("opentelemetry_distro", PrefactorDistro)
+    assert other is None or other.value != "prefactor_otel.zerocode:PrefactorDistro"
+
+
+def test_export_span_processor_wraps_only_our_exporter():
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    from prefactor_otel import PrefactorSpanProcessor
+
+    ours = export_span_processor(PrefactorSpanExporter(environ={}))
+    theirs = export_span_processor(ConsoleSpanExporter())
+    try:
+        assert type(ours) is PrefactorSpanProcessor
+        assert type(theirs) is BatchSpanProcessor
+    finally:
+        ours.shutdown()
+        theirs.shutdown()
+
+
+class _RecordedSetUp:
+    """Stands in for the SDK's `_initialize_components` (the configurator's one call into the SDK) and records
+    the keyword arguments; `old_sdk` gives it the signature of opentelemetry-sdk < 1.40."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, old_sdk: bool = False) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+        def before_1_40(auto_instrumentation_version: str | None = None, **kwargs: Any) -> None:
+            self.calls.append({"auto_instrumentation_version": auto_instrumentation_version, **kwargs})
+
+        def since_1_40(auto_instrumentation_version: str | None = None, export_span_processor: Any = None) -> None:
+            self.calls.append(
+                {
+                    "auto_instrumentation_version": auto_instrumentation_version,
+                    "export_span_processor": export_span_processor,
+                }
+            )
+
+        monkeypatch.setattr(sdk_configuration, "_initialize_components", before_1_40 if old_sdk else since_1_40)
+        for name in ("OTEL_TRACES_EXPORTER", "OTEL_PYTHON_CONFIGURATOR", "OTEL_CONFIG_FILE"):
+            monkeypatch.delenv(name, raising=False)
+
+
+def test_configurator_gives_the_sdk_our_processor_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    sdk = _RecordedSetUp(monkeypatch)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "prefactor")
+    PrefactorConfigurator().configure(auto_instrumentation_version="9")
+    assert sdk.calls == [{"auto_instrumentation_version": "9", "export_span_processor": export_span_processor}]
+
+
+def test_configurator_on_an_sdk_before_1_40_warns_and_still_sets_up(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    sdk = _RecordedSetUp(monkeypatch, old_sdk=True)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "prefactor")
+    PrefactorConfigurator().configure(auto_instrumentation_version="9")
+    assert sdk.calls == [{"auto_instrumentation_version": "9"}]
+    assert "without PrefactorSpanProcessor" in caplog.text
+
+
+def test_configurator_not_named_hands_over_to_the_next_installed_configurator(monkeypatch: pytest.MonkeyPatch) -> None:
+    distribution("opentelemetry-distro")  # the test extra installs it: its configurator is the one handed over to
+    sdk = _RecordedSetUp(monkeypatch)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    PrefactorConfigurator().configure(auto_instrumentation_version="9")
+    assert sdk.calls == [{"auto_instrumentation_version": "9", "export_span_processor": None}]
+    # chosen by name, the configurator keeps the run even when prefactor is not named
+    sdk.calls.clear()
+    monkeypatch.setenv("OTEL_PYTHON_CONFIGURATOR", "prefactor")
+    PrefactorConfigurator().configure(auto_instrumentation_version="9")
+    assert sdk.calls == [{"auto_instrumentation_version": "9", "export_span_processor": export_span_processor}]
 
 
 def _expected_spans():

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import httpx
 
@@ -190,17 +190,12 @@ def _doctor(args: argparse.Namespace) -> int:
         bool(found) and next(iter(found)).load() is PrefactorSpanExporter,
         "entry point opentelemetry_traces_exporter:prefactor resolves to PrefactorSpanExporter",
     )
-    if os.environ.get("OTEL_TRACES_EXPORTER", "").strip():
-        configurators = list(entry_points(group="opentelemetry_configurator"))
-        report(
-            bool(configurators),
-            "an OTel configurator is installed (" + ", ".join(ep.name for ep in configurators) + ")"
-            if configurators
-            else "no OTel configurator installed: OTEL_TRACES_EXPORTER is never read; "
-            "pip install opentelemetry-distro opentelemetry-instrumentation",
-        )
-        if "prefactor" not in os.environ["OTEL_TRACES_EXPORTER"].split(","):
-            print(f"[..] OTEL_TRACES_EXPORTER={os.environ['OTEL_TRACES_EXPORTER']} does not name prefactor")
+    traces = os.environ.get("OTEL_TRACES_EXPORTER", "").strip()
+    if traces and "prefactor" not in (name.strip() for name in traces.split(",")):
+        print(f"[..] OTEL_TRACES_EXPORTER={traces} does not name prefactor")
+    elif traces:
+        for ok, text in _zero_code_findings(os.environ):
+            report(ok, text)
     with contextlib.suppress(PackageNotFoundError):
         print(f"[..] opentelemetry-sdk {version('opentelemetry-sdk')}, prefactor-otel {version('prefactor-otel')}")
     if config.api_token:
@@ -214,6 +209,42 @@ def _doctor(args: argparse.Namespace) -> int:
         except httpx.HTTPError as exc:
             report(False, f"GET {config.api_base}/ping failed: {type(exc).__name__}")
     return 1 if problems else 0
+
+
+_OUR_DISTRO = "prefactor_otel.zerocode:PrefactorDistro"
+
+
+def _zero_code_findings(environ: Mapping[str, str]) -> list[tuple[bool, str]]:
+    """With OTEL_TRACES_EXPORTER naming prefactor: what decides whether `opentelemetry-instrument` builds our
+    set-up (zerocode.py), as (ok, text) pairs."""
+    from importlib.metadata import entry_points
+    from importlib.util import find_spec
+
+    if find_spec("opentelemetry.instrumentation") is None:
+        return [(False, "opentelemetry-instrumentation is missing: pip install opentelemetry-instrumentation")]
+    from prefactor_otel.zerocode import sdk_accepts_export_span_processor
+
+    findings = [(True, "opentelemetry-instrumentation is installed (opentelemetry-instrument)")]
+    if not sdk_accepts_export_span_processor():
+        findings.append((False, "opentelemetry-sdk < 1.40: zero-code runs put the exporter in a BatchSpanProcessor"))
+    chosen = environ.get("OTEL_PYTHON_DISTRO")
+    others = [ep.name for ep in entry_points(group="opentelemetry_distro") if ep.value.replace(" ", "") != _OUR_DISTRO]
+    if chosen and chosen != "prefactor":
+        findings.append((False, f"OTEL_PYTHON_DISTRO={chosen}: the Prefactor distro and configurator do not run"))
+    elif others and not chosen:
+        findings.append(
+            (
+                False,
+                f"another OTel distro is installed ({', '.join(others)}): which one runs depends on package order; "
+                "set OTEL_PYTHON_DISTRO=prefactor (or uninstall it)",
+            )
+        )
+    else:
+        findings.append((True, "opentelemetry-instrument will use the Prefactor distro and configurator"))
+    configurator = environ.get("OTEL_PYTHON_CONFIGURATOR")
+    if configurator and configurator != "prefactor":
+        findings.append((False, f"OTEL_PYTHON_CONFIGURATOR={configurator}: spans skip PrefactorSpanProcessor"))
+    return findings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
