@@ -13,6 +13,10 @@ delivered and the trace has been quiet for a grace period (or at flush/shutdown)
 With span starts (PrefactorSpanProcessor, `start`): a run is registered and started at its local root's start, live
 spans are created `active` then finished with `agent_spans/finish`, and a run is finished as soon as every span
 started here has ended and been delivered -- the grace period is then only a fallback (docs/live-runs.md).
+
+Split by concept: this module plans (input, bounds, ordering, finishes); planner_live.py is what span starts add
+(live spans, open spans, terminated runs); planner_outcomes.py applies what the server did with each item. All
+three share one state, owned by `Planner.__init__`; no I/O, called only under the pipeline's state lock.
 """
 
 from __future__ import annotations
@@ -26,27 +30,21 @@ from prefactor_otel.items import (
     PlannedItem,
     finish_item,
     orphan_payload,
-    params_at_end,
     placeholder_payloads,
     register_item,
     span_create_item,
-    span_finish_item,
     start_item,
 )
 from prefactor_otel.mapping.payload import SpanRecord
-from prefactor_otel.mapping.values import as_dict
 from prefactor_otel.models import (
     BULK_CREATE_SPAN,
     BULK_FINISH_INSTANCE,
     BULK_FINISH_SPAN,
-    BULK_REGISTER,
-    BULK_START,
     AgentSchemaVersionForRegister,
 )
-from prefactor_otel.outcomes import SUCCESS, ItemOutcome, Verdict, judge
+from prefactor_otel.planner_live import LiveSpans, has_start_work
+from prefactor_otel.planner_outcomes import OutcomeRules
 from prefactor_otel.runs import (
-    LiveSpan,
-    OpenSpan,
     PendingSpan,
     RunState,
     parent_resolved_deep,
@@ -54,11 +52,9 @@ from prefactor_otel.runs import (
     remember,
     waiting_chains,
 )
-from prefactor_otel.starts import LivePolicy, StartedSpan
+from prefactor_otel.starts import LivePolicy
 
-_MAX_FINISHED_TRACES_REMEMBERED = 10_000
 _MAX_OPEN_TRACES = 10_000
-_MAX_TERMINATED_TRACES_REMEMBERED = 10_000
 
 
 class InheritedRun(NamedTuple):
@@ -71,7 +67,7 @@ class InheritedRun(NamedTuple):
 AgentVersionBuilder = Callable[[Mapping[str, object]], dict[str, Any]]
 
 
-class Planner:
+class Planner(LiveSpans, OutcomeRules):
     def __init__(
         self,
         *,
@@ -183,130 +179,6 @@ class Planner:
             trace.span_ids.update(inherited.span_ids)
         self._traces[trace_id] = trace
         return trace
-
-    # ------------------------------------------------------------------ starts and live spans
-
-    def start(self, started_spans: Iterable[StartedSpan], now: float) -> None:
-        """Spans that started in this process (PrefactorSpanProcessor), in the order they started."""
-        for started in started_spans:
-            trace_id = started.trace_id
-            if trace_id in self._finished:
-                continue  # a span of a run already finished (or terminated): its end is counted when it comes
-            trace = self._traces.get(trace_id)
-            if trace is None:
-                resource = getattr(started.span.resource, "attributes", None) or {}
-                trace = self._new_trace(trace_id, started.start_time_ns, resource)
-            if trace.rejected or started.span_id in trace.created or started.span_id in trace.pending:
-                continue  # rejected run, or the span has already ended and arrived
-            trace.tracked = True
-            trace.last_activity = now
-            self._traces.move_to_end(trace_id)
-            if started.is_local_root:
-                trace.announce = True
-            trace.open[started.span_id] = OpenSpan(started)
-            self._open_count += 1
-            self._with_pending[trace_id] = None
-            if self._live_policy is not None and self._live_policy.wants(started):
-                self._go_live(trace, started.span_id, now)
-        if self._open_count > self._max_open:
-            self._forget_oldest_open(self._open_count - self._max_open)
-
-    def _go_live(self, trace: RunState, span_id: int, now: float) -> None:
-        """Create the span active now, and its open ancestors not yet live (a live span's parent must exist)."""
-        chain: list[OpenSpan] = []
-        current = trace.open.get(span_id)
-        while current is not None and not current.live and len(chain) <= len(trace.open):
-            chain.append(current)
-            started = current.started
-            current = None if started.is_local_root else trace.open.get(started.parent_span_id)  # type: ignore[arg-type]
-        for opened in reversed(chain):  # ancestors first
-            opened.live = True
-            record = self._map_live(opened.started)
-            if record is None:
-                continue  # not mappable: the span goes the usual way, once it has ended
-            trace.live[record.span_id] = LiveSpan(as_dict(record.payload))
-            trace.pending[record.span_id] = PendingSpan(record, now)
-            self._with_pending[trace.trace_id] = None
-            self._queued += 1
-            self.counters["spans_live"] += 1
-
-    def _map_live(self, started: StartedSpan) -> SpanRecord | None:
-        if self._map_started is None:
-            return None
-        try:
-            return self._map_started(started.span)
-        except Exception:
-            self.counters["spans_live_unmappable"] += 1
-            return None
-
-    def _on_live_end(self, trace: RunState, record: SpanRecord, live: LiveSpan, now: float) -> None:
-        """A live span has ended. Its create not yet tried: send the ended span instead, in one create. Tried (the
-        server may have it, active): finish it, after its create."""
-        trace.last_activity = now
-        trace.last_end_ns = max(trace.last_end_ns, record.end_time_ns)
-        self._traces.move_to_end(record.trace_id)
-        pending = trace.pending.get(record.span_id)
-        if pending is not None and not pending.attempted:
-            del trace.live[record.span_id]
-            pending.record = record
-            pending.arrived_at = now
-            return
-        live.ended = record
-        self._with_pending[trace.trace_id] = None
-
-    def _forget_oldest_open(self, count: int) -> None:
-        """Bounded memory: a span that never ends is forgotten (counted); the run's finish stops waiting for it."""
-        for trace in list(self._traces.values()):
-            while trace.open and count > 0:
-                span_id = next(iter(trace.open))
-                opened = trace.open.pop(span_id)
-                self._open_count -= 1
-                count -= 1
-                self.counters["open_spans_forgotten"] += 1
-                live = trace.live.get(span_id)
-                if live is not None and live.ended is None:
-                    live.ended = self._unended(trace, opened, live, "forgotten: too many spans open at once")
-                    self._with_pending[trace.trace_id] = None
-            if count <= 0:
-                return
-
-    def terminate(self, trace_id: int) -> int:
-        """The run was terminated in Prefactor: send nothing more for it (what is waiting is dropped, counted, and
-        so are its later spans). Returns how many waiting spans were dropped."""
-        trace = self._traces.get(trace_id)
-        if trace_id in self._terminated:
-            return 0
-        self._terminated[trace_id] = None
-        while len(self._terminated) > _MAX_TERMINATED_TRACES_REMEMBERED:
-            self._terminated.popitem(last=False)
-        if trace is None:
-            self._finished[trace_id] = None
-            return 0
-        dropped = len(trace.pending) + sum(1 for live in trace.live.values() if live.ended is not None)
-        self._queued -= len(trace.pending)
-        self._open_count -= len(trace.open)
-        if dropped:
-            self._drop(dropped, "run_terminated")
-        trace.pending.clear()
-        trace.live.clear()
-        trace.open.clear()
-        self.counters["runs_terminated"] += 1
-        self._forget(trace)
-        return dropped
-
-    def instance_of_trace(self, trace_id: int) -> str | None:
-        trace = self._traces.get(trace_id)
-        return trace.instance_id if trace is not None else None
-
-    def trace_of_instance(self, instance_id: str) -> int | None:
-        for trace_id, trace in self._traces.items():
-            if trace.instance_id == instance_id:
-                return trace_id
-        return None
-
-    def active_runs(self) -> list[tuple[str, int]]:
-        """(instance id, trace id) of the runs registered here and not finished: what the control poller asks."""
-        return [(t.instance_id, t.trace_id) for t in self._traces.values() if t.registered and not t.inherited]
 
     # ------------------------------------------------------------------ bounds
 
@@ -429,7 +301,7 @@ class Planner:
             chosen[trace_id] = trace
         for trace_id in list(self._with_pending):
             trace = self._traces.get(trace_id)
-            if trace is None or not (trace.pending or (trace.tracked and _has_start_work(trace))):
+            if trace is None or not (trace.pending or (trace.tracked and has_start_work(trace))):
                 del self._with_pending[trace_id]  # cleaned lazily: cheaper than at every removal
             else:
                 chosen.setdefault(trace_id, trace)
@@ -479,57 +351,6 @@ class Planner:
             placeholder=pending.too_large_bytes is not None,
         )
         return PlannedItem(body["idempotency_key"], BULK_CREATE_SPAN, body, record.trace_id, record.span_id)
-
-    def _plan_span_finishes(
-        self, trace: RunState, span_items: list[PlannedItem], now: float, *, shutdown: bool
-    ) -> list[PlannedItem]:
-        """Finishes of live spans that have ended, once their create is delivered or in this plan. A live span still
-        open is finished `failed` at shutdown (the process ends before it does), or when its run's root has ended and
-        the run has been quiet for the longest a span may wait (its end was lost, e.g. by a full batch queue)."""
-        planned = {item.span_id for item in span_items}
-        root_ended = trace.root_delivered or any(
-            live.ended is not None and live.ended.is_local_root for live in trace.live.values()
-        )
-        lost = root_ended and now - trace.last_activity >= max(self._grace, self._max_wait)
-        items = []
-        for span_id, live in trace.live.items():
-            record = live.ended
-            if record is None:
-                opened = trace.open.get(span_id)
-                if not (shutdown or lost) or opened is None:
-                    continue
-                why = "the process shut down before this span ended" if shutdown else "its end never arrived"
-                record = live.ended = self._unended(trace, opened, live, why)
-            if span_id not in trace.created and span_id not in planned:
-                continue  # its create waits (for a parent) or failed: the finish follows it
-            pfid = self._span_pfid(trace, span_id, record.start_time_ns)
-            result = dict(as_dict(record.result_payload))
-            late = params_at_end(live.started_payload, as_dict(record.payload))
-            if late:
-                result["params_at_end"] = late
-            body = span_finish_item(pfid, record, result)
-            items.append(PlannedItem(body["idempotency_key"], BULK_FINISH_SPAN, body, trace.trace_id, span_id))
-        return items
-
-    def _unended(self, trace: RunState, opened: OpenSpan, live: LiveSpan, why: str) -> SpanRecord:
-        """The record a live span that will not end here is finished with: failed, at the run's last activity."""
-        started = opened.started
-        error = {"error_type": "SpanNotEnded", "message": why, "stacktrace": None}
-        return SpanRecord(
-            started.trace_id,
-            started.span_id,
-            started.parent_span_id,
-            started.parent_is_remote,
-            "",
-            "",
-            "failed",
-            started.start_time_ns,
-            max(started.start_time_ns, trace.last_end_ns),
-            {**live.started_payload, "status": "failed", "error": error},
-            {"outputs": {}, "token_usage": None, "error": error},
-            None,
-            {},
-        )
 
     def _span_pfid(self, trace: RunState, span_id: int, start_ns: int | None) -> str:
         # The PFID embeds the span's start time; we remember created ids so a parent's id is rebuilt exactly.
@@ -581,138 +402,6 @@ class Planner:
     def _item(body: dict[str, Any], trace_id: int) -> PlannedItem:
         return PlannedItem(body["idempotency_key"], body["_type"], body, trace_id)
 
-    # ------------------------------------------------------------------ outcomes
-
-    def replace_with_placeholder(self, key: str, original_bytes: int) -> bool:
-        """A span too large for any request: next plans send a small placeholder in the same place of the tree.
-
-        False if the item is not a span create of the last plan, or is already a placeholder.
-        """
-        item = self._items.get(key)
-        if item is None or item.action != BULK_CREATE_SPAN:
-            return False
-        trace = self._traces.get(item.trace_id)
-        pending = trace.pending.get(item.span_id) if trace is not None else None  # type: ignore[arg-type]
-        if pending is None or pending.too_large_bytes is not None:
-            return False
-        pending.too_large_bytes = original_bytes
-        self.counters["spans_replaced_too_large"] += 1
-        return True
-
-    def handoff(self, items: Iterable[PlannedItem], now: float) -> None:
-        """These items went to the durable spool: treat them as delivered (the spool sends them in order)."""
-        self.apply({item.key: SUCCESS for item in items}, now, spooled=True)
-
-    def apply(self, outcomes: Mapping[str, ItemOutcome], now: float, *, spooled: bool = False) -> None:
-        """Record what the server did with each item of the last plan. Keys not given = not processed."""
-        for key, outcome in outcomes.items():
-            item = self._items.get(key)
-            if item is None or outcome.status == "not_processed":
-                continue
-            trace = self._traces.get(item.trace_id)
-            if trace is None:
-                continue
-            pending = trace.pending.get(item.span_id) if item.span_id is not None else None
-            verdict = judge(item.action, outcome, can_orphan=pending is not None and not pending.orphaned)
-            ok = verdict is Verdict.DONE
-            if item.action == BULK_REGISTER:
-                self._on_register(trace, ok, outcome)
-            elif item.action == BULK_START:
-                self._on_start(trace, ok, outcome)
-            elif item.action == BULK_CREATE_SPAN:
-                self._on_span(trace, item, verdict, outcome, spooled)
-            elif item.action == BULK_FINISH_SPAN:
-                self._on_span_finish(trace, item, verdict, outcome, spooled)
-            elif item.action == BULK_FINISH_INSTANCE:
-                self._on_finish(trace, ok, outcome)
-
-    def _on_register(self, trace: RunState, ok: bool, outcome: ItemOutcome) -> None:
-        if ok:
-            trace.registered = True
-            trace.register_item = None
-            self.counters["instances_registered"] += 1
-        else:
-            self._reject(trace, f"register_{outcome.code or 'error'}")
-
-    def _on_start(self, trace: RunState, ok: bool, outcome: ItemOutcome) -> None:
-        if ok:
-            trace.started = True
-            trace.start_item = None
-        else:
-            self._reject(trace, f"start_{outcome.code or 'error'}")
-
-    def _reject(self, trace: RunState, reason: str) -> None:
-        trace.rejected = True
-        if trace.journaled:
-            self.run_changes[trace.instance_id] = None  # the run does not exist: nothing to finish
-        self._queued -= len(trace.pending)
-        self._drop(len(trace.pending), f"instance_rejected:{reason}")
-        trace.pending.clear()
-
-    def _on_span(
-        self, trace: RunState, item: PlannedItem, verdict: Verdict, outcome: ItemOutcome, spooled: bool
-    ) -> None:
-        span_id = item.span_id
-        pending = trace.pending.get(span_id)  # type: ignore[arg-type]
-        if pending is None:
-            return
-        if verdict is Verdict.DONE:
-            del trace.pending[span_id]  # type: ignore[arg-type]
-            self._queued -= 1
-            remember(trace.created, span_id, None)  # type: ignore[arg-type]
-            if pending.record.status == "active":
-                self.counters["spans_live_created"] += 1  # counted as exported once finished
-                return
-            self._delivered(trace, pending.record, spooled)
-            return
-        if verdict is Verdict.ORPHAN:
-            # The server does not know the parent (e.g. it was dropped): keep the span, without the link.
-            self._orphan(pending, "parent_rejected")
-            return
-        del trace.pending[span_id]  # type: ignore[arg-type]
-        self._queued -= 1
-        trace.live.pop(span_id, None)  # type: ignore[arg-type]  # when it ends it is sent whole, once more
-        self._drop(1, f"rejected:{outcome.code or 'error'}", pending.record)
-
-    def _on_span_finish(
-        self, trace: RunState, item: PlannedItem, verdict: Verdict, outcome: ItemOutcome, spooled: bool
-    ) -> None:
-        live = trace.live.get(item.span_id)  # type: ignore[arg-type]
-        if live is None or live.ended is None or verdict is Verdict.PENDING:
-            return
-        del trace.live[item.span_id]  # type: ignore[arg-type]
-        if verdict is Verdict.DONE:
-            self._delivered(trace, live.ended, spooled)
-        else:
-            self._drop(1, f"finish_rejected:{outcome.code or 'error'}", live.ended)
-
-    def _delivered(self, trace: RunState, record: SpanRecord, spooled: bool) -> None:
-        """An ended span is in Prefactor (or in the spool, which sends it in order)."""
-        self.counters["spans_spooled" if spooled else "spans_exported"] += 1
-        if record.is_local_root:
-            trace.root_delivered = True
-            trace.root_failed = trace.root_failed or record.status == "failed"
-            trace.root_end_ns = max(trace.root_end_ns, record.end_time_ns)
-        if record.status == "failed":
-            trace.any_failed = True
-        if trace.journaled:
-            self.run_changes[trace.instance_id] = trace.last_end_ns
-
-    def _on_finish(self, trace: RunState, ok: bool, outcome: ItemOutcome) -> None:
-        if ok:
-            self.counters["instances_finished"] += 1  # or handed to the spool, which finishes it in order
-        else:
-            self.actions_dropped[f"finish_rejected:{outcome.code or 'error'}"] += 1
-        self._forget(trace)
-
-    def _forget(self, trace: RunState) -> None:
-        if trace.journaled:
-            self.run_changes[trace.instance_id] = None
-        self._traces.pop(trace.trace_id, None)
-        self._finished[trace.trace_id] = None
-        while len(self._finished) > _MAX_FINISHED_TRACES_REMEMBERED:
-            self._finished.popitem(last=False)
-
     # ------------------------------------------------------------------ introspection
 
     def open_runs(self) -> dict[int, InheritedRun]:
@@ -742,7 +431,7 @@ class Planner:
                 continue
             if trace.root_delivered and not trace.pending and now - trace.last_activity >= self._grace:
                 return True
-            if trace.tracked and _has_start_work(trace):
+            if trace.tracked and has_start_work(trace):
                 return True
             for pending in trace.pending.values():
                 if (
@@ -752,12 +441,3 @@ class Planner:
                 ):
                     return True
         return False
-
-
-def _has_start_work(trace: RunState) -> bool:
-    """Work that span starts create: a run to announce, a live span to finish, a run over with its last span."""
-    if trace.announce and (trace.register_item is not None or trace.start_item is not None):
-        return True
-    if any(live.ended is not None for live in trace.live.values()):
-        return True
-    return not trace.open and not trace.live and (trace.root_delivered or trace.root_skipped)
