@@ -7,12 +7,15 @@ shutdown `export` returns FAILURE and warns once; the API token never appears in
 
 Work is split: mapping (pure, on the calling thread) -> pipeline.py (the planner and the drain of one process)
 -> delivery.py (requests, outcomes), with durability.py (the spool, the journal of open runs) for what cannot be
-delivered now. This module owns the OTel contract, the threads and the process lifecycle.
+delivered now. This module owns the OTel contract, the threads and the process lifecycle; exporter_background.py
+(a mixin) the finisher thread's work and control. Span starts from a PrefactorSpanProcessor arrive in a deque the
+exporter owns for its whole life (`start_queue`), read by the pipeline on the sending thread.
 
 Threads and locks:
 - `export()` is called by the BatchSpanProcessor's worker (or any thread); `force_flush`/`shutdown` by the
-  application or an atexit hook; the finisher thread (`_tick_loop`) finishes runs after their grace period,
-  sends aged orphans, replays the spool and notices interpreter exit.
+  application or an atexit hook; the finisher thread (`_tick_loop`, exporter_background.py) sends what span starts
+  make due, finishes runs after their grace period, sends aged orphans, replays the spool, polls for control and
+  notices interpreter exit; a PrefactorSpanProcessor's `on_start` appends to the start queue (any thread).
 - `_send_lock`: one sender at a time (delivery, replay, spill after a failed delivery). Never waited for past a
   caller's deadline.
 - the pipeline's `state_lock`: the planner and the records waiting for it (see pipeline.py).
@@ -42,11 +45,11 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from prefactor_otel import __version__, ids, lifecycle
 from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.config import ConfigError, PrefactorConfig
-from prefactor_otel.control import SOURCE_RESPONSE, TERMINATIONS
+from prefactor_otel.control import TERMINATIONS
 from prefactor_otel.control_poll import InstancePoller
 from prefactor_otel.delivery import Delivery
 from prefactor_otel.durability import Backlog
-from prefactor_otel.items import PlannedItem
+from prefactor_otel.exporter_background import BackgroundWork
 from prefactor_otel.journal import RunJournal
 from prefactor_otel.mapping import SpanRecord, map_span
 from prefactor_otel.mapping.options import MappingOptions
@@ -57,12 +60,9 @@ from prefactor_otel.spool import Spool, default_spool_dir
 from prefactor_otel.starts import live_mapper
 from prefactor_otel.stats import collect_stats
 from prefactor_otel.transport import BulkTransport
-from prefactor_otel.wire import encode_json, instance_id_of
+from prefactor_otel.wire import encode_json
 
 SDK_HEADER = f"prefactor-otel@{__version__}"
-_TICK_S = 0.5
-_TICK_BACKOFF_CAP_S = 30.0
-_ADOPT_EVERY_S = 60.0  # how often the journals of ended processes are looked for
 # Of a shutdown budget, what is kept back for writing the undelivered rest to the spool.
 _SPILL_RESERVE_S = 0.5
 
@@ -72,7 +72,7 @@ def _trace_id(span: ReadableSpan) -> int | None:
     return context.trace_id if context is not None else None
 
 
-class PrefactorSpanExporter(SpanExporter):
+class PrefactorSpanExporter(BackgroundWork, SpanExporter):
     """Exports OTel spans to Prefactor: one agent instance per trace, one agent span per span, in bulk.
 
     Keyword arguments are the PrefactorConfig options (`api_url`, `api_token`, `agent_id`, ...) and override
@@ -381,101 +381,6 @@ class PrefactorSpanExporter(SpanExporter):
                 pass  # kept as dicts: the send path reports what cannot be encoded
             records.append(record)
         return records
-
-    # ------------------------------------------------------------------ background finishing, exit, fork
-
-    def _ensure_ticker(self) -> None:
-        if self._ticker is not None and self._ticker.is_alive():
-            return
-        if self._shutdown or self._closing or self._disabled_reason is not None:
-            return
-        self._ticker = threading.Thread(target=self._tick_loop, name="prefactor-otel-finisher", daemon=True)
-        self._ticker.start()
-
-    def _tick_loop(self) -> None:
-        """Finishes runs after their grace period, sends aged orphans, replays the spool, finishes the runs of
-        dead processes (at start and every minute); notices exit."""
-        stop = self._ticker_stop
-        delay = _TICK_S
-        next_send = 0.0
-        next_adoption = time.monotonic() + _ADOPT_EVERY_S  # the constructor has just looked
-        while not stop.wait(_TICK_S):
-            if self._exit_deadline is None and lifecycle.interpreter_exiting():
-                self._begin_exit()
-            now = time.monotonic()
-            if now >= next_adoption and self._exit_deadline is None:
-                next_adoption = now + _ADOPT_EVERY_S
-                self._adopt_abandoned_runs()
-            pipeline = self._pipeline
-            if pipeline is not None and self._exit_deadline is None:
-                self._poll_for_control(pipeline)
-            if pipeline is None or now < next_send or not pipeline.has_due_work(now):
-                continue
-            if not self._send_lock.acquire(blocking=False):
-                continue
-            try:
-                deadline = self._deadline(self._config.export_timeout)
-                ok = pipeline.background_send(deadline)
-            except Exception:
-                logger.exception("Prefactor background send failed unexpectedly")
-                ok = False
-            finally:
-                self._send_lock.release()
-            delay = _TICK_S if ok else min(_TICK_BACKOFF_CAP_S, delay * 2)
-            next_send = time.monotonic() + delay - _TICK_S
-
-    # ------------------------------------------------------------------ control
-
-    def _on_terminate_answer(self, item: PlannedItem, reason: str | None) -> None:
-        """Delivery heard `control.terminate` in the answer to `item` (sending thread, no lock held)."""
-        pipeline = self._pipeline
-        instance_id = instance_id_of(item.body)
-        trace_id: int | None = item.trace_id or None  # 0: an item read back from the spool
-        if pipeline is not None:
-            with pipeline.state_lock:
-                planner = pipeline.planner
-                if planner is not None:
-                    if instance_id is None and trace_id is not None:
-                        instance_id = planner.instance_of_trace(trace_id)
-                    elif trace_id is None and instance_id is not None:
-                        trace_id = planner.trace_of_instance(instance_id)
-        if instance_id is None:
-            return
-        TERMINATIONS.record(instance_id, trace_id, reason, SOURCE_RESPONSE)
-        self._stop_terminated_run(trace_id)
-
-    def _poll_for_control(self, pipeline: Pipeline) -> None:
-        """The slow path: ask for the status of the runs open here (each at most once per poll interval)."""
-        poller = self._poller
-        if poller is None or poller.stopped or pipeline.planner is None:
-            return
-        with pipeline.state_lock:
-            runs = pipeline.planner.active_runs()
-        if not runs:
-            return
-        try:
-            poller.poll(runs, self._deadline(min(self._config.export_timeout, 5.0)))
-        except Exception:  # never a reason to stop the finisher thread
-            logger.debug("Prefactor: polling for control failed", exc_info=True)
-        for instance_id, trace_id in runs:
-            if TERMINATIONS.for_instance(instance_id) is not None:
-                self._stop_terminated_run(trace_id)
-
-    def _stop_terminated_run(self, trace_id: int | None) -> None:
-        pipeline = self._pipeline
-        if trace_id is None or pipeline is None:
-            return
-        with pipeline.state_lock:
-            if pipeline.planner is not None:
-                pipeline.planner.terminate(trace_id)
-
-    def _adopt_abandoned_runs(self) -> None:
-        if self._backlog is None:
-            return
-        try:
-            self._backlog.adopt_abandoned()
-        except Exception:  # never a reason to fail the application
-            logger.exception("Prefactor: finishing the runs of ended processes failed unexpectedly")
 
     def _finish_as_a_worker(self) -> None:
         """A multiprocessing worker ends: flush the global TracerProvider (normally the one feeding this exporter:
