@@ -23,7 +23,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, TextIO
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 import httpx
 from opentelemetry.sdk.resources import Resource
@@ -33,6 +33,9 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 from prefactor_otel.cli import DEFAULT_DEV_TOKEN
 from prefactor_otel.control import PrefactorTerminatedError, raise_if_terminated, termination_event
 from prefactor_otel.demo_agent import WEATHER, call_tool, chat
+
+if TYPE_CHECKING:
+    from prefactor_otel.devserver import DevServer
 
 POLL_INTERVAL_S = 1.0  # polling each second, a termination is noticed even while no span is sent
 FIND_RUN_LIMIT_S = 10.0  # how long to look for the run on the server before going on without its id
@@ -162,7 +165,7 @@ def watch_weather(
         return LoopEnd(steps, interrupted=False)
 
 
-def _options_and_target(say: Callable[[str], None]) -> tuple[dict[str, Any], Target, Any]:
+def _options_and_target(say: Callable[[str], None]) -> tuple[dict[str, Any], Target, DevServer | None]:
     """Exporter options, the target server, and the embedded local server started when PREFACTOR_API_URL is unset
     (else None)."""
     from prefactor_otel.devserver import DevServer
@@ -201,7 +204,7 @@ def run_demo_loop(max_steps: int, interval: float, out: TextIO | None = None) ->
     def say(text: str = "") -> None:
         print(text, file=stream, flush=True)  # flushed: another program may be reading this line by line
 
-    server = None
+    server: DevServer | None = None
     try:
         options, target, server = _options_and_target(say)
         processor = PrefactorSpanProcessor(schedule_delay_millis=500, **options)
