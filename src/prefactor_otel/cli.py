@@ -16,6 +16,10 @@ DEFAULT_DEV_TOKEN = "pf_local_dev_token"
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.loop:
+        from prefactor_otel.demo_loop import run_demo_loop
+
+        return run_demo_loop(args.max_steps, args.interval)
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -251,6 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prefactor-otel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a small instrumented agent and export it (local server by default)")
+    demo.add_argument(
+        "--loop",
+        action="store_true",
+        help="run one long agent run, live, until it is terminated (prefactor-otel terminate), --max-steps or Ctrl-C",
+    )
+    demo.add_argument("--max-steps", type=_positive_count, default=600, help="with --loop: end after this many steps")
+    demo.add_argument("--interval", type=_positive_seconds, default=1.0, help="with --loop: seconds per step")
     demo.set_defaults(func=_demo)
     serve = sub.add_parser("serve", help="run the local Prefactor-compatible API server")
     serve.add_argument("--host", default="127.0.0.1")

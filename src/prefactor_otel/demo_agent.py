@@ -1,13 +1,17 @@
 """A small OTel-instrumented sample agent for `prefactor-otel demo`: no model, no network, GenAI spans.
 
 It emits what an instrumented agent framework would: an `invoke_agent` span around `chat` (LLM) and
-`execute_tool` spans carrying OTel GenAI semantic-convention attributes.
+`execute_tool` spans carrying OTel GenAI semantic-convention attributes. `chat` and `call_tool` are shared with
+the long-running agent of `demo --loop` (demo_loop.py), which paces them with its own `think`.
+
+Threads: called on the caller's thread only; no state, no locks.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 from opentelemetry.trace import Status, StatusCode, Tracer
 
@@ -18,7 +22,19 @@ class ToolFailed(RuntimeError):
     pass
 
 
-def _chat(tracer: Tracer, model: str, messages: list[dict], reply: dict, usage: tuple[int, int]) -> dict:
+def _brief_pause() -> None:
+    time.sleep(0.01)
+
+
+def chat(
+    tracer: Tracer,
+    model: str,
+    messages: list[dict],
+    reply: dict,
+    usage: tuple[int, int],
+    think: Callable[[], object] = _brief_pause,
+) -> dict:
+    """One `chat` span: the "model" takes `think()` to answer `messages` with `reply`."""
     with tracer.start_as_current_span(
         f"chat {model}",
         attributes={
@@ -35,11 +51,14 @@ def _chat(tracer: Tracer, model: str, messages: list[dict], reply: dict, usage: 
             ],
         },
     ):
-        time.sleep(0.01)  # the "model" thinks
+        think()
         return reply
 
 
-def _tool(tracer: Tracer, name: str, call_id: str, arguments: dict) -> str:
+def call_tool(
+    tracer: Tracer, name: str, call_id: str, arguments: dict, work: Callable[[], object] = lambda: None
+) -> str:
+    """One `execute_tool` span: the weather tool, taking `work()`; raises ToolFailed for an unknown city."""
     with tracer.start_as_current_span(
         f"execute_tool {name}",
         attributes={
@@ -49,6 +68,7 @@ def _tool(tracer: Tracer, name: str, call_id: str, arguments: dict) -> str:
             "gen_ai.tool.call.arguments": json.dumps(arguments),
         },
     ) as span:
+        work()
         city = arguments["city"]
         if city not in WEATHER:
             raise ToolFailed(f"no weather station for {city!r}")
@@ -74,9 +94,9 @@ def run_agent(tracer: Tracer, question: str, city: str) -> str:
                 {"type": "tool_call", "id": f"call-{city.lower()}", "name": "get_weather", "arguments": {"city": city}}
             ],
         }
-        _chat(tracer, "demo-model-1", [user], call, (42, 9))
+        chat(tracer, "demo-model-1", [user], call, (42, 9))
         try:
-            weather = _tool(tracer, "get_weather", f"call-{city.lower()}", {"city": city})
+            weather = call_tool(tracer, "get_weather", f"call-{city.lower()}", {"city": city})
         except ToolFailed as exc:
             agent_span.record_exception(exc)
             agent_span.set_status(Status(StatusCode.ERROR, str(exc)))
@@ -86,5 +106,5 @@ def run_agent(tracer: Tracer, question: str, city: str) -> str:
             "role": "tool",
             "parts": [{"type": "tool_call_response", "id": f"call-{city.lower()}", "response": weather}],
         }
-        _chat(tracer, "demo-model-1", [user, call, tool_msg], answer, (71, 12))
+        chat(tracer, "demo-model-1", [user, call, tool_msg], answer, (71, 12))
         return answer["parts"][0]["content"]
