@@ -1,21 +1,17 @@
 """`opentelemetry-instrument` with OTEL_TRACES_EXPORTER=prefactor and only PREFACTOR_* settings.
 
-Each run is a real `opentelemetry-instrument python app.py` against a local server. Whether opentelemetry-distro is
-visible, and whose distro Python lists first, is fixed per run through PYTHONPATH (it precedes site-packages, and
-Python keeps the first distribution it finds of each name): a stand-in `opentelemetry-distro` metadata directory
-without entry points hides the installed one; a link to an installed distribution's metadata lists it first.
+Each run is a real `opentelemetry-instrument python app.py` against a local server, with opentelemetry-distro
+hidden or listed before or after ours (tests/instrumented.py says how).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
 from importlib.metadata import distribution, entry_points
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 from opentelemetry.sdk import _configuration as sdk_configuration
@@ -29,6 +25,7 @@ from prefactor_otel.zerocode import (
     names_prefactor,
     next_other,
 )
+from tests.instrumented import Distros, instrument_command, instrumented_env
 
 TESTS_PARENT = str(Path(__file__).resolve().parent.parent)
 
@@ -56,28 +53,6 @@ APP = textwrap.dedent(
     """
 )
 
-Distros = Literal["without-opentelemetry-distro", "ours-listed-first", "theirs-listed-first"]
-
-
-def _metadata_dir(name: str) -> Path:
-    dist = distribution(name)
-    metadata = next(f for f in dist.files or () if f.name == "METADATA" and f.parent.name.endswith(".dist-info"))
-    return Path(str(dist.locate_file(metadata))).parent
-
-
-def distribution_order(tmp_path: Path, distros: Distros) -> Path:
-    """A directory for PYTHONPATH that fixes which distros the run sees, and in which order."""
-    path = tmp_path / "dists"
-    path.mkdir()
-    if distros == "without-opentelemetry-distro":
-        stand_in = path / "opentelemetry_distro-0.0.0.dist-info"
-        stand_in.mkdir()
-        (stand_in / "METADATA").write_text("Metadata-Version: 2.1\nName: opentelemetry-distro\nVersion: 0.0.0\n")
-    else:
-        first = _metadata_dir("prefactor-otel" if distros == "ours-listed-first" else "opentelemetry-distro")
-        (path / first.name).symlink_to(first, target_is_directory=True)
-    return path
-
 
 def run_instrumented(
     tmp_path: Path, server: DevServer, distros: Distros, **env_extra: str
@@ -85,21 +60,15 @@ def run_instrumented(
     """`opentelemetry-instrument python app.py` with only PREFACTOR_* and the given OTEL_* variables set."""
     app = tmp_path / "app.py"
     app.write_text(APP.format(tests_parent=TESTS_PARENT))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PREFACTOR_"))}
-    env.update(
+    env = instrumented_env(
+        tmp_path,
+        server,
+        distros,
         OTEL_SERVICE_NAME="autoconf-agent",
-        PREFACTOR_API_URL=server.url,
-        PREFACTOR_API_TOKEN=server.token,
-        PREFACTOR_AGENT_ID=server.agent_id,
-        PREFACTOR_ENVIRONMENT_ID=server.environment_id,
         PREFACTOR_FINISH_GRACE_SECONDS="0",
-        PYTHONPATH=str(distribution_order(tmp_path, distros)),
         **env_extra,
     )
-    instrument = os.path.join(os.path.dirname(sys.executable), "opentelemetry-instrument")
-    proc = subprocess.run(
-        [instrument, sys.executable, str(app)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
-    )
+    proc = subprocess.run(instrument_command(app), env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("REPORT ")), None)
     assert line is not None, proc.stdout + proc.stderr
     return proc, json.loads(line.removeprefix("REPORT "))

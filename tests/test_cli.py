@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.test_autoconfig import Distros, distribution_order
+from tests.instrumented import Distros, distribution_order
 
 
 def test_demo_runs_offline_and_prints_trees():
