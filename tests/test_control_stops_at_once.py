@@ -1,14 +1,11 @@
 """Once the exporter knows a run was terminated, nothing more is sent into it -- not even what was already on its
-way out. Two known gaps, over real HTTP against the local server (strict xfail: each turns into a failure, to drop
-the marker, when fixed):
+way out, over real HTTP against the local server:
 
-- The application learns of a termination before the exporter stops the run: `TerminationRegistry.record` makes it
-  visible (`is_terminated`, `raise_if_terminated`) and runs the `on_terminate` callbacks, and only after it returns
-  does the exporter call `planner.terminate` (`PrefactorSpanExporter._on_terminate_answer`, `_poll_for_control`).
-  Spans the application ends and flushes meanwhile are sent into the terminated run.
-- A plan split over several requests goes on after an answer said the run is terminated: `planner.terminate`
-  drops what waits in the planner, but `Delivery` still sends the later chunks of the plan it is sending (and the
-  exporter counts those spans `run_terminated` drops although the server stored them).
+- the run is stopped in the planner before the application is told (before `is_terminated` turns true and the
+  `on_terminate` callbacks run), on the answer path and on the poll path, so spans the application ends and
+  flushes once it knows never reach the run;
+- a plan split over several requests is planned again after an answer says its run is terminated: the later
+  chunks no longer carry that run's items (and what the server stored before is counted delivered, not dropped).
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -58,9 +54,6 @@ def live_run(srv: DevServer) -> str:
     return str(srv.instances()[0]["id"])
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the run is stopped in the planner only after the application was told and callbacks ran"
-)
 def test_spans_ended_after_the_application_saw_the_termination_are_not_sent(srv: DevServer) -> None:
     provider = make(srv, control_poll_interval=0.2)
     tracer = provider.get_tracer("agent")
@@ -88,7 +81,6 @@ def test_spans_ended_after_the_application_saw_the_termination_are_not_sent(srv:
     assert len(srv.spans(run_id)) == spans_when_told
 
 
-@pytest.mark.xfail(strict=True, reason="Delivery sends the rest of a plan after an answer said its run is terminated")
 def test_the_rest_of_a_plan_is_not_sent_once_an_answer_says_the_run_is_terminated(srv: DevServer) -> None:
     # The steps go out together at the flush (no timed batch before it), in a plan of 5 creates: 5 requests.
     provider = make(srv, control_poll_interval=0, max_items_per_request=1, schedule_delay_millis=60_000)

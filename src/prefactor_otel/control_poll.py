@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prefactor_otel._logging import logger
 from prefactor_otel.control import SOURCE_POLL, TerminationRegistry
@@ -45,6 +45,9 @@ class InstancePoller:
         self._done: set[str] = set()  # runs found finished or terminated (pruned with the runs passed in)
         self._stopped = interval_s <= 0
         self.counters: Counter[str] = Counter()
+        # Set by the exporter: stops the run in its planner; called before the termination is recorded, so nothing
+        # the application does once it is told can still reach the run.
+        self.before_record: Callable[[str, int | None], None] | None = None
 
     @property
     def stopped(self) -> bool:
@@ -109,6 +112,8 @@ class InstancePoller:
             return
         run_status = details.get("status")
         if run_status == "terminated":
+            if self.before_record is not None:
+                self.before_record(instance_id, trace_id)  # the run stops before the application is told
             self._registry.record(instance_id, trace_id, details.get("termination_reason"), SOURCE_POLL)
             self._finished(instance_id)
         elif run_status in FINAL_STATUSES:

@@ -213,8 +213,12 @@ class Delivery:
                 sizes = [len(encoded[i]) for i in segment]
                 result = transport.send_bulk([encoded[i] for i in segment], [item.key for item in chunk], deadline)
                 self._learn_rest_only(chunk, result.outcomes)
-            self._report_terminations(chunk, result.outcomes)
+            terminating = [(item, o) for item in chunk if (o := result.outcomes.get(item.key)) and o.terminate]
             source.apply(result.outcomes)
+            if terminating:
+                self._report_terminations(terminating)
+                if result.error is None:
+                    return True  # plan again: what is left of the plan for the terminated run is gone from it
             if result.error in ("too_large", "rejected"):
                 if len(chunk) == 1:
                     if result.error == "too_large":
@@ -234,12 +238,10 @@ class Delivery:
                 return True
         return True
 
-    def _report_terminations(self, items: list[PlannedItem], outcomes: Mapping[str, ItemOutcome]) -> None:
-        """Hand each item whose answer says its run was terminated to `on_terminate` (live and spooled alike)."""
-        for item in items:
-            outcome = outcomes.get(item.key)
-            if outcome is None or not outcome.terminate:
-                continue
+    def _report_terminations(self, terminating: list[tuple[PlannedItem, ItemOutcome]]) -> None:
+        """Hand each item whose answer says its run was terminated to `on_terminate` (live and spooled alike),
+        after its outcome was applied (it was delivered); the caller then plans again, without that run."""
+        for item, outcome in terminating:
             self.counters["control_terminate_answers"] += 1
             hook = self.on_terminate
             if hook is None:

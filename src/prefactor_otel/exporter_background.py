@@ -109,8 +109,8 @@ class BackgroundWork:
                         trace_id = planner.trace_of_instance(instance_id)
         if instance_id is None:
             return
+        self._stop_terminated_run(trace_id)  # first: once the application is told, nothing more reaches the run
         TERMINATIONS.record(instance_id, trace_id, reason, SOURCE_RESPONSE)
-        self._stop_terminated_run(trace_id)
 
     def _poll_for_control(self, pipeline: Pipeline) -> None:
         """The slow path: ask for the status of the runs open here (each at most once per poll interval)."""
@@ -121,13 +121,11 @@ class BackgroundWork:
             runs = pipeline.planner.active_runs()
         if not runs:
             return
+        poller.before_record = lambda _instance_id, trace_id: self._stop_terminated_run(trace_id)
         try:
             poller.poll(runs, self._deadline(min(self._config.export_timeout, 5.0)))
         except Exception:  # never a reason to stop the finisher thread
             logger.debug("Prefactor: polling for control failed", exc_info=True)
-        for instance_id, trace_id in runs:
-            if TERMINATIONS.for_instance(instance_id) is not None:
-                self._stop_terminated_run(trace_id)
 
     def _stop_terminated_run(self, trace_id: int | None) -> None:
         pipeline = self._pipeline
