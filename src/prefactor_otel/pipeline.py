@@ -233,9 +233,10 @@ class Pipeline:
         planner = self.planner
         if planner is None:
             return
-        changes = planner.take_run_changes()  # taken even without a journal: it must not grow
+        changes = planner.take_run_changes()  # taken even without a journal: they must not grow
+        live_spans = planner.take_live_span_changes()
         if self._backlog is not None:
-            self._backlog.record_runs(changes)
+            self._backlog.record_runs(changes, live_spans)
 
     def _spill(self, planner: Planner, *, flush: bool, shutdown: bool) -> None:
         if self._backlog is not None:
