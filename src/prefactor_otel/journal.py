@@ -145,6 +145,7 @@ class RunJournal:
         self._path: Path | None = None
         self._open: dict[str, int] = {}  # instance id -> last activity (ns): this process's open runs only
         self._live: dict[str, tuple[str, int]] = {}  # live span id -> (instance id, start ns), of open runs
+        self._live_of_run: dict[str, dict[str, None]] = {}  # instance id -> its live span ids (closed with it)
         self._lines = 0  # lines in the current file, header included
         self._rewrite_needed = False  # a write failed part-way: the file no longer matches `_open`
         self._taken: dict[int, AbandonedJournal] = {}  # fd -> journal taken and not yet discarded/released
@@ -230,7 +231,7 @@ class RunJournal:
                 if instance_id in open_runs:
                     del open_runs[instance_id]
                     lines.append(f"{instance_id} -\n")
-                    for span_id in [s for s, (run, _) in self._live.items() if run == instance_id]:
+                    for span_id in self._live_of_run.pop(instance_id, ()):
                         del self._live[span_id]  # closed with the run, by the reader too
                 continue
             if type(activity_ns) is not int or not 0 <= activity_ns <= MAX_NS:
@@ -273,7 +274,9 @@ class RunJournal:
         opened = False
         for span_id, span in live_spans.items():
             if span is None:
-                if self._live.pop(span_id, None) is not None:
+                closed = self._live.pop(span_id, None)
+                if closed is not None:
+                    self._live_of_run[closed[0]].pop(span_id, None)
                     lines.append(f"{span_id} -\n")
                 continue
             if span_id in self._live:
@@ -288,6 +291,7 @@ class RunJournal:
                 self.counters["live_spans_not_journaled"] += 1
                 continue
             self._live[span_id] = (instance_id, start_ns)
+            self._live_of_run.setdefault(instance_id, {})[span_id] = None
             lines.append(f"{span_id} {start_ns} {instance_id}\n")
             opened = True
         return opened
@@ -406,6 +410,7 @@ class RunJournal:
         self._fd, self._path, self._lines = None, None, 0
         self._open.clear()
         self._live.clear()
+        self._live_of_run.clear()
         self._rewrite_needed = False
         self._pid = os.getpid()
 
