@@ -134,6 +134,47 @@ def test_a_fork_inside_open_live_spans_leaves_them_and_their_run_to_the_parent(t
         provider.shutdown()
 
 
+@needs_fork
+def test_a_fork_right_after_a_live_root_started_keeps_the_child_in_the_parents_run(tmp_path: Path) -> None:
+    """The fork comes before the exporter's thread has read the root's start (a request handler that forks at
+    once): the child still joins the parent's run, under the root, and leaves the run to the parent. (The child
+    ends its span once the parent's live root is on the server: one ending before that is sent as an orphan.)"""
+    parent_root_sent_r, parent_root_sent_w = os.pipe()
+    with DevServer() as srv:
+        provider = TracerProvider(resource=Resource.create({"service.name": "fork-early"}))
+        processor = processor_for(srv, spool=False, finish_grace_seconds=0)
+        provider.add_span_processor(processor)
+        tracer = provider.get_tracer("fork")
+        with processor.exporter._send_lock:  # the sending thread cannot read the start before the fork
+            root = tracer.start_span("root")
+            with trace.use_span(root):
+                pid = os.fork()
+                if pid == 0:
+                    code = 1
+                    try:
+                        with tracer.start_as_current_span("in the child"):
+                            os.read(parent_root_sent_r, 1)
+                        provider.shutdown()
+                        code = 0 if processor.exporter.stats()["spans_exported"] == 1 else 2
+                    finally:
+                        os._exit(code)
+        try:
+            assert wait_for(lambda: statuses(srv) == {"root": "active"})
+            os.write(parent_root_sent_w, b"x")
+            assert _reap(pid) == 0
+            root.end()
+            assert provider.force_flush(10_000)
+            (run,) = srv.instances()
+            assert run["status"] == "complete"
+            spans = {s["payload"]["name"]: s for s in srv.spans()}
+            assert spans["in the child"]["agent_instance_id"] == run["id"]
+            assert spans["in the child"]["parent_span_id"] == spans["root"]["id"]
+        finally:
+            provider.shutdown()
+            os.close(parent_root_sent_r)
+            os.close(parent_root_sent_w)
+
+
 # ---------------------------------------------------------------------------------------------------------- exit
 
 EXIT_WITH_LIVE_SPANS = """
@@ -296,7 +337,7 @@ def test_pool_workers_using_the_processor_finish_their_runs_when_they_end() -> N
     "fault",
     [
         {"black_hole": True},
-        {"trickle_bytes_per_s": 50, "status": 200},
+        {"trickle_bytes_per_s": 50},  # the real answer, committed, arriving too slowly
         {"endless_body": True},
     ],
     ids=["black hole", "trickle", "endless body"],
