@@ -238,6 +238,60 @@ def test_an_exit_with_no_shutdown_call_finishes_the_live_spans_and_the_run(
         assert set(spans) == {"root", "invoke_agent helper"}
 
 
+EXIT_INTO_A_BLACK_HOLE = """
+    import time
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from prefactor_otel import PrefactorSpanProcessor
+
+    AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "helper"}
+    provider = TracerProvider()
+    processor = PrefactorSpanProcessor()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("exit")
+    root = tracer.start_span("root")
+    agent = tracer.start_span("invoke_agent helper", context=trace.set_span_in_context(root), attributes=AGENT)
+    time.sleep(1)  # the sending thread has read the starts: their creates are stuck in the black hole
+    print("STARTED", flush=True)
+    # no shutdown(), spans open: the interpreter exits
+"""
+
+
+def test_an_exit_into_a_black_hole_keeps_its_live_spans_on_disk_and_the_next_process_finishes_them(
+    tmp_path: Path,
+) -> None:
+    with DevServer() as srv:
+        srv.add_fault(Fault(black_hole=True, times=-1))
+        env = _env(
+            srv,
+            PREFACTOR_SPOOL_DIR=str(tmp_path),
+            PREFACTOR_SHUTDOWN_TIMEOUT="2",
+            PREFACTOR_EXPORT_TIMEOUT="2",
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(EXIT_INTO_A_BLACK_HOLE)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,  # guard only: the exit budget is 2 s
+        )
+        assert done.returncode == 0, done.stderr
+        assert "STARTED" in done.stdout
+        assert srv.spans() == []  # nothing got through
+        srv.clear_faults()
+        later = exporter_for(srv, spool_dir=str(tmp_path))
+        later.shutdown()
+        (run,) = srv.instances()
+        assert run["status"] == "failed"
+        spans = {s["payload"]["name"]: s for s in srv.spans()}
+        assert {name: span["status"] for name, span in spans.items()} == {
+            "root": "failed",
+            "invoke_agent helper": "failed",
+        }
+        assert {span["result_payload"]["error"]["error_type"] for span in spans.values()} == {"SpanNotEnded"}
+        assert later.stats()["spans_dropped"] == 0 and later.stats()["instance_actions_dropped"] == {}
+
+
 # ---------------------------------------------------------------------------------------------------------- kill
 
 KILLED_WITH_LIVE_SPANS = """
