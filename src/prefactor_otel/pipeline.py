@@ -191,6 +191,7 @@ class Pipeline:
             return
         policy = LivePolicy(self._config.live_spans)
         agent_key = self._config.agent_id or "deployment"
+        live: dict[int, set[int]] = {}  # trace id -> spans the parent will create live
         for span in list(self.starts):
             started = read_start(span)
             if started is None:
@@ -204,7 +205,9 @@ class Pipeline:
                 self.partition, started.trace_id, started.span_id, started.start_time_ns
             )
             if policy.wants(started):
-                runs[started.trace_id] = run._replace(created=run.created | {started.span_id})
+                live.setdefault(started.trace_id, set()).add(started.span_id)
+        for trace_id, span_ids in live.items():
+            runs[trace_id] = runs[trace_id]._replace(created=runs[trace_id].created | span_ids)
 
     # ------------------------------------------------------------------ sending
 
