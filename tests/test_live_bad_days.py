@@ -530,3 +530,28 @@ def test_two_processes_on_one_spool_through_an_outage_replay_creates_before_fini
         assert sorted(i["status"] for i in runs) == ["complete"] * 6 + ["failed"] * 2
         assert later.stats()["instance_actions_dropped"] == {}
         assert later.stats()["spans_dropped"] == 0
+
+
+# ---------------------------------------------------------------------------------------------------------- odd spans
+
+
+def test_live_spans_an_instrumentation_ends_before_they_started_still_finish_and_so_does_their_run(
+    srv: DevServer,
+) -> None:
+    """Instrumentations that pass their own clock readings (`end(end_time=...)`) can end a span before its start.
+    A live span's finish and its run's finish must still be accepted: never dated before what they finish."""
+    provider = TracerProvider(resource=Resource.create({"service.name": "odd-clock"}))
+    processor = processor_for(srv, spool=False)
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("odd")
+    root = tracer.start_span("root")
+    agent = tracer.start_span("invoke_agent helper", context=trace.set_span_in_context(root), attributes=AGENT)
+    assert wait_for(lambda: len(srv.spans()) == 2)  # both active on the server
+    agent.end(end_time=agent.start_time - 1_000_000_000)  # type: ignore[operator]
+    root.end(end_time=root.start_time - 1_000_000_000)  # type: ignore[operator]
+    assert provider.force_flush(10_000)
+    assert [i["status"] for i in srv.instances()] == ["complete"]
+    assert statuses(srv) == {"root": "complete", "invoke_agent helper": "complete"}
+    stats = processor.exporter.stats()
+    assert stats["spans_dropped"] == 0 and stats["instance_actions_dropped"] == {}
+    provider.shutdown()
