@@ -385,6 +385,43 @@ def test_pool_workers_using_the_processor_finish_their_runs_when_they_end() -> N
         provider.shutdown()
 
 
+def _stuck_pool_task(n: int) -> int:
+    tracer = trace.get_tracer("pool")
+    with tracer.start_as_current_span(f"stuck task-{n}"):
+        with tracer.start_as_current_span(f"invoke_agent stuck-{n}", attributes=AGENT):
+            trace.get_tracer_provider().force_flush(10_000)  # type: ignore[attr-defined]  # both live on the server
+            time.sleep(60)  # until the pool is terminated
+    return n
+
+
+@needs_fork
+def test_terminated_pool_workers_leave_no_live_span_or_run_active(tmp_path: Path) -> None:
+    """`Pool.terminate()` (SIGTERM: no finalizer runs) while each worker has a live run open: the next process
+    finishes the workers' live spans and runs, failed, from their journals."""
+    import multiprocessing
+
+    with DevServer() as srv:
+        provider = TracerProvider(resource=Resource.create({"service.name": "pool-terminated"}))
+        provider.add_span_processor(processor_for(srv, spool_dir=str(tmp_path)))
+        previous = trace._TRACER_PROVIDER
+        trace._TRACER_PROVIDER = provider
+        try:
+            pool = multiprocessing.get_context("fork").Pool(2)
+            pool.map_async(_stuck_pool_task, range(2), chunksize=1)
+            assert wait_for(lambda: len(srv.spans()) == 4 and len(srv.instances()) == 2, limit_s=30)
+            pool.terminate()
+            pool.join()
+        finally:
+            trace._TRACER_PROVIDER = previous
+        assert set(statuses(srv).values()) == {"active"}
+        later = exporter_for(srv, spool_dir=str(tmp_path))  # the next process with this configuration
+        later.shutdown()
+        assert [i["status"] for i in srv.instances()] == ["failed", "failed"]
+        assert set(statuses(srv).values()) == {"failed"}
+        assert later.stats()["spans_dropped"] == 0 and later.stats()["instance_actions_dropped"] == {}
+        provider.shutdown()
+
+
 # ---------------------------------------------------------------------------------------------------------- hostile
 
 
