@@ -53,12 +53,18 @@ def heard() -> Iterator[list[Termination]]:
     unsubscribe()
 
 
+def active_runs(srv: DevServer) -> list[dict[str, Any]]:
+    """Runs the server shows active. Not merely shown: register and start are separate items, and a run read
+    between them is still `pending`, which cannot be terminated."""
+    return [instance for instance in srv.instances() if instance["status"] == "active"]
+
+
 def run_agent_loop(provider: TracerProvider, srv: DevServer, terminate: Callable[[str], None]) -> dict[str, Any]:
     """An agent loop that runs tool steps until Prefactor stops it; returns what it saw."""
     tracer = provider.get_tracer("agent")
     outcome: dict[str, Any] = {"steps": 0}
     with tracer.start_as_current_span("invoke_agent looper", attributes=AGENT):
-        instance = wait_for(lambda: srv.instances())
+        instance = wait_for(lambda: active_runs(srv))
         terminate(instance[0]["id"])
         try:
             for _ in range(400):  # bounded: the loop must end by termination well before this
@@ -103,7 +109,7 @@ def test_polling_finds_a_run_terminated_while_it_sends_nothing(srv: DevServer, h
     unsubscribe = prefactor_otel.on_terminate(lambda termination: fired.set())
     try:
         with tracer.start_as_current_span("invoke_agent looper", attributes=AGENT):
-            run_id = wait_for(lambda: srv.instances())[0]["id"]
+            run_id = wait_for(lambda: active_runs(srv))[0]["id"]
             event = prefactor_otel.termination_event()
             assert not event.is_set()
             srv.terminate(run_id, "operator stop")
@@ -128,7 +134,7 @@ def test_an_asyncio_agent_can_wait_for_termination(srv: DevServer) -> None:
 
     async def agent() -> Termination | None:
         with tracer.start_as_current_span("invoke_agent looper", attributes=AGENT):
-            run_id = await asyncio.to_thread(lambda: wait_for(lambda: srv.instances())[0]["id"])
+            run_id = await asyncio.to_thread(lambda: wait_for(lambda: active_runs(srv))[0]["id"])
             srv.terminate(run_id, "async stop")
             return await prefactor_otel.wait_for_termination(timeout=10)
 
@@ -141,7 +147,7 @@ def test_other_runs_go_on_after_one_is_terminated(srv: DevServer) -> None:
     provider, processor = make(srv, control_poll_interval=0)
     tracer = provider.get_tracer("agent")
     with tracer.start_as_current_span("invoke_agent first", attributes=AGENT):
-        first = wait_for(lambda: srv.instances())[0]["id"]
+        first = wait_for(lambda: active_runs(srv))[0]["id"]
         srv.terminate(first, "only this one")
         for _ in range(200):  # bounded
             with tracer.start_as_current_span("execute_tool search", attributes=TOOL):

@@ -313,7 +313,9 @@ def test_compaction_keeps_exactly_the_open_runs(tmp_path):
     # What a later process would find if this one died now: exactly the open runs.
     _dead_journal(tmp_path, path.read_bytes())
     taken = RunJournal(tmp_path).take_abandoned()
-    assert sorted(taken[0].runs) == sorted([("long-run", 1999), *((f"run-1999-{i}", 1999) for i in range(10))])
+    assert sorted(run[:2] for run in taken[0].runs) == sorted(
+        [("long-run", 1999), *((f"run-1999-{i}", 1999) for i in range(10))]
+    )
 
 
 def test_close_removes_the_journal_when_every_run_ended(tmp_path):
@@ -379,3 +381,34 @@ def test_empty_journals_and_stale_temporary_files_of_dead_processes_are_removed(
     fresh.write_text(HEADER)
     assert RunJournal(tmp_path).take_abandoned() == []
     assert not empty.exists() and not stale.exists() and fresh.exists()
+
+
+def test_live_spans_are_journaled_with_their_run_and_closed_with_their_finish_or_their_run(tmp_path):
+    journal = RunJournal(tmp_path, sync_opens=False)
+    journal.record({"run-a": 10, "run-b": 20}, {"span-a1": ("run-a", 11), "span-a2": ("run-a", 12)})
+    journal.record({}, {"span-b1": ("run-b", 21), "span-a1": None})  # span-a1 finished
+    journal.record({}, {"span-x": ("run-not-ours", 5)})  # a run this process does not finish: not journaled
+    journal.record({"run-b": None}, {})  # the run is closed: so are its spans
+    path = journal.path
+    assert path is not None
+    _dead_journal(tmp_path, path.read_bytes())
+    (taken,) = RunJournal(tmp_path).take_abandoned()
+    assert taken.runs == [AbandonedRun("run-a", 10, (("span-a2", 12),))]
+    assert taken.malformed_lines == 0
+
+
+def test_compaction_keeps_the_open_live_spans_and_their_number_is_bounded(tmp_path, monkeypatch):
+    import prefactor_otel.journal as journal_module
+
+    monkeypatch.setattr(journal_module, "MAX_LIVE_SPANS", 3)
+    journal = RunJournal(tmp_path, sync_opens=False)
+    journal.record({"run-a": 1}, {f"span-{i}": ("run-a", i) for i in range(5)})
+    assert journal.counters["live_spans_not_journaled"] == 2
+    for round_no in range(2, 2_200):  # enough closed lines to compact
+        journal.record({f"run-{round_no}": round_no, f"run-{round_no - 1}": None})
+    assert journal.counters["journal_rewrites"]
+    path = journal.path
+    assert path is not None
+    _dead_journal(tmp_path, path.read_bytes())
+    taken = {run.instance_id: run for run in RunJournal(tmp_path).take_abandoned()[0].runs}
+    assert taken["run-a"].live_spans == (("span-0", 0), ("span-1", 1), ("span-2", 2))

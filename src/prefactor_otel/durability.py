@@ -7,8 +7,9 @@
 - `replay` delivers spool files oldest first, each one through `Delivery.drain` with a `SpooledSource`: the same
   chunking, fallbacks and outcome rules as live items. After a failure it backs off (1 s doubling to 30 s).
 - `record_runs` writes to the journal which runs this process has opened (before their register is sent) and
-  closed; `adopt_abandoned` finds the journals of processes that died with runs open (SIGKILL, OOM, a pool
-  worker terminated) and puts a `failed` finish for each of their runs into the spool, so no run stays `active`.
+  closed, with the live spans each has `active` in Prefactor; `adopt_abandoned` finds the journals of processes
+  that died with runs open (SIGKILL, OOM, a pool worker terminated) and puts a `failed` finish for each of their
+  live spans (error `SpanNotEnded`), then for each run, into the spool: no run or span stays `active`.
 - the account partition learnt from the server is kept beside the spool, so a later process without an agent id
   can plan (and spool) its spans while the API is down. Before any partition was ever learnt (a deployment
   token, the API down since the first start), bulk items cannot be built at all: at shutdown the mapped span
@@ -32,7 +33,7 @@ from typing import Any
 
 from prefactor_otel._logging import logger
 from prefactor_otel.delivery import Delivery, SpooledSource
-from prefactor_otel.items import finish_item
+from prefactor_otel.items import finish_item, unended_span_finish_item
 from prefactor_otel.journal import RunJournal
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.mapping.values import RawJson
@@ -87,7 +88,7 @@ class Backlog:
             if not self.spool.append(encoded):
                 return 0
             planner.handoff(items, time.monotonic())
-            self.record_runs(planner.take_run_changes())
+            self.record_runs(planner.take_run_changes(), planner.take_live_span_changes())
         self.retry_at = max(self.retry_at, time.monotonic() + self._backoff)
         return len(items)
 
@@ -132,9 +133,11 @@ class Backlog:
 
     # ------------------------------------------------------------------ runs left open
 
-    def record_runs(self, changes: dict[str, int | None]) -> None:
-        if changes and self.journal is not None:
-            self.journal.record(changes)
+    def record_runs(
+        self, changes: dict[str, int | None], live_spans: dict[str, tuple[str, int] | None] | None = None
+    ) -> None:
+        if (changes or live_spans) and self.journal is not None:
+            self.journal.record(changes, live_spans)
 
     def adopt_abandoned(self) -> int:
         """Finish (as `failed`, at their last known activity) the runs of dead processes: into the spool first,
@@ -144,14 +147,20 @@ class Backlog:
             return 0
         adopted = 0
         for abandoned in journal.take_abandoned():
-            items: list[dict[str, Any] | bytes] = [
-                finish_item(run.instance_id, "failed", run.last_activity_ns) for run in abandoned.runs
-            ]
+            items: list[dict[str, Any] | bytes] = []
+            for run in abandoned.runs:
+                # Its live spans first (a finished run accepts no span finish), each ended no earlier than it
+                # started; the run no earlier than any of them.
+                end_ns = max([run.last_activity_ns, *(start_ns for _, start_ns in run.live_spans)])
+                why = "the process ended (killed) before this span ended"
+                items.extend(unended_span_finish_item(span_id, end_ns, why) for span_id, _ in run.live_spans)
+                items.append(finish_item(run.instance_id, "failed", end_ns))
             if items and not self.spool.append(items):
                 journal.release(abandoned)  # a later attempt (or process) takes it again
                 continue
             journal.discard(abandoned)
-            adopted += len(items)
+            adopted += len(abandoned.runs)
+            self.counters["live_spans_adopted_from_dead_processes"] += len(items) - len(abandoned.runs)
         if adopted:
             self.counters["runs_adopted_from_dead_processes"] += adopted
             logger.warning(

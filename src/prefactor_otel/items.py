@@ -149,6 +149,20 @@ def span_finish_item(span_id: str, record: SpanRecord, result_payload: dict[str,
     }
 
 
+def unended_span_finish_item(span_id: str, end_ns: int, why: str) -> dict[str, Any]:
+    """`agent_spans/finish` of a live span whose process ended before the span did (known only from the journal
+    of a dead process): failed, error `SpanNotEnded`, with the key its own process would have used."""
+    error = {"error_type": "SpanNotEnded", "message": why, "stacktrace": None}
+    return {
+        "_type": BULK_FINISH_SPAN,
+        "idempotency_key": ids.idempotency_key_for_id(BULK_FINISH_SPAN, span_id),
+        "agent_span_id": span_id,
+        "status": "failed",
+        "timestamp": iso_from_ns(end_ns),
+        "result_payload": {"outputs": {}, "token_usage": None, "error": error},
+    }
+
+
 def params_at_end(started: dict[str, Any], ended: dict[str, Any]) -> dict[str, Any]:
     """Of a live span, the payload fields that changed or appeared after its start (attributes set later, events,
     usage, error): they go with its finish, under `result_payload.params_at_end`. Status and ids are left out."""

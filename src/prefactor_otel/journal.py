@@ -12,7 +12,12 @@ taker never sees a journal that is not yet owned. The pid in the name is informa
 
 Format (journal_file.py, which also holds the parser and the file operations): a header line, then one
 `<instance id> <ns>` (open, last active at <ns>) or `<instance id> -` (closed) line per change. A reader keeps
-the largest time per run; a `-` line closes the run and a later time opens it again. A line that does not parse
+the largest time per run; a `-` line closes the run and a later time opens it again. Live spans (created `active`
+in Prefactor while they run) are journaled with their run, `<span id> <start ns> <instance id>`, and closed with
+`<span id> -` once their finish is delivered or handed to the spool: the taker finishes them `failed` before it
+finishes their run, so a killed process leaves no span active in a finished run. At most MAX_LIVE_SPANS are
+journaled at once (beyond that a span is counted, `live_spans_not_journaled`, and stays active if the process is
+killed). A line that does not parse
 is skipped and counted; a last line without its newline (a write cut short) is ignored. Each `record()` call
 is one `write()` (O_APPEND). When closed entries dominate (more than 4 lines per open run, and at least 4096
 lines), the journal is rewritten with only the open runs: temporary file, fsync, lock, rename over.
@@ -99,9 +104,14 @@ _STALE_TEMP_S = 300.0
 _DEFAULT_MAX_READ_BYTES = 16 * 1024 * 1024
 
 
+# Live spans journaled at once, over all runs: each line is ~70 bytes, so the journal stays under a megabyte.
+MAX_LIVE_SPANS = 10_000
+
+
 class AbandonedRun(NamedTuple):
     instance_id: str
     last_activity_ns: int
+    live_spans: tuple[tuple[str, int], ...] = ()  # (span id, start ns) of its spans left `active`
 
 
 @dataclass(slots=True, eq=False)
@@ -134,6 +144,8 @@ class RunJournal:
         self._fd: int | None = None
         self._path: Path | None = None
         self._open: dict[str, int] = {}  # instance id -> last activity (ns): this process's open runs only
+        self._live: dict[str, tuple[str, int]] = {}  # live span id -> (instance id, start ns), of open runs
+        self._live_of_run: dict[str, dict[str, None]] = {}  # instance id -> its live span ids (closed with it)
         self._lines = 0  # lines in the current file, header included
         self._rewrite_needed = False  # a write failed part-way: the file no longer matches `_open`
         self._taken: dict[int, AbandonedJournal] = {}  # fd -> journal taken and not yet discarded/released
@@ -186,23 +198,28 @@ class RunJournal:
     def open_runs(self) -> int:
         return len(self._open)
 
-    def record(self, updates: Mapping[str, int | None]) -> None:
+    def record(
+        self, updates: Mapping[str, int | None], live_spans: Mapping[str, tuple[str, int] | None] | None = None
+    ) -> None:
         """Note runs' latest activity (ns since epoch: the run is open) or their end (None: finished or handed
-        off for finishing). Updates that change nothing write nothing. Never raises."""
-        if not self.enabled or not updates:
+        off for finishing), and live spans: (instance id, start ns) once their create may reach the server, None
+        once their finish is delivered or handed off. Updates that change nothing write nothing. Never raises."""
+        if not self.enabled or not (updates or live_spans):
             return
         try:
             with self._lock:
                 if self._pid != os.getpid():
                     self._forget_parent_locked()
-                self._record_locked(updates)
+                self._record_locked(updates, live_spans or {})
         except Exception as exc:  # the journal must never break an export
             self.counters["journal_errors"] += 1
             if self._fd is not None:
                 self._rewrite_needed = True  # memory may be ahead of the file: write it whole next time
             self._log.log(logging.WARNING, "record", "Prefactor run journal: record failed (%r)", exc)
 
-    def _record_locked(self, updates: Mapping[str, int | None]) -> None:
+    def _record_locked(
+        self, updates: Mapping[str, int | None], live_spans: Mapping[str, tuple[str, int] | None]
+    ) -> None:
         open_runs = self._open
         lines: list[str] = []
         opened = False
@@ -214,6 +231,8 @@ class RunJournal:
                 if instance_id in open_runs:
                     del open_runs[instance_id]
                     lines.append(f"{instance_id} -\n")
+                    for span_id in self._live_of_run.pop(instance_id, ()):
+                        del self._live[span_id]  # closed with the run, by the reader too
                 continue
             if type(activity_ns) is not int or not 0 <= activity_ns <= MAX_NS:
                 self._reject(instance_id, "activity time is not an int of ns since epoch")
@@ -228,6 +247,7 @@ class RunJournal:
                 continue
             open_runs[instance_id] = activity_ns
             lines.append(f"{instance_id} {activity_ns}\n")
+        opened = self._record_live_locked(live_spans, lines) or opened
         if not lines:
             return
         if self._fd is None and not open_runs:
@@ -245,8 +265,36 @@ class RunJournal:
             self._write_failed(exc)
             return
         self._lines += len(lines)
-        if self._lines > max(_COMPACT_MIN_LINES, _COMPACT_LINES_PER_OPEN_RUN * len(open_runs)):
+        if self._lines > max(_COMPACT_MIN_LINES, _COMPACT_LINES_PER_OPEN_RUN * (len(open_runs) + len(self._live))):
             self._write_whole_locked()
+
+    def _record_live_locked(self, live_spans: Mapping[str, tuple[str, int] | None], lines: list[str]) -> bool:
+        """Live span lines (after the run lines of the same update, so a span's run is open before it). True if
+        a span was opened: it is fsynced like a run, or an OS crash could leave it active."""
+        opened = False
+        for span_id, span in live_spans.items():
+            if span is None:
+                closed = self._live.pop(span_id, None)
+                if closed is not None:
+                    self._live_of_run[closed[0]].pop(span_id, None)
+                    lines.append(f"{span_id} -\n")
+                continue
+            if span_id in self._live:
+                continue
+            instance_id, start_ns = span
+            if instance_id not in self._open:
+                continue  # not a run this process must finish (its parent's, before a fork): not ours either
+            if type(start_ns) is not int or not 0 <= start_ns <= MAX_NS or _ID_RE.fullmatch(span_id) is None:
+                self._reject(span_id, "live span id or start time is malformed")
+                continue
+            if len(self._live) >= MAX_LIVE_SPANS:
+                self.counters["live_spans_not_journaled"] += 1
+                continue
+            self._live[span_id] = (instance_id, start_ns)
+            self._live_of_run.setdefault(instance_id, {})[span_id] = None
+            lines.append(f"{span_id} {start_ns} {instance_id}\n")
+            opened = True
+        return opened
 
     def _reject(self, instance_id: object, reason: str) -> None:
         self.counters["records_rejected"] += 1
@@ -272,7 +320,9 @@ class RunJournal:
     def _write_whole_locked(self) -> None:
         """Write the open set as this process's journal: create it (the first open, or after creation failed),
         or replace it (compaction, or repair after a failed write). A failure is counted and retried next time."""
-        content = HEADER + "".join(f"{i} {ns}\n" for i, ns in self._open.items()).encode("ascii")
+        runs = "".join(f"{i} {ns}\n" for i, ns in self._open.items())
+        spans = "".join(f"{s} {ns} {i}\n" for s, (i, ns) in self._live.items())
+        content = HEADER + (runs + spans).encode("ascii")
         creating = self._fd is None
         # A new name is unique: no live process shares the pid, and 32 random bits keep a dead one's file apart.
         path = self.directory / f"runs-{os.getpid()}-{secrets.token_hex(4)}.journal" if creating else self._path
@@ -288,7 +338,7 @@ class RunJournal:
         if old is not None:
             os.close(old)  # the old file is unlinked by the rename; closing drops its lock
             self.counters["journal_rewrites"] += 1
-        self._lines = 1 + len(self._open)
+        self._lines = 1 + len(self._open) + len(self._live)
         self._rewrite_needed = False
 
     def _new_locked_file(self, path: Path, content: bytes, *, sync: bool) -> int:
@@ -359,6 +409,8 @@ class RunJournal:
         self._taken.clear()
         self._fd, self._path, self._lines = None, None, 0
         self._open.clear()
+        self._live.clear()
+        self._live_of_run.clear()
         self._rewrite_needed = False
         self._pid = os.getpid()
 
@@ -418,7 +470,13 @@ class RunJournal:
                     os.unlink(path)
                 self.counters["journals_removed_empty"] += 1
                 return None
-            runs = [AbandonedRun(instance_id, ns) for instance_id, ns in parsed.runs.items()]
+            spans_of: dict[str, list[tuple[str, int]]] = {}
+            for span_id, (instance_id, start_ns) in parsed.spans.items():
+                spans_of.setdefault(instance_id, []).append((span_id, start_ns))
+            runs = [
+                AbandonedRun(instance_id, ns, tuple(spans_of.get(instance_id, ())))
+                for instance_id, ns in parsed.runs.items()
+            ]
             journal = AbandonedJournal(path, runs, malformed, parsed.truncated, fd, os.getpid())
             with self._lock:
                 self._taken[fd] = journal

@@ -3,8 +3,12 @@
 Format (ASCII, one record per line, append-only), after a `# prefactor-otel run journal v1` header line:
     <instance id> <ns>      the run is open, last active at <ns> (ns since epoch); the first mention opens it
     <instance id> -         the run was finished, or handed off for finishing
+    <span id> <ns> <instance id>
+                            a live span (created `active` in Prefactor) of that run, started at <ns>
+    <span id> -             the live span was finished (or its finish handed off); closing a run closes its spans
 `parse` keeps the largest time per run, skips and counts malformed lines, ignores a torn last line and never
-reads past its bound; nothing in a file can make it raise. No state: safe from any thread.
+reads past its bound; nothing in a file can make it raise. No state: safe from any thread. (A version of this
+package from before live spans counts a span line as malformed and still finishes the run.)
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ OPEN_FLAGS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 class Parsed(NamedTuple):
     version: int | None  # None: no header
     runs: dict[str, int]
+    spans: dict[str, tuple[str, int]]  # live span id -> (its run's instance id, its start ns), of open runs only
     malformed: int
     torn: int
     truncated: bool
@@ -80,6 +85,7 @@ def lock_existing(path: Path) -> int | None:
 def parse(fd: int, max_bytes: int) -> Parsed:
     """Read a journal line by line, at most `max_bytes`; nothing in the file can make this raise."""
     runs: dict[str, int] = {}
+    spans: dict[str, tuple[str, int]] = {}
     malformed = torn = 0
     version: int | None = None
     consumed = 0
@@ -117,12 +123,20 @@ def parse(fd: int, max_bytes: int) -> Parsed:
                 malformed += 1
                 continue
             key = instance_id.decode("ascii")
-            if value == b"-":
+            value, _, run_id = value.partition(b" ")
+            if value == b"-" and not run_id:
                 runs.pop(key, None)
-            elif value.isdigit() and len(value) <= 19 and (ns := int(value)) <= MAX_NS:
+                spans.pop(key, None)
+            elif not (value.isdigit() and len(value) <= 19 and (ns := int(value)) <= MAX_NS):
+                malformed += 1
+            elif not run_id:
                 if ns > runs.get(key, -1):
                     runs[key] = ns
+            elif ID_BYTES_RE.fullmatch(run_id) is not None:
+                spans[key] = (run_id.decode("ascii"), ns)
             else:
                 malformed += 1
         truncated = consumed >= max_bytes and reader.read(1) != b""
-    return Parsed(version, runs, malformed, torn, truncated)
+    # A span line names its run; a run closed (or never opened) leaves its spans nothing to do.
+    spans = {span_id: span for span_id, span in spans.items() if span[0] in runs}
+    return Parsed(version, runs, spans, malformed, torn, truncated)

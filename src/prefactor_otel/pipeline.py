@@ -170,6 +170,7 @@ class Pipeline:
         """
         try:
             runs = self.planner.open_runs() if self.planner is not None else {}
+            self._add_runs_of_unread_starts(runs)
             current = trace_api.get_current_span()
             context = current.get_span_context()
             start_ns = getattr(current, "start_time", None)
@@ -180,6 +181,33 @@ class Pipeline:
             return runs
         except Exception:
             return {}
+
+    def _add_runs_of_unread_starts(self, runs: dict[int, InheritedRun]) -> None:
+        """Span starts the sending thread had not read at the fork are the parent's runs and spans too (a fork
+        right after a root started): the child is given the ids the parent's planner will give them, and the
+        spans the parent will create live count as created, so the child's spans join that run under them (a
+        parent that is not there yet when the child's span arrives makes it an orphan, not a drop)."""
+        if self.partition is None or not self.starts:
+            return
+        policy = LivePolicy(self._config.live_spans)
+        agent_key = self._config.agent_id or "deployment"
+        live: dict[int, set[int]] = {}  # trace id -> spans the parent will create live
+        for span in list(self.starts):
+            started = read_start(span)
+            if started is None:
+                continue
+            run = runs.get(started.trace_id)
+            if run is None:
+                # The parent's planner names a run after the first start of its trace it reads: this one.
+                instance_id = ids.instance_pfid(self.partition, agent_key, started.trace_id, started.start_time_ns)
+                run = runs[started.trace_id] = InheritedRun(instance_id, {}, frozenset())
+            run.span_ids[started.span_id] = ids.span_pfid(
+                self.partition, started.trace_id, started.span_id, started.start_time_ns
+            )
+            if policy.wants(started):
+                live.setdefault(started.trace_id, set()).add(started.span_id)
+        for trace_id, span_ids in live.items():
+            runs[trace_id] = runs[trace_id]._replace(created=runs[trace_id].created | span_ids)
 
     # ------------------------------------------------------------------ sending
 
@@ -233,9 +261,10 @@ class Pipeline:
         planner = self.planner
         if planner is None:
             return
-        changes = planner.take_run_changes()  # taken even without a journal: it must not grow
+        changes = planner.take_run_changes()  # taken even without a journal: they must not grow
+        live_spans = planner.take_live_span_changes()
         if self._backlog is not None:
-            self._backlog.record_runs(changes)
+            self._backlog.record_runs(changes, live_spans)
 
     def _spill(self, planner: Planner, *, flush: bool, shutdown: bool) -> None:
         if self._backlog is not None:

@@ -60,6 +60,9 @@ _MAX_OPEN_TRACES = 10_000
 class InheritedRun(NamedTuple):
     instance_id: str
     span_ids: dict[int, str]  # OTel span id -> Prefactor id, of spans whose ids the child may need as parents
+    # Spans the parent had created in Prefactor at the fork (its live spans among them): the child's spans under
+    # them are sent with their parent link at once, not held back and then orphaned.
+    created: frozenset[int] = frozenset()
 
 
 # Resource attributes -> the register item's `agent_version` (AgentVersionForRegister dumped). The planner shares
@@ -111,6 +114,10 @@ class Planner(LiveSpans, OutcomeRules):
         # instance id -> latest activity (ns) of runs this process must finish, or None once finished or handed
         # off: what the journal of open runs records (taken by the exporter after every plan and delivery).
         self.run_changes: dict[str, int | None] = {}
+        # Prefactor span id -> (instance id, start ns) of live spans whose active create may reach the server, or
+        # None once their finish is delivered or handed off: journaled with their run (a killed process's live
+        # spans are finished by the process that adopts its runs).
+        self.live_span_changes: dict[str, tuple[str, int] | None] = {}
         self._traces: OrderedDict[int, RunState] = OrderedDict()
         self._finished: OrderedDict[int, None] = OrderedDict()
         self._items: dict[str, PlannedItem] = {}  # key -> item of the last plan, for `apply`
@@ -174,9 +181,12 @@ class Planner(LiveSpans, OutcomeRules):
             purpose=self._purpose,
         )
         trace = RunState(trace_id, instance_id, register, start_item(instance_id, first_start_ns))
+        trace.first_start_ns = first_start_ns
         if inherited is not None:
             trace.inherited = True
             trace.span_ids.update(inherited.span_ids)
+            for span_id in inherited.created:
+                remember(trace.created, span_id, None)
         self._traces[trace_id] = trace
         return trace
 
@@ -273,7 +283,8 @@ class Planner(LiveSpans, OutcomeRules):
                 continue
             if not trace.journaled and not trace.inherited:
                 trace.journaled = True  # from this plan on the run may exist on the server
-                self.run_changes[trace.instance_id] = max(trace.last_end_ns, trace.root_end_ns)
+                # Its start at least: a run adopted before any span of it ended is finished no earlier.
+                self.run_changes[trace.instance_id] = max(trace.last_end_ns, trace.root_end_ns, trace.first_start_ns)
             if trace.register_item is not None:
                 items.append(self._item(trace.register_item, trace.trace_id))
             if trace.start_item is not None:
@@ -340,6 +351,8 @@ class Planner(LiveSpans, OutcomeRules):
             start_ns = parent.record.start_time_ns if parent is not None else None
             parent_id = self._span_pfid(trace, record.parent_span_id, start_ns)  # type: ignore[arg-type]
         span_id = self._span_pfid(trace, record.span_id, record.start_time_ns)
+        if record.status == "active" and not trace.inherited:
+            self.live_span_changes[span_id] = (trace.instance_id, record.start_time_ns)
         body = span_create_item(
             record,
             trace.instance_id,
@@ -392,9 +405,10 @@ class Planner(LiveSpans, OutcomeRules):
             failed = trace.root_failed or any(record.status == "failed" for record in roots)
             end_ns = max([trace.root_end_ns, *(record.end_time_ns for record in roots)])
         else:
-            # Shutdown before the root ended: close the run at its last known span, failed if any span failed.
+            # Shutdown before the root ended: close the run at its last known span (at its start when none has
+            # ended: never before it, which the API refuses), failed if any span failed.
             failed = trace.any_failed or any(record.status == "failed" for record in planned)
-            end_ns = trace.last_end_ns
+            end_ns = max(trace.last_end_ns, trace.first_start_ns)
         body = finish_item(trace.instance_id, "failed" if failed else "complete", end_ns)
         return PlannedItem(body["idempotency_key"], BULK_FINISH_INSTANCE, body, trace.trace_id)
 
@@ -407,13 +421,17 @@ class Planner(LiveSpans, OutcomeRules):
     def open_runs(self) -> dict[int, InheritedRun]:
         """The runs open here, with the Prefactor ids of their spans: what a forked child inherits."""
         return {
-            trace_id: InheritedRun(trace.instance_id, dict(trace.span_ids))
+            trace_id: InheritedRun(trace.instance_id, dict(trace.span_ids), frozenset(trace.created))
             for trace_id, trace in list(self._traces.items())
             if not trace.rejected
         }
 
     def take_run_changes(self) -> dict[str, int | None]:
         changes, self.run_changes = self.run_changes, {}
+        return changes
+
+    def take_live_span_changes(self) -> dict[str, tuple[str, int] | None]:
+        changes, self.live_span_changes = self.live_span_changes, {}
         return changes
 
     @property

@@ -29,6 +29,7 @@ class OutcomeRules:
     _items: dict[str, PlannedItem]
     _queued: int
     run_changes: dict[str, int | None]
+    live_span_changes: dict[str, tuple[str, int] | None]
     counters: Counter[str]
     actions_dropped: Counter[str]
     # Planner methods used here.
@@ -123,7 +124,8 @@ class OutcomeRules:
             return
         del trace.pending[span_id]  # type: ignore[arg-type]
         self._queued -= 1
-        trace.live.pop(span_id, None)  # type: ignore[arg-type]  # when it ends it is sent whole, once more
+        if trace.live.pop(span_id, None) is not None:  # type: ignore[arg-type]  # when it ends it is sent whole
+            self._live_span_closed(trace, span_id)  # type: ignore[arg-type]
         self._drop(1, f"rejected:{outcome.code or 'error'}", pending.record)
 
     def _on_span_finish(
@@ -133,10 +135,17 @@ class OutcomeRules:
         if live is None or live.ended is None or verdict is Verdict.PENDING:
             return
         del trace.live[item.span_id]  # type: ignore[arg-type]
+        self._live_span_closed(trace, item.span_id)  # type: ignore[arg-type]
         if verdict is Verdict.DONE:
             self._delivered(trace, live.ended, spooled)
         else:
             self._drop(1, f"finish_rejected:{outcome.code or 'error'}", live.ended)
+
+    def _live_span_closed(self, trace: RunState, span_id: int) -> None:
+        """The server has (or the spool will send) this live span's finish, or never got it: not the journal's."""
+        pfid = trace.span_ids.get(span_id)
+        if pfid is not None:
+            self.live_span_changes[pfid] = None
 
     def _delivered(self, trace: RunState, record: SpanRecord, spooled: bool) -> None:
         """An ended span is in Prefactor (or in the spool, which sends it in order)."""

@@ -67,6 +67,7 @@ class RunState:
     root_failed: bool = False
     root_end_ns: int = 0
     last_end_ns: int = 0
+    first_start_ns: int = 0  # the start the run was created with
     any_failed: bool = False
     last_activity: float = 0.0
     rejected: bool = False
