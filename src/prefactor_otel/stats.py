@@ -75,6 +75,7 @@ def collect_stats(
         "instances_registered": c["instances_registered"],
         "instances_finished": c["instances_finished"],
         "runs_adopted_from_dead_processes": c["runs_adopted_from_dead_processes"],
+        "live_spans_adopted_from_dead_processes": c["live_spans_adopted_from_dead_processes"],
         "requests": c["requests"],
         "retries": c["retries"],
         "contract_errors": c["contract_errors"],  # answers that did not fit the API contract
