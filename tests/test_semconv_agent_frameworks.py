@@ -1,13 +1,15 @@
-"""Agent frameworks of 2026 through the mapping: AG2's own TelemetryMiddleware live against the fake OpenAI server,
-and recorded spans (tests/fixtures/semconv/record_spans.py) of Strands Agents (latest conventions with messages in
-span attributes or in span events, and the older per-message events), Google ADK (its default GenAI schema and the
-legacy one), DSPy through OpenInference and the OpenAI Agents SDK through OpenInference. Each asserts the span
-types a user expects and, fully, what the mapping already gets right; what it still gets wrong is written as
-expectations in tests/pending/gaps_13.py."""
+"""Agent frameworks of 2026 through the mapping. Live against the fake OpenAI server: AG2's own
+TelemetryMiddleware and a LangChain 1.x agent (LangGraph, traced by OpenInference). Recorded
+(tests/fixtures/semconv/record_spans.py): Strands Agents (latest conventions with messages in span attributes or
+in span events, and the older per-message events), Google ADK (its default GenAI schema and the legacy one), DSPy
+through OpenInference and the OpenAI Agents SDK through OpenInference. Each asserts the span types a user expects
+and, fully, what the mapping already gets right; what it still gets wrong is written as expectations in
+tests/pending/gaps_13.py."""
 
 from __future__ import annotations
 
 import ag2  # noqa: F401  (the test extra installs it; missing = fail, not skip)
+from openinference.instrumentation.langchain import LangChainInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 
 from prefactor_otel.devserver import DevServer
@@ -15,6 +17,7 @@ from prefactor_otel.mapping import SpanRecord
 from tests.fixtures.semconv.ag2_app import run_ag2_app
 from tests.fixtures.semconv.checks import export_to_devserver, map_all, provider
 from tests.fixtures.semconv.fake_openai import TOOL_MODEL, FakeOpenAI, TokenLedger
+from tests.fixtures.semconv.langgraph_app import run_langgraph_app
 from tests.fixtures.semconv.replay import load
 from tests.spans import exporter_for
 
@@ -26,6 +29,17 @@ OPENAI_TOOL_CALL = {"id": "call_weather_1", "name": "get_weather", "arguments": 
 def run_ag2(tracer_provider: TracerProvider) -> TokenLedger:
     with FakeOpenAI() as fake:
         run_ag2_app(fake, tracer_provider)
+    return fake.served
+
+
+def run_langgraph(tracer_provider: TracerProvider) -> TokenLedger:
+    instrumentor = LangChainInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider)
+    try:
+        with FakeOpenAI() as fake:
+            run_langgraph_app(fake)
+    finally:
+        instrumentor.uninstrument()
     return fake.served
 
 
@@ -87,6 +101,46 @@ def test_ag2_end_to_end_through_the_exporter() -> None:
     assert (agent["schema_name"], tool["schema_name"]) == ("otel:agent", "otel:tool")
     assert tool["parent_span_id"] == agent["id"]
     assert tool["result_payload"]["outputs"]["result"] == "sunny in Paris"
+
+
+# --------------------------------------------------------------------- LangChain 1.x agent (LangGraph), live
+
+
+def test_langgraph_agent_openinference() -> None:
+    tracer_provider, collector = provider()
+    run_langgraph(tracer_provider)
+    records = map_all(collector.spans)
+    (agent,) = records["weather_agent"]
+    (tool,) = records["get_weather"]
+    ask, answer = records["ChatOpenAI"]
+    assert (agent.schema_name, tool.schema_name, ask.schema_name, answer.schema_name) == (
+        "otel:agent",
+        "otel:tool",
+        "otel:llm",
+        "otel:llm",
+    )
+    # the graph's nodes are steps of the agent
+    assert _types(records)["model"] == {"otel:chain"} and _types(records)["tools"] == {"otel:chain"}
+    assert agent.is_local_root and agent.payload["agent_name"] == "weather_agent"
+    (tools_node,) = records["tools"]
+    assert tool.parent_span_id == tools_node.span_id and tools_node.parent_span_id == agent.span_id
+
+    assert ask.payload["model"] == f"{TOOL_MODEL}-2026-01-01"  # OpenInference names the model that answered
+    assert ask.payload["inputs"]["messages"] == [SYSTEM, QUESTION]
+    assert ask.result_payload["outputs"]["messages"] == [
+        {"role": "assistant", "content": None, "tool_calls": [OPENAI_TOOL_CALL]}
+    ]
+    assert ask.payload["token_usage"] == {
+        "prompt_tokens": 11,
+        "completion_tokens": 7,
+        "total_tokens": 18,
+        "cache_read_tokens": 2,
+    }
+    assert answer.result_payload["outputs"]["messages"] == [{"role": "assistant", "content": "echo: sunny in Paris"}]
+
+    assert tool.payload["tool_name"] == "get_weather" and tool.payload["tool_call_id"] == "call_weather_1"
+    assert tool.payload["inputs"]["arguments"] == "Paris"  # LangChain hands a one-argument tool its bare value
+    assert tool.result_payload["outputs"]["result"] == "sunny in Paris"
 
 
 # ------------------------------------------------------------------------------------------------ Strands Agents

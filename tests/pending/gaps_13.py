@@ -11,7 +11,7 @@ from tests.fixtures.semconv.checks import map_all, provider
 from tests.fixtures.semconv.fake_anthropic import TOOL_USE_ID
 from tests.fixtures.semconv.fake_openai import TOOL_MODEL
 from tests.fixtures.semconv.replay import load
-from tests.test_semconv_agent_frameworks import run_ag2
+from tests.test_semconv_agent_frameworks import run_ag2, run_langgraph
 from tests.test_semconv_anthropic import run_openinference, run_own_spans, run_traceloop
 
 SYSTEM = {"role": "system", "content": "You are a weather bot."}
@@ -72,6 +72,15 @@ def test_strands_legacy_messages_from_per_message_events() -> None:
     (tool,) = records["execute_tool get_weather"]
     assert tool.payload["inputs"]["arguments"] == {"city": "Paris"}
     assert "sunny in Paris" in json.dumps(tool.result_payload["outputs"]["result"])
+
+
+def test_langgraph_agent_messages_from_its_input_and_output_value() -> None:
+    """LangChain 1.x agent through OpenInference (live), `weather_agent` (AGENT): input.value is
+    {"messages": [the question]}, output.value the whole state with the answer last. Today: inputs.value and
+    outputs.value hold them as they are, no inputs.messages / outputs.messages."""
+    (agent,) = _live(run_langgraph)["weather_agent"]
+    assert agent.payload["inputs"]["messages"] == [QUESTION]
+    assert agent.result_payload["outputs"]["messages"][-1]["content"] == "echo: sunny in Paris"
 
 
 # -------------------------------------------------------------- tool results and tool calls in their own shapes
