@@ -1,8 +1,8 @@
 """The span types this exporter emits, registered with the agent schema version. Pure data.
 
 Every schema name `classify` can return has an entry here (a test checks it), with a JSON Schema for the payload
-(`params_schema`) and the result payload (`result_schema`) that names every field the mapping can emit
-(typed.py), a title, a description and a Liquid template for the one-line summary. The schemas are permissive
+(`params_schema`) and the result payload (`result_schema`) that names every field the mapping can emit (builders/,
+usage.py), a title, a description and a Liquid template for the one-line summary. The schemas are permissive
 where conventions vary (message parts, tool arguments, raw values are free-form) and exact where the mapping
 decides (ids, status, token counts, the message shape). The schema version's external identifier is a hash of this
 set, so an exporter release with new or changed schemas registers a new schema version by itself.
