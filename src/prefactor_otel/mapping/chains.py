@@ -24,10 +24,21 @@ RESPONSE_MODEL = ("gen_ai.response.model", "llm.response.model_name")
 RESPONSE_ID = ("gen_ai.response.id",)
 FINISH_REASONS = ("gen_ai.response.finish_reasons", "llm.finish_reason")
 # Messages in the OTel GenAI JSON shape (flattened families of other conventions: FAMILIES below).
-SYSTEM_INSTRUCTIONS = ("gen_ai.system_instructions",)
+SYSTEM_INSTRUCTIONS = ("gen_ai.system_instructions", "gen_ai.agent.system_prompt")  # the second: Strands agents
 INPUT_MESSAGES = ("gen_ai.input.messages",)
 OUTPUT_MESSAGES = ("gen_ai.output.messages",)
 TOOL_DEFINITIONS = ("gen_ai.tool.definitions", "mlflow.chat.tools")
+# Span events that carry a conversation (when it is not in attributes): the OTel GenAI details event holds the
+# same JSON attributes as the span would; the older per-message events hold one message each (Strands:
+# `content` is the JSON of its content blocks; `gen_ai.choice` holds the answer in `message`).
+DETAILS_EVENT = "gen_ai.client.inference.operation.details"
+MESSAGE_EVENTS = {
+    "gen_ai.system.message": "system",
+    "gen_ai.user.message": "user",
+    "gen_ai.assistant.message": "assistant",
+    "gen_ai.tool.message": "tool",
+}
+CHOICE_EVENT = "gen_ai.choice"
 COMPLETION_START_TIME = ("langfuse.observation.completion_start_time",)
 EMBEDDING_DIMENSION = ("gen_ai.embeddings.dimension.count",)
 PROVIDER = (
@@ -99,6 +110,28 @@ TOOL_RESULT = ("gen_ai.tool.call.result", "tool_response", "gcp.vertex.agent.too
 TOOL_TYPE = ("gen_ai.tool.type",)
 TOOL_DESCRIPTION = ("gen_ai.tool.description", "tool.description")
 AGENT_NAME = ("gen_ai.agent.name", "agent.name", "agent_name", "traceloop.entity.name")
+# A span named after a method of its object (`weather_agent.run`, DSPy's `get_weather.__call__`) names the object:
+# these suffixes are dropped when the name comes from the span name (sync and async entry points of the agent and
+# tool frameworks; `.agent` / `.tool` are Traceloop's kinds).
+AGENT_NAME_SUFFIXES = (
+    ".agent",
+    ".run",
+    ".run_sync",
+    ".run_async",
+    ".arun",
+    ".run_stream",
+    ".invoke",
+    ".ainvoke",
+    ".stream",
+    ".astream",
+    ".__call__",
+    ".acall",
+    ".forward",
+    ".aforward",
+    ".kickoff",
+    ".kickoff_async",
+)
+TOOL_NAME_SUFFIXES = (".tool", ".__call__", ".acall", ".call", ".run", ".arun", ".invoke", ".ainvoke", ".forward")
 AGENT_ID = ("gen_ai.agent.id", "graph.node.id")
 AGENT_DESCRIPTION = ("gen_ai.agent.description",)
 AGENT_VERSION = ("gen_ai.agent.version",)

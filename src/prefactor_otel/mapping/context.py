@@ -7,7 +7,7 @@ the bounded cache of flattened-family indexes (`_FAMILY_INDEXES`): a plain dict,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import Event
@@ -20,11 +20,30 @@ class Context:
     """One span's (redacted) attributes and events, what the chains consumed, and lazily grouped flattened
     families."""
 
-    __slots__ = ("_families", "attributes", "consumed", "events", "invalid_counts", "name")
+    __slots__ = (
+        "_families",
+        "attributes",
+        "consumed",
+        "event_conversation",
+        "event_records",
+        "events",
+        "invalid_counts",
+        "name",
+    )
 
-    def __init__(self, attributes: dict[str, object], events: Sequence[Event] = (), name: str = "") -> None:
+    def __init__(
+        self,
+        attributes: dict[str, object],
+        events: Sequence[Event] = (),
+        name: str = "",
+        event_records: Sequence[tuple[str, Mapping[str, object]]] = (),
+    ) -> None:
         self.attributes = attributes
-        self.events = events  # the span's events, read once by the caller (each read of span.events copies them)
+        # The span's events as the SDK holds them, read once by the caller (each read of span.events copies them):
+        # for their timestamps only. Their content is NOT redacted: builders read `event_records` for content.
+        self.events = events
+        self.event_records = event_records  # (name, attributes) of each event, redacted
+        self.event_conversation: Any = None  # the messages found in event_records, once parsed (conversation.py)
         self.name = name  # the span's name, redacted: builders that derive a field from it read this, not span.name
         self.consumed: set[str] = set()
         self.invalid_counts: list[str] = []  # numeric attributes a count chain skipped (NaN, negative, ...)
@@ -66,7 +85,7 @@ class Context:
         attributes = self.attributes
         if attributes.keys().isdisjoint(keys):
             return None
-        for key in keys:
+        for index, key in enumerate(keys):
             value = attributes.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 count = as_count(value)
@@ -74,6 +93,13 @@ class Context:
                     self.invalid_counts.append(key)
                     continue
                 self.consumed.add(key)
+                rest = keys[index + 1 :]
+                if rest and not attributes.keys().isdisjoint(rest):
+                    # Equal duplicates (Traceloop / Strands write prompt_tokens beside input_tokens) are consumed
+                    # too; a differing one stays in metadata.
+                    for other in rest:
+                        if attributes.get(other) == value:
+                            self.consumed.add(other)
                 return count
         return None
 

@@ -1,31 +1,57 @@
-"""otel:agent: an agent run. Pure functions, called from map_span on the exporting thread; no state."""
+"""otel:agent: an agent run. Pure functions, called from map_span on the exporting thread; no state.
+
+An agent span carries its conversation like a model call does (the OTel GenAI attributes or events, pydantic-ai's
+whole run), its request parameters and its response facts; a generic input/output value (OpenInference,
+Traceloop) stays the raw `value`, which is what those conventions record for a run.
+"""
 
 from __future__ import annotations
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-from prefactor_otel.mapping.builders.common import generic_value, strip_affix
+from prefactor_otel.mapping.builders.common import generic_value, request_params, strip_method
+from prefactor_otel.mapping.builders.conversation import finish_reasons, input_messages, output_messages
 from prefactor_otel.mapping.chains import (
     AGENT_CONVERSATION,
     AGENT_DESCRIPTION,
     AGENT_ID,
     AGENT_NAME,
+    AGENT_NAME_SUFFIXES,
     AGENT_RESULT,
     AGENT_VERSION,
     GENERIC_INPUT,
     GENERIC_OUTPUT,
     MODEL,
     PROVIDER,
+    RESPONSE_ID,
+    RESPONSE_MODEL,
     SYSTEM_INSTRUCTIONS,
 )
 from prefactor_otel.mapping.context import Context, Typed
 from prefactor_otel.mapping.messages import normalize_messages, system_message
 from prefactor_otel.mapping.values import json_safe
 
+_INVOKE_PREFIX = "invoke_agent "
+_CREATE_PREFIX = "create_agent"
+
+
+def agent_name(ctx: Context) -> str | None:
+    """The agent's name: its attribute; else its span name without the operation or a method suffix
+    (`invoke_agent weather` -> `weather`, `weather_agent.run` -> `weather_agent`). A `create_agent` span without
+    the attribute has none: its span name is the operation, not a name."""
+    name = ctx.value(AGENT_NAME)
+    if name is not None:
+        return name  # type: ignore[no-any-return]
+    span_name = ctx.name
+    if span_name.startswith(_CREATE_PREFIX) or ctx.attributes.get("gen_ai.operation.name") == "create_agent":
+        return None
+    if span_name.startswith(_INVOKE_PREFIX):
+        return span_name[len(_INVOKE_PREFIX) :] or None
+    return strip_method(span_name, AGENT_NAME_SUFFIXES) or None
+
 
 def agent(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
-    name = ctx.value(AGENT_NAME) or strip_affix(ctx.name, "invoke_agent ", ".agent") or ctx.name
-    typed.put(typed.fields, "agent_name", name)
+    typed.put(typed.fields, "agent_name", agent_name(ctx))
     typed.put(typed.fields, "agent_id", ctx.value(AGENT_ID))
     typed.put(typed.fields, "agent_description", ctx.value(AGENT_DESCRIPTION))
     typed.put(typed.fields, "agent_version", ctx.value(AGENT_VERSION))
@@ -34,6 +60,7 @@ def agent(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
         typed.put(typed.fields, "conversation_id", json_safe(conversation))
     typed.put(typed.fields, "model", ctx.value(MODEL))
     typed.put(typed.fields, "provider", ctx.value(PROVIDER))
+    typed.put(typed.fields, "params", request_params(ctx, typed))
     # pydantic-ai: the whole conversation of the run (A6 puts it with the inputs), the final output separately.
     hit = ctx.first_json(AGENT_CONVERSATION)
     if hit is not None:
@@ -46,16 +73,19 @@ def agent(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
             messages = [system, *messages]
         typed.put(typed.inputs, "messages", messages if messages is not None else hit[1])
     else:
-        generic = generic_value(ctx, GENERIC_INPUT)
-        if generic is not None:
-            typed.put(typed.inputs, "value", generic[1])
-        instructions = ctx.first_json(SYSTEM_INSTRUCTIONS)
-        if instructions is not None:
-            typed.put(typed.inputs, "system_instructions", instructions[1])
+        typed.put(typed.inputs, "messages", input_messages(ctx, generic=False))
+        found = generic_value(ctx, GENERIC_INPUT)
+        if found is not None:
+            typed.put(typed.inputs, "value", found[1])
+    output = output_messages(ctx, generic=False)
+    typed.put(typed.outputs, "messages", output)
     hit = ctx.first_json(AGENT_RESULT)
     if hit is not None:
         typed.put(typed.outputs, "result", hit[1])
-    else:
-        generic = generic_value(ctx, GENERIC_OUTPUT)
-        if generic is not None:
-            typed.put(typed.outputs, "value", generic[1])
+    elif output is None:
+        found = generic_value(ctx, GENERIC_OUTPUT)
+        if found is not None:
+            typed.put(typed.outputs, "value", found[1])
+    typed.put(typed.result, "finish_reasons", finish_reasons(ctx, output))
+    typed.put(typed.result, "response_id", ctx.value(RESPONSE_ID))
+    typed.put(typed.result, "response_model", ctx.value(RESPONSE_MODEL))

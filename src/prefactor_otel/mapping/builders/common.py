@@ -106,12 +106,13 @@ def request_params(ctx: Context, typed: Typed) -> dict[str, Any] | None:
     return params or None
 
 
-def strip_affix(name: str, prefix: str, suffix: str) -> str | None:
-    if name.startswith(prefix):
-        return name[len(prefix) :] or None
-    if name.endswith(suffix):
-        return name[: -len(suffix)] or None
-    return None
+def strip_method(name: str, suffixes: tuple[str, ...]) -> str:
+    """`name` without one trailing method suffix (`weather_agent.run` -> `weather_agent`); as it is without one."""
+    if name.endswith(suffixes):
+        for suffix in suffixes:
+            if name.endswith(suffix) and len(name) > len(suffix):
+                return name[: -len(suffix)]
+    return name
 
 
 # ---------------------------------------------------------------------------------------------- per type

@@ -1,6 +1,8 @@
 """Messages in and out of a model call (and of an agent run), finish reasons. Pure functions.
 
-Called from map_span on the exporting thread; no state.
+Sources, first hit wins: the OTel GenAI JSON attributes, the flattened families of other conventions, then the
+span's events (the OTel GenAI details event, the older per-message events), then the generic input/output value.
+Called from map_span on the exporting thread; no state (the parsed events are kept on the span's Context).
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from typing import Any
 
 from prefactor_otel.mapping.builders.common import as_list, drop_raw_io, generic_value
 from prefactor_otel.mapping.chains import (
+    CHOICE_EVENT,
+    DETAILS_EVENT,
     FINISH_REASONS,
     GENERIC_INPUT,
     GENERIC_OUTPUT,
     INPUT_MESSAGES,
+    MESSAGE_EVENTS,
     OUTPUT_MESSAGES,
     SYSTEM_INSTRUCTIONS,
 )
@@ -24,7 +29,7 @@ from prefactor_otel.mapping.messages import (
     normalize_messages,
     system_message,
 )
-from prefactor_otel.mapping.values import json_safe
+from prefactor_otel.mapping.values import json_safe, parse_json_maybe
 
 
 def messages_from_response(value: Any) -> list[Message] | None:
@@ -61,8 +66,59 @@ def messages_from_response(value: Any) -> list[Message] | None:
     return normalize_messages(value)
 
 
-def input_messages(ctx: Context) -> list[Message] | Any:
-    """Input messages through the chain; a raw value when only an unparseable fallback exists."""
+EventConversation = tuple[list[Message] | None, list[Message] | None, Message | None]  # inputs, outputs, system
+_NO_EVENT_CONVERSATION: EventConversation = (None, None, None)
+
+
+def event_conversation(ctx: Context) -> EventConversation:
+    """The messages the span's events carry: input messages, output messages, system instructions."""
+    if ctx.event_conversation is not None:
+        return ctx.event_conversation  # type: ignore[no-any-return]
+    if not ctx.event_records:
+        ctx.event_conversation = _NO_EVENT_CONVERSATION
+        return _NO_EVENT_CONVERSATION
+    inputs: list[Message] | None = None
+    outputs: list[Message] | None = None
+    system: Message | None = None
+    for name, attributes in ctx.event_records:
+        if name == DETAILS_EVENT:
+            for key, value in attributes.items():
+                if key == "gen_ai.input.messages" or key == "gen_ai.output.messages":
+                    messages = normalize_messages(parse_json_maybe(value))
+                    if messages:
+                        if key == "gen_ai.input.messages":
+                            inputs = [*(inputs or ()), *messages]
+                        else:
+                            outputs = [*(outputs or ()), *messages]
+                elif key == "gen_ai.system_instructions":
+                    system = system_message(parse_json_maybe(value))
+        elif name in MESSAGE_EVENTS:
+            role = attributes.get("role") or MESSAGE_EVENTS[name]
+            message = _event_message(role, attributes.get("content"))
+            if role == "tool" and attributes.get("id") is not None and "tool_call_id" not in message:
+                message["tool_call_id"] = str(attributes["id"])
+            inputs = [*(inputs or ()), message]
+        elif name == CHOICE_EVENT:
+            message = _event_message("assistant", attributes.get("message"))
+            if attributes.get("finish_reason"):
+                message["finish_reason"] = str(attributes["finish_reason"])
+            outputs = [*(outputs or ()), message]
+    ctx.event_conversation = (inputs, outputs, system)
+    return ctx.event_conversation  # type: ignore[no-any-return]
+
+
+def _event_message(role: object, content: object) -> Message:
+    # Strands writes the JSON of the message's content blocks; other writers a whole message, or plain text.
+    parsed = parse_json_maybe(content)
+    if isinstance(parsed, dict) and ("parts" in parsed or "content" in parsed):
+        return normalize_message({**parsed, "role": parsed.get("role") or role})
+    return normalize_message({"role": role, "content": parsed})
+
+
+def input_messages(ctx: Context, *, generic: bool = True) -> list[Message] | Any:
+    """Input messages through the chain; a raw value when only an unparseable fallback exists.
+
+    generic: fall back on the generic input value (`input.value`, ...); agents keep that as their `value`."""
     system = None
     hit = ctx.first_json(SYSTEM_INSTRUCTIONS)
     if hit is not None:
@@ -90,12 +146,15 @@ def input_messages(ctx: Context) -> list[Message] | Any:
         elif isinstance(ctx.attributes.get("llm.prompts"), (list, tuple)):
             ctx.consume("llm.prompts")
             messages = [{"role": "user", "content": str(p)} for p in ctx.attributes["llm.prompts"]]  # type: ignore[union-attr]
-    if messages is None and raw_fallback is None:
-        generic = generic_value(ctx, GENERIC_INPUT)
-        if generic is not None:
-            messages = normalize_messages(generic[1])
+    if messages is None and raw_fallback is None and ctx.event_records:
+        messages, _, event_system = event_conversation(ctx)
+        system = system or event_system
+    if messages is None and raw_fallback is None and generic:
+        found = generic_value(ctx, GENERIC_INPUT)
+        if found is not None:
+            messages = normalize_messages(found[1])
             if messages is None:
-                raw_fallback = generic[1]
+                raw_fallback = found[1]
     if system is not None:
         if messages is None:
             messages = [system]
@@ -104,7 +163,8 @@ def input_messages(ctx: Context) -> list[Message] | Any:
     return messages if messages is not None else raw_fallback
 
 
-def output_messages(ctx: Context) -> list[Message] | Any:
+def output_messages(ctx: Context, *, generic: bool = True) -> list[Message] | Any:
+    """Output messages through the chain (generic: as in input_messages)."""
     hit = ctx.first_json(OUTPUT_MESSAGES)
     if hit is not None:
         messages = normalize_messages(hit[1])
@@ -116,10 +176,15 @@ def output_messages(ctx: Context) -> list[Message] | Any:
     groups = ctx.family("gen_ai.completion.")
     if groups is not None:
         return from_flattened(groups, "")
-    generic = generic_value(ctx, GENERIC_OUTPUT)
-    if generic is not None:
-        messages = messages_from_response(generic[1])
-        return messages if messages is not None else generic[1]
+    if ctx.event_records:
+        messages = event_conversation(ctx)[1]
+        if messages is not None:
+            return messages
+    if generic:
+        found = generic_value(ctx, GENERIC_OUTPUT)
+        if found is not None:
+            messages = messages_from_response(found[1])
+            return messages if messages is not None else found[1]
     return None
 
 
