@@ -401,3 +401,55 @@ def test_messages_from_events_are_redacted() -> None:
     (message,) = record.payload["inputs"]["messages"]
     assert message["content"].startswith("my key is [REDACTED")
     assert SECRET_IN_PROMPT not in json.dumps(record.payload)
+
+
+def test_google_adk_call_llm_request_and_response() -> None:
+    # ADK's trace_call_llm: no operation name, gen_ai.system, the LlmRequest / LlmResponse as JSON
+    request = {
+        "model": "gemini-2.5-flash",
+        "config": {"system_instruction": "You answer about weather.", "max_output_tokens": 64},
+        "contents": [
+            {"role": "user", "parts": [{"text": "Weather in Oslo?"}]},
+            {
+                "role": "model",
+                "parts": [{"function_call": {"id": "fc_1", "name": "get_weather", "args": {"city": "Oslo"}}}],
+            },
+            {
+                "role": "user",
+                "parts": [{"function_response": {"id": "fc_1", "name": "get_weather", "response": {"result": "cold"}}}],
+            },
+        ],
+    }
+    response = {"content": {"role": "model", "parts": [{"text": "Cold in Oslo."}]}, "finish_reason": "STOP"}
+    record = _one(
+        "call_llm",
+        {
+            "gen_ai.system": "gcp.vertex.agent",
+            "gen_ai.request.model": "gemini-2.5-flash",
+            "gcp.vertex.agent.invocation_id": "e-1",
+            "gcp.vertex.agent.session_id": "s-1",
+            "gcp.vertex.agent.llm_request": json.dumps(request),
+            "gcp.vertex.agent.llm_response": json.dumps(response),
+            "gen_ai.request.max_tokens": 64,
+            "gen_ai.usage.input_tokens": 30,
+            "gen_ai.usage.output_tokens": 5,
+            "gen_ai.response.finish_reasons": ("stop",),
+        },
+    )
+    assert record.schema_name == "otel:llm"
+    assert record.payload["inputs"]["messages"] == [
+        {"role": "system", "content": "You answer about weather."},
+        {"role": "user", "content": "Weather in Oslo?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "fc_1", "name": "get_weather", "arguments": {"city": "Oslo"}}],
+        },
+        {"role": "user", "content": '{"result":"cold"}', "tool_call_id": "fc_1", "name": "get_weather"},
+    ]
+    assert record.result_payload["outputs"]["messages"] == [
+        {"role": "assistant", "content": "Cold in Oslo.", "finish_reason": "stop"}
+    ]
+    assert record.payload["session_id"] == "s-1"
+    metadata = record.payload["metadata"]
+    assert not {"gcp.vertex.agent.llm_request", "gcp.vertex.agent.llm_response"} & set(metadata)

@@ -27,6 +27,10 @@ FINISH_REASONS = ("gen_ai.response.finish_reasons", "llm.finish_reason")
 SYSTEM_INSTRUCTIONS = ("gen_ai.system_instructions", "gen_ai.agent.system_prompt")  # the second: Strands agents
 INPUT_MESSAGES = ("gen_ai.input.messages",)
 OUTPUT_MESSAGES = ("gen_ai.output.messages",)
+# Google ADK's call_llm spans: the whole request (`contents` in Gemini's shape, `config.system_instruction`) and the
+# whole response (`content`, `finish_reason`) as JSON.
+ADK_LLM_REQUEST = ("gcp.vertex.agent.llm_request",)
+ADK_LLM_RESPONSE = ("gcp.vertex.agent.llm_response",)
 TOOL_DEFINITIONS = ("gen_ai.tool.definitions", "mlflow.chat.tools")
 # Span events that carry a conversation (when it is not in attributes): the OTel GenAI details event holds the
 # same JSON attributes as the span would; the older per-message events hold one message each (Strands:

@@ -119,16 +119,28 @@ _PROVIDER_BLOCKS = frozenset({"tool_use", "tool_result"})
 
 def _provider_block(part: Mapping[str, Any]) -> str | dict[str, Any] | None:
     """A provider's own content block as text or as an OTel part: Bedrock Converse / Strands (`{"text": ...}`,
-    `{"toolUse": ...}`, `{"toolResult": ...}`) and Anthropic (`tool_use`, `tool_result`). None: not one of them."""
+    `{"toolUse": ...}`, `{"toolResult": ...}`), Gemini (`{"function_call": ...}`, `{"function_response": ...}`) and
+    Anthropic (`tool_use`, `tool_result`). None: not one of them."""
     kind = part.get("type")
     if kind == "tool_use":  # Anthropic
         return {"type": "tool_call", "id": part.get("id"), "name": part.get("name"), "arguments": part.get("input")}
     if kind == "tool_result":
         return {"type": "tool_call_response", "id": part.get("tool_use_id"), "response": part.get("content")}
-    if len(part) == 1:
+    if kind is None:
         text = part.get("text")
         if isinstance(text, str):
             return text
+        call = part.get("function_call") or part.get("functionCall")  # Gemini
+        if isinstance(call, dict):
+            return {"type": "tool_call", "id": call.get("id"), "name": call.get("name"), "arguments": call.get("args")}
+        response = part.get("function_response") or part.get("functionResponse")
+        if isinstance(response, dict):
+            return {
+                "type": "tool_call_response",
+                "id": response.get("id"),
+                "name": response.get("name"),
+                "response": response.get("response"),
+            }
         use = part.get("toolUse")
         if isinstance(use, dict):
             return {

@@ -11,6 +11,8 @@ from typing import Any
 
 from prefactor_otel.mapping.builders.common import as_list, drop_raw_io, generic_value
 from prefactor_otel.mapping.chains import (
+    ADK_LLM_REQUEST,
+    ADK_LLM_RESPONSE,
     CHOICE_EVENT,
     DETAILS_EVENT,
     FINISH_REASONS,
@@ -115,6 +117,23 @@ def _event_message(role: object, content: object) -> Message:
     return normalize_message({"role": role, "content": parsed})
 
 
+def _gemini_message(content: dict[str, Any]) -> Message:
+    # Gemini's Content: {role: user|model, parts: [{text} | {function_call} | {function_response}]}
+    role = content.get("role")
+    return normalize_message({**content, "role": "assistant" if role == "model" else role})
+
+
+def _adk_request(request: dict[str, Any]) -> tuple[list[Message] | None, Message | None]:
+    """Google ADK's LlmRequest JSON: the messages of `contents` and the system instruction of `config`."""
+    contents = request.get("contents")
+    messages = [_gemini_message(c) for c in contents if isinstance(c, dict)] if isinstance(contents, list) else None
+    config = request.get("config")
+    instruction = config.get("system_instruction") if isinstance(config, dict) else None
+    if isinstance(instruction, dict):  # a Content
+        instruction = instruction.get("parts")
+    return messages, system_message(instruction) if instruction else None
+
+
 def input_messages(ctx: Context, *, generic: bool = True) -> list[Message] | Any:
     """Input messages through the chain; a raw value when only an unparseable fallback exists.
 
@@ -146,6 +165,11 @@ def input_messages(ctx: Context, *, generic: bool = True) -> list[Message] | Any
         elif isinstance(ctx.attributes.get("llm.prompts"), (list, tuple)):
             ctx.consume("llm.prompts")
             messages = [{"role": "user", "content": str(p)} for p in ctx.attributes["llm.prompts"]]  # type: ignore[union-attr]
+    if messages is None and raw_fallback is None and "gcp.vertex.agent.llm_request" in ctx.attributes:
+        hit = ctx.first_json(ADK_LLM_REQUEST)
+        if hit is not None and isinstance(hit[1], dict):
+            messages, adk_system = _adk_request(hit[1])
+            system = system or adk_system
     if messages is None and raw_fallback is None and ctx.event_records:
         messages, _, event_system = event_conversation(ctx)
         system = system or event_system
@@ -176,6 +200,13 @@ def output_messages(ctx: Context, *, generic: bool = True) -> list[Message] | An
     groups = ctx.family("gen_ai.completion.")
     if groups is not None:
         return from_flattened(groups, "")
+    if "gcp.vertex.agent.llm_response" in ctx.attributes:
+        hit = ctx.first_json(ADK_LLM_RESPONSE)
+        if hit is not None and isinstance(hit[1], dict) and isinstance(hit[1].get("content"), dict):
+            message = _gemini_message(hit[1]["content"])
+            if hit[1].get("finish_reason"):
+                message["finish_reason"] = str(hit[1]["finish_reason"]).lower()
+            return [message]
     if ctx.event_records:
         messages = event_conversation(ctx)[1]
         if messages is not None:
