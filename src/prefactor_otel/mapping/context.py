@@ -85,7 +85,7 @@ class Context:
         attributes = self.attributes
         if attributes.keys().isdisjoint(keys):
             return None
-        for index, key in enumerate(keys):
+        for key in keys:
             value = attributes.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 count = as_count(value)
@@ -93,15 +93,17 @@ class Context:
                     self.invalid_counts.append(key)
                     continue
                 self.consumed.add(key)
-                rest = keys[index + 1 :]
-                if rest and not attributes.keys().isdisjoint(rest):
-                    # Equal duplicates (Traceloop / Strands write prompt_tokens beside input_tokens) are consumed
-                    # too; a differing one stays in metadata.
-                    for other in rest:
-                        if attributes.get(other) == value:
-                            self.consumed.add(other)
                 return count
         return None
+
+    def consume_equal(self, keys: Sequence[str], count: int) -> None:
+        """Consume the attributes of a count chain that hold this same count (equal duplicates under another
+        convention's name); a differing one stays in metadata."""
+        attributes = self.attributes
+        for key in keys:
+            value = attributes.get(key)
+            if value == count and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.consumed.add(key)
 
     def family(self, prefix: str) -> dict[int, dict[str, Any]] | None:
         """Consume and return one flattened family (`llm.input_messages.` -> {0: {"message.role": ...}})."""

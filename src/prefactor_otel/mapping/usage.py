@@ -52,6 +52,12 @@ def token_usage(ctx: Context, schema_name: str) -> dict[str, Any] | None:
             prompt = ctx.number(AGGREGATED_PROMPT)
             completion = ctx.number(AGGREGATED_COMPLETION)
             aggregated = aggregated or prompt is not None or completion is not None
+    if not ctx.attributes.keys().isdisjoint(_LATER_COUNT_KEYS):
+        # A count under a lower-priority name may duplicate the one used (Strands and Traceloop write
+        # prompt_tokens beside input_tokens): equal duplicates are consumed, not left in metadata.
+        for keys, count in ((PROMPT_TOKENS, prompt), (COMPLETION_TOKENS, completion), (TOTAL_TOKENS, total)):
+            if count is not None:
+                ctx.consume_equal(keys, count)
     usage_out: dict[str, Any] = {}
     if prompt is not None:
         usage_out["prompt_tokens"] = prompt
@@ -77,6 +83,7 @@ def token_usage(ctx: Context, schema_name: str) -> dict[str, Any] | None:
 
 
 _MODEL_CALLS = frozenset((c.LLM, c.EMBEDDING))
+_LATER_COUNT_KEYS = frozenset((*PROMPT_TOKENS[1:], *COMPLETION_TOKENS[1:], *TOTAL_TOKENS[1:]))
 _USAGE_KEYS = frozenset(
     (
         *PROMPT_TOKENS,

@@ -12,6 +12,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from prefactor_otel.mapping.builders.common import generic_value, request_params, strip_method
 from prefactor_otel.mapping.builders.conversation import finish_reasons, input_messages, output_messages
 from prefactor_otel.mapping.chains import (
+    ADK_LLM_REQUEST,
+    ADK_LLM_RESPONSE,
     AGENT_CONVERSATION,
     AGENT_DESCRIPTION,
     AGENT_ID,
@@ -19,9 +21,12 @@ from prefactor_otel.mapping.chains import (
     AGENT_NAME_SUFFIXES,
     AGENT_RESULT,
     AGENT_VERSION,
+    FINISH_REASONS,
     GENERIC_INPUT,
     GENERIC_OUTPUT,
+    INPUT_MESSAGES,
     MODEL,
+    OUTPUT_MESSAGES,
     PROVIDER,
     RESPONSE_ID,
     RESPONSE_MODEL,
@@ -61,8 +66,13 @@ def agent(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
     typed.put(typed.fields, "model", ctx.value(MODEL))
     typed.put(typed.fields, "provider", ctx.value(PROVIDER))
     typed.put(typed.fields, "params", request_params(ctx, typed))
+    # Most agent spans carry no conversation at all: one C-level check skips the chains below.
+    conversation_keys = not ctx.attributes.keys().isdisjoint(_CONVERSATION_KEYS)
+    if not conversation_keys and not ctx.event_records:
+        _generic_io(ctx, typed, inputs=True, outputs=True)
+        return
     # pydantic-ai: the whole conversation of the run (A6 puts it with the inputs), the final output separately.
-    hit = ctx.first_json(AGENT_CONVERSATION)
+    hit = ctx.first_json(AGENT_CONVERSATION) if conversation_keys else None
     if hit is not None:
         system = None
         instructions = ctx.first_json(SYSTEM_INSTRUCTIONS)
@@ -73,19 +83,45 @@ def agent(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
             messages = [system, *messages]
         typed.put(typed.inputs, "messages", messages if messages is not None else hit[1])
     else:
-        typed.put(typed.inputs, "messages", input_messages(ctx, generic=False))
-        found = generic_value(ctx, GENERIC_INPUT)
-        if found is not None:
-            typed.put(typed.inputs, "value", found[1])
-    output = output_messages(ctx, generic=False)
+        typed.put(typed.inputs, "messages", input_messages(ctx, generic=False, flattened=False))
+        _generic_io(ctx, typed, inputs=True, outputs=False)
+    output = output_messages(ctx, generic=False, flattened=False)
     typed.put(typed.outputs, "messages", output)
-    hit = ctx.first_json(AGENT_RESULT)
+    hit = ctx.first_json(AGENT_RESULT) if conversation_keys else None
     if hit is not None:
         typed.put(typed.outputs, "result", hit[1])
     elif output is None:
+        _generic_io(ctx, typed, inputs=False, outputs=True)
+    typed.put(typed.result, "finish_reasons", finish_reasons(ctx, output))
+    if conversation_keys:
+        typed.put(typed.result, "response_id", ctx.value(RESPONSE_ID))
+        typed.put(typed.result, "response_model", ctx.value(RESPONSE_MODEL))
+
+
+def _generic_io(ctx: Context, typed: Typed, *, inputs: bool, outputs: bool) -> None:
+    # OpenInference / Traceloop record a run's input and output as one raw value each: kept as `value`.
+    if inputs:
+        found = generic_value(ctx, GENERIC_INPUT)
+        if found is not None:
+            typed.put(typed.inputs, "value", found[1])
+    if outputs:
         found = generic_value(ctx, GENERIC_OUTPUT)
         if found is not None:
             typed.put(typed.outputs, "value", found[1])
-    typed.put(typed.result, "finish_reasons", finish_reasons(ctx, output))
-    typed.put(typed.result, "response_id", ctx.value(RESPONSE_ID))
-    typed.put(typed.result, "response_model", ctx.value(RESPONSE_MODEL))
+
+
+# Every attribute the conversation part of an agent span reads (the rest of it reads events).
+_CONVERSATION_KEYS = frozenset(
+    (
+        *AGENT_CONVERSATION,
+        *AGENT_RESULT,
+        *SYSTEM_INSTRUCTIONS,
+        *INPUT_MESSAGES,
+        *OUTPUT_MESSAGES,
+        *ADK_LLM_REQUEST,
+        *ADK_LLM_RESPONSE,
+        *FINISH_REASONS,
+        *RESPONSE_ID,
+        *RESPONSE_MODEL,
+    )
+)

@@ -86,8 +86,10 @@ def tags(ctx: Context) -> list[Any] | None:
 
 
 def request_params(ctx: Context, typed: Typed) -> dict[str, Any] | None:
-    params: dict[str, Any] = {}
     attributes = ctx.attributes
+    if attributes.keys().isdisjoint(_PARAM_KEYS):
+        return None  # agent spans mostly carry none: one C-level check instead of the loop
+    params: dict[str, Any] = {}
     for key, name in REQUEST_PARAMS:
         if key in attributes and name not in params:
             ctx.consumed.add(key)
@@ -104,6 +106,9 @@ def request_params(ctx: Context, typed: Typed) -> dict[str, Any] | None:
         if "model" not in typed.fields and isinstance(invocation.get("model"), str):
             typed.fields["model"] = invocation["model"]
     return params or None
+
+
+_PARAM_KEYS = frozenset((*(key for key, _ in REQUEST_PARAMS), *INVOCATION_PARAMS))
 
 
 def strip_method(name: str, suffixes: tuple[str, ...]) -> str:

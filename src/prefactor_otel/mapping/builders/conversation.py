@@ -134,10 +134,11 @@ def _adk_request(request: dict[str, Any]) -> tuple[list[Message] | None, Message
     return messages, system_message(instruction) if instruction else None
 
 
-def input_messages(ctx: Context, *, generic: bool = True) -> list[Message] | Any:
+def input_messages(ctx: Context, *, generic: bool = True, flattened: bool = True) -> list[Message] | Any:
     """Input messages through the chain; a raw value when only an unparseable fallback exists.
 
-    generic: fall back on the generic input value (`input.value`, ...); agents keep that as their `value`."""
+    generic: fall back on the generic input value (`input.value`, ...); agents keep that as their `value`.
+    flattened: look for the flattened families (model-call conventions only: agent spans have none)."""
     system = None
     hit = ctx.first_json(SYSTEM_INSTRUCTIONS)
     if hit is not None:
@@ -149,16 +150,16 @@ def input_messages(ctx: Context, *, generic: bool = True) -> list[Message] | Any
         messages = normalize_messages(hit[1])
         if messages is None:
             raw_fallback = hit[1]
-    if messages is None and raw_fallback is None:
+    if messages is None and raw_fallback is None and flattened:
         groups = ctx.family("llm.input_messages.")
         if groups is not None:
             messages = from_flattened(groups, "message.")
             drop_raw_io(ctx, inputs=True, outputs=False)
-    if messages is None and raw_fallback is None:
+    if messages is None and raw_fallback is None and flattened:
         groups = ctx.family("gen_ai.prompt.")
         if groups is not None:
             messages = from_flattened(groups, "")
-    if messages is None and raw_fallback is None:
+    if messages is None and raw_fallback is None and flattened:
         groups = ctx.family("llm.prompts.")
         if groups is not None:
             messages = [{"role": "user", "content": g.get("prompt.text")} for _, g in sorted(groups.items())]
@@ -187,19 +188,20 @@ def input_messages(ctx: Context, *, generic: bool = True) -> list[Message] | Any
     return messages if messages is not None else raw_fallback
 
 
-def output_messages(ctx: Context, *, generic: bool = True) -> list[Message] | Any:
-    """Output messages through the chain (generic: as in input_messages)."""
+def output_messages(ctx: Context, *, generic: bool = True, flattened: bool = True) -> list[Message] | Any:
+    """Output messages through the chain (generic, flattened: as in input_messages)."""
     hit = ctx.first_json(OUTPUT_MESSAGES)
     if hit is not None:
         messages = normalize_messages(hit[1])
         return messages if messages is not None else hit[1]
-    groups = ctx.family("llm.output_messages.")
-    if groups is not None:
-        drop_raw_io(ctx, inputs=False, outputs=True)
-        return from_flattened(groups, "message.")
-    groups = ctx.family("gen_ai.completion.")
-    if groups is not None:
-        return from_flattened(groups, "")
+    if flattened:
+        groups = ctx.family("llm.output_messages.")
+        if groups is not None:
+            drop_raw_io(ctx, inputs=False, outputs=True)
+            return from_flattened(groups, "message.")
+        groups = ctx.family("gen_ai.completion.")
+        if groups is not None:
+            return from_flattened(groups, "")
     if "gcp.vertex.agent.llm_response" in ctx.attributes:
         hit = ctx.first_json(ADK_LLM_RESPONSE)
         if hit is not None and isinstance(hit[1], dict) and isinstance(hit[1].get("content"), dict):
