@@ -42,8 +42,9 @@ def test_traceloop_0_62_openai_live() -> None:
     assert answer.payload["inputs"]["messages"][-1]["tool_call_id"] == "call_weather_1"
     # streaming: the first chunk event gives the time to first token
     assert streamed.payload["params"]["stream"] is True and streamed.result_payload["ttft_ms"] >= 0
-    # embeddings: Traceloop sends the inputs as user text messages
+    # embeddings: Traceloop sends the inputs as user text messages; no completion count is invented
     assert embedding.payload["inputs"]["texts"] == ["alpha", "beta"]
+    assert embedding.payload["token_usage"] == {"prompt_tokens": 8, "total_tokens": 8, "cache_read_tokens": 0}
     assert failed.status == "failed" and failed.payload["error"]["error_type"] == "openai.InternalServerError"
     assert SECRET_IN_PROMPT not in json.dumps(ask.payload)
 

@@ -19,6 +19,11 @@ A span may carry two conventions at once (pydantic-ai plus the OpenInference spa
   workflow counts only when the workflow's own name says agent (the rule OpenInference's LangChain
   instrumentation applies to every run), so `weather_agent.workflow` is an agent and `RunnableSequence.workflow`
   a chain. A `vector_db_retrieve` / `chat` / `execute_tool` task keeps its specific type.
+- Usage-recording spans: some frameworks record a model call's usage on a span of its own beside the call's real
+  span, with `gen_ai.response.model` and `gen_ai.usage.*` only. Rule 9 would make it a second `otel:llm` and count
+  the call's tokens twice; a span whose only model attribute is the response model and which carries usage but
+  nothing the call was asked or answered (no messages, no request attributes, no operation) is a plain span
+  (`prefactor.classified_by: usage record`), its usage marked aggregated (usage.py).
 """
 
 from __future__ import annotations
@@ -128,6 +133,21 @@ _VERCEL_OPERATIONS = {
     "ai.toolCall": TOOL,
 }
 _MODEL_KEYS = ("gen_ai.request.model", "gen_ai.response.model", "llm.model_name", "llm.request.model_name")
+_RESPONSE_MODEL = "gen_ai.response.model"
+# A model call's own attributes: what it was asked, what it answered. A span with a response model and usage but
+# none of these (and no operation, no request model) records the usage of a model call whose own span is beside it.
+_MODEL_CALL_CONTENT_PREFIXES = (
+    "gen_ai.input.",
+    "gen_ai.output.",
+    "gen_ai.prompt",
+    "gen_ai.completion",
+    "gen_ai.request.",
+    "gen_ai.system_instructions",
+    "gen_ai.response.finish_reasons",
+    "llm.",
+)
+_USAGE_PREFIX = "gen_ai.usage."
+USAGE_RECORD = "usage record"  # decided_by of a usage-recording span
 _NAME_PREFIXES = (
     ("chat ", LLM),
     ("text_completion ", LLM),
@@ -155,6 +175,18 @@ GENAI_KEY_PREFIXES = (
     "pydantic_ai.",
     "gcp.vertex.agent.",
 )
+
+
+def _is_usage_record(attributes: Mapping[str, object]) -> bool:
+    """A span that only records a model call's usage (a response model and `gen_ai.usage.*`, nothing the call was
+    asked or answered): typing it `otel:llm` would count the call's tokens twice, beside its real span."""
+    has_usage = False
+    for key in attributes:
+        if key.startswith(_MODEL_CALL_CONTENT_PREFIXES):
+            return False
+        if key.startswith(_USAGE_PREFIX):
+            has_usage = True
+    return has_usage
 
 
 class Classification(NamedTuple):  # a NamedTuple: immutable like a frozen dataclass, several times cheaper to build
@@ -279,6 +311,8 @@ def classify(attributes: Mapping[str, object], name: str | None = None) -> Class
         return Classification(TOOL, GEN_AI, operation, "gen_ai.tool.name")
     for key in _MODEL_KEYS:
         if key in attributes:
+            if key == _RESPONSE_MODEL and _is_usage_record(attributes):
+                return Classification(SPAN, GEN_AI, operation, USAGE_RECORD)
             convention = GEN_AI if key.startswith("gen_ai.") else OPENINFERENCE
             return Classification(LLM, convention, operation, key)
     if "embedding.model_name" in attributes:

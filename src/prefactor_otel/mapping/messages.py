@@ -77,6 +77,21 @@ def _from_parts(role: object, parts: Sequence[Any]) -> Message:
                 responses = []
             responses.append(part)
             continue
+        elif kind is None or kind in _PROVIDER_BLOCKS:
+            block = _provider_block(part)
+            if isinstance(block, str):
+                texts.append(block)
+                continue
+            if block is not None:
+                if block.get("type") == "tool_call":
+                    if tool_calls is None:
+                        tool_calls = []
+                    tool_calls.append(normalize_tool_call(block))
+                else:
+                    if responses is None:
+                        responses = []
+                    responses.append(block)
+                continue
         if other is None:
             other = []
         other.append(part)
@@ -97,6 +112,47 @@ def _from_parts(role: object, parts: Sequence[Any]) -> Message:
     if other:
         message["parts"] = other
     return message
+
+
+_PROVIDER_BLOCKS = frozenset({"tool_use", "tool_result"})
+
+
+def _provider_block(part: Mapping[str, Any]) -> str | dict[str, Any] | None:
+    """A provider's own content block as text or as an OTel part: Bedrock Converse / Strands (`{"text": ...}`,
+    `{"toolUse": ...}`, `{"toolResult": ...}`), Gemini (`{"function_call": ...}`, `{"function_response": ...}`) and
+    Anthropic (`tool_use`, `tool_result`). None: not one of them."""
+    kind = part.get("type")
+    if kind == "tool_use":  # Anthropic
+        return {"type": "tool_call", "id": part.get("id"), "name": part.get("name"), "arguments": part.get("input")}
+    if kind == "tool_result":
+        return {"type": "tool_call_response", "id": part.get("tool_use_id"), "response": part.get("content")}
+    if kind is None:
+        text = part.get("text")
+        if isinstance(text, str):
+            return text
+        call = part.get("function_call") or part.get("functionCall")  # Gemini
+        if isinstance(call, dict):
+            return {"type": "tool_call", "id": call.get("id"), "name": call.get("name"), "arguments": call.get("args")}
+        response = part.get("function_response") or part.get("functionResponse")
+        if isinstance(response, dict):
+            return {
+                "type": "tool_call_response",
+                "id": response.get("id"),
+                "name": response.get("name"),
+                "response": response.get("response"),
+            }
+        use = part.get("toolUse")
+        if isinstance(use, dict):
+            return {
+                "type": "tool_call",
+                "id": use.get("toolUseId"),
+                "name": use.get("name"),
+                "arguments": use.get("input"),
+            }
+        result = part.get("toolResult")
+        if isinstance(result, dict):
+            return {"type": "tool_call_response", "id": result.get("toolUseId"), "response": result.get("content")}
+    return None
 
 
 def normalize_message(raw: object) -> Message:

@@ -211,7 +211,7 @@ def _typed(
         _redact_section_keys(redactor, typed.outputs, "outputs", redactions)
         if "params" in typed.fields:
             redactor.redact_keys_in(typed.fields["params"], "params", redactions)
-    return typed, typed_mod.token_usage(ctx)
+    return typed, typed_mod.token_usage(ctx, classification.schema_name)
 
 
 def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, started: bool = False) -> SpanRecord:
@@ -250,7 +250,7 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
 
     # 2. Classification and the typed fields of the span's type.
     classification = conventions.classify(attributes, name)
-    ctx = typed_mod.Context(attributes, span_events, name)
+    ctx = typed_mod.Context(attributes, span_events, name, events)
     mapping_error = None
     if classification.convention is not None:
         try:
@@ -258,7 +258,7 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
         except Exception as exc:
             # A shape no instrumentation we know produces: keep the span, generic, with every attribute in
             # metadata (already redacted), rather than lose it in the exporter.
-            ctx = typed_mod.Context(attributes, span_events, name)
+            ctx = typed_mod.Context(attributes, span_events, name, events)
             typed, token_usage = typed_mod.Typed(), None
             mapping_error = type(exc).__name__
     else:
@@ -279,6 +279,8 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
     truncated: list[dict[str, Any]] = []
     if (opts.max_input_length and inputs) or (opts.max_output_length and outputs):
         longest = _longest_string(attributes)
+        for _, event_attributes in events:  # builders read messages from events too (agent and tool spans)
+            longest = max(longest, _longest_string(event_attributes))
         inputs = _limit(inputs, opts.max_input_length, longest, "inputs", truncated)
         outputs = _limit(outputs, opts.max_output_length, longest, "outputs", truncated)
 

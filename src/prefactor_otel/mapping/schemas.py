@@ -1,8 +1,8 @@
 """The span types this exporter emits, registered with the agent schema version. Pure data.
 
 Every schema name `classify` can return has an entry here (a test checks it), with a JSON Schema for the payload
-(`params_schema`) and the result payload (`result_schema`) that names every field the mapping can emit
-(typed.py), a title, a description and a Liquid template for the one-line summary. The schemas are permissive
+(`params_schema`) and the result payload (`result_schema`) that names every field the mapping can emit (builders/,
+usage.py), a title, a description and a Liquid template for the one-line summary. The schemas are permissive
 where conventions vary (message parts, tool arguments, raw values are free-form) and exact where the mapping
 decides (ids, status, token counts, the message shape). The schema version's external identifier is a hash of this
 set, so an exporter release with new or changed schemas registers a new schema version by itself.
@@ -25,16 +25,24 @@ JsonSchema = dict[str, Any]
 _STRING = {"type": "string"}
 _NULLABLE_STRING = {"type": ["string", "null"]}
 _ANY: JsonSchema = {}  # free-form JSON: tool arguments, raw values, message parts
-_COUNT = {"type": "integer"}
 _OBJECT = {"type": "object"}
 _ARRAY = {"type": "array"}
 
-# Extra counts beside the three (cache_read_tokens, cache_write_tokens, reasoning_tokens; `aggregated: true` for the
-# usage of a whole run, whose children are counted already) are allowed.
+# Every count is optional: a count the span did not carry is absent (or null), never an invented 0. Detail counts
+# (cache_read_tokens, cache_write_tokens, reasoning_tokens) may stand alone. `aggregated: true` marks usage that is
+# not a model call's own (a run's sum, a copy): readers summing a trace skip it (usage.py).
+_OPTIONAL_COUNT = {"type": ["integer", "null"], "minimum": 0}
 _TOKEN_USAGE: JsonSchema = {
     "type": ["object", "null"],
-    "properties": {"prompt_tokens": _COUNT, "completion_tokens": _COUNT, "total_tokens": _COUNT},
-    "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+    "properties": {
+        "prompt_tokens": _OPTIONAL_COUNT,
+        "completion_tokens": _OPTIONAL_COUNT,
+        "total_tokens": _OPTIONAL_COUNT,
+        "cache_read_tokens": _OPTIONAL_COUNT,
+        "cache_write_tokens": _OPTIONAL_COUNT,
+        "reasoning_tokens": _OPTIONAL_COUNT,
+        "aggregated": {"type": "boolean"},
+    },
 }
 _ERROR: JsonSchema = {"type": ["object", "null"], "properties": {"error_type": _STRING}, "required": ["error_type"]}
 # One message, the same shape for every convention.
@@ -121,8 +129,8 @@ _TYPES: dict[
     c.LLM: (
         "LLM call",
         "A model call: model, parameters, messages, token usage.",
-        "{{ model | default: name }}{% if token_usage %} · {{ token_usage.prompt_tokens }} in / "
-        "{{ token_usage.completion_tokens }} out{% endif %}",
+        "{{ model | default: name }}{% if token_usage.prompt_tokens %} · {{ token_usage.prompt_tokens }} in{% endif %}"
+        "{% if token_usage.completion_tokens %} · {{ token_usage.completion_tokens }} out{% endif %}",
         {
             **_MODEL_FIELDS,
             # {type, name, description, parameters} each; a value that is no list stays as it came
@@ -154,19 +162,18 @@ _TYPES: dict[
     c.AGENT: (
         "Agent run",
         "An agent invocation: agent, conversation, messages, result, usage of the run.",
-        "{{ agent_name | default: name }}{% if token_usage %} · {{ token_usage.total_tokens }} tokens{% endif %}",
+        "{{ agent_name | default: name }}"
+        "{% if token_usage.total_tokens %} · {{ token_usage.total_tokens }} tokens{% endif %}",
         {
             "agent_name": _STRING,
             "agent_id": _STRING,
             "agent_description": _STRING,
             "conversation_id": {"type": ["string", "integer"]},
-            "token_usage": _TOKEN_USAGE,
-            "model": _STRING,
-            "provider": _STRING,
+            **_MODEL_FIELDS,  # usage (of the run: aggregated), model, provider, request parameters
         },
-        {"messages": _MESSAGES},
-        {},
-        {},
+        {"messages": _MESSAGES, **_GENERIC_VALUE},
+        {"response_model": _STRING, "response_id": _STRING, "finish_reasons": _ARRAY},
+        {"messages": _MESSAGES, "result": _ANY, **_GENERIC_VALUE},
     ),
     c.RETRIEVER: (
         "Retrieval",

@@ -1,0 +1,127 @@
+"""otel:agent: an agent run. Pure functions, called from map_span on the exporting thread; no state.
+
+An agent span carries its conversation like a model call does (the OTel GenAI attributes or events, pydantic-ai's
+whole run), its request parameters and its response facts; a generic input/output value (OpenInference,
+Traceloop) stays the raw `value`, which is what those conventions record for a run.
+"""
+
+from __future__ import annotations
+
+from opentelemetry.sdk.trace import ReadableSpan
+
+from prefactor_otel.mapping.builders.common import generic_value, request_params, strip_method
+from prefactor_otel.mapping.builders.conversation import finish_reasons, input_messages, output_messages
+from prefactor_otel.mapping.chains import (
+    ADK_LLM_REQUEST,
+    ADK_LLM_RESPONSE,
+    AGENT_CONVERSATION,
+    AGENT_DESCRIPTION,
+    AGENT_ID,
+    AGENT_NAME,
+    AGENT_NAME_SUFFIXES,
+    AGENT_RESULT,
+    AGENT_VERSION,
+    FINISH_REASONS,
+    GENERIC_INPUT,
+    GENERIC_OUTPUT,
+    INPUT_MESSAGES,
+    MODEL,
+    OUTPUT_MESSAGES,
+    PROVIDER,
+    RESPONSE_ID,
+    RESPONSE_MODEL,
+    SYSTEM_INSTRUCTIONS,
+)
+from prefactor_otel.mapping.context import Context, Typed
+from prefactor_otel.mapping.messages import normalize_messages, system_message
+from prefactor_otel.mapping.values import json_safe
+
+_INVOKE_PREFIX = "invoke_agent "
+_CREATE_PREFIX = "create_agent"
+
+
+def agent_name(ctx: Context) -> str | None:
+    """The agent's name: its attribute; else its span name without the operation or a method suffix
+    (`invoke_agent weather` -> `weather`, `weather_agent.run` -> `weather_agent`). A `create_agent` span without
+    the attribute has none: its span name is the operation, not a name."""
+    name = ctx.value(AGENT_NAME)
+    if name is not None:
+        return name  # type: ignore[no-any-return]
+    span_name = ctx.name
+    if span_name.startswith(_CREATE_PREFIX) or ctx.attributes.get("gen_ai.operation.name") == "create_agent":
+        return None
+    if span_name.startswith(_INVOKE_PREFIX):
+        return span_name[len(_INVOKE_PREFIX) :] or None
+    return strip_method(span_name, AGENT_NAME_SUFFIXES) or None
+
+
+def agent(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
+    typed.put(typed.fields, "agent_name", agent_name(ctx))
+    typed.put(typed.fields, "agent_id", ctx.value(AGENT_ID))
+    typed.put(typed.fields, "agent_description", ctx.value(AGENT_DESCRIPTION))
+    typed.put(typed.fields, "agent_version", ctx.value(AGENT_VERSION))
+    conversation = ctx.attributes.get("gen_ai.conversation.id")
+    if conversation is not None:
+        typed.put(typed.fields, "conversation_id", json_safe(conversation))
+    typed.put(typed.fields, "model", ctx.value(MODEL))
+    typed.put(typed.fields, "provider", ctx.value(PROVIDER))
+    typed.put(typed.fields, "params", request_params(ctx, typed))
+    # Most agent spans carry no conversation at all: one C-level check skips the chains below.
+    conversation_keys = not ctx.attributes.keys().isdisjoint(_CONVERSATION_KEYS)
+    if not conversation_keys and not ctx.event_records:
+        _generic_io(ctx, typed, inputs=True, outputs=True)
+        return
+    # pydantic-ai: the whole conversation of the run (A6 puts it with the inputs), the final output separately.
+    hit = ctx.first_json(AGENT_CONVERSATION) if conversation_keys else None
+    if hit is not None:
+        system = None
+        instructions = ctx.first_json(SYSTEM_INSTRUCTIONS)
+        if instructions is not None:
+            system = system_message(instructions[1])
+        messages = normalize_messages(hit[1])
+        if messages is not None and system is not None:
+            messages = [system, *messages]
+        typed.put(typed.inputs, "messages", messages if messages is not None else hit[1])
+    else:
+        typed.put(typed.inputs, "messages", input_messages(ctx, generic=False, flattened=False))
+        _generic_io(ctx, typed, inputs=True, outputs=False)
+    output = output_messages(ctx, generic=False, flattened=False)
+    typed.put(typed.outputs, "messages", output)
+    hit = ctx.first_json(AGENT_RESULT) if conversation_keys else None
+    if hit is not None:
+        typed.put(typed.outputs, "result", hit[1])
+    elif output is None:
+        _generic_io(ctx, typed, inputs=False, outputs=True)
+    typed.put(typed.result, "finish_reasons", finish_reasons(ctx, output))
+    if conversation_keys:
+        typed.put(typed.result, "response_id", ctx.value(RESPONSE_ID))
+        typed.put(typed.result, "response_model", ctx.value(RESPONSE_MODEL))
+
+
+def _generic_io(ctx: Context, typed: Typed, *, inputs: bool, outputs: bool) -> None:
+    # OpenInference / Traceloop record a run's input and output as one raw value each: kept as `value`.
+    if inputs:
+        found = generic_value(ctx, GENERIC_INPUT)
+        if found is not None:
+            typed.put(typed.inputs, "value", found[1])
+    if outputs:
+        found = generic_value(ctx, GENERIC_OUTPUT)
+        if found is not None:
+            typed.put(typed.outputs, "value", found[1])
+
+
+# Every attribute the conversation part of an agent span reads (the rest of it reads events).
+_CONVERSATION_KEYS = frozenset(
+    (
+        *AGENT_CONVERSATION,
+        *AGENT_RESULT,
+        *SYSTEM_INSTRUCTIONS,
+        *INPUT_MESSAGES,
+        *OUTPUT_MESSAGES,
+        *ADK_LLM_REQUEST,
+        *ADK_LLM_RESPONSE,
+        *FINISH_REASONS,
+        *RESPONSE_ID,
+        *RESPONSE_MODEL,
+    )
+)

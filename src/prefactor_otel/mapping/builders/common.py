@@ -1,0 +1,146 @@
+"""Helpers every builder shares: generic input/output values, envelopes, common fields, model fields, params.
+
+Pure functions, called from map_span on the exporting thread; no state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from prefactor_otel.mapping.chains import (
+    INVOCATION_PARAMS,
+    MODEL,
+    NOT_PARAMS,
+    PROVIDER,
+    REQUEST_PARAMS,
+    RESPONSE_MODEL,
+    SESSION,
+    TAGS,
+    UNKNOWN_MODEL,
+    USER,
+)
+from prefactor_otel.mapping.context import Context, Typed
+from prefactor_otel.mapping.messages import unwrap_langchain
+from prefactor_otel.mapping.values import json_safe, parse_json_maybe
+
+
+def _has_langchain_serialisation(raw: object) -> bool:
+    return isinstance(raw, str) and ('"lc": 1' in raw or '"lc":1' in raw or '"data": {' in raw)
+
+
+_TRACELOOP_ENVELOPES = frozenset(
+    {"traceloop.entity.input", "gen_ai.task.input", "traceloop.entity.output", "gen_ai.task.output"}
+)
+
+
+def unwrap_envelope(key: str, parsed: Any, raw: object) -> Any:
+    """Traceloop wraps entity I/O as {"inputs": x, "tags":..., "kwargs":...} / {"outputs": x, ...}."""
+    if key in _TRACELOOP_ENVELOPES and isinstance(parsed, dict):
+        for inner in ("inputs", "outputs", "output"):
+            if inner in parsed:
+                parsed = parsed[inner]
+                break
+    if _has_langchain_serialisation(raw):
+        parsed = unwrap_langchain(parsed)
+    return parsed
+
+
+def generic_value(ctx: Context, keys: Sequence[str]) -> tuple[str, Any] | None:
+    hit = ctx.first(keys)
+    if hit is None:
+        return None
+    key, raw = hit
+    if key == "input.value":
+        ctx.consume("input.mime_type")
+    elif key == "output.value":
+        ctx.consume("output.mime_type")
+    return key, unwrap_envelope(key, ctx.parse(key, raw), raw)
+
+
+def drop_raw_io(ctx: Context, *, inputs: bool, outputs: bool) -> None:
+    # OpenInference LLM / embedding spans repeat the whole request and response in input.value / output.value;
+    # once the structured attributes are mapped, the raw copies are redundant (and can be large).
+    if inputs:
+        ctx.consume("input.value", "input.mime_type")
+    if outputs:
+        ctx.consume("output.value", "output.mime_type")
+
+
+def as_list(value: Any) -> list[Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def tags(ctx: Context) -> list[Any] | None:
+    hit = ctx.first(TAGS)
+    if hit is None:
+        return None
+    value = parse_json_maybe(hit[1])
+    if isinstance(value, str):
+        return [t.strip() for t in value.split(",") if t.strip()]
+    return as_list(value)
+
+
+def request_params(ctx: Context, typed: Typed) -> dict[str, Any] | None:
+    attributes = ctx.attributes
+    if attributes.keys().isdisjoint(_PARAM_KEYS):
+        return None  # agent spans mostly carry none: one C-level check instead of the loop
+    params: dict[str, Any] = {}
+    for key, name in REQUEST_PARAMS:
+        if key in attributes and name not in params:
+            ctx.consumed.add(key)
+            value = json_safe(attributes[key])
+            if value is not None and value != []:
+                params[name] = value
+    hit = ctx.first_json(INVOCATION_PARAMS)
+    if hit is not None and isinstance(hit[1], dict):
+        invocation = hit[1]
+        for name, value in invocation.items():
+            if name not in NOT_PARAMS and name not in params and value is not None:
+                params[name] = value
+        # OpenInference names the model only in the response; a failed call has it in its request only.
+        if "model" not in typed.fields and isinstance(invocation.get("model"), str):
+            typed.fields["model"] = invocation["model"]
+    return params or None
+
+
+_PARAM_KEYS = frozenset((*(key for key, _ in REQUEST_PARAMS), *INVOCATION_PARAMS))
+
+
+def strip_method(name: str, suffixes: tuple[str, ...]) -> str:
+    """`name` without one trailing method suffix (`weather_agent.run` -> `weather_agent`); as it is without one."""
+    if name.endswith(suffixes):
+        for suffix in suffixes:
+            if name.endswith(suffix) and len(name) > len(suffix):
+                return name[: -len(suffix)]
+    return name
+
+
+# ---------------------------------------------------------------------------------------------- per type
+
+
+def common_fields(ctx: Context, typed: Typed, operation: str | None) -> None:
+    typed.put(typed.fields, "operation", operation)
+    typed.put(typed.fields, "session_id", ctx.value(SESSION))
+    typed.put(typed.fields, "user_id", ctx.value(USER))
+    typed.put(typed.fields, "tags", tags(ctx))
+
+
+def model_fields(ctx: Context, typed: Typed) -> None:
+    hit = ctx.first(MODEL)
+    if hit is not None and hit[1] == UNKNOWN_MODEL:
+        # Traceloop's placeholder for a model without a name: not a model, left in metadata as it came.
+        ctx.consumed.discard(hit[0])
+        ctx.consumed.discard("gen_ai.response.model")
+        hit = None
+    model = json_safe(hit[1]) if hit is not None else None
+    typed.put(typed.fields, "model", model)
+    typed.put(typed.fields, "provider", ctx.value(PROVIDER))
+    response_model = ctx.value(RESPONSE_MODEL) if ctx.attributes.get("gen_ai.response.model") != UNKNOWN_MODEL else None
+    if response_model is None and hit is not None and hit[0] == "llm.model_name":
+        response_model = model  # OpenInference's llm.model_name is the model the response named
+    typed.put(typed.result, "response_model", response_model)

@@ -1,0 +1,49 @@
+"""otel:embedding: an embeddings call. Pure functions, called from map_span on the exporting thread; no state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+
+from prefactor_otel.mapping.builders.common import as_list, drop_raw_io, generic_value, model_fields, request_params
+from prefactor_otel.mapping.chains import EMBEDDING_DIMENSION, GENERIC_INPUT, INPUT_MESSAGES
+from prefactor_otel.mapping.context import Context, Typed
+from prefactor_otel.mapping.messages import normalize_messages
+
+
+def embedding(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
+    model_fields(ctx, typed)
+    typed.put(typed.fields, "params", request_params(ctx, typed))
+    texts: list[Any] | None = None
+    vectors = 0
+    dimension = ctx.number(EMBEDDING_DIMENSION)
+    groups = ctx.family("embedding.embeddings.")
+    if groups is not None:
+        texts = []
+        for _, g in sorted(groups.items()):
+            if "embedding.text" in g:
+                texts.append(g["embedding.text"])
+            vector = g.get("embedding.vector")
+            if isinstance(vector, list):
+                vectors += 1  # the vectors themselves are bulk numbers nobody reads in a trace: counted, not sent
+                dimension = dimension or len(vector)
+        drop_raw_io(ctx, inputs=bool(texts), outputs=True)
+    if not texts:
+        groups = ctx.family("gen_ai.prompt.")  # Traceloop legacy: one prompt per input text
+        if groups is not None:
+            texts = [g.get("content") for _, g in sorted(groups.items())]
+    if not texts:
+        hit = ctx.first_json(INPUT_MESSAGES)  # Traceloop 0.62: inputs as user text messages
+        if hit is not None:
+            messages = normalize_messages(hit[1])
+            texts = [m.get("content") for m in messages] if messages is not None else as_list(hit[1])
+    if not texts:
+        generic = generic_value(ctx, GENERIC_INPUT)
+        if generic is not None:
+            value = generic[1]
+            texts = as_list(value.get("input", value) if isinstance(value, dict) else value)
+    typed.put(typed.inputs, "texts", texts)
+    typed.put(typed.result, "dimension_count", dimension)
+    if vectors:
+        typed.put(typed.result, "vector_count", vectors)

@@ -1,0 +1,191 @@
+"""The attribute chains: which attribute, of which convention, fills which typed field. Pure data.
+
+A chain is a tuple of attribute names, first hit wins (A6 of the semantic-conventions design). Every attribute a
+chain uses is "consumed" and does not appear again in `metadata`; so is a lower-priority attribute of the same
+chain that holds the very same value (`gen_ai.system` next to an equal `gen_ai.provider.name`). An attribute with
+a different value stays in `metadata`, so nothing is lost. A new convention is usually one name added to a chain
+here (mapping/README.md); the builders in mapping/builders/ read the chains, never attribute names of their own.
+No state: read by any thread.
+"""
+
+from __future__ import annotations
+
+MODEL = (
+    "gen_ai.request.model",
+    "llm.request.model_name",
+    "llm.model_name",
+    "embedding.model_name",
+    "langfuse.observation.model.name",
+    "mlflow.llm.model",
+    "langsmith.metadata.ls_model_name",
+    "model_name",  # pydantic-ai agent run
+)
+RESPONSE_MODEL = ("gen_ai.response.model", "llm.response.model_name")
+RESPONSE_ID = ("gen_ai.response.id",)
+FINISH_REASONS = ("gen_ai.response.finish_reasons", "llm.finish_reason")
+# Messages in the OTel GenAI JSON shape (flattened families of other conventions: FAMILIES below).
+SYSTEM_INSTRUCTIONS = ("gen_ai.system_instructions", "gen_ai.agent.system_prompt")  # the second: Strands agents
+INPUT_MESSAGES = ("gen_ai.input.messages",)
+OUTPUT_MESSAGES = ("gen_ai.output.messages",)
+# Google ADK's call_llm spans: the whole request (`contents` in Gemini's shape, `config.system_instruction`) and the
+# whole response (`content`, `finish_reason`) as JSON.
+ADK_LLM_REQUEST = ("gcp.vertex.agent.llm_request",)
+ADK_LLM_RESPONSE = ("gcp.vertex.agent.llm_response",)
+TOOL_DEFINITIONS = ("gen_ai.tool.definitions", "mlflow.chat.tools")
+# Span events that carry a conversation (when it is not in attributes): the OTel GenAI details event holds the
+# same JSON attributes as the span would; the older per-message events hold one message each (Strands:
+# `content` is the JSON of its content blocks; `gen_ai.choice` holds the answer in `message`).
+DETAILS_EVENT = "gen_ai.client.inference.operation.details"
+MESSAGE_EVENTS = {
+    "gen_ai.system.message": "system",
+    "gen_ai.user.message": "user",
+    "gen_ai.assistant.message": "assistant",
+    "gen_ai.tool.message": "tool",
+}
+CHOICE_EVENT = "gen_ai.choice"
+COMPLETION_START_TIME = ("langfuse.observation.completion_start_time",)
+EMBEDDING_DIMENSION = ("gen_ai.embeddings.dimension.count",)
+PROVIDER = (
+    "gen_ai.provider.name",
+    "gen_ai.system",
+    "llm.provider",
+    "llm.system",
+    "mlflow.llm.provider",
+    "langsmith.metadata.ls_provider",
+)
+PROMPT_TOKENS = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt")
+COMPLETION_TOKENS = ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.token_count.completion")
+TOTAL_TOKENS = ("gen_ai.usage.total_tokens", "llm.usage.total_tokens", "llm.token_count.total")
+AGGREGATED_PROMPT = ("gen_ai.aggregated_usage.input_tokens",)
+AGGREGATED_COMPLETION = ("gen_ai.aggregated_usage.output_tokens",)
+CACHE_READ_TOKENS = (
+    "gen_ai.usage.cache_read.input_tokens",
+    "gen_ai.usage.cache_read_input_tokens",
+    "llm.token_count.prompt_details.cache_read",
+)
+CACHE_WRITE_TOKENS = (
+    "gen_ai.usage.cache_creation.input_tokens",
+    "gen_ai.usage.cache_creation_input_tokens",
+    "llm.token_count.prompt_details.cache_write",
+)
+REASONING_TOKENS = (
+    "gen_ai.usage.reasoning.output_tokens",
+    "gen_ai.usage.reasoning_tokens",
+    "llm.token_count.completion_details.reasoning",
+)
+USAGE_JSON = ("langfuse.observation.usage_details", "mlflow.chat.tokenUsage")
+SESSION = (
+    "gen_ai.conversation.id",
+    "session.id",
+    "traceloop.association.properties.session_id",
+    "langsmith.trace.session_id",
+    "langfuse.session.id",
+    "gcp.vertex.agent.session_id",
+)
+USER = ("user.id", "enduser.id", "traceloop.association.properties.user_id", "langfuse.user.id")
+TAGS = ("tag.tags", "langfuse.trace.tags", "langsmith.span.tags")
+GENERIC_INPUT = (
+    "input.value",
+    "traceloop.entity.input",
+    "gen_ai.task.input",
+    "gen_ai.prompt",  # LangSmith: JSON of the run's inputs
+    "mlflow.spanInputs",
+    "langfuse.observation.input",
+    "ai.prompt",
+)
+GENERIC_OUTPUT = (
+    "output.value",
+    "traceloop.entity.output",
+    "gen_ai.task.output",
+    "gen_ai.completion",  # LangSmith: JSON of the run's outputs
+    "mlflow.spanOutputs",
+    "langfuse.observation.output",
+    "ai.response",
+)
+TOOL_NAME = ("gen_ai.tool.name", "tool.name", "traceloop.entity.name")
+TOOL_CALL_ID = ("gen_ai.tool.call.id", "tool_call.id")
+TOOL_ARGUMENTS = (
+    "gen_ai.tool.call.arguments",
+    "tool_arguments",  # pydantic-ai formats 1/2
+    "gcp.vertex.agent.tool_call_args",
+    *GENERIC_INPUT,
+)
+TOOL_RESULT = ("gen_ai.tool.call.result", "tool_response", "gcp.vertex.agent.tool_response", *GENERIC_OUTPUT)
+TOOL_TYPE = ("gen_ai.tool.type",)
+TOOL_DESCRIPTION = ("gen_ai.tool.description", "tool.description")
+AGENT_NAME = ("gen_ai.agent.name", "agent.name", "agent_name", "traceloop.entity.name")
+# A span named after a method of its object (`weather_agent.run`, DSPy's `get_weather.__call__`) names the object:
+# these suffixes are dropped when the name comes from the span name (sync and async entry points of the agent and
+# tool frameworks; `.agent` / `.tool` are Traceloop's kinds).
+AGENT_NAME_SUFFIXES = (
+    ".agent",
+    ".run",
+    ".run_sync",
+    ".run_async",
+    ".arun",
+    ".run_stream",
+    ".invoke",
+    ".ainvoke",
+    ".stream",
+    ".astream",
+    ".__call__",
+    ".acall",
+    ".forward",
+    ".aforward",
+    ".kickoff",
+    ".kickoff_async",
+)
+TOOL_NAME_SUFFIXES = (".tool", ".__call__", ".acall", ".call", ".run", ".arun", ".invoke", ".ainvoke", ".forward")
+AGENT_ID = ("gen_ai.agent.id", "graph.node.id")
+AGENT_DESCRIPTION = ("gen_ai.agent.description",)
+AGENT_VERSION = ("gen_ai.agent.version",)
+AGENT_CONVERSATION = ("pydantic_ai.all_messages",)  # the whole conversation of a run
+AGENT_RESULT = ("final_result",)  # pydantic-ai: the run's final output
+ENTITY_NAME = ("traceloop.entity.name",)
+RETRIEVAL_DOCUMENTS = ("gen_ai.retrieval.documents",)
+RETRIEVAL_QUERY = ("gen_ai.retrieval.query.text", "reranker.query")
+RETRIEVAL_TOP_K = ("gen_ai.request.top_k", "reranker.top_k", "gen_ai.retrieval.top_k")
+RERANKER_MODEL = ("reranker.model_name",)
+DATA_SOURCE_ID = ("gen_ai.data_source.id",)
+# gen_ai.request.* -> params
+REQUEST_PARAMS = (
+    ("gen_ai.request.temperature", "temperature"),
+    ("gen_ai.request.max_tokens", "max_tokens"),
+    ("gen_ai.request.top_p", "top_p"),
+    ("gen_ai.request.top_k", "top_k"),
+    ("gen_ai.request.stop_sequences", "stop"),
+    ("gen_ai.request.seed", "seed"),
+    ("gen_ai.request.frequency_penalty", "frequency_penalty"),
+    ("gen_ai.request.presence_penalty", "presence_penalty"),
+    ("gen_ai.request.choice.count", "n"),
+    ("gen_ai.request.encoding_formats", "encoding_formats"),
+    ("gen_ai.request.reasoning_effort", "reasoning_effort"),
+    ("gen_ai.is_streaming", "stream"),
+    ("llm.is_streaming", "stream"),
+)
+INVOCATION_PARAMS = (
+    "llm.invocation_parameters",
+    "embedding.invocation_parameters",
+    "langfuse.observation.model.parameters",
+)
+UNKNOWN_MODEL = "unknown"
+# Request-body keys that are not parameters (they have their own fields).
+NOT_PARAMS = frozenset({"model", "messages", "input", "tools", "functions", "prompt", "_type", "responses"})
+TTFT_EVENTS = frozenset(
+    {"First Token Stream Event", "gen_ai.content.completion.chunk", "llm.content.completion.chunk", "first_token"}
+)
+
+# Flattened attribute families, grouped by index: prefix -> {index: {rest: value}}.
+FAMILIES = (
+    "llm.input_messages.",
+    "llm.output_messages.",
+    "gen_ai.prompt.",
+    "gen_ai.completion.",
+    "retrieval.documents.",
+    "reranker.output_documents.",
+    "reranker.input_documents.",
+    "embedding.embeddings.",
+    "llm.tools.",
+    "llm.request.functions.",
+    "llm.prompts.",
+)

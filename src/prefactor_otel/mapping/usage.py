@@ -1,0 +1,105 @@
+"""Token usage: the usage chains of every convention as Prefactor's `token_usage`. Pure functions.
+
+Called by map_span on the exporting thread; no state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefactor_otel.mapping import conventions as c
+from prefactor_otel.mapping.chains import (
+    AGGREGATED_COMPLETION,
+    AGGREGATED_PROMPT,
+    CACHE_READ_TOKENS,
+    CACHE_WRITE_TOKENS,
+    COMPLETION_TOKENS,
+    PROMPT_TOKENS,
+    REASONING_TOKENS,
+    TOTAL_TOKENS,
+    USAGE_JSON,
+)
+from prefactor_otel.mapping.context import Context, as_count
+
+
+def token_usage(ctx: Context, schema_name: str) -> dict[str, Any] | None:
+    """Prefactor's token_usage names: prompt_tokens / completion_tokens / total_tokens, plus detail counts.
+
+    A count the span does not carry is absent, never 0 (an embedding has no completion tokens; a stream without
+    usage has no counts at all); `total_tokens` is derived only from both of the others. Usage with only detail
+    counts (cache, reasoning) is kept.
+
+    `aggregated: true` marks usage that is not a model call's own: only model-call spans (`otel:llm`,
+    `otel:embedding`) count tokens. Usage on any other span type is the sum of the model calls beneath it (an
+    OTel GenAI `invoke_agent` span, pydantic-ai's run, a workflow) or a copy of one (a usage-recording span beside
+    the model call), so summing the non-aggregated usage of a trace counts every model call once.
+    """
+    if ctx.attributes.keys().isdisjoint(_USAGE_KEYS):
+        return None  # tool, agent and chain spans mostly carry no usage at all
+    prompt = ctx.number(PROMPT_TOKENS)
+    completion = ctx.number(COMPLETION_TOKENS)
+    total = ctx.number(TOTAL_TOKENS)
+    aggregated = schema_name not in _MODEL_CALLS
+    if prompt is None and completion is None and total is None:
+        hit = ctx.first_json(USAGE_JSON)
+        if hit is not None and isinstance(hit[1], dict):
+            usage = hit[1]
+            prompt = _int(usage.get("input", usage.get("input_tokens")))
+            completion = _int(usage.get("output", usage.get("output_tokens")))
+            total = _int(usage.get("total", usage.get("total_tokens")))
+        else:
+            # pydantic-ai's agent run: usage of the whole run, summed over its model calls.
+            prompt = ctx.number(AGGREGATED_PROMPT)
+            completion = ctx.number(AGGREGATED_COMPLETION)
+            aggregated = aggregated or prompt is not None or completion is not None
+    if not ctx.attributes.keys().isdisjoint(_LATER_COUNT_KEYS):
+        # A count under a lower-priority name may duplicate the one used (Strands and Traceloop write
+        # prompt_tokens beside input_tokens): equal duplicates are consumed, not left in metadata.
+        for keys, count in ((PROMPT_TOKENS, prompt), (COMPLETION_TOKENS, completion), (TOTAL_TOKENS, total)):
+            if count is not None:
+                ctx.consume_equal(keys, count)
+    usage_out: dict[str, Any] = {}
+    if prompt is not None:
+        usage_out["prompt_tokens"] = prompt
+    if completion is not None:
+        usage_out["completion_tokens"] = completion
+    if total is not None:
+        usage_out["total_tokens"] = total
+    elif prompt is not None and completion is not None:
+        usage_out["total_tokens"] = prompt + completion
+    for name, keys in (
+        ("cache_read_tokens", CACHE_READ_TOKENS),
+        ("cache_write_tokens", CACHE_WRITE_TOKENS),
+        ("reasoning_tokens", REASONING_TOKENS),
+    ):
+        value = ctx.number(keys)
+        if value is not None:
+            usage_out[name] = value
+    if not usage_out:
+        return None
+    if aggregated:
+        usage_out["aggregated"] = True
+    return usage_out
+
+
+_MODEL_CALLS = frozenset((c.LLM, c.EMBEDDING))
+_LATER_COUNT_KEYS = frozenset((*PROMPT_TOKENS[1:], *COMPLETION_TOKENS[1:], *TOTAL_TOKENS[1:]))
+_USAGE_KEYS = frozenset(
+    (
+        *PROMPT_TOKENS,
+        *COMPLETION_TOKENS,
+        *TOTAL_TOKENS,
+        *USAGE_JSON,
+        *AGGREGATED_PROMPT,
+        *AGGREGATED_COMPLETION,
+        *CACHE_READ_TOKENS,
+        *CACHE_WRITE_TOKENS,
+        *REASONING_TOKENS,
+    )
+)
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return as_count(value)
+    return None
