@@ -165,7 +165,9 @@ def test_strands_messages_in_span_attributes() -> None:
     assert answer.parent_span_id == second_cycle.span_id
 
     assert agent.payload["agent_name"] == "weather_agent" and agent.payload["model"] == TOOL_MODEL
-    assert agent.payload["inputs"]["system_instructions"] == [{"type": "text", "content": "You are a weather bot."}]
+    # The agent carries its conversation: the system instructions lead its input messages (issue 13).
+    assert agent.payload["inputs"]["messages"] == [{"role": "system", "content": "You are a weather bot."}, QUESTION]
+    assert agent.result_payload["outputs"]["messages"][0]["content"] == "echo: sunny in Paris\n"
 
     assert ask.payload["model"] == TOOL_MODEL
     assert ask.payload["inputs"]["messages"] == [SYSTEM, QUESTION]
