@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -97,7 +98,7 @@ class PrefactorSpanExporter(BackgroundWork, SpanExporter):
         self._scopes: set[str] = set()
         # Span starts from a PrefactorSpanProcessor (see start_queue): the same deque for the exporter's life, so
         # the processor may hold it; emptied in a forked child.
-        self._starts: deque[ReadableSpan] = deque()
+        self._starts: deque[weakref.ref[ReadableSpan]] = deque()
         self._transport: BulkTransport | None = None
         self._delivery: Delivery | None = None
         self._backlog: Backlog | None = None
@@ -231,7 +232,7 @@ class PrefactorSpanExporter(BackgroundWork, SpanExporter):
     def enabled(self) -> bool:
         return self._disabled_reason is None
 
-    def start_queue(self) -> tuple[deque[ReadableSpan], int] | None:
+    def start_queue(self) -> tuple[deque[weakref.ref[ReadableSpan]], int] | None:
         """For PrefactorSpanProcessor: the deque its `on_start` appends started spans to, and the length beyond
         which it counts them in `count_start_dropped` instead. None when the exporter sends nothing."""
         if self._disabled_reason is not None:

@@ -85,9 +85,11 @@ class Pipeline:
         batch: list[StartedSpan] = []
         for _ in range(len(starts)):
             try:
-                span = starts.popleft()
+                span = starts.popleft()()  # a weak reference (processor.py)
             except IndexError:
                 break
+            if span is None:
+                continue  # ended and exported already: its end carries what the planner needs
             try:
                 started = read_start(span)
             except Exception:  # a span object we do not know how to read: its end still comes the usual way
@@ -192,8 +194,9 @@ class Pipeline:
         policy = LivePolicy(self._config.live_spans)
         agent_key = self._config.agent_id or "deployment"
         live: dict[int, set[int]] = {}  # trace id -> spans the parent will create live
-        for span in list(self.starts):
-            started = read_start(span)
+        for span_ref in list(self.starts):
+            span = span_ref()
+            started = read_start(span) if span is not None else None
             if started is None:
                 continue
             run = runs.get(started.trace_id)
