@@ -287,3 +287,17 @@ def test_a_span_gone_before_its_start_was_read_still_lands_through_its_end(srv: 
         assert [s["payload"]["name"] for s in srv.spans()] == ["short root"]
         assert [i["status"] for i in srv.instances()] == ["complete"]
         assert exporter.stats()["spans_dropped"] == 0
+
+
+def test_the_application_can_read_its_runs_prefactor_id(
+    srv: DevServer, live: tuple[TracerProvider, PrefactorSpanProcessor]
+) -> None:
+    provider, processor = live
+    assert processor.run_id() is None  # outside any span
+    with provider.get_tracer("t").start_as_current_span("root") as root:
+        run_id = wait_for(processor.run_id)
+        assert run_id == wait_for(lambda: srv.instances())[0]["id"]
+        assert processor.run_id(root.get_span_context().trace_id) == run_id
+    assert processor.run_id(root.get_span_context().trace_id) == run_id  # until the run is finished
+    assert provider.force_flush(10_000)
+    assert processor.run_id(root.get_span_context().trace_id) is None

@@ -221,6 +221,21 @@ class PrefactorSpanExporter(BackgroundWork, SpanExporter):
     def __repr__(self) -> str:
         return f"PrefactorSpanExporter({self._config.describe()}, disabled={self._disabled_reason!r})"
 
+    def run_id(self, trace_id: int | None = None) -> str | None:
+        """The Prefactor run (agent instance id) of a trace open here: by default the trace of the span current in
+        the calling context. None when the exporter has not seen the trace yet (with PrefactorSpanProcessor, about
+        half a second after its root started) or no longer holds it (finished)."""
+        if trace_id is None:
+            context = trace_api.get_current_span().get_span_context()
+            if not context.is_valid:
+                return None
+            trace_id = context.trace_id
+        pipeline = self._pipeline
+        if pipeline is None or pipeline.planner is None:
+            return None
+        with pipeline.state_lock:
+            return pipeline.planner.instance_of_trace(trace_id)
+
     def count_start_dropped(self) -> None:
         """A span start the queue had no room for: that span is not live and its run's finish does not wait for
         it (its end is exported as usual). Counted from application threads: exact enough, not exact."""

@@ -56,6 +56,10 @@ class PrefactorSpanProcessor(SpanProcessor):
         queue = self.exporter.start_queue()
         self._starts, self._max_starts = queue if queue is not None else (None, 0)
 
+    def run_id(self, trace_id: int | None = None) -> str | None:
+        """The Prefactor run id of a trace (default: the current span's), once the exporter has read its start."""
+        return self.exporter.run_id(trace_id)
+
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         starts = self._starts
         if starts is None:
