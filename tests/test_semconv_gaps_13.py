@@ -1,0 +1,72 @@
+"""The gaps issue 13 found on the recorded agent frameworks, closed: each test names its fixture, span and field,
+and says what the mapping gave before. Expectations still open are in tests/pending/gaps_13.py."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefactor_otel.mapping import SpanRecord
+from tests.fixtures.semconv.checks import map_all, provider
+from tests.fixtures.semconv.fake_openai import TOOL_MODEL
+from tests.fixtures.semconv.replay import load
+from tests.test_semconv_agent_frameworks import run_ag2
+
+SYSTEM = {"role": "system", "content": "You are a weather bot."}
+QUESTION = {"role": "user", "content": "Weather in Paris?"}
+OPENAI_TOOL_CALL = {"id": "call_weather_1", "name": "get_weather", "arguments": {"city": "Paris"}}
+
+
+def _live(run: Any) -> dict[str, list[SpanRecord]]:
+    tracer_provider, collector = provider()
+    run(tracer_provider)
+    return map_all(collector.spans)
+
+
+def test_strands_legacy_messages_from_per_message_events() -> None:
+    """strands_legacy.json: the older conventions, one event per message (gen_ai.system.message,
+    gen_ai.user.message, gen_ai.assistant.message, gen_ai.tool.message, gen_ai.choice). Before: `chat` inputs and
+    outputs are empty, and the tool span has no arguments or result."""
+    records = map_all(load("strands_legacy.json"))
+    ask, _ = records["chat"]
+    assert ask.payload["inputs"]["messages"] == [SYSTEM, QUESTION]
+    assert ask.result_payload["outputs"]["messages"][0]["tool_calls"] == [OPENAI_TOOL_CALL]
+    (tool,) = records["execute_tool get_weather"]
+    assert tool.payload["inputs"]["arguments"] == {"city": "Paris"}
+    assert "sunny in Paris" in json.dumps(tool.result_payload["outputs"]["result"])
+
+
+def test_ag2_usage_records_are_not_model_calls() -> None:
+    """AG2 (live), `record_usage model_call`: a span beside each `chat` that records the call's usage
+    (ag2.span.type=usage, gen_ai.response.model, gen_ai.usage.*). Before: typed otel:llm with the same usage as
+    the chat span, so every call's tokens count twice."""
+    records = _live(run_ag2)
+    for usage_span in records["record_usage model_call"]:
+        assert usage_span.schema_name != "otel:llm"
+        assert not usage_span.payload.get("token_usage") or usage_span.payload["token_usage"].get("aggregated")
+    assert {r.schema_name for r in records["chat gpt-tools"]} == {"otel:llm"}
+
+
+def test_strands_agent_usage_is_marked_aggregated() -> None:
+    """Strands, `invoke_agent weather_agent`: gen_ai.usage.* on the agent is the sum of its `chat` spans. Before:
+    no `aggregated` flag, so the run's tokens count twice (36 prompt tokens for 18 served)."""
+    for fixture in ("strands_attributes.json", "strands_events.json", "strands_legacy.json"):
+        (agent,) = map_all(load(fixture))["invoke_agent weather_agent"]
+        assert agent.payload["token_usage"]["aggregated"] is True, fixture
+
+
+def test_equal_duplicate_usage_keys_are_consumed() -> None:
+    """Strands `chat` spans carry gen_ai.usage.prompt_tokens / completion_tokens beside input_tokens /
+    output_tokens, equal. Before: the duplicates stay in metadata although their value was used."""
+    for record in map_all(load("strands_attributes.json"))["chat"]:
+        assert record.payload["model"] == TOOL_MODEL
+        metadata = record.payload["metadata"]
+        assert not {"gen_ai.usage.prompt_tokens", "gen_ai.usage.completion_tokens"} & set(metadata)
+
+
+def test_adk_legacy_call_llm_carries_the_conversation() -> None:
+    """adk_legacy.json (ADK's schema 1, supported to 2027-03), `call_llm`: the request and response are JSON in
+    gcp.vertex.agent.llm_request / llm_response. Before: inputs and outputs are empty."""
+    first, _ = map_all(load("adk_legacy.json"))["call_llm"]
+    assert first.payload["inputs"]["messages"][-1] == QUESTION
+    assert first.result_payload["outputs"]["messages"][0]["tool_calls"][0]["name"] == "get_weather"
