@@ -70,3 +70,28 @@ def test_adk_legacy_call_llm_carries_the_conversation() -> None:
     first, _ = map_all(load("adk_legacy.json"))["call_llm"]
     assert first.payload["inputs"]["messages"][-1] == QUESTION
     assert first.result_payload["outputs"]["messages"][0]["tool_calls"][0]["name"] == "get_weather"
+
+
+def test_strands_attributes_agent_carries_its_conversation() -> None:
+    """strands_attributes.json, `invoke_agent weather_agent`: gen_ai.input.messages / gen_ai.output.messages are
+    on the span. Before: inputs hold only system_instructions, outputs are {}, both stay raw strings in metadata."""
+    (agent,) = map_all(load("strands_attributes.json"))["invoke_agent weather_agent"]
+    # The agent's system instructions lead its messages, as they do on its `chat` model calls.
+    assert agent.payload["inputs"]["messages"] == [SYSTEM, QUESTION]
+    (answer,) = agent.result_payload["outputs"]["messages"]
+    assert answer["role"] == "assistant" and answer["content"].strip() == "echo: sunny in Paris"
+    assert "gen_ai.input.messages" not in agent.payload["metadata"]
+
+
+def test_strands_events_messages_from_operation_details_events() -> None:
+    """strands_events.json: the messages are in `gen_ai.client.inference.operation.details` span events
+    (gen_ai.system_instructions, gen_ai.input.messages, gen_ai.output.messages). Before: every `chat` and the
+    agent have empty inputs and outputs."""
+    records = map_all(load("strands_events.json"))
+    ask, answer = records["chat"]
+    assert ask.payload["inputs"]["messages"] == [SYSTEM, QUESTION]
+    assert ask.result_payload["outputs"]["messages"][0]["tool_calls"] == [OPENAI_TOOL_CALL]
+    assert answer.result_payload["outputs"]["messages"][0]["content"] == "echo: sunny in Paris"
+    (agent,) = records["invoke_agent weather_agent"]
+    assert agent.payload["inputs"]["messages"] == [SYSTEM, QUESTION]
+    assert agent.result_payload["outputs"]["messages"][0]["content"].strip() == "echo: sunny in Paris"

@@ -36,30 +36,6 @@ def _is_tool_result(message: dict[str, Any], call_id: str) -> bool:
 # ------------------------------------------------------------------------ agent spans lose their conversation
 
 
-def test_strands_attributes_agent_carries_its_conversation() -> None:
-    """strands_attributes.json, `invoke_agent weather_agent`: gen_ai.input.messages / gen_ai.output.messages are
-    on the span. Today: inputs hold only system_instructions, outputs are {}, both stay raw strings in metadata."""
-    (agent,) = map_all(load("strands_attributes.json"))["invoke_agent weather_agent"]
-    assert agent.payload["inputs"]["messages"] == [QUESTION]
-    (answer,) = agent.result_payload["outputs"]["messages"]
-    assert answer["role"] == "assistant" and answer["content"].strip() == "echo: sunny in Paris"
-    assert "gen_ai.input.messages" not in agent.payload["metadata"]
-
-
-def test_strands_events_messages_from_operation_details_events() -> None:
-    """strands_events.json: the messages are in `gen_ai.client.inference.operation.details` span events
-    (gen_ai.system_instructions, gen_ai.input.messages, gen_ai.output.messages). Today: every `chat` and the
-    agent have empty inputs and outputs."""
-    records = map_all(load("strands_events.json"))
-    ask, answer = records["chat"]
-    assert ask.payload["inputs"]["messages"] == [SYSTEM, QUESTION]
-    assert ask.result_payload["outputs"]["messages"][0]["tool_calls"] == [OPENAI_TOOL_CALL]
-    assert answer.result_payload["outputs"]["messages"][0]["content"] == "echo: sunny in Paris"
-    (agent,) = records["invoke_agent weather_agent"]
-    assert agent.payload["inputs"]["messages"] == [QUESTION]
-    assert agent.result_payload["outputs"]["messages"][0]["content"].strip() == "echo: sunny in Paris"
-
-
 def test_langgraph_agent_messages_from_its_input_and_output_value() -> None:
     """LangChain 1.x agent through OpenInference (live), `weather_agent` (AGENT): input.value is
     {"messages": [the question]}, output.value the whole state with the answer last. Today: inputs.value and
