@@ -165,7 +165,7 @@ def test_strands_messages_in_span_attributes() -> None:
     assert answer.parent_span_id == second_cycle.span_id
 
     assert agent.payload["agent_name"] == "weather_agent" and agent.payload["model"] == TOOL_MODEL
-    assert agent.payload["inputs"]["system_instructions"] == [{"type": "text", "content": "You are a weather bot."}]
+    assert agent.payload["inputs"]["messages"][0] == SYSTEM  # gen_ai.system_instructions leads the conversation
 
     assert ask.payload["model"] == TOOL_MODEL
     assert ask.payload["inputs"]["messages"] == [SYSTEM, QUESTION]
