@@ -95,3 +95,16 @@ def test_strands_events_messages_from_operation_details_events() -> None:
     (agent,) = records["invoke_agent weather_agent"]
     assert agent.payload["inputs"]["messages"] == [SYSTEM, QUESTION]
     assert agent.result_payload["outputs"]["messages"][0]["content"].strip() == "echo: sunny in Paris"
+
+
+def test_dspy_tool_name_arguments_and_result() -> None:
+    """dspy_openinference.json, `get_weather.__call__` (and `finish.__call__`): no tool.name, only the span name
+    carries it; input.value is {"kwargs": {...}}; output.value is JSON ("\\"sunny in Paris\\""). Before:
+    no tool_name, arguments {"kwargs": {"city": "Paris"}}, result "\\"sunny in Paris\\""."""
+    records = map_all(load("dspy_openinference.json"))
+    (tool,) = records["get_weather.__call__"]
+    assert tool.payload["tool_name"] == "get_weather"
+    assert tool.payload["inputs"]["arguments"] == {"city": "Paris"}
+    assert tool.result_payload["outputs"]["result"] == "sunny in Paris"
+    (finish,) = records["finish.__call__"]
+    assert finish.payload["tool_name"] == "finish"

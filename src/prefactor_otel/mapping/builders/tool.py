@@ -53,6 +53,14 @@ def tool(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
         if key == "input.value":
             ctx.consume("input.mime_type")
         arguments = unwrap_envelope(key, ctx.parse(key, raw), raw)
+        if (
+            key == "input.value"
+            and type(arguments) is dict
+            and len(arguments) == 1
+            and type(arguments.get("kwargs")) is dict
+        ):
+            # OpenInference's DSPy tools record the bound arguments of `Tool.__call__(**kwargs)`: {"kwargs": {...}}.
+            arguments = arguments["kwargs"]
         typed.put(typed.inputs, "arguments", _unwrap_tool_arguments(arguments, typed))
     hit = ctx.first(TOOL_RESULT)
     if hit is not None:
