@@ -11,6 +11,7 @@ from tests.fixtures.semconv.checks import map_all, provider
 from tests.fixtures.semconv.fake_openai import TOOL_MODEL
 from tests.fixtures.semconv.replay import load
 from tests.test_semconv_agent_frameworks import run_ag2
+from tests.test_semconv_anthropic import run_own_spans
 
 SYSTEM = {"role": "system", "content": "You are a weather bot."}
 QUESTION = {"role": "user", "content": "Weather in Paris?"}
@@ -108,3 +109,11 @@ def test_dspy_tool_name_arguments_and_result() -> None:
     assert tool.result_payload["outputs"]["result"] == "sunny in Paris"
     (finish,) = records["finish.__call__"]
     assert finish.payload["tool_name"] == "finish"
+
+
+def test_anthropic_own_tool_span_result() -> None:
+    """Anthropic SDK's own spans (live), `anthropic.custom_tool_use get_weather`: the result is in
+    `anthropic.tool_result.content` ([{"type":"text","text":"sunny in Paris"}]). Before: outputs are {}."""
+    (tool,) = _live(run_own_spans)["anthropic.custom_tool_use get_weather"]
+    assert tool.result_payload["outputs"]["result"] == "sunny in Paris"  # one text block reads as its text
+    assert "anthropic.tool_result.content" not in tool.payload["metadata"]

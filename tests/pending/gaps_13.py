@@ -48,13 +48,6 @@ def test_langgraph_agent_messages_from_its_input_and_output_value() -> None:
 # -------------------------------------------------------------- tool results and tool calls in their own shapes
 
 
-def test_anthropic_own_tool_span_result() -> None:
-    """Anthropic SDK's own spans (live), `anthropic.custom_tool_use get_weather`: the result is in
-    `anthropic.tool_result.content` ([{"type":"text","text":"sunny in Paris"}]). Today: outputs are {}."""
-    (tool,) = _live(run_own_spans)["anthropic.custom_tool_use get_weather"]
-    assert "sunny in Paris" in json.dumps(tool.result_payload["outputs"]["result"])
-
-
 def test_tool_results_sent_back_are_tool_messages() -> None:
     """A GenAI `tool_call_response` part (Anthropic's own spans; Strands) sent back to the model is a tool message:
     role "tool", the call id, the result text. Today: role "user" and the response blocks as a JSON string, e.g.

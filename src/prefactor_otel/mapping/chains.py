@@ -110,7 +110,13 @@ TOOL_ARGUMENTS = (
     "gcp.vertex.agent.tool_call_args",
     *GENERIC_INPUT,
 )
-TOOL_RESULT = ("gen_ai.tool.call.result", "tool_response", "gcp.vertex.agent.tool_response", *GENERIC_OUTPUT)
+TOOL_RESULT = (
+    "gen_ai.tool.call.result",
+    "tool_response",
+    "gcp.vertex.agent.tool_response",
+    "anthropic.tool_result.content",  # the Anthropic SDK's own tool spans: the tool_result content blocks
+    *GENERIC_OUTPUT,
+)
 TOOL_TYPE = ("gen_ai.tool.type",)
 TOOL_DESCRIPTION = ("gen_ai.tool.description", "tool.description")
 AGENT_NAME = ("gen_ai.agent.name", "agent.name", "agent_name", "traceloop.entity.name")

@@ -68,6 +68,8 @@ def tool(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
         if key == "output.value":
             ctx.consume("output.mime_type")
         result = unwrap_envelope(key, ctx.parse(key, raw), raw)
+        if key == "anthropic.tool_result.content":
+            result = _plain_blocks(result)
         typed.put(typed.outputs, "result", _unwrap_tool_result(result, typed))
     if ctx.event_records and ("arguments" not in typed.inputs or "result" not in typed.outputs):
         arguments, result = _io_from_events(ctx.event_records)
@@ -101,10 +103,15 @@ def _io_from_events(records: Sequence[tuple[str, Mapping[str, object]]]) -> tupl
 
 
 def _plain_blocks(value: Any) -> Any:
-    # A result made only of text content blocks ([{"text": "sunny"}], Bedrock / Strands) reads as its text.
-    if isinstance(value, list) and value and all(isinstance(b, dict) and set(b) == {"text"} for b in value):
+    # A result made only of text content blocks reads as its text: [{"text": "sunny"}] (Bedrock / Strands),
+    # [{"type": "text", "text": "sunny"}] (Anthropic).
+    if isinstance(value, list) and value and all(_is_text_block(b) for b in value):
         return "\n".join(str(b["text"]) for b in value)
     return value
+
+
+def _is_text_block(block: object) -> bool:
+    return isinstance(block, dict) and "text" in block and len(block) == (2 if block.get("type") == "text" else 1)
 
 
 def _unwrap_tool_arguments(value: Any, typed: Typed) -> Any:
