@@ -8,6 +8,7 @@ from typing import Any
 
 from prefactor_otel.mapping import SpanRecord
 from tests.fixtures.semconv.checks import map_all, provider
+from tests.fixtures.semconv.fake_anthropic import TOOL_USE_ID
 from tests.fixtures.semconv.fake_openai import TOOL_MODEL
 from tests.fixtures.semconv.replay import load
 from tests.test_semconv_agent_frameworks import run_ag2
@@ -22,6 +23,14 @@ def _live(run: Any) -> dict[str, list[SpanRecord]]:
     tracer_provider, collector = provider()
     run(tracer_provider)
     return map_all(collector.spans)
+
+
+def _is_tool_result(message: dict[str, Any], call_id: str) -> bool:
+    return (
+        message.get("role") == "tool"
+        and message.get("tool_call_id") == call_id
+        and "sunny in Paris" in json.dumps(message.get("content"))
+    )
 
 
 def test_strands_legacy_messages_from_per_message_events() -> None:
@@ -117,3 +126,13 @@ def test_anthropic_own_tool_span_result() -> None:
     (tool,) = _live(run_own_spans)["anthropic.custom_tool_use get_weather"]
     assert tool.result_payload["outputs"]["result"] == "sunny in Paris"  # one text block reads as its text
     assert "anthropic.tool_result.content" not in tool.payload["metadata"]
+
+
+def test_tool_results_sent_back_are_tool_messages() -> None:
+    """A GenAI `tool_call_response` part (Anthropic's own spans; Strands) sent back to the model is a tool message:
+    role "tool", the call id, the result text. Before: role "user" and the response blocks as a JSON string, e.g.
+    {"role": "user", "content": "[{\\"type\\":\\"text\\",\\"text\\":\\"sunny in Paris\\"}]", "tool_call_id": ...}."""
+    runner_answer = _live(run_own_spans)["anthropic.messages.create"][4]
+    assert _is_tool_result(runner_answer.payload["inputs"]["messages"][0], TOOL_USE_ID)
+    _, answer = map_all(load("strands_attributes.json"))["chat"]
+    assert _is_tool_result(answer.payload["inputs"]["messages"][3], "call_weather_1")

@@ -100,10 +100,14 @@ def _from_parts(role: object, parts: Sequence[Any]) -> Message:
         message["tool_calls"] = tool_calls
     if responses:
         if len(responses) == 1 and not texts:
-            # One tool result per message (OpenAI's `role: tool`) maps onto the flat shape.
+            # One tool result per message maps onto the flat shape, OpenAI's `role: tool`, whatever role carried it
+            # (Anthropic and Bedrock / Strands send tool results back in a `user` message).
             response = responses[0]
+            message["role"] = "tool"
             message["tool_call_id"] = _name(response.get("id"))
-            message["content"] = _as_text(response["response"] if "response" in response else response.get("result"))
+            message["content"] = _as_text(
+                _block_text(response["response"] if "response" in response else response.get("result"))
+            )
             if response.get("name"):
                 message["name"] = _name(response["name"])
         else:
@@ -115,6 +119,21 @@ def _from_parts(role: object, parts: Sequence[Any]) -> Message:
 
 
 _PROVIDER_BLOCKS = frozenset({"tool_use", "tool_result"})
+
+
+def _block_text(value: object) -> object:
+    """A tool result made only of text content blocks (Anthropic `{"type": "text", "text"}`, Bedrock / Strands
+    `{"text"}`) as its text; any other value as it is."""
+    if type(value) is list and value:
+        texts = []
+        for block in value:
+            if type(block) is not dict or not isinstance(block.get("text"), str):
+                return value
+            if len(block) != (2 if block.get("type") == "text" else 1):
+                return value
+            texts.append(block["text"])
+        return "\n".join(texts)
+    return value
 
 
 def _provider_block(part: Mapping[str, Any]) -> str | dict[str, Any] | None:
