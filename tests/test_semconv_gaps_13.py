@@ -12,11 +12,12 @@ from tests.fixtures.semconv.fake_anthropic import TOOL_USE_ID
 from tests.fixtures.semconv.fake_openai import TOOL_MODEL
 from tests.fixtures.semconv.replay import load
 from tests.test_semconv_agent_frameworks import run_ag2
-from tests.test_semconv_anthropic import run_own_spans
+from tests.test_semconv_anthropic import run_openinference, run_own_spans, run_traceloop
 
 SYSTEM = {"role": "system", "content": "You are a weather bot."}
 QUESTION = {"role": "user", "content": "Weather in Paris?"}
 OPENAI_TOOL_CALL = {"id": "call_weather_1", "name": "get_weather", "arguments": {"city": "Paris"}}
+WEATHER_PARAMETERS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 
 
 def _live(run: Any) -> dict[str, list[SpanRecord]]:
@@ -136,3 +137,11 @@ def test_tool_results_sent_back_are_tool_messages() -> None:
     assert _is_tool_result(runner_answer.payload["inputs"]["messages"][0], TOOL_USE_ID)
     _, answer = map_all(load("strands_attributes.json"))["chat"]
     assert _is_tool_result(answer.payload["inputs"]["messages"][3], "call_weather_1")
+
+
+def test_anthropic_tool_definitions_keep_input_schema() -> None:
+    """OpenInference (`llm.tools.0.tool.json_schema`) and Traceloop (`gen_ai.tool.definitions`) give Anthropic's
+    tool definition, whose JSON schema is `input_schema`. Before: the definition has name and description only."""
+    for run, name in ((run_openinference, "messages.create"), (run_traceloop, "anthropic.chat")):
+        first = _live(run)[name][0]
+        assert first.payload["tool_definitions"][0]["parameters"] == WEATHER_PARAMETERS, name

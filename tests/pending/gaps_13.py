@@ -9,7 +9,7 @@ from prefactor_otel.mapping import SpanRecord
 from tests.fixtures.semconv.checks import map_all, provider
 from tests.fixtures.semconv.fake_anthropic import TOOL_USE_ID
 from tests.test_semconv_agent_frameworks import run_langgraph
-from tests.test_semconv_anthropic import run_openinference, run_traceloop
+from tests.test_semconv_anthropic import run_openinference
 
 SYSTEM = {"role": "system", "content": "You are a weather bot."}
 QUESTION = {"role": "user", "content": "Weather in Paris?"}
@@ -36,14 +36,6 @@ def test_langgraph_agent_messages_from_its_input_and_output_value() -> None:
 
 
 # -------------------------------------------------------------- tool results and tool calls in their own shapes
-
-
-def test_anthropic_tool_definitions_keep_input_schema() -> None:
-    """OpenInference (`llm.tools.0.tool.json_schema`) and Traceloop (`gen_ai.tool.definitions`) give Anthropic's
-    tool definition, whose JSON schema is `input_schema`. Today: the definition has name and description only."""
-    for run, name in ((run_openinference, "messages.create"), (run_traceloop, "anthropic.chat")):
-        first = _live(run)[name][0]
-        assert first.payload["tool_definitions"][0]["parameters"] == WEATHER_PARAMETERS, name
 
 
 def test_anthropic_openinference_output_message_has_no_raw_parts() -> None:
