@@ -145,3 +145,12 @@ def test_anthropic_tool_definitions_keep_input_schema() -> None:
     for run, name in ((run_openinference, "messages.create"), (run_traceloop, "anthropic.chat")):
         first = _live(run)[name][0]
         assert first.payload["tool_definitions"][0]["parameters"] == WEATHER_PARAMETERS, name
+
+
+def test_anthropic_openinference_output_message_has_no_raw_parts() -> None:
+    """OpenInference Anthropic, first `messages.create`: the output message repeats its tool call as a `parts` list
+    of raw flattened keys ({"type": "tool_use", "tool_call.id": ..., "tool_call.function.name": ...}) beside
+    the mapped `tool_calls`. Expected: the shared message shape only."""
+    (asked,) = _live(run_openinference)["messages.create"][0].result_payload["outputs"]["messages"]
+    assert "parts" not in asked
+    assert asked["tool_calls"] == [{"id": TOOL_USE_ID, "name": "get_weather", "arguments": {"city": "Paris"}}]

@@ -7,9 +7,7 @@ from typing import Any
 
 from prefactor_otel.mapping import SpanRecord
 from tests.fixtures.semconv.checks import map_all, provider
-from tests.fixtures.semconv.fake_anthropic import TOOL_USE_ID
 from tests.test_semconv_agent_frameworks import run_langgraph
-from tests.test_semconv_anthropic import run_openinference
 
 SYSTEM = {"role": "system", "content": "You are a weather bot."}
 QUESTION = {"role": "user", "content": "Weather in Paris?"}
@@ -36,15 +34,6 @@ def test_langgraph_agent_messages_from_its_input_and_output_value() -> None:
 
 
 # -------------------------------------------------------------- tool results and tool calls in their own shapes
-
-
-def test_anthropic_openinference_output_message_has_no_raw_parts() -> None:
-    """OpenInference Anthropic, first `messages.create`: the output message repeats its tool call as a `parts` list
-    of raw flattened keys ({"type": "tool_use", "tool_call.id": ..., "tool_call.function.name": ...}) beside
-    the mapped `tool_calls`. Expected: the shared message shape only."""
-    (asked,) = _live(run_openinference)["messages.create"][0].result_payload["outputs"]["messages"]
-    assert "parts" not in asked
-    assert asked["tool_calls"] == [{"id": TOOL_USE_ID, "name": "get_weather", "arguments": {"city": "Paris"}}]
 
 
 # ------------------------------------------------------------------------------------ DSPy tools (OpenInference)

@@ -275,6 +275,10 @@ def from_flattened(groups: Mapping[int, Mapping[str, Any]], prefix: str) -> list
                     message["content"] = f"{message['content']}\n{c.get('text')}"
                 elif kind == "image":
                     parts.append({"type": "uri", "modality": "image", "uri": c.get("image.image.url")})
+                elif kind == "tool_use" or kind == "tool_call":
+                    # OpenInference Anthropic repeats each tool call as a content block (`tool_call.id`,
+                    # `tool_call.function.name|arguments`): a call, once, not a raw part.
+                    _add_content_tool_call(message, c)
                 else:
                     parts.append(c)
             if parts:
@@ -287,6 +291,20 @@ def from_flattened(groups: Mapping[int, Mapping[str, Any]], prefix: str) -> list
             message["finish_reason"] = _name(finish)
         messages.append(message)
     return messages
+
+
+def _add_content_tool_call(message: Message, content: Mapping[str, Any]) -> None:
+    call = {key.removeprefix("tool_call.").removeprefix("function."): value for key, value in content.items()}
+    calls = message.setdefault("tool_calls", [])
+    if call.get("id") is not None and any(known["id"] == call["id"] for known in calls):
+        return
+    calls.append(
+        {
+            "id": _name(call.get("id")),
+            "name": _name(call.get("name")),
+            "arguments": parse_json_maybe(call.get("arguments")),
+        }
+    )
 
 
 def unwrap_langchain(value: Any, depth: int = 0) -> Any:
