@@ -11,7 +11,7 @@ from tests.fixtures.semconv.checks import map_all, provider
 from tests.fixtures.semconv.fake_anthropic import TOOL_USE_ID
 from tests.fixtures.semconv.fake_openai import TOOL_MODEL
 from tests.fixtures.semconv.replay import load
-from tests.test_semconv_agent_frameworks import run_ag2
+from tests.test_semconv_agent_frameworks import run_ag2, run_langgraph
 from tests.test_semconv_anthropic import run_openinference, run_own_spans, run_traceloop
 
 SYSTEM = {"role": "system", "content": "You are a weather bot."}
@@ -154,3 +154,15 @@ def test_anthropic_openinference_output_message_has_no_raw_parts() -> None:
     (asked,) = _live(run_openinference)["messages.create"][0].result_payload["outputs"]["messages"]
     assert "parts" not in asked
     assert asked["tool_calls"] == [{"id": TOOL_USE_ID, "name": "get_weather", "arguments": {"city": "Paris"}}]
+
+
+def test_langgraph_agent_messages_from_its_input_and_output_value() -> None:
+    """LangChain 1.x agent through OpenInference (live), `weather_agent` (AGENT): input.value is
+    {"messages": [the question]}, output.value the whole state with the answer last. Before: inputs.value and
+    outputs.value hold them as they are, no inputs.messages / outputs.messages."""
+    (agent,) = _live(run_langgraph)["weather_agent"]
+    assert agent.payload["inputs"]["messages"] == [QUESTION]
+    assert agent.result_payload["outputs"]["messages"][-1]["content"] == "echo: sunny in Paris"
+    # the output state repeats the question: the agent's output is what it added, from its tool call on
+    assert agent.result_payload["outputs"]["messages"][0]["tool_calls"][0]["name"] == "get_weather"
+    assert "value" not in agent.payload["inputs"] and "value" not in agent.result_payload["outputs"]
