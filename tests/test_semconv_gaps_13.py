@@ -166,3 +166,16 @@ def test_langgraph_agent_messages_from_its_input_and_output_value() -> None:
     # the output state repeats the question: the agent's output is what it added, from its tool call on
     assert agent.result_payload["outputs"]["messages"][0]["tool_calls"][0]["name"] == "get_weather"
     assert "value" not in agent.payload["inputs"] and "value" not in agent.result_payload["outputs"]
+
+
+def test_adk_legacy_call_llm_usage_is_counted_once() -> None:
+    """adk_legacy.json: ADK runs each model call as a `generate_content` span inside its `call_llm` span, and both
+    carry the call's usage. Before: both counted, 160/32 tokens for 80/16 served. `call_llm` stays the model call
+    users read (it has the messages); its usage is marked aggregated."""
+    records = map_all(load("adk_legacy.json"))
+    calls, generated = records["call_llm"], records["generate_content gemini-2.5-flash"]
+    assert {r.schema_name for r in calls} == {r.schema_name for r in generated} == {"otel:llm"}
+    for call, child in zip(calls, generated, strict=True):
+        assert call.payload["token_usage"]["aggregated"] is True
+        assert "aggregated" not in child.payload["token_usage"]
+        assert call.payload["token_usage"]["prompt_tokens"] == child.payload["token_usage"]["prompt_tokens"]

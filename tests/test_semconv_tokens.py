@@ -26,6 +26,7 @@ from tests.test_semconv_anthropic import run_openinference, run_own_spans
 
 RECORDED_WHERE_IT_HOLDS = [
     "adk.json",
+    "adk_legacy.json",
     "openai_agents_openinference.json",
     "strands_attributes.json",
     "strands_events.json",
