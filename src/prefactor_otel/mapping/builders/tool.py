@@ -67,9 +67,7 @@ def tool(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
         key, raw = hit
         if key == "output.value":
             ctx.consume("output.mime_type")
-        result = unwrap_envelope(key, ctx.parse(key, raw), raw)
-        if key == "anthropic.tool_result.content":
-            result = _plain_blocks(result)
+        result = _plain_blocks(unwrap_envelope(key, ctx.parse(key, raw), raw))
         typed.put(typed.outputs, "result", _unwrap_tool_result(result, typed))
     if ctx.event_records and ("arguments" not in typed.inputs or "result" not in typed.outputs):
         arguments, result = _io_from_events(ctx.event_records)
