@@ -106,7 +106,7 @@ def _from_parts(role: object, parts: Sequence[Any]) -> Message:
             message["role"] = "tool"
             message["tool_call_id"] = _name(response.get("id"))
             message["content"] = _as_text(
-                _block_text(response["response"] if "response" in response else response.get("result"))
+                block_text(response["response"] if "response" in response else response.get("result"))
             )
             if response.get("name"):
                 message["name"] = _name(response["name"])
@@ -121,9 +121,9 @@ def _from_parts(role: object, parts: Sequence[Any]) -> Message:
 _PROVIDER_BLOCKS = frozenset({"tool_use", "tool_result"})
 
 
-def _block_text(value: object) -> object:
+def block_text(value: Any) -> Any:
     """A tool result made only of text content blocks (Anthropic `{"type": "text", "text"}`, Bedrock / Strands
-    `{"text"}`) as its text; any other value as it is."""
+    `{"text"}`) as its text; any other value as it is. For tool spans' results and tool messages alike."""
     if type(value) is list and value:
         texts = []
         for block in value:

@@ -20,6 +20,7 @@ from prefactor_otel.mapping.chains import (
     TOOL_TYPE,
 )
 from prefactor_otel.mapping.context import Context, Typed
+from prefactor_otel.mapping.messages import block_text
 from prefactor_otel.mapping.values import parse_json_maybe
 
 
@@ -67,7 +68,7 @@ def tool(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
         key, raw = hit
         if key == "output.value":
             ctx.consume("output.mime_type")
-        result = _plain_blocks(unwrap_envelope(key, ctx.parse(key, raw), raw))
+        result = block_text(unwrap_envelope(key, ctx.parse(key, raw), raw))
         typed.put(typed.outputs, "result", _unwrap_tool_result(result, typed))
     if ctx.event_records and ("arguments" not in typed.inputs or "result" not in typed.outputs):
         arguments, result = _io_from_events(ctx.event_records)
@@ -92,24 +93,12 @@ def _io_from_events(records: Sequence[tuple[str, Mapping[str, object]]]) -> tupl
                         if isinstance(part, dict) and part.get("type") == "tool_call" and arguments is None:
                             arguments = parse_json_maybe(part.get("arguments"))
                         elif isinstance(part, dict) and part.get("type") == "tool_call_response" and result is None:
-                            result = _plain_blocks(parse_json_maybe(part.get("response")))
+                            result = block_text(parse_json_maybe(part.get("response")))
         elif name == "gen_ai.tool.message" and arguments is None:
             arguments = parse_json_maybe(attributes.get("content"))
         elif name == CHOICE_EVENT and result is None:
-            result = _plain_blocks(parse_json_maybe(attributes.get("message")))
+            result = block_text(parse_json_maybe(attributes.get("message")))
     return arguments, result
-
-
-def _plain_blocks(value: Any) -> Any:
-    # A result made only of text content blocks reads as its text: [{"text": "sunny"}] (Bedrock / Strands),
-    # [{"type": "text", "text": "sunny"}] (Anthropic).
-    if isinstance(value, list) and value and all(_is_text_block(b) for b in value):
-        return "\n".join(str(b["text"]) for b in value)
-    return value
-
-
-def _is_text_block(block: object) -> bool:
-    return isinstance(block, dict) and "text" in block and len(block) == (2 if block.get("type") == "text" else 1)
 
 
 def _unwrap_tool_arguments(value: Any, typed: Typed) -> Any:
