@@ -180,3 +180,14 @@ def test_adk_legacy_call_llm_usage_is_counted_once() -> None:
         assert call.payload["token_usage"]["aggregated"] is True
         assert "aggregated" not in child.payload["token_usage"]
         assert call.payload["token_usage"]["prompt_tokens"] == child.payload["token_usage"]["prompt_tokens"]
+
+
+def test_anthropic_own_spans_finish_reasons() -> None:
+    """Anthropic SDK's own spans (live), `anthropic.messages.create`: the stop reason is only in
+    `anthropic.message.stop_reason` (its gen_ai.output.messages carry no finish_reason). Before: no finish_reasons,
+    the attribute left in metadata."""
+    calls = _live(run_own_spans)["anthropic.messages.create"]
+    reasons = [call.result_payload.get("finish_reasons") for call in calls]
+    assert ["tool_use"] in reasons and ["end_turn"] in reasons
+    assert all(reason is not None for reason in reasons)
+    assert not any("anthropic.message.stop_reason" in call.payload["metadata"] for call in calls)

@@ -22,7 +22,7 @@ MODEL = (
 )
 RESPONSE_MODEL = ("gen_ai.response.model", "llm.response.model_name")
 RESPONSE_ID = ("gen_ai.response.id",)
-FINISH_REASONS = ("gen_ai.response.finish_reasons", "llm.finish_reason")
+FINISH_REASONS = ("gen_ai.response.finish_reasons", "llm.finish_reason", "anthropic.message.stop_reason")
 # Messages in the OTel GenAI JSON shape (flattened families of other conventions: FAMILIES below).
 SYSTEM_INSTRUCTIONS = ("gen_ai.system_instructions", "gen_ai.agent.system_prompt")  # the second: Strands agents
 INPUT_MESSAGES = ("gen_ai.input.messages",)
