@@ -445,7 +445,7 @@ def test_google_adk_call_llm_request_and_response() -> None:
             "content": None,
             "tool_calls": [{"id": "fc_1", "name": "get_weather", "arguments": {"city": "Oslo"}}],
         },
-        {"role": "user", "content": '{"result":"cold"}', "tool_call_id": "fc_1", "name": "get_weather"},
+        {"role": "tool", "content": '{"result":"cold"}', "tool_call_id": "fc_1", "name": "get_weather"},
     ]
     assert record.result_payload["outputs"]["messages"] == [
         {"role": "assistant", "content": "Cold in Oslo.", "finish_reason": "stop"}

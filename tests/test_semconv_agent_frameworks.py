@@ -3,8 +3,8 @@ TelemetryMiddleware and a LangChain 1.x agent (LangGraph, traced by OpenInferenc
 (tests/fixtures/semconv/record_spans.py): Strands Agents (latest conventions with messages in span attributes or
 in span events, and the older per-message events), Google ADK (its default GenAI schema and the legacy one), DSPy
 through OpenInference and the OpenAI Agents SDK through OpenInference. Each asserts the span types a user expects
-and, fully, what the mapping already gets right; what it still gets wrong is written as expectations in
-tests/pending/gaps_13.py."""
+and, fully, what the mapping gets right; the gaps issue 13 found and closed are tested in
+tests/test_semconv_gaps_13.py."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_ag2_native_telemetry() -> None:
     assert tool.payload["tool_call_id"] == "call_weather_1"
     assert tool.payload["inputs"]["arguments"] == {"city": "Paris"}
     assert tool.result_payload["outputs"]["result"] == "sunny in Paris"
-    # (AG2's `record_usage model_call` spans are typed otel:llm today: tests/pending/gaps_13.py)
+    # (AG2's `record_usage model_call` spans are not model calls: tests/test_semconv_gaps_13.py)
 
 
 def test_ag2_end_to_end_through_the_exporter() -> None:
@@ -165,9 +165,7 @@ def test_strands_messages_in_span_attributes() -> None:
     assert answer.parent_span_id == second_cycle.span_id
 
     assert agent.payload["agent_name"] == "weather_agent" and agent.payload["model"] == TOOL_MODEL
-    # The agent carries its conversation: the system instructions lead its input messages (issue 13).
-    assert agent.payload["inputs"]["messages"] == [{"role": "system", "content": "You are a weather bot."}, QUESTION]
-    assert agent.result_payload["outputs"]["messages"][0]["content"] == "echo: sunny in Paris\n"
+    assert agent.payload["inputs"]["messages"][0] == SYSTEM  # gen_ai.system_instructions leads the conversation
 
     assert ask.payload["model"] == TOOL_MODEL
     assert ask.payload["inputs"]["messages"] == [SYSTEM, QUESTION]
@@ -191,7 +189,7 @@ def test_strands_messages_in_span_attributes() -> None:
 
     assert tool.payload["tool_name"] == "get_weather" and tool.payload["tool_call_id"] == "call_weather_1"
     assert tool.payload["inputs"]["arguments"] == {"city": "Paris"}
-    assert tool.result_payload["outputs"]["result"] == [{"text": "sunny in Paris"}]
+    assert tool.result_payload["outputs"]["result"] == "sunny in Paris"  # gen_ai.tool.call.result [{"text": ...}]
 
 
 def test_strands_messages_in_span_events() -> None:
@@ -207,8 +205,8 @@ def test_strands_messages_in_span_events() -> None:
     # latest conventions: the tool's arguments and result are span attributes even when messages are events
     assert tool.payload["tool_name"] == "get_weather" and tool.payload["tool_call_id"] == "call_weather_1"
     assert tool.payload["inputs"]["arguments"] == {"city": "Paris"}
-    assert tool.result_payload["outputs"]["result"] == [{"text": "sunny in Paris"}]
-    # (the messages in gen_ai.client.inference.operation.details events: tests/pending/gaps_13.py)
+    assert tool.result_payload["outputs"]["result"] == "sunny in Paris"  # gen_ai.tool.call.result [{"text": ...}]
+    # (the messages in gen_ai.client.inference.operation.details events: tests/test_semconv_gaps_13.py)
 
 
 def test_strands_legacy_per_message_events() -> None:
@@ -268,7 +266,7 @@ def test_adk_legacy_schema() -> None:
         assert call.payload["model"] == "gemini-2.5-flash" and call.parent_span_id == agent.span_id
     assert tool.payload["inputs"]["arguments"] == {"city": "Paris"}
     assert tool.result_payload["outputs"]["result"] == {"result": "sunny in Paris"}
-    # (the generate_content spans inside call_llm repeat its usage: tests/pending/gaps_13.py)
+    # (the generate_content spans inside call_llm repeat its usage, counted once: tests/test_semconv_gaps_13.py)
 
 
 # ------------------------------------------------------------------------------------------- DSPy (OpenInference)

@@ -89,7 +89,7 @@ def test_anthropic_own_spans() -> None:
     assert tool.payload["tool_name"] == "get_weather"
     assert tool.payload["tool_call_id"] == TOOL_USE_ID
     assert tool.payload["inputs"]["arguments"] == {"city": "Paris"}
-    # (the tool result sits in anthropic.tool_result.content: tests/pending/gaps_13.py)
+    # (its result, from anthropic.tool_result.content: tests/test_semconv_gaps_13.py)
     assert API_KEY not in str([r.payload for recs in records.values() for r in recs])
 
 
@@ -109,7 +109,7 @@ def test_anthropic_openinference() -> None:
     (asked,) = first.result_payload["outputs"]["messages"]
     assert {key: asked[key] for key in ASKED_FOR_TOOL} == ASKED_FOR_TOOL
     assert first.result_payload["finish_reasons"] == ["tool_use"]
-    # (Anthropic's input_schema does not reach the definition's parameters: tests/pending/gaps_13.py)
+    # (Anthropic's input_schema as the definition's parameters: tests/test_semconv_gaps_13.py)
     assert first.payload["tool_definitions"][0]["name"] == "get_weather"
     assert first.payload["token_usage"] == {"prompt_tokens": 23, "completion_tokens": 13, "total_tokens": 36}
     # the tool result sent back is a tool message linked by the call id

@@ -1,8 +1,8 @@
 """Token accounting users can trust: over a framework's run, the `token_usage` of the spans not marked `aggregated`
 adds up to exactly the tokens the fake model server handed out (the usage in its answers, counted by its ledger).
 
-Here for the recordings and live runs where that holds today. Where it does not yet (aggregates not marked,
-usage-only spans typed llm), the same property is in tests/pending/tokens_13.py. DSPy's OpenInference spans carry
+Here for the recordings and live runs where that holds today. Where it does not yet, the same property is in
+tests/pending/tokens_13.py. DSPy's OpenInference spans carry
 no usage at all, so no mapping can find its tokens: tests/test_semconv_agent_frameworks.py checks that none are
 invented for it instead."""
 
@@ -21,10 +21,17 @@ from prefactor_otel.mapping import map_span
 from tests.fixtures.semconv.checks import check_record, provider, tokens_counted
 from tests.fixtures.semconv.fake_openai import FakeOpenAI, TokenLedger, openai_workload
 from tests.fixtures.semconv.replay import load, served_tokens
-from tests.test_semconv_agent_frameworks import run_langgraph
+from tests.test_semconv_agent_frameworks import run_ag2, run_langgraph
 from tests.test_semconv_anthropic import run_openinference, run_own_spans
 
-RECORDED_WHERE_IT_HOLDS = ["adk.json", "openai_agents_openinference.json"]
+RECORDED_WHERE_IT_HOLDS = [
+    "adk.json",
+    "adk_legacy.json",
+    "openai_agents_openinference.json",
+    "strands_attributes.json",
+    "strands_events.json",
+    "strands_legacy.json",
+]
 
 
 def _openai_run(instrumentor: Any) -> Callable[[TracerProvider], TokenLedger]:
@@ -41,6 +48,7 @@ def _openai_run(instrumentor: Any) -> Callable[[TracerProvider], TokenLedger]:
 
 
 LIVE_WHERE_IT_HOLDS: dict[str, Callable[[TracerProvider], TokenLedger]] = {
+    "ag2": run_ag2,
     "anthropic-own-spans": run_own_spans,
     "anthropic-openinference": run_openinference,
     "langgraph-openinference": run_langgraph,

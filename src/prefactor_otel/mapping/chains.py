@@ -22,7 +22,7 @@ MODEL = (
 )
 RESPONSE_MODEL = ("gen_ai.response.model", "llm.response.model_name")
 RESPONSE_ID = ("gen_ai.response.id",)
-FINISH_REASONS = ("gen_ai.response.finish_reasons", "llm.finish_reason")
+FINISH_REASONS = ("gen_ai.response.finish_reasons", "llm.finish_reason", "anthropic.message.stop_reason")
 # Messages in the OTel GenAI JSON shape (flattened families of other conventions: FAMILIES below).
 SYSTEM_INSTRUCTIONS = ("gen_ai.system_instructions", "gen_ai.agent.system_prompt")  # the second: Strands agents
 INPUT_MESSAGES = ("gen_ai.input.messages",)
@@ -110,7 +110,13 @@ TOOL_ARGUMENTS = (
     "gcp.vertex.agent.tool_call_args",
     *GENERIC_INPUT,
 )
-TOOL_RESULT = ("gen_ai.tool.call.result", "tool_response", "gcp.vertex.agent.tool_response", *GENERIC_OUTPUT)
+TOOL_RESULT = (
+    "gen_ai.tool.call.result",
+    "tool_response",
+    "gcp.vertex.agent.tool_response",
+    "anthropic.tool_result.content",  # the Anthropic SDK's own tool spans: the tool_result content blocks
+    *GENERIC_OUTPUT,
+)
 TOOL_TYPE = ("gen_ai.tool.type",)
 TOOL_DESCRIPTION = ("gen_ai.tool.description", "tool.description")
 AGENT_NAME = ("gen_ai.agent.name", "agent.name", "agent_name", "traceloop.entity.name")

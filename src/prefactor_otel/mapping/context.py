@@ -72,7 +72,14 @@ class Context:
         return json_safe(hit[1]) if hit is not None else None
 
     def parse(self, key: str, value: object) -> Any:
-        return parse_json_loose(value) if key.startswith("mlflow.") else parse_json_maybe(value)
+        # MLflow writes JSON-encoded scalars ('"some text"'); so does OpenInference when it says the value is JSON
+        # (DSPy's tool result `"sunny in Paris"` with output.mime_type application/json): decode those too.
+        if key.startswith("mlflow."):
+            return parse_json_loose(value)
+        mime_key = _MIME_TYPES.get(key)
+        if mime_key is not None and self.attributes.get(mime_key) == "application/json":
+            return parse_json_loose(value)
+        return parse_json_maybe(value)
 
     def first_json(self, keys: Sequence[str]) -> tuple[str, Any] | None:
         hit = self.first(keys)
@@ -126,6 +133,9 @@ class Context:
         for key in keys:
             if key in self.attributes:
                 self.consumed.add(key)
+
+
+_MIME_TYPES = {"input.value": "input.mime_type", "output.value": "output.mime_type"}  # OpenInference
 
 
 def _family_index(keys: tuple[str, ...]) -> dict[str, dict[int, dict[str, str]]]:

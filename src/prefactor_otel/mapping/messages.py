@@ -100,10 +100,14 @@ def _from_parts(role: object, parts: Sequence[Any]) -> Message:
         message["tool_calls"] = tool_calls
     if responses:
         if len(responses) == 1 and not texts:
-            # One tool result per message (OpenAI's `role: tool`) maps onto the flat shape.
+            # One tool result per message maps onto the flat shape, OpenAI's `role: tool`, whatever role carried it
+            # (Anthropic and Bedrock / Strands send tool results back in a `user` message).
             response = responses[0]
+            message["role"] = "tool"
             message["tool_call_id"] = _name(response.get("id"))
-            message["content"] = _as_text(response["response"] if "response" in response else response.get("result"))
+            message["content"] = _as_text(
+                block_text(response["response"] if "response" in response else response.get("result"))
+            )
             if response.get("name"):
                 message["name"] = _name(response["name"])
         else:
@@ -115,6 +119,21 @@ def _from_parts(role: object, parts: Sequence[Any]) -> Message:
 
 
 _PROVIDER_BLOCKS = frozenset({"tool_use", "tool_result"})
+
+
+def block_text(value: Any) -> Any:
+    """A tool result made only of text content blocks (Anthropic `{"type": "text", "text"}`, Bedrock / Strands
+    `{"text"}`) as its text; any other value as it is. For tool spans' results and tool messages alike."""
+    if type(value) is list and value:
+        texts = []
+        for block in value:
+            if type(block) is not dict or not isinstance(block.get("text"), str):
+                return value
+            if len(block) != (2 if block.get("type") == "text" else 1):
+                return value
+            texts.append(block["text"])
+        return "\n".join(texts)
+    return value
 
 
 def _provider_block(part: Mapping[str, Any]) -> str | dict[str, Any] | None:
@@ -256,6 +275,10 @@ def from_flattened(groups: Mapping[int, Mapping[str, Any]], prefix: str) -> list
                     message["content"] = f"{message['content']}\n{c.get('text')}"
                 elif kind == "image":
                     parts.append({"type": "uri", "modality": "image", "uri": c.get("image.image.url")})
+                elif kind == "tool_use" or kind == "tool_call":
+                    # OpenInference Anthropic repeats each tool call as a content block (`tool_call.id`,
+                    # `tool_call.function.name|arguments`): a call, once, not a raw part.
+                    _add_content_tool_call(message, c)
                 else:
                     parts.append(c)
             if parts:
@@ -268,6 +291,20 @@ def from_flattened(groups: Mapping[int, Mapping[str, Any]], prefix: str) -> list
             message["finish_reason"] = _name(finish)
         messages.append(message)
     return messages
+
+
+def _add_content_tool_call(message: Message, content: Mapping[str, Any]) -> None:
+    call = {key.removeprefix("tool_call.").removeprefix("function."): value for key, value in content.items()}
+    calls = message.setdefault("tool_calls", [])
+    if call.get("id") is not None and any(known["id"] == call["id"] for known in calls):
+        return
+    calls.append(
+        {
+            "id": _name(call.get("id")),
+            "name": _name(call.get("name")),
+            "arguments": parse_json_maybe(call.get("arguments")),
+        }
+    )
 
 
 def unwrap_langchain(value: Any, depth: int = 0) -> Any:

@@ -9,6 +9,7 @@ from typing import Any
 
 from prefactor_otel.mapping import conventions as c
 from prefactor_otel.mapping.chains import (
+    ADK_LLM_REQUEST,
     AGGREGATED_COMPLETION,
     AGGREGATED_PROMPT,
     CACHE_READ_TOKENS,
@@ -32,14 +33,15 @@ def token_usage(ctx: Context, schema_name: str) -> dict[str, Any] | None:
     `aggregated: true` marks usage that is not a model call's own: only model-call spans (`otel:llm`,
     `otel:embedding`) count tokens. Usage on any other span type is the sum of the model calls beneath it (an
     OTel GenAI `invoke_agent` span, pydantic-ai's run, a workflow) or a copy of one (a usage-recording span beside
-    the model call), so summing the non-aggregated usage of a trace counts every model call once.
+    the model call). So is the usage of a model-call span wrapping the real one (ADK's legacy `call_llm` around
+    its `generate_content` span). Summing the non-aggregated usage of a trace counts every model call once.
     """
     if ctx.attributes.keys().isdisjoint(_USAGE_KEYS):
         return None  # tool, agent and chain spans mostly carry no usage at all
     prompt = ctx.number(PROMPT_TOKENS)
     completion = ctx.number(COMPLETION_TOKENS)
     total = ctx.number(TOTAL_TOKENS)
-    aggregated = schema_name not in _MODEL_CALLS
+    aggregated = schema_name not in _MODEL_CALLS or _wraps_the_model_call(ctx)
     if prompt is None and completion is None and total is None:
         hit = ctx.first_json(USAGE_JSON)
         if hit is not None and isinstance(hit[1], dict):
@@ -80,6 +82,13 @@ def token_usage(ctx: Context, schema_name: str) -> dict[str, Any] | None:
     if aggregated:
         usage_out["aggregated"] = True
     return usage_out
+
+
+def _wraps_the_model_call(ctx: Context) -> bool:
+    """Google ADK's `call_llm` span (its legacy telemetry: the request and response JSON, no operation name) runs
+    the model call as a `generate_content` child span that carries the same usage: its copy is not counted."""
+    attributes = ctx.attributes
+    return ADK_LLM_REQUEST[0] in attributes and "gen_ai.operation.name" not in attributes
 
 
 _MODEL_CALLS = frozenset((c.LLM, c.EMBEDDING))

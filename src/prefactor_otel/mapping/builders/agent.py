@@ -7,6 +7,9 @@ Traceloop) stays the raw `value`, which is what those conventions record for a r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from opentelemetry.sdk.trace import ReadableSpan
 
 from prefactor_otel.mapping.builders.common import generic_value, request_params, strip_method
@@ -33,7 +36,7 @@ from prefactor_otel.mapping.chains import (
     SYSTEM_INSTRUCTIONS,
 )
 from prefactor_otel.mapping.context import Context, Typed
-from prefactor_otel.mapping.messages import normalize_messages, system_message
+from prefactor_otel.mapping.messages import Message, normalize_messages, system_message
 from prefactor_otel.mapping.values import json_safe
 
 _INVOKE_PREFIX = "invoke_agent "
@@ -99,15 +102,35 @@ def agent(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
 
 
 def _generic_io(ctx: Context, typed: Typed, *, inputs: bool, outputs: bool) -> None:
-    # OpenInference / Traceloop record a run's input and output as one raw value each: kept as `value`.
+    # OpenInference / Traceloop record a run's input and output as one raw value each: kept as `value`, but for
+    # the conversation of a graph's state (`{"messages": [...]}`, LangGraph), which becomes `messages`.
     if inputs:
         found = generic_value(ctx, GENERIC_INPUT)
         if found is not None:
-            typed.put(typed.inputs, "value", found[1])
+            _put_state(typed, typed.inputs, found[1], ())
     if outputs:
         found = generic_value(ctx, GENERIC_OUTPUT)
         if found is not None:
-            typed.put(typed.outputs, "value", found[1])
+            _put_state(typed, typed.outputs, found[1], typed.inputs.get("messages") or ())
+
+
+def _put_state(typed: Typed, target: dict[str, Any], value: Any, asked: Sequence[Message]) -> None:
+    """A run's state: its `messages` (when every one is a message) as the shared shape, any other keys as `value`.
+    The output state repeats the conversation it was given: only what the run added is its output."""
+    inner = value.get("messages") if type(value) is dict else None
+    if (
+        "messages" in target
+        or type(inner) is not list
+        or not inner
+        or not all(type(m) is dict and "role" in m for m in inner)
+    ):
+        typed.put(target, "value", value)
+        return
+    messages = normalize_messages(inner) or []
+    if asked and messages[: len(asked)] == list(asked):
+        messages = messages[len(asked) :]
+    typed.put(target, "messages", messages)
+    typed.put(target, "value", {k: v for k, v in value.items() if k != "messages"})
 
 
 # Every attribute the conversation part of an agent span reads (the rest of it reads events).

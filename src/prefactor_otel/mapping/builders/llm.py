@@ -28,7 +28,8 @@ def llm(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
 
 def _tool_definition(raw: Any) -> Any:
     """One tool definition as `{type, name, description, parameters}` (the OTel GenAI shape); OpenAI's
-    `{"type": "function", "function": {...}}` and OpenInference's `tool.*` fields are flattened into it."""
+    `{"type": "function", "function": {...}}`, OpenInference's `tool.*` fields and Anthropic's `input_schema` are
+    flattened into it."""
     if not isinstance(raw, dict):
         return raw
     function = raw.get("function")
@@ -38,9 +39,21 @@ def _tool_definition(raw: Any) -> Any:
         "type": raw.get("type", "function"),
         "name": name if name is None or isinstance(name, str) else str(name),
         "description": source.get("description", source.get("tool.description")),
-        "parameters": parse_json_maybe(source.get("parameters", source.get("tool.parameters"))),
+        "parameters": parse_json_maybe(_first_present(source, _PARAMETER_KEYS)),
     }
     return {k: v for k, v in definition.items() if v is not None}
+
+
+# A tool's JSON schema: OpenAI / OTel GenAI, OpenInference, Anthropic (`input_schema`), MCP (`inputSchema`).
+_PARAMETER_KEYS = ("parameters", "tool.parameters", "input_schema", "inputSchema")
+
+
+def _first_present(source: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        value = source.get(key)
+        if value is not None:
+            return value
+    return None
 
 
 def _tool_definitions(ctx: Context) -> Any:

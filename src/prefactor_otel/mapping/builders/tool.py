@@ -20,6 +20,7 @@ from prefactor_otel.mapping.chains import (
     TOOL_TYPE,
 )
 from prefactor_otel.mapping.context import Context, Typed
+from prefactor_otel.mapping.messages import block_text
 from prefactor_otel.mapping.values import parse_json_maybe
 
 
@@ -53,13 +54,21 @@ def tool(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
         if key == "input.value":
             ctx.consume("input.mime_type")
         arguments = unwrap_envelope(key, ctx.parse(key, raw), raw)
+        if (
+            key == "input.value"
+            and type(arguments) is dict
+            and len(arguments) == 1
+            and type(arguments.get("kwargs")) is dict
+        ):
+            # OpenInference's DSPy tools record the bound arguments of `Tool.__call__(**kwargs)`: {"kwargs": {...}}.
+            arguments = arguments["kwargs"]
         typed.put(typed.inputs, "arguments", _unwrap_tool_arguments(arguments, typed))
     hit = ctx.first(TOOL_RESULT)
     if hit is not None:
         key, raw = hit
         if key == "output.value":
             ctx.consume("output.mime_type")
-        result = unwrap_envelope(key, ctx.parse(key, raw), raw)
+        result = block_text(unwrap_envelope(key, ctx.parse(key, raw), raw))
         typed.put(typed.outputs, "result", _unwrap_tool_result(result, typed))
     if ctx.event_records and ("arguments" not in typed.inputs or "result" not in typed.outputs):
         arguments, result = _io_from_events(ctx.event_records)
@@ -84,19 +93,12 @@ def _io_from_events(records: Sequence[tuple[str, Mapping[str, object]]]) -> tupl
                         if isinstance(part, dict) and part.get("type") == "tool_call" and arguments is None:
                             arguments = parse_json_maybe(part.get("arguments"))
                         elif isinstance(part, dict) and part.get("type") == "tool_call_response" and result is None:
-                            result = _plain_blocks(parse_json_maybe(part.get("response")))
+                            result = block_text(parse_json_maybe(part.get("response")))
         elif name == "gen_ai.tool.message" and arguments is None:
             arguments = parse_json_maybe(attributes.get("content"))
         elif name == CHOICE_EVENT and result is None:
-            result = _plain_blocks(parse_json_maybe(attributes.get("message")))
+            result = block_text(parse_json_maybe(attributes.get("message")))
     return arguments, result
-
-
-def _plain_blocks(value: Any) -> Any:
-    # A result made only of text content blocks ([{"text": "sunny"}], Bedrock / Strands) reads as its text.
-    if isinstance(value, list) and value and all(isinstance(b, dict) and set(b) == {"text"} for b in value):
-        return "\n".join(str(b["text"]) for b in value)
-    return value
 
 
 def _unwrap_tool_arguments(value: Any, typed: Typed) -> Any:
