@@ -419,9 +419,18 @@ class Planner(LiveSpans, OutcomeRules):
     # ------------------------------------------------------------------ introspection
 
     def open_runs(self) -> dict[int, InheritedRun]:
-        """The runs open here, with the Prefactor ids of their spans: what a forked child inherits."""
+        """The runs open here, with the Prefactor ids of their spans: what a forked child inherits.
+
+        A child may hang its spans under a span this process created, has in flight (its outcome not applied yet:
+        a fork right after the request) or holds live (created active, or about to be): this process delivers
+        those, so the child links to them. Should the child's create still arrive first, the server's `not_found`
+        sends it again as an orphan (outcomes.judge)."""
         return {
-            trace_id: InheritedRun(trace.instance_id, dict(trace.span_ids), frozenset(trace.created))
+            trace_id: InheritedRun(
+                trace.instance_id,
+                dict(trace.span_ids),
+                frozenset(trace.created).union(trace.live, (i for i, p in trace.pending.items() if p.attempted)),
+            )
             for trace_id, trace in list(self._traces.items())
             if not trace.rejected
         }
