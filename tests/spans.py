@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -73,3 +75,14 @@ def exporter_for(server, **overrides):  # type: ignore[no-untyped-def]
         **overrides,
     }
     return PrefactorSpanExporter(environ={}, **options)
+
+
+def wait_for(condition: Callable[[], Any], limit_s: float = 10.0) -> Any:
+    """Poll until `condition()` is truthy and return its value (or the last falsy one after `limit_s`): a safety
+    limit against a hang, never a timing assertion."""
+    stop = time.monotonic() + limit_s
+    while True:
+        value = condition()
+        if value or time.monotonic() > stop:
+            return value
+        time.sleep(0.02)

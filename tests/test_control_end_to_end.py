@@ -16,18 +16,10 @@ from opentelemetry.sdk.trace import TracerProvider
 import prefactor_otel
 from prefactor_otel import PrefactorSpanProcessor, PrefactorTerminatedError, Termination
 from prefactor_otel.devserver import DevServer
+from tests.spans import wait_for
 
 AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "looper"}
 TOOL = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}
-
-
-def wait_for(condition: Callable[[], Any], limit_s: float = 10.0) -> Any:
-    stop = time.monotonic() + limit_s  # a safety limit against a hang, not a timing assertion
-    while True:
-        value = condition()
-        if value or time.monotonic() > stop:
-            return value
-        time.sleep(0.05)
 
 
 def make(srv: DevServer, **options: Any) -> tuple[TracerProvider, PrefactorSpanProcessor]:

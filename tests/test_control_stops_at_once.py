@@ -11,8 +11,6 @@ way out, over real HTTP against the local server:
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
@@ -21,17 +19,9 @@ from opentelemetry.sdk.trace import TracerProvider
 import prefactor_otel
 from prefactor_otel import PrefactorSpanProcessor, Termination
 from prefactor_otel.devserver import DevServer
+from tests.spans import wait_for
 
 AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "looper"}
-
-
-def wait_for(condition: Callable[[], Any], limit_s: float = 10.0) -> Any:
-    stop = time.monotonic() + limit_s  # a safety limit against a hang, not a timing assertion
-    while True:
-        value = condition()
-        if value or time.monotonic() > stop:
-            return value
-        time.sleep(0.02)
 
 
 def make(srv: DevServer, **options: Any) -> TracerProvider:

@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from prefactor_otel import PrefactorSpanProcessor
 from prefactor_otel.devserver import DevServer, Fault
 from tests.spans import exporter_for
+from tests.spans import wait_for as poll_until
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "helper"}
@@ -34,13 +35,7 @@ needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 
 def wait_for(condition: Callable[[], Any], limit_s: float = 15.0) -> Any:
-    """Poll until `condition()` is truthy (a safety limit against a hang, not a timing assertion)."""
-    stop = time.monotonic() + limit_s
-    while True:
-        value = condition()
-        if value or time.monotonic() > stop:
-            return value
-        time.sleep(0.05)
+    return poll_until(condition, limit_s)
 
 
 def processor_for(srv: DevServer, **options: Any) -> PrefactorSpanProcessor:

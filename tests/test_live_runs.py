@@ -4,7 +4,7 @@ finished as soon as its last span has ended -- over real HTTP against the local 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,19 +15,10 @@ from opentelemetry.trace import Status, StatusCode
 from prefactor_otel import PrefactorSpanProcessor
 from prefactor_otel.devserver import DevServer
 from prefactor_otel.mapping.values import iso_from_ns
+from tests.spans import wait_for
 
 AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "helper"}
 CHAT = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m1"}
-
-
-def wait_for(condition: Callable[[], Any], limit_s: float = 10.0) -> Any:
-    """Poll until `condition()` is truthy (bounded: a safety limit against a hang, not a timing assertion)."""
-    stop = time.monotonic() + limit_s
-    while True:
-        value = condition()
-        if value or time.monotonic() > stop:
-            return value
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 from prefactor_otel.devserver import DevServer
 from prefactor_otel.mapping.values import iso_from_ns
 from tests.instrumented import InstrumentedApp, instrumented_env
+from tests.spans import wait_for as poll_until
 
 ZERO_CODE = {"OTEL_TRACES_EXPORTER": "prefactor"}
 
@@ -110,13 +110,7 @@ say("app done")
 
 
 def wait_for(condition: Callable[[], Any], limit_s: float = 30.0) -> Any:
-    """Poll until `condition()` is truthy (bounded: a safety limit against a hang, not a timing assertion)."""
-    stop = time.monotonic() + limit_s
-    while True:
-        value = condition()
-        if value or time.monotonic() > stop:
-            return value
-        time.sleep(0.05)
+    return poll_until(condition, limit_s)
 
 
 def spans_by_name(srv: DevServer) -> dict[str, dict[str, Any]]:
