@@ -23,6 +23,7 @@ import email.utils
 import json
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -104,9 +105,45 @@ def parse_retry_after(value: str | None, now_wall: float | None = None) -> float
     return max(0.0, seconds)
 
 
+def connection_error_cause(exc: BaseException) -> str:
+    """What a connection failure was, in words a user can act on: "connection refused", "name not resolved", "TLS
+    error (...)", "timed out", else the exception's type. Walks the chain httpx wraps the socket error in."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, socket.gaierror):
+            return "name not resolved"
+        if isinstance(current, ssl.SSLError):
+            reason = getattr(current, "reason", None) or type(current).__name__
+            return f"TLS error ({str(reason).lower().replace('_', ' ')})"
+        if isinstance(current, (TimeoutError, socket.timeout, httpx.TimeoutException)):
+            return "timed out"
+        current = current.__cause__ or current.__context__
+    text = str(exc).lower()
+    for marker, cause in (
+        ("refused", "connection refused"),
+        ("name or service", "name not resolved"),
+        ("nodename nor servname", "name not resolved"),
+        ("certificate", "TLS error"),
+    ):
+        if marker in text:
+            return cause
+    return type(exc).__name__
+
+
 class BulkTransport:
     def __init__(self, config: PrefactorConfig, *, sdk_header: str, client: httpx.Client | None = None) -> None:
         self._config = config
+        parsed = httpx.URL(config.api_base)
+        self._host = f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host  # never the token: not in URLs
+        self._what_happens_next = (
+            "the items are kept on disk and re-sent, also by the next process with this configuration"
+            if config.spool
+            else "the items stay in memory and are sent again later (PREFACTOR_SPOOL is off: lost at exit)"
+        )
         self._sdk_header = sdk_header
         self._owns_client = client is None
         self._ceiling: float | None = None
@@ -259,6 +296,7 @@ class BulkTransport:
     ) -> BulkResult:
         attempt = 0
         shortened = False  # a backoff was cut short to fit a last attempt in the budget
+        last_failure = "no answer"
         while True:
             if self._auth_failed:
                 return BulkResult(error="auth")
@@ -275,8 +313,13 @@ class BulkTransport:
             except httpx.TransportError as exc:
                 self.counters["connection_errors"] += 1
                 self.counters["outcome:connection_error"] += 1
+                last_failure = connection_error_cause(exc)
                 self._log.log(
-                    logging.WARNING, "conn", "Prefactor export: connection problem (%s), retrying", type(exc).__name__
+                    logging.WARNING,
+                    "conn",
+                    "Prefactor export: cannot reach %s: %s; retrying",
+                    self._host,
+                    last_failure,
                 )
             except (ResponseTooLarge, UnreadableResponse) as exc:
                 self._count_unreadable(exc)
@@ -303,9 +346,12 @@ class BulkTransport:
                     self._log.log(
                         logging.WARNING,
                         "deadline",
-                        "Prefactor export: gave up after %d attempt(s) within the export timeout (last: %s)",
+                        "Prefactor export: %s did not take the items within the export timeout (%d attempt(s), "
+                        "last: %s); %s",
+                        self._host,
                         attempt,
-                        status if status is not None else "connection error",
+                        f"HTTP {status}" if status is not None else last_failure,
+                        self._what_happens_next,
                     )
                     return BulkResult(error="timeout", status_code=status)
                 shortened = True
@@ -425,7 +471,13 @@ class BulkTransport:
         try:
             response, answer = self._request("/pfid/generate", b'{"count":1}', deadline)
         except httpx.TransportError as exc:
-            self._log.log(logging.WARNING, "pfid", "Prefactor: cannot reach the API for an id (%s)", type(exc).__name__)
+            self._log.log(
+                logging.WARNING,
+                "pfid",
+                "Prefactor: cannot reach %s for an id (%s); spans wait in memory meanwhile",
+                self._host,
+                connection_error_cause(exc),
+            )
             return None
         except (ResponseTooLarge, UnreadableResponse) as exc:
             self._count_unreadable(exc)

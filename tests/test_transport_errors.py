@@ -1,0 +1,82 @@
+"""What a user reads when the API cannot be reached: the host, the cause (refused, name not resolved, TLS), and
+what happens to the spans -- never only an exception's type name, never the token."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from prefactor_otel.transport import connection_error_cause
+from tests.spans import agent_trace, make_provider
+from tests.test_transport_tls import answer_422, certificate, tls_server  # noqa: F401  (the fixture)
+
+TOKEN = "pf_secret_token_for_errors"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def export_once(caplog: pytest.LogCaptureFixture, tmp_path: Path, **options: object) -> str:
+    from prefactor_otel import PrefactorSpanExporter
+
+    provider, collector = make_provider()
+    agent_trace(provider)
+    caplog.set_level(logging.WARNING, logger="prefactor_otel")
+    exporter = PrefactorSpanExporter(
+        environ={},
+        api_token=TOKEN,
+        agent_id="01m8jn3da5t0rktjptrj0v9sn5wdqv1r",
+        export_timeout=0.6,
+        shutdown_timeout=0.5,
+        spool_dir=str(tmp_path),
+        **options,
+    )
+    exporter.export(collector.spans)
+    exporter.shutdown()
+    assert TOKEN not in caplog.text
+    return caplog.text
+
+
+def test_a_refused_port_is_named_with_its_cause_and_what_becomes_of_the_spans(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    port = closed_port()
+    text = export_once(caplog, tmp_path, api_url=f"http://127.0.0.1:{port}")
+    assert f"cannot reach 127.0.0.1:{port}: connection refused" in text
+    assert f"127.0.0.1:{port} did not take the items within the export timeout" in text
+    assert "kept on disk and re-sent" in text
+
+
+def test_without_the_spool_the_message_says_the_spans_stay_in_memory(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    text = export_once(caplog, tmp_path, api_url=f"http://127.0.0.1:{closed_port()}", spool=False)
+    assert "stay in memory" in text and "lost at exit" in text
+
+
+def test_a_certificate_the_exporter_cannot_verify_is_a_tls_error(
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    certificate: tuple[Path, Path],  # noqa: F811
+) -> None:
+    with tls_server(certificate, answer_422) as server:  # self-signed: not in the default trust store
+        text = export_once(caplog, tmp_path, api_url=f"https://localhost:{server.port}")
+    assert f"cannot reach localhost:{server.port}: TLS error (certificate verify failed)" in text
+
+
+def test_a_name_that_does_not_resolve_says_so() -> None:
+    try:
+        try:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        except socket.gaierror as cause:
+            raise httpx.ConnectError("[Errno -2] Name or service not known") from cause
+    except httpx.ConnectError as exc:
+        assert connection_error_cause(exc) == "name not resolved"
+    assert connection_error_cause(httpx.ConnectError("something else")) == "ConnectError"
