@@ -242,3 +242,13 @@ def test_doctor_flags_an_sdk_that_cannot_take_our_processor(monkeypatch: pytest.
     assert (False, "opentelemetry-sdk < 1.40: zero-code runs put the exporter in a BatchSpanProcessor") in (
         _zero_code_findings(env)
     )
+
+
+def test_version_prints_the_package_version():
+    from prefactor_otel import __version__
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefactor_otel", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"prefactor-otel {__version__}"

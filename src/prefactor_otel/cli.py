@@ -251,8 +251,15 @@ def _zero_code_findings(environ: Mapping[str, str]) -> list[tuple[bool, str]]:
     return findings
 
 
+def _package_version() -> str:
+    from prefactor_otel import __version__
+
+    return __version__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prefactor-otel", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a small instrumented agent and export it (local server by default)")
     demo.add_argument(
