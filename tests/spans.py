@@ -66,15 +66,25 @@ def exporter_for(server, **overrides):  # type: ignore[no-untyped-def]
     """A PrefactorSpanExporter pointed at a local DevServer: no environment, runs finished at once."""
     from prefactor_otel import PrefactorSpanExporter
 
-    options = {
+    return PrefactorSpanExporter(**{**server_options(server), "finish_grace_seconds": 0, **overrides})
+
+
+def server_options(server) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The options pointing an exporter at a local DevServer, with no environment read."""
+    return {
         "api_url": server.url,
         "api_token": server.token,
         "agent_id": server.agent_id,
         "environment_id": server.environment_id,
-        "finish_grace_seconds": 0,
-        **overrides,
+        "environ": {},
     }
-    return PrefactorSpanExporter(environ={}, **options)
+
+
+def processor_for(server, **overrides):  # type: ignore[no-untyped-def]
+    """A PrefactorSpanProcessor pointed at a local DevServer: no environment, every other setting its default."""
+    from prefactor_otel import PrefactorSpanProcessor
+
+    return PrefactorSpanProcessor(**{**server_options(server), **overrides})
 
 
 def wait_for(condition: Callable[[], Any], limit_s: float = 10.0) -> Any:

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 import prefactor_otel
 from prefactor_otel import PrefactorSpanProcessor, PrefactorTerminatedError, Termination
 from prefactor_otel.devserver import DevServer
-from tests.spans import wait_for
+from tests.spans import processor_for, wait_for
 
 AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "looper"}
 TOOL = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}
@@ -24,15 +24,7 @@ TOOL = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}
 
 def make(srv: DevServer, **options: Any) -> tuple[TracerProvider, PrefactorSpanProcessor]:
     provider = TracerProvider(resource=Resource.create({"service.name": "looper"}))
-    processor = PrefactorSpanProcessor(
-        api_url=srv.url,
-        api_token=srv.token,
-        agent_id=srv.agent_id,
-        environment_id=srv.environment_id,
-        environ={},
-        schedule_delay_millis=100,
-        **options,
-    )
+    processor = processor_for(srv, schedule_delay_millis=100, **options)
     provider.add_span_processor(processor)
     return provider, processor
 

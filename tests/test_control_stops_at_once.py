@@ -17,23 +17,16 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 import prefactor_otel
-from prefactor_otel import PrefactorSpanProcessor, Termination
+from prefactor_otel import Termination
 from prefactor_otel.devserver import DevServer
-from tests.spans import wait_for
+from tests.spans import processor_for, wait_for
 
 AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "looper"}
 
 
 def make(srv: DevServer, **options: Any) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": "looper"}))
-    processor = PrefactorSpanProcessor(
-        api_url=srv.url,
-        api_token=srv.token,
-        agent_id=srv.agent_id,
-        environment_id=srv.environment_id,
-        environ={},
-        **{"schedule_delay_millis": 100, **options},
-    )
+    processor = processor_for(srv, **{"schedule_delay_millis": 100, **options})
     provider.add_span_processor(processor)
     return provider
 

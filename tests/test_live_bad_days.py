@@ -24,9 +24,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
-from prefactor_otel import PrefactorSpanProcessor
 from prefactor_otel.devserver import DevServer, Fault
-from tests.spans import exporter_for
+from tests.spans import exporter_for, processor_for
 from tests.spans import wait_for as poll_until
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -36,17 +35,6 @@ needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 def wait_for(condition: Callable[[], Any], limit_s: float = 15.0) -> Any:
     return poll_until(condition, limit_s)
-
-
-def processor_for(srv: DevServer, **options: Any) -> PrefactorSpanProcessor:
-    return PrefactorSpanProcessor(
-        api_url=srv.url,
-        api_token=srv.token,
-        agent_id=srv.agent_id,
-        environment_id=srv.environment_id,
-        environ={},
-        **options,
-    )
 
 
 def statuses(srv: DevServer) -> dict[str, str]:

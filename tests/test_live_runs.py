@@ -15,7 +15,7 @@ from opentelemetry.trace import Status, StatusCode
 from prefactor_otel import PrefactorSpanProcessor
 from prefactor_otel.devserver import DevServer
 from prefactor_otel.mapping.values import iso_from_ns
-from tests.spans import wait_for
+from tests.spans import processor_for, wait_for
 
 AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "helper"}
 CHAT = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m1"}
@@ -28,14 +28,7 @@ def live(srv: DevServer) -> Iterator[tuple[TracerProvider, PrefactorSpanProcesso
 
 def _live(srv: DevServer, **options: Any) -> Iterator[tuple[TracerProvider, PrefactorSpanProcessor]]:
     provider = TracerProvider(resource=Resource.create({"service.name": "live-agent"}))
-    processor = PrefactorSpanProcessor(
-        api_url=srv.url,
-        api_token=srv.token,
-        agent_id=srv.agent_id,
-        environment_id=srv.environment_id,
-        environ={},
-        **options,
-    )
+    processor = processor_for(srv, **options)
     provider.add_span_processor(processor)
     yield provider, processor
     provider.shutdown()
@@ -184,9 +177,7 @@ def test_the_live_spans_setting_decides_which_spans_go_live(srv: DevServer, mode
 
 def test_shutdown_finishes_a_live_span_that_never_ended_as_failed(srv: DevServer) -> None:
     provider = TracerProvider(resource=Resource.create({"service.name": "live-agent"}))
-    processor = PrefactorSpanProcessor(
-        api_url=srv.url, api_token=srv.token, agent_id=srv.agent_id, environment_id=srv.environment_id, environ={}
-    )
+    processor = processor_for(srv)
     provider.add_span_processor(processor)
     tracer = provider.get_tracer("t")
     root = tracer.start_span("root")
@@ -235,9 +226,7 @@ def test_spans_of_an_unsampled_trace_leave_no_record(srv: DevServer) -> None:
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
     provider = TracerProvider(sampler=ALWAYS_OFF)
-    processor = PrefactorSpanProcessor(
-        api_url=srv.url, api_token=srv.token, agent_id=srv.agent_id, environment_id=srv.environment_id, environ={}
-    )
+    processor = processor_for(srv)
     provider.add_span_processor(processor)
     with provider.get_tracer("t").start_as_current_span("root", attributes=AGENT):
         pass
