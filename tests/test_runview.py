@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
@@ -183,3 +184,51 @@ def test_run_views_of_very_deep_runs_stay_json_encodable() -> None:
     assert run["totals"]["spans"] == depth
     assert [v["id"] for v, _ in walk(run["spans"])] == [f"s{i}" for i in range(depth)]
     json.dumps(run)
+
+
+def test_run_views_of_a_real_openai_instrumentation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+
+    from tests.fixtures.semconv.fake_openai import FakeOpenAI, openai_workload
+
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "SPAN_ONLY")
+    provider, collector = make_provider("weather", "2.0")
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        with FakeOpenAI() as fake, provider.get_tracer("tests.runview").start_as_current_span("weather run"):
+            openai_workload(fake.base_url)
+    finally:
+        instrumentor.uninstrument()
+    with DevServer() as srv:
+        exporter = exporter_for(srv)
+        exporter.export(collector.spans)
+        exporter.shutdown()
+        (run,) = run_views(srv.snapshot())
+
+    (root,) = run["spans"]
+    calls = root["children"]
+    assert [c["name"] for c in calls] == [
+        "chat gpt-tools",
+        "chat gpt-tools",
+        "chat gpt-4o",
+        "embeddings text-embedding-3-small",
+        "chat fail-500",
+    ]
+    ask, answer, _, embedding, failed = calls
+    assert ask["model"] == "gpt-tools" and ask["tokens"] == {"input": 11, "output": 7, "total": 18, "aggregated": False}
+    assert ask["output_preview"] == 'assistant: → get_weather({"city":"Paris"})'
+    assert answer["input_preview"] == "tool: sunny, 21 C"
+    assert embedding["type"] == "otel:embedding" and embedding["model"] == "text-embedding-3-small"
+    assert failed["status"] == "failed" and failed["input_preview"] == "user: fail please"
+    assert failed["error"] == {
+        "type": "openai.InternalServerError",
+        "message": "Error code: 500 - fake upstream exploded",
+    }
+    # Previews come from what was sent: after redaction.
+    assert ask["input_preview"] == "user: Weather in Paris? (my key is [REDACTED:api_key])"
+    totals = run["totals"]
+    assert totals["models"] == ["gpt-tools", "gpt-4o", "text-embedding-3-small", "fail-500"]
+    assert totals["errors"] == 1 and totals["tools"] == []
+    assert totals["input_tokens"] == sum((c["tokens"] or {}).get("input") or 0 for c in calls)
