@@ -10,7 +10,7 @@ Pure functions: any thread may call them; no state, no locks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prefactor_otel.devserver.runview import run_views, shorten, span_trees
@@ -77,7 +77,9 @@ def detail_lines(view: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def render_tree(views: list[View], lines: list[str], timing: Any = _duration, *, mark_orphans: bool = True) -> None:
+def render_tree(
+    views: list[View], lines: list[str], timing: Callable[[View], str] = _duration, *, mark_orphans: bool = True
+) -> None:
     """Append the span trees `views` (run views' `spans`) to `lines`; `timing(view)` gives each span's time."""
     # Iterative, not recursive: an agent can nest spans deeper than Python's recursion limit.
     stack: list[tuple[View, str, bool]] = [(v, "", i == len(views) - 1) for i, v in enumerate(views)][::-1]

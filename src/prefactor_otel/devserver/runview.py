@@ -181,15 +181,18 @@ def span_view(span: JsonDict, *, orphan: bool = False) -> dict[str, Any]:
 # --------------------------------------------------------------------------- trees
 
 
-def _order_key(row: JsonDict, position: int) -> tuple[bool, int, bool, int, int, str]:
-    # In the order they ran (see the module docstring); a missing time sorts after every known one.
+def _order_key(row: JsonDict, position: int) -> tuple[bool, int, bool, int, bool, int, int, str]:
+    # In the order they ran (see the module docstring); a missing time sorts after every known one. `position`
+    # (in the snapshot, which lists spans as the server received them) stands in for a missing arrival time.
     started, finished, inserted = (_micros(row.get(f)) for f in ("started_at", "finished_at", "inserted_at"))
     return (
         started is None,
         started or 0,
         finished is None,
         finished or 0,
-        position if inserted is None else inserted,
+        inserted is None,
+        inserted or 0,
+        position,
         str(row.get("id", "")),
     )
 
