@@ -368,23 +368,67 @@ print("app done")
 """
 
 
+BROKEN_DISTRO = ("[opentelemetry_distro]\nbroken = otel_plugin:Distro\n", BROKEN_MODULE)
+BROKEN_CONFIGURATOR = ("[opentelemetry_configurator]\nbroken = otel_plugin:Configurator\n", BROKEN_MODULE)
+BROKEN_LOGS_EXPORTER = ("[opentelemetry_logs_exporter]\nbroken = otel_plugin:Exporter\n", BROKEN_MODULE)
+
+
 @pytest.mark.parametrize(
-    ("distros", "env_extra", "finding"),
+    ("distros", "env_extra", "plugin", "finding"),
     [
-        ("theirs-listed-first", {}, "PF217"),  # the issue: opentelemetry-distro's otlp defaults
-        ("without-opentelemetry-distro", {"OTEL_METRICS_EXPORTER": "otlp"}, "PF217"),
-        ("without-opentelemetry-distro", {"OTEL_PYTHON_CONFIGURATOR": "nope"}, "PF210"),
-        ("without-opentelemetry-distro", {"OTEL_SDK_DISABLED": "true"}, "PF201"),
-        ("theirs-listed-first", {"OTEL_PYTHON_DISTRO": "prefactor"}, None),
-        ("without-opentelemetry-distro", {}, None),
+        ("theirs-listed-first", {}, None, "PF217"),  # the issue: opentelemetry-distro's otlp defaults
+        ("without-opentelemetry-distro", {"OTEL_METRICS_EXPORTER": "otlp"}, None, "PF217"),
+        ("without-opentelemetry-distro", {"OTEL_PYTHON_CONFIGURATOR": "nope"}, None, "PF210"),
+        ("without-opentelemetry-distro", {"OTEL_SDK_DISABLED": "true"}, None, "PF201"),
+        ("without-opentelemetry-distro", {"OTEL_TRACES_EXPORTER": "console"}, None, "PF203"),
+        (
+            "without-opentelemetry-distro",
+            {"OTEL_METRICS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"},
+            None,
+            "PF216",
+        ),
+        ("without-opentelemetry-distro", {"OTEL_PYTHON_ID_GENERATOR": "nope"}, None, "PF219"),
+        ("without-opentelemetry-distro", {}, BROKEN_DISTRO, "PF205"),
+        ("without-opentelemetry-distro", {"OTEL_PYTHON_CONFIGURATOR": "broken"}, BROKEN_CONFIGURATOR, "PF213"),
+        ("without-opentelemetry-distro", {"OTEL_LOGS_EXPORTER": "broken"}, BROKEN_LOGS_EXPORTER, "PF218"),
+        ("theirs-listed-first", {"OTEL_PYTHON_DISTRO": "prefactor"}, None, None),
+        ("without-opentelemetry-distro", {}, None, None),
+        ("without-opentelemetry-distro", {"OTEL_TRACES_EXPORTER": "console,prefactor"}, None, None),
     ],
 )
 def test_doctor_fails_exactly_when_opentelemetry_instrument_loses_the_spans(
-    tmp_path: Path, distros: Distros, env_extra: dict[str, str], finding: str | None
+    tmp_path: Path,
+    distros: Distros,
+    env_extra: dict[str, str],
+    plugin: tuple[str, str] | None,
+    finding: str | None,
 ) -> None:
+    code, out, delivered = doctor_then_instrument(tmp_path, distros, env_extra, plugin)
+    if finding is None:
+        assert code == 0 and delivered == 1, out
+    else:
+        assert code == 1 and finding in problems(out), out
+        assert delivered == 0
+
+
+def test_a_set_up_that_works_by_package_order_only_fails_the_doctor(tmp_path: Path) -> None:
+    """The one deliberate exception: with opentelemetry-distro installed after ours, this run delivers, but which
+    distro runs is an order nothing defines (a reinstall can flip it), so the doctor asks for OTEL_PYTHON_DISTRO."""
+    code, out, delivered = doctor_then_instrument(tmp_path, "ours-listed-first", {}, None)
+    assert delivered == 1
+    assert code == 1 and problems(out) == {"PF207"}, out
+
+
+def doctor_then_instrument(
+    tmp_path: Path, distros: Distros, env_extra: dict[str, str], plugin: tuple[str, str] | None
+) -> tuple[int, str, int]:
+    """The doctor's exit code and output, then how many runs `opentelemetry-instrument python app.py` delivered,
+    on the same environment."""
     with DevServer() as server:
-        env = base_env(tmp_path, distros, **server_env(server), OTEL_TRACES_EXPORTER="prefactor", **env_extra)
-        env["PREFACTOR_FINISH_GRACE_SECONDS"] = "0"
+        env = base_env(tmp_path, distros, **server_env(server), OTEL_TRACES_EXPORTER="prefactor")
+        env.update(env_extra, PREFACTOR_FINISH_GRACE_SECONDS="0")
+        if plugin is not None:
+            fake_distribution(env, "otel_plugin", *plugin)
         code, out = doctor(env)
         app = tmp_path / "app.py"
         app.write_text(APP)
@@ -392,12 +436,7 @@ def test_doctor_fails_exactly_when_opentelemetry_instrument_loses_the_spans(
             instrument_command(app), env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
         )
         assert proc.returncode == 0 and "app done" in proc.stdout, proc.stderr  # the application never notices
-        delivered = len(server.instances())
-    if finding is None:
-        assert code == 0 and delivered == 1, out + proc.stderr
-    else:
-        assert code == 1 and finding in problems(out), out
-        assert delivered == 0, proc.stderr
+        return code, out + proc.stderr, len(server.instances())
 
 
 # ------------------------------------------------------------------------------------------- programmatic check()
