@@ -55,6 +55,7 @@ def _value(entry_point: EntryPoint) -> str:
 
 
 def names_prefactor(traces: str | None) -> bool:
+    """zerocode.names_prefactor, which cannot be imported without opentelemetry-instrumentation (PF204)."""
     return bool(traces) and "prefactor" in (name.strip() for name in (traces or "").split(","))
 
 
