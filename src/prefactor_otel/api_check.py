@@ -104,11 +104,12 @@ def check_api(config: PrefactorConfig, transport: BulkTransport, timeout: float 
             Finding("problem", f"GET {base}/ping -> HTTP {status}: {host} rejects PREFACTOR_API_TOKEN", "PF303"),
             Finding("note", "agent and environment ids not checked: the token was rejected", "PF302"),
         ]
-    findings = [
-        Finding("ok", f"GET {base}/ping -> HTTP 200")
-        if status == 200
-        else Finding("problem", f"GET {base}/ping -> HTTP {status}{_message(answer)}", "PF304")
-    ]
+    if status != 200:  # e.g. a wrong path in PREFACTOR_API_URL: a 404 for an id would then prove nothing
+        return [
+            Finding("problem", f"GET {base}/ping -> HTTP {status}{_message(answer)}", "PF304"),
+            Finding("note", f"agent and environment ids not checked: the ping answered HTTP {status}", "PF302"),
+        ]
+    findings = [Finding("ok", f"GET {base}/ping -> HTTP 200")]
     findings.append(_check_agent(config, transport, deadline))
     findings.extend(_check_environment(config, transport, deadline))
     return findings
