@@ -7,13 +7,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-
-from tests.instrumented import Distros, distribution_order
 
 
 def test_demo_runs_offline_and_prints_trees():
@@ -33,65 +29,6 @@ def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PREFACTOR_"))}
     env.update(extra)
     return env
-
-
-def test_doctor_against_the_local_server_and_token_not_printed():
-    from prefactor_otel.devserver import DevServer
-
-    token = "pf_doctor_secret_token"
-    with DevServer(token=token) as srv:
-        proc = subprocess.run(
-            [sys.executable, "-m", "prefactor_otel", "doctor"],
-            env=_env(
-                PREFACTOR_API_URL=srv.url,
-                PREFACTOR_API_TOKEN=token,
-                OTEL_TRACES_EXPORTER="prefactor",
-                OTEL_PYTHON_DISTRO="prefactor",
-            ),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert proc.returncode == 0, proc.stdout
-    assert "/ping -> HTTP 200" in proc.stdout and "resolves to PrefactorSpanExporter" in proc.stdout
-    assert "will use the Prefactor distro and configurator" in proc.stdout
-    assert token not in proc.stdout + proc.stderr
-
-
-def test_doctor_reports_missing_token_and_bad_values():
-    proc = subprocess.run(
-        [sys.executable, "-m", "prefactor_otel", "doctor"], env=_env(), capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 1 and "PREFACTOR_API_TOKEN is missing" in proc.stdout
-    proc = subprocess.run(
-        [sys.executable, "-m", "prefactor_otel", "doctor"],
-        env=_env(PREFACTOR_EXPORT_TIMEOUT="soon"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 1 and "PREFACTOR_EXPORT_TIMEOUT" in proc.stdout
-
-
-@pytest.mark.parametrize(
-    ("distros", "distro_env", "expected"),
-    [
-        ("theirs-listed-first", None, "[!!] another OTel distro is installed (distro)"),
-        ("theirs-listed-first", "prefactor", "[ok] opentelemetry-instrument will use the Prefactor distro"),
-        ("theirs-listed-first", "distro", "[!!] OTEL_PYTHON_DISTRO=distro: the Prefactor distro and configurator"),
-        ("without-opentelemetry-distro", None, "[ok] opentelemetry-instrument will use the Prefactor distro"),
-    ],
-)
-def test_doctor_says_whether_opentelemetry_instrument_will_use_our_set_up(
-    tmp_path: Path, distros: Distros, distro_env: str | None, expected: str
-) -> None:
-    env = _env(OTEL_TRACES_EXPORTER="prefactor", PYTHONPATH=str(distribution_order(tmp_path, distros)))
-    if distro_env is not None:
-        env["OTEL_PYTHON_DISTRO"] = distro_env
-    proc = subprocess.run(
-        [sys.executable, "-m", "prefactor_otel", "doctor"], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert expected in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_serve_and_show_print_the_runs_a_server_holds():
@@ -225,23 +162,6 @@ def test_show_watch_runs_until_ctrl_c(tmp_path):
                 proc.kill()
                 proc.wait(timeout=30)
     assert out.read_text().count("no live agent runs") >= 3
-
-
-def test_doctor_flags_an_sdk_that_cannot_take_our_processor(monkeypatch: pytest.MonkeyPatch) -> None:
-    from opentelemetry.sdk import _configuration as sdk_configuration
-
-    from prefactor_otel.cli import _zero_code_findings
-
-    env = {"OTEL_TRACES_EXPORTER": "prefactor", "OTEL_PYTHON_DISTRO": "prefactor"}
-    assert all(ok for ok, _ in _zero_code_findings(env))
-
-    def before_1_40(auto_instrumentation_version: str | None = None) -> None:  # the SDK's signature before 1.40
-        raise AssertionError("the doctor must not set anything up")
-
-    monkeypatch.setattr(sdk_configuration, "_initialize_components", before_1_40)
-    assert (False, "opentelemetry-sdk < 1.40: zero-code runs put the exporter in a BatchSpanProcessor") in (
-        _zero_code_findings(env)
-    )
 
 
 def test_version_prints_the_package_version():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from prefactor_otel.api_check import CheckResult
 from prefactor_otel.config import ConfigError, PrefactorConfig
 from prefactor_otel.control import (
     PrefactorTerminatedError,
@@ -20,6 +21,7 @@ from prefactor_otel.exporter import PrefactorSpanExporter
 from prefactor_otel.processor import PrefactorSpanProcessor
 
 __all__ = [
+    "CheckResult",
     "ConfigError",
     "PrefactorConfig",
     "PrefactorSpanExporter",

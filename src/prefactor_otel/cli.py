@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import httpx
 
@@ -126,88 +125,9 @@ def _positive_count(value: str) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    """Check the set-up a user has, without sending any span: config, entry point, configurator, API."""
-    from importlib.metadata import PackageNotFoundError, entry_points, version
+    from prefactor_otel.doctor import run_doctor
 
-    from prefactor_otel import PrefactorSpanExporter
-    from prefactor_otel.config import ConfigError, PrefactorConfig
-
-    problems = 0
-
-    def report(ok: bool, text: str) -> None:
-        nonlocal problems
-        problems += 0 if ok else 1
-        print(f"[{'ok' if ok else '!!'}] {text}")
-
-    try:
-        config = PrefactorConfig.load()
-    except ConfigError as exc:
-        report(False, f"configuration: {exc}")
-        return 1
-    report(True, f"configuration: {config.describe()}")
-    report(
-        bool(config.api_token), "PREFACTOR_API_TOKEN is set" if config.api_token else "PREFACTOR_API_TOKEN is missing"
-    )
-    found = entry_points(group="opentelemetry_traces_exporter", name="prefactor")
-    report(
-        bool(found) and next(iter(found)).load() is PrefactorSpanExporter,
-        "entry point opentelemetry_traces_exporter:prefactor resolves to PrefactorSpanExporter",
-    )
-    traces = os.environ.get("OTEL_TRACES_EXPORTER", "").strip()
-    if traces and "prefactor" not in (name.strip() for name in traces.split(",")):
-        print(f"[..] OTEL_TRACES_EXPORTER={traces} does not name prefactor")
-    elif traces:
-        for ok, text in _zero_code_findings(os.environ):
-            report(ok, text)
-    with contextlib.suppress(PackageNotFoundError):
-        print(f"[..] opentelemetry-sdk {version('opentelemetry-sdk')}, prefactor-otel {version('prefactor-otel')}")
-    if config.api_token:
-        try:
-            response = httpx.get(
-                config.api_base + "/ping",
-                headers={"Authorization": f"Bearer {config.api_token.get()}"},
-                timeout=config.export_timeout,
-            )
-            report(response.status_code == 200, f"GET {config.api_base}/ping -> HTTP {response.status_code}")
-        except httpx.HTTPError as exc:
-            report(False, f"GET {config.api_base}/ping failed: {type(exc).__name__}")
-    return 1 if problems else 0
-
-
-_OUR_DISTRO = "prefactor_otel.zerocode:PrefactorDistro"
-
-
-def _zero_code_findings(environ: Mapping[str, str]) -> list[tuple[bool, str]]:
-    """With OTEL_TRACES_EXPORTER naming prefactor: what decides whether `opentelemetry-instrument` builds our
-    set-up (zerocode.py), as (ok, text) pairs."""
-    from importlib.metadata import entry_points
-    from importlib.util import find_spec
-
-    if find_spec("opentelemetry.instrumentation") is None:
-        return [(False, "opentelemetry-instrumentation is missing: pip install opentelemetry-instrumentation")]
-    from prefactor_otel.zerocode import sdk_accepts_export_span_processor
-
-    findings = [(True, "opentelemetry-instrumentation is installed (opentelemetry-instrument)")]
-    if not sdk_accepts_export_span_processor():
-        findings.append((False, "opentelemetry-sdk < 1.40: zero-code runs put the exporter in a BatchSpanProcessor"))
-    chosen = environ.get("OTEL_PYTHON_DISTRO")
-    others = [ep.name for ep in entry_points(group="opentelemetry_distro") if ep.value.replace(" ", "") != _OUR_DISTRO]
-    if chosen and chosen != "prefactor":
-        findings.append((False, f"OTEL_PYTHON_DISTRO={chosen}: the Prefactor distro and configurator do not run"))
-    elif others and not chosen:
-        findings.append(
-            (
-                False,
-                f"another OTel distro is installed ({', '.join(others)}): which one runs depends on package order; "
-                "set OTEL_PYTHON_DISTRO=prefactor (or uninstall it)",
-            )
-        )
-    else:
-        findings.append((True, "opentelemetry-instrument will use the Prefactor distro and configurator"))
-    configurator = environ.get("OTEL_PYTHON_CONFIGURATOR")
-    if configurator and configurator != "prefactor":
-        findings.append((False, f"OTEL_PYTHON_CONFIGURATOR={configurator}: spans skip PrefactorSpanProcessor"))
-    return findings
+    return run_doctor()
 
 
 def _package_version() -> str:
@@ -252,7 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     terminate.add_argument("--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787")
     terminate.add_argument("--token", default=os.environ.get("PREFACTOR_API_TOKEN") or DEFAULT_DEV_TOKEN)
     terminate.set_defaults(func=_terminate)
-    doctor = sub.add_parser("doctor", help="check configuration, plugin wiring and API access (sends no span)")
+    doctor = sub.add_parser(
+        "doctor",
+        help="check configuration, what opentelemetry-instrument will do, and API access (sends no span); "
+        "reports every problem",
+    )
     doctor.set_defaults(func=_doctor)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -45,6 +45,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from prefactor_otel import __version__, ids, lifecycle
 from prefactor_otel._logging import RateLimitedLog, logger
+from prefactor_otel.api_check import CheckResult, check_exporter
 from prefactor_otel.config import ConfigError, PrefactorConfig
 from prefactor_otel.control import TERMINATIONS
 from prefactor_otel.control_poll import InstancePoller
@@ -481,3 +482,10 @@ class PrefactorSpanExporter(BackgroundWork, SpanExporter):
             backlog=self._backlog,
             poller=self._poller,
         )
+
+    def check(self, timeout: float | None = None) -> CheckResult:
+        """Check, without sending a span, that this exporter can reach Prefactor with its token, agent and
+        environment ids (ping, agent and environment reads through its own HTTP client), within `timeout` seconds
+        (default: PREFACTOR_EXPORT_TIMEOUT). Never raises: a CheckResult, false when there is a problem."""
+        not_sending = "it is shut down" if self._shutdown else self._disabled_reason
+        return check_exporter(self._config, self._transport, not_sending, timeout)

@@ -24,6 +24,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from prefactor_otel.api_check import CheckResult
 from prefactor_otel.exporter import PrefactorSpanExporter
 
 
@@ -84,3 +85,7 @@ class PrefactorSpanProcessor(SpanProcessor):
 
     def shutdown(self) -> None:
         self._batch.shutdown()  # exports what is queued, then shuts the exporter down
+
+    def check(self, timeout: float | None = None) -> CheckResult:
+        """The exporter's `check()`: can it reach Prefactor with its settings? Never raises."""
+        return self.exporter.check(timeout)
