@@ -19,6 +19,7 @@
     selectedId: sessionStorage.getItem(SELECTED_KEY),
     collapsed: new Set(), // span ids the user collapsed; everything else is open
     timer: null,
+    lastText: null, // the last answer rendered
     generation: 0, // bumps on every new token: answers to an older token's requests are ignored
   };
 
@@ -100,6 +101,7 @@
 
   function useToken(token) {
     state.token = token;
+    state.lastText = null;
     state.generation += 1;
     sessionStorage.setItem(TOKEN_KEY, token);
     $("login").hidden = true;
@@ -151,20 +153,26 @@
       schedule(SLOW_MS);
       return;
     }
-    let body;
+    let text = "";
+    let body = null;
     try {
-      body = await response.json();
+      text = await response.text();
+      body = JSON.parse(text);
     } catch (error) {
       body = null;
     }
     if (generation !== state.generation) return;
     const runs = body && Array.isArray(body.runs) ? body.runs : [];
-    state.runs = runs;
     const anyActive = runs.some((run) => run.status === "active" || run.status === "pending");
     $("connection").textContent =
       "Updated " + new Date().toLocaleTimeString() + (anyActive ? " · live (every second)" : " · every 5 s");
     $("connection").className = "connection";
-    render();
+    // Unchanged and nothing running (no clock to advance): leave the page alone, so a text selection survives.
+    if (text !== state.lastText || anyActive) {
+      state.runs = runs;
+      state.lastText = text;
+      render();
+    }
     schedule(anyActive ? FAST_MS : SLOW_MS);
   }
 
