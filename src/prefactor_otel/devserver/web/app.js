@@ -201,13 +201,13 @@
     const rows = state.runs.map((run) => {
       const row = el("tr", run.id === state.selectedId ? "selected" : "");
       row.dataset.runId = run.id;
-      row.setAttribute("aria-selected", run.id === state.selectedId ? "true" : "false");
       row.addEventListener("click", () => select(run.id));
       row.append(el("td", "agent", run.agent || "-"));
       const nameCell = el("td", "name");
       const open = el("button", "link", run.name || run.id);
       open.type = "button";
       open.title = "Show the spans of run " + run.id;
+      if (run.id === state.selectedId) open.setAttribute("aria-current", "true");
       open.addEventListener("click", (event) => {
         event.stopPropagation();
         select(run.id);
