@@ -183,6 +183,7 @@ def _options_and_target(say: Callable[[str], None]) -> tuple[dict[str, Any], Tar
         return options, Target(url, token, token if token == DEFAULT_DEV_TOKEN else "<your token>"), None
     server = DevServer(token=DEFAULT_DEV_TOKEN).start()
     say(f"No PREFACTOR_API_URL set: started the embedded local Prefactor-compatible server at {server.url}")
+    say(f"Watch it in a browser: {server.page_url}")
     options.update(
         api_url=server.url,
         api_token=server.token,

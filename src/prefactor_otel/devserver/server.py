@@ -22,10 +22,11 @@ import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any, NamedTuple, TextIO
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from prefactor_otel import ids
 from prefactor_otel.devserver import store as st
+from prefactor_otel.devserver import webpage
 from prefactor_otel.devserver.faults import Fault, FaultSet
 from prefactor_otel.devserver.store import ApiError, JsonDict, Store, error_body
 from prefactor_otel.devserver.timefmt import now_us
@@ -408,6 +409,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
         size = len(raw)
+        if (page := webpage.answer(method, path, self.headers.get("Host"), dev.host)) is not None:  # no data: no token
+            record(page.status, size)
+            return self._send(page.status, page.body, headers=page.headers, content_type=page.content_type)
         auth_error = self._check_auth()
         if auth_error is not None:
             record(401, size)
@@ -764,6 +768,12 @@ class DevServer:
         return f"http://{host}:{self.port}"
 
     @property
+    def page_url(self) -> str:
+        """The web page listing this server's runs, with the token in the URL fragment: the browser keeps the
+        fragment to itself (it is never sent in a request), and the page moves it into its session storage."""
+        return f"{self.url}/#token={quote(self.token, safe='')}"
+
+    @property
     def api_url(self) -> str:
         return self.url + API
 
@@ -869,6 +879,7 @@ def serve(
     try:
         lines = [
             f"Prefactor dev server listening on {server.url}",
+            f"Watch runs in a browser: {server.page_url}",
             "Point an exporter at it with:",
             *(f"  export {name}={value}" for name, value in server.env().items()),
             "Press Ctrl-C to stop.",

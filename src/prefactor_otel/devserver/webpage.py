@@ -1,0 +1,97 @@
+"""The local server's web page: `GET /`, `/app.js` and `/style.css`, static files shipped in `devserver/web/`.
+
+The page holds no data, so it is served without a token; `app.js` reads the runs from `GET /_dev/runs` with the
+bearer token, which reaches the page in the URL fragment (`DevServer.page_url`: `http://127.0.0.1:8787/#token=...`).
+Browsers never send a fragment to the server, so the token appears in no request line or log. Another site cannot
+read the runs: a request carrying an `Authorization` header needs a CORS preflight, which this server never grants.
+
+Every answer forbids caching and sniffing and carries a strict Content-Security-Policy (own origin only: no inline
+script or style, no third-party fetch), so data rendered by the page cannot pull anything in. A `Host` header that
+is neither a loopback name/address nor the server's own bound host is refused: a DNS-rebinding page (whose name
+resolves to 127.0.0.1 after loading) cannot even load the page through its own name.
+
+Pure functions over immutable inputs: the server's handler threads call `answer()` concurrently; no state, no locks.
+The files are read on each request (three small files, a local tool), so a wheel and a checkout behave alike.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from importlib import resources
+from typing import NamedTuple
+
+# path -> (file in devserver/web/, Content-Type)
+PAGE_FILES: dict[str, tuple[str, str]] = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'"
+)
+_SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
+    ("Cache-Control", "no-store"),
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+)
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+
+class PageAnswer(NamedTuple):
+    status: int
+    body: bytes
+    content_type: str
+    headers: tuple[tuple[str, str], ...]
+
+
+def answer(method: str, path: str, host_header: str | None, bound_host: str) -> PageAnswer | None:
+    """The answer to a request for one of the page's files, or None when `method path` is not one (the API
+    handles it). `host_header` is the request's `Host`; `bound_host` the address the server listens on."""
+    if method != "GET" or (path not in PAGE_FILES and path != "/favicon.ico"):
+        return None
+    if not host_allowed(host_header, bound_host):
+        message = (
+            f"Refused: this local server answers its page only under a loopback name or its own address, not "
+            f"{(host_header or '(no Host header)')!r} (a guard against DNS rebinding). Open the URL that "
+            "`prefactor-otel serve` prints.\n"
+        )
+        return PageAnswer(403, message.encode(), "text/plain; charset=utf-8", _SECURITY_HEADERS)
+    if path == "/favicon.ico":  # browsers ask for it; "no icon" beats a 401 in the console
+        return PageAnswer(204, b"", "image/x-icon", _SECURITY_HEADERS)
+    filename, content_type = PAGE_FILES[path]
+    try:
+        body = resources.files("prefactor_otel.devserver").joinpath("web", filename).read_bytes()
+    except OSError as exc:  # an install without the package data: say what is missing instead of a bare 500
+        message = f"the page file web/{filename} is missing from this installation ({type(exc).__name__})\n"
+        return PageAnswer(500, message.encode(), "text/plain; charset=utf-8", _SECURITY_HEADERS)
+    return PageAnswer(200, body, content_type, _SECURITY_HEADERS)
+
+
+def host_allowed(host_header: str | None, bound_host: str) -> bool:
+    """Whether a `Host` header names this server: a loopback name or address, or the host it is bound to. Bound to
+    a wildcard address (reachable from other machines on purpose), any IP literal is accepted too: DNS rebinding
+    needs a name, and an address typed by the user is not one."""
+    if not host_header:
+        return False
+    host = _strip_port(host_header.strip()).lower().rstrip(".")
+    bound = bound_host.strip("[]").lower()
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost") or host == bound:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or bound in _WILDCARD_HOSTS
+
+
+def _strip_port(host: str) -> str:
+    if host.startswith("["):  # [::1]:8787
+        end = host.find("]")
+        return host[1:end] if end > 0 else host
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and ":" not in name:
+        return name
+    return host
