@@ -12,6 +12,9 @@ import time
 
 logger = logging.getLogger("prefactor_otel")
 
+LOG_LEVEL_ENV = "PREFACTOR_LOG_LEVEL"
+LOG_LEVEL_ALIAS = "OTEL_EXPORTER_PREFACTOR_LOG_LEVEL"
+
 
 class RateLimitedLog:
     """Logs each distinct key at most once per `interval` seconds, and says how many were suppressed."""

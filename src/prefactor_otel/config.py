@@ -18,12 +18,24 @@ building a config passes them):
   header line at DEBUG and reports a connection error on every retry.
 Error messages never contain the token, and never the user info of a URL.
 
+**Aliases.** Every `PREFACTOR_X` is also read as `OTEL_EXPORTER_PREFACTOR_X` (`alias_of`), the naming of the OTLP
+exporter's `OTEL_EXPORTER_OTLP_*`; environment_variables.py registers the aliases with `opentelemetry-instrument`,
+which turns each into a flag (`--exporter_prefactor_api_token`). Precedence: keyword argument >
+`OTEL_EXPORTER_PREFACTOR_X` > `PREFACTOR_X` > default. The alias wins because `opentelemetry-instrument` sets it
+from a command-line flag, and a flag typed for one run is expected to beat the environment it runs in. Both set to
+different values: one warning naming both variables (never the values). An error names the variable (or keyword)
+the value came from.
+
+`OPTIONS` is the one list of options: the exporter's and processor's keyword parameters, their docstrings, the
+`PrefactorConfig` field docs and the README's configuration table are checked against it (tests/test_options.py).
+
 Called from whichever thread builds the exporter (usually the main thread, once); no shared state, no locks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import ipaddress
 import json
 import os
@@ -35,9 +47,12 @@ from typing import Any, TypeVar
 import httpx
 
 from prefactor_otel import ids
+from prefactor_otel._logging import logger
 
 DEFAULT_API_URL = "https://app.prefactorai.com"
 API_PREFIX = "/api/v1"
+NATIVE_PREFIX = "PREFACTOR_"
+ALIAS_PREFIX = "OTEL_EXPORTER_PREFACTOR_"
 
 T = TypeVar("T")
 
@@ -377,6 +392,56 @@ OPTIONS: dict[str, _Option] = {
 }
 
 
+def alias_of(env: str) -> str:
+    """`PREFACTOR_X` -> `OTEL_EXPORTER_PREFACTOR_X`: the name `opentelemetry-instrument` makes a flag of."""
+    return ALIAS_PREFIX + env[len(NATIVE_PREFIX) :]
+
+
+def read_env(environ: Mapping[str, str], env: str) -> tuple[str, str] | None:
+    """The non-blank value of `env` or its alias, with the name it was read from: the alias wins (module docstring).
+    Both set to different values: one warning naming both, never the values (one may be the token)."""
+    alias = alias_of(env)
+    native_raw = environ.get(env)
+    alias_raw = environ.get(alias)
+    native = native_raw if native_raw is not None and native_raw.strip() else None
+    aliased = alias_raw if alias_raw is not None and alias_raw.strip() else None
+    if aliased is not None:
+        if native is not None and native.strip() != aliased.strip():
+            logger.warning("Prefactor: %s and %s are both set, to different values; %s is used", alias, env, alias)
+        return alias, aliased
+    if native is not None:
+        return env, native
+    return None
+
+
+def _default_text(name: str) -> str:
+    value = {f.name: f for f in dataclasses.fields(PrefactorConfig)}[name].default
+    if name == "api_token":
+        return "unset (the exporter is off)"
+    if value is None or value == ():
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def option_docs(indent: str = "    ") -> str:
+    """One entry per option: `name`: its doc, its environment variable (and alias), its default. Appended to the
+    docstrings of PrefactorConfig, PrefactorSpanExporter.__init__ and PrefactorSpanProcessor.__init__, so the
+    documentation cannot drift from OPTIONS."""
+    lines = []
+    for name, option in OPTIONS.items():
+        lines.append(f"{indent}{name}: {option.doc}.")
+        default = _default_text(name)
+        lines.append(f"{indent}    Environment: {option.env} (or {alias_of(option.env)}). Default: {default}.")
+    return "\n".join(lines)
+
+
+def with_option_docs(docstring: str | None) -> str:
+    """`docstring` followed by `option_docs()`, indentation made consistent (what help() shows)."""
+    return f"{inspect.cleandoc(docstring or '')}\n\nOptions:\n{option_docs()}\n"
+
+
 @dataclass(frozen=True)
 class PrefactorConfig:
     api_url: str = DEFAULT_API_URL
@@ -422,17 +487,28 @@ class PrefactorConfig:
         if unknown:
             raise ConfigError(f"unknown Prefactor option(s): {', '.join(sorted(unknown))}")
         values: dict[str, Any] = {}
+        source: dict[str, str] = {}  # the variable (or keyword) each value came from, for errors
         for name, option in OPTIONS.items():
             if name in overrides and overrides[name] is not None:
                 raw = overrides[name]
                 values[name] = cls._from_keyword(name, option, raw)
+                source[option.env] = name
             else:
-                raw_env = env.get(option.env)
-                if raw_env is not None and raw_env.strip() != "":
-                    values[name] = option.parse(option.env, raw_env)
+                found = read_env(env, option.env)
+                if found is not None:
+                    source[option.env] = found[0]
+                    values[name] = option.parse(*found)
         if "api_token" in values and not isinstance(values["api_token"], Secret):
             values["api_token"] = Secret(values["api_token"])
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            # __post_init__ names the PREFACTOR_* variable; say the one the user actually set.
+            message = str(exc)
+            for env_name, used in source.items():
+                if used != env_name and message.startswith(env_name + ":"):
+                    raise ConfigError(used + message[len(env_name) :]) from None
+            raise
 
     def __post_init__(self) -> None:
         # Here rather than in load(): a config built directly, or changed with replace(), is checked the same way.
@@ -489,3 +565,44 @@ class PrefactorConfig:
             f"timeout={self.export_timeout}s bulk_max_items={self.max_items_per_request} "
             f"bulk_max_bytes={self.max_request_bytes}"
         )
+
+
+PrefactorConfig.__doc__ = (
+    "The exporter's settings: keyword arguments > OTEL_EXPORTER_PREFACTOR_* > PREFACTOR_* environment variables > "
+    "defaults.\n\nBuild it with `PrefactorConfig.load(environ, **keywords)` (checks every value, raises ConfigError "
+    "naming the variable); pass it as `PrefactorSpanExporter(config=...)`. Frozen; `replace(**changes)` gives a "
+    "checked copy. The token is a `Secret` and never shows in repr.\n\nFields:\n" + option_docs()
+)
+
+
+def _shown(name: str, raw: object) -> str:
+    """A value as repr may show it: the token as its length, a URL without user info or query."""
+    if name == "api_token":
+        text = raw.get() if isinstance(raw, Secret) else str(raw)
+        return f"set ({len(text.strip())} chars)" if text.strip() else "empty"
+    if callable(raw) and not isinstance(raw, str):
+        return getattr(raw, "__qualname__", type(raw).__name__)
+    text = str(raw).strip()
+    if name == "api_url":
+        text = re.sub(r"(?<=//)[^/?#]*@", "***@", text)  # user info
+        text = re.sub(r"[?#].*", "?***", text)  # a query or fragment may carry a secret too
+    return repr(text) if isinstance(raw, str) else repr(raw)
+
+
+def given_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> str:
+    """What the user set (keywords and environment), masked as `_shown`, for a repr after a ConfigError: the values
+    that were meant, not the defaults a disabled exporter falls back to. Never raises."""
+    env = os.environ if environ is None else environ
+    given = overrides or {}
+    parts = []
+    for name, option in OPTIONS.items():
+        try:
+            if given.get(name) is not None:
+                parts.append(f"{name}={_shown(name, given[name])}")
+                continue
+            raw_env = env.get(alias_of(option.env)) or env.get(option.env)
+            if raw_env is not None and raw_env.strip():
+                parts.append(f"{name}={_shown(name, raw_env)}")
+        except Exception:  # a repr must never fail: an odd value is shown by its type
+            parts.append(f"{name}=<{type(given.get(name)).__name__}>")
+    return ", ".join(parts) if parts else "nothing"
