@@ -179,6 +179,11 @@ def test_opentelemetry_instrument_flags_configure_the_exporter_and_spans_arrive(
         assert [instance["status"] for instance in srv.instances()] == ["complete"]
     conflicts = [line for line in proc.stderr.splitlines() if "are both set" in line]
     assert len(conflicts) == 2 and any("OTEL_EXPORTER_PREFACTOR_API_TOKEN" in line for line in conflicts)
+    where = [line for line in proc.stderr.splitlines() if line.startswith("prefactor-otel: spans go to")]
+    assert where == [
+        f"prefactor-otel: spans go to {srv.api_url} for agent {srv.agent_id} (environment {srv.environment_id}, "
+        f"live spans agent, spool {tmp_path / 'spool'})"
+    ]
     assert TOKEN not in proc.stdout + proc.stderr and "stale" not in proc.stderr
 
 

@@ -556,6 +556,16 @@ class PrefactorConfig:
     def replace(self, **changes: Any) -> PrefactorConfig:
         return dataclasses.replace(self, **changes)
 
+    def destination(self, spool_directory: str | None = None) -> str:
+        """The one line saying where spans go, token masked (the exporter says it once at start). The exporter
+        passes the spool directory it opened (None: the spool is off, or could not be opened)."""
+        agent = self.agent_id or "from the deployment token"
+        spool = spool_directory or ("unavailable" if self.spool else "off")
+        return (
+            f"prefactor-otel: spans go to {self.api_base} for agent {agent} "
+            f"(environment {self.environment_id or 'from the token'}, live spans {self.live_spans}, spool {spool})"
+        )
+
     def describe(self) -> str:
         """One line for the startup log: endpoint and settings, token masked."""
         token = self.api_token.get()

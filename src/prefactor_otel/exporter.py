@@ -44,7 +44,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from prefactor_otel import __version__, ids, lifecycle
-from prefactor_otel._logging import RateLimitedLog, logger
+from prefactor_otel._logging import RateLimitedLog, announce, logger
+from prefactor_otel._logging import configure_level as configure_log_level
 from prefactor_otel.config import OPTIONS, ConfigError, PrefactorConfig, Secret, given_settings, with_option_docs
 from prefactor_otel.control import TERMINATIONS
 from prefactor_otel.control_poll import InstancePoller
@@ -146,6 +147,7 @@ class PrefactorSpanExporter(BackgroundWork, SpanExporter):
         self._poller: InstancePoller | None = None
         self._config_error: str | None = None
         self._given_settings = ""
+        configure_log_level(environ)
         try:
             self._config = config if config is not None else PrefactorConfig.load(environ, **options)
             self._mapping_options = MappingOptions.from_config(self._config)
@@ -190,7 +192,8 @@ class PrefactorSpanExporter(BackgroundWork, SpanExporter):
         self._pipeline = self._new_pipeline({})
         if self._backlog is not None:
             self._pipeline.add(self._backlog.take_records(self._config.max_queued_spans))
-        logger.info("Prefactor exporter ready: %s", self._config.describe())
+        announce(self._config.destination(str(self._backlog.spool.directory) if self._backlog is not None else None))
+        logger.debug("Prefactor exporter ready: %s", self._config.describe())
         try:
             register_metrics(self.stats, __version__)
         except Exception:  # self-metrics are a convenience: never a reason to fail
