@@ -26,8 +26,9 @@ from a command-line flag, and a flag typed for one run is expected to beat the e
 different values: one warning naming both variables (never the values). An error names the variable (or keyword)
 the value came from.
 
-`OPTIONS` is the one list of options: the exporter's and processor's keyword parameters, their docstrings, the
-`PrefactorConfig` field docs and the README's configuration table are checked against it (tests/test_options.py).
+`OPTIONS` is the one list of options: the exporter's and processor's keyword parameters, their docstrings and
+the `PrefactorConfig` field docs (generated in config_text.py) and the README's configuration table are checked
+against it (tests/test_options.py).
 
 Called from whichever thread builds the exporter (usually the main thread, once); no shared state, no locks.
 """
@@ -35,7 +36,6 @@ Called from whichever thread builds the exporter (usually the main thread, once)
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import ipaddress
 import json
 import os
@@ -414,34 +414,6 @@ def read_env(environ: Mapping[str, str], env: str) -> tuple[str, str] | None:
     return None
 
 
-def _default_text(name: str) -> str:
-    value = {f.name: f for f in dataclasses.fields(PrefactorConfig)}[name].default
-    if name == "api_token":
-        return "unset (the exporter is off)"
-    if value is None or value == ():
-        return "unset"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def option_docs(indent: str = "    ") -> str:
-    """One entry per option: `name`: its doc, its environment variable (and alias), its default. Appended to the
-    docstrings of PrefactorConfig, PrefactorSpanExporter.__init__ and PrefactorSpanProcessor.__init__, so the
-    documentation cannot drift from OPTIONS."""
-    lines = []
-    for name, option in OPTIONS.items():
-        lines.append(f"{indent}{name}: {option.doc}.")
-        default = _default_text(name)
-        lines.append(f"{indent}    Environment: {option.env} (or {alias_of(option.env)}). Default: {default}.")
-    return "\n".join(lines)
-
-
-def with_option_docs(docstring: str | None) -> str:
-    """`docstring` followed by `option_docs()`, indentation made consistent (what help() shows)."""
-    return f"{inspect.cleandoc(docstring or '')}\n\nOptions:\n{option_docs()}\n"
-
-
 @dataclass(frozen=True)
 class PrefactorConfig:
     api_url: str = DEFAULT_API_URL
@@ -575,44 +547,3 @@ class PrefactorConfig:
             f"timeout={self.export_timeout}s bulk_max_items={self.max_items_per_request} "
             f"bulk_max_bytes={self.max_request_bytes}"
         )
-
-
-PrefactorConfig.__doc__ = (
-    "The exporter's settings: keyword arguments > OTEL_EXPORTER_PREFACTOR_* > PREFACTOR_* environment variables > "
-    "defaults.\n\nBuild it with `PrefactorConfig.load(environ, **keywords)` (checks every value, raises ConfigError "
-    "naming the variable); pass it as `PrefactorSpanExporter(config=...)`. Frozen; `replace(**changes)` gives a "
-    "checked copy. The token is a `Secret` and never shows in repr.\n\nFields:\n" + option_docs()
-)
-
-
-def _shown(name: str, raw: object) -> str:
-    """A value as repr may show it: the token as its length, a URL without user info or query."""
-    if name == "api_token":
-        text = raw.get() if isinstance(raw, Secret) else str(raw)
-        return f"set ({len(text.strip())} chars)" if text.strip() else "empty"
-    if callable(raw) and not isinstance(raw, str):
-        return getattr(raw, "__qualname__", type(raw).__name__)
-    text = str(raw).strip()
-    if name == "api_url":
-        text = re.sub(r"(?<=//)[^/?#]*@", "***@", text)  # user info
-        text = re.sub(r"[?#].*", "?***", text)  # a query or fragment may carry a secret too
-    return repr(text) if isinstance(raw, str) else repr(raw)
-
-
-def given_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> str:
-    """What the user set (keywords and environment), masked as `_shown`, for a repr after a ConfigError: the values
-    that were meant, not the defaults a disabled exporter falls back to. Never raises."""
-    env = os.environ if environ is None else environ
-    given = overrides or {}
-    parts = []
-    for name, option in OPTIONS.items():
-        try:
-            if given.get(name) is not None:
-                parts.append(f"{name}={_shown(name, given[name])}")
-                continue
-            raw_env = env.get(alias_of(option.env)) or env.get(option.env)
-            if raw_env is not None and raw_env.strip():
-                parts.append(f"{name}={_shown(name, raw_env)}")
-        except Exception:  # a repr must never fail: an odd value is shown by its type
-            parts.append(f"{name}=<{type(given.get(name)).__name__}>")
-    return ", ".join(parts) if parts else "nothing"

@@ -46,7 +46,8 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from prefactor_otel import __version__, ids, lifecycle
 from prefactor_otel._logging import RateLimitedLog, announce, logger
 from prefactor_otel._logging import configure_level as configure_log_level
-from prefactor_otel.config import OPTIONS, ConfigError, PrefactorConfig, Secret, given_settings, with_option_docs
+from prefactor_otel.config import OPTIONS, ConfigError, PrefactorConfig, Secret
+from prefactor_otel.config_text import given_settings, with_option_docs
 from prefactor_otel.control import TERMINATIONS
 from prefactor_otel.control_poll import InstancePoller
 from prefactor_otel.delivery import Delivery

@@ -25,7 +25,8 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from prefactor_otel.config import OPTIONS, PrefactorConfig, Secret, with_option_docs
+from prefactor_otel.config import OPTIONS, PrefactorConfig, Secret
+from prefactor_otel.config_text import with_option_docs
 from prefactor_otel.exporter import PrefactorSpanExporter
 
 # The exporter's keyword parameters that are not options (OPTIONS): passed through as they are.
