@@ -18,7 +18,8 @@ Where the lines go (decided for issue 14: users must see where their spans go wi
 
 Threads: any exporter thread logs. `RateLimitedLog._lock` guards its per-key table (a forked child must call
 `reset_after_fork`, the parent may have held the lock at the fork); `_announced_lock` the set of lines already said
-in this process; `configure_level` runs where an exporter is built (usually once, on the main thread).
+in this process (renewed in a forked child; the set is kept: the child's spans go where the parent said);
+`configure_level` runs where an exporter is built (usually once, on the main thread).
 """
 
 from __future__ import annotations
@@ -120,6 +121,15 @@ def configure_level(environ: Mapping[str, str] | None = None) -> None:
 
 _announced: set[str] = set()
 _announced_lock = threading.Lock()
+
+
+def _new_announced_lock() -> None:
+    global _announced_lock
+    _announced_lock = threading.Lock()  # another thread of the parent may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_announced_lock)
 
 
 def announce(line: str) -> None:
