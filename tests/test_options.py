@@ -195,12 +195,18 @@ def test_repr_after_a_configuration_error_shows_what_was_set_masked_and_the_erro
         api_url="https://user:pw@example.com/",
         api_token=TOKEN,
         export_timeout=7,
-        environ={"OTEL_EXPORTER_PREFACTOR_AGENT_ID": "agent-1", "PREFACTOR_SPAN_FILTER": "genai"},
+        environ={
+            "OTEL_EXPORTER_PREFACTOR_AGENT_ID": "agent-1",
+            "PREFACTOR_SPAN_FILTER": "genai",
+            "OTEL_EXPORTER_PREFACTOR_LIVE_SPANS": " ",  # blank: the PREFACTOR_* variable is what was set
+            "PREFACTOR_LIVE_SPANS": "all",
+        },
     )
     text = repr(exporter)
     assert not exporter.enabled
     assert "api_url='https://***@example.com/'" in text and f"api_token=set ({len(TOKEN)} chars)" in text
     assert "agent_id='agent-1'" in text and "export_timeout=7" in text and "span_filter='genai'" in text
+    assert "live_spans='all'" in text
     assert 'error="api_url: the URL must not contain user info' in text
     assert "https://app.prefactorai.com" not in text  # not the defaults of the disabled stand-in
     assert TOKEN not in text and "pw" not in text

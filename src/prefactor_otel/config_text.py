@@ -84,9 +84,11 @@ def given_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[
             if given.get(name) is not None:
                 parts.append(f"{name}={_shown(name, given[name])}")
                 continue
-            raw_env = env.get(alias_of(option.env)) or env.get(option.env)
-            if raw_env is not None and raw_env.strip():
-                parts.append(f"{name}={_shown(name, raw_env)}")
+            for variable in (alias_of(option.env), option.env):  # the alias first, as load() reads them
+                raw_env = env.get(variable)
+                if raw_env is not None and raw_env.strip():
+                    parts.append(f"{name}={_shown(name, raw_env)}")
+                    break
         except Exception:  # a repr must never fail: an odd value is shown by its type
             parts.append(f"{name}=<{type(given.get(name)).__name__}>")
     return ", ".join(parts) if parts else "nothing"
