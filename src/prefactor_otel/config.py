@@ -18,6 +18,18 @@ building a config passes them):
   header line at DEBUG and reports a connection error on every retry.
 Error messages never contain the token, and never the user info of a URL.
 
+**Aliases.** Every `PREFACTOR_X` is also read as `OTEL_EXPORTER_PREFACTOR_X` (`alias_of`), the naming of the OTLP
+exporter's `OTEL_EXPORTER_OTLP_*`; environment_variables.py registers the aliases with `opentelemetry-instrument`,
+which turns each into a flag (`--exporter_prefactor_api_token`). Precedence: keyword argument >
+`OTEL_EXPORTER_PREFACTOR_X` > `PREFACTOR_X` > default. The alias wins because `opentelemetry-instrument` sets it
+from a command-line flag, and a flag typed for one run is expected to beat the environment it runs in. Both set to
+different values: one warning naming both variables (never the values). An error names the variable (or keyword)
+the value came from.
+
+`OPTIONS` is the one list of options: the exporter's and processor's keyword parameters, their docstrings and
+the `PrefactorConfig` field docs (generated in config_text.py) and the README's configuration table are checked
+against it (tests/test_options.py).
+
 Called from whichever thread builds the exporter (usually the main thread, once); no shared state, no locks.
 """
 
@@ -35,9 +47,12 @@ from typing import Any, TypeVar
 import httpx
 
 from prefactor_otel import ids
+from prefactor_otel._logging import logger
 
 DEFAULT_API_URL = "https://app.prefactorai.com"
 API_PREFIX = "/api/v1"
+NATIVE_PREFIX = "PREFACTOR_"
+ALIAS_PREFIX = "OTEL_EXPORTER_PREFACTOR_"
 
 T = TypeVar("T")
 
@@ -377,6 +392,28 @@ OPTIONS: dict[str, _Option] = {
 }
 
 
+def alias_of(env: str) -> str:
+    """`PREFACTOR_X` -> `OTEL_EXPORTER_PREFACTOR_X`: the name `opentelemetry-instrument` makes a flag of."""
+    return ALIAS_PREFIX + env[len(NATIVE_PREFIX) :]
+
+
+def read_env(environ: Mapping[str, str], env: str) -> tuple[str, str] | None:
+    """The non-blank value of `env` or its alias, with the name it was read from: the alias wins (module docstring).
+    Both set to different values: one warning naming both, never the values (one may be the token)."""
+    alias = alias_of(env)
+    native_raw = environ.get(env)
+    alias_raw = environ.get(alias)
+    native = native_raw if native_raw is not None and native_raw.strip() else None
+    aliased = alias_raw if alias_raw is not None and alias_raw.strip() else None
+    if aliased is not None:
+        if native is not None and native.strip() != aliased.strip():
+            logger.warning("Prefactor: %s and %s are both set, to different values; %s is used", alias, env, alias)
+        return alias, aliased
+    if native is not None:
+        return env, native
+    return None
+
+
 @dataclass(frozen=True)
 class PrefactorConfig:
     api_url: str = DEFAULT_API_URL
@@ -422,17 +459,28 @@ class PrefactorConfig:
         if unknown:
             raise ConfigError(f"unknown Prefactor option(s): {', '.join(sorted(unknown))}")
         values: dict[str, Any] = {}
+        source: dict[str, str] = {}  # the variable (or keyword) each value came from, for errors
         for name, option in OPTIONS.items():
             if name in overrides and overrides[name] is not None:
                 raw = overrides[name]
                 values[name] = cls._from_keyword(name, option, raw)
+                source[option.env] = name
             else:
-                raw_env = env.get(option.env)
-                if raw_env is not None and raw_env.strip() != "":
-                    values[name] = option.parse(option.env, raw_env)
+                found = read_env(env, option.env)
+                if found is not None:
+                    source[option.env] = found[0]
+                    values[name] = option.parse(*found)
         if "api_token" in values and not isinstance(values["api_token"], Secret):
             values["api_token"] = Secret(values["api_token"])
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            # __post_init__ names the PREFACTOR_* variable; say the one the user actually set.
+            message = str(exc)
+            for env_name, used in source.items():
+                if used != env_name and message.startswith(env_name + ":"):
+                    raise ConfigError(used + message[len(env_name) :]) from None
+            raise
 
     def __post_init__(self) -> None:
         # Here rather than in load(): a config built directly, or changed with replace(), is checked the same way.
@@ -479,6 +527,16 @@ class PrefactorConfig:
 
     def replace(self, **changes: Any) -> PrefactorConfig:
         return dataclasses.replace(self, **changes)
+
+    def destination(self, spool_directory: str | None = None) -> str:
+        """The one line saying where spans go, token masked (the exporter says it once at start). The exporter
+        passes the spool directory it opened (None: the spool is off, or could not be opened)."""
+        agent = self.agent_id or "from the deployment token"
+        spool = spool_directory or ("unavailable" if self.spool else "off")
+        return (
+            f"prefactor-otel: spans go to {self.api_base} for agent {agent} "
+            f"(environment {self.environment_id or 'from the token'}, live spans {self.live_spans}, spool {spool})"
+        )
 
     def describe(self) -> str:
         """One line for the startup log: endpoint and settings, token masked."""

@@ -34,7 +34,7 @@ import threading
 import time
 import weakref
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from prefactor_otel import __version__, ids, lifecycle
-from prefactor_otel._logging import RateLimitedLog, logger
+from prefactor_otel._logging import RateLimitedLog, announce, logger
+from prefactor_otel._logging import configure_level as configure_log_level
 from prefactor_otel.api_check import CheckResult, check_exporter
-from prefactor_otel.config import ConfigError, PrefactorConfig
+from prefactor_otel.config import OPTIONS, ConfigError, PrefactorConfig, Secret
+from prefactor_otel.config_text import given_settings, with_option_docs
 from prefactor_otel.control import TERMINATIONS
 from prefactor_otel.control_poll import InstancePoller
 from prefactor_otel.delivery import Delivery
@@ -77,9 +79,8 @@ def _trace_id(span: ReadableSpan) -> int | None:
 class PrefactorSpanExporter(BackgroundWork, SpanExporter):
     """Exports OTel spans to Prefactor: one agent instance per trace, one agent span per span, in bulk.
 
-    Keyword arguments are the PrefactorConfig options (`api_url`, `api_token`, `agent_id`, ...) and override
-    the PREFACTOR_* environment variables. `config=` passes a ready PrefactorConfig; `http_client=` an httpx
-    client to use instead of the exporter's own.
+    Every option is a keyword argument (see `__init__`, or `help(PrefactorConfig)`); each overrides its
+    environment variable. Built with no argument (as `opentelemetry-instrument` does), it reads the environment.
     """
 
     def __init__(
@@ -88,8 +89,49 @@ class PrefactorSpanExporter(BackgroundWork, SpanExporter):
         config: PrefactorConfig | None = None,
         http_client: httpx.Client | None = None,
         environ: Mapping[str, str] | None = None,
-        **options: Any,
+        api_url: str | None = None,
+        api_token: str | Secret | None = None,
+        agent_id: str | None = None,
+        environment_id: str | None = None,
+        agent_name: str | None = None,
+        agent_identifier: str | None = None,
+        purpose: str | None = None,
+        enabled: bool | None = None,
+        span_filter: str | None = None,
+        live_spans: str | None = None,
+        allow_insecure: bool | None = None,
+        tls_verify: bool | None = None,
+        ca_bundle: str | None = None,
+        spool: bool | None = None,
+        spool_dir: str | None = None,
+        spool_max_bytes: int | None = None,
+        spool_retention_seconds: float | None = None,
+        shutdown_timeout: float | None = None,
+        export_timeout: float | None = None,
+        max_items_per_request: int | None = None,
+        max_request_bytes: int | None = None,
+        max_waiting_spans: int | None = None,
+        max_queued_spans: int | None = None,
+        max_wait_seconds: float | None = None,
+        finish_grace_seconds: float | None = None,
+        control_poll_interval: float | None = None,
+        capture_inputs: bool | None = None,
+        capture_outputs: bool | None = None,
+        max_input_length: int | None = None,
+        max_output_length: int | None = None,
+        redact_defaults: bool | None = None,
+        redact_patterns: Sequence[str] | str | None = None,
+        redact_keys: Sequence[str] | str | None = None,
+        redact_callback: str | Callable[[str, str], str] | None = None,
     ) -> None:
+        """Build the exporter. It never raises for a bad value: one error naming it, and the exporter sends
+        nothing (`repr` shows what was set and the error). A misspelt keyword is a TypeError, as for any call.
+
+        `config`: a ready PrefactorConfig (the other options are then ignored); `http_client`: an httpx client to
+        use instead of the exporter's own; `environ`: the mapping read instead of `os.environ`. Every other
+        keyword is an option; None (the default) means its environment variable, else its default.
+        """
+        options = {name: value for name, value in locals().items() if name in OPTIONS}
         self._disabled_reason: str | None = None
         self._shutdown = False
         self._closing = False
@@ -105,14 +147,20 @@ class PrefactorSpanExporter(BackgroundWork, SpanExporter):
         self._backlog: Backlog | None = None
         self._pipeline: Pipeline | None = None
         self._poller: InstancePoller | None = None
+        self._config_error: str | None = None
+        self._given_settings = ""
+        configure_log_level(environ)
         try:
             self._config = config if config is not None else PrefactorConfig.load(environ, **options)
             self._mapping_options = MappingOptions.from_config(self._config)
         except ConfigError as exc:
             # e.g. a redaction callback that cannot be imported: fail closed, send nothing unredacted
             logger.error("Prefactor exporter disabled: invalid configuration: %s", exc)
+            self._config_error = str(exc)
             if not hasattr(self, "_config"):
                 self._config = PrefactorConfig(enabled=False)
+                # repr must show what the user set, not the defaults of this stand-in
+                self._given_settings = given_settings(environ, options)
             self._disabled_reason = "invalid configuration"
             return
         if not self._config.enabled:
@@ -146,7 +194,8 @@ class PrefactorSpanExporter(BackgroundWork, SpanExporter):
         self._pipeline = self._new_pipeline({})
         if self._backlog is not None:
             self._pipeline.add(self._backlog.take_records(self._config.max_queued_spans))
-        logger.info("Prefactor exporter ready: %s", self._config.describe())
+        announce(self._config.destination(str(self._backlog.spool.directory) if self._backlog is not None else None))
+        logger.debug("Prefactor exporter ready: %s", self._config.describe())
         try:
             register_metrics(self.stats, __version__)
         except Exception:  # self-metrics are a convenience: never a reason to fail
@@ -220,7 +269,14 @@ class PrefactorSpanExporter(BackgroundWork, SpanExporter):
         )
 
     def __repr__(self) -> str:
-        return f"PrefactorSpanExporter({self._config.describe()}, disabled={self._disabled_reason!r})"
+        if self._config_error is not None and self._given_settings:
+            # The config in use is a disabled stand-in: show what was set and why it was refused instead.
+            return (
+                f"PrefactorSpanExporter(set: {self._given_settings}, disabled='invalid configuration', "
+                f"error={self._config_error!r})"
+            )
+        error = f", error={self._config_error!r}" if self._config_error is not None else ""
+        return f"PrefactorSpanExporter({self._config.describe()}, disabled={self._disabled_reason!r}{error})"
 
     def run_id(self, trace_id: int | None = None) -> str | None:
         """The Prefactor run (agent instance id) of a trace open here: by default the trace of the span current in
@@ -489,3 +545,7 @@ class PrefactorSpanExporter(BackgroundWork, SpanExporter):
         (default: PREFACTOR_EXPORT_TIMEOUT). Never raises: a CheckResult, false when there is a problem."""
         not_sending = "it is shut down" if self._shutdown else self._disabled_reason
         return check_exporter(self._config, self._transport, not_sending, timeout)
+
+
+# The options' documentation, generated from OPTIONS so it cannot drift (help(PrefactorSpanExporter) shows it).
+PrefactorSpanExporter.__init__.__doc__ = with_option_docs(PrefactorSpanExporter.__init__.__doc__)

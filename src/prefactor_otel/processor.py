@@ -17,24 +17,25 @@ SPANS): a start beyond it is counted (`starts_dropped`) and that span is exporte
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 from weakref import ref as _weak
 
+import httpx
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from prefactor_otel.api_check import CheckResult
+from prefactor_otel.config import OPTIONS, PrefactorConfig, Secret
+from prefactor_otel.config_text import with_option_docs
 from prefactor_otel.exporter import PrefactorSpanExporter
+
+# The exporter's keyword parameters that are not options (OPTIONS): passed through as they are.
+EXPORTER_ONLY = ("config", "http_client", "environ")
 
 
 class PrefactorSpanProcessor(SpanProcessor):
-    """Batches ended spans to a PrefactorSpanExporter, as BatchSpanProcessor does, and sees span starts.
-
-    `exporter`: the exporter to feed (default: one built from `exporter_options` and the PREFACTOR_* environment).
-    `max_queue_size`, `schedule_delay_millis`, `max_export_batch_size`, `export_timeout_millis`: as for
-    BatchSpanProcessor (default: the `OTEL_BSP_*` environment variables, then the SDK's defaults).
-    """
+    """Batches ended spans to a PrefactorSpanExporter, as BatchSpanProcessor does, and sees span starts."""
 
     def __init__(
         self,
@@ -44,8 +45,62 @@ class PrefactorSpanProcessor(SpanProcessor):
         schedule_delay_millis: float | None = None,
         max_export_batch_size: int | None = None,
         export_timeout_millis: float | None = None,
-        **exporter_options: Any,
+        config: PrefactorConfig | None = None,
+        http_client: httpx.Client | None = None,
+        environ: Mapping[str, str] | None = None,
+        api_url: str | None = None,
+        api_token: str | Secret | None = None,
+        agent_id: str | None = None,
+        environment_id: str | None = None,
+        agent_name: str | None = None,
+        agent_identifier: str | None = None,
+        purpose: str | None = None,
+        enabled: bool | None = None,
+        span_filter: str | None = None,
+        live_spans: str | None = None,
+        allow_insecure: bool | None = None,
+        tls_verify: bool | None = None,
+        ca_bundle: str | None = None,
+        spool: bool | None = None,
+        spool_dir: str | None = None,
+        spool_max_bytes: int | None = None,
+        spool_retention_seconds: float | None = None,
+        shutdown_timeout: float | None = None,
+        export_timeout: float | None = None,
+        max_items_per_request: int | None = None,
+        max_request_bytes: int | None = None,
+        max_waiting_spans: int | None = None,
+        max_queued_spans: int | None = None,
+        max_wait_seconds: float | None = None,
+        finish_grace_seconds: float | None = None,
+        control_poll_interval: float | None = None,
+        capture_inputs: bool | None = None,
+        capture_outputs: bool | None = None,
+        max_input_length: int | None = None,
+        max_output_length: int | None = None,
+        redact_defaults: bool | None = None,
+        redact_patterns: Sequence[str] | str | None = None,
+        redact_keys: Sequence[str] | str | None = None,
+        redact_callback: str | Callable[[str, str], str] | None = None,
     ) -> None:
+        """`exporter`: the exporter to feed (default: one built from the other keywords, as
+        `PrefactorSpanExporter(...)` takes them, and the environment). Passing both an exporter and exporter
+        options is a TypeError: the options would be ignored.
+
+        `max_queue_size`, `schedule_delay_millis`, `max_export_batch_size`, `export_timeout_millis`: as for
+        BatchSpanProcessor (default: the `OTEL_BSP_*` environment variables, then the SDK's defaults).
+        `config`, `http_client`, `environ`: as for PrefactorSpanExporter.
+        """
+        exporter_options = {
+            name: value
+            for name, value in locals().items()
+            if (name in OPTIONS or name in EXPORTER_ONLY) and value is not None
+        }
+        if exporter is not None and exporter_options:
+            raise TypeError(
+                f"PrefactorSpanProcessor: pass options to the exporter you give, not beside it: "
+                f"{', '.join(sorted(exporter_options))}"
+            )
         self.exporter = exporter if exporter is not None else PrefactorSpanExporter(**exporter_options)
         self._batch = BatchSpanProcessor(
             self.exporter,
@@ -89,3 +144,6 @@ class PrefactorSpanProcessor(SpanProcessor):
     def check(self, timeout: float | None = None) -> CheckResult:
         """The exporter's `check()`: can it reach Prefactor with its settings? Never raises."""
         return self.exporter.check(timeout)
+
+
+PrefactorSpanProcessor.__init__.__doc__ = with_option_docs(PrefactorSpanProcessor.__init__.__doc__)
