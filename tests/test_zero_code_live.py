@@ -240,3 +240,22 @@ def test_a_terminated_run_stops_the_agent_loop_and_gets_no_more_spans(
     assert len(srv.spans(run_id)) == spans_when_told
     (run,) = srv.instances()
     assert run["status"] == "terminated" and run["termination_reason"] == "budget exceeded"
+
+
+def test_what_opentelemetry_instrument_loads_on_every_run_does_not_import_the_exporter() -> None:
+    """`opentelemetry-instrument` loads our distro, configurator and environment-variable module on every run,
+    whichever exporter it sets up: none of them may pull in the exporter, httpx or pydantic (~0.2 s per run)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, prefactor_otel.zerocode, prefactor_otel.environment_variables\n"
+        "from importlib.metadata import entry_points\n"
+        "for group in ('opentelemetry_distro', 'opentelemetry_configurator', 'opentelemetry_environment_variables'):\n"
+        "    [ep.load() for ep in entry_points(group=group, name='prefactor')]\n"
+        "print(sorted(m for m in ('prefactor_otel.exporter', 'httpx', 'pydantic') if m in sys.modules))\n"
+        "import prefactor_otel\n"
+        "print(prefactor_otel.PrefactorSpanExporter.__name__, prefactor_otel.is_terminated())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.splitlines() == ["[]", "PrefactorSpanExporter False"]

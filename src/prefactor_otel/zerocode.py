@@ -38,9 +38,6 @@ from opentelemetry.sdk import _configuration as sdk_configuration
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from prefactor_otel.exporter import PrefactorSpanExporter
-from prefactor_otel.processor import PrefactorSpanProcessor
-
 ENTRY_POINT_NAME = "prefactor"  # our name in opentelemetry_traces_exporter, _distro and _configurator
 
 _logger = logging.getLogger(__name__)
@@ -64,6 +61,11 @@ def next_other(group: str, ours: type) -> EntryPoint | None:
 
 def export_span_processor(span_exporter: SpanExporter) -> SpanProcessor:
     """The processor the configurator puts each traces exporter in: ours for ours, the SDK's default otherwise."""
+    # Imported here: this module is loaded by every `opentelemetry-instrument` run, also those without our exporter
+    # (the exporter's import costs ~0.2 s); a run that built our exporter has imported it already.
+    from prefactor_otel.exporter import PrefactorSpanExporter
+    from prefactor_otel.processor import PrefactorSpanProcessor
+
     if isinstance(span_exporter, PrefactorSpanExporter):
         return PrefactorSpanProcessor(span_exporter)
     return BatchSpanProcessor(span_exporter)
