@@ -1,32 +1,33 @@
 """`DevServer`: the store behind real HTTP on 127.0.0.1, with auth, limits and fault injection.
 
 One `ThreadingHTTPServer` per `DevServer`, each with its own store, faults and request log, so any number of
-them can run side by side in one test process.
+them can run side by side in one test process. Threads: one serving thread accepts, one thread per request runs
+`_Handler`; the store takes its own RLock, the request log and the fault byte count each have a lock of their own.
+The handler's body reading is `BodyReader` (request_body.py), its hand-written fault answers `HostileAnswers`
+(hostile.py); `prefactor-otel serve`, the foreground server, is serve.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
-import http
 import json
 import logging
 import secrets
 import selectors
-import signal
 import socket
 import sys
 import threading
 import time
-import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
-from typing import Any, NamedTuple, TextIO
+from http.server import ThreadingHTTPServer
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from prefactor_otel import ids
 from prefactor_otel.devserver import store as st
 from prefactor_otel.devserver.faults import Fault, FaultSet
+from prefactor_otel.devserver.hostile import HostileAnswers
+from prefactor_otel.devserver.request_body import CONNECTION_ERRORS, BadRequest, BodyReader, BodyTooLarge
 from prefactor_otel.devserver.store import ApiError, JsonDict, Store, error_body
 from prefactor_otel.devserver.timefmt import now_us
 
@@ -36,9 +37,6 @@ DEFAULT_TOKEN = "pf_test_token"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_PORT = 8787  # what `prefactor-otel serve` uses too
 API = "/api/v1"
-# Above this, a too-large body is not even drained: the connection is just closed after the 413.
-_DRAIN_LIMIT = 256 * 1024 * 1024
-_CONNECTION_ERRORS = (ConnectionError, TimeoutError, OSError)
 _DEFAULT_FAULT_CODES = {
     400: "bad_request",
     401: "bad_authtoken",
@@ -58,17 +56,6 @@ class RequestLog(NamedTuple):
     status: int
     request_bytes: int
     item_count: int | None
-
-
-class _BodyTooLarge(Exception):
-    def __init__(self, size: int | None, drained: bool) -> None:
-        super().__init__("body too large")
-        self.size = size
-        self.drained = drained
-
-
-class _BadRequest(Exception):
-    pass
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -117,7 +104,7 @@ class _HTTPServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client hanging up mid-request is normal for a test server: no traceback on stderr.
         exc = sys.exc_info()[1]
-        if isinstance(exc, _CONNECTION_ERRORS):
+        if isinstance(exc, CONNECTION_ERRORS):
             return
         logger.debug("dev server: error while handling a request", exc_info=True)
 
@@ -129,14 +116,12 @@ class _HTTPServer(ThreadingHTTPServer):
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BodyReader, HostileAnswers):
     protocol_version = "HTTP/1.1"  # keep-alive: the exporter's connection pool is part of what we test
     server_version = "prefactor-otel-devserver"
     sys_version = ""
     timeout = 120
     server: _HTTPServer
-    _trickle_rate: float | None = None  # bytes/s of the current request's answer, from a trickle fault
-    _trickle_head = True  # whether the status line and headers are trickled too
 
     def setup(self) -> None:
         super().setup()
@@ -149,13 +134,13 @@ class _Handler(BaseHTTPRequestHandler):
     def finish(self) -> None:
         with self.server.connections_lock:
             self.server.connections.discard(self.connection)
-        with contextlib.suppress(_CONNECTION_ERRORS):
+        with contextlib.suppress(CONNECTION_ERRORS):
             super().finish()
 
     def handle_one_request(self) -> None:
         try:
             super().handle_one_request()
-        except _CONNECTION_ERRORS:
+        except CONNECTION_ERRORS:
             self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -177,77 +162,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch()
 
-    # ------------------------------------------------------------------ plumbing
-
-    def _read_body(self, limit: int) -> bytes:
-        encoding = (self.headers.get("Transfer-Encoding") or "").lower()
-        if encoding == "chunked":
-            return self._read_chunked(limit)
-        if encoding:
-            raise _BadRequest(f"unsupported Transfer-Encoding {encoding}")
-        length_header = self.headers.get("Content-Length")
-        if length_header is None:
-            return b""
-        try:
-            length = int(length_header)
-        except ValueError:
-            raise _BadRequest("invalid Content-Length") from None
-        if length < 0:
-            raise _BadRequest("invalid Content-Length")
-        if length > limit:
-            # Drain what the client is sending anyway, so it reads our 413 instead of a broken pipe.
-            if length > _DRAIN_LIMIT:
-                raise _BodyTooLarge(length, drained=False)
-            remaining = length
-            while remaining > 0:
-                chunk = self.rfile.read(min(remaining, 1 << 16))
-                if not chunk:
-                    raise ConnectionResetError("client closed while sending")
-                remaining -= len(chunk)
-            raise _BodyTooLarge(length, drained=True)
-        body = self.rfile.read(length)
-        if len(body) != length:
-            raise ConnectionResetError("client closed while sending")
-        return body
-
-    def _read_chunked(self, limit: int) -> bytes:
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            line = self.rfile.readline(1024)
-            if not line:
-                raise ConnectionResetError("client closed while sending")
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise _BadRequest("invalid chunked encoding") from None
-            if size == 0:
-                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return b"".join(parts)
-            total += size
-            if total > limit:
-                raise _BodyTooLarge(None, drained=False)
-            parts.append(self.rfile.read(size))
-            self.rfile.readline(1024)
-
-    def _decode(self, raw: bytes) -> bytes:
-        encoding = (self.headers.get("Content-Encoding") or "identity").lower()
-        limit = self.server.dev.max_body_bytes
-        if encoding == "identity":
-            return raw
-        if encoding not in ("gzip", "deflate"):
-            raise _BadRequest(f"unsupported Content-Encoding {encoding}")
-        try:
-            wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-            decompressor = zlib.decompressobj(wbits)
-            # Bounded: a small compressed body must not inflate past the limit (zip bomb).
-            out = decompressor.decompress(raw, limit + 1)
-        except zlib.error:
-            raise _BadRequest(f"body is not valid {encoding}") from None
-        if len(out) > limit:
-            raise _BodyTooLarge(None, drained=True)
-        return out
+    # ------------------------------------------------------------------ plumbing (body reading: BodyReader;
+    # trickled, endless and dropped answers: HostileAnswers)
 
     def _send(
         self,
@@ -275,91 +191,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
             self.end_headers()
             self.wfile.write(data)
-        except _CONNECTION_ERRORS:
+        except CONNECTION_ERRORS:
             self.close_connection = True
-
-    # ------------------------------------------------------------------ hostile answers (see Fault)
-
-    def _send_hostile(self, status: int, body: bytes | None, *, headers: tuple[tuple[str, str], ...] = ()) -> None:
-        """Write an answer by hand, at the fault's trickle rate if any; `body=None` is an endless chunked body."""
-        framing = ("Transfer-Encoding", "chunked") if body is None else ("Content-Length", str(len(body)))
-        try:
-            if not self._write_counted(self._hostile_head(status, (*headers, framing)), trickle=self._trickle_head):
-                return
-            if body is None:
-                chunk = b"%x\r\n%s\r\n" % (1 << 16, b" " * (1 << 16))
-                while self._write_counted(chunk):
-                    pass
-                return
-            for start in range(0, len(body), 1 << 16):
-                if not self._write_counted(body[start : start + (1 << 16)]):
-                    return
-        except _CONNECTION_ERRORS:
-            self.close_connection = True
-
-    def _send_filler(self, status: int, size: int) -> None:
-        """Content-Length `size`, filler written in pieces (a 1 GB answer must not cost the server 1 GB)."""
-        headers = (("Content-Type", "application/json"), ("Content-Length", str(size)))
-        piece = b" " * (1 << 16)
-        try:
-            if not self._write_counted(self._hostile_head(status, headers), trickle=self._trickle_head):
-                return
-            left = size
-            while left > 0 and self._write_counted(piece[: min(left, len(piece))]):
-                left -= min(left, len(piece))
-        except _CONNECTION_ERRORS:
-            self.close_connection = True
-
-    def _hostile_head(self, status: int, headers: tuple[tuple[str, str], ...]) -> bytes:
-        try:
-            phrase = http.HTTPStatus(status).phrase
-        except ValueError:
-            phrase = "Unknown"
-        lines = [f"HTTP/1.1 {status} {phrase}", f"Server: {self.server_version}", f"Date: {self.date_time_string()}"]
-        lines += [f"{name}: {value}" for name, value in headers]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-    def _write_counted(self, data: bytes, *, trickle: bool = True) -> bool:
-        """Write (trickled at the fault's rate if any) and count; False once the server is stopping."""
-        stopping = self.server.stopping
-        rate = self._trickle_rate
-        if rate is None or not trickle:
-            if stopping.is_set():
-                return False
-            self.wfile.write(data)
-            self.server.dev._count_fault_bytes(len(data))
-            return True
-        # Pieces of ~50 ms worth of bytes (at least one), each after its share of the time.
-        piece = max(1, int(rate * 0.05))
-        for start in range(0, len(data), piece):
-            part = data[start : start + piece]
-            if stopping.wait(len(part) / rate):
-                return False
-            self.wfile.write(part)
-            self.server.dev._count_fault_bytes(len(part))
-        return True
-
-    def _hold(self) -> None:
-        """A black hole: read nothing more, answer nothing, until the client hangs up or the server stops."""
-        self.close_connection = True
-        while not self.server.stopping.wait(0.1):
-            try:
-                self.connection.setblocking(False)
-                try:
-                    peeked = self.connection.recv(1, socket.MSG_PEEK)
-                finally:
-                    self.connection.setblocking(True)
-            except BlockingIOError:
-                continue
-            except _CONNECTION_ERRORS:
-                return
-            if not peeked:
-                return  # the client closed (with an unread body pending we cannot tell: the stop ends it)
-
-    def _drop(self) -> None:
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_RDWR)
 
     def _check_auth(self) -> ApiError | None:
         header = self.headers.get("Authorization")
@@ -396,13 +229,13 @@ class _Handler(BaseHTTPRequestHandler):
 
         try:
             raw = self._read_body(dev.max_body_bytes)
-        except _BodyTooLarge as exc:
+        except BodyTooLarge as exc:
             size = exc.size if exc.size is not None else dev.max_body_bytes + 1
             record(413, size)
             message = f"request body exceeds {dev.max_body_bytes} bytes; split it into smaller requests"
             self._send(413, error_body("bad_request", message), close=True)
             return
-        except _BadRequest as exc:
+        except BadRequest as exc:
             record(400, 0)
             self._send(400, error_body("bad_request", str(exc)), close=True)
             return
@@ -420,11 +253,11 @@ class _Handler(BaseHTTPRequestHandler):
             text = self._decode(raw)
             if text.strip():
                 parsed = json.loads(text, parse_constant=_reject_constant)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             record(413, size)
             self._send(413, error_body("bad_request", "decompressed body too large"), close=True)
             return
-        except _BadRequest as exc:
+        except BadRequest as exc:
             parse_error = str(exc)
         except (ValueError, UnicodeDecodeError):
             parse_error = "body is not valid JSON"
@@ -837,47 +670,3 @@ class DevServer:
 
     def snapshot(self) -> JsonDict:
         return self.store.snapshot()
-
-
-def serve(
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
-    token: str | None = None,
-    agent_id: str | None = None,
-    environment_id: str | None = None,
-    *,
-    out: TextIO | None = None,
-) -> int:
-    """Run a dev server in the foreground until Ctrl-C or SIGTERM; print how to point an exporter at it."""
-    stream = out or sys.stdout
-    chosen = token or "pf_dev_" + secrets.token_urlsafe(18)
-    server = DevServer(token=chosen, host=host, port=port, agent_id=agent_id, environment_id=environment_id)
-    server.start()
-    stop = threading.Event()
-    previous = None
-    in_main = threading.current_thread() is threading.main_thread()
-    if in_main:
-
-        def on_sigterm(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        lines = [
-            f"Prefactor dev server listening on {server.url}",
-            "Point an exporter at it with:",
-            *(f"  export {name}={value}" for name, value in server.env().items()),
-            "Press Ctrl-C to stop.",
-        ]
-        print("\n".join(lines), file=stream, flush=True)
-        while not stop.wait(0.2):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-        if in_main and previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    instances, spans = server.store.counts()
-    print(f"stopped: {instances} agent runs, {spans} spans received", file=stream, flush=True)
-    return 0
