@@ -19,8 +19,10 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from http.server import ThreadingHTTPServer
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from prefactor_otel import ids
@@ -28,6 +30,7 @@ from prefactor_otel.devserver import store as st
 from prefactor_otel.devserver.faults import Fault, FaultSet
 from prefactor_otel.devserver.hostile import HostileAnswers
 from prefactor_otel.devserver.request_body import CONNECTION_ERRORS, BadRequest, BodyReader, BodyTooLarge
+from prefactor_otel.devserver.request_log import RequestLog, describe
 from prefactor_otel.devserver.store import ApiError, JsonDict, Store, error_body
 from prefactor_otel.devserver.timefmt import now_us
 
@@ -46,16 +49,6 @@ _DEFAULT_FAULT_CODES = {
     413: "bad_request",
     422: "validation_errors",
 }
-
-
-class RequestLog(NamedTuple):
-    """One request the server answered. `status` 0 means the connection was dropped without a response."""
-
-    method: str
-    path: str
-    status: int
-    request_bytes: int
-    item_count: int | None
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -217,13 +210,20 @@ class _Handler(BodyReader, HostileAnswers):
             path = path.rstrip("/")
         query = dict(parse_qsl(split.query, keep_blank_values=True))
 
-        def record(status: int, size: int, items: int | None = None) -> None:
+        parsed: Any = {}
+
+        def record(
+            status: int, size: int, items: int | None = None, answer: JsonDict | None = None, injected: bool = False
+        ) -> None:
             # Logged before the response is written: a test that got its answer must see its request.
-            dev._log(RequestLog(method, path, status, size, items))
+            detail = None
+            if dev.on_request is not None:  # only a listener pays for the description
+                detail = "injected fault" if injected else describe(status, parsed, answer, path == f"{API}/bulk")
+            dev._log(RequestLog(method, path, status, size, items, detail))
 
         self._trickle_rate = None
         if not path.startswith("/_dev") and dev.faults.take(method, path, before_body=True) is not None:
-            record(0, 0)
+            record(0, 0, injected=True)
             self._hold()
             return
 
@@ -231,30 +231,29 @@ class _Handler(BodyReader, HostileAnswers):
             raw = self._read_body(dev.max_body_bytes)
         except BodyTooLarge as exc:
             size = exc.size if exc.size is not None else dev.max_body_bytes + 1
-            record(413, size)
             message = f"request body exceeds {dev.max_body_bytes} bytes; split it into smaller requests"
+            record(413, size, answer=error_body("bad_request", message))
             self._send(413, error_body("bad_request", message), close=True)
             return
         except BadRequest as exc:
-            record(400, 0)
+            record(400, 0, answer=error_body("bad_request", str(exc)))
             self._send(400, error_body("bad_request", str(exc)), close=True)
             return
 
         size = len(raw)
         auth_error = self._check_auth()
         if auth_error is not None:
-            record(401, size)
+            record(401, size, answer=auth_error.body())
             self._send(auth_error.status, auth_error.body(), headers=(("WWW-Authenticate", "Bearer"),))
             return
 
-        parsed: Any = {}
         parse_error: str | None = None
         try:
             text = self._decode(raw)
             if text.strip():
                 parsed = json.loads(text, parse_constant=_reject_constant)
         except BodyTooLarge:
-            record(413, size)
+            record(413, size, answer=error_body("bad_request", "decompressed body too large"))
             self._send(413, error_body("bad_request", "decompressed body too large"), close=True)
             return
         except BadRequest as exc:
@@ -275,7 +274,7 @@ class _Handler(BodyReader, HostileAnswers):
             if not fault.commit_then_fail:
                 if fault.endless_body or fault.body_bytes is not None:
                     status = fault.status or 200
-                    record(status, size, items)
+                    record(status, size, items, injected=True)
                     self.close_connection = True
                     if fault.body_bytes is None:
                         self._send_hostile(status, None, headers=(("Content-Type", "application/json"),))
@@ -283,12 +282,12 @@ class _Handler(BodyReader, HostileAnswers):
                         self._send_filler(status, fault.body_bytes)
                     return
                 if fault.drop_connection:
-                    record(0, size, items)
+                    record(0, size, items, injected=True)
                     self._drop()
                     return
                 if fault.redirect_to is not None:
                     status = fault.status or 307
-                    record(status, size, items)
+                    record(status, size, items, injected=True)
                     self._send(status, b"", headers=(("Location", fault.redirect_to),))
                     return
                 if fault.status is not None:
@@ -307,12 +306,12 @@ class _Handler(BodyReader, HostileAnswers):
         if fault is not None and fault.commit_then_fail:
             # The work above is committed; the client just never learns it.
             if fault.drop_connection:
-                record(0, size, items)
+                record(0, size, items, injected=True)
                 self._drop()
                 return
             self._send_fault(fault, record, size, items, default_status=500)
             return
-        record(status, size, items)
+        record(status, size, items, answer=body)
         self._send(status, body)
 
     def _send_fault(self, fault: Fault, record: Any, size: int, items: int | None, default_status: int = 500) -> None:
@@ -320,7 +319,7 @@ class _Handler(BodyReader, HostileAnswers):
         headers: tuple[tuple[str, str], ...] = ()
         if fault.retry_after is not None:
             headers = (("Retry-After", fault.retry_after),)
-        record(status, size, items)
+        record(status, size, items, injected=True)
         if fault.body is not None:
             self._send(status, fault.body.encode(), headers=headers, content_type=_guess_type(fault.body))
         else:
@@ -493,7 +492,17 @@ class DevServer:
         environment_id: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         bulk_actions: frozenset[str] | None = None,
+        store: Store | None = None,
+        on_request: Callable[[RequestLog], None] | None = None,
+        keep_requests: int | None = None,
     ) -> None:
+        """`store`: serve this store (e.g. one persist.load restored) instead of a new account; its ids win over
+        `agent_id`/`environment_id`/`partition`, which must then be None. `on_request`: called with each request's
+        entry as it is logged, with `detail` filled in (what `prefactor-otel serve` prints); without it no detail
+        is computed, so a test or benchmark server pays nothing. `keep_requests`: keep only the last N entries in
+        `requests` (a long-running server must not grow without bound); None keeps all."""
+        if store is not None and (agent_id, environment_id, partition, bulk_actions) != (None, None, None, None):
+            raise ValueError("a DevServer given a store takes its ids from it: no agent_id/environment_id/partition")
         if not isinstance(token, str) or not token.strip() or token != token.strip():
             raise ValueError("DevServer token must be a non-empty string without surrounding whitespace")
         if max_body_bytes < 1:
@@ -509,28 +518,32 @@ class DevServer:
             partitions.add(partition)
         if len(partitions) > 1:
             raise ValueError("agent_id, environment_id and partition must all name the same PFID partition")
-        self.partition: int = partitions.pop() if partitions else secrets.randbelow(ids.MAX_PARTITION + 1)
-        now_ms = now_us() // 1000
-        self.account_id = ids.encode(now_ms, self.partition, secrets.randbits(80))
-        self.agent_id = agent_id or ids.encode(now_ms, self.partition, secrets.randbits(80))
-        self.environment_id = environment_id or ids.encode(now_ms, self.partition, secrets.randbits(80))
-        self.agent_deployment_id = ids.encode(now_ms, self.partition, secrets.randbits(80))
+        if store is None:
+            self.partition: int = partitions.pop() if partitions else secrets.randbelow(ids.MAX_PARTITION + 1)
+            now_ms = now_us() // 1000
+            store = Store(
+                account_id=ids.encode(now_ms, self.partition, secrets.randbits(80)),
+                agent_id=agent_id or ids.encode(now_ms, self.partition, secrets.randbits(80)),
+                environment_id=environment_id or ids.encode(now_ms, self.partition, secrets.randbits(80)),
+                partition=self.partition,
+                bulk_actions=bulk_actions,
+                agent_deployment_id=ids.encode(now_ms, self.partition, secrets.randbits(80)),
+            )
+        self.store = store
+        self.partition = store.partition
+        self.account_id = store.account_id
+        self.agent_id = store.agent_id
+        self.environment_id = store.environment_id
+        self.agent_deployment_id = store.agent_deployment_id
         self.host = host
         self.max_body_bytes = max_body_bytes
         self._token = token
         self._port = port
-        self.store = Store(
-            account_id=self.account_id,
-            agent_id=self.agent_id,
-            environment_id=self.environment_id,
-            partition=self.partition,
-            bulk_actions=bulk_actions,
-            agent_deployment_id=self.agent_deployment_id,
-        )
+        self.on_request = on_request
         self.faults = FaultSet()
         self._fault_bytes = 0
         self._fault_bytes_lock = threading.Lock()
-        self._requests: list[RequestLog] = []
+        self._requests: deque[RequestLog] = deque(maxlen=keep_requests)
         self._requests_lock = threading.Lock()
         self._httpd: _HTTPServer | None = None
         self._bound = False
@@ -652,6 +665,8 @@ class DevServer:
     def _log(self, entry: RequestLog) -> None:
         with self._requests_lock:
             self._requests.append(entry)
+        if self.on_request is not None:
+            self.on_request(entry)
 
     @property
     def requests(self) -> list[RequestLog]:
