@@ -248,6 +248,18 @@ def test_a_new_token_given_explicitly_replaces_the_saved_one_and_is_announced(tm
     assert any("Token: changed by --token" in line for line in second.banner)
 
 
+def test_a_seed_agent_id_other_than_the_saved_one_is_refused(tmp_path, started):
+    from prefactor_otel import ids
+
+    first = started(tmp_path)
+    first.stop()
+    other = ids.encode(1_700_000_000_000, ids.extract_partition(first.agent_id), 7)
+    proc = _run_serve(tmp_path, "--agent-id", other)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"--agent-id {other} differs from the saved {first.agent_id}" in proc.stderr and "--reset" in proc.stderr
+    assert started(tmp_path, "--agent-id", first.agent_id).agent_id == first.agent_id  # the same one is fine
+
+
 @pytest.mark.parametrize(
     ("content", "why"),
     [

@@ -6,10 +6,12 @@ versions, runs, spans, idempotency keys (with the exact answer each one replays)
 a `Store` holding the same, or raises `StateFormatError` saying what is wrong. Writing the dict to disk (atomic,
 locked, periodic) is state_file.py's job; the store's action modules know nothing of either.
 
-Threads: `dump` takes the store's RLock (`_lock`) for the whole copy, so it sees one consistent state and may be
-called from a writer thread while request threads run; call `json.dumps` on its result while still holding the
-lock (`dumps_locked`), because the span and answer dicts it returns are shared with the live store (the store
-never mutates them in place, but the containers around them change). `load` builds a new store nobody else sees.
+Threads: `dump` takes the store's RLock (`_lock`) only for a shallow copy, so it sees one consistent state and
+request threads wait for microseconds per run, not for the encoding: every container the store changes in place
+(the dicts of runs, spans and keys, a run's counts, span ids and quality maps) is copied; the dicts inside them
+are shared, which is safe because the store never mutates those (a span change, a finish or a termination,
+builds a new `_Span` with a new `data` dict: the same rule that lets an idempotent answer share a span's dict,
+model.py). `as_text` then turns the copy into JSON text outside the lock. `load` builds a store nobody else sees.
 """
 
 from __future__ import annotations
@@ -35,10 +37,9 @@ class Loaded(NamedTuple):
     store: Store
 
 
-def dumps_locked(store: Store, token: str) -> str:
-    """`dump` encoded as JSON text, taken under the store's lock (see the module docstring)."""
-    with store._lock:
-        return json.dumps(dump(store, token), separators=(",", ":"), ensure_ascii=False)
+def as_text(dumped: JsonDict) -> str:
+    """`dump`'s dict as compact JSON text; call it without the store's lock (see the module docstring)."""
+    return json.dumps(dumped, separators=(",", ":"), ensure_ascii=False)
 
 
 def dump(store: Store, token: str) -> JsonDict:
@@ -60,13 +61,18 @@ def dump(store: Store, token: str) -> JsonDict:
             "agent_versions": [{"key": key, "data": data} for key, data in store._agent_versions.items()],
             "schema_versions": [{"key": key, "data": v.data} for key, v in store._schema_versions.items()],
             "instances": [_dump_instance(i, schema_ids[id(i.schema_version)]) for i in store._instances.values()],
-            "spans": [dataclasses.asdict(span) for span in store._spans.values()],
+            "spans": [_fields_of(span) for span in store._spans.values()],
             "idempotency_keys": [
                 {"key": key, "fingerprint": record.fingerprint.hex(), "status": record.status, "body": record.body}
                 for key, record in store._keys.items()
             ],
             "findings": list(store._findings),
         }
+
+
+def _fields_of(span: _Span) -> JsonDict:
+    # Not dataclasses.asdict: that deep-copies every payload, under the lock; the span's dicts are never mutated.
+    return {spec.name: getattr(span, spec.name) for spec in dataclasses.fields(_Span)}
 
 
 def _dump_instance(instance: _Instance, schema_version_id: str) -> JsonDict:
@@ -80,7 +86,7 @@ def _dump_instance(instance: _Instance, schema_version_id: str) -> JsonDict:
         elif isinstance(value, set):
             out[spec.name] = sorted(value)
         elif isinstance(value, (dict, list)):
-            out[spec.name] = type(value)(value)
+            out[spec.name] = type(value)(value)  # changed in place by the actions: copied while locked
         else:
             out[spec.name] = value
     return out

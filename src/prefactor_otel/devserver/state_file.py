@@ -7,11 +7,13 @@
   it cannot load: never a traceback, never a silent restart from nothing), and writes through a temporary file
   and `os.replace` with mode 0600 (the file holds the API token), so a crash leaves the old or the new file whole.
 - `StateWriter`: a thread that saves at most every `interval_s` while the store changed (`Store.revision`), and
-  once more on `stop()`: a SIGKILL loses at most the last interval.
+  once more on `stop()`: a SIGKILL loses at most the last interval. A large state (tens of MB) takes a while to
+  encode, and the encoder holds the GIL, slowing request threads meanwhile: the writer then waits four times as long
+  as its last save took, so saving never takes more than a fifth of the time (and a SIGKILL loses a little more).
 
 Threads: `StateWriter` runs its own thread; the first save may come from the caller's thread at `stop()` after
-that thread ended. Saves are serialised by the writer's lock; each takes the store's RLock while it encodes
-(persist.dumps_locked). `StateFile` itself is used by one thread at a time.
+that thread ended. Saves are serialised by the writer's lock; each takes the store's RLock while it copies the state
+(persist.dump) and encodes it after releasing it (persist.as_text). `StateFile` itself is used by one thread at a time.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -182,6 +185,7 @@ class StateWriter:
         self._interval_s = interval_s
         self._on_error = on_error
         self._saved_revision: int | None = None
+        self._last_save_s = 0.0
         self._save_lock = threading.Lock()
         self._failing = False
         self._stop = threading.Event()
@@ -194,11 +198,13 @@ class StateWriter:
     def save(self, *, force: bool = False) -> bool:
         """Write now if the store changed since the last save (or `force`); False if the write failed."""
         with self._save_lock:
+            started = time.monotonic()
             with self._store._lock:
                 revision = self._store.revision
                 if revision == self._saved_revision and not force:
                     return True
-                text = persist.dumps_locked(self._store, self._token)
+                dumped = persist.dump(self._store, self._token)
+            text = persist.as_text(dumped)  # outside the lock: request threads go on meanwhile
             try:
                 self._file.write_text(text)
             except OSError as exc:
@@ -211,10 +217,11 @@ class StateWriter:
                 self._on_error(f"state saved to {self._file.path} again")
             self._failing = False
             self._saved_revision = revision
+            self._last_save_s = time.monotonic() - started
             return True
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        while not self._stop.wait(max(self._interval_s, 4 * self._last_save_s)):
             self.save()
 
     def stop(self) -> bool:
