@@ -326,12 +326,14 @@ def test_the_request_log_shows_bulks_rejected_items_and_401s_without_the_token(t
     rejected = server.log_line("rejected agent_spans/create log-span-key-0001")
     assert rejected is not None and "invalid_value: schema_name is not registered" in rejected
 
+    server.snapshot()  # what `show --watch` does every second: a tool's read, not logged
     assert server.bulk(items, token="pf_wrong_secret_value").status_code == 401
     # Refused before the body is read: no item count.
     assert server.log_line("POST /api/v1/bulk -> 401 bad or missing token (bad_authtoken)")
     assert httpx.get(server.url + "/api/v1/ping").status_code == 401
     assert server.log_line("GET /api/v1/ping -> 401 bad or missing token (not_authenticated)")
     server.stop()
+    assert not [line for line in server.err_lines if "/_dev/" in line]
     printed = "\n".join(server.err_lines)
     assert "pf_secret_serve_token" not in printed and "pf_wrong_secret_value" not in printed
     assert "Bearer" not in printed and "Authorization" not in printed

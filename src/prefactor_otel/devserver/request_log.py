@@ -84,14 +84,23 @@ def format_request(entry: RequestLog, at: float | None = None) -> str:
     return line + ("\n" + rest if rest else "")
 
 
+def is_tool_read(entry: RequestLog) -> bool:
+    """A successful read by the local tools (`show`, `show --watch`, a page and its polling: GETs outside the API),
+    which would otherwise add a line every second to the log of what apps send."""
+    return entry.method == "GET" and entry.status == 200 and not entry.path.startswith("/api/")
+
+
 class RequestPrinter:
-    """A `DevServer(on_request=...)` listener printing each entry to `stream`, one write per entry."""
+    """A `DevServer(on_request=...)` listener printing each entry to `stream`, one write per entry; the local
+    tools' successful reads (`is_tool_read`) are left out."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._lock = threading.Lock()
 
     def __call__(self, entry: RequestLog) -> None:
+        if is_tool_read(entry):
+            return
         text = format_request(entry) + "\n"
         with self._lock:
             try:
