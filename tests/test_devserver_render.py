@@ -99,8 +99,8 @@ def _check_render_over_http(srv: DevServer) -> None:
     assert all(o["status"] == "success" for o in outputs.values()), outputs
     expected = "\n".join(
         [
-            f"agent run {instance_id}  complete  weather-bot@2.1  started 2024-05-01T10:00:00.000000Z"
-            "  4000 ms  4 spans",
+            f"agent run {instance_id}  complete  weather-bot@2.1  2024-05-01 10:00:00Z  4000 ms",
+            "  4 spans  0 errors",
             "├─ otel:agent  invoke_agent  complete  2500 ms",
             "│  ├─ otel:llm  chat gpt-4o  complete  1000 ms",
             "│  └─ otel:tool  get_weather  complete  12 ms",
@@ -128,15 +128,17 @@ def test_render_runs_marks_unknown_parents_and_survives_cycles() -> None:
     }
     text = render_runs(snapshot)
     lines = text.splitlines()
-    assert lines[0] == "agent run run-1  active  bot  started 2024-01-01T00:00:00.000Z  -  5 spans"
-    assert lines[1:6] == [
+    # Runs newest first: the spans of a run the snapshot does not list come first here (they are the newest).
+    assert lines[0] == "spans of an unknown agent run run-unknown" and "stray" in lines[2]
+    lines = lines[lines.index("agent run run-1  active  bot  2024-01-01 00:00:00Z  -") :]
+    assert lines[1] == "  5 spans  0 errors"
+    assert lines[2:7] == [
         "├─ otel:span  first  complete  250 ms",
         "├─ otel:span  second  active  -",
         "├─ otel:span  complete  0 ms  [orphan]",
         "└─ otel:span  loop-x  complete  -  [orphan]",
         "   └─ otel:span  loop-y  complete  -",
     ]
-    assert "spans of unknown agent runs  1 span" in text and "stray" in text
     assert render_runs(snapshot) == text  # deterministic
 
 
@@ -150,7 +152,7 @@ def test_render_runs_handles_deep_nesting() -> None:
         _span(f"s{i}", None, "2024-01-01T00:00:00.000Z", None, parent=f"s{i - 1}" if i else None) for i in range(depth)
     ]
     text = render_runs({"instances": [{"id": "run-1", "status": "active"}], "spans": spans})
-    assert len(text.splitlines()) == depth + 1
+    assert len(text.splitlines()) == depth + 2  # the header, the totals line, a line per span
 
 
 # --------------------------------------------------------------------------- serve() and the plugin

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from prefactor_otel.journal import AbandonedRun, RunJournal
+from prefactor_otel.journal import RunJournal
+from prefactor_otel.journal_adoption import AbandonedRun
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the journal needs fcntl")
 

@@ -80,3 +80,33 @@ def test_a_name_that_does_not_resolve_says_so() -> None:
     except httpx.ConnectError as exc:
         assert connection_error_cause(exc) == "name not resolved"
     assert connection_error_cause(httpx.ConnectError("something else")) == "ConnectError"
+
+
+def test_under_opentelemetry_instrument_a_refused_port_is_named_on_stderr(tmp_path: Path) -> None:
+    """The user's view: an unchanged app run by `opentelemetry-instrument` while nothing listens at the URL."""
+    import subprocess
+
+    from prefactor_otel.devserver import DevServer
+    from tests.instrumented import instrument_command, instrumented_env
+
+    port = closed_port()
+    app = tmp_path / "app.py"
+    app.write_text(
+        "from opentelemetry import trace\n"
+        "with trace.get_tracer('app').start_as_current_span('invoke_agent support'):\n"
+        "    pass\n"
+    )
+    with DevServer() as server:  # only for the environment's shape: the URL is then pointed at a closed port
+        env = instrumented_env(tmp_path, server, "without-opentelemetry-distro", OTEL_TRACES_EXPORTER="prefactor")
+    env.update(
+        PREFACTOR_API_URL=f"http://127.0.0.1:{port}",
+        PREFACTOR_API_TOKEN=TOKEN,
+        PREFACTOR_EXPORT_TIMEOUT="0.6",
+        PREFACTOR_SHUTDOWN_TIMEOUT="0.5",
+        PREFACTOR_SPOOL_DIR=str(tmp_path / "spool"),
+    )
+    done = subprocess.run(instrument_command(app), env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"cannot reach 127.0.0.1:{port}: connection refused" in done.stderr
+    assert "kept on disk and re-sent" in done.stderr
+    assert TOKEN not in done.stderr + done.stdout

@@ -21,50 +21,9 @@ def _demo(args: argparse.Namespace) -> int:
         from prefactor_otel.demo_loop import run_demo_loop
 
         return run_demo_loop(args.max_steps, args.interval)
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from prefactor_otel.demo import run_demo
 
-    from prefactor_otel import PrefactorSpanExporter
-    from prefactor_otel.demo_agent import run_agent
-    from prefactor_otel.devserver import DevServer, render_runs
-
-    server: DevServer | None = None
-    if os.environ.get("PREFACTOR_API_URL"):
-        exporter = PrefactorSpanExporter()
-        print(f"Exporting to {os.environ['PREFACTOR_API_URL']} (from PREFACTOR_API_URL)")
-    else:
-        server = DevServer(token=DEFAULT_DEV_TOKEN).start()
-        print(f"No PREFACTOR_API_URL set: started the embedded local Prefactor-compatible server at {server.url}")
-        exporter = PrefactorSpanExporter(
-            api_url=server.url,
-            api_token=server.token,
-            agent_id=server.agent_id,
-            environment_id=server.environment_id,
-            finish_grace_seconds=0,
-        )
-    if not exporter.enabled:
-        print(f"The exporter is disabled ({exporter.stats()['disabled_reason']}); nothing will be sent.")
-    try:
-        provider = TracerProvider(resource=Resource.create({"service.name": "weather-bot", "service.version": "0.1.0"}))
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-        tracer = provider.get_tracer("prefactor_otel.demo_agent", "0.1.0")
-        for question, city in (("What's the weather in Paris?", "Paris"), ("And on Mars?", "Mars")):
-            print(f"agent run: {question!r} -> {run_agent(tracer, question, city)!r}")
-        provider.shutdown()
-        stats = exporter.stats()
-        print(
-            f"exported {stats['spans_exported']} span(s) in {stats['requests']} request(s), "
-            f"dropped {stats['spans_dropped']}, instances finished {stats['instances_finished']}"
-        )
-        if server is not None:
-            print()
-            print(render_runs(server.snapshot()))
-        ok = stats["spans_dropped"] == 0 and stats["spans_queued"] == 0 and exporter.enabled
-        return 0 if ok else 1
-    finally:
-        if server is not None:
-            server.stop()
+    return run_demo()
 
 
 def _serve(args: argparse.Namespace) -> int:

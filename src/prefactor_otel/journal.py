@@ -23,16 +23,9 @@ is one `write()` (O_APPEND). When closed entries dominate (more than 4 lines per
 lines), the journal is rewritten with only the open runs: temporary file, fsync, lock, rename over.
 
 Ownership: the owner holds an exclusive `fcntl.flock` on its journal for its lifetime; the kernel drops the lock
-when the process dies however it dies. A journal whose lock can be taken is abandoned -- the lock, not the pid,
-says whether the owner is alive, so pid reuse cannot fool it. After taking the lock, the taker checks that the path
-still names the file it locked (the owner may have compacted or deleted it in between). The taker holds the lock
-while it makes the finishes durable, then `discard()`s the journal (or `release()`s it, untouched, when it could
-not); if the taker dies first, the lock is dropped again and a later process takes the same journal (finishing
-twice is harmless: a finish carries a deterministic idempotency key). At a clean shutdown, `close()` deletes the
-journal when no run is open; runs still open keep it (locked until the process exits, so a live sibling never
-finishes a run this process may still finish). Journals of ended processes with no open run are deleted by the next
-taker. Reading is bounded: at most `max_read_bytes` per journal, lines of at most 512 bytes; a journal cut at the
-bound is reported as truncated (logged, counted), never an exception.
+when the process dies however it dies, and a later process takes the journal over (journal_adoption.py). At a
+clean shutdown, `close()` deletes the journal when no run is open; runs still open keep it (locked until the
+process exits, so a live sibling never finishes a run this process may still finish).
 
 Durability: a process kill keeps the page cache, so a written line survives SIGKILL and OOM without fsync. A
 record that opens a run is fsynced (`sync_opens`, default on; the journal's creation fsyncs the directory too),
@@ -51,12 +44,11 @@ new pid first.
 Platforms without fcntl (Windows): the journal is disabled and says so once (INFO); runs of a killed process
 stay active there. A directory that cannot be written disables the journal with one warning. No method raises.
 
-Threads: `record()` is called by the exporter's sending thread; `take_abandoned()`, `discard()`, `release()` by
-whichever thread replays the spool; `close()` by the thread shutting down; `reset_after_fork()` by the child's
-fork hook. `self._lock` guards the descriptor, path, open set, line count and the set of taken journals; it is
-a leaf lock (nothing is called under it that takes another lock) and is replaced, not acquired, after a fork.
-Parsing a taken journal happens outside it.
-"""
+Threads: `record()` is called by the exporter's sending thread; `take_abandoned()`, `discard()`, `release()`
+(journal_adoption.py) by whichever thread replays the spool; `close()` by the thread shutting down;
+`reset_after_fork()` by the child's fork hook. `self._lock` guards the descriptor, path, open set, line count and
+the set of taken journals; it is a leaf lock (nothing is called under it that takes another lock) and is replaced,
+not acquired, after a fork. Parsing a taken journal happens outside it."""
 
 from __future__ import annotations
 
@@ -66,41 +58,24 @@ import os
 import re
 import secrets
 import threading
-import time
 import weakref
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 from prefactor_otel._logging import RateLimitedLog, logger
-from prefactor_otel.journal_file import (
-    FORMAT_VERSION,
-    HEADER,
-    MAX_NS,
-    OPEN_FLAGS,
-    fsync_directory,
-    lock_existing,
-    parse,
-    write_all,
-)
+from prefactor_otel.journal_adoption import AbandonedJournal, JournalAdoption
+from prefactor_otel.journal_file import HEADER, MAX_NS, OPEN_FLAGS, fsync_directory, write_all
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-_JOURNAL_RE = re.compile(r"^runs-(\d+)-[0-9a-f]{8}\.journal$")
-_TEMP_RE = re.compile(r"^\.runs-(\d+)-[0-9a-f]{8}\.journal\.tmp$")
 # Instance ids are PFIDs (32 base32 characters); anything id-like without spaces or line breaks is accepted.
 _ID_RE = re.compile(r"[0-9A-Za-z_.:-]{1,128}")
 _COMPACT_MIN_LINES = 4096
 _COMPACT_LINES_PER_OPEN_RUN = 4
-_TAKE_LIMIT = 8
-# A temporary journal lives for the few milliseconds of a creation or compaction; one older than this was left
-# by a process that died mid-write (the age keeps a taker from racing a creator between open and flock).
-_STALE_TEMP_S = 300.0
 _DEFAULT_MAX_READ_BYTES = 16 * 1024 * 1024
 
 
@@ -108,25 +83,7 @@ _DEFAULT_MAX_READ_BYTES = 16 * 1024 * 1024
 MAX_LIVE_SPANS = 10_000
 
 
-class AbandonedRun(NamedTuple):
-    instance_id: str
-    last_activity_ns: int
-    live_spans: tuple[tuple[str, int], ...] = ()  # (span id, start ns) of its spans left `active`
-
-
-@dataclass(slots=True, eq=False)
-class AbandonedJournal:
-    """A journal of a process that ended, locked by this process until `discard()` or `release()`."""
-
-    path: Path
-    runs: list[AbandonedRun]  # the runs still open, in order of first mention
-    malformed_lines: int  # lines skipped, a torn last line and a missing header included
-    truncated: bool  # the journal was longer than max_read_bytes: runs past the bound were not read
-    _fd: int | None = field(default=None, repr=False)
-    _owner_pid: int = field(default=0, repr=False)
-
-
-class RunJournal:
+class RunJournal(JournalAdoption):
     """The journal of this process's open runs, in `directory` (the spool directory)."""
 
     def __init__(
@@ -413,122 +370,3 @@ class RunJournal:
         self._live_of_run.clear()
         self._rewrite_needed = False
         self._pid = os.getpid()
-
-    # ------------------------------------------------------------------ runs of processes that ended
-
-    def take_abandoned(self, limit: int = _TAKE_LIMIT) -> list[AbandonedJournal]:
-        """Take (lock) up to `limit` journals of processes that ended and still list open runs. The caller makes
-        their finishes durable, then calls `discard()` (or `release()` to leave a journal for later). Journals
-        with no open run are deleted here. Never raises."""
-        if not self.enabled or limit <= 0:
-            return []
-        taken: list[AbandonedJournal] = []
-        try:
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._forget_parent_locked()
-                own = self._path.name if self._path is not None else None
-            names: list[str] = []
-            with os.scandir(self.directory) as entries:
-                for entry in entries:
-                    if _JOURNAL_RE.match(entry.name) and entry.name != own:
-                        names.append(entry.name)
-                    elif _TEMP_RE.match(entry.name) and entry.stat().st_mtime < time.time() - _STALE_TEMP_S:
-                        self._remove_stale_temp(Path(entry.path))
-            for name in sorted(names):
-                if len(taken) >= limit:
-                    break
-                journal = self._take(self.directory / name)
-                if journal is not None:
-                    taken.append(journal)
-        except Exception as exc:
-            self.counters["journal_errors"] += 1
-            self._log.log(logging.WARNING, "take", "Prefactor run journal: scan for abandoned runs failed (%r)", exc)
-        return taken
-
-    def _take(self, path: Path) -> AbandonedJournal | None:
-        fd = lock_existing(path)
-        if fd is None:
-            return None  # gone, alive, or not ours to read
-        keep = False
-        try:
-            parsed = parse(fd, self._max_read_bytes)
-            if parsed.version is not None and parsed.version != FORMAT_VERSION:
-                self.counters["journals_unknown_version"] += 1
-                return None  # written by another version of this package: it takes it
-            malformed = parsed.malformed + parsed.torn + (parsed.version is None)
-            self.counters["journal_lines_malformed"] += malformed
-            if parsed.truncated:
-                self.counters["journals_truncated"] += 1
-                logger.warning(
-                    "Prefactor run journal: %s is longer than %d bytes; runs past that point stay active",
-                    path.name,
-                    self._max_read_bytes,
-                )
-            if not parsed.runs:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-                self.counters["journals_removed_empty"] += 1
-                return None
-            spans_of: dict[str, list[tuple[str, int]]] = {}
-            for span_id, (instance_id, start_ns) in parsed.spans.items():
-                spans_of.setdefault(instance_id, []).append((span_id, start_ns))
-            runs = [
-                AbandonedRun(instance_id, ns, tuple(spans_of.get(instance_id, ())))
-                for instance_id, ns in parsed.runs.items()
-            ]
-            journal = AbandonedJournal(path, runs, malformed, parsed.truncated, fd, os.getpid())
-            with self._lock:
-                self._taken[fd] = journal
-            keep = True
-            self.counters["journals_taken"] += 1
-            self.counters["abandoned_runs_taken"] += len(runs)
-            logger.info(
-                "Prefactor run journal: %d run(s) left open by an ended process (%s)%s",
-                len(runs),
-                path.name,
-                f", {malformed} malformed line(s) skipped" if malformed else "",
-            )
-            return journal
-        finally:
-            if not keep:
-                os.close(fd)
-
-    def _remove_stale_temp(self, path: Path) -> None:
-        """A temporary journal whose lock can be taken belongs to a process that died while creating it."""
-        fd = lock_existing(path)
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            os.close(fd)
-
-    def discard(self, abandoned: AbandonedJournal) -> None:
-        """Delete a taken journal: its runs' finishes are durable now (delivered or in the spool)."""
-        self._end_take(abandoned, delete=True)
-
-    def release(self, abandoned: AbandonedJournal) -> None:
-        """Give a taken journal back untouched (its finishes could not be made durable): a later take retries."""
-        self._end_take(abandoned, delete=False)
-
-    def _end_take(self, abandoned: AbandonedJournal, *, delete: bool) -> None:
-        if abandoned._fd is None or abandoned._owner_pid != os.getpid():
-            return  # already ended, or taken by the parent before a fork: the parent's to end
-        try:
-            with self._lock:
-                if delete:
-                    with contextlib.suppress(OSError):
-                        os.unlink(abandoned.path)  # we hold its lock, so the path is still the file we read
-                    self.counters["journals_discarded"] += 1
-                self._release_locked(abandoned)
-        except Exception:
-            self.counters["journal_errors"] += 1
-            logger.warning("Prefactor run journal: ending a take failed", exc_info=True)
-
-    def _release_locked(self, abandoned: AbandonedJournal) -> None:
-        fd = abandoned._fd
-        if fd is None:
-            return
-        abandoned._fd = None
-        self._taken.pop(fd, None)
-        with contextlib.suppress(OSError):
-            os.close(fd)

@@ -12,15 +12,17 @@ answers (trickled, endless, huge, never) to exercise its wall-clock and size bou
         assert srv.spans()
         print(render_runs(srv.snapshot()))
 
-Dev-only endpoints (token-protected): `GET /_dev/snapshot`, `GET|POST|DELETE /_dev/faults`, `POST /_dev/terminate`
-(also `DevServer.terminate`), `GET|DELETE /_dev/findings` (also `DevServer.findings()`: what the server accepted as
-the real API would but a stricter server would refuse). How each answer was decided: docs/local-server.md.
+Dev-only endpoints (token-protected): `GET /_dev/snapshot`, `GET /_dev/runs` (the runs as views, runview.py),
+`GET|POST|DELETE /_dev/faults`, `POST /_dev/terminate` (also `DevServer.terminate`), `GET|DELETE /_dev/findings`
+(also `DevServer.findings()`: what the server accepted as the real API would but a stricter server would refuse).
+How each answer was decided: docs/local-server.md.
 """
 
 from __future__ import annotations
 
 from prefactor_otel.devserver.faults import Fault
 from prefactor_otel.devserver.render import render_live, render_runs
+from prefactor_otel.devserver.runview import run_views
 from prefactor_otel.devserver.serve import serve
 from prefactor_otel.devserver.server import DEFAULT_PORT, DEFAULT_TOKEN, DevServer, RequestLog
 from prefactor_otel.devserver.store import ApiError, Store
@@ -35,5 +37,6 @@ __all__ = [
     "Store",
     "render_live",
     "render_runs",
+    "run_views",
     "serve",
 ]
