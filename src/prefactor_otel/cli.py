@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 
@@ -26,9 +27,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from prefactor_otel.devserver import serve
+    from prefactor_otel.devserver.state_file import default_state_path
 
-    serve(args.host, args.port, args.token, agent_id=args.agent_id, environment_id=args.environment_id)
-    return 0
+    return serve(
+        args.host,
+        args.port,
+        args.token,
+        agent_id=args.agent_id,
+        environment_id=args.environment_id,
+        state_path=None if args.memory else (args.state or default_state_path()),
+        reset=args.reset,
+        request_log=None if args.quiet else sys.stderr,
+    )
 
 
 def _local_server(
@@ -136,6 +146,97 @@ def _package_version() -> str:
     return __version__
 
 
+# The help of serve/show/terminate shows every default, except where the default comes from a token: a real token
+# must never reach a terminal or a screenshot through --help, so those say where it comes from instead.
+_URL_HELP = "the local server's URL (default: from PREFACTOR_API_URL, else http://127.0.0.1:8787)"
+_TOKEN_HELP = f"the API token to send (default: from PREFACTOR_API_TOKEN, else {DEFAULT_DEV_TOKEN})"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps help at spaces only: a path or URL shown as a default stays whole (argparse breaks at hyphens)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from prefactor_otel.devserver.state_file import default_state_path
+
+    serve = sub.add_parser(
+        "serve",
+        formatter_class=_HelpFormatter,
+        help="run the local Prefactor-compatible API server (keeps its runs and ids across restarts)",
+        description="Run the local Prefactor-compatible API server in the foreground until Ctrl-C. Its state (token, "
+        "agent and environment ids, runs, spans, idempotency keys) is saved to a file and loaded at the next start, "
+        "so apps keep working across restarts; each request is logged to stderr.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument(
+        "--port", type=int, default=8787, help="port to listen on; 0 picks a free one (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--token",
+        default=None,
+        help="the API token clients must send; given, it replaces the saved one (default: the saved token, else from "
+        f"PREFACTOR_API_TOKEN, else {DEFAULT_DEV_TOKEN})",
+    )
+    serve.add_argument(
+        "--agent-id",
+        default=None,
+        help="seed this agent id for a new state; its partition becomes the account's (default: the saved one, "
+        "else a new id)",
+    )
+    serve.add_argument(
+        "--environment-id", default=None, help="seed this environment id (default: the saved one, else a new id)"
+    )
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument(
+        "--state",
+        metavar="PATH",
+        default=None,
+        help=f"the state file to load and keep saving (default: {default_state_path()}, from XDG_DATA_HOME or the "
+        "user data directory)",
+    )
+    where.add_argument("--memory", action="store_true", help="keep no state file: everything is lost when it stops")
+    serve.add_argument(
+        "--reset", action="store_true", help="discard the saved state and start over (new agent id, no runs)"
+    )
+    serve.add_argument("--quiet", action="store_true", help="do not log each request to stderr")
+    serve.set_defaults(func=_serve)
+
+
+def _add_show_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    show = sub.add_parser("show", help="print the agent runs a local server holds", formatter_class=_HelpFormatter)
+    show.add_argument("--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787", help=_URL_HELP)
+    show.add_argument("--token", default=os.environ.get("PREFACTOR_API_TOKEN") or DEFAULT_DEV_TOKEN, help=_TOKEN_HELP)
+    show.add_argument("--json", action="store_true", help="print the raw snapshot instead of trees")
+    show.add_argument("--watch", action="store_true", help="show live runs and in-flight spans until Ctrl-C")
+    show.add_argument(
+        "--interval", type=_positive_seconds, default=1.0, help="seconds between --watch frames (default: %(default)s)"
+    )
+    show.add_argument(
+        "--count", type=_positive_count, default=None, help="stop --watch after this many frames (default: never)"
+    )
+    show.set_defaults(func=_show)
+
+
+def _add_terminate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    terminate = sub.add_parser(
+        "terminate",
+        help="terminate an active run (its in-flight spans close; its span calls then carry control)",
+        formatter_class=_HelpFormatter,
+    )
+    terminate.add_argument("instance_id", help="the agent run's id")
+    terminate.add_argument("--reason", required=True, help="why (required by the API; shown with the run)")
+    terminate.add_argument(
+        "--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787", help=_URL_HELP
+    )
+    terminate.add_argument(
+        "--token", default=os.environ.get("PREFACTOR_API_TOKEN") or DEFAULT_DEV_TOKEN, help=_TOKEN_HELP
+    )
+    terminate.set_defaults(func=_terminate)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prefactor-otel", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
@@ -149,29 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--max-steps", type=_positive_count, default=600, help="with --loop: end after this many steps")
     demo.add_argument("--interval", type=_positive_seconds, default=1.0, help="with --loop: seconds per step")
     demo.set_defaults(func=_demo)
-    serve = sub.add_parser("serve", help="run the local Prefactor-compatible API server")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8787)
-    serve.add_argument("--token", default=os.environ.get("PREFACTOR_API_TOKEN") or DEFAULT_DEV_TOKEN)
-    serve.add_argument("--agent-id", default=None, help="seed this agent id (its partition becomes the account's)")
-    serve.add_argument("--environment-id", default=None)
-    serve.set_defaults(func=_serve)
-    show = sub.add_parser("show", help="print the agent runs a local server holds")
-    show.add_argument("--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787")
-    show.add_argument("--token", default=os.environ.get("PREFACTOR_API_TOKEN") or DEFAULT_DEV_TOKEN)
-    show.add_argument("--json", action="store_true", help="print the raw snapshot")
-    show.add_argument("--watch", action="store_true", help="show live runs and in-flight spans until Ctrl-C")
-    show.add_argument("--interval", type=_positive_seconds, default=1.0, help="seconds between --watch frames")
-    show.add_argument("--count", type=_positive_count, default=None, help="stop --watch after this many frames")
-    show.set_defaults(func=_show)
-    terminate = sub.add_parser(
-        "terminate", help="terminate an active run (its in-flight spans close; its span calls then carry control)"
-    )
-    terminate.add_argument("instance_id", help="the agent run's id")
-    terminate.add_argument("--reason", required=True, help="why (required by the API; shown with the run)")
-    terminate.add_argument("--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787")
-    terminate.add_argument("--token", default=os.environ.get("PREFACTOR_API_TOKEN") or DEFAULT_DEV_TOKEN)
-    terminate.set_defaults(func=_terminate)
+    _add_serve_parser(sub)
+    _add_show_parser(sub)
+    _add_terminate_parser(sub)
     doctor = sub.add_parser(
         "doctor",
         help="check configuration, what opentelemetry-instrument will do, and API access (sends no span); "

@@ -44,6 +44,7 @@ class Findings(StoreState):
         with self._lock:
             if len(self._findings) < MAX_FINDINGS:
                 self._findings.append(finding)
+                self.revision += 1
 
     def findings(self) -> list[JsonDict]:
         """Strict-mode findings so far, oldest first: what a stricter server would have refused (see the module
@@ -54,6 +55,7 @@ class Findings(StoreState):
     def clear_findings(self) -> None:
         with self._lock:
             self._findings.clear()
+            self.revision += 1
 
     def _check_schema(self, value: Any, schema: Any, what: str, **context: Any) -> None:
         problems = violations(value, schema)

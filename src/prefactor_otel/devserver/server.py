@@ -1,33 +1,37 @@
 """`DevServer`: the store behind real HTTP on 127.0.0.1, with auth, limits and fault injection.
 
 One `ThreadingHTTPServer` per `DevServer`, each with its own store, faults and request log, so any number of
-them can run side by side in one test process.
+them can run side by side in one test process. Threads: one serving thread accepts, one thread per request runs
+`_Handler`; the store takes its own RLock, the request log and the fault byte count each have a lock of their own.
+The handler's body reading is `BodyReader` (request_body.py), its hand-written fault answers `HostileAnswers`
+(hostile.py); `prefactor-otel serve`, the foreground server, is serve.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
-import http
 import json
 import logging
 import secrets
 import selectors
-import signal
 import socket
 import sys
 import threading
 import time
-import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
-from typing import Any, NamedTuple, TextIO
+from collections import deque
+from collections.abc import Callable
+from http.server import ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from prefactor_otel import ids
 from prefactor_otel.devserver import store as st
 from prefactor_otel.devserver import webpage
 from prefactor_otel.devserver.faults import Fault, FaultSet
+from prefactor_otel.devserver.hostile import HostileAnswers
+from prefactor_otel.devserver.request_body import CONNECTION_ERRORS, BadRequest, BodyReader, BodyTooLarge
+from prefactor_otel.devserver.request_log import RequestLog, describe
 from prefactor_otel.devserver.store import ApiError, JsonDict, Store, error_body
 from prefactor_otel.devserver.timefmt import now_us
 
@@ -37,9 +41,6 @@ DEFAULT_TOKEN = "pf_test_token"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_PORT = 8787  # what `prefactor-otel serve` uses too
 API = "/api/v1"
-# Above this, a too-large body is not even drained: the connection is just closed after the 413.
-_DRAIN_LIMIT = 256 * 1024 * 1024
-_CONNECTION_ERRORS = (ConnectionError, TimeoutError, OSError)
 _DEFAULT_FAULT_CODES = {
     400: "bad_request",
     401: "bad_authtoken",
@@ -49,27 +50,6 @@ _DEFAULT_FAULT_CODES = {
     413: "bad_request",
     422: "validation_errors",
 }
-
-
-class RequestLog(NamedTuple):
-    """One request the server answered. `status` 0 means the connection was dropped without a response."""
-
-    method: str
-    path: str
-    status: int
-    request_bytes: int
-    item_count: int | None
-
-
-class _BodyTooLarge(Exception):
-    def __init__(self, size: int | None, drained: bool) -> None:
-        super().__init__("body too large")
-        self.size = size
-        self.drained = drained
-
-
-class _BadRequest(Exception):
-    pass
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -118,7 +98,7 @@ class _HTTPServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client hanging up mid-request is normal for a test server: no traceback on stderr.
         exc = sys.exc_info()[1]
-        if isinstance(exc, _CONNECTION_ERRORS):
+        if isinstance(exc, CONNECTION_ERRORS):
             return
         logger.debug("dev server: error while handling a request", exc_info=True)
 
@@ -130,14 +110,12 @@ class _HTTPServer(ThreadingHTTPServer):
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BodyReader, HostileAnswers):
     protocol_version = "HTTP/1.1"  # keep-alive: the exporter's connection pool is part of what we test
     server_version = "prefactor-otel-devserver"
     sys_version = ""
     timeout = 120
     server: _HTTPServer
-    _trickle_rate: float | None = None  # bytes/s of the current request's answer, from a trickle fault
-    _trickle_head = True  # whether the status line and headers are trickled too
 
     def setup(self) -> None:
         super().setup()
@@ -150,13 +128,13 @@ class _Handler(BaseHTTPRequestHandler):
     def finish(self) -> None:
         with self.server.connections_lock:
             self.server.connections.discard(self.connection)
-        with contextlib.suppress(_CONNECTION_ERRORS):
+        with contextlib.suppress(CONNECTION_ERRORS):
             super().finish()
 
     def handle_one_request(self) -> None:
         try:
             super().handle_one_request()
-        except _CONNECTION_ERRORS:
+        except CONNECTION_ERRORS:
             self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -178,77 +156,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch()
 
-    # ------------------------------------------------------------------ plumbing
-
-    def _read_body(self, limit: int) -> bytes:
-        encoding = (self.headers.get("Transfer-Encoding") or "").lower()
-        if encoding == "chunked":
-            return self._read_chunked(limit)
-        if encoding:
-            raise _BadRequest(f"unsupported Transfer-Encoding {encoding}")
-        length_header = self.headers.get("Content-Length")
-        if length_header is None:
-            return b""
-        try:
-            length = int(length_header)
-        except ValueError:
-            raise _BadRequest("invalid Content-Length") from None
-        if length < 0:
-            raise _BadRequest("invalid Content-Length")
-        if length > limit:
-            # Drain what the client is sending anyway, so it reads our 413 instead of a broken pipe.
-            if length > _DRAIN_LIMIT:
-                raise _BodyTooLarge(length, drained=False)
-            remaining = length
-            while remaining > 0:
-                chunk = self.rfile.read(min(remaining, 1 << 16))
-                if not chunk:
-                    raise ConnectionResetError("client closed while sending")
-                remaining -= len(chunk)
-            raise _BodyTooLarge(length, drained=True)
-        body = self.rfile.read(length)
-        if len(body) != length:
-            raise ConnectionResetError("client closed while sending")
-        return body
-
-    def _read_chunked(self, limit: int) -> bytes:
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            line = self.rfile.readline(1024)
-            if not line:
-                raise ConnectionResetError("client closed while sending")
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise _BadRequest("invalid chunked encoding") from None
-            if size == 0:
-                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return b"".join(parts)
-            total += size
-            if total > limit:
-                raise _BodyTooLarge(None, drained=False)
-            parts.append(self.rfile.read(size))
-            self.rfile.readline(1024)
-
-    def _decode(self, raw: bytes) -> bytes:
-        encoding = (self.headers.get("Content-Encoding") or "identity").lower()
-        limit = self.server.dev.max_body_bytes
-        if encoding == "identity":
-            return raw
-        if encoding not in ("gzip", "deflate"):
-            raise _BadRequest(f"unsupported Content-Encoding {encoding}")
-        try:
-            wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-            decompressor = zlib.decompressobj(wbits)
-            # Bounded: a small compressed body must not inflate past the limit (zip bomb).
-            out = decompressor.decompress(raw, limit + 1)
-        except zlib.error:
-            raise _BadRequest(f"body is not valid {encoding}") from None
-        if len(out) > limit:
-            raise _BodyTooLarge(None, drained=True)
-        return out
+    # ------------------------------------------------------------------ plumbing (body reading: BodyReader;
+    # trickled, endless and dropped answers: HostileAnswers)
 
     def _send(
         self,
@@ -276,91 +185,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
             self.end_headers()
             self.wfile.write(data)
-        except _CONNECTION_ERRORS:
+        except CONNECTION_ERRORS:
             self.close_connection = True
-
-    # ------------------------------------------------------------------ hostile answers (see Fault)
-
-    def _send_hostile(self, status: int, body: bytes | None, *, headers: tuple[tuple[str, str], ...] = ()) -> None:
-        """Write an answer by hand, at the fault's trickle rate if any; `body=None` is an endless chunked body."""
-        framing = ("Transfer-Encoding", "chunked") if body is None else ("Content-Length", str(len(body)))
-        try:
-            if not self._write_counted(self._hostile_head(status, (*headers, framing)), trickle=self._trickle_head):
-                return
-            if body is None:
-                chunk = b"%x\r\n%s\r\n" % (1 << 16, b" " * (1 << 16))
-                while self._write_counted(chunk):
-                    pass
-                return
-            for start in range(0, len(body), 1 << 16):
-                if not self._write_counted(body[start : start + (1 << 16)]):
-                    return
-        except _CONNECTION_ERRORS:
-            self.close_connection = True
-
-    def _send_filler(self, status: int, size: int) -> None:
-        """Content-Length `size`, filler written in pieces (a 1 GB answer must not cost the server 1 GB)."""
-        headers = (("Content-Type", "application/json"), ("Content-Length", str(size)))
-        piece = b" " * (1 << 16)
-        try:
-            if not self._write_counted(self._hostile_head(status, headers), trickle=self._trickle_head):
-                return
-            left = size
-            while left > 0 and self._write_counted(piece[: min(left, len(piece))]):
-                left -= min(left, len(piece))
-        except _CONNECTION_ERRORS:
-            self.close_connection = True
-
-    def _hostile_head(self, status: int, headers: tuple[tuple[str, str], ...]) -> bytes:
-        try:
-            phrase = http.HTTPStatus(status).phrase
-        except ValueError:
-            phrase = "Unknown"
-        lines = [f"HTTP/1.1 {status} {phrase}", f"Server: {self.server_version}", f"Date: {self.date_time_string()}"]
-        lines += [f"{name}: {value}" for name, value in headers]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-    def _write_counted(self, data: bytes, *, trickle: bool = True) -> bool:
-        """Write (trickled at the fault's rate if any) and count; False once the server is stopping."""
-        stopping = self.server.stopping
-        rate = self._trickle_rate
-        if rate is None or not trickle:
-            if stopping.is_set():
-                return False
-            self.wfile.write(data)
-            self.server.dev._count_fault_bytes(len(data))
-            return True
-        # Pieces of ~50 ms worth of bytes (at least one), each after its share of the time.
-        piece = max(1, int(rate * 0.05))
-        for start in range(0, len(data), piece):
-            part = data[start : start + piece]
-            if stopping.wait(len(part) / rate):
-                return False
-            self.wfile.write(part)
-            self.server.dev._count_fault_bytes(len(part))
-        return True
-
-    def _hold(self) -> None:
-        """A black hole: read nothing more, answer nothing, until the client hangs up or the server stops."""
-        self.close_connection = True
-        while not self.server.stopping.wait(0.1):
-            try:
-                self.connection.setblocking(False)
-                try:
-                    peeked = self.connection.recv(1, socket.MSG_PEEK)
-                finally:
-                    self.connection.setblocking(True)
-            except BlockingIOError:
-                continue
-            except _CONNECTION_ERRORS:
-                return
-            if not peeked:
-                return  # the client closed (with an unread body pending we cannot tell: the stop ends it)
-
-    def _drop(self) -> None:
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_RDWR)
 
     def _check_auth(self) -> ApiError | None:
         header = self.headers.get("Authorization")
@@ -385,26 +211,33 @@ class _Handler(BaseHTTPRequestHandler):
             path = path.rstrip("/")
         query = dict(parse_qsl(split.query, keep_blank_values=True))
 
-        def record(status: int, size: int, items: int | None = None) -> None:
+        parsed: Any = {}
+
+        def record(
+            status: int, size: int, items: int | None = None, answer: JsonDict | None = None, injected: bool = False
+        ) -> None:
             # Logged before the response is written: a test that got its answer must see its request.
-            dev._log(RequestLog(method, path, status, size, items))
+            detail = None
+            if dev.on_request is not None:  # only a listener pays for the description
+                detail = "injected fault" if injected else describe(status, parsed, answer, path == f"{API}/bulk")
+            dev._log(RequestLog(method, path, status, size, items, detail))
 
         self._trickle_rate = None
         if not path.startswith("/_dev") and dev.faults.take(method, path, before_body=True) is not None:
-            record(0, 0)
+            record(0, 0, injected=True)
             self._hold()
             return
 
         try:
             raw = self._read_body(dev.max_body_bytes)
-        except _BodyTooLarge as exc:
+        except BodyTooLarge as exc:
             size = exc.size if exc.size is not None else dev.max_body_bytes + 1
-            record(413, size)
             message = f"request body exceeds {dev.max_body_bytes} bytes; split it into smaller requests"
+            record(413, size, answer=error_body("bad_request", message))
             self._send(413, error_body("bad_request", message), close=True)
             return
-        except _BadRequest as exc:
-            record(400, 0)
+        except BadRequest as exc:
+            record(400, 0, answer=error_body("bad_request", str(exc)))
             self._send(400, error_body("bad_request", str(exc)), close=True)
             return
 
@@ -414,21 +247,20 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(page.status, page.body, headers=page.headers, content_type=page.content_type)
         auth_error = self._check_auth()
         if auth_error is not None:
-            record(401, size)
+            record(401, size, answer=auth_error.body())
             self._send(auth_error.status, auth_error.body(), headers=(("WWW-Authenticate", "Bearer"),))
             return
 
-        parsed: Any = {}
         parse_error: str | None = None
         try:
             text = self._decode(raw)
             if text.strip():
                 parsed = json.loads(text, parse_constant=_reject_constant)
-        except _BodyTooLarge:
-            record(413, size)
+        except BodyTooLarge:
+            record(413, size, answer=error_body("bad_request", "decompressed body too large"))
             self._send(413, error_body("bad_request", "decompressed body too large"), close=True)
             return
-        except _BadRequest as exc:
+        except BadRequest as exc:
             parse_error = str(exc)
         except (ValueError, UnicodeDecodeError):
             parse_error = "body is not valid JSON"
@@ -446,7 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not fault.commit_then_fail:
                 if fault.endless_body or fault.body_bytes is not None:
                     status = fault.status or 200
-                    record(status, size, items)
+                    record(status, size, items, injected=True)
                     self.close_connection = True
                     if fault.body_bytes is None:
                         self._send_hostile(status, None, headers=(("Content-Type", "application/json"),))
@@ -454,12 +286,12 @@ class _Handler(BaseHTTPRequestHandler):
                         self._send_filler(status, fault.body_bytes)
                     return
                 if fault.drop_connection:
-                    record(0, size, items)
+                    record(0, size, items, injected=True)
                     self._drop()
                     return
                 if fault.redirect_to is not None:
                     status = fault.status or 307
-                    record(status, size, items)
+                    record(status, size, items, injected=True)
                     self._send(status, b"", headers=(("Location", fault.redirect_to),))
                     return
                 if fault.status is not None:
@@ -478,12 +310,12 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.commit_then_fail:
             # The work above is committed; the client just never learns it.
             if fault.drop_connection:
-                record(0, size, items)
+                record(0, size, items, injected=True)
                 self._drop()
                 return
             self._send_fault(fault, record, size, items, default_status=500)
             return
-        record(status, size, items)
+        record(status, size, items, answer=body)
         self._send(status, body)
 
     def _send_fault(self, fault: Fault, record: Any, size: int, items: int | None, default_status: int = 500) -> None:
@@ -491,7 +323,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers: tuple[tuple[str, str], ...] = ()
         if fault.retry_after is not None:
             headers = (("Retry-After", fault.retry_after),)
-        record(status, size, items)
+        record(status, size, items, injected=True)
         if fault.body is not None:
             self._send(status, fault.body.encode(), headers=headers, content_type=_guess_type(fault.body))
         else:
@@ -668,7 +500,17 @@ class DevServer:
         environment_id: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         bulk_actions: frozenset[str] | None = None,
+        store: Store | None = None,
+        on_request: Callable[[RequestLog], None] | None = None,
+        keep_requests: int | None = None,
     ) -> None:
+        """`store`: serve this store (e.g. one persist.load restored) instead of a new account; its ids win over
+        `agent_id`/`environment_id`/`partition`, which must then be None. `on_request`: called with each request's
+        entry as it is logged, with `detail` filled in (what `prefactor-otel serve` prints); without it no detail
+        is computed, so a test or benchmark server pays nothing. `keep_requests`: keep only the last N entries in
+        `requests` (a long-running server must not grow without bound); None keeps all."""
+        if store is not None and (agent_id, environment_id, partition, bulk_actions) != (None, None, None, None):
+            raise ValueError("a DevServer given a store takes its ids from it: no agent_id/environment_id/partition")
         if not isinstance(token, str) or not token.strip() or token != token.strip():
             raise ValueError("DevServer token must be a non-empty string without surrounding whitespace")
         if max_body_bytes < 1:
@@ -684,28 +526,32 @@ class DevServer:
             partitions.add(partition)
         if len(partitions) > 1:
             raise ValueError("agent_id, environment_id and partition must all name the same PFID partition")
-        self.partition: int = partitions.pop() if partitions else secrets.randbelow(ids.MAX_PARTITION + 1)
-        now_ms = now_us() // 1000
-        self.account_id = ids.encode(now_ms, self.partition, secrets.randbits(80))
-        self.agent_id = agent_id or ids.encode(now_ms, self.partition, secrets.randbits(80))
-        self.environment_id = environment_id or ids.encode(now_ms, self.partition, secrets.randbits(80))
-        self.agent_deployment_id = ids.encode(now_ms, self.partition, secrets.randbits(80))
+        if store is None:
+            self.partition: int = partitions.pop() if partitions else secrets.randbelow(ids.MAX_PARTITION + 1)
+            now_ms = now_us() // 1000
+            store = Store(
+                account_id=ids.encode(now_ms, self.partition, secrets.randbits(80)),
+                agent_id=agent_id or ids.encode(now_ms, self.partition, secrets.randbits(80)),
+                environment_id=environment_id or ids.encode(now_ms, self.partition, secrets.randbits(80)),
+                partition=self.partition,
+                bulk_actions=bulk_actions,
+                agent_deployment_id=ids.encode(now_ms, self.partition, secrets.randbits(80)),
+            )
+        self.store = store
+        self.partition = store.partition
+        self.account_id = store.account_id
+        self.agent_id = store.agent_id
+        self.environment_id = store.environment_id
+        self.agent_deployment_id = store.agent_deployment_id
         self.host = host
         self.max_body_bytes = max_body_bytes
         self._token = token
         self._port = port
-        self.store = Store(
-            account_id=self.account_id,
-            agent_id=self.agent_id,
-            environment_id=self.environment_id,
-            partition=self.partition,
-            bulk_actions=bulk_actions,
-            agent_deployment_id=self.agent_deployment_id,
-        )
+        self.on_request = on_request
         self.faults = FaultSet()
         self._fault_bytes = 0
         self._fault_bytes_lock = threading.Lock()
-        self._requests: list[RequestLog] = []
+        self._requests: deque[RequestLog] = deque(maxlen=keep_requests)
         self._requests_lock = threading.Lock()
         self._httpd: _HTTPServer | None = None
         self._bound = False
@@ -833,6 +679,8 @@ class DevServer:
     def _log(self, entry: RequestLog) -> None:
         with self._requests_lock:
             self._requests.append(entry)
+        if self.on_request is not None:
+            self.on_request(entry)
 
     @property
     def requests(self) -> list[RequestLog]:
@@ -851,48 +699,3 @@ class DevServer:
 
     def snapshot(self) -> JsonDict:
         return self.store.snapshot()
-
-
-def serve(
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
-    token: str | None = None,
-    agent_id: str | None = None,
-    environment_id: str | None = None,
-    *,
-    out: TextIO | None = None,
-) -> int:
-    """Run a dev server in the foreground until Ctrl-C or SIGTERM; print how to point an exporter at it."""
-    stream = out or sys.stdout
-    chosen = token or "pf_dev_" + secrets.token_urlsafe(18)
-    server = DevServer(token=chosen, host=host, port=port, agent_id=agent_id, environment_id=environment_id)
-    server.start()
-    stop = threading.Event()
-    previous = None
-    in_main = threading.current_thread() is threading.main_thread()
-    if in_main:
-
-        def on_sigterm(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        lines = [
-            f"Prefactor dev server listening on {server.url}",
-            f"Watch runs in a browser: {server.page_url}",
-            "Point an exporter at it with:",
-            *(f"  export {name}={value}" for name, value in server.env().items()),
-            "Press Ctrl-C to stop.",
-        ]
-        print("\n".join(lines), file=stream, flush=True)
-        while not stop.wait(0.2):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-        if in_main and previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    instances, spans = server.store.counts()
-    print(f"stopped: {instances} agent runs, {spans} spans received", file=stream, flush=True)
-    return 0

@@ -55,6 +55,8 @@ class StoreState:
         self._agent_versions: dict[str, JsonDict] = {}  # content fingerprint -> version
         self._schema_versions: dict[str, _SchemaVersion] = {}  # content fingerprint -> version
         self._external_ids: dict[str, str] = {}  # instance external_identifier -> instance id
+        # Bumped (under `_lock`) by every committed change, findings included: a state writer saves when it moved.
+        self.revision = 0
 
     # ------------------------------------------------------------------ ids
 

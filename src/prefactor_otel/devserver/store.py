@@ -150,6 +150,7 @@ class Store(Registration, InstanceActions, SpanActions, Reads, AgentReads):
                 return exc.status, exc.body()
             if idempotency_key is not None:
                 self._keys[idempotency_key] = _KeyRecord(digest, 200, body)
+            self.revision += 1
             return 200, body
 
     @staticmethod
