@@ -163,9 +163,26 @@ def test_what_the_api_answers_to_each_read(tmp_path: Path, fault: Fault, expecte
         assert "[..] PF302 agent and environment ids not checked: the ping answered HTTP 503" in out
 
 
-def test_the_local_server_cannot_check_an_environment_id_and_says_so(tmp_path: Path) -> None:
+def test_the_environment_id_is_checked_and_a_server_without_environment_reads_is_said(tmp_path: Path) -> None:
     with DevServer() as server:
         code, out = doctor(base_env(tmp_path, **server_env(server)))
+        assert code == 0, out
+        assert f"[ok] environment id {server.environment_id} exists" in out, out
+        invented = ids.encode(int(time.time() * 1000), ids.extract_partition(server.agent_id), 12345)
+        (tmp_path / "b").mkdir()
+        code, out = doctor(base_env(tmp_path / "b", **server_env(server, PREFACTOR_ENVIRONMENT_ID=invented)))
+        assert code == 1 and f"[!!] PF315 environment id {invented} does not exist" in out, out
+        server.add_fault(
+            Fault(
+                path="/api/v1/environment/",
+                method="GET",
+                status=404,
+                times=-1,
+                body='{"status": "error", "code": "not_found", "message": "no such endpoint"}',
+            )
+        )
+        (tmp_path / "c").mkdir()
+        code, out = doctor(base_env(tmp_path / "c", **server_env(server)))
     assert code == 0, out
     assert (
         f"[..] PF317 environment id {server.environment_id} not checked: the server offers no environment read" in out

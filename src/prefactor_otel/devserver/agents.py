@@ -1,4 +1,6 @@
-"""`/api/v1/agent…` reads: the one seeded agent, as prefactor-http's AgentClient reads it.
+"""`/api/v1/agent…` reads: the one seeded agent, as prefactor-http's AgentClient reads it; and
+`GET /api/v1/environment/{id}`, the seeded environment (the API has environment CRUD; only the read is served,
+with an inferred field set: no official client reads environments).
 
 Threads: request threads and the test thread; each read takes the store's RLock (`_lock`) while it counts runs.
 """
@@ -69,3 +71,18 @@ class AgentReads(StoreState):
         if any(query.get(name) not in (None, "", "null") for name in ("team_id", "owner_person_id", "risk_profile_id")):
             rows = []
         return _page(rows, query, ("id", "name", "inserted_at"))
+
+    def get_environment(self, environment_id: str) -> Outcome:
+        with self._lock:
+            if environment_id != self.environment_id:
+                return 404, error_body("not_found", "environment not found")
+            created = format_timestamp(self._created_us)
+            environment: JsonDict = {
+                "type": "environment",
+                "id": self.environment_id,
+                "account_id": self.account_id,
+                "name": "dev-server environment",
+                "inserted_at": created,
+                "updated_at": created,
+            }
+            return 200, {"status": "success", "details": environment}

@@ -367,6 +367,8 @@ class _Handler(BodyReader, HostileAnswers):
                 return _rest(store, action, body, {"agent_instance_id": parts[1]}, header_key)
         if head == "agent":
             return _route_agent(store, method, parts[1:], query)
+        if head == "environment" and len(parts) == 2:
+            return store.get_environment(parts[1]) if method == "GET" else not_allowed()
         if head == "agent_spans":
             if len(parts) == 1:
                 if method == "GET":
