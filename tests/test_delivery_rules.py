@@ -198,7 +198,6 @@ def test_the_agent_version_cache_survives_id_reuse():
         Delivery(BulkTransport(config, sdk_header="test"), config),
         None,
         partition=1,
-        scopes=set(),
         redactor=None,
     )
     planner = pipeline.ensure_planner(deadline=0.0)

@@ -281,3 +281,29 @@ def test_the_application_can_read_its_runs_prefactor_id(
     assert processor.run_id(root.get_span_context().trace_id) == run_id  # until the run is finished
     assert provider.force_flush(10_000)
     assert processor.run_id(root.get_span_context().trace_id) is None
+
+
+def test_every_run_of_a_process_registers_one_agent_version_whatever_it_has_seen(
+    srv: DevServer, live: tuple[TracerProvider, PrefactorSpanProcessor]
+) -> None:
+    """Prefactor makes an agent version per combination of version details: the details must not depend on what the
+    exporter happened to have seen when a run registered (the first run registers at its root's start, before any
+    span -- or any instrumentation scope -- has reached it)."""
+    from prefactor_otel.mapping.resource import installed_instrumentations
+
+    provider, processor = live
+    agent = provider.get_tracer("my.agent.framework", "1.0")
+    llm = provider.get_tracer("opentelemetry.instrumentation.openai_v2", "2.4b0")
+    with agent.start_as_current_span("invoke_agent first", attributes=AGENT):
+        wait_for(lambda: srv.instances())  # registered live: nothing has ended yet
+        with llm.start_as_current_span("chat m1", attributes=CHAT):
+            pass
+    processor.force_flush()
+    with agent.start_as_current_span("invoke_agent second", attributes=AGENT):
+        with llm.start_as_current_span("chat m1", attributes=CHAT):
+            pass
+    processor.force_flush()
+    assert sorted(i["status"] for i in srv.instances()) == ["complete", "complete"]
+    versions = srv.snapshot()["agent_versions"]
+    assert len(versions) == 1, versions
+    assert versions[0]["runtime_environment"]["agent_sdk"] == list(installed_instrumentations())

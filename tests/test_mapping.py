@@ -121,7 +121,7 @@ def test_iso_from_ns_millisecond_z():
 
 def test_resource_to_agent_version_with_overrides():
     attrs = {"service.name": "svc", "service.version": "2.0"}
-    v = agent_version_from_resource(attrs, sdk_version="0.1.0", scopes=["b@1", "a@2", "a@2"])
+    v = agent_version_from_resource(attrs, sdk_version="0.1.0", agent_sdk=["b@1", "a@2", "a@2"])
     assert v.name == "svc" and v.external_identifier == "2.0"
     assert v.runtime_environment.prefactor_sdk == ["prefactor-otel@0.1.0"]
     assert v.runtime_environment.agent_sdk == ["a@2", "b@1"]

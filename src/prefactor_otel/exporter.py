@@ -138,7 +138,6 @@ class PrefactorSpanExporter(BackgroundWork, SpanExporter):
         self._warned_after_shutdown = False
         self._lifecycle_lock = threading.Lock()
         self._new_process_state()
-        self._scopes: set[str] = set()
         # Span starts from a PrefactorSpanProcessor (see start_queue): the same deque for the exporter's life, so
         # the processor may hold it; emptied in a forked child.
         self._starts: deque[weakref.ref[ReadableSpan]] = deque()
@@ -234,7 +233,6 @@ class PrefactorSpanExporter(BackgroundWork, SpanExporter):
             self._delivery,
             self._backlog,
             partition=partition,
-            scopes=self._scopes,
             redactor=self._mapping_options.redactor,
             inherited_runs=inherited_runs,
             starts=self._starts,
@@ -443,8 +441,6 @@ class PrefactorSpanExporter(BackgroundWork, SpanExporter):
                 self._dropped["mapping_error"] += 1
                 self._log.log(logging.WARNING, "map", "Prefactor: a span could not be mapped (%s)", type(exc).__name__)
                 continue
-            if record.scope:
-                self._scopes.add(record.scope)
             try:
                 # Encoded now, the payload trees are freed young; held until delivery, the garbage collector
                 # would scan and promote them (measured: most of the collector's cost per span).

@@ -30,6 +30,7 @@ from prefactor_otel.delivery import Delivery, PlannedSource
 from prefactor_otel.durability import Backlog
 from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_version_from_resource
 from prefactor_otel.mapping.redaction import Redactor
+from prefactor_otel.mapping.resource import installed_instrumentations
 from prefactor_otel.planner import InheritedRun, Planner
 from prefactor_otel.starts import LivePolicy, StartedSpan, read_start
 from prefactor_otel.transport import suppress_instrumentation
@@ -48,7 +49,6 @@ class Pipeline:
         backlog: Backlog | None,
         *,
         partition: int | None,
-        scopes: set[str],
         redactor: Redactor | None,
         inherited_runs: Mapping[int, InheritedRun] | None = None,
         starts: deque[Any] | None = None,
@@ -60,7 +60,6 @@ class Pipeline:
         self._delivery = delivery
         self._backlog = backlog
         self.partition = partition
-        self._scopes = scopes
         self._redactor = redactor
         self._inherited_runs = dict(inherited_runs or {})
         self.state_lock = threading.Lock()
@@ -119,15 +118,13 @@ class Pipeline:
             if self._backlog is not None:
                 self._backlog.save_partition(self.partition)
         config = self._config
-        scopes = self._scopes
         redactor = self._redactor
-        versions: dict[tuple[int, int], tuple[object, dict[str, Any]]] = {}
+        versions: dict[int, tuple[object, dict[str, Any]]] = {}
 
         def agent_version_for(resource: Mapping[str, object]) -> dict[str, Any]:
-            # Built and dumped once per (Resource, scopes seen so far): the scope set only grows, so its size
-            # names it. The entry holds the Resource, so its id cannot be reused while cached.
-            key = (id(resource), len(scopes))
-            cached = versions.get(key)
+            # Built and dumped once per Resource; the entry holds the Resource, so its id cannot be reused while
+            # cached.
+            cached = versions.get(id(resource))
             if cached is not None and cached[0] is resource:
                 return cached[1]
             version = agent_version_from_resource(
@@ -135,12 +132,12 @@ class Pipeline:
                 sdk_version=__version__,
                 agent_name=config.agent_name,
                 agent_identifier=config.agent_identifier,
-                scopes=sorted(scopes),
+                agent_sdk=installed_instrumentations(),
                 redactor=redactor,  # the user's rules too: the Resource leaves the process in the agent version
             ).model_dump(exclude_none=True)
             if len(versions) >= 64:
                 versions.clear()
-            versions[key] = (resource, version)
+            versions[id(resource)] = (resource, version)
             return version
 
         self.planner = Planner(

@@ -7,9 +7,12 @@ thread; the cache is a plain dict whose races can only recompute an entry.
 
 from __future__ import annotations
 
+import functools
 import platform
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from importlib.metadata import distributions
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
@@ -32,6 +35,28 @@ SELECTED_RESOURCE_ATTRIBUTES = (
 
 UNVERSIONED = "unversioned"
 
+# Distributions that put spans on an agent's traces: the OTel contrib and OpenInference instrumentations, and the
+# GenAI tracing SDKs built on OTel.
+_INSTRUMENTATION_PREFIXES = ("opentelemetry-instrumentation-", "openinference-instrumentation-")
+_INSTRUMENTATION_SDKS = frozenset({"traceloop-sdk", "logfire", "openlit", "openllmetry"})
+
+
+@functools.lru_cache(maxsize=1)
+def installed_instrumentations() -> tuple[str, ...]:
+    """`name@version` of the OTel instrumentations installed here: the agent version's `agent_sdk`.
+
+    Prefactor makes a new agent version for each combination of version details it has not seen, so the details
+    must not depend on timing: the instrumentation scopes seen so far would (a run registered at its root's start
+    has seen none), giving one deployment several versions. The installed set is the same for every run of a
+    process, and of every process of one deployment. Read once per process (scanning the installed distributions
+    takes milliseconds), on the exporting thread."""
+    found: set[str] = set()
+    for dist in distributions():
+        name = re.sub(r"[-_.]+", "-", str(dist.metadata.get("Name") or "")).lower()
+        if name.startswith(_INSTRUMENTATION_PREFIXES) or name in _INSTRUMENTATION_SDKS:
+            found.add(f"{name}@{dist.version}")
+    return tuple(sorted(found))
+
 
 def runtime_string() -> str:
     impl = sys.implementation.name
@@ -44,7 +69,7 @@ def agent_version_from_resource(
     sdk_version: str,
     agent_name: str | None = None,
     agent_identifier: str | None = None,
-    scopes: Iterable[str] = (),
+    agent_sdk: Iterable[str] = (),
     redactor: Redactor | None = None,
 ) -> AgentVersionForRegister:
     """`service.name` -> version name, `service.version` -> external identifier; config overrides both.
@@ -65,7 +90,7 @@ def agent_version_from_resource(
             os=platform.system().lower() or None,
             runtime=runtime_string(),
             prefactor_sdk=[f"prefactor-otel@{sdk_version}"],
-            agent_sdk=sorted(set(scopes)) or None,
+            agent_sdk=sorted(set(agent_sdk)) or None,
         ),
     )
 
