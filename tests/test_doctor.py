@@ -189,11 +189,13 @@ def test_the_environment_id_is_checked_and_a_server_without_environment_reads_is
     )
 
 
-def test_ids_of_two_accounts_and_a_missing_agent_id_are_notes(tmp_path: Path) -> None:
+def test_ids_of_two_accounts_are_named_and_a_missing_agent_id_is_a_note(tmp_path: Path) -> None:
     with DevServer() as server:
         other_account = ids.encode(int(time.time() * 1000), ids.extract_partition(server.agent_id) ^ 1, 99)
         code, out = doctor(base_env(tmp_path, **server_env(server, PREFACTOR_ENVIRONMENT_ID=other_account)))
-        assert code == 0 and "[..] PF314 environment id" in out, out
+        # the partition note says why; the server's read then shows the environment is not this account's
+        assert "[..] PF314 environment id" in out, out
+        assert code == 1 and f"[!!] PF315 environment id {other_account} does not exist" in out, out
         (tmp_path / "b").mkdir()
         env = base_env(tmp_path / "b", **server_env(server))
         del env["PREFACTOR_AGENT_ID"]
