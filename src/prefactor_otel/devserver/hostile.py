@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 from prefactor_otel.devserver.request_body import CONNECTION_ERRORS
 
 if TYPE_CHECKING:
-    from prefactor_otel.devserver.server import _HTTPServer
+    from prefactor_otel.devserver.handler import DevHTTPServer
 
 
 class HostileAnswers(BaseHTTPRequestHandler):
-    """The request handler's hand-written answers (a mixin: the handler in server.py is one)."""
+    """The request handler's hand-written answers (a mixin: the handler in handler.py is one)."""
 
-    server: _HTTPServer
+    server: DevHTTPServer
     _trickle_rate: float | None = None  # bytes/s of the current request's answer, from a trickle fault
     _trickle_head = True  # whether the status line and headers are trickled too
 

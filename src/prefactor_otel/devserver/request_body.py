@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from prefactor_otel.devserver.server import _HTTPServer
+    from prefactor_otel.devserver.handler import DevHTTPServer
 
 # Above this, a too-large body is not even drained: the connection is just closed after the 413.
 _DRAIN_LIMIT = 256 * 1024 * 1024
@@ -30,9 +30,9 @@ class BadRequest(Exception):
 
 
 class BodyReader(BaseHTTPRequestHandler):
-    """The request handler's body reading (a mixin: the handler in server.py is one)."""
+    """The request handler's body reading (a mixin: the handler in handler.py is one)."""
 
-    server: _HTTPServer
+    server: DevHTTPServer
 
     def _read_body(self, limit: int) -> bytes:
         encoding = (self.headers.get("Transfer-Encoding") or "").lower()

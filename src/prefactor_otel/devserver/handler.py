@@ -1,0 +1,486 @@
+"""What one request to a `DevServer` does: read, authenticate, apply faults, route to the store, answer.
+
+`DevHTTPServer` is the listening socket of one `DevServer` (it holds `dev`, the DevServer it serves, and the set of
+open connections); `_Handler` runs each request: body reading is `BodyReader` (request_body.py), hand-written fault
+answers `HostileAnswers` (hostile.py), and `_route` maps a path onto a store call or a `/_dev` test endpoint.
+Threads: one serving thread (started by `DevServer.start`) accepts, one thread per request runs `_Handler`;
+`DevServer.stop` (the caller's thread) wakes the serving thread and closes open connections. `connections_lock`
+guards the connection set; all else a request touches (store, faults, the DevServer's request log and fault byte
+count) takes its own lock (server.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import selectors
+import socket
+import sys
+import threading
+import time
+from http.server import ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from prefactor_otel.devserver import store as st
+from prefactor_otel.devserver import webpage
+from prefactor_otel.devserver.faults import Fault
+from prefactor_otel.devserver.hostile import HostileAnswers
+from prefactor_otel.devserver.request_body import CONNECTION_ERRORS, BadRequest, BodyReader, BodyTooLarge
+from prefactor_otel.devserver.request_log import RequestLog, describe
+from prefactor_otel.devserver.store import ApiError, JsonDict, Store, error_body
+
+if TYPE_CHECKING:
+    from prefactor_otel.devserver.server import DevServer
+
+logger = logging.getLogger("prefactor_otel.devserver")
+
+API = "/api/v1"
+
+_DEFAULT_FAULT_CODES = {
+    400: "bad_request",
+    401: "bad_authtoken",
+    403: "not_permitted",
+    404: "not_found",
+    409: "invalid_action",
+    413: "bad_request",
+    422: "validation_errors",
+}
+
+
+class DevHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # Keep-alive connections would make server_close() wait forever; stop() closes them itself.
+    block_on_close = False
+
+    # handle_request() must not wait: our own loop only calls it once the listening socket is readable.
+    timeout = 0
+
+    def __init__(self, address: tuple[str, int], dev: DevServer) -> None:
+        self.dev = dev
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopped = threading.Event()
+        # Set first thing in stop(): hostile answers (trickles, endless bodies, black holes) end on it.
+        self.stopping = threading.Event()
+        super().__init__(address, _Handler)
+
+    def serve_until_stopped(self) -> None:
+        # Not serve_forever(): that polls for shutdown, so every stop() would cost up to a poll interval,
+        # and test suites stop hundreds of servers. A wake-up socket makes stop() immediate.
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self, selectors.EVENT_READ)
+                selector.register(self._wake_r, selectors.EVENT_READ)
+                while True:
+                    events = selector.select()
+                    if any(key.fileobj is self._wake_r for key, _ in events):
+                        return
+                    self.handle_request()
+        finally:
+            self._stopped.set()
+
+    def stop_serving(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        self._stopped.wait(5)
+
+    def server_close(self) -> None:
+        super().server_close()
+        for sock in (self._wake_r, self._wake_w):
+            sock.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up mid-request is normal for a test server: no traceback on stderr.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, CONNECTION_ERRORS):
+            return
+        logger.debug("dev server: error while handling a request", exc_info=True)
+
+    def close_connections(self) -> None:
+        with self.connections_lock:
+            open_sockets = list(self.connections)
+        for sock in open_sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BodyReader, HostileAnswers):
+    protocol_version = "HTTP/1.1"  # keep-alive: the exporter's connection pool is part of what we test
+    server_version = "prefactor-otel-devserver"
+    sys_version = ""
+    timeout = 120
+    server: DevHTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes; without NODELAY, Nagle + delayed ACK costs 40 ms each.
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        with contextlib.suppress(CONNECTION_ERRORS):
+            super().finish()
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except CONNECTION_ERRORS:
+            self.close_connection = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Silent by default: the benchmark sends thousands of requests, and tests read `requests` instead.
+        return
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_PATCH(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    # ------------------------------------------------------------------ plumbing (body reading: BodyReader;
+    # trickled, endless and dropped answers: HostileAnswers)
+
+    def _send(
+        self,
+        status: int,
+        body: JsonDict | bytes,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
+        close: bool = False,
+        content_type: str = "application/json",
+    ) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+        if self._trickle_rate is not None:
+            extra = (*headers, ("Connection", "close")) if close else headers
+            self.close_connection = self.close_connection or close
+            self._send_hostile(status, data, headers=(("Content-Type", content_type), *extra))
+            return
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in headers:
+                self.send_header(name, value)
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(data)
+        except CONNECTION_ERRORS:
+            self.close_connection = True
+
+    def _check_auth(self) -> ApiError | None:
+        header = self.headers.get("Authorization")
+        if not header:
+            return ApiError(401, "not_authenticated", "missing Authorization: Bearer <token> header")
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return ApiError(401, "not_authenticated", "Authorization header must be 'Bearer <token>'")
+        if not hmac.compare_digest(value.strip().encode(), self.server.dev.token.encode()):
+            # Never echo what was sent: a wrong token is often a real token for another account.
+            return ApiError(401, "bad_authtoken", "invalid API token")
+        return None
+
+    # ------------------------------------------------------------------ request flow
+
+    def _dispatch(self) -> None:
+        dev = self.server.dev
+        method = self.command.upper()
+        split = urlsplit(self.path)
+        path = unquote(split.path)
+        if len(path) > 1:
+            path = path.rstrip("/")
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
+
+        parsed: Any = {}
+
+        def record(
+            status: int, size: int, items: int | None = None, answer: JsonDict | None = None, injected: bool = False
+        ) -> None:
+            # Logged before the response is written: a test that got its answer must see its request.
+            detail = None
+            if dev.on_request is not None:  # only a listener pays for the description
+                detail = "injected fault" if injected else describe(status, parsed, answer, path == f"{API}/bulk")
+            dev._log(RequestLog(method, path, status, size, items, detail))
+
+        self._trickle_rate = None
+        if not path.startswith("/_dev") and dev.faults.take(method, path, before_body=True) is not None:
+            record(0, 0, injected=True)
+            self._hold()
+            return
+
+        try:
+            raw = self._read_body(dev.max_body_bytes)
+        except BodyTooLarge as exc:
+            size = exc.size if exc.size is not None else dev.max_body_bytes + 1
+            message = f"request body exceeds {dev.max_body_bytes} bytes; split it into smaller requests"
+            record(413, size, answer=error_body("bad_request", message))
+            self._send(413, error_body("bad_request", message), close=True)
+            return
+        except BadRequest as exc:
+            record(400, 0, answer=error_body("bad_request", str(exc)))
+            self._send(400, error_body("bad_request", str(exc)), close=True)
+            return
+
+        size = len(raw)
+        if (page := webpage.answer(method, path, self.headers.get("Host"), dev.host)) is not None:  # no data: no token
+            record(page.status, size)
+            return self._send(page.status, page.body, headers=page.headers, content_type=page.content_type)
+        auth_error = self._check_auth()
+        if auth_error is not None:
+            record(401, size, answer=auth_error.body())
+            self._send(auth_error.status, auth_error.body(), headers=(("WWW-Authenticate", "Bearer"),))
+            return
+
+        parse_error: str | None = None
+        try:
+            text = self._decode(raw)
+            if text.strip():
+                parsed = json.loads(text, parse_constant=_reject_constant)
+        except BodyTooLarge:
+            record(413, size, answer=error_body("bad_request", "decompressed body too large"))
+            self._send(413, error_body("bad_request", "decompressed body too large"), close=True)
+            return
+        except BadRequest as exc:
+            parse_error = str(exc)
+        except (ValueError, UnicodeDecodeError):
+            parse_error = "body is not valid JSON"
+        items = None
+        if path == f"{API}/bulk" and isinstance(parsed, dict) and isinstance(parsed.get("items"), list):
+            items = len(parsed["items"])
+
+        # Faults act like a broken proxy in front of an authenticated API; /_dev stays reachable regardless.
+        fault = None if path.startswith("/_dev") else dev.faults.take(method, path)
+        if fault is not None:
+            self._trickle_rate = fault.trickle_bytes_per_s
+            self._trickle_head = fault.trickle_headers
+            if fault.delay_s:
+                time.sleep(fault.delay_s)
+            if not fault.commit_then_fail:
+                if fault.endless_body or fault.body_bytes is not None:
+                    status = fault.status or 200
+                    record(status, size, items, injected=True)
+                    self.close_connection = True
+                    if fault.body_bytes is None:
+                        self._send_hostile(status, None, headers=(("Content-Type", "application/json"),))
+                    else:
+                        self._send_filler(status, fault.body_bytes)
+                    return
+                if fault.drop_connection:
+                    record(0, size, items, injected=True)
+                    self._drop()
+                    return
+                if fault.redirect_to is not None:
+                    status = fault.status or 307
+                    record(status, size, items, injected=True)
+                    self._send(status, b"", headers=(("Location", fault.redirect_to),))
+                    return
+                if fault.status is not None:
+                    self._send_fault(fault, record, size, items)
+                    return
+
+        if parse_error is not None:
+            status, body = 400, error_body("bad_request", parse_error)
+        else:
+            try:
+                status, body = self._route(method, path, query, parsed)
+            except Exception:  # a dev-server bug must answer 500, not kill the connection
+                logger.exception("dev server: unexpected error handling %s %s", method, path)
+                status, body = 500, error_body("unexpected", "unexpected dev server error")
+
+        if fault is not None and fault.commit_then_fail:
+            # The work above is committed; the client just never learns it.
+            if fault.drop_connection:
+                record(0, size, items, injected=True)
+                self._drop()
+                return
+            self._send_fault(fault, record, size, items, default_status=500)
+            return
+        record(status, size, items, answer=body)
+        self._send(status, body)
+
+    def _send_fault(self, fault: Fault, record: Any, size: int, items: int | None, default_status: int = 500) -> None:
+        status = fault.status or default_status
+        headers: tuple[tuple[str, str], ...] = ()
+        if fault.retry_after is not None:
+            headers = (("Retry-After", fault.retry_after),)
+        record(status, size, items, injected=True)
+        if fault.body is not None:
+            self._send(status, fault.body.encode(), headers=headers, content_type=_guess_type(fault.body))
+        else:
+            code = _DEFAULT_FAULT_CODES.get(status, "unexpected")
+            self._send(status, error_body(code, f"injected fault: HTTP {status}"), headers=headers)
+
+    def _route(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, JsonDict]:
+        dev = self.server.dev
+        store = dev.store
+        if path.startswith("/_dev/"):
+            return self._route_dev(method, path, body)
+        if not path.startswith(API + "/"):
+            return 404, error_body("not_found", "no such endpoint")
+        parts = path[len(API) + 1 :].split("/")
+        header_key = self.headers.get("Idempotency-Key")
+
+        def not_allowed() -> tuple[int, JsonDict]:
+            return 405, error_body("bad_request", f"method {method} not allowed on {path}")
+
+        head = parts[0]
+        if head == "ping" and len(parts) == 1:
+            return (200, {"status": "success", "details": {"token_type": "api"}}) if method == "GET" else not_allowed()
+        if head == "bulk" and len(parts) == 1:
+            if method != "POST":
+                return not_allowed()
+            status, out, _ = store.bulk(body)
+            return status, out
+        if head == "pfid" and parts[1:] == ["generate"]:
+            return store.generate_pfids(body) if method == "POST" else not_allowed()
+        if head == "agent_instance":
+            if len(parts) == 1:
+                return store.list_instances(query) if method == "GET" else not_allowed()
+            if parts[1:] == ["register"]:
+                return _rest(store, st.REGISTER, body, {}, header_key) if method == "POST" else not_allowed()
+            if len(parts) == 2:
+                return store.get_instance(parts[1]) if method == "GET" else not_allowed()
+            if len(parts) == 3 and parts[2] in _INSTANCE_ACTIONS:
+                if method != "POST":
+                    return not_allowed()
+                action = _INSTANCE_ACTIONS[parts[2]]
+                return _rest(store, action, body, {"agent_instance_id": parts[1]}, header_key)
+        if head == "agent":
+            return _route_agent(store, method, parts[1:], query)
+        if head == "environment" and len(parts) == 2:
+            return store.get_environment(parts[1]) if method == "GET" else not_allowed()
+        if head == "agent_spans":
+            if len(parts) == 1:
+                if method == "GET":
+                    return store.list_spans(query)
+                if method == "POST":
+                    return _rest(store, st.CREATE_SPAN, body, {}, header_key)
+                return not_allowed()
+            if len(parts) == 2:
+                return store.get_span(parts[1]) if method == "GET" else not_allowed()
+            if len(parts) == 3 and parts[2] == "finish":
+                if method != "POST":
+                    return not_allowed()
+                return _rest(store, st.FINISH_SPAN, body, {"agent_span_id": parts[1]}, header_key)
+        return 404, error_body("not_found", "no such endpoint")
+
+    def _route_dev(self, method: str, path: str, body: Any) -> tuple[int, JsonDict]:
+        dev = self.server.dev
+        if path == "/_dev/snapshot" and method == "GET":
+            return 200, dev.snapshot()
+        if path == "/_dev/runs" and method == "GET":
+            from prefactor_otel.devserver.runview import run_views  # here: keeps this branch the whole change
+
+            return 200, {"runs": run_views(dev.snapshot())}
+        if path == "/_dev/findings":
+            if method == "GET":
+                return 200, {"status": "success", "summaries": dev.findings()}
+            if method == "DELETE":
+                dev.clear_findings()
+                return 200, {"status": "success"}
+        if path == "/_dev/terminate" and method == "POST":
+            # What an operator does in Prefactor's UI (an account-token action no SDK calls), for scripts and
+            # demos: `{"agent_instance_id": ..., "reason": ...}`.
+            if not isinstance(body, dict):
+                return 400, error_body("bad_request", "body must be a JSON object")
+            return dev.store.execute(st.TERMINATE, body)
+        if path == "/_dev/faults":
+            if method == "GET":
+                return 200, {"status": "success", "summaries": [f.to_dict() for f in dev.faults.list()]}
+            if method == "POST":
+                try:
+                    fault = Fault.from_dict(body)
+                except (TypeError, ValueError) as exc:
+                    return 422, error_body("invalid_value", str(exc))
+                dev.add_fault(fault)
+                return 200, {"status": "success", "details": fault.to_dict()}
+            if method == "DELETE":
+                dev.clear_faults()
+                return 200, {"status": "success"}
+        return 404, error_body("not_found", "no such dev endpoint")
+
+
+_INSTANCE_ACTIONS = {
+    "start": st.START,
+    "finish": st.FINISH_INSTANCE,
+    "terminate": st.TERMINATE,
+    "record_quality": st.RECORD_QUALITY,
+}
+
+
+def _route_agent(store: Store, method: str, rest: list[str], query: dict[str, str]) -> tuple[int, JsonDict]:
+    """`/api/v1/agent…`: the reads prefactor-http's AgentClient offers. Its writes (create, update, retire,
+    reinstate, delete) answer 501 `not_implemented`, distinguishable from "no such endpoint" and "not found"."""
+    if method == "GET":
+        if not rest:
+            return store.list_agents(query)
+        if rest == ["show"]:
+            return store.show_agent(query)
+        if len(rest) == 1:
+            return store.get_agent(rest[0])
+        return 404, error_body("not_found", "no such endpoint")
+    if (method == "POST" and (not rest or (len(rest) == 2 and rest[1] in ("retire", "reinstate")))) or (
+        method in ("PUT", "DELETE") and len(rest) == 1
+    ):
+        return 501, error_body("not_implemented", "the dev server serves agents read-only (the seeded agent)")
+    return 405, error_body("bad_request", f"method {method} not allowed")
+
+
+def _rest(
+    store: Store, action: str, body: Any, path_params: dict[str, str], header_key: str | None
+) -> tuple[int, JsonDict]:
+    """A REST call in the canonical action form: path parameters become fields, the key comes out."""
+    if not isinstance(body, dict):
+        return 400, error_body("bad_request", "body must be a JSON object")
+    params = dict(body)
+    try:
+        key = params.pop("idempotency_key", None)
+        if key is None:
+            key = header_key
+        elif header_key is not None and header_key != key:
+            raise ApiError(
+                422,
+                "validation_errors",
+                "Idempotency-Key header differs from the body's idempotency_key",
+                {"idempotency_key": ["differs from the Idempotency-Key header"]},
+            )
+        if key is not None:
+            st.validate_idempotency_key(key)
+        for name, value in path_params.items():
+            if name in params:
+                raise ApiError(422, "validation_errors", f"unknown field {name}", {name: ["unknown field"]})
+            params[name] = value
+    except ApiError as exc:
+        return exc.status, exc.body()
+    return store.execute(action, params, key)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _guess_type(body: str) -> str:
+    stripped = body.lstrip()
+    if stripped.startswith(("{", "[")):
+        return "application/json"
+    if stripped.startswith("<"):
+        return "text/html; charset=utf-8"
+    return "text/plain; charset=utf-8"
