@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prefactor_otel.transport import connection_error_cause
+from prefactor_otel.transport_answers import connection_error_cause
 from tests.spans import agent_trace, make_provider
 from tests.test_transport_tls import answer_422, certificate, tls_server  # noqa: F401  (the fixture)
 

@@ -26,7 +26,8 @@ import httpx
 
 from prefactor_otel import ids
 from prefactor_otel.config import PrefactorConfig
-from prefactor_otel.transport import BulkTransport, ResponseTooLarge, UnreadableResponse, connection_error_cause
+from prefactor_otel.transport import BulkTransport
+from prefactor_otel.transport_answers import ResponseTooLarge, UnreadableResponse, connection_error_cause
 
 Level = Literal["ok", "problem", "note", "info"]
 _MARKS: dict[Level, str] = {"ok": "[ok]", "problem": "[!!]", "note": "[..]", "info": "[..]"}
