@@ -41,6 +41,7 @@ from prefactor_otel.outcomes import BulkResult
 from prefactor_otel.transport_answers import (
     MAX_RESPONSE_BYTES,
     AnswerRules,
+    ReadAnswer,
     ResponseTooLarge,
     UnreadableResponse,
     connection_error_cause,
@@ -181,15 +182,18 @@ class BulkTransport(AnswerRules):
         key = item["idempotency_key"]
         return self._post(path, encode_item(body), deadline, lambda r, b: self._rest_outcome(r, b, key))
 
-    def get(self, path: str, deadline: float) -> tuple[int | None, bytes]:
-        """One GET of an API path (e.g. "/agent_instance/<id>") by `deadline`: (status, answer), or (None, b"")
-        on a connection problem, a deadline reached or an answer that is not one. Not retried, and a 401/403 is
-        only returned: a read the token may not make must not stop the exporter's writes."""
+    def get(self, path: str, deadline: float) -> ReadAnswer:
+        """One GET of an API path (e.g. "/agent_instance/<id>") by `deadline`: the answer's status and body, or,
+        on a connection problem, a deadline reached or an answer that is not one, status None and an `error` that
+        names the host and the cause. Not retried, and a 401/403 is only returned: a read the token may not make
+        must not stop the exporter's writes."""
         try:
             response, answer = self._request(path, b"", deadline, method="GET")
-        except (httpx.TransportError, ResponseTooLarge, UnreadableResponse):
-            return None, b""
-        return response.status_code, answer
+        except httpx.TransportError as exc:
+            return ReadAnswer(None, b"", f"cannot reach {self._host}: {connection_error_cause(exc)}")
+        except (ResponseTooLarge, UnreadableResponse) as exc:
+            return ReadAnswer(None, b"", f"unreadable answer from {self._host} ({type(exc).__name__}: {exc})")
+        return ReadAnswer(response.status_code, answer)
 
     def _request(self, path: str, body: bytes, deadline: float, method: str = "POST") -> tuple[httpx.Response, bytes]:
         """Send and read the whole answer by `deadline` (wall clock), at most MAX_RESPONSE_BYTES of it.

@@ -1,6 +1,7 @@
 """What an answer from the Prefactor API means: its status (final, retryable, auth), each item's outcome, an error
 body's code and message, the cause of a connection failure, a Content-Encoding, a Retry-After; and the proxy the
-environment sets for the API URL. transport.py sends and retries; this module only reads.
+environment sets for the API URL; a read's answer (`ReadAnswer`). transport.py sends and retries; this module only
+reads.
 
 Items missing from a bulk answer were not processed (the server stops at the first error): they are
 NOT_PROCESSED, the caller's to send again.
@@ -25,6 +26,7 @@ import urllib.request
 import zlib
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -45,6 +47,17 @@ class ResponseTooLarge(Exception):
 
 class UnreadableResponse(Exception):
     """The answer's Content-Encoding is one we did not ask for and cannot decode within the size cap."""
+
+
+@dataclass(frozen=True)
+class ReadAnswer:
+    """What one read (`BulkTransport.get`) got: the `status` and `body` of the answer, or, when no answer came,
+    status None, an empty body and `error`, which names the host and the cause a user can act on
+    ("cannot reach 127.0.0.1:8787: connection refused")."""
+
+    status: int | None
+    body: bytes
+    error: str | None = None
 
 
 def parse_retry_after(value: str | None, now_wall: float | None = None) -> float | None:
