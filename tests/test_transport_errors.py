@@ -3,14 +3,19 @@ what happens to the spans -- never only an exception's type name, never the toke
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from prefactor_otel.transport import connection_error_cause
+from prefactor_otel.config import PrefactorConfig
+from prefactor_otel.devserver import DevServer, Fault
+from prefactor_otel.transport import BulkTransport
+from prefactor_otel.transport_answers import MAX_RESPONSE_BYTES, ReadAnswer, connection_error_cause
 from tests.spans import agent_trace, make_provider
 from tests.test_transport_tls import answer_422, certificate, tls_server  # noqa: F401  (the fixture)
 
@@ -80,6 +85,41 @@ def test_a_name_that_does_not_resolve_says_so() -> None:
     except httpx.ConnectError as exc:
         assert connection_error_cause(exc) == "name not resolved"
     assert connection_error_cause(httpx.ConnectError("something else")) == "ConnectError"
+
+
+def reader(api_url: str, token: str = TOKEN) -> BulkTransport:
+    """The exporter's HTTP layer, as doctor and the run poller read with it."""
+    return BulkTransport(PrefactorConfig.load({}, api_url=api_url, api_token=token), sdk_header="prefactor-otel-tests")
+
+
+def test_a_read_of_a_refused_port_says_which_host_and_why() -> None:
+    port = closed_port()
+    transport = reader(f"http://127.0.0.1:{port}")
+    try:
+        read = transport.get("/ping", time.monotonic() + 10)
+    finally:
+        transport.close()
+    assert read == ReadAnswer(status=None, body=b"", error=f"cannot reach 127.0.0.1:{port}: connection refused")
+
+
+def test_a_read_keeps_the_answer_or_says_why_it_is_not_one() -> None:
+    with DevServer(token=TOKEN) as server:
+        host = f"127.0.0.1:{server.url.rsplit(':', 1)[1]}"
+        transport = reader(server.url)
+        try:
+            ping = transport.get("/ping", time.monotonic() + 10)
+            missing = transport.get("/agent_instance/01m8k0g89zg2mmqy0000000000000033", time.monotonic() + 10)
+            server.add_fault(Fault(path="/api/v1/ping", method="GET", body_bytes=MAX_RESPONSE_BYTES + 1))
+            too_large = transport.get("/ping", time.monotonic() + 10)
+        finally:
+            transport.close()
+    assert ping.status == 200 and ping.error is None
+    assert json.loads(ping.body)["status"] == "success"
+    assert missing.status == 404 and missing.error is None  # an answer, however unwelcome, is not an error
+    assert json.loads(missing.body)["code"] == "not_found"
+    assert too_large.status is None and too_large.body == b""
+    assert str(too_large.error).startswith(f"unreadable answer from {host} (ResponseTooLarge")
+    assert TOKEN not in f"{ping}{missing}{too_large}"
 
 
 def test_under_opentelemetry_instrument_a_refused_port_is_named_on_stderr(tmp_path: Path) -> None:

@@ -5,15 +5,12 @@ import json
 
 import pytest
 
-from prefactor_otel.transport import (
+from prefactor_otel.transport import bulk_body, chunk_encoded, encode_item, encode_json
+from prefactor_otel.transport_answers import (
     MAX_RESPONSE_BYTES,
     ResponseTooLarge,
     UnreadableResponse,
-    bulk_body,
-    chunk_encoded,
     decode_body,
-    encode_item,
-    encode_json,
     environment_proxy,
     parse_retry_after,
 )

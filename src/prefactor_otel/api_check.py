@@ -10,7 +10,7 @@ OpenTelemetry set-up in the doctor's modules), printed by the doctor and listed 
 the host, paths, ids and HTTP statuses are.
 
 Threads: called on the caller's thread (the doctor's main thread, or any application thread for `check()`); no
-shared state and no lock here. `BulkTransport._request` may run beside the exporter's sender and poller: the httpx
+shared state and no lock here. `BulkTransport.get` may run beside the exporter's sender and poller: the httpx
 client is thread-safe and the transport's deadline is per call (transport.py).
 """
 
@@ -26,7 +26,7 @@ import httpx
 
 from prefactor_otel import ids
 from prefactor_otel.config import PrefactorConfig
-from prefactor_otel.transport import BulkTransport, ResponseTooLarge, UnreadableResponse, connection_error_cause
+from prefactor_otel.transport import BulkTransport
 
 Level = Literal["ok", "problem", "note", "info"]
 _MARKS: dict[Level, str] = {"ok": "[ok]", "problem": "[!!]", "note": "[..]", "info": "[..]"}
@@ -96,7 +96,7 @@ def check_api(config: PrefactorConfig, transport: BulkTransport, timeout: float 
     status, answer = _get(transport, "/ping", deadline)
     if status is None:
         return [
-            Finding("problem", f"GET {base}/ping failed: cannot reach {host}: {answer}", "PF301"),
+            Finding("problem", f"GET {base}/ping failed: {answer}", "PF301"),
             Finding("note", "agent and environment ids not checked: the API could not be reached", "PF302"),
         ]
     if status in (401, 403):
@@ -183,19 +183,17 @@ def _check_environment(config: PrefactorConfig, transport: BulkTransport, deadli
 
 
 def _get(transport: BulkTransport, path: str, deadline: float) -> tuple[int | None, str]:
-    """(status, answer text), or (None, the cause) when no answer came. Never raises."""
+    """(status, answer text), or (None, why no answer came: the host and the cause). Never raises."""
     try:
-        # The transport's own request (not `get`, which keeps no cause): same client, headers, TLS and deadline.
-        response, answer = transport._request(path, b"", deadline, method="GET")
-    except httpx.TransportError as exc:
-        return None, connection_error_cause(exc)
-    except (ResponseTooLarge, UnreadableResponse) as exc:
-        return None, f"unreadable answer ({type(exc).__name__})"
+        # The transport's own read: same client, headers, TLS and deadline as the exporter's requests.
+        read = transport.get(path, deadline)
     except RuntimeError as exc:  # httpx: the client was closed (the exporter was shut down)
         return None, f"the HTTP client is closed ({exc})"
     except Exception as exc:
         return None, type(exc).__name__
-    return response.status_code, answer.decode("utf-8", "replace")
+    if read.status is None:
+        return None, read.error or "no answer"
+    return read.status, read.body.decode("utf-8", "replace")
 
 
 def _message(answer: str) -> str:

@@ -91,7 +91,8 @@ class InstancePoller:
 
     def _poll_one(self, instance_id: str, trace_id: int | None, deadline: float) -> None:
         self.counters["control_polls"] += 1
-        status, answer = self._transport.get(f"/agent_instance/{instance_id}", deadline)
+        read = self._transport.get(f"/agent_instance/{instance_id}", deadline)
+        status = read.status
         if status in (401, 403):
             self._stopped = True
             self.counters["control_poll_refused"] += 1
@@ -103,9 +104,9 @@ class InstancePoller:
             return
         if status != 200:
             self.counters["control_poll_failures"] += 1
-            logger.debug("Prefactor: polling run %s failed (%s)", instance_id, status or "no answer")
+            logger.debug("Prefactor: polling run %s failed (%s)", instance_id, status or read.error)
             return
-        details = _details(answer)
+        details = _details(read.body)
         if details is None:
             self.counters["control_poll_failures"] += 1
             logger.debug("Prefactor: the answer polling run %s is not an agent instance", instance_id)
