@@ -105,7 +105,7 @@ def test_an_invented_agent_id_is_a_problem(tmp_path: Path) -> None:
     with DevServer() as server:
         code, out = doctor(base_env(tmp_path, **server_env(server, PREFACTOR_AGENT_ID=invented)))
     assert code == 1, out
-    assert f"[!!] PF311 agent id {invented} does not exist (restarted local server?" in out
+    assert f"[!!] PF311 agent id {invented} does not exist (an id of another account or server?" in out
 
 
 def test_the_agent_id_of_a_previous_server_is_a_problem(tmp_path: Path) -> None:

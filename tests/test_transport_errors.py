@@ -100,6 +100,12 @@ def test_a_read_of_a_refused_port_says_which_host_and_why() -> None:
     finally:
         transport.close()
     assert read == ReadAnswer(status=None, body=b"", error=f"cannot reach 127.0.0.1:{port}: connection refused")
+    ipv6 = reader(f"http://[::1]:{port}")  # an IPv6 address is written as in a URL, or its port reads as part of it
+    try:
+        read = ipv6.get("/ping", time.monotonic() + 10)
+    finally:
+        ipv6.close()
+    assert read.status is None and (read.error or "").startswith(f"cannot reach [::1]:{port}: "), read
 
 
 def test_a_read_keeps_the_answer_or_says_why_it_is_not_one() -> None:

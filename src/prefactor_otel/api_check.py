@@ -129,7 +129,8 @@ def _check_agent(config: PrefactorConfig, transport: BulkTransport, deadline: fl
     if status == 404:
         return Finding(
             "problem",
-            f"agent id {agent_id} does not exist (restarted local server? `prefactor-otel serve` now keeps its state)",
+            f"agent id {agent_id} does not exist (an id of another account or server? a local server started with "
+            "--memory or --reset mints new ids)",
             "PF311",
         )
     if status in (401, 403):

@@ -79,7 +79,8 @@ class BulkTransport(AnswerRules):
     def __init__(self, config: PrefactorConfig, *, sdk_header: str, client: httpx.Client | None = None) -> None:
         self._config = config
         parsed = httpx.URL(config.api_base)
-        self._host = f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host  # never the token: not in URLs
+        host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host  # an IPv6 address reads as in a URL
+        self._host = f"{host}:{parsed.port}" if parsed.port else host  # never the token: it is not in URLs
         self._what_happens_next = (
             "the items are kept on disk and re-sent, also by the next process with this configuration"
             if config.spool
