@@ -1,4 +1,4 @@
-"""PrefactorSpanExporter: the OpenTelemetry contract and the exporter's lifecycle (start, fork, exit, shutdown).
+"""PrefactorSpanExporter: the OpenTelemetry contract (`export`, `force_flush`), construction and start.
 
 Contract: constructible with no arguments; never raises from the constructor or `export`; `export` is
 thread-safe and returns within the export timeout; `force_flush` and `shutdown` honour their `timeout_millis`;
@@ -7,24 +7,23 @@ shutdown `export` returns FAILURE and warns once; the API token never appears in
 
 Work is split: mapping (pure, on the calling thread) -> pipeline.py (the planner and the drain of one process)
 -> delivery.py (requests, outcomes), with durability.py (the spool, the journal of open runs) for what cannot be
-delivered now. This module owns the OTel contract, the threads and the process lifecycle; exporter_background.py
-(a mixin) the finisher thread's work and control. Span starts from a PrefactorSpanProcessor arrive in a deque the
-exporter owns for its whole life (`start_queue`), read by the pipeline on the sending thread.
+delivered now. This module owns the OTel contract, construction and the state the exporter's mixins share (built
+by `__init__` and, once per process, `_new_process_state`); exporter_background.py (a mixin) the finisher thread's
+work and control; exporter_lifecycle.py (a mixin) fork, interpreter exit, the end of a multiprocessing worker and
+`shutdown`. Span starts from a PrefactorSpanProcessor arrive in a deque the exporter owns for its whole life
+(`start_queue`), read by the pipeline on the sending thread.
 
 Threads and locks:
-- `export()` is called by the BatchSpanProcessor's worker (or any thread); `force_flush`/`shutdown` by the
-  application or an atexit hook; the finisher thread (`_tick_loop`, exporter_background.py) sends what span starts
-  make due, finishes runs after their grace period, sends aged orphans, replays the spool, polls for control and
-  notices interpreter exit; a PrefactorSpanProcessor's `on_start` appends to the start queue (any thread).
+- `export()` is called by the BatchSpanProcessor's worker (or any thread); `force_flush` by the application or an
+  atexit hook (`shutdown`'s callers: exporter_lifecycle.py); the finisher thread (`_tick_loop`,
+  exporter_background.py) sends what span starts make due, finishes runs after their grace period, sends aged
+  orphans, replays the spool, polls for control and notices interpreter exit; a PrefactorSpanProcessor's
+  `on_start` appends to the start queue (any thread).
 - `_send_lock`: one sender at a time (delivery, replay, spill after a failed delivery). Never waited for past a
   caller's deadline.
 - the pipeline's `state_lock`: the planner and the records waiting for it (see pipeline.py).
-- `_lifecycle_lock`: shutdown runs once.
+- `_lifecycle_lock` (shutdown runs once) and what a forked child rebuilds: see exporter_lifecycle.py.
 - Counters are plain Counters written by the thread doing the work; `stats()` copies each one atomically.
-- After fork, `_reset_after_fork` (registered once per exporter) is the one place that rebuilds locks, threads,
-  the HTTP client and the pipeline: the child starts with no runs of its parent's (it may add spans to the runs
-  its parent had open, never finish them). The spool and the journal also guard themselves with fork hooks of
-  their own, because their descriptors must be handled even when the exporter is gone.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ from opentelemetry import trace as trace_api
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from prefactor_otel import __version__, ids, lifecycle
+from prefactor_otel import __version__, ids
 from prefactor_otel._logging import RateLimitedLog, announce, logger
 from prefactor_otel._logging import configure_level as configure_log_level
 from prefactor_otel.api_check import CheckResult, check_exporter
@@ -54,6 +53,7 @@ from prefactor_otel.control_poll import InstancePoller
 from prefactor_otel.delivery import Delivery
 from prefactor_otel.durability import Backlog
 from prefactor_otel.exporter_background import BackgroundWork
+from prefactor_otel.exporter_lifecycle import ExporterLifecycle
 from prefactor_otel.journal import RunJournal
 from prefactor_otel.mapping import SpanRecord, map_span
 from prefactor_otel.mapping.options import MappingOptions
@@ -67,8 +67,6 @@ from prefactor_otel.transport import BulkTransport
 from prefactor_otel.wire import encode_json
 
 SDK_HEADER = f"prefactor-otel@{__version__}"
-# Of a shutdown budget, what is kept back for writing the undelivered rest to the spool.
-_SPILL_RESERVE_S = 0.5
 
 
 def _trace_id(span: ReadableSpan) -> int | None:
@@ -76,7 +74,7 @@ def _trace_id(span: ReadableSpan) -> int | None:
     return context.trace_id if context is not None else None
 
 
-class PrefactorSpanExporter(BackgroundWork, SpanExporter):
+class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
     """Exports OTel spans to Prefactor: one agent instance per trace, one agent span per span, in bulk.
 
     Every option is a keyword argument (see `__init__`, or `help(PrefactorConfig)`); each overrides its
@@ -256,16 +254,6 @@ class PrefactorSpanExporter(BackgroundWork, SpanExporter):
         if spool.enabled:
             self._backlog = Backlog(spool, RunJournal(spool.directory))
 
-    def _register_process_hooks(self) -> None:
-        lifecycle.register(
-            self,
-            after_fork_in_child=PrefactorSpanExporter._reset_after_fork,
-            # Runs first when the exporter was created after its TracerProvider; otherwise the exporter notices
-            # the exit itself (`_deadline`, and the finisher thread every half second).
-            at_exit=PrefactorSpanExporter._begin_exit,
-            at_worker_exit=PrefactorSpanExporter._finish_as_a_worker,
-        )
-
     def __repr__(self) -> str:
         if self._config_error is not None and self._given_settings:
             # The config in use is a disabled stand-in: show what was set and why it was refused instead.
@@ -367,64 +355,7 @@ class PrefactorSpanExporter(BackgroundWork, SpanExporter):
         finally:
             self._send_lock.release()
 
-    def shutdown(self, timeout_millis: int = 30_000) -> None:
-        """Deliver what is left within min(timeout_millis, PREFACTOR_SHUTDOWN_TIMEOUT), then close.
-
-        What cannot be delivered in time goes to the spool (a later process sends it); runs still open are in
-        the journal of open runs. Runs once: a second, concurrent call returns at once.
-        """
-        with self._lifecycle_lock:
-            if self._shutdown or self._closing:
-                return
-            self._closing = True
-        try:
-            if self._disabled_reason is None:
-                self._shutdown_delivery(timeout_millis / 1000)
-        except Exception:
-            logger.exception("Prefactor shutdown failed unexpectedly")
-        finally:
-            self._shutdown = True
-            if self._transport is not None:
-                self._transport.close()
-            self._report_at_close()
-
-    def _shutdown_delivery(self, budget_s: float) -> None:
-        deadline = min(self._deadline(budget_s), self._deadline(self._config.shutdown_timeout))
-        transport = self._transport
-        pipeline = self._pipeline
-        assert transport is not None and pipeline is not None
-        self._ticker_stop.set()
-        # Another thread's request must end in time for us to send or spill: its backoff sleeps wake now, and its
-        # socket waits are capped halfway to the point where we stop waiting for the send lock (it ends within a
-        # quarter second of the cap), so the lock frees up with time left for our own last attempt.
-        now = time.monotonic()
-        lock_deadline = deadline - min(_SPILL_RESERVE_S, (deadline - now) / 5)
-        transport.interrupt_waits()
-        self._cap_transport(now + (lock_deadline - now) / 2)
-        if self._send_lock.acquire(timeout=max(0.0, lock_deadline - time.monotonic())):
-            try:
-                transport.resume_waits()
-                self._cap_transport(deadline)
-                pipeline.drain(deadline, shutdown=True)
-            finally:
-                self._send_lock.release()
-        else:
-            # The in-flight request did not end in time: keep everything on disk instead (idempotency keys make
-            # a later re-send of what that request delivered harmless).
-            pipeline.spill_unsent(shutdown=True)
-        ticker = self._ticker
-        if ticker is not None and ticker is not threading.current_thread():
-            ticker.join(max(0.0, deadline - time.monotonic()))
-        pipeline.close()
-
-    # ------------------------------------------------------------------ delivery
-
-    def _deadline(self, seconds: float) -> float:
-        """now + seconds, but never past the exit budget once the interpreter is exiting."""
-        if self._exit_deadline is None and lifecycle.interpreter_exiting():
-            self._begin_exit()
-        deadline = time.monotonic() + seconds
-        return deadline if self._exit_deadline is None else min(deadline, self._exit_deadline)
+    # ------------------------------------------------------------------ mapping
 
     def _map(self, spans: Sequence[ReadableSpan]) -> list[SpanRecord]:
         records: list[SpanRecord] = []
@@ -451,75 +382,7 @@ class PrefactorSpanExporter(BackgroundWork, SpanExporter):
             records.append(record)
         return records
 
-    def _finish_as_a_worker(self) -> None:
-        """A multiprocessing worker ends: flush the global TracerProvider (normally the one feeding this exporter:
-        its batch queue holds the worker's last spans), then shut down, all within the exit budget."""
-        if self._shutdown:
-            return
-        self._begin_exit()
-        budget_ms = int(self._config.shutdown_timeout * 1000)
-        flush = getattr(trace_api.get_tracer_provider(), "force_flush", None)
-        if callable(flush):
-            try:
-                flush(budget_ms)
-            except Exception:
-                logger.debug("Prefactor: flushing the tracer provider in a worker failed", exc_info=True)
-        self.shutdown(budget_ms)
-
-    def _begin_exit(self) -> None:
-        if self._exit_deadline is not None:
-            return
-        self._exit_deadline = time.monotonic() + self._config.shutdown_timeout
-        self._cap_transport(self._exit_deadline)
-
-    def _cap_transport(self, at: float) -> None:
-        cap = getattr(self._transport, "cap_deadline", None)
-        if cap is not None:
-            cap(at)
-
-    def _reset_after_fork(self) -> None:
-        """The one place a forked child is made whole: new locks and threads, a new HTTP client, and no state of
-        the parent's (its runs, waiting spans and counters stay the parent's to deliver)."""
-        inherited = self._pipeline.runs_open_at_fork() if self._pipeline is not None else {}
-        current = trace_api.get_current_span().get_span_context()
-        open_at_fork = frozenset([*inherited, *([current.trace_id] if current.is_valid else [])])
-        self._new_process_state()
-        self._starts.clear()  # the parent's starts: its spans, which the parent exports
-        self._forked_at_ns = time.time_ns()
-        # Only spans of traces open at the fork that started before it are copies of the parent's: a span of any
-        # other trace is the child's own, even with a start time set in the past.
-        self._traces_open_at_fork = open_at_fork
-        if self._transport is not None:
-            self._transport.reset_after_fork()
-        if self._delivery is not None:
-            self._delivery.reset_after_fork()
-        if self._poller is not None:
-            self._poller.reset_after_fork()
-        if self._backlog is not None:
-            self._backlog.reset_after_fork()
-        if self._delivery is not None:
-            self._pipeline = self._new_pipeline(inherited)
-
     # ------------------------------------------------------------------ visibility
-
-    def _report_at_close(self) -> None:
-        stats = self.stats()
-        if stats["spans_dropped"] or stats["spans_queued"]:
-            logger.warning(
-                "Prefactor exporter shut down: %d span(s) exported, %d dropped %s, %d left undelivered",
-                stats["spans_exported"],
-                stats["spans_dropped"],
-                dict(stats["dropped_by_reason"]),
-                stats["spans_queued"],
-            )
-        if stats["spool_backlog_bytes"]:
-            assert self._backlog is not None
-            logger.warning(
-                "Prefactor: %d bytes of undelivered items are kept in the spool (%s); the next process that starts "
-                "with this configuration re-sends them",
-                stats["spool_backlog_bytes"],
-                self._backlog.spool.directory,
-            )
 
     def stats(self) -> dict[str, Any]:
         """Counters: spans received/exported/dropped (by reason), retries, requests, runs, spool (see stats.py)."""

@@ -48,7 +48,7 @@ class BackgroundWork:
     _shutdown: bool
     _closing: bool
     _disabled_reason: str | None
-    # PrefactorSpanExporter methods used here.
+    # PrefactorSpanExporter methods used here (exporter_lifecycle.py).
     _begin_exit: Callable[[], None]
     _deadline: Callable[[float], float]
 
