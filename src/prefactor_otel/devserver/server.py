@@ -20,8 +20,9 @@ from urllib.parse import quote
 from prefactor_otel import ids
 from prefactor_otel.devserver import store as st
 from prefactor_otel.devserver.faults import Fault, FaultSet
-from prefactor_otel.devserver.handler import API, DevHTTPServer
+from prefactor_otel.devserver.handler import DevHTTPServer
 from prefactor_otel.devserver.request_log import RequestLog
+from prefactor_otel.devserver.routes import API
 from prefactor_otel.devserver.store import ApiError, JsonDict, Store
 from prefactor_otel.devserver.timefmt import now_us
 
