@@ -1,13 +1,12 @@
 """`DevServer`: the store behind real HTTP on 127.0.0.1, with auth, limits and fault injection.
 
-One `ThreadingHTTPServer` per `DevServer`, each with its own store, faults and request log, so any number of
-them can run side by side in one test process. `DevServer` is what a test (or `prefactor-otel serve`, serve.py)
-holds: its ids, its lifecycle and its test API (faults, request log, findings, reads of the store); what one
-request does is handler.py. Threads: the caller's thread starts and stops it and uses the test API; the request
-threads use its store and faults, log each request and count fault bytes through it. The store takes its own
-RLock, the fault set its own lock; the request log (`_requests_lock`) and the fault byte count
-(`_fault_bytes_lock`) each have a lock of their own.
-"""
+One `ThreadingHTTPServer` per `DevServer`, each with its own store, faults and request log, so any number of them
+can run side by side in one test process. `DevServer` is what a test (or `prefactor-otel serve`, serve.py) holds:
+its ids, its lifecycle and its test API (faults, request log, findings, reads of the store); what one request does
+is handler.py (HTTP) and routes.py (what a method and path mean). Threads: the caller's thread starts and stops it
+and uses the test API; the request threads use its store and faults, log each request and count fault bytes through
+it. The store takes its own RLock, the fault set its own lock; the request log (`_requests_lock`) and the fault byte
+count (`_fault_bytes_lock`) each have a lock of their own."""
 
 from __future__ import annotations
 
