@@ -281,3 +281,29 @@ def test_secrets_never_reach_the_server(
     assert chat["payload"]["token_usage"]["prompt_tokens"] == 11  # gen_ai.usage.input_tokens arrived
     root = next(s for s in stored if s["payload"]["name"] == "handle request")
     assert root["payload"]["metadata"]["Authorization"] == "[REDACTED:secret_key]"
+
+
+def test_a_signature_is_masked_when_shaped_like_a_credential_and_kept_when_it_is_a_program() -> None:
+    """`signature` names an HMAC or a request signature (masked) and a DSPy or function signature (kept, still
+    value-scanned); other secret keys mask whatever they hold."""
+    from prefactor_otel.mapping.redaction import Redactor
+
+    redactor = Redactor()
+    hmac = "t=1492774577,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd"
+    program = "StringSignature(question -> answer\n    instructions='Answer briefly.')"
+    leaky = "StringSignature(question -> answer) # key sk-proj-abcdefghijklmnopqrstuvwxyz012345"
+    log: list[dict[str, object]] = []
+    attributes = redactor.redact_attributes(
+        {"webhook.signature": hmac, "dspy.signature": program, "fn.signature": leaky, "password": "hunter two"},
+        "attributes",
+        log,
+    )
+    assert attributes["webhook.signature"] == "[REDACTED:signature_key]"
+    assert attributes["dspy.signature"] == program
+    assert "sk-proj" not in str(attributes["fn.signature"]) and attributes["fn.signature"].startswith("StringSig")
+    assert attributes["password"] == "[REDACTED:secret_key]"  # whitespace spares only the signature key
+    nested: dict[str, object] = {"call": {"signature": program, "request": {"signature": hmac}}}
+    redactor.redact_keys_in(nested, "inputs", log)
+    assert nested == {"call": {"signature": program, "request": {"signature": "[REDACTED:signature_key]"}}}
+    walked = redactor.redact_attributes({"args": ({"signature": program}, {"signature": hmac})}, "attributes", log)
+    assert walked["args"] == ({"signature": program}, {"signature": "[REDACTED:signature_key]"})

@@ -287,6 +287,9 @@ def test_dspy_openinference() -> None:
     assert react.result_payload["outputs"]["value"]["answer"] == "It is sunny in Paris."
     # DSPy's LM spans carry no usage at all: nothing is invented for them
     assert all(r.payload["token_usage"] is None for recs in records.values() for r in recs)
+    # the program's signature is what a DSPy user reads first: not a secret, so not masked by the `signature` key
+    adapter = records["ChatAdapter.__call__"][0]
+    assert adapter.payload["inputs"]["value"]["signature"].startswith("StringSignature(question, trajectory ->")
 
 
 # ----------------------------------------------------------------------------- OpenAI Agents SDK (OpenInference)

@@ -4,7 +4,8 @@ Three kinds of rules, applied in this order:
 1. **Key rules**: an attribute (or a key inside a JSON attribute value) whose name looks like a secret
    (`authorization`, `password`, `api_key`, `cookie`, ...; plus the user's PREFACTOR_REDACT_KEYS) has its whole
    string value masked. Key rules never touch numbers or booleans, so token counts (`gen_ai.usage.input_tokens`,
-   `llm.token_count.prompt`) always survive.
+   `llm.token_count.prompt`) always survive. A `signature` is masked only when shaped like a credential (no
+   whitespace inside): DSPy's `StringSignature(question -> answer ...)` is a program, not an HMAC.
 2. **Value rules**: secret-looking substrings anywhere in a string (OpenAI-style `sk-...` keys, bearer tokens,
    `Authorization` / `Proxy-Authorization: Basic ...`, JWTs, cloud keys, an AWS secret access key next to its
    `AKIA`/`ASIA` key id, private-key blocks, `password=...`, secret assignments such as `client_secret=...`,
@@ -102,6 +103,12 @@ _SECRET_KEY_SUFFIXES = (
     "_access_key",
     "_credentials",
 )
+# Secret-named keys that also name things no credential is: a `signature` is an HMAC or a cloud request signature,
+# or a DSPy program's `StringSignature(question -> answer ...)` or a function's signature. Their string values are
+# masked only when shaped like a credential (no whitespace inside); anything else is value-scanned as usual.
+_SHAPED_KEYS = frozenset({"signature"})
+SHAPED_KEY_RULE = "signature_key"
+_WHITESPACE = re.compile(r"\s")
 _KEY_CACHE_LIMIT = 4096
 _MIN_SECRET_LENGTH = 5  # shorter strings cannot hold any default value pattern
 _SHORT = 128  # below this length one combined regex decides whether any default rule can match
@@ -180,6 +187,8 @@ class Redactor:
         last = _normalize_key(key)
         if key.lower() in self._user_keys or last in self._user_keys:
             rule = "user_key"
+        elif self._defaults and last in _SHAPED_KEYS:
+            rule = SHAPED_KEY_RULE
         elif self._defaults and (last in _SECRET_KEYS or last.endswith(_SECRET_KEY_SUFFIXES)):
             rule = "secret_key"
         if len(self._key_cache) >= _KEY_CACHE_LIMIT:
@@ -266,7 +275,7 @@ class Redactor:
         for key, value in attributes.items():
             if isinstance(value, str):
                 rule = cache[key] if key in cache else self.key_rule(key)
-                if rule is not None:
+                if rule is not None and masks_string(rule, value):
                     attributes[key] = f"[REDACTED:{rule}]"
                     log.append({"path": _path(where, key), "rule": rule})
                 elif scan_all or (len(value) >= _MIN_SECRET_LENGTH and key not in structural):
@@ -335,7 +344,7 @@ class Redactor:
                         self.redact_keys_in(item, f"{path}.{key}", log, depth + 1)
                 elif isinstance(item, str) and isinstance(key, str):
                     rule = self.key_rule(key)
-                    if rule is not None:
+                    if rule is not None and masks_string(rule, item):
                         value[key] = f"[REDACTED:{rule}]"
                         log.append({"path": f"{path}.{key}", "rule": rule})
         elif isinstance(value, list):
@@ -354,9 +363,16 @@ def _masked(value: object, rule: str) -> object:
     its length (one marker per item), as string arrays always did."""
     if value is None or isinstance(value, (bool, int, float)):
         return value
+    if isinstance(value, str) and not masks_string(rule, value):
+        return value  # a `signature` that is prose or code: value-scanned by the caller instead
     marker = f"[REDACTED:{rule}]"
     if isinstance(value, (tuple, list)):
         if all(item is None or isinstance(item, (bool, int, float)) for item in value):
             return value
         return tuple(item if item is None or isinstance(item, (bool, int, float)) else marker for item in value)
     return marker
+
+
+def masks_string(rule: str, text: str) -> bool:
+    """Whether a key rule masks this string: always, except a credential-shaped key's value that holds whitespace."""
+    return rule != SHAPED_KEY_RULE or _WHITESPACE.search(text) is None
