@@ -25,11 +25,12 @@ def readme_example() -> str:
     return match[1]
 
 
-def test_the_readme_fixture_example_passes_as_a_pytest_run(tmp_path):
-    (tmp_path / "test_my_agent.py").write_text(readme_example())
+def run_as_a_user_test(tmp_path, source: str) -> subprocess.CompletedProcess[str]:
+    """`python -m pytest` on `source` as the user's own test file, with the installed plugin and a clean env."""
+    (tmp_path / "test_my_agent.py").write_text(source)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PREFACTOR_", "PYTEST_"))}
     env["TMPDIR"] = str(tmp_path)  # the default spool directory lives under the temp dir: keep it to this test
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_agent.py"],
         cwd=tmp_path,
         env=env,
@@ -37,6 +38,10 @@ def test_the_readme_fixture_example_passes_as_a_pytest_run(tmp_path):
         text=True,
         timeout=180,
     )
+
+
+def test_the_readme_fixture_example_passes_as_a_pytest_run(tmp_path):
+    proc = run_as_a_user_test(tmp_path, readme_example())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 passed" in proc.stdout
 
@@ -45,17 +50,7 @@ def test_a_broken_expectation_in_that_example_fails_the_run(tmp_path):
     # The example's assertions are real: the same run expecting a span that never came fails.
     broken = readme_example().replace('"invoke_agent my-agent"]', '"invoke_agent my-agent", "never sent"]')
     assert broken != readme_example()
-    (tmp_path / "test_my_agent.py").write_text(broken)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PREFACTOR_", "PYTEST_"))}
-    env["TMPDIR"] = str(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_agent.py"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = run_as_a_user_test(tmp_path, broken)
     assert proc.returncode == 1 and "1 failed" in proc.stdout, proc.stdout + proc.stderr
 
 
