@@ -9,29 +9,14 @@ Bounded: a hand-off is split into files of at most `max_file_bytes` (one item la
 own; an item larger than `max_item_bytes` is dropped, counted). Before writing, the oldest files are dropped
 (counted) until the new ones fit under `max_bytes`, counting other processes' files (`append` rescans when the
 directory changed since its last scan or write; every rescan trims to the cap too); a hand-off larger than the
-whole cap is refused (`append` returns False, counted, logged). A file is read only if it is within the read
-limit, so replay memory is bounded whatever the backlog; a version-1 file over it (written before files were
-bounded) is rewritten as bounded files in its place, reading it in chunks. Files past the retention age are
-dropped, counted.
-
-Leases: a sender takes a file by renaming it to `<name>.lease-<pid>`; a lease whose process died (or that carries
-our own pid but is not one we hold: a restart that reused the pid) is taken back by the next rescan.
-
-One sender per directory: `with spool.sending() as acquired:` holds a non-blocking exclusive flock on
-`.sender.lock` while a process replays, so processes sharing the directory never send files of one run out of
-order. The flock belongs to the open file description, which a fork shares: the parent releases with LOCK_UN
-(so a child's inherited copy cannot keep it held) and a child only closes its copy (`reset_after_fork`).
+whole cap is refused (`append` returns False, counted, logged). Files past the retention age are dropped, counted.
 
 Other processes' files: the directory is rescanned when a sender takes the lock with an empty index, and at most
 every `rescan_seconds` otherwise (`has_backlog`, `append`), so files a live process leaves behind are replayed.
-`has_own_backlog` says whether files this process wrote still exist anywhere (leased by anyone): while they do,
-live items of the same runs must not be sent ahead of them.
+`.tmp-*` files older than a minute whose writer is not a live process are removed.
 
-Unreadable files (not JSON, truncated, wrong shape, or over the read limit and not splittable) are moved to
-`.quarantine/` (bounded on its own: at most `max(max_file_bytes, max_bytes // 10)` bytes, oldest removed first; a
-larger file is deleted), their spans counted as dropped `spool_corrupt`, logged (rate-limited); `take_oldest`
-serves the next file and never raises. `.tmp-*` files older than a minute whose writer is not a live process
-are removed.
+Reading the files back (leases, one sender per directory, the read limit, the quarantine) is `spool_replay`:
+`SpoolReplay`, a mixin of `Spool` that shares the state `Spool.__init__` owns.
 
 Threads: the exporter's export callers and its background sender call every method. `_lock` guards the index,
 leases, own-file set, counters and the sender-lock descriptor; file writes happen under it (names and the index
@@ -48,37 +33,17 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from prefactor_otel._logging import RateLimitedLog, logger
-from prefactor_otel.spool_disk import (
-    SenderLock,
-    base_name,
-    make_private_directory,
-    names_present,
-    quarantine,
-    scan,
-    write_atomic,
-    write_pieces,
-)
-from prefactor_otel.spool_format import (
-    FORMAT_VERSION,
-    CorruptFile,
-    ItemEncoder,
-    count_spans,
-    decode,
-    pack,
-    render,
-    v1_pieces,
-)
+from prefactor_otel.spool_disk import SenderLock, make_private_directory, scan, write_atomic
+from prefactor_otel.spool_format import FORMAT_VERSION, ItemEncoder, count_spans, pack
+from prefactor_otel.spool_replay import SpoolReplay
 
-__all__ = ["FORMAT_VERSION", "Spool", "SpoolFile", "default_spool_dir"]
+__all__ = ["FORMAT_VERSION", "Spool", "default_spool_dir"]
 
-_QUARANTINE = ".quarantine"
-_SENDER_POLL_S = 0.05
 DEFAULT_MAX_FILE_BYTES = 1 << 20
 DEFAULT_MAX_ITEM_BYTES = 4 << 20  # the transport's default request limit: a larger item could never be sent
 
@@ -90,13 +55,7 @@ def default_spool_dir(api_base: str, agent_key: str) -> Path:
     return Path(tempfile.gettempdir()) / f"prefactor-otel-{uid}" / digest
 
 
-@dataclass(slots=True)
-class SpoolFile:
-    path: Path
-    items: list[dict[str, Any]]
-
-
-class Spool:
+class Spool(SpoolReplay):
     def __init__(
         self,
         directory: Path,
@@ -291,186 +250,9 @@ class Spool:
         self._own.discard(name)
         self._recount()
 
-    # ------------------------------------------------------------------ reading
-
-    @property
-    def has_backlog(self) -> bool:
-        """Any file to replay, ours or another process's (rescanned at most every `rescan_seconds`)."""
-        if not self._index and self.enabled and self._rescan_due() and self._lock.acquire(blocking=False):
-            try:
-                with contextlib.suppress(OSError):
-                    self._rescan()
-            finally:
-                self._lock.release()
-        return bool(self._index)
-
-    @property
-    def has_own_backlog(self) -> bool:
-        """Whether files this process wrote still exist, leased by anyone: until they are gone, live items of the
-        same runs must wait (or be spooled behind them)."""
-        with self._lock:
-            if not self._own:
-                return False
-            if self._leased.keys() & self._own:
-                return True
-            for name in self._own:
-                if os.path.exists(self.directory / name):
-                    return True
-            try:
-                # Leased by another process (its pid is in the name): list the directory. A listing is not
-                # atomic against renames, so a name is only given up when two listings miss it.
-                missing = self._own - names_present(self.directory)
-                if missing:
-                    missing -= names_present(self.directory)
-            except OSError:
-                return True  # cannot tell: the safe answer keeps the order
-            self._own -= missing
-            return bool(self._own)
-
     @property
     def backlog_bytes(self) -> int:
         return self._total
-
-    def take_oldest(self, deadline: float | None = None) -> SpoolFile | None:
-        """Lease the oldest file for sending. None if there is none, another process took it, or the monotonic
-        `deadline` passed. Unreadable files are quarantined on the way; this never raises."""
-        with self._lock:
-            while self._index:
-                if deadline is not None and time.monotonic() >= deadline:
-                    return None
-                name, size = next(iter(self._index.items()))
-                lease = self.directory / f"{name}.lease-{os.getpid()}"
-                try:
-                    os.replace(self.directory / name, lease)
-                except FileNotFoundError:
-                    self._index.pop(name)  # another process took it (if it was ours, it is still our backlog)
-                    self._recount()
-                    continue
-                except OSError as exc:
-                    self._log.log(logging.WARNING, "spool_lease", "Prefactor spool: cannot lease a file (%s)", exc)
-                    return None
-                self._index.pop(name)
-                self._leased[name] = size
-                try:
-                    size = os.stat(lease).st_size
-                    self._leased[name] = size
-                    if size > self._read_limit:
-                        if self._split_oversized(lease, name):
-                            continue  # its pieces are now the oldest files
-                        raise CorruptFile(f"{size} bytes, over the {self._read_limit}-byte read limit")
-                    with open(lease, "rb") as fh:
-                        items = decode(fh.read(self._read_limit + 1))
-                except Exception as exc:  # whatever is wrong with one file, the next one is served
-                    self._set_aside(lease, name, exc)
-                    continue
-                self._recount()
-                return SpoolFile(lease, items)
-            return None
-
-    def _split_oversized(self, lease: Path, name: str) -> bool:
-        """Rewrite an oversized version-1 file (written before files were bounded) as bounded files in its place.
-        False (nothing left behind) if it is not one, or cannot be split."""
-        try:
-            pieces = write_pieces(
-                self.directory,
-                name.removesuffix(".json"),
-                v1_pieces(lease, self._max_file_bytes, self._max_item_bytes),
-                mtime=os.stat(lease).st_mtime,
-            )
-        except (CorruptFile, OSError, ValueError):
-            return False
-        with contextlib.suppress(OSError):
-            os.unlink(lease)  # if it stays, the next rescan takes it back: its items are sent twice, idempotently
-        was_ours = name in self._own
-        self._forget(name)
-        self._index = dict(sorted({**self._index, **dict(pieces)}.items()))
-        if was_ours:
-            self._own.update(piece for piece, _ in pieces)
-        self._recount()
-        self.counters["spool_files_split"] += 1
-        return True
-
-    def _set_aside(self, path: Path, name: str, problem: Exception) -> None:
-        count = count_spans(path)
-        kept = quarantine(path, self.directory / _QUARANTINE, name, self._quarantine_bytes)
-        self._forget(name)
-        self.counters["spool_files_quarantined"] += 1
-        self.counters["dropped:spool_corrupt"] += count
-        self._log.log(
-            logging.WARNING,
-            "spool_corrupt",
-            "Prefactor spool: unreadable file %s (%s): %d span(s) dropped, file %s",
-            name,
-            type(problem).__name__ if not isinstance(problem, CorruptFile) else problem,
-            count,
-            f"kept in {self.directory / _QUARANTINE}" if kept else "deleted (too large to keep)",
-        )
-
-    def complete(self, file: SpoolFile) -> None:
-        with self._lock:
-            with contextlib.suppress(OSError):
-                file.path.unlink()
-            self._forget(base_name(file.path.name))
-
-    def give_back(self, file: SpoolFile, remaining: Sequence[dict[str, Any]]) -> None:
-        """Return the unsent rest of a leased file to the queue, keeping its place (its name)."""
-        name = base_name(file.path.name)
-        with self._lock:
-            if not remaining:
-                with contextlib.suppress(OSError):
-                    file.path.unlink()
-                self._forget(name)
-                return
-            try:
-                encoder = ItemEncoder(remaining)
-                data = render([encoder.encode(item) for item in remaining])
-                write_atomic(self.directory / name, data, mtime=os.stat(file.path).st_mtime)
-                file.path.unlink(missing_ok=True)
-            except (OSError, TypeError, ValueError, RecursionError):
-                # The lease (the whole file, resent items included: idempotent) is taken back by the next rescan.
-                self._leased.pop(name, None)
-                self._recount()
-                return
-            self._leased.pop(name, None)
-            self._index[name] = len(data)
-            self._index = dict(sorted(self._index.items()))
-            self._recount()
-
-    # ------------------------------------------------------------------ one sender per directory
-
-    @contextlib.contextmanager
-    def sending(self, deadline: float | None = None) -> Iterator[bool]:
-        """`with spool.sending() as acquired:` -- replay only if acquired; another process (or thread) is the
-        sender otherwise. Without a deadline it never blocks; with one (monotonic) it retries until then, for a
-        flush or shutdown that must see its own backlog sent (another sender holds the lock per replay only)."""
-        acquired = self._acquire_sender()
-        while not acquired and deadline is not None and time.monotonic() + _SENDER_POLL_S < deadline:
-            time.sleep(_SENDER_POLL_S)  # flock has no timed wait: poll, outside our lock
-            acquired = self._acquire_sender()
-        try:
-            yield acquired
-        finally:
-            if acquired:
-                self._release_sender()
-
-    def _acquire_sender(self) -> bool:
-        if not self.enabled:
-            return False
-        with self._lock:
-            try:
-                if not self._sender.acquire():
-                    return False
-            except OSError as exc:
-                self._log.log(logging.WARNING, "spool_lock", "Prefactor spool: cannot open the sender lock (%s)", exc)
-                return False
-            if not self._index or self._rescan_due():
-                with contextlib.suppress(OSError):
-                    self._rescan()  # files other processes left: this sender replays them too
-            return True
-
-    def _release_sender(self) -> None:
-        with self._lock:
-            self._sender.release()
 
 
 def _is_span(item: dict[str, Any] | bytes) -> bool:
