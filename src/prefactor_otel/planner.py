@@ -6,17 +6,17 @@ re-planning an item that was sent but not acknowledged produces the same item an
 
 Ordering rules (architecture.md, "Ordering"): register + start come before a trace's first span; within one
 plan parents come before children; a child whose parent has not been created waits here, bounded by count
-and age, and is then sent as an orphan (no `parent_span_id`, the OTel parent kept in its payload,
-`metadata.orphaned = true`) -- never dropped silently. An instance is finished once its local root has been
-delivered and the trace has been quiet for a grace period (or at flush/shutdown).
+and age, and is then sent as an orphan (planner_bounds.py) -- never dropped silently. An instance is finished
+once its local root has been delivered and the trace has been quiet for a grace period (or at flush/shutdown).
 
 With span starts (PrefactorSpanProcessor, `start`): a run is registered and started at its local root's start, live
 spans are created `active` then finished with `agent_spans/finish`, and a run is finished as soon as every span
 started here has ended and been delivered -- the grace period is then only a fallback (docs/live-runs.md).
 
-Split by concept: this module plans (input, bounds, ordering, finishes); planner_live.py is what span starts add
-(live spans, open spans, terminated runs); planner_outcomes.py applies what the server did with each item. All
-three share one state, owned by `Planner.__init__`; no I/O, called only under the pipeline's state lock.
+Split by concept: this module plans (input, ordering, finishes); planner_live.py is what span starts add (live
+spans, open spans, terminated runs); planner_outcomes.py applies what the server did with each item;
+planner_bounds.py is what happens when a memory limit is reached (orphans, drops, forced finishes). All four
+share one state, owned by `Planner.__init__`; no I/O, called only under the pipeline's state lock.
 """
 
 from __future__ import annotations
@@ -42,19 +42,11 @@ from prefactor_otel.models import (
     BULK_FINISH_SPAN,
     AgentSchemaVersionForRegister,
 )
+from prefactor_otel.planner_bounds import MemoryBounds
 from prefactor_otel.planner_live import LiveSpans, has_start_work
 from prefactor_otel.planner_outcomes import OutcomeRules
-from prefactor_otel.runs import (
-    PendingSpan,
-    RunState,
-    parent_resolved_deep,
-    passes_filter,
-    remember,
-    waiting_chains,
-)
+from prefactor_otel.runs import PendingSpan, RunState, passes_filter, remember
 from prefactor_otel.starts import LivePolicy
-
-_MAX_OPEN_TRACES = 10_000
 
 
 class InheritedRun(NamedTuple):
@@ -70,7 +62,7 @@ class InheritedRun(NamedTuple):
 AgentVersionBuilder = Callable[[Mapping[str, object]], dict[str, Any]]
 
 
-class Planner(LiveSpans, OutcomeRules):
+class Planner(LiveSpans, OutcomeRules, MemoryBounds):
     def __init__(
         self,
         *,
@@ -189,63 +181,6 @@ class Planner(LiveSpans, OutcomeRules):
                 remember(trace.created, span_id, None)
         self._traces[trace_id] = trace
         return trace
-
-    # ------------------------------------------------------------------ bounds
-
-    def _enforce_bounds(self, now: float) -> None:
-        if self._queued > self._max_queued:
-            self._drop_oldest(self._queued - self._max_queued)
-        if self._queued > self._max_waiting:  # waiting spans are queued spans: fewer queued, nothing to check
-            chains = [chain for trace in self._traces_with_pending() for chain in waiting_chains(trace)]
-            excess = sum(size for _top, size, _earliest in chains) - self._max_waiting
-            for top, size, _earliest in sorted(chains, key=lambda chain: chain[2]):  # oldest waiting first
-                if excess <= 0:
-                    break
-                self._orphan(top, "count")
-                excess -= size
-        if len(self._traces) > _MAX_OPEN_TRACES:
-            # Bounded memory: the least recently active trace is closed early.
-            self._force_finish_oldest(len(self._traces) - _MAX_OPEN_TRACES)
-
-    def _traces_with_pending(self) -> list[RunState]:
-        # Only traces with pending spans: not O(open runs).
-        return [self._traces[i] for i in self._with_pending if i in self._traces and self._traces[i].pending]
-
-    def _orphan_waiting_tops(self, trace: RunState, why: str, now: float | None) -> None:
-        """Orphan the top of each waiting chain (with `now`: of chains where some span has waited too long).
-        Spans caught in a parent cycle (corrupt input) have no top: at shutdown they are orphaned one by one."""
-        for top, _size, earliest in waiting_chains(trace):
-            if now is None or now - earliest >= self._max_wait:
-                self._orphan(top, why)
-        if now is None:
-            for pending in trace.pending.values():
-                if not pending.orphaned and not parent_resolved_deep(trace, pending.record):
-                    self._orphan(pending, why)
-
-    def _orphan(self, pending: PendingSpan, why: str) -> None:
-        pending.orphaned = True
-        self.counters[f"spans_orphaned_{why}"] += 1
-
-    def _drop_oldest(self, count: int) -> None:
-        candidates = sorted(
-            (p.arrived_at, t.trace_id, span_id)
-            for t in (self._traces[i] for i in self._with_pending if i in self._traces)
-            for span_id, p in t.pending.items()
-        )
-        for _, trace_id, span_id in candidates[:count]:
-            pending = self._traces[trace_id].pending.pop(span_id)
-            self._queued -= 1
-            self._drop(1, "queue_full", pending.record)
-
-    def _force_finish_oldest(self, count: int) -> None:
-        for trace_id in list(self._traces)[:count]:
-            trace = self._traces[trace_id]
-            if not trace.pending:
-                trace.root_delivered = True  # finish it on the next plan with what we have
-                trace.last_activity = float("-inf")
-
-    def _drop(self, count: int, reason: str, record: SpanRecord | None = None) -> None:
-        self.dropped[reason] += count
 
     # ------------------------------------------------------------------ planning
 

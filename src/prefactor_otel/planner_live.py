@@ -47,7 +47,7 @@ class LiveSpans:
     counters: Counter[str]
     # Planner methods used here.
     _new_trace: Callable[[int, int, Mapping[str, object]], RunState]
-    _drop: Callable[..., None]
+    _drop: Callable[..., None]  # planner_bounds.py
     _forget: Callable[[RunState], None]
     _span_pfid: Callable[[RunState, int, int | None], str]
 

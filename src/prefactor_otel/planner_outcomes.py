@@ -33,8 +33,8 @@ class OutcomeRules:
     counters: Counter[str]
     actions_dropped: Counter[str]
     # Planner methods used here.
-    _drop: Callable[..., None]
-    _orphan: Callable[[PendingSpan, str], None]
+    _drop: Callable[..., None]  # planner_bounds.py
+    _orphan: Callable[[PendingSpan, str], None]  # planner_bounds.py
 
     def replace_with_placeholder(self, key: str, original_bytes: int) -> bool:
         """A span too large for any request: next plans send a small placeholder in the same place of the tree.
