@@ -1,6 +1,6 @@
 """What the per-span REST pattern of Prefactor's own Python SDK would send for the same spans.
 
-The Python SDK opens and finishes every span with its own requests (prefactor-api.md §5.1, pattern 1) and runs
+The Python SDK opens and finishes every span with its own requests (prefactor-core over prefactor-http) and runs
 each agent instance through register, start and finish:
 
     POST /api/v1/agent_instance/register         flat register body (+ update_current_version, idempotency_key)

@@ -1,5 +1,5 @@
 """Classification priority (A0), the known mislabels, the other conventions' field chains, and the span filter
-helper. Attribute shapes follow shared/design/semantic-conventions.md; spans are real SDK spans."""
+helper. Attribute shapes follow each convention's published attributes; spans are real SDK spans."""
 
 from __future__ import annotations
 

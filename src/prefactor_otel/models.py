@@ -283,7 +283,7 @@ class BulkRequest(BaseModel):
 
 
 # The five bulk `_type`s this exporter sends. `agent_instances/start|finish` are inferred from the REST names
-# (prefactor-api.md, open question 1); every one of them can also be sent as its REST call.
+# (no public source shows them in a bulk request); every one of them can also be sent as its REST call.
 BULK_REGISTER = "agent_instances/register"
 BULK_START = "agent_instances/start"
 BULK_FINISH_INSTANCE = "agent_instances/finish"

@@ -4,7 +4,7 @@ The exporter feeds it mapped spans (`add`), asks for the next ordered list of bu
 and reports each item's outcome back (`apply`). Everything it emits is keyed deterministically (ids.py), so
 re-planning an item that was sent but not acknowledged produces the same item and the server deduplicates it.
 
-Ordering rules (architecture.md, "Ordering"): register + start come before a trace's first span; within one
+Ordering rules: register + start come before a trace's first span; within one
 plan parents come before children; a child whose parent has not been created waits here, bounded by count
 and age, and is then sent as an orphan (planner_bounds.py) -- never dropped silently. An instance is finished
 once its local root has been delivered and the trace has been quiet for a grace period (or at flush/shutdown).

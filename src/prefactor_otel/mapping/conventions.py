@@ -1,6 +1,6 @@
 """Classify a span into a Prefactor span type. Pure functions.
 
-Priority list A0 of shared/design/semantic-conventions.md (the order Langfuse's server uses), first hit wins:
+Priority list (the order Langfuse's server uses), first hit wins:
 
 1. `langfuse.observation.type`      6. `gen_ai.operation.name`
 2. `openinference.span.kind`        7. `llm.request.type` (Traceloop before 0.60)

@@ -1,6 +1,6 @@
 """Normalise the message shapes of the GenAI conventions into one shape. Pure functions.
 
-Target shape (shared/design/semantic-conventions.md):
+Target shape:
 `{role, content: str | None, parts?: [...], tool_calls?: [{id, name, arguments}], tool_call_id?, name?, finish_reason?}`
 
 Sources:

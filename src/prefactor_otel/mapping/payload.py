@@ -1,6 +1,6 @@
 """ReadableSpan -> SpanRecord: the Prefactor payloads of one span. Pure functions, no I/O, no state.
 
-The payload follows the envelope other Prefactor tools read (architecture.md): span_id, trace_id,
+The payload follows the envelope other Prefactor tools read: span_id, trace_id,
 parent_span_id, name, kind, status, inputs, metadata, token_usage, error, events, links. The result payload
 carries outputs, token_usage and error.
 

@@ -63,7 +63,7 @@ _DOCUMENTS: JsonSchema = {
 }
 
 _NULLABLE_OBJECT = {"type": ["object", "null"]}
-# Fields every payload may carry (architecture.md, "The mapping"), plus the common typed fields. Token usage is
+# Fields every payload may carry (the envelope, payload.py), plus the common typed fields. Token usage is
 # described in full where it is the point of the span type (LLM, agent, embedding), by type elsewhere.
 _ENVELOPE_PROPERTIES: dict[str, JsonSchema] = {
     "span_id": _STRING,
