@@ -12,63 +12,43 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-if TYPE_CHECKING:
-    from prefactor_otel.api_check import CheckResult
-    from prefactor_otel.config import ConfigError, PrefactorConfig
-    from prefactor_otel.control import (
-        PrefactorTerminatedError,
-        Termination,
-        is_terminated,
-        on_terminate,
-        raise_if_terminated,
-        termination,
-        termination_event,
-        termination_reason,
-        wait_for_termination,
-    )
-    from prefactor_otel.exporter import PrefactorSpanExporter
-    from prefactor_otel.processor import PrefactorSpanProcessor
+if TYPE_CHECKING:  # what type checkers and IDEs see (`X as X`: re-exported); at run time, __getattr__ below
+    from prefactor_otel.api_check import CheckResult as CheckResult
+    from prefactor_otel.config import ConfigError as ConfigError
+    from prefactor_otel.config import PrefactorConfig as PrefactorConfig
+    from prefactor_otel.control import PrefactorTerminatedError as PrefactorTerminatedError
+    from prefactor_otel.control import Termination as Termination
+    from prefactor_otel.control import is_terminated as is_terminated
+    from prefactor_otel.control import on_terminate as on_terminate
+    from prefactor_otel.control import raise_if_terminated as raise_if_terminated
+    from prefactor_otel.control import termination as termination
+    from prefactor_otel.control import termination_event as termination_event
+    from prefactor_otel.control import termination_reason as termination_reason
+    from prefactor_otel.control import wait_for_termination as wait_for_termination
+    from prefactor_otel.exporter import PrefactorSpanExporter as PrefactorSpanExporter
+    from prefactor_otel.processor import PrefactorSpanProcessor as PrefactorSpanProcessor
 
-# public name -> the module that defines it
-_MODULES = {
-    "CheckResult": "prefactor_otel.api_check",
-    "ConfigError": "prefactor_otel.config",
-    "PrefactorConfig": "prefactor_otel.config",
-    "PrefactorSpanExporter": "prefactor_otel.exporter",
-    "PrefactorSpanProcessor": "prefactor_otel.processor",
-    **{
-        name: "prefactor_otel.control"
-        for name in (
-            "PrefactorTerminatedError",
-            "Termination",
-            "is_terminated",
-            "on_terminate",
-            "raise_if_terminated",
-            "termination",
-            "termination_event",
-            "termination_reason",
-            "wait_for_termination",
-        )
-    },
+# the module that defines each public name (imported on first use)
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "prefactor_otel.api_check": ("CheckResult",),
+    "prefactor_otel.config": ("ConfigError", "PrefactorConfig"),
+    "prefactor_otel.control": (
+        "PrefactorTerminatedError",
+        "Termination",
+        "is_terminated",
+        "on_terminate",
+        "raise_if_terminated",
+        "termination",
+        "termination_event",
+        "termination_reason",
+        "wait_for_termination",
+    ),
+    "prefactor_otel.exporter": ("PrefactorSpanExporter",),
+    "prefactor_otel.processor": ("PrefactorSpanProcessor",),
 }
+_MODULES = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = [
-    "CheckResult",
-    "ConfigError",
-    "PrefactorConfig",
-    "PrefactorSpanExporter",
-    "PrefactorSpanProcessor",
-    "PrefactorTerminatedError",
-    "Termination",
-    "__version__",
-    "is_terminated",
-    "on_terminate",
-    "raise_if_terminated",
-    "termination",
-    "termination_event",
-    "termination_reason",
-    "wait_for_termination",
-]
+__all__ = sorted([*_MODULES, "__version__"])
 
 
 def __getattr__(name: str) -> Any:
