@@ -136,6 +136,10 @@ def test_show_watch_shows_live_runs_and_in_flight_spans_as_they_change():
         assert "no live agent runs" in proc.stdout and "1 finished run not shown" in proc.stdout
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def test_show_watch_runs_until_ctrl_c(tmp_path):
     from prefactor_otel.devserver import DevServer
 
@@ -148,6 +152,9 @@ def test_show_watch_runs_until_ctrl_c(tmp_path):
             stdout=sink,
             stderr=subprocess.PIPE,
             text=True,
+            # As a test runner started in the background (`pytest &` in a script) starts it: SIGINT inherited
+            # ignored. The watch must stop on Ctrl-C all the same.
+            preexec_fn=_ignore_sigint,
         )
         try:
             for _ in range(600):  # bounded: until three frames were printed

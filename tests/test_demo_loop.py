@@ -29,10 +29,10 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _default_sigint() -> None:
-    # A terminal delivers Ctrl-C to a program whose SIGINT is not ignored; a test runner started in the background
-    # may pass SIGINT ignored down to its children.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def _ignore_sigint() -> None:
+    # The hardest start a user's Ctrl-C meets: SIGINT inherited ignored, as from a test runner or script started in
+    # the background. `demo --loop` says "Ctrl-C to stop", so it must stop all the same.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Demo:
@@ -90,7 +90,7 @@ def demo(*args: str, **env: str) -> Iterator[Demo]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_default_sigint,
+        preexec_fn=_ignore_sigint,
     )
     try:
         yield Demo(proc)

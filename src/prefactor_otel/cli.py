@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Sequence
 
@@ -15,8 +17,22 @@ import httpx
 DEFAULT_DEV_TOKEN = "pf_local_dev_token"
 
 
+def _take_back_ctrl_c() -> None:
+    """Let Ctrl-C (SIGINT) stop this process even when it was started with SIGINT ignored.
+
+    A non-interactive shell starts its background jobs with SIGINT ignored, some runners pass that down to their
+    children, and Python keeps an inherited SIG_IGN, so a loop that ends only on Ctrl-C would then run until killed
+    (a test runner started in the background met this as a `show --watch` that outlived its SIGINT). The commands
+    that say "Ctrl-C to stop" and are not services (`show --watch`, `demo --loop`) take SIGINT back, as procps'
+    `watch` does; `serve` keeps what it inherited, as a server run in the background should, and stops on SIGTERM.
+    Only the main thread may set a handler: called from another thread (an embedding test), this changes nothing."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _demo(args: argparse.Namespace) -> int:
     if args.loop:
+        _take_back_ctrl_c()
         from prefactor_otel.demo_loop import run_demo_loop
 
         return run_demo_loop(args.max_steps, args.interval)
@@ -82,6 +98,7 @@ def _watch(args: argparse.Namespace) -> int:
     from prefactor_otel.devserver import render_live
     from prefactor_otel.devserver.timefmt import now_us
 
+    _take_back_ctrl_c()
     redraw = sys.stdout.isatty()
     frames = reached = 0
     try:
