@@ -131,6 +131,8 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
             trace = self._traces.get(record.trace_id)
             if trace is None:
                 trace = self._new_trace(record.trace_id, record.start_time_ns, record.resource)
+            elif record.start_time_ns < trace.first_start_ns:
+                trace.first_start_ns = record.start_time_ns  # e.g. the root, exported after its children
             if trace.rejected:
                 self._drop(1, "instance_rejected", record)
                 continue
@@ -223,6 +225,11 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
             if trace.register_item is not None:
                 items.append(self._item(trace.register_item, trace.trace_id))
             if trace.start_item is not None:
+                if trace.planned_start_ns is None:
+                    # At the earliest start seen: a bare exporter sends nothing of a run before its root has
+                    # ended (children wait for it), so this is the root's start, whichever span came first.
+                    trace.planned_start_ns = trace.first_start_ns
+                    trace.start_item = start_item(trace.instance_id, trace.first_start_ns)
                 items.append(self._item(trace.start_item, trace.trace_id))
             items.extend(span_items)
             if finish is not None:
@@ -343,7 +350,7 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
             # Shutdown before the root ended: close the run at its last known span (at its start when none has
             # ended: never before it, which the API refuses), failed if any span failed.
             failed = trace.any_failed or any(record.status == "failed" for record in planned)
-            end_ns = max(trace.last_end_ns, trace.first_start_ns)
+            end_ns = max(trace.last_end_ns, trace.first_start_ns, trace.planned_start_ns or 0)
         body = finish_item(trace.instance_id, "failed" if failed else "complete", end_ns)
         return PlannedItem(body["idempotency_key"], BULK_FINISH_INSTANCE, body, trace.trace_id)
 

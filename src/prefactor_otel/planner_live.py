@@ -61,6 +61,8 @@ class LiveSpans:
             if trace is None:
                 resource = getattr(started.span.resource, "attributes", None) or {}
                 trace = self._new_trace(trace_id, started.start_time_ns, resource)
+            elif started.start_time_ns < trace.first_start_ns:
+                trace.first_start_ns = started.start_time_ns
             if trace.rejected or started.span_id in trace.created or started.span_id in trace.pending:
                 continue  # rejected run, or the span has already ended and arrived
             trace.tracked = True

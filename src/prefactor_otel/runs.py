@@ -67,7 +67,11 @@ class RunState:
     root_failed: bool = False
     root_end_ns: int = 0
     last_end_ns: int = 0
-    first_start_ns: int = 0  # the start the run was created with
+    # The earliest start of any span of the run seen so far (ended, or started with PrefactorSpanProcessor): what
+    # the run's start item carries when it is first planned, so the run's window covers its spans whichever of
+    # them was exported first. Fixed once the start is planned (`planned_start_ns`): the server may have it then.
+    first_start_ns: int = 0
+    planned_start_ns: int | None = None
     any_failed: bool = False
     last_activity: float = 0.0
     rejected: bool = False
