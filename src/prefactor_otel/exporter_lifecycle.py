@@ -31,6 +31,7 @@ Threads and locks:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -48,7 +49,7 @@ from prefactor_otel.control_poll import InstancePoller
 from prefactor_otel.delivery import Delivery
 from prefactor_otel.durability import Backlog
 from prefactor_otel.pipeline import Pipeline
-from prefactor_otel.planner import InheritedRun
+from prefactor_otel.planner import ForkOrigin
 from prefactor_otel.transport import BulkTransport
 
 # Of a shutdown budget, what is kept back for writing the undelivered rest to the spool.
@@ -76,7 +77,8 @@ class ExporterLifecycle:
     _disabled_reason: str | None
     # PrefactorSpanExporter methods used here.
     _new_process_state: Callable[[], None]
-    _new_pipeline: Callable[[dict[int, InheritedRun]], Pipeline]
+    _new_pipeline: Callable[[ForkOrigin | None], Pipeline]
+    _ensure_ticker: Callable[[], None]
     stats: Callable[[], dict[str, Any]]
 
     def _register_process_hooks(self) -> None:
@@ -199,16 +201,16 @@ class ExporterLifecycle:
 
     def _reset_after_fork(self) -> None:
         """The one place a forked child is made whole: new locks and threads, a new HTTP client, and no state of
-        the parent's (its runs, waiting spans and counters stay the parent's to deliver)."""
-        inherited = self._pipeline.runs_open_at_fork() if self._pipeline is not None else {}
-        current = trace_api.get_current_span().get_span_context()
-        open_at_fork = frozenset([*inherited, *([current.trace_id] if current.is_valid else [])])
+        the parent's (its runs, waiting spans and counters stay the parent's to deliver). The child's part of a
+        trace open at the fork is a run of its own (planner.ForkOrigin). Its sending thread starts here, as the
+        SDK's batch worker does, so its live spans go live without waiting for its first export."""
+        parent_spans = self._pipeline.spans_at_fork() if self._pipeline is not None else {}
         self._new_process_state()
         self._starts.clear()  # the parent's starts: its spans, which the parent exports
         self._forked_at_ns = time.time_ns()
         # Only spans of traces open at the fork that started before it are copies of the parent's: a span of any
         # other trace is the child's own, even with a start time set in the past.
-        self._traces_open_at_fork = open_at_fork
+        self._traces_open_at_fork = frozenset(parent_spans)
         if self._transport is not None:
             self._transport.reset_after_fork()
         if self._delivery is not None:
@@ -218,4 +220,6 @@ class ExporterLifecycle:
         if self._backlog is not None:
             self._backlog.reset_after_fork()
         if self._delivery is not None:
-            self._pipeline = self._new_pipeline(inherited)
+            origin = ForkOrigin(f"{os.getpid()}-{self._forked_at_ns}", parent_spans)
+            self._pipeline = self._new_pipeline(origin)
+            self._ensure_ticker()

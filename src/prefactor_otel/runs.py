@@ -81,7 +81,6 @@ class RunState:
     root_skipped: bool = False
     # OTel span id -> Prefactor id, for the spans seen: a parent's id is rebuilt exactly for its children
     span_ids: dict[int, str] = field(default_factory=dict)
-    inherited: bool = False  # the parent process's run, open at the fork: this process never finishes it
     journaled: bool = False  # the run is in `run_changes` as open: this process must finish it
     # Starts (PrefactorSpanProcessor): spans started here and not yet received ended, live spans, and whether the
     # run is to be registered before any span of it is sent (its local root has started).
