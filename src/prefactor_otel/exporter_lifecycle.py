@@ -15,9 +15,11 @@ events (registered here, `_register_process_hooks`, holding the exporter weakly)
 - a multiprocessing worker ends with os._exit() (no atexit hook): `_finish_as_a_worker` flushes the global
   TracerProvider and shuts down, within the same budget.
 - fork: `_reset_after_fork` (registered once per exporter) is the one place that rebuilds locks, threads, the HTTP
-  client and the pipeline: the child starts with no runs of its parent's (it may add spans to the runs its parent
-  had open, never finish them). The spool and the journal also guard themselves with fork hooks of their own,
-  because their descriptors must be handled even when the exporter is gone.
+  client and the pipeline, and it starts the child's finisher thread there and then (as the SDK's batch processor
+  starts its worker), so the child's live spans go live before it exports anything. The child starts with no runs
+  of its parent's: its part of a trace open at the fork is a run of its own (planner.ForkOrigin), and it never
+  sends its copies of the parent's open spans. The spool and the journal also guard themselves with fork hooks of
+  their own, because their descriptors must be handled even when the exporter is gone.
 
 Threads and locks:
 - `shutdown` is called by the application, the TracerProvider's shutdown (an atexit hook) or `_finish_as_a_worker`
@@ -26,7 +28,8 @@ Threads and locks:
   without sending) and joins the finisher thread.
 - `_begin_exit`: our atexit hook, a worker's finalizer, the finisher thread, or any thread computing a deadline; it
   sets `_exit_deadline` once (no lock: threads noticing the exit together set deadlines as close as they are).
-- `_reset_after_fork` runs in the forked child, on its only thread, before anything else of the child's.
+- `_reset_after_fork` runs in the forked child, on its only thread, before anything else of the child's; it reads
+  the parent's pipeline without its lock (a lock another parent thread held at the fork stays held in the child).
 """
 
 from __future__ import annotations

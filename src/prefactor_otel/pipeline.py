@@ -3,12 +3,14 @@
 `Pipeline` holds what belongs to one process and is rebuilt whole in a forked child: span records waiting for
 the account partition (`unplanned`), the planner (created once the partition is known), and the drain that sends
 what is ready -- this process's spooled backlog first, then live items, and what cannot be delivered to the spool.
+In a forked child the new pipeline carries what the child knows of its parent's spans (`spans_at_fork`, read from
+the parent's pipeline at the fork; `note_parent_spans` as the child ends copies of them): planner.ForkOrigin.
 
 Span starts (PrefactorSpanProcessor) arrive in `starts`, a deque the application's threads append to (an atomic
 append, nothing else, on their side); the sending thread pops them, reads them (starts.py) and gives them to the
 planner before the ended spans of the same drain.
 
-Threads and locks: `add` is called from any thread exporting spans; `drain`, `spill_unsent` and
+Threads and locks: `add` and `note_parent_spans` are called from any thread exporting spans; `drain`, `spill_unsent` and
 `background_send` by the one thread holding the exporter's send lock (`spill_unsent` by shutdown without it).
 `state_lock` guards `unplanned` and the planner; it is held only for in-memory work, journal writes and one
 spool append on a spill, never across a request. Counters are written by the thread doing the work.

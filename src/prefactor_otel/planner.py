@@ -13,6 +13,9 @@ With span starts (PrefactorSpanProcessor, `start`): a run is registered and star
 spans are created `active` then finished with `agent_spans/finish`, and a run is finished as soon as every span
 started here has ended and been delivered -- the grace period is then only a fallback (docs/live-runs.md).
 
+In a forked child (`ForkOrigin`) a trace open at the fork is a run of the child's own, and a span whose parent is
+a span of the parent process is a local root of it (docs/live-runs.md, "Forks and child processes").
+
 Split by concept: this module plans (input, ordering, finishes); planner_live.py is what span starts add (live
 spans, open spans, terminated runs); planner_outcomes.py applies what the server did with each item;
 planner_bounds.py is what happens when a memory limit is reached (orphans, drops, forced finishes). All four
