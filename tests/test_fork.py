@@ -208,3 +208,45 @@ def test_a_child_span_under_the_parents_open_span_is_kept_when_the_parent_finish
         assert spans["in the child"]["parent_span_id"] is None
         assert spans["in the child"]["payload"]["parent_span_id"] == spans["invoke_agent parent"]["payload"]["span_id"]
         assert exporter.stats()["spans_dropped"] == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_learns_the_parents_spans_from_the_copies_it_ends():
+    """Forked under root > middle > current, the child ends its copies of current and middle (never sent), which
+    tells it that root is its parent process's span too: its span under root is a local root of its own run, not
+    a span waiting for a parent that never comes there and then orphaned."""
+    with DevServer(token="pf_fork_token") as srv:
+        exporter = exporter_for(srv, finish_grace_seconds=0, spool=False)
+        provider = TracerProvider(resource=Resource.create({"service.name": "fork-copies"}))
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=50))
+        tracer = provider.get_tracer("fork")
+        root = tracer.start_span("root")
+        middle = tracer.start_span("middle", context=trace_api.set_span_in_context(root))
+        current = tracer.start_span("current", context=trace_api.set_span_in_context(middle))
+        with trace_api.use_span(current):
+            pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                current.end()
+                middle.end()
+                provider.force_flush()  # the copies are exported (and ignored) before the child's span ends
+                with trace_api.use_span(root), tracer.start_as_current_span("in the child"):
+                    pass
+                provider.shutdown()
+                stats = exporter.stats()
+                ok = stats["spans_ignored_forked_copy"] == 2 and stats["spans_exported"] == 1
+                code = 0 if ok and stats["spans_orphaned"] == 0 else 2
+            finally:
+                os._exit(code)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        current.end()
+        middle.end()
+        root.end()
+        provider.shutdown()
+        spans = {s["payload"]["name"]: s for s in srv.spans()}
+        assert sorted(spans) == ["current", "in the child", "middle", "root"]
+        child = spans["in the child"]
+        assert child["parent_span_id"] is None and "orphaned" not in child["payload"]["metadata"]
+        assert child["agent_instance_id"] != spans["root"]["agent_instance_id"]
+        assert {i["status"] for i in srv.instances()} == {"complete"}
