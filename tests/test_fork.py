@@ -250,3 +250,49 @@ def test_a_child_learns_the_parents_spans_from_the_copies_it_ends():
         assert child["parent_span_id"] is None and "orphaned" not in child["payload"]["metadata"]
         assert child["agent_instance_id"] != spans["root"]["agent_instance_id"]
         assert {i["status"] for i in srv.instances()} == {"complete"}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("set_up", ["exporter alone", "processor"])
+def test_a_childs_later_work_in_a_trace_open_at_the_fork_is_kept_after_its_run_there_finished(tmp_path, set_up):
+    """A pool worker forked inside a span runs several tasks of that trace, its run finishing in between (every
+    span of the first task ended and was flushed): a later task is a new run of the child's, never a drop."""
+    from prefactor_otel import PrefactorSpanProcessor
+
+    with DevServer(token="pf_fork_token") as srv:
+        if set_up == "processor":
+            processor = PrefactorSpanProcessor(exporter_for(srv, spool=False), schedule_delay_millis=50)
+            exporter = processor.exporter
+        else:
+            exporter = exporter_for(srv, spool=False)
+            processor = BatchSpanProcessor(exporter, schedule_delay_millis=50)
+        provider = TracerProvider(resource=Resource.create({"service.name": "fork-tasks"}))
+        provider.add_span_processor(processor)
+        tracer = provider.get_tracer("fork")
+        with tracer.start_as_current_span("invoke_agent parent", attributes={"gen_ai.operation.name": "invoke_agent"}):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    for task in range(3):
+                        with tracer.start_as_current_span(f"task-{task}"), tracer.start_as_current_span("step"):
+                            pass
+                        provider.force_flush()  # the task's run is over, and finished
+                    provider.shutdown()
+                    stats = exporter.stats()
+                    code = 0 if stats["spans_dropped"] == 0 and stats["spans_exported"] == 6 else 2
+                    if code:
+                        (tmp_path / "child-stats.txt").write_text(repr(stats))
+                finally:
+                    os._exit(code)
+            child_code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        provider.shutdown()
+        stats_file = tmp_path / "child-stats.txt"
+        assert child_code == 0, stats_file.read_text() if stats_file.exists() else child_code
+        spans = srv.spans()
+        assert len(spans) == 7 and {s["status"] for s in spans} == {"complete"}
+        runs = {i["id"]: i["status"] for i in srv.instances()}
+        assert len(runs) == 4 and set(runs.values()) == {"complete"}
+        tasks = [s for s in spans if s["payload"]["name"].startswith("task-")]
+        assert len({s["agent_instance_id"] for s in tasks}) == 3
+        assert all(s["parent_span_id"] is None for s in tasks)

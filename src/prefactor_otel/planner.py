@@ -108,6 +108,7 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
         self._open_count = 0  # spans started here, not yet received ended, over all runs
         self._terminated: OrderedDict[int, None] = OrderedDict()
         self._fork = fork_origin  # in a forked child: what it knows of its parent process
+        self._fork_runs: dict[int, int] = {}  # forked child: trace open at the fork -> its runs here finished so far
         # instance id -> latest activity (ns) of runs this process must finish, or None once finished or handed
         # off: what the journal of open runs records (taken by the exporter after every plan and delivery).
         self.run_changes: dict[str, int | None] = {}
@@ -131,7 +132,7 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
             self.counters["spans_added"] += 1
             if self._fork is not None and self._under_parent_process(record.trace_id, record.parent_span_id):
                 record.parent_is_remote = True  # a local root of this process's run
-            if record.trace_id in self._finished:
+            if record.trace_id in self._finished and not self._reopen_forked(record.trace_id):
                 # A finished instance accepts no spans; this one came after the grace period.
                 self._drop(1, "run_terminated" if record.trace_id in self._terminated else "instance_already_finished")
                 continue
@@ -175,6 +176,17 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
         spans = fork.parent_spans.get(trace_id)
         return spans is not None and parent_span_id in spans
 
+    def _reopen_forked(self, trace_id: int) -> bool:
+        """In a forked child, a span of a trace open at the fork whose run here is finished: the child's work in a
+        trace it shares with its parent comes in bursts (a pool worker's tasks), so it starts a new run of the
+        child's instead of being dropped. Not a run terminated in Prefactor: its later spans stay dropped."""
+        fork = self._fork
+        if fork is None or trace_id not in fork.parent_spans or trace_id in self._terminated:
+            return False
+        self._finished.pop(trace_id, None)
+        self._fork_runs[trace_id] = self._fork_runs.get(trace_id, 0) + 1
+        return True
+
     def note_parent_spans(self, trace_id: int, span_ids: Iterable[int]) -> None:
         """In a forked child: these spans are the parent process's (the child ended its copies of them). Spans
         waiting here for one of them become local roots of this process's run."""
@@ -195,7 +207,8 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
     def _new_trace(self, trace_id: int, first_start_ns: int, resource: Mapping[str, object]) -> RunState:
         key = self._agent_key
         if self._fork is not None and trace_id in self._fork.parent_spans:
-            key = f"{key}\x1ffork\x1f{self._fork.tag}"  # not the parent's run of this trace: one of our own
+            # Not the parent's run of this trace: one of our own (and a new one after each that finished here).
+            key = f"{key}\x1ffork\x1f{self._fork.tag}\x1f{self._fork_runs.get(trace_id, 0)}"
         instance_id = ids.instance_pfid(self.partition, key, trace_id, first_start_ns)
         register = register_item(
             instance_id,

@@ -51,6 +51,7 @@ class LiveSpans:
     _forget: Callable[[RunState], None]
     _span_pfid: Callable[[RunState, int, int | None], str]
     _under_parent_process: Callable[[int, int | None], bool]
+    _reopen_forked: Callable[[int], bool]
 
     def start(self, started_spans: Iterable[StartedSpan], now: float) -> None:
         """Spans that started in this process (PrefactorSpanProcessor), in the order they started."""
@@ -58,7 +59,7 @@ class LiveSpans:
             trace_id = started.trace_id
             if not started.parent_is_remote and self._under_parent_process(trace_id, started.parent_span_id):
                 started = started._replace(parent_is_remote=True)  # forked child: a local root of its own run
-            if trace_id in self._finished:
+            if trace_id in self._finished and not self._reopen_forked(trace_id):
                 continue  # a span of a run already finished (or terminated): its end is counted when it comes
             trace = self._traces.get(trace_id)
             if trace is None:
