@@ -401,3 +401,69 @@ def test_a_start_up_failure_disables_the_exporter_instead_of_raising(monkeypatch
         assert not exporter.enabled and exporter.stats()["disabled_reason"] == "start-up error"
         assert exporter.export(_spans()) is SpanExportResult.SUCCESS  # a no-op, never an exception
         exporter.shutdown()
+
+
+def _assert_runs_cover_their_spans(srv: DevServer) -> int:
+    """Every run starts no later than any of its spans, and at its root's start when its root is there."""
+    spans_of: dict[str, list[dict]] = {}
+    for span in srv.spans():
+        spans_of.setdefault(span["agent_instance_id"], []).append(span)
+    for run in srv.instances():
+        spans = spans_of[run["id"]]
+        earliest = min(s["started_at"] for s in spans)
+        assert run["started_at"] <= earliest, (run["started_at"], earliest)
+        roots = [s for s in spans if s["parent_span_id"] is None]
+        assert len(roots) == 1 and run["started_at"] == roots[0]["started_at"], (run, roots)
+    return len(spans_of)
+
+
+def test_with_the_exporter_alone_a_run_starts_at_its_roots_start_when_children_are_exported_first():
+    """BatchSpanProcessor(PrefactorSpanExporter()): a child's end is exported in an earlier batch than its root's;
+    the run must still start when the root started, not when the first span exported did."""
+    with DevServer(token=TOKEN) as srv:
+        exporter = _exporter(srv)
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))  # each end is its own export()
+        tracer = provider.get_tracer("window")
+        start = time.time_ns()
+        root = tracer.start_span("invoke_agent window", start_time=start)
+        context = trace_api.set_span_in_context(root)
+        step = tracer.start_span("step", context=context, start_time=start + 5_000_000)
+        inner = tracer.start_span("inner", context=trace_api.set_span_in_context(step), start_time=start + 9_000_000)
+        inner.end(end_time=start + 10_000_000)  # exported alone: it waits for its parents
+        step.end(end_time=start + 11_000_000)
+        root.end(end_time=start + 12_000_000)
+        exporter.force_flush()
+        assert _assert_runs_cover_their_spans(srv) == 1
+        exporter.shutdown()
+
+
+def test_with_the_exporter_alone_every_run_of_a_concurrent_workload_covers_its_spans():
+    """Many runs at once on threads, nested spans ending in different batches of a BatchSpanProcessor."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    with DevServer(token=TOKEN) as srv:
+        exporter = _exporter(srv)
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=5, max_export_batch_size=3))
+        tracer = provider.get_tracer("concurrent")
+
+        def one_run(n: int) -> None:
+            with tracer.start_as_current_span(f"invoke_agent run-{n}"):
+                time.sleep(0.002)
+                for step in range(3):
+                    with tracer.start_as_current_span(f"step-{step}"):
+                        time.sleep(0.001 * (n % 3))
+                        with tracer.start_as_current_span("tool"):
+                            time.sleep(0.002)
+                    time.sleep(0.002)
+
+        threads = [threading.Thread(target=one_run, args=(n,)) for n in range(27)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        provider.shutdown()
+        assert _assert_runs_cover_their_spans(srv) == 27
+        assert len(srv.spans()) == 27 * 7
+        assert exporter.stats()["spans_dropped"] == 0

@@ -62,9 +62,10 @@ def _reap(pid: int, limit_s: float = 60.0) -> int | None:
 
 
 @needs_fork
-def test_a_fork_inside_open_live_spans_leaves_them_and_their_run_to_the_parent(tmp_path: Path) -> None:
-    """The child adds its spans (live ones too) to the parent's run, under the parent's live agent span, and never
-    finishes or re-creates the parent's live spans or run; a root the child starts is a live run of its own."""
+def test_a_fork_inside_open_live_spans_leaves_them_to_the_parent_and_the_child_runs_its_own(tmp_path: Path) -> None:
+    """The child's spans under the parent's live agent span make a run of the child's own (its top span a local
+    root there, the OTel parent id in its payload), which the child finishes; it never finishes or re-creates the
+    parent's live spans or run; a root the child starts is another live run of its own."""
     with DevServer() as srv:
         provider = TracerProvider(resource=Resource.create({"service.name": "fork-live"}))
         processor = processor_for(srv, spool_dir=str(tmp_path), finish_grace_seconds=0)
@@ -101,12 +102,16 @@ def test_a_fork_inside_open_live_spans_leaves_them_and_their_run_to_the_parent(t
         parent_run = spans["root"]["agent_instance_id"]
         assert runs[parent_run]["status"] == "active"  # the child did not finish the parent's run
         assert spans["root"]["status"] == "active" and spans["invoke_agent helper"]["status"] == "active"
-        assert spans["invoke_agent child"]["agent_instance_id"] == parent_run
-        assert spans["invoke_agent child"]["parent_span_id"] == spans["invoke_agent helper"]["id"]
+        forked_run = spans["invoke_agent child"]["agent_instance_id"]
+        assert forked_run != parent_run and runs[forked_run]["status"] == "complete"
+        assert spans["invoke_agent child"]["parent_span_id"] is None
+        helper_otel_id = spans["invoke_agent helper"]["payload"]["span_id"]
+        assert spans["invoke_agent child"]["payload"]["parent_span_id"] == helper_otel_id
+        assert "orphaned" not in spans["invoke_agent child"]["payload"]["metadata"]
         assert spans["child step"]["parent_span_id"] == spans["invoke_agent child"]["id"]
         assert {spans[n]["status"] for n in ("invoke_agent child", "child step")} == {"complete"}
         child_run = spans["child root"]["agent_instance_id"]
-        assert child_run != parent_run and runs[child_run]["status"] == "complete"
+        assert child_run not in (parent_run, forked_run) and runs[child_run]["status"] == "complete"
         assert spans["invoke_agent child run"]["parent_span_id"] == spans["child root"]["id"]
         agent.end()
         root.end()
@@ -119,11 +124,10 @@ def test_a_fork_inside_open_live_spans_leaves_them_and_their_run_to_the_parent(t
 
 
 @needs_fork
-def test_a_fork_right_after_a_live_root_started_keeps_the_child_in_the_parents_run(tmp_path: Path) -> None:
+def test_a_fork_right_after_a_live_root_started_knows_the_root_is_the_parents(tmp_path: Path) -> None:
     """The fork comes before the exporter's thread has read the root's start (a request handler that forks at
-    once): the child still joins the parent's run, under the root, and leaves the run to the parent. (The child
-    ends its span once the parent's live root is on the server: one ending before that is sent as an orphan.)"""
-    parent_root_sent_r, parent_root_sent_w = os.pipe()
+    once): the child still knows the root as its parent process's span, so its span under it is the local root of
+    the child's own run at once, not a span waiting for a parent that never comes there (then orphaned)."""
     with DevServer() as srv:
         provider = TracerProvider(resource=Resource.create({"service.name": "fork-early"}))
         processor = processor_for(srv, spool=False, finish_grace_seconds=0)
@@ -137,26 +141,126 @@ def test_a_fork_right_after_a_live_root_started_keeps_the_child_in_the_parents_r
                     code = 1
                     try:
                         with tracer.start_as_current_span("in the child"):
-                            os.read(parent_root_sent_r, 1)
+                            pass
                         provider.shutdown()
-                        code = 0 if processor.exporter.stats()["spans_exported"] == 1 else 2
+                        stats = processor.exporter.stats()
+                        code = 0 if stats["spans_exported"] == 1 and stats["spans_orphaned"] == 0 else 2
                     finally:
                         os._exit(code)
         try:
-            assert wait_for(lambda: statuses(srv) == {"root": "active"})
-            os.write(parent_root_sent_w, b"x")
             assert _reap(pid) == 0
+            assert wait_for(lambda: statuses(srv) == {"root": "active", "in the child": "complete"})
             root.end()
             assert provider.force_flush(10_000)
-            (run,) = srv.instances()
-            assert run["status"] == "complete"
+            runs = {i["id"]: i["status"] for i in srv.instances()}
+            assert len(runs) == 2 and set(runs.values()) == {"complete"}
             spans = {s["payload"]["name"]: s for s in srv.spans()}
-            assert spans["in the child"]["agent_instance_id"] == run["id"]
-            assert spans["in the child"]["parent_span_id"] == spans["root"]["id"]
+            child = spans["in the child"]
+            assert child["agent_instance_id"] != spans["root"]["agent_instance_id"]
+            assert child["parent_span_id"] is None and "orphaned" not in child["payload"]["metadata"]
+            assert child["payload"]["parent_span_id"] == spans["root"]["payload"]["span_id"]
         finally:
             provider.shutdown()
-            os.close(parent_root_sent_r)
-            os.close(parent_root_sent_w)
+
+
+def _live_child(provider: TracerProvider, ready: Any, release: Any) -> None:
+    """In a forked child: a live agent span, open until `release` is set. No export, no flush meanwhile: only the
+    child's own sending thread can make it live."""
+    with provider.get_tracer("child").start_as_current_span("invoke_agent child", attributes=AGENT):
+        ready.set()
+        release.wait(60)
+    provider.force_flush(10_000)
+
+
+@needs_fork
+@pytest.mark.parametrize("how", ["os.fork", "multiprocessing"])
+def test_a_forked_childs_live_span_is_active_on_the_server_while_it_runs(tmp_path: Path, how: str) -> None:
+    """The child's sending thread starts at the fork, as the SDK's batch worker does: its live span reaches the
+    server `active` while it runs, with no export from the child to start the thread."""
+    import multiprocessing
+
+    with DevServer() as srv:
+        provider = TracerProvider(resource=Resource.create({"service.name": "fork-live-child"}))
+        processor = processor_for(srv, spool_dir=str(tmp_path), finish_grace_seconds=0)
+        provider.add_span_processor(processor)
+        tracer = provider.get_tracer("fork")
+        with tracer.start_as_current_span("root"):
+            assert wait_for(lambda: statuses(srv) == {"root": "active"})
+            context = multiprocessing.get_context("fork")
+            ready, release = context.Event(), context.Event()
+            if how == "os.fork":
+                pid = os.fork()
+                if pid == 0:
+                    code = 1
+                    try:
+                        _live_child(provider, ready, release)
+                        provider.shutdown()
+                        code = 0
+                    finally:
+                        os._exit(code)
+                child = None
+            else:
+                child = context.Process(target=_live_child, args=(provider, ready, release))
+                child.start()
+            try:
+                assert ready.wait(15)
+                assert wait_for(lambda: statuses(srv).get("invoke_agent child") == "active")
+            finally:
+                release.set()
+                if child is None:
+                    assert _reap(pid) == 0
+                else:
+                    child.join(60)
+                    assert child.exitcode == 0
+        assert provider.force_flush(10_000)
+        assert statuses(srv) == {"root": "complete", "invoke_agent child": "complete"}
+        assert {i["status"] for i in srv.instances()} == {"complete"}
+        assert processor.exporter.stats()["spans_dropped"] == 0
+        provider.shutdown()
+
+
+@needs_fork
+def test_a_forked_child_killed_with_its_live_span_open_leaves_nothing_active(tmp_path: Path) -> None:
+    """SIGKILL while the child's live span (under the parent's live agent span) is active on the server: the
+    parent finishes its own run as usual, nothing is refused, and the next process finishes the child's span and
+    run `failed` from the child's journal."""
+    with DevServer() as srv:
+        provider = TracerProvider(resource=Resource.create({"service.name": "fork-killed"}))
+        processor = processor_for(srv, spool_dir=str(tmp_path), finish_grace_seconds=0)
+        provider.add_span_processor(processor)
+        tracer = provider.get_tracer("fork")
+        root = tracer.start_span("root")
+        agent = tracer.start_span("invoke_agent helper", context=trace.set_span_in_context(root), attributes=AGENT)
+        assert wait_for(lambda: statuses(srv) == {"root": "active", "invoke_agent helper": "active"})
+        with trace.use_span(agent):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    with tracer.start_as_current_span("invoke_agent child", attributes=AGENT):
+                        time.sleep(60)  # until killed
+                finally:
+                    os._exit(1)
+        try:
+            assert wait_for(lambda: statuses(srv).get("invoke_agent child") == "active")
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        agent.end()
+        root.end()
+        assert provider.force_flush(10_000)
+        spans = {s["payload"]["name"]: s for s in srv.spans()}
+        parent_run = spans["root"]["agent_instance_id"]
+        assert {i["id"]: i["status"] for i in srv.instances()}[parent_run] == "complete"
+        later = exporter_for(srv, spool_dir=str(tmp_path))  # the next process with this configuration
+        later.shutdown()
+        assert statuses(srv) == {"root": "complete", "invoke_agent helper": "complete", "invoke_agent child": "failed"}
+        child = {s["payload"]["name"]: s for s in srv.spans()}["invoke_agent child"]
+        assert child["result_payload"]["error"]["error_type"] == "SpanNotEnded"
+        assert {i["status"] for i in srv.instances()} == {"complete", "failed"}
+        assert later.stats()["instance_actions_dropped"] == {} and later.stats()["spans_dropped"] == 0
+        assert processor.exporter.stats()["spans_dropped"] == 0
+        assert processor.exporter.stats()["instance_actions_dropped"] == {}
+        provider.shutdown()
 
 
 # ---------------------------------------------------------------------------------------------------------- exit

@@ -59,7 +59,7 @@ from prefactor_otel.mapping import SpanRecord, map_span
 from prefactor_otel.mapping.options import MappingOptions
 from prefactor_otel.metrics import register_metrics
 from prefactor_otel.pipeline import Pipeline
-from prefactor_otel.planner import InheritedRun
+from prefactor_otel.planner import ForkOrigin
 from prefactor_otel.spool import Spool, default_spool_dir
 from prefactor_otel.starts import live_mapper
 from prefactor_otel.stats import collect_stats
@@ -188,7 +188,7 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
         self._delivery.on_terminate = self._on_terminate_answer
         self._poller = InstancePoller(self._transport, TERMINATIONS, self._config.control_poll_interval)
         self._open_spool()
-        self._pipeline = self._new_pipeline({})
+        self._pipeline = self._new_pipeline(None)
         if self._backlog is not None:
             self._pipeline.add(self._backlog.take_records(self._config.max_queued_spans))
         announce(self._config.destination(str(self._backlog.spool.directory) if self._backlog is not None else None))
@@ -217,7 +217,7 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
         self._forked_at_ns: int | None = None
         self._traces_open_at_fork: frozenset[int] = frozenset()
 
-    def _new_pipeline(self, inherited_runs: dict[int, InheritedRun]) -> Pipeline:
+    def _new_pipeline(self, fork_origin: ForkOrigin | None) -> Pipeline:
         assert self._delivery is not None
         partition = None
         if self._config.agent_id:
@@ -232,7 +232,7 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
             self._backlog,
             partition=partition,
             redactor=self._mapping_options.redactor,
-            inherited_runs=inherited_runs,
+            fork_origin=fork_origin,
             starts=self._starts,
             map_started=live_mapper(self._mapping_options),
         )
@@ -361,10 +361,14 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
         records: list[SpanRecord] = []
         forked_at = self._forked_at_ns
         open_at_fork = self._traces_open_at_fork
+        copies: list[tuple[int, int, int | None]] = []
         for span in spans:
             if forked_at is not None and (span.start_time or 0) < forked_at and _trace_id(span) in open_at_fork:
                 # This process's copy of a span that was open in the parent at the fork: the parent exports it.
                 self._counters["spans_ignored_forked_copy"] += 1
+                context, parent = span.context, span.parent
+                if context is not None:
+                    copies.append((context.trace_id, context.span_id, parent.span_id if parent is not None else None))
                 continue
             try:
                 record = map_span(span, self._mapping_options)
@@ -380,6 +384,8 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
             except (TypeError, ValueError):
                 pass  # kept as dicts: the send path reports what cannot be encoded
             records.append(record)
+        if copies and self._pipeline is not None:
+            self._pipeline.note_parent_spans(copies)  # the child's spans under them are local roots here
         return records
 
     # ------------------------------------------------------------------ visibility

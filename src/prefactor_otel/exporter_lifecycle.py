@@ -15,9 +15,11 @@ events (registered here, `_register_process_hooks`, holding the exporter weakly)
 - a multiprocessing worker ends with os._exit() (no atexit hook): `_finish_as_a_worker` flushes the global
   TracerProvider and shuts down, within the same budget.
 - fork: `_reset_after_fork` (registered once per exporter) is the one place that rebuilds locks, threads, the HTTP
-  client and the pipeline: the child starts with no runs of its parent's (it may add spans to the runs its parent
-  had open, never finish them). The spool and the journal also guard themselves with fork hooks of their own,
-  because their descriptors must be handled even when the exporter is gone.
+  client and the pipeline, and it starts the child's finisher thread there and then (as the SDK's batch processor
+  starts its worker), so the child's live spans go live before it exports anything. The child starts with no runs
+  of its parent's: its part of a trace open at the fork is a run of its own (planner.ForkOrigin), and it never
+  sends its copies of the parent's open spans. The spool and the journal also guard themselves with fork hooks of
+  their own, because their descriptors must be handled even when the exporter is gone.
 
 Threads and locks:
 - `shutdown` is called by the application, the TracerProvider's shutdown (an atexit hook) or `_finish_as_a_worker`
@@ -26,11 +28,13 @@ Threads and locks:
   without sending) and joins the finisher thread.
 - `_begin_exit`: our atexit hook, a worker's finalizer, the finisher thread, or any thread computing a deadline; it
   sets `_exit_deadline` once (no lock: threads noticing the exit together set deadlines as close as they are).
-- `_reset_after_fork` runs in the forked child, on its only thread, before anything else of the child's.
+- `_reset_after_fork` runs in the forked child, on its only thread, before anything else of the child's; it reads
+  the parent's pipeline without its lock (a lock another parent thread held at the fork stays held in the child).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -48,7 +52,7 @@ from prefactor_otel.control_poll import InstancePoller
 from prefactor_otel.delivery import Delivery
 from prefactor_otel.durability import Backlog
 from prefactor_otel.pipeline import Pipeline
-from prefactor_otel.planner import InheritedRun
+from prefactor_otel.planner import ForkOrigin
 from prefactor_otel.transport import BulkTransport
 
 # Of a shutdown budget, what is kept back for writing the undelivered rest to the spool.
@@ -76,7 +80,8 @@ class ExporterLifecycle:
     _disabled_reason: str | None
     # PrefactorSpanExporter methods used here.
     _new_process_state: Callable[[], None]
-    _new_pipeline: Callable[[dict[int, InheritedRun]], Pipeline]
+    _new_pipeline: Callable[[ForkOrigin | None], Pipeline]
+    _ensure_ticker: Callable[[], None]
     stats: Callable[[], dict[str, Any]]
 
     def _register_process_hooks(self) -> None:
@@ -199,16 +204,16 @@ class ExporterLifecycle:
 
     def _reset_after_fork(self) -> None:
         """The one place a forked child is made whole: new locks and threads, a new HTTP client, and no state of
-        the parent's (its runs, waiting spans and counters stay the parent's to deliver)."""
-        inherited = self._pipeline.runs_open_at_fork() if self._pipeline is not None else {}
-        current = trace_api.get_current_span().get_span_context()
-        open_at_fork = frozenset([*inherited, *([current.trace_id] if current.is_valid else [])])
+        the parent's (its runs, waiting spans and counters stay the parent's to deliver). The child's part of a
+        trace open at the fork is a run of its own (planner.ForkOrigin). Its sending thread starts here, as the
+        SDK's batch worker does, so its live spans go live without waiting for its first export."""
+        parent_spans = self._pipeline.spans_at_fork() if self._pipeline is not None else {}
         self._new_process_state()
         self._starts.clear()  # the parent's starts: its spans, which the parent exports
         self._forked_at_ns = time.time_ns()
         # Only spans of traces open at the fork that started before it are copies of the parent's: a span of any
         # other trace is the child's own, even with a start time set in the past.
-        self._traces_open_at_fork = open_at_fork
+        self._traces_open_at_fork = frozenset(parent_spans)
         if self._transport is not None:
             self._transport.reset_after_fork()
         if self._delivery is not None:
@@ -218,4 +223,6 @@ class ExporterLifecycle:
         if self._backlog is not None:
             self._backlog.reset_after_fork()
         if self._delivery is not None:
-            self._pipeline = self._new_pipeline(inherited)
+            origin = ForkOrigin(f"{os.getpid()}-{self._forked_at_ns}", parent_spans)
+            self._pipeline = self._new_pipeline(origin)
+            self._ensure_ticker()

@@ -3,12 +3,14 @@
 `Pipeline` holds what belongs to one process and is rebuilt whole in a forked child: span records waiting for
 the account partition (`unplanned`), the planner (created once the partition is known), and the drain that sends
 what is ready -- this process's spooled backlog first, then live items, and what cannot be delivered to the spool.
+In a forked child the new pipeline carries what the child knows of its parent's spans (`spans_at_fork`, read from
+the parent's pipeline at the fork; `note_parent_spans` as the child ends copies of them): planner.ForkOrigin.
 
 Span starts (PrefactorSpanProcessor) arrive in `starts`, a deque the application's threads append to (an atomic
 append, nothing else, on their side); the sending thread pops them, reads them (starts.py) and gives them to the
 planner before the ended spans of the same drain.
 
-Threads and locks: `add` is called from any thread exporting spans; `drain`, `spill_unsent` and
+Threads and locks: `add` and `note_parent_spans` are called from any thread exporting spans; `drain`, `spill_unsent` and
 `background_send` by the one thread holding the exporter's send lock (`spill_unsent` by shutdown without it).
 `state_lock` guards `unplanned` and the planner; it is held only for in-memory work, journal writes and one
 spool append on a spill, never across a request. Counters are written by the thread doing the work.
@@ -31,7 +33,7 @@ from prefactor_otel.durability import Backlog
 from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_version_from_resource
 from prefactor_otel.mapping.redaction import Redactor
 from prefactor_otel.mapping.resource import installed_instrumentations
-from prefactor_otel.planner import InheritedRun, Planner
+from prefactor_otel.planner import ForkOrigin, Planner
 from prefactor_otel.starts import LivePolicy, StartedSpan, read_start
 from prefactor_otel.transport import suppress_instrumentation
 
@@ -50,7 +52,7 @@ class Pipeline:
         *,
         partition: int | None,
         redactor: Redactor | None,
-        inherited_runs: Mapping[int, InheritedRun] | None = None,
+        fork_origin: ForkOrigin | None = None,
         starts: deque[Any] | None = None,
         map_started: Callable[[Any], SpanRecord] | None = None,
     ) -> None:
@@ -61,7 +63,7 @@ class Pipeline:
         self._backlog = backlog
         self.partition = partition
         self._redactor = redactor
-        self._inherited_runs = dict(inherited_runs or {})
+        self._fork_origin = fork_origin  # in a forked child; shared with the planner, guarded by state_lock
         self.state_lock = threading.Lock()
         self.unplanned: deque[SpanRecord] = deque()
         self.planner: Planner | None = None
@@ -153,61 +155,57 @@ class Pipeline:
             max_wait_seconds=config.max_wait_seconds,
             finish_grace_seconds=config.finish_grace_seconds,
             span_filter=carries_genai if config.span_filter == "genai" else None,
-            inherited_runs=self._inherited_runs,
+            fork_origin=self._fork_origin,
             live_policy=LivePolicy(config.live_spans),
             map_started=self._map_started,
             max_open_spans=config.max_queued_spans,
         )
         return self.planner
 
-    def runs_open_at_fork(self) -> dict[int, InheritedRun]:
-        """In a forked child, of the parent's pipeline: its open runs, so the child's spans join them (never
-        finishing them). The span current in the forking thread (typically the one the child's work hangs under)
-        is added with its Prefactor id: it has not ended, so no planner knows it yet.
+    def spans_at_fork(self) -> dict[int, set[int]]:
+        """In a forked child, of the parent's pipeline: trace id -> the parent process's spans in each trace open
+        at the fork (known to its planner, waiting for the partition, started and not yet read, and the span
+        current in the forking thread with its parent). A child span under one of them is a local root of the
+        child's own run (planner.ForkOrigin).
 
         Best effort: the planner may have been mid-update at the fork, and nothing here may fail the child.
         """
+        spans: dict[int, set[int]] = {}
         try:
-            runs = self.planner.open_runs() if self.planner is not None else {}
-            self._add_runs_of_unread_starts(runs)
-            current = trace_api.get_current_span()
-            context = current.get_span_context()
-            start_ns = getattr(current, "start_time", None)
-            known = context.is_valid and isinstance(start_ns, int) and self.partition is not None
-            if known and context.trace_id in runs:
-                pfid = ids.span_pfid(self.partition, context.trace_id, context.span_id, start_ns)  # type: ignore[arg-type]
-                runs[context.trace_id].span_ids[context.span_id] = pfid
-            return runs
+            if self.planner is not None:
+                spans.update(self.planner.spans_of_open_runs())
+            for record in list(self.unplanned):
+                spans.setdefault(record.trace_id, set()).add(record.span_id)
+            for span_ref in list(self.starts):
+                span = span_ref()
+                started = read_start(span) if span is not None else None
+                if started is not None:
+                    spans.setdefault(started.trace_id, set()).add(started.span_id)
         except Exception:
-            return {}
+            pass
+        current = trace_api.get_current_span()
+        context = current.get_span_context()
+        if context.is_valid:
+            known = spans.setdefault(context.trace_id, set())
+            known.add(context.span_id)
+            parent = getattr(current, "parent", None)
+            if parent is not None and getattr(parent, "is_valid", False):
+                known.add(parent.span_id)
+        return spans
 
-    def _add_runs_of_unread_starts(self, runs: dict[int, InheritedRun]) -> None:
-        """Span starts the sending thread had not read at the fork are the parent's runs and spans too (a fork
-        right after a root started): the child is given the ids the parent's planner will give them, and the
-        spans the parent will create live count as created, so the child's spans join that run under them (a
-        parent that is not there yet when the child's span arrives makes it an orphan, not a drop)."""
-        if self.partition is None or not self.starts:
+    def note_parent_spans(self, copies: Iterable[tuple[int, int, int | None]]) -> None:
+        """In a forked child: (trace id, span id, parent span id) of spans whose copies the child ended -- spans of
+        the parent process, and so are their parents."""
+        origin = self._fork_origin
+        if origin is None:
             return
-        policy = LivePolicy(self._config.live_spans)
-        agent_key = self._config.agent_id or "deployment"
-        live: dict[int, set[int]] = {}  # trace id -> spans the parent will create live
-        for span_ref in list(self.starts):
-            span = span_ref()
-            started = read_start(span) if span is not None else None
-            if started is None:
-                continue
-            run = runs.get(started.trace_id)
-            if run is None:
-                # The parent's planner names a run after the first start of its trace it reads: this one.
-                instance_id = ids.instance_pfid(self.partition, agent_key, started.trace_id, started.start_time_ns)
-                run = runs[started.trace_id] = InheritedRun(instance_id, {}, frozenset())
-            run.span_ids[started.span_id] = ids.span_pfid(
-                self.partition, started.trace_id, started.span_id, started.start_time_ns
-            )
-            if policy.wants(started):
-                live.setdefault(started.trace_id, set()).add(started.span_id)
-        for trace_id, span_ids in live.items():
-            runs[trace_id] = runs[trace_id]._replace(created=runs[trace_id].created | span_ids)
+        with self.state_lock:
+            for trace_id, span_id, parent_id in copies:
+                ids_ = {span_id} if parent_id is None else {span_id, parent_id}
+                if self.planner is not None:
+                    self.planner.note_parent_spans(trace_id, ids_)
+                else:
+                    origin.parent_spans.setdefault(trace_id, set()).update(ids_)
 
     # ------------------------------------------------------------------ sending
 

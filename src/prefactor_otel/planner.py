@@ -13,6 +13,9 @@ With span starts (PrefactorSpanProcessor, `start`): a run is registered and star
 spans are created `active` then finished with `agent_spans/finish`, and a run is finished as soon as every span
 started here has ended and been delivered -- the grace period is then only a fallback (docs/live-runs.md).
 
+In a forked child (`ForkOrigin`) a trace open at the fork is a run of the child's own, and a span whose parent is
+a span of the parent process is a local root of it (docs/live-runs.md, "Forks and child processes").
+
 Split by concept: this module plans (input, ordering, finishes); planner_live.py is what span starts add (live
 spans, open spans, terminated runs); planner_outcomes.py applies what the server did with each item;
 planner_bounds.py is what happens when a memory limit is reached (orphans, drops, forced finishes). All four
@@ -49,12 +52,16 @@ from prefactor_otel.runs import PendingSpan, RunState, passes_filter, remember
 from prefactor_otel.starts import LivePolicy
 
 
-class InheritedRun(NamedTuple):
-    instance_id: str
-    span_ids: dict[int, str]  # OTel span id -> Prefactor id, of spans whose ids the child may need as parents
-    # Spans the parent had created in Prefactor at the fork (its live spans among them): the child's spans under
-    # them are sent with their parent link at once, not held back and then orphaned.
-    created: frozenset[int] = frozenset()
+class ForkOrigin(NamedTuple):
+    """In a forked child, what it knows of its parent process: the child is a process of its own, so its part of a
+    trace open at the fork is a run of its own (the parent finishes its run whenever it is over, and a finished run
+    takes no more spans). A span of the child whose parent is a span of the parent process is a local root of the
+    child's run (its OTel parent id stays in its payload), as a span whose parent is in another service is."""
+
+    tag: str  # tells the child's run of a trace open at the fork from the parent's run of it (its instance id)
+    # trace id -> spans of the parent process in it (known to its exporter at the fork, current in the forking
+    # thread, or whose copy the child ended); grows as the child ends copies (under the pipeline's state lock).
+    parent_spans: dict[int, set[int]]
 
 
 # Resource attributes -> the register item's `agent_version` (AgentVersionForRegister dumped). The planner shares
@@ -78,7 +85,7 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
         max_wait_seconds: float = 30.0,
         finish_grace_seconds: float = 2.0,
         span_filter: Callable[[SpanRecord], bool] | None = None,
-        inherited_runs: Mapping[int, InheritedRun] | None = None,
+        fork_origin: ForkOrigin | None = None,
         live_policy: LivePolicy | None = None,
         map_started: Callable[[Any], SpanRecord | None] | None = None,
         max_open_spans: int = 20_000,
@@ -100,9 +107,8 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
         self._max_open = max_open_spans
         self._open_count = 0  # spans started here, not yet received ended, over all runs
         self._terminated: OrderedDict[int, None] = OrderedDict()
-        # In a forked child: the runs its parent had open at the fork. The child adds its spans to them (same
-        # instance id, parents' ids known) but leaves finishing them to the parent.
-        self._inherited = dict(inherited_runs or {})
+        self._fork = fork_origin  # in a forked child: what it knows of its parent process
+        self._fork_runs: dict[int, int] = {}  # forked child: trace open at the fork -> its runs here finished so far
         # instance id -> latest activity (ns) of runs this process must finish, or None once finished or handed
         # off: what the journal of open runs records (taken by the exporter after every plan and delivery).
         self.run_changes: dict[str, int | None] = {}
@@ -124,13 +130,17 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
     def add(self, records: Iterable[SpanRecord], now: float) -> None:
         for record in records:
             self.counters["spans_added"] += 1
-            if record.trace_id in self._finished:
+            if self._fork is not None and self._under_parent_process(record.trace_id, record.parent_span_id):
+                record.parent_is_remote = True  # a local root of this process's run
+            if record.trace_id in self._finished and not self._reopen_forked(record.trace_id):
                 # A finished instance accepts no spans; this one came after the grace period.
                 self._drop(1, "run_terminated" if record.trace_id in self._terminated else "instance_already_finished")
                 continue
             trace = self._traces.get(record.trace_id)
             if trace is None:
                 trace = self._new_trace(record.trace_id, record.start_time_ns, record.resource)
+            elif record.start_time_ns < trace.first_start_ns:
+                trace.first_start_ns = record.start_time_ns  # e.g. the root, exported after its children
             if trace.rejected:
                 self._drop(1, "instance_rejected", record)
                 continue
@@ -158,12 +168,48 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
             self._queued += 1
         self._enforce_bounds(now)
 
+    def _under_parent_process(self, trace_id: int, parent_span_id: int | None) -> bool:
+        """In a forked child: is this parent a span of the parent process (so the span is a local root here)?"""
+        fork = self._fork
+        if fork is None or parent_span_id is None:
+            return False
+        spans = fork.parent_spans.get(trace_id)
+        return spans is not None and parent_span_id in spans
+
+    def _reopen_forked(self, trace_id: int) -> bool:
+        """In a forked child, a span of a trace open at the fork whose run here is finished: the child's work in a
+        trace it shares with its parent comes in bursts (a pool worker's tasks), so it starts a new run of the
+        child's instead of being dropped. Not a run terminated in Prefactor: its later spans stay dropped."""
+        fork = self._fork
+        if fork is None or trace_id not in fork.parent_spans or trace_id in self._terminated:
+            return False
+        self._finished.pop(trace_id, None)
+        self._fork_runs[trace_id] = self._fork_runs.get(trace_id, 0) + 1
+        return True
+
+    def note_parent_spans(self, trace_id: int, span_ids: Iterable[int]) -> None:
+        """In a forked child: these spans are the parent process's (the child ended its copies of them). Spans
+        waiting here for one of them become local roots of this process's run."""
+        if self._fork is None:
+            return
+        known = self._fork.parent_spans.setdefault(trace_id, set())
+        known.update(span_ids)
+        trace = self._traces.get(trace_id)
+        if trace is None:
+            return
+        for pending in trace.pending.values():
+            if pending.record.parent_span_id in known:
+                pending.record.parent_is_remote = True
+        for opened in trace.open.values():
+            if opened.started.parent_span_id in known:
+                opened.started = opened.started._replace(parent_is_remote=True)
+
     def _new_trace(self, trace_id: int, first_start_ns: int, resource: Mapping[str, object]) -> RunState:
-        inherited = self._inherited.pop(trace_id, None)
-        if inherited is not None:
-            instance_id = inherited.instance_id
-        else:
-            instance_id = ids.instance_pfid(self.partition, self._agent_key, trace_id, first_start_ns)
+        key = self._agent_key
+        if self._fork is not None and trace_id in self._fork.parent_spans:
+            # Not the parent's run of this trace: one of our own (and a new one after each that finished here).
+            key = f"{key}\x1ffork\x1f{self._fork.tag}\x1f{self._fork_runs.get(trace_id, 0)}"
+        instance_id = ids.instance_pfid(self.partition, key, trace_id, first_start_ns)
         register = register_item(
             instance_id,
             agent_version=self._agent_version_for(resource),
@@ -174,11 +220,6 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
         )
         trace = RunState(trace_id, instance_id, register, start_item(instance_id, first_start_ns))
         trace.first_start_ns = first_start_ns
-        if inherited is not None:
-            trace.inherited = True
-            trace.span_ids.update(inherited.span_ids)
-            for span_id in inherited.created:
-                remember(trace.created, span_id, None)
         self._traces[trace_id] = trace
         return trace
 
@@ -216,13 +257,18 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
             announce = trace.announce and (trace.register_item is not None or trace.start_item is not None)
             if not span_items and finish is None and not announce:
                 continue
-            if not trace.journaled and not trace.inherited:
+            if not trace.journaled:
                 trace.journaled = True  # from this plan on the run may exist on the server
                 # Its start at least: a run adopted before any span of it ended is finished no earlier.
                 self.run_changes[trace.instance_id] = max(trace.last_end_ns, trace.root_end_ns, trace.first_start_ns)
             if trace.register_item is not None:
                 items.append(self._item(trace.register_item, trace.trace_id))
             if trace.start_item is not None:
+                if trace.planned_start_ns is None:
+                    # At the earliest start seen: a bare exporter sends nothing of a run before its root has
+                    # ended (children wait for it), so this is the root's start, whichever span came first.
+                    trace.planned_start_ns = trace.first_start_ns
+                    trace.start_item = start_item(trace.instance_id, trace.first_start_ns)
                 items.append(self._item(trace.start_item, trace.trace_id))
             items.extend(span_items)
             if finish is not None:
@@ -286,7 +332,7 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
             start_ns = parent.record.start_time_ns if parent is not None else None
             parent_id = self._span_pfid(trace, record.parent_span_id, start_ns)  # type: ignore[arg-type]
         span_id = self._span_pfid(trace, record.span_id, record.start_time_ns)
-        if record.status == "active" and not trace.inherited:
+        if record.status == "active":
             self.live_span_changes[span_id] = (trace.instance_id, record.start_time_ns)
         body = span_create_item(
             record,
@@ -332,8 +378,6 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
         quiet = now - trace.last_activity >= grace
         if not (shutdown or (root_in and (over or quiet or (flush and not waiting_for_open)))):
             return None
-        if trace.inherited:
-            return None  # its root, and its finish, belong to the parent process
         if not span_items and not trace.created:
             return None
         if root_in:
@@ -343,7 +387,7 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
             # Shutdown before the root ended: close the run at its last known span (at its start when none has
             # ended: never before it, which the API refuses), failed if any span failed.
             failed = trace.any_failed or any(record.status == "failed" for record in planned)
-            end_ns = max(trace.last_end_ns, trace.first_start_ns)
+            end_ns = max(trace.last_end_ns, trace.first_start_ns, trace.planned_start_ns or 0)
         body = finish_item(trace.instance_id, "failed" if failed else "complete", end_ns)
         return PlannedItem(body["idempotency_key"], BULK_FINISH_INSTANCE, body, trace.trace_id)
 
@@ -353,21 +397,12 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
 
     # ------------------------------------------------------------------ introspection
 
-    def open_runs(self) -> dict[int, InheritedRun]:
-        """The runs open here, with the Prefactor ids of their spans: what a forked child inherits.
-
-        A child may hang its spans under a span this process created, has in flight (its outcome not applied yet:
-        a fork right after the request) or holds live (created active, or about to be): this process delivers
-        those, so the child links to them. Should the child's create still arrive first, the server's `not_found`
-        sends it again as an orphan (outcomes.judge)."""
+    def spans_of_open_runs(self) -> dict[int, set[int]]:
+        """Trace id -> the spans this process knows in each open run (ended, created, live or open): what a forked
+        child is told are its parent's spans."""
         return {
-            trace_id: InheritedRun(
-                trace.instance_id,
-                dict(trace.span_ids),
-                frozenset(trace.created).union(trace.live, (i for i, p in trace.pending.items() if p.attempted)),
-            )
+            trace_id: {*trace.span_ids, *trace.created, *trace.pending, *trace.live, *trace.open}
             for trace_id, trace in list(self._traces.items())
-            if not trace.rejected
         }
 
     def take_run_changes(self) -> dict[str, int | None]:

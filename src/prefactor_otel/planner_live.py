@@ -50,17 +50,23 @@ class LiveSpans:
     _drop: Callable[..., None]  # planner_bounds.py
     _forget: Callable[[RunState], None]
     _span_pfid: Callable[[RunState, int, int | None], str]
+    _under_parent_process: Callable[[int, int | None], bool]
+    _reopen_forked: Callable[[int], bool]
 
     def start(self, started_spans: Iterable[StartedSpan], now: float) -> None:
         """Spans that started in this process (PrefactorSpanProcessor), in the order they started."""
         for started in started_spans:
             trace_id = started.trace_id
-            if trace_id in self._finished:
+            if not started.parent_is_remote and self._under_parent_process(trace_id, started.parent_span_id):
+                started = started._replace(parent_is_remote=True)  # forked child: a local root of its own run
+            if trace_id in self._finished and not self._reopen_forked(trace_id):
                 continue  # a span of a run already finished (or terminated): its end is counted when it comes
             trace = self._traces.get(trace_id)
             if trace is None:
                 resource = getattr(started.span.resource, "attributes", None) or {}
                 trace = self._new_trace(trace_id, started.start_time_ns, resource)
+            elif started.start_time_ns < trace.first_start_ns:
+                trace.first_start_ns = started.start_time_ns
             if trace.rejected or started.span_id in trace.created or started.span_id in trace.pending:
                 continue  # rejected run, or the span has already ended and arrived
             trace.tracked = True
@@ -89,6 +95,7 @@ class LiveSpans:
             record = self._map_live(opened.started)
             if record is None:
                 continue  # not mappable: the span goes the usual way, once it has ended
+            record.parent_is_remote = opened.started.parent_is_remote  # a forked child's local root stays one
             trace.live[record.span_id] = LiveSpan(as_dict(record.payload))
             trace.pending[record.span_id] = PendingSpan(record, now)
             self._with_pending[trace.trace_id] = None
@@ -171,7 +178,7 @@ class LiveSpans:
 
     def active_runs(self) -> list[tuple[str, int]]:
         """(instance id, trace id) of the runs registered here and not finished: what the control poller asks."""
-        return [(t.instance_id, t.trace_id) for t in self._traces.values() if t.registered and not t.inherited]
+        return [(t.instance_id, t.trace_id) for t in self._traces.values() if t.registered]
 
     def _plan_span_finishes(
         self, trace: RunState, span_items: list[PlannedItem], now: float, *, shutdown: bool

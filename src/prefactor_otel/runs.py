@@ -67,7 +67,11 @@ class RunState:
     root_failed: bool = False
     root_end_ns: int = 0
     last_end_ns: int = 0
-    first_start_ns: int = 0  # the start the run was created with
+    # The earliest start of any span of the run seen so far (ended, or started with PrefactorSpanProcessor): what
+    # the run's start item carries when it is first planned, so the run's window covers its spans whichever of
+    # them was exported first. Fixed once the start is planned (`planned_start_ns`): the server may have it then.
+    first_start_ns: int = 0
+    planned_start_ns: int | None = None
     any_failed: bool = False
     last_activity: float = 0.0
     rejected: bool = False
@@ -77,7 +81,6 @@ class RunState:
     root_skipped: bool = False
     # OTel span id -> Prefactor id, for the spans seen: a parent's id is rebuilt exactly for its children
     span_ids: dict[int, str] = field(default_factory=dict)
-    inherited: bool = False  # the parent process's run, open at the fork: this process never finishes it
     journaled: bool = False  # the run is in `run_changes` as open: this process must finish it
     # Starts (PrefactorSpanProcessor): spans started here and not yet received ended, live spans, and whether the
     # run is to be registered before any span of it is sent (its local root has started).
