@@ -151,7 +151,21 @@ class ExporterLifecycle:
                 dict(stats["dropped_by_reason"]),
                 stats["spans_queued"],
             )
-        if stats["spool_backlog_bytes"]:
+        pipeline = self._pipeline
+        if stats["auth_failed"] and pipeline is not None:
+            kept, dropped = pipeline.refusal_figures()
+            transport = self._transport
+            status = (transport.auth_status if transport is not None else None) or 401
+            where = f" in {self._backlog.spool.directory}" if self._backlog is not None else ""
+            logger.warning(
+                "Prefactor refused the API token (HTTP %d): %d span(s) kept on disk%s, sent when a process starts "
+                "with a valid token; %d dropped (reason auth)",
+                status,
+                kept,
+                where,
+                dropped,
+            )
+        elif stats["spool_backlog_bytes"]:
             assert self._backlog is not None
             logger.warning(
                 "Prefactor: %d bytes of undelivered items are kept in the spool (%s); the next process that starts "

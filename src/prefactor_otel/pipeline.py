@@ -25,6 +25,7 @@ from typing import Any
 from opentelemetry import trace as trace_api
 
 from prefactor_otel import __version__, ids
+from prefactor_otel._logging import logger
 from prefactor_otel.config import PrefactorConfig
 from prefactor_otel.delivery import Delivery, PlannedSource
 from prefactor_otel.durability import Backlog
@@ -66,6 +67,7 @@ class Pipeline:
         self.unplanned: deque[SpanRecord] = deque()
         self.planner: Planner | None = None
         self.dropped: Counter[str] = Counter()
+        self._refusal_reported = False  # the refused token is reported once (sending thread only)
 
     # ------------------------------------------------------------------ input
 
@@ -218,8 +220,9 @@ class Pipeline:
         with suppress_instrumentation():
             planner = self.ensure_planner(deadline)
             if planner is None:
-                if shutdown:
+                if shutdown or self.token_refused:
                     self._keep_unplanned()
+                self._report_refusal()
                 return False
             self._take_starts(planner)
             self._take_unplanned(planner)
@@ -229,15 +232,72 @@ class Pipeline:
                 if backlog.retry_due(time.monotonic()) or urgent:
                     backlog.replay(delivery, deadline, wait=urgent)
                 if backlog.has_own_backlog:  # our older items are still on disk: the new ones queue behind them
-                    self._spill(planner, flush=flush, shutdown=shutdown)
+                    self._keep(planner, flush=flush, shutdown=shutdown)
                     return False
             source = PlannedSource(
                 planner, self.state_lock, flush=flush, shutdown=shutdown, on_change=self.journal_runs
             )
             delivered = delivery.drain(source, deadline)
-            if not delivered and not delivery.transport.auth_failed:
-                self._spill(planner, flush=flush, shutdown=shutdown)
+            if not delivered:
+                self._keep(planner, flush=flush, shutdown=shutdown)
             return delivered
+
+    @property
+    def token_refused(self) -> bool:
+        """The server refused the token (401/403): this process sends nothing more (its token cannot change)."""
+        return self._delivery.transport.auth_failed
+
+    def _keep(self, planner: Planner, *, flush: bool, shutdown: bool) -> None:
+        """What could not be delivered now goes to the spool, an outage and a refused token alike (a later process
+        with a valid token sends it). Without a spool, a refused token leaves nothing to wait for: everything is
+        dropped, counted `auth`; and so is what the spool could not take at shutdown."""
+        refused = self.token_refused
+        if self._backlog is not None:
+            self._spill(planner, flush=flush, shutdown=shutdown)
+        if refused:
+            with self.state_lock:
+                # A register the spool did not take (full) was planned, and so journaled, by the spill: the server
+                # never accepted that run, so no later process may adopt it.
+                planner.refused(None)
+                if self._backlog is None or shutdown:
+                    planner.discard_all("auth")
+                self.journal_runs()
+        if refused:
+            self._report_refusal()
+
+    def _report_refusal(self) -> None:
+        """Once, when the token was first refused: one error saying what happens to the spans, never the token."""
+        if self._refusal_reported or not self.token_refused:
+            return
+        self._refusal_reported = True
+        kept, dropped = self.refusal_figures()
+        status = self._delivery.transport.auth_status or 401
+        if self._backlog is not None:
+            logger.error(
+                "Prefactor refused the API token (HTTP %d): what it stops is kept on disk in %s (%d span(s) so "
+                "far) and sent when a process starts with a valid token; this process sends nothing more. Check "
+                "PREFACTOR_API_TOKEN and its scope.",
+                status,
+                self._backlog.spool.directory,
+                kept,
+            )
+        else:
+            logger.error(
+                "Prefactor refused the API token (HTTP %d): %d span(s) dropped, and every later one (PREFACTOR_SPOOL "
+                "is off: nothing keeps them until a valid token is configured); this process sends nothing more. "
+                "Check PREFACTOR_API_TOKEN and its scope.",
+                status,
+                dropped,
+            )
+
+    def refusal_figures(self) -> tuple[int, int]:
+        """(spans kept on disk, spans dropped because the token was refused) by this process so far."""
+        planner = self.planner
+        kept = planner.counters["spans_spooled"] if planner is not None else 0
+        if self._backlog is not None:
+            kept += self._backlog.counters["spans_kept_unplanned"]
+        dropped = self.dropped["auth"] + (planner.dropped["auth"] if planner is not None else 0)
+        return kept, dropped
 
     def background_send(self, deadline: float) -> bool:
         """For the finisher thread: the spool's backlog alone while no span has come, else a drain."""
@@ -281,12 +341,16 @@ class Pipeline:
         self._spill(planner, flush=True, shutdown=shutdown)
 
     def _keep_unplanned(self) -> None:
-        """No partition yet (no agent id, API unreachable): keep the span records themselves on disk."""
-        if self._backlog is None:
-            return
+        """No partition yet (no agent id, API unreachable or the token refused): keep the span records themselves
+        on disk. Without a spool, a refused token drops them (counted `auth`)."""
         with self.state_lock:
             records = list(self.unplanned)
-            if records and self._backlog.keep_records(records):
+            if not records:
+                return
+            if self._backlog is not None and self._backlog.keep_records(records):
+                self.unplanned.clear()
+            elif self.token_refused:
+                self.dropped["auth"] += len(records)
                 self.unplanned.clear()
 
     def close(self) -> None:

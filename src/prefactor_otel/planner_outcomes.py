@@ -56,6 +56,22 @@ class OutcomeRules:
         """These items went to the durable spool: treat them as delivered (the spool sends them in order)."""
         self.apply({item.key: SUCCESS for item in items}, now, spooled=True)
 
+    def refused(self, keys: Iterable[str] | None) -> None:
+        """These items of the last plan were in a request the server refused whole (401/403: the token): a run
+        whose register was among them and was never accepted does not exist on the server, so it is no longer
+        journaled as one this process must finish (a later process would finish it and hear `not_found`). The
+        next plan that hands its register on (to the server or the spool) journals it again. An earlier attempt
+        of that register carried the same token, so it was refused too. None: every item of the last plan."""
+        for key in list(self._items) if keys is None else keys:
+            item = self._items.get(key)
+            if item is None or item.action != BULK_REGISTER:
+                continue
+            trace = self._traces.get(item.trace_id)
+            if trace is None or trace.registered or not trace.journaled:
+                continue
+            trace.journaled = False
+            self.run_changes[trace.instance_id] = None  # closing the run closes its live spans in the journal
+
     def apply(self, outcomes: Mapping[str, ItemOutcome], now: float, *, spooled: bool = False) -> None:
         """Record what the server did with each item of the last plan. Keys not given = not processed."""
         for key, outcome in outcomes.items():

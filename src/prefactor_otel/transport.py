@@ -104,6 +104,7 @@ class BulkTransport(AnswerRules):
         self._stop = threading.Event()
         self._interrupt = threading.Event()
         self._auth_failed = False
+        self.auth_status: int | None = None  # the status of the answer that refused the token (401 or 403)
         self._log = RateLimitedLog()
         self.counters: Counter[str] = Counter()
 

@@ -9,7 +9,8 @@ NOT_PROCESSED, the caller's to send again.
 `AnswerRules` is a mixin of `BulkTransport` (transport.py), split out as its own concept; it shares the
 transport's state (`counters`, `_log`, `_auth_failed`, owned by `BulkTransport.__init__`) and runs on the
 thread that sent the request: the sender, serialized by the exporter's send lock, so `counters` takes no lock.
-`_auth_failed` is set once, here, and read from any thread (a single assignment: no lock). The functions are pure
+`_auth_failed` (and `auth_status`, set just before it) is set once, here, and read from any thread (a single
+assignment: no lock); the pipeline reports the refusal, knowing what became of the items. The functions are pure
 and called from any thread.
 """
 
@@ -32,7 +33,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from prefactor_otel._logging import RateLimitedLog, logger
+from prefactor_otel._logging import RateLimitedLog
 from prefactor_otel.models import BULK_RESPONSE_FIELDS, ApiResponse
 from prefactor_otel.outcomes import NOT_PROCESSED, SUCCESS, BulkResult, ItemOutcome, terminate_reason
 
@@ -114,6 +115,7 @@ class AnswerRules:
     counters: Counter[str]
     _log: RateLimitedLog
     _auth_failed: bool
+    auth_status: int | None
 
     def _count_unreadable(self, exc: Exception) -> None:
         self.counters["contract_errors"] += 1
@@ -137,12 +139,9 @@ class AnswerRules:
             return None
         if status in (401, 403):
             if not self._auth_failed:
+                # Reported once by the pipeline, which knows what became of the items (kept on disk or dropped).
+                self.auth_status = status
                 self._auth_failed = True
-                logger.error(
-                    "Prefactor rejected the API token (HTTP %d); the exporter stops sending. "
-                    "Check PREFACTOR_API_TOKEN and its scope.",
-                    status,
-                )
             return BulkResult(error="auth", status_code=status)
         if status in RETRYABLE_STATUS:
             self.counters[f"http_{status}"] += 1
