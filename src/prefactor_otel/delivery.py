@@ -46,8 +46,8 @@ class ItemSource(Protocol):
         """An item no request can carry: replace it by something smaller, or drop it (counted)."""
 
     def refused(self, keys: list[str]) -> None:
-        """These items were in a request the server refused whole for its token (401/403): not processed, and
-        a run they would have registered does not exist there."""
+        """These items were in a request the server refused whole for its token (401/403), or that could not be
+        sent at all (an unusable proxy): not processed, and a run they would have registered does not exist."""
 
 
 class PlannedSource:
@@ -240,7 +240,7 @@ class Delivery:
                         source.apply({chunk[0].key: ItemOutcome("error", result.code or "rejected")})
                     return True
                 return max(1, len(chunk) // 2)  # split in halves and plan again
-            if result.error == "auth":
+            if result.error in ("auth", "proxy"):
                 source.refused([item.key for item in items])  # this chunk and the rest of the plan: all unsent
             if result.error is not None:
                 return False

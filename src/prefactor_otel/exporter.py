@@ -192,6 +192,7 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
         if self._backlog is not None:
             self._pipeline.add(self._backlog.take_records(self._config.max_queued_spans))
         announce(self._config.destination(str(self._backlog.spool.directory) if self._backlog is not None else None))
+        self._report_unusable_proxy()
         logger.debug("Prefactor exporter ready: %s", self._config.describe())
         try:
             register_metrics(self.stats, __version__)
@@ -204,6 +205,24 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
             )
         self._register_process_hooks()
         self._ensure_ticker()
+
+    def _report_unusable_proxy(self) -> None:
+        """One error for a proxy the client cannot use: which variable, why, the fix, and what happens meanwhile
+        (nothing is sent; export() reports FAILURE, as the OTLP exporter does when it cannot send)."""
+        transport = self._transport
+        if transport is None or transport.proxy_error is None:
+            return
+        if self._backlog is not None:
+            meanwhile = (
+                f"until then nothing is sent: spans are kept on disk in {self._backlog.spool.directory} and sent "
+                "by a process started with a usable proxy, and export() reports FAILURE"
+            )
+        else:
+            meanwhile = (
+                "until then nothing is sent and spans are dropped (PREFACTOR_SPOOL is off: nothing keeps them), "
+                "counted with reason proxy; export() reports FAILURE"
+            )
+        logger.error("Prefactor: %s; %s", transport.proxy_error, meanwhile)
 
     def _new_process_state(self) -> None:
         """Everything that belongs to one process: built at construction and again in a forked child."""

@@ -220,7 +220,7 @@ class Pipeline:
         with suppress_instrumentation():
             planner = self.ensure_planner(deadline)
             if planner is None:
-                if shutdown or self.token_refused:
+                if shutdown or self.stopped_reason is not None:
                     self._keep_unplanned()
                 self._report_refusal()
                 return False
@@ -229,7 +229,7 @@ class Pipeline:
             backlog = self._backlog
             if backlog is not None and backlog.has_backlog:
                 urgent = flush or shutdown
-                if backlog.retry_due(time.monotonic()) or urgent:
+                if (backlog.retry_due(time.monotonic()) or urgent) and self.stopped_reason is None:
                     backlog.replay(delivery, deadline, wait=urgent)
                 if backlog.has_own_backlog:  # our older items are still on disk: the new ones queue behind them
                     self._keep(planner, flush=flush, shutdown=shutdown)
@@ -243,34 +243,37 @@ class Pipeline:
             return delivered
 
     @property
-    def token_refused(self) -> bool:
-        """The server refused the token (401/403): this process sends nothing more (its token cannot change)."""
-        return self._delivery.transport.auth_failed
+    def stopped_reason(self) -> str | None:
+        """Why this process sends nothing more, or None: "auth" (the server refused the token, which cannot change
+        in this process), "proxy" (the environment's proxy cannot be used). Also the reason spans are counted
+        dropped under when nothing can keep them."""
+        return self._delivery.transport.stopped_reason
 
     def _keep(self, planner: Planner, *, flush: bool, shutdown: bool) -> None:
-        """What could not be delivered now goes to the spool, an outage and a refused token alike (a later process
-        with a valid token sends it). Without a spool, a refused token leaves nothing to wait for: everything is
-        dropped, counted `auth`; and so is what the spool could not take at shutdown."""
-        refused = self.token_refused
+        """What could not be delivered now goes to the spool, an outage, a refused token and an unusable proxy
+        alike (a later process with a valid token, a usable proxy, sends it). Without a spool, a process that can
+        send nothing more (`stopped_reason`) has nothing to wait for: everything is dropped, counted under that
+        reason; and so is what the spool could not take at shutdown."""
+        stopped = self.stopped_reason
         if self._backlog is not None:
             self._spill(planner, flush=flush, shutdown=shutdown)
-        if refused:
+        if stopped is not None:
             with self.state_lock:
                 # A register the spool did not take (full) was planned, and so journaled, by the spill: the server
                 # never accepted that run, so no later process may adopt it.
                 planner.refused(None)
                 if self._backlog is None or shutdown:
-                    planner.discard_all("auth")
+                    planner.discard_all(stopped)
                 self.journal_runs()
-        if refused:
             self._report_refusal()
 
     def _report_refusal(self) -> None:
-        """Once, when the token was first refused: one error saying what happens to the spans, never the token."""
-        if self._refusal_reported or not self.token_refused:
+        """Once, when the token was first refused: one error saying what happens to the spans, never the token.
+        (An unusable proxy is reported by the exporter when it starts.)"""
+        if self._refusal_reported or self.stopped_reason != "auth":
             return
         self._refusal_reported = True
-        kept, dropped = self.refusal_figures()
+        kept, dropped = self.refusal_figures("auth")
         status = self._delivery.transport.auth_status or 401
         if self._backlog is not None:
             logger.error(
@@ -290,25 +293,27 @@ class Pipeline:
                 dropped,
             )
 
-    def refusal_figures(self) -> tuple[int, int]:
-        """(spans kept on disk, spans dropped because the token was refused) by this process so far."""
+    def refusal_figures(self, reason: str) -> tuple[int, int]:
+        """(spans kept on disk, spans dropped for `reason`: "auth" or "proxy") by this process so far."""
         planner = self.planner
         kept = planner.counters["spans_spooled"] if planner is not None else 0
         if self._backlog is not None:
             kept += self._backlog.counters["spans_kept_unplanned"]
-        dropped = self.dropped["auth"] + (planner.dropped["auth"] if planner is not None else 0)
+        dropped = self.dropped[reason] + (planner.dropped[reason] if planner is not None else 0)
         return kept, dropped
 
     def background_send(self, deadline: float) -> bool:
         """For the finisher thread: the spool's backlog alone while no span has come, else a drain."""
         if self.planner is None and self._backlog is not None and not self.unplanned and not self.starts:
+            if self.stopped_reason is not None:
+                return False  # the files stay for a process that can send them
             with suppress_instrumentation():
                 return self._backlog.replay(self._delivery, deadline)
         return self.drain(deadline)
 
     def has_due_work(self, now: float) -> bool:
         backlog = self._backlog
-        if backlog is not None and backlog.has_backlog and backlog.retry_due(now):
+        if backlog is not None and backlog.has_backlog and backlog.retry_due(now) and self.stopped_reason is None:
             return True
         planner = self.planner
         if planner is None or self.starts:
@@ -341,16 +346,16 @@ class Pipeline:
         self._spill(planner, flush=True, shutdown=shutdown)
 
     def _keep_unplanned(self) -> None:
-        """No partition yet (no agent id, API unreachable or the token refused): keep the span records themselves
-        on disk. Without a spool, a refused token drops them (counted `auth`)."""
+        """No partition yet (no agent id, API unreachable, the token refused, the proxy unusable): keep the span
+        records themselves on disk. Without a spool, a process that can send nothing more drops them, counted."""
         with self.state_lock:
             records = list(self.unplanned)
             if not records:
                 return
             if self._backlog is not None and self._backlog.keep_records(records):
                 self.unplanned.clear()
-            elif self.token_refused:
-                self.dropped["auth"] += len(records)
+            elif (reason := self.stopped_reason) is not None:
+                self.dropped[reason] += len(records)
                 self.unplanned.clear()
 
     def close(self) -> None:

@@ -57,8 +57,9 @@ class OutcomeRules:
         self.apply({item.key: SUCCESS for item in items}, now, spooled=True)
 
     def refused(self, keys: Iterable[str] | None) -> None:
-        """These items of the last plan were in a request the server refused whole (401/403: the token): a run
-        whose register was among them and was never accepted does not exist on the server, so it is no longer
+        """These items of the last plan were in a request the server refused whole (401/403: the token), or that
+        could not be sent (an unusable proxy): a run whose register was among them and was never accepted does
+        not exist on the server, so it is no longer
         journaled as one this process must finish (a later process would finish it and hear `not_found`). The
         next plan that hands its register on (to the server or the spool) journals it again. An earlier attempt
         of that register carried the same token, so it was refused too. None: every item of the last plan."""
