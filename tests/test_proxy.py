@@ -193,3 +193,18 @@ def test_doctor_names_an_unusable_proxy(srv: DevServer, no_proxy_set: pytest.Mon
     assert run_doctor(environ, lines.append) == 1
     text = "\n".join(lines)
     assert "HTTP_PROXY" in text and "not a URL" in text, text
+
+
+def test_an_http_client_that_cannot_be_built_never_reports_success(
+    srv: DevServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    not_a_certificate = tmp_path / "ca.pem"
+    not_a_certificate.write_text("not a certificate\n")
+    provider, collector = make_provider()
+    agent_trace(provider)
+    exporter = PrefactorSpanExporter(**server_options(srv), ca_bundle=str(not_a_certificate))
+    assert not exporter.enabled
+    assert exporter.export(collector.spans) is SpanExportResult.FAILURE  # the spans went nowhere
+    exporter.shutdown()
+    errors = _errors(caplog)
+    assert len(errors) == 1 and "cannot create the HTTP client (SSLError" in errors[0], errors

@@ -67,6 +67,8 @@ from prefactor_otel.transport import BulkTransport
 from prefactor_otel.wire import encode_json
 
 SDK_HEADER = f"prefactor-otel@{__version__}"
+# The reasons an exporter is disabled on purpose (its export() succeeds as a no-op); every other one is an error.
+_DISABLED_BY_CHOICE = frozenset({"PREFACTOR_ENABLED is false", "no API token"})
 
 
 def _trace_id(span: ReadableSpan) -> int | None:
@@ -173,7 +175,13 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
         try:
             self._transport = BulkTransport(self._config, sdk_header=SDK_HEADER, client=http_client)
         except Exception as exc:  # never raise into the host application
-            logger.error("Prefactor exporter disabled: cannot create the HTTP client (%s)", type(exc).__name__)
+            # The exception's text (a TLS file's problem, ...), never the token: headers are built after this.
+            logger.error(
+                "Prefactor exporter disabled: cannot create the HTTP client (%s: %s); spans are not sent and export() "
+                "reports FAILURE",
+                type(exc).__name__,
+                str(exc)[:200],
+            )
             self._disabled_reason = "HTTP client error"
             return
         try:
@@ -324,7 +332,10 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
             self._dropped["after_shutdown"] += len(spans)
             return SpanExportResult.FAILURE
         if self._disabled_reason is not None:
-            return SpanExportResult.SUCCESS  # a no-op by configuration is not an export failure
+            # A no-op by configuration (PREFACTOR_ENABLED=false, no token) is not an export failure; an exporter
+            # an error disabled sends its spans nowhere: that is never SUCCESS.
+            by_choice = self._disabled_reason in _DISABLED_BY_CHOICE
+            return SpanExportResult.SUCCESS if by_choice else SpanExportResult.FAILURE
         self._counters["spans_received"] += len(spans)
         excess = len(spans) - self._config.max_queued_spans
         if excess > 0:
