@@ -94,8 +94,23 @@ def test_a_wrong_token_keeps_the_spans_on_disk_and_a_valid_token_sends_them_once
     assert sorted(p.name for p in spool_dir.glob("*.json")), "the refused items are on disk"
     assert not list(spool_dir.glob("runs-*.journal")), "every run is closed: its finish is in the spool"
 
-    # A later process with the valid token sends them: every span once, both runs finished, nothing adopted.
+    # A later process with the same wrong token and no span of its own: it says so once and keeps the files.
     caplog.set_level(logging.INFO, logger="prefactor_otel")
+    still_wrong = PrefactorSpanExporter(
+        **{**server_options(srv), "api_token": WRONG}, spool_dir=str(spool_dir), finish_grace_seconds=0
+    )
+    still_wrong.force_flush(5_000)  # its own spans (none) are flushed: True; the files are not its own
+    still_wrong.shutdown()
+    errors = [r.getMessage() for r in caplog.records if r.name == "prefactor_otel" and r.levelno >= logging.ERROR]
+    assert (
+        len(errors) == 1
+        and f"refused the API token (HTTP 401): what it stops is kept on disk in {spool_dir}" in errors[0]
+    )
+    assert WRONG not in caplog.text
+    assert srv.spans() == [] and list(spool_dir.glob("*.json"))
+    caplog.clear()
+
+    # A later process with the valid token sends them: every span once, both runs finished, nothing adopted.
     exporter = PrefactorSpanExporter(**server_options(srv), spool_dir=str(spool_dir), finish_grace_seconds=0)
     assert exporter.force_flush(10_000)
     exporter.shutdown()

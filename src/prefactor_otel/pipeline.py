@@ -233,6 +233,7 @@ class Pipeline:
                     backlog.replay(delivery, deadline, wait=urgent)
                 if backlog.has_own_backlog:  # our older items are still on disk: the new ones queue behind them
                     self._keep(planner, flush=flush, shutdown=shutdown)
+                    self._report_refusal()
                     return False
             source = PlannedSource(
                 planner, self.state_lock, flush=flush, shutdown=shutdown, on_change=self.journal_runs
@@ -240,6 +241,7 @@ class Pipeline:
             delivered = delivery.drain(source, deadline)
             if not delivered:
                 self._keep(planner, flush=flush, shutdown=shutdown)
+            self._report_refusal()
             return delivered
 
     @property
@@ -308,7 +310,9 @@ class Pipeline:
             if self.stopped_reason is not None:
                 return False  # the files stay for a process that can send them
             with suppress_instrumentation():
-                return self._backlog.replay(self._delivery, deadline)
+                replayed = self._backlog.replay(self._delivery, deadline)
+            self._report_refusal()  # the token may first be refused replaying an earlier process's files
+            return replayed
         return self.drain(deadline)
 
     def has_due_work(self, now: float) -> bool:
