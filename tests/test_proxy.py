@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from prefactor_otel import PrefactorSpanExporter
 from prefactor_otel.devserver import DevServer
 from prefactor_otel.doctor import run_doctor
+from prefactor_otel.transport_answers import UnusableProxy, usable_proxy
 from tests.spans import agent_trace, make_provider, server_options
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
@@ -208,3 +209,26 @@ def test_an_http_client_that_cannot_be_built_never_reports_success(
     exporter.shutdown()
     errors = _errors(caplog)
     assert len(errors) == 1 and "cannot create the HTTP client (SSLError" in errors[0], errors
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("http://[bad", "is not a host name"),
+        ("http://proxy:99999", "port 99999 is out of range"),
+        ("socks4://proxy:1080", "scheme 'socks4'"),
+        ("http://user:pw-123@", "no host"),
+    ],
+)
+def test_what_makes_a_proxy_unusable_is_named_and_a_password_never_shown(value: str, why: str) -> None:
+    with pytest.raises(UnusableProxy) as raised:
+        usable_proxy("HTTPS_PROXY", value)
+    assert why in str(raised.value) and "HTTPS_PROXY=" in str(raised.value)
+    assert "pw-123" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "value", ["proxy.internal:3128", "https://proxy:3128", "socks5h://127.0.0.1:1080", "http://u:p@[::1]:3128"]
+)
+def test_a_usable_proxy_is_taken_as_given(value: str) -> None:
+    assert usable_proxy("ALL_PROXY", value) == (value if "://" in value else "http://" + value)

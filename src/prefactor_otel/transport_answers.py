@@ -285,6 +285,10 @@ def usable_proxy(variable: str, value: str) -> str:
             why = f"scheme {parsed.scheme[:20]!r} is not one of {', '.join(PROXY_SCHEMES)}"
         elif not parsed.host:
             why = "no host"
+        elif "%" in parsed.host:  # httpx escapes what no host name may hold ("[bad", a space)
+            why = f"{parsed.host[:40]!r} is not a host name"
+        elif parsed.port is not None and not 0 < parsed.port < 65536:
+            why = f"port {parsed.port} is out of range"
         elif parsed.scheme.startswith("socks") and importlib.util.find_spec("socksio") is None:
             why = "a SOCKS proxy needs the socksio package: pip install 'httpx[socks]'"
     if why is not None:
