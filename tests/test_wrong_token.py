@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 
 from prefactor_otel import PrefactorSpanExporter, PrefactorSpanProcessor
 from prefactor_otel.devserver import DevServer
-from tests.spans import agent_trace, server_options
+from tests.spans import agent_trace, make_provider, server_options
 
 WRONG = "pf_wrong_token_never_logged"
 
@@ -186,6 +186,25 @@ def test_the_processor_alone_with_a_wrong_token_keeps_live_runs_on_disk(srv: Dev
     assert stats["spans_spooled"] == 4 and stats["spans_dropped"] == 0 and stats["spans_queued"] == 0, stats
 
     good = PrefactorSpanExporter(**server_options(srv), spool_dir=str(spool_dir), finish_grace_seconds=0)
+    assert good.force_flush(10_000)
+    good.shutdown()
+    assert len(srv.spans()) == 4
+    assert [i["status"] for i in srv.instances()] == ["complete"]
+
+
+def test_a_wrong_deployment_token_keeps_the_span_records_for_a_valid_one(srv: DevServer, tmp_path: Path) -> None:
+    """No agent id: ids need the account partition, which a refused token cannot get; the mapped records are kept."""
+    spool_dir = tmp_path / "spool"
+    provider, collector = make_provider()
+    agent_trace(provider)
+    options = {"environ": {}, "api_url": srv.url, "spool_dir": str(spool_dir), "finish_grace_seconds": 0}
+    wrong = PrefactorSpanExporter(**options, api_token=WRONG)
+    assert wrong.export(collector.spans) is SpanExportResult.FAILURE
+    wrong.shutdown()
+    stats = wrong.stats()
+    assert stats["spans_kept_unplanned"] == 4 and stats["spans_dropped"] == 0 and stats["spans_queued"] == 0, stats
+
+    good = PrefactorSpanExporter(**options, api_token=srv.token)
     assert good.force_flush(10_000)
     good.shutdown()
     assert len(srv.spans()) == 4

@@ -3,6 +3,8 @@
 `Pipeline` holds what belongs to one process and is rebuilt whole in a forked child: span records waiting for
 the account partition (`unplanned`), the planner (created once the partition is known), and the drain that sends
 what is ready -- this process's spooled backlog first, then live items, and what cannot be delivered to the spool.
+A process that can send nothing more (the server refused its token, its proxy is unusable: `stopped_reason`) keeps
+spilling to the spool, stops replaying it, and without a spool drops what it holds, counted under that reason.
 
 Span starts (PrefactorSpanProcessor) arrive in `starts`, a deque the application's threads append to (an atomic
 append, nothing else, on their side); the sending thread pops them, reads them (starts.py) and gives them to the
