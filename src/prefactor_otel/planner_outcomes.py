@@ -4,9 +4,9 @@ A mixin of `Planner` (planner.py), split out as its own concept; it shares the p
 same rules: no I/O, called only under the pipeline's state lock. The verdict on each outcome comes from
 outcomes.judge (the one rule book for live and spooled items); this part records it: a run registered, started,
 rejected (its waiting spans dropped, counted) or finished and forgotten, or, when the request carrying its register
-was refused whole for its token or could not be sent (`refused`), no longer journaled; a span delivered (the run's root, its
-failures), sent again as an orphan, replaced by a placeholder, or dropped with its code; a live span created active,
-then finished.
+was refused whole for its token or could not be sent (`refused`), no longer journaled; a span delivered (the run's
+root, its failures), sent again as an orphan, replaced by a placeholder, or dropped with its code; a live span created
+active, then finished.
 """
 
 from __future__ import annotations
