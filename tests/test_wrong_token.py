@@ -209,3 +209,26 @@ def test_a_wrong_deployment_token_keeps_the_span_records_for_a_valid_one(srv: De
     good.shutdown()
     assert len(srv.spans()) == 4
     assert [i["status"] for i in srv.instances()] == ["complete"]
+
+
+def test_the_planner_takes_a_refused_run_out_of_the_journal_and_only_that() -> None:
+    """Between a 401 and the spill (a kill there), the journal must not hold a run the server never accepted."""
+    from prefactor_otel.mapping import map_span
+    from prefactor_otel.outcomes import SUCCESS
+    from tests.test_planner import _planner
+
+    planner = _planner(finish_grace_seconds=60.0)  # the run stays open through the test
+    provider, collector = make_provider()
+    agent_trace(provider)
+    planner.add([map_span(s) for s in collector.spans], 0.0)
+    items = planner.plan(1.0)
+    opened = planner.take_run_changes()
+    assert len(opened) == 1 and None not in opened.values()  # journaled before its register is sent
+    planner.refused([item.key for item in items])
+    assert planner.take_run_changes() == dict.fromkeys(opened)  # closed: it does not exist on the server
+    again = planner.plan(2.0)
+    assert planner.take_run_changes().keys() == opened.keys()  # the next hand-on journals it again
+    planner.apply({item.key: SUCCESS for item in again}, 3.0)
+    planner.take_run_changes()
+    planner.refused([item.key for item in again])  # accepted once: a later refusal cannot un-create it
+    assert planner.take_run_changes() == {}
