@@ -399,7 +399,8 @@ def test_a_start_up_failure_disables_the_exporter_instead_of_raising(monkeypatch
         exporter = _exporter(srv)
         monkeypatch.undo()
         assert not exporter.enabled and exporter.stats()["disabled_reason"] == "start-up error"
-        assert exporter.export(_spans()) is SpanExportResult.SUCCESS  # a no-op, never an exception
+        # never an exception; and never SUCCESS: the spans went nowhere (issue 19)
+        assert exporter.export(_spans()) is SpanExportResult.FAILURE
         exporter.shutdown()
 
 

@@ -45,6 +45,10 @@ class ItemSource(Protocol):
     def too_large(self, key: str, size: int) -> None:
         """An item no request can carry: replace it by something smaller, or drop it (counted)."""
 
+    def refused(self, keys: list[str]) -> None:
+        """These items were in a request the server refused whole for its token (401/403), or that could not be
+        sent at all (an unusable proxy): not processed, and a run they would have registered does not exist."""
+
 
 class PlannedSource:
     """The planner as a source. `on_change` runs under the state lock after each plan and each apply: the
@@ -86,6 +90,12 @@ class PlannedSource:
             if not self._planner.replace_with_placeholder(key, size):
                 self._planner.apply({key: ItemOutcome("error", "too_large")}, time.monotonic())
 
+    def refused(self, keys: list[str]) -> None:
+        with self._lock:
+            self._planner.refused(keys)
+            if self._on_change is not None:
+                self._on_change()
+
 
 class SpooledSource:
     """The items of one spool file, in their order. `pending` is what is left to send (orphans rewritten)."""
@@ -121,6 +131,9 @@ class SpooledSource:
 
     def too_large(self, key: str, size: int) -> None:
         self.apply({key: ItemOutcome("error", "too_large")})
+
+    def refused(self, keys: list[str]) -> None:
+        """Nothing to do: the items stay in their file, which keeps its place at the head of the spool."""
 
     def _reject(self, action: str, code: str | None) -> None:
         if action == BULK_CREATE_SPAN:
@@ -227,6 +240,8 @@ class Delivery:
                         source.apply({chunk[0].key: ItemOutcome("error", result.code or "rejected")})
                     return True
                 return max(1, len(chunk) // 2)  # split in halves and plan again
+            if result.error in ("auth", "proxy"):
+                source.refused([item.key for item in items])  # this chunk and the rest of the plan: all unsent
             if result.error is not None:
                 return False
             if not self._progress(result) and not self._rest_only_changed:

@@ -67,6 +67,8 @@ from prefactor_otel.transport import BulkTransport
 from prefactor_otel.wire import encode_json
 
 SDK_HEADER = f"prefactor-otel@{__version__}"
+# The reasons an exporter is disabled on purpose (its export() succeeds as a no-op); every other one is an error.
+_DISABLED_BY_CHOICE = frozenset({"PREFACTOR_ENABLED is false", "no API token"})
 
 
 def _trace_id(span: ReadableSpan) -> int | None:
@@ -173,7 +175,13 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
         try:
             self._transport = BulkTransport(self._config, sdk_header=SDK_HEADER, client=http_client)
         except Exception as exc:  # never raise into the host application
-            logger.error("Prefactor exporter disabled: cannot create the HTTP client (%s)", type(exc).__name__)
+            # The exception's text (a TLS file's problem, ...), never the token: headers are built after this.
+            logger.error(
+                "Prefactor exporter disabled: cannot create the HTTP client (%s: %s); spans are not sent and export() "
+                "reports FAILURE",
+                type(exc).__name__,
+                str(exc)[:200],
+            )
             self._disabled_reason = "HTTP client error"
             return
         try:
@@ -192,6 +200,7 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
         if self._backlog is not None:
             self._pipeline.add(self._backlog.take_records(self._config.max_queued_spans))
         announce(self._config.destination(str(self._backlog.spool.directory) if self._backlog is not None else None))
+        self._report_unusable_proxy()
         logger.debug("Prefactor exporter ready: %s", self._config.describe())
         try:
             register_metrics(self.stats, __version__)
@@ -204,6 +213,24 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
             )
         self._register_process_hooks()
         self._ensure_ticker()
+
+    def _report_unusable_proxy(self) -> None:
+        """One error for a proxy the client cannot use: which variable, why, the fix, and what happens meanwhile
+        (nothing is sent; export() reports FAILURE, as the OTLP exporter does when it cannot send)."""
+        transport = self._transport
+        if transport is None or transport.proxy_error is None:
+            return
+        if self._backlog is not None:
+            meanwhile = (
+                f"until then nothing is sent: spans are kept on disk in {self._backlog.spool.directory} and sent "
+                "by a process started with a usable proxy, and export() reports FAILURE"
+            )
+        else:
+            meanwhile = (
+                "until then nothing is sent and spans are dropped (PREFACTOR_SPOOL is off: nothing keeps them), "
+                "counted with reason proxy; export() reports FAILURE"
+            )
+        logger.error("Prefactor: %s; %s", transport.proxy_error, meanwhile)
 
     def _new_process_state(self) -> None:
         """Everything that belongs to one process: built at construction and again in a forked child."""
@@ -305,7 +332,10 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
             self._dropped["after_shutdown"] += len(spans)
             return SpanExportResult.FAILURE
         if self._disabled_reason is not None:
-            return SpanExportResult.SUCCESS  # a no-op by configuration is not an export failure
+            # A no-op by configuration (PREFACTOR_ENABLED=false, no token) is not an export failure; an exporter
+            # an error disabled sends its spans nowhere: that is never SUCCESS.
+            by_choice = self._disabled_reason in _DISABLED_BY_CHOICE
+            return SpanExportResult.SUCCESS if by_choice else SpanExportResult.FAILURE
         self._counters["spans_received"] += len(spans)
         excess = len(spans) - self._config.max_queued_spans
         if excess > 0:

@@ -156,7 +156,28 @@ class ExporterLifecycle:
                 dict(stats["dropped_by_reason"]),
                 stats["spans_queued"],
             )
-        if stats["spool_backlog_bytes"]:
+        pipeline = self._pipeline
+        transport = self._transport
+        stopped = transport.stopped_reason if transport is not None else None
+        if stopped is not None and pipeline is not None and transport is not None:
+            kept, dropped = pipeline.refusal_figures(stopped)
+            where = f" in {self._backlog.spool.directory}" if self._backlog is not None else ""
+            if stopped == "auth":
+                why = f"Prefactor refused the API token (HTTP {transport.auth_status or 401})"
+                fixed = "a valid token"
+            else:
+                why = "Prefactor could not use the proxy the environment sets"
+                fixed = "a usable proxy"
+            logger.warning(
+                "%s: %d span(s) kept on disk%s, sent when a process starts with %s; %d dropped (reason %s)",
+                why,
+                kept,
+                where,
+                fixed,
+                dropped,
+                stopped,
+            )
+        elif stats["spool_backlog_bytes"]:
             assert self._backlog is not None
             logger.warning(
                 "Prefactor: %d bytes of undelivered items are kept in the spool (%s); the next process that starts "

@@ -51,9 +51,9 @@ class BulkResult:
     """What became of one request.
 
     error: None when the server answered with per-item outputs; otherwise one of
-    "auth" (401/403, sending stopped), "timeout" (deadline reached while retrying), "shutdown",
-    "too_large" (413), "rejected" (another 4xx for the whole request), "redirect" (3xx), "contract"
-    (unparseable answer, after retries).
+    "auth" (401/403, sending stopped), "proxy" (the environment's proxy cannot be used: nothing sent), "timeout"
+    (deadline reached while retrying), "shutdown", "too_large" (413), "rejected" (another 4xx for the whole
+    request), "redirect" (3xx), "contract" (unparseable answer, after retries).
     """
 
     outcomes: dict[str, ItemOutcome] = field(default_factory=dict)

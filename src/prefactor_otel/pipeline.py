@@ -5,6 +5,8 @@ the account partition (`unplanned`), the planner (created once the partition is 
 what is ready -- this process's spooled backlog first, then live items, and what cannot be delivered to the spool.
 In a forked child the new pipeline carries what the child knows of its parent's spans (`spans_at_fork`, read from
 the parent's pipeline at the fork; `note_parent_spans` as the child ends copies of them): planner.ForkOrigin.
+A process that can send nothing more (the server refused its token, its proxy is unusable: `stopped_reason`) keeps
+spilling to the spool, stops replaying it, and without a spool drops what it holds, counted under that reason.
 
 Span starts (PrefactorSpanProcessor) arrive in `starts`, a deque the application's threads append to (an atomic
 append, nothing else, on their side); the sending thread pops them, reads them (starts.py) and gives them to the
@@ -27,6 +29,7 @@ from typing import Any
 from opentelemetry import trace as trace_api
 
 from prefactor_otel import __version__, ids
+from prefactor_otel._logging import logger
 from prefactor_otel.config import PrefactorConfig
 from prefactor_otel.delivery import Delivery, PlannedSource
 from prefactor_otel.durability import Backlog
@@ -68,6 +71,7 @@ class Pipeline:
         self.unplanned: deque[SpanRecord] = deque()
         self.planner: Planner | None = None
         self.dropped: Counter[str] = Counter()
+        self._refusal_reported = False  # the refused token is reported once (sending thread only)
 
     # ------------------------------------------------------------------ input
 
@@ -216,37 +220,104 @@ class Pipeline:
         with suppress_instrumentation():
             planner = self.ensure_planner(deadline)
             if planner is None:
-                if shutdown:
+                if shutdown or self.stopped_reason is not None:
                     self._keep_unplanned()
+                self._report_refusal()
                 return False
             self._take_starts(planner)
             self._take_unplanned(planner)
             backlog = self._backlog
             if backlog is not None and backlog.has_backlog:
                 urgent = flush or shutdown
-                if backlog.retry_due(time.monotonic()) or urgent:
+                if (backlog.retry_due(time.monotonic()) or urgent) and self.stopped_reason is None:
                     backlog.replay(delivery, deadline, wait=urgent)
                 if backlog.has_own_backlog:  # our older items are still on disk: the new ones queue behind them
-                    self._spill(planner, flush=flush, shutdown=shutdown)
+                    self._keep(planner, flush=flush, shutdown=shutdown)
+                    self._report_refusal()
                     return False
             source = PlannedSource(
                 planner, self.state_lock, flush=flush, shutdown=shutdown, on_change=self.journal_runs
             )
             delivered = delivery.drain(source, deadline)
-            if not delivered and not delivery.transport.auth_failed:
-                self._spill(planner, flush=flush, shutdown=shutdown)
+            if not delivered:
+                self._keep(planner, flush=flush, shutdown=shutdown)
+            self._report_refusal()
             return delivered
+
+    @property
+    def stopped_reason(self) -> str | None:
+        """Why this process sends nothing more, or None: "auth" (the server refused the token, which cannot change
+        in this process), "proxy" (the environment's proxy cannot be used). Also the reason spans are counted
+        dropped under when nothing can keep them."""
+        return self._delivery.transport.stopped_reason
+
+    def _keep(self, planner: Planner, *, flush: bool, shutdown: bool) -> None:
+        """What could not be delivered now goes to the spool, an outage, a refused token and an unusable proxy
+        alike (a later process with a valid token, a usable proxy, sends it). Without a spool, a process that can
+        send nothing more (`stopped_reason`) has nothing to wait for: everything is dropped, counted under that
+        reason; and so is what the spool could not take at shutdown."""
+        stopped = self.stopped_reason
+        if self._backlog is not None:
+            self._spill(planner, flush=flush, shutdown=shutdown)
+        if stopped is not None:
+            with self.state_lock:
+                # A register the spool did not take (full) was planned, and so journaled, by the spill: the server
+                # never accepted that run, so no later process may adopt it.
+                planner.refused(None)
+                if self._backlog is None or shutdown:
+                    planner.discard_all(stopped)
+                self.journal_runs()
+            self._report_refusal()
+
+    def _report_refusal(self) -> None:
+        """Once, when the token was first refused: one error saying what happens to the spans, never the token.
+        (An unusable proxy is reported by the exporter when it starts.)"""
+        if self._refusal_reported or self.stopped_reason != "auth":
+            return
+        self._refusal_reported = True
+        kept, dropped = self.refusal_figures("auth")
+        status = self._delivery.transport.auth_status or 401
+        if self._backlog is not None:
+            logger.error(
+                "Prefactor refused the API token (HTTP %d): what it stops is kept on disk in %s (%d span(s) so "
+                "far) and sent when a process starts with a valid token; this process sends nothing more. Check "
+                "PREFACTOR_API_TOKEN and its scope.",
+                status,
+                self._backlog.spool.directory,
+                kept,
+            )
+        else:
+            logger.error(
+                "Prefactor refused the API token (HTTP %d): %d span(s) dropped, and every later one (PREFACTOR_SPOOL "
+                "is off: nothing keeps them until a valid token is configured); this process sends nothing more. "
+                "Check PREFACTOR_API_TOKEN and its scope.",
+                status,
+                dropped,
+            )
+
+    def refusal_figures(self, reason: str) -> tuple[int, int]:
+        """(spans kept on disk, spans dropped for `reason`: "auth" or "proxy") by this process so far."""
+        planner = self.planner
+        kept = planner.counters["spans_spooled"] if planner is not None else 0
+        if self._backlog is not None:
+            kept += self._backlog.counters["spans_kept_unplanned"]
+        dropped = self.dropped[reason] + (planner.dropped[reason] if planner is not None else 0)
+        return kept, dropped
 
     def background_send(self, deadline: float) -> bool:
         """For the finisher thread: the spool's backlog alone while no span has come, else a drain."""
         if self.planner is None and self._backlog is not None and not self.unplanned and not self.starts:
+            if self.stopped_reason is not None:
+                return False  # the files stay for a process that can send them
             with suppress_instrumentation():
-                return self._backlog.replay(self._delivery, deadline)
+                replayed = self._backlog.replay(self._delivery, deadline)
+            self._report_refusal()  # the token may first be refused replaying an earlier process's files
+            return replayed
         return self.drain(deadline)
 
     def has_due_work(self, now: float) -> bool:
         backlog = self._backlog
-        if backlog is not None and backlog.has_backlog and backlog.retry_due(now):
+        if backlog is not None and backlog.has_backlog and backlog.retry_due(now) and self.stopped_reason is None:
             return True
         planner = self.planner
         if planner is None or self.starts:
@@ -279,12 +350,16 @@ class Pipeline:
         self._spill(planner, flush=True, shutdown=shutdown)
 
     def _keep_unplanned(self) -> None:
-        """No partition yet (no agent id, API unreachable): keep the span records themselves on disk."""
-        if self._backlog is None:
-            return
+        """No partition yet (no agent id, API unreachable, the token refused, the proxy unusable): keep the span
+        records themselves on disk. Without a spool, a process that can send nothing more drops them, counted."""
         with self.state_lock:
             records = list(self.unplanned)
-            if records and self._backlog.keep_records(records):
+            if not records:
+                return
+            if self._backlog is not None and self._backlog.keep_records(records):
+                self.unplanned.clear()
+            elif (reason := self.stopped_reason) is not None:
+                self.dropped[reason] += len(records)
                 self.unplanned.clear()
 
     def close(self) -> None:

@@ -30,6 +30,8 @@ class MemoryBounds:
     _traces: OrderedDict[int, RunState]
     _with_pending: dict[int, None]
     _queued: int
+    _open_count: int
+    run_changes: dict[str, int | None]
     _max_queued: int
     _max_waiting: int
     _max_wait: float
@@ -87,6 +89,26 @@ class MemoryBounds:
             if not trace.pending:
                 trace.root_delivered = True  # finish it on the next plan with what we have
                 trace.last_activity = float("-inf")
+
+    def discard_all(self, reason: str) -> int:
+        """Forget every run and span held here, the spans counted `dropped[reason]`; returns how many.
+
+        For when nothing held can ever be sent by this process and nothing can keep it (the server refused the
+        token and there is no spool). Counted: pending spans and live spans that ended (their finish was due);
+        spans still running are counted when they end and come back (a new run for them, discarded in turn).
+        """
+        count = 0
+        for trace in self._traces.values():
+            count += len(trace.pending) + sum(1 for live in trace.live.values() if live.ended is not None)
+            self._open_count -= len(trace.open)
+            if trace.journaled:
+                self.run_changes[trace.instance_id] = None
+        self._traces.clear()
+        self._with_pending.clear()
+        self._queued = 0
+        if count:
+            self._drop(count, reason)
+        return count
 
     def _drop(self, count: int, reason: str, record: SpanRecord | None = None) -> None:
         self.dropped[reason] += count

@@ -3,9 +3,10 @@
 A mixin of `Planner` (planner.py), split out as its own concept; it shares the planner's state and runs under the
 same rules: no I/O, called only under the pipeline's state lock. The verdict on each outcome comes from
 outcomes.judge (the one rule book for live and spooled items); this part records it: a run registered, started,
-rejected (its waiting spans dropped, counted) or finished and forgotten; a span delivered (the run's root, its
-failures), sent again as an orphan, replaced by a placeholder, or dropped with its code; a live span created active,
-then finished.
+rejected (its waiting spans dropped, counted) or finished and forgotten, or, when the request carrying its register
+was refused whole for its token or could not be sent (`refused`), no longer journaled; a span delivered (the run's
+root, its failures), sent again as an orphan, replaced by a placeholder, or dropped with its code; a live span created
+active, then finished.
 """
 
 from __future__ import annotations
@@ -55,6 +56,23 @@ class OutcomeRules:
     def handoff(self, items: Iterable[PlannedItem], now: float) -> None:
         """These items went to the durable spool: treat them as delivered (the spool sends them in order)."""
         self.apply({item.key: SUCCESS for item in items}, now, spooled=True)
+
+    def refused(self, keys: Iterable[str] | None) -> None:
+        """These items of the last plan were in a request the server refused whole (401/403: the token), or that
+        could not be sent (an unusable proxy): a run whose register was among them and was never accepted does
+        not exist on the server, so it is no longer
+        journaled as one this process must finish (a later process would finish it and hear `not_found`). The
+        next plan that hands its register on (to the server or the spool) journals it again. An earlier attempt
+        of that register carried the same token, so it was refused too. None: every item of the last plan."""
+        for key in list(self._items) if keys is None else keys:
+            item = self._items.get(key)
+            if item is None or item.action != BULK_REGISTER:
+                continue
+            trace = self._traces.get(item.trace_id)
+            if trace is None or trace.registered or not trace.journaled:
+                continue
+            trace.journaled = False
+            self.run_changes[trace.instance_id] = None  # closing the run closes its live spans in the journal
 
     def apply(self, outcomes: Mapping[str, ItemOutcome], now: float, *, spooled: bool = False) -> None:
         """Record what the server did with each item of the last plan. Keys not given = not processed."""

@@ -44,10 +44,13 @@ from prefactor_otel.transport_answers import (
     ReadAnswer,
     ResponseTooLarge,
     UnreadableResponse,
+    UnusableProxy,
     connection_error_cause,
     decode_body,
-    environment_proxy,
+    environment_proxy_setting,
     parse_retry_after,
+    proxy_problem,
+    usable_proxy,
 )
 
 # The wire form lives in its own module; re-exported here, where the exporter and older code import it from.
@@ -90,6 +93,10 @@ class BulkTransport(AnswerRules):
         self._owns_client = client is None
         self._ceiling: float | None = None
         self._network: DeadlineBackend | None = None
+        # Set when the proxy the environment sets for the API URL cannot be used: then nothing is sent (every
+        # request fails at once, error "proxy"), and the exporter keeps the items as in an outage.
+        self.proxy_error: str | None = None
+        self._proxy_note = ""  # ", through the proxy in HTTPS_PROXY": for connection errors
         self._client = client or self._new_client()
         # Sent per request (not as client defaults) so a caller-supplied client authenticates too.
         self._headers = {
@@ -104,16 +111,36 @@ class BulkTransport(AnswerRules):
         self._stop = threading.Event()
         self._interrupt = threading.Event()
         self._auth_failed = False
+        self.auth_status: int | None = None  # the status of the answer that refused the token (401 or 403)
         self._log = RateLimitedLog()
         self.counters: Counter[str] = Counter()
 
     def _new_client(self) -> httpx.Client:
+        self.proxy_error = None
+        self._proxy_note = ""
         verify: bool | ssl.SSLContext = self._config.tls_verify
         if self._config.tls_verify and self._config.ca_bundle:
             verify = ssl.create_default_context(cafile=self._config.ca_bundle)
         # Our own transport (so the deadline-aware network layer goes under it): httpx then ignores the proxy
-        # variables, so the one that applies to the API URL is passed explicitly.
-        transport = httpx.HTTPTransport(verify=verify, proxy=environment_proxy(self._config.api_base))
+        # variables, so the one that applies to the API URL is passed explicitly. One it cannot use leaves the
+        # client without a proxy, never used: `proxy_error` stops every request.
+        proxy = None
+        setting = environment_proxy_setting(self._config.api_base)
+        if setting is not None:
+            variable, value = setting
+            try:
+                proxy = usable_proxy(variable, value)
+                transport = httpx.HTTPTransport(verify=verify, proxy=proxy)
+            except UnusableProxy as exc:
+                self.proxy_error = str(exc)
+                proxy = None
+            except Exception as exc:  # what httpx itself refuses (a version that checks more than we do)
+                self.proxy_error = proxy_problem(variable, value, f"httpx refuses it: {type(exc).__name__}")
+                proxy = None
+            else:
+                self._proxy_note = f" through the proxy in {variable}"
+        if proxy is None:
+            transport = httpx.HTTPTransport(verify=verify)
         self._network = install_deadline_backend(transport)
         if self._network is None:
             logger.debug("Prefactor: this httpx version takes no deadline-aware network layer; per-operation timeouts")
@@ -139,6 +166,14 @@ class BulkTransport(AnswerRules):
     @property
     def auth_failed(self) -> bool:
         return self._auth_failed
+
+    @property
+    def stopped_reason(self) -> str | None:
+        """Why this transport sends nothing more in this process, or None: "auth" (the server refused the token),
+        "proxy" (the proxy the environment sets cannot be used). Both are fixed only by a new process."""
+        if self._auth_failed:
+            return "auth"
+        return "proxy" if self.proxy_error is not None else None
 
     def close(self) -> None:
         self._stop.set()
@@ -188,10 +223,13 @@ class BulkTransport(AnswerRules):
         on a connection problem, a deadline reached or an answer that is not one, status None and an `error` that
         names the host and the cause. Not retried, and a 401/403 is only returned: a read the token may not make
         must not stop the exporter's writes."""
+        if self.proxy_error is not None:
+            return ReadAnswer(None, b"", f"cannot reach {self._host}: {self.proxy_error}")
         try:
             response, answer = self._request(path, b"", deadline, method="GET")
         except httpx.TransportError as exc:
-            return ReadAnswer(None, b"", f"cannot reach {self._host}: {connection_error_cause(exc)}")
+            cause = connection_error_cause(exc)
+            return ReadAnswer(None, b"", f"cannot reach {self._host}{self._proxy_note}: {cause}")
         except (ResponseTooLarge, UnreadableResponse) as exc:
             return ReadAnswer(None, b"", f"unreadable answer from {self._host} ({type(exc).__name__}: {exc})")
         return ReadAnswer(response.status_code, answer)
@@ -245,6 +283,8 @@ class BulkTransport(AnswerRules):
         while True:
             if self._auth_failed:
                 return BulkResult(error="auth")
+            if self.proxy_error is not None:
+                return BulkResult(error="proxy")  # nothing sent: reported once by the exporter
             if self._stop.is_set():
                 return BulkResult(error="shutdown")
             if self._deadline(deadline) <= time.monotonic():
@@ -262,8 +302,9 @@ class BulkTransport(AnswerRules):
                 self._log.log(
                     logging.WARNING,
                     "conn",
-                    "Prefactor export: cannot reach %s: %s; retrying",
+                    "Prefactor export: cannot reach %s%s: %s; retrying",
                     self._host,
+                    self._proxy_note,
                     last_failure,
                 )
             except (ResponseTooLarge, UnreadableResponse) as exc:
@@ -320,7 +361,7 @@ class BulkTransport(AnswerRules):
         """Ask the server for one id of the account (its partition is the account's). None on failure.
 
         One attempt, under the same wall-clock deadline, ceiling and answer size cap as the bulk requests."""
-        if self._auth_failed or self._deadline(deadline) <= time.monotonic():
+        if self._auth_failed or self.proxy_error is not None or self._deadline(deadline) <= time.monotonic():
             return None
         try:
             response, answer = self._request("/pfid/generate", b'{"count":1}', deadline)

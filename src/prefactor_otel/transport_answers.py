@@ -1,7 +1,7 @@
 """What an answer from the Prefactor API means: its status (final, retryable, auth), each item's outcome, an error
 body's code and message, the cause of a connection failure, a Content-Encoding, a Retry-After; and the proxy the
-environment sets for the API URL; a read's answer (`ReadAnswer`). transport.py sends and retries; this module only
-reads.
+environment sets for the API URL (and whether httpx can use it); a read's answer (`ReadAnswer`). transport.py sends
+and retries; this module only reads.
 
 Items missing from a bulk answer were not processed (the server stops at the first error): they are
 NOT_PROCESSED, the caller's to send again.
@@ -9,15 +9,19 @@ NOT_PROCESSED, the caller's to send again.
 `AnswerRules` is a mixin of `BulkTransport` (transport.py), split out as its own concept; it shares the
 transport's state (`counters`, `_log`, `_auth_failed`, owned by `BulkTransport.__init__`) and runs on the
 thread that sent the request: the sender, serialized by the exporter's send lock, so `counters` takes no lock.
-`_auth_failed` is set once, here, and read from any thread (a single assignment: no lock). The functions are pure
+`_auth_failed` (and `auth_status`, set just before it) is set once, here, and read from any thread (a single
+assignment: no lock); the pipeline reports the refusal, knowing what became of the items. The functions are pure
 and called from any thread.
 """
 
 from __future__ import annotations
 
 import email.utils
+import importlib.util
 import json
 import logging
+import os
+import re
 import socket
 import ssl
 import time
@@ -32,7 +36,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from prefactor_otel._logging import RateLimitedLog, logger
+from prefactor_otel._logging import RateLimitedLog
 from prefactor_otel.models import BULK_RESPONSE_FIELDS, ApiResponse
 from prefactor_otel.outcomes import NOT_PROCESSED, SUCCESS, BulkResult, ItemOutcome, terminate_reason
 
@@ -114,6 +118,7 @@ class AnswerRules:
     counters: Counter[str]
     _log: RateLimitedLog
     _auth_failed: bool
+    auth_status: int | None
 
     def _count_unreadable(self, exc: Exception) -> None:
         self.counters["contract_errors"] += 1
@@ -137,12 +142,9 @@ class AnswerRules:
             return None
         if status in (401, 403):
             if not self._auth_failed:
+                # Reported once by the pipeline, which knows what became of the items (kept on disk or dropped).
+                self.auth_status = status
                 self._auth_failed = True
-                logger.error(
-                    "Prefactor rejected the API token (HTTP %d); the exporter stops sending. "
-                    "Check PREFACTOR_API_TOKEN and its scope.",
-                    status,
-                )
             return BulkResult(error="auth", status_code=status)
         if status in RETRYABLE_STATUS:
             self.counters[f"http_{status}"] += 1
@@ -231,14 +233,75 @@ def decode_body(raw: bytes, content_encoding: str | None) -> bytes:
     return inflated
 
 
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+
+
+class UnusableProxy(ValueError):
+    """The proxy the environment sets for the API URL cannot be used; the message names the variable, the
+    (masked) value, why, and the fix."""
+
+
 def environment_proxy(url: str) -> str | None:
     """The proxy the environment (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY) sets for `url`, or None."""
+    setting = environment_proxy_setting(url)
+    if setting is None:
+        return None
+    proxy = setting[1]
+    return proxy if "://" in proxy else "http://" + proxy
+
+
+def environment_proxy_setting(url: str) -> tuple[str, str] | None:
+    """(variable, value) of the proxy the environment sets for `url` (urllib's rules: a lowercase variable wins
+    over its uppercase form, the scheme's before ALL_PROXY, NO_PROXY bypasses), or None."""
     parts = urllib.parse.urlsplit(url)
     proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    key = parts.scheme if proxies.get(parts.scheme) else "all"
+    proxy = proxies.get(key)
     if not proxy or (parts.hostname and urllib.request.proxy_bypass_environment(parts.hostname, proxies)):
         return None
-    return proxy if "://" in proxy else "http://" + proxy
+    variable = next(
+        (name for name in (f"{key}_proxy", f"{key.upper()}_PROXY") if os.environ.get(name) == proxy),
+        f"{key.upper()}_PROXY",
+    )
+    return variable, proxy
+
+
+def masked_proxy(value: str) -> str:
+    """A proxy value fit for a log line: any user:password part masked, at most 100 characters."""
+    masked = re.sub(r"^([^/]*//)?[^/@]*@", lambda m: (m.group(1) or "") + "***@", value.strip())
+    return masked if len(masked) <= 100 else masked[:97] + "..."
+
+
+def usable_proxy(variable: str, value: str) -> str:
+    """The proxy URL to give httpx for `value` (set in `variable`), or UnusableProxy saying why and what to do."""
+    proxy = value.strip() if "://" in value else "http://" + value.strip()
+    why = None
+    try:
+        parsed = httpx.URL(proxy)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        why = f"not a URL: {str(exc)[:80]}"
+    else:
+        if parsed.scheme not in PROXY_SCHEMES:
+            why = f"scheme {parsed.scheme[:20]!r} is not one of {', '.join(PROXY_SCHEMES)}"
+        elif not parsed.host:
+            why = "no host"
+        elif "%" in parsed.host:  # httpx escapes what no host name may hold ("[bad", a space)
+            why = f"{parsed.host[:40]!r} is not a host name"
+        elif parsed.port is not None and not 0 < parsed.port < 65536:
+            why = f"port {parsed.port} is out of range"
+        elif parsed.scheme.startswith("socks") and importlib.util.find_spec("socksio") is None:
+            why = "a SOCKS proxy needs the socksio package: pip install 'httpx[socks]'"
+    if why is not None:
+        raise UnusableProxy(proxy_problem(variable, value, why))
+    return proxy
+
+
+def proxy_problem(variable: str, value: str, why: str) -> str:
+    """One sentence: which variable, its masked value, why it cannot be used, and the fix."""
+    return (
+        f"the proxy {variable}={masked_proxy(value)!r} cannot be used ({why}): set {variable} to http://host:port, "
+        f"https://host:port or socks5://host:port, or unset it (or list the API host in NO_PROXY) to connect directly"
+    )
 
 
 def error_fields(answer: bytes) -> tuple[str | None, str]:
