@@ -9,10 +9,12 @@ import sys
 import textwrap
 import time
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import httpx
 
-DEFAULT_DEV_TOKEN = "pf_local_dev_token"
+# The token `serve` used to default to: public, so no longer a default anywhere (devserver.serve.PUBLIC_TOKEN).
+PUBLIC_DEV_TOKEN = "pf_local_dev_token"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -41,6 +43,31 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
 
+def _resolve_token(args: argparse.Namespace) -> bool:
+    """Fill in `args.token`: `--token`, else PREFACTOR_API_TOKEN, else (for a URL on this machine only) the token
+    `serve` saved in its state file (`--state`, else the default). False, said on stderr, when there is none."""
+    if args.token:
+        return True
+    args.token = os.environ.get("PREFACTOR_API_TOKEN", "").strip() or None
+    if args.token:
+        return True
+    from prefactor_otel.devserver.state_file import default_state_path, saved_token
+    from prefactor_otel.devserver.webpage import host_allowed
+
+    state = args.state or default_state_path()
+    local = host_allowed(urlsplit(args.url).netloc, "127.0.0.1")  # a local server's token never goes elsewhere
+    args.token = saved_token(state) if local else None
+    if args.token:
+        return True
+    where = f"none saved in {state}" if local else f"{args.url} is not on this machine"
+    print(
+        f"prefactor-otel {args.command}: no token ({where}): pass --token, or set PREFACTOR_API_TOKEN to the "
+        "token `prefactor-otel serve` prints (or give the --state PATH it uses)",
+        file=sys.stderr,
+    )
+    return False
+
+
 def _local_server(
     args: argparse.Namespace, method: str, path: str, body: dict[str, str] | None = None, *, quiet: bool = False
 ) -> httpx.Response | None:
@@ -60,6 +87,8 @@ def _local_server(
 def _show(args: argparse.Namespace) -> int:
     from prefactor_otel.devserver import render_runs
 
+    if not _resolve_token(args):
+        return 2
     if args.watch:
         return _watch(args)
     response = _local_server(args, "GET", "/_dev/snapshot")
@@ -108,6 +137,8 @@ def _watch(args: argparse.Namespace) -> int:
 def _terminate(args: argparse.Namespace) -> int:
     """Terminate a run, as an operator does in Prefactor: the API's `POST /agent_instance/{id}/terminate` (only an
     active run; a reason is required). The run's in-flight spans are closed and its later span calls carry control."""
+    if not _resolve_token(args):
+        return 2
     path = f"/api/v1/agent_instance/{args.instance_id}/terminate"
     response = _local_server(args, "POST", path, {"reason": args.reason})
     if response is None:
@@ -149,7 +180,11 @@ def _package_version() -> str:
 # The help of serve/show/terminate shows every default, except where the default comes from a token: a real token
 # must never reach a terminal or a screenshot through --help, so those say where it comes from instead.
 _URL_HELP = "the local server's URL (default: from PREFACTOR_API_URL, else http://127.0.0.1:8787)"
-_TOKEN_HELP = f"the API token to send (default: from PREFACTOR_API_TOKEN, else {DEFAULT_DEV_TOKEN})"
+_TOKEN_HELP = (
+    "the API token to send (default: from PREFACTOR_API_TOKEN, else the token saved in the state file of "
+    "`prefactor-otel serve`, for a server on this machine)"
+)
+_STATE_HELP = "the state file of `prefactor-otel serve` to read the token from (default: serve's default)"
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -178,7 +213,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--token",
         default=None,
         help="the API token clients must send; given, it replaces the saved one (default: the saved token, else from "
-        f"PREFACTOR_API_TOKEN, else {DEFAULT_DEV_TOKEN})",
+        "PREFACTOR_API_TOKEN, else a new random one, saved with the state and printed)",
     )
     serve.add_argument(
         "--agent-id",
@@ -208,7 +243,8 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def _add_show_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     show = sub.add_parser("show", help="print the agent runs a local server holds", formatter_class=_HelpFormatter)
     show.add_argument("--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787", help=_URL_HELP)
-    show.add_argument("--token", default=os.environ.get("PREFACTOR_API_TOKEN") or DEFAULT_DEV_TOKEN, help=_TOKEN_HELP)
+    show.add_argument("--token", default=None, help=_TOKEN_HELP)
+    show.add_argument("--state", metavar="PATH", default=None, help=_STATE_HELP)
     show.add_argument("--json", action="store_true", help="print the raw snapshot instead of trees")
     show.add_argument("--watch", action="store_true", help="show live runs and in-flight spans until Ctrl-C")
     show.add_argument(
@@ -231,9 +267,8 @@ def _add_terminate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
     terminate.add_argument(
         "--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787", help=_URL_HELP
     )
-    terminate.add_argument(
-        "--token", default=os.environ.get("PREFACTOR_API_TOKEN") or DEFAULT_DEV_TOKEN, help=_TOKEN_HELP
-    )
+    terminate.add_argument("--token", default=None, help=_TOKEN_HELP)
+    terminate.add_argument("--state", metavar="PATH", default=None, help=_STATE_HELP)
     terminate.set_defaults(func=_terminate)
 
 

@@ -80,6 +80,19 @@ def _home(env: Mapping[str, str]) -> Path:
     return Path(home) if home else Path.home()
 
 
+def saved_token(path: str | os.PathLike[str]) -> str | None:
+    """The token a state file holds, for `show`/`terminate` (no lock taken: a running server holds it); None when
+    there is no file or it cannot be used (a symlink, another's file, not a state): the caller says what to do."""
+    try:
+        fd = _open_own(Path(path).expanduser().absolute(), os.O_RDONLY, "state file")
+        with os.fdopen(fd, "r", encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, StateFileError, ValueError):
+        return None
+    token = data.get("token") if isinstance(data, dict) else None
+    return token if isinstance(token, str) and token else None
+
+
 class StateFile:
     """One state file and its lock. `acquire()` first; `release()` when the server is gone."""
 
