@@ -156,3 +156,16 @@ def test_the_exporter_still_delivers(srv: DevServer) -> None:
     provider.shutdown()
     assert len(srv.instances()) == 1 and srv.spans()
     assert all(r.status < 400 for r in srv.requests)
+
+
+def test_a_name_the_user_allows_is_answered_and_only_that_one() -> None:
+    # what `serve --allow-host host.docker.internal` is for: an app in a container reaching the host's server
+    with DevServer(allowed_hosts=["Host.Docker.Internal"]) as allowing:
+        allowed = httpx.get(
+            allowing.url + "/_dev/runs", headers=_headers(allowing, Host="host.docker.internal:8787"), timeout=10
+        )
+        assert allowed.status_code == 200, allowed.text
+        other = httpx.get(allowing.url + "/_dev/runs", headers=_headers(allowing, Host=REBIND), timeout=10)
+        assert other.status_code == 403 and "--allow-host" in other.json()["message"]
+    with pytest.raises(ValueError, match="host name"):
+        DevServer(allowed_hosts=["http://evil.example/"])

@@ -532,3 +532,13 @@ def test_the_default_state_file_is_in_the_user_data_directory(environ, platform,
     from prefactor_otel.devserver.state_file import default_state_path
 
     assert default_state_path(environ, platform) == Path(expected)
+
+
+def test_serve_allow_host_answers_that_name_and_still_refuses_others(tmp_path, started):
+    server = started(tmp_path, "--allow-host", "host.docker.internal")
+    auth = {"Authorization": f"Bearer {server.token}"}
+    allowed = httpx.get(server.url + "/api/v1/ping", headers={**auth, "Host": "host.docker.internal"})
+    assert allowed.status_code == 200, allowed.text
+    refused = httpx.get(server.url + "/api/v1/ping", headers={**auth, "Host": "rebind.attacker.example"})
+    assert refused.status_code == 403 and refused.json()["code"] == "forbidden_host"
+    assert server.log_line("GET /api/v1/ping -> 403 forbidden_host")

@@ -39,6 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
         environment_id=args.environment_id,
         state_path=None if args.memory else (args.state or default_state_path()),
         reset=args.reset,
+        allowed_hosts=args.allow_host,
         request_log=None if args.quiet else sys.stderr,
     )
 
@@ -208,6 +209,14 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument(
         "--port", type=int, default=8787, help="port to listen on; 0 picks a free one (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--allow-host",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="also answer requests addressed to this host name (e.g. host.docker.internal from a container); "
+        "repeatable. Other names are refused, a guard against DNS rebinding (default: loopback names and --host only)",
     )
     serve.add_argument(
         "--token",

@@ -6,7 +6,8 @@ route (the API, `/_dev`, the page), before faults, authentication or the body ar
 - **DNS rebinding**: the page's own name is made to resolve to 127.0.0.1 after it loaded, so the browser treats the
   server as the page's origin and lets it read the answers. Its requests carry the page's name in `Host`: a `Host`
   that is neither a loopback name or address (`localhost`, `*.localhost`, `127.0.0.1`, `[::1]`, with or without a
-  port) nor the host the server is bound to is refused (`forbidden_host`). See `webpage.host_allowed`.
+  port) nor the host the server is bound to, nor a name the user allowed (`serve --allow-host`), is refused
+  (`forbidden_host`). See `webpage.host_allowed`.
 - **Cross-origin requests**: a page on another origin (another site, or another port of this machine) can send
   "simple" requests (a form post, `fetch(..., {mode: "no-cors"})`) without a CORS preflight. A request whose
   `Origin` is not this server's own (the scheme `http`, and the host and port of its `Host` header) is refused
@@ -40,18 +41,25 @@ class Refusal(NamedTuple):
 
 
 def refusal(
-    method: str, host_header: str | None, origin: str | None, fetch_site: str | None, bound_host: str
+    method: str,
+    host_header: str | None,
+    origin: str | None,
+    fetch_site: str | None,
+    bound_host: str,
+    allowed_hosts: frozenset[str] = frozenset(),
 ) -> Refusal | None:
     """Why this request is refused, or None when it may go on. `host_header`, `origin` and `fetch_site` are the
-    request's `Host`, `Origin` and `Sec-Fetch-Site` headers (None when absent); `bound_host` the server's address."""
-    if not host_allowed(host_header, bound_host):
+    request's `Host`, `Origin` and `Sec-Fetch-Site` headers (None when absent); `bound_host` the server's address;
+    `allowed_hosts` further names the user allowed (`serve --allow-host`)."""
+    if not host_allowed(host_header, bound_host, allowed_hosts):
         shown = repr(host_header) if host_header else "(no Host header)"
         return Refusal(
             403,
             "forbidden_host",
             f"this local server answers only under a loopback name or address (localhost, 127.0.0.1, [::1]) or the "
             f"address it is bound to, not Host {shown}: a guard against DNS rebinding (a web page whose name was "
-            "made to resolve to this machine). Use the URL `prefactor-otel serve` prints.",
+            "made to resolve to this machine). Use the URL `prefactor-otel serve` prints, or start it with "
+            "--allow-host NAME for a name of yours (e.g. host.docker.internal from a container).",
         )
     assert host_header is not None  # host_allowed refuses a missing one
     if origin is not None:

@@ -228,6 +228,7 @@ class _Handler(BodyReader, HostileAnswers):
             self.headers.get("Origin"),
             self.headers.get("Sec-Fetch-Site"),
             dev.host,
+            dev.allowed_hosts,
         )
         if refusal is not None:
             self._refuse(refusal, method, path, record)
@@ -251,7 +252,8 @@ class _Handler(BodyReader, HostileAnswers):
             return
 
         size = len(raw)
-        if (page := webpage.answer(method, path, self.headers.get("Host"), dev.host)) is not None:  # no data: no token
+        page = webpage.answer(method, path, self.headers.get("Host"), dev.host, dev.allowed_hosts)
+        if page is not None:  # the page's files hold no data: no token
             record(page.status, size)
             return self._send(page.status, page.body, headers=page.headers, content_type=page.content_type)
         auth_error = self._check_auth()

@@ -17,7 +17,7 @@ import secrets
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any, TextIO
 
@@ -46,6 +46,7 @@ def serve(
     *,
     state_path: str | os.PathLike[str] | None = None,
     reset: bool = False,
+    allowed_hosts: Sequence[str] = (),
     request_log: TextIO | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
@@ -56,7 +57,8 @@ def serve(
     `token`: given explicitly, it is the token (replacing a saved one, which the banner says); else the saved
     token (unless it is the old public `pf_local_dev_token`: replaced, and the banner says so), else
     `PREFACTOR_API_TOKEN`, else a new random one (`new_token`), saved with the state. `state_path`: the state
-    file to load and keep saving (None: memory only); `reset`: discard that file first. `request_log`: print one
+    file to load and keep saving (None: memory only); `reset`: discard that file first. `allowed_hosts`: host names
+    answered besides loopback ones and `host` (a container's `host.docker.internal`). `request_log`: print one
     line per request there.
     Returns the exit status: 0 after a stop, 2 when it cannot start (the reason is on `err`)."""
     stream = out or sys.stdout
@@ -64,7 +66,9 @@ def serve(
     env = os.environ if environ is None else environ
     state = StateFile(state_path) if state_path is not None else None
     try:
-        return _serve(host, port, token, agent_id, environment_id, state, reset, request_log, stream, errors, env)
+        return _serve(
+            host, port, token, agent_id, environment_id, state, reset, allowed_hosts, request_log, stream, errors, env
+        )
     except StateFileError as exc:
         print(f"prefactor-otel serve: {exc}", file=errors, flush=True)
         return 2
@@ -81,6 +85,7 @@ def _serve(
     environment_id: str | None,
     state: StateFile | None,
     reset: bool,
+    allowed_hosts: Sequence[str],
     request_log: TextIO | None,
     stream: TextIO,
     errors: TextIO,
@@ -130,7 +135,15 @@ def _serve(
             seed: dict[str, Any] = {"store": loaded.store}
         else:
             seed = {"agent_id": agent_id, "environment_id": environment_id}
-        server = DevServer(token=chosen, host=host, port=port, on_request=printer, keep_requests=KEEP_REQUESTS, **seed)
+        server = DevServer(
+            token=chosen,
+            host=host,
+            port=port,
+            on_request=printer,
+            keep_requests=KEEP_REQUESTS,
+            allowed_hosts=allowed_hosts,
+            **seed,
+        )
         server.start()
     except ValueError as exc:
         print(f"prefactor-otel serve: {exc}", file=errors, flush=True)

@@ -58,13 +58,15 @@ def refused(status: int, message: str) -> PageAnswer:
     return PageAnswer(status, f"Refused: {message}\n".encode(), "text/plain; charset=utf-8", _SECURITY_HEADERS)
 
 
-def answer(method: str, path: str, host_header: str | None, bound_host: str) -> PageAnswer | None:
+def answer(
+    method: str, path: str, host_header: str | None, bound_host: str, allowed_hosts: frozenset[str] = frozenset()
+) -> PageAnswer | None:
     """The answer to a request for one of the page's files, or None when `method path` is not one (the API
     handles it). `host_header` is the request's `Host`; `bound_host` the address the server listens on. The
     handler refuses other hosts before this (guard.py); the check here keeps this function safe on its own."""
     if not is_page(method, path):
         return None
-    if not host_allowed(host_header, bound_host):
+    if not host_allowed(host_header, bound_host, allowed_hosts):
         return refused(
             403,
             f"this local server answers its page only under a loopback name or its own address, not "
@@ -82,15 +84,16 @@ def answer(method: str, path: str, host_header: str | None, bound_host: str) -> 
     return PageAnswer(200, body, content_type, _SECURITY_HEADERS)
 
 
-def host_allowed(host_header: str | None, bound_host: str) -> bool:
-    """Whether a `Host` header names this server: a loopback name or address, or the host it is bound to. Bound to
-    a wildcard address (reachable from other machines on purpose), any IP literal is accepted too: DNS rebinding
-    needs a name, and an address typed by the user is not one."""
+def host_allowed(host_header: str | None, bound_host: str, allowed_hosts: frozenset[str] = frozenset()) -> bool:
+    """Whether a `Host` header names this server: a loopback name or address, the host it is bound to, or one of
+    `allowed_hosts` (names the user allowed, lower case, without port: `serve --allow-host`). Bound to a wildcard
+    address (reachable from other machines on purpose), any IP literal is accepted too: DNS rebinding needs a name,
+    and an address typed by the user is not one."""
     if not host_header:
         return False
     host = _strip_port(host_header.strip()).lower().rstrip(".")
     bound = bound_host.strip("[]").lower()
-    if host in _LOOPBACK_NAMES or host.endswith(".localhost") or host == bound:
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost") or host == bound or host in allowed_hosts:
         return True
     try:
         address = ipaddress.ip_address(host)
@@ -115,3 +118,12 @@ def split_host(host: str) -> tuple[str, int | None]:
 
 def _strip_port(host: str) -> str:
     return split_host(host)[0]
+
+
+def normalize_allowed_host(name: str) -> str:
+    """A name given to `--allow-host` / `DevServer(allowed_hosts=...)` as `host_allowed` compares it; ValueError
+    for one that is empty or carries a scheme, path or wildcard."""
+    host = _strip_port(name.strip()).lower().rstrip(".")
+    if not host or any(c in host for c in "/*@ ") or "://" in name:
+        raise ValueError(f"--allow-host takes a host name such as host.docker.internal, not {name!r}")
+    return host
