@@ -385,6 +385,10 @@ def test_a_new_state_gets_a_random_token_that_show_and_terminate_find_on_their_o
     assert server.snapshot()["instances"][0]["status"] == "terminated"
     # a token never reaches their output
     assert server.token not in shown.stdout + shown.stderr + ended.stdout + ended.stderr
+    # a stale token in the shell (the old public one, say) wins, and the refusal says where it came from
+    stale = _cli(tmp_path, "show", PREFACTOR_API_URL=server.url, PREFACTOR_API_TOKEN=PUBLIC_TOKEN)
+    assert stale.returncode == 2 and "HTTP 401 (the token from PREFACTOR_API_TOKEN was refused" in stale.stderr
+    assert PUBLIC_TOKEN not in stale.stderr
 
 
 def test_show_without_any_token_says_where_to_get_one(tmp_path):

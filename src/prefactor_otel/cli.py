@@ -47,8 +47,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _resolve_token(args: argparse.Namespace) -> bool:
     """Fill in `args.token`: `--token`, else PREFACTOR_API_TOKEN, else (for a URL on this machine only) the token
     `serve` saved in its state file (`--state`, else the default). False, said on stderr, when there is none."""
+    args.token_source = "--token"
     if args.token:
         return True
+    args.token_source = "PREFACTOR_API_TOKEN"
     args.token = os.environ.get("PREFACTOR_API_TOKEN", "").strip() or None
     if args.token:
         return True
@@ -58,6 +60,7 @@ def _resolve_token(args: argparse.Namespace) -> bool:
     state = args.state or default_state_path()
     local = host_allowed(urlsplit(args.url).netloc, "127.0.0.1")  # a local server's token never goes elsewhere
     args.token = saved_token(state) if local else None
+    args.token_source = f"the state file {state}"
     if args.token:
         return True
     where = f"none saved in {state}" if local else f"{args.url} is not on this machine"
@@ -67,6 +70,13 @@ def _resolve_token(args: argparse.Namespace) -> bool:
         file=sys.stderr,
     )
     return False
+
+
+def _refused(args: argparse.Namespace, response: httpx.Response) -> str:
+    """What to add to an error answer: for a 401, where the refused token came from (never the token itself)."""
+    if response.status_code != 401:
+        return ""
+    return f" (the token from {args.token_source} was refused; `prefactor-otel serve` prints the one it expects)"
 
 
 def _local_server(
@@ -96,7 +106,7 @@ def _show(args: argparse.Namespace) -> int:
     if response is None:
         return 2
     if response.status_code != 200:
-        print(f"{args.url} answered HTTP {response.status_code}", file=sys.stderr)
+        print(f"{args.url} answered HTTP {response.status_code}{_refused(args, response)}", file=sys.stderr)
         return 2
     snapshot = response.json()
     if args.json:
@@ -146,7 +156,7 @@ def _terminate(args: argparse.Namespace) -> int:
         return 2
     if response.status_code != 200:
         detail = response.json().get("message") if "json" in response.headers.get("content-type", "") else ""
-        print(f"{args.url} answered HTTP {response.status_code}: {detail}", file=sys.stderr)
+        print(f"{args.url} answered HTTP {response.status_code}: {detail}{_refused(args, response)}", file=sys.stderr)
         return 1
     print(f"run {args.instance_id} terminated ({args.reason})")
     return 0
