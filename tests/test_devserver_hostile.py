@@ -80,7 +80,7 @@ def test_a_black_hole_answers_nothing_and_ends_with_the_server() -> None:
     srv = DevServer().start()
     srv.add_fault(Fault(black_hole=True))
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
-        sock.sendall(f"POST /api/v1/bulk HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {srv.token}\r\n".encode())
+        sock.sendall(f"POST /api/v1/bulk HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {srv.token}\r\n".encode())
         sock.sendall(b"Content-Length: 5\r\n\r\n")
         sock.settimeout(0.5)
         with pytest.raises(TimeoutError):

@@ -347,6 +347,75 @@ def test_quiet_logs_no_request(tmp_path, started):
     assert server.err_lines == []
 
 
+# --------------------------------------------------------------------------- the token (issue 19, item 1)
+
+PUBLIC_TOKEN = "pf_local_dev_token"  # what serve used to default to: known to every web page and local user
+
+
+def _cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "prefactor_otel", *args],
+        env=_env(tmp_path, **env),
+        capture_output=True,
+        text=True,
+        timeout=_SAFETY_S,
+    )
+
+
+def test_a_new_state_gets_a_random_token_that_show_and_terminate_find_on_their_own(tmp_path, started):
+    server = started(tmp_path)
+    assert server.token != PUBLIC_TOKEN and len(server.token) >= 32, server.token
+    assert json.loads(_default_state(tmp_path).read_text())["token"] == server.token
+    other = started(tmp_path / "elsewhere")
+    assert other.token != server.token  # each state its own
+    item = _register_item(server, "token-key-00001")
+    run_id = server.bulk([item]).json()["outputs"]["token-key-00001"]["details"]["id"]
+    started_run = httpx.post(
+        f"{server.url}/api/v1/agent_instance/{run_id}/start",
+        json={},
+        headers={"Authorization": f"Bearer {server.token}"},
+    )
+    assert started_run.status_code == 200, started_run.text
+    # show and terminate, told only the URL, read the token from the same state file serve wrote
+    shown = _cli(tmp_path, "show", "--json", PREFACTOR_API_URL=server.url)
+    assert shown.returncode == 0, shown.stderr
+    assert run_id in shown.stdout
+    ended = _cli(tmp_path, "terminate", run_id, "--reason", "seen enough", PREFACTOR_API_URL=server.url)
+    assert ended.returncode == 0, ended.stderr
+    assert server.snapshot()["instances"][0]["status"] == "terminated"
+    # a token never reaches their output
+    assert server.token not in shown.stdout + shown.stderr + ended.stdout + ended.stderr
+    # a stale token in the shell (the old public one, say) wins, and the refusal says where it came from
+    stale = _cli(tmp_path, "show", PREFACTOR_API_URL=server.url, PREFACTOR_API_TOKEN=PUBLIC_TOKEN)
+    assert stale.returncode == 2 and "HTTP 401 (the token from PREFACTOR_API_TOKEN was refused" in stale.stderr
+    assert PUBLIC_TOKEN not in stale.stderr
+
+
+def test_show_without_any_token_says_where_to_get_one(tmp_path):
+    proc = _cli(tmp_path, "show", PREFACTOR_API_URL="http://127.0.0.1:9")
+    assert proc.returncode == 2
+    assert "no token" in proc.stderr and "--token" in proc.stderr and "PREFACTOR_API_TOKEN" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_saved_token_is_never_sent_to_a_server_that_is_not_local(tmp_path, started):
+    server = started(tmp_path)
+    server.stop()
+    proc = _cli(tmp_path, "show", PREFACTOR_API_URL="http://prefactor.invalid:8787")
+    assert proc.returncode == 2 and "no token" in proc.stderr, proc.stderr
+
+
+def test_a_saved_public_token_is_replaced_by_a_random_one_and_the_banner_says_so(tmp_path, started):
+    first = started(tmp_path, "--token", PUBLIC_TOKEN)
+    assert first.token == PUBLIC_TOKEN
+    assert any("public" in line for line in first.banner), first.banner  # chosen explicitly: kept, but warned
+    first.stop()
+    second = started(tmp_path)
+    assert second.token != PUBLIC_TOKEN and second.agent_id == first.agent_id
+    assert any("Token: the saved token was the public" in line for line in second.banner), second.banner
+    assert json.loads(_default_state(tmp_path).read_text())["token"] == second.token
+
+
 # --------------------------------------------------------------------------- --help
 
 
@@ -363,7 +432,11 @@ def test_help_shows_every_flag_with_its_default_but_never_a_token(tmp_path, comm
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())  # argparse wraps lines
     assert "pf_help_secret_token" not in text
-    assert "from PREFACTOR_API_TOKEN, else pf_local_dev_token" in text
+    assert "pf_local_dev_token" not in text  # no public default token any more (issue 19, item 1)
+    if command == "serve":
+        assert "from PREFACTOR_API_TOKEN, else a new random one" in text
+    else:
+        assert "from PREFACTOR_API_TOKEN, else the token saved in the state file" in text
     if command == "serve":
         for expected in (
             "(default: 127.0.0.1)",
@@ -463,3 +536,13 @@ def test_the_default_state_file_is_in_the_user_data_directory(environ, platform,
     from prefactor_otel.devserver.state_file import default_state_path
 
     assert default_state_path(environ, platform) == Path(expected)
+
+
+def test_serve_allow_host_answers_that_name_and_still_refuses_others(tmp_path, started):
+    server = started(tmp_path, "--allow-host", "host.docker.internal")
+    auth = {"Authorization": f"Bearer {server.token}"}
+    allowed = httpx.get(server.url + "/api/v1/ping", headers={**auth, "Host": "host.docker.internal"})
+    assert allowed.status_code == 200, allowed.text
+    refused = httpx.get(server.url + "/api/v1/ping", headers={**auth, "Host": "rebind.attacker.example"})
+    assert refused.status_code == 403 and refused.json()["code"] == "forbidden_host"
+    assert server.log_line("GET /api/v1/ping -> 403 forbidden_host")

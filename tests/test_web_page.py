@@ -11,11 +11,13 @@ no second system package (chromium-driver) to keep in step with the browser, and
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,10 +33,17 @@ from prefactor_otel import PrefactorSpanProcessor
 from prefactor_otel.devserver import DevServer
 from tests.spans import agent_trace, exporter_for, make_provider, processor_for, wait_for
 from tests.test_demo_loop import demo
+from tests.test_devserver import register
 
 CHROMIUM = "/usr/bin/chromium"
 INSTALL = "apt-get update && apt-get install -y chromium"
 REBIND_NAME = "rebind.example"  # resolved to 127.0.0.1 by the browser only: what a DNS-rebinding page achieves
+_CHROMIUM_NETWORK_GUARDS = (
+    "LocalNetworkAccessChecks",
+    "BlockInsecurePrivateNetworkRequests",
+    "PrivateNetworkAccessSendPreflights",
+    "PrivateNetworkAccessRespectPreflightResults",
+)
 LIMIT_MS = 15_000  # a safety limit against a hang, not a timing assertion
 
 
@@ -57,7 +66,13 @@ def browser() -> Iterator[Any]:
             executable_path=CHROMIUM,
             headless=True,
             # --no-sandbox: CI and this machine run as root, where chromium's sandbox cannot start
-            args=["--no-sandbox", f"--host-resolver-rules=MAP {REBIND_NAME} 127.0.0.1"],
+            args=[
+                "--no-sandbox",
+                f"--host-resolver-rules=MAP {REBIND_NAME} 127.0.0.1",
+                # Chromium's own guard (Local/Private Network Access) blocks a public page's fetches to 127.0.0.1;
+                # Firefox and Safari have none, so it is turned off: the server's guard is what is tested.
+                f"--disable-features={','.join(_CHROMIUM_NETWORK_GUARDS)}",
+            ],
         )
         try:
             yield browser
@@ -281,6 +296,104 @@ def test_a_host_name_that_is_not_this_server_is_refused_dns_rebinding_guard(srv:
         assert httpx.get(srv.url + "/app.js", headers={"Host": host}, timeout=10).status_code == 403, host
     for host in (f"127.0.0.1:{srv.port}", f"localhost:{srv.port}", "[::1]:8787", "localhost"):
         assert httpx.get(srv.url + "/", headers={"Host": host}, timeout=10).status_code == 200, host
+
+
+# What an attacker's page runs: read the runs with the token (public or stolen), then terminate the run, as the
+# page's own script does; each step reports what the browser let it see.
+_ATTACK = """async ([base, token, runId]) => {
+  const out = {};
+  try {
+    const runs = await fetch(base + "/_dev/runs", { headers: { Authorization: "Bearer " + token } });
+    out.read = runs.status + " " + (await runs.text());
+  } catch (error) { out.read = "blocked: " + error.name; }
+  try {
+    const done = await fetch(base + "/api/v1/agent_instance/" + runId + "/terminate", {
+      method: "POST", headers: { Authorization: "Bearer " + token, "Content-Type": "application/json" },
+      body: JSON.stringify({ reason: "attacker" }) });
+    out.terminate = done.status + " " + (await done.text());
+  } catch (error) { out.terminate = "blocked: " + error.name; }
+  // a "simple" request needs no CORS preflight: unless the browser blocks it, only the server can refuse it
+  try {
+    const simple = await fetch(base + "/_dev/terminate", { method: "POST", mode: "no-cors",
+      headers: { "Content-Type": "text/plain" }, body: JSON.stringify({ agent_instance_id: runId, reason: "x" }) });
+    out.simple = simple.type;
+  } catch (error) { out.simple = "blocked: " + error.name; }
+  return out;
+}"""
+
+
+def _one_active_run(srv: DevServer) -> str:
+    client = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {srv.token}"}, timeout=10)
+    with client:
+        return register(client, srv)
+
+
+def test_a_dns_rebinding_page_can_neither_read_the_runs_nor_terminate_a_run(srv: DevServer, page: Any) -> None:
+    run_id = _one_active_run(srv)
+    before = len(srv.requests)
+    # The attacker's document is served under its own name; the name then resolves to 127.0.0.1 (the browser's
+    # resolver rule), so its fetches reach this server as same-origin requests: only the Host header gives it away.
+    attacker = f"http://{REBIND_NAME}:{srv.port}"
+    page.route(f"{attacker}/attack.html", lambda route: route.fulfill(status=200, body="<p>cat pictures</p>"))
+    page.goto(f"{attacker}/attack.html")
+    seen = page.evaluate(_ATTACK, [attacker, srv.token, run_id])
+    assert seen["read"].startswith("403 ") and "forbidden_host" in seen["read"], seen
+    assert '"runs"' not in seen["read"]
+    assert seen["terminate"].startswith("403 ") and "DNS rebinding" in seen["terminate"], seen
+    assert [i["status"] for i in srv.instances()] == ["active"]
+    reached = [(r.method, r.path, r.status) for r in srv.requests[before:]]
+    assert reached[:2] == [("GET", "/_dev/runs", 403), ("POST", f"/api/v1/agent_instance/{run_id}/terminate", 403)]
+    assert all(status == 403 for _, _, status in reached), reached  # the simple POST too, if the browser sent it
+
+
+@pytest.fixture
+def other_origin() -> Iterator[str]:
+    """A second, unrelated web server on 127.0.0.1 (another port: another origin), serving an innocent page."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<p>another local app</p>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_a_page_on_another_origin_can_neither_read_the_runs_nor_terminate_a_run(
+    srv: DevServer, page: Any, other_origin: str
+) -> None:
+    run_id = _one_active_run(srv)
+    before = len(srv.requests)
+    page.goto(other_origin + "/")
+    seen = page.evaluate(_ATTACK, [srv.url, srv.token, run_id])
+    # the browser withholds the answers (no CORS grant), and the server refused the requests themselves
+    assert seen["read"] == "blocked: TypeError" and seen["terminate"] == "blocked: TypeError", seen
+    assert [i["status"] for i in srv.instances()] == ["active"]
+    reached = [(r.method, r.path, r.status) for r in srv.requests[before:]]
+    if seen["simple"] == "opaque":  # the browser sent the simple POST: the server refused it, not the missing token
+        assert ("POST", "/_dev/terminate", 403) in reached, reached
+    assert all(status == 403 for _, _, status in reached), reached  # nothing else got through
+    # the server's own page, in the same browser, still terminates it
+    page.goto(srv.page_url)
+    page.get_by_role("button").first.click()
+    page.get_by_label("Reason").fill("from our own page")
+    page.get_by_role("button", name="Terminate run").click()
+    expect(page.locator("#terminate-result")).to_have_text("Run terminated: from our own page")
+    assert [i["status"] for i in srv.instances()] == ["terminated"]
 
 
 def test_hostile_text_in_a_span_renders_as_text(srv: DevServer, page: Any) -> None:

@@ -11,10 +11,12 @@ import textwrap
 import threading
 import time
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import httpx
 
-DEFAULT_DEV_TOKEN = "pf_local_dev_token"
+# The token `serve` used to default to: public, so no longer a default anywhere (devserver.serve.PUBLIC_TOKEN).
+PUBLIC_DEV_TOKEN = "pf_local_dev_token"
 
 
 def _take_back_ctrl_c() -> None:
@@ -53,8 +55,44 @@ def _serve(args: argparse.Namespace) -> int:
         environment_id=args.environment_id,
         state_path=None if args.memory else (args.state or default_state_path()),
         reset=args.reset,
+        allowed_hosts=args.allow_host,
         request_log=None if args.quiet else sys.stderr,
     )
+
+
+def _resolve_token(args: argparse.Namespace) -> bool:
+    """Fill in `args.token`: `--token`, else PREFACTOR_API_TOKEN, else (for a URL on this machine only) the token
+    `serve` saved in its state file (`--state`, else the default). False, said on stderr, when there is none."""
+    args.token_source = "--token"
+    if args.token:
+        return True
+    args.token_source = "PREFACTOR_API_TOKEN"
+    args.token = os.environ.get("PREFACTOR_API_TOKEN", "").strip() or None
+    if args.token:
+        return True
+    from prefactor_otel.devserver.state_file import default_state_path, saved_token
+    from prefactor_otel.devserver.webpage import host_allowed
+
+    state = args.state or default_state_path()
+    local = host_allowed(urlsplit(args.url).netloc, "127.0.0.1")  # a local server's token never goes elsewhere
+    args.token = saved_token(state) if local else None
+    args.token_source = f"the state file {state}"
+    if args.token:
+        return True
+    where = f"none saved in {state}" if local else f"{args.url} is not on this machine"
+    print(
+        f"prefactor-otel {args.command}: no token ({where}): pass --token, or set PREFACTOR_API_TOKEN to the "
+        "token `prefactor-otel serve` prints (or give the --state PATH it uses)",
+        file=sys.stderr,
+    )
+    return False
+
+
+def _refused(args: argparse.Namespace, response: httpx.Response) -> str:
+    """What to add to an error answer: for a 401, where the refused token came from (never the token itself)."""
+    if response.status_code != 401:
+        return ""
+    return f" (the token from {args.token_source} was refused; `prefactor-otel serve` prints the one it expects)"
 
 
 def _local_server(
@@ -76,13 +114,15 @@ def _local_server(
 def _show(args: argparse.Namespace) -> int:
     from prefactor_otel.devserver import render_runs
 
+    if not _resolve_token(args):
+        return 2
     if args.watch:
         return _watch(args)
     response = _local_server(args, "GET", "/_dev/snapshot")
     if response is None:
         return 2
     if response.status_code != 200:
-        print(f"{args.url} answered HTTP {response.status_code}", file=sys.stderr)
+        print(f"{args.url} answered HTTP {response.status_code}{_refused(args, response)}", file=sys.stderr)
         return 2
     snapshot = response.json()
     if args.json:
@@ -125,13 +165,15 @@ def _watch(args: argparse.Namespace) -> int:
 def _terminate(args: argparse.Namespace) -> int:
     """Terminate a run, as an operator does in Prefactor: the API's `POST /agent_instance/{id}/terminate` (only an
     active run; a reason is required). The run's in-flight spans are closed and its later span calls carry control."""
+    if not _resolve_token(args):
+        return 2
     path = f"/api/v1/agent_instance/{args.instance_id}/terminate"
     response = _local_server(args, "POST", path, {"reason": args.reason})
     if response is None:
         return 2
     if response.status_code != 200:
         detail = response.json().get("message") if "json" in response.headers.get("content-type", "") else ""
-        print(f"{args.url} answered HTTP {response.status_code}: {detail}", file=sys.stderr)
+        print(f"{args.url} answered HTTP {response.status_code}: {detail}{_refused(args, response)}", file=sys.stderr)
         return 1
     print(f"run {args.instance_id} terminated ({args.reason})")
     return 0
@@ -166,7 +208,11 @@ def _package_version() -> str:
 # The help of serve/show/terminate shows every default, except where the default comes from a token: a real token
 # must never reach a terminal or a screenshot through --help, so those say where it comes from instead.
 _URL_HELP = "the local server's URL (default: from PREFACTOR_API_URL, else http://127.0.0.1:8787)"
-_TOKEN_HELP = f"the API token to send (default: from PREFACTOR_API_TOKEN, else {DEFAULT_DEV_TOKEN})"
+_TOKEN_HELP = (
+    "the API token to send (default: from PREFACTOR_API_TOKEN, else the token saved in the state file of "
+    "`prefactor-otel serve`, for a server on this machine)"
+)
+_STATE_HELP = "the state file of `prefactor-otel serve` to read the token from (default: serve's default)"
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -192,10 +238,18 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--port", type=int, default=8787, help="port to listen on; 0 picks a free one (default: %(default)s)"
     )
     serve.add_argument(
+        "--allow-host",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="also answer requests addressed to this host name (e.g. host.docker.internal from a container); "
+        "repeatable. Other names are refused, a guard against DNS rebinding (default: loopback names and --host only)",
+    )
+    serve.add_argument(
         "--token",
         default=None,
         help="the API token clients must send; given, it replaces the saved one (default: the saved token, else from "
-        f"PREFACTOR_API_TOKEN, else {DEFAULT_DEV_TOKEN})",
+        "PREFACTOR_API_TOKEN, else a new random one, saved with the state and printed)",
     )
     serve.add_argument(
         "--agent-id",
@@ -225,7 +279,8 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def _add_show_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     show = sub.add_parser("show", help="print the agent runs a local server holds", formatter_class=_HelpFormatter)
     show.add_argument("--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787", help=_URL_HELP)
-    show.add_argument("--token", default=os.environ.get("PREFACTOR_API_TOKEN") or DEFAULT_DEV_TOKEN, help=_TOKEN_HELP)
+    show.add_argument("--token", default=None, help=_TOKEN_HELP)
+    show.add_argument("--state", metavar="PATH", default=None, help=_STATE_HELP)
     show.add_argument("--json", action="store_true", help="print the raw snapshot instead of trees")
     show.add_argument("--watch", action="store_true", help="show live runs and in-flight spans until Ctrl-C")
     show.add_argument(
@@ -248,9 +303,8 @@ def _add_terminate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
     terminate.add_argument(
         "--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787", help=_URL_HELP
     )
-    terminate.add_argument(
-        "--token", default=os.environ.get("PREFACTOR_API_TOKEN") or DEFAULT_DEV_TOKEN, help=_TOKEN_HELP
-    )
+    terminate.add_argument("--token", default=None, help=_TOKEN_HELP)
+    terminate.add_argument("--state", metavar="PATH", default=None, help=_STATE_HELP)
     terminate.set_defaults(func=_terminate)
 
 

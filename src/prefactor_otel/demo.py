@@ -77,9 +77,9 @@ def run_demo() -> int:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     from prefactor_otel import PrefactorSpanExporter
-    from prefactor_otel.cli import DEFAULT_DEV_TOKEN
     from prefactor_otel.demo_agent import run_agent
     from prefactor_otel.devserver import DevServer, render_runs
+    from prefactor_otel.devserver.serve import new_token
     from prefactor_otel.devserver.timefmt import now_us
 
     server: DevServer | None = None
@@ -88,7 +88,7 @@ def run_demo() -> int:
         exporter = PrefactorSpanExporter()
         print(f"Exporting to {api_url} (from PREFACTOR_API_URL)")
     else:
-        server = DevServer(token=DEFAULT_DEV_TOKEN).start()  # the token `serve` and `show` default to
+        server = DevServer(token=new_token()).start()  # lives as long as the demo; nobody else needs its token
         print(f"No PREFACTOR_API_URL set: started the embedded local Prefactor-compatible server at {server.url}")
         exporter = PrefactorSpanExporter(
             api_url=server.url,

@@ -30,7 +30,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Status, StatusCode, Tracer
 
-from prefactor_otel.cli import DEFAULT_DEV_TOKEN
+from prefactor_otel.cli import PUBLIC_DEV_TOKEN
 from prefactor_otel.control import PrefactorTerminatedError, raise_if_terminated, termination_event
 from prefactor_otel.demo_agent import WEATHER, call_tool, chat
 
@@ -49,7 +49,8 @@ THINK_SHARE, TOOL_SHARE, IDLE_SHARE = 0.4, 0.2, 0.4
 
 class Target(NamedTuple):
     """The server the demo exports to: its base URL, the token the demo reads it with, and what the printed
-    commands say for the token (the local server's well-known dev token as is; any other is never printed)."""
+    commands say for the token (the embedded server's own token, which dies with the demo, or the old public dev
+    token, as is; any other token is never printed)."""
 
     url: str
     token: str
@@ -169,6 +170,7 @@ def _options_and_target(say: Callable[[str], None]) -> tuple[dict[str, Any], Tar
     """Exporter options, the target server, and the embedded local server started when PREFACTOR_API_URL is unset
     (else None)."""
     from prefactor_otel.devserver import DevServer
+    from prefactor_otel.devserver.serve import new_token
 
     options: dict[str, Any] = {}
     # Live spans and a short poll make the demo; a value the user set in the environment still wins.
@@ -180,8 +182,8 @@ def _options_and_target(say: Callable[[str], None]) -> tuple[dict[str, Any], Tar
     if url:
         say(f"Exporting to {url} (from PREFACTOR_API_URL)")
         token = os.environ.get("PREFACTOR_API_TOKEN", "").strip()
-        return options, Target(url, token, token if token == DEFAULT_DEV_TOKEN else "<your token>"), None
-    server = DevServer(token=DEFAULT_DEV_TOKEN).start()
+        return options, Target(url, token, token if token == PUBLIC_DEV_TOKEN else "<your token>"), None
+    server = DevServer(token=new_token()).start()  # printed in the commands below: the demo's own
     say(f"No PREFACTOR_API_URL set: started the embedded local Prefactor-compatible server at {server.url}")
     say(f"Watch it in a browser: {server.page_url}")
     options.update(

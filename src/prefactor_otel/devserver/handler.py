@@ -2,7 +2,8 @@
 
 `DevHTTPServer` is the listening socket of one `DevServer` (it holds `dev`, the DevServer it serves, and the set of
 open connections); `_Handler` runs each request: body reading is `BodyReader` (request_body.py), hand-written fault
-answers `HostileAnswers` (hostile.py), and what a method and path mean (a store call or a `/_dev` test
+answers `HostileAnswers` (hostile.py), which requests are refused before anything else (other hosts, other origins)
+`guard.refusal` (guard.py), and what a method and path mean (a store call or a `/_dev` test
 endpoint) is `route` (routes.py).
 Threads: one serving thread (started by `DevServer.start`) accepts, one thread per request runs `_Handler`;
 `DevServer.stop` (the caller's thread) wakes the serving thread and closes open connections. `connections_lock`
@@ -25,7 +26,7 @@ from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from prefactor_otel.devserver import webpage
+from prefactor_otel.devserver import guard, webpage
 from prefactor_otel.devserver.faults import Fault
 from prefactor_otel.devserver.hostile import HostileAnswers
 from prefactor_otel.devserver.request_body import CONNECTION_ERRORS, BadRequest, BodyReader, BodyTooLarge
@@ -220,6 +221,18 @@ class _Handler(BodyReader, HostileAnswers):
             dev._log(RequestLog(method, path, status, size, items, detail))
 
         self._trickle_rate = None
+        # Before faults, auth and the body: a rebinding or cross-origin request must not even consume a fault.
+        refusal = guard.refusal(
+            method,
+            self.headers.get("Host"),
+            self.headers.get("Origin"),
+            self.headers.get("Sec-Fetch-Site"),
+            dev.host,
+            dev.allowed_hosts,
+        )
+        if refusal is not None:
+            self._refuse(refusal, method, path, record)
+            return
         if not path.startswith("/_dev") and dev.faults.take(method, path, before_body=True) is not None:
             record(0, 0, injected=True)
             self._hold()
@@ -239,7 +252,8 @@ class _Handler(BodyReader, HostileAnswers):
             return
 
         size = len(raw)
-        if (page := webpage.answer(method, path, self.headers.get("Host"), dev.host)) is not None:  # no data: no token
+        page = webpage.answer(method, path, self.headers.get("Host"), dev.host, dev.allowed_hosts)
+        if page is not None:  # the page's files hold no data: no token
             record(page.status, size)
             return self._send(page.status, page.body, headers=page.headers, content_type=page.content_type)
         auth_error = self._check_auth()
@@ -314,6 +328,20 @@ class _Handler(BodyReader, HostileAnswers):
             return
         record(status, size, items, answer=body)
         self._send(status, body)
+
+    def _refuse(self, refusal: guard.Refusal, method: str, path: str, record: Any) -> None:
+        """Answer a refused request (guard.py) and close: its body is read (bounded) only so the client gets the
+        answer rather than a reset; it is never parsed."""
+        size = 0
+        with contextlib.suppress(BodyTooLarge, BadRequest):
+            size = len(self._read_body(self.server.dev.max_body_bytes))
+        body = error_body(refusal.code, refusal.message)
+        record(refusal.status, size, answer=body)
+        if webpage.is_page(method, path):  # a person in a browser: text, with the page's strict headers
+            page = webpage.refused(refusal.status, refusal.message)
+            self._send(page.status, page.body, headers=page.headers, content_type=page.content_type, close=True)
+        else:
+            self._send(refusal.status, body, close=True)
 
     def _send_fault(self, fault: Fault, record: Any, size: int, items: int | None, default_status: int = 500) -> None:
         status = fault.status or default_status

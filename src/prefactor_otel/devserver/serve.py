@@ -13,10 +13,11 @@ only stops on Ctrl-C); the server's threads handle requests and print the reques
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any, TextIO
 
@@ -24,9 +25,16 @@ from prefactor_otel.devserver.request_log import RequestPrinter
 from prefactor_otel.devserver.server import DEFAULT_PORT, DevServer
 from prefactor_otel.devserver.state_file import StateFile, StateFileError, StateWriter
 
-DEFAULT_SERVE_TOKEN = "pf_local_dev_token"  # the CLI's default (cli.DEFAULT_DEV_TOKEN), also for show/terminate
+# What serve defaulted to before it kept state on disk: public (in every copy of this package), so any local
+# program could use it. Never a default now; a saved state holding it gets a random token (cli.PUBLIC_DEV_TOKEN).
+PUBLIC_TOKEN = "pf_local_dev_token"
 KEEP_REQUESTS = 1000  # `DevServer.requests` of a long-running server: the last ones only
 SAVE_INTERVAL_S = 0.5
+
+
+def new_token() -> str:
+    """A random token for a new local server: 256 bits, URL-safe (it travels in the page URL's fragment)."""
+    return "pf_local_" + secrets.token_urlsafe(32)
 
 
 def serve(
@@ -38,6 +46,7 @@ def serve(
     *,
     state_path: str | os.PathLike[str] | None = None,
     reset: bool = False,
+    allowed_hosts: Sequence[str] = (),
     request_log: TextIO | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
@@ -46,15 +55,20 @@ def serve(
     """Run a dev server in the foreground until Ctrl-C or SIGTERM; print how to point an exporter at it.
 
     `token`: given explicitly, it is the token (replacing a saved one, which the banner says); else the saved
-    token, else `PREFACTOR_API_TOKEN`, else `pf_local_dev_token`. `state_path`: the state file to load and keep
-    saving (None: memory only); `reset`: discard that file first. `request_log`: print one line per request there.
+    token (unless it is the old public `pf_local_dev_token`: replaced, and the banner says so), else
+    `PREFACTOR_API_TOKEN`, else a new random one (`new_token`), saved with the state. `state_path`: the state
+    file to load and keep saving (None: memory only); `reset`: discard that file first. `allowed_hosts`: host names
+    answered besides loopback ones and `host` (a container's `host.docker.internal`). `request_log`: print one
+    line per request there.
     Returns the exit status: 0 after a stop, 2 when it cannot start (the reason is on `err`)."""
     stream = out or sys.stdout
     errors = err or sys.stderr
     env = os.environ if environ is None else environ
     state = StateFile(state_path) if state_path is not None else None
     try:
-        return _serve(host, port, token, agent_id, environment_id, state, reset, request_log, stream, errors, env)
+        return _serve(
+            host, port, token, agent_id, environment_id, state, reset, allowed_hosts, request_log, stream, errors, env
+        )
     except StateFileError as exc:
         print(f"prefactor-otel serve: {exc}", file=errors, flush=True)
         return 2
@@ -71,6 +85,7 @@ def _serve(
     environment_id: str | None,
     state: StateFile | None,
     reset: bool,
+    allowed_hosts: Sequence[str],
     request_log: TextIO | None,
     stream: TextIO,
     errors: TextIO,
@@ -96,20 +111,39 @@ def _serve(
         chosen = token or loaded.token
         if token is not None and token != loaded.token:
             notes.append("Token: changed by --token; apps still using the saved token now get 401")
+        elif token is None and loaded.token == PUBLIC_TOKEN:
+            chosen = new_token()
+            notes.append(
+                f"Token: the saved token was the public {PUBLIC_TOKEN}, which any program on this machine knows: "
+                f"replaced by the new random one below (apps still using it get 401; --token {PUBLIC_TOKEN} keeps it)"
+            )
         elif env_token is not None and env_token != chosen:
             notes.append(
                 "Token: kept from the state file; PREFACTOR_API_TOKEN in this shell differs "
                 '(pass --token "$PREFACTOR_API_TOKEN" to make it the token)'
             )
     else:
-        chosen = token or env_token or DEFAULT_SERVE_TOKEN
+        chosen = token or env_token or new_token()
+    if chosen == PUBLIC_TOKEN:
+        notes.append(
+            f"Token: {PUBLIC_TOKEN} is public (any program on this machine knows it); drop --token and "
+            "PREFACTOR_API_TOKEN for a random one"
+        )
     printer = RequestPrinter(request_log) if request_log is not None else None
     try:
         if loaded is not None:
             seed: dict[str, Any] = {"store": loaded.store}
         else:
             seed = {"agent_id": agent_id, "environment_id": environment_id}
-        server = DevServer(token=chosen, host=host, port=port, on_request=printer, keep_requests=KEEP_REQUESTS, **seed)
+        server = DevServer(
+            token=chosen,
+            host=host,
+            port=port,
+            on_request=printer,
+            keep_requests=KEEP_REQUESTS,
+            allowed_hosts=allowed_hosts,
+            **seed,
+        )
         server.start()
     except ValueError as exc:
         print(f"prefactor-otel serve: {exc}", file=errors, flush=True)

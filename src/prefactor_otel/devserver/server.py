@@ -13,11 +13,12 @@ from __future__ import annotations
 import secrets
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from urllib.parse import quote
 
 from prefactor_otel import ids
 from prefactor_otel.devserver import store as st
+from prefactor_otel.devserver import webpage
 from prefactor_otel.devserver.faults import Fault, FaultSet
 from prefactor_otel.devserver.handler import DevHTTPServer
 from prefactor_otel.devserver.request_log import RequestLog
@@ -47,12 +48,15 @@ class DevServer:
         store: Store | None = None,
         on_request: Callable[[RequestLog], None] | None = None,
         keep_requests: int | None = None,
+        allowed_hosts: Iterable[str] = (),
     ) -> None:
         """`store`: serve this store (e.g. one persist.load restored) instead of a new account; its ids win over
         `agent_id`/`environment_id`/`partition`, which must then be None. `on_request`: called with each request's
         entry as it is logged, with `detail` filled in (what `prefactor-otel serve` prints); without it no detail
         is computed, so a test or benchmark server pays nothing. `keep_requests`: keep only the last N entries in
-        `requests` (a long-running server must not grow without bound); None keeps all."""
+        `requests` (a long-running server must not grow without bound); None keeps all. `allowed_hosts`: host names
+        answered besides loopback ones and `host` (e.g. `host.docker.internal`); every other `Host` is refused, as
+        is any request from another origin (guard.py: DNS rebinding and cross-site requests)."""
         if store is not None and (agent_id, environment_id, partition, bulk_actions) != (None, None, None, None):
             raise ValueError("a DevServer given a store takes its ids from it: no agent_id/environment_id/partition")
         if not isinstance(token, str) or not token.strip() or token != token.strip():
@@ -88,6 +92,7 @@ class DevServer:
         self.environment_id = store.environment_id
         self.agent_deployment_id = store.agent_deployment_id
         self.host = host
+        self.allowed_hosts = frozenset(webpage.normalize_allowed_host(name) for name in allowed_hosts)
         self.max_body_bytes = max_body_bytes
         self._token = token
         self._port = port
