@@ -70,6 +70,9 @@ def collect_stats(
         # control: span answers that carried control.terminate, and polls of run status (docs/control.md)
         "control_terminate_answers": c["control_terminate_answers"],
         "control_polls": c["control_polls"],
+        # terminations of runs this process did not open (replayed from the spool of a process that ended): their
+        # spooled items are dropped (`run_terminated`), this process's callbacks are not called
+        "control_terminations_not_ours": c["control_terminations_not_ours"],
         "spans_queued": queued,
         "open_traces": open_traces,
         "instances_registered": c["instances_registered"],
