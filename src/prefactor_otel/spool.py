@@ -39,7 +39,7 @@ from typing import Any
 
 from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.spool_disk import SenderLock, make_private_directory, scan, write_atomic
-from prefactor_otel.spool_format import FORMAT_VERSION, ItemEncoder, count_spans, pack
+from prefactor_otel.spool_format import FORMAT_VERSION, ItemEncoder, pack, spans_in
 from prefactor_otel.spool_replay import SpoolReplay
 
 __all__ = ["FORMAT_VERSION", "Spool", "default_spool_dir"]
@@ -220,8 +220,8 @@ class Spool(SpoolReplay):
         return self._total + new_bytes <= self._max_bytes
 
     def _discard(self, path: Path, name: str, reason: str) -> None:
-        """Drop a file, counting its spans by reason (counted before deleting, in bounded reads)."""
-        count = count_spans(path)
+        """Drop a file, counting its spans by reason (counted before deleting: its header, or bounded reads)."""
+        count, _exact = spans_in(path)
         try:
             path.unlink()
         except FileNotFoundError:

@@ -89,6 +89,11 @@ def collect_stats(
         "spans_replayed": c["spans_replayed"],
         "spans_kept_unplanned": c["spans_kept_unplanned"],
         "spool_backlog_bytes": backlog.spool.backlog_bytes if backlog is not None else 0,
+        # spool files found unreadable (moved to the quarantine or deleted): their spans are in
+        # dropped_by_reason["spool_corrupt"], exactly for files whose checked header survived; for the files
+        # counted here too (no intact header) only the span items still readable in them are counted
+        "spool_files_quarantined": c["spool_files_quarantined"],
+        "spool_corrupt_files_counted_partly": c["spool_corrupt_files_counted_partly"],
         "spool_enabled": backlog is not None,
         "requests_by_outcome": {k.removeprefix("outcome:"): v for k, v in c.items() if k.startswith("outcome:")},
     }
