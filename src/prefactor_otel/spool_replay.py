@@ -62,6 +62,7 @@ class SpoolReplay:
     # State owned by Spool.__init__ (spool.py), used here.
     directory: Path
     enabled: bool
+    _max_bytes: int
     _max_file_bytes: int
     _max_item_bytes: int
     _read_limit: int
@@ -71,6 +72,8 @@ class SpoolReplay:
     _leased: dict[str, int]
     _own: set[str]
     _sender: SenderLock
+    _writer: SenderLock
+    _foreign_bytes: int
     counters: Counter[str]
     _log: RateLimitedLog
     # Spool methods used here.
@@ -78,6 +81,10 @@ class SpoolReplay:
     _rescan_due: Callable[[], bool]
     _recount: Callable[[], None]
     _forget: Callable[[str], None]
+    _refresh: Callable[[], None]
+    _lock_writer: Callable[[], bool]
+    _make_room: Callable[[int], bool]
+    _note_directory: Callable[[], None]
 
     # ------------------------------------------------------------------ reading
 
@@ -127,7 +134,8 @@ class SpoolReplay:
                 try:
                     os.replace(self.directory / name, lease)
                 except FileNotFoundError:
-                    self._index.pop(name)  # another process took it (if it was ours, it is still our backlog)
+                    # Another process took it (if it was ours, it is still our backlog): on disk, theirs now.
+                    self._foreign_bytes += self._index.pop(name)
                     self._recount()
                     continue
                 except OSError as exc:
@@ -154,15 +162,23 @@ class SpoolReplay:
     def _split_oversized(self, lease: Path, name: str) -> bool:
         """Rewrite an oversized version-1 file (written before files were bounded) as bounded files in its place.
         False (nothing left behind) if it is not one, or cannot be split."""
+        if not self._lock_writer():
+            return False
         try:
+            with contextlib.suppress(OSError):
+                self._refresh()
+            # The pieces are written while the file itself is still on disk: they must fit beside it.
             pieces = write_pieces(
                 self.directory,
                 name.removesuffix(".json"),
                 v1_pieces(lease, self._max_file_bytes, self._max_item_bytes),
                 mtime=os.stat(lease).st_mtime,
+                budget=self._max_bytes - self._total,
             )
         except (CorruptFile, OSError, ValueError):
             return False
+        finally:
+            self._writer.release()
         with contextlib.suppress(OSError):
             os.unlink(lease)  # if it stays, the next rescan takes it back: its items are sent twice, idempotently
         was_ours = name in self._own
@@ -211,17 +227,47 @@ class SpoolReplay:
             try:
                 encoder = ItemEncoder(remaining)
                 data = render([encoder.encode(item) for item in remaining])
+            except (TypeError, ValueError, RecursionError):
+                self._put_back_whole(file.path, name)
+                return
+            # The rest is written beside the lease before the lease goes: both are on disk for a moment, so the
+            # rest is written only if both fit under the cap (write lock held); else the whole file is put back.
+            if not self._lock_writer():
+                self._put_back_whole(file.path, name)
+                return
+            try:
+                with contextlib.suppress(OSError):
+                    self._refresh()
+                if self._total + len(data) > self._max_bytes:
+                    self._put_back_whole(file.path, name)
+                    return
                 write_atomic(self.directory / name, data, mtime=os.stat(file.path).st_mtime)
                 file.path.unlink(missing_ok=True)
-            except (OSError, TypeError, ValueError, RecursionError):
+            except OSError:
                 # The lease (the whole file, resent items included: idempotent) is taken back by the next rescan.
-                self._leased.pop(name, None)
+                self._foreign_bytes += self._leased.pop(name, 0)  # still on disk until then
                 self._recount()
                 return
+            finally:
+                self._writer.release()
             self._leased.pop(name, None)
             self._index[name] = len(data)
             self._index = dict(sorted(self._index.items()))
             self._recount()
+            self._note_directory()
+
+    def _put_back_whole(self, lease: Path, name: str) -> None:
+        """Return a leased file as it is, under its name (its delivered items are sent again: idempotent)."""
+        size = self._leased.pop(name, 0)
+        try:
+            os.replace(lease, self.directory / name)
+        except OSError:
+            self._foreign_bytes += size  # left leased: the next rescan takes it back
+        else:
+            self._index[name] = size
+            self._index = dict(sorted(self._index.items()))
+            self.counters["spool_given_back_whole"] += 1
+        self._recount()
 
     # ------------------------------------------------------------------ one sender per directory
 
