@@ -10,7 +10,8 @@ own; an item larger than `max_item_bytes` is dropped, counted). `max_bytes` boun
 (waiting files, leases, the quarantine, journals, records, lock and temporary files), across processes: whatever
 makes it grow (`append`, a give-back's rewrite, a legacy split) runs under the directory's write lock
 (`.write.lock`, flock, held for that write only), after a rescan when the directory changed (its mtime, trusted
-once a second old: see `_note_directory`) or else a re-stat of the files that grow in place, and only if it fits.
+once a second old, else backed by a listing of its names: see `_note_directory`) or else a re-stat of the files
+that grow in place, and only if it fits.
 To make room the quarantine is emptied, then the oldest waiting files are dropped (counted `spool_full`); what
 cannot fit even so is refused (`append` returns False, counted, logged) and nothing is dropped for it. Every
 rescan trims to the cap too. Files past the retention age are dropped, counted.
@@ -101,9 +102,10 @@ class Spool(SpoolReplay):
         self._quarantined: dict[str, int] = {}  # files in the quarantine -> size, oldest first
         self._total = 0  # every byte of every file in the directory and its quarantine, as far as we know
         self._last_rescan = float("-inf")
-        # The directory's mtime after our last scan or write, or 0 when that mtime cannot prove that nothing
-        # changed since (see `_note_directory`): unchanged, no other process has added or removed a file.
+        # The directory's mtime after our last scan or write (0: unknown), and its names when that mtime was too
+        # young to prove that nothing changed since (see `_note_directory`).
         self._seen_mtime_ns = 0
+        self._seen_names: frozenset[str] | None = None
         self._sender = SenderLock(directory)
         self._writer = SenderLock(directory, WRITE_LOCK_FILE)  # held (briefly, under _lock) while growing the spool
         self.counters: Counter[str] = Counter()
@@ -155,11 +157,27 @@ class Spool(SpoolReplay):
         return time.monotonic() - self._last_rescan >= self._rescan_seconds
 
     def _note_directory(self) -> None:
-        """Remember the directory's mtime as of now. File systems stamp mtimes from a coarse clock: a change made
-        in the same tick as ours leaves it as it is. So an mtime younger than `MTIME_TICK_NS` proves nothing, and
-        the next check rescans."""
-        mtime = self._directory_mtime_ns()
-        self._seen_mtime_ns = mtime if time.time_ns() - mtime >= MTIME_TICK_NS else 0
+        """Remember the directory as of now: its mtime and, when that is too young to prove anything, its names.
+        File systems stamp mtimes from a coarse clock: a change made in the same tick as ours leaves the mtime as
+        it is, so an mtime younger than `MTIME_TICK_NS` is backed by the list of names (a listing, no stat)."""
+        self._seen_mtime_ns = self._directory_mtime_ns()
+        self._seen_names = None
+        if time.time_ns() - self._seen_mtime_ns < MTIME_TICK_NS:
+            try:
+                self._seen_names = frozenset(os.listdir(self.directory))
+            except OSError:
+                self._seen_mtime_ns = 0  # the next check rescans
+
+    def _changed(self) -> bool:
+        """Whether anyone added, removed or renamed a file in the directory since `_note_directory`."""
+        if not self._seen_mtime_ns or self._directory_mtime_ns() != self._seen_mtime_ns:
+            return True
+        if self._seen_names is None:
+            return False
+        try:
+            return frozenset(os.listdir(self.directory)) != self._seen_names
+        except OSError:
+            return True
 
     def _directory_mtime_ns(self) -> int:
         try:
@@ -194,7 +212,7 @@ class Spool(SpoolReplay):
         """Before growing the spool, under the write lock: what the directory holds now. A full rescan when
         another process changed the directory (its mtime moved) or one is due; else the files that grow in place
         are stat'ed again."""
-        if self._rescan_due() or not self._seen_mtime_ns or self._directory_mtime_ns() != self._seen_mtime_ns:
+        if self._rescan_due() or self._changed():
             self._rescan()
         else:
             self._restat()

@@ -89,6 +89,8 @@ def collect_stats(
         "spans_replayed": c["spans_replayed"],
         "spans_kept_unplanned": c["spans_kept_unplanned"],
         "spool_backlog_bytes": backlog.spool.backlog_bytes if backlog is not None else 0,
+        # every byte in the spool directory as last counted (what spool_max_bytes bounds)
+        "spool_disk_bytes": backlog.spool.disk_bytes if backlog is not None else 0,
         # spool files found unreadable (moved to the quarantine or deleted): their spans are in
         # dropped_by_reason["spool_corrupt"], exactly for files whose checked header survived; for the files
         # counted here too (no intact header) only the span items still readable in them are counted
