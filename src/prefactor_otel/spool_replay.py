@@ -17,11 +17,11 @@ file over it (written before files were bounded) is rewritten as bounded files i
 live items of the same runs must not be sent ahead of them.
 
 Unreadable files (not JSON, truncated, a checksum that does not match, wrong shape, or over the read limit and not
-splittable) are moved to `.quarantine/` (bounded on its own: at most `max(max_file_bytes, max_bytes // 10)` bytes,
-oldest removed first; a larger file is deleted), every span they held counted as dropped `spool_corrupt` (from the
-file's checked header; a file without an intact header counts the span items still readable in it, and
-`spool_corrupt_files_counted_partly` counts such files), logged once per file with its path (the first 100 files
-of a process; rate-limited after); `take_oldest` serves the next file and never raises.
+splittable) are moved to `.quarantine/` (at most `max_bytes // 10` bytes, oldest removed first, a larger file
+deleted; inside the cap, and emptied first when the spool needs room), every span they held counted as dropped
+`spool_corrupt` (from the file's checked header; a file without an intact header counts the span items still
+readable in it, and `spool_corrupt_files_counted_partly` counts such files), logged once per file with its path
+(the first 100 files of a process; rate-limited after); `take_oldest` serves the next file and never raises.
 
 Threads: the thread replaying (the one holding the exporter's send lock: its background sender, a flush or a
 shutdown) calls `sending`, `take_oldest`, `give_back` and `complete`; `has_backlog` and `has_own_backlog` are asked
@@ -44,10 +44,17 @@ from pathlib import Path
 from typing import Any
 
 from prefactor_otel._logging import RateLimitedLog, logger
-from prefactor_otel.spool_disk import SenderLock, base_name, names_present, quarantine, write_atomic, write_pieces
+from prefactor_otel.spool_disk import (
+    QUARANTINE,
+    SenderLock,
+    base_name,
+    names_present,
+    quarantine,
+    write_atomic,
+    write_pieces,
+)
 from prefactor_otel.spool_format import CorruptFile, ItemEncoder, decode, render, spans_in, v1_pieces
 
-_QUARANTINE = ".quarantine"
 _SENDER_POLL_S = 0.05
 _CORRUPT_FILES_LOGGED = 100  # per process, one line each; later ones are rate-limited
 
@@ -192,14 +199,14 @@ class SpoolReplay:
 
     def _set_aside(self, path: Path, name: str, problem: Exception) -> None:
         count, exact = spans_in(path)
-        kept = quarantine(path, self.directory / _QUARANTINE, name, self._quarantine_bytes)
+        kept = quarantine(path, self.directory / QUARANTINE, name, self._quarantine_bytes)
         self._forget(name)
         self.counters["spool_files_quarantined"] += 1
         self.counters["dropped:spool_corrupt"] += count
         if not exact:
             self.counters["spool_corrupt_files_counted_partly"] += 1
         why = problem if isinstance(problem, CorruptFile) else type(problem).__name__
-        where = f"moved to {self.directory / _QUARANTINE / name}" if kept else f"deleted from {self.directory}"
+        where = f"moved to {self.directory / QUARANTINE / name}" if kept else f"deleted from {self.directory}"
         spans = f"{count} span(s)" if exact else f"{count} span(s) (those still readable in it: no intact header)"
         message = "Prefactor spool: unreadable file %s (%s): %s dropped (spool_corrupt); the file was %s"
         args = (name, why, spans, where)
