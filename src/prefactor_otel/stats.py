@@ -91,6 +91,10 @@ def collect_stats(
         "spool_backlog_bytes": backlog.spool.backlog_bytes if backlog is not None else 0,
         # every byte in the spool directory as last counted (what spool_max_bytes bounds)
         "spool_disk_bytes": backlog.spool.disk_bytes if backlog is not None else 0,
+        # items the spool could not take (they did not fit under the cap even after dropping the oldest files, or
+        # another process held the spool's write lock too long): kept in memory, not dropped
+        "spool_refused_items": c["spool_refused_items"],
+        "spool_write_lock_busy": c["spool_write_lock_busy"],
         # spool files found unreadable (moved to the quarantine or deleted): their spans are in
         # dropped_by_reason["spool_corrupt"], exactly for files whose checked header survived; for the files
         # counted here too (no intact header) only the span items still readable in them are counted
