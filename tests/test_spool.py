@@ -69,7 +69,7 @@ def test_retention_expires_old_files_counted(tmp_path):
 def test_lease_of_a_dead_process_is_taken_back(tmp_path):
     spool = Spool(tmp_path, max_bytes=10**6, retention_seconds=3600)
     spool.append(_items(1))
-    (name,) = [p.name for p in tmp_path.iterdir()]
+    (name,) = [p.name for p in tmp_path.iterdir() if p.name.endswith(".json")]
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     os.rename(tmp_path / name, tmp_path / f"{name}.lease-{dead.stdout.strip()}")
     assert Spool(tmp_path, max_bytes=10**6, retention_seconds=3600).take_oldest() is not None

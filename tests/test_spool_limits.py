@@ -127,7 +127,7 @@ def test_a_file_over_the_read_limit_is_never_loaded_and_its_spans_are_counted(tm
     assert spool.counters["dropped:spool_corrupt"] == 3000
 
 
-def test_malformed_and_truncated_files_are_quarantined_counted_logged_once_and_the_next_is_served(tmp_path, caplog):
+def test_malformed_and_truncated_files_are_quarantined_counted_logged_each_and_the_next_is_served(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="prefactor_otel")
     good = [_span(0), _span(1)]
     whole = json.dumps({"version": 1, "items": [_span(n) for n in range(3)]}, separators=(",", ":")).encode()
@@ -150,7 +150,10 @@ def test_malformed_and_truncated_files_are_quarantined_counted_logged_once_and_t
     assert spool.counters["dropped:spool_corrupt"] == 3 + 1  # the truncated file and the keyless span
     assert spool.counters["spool_files_quarantined"] == len(bad)
     assert len(list((tmp_path / ".quarantine").iterdir())) == len(bad)
-    assert len([r for r in caplog.records if "unreadable file" in r.getMessage()]) == 1
+    lines = [r.getMessage() for r in caplog.records if "unreadable file" in r.getMessage()]
+    assert len(lines) == len(bad)  # one line per file, naming where it went
+    assert all(str(tmp_path / ".quarantine") in line for line in lines)
+    assert spool.counters["spool_corrupt_files_counted_partly"] == len(bad)  # none has a checked header
     restarted = Spool(tmp_path, max_bytes=MIB, retention_seconds=3600)
     assert not restarted.has_backlog and restarted.take_oldest() is None
     assert not _spool_files(tmp_path)  # nothing left leased
@@ -287,3 +290,19 @@ def test_the_cap_counts_what_other_writers_of_the_directory_added_since_the_last
     assert second.append([_span(100 + n) for n in range(40)])
     assert first.append([_span(200 + n) for n in range(40)])
     assert sum(p.stat().st_size for p in _spool_files(tmp_path)) <= 20_000
+
+
+def test_a_changed_byte_that_leaves_valid_json_is_caught_by_the_checksum_and_every_span_counted(tmp_path):
+    Spool(tmp_path, max_bytes=MIB, retention_seconds=3600).append([_span(n) for n in range(7)])
+    Spool(tmp_path, max_bytes=MIB, retention_seconds=3600).append([_span(n) for n in range(10, 15)])
+    changed, truncated = _spool_files(tmp_path)
+    data = changed.read_bytes()
+    assert b"span-00003" in data
+    changed.write_bytes(data.replace(b"span-00003", b"span-00004"))  # still JSON, still the right shape
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    spool = Spool(tmp_path, max_bytes=MIB, retention_seconds=3600)
+    assert spool.take_oldest() is None
+    assert spool.counters["spool_files_quarantined"] == 2
+    assert spool.counters["dropped:spool_corrupt"] == 7 + 5  # from the headers, though half a file is gone
+    assert spool.counters["spool_corrupt_files_counted_partly"] == 0

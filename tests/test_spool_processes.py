@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -279,3 +280,65 @@ def test_sending_with_a_deadline_waits_for_the_other_sender_to_finish(tmp_path):
         assert holder.wait(timeout=30) == 0
     finally:
         holder.kill()
+
+
+CAPPED_WRITER = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    from prefactor_otel import spool as spool_module
+    from prefactor_otel import spool_disk
+    from prefactor_otel.spool import Spool
+
+    directory, tag = Path(sys.argv[1]), sys.argv[2]
+    most = 0
+    real = spool_disk.write_atomic
+
+    def measured(path, data, mtime=None):  # the directory's size the moment a file has been written
+        global most
+        real(path, data, mtime)
+        total = 0
+        for root, _dirs, files in os.walk(directory):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(root, name)).st_size
+                except FileNotFoundError:
+                    pass
+        most = max(most, total)
+
+    spool_module.write_atomic = measured
+    spool = Spool(directory, max_bytes=150_000, retention_seconds=3600)
+    appended = 0
+    for n in range(150):
+        items = [
+            {"_type": "agent_spans/create", "idempotency_key": f"{tag}-{n}-{i}", "details": {"x": "y" * 600}}
+            for i in range(5)
+        ]
+        appended += 5 * spool.append(items)
+    dropped = spool.counters["dropped:spool_full"]
+    print(json.dumps({"most": most, "appended": appended, "dropped": dropped}))
+    """
+)
+
+
+def test_two_processes_writing_one_directory_never_take_it_over_the_cap_together(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(CAPPED_WRITER)
+    spool_dir = tmp_path / "spool"
+    writers = [
+        subprocess.Popen([sys.executable, str(script), str(spool_dir), tag], stdout=subprocess.PIPE, text=True)
+        for tag in ("a", "b")
+    ]
+    try:
+        outputs = [proc.communicate(timeout=120)[0] for proc in writers]
+    finally:
+        for proc in writers:
+            proc.kill()
+    reports = [json.loads(out) for out in outputs]
+    assert all(report["most"] <= 150_000 for report in reports), reports
+    left = 0
+    for path in spool_dir.iterdir():
+        if path.name.endswith(".json"):
+            left += len(json.loads(path.read_bytes())["items"])
+    # Every span written is still there or was dropped to make room (counted by whichever process dropped it).
+    assert left + sum(report["dropped"] for report in reports) == sum(report["appended"] for report in reports)

@@ -14,6 +14,11 @@ woken after it is released, so a callback may call back into the registry. Callb
 exporter thread and must be quick (set a flag, cancel a task); one that raises is logged (rate-limited) and
 counted, and the others still run.
 
+Runs of other processes: items replayed from the spool may belong to a run of a process that ended (the spool
+is shared by every process with the same configuration). A termination of such a run is recorded apart
+(`record_not_ours`): the replay drops that run's items (`run_terminated`), it is logged and counted, and it never
+reaches this process's callbacks, checks, events or waiters (they are about the application's own runs).
+
 Cheap when nothing is terminated: a check is one context lookup and one dict lookup, no lock (a dict read is
 atomic under the GIL; a stale miss only delays what the next check sees).
 """
@@ -91,6 +96,8 @@ class TerminationRegistry:
         self._events: weakref.WeakValueDictionary[int, threading.Event] = weakref.WeakValueDictionary()
         self._waiters: dict[int, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Termination]]]] = {}
         self._callbacks: tuple[TerminationCallback, ...] = ()  # replaced, never mutated: iterated without the lock
+        # Terminated runs this process did not start (replayed from another process's spool): instance id -> reason.
+        self._not_ours: OrderedDict[str, str | None] = OrderedDict()
         self._log = RateLimitedLog()
         self.counters: Counter[str] = Counter()  # under _lock
 
@@ -149,6 +156,33 @@ class TerminationRegistry:
                     type(exc).__name__,
                 )
         return first
+
+    def record_not_ours(self, instance_id: str, reason: object, source: str) -> bool:
+        """Note that Prefactor terminated a run this process did not start (its items came from the spool of a
+        process that ended). Only remembered, so the replay drops the run's other items (`run_terminated`),
+        logged and counted: no callback, event, waiter or check of this process hears of it. True the first
+        time. Never raises."""
+        with self._lock:
+            if instance_id in self._not_ours or instance_id in self._by_instance:
+                return False
+            self._not_ours[instance_id] = clean_reason(reason)
+            while len(self._not_ours) > self._max:
+                self._not_ours.popitem(last=False)
+            self.counters[f"terminations_not_ours:{source}"] += 1
+        self._log.log(
+            logging.WARNING,
+            "not_ours",
+            "Prefactor: run %s, whose items were replayed from the spool of a process that ended, was terminated in "
+            "Prefactor (%s); its remaining spooled items are dropped (counted as run_terminated). It is not a run of "
+            "this process: on_terminate callbacks are not called for it",
+            instance_id,
+            clean_reason(reason) or "no reason given",
+        )
+        return True
+
+    def run_terminated(self, instance_id: str) -> bool:
+        """Whether the run was terminated, this process's or not: what the spool replay asks before sending."""
+        return instance_id in self._by_instance or instance_id in self._not_ours
 
     # ------------------------------------------------------------------ the application's side
 

@@ -25,12 +25,13 @@ from typing import Any, Protocol
 
 from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.config import PrefactorConfig
+from prefactor_otel.control import TERMINATIONS
 from prefactor_otel.items import PlannedItem, orphan_item
 from prefactor_otel.models import BULK_CREATE_SPAN
 from prefactor_otel.outcomes import NOT_PROCESSED, BulkResult, ItemOutcome, Verdict, judge
 from prefactor_otel.planner import Planner
 from prefactor_otel.transport import BulkTransport
-from prefactor_otel.wire import chunk_encoded, encode_item
+from prefactor_otel.wire import chunk_encoded, encode_item, instance_id_of
 
 _MAX_ROUNDS = 10_000  # every round makes progress or returns; this only bounds a misbehaving server
 
@@ -98,16 +99,42 @@ class PlannedSource:
 
 
 class SpooledSource:
-    """The items of one spool file, in their order. `pending` is what is left to send (orphans rewritten)."""
+    """The items of one spool file, in their order. `pending` is what is left to send (orphans rewritten).
 
-    def __init__(self, items: list[dict[str, Any]]) -> None:
+    Items of a run Prefactor terminated (this process's or, replayed from the spool of a process that ended,
+    another's: `terminated(instance id)`, by default the process's TerminationRegistry) are dropped before each
+    plan, counted `run_terminated`: a terminated run takes nothing more."""
+
+    def __init__(self, items: list[dict[str, Any]], terminated: Callable[[str], bool] | None = None) -> None:
         self.pending = [PlannedItem(item["idempotency_key"], item["_type"], item, 0) for item in items]
         self.counters: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()  # span creates
         self.actions_dropped: Counter[str] = Counter()  # instance actions
+        self._terminated = TERMINATIONS.run_terminated if terminated is None else terminated
+        # A span finish names only its span: its run is the one of the span's create in this file, if there.
+        self._run_of_span: dict[str, str] = {}
+        for item in items:
+            details = item.get("details")
+            if isinstance(details, dict) and isinstance(details.get("id"), str):
+                run = details.get("agent_instance_id")
+                if isinstance(run, str):
+                    self._run_of_span[details["id"]] = run
 
     def plan(self) -> list[PlannedItem]:
+        kept = [item for item in self.pending if not self._of_terminated_run(item)]
+        if len(kept) != len(self.pending):
+            for item in self.pending:
+                if self._of_terminated_run(item):
+                    self._reject(item.action, "run_terminated", prefix=False)
+            self.pending = kept
         return list(self.pending)
+
+    def _of_terminated_run(self, item: PlannedItem) -> bool:
+        run = instance_id_of(item.body)
+        if run is None:
+            span = item.body.get("agent_span_id")
+            run = self._run_of_span.get(span) if isinstance(span, str) else None
+        return run is not None and self._terminated(run)
 
     def apply(self, outcomes: Mapping[str, ItemOutcome]) -> None:
         kept: list[PlannedItem] = []
@@ -135,11 +162,11 @@ class SpooledSource:
     def refused(self, keys: list[str]) -> None:
         """Nothing to do: the items stay in their file, which keeps its place at the head of the spool."""
 
-    def _reject(self, action: str, code: str | None) -> None:
+    def _reject(self, action: str, code: str | None, *, prefix: bool = True) -> None:
         if action == BULK_CREATE_SPAN:
-            self.dropped[f"rejected:{code or 'error'}"] += 1
+            self.dropped[f"rejected:{code or 'error'}" if prefix else str(code)] += 1
         else:
-            self.actions_dropped[f"{action.rsplit('/', 1)[-1]}_rejected:{code or 'error'}"] += 1
+            self.actions_dropped[f"{action.rsplit('/', 1)[-1]}_{'rejected:' if prefix else ''}{code or 'error'}"] += 1
 
 
 class Delivery:

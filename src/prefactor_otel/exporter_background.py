@@ -11,7 +11,9 @@ backlog), sends it -- only if the send lock is free (it never waits for it), bac
 Control: `_on_terminate_answer` is Delivery's hook (the sending thread, no lock held) for an answer carrying
 `control.terminate`; polling runs on the finisher thread. Both record the termination in the process's
 TerminationRegistry (control.py: the application's callbacks run there) and stop the run in the planner, under the
-pipeline's state lock.
+pipeline's state lock. An answer for a spooled item of a run this process never opened (its planner does not know
+the instance: the spool of a process that ended) is recorded apart (`record_not_ours`): logged, counted, its
+replayed items dropped, and no callback of this process runs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from prefactor_otel._logging import logger
 from prefactor_otel.config import PrefactorConfig
 from prefactor_otel.control import SOURCE_RESPONSE, TERMINATIONS
 from prefactor_otel.control_poll import InstancePoller
+from prefactor_otel.delivery import Delivery
 from prefactor_otel.durability import Backlog
 from prefactor_otel.items import PlannedItem
 from prefactor_otel.pipeline import Pipeline
@@ -41,6 +44,7 @@ class BackgroundWork:
     _pipeline: Pipeline | None
     _backlog: Backlog | None
     _poller: InstancePoller | None
+    _delivery: Delivery | None
     _send_lock: threading.Lock
     _ticker: threading.Thread | None
     _ticker_stop: threading.Event
@@ -106,8 +110,14 @@ class BackgroundWork:
                     if instance_id is None and trace_id is not None:
                         instance_id = planner.instance_of_trace(trace_id)
                     elif trace_id is None and instance_id is not None:
-                        trace_id = planner.trace_of_instance(instance_id)
+                        trace_id = planner.trace_of_instance(instance_id)  # None: a run this process never opened
         if instance_id is None:
+            return
+        if trace_id is None:
+            # A spooled item of a run this process did not open (the spool of a process that ended): the replay
+            # drops the run's other items, but the application here never started it and must not hear of it.
+            if TERMINATIONS.record_not_ours(instance_id, reason, SOURCE_RESPONSE) and self._delivery is not None:
+                self._delivery.counters["control_terminations_not_ours"] += 1
             return
         self._stop_terminated_run(trace_id)  # first: once the application is told, nothing more reaches the run
         TERMINATIONS.record(instance_id, trace_id, reason, SOURCE_RESPONSE)

@@ -109,6 +109,9 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
         self._terminated: OrderedDict[int, None] = OrderedDict()
         self._fork = fork_origin  # in a forked child: what it knows of its parent process
         self._fork_runs: dict[int, int] = {}  # forked child: trace open at the fork -> its runs here finished so far
+        # instance id -> trace id of every run this planner opened (its own spans), newest kept: what tells this
+        # process's runs from runs replayed from another process's spool when Prefactor terminates one.
+        self._own_runs: OrderedDict[str, int] = OrderedDict()
         # instance id -> latest activity (ns) of runs this process must finish, or None once finished or handed
         # off: what the journal of open runs records (taken by the exporter after every plan and delivery).
         self.run_changes: dict[str, int | None] = {}
@@ -219,6 +222,7 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
             purpose=self._purpose,
         )
         trace = RunState(trace_id, instance_id, register, start_item(instance_id, first_start_ns))
+        self._remember_own_run(instance_id, trace_id)
         trace.first_start_ns = first_start_ns
         self._traces[trace_id] = trace
         return trace

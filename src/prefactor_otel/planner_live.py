@@ -36,6 +36,7 @@ class LiveSpans:
     _traces: OrderedDict[int, RunState]
     _finished: OrderedDict[int, None]
     _terminated: OrderedDict[int, None]
+    _own_runs: OrderedDict[str, int]
     _with_pending: dict[int, None]
     _live_policy: LivePolicy | None
     _map_started: Callable[[Any], SpanRecord | None] | None
@@ -171,10 +172,15 @@ class LiveSpans:
         return trace.instance_id if trace is not None else None
 
     def trace_of_instance(self, instance_id: str) -> int | None:
-        for trace_id, trace in self._traces.items():
-            if trace.instance_id == instance_id:
-                return trace_id
-        return None
+        """The trace of a run this process opened (the newest MAX_TERMINATED_TRACES_REMEMBERED runs, open or
+        finished); None for a run it did not open, e.g. one replayed from the spool of a process that ended."""
+        return self._own_runs.get(instance_id)
+
+    def _remember_own_run(self, instance_id: str, trace_id: int) -> None:
+        self._own_runs[instance_id] = trace_id
+        self._own_runs.move_to_end(instance_id)
+        while len(self._own_runs) > MAX_TERMINATED_TRACES_REMEMBERED:
+            self._own_runs.popitem(last=False)
 
     def active_runs(self) -> list[tuple[str, int]]:
         """(instance id, trace id) of the runs registered here and not finished: what the control poller asks."""

@@ -25,6 +25,9 @@ NAME_RE = re.compile(r"^(\d{20})-(\d+)-(\d+)\.json(?:\.lease-(\d+))?$")
 _TMP_RE = re.compile(r"^\.tmp-(?:p(\d+)-)?")
 _TMP_MAX_AGE_S = 60.0
 _LOCK_FILE = ".sender.lock"
+WRITE_LOCK_FILE = ".write.lock"
+QUARANTINE = ".quarantine"
+_LOCK_POLL_S = 0.002
 
 
 def base_name(name: str) -> str:
@@ -103,6 +106,10 @@ class Scan:
     foreign_bytes: int = 0  # leased by other live processes
     expired: list[tuple[Path, str]] = field(default_factory=list)  # (path, name) past the retention age
     tmp_removed: int = 0
+    # Every other regular file in the directory (journals of open runs, kept records, the partition, lock files,
+    # temporary files being written or left by a crash): name -> size. They take room under the cap too.
+    other: dict[str, int] = field(default_factory=dict)
+    quarantined: dict[str, int] = field(default_factory=dict)  # name -> size in the quarantine, sorted by name
 
 
 def scan(directory: Path, leased_by_us: Container[str], retention_seconds: float) -> Scan:
@@ -113,11 +120,16 @@ def scan(directory: Path, leased_by_us: Container[str], retention_seconds: float
     found = Scan()
     with os.scandir(directory) as entries:
         for entry in entries:
-            if entry.name.startswith(".tmp-"):
-                found.tmp_removed += remove_if_stale_tmp(entry, now)
+            if entry.name.startswith(".tmp-") and remove_if_stale_tmp(entry, now):
+                found.tmp_removed += 1
                 continue
             match = NAME_RE.match(entry.name)
             if match is None:
+                with contextlib.suppress(OSError):
+                    if entry.name == QUARANTINE and entry.is_dir(follow_symlinks=False):
+                        found.quarantined = quarantine_files(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        found.other[entry.name] = entry.stat(follow_symlinks=False).st_size
                 continue
             name = base_name(entry.name)
             try:
@@ -144,12 +156,18 @@ def scan(directory: Path, leased_by_us: Container[str], retention_seconds: float
     return found
 
 
-def write_pieces(directory: Path, stem: str, pieces: Iterable[bytes], mtime: float) -> list[tuple[str, int]]:
+def write_pieces(
+    directory: Path, stem: str, pieces: Iterable[bytes], mtime: float, budget: int
+) -> list[tuple[str, int]]:
     """Write files `<stem><6-digit piece>.json` (they sort right after `<stem>.json` and before any later stamp),
-    all or none: on an error the pieces written are removed and the error raised."""
+    at most `budget` bytes in all, all or none: on an error (OSError past the budget) the pieces written are
+    removed and the error raised."""
     written: list[tuple[str, int]] = []
     try:
         for data in pieces:
+            budget -= len(data)
+            if budget < 0:
+                raise OSError("the pieces do not fit under the spool's cap")
             name = f"{stem}{len(written):06d}.json"
             write_atomic(directory / name, data, mtime=mtime)
             written.append((name, len(data)))
@@ -165,6 +183,13 @@ def names_present(directory: Path) -> set[str]:
     """Spool file names in the directory, leased by anyone or not."""
     with os.scandir(directory) as entries:
         return {base_name(entry.name) for entry in entries if NAME_RE.match(entry.name)}
+
+
+def quarantine_files(directory: Path) -> dict[str, int]:
+    """The files in the quarantine: name -> size, oldest (smallest name) first."""
+    with os.scandir(directory) as entries:
+        found = {entry.name: entry.stat().st_size for entry in entries if entry.is_file(follow_symlinks=False)}
+    return dict(sorted(found.items()))
 
 
 def quarantine(path: Path, directory: Path, name: str, budget: int) -> bool:
@@ -192,14 +217,16 @@ def quarantine(path: Path, directory: Path, name: str, budget: int) -> bool:
 
 
 class SenderLock:
-    """A non-blocking exclusive flock on `.sender.lock`: at most one sender per directory across processes.
+    """An exclusive flock on a lock file of the directory: `.sender.lock` (at most one sender per directory across
+    processes, held through a replay) or `.write.lock` (one writer at a time, held while the spool checks the cap
+    and writes, so processes sharing the directory never take it over the cap together).
 
     The flock belongs to the open file description, which a fork shares: `release` unlocks explicitly (closing
     alone would leave a forked child's inherited copy holding it) and a child's `reset_after_fork` only closes its
     copy (unlocking would release the parent's lock)."""
 
-    def __init__(self, directory: Path) -> None:
-        self._path = directory / _LOCK_FILE
+    def __init__(self, directory: Path, name: str = _LOCK_FILE) -> None:
+        self._path = directory / name
         self._fd: int | None = None
         self._pid = 0
 
@@ -207,18 +234,24 @@ class SenderLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> bool:
-        """True if this process is now the sender; False if another process (or thread) is. Raises OSError if
-        the lock file cannot be opened."""
+    def acquire(self, wait_s: float = 0.0) -> bool:
+        """True if this process now holds the lock; False if another process (or thread) does (after trying for
+        `wait_s` seconds: flock has no timed wait, so it polls). Raises OSError if the lock file cannot be
+        opened."""
         if self._fd is not None:
-            return False  # another thread of this process is the sender
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            return False  # another thread of this process holds it
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                return False
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if time.monotonic() + _LOCK_POLL_S > deadline:
+                        os.close(fd)
+                        return False
+                    time.sleep(_LOCK_POLL_S)
         self._fd, self._pid = fd, os.getpid()
         return True
 

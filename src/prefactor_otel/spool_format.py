@@ -1,6 +1,6 @@
 """Spool file format: bulk items packed into bounded files, and read back with their shape checked.
 
-Pure functions and one per-append encoder: no I/O except `count_spans` (a bounded streaming read), no lock, no
+Pure functions and one per-append encoder: no I/O except `spans_in`/`count_spans` (bounded reads), no lock, no
 module state. `Spool` calls them from whichever thread appends or replays (outside or under its own lock).
 
 Version 2 (written since the per-file limit):
@@ -13,6 +13,16 @@ of JSON is written once per file under `shared`, keyed by a digest of its JSON, 
 puts it back on reading, as one object shared by every item that refers to it (one copy in memory per file).
 Items handed over already encoded (bytes) are written as they are. Version 1 (`{"version":1,"items":[...]}`) is
 still read.
+
+Checked files (written since issue 19; still version 2, so an older reader reads them and ignores the extra keys):
+
+    {"version":2,"spans":S,"count":N,"crc":"BODY","head":"HEAD","shared":...,"refs":...,"items":[...]}
+
+`S` span create items out of `N` items; `BODY` is the CRC-32 (8 hex digits) of every byte after the header (from
+`"shared"` to the end), `HEAD` the CRC-32 of `S,N,BODY`. A reader refuses a file whose body does not match
+(`CorruptFile`: flipped bytes inside a prompt are caught, not sent), and a file whose header checks tells how many
+spans it held even when the rest is truncated or damaged (`spans_in`). A file without that header (older files, or
+one whose header is damaged) is counted from its raw bytes: the span items still readable in it.
 
 A version-1 file over the read limit (the spool once wrote a whole hand-off into one file) is not loaded:
 `iter_v1_items` walks it item by item in bounded memory, so the spool can rewrite it as bounded files.
@@ -27,10 +37,11 @@ import codecs
 import hashlib
 import json
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 FORMAT_VERSION = 2
 SHARE_MIN_BYTES = 1024
@@ -42,7 +53,12 @@ _SPAN_MARKER = b'"_type":"agent_spans/create"'
 _SPAN_MARKER_RE = re.compile(rb'"_type"\s{0,8}:\s{0,8}"agent_spans/create"')
 _SPAN_MARKER_MAX = len(_SPAN_MARKER) + 16
 _V1_PREFIX = b'{"version":1,"items":['
-_FILE_OVERHEAD = 64  # the envelope's keys and brackets, rounded up
+_FILE_OVERHEAD = 160  # the checked header, the envelope's keys and brackets, rounded up
+_HEADER_RE = re.compile(
+    rb'^\{"version":2,"spans":(\d{1,9}),"count":(\d{1,9}),"crc":"([0-9a-f]{8})","head":"([0-9a-f]{8})",'
+)
+_HEADER_MAX = 96  # the longest header the pattern above matches, rounded up
+_CHECKED_PREFIX = b'{"version":2,"spans":'
 _REF_OVERHEAD = 16  # `[INDEX,` `,` `],` of one ref, rounded up (INDEX is counted separately)
 
 
@@ -152,16 +168,52 @@ def render(items: list[EncodedItem]) -> bytes:
         for field, key, value in item.shared:
             shared.setdefault(key, value)
             refs.append(b'[%d,%s,"%s"]' % (index, field, key.encode()))
-    return b'{"version":%d,"shared":{%s},"refs":[%s],"items":[%s]}' % (
-        FORMAT_VERSION,
+    body = b'"shared":{%s},"refs":[%s],"items":[%s]}' % (
         b",".join(b'"%s":%s' % (key.encode(), value) for key, value in shared.items()),
         b",".join(refs),
         b",".join(item.body for item in items),
     )
+    spans = sum(1 for item in items if item.is_span)
+    crc = b"%08x" % zlib.crc32(body)
+    head = b"%08x" % zlib.crc32(b"%d,%d,%s" % (spans, len(items), crc))
+    return b'{"version":%d,"spans":%d,"count":%d,"crc":"%s","head":"%s",%s' % (
+        FORMAT_VERSION,
+        spans,
+        len(items),
+        crc,
+        head,
+        body,
+    )
+
+
+class _Header(NamedTuple):
+    spans: int
+    count: int
+    crc: bytes  # of the body, 8 hex digits
+    length: int  # bytes up to the body
+
+
+def _checked_header(data: bytes) -> _Header | None:
+    """A file's header, from its first bytes, when it is present and intact."""
+    match = _HEADER_RE.match(data)
+    if match is None:
+        return None
+    spans, count, crc, head = match.groups()
+    if b"%08x" % zlib.crc32(b"%s,%s,%s" % (spans, count, crc)) != head:
+        return None
+    return _Header(int(spans), int(count), crc, match.end())
 
 
 def decode(data: bytes) -> list[dict[str, Any]]:
     """The items of a spool file (version 1 or 2), shared objects restored. Raises CorruptFile."""
+    if data.startswith(_CHECKED_PREFIX):
+        header = _checked_header(data)
+        if header is None:
+            raise CorruptFile("damaged header")
+        if b"%08x" % zlib.crc32(data[header.length :]) != header.crc:
+            raise CorruptFile(f"checksum mismatch ({header.count} item(s), {header.spans} span(s))")
+    elif b'"crc":"' in data[:_HEADER_MAX]:
+        raise CorruptFile("damaged header")  # a checked file whose first bytes were changed: its body is unchecked
     try:
         document = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -249,6 +301,20 @@ def v1_pieces(path: Path, max_file_bytes: int, max_item_bytes: int) -> Iterator[
         size += len(body) + 1
     if batch:
         yield render(batch)
+
+
+def spans_in(path: Path) -> tuple[int, bool]:
+    """How many span create items a spool file holds, and whether that is exact: from its checked header when it
+    is intact (whatever happened to the rest: truncated, bytes flipped), else the span items still readable in its
+    raw bytes (a lower bound). (0, False) if the file cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            header = _checked_header(fh.read(_HEADER_MAX))
+    except OSError:
+        return 0, False
+    if header is not None:
+        return header.spans, True
+    return count_spans(path), False
 
 
 def count_spans(path: Path, chunk_bytes: int = 1 << 20) -> int:

@@ -16,10 +16,12 @@ file over it (written before files were bounded) is rewritten as bounded files i
 `has_own_backlog` says whether files this process wrote still exist anywhere (leased by anyone): while they do,
 live items of the same runs must not be sent ahead of them.
 
-Unreadable files (not JSON, truncated, wrong shape, or over the read limit and not splittable) are moved to
-`.quarantine/` (bounded on its own: at most `max(max_file_bytes, max_bytes // 10)` bytes, oldest removed first; a
-larger file is deleted), their spans counted as dropped `spool_corrupt`, logged (rate-limited); `take_oldest`
-serves the next file and never raises.
+Unreadable files (not JSON, truncated, a checksum that does not match, wrong shape, or over the read limit and not
+splittable) are moved to `.quarantine/` (at most `max_bytes // 10` bytes, oldest removed first, a larger file
+deleted; inside the cap, and emptied first when the spool needs room), every span they held counted as dropped
+`spool_corrupt` (from the file's checked header; a file without an intact header counts the span items still
+readable in it, and `spool_corrupt_files_counted_partly` counts such files), logged once per file with its path
+(the first 100 files of a process; rate-limited after); `take_oldest` serves the next file and never raises.
 
 Threads: the thread replaying (the one holding the exporter's send lock: its background sender, a flush or a
 shutdown) calls `sending`, `take_oldest`, `give_back` and `complete`; `has_backlog` and `has_own_backlog` are asked
@@ -41,12 +43,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefactor_otel._logging import RateLimitedLog
-from prefactor_otel.spool_disk import SenderLock, base_name, names_present, quarantine, write_atomic, write_pieces
-from prefactor_otel.spool_format import CorruptFile, ItemEncoder, count_spans, decode, render, v1_pieces
+from prefactor_otel._logging import RateLimitedLog, logger
+from prefactor_otel.spool_disk import (
+    QUARANTINE,
+    SenderLock,
+    base_name,
+    names_present,
+    quarantine,
+    write_atomic,
+    write_pieces,
+)
+from prefactor_otel.spool_format import CorruptFile, ItemEncoder, decode, render, spans_in, v1_pieces
 
-_QUARANTINE = ".quarantine"
 _SENDER_POLL_S = 0.05
+_CORRUPT_FILES_LOGGED = 100  # per process, one line each; later ones are rate-limited
 
 
 @dataclass(slots=True)
@@ -59,6 +69,7 @@ class SpoolReplay:
     # State owned by Spool.__init__ (spool.py), used here.
     directory: Path
     enabled: bool
+    _max_bytes: int
     _max_file_bytes: int
     _max_item_bytes: int
     _read_limit: int
@@ -68,6 +79,8 @@ class SpoolReplay:
     _leased: dict[str, int]
     _own: set[str]
     _sender: SenderLock
+    _writer: SenderLock
+    _foreign_bytes: int
     counters: Counter[str]
     _log: RateLimitedLog
     # Spool methods used here.
@@ -75,6 +88,10 @@ class SpoolReplay:
     _rescan_due: Callable[[], bool]
     _recount: Callable[[], None]
     _forget: Callable[[str], None]
+    _refresh: Callable[[], None]
+    _lock_writer: Callable[[], bool]
+    _make_room: Callable[[int], bool]
+    _note_directory: Callable[[], None]
 
     # ------------------------------------------------------------------ reading
 
@@ -124,7 +141,8 @@ class SpoolReplay:
                 try:
                     os.replace(self.directory / name, lease)
                 except FileNotFoundError:
-                    self._index.pop(name)  # another process took it (if it was ours, it is still our backlog)
+                    # Another process took it (if it was ours, it is still our backlog): on disk, theirs now.
+                    self._foreign_bytes += self._index.pop(name)
                     self._recount()
                     continue
                 except OSError as exc:
@@ -151,15 +169,23 @@ class SpoolReplay:
     def _split_oversized(self, lease: Path, name: str) -> bool:
         """Rewrite an oversized version-1 file (written before files were bounded) as bounded files in its place.
         False (nothing left behind) if it is not one, or cannot be split."""
+        if not self._lock_writer():
+            return False
         try:
+            with contextlib.suppress(OSError):
+                self._refresh()
+            # The pieces are written while the file itself is still on disk: they must fit beside it.
             pieces = write_pieces(
                 self.directory,
                 name.removesuffix(".json"),
                 v1_pieces(lease, self._max_file_bytes, self._max_item_bytes),
                 mtime=os.stat(lease).st_mtime,
+                budget=self._max_bytes - self._total,
             )
         except (CorruptFile, OSError, ValueError):
             return False
+        finally:
+            self._writer.release()
         with contextlib.suppress(OSError):
             os.unlink(lease)  # if it stays, the next rescan takes it back: its items are sent twice, idempotently
         was_ours = name in self._own
@@ -172,20 +198,23 @@ class SpoolReplay:
         return True
 
     def _set_aside(self, path: Path, name: str, problem: Exception) -> None:
-        count = count_spans(path)
-        kept = quarantine(path, self.directory / _QUARANTINE, name, self._quarantine_bytes)
+        count, exact = spans_in(path)
+        kept = quarantine(path, self.directory / QUARANTINE, name, self._quarantine_bytes)
         self._forget(name)
         self.counters["spool_files_quarantined"] += 1
         self.counters["dropped:spool_corrupt"] += count
-        self._log.log(
-            logging.WARNING,
-            "spool_corrupt",
-            "Prefactor spool: unreadable file %s (%s): %d span(s) dropped, file %s",
-            name,
-            type(problem).__name__ if not isinstance(problem, CorruptFile) else problem,
-            count,
-            f"kept in {self.directory / _QUARANTINE}" if kept else "deleted (too large to keep)",
-        )
+        if not exact:
+            self.counters["spool_corrupt_files_counted_partly"] += 1
+        why = problem if isinstance(problem, CorruptFile) else type(problem).__name__
+        where = f"moved to {self.directory / QUARANTINE / name}" if kept else f"deleted from {self.directory}"
+        spans = f"{count} span(s)" if exact else f"{count} span(s) (those still readable in it: no intact header)"
+        message = "Prefactor spool: unreadable file %s (%s): %s dropped (spool_corrupt); the file was %s"
+        args = (name, why, spans, where)
+        # One line per file, with its path, for the first files; a directory of damaged files is summarised after.
+        if self.counters["spool_files_quarantined"] <= _CORRUPT_FILES_LOGGED:
+            logger.warning(message, *args)
+        else:
+            self._log.log(logging.WARNING, "spool_corrupt", message, *args)
 
     def complete(self, file: SpoolFile) -> None:
         with self._lock:
@@ -205,17 +234,47 @@ class SpoolReplay:
             try:
                 encoder = ItemEncoder(remaining)
                 data = render([encoder.encode(item) for item in remaining])
+            except (TypeError, ValueError, RecursionError):
+                self._put_back_whole(file.path, name)
+                return
+            # The rest is written beside the lease before the lease goes: both are on disk for a moment, so the
+            # rest is written only if both fit under the cap (write lock held); else the whole file is put back.
+            if not self._lock_writer():
+                self._put_back_whole(file.path, name)
+                return
+            try:
+                with contextlib.suppress(OSError):
+                    self._refresh()
+                if self._total + len(data) > self._max_bytes:
+                    self._put_back_whole(file.path, name)
+                    return
                 write_atomic(self.directory / name, data, mtime=os.stat(file.path).st_mtime)
                 file.path.unlink(missing_ok=True)
-            except (OSError, TypeError, ValueError, RecursionError):
+            except OSError:
                 # The lease (the whole file, resent items included: idempotent) is taken back by the next rescan.
-                self._leased.pop(name, None)
+                self._foreign_bytes += self._leased.pop(name, 0)  # still on disk until then
                 self._recount()
                 return
+            finally:
+                self._writer.release()
             self._leased.pop(name, None)
             self._index[name] = len(data)
             self._index = dict(sorted(self._index.items()))
             self._recount()
+            self._note_directory()
+
+    def _put_back_whole(self, lease: Path, name: str) -> None:
+        """Return a leased file as it is, under its name (its delivered items are sent again: idempotent)."""
+        size = self._leased.pop(name, 0)
+        try:
+            os.replace(lease, self.directory / name)
+        except OSError:
+            self._foreign_bytes += size  # left leased: the next rescan takes it back
+        else:
+            self._index[name] = size
+            self._index = dict(sorted(self._index.items()))
+            self.counters["spool_given_back_whole"] += 1
+        self._recount()
 
     # ------------------------------------------------------------------ one sender per directory
 

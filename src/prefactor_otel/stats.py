@@ -70,6 +70,9 @@ def collect_stats(
         # control: span answers that carried control.terminate, and polls of run status (docs/control.md)
         "control_terminate_answers": c["control_terminate_answers"],
         "control_polls": c["control_polls"],
+        # terminations of runs this process did not open (replayed from the spool of a process that ended): their
+        # spooled items are dropped (`run_terminated`), this process's callbacks are not called
+        "control_terminations_not_ours": c["control_terminations_not_ours"],
         "spans_queued": queued,
         "open_traces": open_traces,
         "instances_registered": c["instances_registered"],
@@ -86,6 +89,17 @@ def collect_stats(
         "spans_replayed": c["spans_replayed"],
         "spans_kept_unplanned": c["spans_kept_unplanned"],
         "spool_backlog_bytes": backlog.spool.backlog_bytes if backlog is not None else 0,
+        # every byte in the spool directory as last counted (what spool_max_bytes bounds)
+        "spool_disk_bytes": backlog.spool.disk_bytes if backlog is not None else 0,
+        # items the spool could not take (they did not fit under the cap even after dropping the oldest files, or
+        # another process held the spool's write lock too long): kept in memory, not dropped
+        "spool_refused_items": c["spool_refused_items"],
+        "spool_write_lock_busy": c["spool_write_lock_busy"],
+        # spool files found unreadable (moved to the quarantine or deleted): their spans are in
+        # dropped_by_reason["spool_corrupt"], exactly for files whose checked header survived; for the files
+        # counted here too (no intact header) only the span items still readable in them are counted
+        "spool_files_quarantined": c["spool_files_quarantined"],
+        "spool_corrupt_files_counted_partly": c["spool_corrupt_files_counted_partly"],
         "spool_enabled": backlog is not None,
         "requests_by_outcome": {k.removeprefix("outcome:"): v for k, v in c.items() if k.startswith("outcome:")},
     }
