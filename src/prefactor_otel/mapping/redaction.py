@@ -44,7 +44,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from prefactor_otel.mapping.secret_patterns import SHORT_GATE_LITERALS, ValueRule, default_rules
+from prefactor_otel.mapping.secret_patterns import SHORT_GATE_PATTERN, ValueRule, default_rules
 
 RedactCallback = Callable[[str, str], str]
 MASK = "[REDACTED]"
@@ -164,9 +164,9 @@ class Redactor:
         self._rules = tuple(rules + user_rules)
         self._user_rules = tuple(user_rules)
         self._any_lower = any(rule.lower for rule in self._rules)
-        # One regex over every default literal: cheaper than the per-rule checks on short strings (identifiers,
-        # model names), which are most values; long strings go through the per-rule gates instead.
-        self._short_gate = re.compile("|".join(map(re.escape, SHORT_GATE_LITERALS))) if defaults else None
+        # One regex over every default literal (and a key's DER header): cheaper than the per-rule checks on short
+        # strings (identifiers, model names), which are most values; long strings go through the per-rule gates.
+        self._short_gate = re.compile(SHORT_GATE_PATTERN) if defaults else None
         self._structural = _STRUCTURAL_KEYS if defaults and not user_rules else frozenset()
         self._defaults = defaults
         user_keys = {k.strip().lower() for k in keys if k.strip()}

@@ -8,6 +8,7 @@ thread may apply them.
 
 from __future__ import annotations
 
+import binascii
 import re
 
 
@@ -155,6 +156,237 @@ class _AwsSecretRule(ValueRule):
         return "".join(pieces), len(found)
 
 
+class _KeyBodyRule(ValueRule):
+    """Private-key material without its BEGIN line: the markers were stripped, or a key was split over several
+    values (each holding some of its lines). The `private_key` rule above masks whole blocks and a BEGIN line with
+    what follows it; this one masks, in what is left:
+
+    - a **PEM layout**: two or more consecutive lines of exactly 64 base64 characters (PEM, PGP armor) or 70
+      (OpenSSH), with the shorter last line that follows them (`=` padding). Lines end with LF, CRLF, or the
+      escaped `\n` / `\r\n` of JSON-in-a-string. A line is one only if it holds both upper and lower case letters
+      (hex digests, DNA and upper-case identifiers do not), and a body framed by a BEGIN line naming something public
+      (`CERTIFICATE`, `PUBLIC KEY`, `PGP SIGNATURE`) stays;
+    - a **key header**: base64 starting where a private key's DER starts (a SEQUENCE holding version 0 or 1 then an
+      INTEGER, SEQUENCE or OCTET STRING: PKCS#1, PKCS#8, SEC1, DSA; a PKCS#8 encryption algorithm; a PKCS#12 store),
+      OpenSSH's `openssh-key-v1`, or the base64 of a whole `-----BEGIN ... PRIVATE KEY-----` block (Kubernetes
+      secrets): the line, and the following lines of the same width (64, 70 or 76), whatever its layout (a key on one
+      line too);
+    - the lines just before an `-----END ... PRIVATE KEY-----` line, whatever their width (the tail of a split key).
+
+    Ordinary base64 stays: a single line of any width (a data: image, a JWT, an id), MIME's 76-character lines
+    (unless an OpenSSH key starts them). Cheap on the hot path: three literal probes decide whether any regex runs
+    (a line break followed by 64 base64 characters, an `M` at the start of a word, the END line), and most GenAI
+    text fails all three after one pass of C code."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__("private_key", _WIDTH_PROBE.pattern)
+
+    def apply(self, text: str, lowered: str | None) -> tuple[str, int]:
+        found: list[tuple[int, int]] = []
+        if "-----END" in text:
+            _before_end_lines(text, found)
+        if _WIDTH_PROBE.search(text) is not None:
+            _pem_layouts(text, found)
+        if _HEADER_PROBE.search(text) is not None or _OPENSSH in text or _BASE64_PEM in text:
+            _key_headers(text, found)
+        if not found:
+            return text, 0
+        found.sort()
+        pieces: list[str] = []
+        done = count = 0
+        for start, end in found:
+            if end <= done:
+                continue  # inside the previous span
+            if start < done:
+                start = done  # overlapping: the previous marker already covers its head
+            else:
+                count += 1
+                pieces.append(text[done:start])
+                pieces.append(self.marker)
+            done = end
+        pieces.append(text[done:])
+        return "".join(pieces), count
+
+
+_B64_ALPHABET = "A-Za-z0-9+/"
+_LINE_BREAK = r"(?:\r?\n|\\r\\n|\\n)"  # a line break: real, or escaped inside JSON-in-a-string
+_LINE_BREAK_RE = re.compile(_LINE_BREAK)
+_LINE_START = r"(?:(?<![A-Za-z0-9+/\\])|(?<=\\n))"  # not inside a longer base64 run (`key=` may precede)
+
+
+def _width_run(width: int) -> str:
+    full = f"[{_B64_ALPHABET}]{{{width}}}"
+    last = f"(?:[{_B64_ALPHABET}]{{{width}}}|[{_B64_ALPHABET}]{{{width - 1}}}=|[{_B64_ALPHABET}]{{{width - 2}}}==)"
+    tail = f"[{_B64_ALPHABET}]{{1,{width - 1}}}={{0,2}}"
+    return f"{full}(?:{_LINE_BREAK}{full})*{_LINE_BREAK}{last}(?:{_LINE_BREAK}{tail})?(?![{_B64_ALPHABET}=])"
+
+
+# The second line of any PEM layout: a line break, then (at least) 64 base64 characters. Starts with a literal
+# character, so `re` scans for it in C and tries the class only after a line break.
+_WIDTH_PROBE = re.compile(r"(?:\n|\\n)[A-Za-z0-9+/]{64}")
+_PEM_LAYOUT = re.compile(_LINE_START + "(?:" + _width_run(64) + "|" + _width_run(70) + ")")
+_PUBLIC_BEGIN = re.compile(r"-----BEGIN (?P<label>[A-Z0-9 ]+)-----(?:[ \t]*" + _LINE_BREAK + r"){1,2}\Z")
+# `M` (DER's SEQUENCE) at the start of a base64 word, with a definite length (A-H: short form, I: long form) and
+# enough characters to decode the header from.
+_HEADER_PROBE = re.compile(r"M(?:(?<![A-Za-z0-9+/]M)|(?<=\\nM))[A-I][A-Za-z0-9+/]{30}")
+_OPENSSH = "b3BlbnNzaC1rZXktdjE"  # base64 of "openssh-key-v1"
+_BASE64_PEM = "LS0tLS1CRUdJTi"  # base64 of "-----BEGIN"
+_B64_WORD = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_KEY_WIDTHS = (64, 70, 76)
+_B64_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/+")
+_END_MARKER = re.compile(r"-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
+_REVERSED_BODY = re.compile(r"(?:n\\|r\\|[A-Za-z0-9+/=\r\n])*")  # base64 lines read backwards ("\\n" reversed)
+_END_LOOKBACK = 16384  # characters searched backwards from an END line (a 4096-bit RSA key is about 3,300)
+_PBE_OIDS = (b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x05", b"\x06\x0a\x2a\x86\x48\x86\xf7\x0d\x01\x0c\x01")
+
+
+def _mixed_case(line: str) -> bool:
+    return line.upper() != line and line.lower() != line
+
+
+def _decoded(text: str, start: int, size: int) -> bytes:
+    """The bytes of (at most) the first `size` base64 characters from `start`, whole quartets only."""
+    chars = _B64_WORD.match(text, start, start + size).group().rstrip("=")  # type: ignore[union-attr]
+    try:
+        return binascii.a2b_base64(chars[: len(chars) // 4 * 4])
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def _der_body(head: str) -> bytes:
+    """What follows the outer SEQUENCE header of the DER that base64 starts with (its first 32 characters), or
+    b"" when it does not start with one."""
+    der = _decoded(head, 0, 32)
+    if len(der) < 12 or der[0] != 0x30:
+        return b""
+    length = der[1]
+    body = der[2:] if length < 0x80 else der[2 + (length & 0x7F) :] if 0x81 <= length <= 0x83 else b""
+    return body if len(body) >= 4 else b""
+
+
+def _public_der(head: str) -> bool:
+    """Whether base64 starts with the DER of something public: a SEQUENCE opening with a SEQUENCE that starts with an
+    OID (a public key's algorithm), a [0] version or an INTEGER (a certificate, a certificate request) and is no
+    encryption algorithm."""
+    body = _der_body(head)
+    if body[:1] != b"\x30" or _private_der(head):
+        return False
+    inner = body[1]
+    content = body[2:] if inner < 0x80 else body[2 + (inner & 0x7F) :]
+    return content[:1] in (b"\x06", b"\xa0", b"\x02")
+
+
+def _private_der(head: str) -> bool:
+    """Whether base64 starts with the DER of a private key (decoded from its first 32 characters)."""
+    body = _der_body(head)
+    if not body:
+        return False
+    if body[0] == 0x02 and body[1] == 0x01:  # INTEGER version: PKCS#1, PKCS#8, SEC1, DSA; PKCS#12 (3)
+        return (body[2] in (0, 1) and body[3] in (0x02, 0x30, 0x04)) or (body[2] == 3 and body[3] == 0x30)
+    if body[0] == 0x30:  # EncryptedPrivateKeyInfo: SEQUENCE { AlgorithmIdentifier { a PKCS#5 / PKCS#12 PBE }, ...}
+        inner = body[1]
+        algorithm = body[2:] if inner < 0x80 else body[2 + (inner & 0x7F) :]
+        return algorithm.startswith(_PBE_OIDS)
+    return False
+
+
+def _pem_layouts(text: str, found: list[tuple[int, int]]) -> None:
+    for match in _PEM_LAYOUT.finditer(text):
+        lines = _LINE_BREAK_RE.split(match.group())
+        if not all(_mixed_case(line) for line in lines if len(line) >= 64):
+            continue  # hex digests, sequences, identifiers: not base64 of key material
+        start = match.start()
+        framed = _PUBLIC_BEGIN.search(text, max(0, start - 100), start)
+        if framed is not None and "PRIVATE" not in framed.group("label") and not _private_der(lines[0]):
+            continue  # a certificate's or a public key's body
+        if _public_der(lines[0]):
+            continue  # the same without its BEGIN line
+        found.append(match.span())
+
+
+def _key_headers(text: str, found: list[tuple[int, int]]) -> None:
+    starts = [match.start() for match in _HEADER_PROBE.finditer(text) if _private_der(match.group())]
+    for literal in (_OPENSSH, _BASE64_PEM):
+        at = text.find(literal)
+        while at != -1:
+            word_start = at == 0 or text[at - 1] not in _B64_START or text[at - 2 : at] == "\\n"
+            if word_start and (literal is _OPENSSH or b"PRIVATE KEY" in _decoded(text, at, 80)):
+                starts.append(at)
+            at = text.find(literal, at + 1)
+    for start in starts:
+        end = _B64_WORD.match(text, start).end()  # type: ignore[union-attr]
+        width = end - start
+        if width < 40:
+            continue
+        if width in _KEY_WIDTHS:  # a wrapped key: the following lines of the same width, and the last
+            while True:
+                brk = _LINE_BREAK_RE.match(text, end)
+                if brk is None:
+                    break
+                line_end = _B64_WORD.match(text, brk.end()).end()  # type: ignore[union-attr]
+                length = line_end - brk.end()
+                if length == 0 or length > width:
+                    break
+                end = line_end
+                if length < width:
+                    break
+        found.append((start, end))
+
+
+def _before_end_lines(text: str, found: list[tuple[int, int]]) -> None:
+    for marker in _END_MARKER.finditer(text):
+        low = max(0, marker.start() - _END_LOOKBACK)
+        body = _REVERSED_BODY.match(text[low : marker.start()][::-1])
+        length = body.end() if body is not None else 0
+        if text[marker.start() - length : marker.start()].strip("\r\n"):
+            found.append((marker.start() - length, marker.end()))
+
+
+class _WebhookRule(ValueRule):
+    """Incoming-webhook URLs, whose path (or `sig`) is the credential: whoever has it can post as the app. Slack
+    (`hooks.slack.com/services|workflows|triggers/...`), Discord (`discord.com/api/webhooks/<id>/<token>`), Microsoft
+    Teams (`*.webhook.office.com/webhookb2/...`, `outlook.office.com/webhook/...`) and the Power Automate / Logic
+    Apps workflow URLs Teams now uses (`...logic.azure.com/workflows/...&sig=<signature>`). The host and the route
+    stay, the secret part becomes the marker. Found by literal triggers in the lowered text; the regex (case
+    insensitive, so slow to scan) runs only on values holding one."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(
+            "webhook_url",
+            r"(?i)(?:hooks\.slack\.com/(?:services|workflows|triggers)/(?P<slack>[A-Za-z0-9]+(?:/[A-Za-z0-9_-]+)+)"
+            r"|discord(?:app)?\.com/api/(?:v\d+/)?webhooks/\d+/(?P<discord>[A-Za-z0-9_-]{16,})"
+            r"|(?:\.webhook\.office\.com/webhookb2|outlook\.office(?:365)?\.com/webhook)/"
+            r"(?P<teams>[A-Za-z0-9@/_-]{16,})"
+            r"|(?:logic\.azure\.com|api\.powerplatform\.com)[^\s\"'<>]*?(?:[?&]|\\u0026|&amp;)sig="
+            r"(?P<sig>[A-Za-z0-9%_-]{8,}))",
+            triggers=("hooks.slack.com", "webhook", "sig="),
+            lower=True,
+        )
+
+    def apply(self, text: str, lowered: str | None) -> tuple[str, int]:
+        haystack = lowered if lowered is not None else text.lower()
+        if "hooks.slack.com" not in haystack and "webhook" not in haystack and "sig=" not in haystack:
+            return text, 0
+        pieces: list[str] = []
+        done = count = 0
+        for match in self.pattern.finditer(text):
+            group = match.lastgroup  # the one named group of the branch that matched
+            if group is None:
+                continue
+            pieces.append(text[done : match.start(group)])
+            pieces.append(self.marker)
+            done = match.end(group)
+            count += 1
+        if not count:
+            return text, 0
+        pieces.append(text[done:])
+        return "".join(pieces), count
+
+
 # `key": "value`, `key=value`, `key: value` (also with escaped quotes, inside JSON-in-a-string): the value only.
 _ASSIGNED = r"(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?"
 # An assigned value that is a secret: not a JSON literal, number, object or array (masking those would break the
@@ -189,10 +421,13 @@ def default_rules() -> list[ValueRule]:
         ValueRule("slack_token", r"xox[abposr]-[A-Za-z0-9-]{10,}", gate="-", boundary=True),
         ValueRule(
             "private_key",
-            r"-----BEGIN[A-Z ]*PRIVATE KEY-----.*?(?:-----END[A-Z ]*PRIVATE KEY-----|\Z)",
+            # PEM and OpenSSH keys; PGP's `PRIVATE KEY BLOCK`. A BEGIN line without its END masks to the end.
+            r"-----BEGIN[A-Z ]*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END[A-Z ]*PRIVATE KEY(?: BLOCK)?-----|\Z)",
             gate="-",
             flags=re.DOTALL,
         ),
+        # The body of a key without its BEGIN line (split over several values, or the markers stripped).
+        _KeyBodyRule(),
         ValueRule(
             "password",
             # password=..., "password": "...", also inside JSON-in-a-string where quotes are escaped
@@ -210,12 +445,17 @@ def default_rules() -> list[ValueRule]:
         ),
         # scheme://user:password@host: the password only
         ValueRule("url_credentials", r"://[^\s:/@\"'\\]+:(?P<secret>[^\s@/\"'\\]+)@", gate="@"),
+        _WebhookRule(),
     ]
 
 
 # Literals of which every default match contains one (case variants of the case-insensitive rules included).
 SHORT_GATE_LITERALS = (
-    "sk-", "eyJ", "AKIA", "ASIA", "gh", "github_pat_", "AIza", "xox", "-----BEGIN", "://",
+    "sk-", "eyJ", "AKIA", "ASIA", "gh", "github_pat_", "AIza", "xox", "-----BEGIN", "-----END", "://",
     "bearer", "Bearer", "BEARER", "passw", "Passw", "PASSW", "pwd", "Pwd", "PWD",
-    "uthoriz", "UTHORIZ", "ecret", "ECRET",
+    "uthoriz", "UTHORIZ", "ecret", "ECRET", "hooks.slack", "Hooks.slack", "HOOKS.SLACK", "ebhook", "EBHOOK",
+    "sig=", "Sig=", "SIG=", _OPENSSH, _BASE64_PEM,
 )  # fmt: skip
+# Every default match that a short value can hold contains one of the literals or this: a key's DER header (a
+# one-line Ed25519 key is 64 characters, the first line of a split key too).
+SHORT_GATE_PATTERN = "|".join([*map(re.escape, SHORT_GATE_LITERALS), _HEADER_PROBE.pattern])
