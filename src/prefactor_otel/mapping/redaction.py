@@ -44,7 +44,13 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from prefactor_otel.mapping.secret_patterns import SHORT_GATE_PATTERN, ValueRule, default_rules
+from prefactor_otel.mapping.secret_patterns import (
+    KEY_BODY_RULE,
+    SHORT_GATE_PATTERN,
+    ValueRule,
+    default_rules,
+    key_line_items,
+)
 
 RedactCallback = Callable[[str, str], str]
 MASK = "[REDACTED]"
@@ -320,9 +326,24 @@ class Redactor:
                     out[key] = self._nested(item, f"{path}.{key}", log, depth + 1)
             return out
         if isinstance(value, (tuple, list, Sequence)):
-            items = [self._nested(item, f"{path}[{index}]", log, depth + 1) for index, item in enumerate(value)]
+            # OTel arrays are homogeneous: only string arrays can hold a key's lines (vectors of floats are walked
+            # once, as before)
+            strings = self._defaults and len(value) >= 2 and isinstance(value[0], str)
+            key_lines = frozenset(key_line_items(value)) if strings else frozenset()
+            items = [
+                self._key_line(f"{path}[{index}]", log)
+                if index in key_lines
+                else self._nested(item, f"{path}[{index}]", log, depth + 1)
+                for index, item in enumerate(value)
+            ]
             return tuple(items) if isinstance(value, tuple) else items
         return self._text(str(value), path, None, log)  # what json_safe would send: its str()
+
+    @staticmethod
+    def _key_line(path: str, log: list[dict[str, Any]]) -> str:
+        """A sequence item that is a line of a private key (secret_patterns.key_line_items)."""
+        log.append({"path": path, "rule": KEY_BODY_RULE})
+        return f"[REDACTED:{KEY_BODY_RULE}]"
 
     def redact_keys_in(self, value: Any, path: str, log: list[dict[str, Any]], depth: int = 0) -> None:
         """Mask, in place, string values under secret-named keys inside parsed JSON (tool arguments, results,

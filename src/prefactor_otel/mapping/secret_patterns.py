@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import re
+from collections.abc import Sequence
 
 
 class ValueRule:
@@ -156,6 +157,9 @@ class _AwsSecretRule(ValueRule):
         return "".join(pieces), len(found)
 
 
+KEY_BODY_RULE = "private_key"  # the body of a key is masked as the whole block is
+
+
 class _KeyBodyRule(ValueRule):
     """Private-key material without its BEGIN line: the markers were stripped, or a key was split over several
     values (each holding some of its lines). The `private_key` rule above masks whole blocks and a BEGIN line with
@@ -181,7 +185,7 @@ class _KeyBodyRule(ValueRule):
     __slots__ = ()
 
     def __init__(self) -> None:
-        super().__init__("private_key", _WIDTH_PROBE.pattern)
+        super().__init__(KEY_BODY_RULE, _WIDTH_PROBE.pattern)
 
     def apply(self, text: str, lowered: str | None) -> tuple[str, int]:
         found: list[tuple[int, int]] = []
@@ -333,6 +337,28 @@ def _key_headers(text: str, found: list[tuple[int, int]]) -> None:
                 if length < width:
                     break
         found.append((start, end))
+
+
+def key_line_items(items: Sequence[object]) -> list[int]:
+    """The indexes of the items of a sequence attribute that are lines of a key body: two or more consecutive strings
+    of exactly 64 or 70 base64 characters (mixed case, as in `_pem_layouts`) and the shorter base64 string after
+    them. A key split over a string array, one line per item, is as much a key as one split over values."""
+    found: list[int] = []
+    run: list[int] = []
+    width = 0
+    for index, item in enumerate([*items, None]):
+        line = item if isinstance(item, str) else ""
+        full = len(line) in (64, 70) and _mixed_case(line) and _B64_WORD.fullmatch(line) is not None
+        if full and (not run or len(line) == width):
+            run.append(index)
+            width = len(line)
+            continue
+        if len(run) >= 2 and not _public_der(items[run[0]]):  # type: ignore[arg-type]
+            found.extend(run)
+            if 0 < len(line) < width and _B64_WORD.fullmatch(line) is not None:
+                found.append(index)  # the last line
+        run, width = ([index], len(line)) if full else ([], 0)
+    return found
 
 
 def _before_end_lines(text: str, found: list[tuple[int, int]]) -> None:
