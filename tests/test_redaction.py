@@ -325,6 +325,7 @@ _RNG = random.Random(1919)
 RSA_PKCS8 = _b64_lines(bytes.fromhex("308204bd020100300d06092a864886f70d0101010500") + _RNG.randbytes(1195))
 ED25519_PKCS8 = base64.b64encode(bytes.fromhex("302e020100300506032b657004220420") + _RNG.randbytes(32)).decode()
 EC_SEC1 = _b64_lines(bytes.fromhex("30770201010420") + _RNG.randbytes(114))
+EC_PEM = "-----BEGIN EC PRIVATE KEY-----\n" + "\n".join(EC_SEC1) + "\n-----END EC PRIVATE KEY-----\n"
 MIDDLE = RSA_PKCS8[5:9]  # four lines from inside the body: no header, no marker
 OPENSSH = _b64_lines(b"openssh-key-v1\x00" + _RNG.randbytes(400), 70)
 CERTIFICATE = _b64_lines(bytes.fromhex("308203a130820289a003020102") + _RNG.randbytes(920))
@@ -348,7 +349,7 @@ PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAA" + base64.b64encode(_RNG.r
         (ED25519_PKCS8, ""),  # a whole Ed25519 key is one line of 64
         ("PRIVATE_KEY=" + "".join(RSA_PKCS8), "PRIVATE_KEY="),  # a key on one line (an environment variable)
         ("\n".join(OPENSSH), ""),  # OpenSSH: lines of 70
-        ("tls.key: " + base64.b64encode(b"-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n").decode(), "tls.key: "),
+        ("tls.key: " + base64.b64encode(EC_PEM.encode()).decode(), "tls.key: "),  # a Kubernetes secret
         ("-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBGA\n=abcd\n-----END PGP PRIVATE KEY BLOCK-----", ""),
         ("\n".join([*MIDDLE[:2], "-----BEGIN CERTIFICATE-----"]), ""),  # a marker after: still a body
     ],
