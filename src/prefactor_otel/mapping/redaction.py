@@ -8,8 +8,10 @@ Three kinds of rules, applied in this order:
    whitespace inside): DSPy's `StringSignature(question -> answer ...)` is a program, not an HMAC.
 2. **Value rules**: secret-looking substrings anywhere in a string (OpenAI-style `sk-...` keys, bearer tokens,
    `Authorization` / `Proxy-Authorization: Basic ...`, JWTs, cloud keys, an AWS secret access key next to its
-   `AKIA`/`ASIA` key id, private-key blocks, `password=...`, secret assignments such as `client_secret=...`,
-   `"secret_key": "..."` or `AWS_SECRET_ACCESS_KEY: ...`, credentials in URLs; plus the user's
+   `AKIA`/`ASIA` key id, private-key blocks, and a key's body without its BEGIN line (a key split over several
+   values: PEM-width base64 lines, a key's DER header, the lines before an END line), `password=...`, secret
+   assignments such as `client_secret=...`, `"secret_key": "..."` or `AWS_SECRET_ACCESS_KEY: ...`, credentials in
+   URLs, incoming-webhook URLs (Slack, Discord, Teams, Power Automate's `sig`); plus the user's
    PREFACTOR_REDACT_PATTERNS) are replaced by `[REDACTED:<rule>]` (the rules are in secret_patterns.py). Where a
    rule has a `secret` group only that part is replaced, so `password=[REDACTED:password]` still reads. An assigned
    JSON literal (`null`, a number, an object) is left alone: it is no credential, and masking it would break the JSON
@@ -31,6 +33,7 @@ sent (span metadata and the agent version). Non-string values are not exempt:
   become U+FFFD), so they are decoded first and then treated exactly like a string: masked under a secret key,
   value-scanned otherwise.
 - Sequences and mappings (OTel allows both, nested) are walked: key rules on mapping keys, value rules on strings.
+  The items of a string array that are the lines of a key (one line per item) are masked as a key body is.
 - Fail closed on depth: whatever lies deeper than `MAX_DEPTH` containers is replaced by `[REDACTED:depth_limit]`
   (recorded), never sent unexamined.
 
