@@ -172,17 +172,19 @@ class _KeyBodyRule(ValueRule):
       (`CERTIFICATE`, `PUBLIC KEY`, `PGP SIGNATURE`), or whose DER starts as a certificate or public key does, stays;
     - a **key header**: base64 starting where a private key's DER starts (a SEQUENCE holding version 0 or 1 then an
       INTEGER, SEQUENCE or OCTET STRING: PKCS#1, PKCS#8, SEC1, DSA; a PKCS#8 encryption algorithm; a PKCS#12 store),
-      or the base64 of a whole `-----BEGIN ... PRIVATE KEY-----` block (Kubernetes secrets): that line, whatever its
-      length (a key on one line, a one-line Ed25519 key), and the lines of the same width (64, 70, 76) after it;
+      OpenSSH's `openssh-key-v1`, or the base64 of a whole `-----BEGIN ... PRIVATE KEY-----` block (Kubernetes
+      secrets): that line, whatever its length (a key on one line, a one-line Ed25519 key), and the lines of the
+      same width (64, 70, 76) after it;
     - the lines just before an `-----END ... PRIVATE KEY-----` line, whatever their width (the tail of a split key).
 
     Ordinary base64 stays: a single line of any width that is no key's start (a data: image, a JWT, an id), MIME's
-    lines of 76. Not recognised: a fragment of fewer than two lines holding neither a key's first line nor its END
-    line (nothing tells it from other base64), an OpenSSH key on one line or in lines of 76.
+    lines of 76 (unless a key's header starts them). Not recognised: a fragment of fewer than two lines holding
+    neither a key's first line nor its END line (nothing tells it from other base64).
 
-    Cheap on the hot path: four probes that each start with a literal, so `re` / `in` scan for it in C (a line
-    break followed by 64 base64 characters, the same escaped, an `M` starting a base64 word, the END line, the
-    base64 of `-----BEGIN`), decide whether anything else runs; GenAI text fails them all in about 1.5 us per KB.
+    Cheap on the hot path: probes that each start with a literal, so `re` / `in` scan for it in C (a line break
+    followed by 64 base64 characters, the same escaped, an `M` starting a base64 word, the END line, the base64 of
+    `-----BEGIN` and of `openssh-key-v1`), decide whether anything else runs; GenAI text fails them all in about
+    2 us per KB. The few hits are then matched where they are (anchored), never by a scan of the whole text.
     """
 
     __slots__ = ()
@@ -197,9 +199,9 @@ class _KeyBodyRule(ValueRule):
         if _WIDTH_PROBE.search(text) is not None or ("\\" in text and _ESCAPED_WIDTH_PROBE.search(text) is not None):
             _pem_layouts(text, found)
         header = _HEADER_PROBE.search(text) is not None
-        encoded_pem = _BASE64_PEM in text
-        if header or encoded_pem:
-            _key_headers(text, found, header, encoded_pem)
+        literals = [literal for literal in (_OPENSSH, _BASE64_PEM) if literal in text]
+        if header or literals:
+            _key_headers(text, found, header, literals)
         if not found:
             return text, 0
         found.sort()
@@ -242,6 +244,7 @@ _PUBLIC_BEGIN = re.compile(r"-----BEGIN (?P<label>[A-Z0-9 ]+)-----(?:[ \t]*" + _
 # enough characters to decode the header from.
 _HEADER_PROBE = re.compile(r"M(?:(?<![A-Za-z0-9+/]M)|(?<=\\nM))[A-I][A-Za-z0-9+/]{30}")
 _BASE64_PEM = "LS0tLS1CRUdJTi"  # base64 of "-----BEGIN"
+_OPENSSH = "b3BlbnNzaC1rZXktdjE"  # base64 of "openssh-key-v1" (an OpenSSH private key)
 _B64_WORD = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _KEY_WIDTHS = (64, 70, 76)
 _B64_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/+")
@@ -302,27 +305,48 @@ def _private_der(head: str) -> bool:
 
 
 def _pem_layouts(text: str, found: list[tuple[int, int]]) -> None:
-    for match in _PEM_LAYOUT.finditer(text):
-        lines = _LINE_BREAK_RE.split(match.group())
-        if not all(_mixed_case(line) for line in lines if len(line) >= 64):
-            continue  # hex digests, sequences, identifiers: not base64 of key material
-        start = match.start()
-        framed = _PUBLIC_BEGIN.search(text, max(0, start - 100), start)
-        if framed is not None and "PRIVATE" not in framed.group("label") and not _private_der(lines[0]):
-            continue  # a certificate's or a public key's body
-        if _public_der(lines[0]):
-            continue  # the same without its BEGIN line
-        found.append(match.span())
+    """Each probe hit is a line break followed by a long line: the layout starts at the line before it (64 or 70
+    characters back) or at the line after it. Anchored matches only: a scan of the whole text with a pattern that
+    starts with a lookbehind would cost about 100 ns a character (a megabyte of one-line base64: 0.1 s)."""
+    for probe, newline, carriage_return in ((_WIDTH_PROBE, "\n", "\r"), (_ESCAPED_WIDTH_PROBE, "\\n", "\\r")):
+        if len(newline) == 2 and "\\" not in text:
+            continue
+        breadth = len(newline)
+        hit = probe.search(text)
+        while hit is not None:
+            at = hit.start()
+            resume = at + 1
+            line_end = at - breadth if text[at - breadth : at] == carriage_return else at
+            for start in (line_end - 64, line_end - 70, at + breadth):
+                match = _PEM_LAYOUT.match(text, start) if start >= 0 else None
+                if match is not None:
+                    if _key_layout(text, match):
+                        found.append(match.span())
+                    resume = match.end()  # a layout that is no key (a certificate) is passed over whole
+                    break
+            hit = probe.search(text, resume)
 
 
-def _key_headers(text: str, found: list[tuple[int, int]], header: bool, encoded_pem: bool) -> None:
+def _key_layout(text: str, match: re.Match[str]) -> bool:
+    lines = _LINE_BREAK_RE.split(match.group())
+    if not all(_mixed_case(line) for line in lines if len(line) >= 64):
+        return False  # hex digests, sequences, identifiers: not base64 of key material
+    start = match.start()
+    framed = _PUBLIC_BEGIN.search(text, max(0, start - 100), start)
+    if framed is not None and "PRIVATE" not in framed.group("label") and not _private_der(lines[0]):
+        return False  # a certificate's or a public key's body
+    return not _public_der(lines[0])  # the same without its BEGIN line
+
+
+def _key_headers(text: str, found: list[tuple[int, int]], header: bool, literals: list[str]) -> None:
     starts = [match.start() for match in _HEADER_PROBE.finditer(text) if _private_der(match.group())] if header else []
-    at = text.find(_BASE64_PEM) if encoded_pem else -1
-    while at != -1:
-        word_start = at == 0 or text[at - 1] not in _B64_START or text[at - 2 : at] == "\\n"
-        if word_start and b"PRIVATE KEY" in _decoded(text, at, 80):
-            starts.append(at)
-        at = text.find(_BASE64_PEM, at + 1)
+    for literal in literals:
+        at = text.find(literal)
+        while at != -1:
+            word_start = at == 0 or text[at - 1] not in _B64_START or text[at - 2 : at] == "\\n"
+            if word_start and (literal is _OPENSSH or b"PRIVATE KEY" in _decoded(text, at, 80)):
+                starts.append(at)
+            at = text.find(literal, at + 1)
     for start in starts:
         end = _B64_WORD.match(text, start).end()  # type: ignore[union-attr]
         width = end - start
@@ -366,8 +390,10 @@ def key_line_items(items: Sequence[object]) -> list[int]:
 
 
 def _before_end_lines(text: str, found: list[tuple[int, int]]) -> None:
+    done = 0  # each character is walked over once however many END lines there are
     for marker in _END_MARKER.finditer(text):
-        low = max(0, marker.start() - _END_LOOKBACK)
+        low = max(done, marker.start() - _END_LOOKBACK)
+        done = marker.end()
         body = _REVERSED_BODY.match(text[low : marker.start()][::-1])
         length = body.end() if body is not None else 0
         if text[marker.start() - length : marker.start()].strip("\r\n"):
@@ -379,45 +405,72 @@ class _WebhookRule(ValueRule):
     (`hooks.slack.com/services|workflows|triggers/...`), Discord (`discord.com/api/webhooks/<id>/<token>`), Microsoft
     Teams (`*.webhook.office.com/webhookb2/...`, `outlook.office.com/webhook/...`) and the Power Automate / Logic
     Apps workflow URLs Teams now uses (`...logic.azure.com/workflows/...&sig=<signature>`). The host and the route
-    stay, the secret part becomes the marker. Found by literal triggers in the lowered text; the regex (case
-    insensitive, so slow to scan) runs only on values holding one."""
+    stay, the secret part becomes the marker.
+
+    Hosts are case-insensitive: each shape is a case-sensitive regex starting with a literal, run on the lowered
+    text (same positions as the text) and only when its trigger is in it; a `/` gate dismisses most text first. A
+    case-insensitive alternation scanned over the text costs about 50 ns a character (a megabyte of base64 holding
+    "hook" by chance: 50 ms)."""
 
     __slots__ = ()
 
     def __init__(self) -> None:
-        super().__init__(
-            "webhook_url",
-            r"(?i)(?:hooks\.slack\.com/(?:services|workflows|triggers)/(?P<slack>[A-Za-z0-9]+(?:/[A-Za-z0-9_-]+)+)"
-            r"|discord(?:app)?\.com/api/(?:v\d+/)?webhooks/\d+/(?P<discord>[A-Za-z0-9_-]{16,})"
-            r"|(?:\.webhook\.office\.com/webhookb2|outlook\.office(?:365)?\.com/webhook)/"
-            r"(?P<teams>[A-Za-z0-9@/_-]{16,})"
-            r"|(?:logic\.azure\.com|api\.powerplatform\.com)[^\s\"'<>]*?(?:[?&]|\\u0026|&amp;)sig="
-            r"(?P<sig>[A-Za-z0-9%_-]{8,}))",
-            gate="/",  # every shape has a path: one memchr dismisses most text
-            triggers=("hook", "sig="),
-            lower=True,
-        )
+        super().__init__("webhook_url", _WEBHOOKS[0][1][0].pattern, gate="/", lower=True)
 
     def apply(self, text: str, lowered: str | None) -> tuple[str, int]:
         if "/" not in text:
             return text, 0  # (the Redactor checks the gate first; kept for a direct call)
         haystack = lowered if lowered is not None else text.lower()
-        if "hook" not in haystack and ("=" not in haystack or "sig=" not in haystack):
-            return text, 0  # "hook": hooks.slack.com, webhook(s); "=" is one memchr too
+        if len(haystack) != len(text):
+            haystack = _ascii_lower(text)  # lower() changed the length (rare scripts): ASCII only, same positions
+        spans: list[tuple[int, int]] = []
+        for trigger, patterns in _WEBHOOKS:
+            if trigger in haystack:
+                for pattern in patterns:
+                    spans.extend(match.span("secret") for match in pattern.finditer(haystack))
+        if not spans:
+            return text, 0
+        spans.sort()
         pieces: list[str] = []
         done = count = 0
-        for match in self.pattern.finditer(text):
-            group = match.lastgroup  # the one named group of the branch that matched
-            if group is None:
+        for start, end in spans:
+            if start < done:
                 continue
-            pieces.append(text[done : match.start(group)])
+            pieces.append(text[done:start])
             pieces.append(self.marker)
-            done = match.end(group)
+            done = end
             count += 1
-        if not count:
-            return text, 0
         pieces.append(text[done:])
         return "".join(pieces), count
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _ascii_lower(text: str) -> str:
+    return text.translate(_ASCII_LOWER)
+
+
+# (trigger, patterns): on the lowered text, each pattern starting with a literal; `secret` is what is masked.
+_SIGNED_WORKFLOW = r"[^\s\"'<>]*?(?:[?&]|\\u0026|&amp;)sig=(?P<secret>[a-z0-9%_-]{8,})"
+_WEBHOOKS: tuple[tuple[str, tuple[re.Pattern[str], ...]], ...] = (
+    (
+        "hooks.slack",
+        (re.compile(r"hooks\.slack\.com/(?:services|workflows|triggers)/(?P<secret>[a-z0-9]+(?:/[a-z0-9_-]+)+)"),),
+    ),
+    (
+        "webhook",
+        (
+            re.compile(r"discord(?:app)?\.com/api/(?:v\d+/)?webhooks/\d+/(?P<secret>[a-z0-9_-]{16,})"),
+            re.compile(r"\.webhook\.office\.com/webhookb2/(?P<secret>[a-z0-9@/_-]{16,})"),
+            re.compile(r"outlook\.office(?:365)?\.com/webhook/(?P<secret>[a-z0-9@/_-]{16,})"),
+        ),
+    ),
+    (
+        "sig=",
+        (re.compile(r"logic\.azure\.com" + _SIGNED_WORKFLOW), re.compile(r"powerplatform\.com" + _SIGNED_WORKFLOW)),
+    ),
+)
 
 
 # `key": "value`, `key=value`, `key: value` (also with escaped quotes, inside JSON-in-a-string): the value only.
