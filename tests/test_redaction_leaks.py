@@ -1,6 +1,8 @@
 """Secrets leave the process through no field: span and event names, bytes values, nested attribute values, Basic
-credentials, AWS secret keys, deeply nested JSON, status, exceptions, links, scope and Resource. Checked on the
-mapped record, on what a real local server stored, and on the bytes of spool files written while it was down."""
+credentials, AWS secret keys, deeply nested JSON, status, exceptions, links, scope and Resource; webhook URLs and a
+private key split from its BEGIN/END lines over several attributes (issue 19). Checked on the mapped record, on what
+a real local server stored (and `serve` would write to its state file), on the journal of open runs, and on the
+bytes of spool files written while the server was down."""
 
 from __future__ import annotations
 
