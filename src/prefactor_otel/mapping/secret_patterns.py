@@ -160,10 +160,10 @@ class _AwsSecretRule(ValueRule):
 KEY_BODY_RULE = "private_key"  # the body of a key is masked as the whole block is
 
 
-class _KeyBodyRule(ValueRule):
-    """Private-key material without its BEGIN line: the markers were stripped, or a key was split over several
-    values (each holding some of its lines). The `private_key` rule above masks whole blocks and a BEGIN line with
-    what follows it; this one masks, in what is left:
+class _PrivateKeyRule(ValueRule):
+    """Private keys: a whole `-----BEGIN ... PRIVATE KEY-----` block (PEM, OpenSSH, PGP's `PRIVATE KEY BLOCK`), a
+    BEGIN line and all that follows it when its END is not there, and key material without its BEGIN line: the
+    markers were stripped, or a key was split over several values (each holding some of its lines):
 
     - a **PEM layout**: two or more consecutive lines of exactly 64 base64 characters (PEM, PGP armor) or 70
       (OpenSSH), and the shorter last line that follows them (`=` padding). Lines end with LF, CRLF, or the escaped
@@ -181,11 +181,11 @@ class _KeyBodyRule(ValueRule):
     lines of 76 (unless a key's header starts them). Not recognised: a fragment of fewer than two lines holding
     neither a key's first line nor its END line (nothing tells it from other base64).
 
-    Cheap on the hot path: probes that each start with a literal, so `re` / `in` scan for it in C (a line break
-    followed by 64 base64 characters, the same escaped, an `M` starting a base64 word, the END line, the base64 of
-    `-----BEGIN` and of `openssh-key-v1`), decide whether anything else runs; GenAI text fails them all in about
-    2 us per KB. The few hits are then matched where they are (anchored), never by a scan of the whole text.
-    """
+    Cheap on the hot path: probes that each start with a literal, so `re` / `in` scan for it in C (`-----` for the
+    BEGIN and END lines, a line break followed by 64 base64 characters, the same escaped, an `M` starting a base64
+    word, the base64 of `-----BEGIN` and of `openssh-key-v1`), decide whether anything else runs; GenAI text fails
+    them all in about 2 us per KB. The few hits are then matched where they are (anchored), never by a scan of the
+    whole text with a pattern that starts with a character class (about 100 times slower)."""
 
     __slots__ = ()
 
@@ -194,8 +194,8 @@ class _KeyBodyRule(ValueRule):
 
     def apply(self, text: str, lowered: str | None) -> tuple[str, int]:
         found: list[tuple[int, int]] = []
-        if "-----END" in text:
-            _before_end_lines(text, found)
+        if "-" in text:
+            _marked_blocks(text, found)
         if _WIDTH_PROBE.search(text) is not None or ("\\" in text and _ESCAPED_WIDTH_PROBE.search(text) is not None):
             _pem_layouts(text, found)
         header = _HEADER_PROBE.search(text) is not None
@@ -248,7 +248,13 @@ _OPENSSH = "b3BlbnNzaC1rZXktdjE"  # base64 of "openssh-key-v1" (an OpenSSH priva
 _B64_WORD = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _KEY_WIDTHS = (64, 70, 76)
 _B64_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/+")
-_END_MARKER = re.compile(r"-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
+# A BEGIN ... END block (PEM, OpenSSH, PGP's `PRIVATE KEY BLOCK`; a BEGIN line without its END: to the end of the
+# value), or an END line alone (the lines before it are the tail of a key). One scan: the regex starts with "-----".
+_MARKED = re.compile(
+    r"-----(?:(?P<block>BEGIN[A-Z ]*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END[A-Z ]*PRIVATE KEY(?: BLOCK)?-----|\Z))"
+    r"|END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----)",
+    re.DOTALL,
+)
 _REVERSED_BODY = re.compile(r"(?:n\\|r\\|[A-Za-z0-9+/=\r\n])*")  # base64 lines read backwards ("\\n" reversed)
 _END_LOOKBACK = 16384  # characters searched backwards from an END line (a 4096-bit RSA key is about 3,300)
 _PBE_OIDS = (b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x05", b"\x06\x0a\x2a\x86\x48\x86\xf7\x0d\x01\x0c\x01")
@@ -389,9 +395,13 @@ def key_line_items(items: Sequence[object]) -> list[int]:
     return found
 
 
-def _before_end_lines(text: str, found: list[tuple[int, int]]) -> None:
+def _marked_blocks(text: str, found: list[tuple[int, int]]) -> None:
     done = 0  # each character is walked over once however many END lines there are
-    for marker in _END_MARKER.finditer(text):
+    for marker in _MARKED.finditer(text):
+        if marker.group("block") is not None:
+            found.append(marker.span())
+            done = marker.end()
+            continue
         low = max(done, marker.start() - _END_LOOKBACK)
         done = marker.end()
         body = _REVERSED_BODY.match(text[low : marker.start()][::-1])
@@ -505,15 +515,8 @@ def default_rules() -> list[ValueRule]:
         ),
         ValueRule("google_api_key", r"AIza" + token + "{35}", gate="z", boundary=True),
         ValueRule("slack_token", r"xox[abposr]-[A-Za-z0-9-]{10,}", gate="-", boundary=True),
-        ValueRule(
-            "private_key",
-            # PEM and OpenSSH keys; PGP's `PRIVATE KEY BLOCK`. A BEGIN line without its END masks to the end.
-            r"-----BEGIN[A-Z ]*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END[A-Z ]*PRIVATE KEY(?: BLOCK)?-----|\Z)",
-            gate="-",
-            flags=re.DOTALL,
-        ),
-        # The body of a key without its BEGIN line (split over several values, or the markers stripped).
-        _KeyBodyRule(),
+        # Private keys: whole blocks, and a key's body without its BEGIN line (split over values, markers stripped).
+        _PrivateKeyRule(),
         ValueRule(
             "password",
             # password=..., "password": "...", also inside JSON-in-a-string where quotes are escaped
