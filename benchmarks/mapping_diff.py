@@ -5,8 +5,9 @@ Usage: python benchmarks/mapping_diff.py [--ref HEAD] [--spans 3000]
 Extracts `src/prefactor_otel` as committed at REF into a temporary directory under another package name, then
 maps the same spans with both versions and compares every SpanRecord field (payloads compared as JSON) under
 three option sets: defaults; short length limits with extra redaction keys and patterns; capture off. Spans: the
-benchmark workload, the recorded Traceloop fixtures replayed, and random odd attribute shapes across the
-conventions. Prints counts and the first differences; exits 1 if any record differs. Nothing leaves the process.
+benchmark workload, every recorded GenAI fixture (tests/fixtures/semconv/*.json) replayed, and random odd
+attribute shapes across the conventions. Prints counts and the first differences; exits 1 if any record differs.
+Nothing leaves the process.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def all_spans(count: int) -> Iterator[tuple[str, ReadableSpan]]:
 
     for span in SpanSource(seed=3).spans(count):
         yield "workload", span
-    for fixture in ("traceloop_0_47_openai.json", "traceloop_0_62_langchain.json"):
+    for fixture in sorted(path.name for path in replay.HERE.glob("*.json")):  # every recorded GenAI fixture
         for span in replay.load(fixture):
             yield fixture, span
     for span in odd_spans(count // 3):

@@ -3,7 +3,10 @@ UTF-8-safe truncation, the configuration options, and secrets never reaching the
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import random
 import sys
 import types
 from collections.abc import Iterator
@@ -307,3 +310,142 @@ def test_a_signature_is_masked_when_shaped_like_a_credential_and_kept_when_it_is
     assert nested == {"call": {"signature": program, "request": {"signature": "[REDACTED:signature_key]"}}}
     walked = redactor.redact_attributes({"args": ({"signature": program}, {"signature": hmac})}, "attributes", log)
     assert walked["args"] == ({"signature": program}, {"signature": "[REDACTED:signature_key]"})
+
+
+# --------------------------------------------------------------------------- webhook URLs and key bodies (issue 19)
+
+
+def _b64_lines(der: bytes, width: int = 64) -> list[str]:
+    text = base64.b64encode(der).decode()
+    return [text[at : at + width] for at in range(0, len(text), width)]
+
+
+_RNG = random.Random(1919)
+# Key-shaped fakes (a private key's DER header, then random bytes): the rules look at layout and header only.
+RSA_PKCS8 = _b64_lines(bytes.fromhex("308204bd020100300d06092a864886f70d0101010500") + _RNG.randbytes(1195))
+ED25519_PKCS8 = base64.b64encode(bytes.fromhex("302e020100300506032b657004220420") + _RNG.randbytes(32)).decode()
+EC_SEC1 = _b64_lines(bytes.fromhex("30770201010420") + _RNG.randbytes(114))
+EC_PEM = "-----BEGIN EC PRIVATE KEY-----\n" + "\n".join(EC_SEC1) + "\n-----END EC PRIVATE KEY-----\n"
+MIDDLE = RSA_PKCS8[5:9]  # four lines from inside the body: no header, no marker
+OPENSSH = _b64_lines(b"openssh-key-v1\x00" + _RNG.randbytes(400), 70)
+CERTIFICATE = _b64_lines(bytes.fromhex("308203a130820289a003020102") + _RNG.randbytes(920))
+PUBLIC_KEY = _b64_lines(bytes.fromhex("30820122300d06092a864886f70d01010105000382010f00") + _RNG.randbytes(270))
+ORDINARY_64 = base64.b64encode(b"The quick brown fox jumps over the lazy dog, twice").decode()[:64]
+PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAA" + base64.b64encode(_RNG.randbytes(3000)).decode()
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("\n".join(MIDDLE), ""),  # a split body: lines of 64 without markers
+        ("\r\n".join(MIDDLE) + "\r\n", ""),  # CRLF
+        ("-----BEGIN RSA PRIVATE KEY-----\r\n" + "\r\n".join(RSA_PKCS8) + "\r\n-----END RSA PRIVATE KEY-----", ""),
+        ("\r\n".join(RSA_PKCS8[-3:]) + "\r\n-----END PRIVATE KEY-----", ""),  # the tail with its END line
+        (RSA_PKCS8[-1] + "\n-----END PRIVATE KEY-----", ""),  # only a short last line before the END line
+        (json.dumps({"pem": "\n".join(MIDDLE)}), '{"pem": "'),  # escaped line breaks (JSON-in-a-string)
+        (json.dumps({"pem": "\r\n".join(MIDDLE)}), '{"pem": "'),
+        ("the key is " + "\n".join(MIDDLE[:2]) + "\nthanks", "the key is "),  # two lines suffice
+        ("\n".join(EC_SEC1[:1]), ""),  # the first line of a split key: its DER header says what it is
+        (ED25519_PKCS8, ""),  # a whole Ed25519 key is one line of 64
+        ("PRIVATE_KEY=" + "".join(RSA_PKCS8), "PRIVATE_KEY="),  # a key on one line (an environment variable)
+        ("\n".join(OPENSSH), ""),  # OpenSSH: lines of 70
+        ("tls.key: " + base64.b64encode(EC_PEM.encode()).decode(), "tls.key: "),  # a Kubernetes secret
+        ("-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBGA\n=abcd\n-----END PGP PRIVATE KEY BLOCK-----", ""),
+        ("\n".join([*MIDDLE[:2], "-----BEGIN CERTIFICATE-----"]), ""),  # a marker after: still a body
+    ],
+)
+def test_a_private_key_body_is_masked_with_or_without_its_markers(text: str, kept: str) -> None:
+    log: list[dict[str, object]] = []
+    out = MappingOptions().redactor.redact_text(text, "p", log)
+    assert out.startswith(kept + "[REDACTED:private_key]"), out
+    assert {entry["rule"] for entry in log} == {"private_key"}
+    for line in [*MIDDLE, *RSA_PKCS8, *EC_SEC1[:1], *OPENSSH, ED25519_PKCS8]:
+        assert line[:16] not in out
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        ORDINARY_64,  # a single line of 64 base64 characters is no key
+        f"token {ORDINARY_64}\nnext line",
+        f"{ORDINARY_64}\nshort",
+        PNG,  # an image: one long line
+        f'{{"type": "image_url", "image_url": {{"url": "{PNG}"}}}}',
+        "\n".join(hashlib.sha256(bytes([n])).hexdigest() for n in range(4)),  # SHA-256 digests, one per line
+        "\n".join(hashlib.sha256(bytes([n])).hexdigest().upper() for n in range(4)),
+        "\n".join(base64.encodebytes(_RNG.randbytes(300)).decode().splitlines()),  # MIME: lines of 76
+        "-----BEGIN CERTIFICATE-----\n" + "\n".join(CERTIFICATE) + "\n-----END CERTIFICATE-----",
+        "\n".join(CERTIFICATE),  # a certificate's body alone: its DER says it is public
+        "\n".join(PUBLIC_KEY),
+        "ACGT" * 16 + "\n" + "TTGA" * 16 + "\n" + "GATC" * 8,  # a DNA sequence in lines of 64
+        "Post it with a Slack incoming webhook (hooks.slack.com/services/...) or a Discord webhook.",
+        "https://discord.com/invite/abcdefghijklmnopqrstuvwxyz and https://api.slack.com/messaging/webhooks",
+        "Microsoft Teams: create an Incoming Webhook connector; the sig= parameter signs the request.",
+        "MIT licence, MIIIIIIIIIIIIIIIIIIIIIIIIIIIIIIIIIII and MD5",
+    ],
+)
+def test_ordinary_base64_and_webhook_prose_are_left_alone(text: str) -> None:
+    log: list[dict[str, object]] = []
+    assert MappingOptions().redactor.redact_text(text, "p", log) == text
+    assert log == []
+
+
+def test_a_jwt_is_the_jwt_rule_s_alone() -> None:
+    log: list[dict[str, object]] = []
+    assert MappingOptions().redactor.redact_text(f"{JWT}\n{JWT}", "p", log) == "[REDACTED:jwt]\n[REDACTED:jwt]"
+    assert [entry["rule"] for entry in log] == ["jwt"]
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("https://hooks.slack.com/services/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", "/services/"),
+        ("HTTPS://Hooks.Slack.com/services/T0AB12CD3/B0EF45GH6/q1w2e3r4t5y6u7i8o9p0a1s2", "/services/"),
+        ("hooks.slack.com/workflows/T0AB12CD3/A0FLOW123/412345678901234567/q1w2e3r4t5y6u7i8", "/workflows/"),
+        ("https://hooks.slack.com/triggers/T0AB12CD3/412345678901234567/q1w2e3r4t5y6u7i8o9p0", "/triggers/"),
+        ("https://discord.com/api/webhooks/1234567890123456789/" + "Ab_-9" * 13, "/1234567890123456789/"),
+        ("https://discordapp.com/api/v10/webhooks/1234567890123456789/" + "Ab_-9" * 13, "/1234567890123456789/"),
+        (
+            "https://contoso.webhook.office.com/webhookb2/0f5c3b9e-1111-4a2b-9c3d-aaaaaaaaaaaa@72f988bf-86f1-41af"
+            "-91ab-2d7cd011db47/IncomingWebhook/0123456789abcdef0123456789abcdef/0f5c3b9e-2222-4a2b-9c3d-bbbb",
+            "/webhookb2/",
+        ),
+        ("https://outlook.office.com/webhook/0f5c3b9e-1111-4a2b@72f988bf-86f1/IncomingWebhook/0123abcd", "/webhook/"),
+        (
+            "https://prod-00.westus.logic.azure.com:443/workflows/0123abcd/triggers/manual/paths/invoke?api-version="
+            "2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_abcd",
+            "&sig=",
+        ),
+    ],
+)
+def test_a_webhook_url_keeps_its_route_and_loses_its_secret(url: str, kept: str) -> None:
+    log: list[dict[str, object]] = []
+    out = MappingOptions().redactor.redact_text(f"notify {url} now", "p", log)
+    assert out.startswith("notify ") and out.endswith(f"{kept}[REDACTED:webhook_url] now"), out
+    assert log == [{"path": "p", "rule": "webhook_url", "count": 1}]
+
+
+def test_a_key_split_over_the_items_of_a_string_array_is_masked_item_by_item() -> None:
+    tracer_provider, collector = provider()
+    lines = (*RSA_PKCS8[10:14], RSA_PKCS8[-1])
+    attributes = {"deploy.key": lines, "tags": (ORDINARY_64, "blue"), "hashes": ("a" * 64, "b" * 64)}
+    with tracer_provider.get_tracer("t").start_as_current_span("deploy", attributes=attributes):  # type: ignore[arg-type]
+        pass
+    metadata = map_span(collector.spans[0]).payload["metadata"]
+    assert metadata["deploy.key"] == ["[REDACTED:private_key]"] * 5
+    assert metadata["tags"] == [ORDINARY_64, "blue"] and metadata["hashes"] == ["a" * 64, "b" * 64]
+
+
+def test_the_recorded_genai_fixtures_have_nothing_masked_by_the_key_body_and_webhook_rules() -> None:
+    from tests.fixtures.semconv import replay
+
+    fixtures = sorted(path.name for path in replay.HERE.glob("*.json"))
+    assert len(fixtures) >= 9
+    masked = []
+    for fixture in fixtures:
+        for span in replay.load(fixture):
+            record = map_span(span)
+            for entry in record.payload.get("metadata", {}).get("prefactor.redactions", []):
+                if entry["rule"] in ("private_key", "webhook_url"):
+                    masked.append((fixture, span.name, entry))
+    assert masked == []

@@ -1,12 +1,15 @@
 """Secrets leave the process through no field: span and event names, bytes values, nested attribute values, Basic
-credentials, AWS secret keys, deeply nested JSON, status, exceptions, links, scope and Resource. Checked on the
-mapped record, on what a real local server stored, and on the bytes of spool files written while it was down."""
+credentials, AWS secret keys, deeply nested JSON, status, exceptions, links, scope and Resource; webhook URLs and a
+private key split from its BEGIN/END lines over several attributes (issue 19). Checked on the mapped record, on what
+a real local server stored (and `serve` would write to its state file), on the journal of open runs, and on the
+bytes of spool files written while the server was down."""
 
 from __future__ import annotations
 
 import base64
 import json
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -225,3 +228,132 @@ def test_new_value_rules(text: str, rule: str, kept: str) -> None:
 )
 def test_new_value_rules_leave_ordinary_text_and_json_literals_alone(text: str) -> None:
     assert MappingOptions().redactor.redact_text(text, "p", []) == text
+
+
+# --------------------------------------------------------------------------- webhook URLs and split key bodies
+
+
+def _key_lines(seed: int, der_head: bytes, size: int) -> list[str]:
+    """A key-shaped PEM body: a private key's DER header, random bytes, base64 in lines of 64 (a fake: no real key
+    is kept in the repository, and none is needed: the rules look at the layout and the header only)."""
+    der = der_head + random.Random(seed).randbytes(size - len(der_head))
+    text = base64.b64encode(der).decode()
+    return [text[at : at + 64] for at in range(0, len(text), 64)]
+
+
+PKCS8_RSA_HEAD = bytes.fromhex("308204be020100300d06092a864886f70d0101010500048204a8")  # PrivateKeyInfo, rsaEncryption
+KEY_LINES = _key_lines(19, PKCS8_RSA_HEAD, 1218)  # 25 lines of 64 and a last one of 24
+# Assembled from parts so that no scanner takes this file for a leak; each secret part is distinct.
+SLACK_SECRET = "T0PF19LEAK/B0PF19LEAK/pf19SlackHookSecretVal42"
+SLACK_URL = "https://hooks.slack" + ".com/services/" + SLACK_SECRET
+SLACK_WORKFLOW_SECRET = "T0PF19LEAK/A0PF19FLOW/461234567890123456/pf19WorkflowSecretVal77"
+DISCORD_SECRET = "pf19DiscordWebhookToken_" + "x9Y8z7W6v5U4t3S2r1Q0" * 3
+DISCORD_URL = "https://discord" + ".com/api/webhooks/1234567890123456789/" + DISCORD_SECRET
+TEAMS_SECRET = (
+    "0f5c3b9e-1111-4a2b-9c3d-aaaaaaaaaaaa@72f988bf-86f1-41af-91ab-2d7cd011db47/IncomingWebhook/"
+    "pf19teams0123456789abcdef0123456/0f5c3b9e-2222-4a2b-9c3d-bbbbbbbbbbbb"
+)
+TEAMS_URL = "https://contoso.webhook.office" + ".com/webhookb2/" + TEAMS_SECRET
+FLOW_SIG = "pf19FlowSig-AbCdEfGhIjKlMnOpQrStUvWxYz0123456"
+FLOW_URL = (
+    "https://prod-12.westus.logic.azure.com:443/workflows/0123456789abcdef0123456789abcdef/triggers/manual/paths/"
+    f"invoke?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig={FLOW_SIG}"
+)
+WEBHOOK_SECRETS = {
+    "slack webhook": SLACK_SECRET,
+    "slack workflow": SLACK_WORKFLOW_SECRET,
+    "discord webhook": DISCORD_SECRET,
+    "teams webhook": TEAMS_SECRET,
+    "power automate sig": FLOW_SIG,
+}
+
+
+def _emit_split_key_and_webhooks(tracer_provider: TracerProvider) -> None:
+    """The issue's leak: a Slack webhook URL, and a PEM key body split from its BEGIN/END lines over several
+    attributes (LF, CRLF, escaped inside JSON, one line per item of a string array, the tail with the END line)."""
+    tracer = tracer_provider.get_tracer("leaky-tools", "1.0")
+    arguments = {"host": "web-1", "pem": "\n".join(KEY_LINES[12:18]), "notify": SLACK_URL}
+    with tracer.start_as_current_span("invoke_agent ops", attributes={"gen_ai.operation.name": "invoke_agent"}):
+        with tracer.start_as_current_span(
+            "execute_tool install_key",
+            attributes={
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": "install_key",
+                "gen_ai.tool.call.arguments": json.dumps(arguments),
+                "deploy.key.begin": "-----BEGIN PRIVATE KEY-----",
+                "deploy.key.part1": "\n".join(KEY_LINES[0:6]),
+                "deploy.key.part2": "\r\n".join(KEY_LINES[6:12]) + "\r\n",
+                "deploy.key.lines": tuple(KEY_LINES[18:24]),
+                "deploy.key.end": "\n".join(KEY_LINES[24:]) + "\n-----END PRIVATE KEY-----\n",
+                "notify.url": SLACK_URL,
+                "notify.teams": TEAMS_URL,
+            },
+        ) as span:
+            span.add_event("exception", {"exception.message": f"POST {DISCORD_URL} answered 429"})
+            span.set_status(Status(StatusCode.ERROR, f"webhook {SLACK_URL} failed"))
+        with tracer.start_as_current_span(
+            "chat gpt-4o",
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": "gpt-4o",
+                "gen_ai.input.messages": json.dumps(
+                    [
+                        {
+                            "role": "user",
+                            "parts": [
+                                {
+                                    "type": "text",
+                                    "content": f"Post to https://hooks.slack.com/workflows/{SLACK_WORKFLOW_SECRET} "
+                                    f"and to {FLOW_URL}; the key ends with\r\n"
+                                    + "\r\n".join(KEY_LINES[20:])
+                                    + "\r\n-----END PRIVATE KEY-----",
+                                }
+                            ],
+                        }
+                    ]
+                ),
+            },
+        ):
+            pass
+
+
+def _split_key_leaks(text: str) -> list[str]:
+    """What of the key and the webhook secrets `text` holds: a line of the key, or 20 characters of one."""
+    leaks = [f"key line {index}" for index, line in enumerate(KEY_LINES) if line[:20] in text or line[-20:] in text]
+    return leaks + [field for field, secret in WEBHOOK_SECRETS.items() if secret in text or secret[-16:] in text]
+
+
+def test_a_split_key_body_and_webhook_urls_reach_no_sink(tmp_path: Path) -> None:
+    from prefactor_otel.devserver.persist import dump
+
+    spool_dir = tmp_path / "spool"
+    with DevServer() as server:
+        exporter = exporter_for(server, spool_dir=str(spool_dir))
+        tracer_provider = TracerProvider(resource=_resource())
+        tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+        _emit_split_key_and_webhooks(tracer_provider)
+        journals = list(spool_dir.glob("runs-*.journal"))  # the run is open: its journal is on disk
+        journaled = b"".join(path.read_bytes() for path in journals)
+        tracer_provider.shutdown()
+        stored = json.dumps(server.snapshot())
+        state_file = json.dumps(dump(server.store, server.token))  # what `serve --state` writes
+        assert len(server.spans()) == 3  # every span arrived, redacted
+    assert journals and journaled.startswith(b"# prefactor-otel run journal")
+    assert _split_key_leaks(stored) == []
+    assert _split_key_leaks(state_file) == []
+    assert _split_key_leaks(journaled.decode("utf-8", "replace")) == []
+    assert "[REDACTED:private_key]" in stored and "[REDACTED:webhook_url]" in stored
+    assert "https://hooks.slack.com/services/[REDACTED:webhook_url]" in stored  # the route stays readable
+
+    down = DevServer().start()
+    down.stop()  # a refused port: everything goes to the spool, runs to the journal
+    spool_dir = tmp_path / "spool-down"
+    exporter = exporter_for(down, spool_dir=str(spool_dir), export_timeout=1, shutdown_timeout=1)
+    tracer_provider = TracerProvider(resource=_resource())
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    _emit_split_key_and_webhooks(tracer_provider)
+    tracer_provider.shutdown()
+    files = [path for path in spool_dir.rglob("*") if path.is_file()]
+    spooled = b"".join(path.read_bytes() for path in files)
+    assert b"execute_tool install_key" in spooled  # the spans were spooled...
+    assert _split_key_leaks(spooled.decode("utf-8", "replace")) == []  # ...without the key or a webhook

@@ -8,8 +8,10 @@ Three kinds of rules, applied in this order:
    whitespace inside): DSPy's `StringSignature(question -> answer ...)` is a program, not an HMAC.
 2. **Value rules**: secret-looking substrings anywhere in a string (OpenAI-style `sk-...` keys, bearer tokens,
    `Authorization` / `Proxy-Authorization: Basic ...`, JWTs, cloud keys, an AWS secret access key next to its
-   `AKIA`/`ASIA` key id, private-key blocks, `password=...`, secret assignments such as `client_secret=...`,
-   `"secret_key": "..."` or `AWS_SECRET_ACCESS_KEY: ...`, credentials in URLs; plus the user's
+   `AKIA`/`ASIA` key id, private-key blocks, and a key's body without its BEGIN line (a key split over several
+   values: PEM-width base64 lines, a key's DER header, the lines before an END line), `password=...`, secret
+   assignments such as `client_secret=...`, `"secret_key": "..."` or `AWS_SECRET_ACCESS_KEY: ...`, credentials in
+   URLs, incoming-webhook URLs (Slack, Discord, Teams, Power Automate's `sig`); plus the user's
    PREFACTOR_REDACT_PATTERNS) are replaced by `[REDACTED:<rule>]` (the rules are in secret_patterns.py). Where a
    rule has a `secret` group only that part is replaced, so `password=[REDACTED:password]` still reads. An assigned
    JSON literal (`null`, a number, an object) is left alone: it is no credential, and masking it would break the JSON
@@ -31,6 +33,7 @@ sent (span metadata and the agent version). Non-string values are not exempt:
   become U+FFFD), so they are decoded first and then treated exactly like a string: masked under a secret key,
   value-scanned otherwise.
 - Sequences and mappings (OTel allows both, nested) are walked: key rules on mapping keys, value rules on strings.
+  The items of a string array that are the lines of a key (one line per item) are masked as a key body is.
 - Fail closed on depth: whatever lies deeper than `MAX_DEPTH` containers is replaced by `[REDACTED:depth_limit]`
   (recorded), never sent unexamined.
 
@@ -44,7 +47,13 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from prefactor_otel.mapping.secret_patterns import SHORT_GATE_LITERALS, ValueRule, default_rules
+from prefactor_otel.mapping.secret_patterns import (
+    KEY_BODY_RULE,
+    SHORT_GATE_PATTERN,
+    ValueRule,
+    default_rules,
+    key_line_items,
+)
 
 RedactCallback = Callable[[str, str], str]
 MASK = "[REDACTED]"
@@ -164,9 +173,9 @@ class Redactor:
         self._rules = tuple(rules + user_rules)
         self._user_rules = tuple(user_rules)
         self._any_lower = any(rule.lower for rule in self._rules)
-        # One regex over every default literal: cheaper than the per-rule checks on short strings (identifiers,
-        # model names), which are most values; long strings go through the per-rule gates instead.
-        self._short_gate = re.compile("|".join(map(re.escape, SHORT_GATE_LITERALS))) if defaults else None
+        # One regex over every default literal (and a key's DER header): cheaper than the per-rule checks on short
+        # strings (identifiers, model names), which are most values; long strings go through the per-rule gates.
+        self._short_gate = re.compile(SHORT_GATE_PATTERN) if defaults else None
         self._structural = _STRUCTURAL_KEYS if defaults and not user_rules else frozenset()
         self._defaults = defaults
         user_keys = {k.strip().lower() for k in keys if k.strip()}
@@ -320,9 +329,24 @@ class Redactor:
                     out[key] = self._nested(item, f"{path}.{key}", log, depth + 1)
             return out
         if isinstance(value, (tuple, list, Sequence)):
-            items = [self._nested(item, f"{path}[{index}]", log, depth + 1) for index, item in enumerate(value)]
+            # OTel arrays are homogeneous: only string arrays can hold a key's lines (vectors of floats are walked
+            # once, as before)
+            strings = self._defaults and len(value) >= 2 and isinstance(value[0], str)
+            key_lines = frozenset(key_line_items(value)) if strings else frozenset()
+            items = [
+                self._key_line(f"{path}[{index}]", log)
+                if index in key_lines
+                else self._nested(item, f"{path}[{index}]", log, depth + 1)
+                for index, item in enumerate(value)
+            ]
             return tuple(items) if isinstance(value, tuple) else items
         return self._text(str(value), path, None, log)  # what json_safe would send: its str()
+
+    @staticmethod
+    def _key_line(path: str, log: list[dict[str, Any]]) -> str:
+        """A sequence item that is a line of a private key (secret_patterns.key_line_items)."""
+        log.append({"path": path, "rule": KEY_BODY_RULE})
+        return f"[REDACTED:{KEY_BODY_RULE}]"
 
     def redact_keys_in(self, value: Any, path: str, log: list[dict[str, Any]], depth: int = 0) -> None:
         """Mask, in place, string values under secret-named keys inside parsed JSON (tool arguments, results,
