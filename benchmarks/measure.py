@@ -36,8 +36,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from workload import SERVICE, SPANS_PER_TRACE, SpanSource, agent_run, batched, floor_dict, tracers
 
-from prefactor_otel import PrefactorSpanExporter, ids
+from prefactor_otel import PrefactorSpanExporter
 from prefactor_otel.mapping import map_span
+from prefactor_otel.model import ids
 
 BATCH = 512  # BatchSpanProcessor's default max_export_batch_size
 Result = dict[str, Any]
@@ -222,10 +223,10 @@ def measure_cpu(params: Result) -> Result:
 
 def measure_phases(params: Result) -> Result:
     """Thread CPU per stage of PrefactorSpanExporter, by wrapping the stages (outer stages include inner ones)."""
-    import prefactor_otel.delivery as delivery_module
-    import prefactor_otel.exporter as exporter_module
-    import prefactor_otel.planner as planner_module
-    import prefactor_otel.transport as transport_module
+    import prefactor_otel.pipeline.delivery as delivery_module
+    import prefactor_otel.pipeline.planner as planner_module
+    import prefactor_otel.sdk.exporter as exporter_module
+    import prefactor_otel.transport.client as transport_module
 
     spans = SpanSource(seed=1).spans(params["spans"])
     batches = batched(spans, BATCH)

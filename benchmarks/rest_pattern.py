@@ -28,7 +28,8 @@ from typing import Any
 import httpx
 from opentelemetry.sdk.trace import ReadableSpan
 
-from prefactor_otel import PrefactorSpanExporter, ids
+from prefactor_otel import PrefactorSpanExporter
+from prefactor_otel.model import ids
 
 
 def _encode(body: dict[str, Any]) -> int:

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from prefactor_otel import PrefactorSpanExporter
-from prefactor_otel.ids import encode
+from prefactor_otel.model.ids import encode
 
 MESSAGE = json.dumps([{"role": "user", "parts": [{"type": "text", "content": "x" * 900}]}])
 

@@ -18,7 +18,7 @@ from opentelemetry.sdk import _configuration as sdk_configuration
 
 from prefactor_otel import PrefactorSpanExporter
 from prefactor_otel.devserver import DevServer
-from prefactor_otel.zerocode import (
+from prefactor_otel.sdk.zerocode import (
     PrefactorConfigurator,
     PrefactorDistro,
     export_span_processor,
@@ -185,7 +185,7 @@ def test_names_prefactor_splits_as_the_sdk_does(value: str, named: bool) -> None
 
 def test_next_other_skips_our_own_entry_point():
     other = next_other("opentelemetry_distro", PrefactorDistro)
-    assert other is None or other.value != "prefactor_otel.zerocode:PrefactorDistro"
+    assert other is None or other.value != "prefactor_otel.sdk.zerocode:PrefactorDistro"
 
 
 def test_export_span_processor_wraps_only_our_exporter():

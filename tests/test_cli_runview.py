@@ -57,7 +57,7 @@ def _check_demo_trees(out: str) -> None:
         "> tool: 18°C, light rain",
         "< assistant: Paris: 18°C, light rain",
     ]
-    assert "error: prefactor_otel.demo_agent.ToolFailed: no weather station for 'Mars'" in out
+    assert "error: prefactor_otel.tools.demo_agent.ToolFailed: no weather station for 'Mars'" in out
     assert max(len(line) for line in paris) <= 100
 
 

@@ -3,7 +3,7 @@ import logging
 import pytest
 
 from prefactor_otel import ConfigError, PrefactorConfig, PrefactorSpanExporter
-from prefactor_otel.ids import encode
+from prefactor_otel.model.ids import encode
 
 AGENT = encode(1_700_000_000_000, 77, 1)
 TOKEN = "pf_secret_token_value_123"

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from prefactor_otel import ConfigError, PrefactorConfig, PrefactorSpanExporter
-from prefactor_otel.config_values import is_loopback_host
+from prefactor_otel.config.values import is_loopback_host
 from prefactor_otel.devserver import DevServer
 from tests.spans import agent_trace
 

@@ -16,8 +16,8 @@ from prefactor_http.models import base as official_base
 from prefactor_http.models import bulk as official_bulk
 from pydantic import BaseModel
 
-from prefactor_otel import models
 from prefactor_otel.devserver import DevServer
+from prefactor_otel.model import http as models
 
 # (ours, official, fields only ours has, fields only the official model has), each difference with its reason.
 PAIRS: list[tuple[type[BaseModel], type[BaseModel], set[str], set[str]]] = [

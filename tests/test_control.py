@@ -20,7 +20,7 @@ from prefactor_otel import (
     termination_reason,
     wait_for_termination,
 )
-from prefactor_otel.control import TERMINATIONS, TerminationRegistry
+from prefactor_otel.control.terminations import TERMINATIONS, TerminationRegistry
 from tests.spans import make_provider
 
 # Every test uses trace ids of fresh spans (random 128-bit) or of its own registry: the process-wide registry is

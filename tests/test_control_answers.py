@@ -11,12 +11,12 @@ from typing import Any
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from prefactor_otel import PrefactorConfig
-from prefactor_otel.delivery import Delivery, SpooledSource
 from prefactor_otel.devserver import DevServer, Fault
-from prefactor_otel.items import PlannedItem
-from prefactor_otel.models import BULK_CREATE_SPAN, BULK_REGISTER, BULK_START
-from prefactor_otel.transport import BulkTransport
-from prefactor_otel.wire import encode_item, instance_id_of
+from prefactor_otel.model.http import BULK_CREATE_SPAN, BULK_REGISTER, BULK_START
+from prefactor_otel.pipeline.delivery import Delivery, SpooledSource
+from prefactor_otel.pipeline.items import PlannedItem
+from prefactor_otel.transport.client import BulkTransport
+from prefactor_otel.transport.wire import encode_item, instance_id_of
 from tests.spans import agent_trace, exporter_for, make_provider
 
 TOKEN = "pf_control_token_secret"

@@ -11,10 +11,10 @@ import pytest
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from prefactor_otel import ConfigError, PrefactorConfig
-from prefactor_otel.control import Termination, TerminationRegistry
-from prefactor_otel.control_poll import InstancePoller
+from prefactor_otel.control.poll import InstancePoller
+from prefactor_otel.control.terminations import Termination, TerminationRegistry
 from prefactor_otel.devserver import DevServer, Fault
-from prefactor_otel.transport import BulkTransport
+from prefactor_otel.transport.client import BulkTransport
 from tests.spans import agent_trace, exporter_for, make_provider
 
 TOKEN = "pf_control_token_secret"

@@ -10,7 +10,7 @@ from pathlib import Path
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from prefactor_otel.devserver import DevServer, Fault
-from prefactor_otel.models import BULK_CREATE_SPAN
+from prefactor_otel.model.http import BULK_CREATE_SPAN
 from tests.spans import agent_trace, exporter_for, make_provider
 
 TOKEN = "pf_rules_token"
@@ -187,10 +187,10 @@ def test_the_id_keyed_caches_never_mix_up_resources():
 def test_the_agent_version_cache_survives_id_reuse():
     """Resource attribute mappings that are freed right after use get their ids reused at once: the cache must
     hold what it keys by id, or it would hand one service's agent version to the next."""
-    from prefactor_otel.config import PrefactorConfig
-    from prefactor_otel.delivery import Delivery
-    from prefactor_otel.pipeline import Pipeline
-    from prefactor_otel.transport import BulkTransport
+    from prefactor_otel.config.options import PrefactorConfig
+    from prefactor_otel.pipeline.delivery import Delivery
+    from prefactor_otel.pipeline.pipeline import Pipeline
+    from prefactor_otel.transport.client import BulkTransport
 
     config = PrefactorConfig.load({}, api_url="http://127.0.0.1:9", api_token="t")  # nothing is sent
     pipeline = Pipeline(

@@ -8,8 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from prefactor_otel import ids, models
 from prefactor_otel.devserver import DevServer
+from prefactor_otel.model import http as models
+from prefactor_otel.model import ids
 
 SCHEMAS = [
     {"name": "otel:agent", "params_schema": {"type": "object"}, "title": "Agent"},

@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
-from prefactor_otel import models
 from prefactor_otel.devserver import DevServer
+from prefactor_otel.model import http as models
 
 T0 = "2024-01-01T00:00:00.000Z"
 T1 = "2024-01-01T00:00:01.000Z"

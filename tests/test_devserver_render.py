@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from prefactor_otel import ids
 from prefactor_otel.devserver import DevServer, render_runs
+from prefactor_otel.model import ids
 
 pytest_plugins = ["pytester"]
 

@@ -22,13 +22,17 @@ from pathlib import Path
 
 import pytest
 
-from prefactor_otel import CheckResult, PrefactorSpanExporter, ids
+from prefactor_otel import CheckResult, PrefactorSpanExporter
 from prefactor_otel.devserver import DevServer, Fault
+from prefactor_otel.model import ids
 from tests.instrumented import Distros, distribution_order, instrument_command
 from tests.spans import exporter_for, processor_for
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = [REPO / "src" / "prefactor_otel" / name for name in ("doctor.py", "api_check.py", "instrument_check.py")]
+SOURCES = [
+    REPO / "src" / "prefactor_otel" / name
+    for name in ("tools/doctor.py", "transport/api_check.py", "tools/instrument_check.py")
+]
 
 
 def base_env(tmp_path: Path, distros: Distros = "without-opentelemetry-distro", **extra: str) -> dict[str, str]:
@@ -358,7 +362,7 @@ def test_the_issue_set_up_names_each_variable_and_its_fix(tmp_path: Path) -> Non
 def test_doctor_flags_an_sdk_that_cannot_take_our_processor(monkeypatch: pytest.MonkeyPatch) -> None:
     from opentelemetry.sdk import _configuration as sdk_configuration
 
-    from prefactor_otel.instrument_check import instrument_findings
+    from prefactor_otel.tools.instrument_check import instrument_findings
 
     env = {"OTEL_TRACES_EXPORTER": "prefactor", "OTEL_PYTHON_DISTRO": "prefactor"}
     assert [f for f in instrument_findings(env) if f.level == "problem"] == []
@@ -371,7 +375,7 @@ def test_doctor_flags_an_sdk_that_cannot_take_our_processor(monkeypatch: pytest.
 
 
 def test_missing_opentelemetry_instrumentation_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefactor_otel import instrument_check
+    from prefactor_otel.tools import instrument_check
 
     monkeypatch.setattr(instrument_check, "find_spec", lambda name: None)
     found = instrument_check.instrument_findings({"OTEL_TRACES_EXPORTER": "prefactor"})

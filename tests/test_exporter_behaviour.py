@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 
 from prefactor_otel import PrefactorSpanExporter
 from prefactor_otel.devserver import DevServer, Fault
-from prefactor_otel.models import BULK_CREATE_SPAN, BULK_FINISH_SPAN, BULK_REGISTER
+from prefactor_otel.model.http import BULK_CREATE_SPAN, BULK_FINISH_SPAN, BULK_REGISTER
 from tests.spans import agent_trace, exporter_for, make_provider
 
 TOKEN = "pf_behaviour_token"
@@ -239,7 +239,7 @@ def _refused_url() -> str:
 
 
 def _agent_id() -> str:
-    from prefactor_otel.ids import encode
+    from prefactor_otel.model.ids import encode
 
     return encode(1_700_000_000_000, 9, 9)
 

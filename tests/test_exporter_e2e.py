@@ -155,7 +155,7 @@ def _dead_url() -> str:
 
 
 def test_dead_server_export_fails_within_timeout_and_shutdown_within_budget(tmp_path):
-    from prefactor_otel.ids import encode
+    from prefactor_otel.model.ids import encode
 
     provider, collector = make_provider()
     agent_trace(provider)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from prefactor_otel import ids
+from prefactor_otel.model import ids
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pfid_fixtures.csv"
 

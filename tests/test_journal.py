@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from prefactor_otel.journal import RunJournal
-from prefactor_otel.journal_adoption import AbandonedRun
+from prefactor_otel.durability.journal import RunJournal
+from prefactor_otel.durability.journal_adoption import AbandonedRun
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the journal needs fcntl")
 
@@ -28,7 +28,7 @@ _RECORDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from prefactor_otel.journal import RunJournal
+    from prefactor_otel.durability.journal import RunJournal
 
     journal = RunJournal(Path(sys.argv[1]))
     journal.record({"run-a": 1_000, "run-b": 2_000})
@@ -44,7 +44,7 @@ _FORKING_RECORDER = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    from prefactor_otel.journal import RunJournal
+    from prefactor_otel.durability.journal import RunJournal
 
     journal = RunJournal(Path(sys.argv[1]))
     journal.record({"parent-run": 5})
@@ -65,7 +65,7 @@ _FAILING_RECORDER = textwrap.dedent(
     """
     import resource, signal, sys, time
     from pathlib import Path
-    from prefactor_otel.journal import RunJournal
+    from prefactor_otel.durability.journal import RunJournal
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
     journal = RunJournal(Path(sys.argv[1]), sync_opens=False)
@@ -89,7 +89,7 @@ _TAKER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from prefactor_otel.journal import RunJournal
+    from prefactor_otel.durability.journal import RunJournal
 
     taken = RunJournal(Path(sys.argv[1])).take_abandoned()
     print(sum(len(journal.runs) for journal in taken), flush=True)
@@ -399,7 +399,7 @@ def test_live_spans_are_journaled_with_their_run_and_closed_with_their_finish_or
 
 
 def test_compaction_keeps_the_open_live_spans_and_their_number_is_bounded(tmp_path, monkeypatch):
-    import prefactor_otel.journal as journal_module
+    import prefactor_otel.durability.journal as journal_module
 
     monkeypatch.setattr(journal_module, "MAX_LIVE_SPANS", 3)
     journal = RunJournal(tmp_path, sync_opens=False)

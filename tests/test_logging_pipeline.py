@@ -9,7 +9,7 @@ from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 
 from prefactor_otel import PrefactorSpanExporter
-from prefactor_otel.ids import encode
+from prefactor_otel.model.ids import encode
 from tests.spans import agent_trace, make_provider
 
 

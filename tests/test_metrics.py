@@ -4,7 +4,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from prefactor_otel.devserver import DevServer, Fault
-from prefactor_otel.metrics import register_metrics
+from prefactor_otel.sdk.metrics import register_metrics
 from tests.spans import agent_trace, exporter_for, make_provider
 
 

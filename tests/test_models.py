@@ -3,9 +3,9 @@
 import pytest
 from pydantic import ValidationError
 
-from prefactor_otel import models
 from prefactor_otel.mapping import agent_schema_version, agent_version_from_resource, map_span
-from prefactor_otel.planner import Planner
+from prefactor_otel.model import http as models
+from prefactor_otel.pipeline.planner import Planner
 from tests.spans import agent_trace, make_provider
 
 REQUEST_MODEL = {
@@ -41,7 +41,7 @@ def test_every_planned_item_fits_its_request_model():
 
 
 def models_agent_id() -> str:
-    from prefactor_otel.ids import encode
+    from prefactor_otel.model.ids import encode
 
     return encode(1_700_000_000_000, 3, 1)
 

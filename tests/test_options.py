@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from prefactor_otel import PrefactorSpanExporter, PrefactorSpanProcessor
-from prefactor_otel.config import OPTIONS, ConfigError, PrefactorConfig, alias_of
+from prefactor_otel.config.environment_variables import ALIASES
+from prefactor_otel.config.options import OPTIONS, ConfigError, PrefactorConfig, alias_of
 from prefactor_otel.devserver import DevServer
-from prefactor_otel.environment_variables import ALIASES
 from tests.instrumented import instrument_command, instrumented_env
 from tests.spans import wait_for
 
@@ -222,7 +222,7 @@ def test_repr_of_a_working_exporter_is_unchanged_in_substance():
 
 
 def test_the_alias_module_holds_only_its_names():
-    import prefactor_otel.environment_variables as module
+    import prefactor_otel.config.environment_variables as module
 
     names = {name for name in dir(module) if name.startswith("OTEL_")}
     assert names == set(ALIASES) and all(getattr(module, name) == name for name in names)

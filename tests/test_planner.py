@@ -1,8 +1,8 @@
 """The planner alone: real mapped spans in, ordered bulk items out, fake outcomes back. No server."""
 
 from prefactor_otel.mapping import agent_schema_version, agent_version_from_resource, map_span
-from prefactor_otel.outcomes import ItemOutcome
-from prefactor_otel.planner import Planner
+from prefactor_otel.pipeline.planner import Planner
+from prefactor_otel.transport.outcomes import ItemOutcome
 from tests.spans import agent_trace, make_provider
 
 PARTITION = 12345
@@ -303,7 +303,7 @@ def test_shutdown_and_the_count_bound_also_orphan_only_the_tops():
 
 
 def test_a_long_lived_run_remembers_a_bounded_number_of_span_ids(monkeypatch):
-    from prefactor_otel import runs as runs_module
+    from prefactor_otel.pipeline import runs as runs_module
 
     monkeypatch.setattr(runs_module, "MAX_SPANS_REMEMBERED_PER_TRACE", 50, raising=False)
     provider, collector = make_provider()

@@ -18,8 +18,8 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from prefactor_otel import PrefactorSpanExporter
 from prefactor_otel.devserver import DevServer
-from prefactor_otel.doctor import run_doctor
-from prefactor_otel.transport_answers import UnusableProxy, usable_proxy
+from prefactor_otel.tools.doctor import run_doctor
+from prefactor_otel.transport.answers import UnusableProxy, usable_proxy
 from tests.spans import agent_trace, make_provider, server_options
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")

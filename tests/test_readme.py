@@ -46,7 +46,7 @@ def test_the_wheel_pip_builds_from_the_repository_carries_entry_points_and_packa
         names = set(archive.namelist())
         (entry_points_name,) = (n for n in names if n.endswith(".dist-info/entry_points.txt"))
         entry_points = archive.read(entry_points_name).decode()
-    assert "prefactor_otel/cli.py" in names
+    assert "prefactor_otel/tools/cli.py" in names
     assert "prefactor_otel/devserver/server.py" in names
     # every file in the package's source tree that Python or the local server loads at run time is in the wheel
     source = ROOT / "src" / "prefactor_otel"

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from prefactor_otel.config import ConfigError, PrefactorConfig
+from prefactor_otel.config.options import ConfigError, PrefactorConfig
 from prefactor_otel.devserver import DevServer
 from prefactor_otel.mapping import MappingOptions, map_span
 from tests.fixtures.semconv.checks import check_record, provider

@@ -249,7 +249,7 @@ def test_a_new_token_given_explicitly_replaces_the_saved_one_and_is_announced(tm
 
 
 def test_a_seed_agent_id_other_than_the_saved_one_is_refused(tmp_path, started):
-    from prefactor_otel import ids
+    from prefactor_otel.model import ids
 
     first = started(tmp_path)
     first.stop()

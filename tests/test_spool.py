@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from prefactor_otel import PrefactorSpanExporter
 from prefactor_otel.devserver import DevServer, Fault
-from prefactor_otel.spool import Spool
+from prefactor_otel.durability.spool import Spool
 from tests.spans import agent_trace, exporter_for, make_provider
 
 TOKEN = "pf_spool_secret_token"

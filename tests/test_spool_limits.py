@@ -11,7 +11,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from prefactor_otel.spool import Spool
+from prefactor_otel.durability.spool import Spool
 
 MIB = 1 << 20
 

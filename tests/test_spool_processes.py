@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from prefactor_otel._logging import RateLimitedLog
-from prefactor_otel.spool import Spool
+from prefactor_otel.durability.spool import Spool
 
 MIB = 1 << 20
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -93,7 +93,7 @@ SENDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from prefactor_otel.spool import Spool
+    from prefactor_otel.durability.spool import Spool
 
     directory, out = Path(sys.argv[1]), open(sys.argv[2], "a", buffering=1)
     spool = Spool(directory, max_bytes=100 << 20, retention_seconds=3600, rescan_seconds=0)
@@ -137,7 +137,7 @@ HOLDER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from prefactor_otel.spool import Spool
+    from prefactor_otel.durability.spool import Spool
 
     spool = Spool(Path(sys.argv[1]), max_bytes=1 << 20, retention_seconds=3600)
     with spool.sending() as acquired:
@@ -209,7 +209,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from prefactor_otel.spool import Spool
+    from prefactor_otel.durability.spool import Spool
 
     spool = Spool(Path(sys.argv[1]), max_bytes=1 << 20, retention_seconds=3600)
     spool.append([{"_type": "agent_spans/create", "idempotency_key": "other-process", "details": {}}])
@@ -234,7 +234,7 @@ LEASER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from prefactor_otel.spool import Spool
+    from prefactor_otel.durability.spool import Spool
 
     spool = Spool(Path(sys.argv[1]), max_bytes=1 << 20, retention_seconds=3600)
     file = spool.take_oldest()
@@ -286,9 +286,9 @@ CAPPED_WRITER = textwrap.dedent(
     """
     import json, os, sys
     from pathlib import Path
-    from prefactor_otel import spool as spool_module
-    from prefactor_otel import spool_disk
-    from prefactor_otel.spool import Spool
+    from prefactor_otel.durability import spool as spool_module
+    from prefactor_otel.durability import spool_disk
+    from prefactor_otel.durability.spool import Spool
 
     directory, tag = Path(sys.argv[1]), sys.argv[2]
     most = 0

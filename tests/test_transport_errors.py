@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prefactor_otel.config import PrefactorConfig
+from prefactor_otel.config.options import PrefactorConfig
 from prefactor_otel.devserver import DevServer, Fault
-from prefactor_otel.transport import BulkTransport
-from prefactor_otel.transport_answers import MAX_RESPONSE_BYTES, ReadAnswer, connection_error_cause
+from prefactor_otel.transport.answers import MAX_RESPONSE_BYTES, ReadAnswer, connection_error_cause
+from prefactor_otel.transport.client import BulkTransport
 from tests.spans import agent_trace, make_provider
 from tests.test_transport_tls import answer_422, certificate, tls_server  # noqa: F401  (the fixture)
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from prefactor_otel.config import PrefactorConfig
-from prefactor_otel.transport import BulkTransport, encode_item
+from prefactor_otel.config.options import PrefactorConfig
+from prefactor_otel.transport.client import BulkTransport, encode_item
 
 GUARD_S = 30.0
 Behaviour = Callable[[ssl.SSLSocket, threading.Event], None]

@@ -5,8 +5,7 @@ import json
 
 import pytest
 
-from prefactor_otel.transport import bulk_body, chunk_encoded, encode_item, encode_json
-from prefactor_otel.transport_answers import (
+from prefactor_otel.transport.answers import (
     MAX_RESPONSE_BYTES,
     ResponseTooLarge,
     UnreadableResponse,
@@ -14,6 +13,7 @@ from prefactor_otel.transport_answers import (
     environment_proxy,
     parse_retry_after,
 )
+from prefactor_otel.transport.client import bulk_body, chunk_encoded, encode_item, encode_json
 
 
 def _items(sizes):

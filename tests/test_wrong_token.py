@@ -214,7 +214,7 @@ def test_a_wrong_deployment_token_keeps_the_span_records_for_a_valid_one(srv: De
 def test_the_planner_takes_a_refused_run_out_of_the_journal_and_only_that() -> None:
     """Between a 401 and the spill (a kill there), the journal must not hold a run the server never accepted."""
     from prefactor_otel.mapping import map_span
-    from prefactor_otel.outcomes import SUCCESS
+    from prefactor_otel.transport.outcomes import SUCCESS
     from tests.test_planner import _planner
 
     planner = _planner(finish_grace_seconds=60.0)  # the run stays open through the test

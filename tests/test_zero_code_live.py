@@ -249,11 +249,11 @@ def test_what_opentelemetry_instrument_loads_on_every_run_does_not_import_the_ex
     import sys
 
     probe = (
-        "import sys, prefactor_otel.zerocode, prefactor_otel.environment_variables\n"
+        "import sys, prefactor_otel.sdk.zerocode, prefactor_otel.config.environment_variables\n"
         "from importlib.metadata import entry_points\n"
         "for group in ('opentelemetry_distro', 'opentelemetry_configurator', 'opentelemetry_environment_variables'):\n"
         "    [ep.load() for ep in entry_points(group=group, name='prefactor')]\n"
-        "print(sorted(m for m in ('prefactor_otel.exporter', 'httpx', 'pydantic') if m in sys.modules))\n"
+        "print(sorted(m for m in ('prefactor_otel.sdk.exporter', 'httpx', 'pydantic') if m in sys.modules))\n"
         "import prefactor_otel\n"
         "print(prefactor_otel.PrefactorSpanExporter.__name__, prefactor_otel.is_terminated())\n"
     )

@@ -1,7 +1,7 @@
 """prefactor-otel: an OpenTelemetry SpanExporter that ships agent traces to Prefactor.
 
-The public names load on first use (PEP 562): `opentelemetry-instrument` imports `prefactor_otel.zerocode` and
-`prefactor_otel.environment_variables` on every run, whichever exporter it sets up, and importing the exporter
+The public names load on first use (PEP 562): `opentelemetry-instrument` imports `prefactor_otel.sdk.zerocode` and
+`prefactor_otel.config.environment_variables` on every run, whichever exporter it sets up, and importing the exporter
 (pydantic models, httpx) would add a quarter of a second to each of those runs.
 """
 
@@ -10,29 +10,29 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from prefactor_otel._version import __version__ as __version__
 
 if TYPE_CHECKING:  # what type checkers and IDEs see (`X as X`: re-exported); at run time, __getattr__ below
-    from prefactor_otel.api_check import CheckResult as CheckResult
-    from prefactor_otel.config import ConfigError as ConfigError
-    from prefactor_otel.config import PrefactorConfig as PrefactorConfig
-    from prefactor_otel.control import PrefactorTerminatedError as PrefactorTerminatedError
-    from prefactor_otel.control import Termination as Termination
-    from prefactor_otel.control import is_terminated as is_terminated
-    from prefactor_otel.control import on_terminate as on_terminate
-    from prefactor_otel.control import raise_if_terminated as raise_if_terminated
-    from prefactor_otel.control import termination as termination
-    from prefactor_otel.control import termination_event as termination_event
-    from prefactor_otel.control import termination_reason as termination_reason
-    from prefactor_otel.control import wait_for_termination as wait_for_termination
-    from prefactor_otel.exporter import PrefactorSpanExporter as PrefactorSpanExporter
-    from prefactor_otel.processor import PrefactorSpanProcessor as PrefactorSpanProcessor
+    from prefactor_otel.config.options import ConfigError as ConfigError
+    from prefactor_otel.config.options import PrefactorConfig as PrefactorConfig
+    from prefactor_otel.control.terminations import PrefactorTerminatedError as PrefactorTerminatedError
+    from prefactor_otel.control.terminations import Termination as Termination
+    from prefactor_otel.control.terminations import is_terminated as is_terminated
+    from prefactor_otel.control.terminations import on_terminate as on_terminate
+    from prefactor_otel.control.terminations import raise_if_terminated as raise_if_terminated
+    from prefactor_otel.control.terminations import termination as termination
+    from prefactor_otel.control.terminations import termination_event as termination_event
+    from prefactor_otel.control.terminations import termination_reason as termination_reason
+    from prefactor_otel.control.terminations import wait_for_termination as wait_for_termination
+    from prefactor_otel.sdk.exporter import PrefactorSpanExporter as PrefactorSpanExporter
+    from prefactor_otel.sdk.processor import PrefactorSpanProcessor as PrefactorSpanProcessor
+    from prefactor_otel.transport.api_check import CheckResult as CheckResult
 
 # the module that defines each public name (imported on first use)
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "prefactor_otel.api_check": ("CheckResult",),
-    "prefactor_otel.config": ("ConfigError", "PrefactorConfig"),
-    "prefactor_otel.control": (
+    "prefactor_otel.transport.api_check": ("CheckResult",),
+    "prefactor_otel.config.options": ("ConfigError", "PrefactorConfig"),
+    "prefactor_otel.control.terminations": (
         "PrefactorTerminatedError",
         "Termination",
         "is_terminated",
@@ -43,8 +43,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "termination_reason",
         "wait_for_termination",
     ),
-    "prefactor_otel.exporter": ("PrefactorSpanExporter",),
-    "prefactor_otel.processor": ("PrefactorSpanProcessor",),
+    "prefactor_otel.sdk.exporter": ("PrefactorSpanExporter",),
+    "prefactor_otel.sdk.processor": ("PrefactorSpanProcessor",),
 }
 _MODULES = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -1,3 +1,3 @@
-from prefactor_otel.cli import main
+from prefactor_otel.tools.cli import main
 
 raise SystemExit(main())

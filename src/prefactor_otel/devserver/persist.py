@@ -20,10 +20,10 @@ import dataclasses
 import json
 from typing import Any, NamedTuple
 
-from prefactor_otel import ids
 from prefactor_otel.devserver.model import _Instance, _KeyRecord, _SchemaVersion, _Span
 from prefactor_otel.devserver.store import Store
 from prefactor_otel.devserver.validation import JsonDict
+from prefactor_otel.model import ids
 
 FORMAT = 1
 

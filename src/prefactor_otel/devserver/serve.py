@@ -26,7 +26,8 @@ from prefactor_otel.devserver.server import DEFAULT_PORT, DevServer
 from prefactor_otel.devserver.state_file import StateFile, StateFileError, StateWriter
 
 # What serve defaulted to before it kept state on disk: public (in every copy of this package), so any local
-# program could use it. Never a default now; a saved state holding it gets a random token (cli.PUBLIC_DEV_TOKEN).
+# program could use it. Never a default now; a saved state holding it gets a random token. `demo --loop` prints
+# a token only when it is this one, the one token that is no secret.
 PUBLIC_TOKEN = "pf_local_dev_token"
 KEEP_REQUESTS = 1000  # `DevServer.requests` of a long-running server: the last ones only
 SAVE_INTERVAL_S = 0.5

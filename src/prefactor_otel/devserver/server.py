@@ -16,7 +16,6 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from urllib.parse import quote
 
-from prefactor_otel import ids
 from prefactor_otel.devserver import store as st
 from prefactor_otel.devserver import webpage
 from prefactor_otel.devserver.faults import Fault, FaultSet
@@ -25,6 +24,7 @@ from prefactor_otel.devserver.request_log import RequestLog
 from prefactor_otel.devserver.routes import API
 from prefactor_otel.devserver.store import ApiError, JsonDict, Store
 from prefactor_otel.devserver.timefmt import now_us
+from prefactor_otel.model import ids
 
 DEFAULT_TOKEN = "pf_test_token"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024

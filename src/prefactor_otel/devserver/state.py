@@ -12,10 +12,10 @@ import re
 import secrets
 import threading
 
-from prefactor_otel import ids
 from prefactor_otel.devserver.model import BULK_ACTIONS, _Instance, _KeyRecord, _SchemaVersion, _Span
 from prefactor_otel.devserver.timefmt import format_timestamp, now_us
 from prefactor_otel.devserver.validation import ApiError, JsonDict, _copy, _invalid
+from prefactor_otel.model import ids
 
 # Same language as ids.is_pfid (first character carries 3 bits); the tests hold the two together.
 _PFID_RE = re.compile(r"^[0-7][0-9abcdefghjkmnpqrstvwxyz]{31}$")

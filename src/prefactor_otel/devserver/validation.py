@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from prefactor_otel import ids
 from prefactor_otel.devserver.timefmt import parse_timestamp
+from prefactor_otel.model import ids
 
 JsonDict = dict[str, Any]
 Outcome = tuple[int, JsonDict]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from prefactor_otel.mapping.redaction import RedactCallback, Redactor
 
 if TYPE_CHECKING:
-    from prefactor_otel.config import PrefactorConfig
+    from prefactor_otel.config.options import PrefactorConfig
 
 DEFAULT_MAX_LENGTH = 100_000  # UTF-8 bytes per string in inputs / outputs; 0 = no limit
 
@@ -54,7 +54,7 @@ class MappingOptions:
     @classmethod
     def from_config(cls, config: PrefactorConfig) -> MappingOptions:
         """Options from a PrefactorConfig. Raises ConfigError (naming the variable) for an unusable callback."""
-        from prefactor_otel.config import ConfigError
+        from prefactor_otel.config.options import ConfigError
 
         callback = config.redact_callback
         if isinstance(callback, str):
@@ -75,7 +75,7 @@ class MappingOptions:
 
 def resolve_callback(spec: str) -> RedactCallback:
     """`package.module:function` -> the function. Raises ConfigError when it cannot be imported."""
-    from prefactor_otel.config import ConfigError
+    from prefactor_otel.config.options import ConfigError
 
     module_name, _, attribute = spec.partition(":")
     try:

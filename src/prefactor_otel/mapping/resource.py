@@ -19,7 +19,7 @@ from opentelemetry.sdk.resources import Resource
 
 from prefactor_otel.mapping.redaction import Redactor
 from prefactor_otel.mapping.values import JsonValue, json_safe
-from prefactor_otel.models import AgentVersionForRegister, RuntimeEnvironment
+from prefactor_otel.model.http import AgentVersionForRegister, RuntimeEnvironment
 
 # Resource attributes worth repeating in every span's metadata: they tell runs of one agent apart.
 SELECTED_RESOURCE_ATTRIBUTES = (

@@ -17,7 +17,7 @@ from functools import cache
 from typing import Any
 
 from prefactor_otel.mapping import conventions as c
-from prefactor_otel.models import AgentSchemaVersionForRegister, SpanTypeSchemaForCreate
+from prefactor_otel.model.http import AgentSchemaVersionForRegister, SpanTypeSchemaForCreate
 
 JsonSchema = dict[str, Any]
 

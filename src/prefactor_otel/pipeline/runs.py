@@ -1,0 +1,184 @@
+"""The state the planner keeps for one open run, and the questions it asks about it. No I/O, no locks: the
+planner (under the exporter's state lock) is the only caller.
+
+- `RunState`: ids, what was registered and created, the spans waiting to be sent, the root's outcome, and the
+  span filter's bookkeeping. Every per-span collection is bounded (`remember`): a run that lasts for hours keeps
+  the newest MAX_SPANS_REMEMBERED_PER_TRACE span ids; a late child of a forgotten parent waits, then goes as an
+  orphan.
+- Waiting chains: a span waits while its parent is neither created nor on its way; `waiting_chains` groups the
+  waiting spans under the top of each chain, so the planner can release a whole chain, links intact, by
+  orphaning its top only.
+- The span filter (PREFACTOR_SPAN_FILTER=genai): `passes_filter` keeps the spans the filter wants and their
+  ancestors, and re-parents a kept span past filtered-out ancestors.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefactor_otel.mapping.payload import SpanRecord
+from prefactor_otel.mapping.values import as_dict, hex_span_id
+from prefactor_otel.pipeline.starts import StartedSpan
+
+# Span ids remembered per open run (created spans, Prefactor ids, filter bookkeeping). A run that lives for hours
+# would otherwise grow without bound; a late child of a forgotten parent waits and is then sent as an orphan.
+MAX_SPANS_REMEMBERED_PER_TRACE = 10_000
+
+
+@dataclass(slots=True)
+class PendingSpan:
+    record: SpanRecord
+    arrived_at: float
+    orphaned: bool = False
+    too_large_bytes: int | None = None  # set: send a small placeholder in its place
+    attempted: bool = False  # planned at least once: the server may have it
+
+
+@dataclass(slots=True)
+class OpenSpan:
+    """A span started in this process (PrefactorSpanProcessor) and not yet received ended."""
+
+    started: StartedSpan
+    live: bool = False  # created (or planned) active in Prefactor
+
+
+@dataclass(slots=True)
+class LiveSpan:
+    """A span created active: its payload at the start (to tell what appeared later) and, once it has ended and
+    its create may have reached the server, the ended record to finish it with."""
+
+    started_payload: dict[str, Any]
+    ended: SpanRecord | None = None
+
+
+@dataclass(slots=True)
+class RunState:
+    trace_id: int
+    instance_id: str
+    register_item: dict[str, Any] | None  # dropped once the server has it: open runs hold little
+    start_item: dict[str, Any] | None
+    registered: bool = False
+    started: bool = False
+    created: dict[int, None] = field(default_factory=dict)  # an insertion-ordered set, bounded (oldest forgotten)
+    pending: dict[int, PendingSpan] = field(default_factory=dict)
+    root_delivered: bool = False
+    root_failed: bool = False
+    root_end_ns: int = 0
+    last_end_ns: int = 0
+    # The earliest start of any span of the run seen so far (ended, or started with PrefactorSpanProcessor): what
+    # the run's start item carries when it is first planned, so the run's window covers its spans whichever of
+    # them was exported first. Fixed once the start is planned (`planned_start_ns`): the server may have it then.
+    first_start_ns: int = 0
+    planned_start_ns: int | None = None
+    any_failed: bool = False
+    last_activity: float = 0.0
+    rejected: bool = False
+    # span filter: spans with an exported descendant (kept whole), and filtered spans -> their OTel parent
+    needed: dict[int, None] = field(default_factory=dict)
+    skipped: dict[int, int | None] = field(default_factory=dict)
+    root_skipped: bool = False
+    # OTel span id -> Prefactor id, for the spans seen: a parent's id is rebuilt exactly for its children
+    span_ids: dict[int, str] = field(default_factory=dict)
+    journaled: bool = False  # the run is in `run_changes` as open: this process must finish it
+    # Starts (PrefactorSpanProcessor): spans started here and not yet received ended, live spans, and whether the
+    # run is to be registered before any span of it is sent (its local root has started).
+    tracked: bool = False
+    open: dict[int, OpenSpan] = field(default_factory=dict)
+    live: dict[int, LiveSpan] = field(default_factory=dict)
+    announce: bool = False
+
+
+def remember(bounded: dict[Any, Any], key: Any, value: Any) -> None:
+    """Insert into an insertion-ordered dict that keeps at most MAX_SPANS_REMEMBERED_PER_TRACE entries."""
+    bounded[key] = value
+    if len(bounded) > MAX_SPANS_REMEMBERED_PER_TRACE:
+        del bounded[next(iter(bounded))]
+
+
+def parent_resolved_deep(trace: RunState, record: SpanRecord) -> bool:
+    """True if the parent is created, or pending with a chain that ends in a created/root span."""
+    seen: set[int] = set()
+    current = record
+    while True:
+        if current.is_local_root or current.parent_span_id in trace.created:
+            return True
+        parent = trace.pending.get(current.parent_span_id)  # type: ignore[arg-type]
+        if parent is None or parent.record.span_id in seen:
+            return False
+        if parent.orphaned:
+            return True
+        seen.add(parent.record.span_id)
+        current = parent.record
+
+
+def waiting_chains(trace: RunState) -> list[tuple[PendingSpan, int, float]]:
+    """The waiting chains of a trace: (top, spans in the chain, earliest arrival in the chain).
+
+    A top waits for a parent that is not here; the spans below it wait for it. Orphaning the top releases
+    the whole chain with its links intact (orphaning a grandchild first would cut it from its parent).
+    """
+    waiting = {
+        span_id: p
+        for span_id, p in trace.pending.items()
+        if not p.orphaned and not parent_resolved_deep(trace, p.record)
+    }
+    if not waiting:
+        return []
+    children: dict[int | None, list[int]] = {}
+    for span_id, pending in waiting.items():
+        children.setdefault(pending.record.parent_span_id, []).append(span_id)
+    chains = []
+    for span_id, top in waiting.items():
+        if top.record.parent_span_id in waiting:
+            continue
+        size, earliest, stack, seen = 0, top.arrived_at, [span_id], set()
+        while stack:
+            current = stack.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            size += 1
+            earliest = min(earliest, waiting[current].arrived_at)
+            stack.extend(children.get(current, ()))
+        chains.append((top, size, earliest))
+    return chains
+
+
+def passes_filter(trace: RunState, record: SpanRecord, wanted: bool, counters: Counter[str]) -> bool:
+    """Keep spans the filter wants and their ancestors; remember the rest so children can skip them.
+
+    Children normally end (and arrive) before their parent, so a kept child has marked its parent as
+    needed by the time the parent arrives: trees stay whole. A kept span whose parent was already filtered
+    out (it outlived it) is re-parented to its nearest exported ancestor instead of becoming an orphan.
+    """
+    if wanted or record.span_id in trace.needed:
+        if not record.is_local_root:
+            if record.parent_span_id in trace.skipped:
+                _reparent(trace, record, counters)
+            if record.parent_span_id is not None:
+                remember(trace.needed, record.parent_span_id, None)
+        return True
+    remember(trace.skipped, record.span_id, None if record.is_local_root else record.parent_span_id)
+    counters["spans_filtered_out"] += 1
+    if record.is_local_root:
+        trace.root_skipped = True
+        trace.root_failed = trace.root_failed or record.status == "failed"
+        trace.root_end_ns = max(trace.root_end_ns, record.end_time_ns)
+    return False
+
+
+def _reparent(trace: RunState, record: SpanRecord, counters: Counter[str]) -> None:
+    original = record.parent_span_id
+    ancestor = original
+    for _ in range(len(trace.skipped) + 1):  # bounded walk up through filtered-out spans
+        if ancestor is None or ancestor not in trace.skipped:
+            break
+        ancestor = trace.skipped[ancestor]
+    record.parent_span_id = ancestor
+    payload = dict(as_dict(record.payload))
+    payload["parent_span_id"] = hex_span_id(ancestor) if ancestor is not None else None
+    payload["metadata"] = {**payload["metadata"], "prefactor.reparented_from": hex_span_id(original or 0)}
+    record.payload = payload
+    counters["spans_reparented"] += 1

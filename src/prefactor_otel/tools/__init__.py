@@ -1,0 +1,2 @@
+"""The command line and what it runs: `prefactor-otel` (cli.py), doctor, the demo.
+"""

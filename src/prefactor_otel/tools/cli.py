@@ -1,0 +1,335 @@
+"""`prefactor-otel` command line: demo | serve | show | terminate | doctor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+import httpx
+
+
+def _take_back_ctrl_c() -> None:
+    """Let Ctrl-C (SIGINT) stop this process even when it was started with SIGINT ignored.
+
+    A non-interactive shell starts its background jobs with SIGINT ignored, some runners pass that down to their
+    children, and Python keeps an inherited SIG_IGN, so a loop that ends only on Ctrl-C would then run until killed
+    (a test runner started in the background met this as a `show --watch` that outlived its SIGINT). The commands
+    that say "Ctrl-C to stop" and are not services (`show --watch`, `demo --loop`) take SIGINT back, as procps'
+    `watch` does; `serve` keeps what it inherited, as a server run in the background should, and stops on SIGTERM.
+    Only the main thread may set a handler: called from another thread (an embedding test), this changes nothing."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.loop:
+        _take_back_ctrl_c()
+        from prefactor_otel.tools.demo_loop import run_demo_loop
+
+        return run_demo_loop(args.max_steps, args.interval)
+    from prefactor_otel.tools.demo import run_demo
+
+    return run_demo()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from prefactor_otel.devserver import serve
+    from prefactor_otel.devserver.state_file import default_state_path
+
+    return serve(
+        args.host,
+        args.port,
+        args.token,
+        agent_id=args.agent_id,
+        environment_id=args.environment_id,
+        state_path=None if args.memory else (args.state or default_state_path()),
+        reset=args.reset,
+        allowed_hosts=args.allow_host,
+        request_log=None if args.quiet else sys.stderr,
+    )
+
+
+def _resolve_token(args: argparse.Namespace) -> bool:
+    """Fill in `args.token`: `--token`, else PREFACTOR_API_TOKEN, else (for a URL on this machine only) the token
+    `serve` saved in its state file (`--state`, else the default). False, said on stderr, when there is none."""
+    args.token_source = "--token"
+    if args.token:
+        return True
+    args.token_source = "PREFACTOR_API_TOKEN"
+    args.token = os.environ.get("PREFACTOR_API_TOKEN", "").strip() or None
+    if args.token:
+        return True
+    from prefactor_otel.devserver.state_file import default_state_path, saved_token
+    from prefactor_otel.devserver.webpage import host_allowed
+
+    state = args.state or default_state_path()
+    local = host_allowed(urlsplit(args.url).netloc, "127.0.0.1")  # a local server's token never goes elsewhere
+    args.token = saved_token(state) if local else None
+    args.token_source = f"the state file {state}"
+    if args.token:
+        return True
+    where = f"none saved in {state}" if local else f"{args.url} is not on this machine"
+    print(
+        f"prefactor-otel {args.command}: no token ({where}): pass --token, or set PREFACTOR_API_TOKEN to the "
+        "token `prefactor-otel serve` prints (or give the --state PATH it uses)",
+        file=sys.stderr,
+    )
+    return False
+
+
+def _refused(args: argparse.Namespace, response: httpx.Response) -> str:
+    """What to add to an error answer: for a 401, where the refused token came from (never the token itself)."""
+    if response.status_code != 401:
+        return ""
+    return f" (the token from {args.token_source} was refused; `prefactor-otel serve` prints the one it expects)"
+
+
+def _local_server(
+    args: argparse.Namespace, method: str, path: str, body: dict[str, str] | None = None, *, quiet: bool = False
+) -> httpx.Response | None:
+    """One call to a server (`--url`, `--token`); None (said on stderr unless `quiet`) if unreachable."""
+    base = args.url.rstrip("/")
+    base = base.removesuffix("/api/v1")  # the URL may be given with the API prefix, as users copy it
+    try:
+        return httpx.request(
+            method, base + path, json=body, headers={"Authorization": f"Bearer {args.token}"}, timeout=10
+        )
+    except httpx.HTTPError as exc:
+        if not quiet:
+            print(f"cannot reach {args.url}: {type(exc).__name__}", file=sys.stderr)
+        return None
+
+
+def _show(args: argparse.Namespace) -> int:
+    from prefactor_otel.devserver import render_runs
+
+    if not _resolve_token(args):
+        return 2
+    if args.watch:
+        return _watch(args)
+    response = _local_server(args, "GET", "/_dev/snapshot")
+    if response is None:
+        return 2
+    if response.status_code != 200:
+        print(f"{args.url} answered HTTP {response.status_code}{_refused(args, response)}", file=sys.stderr)
+        return 2
+    snapshot = response.json()
+    if args.json:
+        print(json.dumps(snapshot, indent=2))
+    else:
+        print(render_runs(snapshot))
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """`show --watch`: one frame of live runs and in-flight spans every `--interval` seconds, until Ctrl-C or
+    `--count` frames. A terminal is redrawn in place; other output gets the frames one after another."""
+    from prefactor_otel.devserver import render_live
+    from prefactor_otel.devserver.timefmt import now_us
+
+    _take_back_ctrl_c()
+    redraw = sys.stdout.isatty()
+    frames = reached = 0
+    try:
+        while args.count is None or frames < args.count:
+            if frames:
+                time.sleep(args.interval)
+            frames += 1
+            response = _local_server(args, "GET", "/_dev/snapshot", quiet=True)
+            if response is not None and response.status_code == 200:
+                reached += 1
+                body = render_live(response.json(), now_us=now_us())
+            else:
+                # A watch outlives a server restart: say so in the frame and keep polling.
+                why = "unreachable" if response is None else f"HTTP {response.status_code}"
+                body = f"cannot read {args.url}: {why}\n"
+            head = f"{args.url}  {time.strftime('%H:%M:%S')}  every {args.interval:g} s (Ctrl-C to stop)\n\n"
+            sys.stdout.write(("\x1b[H\x1b[2J" if redraw else "\n" if frames > 1 else "") + head + body)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    return 0 if reached else 2
+
+
+def _terminate(args: argparse.Namespace) -> int:
+    """Terminate a run, as an operator does in Prefactor: the API's `POST /agent_instance/{id}/terminate` (only an
+    active run; a reason is required). The run's in-flight spans are closed and its later span calls carry control."""
+    if not _resolve_token(args):
+        return 2
+    path = f"/api/v1/agent_instance/{args.instance_id}/terminate"
+    response = _local_server(args, "POST", path, {"reason": args.reason})
+    if response is None:
+        return 2
+    if response.status_code != 200:
+        detail = response.json().get("message") if "json" in response.headers.get("content-type", "") else ""
+        print(f"{args.url} answered HTTP {response.status_code}: {detail}{_refused(args, response)}", file=sys.stderr)
+        return 1
+    print(f"run {args.instance_id} terminated ({args.reason})")
+    return 0
+
+
+def _positive_seconds(value: str) -> float:
+    seconds = float(value)
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 3600 seconds")
+    return seconds
+
+
+def _positive_count(value: str) -> int:
+    count = int(value)
+    if count < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return count
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from prefactor_otel.tools.doctor import run_doctor
+
+    return run_doctor()
+
+
+def _package_version() -> str:
+    from prefactor_otel._version import __version__
+
+    return __version__
+
+
+# The help of serve/show/terminate shows every default, except where the default comes from a token: a real token
+# must never reach a terminal or a screenshot through --help, so those say where it comes from instead.
+_URL_HELP = "the local server's URL (default: from PREFACTOR_API_URL, else http://127.0.0.1:8787)"
+_TOKEN_HELP = (
+    "the API token to send (default: from PREFACTOR_API_TOKEN, else the token saved in the state file of "
+    "`prefactor-otel serve`, for a server on this machine)"
+)
+_STATE_HELP = "the state file of `prefactor-otel serve` to read the token from (default: serve's default)"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps help at spaces only: a path or URL shown as a default stays whole (argparse breaks at hyphens)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from prefactor_otel.devserver.state_file import default_state_path
+
+    serve = sub.add_parser(
+        "serve",
+        formatter_class=_HelpFormatter,
+        help="run the local Prefactor-compatible API server (keeps its runs and ids across restarts)",
+        description="Run the local Prefactor-compatible API server in the foreground until Ctrl-C. Its state (token, "
+        "agent and environment ids, runs, spans, idempotency keys) is saved to a file and loaded at the next start, "
+        "so apps keep working across restarts; each request is logged to stderr.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument(
+        "--port", type=int, default=8787, help="port to listen on; 0 picks a free one (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--allow-host",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="also answer requests addressed to this host name (e.g. host.docker.internal from a container); "
+        "repeatable. Other names are refused, a guard against DNS rebinding (default: loopback names and --host only)",
+    )
+    serve.add_argument(
+        "--token",
+        default=None,
+        help="the API token clients must send; given, it replaces the saved one (default: the saved token, else from "
+        "PREFACTOR_API_TOKEN, else a new random one, saved with the state and printed)",
+    )
+    serve.add_argument(
+        "--agent-id",
+        default=None,
+        help="seed this agent id for a new state; its partition becomes the account's (default: the saved one, "
+        "else a new id)",
+    )
+    serve.add_argument(
+        "--environment-id", default=None, help="seed this environment id (default: the saved one, else a new id)"
+    )
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument(
+        "--state",
+        metavar="PATH",
+        default=None,
+        help=f"the state file to load and keep saving (default: {default_state_path()}, from XDG_DATA_HOME or the "
+        "user data directory)",
+    )
+    where.add_argument("--memory", action="store_true", help="keep no state file: everything is lost when it stops")
+    serve.add_argument(
+        "--reset", action="store_true", help="discard the saved state and start over (new agent id, no runs)"
+    )
+    serve.add_argument("--quiet", action="store_true", help="do not log each request to stderr")
+    serve.set_defaults(func=_serve)
+
+
+def _add_show_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    show = sub.add_parser("show", help="print the agent runs a local server holds", formatter_class=_HelpFormatter)
+    show.add_argument("--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787", help=_URL_HELP)
+    show.add_argument("--token", default=None, help=_TOKEN_HELP)
+    show.add_argument("--state", metavar="PATH", default=None, help=_STATE_HELP)
+    show.add_argument("--json", action="store_true", help="print the raw snapshot instead of trees")
+    show.add_argument("--watch", action="store_true", help="show live runs and in-flight spans until Ctrl-C")
+    show.add_argument(
+        "--interval", type=_positive_seconds, default=1.0, help="seconds between --watch frames (default: %(default)s)"
+    )
+    show.add_argument(
+        "--count", type=_positive_count, default=None, help="stop --watch after this many frames (default: never)"
+    )
+    show.set_defaults(func=_show)
+
+
+def _add_terminate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    terminate = sub.add_parser(
+        "terminate",
+        help="terminate an active run (its in-flight spans close; its span calls then carry control)",
+        formatter_class=_HelpFormatter,
+    )
+    terminate.add_argument("instance_id", help="the agent run's id")
+    terminate.add_argument("--reason", required=True, help="why (required by the API; shown with the run)")
+    terminate.add_argument(
+        "--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787", help=_URL_HELP
+    )
+    terminate.add_argument("--token", default=None, help=_TOKEN_HELP)
+    terminate.add_argument("--state", metavar="PATH", default=None, help=_STATE_HELP)
+    terminate.set_defaults(func=_terminate)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="prefactor-otel", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run a small instrumented agent and export it (local server by default)")
+    demo.add_argument(
+        "--loop",
+        action="store_true",
+        help="run one long agent run, live, until it is terminated (prefactor-otel terminate), --max-steps or Ctrl-C",
+    )
+    demo.add_argument("--max-steps", type=_positive_count, default=600, help="with --loop: end after this many steps")
+    demo.add_argument("--interval", type=_positive_seconds, default=1.0, help="with --loop: seconds per step")
+    demo.set_defaults(func=_demo)
+    _add_serve_parser(sub)
+    _add_show_parser(sub)
+    _add_terminate_parser(sub)
+    doctor = sub.add_parser(
+        "doctor",
+        help="check configuration, what opentelemetry-instrument will do, and API access (sends no span); "
+        "reports every problem",
+    )
+    doctor.set_defaults(func=_doctor)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

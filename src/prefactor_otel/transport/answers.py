@@ -1,0 +1,315 @@
+"""What an answer from the Prefactor API means: its status (final, retryable, auth), each item's outcome, an error
+body's code and message, the cause of a connection failure, a Content-Encoding, a Retry-After; and the proxy the
+environment sets for the API URL (and whether httpx can use it); a read's answer (`ReadAnswer`). transport.py sends
+and retries; this module only reads.
+
+Items missing from a bulk answer were not processed (the server stops at the first error): they are
+NOT_PROCESSED, the caller's to send again.
+
+`AnswerRules` is a mixin of `BulkTransport` (transport.py), split out as its own concept; it shares the
+transport's state (`counters`, `_log`, `_auth_failed`, owned by `BulkTransport.__init__`) and runs on the
+thread that sent the request: the sender, serialized by the exporter's send lock, so `counters` takes no lock.
+`_auth_failed` (and `auth_status`, set just before it) is set once, here, and read from any thread (a single
+assignment: no lock); the pipeline reports the refusal, knowing what became of the items. The functions are pure
+and called from any thread.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import importlib.util
+import json
+import logging
+import os
+import re
+import socket
+import ssl
+import time
+import urllib.parse
+import urllib.request
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from prefactor_otel._logging import RateLimitedLog
+from prefactor_otel.model.http import BULK_RESPONSE_FIELDS, ApiResponse
+from prefactor_otel.transport.outcomes import NOT_PROCESSED, SUCCESS, BulkResult, ItemOutcome, terminate_reason
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# A bulk answer is one small output per item (about 200 bytes each, a few hundred per request): 8 MiB is generous.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+
+class ResponseTooLarge(Exception):
+    """The answer exceeds MAX_RESPONSE_BYTES (declared or read so far): not a Prefactor answer."""
+
+
+class UnreadableResponse(Exception):
+    """The answer's Content-Encoding is one we did not ask for and cannot decode within the size cap."""
+
+
+@dataclass(frozen=True)
+class ReadAnswer:
+    """What one read (`BulkTransport.get`) got: the `status` and `body` of the answer, or, when no answer came,
+    status None, an empty body and `error`, which names the host and the cause a user can act on
+    ("cannot reach 127.0.0.1:8787: connection refused")."""
+
+    status: int | None
+    body: bytes
+    error: str | None = None
+
+
+def parse_retry_after(value: str | None, now_wall: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date); None if absent or invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now_wall is None else now_wall)
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+def connection_error_cause(exc: BaseException) -> str:
+    """What a connection failure was, in words a user can act on: "connection refused", "name not resolved", "TLS
+    error (...)", "timed out", else the exception's type. Walks the chain httpx wraps the socket error in."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, socket.gaierror):
+            return "name not resolved"
+        if isinstance(current, ssl.SSLError):
+            reason = getattr(current, "reason", None) or type(current).__name__
+            return f"TLS error ({str(reason).lower().replace('_', ' ')})"
+        if isinstance(current, (TimeoutError, socket.timeout, httpx.TimeoutException)):
+            return "timed out"
+        current = current.__cause__ or current.__context__
+    text = str(exc).lower()
+    for marker, cause in (
+        ("refused", "connection refused"),
+        ("name or service", "name not resolved"),
+        ("nodename nor servname", "name not resolved"),
+        ("certificate", "TLS error"),
+    ):
+        if marker in text:
+            return cause
+    return type(exc).__name__
+
+
+class AnswerRules:
+    # State owned by BulkTransport.__init__ (transport.py), used here.
+    counters: Counter[str]
+    _log: RateLimitedLog
+    _auth_failed: bool
+    auth_status: int | None
+
+    def _count_unreadable(self, exc: Exception) -> None:
+        self.counters["contract_errors"] += 1
+        reason = "response_too_large" if isinstance(exc, ResponseTooLarge) else "response_unreadable"
+        self.counters[reason] += 1
+        self.counters[f"outcome:{reason}"] += 1
+        self._log.log(
+            logging.WARNING,
+            reason,
+            "Prefactor export: the answer is not a Prefactor answer (%s: %s; at most %d bytes are read); "
+            "connection discarded",
+            reason,
+            exc,
+            MAX_RESPONSE_BYTES,
+        )
+
+    def _handle_status(self, response: httpx.Response, answer: bytes) -> BulkResult | None:
+        """A final result for a non-2xx status, or None (2xx, or retryable: `_post` tells them apart)."""
+        status = response.status_code
+        if 200 <= status < 300:
+            return None
+        if status in (401, 403):
+            if not self._auth_failed:
+                # Reported once by the pipeline, which knows what became of the items (kept on disk or dropped).
+                self.auth_status = status
+                self._auth_failed = True
+            return BulkResult(error="auth", status_code=status)
+        if status in RETRYABLE_STATUS:
+            self.counters[f"http_{status}"] += 1
+            self._log.log(logging.WARNING, f"http{status}", "Prefactor export: HTTP %d, retrying", status)
+            return None
+        if 300 <= status < 400:
+            self._log.log(
+                logging.ERROR,
+                "redirect",
+                "Prefactor export: HTTP %d redirect not followed; check PREFACTOR_API_URL",
+                status,
+            )
+            return BulkResult(error="redirect", status_code=status)
+        if status == 413:
+            return BulkResult(error="too_large", status_code=status)
+        code, message = error_fields(answer)
+        self._log.log(
+            logging.ERROR,
+            f"http{status}",
+            "Prefactor export: request rejected with HTTP %d: %s: %s",
+            status,
+            code,
+            message,
+        )
+        return BulkResult(error="rejected", status_code=status, code=code, message=message)
+
+    def _bulk_outcomes(self, response: httpx.Response, answer: bytes, keys: Sequence[str]) -> BulkResult | None:
+        try:
+            outputs = BULK_RESPONSE_FIELDS.validate_json(answer)["outputs"]
+        except ValidationError as exc:
+            self.counters["contract_errors"] += 1
+            self._log.log(
+                logging.WARNING,
+                "contract",
+                "Prefactor export: the bulk response does not fit the API contract (%d error(s)), retrying",
+                exc.error_count(),
+            )
+            return None
+        outcomes: dict[str, ItemOutcome] = {}
+        for key in keys:
+            output = outputs.get(key)
+            if output is None:
+                outcomes[key] = NOT_PROCESSED
+                continue
+            if output["status"] == "success":
+                outcome = SUCCESS
+            else:
+                outcome = ItemOutcome("error", output.get("code"), output.get("message"))
+            if "control" in output:  # rare: only answers in a run Prefactor terminated carry it
+                outcome = with_control(outcome, output)
+            outcomes[key] = outcome
+        return BulkResult(outcomes=outcomes, status_code=response.status_code)
+
+    def _rest_outcome(self, response: httpx.Response, answer: bytes, key: str) -> BulkResult | None:
+        try:
+            parsed = ApiResponse[dict[str, Any]].model_validate_json(answer)
+        except ValidationError:
+            self.counters["contract_errors"] += 1
+            self._log.log(logging.WARNING, "contract", "Prefactor export: a REST response does not fit the contract")
+            return None
+        outcome = with_control(SUCCESS, parsed.model_extra)  # a span answer's top-level `control`
+        return BulkResult(outcomes={key: outcome}, status_code=response.status_code)
+
+
+def with_control(outcome: ItemOutcome, answer: object) -> ItemOutcome:
+    """The outcome, marked when the answer tells the run to terminate (see outcomes.terminate_reason)."""
+    terminate, reason = terminate_reason(answer)
+    return outcome._replace(terminate=True, terminate_reason=reason) if terminate else outcome
+
+
+def decode_body(raw: bytes, content_encoding: str | None) -> bytes:
+    """The answer's bytes without its Content-Encoding, inflated to at most MAX_RESPONSE_BYTES (we ask for
+    identity; a server compressing anyway must not inflate a small body into gigabytes)."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise UnreadableResponse(f"unsupported Content-Encoding {encoding[:40]!r}")
+    wbits = zlib.MAX_WBITS | 16 if "gzip" in encoding else zlib.MAX_WBITS
+    try:
+        inflated = zlib.decompressobj(wbits).decompress(raw, MAX_RESPONSE_BYTES + 1)
+    except zlib.error as exc:
+        raise UnreadableResponse(f"invalid {encoding} body") from exc
+    if len(inflated) > MAX_RESPONSE_BYTES:
+        raise ResponseTooLarge(f"{encoding} body inflates past {MAX_RESPONSE_BYTES} bytes")
+    return inflated
+
+
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+
+
+class UnusableProxy(ValueError):
+    """The proxy the environment sets for the API URL cannot be used; the message names the variable, the
+    (masked) value, why, and the fix."""
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy the environment (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY) sets for `url`, or None."""
+    setting = environment_proxy_setting(url)
+    if setting is None:
+        return None
+    proxy = setting[1]
+    return proxy if "://" in proxy else "http://" + proxy
+
+
+def environment_proxy_setting(url: str) -> tuple[str, str] | None:
+    """(variable, value) of the proxy the environment sets for `url` (urllib's rules: a lowercase variable wins
+    over its uppercase form, the scheme's before ALL_PROXY, NO_PROXY bypasses), or None."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    key = parts.scheme if proxies.get(parts.scheme) else "all"
+    proxy = proxies.get(key)
+    if not proxy or (parts.hostname and urllib.request.proxy_bypass_environment(parts.hostname, proxies)):
+        return None
+    variable = next(
+        (name for name in (f"{key}_proxy", f"{key.upper()}_PROXY") if os.environ.get(name) == proxy),
+        f"{key.upper()}_PROXY",
+    )
+    return variable, proxy
+
+
+def masked_proxy(value: str) -> str:
+    """A proxy value fit for a log line: any user:password part masked, at most 100 characters."""
+    masked = re.sub(r"^([^/]*//)?[^/@]*@", lambda m: (m.group(1) or "") + "***@", value.strip())
+    return masked if len(masked) <= 100 else masked[:97] + "..."
+
+
+def usable_proxy(variable: str, value: str) -> str:
+    """The proxy URL to give httpx for `value` (set in `variable`), or UnusableProxy saying why and what to do."""
+    proxy = value.strip() if "://" in value else "http://" + value.strip()
+    why = None
+    try:
+        parsed = httpx.URL(proxy)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        why = f"not a URL: {str(exc)[:80]}"
+    else:
+        if parsed.scheme not in PROXY_SCHEMES:
+            why = f"scheme {parsed.scheme[:20]!r} is not one of {', '.join(PROXY_SCHEMES)}"
+        elif not parsed.host:
+            why = "no host"
+        elif "%" in parsed.host:  # httpx escapes what no host name may hold ("[bad", a space)
+            why = f"{parsed.host[:40]!r} is not a host name"
+        elif parsed.port is not None and not 0 < parsed.port < 65536:
+            why = f"port {parsed.port} is out of range"
+        elif parsed.scheme.startswith("socks") and importlib.util.find_spec("socksio") is None:
+            why = "a SOCKS proxy needs the socksio package: pip install 'httpx[socks]'"
+    if why is not None:
+        raise UnusableProxy(proxy_problem(variable, value, why))
+    return proxy
+
+
+def proxy_problem(variable: str, value: str, why: str) -> str:
+    """One sentence: which variable, its masked value, why it cannot be used, and the fix."""
+    return (
+        f"the proxy {variable}={masked_proxy(value)!r} cannot be used ({why}): set {variable} to http://host:port, "
+        f"https://host:port or socks5://host:port, or unset it (or list the API host in NO_PROXY) to connect directly"
+    )
+
+
+def error_fields(answer: bytes) -> tuple[str | None, str]:
+    """code and message of an API error body; never echoes request headers."""
+    try:
+        data = json.loads(answer)
+    except ValueError:
+        return None, f"non-JSON body ({len(answer)} bytes)"
+    if isinstance(data, dict):
+        return data.get("code"), str(data.get("message"))[:200]
+    return None, "unexpected body"

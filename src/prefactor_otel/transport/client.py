@@ -1,0 +1,391 @@
+"""Transport: the module that does HTTP. One httpx client, bulk requests, retries, one deadline.
+
+`send_bulk` sends one bulk request (already chunked by the caller with `chunk_encoded`) and retries it on
+connection errors, timeouts, 408, 429 and 5xx with exponential backoff and full jitter, honouring
+`Retry-After`, never past the caller's deadline. It returns every item's outcome; what an answer means (status,
+outcomes, error bodies, a failure's cause) is read by transport_answers.py, whose `AnswerRules` this class mixes in.
+
+The deadline is wall-clock for the whole request, answer included (see `netdeadline`), and `cap_deadline`
+lowers every deadline at once, a request in flight included. Answers are streamed and read up to
+MAX_RESPONSE_BYTES. With a caller-supplied `http_client` the network layer is the caller's: the deadline and
+the cap are then checked between body chunks only, so one connect, one write or the wait for the headers can
+each take up to the time left when the request started (httpx's per-operation timeout).
+
+Threads: sends are serialized by the exporter's send lock (one sender at a time); `interrupt_waits`,
+`resume_waits`, `cap_deadline` and `close` may be called from any thread (events and single assignments:
+no lock). `get` (the run poll) may run on another thread meanwhile: the httpx client is thread-safe, the
+deadline is thread-local, and `get` writes no counters. `counters` is written by the sender only.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import httpx
+from opentelemetry import context as otel_context
+from pydantic import ValidationError
+
+from prefactor_otel._logging import RateLimitedLog, logger
+from prefactor_otel.config.options import PrefactorConfig
+from prefactor_otel.model.http import ApiResponse, PfidGenerateDetails
+from prefactor_otel.transport.answers import (
+    MAX_RESPONSE_BYTES,
+    AnswerRules,
+    ReadAnswer,
+    ResponseTooLarge,
+    UnreadableResponse,
+    UnusableProxy,
+    connection_error_cause,
+    decode_body,
+    environment_proxy_setting,
+    parse_retry_after,
+    proxy_problem,
+    usable_proxy,
+)
+from prefactor_otel.transport.netdeadline import SLICE_S, DeadlineBackend, install_deadline_backend
+from prefactor_otel.transport.outcomes import BulkResult
+
+# The wire form lives in its own module; re-exported here, where the exporter and older code import it from.
+from prefactor_otel.transport.wire import bulk_body as bulk_body
+from prefactor_otel.transport.wire import chunk_encoded as chunk_encoded
+from prefactor_otel.transport.wire import encode_item as encode_item
+from prefactor_otel.transport.wire import encode_json as encode_json
+from prefactor_otel.transport.wire import rest_request as rest_request
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+# When the backoff would overrun the deadline, the last attempt keeps half the time left, and at least this.
+LAST_ATTEMPT_MIN_S = 0.25
+
+
+@contextmanager
+def suppress_instrumentation() -> Iterator[None]:
+    """Our own HTTP calls must not become spans, or an instrumented httpx would feed the exporter itself."""
+    ctx = otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
+    ctx = otel_context.set_value(otel_context._SUPPRESS_HTTP_INSTRUMENTATION_KEY, True, ctx)
+    token = otel_context.attach(ctx)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+class BulkTransport(AnswerRules):
+    def __init__(self, config: PrefactorConfig, *, sdk_header: str, client: httpx.Client | None = None) -> None:
+        self._config = config
+        parsed = httpx.URL(config.api_base)
+        host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host  # an IPv6 address reads as in a URL
+        self._host = f"{host}:{parsed.port}" if parsed.port else host  # never the token: it is not in URLs
+        self._what_happens_next = (
+            "the items are kept on disk and re-sent, also by the next process with this configuration"
+            if config.spool
+            else "the items stay in memory and are sent again later (PREFACTOR_SPOOL is off: lost at exit)"
+        )
+        self._sdk_header = sdk_header
+        self._owns_client = client is None
+        self._ceiling: float | None = None
+        self._network: DeadlineBackend | None = None
+        # Set when the proxy the environment sets for the API URL cannot be used: then nothing is sent (every
+        # request fails at once, error "proxy"), and the exporter keeps the items as in an outage.
+        self.proxy_error: str | None = None
+        self._proxy_note = ""  # ", through the proxy in HTTPS_PROXY": for connection errors
+        self._client = client or self._new_client()
+        # Sent per request (not as client defaults) so a caller-supplied client authenticates too.
+        self._headers = {
+            "Authorization": f"Bearer {config.api_token.get()}",
+            "X-Prefactor-SDK": sdk_header,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            # Answers are small; identity keeps a compressed answer from inflating past the size cap.
+            "Accept-Encoding": "identity",
+            "User-Agent": sdk_header,
+        }
+        self._stop = threading.Event()
+        self._interrupt = threading.Event()
+        self._auth_failed = False
+        self.auth_status: int | None = None  # the status of the answer that refused the token (401 or 403)
+        self._log = RateLimitedLog()
+        self.counters: Counter[str] = Counter()
+
+    def _new_client(self) -> httpx.Client:
+        self.proxy_error = None
+        self._proxy_note = ""
+        verify: bool | ssl.SSLContext = self._config.tls_verify
+        if self._config.tls_verify and self._config.ca_bundle:
+            verify = ssl.create_default_context(cafile=self._config.ca_bundle)
+        # Our own transport (so the deadline-aware network layer goes under it): httpx then ignores the proxy
+        # variables, so the one that applies to the API URL is passed explicitly. One it cannot use leaves the
+        # client without a proxy, never used: `proxy_error` stops every request.
+        proxy = None
+        setting = environment_proxy_setting(self._config.api_base)
+        if setting is not None:
+            variable, value = setting
+            try:
+                proxy = usable_proxy(variable, value)
+                transport = httpx.HTTPTransport(verify=verify, proxy=proxy)
+            except UnusableProxy as exc:
+                self.proxy_error = str(exc)
+                proxy = None
+            except Exception as exc:  # what httpx itself refuses (a version that checks more than we do)
+                self.proxy_error = proxy_problem(variable, value, f"httpx refuses it: {type(exc).__name__}")
+                proxy = None
+            else:
+                self._proxy_note = f" through the proxy in {variable}"
+        if proxy is None:
+            transport = httpx.HTTPTransport(verify=verify)
+        self._network = install_deadline_backend(transport)
+        if self._network is None:
+            logger.debug("Prefactor: this httpx version takes no deadline-aware network layer; per-operation timeouts")
+        else:
+            self._network.ceiling = self._ceiling
+        return httpx.Client(
+            transport=transport,
+            follow_redirects=False,  # a redirect would carry the token to another origin
+            timeout=httpx.Timeout(self._config.export_timeout),
+        )
+
+    def reset_after_fork(self) -> None:
+        """A forked child must not share the parent's pooled sockets, nor a lock another thread held at the fork;
+        it counts its own requests and starts without the parent's exit ceiling."""
+        self._ceiling = None
+        if self._owns_client:
+            self._client = self._new_client()
+        self._stop = threading.Event()
+        self._interrupt = threading.Event()
+        self._log = RateLimitedLog()
+        self.counters = Counter()
+
+    @property
+    def auth_failed(self) -> bool:
+        return self._auth_failed
+
+    @property
+    def stopped_reason(self) -> str | None:
+        """Why this transport sends nothing more in this process, or None: "auth" (the server refused the token),
+        "proxy" (the proxy the environment sets cannot be used). Both are fixed only by a new process."""
+        if self._auth_failed:
+            return "auth"
+        return "proxy" if self.proxy_error is not None else None
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._owns_client:
+            self._client.close()
+
+    def interrupt_waits(self) -> None:
+        """Wake every backoff sleep now (shutdown must not wait for another thread's retry ladder).
+
+        The interrupted sender gives up its request ("interrupted"); the items stay with the planner and the
+        shutting-down caller, once it holds the send lock, calls `resume_waits` and sends them itself.
+        """
+        self._interrupt.set()
+
+    def resume_waits(self) -> None:
+        self._interrupt.clear()
+
+    def cap_deadline(self, at: float | None) -> None:
+        """No request, retry or backoff sleep goes past `at` (time.monotonic()) from now on; None lifts the cap.
+
+        Applies to a request already in flight too: with the client built here it ends within about SLICE_S of
+        the ceiling (with a caller-supplied client, at its next body chunk or socket timeout). Call it when the
+        process starts exiting, from any thread.
+        """
+        self._ceiling = at
+        if self._network is not None:
+            self._network.ceiling = at
+
+    def _deadline(self, deadline: float) -> float:
+        ceiling = self._ceiling
+        return deadline if ceiling is None else min(deadline, ceiling)
+
+    # ------------------------------------------------------------------ requests
+
+    def send_bulk(self, encoded_items: Sequence[bytes], keys: Sequence[str], deadline: float) -> BulkResult:
+        """One bulk request, retried inside the deadline; per-item outcomes for `keys`."""
+        return self._post("/bulk", bulk_body(encoded_items), deadline, lambda r, b: self._bulk_outcomes(r, b, keys))
+
+    def send_rest(self, item: dict[str, Any], deadline: float) -> BulkResult:
+        """Send one bulk-shaped item as its REST call (for an action the bulk endpoint does not take)."""
+        path, body = rest_request(item)
+        key = item["idempotency_key"]
+        return self._post(path, encode_item(body), deadline, lambda r, b: self._rest_outcome(r, b, key))
+
+    def get(self, path: str, deadline: float) -> ReadAnswer:
+        """One GET of an API path (e.g. "/agent_instance/<id>") by `deadline`: the answer's status and body, or,
+        on a connection problem, a deadline reached or an answer that is not one, status None and an `error` that
+        names the host and the cause. Not retried, and a 401/403 is only returned: a read the token may not make
+        must not stop the exporter's writes."""
+        if self.proxy_error is not None:
+            return ReadAnswer(None, b"", f"cannot reach {self._host}: {self.proxy_error}")
+        try:
+            response, answer = self._request(path, b"", deadline, method="GET")
+        except httpx.TransportError as exc:
+            cause = connection_error_cause(exc)
+            return ReadAnswer(None, b"", f"cannot reach {self._host}{self._proxy_note}: {cause}")
+        except (ResponseTooLarge, UnreadableResponse) as exc:
+            return ReadAnswer(None, b"", f"unreadable answer from {self._host} ({type(exc).__name__}: {exc})")
+        return ReadAnswer(response.status_code, answer)
+
+    def _request(self, path: str, body: bytes, deadline: float, method: str = "POST") -> tuple[httpx.Response, bytes]:
+        """Send and read the whole answer by `deadline` (wall clock), at most MAX_RESPONSE_BYTES of it.
+
+        Raises httpx.TransportError (a timeout once the deadline passes), ResponseTooLarge or UnreadableResponse;
+        leaving early closes the response, which discards its connection.
+        """
+        remaining = self._deadline(deadline) - time.monotonic()
+        if remaining <= 0:
+            raise httpx.ConnectTimeout("request deadline reached before sending")
+        network = self._network
+        with (
+            suppress_instrumentation(),
+            network.bounded(deadline) if network is not None else nullcontext(),
+            self._client.stream(
+                method,
+                self._config.api_base + path,
+                content=body if method == "POST" else None,
+                headers=self._headers,
+                timeout=httpx.Timeout(remaining),
+            ) as response,
+        ):
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+                raise ResponseTooLarge(f"declared {declared} bytes")
+            parts: list[bytes] = []
+            size = 0
+            for chunk in response.iter_raw():
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise ResponseTooLarge(f"more than {size} bytes")
+                # Also bounds a caller-supplied client, whose sockets are not ours to slice.
+                if time.monotonic() >= self._deadline(deadline):
+                    raise httpx.ReadTimeout("request deadline reached while reading the answer")
+                parts.append(chunk)
+            return response, decode_body(b"".join(parts), response.headers.get("content-encoding"))
+
+    def _post(
+        self,
+        path: str,
+        body: bytes,
+        deadline: float,
+        on_ok: Callable[[httpx.Response, bytes], BulkResult | None],
+    ) -> BulkResult:
+        attempt = 0
+        shortened = False  # a backoff was cut short to fit a last attempt in the budget
+        last_failure = "no answer"
+        while True:
+            if self._auth_failed:
+                return BulkResult(error="auth")
+            if self.proxy_error is not None:
+                return BulkResult(error="proxy")  # nothing sent: reported once by the exporter
+            if self._stop.is_set():
+                return BulkResult(error="shutdown")
+            if self._deadline(deadline) <= time.monotonic():
+                return BulkResult(error="timeout")
+            self.counters["requests"] += 1
+            self.counters["bytes_sent"] += len(body)
+            retry_after: float | None = None
+            status: int | None = None
+            try:
+                response, answer = self._request(path, body, deadline)
+            except httpx.TransportError as exc:
+                self.counters["connection_errors"] += 1
+                self.counters["outcome:connection_error"] += 1
+                last_failure = connection_error_cause(exc)
+                self._log.log(
+                    logging.WARNING,
+                    "conn",
+                    "Prefactor export: cannot reach %s%s: %s; retrying",
+                    self._host,
+                    self._proxy_note,
+                    last_failure,
+                )
+            except (ResponseTooLarge, UnreadableResponse) as exc:
+                self._count_unreadable(exc)
+            else:
+                status = response.status_code
+                self.counters[f"outcome:http_{status}"] += 1
+                result = self._handle_status(response, answer)
+                if result is None and 200 <= status < 300:
+                    result = on_ok(response, answer)
+                if result is not None:
+                    return result
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+            # retryable
+            attempt += 1
+            self.counters["retries"] += 1
+            delay = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
+            if retry_after is not None:
+                delay = retry_after
+            remaining = self._deadline(deadline) - time.monotonic()
+            if delay > remaining - LAST_ATTEMPT_MIN_S:
+                # The full wait does not fit. Once per request, wait what the budget affords and try a last time
+                # with the rest (a short 5xx burst at exit must not cost the run); else give up now.
+                if shortened or remaining <= 0:
+                    self._log.log(
+                        logging.WARNING,
+                        "deadline",
+                        "Prefactor export: %s did not take the items within the export timeout (%d attempt(s), "
+                        "last: %s); %s",
+                        self._host,
+                        attempt,
+                        f"HTTP {status}" if status is not None else last_failure,
+                        self._what_happens_next,
+                    )
+                    return BulkResult(error="timeout", status_code=status)
+                shortened = True
+                attempt_time = max(remaining / 2, LAST_ATTEMPT_MIN_S)
+                delay = max(0.0, min(delay, remaining - attempt_time))
+            if self._backoff(delay):
+                return BulkResult(error="shutdown" if self._stop.is_set() else "interrupted")
+
+    def _backoff(self, seconds: float) -> bool:
+        """Sleep `seconds`, cut short by a ceiling set meanwhile; True when woken by interrupt_waits or close."""
+        end = time.monotonic() + seconds
+        while True:
+            ceiling = self._ceiling
+            left = (end if ceiling is None else min(end, ceiling)) - time.monotonic()
+            if left <= 0:
+                return False
+            if self._interrupt.wait(min(left, SLICE_S)) or self._stop.is_set():
+                return True
+
+    def generate_pfid(self, deadline: float) -> str | None:
+        """Ask the server for one id of the account (its partition is the account's). None on failure.
+
+        One attempt, under the same wall-clock deadline, ceiling and answer size cap as the bulk requests."""
+        if self._auth_failed or self.proxy_error is not None or self._deadline(deadline) <= time.monotonic():
+            return None
+        try:
+            response, answer = self._request("/pfid/generate", b'{"count":1}', deadline)
+        except httpx.TransportError as exc:
+            self._log.log(
+                logging.WARNING,
+                "pfid",
+                "Prefactor: cannot reach %s for an id (%s); spans wait in memory meanwhile",
+                self._host,
+                connection_error_cause(exc),
+            )
+            return None
+        except (ResponseTooLarge, UnreadableResponse) as exc:
+            self._count_unreadable(exc)
+            return None
+        if response.status_code in (401, 403):
+            self._handle_status(response, answer)
+            return None
+        if response.status_code != 200:
+            self._log.log(logging.WARNING, "pfid", "Prefactor: id generation failed with HTTP %d", response.status_code)
+            return None
+        try:
+            parsed = ApiResponse[PfidGenerateDetails].model_validate_json(answer)
+        except ValidationError:
+            self._log.log(logging.WARNING, "pfid", "Prefactor: id generation answer does not fit the API contract")
+            return None
+        return parsed.details.pfids[0] if parsed.details.pfids else None
