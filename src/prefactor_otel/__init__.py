@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from prefactor_otel._version import __version__ as __version__
 
 if TYPE_CHECKING:  # what type checkers and IDEs see (`X as X`: re-exported); at run time, __getattr__ below
-    from prefactor_otel.config.options import ConfigError as ConfigError
     from prefactor_otel.config.options import PrefactorConfig as PrefactorConfig
+    from prefactor_otel.config.values import ConfigError as ConfigError
     from prefactor_otel.control.terminations import PrefactorTerminatedError as PrefactorTerminatedError
     from prefactor_otel.control.terminations import Termination as Termination
     from prefactor_otel.control.terminations import is_terminated as is_terminated
@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (`X as X`: re-exported); at
 # the module that defines each public name (imported on first use)
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "prefactor_otel.transport.api_check": ("CheckResult",),
-    "prefactor_otel.config.options": ("ConfigError", "PrefactorConfig"),
+    "prefactor_otel.config.options": ("PrefactorConfig",),
+    "prefactor_otel.config.values": ("ConfigError",),
     "prefactor_otel.control.terminations": (
         "PrefactorTerminatedError",
         "Termination",

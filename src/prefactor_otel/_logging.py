@@ -57,7 +57,7 @@ def _other_handler(start: logging.Logger, ignore: logging.Handler | None) -> boo
             return True
         if not current.propagate:
             return False
-        current = current.parent  # type: ignore[assignment]
+        current = current.parent
     return False
 
 

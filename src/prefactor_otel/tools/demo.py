@@ -128,7 +128,8 @@ def run_demo() -> int:
 
 
 def _print_read_back(trace_ids: set[str], since_us: int) -> None:
-    from prefactor_otel.config.options import ConfigError, PrefactorConfig
+    from prefactor_otel.config.options import PrefactorConfig
+    from prefactor_otel.config.values import ConfigError
     from prefactor_otel.devserver import render_runs
 
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 from opentelemetry.trace import Status, StatusCode, Tracer
 
@@ -29,11 +30,11 @@ def _brief_pause() -> None:
 def chat(
     tracer: Tracer,
     model: str,
-    messages: list[dict],
-    reply: dict,
+    messages: list[dict[str, Any]],
+    reply: dict[str, Any],
     usage: tuple[int, int],
     think: Callable[[], object] = _brief_pause,
-) -> dict:
+) -> dict[str, Any]:
     """One `chat` span: the "model" takes `think()` to answer `messages` with `reply`."""
     with tracer.start_as_current_span(
         f"chat {model}",
@@ -56,7 +57,7 @@ def chat(
 
 
 def call_tool(
-    tracer: Tracer, name: str, call_id: str, arguments: dict, work: Callable[[], object] = lambda: None
+    tracer: Tracer, name: str, call_id: str, arguments: dict[str, Any], work: Callable[[], object] = lambda: None
 ) -> str:
     """One `execute_tool` span: the weather tool, taking `work()`; raises ToolFailed for an unknown city."""
     with tracer.start_as_current_span(
@@ -101,10 +102,11 @@ def run_agent(tracer: Tracer, question: str, city: str) -> str:
             agent_span.record_exception(exc)
             agent_span.set_status(Status(StatusCode.ERROR, str(exc)))
             return f"Sorry: {exc}"
-        answer = {"role": "assistant", "parts": [{"type": "text", "content": f"{city}: {weather}"}]}
+        text = f"{city}: {weather}"
+        answer = {"role": "assistant", "parts": [{"type": "text", "content": text}]}
         tool_msg = {
             "role": "tool",
             "parts": [{"type": "tool_call_response", "id": f"call-{city.lower()}", "response": weather}],
         }
         chat(tracer, "demo-model-1", [user, call, tool_msg], answer, (71, 12))
-        return answer["parts"][0]["content"]
+        return text

@@ -17,7 +17,8 @@ import os
 from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, entry_points, version
 
-from prefactor_otel.config.options import OPTIONS, ConfigError, PrefactorConfig
+from prefactor_otel.config.options import OPTIONS, PrefactorConfig
+from prefactor_otel.config.values import ConfigError
 from prefactor_otel.tools.instrument_check import instrument_findings
 from prefactor_otel.transport.api_check import CHECK_FAILED, Finding, check_api
 
