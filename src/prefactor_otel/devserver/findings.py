@@ -63,8 +63,7 @@ class Findings:
     def read(self) -> list[JsonDict]:
         """Strict-mode findings so far, oldest first (copies)."""
         with self._account.lock:
-            copied: list[JsonDict] = _copy(self._entries)
-            return copied
+            return _copy(self._entries)
 
     def clear(self) -> None:
         with self._account.lock:
