@@ -1,8 +1,8 @@
 """The dev server's API error answers and the field checks every action shares.
 
 Pure functions and an exception: no state of their own except `_field_sink`, a thread-local where `_check_fields`
-reports unknown fields (the findings layer points it at the action the calling thread runs). Called by the
-server's request threads and the test thread, under the store's lock or without it.
+reports unknown fields (`Findings.context`, findings.py, points it at the action the calling thread runs). Called by
+the server's request threads and the test thread, under the store's lock or without it.
 """
 
 from __future__ import annotations
