@@ -529,7 +529,7 @@ def test_fast_id_check_agrees_with_ids_is_pfid(srv: DevServer) -> None:
     for value in candidates:
         expected = ids.is_pfid(value) and ids.extract_partition(value) == srv.partition
         try:
-            srv.store._check_id("id", value)
+            srv.store.account.check_id("id", value)
             accepted = True
         except Exception:
             accepted = False

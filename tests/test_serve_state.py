@@ -516,8 +516,8 @@ def test_every_run_field_is_kept():
         data = json.loads(json.dumps(dump(srv.store, srv.token)))
     names = {f.name for f in dataclasses.fields(_Instance)} - {"schema_version"} | {"schema_version_id"}
     assert set(data["instances"][0]) == names
-    (restored,) = load(data).store._instances.values()
-    (kept,) = srv.store._instances.values()
+    (restored,) = load(data).store.account.instances.values()
+    (kept,) = srv.store.account.instances.values()
     assert restored == dataclasses.replace(kept, schema_version=restored.schema_version)
     assert restored.schema_version.data == kept.schema_version.data
 

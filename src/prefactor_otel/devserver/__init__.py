@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from prefactor_otel.devserver.faults import Fault
 from prefactor_otel.devserver.render import render_live, render_runs
+from prefactor_otel.devserver.request_log import RequestLog
 from prefactor_otel.devserver.runview import run_views
 from prefactor_otel.devserver.serve import serve
-from prefactor_otel.devserver.server import DEFAULT_PORT, DEFAULT_TOKEN, DevServer, RequestLog
+from prefactor_otel.devserver.server import DEFAULT_PORT, DEFAULT_TOKEN, DevServer
 from prefactor_otel.devserver.store import ApiError, Store
 
 __all__ = [

@@ -1,14 +1,15 @@
 """The HTTP side of a `DevServer`: read each request, authenticate it, apply faults, hand it to `route`, answer.
 
-`DevHTTPServer` is the listening socket of one `DevServer` (it holds `dev`, the DevServer it serves, and the set of
-open connections); `_Handler` runs each request: body reading is `BodyReader` (request_body.py), hand-written fault
-answers `HostileAnswers` (hostile.py), which requests are refused before anything else (other hosts, other origins)
-`guard.refusal` (guard.py), and what a method and path mean (a store call or a `/_dev` test
+`DevHTTPServer` is the listening socket of one `DevServer` (it holds `site`, the parts and settings its requests
+use, which the DevServer assembles in server.py, and the set of open connections); `_Handler` runs each request and
+holds, per request, the parts it calls: a `BodyReader` (request_body.py) reads the body, a `HostileWriter`
+(hostile.py) writes the hand-made answers of a fault; which requests are refused before anything else (other hosts,
+other origins) is `guard.refusal` (guard.py), and what a method and path mean (a store call or a `/_dev` test
 endpoint) is `route` (routes.py).
 Threads: one serving thread (started by `DevServer.start`) accepts, one thread per request runs `_Handler`;
 `DevServer.stop` (the caller's thread) wakes the serving thread and closes open connections. `connections_lock`
-guards the connection set; all else a request touches (store, faults, the DevServer's request log and fault byte
-count) takes its own lock (server.py).
+guards the connection set; `site` is set once; all else a request touches (store, faults, the request log and fault
+byte count in `Traffic`) takes its own lock.
 """
 
 from __future__ import annotations
@@ -22,20 +23,18 @@ import socket
 import sys
 import threading
 import time
-from http.server import ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from prefactor_otel.devserver import guard, webpage
-from prefactor_otel.devserver.faults import Fault
-from prefactor_otel.devserver.hostile import HostileAnswers
+from prefactor_otel.devserver.faults import Fault, FaultSet
+from prefactor_otel.devserver.hostile import HostileWriter
 from prefactor_otel.devserver.request_body import CONNECTION_ERRORS, BadRequest, BodyReader, BodyTooLarge
-from prefactor_otel.devserver.request_log import RequestLog, describe
+from prefactor_otel.devserver.request_log import RequestLog, Traffic, describe
 from prefactor_otel.devserver.routes import API, route
-from prefactor_otel.devserver.store import ApiError, JsonDict, error_body
-
-if TYPE_CHECKING:
-    from prefactor_otel.devserver.server import DevServer
+from prefactor_otel.devserver.store import ApiError, JsonDict, Store, error_body
 
 logger = logging.getLogger("prefactor_otel.devserver")
 
@@ -50,6 +49,20 @@ _DEFAULT_FAULT_CODES = {
 }
 
 
+@dataclass(frozen=True)
+class Site:
+    """What the requests of one server answer for and with: its settings and the parts they call. `DevServer`
+    (server.py) assembles it."""
+
+    token: str
+    host: str
+    allowed_hosts: frozenset[str]
+    max_body_bytes: int
+    store: Store
+    faults: FaultSet
+    traffic: Traffic
+
+
 class DevHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     # Keep-alive connections would make server_close() wait forever; stop() closes them itself.
@@ -58,8 +71,8 @@ class DevHTTPServer(ThreadingHTTPServer):
     # handle_request() must not wait: our own loop only calls it once the listening socket is readable.
     timeout = 0
 
-    def __init__(self, address: tuple[str, int], dev: DevServer) -> None:
-        self.dev = dev
+    def __init__(self, address: tuple[str, int], site: Site) -> None:
+        self.site = site
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -108,12 +121,14 @@ class DevHTTPServer(ThreadingHTTPServer):
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-class _Handler(BodyReader, HostileAnswers):
+class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the exporter's connection pool is part of what we test
     server_version = "prefactor-otel-devserver"
     sys_version = ""
     timeout = 120
     server: DevHTTPServer
+    # The current request's hand-written answer, when a fault shapes it (a trickle then paces every answer).
+    _hostile: HostileWriter | None = None
 
     def setup(self) -> None:
         super().setup()
@@ -126,7 +141,7 @@ class _Handler(BodyReader, HostileAnswers):
     def finish(self) -> None:
         with self.server.connections_lock:
             self.server.connections.discard(self.connection)
-        with contextlib.suppress(CONNECTION_ERRORS):
+        with contextlib.suppress(*CONNECTION_ERRORS):
             super().finish()
 
     def handle_one_request(self) -> None:
@@ -155,7 +170,19 @@ class _Handler(BodyReader, HostileAnswers):
         self._dispatch()
 
     # ------------------------------------------------------------------ plumbing (body reading: BodyReader;
-    # trickled, endless and dropped answers: HostileAnswers)
+    # trickled, endless and dropped answers: HostileWriter)
+
+    def _hostile_writer(self, rate: float | None = None, trickle_head: bool = True) -> HostileWriter:
+        return HostileWriter(
+            self.wfile,
+            self.connection,
+            stopping=self.server.stopping,
+            count_bytes=self.server.site.traffic.count_fault_bytes,
+            server_version=self.server_version,
+            date=self.date_time_string,
+            rate=rate,
+            trickle_head=trickle_head,
+        )
 
     def _send(
         self,
@@ -167,10 +194,11 @@ class _Handler(BodyReader, HostileAnswers):
         content_type: str = "application/json",
     ) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
-        if self._trickle_rate is not None:
+        if self._hostile is not None and self._hostile.trickles:
             extra = (*headers, ("Connection", "close")) if close else headers
             self.close_connection = self.close_connection or close
-            self._send_hostile(status, data, headers=(("Content-Type", content_type), *extra))
+            if not self._hostile.send(status, data, headers=(("Content-Type", content_type), *extra)):
+                self.close_connection = True
             return
         try:
             self.send_response(status)
@@ -193,7 +221,7 @@ class _Handler(BodyReader, HostileAnswers):
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             return ApiError(401, "not_authenticated", "Authorization header must be 'Bearer <token>'")
-        if not hmac.compare_digest(value.strip().encode(), self.server.dev.token.encode()):
+        if not hmac.compare_digest(value.strip().encode(), self.server.site.token.encode()):
             # Never echo what was sent: a wrong token is often a real token for another account.
             return ApiError(401, "bad_authtoken", "invalid API token")
         return None
@@ -201,7 +229,7 @@ class _Handler(BodyReader, HostileAnswers):
     # ------------------------------------------------------------------ request flow
 
     def _dispatch(self) -> None:
-        dev = self.server.dev
+        site = self.server.site
         method = self.command.upper()
         split = urlsplit(self.path)
         path = unquote(split.path)
@@ -216,33 +244,35 @@ class _Handler(BodyReader, HostileAnswers):
         ) -> None:
             # Logged before the response is written: a test that got its answer must see its request.
             detail = None
-            if dev.on_request is not None:  # only a listener pays for the description
+            if site.traffic.describes:  # only a listener pays for the description
                 detail = "injected fault" if injected else describe(status, parsed, answer, path == f"{API}/bulk")
-            dev._log(RequestLog(method, path, status, size, items, detail))
+            site.traffic.log(RequestLog(method, path, status, size, items, detail))
 
-        self._trickle_rate = None
+        self._hostile = None
+        body_reader = BodyReader(self.rfile, self.headers)
         # Before faults, auth and the body: a rebinding or cross-origin request must not even consume a fault.
         refusal = guard.refusal(
             method,
             self.headers.get("Host"),
             self.headers.get("Origin"),
             self.headers.get("Sec-Fetch-Site"),
-            dev.host,
-            dev.allowed_hosts,
+            site.host,
+            site.allowed_hosts,
         )
         if refusal is not None:
-            self._refuse(refusal, method, path, record)
+            self._refuse(refusal, method, path, record, body_reader)
             return
-        if not path.startswith("/_dev") and dev.faults.take(method, path, before_body=True) is not None:
+        if not path.startswith("/_dev") and site.faults.take(method, path, before_body=True) is not None:
             record(0, 0, injected=True)
-            self._hold()
+            self.close_connection = True
+            self._hostile_writer().hold()
             return
 
         try:
-            raw = self._read_body(dev.max_body_bytes)
+            raw = body_reader.read(site.max_body_bytes)
         except BodyTooLarge as exc:
-            size = exc.size if exc.size is not None else dev.max_body_bytes + 1
-            message = f"request body exceeds {dev.max_body_bytes} bytes; split it into smaller requests"
+            size = exc.size if exc.size is not None else site.max_body_bytes + 1
+            message = f"request body exceeds {site.max_body_bytes} bytes; split it into smaller requests"
             record(413, size, answer=error_body("bad_request", message))
             self._send(413, error_body("bad_request", message), close=True)
             return
@@ -252,7 +282,7 @@ class _Handler(BodyReader, HostileAnswers):
             return
 
         size = len(raw)
-        page = webpage.answer(method, path, self.headers.get("Host"), dev.host, dev.allowed_hosts)
+        page = webpage.answer(method, path, self.headers.get("Host"), site.host, site.allowed_hosts)
         if page is not None:  # the page's files hold no data: no token
             record(page.status, size)
             return self._send(page.status, page.body, headers=page.headers, content_type=page.content_type)
@@ -264,7 +294,7 @@ class _Handler(BodyReader, HostileAnswers):
 
         parse_error: str | None = None
         try:
-            text = self._decode(raw)
+            text = body_reader.decode(raw, site.max_body_bytes)
             if text.strip():
                 parsed = json.loads(text, parse_constant=_reject_constant)
         except BodyTooLarge:
@@ -280,10 +310,9 @@ class _Handler(BodyReader, HostileAnswers):
             items = len(parsed["items"])
 
         # Faults act like a broken proxy in front of an authenticated API; /_dev stays reachable regardless.
-        fault = None if path.startswith("/_dev") else dev.faults.take(method, path)
+        fault = None if path.startswith("/_dev") else site.faults.take(method, path)
         if fault is not None:
-            self._trickle_rate = fault.trickle_bytes_per_s
-            self._trickle_head = fault.trickle_headers
+            self._hostile = hostile = self._hostile_writer(fault.trickle_bytes_per_s, fault.trickle_headers)
             if fault.delay_s:
                 time.sleep(fault.delay_s)
             if not fault.commit_then_fail:
@@ -292,13 +321,14 @@ class _Handler(BodyReader, HostileAnswers):
                     record(status, size, items, injected=True)
                     self.close_connection = True
                     if fault.body_bytes is None:
-                        self._send_hostile(status, None, headers=(("Content-Type", "application/json"),))
+                        hostile.send(status, None, headers=(("Content-Type", "application/json"),))
                     else:
-                        self._send_filler(status, fault.body_bytes)
+                        hostile.send_filler(status, fault.body_bytes)
                     return
                 if fault.drop_connection:
                     record(0, size, items, injected=True)
-                    self._drop()
+                    self.close_connection = True
+                    hostile.drop()
                     return
                 if fault.redirect_to is not None:
                     status = fault.status or 307
@@ -313,7 +343,8 @@ class _Handler(BodyReader, HostileAnswers):
             status, body = 400, error_body("bad_request", parse_error)
         else:
             try:
-                status, body = route(dev, method, path, query, parsed, self.headers.get("Idempotency-Key"))
+                key = self.headers.get("Idempotency-Key")
+                status, body = route(site.store, site.faults, method, path, query, parsed, key)
             except Exception:  # a dev-server bug must answer 500, not kill the connection
                 logger.exception("dev server: unexpected error handling %s %s", method, path)
                 status, body = 500, error_body("unexpected", "unexpected dev server error")
@@ -322,19 +353,20 @@ class _Handler(BodyReader, HostileAnswers):
             # The work above is committed; the client just never learns it.
             if fault.drop_connection:
                 record(0, size, items, injected=True)
-                self._drop()
+                self.close_connection = True
+                hostile.drop()
                 return
             self._send_fault(fault, record, size, items, default_status=500)
             return
         record(status, size, items, answer=body)
         self._send(status, body)
 
-    def _refuse(self, refusal: guard.Refusal, method: str, path: str, record: Any) -> None:
+    def _refuse(self, refusal: guard.Refusal, method: str, path: str, record: Any, body_reader: BodyReader) -> None:
         """Answer a refused request (guard.py) and close: its body is read (bounded) only so the client gets the
         answer rather than a reset; it is never parsed."""
         size = 0
         with contextlib.suppress(BodyTooLarge, BadRequest):
-            size = len(self._read_body(self.server.dev.max_body_bytes))
+            size = len(body_reader.read(self.server.site.max_body_bytes))
         body = error_body(refusal.code, refusal.message)
         record(refusal.status, size, answer=body)
         if webpage.is_page(method, path):  # a person in a browser: text, with the page's strict headers

@@ -1,7 +1,7 @@
 """The dev server's vocabulary (action names, statuses) and the records the store keeps.
 
-Plain data: the records are created and changed only by store actions, under the store's one RLock (`_lock`);
-nothing here locks.
+Plain data: the records are created and changed only by store actions, under the account's one RLock
+(`Account.lock`, state.py); nothing here locks.
 """
 
 from __future__ import annotations

@@ -6,10 +6,10 @@ versions, runs, spans, idempotency keys (with the exact answer each one replays)
 a `Store` holding the same, or raises `StateFormatError` saying what is wrong. Writing the dict to disk (atomic,
 locked, periodic) is state_file.py's job; the store's action modules know nothing of either.
 
-Threads: `dump` takes the store's RLock (`_lock`) only for a shallow copy, so it sees one consistent state and
-request threads wait for microseconds per run, not for the encoding: every container the store changes in place
-(the dicts of runs, spans and keys, a run's counts, span ids and quality maps) is copied; the dicts inside them
-are shared, which is safe because the store never mutates those (a span change, a finish or a termination,
+Threads: `dump` takes the store's RLock (`store.account.lock`) only for a shallow copy, so it sees one consistent
+state and request threads wait for microseconds per run, not for the encoding: every container the store changes in
+place (the dicts of runs, spans and keys, a run's counts, span ids and quality maps) is copied; the dicts inside
+them are shared, which is safe because the store never mutates those (a span change, a finish or a termination,
 builds a new `_Span` with a new `data` dict: the same rule that lets an idempotent answer share a span's dict,
 model.py). `as_text` then turns the copy into JSON text outside the lock. `load` builds a store nobody else sees.
 """
@@ -44,8 +44,9 @@ def as_text(dumped: JsonDict) -> str:
 
 def dump(store: Store, token: str) -> JsonDict:
     """Everything a client may reference again, as one JSON-ready dict (`load` reverses it)."""
-    with store._lock:
-        schema_ids = {id(version): version.data["id"] for version in store._schema_versions.values()}
+    account = store.account
+    with account.lock:
+        schema_ids = {id(version): version.data["id"] for version in account.schema_versions.values()}
         return {
             "format": FORMAT,
             "token": token,
@@ -55,18 +56,18 @@ def dump(store: Store, token: str) -> JsonDict:
                 "environment_id": store.environment_id,
                 "agent_deployment_id": store.agent_deployment_id,
                 "partition": store.partition,
-                "created_us": store._created_us,
+                "created_us": account.created_us,
             },
             # The keys are the canonical content the versions are interned by (registration.py).
-            "agent_versions": [{"key": key, "data": data} for key, data in store._agent_versions.items()],
-            "schema_versions": [{"key": key, "data": v.data} for key, v in store._schema_versions.items()],
-            "instances": [_dump_instance(i, schema_ids[id(i.schema_version)]) for i in store._instances.values()],
-            "spans": [_fields_of(span) for span in store._spans.values()],
+            "agent_versions": [{"key": key, "data": data} for key, data in account.agent_versions.items()],
+            "schema_versions": [{"key": key, "data": v.data} for key, v in account.schema_versions.items()],
+            "instances": [_dump_instance(i, schema_ids[id(i.schema_version)]) for i in account.instances.values()],
+            "spans": [_fields_of(span) for span in account.spans.values()],
             "idempotency_keys": [
                 {"key": key, "fingerprint": record.fingerprint.hex(), "status": record.status, "body": record.body}
-                for key, record in store._keys.items()
+                for key, record in account.keys.items()
             ],
-            "findings": list(store._findings),
+            "findings": store.saved_findings(),
         }
 
 
@@ -123,26 +124,27 @@ def _load(data: dict[str, Any]) -> Loaded:
         partition=partition,
         agent_deployment_id=account["agent_deployment_id"],
     )
-    with store._lock:
-        store._created_us = int(account["created_us"])
-        store._agent_versions = {entry["key"]: dict(entry["data"]) for entry in data["agent_versions"]}
+    records = store.account
+    with records.lock:
+        records.created_us = int(account["created_us"])
+        records.agent_versions = {entry["key"]: dict(entry["data"]) for entry in data["agent_versions"]}
         by_id: dict[str, _SchemaVersion] = {}
         for entry in data["schema_versions"]:
             version = _schema_version(entry["data"])
-            store._schema_versions[entry["key"]] = version
+            records.schema_versions[entry["key"]] = version
             by_id[version.data["id"]] = version
         for row in data["instances"]:
             instance = _load_instance(row, by_id)
-            store._instances[instance.id] = instance
+            records.instances[instance.id] = instance
             if instance.external_identifier is not None:
-                store._external_ids[instance.external_identifier] = instance.id
+                records.external_ids[instance.external_identifier] = instance.id
         for row in data["spans"]:
             span = _Span(**row)
-            store._spans[span.data["id"]] = span
+            records.spans[span.data["id"]] = span
         for row in data["idempotency_keys"]:
             record = _KeyRecord(bytes.fromhex(row["fingerprint"]), int(row["status"]), row["body"])
-            store._keys[row["key"]] = record
-        store._findings = list(data["findings"])
+            records.keys[row["key"]] = record
+        store.restore_findings(list(data["findings"]))
     return Loaded(token, store)
 
 

@@ -1,7 +1,9 @@
 """`agent_instances/register`: validating and interning agent versions and schema versions, creating the run.
 
-Threads: runs inside `Store.execute`, on a request thread or the test thread, with the store's RLock (`_lock`) held;
-it guards the instances, versions and external identifiers this changes.
+`Registration` is a part of the `Store` (store.py): it holds the account's records (`Account`, state.py), whose
+runs, versions and external identifiers it changes, and the findings (findings.py) its checks report to.
+Threads: `register` runs inside `Store.execute`, on a request thread or the test thread, with the account's RLock
+(`Account.lock`) held; it guards the instances, versions and external identifiers this changes.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 from prefactor_otel.devserver.findings import Findings
 from prefactor_otel.devserver.model import PURPOSES, _Instance, _SchemaVersion
+from prefactor_otel.devserver.state import Account
 from prefactor_otel.devserver.timefmt import format_timestamp, now_us
 from prefactor_otel.devserver.validation import (
     ApiError,
@@ -24,10 +27,14 @@ from prefactor_otel.devserver.validation import (
 )
 
 
-class Registration(Findings):
+class Registration:
     """The register action and the version bookkeeping behind it."""
 
-    def _register(self, params: JsonDict) -> JsonDict:
+    def __init__(self, account: Account, findings: Findings) -> None:
+        self._account = account
+        self._findings = findings
+
+    def register(self, params: JsonDict) -> JsonDict:
         _check_fields(
             params,
             (
@@ -43,16 +50,16 @@ class Registration(Findings):
             required=("agent_version", "agent_schema_version"),
         )
         agent_id = params.get("agent_id")
-        if agent_id is not None and self._check_id("agent_id", agent_id) != self.agent_id:
+        if agent_id is not None and self._account.check_id("agent_id", agent_id) != self._account.agent_id:
             raise ApiError(404, "not_found", "agent not found")
         environment_id = params.get("environment_id")
         if environment_id is None:
-            environment_id = self.environment_id
-        elif self._check_id("environment_id", environment_id) != self.environment_id:
+            environment_id = self._account.environment_id
+        elif self._account.check_id("environment_id", environment_id) != self._account.environment_id:
             raise ApiError(404, "not_found", "environment not found")
         instance_id = params.get("id")
         if instance_id is not None:
-            self._check_id("id", instance_id)
+            self._account.check_id("id", instance_id)
         purpose = params.get("purpose") or "live"
         if purpose not in PURPOSES:
             raise _invalid("purpose", f"must be one of {', '.join(PURPOSES)}")
@@ -62,9 +69,9 @@ class Registration(Findings):
         version = self._validate_agent_version(params.get("agent_version"))
         schema = self._validate_schema_version(params.get("agent_schema_version"))
 
-        if instance_id is not None and instance_id in self._instances:
+        if instance_id is not None and instance_id in self._account.instances:
             raise ApiError(409, "invalid_value", "id already exists", {"id": ["already exists"]})
-        if external_identifier is not None and external_identifier in self._external_ids:
+        if external_identifier is not None and external_identifier in self._account.external_ids:
             raise ApiError(
                 409,
                 "invalid_value",
@@ -76,7 +83,7 @@ class Registration(Findings):
         version_id = self._intern_agent_version(version, now)
         schema_version = self._intern_schema_version(schema, now)
         instance = _Instance(
-            id=instance_id or self.new_id(now),
+            id=instance_id or self._account.new_id(now),
             agent_version_id=version_id,
             schema_version=schema_version,
             environment_id=environment_id,
@@ -85,10 +92,10 @@ class Registration(Findings):
             inserted_us=now,
             updated_us=now,
         )
-        self._instances[instance.id] = instance
+        self._account.instances[instance.id] = instance
         if external_identifier is not None:
-            self._external_ids[external_identifier] = instance.id
-        return {"status": "success", "details": self._render_instance(instance)}
+            self._account.external_ids[external_identifier] = instance.id
+        return {"status": "success", "details": self._account.render_instance(instance)}
 
     def _validate_agent_version(self, value: object) -> JsonDict:
         if not isinstance(value, dict):
@@ -135,7 +142,7 @@ class Registration(Findings):
         for at, entry in self._named_entries(types, where + "span_type_schemas", fields, "params_schema", "span type"):
             _opt_obj(entry, "result_schema", at)
             _opt_obj(entry, "data_risk", at)
-            self._check_data_risk(entry, at)
+            self._findings.check_data_risk(entry, at)
             for text in texts:
                 _opt_str(entry, text, at)
         return value
@@ -147,7 +154,7 @@ class Registration(Findings):
         fields = ("name", "schema", *texts, "data_risk")
         for at, entry in self._named_entries(value, where, fields, "schema", "quality schema"):
             _opt_obj(entry, "data_risk", at)
-            self._check_data_risk(entry, at)
+            self._findings.check_data_risk(entry, at)
             for text in texts:
                 _opt_str(entry, text, at)
 
@@ -179,26 +186,26 @@ class Registration(Findings):
 
     def _intern_agent_version(self, version: JsonDict, now: int) -> str:
         key = _canonical(_drop_nones(version))
-        existing = self._agent_versions.get(key)
+        existing = self._account.agent_versions.get(key)
         if existing is not None:
             return str(existing["id"])
         data = {
             "type": "agent_version",
-            "id": self.new_id(now),
-            "account_id": self.account_id,
-            "agent_id": self.agent_id,
+            "id": self._account.new_id(now),
+            "account_id": self._account.account_id,
+            "agent_id": self._account.agent_id,
             "name": version.get("name"),
             "external_identifier": version.get("external_identifier"),
             "description": version.get("description"),
             "runtime_environment": copy.deepcopy(version.get("runtime_environment")),
             "inserted_at": format_timestamp(now),
         }
-        self._agent_versions[key] = data
+        self._account.agent_versions[key] = data
         return str(data["id"])
 
     def _intern_schema_version(self, schema: JsonDict, now: int) -> _SchemaVersion:
         key = _canonical(_drop_nones(schema))
-        existing = self._schema_versions.get(key)
+        existing = self._account.schema_versions.get(key)
         if existing is not None:
             return existing
         if schema.get("span_type_schemas") is not None:
@@ -242,9 +249,9 @@ class Registration(Findings):
         ]
         data = {
             "type": "agent_schema_version",
-            "id": self.new_id(now),
-            "account_id": self.account_id,
-            "agent_id": self.agent_id,
+            "id": self._account.new_id(now),
+            "account_id": self._account.account_id,
+            "agent_id": self._account.agent_id,
             "external_identifier": schema.get("external_identifier"),
             "span_type_schemas": copy.deepcopy(entries),
             "quality_schemas": copy.deepcopy(quality),
@@ -256,5 +263,5 @@ class Registration(Findings):
             quality={q["name"]: q for q in quality},
             span_types={e["name"]: e for e in entries},
         )
-        self._schema_versions[key] = version
+        self._account.schema_versions[key] = version
         return version

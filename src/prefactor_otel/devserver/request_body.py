@@ -1,17 +1,15 @@
 """Reading a request's body for the dev server: Content-Length or chunked, bounded, then gzip/deflate decoded.
 
-`BodyReader` is a mixin of the server's request handler; each request thread reads its own request, so nothing
-here is shared or locked. A body over the limit raises `BodyTooLarge` (answered 413), a malformed one `BadRequest`.
+`BodyReader` reads one request's body from the connection's input stream, as its headers frame and encode it; the
+request handler (handler.py) builds one per request. Each request thread reads its own request, so nothing here is
+shared or locked. A body over the limit raises `BodyTooLarge` (answered 413), a malformed one `BadRequest`.
 """
 
 from __future__ import annotations
 
 import zlib
-from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from prefactor_otel.devserver.handler import DevHTTPServer
+from email.message import Message
+from io import BufferedIOBase
 
 # Above this, a too-large body is not even drained: the connection is just closed after the 413.
 _DRAIN_LIMIT = 256 * 1024 * 1024
@@ -29,12 +27,15 @@ class BadRequest(Exception):
     pass
 
 
-class BodyReader(BaseHTTPRequestHandler):
-    """The request handler's body reading (a mixin: the handler in handler.py is one)."""
+class BodyReader:
+    """One request's body: read from `rfile` as `headers` frame it, and decoded as they say it is encoded."""
 
-    server: DevHTTPServer
+    def __init__(self, rfile: BufferedIOBase, headers: Message) -> None:
+        self.rfile = rfile
+        self.headers = headers
 
-    def _read_body(self, limit: int) -> bytes:
+    def read(self, limit: int) -> bytes:
+        """The raw body, at most `limit` bytes (else `BodyTooLarge`, after draining what is sensible)."""
         encoding = (self.headers.get("Transfer-Encoding") or "").lower()
         if encoding == "chunked":
             return self._read_chunked(limit)
@@ -86,9 +87,9 @@ class BodyReader(BaseHTTPRequestHandler):
             parts.append(self.rfile.read(size))
             self.rfile.readline(1024)
 
-    def _decode(self, raw: bytes) -> bytes:
+    def decode(self, raw: bytes, limit: int) -> bytes:
+        """`raw` decompressed as Content-Encoding says, at most `limit` bytes (else `BodyTooLarge`)."""
         encoding = (self.headers.get("Content-Encoding") or "identity").lower()
-        limit = self.server.dev.max_body_bytes
         if encoding == "identity":
             return raw
         if encoding not in ("gzip", "deflate"):

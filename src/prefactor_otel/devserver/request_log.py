@@ -4,18 +4,24 @@
       rejected agent_spans/create agent-spans-create-01jd…: invalid_value: parent_span_id not found
     12:01:03 GET /api/v1/ping -> 401 bad or missing token (bad_authtoken)
 
-`describe()` builds an entry's `detail` (the server calls it only when someone listens, see
-`DevServer(on_request=...)`); `format_request()` turns an entry into the printed text; `RequestPrinter` is the
-listener `serve` installs. Neither the token nor any header is ever part of an entry, so none can be printed.
+`Traffic` is what a server's requests leave behind: the log of entries (`DevServer.requests`), the listener told of
+each (`DevServer(on_request=...)`), and the count of bytes hostile answers wrote (`DevServer.fault_bytes_sent`).
+`describe()` builds an entry's `detail` (the server calls it only when someone listens); `format_request()` turns an
+entry into the printed text; `RequestPrinter` is the listener `serve` installs. Neither the token nor any header is
+ever part of an entry, so none can be printed.
 
-Threads: `describe` and `format_request` are pure; `RequestPrinter.__call__` runs on the request threads and
-takes its own lock so lines of concurrent requests do not interleave.
+Threads: `describe` and `format_request` are pure. `Traffic` is written by the request threads and read by the test
+thread: `_requests_lock` guards the log, `_fault_bytes_lock` the byte count; the listener is called outside both.
+`RequestPrinter.__call__` runs on the request threads and takes its own lock so lines of concurrent requests do not
+interleave.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any, NamedTuple, TextIO
 
 _KEY_SHOWN = 40  # characters of an idempotency key printed: enough to tell items apart, short enough to read
@@ -31,6 +37,45 @@ class RequestLog(NamedTuple):
     request_bytes: int
     item_count: int | None
     detail: str | None = None
+
+
+class Traffic:
+    """The requests one server answered (the last `keep` of them, or all) and the bytes its hostile answers wrote."""
+
+    def __init__(self, *, keep: int | None = None, on_request: Callable[[RequestLog], None] | None = None) -> None:
+        self.on_request = on_request  # set once: told of every entry as it is logged
+        self._requests: deque[RequestLog] = deque(maxlen=keep)
+        self._requests_lock = threading.Lock()
+        self._fault_bytes = 0
+        self._fault_bytes_lock = threading.Lock()
+
+    @property
+    def describes(self) -> bool:
+        """Whether entries need a `detail`: only a listener reads it, so without one nobody pays for it."""
+        return self.on_request is not None
+
+    def log(self, entry: RequestLog) -> None:
+        with self._requests_lock:
+            self._requests.append(entry)
+        if self.on_request is not None:
+            self.on_request(entry)
+
+    def requests(self) -> list[RequestLog]:
+        with self._requests_lock:
+            return list(self._requests)
+
+    def clear_requests(self) -> None:
+        with self._requests_lock:
+            self._requests.clear()
+
+    def count_fault_bytes(self, count: int) -> None:
+        with self._fault_bytes_lock:
+            self._fault_bytes += count
+
+    @property
+    def fault_bytes(self) -> int:
+        with self._fault_bytes_lock:
+            return self._fault_bytes
 
 
 def describe(status: int, request: Any, answer: Any, bulk: bool) -> str | None:
@@ -56,7 +101,7 @@ def _describe_bulk(items: object, outputs: object) -> str | None:
     for item in items:
         key = item.get("idempotency_key") if isinstance(item, dict) else None
         output = outputs.get(key) if isinstance(key, str) else None
-        if not isinstance(output, dict):
+        if not isinstance(output, dict) or not isinstance(key, str):
             not_run += 1  # the bulk stops at its first failing item: the rest were not executed
         elif output.get("status") == "error":
             shown = key if len(key) <= _KEY_SHOWN else key[:_KEY_SHOWN] + "…"

@@ -1,34 +1,38 @@
 """The routes of a `DevServer`: which store call or `/_dev` test endpoint a request's method and path mean.
 
 `route` maps `/api/v1/...` onto the store (`_rest` turns a REST call into the store's canonical action form, with its
-idempotency key) and `/_dev/...` onto the DevServer's test API; it answers (status, JSON body) and knows nothing of
-HTTP: reading, auth, faults and sending are the request handler's (handler.py), which calls `route` once the
-request is authenticated and its body parsed.
+idempotency key) and `/_dev/...` onto the test API of the server (the same store's snapshot, runs and findings, and
+its fault set); it is given the two parts it needs, answers (status, JSON body) and knows nothing of HTTP: reading,
+auth, faults and sending are the request handler's (handler.py), which calls `route` once the request is
+authenticated and its body parsed.
 Threads: the request threads, concurrently; these functions hold no state and take no lock of their own: the store
-takes its own RLock, the DevServer's faults and findings their own locks (server.py).
+takes its own RLock, the fault set its own lock.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prefactor_otel.devserver import store as st
-from prefactor_otel.devserver.faults import Fault
+from prefactor_otel.devserver.faults import Fault, FaultSet
 from prefactor_otel.devserver.store import ApiError, JsonDict, Store, error_body
-
-if TYPE_CHECKING:
-    from prefactor_otel.devserver.server import DevServer
 
 API = "/api/v1"
 
 
 def route(
-    dev: DevServer, method: str, path: str, query: dict[str, str], body: Any, header_key: str | None
+    store: Store,
+    faults: FaultSet,
+    method: str,
+    path: str,
+    query: dict[str, str],
+    body: Any,
+    header_key: str | None,
 ) -> tuple[int, JsonDict]:
-    """One authenticated request, its body already parsed: `header_key` is its Idempotency-Key header, if any."""
-    store = dev.store
+    """One authenticated request to `store` (and, under `/_dev`, to `faults`), its body already parsed:
+    `header_key` is its Idempotency-Key header, if any."""
     if path.startswith("/_dev/"):
-        return _route_dev(dev, method, path, body)
+        return _route_dev(store, faults, method, path, body)
     if not path.startswith(API + "/"):
         return 404, error_body("not_found", "no such endpoint")
     parts = path[len(API) + 1 :].split("/")
@@ -78,37 +82,37 @@ def route(
     return 404, error_body("not_found", "no such endpoint")
 
 
-def _route_dev(dev: DevServer, method: str, path: str, body: Any) -> tuple[int, JsonDict]:
+def _route_dev(store: Store, faults: FaultSet, method: str, path: str, body: Any) -> tuple[int, JsonDict]:
     if path == "/_dev/snapshot" and method == "GET":
-        return 200, dev.snapshot()
+        return 200, store.snapshot()
     if path == "/_dev/runs" and method == "GET":
         from prefactor_otel.devserver.runview import run_views  # here: keeps this branch the whole change
 
-        return 200, {"runs": run_views(dev.snapshot())}
+        return 200, {"runs": run_views(store.snapshot())}
     if path == "/_dev/findings":
         if method == "GET":
-            return 200, {"status": "success", "summaries": dev.findings()}
+            return 200, {"status": "success", "summaries": store.findings()}
         if method == "DELETE":
-            dev.clear_findings()
+            store.clear_findings()
             return 200, {"status": "success"}
     if path == "/_dev/terminate" and method == "POST":
         # What an operator does in Prefactor's UI (an account-token action no SDK calls), for scripts and
         # demos: `{"agent_instance_id": ..., "reason": ...}`.
         if not isinstance(body, dict):
             return 400, error_body("bad_request", "body must be a JSON object")
-        return dev.store.execute(st.TERMINATE, body)
+        return store.execute(st.TERMINATE, body)
     if path == "/_dev/faults":
         if method == "GET":
-            return 200, {"status": "success", "summaries": [f.to_dict() for f in dev.faults.list()]}
+            return 200, {"status": "success", "summaries": [f.to_dict() for f in faults.list()]}
         if method == "POST":
             try:
                 fault = Fault.from_dict(body)
             except (TypeError, ValueError) as exc:
                 return 422, error_body("invalid_value", str(exc))
-            dev.add_fault(fault)
+            faults.add(fault)
             return 200, {"status": "success", "details": fault.to_dict()}
         if method == "DELETE":
-            dev.clear_faults()
+            faults.clear()
             return 200, {"status": "success"}
     return 404, error_body("not_found", "no such dev endpoint")
 

@@ -3,24 +3,25 @@
 One `ThreadingHTTPServer` per `DevServer`, each with its own store, faults and request log, so any number of them
 can run side by side in one test process. `DevServer` is what a test (or `prefactor-otel serve`, serve.py) holds:
 its ids, its lifecycle and its test API (faults, request log, findings, reads of the store); what one request does
-is handler.py (HTTP) and routes.py (what a method and path mean). Threads: the caller's thread starts and stops it
-and uses the test API; the request threads use its store and faults, log each request and count fault bytes through
-it. The store takes its own RLock, the fault set its own lock; the request log (`_requests_lock`) and the fault byte
-count (`_fault_bytes_lock`) each have a lock of their own."""
+is handler.py (HTTP) and routes.py (what a method and path mean). `DevServer` assembles the parts: its `Store`, its
+`FaultSet`, its `Traffic` (request_log.py: the request log and the fault byte count), and, at start, the `Site` the
+listening `DevHTTPServer` hands every request; nothing below it knows `DevServer`.
+Threads: the caller's thread starts and stops it and uses the test API; the request threads use its store and
+faults, and log each request and count fault bytes in its traffic. The store takes its own RLock, the fault set its
+own lock; the traffic has one lock for the request log and one for the fault byte count."""
 
 from __future__ import annotations
 
 import secrets
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable
 from urllib.parse import quote
 
 from prefactor_otel.devserver import store as st
 from prefactor_otel.devserver import webpage
 from prefactor_otel.devserver.faults import Fault, FaultSet
-from prefactor_otel.devserver.handler import DevHTTPServer
-from prefactor_otel.devserver.request_log import RequestLog
+from prefactor_otel.devserver.handler import DevHTTPServer, Site
+from prefactor_otel.devserver.request_log import RequestLog, Traffic
 from prefactor_otel.devserver.routes import API
 from prefactor_otel.devserver.store import ApiError, JsonDict, Store
 from prefactor_otel.devserver.timefmt import now_us
@@ -96,12 +97,8 @@ class DevServer:
         self.max_body_bytes = max_body_bytes
         self._token = token
         self._port = port
-        self.on_request = on_request
         self.faults = FaultSet()
-        self._fault_bytes = 0
-        self._fault_bytes_lock = threading.Lock()
-        self._requests: deque[RequestLog] = deque(maxlen=keep_requests)
-        self._requests_lock = threading.Lock()
+        self._traffic = Traffic(keep=keep_requests, on_request=on_request)
         self._httpd: DevHTTPServer | None = None
         self._bound = False
         self._thread: threading.Thread | None = None
@@ -111,7 +108,16 @@ class DevServer:
     def start(self) -> DevServer:
         if self._httpd is not None:
             return self
-        httpd = DevHTTPServer((self.host, self._port), self)
+        site = Site(
+            token=self.token,
+            host=self.host,
+            allowed_hosts=self.allowed_hosts,
+            max_body_bytes=self.max_body_bytes,
+            store=self.store,
+            faults=self.faults,
+            traffic=self._traffic,
+        )
+        httpd = DevHTTPServer((self.host, self._port), site)
         self._httpd = httpd
         self._port = httpd.server_address[1]
         self._bound = True
@@ -215,30 +221,22 @@ class DevServer:
     def clear_faults(self) -> None:
         self.faults.clear()
 
-    def _count_fault_bytes(self, count: int) -> None:
-        with self._fault_bytes_lock:
-            self._fault_bytes += count
-
     @property
     def fault_bytes_sent(self) -> int:
         """Bytes written by hostile answers (trickles, endless or filler bodies), headers included."""
-        with self._fault_bytes_lock:
-            return self._fault_bytes
+        return self._traffic.fault_bytes
 
-    def _log(self, entry: RequestLog) -> None:
-        with self._requests_lock:
-            self._requests.append(entry)
-        if self.on_request is not None:
-            self.on_request(entry)
+    @property
+    def on_request(self) -> Callable[[RequestLog], None] | None:
+        """The listener told of each request's entry, as given to the constructor."""
+        return self._traffic.on_request
 
     @property
     def requests(self) -> list[RequestLog]:
-        with self._requests_lock:
-            return list(self._requests)
+        return self._traffic.requests()
 
     def clear_requests(self) -> None:
-        with self._requests_lock:
-            self._requests.clear()
+        self._traffic.clear_requests()
 
     def instances(self) -> list[JsonDict]:
         return self.store.instances()

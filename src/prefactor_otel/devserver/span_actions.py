@@ -1,21 +1,28 @@
 """Span writes: `agent_spans/create` and `agent_spans/finish`, with the span state machine and `control` answers.
 
-Threads: each action runs inside `Store.execute`, on a request thread or the test thread, with the store's RLock
-(`_lock`) held; it guards the spans and the per-instance span counts these change.
+`SpanActions` is a part of the `Store` (store.py): it holds the account's records (`Account`, state.py), whose
+spans and per-run span counts it changes, and the findings (findings.py) its schema checks report to.
+Threads: each action runs inside `Store.execute`, on a request thread or the test thread, with the account's RLock
+(`Account.lock`) held; it guards the spans and the per-instance span counts these change.
 """
 
 from __future__ import annotations
 
 from prefactor_otel.devserver.findings import Findings
 from prefactor_otel.devserver.model import FINISH_STATUSES, SPAN_STATUSES, _Instance, _Span
+from prefactor_otel.devserver.state import Account
 from prefactor_otel.devserver.timefmt import format_timestamp, now_us
 from prefactor_otel.devserver.validation import ApiError, JsonDict, _check_fields, _invalid, _opt_obj, _opt_time
 
 
-class SpanActions(Findings):
+class SpanActions:
     """Creating spans and finishing them."""
 
-    def _create_span(self, params: JsonDict) -> JsonDict:
+    def __init__(self, account: Account, findings: Findings) -> None:
+        self._account = account
+        self._findings = findings
+
+    def create(self, params: JsonDict) -> JsonDict:
         _check_fields(params, ("details",), required=("details",))
         details = params["details"]
         if not isinstance(details, dict):
@@ -38,13 +45,13 @@ class SpanActions(Findings):
             required=("agent_instance_id", "schema_name", "status"),
             where="details.",
         )
-        instance_id = self._check_id("agent_instance_id", details["agent_instance_id"])
+        instance_id = self._account.check_id("agent_instance_id", details["agent_instance_id"])
         span_id = details.get("id")
         if span_id is not None:
-            self._check_id("id", span_id)
+            self._account.check_id("id", span_id)
         parent_id = details.get("parent_span_id")
         if parent_id is not None:
-            self._check_id("parent_span_id", parent_id)
+            self._account.check_id("parent_span_id", parent_id)
         schema_name = details["schema_name"]
         if not isinstance(schema_name, str) or not schema_name:
             raise _invalid("schema_name", "must be a non-empty string")
@@ -80,7 +87,7 @@ class SpanActions(Findings):
         if started is not None and finished is not None and finished < started:
             raise _invalid("finished_at", "is before started_at")
 
-        instance = self._instances.get(instance_id)
+        instance = self._account.instances.get(instance_id)
         if instance is None:
             raise ApiError(404, "not_found", "agent instance not found")
         # `pending` is accepted: prefactor-core queues the run's start but POSTs span creates at once
@@ -89,7 +96,7 @@ class SpanActions(Findings):
         # (prefactor_http AgentSpanClient.create), so that is how a create learns of termination. See
         # docs/local-server.md.
         if instance.status not in ("pending", "active", "terminated"):
-            control = self._control(instance)
+            control = self._account.control(instance)
             raise ApiError(
                 409,
                 "invalid_action",
@@ -100,7 +107,7 @@ class SpanActions(Findings):
         if title is None:
             raise _invalid("schema_name", "is not registered in this instance's agent schema version")
         if parent_id is not None:
-            parent = self._spans.get(parent_id)
+            parent = self._account.spans.get(parent_id)
             if parent is None:
                 raise ApiError(404, "not_found", "parent span not found", {"parent_span_id": ["not found"]})
             if parent.instance_id != instance_id:
@@ -110,20 +117,22 @@ class SpanActions(Findings):
                     "parent span not found in this agent instance",
                     {"parent_span_id": ["belongs to another agent instance"]},
                 )
-        if span_id is not None and span_id in self._spans:
+        if span_id is not None and span_id in self._account.spans:
             raise ApiError(409, "invalid_value", "id already exists", {"id": ["already exists"]})
 
         span_type = instance.schema_version.span_types[schema_name]
-        self._check_schema(payload, span_type["params_schema"], f"payload of a {schema_name} span", span_id=span_id)
+        self._findings.check_schema(
+            payload, span_type["params_schema"], f"payload of a {schema_name} span", span_id=span_id
+        )
         if result_payload is not None:
             what = f"result_payload of a {schema_name} span"
-            self._check_schema(result_payload, span_type["result_schema"], what, span_id=span_id)
-        span_id = span_id or self.new_id(started if started is not None else now)
+            self._findings.check_schema(result_payload, span_type["result_schema"], what, span_id=span_id)
+        span_id = span_id or self._account.new_id(started if started is not None else now)
         data: JsonDict = {
             "type": "agent_span",
             "id": span_id,
-            "account_id": self.account_id,
-            "agent_id": self.agent_id,
+            "account_id": self._account.account_id,
+            "agent_id": self._account.agent_id,
             "agent_instance_id": instance_id,
             "parent_span_id": parent_id,
             "schema_name": schema_name,
@@ -138,22 +147,22 @@ class SpanActions(Findings):
             "inserted_at": format_timestamp(now),
             "updated_at": format_timestamp(now),
         }
-        self._spans[span_id] = _Span(data, instance_id, status, started, finished)
+        self._account.spans[span_id] = _Span(data, instance_id, status, started, finished)
         instance.span_ids.append(span_id)
         instance.counts[status] += 1
         out: JsonDict = {"status": "success", "details": data}
-        control = self._control(instance)
+        control = self._account.control(instance)
         if control:
             out["control"] = control
         return out
 
-    def _finish_span(self, params: JsonDict) -> JsonDict:
+    def finish(self, params: JsonDict) -> JsonDict:
         _check_fields(
             params,
             ("agent_span_id", "status", "result_payload", "timestamp", "sensitive_encoding"),
             required=("agent_span_id",),
         )
-        span_id = self._check_id("agent_span_id", params["agent_span_id"])
+        span_id = self._account.check_id("agent_span_id", params["agent_span_id"])
         status = params.get("status") or "complete"
         if status not in FINISH_STATUSES:
             raise _invalid("status", f"must be one of {', '.join(FINISH_STATUSES)}")
@@ -162,13 +171,13 @@ class SpanActions(Findings):
         if sensitive is not None and not isinstance(sensitive, bool):
             raise _invalid("sensitive_encoding", "must be a boolean")
         timestamp = _opt_time(params, "timestamp")
-        span = self._spans.get(span_id)
+        span = self._account.spans.get(span_id)
         if span is None:
             raise ApiError(404, "not_found", "agent span not found")
-        instance = self._instances[span.instance_id]
+        instance = self._account.instances[span.instance_id]
         if instance.status not in ("pending", "active", "terminated"):
             raise ApiError(409, "invalid_action", f"the span's agent instance is {instance.status}")
-        control = self._control(instance)
+        control = self._account.control(instance)
         conflict = {"control": control} if control else None  # a 409 in a terminated run says so too
         if span_id in instance.closed_by_termination:
             # The termination closed it while the client still ran it: the client's finish is how it learns that
@@ -200,7 +209,7 @@ class SpanActions(Findings):
             data["sensitive_encoding"] = sensitive
         instance.counts[span.status] -= 1
         instance.counts[status] += 1
-        self._spans[span_id] = _Span(data, span.instance_id, status, started, finished)
+        self._account.spans[span_id] = _Span(data, span.instance_id, status, started, finished)
         out: JsonDict = {"status": "success", "details": data}
         if control:
             out["control"] = control
@@ -212,4 +221,4 @@ class SpanActions(Findings):
         if result_payload is not None:
             span_type = instance.schema_version.span_types.get(schema_name, {})
             what = f"result_payload of a {schema_name} span"
-            self._check_schema(result_payload, span_type.get("result_schema"), what, span_id=span_id)
+            self._findings.check_schema(result_payload, span_type.get("result_schema"), what, span_id=span_id)

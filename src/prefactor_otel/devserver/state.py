@@ -1,9 +1,12 @@
-"""The dev server's account state: what one account holds, its ids, and how an instance renders.
+"""The dev server's account records: what one account holds, its ids, and how a run renders.
 
-`StoreState` owns every field the store's actions share; the action layers (findings.py, registration.py,
-instance_actions.py, span_actions.py, reads.py, agents.py) are its subclasses and `Store` (store.py) joins them.
-Threads: the server's request threads and the test thread call in concurrently; one RLock (`_lock`) guards all
-state, findings included. Methods here that read state expect the caller to hold `_lock` (the actions run under it).
+`Account` is the data every part of a `Store` (store.py) works on: the seeded ids, the runs, spans, agent and schema
+versions, external identifiers and idempotency keys, and the revision a state writer watches. It has no API action
+of its own; the parts that do hold it (registration.py, instance_actions.py, span_actions.py, reads.py, agents.py,
+and findings.py for its lock and revision), and persist.py dumps and restores its tables.
+Threads: the server's request threads and the test thread call in concurrently; one RLock (`lock`) guards every
+table here and `revision`, and the findings (findings.py) share it. The methods that read tables (`instance_for`,
+`render_instance`, `control`) expect the caller to hold `lock` (the actions run under it); the ids are set once.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import re
 import secrets
 import threading
 
-from prefactor_otel.devserver.model import BULK_ACTIONS, _Instance, _KeyRecord, _SchemaVersion, _Span
+from prefactor_otel.devserver.model import _Instance, _KeyRecord, _SchemaVersion, _Span
 from prefactor_otel.devserver.timefmt import format_timestamp, now_us
 from prefactor_otel.devserver.validation import ApiError, JsonDict, _copy, _invalid
 from prefactor_otel.model import ids
@@ -21,8 +24,8 @@ from prefactor_otel.model import ids
 _PFID_RE = re.compile(r"^[0-7][0-9abcdefghjkmnpqrstvwxyz]{31}$")
 
 
-class StoreState:
-    """The fields of one account's store (seeded agent and environment, runs, spans, keys, versions, findings)."""
+class Account:
+    """One account's records (seeded agent and environment, runs, spans, keys, versions), guarded by `lock`."""
 
     def __init__(
         self,
@@ -31,12 +34,8 @@ class StoreState:
         agent_id: str,
         environment_id: str,
         partition: int,
-        bulk_actions: frozenset[str] | None = None,
         agent_deployment_id: str | None = None,
     ) -> None:
-        # A subset of BULK_ACTIONS emulates a server whose bulk endpoint lacks some `_type`s (the inferred
-        # `agent_instances/start|finish`), so the exporter's REST fallback can be tested.
-        self.bulk_actions = BULK_ACTIONS if bulk_actions is None else frozenset(bulk_actions) & BULK_ACTIONS
         self.account_id = account_id
         self.agent_id = agent_id
         self.environment_id = environment_id
@@ -45,17 +44,15 @@ class StoreState:
         # The seeded agent deployed into the seeded environment: prefactor-http 0.4.3 requires its id on every
         # agent instance (AgentInstance.agent_deployment_id) and fails to parse an answer without it.
         self.agent_deployment_id = agent_deployment_id or self.new_id()
-        self._created_us = now_us()
-        self._lock = threading.RLock()
-        self._findings: list[JsonDict] = []
-        self._current_action = ""
-        self._instances: dict[str, _Instance] = {}
-        self._spans: dict[str, _Span] = {}
-        self._keys: dict[str, _KeyRecord] = {}
-        self._agent_versions: dict[str, JsonDict] = {}  # content fingerprint -> version
-        self._schema_versions: dict[str, _SchemaVersion] = {}  # content fingerprint -> version
-        self._external_ids: dict[str, str] = {}  # instance external_identifier -> instance id
-        # Bumped (under `_lock`) by every committed change, findings included: a state writer saves when it moved.
+        self.created_us = now_us()
+        self.lock = threading.RLock()
+        self.instances: dict[str, _Instance] = {}
+        self.spans: dict[str, _Span] = {}
+        self.keys: dict[str, _KeyRecord] = {}  # idempotency key -> the answer it replays
+        self.agent_versions: dict[str, JsonDict] = {}  # content fingerprint -> version
+        self.schema_versions: dict[str, _SchemaVersion] = {}  # content fingerprint -> version
+        self.external_ids: dict[str, str] = {}  # instance external_identifier -> instance id
+        # Bumped (under `lock`) by every committed change, findings included: a state writer saves when it moved.
         self.revision = 0
 
     # ------------------------------------------------------------------ ids
@@ -64,7 +61,8 @@ class StoreState:
         millis = (now_us() if at_us is None else at_us) // 1000
         return ids.encode(max(0, min(millis, ids.MAX_TIMESTAMP)), self.partition, secrets.randbits(80))
 
-    def _check_id(self, name: str, value: object) -> str:
+    def check_id(self, name: str, value: object) -> str:
+        """`value` if it is a canonical PFID in this account's partition; else the API's 422."""
         # Fast path, hot in bulk: a canonical PFID's partition is exactly its characters 10-15, so a
         # regex match plus one slice comparison equals is_pfid() + extract_partition() without decoding.
         if isinstance(value, str) and _PFID_RE.match(value) and value[10:16] == self._partition_chars:
@@ -76,16 +74,16 @@ class StoreState:
             raise _invalid(name, "is not in this account's PFID partition")
         return value
 
-    # ------------------------------------------------------------------ instances
+    # ------------------------------------------------------------------ runs (caller holds `lock`)
 
-    def _instance_for(self, params: JsonDict, name: str = "agent_instance_id") -> _Instance:
-        instance_id = self._check_id(name, params.get(name))
-        instance = self._instances.get(instance_id)
+    def instance_for(self, params: JsonDict, name: str = "agent_instance_id") -> _Instance:
+        instance_id = self.check_id(name, params.get(name))
+        instance = self.instances.get(instance_id)
         if instance is None:
             raise ApiError(404, "not_found", "agent instance not found")
         return instance
 
-    def _render_instance(self, instance: _Instance) -> JsonDict:
+    def render_instance(self, instance: _Instance) -> JsonDict:
         counts = instance.counts
         finished = counts["complete"] + counts["failed"] + counts["cancelled"]
         return {
@@ -111,7 +109,8 @@ class StoreState:
         }
 
     @staticmethod
-    def _control(instance: _Instance) -> JsonDict | None:
+    def control(instance: _Instance) -> JsonDict | None:
+        """The `control` a span answer in this run carries, if any (a terminated run says so)."""
         if instance.status == "terminated":
             return {"terminate": True, "reason": instance.termination_reason}
         return None

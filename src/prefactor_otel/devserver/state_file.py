@@ -322,7 +322,7 @@ class StateWriter:
         """Write now if the store changed since the last save (or `force`); False if the write failed."""
         with self._save_lock:
             started = time.monotonic()
-            with self._store._lock:
+            with self._store.account.lock:
                 revision = self._store.revision
                 if revision == self._saved_revision and not force:
                     return True

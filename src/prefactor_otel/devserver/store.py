@@ -13,22 +13,24 @@ Prefactor drops) or its behaviour is unknown (a payload breaking its registered 
 inspect. docs/local-server.md lists which rule is which.
 
 This module is the dispatch: `Store.execute` (one action, atomically, with idempotent replay) and `Store.bulk`
-(`POST /api/v1/bulk`). The rest lives beside it, one concept a module, joined by `Store`'s bases: state.py (the
-fields and ids), findings.py, registration.py, instance_actions.py (start/finish/terminate/record_quality),
-span_actions.py, reads.py (gets, lists, pages, inspection), agents.py; validation.py and model.py hold the shared
-checks, errors and records.
+(`POST /api/v1/bulk`). `Store` is composed of parts, one concept a module, each built here and called through its
+few public methods: `Account` (state.py: the records, ids and the lock), `Findings` (findings.py), `Registration`
+(registration.py), `RunActions` (instance_actions.py: start/finish/terminate/record_quality), `SpanActions`
+(span_actions.py), `Reads` (reads.py: gets, lists, pages, inspection) and `AgentReads` (agents.py); validation.py
+and model.py hold the shared checks, errors and records. `Store`'s own methods are its public API, the one the
+server, persist.py and the tests use; `account` is its records, for persist.py and the state writer.
 
-Threads: the server's request threads and the test thread call in concurrently; one RLock (`_lock`) guards all
-state, findings included.
+Threads: the server's request threads and the test thread call in concurrently; one RLock (`Account.lock`) guards
+all state, findings included: `execute` holds it around the idempotency check and the action, the reads take it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prefactor_otel.devserver.agents import AgentReads
-from prefactor_otel.devserver.findings import MAX_FINDINGS
-from prefactor_otel.devserver.instance_actions import InstanceActions, render_template
+from prefactor_otel.devserver.findings import MAX_FINDINGS, Findings
+from prefactor_otel.devserver.instance_actions import RunActions, render_template
 from prefactor_otel.devserver.model import (
     BULK_ACTIONS,
     CREATE_SPAN,
@@ -48,6 +50,7 @@ from prefactor_otel.devserver.model import (
 from prefactor_otel.devserver.reads import MAX_PAGE_SIZE, Reads
 from prefactor_otel.devserver.registration import Registration
 from prefactor_otel.devserver.span_actions import SpanActions
+from prefactor_otel.devserver.state import Account
 from prefactor_otel.devserver.validation import (
     IDEMPOTENCY_KEY_MAX,
     IDEMPOTENCY_KEY_MIN,
@@ -89,7 +92,7 @@ __all__ = [
 ]
 
 
-class Store(Registration, InstanceActions, SpanActions, Reads, AgentReads):
+class Store:
     """One account (seeded agent and environment) and everything registered under it."""
 
     def __init__(
@@ -102,23 +105,62 @@ class Store(Registration, InstanceActions, SpanActions, Reads, AgentReads):
         bulk_actions: frozenset[str] | None = None,
         agent_deployment_id: str | None = None,
     ) -> None:
-        super().__init__(
+        # A subset of BULK_ACTIONS emulates a server whose bulk endpoint lacks some `_type`s (the inferred
+        # `agent_instances/start|finish`), so the exporter's REST fallback can be tested.
+        self.bulk_actions = BULK_ACTIONS if bulk_actions is None else frozenset(bulk_actions) & BULK_ACTIONS
+        self.account = Account(
             account_id=account_id,
             agent_id=agent_id,
             environment_id=environment_id,
             partition=partition,
-            bulk_actions=bulk_actions,
             agent_deployment_id=agent_deployment_id,
         )
+        self._findings = Findings(self.account)
+        self._reads = Reads(self.account, self._findings)
+        self._agents = AgentReads(self.account)
+        registration = Registration(self.account, self._findings)
+        runs = RunActions(self.account, self._findings)
+        spans = SpanActions(self.account, self._findings)
         self._actions: dict[str, Callable[[JsonDict], JsonDict]] = {
-            REGISTER: self._register,
-            START: self._start,
-            FINISH_INSTANCE: self._finish_instance,
-            TERMINATE: self._terminate,
-            CREATE_SPAN: self._create_span,
-            FINISH_SPAN: self._finish_span,
-            RECORD_QUALITY: self._record_quality,
+            REGISTER: registration.register,
+            START: runs.start,
+            FINISH_INSTANCE: runs.finish,
+            TERMINATE: runs.terminate,
+            CREATE_SPAN: spans.create,
+            FINISH_SPAN: spans.finish,
+            RECORD_QUALITY: runs.record_quality,
         }
+
+    # ------------------------------------------------------------------ the account
+
+    @property
+    def account_id(self) -> str:
+        return self.account.account_id
+
+    @property
+    def agent_id(self) -> str:
+        return self.account.agent_id
+
+    @property
+    def environment_id(self) -> str:
+        return self.account.environment_id
+
+    @property
+    def partition(self) -> int:
+        return self.account.partition
+
+    @property
+    def agent_deployment_id(self) -> str:
+        return self.account.agent_deployment_id
+
+    @property
+    def revision(self) -> int:
+        """Bumped by every committed change, findings included; read it under `account.lock` to pair it with a
+        dump (state_file.py)."""
+        return self.account.revision
+
+    def new_id(self, at_us: int | None = None) -> str:
+        return self.account.new_id(at_us)
 
     # ------------------------------------------------------------------ actions
 
@@ -133,9 +175,9 @@ class Store(Registration, InstanceActions, SpanActions, Reads, AgentReads):
         except ApiError as exc:
             return exc.status, exc.body()
         digest = fingerprint(action, params) if idempotency_key is not None else b""
-        with self._lock, self._finding_context(action):
+        with self.account.lock, self._findings.context(action):
             if idempotency_key is not None:
-                record = self._keys.get(idempotency_key)
+                record = self.account.keys.get(idempotency_key)
                 if record is not None:
                     if record.fingerprint == digest:
                         return record.status, record.body
@@ -149,8 +191,8 @@ class Store(Registration, InstanceActions, SpanActions, Reads, AgentReads):
             except ApiError as exc:
                 return exc.status, exc.body()
             if idempotency_key is not None:
-                self._keys[idempotency_key] = _KeyRecord(digest, 200, body)
-            self.revision += 1
+                self.account.keys[idempotency_key] = _KeyRecord(digest, 200, body)
+            self.account.revision += 1
             return 200, body
 
     @staticmethod
@@ -186,10 +228,10 @@ class Store(Registration, InstanceActions, SpanActions, Reads, AgentReads):
             return 422, error_body("validation_errors", "body must be a JSON object", {"body": ["not an object"]}), None
         items = body.get("items")
         count = len(items) if isinstance(items, list) else None
-        with self._lock:
-            self._current_action = "bulk"
+        with self.account.lock:
+            self._findings.begin("bulk")
             for name in sorted(set(body) - {"items"}):
-                self._find("unknown_field", f"unknown field {name} (dropped)", name)
+                self._findings.find("unknown_field", f"unknown field {name} (dropped)", name)
         if not isinstance(items, list) or not items:
             return 422, error_body("validation_errors", "items must be a non-empty list", {"items": ["empty"]}), count
         item_errors: dict[str, dict[str, list[str]]] = {}
@@ -235,3 +277,65 @@ class Store(Registration, InstanceActions, SpanActions, Reads, AgentReads):
             if status >= 400:
                 break
         return 200, {"status": "success", "outputs": outputs}, count
+
+    # ------------------------------------------------------------------ findings
+
+    def findings(self) -> list[JsonDict]:
+        """Strict-mode findings so far, oldest first: what a stricter server would have refused (see the module
+        docstring). Copies."""
+        return self._findings.read()
+
+    def clear_findings(self) -> None:
+        self._findings.clear()
+
+    # ------------------------------------------------------------------ reads (reads.py, agents.py)
+
+    def get_instance(self, instance_id: str) -> Outcome:
+        return self._reads.get_instance(instance_id)
+
+    def get_span(self, span_id: str) -> Outcome:
+        return self._reads.get_span(span_id)
+
+    def list_instances(self, query: Mapping[str, str]) -> Outcome:
+        return self._reads.list_instances(query)
+
+    def list_spans(self, query: Mapping[str, str]) -> Outcome:
+        return self._reads.list_spans(query)
+
+    def generate_pfids(self, body: object) -> Outcome:
+        return self._reads.generate_pfids(body)
+
+    def instances(self) -> list[JsonDict]:
+        return self._reads.instances()
+
+    def spans(self, instance_id: str | None = None) -> list[JsonDict]:
+        return self._reads.spans(instance_id)
+
+    def snapshot(self) -> JsonDict:
+        return self._reads.snapshot()
+
+    def counts(self) -> tuple[int, int]:
+        """(instances, spans) without copying anything: cheap enough to poll."""
+        return self._reads.counts()
+
+    def get_agent(self, agent_id: str) -> Outcome:
+        return self._agents.get_agent(agent_id)
+
+    def show_agent(self, query: Mapping[str, str]) -> Outcome:
+        return self._agents.show_agent(query)
+
+    def list_agents(self, query: Mapping[str, str]) -> Outcome:
+        return self._agents.list_agents(query)
+
+    def get_environment(self, environment_id: str) -> Outcome:
+        return self._agents.get_environment(environment_id)
+
+    # ------------------------------------------------------------------ persistence (persist.py)
+
+    def restore_findings(self, entries: list[JsonDict]) -> None:
+        """Replace the findings with saved ones (persist.py, loading a store nobody else sees yet)."""
+        self._findings.restore(entries)
+
+    def saved_findings(self) -> list[JsonDict]:
+        """The findings as persist.py dumps them: a new list of the entries; call it under `account.lock`."""
+        return self._findings.entries()

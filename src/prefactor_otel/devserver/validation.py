@@ -1,8 +1,8 @@
 """The dev server's API error answers and the field checks every action shares.
 
 Pure functions and an exception: no state of their own except `_field_sink`, a thread-local where `_check_fields`
-reports unknown fields (the findings layer points it at the action the calling thread runs). Called by the
-server's request threads and the test thread, under the store's lock or without it.
+reports unknown fields (`Findings.context`, findings.py, points it at the action the calling thread runs). Called by
+the server's request threads and the test thread, under the store's lock or without it.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from prefactor_otel.devserver.timefmt import parse_timestamp
 from prefactor_otel.model import ids
 
 JsonDict = dict[str, Any]
 Outcome = tuple[int, JsonDict]
+_JsonT = TypeVar("_JsonT")
 
 IDEMPOTENCY_KEY_MIN = ids.IDEMPOTENCY_KEY_MIN
 IDEMPOTENCY_KEY_MAX = ids.IDEMPOTENCY_KEY_MAX
@@ -110,10 +111,11 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _copy(value: Any) -> Any:
+def _copy(value: _JsonT) -> _JsonT:
     # Everything stored came from JSON, so a JSON round trip is a faithful deep copy -- and much faster
-    # than copy.deepcopy on 100k spans.
-    return json.loads(json.dumps(value))
+    # than copy.deepcopy on 100k spans. JSON values only (dicts, lists, scalars): a tuple would come back a list.
+    copied: _JsonT = json.loads(json.dumps(value))
+    return copied
 
 
 def _drop_nones(params: Mapping[str, Any]) -> JsonDict:
