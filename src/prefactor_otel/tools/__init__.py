@@ -1,2 +1,1 @@
-"""The command line and what it runs: `prefactor-otel` (cli.py), doctor, the demo.
-"""
+"""The command line and what it runs: `prefactor-otel` (cli.py), doctor, the demo."""
