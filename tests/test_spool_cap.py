@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from prefactor_otel.devserver import DevServer, Fault
-from prefactor_otel.durability.spool import Spool
 from prefactor_otel.durability import spool as spool_module
 from prefactor_otel.durability import spool_disk, spool_replay
+from prefactor_otel.durability.spool import Spool
 from tests.spans import agent_trace, exporter_for, make_provider, wait_for
 
 CAP = 1_000_000
