@@ -216,7 +216,7 @@ def test_a_span_that_never_ends_does_not_pin_memory(srv: DevServer) -> None:
             assert processor.exporter.force_flush(10_000)
         planner = processor.exporter._pipeline.planner  # type: ignore[union-attr]
         assert planner is not None
-        assert planner._open_count <= 10
+        assert planner.open_spans <= 10
         assert processor.exporter.stats()["open_spans_forgotten"] == 24 - 10
         for span in leaked:
             span.end()

@@ -317,7 +317,7 @@ def test_a_long_lived_run_remembers_a_bounded_number_of_span_ids(monkeypatch):
     for n, record in enumerate(records[:-1]):
         planner.add([record], now=float(n))
         planner.apply(_ok(planner.plan(now=float(n))), now=float(n))
-    trace = planner._traces[root.get_span_context().trace_id]
+    trace = planner.runs.traces[root.get_span_context().trace_id]
     assert len(trace.created) <= 50 and len(trace.span_ids) <= 50
     planner.add(records[-1:], now=400.0)
     planner.apply(_ok(planner.plan(now=400.0, flush=True)), now=400.0)

@@ -296,11 +296,11 @@ def classify(attributes: Mapping[str, object], name: str | None = None) -> Class
     if isinstance(value, str) and value.lower() in _TRACELOOP:
         return _traceloop(attributes, value.lower(), operation)
     if operation is not None:
-        schema = _OPERATIONS.get(operation)
-        if schema is None and "memory" in operation:
-            schema = CHAIN
-        if schema is not None:
-            return Classification(schema, GEN_AI, operation, "gen_ai.operation.name")
+        by_operation = _OPERATIONS.get(operation)
+        if by_operation is None and "memory" in operation:
+            by_operation = CHAIN
+        if by_operation is not None:
+            return Classification(by_operation, GEN_AI, operation, "gen_ai.operation.name")
     value = attributes.get("llm.request.type")
     if isinstance(value, str) and value.lower() in _LEGACY_REQUEST_TYPES:
         return Classification(_LEGACY_REQUEST_TYPES[value.lower()], TRACELOOP, value.lower(), "llm.request.type")
@@ -313,16 +313,15 @@ def classify(attributes: Mapping[str, object], name: str | None = None) -> Class
         if key in attributes:
             if key == _RESPONSE_MODEL and _is_usage_record(attributes):
                 return Classification(SPAN, GEN_AI, operation, USAGE_RECORD)
-            convention = GEN_AI if key.startswith("gen_ai.") else OPENINFERENCE
-            return Classification(LLM, convention, operation, key)
+            return Classification(LLM, GEN_AI if key.startswith("gen_ai.") else OPENINFERENCE, operation, key)
     if "embedding.model_name" in attributes:
         return Classification(EMBEDDING, OPENINFERENCE, operation, "embedding.model_name")
     convention = genai_attribute_convention(attributes)
     if convention is not None:
         if name:
-            schema = _name_pattern(name)
-            if schema is not None:
-                return Classification(schema, convention, operation, "span.name")
+            by_name = _name_pattern(name)
+            if by_name is not None:
+                return Classification(by_name, convention, operation, "span.name")
         # Some convention, no type we know (gen_ai.operation.name=unknown, custom operations): a plain span
         # that still says which convention it came from.
         return Classification(SPAN, convention, operation, None)

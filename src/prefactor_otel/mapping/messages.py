@@ -315,7 +315,8 @@ def unwrap_langchain(value: Any, depth: int = 0) -> Any:
         if value.get("lc") == 1 and value.get("type") == "constructor":
             ident = value.get("id")
             cls = ident[-1] if isinstance(ident, list) and ident else ""
-            kwargs = value.get("kwargs") if isinstance(value.get("kwargs"), dict) else {}
+            raw_kwargs = value.get("kwargs")
+            kwargs: dict[str, Any] = raw_kwargs if isinstance(raw_kwargs, dict) else {}
             if isinstance(cls, str) and cls.endswith("Message"):
                 return _langchain_message(kwargs, cls)
             return {k: unwrap_langchain(v, depth + 1) for k, v in kwargs.items()}
@@ -332,7 +333,9 @@ def _langchain_message(fields: Mapping[str, Any], cls: str) -> Message:
     kind = fields.get("type") or cls.removesuffix("MessageChunk").removesuffix("Message").lower()
     role = _LANGCHAIN_ROLES.get(str(kind), str(kind))  # always a string
     content = fields.get("content")
-    message = _from_parts(role, content) if isinstance(content, list) else {"role": role, "content": _as_text(content)}
+    message: Message = (
+        _from_parts(role, content) if isinstance(content, list) else {"role": role, "content": _as_text(content)}
+    )
     calls = fields.get("tool_calls")
     if isinstance(calls, list) and calls:
         message["tool_calls"] = [normalize_tool_call(c) for c in calls if isinstance(c, dict)]

@@ -54,7 +54,7 @@ class MappingOptions:
     @classmethod
     def from_config(cls, config: PrefactorConfig) -> MappingOptions:
         """Options from a PrefactorConfig. Raises ConfigError (naming the variable) for an unusable callback."""
-        from prefactor_otel.config.options import ConfigError
+        from prefactor_otel.config.values import ConfigError
 
         callback = config.redact_callback
         if isinstance(callback, str):
@@ -75,7 +75,7 @@ class MappingOptions:
 
 def resolve_callback(spec: str) -> RedactCallback:
     """`package.module:function` -> the function. Raises ConfigError when it cannot be imported."""
-    from prefactor_otel.config.options import ConfigError
+    from prefactor_otel.config.values import ConfigError
 
     module_name, _, attribute = spec.partition(":")
     try:
@@ -87,7 +87,7 @@ def resolve_callback(spec: str) -> RedactCallback:
         raise ConfigError(f"PREFACTOR_REDACT_CALLBACK: cannot load {spec!r} ({type(exc).__name__})") from None
     if not callable(target):
         raise ConfigError(f"PREFACTOR_REDACT_CALLBACK: {spec!r} is not callable")
-    return target  # type: ignore[return-value]
+    return target
 
 
 DEFAULT_OPTIONS = MappingOptions()

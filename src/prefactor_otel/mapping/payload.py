@@ -153,7 +153,8 @@ def _limit(section: dict[str, Any], limit: int, longest: int, name: str, log: li
     # string fits (at 4 UTF-8 bytes per character), the walk is skipped: the common case in the hot path.
     if not limit or not section or longest * MAX_BYTES_PER_CHAR <= limit:
         return section
-    return truncate_tree(section, limit, name, log)
+    limited: dict[str, Any] = truncate_tree(section, limit, name, log)  # a dict in, a dict out
+    return limited
 
 
 def _redact_section_keys(redactor: Redactor, section: dict[str, Any], name: str, log: list[dict[str, Any]]) -> None:

@@ -50,7 +50,7 @@ from typing import Any
 from prefactor_otel.mapping.secret_patterns import (
     KEY_BODY_RULE,
     SHORT_GATE_PATTERN,
-    ValueRule,
+    PatternRule,
     default_rules,
     key_line_items,
 )
@@ -169,8 +169,8 @@ class Redactor:
         callback: RedactCallback | None = None,
     ) -> None:
         rules = default_rules() if defaults else []
-        user_rules = [ValueRule(f"user_pattern_{i}", p) for i, p in enumerate(patterns, start=1)]  # re.error: config
-        self._rules = tuple(rules + user_rules)
+        user_rules = [PatternRule(f"user_pattern_{i}", p) for i, p in enumerate(patterns, start=1)]  # re.error: config
+        self._rules = (*rules, *user_rules)
         self._user_rules = tuple(user_rules)
         self._any_lower = any(rule.lower for rule in self._rules)
         # One regex over every default literal (and a key's DER header): cheaper than the per-rule checks on short

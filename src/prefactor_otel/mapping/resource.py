@@ -52,7 +52,8 @@ def installed_instrumentations() -> tuple[str, ...]:
     takes milliseconds), on the exporting thread."""
     found: set[str] = set()
     for dist in distributions():
-        name = re.sub(r"[-_.]+", "-", str(dist.metadata.get("Name") or "")).lower()
+        # The stubs' PackageMetadata protocol has no `get`; the object is an email.message.Message, which has it.
+        name = re.sub(r"[-_.]+", "-", str(dist.metadata.get("Name") or "")).lower()  # type: ignore[attr-defined]
         if name.startswith(_INSTRUMENTATION_PREFIXES) or name in _INSTRUMENTATION_SDKS:
             found.add(f"{name}@{dist.version}")
     return tuple(sorted(found))

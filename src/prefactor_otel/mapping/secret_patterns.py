@@ -1,9 +1,11 @@
 """The value rules of redaction: secret-looking substrings (keys, tokens, JWTs, private keys, credentials in
 URLs, `password=...` assignments) and the cheap literal gates that let most strings skip each regex.
 
-`default_rules()` builds the defaults; `ValueRule(name, pattern)` a user's PREFACTOR_REDACT_PATTERNS entry.
-redaction.py (the Redactor) decides which strings they run on. Pure: rules are immutable once built, so any
-thread may apply them.
+`default_rules()` builds the defaults; `PatternRule(name, pattern)` a user's PREFACTOR_REDACT_PATTERNS entry.
+redaction.py (the Redactor) decides which strings they run on, through `ValueRule`: a name, a gate, whether it
+wants the lowered text, and `apply`. Most rules are one regex (`PatternRule`); the few that locate a secret another
+way are rules of their own with the same interface. Pure: rules are immutable once built, so any thread may apply
+them.
 """
 
 from __future__ import annotations
@@ -11,9 +13,24 @@ from __future__ import annotations
 import binascii
 import re
 from collections.abc import Sequence
+from typing import Protocol
 
 
-class ValueRule:
+class ValueRule(Protocol):
+    """What the Redactor applies to a string: `gate`, a literal every match contains (None: no gate), checked by
+    the Redactor before `apply`; `lower`, whether `apply` wants the lowered text; `name`, what its marker and the
+    redaction log say."""
+
+    name: str
+    gate: str | None
+    lower: bool
+
+    def apply(self, text: str, lowered: str | None) -> tuple[str, int]:
+        """`(text with matches replaced, number replaced)`; `lowered` is `text.lower()` when the rule wants it."""
+        ...
+
+
+class PatternRule:
     """One value pattern and the cheap checks that let most strings skip it.
 
     `gate`: a literal every match contains (mostly one character); `c in text` for one character is a memchr, so it
@@ -81,22 +98,29 @@ class ValueRule:
         return self.pattern.sub(replace, text), count
 
 
-class _AnchoredRule(ValueRule):
+class _AnchoredRule:
     """A case-insensitive rule located by its key words: `str.find` in the lowered text finds each occurrence and
     the regex is only matched at the few positions where such a key can start. Scanning a whole text with a
     case-insensitive alternation costs about a hundred times more, and key words such as `token` occur in ordinary
     GenAI text. `anchors`: (word, offsets): a match may start that many characters before the word."""
 
-    __slots__ = ("anchors",)
+    __slots__ = ("anchors", "gate", "lower", "marker", "name", "pattern", "whole_text")
 
     def __init__(self, name: str, pattern: str, anchors: tuple[tuple[str, tuple[int, ...]], ...]) -> None:
-        super().__init__(name, pattern, triggers=tuple(word for word, _ in anchors), lower=True)
+        # The same pattern scanned over the whole text, its key words as triggers: for the rare text whose lowered
+        # form has another length (positions found in it would not be the text's).
+        self.whole_text = PatternRule(name, pattern, triggers=tuple(word for word, _ in anchors), lower=True)
+        self.name = name
+        self.gate: str | None = None
+        self.lower = True
+        self.pattern = self.whole_text.pattern
+        self.marker = self.whole_text.marker
         self.anchors = anchors
 
     def apply(self, text: str, lowered: str | None) -> tuple[str, int]:
         haystack = lowered if lowered is not None else text.lower()
         if len(haystack) != len(text):
-            return super().apply(text, haystack)  # lower() changed the length (rare scripts): positions differ
+            return self.whole_text.apply(text, haystack)  # lower() changed the length (rare scripts)
         starts: set[int] = set()
         for word, offsets in self.anchors:
             at = haystack.find(word)
@@ -123,15 +147,19 @@ class _AnchoredRule(ValueRule):
         return "".join(pieces), count
 
 
-class _AwsSecretRule(ValueRule):
+class _AwsSecretRule:
     """An AWS secret access key cannot be told from other base64 by its shape alone; within 100 characters of its
     key id (`AKIA...`/`ASIA...`, either side, on the same line) it can. The id is the scan (a regex with a literal
     start, as cheap as the aws_access_key rule); only the few characters around an id are searched for the key."""
 
-    __slots__ = ()
+    __slots__ = ("gate", "lower", "marker", "name", "pattern")
 
     def __init__(self) -> None:
-        super().__init__("aws_secret_key", _AWS_KEY_ID, gate="A")
+        self.name = "aws_secret_key"
+        self.gate: str | None = "A"
+        self.lower = False
+        self.pattern = re.compile(_AWS_KEY_ID)  # the key id: where a secret key may be near
+        self.marker = f"[REDACTED:{self.name}]"
 
     def apply(self, text: str, lowered: str | None) -> tuple[str, int]:
         found: set[tuple[int, int]] = set()
@@ -160,7 +188,7 @@ class _AwsSecretRule(ValueRule):
 KEY_BODY_RULE = "private_key"  # the body of a key is masked as the whole block is
 
 
-class _PrivateKeyRule(ValueRule):
+class _PrivateKeyRule:
     """Private keys: a whole `-----BEGIN ... PRIVATE KEY-----` block (PEM, OpenSSH, PGP's `PRIVATE KEY BLOCK`), a
     BEGIN line and all that follows it when its END is not there, and key material without its BEGIN line: the
     markers were stripped, or a key was split over several values (each holding some of its lines):
@@ -187,10 +215,13 @@ class _PrivateKeyRule(ValueRule):
     them all in about 2 us per KB. The few hits are then matched where they are (anchored), never by a scan of the
     whole text with a pattern that starts with a character class (about 100 times slower)."""
 
-    __slots__ = ()
+    __slots__ = ("gate", "lower", "marker", "name")
 
     def __init__(self) -> None:
-        super().__init__(KEY_BODY_RULE, _WIDTH_PROBE.pattern)
+        self.name = KEY_BODY_RULE
+        self.gate: str | None = None
+        self.lower = False
+        self.marker = f"[REDACTED:{self.name}]"
 
     def apply(self, text: str, lowered: str | None) -> tuple[str, int]:
         found: list[tuple[int, int]] = []
@@ -410,7 +441,7 @@ def _marked_blocks(text: str, found: list[tuple[int, int]]) -> None:
             found.append((marker.start() - length, marker.end()))
 
 
-class _WebhookRule(ValueRule):
+class _WebhookRule:
     """Incoming-webhook URLs, whose path (or `sig`) is the credential: whoever has it can post as the app. Slack
     (`hooks.slack.com/services|workflows|triggers/...`), Discord (`discord.com/api/webhooks/<id>/<token>`), Microsoft
     Teams (`*.webhook.office.com/webhookb2/...`, `outlook.office.com/webhook/...`) and the Power Automate / Logic
@@ -422,10 +453,13 @@ class _WebhookRule(ValueRule):
     case-insensitive alternation scanned over the text costs about 50 ns a character (a megabyte of base64 holding
     "hook" by chance: 50 ms)."""
 
-    __slots__ = ()
+    __slots__ = ("gate", "lower", "marker", "name")
 
     def __init__(self) -> None:
-        super().__init__("webhook_url", _WEBHOOKS[0][1][0].pattern, gate="/", lower=True)
+        self.name = "webhook_url"
+        self.gate: str | None = "/"
+        self.lower = True
+        self.marker = f"[REDACTED:{self.name}]"
 
     def apply(self, text: str, lowered: str | None) -> tuple[str, int]:
         if "/" not in text:
@@ -497,27 +531,27 @@ _AWS_KEY_ID = r"(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Z])"
 def default_rules() -> list[ValueRule]:
     token = r"[A-Za-z0-9_-]"
     return [
-        ValueRule("api_key", r"sk-" + token + "{16,}", gate="-", boundary=True),  # OpenAI, Anthropic (sk-ant-)
-        ValueRule("bearer_token", r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}", triggers=("bearer",), lower=True),
+        PatternRule("api_key", r"sk-" + token + "{16,}", gate="-", boundary=True),  # OpenAI, Anthropic (sk-ant-)
+        PatternRule("bearer_token", r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}", triggers=("bearer",), lower=True),
         # Authorization / Proxy-Authorization: Basic <base64 of user:password>
-        ValueRule(
+        PatternRule(
             "basic_auth",
             r"(?i)authorization" + _ASSIGNED + r"basic\s+(?P<secret>[A-Za-z0-9+/=._~-]{4,})",
             triggers=("authoriz",),
             lower=True,
         ),
-        ValueRule("jwt", r"eyJ" + token + "{8,}\\." + token + "{8,}\\." + token + "{8,}", gate="J", boundary=True),
+        PatternRule("jwt", r"eyJ" + token + "{8,}\\." + token + "{8,}\\." + token + "{8,}", gate="J", boundary=True),
         # Runs before aws_access_key, which then masks the key id it looked for.
         _AwsSecretRule(),
-        ValueRule("aws_access_key", _AWS_KEY_ID, gate="A", boundary=True),
-        ValueRule(
+        PatternRule("aws_access_key", _AWS_KEY_ID, gate="A", boundary=True),
+        PatternRule(
             "github_token", r"(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})", gate="_", boundary=True
         ),
-        ValueRule("google_api_key", r"AIza" + token + "{35}", gate="z", boundary=True),
-        ValueRule("slack_token", r"xox[abposr]-[A-Za-z0-9-]{10,}", gate="-", boundary=True),
+        PatternRule("google_api_key", r"AIza" + token + "{35}", gate="z", boundary=True),
+        PatternRule("slack_token", r"xox[abposr]-[A-Za-z0-9-]{10,}", gate="-", boundary=True),
         # Private keys: whole blocks, and a key's body without its BEGIN line (split over values, markers stripped).
         _PrivateKeyRule(),
-        ValueRule(
+        PatternRule(
             "password",
             # password=..., "password": "...", also inside JSON-in-a-string where quotes are escaped
             r"(?i)\b(?:password|passwd|pwd)(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?(?P<secret>[^\s\"'\\,;&}]+)",
@@ -533,7 +567,7 @@ def default_rules() -> list[ValueRule]:
             anchors=(("secret", (0,)),),
         ),
         # scheme://user:password@host: the password only
-        ValueRule("url_credentials", r"://[^\s:/@\"'\\]+:(?P<secret>[^\s@/\"'\\]+)@", gate="@"),
+        PatternRule("url_credentials", r"://[^\s:/@\"'\\]+:(?P<secret>[^\s@/\"'\\]+)@", gate="@"),
         _WebhookRule(),
     ]
 

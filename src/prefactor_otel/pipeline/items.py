@@ -131,7 +131,7 @@ def placeholder_payloads(record: SpanRecord, original_bytes: int) -> tuple[dict[
         events=[],
         links=[],
     )
-    result = {"outputs": {}, "token_usage": small["token_usage"], "error": small["error"]}
+    result: dict[str, Any] = {"outputs": {}, "token_usage": small["token_usage"], "error": small["error"]}
     return small, result
 
 

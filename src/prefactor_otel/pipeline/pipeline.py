@@ -8,6 +8,11 @@ the parent's pipeline at the fork; `note_parent_spans` as the child ends copies 
 A process that can send nothing more (the server refused its token, its proxy is unusable: `stopped_reason`) keeps
 spilling to the spool, stops replaying it, and without a spool drops what it holds, counted under that reason.
 
+It is built from its parts -- a config, a `Delivery` over a transport, a `Backlog` or None, the partition if known --
+by the exporter, and the same way by anything else that yields span records (a gateway decoding OTLP: it needs
+nothing of the OTel SDK's exporter; tests/test_pipeline_alone.py drives it so). Such an owner keeps the exporter's
+rule: one thread drains at a time (the exporter's send lock).
+
 Span starts (PrefactorSpanProcessor) arrive in `starts`, a deque the application's threads append to (an atomic
 append, nothing else, on their side); the sending thread pops them, reads them (starts.py) and gives them to the
 planner before the ended spans of the same drain.

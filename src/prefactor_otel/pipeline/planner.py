@@ -1,6 +1,6 @@
 """The planner: which traces have agent instances, which spans exist, who waits for a parent. No I/O.
 
-The exporter feeds it mapped spans (`add`), asks for the next ordered list of bulk items (`plan`), sends them
+The pipeline feeds it mapped spans (`add`), asks for the next ordered list of bulk items (`plan`), sends them
 and reports each item's outcome back (`apply`). Everything it emits is keyed deterministically (ids.py), so
 re-planning an item that was sent but not acknowledged produces the same item and the server deduplicates it.
 
@@ -16,15 +16,24 @@ started here has ended and been delivered -- the grace period is then only a fal
 In a forked child (`ForkOrigin`) a trace open at the fork is a run of the child's own, and a span whose parent is
 a span of the parent process is a local root of it (docs/live-runs.md, "Forks and child processes").
 
-Split by concept: this module plans (input, ordering, finishes); planner_live.py is what span starts add (live
-spans, open spans, terminated runs); planner_outcomes.py applies what the server did with each item;
-planner_bounds.py is what happens when a memory limit is reached (orphans, drops, forced finishes). All four
-share one state, owned by `Planner.__init__`; no I/O, called only under the pipeline's state lock.
+One object composed of parts, each a concept of its own: the Planner takes spans in, opens runs, plans (ordering,
+finishes) and stops terminated runs; it holds `LiveSpans` (planner_live.py: what span starts add -- open spans, live
+spans), `OutcomeRules` (planner_outcomes.py: what the server did with each item) and `MemoryBounds`
+(planner_bounds.py: what happens when a memory limit is reached -- orphans, drops, forced finishes), and calls each
+through its few methods. The state they share -- open runs, closed runs remembered, queued spans, the journal's
+changes, the counters -- has one owner, the `RunTable` (runs.py) the Planner creates and hands to each part.
+
+Threads and locks: no I/O and no lock of its own. Every call is made under the pipeline's state lock
+(`Pipeline.state_lock`): by the pipeline (spans, starts, plans and outcomes on the sending thread, or the shutting-down
+thread when it spills without the send lock; a forked child's `note_parent_spans` from the thread ending copies;
+`has_due_work` from the finisher's ticker) and by the exporter for control (`terminate`, `active_runs`,
+`instance_of_trace`: the finisher thread, the sending thread, an application thread asking for its run). The parts and
+the RunTable are called only by the Planner, so under that lock too.
 """
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -48,8 +57,9 @@ from prefactor_otel.pipeline.items import (
 from prefactor_otel.pipeline.planner_bounds import MemoryBounds
 from prefactor_otel.pipeline.planner_live import LiveSpans, has_start_work
 from prefactor_otel.pipeline.planner_outcomes import OutcomeRules
-from prefactor_otel.pipeline.runs import PendingSpan, RunState, passes_filter, remember
-from prefactor_otel.pipeline.starts import LivePolicy
+from prefactor_otel.pipeline.runs import PendingSpan, RunState, RunTable, passes_filter
+from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan
+from prefactor_otel.transport.outcomes import ItemOutcome
 
 
 class ForkOrigin(NamedTuple):
@@ -69,7 +79,7 @@ class ForkOrigin(NamedTuple):
 AgentVersionBuilder = Callable[[Mapping[str, object]], dict[str, Any]]
 
 
-class Planner(LiveSpans, OutcomeRules, MemoryBounds):
+class Planner:
     def __init__(
         self,
         *,
@@ -97,79 +107,85 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
         self._purpose = purpose
         self._agent_version_for = agent_version_for
         self._schema_version = schema_version.model_dump(exclude_none=True)
-        self._max_waiting = max_waiting_spans
-        self._max_queued = max(max_queued_spans, max_waiting_spans)
         self._max_wait = max_wait_seconds
         self._grace = finish_grace_seconds
         self._span_filter = span_filter
-        self._live_policy = live_policy
-        self._map_started = map_started
-        self._max_open = max_open_spans
-        self._open_count = 0  # spans started here, not yet received ended, over all runs
-        self._terminated: OrderedDict[int, None] = OrderedDict()
         self._fork = fork_origin  # in a forked child: what it knows of its parent process
         self._fork_runs: dict[int, int] = {}  # forked child: trace open at the fork -> its runs here finished so far
-        # instance id -> trace id of every run this planner opened (its own spans), newest kept: what tells this
-        # process's runs from runs replayed from another process's spool when Prefactor terminates one.
-        self._own_runs: OrderedDict[str, int] = OrderedDict()
-        # instance id -> latest activity (ns) of runs this process must finish, or None once finished or handed
-        # off: what the journal of open runs records (taken by the exporter after every plan and delivery).
-        self.run_changes: dict[str, int | None] = {}
-        # Prefactor span id -> (instance id, start ns) of live spans whose active create may reach the server, or
-        # None once their finish is delivered or handed off: journaled with their run (a killed process's live
-        # spans are finished by the process that adopts its runs).
-        self.live_span_changes: dict[str, tuple[str, int] | None] = {}
-        self._traces: OrderedDict[int, RunState] = OrderedDict()
-        self._finished: OrderedDict[int, None] = OrderedDict()
-        self._items: dict[str, PlannedItem] = {}  # key -> item of the last plan, for `apply`
-        self._with_pending: dict[int, None] = {}  # trace ids that (may) have pending spans, in arrival order
-        self._queued = 0
-        self.counters: Counter[str] = Counter()
-        self.dropped: Counter[str] = Counter()  # span creates only; instance actions: `actions_dropped`
-        self.actions_dropped: Counter[str] = Counter()
+        # The state the parts share; read it (tests, introspection) but change it only through the planner.
+        self.runs = RunTable(partition)
+        self._live = LiveSpans(
+            self.runs,
+            live_policy=live_policy,
+            map_started=map_started,
+            max_open_spans=max_open_spans,
+            finish_grace_seconds=finish_grace_seconds,
+            max_wait_seconds=max_wait_seconds,
+        )
+        self._outcomes = OutcomeRules(self.runs)
+        self._bounds = MemoryBounds(
+            self.runs,
+            max_queued_spans=max_queued_spans,
+            max_waiting_spans=max_waiting_spans,
+            max_wait_seconds=max_wait_seconds,
+        )
 
     # ------------------------------------------------------------------ input
 
     def add(self, records: Iterable[SpanRecord], now: float) -> None:
+        """Spans that ended (mapped), in the order they were exported."""
+        runs = self.runs
+        traces, finished, counters = runs.traces, runs.finished, runs.counters
         for record in records:
-            self.counters["spans_added"] += 1
+            counters["spans_added"] += 1
             if self._fork is not None and self._under_parent_process(record.trace_id, record.parent_span_id):
                 record.parent_is_remote = True  # a local root of this process's run
-            if record.trace_id in self._finished and not self._reopen_forked(record.trace_id):
+            if record.trace_id in finished and not self._reopen_forked(record.trace_id):
                 # A finished instance accepts no spans; this one came after the grace period.
-                self._drop(1, "run_terminated" if record.trace_id in self._terminated else "instance_already_finished")
+                runs.drop(1, "run_terminated" if record.trace_id in runs.terminated else "instance_already_finished")
                 continue
-            trace = self._traces.get(record.trace_id)
+            trace = traces.get(record.trace_id)
             if trace is None:
                 trace = self._new_trace(record.trace_id, record.start_time_ns, record.resource)
             elif record.start_time_ns < trace.first_start_ns:
                 trace.first_start_ns = record.start_time_ns  # e.g. the root, exported after its children
             if trace.rejected:
-                self._drop(1, "instance_rejected", record)
+                runs.drop(1, "instance_rejected")
                 continue
-            if trace.open:
-                opened = trace.open.pop(record.span_id, None)
-                if opened is not None:
-                    self._open_count -= 1
-            live = trace.live.get(record.span_id)
-            if live is not None:
-                self._on_live_end(trace, record, live, now)
-                continue
+            if (trace.open or trace.live) and self._live.ended(trace, record, now):
+                continue  # a live span: its create is replaced, or its finish is due
             if record.span_id in trace.pending or record.span_id in trace.created:
-                self.counters["spans_duplicate_ignored"] += 1
+                counters["spans_duplicate_ignored"] += 1
                 continue
-            if self._span_filter is not None and not passes_filter(
-                trace, record, self._span_filter(record), self.counters
-            ):
+            if self._span_filter is not None and not passes_filter(trace, record, self._span_filter(record), counters):
                 trace.last_activity = now
                 continue
-            trace.pending[record.span_id] = PendingSpan(record, now)
-            self._with_pending[record.trace_id] = None
+            runs.enqueue(trace, record, now)
             trace.last_activity = now
             trace.last_end_ns = max(trace.last_end_ns, record.end_time_ns)
-            self._traces.move_to_end(record.trace_id)
-            self._queued += 1
-        self._enforce_bounds(now)
+            traces.move_to_end(record.trace_id)
+        self._bounds.enforce(now)
+
+    def start(self, started_spans: Iterable[StartedSpan], now: float) -> None:
+        """Spans that started in this process (PrefactorSpanProcessor), in the order they started: the run of each is
+        found or opened here, the span itself goes to the live spans part."""
+        traces, finished = self.runs.traces, self.runs.finished
+        for started in started_spans:
+            trace_id = started.trace_id
+            if not started.parent_is_remote and self._under_parent_process(trace_id, started.parent_span_id):
+                started = started._replace(parent_is_remote=True)  # forked child: a local root of its own run
+            if trace_id in finished and not self._reopen_forked(trace_id):
+                continue  # a span of a run already finished (or terminated): its end is counted when it comes
+            trace = traces.get(trace_id)
+            if trace is None:
+                resource = getattr(started.span.resource, "attributes", None) or {}
+                trace = self._new_trace(trace_id, started.start_time_ns, resource)
+            elif started.start_time_ns < trace.first_start_ns:
+                trace.first_start_ns = started.start_time_ns
+            if trace.rejected or started.span_id in trace.created or started.span_id in trace.pending:
+                continue  # rejected run, or the span has already ended and arrived
+            self._live.open(trace, started, now)
+        self._live.limit_open()
 
     def _under_parent_process(self, trace_id: int, parent_span_id: int | None) -> bool:
         """In a forked child: is this parent a span of the parent process (so the span is a local root here)?"""
@@ -184,9 +200,9 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
         trace it shares with its parent comes in bursts (a pool worker's tasks), so it starts a new run of the
         child's instead of being dropped. Not a run terminated in Prefactor: its later spans stay dropped."""
         fork = self._fork
-        if fork is None or trace_id not in fork.parent_spans or trace_id in self._terminated:
+        if fork is None or trace_id not in fork.parent_spans or trace_id in self.runs.terminated:
             return False
-        self._finished.pop(trace_id, None)
+        self.runs.finished.pop(trace_id, None)
         self._fork_runs[trace_id] = self._fork_runs.get(trace_id, 0) + 1
         return True
 
@@ -197,7 +213,7 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
             return
         known = self._fork.parent_spans.setdefault(trace_id, set())
         known.update(span_ids)
-        trace = self._traces.get(trace_id)
+        trace = self.runs.traces.get(trace_id)
         if trace is None:
             return
         for pending in trace.pending.values():
@@ -222,10 +238,49 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
             purpose=self._purpose,
         )
         trace = RunState(trace_id, instance_id, register, start_item(instance_id, first_start_ns))
-        self._remember_own_run(instance_id, trace_id)
         trace.first_start_ns = first_start_ns
-        self._traces[trace_id] = trace
+        self.runs.open_run(trace)
         return trace
+
+    # ------------------------------------------------------------------ control
+
+    def terminate(self, trace_id: int) -> int:
+        """The run was terminated in Prefactor: send nothing more for it (what is waiting is dropped, counted, and
+        so are its later spans). Returns how many waiting spans were dropped."""
+        runs = self.runs
+        if trace_id in runs.terminated:
+            return 0
+        runs.remember_terminated(trace_id)
+        trace = runs.traces.get(trace_id)
+        if trace is None:
+            runs.finished[trace_id] = None
+            return 0
+        dropped = runs.clear_pending(trace) + self._live.close_run(trace)
+        if dropped:
+            runs.drop(dropped, "run_terminated")
+        runs.counters["runs_terminated"] += 1
+        runs.forget(trace)
+        return dropped
+
+    def discard_all(self, reason: str) -> int:
+        """Forget every run and span held here, the spans counted `dropped[reason]`; returns how many.
+
+        For when nothing held can ever be sent by this process and nothing can keep it (the server refused the
+        token and there is no spool). Counted: pending spans and live spans that ended (their finish was due);
+        spans still running are counted when they end and come back (a new run for them, discarded in turn).
+        """
+        runs = self.runs
+        count = 0
+        for trace in runs.traces.values():
+            count += len(trace.pending) + self._live.close_run(trace)
+            if trace.journaled:
+                runs.run_changes[trace.instance_id] = None
+        runs.traces.clear()
+        runs.with_pending.clear()
+        runs.queued = 0
+        if count:
+            runs.drop(count, reason)
+        return count
 
     # ------------------------------------------------------------------ planning
 
@@ -247,16 +302,16 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
             if trace.rejected:
                 continue
             if shutdown:
-                self._orphan_waiting_tops(trace, "shutdown", None)
+                self._bounds.orphan_waiting_tops(trace, "shutdown", None)
             else:
-                self._orphan_waiting_tops(trace, "age", now)
+                self._bounds.orphan_waiting_tops(trace, "age", now)
             span_items = self._plan_spans(trace)
             if trace.root_skipped and not trace.pending and not trace.created and not trace.registered:
                 if shutdown or flush or now - trace.last_activity >= self._grace:
                     empty.append(trace.trace_id)  # the filter kept nothing: no agent run to report
                 continue
             if trace.live:
-                span_items.extend(self._plan_span_finishes(trace, span_items, now, shutdown=shutdown))
+                span_items.extend(self._live.plan_finishes(trace, span_items, now, shutdown=shutdown))
             finish = self._plan_finish(trace, now, span_items, flush=flush, shutdown=shutdown)
             announce = trace.announce and (trace.register_item is not None or trace.start_item is not None)
             if not span_items and finish is None and not announce:
@@ -264,7 +319,8 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
             if not trace.journaled:
                 trace.journaled = True  # from this plan on the run may exist on the server
                 # Its start at least: a run adopted before any span of it ended is finished no earlier.
-                self.run_changes[trace.instance_id] = max(trace.last_end_ns, trace.root_end_ns, trace.first_start_ns)
+                opened_at = max(trace.last_end_ns, trace.root_end_ns, trace.first_start_ns)
+                self.runs.run_changes[trace.instance_id] = opened_at
             if trace.register_item is not None:
                 items.append(self._item(trace.register_item, trace.trace_id))
             if trace.start_item is not None:
@@ -278,8 +334,8 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
             if finish is not None:
                 items.append(finish)
         for trace_id in empty:
-            del self._traces[trace_id]
-        self._items = {item.key: item for item in items}
+            del self.runs.traces[trace_id]
+        self._outcomes.expect(items)
         return items
 
     def _candidates(self, now: float, *, everything: bool) -> list[RunState]:
@@ -288,32 +344,33 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
         Not every open trace: with thousands of runs waiting out their grace period, a plan per export must not
         cost O(open runs). `_traces` is ordered by last activity (oldest first), so the quiet ones are a prefix.
         """
+        traces, with_pending = self.runs.traces, self.runs.with_pending
         if everything:
-            return list(self._traces.values())
+            return list(traces.values())
         chosen: dict[int, RunState] = {}
-        for trace_id, trace in self._traces.items():
+        for trace_id, trace in traces.items():
             if now - trace.last_activity < self._grace:
                 break
             chosen[trace_id] = trace
-        for trace_id in list(self._with_pending):
-            trace = self._traces.get(trace_id)
-            if trace is None or not (trace.pending or (trace.tracked and has_start_work(trace))):
-                del self._with_pending[trace_id]  # cleaned lazily: cheaper than at every removal
+        for trace_id in list(with_pending):
+            run = traces.get(trace_id)
+            if run is None or not (run.pending or (run.tracked and has_start_work(run))):
+                del with_pending[trace_id]  # cleaned lazily: cheaper than at every removal
             else:
-                chosen.setdefault(trace_id, trace)
+                chosen.setdefault(trace_id, run)
         return list(chosen.values())
 
     def _plan_spans(self, trace: RunState) -> list[PlannedItem]:
         if not trace.pending:
             return []
-        children: dict[int, list[PendingSpan]] = {}
+        children: dict[int | None, list[PendingSpan]] = {}
         frontier: deque[PendingSpan] = deque()
         for pending in trace.pending.values():
             record = pending.record
             if pending.orphaned or record.is_local_root or record.parent_span_id in trace.created:
                 frontier.append(pending)
             else:
-                children.setdefault(record.parent_span_id, []).append(pending)  # type: ignore[arg-type]
+                children.setdefault(record.parent_span_id, []).append(pending)
         planned: list[PlannedItem] = []
         while frontier:
             pending = frontier.popleft()
@@ -331,13 +388,13 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
         parent_id: str | None = None
         if pending.orphaned:
             payload = orphan_payload(payload)
-        elif not record.is_local_root:
-            parent = trace.pending.get(record.parent_span_id)  # type: ignore[arg-type]
+        elif record.parent_span_id is not None and not record.parent_is_remote:  # not a local root
+            parent = trace.pending.get(record.parent_span_id)
             start_ns = parent.record.start_time_ns if parent is not None else None
-            parent_id = self._span_pfid(trace, record.parent_span_id, start_ns)  # type: ignore[arg-type]
-        span_id = self._span_pfid(trace, record.span_id, record.start_time_ns)
+            parent_id = self.runs.span_pfid(trace, record.parent_span_id, start_ns)
+        span_id = self.runs.span_pfid(trace, record.span_id, record.start_time_ns)
         if record.status == "active":
-            self.live_span_changes[span_id] = (trace.instance_id, record.start_time_ns)
+            self.runs.live_span_changes[span_id] = (trace.instance_id, record.start_time_ns)
         body = span_create_item(
             record,
             trace.instance_id,
@@ -350,17 +407,6 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
         )
         return PlannedItem(body["idempotency_key"], BULK_CREATE_SPAN, body, record.trace_id, record.span_id)
 
-    def _span_pfid(self, trace: RunState, span_id: int, start_ns: int | None) -> str:
-        # The PFID embeds the span's start time; we remember created ids so a parent's id is rebuilt exactly.
-        cached = trace.span_ids.get(span_id)
-        if cached is not None:
-            return cached
-        if start_ns is None:
-            raise LookupError("parent span id requested before the parent was seen")
-        value = ids.span_pfid(self.partition, trace.trace_id, span_id, start_ns)
-        remember(trace.span_ids, span_id, value)
-        return value
-
     def _plan_finish(
         self, trace: RunState, now: float, span_items: list[PlannedItem], *, flush: bool, shutdown: bool
     ) -> PlannedItem | None:
@@ -369,9 +415,13 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
             return None  # somebody still waits for a parent: the run is not over
         if len(span_items) - len(creates) != len(trace.live):
             return None  # a live span is still open, or waits for its create
-        planned = [trace.pending[item.span_id].record for item in creates]  # type: ignore[index]
+        planned = [trace.pending[item.span_id].record for item in creates if item.span_id is not None]
         planned = [record for record in planned if record.status != "active"]
-        planned.extend(trace.live[item.span_id].ended for item in span_items if item.action == BULK_FINISH_SPAN)  # type: ignore[misc,index]
+        for item in span_items:
+            if item.action == BULK_FINISH_SPAN and item.span_id is not None:
+                ended = trace.live[item.span_id].ended
+                if ended is not None:  # always: a finish is planned only for a live span that ended
+                    planned.append(ended)
         roots = [record for record in planned if record.is_local_root]
         root_in = trace.root_delivered or trace.root_skipped or bool(roots)
         # With starts known: over once every span started here has ended and arrived; while one has not (its
@@ -401,29 +451,75 @@ class Planner(LiveSpans, OutcomeRules, MemoryBounds):
 
     # ------------------------------------------------------------------ introspection
 
+    # ------------------------------------------------------------------ outcomes (planner_outcomes.py)
+
+    def apply(self, outcomes: Mapping[str, ItemOutcome], now: float, *, spooled: bool = False) -> None:
+        """Record what the server did with each item of the last plan. Keys not given = not processed."""
+        self._outcomes.apply(outcomes, now, spooled=spooled)
+
+    def handoff(self, items: Iterable[PlannedItem], now: float) -> None:
+        """These items went to the durable spool: treat them as delivered (the spool sends them in order)."""
+        self._outcomes.handoff(items, now)
+
+    def refused(self, keys: Iterable[str] | None) -> None:
+        """Items of the last plan in a request refused whole (the token) or never sent (the proxy): their runs'
+        registers were not accepted (OutcomeRules.refused). None: every item of the last plan."""
+        self._outcomes.refused(keys)
+
+    def replace_with_placeholder(self, key: str, original_bytes: int) -> bool:
+        """A span too large for any request: next plans send a small placeholder in its place (False if the item
+        is not a span create of the last plan, or is one already)."""
+        return self._outcomes.replace_with_placeholder(key, original_bytes)
+
+    # ------------------------------------------------------------------ introspection
+
     def spans_of_open_runs(self) -> dict[int, set[int]]:
-        """Trace id -> the spans this process knows in each open run (ended, created, live or open): what a forked
-        child is told are its parent's spans."""
-        return {
-            trace_id: {*trace.span_ids, *trace.created, *trace.pending, *trace.live, *trace.open}
-            for trace_id, trace in list(self._traces.items())
-        }
+        """Trace id -> the spans this process knows in each open run: what a forked child is told are its parent's
+        spans."""
+        return self.runs.spans_of_open_runs()
+
+    def instance_of_trace(self, trace_id: int) -> str | None:
+        return self.runs.instance_of_trace(trace_id)
+
+    def trace_of_instance(self, instance_id: str) -> int | None:
+        """The trace of a run this process opened; None for one it did not open (e.g. replayed from a spool)."""
+        return self.runs.trace_of_instance(instance_id)
+
+    def active_runs(self) -> list[tuple[str, int]]:
+        """(instance id, trace id) of the runs registered here and not finished: what the control poller asks."""
+        return self.runs.active_runs()
 
     def take_run_changes(self) -> dict[str, int | None]:
-        changes, self.run_changes = self.run_changes, {}
-        return changes
+        return self.runs.take_run_changes()
 
     def take_live_span_changes(self) -> dict[str, tuple[str, int] | None]:
-        changes, self.live_span_changes = self.live_span_changes, {}
-        return changes
+        return self.runs.take_live_span_changes()
+
+    @property
+    def counters(self) -> Counter[str]:
+        return self.runs.counters
+
+    @property
+    def dropped(self) -> Counter[str]:
+        """Span creates dropped, by reason; instance actions: `actions_dropped`."""
+        return self.runs.dropped
+
+    @property
+    def actions_dropped(self) -> Counter[str]:
+        return self.runs.actions_dropped
 
     @property
     def queued_spans(self) -> int:
-        return self._queued
+        return self.runs.queued
 
     @property
     def open_traces(self) -> int:
-        return len(self._traces)
+        return len(self.runs.traces)
+
+    @property
+    def open_spans(self) -> int:
+        """Spans started here (PrefactorSpanProcessor) and not yet received ended, over all runs (bounded)."""
+        return self._live.open_spans
 
     def has_due_work(self, now: float) -> bool:
         """Cheap check for the background ticker: is anything ready without new input?"""

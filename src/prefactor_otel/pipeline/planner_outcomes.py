@@ -1,18 +1,19 @@
 """The planner's part for outcomes: what the server did with each item of the last plan, applied to the runs.
 
-A mixin of `Planner` (planner.py), split out as its own concept; it shares the planner's state and runs under the
-same rules: no I/O, called only under the pipeline's state lock. The verdict on each outcome comes from
-outcomes.judge (the one rule book for live and spooled items); this part records it: a run registered, started,
-rejected (its waiting spans dropped, counted) or finished and forgotten, or, when the request carrying its register
-was refused whole for its token or could not be sent (`refused`), no longer journaled; a span delivered (the run's
-root, its failures), sent again as an orphan, replaced by a placeholder, or dropped with its code; a live span created
-active, then finished.
+`OutcomeRules` is a part the Planner (planner.py) holds: the Planner tells it the items of each plan it makes
+(`expect`), and passes on to it what became of them (`apply`, `handoff`, `refused`, `replace_with_placeholder`).
+It works on the runs of the planner's `RunTable` (runs.py) and owns the items of the last plan, by key. No I/O;
+called only by the Planner, under the pipeline's state lock. The verdict on each outcome comes from outcomes.judge
+(the one rule book for live and spooled items); this part records it: a run registered, started, rejected (its
+waiting spans dropped, counted) or finished and forgotten, or, when the request carrying its register was refused
+whole for its token or could not be sent (`refused`), no longer journaled; a span delivered (the run's root, its
+failures), sent again as an orphan, replaced by a placeholder, or dropped with its code; a live span created active,
+then finished.
 """
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.model.http import (
@@ -23,25 +24,18 @@ from prefactor_otel.model.http import (
     BULK_START,
 )
 from prefactor_otel.pipeline.items import PlannedItem
-from prefactor_otel.pipeline.runs import PendingSpan, RunState, remember
+from prefactor_otel.pipeline.runs import RunState, RunTable, remember
 from prefactor_otel.transport.outcomes import SUCCESS, ItemOutcome, Verdict, judge
-
-MAX_FINISHED_TRACES_REMEMBERED = 10_000
 
 
 class OutcomeRules:
-    # State owned by Planner.__init__ (planner.py), used here.
-    _traces: OrderedDict[int, RunState]
-    _finished: OrderedDict[int, None]
-    _items: dict[str, PlannedItem]
-    _queued: int
-    run_changes: dict[str, int | None]
-    live_span_changes: dict[str, tuple[str, int] | None]
-    counters: Counter[str]
-    actions_dropped: Counter[str]
-    # Planner methods used here.
-    _drop: Callable[..., None]  # planner_bounds.py
-    _orphan: Callable[[PendingSpan, str], None]  # planner_bounds.py
+    def __init__(self, runs: RunTable) -> None:
+        self._runs = runs
+        self._items: dict[str, PlannedItem] = {}  # key -> item of the last plan
+
+    def expect(self, items: list[PlannedItem]) -> None:
+        """The items of the plan just made: the outcomes that follow are for these (an earlier plan's are void)."""
+        self._items = {item.key: item for item in items}
 
     def replace_with_placeholder(self, key: str, original_bytes: int) -> bool:
         """A span too large for any request: next plans send a small placeholder in the same place of the tree.
@@ -49,14 +43,14 @@ class OutcomeRules:
         False if the item is not a span create of the last plan, or is already a placeholder.
         """
         item = self._items.get(key)
-        if item is None or item.action != BULK_CREATE_SPAN:
+        if item is None or item.action != BULK_CREATE_SPAN or item.span_id is None:
             return False
-        trace = self._traces.get(item.trace_id)
-        pending = trace.pending.get(item.span_id) if trace is not None else None  # type: ignore[arg-type]
+        trace = self._runs.traces.get(item.trace_id)
+        pending = trace.pending.get(item.span_id) if trace is not None else None
         if pending is None or pending.too_large_bytes is not None:
             return False
         pending.too_large_bytes = original_bytes
-        self.counters["spans_replaced_too_large"] += 1
+        self._runs.counters["spans_replaced_too_large"] += 1
         return True
 
     def handoff(self, items: Iterable[PlannedItem], now: float) -> None:
@@ -74,32 +68,34 @@ class OutcomeRules:
             item = self._items.get(key)
             if item is None or item.action != BULK_REGISTER:
                 continue
-            trace = self._traces.get(item.trace_id)
+            trace = self._runs.traces.get(item.trace_id)
             if trace is None or trace.registered or not trace.journaled:
                 continue
             trace.journaled = False
-            self.run_changes[trace.instance_id] = None  # closing the run closes its live spans in the journal
+            self._runs.run_changes[trace.instance_id] = None  # closing the run closes its live spans in the journal
 
     def apply(self, outcomes: Mapping[str, ItemOutcome], now: float, *, spooled: bool = False) -> None:
         """Record what the server did with each item of the last plan. Keys not given = not processed."""
+        traces = self._runs.traces
         for key, outcome in outcomes.items():
             item = self._items.get(key)
             if item is None or outcome.status == "not_processed":
                 continue
-            trace = self._traces.get(item.trace_id)
+            trace = traces.get(item.trace_id)
             if trace is None:
                 continue
-            pending = trace.pending.get(item.span_id) if item.span_id is not None else None
+            span_id = item.span_id
+            pending = trace.pending.get(span_id) if span_id is not None else None
             verdict = judge(item.action, outcome, can_orphan=pending is not None and not pending.orphaned)
             ok = verdict is Verdict.DONE
             if item.action == BULK_REGISTER:
                 self._on_register(trace, ok, outcome)
             elif item.action == BULK_START:
                 self._on_start(trace, ok, outcome)
-            elif item.action == BULK_CREATE_SPAN:
-                self._on_span(trace, item, verdict, outcome, spooled)
-            elif item.action == BULK_FINISH_SPAN:
-                self._on_span_finish(trace, item, verdict, outcome, spooled)
+            elif item.action == BULK_CREATE_SPAN and span_id is not None:
+                self._on_span(trace, span_id, verdict, outcome, spooled)
+            elif item.action == BULK_FINISH_SPAN and span_id is not None:
+                self._on_span_finish(trace, span_id, verdict, outcome, spooled)
             elif item.action == BULK_FINISH_INSTANCE:
                 self._on_finish(trace, ok, outcome)
 
@@ -107,7 +103,7 @@ class OutcomeRules:
         if ok:
             trace.registered = True
             trace.register_item = None
-            self.counters["instances_registered"] += 1
+            self._runs.counters["instances_registered"] += 1
         else:
             self._reject(trace, f"register_{outcome.code or 'error'}")
 
@@ -121,59 +117,53 @@ class OutcomeRules:
     def _reject(self, trace: RunState, reason: str) -> None:
         trace.rejected = True
         if trace.journaled:
-            self.run_changes[trace.instance_id] = None  # the run does not exist: nothing to finish
-        self._queued -= len(trace.pending)
-        self._drop(len(trace.pending), f"instance_rejected:{reason}")
-        trace.pending.clear()
+            self._runs.run_changes[trace.instance_id] = None  # the run does not exist: nothing to finish
+        self._runs.drop(self._runs.clear_pending(trace), f"instance_rejected:{reason}")
 
-    def _on_span(
-        self, trace: RunState, item: PlannedItem, verdict: Verdict, outcome: ItemOutcome, spooled: bool
-    ) -> None:
-        span_id = item.span_id
-        pending = trace.pending.get(span_id)  # type: ignore[arg-type]
+    def _on_span(self, trace: RunState, span_id: int, verdict: Verdict, outcome: ItemOutcome, spooled: bool) -> None:
+        pending = trace.pending.get(span_id)
         if pending is None:
             return
+        runs = self._runs
         if verdict is Verdict.DONE:
-            del trace.pending[span_id]  # type: ignore[arg-type]
-            self._queued -= 1
-            remember(trace.created, span_id, None)  # type: ignore[arg-type]
+            runs.dequeue(trace, span_id)
+            remember(trace.created, span_id, None)
             if pending.record.status == "active":
-                self.counters["spans_live_created"] += 1  # counted as exported once finished
+                runs.counters["spans_live_created"] += 1  # counted as exported once finished
                 return
             self._delivered(trace, pending.record, spooled)
             return
         if verdict is Verdict.ORPHAN:
             # The server does not know the parent (e.g. it was dropped): keep the span, without the link.
-            self._orphan(pending, "parent_rejected")
+            runs.orphan(pending, "parent_rejected")
             return
-        del trace.pending[span_id]  # type: ignore[arg-type]
-        self._queued -= 1
-        if trace.live.pop(span_id, None) is not None:  # type: ignore[arg-type]  # when it ends it is sent whole
-            self._live_span_closed(trace, span_id)  # type: ignore[arg-type]
-        self._drop(1, f"rejected:{outcome.code or 'error'}", pending.record)
+        runs.dequeue(trace, span_id)
+        if trace.live.pop(span_id, None) is not None:  # when it ends it is sent whole
+            self._live_span_closed(trace, span_id)
+        runs.drop(1, f"rejected:{outcome.code or 'error'}")
 
     def _on_span_finish(
-        self, trace: RunState, item: PlannedItem, verdict: Verdict, outcome: ItemOutcome, spooled: bool
+        self, trace: RunState, span_id: int, verdict: Verdict, outcome: ItemOutcome, spooled: bool
     ) -> None:
-        live = trace.live.get(item.span_id)  # type: ignore[arg-type]
+        live = trace.live.get(span_id)
         if live is None or live.ended is None or verdict is Verdict.PENDING:
             return
-        del trace.live[item.span_id]  # type: ignore[arg-type]
-        self._live_span_closed(trace, item.span_id)  # type: ignore[arg-type]
+        del trace.live[span_id]
+        self._live_span_closed(trace, span_id)
         if verdict is Verdict.DONE:
             self._delivered(trace, live.ended, spooled)
         else:
-            self._drop(1, f"finish_rejected:{outcome.code or 'error'}", live.ended)
+            self._runs.drop(1, f"finish_rejected:{outcome.code or 'error'}")
 
     def _live_span_closed(self, trace: RunState, span_id: int) -> None:
         """The server has (or the spool will send) this live span's finish, or never got it: not the journal's."""
         pfid = trace.span_ids.get(span_id)
         if pfid is not None:
-            self.live_span_changes[pfid] = None
+            self._runs.live_span_changes[pfid] = None
 
     def _delivered(self, trace: RunState, record: SpanRecord, spooled: bool) -> None:
         """An ended span is in Prefactor (or in the spool, which sends it in order)."""
-        self.counters["spans_spooled" if spooled else "spans_exported"] += 1
+        self._runs.counters["spans_spooled" if spooled else "spans_exported"] += 1
         if record.is_local_root:
             trace.root_delivered = True
             trace.root_failed = trace.root_failed or record.status == "failed"
@@ -181,19 +171,11 @@ class OutcomeRules:
         if record.status == "failed":
             trace.any_failed = True
         if trace.journaled:
-            self.run_changes[trace.instance_id] = trace.last_end_ns
+            self._runs.run_changes[trace.instance_id] = trace.last_end_ns
 
     def _on_finish(self, trace: RunState, ok: bool, outcome: ItemOutcome) -> None:
         if ok:
-            self.counters["instances_finished"] += 1  # or handed to the spool, which finishes it in order
+            self._runs.counters["instances_finished"] += 1  # or handed to the spool, which finishes it in order
         else:
-            self.actions_dropped[f"finish_rejected:{outcome.code or 'error'}"] += 1
-        self._forget(trace)
-
-    def _forget(self, trace: RunState) -> None:
-        if trace.journaled:
-            self.run_changes[trace.instance_id] = None
-        self._traces.pop(trace.trace_id, None)
-        self._finished[trace.trace_id] = None
-        while len(self._finished) > MAX_FINISHED_TRACES_REMEMBERED:
-            self._finished.popitem(last=False)
+            self._runs.actions_dropped[f"finish_rejected:{outcome.code or 'error'}"] += 1
+        self._runs.forget(trace)

@@ -1,10 +1,15 @@
-"""The state the planner keeps for one open run, and the questions it asks about it. No I/O, no locks: the
-planner (under the exporter's state lock) is the only caller.
+"""The state the planner keeps: one open run (`RunState`), all of them (`RunTable`), and the questions it asks
+about a run. No I/O, no locks: the planner and its parts (planner*.py), called only under the pipeline's state
+lock, are the only callers.
 
 - `RunState`: ids, what was registered and created, the spans waiting to be sent, the root's outcome, and the
   span filter's bookkeeping. Every per-span collection is bounded (`remember`): a run that lasts for hours keeps
   the newest MAX_SPANS_REMEMBERED_PER_TRACE span ids; a late child of a forgotten parent waits, then goes as an
   orphan.
+- `RunTable`: the one owner of the state the planner's parts share -- the open runs, what is remembered of the
+  runs closed (finished, terminated, opened here), the count of queued spans, the journal's changes and the
+  counters. The planner creates it and hands it to each part; its methods keep the counts true as spans are
+  queued, dropped and runs forgotten.
 - Waiting chains: a span waits while its parent is neither created nor on its way; `waiting_chains` groups the
   waiting spans under the top of each chain, so the planner can release a whole chain, links intact, by
   orphaning its top only.
@@ -14,17 +19,22 @@ planner (under the exporter's state lock) is the only caller.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.mapping.values import as_dict, hex_span_id
+from prefactor_otel.model import ids
 from prefactor_otel.pipeline.starts import StartedSpan
 
 # Span ids remembered per open run (created spans, Prefactor ids, filter bookkeeping). A run that lives for hours
 # would otherwise grow without bound; a late child of a forgotten parent waits and is then sent as an orphan.
 MAX_SPANS_REMEMBERED_PER_TRACE = 10_000
+# Runs remembered once closed: finished (a late span of one is dropped, counted), terminated in Prefactor, and opened
+# by this process (what tells its own runs from runs replayed from another process's spool).
+MAX_FINISHED_TRACES_REMEMBERED = 10_000
+MAX_TERMINATED_TRACES_REMEMBERED = 10_000
 
 
 @dataclass(slots=True)
@@ -88,6 +98,133 @@ class RunState:
     open: dict[int, OpenSpan] = field(default_factory=dict)
     live: dict[int, LiveSpan] = field(default_factory=dict)
     announce: bool = False
+
+
+class RunTable:
+    """The runs of one planner: those open, what is remembered of those closed, and the counters of what became
+    of their spans. Owned by the Planner, shared with its parts (LiveSpans, OutcomeRules, MemoryBounds), which
+    read and change it through these fields and methods; only under the pipeline's state lock."""
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition  # the account partition every Prefactor id of these runs is built in
+        # trace id -> open run, least recently active first (a run moves to the end when a span of it arrives)
+        self.traces: OrderedDict[int, RunState] = OrderedDict()
+        self.finished: OrderedDict[int, None] = OrderedDict()  # closed runs: a late span of one is dropped
+        self.terminated: OrderedDict[int, None] = OrderedDict()  # runs terminated in Prefactor: nothing more sent
+        # instance id -> trace id of every run this planner opened (its own spans), newest kept: what tells this
+        # process's runs from runs replayed from another process's spool when Prefactor terminates one.
+        self.own_runs: OrderedDict[str, int] = OrderedDict()
+        self.with_pending: dict[int, None] = {}  # trace ids that (may) have pending spans, in arrival order
+        self.queued = 0  # pending spans over all runs
+        # instance id -> latest activity (ns) of runs this process must finish, or None once finished or handed
+        # off: what the journal of open runs records (taken by the exporter after every plan and delivery).
+        self.run_changes: dict[str, int | None] = {}
+        # Prefactor span id -> (instance id, start ns) of live spans whose active create may reach the server, or
+        # None once their finish is delivered or handed off: journaled with their run (a killed process's live
+        # spans are finished by the process that adopts its runs).
+        self.live_span_changes: dict[str, tuple[str, int] | None] = {}
+        self.counters: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()  # span creates only; instance actions: `actions_dropped`
+        self.actions_dropped: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ runs
+
+    def open_run(self, trace: RunState) -> None:
+        """A run this process opened: open, and remembered as its own."""
+        self.traces[trace.trace_id] = trace
+        own = self.own_runs
+        own[trace.instance_id] = trace.trace_id
+        own.move_to_end(trace.instance_id)
+        while len(own) > MAX_TERMINATED_TRACES_REMEMBERED:
+            own.popitem(last=False)
+
+    def forget(self, trace: RunState) -> None:
+        """The run is over here (finished, terminated, or its finish handed to the spool): closed, remembered
+        finished, and no longer one the journal holds open."""
+        if trace.journaled:
+            self.run_changes[trace.instance_id] = None
+        self.traces.pop(trace.trace_id, None)
+        self.finished[trace.trace_id] = None
+        while len(self.finished) > MAX_FINISHED_TRACES_REMEMBERED:
+            self.finished.popitem(last=False)
+
+    def remember_terminated(self, trace_id: int) -> None:
+        self.terminated[trace_id] = None
+        while len(self.terminated) > MAX_TERMINATED_TRACES_REMEMBERED:
+            self.terminated.popitem(last=False)
+
+    def span_pfid(self, trace: RunState, span_id: int, start_ns: int | None) -> str:
+        """The Prefactor id of a span of the run. It embeds the span's start time: remembered, so a parent's id is
+        rebuilt exactly for its children. LookupError for a span neither seen nor given its start."""
+        cached = trace.span_ids.get(span_id)
+        if cached is not None:
+            return cached
+        if start_ns is None:
+            raise LookupError("parent span id requested before the parent was seen")
+        value = ids.span_pfid(self.partition, trace.trace_id, span_id, start_ns)
+        remember(trace.span_ids, span_id, value)
+        return value
+
+    # ------------------------------------------------------------------ queued spans
+
+    def enqueue(self, trace: RunState, record: SpanRecord, now: float) -> None:
+        """A span to create, waiting in its run until it is planned and delivered."""
+        trace.pending[record.span_id] = PendingSpan(record, now)
+        self.with_pending[trace.trace_id] = None
+        self.queued += 1
+
+    def dequeue(self, trace: RunState, span_id: int) -> PendingSpan:
+        """A pending span leaves the queue (delivered, or dropped by the caller, who counts it)."""
+        pending = trace.pending.pop(span_id)
+        self.queued -= 1
+        return pending
+
+    def clear_pending(self, trace: RunState) -> int:
+        """Every pending span of the run leaves the queue; returns how many (the caller counts them)."""
+        count = len(trace.pending)
+        self.queued -= count
+        trace.pending.clear()
+        return count
+
+    def orphan(self, pending: PendingSpan, why: str) -> None:
+        """Send the span without its parent link (counted by why): never dropped for a missing parent."""
+        pending.orphaned = True
+        self.counters[f"spans_orphaned_{why}"] += 1
+
+    def drop(self, count: int, reason: str) -> None:
+        """Every span create dropped anywhere in the planner is counted here, by reason."""
+        self.dropped[reason] += count
+
+    # ------------------------------------------------------------------ readings
+
+    def instance_of_trace(self, trace_id: int) -> str | None:
+        trace = self.traces.get(trace_id)
+        return trace.instance_id if trace is not None else None
+
+    def trace_of_instance(self, instance_id: str) -> int | None:
+        """The trace of a run this process opened (the newest MAX_TERMINATED_TRACES_REMEMBERED runs, open or
+        finished); None for a run it did not open, e.g. one replayed from the spool of a process that ended."""
+        return self.own_runs.get(instance_id)
+
+    def active_runs(self) -> list[tuple[str, int]]:
+        """(instance id, trace id) of the runs registered here and not finished: what the control poller asks."""
+        return [(t.instance_id, t.trace_id) for t in self.traces.values() if t.registered]
+
+    def spans_of_open_runs(self) -> dict[int, set[int]]:
+        """Trace id -> the spans this process knows in each open run (ended, created, live or open): what a forked
+        child is told are its parent's spans."""
+        return {
+            trace_id: {*trace.span_ids, *trace.created, *trace.pending, *trace.live, *trace.open}
+            for trace_id, trace in list(self.traces.items())
+        }
+
+    def take_run_changes(self) -> dict[str, int | None]:
+        changes, self.run_changes = self.run_changes, {}
+        return changes
+
+    def take_live_span_changes(self) -> dict[str, tuple[str, int] | None]:
+        changes, self.live_span_changes = self.live_span_changes, {}
+        return changes
 
 
 def remember(bounded: dict[Any, Any], key: Any, value: Any) -> None:

@@ -163,9 +163,11 @@ def input_messages(ctx: Context, *, generic: bool = True, flattened: bool = True
         groups = ctx.family("llm.prompts.")
         if groups is not None:
             messages = [{"role": "user", "content": g.get("prompt.text")} for _, g in sorted(groups.items())]
-        elif isinstance(ctx.attributes.get("llm.prompts"), (list, tuple)):
-            ctx.consume("llm.prompts")
-            messages = [{"role": "user", "content": str(p)} for p in ctx.attributes["llm.prompts"]]  # type: ignore[union-attr]
+        else:
+            prompts = ctx.attributes.get("llm.prompts")
+            if isinstance(prompts, (list, tuple)):
+                ctx.consume("llm.prompts")
+                messages = [{"role": "user", "content": str(p)} for p in prompts]
     if messages is None and raw_fallback is None and "gcp.vertex.agent.llm_request" in ctx.attributes:
         hit = ctx.first_json(ADK_LLM_REQUEST)
         if hit is not None and isinstance(hit[1], dict):
