@@ -20,7 +20,7 @@ METER_NAME = "prefactor_otel"
 def register_metrics(stats: Callable[[], dict[str, Any]], version: str) -> None:
     """Register observable counters reading `stats` (held weakly when it is a bound method)."""
     owner = getattr(stats, "__self__", None)
-    ref = weakref.WeakMethod(stats) if owner is not None else (lambda: stats)  # type: ignore[arg-type]
+    ref = weakref.WeakMethod(stats) if owner is not None else (lambda: stats)
 
     def read() -> dict[str, Any] | None:
         func = ref()
