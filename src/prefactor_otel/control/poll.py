@@ -1,5 +1,5 @@
 """The slow path of control: poll `GET /api/v1/agent_instance/{id}` for active runs and record those found
-`terminated` (the fast path is `control` in span answers, see delivery.py).
+`terminated` (the fast path is `control` in span answers, see pipeline/delivery.py).
 
 As Prefactor's own SDKs do: each run at most once per `interval_s` (PREFACTOR_CONTROL_POLL_INTERVAL, default 30 s;
 0 disables), its first poll one interval after it was first seen (a short run learns of termination from its span
@@ -7,7 +7,7 @@ answers, and costs no GET). A call polls at most `max_per_call` runs, the longes
 deadline. A 401/403 means the token may not read runs: polling stops for good, logged once at WARNING (the
 exporter's writes go on). Any other failure is swallowed (DEBUG) and the run is polled again next interval.
 
-Threads: `poll` is called by one exporter thread at a time (the exporter's periodic thread); it takes no lock of
+Threads: `poll` is called by one exporter thread at a time (the exporter's finisher thread); it takes no lock of
 its own. It records into the TerminationRegistry (which has its own lock) and sends through
 `BulkTransport.get`, which may run alongside the sender's requests.
 """

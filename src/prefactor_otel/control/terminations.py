@@ -2,7 +2,7 @@
 
 Prefactor can terminate a run (an operator in the UI, a policy). The exporter learns of it in two ways: a span
 answer carries `control: {"terminate": true, "reason": ...}`, or a poll of the run finds it `terminated` (see
-control_poll.py). Either way it calls `TerminationRegistry.record`; the application then sees it through
+poll.py). Either way it calls `TerminationRegistry.record`; the application then sees it through
 callbacks (`on_terminate`), checks in the current OTel context (`is_terminated`, `termination_reason`,
 `raise_if_terminated`), a `threading.Event` (`termination_event`) or an awaitable (`wait_for_termination`).
 

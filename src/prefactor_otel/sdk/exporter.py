@@ -1,34 +1,56 @@
-"""PrefactorSpanExporter: the OpenTelemetry contract (`export`, `force_flush`), construction and start.
+"""PrefactorSpanExporter: the OpenTelemetry contract (`export`, `force_flush`, `shutdown`), construction and
+start, and what the exporter does when its process forks, exits or is a multiprocessing worker that ends.
 
 Contract: constructible with no arguments; never raises from the constructor or `export`; `export` is
 thread-safe and returns within the export timeout; `force_flush` and `shutdown` honour their `timeout_millis`;
 at interpreter exit everything, whatever the set-up order, shares one budget (PREFACTOR_SHUTDOWN_TIMEOUT); after
 shutdown `export` returns FAILURE and warns once; the API token never appears in logs, errors or repr.
 
-Work is split: mapping (pure, on the calling thread) -> pipeline.py (the planner and the drain of one process)
--> delivery.py (requests, outcomes), with durability.py (the spool, the journal of open runs) for what cannot be
-delivered now. This module owns the OTel contract, construction and the state the exporter's mixins share (built
-by `__init__` and, once per process, `_new_process_state`); exporter_background.py (a mixin) the finisher thread's
-work and control; exporter_lifecycle.py (a mixin) fork, interpreter exit, the end of a multiprocessing worker and
-`shutdown`. Span starts from a PrefactorSpanProcessor arrive in a deque the exporter owns for its whole life
-(`start_queue`), read by the pipeline on the sending thread.
+Work is split: mapping (pure, on the calling thread) -> pipeline/pipeline.py (the planner and the drain of one
+process) -> pipeline/delivery.py (requests, outcomes), with the spool and the journal of open runs
+(pipeline/backlog.py, durability/) for what cannot be delivered now. The exporter holds, as parts it calls:
+- for its whole life: the HTTP client (BulkTransport), Delivery, the spool's Backlog, the run-status poller, and
+  the start queue (`start_queue`: span starts from a PrefactorSpanProcessor, a deque read by the pipeline on the
+  sending thread);
+- per process (built at start and again, in one place, by the fork hook `_reset_after_fork`): the send lock, its
+  counters, the exit budget (exit_budget.py), the Pipeline, RunControl (run_control.py: terminations from
+  answers and polls) and the Finisher (finisher.py: the exporter's own thread, as the SDK's batch processor has
+  one worker).
+
+Process lifecycle (the hooks are registered through lifecycle.py, holding the exporter weakly):
+- exit: `_begin_exit` (our atexit hook) begins the exit budget; when the provider's hook runs first, the exit
+  budget and the finisher notice the exit themselves (exit_budget.py).
+- shutdown: deliver what is left within the budget, keeping back up to `_SPILL_RESERVE_S` to write the rest to
+  the spool; runs still open stay in the journal of open runs. After it `export` returns FAILURE.
+- a multiprocessing worker ends with os._exit() (no atexit hook): `_finish_as_a_worker` flushes the global
+  TracerProvider and shuts down, within the same budget.
+- fork: `_reset_after_fork` (registered once per exporter) is the one place that rebuilds locks, threads, the HTTP
+  client and the pipeline, and it starts the child's finisher thread there and then (as the SDK's batch processor
+  starts its worker), so the child's live spans go live before it exports anything. The child starts with no runs
+  of its parent's: its part of a trace open at the fork is a run of its own (planner.ForkOrigin), and it never
+  sends its copies of the parent's open spans. The spool and the journal also guard themselves with fork hooks of
+  their own, because their descriptors must be handled even when the exporter is gone.
 
 Threads and locks:
-- `export()` is called by the BatchSpanProcessor's worker (or any thread); `force_flush` by the application or an
-  atexit hook (`shutdown`'s callers: exporter_lifecycle.py); the finisher thread (`_tick_loop`,
-  exporter_background.py) sends what span starts make due, finishes runs after their grace period, sends aged
-  orphans, replays the spool, polls for control and notices interpreter exit; a PrefactorSpanProcessor's
-  `on_start` appends to the start queue (any thread).
-- `_send_lock`: one sender at a time (delivery, replay, spill after a failed delivery). Never waited for past a
-  caller's deadline.
-- the pipeline's `state_lock`: the planner and the records waiting for it (see pipeline.py).
-- `_lifecycle_lock` (shutdown runs once) and what a forked child rebuilds: see exporter_lifecycle.py.
+- `export()` is called by the BatchSpanProcessor's worker (or any thread); `force_flush` by the application or the
+  processor; `shutdown` by the application, the TracerProvider's shutdown (an atexit hook) or `_finish_as_a_worker`
+  (a multiprocessing finalizer); `_begin_exit` by our atexit hook; `_reset_after_fork` in the forked child, on its
+  only thread, before anything else of the child's (it reads the parent's pipeline without its lock: a lock another
+  parent thread held at the fork stays held in the child). The finisher thread (finisher.py) sends what span starts
+  make due, finishes runs after their grace period, sends aged orphans, replays the spool, polls for control and
+  notices interpreter exit; a PrefactorSpanProcessor's `on_start` appends to the start queue (any thread).
+- `_send_lock`: one sender at a time (delivery, replay, spill after a failed delivery), shared with the finisher,
+  which only ever tries it. Never waited for past a caller's deadline; `shutdown` waits for it only until shortly
+  before its deadline, else spills to the spool without sending.
+- the pipeline's `state_lock`: the planner and the records waiting for it (see pipeline/pipeline.py).
+- `_lifecycle_lock`: `shutdown` runs once; a second, concurrent call returns at once.
 - Counters are plain Counters written by the thread doing the work; `stats()` copies each one atomically.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -45,8 +67,9 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from prefactor_otel._logging import RateLimitedLog, announce, logger
 from prefactor_otel._logging import configure_level as configure_log_level
 from prefactor_otel._version import __version__
-from prefactor_otel.config.options import OPTIONS, ConfigError, PrefactorConfig, Secret
+from prefactor_otel.config.options import OPTIONS, PrefactorConfig, Secret
 from prefactor_otel.config.text import given_settings, with_option_docs
+from prefactor_otel.config.values import ConfigError
 from prefactor_otel.control.poll import InstancePoller
 from prefactor_otel.control.terminations import TERMINATIONS
 from prefactor_otel.durability.journal import RunJournal
@@ -59,9 +82,11 @@ from prefactor_otel.pipeline.delivery import Delivery
 from prefactor_otel.pipeline.pipeline import Pipeline
 from prefactor_otel.pipeline.planner import ForkOrigin
 from prefactor_otel.pipeline.starts import live_mapper
-from prefactor_otel.sdk.exporter_background import BackgroundWork
-from prefactor_otel.sdk.exporter_lifecycle import ExporterLifecycle
+from prefactor_otel.sdk import lifecycle
+from prefactor_otel.sdk.exit_budget import ExitBudget
+from prefactor_otel.sdk.finisher import Finisher, adopt_abandoned_runs
 from prefactor_otel.sdk.metrics import register_metrics
+from prefactor_otel.sdk.run_control import RunControl
 from prefactor_otel.sdk.stats import collect_stats
 from prefactor_otel.transport.api_check import CheckResult, check_exporter
 from prefactor_otel.transport.client import BulkTransport
@@ -70,6 +95,8 @@ from prefactor_otel.transport.wire import encode_json
 SDK_HEADER = f"prefactor-otel@{__version__}"
 # The reasons an exporter is disabled on purpose (its export() succeeds as a no-op); every other one is an error.
 _DISABLED_BY_CHOICE = frozenset({"PREFACTOR_ENABLED is false", "no API token"})
+# Of a shutdown budget, what is kept back for writing the undelivered rest to the spool.
+_SPILL_RESERVE_S = 0.5
 
 
 def _trace_id(span: ReadableSpan) -> int | None:
@@ -77,7 +104,7 @@ def _trace_id(span: ReadableSpan) -> int | None:
     return context.trace_id if context is not None else None
 
 
-class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
+class PrefactorSpanExporter(SpanExporter):
     """Exports OTel spans to Prefactor: one agent instance per trace, one agent span per span, in bulk.
 
     Every option is a keyword argument (see `__init__`, or `help(PrefactorConfig)`); each overrides its
@@ -138,7 +165,6 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
         self._closing = False
         self._warned_after_shutdown = False
         self._lifecycle_lock = threading.Lock()
-        self._new_process_state()
         # Span starts from a PrefactorSpanProcessor (see start_queue): the same deque for the exporter's life, so
         # the processor may hold it; emptied in a forked child.
         self._starts: deque[weakref.ref[ReadableSpan]] = deque()
@@ -146,6 +172,7 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
         self._delivery: Delivery | None = None
         self._backlog: Backlog | None = None
         self._pipeline: Pipeline | None = None
+        self._finisher: Finisher | None = None
         self._poller: InstancePoller | None = None
         self._config_error: str | None = None
         self._given_settings = ""
@@ -162,6 +189,10 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
                 # repr must show what the user set, not the defaults of this stand-in
                 self._given_settings = given_settings(environ, options)
             self._disabled_reason = "invalid configuration"
+        # Built once the configuration is known (the exit budget needs its shutdown timeout), in every case: a
+        # disabled exporter counts what it refuses too.
+        self._new_process_state()
+        if self._disabled_reason is not None:
             return
         if not self._config.enabled:
             self._disabled_reason = "PREFACTOR_ENABLED is false"
@@ -194,10 +225,10 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
     def _start(self) -> None:
         assert self._transport is not None
         self._delivery = Delivery(self._transport, self._config)
-        self._delivery.on_terminate = self._on_terminate_answer
         self._poller = InstancePoller(self._transport, TERMINATIONS, self._config.control_poll_interval)
         self._open_spool()
         self._pipeline = self._new_pipeline(None)
+        self._finisher = self._new_finisher(self._pipeline)
         if self._backlog is not None:
             self._pipeline.add(self._backlog.take_records(self._config.max_queued_spans))
         announce(self._config.destination(str(self._backlog.spool.directory) if self._backlog is not None else None))
@@ -207,13 +238,13 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
             register_metrics(self.stats, __version__)
         except Exception:  # self-metrics are a convenience: never a reason to fail
             logger.debug("Prefactor self-metrics unavailable", exc_info=True)
-        self._adopt_abandoned_runs()
+        adopt_abandoned_runs(self._backlog)
         if self._backlog is not None and self._backlog.has_backlog:
             logger.info(
                 "Prefactor: %d bytes left in the spool by an earlier run; re-sending", self._backlog.spool.backlog_bytes
             )
         self._register_process_hooks()
-        self._ensure_ticker()
+        self._ensure_finisher()
 
     def _report_unusable_proxy(self) -> None:
         """One error for a proxy the client cannot use: which variable, why, the fix, and what happens meanwhile
@@ -234,14 +265,14 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
         logger.error("Prefactor: %s; %s", transport.proxy_error, meanwhile)
 
     def _new_process_state(self) -> None:
-        """Everything that belongs to one process: built at construction and again in a forked child."""
+        """Everything that belongs to one process: built at construction and again in a forked child (the
+        pipeline and the parts built with it follow: `_new_pipeline`, `_new_finisher`)."""
         self._send_lock = threading.Lock()
         self._log = RateLimitedLog()
         self._counters: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
-        self._ticker: threading.Thread | None = None
-        self._ticker_stop = threading.Event()
-        self._exit_deadline: float | None = None
+        self._exit_budget = ExitBudget(self._config.shutdown_timeout, self._cap_transport)
+        self._finisher = None
         self._forked_at_ns: int | None = None
         self._traces_open_at_fork: frozenset[int] = frozenset()
 
@@ -264,6 +295,37 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
             starts=self._starts,
             map_started=live_mapper(self._mapping_options),
         )
+
+    def _new_finisher(self, pipeline: Pipeline) -> Finisher:
+        """The parts of this process that work on `pipeline`: RunControl, hooked into Delivery (answers) and the
+        poller (polls), and the finisher thread (not started yet: `_ensure_finisher`)."""
+        assert self._delivery is not None
+        control = RunControl(
+            pipeline,
+            self._delivery,
+            self._poller,
+            TERMINATIONS,
+            self._exit_budget,
+            export_timeout=self._config.export_timeout,
+        )
+        self._delivery.on_terminate = control.on_terminate_answer
+        if self._poller is not None:
+            self._poller.before_record = lambda _instance_id, trace_id: control.stop_run(trace_id)
+        return Finisher(
+            pipeline,
+            self._send_lock,
+            self._exit_budget,
+            control,
+            self._backlog,
+            export_timeout=self._config.export_timeout,
+            keep_alive=self,
+        )
+
+    def _ensure_finisher(self) -> None:
+        finisher = self._finisher
+        if finisher is None or self._shutdown or self._closing or self._disabled_reason is not None:
+            return
+        finisher.ensure_running()
 
     def _open_spool(self) -> None:
         if not self._config.spool:
@@ -360,9 +422,9 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
     def _deliver(self, records: list[SpanRecord]) -> SpanExportResult:
         pipeline = self._pipeline
         assert pipeline is not None
-        deadline = self._deadline(self._config.export_timeout)
+        deadline = self._exit_budget.deadline(self._config.export_timeout)
         pipeline.add(records)
-        self._ensure_ticker()
+        self._ensure_finisher()
         if not self._send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return SpanExportResult.FAILURE
         try:
@@ -374,7 +436,8 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         if self._disabled_reason is not None or self._shutdown or self._closing:
             return True
-        deadline = min(self._deadline(timeout_millis / 1000), self._deadline(self._config.export_timeout))
+        budget = self._exit_budget
+        deadline = min(budget.deadline(timeout_millis / 1000), budget.deadline(self._config.export_timeout))
         if not self._send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return False
         try:
@@ -441,6 +504,162 @@ class PrefactorSpanExporter(ExporterLifecycle, BackgroundWork, SpanExporter):
         (default: PREFACTOR_EXPORT_TIMEOUT). Never raises: a CheckResult, false when there is a problem."""
         not_sending = "it is shut down" if self._shutdown else self._disabled_reason
         return check_exporter(self._config, self._transport, not_sending, timeout)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def shutdown(self, timeout_millis: int = 30_000) -> None:
+        """Deliver what is left within min(timeout_millis, PREFACTOR_SHUTDOWN_TIMEOUT), then close.
+
+        What cannot be delivered in time goes to the spool (a later process sends it); runs still open are in
+        the journal of open runs. Runs once: a second, concurrent call returns at once.
+        """
+        with self._lifecycle_lock:
+            if self._shutdown or self._closing:
+                return
+            self._closing = True
+        try:
+            if self._disabled_reason is None:
+                self._shutdown_delivery(timeout_millis / 1000)
+        except Exception:
+            logger.exception("Prefactor shutdown failed unexpectedly")
+        finally:
+            self._shutdown = True
+            if self._transport is not None:
+                self._transport.close()
+            self._report_at_close()
+
+    def _shutdown_delivery(self, budget_s: float) -> None:
+        budget = self._exit_budget
+        deadline = min(budget.deadline(budget_s), budget.deadline(self._config.shutdown_timeout))
+        transport = self._transport
+        pipeline = self._pipeline
+        assert transport is not None and pipeline is not None
+        finisher = self._finisher
+        if finisher is not None:
+            finisher.stop()
+        # Another thread's request must end in time for us to send or spill: its backoff sleeps wake now, and its
+        # socket waits are capped halfway to the point where we stop waiting for the send lock (it ends within a
+        # quarter second of the cap), so the lock frees up with time left for our own last attempt.
+        now = time.monotonic()
+        lock_deadline = deadline - min(_SPILL_RESERVE_S, (deadline - now) / 5)
+        transport.interrupt_waits()
+        self._cap_transport(now + (lock_deadline - now) / 2)
+        if self._send_lock.acquire(timeout=max(0.0, lock_deadline - time.monotonic())):
+            try:
+                transport.resume_waits()
+                self._cap_transport(deadline)
+                pipeline.drain(deadline, shutdown=True)
+            finally:
+                self._send_lock.release()
+        else:
+            # The in-flight request did not end in time: keep everything on disk instead (idempotency keys make
+            # a later re-send of what that request delivered harmless).
+            pipeline.spill_unsent(shutdown=True)
+        if finisher is not None:
+            finisher.join(deadline)
+        pipeline.close()
+
+    def _report_at_close(self) -> None:
+        stats = self.stats()
+        if stats["spans_dropped"] or stats["spans_queued"]:
+            logger.warning(
+                "Prefactor exporter shut down: %d span(s) exported, %d dropped %s, %d left undelivered",
+                stats["spans_exported"],
+                stats["spans_dropped"],
+                dict(stats["dropped_by_reason"]),
+                stats["spans_queued"],
+            )
+        pipeline = self._pipeline
+        transport = self._transport
+        stopped = transport.stopped_reason if transport is not None else None
+        if stopped is not None and pipeline is not None and transport is not None:
+            kept, dropped = pipeline.refusal_figures(stopped)
+            where = f" in {self._backlog.spool.directory}" if self._backlog is not None else ""
+            if stopped == "auth":
+                why = f"Prefactor refused the API token (HTTP {transport.auth_status or 401})"
+                fixed = "a valid token"
+            else:
+                why = "Prefactor could not use the proxy the environment sets"
+                fixed = "a usable proxy"
+            logger.warning(
+                "%s: %d span(s) kept on disk%s, sent when a process starts with %s; %d dropped (reason %s)",
+                why,
+                kept,
+                where,
+                fixed,
+                dropped,
+                stopped,
+            )
+        elif stats["spool_backlog_bytes"]:
+            assert self._backlog is not None
+            logger.warning(
+                "Prefactor: %d bytes of undelivered items are kept in the spool (%s); the next process that starts "
+                "with this configuration re-sends them",
+                stats["spool_backlog_bytes"],
+                self._backlog.spool.directory,
+            )
+
+    # ------------------------------------------------------------------ process lifecycle
+
+    def _register_process_hooks(self) -> None:
+        lifecycle.register(
+            self,
+            after_fork_in_child=PrefactorSpanExporter._reset_after_fork,
+            # Runs first when the exporter was created after its TracerProvider; otherwise the exporter notices
+            # the exit itself (its exit budget on every deadline, and the finisher thread every half second).
+            at_exit=PrefactorSpanExporter._begin_exit,
+            at_worker_exit=PrefactorSpanExporter._finish_as_a_worker,
+        )
+
+    def _begin_exit(self) -> None:
+        """The interpreter exits (our atexit hook): from now on everything shares the exit budget."""
+        self._exit_budget.begin()
+
+    def _cap_transport(self, at: float) -> None:
+        cap = getattr(self._transport, "cap_deadline", None)
+        if cap is not None:
+            cap(at)
+
+    def _finish_as_a_worker(self) -> None:
+        """A multiprocessing worker ends: flush the global TracerProvider (normally the one feeding this exporter:
+        its batch queue holds the worker's last spans), then shut down, all within the exit budget."""
+        if self._shutdown:
+            return
+        self._exit_budget.begin()
+        budget_ms = int(self._config.shutdown_timeout * 1000)
+        flush = getattr(trace_api.get_tracer_provider(), "force_flush", None)
+        if callable(flush):
+            try:
+                flush(budget_ms)
+            except Exception:
+                logger.debug("Prefactor: flushing the tracer provider in a worker failed", exc_info=True)
+        self.shutdown(budget_ms)
+
+    def _reset_after_fork(self) -> None:
+        """The one place a forked child is made whole: new locks and threads, a new HTTP client, and no state of
+        the parent's (its runs, waiting spans and counters stay the parent's to deliver). The child's part of a
+        trace open at the fork is a run of its own (planner.ForkOrigin). Its sending thread starts here, as the
+        SDK's batch worker does, so its live spans go live without waiting for its first export."""
+        parent_spans = self._pipeline.spans_at_fork() if self._pipeline is not None else {}
+        self._new_process_state()
+        self._starts.clear()  # the parent's starts: its spans, which the parent exports
+        self._forked_at_ns = time.time_ns()
+        # Only spans of traces open at the fork that started before it are copies of the parent's: a span of any
+        # other trace is the child's own, even with a start time set in the past.
+        self._traces_open_at_fork = frozenset(parent_spans)
+        if self._transport is not None:
+            self._transport.reset_after_fork()
+        if self._delivery is not None:
+            self._delivery.reset_after_fork()
+        if self._poller is not None:
+            self._poller.reset_after_fork()
+        if self._backlog is not None:
+            self._backlog.reset_after_fork()
+        if self._delivery is not None:
+            origin = ForkOrigin(f"{os.getpid()}-{self._forked_at_ns}", parent_spans)
+            self._pipeline = self._new_pipeline(origin)
+            self._finisher = self._new_finisher(self._pipeline)
+            self._ensure_finisher()
 
 
 # The options' documentation, generated from OPTIONS so it cannot drift (help(PrefactorSpanExporter) shows it).

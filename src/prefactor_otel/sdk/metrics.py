@@ -3,6 +3,10 @@
 Observable instruments read `exporter.stats()` at collection time: nothing is recorded on the export path,
 and with no MeterProvider configured the API's no-op provider makes this free. Instruments created before
 the application sets its provider are proxied by the API and start reporting once it does.
+
+Threads: `register_metrics` runs once, on the thread constructing the exporter; the callbacks run on whichever
+thread collects (a metric reader's thread, or the application calling `collect`). No state and no lock of its
+own: `stats()` copies each counter atomically (stats.py), and the exporter is held weakly.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ METER_NAME = "prefactor_otel"
 def register_metrics(stats: Callable[[], dict[str, Any]], version: str) -> None:
     """Register observable counters reading `stats` (held weakly when it is a bound method)."""
     owner = getattr(stats, "__self__", None)
-    ref = weakref.WeakMethod(stats) if owner is not None else (lambda: stats)  # type: ignore[arg-type]
+    ref = weakref.WeakMethod(stats) if owner is not None else (lambda: stats)
 
     def read() -> dict[str, Any] | None:
         func = ref()

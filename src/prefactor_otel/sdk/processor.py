@@ -17,6 +17,7 @@ SPANS): a start beyond it is counted (`starts_dropped`) and that span is exporte
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from weakref import ref as _weak
 
@@ -110,7 +111,10 @@ class PrefactorSpanProcessor(SpanProcessor):
             export_timeout_millis=export_timeout_millis,
         )
         queue = self.exporter.start_queue()
-        self._starts, self._max_starts = queue if queue is not None else (None, 0)
+        self._starts: deque[_weak[ReadableSpan]] | None = None
+        self._max_starts = 0
+        if queue is not None:
+            self._starts, self._max_starts = queue
 
     def run_id(self, trace_id: int | None = None) -> str | None:
         """The Prefactor run id of a trace (default: the current span's), once the exporter has read its start."""
@@ -139,7 +143,8 @@ class PrefactorSpanProcessor(SpanProcessor):
         return self.exporter.force_flush(left_ms) and flushed
 
     def shutdown(self) -> None:
-        self._batch.shutdown()  # exports what is queued, then shuts the exporter down
+        # exports what is queued, then shuts the exporter down
+        self._batch.shutdown()  # type: ignore[no-untyped-call]  # the SDK leaves BatchSpanProcessor.shutdown untyped
 
     def check(self, timeout: float | None = None) -> CheckResult:
         """The exporter's `check()`: can it reach Prefactor with its settings? Never raises."""

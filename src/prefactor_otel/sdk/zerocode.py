@@ -32,7 +32,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from opentelemetry.environment_variables import OTEL_LOGS_EXPORTER, OTEL_METRICS_EXPORTER, OTEL_TRACES_EXPORTER
-from opentelemetry.instrumentation.distro import BaseDistro
+from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]  # distro.py opts out of mypy
 from opentelemetry.instrumentation.environment_variables import OTEL_PYTHON_CONFIGURATOR, OTEL_PYTHON_DISTRO
 from opentelemetry.sdk import _configuration as sdk_configuration
 from opentelemetry.sdk.trace import SpanProcessor
@@ -76,7 +76,7 @@ def sdk_accepts_export_span_processor() -> bool:
     return "export_span_processor" in inspect.signature(sdk_configuration._initialize_components).parameters
 
 
-class PrefactorDistro(BaseDistro):
+class PrefactorDistro(BaseDistro):  # type: ignore[misc]  # BaseDistro is Any to mypy: its module opts out of typing
     """Defaults for a run that exports to Prefactor; hands over to another installed distro otherwise."""
 
     _handover: BaseDistro | None = None
@@ -125,4 +125,4 @@ class PrefactorConfigurator(sdk_configuration._OTelSDKConfigurator):
                 "this opentelemetry-sdk cannot choose span processors (1.40+ can): the Prefactor exporter runs in "
                 "a BatchSpanProcessor, without PrefactorSpanProcessor"
             )
-        super()._configure(**kwargs)
+        super()._configure(**kwargs)  # type: ignore[no-untyped-call]  # the SDK's configurator is unannotated
