@@ -19,9 +19,9 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from prefactor_otel.config.options import PrefactorConfig
 from prefactor_otel.devserver import DevServer
 from prefactor_otel.devserver.faults import Fault
+from prefactor_otel.transport import client as transport_module
 from prefactor_otel.transport.answers import MAX_RESPONSE_BYTES
 from prefactor_otel.transport.client import BulkTransport, encode_item
-from prefactor_otel.transport import client as transport_module
 from prefactor_otel.transport.netdeadline import install_deadline_backend
 from tests.spans import agent_trace, exporter_for, make_provider
 

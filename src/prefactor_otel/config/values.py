@@ -35,7 +35,7 @@ from prefactor_otel.model import ids
 
 API_PREFIX = "/api/v1"
 
-T = TypeVar("T")
+T = TypeVar("T", int, float)  # the numeric kinds `positive_number` compares with 0
 
 
 class ConfigError(ValueError):
