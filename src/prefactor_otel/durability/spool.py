@@ -20,8 +20,9 @@ Other processes' files: the directory is rescanned when a sender takes the lock 
 every `rescan_seconds` otherwise (`has_backlog`, `append`), so files a live process leaves behind are replayed.
 `.tmp-*` files older than a minute whose writer is not a live process are removed.
 
-Reading the files back, oldest first. Leases: a sender takes a file by renaming it to `<name>.lease-<pid>`; a lease whose process died (or that carries
-our own pid but is not one we hold: a restart that reused the pid) is taken back by the next rescan.
+Reading the files back, oldest first. Leases: a sender takes a file by renaming it to `<name>.lease-<pid>`; a
+lease whose process died (or that carries our own pid but is not one we hold: a restart that reused the pid) is
+taken back by the next rescan.
 
 One sender per directory: `with spool.sending() as acquired:` holds a non-blocking exclusive flock on
 `.sender.lock` while a process replays, so processes sharing the directory never send files of one run out of
