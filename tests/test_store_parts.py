@@ -7,8 +7,6 @@ import os
 from collections import Counter
 from pathlib import Path
 
-import httpx
-
 from prefactor_otel.durability.journal_adoption import AbandonedRun, JournalAdoption
 from prefactor_otel.durability.journal_file import HEADER
 from prefactor_otel.durability.spool_disk import DirectoryWatch
@@ -70,18 +68,14 @@ def test_release_all_gives_back_every_journal_still_taken(tmp_path: Path) -> Non
     assert taken.path == ended
 
 
-def _answer(status: int, body: bytes = b"") -> httpx.Response:
-    return httpx.Response(status, content=body)
-
-
 def test_the_answer_reader_latches_the_first_refusal_of_the_token() -> None:
     counters: Counter[str] = Counter()
     reader = AnswerReader(counters)
-    assert reader.status_result(_answer(200), b"") is None
+    assert reader.status_result(200, b"") is None
     assert not reader.auth_failed and reader.auth_status is None
-    first = reader.status_result(_answer(403), b"")
+    first = reader.status_result(403, b"")
     assert first is not None and (first.error, first.status_code) == ("auth", 403)
-    later = reader.status_result(_answer(401), b"")
+    later = reader.status_result(401, b"")
     assert later is not None and later.error == "auth"
     assert reader.auth_failed and reader.auth_status == 403  # the first refusal is the one reported
 
@@ -89,14 +83,14 @@ def test_the_answer_reader_latches_the_first_refusal_of_the_token() -> None:
 def test_the_answer_reader_tells_retryable_final_and_rejected_answers_apart() -> None:
     counters: Counter[str] = Counter()
     reader = AnswerReader(counters)
-    assert reader.status_result(_answer(503), b"") is None  # retryable
+    assert reader.status_result(503, b"") is None  # retryable
     assert counters["http_503"] == 1
-    redirect = reader.status_result(_answer(302), b"")
+    redirect = reader.status_result(302, b"")
     assert redirect is not None and redirect.error == "redirect"
-    too_large = reader.status_result(_answer(413), b"")
+    too_large = reader.status_result(413, b"")
     assert too_large is not None and too_large.error == "too_large"
     body = b'{"code": "bad_request", "message": "no"}'
-    rejected = reader.status_result(_answer(400, body), body)
+    rejected = reader.status_result(400, body)
     assert rejected is not None and (rejected.error, rejected.code, rejected.message) == (
         "rejected",
         "bad_request",
@@ -111,18 +105,18 @@ def test_the_answer_reader_reads_each_items_outcome_and_what_is_missing_was_not_
     counters: Counter[str] = Counter()
     reader = AnswerReader(counters)
     body = b'{"outputs": {"k1": {"status": "success"}, "k2": {"status": "error", "code": "invalid", "message": "m"}}}'
-    result = reader.bulk_outcomes(_answer(200, body), body, ["k1", "k2", "k3"])
+    result = reader.bulk_outcomes(200, body, ["k1", "k2", "k3"])
     assert result is not None
     assert result.outcomes["k1"] == SUCCESS and result.outcomes["k3"] == NOT_PROCESSED
     assert (result.outcomes["k2"].code, result.outcomes["k2"].message) == ("invalid", "m")
-    assert reader.bulk_outcomes(_answer(200, b"{}"), b"{}", ["k1"]) is None  # off contract: retried
+    assert reader.bulk_outcomes(200, b"{}", ["k1"]) is None  # off contract: retried
     assert counters["contract_errors"] == 1
 
 
 def test_after_a_fork_the_reader_counts_into_the_new_counters_and_a_refused_token_stays_refused() -> None:
     reader = AnswerReader(Counter())
-    reader.status_result(_answer(401), b"")
+    reader.status_result(401, b"")
     child_counters: Counter[str] = Counter()
     reader.reset_after_fork(child_counters)
-    reader.status_result(_answer(503), b"")
+    reader.status_result(503, b"")
     assert child_counters["http_503"] == 1 and reader.auth_failed and reader.auth_status == 401

@@ -114,8 +114,9 @@ def connection_error_cause(exc: BaseException) -> str:
 
 
 class AnswerReader:
-    """What one answer means for the request that got it: a final result, or None (retry, or read the 2xx body);
-    counted and logged. Latches the token's refusal: once an answer is 401/403, `auth_failed` stays True."""
+    """What one answer (its status and body) means for the request that got it: a final result, or None (retry,
+    or read the 2xx body); counted and logged. Latches the token's refusal: once an answer is 401/403,
+    `auth_failed` stays True."""
 
     def __init__(self, counters: Counter[str]) -> None:
         self.counters = counters  # the transport's
@@ -144,9 +145,8 @@ class AnswerReader:
             MAX_RESPONSE_BYTES,
         )
 
-    def status_result(self, response: httpx.Response, answer: bytes) -> BulkResult | None:
+    def status_result(self, status: int, answer: bytes) -> BulkResult | None:
         """A final result for a non-2xx status, or None (2xx, or retryable: the caller tells them apart)."""
-        status = response.status_code
         if 200 <= status < 300:
             return None
         if status in (401, 403):
@@ -180,7 +180,7 @@ class AnswerReader:
         )
         return BulkResult(error="rejected", status_code=status, code=code, message=message)
 
-    def bulk_outcomes(self, response: httpx.Response, answer: bytes, keys: Sequence[str]) -> BulkResult | None:
+    def bulk_outcomes(self, status: int, answer: bytes, keys: Sequence[str]) -> BulkResult | None:
         try:
             outputs = BULK_RESPONSE_FIELDS.validate_json(answer)["outputs"]
         except ValidationError as exc:
@@ -205,9 +205,9 @@ class AnswerReader:
             if "control" in output:  # rare: only answers in a run Prefactor terminated carry it
                 outcome = with_control(outcome, output)
             outcomes[key] = outcome
-        return BulkResult(outcomes=outcomes, status_code=response.status_code)
+        return BulkResult(outcomes=outcomes, status_code=status)
 
-    def rest_outcome(self, response: httpx.Response, answer: bytes, key: str) -> BulkResult | None:
+    def rest_outcome(self, status: int, answer: bytes, key: str) -> BulkResult | None:
         try:
             parsed = ApiResponse[dict[str, Any]].model_validate_json(answer)
         except ValidationError:
@@ -215,7 +215,7 @@ class AnswerReader:
             self._log.log(logging.WARNING, "contract", "Prefactor export: a REST response does not fit the contract")
             return None
         outcome = with_control(SUCCESS, parsed.model_extra)  # a span answer's top-level `control`
-        return BulkResult(outcomes={key: outcome}, status_code=response.status_code)
+        return BulkResult(outcomes={key: outcome}, status_code=status)
 
 
 def with_control(outcome: ItemOutcome, answer: object) -> ItemOutcome:

@@ -218,14 +218,19 @@ class BulkTransport:
     def send_bulk(self, encoded_items: Sequence[bytes], keys: Sequence[str], deadline: float) -> BulkResult:
         """One bulk request, retried inside the deadline; per-item outcomes for `keys`."""
         return self._post(
-            "/bulk", bulk_body(encoded_items), deadline, lambda r, b: self._answers.bulk_outcomes(r, b, keys)
+            "/bulk",
+            bulk_body(encoded_items),
+            deadline,
+            lambda status, answer: self._answers.bulk_outcomes(status, answer, keys),
         )
 
     def send_rest(self, item: dict[str, Any], deadline: float) -> BulkResult:
         """Send one bulk-shaped item as its REST call (for an action the bulk endpoint does not take)."""
         path, body = rest_request(item)
         key = item["idempotency_key"]
-        return self._post(path, encode_item(body), deadline, lambda r, b: self._answers.rest_outcome(r, b, key))
+        return self._post(
+            path, encode_item(body), deadline, lambda status, answer: self._answers.rest_outcome(status, answer, key)
+        )
 
     def get(self, path: str, deadline: float) -> ReadAnswer:
         """One GET of an API path (e.g. "/agent_instance/<id>") by `deadline`: the answer's status and body, or,
@@ -284,7 +289,7 @@ class BulkTransport:
         path: str,
         body: bytes,
         deadline: float,
-        on_ok: Callable[[httpx.Response, bytes], BulkResult | None],
+        on_ok: Callable[[int, bytes], BulkResult | None],
     ) -> BulkResult:
         attempt = 0
         shortened = False  # a backoff was cut short to fit a last attempt in the budget
@@ -321,9 +326,9 @@ class BulkTransport:
             else:
                 status = response.status_code
                 self.counters[f"outcome:http_{status}"] += 1
-                result = self._answers.status_result(response, answer)
+                result = self._answers.status_result(status, answer)
                 if result is None and 200 <= status < 300:
-                    result = on_ok(response, answer)
+                    result = on_ok(status, answer)
                 if result is not None:
                     return result
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -387,7 +392,7 @@ class BulkTransport:
             self._answers.count_unreadable(exc)
             return None
         if response.status_code in (401, 403):
-            self._answers.status_result(response, answer)
+            self._answers.status_result(response.status_code, answer)
             return None
         if response.status_code != 200:
             self._log.log(logging.WARNING, "pfid", "Prefactor: id generation failed with HTTP %d", response.status_code)
