@@ -226,6 +226,7 @@ def measure_phases(params: Result) -> Result:
     import prefactor_otel.pipeline.delivery as delivery_module
     import prefactor_otel.pipeline.planner as planner_module
     import prefactor_otel.sdk.exporter as exporter_module
+    import prefactor_otel.transport.answers as answers_module
     import prefactor_otel.transport.client as transport_module
 
     spans = SpanSource(seed=1).spans(params["spans"])
@@ -255,7 +256,7 @@ def measure_phases(params: Result) -> Result:
     wrap(planner_module.Planner, "apply", "planner: apply outcomes")
     wrap(delivery_module.Delivery, "_encode", "encode: items -> JSON bytes")
     wrap(transport_module.BulkTransport, "_post", "transport: HTTP request + response handling")
-    wrap(transport_module.BulkTransport, "_bulk_outcomes", "transport: response validation (pydantic)")
+    wrap(answers_module.AnswerReader, "bulk_outcomes", "transport: response validation (pydantic)")
     totals: list[float] = []
     stages: list[dict[str, float]] = []
     for run in range(params["runs"] + 1):

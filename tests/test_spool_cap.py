@@ -15,7 +15,7 @@ import pytest
 
 from prefactor_otel.devserver import DevServer, Fault
 from prefactor_otel.durability import spool as spool_module
-from prefactor_otel.durability import spool_disk, spool_replay
+from prefactor_otel.durability import spool_disk
 from prefactor_otel.durability.spool import Spool
 from tests.spans import agent_trace, exporter_for, make_provider, wait_for
 
@@ -49,7 +49,7 @@ class HighWater:
                 self.writes += 1
                 self.most = max(self.most, directory_bytes(self.directory))
 
-        for module in (spool_module, spool_replay, spool_disk):
+        for module in (spool_module, spool_disk):
             monkeypatch.setattr(module, "write_atomic", measured)
 
 

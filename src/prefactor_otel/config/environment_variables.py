@@ -4,7 +4,7 @@ Registered in the `opentelemetry_environment_variables` entry-point group (entry
 `opentelemetry.sdk.environment_variables` is: `opentelemetry-instrument` loads every module of that group and makes
 each `OTEL_*` name in it a command-line flag, the `OTEL_` prefix removed and lower-cased, which sets that variable
 for the run. So `opentelemetry-instrument --exporter_prefactor_api_token ... python app.py` sets
-`OTEL_EXPORTER_PREFACTOR_API_TOKEN`, which the exporter reads before `PREFACTOR_API_TOKEN` (config.py says why).
+`OTEL_EXPORTER_PREFACTOR_API_TOKEN`, which the exporter reads before `PREFACTOR_API_TOKEN` (options.py says why).
 
 Every option has its alias (`config.alias_of`), plus the log level's (_logging.py). The names are written out, not
 generated from `OPTIONS`: `opentelemetry-instrument` imports this module on every run, whatever exporter it uses,

@@ -4,7 +4,7 @@ Auto-configuration builds the exporter with no arguments, so everything must be 
 environment. An invalid value raises one `ConfigError` naming the variable; the exporter turns that into one
 log line and a disabled exporter, so the host application never dies of a typo.
 
-Each value goes through its option's parser in config_values.py, which holds `ConfigError` and the safety rules
+Each value goes through its option's parser in values.py, which holds `ConfigError` and the safety rules
 for PREFACTOR_API_URL and PREFACTOR_API_TOKEN; `PrefactorConfig.__post_init__` applies those rules to the finished
 config, so a config built directly or changed with `replace()` passes them too.
 
@@ -17,7 +17,7 @@ different values: one warning naming both variables (never the values). An error
 the value came from.
 
 `OPTIONS` is the one list of options: the exporter's and processor's keyword parameters, their docstrings and
-the `PrefactorConfig` field docs (generated in config_text.py) and the README's configuration table are checked
+the `PrefactorConfig` field docs (generated in text.py) and the README's configuration table are checked
 against it (tests/test_options.py).
 
 Called from whichever thread builds the exporter (usually the main thread, once); no shared state, no locks.

@@ -1,7 +1,7 @@
 """Option values: the parser of every option, and the safety checks on the API URL and token.
 
 Each parser takes (variable name, raw string) and returns the typed value, or raises `ConfigError` naming the
-variable. config.py's `OPTIONS` names one parser per option (`positive_number(kind)` builds the numeric ones).
+variable. options.py's `OPTIONS` names one parser per option (`positive_number(kind)` builds the numeric ones).
 
 Two values are checked for safety, not only shape (both in `PrefactorConfig.__post_init__`, so every way of
 building a config passes them; the checks are `parse_api_url`, `is_loopback_host` and `check_token`):
@@ -35,7 +35,7 @@ from prefactor_otel.model import ids
 
 API_PREFIX = "/api/v1"
 
-T = TypeVar("T")
+T = TypeVar("T", int, float)  # the numeric kinds `positive_number` compares with 0
 
 
 class ConfigError(ValueError):

@@ -23,7 +23,9 @@ is one `write()` (O_APPEND). When closed entries dominate (more than 4 lines per
 lines), the journal is rewritten with only the open runs: temporary file, fsync, lock, rename over.
 
 Ownership: the owner holds an exclusive `fcntl.flock` on its journal for its lifetime; the kernel drops the lock
-when the process dies however it dies, and a later process takes the journal over (journal_adoption.py). At a
+when the process dies however it dies, and a later process takes the journal over: `RunJournal` holds a
+`JournalAdoption` (journal_adoption.py) that does the taking, and passes `take_abandoned`, `discard` and `release`
+on to it. At a
 clean shutdown, `close()` deletes the journal when no run is open; runs still open keep it (locked until the
 process exits, so a live sibling never finishes a run this process may still finish).
 
@@ -45,10 +47,12 @@ Platforms without fcntl (Windows): the journal is disabled and says so once (INF
 stay active there. A directory that cannot be written disables the journal with one warning. No method raises.
 
 Threads: `record()` is called by the exporter's sending thread; `take_abandoned()`, `discard()`, `release()`
-(journal_adoption.py) by whichever thread replays the spool; `close()` by the thread shutting down;
-`reset_after_fork()` by the child's fork hook. `self._lock` guards the descriptor, path, open set, line count and
-the set of taken journals; it is a leaf lock (nothing is called under it that takes another lock) and is replaced,
-not acquired, after a fork. Parsing a taken journal happens outside it."""
+by whichever thread replays the spool; `close()` by the thread shutting down; `reset_after_fork()` by the child's
+fork hook. `self._lock` guards the descriptor, path, open set and line count; it is a leaf lock (nothing is
+called under it that takes another lock: the adoption's `reset_after_fork` takes none) and is replaced, not
+acquired, after a fork. The set of taken journals is the adoption's, under the adoption's own leaf lock
+(journal_adoption.py), which is never taken while `self._lock` is held. Parsing a taken journal happens outside
+both."""
 
 from __future__ import annotations
 
@@ -64,7 +68,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from prefactor_otel._logging import RateLimitedLog, logger
-from prefactor_otel.durability.journal_adoption import AbandonedJournal, JournalAdoption
+from prefactor_otel.durability.journal_adoption import TAKE_LIMIT, AbandonedJournal, JournalAdoption
 from prefactor_otel.durability.journal_file import HEADER, MAX_NS, OPEN_FLAGS, fsync_directory, write_all
 
 try:
@@ -83,7 +87,7 @@ _DEFAULT_MAX_READ_BYTES = 16 * 1024 * 1024
 MAX_LIVE_SPANS = 10_000
 
 
-class RunJournal(JournalAdoption):
+class RunJournal:
     """The journal of this process's open runs, in `directory` (the spool directory)."""
 
     def __init__(
@@ -105,9 +109,14 @@ class RunJournal(JournalAdoption):
         self._live_of_run: dict[str, dict[str, None]] = {}  # instance id -> its live span ids (closed with it)
         self._lines = 0  # lines in the current file, header included
         self._rewrite_needed = False  # a write failed part-way: the file no longer matches `_open`
-        self._taken: dict[int, AbandonedJournal] = {}  # fd -> journal taken and not yet discarded/released
         self.counters: Counter[str] = Counter()
         self._log = RateLimitedLog()
+        self._adoption = JournalAdoption(
+            self.directory,
+            max_read_bytes=self._max_read_bytes,
+            own_journal=self._own_journal_name,
+            counters=self.counters,
+        )
         self.enabled = self._prepare()
         if self.enabled and hasattr(os, "register_at_fork"):
             ref = weakref.ref(self)
@@ -143,6 +152,31 @@ class RunJournal(JournalAdoption):
             type(exc).__name__,
         )
         self.counters["journal_disabled"] += 1
+
+    # ------------------------------------------------------------------ journals of ended processes
+
+    def take_abandoned(self, limit: int = TAKE_LIMIT) -> list[AbandonedJournal]:
+        """Take (lock) up to `limit` journals of processes that ended and still list open runs. The caller makes
+        their finishes durable, then calls `discard()` (or `release()` to leave a journal for later). Journals
+        with no open run are deleted here. Never raises."""
+        if not self.enabled or limit <= 0:
+            return []
+        return self._adoption.take(limit)
+
+    def discard(self, abandoned: AbandonedJournal) -> None:
+        """Delete a taken journal: its runs' finishes are durable now (delivered or in the spool)."""
+        self._adoption.discard(abandoned)
+
+    def release(self, abandoned: AbandonedJournal) -> None:
+        """Give a taken journal back untouched (its finishes could not be made durable): a later take retries."""
+        self._adoption.release(abandoned)
+
+    def _own_journal_name(self) -> str | None:
+        """This process's journal's name, never taken (the adoption asks before it scans)."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._forget_parent_locked()
+            return self._path.name if self._path is not None else None
 
     # ------------------------------------------------------------------ this process's runs
 
@@ -215,9 +249,9 @@ class RunJournal(JournalAdoption):
             return
         data = "".join(lines).encode("ascii")
         try:
-            write_all(self._fd, data)  # type: ignore[arg-type]
+            write_all(self._fd, data)
             if opened and self._sync_opens:
-                os.fsync(self._fd)  # type: ignore[arg-type]
+                os.fsync(self._fd)
         except OSError as exc:
             self._write_failed(exc)
             return
@@ -328,8 +362,8 @@ class RunJournal(JournalAdoption):
             with self._lock:
                 if self._pid != os.getpid():
                     self._forget_parent_locked()
-                for journal in list(self._taken.values()):
-                    self._release_locked(journal)
+            self._adoption.release_all()  # under its own lock, not ours: both stay leaf locks
+            with self._lock:
                 left = len(self._open)
                 if left:
                     if self._rewrite_needed or self._fd is None:
@@ -357,13 +391,10 @@ class RunJournal(JournalAdoption):
     def _forget_parent_locked(self) -> None:
         # Closing our copy of a descriptor leaves the parent's lock in place (it belongs to the shared open
         # file description); flock(LOCK_UN) would release it for the parent too.
-        for fd in [self._fd, *self._taken]:
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        for journal in self._taken.values():
-            journal._fd = None
-        self._taken.clear()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._adoption.reset_after_fork()  # the journals the parent took: likewise (takes no lock)
         self._fd, self._path, self._lines = None, None, 0
         self._open.clear()
         self._live.clear()

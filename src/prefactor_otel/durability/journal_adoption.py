@@ -10,8 +10,15 @@ a finish carries a deterministic idempotency key). Journals of ended processes w
 next taker. Reading is bounded: at most `max_read_bytes` per journal, lines of at most 512 bytes; a journal cut at
 the bound is reported as truncated (logged, counted), never an exception.
 
-Threads: `take_abandoned()`, `discard()`, `release()` are called by whichever thread replays the spool. The
-journal's `_lock` (journal.py) guards the set of taken journals; parsing a taken journal happens outside it.
+`JournalAdoption` is a part `RunJournal` (journal.py) holds and calls: it owns the set of taken journals and its
+lock; it counts into the journal's `counters` (given at construction) and asks the journal, through
+`own_journal`, which journal is this process's own (never taken).
+
+Threads: `take()`, `discard()`, `release()` are called (through RunJournal) by whichever thread replays the spool,
+`release_all()` by the thread shutting down, `reset_after_fork()` by the journal's fork handling. `self._lock`
+guards the set of taken journals; it is a leaf lock (nothing is called under it that takes another lock), never
+taken while the journal's own lock is held, and replaced, not acquired, after a fork. `own_journal` is called
+outside it, and parsing a taken journal happens outside it too.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -32,7 +40,7 @@ from prefactor_otel.durability.journal_file import FORMAT_VERSION, lock_existing
 
 JOURNAL_RE = re.compile(r"^runs-(\d+)-[0-9a-f]{8}\.journal$")
 TEMP_RE = re.compile(r"^\.runs-(\d+)-[0-9a-f]{8}\.journal\.tmp$")
-_TAKE_LIMIT = 8
+TAKE_LIMIT = 8
 # A temporary journal lives for the few milliseconds of a creation or compaction; one older than this was left
 # by a process that died mid-write (the age keeps a taker from racing a creator between open and flock).
 _STALE_TEMP_S = 300.0
@@ -57,35 +65,35 @@ class AbandonedJournal:
 
 
 class JournalAdoption:
-    """The taking side of RunJournal: scan the directory, lock and parse the journals of ended processes."""
+    """The taking side of the run journal: scan the directory, lock and parse the journals of ended processes, and
+    hold them (locked) until they are discarded or released."""
 
-    enabled: bool
-    directory: Path
-    counters: Counter[str]
-    _lock: threading.Lock
-    _pid: int
-    _path: Path | None
-    _max_read_bytes: int
-    _taken: dict[int, AbandonedJournal]
-    _log: RateLimitedLog
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_read_bytes: int,
+        own_journal: Callable[[], str | None],
+        counters: Counter[str],
+    ) -> None:
+        self._directory = directory
+        self._max_read_bytes = max_read_bytes
+        self._own_journal = own_journal  # the name of this process's own journal, if any (after its fork check)
+        self.counters = counters  # the journal's: what is taken, removed and found malformed is counted there
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._taken: dict[int, AbandonedJournal] = {}  # fd -> journal taken and not yet discarded/released
+        self._log = RateLimitedLog()
 
-    def _forget_parent_locked(self) -> None:
-        raise NotImplementedError  # RunJournal's
-
-    def take_abandoned(self, limit: int = _TAKE_LIMIT) -> list[AbandonedJournal]:
+    def take(self, limit: int = TAKE_LIMIT) -> list[AbandonedJournal]:
         """Take (lock) up to `limit` journals of processes that ended and still list open runs. The caller makes
         their finishes durable, then calls `discard()` (or `release()` to leave a journal for later). Journals
         with no open run are deleted here. Never raises."""
-        if not self.enabled or limit <= 0:
-            return []
         taken: list[AbandonedJournal] = []
         try:
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._forget_parent_locked()
-                own = self._path.name if self._path is not None else None
+            own = self._own_journal()
             names: list[str] = []
-            with os.scandir(self.directory) as entries:
+            with os.scandir(self._directory) as entries:
                 for entry in entries:
                     if JOURNAL_RE.match(entry.name) and entry.name != own:
                         names.append(entry.name)
@@ -94,7 +102,7 @@ class JournalAdoption:
             for name in sorted(names):
                 if len(taken) >= limit:
                     break
-                journal = self._take(self.directory / name)
+                journal = self._take(self._directory / name)
                 if journal is not None:
                     taken.append(journal)
         except Exception as exc:
@@ -180,6 +188,12 @@ class JournalAdoption:
             self.counters["journal_errors"] += 1
             logger.warning("Prefactor run journal: ending a take failed", exc_info=True)
 
+    def release_all(self) -> None:
+        """At shutdown: give back every journal taken and not yet discarded or released."""
+        with self._lock:
+            for journal in list(self._taken.values()):
+                self._release_locked(journal)
+
     def _release_locked(self, abandoned: AbandonedJournal) -> None:
         fd = abandoned._fd
         if fd is None:
@@ -188,3 +202,18 @@ class JournalAdoption:
         self._taken.pop(fd, None)
         with contextlib.suppress(OSError):
             os.close(fd)
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: forget the parent's taken journals without releasing their locks. Idempotent.
+
+        Closing our copy of a descriptor leaves the parent's lock in place (it belongs to the shared open file
+        description); flock(LOCK_UN) would release it for the parent too."""
+        if self._pid == os.getpid():
+            return
+        self._lock = threading.Lock()  # the parent's may have been held by a thread that does not exist here
+        for fd, journal in self._taken.items():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            journal._fd = None
+        self._taken.clear()
+        self._pid = os.getpid()

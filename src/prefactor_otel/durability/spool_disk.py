@@ -1,7 +1,9 @@
-"""Spool directory mechanics: scans, atomic writes, the sender lock, the quarantine, stale temporary files, liveness.
+"""Spool directory mechanics: scans, atomic writes, the sender lock, the quarantine, stale temporary files, liveness,
+and whether the directory changed since we last looked.
 
-Threads: called only by `Spool`, under the spool's lock, which also guards `SenderLock`'s descriptor (this module
-has no lock and no module state of its own).
+Threads: called only by `Spool`, under the spool's lock, which also guards the state of the parts defined here
+(`SenderLock`'s descriptor, `DirectoryWatch`'s mtime and names): this module has no lock and no module state of its
+own.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ _LOCK_FILE = ".sender.lock"
 WRITE_LOCK_FILE = ".write.lock"
 QUARANTINE = ".quarantine"
 _LOCK_POLL_S = 0.002
+MTIME_TICK_NS = 1_000_000_000  # the coarsest mtime clock we trust to tell two changes apart (ext4: ~4 ms)
 
 
 def base_name(name: str) -> str:
@@ -270,3 +273,43 @@ class SenderLock:
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)  # never LOCK_UN: the lock belongs to the description the parent still uses
+
+
+class DirectoryWatch:
+    """Whether anyone added, removed or renamed a file in a directory since `note()`: its mtime then and, when that
+    mtime was too young to prove anything, its names.
+
+    File systems stamp mtimes from a coarse clock: a change made in the same tick as ours leaves the mtime as it
+    is, so an mtime younger than `MTIME_TICK_NS` is backed by the list of names (a listing, no stat)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._mtime_ns = 0  # the directory's mtime after our last scan or write (0: unknown)
+        self._names: frozenset[str] | None = None
+
+    def note(self) -> None:
+        """Remember the directory as of now (after a scan or a write of ours)."""
+        self._mtime_ns = self._directory_mtime_ns()
+        self._names = None
+        if time.time_ns() - self._mtime_ns < MTIME_TICK_NS:
+            try:
+                self._names = frozenset(os.listdir(self._directory))
+            except OSError:
+                self._mtime_ns = 0  # the next check rescans
+
+    def changed(self) -> bool:
+        """Whether anyone added, removed or renamed a file in the directory since `note`."""
+        if not self._mtime_ns or self._directory_mtime_ns() != self._mtime_ns:
+            return True
+        if self._names is None:
+            return False
+        try:
+            return frozenset(os.listdir(self._directory)) != self._names
+        except OSError:
+            return True
+
+    def _directory_mtime_ns(self) -> int:
+        try:
+            return os.stat(self._directory).st_mtime_ns
+        except OSError:
+            return 0

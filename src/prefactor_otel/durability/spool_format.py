@@ -188,7 +188,7 @@ def render(items: list[EncodedItem]) -> bytes:
 
 class _Header(NamedTuple):
     spans: int
-    count: int
+    items: int  # not `count`: that would shadow tuple.count
     crc: bytes  # of the body, 8 hex digits
     length: int  # bytes up to the body
 
@@ -211,7 +211,7 @@ def decode(data: bytes) -> list[dict[str, Any]]:
         if header is None:
             raise CorruptFile("damaged header")
         if b"%08x" % zlib.crc32(data[header.length :]) != header.crc:
-            raise CorruptFile(f"checksum mismatch ({header.count} item(s), {header.spans} span(s))")
+            raise CorruptFile(f"checksum mismatch ({header.items} item(s), {header.spans} span(s))")
     elif b'"crc":"' in data[:_HEADER_MAX]:
         raise CorruptFile("damaged header")  # a checked file whose first bytes were changed: its body is unchecked
     try:

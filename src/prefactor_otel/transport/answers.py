@@ -1,17 +1,17 @@
 """What an answer from the Prefactor API means: its status (final, retryable, auth), each item's outcome, an error
 body's code and message, the cause of a connection failure, a Content-Encoding, a Retry-After; and the proxy the
-environment sets for the API URL (and whether httpx can use it); a read's answer (`ReadAnswer`). transport.py sends
+environment sets for the API URL (and whether httpx can use it); a read's answer (`ReadAnswer`). client.py sends
 and retries; this module only reads.
 
 Items missing from a bulk answer were not processed (the server stops at the first error): they are
 NOT_PROCESSED, the caller's to send again.
 
-`AnswerRules` is a mixin of `BulkTransport` (transport.py), split out as its own concept; it shares the
-transport's state (`counters`, `_log`, `_auth_failed`, owned by `BulkTransport.__init__`) and runs on the
-thread that sent the request: the sender, serialized by the exporter's send lock, so `counters` takes no lock.
-`_auth_failed` (and `auth_status`, set just before it) is set once, here, and read from any thread (a single
-assignment: no lock); the pipeline reports the refusal, knowing what became of the items. The functions are pure
-and called from any thread.
+`AnswerReader` is a part `BulkTransport` (client.py) holds and calls with each answer it gets. It owns the auth
+latch (`auth_failed`, `auth_status`) and its rate-limited log, and counts into the transport's `counters` (given
+at construction, given again after a fork). It runs on the thread that sent the request: the sender, serialized
+by the exporter's send lock, so `counters` takes no lock. `auth_failed` (and `auth_status`, set just before it)
+is set once, here, and read from any thread (a single assignment: no lock); the pipeline reports the refusal,
+knowing what became of the items. The functions are pure and called from any thread.
 """
 
 from __future__ import annotations
@@ -113,14 +113,24 @@ def connection_error_cause(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-class AnswerRules:
-    # State owned by BulkTransport.__init__ (transport.py), used here.
-    counters: Counter[str]
-    _log: RateLimitedLog
-    _auth_failed: bool
-    auth_status: int | None
+class AnswerReader:
+    """What one answer (its status and body) means for the request that got it: a final result, or None (retry,
+    or read the 2xx body); counted and logged. Latches the token's refusal: once an answer is 401/403,
+    `auth_failed` stays True."""
 
-    def _count_unreadable(self, exc: Exception) -> None:
+    def __init__(self, counters: Counter[str]) -> None:
+        self.counters = counters  # the transport's
+        self._log = RateLimitedLog()
+        self.auth_failed = False
+        self.auth_status: int | None = None  # the status of the answer that refused the token (401 or 403)
+
+    def reset_after_fork(self, counters: Counter[str]) -> None:
+        """A forked child counts into its transport's new counters and logs through a new lock; a refused token
+        stays refused."""
+        self.counters = counters
+        self._log = RateLimitedLog()
+
+    def count_unreadable(self, exc: Exception) -> None:
         self.counters["contract_errors"] += 1
         reason = "response_too_large" if isinstance(exc, ResponseTooLarge) else "response_unreadable"
         self.counters[reason] += 1
@@ -135,16 +145,15 @@ class AnswerRules:
             MAX_RESPONSE_BYTES,
         )
 
-    def _handle_status(self, response: httpx.Response, answer: bytes) -> BulkResult | None:
-        """A final result for a non-2xx status, or None (2xx, or retryable: `_post` tells them apart)."""
-        status = response.status_code
+    def status_result(self, status: int, answer: bytes) -> BulkResult | None:
+        """A final result for a non-2xx status, or None (2xx, or retryable: the caller tells them apart)."""
         if 200 <= status < 300:
             return None
         if status in (401, 403):
-            if not self._auth_failed:
+            if not self.auth_failed:
                 # Reported once by the pipeline, which knows what became of the items (kept on disk or dropped).
                 self.auth_status = status
-                self._auth_failed = True
+                self.auth_failed = True
             return BulkResult(error="auth", status_code=status)
         if status in RETRYABLE_STATUS:
             self.counters[f"http_{status}"] += 1
@@ -171,7 +180,7 @@ class AnswerRules:
         )
         return BulkResult(error="rejected", status_code=status, code=code, message=message)
 
-    def _bulk_outcomes(self, response: httpx.Response, answer: bytes, keys: Sequence[str]) -> BulkResult | None:
+    def bulk_outcomes(self, status: int, answer: bytes, keys: Sequence[str]) -> BulkResult | None:
         try:
             outputs = BULK_RESPONSE_FIELDS.validate_json(answer)["outputs"]
         except ValidationError as exc:
@@ -196,9 +205,9 @@ class AnswerRules:
             if "control" in output:  # rare: only answers in a run Prefactor terminated carry it
                 outcome = with_control(outcome, output)
             outcomes[key] = outcome
-        return BulkResult(outcomes=outcomes, status_code=response.status_code)
+        return BulkResult(outcomes=outcomes, status_code=status)
 
-    def _rest_outcome(self, response: httpx.Response, answer: bytes, key: str) -> BulkResult | None:
+    def rest_outcome(self, status: int, answer: bytes, key: str) -> BulkResult | None:
         try:
             parsed = ApiResponse[dict[str, Any]].model_validate_json(answer)
         except ValidationError:
@@ -206,7 +215,7 @@ class AnswerRules:
             self._log.log(logging.WARNING, "contract", "Prefactor export: a REST response does not fit the contract")
             return None
         outcome = with_control(SUCCESS, parsed.model_extra)  # a span answer's top-level `control`
-        return BulkResult(outcomes={key: outcome}, status_code=response.status_code)
+        return BulkResult(outcomes={key: outcome}, status_code=status)
 
 
 def with_control(outcome: ItemOutcome, answer: object) -> ItemOutcome:
@@ -257,7 +266,9 @@ def environment_proxy_setting(url: str) -> tuple[str, str] | None:
     proxies = urllib.request.getproxies_environment()
     key = parts.scheme if proxies.get(parts.scheme) else "all"
     proxy = proxies.get(key)
-    if not proxy or (parts.hostname and urllib.request.proxy_bypass_environment(parts.hostname, proxies)):
+    # proxy_bypass_environment is CPython's (every version we support) but not in typeshed's urllib.request.
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # undocumented, not in the stubs
+    if not proxy or (parts.hostname and bypass(parts.hostname, proxies)):
         return None
     variable = next(
         (name for name in (f"{key}_proxy", f"{key.upper()}_PROXY") if os.environ.get(name) == proxy),

@@ -11,7 +11,7 @@ the host, paths, ids and HTTP statuses are.
 
 Threads: called on the caller's thread (the doctor's main thread, or any application thread for `check()`); no
 shared state and no lock here. `BulkTransport.get` may run beside the exporter's sender and poller: the httpx
-client is thread-safe and the transport's deadline is per call (transport.py).
+client is thread-safe and the transport's deadline is per call (client.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 `send_bulk` sends one bulk request (already chunked by the caller with `chunk_encoded`) and retries it on
 connection errors, timeouts, 408, 429 and 5xx with exponential backoff and full jitter, honouring
 `Retry-After`, never past the caller's deadline. It returns every item's outcome; what an answer means (status,
-outcomes, error bodies, a failure's cause) is read by transport_answers.py, whose `AnswerRules` this class mixes in.
+outcomes, error bodies, a failure's cause) is read by answers.py: the transport holds an `AnswerReader` (the auth
+latch, a rate-limited log) and hands it each answer.
 
 The deadline is wall-clock for the whole request, answer included (see `netdeadline`), and `cap_deadline`
 lowers every deadline at once, a request in flight included. Answers are streamed and read up to
@@ -14,7 +15,8 @@ each take up to the time left when the request started (httpx's per-operation ti
 Threads: sends are serialized by the exporter's send lock (one sender at a time); `interrupt_waits`,
 `resume_waits`, `cap_deadline` and `close` may be called from any thread (events and single assignments:
 no lock). `get` (the run poll) may run on another thread meanwhile: the httpx client is thread-safe, the
-deadline is thread-local, and `get` writes no counters. `counters` is written by the sender only.
+deadline is thread-local, and `get` writes no counters. `counters` is written by the sender only (the transport
+and its `AnswerReader`, on the sender's thread).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from prefactor_otel.config.options import PrefactorConfig
 from prefactor_otel.model.http import ApiResponse, PfidGenerateDetails
 from prefactor_otel.transport.answers import (
     MAX_RESPONSE_BYTES,
-    AnswerRules,
+    AnswerReader,
     ReadAnswer,
     ResponseTooLarge,
     UnreadableResponse,
@@ -78,7 +80,7 @@ def suppress_instrumentation() -> Iterator[None]:
         otel_context.detach(token)
 
 
-class BulkTransport(AnswerRules):
+class BulkTransport:
     def __init__(self, config: PrefactorConfig, *, sdk_header: str, client: httpx.Client | None = None) -> None:
         self._config = config
         parsed = httpx.URL(config.api_base)
@@ -110,10 +112,9 @@ class BulkTransport(AnswerRules):
         }
         self._stop = threading.Event()
         self._interrupt = threading.Event()
-        self._auth_failed = False
-        self.auth_status: int | None = None  # the status of the answer that refused the token (401 or 403)
         self._log = RateLimitedLog()
         self.counters: Counter[str] = Counter()
+        self._answers = AnswerReader(self.counters)
 
     def _new_client(self) -> httpx.Client:
         self.proxy_error = None
@@ -162,16 +163,22 @@ class BulkTransport(AnswerRules):
         self._interrupt = threading.Event()
         self._log = RateLimitedLog()
         self.counters = Counter()
+        self._answers.reset_after_fork(self.counters)
 
     @property
     def auth_failed(self) -> bool:
-        return self._auth_failed
+        return self._answers.auth_failed
+
+    @property
+    def auth_status(self) -> int | None:
+        """The status of the answer that refused the token (401 or 403), or None."""
+        return self._answers.auth_status
 
     @property
     def stopped_reason(self) -> str | None:
         """Why this transport sends nothing more in this process, or None: "auth" (the server refused the token),
         "proxy" (the proxy the environment sets cannot be used). Both are fixed only by a new process."""
-        if self._auth_failed:
+        if self._answers.auth_failed:
             return "auth"
         return "proxy" if self.proxy_error is not None else None
 
@@ -210,13 +217,20 @@ class BulkTransport(AnswerRules):
 
     def send_bulk(self, encoded_items: Sequence[bytes], keys: Sequence[str], deadline: float) -> BulkResult:
         """One bulk request, retried inside the deadline; per-item outcomes for `keys`."""
-        return self._post("/bulk", bulk_body(encoded_items), deadline, lambda r, b: self._bulk_outcomes(r, b, keys))
+        return self._post(
+            "/bulk",
+            bulk_body(encoded_items),
+            deadline,
+            lambda status, answer: self._answers.bulk_outcomes(status, answer, keys),
+        )
 
     def send_rest(self, item: dict[str, Any], deadline: float) -> BulkResult:
         """Send one bulk-shaped item as its REST call (for an action the bulk endpoint does not take)."""
         path, body = rest_request(item)
         key = item["idempotency_key"]
-        return self._post(path, encode_item(body), deadline, lambda r, b: self._rest_outcome(r, b, key))
+        return self._post(
+            path, encode_item(body), deadline, lambda status, answer: self._answers.rest_outcome(status, answer, key)
+        )
 
     def get(self, path: str, deadline: float) -> ReadAnswer:
         """One GET of an API path (e.g. "/agent_instance/<id>") by `deadline`: the answer's status and body, or,
@@ -275,13 +289,13 @@ class BulkTransport(AnswerRules):
         path: str,
         body: bytes,
         deadline: float,
-        on_ok: Callable[[httpx.Response, bytes], BulkResult | None],
+        on_ok: Callable[[int, bytes], BulkResult | None],
     ) -> BulkResult:
         attempt = 0
         shortened = False  # a backoff was cut short to fit a last attempt in the budget
         last_failure = "no answer"
         while True:
-            if self._auth_failed:
+            if self._answers.auth_failed:
                 return BulkResult(error="auth")
             if self.proxy_error is not None:
                 return BulkResult(error="proxy")  # nothing sent: reported once by the exporter
@@ -308,13 +322,13 @@ class BulkTransport(AnswerRules):
                     last_failure,
                 )
             except (ResponseTooLarge, UnreadableResponse) as exc:
-                self._count_unreadable(exc)
+                self._answers.count_unreadable(exc)
             else:
                 status = response.status_code
                 self.counters[f"outcome:http_{status}"] += 1
-                result = self._handle_status(response, answer)
+                result = self._answers.status_result(status, answer)
                 if result is None and 200 <= status < 300:
-                    result = on_ok(response, answer)
+                    result = on_ok(status, answer)
                 if result is not None:
                     return result
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -361,7 +375,7 @@ class BulkTransport(AnswerRules):
         """Ask the server for one id of the account (its partition is the account's). None on failure.
 
         One attempt, under the same wall-clock deadline, ceiling and answer size cap as the bulk requests."""
-        if self._auth_failed or self.proxy_error is not None or self._deadline(deadline) <= time.monotonic():
+        if self._answers.auth_failed or self.proxy_error is not None or self._deadline(deadline) <= time.monotonic():
             return None
         try:
             response, answer = self._request("/pfid/generate", b'{"count":1}', deadline)
@@ -375,10 +389,10 @@ class BulkTransport(AnswerRules):
             )
             return None
         except (ResponseTooLarge, UnreadableResponse) as exc:
-            self._count_unreadable(exc)
+            self._answers.count_unreadable(exc)
             return None
         if response.status_code in (401, 403):
-            self._handle_status(response, answer)
+            self._answers.status_result(response.status_code, answer)
             return None
         if response.status_code != 200:
             self._log.log(logging.WARNING, "pfid", "Prefactor: id generation failed with HTTP %d", response.status_code)

@@ -167,11 +167,11 @@ def install_deadline_backend(transport: httpx.HTTPTransport) -> DeadlineBackend 
     """
     pool = getattr(transport, "_pool", None)
     inner = getattr(pool, "_network_backend", None)
-    if pool is None or not callable(getattr(inner, "connect_tcp", None)):
+    if pool is None or inner is None or not callable(getattr(inner, "connect_tcp", None)):
         return None
     backend = DeadlineBackend(inner)
     try:
-        pool._network_backend = backend  # type: ignore[union-attr]
+        pool._network_backend = backend
     except AttributeError:  # slots or a read-only property in another version
         return None
     return backend
