@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -12,6 +13,11 @@ from prefactor_otel.devserver import DevServer, Fault
 from tests.spans import Collector, exporter_for
 
 TOKEN = "pf_chaos_token"
+# 10,000 spans under chaos, as four independent runs of 250 traces (10 spans each) with their own fault draws:
+# each run is mostly waiting on retry backoff, so the four wait side by side on parallel test workers
+CHAOS_SEEDS = (20261128, 20261130, 20261131, 20261132)
+TRACES_PER_RUN = 250
+SPANS_PER_TRACE = 10
 
 
 def _trace(tracer, n: int) -> None:
@@ -40,9 +46,10 @@ def add_chaos(srv: DevServer, *, seed: int, slow: bool = True) -> None:
         srv.add_fault(fault)
 
 
-def test_chaos_every_span_exactly_once_with_the_right_parent():
+@pytest.mark.parametrize("seed", CHAOS_SEEDS)
+def test_chaos_every_span_exactly_once_with_the_right_parent(seed: int) -> None:
     with DevServer(token=TOKEN) as srv:
-        add_chaos(srv, seed=20261128)
+        add_chaos(srv, seed=seed)
         exporter = exporter_for(
             srv,
             finish_grace_seconds=0,
@@ -54,17 +61,17 @@ def test_chaos_every_span_exactly_once_with_the_right_parent():
         provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=20_000, schedule_delay_millis=50))
         provider.add_span_processor(SimpleSpanProcessor(collector))
         tracer = provider.get_tracer("chaos")
-        for n in range(1000):
+        for n in range(TRACES_PER_RUN):
             _trace(tracer, n)
         provider.force_flush(120_000)
         exporter._config = exporter._config.replace(shutdown_timeout=60)
         provider.shutdown()
 
-        assert len(collector.spans) == 10_000
+        assert len(collector.spans) == TRACES_PER_RUN * SPANS_PER_TRACE
         stored = srv.spans()
-        assert len(stored) == 10_000
+        assert len(stored) == len(collector.spans)
         by_otel = {(s["payload"]["trace_id"], s["payload"]["span_id"]): s for s in stored}
-        assert len(by_otel) == 10_000  # exactly once
+        assert len(by_otel) == len(collector.spans)  # exactly once
         for otel in collector.spans:
             t = f"{otel.context.trace_id:032x}"
             s = by_otel[(t, f"{otel.context.span_id:016x}")]
@@ -73,14 +80,14 @@ def test_chaos_every_span_exactly_once_with_the_right_parent():
             else:
                 assert s["parent_span_id"] == by_otel[(t, f"{otel.parent.span_id:016x}")]["id"]
         instances = srv.instances()
-        assert len(instances) == 1000 and all(i["status"] == "complete" for i in instances)
+        assert len(instances) == TRACES_PER_RUN and all(i["status"] == "complete" for i in instances)
 
         stats = exporter.stats()
         faulted = [r for r in srv.requests if r.path == "/api/v1/bulk" and r.status != 200]
         assert faulted, "the chaos mix injected no fault"
         assert stats["retries"] == len(faulted)  # every failed attempt was retried and counted
         assert stats["requests"] == len([r for r in srv.requests if r.path == "/api/v1/bulk"])
-        assert stats["spans_exported"] == 10_000 and stats["spans_dropped"] == 0
+        assert stats["spans_exported"] == len(collector.spans) and stats["spans_dropped"] == 0
 
 
 def test_bad_input_never_reaches_the_app_and_is_delivered_or_counted():

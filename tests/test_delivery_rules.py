@@ -4,6 +4,7 @@ stay honest under threads and odd outcomes."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from prefactor_otel.model.http import BULK_CREATE_SPAN
 from tests.spans import agent_trace, exporter_for, make_provider
 
 TOKEN = "pf_rules_token"
+# the stats race: enough new keys to race many times at a short switch interval, few enough to stay quick
+NEW_COUNTER_KEYS = 50_000
+SWITCH_INTERVAL_S = 0.00001
 
 
 def _spooled_items(directory: Path) -> list[tuple[Path, list[dict]]]:
@@ -83,35 +87,44 @@ def test_spans_trimmed_while_waiting_for_the_account_are_counted_as_received_and
 
 
 def test_stats_can_be_read_while_other_threads_add_counters():
+    """stats() must never iterate a Counter another thread is growing (RuntimeError: dictionary changed size).
+    The race is made likely rather than long: a short GIL switch interval interleaves the three threads every few
+    microseconds, so a bounded number of new keys gives the readers many chances to be caught mid-iteration, were
+    stats() to iterate a live Counter (checked by reverting its `dict(counter)` copies: this test then fails)."""
     with DevServer(token=TOKEN) as srv:
         exporter = exporter_for(srv, spool=False)
-        stop = threading.Event()
+        start = threading.Barrier(3)
+        grown = threading.Event()
         errors: list[BaseException] = []
 
         def add_keys() -> None:
-            n = 0
-            while not stop.is_set() and n < 200_000:
+            start.wait()
+            for n in range(NEW_COUNTER_KEYS):
                 exporter._counters[f"k{n}"] += 1  # as delivery does for a new outcome key
-                n += 1
+            grown.set()
 
         def read() -> None:
+            start.wait()
             try:
-                for _ in range(300):
+                while True:  # at least once, then for as long as the writer adds keys
                     exporter.stats()
+                    if grown.is_set():
+                        return
             except BaseException as exc:  # the failure under test
                 errors.append(exc)
 
-        writer = threading.Thread(target=add_keys)
-        writer.start()
-        readers = [threading.Thread(target=read) for _ in range(2)]
-        for reader in readers:
-            reader.start()
-        for reader in readers:
-            reader.join(60)
-        stop.set()
-        writer.join(60)
+        threads = [threading.Thread(target=add_keys), *(threading.Thread(target=read) for _ in range(2))]
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+        finally:
+            sys.setswitchinterval(switch_interval)
         exporter.shutdown()
-        assert errors == []
+        assert grown.is_set() and errors == []
 
 
 def test_two_concurrent_shutdowns_run_once(caplog):

@@ -272,7 +272,8 @@ def test_shutdown_interrupts_another_threads_backoff(tmp_path):
     results: list[SpanExportResult] = []
     worker = threading.Thread(target=lambda: results.append(exporter.export(_spans())))
     worker.start()
-    time.sleep(0.3)  # the export is now in its retry ladder (connection refused -> backoff)
+    # the export is in its retry ladder once its first attempt failed and was counted (connection refused -> backoff)
+    assert _wait_for(lambda: exporter.stats()["retries"] >= 1)
     started = time.monotonic()
     exporter.shutdown(timeout_millis=2000)
     assert time.monotonic() - started <= 2.5

@@ -327,7 +327,7 @@ def test_an_exit_with_no_shutdown_call_finishes_the_live_spans_and_the_run(
 
 
 EXIT_INTO_A_BLACK_HOLE = """
-    import time
+    import sys
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from prefactor_otel import PrefactorSpanProcessor
@@ -339,8 +339,8 @@ EXIT_INTO_A_BLACK_HOLE = """
     tracer = provider.get_tracer("exit")
     root = tracer.start_span("root")
     agent = tracer.start_span("invoke_agent helper", context=trace.set_span_in_context(root), attributes=AGENT)
-    time.sleep(1)  # the sending thread has read the starts: their creates are stuck in the black hole
     print("STARTED", flush=True)
+    sys.stdin.readline()  # the test's go-ahead: the sending thread read the starts, their creates are in the black hole
     # no shutdown(), spans open: the interpreter exits
 """
 
@@ -356,15 +356,23 @@ def test_an_exit_into_a_black_hole_keeps_its_live_spans_on_disk_and_the_next_pro
             PREFACTOR_SHUTDOWN_TIMEOUT="2",
             PREFACTOR_EXPORT_TIMEOUT="2",
         )
-        done = subprocess.run(
+        app = subprocess.Popen(
             [sys.executable, "-c", textwrap.dedent(EXIT_INTO_A_BLACK_HOLE)],
             env=env,
-            capture_output=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=60,  # guard only: the exit budget is 2 s
         )
-        assert done.returncode == 0, done.stderr
-        assert "STARTED" in done.stdout
+        try:
+            assert wait_for(lambda: [r for r in srv.requests if r.path == "/api/v1/bulk"]), "nothing in the hole"
+            out, err = app.communicate("go\n", timeout=60)  # guard only: the exit budget is 2 s
+        finally:
+            if app.poll() is None:
+                app.kill()
+                app.communicate()
+        assert app.returncode == 0, err
+        assert "STARTED" in out
         assert srv.spans() == []  # nothing got through
         srv.clear_faults()
         later = exporter_for(srv, spool_dir=str(tmp_path))
