@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"transport", "durability"},
     {"control"},
     {"pipeline"},
-    {"sdk"},
+    {"sdk", "gateway"},
     {"devserver"},
     {"tools"},
     {"prefactor_otel"},
