@@ -61,6 +61,13 @@ def distribution_order(tmp_path: Path, distros: Distros) -> Path:
     """A directory for PYTHONPATH that fixes which distros the run sees, and in which order."""
     path = tmp_path / "dists"
     path.mkdir()
+    # The OTLP/gRPC exporter is installed here for the gateway's tests, not in the applications these tests stand
+    # for: hidden the same way (a stand-in without entry points listed first), so `otlp` metrics still need it.
+    hidden = path / "opentelemetry_exporter_otlp_proto_grpc-0.0.0.dist-info"
+    hidden.mkdir()
+    (hidden / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: opentelemetry-exporter-otlp-proto-grpc\nVersion: 0.0.0\n"
+    )
     if distros == "without-opentelemetry-distro":
         stand_in = path / "opentelemetry_distro-0.0.0.dist-info"
         stand_in.mkdir()
