@@ -1,0 +1,324 @@
+"""A trace that crosses two real processes (docs/cross-process.md).
+
+Process A (an agent with its own PrefactorSpanProcessor) calls process B (a small HTTP server with its own
+PrefactorSpanProcessor, extracting W3C `traceparent` with the OpenTelemetry propagator) on 127.0.0.1; both export
+to one local server. Each process's part of the trace is a run of its own: no two parts share a run id, nothing is
+refused, nothing stays `active`, the runs name their trace (`external_identifier`), B's top span records A's span
+ids, and the page's run views show the parts together, B's part continuing A's span.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prefactor_otel.devserver import DevServer
+from prefactor_otel.devserver.request_log import RequestLog
+from prefactor_otel.devserver.runview import run_views
+from tests.spans import wait_for
+
+PRELUDE = """
+import json, sys
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from prefactor_otel import PrefactorSpanProcessor
+
+def provider_for(service):
+    processor = PrefactorSpanProcessor()  # configured by the PREFACTOR_* variables the test sets
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(processor)
+    return provider, processor
+
+def say(**fields):
+    print(json.dumps(fields), flush=True)
+"""
+
+# The agent: a root span, a client span calling B with `traceparent` injected. Modes: `same-ms` asks B to start
+# its spans at the root's own start (the same millisecond: a run's id carries the millisecond its first span seen
+# started, and that may be any span of the part); `twice` calls B a second time once the test says
+# B's first part is over (a line on stdin).
+SERVICE_A = """
+b_url, mode = sys.argv[1], sys.argv[2]
+provider, processor = provider_for("service-a")
+tracer = provider.get_tracer("service-a")
+
+def call_b(root, path):
+    # `same-ms`: every span of A and B starts in the root's millisecond, whichever of them a process sees first.
+    start = root.start_time if mode == "same-ms" else None
+    with tracer.start_as_current_span("call tool service", kind=trace.SpanKind.CLIENT, start_time=start) as call:
+        headers = {}
+        propagate.inject(headers)
+        if mode == "same-ms":
+            headers["x-start-ns"] = str(root.start_time)
+        if mode == "outlive":
+            headers["x-outlive"] = "1"
+        import urllib.request
+        with urllib.request.urlopen(urllib.request.Request(b_url + path, headers=headers), timeout=30) as answer:
+            answer.read()
+    return call
+
+attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner"}
+with tracer.start_as_current_span("invoke_agent planner", attributes=attributes) as root:
+    calls = [call_b(root, "/work")]
+    if mode == "twice":
+        say(event="called once")
+        sys.stdin.readline()
+        calls.append(call_b(root, "/work"))
+say(event="done", trace_id=f"{root.context.trace_id:032x}", root=f"{root.context.span_id:016x}",
+    calls=[f"{c.context.span_id:016x}" for c in calls])
+provider.shutdown()
+say(event="stats", stats=processor.exporter.stats())
+"""
+
+# The tool service: for each request a server span continuing the caller's trace, with a child. `x-outlive`: it
+# answers first, then waits for /release before its last child and its end (its work outlives A's root).
+SERVICE_B = """
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+provider, processor = provider_for("service-b")
+tracer = provider.get_tracer("service-b")
+release = threading.Event()
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def answer(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+        self.wfile.flush()
+
+    def do_GET(self):
+        if self.path == "/release":
+            release.set()
+            return self.answer()
+        if self.path == "/quit":
+            self.answer()
+            threading.Thread(target=server.shutdown).start()
+            return
+        carrier = {name.lower(): value for name, value in self.headers.items()}
+        context = propagate.extract(carrier)
+        start = int(carrier["x-start-ns"]) if "x-start-ns" in carrier else None
+        span = tracer.start_span("handle tool request", context=context, kind=trace.SpanKind.SERVER, start_time=start)
+        with trace.use_span(span, end_on_exit=False):
+            with tracer.start_as_current_span("lookup", start_time=start):
+                pass
+            self.answer()
+            if carrier.get("x-outlive") == "1":
+                release.wait(60)
+                with tracer.start_as_current_span("after the answer"):
+                    pass
+        span.end()
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+say(port=server.server_address[1])
+server.serve_forever()
+provider.shutdown()
+say(event="stats", stats=processor.exporter.stats())
+"""
+
+
+class Service:
+    """A Python process running one of the services above, its stdout read line by line as JSON."""
+
+    def __init__(self, tmp_path: Path, name: str, source: str, env: dict[str, str], *args: str) -> None:
+        script = tmp_path / f"{name}.py"
+        script.write_text(textwrap.dedent(PRELUDE) + textwrap.dedent(source))
+        self.stderr_path = tmp_path / f"{name}.stderr"
+        with self.stderr_path.open("w") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(script), *args],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
+
+    def read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, f"the service ended early: {self.stderr_path.read_text()[-3000:]}"
+        return dict(json.loads(line))
+
+    def write(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def wait(self) -> int:
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _env(srv: DevServer) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PREFACTOR_"))}
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    env.update(srv.env(), PYTHONPATH=os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env["PREFACTOR_SPOOL"] = "false"  # nothing may wait on disk: what arrived is all there is
+    return env
+
+
+def _get(url: str) -> None:
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        answer.read()
+
+
+def _finished(srv: DevServer, count: int) -> bool:
+    instances = srv.instances()
+    return len(instances) == count and all(i["status"] == "complete" for i in instances)
+
+
+def _cross(tmp_path: Path, mode: str) -> dict[str, Any]:
+    """Run A calling B in `mode`; everything the assertions need."""
+    rejected: list[str] = []
+
+    def listen(entry: RequestLog) -> None:
+        if entry.status >= 400 or (entry.detail and "rejected" in entry.detail):
+            rejected.append(f"{entry.method} {entry.path} -> {entry.status} {entry.detail}")
+
+    with DevServer(on_request=listen) as srv:
+        env = _env(srv)
+        service_b = Service(tmp_path, "service_b", SERVICE_B, env)
+        try:
+            port = service_b.read()["port"]
+            b_url = f"http://127.0.0.1:{port}"
+            service_a = Service(tmp_path, "service_a", SERVICE_A, env, b_url, mode)
+            try:
+                if mode == "twice":
+                    assert service_a.read()["event"] == "called once"
+                    # B's first part is over (its run finished) before A calls it again in the same trace.
+                    assert wait_for(lambda: any(i["status"] == "complete" for i in srv.instances()), 30)
+                    service_a.write("go on")
+                done = service_a.read()
+                stats_a = service_a.read()["stats"]
+                assert service_a.wait() == 0, service_a.stderr_path.read_text()[-3000:]
+            finally:
+                service_a.stop()
+            if mode == "outlive":
+                # A has ended and its run is finished; B's span is still running, then ends.
+                assert wait_for(lambda: any(i["status"] == "complete" for i in srv.instances()), 30)
+                _get(b_url + "/release")
+            _get(b_url + "/quit")
+            stats_b = service_b.read()["stats"]
+            assert service_b.wait() == 0, service_b.stderr_path.read_text()[-3000:]
+        finally:
+            service_b.stop()
+        runs = 3 if mode == "twice" else 2
+        wait_for(lambda: _finished(srv, runs), 10)
+        return {
+            "done": done,
+            "stats": (stats_a, stats_b),
+            "rejected": rejected,
+            "instances": srv.instances(),
+            "spans": srv.spans(),
+            "snapshot": srv.snapshot(),
+            "findings": srv.findings(),
+        }
+
+
+def _check(result: dict[str, Any], mode: str) -> None:
+    done, spans, instances = result["done"], result["spans"], result["instances"]
+    trace_hex = done["trace_id"]
+    b_names = ["handle tool request", "lookup"] + (["after the answer"] if mode == "outlive" else [])
+    calls = 2 if mode == "twice" else 1
+    expected = sorted(["invoke_agent planner"] + ["call tool service", *b_names] * calls)
+
+    # Every span exactly once, nothing refused, nothing left active, every run finished.
+    assert sorted(s["payload"]["name"] for s in spans) == expected
+    assert len({s["id"] for s in spans}) == len(spans)
+    assert result["rejected"] == []
+    assert result["findings"] == []
+    for stats in result["stats"]:
+        assert stats["spans_dropped"] == 0 and stats["instance_actions_dropped"] == {}, stats
+    assert all(s["status"] == "complete" for s in spans)
+    assert len(instances) == 1 + calls and all(i["status"] == "complete" for i in instances)
+
+    # One run per part, each naming the trace it is part of.
+    parts = {i["id"]: i for i in instances}
+    assert len(parts) == 1 + calls
+    for instance in instances:
+        name = instance["external_identifier"]
+        assert name.startswith(f"otel:{trace_hex}:"), name
+    assert len({i["external_identifier"] for i in instances}) == len(instances)
+
+    # A's run holds A's spans; each B run's top span records the A span it continues.
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for span in spans:
+        by_run.setdefault(span["agent_instance_id"], []).append(span)
+    (run_a,) = [run for run, own in by_run.items() if any(s["payload"]["name"] == "invoke_agent planner" for s in own)]
+    assert sorted(s["payload"]["name"] for s in by_run[run_a]) == sorted(
+        ["invoke_agent planner"] + ["call tool service"] * calls
+    )
+    b_runs = [run for run in by_run if run != run_a]
+    assert len(b_runs) == calls
+    continued = []
+    for run in b_runs:
+        assert sorted(s["payload"]["name"] for s in by_run[run]) == sorted(b_names)
+        (top,) = [s for s in by_run[run] if s["payload"]["name"] == "handle tool request"]
+        assert top["parent_span_id"] is None  # a local root: its parent is another run's span
+        assert top["payload"]["trace_id"] == trace_hex
+        assert top["payload"]["metadata"]["otel.parent.is_remote"] is True
+        continued.append(top["payload"]["parent_span_id"])
+    assert sorted(continued) == sorted(done["calls"])
+    # A span whose parent is in its own process says nothing of the kind.
+    assert all("otel.parent.is_remote" not in s["payload"]["metadata"] for s in by_run[run_a])
+
+    # The page's data: the parts of the trace listed together, each B part continuing A's call span.
+    views = run_views(result["snapshot"])
+    assert [v["trace_id"] for v in views] == [trace_hex] * len(views)
+    view_a = next(v for v in views if v["id"] == run_a)
+    assert view_a["continues"] == []
+    for view in views:
+        if view["id"] == run_a:
+            continue
+        (link,) = view["continues"]
+        assert link["run_id"] == run_a and link["span_name"] == "call tool service"
+        assert link["otel_span_id"] in done["calls"]
+
+
+def test_an_http_hop_makes_two_joined_runs(tmp_path: Path) -> None:
+    _check(_cross(tmp_path, "hop"), "hop")
+
+
+def test_a_hop_in_the_same_millisecond_never_shares_a_run_id(tmp_path: Path) -> None:
+    """B's top span starts in the very millisecond A's root started: before each part had its own run key, both
+    derived the same run id, and whichever finished first closed it under the other's live span."""
+    result = _cross(tmp_path, "same-ms")
+    _check(result, "same-ms")
+    started = {s["payload"]["name"]: s["started_at"] for s in result["spans"]}
+    assert started["invoke_agent planner"][:23] == started["handle tool request"][:23]  # the same millisecond
+
+
+def test_b_ending_after_a_finishes_its_own_run(tmp_path: Path) -> None:
+    """B answers, A's root ends and A's run is finished; B's work goes on, then ends: its run is its own."""
+    result = _cross(tmp_path, "outlive")
+    _check(result, "outlive")
+    run_of = {s["payload"]["name"]: s["agent_instance_id"] for s in result["spans"]}
+    finished = {i["id"]: i["finished_at"] for i in result["instances"]}
+    assert finished[run_of["after the answer"]] > finished[run_of["invoke_agent planner"]]
+
+
+def test_a_second_call_after_the_first_part_finished_opens_a_new_part(tmp_path: Path) -> None:
+    """A calls B twice in one trace, the second time after B's first part is finished: the second call is a new
+    part of the trace (a run of its own), not spans dropped as late spans of a finished run."""
+    _check(_cross(tmp_path, "twice"), "twice")
