@@ -5,6 +5,9 @@ PrefactorSpanProcessor, extracting W3C `traceparent` with the OpenTelemetry prop
 to one local server. Each process's part of the trace is a run of its own: no two parts share a run id, nothing is
 refused, nothing stays `active`, the runs name their trace (`external_identifier`), B's top span records A's span
 ids, and the page's run views show the parts together, B's part continuing A's span.
+
+Then the run key alone, on the planner: today's ids without a part, the part's ids and trace name with one, a new
+part of a trace after the first finished, and what stays dropped.
 """
 
 from __future__ import annotations
@@ -18,10 +21,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+from opentelemetry import propagate
+
 from prefactor_otel.devserver import DevServer
+from prefactor_otel.devserver.render import render_runs
 from prefactor_otel.devserver.request_log import RequestLog
 from prefactor_otel.devserver.runview import run_views
-from tests.spans import wait_for
+from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_version_from_resource, map_span
+from prefactor_otel.model import ids
+from prefactor_otel.pipeline.planner import ForkOrigin, Planner
+from prefactor_otel.transport.outcomes import ItemOutcome
+from tests.spans import make_provider, wait_for
 
 PRELUDE = """
 import json, sys
@@ -294,6 +305,8 @@ def _check(result: dict[str, Any], mode: str) -> None:
         (link,) = view["continues"]
         assert link["run_id"] == run_a and link["span_name"] == "call tool service"
         assert link["otel_span_id"] in done["calls"]
+    # ... and `prefactor-otel show` says so too.
+    assert render_runs(result["snapshot"]).count(f"  continues call tool service of run {run_a}\n") == calls
 
 
 def test_an_http_hop_makes_two_joined_runs(tmp_path: Path) -> None:
@@ -322,3 +335,114 @@ def test_a_second_call_after_the_first_part_finished_opens_a_new_part(tmp_path: 
     """A calls B twice in one trace, the second time after B's first part is finished: the second call is a new
     part of the trace (a run of its own), not spans dropped as late spans of a finished run."""
     _check(_cross(tmp_path, "twice"), "twice")
+
+
+# --------------------------------------------------------------------------- the run key, planner alone
+
+PARTITION = 4242
+REMOTE_PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+TRACE = 0x0AF7651916CD43DD8448EB211C80319C
+
+
+def _planner(**options: Any) -> Planner:
+    return Planner(
+        partition=PARTITION,
+        agent_key="agent",
+        agent_id=None,
+        environment_id=None,
+        purpose=None,
+        agent_version_for=lambda r: agent_version_from_resource(r, sdk_version="0").model_dump(exclude_none=True),
+        schema_version=agent_schema_version(),
+        finish_grace_seconds=0.0,
+        **options,
+    )
+
+
+def _part_records(start_ns: int | None = None) -> list[SpanRecord]:
+    """A called service's part: its top span continuing REMOTE_PARENT, one child; ended child first."""
+    provider, collector = make_provider("service-b")
+    tracer = provider.get_tracer("b")
+    context = propagate.extract({"traceparent": REMOTE_PARENT})
+    with tracer.start_as_current_span("handle tool request", context=context, start_time=start_ns):
+        with tracer.start_as_current_span("lookup", start_time=start_ns):
+            pass
+    return [map_span(s) for s in collector.spans]
+
+
+def _run(planner: Planner, records: list[SpanRecord]) -> list[Any]:
+    planner.add(records, now=0.0)
+    items = planner.plan(now=0.0, flush=True)
+    planner.apply({item.key: ItemOutcome("success") for item in items}, now=0.0)
+    return items
+
+
+def _register(items: list[Any]) -> dict[str, Any]:
+    (register,) = [i.body for i in items if i.action == "agent_instances/register"]
+    return dict(register)
+
+
+def test_without_a_part_the_run_ids_are_todays() -> None:
+    records = _part_records()
+    register = _register(_run(_planner(), records))
+    first = records[0].start_time_ns  # the first span the planner saw
+    assert register["id"] == ids.instance_pfid(PARTITION, "agent", TRACE, first)
+    assert "external_identifier" not in register
+
+
+def test_a_part_keys_the_run_and_names_its_trace() -> None:
+    records = _part_records()
+    register = _register(_run(_planner(run_part="00aa"), records))
+    first = records[0].start_time_ns  # the first span this part saw
+    assert register["id"] == ids.instance_pfid(PARTITION, "agent\x1fpart\x1f00aa", TRACE, first)
+    assert register["external_identifier"] == f"otel:{TRACE:032x}:00aa"
+    # the same part (a retry, a replay, a gateway replica restarted with its id) derives the same run
+    assert _register(_run(_planner(run_part="00aa"), _part_records(records[0].start_time_ns)))["id"] == register["id"]
+
+
+def test_two_parts_of_a_trace_in_the_same_millisecond_get_two_runs() -> None:
+    start = 1_700_000_000_123_000_000
+    a = _register(_run(_planner(run_part="aa"), _part_records(start)))
+    b = _register(_run(_planner(run_part="bb"), _part_records(start + 999_999)))
+    assert ids.timestamp_of(a["id"]) == ids.timestamp_of(b["id"])
+    assert a["id"] != b["id"] and a["external_identifier"] != b["external_identifier"]
+    # without parts, as before: one id for both (the collision the parts remove)
+    assert (
+        _register(_run(_planner(), _part_records(start)))["id"]
+        == (_register(_run(_planner(), _part_records(start + 999_999)))["id"])
+    )
+
+
+def test_a_new_part_after_the_first_finished_is_a_run_of_its_own_without_a_part_it_is_dropped() -> None:
+    planner = _planner(run_part="cc")
+    first = _register(_run(planner, _part_records()))
+    assert planner.open_traces == 0  # finished
+    second_items = _run(planner, _part_records())  # the child comes first in the batch, as it ended first
+    second = _register(second_items)
+    assert second["id"] != first["id"] and second["external_identifier"] == f"otel:{TRACE:032x}:cc:1"
+    assert [i.action for i in second_items].count("agent_spans/create") == 2
+    assert planner.dropped == {}
+    third = _register(_run(planner, _part_records()))
+    assert third["external_identifier"] == f"otel:{TRACE:032x}:cc:2"
+
+    whole = _planner()  # no part: a finished run stays finished, its later spans are late
+    _run(whole, _part_records())
+    assert [i.action for i in _run(whole, _part_records())] == []
+    assert whole.dropped == {"instance_already_finished": 2}
+
+
+def test_a_late_span_of_the_same_part_or_of_a_terminated_run_is_still_dropped() -> None:
+    planner = _planner(run_part="dd")
+    records = _part_records()
+    _run(planner, records)
+    child = next(r for r in records if not r.is_local_root)
+    assert _run(planner, [child]) == []  # its parent is this process's: a late span, not a new part
+    assert planner.dropped == {"instance_already_finished": 1}
+    planner.terminate(TRACE)
+    assert _run(planner, _part_records()) == []  # terminated in Prefactor: nothing more of it
+    assert planner.dropped["run_terminated"] == 2
+
+
+def test_a_forked_childs_planner_needs_a_part_of_its_own() -> None:
+    with pytest.raises(ValueError, match="run part"):
+        _planner(fork_origin=ForkOrigin({TRACE: {1}}))
+    _planner(fork_origin=ForkOrigin({TRACE: {1}}), run_part="ee")
