@@ -24,12 +24,14 @@ from typing import Any
 import pytest
 from opentelemetry import propagate
 
+from prefactor_otel.config.options import PrefactorConfig
 from prefactor_otel.devserver import DevServer
 from prefactor_otel.devserver.render import render_runs
 from prefactor_otel.devserver.request_log import RequestLog
 from prefactor_otel.devserver.runview import run_views
 from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_version_from_resource, map_span
 from prefactor_otel.model import ids
+from prefactor_otel.pipeline.pipeline import Pipeline
 from prefactor_otel.pipeline.planner import ForkOrigin, Planner
 from prefactor_otel.transport.outcomes import ItemOutcome
 from tests.spans import make_provider, wait_for
@@ -446,3 +448,13 @@ def test_a_forked_childs_planner_needs_a_part_of_its_own() -> None:
     with pytest.raises(ValueError, match="run part"):
         _planner(fork_origin=ForkOrigin({TRACE: {1}}))
     _planner(fork_origin=ForkOrigin({TRACE: {1}}), run_part="ee")
+
+
+@pytest.mark.parametrize("bad", ["", " ", "a b", "x" * 65, "tab\there", "é", "unit\x1fsep"])
+def test_a_run_part_that_a_key_and_a_name_cannot_carry_is_refused_at_construction(bad: str) -> None:
+    with pytest.raises(ValueError, match="run_part"):
+        _planner(run_part=bad)
+    config = PrefactorConfig.load({}, api_url="http://127.0.0.1:9", api_token="pf_x", spool=False)
+    with pytest.raises(ValueError, match="run_part"):
+        Pipeline(config, None, None, partition=PARTITION, redactor=None, run_part=bad)  # type: ignore[arg-type]
+    _planner(run_part="replica-7:eu/west")  # a gateway replica's id as it may come

@@ -44,7 +44,7 @@ from prefactor_otel.mapping.resource import installed_instrumentations
 from prefactor_otel.model import ids
 from prefactor_otel.pipeline.backlog import Backlog
 from prefactor_otel.pipeline.delivery import Delivery, PlannedSource
-from prefactor_otel.pipeline.planner import ForkOrigin, Planner
+from prefactor_otel.pipeline.planner import ForkOrigin, Planner, check_run_part
 from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan, read_start
 from prefactor_otel.transport.client import suppress_instrumentation
 
@@ -68,6 +68,7 @@ class Pipeline:
         map_started: Callable[[Any], SpanRecord] | None = None,
         run_part: str | None = None,
     ) -> None:
+        check_run_part(run_part)  # here, not when the planner is built at the first drain
         self._config = config
         # Which part of each trace this pipeline's runs are (planner.py, docs/cross-process.md): the exporter's is
         # random per process, a gateway's its replica's id; None when this pipeline sees every trace whole.

@@ -88,6 +88,25 @@ class ForkOrigin(NamedTuple):
     parent_spans: dict[int, set[int]]
 
 
+MAX_RUN_PART_LENGTH = 64
+
+
+def check_run_part(run_part: str | None) -> None:
+    """ValueError unless `run_part` is None or a name a run key and an `external_identifier` can carry: 1 to 64
+    printable ASCII characters, no space (a gateway's replica id, a process's random hex)."""
+    if run_part is None:
+        return
+    if (
+        not isinstance(run_part, str)
+        or not 0 < len(run_part) <= MAX_RUN_PART_LENGTH
+        or not all("!" <= char <= "~" for char in run_part)
+    ):
+        raise ValueError(
+            f"run_part must be 1 to {MAX_RUN_PART_LENGTH} printable ASCII characters without spaces, "
+            f"not {run_part!r:.80}"
+        )
+
+
 # Resource attributes -> the register item's `agent_version` (AgentVersionForRegister dumped). The planner shares
 # the returned dict between register items and never modifies it.
 AgentVersionBuilder = Callable[[Mapping[str, object]], dict[str, Any]]
@@ -115,6 +134,7 @@ class Planner:
         max_open_spans: int = 20_000,
         run_part: str | None = None,
     ) -> None:
+        check_run_part(run_part)
         if fork_origin is not None and run_part is None:
             raise ValueError("a forked child's planner needs a run part of its own (its runs are not its parent's)")
         self.partition = partition
