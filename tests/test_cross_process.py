@@ -458,3 +458,60 @@ def test_a_run_part_that_a_key_and_a_name_cannot_carry_is_refused_at_constructio
     with pytest.raises(ValueError, match="run_part"):
         Pipeline(config, None, None, partition=PARTITION, redactor=None, run_part=bad)  # type: ignore[arg-type]
     _planner(run_part="replica-7:eu/west")  # a gateway replica's id as it may come
+
+
+# --------------------------------------------------------------------------- run views, by hand
+
+
+def _instance(run: str, second: int, name: str | None) -> dict[str, Any]:
+    started = f"2026-01-01T00:00:{second:02d}.000000Z"
+    return {"id": run, "status": "complete", "started_at": started, "finished_at": started, "external_identifier": name}
+
+
+def _span(run: str, span: str, trace: str, parent: str | None, *, remote: bool = False) -> dict[str, Any]:
+    metadata = {"otel.parent.is_remote": True} if remote else {}
+    payload = {
+        "name": f"span {span}",
+        "trace_id": trace,
+        "span_id": span,
+        "parent_span_id": parent,
+        "metadata": metadata,
+    }
+    return {
+        "id": f"pf-{span}",
+        "agent_instance_id": run,
+        "parent_span_id": None,
+        "status": "complete",
+        "payload": payload,
+    }
+
+
+def test_run_views_list_the_parts_of_a_trace_together_oldest_part_first() -> None:
+    t1, t2, t3 = "1" * 32, "2" * 32, "3" * 32
+    snapshot = {
+        "instances": [
+            _instance("a1", 1, f"otel:{t1}:aaaa"),  # trace 1: the caller's part ...
+            _instance("solo", 2, None),  # another trace, between the parts in time
+            _instance("b1", 3, f"otel:{t1}:bbbb"),  # ... and the callee's
+            _instance("c1", 4, f"otel:{t1}:cccc:1"),  # ... and a second call's part elsewhere
+            _instance("x2", 5, None),  # a run without a name: its trace from its spans
+        ],
+        "spans": [
+            _span("a1", "a" * 16, t1, None),
+            _span("solo", "5" * 16, t3, None),
+            _span("b1", "b" * 16, t1, "a" * 16, remote=True),
+            _span("c1", "c" * 16, t1, "9" * 16, remote=True),  # its parent is in no run here
+            _span("x2", "e" * 16, t2, "f" * 16, remote=True),
+        ],
+    }
+    views = run_views(snapshot)
+    # newest first, trace 1's parts together where its newest (c1, :04) is, oldest part first
+    assert [v["id"] for v in views] == ["x2", "a1", "b1", "c1", "solo"]
+    assert [v["trace_id"] for v in views] == [t2, t1, t1, t1, t3]
+    by_id = {v["id"]: v for v in views}
+    assert by_id["a1"]["continues"] == []
+    assert by_id["b1"]["continues"] == [
+        {"otel_span_id": "a" * 16, "run_id": "a1", "span_id": "pf-" + "a" * 16, "span_name": "span " + "a" * 16}
+    ]
+    assert by_id["c1"]["continues"] == [{"otel_span_id": "9" * 16, "run_id": None, "span_id": None, "span_name": None}]
+    assert "continues span 9999999999999999 of trace" in render_runs(snapshot)
