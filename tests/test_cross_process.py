@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from opentelemetry import propagate
+from prefactor_http.models import agent_instance as official_instance
 
 from prefactor_otel.config.options import PrefactorConfig
 from prefactor_otel.devserver import DevServer
@@ -398,6 +399,12 @@ def test_a_part_keys_the_run_and_names_its_trace() -> None:
     first = records[0].start_time_ns  # the first span this part saw
     assert register["id"] == ids.instance_pfid(PARTITION, "agent\x1fpart\x1f00aa", TRACE, first)
     assert register["external_identifier"] == f"otel:{TRACE:032x}:00aa"
+    # what Prefactor's own Python client models the register as takes it
+    fields = {k: v for k, v in register.items() if k != "_type"}
+    assert (
+        official_instance.RegisterAgentInstanceRequest.model_validate(fields).external_identifier
+        == (register["external_identifier"])
+    )
     # the same part (a retry, a replay, a gateway replica restarted with its id) derives the same run
     assert _register(_run(_planner(run_part="00aa"), _part_records(records[0].start_time_ns)))["id"] == register["id"]
 
