@@ -161,6 +161,45 @@ def test_the_page_lists_runs_and_shows_a_run_as_a_tree_with_model_tokens_tool_pr
     expect(db_query).to_be_visible()
 
 
+def test_the_parts_of_a_trace_that_crossed_processes_are_listed_together_and_linked(srv: DevServer, page: Any) -> None:
+    """Two exporters (two processes' parts, docs/cross-process.md) share a trace through a `traceparent`: the list
+    heads their runs with a trace line, and the called part shows the span it continues, a link to its run."""
+    from opentelemetry import propagate
+
+    caller = TracerProvider(resource=Resource.create({"service.name": "caller"}))
+    caller.add_span_processor(SimpleSpanProcessor(exporter_for(srv)))
+    callee = TracerProvider(resource=Resource.create({"service.name": "callee"}))
+    callee.add_span_processor(SimpleSpanProcessor(exporter_for(srv)))
+    with caller.get_tracer("a").start_as_current_span("invoke_agent planner") as root:
+        with caller.get_tracer("a").start_as_current_span("call tool service"):
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            with callee.get_tracer("b").start_as_current_span(
+                "handle tool request", context=propagate.extract(carrier)
+            ):
+                pass
+    caller.shutdown()
+    callee.shutdown()
+    trace_hex = f"{root.get_span_context().trace_id:032x}"
+    assert wait_for(lambda: len(srv.instances()) == 2 and all(i["status"] == "complete" for i in srv.instances()))
+
+    page.goto(srv.page_url)
+    rows = page.locator("#runs-body tr")
+    expect(rows).to_have_count(3)
+    expect(rows.nth(0)).to_have_class("trace-row")
+    expect(rows.nth(0)).to_contain_text(f"trace {trace_hex} · 2 parts")
+    expect(rows.nth(1)).to_contain_text("invoke_agent planner")  # the caller's part first
+    expect(rows.nth(2)).to_contain_text("handle tool request")
+
+    page.get_by_role("button", name="handle tool request").click()
+    continues = page.locator("#run-summary .fact.continues dd")
+    expect(continues).to_have_text("call tool service of run invoke_agent planner")
+    expect(page.locator("#run-summary")).to_contain_text(trace_hex)
+    continues.get_by_role("button", name="invoke_agent planner").click()
+    expect(page.locator("#run-heading")).to_contain_text("invoke_agent planner")
+    expect(page.locator("#run-summary .fact.continues")).to_have_count(0)
+
+
 def test_a_live_run_shows_active_then_complete_without_a_reload_keeping_the_selected_run(
     srv: DevServer, page: Any
 ) -> None:

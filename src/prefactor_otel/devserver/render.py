@@ -3,7 +3,8 @@
 Both render the run views of runview.py (one reading of the payloads for every display): per run a header and a
 totals line (spans, errors, tokens, models, tools); per span a line with type, name, status, timing and what is
 there of model, tokens and tool, then indented detail lines for the error (`error: Type: message`) and the input
-(`> ...`) and output (`< ...`) previews, cut to fit a 100-column terminal where the depth allows.
+(`> ...`) and output (`< ...`) previews, cut to fit a 100-column terminal where the depth allows. A run that is a
+part of a trace continued from another process says which span of which run it continues (`continues ...`).
 
 Pure functions: any thread may call them; no state, no locks.
 """
@@ -117,6 +118,20 @@ def totals_line(run: Mapping[str, Any]) -> str:
     return "  " + "  ".join(parts)
 
 
+def continues_lines(run: Mapping[str, Any]) -> list[str]:
+    """For a part of a trace that crossed processes (docs/cross-process.md): the other processes' spans it
+    continues, with their runs when known."""
+    lines: list[str] = []
+    for link in run.get("continues") or []:
+        if not isinstance(link, Mapping):
+            continue
+        if link.get("run_id"):
+            lines.append(f"  continues {link.get('span_name') or '(unnamed)'} of run {link['run_id']}")
+        else:
+            lines.append(f"  continues span {link.get('otel_span_id')} of trace {run.get('trace_id')} (no run here)")
+    return lines
+
+
 def render_views(runs: list[View]) -> str:
     """Run views (`run_views`) as text: each run's header, totals line and tree of spans."""
     if not runs:
@@ -139,6 +154,7 @@ def render_views(runs: list[View]) -> str:
             header = [f"spans of an unknown agent run {run.get('id')}"]
         lines.append("  ".join(header))
         lines.append(totals_line(run))
+        lines.extend(continues_lines(run))
         render_tree(run.get("spans") or [], lines)
     return "\n".join(lines) + "\n"
 

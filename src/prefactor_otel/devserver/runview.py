@@ -17,6 +17,12 @@ runs. Of two siblings started in one millisecond, the one that ran first ended n
 Token totals add only usage a span carries as its own: usage marked `aggregated` (an agent span summing its model
 calls, or a wrapper repeating its child's) is shown on its span but not added again.
 
+Parts of one trace (docs/cross-process.md). A trace that crossed processes is one run per process's part. Each run
+view names its OTel trace (`trace_id`: from the run's `external_identifier`, `otel:<trace id>:<part>`, else from its
+spans' payloads) and lists, in `continues`, the spans of other processes its top spans continue: the OTel span id,
+and when the snapshot holds that span, its run, Prefactor id and name. `run_views` lists the parts of one trace
+together (where the newest of them would be, oldest part first), so the page and `show` can join them.
+
 Pure functions: any thread may call them; no state, no locks.
 """
 
@@ -318,11 +324,87 @@ def _totals(views: list[dict[str, Any]]) -> dict[str, Any]:
     return totals
 
 
+# --------------------------------------------------------------------------- parts of a trace
+
+_TRACE_HEX = frozenset("0123456789abcdef")
+# OTel (trace id, span id), both lower-case hex as payloads carry them -> the span: what a part's top span continues.
+SpanIndex = Mapping[tuple[str, str], JsonDict]
+
+
+def _hex(value: object, length: int) -> str | None:
+    if isinstance(value, str) and len(value) == length and not set(value) - _TRACE_HEX and value != "0" * length:
+        return value
+    return None
+
+
+def trace_of_run(instance: JsonDict, spans: list[JsonDict]) -> str | None:
+    """The OTel trace id (32 hex) a run is part of: the one its `external_identifier` names, else its spans'."""
+    name = instance.get("external_identifier")
+    if isinstance(name, str) and name.startswith("otel:"):
+        found = _hex(name.split(":")[1] if name.count(":") >= 2 else None, 32)
+        if found is not None:
+            return found
+    for span in spans:
+        found = _hex(_mapping(span.get("payload")).get("trace_id"), 32)
+        if found is not None:
+            return found
+    return None
+
+
+def span_index(spans: list[JsonDict]) -> dict[tuple[str, str], JsonDict]:
+    """Every span by its OTel (trace id, span id), from its payload: how a part's top span finds what it continues."""
+    index: dict[tuple[str, str], JsonDict] = {}
+    for span in spans:
+        payload = _mapping(span.get("payload"))
+        trace, otel_span = _hex(payload.get("trace_id"), 32), _hex(payload.get("span_id"), 16)
+        if trace is not None and otel_span is not None:
+            index.setdefault((trace, otel_span), span)
+    return index
+
+
+def continued_spans(spans: list[JsonDict], index: SpanIndex) -> list[dict[str, Any]]:
+    """What a run's top spans continue: for each span of it whose parent is remote (another process's span, its
+    payload's `metadata["otel.parent.is_remote"]`), that parent's OTel id and, when `index` holds the span, its
+    run, Prefactor id and name. In the order the top spans ran; one entry per parent."""
+    found: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for _, span in sorted(enumerate(spans), key=lambda pair: _order_key(pair[1], pair[0])):
+        payload = _mapping(span.get("payload"))
+        if (
+            span.get("parent_span_id") is not None
+            or _mapping(payload.get("metadata")).get("otel.parent.is_remote") is not True
+        ):
+            continue
+        trace, parent = _hex(payload.get("trace_id"), 32), _hex(payload.get("parent_span_id"), 16)
+        if trace is None or parent is None or parent in seen:
+            continue
+        seen.add(parent)
+        held = index.get((trace, parent))
+        own_run = span.get("agent_instance_id")
+        if held is not None and held.get("agent_instance_id") == own_run:
+            held = None  # not another part's span (a hand-made snapshot)
+        found.append(
+            {
+                "otel_span_id": parent,
+                "run_id": held.get("agent_instance_id") if held is not None else None,
+                "span_id": held.get("id") if held is not None else None,
+                "span_name": _text(_mapping(held.get("payload")).get("name")) if held is not None else None,
+            }
+        )
+    return found
+
+
 def run_view(
-    instance: JsonDict, spans: list[JsonDict], versions: Mapping[str, JsonDict], *, known: bool = True
+    instance: JsonDict,
+    spans: list[JsonDict],
+    versions: Mapping[str, JsonDict],
+    *,
+    known: bool = True,
+    index: SpanIndex | None = None,
 ) -> dict[str, Any]:
     """One run (agent instance) with its spans; `known=False` for spans of a run the snapshot does not list
-    (`instance` is then `{"id": ...}` alone)."""
+    (`instance` is then `{"id": ...}` alone). `index` (span_index of the whole snapshot) finds the spans of other
+    runs this one continues; without it only their OTel ids are known."""
     trees = span_trees(spans)
     root_names = [v["name"] for v in trees if v["name"] and not v["orphan"]]
     return {
@@ -335,6 +417,8 @@ def run_view(
         "agent": _agent_label(instance, versions),
         "name": root_names[0] if root_names else None,
         "terminated_reason": _text(instance.get("termination_reason")),
+        "trace_id": trace_of_run(instance, spans),
+        "continues": continued_spans(spans, index or {}),
         "totals": _totals(trees),
         "spans": trees,
     }
@@ -350,14 +434,16 @@ def _run_time(instance: JsonDict, spans: list[JsonDict]) -> int | None:
 
 
 def run_views(snapshot: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every run of `snapshot` as a JSON-ready view, newest first (runs without any time last). Spans of runs the
-    snapshot does not list are grouped per run id in views with `known: false` and no status."""
+    """Every run of `snapshot` as a JSON-ready view, newest first (runs without any time last), the parts of one
+    trace together (see the module docstring). Spans of runs the snapshot does not list are grouped per run id in
+    views with `known: false` and no status."""
     instances = [i for i in snapshot.get("instances") or [] if isinstance(i, Mapping)]
     spans = [s for s in snapshot.get("spans") or [] if isinstance(s, Mapping)]
     versions = {str(v.get("id")): v for v in snapshot.get("agent_versions") or [] if isinstance(v, Mapping)}
     by_instance: dict[str, list[JsonDict]] = {}
     for span in spans:
         by_instance.setdefault(str(span.get("agent_instance_id")), []).append(span)
+    index = span_index(spans)
 
     entries: list[tuple[int | None, str, dict[str, Any]]] = []
     known: set[str] = set()
@@ -365,12 +451,35 @@ def run_views(snapshot: Mapping[str, Any]) -> list[dict[str, Any]]:
         key = str(instance.get("id"))
         known.add(key)
         own = by_instance.get(key, [])
-        view = run_view(instance, own, versions)
+        view = run_view(instance, own, versions, index=index)
         entries.append((_run_time(instance, own), key, view))
     for key, own in by_instance.items():
         if key not in known:
             stray = {"id": own[0].get("agent_instance_id")}
-            view = run_view(stray, own, versions, known=False)
+            view = run_view(stray, own, versions, known=False, index=index)
             entries.append((_run_time(stray, own), key, view))
     entries.sort(key=lambda e: (e[0] is not None, e[0] or 0, e[1]), reverse=True)
-    return [view for _, _, view in entries]
+    return _parts_together([(time, view) for time, _, view in entries])
+
+
+def _parts_together(entries: list[tuple[int | None, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Newest first, but the runs of one trace listed together where its newest run is, oldest part first (the
+    caller's part before the parts it called)."""
+    parts: dict[str, list[tuple[int | None, dict[str, Any]]]] = {}
+    for entry in entries:
+        trace = entry[1].get("trace_id")
+        if trace is not None:
+            parts.setdefault(trace, []).append(entry)
+    out: list[dict[str, Any]] = []
+    placed: set[str] = set()
+    for _, view in entries:
+        trace = view.get("trace_id")
+        group = parts.get(trace) if isinstance(trace, str) else None
+        if group is None or len(group) == 1:
+            out.append(view)
+        elif isinstance(trace, str) and trace not in placed:
+            placed.add(trace)
+            # Reversed first: equal (or missing) times keep the order of the caller's list, oldest first.
+            ordered = sorted(reversed(group), key=lambda e: (e[0] is None, e[0] or 0))
+            out.extend(v for _, v in ordered)
+    return out

@@ -2,7 +2,8 @@
 
 The payload follows the envelope other Prefactor tools read: span_id, trace_id,
 parent_span_id, name, kind, status, inputs, metadata, token_usage, error, events, links. The result payload
-carries outputs, token_usage and error.
+carries outputs, token_usage and error. A span whose parent is remote (another process's span, W3C traceparent)
+says so in `metadata["otel.parent.is_remote"]`; its `trace_id` and `parent_span_id` name the span it continues.
 
 Redaction comes first and covers every string of the span that is sent: the span name, attributes, event names and
 attributes, link attributes, status description (exception messages and stacktraces are event attributes), the
@@ -331,6 +332,12 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
     error = _error(events, description, attributes) if failed else None
     parent = span.parent
     parent_id = parent.span_id if parent is not None and parent.is_valid else None
+    parent_is_remote = bool(parent is not None and parent_id is not None and parent.is_remote)
+    if parent_is_remote:
+        # Its parent is another process's span (W3C traceparent): this span's run is that process's part of the
+        # trace, continued here. `parent_span_id` and `trace_id` above name the span it continues
+        # (docs/cross-process.md).
+        metadata["otel.parent.is_remote"] = True
     span_kind = span.kind
     kind = _KIND_NAMES.get(span_kind) or (span_kind.name.lower() if span_kind is not None else "internal")
 
@@ -359,7 +366,7 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
         context.trace_id,
         context.span_id,
         parent_id,
-        bool(parent is not None and parent_id is not None and parent.is_remote),
+        parent_is_remote,
         name,
         classification.schema_name,
         status,

@@ -39,9 +39,10 @@ def register_item(
     agent_id: str | None,
     environment_id: str | None,
     purpose: str | None,
+    external_identifier: str | None = None,
 ) -> dict[str, Any]:
     """`agent_instances/register`: the run with its client-chosen id, agent version and schema set (shared dicts,
-    never modified)."""
+    never modified), and the name of the trace part it is (`external_identifier`, docs/cross-process.md)."""
     item: dict[str, Any] = {
         "_type": BULK_REGISTER,
         "idempotency_key": ids.idempotency_key_for_id(BULK_REGISTER, instance_id),
@@ -55,6 +56,8 @@ def register_item(
         item["environment_id"] = environment_id
     if purpose:
         item["purpose"] = purpose
+    if external_identifier:
+        item["external_identifier"] = external_identifier
     return item
 
 

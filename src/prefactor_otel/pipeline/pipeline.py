@@ -11,7 +11,9 @@ spilling to the spool, stops replaying it, and without a spool drops what it hol
 It is built from its parts -- a config, a `Delivery` over a transport, a `Backlog` or None, the partition if known --
 by the exporter, and the same way by anything else that yields span records (a gateway decoding OTLP: it needs
 nothing of the OTel SDK's exporter; tests/test_pipeline_alone.py drives it so). Such an owner keeps the exporter's
-rule: one thread drains at a time (the exporter's send lock).
+rule: one thread drains at a time (the exporter's send lock). `run_part` says which part of each trace its runs are
+(docs/cross-process.md): the exporter passes one random per process, a gateway its replica's id, and `None` keeps the
+ids of a pipeline that sees every trace whole.
 
 Span starts (PrefactorSpanProcessor) arrive in `starts`, a deque the application's threads append to (an atomic
 append, nothing else, on their side); the sending thread pops them, reads them (starts.py) and gives them to the
@@ -42,7 +44,7 @@ from prefactor_otel.mapping.resource import installed_instrumentations
 from prefactor_otel.model import ids
 from prefactor_otel.pipeline.backlog import Backlog
 from prefactor_otel.pipeline.delivery import Delivery, PlannedSource
-from prefactor_otel.pipeline.planner import ForkOrigin, Planner
+from prefactor_otel.pipeline.planner import ForkOrigin, Planner, check_run_part
 from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan, read_start
 from prefactor_otel.transport.client import suppress_instrumentation
 
@@ -64,8 +66,13 @@ class Pipeline:
         fork_origin: ForkOrigin | None = None,
         starts: deque[Any] | None = None,
         map_started: Callable[[Any], SpanRecord] | None = None,
+        run_part: str | None = None,
     ) -> None:
+        check_run_part(run_part)  # here, not when the planner is built at the first drain
         self._config = config
+        # Which part of each trace this pipeline's runs are (planner.py, docs/cross-process.md): the exporter's is
+        # random per process, a gateway's its replica's id; None when this pipeline sees every trace whole.
+        self.run_part = run_part
         self.starts: deque[Any] = starts if starts is not None else deque()
         self._map_started = map_started
         self._delivery = delivery
@@ -169,6 +176,7 @@ class Pipeline:
             live_policy=LivePolicy(config.live_spans),
             map_started=self._map_started,
             max_open_spans=config.max_queued_spans,
+            run_part=self.run_part,
         )
         return self.planner
 

@@ -13,8 +13,16 @@ With span starts (PrefactorSpanProcessor, `start`): a run is registered and star
 spans are created `active` then finished with `agent_spans/finish`, and a run is finished as soon as every span
 started here has ended and been delivered -- the grace period is then only a fallback (docs/live-runs.md).
 
-In a forked child (`ForkOrigin`) a trace open at the fork is a run of the child's own, and a span whose parent is
-a span of the parent process is a local root of it (docs/live-runs.md, "Forks and child processes").
+Parts of a trace (docs/cross-process.md): with a `run_part` (the exporter passes a random one per process, a gateway
+its replica's id), this planner's runs are keyed on the agent, the trace and the part, so another process's part of
+the same trace never derives the same run id; each run names its trace in its register's `external_identifier`
+(`otel:<trace id>:<part>`). A span whose parent is remote arriving after this part's run of its trace finished opens a
+new run of the part (the n-th: `otel:<trace id>:<part>:<n>`) instead of being dropped as late. Without a part
+(`None`) the ids are those of one process owning the whole trace, and a finished run stays finished.
+
+In a forked child (`ForkOrigin`, which needs a part: the child's is its own) a trace open at the fork is a run of the
+child's own, and a span whose parent is a span of the parent process is a local root of it (docs/live-runs.md,
+"Forks and child processes").
 
 One object composed of parts, each a concept of its own: the Planner takes spans in, opens runs, plans (ordering,
 finishes) and stops terminated runs; it holds `LiveSpans` (planner_live.py: what span starts add -- open spans, live
@@ -33,7 +41,7 @@ the RunTable are called only by the Planner, so under that lock too.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -57,7 +65,13 @@ from prefactor_otel.pipeline.items import (
 from prefactor_otel.pipeline.planner_bounds import MemoryBounds
 from prefactor_otel.pipeline.planner_live import LiveSpans, has_start_work
 from prefactor_otel.pipeline.planner_outcomes import OutcomeRules
-from prefactor_otel.pipeline.runs import PendingSpan, RunState, RunTable, passes_filter
+from prefactor_otel.pipeline.runs import (
+    MAX_FINISHED_TRACES_REMEMBERED,
+    PendingSpan,
+    RunState,
+    RunTable,
+    passes_filter,
+)
 from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan
 from prefactor_otel.transport.outcomes import ItemOutcome
 
@@ -65,13 +79,32 @@ from prefactor_otel.transport.outcomes import ItemOutcome
 class ForkOrigin(NamedTuple):
     """In a forked child, what it knows of its parent process: the child is a process of its own, so its part of a
     trace open at the fork is a run of its own (the parent finishes its run whenever it is over, and a finished run
-    takes no more spans). A span of the child whose parent is a span of the parent process is a local root of the
-    child's run (its OTel parent id stays in its payload), as a span whose parent is in another service is."""
+    takes no more spans), told from the parent's by the child's own run part. A span of the child whose parent is a
+    span of the parent process is a local root of the child's run (its OTel parent id stays in its payload), as a
+    span whose parent is in another service is."""
 
-    tag: str  # tells the child's run of a trace open at the fork from the parent's run of it (its instance id)
     # trace id -> spans of the parent process in it (known to its exporter at the fork, current in the forking
     # thread, or whose copy the child ended); grows as the child ends copies (under the pipeline's state lock).
     parent_spans: dict[int, set[int]]
+
+
+MAX_RUN_PART_LENGTH = 64
+
+
+def check_run_part(run_part: str | None) -> None:
+    """ValueError unless `run_part` is None or a name a run key and an `external_identifier` can carry: 1 to 64
+    printable ASCII characters, no space (a gateway's replica id, a process's random hex)."""
+    if run_part is None:
+        return
+    if (
+        not isinstance(run_part, str)
+        or not 0 < len(run_part) <= MAX_RUN_PART_LENGTH
+        or not all("!" <= char <= "~" for char in run_part)
+    ):
+        raise ValueError(
+            f"run_part must be 1 to {MAX_RUN_PART_LENGTH} printable ASCII characters without spaces, "
+            f"not {run_part!r:.80}"
+        )
 
 
 # Resource attributes -> the register item's `agent_version` (AgentVersionForRegister dumped). The planner shares
@@ -99,9 +132,14 @@ class Planner:
         live_policy: LivePolicy | None = None,
         map_started: Callable[[Any], SpanRecord | None] | None = None,
         max_open_spans: int = 20_000,
+        run_part: str | None = None,
     ) -> None:
+        check_run_part(run_part)
+        if fork_origin is not None and run_part is None:
+            raise ValueError("a forked child's planner needs a run part of its own (its runs are not its parent's)")
         self.partition = partition
         self._agent_key = agent_key
+        self._run_part = run_part  # this part of every trace (a process, a gateway replica); None: the whole trace
         self._agent_id = agent_id
         self._environment_id = environment_id
         self._purpose = purpose
@@ -111,7 +149,9 @@ class Planner:
         self._grace = finish_grace_seconds
         self._span_filter = span_filter
         self._fork = fork_origin  # in a forked child: what it knows of its parent process
-        self._fork_runs: dict[int, int] = {}  # forked child: trace open at the fork -> its runs here finished so far
+        # trace id -> how many runs of it this part finished and then opened again (newest kept, bounded as the
+        # finished runs are): the n-th run of a trace here has a key, so an id, of its own.
+        self._reopened: OrderedDict[int, int] = OrderedDict()
         # The state the parts share; read it (tests, introspection) but change it only through the planner.
         self.runs = RunTable(partition)
         self._live = LiveSpans(
@@ -136,11 +176,17 @@ class Planner:
         """Spans that ended (mapped), in the order they were exported."""
         runs = self.runs
         traces, finished, counters = runs.traces, runs.finished, runs.counters
+        records = list(records)
+        # A new part of a trace whose run here is finished: its spans open a new run, whichever of them (its top
+        # span, whose parent is remote, or one of its children) is first in the batch.
+        new_parts: set[int] = set()
+        if finished and self._run_part is not None:
+            new_parts = {r.trace_id for r in records if r.parent_is_remote and r.trace_id in finished}
         for record in records:
             counters["spans_added"] += 1
             if self._fork is not None and self._under_parent_process(record.trace_id, record.parent_span_id):
                 record.parent_is_remote = True  # a local root of this process's run
-            if record.trace_id in finished and not self._reopen_forked(record.trace_id):
+            if record.trace_id in finished and not self._reopen(record.trace_id, record.trace_id in new_parts):
                 # A finished instance accepts no spans; this one came after the grace period.
                 runs.drop(1, "run_terminated" if record.trace_id in runs.terminated else "instance_already_finished")
                 continue
@@ -174,7 +220,7 @@ class Planner:
             trace_id = started.trace_id
             if not started.parent_is_remote and self._under_parent_process(trace_id, started.parent_span_id):
                 started = started._replace(parent_is_remote=True)  # forked child: a local root of its own run
-            if trace_id in finished and not self._reopen_forked(trace_id):
+            if trace_id in finished and not self._reopen(trace_id, started.parent_is_remote):
                 continue  # a span of a run already finished (or terminated): its end is counted when it comes
             trace = traces.get(trace_id)
             if trace is None:
@@ -195,15 +241,23 @@ class Planner:
         spans = fork.parent_spans.get(trace_id)
         return spans is not None and parent_span_id in spans
 
-    def _reopen_forked(self, trace_id: int) -> bool:
-        """In a forked child, a span of a trace open at the fork whose run here is finished: the child's work in a
-        trace it shares with its parent comes in bursts (a pool worker's tasks), so it starts a new run of the
-        child's instead of being dropped. Not a run terminated in Prefactor: its later spans stay dropped."""
+    def _reopen(self, trace_id: int, new_part: bool) -> bool:
+        """A span of a trace whose run here is finished: does it open a new run of this part? Yes for a new entry
+        into this process from elsewhere (`new_part`: a span whose parent is remote, e.g. a second request of the
+        same trace), and in a forked child for any span of a trace open at the fork (the child's work in a trace
+        it shares with its parent comes in bursts: a pool worker's tasks). Never for a run terminated in
+        Prefactor (its later spans stay dropped), nor without a run part (the new run could not have an id of its
+        own). Otherwise the span is late, and dropped."""
+        if self._run_part is None or trace_id in self.runs.terminated:
+            return False
         fork = self._fork
-        if fork is None or trace_id not in fork.parent_spans or trace_id in self.runs.terminated:
+        if not (new_part or (fork is not None and trace_id in fork.parent_spans)):
             return False
         self.runs.finished.pop(trace_id, None)
-        self._fork_runs[trace_id] = self._fork_runs.get(trace_id, 0) + 1
+        reopened = self._reopened
+        reopened[trace_id] = reopened.pop(trace_id, 0) + 1
+        while len(reopened) > MAX_FINISHED_TRACES_REMEMBERED:
+            reopened.popitem(last=False)
         return True
 
     def note_parent_spans(self, trace_id: int, span_ids: Iterable[int]) -> None:
@@ -225,9 +279,15 @@ class Planner:
 
     def _new_trace(self, trace_id: int, first_start_ns: int, resource: Mapping[str, object]) -> RunState:
         key = self._agent_key
-        if self._fork is not None and trace_id in self._fork.parent_spans:
-            # Not the parent's run of this trace: one of our own (and a new one after each that finished here).
-            key = f"{key}\x1ffork\x1f{self._fork.tag}\x1f{self._fork_runs.get(trace_id, 0)}"
+        trace_name: str | None = None
+        if self._run_part is not None:
+            # This part's run of the trace (its n-th, after n that finished here): no other part derives its id.
+            key = f"{key}\x1fpart\x1f{self._run_part}"
+            trace_name = f"otel:{trace_id:032x}:{self._run_part}"
+            again = self._reopened.get(trace_id, 0)
+            if again:
+                key = f"{key}\x1f{again}"
+                trace_name = f"{trace_name}:{again}"
         instance_id = ids.instance_pfid(self.partition, key, trace_id, first_start_ns)
         register = register_item(
             instance_id,
@@ -236,6 +296,7 @@ class Planner:
             agent_id=self._agent_id,
             environment_id=self._environment_id,
             purpose=self._purpose,
+            external_identifier=trace_name,
         )
         trace = RunState(trace_id, instance_id, register, start_item(instance_id, first_start_ns))
         trace.first_start_ns = first_start_ns

@@ -13,9 +13,10 @@ process) -> pipeline/delivery.py (requests, outcomes), with the spool and the jo
   the start queue (`start_queue`: span starts from a PrefactorSpanProcessor, a deque read by the pipeline on the
   sending thread);
 - per process (built at start and again, in one place, by the fork hook `_reset_after_fork`): the send lock, its
-  counters, the exit budget (exit_budget.py), the Pipeline, RunControl (run_control.py: terminations from
-  answers and polls) and the Finisher (finisher.py: the exporter's own thread, as the SDK's batch processor has
-  one worker).
+  counters, the exit budget (exit_budget.py), the Pipeline (with the process's run part: a random id that keys
+  this process's runs apart from another process's part of the same trace, docs/cross-process.md), RunControl
+  (run_control.py: terminations from answers and polls) and the Finisher (finisher.py: the exporter's own thread,
+  as the SDK's batch processor has one worker).
 
 Process lifecycle (the hooks are registered through lifecycle.py, holding the exporter weakly):
 - exit: `_begin_exit` (our atexit hook) begins the exit budget; when the provider's hook runs first, the exit
@@ -27,9 +28,10 @@ Process lifecycle (the hooks are registered through lifecycle.py, holding the ex
 - fork: `_reset_after_fork` (registered once per exporter) is the one place that rebuilds locks, threads, the HTTP
   client and the pipeline, and it starts the child's finisher thread there and then (as the SDK's batch processor
   starts its worker), so the child's live spans go live before it exports anything. The child starts with no runs
-  of its parent's: its part of a trace open at the fork is a run of its own (planner.ForkOrigin), and it never
-  sends its copies of the parent's open spans. The spool and the journal also guard themselves with fork hooks of
-  their own, because their descriptors must be handled even when the exporter is gone.
+  of its parent's and a run part of its own: its part of a trace open at the fork is a run of its own
+  (planner.ForkOrigin), and it never sends its copies of the parent's open spans. The spool and the journal also
+  guard themselves with fork hooks of their own, because their descriptors must be handled even when the
+  exporter is gone.
 
 Threads and locks:
 - `export()` is called by the BatchSpanProcessor's worker (or any thread); `force_flush` by the application or the
@@ -50,7 +52,7 @@ Threads and locks:
 from __future__ import annotations
 
 import logging
-import os
+import secrets
 import threading
 import time
 import weakref
@@ -294,6 +296,9 @@ class PrefactorSpanExporter(SpanExporter):
             fork_origin=fork_origin,
             starts=self._starts,
             map_started=live_mapper(self._mapping_options),
+            # This process's part of every trace: another process (a service it calls or is called by, a forked
+            # child) never derives its runs' ids (docs/cross-process.md).
+            run_part=secrets.token_hex(8),
         )
 
     def _new_finisher(self, pipeline: Pipeline) -> Finisher:
@@ -656,7 +661,7 @@ class PrefactorSpanExporter(SpanExporter):
         if self._backlog is not None:
             self._backlog.reset_after_fork()
         if self._delivery is not None:
-            origin = ForkOrigin(f"{os.getpid()}-{self._forked_at_ns}", parent_spans)
+            origin = ForkOrigin(parent_spans)  # the child's new pipeline has a run part of its own
             self._pipeline = self._new_pipeline(origin)
             self._finisher = self._new_finisher(self._pipeline)
             self._ensure_finisher()

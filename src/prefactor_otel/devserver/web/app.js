@@ -4,6 +4,8 @@
 // sessionStorage (this tab only) and removed from the address bar. Runs come from GET /_dev/runs with it as a
 // bearer token, every second while a run is active, else every 5 s. Every piece of data is written with
 // textContent (never innerHTML), so a span named "<img src=x onerror=...>" is shown as text.
+// A trace that crossed processes is one run per process's part (docs/cross-process.md): the server lists the parts
+// of one trace together; the page heads them with a "trace" line and shows, in a part, the span it continues.
 "use strict";
 
 (() => {
@@ -197,34 +199,34 @@
     if (run) renderRun(run);
   }
 
+  // trace id -> how many of the listed runs are parts of it (the server lists them one after another).
+  function tracePartCounts(runs) {
+    const counts = new Map();
+    for (const run of runs) {
+      if (run.trace_id) counts.set(run.trace_id, (counts.get(run.trace_id) || 0) + 1);
+    }
+    return counts;
+  }
+
+  function traceRow(traceId, parts) {
+    const row = el("tr", "trace-row");
+    const cell = el("td", "trace", "trace ");
+    cell.colSpan = 8;
+    cell.append(el("code", "", traceId), el("span", "sub", " · " + parts + " parts, one run per process"));
+    row.append(cell);
+    return row;
+  }
+
   function renderRunList() {
-    const rows = state.runs.map((run) => {
-      const row = el("tr", run.id === state.selectedId ? "selected" : "");
-      row.dataset.runId = run.id;
-      row.addEventListener("click", () => select(run.id));
-      row.append(el("td", "agent", run.agent || "-"));
-      const nameCell = el("td", "name");
-      const open = el("button", "link", run.name || run.id);
-      open.type = "button";
-      open.title = "Show the spans of run " + run.id;
-      if (run.id === state.selectedId) open.setAttribute("aria-current", "true");
-      open.addEventListener("click", (event) => {
-        event.stopPropagation();
-        select(run.id);
-      });
-      nameCell.append(open);
-      row.append(nameCell);
-      const statusCell = el("td", "status");
-      statusCell.append(badge(run.status));
-      row.append(statusCell);
-      row.append(el("td", "start", formatStart(run.started_at)));
-      row.append(el("td", "num", durationOf(run)));
-      const totals = run.totals || {};
-      row.append(el("td", "num", totals.spans ?? "-"));
-      row.append(el("td", "num" + (totals.errors ? " has-errors" : ""), totals.errors ?? "-"));
-      row.append(el("td", "num", totals.total_tokens ? totals.total_tokens : "-"));
-      return row;
-    });
+    const parts = tracePartCounts(state.runs);
+    const rows = [];
+    let previousTrace = null;
+    for (const run of state.runs) {
+      const shared = run.trace_id && parts.get(run.trace_id) > 1;
+      if (shared && run.trace_id !== previousTrace) rows.push(traceRow(run.trace_id, parts.get(run.trace_id)));
+      previousTrace = shared ? run.trace_id : null;
+      rows.push(runRow(run, shared));
+    }
     $("runs-body").replaceChildren(...rows);
     $("runs-table").hidden = state.runs.length === 0;
     $("no-runs").hidden = state.runs.length !== 0;
@@ -232,6 +234,35 @@
     $("runs-count").textContent = state.runs.length
       ? "(" + state.runs.length + (active ? ", " + active + " active" : "") + ")"
       : "";
+  }
+
+  function runRow(run, part) {
+    const classes = [run.id === state.selectedId ? "selected" : "", part ? "trace-part" : ""];
+    const row = el("tr", classes.filter(Boolean).join(" "));
+    row.dataset.runId = run.id;
+    row.addEventListener("click", () => select(run.id));
+    row.append(el("td", "agent", run.agent || "-"));
+    const nameCell = el("td", "name");
+    const open = el("button", "link", run.name || run.id);
+    open.type = "button";
+    open.title = "Show the spans of run " + run.id;
+    if (run.id === state.selectedId) open.setAttribute("aria-current", "true");
+    open.addEventListener("click", (event) => {
+      event.stopPropagation();
+      select(run.id);
+    });
+    nameCell.append(open);
+    row.append(nameCell);
+    const statusCell = el("td", "status");
+    statusCell.append(badge(run.status));
+    row.append(statusCell);
+    row.append(el("td", "start", formatStart(run.started_at)));
+    row.append(el("td", "num", durationOf(run)));
+    const totals = run.totals || {};
+    row.append(el("td", "num", totals.spans ?? "-"));
+    row.append(el("td", "num" + (totals.errors ? " has-errors" : ""), totals.errors ?? "-"));
+    row.append(el("td", "num", totals.total_tokens ? totals.total_tokens : "-"));
+    return row;
   }
 
   function select(runId) {
@@ -266,9 +297,12 @@
     if (totals.models && totals.models.length) facts.push(["Models", totals.models.join(", ")]);
     if (totals.tools && totals.tools.length) facts.push(["Tools", totals.tools.join(", ")]);
     if (run.terminated_reason) facts.push(["Terminated", run.terminated_reason]);
+    if (run.trace_id) facts.push(["Trace", el("code", "", run.trace_id)]);
+    for (const link of Array.isArray(run.continues) ? run.continues : []) facts.push(["Continues", continued(link)]);
     const summary = [];
     for (const [label, value] of facts) {
-      const item = el("div", label === "Terminated" ? "fact terminated" : "fact");
+      const kind = label === "Terminated" ? " terminated" : label === "Continues" ? " continues" : "";
+      const item = el("div", "fact" + kind);
       item.append(el("dt", "", label));
       const data = el("dd");
       if (typeof value === "string") data.textContent = value;
@@ -282,6 +316,24 @@
     const roots = Array.isArray(run.spans) ? run.spans : [];
     $("tree").replaceChildren(...roots.map((span) => spanNode(span, timeline, 1)));
     if (!roots.length) $("tree").replaceChildren(el("li", "empty", "No spans received for this run yet."));
+  }
+
+  // What a part's top span continues: another process's span, in a run this server holds (a link to it) or not.
+  function continued(link) {
+    const holder = el("span", "continued");
+    if (link.run_id) {
+      const other = state.runs.find((candidate) => candidate.id === link.run_id);
+      holder.append(el("span", "span-name", link.span_name || "(unnamed)"), document.createTextNode(" of run "));
+      const open = el("button", "link", other && other.name ? other.name : link.run_id);
+      open.type = "button";
+      open.title = "Show run " + link.run_id;
+      open.addEventListener("click", () => select(link.run_id));
+      holder.append(open);
+    } else {
+      holder.append(document.createTextNode("span "), el("code", "", link.otel_span_id || "?"));
+      holder.append(document.createTextNode(" of a process this server has no run for"));
+    }
+    return holder;
   }
 
   // The run's time window, for the duration bars: a running run ends now.
