@@ -30,9 +30,11 @@ request raises `OtlpDecodeError` (HTTP 400, gRPC INVALID_ARGUMENT), whose messag
 
 OTLP/JSON (the OTLP specification's rules): field names in lowerCamelCase (the proto's snake_case names accepted
 too), trace and span ids as hex strings, enums as integers (their names accepted too), 64-bit integers as strings
-or numbers, bytes values as base64, unknown fields ignored. It is walked directly into the protobuf message: about
-3x faster than rewriting ids for `google.protobuf.json_format` (measured on a 512-span request: see
-tests/test_gateway_otlp.py's measurement note and docs/gateway.md).
+or numbers, bytes values as base64, unknown fields ignored. It is walked directly into the protobuf message, each
+value's type checked (a wrong type is OtlpDecodeError naming the field). Measured on a 512-span request of the
+recorded GenAI fixtures and agent traces (328 kB of JSON, one core, protobuf upb): the walk takes 12.6 ms (json.loads
+1.8 ms of it), rewriting the hex ids for `google.protobuf.json_format.ParseDict` 38.9 ms, so the walk is 3x faster;
+for comparison the same request as protobuf parses in 0.14 ms, and `decode_spans` takes 4.0 ms (8 us a span).
 """
 
 from __future__ import annotations
