@@ -222,7 +222,9 @@ def test_every_refusal_is_answered_and_nothing_of_it_reaches_the_server(
         assert inflated.status_code == 413
 
         truncated_body = gzip.compress(refused_request())[:-12]
-        truncated = client.post(url, content=truncated_body, headers={**PROTOBUF, **bearer(), "Content-Encoding": "gzip"})
+        truncated = client.post(
+            url, content=truncated_body, headers={**PROTOBUF, **bearer(), "Content-Encoding": "gzip"}
+        )
         assert truncated.status_code == 400
 
         assert client.post(gateway.http_url + "/v1/metrics", content=b"", headers=PROTOBUF).status_code == 404

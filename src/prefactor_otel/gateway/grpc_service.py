@@ -34,8 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
 import grpc  # type: ignore[import-untyped]  # grpcio ships no type information
-from google.protobuf.any_pb2 import Any as AnyMessage
-from google.protobuf.duration_pb2 import Duration
+from google.protobuf.any_pb2 import Any as AnyMessage  # type: ignore[import-untyped]  # no inline types
+from google.protobuf.duration_pb2 import Duration  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceServicer
 

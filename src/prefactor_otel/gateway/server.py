@@ -1,14 +1,14 @@
 """`prefactor-otel gateway` running: the Gateway, its OTLP/gRPC server and its OTLP/HTTP server in one process.
 
 `run(settings)`, in order:
-1. builds the `Gateway`, binds the HTTP socket (uvicorn serves it) and the gRPC port, and prints two lines on
-   stdout: the gateway's start-up line (where spans go: `Gateway.startup_line()`, never a token) and
+1. builds and starts the `Gateway`: it takes its directory (another gateway holding it, or an unusable directory:
+   the process says why and exits 2, before listening anywhere), announces where spans go (its start-up line, on
+   the `prefactor_otel` logger, else stderr: never a token), and its worker replays what an earlier gateway
+   acknowledged. Until the replay is done `/readyz` answers 503 with the reason and requests are answered 503 /
+   UNAVAILABLE with a Retry-After, so a restart never refuses a client for good;
+2. binds the HTTP socket (uvicorn serves it) and the gRPC port and prints, on stdout,
    `prefactor-otel gateway: listening http=HOST:PORT grpc=HOST:PORT` with the ports actually bound (port 0 picks
-   free ones; tests and scripts parse this line);
-2. starts the gateway (`Gateway.start()`: it locks its directory and replays what was acknowledged before) on a
-   thread of its own while both servers already listen: until it is ready `/readyz` answers 503 with the reason
-   and requests are answered 503 / UNAVAILABLE with a Retry-After, so a restart never refuses a client for good.
-   When `start()` fails (another gateway holds the directory, ...) the process says why and stops, exit 2;
+   free ones; tests and scripts parse this line). An address that cannot be bound: exit 2;
 3. serves until SIGTERM or SIGINT, then: the gateway stops accepting (`Gateway.stop_accepting()`: requests still
    arriving are answered 503 / UNAVAILABLE, which clients retry), both servers stop listening and let the requests
    in flight finish (at most the budget), the gateway delivers or spools everything (`Gateway.shutdown(budget)`:
@@ -18,7 +18,7 @@ The budget is the exporter's PREFACTOR_SHUTDOWN_TIMEOUT (the default route's `co
 servers' grace and the gateway's shutdown each get it.
 
 Threads: the caller's thread (the main thread, for the signal handlers) runs uvicorn's event loop until the stop,
-then the shutdown; `prefactor-gateway-start` runs `Gateway.start()`; `prefactor-gateway-stop` waits for the stop
+then the shutdown; `prefactor-gateway-stop` waits for the stop
 request and carries it out (a signal handler only sets an Event: it may interrupt the main thread anywhere, so it
 takes no lock of the gateway's). grpcio's and the HTTP app's thread pools handle requests. `_Stop` holds the one
 Event every thread reads; nothing else is shared but the Gateway, which is thread-safe.
@@ -26,6 +26,7 @@ Event every thread reads; nothing else is shared but the Gateway, which is threa
 
 from __future__ import annotations
 
+import math
 import signal
 import socket
 import sys
@@ -41,7 +42,7 @@ from prefactor_otel.gateway.http_app import OtlpHttpApp
 from prefactor_otel.gateway.service import Gateway
 from prefactor_otel.gateway.settings import GatewaySettings
 
-DEFAULT_SHUTDOWN_BUDGET_S = 10.0
+DEFAULT_SHUTDOWN_BUDGET_S = 5.0
 LISTENING_PREFIX = "prefactor-otel gateway: listening"
 
 
@@ -124,35 +125,24 @@ def run(settings: GatewaySettings, *, out: TextIO | None = None, err: TextIO | N
 def _run(settings: GatewaySettings, budget: float, stop: _Stop, stdout: TextIO, stderr: TextIO) -> int:
     gateway = Gateway(settings)
     try:
-        http_socket = bind_http(settings.host, settings.http_port)
-    except OSError as exc:
-        print(
-            f"prefactor-otel gateway: cannot listen on {address(settings.host, settings.http_port)}: {exc}",
-            file=stderr,
-            flush=True,
-        )
+        gateway.start()  # takes the directory, announces where spans go; its worker replays, then it is ready
+    except Exception as exc:  # another gateway holds the directory, the directory is unusable, ...
+        print(f"prefactor-otel gateway: cannot start: {exc}", file=stderr, flush=True)
+        gateway.shutdown(0)
         return 2
     try:
+        http_socket = bind_http(settings.host, settings.http_port)
         grpc_server, grpc_port = build_server(
             gateway, host=settings.host, port=settings.grpc_port, max_request_bytes=settings.max_request_bytes
         )
     except OSError as exc:
-        http_socket.close()
-        print(f"prefactor-otel gateway: {exc}", file=stderr, flush=True)
+        where = f"{address(settings.host, settings.http_port)} (HTTP) or {address(settings.host, settings.grpc_port)}"
+        print(f"prefactor-otel gateway: cannot listen on {where} (gRPC): {exc}", file=stderr, flush=True)
+        gateway.shutdown(budget)
         return 2
     app = OtlpHttpApp(gateway, max_request_bytes=settings.max_request_bytes)
     http_port = int(http_socket.getsockname()[1])
-    print(gateway.startup_line(), file=stdout, flush=True)
     print(listening_line(settings.host, http_port, grpc_port), file=stdout, flush=True)
-
-    start_error: list[BaseException] = []
-
-    def start_gateway() -> None:
-        try:
-            gateway.start()
-        except Exception as exc:  # the reason is printed by the main thread; the process stops
-            start_error.append(exc)
-            stop.requested.set()
 
     config = uvicorn.Config(
         app,
@@ -163,7 +153,7 @@ def _run(settings: GatewaySettings, budget: float, stop: _Stop, stdout: TextIO, 
         access_log=False,
         proxy_headers=False,
         server_header=False,
-        timeout_graceful_shutdown=max(1, int(budget)),
+        timeout_graceful_shutdown=max(1, math.ceil(budget)),
     )
     http_server = _HttpServer(config, stop)
     grpc_stopped: list[threading.Event] = []
@@ -174,10 +164,8 @@ def _run(settings: GatewaySettings, budget: float, stop: _Stop, stdout: TextIO, 
         grpc_stopped.append(grpc_server.stop(grace=budget))
         http_server.should_exit = True  # uvicorn looks at it every tenth of a second
 
-    starter = threading.Thread(target=start_gateway, name="prefactor-gateway-start", daemon=True)
     stopper = threading.Thread(target=carry_out_stop, name="prefactor-gateway-stop", daemon=True)
     grpc_server.start()
-    starter.start()
     stopper.start()
     try:
         if not stop.requested.is_set():
@@ -188,13 +176,8 @@ def _run(settings: GatewaySettings, budget: float, stop: _Stop, stdout: TextIO, 
         http_socket.close()
         for stopped in grpc_stopped:
             stopped.wait(budget + 1.0)
-        starter.join(budget)
-        if start_error:
-            print(f"prefactor-otel gateway: cannot start: {start_error[0]}", file=stderr, flush=True)
         gateway.shutdown(budget)
         app.close()
-    if start_error:
-        return 2
     why = f" ({stop.signal_name})" if stop.signal_name else ""
     logger.info("Prefactor gateway: stopped%s", why)
     print(f"prefactor-otel gateway: stopped{why}", file=stdout, flush=True)
