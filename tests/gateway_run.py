@@ -145,7 +145,7 @@ class GatewayProcess:
         return self.proc.wait(limit_s)
 
     def __enter__(self) -> GatewayProcess:
-        return self.start()
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
