@@ -486,8 +486,13 @@ def _integer(value: object) -> int | None:
 def _double(value: object) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any double
+            return None
     if isinstance(value, str):
         if value in ("NaN", "Infinity", "-Infinity"):
             return float(value.replace("Infinity", "inf"))
@@ -632,6 +637,17 @@ def parse_json(body: bytes) -> ExportTraceServiceRequest:
         document = jsonlib.loads(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise OtlpDecodeError(f"not JSON ({len(body)} bytes)") from exc
+    try:
+        return _json_request(document)
+    except OtlpDecodeError:
+        raise
+    except UnicodeEncodeError as exc:  # "\ud800" is valid JSON, but not text protobuf can hold
+        raise OtlpDecodeError("OTLP/JSON: a string is not Unicode text (a lone surrogate)") from exc
+    except (ValueError, TypeError, OverflowError) as exc:  # what the checks above missed: still the client's input
+        raise OtlpDecodeError("OTLP/JSON: a value does not fit its field") from exc
+
+
+def _json_request(document: object) -> ExportTraceServiceRequest:
     request = _Json(document, "the request")
     resource_spans = []
     for raw_resource_spans in request.array("resourceSpans", "resource_spans"):
