@@ -503,7 +503,9 @@ def test_bodies_that_are_not_requests_raise_otlp_decode_error() -> None:
         b"\xff" * 64,
         secret + b"\x00" * 8,
         b'{"resourceSpans": []}',  # JSON sent as protobuf
+        body.replace(b"gpt-4o", b"\xff\xfe-4o"),  # a span name that is not UTF-8
     ]
+    assert b"gpt-4o" in body
     for bad in not_protobuf:
         with pytest.raises(OtlpDecodeError) as raised:
             otlp.parse_protobuf(bad)
@@ -629,13 +631,18 @@ def test_mutated_json_documents_decode_or_raise_otlp_decode_error_and_nothing_el
         for container, key in rng.sample(places, rng.randint(1, 4)):
             container[key] = json.loads(json.dumps(rng.choice(JUNK)))
         try:
-            result = otlp.decode_spans(otlp.parse_json(json.dumps(mutated).encode()))
+            request = otlp.parse_json(json.dumps(mutated).encode())
         except OtlpDecodeError:
             outcomes["refused"] += 1
             continue
         outcomes["decoded"] += 1
+        result = otlp.decode_spans(request)
         for span in result.spans:
             map_span(span)
+        # The gateway logs a request as protobuf and decodes it again on replay: the same spans, the same refusals
+        replayed = otlp.decode_spans(otlp.parse_protobuf(request.SerializeToString()))
+        assert (replayed.rejected, replayed.message) == (result.rejected, result.message)
+        assert [span_fields(span) for span in replayed.spans] == [span_fields(span) for span in result.spans]
     assert outcomes["decoded"] and outcomes["refused"]
 
 
