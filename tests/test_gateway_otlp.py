@@ -503,7 +503,9 @@ def test_bodies_that_are_not_requests_raise_otlp_decode_error() -> None:
         b"\xff" * 64,
         secret + b"\x00" * 8,
         b'{"resourceSpans": []}',  # JSON sent as protobuf
+        body.replace(b"gpt-4o", b"\xff\xfe-4o"),  # a span name that is not UTF-8
     ]
+    assert b"gpt-4o" in body
     for bad in not_protobuf:
         with pytest.raises(OtlpDecodeError) as raised:
             otlp.parse_protobuf(bad)
@@ -527,6 +529,10 @@ def test_bodies_that_are_not_requests_raise_otlp_decode_error() -> None:
         span_json({"attributes": [{"key": "k", "value": {"intValue": 1.5}}]}),
         span_json({"kind": "SPAN_KIND_SIDEWAYS"}),
         span_json({"events": [7]}),
+        span_json({"name": "\ud800 a lone surrogate: JSON, not text"}),
+        span_json({"attributes": [{"key": "k", "value": {"doubleValue": 10**400}}]}),
+        span_json({"attributes": [{"key": "k", "value": {"intValue": "1e30"}}]}),
+        span_json({"flags": 2**32}),
     ]
     for bad in not_json:
         with pytest.raises(OtlpDecodeError) as raised:
@@ -578,6 +584,65 @@ def test_mutated_bodies_decode_or_raise_otlp_decode_error_and_nothing_else() -> 
             assert result.rejected >= 0 and (result.message == "") == (result.rejected == 0)
             for span in result.spans:
                 map_span(span)  # never raises for content
+    assert outcomes["decoded"] and outcomes["refused"]
+
+
+JUNK: list[Any] = [
+    None,
+    True,
+    0,
+    -1,
+    2**64,
+    10**400,
+    1.5,
+    float("inf"),
+    "",
+    "zz",
+    "\ud800",
+    "0af7651916cd43dd8448eb211c80319c",
+    [],
+    {},
+    [1, "a"],
+    {"stringValue": "x"},
+    {"arrayValue": {"values": [{}, {"kvlistValue": {"values": [{"key": 1}]}}]}},
+]
+
+
+def slots(node: Any) -> Iterator[tuple[Any, Any]]:
+    """Every (container, key or index) of a JSON document, depth first."""
+    if isinstance(node, dict):
+        for key in node:
+            yield node, key
+            yield from slots(node[key])
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield node, index
+            yield from slots(item)
+
+
+def test_mutated_json_documents_decode_or_raise_otlp_decode_error_and_nothing_else() -> None:
+    """A bounded fuzz loop over the JSON walk: values of the wrong type, size or text anywhere in a real request."""
+    document = json.loads(otlp_json(encode_spans(every_field_spans())))
+    rng = random.Random(4317)
+    outcomes = {"decoded": 0, "refused": 0}
+    for _ in range(600):
+        mutated = json.loads(json.dumps(document))
+        places = list(slots(mutated))
+        for container, key in rng.sample(places, rng.randint(1, 4)):
+            container[key] = json.loads(json.dumps(rng.choice(JUNK)))
+        try:
+            request = otlp.parse_json(json.dumps(mutated).encode())
+        except OtlpDecodeError:
+            outcomes["refused"] += 1
+            continue
+        outcomes["decoded"] += 1
+        result = otlp.decode_spans(request)
+        for span in result.spans:
+            map_span(span)
+        # The gateway logs a request as protobuf and decodes it again on replay: the same spans, the same refusals
+        replayed = otlp.decode_spans(otlp.parse_protobuf(request.SerializeToString()))
+        assert (replayed.rejected, replayed.message) == (result.rejected, result.message)
+        assert [span_fields(span) for span in replayed.spans] == [span_fields(span) for span in result.spans]
     assert outcomes["decoded"] and outcomes["refused"]
 
 

@@ -30,11 +30,12 @@ request raises `OtlpDecodeError` (HTTP 400, gRPC INVALID_ARGUMENT), whose messag
 
 OTLP/JSON (the OTLP specification's rules): field names in lowerCamelCase (the proto's snake_case names accepted
 too), trace and span ids as hex strings, enums as integers (their names accepted too), 64-bit integers as strings
-or numbers, bytes values as base64, unknown fields ignored. It is walked directly into the protobuf message, each
-value's type checked (a wrong type is OtlpDecodeError naming the field). Measured on a 512-span request of the
-recorded GenAI fixtures and agent traces (328 kB of JSON, one core, protobuf upb): the walk takes 12.6 ms (json.loads
-1.8 ms of it), rewriting the hex ids for `google.protobuf.json_format.ParseDict` 38.9 ms, so the walk is 3x faster;
-for comparison the same request as protobuf parses in 0.14 ms, and `decode_spans` takes 4.0 ms (8 us a span).
+or numbers, bytes values as base64, unknown fields ignored. It is walked directly into the protobuf message, in
+place, each value's type checked (a wrong type is OtlpDecodeError naming the field). Measured on a 512-span request
+(the recorded GenAI fixtures and agent traces: 328 kB of JSON; best of 20 on a shared 2-core machine, protobuf's
+upb backend): the walk takes 9 ms (json.loads 1.8 ms of it), rewriting the hex ids for
+`google.protobuf.json_format.ParseDict` 42 ms, so the walk is 4-5x faster. For comparison, the same request as
+protobuf parses in 0.14 ms, and `decode_spans` takes 4 ms (8 us a span; the mapping then takes about 35 us a span).
 """
 
 from __future__ import annotations
@@ -58,15 +59,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import (
     AnyValue,
-    ArrayValue,
     KeyValue,
-    KeyValueList,
 )
 from opentelemetry.proto.common.v1.common_pb2 import (
     InstrumentationScope as PbScope,
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
 from opentelemetry.sdk.resources import Resource
@@ -486,8 +484,13 @@ def _integer(value: object) -> int | None:
 def _double(value: object) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any double
+            return None
     if isinstance(value, str):
         if value in ("NaN", "Infinity", "-Infinity"):
             return float(value.replace("Infinity", "inf"))
@@ -499,131 +502,116 @@ def _double(value: object) -> float | None:
     return None
 
 
-def _json_value(doc: object, where: str, depth: int) -> AnyValue:
+# The walk writes into the message in place (`add()`, field assignment): building each message on its own and
+# handing it to its parent would copy it once per level.
+
+
+def _json_value(target: AnyValue, doc: object, where: str, depth: int) -> None:
     obj = _Json(doc, where)
     raw = obj._doc
     if "stringValue" in raw or "string_value" in raw:
-        return AnyValue(string_value=obj.string("stringValue", "string_value"))
-    if "boolValue" in raw or "bool_value" in raw:
+        target.string_value = obj.string("stringValue", "string_value")
+    elif "intValue" in raw or "int_value" in raw:
+        target.int_value = obj.integer("intValue", "int_value", signed=True)
+    elif "boolValue" in raw or "bool_value" in raw:
         flag = obj.get("boolValue", "bool_value")
         if not isinstance(flag, bool):
             raise obj.fail("boolValue", "a boolean")
-        return AnyValue(bool_value=flag)
-    if "intValue" in raw or "int_value" in raw:
-        return AnyValue(int_value=obj.integer("intValue", "int_value", signed=True))
-    if "doubleValue" in raw or "double_value" in raw:
+        target.bool_value = flag
+    elif "doubleValue" in raw or "double_value" in raw:
         number = _double(obj.get("doubleValue", "double_value"))
         if number is None:
             raise obj.fail("doubleValue", "a number")
-        return AnyValue(double_value=number)
-    if "arrayValue" in raw or "array_value" in raw:
+        target.double_value = number
+    elif "arrayValue" in raw or "array_value" in raw:
+        target.array_value.SetInParent()  # an empty array is still an array
         if depth >= MAX_VALUE_DEPTH:  # cut here: decode_spans drops (and counts) the attribute, as for protobuf
-            return AnyValue(array_value=ArrayValue())
+            return
         array = obj.object("arrayValue", "array_value")
-        values = array.array("values") if array is not None else []
-        return AnyValue(
-            array_value=ArrayValue(values=[_json_value(v, f"{where}.arrayValue", depth + 1) for v in values])
-        )
-    if "kvlistValue" in raw or "kvlist_value" in raw:
+        values = target.array_value.values
+        for item in array.array("values") if array is not None else ():
+            _json_value(values.add(), item, f"{where}.arrayValue", depth + 1)
+    elif "kvlistValue" in raw or "kvlist_value" in raw:
         if depth >= MAX_VALUE_DEPTH:
-            return AnyValue(array_value=ArrayValue())
+            target.array_value.SetInParent()
+            return
+        target.kvlist_value.SetInParent()
         kvlist = obj.object("kvlistValue", "kvlist_value")
-        values = kvlist.array("values") if kvlist is not None else []
-        return AnyValue(kvlist_value=KeyValueList(values=_json_key_values(values, f"{where}.kvlistValue", depth + 1)))
-    if "bytesValue" in raw or "bytes_value" in raw:
+        items = kvlist.array("values") if kvlist is not None else []
+        _json_key_values(target.kvlist_value.values, items, f"{where}.kvlistValue", depth + 1)
+    elif "bytesValue" in raw or "bytes_value" in raw:
         # proto3 JSON: standard or URL-safe base64, padded or not
         text = obj.string("bytesValue", "bytes_value").translate(_URL_SAFE).rstrip("=")
         try:
-            data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+            target.bytes_value = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
         except (binascii.Error, ValueError) as exc:
             raise obj.fail("bytesValue", "base64") from exc
-        return AnyValue(bytes_value=data)
-    return AnyValue()
+    # else: an empty value (None)
 
 
-def _json_key_values(items: list[Any], where: str, depth: int = 0) -> list[KeyValue]:
-    out = []
+def _json_key_values(target: Any, items: list[Any], where: str, depth: int = 0) -> None:
     for item in items:
         kv = _Json(item, where)
+        entry = target.add()
+        entry.key = kv.string("key")
         value = kv.get("value")
-        out.append(
-            KeyValue(
-                key=kv.string("key"), value=_json_value(value, f"{where}.value", depth) if value is not None else None
-            )
+        if value is not None:
+            entry.value.SetInParent()
+            _json_value(entry.value, value, f"{where}.value", depth)
+
+
+def _json_span(span: PbSpan, doc: object) -> None:
+    obj = _Json(doc, "span")
+    span.trace_id = obj.hex_id("traceId", "trace_id")
+    span.span_id = obj.hex_id("spanId", "span_id")
+    span.trace_state = obj.string("traceState", "trace_state")
+    span.parent_span_id = obj.hex_id("parentSpanId", "parent_span_id")
+    span.flags = obj.integer("flags", bits=32)
+    span.name = obj.string("name")
+    span.kind = obj.enum("kind", _SPAN_KIND_NAMES)  # type: ignore[assignment]
+    span.start_time_unix_nano = obj.integer("startTimeUnixNano", "start_time_unix_nano")
+    span.end_time_unix_nano = obj.integer("endTimeUnixNano", "end_time_unix_nano")
+    _json_key_values(span.attributes, obj.array("attributes"), "span.attributes")
+    span.dropped_attributes_count = obj.integer("droppedAttributesCount", "dropped_attributes_count", bits=32)
+    for raw_event in obj.array("events"):
+        event_doc = _Json(raw_event, "span.events[]")
+        event = span.events.add()
+        event.time_unix_nano = event_doc.integer("timeUnixNano", "time_unix_nano")
+        event.name = event_doc.string("name")
+        _json_key_values(event.attributes, event_doc.array("attributes"), "span.events[].attributes")
+        event.dropped_attributes_count = event_doc.integer(
+            "droppedAttributesCount", "dropped_attributes_count", bits=32
         )
-    return out
+    span.dropped_events_count = obj.integer("droppedEventsCount", "dropped_events_count", bits=32)
+    for raw_link in obj.array("links"):
+        link_doc = _Json(raw_link, "span.links[]")
+        link = span.links.add()
+        link.trace_id = link_doc.hex_id("traceId", "trace_id")
+        link.span_id = link_doc.hex_id("spanId", "span_id")
+        link.trace_state = link_doc.string("traceState", "trace_state")
+        _json_key_values(link.attributes, link_doc.array("attributes"), "span.links[].attributes")
+        link.dropped_attributes_count = link_doc.integer("droppedAttributesCount", "dropped_attributes_count", bits=32)
+        link.flags = link_doc.integer("flags", bits=32)
+    span.dropped_links_count = obj.integer("droppedLinksCount", "dropped_links_count", bits=32)
+    status = obj.object("status")
+    if status is not None:
+        span.status.SetInParent()
+        span.status.code = status.enum("code", _STATUS_CODE_NAMES)  # type: ignore[assignment]
+        span.status.message = status.string("message")
 
 
-def _json_status(doc: _Json | None) -> PbStatus | None:
-    if doc is None:
-        return None
-    return PbStatus(code=doc.enum("code", _STATUS_CODE_NAMES), message=doc.string("message"))  # type: ignore[arg-type]
+def _json_scope(scope: PbScope, doc: _Json) -> None:
+    scope.SetInParent()
+    scope.name = doc.string("name")
+    scope.version = doc.string("version")
+    _json_key_values(scope.attributes, doc.array("attributes"), "scope.attributes")
+    scope.dropped_attributes_count = doc.integer("droppedAttributesCount", "dropped_attributes_count", bits=32)
 
 
-def _json_span(doc: object) -> PbSpan:
-    span = _Json(doc, "span")
-    events = []
-    for raw_event in span.array("events"):
-        event = _Json(raw_event, "span.events[]")
-        events.append(
-            PbSpan.Event(
-                time_unix_nano=event.integer("timeUnixNano", "time_unix_nano"),
-                name=event.string("name"),
-                attributes=_json_key_values(event.array("attributes"), "span.events[].attributes"),
-                dropped_attributes_count=event.integer("droppedAttributesCount", "dropped_attributes_count", bits=32),
-            )
-        )
-    links = []
-    for raw_link in span.array("links"):
-        link = _Json(raw_link, "span.links[]")
-        links.append(
-            PbSpan.Link(
-                trace_id=link.hex_id("traceId", "trace_id"),
-                span_id=link.hex_id("spanId", "span_id"),
-                trace_state=link.string("traceState", "trace_state"),
-                attributes=_json_key_values(link.array("attributes"), "span.links[].attributes"),
-                dropped_attributes_count=link.integer("droppedAttributesCount", "dropped_attributes_count", bits=32),
-                flags=link.integer("flags", bits=32),
-            )
-        )
-    return PbSpan(
-        trace_id=span.hex_id("traceId", "trace_id"),
-        span_id=span.hex_id("spanId", "span_id"),
-        trace_state=span.string("traceState", "trace_state"),
-        parent_span_id=span.hex_id("parentSpanId", "parent_span_id"),
-        flags=span.integer("flags", bits=32),
-        name=span.string("name"),
-        kind=span.enum("kind", _SPAN_KIND_NAMES),  # type: ignore[arg-type]
-        start_time_unix_nano=span.integer("startTimeUnixNano", "start_time_unix_nano"),
-        end_time_unix_nano=span.integer("endTimeUnixNano", "end_time_unix_nano"),
-        attributes=_json_key_values(span.array("attributes"), "span.attributes"),
-        dropped_attributes_count=span.integer("droppedAttributesCount", "dropped_attributes_count", bits=32),
-        events=events,
-        dropped_events_count=span.integer("droppedEventsCount", "dropped_events_count", bits=32),
-        links=links,
-        dropped_links_count=span.integer("droppedLinksCount", "dropped_links_count", bits=32),
-        status=_json_status(span.object("status")),
-    )
-
-
-def _json_scope(doc: _Json | None) -> PbScope | None:
-    if doc is None:
-        return None
-    return PbScope(
-        name=doc.string("name"),
-        version=doc.string("version"),
-        attributes=_json_key_values(doc.array("attributes"), "scope.attributes"),
-        dropped_attributes_count=doc.integer("droppedAttributesCount", "dropped_attributes_count", bits=32),
-    )
-
-
-def _json_resource(doc: _Json | None) -> PbResource | None:
-    if doc is None:
-        return None
-    return PbResource(
-        attributes=_json_key_values(doc.array("attributes"), "resource.attributes"),
-        dropped_attributes_count=doc.integer("droppedAttributesCount", "dropped_attributes_count", bits=32),
-    )
+def _json_resource(resource: PbResource, doc: _Json) -> None:
+    resource.SetInParent()
+    _json_key_values(resource.attributes, doc.array("attributes"), "resource.attributes")
+    resource.dropped_attributes_count = doc.integer("droppedAttributesCount", "dropped_attributes_count", bits=32)
 
 
 def parse_json(body: bytes) -> ExportTraceServiceRequest:
@@ -632,25 +620,34 @@ def parse_json(body: bytes) -> ExportTraceServiceRequest:
         document = jsonlib.loads(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise OtlpDecodeError(f"not JSON ({len(body)} bytes)") from exc
-    request = _Json(document, "the request")
-    resource_spans = []
-    for raw_resource_spans in request.array("resourceSpans", "resource_spans"):
-        rs = _Json(raw_resource_spans, "resourceSpans[]")
-        scope_spans = []
-        for raw_scope_spans in rs.array("scopeSpans", "scope_spans"):
-            ss = _Json(raw_scope_spans, "scopeSpans[]")
-            scope_spans.append(
-                ScopeSpans(
-                    scope=_json_scope(ss.object("scope")),
-                    spans=[_json_span(span) for span in ss.array("spans")],
-                    schema_url=ss.string("schemaUrl", "schema_url"),
-                )
-            )
-        resource_spans.append(
-            ResourceSpans(
-                resource=_json_resource(rs.object("resource")),
-                scope_spans=scope_spans,
-                schema_url=rs.string("schemaUrl", "schema_url"),
-            )
-        )
-    return ExportTraceServiceRequest(resource_spans=resource_spans)
+    try:
+        return _json_request(document)
+    except OtlpDecodeError:
+        raise
+    except UnicodeEncodeError as exc:  # "\ud800" is valid JSON, but not text protobuf can hold
+        raise OtlpDecodeError("OTLP/JSON: a string is not Unicode text (a lone surrogate)") from exc
+    except (ValueError, TypeError, OverflowError) as exc:  # what the checks above missed: still the client's input
+        raise OtlpDecodeError("OTLP/JSON: a value does not fit its field") from exc
+
+
+def _json_request(document: object) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    doc = _Json(document, "the request")
+    for raw_resource_spans in doc.array("resourceSpans", "resource_spans"):
+        rs_doc = _Json(raw_resource_spans, "resourceSpans[]")
+        resource_spans = request.resource_spans.add()
+        resource = rs_doc.object("resource")
+        if resource is not None:
+            _json_resource(resource_spans.resource, resource)
+        for raw_scope_spans in rs_doc.array("scopeSpans", "scope_spans"):
+            ss_doc = _Json(raw_scope_spans, "scopeSpans[]")
+            scope_spans = resource_spans.scope_spans.add()
+            scope = ss_doc.object("scope")
+            if scope is not None:
+                _json_scope(scope_spans.scope, scope)
+            spans = scope_spans.spans
+            for raw_span in ss_doc.array("spans"):
+                _json_span(spans.add(), raw_span)
+            scope_spans.schema_url = ss_doc.string("schemaUrl", "schema_url")
+        resource_spans.schema_url = rs_doc.string("schemaUrl", "schema_url")
+    return request
