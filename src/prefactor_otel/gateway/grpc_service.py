@@ -23,8 +23,9 @@ gzip request compression is grpcio's: it decompresses before the size check.
 A refused request never reaches `Gateway.accept` (or `accept` refuses it whole). Each refusal is logged, one line
 per kind, rate-limited; never a token or a metadata value.
 
-Threads: `Export` runs on the server's thread pool (`workers` threads; grpcio queues at most `max_pending` RPCs) and
-blocks there in `Gateway.accept` until the spans are durable. The servicer holds no state of its own.
+Threads: `Export` runs on the server's thread pool (`max_pending` threads, and grpcio admits at most `max_pending`
+RPCs at once: an admitted RPC never waits for a thread) and blocks there in `Gateway.accept` until the spans are
+durable. The servicer holds no state of its own.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 RETRY_INFO_TYPE_URL = "type.googleapis.com/google.rpc.RetryInfo"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 RETRY_INFO_KEY = "google.rpc.retryinfo-bin"
-DEFAULT_WORKERS = 8
+# As many threads as RPCs admitted at once: an admitted RPC never waits in the executor's queue, so grpcio's own
+# RESOURCE_EXHAUSTED (which carries no RetryInfo, so the Collector would not retry it) comes only when that many
+# RPCs are all inside `Gateway.accept` at once.
 DEFAULT_MAX_PENDING = 32
 
 
@@ -140,7 +143,6 @@ def build_server(
     host: str,
     port: int,
     max_request_bytes: int,
-    workers: int = DEFAULT_WORKERS,
     max_pending: int = DEFAULT_MAX_PENDING,
     log: RateLimitedLog | None = None,
 ) -> tuple[Any, int]:
@@ -158,7 +160,7 @@ def build_server(
         },
     )
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefactor-gateway-grpc"),
+        ThreadPoolExecutor(max_workers=max_pending, thread_name_prefix="prefactor-gateway-grpc"),
         handlers=(handler,),
         options=(
             ("grpc.max_receive_message_length", max_request_bytes),

@@ -9,8 +9,9 @@ Routes and answers, as OTLP/HTTP specifies them:
   counted while reading, so a body without a length or a gzip bomb is cut off at the limit and never held whole);
   415 another content type or encoding; 429 / 503 with `Retry-After` (integer seconds) when the gateway cannot take
   the request now (`Overloaded`), and 429 as well when more than `max_pending` requests are already being handled
-  (each holds its body: this bounds the memory the bodies take). Error bodies are a `google.rpc.Status` in the
-  request's content type (JSON for a content type that is neither).
+  (each holds its body: this bounds the memory the bodies take); 408 when a body takes more than `body_timeout_s`
+  to arrive (a client trickling bytes must not hold a slot for ever). Error bodies are a `google.rpc.Status` in
+  the request's content type (JSON for a content type that is neither).
 - `GET /healthz`: 200 while the process serves. `GET /readyz`: 200, or 503 with `Gateway.not_ready_reason()`.
 - Anything else: 404 unknown path, 405 (with `Allow`) wrong method.
 
@@ -56,6 +57,7 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 DEFAULT_WORKERS = 8
 DEFAULT_MAX_PENDING = 32
+DEFAULT_BODY_TIMEOUT_S = 30.0  # a body that takes longer to arrive holds a pending slot for nothing: 408
 BUSY_RETRY_AFTER_S = 1
 # A compressed body may be a little larger than what it decompresses to (incompressible data): the raw bytes read
 # of a compressed body are capped at the limit plus this much, the decompressed bytes at the limit exactly.
@@ -165,10 +167,12 @@ class OtlpHttpApp:
         max_request_bytes: int,
         workers: int = DEFAULT_WORKERS,
         max_pending: int = DEFAULT_MAX_PENDING,
+        body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
         log: RateLimitedLog | None = None,
     ) -> None:
         self._gateway = gateway
         self._limit = max_request_bytes
+        self._body_timeout_s = body_timeout_s
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefactor-gateway-http")
         self._max_pending = max_pending
         self._pending = 0  # event loop thread only
@@ -220,7 +224,10 @@ class OtlpHttpApp:
                 raise Refusal(429, _RESOURCE_EXHAUSTED, "too many requests at once", "busy", retry)
             self._pending += 1
             try:
-                body = await self._read_body(scope, receive)
+                try:
+                    body = await asyncio.wait_for(self._read_body(scope, receive), self._body_timeout_s)
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+                    raise Refusal(408, _INVALID_ARGUMENT, "the body did not arrive in time", "slow_body") from None
                 acceptance = await asyncio.get_running_loop().run_in_executor(
                     self._pool, self._decode_and_accept, _header(scope, b"authorization"), body, json
                 )

@@ -44,6 +44,9 @@ from prefactor_otel.gateway.settings import GatewaySettings
 
 DEFAULT_SHUTDOWN_BUDGET_S = 5.0
 LISTENING_PREFIX = "prefactor-otel gateway: listening"
+# Open HTTP connections (and requests) at once; beyond it uvicorn answers 503 at once, which clients retry. The app
+# bounds the requests being read and handled far lower (http_app.DEFAULT_MAX_PENDING).
+MAX_HTTP_CONNECTIONS = 1000
 
 
 def address(host: str, port: int) -> str:
@@ -153,6 +156,7 @@ def _run(settings: GatewaySettings, budget: float, stop: _Stop, stdout: TextIO, 
         access_log=False,
         proxy_headers=False,
         server_header=False,
+        limit_concurrency=MAX_HTTP_CONNECTIONS,
         timeout_graceful_shutdown=max(1, math.ceil(budget)),
     )
     http_server = _HttpServer(config, stop)
