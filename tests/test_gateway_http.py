@@ -246,7 +246,8 @@ def test_every_refusal_is_answered_and_nothing_of_it_reaches_the_server(
     assert wait_for(lambda: arrived(srv, trace_hex(good_spans), 4), 30), gateway.output()
     on_server = traces_on(srv)
     assert not set(refused_traces) & set(on_server), "a refused request reached the server"
-    assert INGRESS_TOKEN not in gateway.output()  # never logged
+    assert INGRESS_TOKEN not in gateway.output() and srv.token not in gateway.output()  # never logged
+    assert f"spans go to route default: {srv.url}/api/v1" in gateway.output()  # the start-up line
     assert "refused POST /v1/traces" in gateway.output()  # the refusals are logged, one line per kind
 
 

@@ -123,6 +123,20 @@ def test_a_body_that_does_not_arrive_in_time_is_answered_408_and_frees_its_slot(
     app.close()
 
 
+def test_readyz_answers_503_once_the_gateway_stops_accepting(gateway: Gateway) -> None:
+    app = OtlpHttpApp(gateway, max_request_bytes=1 << 20)
+    with AppServer(app) as server:
+        base = server.traces_url.removesuffix("/v1/traces")
+        assert httpx.get(base + "/readyz").status_code == 200
+        gateway.stop_accepting()
+        not_ready = httpx.get(base + "/readyz")
+        assert not_ready.status_code == 503 and "stopping" in not_ready.text
+        refused = httpx.post(server.traces_url, content=request_bytes(sdk_trace()), headers={**PROTOBUF, **bearer()})
+        assert refused.status_code == 503 and refused.headers["retry-after"].isdigit()
+        assert httpx.get(base + "/healthz").status_code == 200
+    app.close()
+
+
 def inflate(encoding: str, data: bytes, limit: int, chunk: int = 7) -> bytes:
     inflater = Inflater(encoding, limit)
     for start in range(0, len(data), chunk):

@@ -144,6 +144,17 @@ def test_sigterm_mid_stream_exits_0_and_the_next_start_delivers_the_rest(
     assert_delivered_once(srv, acknowledged)
 
 
+def test_sigint_stops_it_as_sigterm_does(srv: DevServer, tmp_path: Path) -> None:
+    with GatewayProcess(srv, tmp_path / "gw") as gateway:
+        gateway.wait_ready()
+        spans = sdk_trace()
+        answer = httpx.post(gateway.traces_url, content=request_bytes(spans), headers={**PROTOBUF, **bearer()})
+        assert answer.status_code == 200
+        assert gateway.stop(signal.SIGINT) == 0, gateway.output()
+        assert "stopped (SIGINT)" in gateway.output() and "Traceback" not in gateway.output()
+    assert_delivered_once(srv, [trace_hex(spans)])
+
+
 @pytest.mark.parametrize("server", ["up", "refusing"])
 def test_sigkill_and_restart_on_the_same_directory_delivers_every_acknowledged_span_once(
     srv: DevServer, tmp_path: Path, server: str
@@ -166,10 +177,32 @@ def test_sigkill_and_restart_on_the_same_directory_delivers_every_acknowledged_s
     assert_delivered_once(srv, acknowledged)
 
 
+EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+AUTH = (("authorization", f"Bearer {INGRESS_TOKEN}"),)
+
+
+def retry_info_of(error: grpc.RpcError) -> RetryInfo:
+    """The RetryInfo of a pushed-back RPC, read from both places clients read it, which must agree: the status
+    details (`grpc-status-details-bin`: the Collector's Go exporter) and `google.rpc.retryinfo-bin` (the Python
+    SDK's exporter)."""
+    trailing = dict(error.trailing_metadata())  # type: ignore[attr-defined]
+    status = Status()
+    status.ParseFromString(trailing["grpc-status-details-bin"])
+    assert status.code == error.code().value[0] and status.message  # type: ignore[attr-defined]
+    assert [detail.type_url for detail in status.details] == ["type.googleapis.com/google.rpc.RetryInfo"]
+    in_status = RetryInfo()
+    status.details[0].Unpack(in_status)
+    alone = RetryInfo()
+    alone.ParseFromString(trailing["google.rpc.retryinfo-bin"])
+    assert alone == in_status
+    return alone
+
+
 def test_readyz_and_requests_answer_503_while_the_ingress_log_is_replayed(srv: DevServer, tmp_path: Path) -> None:
     """Killed with acknowledged spans the server refused: the next start replays them before it is ready. The
     server is slow for the replay's first request, so the replay is visibly under way: /readyz says so (503), a
-    request is answered 503 with a Retry-After; then the gateway is ready and everything arrives."""
+    request is answered 503 with a Retry-After (gRPC: UNAVAILABLE with a RetryInfo); then the gateway is ready and
+    everything arrives."""
     directory = tmp_path / "gw"
     srv.add_fault(Fault(status=503, times=-1))
     with GatewayProcess(srv, directory) as gateway:
@@ -187,6 +220,12 @@ def test_readyz_and_requests_answer_503_while_the_ingress_log_is_replayed(srv: D
             again.traces_url, content=request_bytes(sdk_trace()), headers={**PROTOBUF, **bearer()}, timeout=10
         )
         assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        with grpc.insecure_channel(again.grpc_target) as channel:
+            export = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as unavailable:
+                export(request_bytes(sdk_trace()), metadata=AUTH, timeout=10)
+        assert unavailable.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert retry_info_of(unavailable.value).retry_delay.seconds >= 1
         assert httpx.get(again.http_url + "/healthz", timeout=10).status_code == 200  # alive all the while
         again.wait_ready()
         assert wait_for(lambda: all_arrived(srv, list(stream.acknowledged)), 60), again.output()
@@ -246,16 +285,12 @@ def test_a_full_queue_answers_429_with_retry_after_and_the_http_exporter_gets_ev
 def test_a_full_queue_answers_resource_exhausted_with_retry_info_and_the_grpc_exporter_gets_everything_in(
     srv: DevServer, slow_gateway: GatewayProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
-    auth = (("authorization", f"Bearer {INGRESS_TOKEN}"),)
+    auth = AUTH
     # First by hand, to read the answer: fill the queue, then one more is pushed back with a RetryInfo.
     pushed_back = None
     taken: list[str] = []
     with grpc.insecure_channel(slow_gateway.grpc_target) as channel:
-        export = channel.unary_unary(
-            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-            request_serializer=None,
-            response_deserializer=None,
-        )
+        export = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
         for _ in range(20):
             spans = sdk_trace()
             try:
@@ -266,16 +301,8 @@ def test_a_full_queue_answers_resource_exhausted_with_retry_info_and_the_grpc_ex
                 break
     assert pushed_back is not None, slow_gateway.output()
     assert pushed_back.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    trailing = dict(pushed_back.trailing_metadata())
-    status = Status()
-    status.ParseFromString(trailing["grpc-status-details-bin"])  # where the Collector (Go) reads it
-    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] and status.message
-    assert [detail.type_url for detail in status.details] == ["type.googleapis.com/google.rpc.RetryInfo"]
-    in_status = RetryInfo()
-    status.details[0].Unpack(in_status)
-    alone = RetryInfo()
-    alone.ParseFromString(trailing["google.rpc.retryinfo-bin"])  # where the Python SDK's exporter reads it
-    assert alone == in_status and alone.retry_delay.seconds >= 1 and alone.retry_delay.nanos == 0
+    retry_info = retry_info_of(pushed_back)
+    assert retry_info.retry_delay.seconds >= 1 and retry_info.retry_delay.nanos == 0
 
     # While the queue is full, the OTel exporter, several at once: pushed back, each retries after the delay the
     # RetryInfo says (the exporter's log shows a whole number of seconds: its own backoff would have jitter).
