@@ -32,6 +32,7 @@ from prefactor_otel.durability.ingress_log import IngressLog
 
 TraceKey = tuple[str, int]
 FINISHED_FILE = "finished-traces.json"
+_PINNED = "\x00pinned"  # a pipeline key no route has: its traces are never done
 
 
 class SegmentLedger:
@@ -176,9 +177,13 @@ class SegmentLedger:
                     retired += 1
         return retired
 
-    def forget_segment_if_empty(self, segment: int) -> None:
-        """A segment none of whose records named a trace (all unreadable): nothing holds it."""
+    def known(self, segment: int) -> None:
+        """A segment replayed whole: one none of whose records named a trace (all unreadable) holds nothing."""
         self._segments.setdefault(segment, set())
+
+    def pin(self, segment: int) -> None:
+        """Keep `segment` for good in this process (records for a route and agent this gateway does not have)."""
+        self.taken(segment, _PINNED, [0], held=False)
 
     @property
     def open_count(self) -> int:

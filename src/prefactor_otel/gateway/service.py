@@ -6,7 +6,7 @@ The path of a request (`accept`, on the front end's request thread):
    route's agents), else to the route's default agent; a name the route does not have -> those spans are refused
    (partial success, counted), never written elsewhere;
 3. decode (otlp.py) to count the spans and refuse the invalid ones (partial success);
-4. admit: spans accepted and not yet planned are bounded (`max_queued_spans`: beyond it `Overloaded` 429); a full
+4. admit: spans accepted and not yet planned are bounded (`queue_max_spans`: beyond it `Overloaded` 429); a full
    ingress log, a spool near its cap (`SPOOL_HIGH_WATER`), a failed log, start-up (replay) and stopping ->
    `Overloaded(unavailable=True)` 503. Retry-After grows with the backlog (`_retry_after`);
 5. write: one ingress-log record per (route, agent) -- its key and the serialized protobuf of those spans -- and
@@ -70,6 +70,8 @@ __all__ = ["Acceptance", "Gateway", "IngressLogLocked", "Overloaded", "Unauthent
 
 TICK_S = 0.2
 SPOOL_HIGH_WATER = 0.8  # a spool fuller than this refuses new requests: the spool drops its oldest at its cap
+SPOOLED_SPAN_BYTES_MIN = 1024
+SPILL_FILE_BYTES = 64 * 1024  # a spool file's fixed part, generously: measured ~12 KiB (the span type schemas)
 MAX_RETRY_AFTER_S = 60.0
 _REPLICA_FILE = "replica-id"
 _REPLAY_DRAIN_EVERY = 500  # records replayed between drains: the pipelines stay under their own bounds
@@ -126,6 +128,7 @@ class Gateway:
         self._failure: str | None = None
         self._stop_deadline: float | None = None
         self._rate = 0.0  # spans per second the worker takes in (moving average), for Retry-After
+        self._bytes_per_span = 0.0  # OTLP bytes per accepted span (moving average), for the spool's high water
         self.replica_id = ""
 
     # ------------------------------------------------------------------ lifecycle
@@ -241,19 +244,19 @@ class Gateway:
             if decoded.spans:
                 batches.append((self._targets[f"{route.name}.{agent}"], part, decoded.spans))
         total = sum(len(spans) for _, _, spans in batches)
-        if total > self.settings.max_queued_spans:
+        if total > self.settings.queue_max_spans:
             rejected += total
             messages.append(
-                f"{total} spans in one request, more than the gateway queues ({self.settings.max_queued_spans}): "
+                f"{total} spans in one request, more than the gateway queues ({self.settings.queue_max_spans}): "
                 "send smaller batches"
             )
             batches, total = [], 0
         if batches:
-            self._admit(total)
             bodies = [(target, part.SerializeToString(), spans) for target, part, spans in batches]
             size = sum(len(body) for _, body, _ in bodies)
             last = None
-            with self._order_lock:
+            with self._order_lock:  # admission too: concurrent requests cannot overshoot the bound together
+                self._admit(total)
                 if self._log.bytes + size + 64 * len(bodies) > self._log.max_bytes:
                     self._count(overloaded_503=1)
                     raise Overloaded(
@@ -289,25 +292,34 @@ class Gateway:
             with self._cond:
                 self._cond.notify_all()
             self._count(spans_accepted=total, bytes_accepted=size)
+            per_span = size / total
+            self._bytes_per_span = 0.9 * self._bytes_per_span + 0.1 * per_span if self._bytes_per_span else per_span
         if rejected:
             self._count(spans_rejected=rejected)
         return Acceptance(rejected, "; ".join(dict.fromkeys(messages)) if rejected else "")
 
     def _admit(self, spans: int) -> None:
         """Room for `spans` more, or Overloaded: the queue bound (429), a spool near its cap (503)."""
+        # What a pipeline may spill at once if Prefactor is down: everything queued, at the size per span its spool
+        # took so far (else a conservative guess: a spool item is JSON, larger than its OTLP protobuf), plus a
+        # file's fixed part (the schema set a run's register carries). The spool drops its oldest past its cap:
+        # the gateway must refuse before that.
+        queued = self._queued_spans + sum(target.queued_spans for target in self._targets.values()) + spans
+        guess = max(SPOOLED_SPAN_BYTES_MIN, 3 * self._bytes_per_span)
         for target in self._targets.values():
-            if target.spool_fill() >= SPOOL_HIGH_WATER:
+            spill = SPILL_FILE_BYTES + queued * max(guess, target.spool_bytes_per_span)
+            if target.spool_fill(spill) >= SPOOL_HIGH_WATER:
                 self._count(overloaded_503=1)
                 raise Overloaded(
                     f"the spool of {target.key} is nearly full (Prefactor unreachable?)",
                     self._retry_after(self._queued_spans),
                     unavailable=True,
                 )
-        backlog = self._queued_spans + sum(target.queued_spans for target in self._targets.values())
-        if backlog + spans > self.settings.max_queued_spans:
+        backlog = queued - spans
+        if queued > self.settings.queue_max_spans:
             self._count(overloaded_429=1)
             raise Overloaded(
-                f"{backlog} spans are queued (bound {self.settings.max_queued_spans})",
+                f"{backlog} spans are queued (bound {self.settings.queue_max_spans})",
                 self._retry_after(backlog),
                 unavailable=False,
             )
@@ -364,10 +376,11 @@ class Gateway:
                 if not self._queue_ready():
                     break
                 entry = self._queue.popleft()
-                self._queued_spans -= len(entry.spans)
             target = entry.target
             records = target.map_spans(entry.spans)
             target.pipeline.add(records)
+            with self._cond:  # only now: the spans are counted in the pipeline's queue (admission reads both)
+                self._queued_spans -= len(entry.spans)
             self._ledger.taken(entry.segment, target.key, {record.trace_id for record in records})
             touched[target.key] = target
             taken_spans += len(entry.spans)
@@ -405,14 +418,16 @@ class Gateway:
 
     def _replay(self) -> None:
         finished = self._ledger.finished_at_start
+        found = self._log.segments()
         replayed = skipped = 0
         for record in self._replay_records():
             target = self._targets.get(record.key)
             if target is None:
+                self._ledger.pin(record.segment)  # kept: a gateway with that route back delivers it
                 self._count(replay_unknown_route_records=1)
                 logger.error(
                     "Prefactor gateway: the ingress log holds spans for %r, which is no longer a route and agent of "
-                    "this gateway's; they are not sent (the segment is kept until it is retired)",
+                    "this gateway's; they are kept in the log, not sent",
                     record.key,
                 )
                 continue
@@ -435,6 +450,9 @@ class Gateway:
             replayed += len(spans)
             if target.queued_spans >= target.config.max_queued_spans // 2:
                 target.drain(time.monotonic() + target.config.export_timeout)
+        if self._state == "replaying":
+            for segment in found:
+                self._ledger.known(segment)  # one whose records were all unreadable is retired too
         self._count(spans_replayed=replayed, spans_skipped_finished=skipped)
         if replayed or skipped:
             logger.info(

@@ -45,7 +45,7 @@ ROUTES_ENV = "PREFACTOR_GATEWAY_ROUTES"
 DIR_ENV = "PREFACTOR_GATEWAY_DIR"
 _NUMBERS = {
     "max_request_bytes": "PREFACTOR_GATEWAY_MAX_REQUEST_BYTES",
-    "max_queued_spans": "PREFACTOR_GATEWAY_MAX_QUEUED_SPANS",
+    "queue_max_spans": "PREFACTOR_GATEWAY_MAX_QUEUED_SPANS",
     "log_max_bytes": "PREFACTOR_GATEWAY_LOG_MAX_BYTES",
     "segment_bytes": "PREFACTOR_GATEWAY_SEGMENT_BYTES",
 }
@@ -68,7 +68,7 @@ class GatewaySettings:
     routes_file: Path | None = None
     directory: Path = field(default_factory=lambda: default_directory(PrefactorConfig()))
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    max_queued_spans: int = 20_000
+    queue_max_spans: int = 20_000  # spans accepted and not yet planned, over all pipelines
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
     config: PrefactorConfig = field(default_factory=PrefactorConfig)  # the default route's, and every route's options
@@ -85,7 +85,8 @@ class GatewaySettings:
         given = {name: value for name, value in overrides.items() if value is not None}
         config = given.pop("config", None)
         if config is None:
-            options = {name: given.pop(name) for name in list(given) if name in OPTIONS}
+            # A name that is both (max_request_bytes) is the gateway's: its options win over the exporter's here.
+            options = {name: given.pop(name) for name in list(given) if name in OPTIONS and name not in own}
             if "finish_grace_seconds" not in options and read_env(env, "PREFACTOR_FINISH_GRACE_SECONDS") is None:
                 options["finish_grace_seconds"] = GATEWAY_FINISH_GRACE_S
             config = PrefactorConfig.load(env, **options)
@@ -104,10 +105,10 @@ class GatewaySettings:
                 numbers[name] = positive_number(int)(name, str(given.pop(name)))
             elif env.get(variable, "").strip():
                 numbers[name] = positive_number(int)(variable, env[variable])
-        numbers.setdefault("max_queued_spans", config.max_queued_spans)
-        if numbers["max_queued_spans"] > config.max_queued_spans:
+        numbers.setdefault("queue_max_spans", config.max_queued_spans)
+        if numbers["queue_max_spans"] > config.max_queued_spans:
             raise ConfigError(
-                f"PREFACTOR_GATEWAY_MAX_QUEUED_SPANS ({numbers['max_queued_spans']}) must not exceed "
+                f"PREFACTOR_GATEWAY_MAX_QUEUED_SPANS ({numbers['queue_max_spans']}) must not exceed "
                 f"PREFACTOR_MAX_QUEUED_SPANS ({config.max_queued_spans}): a pipeline drops what is beyond its own "
                 "bound, and the gateway acknowledges nothing it may drop"
             )

@@ -76,6 +76,7 @@ class AgentPipeline:
         self.dropped: Counter[str] = Counter()
         self._log = RateLimitedLog()
         self.retry_at = 0.0  # after a failed drain, background work waits until then (new spans do not)
+        self.spool_bytes_per_span = 0.0  # measured on spills (`_learn_spool_size`)
         self._backoff = BACKOFF_FIRST_S
 
     # ------------------------------------------------------------------ mapping
@@ -107,14 +108,30 @@ class AgentPipeline:
     # ------------------------------------------------------------------ sending (the worker thread)
 
     def drain(self, deadline: float, *, shutdown: bool = False) -> bool:
+        before = self._spooled()
         ok = self.pipeline.drain(deadline, shutdown=shutdown)
-        if ok:
+        self._learn_spool_size(before)
+        if ok or self.backlog is not None:
+            # With a spool, what was not delivered went there, and the spool's own backoff paces its replay.
             self._backoff = BACKOFF_FIRST_S
             self.retry_at = 0.0
-        else:
+        else:  # without one it waits in memory, and every drain would wait out a whole deadline again
             self.retry_at = time.monotonic() + self._backoff
             self._backoff = min(BACKOFF_CAP_S, self._backoff * 2)
         return ok
+
+    def _spooled(self) -> tuple[int, int]:
+        planner = self.pipeline.planner
+        spans = planner.counters["spans_spooled"] if planner is not None else 0
+        return spans, self.backlog.spool.disk_bytes if self.backlog is not None else 0
+
+    def _learn_spool_size(self, before: tuple[int, int]) -> None:
+        """Bytes the spool took per span in the last spill: what the gateway's admission expects a spill to take
+        (kept high: slowly forgotten, at once raised)."""
+        spans, disk = self._spooled()
+        if spans > before[0] and disk > before[1]:
+            seen = (disk - before[1]) / (spans - before[0])
+            self.spool_bytes_per_span = max(seen, 0.95 * self.spool_bytes_per_span)
 
     def background_due(self, now: float) -> bool:
         return now >= self.retry_at and self.pipeline.has_due_work(now)
@@ -125,11 +142,12 @@ class AgentPipeline:
         planner = self.pipeline.planner
         return len(self.pipeline.unplanned) + (planner.queued_spans if planner is not None else 0)
 
-    def spool_fill(self) -> float:
-        """How full the spool is (0..1): every byte in its directory against its cap."""
+    def spool_fill(self, coming_bytes: int | float = 0) -> float:
+        """How full the spool would be (0..1) with `coming_bytes` more: every byte in its directory and those,
+        against its cap."""
         if self.backlog is None:
             return 0.0
-        return self.backlog.spool.disk_bytes / max(1, self.config.spool_max_bytes)
+        return (self.backlog.spool.disk_bytes + coming_bytes) / max(1, self.config.spool_max_bytes)
 
     # ------------------------------------------------------------------ run state (the worker thread)
 
