@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -264,3 +265,15 @@ def test_an_empty_request_is_answered_ok(gateway: GatewayProcess) -> None:
     empty = ExportTraceServiceRequest().SerializeToString()
     answer = httpx.post(gateway.traces_url, content=empty, headers={**PROTOBUF, **bearer()}, timeout=30)
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/x-protobuf"
+
+
+def test_a_request_without_a_valid_token_is_refused_before_its_body_is_read(gateway: GatewayProcess) -> None:
+    """The headers promise a body of 5 MB and none follows: the 401 comes at once, nothing was waited for."""
+    with socket.create_connection((gateway.host, gateway.http_port), timeout=30) as sock:
+        head = (
+            "POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-protobuf\r\n"
+            "Authorization: Bearer not-the-token\r\nContent-Length: 5000000\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 401 ") and b"www-authenticate: bearer" in answer.lower()

@@ -5,7 +5,8 @@ it on a `grpc.Server` bound to the host and port given (port 0: a free one; the 
 
 Answers, as OTLP/gRPC specifies them:
 - OK with an ExportTraceServiceResponse (`partial_success` when spans were rejected);
-- UNAUTHENTICATED: no or unknown ingress token in the `authorization` metadata (`Bearer <token>`);
+- UNAUTHENTICATED: no or unknown ingress token in the `authorization` metadata (`Bearer <token>`), checked before
+  the message is decoded (the gateway's routes, in constant time; `Gateway.accept` checks it again);
 - INVALID_ARGUMENT: the message is not an ExportTraceServiceRequest. The method is registered with no request
   deserializer, so the servicer gets the raw bytes and decodes them with `otlp.parse_protobuf`: grpcio's own
   deserializer would answer INTERNAL for a bad message, which no OTLP client reads as "bad input";
@@ -92,6 +93,8 @@ class TraceExportService(TraceServiceServicer):
             if key == "authorization":
                 authorization = value if isinstance(value, str) else None
                 break
+        if self._gateway.settings.routes.authenticate(authorization) is None:  # before the message is decoded
+            self._abort(context, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated", "no or unknown ingress token")
         try:
             acceptance = self._gateway.accept(authorization, parse_protobuf(request))
         except OtlpDecodeError as exc:

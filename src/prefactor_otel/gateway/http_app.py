@@ -15,6 +15,8 @@ Routes and answers, as OTLP/HTTP specifies them:
 - `GET /healthz`: 200 while the process serves. `GET /readyz`: 200, or 503 with `Gateway.not_ready_reason()`.
 - Anything else: 404 unknown path, 405 (with `Allow`) wrong method.
 
+The ingress token is checked first (the gateway's routes, `RouteTable.authenticate`: constant time), so a client
+without a valid one gets its 401 before a byte of its body is read or decoded; `Gateway.accept` checks it again.
 A refused request changes nothing: it never reaches `Gateway.accept` (or `accept` refuses it whole), and the
 application keeps serving whatever a request held. Each refusal is logged on the `prefactor_otel` logger, one line
 per kind, rate-limited (`_logging.RateLimitedLog`); neither a token nor a header value is ever part of a line.
@@ -140,6 +142,11 @@ class Inflater:
         return bytes(self._out)
 
 
+def _unauthenticated() -> Refusal:
+    challenge = [(b"www-authenticate", b"Bearer")]
+    return Refusal(401, _UNAUTHENTICATED, "no or unknown ingress token", "unauthenticated", challenge)
+
+
 def too_large(limit: int) -> Refusal:
     return Refusal(413, _RESOURCE_EXHAUSTED, f"the request is over {limit} bytes", "too_large")
 
@@ -217,6 +224,9 @@ class OtlpHttpApp:
         try:
             if method != "POST":
                 raise Refusal(405, _UNIMPLEMENTED, "only POST is allowed", "method", [(b"allow", b"POST")])
+            authorization = _header(scope, b"authorization")
+            if self._gateway.settings.routes.authenticate(authorization) is None:
+                raise _unauthenticated()  # before a byte of the body is read or decoded
             if kind not in (PROTOBUF, JSON):
                 raise Refusal(415, _INVALID_ARGUMENT, f"content type must be {PROTOBUF} or {JSON}", "content_type")
             if self._pending >= self._max_pending:
@@ -229,7 +239,7 @@ class OtlpHttpApp:
                 except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     raise Refusal(408, _INVALID_ARGUMENT, "the body did not arrive in time", "slow_body") from None
                 acceptance = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._decode_and_accept, _header(scope, b"authorization"), body, json
+                    self._pool, self._decode_and_accept, authorization, body, json
                 )
             finally:
                 self._pending -= 1
@@ -283,13 +293,7 @@ class OtlpHttpApp:
         try:
             return self._gateway.accept(authorization, request)
         except Unauthenticated:
-            raise Refusal(
-                401,
-                _UNAUTHENTICATED,
-                "no or unknown ingress token",
-                "unauthenticated",
-                [(b"www-authenticate", b"Bearer")],
-            ) from None
+            raise _unauthenticated() from None
         except Overloaded as exc:
             raise overloaded_refusal(exc) from None
 
