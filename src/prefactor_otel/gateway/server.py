@@ -14,8 +14,9 @@
    in flight finish (at most the budget), the gateway delivers or spools everything (`Gateway.shutdown(budget)`:
    what it acknowledged and could not finish is in its directory, replayed by the next start), and `run` returns 0.
 
-The budget is the exporter's PREFACTOR_SHUTDOWN_TIMEOUT (the default route's `config.shutdown_timeout`); the
-servers' grace and the gateway's shutdown each get it.
+The budget is the exporter's PREFACTOR_SHUTDOWN_TIMEOUT (the default route's `config.shutdown_timeout`): one
+deadline from the stop request for the requests in flight (the servers' grace) and the gateway's shutdown (what is
+left of it, at least one second).
 
 Threads: the caller's thread (the main thread, for the signal handlers) runs uvicorn's event loop until the stop,
 then the shutdown; `prefactor-gateway-stop` waits for the stop
@@ -31,6 +32,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from types import FrameType
 from typing import TextIO
 
@@ -80,6 +82,7 @@ class _Stop:
     def __init__(self) -> None:
         self.requested = threading.Event()
         self.signal_name: str | None = None
+        self.deadline: float | None = None  # monotonic: when everything must be over, set once the stop begins
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.signal_name is None:
@@ -135,12 +138,18 @@ def _run(settings: GatewaySettings, budget: float, stop: _Stop, stdout: TextIO, 
         return 2
     try:
         http_socket = bind_http(settings.host, settings.http_port)
+    except OSError as exc:
+        where = address(settings.host, settings.http_port)
+        print(f"prefactor-otel gateway: cannot listen on {where} (OTLP/HTTP): {exc}", file=stderr, flush=True)
+        gateway.shutdown(budget)
+        return 2
+    try:
         grpc_server, grpc_port = build_server(
             gateway, host=settings.host, port=settings.grpc_port, max_request_bytes=settings.max_request_bytes
         )
     except OSError as exc:
-        where = f"{address(settings.host, settings.http_port)} (HTTP) or {address(settings.host, settings.grpc_port)}"
-        print(f"prefactor-otel gateway: cannot listen on {where} (gRPC): {exc}", file=stderr, flush=True)
+        http_socket.close()
+        print(f"prefactor-otel gateway: {exc} (OTLP/gRPC)", file=stderr, flush=True)
         gateway.shutdown(budget)
         return 2
     app = OtlpHttpApp(gateway, max_request_bytes=settings.max_request_bytes)
@@ -164,6 +173,7 @@ def _run(settings: GatewaySettings, budget: float, stop: _Stop, stdout: TextIO, 
 
     def carry_out_stop() -> None:
         stop.requested.wait()
+        stop.deadline = time.monotonic() + budget
         gateway.stop_accepting()
         grpc_stopped.append(grpc_server.stop(grace=budget))
         http_server.should_exit = True  # uvicorn looks at it every tenth of a second
@@ -176,11 +186,14 @@ def _run(settings: GatewaySettings, budget: float, stop: _Stop, stdout: TextIO, 
             http_server.run(sockets=[http_socket])
     finally:
         stop.requested.set()  # whatever ended serving, the rest stops too
-        stopper.join()
+        stopper.join(budget + 5.0)
         http_socket.close()
         for stopped in grpc_stopped:
             stopped.wait(budget + 1.0)
-        gateway.shutdown(budget)
+        # One budget from the stop request for everything; the gateway gets at least a second to spool what it
+        # cannot deliver (what it acknowledged is in its ingress log whatever happens: the next start replays it).
+        left = (stop.deadline or time.monotonic() + budget) - time.monotonic()
+        gateway.shutdown(max(1.0, left))
         app.close()
     why = f" ({stop.signal_name})" if stop.signal_name else ""
     logger.info("Prefactor gateway: stopped%s", why)
