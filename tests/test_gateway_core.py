@@ -4,6 +4,7 @@ The assertions read what the server holds: every span once, one run per trace, e
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from prefactor_otel.devserver import DevServer
-from prefactor_otel.gateway.service import Gateway, Unauthenticated
+from prefactor_otel.devserver.faults import Fault
+from prefactor_otel.gateway.service import Gateway, Overloaded, Unauthenticated
 from prefactor_otel.gateway.settings import GatewaySettings
 from tests.spans import Collector, agent_trace, wait_for
 
@@ -109,3 +111,65 @@ def test_no_or_a_wrong_ingress_token_is_unauthenticated_and_nothing_is_sent(
     assert gateway.stats()["requests_unauthenticated"] == 6
     gateway.shutdown(5)
     assert srv.spans() == [] and srv.instances() == []
+
+
+def test_shutdown_spools_what_it_cannot_deliver_and_the_next_gateway_sends_it(
+    srv: DevServer, tmp_path: Path, started: list[Gateway]
+) -> None:
+    srv.add_fault(Fault(status=503, times=-1))
+    gateway = Gateway(settings_for(srv, tmp_path, export_timeout=1, finish_grace_seconds=60))
+    gateway.start()
+    assert gateway.wait_ready(30)
+    spans = traced(runs=3)
+    assert gateway.accept("Bearer ingress-1", request_of(spans)).rejected_spans == 0
+    gateway.stop_accepting()
+    assert gateway.not_ready_reason() == "stopping"
+    with pytest.raises(Overloaded) as refused:
+        gateway.accept("Bearer ingress-1", request_of(traced(runs=1)))
+    assert refused.value.unavailable and refused.value.retry_after_s >= 1
+    gateway.shutdown(3)
+    # Every run finished at shutdown (as the exporter's shutdown does), all of it in the spool: the log is empty.
+    assert not list((tmp_path / "log").glob("seg-*.log"))
+    assert list((tmp_path / "spool" / "default.default").glob("*.json"))
+    stats = gateway.stats()["pipelines"]["default.default"]
+    assert stats["spans_spooled"] == len(spans) and not stats["dropped_by_reason"]
+    srv.clear_faults()
+    start(started, settings_for(srv, tmp_path))
+    assert wait_for(lambda: all_finished(srv, 3), 30)
+    assert len(stored_once(srv)) == len(spans)
+
+
+def test_the_replica_id_is_created_once_and_kept(srv: DevServer, tmp_path: Path) -> None:
+    first = Gateway(settings_for(srv, tmp_path))
+    first.start()
+    replica = first.replica_id
+    first.shutdown(5)
+    second = Gateway(settings_for(srv, tmp_path))
+    second.start()
+    assert second.replica_id == replica and len(replica) == 16
+    second.shutdown(5)
+    assert (tmp_path / "replica-id").read_text().strip() == replica
+
+
+def test_concurrent_requests_are_acknowledged_with_shared_fsyncs_and_all_delivered(
+    srv: DevServer, tmp_path: Path, started: list[Gateway]
+) -> None:
+    gateway = start(started, settings_for(srv, tmp_path))
+    requests = [traced(f"client-{n}", runs=1) for n in range(24)]
+    errors: list[BaseException] = []
+
+    def send(spans: list[ReadableSpan]) -> None:
+        try:
+            assert gateway.accept("Bearer ingress-1", request_of(spans)).rejected_spans == 0
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(spans,)) for spans in requests]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert 1 <= gateway.stats()["log_fsyncs"] <= len(requests)
+    assert wait_for(lambda: all_finished(srv, len(requests)), 30)
+    assert len(stored_once(srv)) == sum(len(spans) for spans in requests)

@@ -6,12 +6,14 @@ then a restart replays it. A trace is keyed by (pipeline key, trace id): `TraceK
 
 Why a trace's first segment is enough to give a replayed run the same id: a run's id derives from its trace's first
 span seen (ids.instance_pfid), and the segment holding that span is kept until the trace is done, so a replay sees
-it first again. A trace already done may still have spans in a segment kept for another trace (its late spans, or
-its spans beside a slower trace's): replaying those would open a second run of it. So done traces with spans in a
-live segment are written to the **finished-traces file** (`finished-traces.json` in the gateway's directory,
-replaced atomically and fsynced) before any segment is deleted; a replay skips their records, as the pipeline
-dropped them the first time (a finished run accepts no spans). An entry leaves the file once no live segment holds
-its trace.
+it first again. But a trace already done may have spans in a live segment without its first one: spans that came
+after its run was finished (the planner drops them: a finished run accepts no spans), or its last spans beside a
+slower trace's. Replaying those would open a second run of it. So the ledger keeps the **finished-traces file**
+(`finished-traces.json` in the gateway's directory, replaced atomically and fsynced): the traces each pipeline
+finished most recently, as many as its planner remembers finished runs (`MAX_FINISHED_TRACES_REMEMBERED`, the same
+bound and order, so a replay drops what the live planner dropped), written whenever it changed before any segment
+is deleted. A replay skips their records. A trace whose spans come after the planner forgot it starts a new run,
+live as on replay.
 
 Threads and locks: the gateway's worker thread owns the ledger (`taken`, `mark_done`, `retire`), except `hold`,
 called by a request thread under the gateway's order lock, and `held`, read by any thread; `_lock` guards the
@@ -24,11 +26,13 @@ import contextlib
 import json
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
 from prefactor_otel._logging import logger
 from prefactor_otel.durability.ingress_log import IngressLog
+from prefactor_otel.pipeline.runs import MAX_FINISHED_TRACES_REMEMBERED
 
 TraceKey = tuple[str, int]
 FINISHED_FILE = "finished-traces.json"
@@ -43,30 +47,43 @@ class SegmentLedger:
         self._segments: dict[int, set[TraceKey]] = {}  # live segment -> traces with spans in it
         self._traces: dict[TraceKey, set[int]] = {}  # trace -> live segments holding its spans
         self._open: dict[str, set[int]] = {}  # pipeline key -> traces not yet done
-        self._done: set[TraceKey] = set()
+        self._done: set[TraceKey] = set()  # done traces with spans in a live segment
+        self._recent: dict[str, OrderedDict[int, None]] = {}  # pipeline key -> traces finished, newest last
+        self._recent_changed = False
         self.finished_at_start: frozenset[TraceKey] = frozenset()
 
     # ------------------------------------------------------------------ the finished-traces file
 
     def load(self) -> frozenset[TraceKey]:
-        """The traces an earlier gateway finished whose spans are still in its segments: a replay skips them."""
+        """The traces an earlier gateway finished most recently: a replay skips their records."""
         try:
             data = json.loads(self._path.read_text(encoding="utf-8"))
-            found = frozenset((str(key), int(trace, 16)) for key, trace in data["finished"])
+            found = [(str(key), int(trace, 16)) for key, trace in data["finished"]]
         except FileNotFoundError:
-            found = frozenset()
+            found = []
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            # Without it a replay may open a second run for a trace's late spans; everything else is re-sent under
-            # the same idempotency keys. Said, not fatal.
-            logger.error(
-                "Prefactor gateway: %s is unreadable (%s); replaying without it", self._path, type(exc).__name__
-            )
-            found = frozenset()
-        self.finished_at_start = found
-        return found
+            # Without it a replay may open a second run for a finished trace's late spans; everything else is
+            # re-sent under the same idempotency keys. Said, not fatal.
+            why = type(exc).__name__
+            logger.error("Prefactor gateway: %s is unreadable (%s); replaying without it", self._path, why)
+            found = []
+        for key, trace_id in found:
+            self._remember(key, trace_id)
+        self._recent_changed = False
+        self.finished_at_start = frozenset(found)
+        return self.finished_at_start
 
-    def _write_finished(self, keep: Iterable[TraceKey]) -> None:
-        body = json.dumps({"finished": sorted([key, f"{trace:032x}"] for key, trace in keep)}).encode()
+    def _remember(self, key: str, trace_id: int) -> None:
+        recent = self._recent.setdefault(key, OrderedDict())
+        recent[trace_id] = None
+        recent.move_to_end(trace_id)
+        while len(recent) > MAX_FINISHED_TRACES_REMEMBERED:
+            recent.popitem(last=False)
+        self._recent_changed = True
+
+    def _write_finished(self) -> None:
+        entries = [[key, f"{trace:032x}"] for key, recent in self._recent.items() for trace in recent]
+        body = json.dumps({"finished": entries}, separators=(",", ":")).encode()
         tmp = self._path.with_name(f".tmp-{self._path.name}")
         with open(tmp, "wb") as fh:
             fh.write(body)
@@ -78,6 +95,7 @@ class SegmentLedger:
             os.fsync(fd)
         finally:
             os.close(fd)
+        self._recent_changed = False
 
     # ------------------------------------------------------------------ records in and taken
 
@@ -110,7 +128,7 @@ class SegmentLedger:
             open_here.add(trace_id)
 
     def skipped(self, segment: int, key: str, trace_id: int) -> None:
-        """A replayed record of a trace finished before: it stays done, and in the file while the segment lives."""
+        """A replayed record of a trace finished before (in the finished-traces file): skipped, the trace stays done."""
         trace = (key, trace_id)
         self._segments.setdefault(segment, set()).add(trace)
         self._traces.setdefault(trace, set()).add(segment)
@@ -126,6 +144,7 @@ class SegmentLedger:
             if open_here is not None:
                 open_here.discard(trace_id)
             self._done.add((key, trace_id))
+            self._remember(key, trace_id)
 
     # ------------------------------------------------------------------ retiring
 
@@ -147,21 +166,16 @@ class SegmentLedger:
         return traces is None or traces <= self._done
 
     def retire(self, log: IngressLog, segments: list[int]) -> int:
-        """Delete these segments (all retirable), after writing the done traces that other live segments still
-        hold to the finished-traces file. Returns how many were deleted."""
+        """Delete these segments (all retirable), once the finished-traces file is up to date. Returns how many
+        were deleted."""
         if not segments:
             return 0
-        going = set(segments)
-        keep = [
-            trace
-            for trace in self._done
-            if self._traces.get(trace, set()) - going  # still in a segment that stays
-        ]
-        try:
-            self._write_finished(keep)
-        except OSError as exc:
-            logger.error("Prefactor gateway: cannot write %s (%s); ingress-log segments are kept", self._path, exc)
-            return 0
+        if self._recent_changed:
+            try:
+                self._write_finished()
+            except OSError as exc:
+                logger.error("Prefactor gateway: cannot write %s (%s); ingress-log segments are kept", self._path, exc)
+                return 0
         retired = 0
         for segment in segments:
             for trace in self._segments.pop(segment, set()):

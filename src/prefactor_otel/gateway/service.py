@@ -127,6 +127,8 @@ class Gateway:
         self._state = "not started"  # not started -> replaying -> ready -> stopping -> stopped
         self._failure: str | None = None
         self._stop_deadline: float | None = None
+        self._shutting_down = threading.Event()  # set once by shutdown: the worker finishes and closes
+        self._replayed_whole = False  # segments are retired only once every one found at start was replayed
         self._rate = 0.0  # spans per second the worker takes in (moving average), for Retry-After
         self._bytes_per_span = 0.0  # OTLP bytes per accepted span (moving average), for the spool's high water
         self.replica_id = ""
@@ -195,10 +197,11 @@ class Gateway:
         by the next gateway on this directory."""
         deadline = time.monotonic() + max(0.0, timeout_s)
         with self._cond:
-            if self._state == "stopped":
+            if self._shutting_down.is_set():
                 return
             self._state = "stopping"
             self._stop_deadline = deadline
+            self._shutting_down.set()
             self._cond.notify_all()
         for target in self._targets.values():
             target.transport.cap_deadline(deadline)
@@ -256,6 +259,9 @@ class Gateway:
             size = sum(len(body) for _, body, _ in bodies)
             last = None
             with self._order_lock:  # admission too: concurrent requests cannot overshoot the bound together
+                if self._state != "ready":  # checked again here: after shutdown's barrier nothing is written
+                    self._count(overloaded_503=1)
+                    raise Overloaded("the gateway is stopping", self._retry_after(0), unavailable=True)
                 self._admit(total)
                 if self._log.bytes + size + 64 * len(bodies) > self._log.max_bytes:
                     self._count(overloaded_503=1)
@@ -343,12 +349,12 @@ class Gateway:
                 if self._state == "replaying":
                     self._state = "ready"
                 self._cond.notify_all()
+            stop = self._shutting_down
             while True:
                 with self._cond:
-                    stopping = self._state == "stopping" and self._stop_deadline is not None
-                    if not self._queue_ready() and not stopping:
+                    if not self._queue_ready() and not stop.is_set():
                         self._cond.wait(TICK_S)
-                    stopping = self._state == "stopping" and self._stop_deadline is not None
+                stopping = stop.is_set()
                 self._take()
                 if stopping:
                     self._finish_everything()
@@ -360,7 +366,7 @@ class Gateway:
             with self._cond:
                 self._cond.notify_all()
         finally:
-            if self._stop_deadline is not None:
+            if self._shutting_down.is_set():
                 self._close()
 
     def _queue_ready(self) -> bool:
@@ -402,6 +408,8 @@ class Gateway:
         self._retire()
 
     def _retire(self) -> None:
+        if not self._replayed_whole:
+            return  # a segment partly replayed may hold traces the ledger has not seen
         ledger = self._ledger
         for key, target in self._targets.items():
             open_traces = ledger.open_traces(key)
@@ -450,7 +458,8 @@ class Gateway:
             replayed += len(spans)
             if target.queued_spans >= target.config.max_queued_spans // 2:
                 target.drain(time.monotonic() + target.config.export_timeout)
-        if self._state == "replaying":
+        if not self._shutting_down.is_set():
+            self._replayed_whole = True
             for segment in found:
                 self._ledger.known(segment)  # one whose records were all unreadable is retired too
         self._count(spans_replayed=replayed, spans_skipped_finished=skipped)
@@ -470,13 +479,15 @@ class Gateway:
                 for target in self._targets.values():
                     if target.queued_spans:
                         target.drain(time.monotonic() + target.config.export_timeout)
-            if self._state == "stopping":
-                return
+            if self._shutting_down.is_set():
+                return  # the rest stays in the log for the next gateway
 
     def _finish_everything(self) -> None:
         """Shutdown, on the worker: everything acknowledged to its pipeline, then each pipeline drained as the
         exporter's shutdown drains (deliver, or spool what cannot be delivered by the deadline; runs finished)."""
         deadline = self._stop_deadline if self._stop_deadline is not None else time.monotonic()
+        with self._order_lock:
+            pass  # a barrier: a request past it sees the state `stopping` and writes nothing
         for _ in range(100):  # requests still syncing their records: bounded wait
             with self._cond:
                 if not self._queue:
