@@ -37,19 +37,21 @@ from tests.test_gateway_http import PROTOBUF, request_bytes, sdk_trace, trace_he
 
 STREAM_LIMIT = 3000  # requests one streaming client sends at most (a bound, never reached in a passing run)
 SPANS_PER_TRACE = 4
+EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+AUTH = (("authorization", f"Bearer {INGRESS_TOKEN}"),)
 
 
 class Stream:
-    """A client sending one trace per request on its own thread until the gateway stops answering 200 (or until
-    told to stop); `acknowledged` holds the traces answered 200."""
+    """A client sending one trace per request on its own thread, over OTLP/HTTP or OTLP/gRPC, until the gateway
+    stops answering OK (or until told to stop); `acknowledged` holds the traces answered OK."""
 
-    def __init__(self, gateway: GatewayProcess) -> None:
-        self._url = gateway.traces_url
+    def __init__(self, gateway: GatewayProcess, protocol: str = "http") -> None:
+        self._gateway = gateway
         self.acknowledged: list[str] = []
-        self.answers: Counter[int | str] = Counter()
+        self.answers: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run_grpc if protocol == "grpc" else self._run_http, daemon=True)
 
     def __enter__(self) -> Stream:
         self._thread.start()
@@ -59,23 +61,41 @@ class Stream:
         self._stop.set()
         self._thread.join(60)
 
-    def _run(self) -> None:
+    def _taken(self, answer: str, trace: str | None) -> None:
+        with self._lock:
+            self.answers[answer] += 1
+            if trace is not None:
+                self.acknowledged.append(trace)
+
+    def _run_http(self) -> None:
         with httpx.Client(timeout=30) as client:
             for _ in range(STREAM_LIMIT):
                 if self._stop.is_set():
                     return
                 spans = sdk_trace()
+                body = request_bytes(spans)
                 try:
-                    answer = client.post(self._url, content=request_bytes(spans), headers={**PROTOBUF, **bearer()})
+                    answer = client.post(self._gateway.traces_url, content=body, headers={**PROTOBUF, **bearer()})
                 except httpx.HTTPError as exc:  # the gateway is gone (killed, or its listener closed)
-                    self.answers[type(exc).__name__] += 1
+                    self._taken(type(exc).__name__, None)
                     return
-                with self._lock:
-                    self.answers[answer.status_code] += 1
-                    if answer.status_code == 200:
-                        self.acknowledged.append(trace_hex(spans))
+                self._taken(str(answer.status_code), trace_hex(spans) if answer.status_code == 200 else None)
                 if answer.status_code == 503:
                     return  # stopping: nothing more will be taken
+
+    def _run_grpc(self) -> None:
+        with grpc.insecure_channel(self._gateway.grpc_target) as channel:
+            export = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
+            for _ in range(STREAM_LIMIT):
+                if self._stop.is_set():
+                    return
+                spans = sdk_trace()
+                try:
+                    export(request_bytes(spans), metadata=AUTH, timeout=30)
+                except grpc.RpcError as error:  # UNAVAILABLE: stopping, or the gateway is gone
+                    self._taken(error.code().name, None)
+                    return
+                self._taken("OK", trace_hex(spans))
 
     def count(self) -> int:
         with self._lock:
@@ -119,21 +139,22 @@ def all_arrived(srv: DevServer, traces: list[str]) -> bool:
 def test_sigterm_mid_stream_exits_0_and_the_next_start_delivers_the_rest(
     srv: DevServer, tmp_path: Path, server: str
 ) -> None:
-    """SIGTERM while a client streams: the gateway stops accepting (503, or its listener is closed), lets the
-    requests in flight finish, delivers or spools what it acknowledged, and exits 0. With the server refusing
-    everything at that moment, nothing can be delivered before the exit: the next start on the same directory
-    delivers it, every span once."""
+    """SIGTERM while two clients stream, one over OTLP/HTTP, one over OTLP/gRPC: the gateway stops accepting (503 /
+    UNAVAILABLE, or its listeners are closed), lets the requests in flight finish, delivers or spools what it
+    acknowledged, and exits 0. With the server refusing everything at that moment, nothing can be delivered before
+    the exit: the next start on the same directory delivers it, every span once."""
     directory = tmp_path / "gw"
     with GatewayProcess(srv, directory, env={"PREFACTOR_SHUTDOWN_TIMEOUT": "3"}) as gateway:
         gateway.wait_ready()
-        with Stream(gateway) as stream:
-            assert wait_for(lambda: stream.count() >= 25, 60), gateway.output()
+        with Stream(gateway, "http") as over_http, Stream(gateway, "grpc") as over_grpc:
+            assert wait_for(lambda: over_http.count() >= 15 and over_grpc.count() >= 15, 60), gateway.output()
             if server == "refusing":
                 srv.add_fault(Fault(status=503, times=-1))
             assert gateway.stop(signal.SIGTERM) == 0, gateway.output()
-            stream.join()
+            over_http.join()
+            over_grpc.join()
         assert "stopped (SIGTERM)" in gateway.output()
-    acknowledged = list(stream.acknowledged)
+    acknowledged = over_http.acknowledged + over_grpc.acknowledged
     if server == "up":
         assert wait_for(lambda: all_arrived(srv, acknowledged), 30), gateway.output()
     srv.clear_faults()
@@ -164,21 +185,18 @@ def test_sigkill_and_restart_on_the_same_directory_delivers_every_acknowledged_s
         srv.add_fault(Fault(status=503, times=-1))
     with GatewayProcess(srv, directory) as gateway:
         gateway.wait_ready()
-        with Stream(gateway) as stream:
-            assert wait_for(lambda: stream.count() >= 25, 60), gateway.output()
+        with Stream(gateway, "http") as over_http, Stream(gateway, "grpc") as over_grpc:
+            assert wait_for(lambda: over_http.count() >= 15 and over_grpc.count() >= 15, 60), gateway.output()
             assert gateway.stop(signal.SIGKILL) == -signal.SIGKILL
-            stream.join()
-    acknowledged = list(stream.acknowledged)
+            over_http.join()
+            over_grpc.join()
+    acknowledged = over_http.acknowledged + over_grpc.acknowledged
     srv.clear_faults()
     with GatewayProcess(srv, directory) as again:
         again.wait_ready()
         assert wait_for(lambda: all_arrived(srv, acknowledged), 60), again.output()
         assert again.stop() == 0, again.output()
     assert_delivered_once(srv, acknowledged)
-
-
-EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-AUTH = (("authorization", f"Bearer {INGRESS_TOKEN}"),)
 
 
 def retry_info_of(error: grpc.RpcError) -> RetryInfo:
