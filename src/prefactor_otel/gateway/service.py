@@ -420,6 +420,7 @@ class Gateway:
             with self._order_lock:  # no request writes into it meanwhile
                 if ledger.all_done(current) and self._log.current_segment == current:
                     self._log.seal()
+                    ledger.touch()
         retirable = ledger.retirable(self._log.current_segment)
         if retirable:
             self._count(segments_retired=ledger.retire(self._log, retirable))

@@ -111,11 +111,11 @@ class AgentPipeline:
         before = self._spooled()
         ok = self.pipeline.drain(deadline, shutdown=shutdown)
         self._learn_spool_size(before)
-        if ok or self.backlog is not None:
+        if ok or (self.backlog is not None and self.pipeline.planner is not None):
             # With a spool, what was not delivered went there, and the spool's own backoff paces its replay.
             self._backoff = BACKOFF_FIRST_S
             self.retry_at = 0.0
-        else:  # without one it waits in memory, and every drain would wait out a whole deadline again
+        else:  # it waits in memory (no spool, or no partition yet): every drain would wait out its deadline again
             self.retry_at = time.monotonic() + self._backoff
             self._backoff = min(BACKOFF_CAP_S, self._backoff * 2)
         return ok
