@@ -148,8 +148,9 @@ class Gateway:
             self._ledger.load()
             for route in self._routes.routes:
                 for agent in route.agents:
+                    spool = directory / "spool" / f"{route.name}.{agent}"
                     target = AgentPipeline(
-                        route.name, agent, route.agent_config(agent), directory / "spool" / f"{route.name}.{agent}"
+                        route.name, agent, route.agent_config(agent), spool, run_part=self.replica_id
                     )
                     self._targets[target.key] = target
         except Exception:
