@@ -315,7 +315,7 @@ def decode_spans(request: ExportTraceServiceRequest) -> DecodedSpans:
     """Every span of the request as the SDK would have exported it; spans with invalid ids rejected and counted."""
     spans: list[ReadableSpan] = []
     rejected = 0
-    first_problem = ""
+    problems: dict[str, None] = {}  # the distinct reasons, in order (three kinds at most)
     for resource_spans in request.resource_spans:
         resource = _resource(resource_spans.resource, resource_spans.schema_url)
         for scope_spans in resource_spans.scope_spans:
@@ -324,12 +324,12 @@ def decode_spans(request: ExportTraceServiceRequest) -> DecodedSpans:
                 problem = _span_problem(span)
                 if problem is not None:
                     rejected += 1
-                    first_problem = first_problem or problem
+                    problems[problem] = None
                     continue
                 spans.append(_span(span, resource, scope))
     message = ""
     if rejected:
-        message = f"{rejected} span{'s' if rejected != 1 else ''} rejected: {first_problem}"
+        message = f"{rejected} span{'s' if rejected != 1 else ''} rejected: {'; '.join(problems)}"
     return DecodedSpans(spans, rejected, message)
 
 
