@@ -9,9 +9,10 @@ client's own SDK recorded beside its OTLP exporter (tests/otlp_clients.py):
   tests/node_otlp/ run by its pinned Node 22.
 Checked for every span: it arrived once, under its name, with its parent (the Prefactor parent link of the span
 the client named as parent), its status (ERROR -> failed, else complete), its token counts; and one run per trace,
-finished. The same spans give byte-identical payloads through the gateway and through the in-process exporter:
-each client's recorded spans, mapped in this process as the exporter maps them, give the very payloads the server
-stored (the server keeps them as JSON, so they are compared as parsed JSON).
+finished. The same spans give the same payloads through the gateway and through the in-process exporter: the
+spans a Python client recorded, exported in this process by `PrefactorSpanExporter` to a second local server, arrive
+there with the very payloads, result payloads, span types and statuses the gateway delivered (the servers keep
+them as parsed JSON; tests/test_gateway_otlp.py compares the encoded bytes).
 Every wait is bounded (a safety limit, never a timing assertion).
 """
 
@@ -39,7 +40,7 @@ from tests.otlp_clients import (
     run_node_client,
     sdk_view,
 )
-from tests.spans import wait_for
+from tests.spans import exporter_for, wait_for
 
 ARRIVAL_LIMIT_S = 60.0
 
@@ -111,6 +112,27 @@ def assert_payloads_as_the_exporter_maps_them(srv: DevServer, recorded: list[Rea
         record = map_span(span)
         arrived = stored[f"{span.context.span_id:016x}"]
         assert json.loads(encode_json(record.payload)) == arrived["payload"], span.name  # type: ignore[arg-type]
+
+
+def test_the_same_spans_through_the_gateway_and_the_in_process_exporter(
+    srv: DevServer, gateway: GatewayProcess
+) -> None:
+    recorded, _ = python_http_client(gateway.traces_url, compress=False, headers=bearer())
+    views = [sdk_view(span) for span in recorded]
+    assert_arrived_as_recorded(srv, gateway, views)
+    with DevServer() as direct:
+        exporter = exporter_for(direct)
+        exporter.export(recorded)
+        exporter.shutdown()
+        expected = {view["trace_id"]: sum(v["trace_id"] == view["trace_id"] for v in views) for view in views}
+        assert wait_for(lambda: all_arrived(direct, expected), ARRIVAL_LIMIT_S)
+        in_process = {str(span["payload"]["span_id"]): span for span in direct.spans()}
+    through_gateway = {str(span["payload"]["span_id"]): span for span in srv.spans()}
+    assert sorted(in_process) == sorted(through_gateway) == sorted(view["span_id"] for view in views)
+    for span_id, span in in_process.items():
+        other = through_gateway[span_id]
+        for field in ("payload", "result_payload", "schema_name", "status"):
+            assert other[field] == span[field], (span["payload"]["name"], field)
 
 
 def test_python_otlp_http_through_the_gateway(srv: DevServer, gateway: GatewayProcess) -> None:

@@ -391,7 +391,10 @@ def test_invalid_ids_reject_that_span_and_keep_the_rest() -> None:
     assert [span.name for span in result.spans] == ["kept", "zero parent: a root"]
     assert result.spans[1].parent is None
     assert result.rejected == 6
-    assert result.message == "6 spans rejected: invalid trace id (16 bytes, not all zero)"
+    assert result.message == (
+        "6 spans rejected: invalid trace id (16 bytes, not all zero); invalid span id (8 bytes, not all zero); "
+        "invalid parent span id (8 bytes or empty)"
+    )
     one = otlp.decode_spans(request_of(spans[3]))
     assert (one.rejected, one.message) == (1, "1 span rejected: invalid span id (8 bytes, not all zero)")
 

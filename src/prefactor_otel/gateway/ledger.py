@@ -50,6 +50,7 @@ class SegmentLedger:
         self._done: set[TraceKey] = set()  # done traces with spans in a live segment
         self._recent: dict[str, OrderedDict[int, None]] = {}  # pipeline key -> traces finished, newest last
         self._recent_changed = False
+        self._changed = True  # since the last `retirable`: only then is it worth computing again
         self.finished_at_start: frozenset[TraceKey] = frozenset()
 
     # ------------------------------------------------------------------ the finished-traces file
@@ -118,6 +119,7 @@ class SegmentLedger:
                     self._waiting[segment] = left
                 else:
                     self._waiting.pop(segment, None)
+        self._changed = True
         traces = self._segments.setdefault(segment, set())
         open_here = self._open.setdefault(key, set())
         for trace_id in trace_ids:
@@ -141,6 +143,7 @@ class SegmentLedger:
     def mark_done(self, key: str, trace_ids: Iterable[int]) -> None:
         open_here = self._open.get(key)
         for trace_id in trace_ids:
+            self._changed = True
             if open_here is not None:
                 open_here.discard(trace_id)
             self._done.add((key, trace_id))
@@ -148,7 +151,16 @@ class SegmentLedger:
 
     # ------------------------------------------------------------------ retiring
 
+    def touch(self) -> None:
+        """Something `retirable` depends on changed outside the ledger (a segment was sealed)."""
+        self._changed = True
+
     def retirable(self, current: int | None) -> list[int]:
+        """The segments that may go (not `current`, the one being written). Computed again only after a change
+        (records taken, traces done, a segment sealed, a retirement that failed)."""
+        if not self._changed:
+            return []
+        self._changed = False
         with self._lock:
             waiting = set(self._waiting)
         return sorted(
@@ -175,6 +187,7 @@ class SegmentLedger:
                 self._write_finished()
             except OSError as exc:
                 logger.error("Prefactor gateway: cannot write %s (%s); ingress-log segments are kept", self._path, exc)
+                self._changed = True  # tried again at the next round
                 return 0
         retired = 0
         for segment in segments:
@@ -194,6 +207,7 @@ class SegmentLedger:
     def known(self, segment: int) -> None:
         """A segment replayed whole: one none of whose records named a trace (all unreadable) holds nothing."""
         self._segments.setdefault(segment, set())
+        self._changed = True
 
     def pin(self, segment: int) -> None:
         """Keep `segment` for good in this process (records for a route and agent this gateway does not have)."""

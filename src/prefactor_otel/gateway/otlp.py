@@ -57,13 +57,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import (
-    AnyValue,
-    KeyValue,
-)
-from opentelemetry.proto.common.v1.common_pb2 import (
-    InstrumentationScope as PbScope,
-)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope as PbScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
@@ -237,7 +232,7 @@ def _remote(flags: int) -> bool:
     return bool(flags & _HAS_IS_REMOTE) and bool(flags & _IS_REMOTE)
 
 
-def _links(links: Sequence[PbSpan.Link], dropped: int, flags: Sequence[TraceFlags]) -> Sequence[Link]:
+def _links(links: Sequence[PbSpan.Link], dropped: int) -> Sequence[Link]:
     decoded = []
     for link in links:
         trace_id, span_id = link.trace_id, link.span_id
@@ -248,7 +243,7 @@ def _links(links: Sequence[PbSpan.Link], dropped: int, flags: Sequence[TraceFlag
             int.from_bytes(trace_id, "big"),
             int.from_bytes(span_id, "big"),
             _remote(link.flags),
-            flags[link.flags & 0xFF],
+            _TRACE_FLAGS[link.flags & 0xFF],
             _trace_state(link.trace_state),
         )
         decoded.append(Link(context, _attributes(link.attributes, link.dropped_attributes_count)))
@@ -294,7 +289,7 @@ def _span(span: PbSpan, resource: Resource, scope: InstrumentationScope | None) 
         )
     links: Sequence[Link] = ()
     if span.links or span.dropped_links_count:
-        links = _links(span.links, span.dropped_links_count, _TRACE_FLAGS)
+        links = _links(span.links, span.dropped_links_count)
     return ReadableSpan(
         name=span.name,
         context=context,
@@ -315,7 +310,7 @@ def decode_spans(request: ExportTraceServiceRequest) -> DecodedSpans:
     """Every span of the request as the SDK would have exported it; spans with invalid ids rejected and counted."""
     spans: list[ReadableSpan] = []
     rejected = 0
-    first_problem = ""
+    problems: dict[str, None] = {}  # the distinct reasons, in order (three kinds at most)
     for resource_spans in request.resource_spans:
         resource = _resource(resource_spans.resource, resource_spans.schema_url)
         for scope_spans in resource_spans.scope_spans:
@@ -324,12 +319,12 @@ def decode_spans(request: ExportTraceServiceRequest) -> DecodedSpans:
                 problem = _span_problem(span)
                 if problem is not None:
                     rejected += 1
-                    first_problem = first_problem or problem
+                    problems[problem] = None
                     continue
                 spans.append(_span(span, resource, scope))
     message = ""
     if rejected:
-        message = f"{rejected} span{'s' if rejected != 1 else ''} rejected: {first_problem}"
+        message = f"{rejected} span{'s' if rejected != 1 else ''} rejected: {'; '.join(problems)}"
     return DecodedSpans(spans, rejected, message)
 
 

@@ -148,8 +148,9 @@ class Gateway:
             self._ledger.load()
             for route in self._routes.routes:
                 for agent in route.agents:
+                    spool = directory / "spool" / f"{route.name}.{agent}"
                     target = AgentPipeline(
-                        route.name, agent, route.agent_config(agent), directory / "spool" / f"{route.name}.{agent}"
+                        route.name, agent, route.agent_config(agent), spool, run_part=self.replica_id
                     )
                     self._targets[target.key] = target
         except Exception:
@@ -420,6 +421,7 @@ class Gateway:
             with self._order_lock:  # no request writes into it meanwhile
                 if ledger.all_done(current) and self._log.current_segment == current:
                     self._log.seal()
+                    ledger.touch()
         retirable = ledger.retirable(self._log.current_segment)
         if retirable:
             self._count(segments_retired=ledger.retire(self._log, retirable))

@@ -45,7 +45,9 @@ BACKOFF_CAP_S = 30.0
 
 
 class AgentPipeline:
-    def __init__(self, route: str, agent: str, config: PrefactorConfig, spool_directory: Path) -> None:
+    def __init__(
+        self, route: str, agent: str, config: PrefactorConfig, spool_directory: Path, *, run_part: str
+    ) -> None:
         self.route = route
         self.agent = agent
         self.key = f"{route}.{agent}"  # the ingress log's key and the spool directory's name
@@ -66,6 +68,9 @@ class AgentPipeline:
         partition = ids.extract_partition(config.agent_id) if config.agent_id else None
         if partition is None and self.backlog is not None:
             partition = self.backlog.load_partition()
+        # `run_part`: the gateway's replica id, this replica's part of every trace (docs/gateway.md, "Run
+        # identity"). Passed to the Pipeline as `run_part=run_part` once the Pipeline takes it (branch xproc).
+        self.run_part = run_part
         self.pipeline = Pipeline(
             config, self.delivery, self.backlog, partition=partition, redactor=self.options.redactor
         )
@@ -111,11 +116,11 @@ class AgentPipeline:
         before = self._spooled()
         ok = self.pipeline.drain(deadline, shutdown=shutdown)
         self._learn_spool_size(before)
-        if ok or self.backlog is not None:
+        if ok or (self.backlog is not None and self.pipeline.planner is not None):
             # With a spool, what was not delivered went there, and the spool's own backoff paces its replay.
             self._backoff = BACKOFF_FIRST_S
             self.retry_at = 0.0
-        else:  # without one it waits in memory, and every drain would wait out a whole deadline again
+        else:  # it waits in memory (no spool, or no partition yet): every drain would wait out its deadline again
             self.retry_at = time.monotonic() + self._backoff
             self._backoff = min(BACKOFF_CAP_S, self._backoff * 2)
         return ok
