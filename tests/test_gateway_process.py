@@ -9,6 +9,7 @@ nothing left `active`, whatever happened to the gateway in between.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -27,6 +28,8 @@ from google.rpc.error_details_pb2 import RetryInfo
 from google.rpc.status_pb2 import Status
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from prefactor_otel.devserver import DevServer
@@ -286,10 +289,10 @@ def test_a_full_queue_answers_429_with_retry_after_and_the_http_exporter_gets_ev
     # While the queue is full, the OTel exporter, several at once: pushed back, each retries and gets in.
     traces = [sdk_trace() for _ in range(4)]
 
-    def export(spans: list[object]) -> SpanExportResult:
+    def export(spans: list[ReadableSpan]) -> SpanExportResult:
         exporter = HttpSpanExporter(endpoint=slow_gateway.traces_url, headers=bearer(), timeout=60)
         try:
-            return exporter.export(spans)  # type: ignore[arg-type]
+            return exporter.export(spans)
         finally:
             exporter.shutdown()
 
@@ -327,10 +330,10 @@ def test_a_full_queue_answers_resource_exhausted_with_retry_info_and_the_grpc_ex
     # RetryInfo says (the exporter's log shows a whole number of seconds: its own backoff would have jitter).
     traces = [sdk_trace() for _ in range(4)]
 
-    def export_with_sdk(spans: list[object]) -> SpanExportResult:
+    def export_with_sdk(spans: list[ReadableSpan]) -> SpanExportResult:
         exporter = GrpcSpanExporter(endpoint=slow_gateway.grpc_target, insecure=True, headers=auth, timeout=60)
         try:
-            return exporter.export(spans)  # type: ignore[arg-type]
+            return exporter.export(spans)
         finally:
             exporter.shutdown()
 
@@ -446,3 +449,89 @@ def test_gateway_help_names_its_flags() -> None:
     assert done.returncode == 0
     for flag in ("--host", "--http-port", "--grpc-port", "--routes", "--dir", "PREFACTOR_GATEWAY_TOKENS"):
         assert flag in done.stdout
+
+
+def test_the_routes_file_given_by_flag_keeps_each_token_in_its_own_account(srv: DevServer, tmp_path: Path) -> None:
+    """`--routes FILE`, two routes, each its own account (one local server each): each client's spans reach its
+    own account only, and a client naming the other route's agent gets those spans refused, written nowhere."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from tests.spans import Collector, agent_trace
+
+    def trace_for(agent: str | None) -> list[ReadableSpan]:
+        attributes = {"service.name": "routed"} | ({"prefactor.agent": agent} if agent else {})
+        collector = Collector()
+        provider = TracerProvider(resource=Resource(attributes))
+        provider.add_span_processor(SimpleSpanProcessor(collector))
+        agent_trace(provider)
+        return list(collector.spans)
+
+    with DevServer() as other:
+        routes = {
+            "routes": [
+                {
+                    "name": "team-a",
+                    "ingress_tokens_env": ["TEAM_A_INGRESS"],
+                    "api_url": srv.url,
+                    "api_token_env": "TEAM_A_PREFACTOR_TOKEN",
+                    "environment_id": srv.environment_id,
+                    "agents": {"support": srv.agent_id},
+                    "default_agent": "support",
+                },
+                {
+                    "name": "team-b",
+                    "ingress_tokens_env": ["TEAM_B_INGRESS"],
+                    "api_url": other.url,
+                    "api_token_env": "TEAM_B_PREFACTOR_TOKEN",
+                    "environment_id": other.environment_id,
+                    "agents": {"billing": other.agent_id},
+                    "default_agent": "billing",
+                },
+            ]
+        }
+        routes_file = tmp_path / "routes.json"
+        routes_file.write_text(json.dumps(routes))
+        env = {
+            "TEAM_A_INGRESS": "ingress-team-a",
+            "TEAM_A_PREFACTOR_TOKEN": srv.token,
+            "TEAM_B_INGRESS": "ingress-team-b",
+            "TEAM_B_PREFACTOR_TOKEN": other.token,
+        }
+        with GatewayProcess(None, tmp_path / "gw", tokens=None, env=env, args=["--routes", str(routes_file)]) as gw:
+            gw.wait_ready()
+            team_a = trace_for(None)
+            answer = httpx.post(
+                gw.traces_url,
+                content=request_bytes(team_a),
+                headers={**PROTOBUF, **bearer("ingress-team-a")},
+                timeout=30,
+            )
+            assert answer.status_code == 200
+            team_b = trace_for("billing")
+            exporter = GrpcSpanExporter(
+                endpoint=gw.grpc_target, insecure=True, headers=(("authorization", "Bearer ingress-team-b"),)
+            )
+            assert exporter.export(team_b) is SpanExportResult.SUCCESS
+            exporter.shutdown()
+            intruder = trace_for("billing")  # team A's token naming team B's agent
+            refused = httpx.post(
+                gw.traces_url,
+                content=request_bytes(intruder),
+                headers={**PROTOBUF, **bearer("ingress-team-a")},
+                timeout=30,
+            )
+            assert refused.status_code == 200
+            response = ExportTraceServiceResponse()
+            response.ParseFromString(refused.content)
+            assert response.partial_success.rejected_spans == SPANS_PER_TRACE
+            assert "billing" in response.partial_success.error_message
+
+            assert wait_for(lambda: all_arrived(srv, [trace_hex(team_a)]), 30), gw.output()
+            assert wait_for(lambda: all_arrived(other, [trace_hex(team_b)]), 30), gw.output()
+            assert gw.stop() == 0
+        on_a = {span["payload"]["trace_id"] for span in srv.spans()}
+        on_b = {span["payload"]["trace_id"] for span in other.spans()}
+        assert on_a == {trace_hex(team_a)} and on_b == {trace_hex(team_b)}
+        assert srv.token not in gw.output() and other.token not in gw.output()
