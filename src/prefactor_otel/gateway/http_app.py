@@ -68,7 +68,6 @@ _INFLATE_STEPS = 1_000_000  # bounds the inflate loop; each step consumes input 
 
 # google.rpc.Code values carried in the error bodies
 _INVALID_ARGUMENT = 3
-_NOT_FOUND = 5
 _RESOURCE_EXHAUSTED = 8
 _UNIMPLEMENTED = 12
 _INTERNAL = 13
