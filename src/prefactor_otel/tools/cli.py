@@ -179,7 +179,7 @@ def _terminate(args: argparse.Namespace) -> int:
     return 0
 
 
-# The modules the `gateway` extra brings: an ImportError naming one of them means the extra is not installed.
+# The modules the `gateway` extra brings: one of them missing means the extra is not installed.
 _GATEWAY_EXTRA_MODULES = ("grpc", "uvicorn", "opentelemetry.proto", "google.protobuf", "h11")
 
 
@@ -191,7 +191,7 @@ def _gateway(args: argparse.Namespace) -> int:
     try:
         from prefactor_otel.gateway.server import run
         from prefactor_otel.gateway.settings import GatewaySettings
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:  # not an ImportError of a module that is there: that is a broken install
         missing = exc.name or ""
         if not missing.startswith(_GATEWAY_EXTRA_MODULES):
             raise
