@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from prefactor_otel.devserver import DevServer
 from prefactor_otel.devserver.faults import Fault
+from prefactor_otel.durability.ingress_log import IngressLog, segment_name
 from prefactor_otel.gateway.service import Gateway, Overloaded, Unauthenticated
 from prefactor_otel.gateway.settings import GatewaySettings
 from tests.spans import Collector, agent_trace, wait_for
@@ -173,3 +174,30 @@ def test_concurrent_requests_are_acknowledged_with_shared_fsyncs_and_all_deliver
     assert 1 <= gateway.stats()["log_fsyncs"] <= len(requests)
     assert wait_for(lambda: all_finished(srv, len(requests)), 30)
     assert len(stored_once(srv)) == sum(len(spans) for spans in requests)
+
+
+def test_a_replay_skips_a_corrupt_and_a_torn_record_and_delivers_the_rest(
+    srv: DevServer, tmp_path: Path, started: list[Gateway]
+) -> None:
+    runs = [traced(f"run-{n}", runs=1) for n in range(4)]
+    log = IngressLog(tmp_path / "log", max_bytes=1 << 20, segment_bytes=1 << 20)
+    log.open()
+    for spans in runs:  # as a killed gateway left them: acknowledged records, the last one torn by the kill
+        ticket = log.write("default.default", request_of(spans).SerializeToString())
+        log.sync(ticket)
+    segment = ticket.segment
+    log.close()
+    path = tmp_path / "log" / segment_name(segment)
+    content = bytearray(path.read_bytes())
+    second = request_of(runs[1]).SerializeToString()
+    at = content.index(second)
+    content[at + len(second) // 2] ^= 0x55  # a damaged sector in the second record
+    path.write_bytes(bytes(content[:-7]))  # and the fourth cut short
+    gateway = start(started, settings_for(srv, tmp_path))
+    assert wait_for(lambda: all_finished(srv, 2), 30)
+    kept = {span.context.trace_id for spans in (runs[0], runs[2]) for span in spans if span.context is not None}
+    assert {int(trace, 16) for trace, _ in stored_once(srv)} == kept
+    stats = gateway.stats()
+    assert (stats["log_records_corrupt"], stats["log_records_torn"]) == (1, 1)
+    assert stats["spans_replayed"] == len(runs[0]) + len(runs[2])
+    assert wait_for(lambda: gateway.stats()["log_segments"] == 0, 30)  # everything readable is done: retired
