@@ -268,27 +268,28 @@ class Gateway:
                     self._count(overloaded_503=1)
                     raise Overloaded(
                         "the ingress log is full (nothing acknowledged is dropped; it empties as runs finish)",
-                        self._retry_after(self._queued_spans),
+                        self._retry_after(self._log_backlog_spans()),
                         unavailable=True,
                     )
+                entries: list[_Entry] = []
                 try:
-                    entries = []
                     for target, body, spans in bodies:
                         last = self._log.write(target.key, body)
                         self._ledger.hold(last.segment)
                         entries.append(_Entry(last.seq, last.segment, target, spans))
                 except IngressLogFull:
+                    # Not after the check above, but should a part be written: it is the worker's like any record
+                    # (its spans come again with the client's retry, under the same ids).
+                    self._enqueue(entries)
                     self._count(overloaded_503=1)
                     raise Overloaded(
-                        "the ingress log is full", self._retry_after(self._queued_spans), unavailable=True
+                        "the ingress log is full", self._retry_after(self._log_backlog_spans()), unavailable=True
                     ) from None
                 except IngressLogBroken as exc:
                     self._fail(f"the ingress log failed: {exc}")
                     self._count(overloaded_503=1)
                     raise Overloaded("the ingress log failed", MAX_RETRY_AFTER_S, unavailable=True) from None
-                with self._cond:
-                    self._queue.extend(entries)
-                    self._queued_spans += total
+                self._enqueue(entries)
             try:
                 assert last is not None
                 self._log.sync(last)
@@ -305,6 +306,12 @@ class Gateway:
             self._count(spans_rejected=rejected)
         return Acceptance(rejected, "; ".join(dict.fromkeys(messages)) if rejected else "")
 
+    def _enqueue(self, entries: list[_Entry]) -> None:
+        """Under the order lock: written records to the worker, in log order."""
+        with self._cond:
+            self._queue.extend(entries)
+            self._queued_spans += sum(len(entry.spans) for entry in entries)
+
     def _admit(self, spans: int) -> None:
         """Room for `spans` more, or Overloaded: the queue bound (429), a spool near its cap (503)."""
         # What a pipeline may spill at once if Prefactor is down: everything queued, at the size per span its spool
@@ -319,7 +326,7 @@ class Gateway:
                 self._count(overloaded_503=1)
                 raise Overloaded(
                     f"the spool of {target.key} is nearly full (Prefactor unreachable?)",
-                    self._retry_after(self._queued_spans),
+                    self._retry_after(self._spool_backlog_spans(target)),
                     unavailable=True,
                 )
         backlog = queued - spans
@@ -330,6 +337,16 @@ class Gateway:
                 self._retry_after(backlog),
                 unavailable=False,
             )
+
+    def _log_backlog_spans(self) -> int:
+        """The ingress log's content in spans (about): what must be finished before it has room again."""
+        return int(self._log.bytes / max(1.0, self._bytes_per_span))
+
+    @staticmethod
+    def _spool_backlog_spans(target: AgentPipeline) -> int:
+        """A spool's backlog in spans (about): what must be delivered before it has room again."""
+        per_span = max(float(SPOOLED_SPAN_BYTES_MIN), target.spool_bytes_per_span)
+        return int(target.spool_fill() * target.config.spool_max_bytes / per_span)
 
     def _retry_after(self, backlog_spans: int) -> float:
         """Seconds until the backlog is likely taken in, at the worker's recent rate: at least 1, at most 60."""
