@@ -190,6 +190,7 @@ def _pfid() -> str:
             "default_agent",
         ),
         ([{"name": "bad name", "ingress_tokens": ["i"], "api_token": "t", "agents": {"a": "P"}}], {}, "a name"),
+        ([{"name": "a.b", "ingress_tokens": ["i"], "api_token": "t", "agents": {"c": "P"}}], {}, "a name"),
         ([{"name": "x", "ingress_tokens": ["i"], "api_token": "t", "agents": {"a": "P"}, "extra": 1}], {}, "extra"),
         (
             [

@@ -46,6 +46,8 @@ AGENT_ATTRIBUTE = "prefactor.agent"
 DEFAULT_ROUTE = "default"
 DEFAULT_AGENT = "default"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# No '.' in a route's name: `<route>.<agent>` names a pipeline (its ingress-log key, its spool directory) unambiguously.
+_ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _ROUTE_KEYS = frozenset(
     {
         "name",
@@ -186,8 +188,8 @@ def _route(entry: Any, index: int, where: str, environ: Mapping[str, str], base:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: route #{index + 1} is not an object")
     name = entry.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(f"{where}: route #{index + 1} needs a name (letters, digits, '_', '.', '-'; up to 64)")
+    if not isinstance(name, str) or not _ROUTE_NAME.match(name):
+        raise ConfigError(f"{where}: route #{index + 1} needs a name (letters, digits, '_', '-'; up to 64)")
     at = f"{where}, route {name!r}"
     unknown = set(entry) - _ROUTE_KEYS
     if unknown:
