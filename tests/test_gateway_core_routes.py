@@ -244,3 +244,36 @@ def test_the_gateway_queue_bound_cannot_exceed_the_pipelines() -> None:
         GatewaySettings.load({"PREFACTOR_API_TOKEN": "t"}, queue_max_spans=30_000)
     settings = GatewaySettings.load({"PREFACTOR_API_TOKEN": "t", "PREFACTOR_GATEWAY_MAX_QUEUED_SPANS": "500"})
     assert settings.queue_max_spans == 500 and settings.config.max_queued_spans == 20_000
+
+
+def test_settings_come_from_the_environment_and_flags_win(tmp_path: Path) -> None:
+    environ = {
+        "PREFACTOR_API_TOKEN": "pf_token",
+        "PREFACTOR_GATEWAY_TOKENS": "one,two",
+        "PREFACTOR_GATEWAY_DIR": str(tmp_path / "from-env"),
+        "PREFACTOR_GATEWAY_LOG_MAX_BYTES": "1000000",
+        "PREFACTOR_GATEWAY_SEGMENT_BYTES": "50000",
+        "PREFACTOR_GATEWAY_MAX_REQUEST_BYTES": "1234567",
+        "PREFACTOR_SPOOL_DIR": str(tmp_path / "spools"),
+    }
+    settings = GatewaySettings.load(environ)
+    assert settings.ingress_tokens == frozenset({"one", "two"})
+    assert settings.directory == tmp_path / "from-env"
+    assert (settings.log_max_bytes, settings.segment_bytes, settings.max_request_bytes) == (
+        1_000_000,
+        50_000,
+        1_234_567,
+    )
+    assert settings.config.finish_grace_seconds == 15.0  # the gateway's default grace period
+    assert settings.config.max_request_bytes == 4 * 1024 * 1024  # the exporter's bulk limit is another option
+    flagged = GatewaySettings.load(
+        {**environ, "PREFACTOR_FINISH_GRACE_SECONDS": "2"}, directory=tmp_path / "flag", ingress_tokens=["three"]
+    )
+    assert flagged.directory == tmp_path / "flag" and flagged.ingress_tokens == frozenset({"three"})
+    assert flagged.config.finish_grace_seconds == 2.0
+    del environ["PREFACTOR_GATEWAY_DIR"]
+    assert GatewaySettings.load(environ).directory == tmp_path / "spools" / "gateway"
+    with pytest.raises(ConfigError, match="PREFACTOR_GATEWAY_SEGMENT_BYTES"):
+        GatewaySettings.load({**environ, "PREFACTOR_GATEWAY_SEGMENT_BYTES": "-1"})
+    with pytest.raises(ConfigError, match="unknown gateway option"):
+        GatewaySettings.load(environ, no_such_option=1)
