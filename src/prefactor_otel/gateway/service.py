@@ -422,7 +422,7 @@ class Gateway:
             config = target.config
             target.finish_rootless(now, config.max_wait_seconds + config.finish_grace_seconds)
             if target.background_due(now):
-                target.drain(time.monotonic() + config.export_timeout)
+                target.drain(time.monotonic() + config.export_timeout, background=True)
         self._retire()
 
     def _retire(self) -> None:

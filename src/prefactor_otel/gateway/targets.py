@@ -112,9 +112,12 @@ class AgentPipeline:
 
     # ------------------------------------------------------------------ sending (the worker thread)
 
-    def drain(self, deadline: float, *, shutdown: bool = False) -> bool:
+    def drain(self, deadline: float, *, shutdown: bool = False, background: bool = False) -> bool:
+        """Send what is ready (`background`: as the exporter's finisher does, the spool's backlog alone while no
+        span has come -- no partition needed for that)."""
         before = self._spooled()
-        ok = self.pipeline.drain(deadline, shutdown=shutdown)
+        pipeline = self.pipeline
+        ok = pipeline.background_send(deadline) if background else pipeline.drain(deadline, shutdown=shutdown)
         self._learn_spool_size(before)
         if ok or (self.backlog is not None and self.pipeline.planner is not None):
             # With a spool, what was not delivered went there, and the spool's own backoff paces its replay.
