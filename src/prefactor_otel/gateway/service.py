@@ -17,22 +17,24 @@ The worker thread (`_run`, the one thread that drives every pipeline, so their o
 the ingress log left by an earlier gateway (the records of traces it had finished are skipped: ledger.py), and only
 then is the gateway ready; it then takes the queued records whose fsync is done, oldest first, decodes and maps
 them (targets.py: a remote parent is an ordinary parent here), adds them to their pipeline and drains it; it
-sends what is due in the background (grace periods, orphans, the spool's backlog, backing off per pipeline after a
-failure), finishes runs whose top never came after they are idle (`max_wait_seconds` + the finish grace), and
-retires the ingress-log segments whose traces are all done (ledger.py).
+sends what is due in the background (grace periods, orphans, the spool's backlog at the spool's backoff; a pipeline
+without a spool or a partition backs off after a failure), finishes runs whose top never came once they are idle
+(`max_wait_seconds` + the finish grace), and retires the ingress-log segments whose traces are all done (ledger.py).
+Decoding a replayed record needs otlp.py's `parse_protobuf`; live records were decoded by their request.
 
 `shutdown(timeout_s)`: stop accepting, then the worker takes what was acknowledged, drains every pipeline as the
 exporter's shutdown does (deliver, or spool what cannot be delivered within the budget; every run is finished),
 retires what is done, closes; whatever is still in the ingress log is replayed at the next start.
 
 The replica id (`replica_id`, a file in the directory, created once) names this gateway's runs apart from another
-replica's (the pipeline's `run_part`, added when that lands).
+replica's: each pipeline's run part (targets.py).
 
 Threads and locks: `accept`, `not_ready_reason`, `stats`, `startup_line` from any thread (the front ends' request
 threads and their health checks); `start`, `stop_accepting`, `shutdown` from the owner's thread. `_order_lock`
 makes log order and queue order one (held for a write and an append, never across an fsync); `_cond` (its own lock)
 guards the queue, the queued span count and the worker's wake-ups; `_counters_lock` the gateway's counters. Each
 pipeline's `state_lock` is taken inside the pipeline and targets.py; the ingress log and the ledger have their own.
+Lock order: `_order_lock` -> `_cond`, `_order_lock` -> the log's and the ledger's locks; never the other way.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ span starts, no control poller (no application here to tell of a terminated run)
 Threads and locks: built by `Gateway.start`; everything else is called by the gateway's worker thread, the one
 sender of every pipeline (so no send lock), except `queued_spans` and the counters, read by any thread without a
 lock (an int read and dict copies: approximate, never torn). The pipeline's `state_lock` guards its planner and is
-taken here around the readings of planner state (`trace_state`, `finish_rootless`).
+taken here around the readings of planner state (`done_traces`, `finish_rootless`).
 """
 
 from __future__ import annotations
