@@ -177,3 +177,23 @@ def test_a_replay_skips_the_late_spans_of_a_trace_finished_before_the_kill(
     }  # the late span was dropped the first time (after its run's finish), and so it is on replay
     runs_of_x = {span["agent_instance_id"] for (trace, _), span in stored.items() if trace == said["x"]}
     assert len(runs_of_x) == 1
+
+
+def test_two_gateways_killed_in_turn_while_the_server_is_down_lose_nothing(
+    srv: DevServer, tmp_path: Path, started: list[Gateway]
+) -> None:
+    """The second gateway replays the first's log into its spool, takes requests of its own, and is killed too."""
+    srv.add_fault(Fault(status=503, times=-1))
+    env = environment(srv, tmp_path / "gw")
+    first = Child(env)
+    assert first.read() == {"ready": True}
+    first.kill_after(8)
+    second = Child(env)
+    assert second.read() == {"ready": True}  # after its replay of the first's log
+    second.kill_after(8)
+    acked = first.acked | second.acked
+    assert len(acked) > len(first.acked) and srv.spans() == []
+    srv.clear_faults()
+    run_over_again(srv, tmp_path / "gw", env, started)
+    assert wait_for(lambda: everything_arrived(srv, acked), 90)
+    check_exactly_once(srv, acked)
