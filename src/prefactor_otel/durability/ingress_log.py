@@ -120,6 +120,7 @@ class IngressLog:
         """Take the directory (IngressLogLocked if another process has it) and find the segments left by earlier
         processes; returns their numbers, oldest first."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        _fsync_directory(self.directory.parent)  # the directory itself survives a crash with what it will hold
         fd = os.open(self.directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

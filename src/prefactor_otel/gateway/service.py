@@ -621,4 +621,9 @@ def _replica_id(directory: Path) -> str:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the id is kept before any run is derived from it
+    finally:
+        os.close(fd)
     return value
