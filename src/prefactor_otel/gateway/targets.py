@@ -69,10 +69,15 @@ class AgentPipeline:
         if partition is None and self.backlog is not None:
             partition = self.backlog.load_partition()
         # `run_part`: the gateway's replica id, this replica's part of every trace (docs/gateway.md, "Run
-        # identity"). Passed to the Pipeline as `run_part=run_part` once the Pipeline takes it (branch xproc).
+        # identity"): a restart keeps its run ids, two replicas never derive the same one.
         self.run_part = run_part
         self.pipeline = Pipeline(
-            config, self.delivery, self.backlog, partition=partition, redactor=self.options.redactor
+            config,
+            self.delivery,
+            self.backlog,
+            partition=partition,
+            redactor=self.options.redactor,
+            run_part=run_part,
         )
         if self.backlog is not None:
             # Span records an earlier gateway kept while no partition was known (Backlog.keep_records).
