@@ -201,3 +201,20 @@ def test_a_replay_skips_a_corrupt_and_a_torn_record_and_delivers_the_rest(
     assert (stats["log_records_corrupt"], stats["log_records_torn"]) == (1, 1)
     assert stats["spans_replayed"] == len(runs[0]) + len(runs[2])
     assert wait_for(lambda: gateway.stats()["log_segments"] == 0, 30)  # everything readable is done: retired
+
+
+def test_records_of_a_route_that_is_gone_are_kept_in_the_log_not_sent(
+    srv: DevServer, tmp_path: Path, started: list[Gateway]
+) -> None:
+    ours, theirs = traced("ours", runs=1), traced("theirs", runs=1)
+    log = IngressLog(tmp_path / "log", max_bytes=1 << 20, segment_bytes=1 << 20)
+    log.open()
+    log.sync(log.write("removed-route.agent", request_of(theirs).SerializeToString()))
+    log.sync(log.write("default.default", request_of(ours).SerializeToString()))
+    log.close()
+    gateway = start(started, settings_for(srv, tmp_path))
+    assert wait_for(lambda: all_finished(srv, 1), 30)
+    assert len(stored_once(srv)) == len(ours)
+    assert gateway.stats()["replay_unknown_route_records"] == 1
+    gateway.shutdown(5)
+    assert gateway.stats()["log_segments"] == 1  # kept for a gateway that has the route again

@@ -449,16 +449,19 @@ class Gateway:
         finished = self._ledger.finished_at_start
         found = self._log.segments()
         replayed = skipped = 0
+        unknown: set[str] = set()
         for record in self._replay_records():
             target = self._targets.get(record.key)
             if target is None:
                 self._ledger.pin(record.segment)  # kept: a gateway with that route back delivers it
                 self._count(replay_unknown_route_records=1)
-                logger.error(
-                    "Prefactor gateway: the ingress log holds spans for %r, which is no longer a route and agent of "
-                    "this gateway's; they are kept in the log, not sent",
-                    record.key,
-                )
+                if record.key not in unknown:  # once per key, however many records
+                    unknown.add(record.key)
+                    logger.error(
+                        "Prefactor gateway: the ingress log holds spans for %r, which is no longer a route and agent "
+                        "of this gateway's; they are kept in the log, not sent",
+                        record.key,
+                    )
                 continue
             try:
                 decoded = decode_spans(parse_protobuf(record.data))
@@ -559,6 +562,8 @@ class Gateway:
             "spans_queued": self._queued_spans,
             "spans_replayed": counters.get("spans_replayed", 0),
             "spans_skipped_finished": counters.get("spans_skipped_finished", 0),
+            "replay_unknown_route_records": counters.get("replay_unknown_route_records", 0),
+            "replay_undecodable_records": counters.get("replay_undecodable_records", 0),
             "log_segments": len(self._log.segments()),
             "log_bytes": self._log.bytes,
             "log_segments_retired": log_counters.get("segments_retired", 0),
