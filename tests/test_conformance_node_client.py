@@ -2,108 +2,42 @@
 
 `tests/node_client/` is a small npm project (package.json and package-lock.json pin `@prefactor/core`, its peer
 `zod` and a Node 22 binary, the client's declared engine). The session fixture installs it with `npm ci` when its
-`node_modules` is missing or stale, once per folder however many test workers (pytest-xdist) start at once: they
-take turns under a file lock, and the first installs; without npm the tests FAIL, saying to install Node.js. Each
-test starts a
-DevServer on 127.0.0.1 and runs one scenario of `driver.mjs` with that Node 22 (a subprocess, bounded), which
-prints a JSON report of what the client saw: every HTTP exchange, the values and errors its calls returned, and
-everything it logged. The tests assert on that report and on the server's state, including that the client's
-requests leave no strict-mode finding.
+`node_modules` is missing or stale (tests/node_install.py), once per folder however many test workers
+(pytest-xdist) start at once: they take turns under a file lock, and the first installs; without npm the tests
+FAIL, saying to install Node.js. Each test starts a DevServer on 127.0.0.1 and runs one scenario of `driver.mjs`
+with that Node 22 (a subprocess, bounded), which prints a JSON report of what the client saw: every HTTP exchange,
+the values and errors its calls returned, and everything it logged. The tests assert on that report and on the
+server's state, including that the client's requests leave no strict-mode finding.
 
 Runs on the test thread only; each test owns its server (the `srv` fixture of conftest.py).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from prefactor_otel.devserver import DevServer
+from tests.node_install import install_node_project
 
 NODE_CLIENT_DIR = Path(__file__).parent / "node_client"
 DRIVER = NODE_CLIENT_DIR / "driver.mjs"
-# Safety limits against a hang only; no test asserts anything about time.
-INSTALL_LIMIT_S = 900.0
+# A safety limit against a hang only; no test asserts anything about time.
 SCENARIO_LIMIT_S = 120.0
 NODE_MAJOR = 22  # @prefactor/core 0.2.9 declares engines: node >= 22
-INSTALL_LOCK = ".npm-ci.lock"  # in the project folder (ignored by git)
 
 Report = dict[str, Any]
 
 
-# --------------------------------------------------------------------------- installation
-
-
-def node_client_installed(project: Path) -> bool:
-    """Every dependency of `project`'s package.json is in node_modules at its pinned version."""
-    pinned: dict[str, str] = json.loads((project / "package.json").read_text())["dependencies"]
-    for name, version in pinned.items():
-        manifest = project / "node_modules" / name / "package.json"
-        if not manifest.is_file() or json.loads(manifest.read_text()).get("version") != version:
-            return False
-    return (project / "node_modules" / ".bin" / "node").exists()
-
-
-@contextmanager
-def install_lock(project: Path) -> Iterator[None]:
-    """Held while `project`'s install is checked and, when needed, done. `npm ci` first empties node_modules, and
-    the `node` package fetches its binary in an install script: a second worker checking or installing meanwhile
-    would see a half-installed client or pull it from under the first. The lock goes with the holder's process,
-    however it ends."""
-    with open(project / INSTALL_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def install_node_client(project: Path, search_path: str | None = None) -> Path:
-    """The Node binary of `project`, installed from its lockfile first (`npm ci`) when missing or stale.
-    Fails the test (never skips) when npm is missing or the install fails."""
-    with install_lock(project):
-        _install_unless_installed(project, search_path)
-    node = project / "node_modules" / ".bin" / "node"
-    version = subprocess.run([str(node), "--version"], capture_output=True, text=True, timeout=60, check=False)
-    found = re.fullmatch(r"v(\d+)\..*", version.stdout.strip())
-    if found is None or int(found.group(1)) < NODE_MAJOR:
-        pytest.fail(f"{node} is not Node {NODE_MAJOR}+: {version.stdout!r} {version.stderr[-500:]!r}", pytrace=False)
-    return node
-
-
-def _install_unless_installed(project: Path, search_path: str | None) -> None:
-    if not node_client_installed(project):
-        npm = shutil.which("npm", path=search_path)
-        if npm is None:
-            pytest.fail(
-                "npm is not on PATH: install Node.js (which brings npm) to run the conformance tests with "
-                f"Prefactor's official Node client; they install {project} with `npm ci` themselves",
-                pytrace=False,
-            )
-        try:
-            done = subprocess.run(
-                [npm, "ci", "--no-audit", "--no-fund", "--prefix", str(project)],
-                capture_output=True,
-                text=True,
-                timeout=INSTALL_LIMIT_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"`npm ci --prefix {project}` did not finish within {INSTALL_LIMIT_S:.0f} s", pytrace=False)
-        if done.returncode != 0 or not node_client_installed(project):
-            pytest.fail(
-                f"`npm ci --prefix {project}` failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}", pytrace=False
-            )
+    return install_node_project(project, search_path, node_major=NODE_MAJOR)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,7 @@
-"""`prefactor-otel` command line: demo | serve | show | terminate | doctor."""
+"""`prefactor-otel` command line: demo | serve | show | terminate | doctor | gateway.
+
+`gateway` needs the `gateway` extra (grpcio, uvicorn, opentelemetry-proto): it is imported only when that command
+runs, so every other command, and importing this module, loads none of them."""
 
 from __future__ import annotations
 
@@ -176,6 +179,96 @@ def _terminate(args: argparse.Namespace) -> int:
     return 0
 
 
+# The modules the `gateway` extra brings: an ImportError naming one of them means the extra is not installed.
+_GATEWAY_EXTRA_MODULES = ("grpc", "uvicorn", "opentelemetry.proto", "google.protobuf", "h11")
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    """`prefactor-otel gateway`: the settings from the PREFACTOR_* variables and the flags given, then run."""
+    from prefactor_otel._logging import configure_level
+    from prefactor_otel.config.values import ConfigError
+
+    try:
+        from prefactor_otel.gateway.server import run
+        from prefactor_otel.gateway.settings import GatewaySettings
+    except ImportError as exc:
+        missing = exc.name or ""
+        if not missing.startswith(_GATEWAY_EXTRA_MODULES):
+            raise
+        print(
+            f"prefactor-otel gateway: {missing} is not installed; the gateway needs the gateway extra: "
+            "pip install 'prefactor-otel[gateway]'",
+            file=sys.stderr,
+        )
+        return 2
+    overrides = {
+        name: value
+        for name, value in (
+            ("host", args.host),
+            ("http_port", args.http_port),
+            ("grpc_port", args.grpc_port),
+            ("routes_file", args.routes),
+            ("directory", args.dir),
+        )
+        if value is not None
+    }
+    configure_level(os.environ)
+    try:
+        settings = GatewaySettings.load(os.environ, **overrides)
+    except ConfigError as exc:
+        print(f"prefactor-otel gateway: {exc}", file=sys.stderr)
+        return 2
+    return run(settings)
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("must be a port number from 0 to 65535 (0 picks a free one)")
+    return port
+
+
+def _add_gateway_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from pathlib import Path
+
+    gateway = sub.add_parser(
+        "gateway",
+        formatter_class=_HelpFormatter,
+        help="receive OTLP traces (HTTP and gRPC) from apps in any language and send them to Prefactor "
+        "(needs the gateway extra)",
+        description="Run an OTLP receiver in the foreground until Ctrl-C or SIGTERM: OTLP/HTTP POST /v1/traces "
+        "(protobuf or JSON, gzip) and OTLP/gRPC TraceService/Export, answered once the spans are on disk or "
+        "delivered, then mapped and delivered as the in-process exporter does. Configured by the exporter's "
+        "PREFACTOR_* variables (PREFACTOR_API_TOKEN, PREFACTOR_AGENT_ID, ...) and PREFACTOR_GATEWAY_TOKENS (the "
+        "ingress tokens clients send as Authorization: Bearer; required on a non-loopback address). "
+        "GET /healthz and GET /readyz on the HTTP port. Needs: pip install 'prefactor-otel[gateway]'.",
+    )
+    gateway.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1)")
+    gateway.add_argument(
+        "--http-port", type=_port, default=None, help="OTLP/HTTP port; 0 picks a free one (default: 4318)"
+    )
+    gateway.add_argument(
+        "--grpc-port", type=_port, default=None, help="OTLP/gRPC port; 0 picks a free one (default: 4317)"
+    )
+    gateway.add_argument(
+        "--routes",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="routes file: ingress tokens to Prefactor tokens, agents and environments (default: from "
+        "PREFACTOR_GATEWAY_ROUTES, else one route from the PREFACTOR_* variables)",
+    )
+    gateway.add_argument(
+        "--dir",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="where the gateway keeps what it acknowledged until delivered (default: from PREFACTOR_GATEWAY_DIR, "
+        "else under the exporter's spool directory)",
+    )
+    gateway.set_defaults(func=_gateway)
+
+
 def _positive_seconds(value: str) -> float:
     seconds = float(value)
     if not 0 < seconds <= 3600:
@@ -327,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reports every problem",
     )
     doctor.set_defaults(func=_doctor)
+    _add_gateway_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -1,0 +1,574 @@
+"""`Gateway`: authenticate, route, acknowledge once durable, and drive one pipeline per (route, agent).
+
+The path of a request (`accept`, on the front end's request thread):
+1. authenticate: the bearer token -> its route (routes.py; constant-time); none or unknown -> `Unauthenticated`;
+2. route: each ResourceSpans goes to the agent its resource attribute `prefactor.agent` names (a key of the
+   route's agents), else to the route's default agent; a name the route does not have -> those spans are refused
+   (partial success, counted), never written elsewhere;
+3. decode (otlp.py) to count the spans and refuse the invalid ones (partial success);
+4. admit: spans accepted and not yet planned are bounded (`max_queued_spans`: beyond it `Overloaded` 429); a full
+   ingress log, a spool near its cap (`SPOOL_HIGH_WATER`), a failed log, start-up (replay) and stopping ->
+   `Overloaded(unavailable=True)` 503. Retry-After grows with the backlog (`_retry_after`);
+5. write: one ingress-log record per (route, agent) -- its key and the serialized protobuf of those spans -- and
+   queue it for the worker, in log order (the order lock);
+6. sync: return once the records are fsynced (group commit: concurrent requests share fsyncs).
+
+The worker thread (`_run`, the one thread that drives every pipeline, so their one sender): at start it replays
+the ingress log left by an earlier gateway (the records of traces it had finished are skipped: ledger.py), and only
+then is the gateway ready; it then takes the queued records whose fsync is done, oldest first, decodes and maps
+them (targets.py: a remote parent is an ordinary parent here), adds them to their pipeline and drains it; it
+sends what is due in the background (grace periods, orphans, the spool's backlog, backing off per pipeline after a
+failure), finishes runs whose top never came after they are idle (`max_wait_seconds` + the finish grace), and
+retires the ingress-log segments whose traces are all done (ledger.py).
+
+`shutdown(timeout_s)`: stop accepting, then the worker takes what was acknowledged, drains every pipeline as the
+exporter's shutdown does (deliver, or spool what cannot be delivered within the budget; every run is finished),
+retires what is done, closes; whatever is still in the ingress log is replayed at the next start.
+
+The replica id (`replica_id`, a file in the directory, created once) names this gateway's runs apart from another
+replica's (the pipeline's `run_part`, added when that lands).
+
+Threads and locks: `accept`, `not_ready_reason`, `stats`, `startup_line` from any thread (the front ends' request
+threads and their health checks); `start`, `stop_accepting`, `shutdown` from the owner's thread. `_order_lock`
+makes log order and queue order one (held for a write and an append, never across an fsync); `_cond` (its own lock)
+guards the queue, the queued span count and the worker's wake-ups; `_counters_lock` the gateway's counters. Each
+pipeline's `state_lock` is taken inside the pipeline and targets.py; the ingress log and the ledger have their own.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
+from opentelemetry.sdk.trace import ReadableSpan
+
+from prefactor_otel._logging import announce, logger
+from prefactor_otel.durability.ingress_log import (
+    IngressLog,
+    IngressLogBroken,
+    IngressLogFull,
+    IngressLogLocked,
+    LogRecord,
+)
+from prefactor_otel.gateway.ledger import SegmentLedger
+from prefactor_otel.gateway.otlp import OtlpDecodeError, decode_spans, parse_protobuf
+from prefactor_otel.gateway.routes import AGENT_ATTRIBUTE, Route
+from prefactor_otel.gateway.settings import GatewaySettings
+from prefactor_otel.gateway.targets import AgentPipeline
+
+__all__ = ["Acceptance", "Gateway", "IngressLogLocked", "Overloaded", "Unauthenticated"]
+
+TICK_S = 0.2
+SPOOL_HIGH_WATER = 0.8  # a spool fuller than this refuses new requests: the spool drops its oldest at its cap
+MAX_RETRY_AFTER_S = 60.0
+_REPLICA_FILE = "replica-id"
+_REPLAY_DRAIN_EVERY = 500  # records replayed between drains: the pipelines stay under their own bounds
+
+
+class Unauthenticated(Exception):
+    """No or wrong ingress token: HTTP 401, gRPC UNAUTHENTICATED."""
+
+
+class Overloaded(Exception):
+    """Cannot take the request now; the client should retry after `retry_after_s`.
+    unavailable=False: the queue is full -> HTTP 429 / gRPC RESOURCE_EXHAUSTED.
+    unavailable=True: the ingress log or spool is full, the gateway is starting (replaying) or stopping
+    -> HTTP 503 / gRPC UNAVAILABLE."""
+
+    def __init__(self, reason: str, retry_after_s: float, *, unavailable: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+        self.unavailable = unavailable
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    rejected_spans: int  # partial_success.rejected_spans
+    message: str  # partial_success.error_message ("" when none rejected)
+
+
+@dataclass(slots=True)
+class _Entry:
+    seq: int  # the ingress log's write sequence: taken once synced
+    segment: int
+    target: AgentPipeline
+    spans: list[ReadableSpan]
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self._routes = settings.routes
+        self._log = IngressLog(
+            settings.directory / "log", max_bytes=settings.log_max_bytes, segment_bytes=settings.segment_bytes
+        )
+        self._ledger = SegmentLedger(settings.directory)
+        self._targets: dict[str, AgentPipeline] = {}
+        self._order_lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[_Entry] = deque()
+        self._queued_spans = 0
+        self._counters_lock = threading.Lock()
+        self._counters: Counter[str] = Counter()
+        self._worker: threading.Thread | None = None
+        self._state = "not started"  # not started -> replaying -> ready -> stopping -> stopped
+        self._failure: str | None = None
+        self._stop_deadline: float | None = None
+        self._rate = 0.0  # spans per second the worker takes in (moving average), for Retry-After
+        self.replica_id = ""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Take the directory (IngressLogLocked if another gateway has it), build the pipelines, and start the
+        worker, which replays what an earlier gateway acknowledged before the gateway is ready."""
+        if self._state != "not started":
+            return
+        directory = self.settings.directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._log.open()
+        try:
+            self.replica_id = _replica_id(directory)
+            self._ledger.load()
+            for route in self._routes.routes:
+                for agent in route.agents:
+                    target = AgentPipeline(
+                        route.name, agent, route.agent_config(agent), directory / "spool" / f"{route.name}.{agent}"
+                    )
+                    self._targets[target.key] = target
+        except Exception:
+            self._log.close()
+            raise
+        self._state = "replaying"
+        if self.settings.open:
+            logger.warning(
+                "Prefactor gateway: no ingress token is configured: it accepts requests without one, on %s only "
+                "(set PREFACTOR_GATEWAY_TOKENS before listening on any other address)",
+                self.settings.host,
+            )
+        announce(self.startup_line())
+        self._worker = threading.Thread(target=self._run, name="prefactor-gateway-worker", daemon=True)
+        self._worker.start()
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Wait until the replay is done (or the gateway failed); True when ready."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._state == "replaying" and self._failure is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, TICK_S))
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        if self._failure is not None:
+            return self._failure
+        if self._state == "ready":
+            return None
+        if self._state == "replaying":
+            return f"replaying the ingress log ({self._log.counters['records_replayed']} records so far)"
+        return self._state
+
+    def stop_accepting(self) -> None:
+        with self._cond:
+            if self._state in ("replaying", "ready", "not started"):
+                self._state = "stopping"
+            self._cond.notify_all()
+
+    def shutdown(self, timeout_s: float) -> None:
+        """Deliver or spool everything acknowledged within `timeout_s`; what remains in the ingress log is replayed
+        by the next gateway on this directory."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        with self._cond:
+            if self._state == "stopped":
+                return
+            self._state = "stopping"
+            self._stop_deadline = deadline
+            self._cond.notify_all()
+        for target in self._targets.values():
+            target.transport.cap_deadline(deadline)
+        worker = self._worker
+        if worker is not None:
+            worker.join(max(0.0, deadline - time.monotonic()) + 1.0)
+            if worker.is_alive():
+                logger.warning("Prefactor gateway: the worker did not stop in time; the ingress log keeps the rest")
+        else:
+            self._close()
+        with self._cond:
+            self._state = "stopped"
+
+    # ------------------------------------------------------------------ accepting
+
+    def accept(self, authorization: str | None, request: ExportTraceServiceRequest) -> Acceptance:
+        try:
+            return self._accept(authorization, request)
+        except (Unauthenticated, Overloaded):
+            raise
+        except Exception:
+            logger.exception("Prefactor gateway: a request failed unexpectedly")
+            self._count(internal_errors=1, overloaded_503=1)
+            raise Overloaded("internal error", 1.0, unavailable=True) from None
+
+    def _accept(self, authorization: str | None, request: ExportTraceServiceRequest) -> Acceptance:
+        self._count(requests=1)
+        route = self._routes.authenticate(authorization)
+        if route is None:
+            self._count(requests_unauthenticated=1)
+            raise Unauthenticated("a valid ingress token is required (Authorization: Bearer <token>)")
+        if self._state != "ready" or self._failure is not None:
+            self._count(overloaded_503=1)
+            reason = self.not_ready_reason() or "not ready"
+            raise Overloaded(f"the gateway is not accepting: {reason}", self._retry_after(0), unavailable=True)
+        groups, rejected, messages = _by_agent(route, request)
+        batches: list[tuple[AgentPipeline, ExportTraceServiceRequest, list[ReadableSpan]]] = []
+        for agent, part in groups.items():
+            decoded = decode_spans(part)
+            rejected += decoded.rejected
+            if decoded.message:
+                messages.append(decoded.message)
+            if decoded.spans:
+                batches.append((self._targets[f"{route.name}.{agent}"], part, decoded.spans))
+        total = sum(len(spans) for _, _, spans in batches)
+        if total > self.settings.max_queued_spans:
+            rejected += total
+            messages.append(
+                f"{total} spans in one request, more than the gateway queues ({self.settings.max_queued_spans}): "
+                "send smaller batches"
+            )
+            batches, total = [], 0
+        if batches:
+            self._admit(total)
+            bodies = [(target, part.SerializeToString(), spans) for target, part, spans in batches]
+            size = sum(len(body) for _, body, _ in bodies)
+            last = None
+            with self._order_lock:
+                if self._log.bytes + size + 64 * len(bodies) > self._log.max_bytes:
+                    self._count(overloaded_503=1)
+                    raise Overloaded(
+                        "the ingress log is full (nothing acknowledged is dropped; it empties as runs finish)",
+                        self._retry_after(self._queued_spans),
+                        unavailable=True,
+                    )
+                try:
+                    entries = []
+                    for target, body, spans in bodies:
+                        last = self._log.write(target.key, body)
+                        self._ledger.hold(last.segment)
+                        entries.append(_Entry(last.seq, last.segment, target, spans))
+                except IngressLogFull:
+                    self._count(overloaded_503=1)
+                    raise Overloaded(
+                        "the ingress log is full", self._retry_after(self._queued_spans), unavailable=True
+                    ) from None
+                except IngressLogBroken as exc:
+                    self._fail(f"the ingress log failed: {exc}")
+                    self._count(overloaded_503=1)
+                    raise Overloaded("the ingress log failed", MAX_RETRY_AFTER_S, unavailable=True) from None
+                with self._cond:
+                    self._queue.extend(entries)
+                    self._queued_spans += total
+            try:
+                assert last is not None
+                self._log.sync(last)
+            except IngressLogBroken as exc:
+                self._fail(f"the ingress log failed: {exc}")
+                self._count(overloaded_503=1)
+                raise Overloaded("the ingress log failed", MAX_RETRY_AFTER_S, unavailable=True) from None
+            with self._cond:
+                self._cond.notify_all()
+            self._count(spans_accepted=total, bytes_accepted=size)
+        if rejected:
+            self._count(spans_rejected=rejected)
+        return Acceptance(rejected, "; ".join(dict.fromkeys(messages)) if rejected else "")
+
+    def _admit(self, spans: int) -> None:
+        """Room for `spans` more, or Overloaded: the queue bound (429), a spool near its cap (503)."""
+        for target in self._targets.values():
+            if target.spool_fill() >= SPOOL_HIGH_WATER:
+                self._count(overloaded_503=1)
+                raise Overloaded(
+                    f"the spool of {target.key} is nearly full (Prefactor unreachable?)",
+                    self._retry_after(self._queued_spans),
+                    unavailable=True,
+                )
+        backlog = self._queued_spans + sum(target.queued_spans for target in self._targets.values())
+        if backlog + spans > self.settings.max_queued_spans:
+            self._count(overloaded_429=1)
+            raise Overloaded(
+                f"{backlog} spans are queued (bound {self.settings.max_queued_spans})",
+                self._retry_after(backlog),
+                unavailable=False,
+            )
+
+    def _retry_after(self, backlog_spans: int) -> float:
+        """Seconds until the backlog is likely taken in, at the worker's recent rate: at least 1, at most 60."""
+        rate = self._rate if self._rate > 0 else 100.0
+        return float(min(MAX_RETRY_AFTER_S, max(1.0, math.ceil(backlog_spans / rate))))
+
+    def _fail(self, reason: str) -> None:
+        if self._failure is None:
+            logger.error("Prefactor gateway: %s; not accepting any more requests", reason)
+            self._failure = reason
+
+    # ------------------------------------------------------------------ the worker
+
+    def _run(self) -> None:
+        try:
+            self._replay()
+            with self._cond:
+                if self._state == "replaying":
+                    self._state = "ready"
+                self._cond.notify_all()
+            while True:
+                with self._cond:
+                    stopping = self._state == "stopping" and self._stop_deadline is not None
+                    if not self._queue_ready() and not stopping:
+                        self._cond.wait(TICK_S)
+                    stopping = self._state == "stopping" and self._stop_deadline is not None
+                self._take()
+                if stopping:
+                    self._finish_everything()
+                    return
+                self._background()
+        except Exception:
+            logger.exception("Prefactor gateway: the worker failed unexpectedly")
+            self._fail("the worker failed")
+            with self._cond:
+                self._cond.notify_all()
+        finally:
+            if self._stop_deadline is not None:
+                self._close()
+
+    def _queue_ready(self) -> bool:
+        return bool(self._queue) and self._queue[0].seq <= self._log.synced_seq
+
+    def _take(self) -> None:
+        """Give the synced records to their pipelines, in log order, and drain the pipelines that got spans."""
+        touched: dict[str, AgentPipeline] = {}
+        started = time.monotonic()
+        taken_spans = 0
+        while True:
+            with self._cond:
+                if not self._queue_ready():
+                    break
+                entry = self._queue.popleft()
+                self._queued_spans -= len(entry.spans)
+            target = entry.target
+            records = target.map_spans(entry.spans)
+            target.pipeline.add(records)
+            self._ledger.taken(entry.segment, target.key, {record.trace_id for record in records})
+            touched[target.key] = target
+            taken_spans += len(entry.spans)
+            if target.queued_spans >= target.config.max_queued_spans // 2:
+                target.drain(time.monotonic() + target.config.export_timeout)
+        for target in touched.values():
+            target.drain(time.monotonic() + target.config.export_timeout)
+        if taken_spans:
+            elapsed = max(1e-3, time.monotonic() - started)
+            self._rate = 0.7 * self._rate + 0.3 * (taken_spans / elapsed) if self._rate else taken_spans / elapsed
+
+    def _background(self) -> None:
+        now = time.monotonic()
+        for target in self._targets.values():
+            config = target.config
+            target.finish_rootless(now, config.max_wait_seconds + config.finish_grace_seconds)
+            if target.background_due(now):
+                target.drain(time.monotonic() + config.export_timeout)
+        self._retire()
+
+    def _retire(self) -> None:
+        ledger = self._ledger
+        for key, target in self._targets.items():
+            open_traces = ledger.open_traces(key)
+            if open_traces:
+                ledger.mark_done(key, target.done_traces(list(open_traces)))
+        current = self._log.current_segment
+        if current is not None and ledger.all_done(current) and self._log.written_seq == self._log.synced_seq:
+            with self._order_lock:  # no request writes into it meanwhile
+                if ledger.all_done(current) and self._log.current_segment == current:
+                    self._log.seal()
+        retirable = ledger.retirable(self._log.current_segment)
+        if retirable:
+            self._count(segments_retired=ledger.retire(self._log, retirable))
+
+    def _replay(self) -> None:
+        finished = self._ledger.finished_at_start
+        replayed = skipped = 0
+        for record in self._replay_records():
+            target = self._targets.get(record.key)
+            if target is None:
+                self._count(replay_unknown_route_records=1)
+                logger.error(
+                    "Prefactor gateway: the ingress log holds spans for %r, which is no longer a route and agent of "
+                    "this gateway's; they are not sent (the segment is kept until it is retired)",
+                    record.key,
+                )
+                continue
+            try:
+                decoded = decode_spans(parse_protobuf(record.data))
+            except OtlpDecodeError:
+                self._count(replay_undecodable_records=1)
+                continue
+            spans = []
+            for span in decoded.spans:
+                context = span.context
+                if context is not None and (record.key, context.trace_id) in finished:
+                    self._ledger.skipped(record.segment, record.key, context.trace_id)
+                    skipped += 1
+                    continue
+                spans.append(span)
+            records = target.map_spans(spans)
+            target.pipeline.add(records)
+            self._ledger.taken(record.segment, target.key, {r.trace_id for r in records}, held=False)
+            replayed += len(spans)
+            if target.queued_spans >= target.config.max_queued_spans // 2:
+                target.drain(time.monotonic() + target.config.export_timeout)
+        self._count(spans_replayed=replayed, spans_skipped_finished=skipped)
+        if replayed or skipped:
+            logger.info(
+                "Prefactor gateway: replayed %d span(s) from the ingress log (%d of finished traces skipped)",
+                replayed,
+                skipped,
+            )
+        for target in self._targets.values():
+            target.drain(time.monotonic() + target.config.export_timeout)
+
+    def _replay_records(self) -> Iterator[LogRecord]:
+        for count, record in enumerate(self._log.replay(), start=1):
+            yield record
+            if count % _REPLAY_DRAIN_EVERY == 0:
+                for target in self._targets.values():
+                    if target.queued_spans:
+                        target.drain(time.monotonic() + target.config.export_timeout)
+            if self._state == "stopping":
+                return
+
+    def _finish_everything(self) -> None:
+        """Shutdown, on the worker: everything acknowledged to its pipeline, then each pipeline drained as the
+        exporter's shutdown drains (deliver, or spool what cannot be delivered by the deadline; runs finished)."""
+        deadline = self._stop_deadline if self._stop_deadline is not None else time.monotonic()
+        for _ in range(100):  # requests still syncing their records: bounded wait
+            with self._cond:
+                if not self._queue:
+                    break
+                if not self._queue_ready():
+                    self._cond.wait(0.05)
+            self._take()
+        targets = list(self._targets.values())
+        for index, target in enumerate(targets):
+            # An equal share of what is left of the budget for each pipeline still to go.
+            share = max(0.0, deadline - time.monotonic()) / (len(targets) - index)
+            try:
+                target.pipeline.drain(time.monotonic() + share, shutdown=True)
+            except Exception:
+                logger.exception("Prefactor gateway: draining %s at shutdown failed", target.key)
+        self._retire()
+
+    def _close(self) -> None:
+        for target in self._targets.values():
+            try:
+                target.close()
+            except Exception:
+                logger.exception("Prefactor gateway: closing %s failed", target.key)
+        self._log.close()
+
+    # ------------------------------------------------------------------ visibility
+
+    def _count(self, **amounts: int) -> None:
+        with self._counters_lock:
+            self._counters.update(amounts)
+
+    def stats(self) -> dict[str, Any]:
+        with self._counters_lock:
+            counters = dict(self._counters)
+        log_counters = dict(self._log.counters)
+        return {
+            "ready": self.not_ready_reason() is None,
+            "not_ready_reason": self.not_ready_reason(),
+            "replica_id": self.replica_id,
+            "requests": counters.get("requests", 0),
+            "requests_unauthenticated": counters.get("requests_unauthenticated", 0),
+            "spans_accepted": counters.get("spans_accepted", 0),
+            "spans_rejected": counters.get("spans_rejected", 0),
+            "bytes_accepted": counters.get("bytes_accepted", 0),
+            "overloaded_429": counters.get("overloaded_429", 0),
+            "overloaded_503": counters.get("overloaded_503", 0),
+            "internal_errors": counters.get("internal_errors", 0),
+            "spans_queued": self._queued_spans,
+            "spans_replayed": counters.get("spans_replayed", 0),
+            "spans_skipped_finished": counters.get("spans_skipped_finished", 0),
+            "log_segments": len(self._log.segments()),
+            "log_bytes": self._log.bytes,
+            "log_segments_retired": log_counters.get("segments_retired", 0),
+            "log_records_corrupt": log_counters.get("records_corrupt", 0),
+            "log_records_torn": log_counters.get("records_torn", 0),
+            "log_fsyncs": log_counters.get("fsyncs", 0),
+            "open_traces": self._ledger.open_count,
+            "pipelines": {key: target.stats() for key, target in self._targets.items()},
+        }
+
+    def startup_line(self) -> str:
+        routes = "; ".join(route.describe() for route in self._routes.routes)
+        auth = "no ingress token (loopback only)" if self.settings.open else "bearer ingress tokens"
+        return (
+            f"prefactor-otel gateway: spans go to {routes}; {auth}; ingress log and spools in {self.settings.directory}"
+        )
+
+
+def _by_agent(
+    route: Route, request: ExportTraceServiceRequest
+) -> tuple[dict[str, ExportTraceServiceRequest], int, list[str]]:
+    """The request's ResourceSpans grouped by the route's agent each one names; spans naming an agent the route
+    does not have are refused (count and message)."""
+    groups: dict[str, ExportTraceServiceRequest] = {}
+    rejected = 0
+    messages: list[str] = []
+    for resource_spans in request.resource_spans:
+        chosen = _chosen_agent(resource_spans)
+        agent = route.agent_key(chosen)
+        if agent is None:
+            count = sum(len(scope.spans) for scope in resource_spans.scope_spans)
+            rejected += count
+            messages.append(f"{AGENT_ATTRIBUTE}={str(chosen)[:64]!r} is not an agent this token may write to")
+            continue
+        groups.setdefault(agent, ExportTraceServiceRequest()).resource_spans.append(resource_spans)
+    return groups, rejected, messages
+
+
+def _chosen_agent(resource_spans: ResourceSpans) -> str | None:
+    for attribute in resource_spans.resource.attributes:
+        if attribute.key == AGENT_ATTRIBUTE:
+            value = attribute.value
+            return value.string_value if value.WhichOneof("value") == "string_value" else str(value)
+    return None
+
+
+def _replica_id(directory: Path) -> str:
+    """This gateway's replica id: created once (random), kept in the directory so a restart keeps its run ids."""
+    path = directory / _REPLICA_FILE
+    try:
+        value = path.read_text(encoding="ascii").strip()
+        if value:
+            return value
+    except (OSError, UnicodeDecodeError):
+        pass
+    value = secrets.token_hex(8)
+    tmp = path.with_name(f".tmp-{_REPLICA_FILE}")
+    with open(tmp, "w", encoding="ascii") as fh:
+        fh.write(value + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return value

@@ -1,0 +1,226 @@
+"""One pipeline per (route, agent): `AgentPipeline`, built from its parts as the exporter builds its own.
+
+Each holds a `Pipeline` (pipeline/pipeline.py) with the parts the exporter gives it -- the route's configuration for
+that agent, a `Delivery` over its own `BulkTransport`, a `Backlog` over a `Spool` in a directory of its own (under
+the gateway's directory: `spool/<route>.<agent>`), the partition of its agent id (or the one saved beside the spool)
+and the mapping options of the same configuration -- and maps decoded spans for it (`map_spans`: as the exporter's
+`export` does, with one difference: a span whose parent is in another service is an ordinary child here, since the
+gateway receives that service's spans too; see docs/gateway.md).
+
+Not the exporter's: no journal of open runs (the ingress log keeps what the journal would: gateway/service.py), no
+span starts, no control poller (no application here to tell of a terminated run).
+
+Threads and locks: built by `Gateway.start`; everything else is called by the gateway's worker thread, the one
+sender of every pipeline (so no send lock), except `queued_spans` and the counters, read by any thread without a
+lock (an int read and dict copies: approximate, never torn). The pipeline's `state_lock` guards its planner and is
+taken here around the readings of planner state (`trace_state`, `finish_rootless`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+
+from prefactor_otel._logging import RateLimitedLog
+from prefactor_otel._version import __version__
+from prefactor_otel.config.options import PrefactorConfig
+from prefactor_otel.durability.spool import Spool
+from prefactor_otel.mapping import MappingOptions, SpanRecord, map_span
+from prefactor_otel.model import ids
+from prefactor_otel.pipeline.backlog import Backlog
+from prefactor_otel.pipeline.delivery import Delivery
+from prefactor_otel.pipeline.pipeline import Pipeline
+from prefactor_otel.transport.client import BulkTransport
+from prefactor_otel.transport.wire import encode_json
+
+SDK_HEADER = f"prefactor-otel-gateway@{__version__}"
+BACKOFF_FIRST_S = 0.5
+BACKOFF_CAP_S = 30.0
+
+
+class AgentPipeline:
+    def __init__(self, route: str, agent: str, config: PrefactorConfig, spool_directory: Path) -> None:
+        self.route = route
+        self.agent = agent
+        self.key = f"{route}.{agent}"  # the ingress log's key and the spool directory's name
+        self.config = config
+        self.options = MappingOptions.from_config(config)
+        self.transport = BulkTransport(config, sdk_header=SDK_HEADER)
+        self.delivery = Delivery(self.transport, config)
+        self.backlog: Backlog | None = None
+        if config.spool:
+            spool = Spool(
+                spool_directory,
+                max_bytes=config.spool_max_bytes,
+                retention_seconds=config.spool_retention_seconds,
+                max_item_bytes=config.max_request_bytes,
+            )
+            if spool.enabled:
+                self.backlog = Backlog(spool, None)
+        partition = ids.extract_partition(config.agent_id) if config.agent_id else None
+        if partition is None and self.backlog is not None:
+            partition = self.backlog.load_partition()
+        self.pipeline = Pipeline(
+            config, self.delivery, self.backlog, partition=partition, redactor=self.options.redactor
+        )
+        if self.backlog is not None:
+            # Span records an earlier gateway kept while no partition was known (Backlog.keep_records).
+            self.pipeline.add(self.backlog.take_records(config.max_queued_spans))
+        self.counters: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self._log = RateLimitedLog()
+        self.retry_at = 0.0  # after a failed drain, background work waits until then (new spans do not)
+        self._backoff = BACKOFF_FIRST_S
+
+    # ------------------------------------------------------------------ mapping
+
+    def map_spans(self, spans: Sequence[ReadableSpan]) -> list[SpanRecord]:
+        """Map decoded spans as the exporter does; a span that cannot be mapped is dropped, counted."""
+        records: list[SpanRecord] = []
+        for span in spans:
+            try:
+                record = map_span(span, self.options)
+            except Exception as exc:  # one bad span must not cost the request
+                self.dropped["mapping_error"] += 1
+                self._log.log(
+                    logging.WARNING, "map", "Prefactor gateway: a span could not be mapped (%s)", type(exc).__name__
+                )
+                continue
+            # The gateway sees every service of the trace: a parent in another service is (or will be) received
+            # here, so it is an ordinary parent link, not the top of a run of this service's own.
+            record.parent_is_remote = False
+            try:
+                record.payload = encode_json(record.payload)  # type: ignore[arg-type]
+                record.result_payload = encode_json(record.result_payload)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                pass  # kept as dicts: the send path reports what cannot be encoded
+            records.append(record)
+        self.counters["spans_received"] += len(spans)
+        return records
+
+    # ------------------------------------------------------------------ sending (the worker thread)
+
+    def drain(self, deadline: float, *, shutdown: bool = False) -> bool:
+        ok = self.pipeline.drain(deadline, shutdown=shutdown)
+        if ok:
+            self._backoff = BACKOFF_FIRST_S
+            self.retry_at = 0.0
+        else:
+            self.retry_at = time.monotonic() + self._backoff
+            self._backoff = min(BACKOFF_CAP_S, self._backoff * 2)
+        return ok
+
+    def background_due(self, now: float) -> bool:
+        return now >= self.retry_at and self.pipeline.has_due_work(now)
+
+    @property
+    def queued_spans(self) -> int:
+        """Spans given to the pipeline and not yet planned into a request or the spool (approximate)."""
+        planner = self.pipeline.planner
+        return len(self.pipeline.unplanned) + (planner.queued_spans if planner is not None else 0)
+
+    def spool_fill(self) -> float:
+        """How full the spool is (0..1): every byte in its directory against its cap."""
+        if self.backlog is None:
+            return 0.0
+        return self.backlog.spool.disk_bytes / max(1, self.config.spool_max_bytes)
+
+    # ------------------------------------------------------------------ run state (the worker thread)
+
+    def done_traces(self, trace_ids: Iterable[int]) -> list[int]:
+        """Of these traces (every span of which has been given to the pipeline), those the pipeline is done with:
+        finished (their finish delivered or in the spool), or refused by the server, with nothing of them waiting."""
+        pipeline = self.pipeline
+        with pipeline.state_lock:
+            planner = pipeline.planner
+            if planner is None:
+                return []
+            waiting = {record.trace_id for record in pipeline.unplanned}
+            runs = planner.runs.traces
+            done = []
+            for trace_id in trace_ids:
+                if trace_id in waiting:
+                    continue
+                run = runs.get(trace_id)
+                if run is None or (run.rejected and not run.pending):
+                    done.append(trace_id)
+            return done
+
+    def finish_rootless(self, now: float, idle_s: float) -> int:
+        """Runs whose every span is delivered but whose top never came (its parent was in a service that never
+        exported it): after `idle_s` without a span, finish them as their root had come with their last span.
+        The planner finishes a run only once its root is in; the gateway sees no span starts to know better.
+        Returns how many runs were released."""
+        pipeline = self.pipeline
+        released = 0
+        with pipeline.state_lock:
+            planner = pipeline.planner
+            if planner is None:
+                return 0
+            for run in planner.runs.traces.values():
+                if now - run.last_activity < idle_s:
+                    break  # ordered by last activity, oldest first
+                if run.pending or run.root_delivered or run.root_skipped or run.rejected or not run.created:
+                    continue
+                run.root_delivered = True
+                run.root_failed = run.any_failed
+                run.root_end_ns = max(run.root_end_ns, run.last_end_ns)
+                released += 1
+        if released:
+            self.counters["runs_finished_without_root"] += released
+        return released
+
+    # ------------------------------------------------------------------ visibility
+
+    def stats(self) -> dict[str, Any]:
+        counters: Counter[str] = Counter(dict(self.counters))
+        dropped: Counter[str] = Counter(dict(self.dropped))
+        actions_dropped: Counter[str] = Counter()
+        queued, open_traces = self.pipeline.collect(counters, dropped, actions_dropped)
+        for part in (self.transport, self.delivery):
+            counters.update(dict(part.counters))
+        backlog = self.backlog
+        if backlog is not None:
+            counters.update(dict(backlog.counters))
+            dropped.update(dict(backlog.dropped))
+            actions_dropped.update(dict(backlog.actions_dropped))
+            for key, value in dict(backlog.spool.counters).items():
+                if key.startswith("dropped:"):
+                    dropped[key.removeprefix("dropped:")] += value
+                else:
+                    counters[key] += value
+        return {
+            "route": self.route,
+            "agent": self.agent,
+            "agent_id": self.config.agent_id,
+            "spans_received": counters["spans_received"],
+            "spans_exported": counters["spans_exported"] + counters["spans_replayed"],
+            "spans_dropped": sum(dropped.values()),
+            "dropped_by_reason": dict(dropped),
+            "instance_actions_dropped": dict(actions_dropped),
+            "spans_orphaned": sum(v for k, v in counters.items() if k.startswith("spans_orphaned_")),
+            "spans_queued": queued,
+            "open_traces": open_traces,
+            "instances_registered": counters["instances_registered"],
+            "instances_finished": counters["instances_finished"],
+            "runs_finished_without_root": counters["runs_finished_without_root"],
+            "requests": counters["requests"],
+            "retries": counters["retries"],
+            "bytes_sent": counters["bytes_sent"],
+            "auth_failed": self.transport.auth_failed,
+            "spans_spooled": counters["spans_spooled"],
+            "spans_replayed": counters["spans_replayed"],
+            "spool_backlog_bytes": backlog.spool.backlog_bytes if backlog is not None else 0,
+            "spool_disk_bytes": backlog.spool.disk_bytes if backlog is not None else 0,
+            "spool_enabled": backlog is not None,
+        }
+
+    def close(self) -> None:
+        self.pipeline.close()
+        self.transport.close()
