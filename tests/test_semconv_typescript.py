@@ -355,6 +355,37 @@ def test_ai_sdk_shapes_beyond_the_recording() -> None:
     assert all(m["role"] == "tool" for m in messages[1:])
 
 
+def test_ai_sdk_rerank() -> None:
+    """rerank has no provider in @ai-sdk/openai to record against: its spans as the SDK's source writes them."""
+    documents = [json.dumps("sunny in Paris"), json.dumps({"text": "rain in Oslo"})]
+    common = {"ai.model.id": "rerank-v3.5", "ai.model.provider": "cohere.reranking", "ai.documents": documents}
+    root = _mapped("ai.rerank", {"ai.operationId": "ai.rerank", **common})
+    call = _mapped(
+        "ai.rerank.doRerank",
+        {
+            "ai.operationId": "ai.rerank.doRerank",
+            **common,
+            "ai.ranking.type": "text",
+            "ai.ranking": [
+                json.dumps({"index": 1, "relevanceScore": 0.9}),
+                json.dumps({"index": 0, "relevanceScore": 0.2}),
+            ],
+        },
+    )
+    for record in (root, call):
+        assert record.schema_name == "otel:retriever"
+        assert record.payload["model"] == "rerank-v3.5"
+        assert record.payload["inputs"]["documents"] == [
+            {"id": "0", "content": "sunny in Paris"},
+            {"id": "1", "content": {"text": "rain in Oslo"}},
+        ]
+    assert call.result_payload["outputs"]["documents"] == [
+        {"id": "1", "content": {"text": "rain in Oslo"}, "score": 0.9},
+        {"id": "0", "content": "sunny in Paris", "score": 0.2},
+    ]
+    _metadata_lacks(call, "ai.documents", "ai.ranking", "ai.model.id")
+
+
 def test_mastra_structured_output() -> None:
     agent = _mapped(
         "invoke_agent Forecaster",

@@ -219,7 +219,10 @@ ENTITY_NAME = ("traceloop.entity.name",)
 RETRIEVAL_DOCUMENTS = ("gen_ai.retrieval.documents",)
 RETRIEVAL_QUERY = ("gen_ai.retrieval.query.text", "reranker.query")
 RETRIEVAL_TOP_K = ("gen_ai.request.top_k", "reranker.top_k", "gen_ai.retrieval.top_k")
-RERANKER_MODEL = ("reranker.model_name",)
+RERANKER_MODEL = ("reranker.model_name", "ai.model.id")
+# Vercel AI SDK rerank: the documents (one JSON each) and, on `doRerank`, the ranking (`{index, relevanceScore}` each)
+AI_RERANK_DOCUMENTS = ("ai.documents",)
+AI_RANKING = ("ai.ranking",)
 DATA_SOURCE_ID = ("gen_ai.data_source.id",)
 # gen_ai.request.* -> params
 REQUEST_PARAMS = (

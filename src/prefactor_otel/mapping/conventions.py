@@ -127,7 +127,8 @@ _LEGACY_REQUEST_TYPES = {"chat": LLM, "completion": LLM, "embedding": EMBEDDING,
 # The Vercel AI SDK's `ai.*` spans (`ai.operationId`). A generateText / streamText / generateObject / streamObject
 # call is the app's agent run (AI SDK 7's own GenAI integration names it `invoke_agent`): its prompt, its answer,
 # the usage of its model calls summed (aggregated, usage.py). An embed / embedMany call is the embedding the app
-# asked for; its `doEmbed` child is the provider call (the root's usage repeats the child's: aggregated).
+# asked for; its `doEmbed` child is the provider call (the root's usage repeats the child's: aggregated). A rerank
+# is a reranker call (the retriever payload).
 _VERCEL_OPERATIONS = {
     "ai.generateText": AGENT,
     "ai.streamText": AGENT,
@@ -135,6 +136,8 @@ _VERCEL_OPERATIONS = {
     "ai.streamObject": AGENT,
     "ai.embed": EMBEDDING,
     "ai.embedMany": EMBEDDING,
+    "ai.rerank": RETRIEVER,  # documents in, their ranking out (on `doRerank`, the provider call)
+    "ai.rerank.doRerank": RETRIEVER,
     "ai.generateText.doGenerate": LLM,
     "ai.streamText.doStream": LLM,
     "ai.generateObject.doGenerate": LLM,
