@@ -490,10 +490,75 @@ def test_mastra_workflow(mastra: dict[str, list[SpanRecord]]) -> None:
         )
 
 
+# ------------------------------------------------------- OpenAI Agents JS and LangChain.js through OpenInference
+# These already landed typed before issue 25 (but LangChain.js's agent run, labelled CHAIN): regression fixtures.
+
+
+def test_openai_agents_js_openinference() -> None:
+    records = map_all(load_spans("openai_agents_openinference.json"))
+    assert _types(records) == {
+        "Agent workflow": {"otel:agent", "otel:chain"},  # the SDK's trace (AGENT) and its workflow span (CHAIN)
+        "weather_agent": {"otel:agent"},
+        "turn": {"otel:chain"},
+        "generation": {"otel:llm"},
+        "get_weather": {"otel:tool"},
+    }
+    (agent,) = records["weather_agent"]
+    ask, answer = records["generation"]
+    (tool,) = records["get_weather"]
+    assert agent.payload["agent_name"] == "weather_agent"
+    for call in (ask, answer):
+        assert (call.payload["model"], call.payload["provider"]) == ("gpt-tools", "openai")
+        assert call.payload["token_usage"]["prompt_tokens"] == 11
+        assert call.payload["token_usage"]["completion_tokens"] == 7
+    assert ask.payload["inputs"] == {"messages": [SYSTEM, QUESTION]}
+    assert ask.result_payload["outputs"] == {
+        "messages": [{"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]}]
+    }
+    assert answer.payload["inputs"]["messages"][-1] == {
+        "role": "tool",
+        "content": "sunny in Paris",
+        "tool_call_id": "call_weather_1",
+    }
+    assert tool.payload["tool_name"] == "get_weather"
+    assert tool.payload["inputs"] == {"arguments": {"city": "Paris"}}
+    assert tool.result_payload["outputs"] == {"result": "sunny in Paris"}
+
+
+def test_langchain_js_create_agent_openinference() -> None:
+    records = map_all(load_spans("langchain_openinference.json"))
+    types = _types(records)
+    assert types["weather_agent"] == {"otel:agent"}  # labelled CHAIN; its name is the run's lc_agent_name
+    assert types["ChatOpenAI"] == {"otel:llm"}
+    assert types["get_weather"] == {"otel:tool"}
+    assert {name for name, kinds in types.items() if kinds == {"otel:chain"}} == {
+        "__start__",
+        "model_request",
+        "tools",
+        "RunnableLambda",
+    }
+    (agent,) = records["weather_agent"]
+    assert agent.payload["agent_name"] == "weather_agent"
+    assert agent.payload["inputs"] == {"messages": [QUESTION]}
+    assert agent.result_payload["outputs"]["messages"][0]["content"] == "echo: sunny in Paris"
+    for call in records["ChatOpenAI"]:
+        assert call.payload["model"] == "gpt-tools"
+        assert call.payload["tool_definitions"][0]["name"] == "get_weather"
+        assert call.payload["token_usage"]["prompt_tokens"] == 11
+    ask, _ = records["ChatOpenAI"]
+    assert ask.result_payload["outputs"]["messages"][0]["tool_calls"][0]["arguments"] == {"city": "Paris"}
+    (tool,) = records["get_weather"]
+    assert (tool.payload["tool_name"], tool.payload["tool_call_id"]) == ("get_weather", "call_weather_1")
+    assert tool.payload["inputs"] == {"arguments": "Paris"}  # LangChain.js hands the instrumentation the input text
+    assert tool.result_payload["outputs"] == {"result": "sunny in Paris"}  # unwrapped from {"output": ToolMessage}
+
+
 # ------------------------------------------------------------------------------------ token-total property
 
 
-@pytest.mark.parametrize("fixture", ["ai_sdk.json", "mastra.json"])
+@pytest.mark.parametrize(
+    "fixture", ["ai_sdk.json", "mastra.json", "openai_agents_openinference.json", "langchain_openinference.json"]
+)
 def test_recorded_tokens_equal_what_the_model_served(fixture: str) -> None:
     records = [map_span(span) for span in load_spans(fixture)]
     for record in records:

@@ -31,6 +31,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from prefactor_otel.mapping.values import parse_json_maybe
+
 SPAN = "otel:span"
 LLM = "otel:llm"
 TOOL = "otel:tool"
@@ -219,6 +221,16 @@ def _is_usage_record(attributes: Mapping[str, object]) -> bool:
     return has_usage
 
 
+def _is_langchain_agent_run(metadata: object, name: str) -> bool:
+    """OpenInference's LangChain.js instrumentation labels a `createAgent` run CHAIN (the Python one says AGENT when
+    the run's name says agent): the run whose name is the `lc_agent_name` LangChain puts in every span's metadata
+    (its graph nodes have names of their own) is the agent's run."""
+    if not isinstance(metadata, str) or '"lc_agent_name"' not in metadata:
+        return False
+    parsed = parse_json_maybe(metadata)
+    return isinstance(parsed, dict) and parsed.get("lc_agent_name") == name
+
+
 class Classification(NamedTuple):  # a NamedTuple: immutable like a frozen dataclass, several times cheaper to build
     schema_name: str
     convention: str | None  # which convention decided, None for the generic fallback
@@ -313,6 +325,8 @@ def classify(attributes: Mapping[str, object], name: str | None = None) -> Class
     if isinstance(value, str) and value.upper() in _OPENINFERENCE:
         schema = _OPENINFERENCE[value.upper()]
         kind = value.lower()
+        if schema is CHAIN and name and _is_langchain_agent_run(attributes.get("metadata"), name):
+            return Classification(AGENT, OPENINFERENCE, "agent", "metadata.lc_agent_name")
         return Classification(schema, OPENINFERENCE, _agreeing(operation, schema, kind), "openinference.span.kind")
     mlflow = _mlflow_type(attributes.get("mlflow.spanType"))
     if mlflow in _MLFLOW:
