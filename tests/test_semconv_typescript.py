@@ -1,4 +1,5 @@
-"""TypeScript agent libraries through the mapping (issue 25): the Vercel AI SDK's `ai.*` telemetry and Mastra.
+"""TypeScript agent libraries through the mapping (issue 25): the Vercel AI SDK's `ai.*` telemetry (AI SDK 6, and 7
+through its legacy integration), Mastra, and OpenAI Agents JS and LangChain.js through OpenInference.
 
 Their spans were recorded from the real libraries (tests/fixtures/semconv/ts/: pinned npm packages, the repo's fake
 OpenAI server on 127.0.0.1, the OTel JS OTLP/HTTP exporter; record.py says how to re-record) as the OTLP request
@@ -270,6 +271,36 @@ def test_ai_sdk_failed_model_call(ai_sdk: dict[str, list[SpanRecord]]) -> None:
         assert record.payload["model"] == "fail-500"
         assert record.payload["token_usage"] is None
     assert call.payload["inputs"] == {"messages": [{"role": "user", "content": "fail please"}]}
+
+
+def test_ai_sdk_7_legacy_integration() -> None:
+    """AI SDK 7 writes the same `ai.*` spans through @ai-sdk/otel's LegacyOpenTelemetry (recorded as OTLP/JSON)."""
+    v7 = map_all(load_spans("ai_sdk_7_legacy.json"))
+    v6 = map_all(load_spans("ai_sdk.json"))
+    assert _types(v7) == _types(v6)
+    trace = _by_trace(v7, "ai.generateText", "weather-agent")
+    (root,) = trace["ai.generateText"]
+    ask, answer = trace["ai.generateText.doGenerate"]
+    (tool,) = trace["ai.toolCall"]
+    assert root.payload["inputs"] == {"messages": [SYSTEM, QUESTION]}
+    assert root.result_payload["outputs"]["messages"][0]["content"] == ANSWER["content"]
+    assert root.payload["token_usage"]["aggregated"] is True
+    for call in (ask, answer):
+        assert (call.payload["model"], call.payload["provider"]) == ("gpt-tools", "openai.chat")
+        assert (call.payload["token_usage"]["prompt_tokens"], call.payload["token_usage"]["completion_tokens"]) == (
+            11,
+            7,
+        )
+    assert ask.result_payload["outputs"]["messages"][0]["tool_calls"] == [TOOL_CALL]
+    assert answer.payload["inputs"]["messages"][-1]["role"] == "tool"
+    assert (tool.payload["tool_name"], tool.payload["inputs"]) == ("get_weather", {"arguments": {"city": "Paris"}})
+    assert tool.result_payload["outputs"] == {"result": FORECAST}
+    (broken,) = _by_trace(v7, "ai.generateText", "broken-weather-agent")["ai.toolCall"]
+    assert broken.status == "failed" and broken.result_payload["error"]["message"] == "weather service unavailable"
+    # AI SDK 7 reports generateObject's usage as inputTokens / outputTokens (6: promptTokens / completionTokens)
+    (obj,) = v7["ai.generateObject"]
+    assert obj.result_payload["outputs"] == {"result": {"city": "sunny", "forecast": "sunny"}}
+    assert obj.payload["token_usage"]["prompt_tokens"] == 11
 
 
 def _mapped(name: str, attributes: dict[str, object]) -> SpanRecord:
@@ -557,7 +588,14 @@ def test_langchain_js_create_agent_openinference() -> None:
 
 
 @pytest.mark.parametrize(
-    "fixture", ["ai_sdk.json", "mastra.json", "openai_agents_openinference.json", "langchain_openinference.json"]
+    "fixture",
+    [
+        "ai_sdk.json",
+        "ai_sdk_7_legacy.json",
+        "mastra.json",
+        "openai_agents_openinference.json",
+        "langchain_openinference.json",
+    ],
 )
 def test_recorded_tokens_equal_what_the_model_served(fixture: str) -> None:
     records = [map_span(span) for span in load_spans(fixture)]
