@@ -30,7 +30,7 @@ ANSWER = {"role": "assistant", "content": 'echo: {"city":"Paris","forecast":"sun
 
 def _by_trace(records: dict[str, list[SpanRecord]], name: str, root_agent: str) -> dict[str, list[SpanRecord]]:
     """The records of the trace whose root span `name` has agent_name `root_agent`, by span name."""
-    (root,) = [r for r in records[name] if r.payload.get("agent_name") == root_agent]
+    (root,) = [r for r in records[name] if r.payload.get("agent_name") == root_agent and r.parent_span_id is None]
     out: dict[str, list[SpanRecord]] = {}
     for recs in records.values():
         for record in recs:
@@ -443,10 +443,12 @@ def mastra() -> dict[str, list[SpanRecord]]:
 def test_mastra_every_span_is_typed(mastra: dict[str, list[SpanRecord]]) -> None:
     assert _types(mastra) == {
         "invoke_agent Weather Agent": {"otel:agent"},
+        "invoke_agent Broken Agent": {"otel:agent"},
         "invoke_agent Chat Agent": {"otel:agent"},
         "model_generation gpt-tools": {"otel:chain"},
         "model_generation gpt-4o": {"otel:chain"},
         "agent_step Weather Agent": {"otel:chain"},
+        "agent_step Broken Agent": {"otel:chain"},
         "agent_step Chat Agent": {"otel:chain"},
         "chat gpt-tools": {"otel:llm"},
         "chat gpt-4o": {"otel:llm"},
@@ -456,14 +458,16 @@ def test_mastra_every_span_is_typed(mastra: dict[str, list[SpanRecord]]) -> None
         "workflow_step describe-city": {"otel:chain"},
         # the chunks of a streamed answer: plain spans, their chunk as the output value
         "model_chunk Weather Agent": {"otel:span"},
+        "model_chunk Broken Agent": {"otel:span"},
         "model_chunk Chat Agent": {"otel:span"},
     }
 
 
 def test_mastra_agent_with_a_tool(mastra: dict[str, list[SpanRecord]]) -> None:
-    (agent,) = mastra["invoke_agent Weather Agent"]
-    (tool,) = mastra["execute_tool get_weather"]
-    ask, answer = mastra["chat gpt-tools"]
+    trace = _by_trace(mastra, "invoke_agent Weather Agent", "Weather Agent")
+    (agent,) = trace["invoke_agent Weather Agent"]
+    (tool,) = trace["execute_tool get_weather"]
+    ask, answer = trace["chat gpt-tools"]
     assert agent.parent_span_id is None
     assert (agent.payload["agent_name"], agent.payload["agent_id"]) == ("Weather Agent", "weather-agent")
     assert agent.payload["inputs"] == {"messages": [SYSTEM, QUESTION]}
@@ -488,9 +492,31 @@ def test_mastra_agent_with_a_tool(mastra: dict[str, list[SpanRecord]]) -> None:
     assert answer.result_payload["outputs"] == {"messages": [ANSWER]}
 
 
+def test_mastra_tool_that_throws(mastra: dict[str, list[SpanRecord]]) -> None:
+    trace = _by_trace(mastra, "invoke_agent Broken Agent", "Broken Agent")
+    (tool,) = trace["execute_tool get_weather"]
+    (agent,) = trace["invoke_agent Broken Agent"]
+    assert tool.status == "failed"
+    assert tool.payload["inputs"] == {"arguments": {"city": "Paris"}}
+    assert tool.result_payload["error"]["message"] == "weather service unavailable"
+    # the error goes back to the model as the tool's result; the run answers
+    assert agent.status == "complete"
+    assert agent.result_payload["outputs"] == {
+        "messages": [{"role": "assistant", "content": "echo: weather service unavailable"}]
+    }
+
+
+def test_mastra_structured_output_recorded(mastra: dict[str, list[SpanRecord]]) -> None:
+    (agent,) = [r for r in mastra["invoke_agent Chat Agent"] if "result" in r.result_payload["outputs"]]
+    assert agent.payload["inputs"]["messages"][-1] == {"role": "user", "content": "Forecast for Paris as JSON"}
+    assert agent.result_payload["outputs"]["result"] == {"city": "sunny", "forecast": "sunny"}
+    _metadata_lacks(agent, "mastra.agent_run.output")
+
+
 def test_mastra_model_generation_and_steps(mastra: dict[str, list[SpanRecord]]) -> None:
-    (generation,) = mastra["model_generation gpt-tools"]
-    first, second = mastra["agent_step Weather Agent"]
+    trace = _by_trace(mastra, "invoke_agent Weather Agent", "Weather Agent")
+    (generation,) = trace["model_generation gpt-tools"]
+    first, second = trace["agent_step Weather Agent"]
     assert generation.payload["inputs"]["value"]["messages"][0] == SYSTEM
     assert generation.result_payload["outputs"]["value"]["text"] == ANSWER["content"]
     assert first.payload["inputs"] == {"value": [SYSTEM, QUESTION]}
