@@ -386,6 +386,31 @@ def test_ai_sdk_shapes_beyond_the_recording() -> None:
     assert all(m["role"] == "tool" for m in messages[1:])
 
 
+@pytest.mark.parametrize(
+    ("written", "result"),
+    [
+        ('"sunny in Paris"', "sunny in Paris"),
+        ("42", 42),
+        ("true", True),
+        ('{"ok":1}', {"ok": 1}),
+        ("not json", "not json"),
+    ],
+)
+def test_ai_sdk_tool_result_is_always_json(written: str, result: object) -> None:
+    """The SDK writes `JSON.stringify(output)`: a tool returning a string records '"sunny in Paris"'."""
+    tool = _mapped(
+        "ai.toolCall",
+        {
+            "ai.operationId": "ai.toolCall",
+            "ai.toolCall.name": "f",
+            "ai.toolCall.args": '"Paris"',
+            "ai.toolCall.result": written,
+        },
+    )
+    assert tool.payload["inputs"] == {"arguments": "Paris"}
+    assert tool.result_payload["outputs"] == {"result": result}
+
+
 def test_ai_sdk_rerank() -> None:
     """rerank has no provider in @ai-sdk/openai to record against: its spans as the SDK's source writes them."""
     documents = [json.dumps("sunny in Paris"), json.dumps({"text": "rain in Oslo"})]
