@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from prefactor_otel.mapping.builders.common import generic_value, request_params, strip_method
 from prefactor_otel.mapping.builders.conversation import (
+    AI_RESPONSE_KEYS,
     ai_response_message,
     finish_reasons,
     input_messages,
@@ -32,9 +33,6 @@ from prefactor_otel.mapping.chains import (
     AGENT_RESULT,
     AGENT_VERSION,
     AI_RESPONSE_OBJECT,
-    AI_RESPONSE_REASONING,
-    AI_RESPONSE_TEXT,
-    AI_RESPONSE_TOOL_CALLS,
     FINISH_REASONS,
     GENERIC_INPUT,
     GENERIC_OUTPUT,
@@ -134,7 +132,7 @@ def _run_io(ctx: Context, typed: Typed) -> None:
         messages = [system, *(messages or ())]
     typed.put(typed.inputs, "messages", messages)
     output: list[Message] | None = None
-    if not ctx.attributes.keys().isdisjoint(_AI_RESPONSE_KEYS):
+    if not ctx.attributes.keys().isdisjoint(AI_RESPONSE_KEYS):
         output = [ai_response_message(ctx)]
     hit = ctx.first_json(AI_RESPONSE_OBJECT)
     if hit is not None:
@@ -189,9 +187,8 @@ def _put_state(typed: Typed, target: dict[str, Any], value: Any, asked: Sequence
     typed.put(target, "value", {k: v for k, v in value.items() if k != "messages"})
 
 
-_AI_RESPONSE_KEYS = frozenset((*AI_RESPONSE_TEXT, *AI_RESPONSE_TOOL_CALLS, *AI_RESPONSE_REASONING))
 # What a run recorded as one prompt and one answer carries (`_run_io`).
-_RUN_KEYS = frozenset((*RUN_PROMPT, *RUN_OUTPUT, *AI_RESPONSE_OBJECT, *_AI_RESPONSE_KEYS))
+_RUN_KEYS = frozenset((*RUN_PROMPT, *RUN_OUTPUT, *AI_RESPONSE_OBJECT, *AI_RESPONSE_KEYS))
 # Every attribute the conversation part of an agent span reads (the rest of it reads events).
 _CONVERSATION_KEYS = frozenset(
     (

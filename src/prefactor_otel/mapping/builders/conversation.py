@@ -262,8 +262,9 @@ def ai_response_message(ctx: Context) -> Message:
     return message
 
 
-_AI_RESPONSE_KEYS = frozenset((*AI_RESPONSE_TEXT, *AI_RESPONSE_TOOL_CALLS, *AI_RESPONSE_REASONING))
-_AI_ANSWER_KEYS = frozenset((*_AI_RESPONSE_KEYS, *AI_RESPONSE_OBJECT))
+# What `ai_response_message` reads; with the object, what an AI SDK answer may carry.
+AI_RESPONSE_KEYS = frozenset((*AI_RESPONSE_TEXT, *AI_RESPONSE_TOOL_CALLS, *AI_RESPONSE_REASONING))
+_AI_ANSWER_KEYS = frozenset((*AI_RESPONSE_KEYS, *AI_RESPONSE_OBJECT))
 
 
 def finish_reasons(ctx: Context, output_messages: Any) -> list[Any] | None:

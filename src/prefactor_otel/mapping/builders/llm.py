@@ -23,8 +23,9 @@ from prefactor_otel.mapping.values import parse_json_maybe
 def llm(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
     model_fields(ctx, typed)
     params = request_params(ctx, typed)
-    if AI_TOOL_CHOICE[0] in ctx.attributes:  # the AI SDK's tool choice, JSON: {"type": "auto"}
-        params = {**(params or {}), "tool_choice": ctx.first_json(AI_TOOL_CHOICE)[1]}  # type: ignore[index]
+    tool_choice = ctx.first_json(AI_TOOL_CHOICE)  # the AI SDK's, JSON: {"type": "auto"}
+    if tool_choice is not None:
+        params = {**(params or {}), "tool_choice": tool_choice[1]}
     typed.put(typed.fields, "params", params)
     typed.put(typed.fields, "tool_definitions", _tool_definitions(ctx))
     typed.put(typed.inputs, "messages", input_messages(ctx))
