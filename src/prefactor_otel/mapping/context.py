@@ -13,7 +13,7 @@ from typing import Any
 from opentelemetry.sdk.trace import Event
 
 from prefactor_otel.mapping.chains import FAMILIES
-from prefactor_otel.mapping.values import json_safe, parse_json_loose, parse_json_maybe
+from prefactor_otel.mapping.values import json_safe, parse_json_loose, parse_json_maybe, parse_json_value
 
 
 class Context:
@@ -76,6 +76,8 @@ class Context:
         # (DSPy's tool result `"sunny in Paris"` with output.mime_type application/json): decode those too.
         if key.startswith("mlflow."):
             return parse_json_loose(value)
+        if key in _ALWAYS_JSON:
+            return parse_json_value(value)
         mime_key = _MIME_TYPES.get(key)
         if mime_key is not None and self.attributes.get(mime_key) == "application/json":
             return parse_json_loose(value)
@@ -136,6 +138,8 @@ class Context:
 
 
 _MIME_TYPES = {"input.value": "input.mime_type", "output.value": "output.mime_type"}  # OpenInference
+# The Vercel AI SDK writes `JSON.stringify` of a tool's input and output: a string result is '"sunny"'.
+_ALWAYS_JSON = frozenset(("ai.toolCall.args", "ai.toolCall.result"))
 
 
 def _family_index(keys: tuple[str, ...]) -> dict[str, dict[int, dict[str, str]]]:

@@ -2,8 +2,8 @@
 
 Priority list (the order Langfuse's server uses), first hit wins:
 
-1. `langfuse.observation.type`      6. `gen_ai.operation.name`
-2. `openinference.span.kind`        7. `llm.request.type` (Traceloop before 0.60)
+1. `langfuse.observation.type`      6. `gen_ai.operation.name`, then Mastra's `mastra.span.type`
+2. `openinference.span.kind`        7. `llm.request.type` (Traceloop before 0.60), then the AI SDK's `ai.operationId`
 3. `mlflow.spanType` (JSON string)  8. `gen_ai.tool.name` / `gen_ai.tool.call.id` present -> tool
 4. `langsmith.span.kind`            9. a model attribute present -> llm (embedding for `embedding.*`)
 5. `traceloop.span.kind`           10. span-name patterns, only on spans that carry some GenAI attribute
@@ -31,6 +31,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from prefactor_otel.mapping.values import parse_json_maybe
+
 SPAN = "otel:span"
 LLM = "otel:llm"
 TOOL = "otel:tool"
@@ -49,6 +51,7 @@ LANGFUSE = "langfuse"
 MLFLOW = "mlflow"
 LANGSMITH = "langsmith"
 VERCEL_AI = "vercel_ai"
+MASTRA = "mastra"
 
 _LANGFUSE = {
     "generation": LLM,
@@ -123,7 +126,20 @@ _OPERATIONS = {
     "handoff": CHAIN,
 }
 _LEGACY_REQUEST_TYPES = {"chat": LLM, "completion": LLM, "embedding": EMBEDDING, "rerank": CHAIN}
+# The Vercel AI SDK's `ai.*` spans (`ai.operationId`). A generateText / streamText / generateObject / streamObject
+# call is the app's agent run (AI SDK 7's own GenAI integration names it `invoke_agent`): its prompt, its answer,
+# the usage of its model calls summed (aggregated, usage.py). An embed / embedMany call is the embedding the app
+# asked for; its `doEmbed` child is the provider call (the root's usage repeats the child's: aggregated). A rerank
+# is a reranker call (the retriever payload).
 _VERCEL_OPERATIONS = {
+    "ai.generateText": AGENT,
+    "ai.streamText": AGENT,
+    "ai.generateObject": AGENT,
+    "ai.streamObject": AGENT,
+    "ai.embed": EMBEDDING,
+    "ai.embedMany": EMBEDDING,
+    "ai.rerank": RETRIEVER,  # documents in, their ranking out (on `doRerank`, the provider call)
+    "ai.rerank.doRerank": RETRIEVER,
     "ai.generateText.doGenerate": LLM,
     "ai.streamText.doStream": LLM,
     "ai.generateObject.doGenerate": LLM,
@@ -131,6 +147,22 @@ _VERCEL_OPERATIONS = {
     "ai.embed.doEmbed": EMBEDDING,
     "ai.embedMany.doEmbed": EMBEDDING,
     "ai.toolCall": TOOL,
+}
+# Mastra (@mastra/otel-exporter) names model calls `chat`, tools `execute_tool`, agent runs `invoke_agent` and
+# workflow runs `invoke_workflow` in gen_ai.operation.name; the other span types are its own (`mastra.span.type`):
+# an agent's model generation and each of its steps (`agent_step`) wrap the `chat` span that carries the call's
+# model and usage, so they are steps, not model calls. Chunks of a stream and unknown types stay plain spans.
+_MASTRA_SPAN_TYPES = {
+    "model_generation": CHAIN,
+    "model_step": CHAIN,
+    "workflow_step": CHAIN,
+    "workflow_conditional": CHAIN,
+    "workflow_conditional_eval": CHAIN,
+    "workflow_parallel": CHAIN,
+    "workflow_loop": CHAIN,
+    "workflow_sleep": CHAIN,
+    "workflow_wait_event": CHAIN,
+    "processor_run": CHAIN,
 }
 _MODEL_KEYS = ("gen_ai.request.model", "gen_ai.response.model", "llm.model_name", "llm.request.model_name")
 _RESPONSE_MODEL = "gen_ai.response.model"
@@ -187,6 +219,16 @@ def _is_usage_record(attributes: Mapping[str, object]) -> bool:
         if key.startswith(_USAGE_PREFIX):
             has_usage = True
     return has_usage
+
+
+def _is_langchain_agent_run(metadata: object, name: str) -> bool:
+    """OpenInference's LangChain.js instrumentation labels a `createAgent` run CHAIN (the Python one says AGENT when
+    the run's name says agent): the run whose name is the `lc_agent_name` LangChain puts in every span's metadata
+    (its graph nodes have names of their own) is the agent's run."""
+    if not isinstance(metadata, str) or '"lc_agent_name"' not in metadata:
+        return False
+    parsed = parse_json_maybe(metadata)
+    return isinstance(parsed, dict) and parsed.get("lc_agent_name") == name
 
 
 class Classification(NamedTuple):  # a NamedTuple: immutable like a frozen dataclass, several times cheaper to build
@@ -283,6 +325,8 @@ def classify(attributes: Mapping[str, object], name: str | None = None) -> Class
     if isinstance(value, str) and value.upper() in _OPENINFERENCE:
         schema = _OPENINFERENCE[value.upper()]
         kind = value.lower()
+        if schema is CHAIN and name and _is_langchain_agent_run(attributes.get("metadata"), name):
+            return Classification(AGENT, OPENINFERENCE, "agent", "metadata.lc_agent_name")
         return Classification(schema, OPENINFERENCE, _agreeing(operation, schema, kind), "openinference.span.kind")
     mlflow = _mlflow_type(attributes.get("mlflow.spanType"))
     if mlflow in _MLFLOW:
@@ -301,6 +345,9 @@ def classify(attributes: Mapping[str, object], name: str | None = None) -> Class
             by_operation = CHAIN
         if by_operation is not None:
             return Classification(by_operation, GEN_AI, operation, "gen_ai.operation.name")
+        value = attributes.get("mastra.span.type")
+        if isinstance(value, str) and value.lower() in _MASTRA_SPAN_TYPES:
+            return Classification(_MASTRA_SPAN_TYPES[value.lower()], MASTRA, operation, "mastra.span.type")
     value = attributes.get("llm.request.type")
     if isinstance(value, str) and value.lower() in _LEGACY_REQUEST_TYPES:
         return Classification(_LEGACY_REQUEST_TYPES[value.lower()], TRACELOOP, value.lower(), "llm.request.type")

@@ -9,6 +9,9 @@ Sources:
 - Older JSON shapes (`{role, content}` with OpenAI-style `tool_calls`) seen in callback payloads.
 - Flattened attributes: OpenInference `llm.input_messages.{i}.message.*` and Traceloop's legacy
   `gen_ai.prompt.{i}.*` / `gen_ai.completion.{i}.*`, grouped by index before they reach this module.
+- The Vercel AI SDK's model messages (`ai.prompt.messages`, the `messages` of `ai.prompt`): `{role, content: str |
+  [{type: text|reasoning|image|file|tool-call|tool-result, ...}]}`, a tool call `{toolCallId, toolName, input}`
+  (`args` before v5), a tool result `{toolCallId, toolName, output: {type, value}}` (`result` before v5).
 - LangChain serialisations (`{"lc": 1, "type": "constructor", "id": [..., "AIMessage"], "kwargs": {...}}` and
   `{"type": "ai", "data": {...}}`) found in generic input/output values.
 """
@@ -118,7 +121,7 @@ def _from_parts(role: object, parts: Sequence[Any]) -> Message:
     return message
 
 
-_PROVIDER_BLOCKS = frozenset({"tool_use", "tool_result"})
+_PROVIDER_BLOCKS = frozenset({"tool_use", "tool_result", "tool-call", "tool-result"})
 
 
 def block_text(value: Any) -> Any:
@@ -141,6 +144,16 @@ def _provider_block(part: Mapping[str, Any]) -> str | dict[str, Any] | None:
     `{"toolUse": ...}`, `{"toolResult": ...}`), Gemini (`{"function_call": ...}`, `{"function_response": ...}`) and
     Anthropic (`tool_use`, `tool_result`). None: not one of them."""
     kind = part.get("type")
+    if kind == "tool-call":  # Vercel AI SDK
+        arguments = part["input"] if "input" in part else part.get("args")
+        return {"type": "tool_call", "id": part.get("toolCallId"), "name": part.get("toolName"), "arguments": arguments}
+    if kind == "tool-result":
+        return {
+            "type": "tool_call_response",
+            "id": part.get("toolCallId"),
+            "name": part.get("toolName"),
+            "response": _ai_tool_output(part),
+        }
     if kind == "tool_use":  # Anthropic
         return {"type": "tool_call", "id": part.get("id"), "name": part.get("name"), "arguments": part.get("input")}
     if kind == "tool_result":
@@ -172,6 +185,46 @@ def _provider_block(part: Mapping[str, Any]) -> str | dict[str, Any] | None:
         if isinstance(result, dict):
             return {"type": "tool_call_response", "id": result.get("toolUseId"), "response": result.get("content")}
     return None
+
+
+def _ai_tool_output(part: Mapping[str, Any]) -> Any:
+    """The value of an AI SDK tool result: `output` is `{type: text|json|error-text|error-json|content, value}`
+    (v5+); `result` the value itself (v4)."""
+    output = part.get("output")
+    if isinstance(output, dict) and "type" in output and "value" in output:
+        return output["value"]
+    return output if "output" in part else part.get("result")
+
+
+def run_prompt_messages(value: object) -> list[Message] | None:
+    """A run's prompt recorded as one value, as messages: the Vercel AI SDK's `ai.prompt` (`{system?, prompt: text |
+    messages}` or `{system?, messages}`) and Mastra's agent input (a text, a message, a list of texts or messages).
+    None for any other shape (the caller keeps the raw value)."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list):
+        if all(isinstance(item, str) for item in value):
+            return [{"role": "user", "content": item} for item in value]
+        return normalize_messages(value) if all(isinstance(item, dict) for item in value) else None
+    if not isinstance(value, dict):
+        return None
+    if "role" in value:
+        return [normalize_message(value)]
+    if value.keys().isdisjoint(("system", "prompt", "messages")):
+        return None
+    messages: list[Message] = []
+    system = value.get("system")
+    if isinstance(system, str):
+        messages.append({"role": "system", "content": system})
+    elif system is not None:  # a system message, or a list of them (AI SDK 6)
+        messages.extend(normalize_messages(system if isinstance(system, list) else [system]) or ())
+    for key in ("prompt", "messages"):
+        inner = value.get(key)
+        if isinstance(inner, str):
+            messages.append({"role": "user", "content": inner})
+        elif isinstance(inner, list):
+            messages.extend(normalize_messages(inner) or ())
+    return messages
 
 
 def normalize_message(raw: object) -> Message:

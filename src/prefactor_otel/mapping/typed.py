@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from prefactor_otel.mapping import conventions as c
 from prefactor_otel.mapping.builders.agent import agent
-from prefactor_otel.mapping.builders.common import common_fields
+from prefactor_otel.mapping.builders.common import ai_sdk_envelope, common_fields
 from prefactor_otel.mapping.builders.embedding import embedding
 from prefactor_otel.mapping.builders.generic import generic
 from prefactor_otel.mapping.builders.llm import llm
@@ -51,4 +51,6 @@ def build(ctx: Context, classification: c.Classification, span: ReadableSpan) ->
     typed = Typed()
     BUILDERS[classification.schema_name](ctx, typed, span)
     common_fields(ctx, typed, classification.operation)
+    if classification.convention == c.VERCEL_AI:
+        ai_sdk_envelope(ctx)
     return typed

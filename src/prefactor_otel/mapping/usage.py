@@ -77,6 +77,8 @@ def token_usage(ctx: Context, schema_name: str) -> dict[str, Any] | None:
         value = ctx.number(keys)
         if value is not None:
             usage_out[name] = value
+            if not ctx.attributes.keys().isdisjoint(_AI_DETAIL_KEYS):
+                ctx.consume_equal(keys, value)  # the AI SDK writes each detail count twice (v5 and v6 names)
     if not usage_out:
         return None
     if aggregated:
@@ -88,10 +90,20 @@ def _wraps_the_model_call(ctx: Context) -> bool:
     """Google ADK's `call_llm` span (its legacy telemetry: the request and response JSON, no operation name) runs
     the model call as a `generate_content` child span that carries the same usage: its copy is not counted."""
     attributes = ctx.attributes
-    return ADK_LLM_REQUEST[0] in attributes and "gen_ai.operation.name" not in attributes
+    if ADK_LLM_REQUEST[0] in attributes and "gen_ai.operation.name" not in attributes:
+        return True
+    # The Vercel AI SDK's `ai.embed` / `ai.embedMany` span runs the provider call as its `doEmbed` child, which
+    # carries the same usage.
+    return attributes.get("ai.operationId") in _AI_EMBED_CALLS
+
+
+_AI_EMBED_CALLS = frozenset(("ai.embed", "ai.embedMany"))
 
 
 _MODEL_CALLS = frozenset((c.LLM, c.EMBEDDING))
+_AI_DETAIL_KEYS = frozenset(
+    key for key in (*CACHE_READ_TOKENS, *CACHE_WRITE_TOKENS, *REASONING_TOKENS) if key[:3] == "ai."
+)
 _LATER_COUNT_KEYS = frozenset((*PROMPT_TOKENS[1:], *COMPLETION_TOKENS[1:], *TOTAL_TOKENS[1:]))
 _USAGE_KEYS = frozenset(
     (

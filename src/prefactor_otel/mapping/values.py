@@ -136,6 +136,17 @@ def parse_json_loose(value: object) -> JsonValue:
     return json_safe(value)
 
 
+def parse_json_value(value: object) -> JsonValue:
+    """A value its writer always JSON-encodes (the AI SDK's `JSON.stringify` of a tool's input and output): any JSON
+    value, scalars too (`"sunny"`, `42`, `true`); the raw string when it is not JSON."""
+    if isinstance(value, str) and value:
+        try:
+            return _decode(value)
+        except (ValueError, RecursionError):
+            return value
+    return json_safe(value)
+
+
 def hex_trace_id(trace_id: int) -> str:
     return f"{trace_id:032x}"
 

@@ -2,7 +2,9 @@
 
 An agent span carries its conversation like a model call does (the OTel GenAI attributes or events, pydantic-ai's
 whole run), its request parameters and its response facts; a generic input/output value (OpenInference,
-Traceloop) stays the raw `value`, which is what those conventions record for a run.
+Traceloop) stays the raw `value`, which is what those conventions record for a run. A run whose prompt and answer
+are recorded as one value each in a shape we know (the Vercel AI SDK's root span, Mastra's agent run) gets them as
+messages: the prompt (after the system instructions) in, the answer out, a structured object as `result`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 
 from prefactor_otel.mapping.builders.common import generic_value, request_params, strip_method
-from prefactor_otel.mapping.builders.conversation import finish_reasons, input_messages, output_messages
+from prefactor_otel.mapping.builders.conversation import (
+    AI_RESPONSE_KEYS,
+    ai_response_message,
+    finish_reasons,
+    input_messages,
+    output_messages,
+)
 from prefactor_otel.mapping.chains import (
     ADK_LLM_REQUEST,
     ADK_LLM_RESPONSE,
@@ -24,6 +32,7 @@ from prefactor_otel.mapping.chains import (
     AGENT_NAME_SUFFIXES,
     AGENT_RESULT,
     AGENT_VERSION,
+    AI_RESPONSE_OBJECT,
     FINISH_REASONS,
     GENERIC_INPUT,
     GENERIC_OUTPUT,
@@ -33,10 +42,12 @@ from prefactor_otel.mapping.chains import (
     PROVIDER,
     RESPONSE_ID,
     RESPONSE_MODEL,
+    RUN_OUTPUT,
+    RUN_PROMPT,
     SYSTEM_INSTRUCTIONS,
 )
 from prefactor_otel.mapping.context import Context, Typed
-from prefactor_otel.mapping.messages import Message, normalize_messages, system_message
+from prefactor_otel.mapping.messages import Message, normalize_messages, run_prompt_messages, system_message
 from prefactor_otel.mapping.values import json_safe
 
 _INVOKE_PREFIX = "invoke_agent "
@@ -69,6 +80,9 @@ def agent(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
     typed.put(typed.fields, "model", ctx.value(MODEL))
     typed.put(typed.fields, "provider", ctx.value(PROVIDER))
     typed.put(typed.fields, "params", request_params(ctx, typed))
+    if not ctx.attributes.keys().isdisjoint(_RUN_KEYS):
+        _run_io(ctx, typed)
+        return
     # Most agent spans carry no conversation at all: one C-level check skips the chains below.
     conversation_keys = not ctx.attributes.keys().isdisjoint(_CONVERSATION_KEYS)
     if not conversation_keys and not ctx.event_records:
@@ -99,6 +113,46 @@ def agent(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
     if conversation_keys:
         typed.put(typed.result, "response_id", ctx.value(RESPONSE_ID))
         typed.put(typed.result, "response_model", ctx.value(RESPONSE_MODEL))
+
+
+def _run_io(ctx: Context, typed: Typed) -> None:
+    """A run recorded as its prompt and its answer (the Vercel AI SDK's generateText / streamText / generateObject /
+    streamObject root span; Mastra's agent run): messages in and out, a structured object as `result`."""
+    system = None
+    hit = ctx.first_json(SYSTEM_INSTRUCTIONS)
+    if hit is not None:
+        system = system_message(hit[1])
+    messages: list[Message] | None = None
+    hit = ctx.first_json(RUN_PROMPT)
+    if hit is not None:
+        messages = run_prompt_messages(hit[1])
+        if messages is None:
+            typed.put(typed.inputs, "value", hit[1])
+    if system is not None and (not messages or messages[0] != system):
+        messages = [system, *(messages or ())]
+    typed.put(typed.inputs, "messages", messages)
+    output: list[Message] | None = None
+    if not ctx.attributes.keys().isdisjoint(AI_RESPONSE_KEYS):
+        output = [ai_response_message(ctx)]
+    hit = ctx.first_json(AI_RESPONSE_OBJECT)
+    if hit is not None:
+        typed.put(typed.outputs, "result", hit[1])
+    hit = ctx.first_json(RUN_OUTPUT)
+    if hit is not None:
+        answer = hit[1]
+        if type(answer) is dict and ("text" in answer or "object" in answer):
+            # Mastra: {text, object?, files, ...}; the text is the answer, the object the structured result
+            if isinstance(answer.get("text"), str) and answer["text"]:
+                output = [{"role": "assistant", "content": answer["text"]}]
+            typed.put(typed.outputs, "result", answer.get("object"))
+            rest = {k: v for k, v in answer.items() if k not in ("text", "object") and v not in (None, [], {}, "")}
+            typed.put(typed.outputs, "value", rest)
+        else:
+            typed.put(typed.outputs, "value", answer)
+    typed.put(typed.outputs, "messages", output)
+    typed.put(typed.result, "finish_reasons", finish_reasons(ctx, output))
+    typed.put(typed.result, "response_id", ctx.value(RESPONSE_ID))
+    typed.put(typed.result, "response_model", ctx.value(RESPONSE_MODEL))
 
 
 def _generic_io(ctx: Context, typed: Typed, *, inputs: bool, outputs: bool) -> None:
@@ -133,6 +187,8 @@ def _put_state(typed: Typed, target: dict[str, Any], value: Any, asked: Sequence
     typed.put(target, "value", {k: v for k, v in value.items() if k != "messages"})
 
 
+# What a run recorded as one prompt and one answer carries (`_run_io`).
+_RUN_KEYS = frozenset((*RUN_PROMPT, *RUN_OUTPUT, *AI_RESPONSE_OBJECT, *AI_RESPONSE_KEYS))
 # Every attribute the conversation part of an agent span reads (the rest of it reads events).
 _CONVERSATION_KEYS = frozenset(
     (

@@ -96,6 +96,8 @@ def request_params(ctx: Context, typed: Typed) -> dict[str, Any] | None:
             value = json_safe(attributes[key])
             if value is not None and value != []:
                 params[name] = value
+        elif key in attributes and key.startswith(_AI_SETTINGS) and params.get(name) == json_safe(attributes[key]):
+            ctx.consumed.add(key)  # the AI SDK's copy of a gen_ai.request.* parameter
     hit = ctx.first_json(INVOCATION_PARAMS)
     if hit is not None and isinstance(hit[1], dict):
         invocation = hit[1]
@@ -109,6 +111,7 @@ def request_params(ctx: Context, typed: Typed) -> dict[str, Any] | None:
 
 
 _PARAM_KEYS = frozenset((*(key for key, _ in REQUEST_PARAMS), *INVOCATION_PARAMS))
+_AI_SETTINGS = "ai.settings."
 
 
 def strip_method(name: str, suffixes: tuple[str, ...]) -> str:
@@ -128,6 +131,23 @@ def common_fields(ctx: Context, typed: Typed, operation: str | None) -> None:
     typed.put(typed.fields, "session_id", ctx.value(SESSION))
     typed.put(typed.fields, "user_id", ctx.value(USER))
     typed.put(typed.fields, "tags", tags(ctx))
+
+
+def ai_sdk_envelope(ctx: Context) -> None:
+    """The Vercel AI SDK repeats on every span what the payload already says: `ai.operationId` is the operation,
+    `operation.name` is "<operationId> <functionId>" and `resource.name` the functionId (the agent's name on the
+    root). Consumed when they are those copies; anything else stays in metadata."""
+    attributes = ctx.attributes
+    operation = attributes.get("ai.operationId")
+    if not isinstance(operation, str):
+        return
+    ctx.consume("ai.operationId")
+    function_id = attributes.get("ai.telemetry.functionId")
+    expected = f"{operation} {function_id}" if isinstance(function_id, str) else operation
+    if attributes.get("operation.name") == expected:
+        ctx.consume("operation.name")
+    if function_id is not None and attributes.get("resource.name") == function_id:
+        ctx.consume("resource.name")
 
 
 def model_fields(ctx: Context, typed: Typed) -> None:

@@ -13,6 +13,10 @@ from prefactor_otel.mapping.builders.common import as_list, drop_raw_io, generic
 from prefactor_otel.mapping.chains import (
     ADK_LLM_REQUEST,
     ADK_LLM_RESPONSE,
+    AI_RESPONSE_OBJECT,
+    AI_RESPONSE_REASONING,
+    AI_RESPONSE_TEXT,
+    AI_RESPONSE_TOOL_CALLS,
     CHOICE_EVENT,
     DETAILS_EVENT,
     FINISH_REASONS,
@@ -29,6 +33,7 @@ from prefactor_otel.mapping.messages import (
     from_flattened,
     normalize_message,
     normalize_messages,
+    normalize_tool_call,
     system_message,
 )
 from prefactor_otel.mapping.values import json_safe, parse_json_maybe
@@ -196,6 +201,13 @@ def output_messages(ctx: Context, *, generic: bool = True, flattened: bool = Tru
     if hit is not None:
         messages = normalize_messages(hit[1])
         return messages if messages is not None else hit[1]
+    if not ctx.attributes.keys().isdisjoint(_AI_ANSWER_KEYS):
+        message = ai_response_message(ctx)
+        if message["content"] is None and "tool_calls" not in message:
+            # generateObject / streamObject: the model answered the object's JSON text
+            hit = ctx.first(AI_RESPONSE_OBJECT)
+            message["content"] = hit[1] if hit is not None and isinstance(hit[1], str) else None
+        return [message]
     if flattened:
         groups = ctx.family("llm.output_messages.")
         if groups is not None:
@@ -223,11 +235,52 @@ def output_messages(ctx: Context, *, generic: bool = True, flattened: bool = Tru
     return None
 
 
+def ai_response_message(ctx: Context) -> Message:
+    """The answer of a Vercel AI SDK call (a model call or the call's root span) as one assistant message: its text
+    (`ai.response.text`), tool calls (`ai.response.toolCalls`: `{toolCallId, toolName, input}` with `input` a JSON
+    string; `args` before v5) and reasoning (a `reasoning` part)."""
+    text = ctx.value(AI_RESPONSE_TEXT)
+    message: Message = {"role": "assistant", "content": text if isinstance(text, str) else None}
+    hit = ctx.first_json(AI_RESPONSE_TOOL_CALLS)
+    if hit is not None and isinstance(hit[1], list):
+        message["tool_calls"] = [
+            normalize_tool_call(
+                {
+                    "id": call.get("toolCallId"),
+                    "name": call.get("toolName"),
+                    "arguments": call["input"] if "input" in call else call.get("args"),
+                }
+            )
+            for call in hit[1]
+            if isinstance(call, dict)
+        ]
+    elif hit is not None:
+        ctx.consumed.discard(hit[0])  # not the shape we know: left in metadata as it came
+    reasoning = ctx.value(AI_RESPONSE_REASONING)
+    if isinstance(reasoning, str) and reasoning:
+        message["parts"] = [{"type": "reasoning", "content": reasoning}]
+    return message
+
+
+# What `ai_response_message` reads; with the object, what an AI SDK answer may carry.
+AI_RESPONSE_KEYS = frozenset((*AI_RESPONSE_TEXT, *AI_RESPONSE_TOOL_CALLS, *AI_RESPONSE_REASONING))
+_AI_ANSWER_KEYS = frozenset((*AI_RESPONSE_KEYS, *AI_RESPONSE_OBJECT))
+
+
 def finish_reasons(ctx: Context, output_messages: Any) -> list[Any] | None:
     hit = ctx.first(FINISH_REASONS)
     if hit is not None:
-        return as_list(json_safe(hit[1]))
+        value = hit[1]
+        if isinstance(value, str) and value.startswith("["):
+            value = parse_json_maybe(value)  # Mastra writes the list as JSON: '["stop"]'
+        reasons = as_list(json_safe(value))
+        if hit[0] != _AI_FINISH_REASON and reasons == [ctx.attributes.get(_AI_FINISH_REASON)]:
+            ctx.consume(_AI_FINISH_REASON)  # the AI SDK's own copy beside gen_ai.response.finish_reasons
+        return reasons
     if isinstance(output_messages, list):
         reasons = [m["finish_reason"] for m in output_messages if isinstance(m, dict) and m.get("finish_reason")]
         return reasons or None
     return None
+
+
+_AI_FINISH_REASON = FINISH_REASONS[-1]

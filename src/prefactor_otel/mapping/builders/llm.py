@@ -9,14 +9,24 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from prefactor_otel.mapping.builders.common import model_fields, request_params
 from prefactor_otel.mapping.builders.conversation import finish_reasons, input_messages, output_messages
-from prefactor_otel.mapping.chains import COMPLETION_START_TIME, RESPONSE_ID, TOOL_DEFINITIONS, TTFT_EVENTS
+from prefactor_otel.mapping.chains import (
+    AI_TOOL_CHOICE,
+    COMPLETION_START_TIME,
+    RESPONSE_ID,
+    TOOL_DEFINITIONS,
+    TTFT_EVENTS,
+)
 from prefactor_otel.mapping.context import Context, Typed
 from prefactor_otel.mapping.values import parse_json_maybe
 
 
 def llm(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
     model_fields(ctx, typed)
-    typed.put(typed.fields, "params", request_params(ctx, typed))
+    params = request_params(ctx, typed)
+    tool_choice = ctx.first_json(AI_TOOL_CHOICE)  # the AI SDK's, JSON: {"type": "auto"}
+    if tool_choice is not None:
+        params = {**(params or {}), "tool_choice": tool_choice[1]}
+    typed.put(typed.fields, "params", params)
     typed.put(typed.fields, "tool_definitions", _tool_definitions(ctx))
     typed.put(typed.inputs, "messages", input_messages(ctx))
     output = output_messages(ctx)
@@ -59,7 +69,10 @@ def _first_present(source: dict[str, Any], keys: tuple[str, ...]) -> Any:
 def _tool_definitions(ctx: Context) -> Any:
     hit = ctx.first_json(TOOL_DEFINITIONS)
     if hit is not None:
-        return [_tool_definition(d) for d in hit[1]] if isinstance(hit[1], list) else hit[1]
+        if isinstance(hit[1], list):
+            # the Vercel AI SDK writes a string array, one JSON definition each
+            return [_tool_definition(parse_json_maybe(d) if isinstance(d, str) else d) for d in hit[1]]
+        return hit[1]
     for family in ("llm.tools.", "llm.request.functions."):
         groups = ctx.family(family)
         if groups is not None:
@@ -83,6 +96,11 @@ def _ttft_ms(ctx: Context, span: ReadableSpan) -> float | None:
         try:
             first = datetime.fromisoformat(hit[1].strip('"').replace("Z", "+00:00")).timestamp() * 1e9
         except ValueError:
+            return None
+        if first < start:
+            # Before the call started: not this call's first token (Mastra 1.71 repeats the first step's time on
+            # every step of an agent loop). Left in metadata as it came.
+            ctx.consumed.discard(hit[0])
             return None
         return round((first - start) / 1e6, 3)
     return None

@@ -9,6 +9,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from prefactor_otel.mapping.builders.common import drop_raw_io, generic_value
 from prefactor_otel.mapping.chains import (
+    AI_RANKING,
+    AI_RERANK_DOCUMENTS,
     DATA_SOURCE_ID,
     GENERIC_INPUT,
     GENERIC_OUTPUT,
@@ -18,10 +20,13 @@ from prefactor_otel.mapping.chains import (
     RETRIEVAL_TOP_K,
 )
 from prefactor_otel.mapping.context import Context, Typed
-from prefactor_otel.mapping.values import json_safe, parse_json_maybe
+from prefactor_otel.mapping.values import json_safe, parse_json_loose, parse_json_maybe
 
 
 def retriever(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
+    if AI_RERANK_DOCUMENTS[0] in ctx.attributes or AI_RANKING[0] in ctx.attributes:
+        _ai_rerank(ctx, typed)
+        return
     docs: list[dict[str, Any]] | None = None
     for family in ("retrieval.documents.", "reranker.output_documents."):
         groups = ctx.family(family)
@@ -63,6 +68,31 @@ def retriever(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
     typed.put(typed.inputs, "query", query)
     typed.put(typed.fields, "top_k", ctx.value(RETRIEVAL_TOP_K))
     typed.put(typed.fields, "data_source_id", ctx.value(DATA_SOURCE_ID))
+    typed.put(typed.fields, "model", ctx.value(RERANKER_MODEL))
+
+
+def _ai_rerank(ctx: Context, typed: Typed) -> None:
+    """The Vercel AI SDK's rerank: `ai.documents` (one JSON each) in, `ai.ranking` (`{index, relevanceScore}` each,
+    on `doRerank`) out as the ranked documents. The SDK records no query."""
+    documents: list[dict[str, Any]] = []
+    hit = ctx.first(AI_RERANK_DOCUMENTS)
+    for number, raw in enumerate(hit[1] if hit is not None and isinstance(hit[1], (list, tuple)) else ()):
+        documents.append({"id": str(number), "content": parse_json_loose(raw)})
+    typed.put(typed.inputs, "documents", documents)
+    ranked: list[dict[str, Any]] = []
+    hit = ctx.first(AI_RANKING)
+    for raw in hit[1] if hit is not None and isinstance(hit[1], (list, tuple)) else ():
+        entry = parse_json_loose(raw)
+        index = entry.get("index") if isinstance(entry, dict) else None
+        if not isinstance(index, int) or not isinstance(entry, dict):
+            ranked.append({"id": None, "content": entry})
+            continue
+        content = documents[index]["content"] if 0 <= index < len(documents) else None
+        doc: dict[str, Any] = {"id": str(index), "content": content}
+        if isinstance(entry.get("relevanceScore"), (int, float)):
+            doc["score"] = entry["relevanceScore"]
+        ranked.append(doc)
+    typed.put(typed.outputs, "documents", ranked)
     typed.put(typed.fields, "model", ctx.value(RERANKER_MODEL))
 
 

@@ -116,8 +116,8 @@ def _unwrap_tool_arguments(value: Any, typed: Typed) -> Any:
 def _unwrap_tool_result(value: Any, typed: Typed) -> Any:
     # LangChain ToolMessage (Traceloop {"output": <lc ToolMessage>, "kwargs": ...}; OpenInference {"type": "tool",
     # "data": {...}}), both unwrapped to a message by now: the result is its content.
-    if isinstance(value, dict) and "output" in value and "kwargs" in value:
-        value = value["output"]
+    if isinstance(value, dict) and "output" in value and ("kwargs" in value or len(value) == 1):
+        value = value["output"]  # LangChain.js through OpenInference: {"output": <ToolMessage>}
     if isinstance(value, dict) and value.get("role") == "tool" and "content" in value:
         if value.get("tool_call_id") and "tool_call_id" not in typed.fields:
             typed.fields["tool_call_id"] = value["tool_call_id"]
