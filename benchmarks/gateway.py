@@ -1,7 +1,10 @@
 """The OTLP gateway measured beside the in-process exporter, on the same spans (issue 21).
 
     python benchmarks/gateway.py            # 20,000 spans x 3 rounds, 20 s of sustained load, 60 latency probes
-    python benchmarks/gateway.py --quick    # a smoke run (well under a minute)
+    python benchmarks/gateway.py --quick    # a smoke run (well under a minute), prints only
+
+A full run writes its section, "The OTLP gateway", to benchmarks/gateway_notes.md and into benchmarks/RESULTS.md
+(between its markers; run.py keeps it there when it rewrites the file).
 
 Needs the `gateway` and `bench` extras. Everything runs on 127.0.0.1, each part in its own process: the fast
 bulk sink (sinks.py: answers `POST /api/v1/bulk` like Prefactor, counts items), a `prefactor-otel gateway`
@@ -384,6 +387,45 @@ def report(results: Result) -> str:
     return "\n".join(lines)
 
 
+GATEWAY_START, GATEWAY_END = "<!-- gateway:start -->", "<!-- gateway:end -->"
+
+
+def write_section(text: str, machine_load: str) -> None:
+    """The full run's section: benchmarks/gateway_notes.md, and the same text in RESULTS.md between its markers."""
+    import datetime as dt
+
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = "\n".join(
+        [
+            GATEWAY_START,
+            "## The OTLP gateway",
+            "",
+            f"`python benchmarks/gateway.py` on {when}, {os.cpu_count()} cores; {machine_load}",
+            "",
+            text,
+            GATEWAY_END,
+        ]
+    )
+    (HERE / "gateway_notes.md").write_text(section + "\n")
+    results = HERE / "RESULTS.md"
+    if results.exists():
+        current = results.read_text()
+        if GATEWAY_START in current and GATEWAY_END in current:
+            head, rest = current.split(GATEWAY_START, 1)
+            current = head + section + rest.split(GATEWAY_END, 1)[1]
+        else:
+            current = current.replace("## History", section + "\n\n## History", 1)
+        results.write_text(current)
+
+
+def load_average() -> str:
+    try:
+        one, five, fifteen = Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        return "machine load unknown."
+    return f"load average at the end {one} / {five} / {fifteen} (1 / 5 / 15 min): figures under load are wider."
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -404,7 +446,10 @@ def main(argv: list[str] | None = None) -> int:
     results = measure(args)
     if args.json:
         print(json.dumps(results, indent=2))
-    print(report(results))
+    text = report(results)
+    print(text)
+    if not args.quick:
+        write_section(text, load_average())
     return 0
 
 

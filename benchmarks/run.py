@@ -1023,6 +1023,9 @@ def write_results(
     soak = HERE / "soak_notes.md"  # written by hand from benchmarks/soak_dead_backend.py (a 10-minute run)
     if soak.exists():
         parts += [soak.read_text().strip(), ""]
+    gateway = HERE / "gateway_notes.md"  # written by benchmarks/gateway.py (a full run)
+    if gateway.exists():
+        parts += [gateway.read_text().strip(), ""]
     if hostile:
         parts += [hostile, ""]
     parts += [
