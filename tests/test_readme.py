@@ -4,6 +4,7 @@ wheel that `pip install .` builds (package data and entry points included, which
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -36,8 +37,16 @@ def test_no_install_line_asks_a_package_index_for_the_unpublished_package() -> N
 
 
 def test_the_wheel_pip_builds_from_the_repository_carries_entry_points_and_package_data(tmp_path: Path) -> None:
+    # Built from a copy: a build in the tree leaves build/ and an egg-info under src/ behind, which tests running at
+    # the same time (with src/ on their path) would take for the package's installed metadata.
+    tree = tmp_path / "tree"
+    shutil.copytree(
+        ROOT,
+        tree,
+        ignore=shutil.ignore_patterns(".git", "node_modules", "build", "*.egg-info", "__pycache__", ".venv", "dist"),
+    )
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(ROOT), "-w", str(tmp_path)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(tree), "-w", str(tmp_path)],
         check=True,
         timeout=300,
     )
