@@ -281,7 +281,8 @@ def _through_gateway(console: _Console, env: Mapping[str, str], directory: Path,
             return 1
         console.say(
             f"Started `prefactor-otel gateway`: OTLP/HTTP {gateway.http_url}, OTLP/gRPC {gateway.host}:"
-            f"{gateway.grpc_port}; the agent exports to it with OTLPSpanExporter (opentelemetry-exporter-otlp-proto-http)"
+            f"{gateway.grpc_port}; the agent exports to it with OTLPSpanExporter "
+            "(opentelemetry-exporter-otlp-proto-http)"
         )
         began_us = now_us()
         roots = RootTraces()
