@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 from prefactor_otel.devserver import DevServer
+from prefactor_otel.devserver.faults import Fault
+from tests.gateway_run import GatewayProcess
+from tests.spans import wait_for
 
 LIMIT_S = 180.0  # a safety limit against a hang, not a timing assertion
 INSTALL = "pip install 'prefactor-otel[gateway]'"
@@ -108,6 +111,29 @@ def test_demo_through_the_gateway_to_the_embedded_server_prints_the_trees(tmp_pa
     assert "`prefactor-otel serve` prints" in out
     _assert_clean_exit(out, tmp_path)
     _assert_next_step(out)
+
+
+def test_what_the_gateway_could_not_deliver_is_kept_and_the_printed_command_sends_it(
+    srv: DevServer, tmp_path: Path
+) -> None:
+    srv.add_fault(Fault(status=503, times=-1))  # Prefactor unavailable for the whole demo
+    proc = _demo(_env(tmp_path, **srv.env(), PREFACTOR_SHUTDOWN_TIMEOUT="2"))
+    out = proc.stdout
+    assert proc.returncode == 1, out + proc.stderr
+    assert "exported 7 span(s) over OTLP/HTTP" in out and "The gateway exited with status 0" in out
+    (kept,) = tmp_path.glob("prefactor-demo-gateway-*")  # kept, not removed: it holds acknowledged spans
+    assert f"`prefactor-otel gateway --dir {kept}` with the same PREFACTOR_* settings sends them." in out
+    assert _left_running(str(tmp_path)) == []
+    assert srv.spans() == []
+
+    srv.clear_faults()
+    with GatewayProcess(srv, kept) as gateway:  # the command the demo printed, with the same settings
+        gateway.wait_ready()
+        assert wait_for(lambda: len(srv.spans()) == 7, 60), gateway.output()[-4000:]
+        assert gateway.stop() == 0
+    runs = srv.instances()
+    assert sorted(run["status"] for run in runs) == ["complete", "failed"], runs
+    assert len({span["id"] for span in srv.spans()}) == 7  # each span once
 
 
 def test_without_the_gateway_extra_one_line_says_what_to_install(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ import importlib
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +44,8 @@ from typing import IO
 import httpx
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from prefactor_otel.durability.spool_disk import NAME_RE
 
 INSTALL = "pip install 'prefactor-otel[gateway]'"
 # What the demo needs beyond the exporter's install: the gateway's modules (its extra) and the client's exporter.
@@ -203,6 +206,7 @@ class _GatewayProcess:
         if proc is None:
             return 0
         if proc.poll() is None:
+            self._console.say("Stopping the gateway (SIGTERM): it delivers what it acknowledged and finishes every run")
             proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(budget_s + STOP_SLACK_S)
@@ -225,8 +229,19 @@ def gateway_env(base: Mapping[str, str], server_env: Mapping[str, str] | None, i
     return env
 
 
+def undelivered_files(directory: Path) -> list[Path]:
+    """What a stopped gateway left in its directory undelivered: ingress-log segments (acknowledged, not yet done)
+    and spool files (what it could not deliver before its shutdown budget ran out)."""
+    left = sorted((directory / "log").glob("seg-*.log"))
+    spool = directory / "spool"
+    if spool.is_dir():
+        left += sorted(path for path in spool.rglob("*") if path.is_file() and NAME_RE.match(path.name))
+    return left
+
+
 def run_demo_gateway() -> int:
-    """The whole demo (module docstring): 0 when every span reached the gateway and it stopped cleanly."""
+    """The whole demo (module docstring): 0 when every span reached the gateway and it stopped cleanly, having
+    delivered everything."""
     missing = missing_extra_module()
     if missing is not None:
         print(
@@ -253,8 +268,18 @@ def run_demo_gateway() -> int:
             budget = PrefactorConfig.load(env).shutdown_timeout or DEFAULT_SHUTDOWN_BUDGET_S  # as the gateway reads it
         except ConfigError:
             budget = DEFAULT_SHUTDOWN_BUDGET_S  # the gateway itself will say what is wrong, and not start
-        with tempfile.TemporaryDirectory(prefix="prefactor-demo-gateway-") as directory:
-            code = _through_gateway(console, env, Path(directory), budget, server is None)
+        directory = Path(tempfile.mkdtemp(prefix="prefactor-demo-gateway-"))
+        code = _through_gateway(console, env, directory, budget, api=server is None)
+        left = undelivered_files(directory)
+        if left:
+            # What the gateway acknowledged is in its directory until delivered: removing it would lose those spans.
+            console.say(
+                f"The gateway kept {len(left)} file(s) of spans it could not deliver in {directory}: "
+                f"`prefactor-otel gateway --dir {directory}` with the same PREFACTOR_* settings sends them."
+            )
+            code = code or 1
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
         if server is not None:
             console.say(render_runs(server.snapshot()))
         console.say(next_step(using_api=server is None))
@@ -264,7 +289,8 @@ def run_demo_gateway() -> int:
             server.stop()
 
 
-def _through_gateway(console: _Console, env: Mapping[str, str], directory: Path, budget: float, api: bool) -> int:
+def _through_gateway(console: _Console, env: Mapping[str, str], directory: Path, budget: float, *, api: bool) -> int:
+    """Start the gateway, export the agent's runs to it, stop it; 0 when all went well. Read back when `api`."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -275,40 +301,40 @@ def _through_gateway(console: _Console, env: Mapping[str, str], directory: Path,
     from prefactor_otel.tools.demo_agent import run_agent
 
     gateway = _GatewayProcess(env, directory, console)
+    exported = failed = 0
+    began_us = now_us()
+    roots = RootTraces()
     try:
         if not gateway.start() or not gateway.wait_ready():
             console.say("The gateway is not serving: nothing was exported.")
-            return 1
-        console.say(
-            f"Started `prefactor-otel gateway`: OTLP/HTTP {gateway.http_url}, OTLP/gRPC {gateway.host}:"
-            f"{gateway.grpc_port}; the agent exports to it with OTLPSpanExporter "
-            "(opentelemetry-exporter-otlp-proto-http)"
-        )
-        began_us = now_us()
-        roots = RootTraces()
-        exporter = _CountingExporter(
-            OTLPSpanExporter(
-                endpoint=gateway.http_url + "/v1/traces",
-                headers={"Authorization": f"Bearer {env['PREFACTOR_GATEWAY_TOKENS']}"},
+        else:
+            console.say(
+                f"Started `prefactor-otel gateway`: OTLP/HTTP {gateway.http_url}, OTLP/gRPC {gateway.host}:"
+                f"{gateway.grpc_port}; the agent exports to it with OTLPSpanExporter "
+                "(opentelemetry-exporter-otlp-proto-http)"
             )
-        )
-        provider = TracerProvider(resource=Resource.create({"service.name": "weather-bot", "service.version": "0.1.0"}))
-        provider.add_span_processor(roots)
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-        tracer = provider.get_tracer("prefactor_otel.demo_agent", "0.1.0")
-        for question, city in (("What's the weather in Paris?", "Paris"), ("And on Mars?", "Mars")):
-            console.say(f"agent run: {question!r} -> {run_agent(tracer, question, city)!r}")
-        provider.shutdown()  # flushes: every span is acknowledged by the gateway (durable) or failed
-        console.say(
-            f"exported {exporter.spans_exported} span(s) over OTLP/HTTP in {exporter.requests} request(s), "
-            f"failed {exporter.spans_failed}"
-        )
+            exporter = _CountingExporter(
+                OTLPSpanExporter(
+                    endpoint=gateway.http_url + "/v1/traces",
+                    headers={"Authorization": f"Bearer {env['PREFACTOR_GATEWAY_TOKENS']}"},
+                )
+            )
+            resource = Resource.create({"service.name": "weather-bot", "service.version": "0.1.0"})
+            provider = TracerProvider(resource=resource)
+            provider.add_span_processor(roots)
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+            tracer = provider.get_tracer("prefactor_otel.demo_agent", "0.1.0")
+            for question, city in (("What's the weather in Paris?", "Paris"), ("And on Mars?", "Mars")):
+                console.say(f"agent run: {question!r} -> {run_agent(tracer, question, city)!r}")
+            provider.shutdown()  # flushes: every span is acknowledged by the gateway (durable) or failed
+            exported, failed = exporter.spans_exported, exporter.spans_failed
+            console.say(
+                f"exported {exported} span(s) over OTLP/HTTP in {exporter.requests} request(s), failed {failed}"
+            )
     finally:
-        console.say("Stopping the gateway (SIGTERM): it delivers what it acknowledged and finishes every run")
         status = gateway.stop(budget)
     console.say(f"The gateway exited with status {status}")
     console.say()
-    if api and exporter.spans_exported:
+    if api and exported:
         print_read_back(roots.trace_ids, began_us)
-    ok = status == 0 and exporter.spans_failed == 0 and exporter.spans_exported > 0
-    return 0 if ok else 1
+    return 0 if status == 0 and exported and not failed else 1
