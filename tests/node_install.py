@@ -25,12 +25,19 @@ INSTALL_LIMIT_S = 900.0
 INSTALL_LOCK = ".npm-ci.lock"  # in the project folder (ignored by git)
 
 
+def pinned_version(spec: str) -> str:
+    """The version a package.json dependency pins: `1.2.3` as written, and for an npm alias (`npm:ai@7.0.185`,
+    `npm:@ai-sdk/openai@4.0.126`, installed under the alias's name) the part after the last `@`, which is what the
+    installed package's own package.json says."""
+    return spec.rpartition("@")[2]
+
+
 def node_project_installed(project: Path) -> bool:
     """Every dependency of `project`'s package.json is in node_modules at its pinned version."""
     pinned: dict[str, str] = json.loads((project / "package.json").read_text())["dependencies"]
-    for name, version in pinned.items():
+    for name, spec in pinned.items():
         manifest = project / "node_modules" / name / "package.json"
-        if not manifest.is_file() or json.loads(manifest.read_text()).get("version") != version:
+        if not manifest.is_file() or json.loads(manifest.read_text()).get("version") != pinned_version(spec):
             return False
     return (project / "node_modules" / ".bin" / "node").exists()
 

@@ -93,7 +93,9 @@ class TraceExportService(TraceServiceServicer):
             if key == "authorization":
                 authorization = value if isinstance(value, str) else None
                 break
-        if self._gateway.settings.routes.authenticate(authorization) is None:  # before the message is decoded
+        try:
+            self._gateway.authenticate(authorization)  # before the message is decoded
+        except Unauthenticated:
             self._abort(context, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated", "no or unknown ingress token")
         try:
             acceptance = self._gateway.accept(authorization, parse_protobuf(request))

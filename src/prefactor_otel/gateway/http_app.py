@@ -15,7 +15,7 @@ Routes and answers, as OTLP/HTTP specifies them:
 - `GET /healthz`: 200 while the process serves. `GET /readyz`: 200, or 503 with `Gateway.not_ready_reason()`.
 - Anything else: 404 unknown path, 405 (with `Allow`) wrong method.
 
-The ingress token is checked first (the gateway's routes, `RouteTable.authenticate`: constant time), so a client
+The ingress token is checked first (`Gateway.authenticate`: constant time, refusals counted), so a client
 without a valid one gets its 401 before a byte of its body is read or decoded; `Gateway.accept` checks it again.
 A refused request changes nothing: it never reaches `Gateway.accept` (or `accept` refuses it whole), and the
 application keeps serving whatever a request held. Each refusal is logged on the `prefactor_otel` logger, one line
@@ -24,8 +24,9 @@ per kind, rate-limited (`_logging.RateLimitedLog`); neither a token nor a header
 Threads: `__call__` runs on uvicorn's event loop thread only; `_pending` (the requests being handled) is read and
 written there alone, so it needs no lock. Decoding and `Gateway.accept` (which blocks until the spans are durable:
 an fsync, or delivery) run in the application's own bounded thread pool (`workers` threads), never on the event
-loop; `Gateway.not_ready_reason` does too, since it may wait for the gateway's lock. `close()` shuts that pool down
-once the server has stopped.
+loop; `Gateway.not_ready_reason` does too, since it may wait for the gateway's lock. `Gateway.authenticate` runs on
+the loop: it compares tokens and, on a refusal, takes only the gateway's counters lock, held for an update and never
+across anything that waits. `close()` shuts that pool down once the server has stopped.
 """
 
 from __future__ import annotations
@@ -224,8 +225,10 @@ class OtlpHttpApp:
             if method != "POST":
                 raise Refusal(405, _UNIMPLEMENTED, "only POST is allowed", "method", [(b"allow", b"POST")])
             authorization = _header(scope, b"authorization")
-            if self._gateway.settings.routes.authenticate(authorization) is None:
-                raise _unauthenticated()  # before a byte of the body is read or decoded
+            try:
+                self._gateway.authenticate(authorization)  # before a byte of the body is read or decoded
+            except Unauthenticated:
+                raise _unauthenticated() from None
             if kind not in (PROTOBUF, JSON):
                 raise Refusal(415, _INVALID_ARGUMENT, f"content type must be {PROTOBUF} or {JSON}", "content_type")
             if self._pending >= self._max_pending:

@@ -230,12 +230,20 @@ class Gateway:
             self._count(internal_errors=1, overloaded_503=1)
             raise Overloaded("internal error", 1.0, unavailable=True) from None
 
-    def _accept(self, authorization: str | None, request: ExportTraceServiceRequest) -> Acceptance:
-        self._count(requests=1)
+    def authenticate(self, authorization: str | None) -> Route:
+        """The route of the ingress token in `authorization` (the raw `Authorization` header or gRPC metadata value),
+        or `Unauthenticated`, counted in `stats()["requests_unauthenticated"]`. The front ends call it before they
+        read or decode a body (an early refusal is counted too); `accept` calls it again. Constant time over the
+        configured tokens (routes.py); any thread."""
         route = self._routes.authenticate(authorization)
         if route is None:
             self._count(requests_unauthenticated=1)
             raise Unauthenticated("a valid ingress token is required (Authorization: Bearer <token>)")
+        return route
+
+    def _accept(self, authorization: str | None, request: ExportTraceServiceRequest) -> Acceptance:
+        self._count(requests=1)
+        route = self.authenticate(authorization)
         if self._state != "ready" or self._failure is not None:
             self._count(overloaded_503=1)
             reason = self.not_ready_reason() or "not ready"

@@ -38,6 +38,10 @@ def _demo(args: argparse.Namespace) -> int:
         from prefactor_otel.tools.demo_loop import run_demo_loop
 
         return run_demo_loop(args.max_steps, args.interval)
+    if args.gateway:
+        from prefactor_otel.tools.demo_gateway import run_demo_gateway
+
+        return run_demo_gateway()
     from prefactor_otel.tools.demo import run_demo
 
     return run_demo()
@@ -403,10 +407,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a small instrumented agent and export it (local server by default)")
-    demo.add_argument(
+    mode = demo.add_mutually_exclusive_group()
+    mode.add_argument(
         "--loop",
         action="store_true",
         help="run one long agent run, live, until it is terminated (prefactor-otel terminate), --max-steps or Ctrl-C",
+    )
+    mode.add_argument(
+        "--gateway",
+        action="store_true",
+        help="export the agent over OTLP/HTTP (the OTel exporter, as any language does) to a prefactor-otel gateway "
+        "started for the demo (needs the gateway extra)",
     )
     demo.add_argument("--max-steps", type=_positive_count, default=600, help="with --loop: end after this many steps")
     demo.add_argument("--interval", type=_positive_seconds, default=1.0, help="with --loop: seconds per step")

@@ -35,7 +35,7 @@ class ReadBackError(Exception):
     """The runs could not be read back; the message is one line for the user (never the token)."""
 
 
-class _RootTraces(SpanProcessor):
+class RootTraces(SpanProcessor):
     """Collects the trace id of every root span started: one trace = one agent run."""
 
     def __init__(self) -> None:
@@ -101,7 +101,7 @@ def run_demo() -> int:
         print(f"The exporter is disabled ({exporter.stats()['disabled_reason']}); nothing will be sent.")
     try:
         began_us = now_us()
-        roots = _RootTraces()
+        roots = RootTraces()
         provider = TracerProvider(resource=Resource.create({"service.name": "weather-bot", "service.version": "0.1.0"}))
         provider.add_span_processor(roots)
         provider.add_span_processor(BatchSpanProcessor(exporter))
@@ -118,7 +118,7 @@ def run_demo() -> int:
         if server is not None:
             print(render_runs(server.snapshot()))
         elif exporter.enabled:
-            _print_read_back(roots.trace_ids, began_us)
+            print_read_back(roots.trace_ids, began_us)
         print(next_step(using_api=server is None))
         ok = stats["spans_dropped"] == 0 and stats["spans_queued"] == 0 and exporter.enabled
         return 0 if ok else 1
@@ -127,7 +127,7 @@ def run_demo() -> int:
             server.stop()
 
 
-def _print_read_back(trace_ids: set[str], since_us: int) -> None:
+def print_read_back(trace_ids: set[str], since_us: int) -> None:
     from prefactor_otel.config.options import PrefactorConfig
     from prefactor_otel.config.values import ConfigError
     from prefactor_otel.devserver import render_runs
