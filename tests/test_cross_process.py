@@ -523,3 +523,24 @@ def test_run_views_list_the_parts_of_a_trace_together_oldest_part_first() -> Non
     ]
     assert by_id["c1"]["continues"] == [{"otel_span_id": "9" * 16, "run_id": None, "span_id": None, "span_name": None}]
     assert "continues span 9999999999999999 of trace" in render_runs(snapshot)
+
+
+def test_a_part_is_listed_after_the_part_it_continues_whatever_the_clocks_say() -> None:
+    """Parts of one trace started in the same second, or the callee's host clock behind the caller's: the caller's
+    part still comes first, and a part calling nothing held here keeps its place by time."""
+    t1 = "1" * 32
+    snapshot = {
+        "instances": [
+            _instance("callee", 1, f"otel:{t1}:bbbb"),  # its clock says it started first
+            _instance("caller", 2, f"otel:{t1}:aaaa"),
+            _instance("nested", 2, f"otel:{t1}:cccc"),  # called by the callee, same second as the caller
+            _instance("other", 3, f"otel:{t1}:dddd"),  # continues a span held nowhere
+        ],
+        "spans": [
+            _span("caller", "a" * 16, t1, None),
+            _span("callee", "b" * 16, t1, "a" * 16, remote=True),
+            _span("nested", "c" * 16, t1, "b" * 16, remote=True),
+            _span("other", "d" * 16, t1, "9" * 16, remote=True),
+        ],
+    }
+    assert [v["id"] for v in run_views(snapshot)] == ["caller", "callee", "nested", "other"]

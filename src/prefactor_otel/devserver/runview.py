@@ -29,7 +29,7 @@ Pure functions: any thread may call them; no state, no locks.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prefactor_otel.devserver.timefmt import parse_timestamp
@@ -479,7 +479,37 @@ def _parts_together(entries: list[tuple[int | None, dict[str, Any]]]) -> list[di
             out.append(view)
         elif isinstance(trace, str) and trace not in placed:
             placed.add(trace)
-            # Reversed first: equal (or missing) times keep the order of the caller's list, oldest first.
-            ordered = sorted(reversed(group), key=lambda e: (e[0] is None, e[0] or 0))
+            # Oldest first, a part never before the part it continues: times share a millisecond easily across
+            # processes, and hosts' clocks differ. Reversed first: equal keys keep the order of the caller's list.
+            ordered = sorted(
+                reversed(group), key=_after_callers([v for _, v in group], dict((id(v), t) for t, v in group))
+            )
             out.extend(v for _, v in ordered)
     return out
+
+
+def _after_callers(
+    views: list[dict[str, Any]], times: dict[int, int | None]
+) -> Callable[[tuple[int | None, dict[str, Any]]], tuple[float, int]]:
+    """The sort key of one trace's parts: (the latest time along the chain of parts that call it, how many calls
+    deep it is). A part is listed after every part of the group it continues, otherwise by its time (none: last).
+    Bounded by the group's size, so a cycle in a hand-made snapshot cannot loop."""
+    by_run = {view.get("id"): view for view in views}
+
+    def callers(view: dict[str, Any]) -> list[dict[str, Any]]:
+        found = (by_run.get(c.get("run_id")) for c in view.get("continues") or [] if isinstance(c, dict))
+        return [v for v in found if v is not None and v is not view]
+
+    def time_of(view: dict[str, Any]) -> float:
+        time = times.get(id(view))
+        return float("inf") if time is None else float(time)
+
+    keys: dict[int, tuple[float, int]] = {}
+    for view in views:
+        latest, depth, frontier = time_of(view), 0, callers(view)
+        while frontier and depth < len(views):
+            depth += 1
+            latest = max([latest, *(time_of(v) for v in frontier)])
+            frontier = list({id(up): up for v in frontier for up in callers(v)}.values())
+        keys[id(view)] = (latest, depth)
+    return lambda entry: keys[id(entry[1])]
