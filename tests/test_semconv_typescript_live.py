@@ -15,9 +15,10 @@ Each test asserts, on the server's spans:
 - the token-total property against the fake server's ledger of this very run: the usage of the spans not marked
   aggregated adds up to what the model handed out.
 
-The Node project is installed (`npm ci`, once per worker, under tests/node_install.py's file lock) when missing or
-stale. One gateway and one local server per test worker for the whole module (module-scoped fixture); each test
-takes the spans its own run added. Every wait is bounded (a safety limit, never a timing assertion).
+The Node project is installed with `npm ci` when missing or stale, by whichever worker comes first, under
+tests/node_install.py's file lock (about 65 s with npm's cache warm, 90 s cold; 620 MB, the Node 22 binary
+included). One gateway and one local server per test worker for the whole module (a module-scoped fixture); each
+test takes the spans its own run added. Every wait is bounded (a safety limit, never a timing assertion).
 
 Runs on the pytest worker's test thread; the gateway is a subprocess (tests/gateway_run.py reads its output on
 threads of its own), the local server serves on its own threads and is read under its store's lock.
