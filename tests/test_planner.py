@@ -322,3 +322,135 @@ def test_a_long_lived_run_remembers_a_bounded_number_of_span_ids(monkeypatch):
     planner.add(records[-1:], now=400.0)
     planner.apply(_ok(planner.plan(now=400.0, flush=True)), now=400.0)
     assert planner.counters["spans_exported"] == 301 and planner.counters["instances_finished"] == 1
+
+
+# -------------------------------------------------------------------------- a run whose root never comes
+
+
+def _run_with_a_failed_step():
+    """root -> (step ok, step failed): the root completes, one step failed."""
+    from opentelemetry.trace import Status, StatusCode
+
+    provider, collector = make_provider()
+    tracer = provider.get_tracer("rootless")
+    with tracer.start_as_current_span("root"):
+        with tracer.start_as_current_span("step ok"):
+            pass
+        with tracer.start_as_current_span("step failed") as failed:
+            failed.set_status(Status(StatusCode.ERROR, "tool broke"))
+    by_name = {s.name: map_span(s) for s in collector.spans}
+    return by_name["root"], by_name["step ok"], by_name["step failed"]
+
+
+def _deliver(planner, now):
+    items = planner.plan(now=now)
+    planner.apply(_ok(items), now=now)
+    return items
+
+
+def test_a_run_whose_root_never_comes_is_finished_after_max_wait_plus_grace_at_its_last_span_failed():
+    planner = _planner(max_wait_seconds=5.0, finish_grace_seconds=1.0)
+    _root, ok, failed = _run_with_a_failed_step()
+    planner.add([ok, failed], now=0.0)  # the root is lost (a full queue), or in a service that never exports
+    assert _deliver(planner, now=1.0) == []  # the steps wait for their parent
+    creates = _deliver(planner, now=5.0)  # max_wait_seconds: sent as orphans
+    assert {i.span_id for i in creates if i.action == "agent_spans/create"} == {ok.span_id, failed.span_id}
+    assert "agent_instances/finish" not in [i.action for i in creates] and planner.open_traces == 1
+    assert not planner.has_due_work(5.9) and planner.plan(now=5.9) == []  # idle 5.9 s < 5 + 1
+    assert planner.has_due_work(6.0)
+    (finish,) = planner.plan(now=6.0)
+    assert finish.action == "agent_instances/finish"
+    assert finish.body["status"] == "failed"  # a span of it failed
+    assert finish.body["timestamp"] == _iso(max(ok.end_time_ns, failed.end_time_ns))  # its last span
+    assert planner.counters["runs_finished_without_root"] == 1
+    planner.apply(_ok([finish]), now=6.0)
+    assert planner.open_traces == 0 and planner.counters["instances_finished"] == 1
+    assert planner.counters["runs_finished_without_root"] == 1
+
+
+def test_a_run_without_root_and_without_failures_is_finished_complete():
+    planner = _planner(max_wait_seconds=1.0, finish_grace_seconds=1.0)
+    _root, ok, _failed = _run_with_a_failed_step()
+    planner.add([ok], now=0.0)
+    _deliver(planner, now=1.0)
+    (finish,) = planner.plan(now=2.0)
+    assert finish.body["status"] == "complete"
+
+
+def test_a_run_whose_root_came_is_finished_by_its_root_unaffected_by_the_rule():
+    planner = _planner(max_wait_seconds=5.0, finish_grace_seconds=1.0)
+    root, ok, failed = _run_with_a_failed_step()
+    planner.add([ok, failed, root], now=0.0)
+    items = _deliver(planner, now=0.0)
+    assert [i.action for i in items].count("agent_spans/create") == 3
+    assert "agent_instances/finish" not in [i.action for i in items]  # not before the grace period
+    (finish,) = planner.plan(now=1.0)  # root in + the grace period, not max_wait + grace
+    assert finish.body["status"] == "complete"  # the root's status, though a step failed
+    assert finish.body["timestamp"] == _iso(root.end_time_ns)
+    assert planner.counters["runs_finished_without_root"] == 0
+
+
+def test_a_rootless_run_still_receiving_spans_is_not_finished():
+    planner = _planner(max_wait_seconds=2.0, finish_grace_seconds=1.0)
+    _root, ok, failed = _run_with_a_failed_step()
+    planner.add([ok], now=0.0)
+    _deliver(planner, now=2.0)  # orphaned, delivered
+    planner.add([failed], now=2.5)  # activity: the run is not idle
+    items = _deliver(planner, now=4.5)  # the new step is orphaned in turn; idle only 2 s
+    assert [i.action for i in items] == ["agent_spans/create"]
+    assert planner.plan(now=5.4) == []
+    (finish,) = planner.plan(now=5.5)
+    assert finish.action == "agent_instances/finish"
+
+
+def test_the_root_coming_after_the_run_was_finished_without_it_opens_a_new_run_of_the_part():
+    planner = _planner(max_wait_seconds=1.0, finish_grace_seconds=1.0, run_part="p1")
+    root, ok, failed = _run_with_a_failed_step()
+    planner.add([ok, failed], now=0.0)
+    _deliver(planner, now=1.0)
+    first = _deliver(planner, now=2.0)
+    assert [i.action for i in first] == ["agent_instances/finish"]
+    planner.add([root], now=60.0)  # a root that lasted longer than the planner waited: kept, in a run of its own
+    items = _deliver(planner, now=60.0)
+    actions = [i.action for i in items]
+    assert actions[:2] == ["agent_instances/register", "agent_instances/start"]
+    assert items[0].body["external_identifier"].endswith(":p1:1")
+    assert "agent_spans/create" in actions
+    assert planner.dropped["instance_already_finished"] == 0
+    assert planner.plan(now=61.0)[-1].action == "agent_instances/finish"  # its root is in: the usual rule
+    # Without a run part a new run could have no id of its own: the late root is dropped, counted.
+    whole = _planner(max_wait_seconds=1.0, finish_grace_seconds=1.0)
+    whole.add([ok, failed], now=0.0)
+    _deliver(whole, now=1.0)
+    _deliver(whole, now=2.0)
+    whole.add([root], now=60.0)
+    assert whole.plan(now=60.0) == [] and whole.dropped["instance_already_finished"] == 1
+
+
+def test_a_run_whose_root_is_known_to_be_running_is_not_finished_by_the_rule():
+    """With span starts (PrefactorSpanProcessor) an open root is running, not lost: its run waits for it."""
+    from prefactor_otel.pipeline.starts import read_start
+
+    provider, collector = make_provider()
+    tracer = provider.get_tracer("rootless")
+    root = tracer.start_span("root")
+    from opentelemetry import trace as trace_api
+
+    with tracer.start_as_current_span("step", context=trace_api.set_span_in_context(root)):
+        pass
+    planner = _planner(max_wait_seconds=1.0, finish_grace_seconds=1.0)
+    started = read_start(root)  # type: ignore[arg-type]
+    assert started is not None
+    planner.start([started], now=0.0)
+    planner.add([map_span(s) for s in collector.spans], now=0.0)
+    _deliver(planner, now=0.0)  # the run is announced: its root started
+    assert "agent_spans/create" in [i.action for i in _deliver(planner, now=1.0)]  # the step, as an orphan
+    assert [i.action for i in planner.plan(now=100.0)] == []
+    assert planner.counters["runs_finished_without_root"] == 0
+    root.end()
+
+
+def _iso(ns):
+    from prefactor_otel.pipeline.items import finish_item
+
+    return finish_item("x", "complete", ns)["timestamp"]

@@ -430,8 +430,7 @@ class Gateway:
         now = time.monotonic()
         for target in self._targets.values():
             config = target.config
-            target.finish_rootless(now, config.max_wait_seconds + config.finish_grace_seconds)
-            if target.background_due(now):
+            if target.background_due(now):  # also finishes runs whose root never came (the planner's rule)
                 target.drain(time.monotonic() + config.export_timeout, background=True)
         self._retire()
 

@@ -13,7 +13,11 @@ span starts, no control poller (no application here to tell of a terminated run)
 Threads and locks: built by `Gateway.start`; everything else is called by the gateway's worker thread, the one
 sender of every pipeline (so no send lock), except `queued_spans` and the counters, read by any thread without a
 lock (an int read and dict copies: approximate, never torn). The pipeline's `state_lock` guards its planner and is
-taken here around the readings of planner state (`done_traces`, `finish_rootless`).
+taken here around the readings of planner state (`done_traces`).
+
+When a run is over is the planner's rule, the exporter's too (pipeline/planner.py): that includes a run whose root
+never comes (its parent is in a service that never exports here), finished once idle through the pipeline's drains
+(`background_due` asks the pipeline whether such a finish is due); `runs_finished_without_root` is its counter.
 """
 
 from __future__ import annotations
@@ -182,30 +186,6 @@ class AgentPipeline:
                 if run is None or (run.rejected and not run.pending):
                     done.append(trace_id)
             return done
-
-    def finish_rootless(self, now: float, idle_s: float) -> int:
-        """Runs whose every span is delivered but whose top never came (its parent was in a service that never
-        exported it): after `idle_s` without a span, finish them as their root had come with their last span.
-        The planner finishes a run only once its root is in; the gateway sees no span starts to know better.
-        Returns how many runs were released."""
-        pipeline = self.pipeline
-        released = 0
-        with pipeline.state_lock:
-            planner = pipeline.planner
-            if planner is None:
-                return 0
-            for run in planner.runs.traces.values():
-                if now - run.last_activity < idle_s:
-                    break  # ordered by last activity, oldest first
-                if run.pending or run.root_delivered or run.root_skipped or run.rejected or not run.created:
-                    continue
-                run.root_delivered = True
-                run.root_failed = run.any_failed
-                run.root_end_ns = max(run.root_end_ns, run.last_end_ns)
-                released += 1
-        if released:
-            self.counters["runs_finished_without_root"] += released
-        return released
 
     # ------------------------------------------------------------------ visibility
 

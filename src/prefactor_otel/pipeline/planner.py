@@ -8,6 +8,11 @@ Ordering rules: register + start come before a trace's first span; within one
 plan parents come before children; a child whose parent has not been created waits here, bounded by count
 and age, and is then sent as an orphan (planner_bounds.py) -- never dropped silently. An instance is finished
 once its local root has been delivered and the trace has been quiet for a grace period (or at flush/shutdown).
+A run whose root never comes (lost on the way, or in a service that does not export here) is finished once every
+span of it has been delivered, none started here is still open, and it has been quiet for max_wait_seconds + the
+grace period: ended at its last span, failed if any span failed, counted `runs_finished_without_root`. A later span
+of its trace (the root after all, in a run that lasted longer) opens a new run of the part rather than being dropped
+(docs/live-runs.md, docs/gateway.md).
 
 With span starts (PrefactorSpanProcessor, `start`): a run is registered and started at its local root's start, live
 spans are created `active` then finished with `agent_spans/finish`, and a run is finished as soon as every span
@@ -147,6 +152,9 @@ class Planner:
         self._schema_version = schema_version.model_dump(exclude_none=True)
         self._max_wait = max_wait_seconds
         self._grace = finish_grace_seconds
+        # How long a run whose root has not come stays open once everything of it is delivered: its children have
+        # waited max_wait_seconds for a parent by then, and the run has been quiet a grace period more.
+        self._rootless_idle = max_wait_seconds + finish_grace_seconds
         self._span_filter = span_filter
         self._fork = fork_origin  # in a forked child: what it knows of its parent process
         # trace id -> how many runs of it this part finished and then opened again (newest kept, bounded as the
@@ -178,10 +186,15 @@ class Planner:
         traces, finished, counters = runs.traces, runs.finished, runs.counters
         records = list(records)
         # A new part of a trace whose run here is finished: its spans open a new run, whichever of them (its top
-        # span, whose parent is remote, or one of its children) is first in the batch.
+        # span, whose parent is remote, or one of its children) is first in the batch. So do the spans of a trace
+        # whose run was finished without its root (`finished` holds True): the root may be among them.
         new_parts: set[int] = set()
         if finished and self._run_part is not None:
-            new_parts = {r.trace_id for r in records if r.parent_is_remote and r.trace_id in finished}
+            new_parts = {
+                r.trace_id
+                for r in records
+                if finished.get(r.trace_id) or (r.parent_is_remote and r.trace_id in finished)
+            }
         for record in records:
             counters["spans_added"] += 1
             if self._fork is not None and self._under_parent_process(record.trace_id, record.parent_span_id):
@@ -220,7 +233,7 @@ class Planner:
             trace_id = started.trace_id
             if not started.parent_is_remote and self._under_parent_process(trace_id, started.parent_span_id):
                 started = started._replace(parent_is_remote=True)  # forked child: a local root of its own run
-            if trace_id in finished and not self._reopen(trace_id, started.parent_is_remote):
+            if trace_id in finished and not self._reopen(trace_id, started.parent_is_remote or finished[trace_id]):
                 continue  # a span of a run already finished (or terminated): its end is counted when it comes
             trace = traces.get(trace_id)
             if trace is None:
@@ -244,10 +257,11 @@ class Planner:
     def _reopen(self, trace_id: int, new_part: bool) -> bool:
         """A span of a trace whose run here is finished: does it open a new run of this part? Yes for a new entry
         into this process from elsewhere (`new_part`: a span whose parent is remote, e.g. a second request of the
-        same trace), and in a forked child for any span of a trace open at the fork (the child's work in a trace
-        it shares with its parent comes in bursts: a pool worker's tasks). Never for a run terminated in
-        Prefactor (its later spans stay dropped), nor without a run part (the new run could not have an id of its
-        own). Otherwise the span is late, and dropped."""
+        same trace) or for a trace whose run was finished without its root (the root may come late: a run that
+        lasted longer than the planner waited), and in a forked child for any span of a trace open at the fork (the
+        child's work in a trace it shares with its parent comes in bursts: a pool worker's tasks). Never for a run
+        terminated in Prefactor (its later spans stay dropped), nor without a run part (the new run could not have
+        an id of its own). Otherwise the span is late, and dropped."""
         if self._run_part is None or trace_id in self.runs.terminated:
             return False
         fork = self._fork
@@ -314,7 +328,7 @@ class Planner:
         runs.remember_terminated(trace_id)
         trace = runs.traces.get(trace_id)
         if trace is None:
-            runs.finished[trace_id] = None
+            runs.finished[trace_id] = False
             return 0
         dropped = runs.clear_pending(trace) + self._live.close_run(trace)
         if dropped:
@@ -485,26 +499,46 @@ class Planner:
                     planned.append(ended)
         roots = [record for record in planned if record.is_local_root]
         root_in = trace.root_delivered or trace.root_skipped or bool(roots)
+        rootless = not root_in and (trace.finished_without_root or self._over_without_root(trace, now))
         # With starts known: over once every span started here has ended and arrived; while one has not (its
         # end may have been lost), the grace period is stretched to the longest a child may wait for its parent.
         waiting_for_open = trace.tracked and bool(trace.open)
         over = trace.tracked and not trace.open
         grace = max(self._grace, self._max_wait) if waiting_for_open else self._grace
         quiet = now - trace.last_activity >= grace
-        if not (shutdown or (root_in and (over or quiet or (flush and not waiting_for_open)))):
+        if not (shutdown or rootless or (root_in and (over or quiet or (flush and not waiting_for_open)))):
             return None
         if not span_items and not trace.created:
             return None
+        if rootless and not trace.finished_without_root:
+            trace.finished_without_root = True  # over now, whatever comes before the finish is delivered
+            self.runs.counters["runs_finished_without_root"] += 1
         if root_in:
             failed = trace.root_failed or any(record.status == "failed" for record in roots)
             end_ns = max([trace.root_end_ns, *(record.end_time_ns for record in roots)])
         else:
-            # Shutdown before the root ended: close the run at its last known span (at its start when none has
-            # ended: never before it, which the API refuses), failed if any span failed.
+            # Shutdown before the root ended, or a root that never came: close the run at its last known span (at
+            # its start when none has ended: never before it, which the API refuses), failed if any span failed.
             failed = trace.any_failed or any(record.status == "failed" for record in planned)
             end_ns = max(trace.last_end_ns, trace.first_start_ns, trace.planned_start_ns or 0)
         body = finish_item(trace.instance_id, "failed" if failed else "complete", end_ns)
         return PlannedItem(body["idempotency_key"], BULK_FINISH_INSTANCE, body, trace.trace_id)
+
+    def _over_without_root(self, trace: RunState, now: float) -> bool:
+        """The rule for a run whose root has not come (never in this planner's hands: the exporter alone and the
+        gateway see no span starts, and the root may be lost or in a service that does not export here): over
+        once every span of it is delivered, none started here is still open (a root known to be running is waited
+        for), and it has been quiet for max_wait_seconds + the grace period. Checked for runs the plan already
+        looks at (quiet for the grace period, or with pending spans), so it costs nothing per span."""
+        return (
+            not trace.root_delivered
+            and not trace.root_skipped
+            and not trace.pending
+            and not trace.open
+            and not trace.live
+            and bool(trace.created)
+            and now - trace.last_activity >= self._rootless_idle
+        )
 
     @staticmethod
     def _item(body: dict[str, Any], trace_id: int) -> PlannedItem:
@@ -588,6 +622,8 @@ class Planner:
             if trace.rejected:
                 continue
             if trace.root_delivered and not trace.pending and now - trace.last_activity >= self._grace:
+                return True
+            if self._over_without_root(trace, now):
                 return True
             if trace.tracked and has_start_work(trace):
                 return True

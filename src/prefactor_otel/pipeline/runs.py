@@ -98,6 +98,9 @@ class RunState:
     open: dict[int, OpenSpan] = field(default_factory=dict)
     live: dict[int, LiveSpan] = field(default_factory=dict)
     announce: bool = False
+    # Its finish was planned without its root (the planner's rule for a root that never comes): from then on the
+    # run is over whatever comes, and once closed a later span of its trace opens a new run (planner.py).
+    finished_without_root: bool = False
 
 
 class RunTable:
@@ -109,7 +112,9 @@ class RunTable:
         self.partition = partition  # the account partition every Prefactor id of these runs is built in
         # trace id -> open run, least recently active first (a run moves to the end when a span of it arrives)
         self.traces: OrderedDict[int, RunState] = OrderedDict()
-        self.finished: OrderedDict[int, None] = OrderedDict()  # closed runs: a late span of one is dropped
+        # closed runs -> whether the run was finished without its root: a late span of one is dropped, unless the
+        # run's root never came (the late span may be it: the planner opens a new run of the trace for it)
+        self.finished: OrderedDict[int, bool] = OrderedDict()
         self.terminated: OrderedDict[int, None] = OrderedDict()  # runs terminated in Prefactor: nothing more sent
         # instance id -> trace id of every run this planner opened (its own spans), newest kept: what tells this
         # process's runs from runs replayed from another process's spool when Prefactor terminates one.
@@ -144,7 +149,7 @@ class RunTable:
         if trace.journaled:
             self.run_changes[trace.instance_id] = None
         self.traces.pop(trace.trace_id, None)
-        self.finished[trace.trace_id] = None
+        self.finished[trace.trace_id] = trace.finished_without_root
         while len(self.finished) > MAX_FINISHED_TRACES_REMEMBERED:
             self.finished.popitem(last=False)
 
