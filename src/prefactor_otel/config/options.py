@@ -163,7 +163,8 @@ OPTIONS: dict[str, _Option] = {
     "max_wait_seconds": _Option(
         "PREFACTOR_MAX_WAIT_SECONDS",
         positive_number(float, allow_zero=True),
-        "how long a child waits for its parent before it is sent as an orphan",
+        "how long a child waits for its parent before it is sent as an orphan; with the finish grace, how long a run"
+        " whose root never comes stays open",
     ),
     "finish_grace_seconds": _Option(
         "PREFACTOR_FINISH_GRACE_SECONDS",
