@@ -1,0 +1,231 @@
+"""The real OpenTelemetry Collector (the project's `otelcol-prefactor`, built from collector/builder-config.yaml) in
+front of real `prefactor-otel gateway` processes, on the configurations shipped in collector/, over real sockets:
+
+- apps -> Collector (collector/gateway.yaml) -> one gateway -> the local server: every span once, one run per
+  trace, every run finished;
+- apps -> Collector (collector/fleet-static.yaml: load balancing by trace id, static resolver) -> two gateway
+  replicas, each on its own directory -> one local server: every span once, every run whole and finished, each
+  trace's run built by one replica (`external_identifier` `otel:<trace>:<replica id>`), both replicas used;
+- the same fleet with one replica SIGKILLed mid-stream and restarted on its directory and port: nothing the
+  Collector acknowledged is lost, duplicated or split;
+- every shipped configuration passes the Collector's own `validate` (the Kubernetes DNS one is not run).
+
+The Python client is the OpenTelemetry OTLP/HTTP span exporter; each trace is sent in two requests (its children
+first, its root later, other traces between) so the Collector's batching and routing must keep a trace together.
+The binary is built once per machine (tests/collector_build.py); a failed build fails these tests, never skips.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from prefactor_otel.devserver import DevServer
+from tests.collector_build import collector_binary
+from tests.collector_run import CONFIG_DIR, CollectorProcess, free_port
+from tests.gateway_run import INGRESS_TOKEN, GatewayProcess
+from tests.spans import wait_for
+from tests.test_gateway_http import sdk_trace, trace_hex
+from tests.test_gateway_process import all_arrived, assert_delivered_once
+
+TRACES = 40
+STREAM_LIMIT = 2000  # traces one streaming client sends at most (a bound, never reached in a passing run)
+ARRIVAL_LIMIT_S = 120.0
+
+
+@pytest.fixture(scope="session")
+def otelcol() -> Path:
+    """The Collector binary, built when missing (once per machine, under a file lock)."""
+    return collector_binary()
+
+
+def to_gateway_env(**extra: str) -> dict[str, str]:
+    return {"PREFACTOR_GATEWAY_INGRESS_TOKEN": INGRESS_TOKEN, "PREFACTOR_GATEWAY_INSECURE": "true", **extra}
+
+
+def send_split(exporter: OTLPSpanExporter, traces: int) -> list[str]:
+    """`traces` agent traces, each in two requests (children, then the root after the next trace's children)."""
+    sent: list[str] = []
+    held: list[ReadableSpan] = []
+    for _ in range(traces):
+        spans = sdk_trace()
+        roots = [span for span in spans if span.parent is None]
+        children = [span for span in spans if span.parent is not None]
+        assert exporter.export(children) is SpanExportResult.SUCCESS
+        if held:
+            assert exporter.export(held) is SpanExportResult.SUCCESS
+        held = roots
+        sent.append(trace_hex(spans))
+    assert exporter.export(held) is SpanExportResult.SUCCESS
+    return sent
+
+
+def replica_of_each_trace(srv: DevServer, traces: list[str], replicas: dict[str, str]) -> dict[str, str]:
+    """trace -> the name of the replica whose id its run's external identifier carries (one run per trace is
+    asserted before)."""
+    by_id = {replica_id: name for name, replica_id in replicas.items()}
+    instances = {str(i["id"]): i for i in srv.instances()}
+    run_of: dict[str, str] = {}
+    for span in srv.spans():
+        run_of[str(span["payload"]["trace_id"])] = str(span["agent_instance_id"])
+    found: dict[str, str] = {}
+    for trace in traces:
+        external = str(instances[run_of[trace]]["external_identifier"])
+        prefix, _, replica_id = external.rpartition(":")
+        assert prefix == f"otel:{trace}", f"run of trace {trace} is named {external!r}"
+        assert replica_id in by_id, f"run of trace {trace} names replica {replica_id!r}, not one of {replicas}"
+        found[trace] = by_id[replica_id]
+    return found
+
+
+@pytest.fixture
+def replicas(srv: DevServer, tmp_path: Path) -> Iterator[dict[str, GatewayProcess]]:
+    """Two gateway replicas, each on its own directory and on a gRPC port of its own kept across a restart."""
+    started: dict[str, GatewayProcess] = {}
+    try:
+        for name in ("a", "b"):
+            gateway = GatewayProcess(srv, tmp_path / f"gw-{name}", args=["--grpc-port", str(free_port())])
+            started[name] = gateway.start()
+            gateway.wait_ready()
+        yield started
+    finally:
+        for gateway in started.values():
+            gateway.__exit__()
+
+
+def replica_ids(replicas: dict[str, GatewayProcess]) -> dict[str, str]:
+    return {name: (gw.directory / "replica-id").read_text().strip() for name, gw in replicas.items()}
+
+
+def fleet_env(replicas: dict[str, GatewayProcess]) -> dict[str, str]:
+    targets = ", ".join(gw.grpc_target for gw in replicas.values())
+    return to_gateway_env(PREFACTOR_GATEWAY_REPLICAS=f"[{targets}]")
+
+
+def test_python_client_through_the_collector_to_one_gateway(otelcol: Path, srv: DevServer, tmp_path: Path) -> None:
+    with GatewayProcess(srv, tmp_path / "gw") as gateway:
+        gateway.wait_ready()
+        env = to_gateway_env(PREFACTOR_GATEWAY_ENDPOINT=gateway.grpc_target)
+        with CollectorProcess("gateway.yaml", env, otelcol) as collector:
+            exporter = OTLPSpanExporter(endpoint=collector.traces_url)
+            traces = send_split(exporter, TRACES)
+            exporter.shutdown()
+            assert wait_for(lambda: all_arrived(srv, traces), ARRIVAL_LIMIT_S), (
+                f"collector:\n{collector.output()}\ngateway:\n{gateway.output()}"
+            )
+            assert collector.stop() == 0, collector.output()
+        assert gateway.stop() == 0, gateway.output()
+    assert_delivered_once(srv, traces)
+
+
+def test_load_balanced_fleet_builds_each_trace_on_one_replica(
+    otelcol: Path, srv: DevServer, replicas: dict[str, GatewayProcess]
+) -> None:
+    with CollectorProcess("fleet-static.yaml", fleet_env(replicas), otelcol) as collector:
+        exporter = OTLPSpanExporter(endpoint=collector.traces_url)
+        traces = send_split(exporter, TRACES)
+        exporter.shutdown()
+        assert wait_for(lambda: all_arrived(srv, traces), ARRIVAL_LIMIT_S), collector.output()
+        assert collector.stop() == 0, collector.output()
+    assert_delivered_once(srv, traces)  # every span once, one run per trace, every run finished
+    owners = replica_of_each_trace(srv, traces, replica_ids(replicas))
+    assert set(owners.values()) == {"a", "b"}, f"one replica took every trace: {owners}"
+    for gateway in replicas.values():
+        assert gateway.stop() == 0, gateway.output()
+
+
+class TraceStream:
+    """A Python OTLP/HTTP client sending split traces to the Collector on its own thread until told to stop;
+    `acknowledged` holds the traces whose every request the Collector answered with success."""
+
+    def __init__(self, collector: CollectorProcess) -> None:
+        self._exporter = OTLPSpanExporter(endpoint=collector.traces_url)
+        self.acknowledged: list[str] = []
+        self.failed: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TraceStream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(120)
+        assert not self._thread.is_alive()
+        self._exporter.shutdown()
+
+    def _run(self) -> None:
+        for _ in range(STREAM_LIMIT):
+            if self._stop.is_set():
+                return
+            spans = sdk_trace()
+            children = [span for span in spans if span.parent is not None]
+            roots = [span for span in spans if span.parent is None]
+            ok = all(self._exporter.export(part) is SpanExportResult.SUCCESS for part in (children, roots))
+            with self._lock:
+                (self.acknowledged if ok else self.failed).append(trace_hex(spans))
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.acknowledged)
+
+
+def test_replica_sigkilled_and_restarted_mid_stream_loses_nothing_acknowledged(
+    otelcol: Path, srv: DevServer, replicas: dict[str, GatewayProcess]
+) -> None:
+    """Replica `a` is SIGKILLed while a client streams through the Collector, then restarted on the same directory
+    and gRPC port: the Collector's per-replica exporter retries what `a` did not acknowledge (its traces stay on
+    `a`), `a`'s ingress log replays what it did; every acknowledged trace arrives whole, once, in one run."""
+    ids_before = replica_ids(replicas)
+    with CollectorProcess("fleet-static.yaml", fleet_env(replicas), otelcol) as collector:
+        with TraceStream(collector) as stream:
+            assert wait_for(lambda: stream.count() >= 30, 60), collector.output()
+            killed = replicas["a"]
+            assert killed.stop(signal.SIGKILL) == -signal.SIGKILL
+            at_kill = stream.count()
+            assert wait_for(lambda: stream.count() >= at_kill + 20, 60), collector.output()
+            restarted = GatewayProcess(srv, killed.directory, args=killed.args)
+            replicas["a"] = restarted.start()
+            restarted.wait_ready()
+            assert restarted.grpc_port == killed.grpc_port
+            assert wait_for(lambda: stream.count() >= at_kill + 40, 60), collector.output()
+        assert not stream.failed, f"the Collector refused {len(stream.failed)} traces:\n{collector.output()}"
+        traces = stream.acknowledged
+        assert wait_for(lambda: all_arrived(srv, traces), ARRIVAL_LIMIT_S), (
+            f"collector:\n{collector.output()}\nrestarted a:\n{restarted.output()}"
+        )
+        assert collector.stop() == 0, collector.output()
+    assert replica_ids(replicas) == ids_before  # the restart kept its replica id, so its run ids
+    assert_delivered_once(srv, traces)
+    owners = replica_of_each_trace(srv, traces, ids_before)
+    assert set(owners.values()) == {"a", "b"}, f"one replica took every trace: {owners}"
+
+
+@pytest.mark.parametrize(
+    "config", sorted(path.name for path in CONFIG_DIR.glob("*.yaml") if path.name != "builder-config.yaml")
+)
+def test_every_shipped_configuration_validates(otelcol: Path, config: str) -> None:
+    env = {
+        **to_gateway_env(),
+        "PREFACTOR_GATEWAY_ENDPOINT": "gateway.example.internal:4317",
+        "PREFACTOR_GATEWAY_REPLICAS": "[gw-1.example.internal:4317, gw-2.example.internal:4317]",
+        "PREFACTOR_GATEWAY_HEADLESS_SERVICE": "prefactor-gateway-headless.observability.svc.cluster.local",
+    }
+    done = subprocess.run(
+        [str(otelcol), "validate", "--config", str(CONFIG_DIR / config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
