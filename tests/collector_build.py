@@ -99,7 +99,8 @@ def _build(manifest: Path, directory: Path) -> None:
                     step, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=BUILD_LIMIT_S
                 )
             except subprocess.TimeoutExpired:
-                raise CollectorBuildError(f"building the Collector took over {BUILD_LIMIT_S:.0f} s; see {log_path}")
+                took = f"building the Collector took over {BUILD_LIMIT_S:.0f} s; see {log_path}"
+                raise CollectorBuildError(took) from None
             if done.returncode != 0:
                 log.flush()
                 tail = "\n".join(log_path.read_text().splitlines()[-25:])

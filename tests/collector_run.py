@@ -12,11 +12,12 @@ bounded (a safety limit against a hang, never a timing assertion).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -38,8 +39,11 @@ def free_port() -> int:
 class CollectorProcess:
     """One Collector process on `collector/<config>` (module docstring)."""
 
-    def __init__(self, config: str, env: Mapping[str, str], binary: Path | None = None) -> None:
+    def __init__(
+        self, config: str, env: Mapping[str, str], binary: Path | None = None, overrides: Sequence[Path] = ()
+    ) -> None:
         self.config = CONFIG_DIR / config
+        self.overrides = list(overrides)  # files merged over the shipped one, in order (re-read on SIGHUP)
         self.binary = binary or collector_binary()
         self.grpc_port, self.http_port, metrics_port = free_port(), free_port(), free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PREFACTOR_"))}
@@ -57,6 +61,8 @@ class CollectorProcess:
 
     def start(self) -> CollectorProcess:
         command = [str(self.binary), "--config", str(self.config)]
+        for override in self.overrides:
+            command += ["--config", str(override)]
         self.proc = subprocess.Popen(
             command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )
@@ -83,6 +89,22 @@ class CollectorProcess:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._ended:
                     return False
+                self._cond.wait(min(remaining, 0.2))
+
+    def ready_count(self) -> int:
+        with self._cond:
+            return sum(READY in line for line in self.lines)
+
+    def reload(self, limit_s: float = START_LIMIT_S) -> None:
+        """SIGHUP: the Collector re-reads its configuration files and restarts its pipelines (draining the old)."""
+        assert self.proc is not None
+        before = self.ready_count()
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + limit_s
+        with self._cond:
+            while sum(READY in line for line in self.lines) <= before:
+                remaining = deadline - time.monotonic()
+                assert remaining > 0 and not self._ended, f"the Collector did not reload:\n{self.output()}"
                 self._cond.wait(min(remaining, 0.2))
 
     def output(self) -> str:
