@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from prefactor_otel.devserver import DevServer
-from tests.collector_build import collector_binary
+from tests.collector_build import MANIFEST, CollectorBuildError, build_dir, collector_binary
 from tests.collector_run import CONFIG_DIR, CollectorProcess, free_port
 from tests.gateway_run import INGRESS_TOKEN, GatewayProcess
 from tests.spans import wait_for
@@ -229,3 +229,19 @@ def test_every_shipped_configuration_validates(otelcol: Path, config: str) -> No
         timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_build_that_cannot_run_fails_saying_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build helper's own failures are clear errors (the tests that need the Collector then fail with them):
+    a manifest without its builder line, and a machine without Go. Nothing half-built is left as the binary."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("PREFACTOR_COLLECTOR_BINARY", raising=False)
+    manifest = tmp_path / "builder-config.yaml"
+    manifest.write_text("dist:\n  name: otelcol-prefactor\n  output_path: ./_build\n")
+    with pytest.raises(CollectorBuildError, match="no '# ocb: <module> <version>' line"):
+        collector_binary(manifest)
+    manifest.write_text(MANIFEST.read_text())
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(CollectorBuildError, match="needs Go"):
+        collector_binary(manifest)
+    assert not (build_dir(manifest) / "otelcol-prefactor").exists()
