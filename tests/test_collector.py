@@ -1,8 +1,8 @@
 """The real OpenTelemetry Collector (the project's `otelcol-prefactor`, built from collector/builder-config.yaml) in
 front of real `prefactor-otel gateway` processes, on the configurations shipped in collector/, over real sockets:
 
-- apps -> Collector (collector/gateway.yaml) -> one gateway -> the local server: every span once, one run per
-  trace, every run finished;
+- apps (OTLP/HTTP and OTLP/gRPC) -> Collector (collector/gateway.yaml) -> one gateway -> the local server: every
+  span once, one run per trace, every run finished;
 - apps -> Collector (collector/fleet-static.yaml: load balancing by trace id, static resolver) -> two gateway
   replicas, each on its own directory -> one local server: every span once, every run whole and finished, each
   trace's run built by one replica (`external_identifier` `otel:<trace>:<replica id>`), both replicas used;
@@ -10,8 +10,9 @@ front of real `prefactor-otel gateway` processes, on the configurations shipped 
   Collector acknowledged is lost, duplicated or split;
 - every shipped configuration passes the Collector's own `validate` (the Kubernetes DNS one is not run).
 
-The Python client is the OpenTelemetry OTLP/HTTP span exporter; each trace is sent in two requests (its children
-first, its root later, other traces between) so the Collector's batching and routing must keep a trace together.
+The Python client is the OpenTelemetry OTLP span exporter (HTTP; gRPC too for the single gateway); each trace is
+sent in two requests (its children first, its root later, other traces between) so the Collector's batching and
+routing must keep a trace together.
 The binary is built once per machine (tests/collector_build.py); a failed build fails these tests, never skips.
 """
 
@@ -24,9 +25,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from prefactor_otel.devserver import DevServer
 from tests.collector_build import MANIFEST, CollectorBuildError, build_dir, collector_binary
@@ -51,7 +53,7 @@ def to_gateway_env(**extra: str) -> dict[str, str]:
     return {"PREFACTOR_GATEWAY_INGRESS_TOKEN": INGRESS_TOKEN, "PREFACTOR_GATEWAY_INSECURE": "true", **extra}
 
 
-def send_split(exporter: OTLPSpanExporter, traces: int) -> list[str]:
+def send_split(exporter: SpanExporter, traces: int) -> list[str]:
     """`traces` agent traces, each in two requests (children, then the root after the next trace's children)."""
     sent: list[str] = []
     held: list[ReadableSpan] = []
@@ -110,12 +112,19 @@ def fleet_env(replicas: dict[str, GatewayProcess]) -> dict[str, str]:
     return to_gateway_env(PREFACTOR_GATEWAY_REPLICAS=f"[{targets}]")
 
 
-def test_python_client_through_the_collector_to_one_gateway(otelcol: Path, srv: DevServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_python_client_through_the_collector_to_one_gateway(
+    otelcol: Path, srv: DevServer, tmp_path: Path, protocol: str
+) -> None:
     with GatewayProcess(srv, tmp_path / "gw") as gateway:
         gateway.wait_ready()
         env = to_gateway_env(PREFACTOR_GATEWAY_ENDPOINT=gateway.grpc_target)
         with CollectorProcess("gateway.yaml", env, otelcol) as collector:
-            exporter = OTLPSpanExporter(endpoint=collector.traces_url)
+            exporter: SpanExporter = (
+                GrpcSpanExporter(endpoint=collector.grpc_target, insecure=True)
+                if protocol == "grpc"
+                else OTLPSpanExporter(endpoint=collector.traces_url)
+            )
             traces = send_split(exporter, TRACES)
             exporter.shutdown()
             assert wait_for(lambda: all_arrived(srv, traces), ARRIVAL_LIMIT_S), (
