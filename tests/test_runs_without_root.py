@@ -40,11 +40,13 @@ def test_with_the_exporter_alone_a_run_whose_root_is_lost_is_finished_while_the_
         assert instance["finished_at"] == max(span["finished_at"] for span in stored)  # at its last span
         stats = exporter.stats()
         assert stats["instances_finished"] == 1 and stats["open_traces"] == 0
+        assert stats["runs_finished_without_root"] == 1
         # The root comes after all (a run that lasted longer than the exporter waited): a run of its own.
         assert exporter.export([root]) == SpanExportResult.SUCCESS
         assert wait_for(lambda: finished(srv, 2), 30)
         stats = exporter.stats()
         assert stats["spans_exported"] == len(collector.spans) and stats["spans_dropped"] == 0
+        assert stats["runs_finished_without_root"] == 1  # the second run had its root
     finally:
         exporter.shutdown()
 

@@ -77,6 +77,8 @@ def collect_stats(
         "open_traces": open_traces,
         "instances_registered": c["instances_registered"],
         "instances_finished": c["instances_finished"],
+        # runs finished although their root never came (idle max_wait + grace: docs/live-runs.md)
+        "runs_finished_without_root": c["runs_finished_without_root"],
         "runs_adopted_from_dead_processes": c["runs_adopted_from_dead_processes"],
         "live_spans_adopted_from_dead_processes": c["live_spans_adopted_from_dead_processes"],
         "requests": c["requests"],
