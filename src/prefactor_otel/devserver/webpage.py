@@ -77,7 +77,8 @@ def answer(
         return PageAnswer(204, b"", "image/x-icon", _SECURITY_HEADERS)
     filename, content_type = PAGE_FILES[path]
     try:
-        body = resources.files("prefactor_otel.devserver").joinpath("web", filename).read_bytes()
+        # one path part per joinpath call: Python 3.10's Traversable takes one (a zipped install fails on two)
+        body = resources.files("prefactor_otel.devserver").joinpath("web").joinpath(filename).read_bytes()
     except OSError as exc:  # an install without the package data: say what is missing instead of a bare 500
         message = f"the page file web/{filename} is missing from this installation ({type(exc).__name__})\n"
         return PageAnswer(500, message.encode(), "text/plain; charset=utf-8", _SECURITY_HEADERS)
