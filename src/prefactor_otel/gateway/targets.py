@@ -38,6 +38,7 @@ from prefactor_otel.durability.spool import Spool
 from prefactor_otel.mapping import MappingOptions, SpanRecord, map_span
 from prefactor_otel.model import ids
 from prefactor_otel.pipeline.backlog import Backlog
+from prefactor_otel.pipeline.counts import gather
 from prefactor_otel.pipeline.delivery import Delivery
 from prefactor_otel.pipeline.pipeline import Pipeline
 from prefactor_otel.transport.client import BulkTransport
@@ -190,22 +191,10 @@ class AgentPipeline:
     # ------------------------------------------------------------------ visibility
 
     def stats(self) -> dict[str, Any]:
-        counters: Counter[str] = Counter(dict(self.counters))
-        dropped: Counter[str] = Counter(dict(self.dropped))
-        actions_dropped: Counter[str] = Counter()
-        queued, open_traces = self.pipeline.collect(counters, dropped, actions_dropped)
-        for part in (self.transport, self.delivery):
-            counters.update(dict(part.counters))
         backlog = self.backlog
-        if backlog is not None:
-            counters.update(dict(backlog.counters))
-            dropped.update(dict(backlog.dropped))
-            actions_dropped.update(dict(backlog.actions_dropped))
-            for key, value in dict(backlog.spool.counters).items():
-                if key.startswith("dropped:"):
-                    dropped[key.removeprefix("dropped:")] += value
-                else:
-                    counters[key] += value
+        counts = gather(self.counters, self.dropped, self.pipeline, (self.transport, self.delivery), backlog)
+        counters, dropped, actions_dropped = counts.counters, counts.dropped, counts.actions_dropped
+        queued, open_traces = counts.queued, counts.open_traces
         return {
             "route": self.route,
             "agent": self.agent,

@@ -12,6 +12,7 @@ from typing import Any
 
 from prefactor_otel.control.poll import InstancePoller
 from prefactor_otel.pipeline.backlog import Backlog
+from prefactor_otel.pipeline.counts import gather
 from prefactor_otel.pipeline.delivery import Delivery
 from prefactor_otel.pipeline.pipeline import Pipeline
 from prefactor_otel.transport.client import BulkTransport
@@ -30,25 +31,10 @@ def collect_stats(
     poller: InstancePoller | None = None,
 ) -> dict[str, Any]:
     """`spans_dropped` counts spans only; rejected instance actions are in `instance_actions_dropped`."""
-    all_dropped: Counter[str] = Counter(dict(dropped))
-    all_counters: Counter[str] = Counter(dict(counters))
-    actions_dropped: Counter[str] = Counter()
-    queued = open_traces = 0
-    if pipeline is not None:
-        queued, open_traces = pipeline.collect(all_counters, all_dropped, actions_dropped)
-    for part in (transport, delivery, poller):
-        if part is not None:
-            all_counters.update(dict(part.counters))
-    if backlog is not None:
-        all_counters.update(dict(backlog.counters))
-        all_dropped.update(dict(backlog.dropped))
-        actions_dropped.update(dict(backlog.actions_dropped))
-        for key, value in dict(backlog.spool.counters).items():
-            if key.startswith("dropped:"):
-                all_dropped[key.removeprefix("dropped:")] += value
-            else:
-                all_counters[key] += value
-    c = all_counters
+    counts = gather(counters, dropped, pipeline, (transport, delivery, poller), backlog)
+    all_dropped, actions_dropped = counts.dropped, counts.actions_dropped
+    queued, open_traces = counts.queued, counts.open_traces
+    c = counts.counters
     return {
         "enabled": enabled,
         "disabled_reason": disabled_reason,
