@@ -38,12 +38,15 @@ def test_with_the_exporter_alone_a_run_whose_root_is_lost_is_finished_while_the_
         stored = srv.spans(instance["id"])
         assert len(stored) == len(steps) and all(span["status"] != "active" for span in stored)
         assert instance["finished_at"] == max(span["finished_at"] for span in stored)  # at its last span
+        # The server stores the finish before the finisher thread has read its answer: wait for the count too.
+        wait_for(lambda: exporter.stats()["instances_finished"] == 1, 30)
         stats = exporter.stats()
         assert stats["instances_finished"] == 1 and stats["open_traces"] == 0
         assert stats["runs_finished_without_root"] == 1
         # The root comes after all (a run that lasted longer than the exporter waited): a run of its own.
         assert exporter.export([root]) == SpanExportResult.SUCCESS
         assert wait_for(lambda: finished(srv, 2), 30)
+        wait_for(lambda: exporter.stats()["instances_finished"] == 2, 30)  # its answer read, as above
         stats = exporter.stats()
         assert stats["spans_exported"] == len(collector.spans) and stats["spans_dropped"] == 0
         assert stats["runs_finished_without_root"] == 1  # the second run had its root
