@@ -123,6 +123,13 @@ class CollectorProcess:
             self.proc.wait(10)
             raise AssertionError(f"the Collector did not stop within {limit_s} s:\n{self.output()}") from None
 
+    def kill(self) -> int:
+        """SIGKILL: nothing is drained, what the Collector holds in memory is gone; returns the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self.proc.wait(30)
+
     def __enter__(self) -> CollectorProcess:
         return self if self.proc is not None else self.start()
 

@@ -193,9 +193,10 @@ def test_node_client_through_the_collector_to_two_replicas(
 @pytest.mark.parametrize(
     "config", sorted(path.name for path in CONFIG_DIR.glob("*.yaml") if path.name != "builder-config.yaml")
 )
-def test_every_shipped_configuration_validates(otelcol: Path, config: str) -> None:
+def test_every_shipped_configuration_validates(otelcol: Path, config: str, tmp_path: Path) -> None:
     env = {
         **to_gateway_env(),
+        "COLLECTOR_QUEUE_DIR": str(tmp_path / "queue"),
         "PREFACTOR_GATEWAY_ENDPOINT": "gateway.example.internal:4317",
         "PREFACTOR_GATEWAY_REPLICAS": "[gw-1.example.internal:4317, gw-2.example.internal:4317]",
         "PREFACTOR_GATEWAY_HEADLESS_SERVICE": "prefactor-gateway-headless.observability.svc.cluster.local",
