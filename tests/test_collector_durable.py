@@ -21,6 +21,7 @@ from tests.gateway_run import GatewayProcess
 from tests.spans import wait_for
 from tests.test_collector import (
     ARRIVAL_LIMIT_S,
+    FLEET_GRACE,
     TRACES,
     fleet_env,
     otelcol,  # noqa: F401 (the session fixture)
@@ -53,7 +54,7 @@ def test_collector_killed_with_a_persistent_queue_sends_what_it_acknowledged_aft
         assert collector.kill() == -signal.SIGKILL
         first_output = collector.output()
     assert not all_arrived(srv, traces)  # a's traces were only in the Collector's queue
-    restarted = GatewayProcess(srv, down.directory, args=down.args)
+    restarted = GatewayProcess(srv, down.directory, env=FLEET_GRACE, args=down.args)
     replicas["a"] = restarted.start()
     restarted.wait_ready()
     with CollectorProcess("fleet-static-durable.yaml", env, otelcol) as collector:
