@@ -45,13 +45,13 @@ class CollectorProcess:
         self.config = CONFIG_DIR / config
         self.overrides = list(overrides)  # files merged over the shipped one, in order (re-read on SIGHUP)
         self.binary = binary or collector_binary()
-        self.grpc_port, self.http_port, metrics_port = free_port(), free_port(), free_port()
+        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PREFACTOR_"))}
         self.env.update(
             COLLECTOR_OTLP_GRPC_ENDPOINT=f"127.0.0.1:{self.grpc_port}",
             COLLECTOR_OTLP_HTTP_ENDPOINT=f"127.0.0.1:{self.http_port}",
             COLLECTOR_METRICS_HOST="127.0.0.1",
-            COLLECTOR_METRICS_PORT=str(metrics_port),
+            COLLECTOR_METRICS_PORT=str(self.metrics_port),
         )
         self.env.update(env)
         self.proc: subprocess.Popen[str] | None = None
@@ -123,6 +123,13 @@ class CollectorProcess:
             self.proc.wait(10)
             raise AssertionError(f"the Collector did not stop within {limit_s} s:\n{self.output()}") from None
 
+    def kill(self) -> int:
+        """SIGKILL: nothing is drained, what the Collector holds in memory is gone; returns the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self.proc.wait(30)
+
     def __enter__(self) -> CollectorProcess:
         return self if self.proc is not None else self.start()
 
@@ -138,3 +145,9 @@ class CollectorProcess:
     @property
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The Collector's own Prometheus metrics (`otelcol_exporter_sent_spans`, `otelcol_exporter_send_failed_spans`,
+        `otelcol_loadbalancer_backend_outcome`, ...)."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"

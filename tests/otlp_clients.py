@@ -252,10 +252,12 @@ def run_node_client(
     compression: str = "none",
     headers: Mapping[str, str] | None = None,
     service: str = "node-agent",
+    traces: int = 1,
 ) -> dict[str, Any]:
-    """send.mjs's report: {"ok", "node_version", "results", "errors", "spans"} (see send.mjs)."""
+    """send.mjs's report: {"ok", "node_version", "results", "errors", "spans"} (see send.mjs); `traces` agent
+    traces, each with ids of its own."""
     command = [str(node), str(SEND), "--url", url, "--protocol", protocol, "--compression", compression]
-    command += ["--service", service]
+    command += ["--service", service, "--traces", str(traces)]
     for name, value in (headers or {}).items():
         command += ["--header", f"{name}={value}"]
     done = subprocess.run(

@@ -2,8 +2,9 @@
 //
 //   node send.mjs --url http://127.0.0.1:4318/v1/traces --protocol json|protobuf
 //                 [--header "Authorization=Bearer t"]... [--compression gzip|none] [--service name]
+//                 [--traces N]
 //
-// The trace: a root `invoke_agent support` span (linked to a remote span context) with an event, a `chat gpt-4o`
+// The trace (N of them, each with trace ids of its own: 1 unless --traces says): a root `invoke_agent support` span (linked to a remote span context) with an event, a `chat gpt-4o`
 // LLM span with gen_ai.* attributes and token counts, an `execute_tool lookup` span, and a `execute_tool broken`
 // span that ends in ERROR with an exception event. The spans go to a BatchSpanProcessor with the OTLP exporter of
 // the protocol asked for, and to an InMemorySpanExporter beside it. The last line of stdout is one JSON object:
@@ -21,7 +22,7 @@ import {
 } from "@opentelemetry/sdk-trace";
 
 function parseArgs(argv) {
-  const options = { headers: {}, compression: "none", service: "node-agent", protocol: "json" };
+  const options = { headers: {}, compression: "none", service: "node-agent", protocol: "json", traces: 1 };
   for (let i = 0; i < argv.length; i += 2) {
     const [flag, value] = [argv[i], argv[i + 1]];
     if (value === undefined) throw new Error(`${flag} needs a value`);
@@ -29,6 +30,7 @@ function parseArgs(argv) {
     else if (flag === "--protocol") options.protocol = value;
     else if (flag === "--compression") options.compression = value;
     else if (flag === "--service") options.service = value;
+    else if (flag === "--traces") options.traces = Number(value);
     else if (flag === "--header") {
       const at = value.indexOf("=");
       options.headers[value.slice(0, at)] = value.slice(at + 1);
@@ -36,6 +38,9 @@ function parseArgs(argv) {
   }
   if (!options.url) throw new Error("--url is required");
   if (!["json", "protobuf"].includes(options.protocol)) throw new Error("--protocol is json or protobuf");
+  if (!Number.isInteger(options.traces) || options.traces < 1 || options.traces > 1000) {
+    throw new Error("--traces is a whole number from 1 to 1000");
+  }
   return options;
 }
 
@@ -103,53 +108,55 @@ async function main() {
   });
   const tracer = provider.getTracer("tests.node.agent", "0.3.0");
 
-  const remote = { traceId: "4bf92f3577b34da6a3ce929d0e0e4736", spanId: "00f067aa0ba902b7", traceFlags: 1, isRemote: true };
-  const root = tracer.startSpan("invoke_agent support", {
-    kind: SpanKind.SERVER,
-    attributes: { "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "support", "app.tags": ["a", "b"] },
-    links: [{ context: remote, attributes: { "link.reason": "follows the request" } }],
-  });
-  root.addEvent("agent.started", { "agent.step": 1 });
-  const inRoot = trace.setSpan(context.active(), root);
+  for (let n = 0; n < options.traces; n += 1) {
+    const remote = { traceId: "4bf92f3577b34da6a3ce929d0e0e4736", spanId: "00f067aa0ba902b7", traceFlags: 1, isRemote: true };
+    const root = tracer.startSpan("invoke_agent support", {
+      kind: SpanKind.SERVER,
+      attributes: { "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "support", "app.tags": ["a", "b"] },
+      links: [{ context: remote, attributes: { "link.reason": "follows the request" } }],
+    });
+    root.addEvent("agent.started", { "agent.step": 1 });
+    const inRoot = trace.setSpan(context.active(), root);
 
-  const chat = tracer.startSpan(
-    "chat gpt-4o",
-    {
-      kind: SpanKind.CLIENT,
-      attributes: {
-        "gen_ai.operation.name": "chat",
-        "gen_ai.request.model": "gpt-4o",
-        "gen_ai.usage.input_tokens": 12,
-        "gen_ai.usage.output_tokens": 5,
-        "gen_ai.request.temperature": 0.25,
-        "gen_ai.input.messages": JSON.stringify([{ role: "user", parts: [{ type: "text", content: "hi" }] }]),
-        "gen_ai.output.messages": JSON.stringify([
-          { role: "assistant", parts: [{ type: "text", content: "hello" }], finish_reason: "stop" },
-        ]),
+    const chat = tracer.startSpan(
+      "chat gpt-4o",
+      {
+        kind: SpanKind.CLIENT,
+        attributes: {
+          "gen_ai.operation.name": "chat",
+          "gen_ai.request.model": "gpt-4o",
+          "gen_ai.usage.input_tokens": 12,
+          "gen_ai.usage.output_tokens": 5,
+          "gen_ai.request.temperature": 0.25,
+          "gen_ai.input.messages": JSON.stringify([{ role: "user", parts: [{ type: "text", content: "hi" }] }]),
+          "gen_ai.output.messages": JSON.stringify([
+            { role: "assistant", parts: [{ type: "text", content: "hello" }], finish_reason: "stop" },
+          ]),
+        },
       },
-    },
-    inRoot,
-  );
-  chat.end();
+      inRoot,
+    );
+    chat.end();
 
-  const tool = tracer.startSpan(
-    "execute_tool lookup",
-    { attributes: { "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "lookup" } },
-    inRoot,
-  );
-  tool.end();
+    const tool = tracer.startSpan(
+      "execute_tool lookup",
+      { attributes: { "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "lookup" } },
+      inRoot,
+    );
+    tool.end();
 
-  const broken = tracer.startSpan(
-    "execute_tool broken",
-    { attributes: { "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "broken" } },
-    inRoot,
-  );
-  broken.recordException(new TypeError("tool exploded"));
-  broken.setStatus({ code: SpanStatusCode.ERROR, message: "tool exploded" });
-  broken.end();
+    const broken = tracer.startSpan(
+      "execute_tool broken",
+      { attributes: { "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "broken" } },
+      inRoot,
+    );
+    broken.recordException(new TypeError("tool exploded"));
+    broken.setStatus({ code: SpanStatusCode.ERROR, message: "tool exploded" });
+    broken.end();
 
-  root.setStatus({ code: SpanStatusCode.OK });
-  root.end();
+    root.setStatus({ code: SpanStatusCode.OK });
+    root.end();
+  }
 
   await provider.forceFlush();
   const spans = memory.getFinishedSpans().map(recorded);
