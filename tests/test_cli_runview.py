@@ -142,3 +142,63 @@ def test_show_watch_frames_use_the_same_span_lines() -> None:
     (line,) = [line for line in proc.stdout.splitlines() if "chat gpt-4o" in line]
     assert "otel:llm  chat gpt-4o  active" in line and "model gpt-4o" in line
     assert any(line.strip().endswith("> user: hi") for line in proc.stdout.splitlines())
+
+
+TERMINATED_APP = """
+import sys, time
+from opentelemetry.sdk.trace import TracerProvider
+import prefactor_otel
+from prefactor_otel import PrefactorSpanProcessor, PrefactorTerminatedError
+
+provider = TracerProvider()
+processor = PrefactorSpanProcessor(schedule_delay_millis=100)
+provider.add_span_processor(processor)
+tracer = provider.get_tracer("stopper")
+agent = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "stopper"}
+tool = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}
+try:
+    with tracer.start_as_current_span("invoke_agent stopper", attributes=agent):
+        with tracer.start_as_current_span("execute_tool search", attributes=tool):
+            for _ in range(40):  # bounded: the run id is known within about half a second
+                if processor.run_id():
+                    break
+                time.sleep(0.1)
+            print("run", processor.run_id(), flush=True)
+            sys.stdin.readline()  # the test terminates the run, then says go on
+            for _ in range(400):  # bounded: the poll (0.2 s here) tells the run it was terminated
+                prefactor_otel.raise_if_terminated()
+                time.sleep(0.05)
+except PrefactorTerminatedError as stop:
+    print("error", stop, flush=True)
+provider.shutdown()
+"""
+
+
+def test_a_terminated_run_shows_terminated_with_its_reason_in_show_and_in_the_apps_error(tmp_path) -> None:
+    with DevServer(token="pf_show_terminated") as srv:
+        app = tmp_path / "app.py"
+        app.write_text(TERMINATED_APP)
+        env = _env(**srv.env(), PREFACTOR_CONTROL_POLL_INTERVAL="0.2", PREFACTOR_LIVE_SPANS="all")
+        env["PREFACTOR_SPOOL_DIR"] = str(tmp_path / "spool")
+        with subprocess.Popen(
+            [sys.executable, str(app)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        ) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            run_id = proc.stdout.readline().split()[1]
+            stopped = _cli(
+                "terminate", run_id, "--reason", "seen enough", "--url", srv.url, "--token", srv.token, env=_env()
+            )
+            assert stopped.returncode == 0, stopped.stderr
+            out, _ = proc.communicate("go\n", timeout=120)
+        assert proc.returncode == 0
+        assert out.splitlines() == [f"error run {run_id} terminated in Prefactor: seen enough"]  # no "p2"
+        shown = _cli("show", "--url", srv.url, "--token", srv.token, env=_env())
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith(f"agent run {run_id}  terminated  ")
+    assert lines[0].endswith("terminated in Prefactor: seen enough")
+    assert lines[1] == "  2 spans  0 errors  2 stopped by the termination  tools search"  # on purpose: no error
+    assert "failed" not in shown.stdout
+    (root,) = [line for line in lines if "invoke_agent stopper" in line]
+    (tool,) = [line for line in lines if "execute_tool search" in line]
+    assert "  terminated  " in root and "  terminated  " in tool

@@ -48,7 +48,7 @@ def test_raise_if_terminated_raises_in_the_terminated_runs_context_only():
                 raise_if_terminated()
     error = raised.value
     assert (error.instance_id, error.trace_id, error.reason) == ("run-a", trace_id, "budget exceeded")
-    assert str(error) == "Agent instance terminated by p2: budget exceeded"
+    assert str(error) == "run run-a terminated in Prefactor: budget exceeded"  # who and why, as a user knows them
     assert termination(trace_id) == Termination("run-a", trace_id, "budget exceeded", "response")
     assert not is_terminated(other_trace)
     # Outside any span: nothing is terminated, nothing raises.

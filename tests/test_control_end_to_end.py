@@ -150,3 +150,22 @@ def test_other_runs_go_on_after_one_is_terminated(srv: DevServer) -> None:
     assert list(statuses.values()) == ["complete"]
     assert processor.exporter.stats()["runs_terminated"] == 1
     provider.shutdown()
+
+
+def test_an_idle_run_is_stopped_within_the_quiet_poll_bound_at_the_default_interval(
+    srv: DevServer, heard: list[Termination]
+) -> None:
+    """The default interval (30 s) polls a sending run; a run that sends nothing (an agent waiting on a slow model
+    or a person) is polled after 5 s of quiet (docs/control.md). Bounded by 15 s: well under the interval."""
+    provider, processor = make(srv)
+    assert processor.exporter._config.control_poll_interval == 30.0
+    tracer = provider.get_tracer("agent")
+    with tracer.start_as_current_span("invoke_agent looper", attributes=AGENT):
+        run_id = wait_for(lambda: active_runs(srv))[0]["id"]
+        event = prefactor_otel.termination_event()
+        srv.terminate(run_id, "idle too long")
+        assert event.wait(15)  # a bounded wait, not a measure of speed: the schedule is what is tested
+        assert prefactor_otel.termination_reason() == "idle too long"
+    assert [(t.instance_id, t.source) for t in heard] == [(run_id, "poll")]
+    assert processor.exporter.stats()["control_polls"] >= 1
+    provider.shutdown()

@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry.sdk.trace.export import SpanExportResult
 
@@ -16,6 +17,7 @@ from prefactor_otel.control.terminations import Termination, TerminationRegistry
 from prefactor_otel.devserver import DevServer, Fault
 from prefactor_otel.transport.client import BulkTransport
 from tests.spans import agent_trace, exporter_for, make_provider
+from tests.test_devserver import register
 
 TOKEN = "pf_control_token_secret"
 
@@ -123,3 +125,44 @@ def test_the_poll_interval_setting():
     for bad in ("-1", "soon", "nan", "0.001"):
         with pytest.raises(ConfigError, match="PREFACTOR_CONTROL_POLL_INTERVAL"):
             PrefactorConfig.load({"PREFACTOR_CONTROL_POLL_INTERVAL": bad})
+
+
+def test_the_poll_schedule_polls_a_quiet_run_sooner_and_never_later_than_the_interval():
+    with DevServer(token=TOKEN) as srv:
+        transport = BulkTransport(_config(srv), sdk_header="tests")
+        poller = InstancePoller(transport, TerminationRegistry(), interval_s=30)
+        # Sending (quiet under 5 s): its answers carry `control`, so the interval, as Prefactor's SDKs.
+        assert [poller.gap(quiet) for quiet in (0, 1, 4.9)] == [30, 30, 30]
+        # Quiet: every 5 s for the first 20 s, then a quarter of the quiet time, up to the interval.
+        assert [poller.gap(quiet) for quiet in (5, 20, 40, 100, 120, 3600)] == [5, 5, 10, 25, 30, 30]
+        # An interval shorter than the quiet gap is kept as it is.
+        fast = InstancePoller(transport, TerminationRegistry(), interval_s=0.2)
+        assert {fast.gap(quiet) for quiet in (0, 1, 60)} == {0.2}
+        transport.close()
+
+
+def test_a_quiet_run_is_polled_before_the_interval_and_a_busy_one_is_not():
+    with (
+        DevServer(token=TOKEN) as srv,
+        httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {srv.token}"}, timeout=10) as client,
+    ):
+        exporter, quiet_id, quiet_trace = _active_run(srv)
+        busy_id = register(client, srv)
+        transport = BulkTransport(_config(srv), sdk_header="tests")
+        registry = TerminationRegistry()
+        poller = InstancePoller(transport, registry, interval_s=30)
+        runs = [(quiet_id, quiet_trace), (busy_id, 7)]
+        srv.terminate(quiet_id, "quiet stop")
+        srv.terminate(busy_id, "busy stop")
+        went_quiet = time.monotonic() - 10  # quiet for 10 s already: polled 5 s after it was first seen
+        for _ in range(750):  # bounded: 750 x 20 ms, half the interval
+            poller.poll(runs, time.monotonic() + 5, {quiet_id: went_quiet, busy_id: time.monotonic()})
+            if registry.for_instance(quiet_id) is not None:
+                break
+            time.sleep(0.02)
+        assert registry.for_instance(quiet_id) == Termination(quiet_id, quiet_trace, "quiet stop", "poll")
+        assert registry.for_instance(busy_id) is None  # busy: its answers tell it; polled at the interval only
+        assert [r.path for r in srv.requests if r.method == "GET"] == [f"/api/v1/agent_instance/{quiet_id}"]
+        assert poller.counters["control_polls_early"] == 1
+        transport.close()
+        exporter.shutdown()

@@ -232,3 +232,36 @@ def test_run_views_of_a_real_openai_instrumentation(monkeypatch: pytest.MonkeyPa
     assert totals["models"] == ["gpt-tools", "gpt-4o", "text-embedding-3-small", "fail-500"]
     assert totals["errors"] == 1 and totals["tools"] == []
     assert totals["input_tokens"] == sum((c["tokens"] or {}).get("input") or 0 for c in calls)
+
+
+def test_in_a_terminated_run_only_the_spans_the_termination_closed_are_terminated_not_errors() -> None:
+    stopped = "2024-01-01T00:00:10.000000Z"
+    instance = {"id": "run-1", "status": "terminated", "finished_at": stopped, "termination_reason": "seen enough"}
+    spans = [
+        _span("root", "2024-01-01T00:00:00Z", status="failed", finished_at=stopped),  # closed by the termination
+        _span("wait", "2024-01-01T00:00:09Z", parent_span_id="root", status="cancelled", finished_at=stopped),
+        _span(  # failed on its own, before the termination: an error
+            "tool",
+            "2024-01-01T00:00:01Z",
+            parent_span_id="root",
+            status="failed",
+            finished_at="2024-01-01T00:00:02Z",
+            result_payload={"error": {"error_type": "ValueError", "message": "bad"}},
+        ),
+        _span(  # the agent stopping as asked
+            "step",
+            "2024-01-01T00:00:09Z",
+            parent_span_id="root",
+            status="failed",
+            finished_at="2024-01-01T00:00:11Z",
+            result_payload={"error": {"error_type": "prefactor_otel.PrefactorTerminatedError", "message": "x"}},
+        ),
+    ]
+    (run,) = run_views({"instances": [instance], "spans": spans})
+    marked = {view["id"]: view["terminated"] for view, _ in walk(run["spans"])}
+    assert marked == {"root": True, "wait": True, "tool": False, "step": True}
+    assert run["totals"]["errors"] == 1 and run["totals"]["terminated"] == 3
+    assert run["terminated_reason"] == "seen enough"
+    # The same spans in a run that failed on its own: nothing is "terminated".
+    (failed,) = run_views({"instances": [{**instance, "status": "failed"}], "spans": spans})
+    assert failed["totals"]["terminated"] == 0 and failed["totals"]["errors"] == 3

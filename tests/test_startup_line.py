@@ -123,3 +123,49 @@ def test_an_unknown_log_level_is_named_and_the_line_still_said(tmp_path, srv):
 def test_the_line_says_when_the_spool_is_off(tmp_path, srv):
     proc = run_app(tmp_path, srv, PREFACTOR_SPOOL="false")
     assert proc.stderr.splitlines() == [destination(srv, tmp_path).replace(f"spool {tmp_path / 'spool'}", "spool off")]
+
+
+EXPORTER_ONLY_APP = """
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from prefactor_otel import PrefactorSpanExporter
+
+provider = TracerProvider()
+provider.add_span_processor({processor}(PrefactorSpanExporter()))
+tracer = provider.get_tracer("startup-line")
+for step in range(3):
+    with tracer.start_as_current_span(f"handle request {{step}}"):
+        with tracer.start_as_current_span("step"):
+            pass
+provider.shutdown()
+print("app done", flush=True)
+"""
+
+
+def _run_exporter_only(tmp_path: Path, srv: DevServer, processor: str) -> subprocess.CompletedProcess[str]:
+    app = tmp_path / "exporter_only.py"
+    app.write_text(EXPORTER_ONLY_APP.format(processor=processor))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PREFACTOR_"))}
+    env.update(srv.env(), PREFACTOR_SPOOL_DIR=str(tmp_path / "spool"), PREFACTOR_FINISH_GRACE_SECONDS="0")
+    proc = subprocess.run([sys.executable, str(app)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "app done" in proc.stdout, proc.stderr
+    assert wait_for(lambda: len(srv.spans()) == 6)
+    return proc
+
+
+def test_under_batch_span_processor_the_line_says_live_spans_are_off_and_nothing_else(tmp_path, srv):
+    proc = _run_exporter_only(tmp_path, srv, "BatchSpanProcessor")
+    assert proc.stderr.splitlines() == [
+        destination(srv, tmp_path).replace("live spans agent", "live spans none (not under PrefactorSpanProcessor)")
+    ]
+
+
+def test_simple_span_processor_is_warned_against_once(tmp_path, srv):
+    proc = _run_exporter_only(tmp_path, srv, "SimpleSpanProcessor")
+    lines = proc.stderr.splitlines()
+    assert lines[0] == destination(srv, tmp_path).replace(
+        "live spans agent", "live spans none (not under PrefactorSpanProcessor)"
+    )
+    warnings = [line for line in lines if "SimpleSpanProcessor" in line]
+    assert len(warnings) == 1 and len(lines) == 2, lines  # six exports, one warning
+    assert "Use PrefactorSpanProcessor(exporter)" in warnings[0]

@@ -31,9 +31,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 import prefactor_otel
 from prefactor_otel import PrefactorSpanProcessor
 from prefactor_otel.devserver import DevServer
+from prefactor_otel.devserver.runview import run_views
+from prefactor_otel.devserver.timefmt import format_timestamp, now_us, parse_timestamp
 from tests.spans import agent_trace, exporter_for, make_provider, processor_for, wait_for
 from tests.test_demo_loop import demo
-from tests.test_devserver import register
+from tests.test_devserver import create_span, register
 
 CHROMIUM = "/usr/bin/chromium"
 INSTALL = "apt-get update && apt-get install -y chromium"
@@ -278,9 +280,10 @@ def test_without_a_token_the_page_asks_for_one_and_a_wrong_token_is_refused_clea
     page.get_by_label("API token").fill("pf_not_the_token")
     page.get_by_role("button", name="Show runs").click()
     expect(page.get_by_role("alert")).to_have_text(
-        "The server refused this token (HTTP 401: invalid API token). Use the token `prefactor-otel serve` "
+        "The server refused this token (HTTP 401: invalid API token). Use the token prefactor-otel serve "
         "printed, or open the page URL it printed."
     )
+    expect(page.get_by_role("alert").locator("code")).to_have_text("prefactor-otel serve")  # a command, no backticks
     expect(page.locator("#app")).to_be_hidden()
 
     page.get_by_label("API token").fill(srv.token)
@@ -514,3 +517,82 @@ def test_demo_loop_prints_the_page_url_and_the_pages_terminate_button_stops_the_
     assert code == 0, out + err
     assert "stopped by Prefactor: ops: stopped from the page" in out
     assert "reached --max-steps" not in out and "Traceback" not in err
+
+
+def _terminated_run_with_a_late_span(srv: DevServer) -> str:
+    """A run terminated in Prefactor while its agent span and a model call were in flight, and a tool span the
+    agent sent after the termination, which ended 3 s after it (the server keeps it as sent)."""
+    with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {srv.token}"}, timeout=10) as client:
+        run_id = register(client, srv, start=False)
+        assert client.post(f"/api/v1/agent_instance/{run_id}/start", json={}).status_code == 200
+        now = {"started_at": format_timestamp(now_us()), "finished_at": None, "result_payload": None}
+        agent = {"name": "invoke_agent stopper"}
+        root = create_span(client, run_id, schema_name="otel:agent", status="active", payload=agent, **now)
+        root_id = root.json()["details"]["id"]
+        chat = {"name": "chat gpt-4o", "model": "gpt-4o"}
+        assert create_span(client, run_id, parent_span_id=root_id, status="active", payload=chat, **now)
+        srv.terminate(run_id, "seen enough")
+        stopped_at = parse_timestamp(next(i for i in srv.instances() if i["id"] == run_id)["finished_at"])
+        late = {"name": "execute_tool late", "tool_name": "late"}
+        answer = create_span(
+            client,
+            run_id,
+            parent_span_id=root_id,
+            payload=late,
+            result_payload=None,
+            started_at=format_timestamp(stopped_at + 1_000_000),
+            finished_at=format_timestamp(stopped_at + 3_000_000),
+        )
+        assert answer.status_code == 200 and answer.json()["control"]["terminate"] is True, answer.text
+    return run_id
+
+
+def test_a_terminated_run_shows_terminated_with_its_reason_not_failed_and_late_spans_keep_their_bars(
+    srv: DevServer, page: Any
+) -> None:
+    run_id = _terminated_run_with_a_late_span(srv)
+    page.goto(srv.page_url)
+    row = page.locator("#runs-body tr").first
+    expect(row.locator(".badge")).to_have_text("terminated")
+    expect(row.locator("td").nth(6)).to_have_text("0")  # stopped on purpose: no error counted
+    row.get_by_role("button").first.click()
+    expect(page.locator("#run-summary")).to_contain_text("Terminated in Prefactor")
+    expect(page.locator("#run-summary")).to_contain_text("seen enough")
+    root = page.locator("#tree > li")
+    expect(root.locator(":scope > .span-line .badge")).to_have_text("terminated")
+    expect(root.locator(":scope > .span-terminated")).to_have_text("stopped terminated in Prefactor: seen enough")
+    expect(page.locator("#tree .badge", has_text="failed")).to_have_count(0)
+    expect(page.locator("#tree .span-error")).to_have_count(0)
+    # The tool that ended after the termination: its bar lies inside its track, with a width, at the end.
+    late = page.locator("li[role=treeitem]", has_text="execute_tool late").last.locator(":scope > .span-line")
+    track = late.locator(".timebar").bounding_box()
+    fill = late.locator(".timebar-fill").bounding_box()
+    assert track is not None and fill is not None
+    assert fill["width"] >= 0.3 * track["width"]  # 2 of the window's 3+ s
+    assert track["x"] <= fill["x"] and fill["x"] + fill["width"] <= track["x"] + track["width"] + 1
+    assert run_id in page.locator("#run-summary").inner_text()
+
+
+def test_at_800_px_the_run_list_fits_the_width_and_tells_runs_apart(srv: DevServer, page: Any) -> None:
+    _finished_runs(srv)
+    with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {srv.token}"}, timeout=10) as client:
+        for _ in range(12):  # more runs than a small box would show
+            run_id = register(client, srv)
+            assert create_span(client, run_id, payload={"name": "invoke_agent support", "model": "gpt-4o"})
+    page.set_viewport_size({"width": 800, "height": 700})
+    page.goto(srv.page_url)
+    rows = page.locator("#runs-body tr")
+    expect(rows).to_have_count(14)
+    runs = page.locator("section.runs")
+    fits = "(el) => [el.scrollWidth <= el.clientWidth, el.scrollHeight <= el.clientHeight]"
+    assert runs.evaluate(fits) == [True, True]  # not a scrolled box: the page scrolls
+    for column in (6, 7):  # Errors and Tokens, in view on the first row
+        box = rows.first.locator("td").nth(column).bounding_box()
+        assert box is not None and box["x"] + box["width"] <= 800
+    # Runs with one root span name are told apart by the end of their run id, their model and start time.
+    ids = [str(run["id"]) for run in run_views(srv.snapshot())]
+    expect(rows.nth(0).locator(".run-id")).to_have_text("…" + ids[0][-8:])
+    expect(rows.nth(0).locator(".run-model")).to_have_text("gpt-4o")
+    tags = rows.locator(".run-id").all_inner_texts()
+    assert len(set(tags)) == 14
+    expect(rows.nth(0).locator("td.start")).not_to_have_text("-")

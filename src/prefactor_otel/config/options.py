@@ -355,14 +355,16 @@ class PrefactorConfig:
     def replace(self, **changes: Any) -> PrefactorConfig:
         return dataclasses.replace(self, **changes)
 
-    def destination(self, spool_directory: str | None = None) -> str:
+    def destination(self, spool_directory: str | None = None, live_spans: str | None = None) -> str:
         """The one line saying where spans go, token masked (the exporter says it once at start). The exporter
-        passes the spool directory it opened (None: the spool is off, or could not be opened)."""
+        passes the spool directory it opened (None: the spool is off, or could not be opened) and, when they are
+        not what PREFACTOR_LIVE_SPANS says (no PrefactorSpanProcessor), what live spans are."""
         agent = self.agent_id or "from the deployment token"
         spool = spool_directory or ("unavailable" if self.spool else "off")
+        live = self.live_spans if live_spans is None else live_spans
         return (
             f"prefactor-otel: spans go to {self.api_base} for agent {agent} "
-            f"(environment {self.environment_id or 'from the token'}, live spans {self.live_spans}, spool {spool})"
+            f"(environment {self.environment_id or 'from the token'}, live spans {live}, spool {spool})"
         )
 
     def describe(self) -> str:

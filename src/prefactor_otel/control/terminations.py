@@ -57,10 +57,15 @@ class Termination(NamedTuple):
 
 
 class PrefactorTerminatedError(Exception):
-    """Raised by `raise_if_terminated` in a run Prefactor has terminated (the name Prefactor's Python SDK uses)."""
+    """Raised by `raise_if_terminated` in a run Prefactor has terminated (the name Prefactor's Python SDK uses).
+
+    Its message says who and why as a user knows them: `run <id> terminated in Prefactor: <reason>`. Prefactor's
+    answers name no actor (an operator in the UI, or a policy), so "in Prefactor" is all that is known of who;
+    Prefactor's own SDK says `terminated by p2`, an internal name that means nothing to a user."""
 
     def __init__(self, termination: Termination) -> None:
-        super().__init__(f"Agent instance terminated by p2: {termination.reason or 'no reason given'}")
+        reason = termination.reason or "no reason given"
+        super().__init__(f"run {termination.instance_id} terminated in Prefactor: {reason}")
         self.termination = termination
         self.instance_id = termination.instance_id
         self.trace_id = termination.trace_id

@@ -5,6 +5,8 @@ totals line (spans, errors, tokens, models, tools); per span a line with type, n
 there of model, tokens and tool, then indented detail lines for the error (`error: Type: message`) and the input
 (`> ...`) and output (`< ...`) previews, cut to fit a 100-column terminal where the depth allows. A run that is a
 part of a trace continued from another process says which span of which run it continues (`continues ...`).
+A terminated run says so in its header with its reason (`terminated in Prefactor: <reason>`); the spans its
+termination closed read `terminated`, not `failed`, and count as stopped, not as errors.
 
 Pure functions: any thread may call them; no state, no locks.
 """
@@ -49,7 +51,8 @@ def span_line(view: Mapping[str, Any], timing: str, *, mark_orphan: bool = True)
     parts = [view.get("type") or "?"]
     if view.get("name"):
         parts.append(view["name"])
-    parts += [view.get("status") or "?", timing]
+    # A span its run's termination closed says so, not `failed`: the agent was stopped, it did not fail.
+    parts += ["terminated" if view.get("terminated") else view.get("status") or "?", timing]
     if view.get("model"):
         parts.append(f"model {view['model']}")
     tokens = _tokens(view.get("tokens"))
@@ -103,9 +106,16 @@ def _started(value: object) -> str:
     return f"{(format_timestamp(micros) or '')[:19].replace('T', ' ')}Z"
 
 
+def terminated_text(run: Mapping[str, Any]) -> str:
+    """Who stopped a terminated run and why. The API names no actor (an operator or a policy in Prefactor)."""
+    return f"terminated in Prefactor: {run.get('terminated_reason') or 'no reason given'}"
+
+
 def totals_line(run: Mapping[str, Any]) -> str:
     totals = run.get("totals") or {}
     parts = [_plural(totals.get("spans", 0), "span"), _plural(totals.get("errors", 0), "error")]
+    if totals.get("terminated"):
+        parts.append(f"{totals['terminated']} stopped by the termination")
     if totals.get("input_tokens") or totals.get("output_tokens") or totals.get("total_tokens"):
         parts.append(
             f"tokens in {totals.get('input_tokens', 0)} / out {totals.get('output_tokens', 0)}"
@@ -148,8 +158,8 @@ def render_views(runs: list[View]) -> str:
                 _started(run.get("started_at")),
                 _duration(run),
             ]
-            if run.get("terminated_reason"):
-                header.append(f"terminated: {run['terminated_reason']}")
+            if run.get("status") == "terminated" or run.get("terminated_reason"):
+                header.append(terminated_text(run))
         else:
             header = [f"spans of an unknown agent run {run.get('id')}"]
         lines.append("  ".join(header))

@@ -5,6 +5,10 @@ and `demo` (render.py), `GET /_dev/runs` and the local server's web page all use
 status, timings, agent, totals (spans, errors, tokens, models, tools) and its spans as a tree; each span view holds
 type, name, status, timings, model, token usage, tool, short input/output previews and the error, and its children.
 
+A terminated run (stopped from Prefactor) is not a failure: the spans its termination closed (`failed` or
+`cancelled` in the API, which has no `terminated` span status) are marked `terminated` and counted in
+`totals["terminated"]`, not in `totals["errors"]`; the run view carries the reason (`terminated_reason`).
+
 The snapshot may come from another process or version (JSON read back over HTTP, or rebuilt from the API's list
 endpoints), so every field is optional: a missing or odd value gives None, never an exception.
 
@@ -179,6 +183,7 @@ def span_view(span: JsonDict, *, orphan: bool = False) -> dict[str, Any]:
         "input_preview": _preview(payload.get("inputs"), _INPUT_FIELDS),
         "output_preview": _preview(result.get("outputs"), _OUTPUT_FIELDS),
         "error": _error(payload, result),
+        "terminated": False,  # closed by its run's termination (run_view sets it: see _mark_terminated)
         "orphan": orphan,
         "children": [],
     }
@@ -298,10 +303,32 @@ def _agent_label(instance: JsonDict, versions: Mapping[str, JsonDict]) -> str | 
     return f"{name}@{identifier}" if identifier else name
 
 
+def _mark_terminated(instance: JsonDict, views: list[dict[str, Any]]) -> None:
+    """Mark the spans the run's termination closed (`terminated: true`). The API has no `terminated` span status:
+    termination closes an in-flight span as `failed` (or a pending one as `cancelled`), with no error of its own,
+    at the moment of the termination (the run's `finished_at`). So is a span that ended with the application's
+    PrefactorTerminatedError (the agent stopping as asked). A span that failed with another error, or before the
+    termination, failed on its own."""
+    if instance.get("status") != "terminated":
+        return
+    stopped_at = _micros(instance.get("finished_at"))
+    for view, _ in walk(views):
+        if view["status"] not in ("failed", "cancelled"):
+            continue
+        error = view["error"]
+        if error is not None:
+            view["terminated"] = (error.get("type") or "").endswith("PrefactorTerminatedError")
+            continue
+        finished = _micros(view["finished_at"])
+        if stopped_at is None or finished is None or finished >= stopped_at:
+            view["terminated"] = True
+
+
 def _totals(views: list[dict[str, Any]]) -> dict[str, Any]:
     totals: dict[str, Any] = {
         "spans": 0,
         "errors": 0,
+        "terminated": 0,
         "input_tokens": 0,
         "output_tokens": 0,
         "total_tokens": 0,
@@ -310,7 +337,9 @@ def _totals(views: list[dict[str, Any]]) -> dict[str, Any]:
     }
     for view, _ in walk(views):
         totals["spans"] += 1
-        if view["status"] == "failed" or view["error"] is not None:
+        if view["terminated"]:
+            totals["terminated"] += 1  # stopped from outside: not an error of the agent's
+        elif view["status"] == "failed" or view["error"] is not None:
             totals["errors"] += 1
         tokens = view["tokens"]
         if tokens is not None and not tokens["aggregated"]:
@@ -406,6 +435,7 @@ def run_view(
     (`instance` is then `{"id": ...}` alone). `index` (span_index of the whole snapshot) finds the spans of other
     runs this one continues; without it only their OTel ids are known."""
     trees = span_trees(spans)
+    _mark_terminated(instance, trees)
     root_names = [v["name"] for v in trees if v["name"] and not v["orphan"]]
     return {
         "id": instance.get("id"),

@@ -194,6 +194,7 @@ class Delivery:
                 return False
             items = source.plan()
             if not items:
+                self.transport.outage.settled()  # after an outage: "delivery resumed ...; N spans sent", once
                 return True
             encoded, sendable = self._encode(items, source)
             if not sendable:
@@ -255,6 +256,8 @@ class Delivery:
                 self._learn_rest_only(chunk, result.outcomes)
             terminating = [(item, o) for item in chunk if (o := result.outcomes.get(item.key)) and o.terminate]
             source.apply(result.outcomes)
+            if transport.outage.resuming:
+                transport.outage.sent(_spans_delivered(chunk, result.outcomes))
             if terminating:
                 self._report_terminations(terminating)
                 if result.error is None:
@@ -330,3 +333,12 @@ class Delivery:
                 self._rest_only_changed = True
                 outcomes[item.key] = NOT_PROCESSED
                 logger.info("Prefactor: bulk does not take %r; sending it as its REST call", item.action)
+
+
+def _spans_delivered(chunk: list[PlannedItem], outcomes: Mapping[str, ItemOutcome]) -> int:
+    """Span creates of `chunk` the server took: what the "delivery resumed" line counts."""
+    return sum(
+        1
+        for item in chunk
+        if item.body.get("_type") == BULK_CREATE_SPAN and (o := outcomes.get(item.key)) and o.status == "success"
+    )

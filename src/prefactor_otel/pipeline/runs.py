@@ -215,6 +215,11 @@ class RunTable:
         """(instance id, trace id) of the runs registered here and not finished: what the control poller asks."""
         return [(t.instance_id, t.trace_id) for t in self.traces.values() if t.registered]
 
+    def last_activity_of_active_runs(self) -> dict[str, float]:
+        """Instance id -> when (time.monotonic()) a span of each run of `active_runs` last started or ended here:
+        the control poller polls a run that has been quiet a while sooner (control/poll.py)."""
+        return {t.instance_id: t.last_activity for t in self.traces.values() if t.registered}
+
     def spans_of_open_runs(self) -> dict[int, set[int]]:
         """Trace id -> the spans this process knows in each open run (ended, created, live or open): what a forked
         child is told are its parent's spans."""

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sys
 import threading
 import time
 import weakref
@@ -66,7 +67,7 @@ from opentelemetry import trace as trace_api
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from prefactor_otel._logging import RateLimitedLog, announce, logger
+from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel._logging import configure_level as configure_log_level
 from prefactor_otel._version import __version__
 from prefactor_otel.config.options import OPTIONS, PrefactorConfig, Secret
@@ -89,6 +90,7 @@ from prefactor_otel.sdk.exit_budget import ExitBudget
 from prefactor_otel.sdk.finisher import Finisher, adopt_abandoned_runs
 from prefactor_otel.sdk.metrics import register_metrics
 from prefactor_otel.sdk.run_control import RunControl
+from prefactor_otel.sdk.startup_line import StartupLine
 from prefactor_otel.sdk.stats import collect_stats
 from prefactor_otel.transport.api_check import CheckResult, check_exporter
 from prefactor_otel.transport.client import BulkTransport
@@ -177,6 +179,7 @@ class PrefactorSpanExporter(SpanExporter):
         self._finisher: Finisher | None = None
         self._poller: InstancePoller | None = None
         self._config_error: str | None = None
+        self._startup_line: StartupLine | None = None
         self._given_settings = ""
         configure_log_level(environ)
         try:
@@ -233,7 +236,10 @@ class PrefactorSpanExporter(SpanExporter):
         self._finisher = self._new_finisher(self._pipeline)
         if self._backlog is not None:
             self._pipeline.add(self._backlog.take_records(self._config.max_queued_spans))
-        announce(self._config.destination(str(self._backlog.spool.directory) if self._backlog is not None else None))
+        # Said once PrefactorSpanProcessor holds the exporter, or at the first export() without it (startup_line.py).
+        self._startup_line = StartupLine(
+            self._config, str(self._backlog.spool.directory) if self._backlog is not None else None
+        )
         self._report_unusable_proxy()
         logger.debug("Prefactor exporter ready: %s", self._config.describe())
         try:
@@ -390,6 +396,8 @@ class PrefactorSpanExporter(SpanExporter):
         which it counts them in `count_start_dropped` instead. None when the exporter sends nothing."""
         if self._disabled_reason is not None:
             return None
+        if self._startup_line is not None:
+            self._startup_line.under_processor()
         return self._starts, self._config.max_queued_spans
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -404,6 +412,8 @@ class PrefactorSpanExporter(SpanExporter):
             # an error disabled sends its spans nowhere: that is never SUCCESS.
             by_choice = self._disabled_reason in _DISABLED_BY_CHOICE
             return SpanExportResult.SUCCESS if by_choice else SpanExportResult.FAILURE
+        if self._startup_line is not None and not self._startup_line.said:
+            self._startup_line.first_export(sys._getframe(1))  # once: no PrefactorSpanProcessor asked first
         self._counters["spans_received"] += len(spans)
         excess = len(spans) - self._config.max_queued_spans
         if excess > 0:
@@ -523,6 +533,8 @@ class PrefactorSpanExporter(SpanExporter):
                 return
             self._closing = True
         try:
+            if self._startup_line is not None:
+                self._startup_line.at_close()
             if self._disabled_reason is None:
                 self._shutdown_delivery(timeout_millis / 1000)
         except Exception:

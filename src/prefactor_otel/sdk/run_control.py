@@ -1,9 +1,10 @@
 """Run control in one process: when Prefactor terminates a run, stop it in the planner, then tell the application.
 
 Prefactor says a run is terminated in two ways: an answer carrying `control.terminate` (`on_terminate_answer`,
-Delivery's hook) or a poll of the run's status (`poll`, control/poll.py, each run at most once per
-PREFACTOR_CONTROL_POLL_INTERVAL). Either way the run is first stopped in the planner (nothing the application does
-once it is told can still reach the run), then recorded in the process's TerminationRegistry
+Delivery's hook) or a poll of the run's status (`poll`, control/poll.py: each run at most once per
+PREFACTOR_CONTROL_POLL_INTERVAL, a run quiet for a while sooner; how long each has been quiet is the planner's).
+Either way the run is first stopped in the planner (nothing the application does once it is told can still reach
+the run), then recorded in the process's TerminationRegistry
 (control/terminations.py: the application's callbacks run there). An answer for a spooled item of a run this
 process never opened (its planner does not know the instance: the spool of a process that ended) is recorded apart
 (`record_not_ours`): logged, counted, its replayed items dropped, and no callback of this process runs.
@@ -81,10 +82,12 @@ class RunControl:
             return
         with pipeline.state_lock:
             runs = pipeline.planner.active_runs()
+            quiet_since = pipeline.planner.runs.last_activity_of_active_runs()
         if not runs:
             return
         try:
-            poller.poll(runs, self._exit_budget.deadline(min(self._export_timeout, _POLL_BUDGET_S)))
+            deadline = self._exit_budget.deadline(min(self._export_timeout, _POLL_BUDGET_S))
+            poller.poll(runs, deadline, quiet_since)
         except Exception:  # never a reason to stop the finisher thread
             logger.debug("Prefactor: polling for control failed", exc_info=True)
 

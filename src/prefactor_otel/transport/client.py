@@ -53,6 +53,7 @@ from prefactor_otel.transport.answers import (
     usable_proxy,
 )
 from prefactor_otel.transport.netdeadline import SLICE_S, DeadlineBackend, install_deadline_backend
+from prefactor_otel.transport.outage import OutageReport
 from prefactor_otel.transport.outcomes import BulkResult
 
 # The wire form lives in its own module; re-exported here, where the exporter and older code import it from.
@@ -86,6 +87,7 @@ class BulkTransport:
         parsed = httpx.URL(config.api_base)
         host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host  # an IPv6 address reads as in a URL
         self._host = f"{host}:{parsed.port}" if parsed.port else host  # never the token: it is not in URLs
+        self.outage = OutageReport(self._host)  # says once when delivery resumes after "cannot reach"
         self._what_happens_next = (
             "the items are kept on disk and re-sent, also by the next process with this configuration"
             if config.spool
@@ -162,6 +164,7 @@ class BulkTransport:
         self._stop = threading.Event()
         self._interrupt = threading.Event()
         self._log = RateLimitedLog()
+        self.outage = OutageReport(self._host)
         self.counters = Counter()
         self._answers.reset_after_fork(self.counters)
 
@@ -321,6 +324,7 @@ class BulkTransport:
                     self._proxy_note,
                     last_failure,
                 )
+                self.outage.failed()
             except (ResponseTooLarge, UnreadableResponse) as exc:
                 self._answers.count_unreadable(exc)
             else:
@@ -328,6 +332,7 @@ class BulkTransport:
                 self.counters[f"outcome:http_{status}"] += 1
                 result = self._answers.status_result(status, answer)
                 if result is None and 200 <= status < 300:
+                    self.outage.answered()
                     result = on_ok(status, answer)
                 if result is not None:
                     return result

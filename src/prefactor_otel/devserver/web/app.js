@@ -43,9 +43,14 @@
     if (ms === null || ms === undefined || !isFinite(ms)) return "-";
     if (ms < 1000) return Math.round(ms) + " ms";
     if (ms < 60000) return (ms / 1000).toFixed(ms < 10000 ? 2 : 1) + " s";
-    const minutes = Math.floor(ms / 60000);
-    const seconds = Math.floor((ms % 60000) / 1000);
-    return minutes + " min " + String(seconds).padStart(2, "0") + " s";
+    if (ms < 3600000) {
+      const minutes = Math.floor(ms / 60000);
+      const seconds = Math.floor((ms % 60000) / 1000);
+      return minutes + " min " + String(seconds).padStart(2, "0") + " s";
+    }
+    const hours = Math.floor(ms / 3600000);
+    if (hours < 48) return hours + " h " + String(Math.floor((ms % 3600000) / 60000)).padStart(2, "0") + " min";
+    return Math.floor(hours / 24) + " days";
   }
 
   function parseTime(value) {
@@ -96,7 +101,9 @@
     stopPolling();
     $("app").hidden = true;
     $("login").hidden = false;
-    $("token-error").textContent = message || "";
+    // A message is text, or a list of text and elements (a command in <code>): never HTML.
+    if (Array.isArray(message)) $("token-error").replaceChildren(...message);
+    else $("token-error").textContent = message || "";
     $("connection").textContent = "";
     $("token-input").focus();
   }
@@ -143,10 +150,11 @@
       const detail = await errorText(response);
       sessionStorage.removeItem(TOKEN_KEY);
       state.token = null;
-      showLogin(
-        "The server refused this token (" + detail + "). Use the token `prefactor-otel serve` printed, " +
-          "or open the page URL it printed."
-      );
+      showLogin([
+        "The server refused this token (" + detail + "). Use the token ",
+        el("code", "", "prefactor-otel serve"),
+        " printed, or open the page URL it printed.",
+      ]);
       return;
     }
     if (!response.ok) {
@@ -251,10 +259,11 @@
       event.stopPropagation();
       select(run.id);
     });
-    nameCell.append(open);
+    nameCell.append(open, runTag(run));
     row.append(nameCell);
     const statusCell = el("td", "status");
     statusCell.append(badge(run.status));
+    if (run.status === "terminated" && run.terminated_reason) statusCell.title = terminatedText(run);
     row.append(statusCell);
     row.append(el("td", "start", formatStart(run.started_at)));
     row.append(el("td", "num", durationOf(run)));
@@ -263,6 +272,25 @@
     row.append(el("td", "num" + (totals.errors ? " has-errors" : ""), totals.errors ?? "-"));
     row.append(el("td", "num", totals.total_tokens ? totals.total_tokens : "-"));
     return row;
+  }
+
+  // What tells runs of one agent apart at a glance: the end of the run id (ids share their time prefix) and the
+  // models it called. The whole id is in the title and in the run's summary.
+  function runTag(run) {
+    const tag = el("div", "run-tag");
+    const id = String(run.id || "");
+    const short = el("code", "run-id", id.length > 10 ? "…" + id.slice(-8) : id);
+    short.title = "run " + id;
+    tag.append(short);
+    if (run.agent) tag.append(el("span", "run-agent", run.agent)); // shown where the Agent column is not
+    const models = (run.totals && run.totals.models) || [];
+    if (models.length) tag.append(el("span", "run-model", models[0] + (models.length > 1 ? " +" + (models.length - 1) : "")));
+    return tag;
+  }
+
+  // A terminated run was stopped from Prefactor (an operator or a policy: the API names no one), not failed.
+  function terminatedText(run) {
+    return "terminated in Prefactor: " + (run.terminated_reason || "no reason given");
   }
 
   function select(runId) {
@@ -296,12 +324,15 @@
     ];
     if (totals.models && totals.models.length) facts.push(["Models", totals.models.join(", ")]);
     if (totals.tools && totals.tools.length) facts.push(["Tools", totals.tools.join(", ")]);
-    if (run.terminated_reason) facts.push(["Terminated", run.terminated_reason]);
+    if (run.status === "terminated" || run.terminated_reason) {
+      facts.push(["Terminated in Prefactor", run.terminated_reason || "no reason given"]);
+    }
+    if (totals.terminated) facts.push(["Stopped by the termination", String(totals.terminated) + " spans"]);
     if (run.trace_id) facts.push(["Trace", el("code", "", run.trace_id)]);
     for (const link of Array.isArray(run.continues) ? run.continues : []) facts.push(["Continues", continued(link)]);
     const summary = [];
     for (const [label, value] of facts) {
-      const kind = label === "Terminated" ? " terminated" : label === "Continues" ? " continues" : "";
+      const kind = label.startsWith("Terminated") ? " terminated" : label === "Continues" ? " continues" : "";
       const item = el("div", "fact" + kind);
       item.append(el("dt", "", label));
       const data = el("dd");
@@ -314,7 +345,7 @@
 
     const timeline = runTimeline(run);
     const roots = Array.isArray(run.spans) ? run.spans : [];
-    $("tree").replaceChildren(...roots.map((span) => spanNode(span, timeline, 1)));
+    $("tree").replaceChildren(...roots.map((span) => spanNode(span, timeline, 1, run)));
     if (!roots.length) $("tree").replaceChildren(el("li", "empty", "No spans received for this run yet."));
   }
 
@@ -336,19 +367,32 @@
     return holder;
   }
 
-  // The run's time window, for the duration bars: a running run ends now.
+  // The time window of the duration bars: from the run's start (or its first span's) to the latest of its end
+  // and its spans' ends. Spans can end after the run: a terminated run's end is the termination, and spans the
+  // agent sent afterwards are kept as sent. A running run (or span) reaches now.
   function runTimeline(run) {
-    const start = parseTime(run.started_at);
+    let start = parseTime(run.started_at);
     let end = parseTime(run.finished_at);
     if (end === null) end = Date.now();
+    const stack = Array.isArray(run.spans) ? run.spans.slice() : [];
+    for (let seen = 0; stack.length && seen < 100000; seen++) {
+      const span = stack.pop();
+      const spanStart = parseTime(span.started_at);
+      const spanEnd = parseTime(span.finished_at);
+      if (spanStart !== null && (start === null || spanStart < start)) start = spanStart;
+      if (spanEnd !== null && spanEnd > end) end = spanEnd;
+      if (Array.isArray(span.children)) stack.push(...span.children);
+    }
     if (start === null || end <= start) return null;
     return { start, length: end - start };
   }
 
-  function spanNode(span, timeline, depth) {
+  function spanNode(span, timeline, depth, run) {
     const children = Array.isArray(span.children) ? span.children : [];
     const open = !state.collapsed.has(span.id);
-    const item = el("li", "span" + (span.error || span.status === "failed" ? " failed" : ""));
+    // Closed by the run's termination: stopped from outside, not a failure of the agent's (runview.py).
+    const kind = span.terminated ? " terminated" : span.error || span.status === "failed" ? " failed" : "";
+    const item = el("li", "span" + kind);
     item.setAttribute("role", "treeitem");
     item.setAttribute("aria-level", String(depth));
     item.dataset.spanId = span.id;
@@ -370,7 +414,7 @@
     }
     line.append(el("span", "type", shortType(span.type)));
     line.append(el("span", "span-name", span.name || "(unnamed)"));
-    line.append(badge(span.status));
+    line.append(badge(span.terminated ? "terminated" : span.status));
     if (span.orphan) line.append(el("span", "badge orphan", "orphan"));
     line.append(el("span", "duration", durationOf(span)));
     const bar = durationBar(span, timeline);
@@ -393,7 +437,12 @@
     }
     if (span.input_preview) item.append(preview("in", span.input_preview));
     if (span.output_preview) item.append(preview("out", span.output_preview));
-    if (span.error) {
+    if (span.terminated && depth === 1) {
+      const stopped = el("div", "span-terminated");
+      stopped.append(el("span", "label", "stopped "), el("span", "value", terminatedText(run)));
+      item.append(stopped);
+    }
+    if (span.error && !span.terminated) {
       const error = el("div", "span-error");
       error.append(el("span", "label", "error "));
       error.append(el("span", "value", [span.error.type, span.error.message].filter(Boolean).join(": ") || "failed"));
@@ -403,7 +452,7 @@
       const group = el("ul", "children");
       group.setAttribute("role", "group");
       group.hidden = !open;
-      group.append(...children.map((child) => spanNode(child, timeline, depth + 1)));
+      group.append(...children.map((child) => spanNode(child, timeline, depth + 1, run)));
       item.append(group);
     }
     return item;
