@@ -7,6 +7,7 @@ hidden or listed before or after ours (tests/instrumented.py says how).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import textwrap
 from importlib.metadata import distribution, entry_points
@@ -25,7 +26,7 @@ from prefactor_otel.sdk.zerocode import (
     names_prefactor,
     next_other,
 )
-from tests.instrumented import Distros, instrument_command, instrumented_env
+from tests.instrumented import Distros, instrument_command, instrumented_env, run_path
 
 TESTS_PARENT = str(Path(__file__).resolve().parent.parent)
 
@@ -249,11 +250,52 @@ def test_configurator_not_named_hands_over_to_the_next_installed_configurator(mo
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
     PrefactorConfigurator().configure(auto_instrumentation_version="9")
     assert sdk.calls == [{"auto_instrumentation_version": "9", "export_span_processor": None}]
-    # chosen by name, the configurator keeps the run even when prefactor is not named
+    # chosen by name, the configurator keeps the run even when prefactor is not named, with the SDK's own
+    # processor choice: recognising our exporter would import it, which a run without it must not pay
     sdk.calls.clear()
     monkeypatch.setenv("OTEL_PYTHON_CONFIGURATOR", "prefactor")
     PrefactorConfigurator().configure(auto_instrumentation_version="9")
-    assert sdk.calls == [{"auto_instrumentation_version": "9", "export_span_processor": export_span_processor}]
+    assert sdk.calls == [{"auto_instrumentation_version": "9", "export_span_processor": None}]
+
+
+# Run under `opentelemetry-instrument`: at exit, the modules of ours the run imported, and whether the console
+# exporter printed the app's span (so the SDK was set up).
+_MODULES_AT_EXIT_APP = textwrap.dedent(
+    """
+    import atexit, sys
+    from opentelemetry import trace
+
+    with trace.get_tracer("probe").start_as_current_span("console-only"):
+        pass
+    atexit.register(lambda: print("OURS " + " ".join(sorted(m for m in sys.modules if m.startswith("prefactor_otel")))))
+    """
+)
+# What `opentelemetry-instrument` may load of ours in a run that does not name prefactor: the distro and the
+# configurator (sdk/zerocode.py) and the package roots they sit in; never the exporter, pipeline or transport.
+_LIGHT = {"prefactor_otel", "prefactor_otel._version", "prefactor_otel.sdk", "prefactor_otel.sdk.zerocode"}
+
+
+@pytest.mark.parametrize("distros", ["without-opentelemetry-distro", "ours-listed-first"])
+def test_a_console_run_under_opentelemetry_instrument_does_not_import_the_exporter(
+    tmp_path: Path, distros: Distros
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(_MODULES_AT_EXIT_APP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PREFACTOR_"))}
+    env.update(
+        PYTHONPATH=run_path(tmp_path, distros),
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        PREFACTOR_API_TOKEN="pf_set_but_not_named",  # a Prefactor set-up in the environment changes nothing
+    )
+    proc = subprocess.run(instrument_command(app), env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert '"name": "console-only"' in proc.stdout, proc.stdout + proc.stderr  # the console exporter ran
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("OURS")]
+    ours = set(line.split()[1:])
+    assert "prefactor_otel.sdk.exporter" not in ours
+    assert ours <= _LIGHT, sorted(ours - _LIGHT)
 
 
 def _expected_spans():
