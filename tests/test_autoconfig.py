@@ -79,6 +79,7 @@ def assert_clean(proc: subprocess.CompletedProcess[str], token: str) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "app done" in proc.stdout
     assert "Traceback" not in proc.stderr and "Failed to auto initialize" not in proc.stderr, proc.stderr
+    assert "asks for Prefactor" not in proc.stderr, proc.stderr  # the failed-set-up line: only when it failed
     assert token not in proc.stdout + proc.stderr
 
 
@@ -173,6 +174,25 @@ def test_a_run_not_naming_prefactor_gets_the_other_distro_as_if_we_were_not_inst
         assert report["processors"] == ["BatchSpanProcessor"]
         assert report["env"]["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"  # opentelemetry-distro's default: it ran
         assert server.instances() == []
+
+
+def test_a_run_that_loses_the_set_up_to_another_distro_says_so_in_one_line_after_the_traceback(tmp_path):
+    """Issue 24: opentelemetry-distro listed first and OTEL_PYTHON_DISTRO unset: its OTLP defaults for metrics and
+    logs fail the SDK's set-up (the OTLP gRPC exporter is not installed), every span is lost, the app exits 0."""
+    with DevServer() as server:
+        proc, report = run_instrumented(tmp_path, server, "theirs-listed-first", OTEL_TRACES_EXPORTER="prefactor")
+        assert proc.returncode == 0 and "app done" in proc.stdout
+        assert report["processors"] == [] and server.instances() == []  # nothing set up, nothing sent
+    lines = proc.stderr.splitlines()
+    ours = [i for i, line in enumerate(lines) if line.startswith("prefactor-otel: ")]
+    assert len(ours) == 1, proc.stderr
+    line = lines[ours[0]]
+    assert "OTEL_TRACES_EXPORTER=prefactor asks for Prefactor" in line and "no span is exported" in line
+    assert "set OTEL_PYTHON_DISTRO=prefactor" in line and "`prefactor-otel doctor`" in line
+    # after OpenTelemetry's own report of the failure and its traceback: the last thing before the app's output
+    failed = max(i for i, text in enumerate(lines) if text.startswith("Failed to auto initialize OpenTelemetry"))
+    assert failed < ours[0] and "Requested component 'otlp_proto_grpc' not found" in lines[ours[0] - 1]
+    assert server.token not in proc.stderr
 
 
 @pytest.mark.parametrize(
