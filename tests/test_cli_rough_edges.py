@@ -252,3 +252,41 @@ def test_the_exporters_refusal_names_the_variable_the_token_came_from(
     text = "\n".join(r.getMessage() for r in caplog.records if r.name == "prefactor_otel")
     assert "Check OTEL_EXPORTER_PREFACTOR_API_TOKEN and its scope" in text, text
     assert "pf_wrong_alias_token" not in caplog.text
+
+
+# --------------------------------------------------------------------------------------- the demo's next step
+
+# Started by the interpreter before the demo: makes opentelemetry-instrumentation missing, as after `pip install .`
+# alone (the test extra installs it here).
+HIDE_INSTRUMENTATION = textwrap.dedent(
+    """
+    import sys
+
+
+    class _Missing:
+        def find_spec(self, name, path=None, target=None):
+            if name == "opentelemetry.instrumentation" or name.startswith("opentelemetry.instrumentation."):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+
+    sys.meta_path.insert(0, _Missing())
+    """
+)
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_the_demos_next_step_says_what_to_install_when_opentelemetry_instrument_is_missing(
+    tmp_path: Path, installed: bool
+) -> None:
+    env = _env()
+    if not installed:
+        (tmp_path / "sitecustomize.py").write_text(HIDE_INSTRUMENTATION)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH")) if p)
+    done = cli("demo", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    tail = done.stdout[done.stdout.index("Next step:") :]
+    install = "pip install opentelemetry-instrumentation"
+    assert (install in tail) is not installed, tail
+    if not installed:  # before the command that needs it
+        assert tail.index(install) < tail.index("opentelemetry-instrument python your_agent.py")
