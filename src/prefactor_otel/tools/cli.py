@@ -70,8 +70,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _resolve_token(args: argparse.Namespace) -> bool:
-    """Fill in `args.token`: `--token`, else PREFACTOR_API_TOKEN, else (for a URL on this machine only) the token
-    `serve` saved in its state file (`--state`, else the default). False, said on stderr, when there is none."""
+    """Fill in `args.token` and `args.token_source` (named when the token is refused): `--token`, else
+    OTEL_EXPORTER_PREFACTOR_API_TOKEN or PREFACTOR_API_TOKEN (as the exporter reads them), else (for a URL on this
+    machine only) the token `serve` saved in its state file (`--state`, else the default). False, said on stderr,
+    when there is none."""
     args.token_source = "--token"
     if args.token:
         return True
@@ -119,11 +121,11 @@ def _local_server(
         )
     except httpx.HTTPError as exc:
         if not quiet:
-            print(f"cannot reach {args.url}: {_unreachable(args.url, exc)}", file=sys.stderr)
+            print(f"cannot reach {args.url}: {_unreachable(exc)}", file=sys.stderr)
         return None
 
 
-def _unreachable(url: str, exc: httpx.HTTPError) -> str:
+def _unreachable(exc: httpx.HTTPError) -> str:
     """Why a server could not be reached, and what to do: the exception's class name alone says neither."""
     if isinstance(exc, httpx.ConnectError):
         why = "nothing answers there (connection refused)" if "refused" in str(exc).lower() else "cannot connect"
@@ -347,7 +349,8 @@ def _package_version() -> str:
 _URL_HELP = "the local server's URL (default: from PREFACTOR_API_URL, else http://127.0.0.1:8787)"
 _TOKEN_HELP = (
     "the API token to send (default: from PREFACTOR_API_TOKEN, else the token saved in the state file of "
-    "`prefactor-otel serve`, for a server on this machine)"
+    "`prefactor-otel serve`, for a server on this machine; OTEL_EXPORTER_PREFACTOR_API_TOKEN wins over "
+    "PREFACTOR_API_TOKEN, as for the exporter)"
 )
 _STATE_HELP = "the state file of `prefactor-otel serve` to read the token from (default: serve's default)"
 
@@ -469,8 +472,8 @@ def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "demo",
         help="run a small instrumented agent and export it (local server by default)",
         formatter_class=_HelpFormatter,
-        description="Run a small instrumented agent (no model, no network beyond this machine) and export its "
-        "spans: by default to an embedded local server started for the demo, then print the agent runs it "
+        description="Run a small instrumented agent (no model is called) and export its spans: to an embedded "
+        "local server started for the demo, or to the API PREFACTOR_API_URL names, then print the agent runs it "
         "received. --loop runs one long live run to watch and terminate; --gateway exports over OTLP through a "
         "prefactor-otel gateway.",
     )
