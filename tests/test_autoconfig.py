@@ -195,6 +195,30 @@ def test_a_run_that_loses_the_set_up_to_another_distro_says_so_in_one_line_after
     assert server.token not in proc.stderr
 
 
+def test_an_instrumentor_failing_after_the_set_up_loses_no_span_and_gets_no_such_line(tmp_path):
+    """`opentelemetry-instrument` also reports "Failed to auto initialize" when an instrumentor raises, after the
+    SDK was set up: the spans still flow, so the failed-set-up line must not claim otherwise."""
+    with DevServer() as server:
+        env = instrumented_env(
+            tmp_path, server, "without-opentelemetry-distro", OTEL_TRACES_EXPORTER="prefactor", OTEL_SERVICE_NAME="x"
+        )
+        where = Path(env["PYTHONPATH"].split(os.pathsep)[0])
+        info = where / "broken_instrumentor-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-instrumentor\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text("[opentelemetry_instrumentor]\nbroken = broken_instrumentor:It\n")
+        (where / "broken_instrumentor.py").write_text("raise RuntimeError('this instrumentor is broken')\n")
+        app = tmp_path / "app.py"
+        app.write_text(APP.format(tests_parent=TESTS_PARENT))
+        proc = subprocess.run(
+            instrument_command(app), env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+        assert proc.returncode == 0 and "app done" in proc.stdout, proc.stderr
+        assert "Failed to auto initialize OpenTelemetry" in proc.stderr and "this instrumentor is broken" in proc.stderr
+        assert "asks for Prefactor" not in proc.stderr, proc.stderr
+        assert len(server.instances()) == 3  # the SDK was set up before the instrumentor failed: spans flow
+
+
 @pytest.mark.parametrize(
     ("value", "named"),
     [("prefactor", True), (" console , prefactor ", True), ("console", False), ("prefactorx", False), ("", False)],

@@ -8,11 +8,12 @@ Nothing of ours runs in that set-up except the import of our exporter's entry po
 `__getattr__` calls `watch_set_up` then, only inside `opentelemetry-instrument`), so that is where the watch starts.
 
 `watch_set_up` adds a filter to opentelemetry-instrument's own logger. When that logger reports "Failed to auto
-initialize OpenTelemetry" in a run whose `OTEL_TRACES_EXPORTER` names prefactor, the filter has the record emitted
-as it would have been (through the same logger, once), then writes one line saying that Prefactor was asked for,
+initialize OpenTelemetry" in a run whose `OTEL_TRACES_EXPORTER` names prefactor and that has no tracer provider (a
+failure after the SDK's set-up, in an instrumentor, loses no span and says nothing), the filter has the record
+emitted as it would have been (through the same logger, once), then writes one line saying that Prefactor was asked for,
 that nothing is exported, and what to do (`OTEL_PYTHON_DISTRO=prefactor`, or `prefactor-otel doctor`), so the line
 comes after the traceback, where a reader looks. Every other record passes untouched; a run whose set-up succeeds
-never sees the line. Standard library only: this module may be imported before the SDK is set up.
+never sees the line. The standard library and the OTel API only (both loaded by then).
 
 Threads: `watch_set_up` runs on the thread importing the exporter (opentelemetry-instrument's sitecustomize: the
 main thread, before the application). The filter runs on whichever thread logs to that logger; its state (`_inside`,
@@ -52,6 +53,13 @@ def failure_line(environ: Mapping[str, str]) -> str:
     )
 
 
+def _tracer_provider_installed() -> bool:
+    """Whether a tracer provider was set (the API's proxy stands in until one is)."""
+    from opentelemetry import trace  # loaded already: the set-up that just failed imported it
+
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 class _SetUpFailureFilter(logging.Filter):
     """On opentelemetry-instrument's logger: the failure record first, then our line; all else untouched."""
 
@@ -63,8 +71,8 @@ class _SetUpFailureFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if self._inside or self._said or not str(record.msg).startswith(_FAILED):
             return True
-        if not names_prefactor(os.environ.get("OTEL_TRACES_EXPORTER")):
-            return True
+        if not names_prefactor(os.environ.get("OTEL_TRACES_EXPORTER")) or _tracer_provider_installed():
+            return True  # not asked for, or a later step failed (an instrumentor) with the SDK set up: spans flow
         self._said = True
         self._inside = True
         try:
