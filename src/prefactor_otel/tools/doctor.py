@@ -91,7 +91,7 @@ def config_check(environ: Mapping[str, str]) -> tuple[PrefactorConfig | None, li
             )
     has_token = bool(config.api_token) if config is not None else bool(environ.get("PREFACTOR_API_TOKEN", "").strip())
     findings.append(
-        Finding("ok", "PREFACTOR_API_TOKEN is set")
+        Finding("ok", f"{config.token_source if config is not None else 'PREFACTOR_API_TOKEN'} is set")
         if has_token
         else Finding(
             "problem",

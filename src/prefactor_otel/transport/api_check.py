@@ -216,7 +216,7 @@ def _check_environment(config: PrefactorConfig, transport: BulkTransport, deadli
     return findings
 
 
-_FIRST = "fix the problem above first"
+_FIRST = "see the problem above: once it is fixed, these are checked too"
 
 
 def _reach_fix(why: str) -> str:
