@@ -78,6 +78,15 @@ def distribution_order(tmp_path: Path, distros: Distros) -> Path:
     return path
 
 
+def run_path(tmp_path: Path, distros: Distros) -> str:
+    """PYTHONPATH for a run: the distro order, then the source tree of the prefactor_otel this test imported (a
+    worktree's `src` comes before the editable install's, so its subprocesses run the code under test)."""
+    import prefactor_otel
+
+    source = Path(prefactor_otel.__file__).resolve().parent.parent
+    return os.pathsep.join([str(distribution_order(tmp_path, distros)), str(source)])
+
+
 def instrumented_env(tmp_path: Path, server: DevServer, distros: Distros, **env_extra: str) -> dict[str, str]:
     """This process's environment without any OTEL_* or PREFACTOR_* variable, plus the server's PREFACTOR_*
     settings, the distro order and `env_extra`."""
@@ -87,7 +96,7 @@ def instrumented_env(tmp_path: Path, server: DevServer, distros: Distros, **env_
         PREFACTOR_API_TOKEN=server.token,
         PREFACTOR_AGENT_ID=server.agent_id,
         PREFACTOR_ENVIRONMENT_ID=server.environment_id,
-        PYTHONPATH=str(distribution_order(tmp_path, distros)),
+        PYTHONPATH=run_path(tmp_path, distros),
         **env_extra,
     )
     return env

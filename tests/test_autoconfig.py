@@ -7,6 +7,7 @@ hidden or listed before or after ours (tests/instrumented.py says how).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import textwrap
 from importlib.metadata import distribution, entry_points
@@ -25,7 +26,7 @@ from prefactor_otel.sdk.zerocode import (
     names_prefactor,
     next_other,
 )
-from tests.instrumented import Distros, instrument_command, instrumented_env
+from tests.instrumented import Distros, instrument_command, instrumented_env, run_path
 
 TESTS_PARENT = str(Path(__file__).resolve().parent.parent)
 
@@ -78,6 +79,7 @@ def assert_clean(proc: subprocess.CompletedProcess[str], token: str) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "app done" in proc.stdout
     assert "Traceback" not in proc.stderr and "Failed to auto initialize" not in proc.stderr, proc.stderr
+    assert "asks for Prefactor" not in proc.stderr, proc.stderr  # the failed-set-up line: only when it failed
     assert token not in proc.stdout + proc.stderr
 
 
@@ -174,6 +176,49 @@ def test_a_run_not_naming_prefactor_gets_the_other_distro_as_if_we_were_not_inst
         assert server.instances() == []
 
 
+def test_a_run_that_loses_the_set_up_to_another_distro_says_so_in_one_line_after_the_traceback(tmp_path):
+    """Issue 24: opentelemetry-distro listed first and OTEL_PYTHON_DISTRO unset: its OTLP defaults for metrics and
+    logs fail the SDK's set-up (the OTLP gRPC exporter is not installed), every span is lost, the app exits 0."""
+    with DevServer() as server:
+        proc, report = run_instrumented(tmp_path, server, "theirs-listed-first", OTEL_TRACES_EXPORTER="prefactor")
+        assert proc.returncode == 0 and "app done" in proc.stdout
+        assert report["processors"] == [] and server.instances() == []  # nothing set up, nothing sent
+    lines = proc.stderr.splitlines()
+    ours = [i for i, line in enumerate(lines) if line.startswith("prefactor-otel: ")]
+    assert len(ours) == 1, proc.stderr
+    line = lines[ours[0]]
+    assert "OTEL_TRACES_EXPORTER=prefactor asks for Prefactor" in line and "no span is exported" in line
+    assert "set OTEL_PYTHON_DISTRO=prefactor" in line and "`prefactor-otel doctor`" in line
+    # after OpenTelemetry's own report of the failure and its traceback: the last thing before the app's output
+    failed = max(i for i, text in enumerate(lines) if text.startswith("Failed to auto initialize OpenTelemetry"))
+    assert failed < ours[0] and "Requested component 'otlp_proto_grpc' not found" in lines[ours[0] - 1]
+    assert server.token not in proc.stderr
+
+
+def test_an_instrumentor_failing_after_the_set_up_loses_no_span_and_gets_no_such_line(tmp_path):
+    """`opentelemetry-instrument` also reports "Failed to auto initialize" when an instrumentor raises, after the
+    SDK was set up: the spans still flow, so the failed-set-up line must not claim otherwise."""
+    with DevServer() as server:
+        env = instrumented_env(
+            tmp_path, server, "without-opentelemetry-distro", OTEL_TRACES_EXPORTER="prefactor", OTEL_SERVICE_NAME="x"
+        )
+        where = Path(env["PYTHONPATH"].split(os.pathsep)[0])
+        info = where / "broken_instrumentor-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-instrumentor\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text("[opentelemetry_instrumentor]\nbroken = broken_instrumentor:It\n")
+        (where / "broken_instrumentor.py").write_text("raise RuntimeError('this instrumentor is broken')\n")
+        app = tmp_path / "app.py"
+        app.write_text(APP.format(tests_parent=TESTS_PARENT))
+        proc = subprocess.run(
+            instrument_command(app), env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+        assert proc.returncode == 0 and "app done" in proc.stdout, proc.stderr
+        assert "Failed to auto initialize OpenTelemetry" in proc.stderr and "this instrumentor is broken" in proc.stderr
+        assert "asks for Prefactor" not in proc.stderr, proc.stderr
+        assert len(server.instances()) == 3  # the SDK was set up before the instrumentor failed: spans flow
+
+
 @pytest.mark.parametrize(
     ("value", "named"),
     [("prefactor", True), (" console , prefactor ", True), ("console", False), ("prefactorx", False), ("", False)],
@@ -249,11 +294,52 @@ def test_configurator_not_named_hands_over_to_the_next_installed_configurator(mo
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
     PrefactorConfigurator().configure(auto_instrumentation_version="9")
     assert sdk.calls == [{"auto_instrumentation_version": "9", "export_span_processor": None}]
-    # chosen by name, the configurator keeps the run even when prefactor is not named
+    # chosen by name, the configurator keeps the run even when prefactor is not named, with the SDK's own
+    # processor choice: recognising our exporter would import it, which a run without it must not pay
     sdk.calls.clear()
     monkeypatch.setenv("OTEL_PYTHON_CONFIGURATOR", "prefactor")
     PrefactorConfigurator().configure(auto_instrumentation_version="9")
-    assert sdk.calls == [{"auto_instrumentation_version": "9", "export_span_processor": export_span_processor}]
+    assert sdk.calls == [{"auto_instrumentation_version": "9", "export_span_processor": None}]
+
+
+# Run under `opentelemetry-instrument`: at exit, the modules of ours the run imported, and whether the console
+# exporter printed the app's span (so the SDK was set up).
+_MODULES_AT_EXIT_APP = textwrap.dedent(
+    """
+    import atexit, sys
+    from opentelemetry import trace
+
+    with trace.get_tracer("probe").start_as_current_span("console-only"):
+        pass
+    atexit.register(lambda: print("OURS " + " ".join(sorted(m for m in sys.modules if m.startswith("prefactor_otel")))))
+    """
+)
+# What `opentelemetry-instrument` may load of ours in a run that does not name prefactor: the distro and the
+# configurator (sdk/zerocode.py) and the package roots they sit in; never the exporter, pipeline or transport.
+_LIGHT = {"prefactor_otel", "prefactor_otel._version", "prefactor_otel.sdk", "prefactor_otel.sdk.zerocode"}
+
+
+@pytest.mark.parametrize("distros", ["without-opentelemetry-distro", "ours-listed-first"])
+def test_a_console_run_under_opentelemetry_instrument_does_not_import_the_exporter(
+    tmp_path: Path, distros: Distros
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(_MODULES_AT_EXIT_APP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PREFACTOR_"))}
+    env.update(
+        PYTHONPATH=run_path(tmp_path, distros),
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        PREFACTOR_API_TOKEN="pf_set_but_not_named",  # a Prefactor set-up in the environment changes nothing
+    )
+    proc = subprocess.run(instrument_command(app), env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert '"name": "console-only"' in proc.stdout, proc.stdout + proc.stderr  # the console exporter ran
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("OURS")]
+    ours = set(line.split()[1:])
+    assert "prefactor_otel.sdk.exporter" not in ours
+    assert ours <= _LIGHT, sorted(ours - _LIGHT)
 
 
 def _expected_spans():

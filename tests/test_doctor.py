@@ -11,6 +11,7 @@ the spans do not arrive.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import socket
@@ -25,19 +26,19 @@ import pytest
 from prefactor_otel import CheckResult, PrefactorSpanExporter
 from prefactor_otel.devserver import DevServer, Fault
 from prefactor_otel.model import ids
-from tests.instrumented import Distros, distribution_order, instrument_command
+from tests.instrumented import Distros, instrument_command, run_path
 from tests.spans import exporter_for, processor_for
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = [
     REPO / "src" / "prefactor_otel" / name
-    for name in ("tools/doctor.py", "transport/api_check.py", "tools/instrument_check.py")
+    for name in ("tools/doctor.py", "transport/api_check.py", "tools/instrument_check.py", "tools/spool_report.py")
 ]
 
 
 def base_env(tmp_path: Path, distros: Distros = "without-opentelemetry-distro", **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PREFACTOR_"))}
-    env["PYTHONPATH"] = str(distribution_order(tmp_path, distros))
+    env["PYTHONPATH"] = run_path(tmp_path, distros)
     env.update(extra)
     return env
 
@@ -355,7 +356,7 @@ def test_the_issue_set_up_names_each_variable_and_its_fix(tmp_path: Path) -> Non
             f"[!!] PF217 {variable}=otlp, the default of distro 'distro': exporter 'otlp_proto_grpc' is not installed"
             in out
         )
-        assert f"(set {variable}=none, or install the package providing it)" in out
+        assert f"     fix: set {variable}=none, or install the package providing it" in out
     assert "set OTEL_PYTHON_DISTRO=prefactor" in out
 
 
@@ -535,3 +536,57 @@ def test_the_readme_troubleshooting_section_lists_every_finding_code() -> None:
     assert len(emitted) > 30
     missing = sorted(code for code in emitted if code not in section)
     assert missing == [], f"README Troubleshooting lacks {missing}"
+
+
+def test_every_finding_with_a_code_says_what_to_do() -> None:
+    """Each `Finding(level, text, code, fix)` built anywhere with a code carries a fix (the doctor prints it on the
+    line under the finding); checked on the source, so a finding only a rare environment produces is held too."""
+    seen: set[str] = set()
+    lacking: list[str] = []
+    for source in SOURCES:
+        for node in ast.walk(ast.parse(source.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Finding"):
+                continue
+            keywords = {k.arg: k.value for k in node.keywords}
+            code = node.args[2] if len(node.args) > 2 else keywords.get("code")
+            if code is None:
+                continue  # ok / info lines: facts, nothing to do
+            fix = node.args[3] if len(node.args) > 3 else keywords.get("fix")
+            label = ast.unparse(code)
+            seen.add(label)
+            if fix is None or (isinstance(fix, ast.Constant) and not str(fix.value).strip()):
+                lacking.append(f"{source.name}:{node.lineno} {label}")
+    assert len(seen) > 30 and lacking == [], lacking
+
+
+def test_the_fix_is_printed_under_each_finding(tmp_path: Path) -> None:
+    port = free_port()
+    env = base_env(tmp_path, "theirs-listed-first", OTEL_TRACES_EXPORTER="prefactor")
+    env.update(PREFACTOR_API_URL=f"http://127.0.0.1:{port}", OTEL_EXPORTER_PREFACTOR_EXPORT_TIMEOUT="x")
+    code, out = doctor(env)
+    assert code == 1
+    lines = out.splitlines()
+    coded = [i for i, line in enumerate(lines) if re.match(r"^\[(?:!!|\.\.)\] PF\d{3} ", line)]
+    assert {"PF101", "PF102", "PF207", "PF211", "PF217", "PF300"} <= codes(out), out
+    for i in coded:
+        assert lines[i + 1].startswith("     fix: ") and len(lines[i + 1]) > 15, (lines[i], out)
+    # the three the issue named
+    assert "[!!] PF102 PREFACTOR_API_TOKEN is missing" in out
+    assert "     fix: set PREFACTOR_API_TOKEN (or OTEL_EXPORTER_PREFACTOR_API_TOKEN)" in out
+    (tmp_path / "2").mkdir()
+    env = base_env(tmp_path / "2", PREFACTOR_API_URL=f"http://127.0.0.1:{port}", PREFACTOR_API_TOKEN="pf_x")
+    code, out = doctor(env)
+    assert "PF301" in problems(out)
+    assert "     fix: is the server running? For the local one: `prefactor-otel serve`" in out
+
+
+def test_a_refused_token_names_the_variable_it_came_from(tmp_path: Path) -> None:
+    with DevServer(token="pf_the_right_token") as server:
+        env = base_env(tmp_path, **server_env(server))
+        del env["PREFACTOR_API_TOKEN"]
+        env["OTEL_EXPORTER_PREFACTOR_API_TOKEN"] = "pf_a_wrong_token"
+        code, out = doctor(env)
+    assert code == 1
+    assert "rejects the token in OTEL_EXPORTER_PREFACTOR_API_TOKEN" in out, out
+    assert "     fix: set OTEL_EXPORTER_PREFACTOR_API_TOKEN to a valid, active token" in out
+    assert "pf_a_wrong_token" not in out and "pf_the_right_token" not in out

@@ -89,7 +89,7 @@ def test_a_wrong_token_keeps_the_spans_on_disk_and_a_valid_token_sends_them_once
     assert stats["spans_dropped"] == 0 and stats["spans_queued"] == 0, stats
     assert f"refused the API token (HTTP 401): 8 span(s) kept on disk in {spool_dir}" in log, log
     assert "sent when a process starts with a valid token" in log
-    assert "PREFACTOR_API_TOKEN" in log and WRONG not in log
+    assert "Check the api_token argument and its scope" in log and WRONG not in log  # where the token came from
     assert "left undelivered" not in log
     assert sorted(p.name for p in spool_dir.glob("*.json")), "the refused items are on disk"
     assert not list(spool_dir.glob("runs-*.journal")), "every run is closed: its finish is in the spool"

@@ -8,6 +8,7 @@ The public names load on first use (PEP 562): `opentelemetry-instrument` imports
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 from prefactor_otel._version import __version__ as __version__
@@ -56,6 +57,12 @@ def __getattr__(name: str) -> Any:
     module = _MODULES.get(name)
     if module is None:
         raise AttributeError(f"module 'prefactor_otel' has no attribute {name!r}")
+    if name == "PrefactorSpanExporter" and "opentelemetry.instrumentation.auto_instrumentation" in sys.modules:
+        # opentelemetry-instrument is loading our exporter entry point: the one code of ours that runs even when
+        # another distro's set-up then fails and loses every span; the watch says so in one line (zerocode_watch.py)
+        from prefactor_otel.sdk.zerocode_watch import watch_set_up
+
+        watch_set_up()
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip this function
     return value

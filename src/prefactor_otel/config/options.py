@@ -277,6 +277,9 @@ class PrefactorConfig:
     redact_patterns: tuple[str, ...] = ()
     redact_keys: tuple[str, ...] = ()
     redact_callback: str | Callable[[str, str], str] | None = None
+    # Not an option: where the token came from (a variable, or the `api_token` keyword), so that a refusal names
+    # what the user set (OTEL_EXPORTER_PREFACTOR_API_TOKEN wins over PREFACTOR_API_TOKEN: module docstring).
+    token_source: str = field(default="PREFACTOR_API_TOKEN", compare=False)
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> PrefactorConfig:
@@ -299,6 +302,9 @@ class PrefactorConfig:
                     values[name] = option.parse(*found)
         if "api_token" in values and not isinstance(values["api_token"], Secret):
             values["api_token"] = Secret(values["api_token"])
+        token_from = source.get(OPTIONS["api_token"].env)
+        if token_from is not None:
+            values["token_source"] = "the api_token argument" if token_from == "api_token" else token_from
         try:
             return cls(**values)
         except ConfigError as exc:

@@ -295,18 +295,20 @@ class Pipeline:
             logger.error(
                 "Prefactor refused the API token (HTTP %d): what it stops is kept on disk in %s (%d span(s) so "
                 "far) and sent when a process starts with a valid token; this process sends nothing more. Check "
-                "PREFACTOR_API_TOKEN and its scope.",
+                "%s and its scope.",
                 status,
                 self._backlog.spool.directory,
                 kept,
+                self._config.token_source,
             )
         else:
             logger.error(
                 "Prefactor refused the API token (HTTP %d): %d span(s) dropped, and every later one (PREFACTOR_SPOOL "
                 "is off: nothing keeps them until a valid token is configured); this process sends nothing more. "
-                "Check PREFACTOR_API_TOKEN and its scope.",
+                "Check %s and its scope.",
                 status,
                 dropped,
+                self._config.token_source,
             )
 
     def refusal_figures(self, reason: str) -> tuple[int, int]:

@@ -10,7 +10,7 @@ Work is split: mapping (pure, on the calling thread) -> pipeline/pipeline.py (th
 process) -> pipeline/delivery.py (requests, outcomes), with the spool and the journal of open runs
 (pipeline/backlog.py, durability/) for what cannot be delivered now. The exporter holds, as parts it calls:
 - for its whole life: the HTTP client (BulkTransport), Delivery, the spool's Backlog, the run-status poller, and
-  the start queue (`start_queue`: span starts from a PrefactorSpanProcessor, a deque read by the pipeline on the
+  the start queue (`_start_queue`: span starts from a PrefactorSpanProcessor, a deque read by the pipeline on the
   sending thread);
 - per process (built at start and again, in one place, by the fork hook `_reset_after_fork`): the send lock, its
   counters, the exit budget (exit_budget.py), the Pipeline (with the process's run part: a random id that keys
@@ -169,7 +169,7 @@ class PrefactorSpanExporter(SpanExporter):
         self._closing = False
         self._warned_after_shutdown = False
         self._lifecycle_lock = threading.Lock()
-        # Span starts from a PrefactorSpanProcessor (see start_queue): the same deque for the exporter's life, so
+        # Span starts from a PrefactorSpanProcessor (see _start_queue): the same deque for the exporter's life, so
         # the processor may hold it; emptied in a forked child.
         self._starts: deque[weakref.ref[ReadableSpan]] = deque()
         self._transport: BulkTransport | None = None
@@ -380,7 +380,7 @@ class PrefactorSpanExporter(SpanExporter):
         with pipeline.state_lock:
             return pipeline.planner.instance_of_trace(trace_id)
 
-    def count_start_dropped(self) -> None:
+    def _count_start_dropped(self) -> None:
         """A span start the queue had no room for: that span is not live and its run's finish does not wait for
         it (its end is exported as usual). Counted from application threads: exact enough, not exact."""
         self._counters["starts_dropped"] += 1
@@ -391,9 +391,9 @@ class PrefactorSpanExporter(SpanExporter):
     def enabled(self) -> bool:
         return self._disabled_reason is None
 
-    def start_queue(self) -> tuple[deque[weakref.ref[ReadableSpan]], int] | None:
+    def _start_queue(self) -> tuple[deque[weakref.ref[ReadableSpan]], int] | None:
         """For PrefactorSpanProcessor: the deque its `on_start` appends started spans to, and the length beyond
-        which it counts them in `count_start_dropped` instead. None when the exporter sends nothing."""
+        which it counts them in `_count_start_dropped` instead. None when the exporter sends nothing."""
         if self._disabled_reason is not None:
             return None
         if self._startup_line is not None:

@@ -110,7 +110,7 @@ class PrefactorSpanProcessor(SpanProcessor):
             max_export_batch_size=max_export_batch_size,
             export_timeout_millis=export_timeout_millis,
         )
-        queue = self.exporter.start_queue()
+        queue = self.exporter._start_queue()
         self._starts: deque[_weak[ReadableSpan]] | None = None
         self._max_starts = 0
         if queue is not None:
@@ -131,7 +131,7 @@ class PrefactorSpanProcessor(SpanProcessor):
             # exported, and its end tells the planner what its start would have.
             starts.append(_weak(span))
         else:
-            self.exporter.count_start_dropped()
+            self.exporter._count_start_dropped()
 
     def on_end(self, span: ReadableSpan) -> None:
         self._batch.on_end(span)

@@ -118,7 +118,9 @@ class PrefactorConfigurator(sdk_configuration._OTelSDKConfigurator):
                 _logger.debug("OTEL_TRACES_EXPORTER does not name prefactor: configurator %s runs", other.name)
                 other.load()().configure(**kwargs)
                 return
-        if sdk_accepts_export_span_processor():
+        if named and sdk_accepts_export_span_processor():
+            # Only for a run that names us: `export_span_processor` imports the exporter to recognise it (~0.2 s),
+            # which a run of other exporters must not pay (the SDK gives each its BatchSpanProcessor, as without us).
             kwargs.setdefault("export_span_processor", export_span_processor)
         elif named:
             _logger.warning(

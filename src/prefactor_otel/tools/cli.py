@@ -1,7 +1,12 @@
-"""`prefactor-otel` command line: demo | serve | show | terminate | doctor | gateway.
+"""`prefactor-otel` command line: demo | serve | show | terminate | doctor | spool | gateway.
 
 `gateway` needs the `gateway` extra (grpcio, uvicorn, opentelemetry-proto): it is imported only when that command
-runs, so every other command, and importing this module, loads none of them."""
+runs, so every other command, and importing this module, loads none of them.
+
+Output piped into a reader that stops early (`prefactor-otel show | head`) ends the command quietly, as a program
+killed by SIGPIPE does (exit status 141), instead of a BrokenPipeError traceback (`main`).
+
+Threads: the main thread only (a command may start a server or an exporter with threads of their own)."""
 
 from __future__ import annotations
 
@@ -65,14 +70,19 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _resolve_token(args: argparse.Namespace) -> bool:
-    """Fill in `args.token`: `--token`, else PREFACTOR_API_TOKEN, else (for a URL on this machine only) the token
-    `serve` saved in its state file (`--state`, else the default). False, said on stderr, when there is none."""
+    """Fill in `args.token` and `args.token_source` (named when the token is refused): `--token`, else
+    OTEL_EXPORTER_PREFACTOR_API_TOKEN or PREFACTOR_API_TOKEN (as the exporter reads them), else (for a URL on this
+    machine only) the token `serve` saved in its state file (`--state`, else the default). False, said on stderr,
+    when there is none."""
     args.token_source = "--token"
     if args.token:
         return True
-    args.token_source = "PREFACTOR_API_TOKEN"
-    args.token = os.environ.get("PREFACTOR_API_TOKEN", "").strip() or None
-    if args.token:
+    from prefactor_otel.config.options import read_env
+
+    found = read_env(os.environ, "PREFACTOR_API_TOKEN")  # OTEL_EXPORTER_PREFACTOR_API_TOKEN first, as the exporter
+    if found is not None:
+        args.token_source, token = found
+        args.token = token.strip()
         return True
     from prefactor_otel.devserver.state_file import default_state_path, saved_token
     from prefactor_otel.devserver.webpage import host_allowed
@@ -111,8 +121,18 @@ def _local_server(
         )
     except httpx.HTTPError as exc:
         if not quiet:
-            print(f"cannot reach {args.url}: {type(exc).__name__}", file=sys.stderr)
+            print(f"cannot reach {args.url}: {_unreachable(exc)}", file=sys.stderr)
         return None
+
+
+def _unreachable(exc: httpx.HTTPError) -> str:
+    """Why a server could not be reached, and what to do: the exception's class name alone says neither."""
+    if isinstance(exc, httpx.ConnectError):
+        why = "nothing answers there (connection refused)" if "refused" in str(exc).lower() else "cannot connect"
+        return f"{why}; is `prefactor-otel serve` running? (start it, or pass the --url it prints)"
+    if isinstance(exc, httpx.TimeoutException):
+        return "no answer in time; is the server busy, or is --url the right address?"
+    return f"{type(exc).__name__}; check --url (or PREFACTOR_API_URL)"
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -293,6 +313,31 @@ def _doctor(args: argparse.Namespace) -> int:
     return run_doctor()
 
 
+def _spool(args: argparse.Namespace) -> int:
+    """`spool` (what waits) and `spool send` (send it now), for the configuration in this environment."""
+    from prefactor_otel.config.options import PrefactorConfig
+    from prefactor_otel.config.values import ConfigError
+    from prefactor_otel.tools.spool_report import SEND_COMMAND, send_now, spool_directory, waiting
+
+    if args.action == "send":
+        return send_now(os.environ)
+    try:
+        config = PrefactorConfig.load(os.environ)
+    except ConfigError as exc:
+        print(f"prefactor-otel spool: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    directory = spool_directory(config)
+    if directory is None:
+        print("PREFACTOR_SPOOL is off: nothing undeliverable is kept on disk")
+        return 0
+    found = waiting(directory)
+    if found.empty:
+        print(f"nothing waits for delivery in {directory}")
+    else:
+        print(f"{found.summary()} wait for delivery in {directory}; to send them now: {SEND_COMMAND}")
+    return 0
+
+
 def _package_version() -> str:
     from prefactor_otel._version import __version__
 
@@ -304,7 +349,8 @@ def _package_version() -> str:
 _URL_HELP = "the local server's URL (default: from PREFACTOR_API_URL, else http://127.0.0.1:8787)"
 _TOKEN_HELP = (
     "the API token to send (default: from PREFACTOR_API_TOKEN, else the token saved in the state file of "
-    "`prefactor-otel serve`, for a server on this machine)"
+    "`prefactor-otel serve`, for a server on this machine; OTEL_EXPORTER_PREFACTOR_API_TOKEN wins over "
+    "PREFACTOR_API_TOKEN, as for the exporter)"
 )
 _STATE_HELP = "the state file of `prefactor-otel serve` to read the token from (default: serve's default)"
 
@@ -371,7 +417,15 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _add_show_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    show = sub.add_parser("show", help="print the agent runs a local server holds", formatter_class=_HelpFormatter)
+    show = sub.add_parser(
+        "show",
+        help="print the agent runs a local server holds",
+        formatter_class=_HelpFormatter,
+        description="Print the agent runs a local Prefactor-compatible server (prefactor-otel serve) holds, as "
+        "trees of spans with their status, type and tokens; --json prints the raw snapshot, --watch redraws the "
+        "live runs until Ctrl-C. The token comes from --token, OTEL_EXPORTER_PREFACTOR_API_TOKEN or "
+        "PREFACTOR_API_TOKEN, else from the state file of prefactor-otel serve.",
+    )
     show.add_argument("--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787", help=_URL_HELP)
     show.add_argument("--token", default=None, help=_TOKEN_HELP)
     show.add_argument("--state", metavar="PATH", default=None, help=_STATE_HELP)
@@ -391,6 +445,10 @@ def _add_terminate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
         "terminate",
         help="terminate an active run (its in-flight spans close; its span calls then carry control)",
         formatter_class=_HelpFormatter,
+        description="Terminate an active agent run on a server, as an operator does in Prefactor (the API's POST "
+        "/agent_instance/{id}/terminate). Its in-flight spans are closed, and the application hears of it at its "
+        "next span call or poll (on_terminate, raise_if_terminated: README, Stop an agent from Prefactor). The run "
+        "ids are those prefactor-otel show prints.",
     )
     terminate.add_argument("instance_id", help="the agent run's id")
     terminate.add_argument("--reason", required=True, help="why (required by the API; shown with the run)")
@@ -402,11 +460,23 @@ def _add_terminate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
     terminate.set_defaults(func=_terminate)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="prefactor-otel", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run a small instrumented agent and export it (local server by default)")
+_DESCRIPTION = (
+    "prefactor-otel: ship OpenTelemetry agent traces to Prefactor. The exporter itself needs no command (see the "
+    "README); these commands try it out locally (demo, serve, show, terminate), check a set-up (doctor), send what "
+    "an outage left on disk (spool send) and run the OTLP gateway (gateway, with the gateway extra)."
+)
+
+
+def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="run a small instrumented agent and export it (local server by default)",
+        formatter_class=_HelpFormatter,
+        description="Run a small instrumented agent (no model is called) and export its spans: to an embedded "
+        "local server started for the demo, or to the API PREFACTOR_API_URL names, then print the agent runs it "
+        "received. --loop runs one long live run to watch and terminate; --gateway exports over OTLP through a "
+        "prefactor-otel gateway.",
+    )
     mode = demo.add_mutually_exclusive_group()
     mode.add_argument(
         "--loop",
@@ -419,21 +489,83 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="export the agent over OTLP/HTTP (the OTel exporter, as any language does) to a prefactor-otel gateway "
         "started for the demo (needs the gateway extra)",
     )
-    demo.add_argument("--max-steps", type=_positive_count, default=600, help="with --loop: end after this many steps")
-    demo.add_argument("--interval", type=_positive_seconds, default=1.0, help="with --loop: seconds per step")
+    demo.add_argument(
+        "--max-steps",
+        type=_positive_count,
+        default=600,
+        help="with --loop: end after this many steps (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--interval", type=_positive_seconds, default=1.0, help="with --loop: seconds per step (default: %(default)s)"
+    )
     demo.set_defaults(func=_demo)
+
+
+def _add_doctor_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    doctor = sub.add_parser(
+        "doctor",
+        help="check configuration, what opentelemetry-instrument will do, API access and the spool (sends no "
+        "span); reports every problem",
+        formatter_class=_HelpFormatter,
+        description="Check a set-up without sending any span, and report every problem, each with a stable code "
+        "(README, Troubleshooting) and a fix line: the PREFACTOR_* (and OTEL_EXPORTER_PREFACTOR_*) configuration, "
+        "what opentelemetry-instrument will do with the OTEL_* variables and the packages installed here, API "
+        "access with the token (GET /ping, the agent and environment ids), and spans waiting in the spool. It "
+        "reads this environment only: run it where (or with the variables with which) your application runs. "
+        "The token is never printed. Exit status: 1 if any finding is a problem, else 0.",
+    )
+    doctor.set_defaults(func=_doctor)
+
+
+def _add_spool_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    spool = sub.add_parser(
+        "spool",
+        help="show the spans an outage left on disk; spool send sends them now",
+        formatter_class=_HelpFormatter,
+        description="Spans the exporter could not deliver (an outage, a refused token) wait on disk in its spool "
+        "directory, and the next process with the same configuration sends them first. prefactor-otel spool shows "
+        "what waits (files, spans, the oldest); prefactor-otel spool send sends it now, with the configuration in "
+        "this environment (PREFACTOR_API_URL, the token, PREFACTOR_AGENT_ID, PREFACTOR_SPOOL_DIR: the same as the "
+        "application's), and says what it sent. Exit status of send: 0 when nothing is left, 1 when files are "
+        "left (the API could not take them), 2 when the configuration cannot send.",
+    )
+    spool.add_argument(
+        "action",
+        nargs="?",
+        choices=("show", "send"),
+        default="show",
+        help="show: what waits (the default); send: deliver it now",
+    )
+    spool.set_defaults(func=_spool)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="prefactor-otel", description=_DESCRIPTION, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_demo_parser(sub)
     _add_serve_parser(sub)
     _add_show_parser(sub)
     _add_terminate_parser(sub)
-    doctor = sub.add_parser(
-        "doctor",
-        help="check configuration, what opentelemetry-instrument will do, and API access (sends no span); "
-        "reports every problem",
-    )
-    doctor.set_defaults(func=_doctor)
+    _add_doctor_parser(sub)
+    _add_spool_parser(sub)
     _add_gateway_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script. Output piped into a reader that stopped early ends the command quietly: stdout is
+    pointed at /dev/null so the interpreter's final flush cannot fail again, and the status is SIGPIPE's (141)."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # inside the try: a pipe closed after the last write fails here, not at exit
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE.value
+    return code
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from importlib.util import find_spec
 from typing import Any
 
 import httpx
@@ -49,13 +50,30 @@ class RootTraces(SpanProcessor):
         pass
 
 
-def next_step(using_api: bool) -> str:
-    """The demo's last lines: how to trace the user's own agent the same way."""
+# What the next step needs and `pip install .` does not bring: the README's zero-code install line names it too.
+INSTRUMENT_INSTALL = (
+    "  pip install opentelemetry-instrumentation    (provides opentelemetry-instrument; not installed here)"
+)
+
+
+def has_opentelemetry_instrument() -> bool:
+    """Whether `opentelemetry-instrument` can run here: its package is importable by this Python."""
+    try:
+        return find_spec("opentelemetry.instrumentation.auto_instrumentation") is not None
+    except ImportError:  # a parent package that is missing or hidden
+        return False
+
+
+def next_step(using_api: bool, instrument_installed: bool = True) -> str:
+    """The demo's last lines: how to trace the user's own agent the same way (and what to install for it first,
+    when opentelemetry-instrumentation is missing: a plain `pip install .` does not bring it)."""
     command = "  OTEL_TRACES_EXPORTER=prefactor opentelemetry-instrument python your_agent.py"
+    install = [] if instrument_installed else [INSTRUMENT_INSTALL]
     if using_api:
         return "\n".join(
             [
                 "Next step: trace your own agent the same way, with the same PREFACTOR_* settings:",
+                *install,
                 command,
                 '  (README: "Use it")',
             ]
@@ -63,6 +81,7 @@ def next_step(using_api: bool) -> str:
     return "\n".join(
         [
             "Next step: trace your own agent the same way:",
+            *install,
             "  prefactor-otel serve    (a local server that stays up: export the PREFACTOR_* settings it prints)",
             command,
             '  prefactor-otel show     (its runs; README: "Use it")',
@@ -119,7 +138,7 @@ def run_demo() -> int:
             print(render_runs(server.snapshot()))
         elif exporter.enabled:
             print_read_back(roots.trace_ids, began_us)
-        print(next_step(using_api=server is None))
+        print(next_step(using_api=server is None, instrument_installed=has_opentelemetry_instrument()))
         ok = stats["spans_dropped"] == 0 and stats["spans_queued"] == 0 and exporter.enabled
         return 0 if ok else 1
     finally:

@@ -1,11 +1,13 @@
 """`prefactor-otel doctor`: check a set-up without sending any span, and report every problem, not the first.
 
-Three groups of checks, all run: the configuration (every PREFACTOR_* value, each bad one named: `PF1xx`), what
-`opentelemetry-instrument` will do with this environment (instrument_check.py: `PF2xx`) and API access with this
-configuration (api_check.py, the same code as `PrefactorSpanExporter.check()`: `PF3xx`). A check that needs
-something an earlier one found broken says it was skipped and why. Each finding that is not `ok` prints its stable
-code; the README's "Troubleshooting" section lists every code with its fix. The exit status is 1 when any finding
-is a problem. The token is never printed (the configuration is described masked).
+Four groups of checks, all run: the configuration (every PREFACTOR_* value, each bad one named: `PF1xx`), what
+`opentelemetry-instrument` will do with this environment (instrument_check.py: `PF2xx`), API access with this
+configuration (api_check.py, the same code as `PrefactorSpanExporter.check()`: `PF3xx`) and what waits in the
+spool for delivery (spool_report.py: `PF4xx`). A check that needs something an earlier one found broken says it
+was skipped and why. Each finding that is not `ok` prints its stable code, and under it what to do (its `fix`:
+every finding with a code has one, a test walks them); the README's "Troubleshooting" section lists every code.
+The exit status is 1 when any finding is a problem (a PF401 note is not: spans waiting is no
+misconfiguration). The token is never printed (the configuration is described masked).
 
 Threads: the CLI's main thread only (instrument_check swaps os.environ's content while it simulates a distro).
 """
@@ -20,6 +22,7 @@ from importlib.metadata import PackageNotFoundError, entry_points, version
 from prefactor_otel.config.options import OPTIONS, PrefactorConfig
 from prefactor_otel.config.values import ConfigError
 from prefactor_otel.tools.instrument_check import instrument_findings
+from prefactor_otel.tools.spool_report import spool_findings
 from prefactor_otel.transport.api_check import CHECK_FAILED, Finding, check_api
 
 
@@ -30,7 +33,8 @@ def run_doctor(environ: Mapping[str, str] | None = None, write: Callable[[str], 
 
     def emit(found: list[Finding]) -> None:
         for finding in found:
-            write(finding.line())
+            for line in finding.lines():
+                write(line)
         findings.extend(found)
 
     config, config_findings = config_check(env)
@@ -47,9 +51,13 @@ def run_doctor(environ: Mapping[str, str] | None = None, write: Callable[[str], 
             ]
         )
     emit(api_findings(config, config_findings))
+    emit(spool_findings(config))
     problems = sum(1 for f in findings if f.level == "problem")
     write(f"{problems} problem(s) found" if problems else "no problem found")
     return 1 if problems else 0
+
+
+_PF101_FIX = "correct the variable named (README, Configuration, lists every value it takes)"
 
 
 def config_check(environ: Mapping[str, str]) -> tuple[PrefactorConfig | None, list[Finding]]:
@@ -62,23 +70,36 @@ def config_check(environ: Mapping[str, str]) -> tuple[PrefactorConfig | None, li
         try:
             option.parse(option.env, raw)
         except ConfigError as exc:
-            findings.append(Finding("problem", f"configuration: {exc}", "PF101"))
+            findings.append(Finding("problem", f"configuration: {exc}", "PF101", _PF101_FIX))
     try:
         config = PrefactorConfig.load(environ)
     except ConfigError as exc:
         text = f"configuration: {exc}"
         if all(f.text != text for f in findings):
-            findings.append(Finding("problem", text, "PF101"))
+            findings.append(Finding("problem", text, "PF101", _PF101_FIX))
         config = None
     if config is not None:
         findings.append(Finding("ok", f"configuration: {config.describe()}"))
         if not config.enabled:
-            findings.append(Finding("note", "PREFACTOR_ENABLED is false: the exporter sends nothing", "PF103"))
+            findings.append(
+                Finding(
+                    "note",
+                    "PREFACTOR_ENABLED is false: the exporter sends nothing",
+                    "PF103",
+                    "unset PREFACTOR_ENABLED (or set it to true) to send spans",
+                )
+            )
     has_token = bool(config.api_token) if config is not None else bool(environ.get("PREFACTOR_API_TOKEN", "").strip())
     findings.append(
-        Finding("ok", "PREFACTOR_API_TOKEN is set")
+        Finding("ok", f"{config.token_source if config is not None else 'PREFACTOR_API_TOKEN'} is set")
         if has_token
-        else Finding("problem", "PREFACTOR_API_TOKEN is missing: the exporter sends nothing", "PF102")
+        else Finding(
+            "problem",
+            "PREFACTOR_API_TOKEN is missing: the exporter sends nothing",
+            "PF102",
+            "set PREFACTOR_API_TOKEN (or OTEL_EXPORTER_PREFACTOR_API_TOKEN) to your API token; for the local server, "
+            "the token `prefactor-otel serve` prints",
+        )
     )
     return config, findings
 
@@ -95,7 +116,15 @@ def entry_point_check() -> list[Finding]:
         ok = False
     if ok:
         return [Finding("ok", text)]
-    return [Finding("problem", f"not true: {text} (reinstall prefactor-otel: pip install -e . or the wheel)", "PF104")]
+    return [
+        Finding(
+            "problem",
+            f"not true: {text}",
+            "PF104",
+            "reinstall prefactor-otel (pip install . in its clone, or the wheel); another package may register "
+            "the name prefactor",
+        )
+    ]
 
 
 def api_findings(config: PrefactorConfig | None, config_findings: list[Finding]) -> list[Finding]:
@@ -107,7 +136,7 @@ def api_findings(config: PrefactorConfig | None, config_findings: list[Finding])
     else:
         why = ""
     if why:
-        return [Finding("note", f"API checks skipped: {why}", CHECK_FAILED)]
+        return [Finding("note", f"API checks skipped: {why}", CHECK_FAILED, "fix the problems above first")]
     assert config is not None
     from prefactor_otel.sdk.exporter import SDK_HEADER
     from prefactor_otel.transport.client import BulkTransport
@@ -115,7 +144,14 @@ def api_findings(config: PrefactorConfig | None, config_findings: list[Finding])
     try:
         transport = BulkTransport(config, sdk_header=SDK_HEADER)
     except Exception as exc:
-        return [Finding("problem", f"API checks skipped: cannot create the HTTP client ({exc})", CHECK_FAILED)]
+        return [
+            Finding(
+                "problem",
+                f"API checks skipped: cannot create the HTTP client ({exc})",
+                CHECK_FAILED,
+                "fix the TLS or proxy setting the message names (PREFACTOR_CA_BUNDLE, HTTPS_PROXY, ...)",
+            )
+        ]
     try:
         return check_api(config, transport)
     finally:

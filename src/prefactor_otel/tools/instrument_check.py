@@ -87,9 +87,9 @@ def instrument_findings(environ: Mapping[str, str]) -> list[Finding]:
         findings.append(
             Finding(
                 "problem",
-                f"{OTEL_SDK_DISABLED}=true: every tracer is a no-op, no span is created or exported "
-                f"(unset {OTEL_SDK_DISABLED})",
+                f"{OTEL_SDK_DISABLED}=true: every tracer is a no-op, no span is created or exported",
                 "PF201",
+                f"unset {OTEL_SDK_DISABLED}",
             )
         )
     traces = environ.get(OTEL_TRACES_EXPORTER, "").strip()
@@ -97,9 +97,10 @@ def instrument_findings(environ: Mapping[str, str]) -> list[Finding]:
         findings.append(
             Finding(
                 "note",
-                f"{OTEL_TRACES_EXPORTER} is not set: no zero-code export (fine when your code adds the "
-                f"exporter; for opentelemetry-instrument set {OTEL_TRACES_EXPORTER}=prefactor)",
+                f"{OTEL_TRACES_EXPORTER} is not set: no zero-code export",
                 "PF202",
+                f"nothing when your code adds the exporter; for opentelemetry-instrument set "
+                f"{OTEL_TRACES_EXPORTER}=prefactor",
             )
         )
         return findings
@@ -109,9 +110,9 @@ def instrument_findings(environ: Mapping[str, str]) -> list[Finding]:
             findings.append(
                 Finding(
                     "problem",
-                    f"{OTEL_TRACES_EXPORTER}={traces} does not name prefactor: spans will not reach "
-                    f"Prefactor (set {OTEL_TRACES_EXPORTER}=prefactor, or add it: {traces},prefactor)",
+                    f"{OTEL_TRACES_EXPORTER}={traces} does not name prefactor: spans will not reach Prefactor",
                     "PF203",
+                    f"set {OTEL_TRACES_EXPORTER}=prefactor, or add it: {OTEL_TRACES_EXPORTER}={traces},prefactor",
                 )
             )
         else:
@@ -120,9 +121,9 @@ def instrument_findings(environ: Mapping[str, str]) -> list[Finding]:
         findings.append(
             Finding(
                 "problem",
-                "opentelemetry-instrumentation is missing (no opentelemetry-instrument): pip install "
-                "opentelemetry-instrumentation",
+                "opentelemetry-instrumentation is missing (no opentelemetry-instrument)",
                 "PF204",
+                "pip install opentelemetry-instrumentation",
             )
         )
         return findings
@@ -152,6 +153,7 @@ def _simulate_distro(environ: Mapping[str, str], named: bool, findings: list[Fin
                         f"distro {entry_point.name!r} ({entry_point.value}) cannot be loaded: "
                         f"{type(exc).__name__}: {exc}; {SDK_LOST}",
                         "PF205",
+                        f"fix or uninstall the package of that distro, or set {OTEL_PYTHON_DISTRO}=prefactor",
                     )
                 )
                 return None
@@ -164,9 +166,9 @@ def _simulate_distro(environ: Mapping[str, str], named: bool, findings: list[Fin
             Finding(
                 "problem",
                 f"{OTEL_PYTHON_DISTRO}={chosen_name}: no installed distro has that name (installed: "
-                f"{names}); opentelemetry-instrument runs the SDK's default distro (set "
-                f"{OTEL_PYTHON_DISTRO}=prefactor)",
+                f"{names}); opentelemetry-instrument runs the SDK's default distro",
                 "PF206",
+                f"set {OTEL_PYTHON_DISTRO}=prefactor",
             )
         )
     others = [ep.name for ep in installed if _value(ep) != OUR_DISTRO]
@@ -176,8 +178,9 @@ def _simulate_distro(environ: Mapping[str, str], named: bool, findings: list[Fin
             Finding(
                 "problem",
                 f"another OTel distro is installed ({', '.join(others)}): which one runs depends on "
-                f"package order ({now}); set {OTEL_PYTHON_DISTRO}=prefactor (or uninstall it)",
+                f"package order ({now})",
                 "PF207",
+                f"set {OTEL_PYTHON_DISTRO}=prefactor, or uninstall the other distro (prefactor-otel does not need it)",
             )
         )
     elif named and chosen is not None and _value(chosen) != OUR_DISTRO:
@@ -187,6 +190,7 @@ def _simulate_distro(environ: Mapping[str, str], named: bool, findings: list[Fin
                 f"{OTEL_PYTHON_DISTRO}={chosen_name}: the Prefactor distro does not run, its defaults "
                 "(OTEL_METRICS_EXPORTER/OTEL_LOGS_EXPORTER none, OTEL_PYTHON_CONFIGURATOR prefactor) do not apply",
                 "PF208",
+                f"set {OTEL_PYTHON_DISTRO}=prefactor, unless you set those variables yourself",
             )
         )
     elif named and chosen is not None:
@@ -201,7 +205,12 @@ def _simulate_distro(environ: Mapping[str, str], named: bool, findings: list[Fin
         runs = handover if handover is not None else chosen
     if _value(runs) not in ENVIRONMENT_ONLY_DISTROS:
         findings.append(
-            Finding("note", f"distro {runs.name!r} ({runs.value}) runs: what it sets up is not simulated", "PF209")
+            Finding(
+                "note",
+                f"distro {runs.name!r} ({runs.value}) runs: what it sets up is not simulated",
+                "PF209",
+                f"nothing if that distro is wanted; else set {OTEL_PYTHON_DISTRO}=prefactor",
+            )
         )
         return _Run(dict(environ), runs.name)
     copy = dict(environ)
@@ -232,8 +241,9 @@ def _simulate_configurator(run: _Run, original: Mapping[str, str], named: bool, 
             Finding(
                 "problem",
                 f"{setting} ({by}): no installed configurator has that name (installed: {names}): "
-                f"nothing sets up the SDK, no span is exported (set {OTEL_PYTHON_CONFIGURATOR}=prefactor)",
+                "nothing sets up the SDK, no span is exported",
                 "PF210",
+                f"set {OTEL_PYTHON_CONFIGURATOR}=prefactor, or unset it",
             )
         )
         return False
@@ -254,9 +264,9 @@ def _simulate_configurator(run: _Run, original: Mapping[str, str], named: bool, 
                 "problem",
                 f"configurator {effective.name!r} runs ({why}), not Prefactor's: the exporter runs in "
                 "a BatchSpanProcessor, without live spans, and runs finish only after "
-                f"PREFACTOR_FINISH_GRACE_SECONDS (set {OTEL_PYTHON_DISTRO}=prefactor or "
-                f"{OTEL_PYTHON_CONFIGURATOR}=prefactor)",
+                "PREFACTOR_FINISH_GRACE_SECONDS",
                 "PF211",
+                f"set {OTEL_PYTHON_DISTRO}=prefactor (or {OTEL_PYTHON_CONFIGURATOR}=prefactor)",
             )
         )
     elif named and competing:
@@ -264,9 +274,9 @@ def _simulate_configurator(run: _Run, original: Mapping[str, str], named: bool, 
             Finding(
                 "problem",
                 f"{len(installed)} configurators are installed and {OTEL_PYTHON_CONFIGURATOR} is "
-                "unset: which one runs depends on package order (now Prefactor's); set "
-                f"{OTEL_PYTHON_DISTRO}=prefactor",
+                "unset: which one runs depends on package order (now Prefactor's)",
                 "PF212",
+                f"set {OTEL_PYTHON_DISTRO}=prefactor",
             )
         )
     elif named:
@@ -279,6 +289,7 @@ def _simulate_configurator(run: _Run, original: Mapping[str, str], named: bool, 
                 "problem",
                 f"configurator {effective.name!r} cannot be loaded: {type(exc).__name__}: {exc}; {SDK_LOST}",
                 "PF213",
+                f"fix or uninstall the package of that configurator, or set {OTEL_PYTHON_CONFIGURATOR}=prefactor",
             )
         )
         return False
@@ -289,6 +300,7 @@ def _simulate_configurator(run: _Run, original: Mapping[str, str], named: bool, 
                 f"configurator {effective.name!r} ({effective.value}) is not the SDK's: what it sets up is "
                 "not simulated",
                 "PF214",
+                f"nothing if that configurator is wanted; else set {OTEL_PYTHON_CONFIGURATOR}=prefactor",
             )
         )
         return False
@@ -299,9 +311,9 @@ def _simulate_configurator(run: _Run, original: Mapping[str, str], named: bool, 
             findings.append(
                 Finding(
                     "problem",
-                    "opentelemetry-sdk < 1.40: zero-code runs put the exporter in a BatchSpanProcessor "
-                    "(pip install 'opentelemetry-sdk>=1.40')",
+                    "opentelemetry-sdk < 1.40: zero-code runs put the exporter in a BatchSpanProcessor",
                     "PF215",
+                    "pip install 'opentelemetry-sdk>=1.40'",
                 )
             )
     return True
@@ -321,7 +333,8 @@ def _simulate_sdk(run: _Run, original: Mapping[str, str], findings: list[Finding
             with _environ_as(environ):
                 names = sdk_configuration._get_exporter_names(signal)  # type: ignore[arg-type]
         except Exception as exc:  # e.g. an unsupported OTLP protocol
-            findings.append(Finding("problem", f"{variable}={value}{origin}: {exc}; {SDK_LOST}", "PF216"))
+            fix = f"correct {variable} or the OTLP protocol variable the message names (or set {variable}=none)"
+            findings.append(Finding("problem", f"{variable}={value}{origin}: {exc}; {SDK_LOST}", "PF216", fix))
             lost = True
             continue
         resolved[signal] = names
@@ -337,8 +350,9 @@ def _simulate_sdk(run: _Run, original: Mapping[str, str], findings: list[Finding
                     Finding(
                         "problem",
                         f"{variable}={value}{origin}: exporter {name!r} is not installed (no "
-                        f"{group} entry point): {SDK_LOST} ({fix})",
+                        f"{group} entry point): {SDK_LOST}",
                         "PF217",
+                        fix,
                     )
                 )
                 lost = True
@@ -352,6 +366,7 @@ def _simulate_sdk(run: _Run, original: Mapping[str, str], findings: list[Finding
                         f"{variable}={value}{origin}: exporter {name!r} cannot be loaded: "
                         f"{type(exc).__name__}: {exc}; {SDK_LOST}",
                         "PF218",
+                        fix,
                     )
                 )
                 lost = True
@@ -362,6 +377,7 @@ def _simulate_sdk(run: _Run, original: Mapping[str, str], findings: list[Finding
                 "problem",
                 f"{OTEL_PYTHON_ID_GENERATOR}={generator}: no such id generator installed; {SDK_LOST}",
                 "PF219",
+                f"unset {OTEL_PYTHON_ID_GENERATOR} (default random), or install the package providing it",
             )
         )
         lost = True

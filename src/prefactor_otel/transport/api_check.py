@@ -42,9 +42,14 @@ class Finding:
     level: Level
     text: str
     code: str = ""
+    fix: str = ""  # what to do about it: every finding with a code has one (tests/test_doctor.py walks them)
 
     def line(self) -> str:
         return f"{_MARKS[self.level]} {self.code + ' ' if self.code else ''}{self.text}"
+
+    def lines(self) -> list[str]:
+        """The finding's line, then its fix, indented under it."""
+        return [self.line(), f"     fix: {self.fix}"] if self.fix else [self.line()]
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class CheckResult:
 
     def __str__(self) -> str:
         head = f"Prefactor check of {self.endpoint}: " + ("ok" if self.ok else f"{len(self.problems)} problem(s)")
-        return "\n".join([head, *(f.line() for f in self.findings)])
+        return "\n".join([head, *(line for f in self.findings for line in f.lines())])
 
 
 def check_exporter(
@@ -82,10 +87,13 @@ def check_exporter(
     try:
         if not_sending is not None or transport is None:
             why = not_sending or "it has no HTTP client"
-            return CheckResult.of([Finding("problem", f"the exporter sends nothing: {why}", CHECK_FAILED)], endpoint)
+            fix = "see the exporter's first warning or error (its configuration); a shut-down exporter checks nothing"
+            found = Finding("problem", f"the exporter sends nothing: {why}", CHECK_FAILED, fix)
+            return CheckResult.of([found], endpoint)
         return CheckResult.of(check_api(config, transport, timeout), endpoint)
     except Exception as exc:  # a check must never raise into the application
-        return CheckResult.of([Finding("problem", f"the check failed: {type(exc).__name__}", CHECK_FAILED)], endpoint)
+        failed = Finding("problem", f"the check failed: {type(exc).__name__}", CHECK_FAILED, "run the check again")
+        return CheckResult.of([failed], endpoint)
 
 
 def check_api(config: PrefactorConfig, transport: BulkTransport, timeout: float | None = None) -> list[Finding]:
@@ -96,18 +104,29 @@ def check_api(config: PrefactorConfig, transport: BulkTransport, timeout: float 
     status, answer = _get(transport, "/ping", deadline)
     if status is None:
         return [
-            Finding("problem", f"GET {base}/ping failed: {answer}", "PF301"),
-            Finding("note", "agent and environment ids not checked: the API could not be reached", "PF302"),
+            Finding("problem", f"GET {base}/ping failed: {answer}", "PF301", _reach_fix(answer)),
+            Finding("note", "agent and environment ids not checked: the API could not be reached", "PF302", _FIRST),
         ]
     if status in (401, 403):
         return [
-            Finding("problem", f"GET {base}/ping -> HTTP {status}: {host} rejects PREFACTOR_API_TOKEN", "PF303"),
-            Finding("note", "agent and environment ids not checked: the token was rejected", "PF302"),
+            Finding(
+                "problem",
+                f"GET {base}/ping -> HTTP {status}: {host} rejects the token in {config.token_source}",
+                "PF303",
+                f"set {config.token_source} to a valid, active token of that server (the local server's is the one "
+                "`prefactor-otel serve` prints)",
+            ),
+            Finding("note", "agent and environment ids not checked: the token was rejected", "PF302", _FIRST),
         ]
     if status != 200:  # e.g. a wrong path in PREFACTOR_API_URL: a 404 for an id would then prove nothing
         return [
-            Finding("problem", f"GET {base}/ping -> HTTP {status}{_message(answer)}", "PF304"),
-            Finding("note", f"agent and environment ids not checked: the ping answered HTTP {status}", "PF302"),
+            Finding(
+                "problem",
+                f"GET {base}/ping -> HTTP {status}{_message(answer)}",
+                "PF304",
+                "check PREFACTOR_API_URL (the base URL, without /api/v1) and the server's state",
+            ),
+            Finding("note", f"agent and environment ids not checked: the ping answered HTTP {status}", "PF302", _FIRST),
         ]
     findings = [Finding("ok", f"GET {base}/ping -> HTTP 200")]
     findings.append(_check_agent(config, transport, deadline))
@@ -122,6 +141,7 @@ def _check_agent(config: PrefactorConfig, transport: BulkTransport, deadline: fl
             "note",
             "PREFACTOR_AGENT_ID is not set: runs register only with a deployment token (bound to one agent)",
             "PF310",
+            "nothing with an agent deployment token; with an account token set PREFACTOR_AGENT_ID",
         )
     status, answer = _get(transport, f"/agent/{agent_id}", deadline)
     if status == 200:
@@ -132,6 +152,7 @@ def _check_agent(config: PrefactorConfig, transport: BulkTransport, deadline: fl
             f"agent id {agent_id} does not exist (an id of another account or server? a local server started with "
             "--memory or --reset mints new ids)",
             "PF311",
+            "use the agent id the server prints (`prefactor-otel serve`) or one of your account's agents",
         )
     if status in (401, 403):
         return Finding(
@@ -139,9 +160,10 @@ def _check_agent(config: PrefactorConfig, transport: BulkTransport, deadline: fl
             f"agent id {agent_id} not checked: this token may not read agents (HTTP {status}); not a sign "
             "the id is wrong",
             "PF312",
+            "nothing: the id was not checked (ingestion tokens often cannot read agents)",
         )
     why = answer if status is None else f"HTTP {status}{_message(answer)}"
-    return Finding("note", f"agent id {agent_id} not checked: {why}", "PF313")
+    return Finding("note", f"agent id {agent_id} not checked: {why}", "PF313", "run the doctor again later")
 
 
 def _check_environment(config: PrefactorConfig, transport: BulkTransport, deadline: float) -> list[Finding]:
@@ -158,6 +180,7 @@ def _check_environment(config: PrefactorConfig, transport: BulkTransport, deadli
                 f"environment id {environment_id} and agent id {agent_id} have different PFID partitions: "
                 "they look like ids of two different accounts",
                 "PF314",
+                "take the agent id and the environment id from the same account",
             )
         )
     status, answer = _get(transport, f"/environment/{environment_id}", deadline)
@@ -165,7 +188,12 @@ def _check_environment(config: PrefactorConfig, transport: BulkTransport, deadli
         findings.append(Finding("ok", f"environment id {environment_id} exists"))
     elif status == 404 and "environment" in _message(answer).lower():
         findings.append(
-            Finding("problem", f"environment id {environment_id} does not exist{_message(answer)}", "PF315")
+            Finding(
+                "problem",
+                f"environment id {environment_id} does not exist{_message(answer)}",
+                "PF315",
+                "set PREFACTOR_ENVIRONMENT_ID to an environment of your account (or unset it with a deployment token)",
+            )
         )
     elif status in (401, 403):
         findings.append(
@@ -174,13 +202,39 @@ def _check_environment(config: PrefactorConfig, transport: BulkTransport, deadli
                 f"environment id {environment_id} not checked: this token may not read environments "
                 f"(HTTP {status}); not a sign the id is wrong",
                 "PF316",
+                "nothing: the id was not checked with this token",
             )
         )
     else:
         # A 404 that does not name the environment is a server without environment reads (the local server).
         why = answer if status is None else f"the server offers no environment read (HTTP {status}{_message(answer)})"
-        findings.append(Finding("note", f"environment id {environment_id} not checked: {why}", "PF317"))
+        findings.append(
+            Finding(
+                "note", f"environment id {environment_id} not checked: {why}", "PF317", "nothing: it was not checked"
+            )
+        )
     return findings
+
+
+_FIRST = "see the problem above: once it is fixed, these are checked too"
+
+
+def _reach_fix(why: str) -> str:
+    """What to do when the API could not be reached, by the cause `_get` names."""
+    if "connection refused" in why:
+        return (
+            "is the server running? For the local one: `prefactor-otel serve`; else check the host and port in "
+            "PREFACTOR_API_URL"
+        )
+    if "name not resolved" in why:
+        return "fix the host name in PREFACTOR_API_URL"
+    if "TLS" in why:
+        return "set PREFACTOR_CA_BUNDLE to the CA that signed the server's certificate (or check the URL's host)"
+    if "timed out" in why:
+        return "check the network and the proxy (HTTPS_PROXY, NO_PROXY), or raise PREFACTOR_EXPORT_TIMEOUT"
+    if "proxy" in why:
+        return "set that proxy variable to http://host:port, https://host:port or socks5://host:port, or unset it"
+    return "check PREFACTOR_API_URL and the network, then run the doctor again"
 
 
 def _get(transport: BulkTransport, path: str, deadline: float) -> tuple[int | None, str]:
