@@ -79,7 +79,9 @@ def small_spans(count: int, seed: int = 5, resource: Resource = SERVICE) -> list
                 "user_agent.original": "python-httpx/0.27.0",
             },
         ) as request:
-            with web.start_as_current_span("auth middleware", attributes={"app.user.tier": rng.choice(("free", "pro"))}):
+            with web.start_as_current_span(
+                "auth middleware", attributes={"app.user.tier": rng.choice(("free", "pro"))}
+            ):
                 pass
             table = rng.choice(_TABLES)
             for _ in range(rng.randint(1, 3)):
@@ -196,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                 profile(current if args.profile == "tree" else reference, spans, args.top)
                 continue
             tree, ref = measure(reference, spans, args.rounds)
-            print(f"{label:>12}: work tree {tree:6.2f} µs/span   {args.ref} {ref:6.2f} µs/span   ratio {tree / ref:.3f}")
+            print(
+                f"{label:>12}: work tree {tree:6.2f} µs/span   {args.ref} {ref:6.2f} µs/span   ratio {tree / ref:.3f}"
+            )
     return 0
 
 

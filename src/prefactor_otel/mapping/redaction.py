@@ -119,6 +119,7 @@ _SHAPED_KEYS = frozenset({"signature"})
 SHAPED_KEY_RULE = "signature_key"
 _WHITESPACE = re.compile(r"\s")
 _KEY_CACHE_LIMIT = 4096
+_TEXT_CACHE_LIMIT = 4096  # entries of at most _SHORT characters (names: any length), about 1 MB at most
 _MIN_SECRET_LENGTH = 5  # shorter strings cannot hold any default value pattern
 _SHORT = 128  # below this length one combined regex decides whether any default rule can match
 # Convention attributes that hold identifiers and enumerations (operation, model, provider, ids, span kinds), never
@@ -182,8 +183,11 @@ class Redactor:
         self._user_keys = frozenset(user_keys | {_normalize_key(k) for k in user_keys})
         self._callback = callback
         self._key_cache: dict[str, str | None] = {}
-        self._label_cache: dict[str, tuple[str, tuple[tuple[str, int], ...]]] = {}
+        # Outcome of the value rules by text, for names and short values (not with a callback: see _remember).
+        self._text_cache: dict[str, tuple[str, tuple[tuple[str, int], ...]]] = {}
         self.active = bool(self._rules or self._user_keys or callback)
+        # Whether the outcome on a string depends on the string alone (no callback): what callers may cache.
+        self.caches_texts = callback is None
 
     # ------------------------------------------------------------------ keys
 
@@ -216,17 +220,25 @@ class Redactor:
         key decisions are. Not cached with a callback (called on every string, as documented)."""
         if self._callback is not None:
             return self._text(text, path, None, log)
-        cached = self._label_cache.get(text)
+        cached = self._text_cache.get(text)
         if cached is None:
-            own: list[dict[str, Any]] = []
-            result = self._text(text, "", None, own)
-            cached = (result, tuple((entry["rule"], entry.get("count", 1)) for entry in own))
-            if len(self._label_cache) >= _KEY_CACHE_LIMIT:
-                self._label_cache.clear()  # bounded: names with ids in them must not grow it without end
-            self._label_cache[text] = cached
+            cached = self._remember(text)
         for rule, count in cached[1]:
             log.append({"path": path, "rule": rule, "count": count})
         return cached[0]
+
+    def _remember(self, text: str) -> tuple[str, tuple[tuple[str, int], ...]]:
+        """The value rules' outcome on `text` (the redacted text, and the (rule, count) of each replacement), kept
+        in the bounded text cache: names and short attribute values repeat (a database system, a query, a route,
+        a host), and a dict lookup costs a tenth of the short gate's scan. Cleared whole when full: values with
+        ids in them must not grow it without end, and each repeated value then costs one scan again."""
+        own: list[dict[str, Any]] = []
+        result = self._text(text, "", None, own)
+        cached = (result, tuple((entry["rule"], entry.get("count", 1)) for entry in own))
+        if len(self._text_cache) >= _TEXT_CACHE_LIMIT:
+            self._text_cache.clear()
+        self._text_cache[text] = cached
+        return cached
 
     def _text(self, text: str, where: str, key: str | None, log: list[dict[str, Any]]) -> str:
         # The recorded path is `where` alone, or `where["key"]`: built only when something is recorded.
@@ -279,6 +291,7 @@ class Redactor:
     def redact_owned(self, attributes: dict[str, object], where: str, log: list[dict[str, Any]]) -> None:
         """Redact, in place, an attribute dict the caller owns (a copy made for this span)."""
         cache = self._key_cache
+        texts = self._text_cache
         scan_all = self._callback is not None
         structural = self._structural
         for key, value in attributes.items():
@@ -287,8 +300,20 @@ class Redactor:
                 if rule is not None and masks_string(rule, value):
                     attributes[key] = f"[REDACTED:{rule}]"
                     log.append({"path": _path(where, key), "rule": rule})
-                elif scan_all or (len(value) >= _MIN_SECRET_LENGTH and key not in structural):
+                elif scan_all:
                     attributes[key] = self._text(value, where, key, log)
+                elif len(value) >= _MIN_SECRET_LENGTH and key not in structural:
+                    if len(value) >= _SHORT:
+                        attributes[key] = self._text(value, where, key, log)
+                        continue
+                    known = texts.get(value)  # a short value: most repeat (hosts, queries, routes, enum values)
+                    if known is None:
+                        known = self._remember(value)
+                    if known[1]:
+                        attributes[key] = known[0]
+                        path = _path(where, key)
+                        for name, count in known[1]:
+                            log.append({"path": path, "rule": name, "count": count})
                 # else: an identifier or too short for any value rule, the common case: kept as it is
             elif type(value) is int or type(value) is float or type(value) is bool or value is None:
                 pass  # numbers and booleans: never secrets (token counts stay)
