@@ -341,6 +341,8 @@ class Redactor:
         if depth >= MAX_DEPTH:
             log.append({"path": path, "rule": "depth_limit"})
             return DEPTH_MASK
+        if type(value) is tuple or type(value) is list:  # OTel arrays: before the (slow) ABC checks
+            return self._items(value, path, log, depth)
         if isinstance(value, Mapping):
             out: dict[str, object] = {}
             for raw_key, item in value.items():
@@ -353,19 +355,37 @@ class Redactor:
                 else:
                     out[key] = self._nested(item, f"{path}.{key}", log, depth + 1)
             return out
-        if isinstance(value, (tuple, list, Sequence)):
-            # OTel arrays are homogeneous: only string arrays can hold a key's lines (vectors of floats are walked
-            # once, as before)
-            strings = self._defaults and len(value) >= 2 and isinstance(value[0], str)
-            key_lines = frozenset(key_line_items(value)) if strings else frozenset()
-            items = [
-                self._key_line(f"{path}[{index}]", log)
-                if index in key_lines
-                else self._nested(item, f"{path}[{index}]", log, depth + 1)
-                for index, item in enumerate(value)
-            ]
-            return tuple(items) if isinstance(value, tuple) else items
+        if isinstance(value, Sequence):
+            return self._items(value, path, log, depth)
         return self._text(str(value), path, None, log)  # what json_safe would send: its str()
+
+    def _items(self, value: Sequence[object], path: str, log: list[dict[str, Any]], depth: int) -> object:
+        """A redacted copy of a sequence: a tuple for a tuple, a list otherwise. Numbers stay as they are and short
+        strings read the text cache (an item's path is built only when something is recorded)."""
+        # OTel arrays are homogeneous: only string arrays can hold a key's lines (vectors of floats are walked
+        # once, as before)
+        strings = self._defaults and len(value) >= 2 and isinstance(value[0], str)
+        key_lines = frozenset(key_line_items(value)) if strings else frozenset()
+        texts = self._text_cache if self.caches_texts else None
+        items: list[object] = []
+        for index, item in enumerate(value):
+            kind = type(item)
+            if index in key_lines:
+                items.append(self._key_line(f"{path}[{index}]", log))
+            elif kind is str and texts is not None and len(text := str(item)) < _SHORT:
+                known = texts.get(text)
+                if known is None:
+                    known = self._remember(text)
+                if known[1]:
+                    item_path = f"{path}[{index}]"
+                    for name, count in known[1]:
+                        log.append({"path": item_path, "rule": name, "count": count})
+                items.append(known[0])
+            elif item is None or kind is int or kind is float or kind is bool:
+                items.append(item)
+            else:
+                items.append(self._nested(item, f"{path}[{index}]", log, depth + 1))
+        return tuple(items) if isinstance(value, tuple) else items
 
     @staticmethod
     def _key_line(path: str, log: list[dict[str, Any]]) -> str:
