@@ -8,7 +8,9 @@ says so in `metadata["otel.parent.is_remote"]`; its `trace_id` and `parent_span_
 Redaction comes first and covers every string of the span that is sent: the span name, attributes, event names and
 attributes, link attributes, status description (exception messages and stacktraces are event attributes), the
 instrumentation scope, and the Resource attributes copied into metadata. Nothing after step 1 reads the raw span
-for content. Called from the exporting thread; no shared state but the bounded caches of redaction and resource.
+for content. Called from the exporting thread (and the gateway's workers); no shared state but bounded caches, plain
+dicts read and filled without a lock (a race only repeats a computation): redaction's, the classifier's, the Resource
+metadata's, and here the origins (scope + Resource -> metadata, by identity). mapping/README.md lists them.
 """
 
 from __future__ import annotations

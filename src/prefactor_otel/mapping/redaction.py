@@ -37,8 +37,9 @@ sent (span metadata and the agent version). Non-string values are not exempt:
 - Fail closed on depth: whatever lies deeper than `MAX_DEPTH` containers is replaced by `[REDACTED:depth_limit]`
   (recorded), never sent unexamined.
 
-Called from the exporting thread only (map_span); the Redactor's one mutable piece, the key-decision cache, is a
-plain dict whose races can only repeat a decision (no lock needed).
+Called from the mapping threads (map_span: the exporting thread, the gateway's workers); the Redactor's mutable
+pieces, the key-decision cache and the text cache (names and short values -> the value rules' outcome; not used with
+a callback), are bounded plain dicts whose races can only repeat a decision (no lock needed).
 """
 
 from __future__ import annotations
