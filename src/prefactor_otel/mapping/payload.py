@@ -251,7 +251,7 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
     # 2. Classification and the typed fields of the span's type.
     classification = conventions.classify(attributes, name)
     convention = classification.convention
-    metadata: dict[str, Any] = {}
+    metadata: dict[str, Any]
     if convention is not None:
         ctx = typed_mod.Context(attributes, span_events, name, events)
         mapping_error = None
@@ -282,17 +282,22 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
 
         # 4. Metadata: every attribute no field consumed, then what the mapping itself has to say.
         consumed = ctx.consumed
+        metadata = {}
         for key, value in attributes.items():
             if key not in consumed:
                 metadata[key] = value if type(value) in _JSON_SCALARS else json_safe(value)
     else:
         # A plain span (most spans of most traces): no typed fields, its attributes stay in metadata as they are.
         # (Usage attributes are GenAI attributes, so a span carrying any has a convention.)
+        # Its metadata is its attribute dict itself (this span's own copy, redacted): only values that are not JSON
+        # as they are get replaced, in place, where a fresh dict would copy every item.
         fields = result = _NOTHING
         inputs, outputs = {}, {}
         token_usage = None
         for key, value in attributes.items():
-            metadata[key] = value if type(value) in _JSON_SCALARS else json_safe(value)
+            if type(value) not in _JSON_SCALARS:
+                attributes[key] = json_safe(value)
+        metadata = attributes
     resource = span.resource
     scope_label, origin, origin_redactions = _origin(span.instrumentation_scope, resource, redactor)
     metadata.update(origin)
