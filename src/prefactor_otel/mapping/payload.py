@@ -235,13 +235,12 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
         redactor.redact_owned(attributes, "attributes", redactions)
     # `span.events` / `span.links` copy the SDK's list under its lock on each read: its own field is only asked
     # whether it is empty (most spans have neither), and an SDK without it gets the public property.
+    # (The SDK's list is asked once: its len() is a Python call.)
     span_events: Sequence[Event] = getattr(span, "_events", None)  # type: ignore[assignment]
-    if span_events is None or span_events:
-        span_events = span.events
+    span_events = span.events if span_events is None or span_events else ()
     events = _redacted_events(span_events, redactor, redactions) if span_events else []
     span_links: Sequence[Link] = getattr(span, "_links", None)  # type: ignore[assignment]
-    if span_links is None or span_links:
-        span_links = span.links
+    span_links = span.links if span_links is None or span_links else ()
     links = _links(span_links, redactor, redactions) if span_links else []
     span_status = span.status
     description = span_status.description
