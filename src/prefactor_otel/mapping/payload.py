@@ -233,9 +233,9 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
     if redactor is not None:
         name = redactor.redact_label(name, "name", redactions)
         redactor.redact_owned(attributes, "attributes", redactions)
-    # `span.events` / `span.links` copy the SDK's list under its lock on each read: its own field is only asked
-    # whether it is empty (most spans have neither), and an SDK without it gets the public property.
-    # (The SDK's list is asked once: its len() is a Python call.)
+    # `span.events` / `span.links` copy the SDK's list under its lock on each read: its own field is only asked,
+    # once (its len() is a Python call), whether it is empty (most spans have neither); an SDK without it gets the
+    # public property.
     span_events: Sequence[Event] = getattr(span, "_events", None)  # type: ignore[assignment]
     span_events = span.events if span_events is None or span_events else ()
     events = _redacted_events(span_events, redactor, redactions) if span_events else []
