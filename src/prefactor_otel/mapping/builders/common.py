@@ -130,9 +130,14 @@ def strip_method(name: str, suffixes: tuple[str, ...]) -> str:
 
 def common_fields(ctx: Context, typed: Typed, operation: str | None) -> None:
     typed.put(typed.fields, "operation", operation)
+    if ctx.attributes.keys().isdisjoint(_COMMON_KEYS):
+        return  # most spans name no session, user or tags: one test for the three chains
     typed.put(typed.fields, "session_id", ctx.value(SESSION))
     typed.put(typed.fields, "user_id", ctx.value(USER))
     typed.put(typed.fields, "tags", tags(ctx))
+
+
+_COMMON_KEYS = frozenset((*SESSION, *USER, *TAGS))
 
 
 def ai_sdk_envelope(ctx: Context) -> None:
