@@ -401,9 +401,10 @@ class Redactor:
         built only where a container is entered or a value is masked. A container deeper than MAX_DEPTH is masked
         whole: it is not examined, so it is not sent."""
         if isinstance(value, dict):
+            cache = self._key_cache
             for key, item in value.items():
                 if isinstance(item, (dict, list)):
-                    rule = self.key_rule(key) if isinstance(key, str) else None
+                    rule = (cache[key] if key in cache else self.key_rule(key)) if isinstance(key, str) else None
                     if rule is not None:
                         value[key] = f"[REDACTED:{rule}]"  # a whole credentials object
                         log.append({"path": f"{path}.{key}", "rule": rule})
@@ -413,7 +414,7 @@ class Redactor:
                     else:
                         self.redact_keys_in(item, f"{path}.{key}", log, depth + 1)
                 elif isinstance(item, str) and isinstance(key, str):
-                    rule = self.key_rule(key)
+                    rule = cache[key] if key in cache else self.key_rule(key)
                     if rule is not None and masks_string(rule, item):
                         value[key] = f"[REDACTED:{rule}]"
                         log.append({"path": f"{path}.{key}", "rule": rule})
