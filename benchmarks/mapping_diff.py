@@ -4,9 +4,9 @@ Usage: python benchmarks/mapping_diff.py [--ref HEAD] [--spans 3000]
 
 Extracts `src/prefactor_otel` as committed at REF into a temporary directory under another package name, then
 maps the same spans with both versions and compares every SpanRecord field (payloads compared as JSON) under
-three option sets: defaults; short length limits with extra redaction keys and patterns; capture off. Spans: the
-benchmark workload, every recorded GenAI fixture (tests/fixtures/semconv/*.json) replayed, and random odd
-attribute shapes across the conventions. Prints counts and the first differences; exits 1 if any record differs.
+four option sets: defaults; short length limits with extra redaction keys and patterns; capture off; a redaction
+callback. Spans: the benchmark workload, every recorded GenAI fixture (tests/fixtures/semconv/*.json) replayed,
+random odd attribute shapes across the conventions, and the small-span list of benchmarks/mapping_cost.py. Prints counts and the first differences; exits 1 if any record differs.
 Nothing leaves the process.
 """
 
@@ -57,6 +57,8 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "limits+redaction": {"max_input_length": 100, "redact_keys": ("order_id",), "redact_patterns": ("refund",)},
     "capture off": {"capture_inputs": False, "capture_outputs": False},
+    # A callback sees every string, uncached: its path must give what it gave (and it must see what it saw).
+    "callback": {"redact_callback": lambda path, value: value.replace("refund", "[r]") if "name" in path else value},
 }
 ODD_KEYS = (
     "gen_ai.operation.name",
@@ -164,6 +166,10 @@ def all_spans(count: int) -> Iterator[tuple[str, ReadableSpan]]:
             yield fixture, span
     for span in odd_spans(count // 3):
         yield "odd shapes", span
+    from mapping_cost import small_spans  # (mapping_cost imports this module)
+
+    for span in small_spans(count // 3):
+        yield "small spans", span
 
 
 def dump(record: Any) -> str:

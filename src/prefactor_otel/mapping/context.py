@@ -22,6 +22,7 @@ class Context:
 
     __slots__ = (
         "_families",
+        "_keys",
         "attributes",
         "consumed",
         "event_conversation",
@@ -39,6 +40,7 @@ class Context:
         event_records: Sequence[tuple[str, Mapping[str, object]]] = (),
     ) -> None:
         self.attributes = attributes
+        self._keys = attributes.keys()  # one view for every chain's disjointness test (a live view: never stale)
         # The span's events as the SDK holds them, read once by the caller (each read of span.events copies them):
         # for their timestamps only. Their content is NOT redacted: builders read `event_records` for content.
         self.events = events
@@ -51,16 +53,16 @@ class Context:
 
     def first(self, keys: Sequence[str]) -> tuple[str, object] | None:
         """First present, non-empty attribute of the chain; later duplicates of its value are consumed too."""
-        attributes = self.attributes
-        if attributes.keys().isdisjoint(keys):
+        if self._keys.isdisjoint(keys):
             return None  # most chains miss on most spans: one C-level check instead of a Python loop
+        attributes = self.attributes
         for index, key in enumerate(keys):
             value = attributes.get(key)
             if value is None or value == "":
                 continue
             self.consumed.add(key)
             rest = keys[index + 1 :]
-            if rest and not attributes.keys().isdisjoint(rest):
+            if rest and not self._keys.isdisjoint(rest):
                 for other in rest:
                     if other in attributes and attributes[other] == value:
                         self.consumed.add(other)
@@ -91,9 +93,9 @@ class Context:
         """First attribute of the chain that is a count. A number that is not one (NaN, infinite, negative,
         fractional) is skipped, left in metadata as it came and named in `invalid_counts`: one bad count must not
         cost the span its other typed fields."""
-        attributes = self.attributes
-        if attributes.keys().isdisjoint(keys):
+        if self._keys.isdisjoint(keys):
             return None
+        attributes = self.attributes
         for key in keys:
             value = attributes.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -184,8 +186,10 @@ class Typed:
         self.result: dict[str, Any] = {}  # result_payload top level
 
     def put(self, target: dict[str, Any], name: str, value: Any) -> None:
-        if value is not None and value != "" and value != [] and value != {}:
+        if value:  # most values: one truth test, no empty list and dict built to compare with
             target[name] = value
+        elif value is not None and value != "" and value != [] and value != {}:
+            target[name] = value  # a falsy value that is still a value: 0, False, an empty tuple
 
 
 def as_count(value: float) -> int | None:

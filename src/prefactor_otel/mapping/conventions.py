@@ -1,4 +1,5 @@
-"""Classify a span into a Prefactor span type. Pure functions.
+"""Classify a span into a Prefactor span type. Pure functions, plus one bounded cache (attribute name -> the
+convention it marks) that any mapping thread may read and fill without a lock (a race only repeats a lookup).
 
 Priority list (the order Langfuse's server uses), first hit wins:
 
@@ -275,13 +276,38 @@ _PREFIX_CONVENTIONS = (
 
 def genai_attribute_convention(attributes: Mapping[str, object]) -> str | None:
     """The convention of the first GenAI-marked attribute, or None for a span without any."""
+    known = _KEY_CONVENTIONS
     for key in attributes:
-        if key.startswith(GENAI_KEY_PREFIXES):
-            for prefix, convention in _PREFIX_CONVENTIONS:
-                if key.startswith(prefix):
-                    return convention
-            return OPENINFERENCE  # llm.*, embedding.*, retrieval.*, reranker.*, openinference.*
+        convention = known.get(key, _UNKNOWN)
+        if convention is _UNKNOWN:
+            convention = _key_convention(key)
+        if convention is not None:
+            return convention
     return None
+
+
+def _key_convention(key: str) -> str | None:
+    """The convention an attribute name marks, or None, remembered: attribute names repeat on every span of an
+    instrumentation, and a dict lookup is a third of the prefix tests (most spans are not GenAI: every name of
+    theirs is tested)."""
+    convention: str | None = None
+    if key.startswith(GENAI_KEY_PREFIXES):
+        convention = OPENINFERENCE  # llm.*, embedding.*, retrieval.*, reranker.*, openinference.*
+        for prefix, marked in _PREFIX_CONVENTIONS:
+            if key.startswith(prefix):
+                convention = marked
+                break
+    if len(_KEY_CONVENTIONS) >= _KEY_CONVENTIONS_LIMIT:
+        _KEY_CONVENTIONS.clear()  # bounded: names with ids in them (flattened families) must not grow it
+    _KEY_CONVENTIONS[key] = convention
+    return convention
+
+
+_UNKNOWN = "?"  # not a convention name: the "not looked up yet" marker of _KEY_CONVENTIONS
+_KEY_CONVENTIONS_LIMIT = 4096
+# Attribute name -> the convention it marks (None: none). Shared by every thread that maps: a plain dict whose races
+# can only repeat a computation (item assignment and clear() are atomic under the GIL).
+_KEY_CONVENTIONS: dict[str, str | None] = {}
 
 
 def _traceloop(attributes: Mapping[str, object], kind: str, operation: str | None) -> Classification:

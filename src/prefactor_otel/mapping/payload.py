@@ -8,7 +8,9 @@ says so in `metadata["otel.parent.is_remote"]`; its `trace_id` and `parent_span_
 Redaction comes first and covers every string of the span that is sent: the span name, attributes, event names and
 attributes, link attributes, status description (exception messages and stacktraces are event attributes), the
 instrumentation scope, and the Resource attributes copied into metadata. Nothing after step 1 reads the raw span
-for content. Called from the exporting thread; no shared state but the bounded caches of redaction and resource.
+for content. Called from the exporting thread (and the gateway's workers); no shared state but bounded caches, plain
+dicts read and filled without a lock (a race only repeats a computation): redaction's, the classifier's, the Resource
+metadata's, and here the origins (scope + Resource -> metadata, by identity). mapping/README.md lists them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanKind, StatusCode
 
 from prefactor_otel.mapping import conventions
@@ -171,18 +175,6 @@ def _redact_section_keys(redactor: Redactor, section: dict[str, Any], name: str,
             redactor.redact_keys_in(value, f"{name}.{key}", log)
 
 
-def _span_sequence(span: ReadableSpan, field: str) -> Sequence[Any]:
-    """`span.events` / `span.links`, without building a copy when there are none (most spans).
-
-    The public properties copy the SDK's BoundedList under its lock on every access; its length is known without
-    that. The SDK's own field is only asked whether it is empty, and an SDK without it gets the public property.
-    """
-    own = getattr(span, f"_{field}", None)
-    if own is not None and not own:
-        return ()
-    return getattr(span, field)  # type: ignore[no-any-return]
-
-
 def _dedupe(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per (path, rule), counts summed: a JSON value with many secrets reads as one line."""
     merged: dict[tuple[str, str], dict[str, Any]] = {}
@@ -241,9 +233,14 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
     if redactor is not None:
         name = redactor.redact_label(name, "name", redactions)
         redactor.redact_owned(attributes, "attributes", redactions)
-    span_events = _span_sequence(span, "events")  # a new tuple on every access: read once
+    # `span.events` / `span.links` copy the SDK's list under its lock on each read: its own field is only asked,
+    # once (its len() is a Python call), whether it is empty (most spans have neither); an SDK without it gets the
+    # public property.
+    span_events: Sequence[Event] = getattr(span, "_events", None)  # type: ignore[assignment]
+    span_events = span.events if span_events is None or span_events else ()
     events = _redacted_events(span_events, redactor, redactions) if span_events else []
-    span_links = _span_sequence(span, "links")
+    span_links: Sequence[Link] = getattr(span, "_links", None)  # type: ignore[assignment]
+    span_links = span.links if span_links is None or span_links else ()
     links = _links(span_links, redactor, redactions) if span_links else []
     span_status = span.status
     description = span_status.description
@@ -252,9 +249,11 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
 
     # 2. Classification and the typed fields of the span's type.
     classification = conventions.classify(attributes, name)
-    ctx = typed_mod.Context(attributes, span_events, name, events)
-    mapping_error = None
-    if classification.convention is not None:
+    convention = classification.convention
+    metadata: dict[str, Any]
+    if convention is not None:
+        ctx = typed_mod.Context(attributes, span_events, name, events)
+        mapping_error = None
         try:
             typed, token_usage = _typed(ctx, classification, span, attributes, redactor, redactions)
         except Exception as exc:
@@ -263,66 +262,61 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
             ctx = typed_mod.Context(attributes, span_events, name, events)
             typed, token_usage = typed_mod.Typed(), None
             mapping_error = type(exc).__name__
+        fields, inputs, outputs, result = typed.fields, typed.inputs, typed.outputs, typed.result
+
+        # 3. Content controls: capture switches, then length limits.
+        omitted = []
+        if not opts.capture_inputs and inputs:
+            inputs, omitted = {}, ["inputs"]
+        if not opts.capture_outputs and outputs:
+            outputs = {}
+            omitted.append("outputs")
+        truncated: list[dict[str, Any]] = []
+        if (opts.max_input_length and inputs) or (opts.max_output_length and outputs):
+            longest = _longest_string(attributes)
+            for _, event_attributes in events:  # builders read messages from events too (agent and tool spans)
+                longest = max(longest, _longest_string(event_attributes))
+            inputs = _limit(inputs, opts.max_input_length, longest, "inputs", truncated)
+            outputs = _limit(outputs, opts.max_output_length, longest, "outputs", truncated)
+
+        # 4. Metadata: every attribute no field consumed, then what the mapping itself has to say.
+        consumed = ctx.consumed
+        metadata = {}
+        for key, value in attributes.items():
+            if key not in consumed:
+                metadata[key] = value if type(value) in _JSON_SCALARS else json_safe(value)
     else:
-        # A plain span: its attributes stay in metadata as they are. (Usage attributes are GenAI attributes, so a
-        # span carrying any has a convention.)
-        typed = typed_mod.Typed()
+        # A plain span (most spans of most traces): no typed fields, its attributes stay in metadata as they are.
+        # (Usage attributes are GenAI attributes, so a span carrying any has a convention.)
+        # Its metadata is its attribute dict itself (this span's own copy, redacted): only values that are not JSON
+        # as they are get replaced, in place, where a fresh dict would copy every item.
+        fields = result = _NOTHING
+        inputs, outputs = {}, {}
         token_usage = None
-
-    # 3. Content controls: capture switches, then length limits.
-    metadata: dict[str, Any] = {}
-    inputs, outputs = typed.inputs, typed.outputs
-    omitted = []
-    if not opts.capture_inputs and inputs:
-        inputs, omitted = {}, ["inputs"]
-    if not opts.capture_outputs and outputs:
-        outputs = {}
-        omitted.append("outputs")
-    truncated: list[dict[str, Any]] = []
-    if (opts.max_input_length and inputs) or (opts.max_output_length and outputs):
-        longest = _longest_string(attributes)
-        for _, event_attributes in events:  # builders read messages from events too (agent and tool spans)
-            longest = max(longest, _longest_string(event_attributes))
-        inputs = _limit(inputs, opts.max_input_length, longest, "inputs", truncated)
-        outputs = _limit(outputs, opts.max_output_length, longest, "outputs", truncated)
-
-    # 4. Metadata: every attribute no field consumed, then what the mapping itself has to say.
-    consumed = ctx.consumed
-    for key, value in attributes.items():
-        if key not in consumed:
-            metadata[key] = value if type(value) in _JSON_SCALARS else json_safe(value)
-    scope = span.instrumentation_scope
-    scope_label = None
-    if scope is not None and scope.name:
-        scope_name, scope_version = scope.name, scope.version
-        if redactor is not None:
-            scope_name = redactor.redact_label(scope_name, "otel.scope.name", redactions)
-            if scope_version:
-                scope_version = redactor.redact_label(scope_version, "otel.scope.version", redactions)
-        metadata["otel.scope.name"] = scope_name
-        if scope_version:
-            metadata["otel.scope.version"] = scope_version
-        scope_label = f"{scope_name}@{scope_version}" if scope_version else scope_name
+        for key, value in attributes.items():
+            if type(value) not in _JSON_SCALARS:
+                attributes[key] = json_safe(value)
+        metadata = attributes
     resource = span.resource
-    resource_attrs = resource.attributes if resource is not None else {}
-    resource_meta, resource_redactions = resource_metadata(resource, redactor)
-    metadata.update(resource_meta)
-    if resource_redactions:
-        redactions.extend(resource_redactions)
-    if classification.convention:
-        metadata["convention"] = classification.convention
+    scope_label, origin, origin_redactions = _origin(span.instrumentation_scope, resource, redactor)
+    metadata.update(origin)
+    if origin_redactions:
+        redactions.extend(origin_redactions)
+    if convention:
+        metadata["convention"] = convention
         if classification.decided_by:
             metadata["prefactor.classified_by"] = classification.decided_by
     if redactions:
         metadata["prefactor.redactions"] = _dedupe(redactions)
-    if truncated:
-        metadata["prefactor.truncated"] = truncated
-    if omitted:
-        metadata["prefactor.content_omitted"] = omitted
-    if mapping_error:
-        metadata["prefactor.mapping_error"] = mapping_error
-    if ctx.invalid_counts:
-        metadata["prefactor.invalid_counts"] = ctx.invalid_counts
+    if convention is not None:
+        if truncated:
+            metadata["prefactor.truncated"] = truncated
+        if omitted:
+            metadata["prefactor.content_omitted"] = omitted
+        if mapping_error:
+            metadata["prefactor.mapping_error"] = mapping_error
+        if ctx.invalid_counts:
+            metadata["prefactor.invalid_counts"] = ctx.invalid_counts
     dropped = (span.dropped_attributes, span.dropped_events, span.dropped_links)
     if any(dropped):
         metadata["otel.dropped"] = {"attributes": dropped[0], "events": dropped[1], "links": dropped[2]}
@@ -341,30 +335,62 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
     span_kind = span.kind
     kind = _KIND_NAMES.get(span_kind) or (span_kind.name.lower() if span_kind is not None else "internal")
 
-    payload: dict[str, Any] = {
-        "span_id": hex_span_id(context.span_id),
-        "trace_id": hex_trace_id(context.trace_id),
-        "parent_span_id": hex_span_id(parent_id) if parent_id is not None else None,
-        "name": name,
-        "kind": kind,
-        "status": status,
-        **typed.fields,
-        "inputs": inputs,
-        "metadata": metadata,
-        "token_usage": token_usage,
-        "error": error,
-        "events": [
+    trace_id, span_id = context.trace_id, context.span_id
+    # The ids as hex (hex_span_id / hex_trace_id, inline): a valid SpanContext's ids fit their width, and
+    # to_bytes().hex() costs half a format spec.
+    span_hex = span_id.to_bytes(8, "big").hex()
+    trace_hex = trace_id.to_bytes(16, "big").hex()
+    parent_hex = parent_id.to_bytes(8, "big").hex() if parent_id is not None else None
+    event_list = (
+        [
             {"name": name, "timestamp": iso_from_ns(event.timestamp), "attributes": attributes_dict(attrs)}
             for (name, attrs), event in zip(events, span_events, strict=True)
-        ],
-        "links": links,
-    }
-    result_payload: dict[str, Any] = (
-        {} if started else {"outputs": outputs, **typed.result, "token_usage": token_usage, "error": error}
+        ]
+        if events
+        else []
     )
+    payload: dict[str, Any]
+    result_payload: dict[str, Any]
+    if fields:
+        payload = {
+            "span_id": span_hex,
+            "trace_id": trace_hex,
+            "parent_span_id": parent_hex,
+            "name": name,
+            "kind": kind,
+            "status": status,
+            **fields,
+            "inputs": inputs,
+            "metadata": metadata,
+            "token_usage": token_usage,
+            "error": error,
+            "events": event_list,
+            "links": links,
+        }
+    else:  # the same without the typed fields (all plain spans): a dict display with no spread is built faster
+        payload = {
+            "span_id": span_hex,
+            "trace_id": trace_hex,
+            "parent_span_id": parent_hex,
+            "name": name,
+            "kind": kind,
+            "status": status,
+            "inputs": inputs,
+            "metadata": metadata,
+            "token_usage": token_usage,
+            "error": error,
+            "events": event_list,
+            "links": links,
+        }
+    if started:
+        result_payload = {}
+    elif result:
+        result_payload = {"outputs": outputs, **result, "token_usage": token_usage, "error": error}
+    else:
+        result_payload = {"outputs": outputs, "token_usage": token_usage, "error": error}
     return SpanRecord(  # positional: a keyword call costs more, once per span
-        context.trace_id,
-        context.span_id,
+        trace_id,
+        span_id,
         parent_id,
         parent_is_remote,
         name,
@@ -375,6 +401,71 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
         payload,
         result_payload,
         scope_label,
-        resource_attrs,
-        classification.convention,
+        resource.attributes if resource is not None else {},
+        convention,
     )
+
+
+# The typed fields and result fields of a plain span: none (only spread into the payloads, never mutated).
+_NOTHING: dict[str, Any] = {}
+
+
+def _origin(
+    scope: InstrumentationScope | None,
+    resource: Resource | None,
+    redactor: Redactor | None,
+) -> tuple[str | None, dict[str, Any], list[dict[str, Any]]]:
+    """`(scope label, metadata, redactions)` of where a span comes from: its instrumentation scope
+    (`otel.scope.name` / `.version`, redacted) then the selected Resource attributes (resource.py).
+
+    Every span of one tracer shares its scope and Resource (both immutable), so the result is computed once per
+    (scope, Resource, Redactor) and shared: callers copy the metadata into their own dict and never edit the
+    redaction entries (`_dedupe` copies them). With a redaction callback the scope is redacted on every span as
+    before (the callback sees every string it always saw); the Resource part is cached either way.
+    """
+    if redactor is not None and not redactor.caches_texts:
+        scope_label, metadata, log = _scope_metadata(scope, redactor)
+        resource_meta, resource_log = resource_metadata(resource, redactor)
+        return scope_label, {**metadata, **resource_meta}, [*log, *resource_log]
+    key = (id(scope), id(resource), id(redactor))
+    cached = _ORIGINS.get(key)
+    if cached is not None and cached[0] is scope and cached[1] is resource and cached[2] is redactor:
+        return cached[3]
+    scope_label, metadata, log = _scope_metadata(scope, redactor)
+    resource_meta, resource_log = resource_metadata(resource, redactor)
+    origin = (scope_label, {**metadata, **resource_meta}, [*log, *resource_log])
+    if len(_ORIGINS) >= _ORIGIN_CACHE_SIZE:
+        _ORIGINS.clear()  # more scopes than any process has: start over rather than grow
+    # Holding the scope, Resource and Redactor keeps their ids from being reused while the entry lives.
+    _ORIGINS[key] = (scope, resource, redactor, origin)
+    return origin
+
+
+def _scope_metadata(
+    scope: InstrumentationScope | None, redactor: Redactor | None
+) -> tuple[str | None, dict[str, Any], list[dict[str, Any]]]:
+    metadata: dict[str, Any] = {}
+    log: list[dict[str, Any]] = []
+    if scope is None or not scope.name:
+        return None, metadata, log
+    scope_name, scope_version = scope.name, scope.version
+    if redactor is not None:
+        scope_name = redactor.redact_label(scope_name, "otel.scope.name", log)
+        if scope_version:
+            scope_version = redactor.redact_label(scope_version, "otel.scope.version", log)
+    metadata["otel.scope.name"] = scope_name
+    if scope_version:
+        metadata["otel.scope.version"] = scope_version
+    return (f"{scope_name}@{scope_version}" if scope_version else scope_name), metadata, log
+
+
+_ORIGIN_CACHE_SIZE = 256
+_ORIGINS: dict[
+    tuple[int, int, int],
+    tuple[
+        InstrumentationScope | None,
+        Resource | None,
+        Redactor | None,
+        tuple[str | None, dict[str, Any], list[dict[str, Any]]],
+    ],
+] = {}

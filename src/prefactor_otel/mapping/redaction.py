@@ -37,8 +37,9 @@ sent (span metadata and the agent version). Non-string values are not exempt:
 - Fail closed on depth: whatever lies deeper than `MAX_DEPTH` containers is replaced by `[REDACTED:depth_limit]`
   (recorded), never sent unexamined.
 
-Called from the exporting thread only (map_span); the Redactor's one mutable piece, the key-decision cache, is a
-plain dict whose races can only repeat a decision (no lock needed).
+Called from the mapping threads (map_span: the exporting thread, the gateway's workers); the Redactor's mutable
+pieces, the key-decision cache and the text cache (names and short values -> the value rules' outcome; not used with
+a callback), are bounded plain dicts whose races can only repeat a decision (no lock needed).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ _SHAPED_KEYS = frozenset({"signature"})
 SHAPED_KEY_RULE = "signature_key"
 _WHITESPACE = re.compile(r"\s")
 _KEY_CACHE_LIMIT = 4096
+_TEXT_CACHE_LIMIT = 4096  # entries of at most _SHORT characters (names: any length), about 1 MB at most
 _MIN_SECRET_LENGTH = 5  # shorter strings cannot hold any default value pattern
 _SHORT = 128  # below this length one combined regex decides whether any default rule can match
 # Convention attributes that hold identifiers and enumerations (operation, model, provider, ids, span kinds), never
@@ -182,8 +184,11 @@ class Redactor:
         self._user_keys = frozenset(user_keys | {_normalize_key(k) for k in user_keys})
         self._callback = callback
         self._key_cache: dict[str, str | None] = {}
-        self._label_cache: dict[str, tuple[str, tuple[tuple[str, int], ...]]] = {}
+        # Outcome of the value rules by text, for names and short values (not with a callback: see _remember).
+        self._text_cache: dict[str, tuple[str, tuple[tuple[str, int], ...]]] = {}
         self.active = bool(self._rules or self._user_keys or callback)
+        # Whether the outcome on a string depends on the string alone (no callback): what callers may cache.
+        self.caches_texts = callback is None
 
     # ------------------------------------------------------------------ keys
 
@@ -216,17 +221,25 @@ class Redactor:
         key decisions are. Not cached with a callback (called on every string, as documented)."""
         if self._callback is not None:
             return self._text(text, path, None, log)
-        cached = self._label_cache.get(text)
+        cached = self._text_cache.get(text)
         if cached is None:
-            own: list[dict[str, Any]] = []
-            result = self._text(text, "", None, own)
-            cached = (result, tuple((entry["rule"], entry.get("count", 1)) for entry in own))
-            if len(self._label_cache) >= _KEY_CACHE_LIMIT:
-                self._label_cache.clear()  # bounded: names with ids in them must not grow it without end
-            self._label_cache[text] = cached
+            cached = self._remember(text)
         for rule, count in cached[1]:
             log.append({"path": path, "rule": rule, "count": count})
         return cached[0]
+
+    def _remember(self, text: str) -> tuple[str, tuple[tuple[str, int], ...]]:
+        """The value rules' outcome on `text` (the redacted text, and the (rule, count) of each replacement), kept
+        in the bounded text cache: names and short attribute values repeat (a database system, a query, a route,
+        a host), and a dict lookup costs a tenth of the short gate's scan. Cleared whole when full: values with
+        ids in them must not grow it without end, and each repeated value then costs one scan again."""
+        own: list[dict[str, Any]] = []
+        result = self._text(text, "", None, own)
+        cached = (result, tuple((entry["rule"], entry.get("count", 1)) for entry in own))
+        if len(self._text_cache) >= _TEXT_CACHE_LIMIT:
+            self._text_cache.clear()
+        self._text_cache[text] = cached
+        return cached
 
     def _text(self, text: str, where: str, key: str | None, log: list[dict[str, Any]]) -> str:
         # The recorded path is `where` alone, or `where["key"]`: built only when something is recorded.
@@ -279,6 +292,7 @@ class Redactor:
     def redact_owned(self, attributes: dict[str, object], where: str, log: list[dict[str, Any]]) -> None:
         """Redact, in place, an attribute dict the caller owns (a copy made for this span)."""
         cache = self._key_cache
+        texts = self._text_cache
         scan_all = self._callback is not None
         structural = self._structural
         for key, value in attributes.items():
@@ -287,8 +301,20 @@ class Redactor:
                 if rule is not None and masks_string(rule, value):
                     attributes[key] = f"[REDACTED:{rule}]"
                     log.append({"path": _path(where, key), "rule": rule})
-                elif scan_all or (len(value) >= _MIN_SECRET_LENGTH and key not in structural):
+                elif scan_all:
                     attributes[key] = self._text(value, where, key, log)
+                elif len(value) >= _MIN_SECRET_LENGTH and key not in structural:
+                    if len(value) >= _SHORT:
+                        attributes[key] = self._text(value, where, key, log)
+                        continue
+                    known = texts.get(value)  # a short value: most repeat (hosts, queries, routes, enum values)
+                    if known is None:
+                        known = self._remember(value)
+                    if known[1]:
+                        attributes[key] = known[0]
+                        path = _path(where, key)
+                        for name, count in known[1]:
+                            log.append({"path": path, "rule": name, "count": count})
                 # else: an identifier or too short for any value rule, the common case: kept as it is
             elif type(value) is int or type(value) is float or type(value) is bool or value is None:
                 pass  # numbers and booleans: never secrets (token counts stay)
@@ -316,6 +342,8 @@ class Redactor:
         if depth >= MAX_DEPTH:
             log.append({"path": path, "rule": "depth_limit"})
             return DEPTH_MASK
+        if type(value) is tuple or type(value) is list:  # OTel arrays: before the (slow) ABC checks
+            return self._items(value, path, log, depth)
         if isinstance(value, Mapping):
             out: dict[str, object] = {}
             for raw_key, item in value.items():
@@ -328,19 +356,37 @@ class Redactor:
                 else:
                     out[key] = self._nested(item, f"{path}.{key}", log, depth + 1)
             return out
-        if isinstance(value, (tuple, list, Sequence)):
-            # OTel arrays are homogeneous: only string arrays can hold a key's lines (vectors of floats are walked
-            # once, as before)
-            strings = self._defaults and len(value) >= 2 and isinstance(value[0], str)
-            key_lines = frozenset(key_line_items(value)) if strings else frozenset()
-            items = [
-                self._key_line(f"{path}[{index}]", log)
-                if index in key_lines
-                else self._nested(item, f"{path}[{index}]", log, depth + 1)
-                for index, item in enumerate(value)
-            ]
-            return tuple(items) if isinstance(value, tuple) else items
+        if isinstance(value, Sequence):
+            return self._items(value, path, log, depth)
         return self._text(str(value), path, None, log)  # what json_safe would send: its str()
+
+    def _items(self, value: Sequence[object], path: str, log: list[dict[str, Any]], depth: int) -> object:
+        """A redacted copy of a sequence: a tuple for a tuple, a list otherwise. Numbers stay as they are and short
+        strings read the text cache (an item's path is built only when something is recorded)."""
+        # OTel arrays are homogeneous: only string arrays can hold a key's lines (vectors of floats are walked
+        # once, as before)
+        strings = self._defaults and len(value) >= 2 and isinstance(value[0], str)
+        key_lines = frozenset(key_line_items(value)) if strings else frozenset()
+        texts = self._text_cache if self.caches_texts else None
+        items: list[object] = []
+        for index, item in enumerate(value):
+            kind = type(item)
+            if index in key_lines:
+                items.append(self._key_line(f"{path}[{index}]", log))
+            elif kind is str and texts is not None and len(text := str(item)) < _SHORT:
+                known = texts.get(text)
+                if known is None:
+                    known = self._remember(text)
+                if known[1]:
+                    item_path = f"{path}[{index}]"
+                    for name, count in known[1]:
+                        log.append({"path": item_path, "rule": name, "count": count})
+                items.append(known[0])
+            elif item is None or kind is int or kind is float or kind is bool:
+                items.append(item)
+            else:
+                items.append(self._nested(item, f"{path}[{index}]", log, depth + 1))
+        return tuple(items) if isinstance(value, tuple) else items
 
     @staticmethod
     def _key_line(path: str, log: list[dict[str, Any]]) -> str:
@@ -355,9 +401,10 @@ class Redactor:
         built only where a container is entered or a value is masked. A container deeper than MAX_DEPTH is masked
         whole: it is not examined, so it is not sent."""
         if isinstance(value, dict):
+            cache = self._key_cache
             for key, item in value.items():
                 if isinstance(item, (dict, list)):
-                    rule = self.key_rule(key) if isinstance(key, str) else None
+                    rule = (cache[key] if key in cache else self.key_rule(key)) if isinstance(key, str) else None
                     if rule is not None:
                         value[key] = f"[REDACTED:{rule}]"  # a whole credentials object
                         log.append({"path": f"{path}.{key}", "rule": rule})
@@ -367,7 +414,7 @@ class Redactor:
                     else:
                         self.redact_keys_in(item, f"{path}.{key}", log, depth + 1)
                 elif isinstance(item, str) and isinstance(key, str):
-                    rule = self.key_rule(key)
+                    rule = cache[key] if key in cache else self.key_rule(key)
                     if rule is not None and masks_string(rule, item):
                         value[key] = f"[REDACTED:{rule}]"
                         log.append({"path": f"{path}.{key}", "rule": rule})

@@ -227,10 +227,16 @@ class _PrivateKeyRule:
         found: list[tuple[int, int]] = []
         if "-" in text:
             _marked_blocks(text, found)
-        if _WIDTH_PROBE.search(text) is not None or ("\\" in text and _ESCAPED_WIDTH_PROBE.search(text) is not None):
+        # Each probe behind a one-character test (a memchr, ~50 times cheaper than a scan of the text): a line
+        # break, a backslash, an `M`, the `X` of _OPENSSH and the `J` of _BASE64_PEM; GenAI text lacks most of them.
+        if ("\n" in text and _WIDTH_PROBE.search(text) is not None) or (
+            "\\" in text and _ESCAPED_WIDTH_PROBE.search(text) is not None
+        ):
             _pem_layouts(text, found)
-        header = _HEADER_PROBE.search(text) is not None
-        literals = [literal for literal in (_OPENSSH, _BASE64_PEM) if literal in text]
+        header = "M" in text and _HEADER_PROBE.search(text) is not None
+        literals = [
+            literal for literal, mark in ((_OPENSSH, "X"), (_BASE64_PEM, "J")) if mark in text and literal in text
+        ]
         if header or literals:
             _key_headers(text, found, header, literals)
         if not found:

@@ -69,11 +69,8 @@ def token_usage(ctx: Context, schema_name: str) -> dict[str, Any] | None:
         usage_out["total_tokens"] = total
     elif prompt is not None and completion is not None:
         usage_out["total_tokens"] = prompt + completion
-    for name, keys in (
-        ("cache_read_tokens", CACHE_READ_TOKENS),
-        ("cache_write_tokens", CACHE_WRITE_TOKENS),
-        ("reasoning_tokens", REASONING_TOKENS),
-    ):
+    details = () if ctx.attributes.keys().isdisjoint(_DETAIL_KEYS) else _DETAILS  # most spans carry none
+    for name, keys in details:
         value = ctx.number(keys)
         if value is not None:
             usage_out[name] = value
@@ -98,6 +95,12 @@ def _wraps_the_model_call(ctx: Context) -> bool:
 
 
 _AI_EMBED_CALLS = frozenset(("ai.embed", "ai.embedMany"))
+_DETAILS = (
+    ("cache_read_tokens", CACHE_READ_TOKENS),
+    ("cache_write_tokens", CACHE_WRITE_TOKENS),
+    ("reasoning_tokens", REASONING_TOKENS),
+)
+_DETAIL_KEYS = frozenset((*CACHE_READ_TOKENS, *CACHE_WRITE_TOKENS, *REASONING_TOKENS))
 
 
 _MODEL_CALLS = frozenset((c.LLM, c.EMBEDDING))

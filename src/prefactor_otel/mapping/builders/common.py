@@ -91,12 +91,14 @@ def request_params(ctx: Context, typed: Typed) -> dict[str, Any] | None:
         return None  # agent spans mostly carry none: one C-level check instead of the loop
     params: dict[str, Any] = {}
     for key, name in REQUEST_PARAMS:
-        if key in attributes and name not in params:
+        if key not in attributes:
+            continue  # most: one lookup per name
+        if name not in params:
             ctx.consumed.add(key)
             value = json_safe(attributes[key])
             if value is not None and value != []:
                 params[name] = value
-        elif key in attributes and key.startswith(_AI_SETTINGS) and params.get(name) == json_safe(attributes[key]):
+        elif key.startswith(_AI_SETTINGS) and params.get(name) == json_safe(attributes[key]):
             ctx.consumed.add(key)  # the AI SDK's copy of a gen_ai.request.* parameter
     hit = ctx.first_json(INVOCATION_PARAMS)
     if hit is not None and isinstance(hit[1], dict):
@@ -128,9 +130,14 @@ def strip_method(name: str, suffixes: tuple[str, ...]) -> str:
 
 def common_fields(ctx: Context, typed: Typed, operation: str | None) -> None:
     typed.put(typed.fields, "operation", operation)
+    if ctx.attributes.keys().isdisjoint(_COMMON_KEYS):
+        return  # most spans name no session, user or tags: one test for the three chains
     typed.put(typed.fields, "session_id", ctx.value(SESSION))
     typed.put(typed.fields, "user_id", ctx.value(USER))
     typed.put(typed.fields, "tags", tags(ctx))
+
+
+_COMMON_KEYS = frozenset((*SESSION, *USER, *TAGS))
 
 
 def ai_sdk_envelope(ctx: Context) -> None:
