@@ -10,6 +10,7 @@ its Retry-After stays inside the finish grace.
   routes, two accounts), and is open on a loopback gateway without tokens; `/healthz` and `/readyz` stay open.
 - Retry-After through the real HTTP front end: a full queue (the server swallows the first bulk request, so the
   worker is stuck in delivery) would ask for 4 s or more; with a 6 s grace the gateway sends 2 s, and counts the cap.
+  The gRPC front end's RetryInfo says the same 2 s.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 
 from prefactor_otel.devserver import DevServer
 from prefactor_otel.devserver.faults import Fault
+from prefactor_otel.gateway.grpc_service import build_server
 from prefactor_otel.gateway.http_app import OtlpHttpApp
 from prefactor_otel.gateway.service import Gateway
 from tests.gateway_run import INGRESS_TOKEN, GatewayProcess, bearer
@@ -33,6 +36,7 @@ from tests.test_gateway_core import settings_for, start, traced
 from tests.test_gateway_core_routes import second, two_routes
 from tests.test_gateway_http import PROTOBUF, request_bytes, sdk_trace
 from tests.test_gateway_http_app import AppServer
+from tests.test_gateway_process import EXPORT, retry_info_of
 
 LATE = "instance_already_finished"
 __all__ = ["second"]  # the second account's server: a fixture of test_gateway_core_routes, used here
@@ -157,7 +161,7 @@ def test_retry_after_stays_inside_the_finish_grace(srv: DevServer, tmp_path: Pat
     srv.add_fault(Fault(black_hole=True, times=1))
     started: list[Gateway] = []
     gateway = start(
-        started, settings_for(srv, tmp_path, queue_max_spans=400, export_timeout=10, finish_grace_seconds=6)
+        started, settings_for(srv, tmp_path, queue_max_spans=400, export_timeout=30, finish_grace_seconds=6)
     )
     try:
         assert gateway.max_retry_after_s == 2  # a third of the grace
@@ -180,5 +184,19 @@ def test_retry_after_stays_inside_the_finish_grace(srv: DevServer, tmp_path: Pat
             assert view["retry_after_max_s"] == 2 and view["retry_after_capped"] >= 1
             assert view["overloaded_429"] == 1
         app.close()
+
+        grpc_server, port = build_server(gateway, host="127.0.0.1", port=0, max_request_bytes=1 << 20)
+        grpc_server.start()
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                export = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
+                with pytest.raises(grpc.RpcError) as pushed_back:
+                    export(
+                        request_bytes(traced(runs=10)), metadata=(("authorization", "Bearer ingress-1"),), timeout=30
+                    )
+            assert pushed_back.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert retry_info_of(pushed_back.value).retry_delay.seconds == 2
+        finally:
+            grpc_server.stop(grace=None)
     finally:
         gateway.shutdown(5)
