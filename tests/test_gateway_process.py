@@ -259,7 +259,9 @@ def slow_gateway(srv: DevServer, tmp_path: Path) -> Iterator[GatewayProcess]:
     next 2 bulk requests: the gateway's worker is stuck in delivery, so its queue fills. The clients pushed back
     then are few (4), so they all get in well within an OTel exporter's 6 attempts."""
     srv.add_fault(Fault(delay_s=2.0, times=2))
-    env = {"PREFACTOR_GATEWAY_MAX_QUEUED_SPANS": "8"}
+    # The gateway's own grace (15 s), not the tests' 0: the Retry-After cap is a third of it (5 s). At grace 0 the
+    # cap is 1 s, and the OTel exporters' 6 attempts would span about 5 s of push-back, less than this stall.
+    env = {"PREFACTOR_GATEWAY_MAX_QUEUED_SPANS": "8", "PREFACTOR_FINISH_GRACE_SECONDS": "15"}
     with GatewayProcess(srv, tmp_path / "gw", env=env) as gateway:
         gateway.wait_ready()
         yield gateway

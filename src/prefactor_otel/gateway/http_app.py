@@ -13,6 +13,11 @@ Routes and answers, as OTLP/HTTP specifies them:
   to arrive (a client trickling bytes must not hold a slot for ever). Error bodies are a `google.rpc.Status` in
   the request's content type (JSON for a content type that is neither).
 - `GET /healthz`: 200 while the process serves. `GET /readyz`: 200, or 503 with `Gateway.not_ready_reason()`.
+  Both open: they name nothing.
+- `GET /stats`: 200, JSON (`Gateway.stats_view`): the gateway's counters and, per (route, agent) pipeline, spans
+  accepted, delivered, spooled and dropped by reason, runs open, spans queued. It names routes and agents, so it
+  needs an ingress token whenever the gateway has any (401 as for `/v1/traces`) and shows that token's route only;
+  a gateway without tokens (loopback only) shows every route.
 - Anything else: 404 unknown path, 405 (with `Allow`) wrong method.
 
 The ingress token is checked first (`Gateway.authenticate`: constant time, refusals counted), so a client
@@ -37,6 +42,7 @@ import math
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
+from json import dumps as json_dumps
 from typing import Any
 
 from prefactor_otel._logging import RateLimitedLog, logger
@@ -56,6 +62,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 TRACES_PATH = "/v1/traces"
+STATS_PATH = "/stats"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 DEFAULT_WORKERS = 8
@@ -200,6 +207,8 @@ class OtlpHttpApp:
             await self._traces(scope, receive, send, method)
         elif path in ("/healthz", "/readyz"):
             await self._health(scope, send, method, ready=path == "/readyz")
+        elif path == STATS_PATH:
+            await self._stats(scope, send, method)
         else:
             await self._text(scope, send, 404, "not found\n", "not_found")
 
@@ -217,6 +226,27 @@ class OtlpHttpApp:
         else:
             body = f"not ready: {reason}\n".encode()
             await _answer(send, 503, body, b"text/plain; charset=utf-8", head=method == "HEAD")
+
+    async def _stats(self, scope: Scope, send: Send, method: str) -> None:
+        if method not in ("GET", "HEAD"):
+            await self._text(scope, send, 405, "method not allowed\n", "method", [(b"allow", b"GET, HEAD")])
+            return
+        authorization = _header(scope, b"authorization")
+        try:
+            self._gateway.authenticate(authorization)  # on the loop, before anything is gathered
+        except Unauthenticated:
+            refusal = _unauthenticated()
+            await self._text(scope, send, 401, "no or unknown ingress token\n", refusal.kind, refusal.headers)
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            view = await loop.run_in_executor(self._pool, self._gateway.stats_view, authorization)
+        except Unauthenticated:
+            refusal = _unauthenticated()
+            await self._text(scope, send, 401, "no or unknown ingress token\n", refusal.kind, refusal.headers)
+            return
+        body = (json_dumps(view, sort_keys=True, default=str) + "\n").encode()
+        await _answer(send, 200, body, JSON.encode(), head=method == "HEAD")
 
     async def _traces(self, scope: Scope, receive: Receive, send: Send, method: str) -> None:
         kind = media_type(_header(scope, b"content-type"))
@@ -319,7 +349,7 @@ class OtlpHttpApp:
     def _note(self, scope: Scope, status: int, kind: str, message: str) -> None:
         """One log line per kind of refusal, rate-limited; the method and path are ours to show, never a header."""
         client = scope.get("client") or ("?", 0)
-        path = scope["path"] if scope["path"] in (TRACES_PATH, "/healthz", "/readyz") else "(other path)"
+        path = scope["path"] if scope["path"] in (TRACES_PATH, STATS_PATH, "/healthz", "/readyz") else "(other path)"
         self._log.log(
             logging.WARNING,
             f"http {status} {kind}",

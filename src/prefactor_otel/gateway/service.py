@@ -8,7 +8,9 @@ The path of a request (`accept`, on the front end's request thread):
 3. decode (otlp.py) to count the spans and refuse the invalid ones (partial success);
 4. admit: spans accepted and not yet planned are bounded (`queue_max_spans`: beyond it `Overloaded` 429); a full
    ingress log, a spool near its cap (`SPOOL_HIGH_WATER`), a failed log, start-up (replay) and stopping ->
-   `Overloaded(unavailable=True)` 503. Retry-After grows with the backlog (`_retry_after`);
+   `Overloaded(unavailable=True)` 503. Retry-After grows with the backlog (`_retry_after`), capped at
+   `max_retry_after_s`, a third of the finish grace (at least 1 s, at most 60 s): a client that honours it comes
+   back while the run its spans belong to is still open (docs/gateway.md, "Retry-After and the finish grace");
 5. write: one ingress-log record per (route, agent) -- its key and the serialized protobuf of those spans -- and
    queue it for the worker, in log order (the order lock);
 6. sync: return once the records are fsynced (group commit: concurrent requests share fsyncs).
@@ -24,16 +26,22 @@ Decoding a replayed record needs otlp.py's `parse_protobuf`; live records were d
 
 `shutdown(timeout_s)`: stop accepting, then the worker takes what was acknowledged, drains every pipeline as the
 exporter's shutdown does (deliver, or spool what cannot be delivered within the budget; every run is finished),
-retires what is done, closes; whatever is still in the ingress log is replayed at the next start.
+retires what is done, says what was dropped and not yet said, closes; whatever is still in the ingress log is
+replayed at the next start.
+
+Drops are said (drops.py): about once a second the worker reads each pipeline's drop counters and logs, per
+(route, agent, reason), the spans dropped since its last line, at most one line per minute each. `stats()` and
+`stats_view(authorization)` (the front end's `GET /stats`, scoped to the token's route) show every count.
 
 The replica id (`replica_id`, a file in the directory, created once) names this gateway's runs apart from another
 replica's: each pipeline's run part (targets.py).
 
-Threads and locks: `accept`, `not_ready_reason`, `stats`, `startup_line` from any thread (the front ends' request
-threads and their health checks); `start`, `stop_accepting`, `shutdown` from the owner's thread. `_order_lock`
-makes log order and queue order one (held for a write and an append, never across an fsync); `_cond` (its own lock)
-guards the queue, the queued span count and the worker's wake-ups; `_counters_lock` the gateway's counters. Each
-pipeline's `state_lock` is taken inside the pipeline and targets.py; the ingress log and the ledger have their own.
+Threads and locks: `accept`, `not_ready_reason`, `stats`, `stats_view`, `startup_line` from any thread (the front
+ends' request threads and their health checks); `start`, `stop_accepting`, `shutdown` from the owner's thread.
+`_order_lock` makes log order and queue order one (held for a write and an append, never across an fsync); `_cond`
+(its own lock) guards the queue, the queued span count and the worker's wake-ups; `_counters_lock` the gateway's
+counters (a leaf: taken under `_order_lock` too, never around anything). Each pipeline's `state_lock` is taken
+inside the pipeline and targets.py; the ingress log and the ledger have their own. `_drops` is the worker's alone.
 Lock order: `_order_lock` -> `_cond`, `_order_lock` -> the log's and the ledger's locks; never the other way.
 """
 
@@ -62,6 +70,7 @@ from prefactor_otel.durability.ingress_log import (
     IngressLogLocked,
     LogRecord,
 )
+from prefactor_otel.gateway.drops import DropReport
 from prefactor_otel.gateway.ledger import SegmentLedger
 from prefactor_otel.gateway.otlp import OtlpDecodeError, decode_spans, parse_protobuf
 from prefactor_otel.gateway.routes import AGENT_ATTRIBUTE, Route
@@ -75,6 +84,7 @@ SPOOL_HIGH_WATER = 0.8  # a spool fuller than this refuses new requests: the spo
 SPOOLED_SPAN_BYTES_MIN = 1024
 SPILL_FILE_BYTES = 64 * 1024  # a spool file's fixed part, generously: measured ~12 KiB (the span type schemas)
 MAX_RETRY_AFTER_S = 60.0
+RETRY_AFTER_GRACE_SHARE = 1 / 3  # of the finish grace: a client refused twice still comes back within it
 _REPLICA_FILE = "replica-id"
 _REPLAY_DRAIN_EVERY = 500  # records replayed between drains: the pipelines stay under their own bounds
 
@@ -134,6 +144,8 @@ class Gateway:
         self._rate = 0.0  # spans per second the worker takes in (moving average), for Retry-After
         self._bytes_per_span = 0.0  # OTLP bytes per accepted span (moving average), for the spool's high water
         self.replica_id = ""
+        self.max_retry_after_s = max_retry_after(settings)
+        self._drops = DropReport()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -298,7 +310,7 @@ class Gateway:
                 except IngressLogBroken as exc:
                     self._fail(f"the ingress log failed: {exc}")
                     self._count(overloaded_503=1)
-                    raise Overloaded("the ingress log failed", MAX_RETRY_AFTER_S, unavailable=True) from None
+                    raise Overloaded("the ingress log failed", self.max_retry_after_s, unavailable=True) from None
                 self._enqueue(entries)
             try:
                 assert last is not None
@@ -306,10 +318,11 @@ class Gateway:
             except IngressLogBroken as exc:
                 self._fail(f"the ingress log failed: {exc}")
                 self._count(overloaded_503=1)
-                raise Overloaded("the ingress log failed", MAX_RETRY_AFTER_S, unavailable=True) from None
+                raise Overloaded("the ingress log failed", self.max_retry_after_s, unavailable=True) from None
             with self._cond:
                 self._cond.notify_all()
             self._count(spans_accepted=total, bytes_accepted=size)
+            self._count(**{f"spans_accepted:{target.key}": len(spans) for target, _, spans in bodies})
             per_span = size / total
             self._bytes_per_span = 0.9 * self._bytes_per_span + 0.1 * per_span if self._bytes_per_span else per_span
         if rejected:
@@ -359,9 +372,14 @@ class Gateway:
         return int(target.spool_fill() * target.config.spool_max_bytes / per_span)
 
     def _retry_after(self, backlog_spans: int) -> float:
-        """Seconds until the backlog is likely taken in, at the worker's recent rate: at least 1, at most 60."""
+        """Seconds until the backlog is likely taken in, at the worker's recent rate: at least 1, at most
+        `max_retry_after_s` (a third of the finish grace; counted `retry_after_capped` when that cap binds)."""
         rate = self._rate if self._rate > 0 else 100.0
-        return float(min(MAX_RETRY_AFTER_S, max(1.0, math.ceil(backlog_spans / rate))))
+        seconds = float(max(1.0, math.ceil(backlog_spans / rate)))
+        if seconds > self.max_retry_after_s:
+            self._count(retry_after_capped=1)
+            return self.max_retry_after_s
+        return seconds
 
     def _fail(self, reason: str) -> None:
         if self._failure is None:
@@ -388,6 +406,9 @@ class Gateway:
                     self._finish_everything()
                     return
                 self._background()
+                now = time.monotonic()
+                if self._drops.due(now):
+                    self._drops.check(self._targets.values(), now)
         except Exception:
             logger.exception("Prefactor gateway: the worker failed unexpectedly")
             self._fail("the worker failed")
@@ -535,6 +556,7 @@ class Gateway:
             except Exception:
                 logger.exception("Prefactor gateway: draining %s at shutdown failed", target.key)
         self._retire()
+        self._drops.flush(targets)
 
     def _close(self) -> None:
         for target in self._targets.values():
@@ -578,8 +600,26 @@ class Gateway:
             "log_records_torn": log_counters.get("records_torn", 0),
             "log_fsyncs": log_counters.get("fsyncs", 0),
             "open_traces": self._ledger.open_count,
-            "pipelines": {key: target.stats() for key, target in self._targets.items()},
+            "retry_after_max_s": self.max_retry_after_s,
+            "retry_after_capped": counters.get("retry_after_capped", 0),
+            "drop_log_lines": self._drops.lines,
+            "pipelines": {
+                key: {**target.stats(), "spans_accepted": counters.get(f"spans_accepted:{key}", 0)}
+                for key, target in self._targets.items()
+            },
         }
+
+    def stats_view(self, authorization: str | None) -> dict[str, Any]:
+        """`stats()` as `GET /stats` shows it to the holder of `authorization`: the gateway's own counters (they name
+        no route or agent) and the pipelines of the token's route only; every pipeline when the gateway has no
+        ingress token at all (loopback only). `Unauthenticated` (counted) without a valid token. Any thread."""
+        route = self.authenticate(authorization)
+        view = self.stats()
+        if not self.settings.open:
+            view["pipelines"] = {
+                key: entry for key, entry in view["pipelines"].items() if self._targets[key].route == route.name
+            }
+        return view
 
     def startup_line(self) -> str:
         routes = "; ".join(route.describe() for route in self._routes.routes)
@@ -615,6 +655,14 @@ def _chosen_agent(resource_spans: ResourceSpans) -> str | None:
             value = attribute.value
             return value.string_value if value.WhichOneof("value") == "string_value" else str(value)
     return None
+
+
+def max_retry_after(settings: GatewaySettings) -> float:
+    """The longest Retry-After the gateway sends: a third of the shortest finish grace of its routes, in whole
+    seconds, at least 1 (the least a Retry-After can say) and at most `MAX_RETRY_AFTER_S`."""
+    graces = [route.config.finish_grace_seconds for route in settings.routes.routes]
+    grace = min(graces) if graces else settings.config.finish_grace_seconds
+    return float(min(MAX_RETRY_AFTER_S, max(1, math.floor(grace * RETRY_AFTER_GRACE_SHARE))))
 
 
 def _replica_id(directory: Path) -> str:

@@ -190,6 +190,13 @@ class AgentPipeline:
 
     # ------------------------------------------------------------------ visibility
 
+    def dropped_by_reason(self) -> dict[str, int]:
+        """Spans dropped so far, by reason, as `stats()["dropped_by_reason"]` counts them: this pipeline's, its
+        planner's, its backlog's and spool's (dict copies; no lock but the pipeline's own in `collect`). Read by the
+        worker's drop report (drops.py) once a second."""
+        counts = gather(self.counters, self.dropped, self.pipeline, (), self.backlog)
+        return dict(counts.dropped)
+
     def stats(self) -> dict[str, Any]:
         backlog = self.backlog
         counts = gather(self.counters, self.dropped, self.pipeline, (self.transport, self.delivery), backlog)
