@@ -67,7 +67,7 @@ def _captured(spans: Sequence[ReadableSpan], batch_size: int) -> tuple[list[byte
 
         def keep_items(planned_items: Any, source: Any) -> Any:
             encoded, sendable = encode(planned_items, source)
-            for data, item in zip(encoded, sendable):
+            for data, item in zip(encoded, sendable, strict=True):
                 planned[data] = item.body
             return encoded, sendable
 
@@ -255,7 +255,7 @@ def table(result: dict[str, Any]) -> str:
         f"OTLP protobuf {otlp:.0f} B/span (gzip {result['otlp_gzip_bytes']:.0f}), "
         f"its encoding {result['otlp_encode_us']:.2f} µs/span",
         "",
-        "| codec | bytes/span | × OTLP protobuf | compress µs/span | encode+compress µs/span "
+        "| codec | bytes/span | x OTLP protobuf | compress µs/span | encode+compress µs/span "
         "| schema once: bytes/span | schema once: compress µs/span |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]

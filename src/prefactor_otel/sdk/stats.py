@@ -71,7 +71,12 @@ def collect_stats(
         "retries": c["retries"],
         "contract_errors": c["contract_errors"],  # answers that did not fit the API contract
         "empty_bulk_answers": c["empty_bulk_answers"],
-        "bytes_sent": c["bytes_sent"],
+        "bytes_sent": c["bytes_sent"],  # request bodies as sent (compressed: docs/wire.md)
+        "bytes_uncompressed": c["bytes_uncompressed"],  # the same bodies before compression
+        # request encodings a server refused (415, or a 400 the plain body did not get): learned once each
+        "compression_refused": {
+            k.removeprefix("compression_refused:"): v for k, v in c.items() if k.startswith("compression_refused:")
+        },
         "auth_failed": bool(transport and transport.auth_failed),
         "spans_spooled": c["spans_spooled"],
         "spans_replayed": c["spans_replayed"],
