@@ -74,6 +74,10 @@ def collect_stats(
         "bytes_sent": c["bytes_sent"],  # request bodies as sent (compressed: docs/wire.md)
         "bytes_uncompressed": c["bytes_uncompressed"],  # the same bodies before compression
         # request encodings a server refused (415, or a 400 the plain body did not get): learned once each
+        # registers sent without the schema set (the server had it from an earlier one), and whether a server
+        # refused that (then every register carries it again)
+        "schema_sets_omitted": c["schema_sets_omitted"],
+        "schema_omission_refused": c["schema_omission_refused"],
         "compression_refused": {
             k.removeprefix("compression_refused:"): v for k, v in c.items() if k.startswith("compression_refused:")
         },

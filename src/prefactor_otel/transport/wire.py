@@ -99,6 +99,11 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 _ENCODED_SCHEMAS: dict[int, tuple[object, bytes]] = {}
 
 
+def encoded_schema(value: dict[str, Any]) -> bytes:
+    """The JSON of a schema set, encoded once per dict (the same bytes object each time: its hash is cached)."""
+    return _encoded_once(value)
+
+
 def _encoded_once(value: dict[str, Any]) -> bytes:
     cached = _ENCODED_SCHEMAS.get(id(value))
     if cached is not None and cached[0] is value:
