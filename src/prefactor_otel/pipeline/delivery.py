@@ -207,7 +207,7 @@ class Delivery:
             verdict = self._send_round(source, sendable, encoded, max_items, deadline)
             if verdict is False:
                 return False
-            if isinstance(verdict, int):
+            if type(verdict) is int:  # not True: a bool is an int, and True would make every later request 1 item
                 max_items = verdict
             # Plan again: after a partial failure to re-order what is left, after success for finishes that
             # just became due. The next plan is empty once everything is delivered.
