@@ -57,6 +57,7 @@ def _captured(
             agent_id=server.agent_id,
             finish_grace_seconds=0,
             compression="none",
+            schema_once=register_without_schema,
             spool=False,
             control_poll_interval=0,
         )
@@ -125,9 +126,9 @@ def measure(
 
     Codecs: "identity", "gzip-1", "gzip-3", "gzip-6", "zstd-1", "zstd-3" (zstd only with a codec installed).
     `cpu_us[codec]` is compressing only; the send path's total is `encode_us + cpu_us[codec]`. The bodies are those
-    sent to the local server, strict by default (it refuses a register without the schema set, as Prefactor's API
-    does: the exporter tries once, then sends every set), or with `register_without_schema` one that takes them
-    (the exporter leaves the set out of registers after the first delivered). `schema_once_*` is the ideal: every
+    sent to the local server by an exporter with its defaults (every register carries the schema set), or with
+    `register_without_schema` by one with PREFACTOR_SCHEMA_ONCE on to a server that takes that (the exporter leaves
+    the set out of registers after the first delivered). `schema_once_*` is the ideal: every
     register after its agent's first without the set.
     """
     spans = list(spans)

@@ -244,3 +244,24 @@ def test_the_tls_context_is_built_once_per_process_and_not_for_plain_http():
     assert tls.tls_context(secure, None) is first  # shared, not rebuilt
     assert tls.tls_context(plain, "https://proxy.invalid:8443") is first  # a TLS proxy verifies with it
     assert tls.tls_context(secure.replace(tls_verify=False), None) is False
+
+
+# ------------------------------------------------------------------ the encoder
+
+
+def test_span_creates_encode_to_the_same_values_by_either_path():
+    from prefactor_otel.mapping.values import RawJson
+    from prefactor_otel.transport import wire
+
+    payload = RawJson(b'{"name":"chat","inputs":{"text":"caf\\u00e9 \xe2\x9c\x93"},"n":1.5}')
+    item = {
+        "_type": "agent_spans/create",
+        "idempotency_key": "k1",
+        "details": {"id": "s1", "status": "complete", "payload": payload, "result_payload": RawJson(b"{}")},
+    }
+    fast = wire.encode_item(item)
+    by_hand = wire._span_create_text(item, item["details"])
+    assert by_hand is not None and json.loads(fast) == json.loads(by_hand)
+    assert json.loads(fast)["details"]["payload"]["inputs"]["text"] == "café ✓"
+    lone = {**item, "details": {**item["details"], "status": "bad \ud800 surrogate"}}
+    assert json.loads(wire.encode_item(lone))["details"]["status"] == "bad ? surrogate"  # replaced, not fatal

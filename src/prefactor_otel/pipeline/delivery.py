@@ -180,7 +180,7 @@ class Delivery:
         self.counters: Counter[str] = Counter()
         # Registers after an agent's first leave its schema set out, learned (schema_once.py); the keys of the
         # items of the current plan that went without it.
-        self.schema_once = SchemaOnce(self.counters)
+        self.schema_once = SchemaOnce(self.counters, enabled=config.schema_once)
         self._without_schema: set[str] = set()
         # Called (on the sending thread, before the source hears of the outcomes) once per item whose answer
         # carried `control: {"terminate": true}`, with the item and the reason: the exporter records the run's

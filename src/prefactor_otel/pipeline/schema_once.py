@@ -1,5 +1,8 @@
 """The schema set once per agent: later registers leave it out, learned, and never at the risk of a rejected run.
 
+Off unless `PREFACTOR_SCHEMA_ONCE` is on: Prefactor's API requires the set on every register today, so trying
+would cost every process one refused register and a resend of the rest of that request (docs/wire.md).
+
 Every register item the planner builds carries the agent's schema set (`agent_schema_version`, ~10 KB of JSON, the
 same for every run of the process); the spool and the journal keep it so. On the way out (Delivery's encoding),
 `SchemaOnce` leaves it out of a register when a register *with* that same set, for the same agent, was delivered
@@ -30,8 +33,8 @@ SCHEMA_FIELD = "agent_schema_version"
 class SchemaOnce:
     """Which register items may go without their schema set (see the module docstring)."""
 
-    def __init__(self, counters: Counter[str]) -> None:
-        self.enabled = True
+    def __init__(self, counters: Counter[str], *, enabled: bool) -> None:
+        self.enabled = enabled  # PREFACTOR_SCHEMA_ONCE; turned off for good by a refusal
         self.counters = counters  # the delivery's
         # (agent id or None, the set's JSON) of registers delivered with their set by this process.
         self._known: set[tuple[object, bytes]] = set()

@@ -3,7 +3,8 @@
 Loading the CA bundle (`SSLContext.load_verify_locations`, ~20-100 ms) is what building an httpx transport cost
 most; httpx does it for every transport it builds, even for an `http://` URL that never speaks TLS. So:
 - an `http://` API URL reached directly or through an `http://` proxy gets a bare client context that trusts no
-  CA: nothing uses it, and if anything ever did, verification would fail closed;
+  CA: nothing uses it, and if anything ever did, verification would fail closed. A `PREFACTOR_CA_BUNDLE` is still
+  loaded (once): a bundle that cannot be read is a configuration error whatever the URL;
 - otherwise the verifying context is built once per process for each (CA bundle, SSL_CERT_FILE, SSL_CERT_DIR)
   and shared by every exporter, forked child and rebuilt client (an `SSLContext` may be shared by any number of
   connections and threads; a fork keeps it usable);
@@ -32,7 +33,7 @@ def tls_context(config: PrefactorConfig, proxy_url: str | None) -> bool | ssl.SS
     if not config.tls_verify:
         return False
     plain = httpx.URL(config.api_base).scheme == "http"
-    if plain and (proxy_url is None or proxy_url.strip().lower().startswith("http://")):
+    if plain and not config.ca_bundle and (proxy_url is None or proxy_url.strip().lower().startswith("http://")):
         return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, trusts nothing: never used (module docstring)
     key = (config.ca_bundle, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
     with _LOCK:
