@@ -4,8 +4,9 @@ Pure functions; the only module state is a small cache of encoded schema sets (`
 written by the one sender thread at a time (the exporter's send lock), so it takes no lock of its own.
 
 Span creates (most items) are written by `orjson` when it is installed (with `orjson.Fragment` for the payloads
-already encoded: 3.5 -> 1.8 µs per span on the benchmark workload, docs/wire.md), else by hand; both write the
-same JSON values (key order aside), and a value orjson refuses (a lone surrogate) takes the other paths.
+already encoded: encoding all items 4.4 -> 3.4 µs per span on the benchmark workload, docs/wire.md), else by
+hand; both write the same JSON values (key order aside), and a value orjson refuses (a lone surrogate) takes the
+other paths.
 """
 
 from __future__ import annotations
