@@ -135,19 +135,20 @@ def test_a_server_refusing_both_gets_plain_json_with_one_warning(caplog):
         ]
 
 
-def test_a_400_to_a_compressed_body_is_asked_again_uncompressed_and_then_learned(caplog):
+@pytest.mark.parametrize("status", [400, 422])
+def test_a_400_to_a_compressed_body_is_asked_again_uncompressed_and_then_learned(caplog, status):
     """A server (or a proxy) that does not read Content-Encoding parses the compressed bytes as JSON: 400. The same
     request sent uncompressed is taken, so the encoding is what it refused: one step down the ladder."""
     caplog.set_level(logging.INFO, logger="prefactor_otel")
     spans, later = traces(), traces()
     with DevServer() as srv:
-        srv.add_fault(Fault(status=400, times=1))  # the first bulk request only, whatever its encoding
+        srv.add_fault(Fault(status=status, times=1))  # the first bulk request only, whatever its encoding
         exporter = exporter_for(srv)
         assert exporter.export(spans) is SpanExportResult.SUCCESS
         export_and_finish(exporter, later)
         assert_each_span_once(srv, spans + later)
         requests = bulk_requests(srv)
-        assert [(r.status, r.encoding) for r in requests[:2]] == [(400, "zstd"), (200, "identity")]
+        assert [(r.status, r.encoding) for r in requests[:2]] == [(status, "zstd"), (200, "identity")]
         assert {r.encoding for r in requests[2:]} <= {"gzip", "identity"} and requests[2:]
         stats = exporter.stats()
         assert stats["compression_refused"] == {"zstd": 1} and stats["retries"] == 0

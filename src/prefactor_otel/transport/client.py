@@ -307,7 +307,8 @@ class BulkTransport:
         shortened = False  # a backoff was cut short to fit a last attempt in the budget
         last_failure = "no answer"
         encoding, wire_body = self.compression.compress(body)
-        probing: str | None = None  # a 400 came to `probing`'s body: this one goes uncompressed to find out why
+        # (encoding, status): a 400 or 422 came to a body in that encoding; this one goes uncompressed to find out why
+        probing: tuple[str, int] | None = None
         while True:
             if self._answers.auth_failed:
                 return BulkResult(error="auth")
@@ -341,18 +342,22 @@ class BulkTransport:
             else:
                 status = response.status_code
                 self.counters[f"outcome:http_{status}"] += 1
-                if encoding != IDENTITY and status in (400, 415):
-                    # The encoding may be what the server refuses: 415 says so; a 400 is asked again uncompressed
-                    # (at once, no backoff; at most once per encoding on the ladder, so this ends).
+                if encoding != IDENTITY and status in (400, 415, 422):
+                    # The encoding may be what the server refuses: 415 says so; a 400 or 422 (a server parsing the
+                    # compressed bytes as JSON) is asked again uncompressed. At once, no backoff; at most once per
+                    # step of the ladder, so this ends.
                     if status == 415:
                         self.compression.refuse(encoding, "HTTP 415")
+                        encoding, wire_body = self.compression.compress(body)
                     else:
-                        probing = encoding
-                    encoding, wire_body = (IDENTITY, body) if probing else self.compression.compress(body)
+                        probing = (encoding, status)
+                        encoding, wire_body = IDENTITY, body
                     continue
                 if probing is not None:
-                    if status != 400:
-                        self.compression.refuse(probing, "HTTP 400 to it, not to the same request uncompressed")
+                    if status != probing[1]:
+                        self.compression.refuse(
+                            probing[0], f"HTTP {probing[1]} to it, not to the same request uncompressed"
+                        )
                     probing = None
                 result = self._answers.status_result(status, answer)
                 if result is None and 200 <= status < 300:
