@@ -41,6 +41,7 @@ from prefactor_otel.config.values import (
     parse_api_url,
     parse_bool,
     parse_callback_spec,
+    parse_compression,
     parse_live_spans,
     parse_name_list,
     parse_pfid,
@@ -150,6 +151,18 @@ OPTIONS: dict[str, _Option] = {
     ),
     "max_items_per_request": _Option("PREFACTOR_BULK_MAX_ITEMS", positive_number(int), "bulk items per HTTP request"),
     "max_request_bytes": _Option("PREFACTOR_BULK_MAX_BYTES", positive_number(int), "bytes of JSON per bulk request"),
+    "compression": _Option(
+        "PREFACTOR_COMPRESSION",
+        parse_compression,
+        "request body encoding: zstd, gzip or none (unset: zstd where a zstd codec is installed, else gzip); a "
+        "server that refuses one gets the next, learned once per process",
+    ),
+    "schema_once": _Option(
+        "PREFACTOR_SCHEMA_ONCE",
+        parse_bool,
+        "leave the schema set out of a run's register once this process registered one with it, for a server that "
+        "takes that (Prefactor's API does not yet); a refusal is learned and the set sent again",
+    ),
     "max_waiting_spans": _Option(
         "PREFACTOR_MAX_WAITING_SPANS",
         positive_number(int),
@@ -264,6 +277,8 @@ class PrefactorConfig:
     export_timeout: float = 10.0
     max_items_per_request: int = 500
     max_request_bytes: int = 4 * 1024 * 1024
+    compression: str | None = None
+    schema_once: bool = False
     max_waiting_spans: int = 10_000
     max_queued_spans: int = 20_000
     max_wait_seconds: float = 30.0

@@ -179,6 +179,15 @@ def parse_purpose(name: str, raw: str) -> str:
     return value
 
 
+def parse_compression(name: str, raw: str) -> str:
+    """Request body compression: zstd, gzip or none (docs/wire.md); unset means zstd where a codec is
+    installed, else gzip."""
+    value = raw.strip().lower()
+    if value not in ("zstd", "gzip", "none"):
+        raise ConfigError(f"{name}: expected zstd, gzip or none, got {raw!r}")
+    return value
+
+
 def parse_regex_list(name: str, raw: str) -> tuple[str, ...]:
     """A JSON array of regular expressions, or one regular expression; each must compile."""
     value = raw.strip()

@@ -31,7 +31,14 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from prefactor_otel.devserver import guard, webpage
 from prefactor_otel.devserver.faults import Fault, FaultSet
 from prefactor_otel.devserver.hostile import HostileWriter
-from prefactor_otel.devserver.request_body import CONNECTION_ERRORS, BadRequest, BodyReader, BodyTooLarge
+from prefactor_otel.devserver.request_body import (
+    CONNECTION_ERRORS,
+    BadRequest,
+    BodyReader,
+    BodyTooLarge,
+    UnsupportedEncoding,
+    decodable_encodings,
+)
 from prefactor_otel.devserver.request_log import RequestLog, Traffic, describe
 from prefactor_otel.devserver.routes import API, route
 from prefactor_otel.devserver.store import ApiError, JsonDict, Store, error_body
@@ -61,6 +68,7 @@ class Site:
     store: Store
     faults: FaultSet
     traffic: Traffic
+    refused_encodings: frozenset[str] = frozenset()  # Content-Encodings answered 415 (request_body.py)
 
 
 class DevHTTPServer(ThreadingHTTPServer):
@@ -238,6 +246,7 @@ class _Handler(BaseHTTPRequestHandler):
         query = dict(parse_qsl(split.query, keep_blank_values=True))
 
         parsed: Any = {}
+        decoded_size: int | None = None  # the body's size once decoded, when it was compressed
 
         def record(
             status: int, size: int, items: int | None = None, answer: JsonDict | None = None, injected: bool = False
@@ -246,7 +255,8 @@ class _Handler(BaseHTTPRequestHandler):
             detail = None
             if site.traffic.describes:  # only a listener pays for the description
                 detail = "injected fault" if injected else describe(status, parsed, answer, path == f"{API}/bulk")
-            site.traffic.log(RequestLog(method, path, status, size, items, detail))
+            encoding = body_reader.encoding
+            site.traffic.log(RequestLog(method, path, status, size, items, detail, encoding, decoded_size))
 
         self._hostile = None
         body_reader = BodyReader(self.rfile, self.headers)
@@ -294,12 +304,22 @@ class _Handler(BaseHTTPRequestHandler):
 
         parse_error: str | None = None
         try:
-            text = body_reader.decode(raw, site.max_body_bytes)
+            text = body_reader.decode(raw, site.max_body_bytes, site.refused_encodings)
+            if text is not raw:
+                decoded_size = len(text)
             if text.strip():
                 parsed = json.loads(text, parse_constant=_reject_constant)
         except BodyTooLarge:
-            record(413, size, answer=error_body("bad_request", "decompressed body too large"))
-            self._send(413, error_body("bad_request", "decompressed body too large"), close=True)
+            message = f"decompressed body exceeds {site.max_body_bytes} bytes; split it into smaller requests"
+            record(413, size, answer=error_body("bad_request", message))
+            self._send(413, error_body("bad_request", message), close=True)
+            return
+        except UnsupportedEncoding as exc:
+            # Before faults and the store: the body was never read as JSON, so nothing was processed.
+            record(415, size, answer=error_body("unsupported_media_type", str(exc)))
+            accepted = ", ".join(name for name in decodable_encodings() if name not in site.refused_encodings)
+            headers = (("Accept-Encoding", accepted or "identity"),)  # RFC 7694: what this server does take
+            self._send(415, error_body("unsupported_media_type", str(exc)), headers=headers)
             return
         except BadRequest as exc:
             parse_error = str(exc)

@@ -3,7 +3,12 @@
 `Registration` is a part of the `Store` (store.py): it holds the account's records (`Account`, state.py), whose
 runs, versions and external identifiers it changes, and the findings (findings.py) its checks report to.
 Threads: `register` runs inside `Store.execute`, on a request thread or the test thread, with the account's RLock
-(`Account.lock`) held; it guards the instances, versions and external identifiers this changes.
+(`Account.lock`) held; it guards the instances, versions and external identifiers this changes, and `_latest`.
+
+`agent_schema_version` is required (422 without it), as prefactor-http's `RegisterAgentInstanceRequest` requires
+it: docs/local-server.md. With `accept_known_schema` (DevServer(register_without_schema=True)), a register without
+it is accepted once the agent has a schema version, and the run gets the agent's latest one (what the newer
+TypeScript client's types allow): the exporter's schema-once saving can then be tested (docs/wire.md).
 """
 
 from __future__ import annotations
@@ -33,8 +38,17 @@ class Registration:
     def __init__(self, account: Account, findings: Findings) -> None:
         self._account = account
         self._findings = findings
+        self.accept_known_schema = False  # set once, before the server serves (DevServer)
+        self._latest: _SchemaVersion | None = None  # the schema version the last register used
+
+    def _known_schema(self) -> _SchemaVersion | None:
+        """The agent's latest schema version (a restored store's last one until a register names one)."""
+        if self._latest is not None:
+            return self._latest
+        return next(reversed(self._account.schema_versions.values()), None)
 
     def register(self, params: JsonDict) -> JsonDict:
+        known = self._known_schema() if self.accept_known_schema else None
         _check_fields(
             params,
             (
@@ -47,7 +61,7 @@ class Registration:
                 "update_current_version",
                 "purpose",
             ),
-            required=("agent_version", "agent_schema_version"),
+            required=("agent_version",) if known is not None else ("agent_version", "agent_schema_version"),
         )
         agent_id = params.get("agent_id")
         if agent_id is not None and self._account.check_id("agent_id", agent_id) != self._account.agent_id:
@@ -67,7 +81,11 @@ class Registration:
             raise _invalid("update_current_version", "must be a boolean")
         external_identifier = _opt_str(params, "external_identifier")
         version = self._validate_agent_version(params.get("agent_version"))
-        schema = self._validate_schema_version(params.get("agent_schema_version"))
+        schema = (
+            None
+            if params.get("agent_schema_version") is None
+            else self._validate_schema_version(params.get("agent_schema_version"))
+        )
 
         if instance_id is not None and instance_id in self._account.instances:
             raise ApiError(409, "invalid_value", "id already exists", {"id": ["already exists"]})
@@ -81,7 +99,12 @@ class Registration:
 
         now = now_us()
         version_id = self._intern_agent_version(version, now)
-        schema_version = self._intern_schema_version(schema, now)
+        if schema is not None:
+            schema_version = self._intern_schema_version(schema, now)
+        else:
+            assert known is not None  # checked above
+            schema_version = known
+        self._latest = schema_version
         instance = _Instance(
             id=instance_id or self._account.new_id(now),
             agent_version_id=version_id,

@@ -29,7 +29,9 @@ _KEY_SHOWN = 40  # characters of an idempotency key printed: enough to tell item
 
 class RequestLog(NamedTuple):
     """One request the server answered. `status` 0 means the connection was dropped without a response.
-    `detail` is filled in only for a server with an `on_request` listener (see `describe`)."""
+    `detail` is filled in only for a server with an `on_request` listener (see `describe`). `request_bytes` is the
+    body as it came (compressed or not), `encoding` its Content-Encoding, `decoded_bytes` its size once decoded
+    (None when it was not compressed, or could not be decoded)."""
 
     method: str
     path: str
@@ -37,6 +39,8 @@ class RequestLog(NamedTuple):
     request_bytes: int
     item_count: int | None
     detail: str | None = None
+    encoding: str = "identity"
+    decoded_bytes: int | None = None
 
 
 class Traffic:

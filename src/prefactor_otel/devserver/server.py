@@ -50,6 +50,8 @@ class DevServer:
         on_request: Callable[[RequestLog], None] | None = None,
         keep_requests: int | None = None,
         allowed_hosts: Iterable[str] = (),
+        refuse_encodings: Iterable[str] = (),
+        register_without_schema: bool = False,
     ) -> None:
         """`store`: serve this store (e.g. one persist.load restored) instead of a new account; its ids win over
         `agent_id`/`environment_id`/`partition`, which must then be None. `on_request`: called with each request's
@@ -57,7 +59,10 @@ class DevServer:
         is computed, so a test or benchmark server pays nothing. `keep_requests`: keep only the last N entries in
         `requests` (a long-running server must not grow without bound); None keeps all. `allowed_hosts`: host names
         answered besides loopback ones and `host` (e.g. `host.docker.internal`); every other `Host` is refused, as
-        is any request from another origin (guard.py: DNS rebinding and cross-site requests)."""
+        is any request from another origin (guard.py: DNS rebinding and cross-site requests). `refuse_encodings`:
+        request Content-Encodings answered 415 (e.g. {"zstd"}), to test a client's fallback (docs/wire.md).
+        `register_without_schema`: accept a register without `agent_schema_version` once the agent has a schema
+        version (the run gets the latest); off by default, as prefactor-http requires it (docs/local-server.md)."""
         if store is not None and (agent_id, environment_id, partition, bulk_actions) != (None, None, None, None):
             raise ValueError("a DevServer given a store takes its ids from it: no agent_id/environment_id/partition")
         if not isinstance(token, str) or not token.strip() or token != token.strip():
@@ -87,6 +92,7 @@ class DevServer:
                 agent_deployment_id=ids.encode(now_ms, self.partition, secrets.randbits(80)),
             )
         self.store = store
+        store.registration.accept_known_schema = register_without_schema
         self.partition = store.partition
         self.account_id = store.account_id
         self.agent_id = store.agent_id
@@ -95,6 +101,7 @@ class DevServer:
         self.host = host
         self.allowed_hosts = frozenset(webpage.normalize_allowed_host(name) for name in allowed_hosts)
         self.max_body_bytes = max_body_bytes
+        self.refuse_encodings = frozenset(name.strip().lower() for name in refuse_encodings)
         self._token = token
         self._port = port
         self.faults = FaultSet()
@@ -116,6 +123,7 @@ class DevServer:
             store=self.store,
             faults=self.faults,
             traffic=self._traffic,
+            refused_encodings=self.refuse_encodings,
         )
         httpd = DevHTTPServer((self.host, self._port), site)
         self._httpd = httpd

@@ -118,7 +118,7 @@ class Store:
         self._findings = Findings(self.account)
         self._reads = Reads(self.account, self._findings)
         self._agents = AgentReads(self.account)
-        registration = Registration(self.account, self._findings)
+        registration = self.registration = Registration(self.account, self._findings)
         runs = RunActions(self.account, self._findings)
         spans = SpanActions(self.account, self._findings)
         self._actions: dict[str, Callable[[JsonDict], JsonDict]] = {

@@ -26,9 +26,10 @@ from typing import Any, Protocol
 from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.config.options import PrefactorConfig
 from prefactor_otel.control.terminations import TERMINATIONS
-from prefactor_otel.model.http import BULK_CREATE_SPAN
+from prefactor_otel.model.http import BULK_CREATE_SPAN, BULK_REGISTER
 from prefactor_otel.pipeline.items import PlannedItem, orphan_item
 from prefactor_otel.pipeline.planner import Planner
+from prefactor_otel.pipeline.schema_once import SchemaOnce
 from prefactor_otel.transport.client import BulkTransport
 from prefactor_otel.transport.outcomes import NOT_PROCESSED, BulkResult, ItemOutcome, Verdict, judge
 from prefactor_otel.transport.wire import chunk_encoded, encode_item, instance_id_of
@@ -177,6 +178,10 @@ class Delivery:
         self.rest_only: set[str] = set()  # actions the bulk endpoint does not take: sent as their REST calls
         self._rest_only_changed = False
         self.counters: Counter[str] = Counter()
+        # Registers after an agent's first leave its schema set out, learned (schema_once.py); the keys of the
+        # items of the current plan that went without it.
+        self.schema_once = SchemaOnce(self.counters, enabled=config.schema_once)
+        self._without_schema: set[str] = set()
         # Called (on the sending thread, before the source hears of the outcomes) once per item whose answer
         # carried `control: {"terminate": true}`, with the item and the reason: the exporter records the run's
         # termination there. Set by the exporter; one that raises is logged and counted, never propagated.
@@ -185,6 +190,7 @@ class Delivery:
     def reset_after_fork(self) -> None:
         self._log = RateLimitedLog()  # its lock may have been held by another thread at the fork
         self.counters = Counter()
+        self.schema_once.counters = self.counters
 
     def drain(self, source: ItemSource, deadline: float) -> bool:
         """Send until the source has nothing ready (True) or delivery must stop for now (False)."""
@@ -202,7 +208,7 @@ class Delivery:
             verdict = self._send_round(source, sendable, encoded, max_items, deadline)
             if verdict is False:
                 return False
-            if isinstance(verdict, int):
+            if type(verdict) is int:  # not True: a bool is an int, and True would make every later request 1 item
                 max_items = verdict
             # Plan again: after a partial failure to re-order what is left, after success for finishes that
             # just became due. The next plan is empty once everything is delivered.
@@ -213,9 +219,15 @@ class Delivery:
         sendable: list[PlannedItem] = []
         limit = self._config.max_request_bytes
         replaced = False
+        self._without_schema.clear()
         for item in items:
             try:
-                data = encode_item(item.body)
+                if item.action == BULK_REGISTER:
+                    data, omitted = self.schema_once.encode(item.body)
+                    if omitted:
+                        self._without_schema.add(item.key)
+                else:
+                    data = encode_item(item.body)
             except (TypeError, ValueError) as exc:
                 self._log.log(logging.WARNING, "encode", "Prefactor: item could not be encoded (%s)", exc)
                 source.apply({item.key: ItemOutcome("error", "unencodable")})
@@ -241,6 +253,7 @@ class Delivery:
         """Send one plan in order. True: go on; False: stop for now; int: plan again with this chunk size."""
         transport = self.transport
         for segment in self._segments(items, encoded, max_items):
+            replan = False
             if isinstance(segment, int):  # an action the bulk endpoint refused: its REST call
                 item = items[segment]
                 result = transport.send_rest(item.body, deadline)
@@ -254,6 +267,7 @@ class Delivery:
                 sizes = [len(encoded[i]) for i in segment]
                 result = transport.send_bulk([encoded[i] for i in segment], [item.key for item in chunk], deadline)
                 self._learn_rest_only(chunk, result.outcomes)
+                replan = self._learn_schema_once(chunk, result)
             terminating = [(item, o) for item in chunk if (o := result.outcomes.get(item.key)) and o.terminate]
             source.apply(result.outcomes)
             if transport.outage.resuming:
@@ -262,6 +276,8 @@ class Delivery:
                 self._report_terminations(terminating)
                 if result.error is None:
                     return True  # plan again: what is left of the plan for the terminated run is gone from it
+            if replan:
+                return True  # plan again: the registers refused without their schema set go with it
             if result.error in ("too_large", "rejected"):
                 if len(chunk) == 1:
                     if result.error == "too_large":
@@ -314,6 +330,30 @@ class Delivery:
                     segments.append(index)
                 start = index + 1
         return segments
+
+    def _learn_schema_once(self, chunk: list[PlannedItem], result: BulkResult) -> bool:
+        """Registers delivered with their schema set teach `schema_once`; one refused without it is made not
+        processed (sent again with the set). True when that happened, or the whole request was refused with one in
+        it: the caller plans again (the registers go with their set), rather than splitting the request or taking
+        a request with nothing processed for an unusable server."""
+        refused_whole = result.error == "rejected"
+        replan = False
+        for item in chunk:
+            if item.action != BULK_REGISTER:
+                continue
+            outcome = result.outcomes.get(item.key)
+            if item.key in self._without_schema:
+                judged = self.schema_once.judge(outcome, refused_whole)
+                if judged is not None and judged is not outcome:
+                    result.outcomes[item.key] = judged
+                    replan = True
+            elif outcome is not None and judge(item.action, outcome, can_orphan=False) is Verdict.DONE:
+                self.schema_once.delivered(item.body)
+        if refused_whole and not self.schema_once.enabled and self._without_schema.intersection(i.key for i in chunk):
+            replan = True
+        if replan:
+            self._without_schema.clear()
+        return replan
 
     def _learn_rest_only(self, items: list[PlannedItem], outcomes: dict[str, ItemOutcome]) -> None:
         """An action type the bulk endpoint does not know is sent as its REST call from then on.

@@ -70,6 +70,8 @@ class PrefactorSpanProcessor(SpanProcessor):
         export_timeout: float | None = None,
         max_items_per_request: int | None = None,
         max_request_bytes: int | None = None,
+        compression: str | None = None,
+        schema_once: bool | None = None,
         max_waiting_spans: int | None = None,
         max_queued_spans: int | None = None,
         max_wait_seconds: float | None = None,

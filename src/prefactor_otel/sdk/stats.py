@@ -71,7 +71,16 @@ def collect_stats(
         "retries": c["retries"],
         "contract_errors": c["contract_errors"],  # answers that did not fit the API contract
         "empty_bulk_answers": c["empty_bulk_answers"],
-        "bytes_sent": c["bytes_sent"],
+        "bytes_sent": c["bytes_sent"],  # request bodies as sent (compressed: docs/wire.md)
+        "bytes_uncompressed": c["bytes_uncompressed"],  # the same bodies before compression
+        # request encodings a server refused (415, or a 400 the plain body did not get): learned once each
+        # registers sent without the schema set (the server had it from an earlier one), and whether a server
+        # refused that (then every register carries it again)
+        "schema_sets_omitted": c["schema_sets_omitted"],
+        "schema_omission_refused": c["schema_omission_refused"],
+        "compression_refused": {
+            k.removeprefix("compression_refused:"): v for k, v in c.items() if k.startswith("compression_refused:")
+        },
         "auth_failed": bool(transport and transport.auth_failed),
         "spans_spooled": c["spans_spooled"],
         "spans_replayed": c["spans_replayed"],

@@ -2,9 +2,13 @@
 
 `send_bulk` sends one bulk request (already chunked by the caller with `chunk_encoded`) and retries it on
 connection errors, timeouts, 408, 429 and 5xx with exponential backoff and full jitter, honouring
-`Retry-After`, never past the caller's deadline. It returns every item's outcome; what an answer means (status,
-outcomes, error bodies, a failure's cause) is read by answers.py: the transport holds an `AnswerReader` (the auth
-latch, a rate-limited log) and hands it each answer.
+`Retry-After`, never past the caller's deadline. Each POST body is compressed once per request by the
+transport's `BodyCompression` (compression.py: zstd, gzip or none, and the encodings a server was found to refuse:
+a 415, or a 400 the same request sent again uncompressed does not get, moves every later request down the ladder;
+the refused request itself is sent again at once, so it is neither lost nor sent twice under another key). The TLS
+context comes from tls.py (once per process; none for plain http). It returns every item's outcome; what an
+answer means (status, outcomes, error bodies, a failure's cause) is read by answers.py: the transport holds an
+`AnswerReader` (the auth latch, a rate-limited log) and hands it each answer.
 
 The deadline is wall-clock for the whole request, answer included (see `netdeadline`), and `cap_deadline`
 lowers every deadline at once, a request in flight included. Answers are streamed and read up to
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import random
-import ssl
 import threading
 import time
 from collections import Counter
@@ -52,9 +55,11 @@ from prefactor_otel.transport.answers import (
     proxy_problem,
     usable_proxy,
 )
+from prefactor_otel.transport.compression import IDENTITY, BodyCompression
 from prefactor_otel.transport.netdeadline import SLICE_S, DeadlineBackend, install_deadline_backend
 from prefactor_otel.transport.outage import OutageReport
 from prefactor_otel.transport.outcomes import BulkResult
+from prefactor_otel.transport.tls import tls_context
 
 # The wire form lives in its own module; re-exported here, where the exporter and older code import it from.
 from prefactor_otel.transport.wire import bulk_body as bulk_body
@@ -117,18 +122,21 @@ class BulkTransport:
         self._log = RateLimitedLog()
         self.counters: Counter[str] = Counter()
         self._answers = AnswerReader(self.counters)
+        self.compression = BodyCompression(config.compression, self.counters)
+        # One header set per Content-Encoding sent: the dicts are built once, not per request.
+        self._encoded_headers = {
+            encoding: {**self._headers, "Content-Encoding": encoding} for encoding in ("gzip", "zstd")
+        }
 
     def _new_client(self) -> httpx.Client:
         self.proxy_error = None
         self._proxy_note = ""
-        verify: bool | ssl.SSLContext = self._config.tls_verify
-        if self._config.tls_verify and self._config.ca_bundle:
-            verify = ssl.create_default_context(cafile=self._config.ca_bundle)
+        setting = environment_proxy_setting(self._config.api_base)
+        verify = tls_context(self._config, None if setting is None else setting[1])
         # Our own transport (so the deadline-aware network layer goes under it): httpx then ignores the proxy
         # variables, so the one that applies to the API URL is passed explicitly. One it cannot use leaves the
         # client without a proxy, never used: `proxy_error` stops every request.
         proxy = None
-        setting = environment_proxy_setting(self._config.api_base)
         if setting is not None:
             variable, value = setting
             try:
@@ -167,6 +175,7 @@ class BulkTransport:
         self.outage = OutageReport(self._host)
         self.counters = Counter()
         self._answers.reset_after_fork(self.counters)
+        self.compression.reset_after_fork(self.counters)
 
     @property
     def auth_failed(self) -> bool:
@@ -251,8 +260,11 @@ class BulkTransport:
             return ReadAnswer(None, b"", f"unreadable answer from {self._host} ({type(exc).__name__}: {exc})")
         return ReadAnswer(response.status_code, answer)
 
-    def _request(self, path: str, body: bytes, deadline: float, method: str = "POST") -> tuple[httpx.Response, bytes]:
-        """Send and read the whole answer by `deadline` (wall clock), at most MAX_RESPONSE_BYTES of it.
+    def _request(
+        self, path: str, body: bytes, deadline: float, method: str = "POST", encoding: str = IDENTITY
+    ) -> tuple[httpx.Response, bytes]:
+        """Send and read the whole answer by `deadline` (wall clock), at most MAX_RESPONSE_BYTES of it. `body` is
+        already in `encoding` (its Content-Encoding).
 
         Raises httpx.TransportError (a timeout once the deadline passes), ResponseTooLarge or UnreadableResponse;
         leaving early closes the response, which discards its connection.
@@ -268,7 +280,7 @@ class BulkTransport:
                 method,
                 self._config.api_base + path,
                 content=body if method == "POST" else None,
-                headers=self._headers,
+                headers=self._headers if encoding == IDENTITY else self._encoded_headers[encoding],
                 timeout=httpx.Timeout(remaining),
             ) as response,
         ):
@@ -297,6 +309,9 @@ class BulkTransport:
         attempt = 0
         shortened = False  # a backoff was cut short to fit a last attempt in the budget
         last_failure = "no answer"
+        encoding, wire_body = self.compression.compress(body)
+        # (encoding, status): a 400 or 422 came to a body in that encoding; this one goes uncompressed to find out why
+        probing: tuple[str, int] | None = None
         while True:
             if self._answers.auth_failed:
                 return BulkResult(error="auth")
@@ -307,11 +322,12 @@ class BulkTransport:
             if self._deadline(deadline) <= time.monotonic():
                 return BulkResult(error="timeout")
             self.counters["requests"] += 1
-            self.counters["bytes_sent"] += len(body)
+            self.counters["bytes_sent"] += len(wire_body)
+            self.counters["bytes_uncompressed"] += len(body)
             retry_after: float | None = None
             status: int | None = None
             try:
-                response, answer = self._request(path, body, deadline)
+                response, answer = self._request(path, wire_body, deadline, encoding=encoding)
             except httpx.TransportError as exc:
                 self.counters["connection_errors"] += 1
                 self.counters["outcome:connection_error"] += 1
@@ -330,6 +346,23 @@ class BulkTransport:
             else:
                 status = response.status_code
                 self.counters[f"outcome:http_{status}"] += 1
+                if encoding != IDENTITY and status in (400, 415, 422):
+                    # The encoding may be what the server refuses: 415 says so; a 400 or 422 (a server parsing the
+                    # compressed bytes as JSON) is asked again uncompressed. At once, no backoff; at most once per
+                    # step of the ladder, so this ends.
+                    if status == 415:
+                        self.compression.refuse(encoding, "HTTP 415")
+                        encoding, wire_body = self.compression.compress(body)
+                    else:
+                        probing = (encoding, status)
+                        encoding, wire_body = IDENTITY, body
+                    continue
+                if probing is not None:
+                    if status != probing[1]:
+                        self.compression.refuse(
+                            probing[0], f"HTTP {probing[1]} to it, not to the same request uncompressed"
+                        )
+                    probing = None
                 result = self._answers.status_result(status, answer)
                 if result is None and 200 <= status < 300:
                     self.outage.answered()
