@@ -2,18 +2,12 @@
 
 Pure functions; the only module state is a small cache of encoded schema sets (`_encoded_once`), read and
 written by the one sender thread at a time (the exporter's send lock), so it takes no lock of its own.
-
-Span creates (most items) are written by `orjson` when it is installed (with `orjson.Fragment` for the payloads
-already encoded: encoding all items 4.4 -> 3.4 µs per span on the benchmark workload, docs/wire.md), else by
-hand; both write the same JSON values (key order aside), and a value orjson refuses (a lone surrogate) takes the
-other paths.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from json.encoder import encode_basestring as _json_string  # C: quotes and escapes one str
 from typing import Any
 
@@ -55,43 +49,10 @@ def encode_item(item: dict[str, Any]) -> bytes:
     return _to_json(item)
 
 
-def _orjson() -> tuple[Callable[[Any], bytes], Callable[[bytes], Any]] | None:
-    """orjson's `dumps` and `Fragment` (orjson 3.9.15+), or None."""
-    try:
-        module: Any = importlib.import_module("orjson")
-    except ImportError:
-        return None
-    fragment = getattr(module, "Fragment", None)
-    return None if fragment is None else (module.dumps, fragment)
-
-
-_ORJSON = _orjson()
-
-
 def _span_create(item: dict[str, Any], details: dict[str, Any]) -> bytes | None:
-    """An item with `details` (a span create) whose values are strings (ids, times, names) and encoded payloads:
-    by orjson, or written without a serializer call (for objects this small the call costs more than the work:
-    5.9 -> 4.2 us per span create). None when a value is of another type or cannot be UTF-8: the general path
-    takes it."""
-    if _ORJSON is not None:
-        dumps, fragment = _ORJSON
-        if all(type(value) is str for key, value in item.items() if key != "details"):
-            embedded: dict[str, Any] = {}
-            for key, value in details.items():
-                if type(value) is RawJson:
-                    embedded[key] = fragment(bytes(value))  # orjson takes exact bytes only
-                elif type(value) is str:
-                    embedded[key] = value
-                else:
-                    return None
-            try:
-                return dumps({**item, "details": embedded})
-            except TypeError:  # orjson.JSONEncodeError: a lone surrogate; the text path writes it as "?"
-                pass
-    return _span_create_text(item, details)
-
-
-def _span_create_text(item: dict[str, Any], details: dict[str, Any]) -> bytes | None:
+    """An item with `details` (a span create) whose values are strings (ids, times, names) and encoded payloads,
+    written without a serializer call: for objects this small the call costs more than the work (5.9 -> 4.2 us
+    per span create). None when a value is of another type or cannot be UTF-8: the general path takes it."""
     text = ["{"]
     for key, value in item.items():
         if key != "details":
