@@ -250,7 +250,7 @@ def test_the_tls_context_is_built_once_per_process_and_not_for_plain_http():
 # ------------------------------------------------------------------ the encoder
 
 
-def test_span_creates_encode_to_the_same_values_by_either_path():
+def test_span_creates_encode_their_embedded_payloads_as_the_same_json_values():
     from prefactor_otel.mapping.values import RawJson
     from prefactor_otel.transport import wire
 
@@ -260,9 +260,9 @@ def test_span_creates_encode_to_the_same_values_by_either_path():
         "idempotency_key": "k1",
         "details": {"id": "s1", "status": "complete", "payload": payload, "result_payload": RawJson(b"{}")},
     }
-    fast = wire.encode_item(item)
-    by_hand = wire._span_create_text(item, item["details"])
-    assert by_hand is not None and json.loads(fast) == json.loads(by_hand)
-    assert json.loads(fast)["details"]["payload"]["inputs"]["text"] == "café ✓"
+    encoded = json.loads(wire.encode_item(item))
+    assert encoded["details"]["payload"] == json.loads(bytes(payload))
+    assert encoded["details"]["result_payload"] == {} and encoded["idempotency_key"] == "k1"
+    assert encoded["details"]["payload"]["inputs"]["text"] == "café ✓"
     lone = {**item, "details": {**item["details"], "status": "bad \ud800 surrogate"}}
     assert json.loads(wire.encode_item(lone))["details"]["status"] == "bad ? surrogate"  # replaced, not fatal
