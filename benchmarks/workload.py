@@ -12,7 +12,29 @@ One trace is one agent run:
 status on the tool and the root). Spans come out in the order the SDK ends them (children before parents), so
 batches cut across traces exactly as BatchSpanProcessor cuts them.
 
-`AgentLoop` is the same run with a little CPU work in each step, for the app-thread overhead measurement.
+`agent_run(..., work=, io_seconds=)` is the same run with a little CPU work (or sleeping) in each step, for the
+app-thread overhead measurement.
+
+The **small-span** workload (`small_run`, `SpanSource(workload="small")`) is a web request that runs an agent,
+the traces where the fixed per-span cost shows most (mostly non-GenAI spans with a handful of short attributes;
+the chat spans carry no message content, as OTel GenAI instrumentations send by default):
+
+    POST /v1/support/chat                  (plain, SERVER: http.*)
+      auth middleware                      (plain, framework)
+      SELECT users                         (plain, CLIENT: db.*)
+      invoke_agent support-agent           (otel:agent)
+        GET session                        (plain, CLIENT: redis)
+        chat gpt-4o-mini       x2          (otel:llm; model, tokens, finish reason; no messages)
+        GET /orders/{id}                   (plain, CLIENT: http.*)
+        SELECT orders                      (plain, CLIENT: db.*)
+        render reply                       (plain, framework)
+      INSERT audit_log                     (plain, CLIENT: db.*)
+      SET session                          (plain, CLIENT: redis)
+
+12 spans per trace: 3 GenAI (1 agent, 2 chat), 9 plain. One run in 20 fails its order lookup (HTTP 503, an
+exception event, ERROR status on the client span and the root).
+
+`WORKLOADS` names both: name -> (function making one trace, spans per trace).
 """
 
 from __future__ import annotations
@@ -20,14 +42,15 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-SPANS_PER_TRACE = 9
+SPANS_PER_TRACE = 9  # the realistic workload's (agent_run)
+SMALL_SPANS_PER_TRACE = 12  # the small-span workload's (small_run)
 SERVICE = Resource.create(
     {"service.name": "support-agent", "service.version": "1.4.0", "deployment.environment": "bench"}
 )
@@ -178,6 +201,132 @@ def agent_run(agent: Tracer, llm: Tracer, rng: random.Random, *, work: int = 0, 
                     )
 
 
+def small_run(agent: Tracer, llm: Tracer, rng: random.Random, *, work: int = 0, io_seconds: float = 0.0) -> None:
+    """One web request running an agent: the small-span trace described in the module docstring.
+
+    `work` and `io_seconds` as for `agent_run` (each leaf step works; each chat call and HTTP call sleeps).
+    """
+    fail = rng.random() < 0.05
+    user = f"u-{rng.randrange(10**6):06d}"
+    order = f"A-{rng.randrange(10**6):06d}"
+    with agent.start_as_current_span(
+        "POST /v1/support/chat",
+        kind=SpanKind.SERVER,
+        attributes={
+            "http.request.method": "POST",
+            "http.route": "/v1/support/chat",
+            "url.path": "/v1/support/chat",
+            "url.scheme": "https",
+            "server.address": "support.example.com",
+            "network.protocol.version": "1.1",
+            "user_agent.original": "support-web/3.2",
+        },
+    ) as root:
+        with agent.start_as_current_span("auth middleware", attributes={"code.function.name": "require_user"}):
+            _busy(work)
+        _db(agent, "SELECT", "users", "SELECT id, tier FROM users WHERE id = $1", work)
+        with agent.start_as_current_span(
+            "invoke_agent support-agent",
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": "support-agent",
+                "gen_ai.agent.id": "agent-7",
+                "gen_ai.conversation.id": f"conv-{rng.getrandbits(48):012x}",
+                "gen_ai.provider.name": "openai",
+                "enduser.id": user,
+            },
+        ):
+            with agent.start_as_current_span(
+                "GET session",
+                kind=SpanKind.CLIENT,
+                attributes={"db.system.name": "redis", "db.operation.name": "GET", "db.namespace": "0"},
+            ):
+                _busy(work)
+            for turn in range(2):
+                _small_chat(llm, rng, "tool_call" if turn == 0 else "stop", work, io_seconds)
+                if turn == 0:
+                    _order_lookup(agent, order, fail, root, work, io_seconds)
+                    _db(agent, "SELECT", "orders", "SELECT status, eta FROM orders WHERE id = $1", work)
+            with agent.start_as_current_span("render reply", attributes={"code.function.name": "render_reply"}):
+                _busy(work)
+        _db(agent, "INSERT", "audit_log", "INSERT INTO audit_log (user_id, action) VALUES ($1, $2)", work)
+        with agent.start_as_current_span(
+            "SET session",
+            kind=SpanKind.CLIENT,
+            attributes={"db.system.name": "redis", "db.operation.name": "SET", "db.namespace": "0"},
+        ):
+            _busy(work)
+        root.set_attribute("http.response.status_code", 500 if fail else 200)
+
+
+def _db(tracer: Tracer, operation: str, table: str, query: str, work: int) -> None:
+    with tracer.start_as_current_span(
+        f"{operation} {table}",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "db.system.name": "postgresql",
+            "db.namespace": "support",
+            "db.operation.name": operation,
+            "db.collection.name": table,
+            "db.query.text": query,
+            "server.address": "db.internal",
+            "server.port": 5432,
+        },
+    ):
+        _busy(work)
+
+
+def _small_chat(llm: Tracer, rng: random.Random, finish: str, work: int, io_seconds: float) -> None:
+    with llm.start_as_current_span(
+        "chat gpt-4o-mini",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.request.temperature": 0.2,
+            "server.address": "api.openai.com",
+            "server.port": 443,
+        },
+    ) as chat:
+        _busy(work)
+        if io_seconds:
+            time.sleep(io_seconds)
+        chat.set_attributes(
+            {
+                "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+                "gen_ai.response.id": f"chatcmpl-{rng.getrandbits(64):016x}",
+                "gen_ai.response.finish_reasons": (finish,),
+                "gen_ai.usage.input_tokens": rng.randrange(200, 900),
+                "gen_ai.usage.output_tokens": rng.randrange(20, 300),
+            }
+        )
+
+
+def _order_lookup(tracer: Tracer, order: str, fail: bool, root: Any, work: int, io_seconds: float) -> None:
+    with tracer.start_as_current_span(
+        "GET",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "http.request.method": "GET",
+            "url.full": f"https://orders.internal/orders/{order}",
+            "server.address": "orders.internal",
+            "server.port": 443,
+        },
+    ) as span:
+        _busy(work)
+        if io_seconds:
+            time.sleep(io_seconds / 4)
+        span.set_attribute("http.response.status_code", 503 if fail else 200)
+        if fail:
+            try:
+                raise ConnectionError("orders.internal answered 503 Service Unavailable")
+            except ConnectionError as exc:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                root.set_status(Status(StatusCode.ERROR, "order lookup failed"))
+
+
 def _busy(work: int) -> None:
     """A little pure-Python CPU work standing in for the agent's own logic (bounded loop)."""
     total = 0
@@ -188,22 +337,23 @@ def _busy(work: int) -> None:
 
 
 class SpanSource:
-    """Generates agent traces with the OTel SDK and hands out their ended spans."""
+    """Generates traces of one workload with the OTel SDK and hands out their ended spans."""
 
-    def __init__(self, seed: int = 1) -> None:
+    def __init__(self, seed: int = 1, workload: str = "realistic") -> None:
         self._rng = random.Random(seed)
         self._collect = _Collect()
         self._provider = TracerProvider(resource=SERVICE)
         self._provider.add_span_processor(self._collect)
         self._agent, self._llm = tracers(self._provider)
+        self._run, self.spans_per_trace = WORKLOADS[workload]
 
     def spans(self, count: int) -> list[ReadableSpan]:
         """At least `count` spans, whole traces only, in end order."""
         self._collect.spans = []
-        for _ in range(count // SPANS_PER_TRACE + 2):
+        for _ in range(count // self.spans_per_trace + 2):
             if len(self._collect.spans) >= count:
                 break
-            agent_run(self._agent, self._llm, self._rng)
+            self._run(self._agent, self._llm, self._rng)
         spans, self._collect.spans = self._collect.spans, []
         return spans
 
@@ -242,3 +392,10 @@ def floor_dict(span: ReadableSpan) -> dict[str, Any]:
             for event in span.events
         ],
     }
+
+
+TraceMaker = Callable[..., None]  # (agent tracer, LLM tracer, rng, *, work=, io_seconds=) -> one trace
+WORKLOADS: dict[str, tuple[TraceMaker, int]] = {
+    "realistic": (agent_run, SPANS_PER_TRACE),
+    "small": (small_run, SMALL_SPANS_PER_TRACE),
+}
