@@ -403,11 +403,13 @@ def summarize_setup(setup: Result) -> Result:
         mine = [r for r in rounds if r["mode"] == mode]
         process = [r["process_us"] - b["process_us"] for r, b in zip(mine, base, strict=True)]
         app = [r["app_us"] - b["app_us"] for r, b in zip(mine, base, strict=True)]
+        app_gc = [r.get("app_gc_us", 0.0) - b.get("app_gc_us", 0.0) for r, b in zip(mine, base, strict=True)]
         out[mode] = {
             "process_us": median(process),
             "process_spread": spread_pct(process),
             "app_us": median(app),
             "app_spread_us": (max(app) - min(app)) / 2 if len(app) > 1 else 0.0,
+            "app_gc_us": median(app_gc),
             "requests_per_k": median([r["requests"] / spans * 1000 for r in mine]),
             "wire_bytes": median([r["body_bytes"] / spans for r in mine]),
             "decoded_bytes": median([r["decoded_bytes"] / spans for r in mine]),
@@ -1141,6 +1143,7 @@ def setup_tables(s: Result) -> list[tuple[str, list[str], list[list[str]], str]]
                         f"{cell['process_us'] / row['otlp']['process_us']:.2f}",
                         f"{cell['app_us']:+.2f}",
                         f"±{cell['app_spread_us']:.2f}",
+                        f"{cell['app_gc_us']:+.2f}",
                         "yes" if cell["ok"] else "NO",
                     ]
                 )
@@ -1149,7 +1152,17 @@ def setup_tables(s: Result) -> list[tuple[str, list[str], list[list[str]], str]]
         out.append(
             (
                 "The two set-ups, whole process and application thread (CPU us per span beyond making the spans)",
-                ["workload", "set-up", "process CPU us/span", "spread", "x OTLP", "app thread us/span", "spread", "ok"],
+                [
+                    "workload",
+                    "set-up",
+                    "process CPU us/span",
+                    "spread",
+                    "x OTLP",
+                    "app thread us/span",
+                    "spread",
+                    "of which GC",
+                    "ok",
+                ],
                 rows,
                 f"{first['spans']:,} spans per round, median of {first['runs']} interleaved rounds in one process"
                 " after a warm-up round each. Spans are made by the SDK on the application's thread as fast as it "
@@ -1157,7 +1170,7 @@ def setup_tables(s: Result) -> list[tuple[str, list[str], list[list[str]], str]]
                 " the provider is flushed and shut down. Process CPU = `time.process_time()` (every thread: the"
                 " application's, BatchSpanProcessor's worker, the exporter's finisher) minus the same round's with no"
                 " processor; app thread = the application thread's CPU while making the spans (on_start, on_end, the"
-                " collector's passes it runs) minus the no-processor round's"
+                " collector's passes it runs: 'of which GC') minus the no-processor round's"
                 f" ({making}). Exporter"
                 " defaults (finish grace 6 s; PrefactorSpanProcessor: live spans for agents, runs finished once their"
                 " spans are in). BatchSpanProcessor's queue holds a whole round (no drops); ok = every span delivered.",
