@@ -35,6 +35,12 @@ the chat spans carry no message content, as OTel GenAI instrumentations send by 
 exception event, ERROR status on the client span and the root).
 
 `WORKLOADS` names both: name -> (function making one trace, spans per trace).
+
+`SpanSource` (the pre-generated spans of the CPU, scaling and profile measurements) stretches each trace's times
+so that it lasts RUN_SECONDS, as a real agent run does (the SDK makes one in about a millisecond): a span's start
+and end then fall in different seconds, as in production, and a cost that depends on it shows (measured: a
+one-entry per-second cache of formatted times cost +3 us/span on the realistic workload). Spans made live (the
+set-ups, the app-thread loop, end to end) keep their real times.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 SPANS_PER_TRACE = 9  # the realistic workload's (agent_run)
 SMALL_SPANS_PER_TRACE = 12  # the small-span workload's (small_run)
+RUN_SECONDS = 8.0  # how long a pre-generated trace lasts once stretched (SpanSource, stretch_traces)
 SERVICE = Resource.create(
     {"service.name": "support-agent", "service.version": "1.4.0", "deployment.environment": "bench"}
 )
@@ -339,8 +346,10 @@ def _busy(work: int) -> None:
 class SpanSource:
     """Generates traces of one workload with the OTel SDK and hands out their ended spans."""
 
-    def __init__(self, seed: int = 1, workload: str = "realistic") -> None:
+    def __init__(self, seed: int = 1, workload: str = "realistic", *, run_seconds: float = RUN_SECONDS) -> None:
+        """`run_seconds`: how long each trace lasts once its times are stretched (0: as generated, microseconds)."""
         self._rng = random.Random(seed)
+        self._run_ns = int(run_seconds * 1e9)
         self._collect = _Collect()
         self._provider = TracerProvider(resource=SERVICE)
         self._provider.add_span_processor(self._collect)
@@ -355,6 +364,8 @@ class SpanSource:
                 break
             self._run(self._agent, self._llm, self._rng)
         spans, self._collect.spans = self._collect.spans, []
+        if self._run_ns:
+            stretch_traces(spans, self._run_ns)
         return spans
 
     def batches(self, total: int, batch_size: int) -> Iterator[list[ReadableSpan]]:
@@ -367,6 +378,34 @@ class SpanSource:
             batch, pending = pending[: min(batch_size, total - sent)], pending[min(batch_size, total - sent) :]
             sent += len(batch)
             yield batch
+
+
+def stretch_traces(spans: list[ReadableSpan], run_ns: int) -> None:
+    """Give each trace the timeline of a real agent run: its spans' times (and their events') scaled about the
+    trace's start so that it lasts `run_ns`; order and nesting unchanged. Generated as fast as the SDK goes, a
+    trace lasts about a millisecond, so every time of a batch falls in one second; real runs last seconds, and the
+    start and end of a span fall in different seconds (what a per-second cache of formatted times meets). The
+    spans are the ended snapshots the SDK hands processors (ReadableSpan), not live spans: rewriting their
+    private fields touches nothing else."""
+    bounds: dict[int, tuple[int, int]] = {}
+    for span in spans:
+        if span.context is None or span.start_time is None or span.end_time is None:
+            continue
+        first, last = bounds.get(span.context.trace_id, (span.start_time, span.end_time))
+        bounds[span.context.trace_id] = (min(first, span.start_time), max(last, span.end_time))
+    for span in spans:
+        if span.context is None or span.context.trace_id not in bounds:
+            continue
+        first, last = bounds[span.context.trace_id]
+        scale = run_ns / max(1, last - first)
+
+        def moved(ns: int, first: int = first, scale: float = scale) -> int:
+            return first + int((ns - first) * scale)
+
+        span._start_time = moved(span.start_time or first)  # type: ignore[attr-defined]
+        span._end_time = moved(span.end_time or first)  # type: ignore[attr-defined]
+        for event in span.events:
+            event._timestamp = moved(event.timestamp)  # type: ignore[attr-defined]
 
 
 def batched(spans: list[ReadableSpan], batch_size: int) -> list[list[ReadableSpan]]:

@@ -94,6 +94,16 @@ def test_the_small_span_workload_is_mostly_plain_spans_with_a_few_genai_ones() -
     assert len(spans) == 240
     traces = Counter(span.context.trace_id for span in spans if span.context is not None)
     assert set(traces.values()) == {12}
+    # each trace stretched to a real run's length, its spans still inside their parents
+    by_id = {span.context.span_id: span for span in spans if span.context is not None}
+    for span in spans:
+        assert span.start_time is not None and span.end_time is not None and span.start_time <= span.end_time
+        parent = by_id.get(span.parent.span_id) if span.parent is not None else None
+        if parent is not None:
+            assert parent.start_time is not None and parent.end_time is not None
+            assert parent.start_time <= span.start_time and span.end_time <= parent.end_time
+        else:
+            assert span.end_time - span.start_time == pytest.approx(8e9, rel=1e-6)
     schemas = Counter(map_span(span).schema_name for span in spans)
     assert schemas == {"otel:span": 180, "otel:llm": 40, "otel:agent": 20}
     # a handful of short attributes: no message content, no value longer than a query
