@@ -360,6 +360,7 @@ def measure_phases(params: Result) -> Result:
     import prefactor_otel.sdk.exporter as exporter_module
     import prefactor_otel.transport.answers as answers_module
     import prefactor_otel.transport.client as transport_module
+    from prefactor_otel.model import ids as ids_module
 
     spans = SpanSource(seed=1).spans(params["spans"])
     batches = batched(spans, BATCH)
@@ -389,6 +390,13 @@ def measure_phases(params: Result) -> Result:
     wrap(delivery_module.Delivery, "_encode", "encode: items -> JSON bytes")
     wrap(transport_module.BulkTransport, "_post", "transport: HTTP request + response handling")
     wrap(answers_module.AnswerReader, "bulk_outcomes", "transport: response validation (pydantic)")
+    wrap(ids_module, "span_pfid", "ids: span PFIDs (inside planner: plan)")
+    try:  # request compression (PREFACTOR_COMPRESSION), where the code has it
+        import prefactor_otel.transport.compression as compression_module
+
+        wrap(compression_module.BodyCompression, "compress", "compression: request bodies (inside transport)")
+    except ImportError:
+        pass
     totals: list[float] = []
     stages: list[dict[str, float]] = []
     for run in range(params["runs"] + 1):

@@ -1098,7 +1098,9 @@ def tables(s: Result) -> list[tuple[str, list[str], list[list[str]], str]]:
             ["stage", "us/span", "share"],
             [[name, fmt(value), f"{value / s['phases_total'] * 100:.0f}%"] for name, value in s["phases"]]
             + [["total (export + shutdown, stages wrapped)", fmt(s["phases_total"]), "100%"]],
-            "Stages overlap: `transport: HTTP` includes `response validation`; the rest is wiring in exporter.py.",
+            "Stages overlap: `transport: HTTP` includes `response validation` (and `compression` where the code"
+            " has it), `planner: plan` includes `ids`; the rest is wiring in exporter.py and delivery.py."
+            " Redaction's share is the CPU table's redaction row.",
         )
     )
     return out
