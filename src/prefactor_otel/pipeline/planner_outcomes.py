@@ -86,8 +86,11 @@ class OutcomeRules:
                 continue
             span_id = item.span_id
             action = item.action
-            pending = trace.pending.get(span_id) if span_id is not None else None
-            verdict = judge(action, outcome, can_orphan=pending is not None and not pending.orphaned)
+            if outcome is SUCCESS:  # the shared outcome of most items: judge's first answer, without the call
+                verdict = Verdict.DONE
+            else:
+                pending = trace.pending.get(span_id) if span_id is not None else None
+                verdict = judge(action, outcome, can_orphan=pending is not None and not pending.orphaned)
             if action == BULK_CREATE_SPAN:  # most items: first
                 if span_id is not None:
                     self._on_span(trace, span_id, verdict, outcome, spooled)
