@@ -505,6 +505,16 @@ class Planner:
     def _plan_finish(
         self, trace: RunState, now: float, span_items: list[PlannedItem], *, flush: bool, shutdown: bool
     ) -> PlannedItem | None:
+        # With starts known: over once every span started here has ended and arrived; while one has not (its
+        # end may have been lost), the grace period is stretched to the longest a child may wait for its parent.
+        waiting_for_open = trace.tracked and bool(trace.open)
+        over = trace.tracked and not trace.open
+        grace = max(self._grace, self._max_wait) if waiting_for_open else self._grace
+        quiet = now - trace.last_activity >= grace
+        if not (shutdown or flush or over or quiet or trace.finished_without_root):
+            # Not yet, whatever the spans planned (most plans of a run in its grace period): a run whose root is in
+            # waits for one of these, and one without its root for an idle time (max wait + grace) longer still.
+            return None
         creates = [item for item in span_items if item.action == BULK_CREATE_SPAN]
         if len(creates) != len(trace.pending):
             return None  # somebody still waits for a parent: the run is not over
@@ -520,12 +530,6 @@ class Planner:
         roots = [record for record in planned if record.is_local_root]
         root_in = trace.root_delivered or trace.root_skipped or bool(roots)
         rootless = not root_in and (trace.finished_without_root or self._over_without_root(trace, now))
-        # With starts known: over once every span started here has ended and arrived; while one has not (its
-        # end may have been lost), the grace period is stretched to the longest a child may wait for its parent.
-        waiting_for_open = trace.tracked and bool(trace.open)
-        over = trace.tracked and not trace.open
-        grace = max(self._grace, self._max_wait) if waiting_for_open else self._grace
-        quiet = now - trace.last_activity >= grace
         if not (shutdown or rootless or (root_in and (over or quiet or (flush and not waiting_for_open)))):
             return None
         if not span_items and not trace.created:
