@@ -3,13 +3,22 @@
 A child prints one JSON line (its result) as the last line of its standard output. Kinds:
 
 - `cpu`: CPU per span in the exporting thread (`time.thread_time()` around `export()` and the final `shutdown()`)
-  for the JSON floor, OTLPSpanExporter and PrefactorSpanExporter, on one fixed set of spans, interleaved runs,
-  a fresh exporter per run. Also the HTTP requests and bytes each sends, and what the per-span REST pattern
-  would send for the same spans.
+  for the JSON floor, OTLPSpanExporter and PrefactorSpanExporter, on one fixed set of spans of one workload
+  (`workload`: realistic or small, workload.py), interleaved runs, a fresh exporter per run. Also the HTTP requests
+  and bytes each sends, and what the per-span REST pattern would send for the same spans.
+- `setup`: the two set-ups as an application has them, on one workload: spans made by the SDK on this (the
+  application's) thread through a TracerProvider with no processor, `BatchSpanProcessor(OTLPSpanExporter)`,
+  `BatchSpanProcessor(PrefactorSpanExporter)` or `PrefactorSpanProcessor` (exporter defaults: live spans, finish
+  grace), then flushed and shut down. Whole-process CPU (`time.process_time()`: every thread) per span minus the
+  no-processor round's = what exporting costs the process; the application thread's CPU while it makes the spans
+  (`on_start`/`on_end`, the garbage collector's passes it runs) minus the no-processor round's = its share; bytes
+  on the wire per span as the sink received them (as sent, and decoded). Interleaved rounds in one process. Also
+  `on_start` per call beside BatchSpanProcessor's.
 - `phases`: where PrefactorSpanExporter's CPU goes (thread time per stage, wrappers around the stages).
 - `scale`: one exporter fed N spans generated on the fly; CPU per span, last-10 % CPU per span, peak RSS.
 - `e2e`: spans/s through BatchSpanProcessor into a server in another process.
-- `app`: the agent loop's time on the application thread with no exporter, OTLP, or ours behind BatchSpanProcessor.
+- `app`: the agent loop's time on the application thread with no exporter, OTLP or ours behind BatchSpanProcessor,
+  or PrefactorSpanProcessor (`mode`: none, otlp, prefactor, processor).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -34,9 +44,9 @@ import rest_pattern
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from workload import SERVICE, SPANS_PER_TRACE, SpanSource, agent_run, batched, floor_dict, tracers
+from workload import SERVICE, SPANS_PER_TRACE, WORKLOADS, SpanSource, agent_run, batched, floor_dict, tracers
 
-from prefactor_otel import PrefactorSpanExporter
+from prefactor_otel import PrefactorSpanExporter, PrefactorSpanProcessor
 from prefactor_otel.mapping import map_span
 from prefactor_otel.model import ids
 
@@ -55,16 +65,22 @@ def bench_agent_id(seed: int = 7) -> str:
     return ids.encode(int(time.time() * 1000), 4242 + seed, 0x5EED_0000_0000 + seed)
 
 
-def prefactor_exporter(url: str, **options: Any) -> PrefactorSpanExporter:
+def prefactor_settings(url: str, **options: Any) -> dict[str, Any]:
+    """The exporter's defaults but for where it sends (a fast sink), its agent (no pfid/generate call) and its
+    spool directory (a fresh one per exporter, removed with the process)."""
     settings: dict[str, Any] = {
         "api_url": url,
         "api_token": "pf_bench_token",
         "agent_id": bench_agent_id(),
-        "finish_grace_seconds": 0,
         "spool_dir": tempfile.mkdtemp(dir=SPOOL_ROOT),
     }
     settings.update(options)
-    exporter = PrefactorSpanExporter(**settings)
+    return settings
+
+
+def prefactor_exporter(url: str, **options: Any) -> PrefactorSpanExporter:
+    """An exporter with finish grace 0 unless told otherwise (each run finished once its root is delivered)."""
+    exporter = PrefactorSpanExporter(**prefactor_settings(url, **{"finish_grace_seconds": 0, **options}))
     if not exporter.enabled:
         raise RuntimeError(f"exporter disabled: {exporter!r}")
     return exporter
@@ -91,17 +107,19 @@ def current_rss_mb() -> float:
 
 
 class GcClock:
-    """Thread CPU time spent in garbage collections while `active` (gc.callbacks run in the collecting thread)."""
+    """Thread CPU time spent in garbage collections while `active` (gc.callbacks run in the collecting thread);
+    with `thread` set, only the collections that thread runs."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self.collections = 0
         self.active = False
+        self.thread: int | None = None
         self._started: float | None = None
         gc.callbacks.append(self._callback)
 
     def _callback(self, phase: str, info: dict[str, int]) -> None:
-        if not self.active:
+        if not self.active or (self.thread is not None and threading.get_ident() != self.thread):
             return
         if phase == "start":
             self._started = time.thread_time()
@@ -160,7 +178,8 @@ def floor_all(batches: Sequence[Sequence[ReadableSpan]]) -> tuple[float, float, 
 
 
 def measure_cpu(params: Result) -> Result:
-    spans = SpanSource(seed=1).spans(params["spans"])
+    source = SpanSource(seed=1, workload=params.get("workload", "realistic"))
+    spans = source.spans(params["spans"])
     batches = batched(spans, BATCH)
     count = len(spans)
     # The payload floor's input: each span's Prefactor payloads, mapped once here and not timed.
@@ -172,13 +191,8 @@ def measure_cpu(params: Result) -> Result:
     bulk, otlp = params["bulk"], params["otlp"]
     # "prefactor_unredacted": the same exporter with PREFACTOR_REDACT_DEFAULTS=false, so the table shows what the
     # default secret patterns cost (a feature OTLP does not have) next to the rest of the exporter.
-    runs: dict[str, list[Result]] = {
-        "floor": [],
-        "payload_floor": [],
-        "otlp": [],
-        "prefactor": [],
-        "prefactor_unredacted": [],
-    }
+    kinds = params.get("kinds") or ["floor", "payload_floor", "otlp", "prefactor", "prefactor_unredacted"]
+    runs: dict[str, list[Result]] = {kind: [] for kind in kinds}
 
     def one(kind: str) -> Result:
         if kind in ("floor", "payload_floor"):
@@ -200,6 +214,7 @@ def measure_cpu(params: Result) -> Result:
             "ok": ok,
             "requests": sink.get("requests", 0),
             "body_bytes": sink.get("body_bytes", 0),
+            "decoded_bytes": sink.get("decoded_bytes", sink.get("body_bytes", 0)),
             "head_bytes": sink.get("head_bytes", 0),
         }
         if isinstance(exporter, PrefactorSpanExporter):
@@ -218,7 +233,124 @@ def measure_cpu(params: Result) -> Result:
         for kind in runs:
             runs[kind].append(one(kind))
     rest = rest_pattern.per_span_rest(spans)
-    return {"spans": count, "traces": count // SPANS_PER_TRACE, "batch": BATCH, "runs": runs, "rest": rest}
+    traces = count // source.spans_per_trace
+    return {"spans": count, "traces": traces, "batch": BATCH, "runs": runs, "rest": rest}
+
+
+SETUP_MODES = ("none", "otlp", "bsp", "processor")
+
+
+def measure_setup(params: Result) -> Result:
+    """Whole-process and application-thread CPU per span of each set-up, and bytes on the wire (module docstring)."""
+    import random
+
+    make, per_trace = WORKLOADS[params["workload"]]
+    traces = max(1, params["spans"] // per_trace)
+    spans = traces * per_trace
+    queue = spans + 4 * BATCH  # BatchSpanProcessor's queue holds a whole round: the figure is never a drop's
+    bulk, otlp = params["bulk"], params["otlp"]
+    rng = random.Random(11)
+
+    def one(mode: str, count: int) -> Result:
+        provider = TracerProvider(resource=SERVICE)
+        exporter: PrefactorSpanExporter | None = None
+        url = otlp if mode == "otlp" else bulk
+        if mode == "otlp":
+            provider.add_span_processor(BatchSpanProcessor(otlp_exporter(otlp), max_queue_size=queue))
+        elif mode == "bsp":
+            exporter = PrefactorSpanExporter(**prefactor_settings(bulk))
+            provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=queue))
+        elif mode == "processor":
+            processor = PrefactorSpanProcessor(max_queue_size=queue, **prefactor_settings(bulk))
+            exporter = processor.exporter
+            provider.add_span_processor(processor)
+        agent, llm = tracers(provider)
+        sink_stats(url, reset=True)
+        gc.collect()
+        GC.reset()
+        GC.thread, GC.active = threading.get_ident(), True  # the collections the application's thread runs
+        process_cpu = time.process_time()
+        app_cpu = time.thread_time()
+        wall = time.perf_counter()
+        for _ in range(count):
+            make(agent, llm, rng)
+        app_cpu = time.thread_time() - app_cpu
+        GC.active, GC.thread = False, None
+        provider.force_flush(timeout_millis=120_000)
+        provider.shutdown()
+        process_cpu = time.process_time() - process_cpu
+        wall = time.perf_counter() - wall
+        made = count * per_trace
+        result: Result = {
+            "mode": mode,
+            "spans": made,
+            "process_us": process_cpu / made * 1e6,
+            "app_us": app_cpu / made * 1e6,
+            "app_gc_us": GC.seconds / made * 1e6,
+            "wall_us": wall / made * 1e6,
+        }
+        if mode != "none":
+            sink = sink_stats(url)
+            result.update(
+                requests=sink.get("requests", 0),
+                body_bytes=sink.get("body_bytes", 0),
+                decoded_bytes=sink.get("decoded_bytes", sink.get("body_bytes", 0)),
+                head_bytes=sink.get("head_bytes", 0),
+                encodings={k.split(":", 1)[1]: v for k, v in sink.items() if k.startswith("encoded_requests:")},
+            )
+        if exporter is not None:
+            stats = exporter.stats()
+            result.update(
+                ok=stats["spans_exported"] == made and stats["spans_dropped"] == 0,
+                exported=stats["spans_exported"],
+                dropped=stats["spans_dropped"],
+                instances_finished=stats["instances_finished"],
+            )
+        return result
+
+    for mode in SETUP_MODES:  # warm-up: first-use costs (imports, schema builds, connections) are not counted
+        one(mode, max(1, traces // 5))
+    rounds: list[Result] = []
+    for _ in range(params["runs"]):
+        for mode in SETUP_MODES:
+            rounds.append(one(mode, traces))
+    return {
+        "workload": params["workload"],
+        "spans": spans,
+        "traces": traces,
+        "rounds": rounds,
+        "on_start": on_start_cost(bulk, params.get("on_start_calls", 20_000)),
+    }
+
+
+def on_start_cost(bulk: str, calls: int) -> Result:
+    """ns per `on_start` call on a real started span: PrefactorSpanProcessor's beside BatchSpanProcessor's (a no-op,
+    the floor of a processor call). The start queue is emptied between rounds, as the exporter's thread does."""
+    provider = TracerProvider(resource=SERVICE)
+    processor = PrefactorSpanProcessor(**prefactor_settings(bulk))
+    batch = BatchSpanProcessor(otlp_exporter(bulk))
+    span = provider.get_tracer("bench").start_span("invoke_agent bench", attributes={"gen_ai.operation.name": "chat"})
+    queue = processor.exporter.start_queue()
+    starts = queue[0] if queue is not None else None
+
+    def per_call_ns(call: Callable[[Any], None]) -> float:
+        rounds = []
+        for _ in range(5):
+            if starts is not None:
+                starts.clear()
+            begin = time.perf_counter_ns()
+            for _ in range(calls):
+                call(span)
+            rounds.append((time.perf_counter_ns() - begin) / calls)
+        return statistics.median(rounds)
+
+    figures = {"prefactor_ns": per_call_ns(processor.on_start), "batch_noop_ns": per_call_ns(batch.on_start)}
+    if starts is not None:
+        starts.clear()
+    span.end()
+    processor.shutdown()
+    batch.shutdown()
+    return figures
 
 
 def measure_phases(params: Result) -> Result:
@@ -228,6 +360,7 @@ def measure_phases(params: Result) -> Result:
     import prefactor_otel.sdk.exporter as exporter_module
     import prefactor_otel.transport.answers as answers_module
     import prefactor_otel.transport.client as transport_module
+    from prefactor_otel.model import ids as ids_module
 
     spans = SpanSource(seed=1).spans(params["spans"])
     batches = batched(spans, BATCH)
@@ -257,6 +390,13 @@ def measure_phases(params: Result) -> Result:
     wrap(delivery_module.Delivery, "_encode", "encode: items -> JSON bytes")
     wrap(transport_module.BulkTransport, "_post", "transport: HTTP request + response handling")
     wrap(answers_module.AnswerReader, "bulk_outcomes", "transport: response validation (pydantic)")
+    wrap(ids_module, "span_pfid", "ids: span PFIDs (inside planner: plan)")
+    try:  # request compression (PREFACTOR_COMPRESSION), where the code has it
+        import prefactor_otel.transport.compression as compression_module
+
+        wrap(compression_module.BodyCompression, "compress", "compression: request bodies (inside transport)")
+    except ImportError:
+        pass
     totals: list[float] = []
     stages: list[dict[str, float]] = []
     for run in range(params["runs"] + 1):
@@ -460,7 +600,11 @@ def measure_app(params: Result) -> Result:
             exporter = otlp_exporter(params["otlp"])
         elif mode == "prefactor":
             exporter = prefactor_exporter(params["bulk"])
-        if exporter is not None:
+        if mode == "processor":  # the recommended set-up, live spans and finish grace at their defaults
+            processor = PrefactorSpanProcessor(**prefactor_settings(params["bulk"]))
+            exporter = processor.exporter
+            provider.add_span_processor(processor)
+        elif exporter is not None:
             provider.add_span_processor(BatchSpanProcessor(exporter))  # the defaults, as an application has them
         agent, llm = tracers(provider)
         rng = random.Random(4)
@@ -527,6 +671,7 @@ def measure_profile(params: Result) -> Result:
 KINDS: dict[str, Callable[[Result], Result]] = {
     "profile": measure_profile,
     "cpu": measure_cpu,
+    "setup": measure_setup,
     "phases": measure_phases,
     "scale": measure_scale,
     "e2e": measure_e2e,

@@ -1,12 +1,34 @@
 """prefactor-otel benchmarks: CPU, requests, throughput, memory and app-thread overhead, side by side with OTLP.
 
     python benchmarks/run.py            # full run (a few minutes), writes benchmarks/RESULTS.md
-    python benchmarks/run.py --quick    # smoke run (< 60 s), prints only (add --out FILE to write)
+    python benchmarks/run.py --quick    # smoke run (< 90 s), prints only (add --out FILE to write)
     python benchmarks/run.py --ref HEAD # benchmark a committed version (before/after a fix), work tree untouched
 
 Needs the `bench` extra: `python -m pip install -e '.[bench]'`. Everything runs on 127.0.0.1: the sinks and the
 local Prefactor-compatible server run in their own processes (sinks.py), each measurement in a fresh child
-process (measure.py), this process only orchestrates. Every figure is the median of several runs.
+process (measure.py), this process only orchestrates. Every figure is the median of several runs. To benchmark a
+work tree's source rather than the installed package: `PYTHONPATH=$PWD/src python benchmarks/run.py --quick`.
+
+What each table measures (issue 22's acceptance: both workloads, both set-ups, app-thread time, bytes beside OTLP's,
+each target with pass/fail, from one run):
+- *CPU per span in the exporting thread* (realistic workload: ~1 KB GenAI messages; and *small-span workload*: a
+  web request running an agent, mostly HTTP/DB/framework spans with a few short attributes; workload.py): thread
+  CPU around `export()` + `shutdown()` on the same pre-made spans, beside OTLPSpanExporter and a JSON floor.
+- *The two set-ups*: `BatchSpanProcessor(PrefactorSpanExporter())` and `PrefactorSpanProcessor` (exporter defaults,
+  live spans on) beside `BatchSpanProcessor(OTLPSpanExporter)`, spans made live by the SDK: the **whole process's**
+  CPU per span (every thread) beyond making the spans, and the **application thread's** CPU per span beyond making
+  them (`on_start`/`on_end` and the collector passes it runs), both workloads.
+- *Bytes on the wire per span*: request bodies as the sink received them, as sent (with any `Content-Encoding`) and
+  decoded, beside OTLP's uncompressed protobuf, from the same rounds.
+- *The OTLP gateway beside the exporter*: read from benchmarks/gateway.py's last full run (gateway_notes.md).
+- *HTTP requests and bytes per 1,000 spans*, *end-to-end throughput*, *steady load*: requests per span, spans/s.
+- *Scaling*: CPU per span at each size (quick: 1,000 and 10,000; full: also 100,000) with finish grace 0 and with
+  the default grace of 6 s (thousands of open runs), each in a fresh process; peak RSS.
+- *Overhead on the application thread*: the agent loop's wall time with no exporter, OTLP, ours behind
+  BatchSpanProcessor and PrefactorSpanProcessor; the CPU-bound loop shows GIL contention.
+- *Targets*: every target of issue 22 with PASS/FAIL, then the older lines ("nothing else regresses"); "-" =
+  reported, no threshold (peak RSS, throughput, `on_start` cost, the gateway: compare with the history/last run).
+- *Profile*: the exporting thread's CPU by stage.
 """
 
 from __future__ import annotations
@@ -61,8 +83,16 @@ class Plan:
     app_io_runs: int
     app_work: int
     app_io_seconds: float
+    setup_spans: int  # spans per round of each set-up (both workloads), whole-process CPU
+    setup_runs: int
 
 
+WORKLOAD_NAMES = ("realistic", "small")
+SETUP_LABELS = {
+    "otlp": "BatchSpanProcessor(OTLPSpanExporter)",
+    "bsp": "BatchSpanProcessor(PrefactorSpanExporter)",
+    "processor": "PrefactorSpanProcessor",
+}
 FULL = Plan(
     cpu_spans=10_000,
     cpu_runs=7,
@@ -80,6 +110,8 @@ FULL = Plan(
     app_io_runs=150,
     app_work=4000,
     app_io_seconds=0.002,
+    setup_spans=6_000,
+    setup_runs=5,
 )
 QUICK = Plan(
     cpu_spans=3_000,
@@ -98,6 +130,8 @@ QUICK = Plan(
     app_io_runs=50,
     app_work=4000,
     app_io_seconds=0.002,
+    setup_spans=1_800,
+    setup_runs=3,
 )
 
 
@@ -263,6 +297,16 @@ def measure(plan: Plan) -> Result:
         urls = {"bulk": sinks.info["bulk"], "otlp": sinks.info["otlp"]}
         progress(f"CPU per span: {plan.cpu_spans:,} spans, {plan.cpu_runs} runs per exporter")
         results["cpu"] = child("cpu", {"spans": plan.cpu_spans, "runs": plan.cpu_runs, **urls})
+        progress("CPU per span, small-span workload")
+        small_kinds = ["floor", "otlp", "prefactor"]
+        results["cpu_small"] = child(
+            "cpu", {"spans": plan.cpu_spans, "runs": plan.cpu_runs, "workload": "small", "kinds": small_kinds, **urls}
+        )
+        progress(f"set-ups: whole-process and app-thread CPU, bytes on the wire ({', '.join(WORKLOAD_NAMES)})")
+        results["setup"] = {
+            workload: child("setup", {"workload": workload, "spans": plan.setup_spans, "runs": plan.setup_runs, **urls})
+            for workload in WORKLOAD_NAMES
+        }
         progress("where our CPU goes (stages)")
         results["phases"] = child("phases", {"spans": plan.cpu_spans, "runs": plan.phase_runs, **urls})
         largest = max(n for n, _ in plan.scale)
@@ -272,8 +316,8 @@ def measure(plan: Plan) -> Result:
             for spans, runs in plan.scale:
                 if rep < runs:
                     scale.append(child("scale", {"exporter": "prefactor", "spans": spans, **urls}))
-            if rep < plan.grace_runs:
-                scale.append(child("scale", {"exporter": "prefactor", "spans": largest, "grace": 6, **urls}))
+                if rep < plan.grace_runs:  # the default finish grace: thousands of runs open at the larger sizes
+                    scale.append(child("scale", {"exporter": "prefactor", "spans": spans, "grace": 6, **urls}))
             if rep < plan.rss_runs:
                 for kind in ("otlp", "none"):
                     scale.append(child("scale", {"exporter": kind, "spans": largest, **urls}))
@@ -307,10 +351,10 @@ def measure(plan: Plan) -> Result:
                 steady.append(run)
         results["e2e"] = e2e
         results["steady"] = steady
-        progress(f"app-thread overhead: {plan.app_reps} rounds of none / OTLP / Prefactor, interleaved")
+        progress(f"app-thread overhead: {plan.app_reps} rounds of none / OTLP / Prefactor (both set-ups), interleaved")
         app: list[Result] = []
         for _ in range(plan.app_reps):
-            for mode in ("none", "otlp", "prefactor"):
+            for mode in APP_MODES:
                 params = {
                     "mode": mode,
                     "cpu_runs": plan.app_cpu_runs,
@@ -326,6 +370,83 @@ def measure(plan: Plan) -> Result:
 
 
 # ---------------------------------------------------------------------------------------------- summary
+
+APP_MODES = ("none", "otlp", "prefactor", "processor")
+
+
+def summarize_small(cpu: Result) -> Result:
+    """The exporting thread's CPU per span on the small-span workload (the `cpu` kind's runs)."""
+    runs = cpu["runs"]
+    out: Result = {"spans": cpu["spans"], "traces": cpu["traces"], "runs": len(runs["prefactor"])}
+    for kind, rows in runs.items():
+        out[f"cpu_{kind}"] = median([r["cpu_us"] for r in rows])
+        out[f"cpu_{kind}_spread"] = spread_pct([r["cpu_us"] for r in rows])
+    out["ratio_otlp"] = out["cpu_prefactor"] / out["cpu_otlp"]
+    out["delivery_ok"] = all(
+        r["ok"] and r["exported"] == cpu["spans"] and r["dropped"] == 0 and r["instances_finished"] == cpu["traces"]
+        for r in runs["prefactor"]
+    )
+    return out
+
+
+def summarize_setup(setup: Result) -> Result:
+    """Per set-up: whole-process CPU per span and the application thread's, both minus the no-processor round's of
+    the same interleaved round (paired), medians over rounds; bytes on the wire per span."""
+    rounds = setup["rounds"]
+    spans = setup["spans"]
+    base = [r for r in rounds if r["mode"] == "none"]
+    out: Result = {"spans": spans, "traces": setup["traces"], "runs": len(base), "on_start": setup["on_start"]}
+    out["none_process_us"] = median([r["process_us"] for r in base])
+    out["none_app_us"] = median([r["app_us"] for r in base])
+    out["none_app_spread_us"] = (max(r["app_us"] for r in base) - min(r["app_us"] for r in base)) / 2
+    for mode in ("otlp", "bsp", "processor"):
+        mine = [r for r in rounds if r["mode"] == mode]
+        process = [r["process_us"] - b["process_us"] for r, b in zip(mine, base, strict=True)]
+        app = [r["app_us"] - b["app_us"] for r, b in zip(mine, base, strict=True)]
+        app_gc = [r.get("app_gc_us", 0.0) - b.get("app_gc_us", 0.0) for r, b in zip(mine, base, strict=True)]
+        out[mode] = {
+            "process_us": median(process),
+            "process_spread": spread_pct(process),
+            "app_us": median(app),
+            "app_spread_us": (max(app) - min(app)) / 2 if len(app) > 1 else 0.0,
+            "app_gc_us": median(app_gc),
+            "requests_per_k": median([r["requests"] / spans * 1000 for r in mine]),
+            "wire_bytes": median([r["body_bytes"] / spans for r in mine]),
+            "decoded_bytes": median([r["decoded_bytes"] / spans for r in mine]),
+            "head_bytes": median([r["head_bytes"] / spans for r in mine]),
+            "encodings": sorted({name for r in mine for name in r.get("encodings", {})}),
+            "ok": all(r.get("ok", True) for r in mine),
+        }
+    for mode in ("bsp", "processor"):
+        out[mode]["ratio_otlp"] = out[mode]["process_us"] / out["otlp"]["process_us"]
+        out[mode]["wire_ratio_otlp"] = out[mode]["wire_bytes"] / out["otlp"]["decoded_bytes"]
+    return out
+
+
+GATEWAY_ROW = re.compile(r"^\| prefactor-otel gateway[^|]*\| ([\d.,]+) \|[^|]*\| ([\d.]+) \| ([\d.]+) \|", re.M)
+IN_PROCESS_ROW = re.compile(r"^\| PrefactorSpanExporter, in process \| ([\d.,]+) \|", re.M)
+
+
+def gateway_figures() -> Result | None:
+    """The gateway's whole-process CPU per span beside the in-process exporter's, from the last full run of
+    benchmarks/gateway.py (its notes, gateway_notes.md): that benchmark needs minutes, not a quick run's seconds."""
+    notes = HERE / "gateway_notes.md"
+    try:
+        text = notes.read_text()
+    except OSError:
+        return None
+    gateway = GATEWAY_ROW.search(text)
+    exporter = IN_PROCESS_ROW.search(text)
+    when = re.search(r"on (\d{4}-\d\d-\d\d \d\d:\d\d UTC)", text)
+    if gateway is None or exporter is None:
+        return None
+    return {
+        "gateway_us": float(gateway.group(1).replace(",", "")),
+        "x_otlp": float(gateway.group(2)),
+        "x_exporter": float(gateway.group(3)),
+        "exporter_us": float(exporter.group(1).replace(",", "")),
+        "when": when.group(1) if when else "unknown date",
+    }
 
 
 def summarize(results: Result, plan: Plan) -> Result:
@@ -380,7 +501,7 @@ def summarize(results: Result, plan: Plan) -> Result:
     s["head_per_request"] = head_per_request
 
     scale_rows: list[Result] = []
-    for n, grace in [*((n, 0) for n, _ in plan.scale), (max(n for n, _ in plan.scale), 6)]:
+    for n, grace in [*((n, 0) for n, _ in plan.scale), *((n, 6) for n, _ in plan.scale)]:
         mine = [r for r in results["scale"] if r["exporter"] == "prefactor" and r["spans"] == n and r["grace"] == grace]
         if not mine:
             continue
@@ -407,8 +528,15 @@ def summarize(results: Result, plan: Plan) -> Result:
     s["scale_growth_no_gc"] = flat[-1]["no_gc_us"] / flat[0]["no_gc_us"] - 1
     s["scale_drift"] = flat[-1]["last_tenth_us"] / flat[-1]["first_tenth_us"] - 1
     graced = [r for r in scale_rows if r["grace"] > 0]
-    s["scale_drift_grace"] = graced[0]["last_tenth_us"] / graced[0]["first_tenth_us"] - 1 if graced else None
-    s["scale_growth_grace"] = graced[0]["cpu_us"] / flat[0]["cpu_us"] - 1 if graced else None
+    s["scale_drift_grace"] = graced[-1]["last_tenth_us"] / graced[-1]["first_tenth_us"] - 1 if graced else None
+    # With the default grace, each larger size against the smallest with the same grace (issue 22's line), and the
+    # largest against grace 0's smallest (the older line, kept for the history).
+    s["scale_growth_grace"] = graced[-1]["cpu_us"] / flat[0]["cpu_us"] - 1 if graced else None
+    s["scale_growth_grace_sizes"] = (
+        [(r["spans"], r["cpu_us"] / graced[0]["cpu_us"] - 1, r["open_traces"]) for r in graced[1:]]
+        if len(graced) > 1 and graced[0]["spans"] < graced[-1]["spans"]
+        else []
+    )
     largest = flat[-1]["spans"]
     rss: Result = {}
     for kind in ("none", "otlp", "prefactor"):
@@ -485,18 +613,20 @@ def summarize(results: Result, plan: Plan) -> Result:
     app: Result = {}
     for variant in ("cpu", "io"):
         row: Result = {}
-        for mode in ("none", "otlp", "prefactor"):
+        for mode in APP_MODES:
             walls = [r[variant]["wall_us_per_run"] for r in results["app"] if r["mode"] == mode]
             cpus = [r[variant]["cpu_us_per_run"] for r in results["app"] if r["mode"] == mode]
             row[mode] = {"wall": median(walls), "spread": spread_pct(walls), "cpu": median(cpus)}
         base = row["none"]["wall"]
-        for mode in ("otlp", "prefactor"):
+        for mode in APP_MODES[1:]:
             row[mode]["overhead_pct"] = (row[mode]["wall"] / base - 1) * 100
-        noise = max(row[m]["spread"] for m in ("none", "otlp", "prefactor"))
+        noise = max(row[m]["spread"] for m in APP_MODES)
         row["noise_pct"] = noise
         row["delta_pct"] = row["prefactor"]["overhead_pct"] - row["otlp"]["overhead_pct"]
         row["pass"] = row["delta_pct"] <= noise
-        mine = [r[variant] for r in results["app"] if r["mode"] == "prefactor"]
+        row["processor_delta_pct"] = row["processor"]["overhead_pct"] - row["otlp"]["overhead_pct"]
+        row["processor_pass"] = row["processor_delta_pct"] <= noise
+        mine = [r[variant] for r in results["app"] if r["mode"] in ("prefactor", "processor")]
         row["exported_ok"] = all(r["exported"] == r["produced"] for r in mine)
         app[variant] = row
     s["app"] = app
@@ -508,8 +638,129 @@ def summarize(results: Result, plan: Plan) -> Result:
         "reps": plan.app_reps,
     }
 
-    s["targets"] = [
-        ("CPU/span <= 1.0x OTLP/HTTP", s["ratio_otlp"] <= 1.0, f"{s['ratio_otlp']:.2f}x"),
+    s["small"] = summarize_small(results["cpu_small"]) if "cpu_small" in results else None
+    s["setup"] = {w: summarize_setup(results["setup"][w]) for w in WORKLOAD_NAMES if w in results.get("setup", {})}
+    s["gateway"] = gateway_figures()
+    s["targets"] = targets(s, flat, graced, largest, app)
+    phases = results["phases"]
+    stage_names = list(phases["stages"][0]) if phases["stages"] else []
+    s["phases_total"] = median(phases["total_us"])
+    s["phases"] = [(name, median([st.get(name, 0.0) for st in phases["stages"]])) for name in stage_names]
+    return s
+
+
+Target = tuple[str, bool | None, str]  # (target, pass / fail / None = reported only, measured)
+
+
+def targets(s: Result, flat: list[Result], graced: list[Result], largest: int, app: Result) -> list[Target]:
+    """Issue 22's targets, each with pass/fail from this run, then the older lines ("nothing else regresses")."""
+    out: list[Target] = [
+        (
+            "CPU/span <= 1.0x OTLP, realistic workload, exporting thread",
+            s["ratio_otlp"] <= 1.0,
+            f"{s['ratio_otlp']:.2f}x",
+        )
+    ]
+    small = s.get("small")
+    if small:
+        out.append(
+            (
+                "CPU/span <= 1.0x OTLP, small-span workload, exporting thread",
+                small["ratio_otlp"] <= 1.0,
+                f"{small['ratio_otlp']:.2f}x",
+            )
+        )
+    for workload, row in s.get("setup", {}).items():
+        for mode in ("bsp", "processor"):
+            out.append(
+                (
+                    f"CPU/span <= 1.0x OTLP, {workload} workload, {SETUP_LABELS[mode]}, whole process",
+                    row[mode]["ratio_otlp"] <= 1.0,
+                    f"{row[mode]['ratio_otlp']:.2f}x ({fmt(row[mode]['process_us'])} vs "
+                    f"{fmt(row['otlp']['process_us'])} us)",
+                )
+            )
+    for workload, row in s.get("setup", {}).items():
+        noise = row["none_app_spread_us"]
+        for mode in ("bsp", "processor"):
+            ours, peer = row[mode]["app_us"], row["otlp"]["app_us"]
+            out.append(
+                (
+                    f"app-thread CPU/span <= OTLP's, {workload} workload, {SETUP_LABELS[mode]}",
+                    ours <= peer + noise,
+                    f"{ours:+.2f} vs {peer:+.2f} us (noise {noise:.2f})",
+                )
+            )
+    for variant, label in (("cpu", "CPU-bound loop (GIL contention)"), ("io", "I/O-bound loop")):
+        row = app[variant]
+        for mode, key in (("prefactor", "pass"), ("processor", "processor_pass")):
+            setup = SETUP_LABELS["bsp" if mode == "prefactor" else "processor"]
+            out.append(
+                (
+                    f"app-thread overhead within noise of OTLP's, {label}, {setup}",
+                    row[key],
+                    f"{row[mode]['overhead_pct']:+.1f}% vs {row['otlp']['overhead_pct']:+.1f}%"
+                    f" (noise {row['noise_pct']:.1f}%)",
+                )
+            )
+    for workload, row in s.get("setup", {}).items():
+        for mode in ("bsp", "processor"):
+            cell = row[mode]
+            sent = "uncompressed" if not cell["encodings"] else "/".join(cell["encodings"])
+            out.append(
+                (
+                    f"bytes on the wire/span <= OTLP's uncompressed protobuf, {workload} workload, "
+                    f"{SETUP_LABELS[mode]}",
+                    cell["wire_ratio_otlp"] <= 1.0,
+                    f"{cell['wire_bytes']:,.0f} ({sent}) vs {row['otlp']['decoded_bytes']:,.0f} B"
+                    f" = {cell['wire_ratio_otlp']:.2f}x",
+                )
+            )
+    gateway = s.get("gateway")
+    out.append(
+        (
+            "gateway CPU/span reported beside the exporter's (benchmarks/gateway.py's last notes)",
+            None,
+            f"{fmt(gateway['gateway_us'])} vs {fmt(gateway['exporter_us'])} us = {gateway['x_exporter']:.2f}x "
+            f"({gateway['x_otlp']:.2f}x OTLP; {gateway['when']})"
+            if gateway
+            else "no gateway_notes.md: run benchmarks/gateway.py",
+        )
+    )
+    for spans, growth, open_runs in s.get("scale_growth_grace_sizes", []):
+        out.append(
+            (
+                f"CPU/span at {spans:,} within 10% of {graced[0]['spans']:,}, default finish grace (6 s)",
+                abs(growth) <= 0.10,
+                f"{growth * 100:+.1f}% ({open_runs:,.0f} open agent runs)",
+            )
+        )
+    for row in flat[1:]:
+        growth = row["cpu_us"] / flat[0]["cpu_us"] - 1
+        out.append(
+            (
+                f"CPU/span at {row['spans']:,} within 10% of {flat[0]['spans']:,}, finish grace 0",
+                abs(growth) <= 0.10,
+                f"{growth * 100:+.1f}%",
+            )
+        )
+    out.append(
+        (
+            f"planner flat: last vs first tenth of the {largest:,}-span run, no GC (finish grace 0)",
+            abs(s["scale_drift"]) <= 0.10,
+            f"{s['scale_drift'] * 100:+.1f}%",
+        )
+    )
+    if graced:
+        out.append(
+            (
+                f"planner flat: last vs first tenth of the {graced[-1]['spans']:,}-span run, no GC (finish grace 6 s)",
+                abs(s["scale_drift_grace"]) <= 0.10,
+                f"{s['scale_drift_grace'] * 100:+.1f}%",
+            )
+        )
+    # Nothing else regresses: the lines that held before issue 22, and the figures to compare with the last full run.
+    out += [
         ("CPU/span <= 3x JSON floor", s["ratio_floor"] <= 3.0, f"{s['ratio_floor']:.2f}x"),
         (
             ">= 100x fewer HTTP requests than per-span REST (finish grace 0)",
@@ -527,49 +778,26 @@ def summarize(results: Result, plan: Plan) -> Result:
             f"{s['request_ratio_steady']:,.0f}x",
         ),
         (
-            f"CPU/span at {largest:,} within 10% of {flat[0]['spans']:,} (finish grace 0)",
-            abs(s["scale_growth"]) <= 0.10,
-            f"{s['scale_growth'] * 100:+.1f}% ({s['scale_growth_no_gc'] * 100:+.1f}% without GC)",
+            f"peak RSS growth at {largest:,} spans (reported; OTLP's beside it)",
+            None,
+            f"{fmt(s['rss']['prefactor']['rss_growth_mb'])} MB vs {fmt(s['rss']['otlp']['rss_growth_mb'])} MB",
         ),
         (
-            f"planner flat: last vs first tenth of the {largest:,}-span run, no GC (finish grace 0)",
-            abs(s["scale_drift"]) <= 0.10,
-            f"{s['scale_drift'] * 100:+.1f}%",
-        ),
-        *(
-            [
-                (
-                    f"CPU/span at {largest:,} with the default finish grace (6 s) within 10% of {flat[0]['spans']:,}",
-                    abs(s["scale_growth_grace"]) <= 0.10,
-                    f"{s['scale_growth_grace'] * 100:+.1f}% ({graced[0]['open_traces']:,.0f} open agent runs)",
-                ),
-                (
-                    f"planner flat: last vs first tenth of the {largest:,}-span run, no GC (finish grace 6 s)",
-                    abs(s["scale_drift_grace"]) <= 0.10,
-                    f"{s['scale_drift_grace'] * 100:+.1f}%",
-                ),
-            ]
-            if graced
-            else []
-        ),
-        (
-            "app-thread overhead within noise of OTLP (CPU-bound loop)",
-            app["cpu"]["pass"],
-            f"{app['cpu']['prefactor']['overhead_pct']:+.1f}% vs {app['cpu']['otlp']['overhead_pct']:+.1f}%"
-            f" (noise {app['cpu']['noise_pct']:.1f}%)",
-        ),
-        (
-            "app-thread overhead within noise of OTLP (I/O-bound loop)",
-            app["io"]["pass"],
-            f"{app['io']['prefactor']['overhead_pct']:+.1f}% vs {app['io']['otlp']['overhead_pct']:+.1f}%"
-            f" (noise {app['io']['noise_pct']:.1f}%)",
+            "end-to-end throughput into the local server (reported; compare with the history)",
+            None,
+            f"{fmt(s['e2e']['devserver']['spans_per_s'], 0)} spans/s",
         ),
     ]
-    phases = results["phases"]
-    stage_names = list(phases["stages"][0]) if phases["stages"] else []
-    s["phases_total"] = median(phases["total_us"])
-    s["phases"] = [(name, median([st.get(name, 0.0) for st in phases["stages"]])) for name in stage_names]
-    return s
+    for row in list(s.get("setup", {}).values())[:1]:
+        start = row["on_start"]
+        out.append(
+            (
+                "PrefactorSpanProcessor.on_start per call (reported; BatchSpanProcessor's no-op beside it)",
+                None,
+                f"{start['prefactor_ns']:.0f} ns vs {start['batch_noop_ns']:.0f} ns",
+            )
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -624,6 +852,7 @@ def tables(s: Result) -> list[tuple[str, list[str], list[list[str]], str]]:
             ),
         )
     )
+    out.extend(setup_tables(s))
     req = s["requests"]
     out.append(
         (
@@ -829,26 +1058,37 @@ def tables(s: Result) -> list[tuple[str, list[str], list[list[str]], str]]:
                 fmt(row["none"]["wall"], 0),
                 f"{fmt(row['otlp']['wall'], 0)} ({row['otlp']['overhead_pct']:+.1f}%)",
                 f"{fmt(row['prefactor']['wall'], 0)} ({row['prefactor']['overhead_pct']:+.1f}%)",
+                f"{fmt(row['processor']['wall'], 0)} ({row['processor']['overhead_pct']:+.1f}%)",
                 f"±{row['noise_pct']:.1f}%",
-                "yes" if row["pass"] else "NO",
+                ("yes" if row["pass"] else "NO") + " / " + ("yes" if row["processor_pass"] else "NO"),
             ]
         )
     out.append(
         (
             "Overhead on the application thread (agent loop wall time, us per agent run of 9 spans)",
-            ["loop", "no exporter", "OTLP + BSP", "Prefactor + BSP", "noise", "within noise of OTLP"],
+            [
+                "loop",
+                "no exporter",
+                "OTLP + BSP",
+                "Prefactor + BSP",
+                "PrefactorSpanProcessor",
+                "noise",
+                "within noise of OTLP (BSP / processor)",
+            ],
             app_rows,
             f"Median of {p['reps']} interleaved rounds, each a fresh process; CPU-bound: {p['cpu_runs']} runs, "
             f"{p['work']:,} iterations of pure-Python work in each of the 6 leaf steps, no sleeping (worst case: the "
             f"exporter thread competes for the GIL); I/O-bound: {p['io_runs']} runs, each chat call sleeps "
-            f"{p['io_ms']:g} ms. BatchSpanProcessor with its defaults. Noise = the largest half-range of the runs.",
+            f"{p['io_ms']:g} ms. BatchSpanProcessor with its defaults; PrefactorSpanProcessor with the exporter's "
+            "defaults "
+            "(live spans, finish grace). Noise = the largest half-range of the runs.",
         )
     )
     out.append(
         (
             "Targets",
             ["target", "measured", "result"],
-            [[name, value, "PASS" if ok else "FAIL"] for name, ok, value in s["targets"]],
+            [[name, value, "-" if ok is None else "PASS" if ok else "FAIL"] for name, ok, value in s["targets"]],
             "",
         )
     )
@@ -858,9 +1098,142 @@ def tables(s: Result) -> list[tuple[str, list[str], list[list[str]], str]]:
             ["stage", "us/span", "share"],
             [[name, fmt(value), f"{value / s['phases_total'] * 100:.0f}%"] for name, value in s["phases"]]
             + [["total (export + shutdown, stages wrapped)", fmt(s["phases_total"]), "100%"]],
-            "Stages overlap: `transport: HTTP` includes `response validation`; the rest is wiring in exporter.py.",
+            "Stages overlap: `transport: HTTP` includes `response validation` (and `compression` where the code"
+            " has it), `planner: plan` includes `ids`; the rest is wiring in exporter.py and delivery.py."
+            " Redaction's share is the CPU table's redaction row.",
         )
     )
+    return out
+
+
+def setup_tables(s: Result) -> list[tuple[str, list[str], list[list[str]], str]]:
+    """The small-span workload's exporting-thread CPU, both set-ups on both workloads, bytes on the wire, the
+    gateway."""
+    out: list[tuple[str, list[str], list[list[str]], str]] = []
+    small = s.get("small")
+    if small:
+        out.append(
+            (
+                "CPU per span in the exporting thread, small-span workload",
+                ["exporter", "CPU us/span", "spread", "x OTLP"],
+                [
+                    [label, fmt(small[f"cpu_{kind}"]), f"±{small[f'cpu_{kind}_spread']:.0f}%", f"{ratio:.2f}"]
+                    for kind, label, ratio in (
+                        ("floor", "JSON floor", small["cpu_floor"] / small["cpu_otlp"]),
+                        ("otlp", "OTLPSpanExporter", 1.0),
+                        ("prefactor", "PrefactorSpanExporter", small["ratio_otlp"]),
+                    )
+                ],
+                f"{small['spans']:,} spans ({small['traces']:,} web requests running an agent: 12 spans each, 3"
+                " of them GenAI; workload.py), measured as the table above. Every run delivered every span and "
+                "finished every"
+                f" run: {'yes' if small['delivery_ok'] else 'NO'}.",
+            )
+        )
+    setup = s.get("setup") or {}
+    if setup:
+        rows = []
+        for workload, row in setup.items():
+            for mode in ("otlp", "bsp", "processor"):
+                cell = row[mode]
+                rows.append(
+                    [
+                        workload,
+                        SETUP_LABELS[mode],
+                        fmt(cell["process_us"]),
+                        f"±{cell['process_spread']:.0f}%",
+                        f"{cell['process_us'] / row['otlp']['process_us']:.2f}",
+                        f"{cell['app_us']:+.2f}",
+                        f"±{cell['app_spread_us']:.2f}",
+                        f"{cell['app_gc_us']:+.2f}",
+                        "yes" if cell["ok"] else "NO",
+                    ]
+                )
+        first = next(iter(setup.values()))
+        making = ", ".join(f"{w}: {fmt(r['none_app_us'])} us/span" for w, r in setup.items())
+        out.append(
+            (
+                "The two set-ups, whole process and application thread (CPU us per span beyond making the spans)",
+                [
+                    "workload",
+                    "set-up",
+                    "process CPU us/span",
+                    "spread",
+                    "x OTLP",
+                    "app thread us/span",
+                    "spread",
+                    "of which GC",
+                    "ok",
+                ],
+                rows,
+                f"{first['spans']:,} spans per round, median of {first['runs']} interleaved rounds in one process"
+                " after a warm-up round each. Spans are made by the SDK on the application's thread as fast as it "
+                "can; then"
+                " the provider is flushed and shut down. Process CPU = `time.process_time()` (every thread: the"
+                " application's, BatchSpanProcessor's worker, the exporter's finisher) minus the same round's with no"
+                " processor; app thread = the application thread's CPU while making the spans (on_start, on_end, the"
+                " collector's passes it runs: 'of which GC') minus the no-processor round's"
+                f" ({making}). Exporter"
+                " defaults (finish grace 6 s; PrefactorSpanProcessor: live spans for agents, runs finished once their"
+                " spans are in). BatchSpanProcessor's queue holds a whole round (no drops); ok = every span delivered.",
+            )
+        )
+        wire_rows = []
+        for workload, row in setup.items():
+            for mode in ("otlp", "bsp", "processor"):
+                cell = row[mode]
+                wire_rows.append(
+                    [
+                        workload,
+                        SETUP_LABELS[mode],
+                        fmt(cell["wire_bytes"], 0),
+                        fmt(cell["decoded_bytes"], 0),
+                        "/".join(cell["encodings"]) or "none",
+                        f"{cell['wire_bytes'] / row['otlp']['decoded_bytes']:.2f}",
+                        fmt(cell["head_bytes"], 0),
+                        fmt(cell["requests_per_k"]),
+                    ]
+                )
+        out.append(
+            (
+                "Bytes on the wire per span (request bodies as the sink received them)",
+                [
+                    "workload",
+                    "set-up",
+                    "as sent B/span",
+                    "decoded B/span",
+                    "Content-Encoding",
+                    "x OTLP uncompressed",
+                    "headers B/span",
+                    "requests per 1,000 spans",
+                ],
+                wire_rows,
+                "Same rounds as the table above. 'As sent' counts each body with its Content-Encoding, 'decoded'"
+                " without it (the sink decodes gzip and zstd); OTLP sends uncompressed protobuf by default, the "
+                "peer of the"
+                " target.",
+            )
+        )
+    gateway = s.get("gateway")
+    if gateway:
+        out.append(
+            (
+                "The OTLP gateway beside the exporter (from benchmarks/gateway.py's last full run)",
+                ["contender (whole process)", "CPU us/span", "x in-process exporter", "x OTLP exporter"],
+                [
+                    ["PrefactorSpanExporter, in process", fmt(gateway["exporter_us"]), "1.00", ""],
+                    [
+                        "prefactor-otel gateway (OTLP/HTTP in, bulk out)",
+                        fmt(gateway["gateway_us"]),
+                        f"{gateway['x_exporter']:.2f}",
+                        f"{gateway['x_otlp']:.2f}",
+                    ],
+                ],
+                f"Read from benchmarks/gateway_notes.md ({gateway['when']}); the gateway runs the same mapping and"
+                " pipeline after decoding OTLP. Run `python benchmarks/gateway.py` to refresh (minutes, not a quick"
+                " run's seconds).",
+            )
+        )
     return out
 
 
@@ -1064,7 +1437,7 @@ def headline(s: Result) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="prefactor-otel benchmarks (see the module docstring)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: few runs, small sizes (< 60 s)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: few runs, small sizes (< 90 s)")
     parser.add_argument("--out", type=Path, help="write the results here (default: benchmarks/RESULTS.md, full runs)")
     parser.add_argument("--profile", action="store_true", help="also run cProfile (automatic when a CPU target fails)")
     parser.add_argument("--json", type=Path, help="also dump the raw measurements as JSON here")

@@ -10,7 +10,9 @@ The fast sinks answer as fast as a Python socket loop can, so the benchmark meas
 server: the bulk sink parses the request and returns a well-formed bulk answer
 (`{"status":"success","outputs":{key:{"status":"success","details":{"id":...}}}}` for every item key), the
 OTLP sink answers 200 with an empty `ExportTraceServiceResponse`. Both count requests and bytes (request line
-and headers separately from the body), served at `GET /_stats`; `POST /_reset` zeroes them.
+and headers separately from the body), served at `GET /_stats`; `POST /_reset` zeroes them. A body sent with a
+`Content-Encoding` (gzip, deflate, zstd) is decoded before it is read: `body_bytes` counts it as sent on the wire,
+`decoded_bytes` as decoded (equal for an uncompressed body), and `encoded_requests:<encoding>` counts each encoding.
 
 With `--devserver`, lines on standard input are commands: `counts` prints a JSON line with the instances and
 spans the server holds and the requests it answered.
@@ -19,12 +21,14 @@ spans the server holds and the requests it answered.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import socketserver
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from typing import Any
 
@@ -38,12 +42,17 @@ class Stats:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
 
-    def add(self, path: str, head_bytes: int, body_bytes: int, items: int) -> None:
+    def add(
+        self, path: str, head_bytes: int, body_bytes: int, items: int, decoded_bytes: int = -1, encoding: str = ""
+    ) -> None:
         with self._lock:
             self.counts[f"requests:{path}"] += 1
             self.counts["requests"] += 1
             self.counts["head_bytes"] += head_bytes
             self.counts["body_bytes"] += body_bytes
+            self.counts["decoded_bytes"] += body_bytes if decoded_bytes < 0 else decoded_bytes
+            if encoding:
+                self.counts[f"encoded_requests:{encoding}"] += 1
             self.counts["items"] += items
             if items == 1:
                 self.counts["single_item_requests"] += 1
@@ -55,6 +64,27 @@ class Stats:
     def reset(self) -> None:
         with self._lock:
             self.counts.clear()
+
+
+def decode_body(body: bytes, encoding: str) -> bytes:
+    """The body without its Content-Encoding (gzip, deflate or zstd; "" or identity: as it is). ValueError else."""
+    if encoding in ("", "identity"):
+        return body
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompress(body)
+    if encoding == "zstd":
+        try:
+            from compression import zstd  # type: ignore[import-not-found]  # Python 3.14+
+
+            return bytes(zstd.decompress(body))
+        except ImportError:
+            import zstandard
+
+            # A stream decompressor: frames written without their content size decode too.
+            return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(body))
+    raise ValueError(f"bench sink: unsupported Content-Encoding {encoding!r}")
 
 
 def _item_id(item: dict[str, Any]) -> str | None:
@@ -96,6 +126,7 @@ class _Handler(socketserver.StreamRequestHandler):
             length = 0
             chunked = False
             keep_alive = True
+            encoding = ""
             for _ in range(MAX_HEADER_LINES):
                 line = self.rfile.readline(65537)
                 head_bytes += len(line)
@@ -109,10 +140,14 @@ class _Handler(socketserver.StreamRequestHandler):
                     chunked = True
                 elif name == b"connection" and b"close" in value.lower():
                     keep_alive = False
+                elif name == b"content-encoding":
+                    encoding = value.strip().lower().decode("latin-1")
             body = self._read_chunked() if chunked else self.rfile.read(min(length, MAX_BODY_BYTES))
             method, target = request_line.split(b" ", 2)[:2]
             path = target.decode("latin-1").split("?", 1)[0]
-            status, content_type, payload = self.server.answer(method.decode("latin-1"), path, body, head_bytes)
+            status, content_type, payload = self.server.answer(
+                method.decode("latin-1"), path, body, head_bytes, encoding
+            )
             self.wfile.write(
                 b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
                 % (status, b"OK" if status == 200 else b"ERR", content_type, len(payload))
@@ -149,7 +184,9 @@ class _Server(socketserver.ThreadingTCPServer):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
-    def answer(self, method: str, path: str, body: bytes, head_bytes: int) -> tuple[int, bytes, bytes]:
+    def answer(
+        self, method: str, path: str, body: bytes, head_bytes: int, encoding: str = ""
+    ) -> tuple[int, bytes, bytes]:
         json_type = b"application/json"
         if path == "/_stats":
             return 200, json_type, json.dumps(self.stats.snapshot()).encode()
@@ -160,10 +197,19 @@ class _Server(socketserver.ThreadingTCPServer):
             if path != "/api/v1/bulk" or method != "POST":
                 self.stats.add(path, head_bytes, len(body), 0)
                 return 404, json_type, b'{"status":"error","code":"not_found","message":"bench sink: bulk only"}'
-            payload, items = bulk_answer(body)
-            self.stats.add(path, head_bytes, len(body), items)
+            try:
+                decoded = decode_body(body, encoding)
+            except (ValueError, zlib.error, ImportError) as exc:
+                self.stats.add(path, head_bytes, len(body), 0, encoding=encoding or "unreadable")
+                return 415, json_type, json.dumps({"status": "error", "code": "encoding", "message": str(exc)}).encode()
+            payload, items = bulk_answer(decoded)
+            self.stats.add(path, head_bytes, len(body), items, len(decoded), encoding)
             return 200, json_type, payload
-        self.stats.add(path, head_bytes, len(body), 0)
+        decoded_size = -1
+        if encoding not in ("", "identity"):  # OTLP with OTEL_EXPORTER_OTLP_COMPRESSION: counted decoded too
+            with contextlib.suppress(ValueError, zlib.error, ImportError):
+                decoded_size = len(decode_body(body, encoding))
+        self.stats.add(path, head_bytes, len(body), 0, decoded_size, encoding)
         return 200, b"application/x-protobuf", b""  # an empty ExportTraceServiceResponse: all accepted
 
 

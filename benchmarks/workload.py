@@ -12,7 +12,35 @@ One trace is one agent run:
 status on the tool and the root). Spans come out in the order the SDK ends them (children before parents), so
 batches cut across traces exactly as BatchSpanProcessor cuts them.
 
-`AgentLoop` is the same run with a little CPU work in each step, for the app-thread overhead measurement.
+`agent_run(..., work=, io_seconds=)` is the same run with a little CPU work (or sleeping) in each step, for the
+app-thread overhead measurement.
+
+The **small-span** workload (`small_run`, `SpanSource(workload="small")`) is a web request that runs an agent,
+the traces where the fixed per-span cost shows most (mostly non-GenAI spans with a handful of short attributes;
+the chat spans carry no message content, as OTel GenAI instrumentations send by default):
+
+    POST /v1/support/chat                  (plain, SERVER: http.*)
+      auth middleware                      (plain, framework)
+      SELECT users                         (plain, CLIENT: db.*)
+      invoke_agent support-agent           (otel:agent)
+        GET session                        (plain, CLIENT: redis)
+        chat gpt-4o-mini       x2          (otel:llm; model, tokens, finish reason; no messages)
+        GET /orders/{id}                   (plain, CLIENT: http.*)
+        SELECT orders                      (plain, CLIENT: db.*)
+        render reply                       (plain, framework)
+      INSERT audit_log                     (plain, CLIENT: db.*)
+      SET session                          (plain, CLIENT: redis)
+
+12 spans per trace: 3 GenAI (1 agent, 2 chat), 9 plain. One run in 20 fails its order lookup (HTTP 503, an
+exception event, ERROR status on the client span and the root).
+
+`WORKLOADS` names both: name -> (function making one trace, spans per trace).
+
+`SpanSource` (the pre-generated spans of the CPU, scaling and profile measurements) stretches each trace's times
+so that it lasts RUN_SECONDS, as a real agent run does (the SDK makes one in about a millisecond): a span's start
+and end then fall in different seconds, as in production, and a cost that depends on it shows (measured: a
+one-entry per-second cache of formatted times cost +3 us/span on the realistic workload). Spans made live (the
+set-ups, the app-thread loop, end to end) keep their real times.
 """
 
 from __future__ import annotations
@@ -20,14 +48,16 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-SPANS_PER_TRACE = 9
+SPANS_PER_TRACE = 9  # the realistic workload's (agent_run)
+SMALL_SPANS_PER_TRACE = 12  # the small-span workload's (small_run)
+RUN_SECONDS = 8.0  # how long a pre-generated trace lasts once stretched (SpanSource, stretch_traces)
 SERVICE = Resource.create(
     {"service.name": "support-agent", "service.version": "1.4.0", "deployment.environment": "bench"}
 )
@@ -178,6 +208,132 @@ def agent_run(agent: Tracer, llm: Tracer, rng: random.Random, *, work: int = 0, 
                     )
 
 
+def small_run(agent: Tracer, llm: Tracer, rng: random.Random, *, work: int = 0, io_seconds: float = 0.0) -> None:
+    """One web request running an agent: the small-span trace described in the module docstring.
+
+    `work` and `io_seconds` as for `agent_run` (each leaf step works; each chat call and HTTP call sleeps).
+    """
+    fail = rng.random() < 0.05
+    user = f"u-{rng.randrange(10**6):06d}"
+    order = f"A-{rng.randrange(10**6):06d}"
+    with agent.start_as_current_span(
+        "POST /v1/support/chat",
+        kind=SpanKind.SERVER,
+        attributes={
+            "http.request.method": "POST",
+            "http.route": "/v1/support/chat",
+            "url.path": "/v1/support/chat",
+            "url.scheme": "https",
+            "server.address": "support.example.com",
+            "network.protocol.version": "1.1",
+            "user_agent.original": "support-web/3.2",
+        },
+    ) as root:
+        with agent.start_as_current_span("auth middleware", attributes={"code.function.name": "require_user"}):
+            _busy(work)
+        _db(agent, "SELECT", "users", "SELECT id, tier FROM users WHERE id = $1", work)
+        with agent.start_as_current_span(
+            "invoke_agent support-agent",
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": "support-agent",
+                "gen_ai.agent.id": "agent-7",
+                "gen_ai.conversation.id": f"conv-{rng.getrandbits(48):012x}",
+                "gen_ai.provider.name": "openai",
+                "enduser.id": user,
+            },
+        ):
+            with agent.start_as_current_span(
+                "GET session",
+                kind=SpanKind.CLIENT,
+                attributes={"db.system.name": "redis", "db.operation.name": "GET", "db.namespace": "0"},
+            ):
+                _busy(work)
+            for turn in range(2):
+                _small_chat(llm, rng, "tool_call" if turn == 0 else "stop", work, io_seconds)
+                if turn == 0:
+                    _order_lookup(agent, order, fail, root, work, io_seconds)
+                    _db(agent, "SELECT", "orders", "SELECT status, eta FROM orders WHERE id = $1", work)
+            with agent.start_as_current_span("render reply", attributes={"code.function.name": "render_reply"}):
+                _busy(work)
+        _db(agent, "INSERT", "audit_log", "INSERT INTO audit_log (user_id, action) VALUES ($1, $2)", work)
+        with agent.start_as_current_span(
+            "SET session",
+            kind=SpanKind.CLIENT,
+            attributes={"db.system.name": "redis", "db.operation.name": "SET", "db.namespace": "0"},
+        ):
+            _busy(work)
+        root.set_attribute("http.response.status_code", 500 if fail else 200)
+
+
+def _db(tracer: Tracer, operation: str, table: str, query: str, work: int) -> None:
+    with tracer.start_as_current_span(
+        f"{operation} {table}",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "db.system.name": "postgresql",
+            "db.namespace": "support",
+            "db.operation.name": operation,
+            "db.collection.name": table,
+            "db.query.text": query,
+            "server.address": "db.internal",
+            "server.port": 5432,
+        },
+    ):
+        _busy(work)
+
+
+def _small_chat(llm: Tracer, rng: random.Random, finish: str, work: int, io_seconds: float) -> None:
+    with llm.start_as_current_span(
+        "chat gpt-4o-mini",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.request.temperature": 0.2,
+            "server.address": "api.openai.com",
+            "server.port": 443,
+        },
+    ) as chat:
+        _busy(work)
+        if io_seconds:
+            time.sleep(io_seconds)
+        chat.set_attributes(
+            {
+                "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+                "gen_ai.response.id": f"chatcmpl-{rng.getrandbits(64):016x}",
+                "gen_ai.response.finish_reasons": (finish,),
+                "gen_ai.usage.input_tokens": rng.randrange(200, 900),
+                "gen_ai.usage.output_tokens": rng.randrange(20, 300),
+            }
+        )
+
+
+def _order_lookup(tracer: Tracer, order: str, fail: bool, root: Any, work: int, io_seconds: float) -> None:
+    with tracer.start_as_current_span(
+        "GET",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "http.request.method": "GET",
+            "url.full": f"https://orders.internal/orders/{order}",
+            "server.address": "orders.internal",
+            "server.port": 443,
+        },
+    ) as span:
+        _busy(work)
+        if io_seconds:
+            time.sleep(io_seconds / 4)
+        span.set_attribute("http.response.status_code", 503 if fail else 200)
+        if fail:
+            try:
+                raise ConnectionError("orders.internal answered 503 Service Unavailable")
+            except ConnectionError as exc:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                root.set_status(Status(StatusCode.ERROR, "order lookup failed"))
+
+
 def _busy(work: int) -> None:
     """A little pure-Python CPU work standing in for the agent's own logic (bounded loop)."""
     total = 0
@@ -188,23 +344,28 @@ def _busy(work: int) -> None:
 
 
 class SpanSource:
-    """Generates agent traces with the OTel SDK and hands out their ended spans."""
+    """Generates traces of one workload with the OTel SDK and hands out their ended spans."""
 
-    def __init__(self, seed: int = 1) -> None:
+    def __init__(self, seed: int = 1, workload: str = "realistic", *, run_seconds: float = RUN_SECONDS) -> None:
+        """`run_seconds`: how long each trace lasts once its times are stretched (0: as generated, microseconds)."""
         self._rng = random.Random(seed)
+        self._run_ns = int(run_seconds * 1e9)
         self._collect = _Collect()
         self._provider = TracerProvider(resource=SERVICE)
         self._provider.add_span_processor(self._collect)
         self._agent, self._llm = tracers(self._provider)
+        self._run, self.spans_per_trace = WORKLOADS[workload]
 
     def spans(self, count: int) -> list[ReadableSpan]:
         """At least `count` spans, whole traces only, in end order."""
         self._collect.spans = []
-        for _ in range(count // SPANS_PER_TRACE + 2):
+        for _ in range(count // self.spans_per_trace + 2):
             if len(self._collect.spans) >= count:
                 break
-            agent_run(self._agent, self._llm, self._rng)
+            self._run(self._agent, self._llm, self._rng)
         spans, self._collect.spans = self._collect.spans, []
+        if self._run_ns:
+            stretch_traces(spans, self._run_ns)
         return spans
 
     def batches(self, total: int, batch_size: int) -> Iterator[list[ReadableSpan]]:
@@ -217,6 +378,34 @@ class SpanSource:
             batch, pending = pending[: min(batch_size, total - sent)], pending[min(batch_size, total - sent) :]
             sent += len(batch)
             yield batch
+
+
+def stretch_traces(spans: list[ReadableSpan], run_ns: int) -> None:
+    """Give each trace the timeline of a real agent run: its spans' times (and their events') scaled about the
+    trace's start so that it lasts `run_ns`; order and nesting unchanged. Generated as fast as the SDK goes, a
+    trace lasts about a millisecond, so every time of a batch falls in one second; real runs last seconds, and the
+    start and end of a span fall in different seconds (what a per-second cache of formatted times meets). The
+    spans are the ended snapshots the SDK hands processors (ReadableSpan), not live spans: rewriting their
+    private fields touches nothing else."""
+    bounds: dict[int, tuple[int, int]] = {}
+    for span in spans:
+        if span.context is None or span.start_time is None or span.end_time is None:
+            continue
+        first, last = bounds.get(span.context.trace_id, (span.start_time, span.end_time))
+        bounds[span.context.trace_id] = (min(first, span.start_time), max(last, span.end_time))
+    for span in spans:
+        if span.context is None or span.context.trace_id not in bounds:
+            continue
+        first, last = bounds[span.context.trace_id]
+        scale = run_ns / max(1, last - first)
+
+        def moved(ns: int, first: int = first, scale: float = scale) -> int:
+            return first + int((ns - first) * scale)
+
+        span._start_time = moved(span.start_time or first)  # type: ignore[attr-defined]
+        span._end_time = moved(span.end_time or first)  # type: ignore[attr-defined]
+        for event in span.events:
+            event._timestamp = moved(event.timestamp)  # type: ignore[attr-defined]
 
 
 def batched(spans: list[ReadableSpan], batch_size: int) -> list[list[ReadableSpan]]:
@@ -242,3 +431,10 @@ def floor_dict(span: ReadableSpan) -> dict[str, Any]:
             for event in span.events
         ],
     }
+
+
+TraceMaker = Callable[..., None]  # (agent tracer, LLM tracer, rng, *, work=, io_seconds=) -> one trace
+WORKLOADS: dict[str, tuple[TraceMaker, int]] = {
+    "realistic": (agent_run, SPANS_PER_TRACE),
+    "small": (small_run, SMALL_SPANS_PER_TRACE),
+}

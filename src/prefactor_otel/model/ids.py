@@ -43,6 +43,11 @@ def encode(timestamp_ms: int, partition: int, randomness: int) -> str:
         raise PfidError(f"PFID partition out of range: {partition}")
     if not 0 <= randomness <= MAX_RANDOMNESS:
         raise PfidError("PFID randomness must fit in 80 bits")
+    return _encode_checked(timestamp_ms, partition, randomness)
+
+
+def _encode_checked(timestamp_ms: int, partition: int, randomness: int) -> str:
+    """`encode` for parts already known to be in range (the caller checked or built them so)."""
     # 16 lookups of 10 bits (two characters) each, on four 40-bit words (machine-size ints, cheap to shift):
     # this runs once per exported span. The 160 bits are 2 zero bits, timestamp, partition, randomness.
     high = (timestamp_ms << 30) | partition
@@ -122,7 +127,10 @@ def span_pfid(partition: int, trace_id: int, span_id: int, start_time_ns: int | 
     """Prefactor span id for an OTel span: the same OTel span always gets the same PFID."""
     # The bytes _hash80("span", trace hex, span hex) hashes, formatted in one step (once per exported span).
     digest = hashlib.blake2b(b"span\x1f%032x\x1f%016x" % (trace_id, span_id), digest_size=10).digest()
-    return encode(_clamp_ms(start_time_ns), partition, int.from_bytes(digest, "big"))
+    if not 0 <= partition <= MAX_PARTITION:
+        raise PfidError(f"PFID partition out of range: {partition}")
+    # In range by construction: a clamped timestamp, 80 bits of digest; so encode's checks are skipped.
+    return _encode_checked(_clamp_ms(start_time_ns), partition, int.from_bytes(digest, "big"))
 
 
 def instance_pfid(partition: int, agent_key: str, trace_id: int, first_seen_ns: int | None) -> str:

@@ -46,7 +46,7 @@ the RunTable are called only by the Planner, so under that lock too.
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -195,34 +195,38 @@ class Planner:
                 for r in records
                 if finished.get(r.trace_id) or (r.parent_is_remote and r.trace_id in finished)
             }
+        counters["spans_added"] += len(records)  # once per batch: the loop below runs per span
+        fork, span_filter, live, enqueue = self._fork, self._span_filter, self._live, runs.enqueue
         for record in records:
-            counters["spans_added"] += 1
-            if self._fork is not None and self._under_parent_process(record.trace_id, record.parent_span_id):
+            trace_id = record.trace_id
+            if fork is not None and self._under_parent_process(trace_id, record.parent_span_id):
                 record.parent_is_remote = True  # a local root of this process's run
-            if record.trace_id in finished and not self._reopen(record.trace_id, record.trace_id in new_parts):
+            if trace_id in finished and not self._reopen(trace_id, trace_id in new_parts):
                 # A finished instance accepts no spans; this one came after the grace period.
-                runs.drop(1, "run_terminated" if record.trace_id in runs.terminated else "instance_already_finished")
+                runs.drop(1, "run_terminated" if trace_id in runs.terminated else "instance_already_finished")
                 continue
-            trace = traces.get(record.trace_id)
+            trace = traces.get(trace_id)
             if trace is None:
-                trace = self._new_trace(record.trace_id, record.start_time_ns, record.resource)
+                trace = self._new_trace(trace_id, record.start_time_ns, record.resource)
             elif record.start_time_ns < trace.first_start_ns:
                 trace.first_start_ns = record.start_time_ns  # e.g. the root, exported after its children
             if trace.rejected:
                 runs.drop(1, "instance_rejected")
                 continue
-            if (trace.open or trace.live) and self._live.ended(trace, record, now):
+            if (trace.open or trace.live) and live.ended(trace, record, now):
                 continue  # a live span: its create is replaced, or its finish is due
-            if record.span_id in trace.pending or record.span_id in trace.created:
+            span_id = record.span_id
+            if span_id in trace.pending or span_id in trace.created:
                 counters["spans_duplicate_ignored"] += 1
                 continue
-            if self._span_filter is not None and not passes_filter(trace, record, self._span_filter(record), counters):
+            if span_filter is not None and not passes_filter(trace, record, span_filter(record), counters):
                 trace.last_activity = now
                 continue
-            runs.enqueue(trace, record, now)
+            enqueue(trace, record, now)
             trace.last_activity = now
-            trace.last_end_ns = max(trace.last_end_ns, record.end_time_ns)
-            traces.move_to_end(record.trace_id)
+            if record.end_time_ns > trace.last_end_ns:
+                trace.last_end_ns = record.end_time_ns
+            traces.move_to_end(trace_id)
         self._bounds.enforce(now)
 
     def start(self, started_spans: Iterable[StartedSpan], now: float) -> None:
@@ -376,11 +380,16 @@ class Planner:
         for trace in self._candidates(now, everything=flush or shutdown):
             if trace.rejected:
                 continue
-            if shutdown:
-                self._bounds.orphan_waiting_tops(trace, "shutdown", None)
-            else:
-                self._bounds.orphan_waiting_tops(trace, "age", now)
-            span_items = self._plan_spans(trace)
+            order = self._creation_order(trace)
+            if len(order) < len(trace.pending):
+                # Some span waits for a parent (the common case, every span reachable, skips this walk): release
+                # the chains that waited too long, or all of them at shutdown, then order again.
+                if shutdown:
+                    self._bounds.orphan_waiting_tops(trace, "shutdown", None)
+                else:
+                    self._bounds.orphan_waiting_tops(trace, "age", now)
+                order = self._creation_order(trace)
+            span_items = [self._create_item(trace, pending) for pending in order]
             if trace.root_skipped and not trace.pending and not trace.created and not trace.registered:
                 if shutdown or flush or now - trace.last_activity >= self._grace:
                     empty.append(trace.trace_id)  # the filter kept nothing: no agent run to report
@@ -435,23 +444,34 @@ class Planner:
                 chosen.setdefault(trace_id, run)
         return list(chosen.values())
 
-    def _plan_spans(self, trace: RunState) -> list[PlannedItem]:
-        if not trace.pending:
+    @staticmethod
+    def _creation_order(trace: RunState) -> list[PendingSpan]:
+        """The pending spans that can be created now, parents before children: those whose parent is created (or
+        that need none: local roots, orphans), then their descendants, breadth first. A span missing from it waits
+        for a parent (runs.waiting_chains: the same reachability, span by span)."""
+        pending_spans = trace.pending
+        if not pending_spans:
             return []
+        created = trace.created
         children: dict[int | None, list[PendingSpan]] = {}
-        frontier: deque[PendingSpan] = deque()
-        for pending in trace.pending.values():
+        order: list[PendingSpan] = []
+        for pending in pending_spans.values():
             record = pending.record
-            if pending.orphaned or record.is_local_root or record.parent_span_id in trace.created:
-                frontier.append(pending)
+            if pending.orphaned or record.is_local_root or record.parent_span_id in created:
+                order.append(pending)
             else:
                 children.setdefault(record.parent_span_id, []).append(pending)
-        planned: list[PlannedItem] = []
-        while frontier:
-            pending = frontier.popleft()
-            planned.append(self._create_item(trace, pending))
-            frontier.extend(children.pop(pending.record.span_id, ()))
-        return planned
+        if children:
+            # `order` grows while it is walked: each span's children join the end (a queue, without a deque).
+            index = 0
+            while index < len(order):
+                below = children.pop(order[index].record.span_id, None)
+                if below is not None:
+                    order.extend(below)
+                    if not children:
+                        break
+                index += 1
+        return order
 
     def _create_item(self, trace: RunState, pending: PendingSpan) -> PlannedItem:
         pending.attempted = True
@@ -485,6 +505,16 @@ class Planner:
     def _plan_finish(
         self, trace: RunState, now: float, span_items: list[PlannedItem], *, flush: bool, shutdown: bool
     ) -> PlannedItem | None:
+        # With starts known: over once every span started here has ended and arrived; while one has not (its
+        # end may have been lost), the grace period is stretched to the longest a child may wait for its parent.
+        waiting_for_open = trace.tracked and bool(trace.open)
+        over = trace.tracked and not trace.open
+        grace = max(self._grace, self._max_wait) if waiting_for_open else self._grace
+        quiet = now - trace.last_activity >= grace
+        if not (shutdown or flush or over or quiet or trace.finished_without_root):
+            # Not yet, whatever the spans planned (most plans of a run in its grace period): a run whose root is in
+            # waits for one of these, and one without its root for an idle time (max wait + grace) longer still.
+            return None
         creates = [item for item in span_items if item.action == BULK_CREATE_SPAN]
         if len(creates) != len(trace.pending):
             return None  # somebody still waits for a parent: the run is not over
@@ -500,12 +530,6 @@ class Planner:
         roots = [record for record in planned if record.is_local_root]
         root_in = trace.root_delivered or trace.root_skipped or bool(roots)
         rootless = not root_in and (trace.finished_without_root or self._over_without_root(trace, now))
-        # With starts known: over once every span started here has ended and arrived; while one has not (its
-        # end may have been lost), the grace period is stretched to the longest a child may wait for its parent.
-        waiting_for_open = trace.tracked and bool(trace.open)
-        over = trace.tracked and not trace.open
-        grace = max(self._grace, self._max_wait) if waiting_for_open else self._grace
-        quiet = now - trace.last_activity >= grace
         if not (shutdown or rootless or (root_in and (over or quiet or (flush and not waiting_for_open)))):
             return None
         if not span_items and not trace.created:

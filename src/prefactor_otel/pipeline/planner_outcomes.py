@@ -76,28 +76,32 @@ class OutcomeRules:
 
     def apply(self, outcomes: Mapping[str, ItemOutcome], now: float, *, spooled: bool = False) -> None:
         """Record what the server did with each item of the last plan. Keys not given = not processed."""
-        traces = self._runs.traces
+        traces_get, items_get = self._runs.traces.get, self._items.get
         for key, outcome in outcomes.items():
-            item = self._items.get(key)
+            item = items_get(key)
             if item is None or outcome.status == "not_processed":
                 continue
-            trace = traces.get(item.trace_id)
+            trace = traces_get(item.trace_id)
             if trace is None:
                 continue
             span_id = item.span_id
-            pending = trace.pending.get(span_id) if span_id is not None else None
-            verdict = judge(item.action, outcome, can_orphan=pending is not None and not pending.orphaned)
-            ok = verdict is Verdict.DONE
-            if item.action == BULK_REGISTER:
-                self._on_register(trace, ok, outcome)
-            elif item.action == BULK_START:
-                self._on_start(trace, ok, outcome)
-            elif item.action == BULK_CREATE_SPAN and span_id is not None:
-                self._on_span(trace, span_id, verdict, outcome, spooled)
-            elif item.action == BULK_FINISH_SPAN and span_id is not None:
+            action = item.action
+            if outcome is SUCCESS:  # the shared outcome of most items: judge's first answer, without the call
+                verdict = Verdict.DONE
+            else:
+                pending = trace.pending.get(span_id) if span_id is not None else None
+                verdict = judge(action, outcome, can_orphan=pending is not None and not pending.orphaned)
+            if action == BULK_CREATE_SPAN:  # most items: first
+                if span_id is not None:
+                    self._on_span(trace, span_id, verdict, outcome, spooled)
+            elif action == BULK_REGISTER:
+                self._on_register(trace, verdict is Verdict.DONE, outcome)
+            elif action == BULK_START:
+                self._on_start(trace, verdict is Verdict.DONE, outcome)
+            elif action == BULK_FINISH_SPAN and span_id is not None:
                 self._on_span_finish(trace, span_id, verdict, outcome, spooled)
-            elif item.action == BULK_FINISH_INSTANCE:
-                self._on_finish(trace, ok, outcome)
+            elif action == BULK_FINISH_INSTANCE:
+                self._on_finish(trace, verdict is Verdict.DONE, outcome)
 
     def _on_register(self, trace: RunState, ok: bool, outcome: ItemOutcome) -> None:
         if ok:

@@ -1,0 +1,134 @@
+"""The benchmark's own parts (benchmarks/): what issue 22's figures rest on.
+
+- The fast sinks (sinks.py, a real process on 127.0.0.1) count a request body as sent and as decoded, and read
+  bulk bodies sent with a Content-Encoding (gzip, zstd), so bytes-on-the-wire figures stay right with compression.
+- The small-span workload (workload.py) has the shape its docstring says: 12 spans per trace, 3 of them GenAI.
+- The `setup` measurement (measure.py) runs both set-ups and OTLP's against the sinks and reports each delivered.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import zstandard
+
+from prefactor_otel.mapping import map_span
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PREFACTOR_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.fixture
+def sinks() -> Iterator[dict[str, Any]]:
+    process = subprocess.Popen(
+        [sys.executable, str(BENCHMARKS / "sinks.py"), "--max-seconds", "120"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        assert process.stdout is not None
+        yield json.loads(process.stdout.readline())
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()  # the sink exits when its parent's pipe closes
+        process.wait(timeout=15)
+
+
+def _bulk_body(count: int) -> bytes:
+    items = [
+        {"_type": "agent_spans/create", "idempotency_key": f"key-{i:04d}", "details": {"id": f"span-{i}"}}
+        for i in range(count)
+    ]
+    return json.dumps({"items": items}).encode()
+
+
+def test_the_bulk_sink_reads_compressed_bodies_and_counts_them_as_sent_and_decoded(sinks: dict[str, Any]) -> None:
+    body = _bulk_body(50)
+    encoded = {"": body, "gzip": gzip.compress(body), "zstd": zstandard.ZstdCompressor().compress(body)}
+    with httpx.Client(timeout=10) as client:
+        client.post(sinks["bulk"] + "/_reset")
+        for encoding, data in encoded.items():
+            headers = {"Content-Type": "application/json"} | ({"Content-Encoding": encoding} if encoding else {})
+            answer = client.post(sinks["bulk"] + "/api/v1/bulk", content=data, headers=headers)
+            assert answer.status_code == 200, encoding
+            outputs = answer.json()["outputs"]
+            assert len(outputs) == 50 and outputs["key-0007"]["details"]["id"] == "span-7"
+        refused = client.post(sinks["bulk"] + "/api/v1/bulk", content=b"not brotli", headers={"Content-Encoding": "br"})
+        assert refused.status_code == 415
+        stats = client.get(sinks["bulk"] + "/_stats").json()
+    assert stats["requests"] == 4
+    assert stats["items"] == 150
+    assert stats["body_bytes"] == sum(len(data) for data in encoded.values()) + len(b"not brotli")
+    assert stats["decoded_bytes"] == 3 * len(body) + len(b"not brotli")
+    assert stats["encoded_requests:gzip"] == 1 and stats["encoded_requests:zstd"] == 1
+    assert stats["encoded_requests:br"] == 1
+
+
+def test_the_small_span_workload_is_mostly_plain_spans_with_a_few_genai_ones() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from workload import SMALL_SPANS_PER_TRACE, SpanSource
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    source = SpanSource(seed=5, workload="small")
+    spans = source.spans(240)
+    assert source.spans_per_trace == SMALL_SPANS_PER_TRACE == 12
+    assert len(spans) == 240
+    traces = Counter(span.context.trace_id for span in spans if span.context is not None)
+    assert set(traces.values()) == {12}
+    # each trace stretched to a real run's length, its spans still inside their parents
+    by_id = {span.context.span_id: span for span in spans if span.context is not None}
+    for span in spans:
+        assert span.start_time is not None and span.end_time is not None and span.start_time <= span.end_time
+        parent = by_id.get(span.parent.span_id) if span.parent is not None else None
+        if parent is not None:
+            assert parent.start_time is not None and parent.end_time is not None
+            assert parent.start_time <= span.start_time and span.end_time <= parent.end_time
+        else:
+            assert span.end_time - span.start_time == pytest.approx(8e9, rel=1e-6)
+    schemas = Counter(map_span(span).schema_name for span in spans)
+    assert schemas == {"otel:span": 180, "otel:llm": 40, "otel:agent": 20}
+    # a handful of short attributes: no message content, no value longer than a query
+    values = [value for span in spans for value in (span.attributes or {}).values()]
+    assert max(len(value) for value in values if isinstance(value, str)) <= 80
+    assert max(len(span.attributes or {}) for span in spans if map_span(span).schema_name == "otel:span") <= 8
+
+
+def test_the_setup_measurement_delivers_every_span_in_both_set_ups(sinks: dict[str, Any]) -> None:
+    params = {"workload": "small", "spans": 120, "runs": 1, "on_start_calls": 200, **sinks}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "measure.py"), "setup", json.dumps(params)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    rounds = {r["mode"]: r for r in result["rounds"]}
+    assert set(rounds) == {"none", "otlp", "bsp", "processor"}
+    for mode in ("bsp", "processor"):
+        assert rounds[mode]["ok"], rounds[mode]
+        assert rounds[mode]["exported"] == 120 and rounds[mode]["instances_finished"] == 10
+        assert rounds[mode]["decoded_bytes"] >= rounds[mode]["body_bytes"] > 0
+    assert rounds["otlp"]["requests"] >= 1 and rounds["otlp"]["body_bytes"] > 0
+    assert result["on_start"]["prefactor_ns"] > 0
