@@ -1399,6 +1399,9 @@ def write_results(
     gateway = HERE / "gateway_notes.md"  # written by benchmarks/gateway.py (a full run)
     if gateway.exists():
         parts += [gateway.read_text().strip(), ""]
+    fleet = HERE / "fleet_notes.md"  # written by benchmarks/fleet.py (the Collector and two replicas)
+    if fleet.exists():
+        parts += [fleet.read_text().strip(), ""]
     if hostile:
         parts += [hostile, ""]
     parts += [
