@@ -590,3 +590,27 @@ SHORT_GATE_LITERALS = (
 # Every default match that a short value can hold contains one of the literals or this: a key's DER header (a
 # one-line Ed25519 key is 64 characters, the first line of a split key too).
 SHORT_GATE_PATTERN = "|".join([*map(re.escape, SHORT_GATE_LITERALS), _HEADER_PROBE.pattern])
+
+
+# For long strings, with google-re2 installed (prefilter.py): per default rule, an RE2 pattern that every text the
+# rule can change contains, before lower-casing (`(?i)` in RE2 folds the Kelvin sign and the long s as `str.lower`
+# does, and more), so that one pass over a text tells whether any of them can change it. A rule missing from both
+# this table and ALWAYS_RUN turns the prefilter off (tests/test_redaction_prefilter.py checks that none is).
+PREFILTER_PATTERNS: dict[str, str] = {
+    "api_key": "sk-",
+    "bearer_token": "(?i)bearer",  # its trigger, searched in the lowered text
+    "basic_auth": "(?i)authoriz",
+    "jwt": "eyJ",
+    "aws_secret_key": "AKIA|ASIA",  # the key id it looks near
+    "aws_access_key": "AKIA|ASIA",
+    "github_token": "gh[pousr]_|github_pat_",
+    "google_api_key": "AIza",
+    "slack_token": "xox",
+    "password": "(?i)(?:passw|pwd)",
+    "secret_assignment": "(?i)secret",  # its anchor word
+    "url_credentials": "://[^/@]+@",  # `://user:password@`: no `/` or `@` between `://` and the `@`
+    "webhook_url": r"(?i)(?:hooks\.slack|webhook|sig=)",
+}
+# Default rules the prefilter does not cover: run on every long string (the private-key probes are one-character
+# tests, cheaper than describing every layout of a key to RE2).
+ALWAYS_RUN = frozenset({KEY_BODY_RULE})
