@@ -234,9 +234,11 @@ class _PrivateKeyRule:
         ):
             _pem_layouts(text, found)
         header = "M" in text and _HEADER_PROBE.search(text) is not None
-        literals = [
-            literal for literal, mark in ((_OPENSSH, "X"), (_BASE64_PEM, "J")) if mark in text and literal in text
-        ]
+        literals = (
+            [literal for literal, mark in ((_OPENSSH, "X"), (_BASE64_PEM, "J")) if mark in text and literal in text]
+            if "X" in text or "J" in text  # most text has neither: no list built
+            else _NO_LITERALS
+        )
         if header or literals:
             _key_headers(text, found, header, literals)
         if not found:
@@ -281,6 +283,7 @@ _PUBLIC_BEGIN = re.compile(r"-----BEGIN (?P<label>[A-Z0-9 ]+)-----(?:[ \t]*" + _
 # enough characters to decode the header from.
 _HEADER_PROBE = re.compile(r"M(?:(?<![A-Za-z0-9+/]M)|(?<=\\nM))[A-I][A-Za-z0-9+/]{30}")
 _BASE64_PEM = "LS0tLS1CRUdJTi"  # base64 of "-----BEGIN"
+_NO_LITERALS: list[str] = []  # never mutated
 _OPENSSH = "b3BlbnNzaC1rZXktdjE"  # base64 of "openssh-key-v1" (an OpenSSH private key)
 _B64_WORD = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _KEY_WIDTHS = (64, 70, 76)
