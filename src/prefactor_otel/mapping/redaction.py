@@ -16,7 +16,12 @@ Three kinds of rules, applied in this order:
    rule has a `secret` group only that part is replaced, so `password=[REDACTED:password]` still reads. An assigned
    JSON literal (`null`, a number, an object) is left alone: it is no credential, and masking it would break the JSON
    it sits in. Each default rule has literal trigger strings; a value that contains none of them is not scanned by
-   the rule's regex at all (this runs in the export hot path).
+   the rule's regex at all (this runs in the export hot path). Two gates in front decide for all rules at once:
+   below 128 characters one stdlib regex of every default literal; from 128 up, with google-re2 installed, one
+   RE2 set pass (prefilter.py) over each rule's necessary pattern. When a gate says no default rule can match,
+   only the user's patterns (and, for long strings, the private-key rule, whose probes are cheaper than any
+   description of them) run; should those change the text, the whole list runs again on the original, so the
+   outcome never depends on the gates (tests/test_redaction_prefilter.py compares).
 3. The user's **callback** `(path, value) -> value`, last. If it raises or returns a non-string, the value is masked
    (fail closed): an unreviewed value is never sent.
 
