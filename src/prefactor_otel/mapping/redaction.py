@@ -16,7 +16,12 @@ Three kinds of rules, applied in this order:
    rule has a `secret` group only that part is replaced, so `password=[REDACTED:password]` still reads. An assigned
    JSON literal (`null`, a number, an object) is left alone: it is no credential, and masking it would break the JSON
    it sits in. Each default rule has literal trigger strings; a value that contains none of them is not scanned by
-   the rule's regex at all (this runs in the export hot path).
+   the rule's regex at all (this runs in the export hot path). Two gates in front decide for all rules at once:
+   below 128 characters one stdlib regex of every default literal; from 128 up, with google-re2 installed, one
+   RE2 set pass (prefilter.py) over each rule's necessary pattern. When a gate says no default rule can match,
+   only the user's patterns (and, for long strings, the private-key rule, whose probes are cheaper than any
+   description of them) run; should those change the text, the whole list runs again on the original, so the
+   outcome never depends on the gates (tests/test_redaction_prefilter.py compares).
 3. The user's **callback** `(path, value) -> value`, last. If it raises or returns a non-string, the value is masked
    (fail closed): an unreviewed value is never sent.
 
@@ -48,10 +53,14 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from prefactor_otel.mapping.prefilter import long_text_gate
 from prefactor_otel.mapping.secret_patterns import (
+    ALWAYS_RUN,
     KEY_BODY_RULE,
+    PREFILTER_PATTERNS,
     SHORT_GATE_PATTERN,
     PatternRule,
+    ValueRule,
     default_rules,
     key_line_items,
 )
@@ -169,7 +178,10 @@ class Redactor:
         patterns: Iterable[str] = (),
         keys: Iterable[str] = (),
         callback: RedactCallback | None = None,
+        prefilter: bool = True,
     ) -> None:
+        """`prefilter=False`: no one-pass prefilter on long strings even with google-re2 installed (the outcome is
+        the same; tests compare the two)."""
         rules = default_rules() if defaults else []
         user_rules = [PatternRule(f"user_pattern_{i}", p) for i, p in enumerate(patterns, start=1)]  # re.error: config
         self._rules = (*rules, *user_rules)
@@ -178,6 +190,19 @@ class Redactor:
         # One regex over every default literal (and a key's DER header): cheaper than the per-rule checks on short
         # strings (identifiers, model names), which are most values; long strings go through the per-rule gates.
         self._short_gate = re.compile(SHORT_GATE_PATTERN) if defaults else None
+        # Long strings (messages): one RE2 pass tells whether any default rule but the always-run ones can change
+        # the text (prefilter.py; None without google-re2). When none can, only the always-run rules and the
+        # user's patterns run (`_quiet_rules`); should one of them change the text, the whole list runs again on
+        # the original, so the outcome is the per-rule path's whatever the rules are.
+        self._long_gate = (
+            long_text_gate((rule.name for rule in rules), PREFILTER_PATTERNS, ALWAYS_RUN)
+            if defaults and prefilter
+            else None
+        )
+        self._quiet_rules: tuple[ValueRule, ...] = (
+            *(rule for rule in rules if rule.name in ALWAYS_RUN),
+            *user_rules,
+        )
         self._structural = _STRUCTURAL_KEYS if defaults and not user_rules else frozenset()
         self._defaults = defaults
         user_keys = {k.strip().lower() for k in keys if k.strip()}
@@ -246,24 +271,37 @@ class Redactor:
         size = len(text)
         if size >= _MIN_SECRET_LENGTH:
             rules = self._rules
-            if size < _SHORT and self._short_gate is not None and self._short_gate.search(text) is None:
-                rules = self._user_rules
+            if size < _SHORT:
+                if self._short_gate is not None and self._short_gate.search(text) is None:
+                    rules = self._user_rules
+            elif self._long_gate is not None and not self._long_gate.may_match(text):
+                quiet: list[dict[str, Any]] = []
+                self._apply(text, self._quiet_rules, where, key, quiet)
+                if not quiet:  # nothing changed (the common case): the per-rule path would change nothing either
+                    rules = ()
             if rules:
-                lowered = text.lower() if self._any_lower and rules is self._rules else None
-                for rule in rules:
-                    # The rule's gate inline: most rules stop here, and a method call per rule and string
-                    # cost more than the one-character search itself.
-                    gate = rule.gate
-                    if gate is not None and gate not in text:
-                        continue
-                    new, count = rule.apply(text, lowered)
-                    if count:
-                        text = new
-                        if lowered is not None:
-                            lowered = text.lower()
-                        log.append({"path": _path(where, key), "rule": rule.name, "count": count})
+                text = self._apply(text, rules, where, key, log)
         if self._callback is not None:
             text = self._call(text, _path(where, key), log)
+        return text
+
+    def _apply(
+        self, text: str, rules: Sequence[ValueRule], where: str, key: str | None, log: list[dict[str, Any]]
+    ) -> str:
+        """The value rules, in order, each on what the previous ones left."""
+        lowered = text.lower() if self._any_lower and rules is self._rules else None
+        for rule in rules:
+            # The rule's gate inline: most rules stop here, and a method call per rule and string cost more than
+            # the one-character search itself.
+            gate = rule.gate
+            if gate is not None and gate not in text:
+                continue
+            new, count = rule.apply(text, lowered)
+            if count:
+                text = new
+                if lowered is not None:
+                    lowered = text.lower()
+                log.append({"path": _path(where, key), "rule": rule.name, "count": count})
         return text
 
     def _call(self, text: str, path: str, log: list[dict[str, Any]]) -> str:

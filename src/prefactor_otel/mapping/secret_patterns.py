@@ -234,9 +234,11 @@ class _PrivateKeyRule:
         ):
             _pem_layouts(text, found)
         header = "M" in text and _HEADER_PROBE.search(text) is not None
-        literals = [
-            literal for literal, mark in ((_OPENSSH, "X"), (_BASE64_PEM, "J")) if mark in text and literal in text
-        ]
+        literals = (
+            [literal for literal, mark in ((_OPENSSH, "X"), (_BASE64_PEM, "J")) if mark in text and literal in text]
+            if "X" in text or "J" in text  # most text has neither: no list built
+            else _NO_LITERALS
+        )
         if header or literals:
             _key_headers(text, found, header, literals)
         if not found:
@@ -281,6 +283,7 @@ _PUBLIC_BEGIN = re.compile(r"-----BEGIN (?P<label>[A-Z0-9 ]+)-----(?:[ \t]*" + _
 # enough characters to decode the header from.
 _HEADER_PROBE = re.compile(r"M(?:(?<![A-Za-z0-9+/]M)|(?<=\\nM))[A-I][A-Za-z0-9+/]{30}")
 _BASE64_PEM = "LS0tLS1CRUdJTi"  # base64 of "-----BEGIN"
+_NO_LITERALS: list[str] = []  # never mutated
 _OPENSSH = "b3BlbnNzaC1rZXktdjE"  # base64 of "openssh-key-v1" (an OpenSSH private key)
 _B64_WORD = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _KEY_WIDTHS = (64, 70, 76)
@@ -590,3 +593,27 @@ SHORT_GATE_LITERALS = (
 # Every default match that a short value can hold contains one of the literals or this: a key's DER header (a
 # one-line Ed25519 key is 64 characters, the first line of a split key too).
 SHORT_GATE_PATTERN = "|".join([*map(re.escape, SHORT_GATE_LITERALS), _HEADER_PROBE.pattern])
+
+
+# For long strings, with google-re2 installed (prefilter.py): per default rule, an RE2 pattern that every text the
+# rule can change contains, before lower-casing (`(?i)` in RE2 folds the Kelvin sign and the long s as `str.lower`
+# does, and more), so that one pass over a text tells whether any of them can change it. A rule missing from both
+# this table and ALWAYS_RUN turns the prefilter off (tests/test_redaction_prefilter.py checks that none is).
+PREFILTER_PATTERNS: dict[str, str] = {
+    "api_key": "sk-",
+    "bearer_token": "(?i)bearer",  # its trigger, searched in the lowered text
+    "basic_auth": "(?i)authoriz",
+    "jwt": "eyJ",
+    "aws_secret_key": "AKIA|ASIA",  # the key id it looks near
+    "aws_access_key": "AKIA|ASIA",
+    "github_token": "gh[pousr]_|github_pat_",
+    "google_api_key": "AIza",
+    "slack_token": "xox",
+    "password": "(?i)(?:passw|pwd)",
+    "secret_assignment": "(?i)secret",  # its anchor word
+    "url_credentials": "://[^/@]+@",  # `://user:password@`: no `/` or `@` between `://` and the `@`
+    "webhook_url": r"(?i)(?:hooks\.slack|webhook|sig=)",
+}
+# Default rules the prefilter does not cover: run on every long string (the private-key probes are one-character
+# tests, cheaper than describing every layout of a key to RE2).
+ALWAYS_RUN = frozenset({KEY_BODY_RULE})

@@ -62,8 +62,9 @@ def json_safe(value: object) -> JsonValue:
 
 def plain_attributes(attributes: Mapping[str, object] | None) -> dict[str, object]:
     """A plain dict copy of an attribute mapping. A span's `attributes` is a MappingProxyType over the SDK's
-    BoundedAttributes: its `copy()` is a C-level dict copy, where `dict(...)` fetches each value through Python."""
-    if not attributes:
+    BoundedAttributes: its `copy()` is a C-level dict copy, where `dict(...)` fetches each value through Python.
+    (No emptiness test first: on that proxy it is one more Python call, `BoundedAttributes.__len__`.)"""
+    if attributes is None:
         return {}
     copy = getattr(attributes, "copy", None)
     if copy is not None:
