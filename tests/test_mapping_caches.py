@@ -121,3 +121,21 @@ def test_the_attribute_convention_cache_is_bounded_and_exact() -> None:
     assert conventions.genai_attribute_convention({"gen_ai.system": "openai"}) == conventions.GEN_AI
     # A name that merely starts like a convention's prefix is not one.
     assert conventions.genai_attribute_convention({"gen_aix": 1, "llmx.y": 2}) is None
+
+
+def test_formatted_seconds_are_exact_and_the_cache_bounded() -> None:
+    from datetime import datetime, timezone
+
+    from prefactor_otel.mapping import values
+
+    start = 1_767_225_599_999_999_999  # 2025-12-31T23:59:59.999999999Z: truncated to the millisecond, never rounded up
+    assert values.iso_from_ns(start) == "2025-12-31T23:59:59.999Z"
+    assert values.iso_from_ns(start + 1) == "2026-01-01T00:00:00.000Z"
+    for second in range(values._SECONDS_KEPT * 2):  # spans of many seconds, e.g. a long-running service
+        ns = (1_700_000_000 + second) * 1_000_000_000 + 123_456_789
+        expected = datetime.fromtimestamp(ns // 1_000_000_000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        assert values.iso_from_ns(ns) == f"{expected}.123Z"
+        assert len(values._SECONDS) <= values._SECONDS_KEPT
+    # Alternating seconds (a span's start and end) are both still right after the cache was cleared.
+    assert values.iso_from_ns(start) == "2025-12-31T23:59:59.999Z"
+    assert values.iso_from_ns(None) is None

@@ -1,4 +1,9 @@
-"""JSON-safe encoding of OTel attribute values and timestamps. Pure functions."""
+"""JSON-safe encoding of OTel attribute values and timestamps. Pure functions.
+
+Called by whichever thread maps spans (the exporter's sending thread, the gateway's worker), possibly several at
+once; the one module state, the formatted seconds of `iso_from_ns` (`_SECONDS`), is a bounded dict needing no lock
+(see its comment).
+"""
 
 from __future__ import annotations
 
@@ -85,18 +90,27 @@ def attributes_dict(attributes: Mapping[str, object] | None) -> dict[str, JsonVa
 
 def iso_from_ns(unix_nanos: int | None) -> str | None:
     """ISO 8601 UTC with `Z` and millisecond precision (truncated, never rounded up past the real instant)."""
-    global _last_second
     if unix_nanos is None:
         return None
     seconds, millis = divmod(unix_nanos // 1_000_000, 1000)
-    cached = _last_second  # spans of one batch share their second: format it once (one atomic read)
-    if cached[0] != seconds:
-        cached = (seconds, datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
-        _last_second = cached
-    return f"{cached[1]}.{millis:03d}Z"
+    text = _SECONDS.get(seconds)
+    if text is None:
+        # A span's start and end usually fall in different seconds (an agent step lasts seconds), and a batch holds
+        # runs that interleave: a one-entry cache re-formatted on most calls (0.55 -> 6.2 us a call, +3 us a span
+        # on the benchmark's realistic workload). Cleared when full rather than evicted: a batch's spans span far
+        # fewer than _SECONDS_KEPT seconds, and a clear costs one re-format per second after it.
+        if len(_SECONDS) >= _SECONDS_KEPT:
+            _SECONDS.clear()
+        text = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _SECONDS[seconds] = text
+    return f"{text}.{millis:03d}Z"
 
 
-_last_second: tuple[int, str] = (-1, "")
+# Formatted seconds by Unix second, shared by every thread that maps (the exporter's sending thread, the gateway's
+# worker): a dict's get and set are atomic, two threads formatting the same second store the same text, and a clear
+# racing a read only costs that read a re-format.
+_SECONDS_KEPT = 256
+_SECONDS: dict[int, str] = {}
 
 
 def parse_json_maybe(value: object) -> JsonValue:
