@@ -91,7 +91,7 @@ def _start_attributes(span: ReadableSpan) -> dict[str, object]:
     C-level dict copy for the SDK's BoundedAttributes, as `plain_attributes(span.attributes)` makes it."""
     if type(span) in _SDK_SPANS:
         attributes: Any = span._attributes
-        if type(attributes) is BoundedAttributes:
+        if type(attributes) is BoundedAttributes and _BOUNDED_COPY:
             copied = attributes.copy()
             if type(copied) is dict:
                 return copied
@@ -129,6 +129,8 @@ def live_mapper(options: MappingOptions) -> Callable[[ReadableSpan], SpanRecord]
 
 
 _SAMPLED = int(TraceFlags.SAMPLED)
+# BoundedAttributes.copy(): its dict copied in one C call (an SDK without it: the generic copy).
+_BOUNDED_COPY = callable(getattr(BoundedAttributes, "copy", None))
 # tuple.__new__ bound by a C-level partial: skips NamedTuple's Python-level __new__ (its fields are positional).
 _new_started = cast(
     "Callable[[tuple[int, int, int | None, bool, int, ReadableSpan]], StartedSpan]",
