@@ -330,7 +330,7 @@ def on_start_cost(bulk: str, calls: int) -> Result:
     processor = PrefactorSpanProcessor(**prefactor_settings(bulk))
     batch = BatchSpanProcessor(otlp_exporter(bulk))
     span = provider.get_tracer("bench").start_span("invoke_agent bench", attributes={"gen_ai.operation.name": "chat"})
-    queue = processor.exporter.start_queue()
+    queue = processor.exporter._start_queue()
     starts = queue[0] if queue is not None else None
 
     def per_call_ns(call: Callable[[Any], None]) -> float:

@@ -53,15 +53,17 @@ class LiveSpans:
     def open(self, trace: RunState, started: StartedSpan, now: float) -> None:
         """A span started in this run (the Planner found or opened the run): open until it ends, live if the
         policy wants it. Call `limit_open` after a batch."""
+        runs = self._runs
         trace.tracked = True
         trace.last_activity = now
-        self._runs.traces.move_to_end(trace.trace_id)
-        if started.is_local_root:
+        runs.traces.move_to_end(trace.trace_id)
+        if started.parent_span_id is None or started.parent_is_remote:  # a local root (is_local_root, inlined)
             trace.announce = True
         trace.open[started.span_id] = OpenSpan(started)
         self.open_spans += 1
-        self._runs.with_pending[trace.trace_id] = None
-        if self._live_policy is not None and self._live_policy.wants(started):
+        runs.with_pending[trace.trace_id] = None
+        policy = self._live_policy
+        if policy is not None and policy.wants(started):
             self._go_live(trace, started.span_id, now)
 
     def limit_open(self) -> None:
