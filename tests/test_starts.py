@@ -141,3 +141,16 @@ def test_another_span_class_is_read_through_its_public_properties() -> None:
     started_child = read_start(child)
     assert started_child is not None and not started_child.is_local_root
     assert LivePolicy("agent").wants(started_child) is False  # classified by its public name and attributes
+
+
+def test_an_sdk_whose_fields_do_not_hold_what_its_properties_return_is_read_through_the_properties(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The failure mode of the private read: a future SDK that keeps the field names but computes a property
+    # differently. The import-time probe must then trust no class, and read_start still gives the public answer.
+    assert starts._sdk_span_classes()  # this SDK: the fields hold
+    monkeypatch.setattr(ReadableSpan, "name", property(lambda self: "renamed"))
+    assert starts._sdk_span_classes() == frozenset()
+    monkeypatch.undo()
+    monkeypatch.setattr(ReadableSpan, "start_time", property(lambda self: 1))
+    assert starts._sdk_span_classes() == frozenset()
