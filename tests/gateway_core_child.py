@@ -71,8 +71,8 @@ def wait(condition: Callable[[], bool]) -> None:
 
 def late_span(gateway: Gateway) -> None:
     """Trace X finishes, and its ingress-log segment is retired; then a span of X comes late (after its run was
-    finished: the planner drops it), in one request with a child of trace Y, whose root never comes. Prints the
-    two trace ids once the late span was dropped, then waits to be killed."""
+    finished: it opens X's second run), in one request with a child of trace Y, whose root never comes. Prints the
+    two trace ids once X's second run is finished too, then waits to be killed."""
     gateway.start()
     wait(lambda: gateway.wait_ready(1))
     collector = Collector()
@@ -92,8 +92,8 @@ def late_span(gateway: Gateway) -> None:
     root_y = tracer.start_span("invoke_agent y")
     tracer.start_span("waits for y", context=trace_api.set_span_in_context(root_y)).end()
     gateway.accept("Bearer ingress-kill", encode_spans(collector.spans))
-    dropped = lambda: gateway.stats()["pipelines"]["default.default"]["dropped_by_reason"]  # noqa: E731
-    wait(lambda: dropped().get("instance_already_finished") == 1)
+    pipeline = lambda: gateway.stats()["pipelines"]["default.default"]  # noqa: E731
+    wait(lambda: pipeline()["runs_reopened_late"] == 1 and pipeline()["instances_finished"] == 2)
     x, y = root.get_span_context().trace_id, root_y.get_span_context().trace_id
     print(json.dumps({"x": f"{x:032x}", "y": f"{y:032x}"}), flush=True)
     time.sleep(600)
