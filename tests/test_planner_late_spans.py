@@ -1,7 +1,7 @@
 """The planner with `late_spans_open_a_run` (the gateway's): a span that comes after its run was finished opens the
-trace's next run of the part instead of being dropped; a retried copy of a span a finished run already created is
-ignored, never a second copy. Real mapped spans in, ordered bulk items out, outcomes back; no server (the gateway's
-end-to-end test over real sockets: tests/test_gateway_late_spans.py)."""
+trace's next run of the part instead of being dropped, sent whole once quiet for the grace period; a retried copy of
+a span a finished run already created is ignored, never a second copy. Real mapped spans in, ordered bulk items out,
+outcomes back; no server (the gateway's end-to-end test over real sockets: tests/test_gateway_late_spans.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from prefactor_otel.pipeline.items import PlannedItem
 from prefactor_otel.pipeline.planner import Planner
 from prefactor_otel.pipeline.runs import EarlierSpans
 from tests.spans import make_provider
-from tests.test_planner import _ok, _planner
+from tests.test_planner import _iso, _ok, _planner
 
 PART = "r1"
 REGISTER, CREATE, FINISH = "agent_instances/register", "agent_spans/create", "agent_instances/finish"
@@ -73,8 +73,13 @@ def test_a_late_child_opens_the_traces_next_run_and_a_retried_copy_is_not_sent_a
     # After the run was finished: the late child (its parent, the root, is in the first run), and a client's retry
     # of `step`, which the first run created (its acknowledgement was lost, say).
     planner.add([spans["step"], spans["late tool"]], now=10.0)
-    second = deliver(planner, now=10.0)  # not held max_wait_seconds for its parent: the top of the new run
-    assert actions(second) == [REGISTER, "agent_instances/start", CREATE]
+    # Held while more of it may come (the grace period, 1 s here), with nothing due for the background ticker...
+    assert planner.plan(now=10.9) == [] and not planner.has_due_work(10.9)
+    assert planner.has_due_work(11.0)
+    # ... then sent whole: the child is the new run's top (not held max_wait_seconds for its parent, which is in the
+    # first run), finished at once, at its end, with its status.
+    second = deliver(planner, now=11.0)
+    assert actions(second) == [REGISTER, "agent_instances/start", CREATE, FINISH]
     register = second[0].body
     trace_hex = f"{spans['step'].trace_id:032x}"
     assert register["external_identifier"] == f"otel:{trace_hex}:{PART}:1"
@@ -88,10 +93,23 @@ def test_a_late_child_opens_the_traces_next_run_and_a_retried_copy_is_not_sent_a
     assert payload["metadata"]["prefactor.parent_in_earlier_run"] is True
     assert planner.counters["runs_reopened_late"] == 1 and planner.counters["spans_duplicate_ignored"] == 1
     assert planner.dropped == {}
-    # Its top is in: finished after the grace period, at the top's end, with its status.
-    (finish,) = deliver(planner, now=11.0)
-    assert finish.action == FINISH and finish.body["status"] == "complete"
+    finish = second[3].body
+    assert finish["status"] == "complete" and finish["timestamp"] == _iso(spans["late tool"].end_time_ns)
     assert planner.open_traces == 0 and planner.counters["instances_finished"] == 2
+
+
+def test_a_held_late_run_is_sent_at_once_on_flush_and_more_late_spans_extend_its_quiet_time() -> None:
+    planner = gateway_planner()
+    spans = a_trace()
+    finished_first_run(planner, spans)
+    planner.add([spans["late query"]], now=10.0)
+    planner.add([spans["late tool"]], now=10.8)  # activity: quiet from here on
+    assert planner.plan(now=11.5) == []
+    assert actions(deliver(planner, now=11.8)) == [REGISTER, "agent_instances/start", CREATE, CREATE, FINISH]
+    other = gateway_planner()
+    finished_first_run(other, spans)
+    other.add([spans["late tool"]], now=10.0)
+    assert actions(other.plan(now=10.0, flush=True)) == [REGISTER, "agent_instances/start", CREATE, FINISH]
 
 
 def test_a_late_childs_own_children_stay_its_children() -> None:
@@ -99,7 +117,7 @@ def test_a_late_childs_own_children_stay_its_children() -> None:
     spans = a_trace()
     finished_first_run(planner, spans)
     planner.add([spans["late query"], spans["late tool"]], now=10.0)  # the grandchild first, as it ended first
-    creates = {item.span_id: item for item in deliver(planner, now=10.0) if item.action == CREATE}
+    creates = {item.span_id: item for item in deliver(planner, now=11.0) if item.action == CREATE}
     tool, query = creates[spans["late tool"].span_id], creates[spans["late query"].span_id]
     assert tool.body["details"].get("parent_span_id") is None
     assert query.body["details"]["parent_span_id"] == tool.body["details"]["id"]  # an ordinary child
@@ -115,15 +133,14 @@ def test_retried_copies_alone_open_nothing_even_while_a_later_run_is_open() -> N
     assert planner.plan(now=5.0) == [] and planner.open_traces == 0
     assert planner.counters["spans_duplicate_ignored"] == 2 and planner.counters["runs_reopened_late"] == 0
     planner.add([spans["late tool"]], now=10.0)
-    deliver(planner, now=10.0)
     assert planner.open_traces == 1
     planner.add([spans["step"], spans["late tool"]], now=10.5)  # the first run's and the open run's spans again
-    assert planner.plan(now=10.5) == []
     assert planner.counters["spans_duplicate_ignored"] == 4
-    deliver(planner, now=12.0)  # the second run finished
+    second = deliver(planner, now=11.5)
+    assert actions(second).count(CREATE) == 1 and planner.open_traces == 0  # the second run, finished
     # Then a third late span: the third run (`:2`); copies of both earlier runs' spans are still ignored.
     planner.add([spans["invoke_agent late"], spans["late tool"], spans["late query"]], now=20.0)
-    third = deliver(planner, now=20.0)
+    third = deliver(planner, now=21.0)
     assert third[0].body["external_identifier"].endswith(f":{PART}:2")
     assert [item.span_id for item in third if item.action == CREATE] == [spans["late query"].span_id]
     assert planner.counters["spans_duplicate_ignored"] == 6 and planner.counters["runs_reopened_late"] == 2
@@ -137,9 +154,9 @@ def test_a_late_span_whose_parent_is_in_no_earlier_run_waits_for_it_as_any_child
     spans = a_trace()
     finished_first_run(planner, spans)
     planner.add([spans["late query"]], now=10.0)  # its parent `late tool` is in no run here (yet)
-    assert deliver(planner, now=10.0) == []  # it waits
+    assert deliver(planner, now=11.0) == []  # it waits for it
     planner.add([spans["late tool"]], now=11.0)
-    creates = [item for item in deliver(planner, now=11.0) if item.action == CREATE]
+    creates = [item for item in deliver(planner, now=12.0) if item.action == CREATE]
     assert [item.span_id for item in creates] == [spans["late tool"].span_id, spans["late query"].span_id]
     assert creates[0].body["details"].get("parent_span_id") is None  # its parent, the root, is in the first run
     assert creates[1].body["details"]["parent_span_id"] == creates[0].body["details"]["id"]
@@ -148,6 +165,7 @@ def test_a_late_span_whose_parent_is_in_no_earlier_run_waits_for_it_as_any_child
     lone = gateway_planner(max_wait_seconds=5.0)
     finished_first_run(lone, spans)
     lone.add([spans["late query"]], now=10.0)
+    assert deliver(lone, now=14.9) == []
     (create,) = [item for item in deliver(lone, now=15.0) if item.action == CREATE]
     assert create.body["details"]["payload"]["metadata"]["orphaned"] is True and lone.dropped == {}
 
@@ -177,7 +195,7 @@ def test_the_span_ids_kept_are_bounded_and_a_forgotten_trace_drops_as_before(mon
     finished_first_run(planner, newer)  # 2 + 2 ids > 3: the older trace's are forgotten
     assert list(planner.runs.finished_spans) == [newer["step"].trace_id]
     planner.add([older["late tool"], newer["late tool"]], now=10.0)
-    created = [item.span_id for item in deliver(planner, now=10.0) if item.action == CREATE]
+    created = [item.span_id for item in deliver(planner, now=11.0) if item.action == CREATE]
     assert created == [newer["late tool"].span_id]
     assert planner.dropped == {"instance_already_finished": 1}  # a copy or a late span: no longer known
 

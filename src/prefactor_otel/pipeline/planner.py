@@ -31,9 +31,11 @@ run of the part too, counted `runs_reopened_late`; a span that run did create is
 delivered, counted `spans_duplicate_ignored`, never a second copy (the RunTable keeps each finished run's span ids,
 bounded). A span of the new run whose parent is a span of an earlier run is the new run's top at once (made a local
 root: no wait of max_wait_seconds for a parent that is not coming), its payload keeping its OTel parent ids and
-marking `metadata["prefactor.parent_in_earlier_run"]` (docs/gateway.md, "Late spans"). Without the option (the
-exporter: a late span of its own process is a span that outlived its run's grace) such a span is dropped, counted
-`instance_already_finished`.
+marking `metadata["prefactor.parent_in_earlier_run"]` (docs/gateway.md, "Late spans"). Such a run is held until it
+has been quiet for the grace period, then sent whole -- register, start, spans and finish in one plan -- so a gateway
+killed meanwhile leaves no run of it open on the server (its replay skips a finished trace's spans). Without the
+option (the exporter: a late span of its own process is a span that outlived its run's grace) such a span is
+dropped, counted `instance_already_finished`.
 
 In a forked child (`ForkOrigin`, which needs a part: the child's is its own) a trace open at the fork is a run of the
 child's own, and a span whose parent is a span of the parent process is a local root of it (docs/live-runs.md,
@@ -243,6 +245,9 @@ class Planner:
                     continue
                 if not record.parent_is_remote:
                     counters["runs_reopened_late"] += 1  # not a new part entering here: a span after its run
+                    if self._late_spans_open_a_run:
+                        trace = self._new_trace(trace_id, record.start_time_ns, record.resource)
+                        trace.hold_until_quiet = True  # sent whole, once quiet (RunState.hold_until_quiet)
             trace = traces.get(trace_id)
             if trace is None:
                 trace = self._new_trace(trace_id, record.start_time_ns, record.resource)
@@ -421,6 +426,8 @@ class Planner:
         for trace in self._candidates(now, everything=flush or shutdown):
             if trace.rejected:
                 continue
+            if trace.hold_until_quiet and not (flush or shutdown) and now - trace.last_activity < self._grace:
+                continue  # a late run: nothing of it is sent until it can be sent whole
             order = self._creation_order(trace)
             if len(order) < len(trace.pending):
                 # Some span waits for a parent (the common case, every span reachable, skips this walk): release
@@ -685,6 +692,8 @@ class Planner:
         """Cheap check for the background ticker: is anything ready without new input?"""
         for trace in self._candidates(now, everything=False):
             if trace.rejected:
+                continue
+            if trace.hold_until_quiet and now - trace.last_activity < self._grace:
                 continue
             if trace.root_delivered and not trace.pending and now - trace.last_activity >= self._grace:
                 return True

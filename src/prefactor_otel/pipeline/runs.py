@@ -132,6 +132,10 @@ class RunState:
     # Its finish was planned without its root (the planner's rule for a root that never comes): from then on the
     # run is over whatever comes, and once closed a later span of its trace opens a new run (planner.py).
     finished_without_root: bool = False
+    # A run opened for spans that came after the trace's run was finished (late_spans_open_a_run): nothing of it is
+    # planned until it has been quiet for the grace period, when it is sent whole, finish included. A gateway killed
+    # before then has registered nothing of it, so it leaves no run `active` (its replay skips the trace's spans).
+    hold_until_quiet: bool = False
 
 
 class RunTable:
