@@ -238,6 +238,7 @@ class Planner:
             if earlier is not None and record.span_id in earlier:
                 counters["spans_duplicate_ignored"] += 1  # created by an earlier run: a retried copy
                 continue
+            late_run = False
             if trace_id in finished:
                 if not self._reopen(trace_id, trace_id in new_parts):
                     # A finished instance accepts no spans; this one came after the grace period.
@@ -245,12 +246,11 @@ class Planner:
                     continue
                 if not record.parent_is_remote:
                     counters["runs_reopened_late"] += 1  # not a new part entering here: a span after its run
-                    if self._late_spans_open_a_run:
-                        trace = self._new_trace(trace_id, record.start_time_ns, record.resource)
-                        trace.hold_until_quiet = True  # sent whole, once quiet (RunState.hold_until_quiet)
+                    late_run = self._late_spans_open_a_run
             trace = traces.get(trace_id)
             if trace is None:
                 trace = self._new_trace(trace_id, record.start_time_ns, record.resource)
+                trace.hold_until_quiet = late_run  # sent whole, once quiet (RunState.hold_until_quiet)
             elif record.start_time_ns < trace.first_start_ns:
                 trace.first_start_ns = record.start_time_ns  # e.g. the root, exported after its children
             if trace.rejected:
