@@ -82,7 +82,8 @@ def test_a_late_child_lands_in_the_traces_next_run_and_a_retried_copy_is_not_sen
         assert not top["payload"]["metadata"].get("orphaned")
     assert by_name["db query"]["parent_span_id"] == by_name["execute_tool lookup"]["id"]
 
-    # The local server lists the two runs of the trace together, as a cross-process trace's parts.
+    # The local server lists the two runs of the trace together, as a cross-process trace's parts (in the order of
+    # their starts, which may share a millisecond).
     views = run_views(srv.snapshot())
     assert [v["trace_id"] for v in views] == [trace, trace]
-    assert [v["id"] for v in views] == [first["id"], second["id"]]
+    assert {v["id"] for v in views} == {first["id"], second["id"]}
