@@ -2,7 +2,8 @@
 PREFACTOR_* variables and PREFACTOR_GATEWAY_DIR), it accepts requests built by the OTel encoder from real SDK spans
 and prints, after each acknowledged request, one JSON line with the (trace id, span id) of every span in it. Traces
 are spread over requests as batching exporters spread them: a trace's children in one request, its root in a
-later one. It runs until killed (the test SIGKILLs it mid-stream). With the argument `late`: see `late_span`."""
+later one. It runs until killed (the test SIGKILLs it mid-stream). With the argument `late` or `late-held`: see
+`late_span`."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from tests.spans import Collector
 
 def main() -> None:
     gateway = Gateway(GatewaySettings.load())
-    if sys.argv[1:] == ["late"]:
-        late_span(gateway)
+    if sys.argv[1:2] in (["late"], ["late-held"]):
+        late_span(gateway, held=sys.argv[1] == "late-held")
         return
     gateway.start()
     if not gateway.wait_ready(60):
@@ -69,10 +70,11 @@ def wait(condition: Callable[[], bool]) -> None:
     sys.exit(4)
 
 
-def late_span(gateway: Gateway) -> None:
+def late_span(gateway: Gateway, *, held: bool) -> None:
     """Trace X finishes, and its ingress-log segment is retired; then a span of X comes late (after its run was
-    finished: the planner drops it), in one request with a child of trace Y, whose root never comes. Prints the
-    two trace ids once the late span was dropped, then waits to be killed."""
+    finished: it opens X's second run), in one request with a child of trace Y, whose root never comes. Prints the
+    two trace ids once X's second run is finished too (`held`: as soon as it is opened, held for the grace period
+    before anything of it is sent), then waits to be killed."""
     gateway.start()
     wait(lambda: gateway.wait_ready(1))
     collector = Collector()
@@ -92,8 +94,8 @@ def late_span(gateway: Gateway) -> None:
     root_y = tracer.start_span("invoke_agent y")
     tracer.start_span("waits for y", context=trace_api.set_span_in_context(root_y)).end()
     gateway.accept("Bearer ingress-kill", encode_spans(collector.spans))
-    dropped = lambda: gateway.stats()["pipelines"]["default.default"]["dropped_by_reason"]  # noqa: E731
-    wait(lambda: dropped().get("instance_already_finished") == 1)
+    pipeline = lambda: gateway.stats()["pipelines"]["default.default"]  # noqa: E731
+    wait(lambda: pipeline()["runs_reopened_late"] == 1 and (held or pipeline()["instances_finished"] == 2))
     x, y = root.get_span_context().trace_id, root_y.get_span_context().trace_id
     print(json.dumps({"x": f"{x:032x}", "y": f"{y:032x}"}), flush=True)
     time.sleep(600)

@@ -1,11 +1,13 @@
 """The gateway never loses an acknowledged span silently: drops are said in its log and shown on `GET /stats`, and
 its Retry-After stays inside the finish grace.
 
-- A real `prefactor-otel gateway` process (grace 0, as tests/gateway_run.py runs it) in front of the local server:
-  a trace's root is sent alone, its run finishes, then its children come: they are dropped
-  (`instance_already_finished`), and the gateway says so on stderr (route, agent, count, reason, what to do; never
-  the token) and counts them on `/stats`. A second late batch within the minute is not said again at once (one
-  line per reason per interval) but is said at shutdown.
+- A real `prefactor-otel gateway` process (grace 0, as tests/gateway_run.py runs it) in front of the local server,
+  configured with an agent id the server does not know: the server refuses each trace's run, so its spans, which
+  the gateway acknowledged, are dropped (`instance_rejected:register_not_found`), and the gateway says so on stderr
+  (route, agent, count, reason, what to do; never the token) and counts them on `/stats`. A second refused trace
+  within the minute is not said again at once (one line per reason per interval) but is said at shutdown. (A span
+  that comes after its run was finished is not dropped: it opens the trace's next run,
+  tests/test_gateway_late_spans.py.)
 - `/stats` needs an ingress token when the gateway has any (401 otherwise), shows only the token's route (two
   routes, two accounts), and is open on a loopback gateway without tokens; `/healthz` and `/readyz` stay open.
 - Retry-After through the real HTTP front end: a full queue (the server swallows the first bulk request, so the
@@ -30,6 +32,7 @@ from prefactor_otel.devserver.faults import Fault
 from prefactor_otel.gateway.grpc_service import build_server
 from prefactor_otel.gateway.http_app import OtlpHttpApp
 from prefactor_otel.gateway.service import Gateway
+from prefactor_otel.model import ids
 from tests.gateway_run import INGRESS_TOKEN, GatewayProcess, bearer
 from tests.spans import wait_for
 from tests.test_gateway_core import settings_for, start, traced
@@ -38,7 +41,7 @@ from tests.test_gateway_http import PROTOBUF, request_bytes, sdk_trace
 from tests.test_gateway_http_app import AppServer
 from tests.test_gateway_process import EXPORT, retry_info_of
 
-LATE = "instance_already_finished"
+REFUSED = "instance_rejected:register_not_found"
 __all__ = ["second"]  # the second account's server: a fixture of test_gateway_core_routes, used here
 
 
@@ -56,13 +59,11 @@ def post(gateway: GatewayProcess, spans: list[ReadableSpan]) -> None:
     assert answer.status_code == 200, answer.text
 
 
-def send_late(srv: DevServer, gateway: GatewayProcess, runs_before: int) -> int:
-    """A trace's root alone, its run finished (grace 0), then its children: they come too late. Returns how many."""
-    root, children = root_and_children(sdk_trace())
-    post(gateway, root)
-    assert wait_for(lambda: finished_runs(srv) == runs_before + 1, 30), gateway.output()
-    post(gateway, children)
-    return len(children)
+def send_refused(gateway: GatewayProcess) -> int:
+    """A whole trace, acknowledged; the server will refuse its run (`refused_gateway`). Returns how many spans."""
+    spans = sdk_trace()
+    post(gateway, spans)
+    return len(spans)
 
 
 def stats_of(base_url: str, token: str | None = INGRESS_TOKEN) -> dict[str, Any]:
@@ -73,8 +74,8 @@ def stats_of(base_url: str, token: str | None = INGRESS_TOKEN) -> dict[str, Any]
     return view
 
 
-def dropped_late(view: dict[str, Any], key: str = "default.default") -> int:
-    return int(view["pipelines"][key]["dropped_by_reason"].get(LATE, 0))
+def dropped_refused(view: dict[str, Any], key: str = "default.default") -> int:
+    return int(view["pipelines"][key]["dropped_by_reason"].get(REFUSED, 0))
 
 
 @pytest.fixture
@@ -84,31 +85,43 @@ def gateway(srv: DevServer, tmp_path: Path) -> Iterator[GatewayProcess]:
         yield process
 
 
-def test_a_span_after_its_run_finished_is_said_in_the_log_and_counted_on_stats(
-    srv: DevServer, gateway: GatewayProcess
+@pytest.fixture
+def refused_gateway(srv: DevServer, tmp_path: Path) -> Iterator[GatewayProcess]:
+    """A gateway whose agent id is well formed, in the server's account partition, but unknown to the server."""
+    partition = ids.extract_partition(srv.env()["PREFACTOR_AGENT_ID"])
+    assert partition is not None
+    unknown = ids.instance_pfid(partition, "an agent the server does not have", 1, 1)
+    with GatewayProcess(srv, tmp_path / "gw", env={"PREFACTOR_AGENT_ID": unknown}) as process:
+        process.wait_ready()
+        yield process
+
+
+def test_a_span_dropped_after_it_was_acknowledged_is_said_in_the_log_and_counted_on_stats(
+    refused_gateway: GatewayProcess,
 ) -> None:
-    late = send_late(srv, gateway, 0)
-    said = gateway.wait_line(lambda line: "dropped" in line and LATE in line, 30, stream="stderr")
+    gateway = refused_gateway
+    refused = send_refused(gateway)
+    said = gateway.wait_line(lambda line: "dropped" in line and REFUSED in line, 30, stream="stderr")
     assert said is not None, gateway.output()
-    assert f"Prefactor gateway: dropped {late} span(s) of route default agent default since " in said
-    assert "PREFACTOR_FINISH_GRACE_SECONDS" in said  # what to do about it
+    assert f"Prefactor gateway: dropped {refused} span(s) of route default agent default since " in said
+    assert "check the agent id" in said  # what to do about it
 
     view = stats_of(gateway.http_url)
     pipeline = view["pipelines"]["default.default"]
-    assert dropped_late(view) == late == pipeline["spans_dropped"]
-    assert pipeline["spans_accepted"] == late + 1 and pipeline["spans_exported"] == 1
-    assert pipeline["open_traces"] == 0 and pipeline["spans_queued"] == 0
-    assert view["spans_accepted"] == late + 1 and view["drop_log_lines"] == 1
+    assert dropped_refused(view) == refused == pipeline["spans_dropped"]
+    assert pipeline["spans_accepted"] == refused and pipeline["spans_exported"] == 0
+    assert pipeline["spans_queued"] == 0
+    assert view["spans_accepted"] == refused and view["drop_log_lines"] == 1
     assert view["retry_after_max_s"] == 1  # grace 0: the least a Retry-After can say
     assert view["log_bytes"] >= 0 and view["replica_id"]
 
-    # More late spans within the minute: counted at once, not said again until the interval is over or the gateway
-    # stops -- then they are, with the time the line covers from.
-    more = send_late(srv, gateway, 1)
-    assert wait_for(lambda: dropped_late(stats_of(gateway.http_url)) == late + more, 30)
+    # More refused spans within the minute: counted at once, not said again until the interval is over or the
+    # gateway stops -- then they are, with the time the line covers from.
+    more = send_refused(gateway)
+    assert wait_for(lambda: dropped_refused(stats_of(gateway.http_url)) == refused + more, 30)
     assert stats_of(gateway.http_url)["drop_log_lines"] == 1
     assert gateway.stop(signal.SIGTERM) == 0
-    lines = [line for line in gateway.stderr if "dropped" in line and LATE in line]
+    lines = [line for line in gateway.stderr if "dropped" in line and REFUSED in line]
     assert len(lines) == 2 and f"dropped {more} span(s) of route default agent default since " in lines[1], lines
     assert INGRESS_TOKEN not in gateway.output()
 

@@ -18,6 +18,9 @@ taken here around the readings of planner state (`done_traces`).
 When a run is over is the planner's rule, the exporter's too (pipeline/planner.py): that includes a run whose root
 never comes (its parent is in a service that never exports here), finished once idle through the pipeline's drains
 (`background_due` asks the pipeline whether such a finish is due); `runs_finished_without_root` is its counter.
+Unlike the exporter's, a gateway's pipeline opens the trace's next run for a span that comes after its run was
+finished (`late_spans_open_a_run`: `runs_reopened_late`), and ignores a retried copy of a span already delivered
+(`spans_duplicate_ignored`).
 """
 
 from __future__ import annotations
@@ -83,6 +86,10 @@ class AgentPipeline:
             partition=partition,
             redactor=self.options.redactor,
             run_part=run_part,
+            # Spans reach a gateway through retries and reorderings (a client's, the Collector's), after it
+            # acknowledged them: one that comes after its run was finished opens the trace's next run, and a retried
+            # copy of one already delivered is ignored (docs/gateway.md, "Late spans").
+            late_spans_open_a_run=True,
         )
         if self.backlog is not None:
             # Span records an earlier gateway kept while no partition was known (Backlog.keep_records).
@@ -217,6 +224,9 @@ class AgentPipeline:
             "instances_registered": counters["instances_registered"],
             "instances_finished": counters["instances_finished"],
             "runs_finished_without_root": counters["runs_finished_without_root"],
+            # runs opened for spans that came after their trace's run was finished, and retried copies ignored
+            "runs_reopened_late": counters["runs_reopened_late"],
+            "spans_duplicate_ignored": counters["spans_duplicate_ignored"],
             "requests": counters["requests"],
             "retries": counters["retries"],
             "bytes_sent": counters["bytes_sent"],

@@ -13,7 +13,8 @@ by the exporter, and the same way by anything else that yields span records (a g
 nothing of the OTel SDK's exporter; tests/test_pipeline_alone.py drives it so). Such an owner keeps the exporter's
 rule: one thread drains at a time (the exporter's send lock). `run_part` says which part of each trace its runs are
 (docs/cross-process.md): the exporter passes one random per process, a gateway its replica's id, and `None` keeps the
-ids of a pipeline that sees every trace whole.
+ids of a pipeline that sees every trace whole. `late_spans_open_a_run` (a gateway's, which needs a part): a span
+that comes after its run was finished opens the trace's next run instead of being dropped (planner.py).
 
 Span starts (PrefactorSpanProcessor) arrive in `starts`, a deque the application's threads append to (an atomic
 append, nothing else, on their side); the sending thread pops them, reads them (starts.py) and gives them to the
@@ -67,12 +68,17 @@ class Pipeline:
         starts: deque[Any] | None = None,
         map_started: Callable[[Any], SpanRecord] | None = None,
         run_part: str | None = None,
+        late_spans_open_a_run: bool = False,
     ) -> None:
         check_run_part(run_part)  # here, not when the planner is built at the first drain
+        if late_spans_open_a_run and run_part is None:
+            raise ValueError("late spans open a run only with a run part (the new run needs an id of its own)")
         self._config = config
         # Which part of each trace this pipeline's runs are (planner.py, docs/cross-process.md): the exporter's is
         # random per process, a gateway's its replica's id; None when this pipeline sees every trace whole.
         self.run_part = run_part
+        # A span after its run finished opens the trace's next run (the gateway's; planner.py), not a drop.
+        self.late_spans_open_a_run = late_spans_open_a_run
         self.starts: deque[Any] = starts if starts is not None else deque()
         self._map_started = map_started
         self._delivery = delivery
@@ -177,6 +183,7 @@ class Pipeline:
             map_started=self._map_started,
             max_open_spans=config.max_queued_spans,
             run_part=self.run_part,
+            late_spans_open_a_run=self.late_spans_open_a_run,
         )
         return self.planner
 

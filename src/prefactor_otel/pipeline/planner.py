@@ -25,6 +25,18 @@ the same trace never derives the same run id; each run names its trace in its re
 new run of the part (the n-th: `otel:<trace id>:<part>:<n>`) instead of being dropped as late. Without a part
 (`None`) the ids are those of one process owning the whole trace, and a finished run stays finished.
 
+Late spans (`late_spans_open_a_run`, the gateway's: its spans come through retries and reorderings, and each was
+acknowledged): any span of a trace whose run here is finished that the finished run did not create opens the next
+run of the part too, counted `runs_reopened_late`; a span that run did create is a client's retry of one already
+delivered, counted `spans_duplicate_ignored`, never a second copy (the RunTable keeps each finished run's span ids,
+bounded). A span of the new run whose parent is a span of an earlier run is the new run's top at once (made a local
+root: no wait of max_wait_seconds for a parent that is not coming), its payload keeping its OTel parent ids and
+marking `metadata["prefactor.parent_in_earlier_run"]` (docs/gateway.md, "Late spans"). Such a run is held until it
+has been quiet for the grace period, then sent whole -- register, start, spans and finish in one plan -- so a gateway
+killed meanwhile leaves no run of it open on the server (its replay skips a finished trace's spans). Without the
+option (the exporter: a late span of its own process is a span that outlived its run's grace) such a span is
+dropped, counted `instance_already_finished`.
+
 In a forked child (`ForkOrigin`, which needs a part: the child's is its own) a trace open at the fork is a run of the
 child's own, and a span whose parent is a span of the parent process is a local root of it (docs/live-runs.md,
 "Forks and child processes").
@@ -51,6 +63,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from prefactor_otel.mapping.payload import SpanRecord
+from prefactor_otel.mapping.values import as_dict
 from prefactor_otel.model import ids
 from prefactor_otel.model.http import (
     BULK_CREATE_SPAN,
@@ -112,6 +125,16 @@ def check_run_part(run_part: str | None) -> None:
         )
 
 
+def continue_earlier_run(record: SpanRecord) -> None:
+    """A span whose parent is a span of an earlier run of its trace (it came after that run was finished): a local
+    root of the new run, as a remote parent's span is, its payload keeping its OTel `trace_id` and `parent_span_id`
+    and saying where that parent is. The payload is copied (encoded payloads are decoded): rare, off the hot path."""
+    record.parent_is_remote = True
+    payload = dict(as_dict(record.payload))
+    payload["metadata"] = {**(payload.get("metadata") or {}), "prefactor.parent_in_earlier_run": True}
+    record.payload = payload
+
+
 # Resource attributes -> the register item's `agent_version` (AgentVersionForRegister dumped). The planner shares
 # the returned dict between register items and never modifies it.
 AgentVersionBuilder = Callable[[Mapping[str, object]], dict[str, Any]]
@@ -138,10 +161,13 @@ class Planner:
         map_started: Callable[[Any], SpanRecord | None] | None = None,
         max_open_spans: int = 20_000,
         run_part: str | None = None,
+        late_spans_open_a_run: bool = False,
     ) -> None:
         check_run_part(run_part)
         if fork_origin is not None and run_part is None:
             raise ValueError("a forked child's planner needs a run part of its own (its runs are not its parent's)")
+        if late_spans_open_a_run and run_part is None:
+            raise ValueError("late spans open a run only with a run part (the new run needs an id of its own)")
         self.partition = partition
         self._agent_key = agent_key
         self._run_part = run_part  # this part of every trace (a process, a gateway replica); None: the whole trace
@@ -162,6 +188,9 @@ class Planner:
         self._reopened: OrderedDict[int, int] = OrderedDict()
         # The state the parts share; read it (tests, introspection) but change it only through the planner.
         self.runs = RunTable(partition)
+        # A late span opens the trace's next run (module docstring); the runs' span ids are kept for it.
+        self._late_spans_open_a_run = late_spans_open_a_run
+        self.runs.keep_finished_spans = late_spans_open_a_run
         self._live = LiveSpans(
             self.runs,
             live_policy=live_policy,
@@ -184,16 +213,20 @@ class Planner:
         """Spans that ended (mapped), in the order they were exported."""
         runs = self.runs
         traces, finished, counters = runs.traces, runs.finished, runs.counters
+        earlier_runs = runs.finished_spans  # empty unless late spans open a run
         records = list(records)
         # A new part of a trace whose run here is finished: its spans open a new run, whichever of them (its top
         # span, whose parent is remote, or one of its children) is first in the batch. So do the spans of a trace
-        # whose run was finished without its root (`finished` holds True): the root may be among them.
+        # whose run was finished without its root (`finished` holds True): the root may be among them; and with
+        # late_spans_open_a_run, any span the finished run did not create.
         new_parts: set[int] = set()
         if finished and self._run_part is not None:
             new_parts = {
                 r.trace_id
                 for r in records
-                if finished.get(r.trace_id) or (r.parent_is_remote and r.trace_id in finished)
+                if finished.get(r.trace_id)
+                or (r.parent_is_remote and r.trace_id in finished)
+                or (r.trace_id in earlier_runs and r.span_id not in earlier_runs[r.trace_id])
             }
         counters["spans_added"] += len(records)  # once per batch: the loop below runs per span
         fork, span_filter, live, enqueue = self._fork, self._span_filter, self._live, runs.enqueue
@@ -201,13 +234,23 @@ class Planner:
             trace_id = record.trace_id
             if fork is not None and self._under_parent_process(trace_id, record.parent_span_id):
                 record.parent_is_remote = True  # a local root of this process's run
-            if trace_id in finished and not self._reopen(trace_id, trace_id in new_parts):
-                # A finished instance accepts no spans; this one came after the grace period.
-                runs.drop(1, "run_terminated" if trace_id in runs.terminated else "instance_already_finished")
+            earlier = earlier_runs.get(trace_id) if earlier_runs else None
+            if earlier is not None and record.span_id in earlier:
+                counters["spans_duplicate_ignored"] += 1  # created by an earlier run: a retried copy
                 continue
+            late_run = False
+            if trace_id in finished:
+                if not self._reopen(trace_id, trace_id in new_parts):
+                    # A finished instance accepts no spans; this one came after the grace period.
+                    runs.drop(1, "run_terminated" if trace_id in runs.terminated else "instance_already_finished")
+                    continue
+                if not record.parent_is_remote:
+                    counters["runs_reopened_late"] += 1  # not a new part entering here: a span after its run
+                    late_run = self._late_spans_open_a_run
             trace = traces.get(trace_id)
             if trace is None:
                 trace = self._new_trace(trace_id, record.start_time_ns, record.resource)
+                trace.hold_until_quiet = late_run  # sent whole, once quiet (RunState.hold_until_quiet)
             elif record.start_time_ns < trace.first_start_ns:
                 trace.first_start_ns = record.start_time_ns  # e.g. the root, exported after its children
             if trace.rejected:
@@ -222,6 +265,8 @@ class Planner:
             if span_filter is not None and not passes_filter(trace, record, span_filter(record), counters):
                 trace.last_activity = now
                 continue
+            if earlier is not None and record.parent_span_id in earlier and not record.is_local_root:
+                continue_earlier_run(record)  # its parent is in an earlier run: this run's top, at once
             enqueue(trace, record, now)
             trace.last_activity = now
             if record.end_time_ns > trace.last_end_ns:
@@ -262,8 +307,9 @@ class Planner:
         """A span of a trace whose run here is finished: does it open a new run of this part? Yes for a new entry
         into this process from elsewhere (`new_part`: a span whose parent is remote, e.g. a second request of the
         same trace) or for a trace whose run was finished without its root (the root may come late: a run that
-        lasted longer than the planner waited), and in a forked child for any span of a trace open at the fork (the
-        child's work in a trace it shares with its parent comes in bursts: a pool worker's tasks). Never for a run
+        lasted longer than the planner waited), with late_spans_open_a_run for any span the finished run did not
+        create (`new_part` too), and in a forked child for any span of a trace open at the fork (the child's work in
+        a trace it shares with its parent comes in bursts: a pool worker's tasks). Never for a run
         terminated in Prefactor (its later spans stay dropped), nor without a run part (the new run could not have
         an id of its own). Otherwise the span is late, and dropped."""
         if self._run_part is None or trace_id in self.runs.terminated:
@@ -380,6 +426,8 @@ class Planner:
         for trace in self._candidates(now, everything=flush or shutdown):
             if trace.rejected:
                 continue
+            if trace.hold_until_quiet and not (flush or shutdown) and now - trace.last_activity < self._grace:
+                continue  # a late run: nothing of it is sent until it can be sent whole
             order = self._creation_order(trace)
             if len(order) < len(trace.pending):
                 # Some span waits for a parent (the common case, every span reachable, skips this walk): release
@@ -644,6 +692,8 @@ class Planner:
         """Cheap check for the background ticker: is anything ready without new input?"""
         for trace in self._candidates(now, everything=False):
             if trace.rejected:
+                continue
+            if trace.hold_until_quiet and now - trace.last_activity < self._grace:
                 continue
             if trace.root_delivered and not trace.pending and now - trace.last_activity >= self._grace:
                 return True

@@ -7,9 +7,10 @@ lock, are the only callers.
   the newest MAX_SPANS_REMEMBERED_PER_TRACE span ids; a late child of a forgotten parent waits, then goes as an
   orphan.
 - `RunTable`: the one owner of the state the planner's parts share -- the open runs, what is remembered of the
-  runs closed (finished, terminated, opened here), the count of queued spans, the journal's changes and the
-  counters. The planner creates it and hands it to each part; its methods keep the counts true as spans are
-  queued, dropped and runs forgotten.
+  runs closed (finished, terminated, opened here; with `keep_finished_spans`, the span ids each finished run of a
+  trace created: `EarlierSpans`), the count of queued spans, the journal's changes and the counters. The planner
+  creates it and hands it to each part; its methods keep the counts true as spans are queued, dropped and runs
+  forgotten.
 - Waiting chains: a span waits while its parent is neither created nor on its way; `waiting_chains` groups the
   waiting spans under the top of each chain, so the planner can release a whole chain, links intact, by
   orphaning its top only.
@@ -19,7 +20,10 @@ lock, are the only callers.
 
 from __future__ import annotations
 
+from array import array
+from bisect import bisect_left
 from collections import Counter, OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +39,33 @@ MAX_SPANS_REMEMBERED_PER_TRACE = 10_000
 # by this process (what tells its own runs from runs replayed from another process's spool).
 MAX_FINISHED_TRACES_REMEMBERED = 10_000
 MAX_TERMINATED_TRACES_REMEMBERED = 10_000
+# Span ids remembered over all finished runs with `keep_finished_spans` (the gateway: what tells a late span from a
+# retried copy of one already delivered). 8 bytes each (EarlierSpans): 8 MB at most, beside the traces' bound above.
+MAX_FINISHED_SPANS_REMEMBERED = 1_000_000
+
+
+class EarlierSpans:
+    """The span ids the finished runs of one trace created here, sorted in an array of unsigned 64-bit ints: 8 bytes
+    a span where a frozenset of ints takes about 60, and asked only for spans of finished traces (rare), so a binary
+    search is cheap enough. Immutable: a later run's spans make a new one (`joined`)."""
+
+    __slots__ = ("_ids",)
+
+    def __init__(self, span_ids: Iterable[int]) -> None:
+        self._ids = array("Q", sorted(set(span_ids)))
+
+    def __contains__(self, span_id: object) -> bool:
+        ids_ = self._ids
+        if not isinstance(span_id, int):
+            return False
+        index = bisect_left(ids_, span_id)
+        return index < len(ids_) and ids_[index] == span_id
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def joined(self, span_ids: Iterable[int]) -> EarlierSpans:
+        return EarlierSpans([*self._ids, *span_ids])
 
 
 @dataclass(slots=True)
@@ -101,6 +132,10 @@ class RunState:
     # Its finish was planned without its root (the planner's rule for a root that never comes): from then on the
     # run is over whatever comes, and once closed a later span of its trace opens a new run (planner.py).
     finished_without_root: bool = False
+    # A run opened for spans that came after the trace's run was finished (late_spans_open_a_run): nothing of it is
+    # planned until it has been quiet for the grace period, when it is sent whole, finish included. A gateway killed
+    # before then has registered nothing of it, so it leaves no run `active` (its replay skips the trace's spans).
+    hold_until_quiet: bool = False
 
 
 class RunTable:
@@ -116,6 +151,14 @@ class RunTable:
         # run's root never came (the late span may be it: the planner opens a new run of the trace for it)
         self.finished: OrderedDict[int, bool] = OrderedDict()
         self.terminated: OrderedDict[int, None] = OrderedDict()  # runs terminated in Prefactor: nothing more sent
+        # With `keep_finished_spans` (the planner's late_spans_open_a_run): trace id -> the span ids its finished
+        # runs here created, newest trace last, kept while a later run of the trace is open too. A span of the trace
+        # listed here is a retried copy (ignored); any other opens the trace's next run. Bounded by traces
+        # (MAX_FINISHED_TRACES_REMEMBERED) and by span ids over all traces (MAX_FINISHED_SPANS_REMEMBERED): a
+        # finished trace whose ids were forgotten drops its later spans, as without the option.
+        self.keep_finished_spans = False
+        self.finished_spans: OrderedDict[int, EarlierSpans] = OrderedDict()
+        self._finished_span_count = 0
         # instance id -> trace id of every run this planner opened (its own spans), newest kept: what tells this
         # process's runs from runs replayed from another process's spool when Prefactor terminates one.
         self.own_runs: OrderedDict[str, int] = OrderedDict()
@@ -152,11 +195,33 @@ class RunTable:
         self.finished[trace.trace_id] = trace.finished_without_root
         while len(self.finished) > MAX_FINISHED_TRACES_REMEMBERED:
             self.finished.popitem(last=False)
+        if self.keep_finished_spans and trace.trace_id not in self.terminated:
+            self._remember_spans(trace)
+
+    def _remember_spans(self, trace: RunState) -> None:
+        """The spans this run created (and those the span filter left out: a retried copy of one is no new span),
+        joined to those of the trace's earlier runs."""
+        spans = self.finished_spans
+        mine = [*trace.created, *trace.skipped, *trace.live]
+        earlier = spans.pop(trace.trace_id, None)
+        if earlier is not None:
+            self._finished_span_count -= len(earlier)
+        joined = earlier.joined(mine) if earlier is not None else EarlierSpans(mine)
+        spans[trace.trace_id] = joined
+        self._finished_span_count += len(joined)
+        while spans and (
+            len(spans) > MAX_FINISHED_TRACES_REMEMBERED or self._finished_span_count > MAX_FINISHED_SPANS_REMEMBERED
+        ):
+            _, forgotten = spans.popitem(last=False)
+            self._finished_span_count -= len(forgotten)
 
     def remember_terminated(self, trace_id: int) -> None:
         self.terminated[trace_id] = None
         while len(self.terminated) > MAX_TERMINATED_TRACES_REMEMBERED:
             self.terminated.popitem(last=False)
+        forgotten = self.finished_spans.pop(trace_id, None)  # its later spans are dropped, copies or not
+        if forgotten is not None:
+            self._finished_span_count -= len(forgotten)
 
     def span_pfid(self, trace: RunState, span_id: int, start_ns: int | None) -> str:
         """The Prefactor id of a span of the run. It embeds the span's start time: remembered, so a parent's id is

@@ -65,6 +65,8 @@ def collect_stats(
         "instances_finished": c["instances_finished"],
         # runs finished although their root never came (idle max_wait + grace: docs/live-runs.md)
         "runs_finished_without_root": c["runs_finished_without_root"],
+        # runs opened again for a span (not a new part's) that came after its trace's run was finished
+        "runs_reopened_late": c["runs_reopened_late"],
         "runs_adopted_from_dead_processes": c["runs_adopted_from_dead_processes"],
         "live_spans_adopted_from_dead_processes": c["live_spans_adopted_from_dead_processes"],
         "requests": c["requests"],
