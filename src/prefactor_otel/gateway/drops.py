@@ -39,9 +39,8 @@ DEFAULT_INTERVAL_S = 60.0
 # What an operator can do about each reason (a prefix matches the reasons that carry a code after a colon).
 _ADVICE: dict[str, str] = {
     "instance_already_finished": (
-        "they came after their run was finished, more than PREFACTOR_FINISH_GRACE_SECONDS after the trace's root "
-        "(or were a client's retry of spans already delivered): raise the grace, or shorten the client's or "
-        "Collector's retry interval"
+        "they came after their trace was forgotten (a late span of a recent trace opens its next run instead): "
+        "raise the grace, or shorten the client's or Collector's retry interval"
     ),
     "run_terminated": "their run was terminated in Prefactor; nothing to do",
     "instance_rejected": "Prefactor refused their run: check the agent id and the token's environment",

@@ -7,7 +7,8 @@ then a restart replays it. A trace is keyed by (pipeline key, trace id): `TraceK
 Why a trace's first segment is enough to give a replayed run the same id: a run's id derives from its trace's first
 span seen (ids.instance_pfid), and the segment holding that span is kept until the trace is done, so a replay sees
 it first again. But a trace already done may have spans in a live segment without its first one: spans that came
-after its run was finished (the planner drops them: a finished run accepts no spans), or its last spans beside a
+after its run was finished (the planner holds them in the trace's next run and sends it whole once quiet: a
+gateway killed in that window loses them, docs/gateway.md "Late spans"), or its last spans beside a
 slower trace's. Replaying those would open a second run of it. So the ledger keeps the **finished-traces file**
 (`finished-traces.json` in the gateway's directory, replaced atomically and fsynced): the traces each pipeline
 finished most recently, as many as its planner remembers finished runs (`MAX_FINISHED_TRACES_REMEMBERED`, the same
