@@ -310,7 +310,7 @@ def _positive_count(value: str) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from prefactor_otel.tools.doctor import run_doctor
 
-    return run_doctor()
+    return run_doctor(quiet=args.quiet, as_json=args.json, api=args.api)
 
 
 def _spool(args: argparse.Namespace) -> int:
@@ -513,6 +513,25 @@ def _add_doctor_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "access with the token (GET /ping, the agent and environment ids), and spans waiting in the spool. It "
         "reads this environment only: run it where (or with the variables with which) your application runs. "
         "The token is never printed. Exit status: 1 if any finding is a problem, else 0.",
+    )
+    form = doctor.add_mutually_exclusive_group()
+    form.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only what needs attention (problems and notes, each with its fix) and the last line",
+    )
+    form.add_argument(
+        "--json",
+        action="store_true",
+        help="print the findings as one JSON document (problems, then each finding's level, code, text and fix), "
+        "for a script or a CI step",
+    )
+    doctor.add_argument(
+        "--no-api",
+        dest="api",
+        action="store_false",
+        help="skip the API checks and send no request: check the configuration, the zero-code set-up and the spool "
+        "where the API cannot be reached (an image build, a CI step without the token's network)",
     )
     doctor.set_defaults(func=_doctor)
 
