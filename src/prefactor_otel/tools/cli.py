@@ -157,8 +157,9 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    """`show --watch`: one frame of live runs and in-flight spans every `--interval` seconds, until Ctrl-C or
-    `--count` frames. A terminal is redrawn in place; other output gets the frames one after another."""
+    """`show --watch`: one frame of the live runs as they grow (finished spans, tokens so far, spans in flight:
+    render_live) every `--interval` seconds, until Ctrl-C or `--count` frames. A terminal is redrawn in place;
+    other output gets the frames one after another."""
     from prefactor_otel.devserver import render_live
     from prefactor_otel.devserver.timefmt import now_us
 
@@ -423,14 +424,19 @@ def _add_show_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         formatter_class=_HelpFormatter,
         description="Print the agent runs a local Prefactor-compatible server (prefactor-otel serve) holds, as "
         "trees of spans with their status, type and tokens; --json prints the raw snapshot, --watch redraws the "
-        "live runs until Ctrl-C. The token comes from --token, OTEL_EXPORTER_PREFACTOR_API_TOKEN or "
+        "live runs as they grow until Ctrl-C. The token comes from --token, OTEL_EXPORTER_PREFACTOR_API_TOKEN or "
         "PREFACTOR_API_TOKEN, else from the state file of prefactor-otel serve.",
     )
     show.add_argument("--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787", help=_URL_HELP)
     show.add_argument("--token", default=None, help=_TOKEN_HELP)
     show.add_argument("--state", metavar="PATH", default=None, help=_STATE_HELP)
     show.add_argument("--json", action="store_true", help="print the raw snapshot instead of trees")
-    show.add_argument("--watch", action="store_true", help="show live runs and in-flight spans until Ctrl-C")
+    show.add_argument(
+        "--watch",
+        action="store_true",
+        help="follow the live runs as they grow (finished spans with their status, tokens so far, spans in flight) "
+        "until Ctrl-C",
+    )
     show.add_argument(
         "--interval", type=_positive_seconds, default=1.0, help="seconds between --watch frames (default: %(default)s)"
     )
