@@ -65,6 +65,8 @@ def _serve(args: argparse.Namespace) -> int:
         state_path=None if args.memory else (args.state or default_state_path()),
         reset=args.reset,
         allowed_hosts=args.allow_host,
+        refuse_encodings=args.refuse_encoding,
+        register_without_schema=args.register_without_schema,
         request_log=None if args.quiet else sys.stderr,
     )
 
@@ -414,6 +416,24 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--reset", action="store_true", help="discard the saved state and start over (new agent id, no runs)"
     )
     serve.add_argument("--quiet", action="store_true", help="do not log each request to stderr")
+    testing = serve.add_argument_group(
+        "testing an exporter's fallbacks", "make the server differ from the API, to see what a client does then"
+    )
+    testing.add_argument(
+        "--refuse-encoding",
+        metavar="NAME",
+        action="append",
+        choices=("zstd", "gzip", "deflate"),
+        default=[],
+        help="answer request bodies with this Content-Encoding 415, as a server without it would (choices: zstd, "
+        "gzip, deflate; repeatable): the exporter should fall back to gzip, then to no compression",
+    )
+    testing.add_argument(
+        "--register-without-schema",
+        action="store_true",
+        help="accept a run registered without agent_schema_version once the agent has one (the run gets the "
+        "latest); the API requires it, so this is for measuring the exporter's PREFACTOR_SCHEMA_ONCE saving",
+    )
     serve.set_defaults(func=_serve)
 
 
