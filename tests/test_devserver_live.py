@@ -225,11 +225,13 @@ def test_the_live_frame_folds_finished_work_and_keeps_the_last_finished_steps(
     root = create(client, run, "active", payload={"name": "long agent"})["id"]
     steps = LIVE_FINISHED_SHOWN + 4
     for i in range(steps):  # each step a finished span with a finished model call under it
-        step = create(client, run, "active", parent_span_id=root, payload={"name": f"step {i:02d}"})["id"]
+        asked = {"name": f"step {i:02d}", "inputs": {"messages": [{"role": "user", "content": f"question {i}"}]}}
+        step = create(client, run, "active", parent_span_id=root, payload=asked)["id"]
         call = create(client, run, "active", parent_span_id=step, payload={"name": f"call {i:02d}"})["id"]
         for span in (call, step):
             assert client.post(f"/api/v1/agent_spans/{span}/finish", json={}).status_code == 200
-    create(client, run, "active", parent_span_id=root, payload={"name": "step now"})
+    now = {"name": "step now", "inputs": {"messages": [{"role": "user", "content": "question now"}]}}
+    create(client, run, "active", parent_span_id=root, payload=now)
 
     lines = render_live(srv.snapshot(), now_us=parse_timestamp("2999-01-01T00:00:00Z") or 0).splitlines()
     assert f"{2 * steps + 2} spans  0 errors" in lines[1]  # the totals count every span, shown or not
@@ -240,5 +242,7 @@ def test_the_live_frame_folds_finished_work_and_keeps_the_last_finished_steps(
     assert [line.split("step ")[1].split()[0] for line in shown] == [f"{i:02d}" for i in range(4, steps)] + ["now"]
     assert all("complete" in line and line.endswith("[1 finished span below]") for line in shown[:-1])
     assert shown[-1].endswith("[in flight]") and "call " not in "\n".join(lines)
+    # What a finished step was asked is for `show`; the step in flight shows what it works on.
+    assert [line.strip(" │") for line in lines if "> " in line] == ["> user: question now"]
     (stand_in,) = [line for line in lines if "not shown" in line and "earlier" in line]
     assert "… 4 earlier finished spans" in stand_in and lines.index(stand_in) < lines.index(shown[0])

@@ -91,9 +91,10 @@ def render_tree(
     *,
     mark_orphans: bool = True,
     notes: Callable[[View], str] | None = None,
+    details: Callable[[View], list[str]] = detail_lines,
 ) -> None:
     """Append the span trees `views` (run views' `spans`) to `lines`; `timing(view)` gives each span's time,
-    `notes(view)` what to add at the end of its line."""
+    `notes(view)` what to add at the end of its line, `details(view)` the lines under it."""
     # Iterative, not recursive: an agent can nest spans deeper than Python's recursion limit.
     stack: list[tuple[View, str, bool]] = [(v, "", i == len(views) - 1) for i, v in enumerate(views)][::-1]
     while stack:
@@ -108,7 +109,7 @@ def render_tree(
         below = prefix + ("   " if last else "│  ")
         detail_prefix = below + ("│  " if kids else "   ")
         room = max(MIN_DETAIL, WIDTH - len(detail_prefix))
-        lines.extend(detail_prefix + shorten(text, room) for text in detail_lines(view))
+        lines.extend(detail_prefix + shorten(text, room) for text in ([] if view.get("not_shown") else details(view)))
         stack.extend((kid, below, i == len(kids) - 1) for i, kid in reversed(list(enumerate(kids))))
 
 
@@ -253,6 +254,13 @@ def _fold_finished(views: list[View]) -> None:
         stack.extend(v for v in view["children"] if not v.get("not_shown"))
 
 
+def _live_details(view: View) -> list[str]:
+    # A finished span keeps its error, not its previews: what it was asked and answered is what `show` prints;
+    # here the frame must stay on a screen. An in-flight span shows what it is working on.
+    found = detail_lines(view)
+    return found if view.get("status") in LIVE else [line for line in found if line.startswith("error: ")]
+
+
 def _live_notes(view: View) -> str:
     notes = []
     if view.get("status") in LIVE:
@@ -268,8 +276,9 @@ def render_live(snapshot: Mapping[str, Any], *, now_us: int) -> str:
     Each run: a header (running for how long, how many spans in flight), the totals line of `render_runs` (spans,
     errors, tokens so far, models, tools), then its spans as a tree: finished spans with their status and duration,
     in-flight ones timed since they started (at `now_us`) and marked `[in flight]`. To keep a frame on a screen, a
-    finished span whose spans below all finished shows as one line (`[N finished spans below]`), and only the last
-    LIVE_FINISHED_SHOWN finished spans under one span are listed (`_fold_finished`); the totals count them all.
+    finished span shows its error but not its input/output previews, a finished span whose spans below all finished
+    shows as one line (`[N finished spans below]`), and only the last LIVE_FINISHED_SHOWN finished spans under one
+    span are listed (`_fold_finished`); the totals count them all.
     Finished runs are only counted."""
     instances = [i for i in snapshot.get("instances") or [] if isinstance(i, Mapping)]
     live = [i for i in instances if i.get("status") in LIVE]
@@ -307,7 +316,7 @@ def render_live(snapshot: Mapping[str, Any], *, now_us: int) -> str:
         lines.extend(continues_lines(run))
         _fold_finished(trees)
         # A span whose parent has not arrived yet is drawn at the top level for now: that is not an orphan.
-        render_tree(trees, lines, timing, mark_orphans=False, notes=_live_notes)
+        render_tree(trees, lines, timing, mark_orphans=False, notes=_live_notes, details=_live_details)
     done = len(instances) - len(live)
     if done:
         lines += ["", f"{_plural(done, 'finished run')} not shown"]
