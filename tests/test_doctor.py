@@ -636,3 +636,14 @@ def test_no_api_sends_no_request_and_says_the_api_was_not_checked(tmp_path: Path
     assert code == 0, out  # the configuration itself is fine
     assert "API checks skipped (--no-api)" in out and not {c for c in codes(out) if c.startswith("PF3")}
     assert api_code == 1 and "PF303" in problems(api_out)  # without it, the refused token is found
+
+
+def test_facts_have_their_own_mark_and_every_line_marked_worth_reading_has_a_fix(tmp_path: Path) -> None:
+    with DevServer() as server:
+        code, out = doctor(base_env(tmp_path, **server_env(server)))  # OTEL_TRACES_EXPORTER unset: a PF202 note
+    assert code == 0, out
+    lines = out.splitlines()
+    assert any(line.startswith("[--] opentelemetry-sdk ") for line in lines)  # a fact, not a note
+    assert any(line.startswith("[--] spool ") and "nothing waits" in line for line in lines)
+    worth_reading = [i for i, line in enumerate(lines) if line.startswith(("[..]", "[!!]"))]
+    assert worth_reading and all(lines[i + 1].startswith("     fix: ") for i in worth_reading), out
