@@ -132,10 +132,9 @@ def totals_line(run: Mapping[str, Any]) -> str:
     if totals.get("terminated"):
         parts.append(f"{totals['terminated']} stopped by the termination")
     if totals.get("input_tokens") or totals.get("output_tokens") or totals.get("total_tokens"):
-        parts.append(
-            f"tokens in {totals.get('input_tokens', 0)} / out {totals.get('output_tokens', 0)}"
-            f" / total {totals.get('total_tokens', 0)}"
-        )
+        text = f"tokens in {totals.get('input_tokens', 0)} / out {totals.get('output_tokens', 0)}"
+        # Spans that report input and output counts only (no total) would read `total 0`: no total is shown then.
+        parts.append(text + (f" / total {totals['total_tokens']}" if totals.get("total_tokens") else ""))
     if totals.get("models"):
         parts.append("models " + ", ".join(totals["models"]))
     if totals.get("tools"):
