@@ -23,6 +23,9 @@ def test_demo_runs_offline_and_prints_trees():
     assert "otel:agent" in out and "otel:llm" in out and "otel:tool" in out
     assert "complete" in out and "failed" in out
     assert "dropped 0" in out
+    # The demo runs the exporter as the README's first example does, in PrefactorSpanProcessor: its start-up line
+    # must not say `live spans none (not under PrefactorSpanProcessor)` to someone trying the package first.
+    assert "live spans agent" in proc.stderr and "not under PrefactorSpanProcessor" not in proc.stderr
 
 
 def _env(**extra: str) -> dict[str, str]:
