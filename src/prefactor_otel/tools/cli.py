@@ -95,7 +95,13 @@ def _resolve_token(args: argparse.Namespace) -> bool:
     args.token_source = f"the state file {state}"
     if args.token:
         return True
-    where = f"none saved in {state}" if local else f"{args.url} is not on this machine"
+    if not local:
+        where = f"{args.url} is not on this machine"
+    elif not os.path.lexists(os.path.expanduser(state)):
+        # Most often `serve` never ran (with this state file): say that first, it is the fix.
+        where = f"no state file {state}: has `prefactor-otel serve` been started? It saves its token there"
+    else:
+        where = f"none saved in {state}"
     print(
         f"prefactor-otel {args.command}: no token ({where}): pass --token, or set PREFACTOR_API_TOKEN to the "
         "token `prefactor-otel serve` prints (or give the --state PATH it uses)",
@@ -178,9 +184,12 @@ def _watch(args: argparse.Namespace) -> int:
                 reached += 1
                 body = render_live(response.json(), now_us=now_us())
             else:
-                # A watch outlives a server restart: say so in the frame and keep polling.
-                why = "unreachable" if response is None else f"HTTP {response.status_code}"
-                body = f"cannot read {args.url}: {why}\n"
+                # A watch outlives a server restart: say so in the frame, with the fix, and keep polling.
+                if response is None:
+                    why = "nothing answers there; is `prefactor-otel serve` running? (or pass the --url it prints)"
+                else:
+                    why = f"HTTP {response.status_code}{_refused(args, response)}"
+                body = f"cannot read {args.url}: {why}; trying again every {args.interval:g} s\n"
             head = f"{args.url}  {time.strftime('%H:%M:%S')}  every {args.interval:g} s (Ctrl-C to stop)\n\n"
             sys.stdout.write(("\x1b[H\x1b[2J" if redraw else "\n" if frames > 1 else "") + head + body)
             sys.stdout.flush()
