@@ -15,7 +15,9 @@ from prefactor_otel.devserver import DevServer, Fault
 from tests.spans import agent_trace, exporter_for, make_provider
 
 NEXT_STEP = "Next step: trace your own agent the same way"
-RUN_YOUR_AGENT = "OTEL_TRACES_EXPORTER=prefactor opentelemetry-instrument python your_agent.py"
+RUN_YOUR_AGENT = (
+    "OTEL_TRACES_EXPORTER=prefactor OTEL_SERVICE_NAME=your-agent opentelemetry-instrument python your_agent.py"
+)
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -70,7 +70,10 @@ def has_opentelemetry_instrument() -> bool:
 def next_step(using_api: bool, instrument_installed: bool = True) -> str:
     """The demo's last lines: how to trace the user's own agent the same way (and what to install for it first,
     when opentelemetry-instrumentation is missing: a plain `pip install .` does not bring it)."""
-    command = "  OTEL_TRACES_EXPORTER=prefactor opentelemetry-instrument python your_agent.py"
+    # OTEL_SERVICE_NAME names the agent: without it the run reads `unknown_service:python@unversioned`.
+    command = (
+        "  OTEL_TRACES_EXPORTER=prefactor OTEL_SERVICE_NAME=your-agent opentelemetry-instrument python your_agent.py"
+    )
     install = [] if instrument_installed else [INSTRUMENT_INSTALL]
     if using_api:
         return "\n".join(
