@@ -23,6 +23,9 @@ def test_demo_runs_offline_and_prints_trees():
     assert "otel:agent" in out and "otel:llm" in out and "otel:tool" in out
     assert "complete" in out and "failed" in out
     assert "dropped 0" in out
+    # The demo runs the exporter as the README's first example does, in PrefactorSpanProcessor: its start-up line
+    # must not say `live spans none (not under PrefactorSpanProcessor)` to someone trying the package first.
+    assert "live spans agent" in proc.stderr and "not under PrefactorSpanProcessor" not in proc.stderr
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -130,7 +133,9 @@ def test_show_watch_shows_live_runs_and_in_flight_spans_as_they_change():
         item = {"_type": "agent_spans/finish", "idempotency_key": "watch-finish-1", "agent_span_id": span_id}
         assert client.post("/api/v1/bulk", json={"items": [{**item, "status": "complete"}]}).status_code == 200
         proc = subprocess.run([*show, "--count", "1"], env=env, capture_output=True, text=True, timeout=60)
-        assert "0 spans in flight" in proc.stdout and "fetch weather" not in proc.stdout
+        assert "0 spans in flight" in proc.stdout
+        (done,) = [line for line in proc.stdout.splitlines() if "fetch weather" in line]
+        assert "agent:tool  fetch weather  complete" in done and "[in flight]" not in done  # the run as it grows
         assert client.post(f"/api/v1/agent_instance/{run_id}/finish", json={}).status_code == 200
         proc = subprocess.run([*show, "--count", "1"], env=env, capture_output=True, text=True, timeout=60)
         assert "no live agent runs" in proc.stdout and "1 finished run not shown" in proc.stdout

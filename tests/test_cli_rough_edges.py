@@ -134,6 +134,17 @@ def test_show_against_a_dead_port_asks_whether_the_server_runs() -> None:
     assert done.returncode == 2
     assert "is `prefactor-otel serve` running?" in done.stderr, done.stderr
     assert "ConnectError" not in done.stderr and "Traceback" not in done.stderr
+    # The watch keeps polling (a server may come back), and its frame says the same.
+    watch = cli("show", "--watch", "--count", "1", "--url", url, "--token", "pf_x")
+    assert watch.returncode == 2 and "is `prefactor-otel serve` running?" in watch.stdout, watch.stdout
+
+
+def test_show_without_any_token_asks_whether_serve_was_started(tmp_path: Path) -> None:
+    missing = tmp_path / "never-started.json"
+    for command in (("show",), ("terminate", "some-run", "--reason", "x")):
+        done = cli(*command, "--state", str(missing))
+        assert done.returncode == 2, done.stderr
+        assert f"no state file {missing}: has `prefactor-otel serve` been started?" in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("variable", ["OTEL_EXPORTER_PREFACTOR_API_TOKEN", "PREFACTOR_API_TOKEN"])

@@ -15,7 +15,9 @@ from prefactor_otel.devserver import DevServer, Fault
 from tests.spans import agent_trace, exporter_for, make_provider
 
 NEXT_STEP = "Next step: trace your own agent the same way"
-RUN_YOUR_AGENT = "OTEL_TRACES_EXPORTER=prefactor opentelemetry-instrument python your_agent.py"
+RUN_YOUR_AGENT = (
+    "OTEL_TRACES_EXPORTER=prefactor OTEL_SERVICE_NAME=your-agent opentelemetry-instrument python your_agent.py"
+)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -202,3 +204,24 @@ def test_a_terminated_run_shows_terminated_with_its_reason_in_show_and_in_the_ap
     (root,) = [line for line in lines if "invoke_agent stopper" in line]
     (tool,) = [line for line in lines if "execute_tool search" in line]
     assert "  terminated  " in root and "  terminated  " in tool
+
+
+def test_show_says_no_total_rather_than_total_0_when_spans_report_input_tokens_only() -> None:
+    with (
+        DevServer(token="pf_tokens_token") as srv,
+        httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {srv.token}"}, timeout=10) as client,
+    ):
+        schema = {"span_type_schemas": [{"name": "otel:llm", "params_schema": {"type": "object"}}]}
+        body = {"agent_version": {"name": "embedder"}, "agent_schema_version": schema}
+        run_id = client.post("/api/v1/agent_instance/register", json=body).json()["details"]["id"]
+        assert client.post(f"/api/v1/agent_instance/{run_id}/start", json={}).status_code == 200
+        # An embeddings call, say: input tokens and nothing else.
+        payload = {"name": "embeddings text-embedding-3", "token_usage": {"prompt_tokens": 5}}
+        details = {"agent_instance_id": run_id, "schema_name": "otel:llm", "status": "active", "payload": payload}
+        created = client.post("/api/v1/agent_spans", json={"details": details})
+        assert created.status_code == 200, created.text
+        assert client.post(f"/api/v1/agent_spans/{created.json()['details']['id']}/finish", json={}).status_code == 200
+        proc = _cli("show", env=_env(PREFACTOR_API_URL=srv.url, PREFACTOR_API_TOKEN=srv.token))
+    assert proc.returncode == 0, proc.stderr
+    (totals,) = [line for line in proc.stdout.splitlines() if line.startswith("  1 span  ")]
+    assert totals.endswith("tokens in 5 / out 0"), totals

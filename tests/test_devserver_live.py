@@ -198,13 +198,51 @@ def test_the_live_frame_shows_active_runs_and_in_flight_spans_with_elapsed_time(
     assert "active" in chat and "2.5 s" in chat and lines.index(chat) == lines.index(plan) + 1
     assert chat.index("agent:llm") > plan.index("agent:llm")  # the child is drawn under its parent
     assert "pending" in next(line for line in lines if "later tool" in line)
-    assert "done already" not in frame  # finished spans are not in flight
+    assert all("[in flight]" in line for line in (plan, chat, next(x for x in lines if "later tool" in x)))
+    done = next(line for line in lines if "done already" in line)  # finished: shown as the run grows, not in flight
+    assert "complete" in done and "[in flight]" not in done
+    assert "3 spans in flight" in frame and "4 spans  0 errors" in frame
 
     assert client.post(f"/api/v1/agent_spans/{child['id']}/finish", json={}).status_code == 200
     assert client.post(f"/api/v1/agent_spans/{parent}/finish", json={}).status_code == 200
     frame = render_live(srv.snapshot(), now_us=now)
-    assert "plan trip" not in frame and "chat gpt" not in frame and "later tool" in frame
+    plan = next(line for line in frame.splitlines() if "plan trip" in line)
+    # A finished span whose spans below all finished is one line: its child is counted, not drawn.
+    assert "[in flight]" not in plan and "[1 finished span below]" in plan and "chat gpt" not in frame
+    assert "later tool" in frame and "1 span in flight" in frame
 
     srv.terminate(live, "stop")
     frame = render_live(srv.snapshot(), now_us=now)
     assert "no live agent runs" in frame and "2 finished runs not shown" in frame
+
+
+def test_the_live_frame_folds_finished_work_and_keeps_the_last_finished_steps(
+    client: httpx.Client, srv: DevServer
+) -> None:
+    from prefactor_otel.devserver.render import LIVE_FINISHED_SHOWN
+
+    run = register(client, srv)
+    root = create(client, run, "active", payload={"name": "long agent"})["id"]
+    steps = LIVE_FINISHED_SHOWN + 4
+    for i in range(steps):  # each step a finished span with a finished model call under it
+        asked = {"name": f"step {i:02d}", "inputs": {"messages": [{"role": "user", "content": f"question {i}"}]}}
+        step = create(client, run, "active", parent_span_id=root, payload=asked)["id"]
+        call = create(client, run, "active", parent_span_id=step, payload={"name": f"call {i:02d}"})["id"]
+        for span in (call, step):
+            assert client.post(f"/api/v1/agent_spans/{span}/finish", json={}).status_code == 200
+    now = {"name": "step now", "inputs": {"messages": [{"role": "user", "content": "question now"}]}}
+    create(client, run, "active", parent_span_id=root, payload=now)
+
+    lines = render_live(srv.snapshot(), now_us=parse_timestamp("2999-01-01T00:00:00Z") or 0).splitlines()
+    assert f"{2 * steps + 2} spans  0 errors" in lines[1]  # the totals count every span, shown or not
+    assert "2 spans in flight" in lines[0]
+    shown = [line for line in lines if "step " in line]
+    # The last LIVE_FINISHED_SHOWN finished steps, each one line with what ran under it counted, then the step in
+    # flight; the earlier ones stand as one line where they were.
+    assert [line.split("step ")[1].split()[0] for line in shown] == [f"{i:02d}" for i in range(4, steps)] + ["now"]
+    assert all("complete" in line and line.endswith("[1 finished span below]") for line in shown[:-1])
+    assert shown[-1].endswith("[in flight]") and "call " not in "\n".join(lines)
+    # What a finished step was asked is for `show`; the step in flight shows what it works on.
+    assert [line.strip(" │") for line in lines if "> " in line] == ["> user: question now"]
+    (stand_in,) = [line for line in lines if "not shown" in line and "earlier" in line]
+    assert "… 4 earlier finished spans" in stand_in and lines.index(stand_in) < lines.index(shown[0])

@@ -53,13 +53,13 @@ def server_env(server: DevServer, **extra: str) -> dict[str, str]:
     }
 
 
-def doctor(env: dict[str, str], *, console_script: bool = False) -> tuple[int, str]:
+def doctor(env: dict[str, str], *options: str, console_script: bool = False) -> tuple[int, str]:
     command = (
         [os.path.join(os.path.dirname(sys.executable), "prefactor-otel"), "doctor"]
         if console_script
         else [sys.executable, "-m", "prefactor_otel", "doctor"]
     )
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([*command, *options], env=env, capture_output=True, text=True, timeout=120)
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -590,3 +590,60 @@ def test_a_refused_token_names_the_variable_it_came_from(tmp_path: Path) -> None
     assert "rejects the token in OTEL_EXPORTER_PREFACTOR_API_TOKEN" in out, out
     assert "     fix: set OTEL_EXPORTER_PREFACTOR_API_TOKEN to a valid, active token" in out
     assert "pf_a_wrong_token" not in out and "pf_the_right_token" not in out
+
+
+# ------------------------------------------------------------------------------------------- doctor's options
+
+
+def test_quiet_prints_only_what_needs_attention_with_the_same_exit_status(tmp_path: Path) -> None:
+    with DevServer() as server:
+        good = base_env(tmp_path, **server_env(server), OTEL_TRACES_EXPORTER="prefactor")
+        code, out = doctor(good, "--quiet")
+        assert (code, out) == (0, "no problem found\n")  # nothing to look at: one line
+        loud_code, loud = doctor({**good, "PREFACTOR_API_TOKEN": "pf_wrong_token"})
+        code, out = doctor({**good, "PREFACTOR_API_TOKEN": "pf_wrong_token"}, "--quiet")
+    assert loud_code == code == 1
+    assert "[ok]" in loud and "[ok]" not in out and "[info]" not in out.lower()
+    assert problems(out) == problems(loud) and "PF303" in problems(out)
+    assert "     fix: " in out and out.rstrip().endswith("problem(s) found")
+    assert "pf_wrong_token" not in out
+
+
+def test_json_holds_every_finding_and_its_fix_and_never_the_token(tmp_path: Path) -> None:
+    import json
+
+    token = "pf_doctor_json_secret"
+    with DevServer(token=token) as server:
+        env = base_env(tmp_path, **server_env(server, PREFACTOR_AGENT_ID=ids.encode(int(time.time() * 1000), 7, 1)))
+        text_code, text = doctor(env)
+        code, out = doctor(env, "--json")
+    assert code == text_code == 1
+    report = json.loads(out)  # the whole output is one document: nothing else is printed
+    found = report["findings"]
+    assert report["problems"] == sum(1 for f in found if f["level"] == "problem") == len(problems(text))
+    assert {f["code"] for f in found if f["level"] == "problem"} == problems(text)
+    assert all(f["fix"] for f in found if f["code"])
+    assert any(f["level"] == "ok" and "ping" in f["text"] for f in found)
+    assert token not in out
+
+
+def test_no_api_sends_no_request_and_says_the_api_was_not_checked(tmp_path: Path) -> None:
+    with DevServer(token="pf_doctor_no_api") as server:
+        env = base_env(tmp_path, **server_env(server, PREFACTOR_API_TOKEN="pf_not_this_one"))
+        code, out = doctor(env, "--no-api")
+        assert server.requests == []  # not one request reached the server
+        api_code, api_out = doctor(env)
+    assert code == 0, out  # the configuration itself is fine
+    assert "API checks skipped (--no-api)" in out and not {c for c in codes(out) if c.startswith("PF3")}
+    assert api_code == 1 and "PF303" in problems(api_out)  # without it, the refused token is found
+
+
+def test_facts_have_their_own_mark_and_every_line_marked_worth_reading_has_a_fix(tmp_path: Path) -> None:
+    with DevServer() as server:
+        code, out = doctor(base_env(tmp_path, **server_env(server)))  # OTEL_TRACES_EXPORTER unset: a PF202 note
+    assert code == 0, out
+    lines = out.splitlines()
+    assert any(line.startswith("[--] opentelemetry-sdk ") for line in lines)  # a fact, not a note
+    assert any(line.startswith("[--] spool ") and "nothing waits" in line for line in lines)
+    worth_reading = [i for i, line in enumerate(lines) if line.startswith(("[..]", "[!!]"))]
+    assert worth_reading and all(lines[i + 1].startswith("     fix: ") for i in worth_reading), out

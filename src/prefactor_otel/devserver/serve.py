@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TextIO
 
@@ -48,6 +49,8 @@ def serve(
     state_path: str | os.PathLike[str] | None = None,
     reset: bool = False,
     allowed_hosts: Sequence[str] = (),
+    refuse_encodings: Sequence[str] = (),
+    register_without_schema: bool = False,
     request_log: TextIO | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
@@ -59,16 +62,30 @@ def serve(
     token (unless it is the old public `pf_local_dev_token`: replaced, and the banner says so), else
     `PREFACTOR_API_TOKEN`, else a new random one (`new_token`), saved with the state. `state_path`: the state
     file to load and keep saving (None: memory only); `reset`: discard that file first. `allowed_hosts`: host names
-    answered besides loopback ones and `host` (a container's `host.docker.internal`). `request_log`: print one
-    line per request there.
+    answered besides loopback ones and `host` (a container's `host.docker.internal`). `refuse_encodings` and
+    `register_without_schema`: DevServer's settings for testing an exporter's fallbacks (docs/wire.md), each said
+    in the banner. `request_log`: print one line per request there.
     Returns the exit status: 0 after a stop, 2 when it cannot start (the reason is on `err`)."""
     stream = out or sys.stdout
     errors = err or sys.stderr
     env = os.environ if environ is None else environ
     state = StateFile(state_path) if state_path is not None else None
     try:
+        testing = _Testing(tuple(refuse_encodings), register_without_schema)
         return _serve(
-            host, port, token, agent_id, environment_id, state, reset, allowed_hosts, request_log, stream, errors, env
+            host,
+            port,
+            token,
+            agent_id,
+            environment_id,
+            state,
+            reset,
+            allowed_hosts,
+            testing,
+            request_log,
+            stream,
+            errors,
+            env,
         )
     except StateFileError as exc:
         print(f"prefactor-otel serve: {exc}", file=errors, flush=True)
@@ -87,6 +104,7 @@ def _serve(
     state: StateFile | None,
     reset: bool,
     allowed_hosts: Sequence[str],
+    testing: _Testing,
     request_log: TextIO | None,
     stream: TextIO,
     errors: TextIO,
@@ -130,6 +148,7 @@ def _serve(
             f"Token: {PUBLIC_TOKEN} is public (any program on this machine knows it); drop --token and "
             "PREFACTOR_API_TOKEN for a random one"
         )
+    notes.extend(testing.notes())
     printer = RequestPrinter(request_log) if request_log is not None else None
     try:
         if loaded is not None:
@@ -143,6 +162,8 @@ def _serve(
             on_request=printer,
             keep_requests=KEEP_REQUESTS,
             allowed_hosts=allowed_hosts,
+            refuse_encodings=testing.refuse_encodings,
+            register_without_schema=testing.register_without_schema,
             **seed,
         )
         server.start()
@@ -172,6 +193,26 @@ def _serve(
     where = f"; saved to {state.path}" if state is not None and saved else ""
     print(f"stopped: {instances} agent runs, {spans} spans received{where}", file=stream, flush=True)
     return 0
+
+
+@dataclass(frozen=True)
+class _Testing:
+    """What the server does differently from the API, to test an exporter's fallbacks (docs/wire.md)."""
+
+    refuse_encodings: tuple[str, ...]
+    register_without_schema: bool
+
+    def notes(self) -> list[str]:
+        notes = []
+        if self.refuse_encodings:
+            names = ", ".join(sorted({name.strip().lower() for name in self.refuse_encodings}))
+            notes.append(f"Testing: request bodies encoded {names} are answered 415 (--refuse-encoding)")
+        if self.register_without_schema:
+            notes.append(
+                "Testing: a run registered without agent_schema_version gets the agent's latest one "
+                "(--register-without-schema; the API requires it)"
+            )
+        return notes
 
 
 def _seed_clash(saved: str, given: str | None, flag: str) -> str | None:

@@ -65,6 +65,8 @@ def _serve(args: argparse.Namespace) -> int:
         state_path=None if args.memory else (args.state or default_state_path()),
         reset=args.reset,
         allowed_hosts=args.allow_host,
+        refuse_encodings=args.refuse_encoding,
+        register_without_schema=args.register_without_schema,
         request_log=None if args.quiet else sys.stderr,
     )
 
@@ -93,7 +95,13 @@ def _resolve_token(args: argparse.Namespace) -> bool:
     args.token_source = f"the state file {state}"
     if args.token:
         return True
-    where = f"none saved in {state}" if local else f"{args.url} is not on this machine"
+    if not local:
+        where = f"{args.url} is not on this machine"
+    elif not os.path.lexists(os.path.expanduser(state)):
+        # Most often `serve` never ran (with this state file): say that first, it is the fix.
+        where = f"no state file {state}: has `prefactor-otel serve` been started? It saves its token there"
+    else:
+        where = f"none saved in {state}"
     print(
         f"prefactor-otel {args.command}: no token ({where}): pass --token, or set PREFACTOR_API_TOKEN to the "
         "token `prefactor-otel serve` prints (or give the --state PATH it uses)",
@@ -157,8 +165,9 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    """`show --watch`: one frame of live runs and in-flight spans every `--interval` seconds, until Ctrl-C or
-    `--count` frames. A terminal is redrawn in place; other output gets the frames one after another."""
+    """`show --watch`: one frame of the live runs as they grow (finished spans, tokens so far, spans in flight:
+    render_live) every `--interval` seconds, until Ctrl-C or `--count` frames. A terminal is redrawn in place;
+    other output gets the frames one after another."""
     from prefactor_otel.devserver import render_live
     from prefactor_otel.devserver.timefmt import now_us
 
@@ -175,9 +184,12 @@ def _watch(args: argparse.Namespace) -> int:
                 reached += 1
                 body = render_live(response.json(), now_us=now_us())
             else:
-                # A watch outlives a server restart: say so in the frame and keep polling.
-                why = "unreachable" if response is None else f"HTTP {response.status_code}"
-                body = f"cannot read {args.url}: {why}\n"
+                # A watch outlives a server restart: say so in the frame, with the fix, and keep polling.
+                if response is None:
+                    why = "nothing answers there; is `prefactor-otel serve` running? (or pass the --url it prints)"
+                else:
+                    why = f"HTTP {response.status_code}{_refused(args, response)}"
+                body = f"cannot read {args.url}: {why}; trying again every {args.interval:g} s\n"
             head = f"{args.url}  {time.strftime('%H:%M:%S')}  every {args.interval:g} s (Ctrl-C to stop)\n\n"
             sys.stdout.write(("\x1b[H\x1b[2J" if redraw else "\n" if frames > 1 else "") + head + body)
             sys.stdout.flush()
@@ -310,7 +322,7 @@ def _positive_count(value: str) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from prefactor_otel.tools.doctor import run_doctor
 
-    return run_doctor()
+    return run_doctor(quiet=args.quiet, as_json=args.json, api=args.api)
 
 
 def _spool(args: argparse.Namespace) -> int:
@@ -413,6 +425,24 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--reset", action="store_true", help="discard the saved state and start over (new agent id, no runs)"
     )
     serve.add_argument("--quiet", action="store_true", help="do not log each request to stderr")
+    testing = serve.add_argument_group(
+        "testing an exporter's fallbacks", "make the server differ from the API, to see what a client does then"
+    )
+    testing.add_argument(
+        "--refuse-encoding",
+        metavar="NAME",
+        action="append",
+        choices=("zstd", "gzip", "deflate"),
+        default=[],
+        help="answer request bodies with this Content-Encoding 415, as a server without it would (choices: zstd, "
+        "gzip, deflate; repeatable): the exporter should fall back to gzip, then to no compression",
+    )
+    testing.add_argument(
+        "--register-without-schema",
+        action="store_true",
+        help="accept a run registered without agent_schema_version once the agent has one (the run gets the "
+        "latest); the API requires it, so this is for measuring the exporter's PREFACTOR_SCHEMA_ONCE saving",
+    )
     serve.set_defaults(func=_serve)
 
 
@@ -423,14 +453,19 @@ def _add_show_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         formatter_class=_HelpFormatter,
         description="Print the agent runs a local Prefactor-compatible server (prefactor-otel serve) holds, as "
         "trees of spans with their status, type and tokens; --json prints the raw snapshot, --watch redraws the "
-        "live runs until Ctrl-C. The token comes from --token, OTEL_EXPORTER_PREFACTOR_API_TOKEN or "
+        "live runs as they grow until Ctrl-C. The token comes from --token, OTEL_EXPORTER_PREFACTOR_API_TOKEN or "
         "PREFACTOR_API_TOKEN, else from the state file of prefactor-otel serve.",
     )
     show.add_argument("--url", default=os.environ.get("PREFACTOR_API_URL") or "http://127.0.0.1:8787", help=_URL_HELP)
     show.add_argument("--token", default=None, help=_TOKEN_HELP)
     show.add_argument("--state", metavar="PATH", default=None, help=_STATE_HELP)
     show.add_argument("--json", action="store_true", help="print the raw snapshot instead of trees")
-    show.add_argument("--watch", action="store_true", help="show live runs and in-flight spans until Ctrl-C")
+    show.add_argument(
+        "--watch",
+        action="store_true",
+        help="follow the live runs as they grow (finished spans with their status, tokens so far, spans in flight) "
+        "until Ctrl-C",
+    )
     show.add_argument(
         "--interval", type=_positive_seconds, default=1.0, help="seconds between --watch frames (default: %(default)s)"
     )
@@ -513,6 +548,25 @@ def _add_doctor_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "access with the token (GET /ping, the agent and environment ids), and spans waiting in the spool. It "
         "reads this environment only: run it where (or with the variables with which) your application runs. "
         "The token is never printed. Exit status: 1 if any finding is a problem, else 0.",
+    )
+    form = doctor.add_mutually_exclusive_group()
+    form.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only what needs attention (problems and notes, each with its fix) and the last line",
+    )
+    form.add_argument(
+        "--json",
+        action="store_true",
+        help="print the findings as one JSON document (problems, then each finding's level, code, text and fix), "
+        "for a script or a CI step",
+    )
+    doctor.add_argument(
+        "--no-api",
+        dest="api",
+        action="store_false",
+        help="skip the API checks and send no request: check the configuration, the zero-code set-up and the spool "
+        "where the API cannot be reached (an image build, a CI step without the token's network)",
     )
     doctor.set_defaults(func=_doctor)
 

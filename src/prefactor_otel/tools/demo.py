@@ -9,7 +9,10 @@ next step: the same settings for the user's own agent.
 Which runs are the demo's: the trace ids of its root spans (collected by a span processor at their start) matched
 against the `trace_id` each span payload carries; only runs started since the demo began are read.
 
-Threads: the caller's thread runs the demo and the read-back; the OTel SDK's batch thread exports; the trace ids
+The exporter runs in PrefactorSpanProcessor, as in the README's first example, so its start-up line says
+`live spans agent`, not `none (not under PrefactorSpanProcessor)`.
+
+Threads: the caller's thread runs the demo and the read-back; the processor's batch thread exports; the trace ids
 are collected on the thread that starts each span (the caller's), a set guarded by the GIL's atomic `add`.
 """
 
@@ -67,7 +70,10 @@ def has_opentelemetry_instrument() -> bool:
 def next_step(using_api: bool, instrument_installed: bool = True) -> str:
     """The demo's last lines: how to trace the user's own agent the same way (and what to install for it first,
     when opentelemetry-instrumentation is missing: a plain `pip install .` does not bring it)."""
-    command = "  OTEL_TRACES_EXPORTER=prefactor opentelemetry-instrument python your_agent.py"
+    # OTEL_SERVICE_NAME names the agent: without it the run reads `unknown_service:python@unversioned`.
+    command = (
+        "  OTEL_TRACES_EXPORTER=prefactor OTEL_SERVICE_NAME=your-agent opentelemetry-instrument python your_agent.py"
+    )
     install = [] if instrument_installed else [INSTRUMENT_INSTALL]
     if using_api:
         return "\n".join(
@@ -93,12 +99,12 @@ def run_demo() -> int:
     """The whole demo; 0 when every span was delivered."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     from prefactor_otel.devserver import DevServer, render_runs
     from prefactor_otel.devserver.serve import new_token
     from prefactor_otel.devserver.timefmt import now_us
     from prefactor_otel.sdk.exporter import PrefactorSpanExporter
+    from prefactor_otel.sdk.processor import PrefactorSpanProcessor
     from prefactor_otel.tools.demo_agent import run_agent
 
     server: DevServer | None = None
@@ -123,7 +129,8 @@ def run_demo() -> int:
         roots = RootTraces()
         provider = TracerProvider(resource=Resource.create({"service.name": "weather-bot", "service.version": "0.1.0"}))
         provider.add_span_processor(roots)
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        # As the README's first example: live runs (the start-up line then says `live spans agent`, not `none`).
+        provider.add_span_processor(PrefactorSpanProcessor(exporter))
         tracer = provider.get_tracer("prefactor_otel.demo_agent", "0.1.0")
         for question, city in (("What's the weather in Paris?", "Paris"), ("And on Mars?", "Mars")):
             print(f"agent run: {question!r} -> {run_agent(tracer, question, city)!r}")

@@ -15,6 +15,7 @@ Threads: the CLI's main thread only (instrument_check swaps os.environ's content
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, entry_points, version
@@ -26,13 +27,28 @@ from prefactor_otel.tools.spool_report import spool_findings
 from prefactor_otel.transport.api_check import CHECK_FAILED, Finding, check_api
 
 
-def run_doctor(environ: Mapping[str, str] | None = None, write: Callable[[str], None] = print) -> int:
-    """Run every check on `environ` (default: os.environ), write one line per finding; 1 if any is a problem."""
+def run_doctor(
+    environ: Mapping[str, str] | None = None,
+    write: Callable[[str], None] = print,
+    *,
+    quiet: bool = False,
+    as_json: bool = False,
+    api: bool = True,
+) -> int:
+    """Run every check on `environ` (default: os.environ), write one line per finding; 1 if any is a problem.
+
+    `quiet`: write only what needs attention (problems and notes, with their fixes) and the summary line.
+    `as_json`: write one JSON document instead (`{"problems": N, "findings": [{level, code, text, fix}]}`), for a
+    script or a CI step; the token is in no finding, so in no output. `api=False`: skip the API checks (no request
+    is sent), for a place that cannot reach the API (an image build), said as an `info` line. The exit status is
+    the same in every form."""
     env = dict(os.environ if environ is None else environ)
     findings: list[Finding] = []
 
     def emit(found: list[Finding]) -> None:
         for finding in found:
+            if as_json or (quiet and finding.level not in ("problem", "note")):
+                continue
             for line in finding.lines():
                 write(line)
         findings.extend(found)
@@ -50,10 +66,17 @@ def run_doctor(environ: Mapping[str, str] | None = None, write: Callable[[str], 
                 )
             ]
         )
-    emit(api_findings(config, config_findings))
+    if api:
+        emit(api_findings(config, config_findings))
+    else:
+        emit([Finding("info", "API checks skipped (--no-api): the token and the ids were not checked")])
     emit(spool_findings(config))
     problems = sum(1 for f in findings if f.level == "problem")
-    write(f"{problems} problem(s) found" if problems else "no problem found")
+    if as_json:
+        found = [{"level": f.level, "code": f.code, "text": f.text, "fix": f.fix} for f in findings]
+        write(json.dumps({"problems": problems, "findings": found}, indent=2))
+    else:
+        write(f"{problems} problem(s) found" if problems else "no problem found")
     return 1 if problems else 0
 
 

@@ -29,7 +29,7 @@ from prefactor_otel.model import ids
 from prefactor_otel.transport.client import BulkTransport
 
 Level = Literal["ok", "problem", "note", "info"]
-_MARKS: dict[Level, str] = {"ok": "[ok]", "problem": "[!!]", "note": "[..]", "info": "[..]"}
+_MARKS: dict[Level, str] = {"ok": "[ok]", "problem": "[!!]", "note": "[..]", "info": "[--]"}
 
 CHECK_FAILED = "PF300"  # the checks could not run at all (disabled exporter, invalid configuration, no token)
 
@@ -37,7 +37,8 @@ CHECK_FAILED = "PF300"  # the checks could not run at all (disabled exporter, in
 @dataclass(frozen=True)
 class Finding:
     """One line of a check: `problem` fails it, `note` is worth reading (could not check, fragile), `ok` and `info`
-    are facts. `code` is stable (README, Troubleshooting) and empty for `ok`/`info` lines."""
+    are facts. `code` is stable (README, Troubleshooting) and empty for `ok`/`info` lines. Each level has its own
+    mark (`info` is `[--]`, not the note's `[..]`: a fact must not read as something to look into)."""
 
     level: Level
     text: str
