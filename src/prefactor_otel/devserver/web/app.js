@@ -318,8 +318,9 @@
       ["Errors", String(totals.errors ?? "-")],
       [
         "Tokens",
+        // as `show` says it: no "total 0" when the spans report input or output tokens only
         "in " + (totals.input_tokens ?? 0) + " / out " + (totals.output_tokens ?? 0) +
-          " / total " + (totals.total_tokens ?? 0),
+          (totals.total_tokens ? " / total " + totals.total_tokens : ""),
       ],
     ];
     if (totals.models && totals.models.length) facts.push(["Models", totals.models.join(", ")]);
