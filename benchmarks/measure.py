@@ -330,7 +330,8 @@ def on_start_cost(bulk: str, calls: int) -> Result:
     processor = PrefactorSpanProcessor(**prefactor_settings(bulk))
     batch = BatchSpanProcessor(otlp_exporter(bulk))
     span = provider.get_tracer("bench").start_span("invoke_agent bench", attributes={"gen_ai.operation.name": "chat"})
-    queue = processor.exporter._start_queue()
+    exporter: Any = processor.exporter  # `start_queue` before the rename: `run.py --ref` measures older commits too
+    queue = (exporter._start_queue if hasattr(exporter, "_start_queue") else exporter.start_queue)()
     starts = queue[0] if queue is not None else None
 
     def per_call_ns(call: Callable[[Any], None]) -> float:
