@@ -46,14 +46,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from gateway import BATCH, LISTENING, _env, items_at, post_all, reset_sink, run_child
+from gateway import BATCH, LISTENING, _env, items_at, post_all, reset_sink, run_child, write_section
 
 Result = dict[str, Any]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 INGRESS_TOKEN = "bench-ingress-token"
 WAIT_LIMIT_S = 300.0
 STILL_S = 2.0
-FLEET_START, FLEET_END = "<!-- fleet:start -->", "<!-- fleet:end -->"
 
 
 def cpu_s(pid: int) -> float:
@@ -464,34 +463,6 @@ def report(results: Result) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, machine_load: str) -> None:
-    """The full run's section: benchmarks/fleet_notes.md, and the same text in RESULTS.md between its markers."""
-    import datetime as dt
-
-    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    section = "\n".join(
-        [
-            FLEET_START,
-            "## A fleet",
-            "",
-            f"`python benchmarks/fleet.py` on {when}, {os.cpu_count()} cores; {machine_load}",
-            "",
-            text,
-            FLEET_END,
-        ]
-    )
-    (HERE / "fleet_notes.md").write_text(section + "\n")
-    results = HERE / "RESULTS.md"
-    if results.exists():
-        current = results.read_text()
-        if FLEET_START in current and FLEET_END in current:
-            head, rest = current.split(FLEET_START, 1)
-            current = head + section + rest.split(FLEET_END, 1)[1]
-        else:
-            current = current.replace("## History", section + "\n\n## History", 1)
-        results.write_text(current)
-
-
 def main(argv: list[str] | None = None) -> int:
     from gateway import load_average
 
@@ -512,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         text = report(json.loads(args.from_json.read_text()))
         print(text)
-        write_section(text, args.load)
+        write_section("fleet", "A fleet", text, args.load)
         return 0
     args.spans = args.spans or (5_120 if args.quick else 20_480)
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -524,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(results)
     print(text)
     if not args.quick:
-        write_section(text, load_average())
+        write_section("fleet", "A fleet", text, load_average())
     return 0
 
 

@@ -387,32 +387,23 @@ def report(results: Result) -> str:
     return "\n".join(lines)
 
 
-GATEWAY_START, GATEWAY_END = "<!-- gateway:start -->", "<!-- gateway:end -->"
-
-
-def write_section(text: str, machine_load: str) -> None:
-    """The full run's section: benchmarks/gateway_notes.md, and the same text in RESULTS.md between its markers."""
+def write_section(name: str, title: str, text: str, machine_load: str) -> None:
+    """A full run's section: benchmarks/<name>_notes.md, and the same text in RESULTS.md between its markers
+    (`<!-- <name>:start -->`, `<!-- <name>:end -->`; run.py keeps the notes file when it rewrites RESULTS.md).
+    Used by this benchmark ("gateway") and benchmarks/fleet.py ("fleet")."""
     import datetime as dt
 
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    section = "\n".join(
-        [
-            GATEWAY_START,
-            "## The OTLP gateway",
-            "",
-            f"`python benchmarks/gateway.py` on {when}, {os.cpu_count()} cores; {machine_load}",
-            "",
-            text,
-            GATEWAY_END,
-        ]
-    )
-    (HERE / "gateway_notes.md").write_text(section + "\n")
+    command = f"`python benchmarks/{name}.py` on {when}, {os.cpu_count()} cores; {machine_load}"
+    section = "\n".join([start, f"## {title}", "", command, "", text, end])
+    (HERE / f"{name}_notes.md").write_text(section + "\n")
     results = HERE / "RESULTS.md"
     if results.exists():
         current = results.read_text()
-        if GATEWAY_START in current and GATEWAY_END in current:
-            head, rest = current.split(GATEWAY_START, 1)
-            current = head + section + rest.split(GATEWAY_END, 1)[1]
+        if start in current and end in current:
+            head, rest = current.split(start, 1)
+            current = head + section + rest.split(end, 1)[1]
         else:
             current = current.replace("## History", section + "\n\n## History", 1)
         results.write_text(current)
@@ -449,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(results)
     print(text)
     if not args.quick:
-        write_section(text, load_average())
+        write_section("gateway", "The OTLP gateway", text, load_average())
     return 0
 
 
