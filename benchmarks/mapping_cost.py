@@ -2,14 +2,16 @@
 
 Usage: python benchmarks/mapping_cost.py [--ref main] [--spans 2000] [--rounds 7] [--profile tree|ref]
 
-Two workloads: the realistic agent traces of `benchmarks/workload.py` (~1 KB GenAI messages) and a small-span list
-(HTTP server and client, DB, cache, framework spans with a handful of short attributes, beside a few GenAI spans:
-what agents also make). Each round maps every span of a workload once with the default options, the work tree's
-mapping and the reference's alternately (interleaved, so machine noise hits both alike); the best round of each is
-reported in CPU µs/span (the thread's CPU time, not wall time: other work on a shared machine does not count), with the ratio work tree / reference. `--profile` runs cProfile over the work tree's (or the
-reference's) mapping instead and prints the top functions by self time. The reference is `src/prefactor_otel` as
-committed at `--ref`, imported under another package name (as benchmarks/mapping_diff.py does). Nothing leaves the
-process; the figures are noisy on a shared machine, so read the ratio, not the absolute times.
+Two workloads: the realistic agent traces of `benchmarks/workload.py` (~1 KB GenAI messages) and its small-span
+workload (HTTP server and client, DB, cache, framework spans with a handful of short attributes, beside a few GenAI
+spans: what agents also make), the same spans `run.py` measures. Each round maps every span of a workload once with
+the default options, the work tree's mapping and the reference's alternately (interleaved, so machine noise hits
+both alike); the best round of each is reported in CPU µs/span (the thread's CPU time, not wall time: other work on
+a shared machine does not count), with the ratio work tree / reference. `--profile` runs cProfile over the work
+tree's (or the reference's) mapping instead and prints the top functions by self time. The reference is
+`src/prefactor_otel` as committed at `--ref`, imported under another package name (as benchmarks/mapping_diff.py
+does). Nothing leaves the process; the figures are noisy on a shared machine, so read the ratio, not the absolute
+times.
 """
 
 from __future__ import annotations
@@ -19,22 +21,19 @@ import cProfile
 import gc
 import os
 import pstats
-import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from mapping_diff import load_ref
-from workload import SERVICE, SpanSource
+from workload import SpanSource
 
 import prefactor_otel.mapping as current
 
@@ -50,89 +49,9 @@ class _Collect(SpanProcessor):
         self.spans.append(span)
 
 
-def small_spans(count: int, seed: int = 5, resource: Resource = SERVICE) -> list[ReadableSpan]:
-    """Mostly non-GenAI spans with a few short attributes: an HTTP request served, its DB queries, a cache read, an
-    outgoing HTTP call, a framework step; one request in ten also makes a short model call. One error in 25."""
-    rng = random.Random(seed)
-    collect = _Collect()
-    provider = TracerProvider(resource=resource)
-    provider.add_span_processor(collect)
-    web = provider.get_tracer("opentelemetry.instrumentation.fastapi", "0.48b0")
-    db = provider.get_tracer("opentelemetry.instrumentation.asyncpg", "0.48b0")
-    http = provider.get_tracer("opentelemetry.instrumentation.httpx", "0.48b0")
-    llm = provider.get_tracer("opentelemetry.instrumentation.openai_v2", "2.1b0")
-    for _ in range(count):  # bounded: each request makes several spans
-        if len(collect.spans) >= count:
-            break
-        route = rng.choice(_ROUTES)
-        with web.start_as_current_span(
-            f"GET {route}",
-            kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": "GET",
-                "http.route": route,
-                "url.scheme": "https",
-                "url.path": route.replace("{id}", str(rng.randrange(10**5))),
-                "server.address": "shop.example.com",
-                "server.port": 443,
-                "client.address": f"10.0.{rng.randrange(256)}.{rng.randrange(256)}",
-                "user_agent.original": "python-httpx/0.27.0",
-            },
-        ) as request:
-            with web.start_as_current_span(
-                "auth middleware", attributes={"app.user.tier": rng.choice(("free", "pro"))}
-            ):
-                pass
-            table = rng.choice(_TABLES)
-            for _ in range(rng.randint(1, 3)):
-                with db.start_as_current_span(
-                    f"SELECT {table}",
-                    kind=SpanKind.CLIENT,
-                    attributes={
-                        "db.system.name": "postgresql",
-                        "db.namespace": "shop",
-                        "db.operation.name": "SELECT",
-                        "db.collection.name": table,
-                        "db.query.text": f"SELECT * FROM {table} WHERE id = $1",
-                        "server.address": "db.internal",
-                        "server.port": 5432,
-                    },
-                ):
-                    pass
-            with db.start_as_current_span(
-                "GET", kind=SpanKind.CLIENT, attributes={"db.system.name": "redis", "db.operation.name": "GET"}
-            ):
-                pass
-            with http.start_as_current_span(
-                "POST",
-                kind=SpanKind.CLIENT,
-                attributes={
-                    "http.request.method": "POST",
-                    "url.full": "https://payments.example.com/v1/charges",
-                    "server.address": "payments.example.com",
-                    "http.response.status_code": 200,
-                },
-            ):
-                pass
-            if rng.random() < 0.1:
-                with llm.start_as_current_span(
-                    "chat gpt-4o-mini",
-                    kind=SpanKind.CLIENT,
-                    attributes={
-                        "gen_ai.operation.name": "chat",
-                        "gen_ai.provider.name": "openai",
-                        "gen_ai.request.model": "gpt-4o-mini",
-                        "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
-                        "gen_ai.usage.input_tokens": rng.randrange(20, 200),
-                        "gen_ai.usage.output_tokens": rng.randrange(5, 50),
-                    },
-                ):
-                    pass
-            status = 500 if rng.random() < 0.04 else 200
-            request.set_attribute("http.response.status_code", status)
-            if status == 500:
-                request.set_status(Status(StatusCode.ERROR))
-    return collect.spans[:count]
+def small_spans(count: int, seed: int = 5) -> list[ReadableSpan]:
+    """The small-span workload of benchmarks/workload.py (what run.py measures), `count` spans of whole traces."""
+    return SpanSource(seed=seed, workload="small").spans(count)[:count]
 
 
 def workloads(count: int) -> dict[str, list[ReadableSpan]]:

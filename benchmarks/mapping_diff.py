@@ -6,7 +6,8 @@ Extracts `src/prefactor_otel` as committed at REF into a temporary directory und
 maps the same spans with both versions and compares every SpanRecord field (payloads compared as JSON) under
 four option sets: defaults; short length limits with extra redaction keys and patterns; capture off; a redaction
 callback. Spans: the benchmark workload, every recorded GenAI fixture (tests/fixtures/semconv/*.json) replayed,
-random odd attribute shapes across the conventions, and the small-span list of benchmarks/mapping_cost.py. Prints counts and the first differences; exits 1 if any record differs.
+random odd attribute shapes across the conventions, and the small-span workload of benchmarks/workload.py. Prints
+counts and the first differences; exits 1 if any record differs.
 Nothing leaves the process.
 """
 
