@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from prefactor_otel.devserver import DevServer
+from prefactor_otel.devserver.render import render_runs
 from prefactor_otel.devserver.runview import run_views
 from tests.gateway_run import GatewayProcess
 from tests.spans import wait_for
@@ -87,3 +88,15 @@ def test_a_late_child_lands_in_the_traces_next_run_and_a_retried_copy_is_not_sen
     views = run_views(srv.snapshot())
     assert [v["trace_id"] for v in views] == [trace, trace]
     assert {v["id"] for v in views} == {first["id"], second["id"]}
+    # The late run says which span of the earlier run it continues (the page and `show` print it), and comes after it.
+    assert [v["id"] for v in views] == [first["id"], second["id"]]
+    view = views[1]
+    assert view["continues"] == [
+        {
+            "otel_span_id": root["payload"]["span_id"],
+            "run_id": first["id"],
+            "span_id": root["id"],
+            "span_name": "invoke_agent support",
+        }
+    ]
+    assert f"  continues invoke_agent support of run {first['id']}\n" in render_runs(srv.snapshot())

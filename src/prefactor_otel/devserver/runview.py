@@ -392,16 +392,18 @@ def span_index(spans: list[JsonDict]) -> dict[tuple[str, str], JsonDict]:
 
 
 def continued_spans(spans: list[JsonDict], index: SpanIndex) -> list[dict[str, Any]]:
-    """What a run's top spans continue: for each span of it whose parent is remote (another process's span, its
-    payload's `metadata["otel.parent.is_remote"]`), that parent's OTel id and, when `index` holds the span, its
-    run, Prefactor id and name. In the order the top spans ran; one entry per parent."""
+    """What a run's top spans continue: for each span of it whose parent is in another run — another process's span
+    (its payload's `metadata["otel.parent.is_remote"]`) or, for the gateway's run of late spans, a span of the
+    trace's earlier run (`metadata["prefactor.parent_in_earlier_run"]`) — that parent's OTel id and, when `index`
+    holds the span, its run, Prefactor id and name. In the order the top spans ran; one entry per parent."""
     found: list[dict[str, Any]] = []
     seen: set[str] = set()
     for _, span in sorted(enumerate(spans), key=lambda pair: _order_key(pair[1], pair[0])):
         payload = _mapping(span.get("payload"))
-        if (
-            span.get("parent_span_id") is not None
-            or _mapping(payload.get("metadata")).get("otel.parent.is_remote") is not True
+        metadata = _mapping(payload.get("metadata"))
+        if span.get("parent_span_id") is not None or (
+            metadata.get("otel.parent.is_remote") is not True
+            and metadata.get("prefactor.parent_in_earlier_run") is not True
         ):
             continue
         trace, parent = _hex(payload.get("trace_id"), 32), _hex(payload.get("parent_span_id"), 16)
