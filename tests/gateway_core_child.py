@@ -72,9 +72,10 @@ def wait(condition: Callable[[], bool]) -> None:
 
 def late_span(gateway: Gateway, *, held: bool) -> None:
     """Trace X finishes, and its ingress-log segment is retired; then a span of X comes late (after its run was
-    finished: it opens X's second run), in one request with a child of trace Y, whose root never comes. Prints the
-    two trace ids once X's second run is finished too (`held`: as soon as it is opened, held for the grace period
-    before anything of it is sent), then waits to be killed."""
+    finished: it opens X's second run), in one request with a child of trace Y, whose root never comes, and (`held`)
+    a retried copy of X's `step`, delivered in X's first run. Prints the two trace ids once X's second run is
+    finished too (`held`: as soon as it is opened, held for the grace period before anything of it is sent), then
+    waits to be killed."""
     gateway.start()
     wait(lambda: gateway.wait_ready(1))
     collector = Collector()
@@ -84,6 +85,7 @@ def late_span(gateway: Gateway, *, held: bool) -> None:
     root = tracer.start_span("invoke_agent x", attributes={"gen_ai.operation.name": "invoke_agent"})
     inside = trace_api.set_span_in_context(root)
     tracer.start_span("step", context=inside).end()
+    step = collector.spans[-1]
     time.sleep(0.005)  # a later millisecond than X's first span: a run of its own if it ever opened one
     late = tracer.start_span("late tool", context=inside)
     root.end()
@@ -93,9 +95,15 @@ def late_span(gateway: Gateway, *, held: bool) -> None:
     late.end()
     root_y = tracer.start_span("invoke_agent y")
     tracer.start_span("waits for y", context=trace_api.set_span_in_context(root_y)).end()
-    gateway.accept("Bearer ingress-kill", encode_spans(collector.spans))
+    gateway.accept("Bearer ingress-kill", encode_spans([*collector.spans, *([step] if held else [])]))
     pipeline = lambda: gateway.stats()["pipelines"]["default.default"]  # noqa: E731
-    wait(lambda: pipeline()["runs_reopened_late"] == 1 and (held or pipeline()["instances_finished"] == 2))
+    wait(
+        lambda: (
+            pipeline()["runs_reopened_late"] == 1
+            and pipeline()["spans_duplicate_ignored"] == (1 if held else 0)
+            and (held or pipeline()["instances_finished"] == 2)
+        )
+    )
     x, y = root.get_span_context().trace_id, root_y.get_span_context().trace_id
     print(json.dumps({"x": f"{x:032x}", "y": f"{y:032x}"}), flush=True)
     time.sleep(600)

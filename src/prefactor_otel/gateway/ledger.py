@@ -263,11 +263,11 @@ class SegmentLedger:
 
     def prune_late(self) -> None:
         """The worker, under the gateway's order lock: a late trace none of whose records is in a live segment or
-        waits for the worker leaves the file (at its next write): it cannot be replayed."""
+        waits for the worker leaves the file (written at `flush`): it cannot be replayed any more."""
         with self._lock:
             for trace in [t for t in self._late if t not in self._traces and not self._late_waiting.get(t)]:
                 if self._late.pop(trace) is not None:
-                    self._file_dirty = True
+                    self._file_urgent = True
 
     def has_late(self) -> bool:
         with self._lock:

@@ -518,6 +518,10 @@ class Gateway:
         retirable = ledger.retirable(self._log.current_segment)
         if retirable:
             self._count(segments_retired=ledger.retire(self._log, retirable))
+            if ledger.has_late():  # a late trace whose last segment went leaves the file now
+                with self._order_lock:
+                    ledger.prune_late()
+                ledger.flush()
 
     def _queued_traces(self) -> dict[str, set[int]]:
         """Under the order lock (nothing is queued meanwhile): pipeline key -> the traces of the records written and
