@@ -177,6 +177,7 @@ class SegmentLedger:
         with self._lock:
             entries = [[key, f"{trace:032x}"] for key, recent in self._recent.items() for trace in recent]
             late = list(self._late.items())
+            urgent = self._file_urgent
             self._file_dirty = self._file_urgent = False  # what changes from here on is written next time
         runs: list[list[Any]] = []
         ids_left: dict[str, int] = {}
@@ -213,6 +214,7 @@ class SegmentLedger:
         except OSError:
             with self._lock:
                 self._file_dirty = True
+                self._file_urgent = self._file_urgent or urgent
             raise
 
     # ------------------------------------------------------------------ late traces
@@ -255,6 +257,17 @@ class SegmentLedger:
                 for key, late, _ in covered:
                     for trace_id in late:
                         self._late_waiting[(key, trace_id)] += 1
+
+    def release_late(self, key: str, trace_ids: Iterable[int]) -> None:
+        """A record counted by `cover_late` that was not written after all (the log full or failed)."""
+        with self._lock:
+            for trace_id in trace_ids:
+                trace = (key, trace_id)
+                waiting = self._late_waiting[trace] - 1
+                if waiting > 0:
+                    self._late_waiting[trace] = waiting
+                else:
+                    del self._late_waiting[trace]
 
     def late_among(self, key: str, trace_ids: Iterable[int]) -> list[int]:
         """Of these traces, those whose state the file carries (the worker refreshes it when they are done)."""
@@ -309,13 +322,8 @@ class SegmentLedger:
                     self._waiting[segment] = left
                 else:
                     self._waiting.pop(segment, None)
-                for trace_id in late:
-                    trace = (key, trace_id)
-                    waiting = self._late_waiting[trace] - 1
-                    if waiting > 0:
-                        self._late_waiting[trace] = waiting
-                    else:
-                        del self._late_waiting[trace]
+        if late:
+            self.release_late(key, late)
         self._changed = True
         traces = self._segments.setdefault(segment, set())
         open_here = self._open.setdefault(key, set())

@@ -12,12 +12,15 @@ The path of a request (`accept`, on the front end's request thread):
    `max_retry_after_s`, a third of the finish grace (at least 1 s, at most 60 s): a client that honours it comes
    back while the run its spans belong to is still open (docs/gateway.md, "Retry-After and the finish grace");
 5. write: one ingress-log record per (route, agent) -- its key and the serialized protobuf of those spans -- and
-   queue it for the worker, in log order (the order lock);
+   queue it for the worker, in log order (the order lock). A record with spans of a trace already finished (late)
+   is written only once the finished-traces file carries that trace's state (`_cover_late`, ledger.py: rare, one
+   fsync), so a replay never skips it;
 6. sync: return once the records are fsynced (group commit: concurrent requests share fsyncs).
 
 The worker thread (`_run`, the one thread that drives every pipeline, so their one sender): at start it replays
-the ingress log left by an earlier gateway (the records of traces it had finished are skipped: ledger.py), and only
-then is the gateway ready; it then takes the queued records whose fsync is done, oldest first, decodes and maps
+the ingress log left by an earlier gateway (the records of traces it had finished are skipped, but for a late
+trace's, whose state the finished-traces file carries: its planner gets that state first, then every record of it,
+ledger.py), and only then is the gateway ready; it then takes the queued records whose fsync is done, oldest first, decodes and maps
 them (targets.py: a remote parent is an ordinary parent here), adds them to their pipeline and drains it; it
 sends what is due in the background (grace periods, orphans, the spool's backlog at the spool's backoff; a pipeline
 without a spool or a partition backs off after a failure), finishes runs whose top never came once they are idle
@@ -42,7 +45,9 @@ ends' request threads and their health checks); `start`, `stop_accepting`, `shut
 (its own lock) guards the queue, the queued span count and the worker's wake-ups; `_counters_lock` the gateway's
 counters (a leaf: taken under `_order_lock` too, never around anything). Each pipeline's `state_lock` is taken
 inside the pipeline and targets.py; the ingress log and the ledger have their own. `_drops` is the worker's alone.
-Lock order: `_order_lock` -> `_cond`, `_order_lock` -> the log's and the ledger's locks; never the other way.
+Lock order: `_order_lock` -> `_cond`, `_order_lock` -> the log's and the ledger's locks, `_order_lock` -> a
+pipeline's `state_lock` (a late trace's planner state, read by `_cover_late` and `_retire`, which marks traces done
+under the order lock); never the other way.
 """
 
 from __future__ import annotations
@@ -312,12 +317,14 @@ class Gateway:
                 except IngressLogFull:
                     # Not after the check above, but should a part be written: it is the worker's like any record
                     # (its spans come again with the client's retry, under the same ids).
+                    self._release_late(bodies[len(entries) :], late[len(entries) :])
                     self._enqueue(entries)
                     self._count(overloaded_503=1)
                     raise Overloaded(
                         "the ingress log is full", self._retry_after(self._log_backlog_spans()), unavailable=True
                     ) from None
                 except IngressLogBroken as exc:
+                    self._release_late(bodies[len(entries) :], late[len(entries) :])
                     self._fail(f"the ingress log failed: {exc}")
                     self._count(overloaded_503=1)
                     raise Overloaded("the ingress log failed", self.max_retry_after_s, unavailable=True) from None
@@ -356,6 +363,14 @@ class Gateway:
         if covered:
             ledger.cover_late(covered)
         return late
+
+    def _release_late(
+        self, bodies: list[tuple[AgentPipeline, bytes, list[ReadableSpan]]], late: list[tuple[int, ...]]
+    ) -> None:
+        """Records `_cover_late` counted and that were not written after all."""
+        for (target, _, _), traces in zip(bodies, late, strict=True):
+            if traces:
+                self._ledger.release_late(target.key, traces)
 
     def _enqueue(self, entries: list[_Entry]) -> None:
         """Under the order lock: written records to the worker, in log order."""
