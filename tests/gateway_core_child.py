@@ -18,6 +18,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from prefactor_otel.gateway.ledger import FINISHED_FILE
 from prefactor_otel.gateway.service import Gateway, Overloaded
 from prefactor_otel.gateway.settings import GatewaySettings
 from tests.spans import Collector
@@ -96,6 +97,9 @@ def late_span(gateway: Gateway, *, held: bool) -> None:
     root_y = tracer.start_span("invoke_agent y")
     tracer.start_span("waits for y", context=trace_api.set_span_in_context(root_y)).end()
     gateway.accept("Bearer ingress-kill", encode_spans([*collector.spans, *([step] if held else [])]))
+    # Acknowledged: the finished-traces file already carries X (the worker may not have taken the record yet).
+    finished_file = gateway.settings.directory / FINISHED_FILE
+    carried_at_ack = [trace for _, trace, _, _ in json.loads(finished_file.read_text(encoding="utf-8"))["runs"]]
     pipeline = lambda: gateway.stats()["pipelines"]["default.default"]  # noqa: E731
     wait(
         lambda: (
@@ -105,7 +109,7 @@ def late_span(gateway: Gateway, *, held: bool) -> None:
         )
     )
     x, y = root.get_span_context().trace_id, root_y.get_span_context().trace_id
-    print(json.dumps({"x": f"{x:032x}", "y": f"{y:032x}"}), flush=True)
+    print(json.dumps({"x": f"{x:032x}", "y": f"{y:032x}", "carried_at_ack": carried_at_ack}), flush=True)
     time.sleep(600)
 
 

@@ -182,7 +182,8 @@ def test_a_replay_after_a_late_spans_run_was_finished_sends_nothing_twice(
     }
     child = Child(env, "late")
     said = child.read()
-    assert said is not None and set(said) == {"x", "y"}
+    assert said is not None and set(said) == {"x", "y", "carried_at_ack"}
+    assert said["carried_at_ack"] == [said["x"]]  # X's state was in the file before its late span was acknowledged
     # X's state moved on when its second run was done: the file is written again at once.
     assert wait_for(lambda: carried(tmp_path / "gw") == {said["x"]: 1}, 30)
     child.kill_after(0)
@@ -225,7 +226,8 @@ def test_a_gateway_killed_while_a_late_spans_run_is_held_loses_nothing_it_acknow
     }
     child = Child(env, "late-held")
     said = child.read()
-    assert said is not None and set(said) == {"x", "y"}
+    assert said is not None and set(said) == {"x", "y", "carried_at_ack"}
+    assert said["carried_at_ack"] == [said["x"]]  # X's state was in the file before its late span was acknowledged
     assert carried(tmp_path / "gw") == {said["x"]: 0}  # written before the late span was acknowledged
     child.kill_after(0)
     assert [i["external_identifier"].count(":") for i in srv.instances()] == [2]  # X's first run alone

@@ -250,7 +250,7 @@ class SegmentLedger:
                 except OSError:
                     with self._lock:
                         for trace, carried in added:
-                            if self._late.get(trace) is carried:
+                            if trace in self._late and self._late[trace] is carried:
                                 del self._late[trace]
                     raise
             with self._lock:

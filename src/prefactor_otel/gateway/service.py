@@ -20,10 +20,11 @@ The path of a request (`accept`, on the front end's request thread):
 The worker thread (`_run`, the one thread that drives every pipeline, so their one sender): at start it replays
 the ingress log left by an earlier gateway (the records of traces it had finished are skipped, but for a late
 trace's, whose state the finished-traces file carries: its planner gets that state first, then every record of it,
-ledger.py), and only then is the gateway ready; it then takes the queued records whose fsync is done, oldest first, decodes and maps
-them (targets.py: a remote parent is an ordinary parent here), adds them to their pipeline and drains it; it
-sends what is due in the background (grace periods, orphans, the spool's backlog at the spool's backoff; a pipeline
-without a spool or a partition backs off after a failure), finishes runs whose top never came once they are idle
+ledger.py), and only then is the gateway ready; it then takes the queued records whose fsync is done, oldest first,
+decodes and maps them (targets.py: a remote parent is an ordinary parent here), adds them to their pipeline and
+drains it; it sends what is due in the background (grace periods, orphans, the spool's backlog at the spool's
+backoff; a pipeline without a spool or a partition backs off after a failure), finishes runs whose top never came
+once they are idle
 (`max_wait_seconds` + the finish grace), and retires the ingress-log segments whose traces are all done (ledger.py).
 Decoding a replayed record needs otlp.py's `parse_protobuf`; live records were decoded by their request.
 
