@@ -24,8 +24,8 @@ ledger.py), and only then is the gateway ready; it then takes the queued records
 decodes and maps them (targets.py: a remote parent is an ordinary parent here), adds them to their pipeline and
 drains it; it sends what is due in the background (grace periods, orphans, the spool's backlog at the spool's
 backoff; a pipeline without a spool or a partition backs off after a failure), finishes runs whose top never came
-once they are idle
-(`max_wait_seconds` + the finish grace), and retires the ingress-log segments whose traces are all done (ledger.py).
+once they are idle (`max_wait_seconds` + the finish grace), and retires the ingress-log segments whose traces are
+all done (ledger.py).
 Decoding a replayed record needs otlp.py's `parse_protobuf`; live records were decoded by their request.
 
 `shutdown(timeout_s)`: stop accepting, then the worker takes what was acknowledged, drains every pipeline as the
