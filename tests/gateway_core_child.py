@@ -18,6 +18,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from prefactor_otel.gateway.ledger import FINISHED_FILE
 from prefactor_otel.gateway.service import Gateway, Overloaded
 from prefactor_otel.gateway.settings import GatewaySettings
 from tests.spans import Collector
@@ -72,9 +73,10 @@ def wait(condition: Callable[[], bool]) -> None:
 
 def late_span(gateway: Gateway, *, held: bool) -> None:
     """Trace X finishes, and its ingress-log segment is retired; then a span of X comes late (after its run was
-    finished: it opens X's second run), in one request with a child of trace Y, whose root never comes. Prints the
-    two trace ids once X's second run is finished too (`held`: as soon as it is opened, held for the grace period
-    before anything of it is sent), then waits to be killed."""
+    finished: it opens X's second run), in one request with a child of trace Y, whose root never comes, and (`held`)
+    a retried copy of X's `step`, delivered in X's first run. Prints the two trace ids once X's second run is
+    finished too (`held`: as soon as it is opened, held for the grace period before anything of it is sent), then
+    waits to be killed."""
     gateway.start()
     wait(lambda: gateway.wait_ready(1))
     collector = Collector()
@@ -84,6 +86,7 @@ def late_span(gateway: Gateway, *, held: bool) -> None:
     root = tracer.start_span("invoke_agent x", attributes={"gen_ai.operation.name": "invoke_agent"})
     inside = trace_api.set_span_in_context(root)
     tracer.start_span("step", context=inside).end()
+    step = collector.spans[-1]
     time.sleep(0.005)  # a later millisecond than X's first span: a run of its own if it ever opened one
     late = tracer.start_span("late tool", context=inside)
     root.end()
@@ -93,11 +96,20 @@ def late_span(gateway: Gateway, *, held: bool) -> None:
     late.end()
     root_y = tracer.start_span("invoke_agent y")
     tracer.start_span("waits for y", context=trace_api.set_span_in_context(root_y)).end()
-    gateway.accept("Bearer ingress-kill", encode_spans(collector.spans))
+    gateway.accept("Bearer ingress-kill", encode_spans([*collector.spans, *([step] if held else [])]))
+    # Acknowledged: the finished-traces file already carries X (the worker may not have taken the record yet).
+    finished_file = gateway.settings.directory / FINISHED_FILE
+    carried_at_ack = [trace for _, trace, _, _ in json.loads(finished_file.read_text(encoding="utf-8"))["runs"]]
     pipeline = lambda: gateway.stats()["pipelines"]["default.default"]  # noqa: E731
-    wait(lambda: pipeline()["runs_reopened_late"] == 1 and (held or pipeline()["instances_finished"] == 2))
+    wait(
+        lambda: (
+            pipeline()["runs_reopened_late"] == 1
+            and pipeline()["spans_duplicate_ignored"] == (1 if held else 0)
+            and (held or pipeline()["instances_finished"] == 2)
+        )
+    )
     x, y = root.get_span_context().trace_id, root_y.get_span_context().trace_id
-    print(json.dumps({"x": f"{x:032x}", "y": f"{y:032x}"}), flush=True)
+    print(json.dumps({"x": f"{x:032x}", "y": f"{y:032x}", "carried_at_ack": carried_at_ack}), flush=True)
     time.sleep(600)
 
 

@@ -13,12 +13,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from prefactor_otel.devserver import DevServer
 from prefactor_otel.devserver.faults import Fault
 from prefactor_otel.durability.ingress_log import IngressLogLocked
+from prefactor_otel.gateway.ledger import FINISHED_FILE
 from prefactor_otel.gateway.service import Gateway
 from prefactor_otel.gateway.settings import GatewaySettings
 from tests.spans import wait_for
@@ -147,12 +149,32 @@ def test_a_gateway_killed_while_the_server_is_down_delivers_everything_after_res
     assert not stats["pipelines"]["default.default"]["dropped_by_reason"]
 
 
-def test_a_replay_skips_the_late_spans_of_a_trace_finished_before_the_kill(
+def carried(directory: Path) -> dict[str, int]:
+    """The late traces the finished-traces file carries: trace id -> how many times a run of it was opened again."""
+    try:
+        data = json.loads((directory / FINISHED_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {trace: runs_opened for _, trace, runs_opened, _ in data.get("runs", [])}
+
+
+def runs_of(srv: DevServer, trace: str) -> dict[str, dict[str, Any]]:
+    """The trace's runs on the server, by their external identifier's suffix after the replica ("" for the first)."""
+    runs = {}
+    for instance in srv.instances():
+        name = instance["external_identifier"].split(":")
+        if name[1] == trace:
+            runs[":".join(name[3:])] = instance
+    return runs
+
+
+def test_a_replay_after_a_late_spans_run_was_finished_sends_nothing_twice(
     srv: DevServer, tmp_path: Path, started: list[Gateway]
 ) -> None:
-    """The late span opened X's second run, which was finished before the kill. Without the finished-traces file
-    the late span, alone in a segment kept for another trace, would open yet another run of X on replay (under the
-    first run's name, which the server refuses)."""
+    """The late span opened X's second run, which was finished before the kill; it sits in a segment kept for another
+    trace (Y, whose root never comes). The finished-traces file carries X (a run opened again once, the span ids of
+    both runs), so the replay gives the planner that state, then the late span: a copy of a span X's runs created,
+    ignored. Without it the late span would open yet another run of X (under the first run's name)."""
     env = {
         **environment(srv, tmp_path / "gw"),
         "PREFACTOR_GATEWAY_SEGMENT_BYTES": "64",
@@ -160,34 +182,42 @@ def test_a_replay_skips_the_late_spans_of_a_trace_finished_before_the_kill(
     }
     child = Child(env, "late")
     said = child.read()
-    assert said is not None and set(said) == {"x", "y"}
+    assert said is not None and set(said) == {"x", "y", "carried_at_ack"}
+    assert said["carried_at_ack"] == [said["x"]]  # X's state was in the file before its late span was acknowledged
+    # X's state moved on when its second run was done: the file is written again at once.
+    assert wait_for(lambda: carried(tmp_path / "gw") == {said["x"]: 1}, 30)
     child.kill_after(0)
     gateway = run_over_again(srv, tmp_path / "gw", {**env, "PREFACTOR_MAX_WAIT_SECONDS": "1"}, started)
     assert wait_for(lambda: len(srv.instances()) == 3 and all(i["finished_at"] for i in srv.instances()), 60)
-    assert gateway.stats()["spans_skipped_finished"] == 1
+    stats = gateway.stats()
+    pipeline = stats["pipelines"]["default.default"]
+    assert stats["spans_skipped_finished"] == 0 and stats["spans_replayed"] == 2
+    assert pipeline["spans_duplicate_ignored"] == 1 and pipeline["runs_reopened_late"] == 0
     gateway.shutdown(10)
     assert not gateway.stats()["pipelines"]["default.default"][
         "dropped_by_reason"
-    ]  # everything it holds is sent now: no second run of X can come later
+    ]  # everything it holds is sent now: no other run of X can come later
     assert len(srv.instances()) == 3
     stored = stored_once(srv)
-    assert {name for name in (span["payload"]["name"] for span in stored.values())} == {
+    assert {span["payload"]["name"] for span in stored.values()} == {
         "invoke_agent x",
         "step",
         "late tool",
         "waits for y",
-    }  # the late span went to X's second run the first time, and is skipped on replay
+    }
+    assert set(runs_of(srv, said["x"])) == {"", "1"}
     runs_of_x = {span["agent_instance_id"] for (trace, _), span in stored.items() if trace == said["x"]}
     assert len(runs_of_x) == 2
 
 
-def test_a_gateway_killed_while_a_late_spans_run_is_held_leaves_no_run_open(
+def test_a_gateway_killed_while_a_late_spans_run_is_held_loses_nothing_it_acknowledged(
     srv: DevServer, tmp_path: Path, started: list[Gateway]
 ) -> None:
-    """A run opened for a late span is sent whole once quiet for the grace period (5 s here): killed before that, the
-    gateway has registered nothing of it, and the replay skips the finished trace's records, so no run is left
-    `active` on the server. The late span is lost then, as every late span was before runs were reopened for them
-    (docs/gateway.md, "Known limits")."""
+    """A run opened for a late span is held until quiet for the grace period (5 s here), then sent whole: killed
+    before that, the gateway has sent nothing of it. The late span was acknowledged only once the finished-traces
+    file carried X's state (no run opened again, the span ids of its first run), so the restart replays it: X's
+    second run `:1`, registered, the late span in it, finished. The retried copy of `step` in the same request (its
+    first run delivered it) is ignored again on replay: on the server once."""
     env = {
         **environment(srv, tmp_path / "gw"),
         "PREFACTOR_GATEWAY_SEGMENT_BYTES": "64",
@@ -196,17 +226,38 @@ def test_a_gateway_killed_while_a_late_spans_run_is_held_leaves_no_run_open(
     }
     child = Child(env, "late-held")
     said = child.read()
-    assert said is not None and set(said) == {"x", "y"}
+    assert said is not None and set(said) == {"x", "y", "carried_at_ack"}
+    assert said["carried_at_ack"] == [said["x"]]  # X's state was in the file before its late span was acknowledged
+    assert carried(tmp_path / "gw") == {said["x"]: 0}  # written before the late span was acknowledged
     child.kill_after(0)
     assert [i["external_identifier"].count(":") for i in srv.instances()] == [2]  # X's first run alone
+    first_x = {span["payload"]["span_id"] for span in srv.spans()}
     gateway = run_over_again(srv, tmp_path / "gw", {**env, "PREFACTOR_MAX_WAIT_SECONDS": "1"}, started)
-    assert wait_for(lambda: len(srv.instances()) == 2 and all(i["finished_at"] for i in srv.instances()), 60)
-    assert gateway.stats()["spans_skipped_finished"] == 1
+    assert wait_for(lambda: len(srv.instances()) == 3 and all(i["finished_at"] for i in srv.instances()), 60)
+    stats = gateway.stats()
+    pipeline = stats["pipelines"]["default.default"]
+    assert stats["spans_skipped_finished"] == 0 and stats["spans_replayed"] == 3
+    assert pipeline["runs_reopened_late"] == 1 and pipeline["spans_duplicate_ignored"] == 1
     gateway.shutdown(10)
-    assert len(srv.instances()) == 2 and all(i["status"] != "active" for i in srv.instances())
-    stored = stored_once(srv)
-    assert {span["payload"]["name"] for span in stored.values()} == {"invoke_agent x", "step", "waits for y"}
+    assert not gateway.stats()["pipelines"]["default.default"]["dropped_by_reason"]
+    assert len(srv.instances()) == 3 and all(i["status"] == "complete" for i in srv.instances())
+    stored = stored_once(srv)  # the copy of `step` was not sent twice
+    by_name = {span["payload"]["name"]: span for span in stored.values()}
+    assert set(by_name) == {"invoke_agent x", "step", "late tool", "waits for y"}
     assert all(span["status"] != "active" for span in stored.values())
+    runs = runs_of(srv, said["x"])
+    assert set(runs) == {"", "1"} and all(run["finished_at"] for run in runs.values())
+    assert by_name["late tool"]["agent_instance_id"] == runs["1"]["id"]
+    assert by_name["step"]["agent_instance_id"] == runs[""]["id"]
+    assert {by_name["step"]["payload"]["span_id"], by_name["invoke_agent x"]["payload"]["span_id"]} == first_x
+    # The late run's top: its parent, X's root, is in the first run (kept in its payload, said in its metadata).
+    late = by_name["late tool"]
+    assert late["parent_span_id"] is None
+    assert late["payload"]["parent_span_id"] == by_name["invoke_agent x"]["payload"]["span_id"]
+    assert late["payload"]["metadata"]["prefactor.parent_in_earlier_run"] is True
+    # Once done again, X's segment retired: nothing is left in the log, and the file no longer carries X.
+    assert gateway.stats()["log_segments"] == 0
+    assert carried(tmp_path / "gw") == {}
 
 
 def test_two_gateways_killed_in_turn_while_the_server_is_down_lose_nothing(

@@ -12,16 +12,20 @@ The path of a request (`accept`, on the front end's request thread):
    `max_retry_after_s`, a third of the finish grace (at least 1 s, at most 60 s): a client that honours it comes
    back while the run its spans belong to is still open (docs/gateway.md, "Retry-After and the finish grace");
 5. write: one ingress-log record per (route, agent) -- its key and the serialized protobuf of those spans -- and
-   queue it for the worker, in log order (the order lock);
+   queue it for the worker, in log order (the order lock). A record with spans of a trace already finished (late)
+   is written only once the finished-traces file carries that trace's state (`_cover_late`, ledger.py: rare, one
+   fsync), so a replay never skips it;
 6. sync: return once the records are fsynced (group commit: concurrent requests share fsyncs).
 
 The worker thread (`_run`, the one thread that drives every pipeline, so their one sender): at start it replays
-the ingress log left by an earlier gateway (the records of traces it had finished are skipped: ledger.py), and only
-then is the gateway ready; it then takes the queued records whose fsync is done, oldest first, decodes and maps
-them (targets.py: a remote parent is an ordinary parent here), adds them to their pipeline and drains it; it
-sends what is due in the background (grace periods, orphans, the spool's backlog at the spool's backoff; a pipeline
-without a spool or a partition backs off after a failure), finishes runs whose top never came once they are idle
-(`max_wait_seconds` + the finish grace), and retires the ingress-log segments whose traces are all done (ledger.py).
+the ingress log left by an earlier gateway (the records of traces it had finished are skipped, but for a late
+trace's, whose state the finished-traces file carries: its planner gets that state first, then every record of it,
+ledger.py), and only then is the gateway ready; it then takes the queued records whose fsync is done, oldest first,
+decodes and maps them (targets.py: a remote parent is an ordinary parent here), adds them to their pipeline and
+drains it; it sends what is due in the background (grace periods, orphans, the spool's backlog at the spool's
+backoff; a pipeline without a spool or a partition backs off after a failure), finishes runs whose top never came
+once they are idle (`max_wait_seconds` + the finish grace), and retires the ingress-log segments whose traces are
+all done (ledger.py).
 Decoding a replayed record needs otlp.py's `parse_protobuf`; live records were decoded by their request.
 
 `shutdown(timeout_s)`: stop accepting, then the worker takes what was acknowledged, drains every pipeline as the
@@ -42,7 +46,9 @@ ends' request threads and their health checks); `start`, `stop_accepting`, `shut
 (its own lock) guards the queue, the queued span count and the worker's wake-ups; `_counters_lock` the gateway's
 counters (a leaf: taken under `_order_lock` too, never around anything). Each pipeline's `state_lock` is taken
 inside the pipeline and targets.py; the ingress log and the ledger have their own. `_drops` is the worker's alone.
-Lock order: `_order_lock` -> `_cond`, `_order_lock` -> the log's and the ledger's locks; never the other way.
+Lock order: `_order_lock` -> `_cond`, `_order_lock` -> the log's and the ledger's locks, `_order_lock` -> a
+pipeline's `state_lock` (a late trace's planner state, read by `_cover_late` and `_retire`, which marks traces done
+under the order lock); never the other way.
 """
 
 from __future__ import annotations
@@ -71,7 +77,7 @@ from prefactor_otel.durability.ingress_log import (
     LogRecord,
 )
 from prefactor_otel.gateway.drops import DropReport
-from prefactor_otel.gateway.ledger import SegmentLedger
+from prefactor_otel.gateway.ledger import SegmentLedger, TraceState
 from prefactor_otel.gateway.otlp import OtlpDecodeError, decode_spans, parse_protobuf
 from prefactor_otel.gateway.routes import AGENT_ATTRIBUTE, Route
 from prefactor_otel.gateway.settings import GatewaySettings
@@ -118,6 +124,8 @@ class _Entry:
     segment: int
     target: AgentPipeline
     spans: list[ReadableSpan]
+    late: tuple[int, ...] = ()  # traces finished before this record came (SegmentLedger.cover_late)
+    trace_ids: frozenset[int] | None = None  # its spans' traces, computed once when asked (`_queued_traces`)
 
 
 class Gateway:
@@ -293,21 +301,31 @@ class Gateway:
                         self._retry_after(self._log_backlog_spans()),
                         unavailable=True,
                     )
+                try:
+                    late = self._cover_late(bodies)
+                except OSError as exc:
+                    logger.error("Prefactor gateway: cannot write the finished-traces file (%s)", exc)
+                    self._count(overloaded_503=1)
+                    raise Overloaded(
+                        "cannot write the finished-traces file", self.max_retry_after_s, unavailable=True
+                    ) from None
                 entries: list[_Entry] = []
                 try:
-                    for target, body, spans in bodies:
+                    for (target, body, spans), late_here in zip(bodies, late, strict=True):
                         last = self._log.write(target.key, body)
                         self._ledger.hold(last.segment)
-                        entries.append(_Entry(last.seq, last.segment, target, spans))
+                        entries.append(_Entry(last.seq, last.segment, target, spans, late_here))
                 except IngressLogFull:
                     # Not after the check above, but should a part be written: it is the worker's like any record
                     # (its spans come again with the client's retry, under the same ids).
+                    self._release_late(bodies[len(entries) :], late[len(entries) :])
                     self._enqueue(entries)
                     self._count(overloaded_503=1)
                     raise Overloaded(
                         "the ingress log is full", self._retry_after(self._log_backlog_spans()), unavailable=True
                     ) from None
                 except IngressLogBroken as exc:
+                    self._release_late(bodies[len(entries) :], late[len(entries) :])
                     self._fail(f"the ingress log failed: {exc}")
                     self._count(overloaded_503=1)
                     raise Overloaded("the ingress log failed", self.max_retry_after_s, unavailable=True) from None
@@ -328,6 +346,32 @@ class Gateway:
         if rejected:
             self._count(spans_rejected=rejected)
         return Acceptance(rejected, "; ".join(dict.fromkeys(messages)) if rejected else "")
+
+    def _cover_late(self, bodies: list[tuple[AgentPipeline, bytes, list[ReadableSpan]]]) -> list[tuple[int, ...]]:
+        """Under the order lock, before the records are written: per record, the traces of it already finished (it
+        came late for them). Before it is acknowledged the finished-traces file must carry their state, or a replay
+        would skip it (ledger.py): asked of their planner for those the file does not carry yet. OSError if the file
+        cannot be written."""
+        ledger = self._ledger
+        late: list[tuple[int, ...]] = []
+        covered: list[tuple[str, list[int], dict[int, TraceState | None]]] = []
+        for target, _, spans in bodies:
+            trace_ids = {span.context.trace_id for span in spans if span.context is not None}
+            finished, uncovered = ledger.late_traces(target.key, trace_ids)
+            late.append(tuple(finished))
+            if finished:
+                covered.append((target.key, finished, {t: _finished_state(target, t) for t in uncovered}))
+        if covered:
+            ledger.cover_late(covered)
+        return late
+
+    def _release_late(
+        self, bodies: list[tuple[AgentPipeline, bytes, list[ReadableSpan]]], late: list[tuple[int, ...]]
+    ) -> None:
+        """Records `_cover_late` counted and that were not written after all."""
+        for (target, _, _), traces in zip(bodies, late, strict=True):
+            if traces:
+                self._ledger.release_late(target.key, traces)
 
     def _enqueue(self, entries: list[_Entry]) -> None:
         """Under the order lock: written records to the worker, in log order."""
@@ -436,7 +480,7 @@ class Gateway:
             target.pipeline.add(records)
             with self._cond:  # only now: the spans are counted in the pipeline's queue (admission reads both)
                 self._queued_spans -= len(entry.spans)
-            self._ledger.taken(entry.segment, target.key, {record.trace_id for record in records})
+            self._ledger.taken(entry.segment, target.key, {record.trace_id for record in records}, late=entry.late)
             touched[target.key] = target
             taken_spans += len(entry.spans)
             if target.queued_spans >= target.config.max_queued_spans // 2:
@@ -459,10 +503,28 @@ class Gateway:
         if not self._replayed_whole:
             return  # a segment partly replayed may hold traces the ledger has not seen
         ledger = self._ledger
+        done: dict[str, list[int]] = {}
         for key, target in self._targets.items():
             open_traces = ledger.open_traces(key)
             if open_traces:
-                ledger.mark_done(key, target.done_traces(list(open_traces)))
+                done_here = target.done_traces(list(open_traces))
+                if done_here:
+                    done[key] = done_here
+        if done or ledger.has_late():
+            with self._order_lock:
+                # Under the order lock: a record of a trace written from now on finds it listed finished, and is
+                # checked before it is acknowledged (`_cover_late`); one written before and not taken yet keeps its
+                # trace open this round (taken, it reopens it anyway). A late trace's state, if the trace is done
+                # again, is the planner's now.
+                queued = self._queued_traces() if done else {}
+                for key, trace_ids in done.items():
+                    waiting = queued.get(key, set())
+                    trace_ids = [trace_id for trace_id in trace_ids if trace_id not in waiting]
+                    target = self._targets[key]
+                    states = {t: _finished_state(target, t) for t in ledger.late_among(key, trace_ids)}
+                    ledger.mark_done(key, trace_ids, states)
+                ledger.prune_late()
+            ledger.flush()
         current = self._log.current_segment
         if current is not None and ledger.all_done(current) and self._log.written_seq == self._log.synced_seq:
             with self._order_lock:  # no request writes into it meanwhile
@@ -472,9 +534,27 @@ class Gateway:
         retirable = ledger.retirable(self._log.current_segment)
         if retirable:
             self._count(segments_retired=ledger.retire(self._log, retirable))
+            if ledger.has_late():  # a late trace whose last segment went leaves the file now
+                with self._order_lock:
+                    ledger.prune_late()
+                ledger.flush()
+
+    def _queued_traces(self) -> dict[str, set[int]]:
+        """Under the order lock (nothing is queued meanwhile): pipeline key -> the traces of the records written and
+        not yet taken by the worker."""
+        traces: dict[str, set[int]] = {}
+        with self._cond:
+            entries = list(self._queue)
+        for entry in entries:
+            if entry.trace_ids is None:
+                entry.trace_ids = frozenset(s.context.trace_id for s in entry.spans if s.context is not None)
+            traces.setdefault(entry.target.key, set()).update(entry.trace_ids)
+        return traces
 
     def _replay(self) -> None:
         finished = self._ledger.finished_at_start
+        states = self._ledger.states_at_start
+        carried: dict[tuple[str, int], bool] = {}  # finished trace -> its state given to the planner: replay it
         found = self._log.segments()
         replayed = skipped = 0
         unknown: set[str] = set()
@@ -499,10 +579,15 @@ class Gateway:
             spans = []
             for span in decoded.spans:
                 context = span.context
-                if context is not None and (record.key, context.trace_id) in finished:
-                    self._ledger.skipped(record.segment, record.key, context.trace_id)
-                    skipped += 1
-                    continue
+                trace = (record.key, context.trace_id) if context is not None else None
+                if trace is not None and trace in finished:
+                    replay = carried.get(trace)
+                    if replay is None:  # its first span: the planner gets the trace's state before any of them
+                        replay = carried[trace] = _restore_finished(target, trace[1], states.get(trace))
+                    if not replay:
+                        self._ledger.skipped(record.segment, record.key, trace[1])
+                        skipped += 1
+                        continue
                 spans.append(span)
             records = target.map_spans(spans)
             target.pipeline.add(records)
@@ -663,6 +748,30 @@ def max_retry_after(settings: GatewaySettings) -> float:
     graces = [route.config.finish_grace_seconds for route in settings.routes.routes]
     grace = min(graces) if graces else settings.config.finish_grace_seconds
     return float(min(MAX_RETRY_AFTER_S, max(1, math.floor(grace * RETRY_AFTER_GRACE_SHARE))))
+
+
+def _finished_state(target: AgentPipeline, trace_id: int) -> TraceState | None:
+    """What the trace's planner would need to go on with it in another process (Planner.finished_trace_state):
+    None while a run of it is open, or once its span ids are forgotten. Any thread (the pipeline's state lock)."""
+    pipeline = target.pipeline
+    with pipeline.state_lock:
+        planner = pipeline.planner
+        return planner.finished_trace_state(trace_id) if planner is not None else None
+
+
+def _restore_finished(target: AgentPipeline, trace_id: int, state: TraceState | None) -> bool:
+    """The replay, at a finished trace's first span: give its planner the state the finished-traces file carried,
+    so its records can be replayed (True); False (skip them, as before late traces were carried) without one, or
+    without a planner yet (no partition known)."""
+    if state is None:
+        return False
+    pipeline = target.pipeline
+    # Created on the pipeline's first drain otherwise; at once when the agent id gives the partition.
+    planner = pipeline.ensure_planner(time.monotonic() + target.config.export_timeout)
+    if planner is None:
+        return False
+    with pipeline.state_lock:
+        return planner.restore_finished_trace(trace_id, *state)
 
 
 def _replica_id(directory: Path) -> str:

@@ -709,3 +709,43 @@ class Planner:
                 ):
                     return True
         return False
+
+    # ------------------------------------------------------------------ a finished trace carried over (gateway replay)
+
+    def finished_trace_state(self, trace_id: int) -> tuple[int, list[int]] | None:
+        """What a later process needs to treat this finished trace's spans as this planner would: how many times a
+        run of it was opened again here (`_reopened`: its next run is that plus one) and the span ids its runs
+        created (sorted). None while a run of it is open, or when its ids are not kept (late_spans_open_a_run off,
+        never finished here, terminated, or forgotten past the bounds). The gateway writes it in its
+        finished-traces file (gateway/ledger.py)."""
+        runs = self.runs
+        if trace_id in runs.traces or trace_id not in runs.finished:
+            return None
+        span_ids = runs.finished_span_ids(trace_id)
+        if span_ids is None:
+            return None
+        return self._reopened.get(trace_id, 0), span_ids
+
+    def restore_finished_trace(self, trace_id: int, runs_opened: int, span_ids: Iterable[int]) -> bool:
+        """The inverse of `finished_trace_state`, before any span of the trace is added (the gateway's replay): the
+        trace is finished here, its runs created `span_ids` (a span among them that comes again is a retried copy,
+        `spans_duplicate_ignored`) and was opened again `runs_opened` times (any other span opens run
+        `runs_opened + 1`, held and sent whole once quiet, as live). False (nothing changed) unless late spans open
+        a run here and the planner knows nothing of the trace yet."""
+        runs = self.runs
+        if not self._late_spans_open_a_run or runs_opened < 0:
+            return False
+        if trace_id in runs.traces or trace_id in runs.finished or trace_id in runs.terminated:
+            return False
+        if runs_opened:
+            reopened = self._reopened
+            reopened[trace_id] = runs_opened
+            reopened.move_to_end(trace_id)
+            while len(reopened) > MAX_FINISHED_TRACES_REMEMBERED:
+                reopened.popitem(last=False)
+        # Closed as a run of it that created those spans would have been: remembered finished, its ids kept, within
+        # the same bounds (RunTable.forget).
+        carried = RunState(trace_id, "", None, None)
+        carried.created = dict.fromkeys(span_ids)
+        runs.forget(carried)
+        return True

@@ -301,6 +301,13 @@ class RunTable:
         changes, self.live_span_changes = self.live_span_changes, {}
         return changes
 
+    def finished_span_ids(self, trace_id: int) -> list[int] | None:
+        """The span ids the finished runs of this trace created (`finished_spans`), sorted; None when none are kept
+        (the option is off, the trace was never finished here, or its ids were forgotten). A copy: rare (a gateway
+        writing what its replay needs, docs/gateway.md "Late spans")."""
+        earlier = self.finished_spans.get(trace_id)
+        return list(earlier._ids) if earlier is not None else None
+
 
 def remember(bounded: dict[Any, Any], key: Any, value: Any) -> None:
     """Insert into an insertion-ordered dict that keeps at most MAX_SPANS_REMEMBERED_PER_TRACE entries."""
