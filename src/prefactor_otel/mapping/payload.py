@@ -586,18 +586,21 @@ def _origin(
         scope_label, metadata, log = _scope_metadata(scope, redactor)
         resource_meta, resource_log = resource_metadata(resource, redactor)
         return scope_label, {**metadata, **resource_meta}, [*log, *resource_log]
+    last = _LAST_ORIGIN[0]  # consecutive spans mostly share their tracer: no key to build, no lookup
+    if last[0] is scope and last[1] is resource and last[2] is redactor:
+        return last[3]
     key = (id(scope), id(resource), id(redactor))
     cached = _ORIGINS.get(key)
-    if cached is not None and cached[0] is scope and cached[1] is resource and cached[2] is redactor:
-        return cached[3]
-    scope_label, metadata, log = _scope_metadata(scope, redactor)
-    resource_meta, resource_log = resource_metadata(resource, redactor)
-    origin = (scope_label, {**metadata, **resource_meta}, [*log, *resource_log])
-    if len(_ORIGINS) >= _ORIGIN_CACHE_SIZE:
-        _ORIGINS.clear()  # more scopes than any process has: start over rather than grow
-    # Holding the scope, Resource and Redactor keeps their ids from being reused while the entry lives.
-    _ORIGINS[key] = (scope, resource, redactor, origin)
-    return origin
+    if cached is None or cached[0] is not scope or cached[1] is not resource or cached[2] is not redactor:
+        scope_label, metadata, log = _scope_metadata(scope, redactor)
+        resource_meta, resource_log = resource_metadata(resource, redactor)
+        origin = (scope_label, {**metadata, **resource_meta}, [*log, *resource_log])
+        if len(_ORIGINS) >= _ORIGIN_CACHE_SIZE:
+            _ORIGINS.clear()  # more scopes than any process has: start over rather than grow
+        # Holding the scope, Resource and Redactor keeps their ids from being reused while the entry lives.
+        cached = _ORIGINS[key] = (scope, resource, redactor, origin)
+    _LAST_ORIGIN[0] = cached
+    return cached[3]
 
 
 def _scope_metadata(
@@ -619,6 +622,11 @@ def _scope_metadata(
 
 
 _ORIGIN_CACHE_SIZE = 256
+# The last entry `_origin` answered with, tried first (one slot: a list item replaced whole, so a thread reads either
+# the old entry or the new one; a race only costs a dict lookup). Its placeholder matches no call.
+_LAST_ORIGIN: list[tuple[Any, Any, Any, tuple[str | None, dict[str, Any], list[dict[str, Any]]]]] = [
+    (object(), object(), object(), (None, {}, []))
+]
 _ORIGINS: dict[
     tuple[int, int, int],
     tuple[

@@ -70,6 +70,7 @@ MASK = "[REDACTED]"
 MAX_DEPTH = 32  # containers deeper than this are masked whole (fail closed), not walked
 DEPTH_MASK = "[REDACTED:depth_limit]"
 _BINARY = (bytes, bytearray, memoryview)
+_JSON_SCALARS = frozenset({int, float, bool, type(None)})  # exact types: never masked by a key rule, never walked
 
 # Last segment of an attribute key (lower case, '-' -> '_') that names a secret.
 _SECRET_KEYS = frozenset(
@@ -466,10 +467,18 @@ class Redactor:
         are the mapping's own (fresh from json.loads or built by it), so mutating them is safe. Child paths are
         built only where a container is entered or a value is masked. A container deeper than MAX_DEPTH is masked
         whole: it is not examined, so it is not sent."""
+        # Exact types first (parsed JSON holds only dicts, lists, strings, numbers, booleans and None): a type
+        # test costs a third of an isinstance test with a tuple, and most entries are strings or numbers.
         if isinstance(value, dict):
             cache = self._key_cache
             for key, item in value.items():
-                if isinstance(item, (dict, list)):
+                item_type = type(item)
+                if item_type is str:
+                    if type(key) is not str and not isinstance(key, str):
+                        continue
+                elif item_type in _JSON_SCALARS:
+                    continue
+                elif item_type is dict or item_type is list or isinstance(item, (dict, list)):
                     rule = (cache[key] if key in cache else self.key_rule(key)) if isinstance(key, str) else None
                     if rule is not None:
                         value[key] = f"[REDACTED:{rule}]"  # a whole credentials object
@@ -479,14 +488,21 @@ class Redactor:
                         log.append({"path": f"{path}.{key}", "rule": "depth_limit"})
                     else:
                         self.redact_keys_in(item, f"{path}.{key}", log, depth + 1)
-                elif isinstance(item, str) and isinstance(key, str):
-                    rule = cache[key] if key in cache else self.key_rule(key)
-                    if rule is not None and masks_string(rule, item):
-                        value[key] = f"[REDACTED:{rule}]"
-                        log.append({"path": f"{path}.{key}", "rule": rule})
+                    continue
+                elif not isinstance(item, str) or not isinstance(key, str):
+                    continue
+                rule = cache[key] if key in cache else self.key_rule(key)
+                if rule is not None and masks_string(rule, item):
+                    value[key] = f"[REDACTED:{rule}]"
+                    log.append({"path": f"{path}.{key}", "rule": rule})
         elif isinstance(value, list):
             for index, item in enumerate(value):
-                if isinstance(item, (dict, list)):
+                item_type = type(item)
+                if (
+                    item_type is dict
+                    or item_type is list
+                    or (item_type is not str and item_type not in _JSON_SCALARS and isinstance(item, (dict, list)))
+                ):
                     if depth >= MAX_DEPTH:
                         value[index] = DEPTH_MASK
                         log.append({"path": f"{path}[{index}]", "rule": "depth_limit"})
