@@ -103,7 +103,7 @@ def iso_from_ns(unix_nanos: int | None) -> str | None:
             _SECONDS.clear()
         text = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
         _SECONDS[seconds] = text
-    return f"{text}.{millis:03d}Z"
+    return text + _MILLIS[millis]  # a table of the thousand endings: half the cost of a format spec
 
 
 # Formatted seconds by Unix second, shared by every thread that maps (the exporter's sending thread, the gateway's
@@ -111,6 +111,7 @@ def iso_from_ns(unix_nanos: int | None) -> str | None:
 # racing a read only costs that read a re-format.
 _SECONDS_KEPT = 256
 _SECONDS: dict[int, str] = {}
+_MILLIS = tuple(f".{millis:03d}Z" for millis in range(1000))  # divmod by a positive divisor: 0 <= millis < 1000
 
 
 def parse_json_maybe(value: object) -> JsonValue:
