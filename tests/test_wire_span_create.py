@@ -95,3 +95,23 @@ def test_the_layout_cache_stays_bounded_and_exact() -> None:
         item = {"_type": CREATE, "idempotency_key": "k", "details": details}
         assert wire._span_create(item, details) == wire._span_create_each(item, details)
         assert len(wire._LAYOUTS) <= wire._LAYOUTS_KEPT
+
+
+def test_the_empty_result_payload_is_the_serializers_bytes_and_look_alikes_are_encoded() -> None:
+    from collections import OrderedDict
+
+    empty = {"outputs": {}, "token_usage": None, "error": None}
+    assert wire.encode_json(empty) == wire._to_json(empty) and type(wire.encode_json(empty)) is RawJson
+    assert wire.encode_json(dict(empty)) is wire.encode_json(empty)  # the one encoded object
+    look_alikes = [
+        {"token_usage": None, "outputs": {}, "error": None},  # another key order: other bytes
+        {"outputs": {"x": 1}, "token_usage": None, "error": None},
+        {"outputs": {}, "token_usage": {"prompt_tokens": 1}, "error": None},
+        {"outputs": {}, "token_usage": None, "error": {"error_type": "E", "message": None, "stacktrace": None}},
+        {"outputs": [], "token_usage": None, "error": None},
+        {"outputs": OrderedDict(), "token_usage": None, "error": None},
+        {"outputs": {}, "token_usage": None, "error": None, "extra": 1},
+        {"outputs": {}, "token_usage": 0, "error": False},
+    ]
+    for value in look_alikes:
+        assert wire.encode_json(value) == wire._to_json(value), value

@@ -198,8 +198,20 @@ def _span_create_each(item: dict[str, Any], details: dict[str, Any]) -> bytes | 
 
 
 def encode_json(value: dict[str, Any]) -> RawJson:
-    """One JSON object, compact, for embedding later (see RawJson). Raises ValueError like encode_item."""
+    """One JSON object, compact, for embedding later (see RawJson). Raises ValueError like encode_item.
+
+    The result payload of a span with no outputs, usage or error (every plain span: most spans of most traces) is
+    always the same bytes: told by its keys and three identity and type tests (no `==` on values, which a foreign
+    object could answer oddly), it is the one encoded object, without a serializer call (0.57 -> 0.14 us)."""
+    if len(value) == 3 and tuple(value) == _NO_RESULT_KEYS:
+        outputs = value["outputs"]
+        if value["token_usage"] is None and value["error"] is None and type(outputs) is dict and not outputs:
+            return _NO_RESULT
     return RawJson(_to_json(value))
+
+
+_NO_RESULT_KEYS = ("outputs", "token_usage", "error")
+_NO_RESULT = RawJson(b'{"outputs":{},"token_usage":null,"error":null}')
 
 
 def _to_json(value: dict[str, Any]) -> bytes:
