@@ -10,7 +10,13 @@ attributes, link attributes, status description (exception messages and stacktra
 instrumentation scope, and the Resource attributes copied into metadata. Nothing after step 1 reads the raw span
 for content. Called from the exporting thread (and the gateway's workers); no shared state but bounded caches, plain
 dicts read and filled without a lock (a race only repeats a computation): redaction's, the classifier's, the Resource
-metadata's, and here the origins (scope + Resource -> metadata, by identity). mapping/README.md lists them.
+metadata's, and here the origins (scope + Resource -> metadata, by identity; the last one answered is tried first,
+one slot replaced whole). mapping/README.md lists them.
+
+Spans of the SDK's own classes are read through the fields their properties return (`_read_fields`: 1.7 -> 0.4 us a
+span), after a probe span at import showed that those fields hold what the properties return; any other span class,
+or an SDK that fails the probe, is read through the public properties (`_read_properties`). The two give the same
+record (tests/test_mapping_span_read.py).
 """
 
 from __future__ import annotations
