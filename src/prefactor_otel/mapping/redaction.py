@@ -70,6 +70,7 @@ MASK = "[REDACTED]"
 MAX_DEPTH = 32  # containers deeper than this are masked whole (fail closed), not walked
 DEPTH_MASK = "[REDACTED:depth_limit]"
 _BINARY = (bytes, bytearray, memoryview)
+_JSON_SCALARS = frozenset({int, float, bool, type(None)})  # exact types: never masked by a key rule, never walked
 
 # Last segment of an attribute key (lower case, '-' -> '_') that names a secret.
 _SECRET_KEYS = frozenset(
@@ -327,38 +328,64 @@ class Redactor:
         self.redact_owned(out, where, log)
         return out
 
-    def redact_owned(self, attributes: dict[str, object], where: str, log: list[dict[str, Any]]) -> None:
-        """Redact, in place, an attribute dict the caller owns (a copy made for this span)."""
+    def redact_owned(self, attributes: dict[str, object], where: str, log: list[dict[str, Any]]) -> int:
+        """Redact, in place, an attribute dict the caller owns (a copy made for this span). Returns the length of the
+        longest string it holds afterwards, a value or an item of a sequence value (`payload._longest_string`'s
+        answer, which the length limits need: measured here on the way, the mapping need not walk them again)."""
         cache = self._key_cache
         texts = self._text_cache
         scan_all = self._callback is not None
         structural = self._structural
+        longest = 0
         for key, value in attributes.items():
             if isinstance(value, str):
                 rule = cache[key] if key in cache else self.key_rule(key)
                 if rule is not None and masks_string(rule, value):
-                    attributes[key] = f"[REDACTED:{rule}]"
+                    value = attributes[key] = f"[REDACTED:{rule}]"
                     log.append({"path": _path(where, key), "rule": rule})
                 elif scan_all:
-                    attributes[key] = self._text(value, where, key, log)
+                    value = attributes[key] = self._text(value, where, key, log)
                 elif len(value) >= _MIN_SECRET_LENGTH and key not in structural:
                     if len(value) >= _SHORT:
-                        attributes[key] = self._text(value, where, key, log)
-                        continue
-                    known = texts.get(value)  # a short value: most repeat (hosts, queries, routes, enum values)
-                    if known is None:
-                        known = self._remember(value)
-                    if known[1]:
-                        attributes[key] = known[0]
-                        path = _path(where, key)
-                        for name, count in known[1]:
-                            log.append({"path": path, "rule": name, "count": count})
+                        value = attributes[key] = self._text(value, where, key, log)
+                    else:
+                        known = texts.get(value)  # a short value: most repeat (hosts, queries, routes, enum values)
+                        if known is None:
+                            known = self._remember(value)
+                        if known[1]:
+                            value = attributes[key] = known[0]
+                            path = _path(where, key)
+                            for name, count in known[1]:
+                                log.append({"path": path, "rule": name, "count": count})
                 # else: an identifier or too short for any value rule, the common case: kept as it is
+                if len(value) > longest:
+                    longest = len(value)
             elif type(value) is int or type(value) is float or type(value) is bool or value is None:
                 pass  # numbers and booleans: never secrets (token counts stay)
             else:
                 # bytes, sequences, mappings: rare, walked in full
                 rule = cache[key] if key in cache else self.key_rule(key)
+                if rule is None and type(value) is tuple and not scan_all:
+                    # An OTel array (a tuple): short strings that the text cache says stay as they are, and numbers,
+                    # keep the tuple itself (what `_items` would rebuild, equal). No string of a key's line width
+                    # (a run of them is masked), no long string, nothing else: the walk below.
+                    for item in value:
+                        kind = type(item)
+                        if kind is str:
+                            size = len(item)
+                            if size >= _SHORT or size == 64 or size == 70:
+                                break
+                            known = texts.get(item)
+                            if known is None:
+                                known = self._remember(item)
+                            if known[1]:
+                                break
+                            if size > longest:
+                                longest = size
+                        elif kind is not int and kind is not float and kind is not bool and item is not None:
+                            break
+                    else:
+                        continue
                 path = _path(where, key)
                 if rule is not None:
                     masked = _masked(value, rule)
@@ -367,6 +394,8 @@ class Redactor:
                         log.append({"path": path, "rule": rule})
                 else:
                     attributes[key] = self._nested(value, path, log, 0)
+                longest = max(longest, _longest_in(attributes[key]))
+        return longest
 
     def _nested(self, value: object, path: str, log: list[dict[str, Any]], depth: int) -> object:
         """A redacted copy of one non-string attribute value (or a part of one). Tuples stay tuples (what the SDK
@@ -438,10 +467,18 @@ class Redactor:
         are the mapping's own (fresh from json.loads or built by it), so mutating them is safe. Child paths are
         built only where a container is entered or a value is masked. A container deeper than MAX_DEPTH is masked
         whole: it is not examined, so it is not sent."""
+        # Exact types first (parsed JSON holds only dicts, lists, strings, numbers, booleans and None): a type
+        # test costs a third of an isinstance test with a tuple, and most entries are strings or numbers.
         if isinstance(value, dict):
             cache = self._key_cache
             for key, item in value.items():
-                if isinstance(item, (dict, list)):
+                item_type = type(item)
+                if item_type is str:
+                    if type(key) is not str and not isinstance(key, str):
+                        continue
+                elif item_type in _JSON_SCALARS:
+                    continue
+                elif item_type is dict or item_type is list or isinstance(item, (dict, list)):
                     rule = (cache[key] if key in cache else self.key_rule(key)) if isinstance(key, str) else None
                     if rule is not None:
                         value[key] = f"[REDACTED:{rule}]"  # a whole credentials object
@@ -451,19 +488,35 @@ class Redactor:
                         log.append({"path": f"{path}.{key}", "rule": "depth_limit"})
                     else:
                         self.redact_keys_in(item, f"{path}.{key}", log, depth + 1)
-                elif isinstance(item, str) and isinstance(key, str):
-                    rule = cache[key] if key in cache else self.key_rule(key)
-                    if rule is not None and masks_string(rule, item):
-                        value[key] = f"[REDACTED:{rule}]"
-                        log.append({"path": f"{path}.{key}", "rule": rule})
+                    continue
+                elif not isinstance(item, str) or not isinstance(key, str):
+                    continue
+                rule = cache[key] if key in cache else self.key_rule(key)
+                if rule is not None and masks_string(rule, item):
+                    value[key] = f"[REDACTED:{rule}]"
+                    log.append({"path": f"{path}.{key}", "rule": rule})
         elif isinstance(value, list):
             for index, item in enumerate(value):
-                if isinstance(item, (dict, list)):
+                item_type = type(item)
+                if (
+                    item_type is dict
+                    or item_type is list
+                    or (item_type is not str and item_type not in _JSON_SCALARS and isinstance(item, (dict, list)))
+                ):
                     if depth >= MAX_DEPTH:
                         value[index] = DEPTH_MASK
                         log.append({"path": f"{path}[{index}]", "rule": "depth_limit"})
                     else:
                         self.redact_keys_in(item, f"{path}[{index}]", log, depth + 1)
+
+
+def _longest_in(value: object) -> int:
+    """The length of a string, or of the longest string item of a list or tuple; 0 for anything else."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, (list, tuple)):
+        return max((len(item) for item in value if isinstance(item, str)), default=0)
+    return 0
 
 
 def _masked(value: object, rule: str) -> object:

@@ -43,13 +43,17 @@ def json_safe(value: object) -> JsonValue:
     and the request stays valid. Sequences become lists; bytes (not allowed by OTel, but instrumentations slip)
     are decoded leniently; anything else becomes its str().
     """
-    if value is None or isinstance(value, (bool, int, str)):
+    # Exact types first (attribute values are these): a type test costs a third of an isinstance test with a tuple.
+    value_type = type(value)
+    if value_type is str or value_type is int or value_type is bool or value is None:
         return value
-    # Concrete containers first: the ABC checks below are slow, and OTel attribute sequences are tuples.
-    if type(value) is tuple or type(value) is list:
-        return [json_safe(v) for v in value]
-    if type(value) is dict:
-        return {str(k): json_safe(v) for k, v in value.items()}
+    # Concrete containers next: the ABC checks below are slow, and OTel attribute sequences are tuples.
+    if value_type is tuple or value_type is list:
+        return [json_safe(v) for v in value]  # type: ignore[attr-defined]
+    if value_type is dict:
+        return {str(k): json_safe(v) for k, v in value.items()}  # type: ignore[attr-defined]
+    if isinstance(value, (bool, int, str)):  # their subclasses (an IntEnum, a str subclass) as they are
+        return value
     if isinstance(value, float):
         if math.isfinite(value):
             return value
@@ -103,7 +107,7 @@ def iso_from_ns(unix_nanos: int | None) -> str | None:
             _SECONDS.clear()
         text = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
         _SECONDS[seconds] = text
-    return f"{text}.{millis:03d}Z"
+    return text + _MILLIS[millis]  # a table of the thousand endings: half the cost of a format spec
 
 
 # Formatted seconds by Unix second, shared by every thread that maps (the exporter's sending thread, the gateway's
@@ -111,6 +115,7 @@ def iso_from_ns(unix_nanos: int | None) -> str | None:
 # racing a read only costs that read a re-format.
 _SECONDS_KEPT = 256
 _SECONDS: dict[int, str] = {}
+_MILLIS = tuple(f".{millis:03d}Z" for millis in range(1000))  # divmod by a positive divisor: 0 <= millis < 1000
 
 
 def parse_json_maybe(value: object) -> JsonValue:
