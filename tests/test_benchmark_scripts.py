@@ -1,4 +1,5 @@
-"""The benchmark scripts that performance work leans on run, and report what their docstrings say they report.
+"""The benchmark scripts that performance work leans on (mapping_diff, wire_diff, mapping_cost, wire_cost) run,
+and report what their docstrings say they report.
 
 benchmarks/ lives outside the suite's imports: without these runs, a renamed function or a changed wire format
 breaks a script silently until the next person measures (twice on one day so far). Each runs at a toy size in a
@@ -38,6 +39,15 @@ def test_mapping_diff_compares_records_against_a_commit_and_its_exit_status_says
     assert found, done.stdout + done.stderr
     records, spans, option_sets, differ = map(int, found.groups())
     assert spans > 0 and records == spans * option_sets
+    assert done.returncode == (1 if differ else 0)
+
+
+def test_wire_diff_compares_encoded_items_against_a_commit_and_its_exit_status_says_whether_any_differ() -> None:
+    done = _run("wire_diff.py", "--ref", "HEAD", "--spans", "20", "--rounds", "1")
+    found = re.search(r"^(\d+) items compared: (\d+) differ$", done.stdout, re.MULTILINE)
+    assert found, done.stdout + done.stderr
+    items, differ = map(int, found.groups())
+    assert items > 20
     assert done.returncode == (1 if differ else 0)
 
 
