@@ -221,6 +221,11 @@ def idempotency_key_for_id(action: str, pfid: str, variant: str = "") -> str:
     return f"{key}-{variant}"[:IDEMPOTENCY_KEY_MAX] if variant else key
 
 
+def idempotency_key_prefix(action: str) -> str:
+    """What `idempotency_key_for_id(action, pfid)` puts before the PFID (no variant): `prefix + pfid` is that key."""
+    return f"{_key_prefix(action)}-"
+
+
 def _key_prefix(action: str) -> str:
     prefix = _KEY_PREFIXES.get(action)
     if prefix is None:

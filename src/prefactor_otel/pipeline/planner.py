@@ -60,7 +60,8 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from functools import partial
+from typing import Any, NamedTuple, cast
 
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.mapping.values import as_dict
@@ -133,6 +134,12 @@ def continue_earlier_run(record: SpanRecord) -> None:
     payload = dict(as_dict(record.payload))
     payload["metadata"] = {**(payload.get("metadata") or {}), "prefactor.parent_in_earlier_run": True}
     record.payload = payload
+
+
+# tuple.__new__ bound by a C-level partial: a PlannedItem without NamedTuple's Python-level __new__ (once per span).
+_new_item = cast(
+    "Callable[[tuple[str, str, dict[str, Any], int, int | None]], PlannedItem]", partial(tuple.__new__, PlannedItem)
+)
 
 
 # Resource attributes -> the register item's `agent_version` (AgentVersionForRegister dumped). The planner shares
@@ -229,49 +236,55 @@ class Planner:
                 or (r.trace_id in earlier_runs and r.span_id not in earlier_runs[r.trace_id])
             }
         counters["spans_added"] += len(records)  # once per batch: the loop below runs per span
-        fork, span_filter, live, enqueue = self._fork, self._span_filter, self._live, runs.enqueue
-        for record in records:
-            trace_id = record.trace_id
-            if fork is not None and self._under_parent_process(trace_id, record.parent_span_id):
-                record.parent_is_remote = True  # a local root of this process's run
-            earlier = earlier_runs.get(trace_id) if earlier_runs else None
-            if earlier is not None and record.span_id in earlier:
-                counters["spans_duplicate_ignored"] += 1  # created by an earlier run: a retried copy
-                continue
-            late_run = False
-            if trace_id in finished:
-                if not self._reopen(trace_id, trace_id in new_parts):
-                    # A finished instance accepts no spans; this one came after the grace period.
-                    runs.drop(1, "run_terminated" if trace_id in runs.terminated else "instance_already_finished")
+        fork, span_filter, live = self._fork, self._span_filter, self._live
+        with_pending, move_to_end, queued = runs.with_pending, traces.move_to_end, 0
+        try:
+            for record in records:
+                trace_id = record.trace_id
+                if fork is not None and self._under_parent_process(trace_id, record.parent_span_id):
+                    record.parent_is_remote = True  # a local root of this process's run
+                earlier = earlier_runs.get(trace_id) if earlier_runs else None
+                if earlier is not None and record.span_id in earlier:
+                    counters["spans_duplicate_ignored"] += 1  # created by an earlier run: a retried copy
                     continue
-                if not record.parent_is_remote:
-                    counters["runs_reopened_late"] += 1  # not a new part entering here: a span after its run
-                    late_run = self._late_spans_open_a_run
-            trace = traces.get(trace_id)
-            if trace is None:
-                trace = self._new_trace(trace_id, record.start_time_ns, record.resource)
-                trace.hold_until_quiet = late_run  # sent whole, once quiet (RunState.hold_until_quiet)
-            elif record.start_time_ns < trace.first_start_ns:
-                trace.first_start_ns = record.start_time_ns  # e.g. the root, exported after its children
-            if trace.rejected:
-                runs.drop(1, "instance_rejected")
-                continue
-            if (trace.open or trace.live) and live.ended(trace, record, now):
-                continue  # a live span: its create is replaced, or its finish is due
-            span_id = record.span_id
-            if span_id in trace.pending or span_id in trace.created:
-                counters["spans_duplicate_ignored"] += 1
-                continue
-            if span_filter is not None and not passes_filter(trace, record, span_filter(record), counters):
+                late_run = False
+                if trace_id in finished:
+                    if not self._reopen(trace_id, trace_id in new_parts):
+                        # A finished instance accepts no spans; this one came after the grace period.
+                        runs.drop(1, "run_terminated" if trace_id in runs.terminated else "instance_already_finished")
+                        continue
+                    if not record.parent_is_remote:
+                        counters["runs_reopened_late"] += 1  # not a new part entering here: a span after its run
+                        late_run = self._late_spans_open_a_run
+                trace = traces.get(trace_id)
+                if trace is None:
+                    trace = self._new_trace(trace_id, record.start_time_ns, record.resource)
+                    trace.hold_until_quiet = late_run  # sent whole, once quiet (RunState.hold_until_quiet)
+                elif record.start_time_ns < trace.first_start_ns:
+                    trace.first_start_ns = record.start_time_ns  # e.g. the root, exported after its children
+                if trace.rejected:
+                    runs.drop(1, "instance_rejected")
+                    continue
+                if (trace.open or trace.live) and live.ended(trace, record, now):
+                    continue  # a live span: its create is replaced, or its finish is due
+                span_id = record.span_id
+                if span_id in trace.pending or span_id in trace.created:
+                    counters["spans_duplicate_ignored"] += 1
+                    continue
+                if span_filter is not None and not passes_filter(trace, record, span_filter(record), counters):
+                    trace.last_activity = now
+                    continue
+                if earlier is not None and record.parent_span_id in earlier and not record.is_local_root:
+                    continue_earlier_run(record)  # its parent is in an earlier run: this run's top, at once
+                trace.pending[span_id] = PendingSpan(record, now)  # RunTable.enqueue, counted once per batch
+                with_pending[trace_id] = None
+                queued += 1
                 trace.last_activity = now
-                continue
-            if earlier is not None and record.parent_span_id in earlier and not record.is_local_root:
-                continue_earlier_run(record)  # its parent is in an earlier run: this run's top, at once
-            enqueue(trace, record, now)
-            trace.last_activity = now
-            if record.end_time_ns > trace.last_end_ns:
-                trace.last_end_ns = record.end_time_ns
-            traces.move_to_end(trace_id)
+                if record.end_time_ns > trace.last_end_ns:
+                    trace.last_end_ns = record.end_time_ns
+                move_to_end(trace_id)
+        finally:
+            runs.queued += queued  # true even if a span raised midway
         self._bounds.enforce(now)
 
     def start(self, started_spans: Iterable[StartedSpan], now: float) -> None:
@@ -526,16 +539,26 @@ class Planner:
         record = pending.record
         payload = record.payload
         result_payload = record.result_payload
-        if pending.too_large_bytes is not None:
-            payload, result_payload = placeholder_payloads(record, pending.too_large_bytes)
+        too_large = pending.too_large_bytes
+        if too_large is not None:
+            payload, result_payload = placeholder_payloads(record, too_large)
+        # Prefactor ids: a span's is often known already (a child asked for it as its parent's).
+        span_ids = trace.span_ids
         parent_id: str | None = None
-        if pending.orphaned:
+        orphaned = pending.orphaned
+        parent_span_id = record.parent_span_id
+        if orphaned:
             payload = orphan_payload(payload)
-        elif record.parent_span_id is not None and not record.parent_is_remote:  # not a local root
-            parent = trace.pending.get(record.parent_span_id)
-            start_ns = parent.record.start_time_ns if parent is not None else None
-            parent_id = self.runs.span_pfid(trace, record.parent_span_id, start_ns)
-        span_id = self.runs.span_pfid(trace, record.span_id, record.start_time_ns)
+        elif parent_span_id is not None and not record.parent_is_remote:  # not a local root
+            parent_id = span_ids.get(parent_span_id)
+            if parent_id is None:
+                parent = trace.pending.get(parent_span_id)
+                start_ns = parent.record.start_time_ns if parent is not None else None
+                parent_id = self.runs.span_pfid(trace, parent_span_id, start_ns)
+        otel_span_id = record.span_id
+        span_id = span_ids.get(otel_span_id)
+        if span_id is None:
+            span_id = self.runs.span_pfid(trace, otel_span_id, record.start_time_ns)
         if record.status == "active":
             self.runs.live_span_changes[span_id] = (trace.instance_id, record.start_time_ns)
         body = span_create_item(
@@ -545,10 +568,10 @@ class Planner:
             parent_id,
             payload,
             result_payload,
-            orphan=pending.orphaned,
-            placeholder=pending.too_large_bytes is not None,
+            orphan=orphaned,
+            placeholder=too_large is not None,
         )
-        return PlannedItem(body["idempotency_key"], BULK_CREATE_SPAN, body, record.trace_id, record.span_id)
+        return _new_item((body["idempotency_key"], BULK_CREATE_SPAN, body, record.trace_id, otel_span_id))
 
     def _plan_finish(
         self, trace: RunState, now: float, span_items: list[PlannedItem], *, flush: bool, shutdown: bool
