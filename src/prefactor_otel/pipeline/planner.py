@@ -90,6 +90,7 @@ from prefactor_otel.pipeline.runs import (
     RunState,
     RunTable,
     passes_filter,
+    remember,
 )
 from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan
 from prefactor_otel.transport.outcomes import ItemOutcome
@@ -135,6 +136,9 @@ def continue_earlier_run(record: SpanRecord) -> None:
     payload["metadata"] = {**(payload.get("metadata") or {}), "prefactor.parent_in_earlier_run": True}
     record.payload = payload
 
+
+# A run's start item until its first plan builds it (`plan`: never sent, only told apart from None, "started").
+_START_NOT_BUILT: dict[str, Any] = {}
 
 # tuple.__new__ bound by a C-level partial: a PlannedItem without NamedTuple's Python-level __new__ (once per span).
 _new_item = cast(
@@ -375,7 +379,8 @@ class Planner:
             purpose=self._purpose,
             external_identifier=trace_name,
         )
-        trace = RunState(trace_id, instance_id, register, start_item(instance_id, first_start_ns))
+        # The start item is built when first planned (at the earliest start seen by then): a placeholder till then.
+        trace = RunState(trace_id, instance_id, register, _START_NOT_BUILT)
         trace.first_start_ns = first_start_ns
         self.runs.open_run(trace)
         return trace
@@ -436,6 +441,7 @@ class Planner:
         """
         items: list[PlannedItem] = []
         empty: list[int] = []
+        create = self._create_item
         for trace in self._candidates(now, everything=flush or shutdown):
             if trace.rejected:
                 continue
@@ -450,7 +456,7 @@ class Planner:
                 else:
                     self._bounds.orphan_waiting_tops(trace, "age", now)
                 order = self._creation_order(trace)
-            span_items = [self._create_item(trace, pending) for pending in order]
+            span_items = [create(trace, pending) for pending in order]
             if trace.root_skipped and not trace.pending and not trace.created and not trace.registered:
                 if shutdown or flush or now - trace.last_activity >= self._grace:
                     empty.append(trace.trace_id)  # the filter kept nothing: no agent run to report
@@ -518,10 +524,11 @@ class Planner:
         order: list[PendingSpan] = []
         for pending in pending_spans.values():
             record = pending.record
-            if pending.orphaned or record.is_local_root or record.parent_span_id in created:
+            parent_span_id = record.parent_span_id
+            if pending.orphaned or parent_span_id is None or record.parent_is_remote or parent_span_id in created:
                 order.append(pending)
             else:
-                children.setdefault(record.parent_span_id, []).append(pending)
+                children.setdefault(parent_span_id, []).append(pending)
         if children:
             # `order` grows while it is walked: each span's children join the end (a queue, without a deque).
             index = 0
@@ -557,8 +564,9 @@ class Planner:
                 parent_id = self.runs.span_pfid(trace, parent_span_id, start_ns)
         otel_span_id = record.span_id
         span_id = span_ids.get(otel_span_id)
-        if span_id is None:
-            span_id = self.runs.span_pfid(trace, otel_span_id, record.start_time_ns)
+        if span_id is None:  # RunTable.span_pfid, without the call
+            span_id = ids.span_pfid(self.partition, record.trace_id, otel_span_id, record.start_time_ns)
+            remember(span_ids, otel_span_id, span_id)
         if record.status == "active":
             self.runs.live_span_changes[span_id] = (trace.instance_id, record.start_time_ns)
         body = span_create_item(
