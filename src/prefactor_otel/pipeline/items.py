@@ -115,6 +115,24 @@ def span_create_item(
     return {"_type": BULK_CREATE_SPAN, "idempotency_key": key, "details": details}
 
 
+def ended_span_create_item(record: SpanRecord, instance_id: str, span_id: str, parent_id: str | None) -> dict[str, Any]:
+    """`span_create_item` of an ended span with its own payloads, neither orphaned nor a placeholder: most span
+    creates, so built without its tests and keyword arguments (the same item, tests/test_planner.py)."""
+    details: dict[str, Any] = {
+        "agent_instance_id": instance_id,
+        "id": span_id,
+        "schema_name": record.schema_name,
+        "status": record.status,
+        "payload": record.payload,
+        "started_at": iso_from_ns(record.start_time_ns) or "",
+        "result_payload": record.result_payload,
+        "finished_at": iso_from_ns(record.end_time_ns) or "",
+    }
+    if parent_id is not None:
+        details["parent_span_id"] = parent_id
+    return {"_type": BULK_CREATE_SPAN, "idempotency_key": _CREATE_KEY_PREFIX + span_id, "details": details}
+
+
 _CREATE_KEY_PREFIX = ids.idempotency_key_prefix(BULK_CREATE_SPAN)
 
 

@@ -74,6 +74,7 @@ from prefactor_otel.model.http import (
 )
 from prefactor_otel.pipeline.items import (
     PlannedItem,
+    ended_span_create_item,
     finish_item,
     orphan_payload,
     placeholder_payloads,
@@ -542,21 +543,15 @@ class Planner:
         return order
 
     def _create_item(self, trace: RunState, pending: PendingSpan) -> PlannedItem:
+        """The create of a pending span (once per exported span: its common case without a call that can be saved)."""
         pending.attempted = True
         record = pending.record
-        payload = record.payload
-        result_payload = record.result_payload
-        too_large = pending.too_large_bytes
-        if too_large is not None:
-            payload, result_payload = placeholder_payloads(record, too_large)
         # Prefactor ids: a span's is often known already (a child asked for it as its parent's).
         span_ids = trace.span_ids
         parent_id: str | None = None
         orphaned = pending.orphaned
         parent_span_id = record.parent_span_id
-        if orphaned:
-            payload = orphan_payload(payload)
-        elif parent_span_id is not None and not record.parent_is_remote:  # not a local root
+        if not orphaned and parent_span_id is not None and not record.parent_is_remote:  # not a local root
             parent_id = span_ids.get(parent_span_id)
             if parent_id is None:
                 parent = trace.pending.get(parent_span_id)
@@ -567,18 +562,27 @@ class Planner:
         if span_id is None:  # RunTable.span_pfid, without the call
             span_id = ids.span_pfid(self.partition, record.trace_id, otel_span_id, record.start_time_ns)
             remember(span_ids, otel_span_id, span_id)
-        if record.status == "active":
-            self.runs.live_span_changes[span_id] = (trace.instance_id, record.start_time_ns)
-        body = span_create_item(
-            record,
-            trace.instance_id,
-            span_id,
-            parent_id,
-            payload,
-            result_payload,
-            orphan=orphaned,
-            placeholder=too_large is not None,
-        )
+        too_large = pending.too_large_bytes
+        if too_large is None and not orphaned and record.status != "active":
+            body = ended_span_create_item(record, trace.instance_id, span_id, parent_id)
+        else:
+            payload, result_payload = record.payload, record.result_payload
+            if too_large is not None:
+                payload, result_payload = placeholder_payloads(record, too_large)
+            if orphaned:
+                payload = orphan_payload(payload)
+            if record.status == "active":
+                self.runs.live_span_changes[span_id] = (trace.instance_id, record.start_time_ns)
+            body = span_create_item(
+                record,
+                trace.instance_id,
+                span_id,
+                parent_id,
+                payload,
+                result_payload,
+                orphan=orphaned,
+                placeholder=too_large is not None,
+            )
         return _new_item((body["idempotency_key"], BULK_CREATE_SPAN, body, record.trace_id, otel_span_id))
 
     def _plan_finish(
@@ -645,7 +649,7 @@ class Planner:
 
     @staticmethod
     def _item(body: dict[str, Any], trace_id: int) -> PlannedItem:
-        return PlannedItem(body["idempotency_key"], body["_type"], body, trace_id)
+        return _new_item((body["idempotency_key"], body["_type"], body, trace_id, None))
 
     # ------------------------------------------------------------------ introspection
 
