@@ -48,6 +48,7 @@ class Version:
         self.planner_module = importlib.import_module(f"{package}.pipeline.planner")
         self.outcomes = importlib.import_module(f"{package}.transport.outcomes")
         self.ids = importlib.import_module(f"{package}.model.ids")
+        self.starts = importlib.import_module(f"{package}.pipeline.starts")
         self.options = self.mapping.MappingOptions()
 
     def records(self, spans: list[Any]) -> list[Any]:
@@ -59,8 +60,14 @@ class Version:
             out.append(record)
         return out
 
-    def planner(self, grace: float) -> Any:
+    def planner(self, grace: float, starts: bool) -> Any:
         version = {"name": "bench", "external_identifier": "bench-1"}
+        live: dict[str, Any] = {}
+        if starts:  # PrefactorSpanProcessor's: live spans at their default
+            live = {
+                "live_policy": self.starts.LivePolicy("agent"),
+                "map_started": self.starts.live_mapper(self.options),
+            }
         return self.planner_module.Planner(
             partition=123456,
             agent_key="agent-key",
@@ -71,14 +78,19 @@ class Version:
             schema_version=self.mapping.agent_schema_version(),
             finish_grace_seconds=grace,
             run_part="0123abcd",
+            **live,
         )
 
 
-def run_once(version: Version, records: list[Any], grace: float, keep_items: bool) -> tuple[dict[str, int], list]:
-    """One pass over the records; thread CPU ns per stage, and the planned items (when asked)."""
-    planner = version.planner(grace)
+def run_once(
+    version: Version, records: list[Any], spans: list[Any] | None, grace: float, keep_items: bool
+) -> tuple[dict[str, int], list]:
+    """One pass over the records; thread CPU ns per stage, and the planned items (when asked). With `spans`, their
+    starts too (PrefactorSpanProcessor): those of the next batch read and given before each batch ends."""
+    planner = version.planner(grace, spans is not None)
     success = version.outcomes.SUCCESS
-    stages = {"add": 0, "plan": 0, "apply": 0}
+    read_start = version.starts.read_start
+    stages = {"start": 0, "add": 0, "plan": 0, "apply": 0}
     planned: list[Any] = []
     clock = time.thread_time_ns
     now = 1000.0
@@ -86,13 +98,18 @@ def run_once(version: Version, records: list[Any], grace: float, keep_items: boo
         batch = records[start : start + BATCH]
         now += len(batch) * SPAN_SECONDS
         t0 = clock()
+        if spans is not None:
+            first = 0 if start == 0 else start + BATCH
+            planner.start([read_start(span) for span in spans[first : start + 2 * BATCH]], now)
+        ts = clock()
         planner.add(batch, now)
         t1 = clock()
         items = planner.plan(now)
         t2 = clock()
         planner.apply({item.key: success for item in items}, now)
         t3 = clock()
-        stages["add"] += t1 - t0
+        stages["start"] += ts - t0
+        stages["add"] += t1 - ts
         stages["plan"] += t2 - t1
         stages["apply"] += t3 - t2
         if keep_items:
@@ -112,7 +129,7 @@ def run_once(version: Version, records: list[Any], grace: float, keep_items: boo
 
 def tracked_objects(version: Version, records: list[Any], grace: float) -> tuple[float, float]:
     """GC-tracked objects created per span and alive after the plans (items held) and after the outcomes."""
-    planner = version.planner(grace)
+    planner = version.planner(grace, False)
     success = version.outcomes.SUCCESS
     gc.collect()
     gc.disable()
@@ -177,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--workload", default="realistic", choices=("realistic", "small"))
     parser.add_argument("--grace", type=float, default=6.0)
+    parser.add_argument("--starts", action="store_true", help="span starts too (PrefactorSpanProcessor's path)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="planner-cost-") as tmp:
         load_ref(args.ref, Path(tmp))
@@ -184,8 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         spans = SpanSource(seed=3, workload=args.workload).spans(args.spans)[: args.spans]
         records = {version.name: version.records(spans) for version in (ref, new)}
         count = len(spans)
+        with_starts = spans if args.starts else None
 
-        views = {v.name: [item_view(i) for i in run_once(v, records[v.name], args.grace, True)[1]] for v in (ref, new)}
+        views = {
+            v.name: [item_view(i) for i in run_once(v, records[v.name], with_starts, args.grace, True)[1]]
+            for v in (ref, new)
+        }
         same = views[ref.name] == views[new.name]
         first = next(
             (i for i, (a, b) in enumerate(zip(views[ref.name], views[new.name], strict=False)) if a != b), None
@@ -196,15 +218,21 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for version in (ref, new):
                 gc.collect()
-                results[version.name].append(run_once(version, records[version.name], args.grace, False)[0])
+                results[version.name].append(
+                    run_once(version, records[version.name], with_starts, args.grace, False)[0]
+                )
 
         def per_span(name: str, stage: str | None) -> float:
             values = [sum(r.values()) if stage is None else r[stage] for r in results[name]]
             return statistics.median(values) / 1000 / count
 
-        print(f"{args.workload} workload, {count} spans, grace {args.grace} s, {args.rounds} rounds, ref {args.ref}")
+        print(
+            f"{args.workload} workload, {count} spans, grace {args.grace} s, starts {args.starts}, "
+            f"{args.rounds} rounds, "
+            f"ref {args.ref}"
+        )
         print(f"{'stage (µs/span)':<24}{args.ref:>10}{'work tree':>12}{'ratio':>8}")
-        for stage in ("add", "plan", "apply", None):
+        for stage in ("start", "add", "plan", "apply", None):
             old, cur = per_span(ref.name, stage), per_span(new.name, stage)
             print(f"{stage or 'total':<24}{old:>10.2f}{cur:>12.2f}{cur / old:>8.2f}")
         old_ids, new_ids = ids_cost(ref, records[ref.name]), ids_cost(new, records[new.name])

@@ -231,15 +231,9 @@ class Planner:
         # span, whose parent is remote, or one of its children) is first in the batch. So do the spans of a trace
         # whose run was finished without its root (`finished` holds True): the root may be among them; and with
         # late_spans_open_a_run, any span the finished run did not create.
-        new_parts: set[int] = set()
-        if finished and self._run_part is not None:
-            new_parts = {
-                r.trace_id
-                for r in records
-                if finished.get(r.trace_id)
-                or (r.parent_is_remote and r.trace_id in finished)
-                or (r.trace_id in earlier_runs and r.span_id not in earlier_runs[r.trace_id])
-            }
+        # Computed over the whole batch when its first span of a finished trace is met (rare: most batches have
+        # none, and a walk of every record per batch would cost each span).
+        new_parts: set[int] | None = None
         counters["spans_added"] += len(records)  # once per batch: the loop below runs per span
         fork, span_filter, live = self._fork, self._span_filter, self._live
         with_pending, move_to_end, queued = runs.with_pending, traces.move_to_end, 0
@@ -254,6 +248,8 @@ class Planner:
                     continue
                 late_run = False
                 if trace_id in finished:
+                    if new_parts is None:
+                        new_parts = self._new_parts(records)
                     if not self._reopen(trace_id, trace_id in new_parts):
                         # A finished instance accepts no spans; this one came after the grace period.
                         runs.drop(1, "run_terminated" if trace_id in runs.terminated else "instance_already_finished")
@@ -291,6 +287,19 @@ class Planner:
         finally:
             runs.queued += queued  # true even if a span raised midway
         self._bounds.enforce(now)
+
+    def _new_parts(self, records: list[SpanRecord]) -> set[int]:
+        """The traces of `records` whose spans open a new run of a trace finished here (see `add`)."""
+        finished, earlier_runs = self.runs.finished, self.runs.finished_spans
+        if not finished or self._run_part is None:
+            return set()
+        return {
+            r.trace_id
+            for r in records
+            if finished.get(r.trace_id)
+            or (r.parent_is_remote and r.trace_id in finished)
+            or (r.trace_id in earlier_runs and r.span_id not in earlier_runs[r.trace_id])
+        }
 
     def start(self, started_spans: Iterable[StartedSpan], now: float) -> None:
         """Spans that started in this process (PrefactorSpanProcessor), in the order they started: the run of each is
