@@ -147,7 +147,24 @@ def test_span_pfid_is_its_definition_on_random_and_edge_inputs() -> None:
 
 
 @pytest.mark.parametrize("partition", [-1, ids.MAX_PARTITION + 1, 1 << 40])
-def test_span_pfid_rejects_a_partition_out_of_range(partition: int) -> None:
+def test_span_and_instance_pfids_reject_a_partition_out_of_range(partition: int) -> None:
     for _ in range(2):  # twice: a refused partition is not cached
         with pytest.raises(ids.PfidError):
             ids.span_pfid(partition, 1, 2, 0)
+        with pytest.raises(ids.PfidError):
+            ids.instance_pfid(partition, "deployment", 1, 0)
+
+
+def test_instance_pfid_is_its_definition_across_agent_keys() -> None:
+    # The cached hasher of the last agent key must never leak into another key's ids: keys alternate and repeat.
+    rng = random.Random(23)
+    keys = ["deployment", "agent-1\x1fpart\x1fab12", "agent-1\x1fpart\x1fab12\x1f2", "é-ünïcode", ""]
+    for i in range(3_000):
+        key = rng.choice(keys)
+        trace_id = rng.choice((0, (1 << 128) - 1)) if i % 13 == 0 else rng.getrandbits(128)
+        start = rng.choice((None, -1, 0, 1 << 70)) if i % 7 == 0 else 1_765_000_000_000_000_000 + rng.randrange(10**12)
+        partition = rng.randrange(1 << 30)
+        text = f"instance\x1f{key}\x1f{trace_id:032x}".encode()
+        randomness = int.from_bytes(hashlib.blake2b(text, digest_size=10).digest(), "big")
+        ms = 0 if start is None or start < 0 else min(start // 1_000_000, ids.MAX_TIMESTAMP)
+        assert ids.instance_pfid(partition, key, trace_id, start) == ids.encode(ms, partition, randomness)

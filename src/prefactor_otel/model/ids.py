@@ -200,8 +200,29 @@ _LAST_TRACE: tuple[int, Any] = (-1, None)  # (trace id, blake2b fed "span\x1f<tr
 
 
 def instance_pfid(partition: int, agent_key: str, trace_id: int, first_seen_ns: int | None) -> str:
-    """Prefactor agent-instance id for one trace of one agent."""
-    return encode(_clamp_ms(first_seen_ns), partition, _hash80("instance", agent_key, f"{trace_id:032x}"))
+    """Prefactor agent-instance id for one trace of one agent: `encode(clamped ms, partition, _hash80("instance",
+    agent_key, trace hex))`, the hash's common part fed once per agent key (the last one asked: a planner's runs
+    share theirs) and copied (once per run; tests/test_ids.py holds it to that composition)."""
+    last = _LAST_AGENT_KEY
+    if last[0] == agent_key:
+        hasher = last[1].copy()
+    else:
+        base = hashlib.blake2b(f"instance\x1f{agent_key}\x1f".encode(), digest_size=10)
+        _set_last_agent_key((agent_key, base))
+        hasher = base.copy()
+    hasher.update(b"%032x" % trace_id)
+    if not 0 <= partition <= MAX_PARTITION:
+        raise PfidError(f"PFID partition out of range: {partition}")
+    # In range by construction: a clamped timestamp, 80 bits of digest.
+    return _encode_checked(_clamp_ms(first_seen_ns), partition, int.from_bytes(hasher.digest(), "big"))
+
+
+def _set_last_agent_key(entry: tuple[str, Any]) -> None:
+    global _LAST_AGENT_KEY
+    _LAST_AGENT_KEY = entry
+
+
+_LAST_AGENT_KEY: tuple[str, Any] = ("", None)  # (agent key, blake2b fed "instance\x1f<agent key>\x1f")
 
 
 def idempotency_key(action: str, *parts: str) -> str:
