@@ -451,7 +451,6 @@ class Planner:
         """
         items: list[PlannedItem] = []
         empty: list[int] = []
-        create = self._create_item
         for trace in self._candidates(now, everything=flush or shutdown):
             if trace.rejected:
                 continue
@@ -466,7 +465,7 @@ class Planner:
                 else:
                     self._bounds.orphan_waiting_tops(trace, "age", now)
                 order = self._creation_order(trace)
-            span_items = [create(trace, pending) for pending in order]
+            span_items = self._create_items(trace, order)
             if trace.root_skipped and not trace.pending and not trace.created and not trace.registered:
                 if shutdown or flush or now - trace.last_activity >= self._grace:
                     empty.append(trace.trace_id)  # the filter kept nothing: no agent run to report
@@ -551,48 +550,67 @@ class Planner:
                 index += 1
         return order
 
+    def _create_items(self, trace: RunState, order: list[PendingSpan]) -> list[PlannedItem]:
+        """The creates of a run's pending spans, in `order`. Once per exported span, so the common case -- an ended
+        span with its own payloads -- is built here with the run's fields read once; the rest go to _create_item."""
+        span_ids, pending_spans, instance_id = trace.span_ids, trace.pending, trace.instance_id
+        partition, span_pfid, trace_id = self.partition, ids.span_pfid, trace.trace_id
+        items: list[PlannedItem] = []
+        append = items.append
+        for pending in order:
+            record = pending.record
+            if pending.orphaned or pending.too_large_bytes is not None or record.status == "active":
+                append(self._create_item(trace, pending))
+                continue
+            pending.attempted = True
+            # Prefactor ids: a span's is often known already (a child asked for it as its parent's).
+            parent_id: str | None = None
+            parent_span_id = record.parent_span_id
+            if parent_span_id is not None and not record.parent_is_remote:  # not a local root
+                parent_id = span_ids.get(parent_span_id)
+                if parent_id is None:
+                    parent = pending_spans.get(parent_span_id)
+                    start_ns = parent.record.start_time_ns if parent is not None else None
+                    parent_id = self.runs.span_pfid(trace, parent_span_id, start_ns)
+            otel_span_id = record.span_id
+            span_id = span_ids.get(otel_span_id)
+            if span_id is None:  # RunTable.span_pfid, without the call
+                span_id = span_pfid(partition, trace_id, otel_span_id, record.start_time_ns)
+                remember(span_ids, otel_span_id, span_id)
+            body = ended_span_create_item(record, instance_id, span_id, parent_id)
+            append(_new_item((body["idempotency_key"], BULK_CREATE_SPAN, body, trace_id, otel_span_id)))
+        return items
+
     def _create_item(self, trace: RunState, pending: PendingSpan) -> PlannedItem:
-        """The create of a pending span (once per exported span: its common case without a call that can be saved)."""
+        """The create of any pending span: orphaned, a placeholder, live (`active`), or as _create_items builds."""
         pending.attempted = True
         record = pending.record
-        # Prefactor ids: a span's is often known already (a child asked for it as its parent's).
-        span_ids = trace.span_ids
         parent_id: str | None = None
         orphaned = pending.orphaned
-        parent_span_id = record.parent_span_id
-        if not orphaned and parent_span_id is not None and not record.parent_is_remote:  # not a local root
-            parent_id = span_ids.get(parent_span_id)
-            if parent_id is None:
-                parent = trace.pending.get(parent_span_id)
-                start_ns = parent.record.start_time_ns if parent is not None else None
-                parent_id = self.runs.span_pfid(trace, parent_span_id, start_ns)
-        otel_span_id = record.span_id
-        span_id = span_ids.get(otel_span_id)
-        if span_id is None:  # RunTable.span_pfid, without the call
-            span_id = ids.span_pfid(self.partition, record.trace_id, otel_span_id, record.start_time_ns)
-            remember(span_ids, otel_span_id, span_id)
+        if not orphaned and not record.is_local_root:
+            parent = trace.pending.get(record.parent_span_id)  # type: ignore[arg-type]
+            start_ns = parent.record.start_time_ns if parent is not None else None
+            parent_id = self.runs.span_pfid(trace, record.parent_span_id, start_ns)  # type: ignore[arg-type]
+        span_id = self.runs.span_pfid(trace, record.span_id, record.start_time_ns)
+        payload, result_payload = record.payload, record.result_payload
         too_large = pending.too_large_bytes
-        if too_large is None and not orphaned and record.status != "active":
-            body = ended_span_create_item(record, trace.instance_id, span_id, parent_id)
-        else:
-            payload, result_payload = record.payload, record.result_payload
-            if too_large is not None:
-                payload, result_payload = placeholder_payloads(record, too_large)
-            if orphaned:
-                payload = orphan_payload(payload)
-            if record.status == "active":
-                self.runs.live_span_changes[span_id] = (trace.instance_id, record.start_time_ns)
-            body = span_create_item(
-                record,
-                trace.instance_id,
-                span_id,
-                parent_id,
-                payload,
-                result_payload,
-                orphan=orphaned,
-                placeholder=too_large is not None,
-            )
-        return _new_item((body["idempotency_key"], BULK_CREATE_SPAN, body, record.trace_id, otel_span_id))
+        if too_large is not None:
+            payload, result_payload = placeholder_payloads(record, too_large)
+        if orphaned:
+            payload = orphan_payload(payload)
+        if record.status == "active":
+            self.runs.live_span_changes[span_id] = (trace.instance_id, record.start_time_ns)
+        body = span_create_item(
+            record,
+            trace.instance_id,
+            span_id,
+            parent_id,
+            payload,
+            result_payload,
+            orphan=orphaned,
+            placeholder=too_large is not None,
+        )
+        return _new_item((body["idempotency_key"], BULK_CREATE_SPAN, body, record.trace_id, record.span_id))
 
     def _plan_finish(
         self, trace: RunState, now: float, span_items: list[PlannedItem], *, flush: bool, shutdown: bool
