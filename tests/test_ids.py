@@ -164,7 +164,28 @@ def test_instance_pfid_is_its_definition_across_agent_keys() -> None:
         trace_id = rng.choice((0, (1 << 128) - 1)) if i % 13 == 0 else rng.getrandbits(128)
         start = rng.choice((None, -1, 0, 1 << 70)) if i % 7 == 0 else 1_765_000_000_000_000_000 + rng.randrange(10**12)
         partition = rng.randrange(1 << 30)
-        text = f"instance\x1f{key}\x1f{trace_id:032x}".encode()
-        randomness = int.from_bytes(hashlib.blake2b(text, digest_size=10).digest(), "big")
-        ms = 0 if start is None or start < 0 else min(start // 1_000_000, ids.MAX_TIMESTAMP)
-        assert ids.instance_pfid(partition, key, trace_id, start) == ids.encode(ms, partition, randomness)
+        assert ids.instance_pfid(partition, key, trace_id, start) == _instance_pfid_by_definition(
+            partition, key, trace_id, start
+        )
+
+
+def _instance_pfid_by_definition(partition: int, agent_key: str, trace_id: int, start_time_ns: int | None) -> str:
+    text = f"instance\x1f{agent_key}\x1f{trace_id:032x}".encode()
+    randomness = int.from_bytes(hashlib.blake2b(text, digest_size=10).digest(), "big")
+    ms = 0 if start_time_ns is None or start_time_ns < 0 else min(start_time_ns // 1_000_000, ids.MAX_TIMESTAMP)
+    return ids.encode(ms, partition, randomness)
+
+
+def test_id_caches_start_empty_for_any_first_key() -> None:
+    # A fresh process's first id, whatever its trace or agent key (even "" or a negative test id), is computed.
+    import subprocess
+    import sys
+
+    code = (
+        "from prefactor_otel.model import ids; "
+        "print(ids.instance_pfid(1, '', 5, 0), ids.span_pfid(1, -1, 2, 0), ids.span_pfid(1, 0, 2, 0))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == _instance_pfid_by_definition(1, "", 5, 0)
+    assert out[2] == _span_pfid_by_definition(1, 0, 2, 0)
+    assert ids.is_pfid(out[1])

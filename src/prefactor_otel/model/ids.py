@@ -167,7 +167,7 @@ def span_pfid(partition: int, trace_id: int, span_id: int, start_time_ns: int | 
     )  # fmt: skip
 
 
-def _set_last_trace(entry: tuple[int, Any]) -> None:
+def _set_last_trace(entry: tuple[int | None, Any]) -> None:
     global _LAST_TRACE
     _LAST_TRACE = entry
 
@@ -196,7 +196,7 @@ def _top_text(top: int) -> str:
 _CACHED_KEPT = 256
 _PARTITIONS: dict[int, str] = {}
 _TOPS: dict[int, str] = {}
-_LAST_TRACE: tuple[int, Any] = (-1, None)  # (trace id, blake2b fed "span\x1f<trace hex>\x1f")
+_LAST_TRACE: tuple[int | None, Any] = (None, None)  # (trace id, blake2b fed "span\x1f<trace hex>\x1f")
 
 
 def instance_pfid(partition: int, agent_key: str, trace_id: int, first_seen_ns: int | None) -> str:
@@ -217,12 +217,12 @@ def instance_pfid(partition: int, agent_key: str, trace_id: int, first_seen_ns: 
     return _encode_checked(_clamp_ms(first_seen_ns), partition, int.from_bytes(hasher.digest(), "big"))
 
 
-def _set_last_agent_key(entry: tuple[str, Any]) -> None:
+def _set_last_agent_key(entry: tuple[str | None, Any]) -> None:
     global _LAST_AGENT_KEY
     _LAST_AGENT_KEY = entry
 
 
-_LAST_AGENT_KEY: tuple[str, Any] = ("", None)  # (agent key, blake2b fed "instance\x1f<agent key>\x1f")
+_LAST_AGENT_KEY: tuple[str | None, Any] = (None, None)  # (agent key, blake2b fed "instance\x1f<agent key>\x1f")
 
 
 def idempotency_key(action: str, *parts: str) -> str:
