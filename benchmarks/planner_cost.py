@@ -4,16 +4,17 @@ Usage: python benchmarks/planner_cost.py [--ref main] [--spans 4000] [--rounds 7
                                         [--grace 6] [--starts]
 
 Extracts `src/prefactor_otel` as committed at REF under another package name (as mapping_diff.py does), maps the
-same workload spans with each version's own mapping (then encodes the payloads, as the exporter's `_map` does),
-and drives each version's `Planner` the way the sending thread does: batches of 512 records added, a plan, every
-item answered with the shared SUCCESS outcome, then a shutdown plan. Clock: simulated, 60 µs per span, so runs
-finish in the plans while spans of others still come (`--grace 0`, every run finished as soon as its root is in) or
-at the end (`--grace 6`, the default: finishes in the shutdown plan). `--starts`: PrefactorSpanProcessor's path too,
-each batch's next spans started before it ends (live spans at their default, mapped at their start). Both versions alternate in one process, GC
-as in production; reports µs/span of thread CPU per stage (median of rounds) and the ratio, GC-tracked objects
-created per span and still alive after the plan and after the outcomes, and checks that both versions plan the same
-items in the same order (key, action, body as JSON, trace and span ids) and the same span PFIDs on 20,000 random
-inputs: exits 1 if either differs. Run it with the work tree first on the path (`PYTHONPATH=$PWD/src`).
+same workload spans with each version's own mapping (then encodes the payloads, as the exporter's `_map` does), and
+drives each version's `Planner` the way the sending thread does: batches of 512 records added, a plan, every item
+answered with the shared SUCCESS outcome, then a shutdown plan. Clock: simulated, 60 µs per span, so runs finish in
+the plans while spans of others still come (`--grace 0`, every run finished as soon as its root is in) or at the end
+(`--grace 6`, the default: finishes in the shutdown plan). `--starts`: PrefactorSpanProcessor's path too, each
+batch's next spans started before it ends (live spans at their default, mapped at their start). Both versions
+alternate in one process, GC as in production; reports µs/span of thread CPU per stage (median of rounds) and the
+ratio, GC-tracked objects created per span and still alive after the plan and after the outcomes, and checks that
+both versions plan the same items in the same order (key, action, body as JSON, trace and span ids) and the same
+span PFIDs on 20,000 random inputs: exits 1 if either differs. Run it with the work tree first on the path
+(`PYTHONPATH=$PWD/src`).
 Nothing leaves the process.
 """
 
