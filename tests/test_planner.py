@@ -454,3 +454,32 @@ def _iso(ns):
     from prefactor_otel.pipeline.items import finish_item
 
     return finish_item("x", "complete", ns)["timestamp"]
+
+
+def test_live_payloads_decode_as_the_stdlib_decodes_them():
+    # LiveSpans parses encoded payloads with pydantic-core: the same dicts, types and key order as `as_dict`.
+    import math
+    import random
+    import struct
+
+    from prefactor_otel.mapping.values import RawJson, as_dict
+    from prefactor_otel.pipeline.planner_live import decoded
+    from prefactor_otel.transport.wire import encode_json
+
+    rng = random.Random(3)
+    floats = [struct.unpack("d", rng.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(2_000)]
+    payloads = [
+        {"inputs": {"text": 'é ü 😀 \u2028 \x00 \\ "q"'}, "n": [0, -1, 2**63, -(2**70), 10**30], "b": [True, None]},
+        {"f": [f for f in floats if math.isfinite(f)] + [0.1, -0.0, 1e-320, 1.7976931348623157e308]},
+        {"deep": {"a": [{"b": {"c": []}}, {}]}, "": "", "z": 1, "a": 2},
+        {},
+    ]
+    for payload in payloads:
+        encoded = encode_json(payload)
+        expected, got = as_dict(encoded), decoded(encoded)
+        assert got == expected and list(got) == list(expected)
+        assert [type(v) for v in got.values()] == [type(v) for v in expected.values()]
+        assert repr(got) == repr(expected)  # -0.0, floats' digits, nested types alike
+    assert decoded(RawJson(b"[1, 2]")) == as_dict(RawJson(b"[1, 2]")) == {}
+    assert decoded(RawJson(b'{"a": NaN}'))["a"] != decoded(RawJson(b'{"a": NaN}'))["a"]  # NaN, as json.loads gives
+    assert decoded({"x": 1}) == {"x": 1}

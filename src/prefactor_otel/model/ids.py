@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _PAIRS = [a + b for a in ALPHABET for b in ALPHABET]
@@ -124,18 +125,104 @@ def _clamp_ms(unix_nanos: int | None) -> int:
 
 
 def span_pfid(partition: int, trace_id: int, span_id: int, start_time_ns: int | None) -> str:
-    """Prefactor span id for an OTel span: the same OTel span always gets the same PFID."""
-    # The bytes _hash80("span", trace hex, span hex) hashes, formatted in one step (once per exported span).
-    digest = hashlib.blake2b(b"span\x1f%032x\x1f%016x" % (trace_id, span_id), digest_size=10).digest()
+    """Prefactor span id for an OTel span: the same OTel span always gets the same PFID.
+
+    `encode(clamped start ms, partition, 80 bits of blake2b("span", trace hex, span hex))`, computed in fewer steps
+    (it runs once per exported span; tests/test_ids.py holds it to that composition on random and edge inputs):
+    - the hash's input starts with the trace's part: a hasher fed that part is kept for the last trace asked
+      (spans are planned trace by trace) and copied, which costs less than hashing the whole input again;
+    - the PFID's 160 bits split on character boundaries: 2 zero bits and the timestamp's top 38 bits (8
+      characters, the same for 1,024 ms: cached by `ms >> 10`), its low 10 bits (2), the partition (6, cached),
+      the hash (16).
+    Thread-safe without a lock: each cache entry is read and written as one object; a lost race costs a miss."""
+    last = _LAST_TRACE
+    if last[0] == trace_id:
+        hasher = last[1].copy()
+    else:
+        base = hashlib.blake2b(b"span\x1f%032x\x1f" % trace_id, digest_size=10)
+        _set_last_trace((trace_id, base))
+        hasher = base.copy()
+    hasher.update(b"%016x" % span_id)
+    digest = int.from_bytes(hasher.digest(), "big")
+    part = _PARTITIONS.get(partition)
+    if part is None:
+        part = _partition_text(partition)
+    if start_time_ns is None or start_time_ns < 0:
+        ms = 0
+    else:
+        ms = start_time_ns // 1_000_000
+        if ms > MAX_TIMESTAMP:
+            ms = MAX_TIMESTAMP
+    top = _TOPS.get(ms >> 10)
+    if top is None:
+        top = _top_text(ms >> 10)
+    c, d = digest >> 40, digest & _LOW40
+    p = _PAIRS
+    return "".join(
+        (
+            top, p[ms & 1023], part,
+            p[c >> 30], p[(c >> 20) & 1023], p[(c >> 10) & 1023], p[c & 1023],
+            p[d >> 30], p[(d >> 20) & 1023], p[(d >> 10) & 1023], p[d & 1023],
+        )
+    )  # fmt: skip
+
+
+def _set_last_trace(entry: tuple[int | None, Any]) -> None:
+    global _LAST_TRACE
+    _LAST_TRACE = entry
+
+
+def _partition_text(partition: int) -> str:
+    """The 6 characters of a partition in every PFID of it (checked in range here, once per partition)."""
     if not 0 <= partition <= MAX_PARTITION:
         raise PfidError(f"PFID partition out of range: {partition}")
-    # In range by construction: a clamped timestamp, 80 bits of digest; so encode's checks are skipped.
-    return _encode_checked(_clamp_ms(start_time_ns), partition, int.from_bytes(digest, "big"))
+    text = _PAIRS[partition >> 20] + _PAIRS[(partition >> 10) & 1023] + _PAIRS[partition & 1023]
+    if len(_PARTITIONS) >= _CACHED_KEPT:
+        _PARTITIONS.clear()
+    _PARTITIONS[partition] = text
+    return text
+
+
+def _top_text(top: int) -> str:
+    """The first 8 characters of a PFID: 2 zero bits and the timestamp's top 38 bits (`ms >> 10`)."""
+    text = _PAIRS[top >> 30] + _PAIRS[(top >> 20) & 1023] + _PAIRS[(top >> 10) & 1023] + _PAIRS[top & 1023]
+    if len(_TOPS) >= _CACHED_KEPT:
+        _TOPS.clear()  # a plan's spans start within far fewer than _CACHED_KEPT spans of 1,024 ms
+    _TOPS[top] = text
+    return text
+
+
+# Caches of span_pfid (module-level: every planner of the process shares them; bounded, cleared when full).
+_CACHED_KEPT = 256
+_PARTITIONS: dict[int, str] = {}
+_TOPS: dict[int, str] = {}
+_LAST_TRACE: tuple[int | None, Any] = (None, None)  # (trace id, blake2b fed "span\x1f<trace hex>\x1f")
 
 
 def instance_pfid(partition: int, agent_key: str, trace_id: int, first_seen_ns: int | None) -> str:
-    """Prefactor agent-instance id for one trace of one agent."""
-    return encode(_clamp_ms(first_seen_ns), partition, _hash80("instance", agent_key, f"{trace_id:032x}"))
+    """Prefactor agent-instance id for one trace of one agent: `encode(clamped ms, partition, _hash80("instance",
+    agent_key, trace hex))`, the hash's common part fed once per agent key (the last one asked: a planner's runs
+    share theirs) and copied (once per run; tests/test_ids.py holds it to that composition)."""
+    last = _LAST_AGENT_KEY
+    if last[0] == agent_key:
+        hasher = last[1].copy()
+    else:
+        base = hashlib.blake2b(f"instance\x1f{agent_key}\x1f".encode(), digest_size=10)
+        _set_last_agent_key((agent_key, base))
+        hasher = base.copy()
+    hasher.update(b"%032x" % trace_id)
+    if not 0 <= partition <= MAX_PARTITION:
+        raise PfidError(f"PFID partition out of range: {partition}")
+    # In range by construction: a clamped timestamp, 80 bits of digest.
+    return _encode_checked(_clamp_ms(first_seen_ns), partition, int.from_bytes(hasher.digest(), "big"))
+
+
+def _set_last_agent_key(entry: tuple[str | None, Any]) -> None:
+    global _LAST_AGENT_KEY
+    _LAST_AGENT_KEY = entry
+
+
+_LAST_AGENT_KEY: tuple[str | None, Any] = (None, None)  # (agent key, blake2b fed "instance\x1f<agent key>\x1f")
 
 
 def idempotency_key(action: str, *parts: str) -> str:
@@ -153,6 +240,11 @@ def idempotency_key_for_id(action: str, pfid: str, variant: str = "") -> str:
     `variant` (a few letters) tells apart bodies of the same action on the same object."""
     key = f"{_key_prefix(action)}-{pfid}"  # at most 20 + 1 + 32 characters
     return f"{key}-{variant}"[:IDEMPOTENCY_KEY_MAX] if variant else key
+
+
+def idempotency_key_prefix(action: str) -> str:
+    """What `idempotency_key_for_id(action, pfid)` puts before the PFID (no variant): `prefix + pfid` is that key."""
+    return f"{_key_prefix(action)}-"
 
 
 def _key_prefix(action: str) -> str:

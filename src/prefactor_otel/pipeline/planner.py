@@ -60,7 +60,8 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from functools import partial
+from typing import Any, NamedTuple, cast
 
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.mapping.values import as_dict
@@ -73,6 +74,7 @@ from prefactor_otel.model.http import (
 )
 from prefactor_otel.pipeline.items import (
     PlannedItem,
+    ended_span_create_item,
     finish_item,
     orphan_payload,
     placeholder_payloads,
@@ -89,6 +91,7 @@ from prefactor_otel.pipeline.runs import (
     RunState,
     RunTable,
     passes_filter,
+    remember,
 )
 from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan
 from prefactor_otel.transport.outcomes import ItemOutcome
@@ -133,6 +136,15 @@ def continue_earlier_run(record: SpanRecord) -> None:
     payload = dict(as_dict(record.payload))
     payload["metadata"] = {**(payload.get("metadata") or {}), "prefactor.parent_in_earlier_run": True}
     record.payload = payload
+
+
+# A run's start item until its first plan builds it (`plan`: never sent, only told apart from None, "started").
+_START_NOT_BUILT: dict[str, Any] = {}
+
+# tuple.__new__ bound by a C-level partial: a PlannedItem without NamedTuple's Python-level __new__ (once per span).
+_new_item = cast(
+    "Callable[[tuple[str, str, dict[str, Any], int, int | None]], PlannedItem]", partial(tuple.__new__, PlannedItem)
+)
 
 
 # Resource attributes -> the register item's `agent_version` (AgentVersionForRegister dumped). The planner shares
@@ -219,60 +231,75 @@ class Planner:
         # span, whose parent is remote, or one of its children) is first in the batch. So do the spans of a trace
         # whose run was finished without its root (`finished` holds True): the root may be among them; and with
         # late_spans_open_a_run, any span the finished run did not create.
-        new_parts: set[int] = set()
-        if finished and self._run_part is not None:
-            new_parts = {
-                r.trace_id
-                for r in records
-                if finished.get(r.trace_id)
-                or (r.parent_is_remote and r.trace_id in finished)
-                or (r.trace_id in earlier_runs and r.span_id not in earlier_runs[r.trace_id])
-            }
+        # Computed over the whole batch when its first span of a finished trace is met (rare: most batches have
+        # none, and a walk of every record per batch would cost each span).
+        new_parts: set[int] | None = None
         counters["spans_added"] += len(records)  # once per batch: the loop below runs per span
-        fork, span_filter, live, enqueue = self._fork, self._span_filter, self._live, runs.enqueue
-        for record in records:
-            trace_id = record.trace_id
-            if fork is not None and self._under_parent_process(trace_id, record.parent_span_id):
-                record.parent_is_remote = True  # a local root of this process's run
-            earlier = earlier_runs.get(trace_id) if earlier_runs else None
-            if earlier is not None and record.span_id in earlier:
-                counters["spans_duplicate_ignored"] += 1  # created by an earlier run: a retried copy
-                continue
-            late_run = False
-            if trace_id in finished:
-                if not self._reopen(trace_id, trace_id in new_parts):
-                    # A finished instance accepts no spans; this one came after the grace period.
-                    runs.drop(1, "run_terminated" if trace_id in runs.terminated else "instance_already_finished")
+        fork, span_filter, live = self._fork, self._span_filter, self._live
+        with_pending, move_to_end, queued = runs.with_pending, traces.move_to_end, 0
+        try:
+            for record in records:
+                trace_id = record.trace_id
+                if fork is not None and self._under_parent_process(trace_id, record.parent_span_id):
+                    record.parent_is_remote = True  # a local root of this process's run
+                earlier = earlier_runs.get(trace_id) if earlier_runs else None
+                if earlier is not None and record.span_id in earlier:
+                    counters["spans_duplicate_ignored"] += 1  # created by an earlier run: a retried copy
                     continue
-                if not record.parent_is_remote:
-                    counters["runs_reopened_late"] += 1  # not a new part entering here: a span after its run
-                    late_run = self._late_spans_open_a_run
-            trace = traces.get(trace_id)
-            if trace is None:
-                trace = self._new_trace(trace_id, record.start_time_ns, record.resource)
-                trace.hold_until_quiet = late_run  # sent whole, once quiet (RunState.hold_until_quiet)
-            elif record.start_time_ns < trace.first_start_ns:
-                trace.first_start_ns = record.start_time_ns  # e.g. the root, exported after its children
-            if trace.rejected:
-                runs.drop(1, "instance_rejected")
-                continue
-            if (trace.open or trace.live) and live.ended(trace, record, now):
-                continue  # a live span: its create is replaced, or its finish is due
-            span_id = record.span_id
-            if span_id in trace.pending or span_id in trace.created:
-                counters["spans_duplicate_ignored"] += 1
-                continue
-            if span_filter is not None and not passes_filter(trace, record, span_filter(record), counters):
+                late_run = False
+                if trace_id in finished:
+                    if new_parts is None:
+                        new_parts = self._new_parts(records)
+                    if not self._reopen(trace_id, trace_id in new_parts):
+                        # A finished instance accepts no spans; this one came after the grace period.
+                        runs.drop(1, "run_terminated" if trace_id in runs.terminated else "instance_already_finished")
+                        continue
+                    if not record.parent_is_remote:
+                        counters["runs_reopened_late"] += 1  # not a new part entering here: a span after its run
+                        late_run = self._late_spans_open_a_run
+                trace = traces.get(trace_id)
+                if trace is None:
+                    trace = self._new_trace(trace_id, record.start_time_ns, record.resource)
+                    trace.hold_until_quiet = late_run  # sent whole, once quiet (RunState.hold_until_quiet)
+                elif record.start_time_ns < trace.first_start_ns:
+                    trace.first_start_ns = record.start_time_ns  # e.g. the root, exported after its children
+                if trace.rejected:
+                    runs.drop(1, "instance_rejected")
+                    continue
+                if (trace.open or trace.live) and live.ended(trace, record, now):
+                    continue  # a live span: its create is replaced, or its finish is due
+                span_id = record.span_id
+                if span_id in trace.pending or span_id in trace.created:
+                    counters["spans_duplicate_ignored"] += 1
+                    continue
+                if span_filter is not None and not passes_filter(trace, record, span_filter(record), counters):
+                    trace.last_activity = now
+                    continue
+                if earlier is not None and record.parent_span_id in earlier and not record.is_local_root:
+                    continue_earlier_run(record)  # its parent is in an earlier run: this run's top, at once
+                trace.pending[span_id] = PendingSpan(record, now)  # RunTable.enqueue, counted once per batch
+                with_pending[trace_id] = None
+                queued += 1
                 trace.last_activity = now
-                continue
-            if earlier is not None and record.parent_span_id in earlier and not record.is_local_root:
-                continue_earlier_run(record)  # its parent is in an earlier run: this run's top, at once
-            enqueue(trace, record, now)
-            trace.last_activity = now
-            if record.end_time_ns > trace.last_end_ns:
-                trace.last_end_ns = record.end_time_ns
-            traces.move_to_end(trace_id)
+                if record.end_time_ns > trace.last_end_ns:
+                    trace.last_end_ns = record.end_time_ns
+                move_to_end(trace_id)
+        finally:
+            runs.queued += queued  # true even if a span raised midway
         self._bounds.enforce(now)
+
+    def _new_parts(self, records: list[SpanRecord]) -> set[int]:
+        """The traces of `records` whose spans open a new run of a trace finished here (see `add`)."""
+        finished, earlier_runs = self.runs.finished, self.runs.finished_spans
+        if not finished or self._run_part is None:
+            return set()
+        return {
+            r.trace_id
+            for r in records
+            if finished.get(r.trace_id)
+            or (r.parent_is_remote and r.trace_id in finished)
+            or (r.trace_id in earlier_runs and r.span_id not in earlier_runs[r.trace_id])
+        }
 
     def start(self, started_spans: Iterable[StartedSpan], now: float) -> None:
         """Spans that started in this process (PrefactorSpanProcessor), in the order they started: the run of each is
@@ -362,7 +389,8 @@ class Planner:
             purpose=self._purpose,
             external_identifier=trace_name,
         )
-        trace = RunState(trace_id, instance_id, register, start_item(instance_id, first_start_ns))
+        # The start item is built when first planned (at the earliest start seen by then): a placeholder till then.
+        trace = RunState(trace_id, instance_id, register, _START_NOT_BUILT)
         trace.first_start_ns = first_start_ns
         self.runs.open_run(trace)
         return trace
@@ -437,7 +465,7 @@ class Planner:
                 else:
                     self._bounds.orphan_waiting_tops(trace, "age", now)
                 order = self._creation_order(trace)
-            span_items = [self._create_item(trace, pending) for pending in order]
+            span_items = self._create_items(trace, order)
             if trace.root_skipped and not trace.pending and not trace.created and not trace.registered:
                 if shutdown or flush or now - trace.last_activity >= self._grace:
                     empty.append(trace.trace_id)  # the filter kept nothing: no agent run to report
@@ -505,10 +533,11 @@ class Planner:
         order: list[PendingSpan] = []
         for pending in pending_spans.values():
             record = pending.record
-            if pending.orphaned or record.is_local_root or record.parent_span_id in created:
+            parent_span_id = record.parent_span_id
+            if pending.orphaned or parent_span_id is None or record.parent_is_remote or parent_span_id in created:
                 order.append(pending)
             else:
-                children.setdefault(record.parent_span_id, []).append(pending)
+                children.setdefault(parent_span_id, []).append(pending)
         if children:
             # `order` grows while it is walked: each span's children join the end (a queue, without a deque).
             index = 0
@@ -521,21 +550,54 @@ class Planner:
                 index += 1
         return order
 
+    def _create_items(self, trace: RunState, order: list[PendingSpan]) -> list[PlannedItem]:
+        """The creates of a run's pending spans, in `order`. Once per exported span, so the common case -- an ended
+        span with its own payloads -- is built here with the run's fields read once; the rest go to _create_item."""
+        span_ids, pending_spans, instance_id = trace.span_ids, trace.pending, trace.instance_id
+        partition, span_pfid, trace_id = self.partition, ids.span_pfid, trace.trace_id
+        items: list[PlannedItem] = []
+        append = items.append
+        for pending in order:
+            record = pending.record
+            if pending.orphaned or pending.too_large_bytes is not None or record.status == "active":
+                append(self._create_item(trace, pending))
+                continue
+            pending.attempted = True
+            # Prefactor ids: a span's is often known already (a child asked for it as its parent's).
+            parent_id: str | None = None
+            parent_span_id = record.parent_span_id
+            if parent_span_id is not None and not record.parent_is_remote:  # not a local root
+                parent_id = span_ids.get(parent_span_id)
+                if parent_id is None:
+                    parent = pending_spans.get(parent_span_id)
+                    start_ns = parent.record.start_time_ns if parent is not None else None
+                    parent_id = self.runs.span_pfid(trace, parent_span_id, start_ns)
+            otel_span_id = record.span_id
+            span_id = span_ids.get(otel_span_id)
+            if span_id is None:  # RunTable.span_pfid, without the call
+                span_id = span_pfid(partition, trace_id, otel_span_id, record.start_time_ns)
+                remember(span_ids, otel_span_id, span_id)
+            body = ended_span_create_item(record, instance_id, span_id, parent_id)
+            append(_new_item((body["idempotency_key"], BULK_CREATE_SPAN, body, trace_id, otel_span_id)))
+        return items
+
     def _create_item(self, trace: RunState, pending: PendingSpan) -> PlannedItem:
+        """The create of any pending span: orphaned, a placeholder, live (`active`), or as _create_items builds."""
         pending.attempted = True
         record = pending.record
-        payload = record.payload
-        result_payload = record.result_payload
-        if pending.too_large_bytes is not None:
-            payload, result_payload = placeholder_payloads(record, pending.too_large_bytes)
         parent_id: str | None = None
-        if pending.orphaned:
-            payload = orphan_payload(payload)
-        elif record.parent_span_id is not None and not record.parent_is_remote:  # not a local root
-            parent = trace.pending.get(record.parent_span_id)
+        orphaned = pending.orphaned
+        if not orphaned and not record.is_local_root:
+            parent = trace.pending.get(record.parent_span_id)  # type: ignore[arg-type]
             start_ns = parent.record.start_time_ns if parent is not None else None
-            parent_id = self.runs.span_pfid(trace, record.parent_span_id, start_ns)
+            parent_id = self.runs.span_pfid(trace, record.parent_span_id, start_ns)  # type: ignore[arg-type]
         span_id = self.runs.span_pfid(trace, record.span_id, record.start_time_ns)
+        payload, result_payload = record.payload, record.result_payload
+        too_large = pending.too_large_bytes
+        if too_large is not None:
+            payload, result_payload = placeholder_payloads(record, too_large)
+        if orphaned:
+            payload = orphan_payload(payload)
         if record.status == "active":
             self.runs.live_span_changes[span_id] = (trace.instance_id, record.start_time_ns)
         body = span_create_item(
@@ -545,10 +607,10 @@ class Planner:
             parent_id,
             payload,
             result_payload,
-            orphan=pending.orphaned,
-            placeholder=pending.too_large_bytes is not None,
+            orphan=orphaned,
+            placeholder=too_large is not None,
         )
-        return PlannedItem(body["idempotency_key"], BULK_CREATE_SPAN, body, record.trace_id, record.span_id)
+        return _new_item((body["idempotency_key"], BULK_CREATE_SPAN, body, record.trace_id, record.span_id))
 
     def _plan_finish(
         self, trace: RunState, now: float, span_items: list[PlannedItem], *, flush: bool, shutdown: bool
@@ -614,7 +676,7 @@ class Planner:
 
     @staticmethod
     def _item(body: dict[str, Any], trace_id: int) -> PlannedItem:
-        return PlannedItem(body["idempotency_key"], body["_type"], body, trace_id)
+        return _new_item((body["idempotency_key"], body["_type"], body, trace_id, None))
 
     # ------------------------------------------------------------------ introspection
 

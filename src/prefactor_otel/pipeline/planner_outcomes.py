@@ -76,22 +76,54 @@ class OutcomeRules:
 
     def apply(self, outcomes: Mapping[str, ItemOutcome], now: float, *, spooled: bool = False) -> None:
         """Record what the server did with each item of the last plan. Keys not given = not processed."""
-        traces_get, items_get = self._runs.traces.get, self._items.get
+        runs = self._runs
+        traces_get, items_get = runs.traces.get, self._items.get
+        run_changes = runs.run_changes
+        # The common item, a finished span created (or spooled), is recorded inline and counted once per call:
+        # what _on_span and _delivered do for it, without their calls (once per exported span).
+        delivered = live_created = 0
         for key, outcome in outcomes.items():
             item = items_get(key)
-            if item is None or outcome.status == "not_processed":
+            if item is None:
+                continue
+            action = item.action
+            if outcome is SUCCESS and action == BULK_CREATE_SPAN:
+                trace = traces_get(item.trace_id)
+                if trace is None:
+                    continue
+                span_id = item.span_id
+                pending = trace.pending.pop(span_id, None)  # type: ignore[arg-type]
+                if pending is None:
+                    continue
+                runs.queued -= 1
+                remember(trace.created, span_id, None)
+                record = pending.record
+                status = record.status
+                if status == "active":
+                    live_created += 1  # counted as exported once finished
+                    continue
+                delivered += 1
+                if record.parent_span_id is None or record.parent_is_remote:  # a local root
+                    trace.root_delivered = True
+                    trace.root_failed = trace.root_failed or status == "failed"
+                    trace.root_end_ns = max(trace.root_end_ns, record.end_time_ns)
+                if status == "failed":
+                    trace.any_failed = True
+                if trace.journaled:
+                    run_changes[trace.instance_id] = trace.last_end_ns
+                continue
+            if outcome.status == "not_processed":
                 continue
             trace = traces_get(item.trace_id)
             if trace is None:
                 continue
             span_id = item.span_id
-            action = item.action
             if outcome is SUCCESS:  # the shared outcome of most items: judge's first answer, without the call
                 verdict = Verdict.DONE
             else:
                 pending = trace.pending.get(span_id) if span_id is not None else None
                 verdict = judge(action, outcome, can_orphan=pending is not None and not pending.orphaned)
-            if action == BULK_CREATE_SPAN:  # most items: first
+            if action == BULK_CREATE_SPAN:
                 if span_id is not None:
                     self._on_span(trace, span_id, verdict, outcome, spooled)
             elif action == BULK_REGISTER:
@@ -102,6 +134,10 @@ class OutcomeRules:
                 self._on_span_finish(trace, span_id, verdict, outcome, spooled)
             elif action == BULK_FINISH_INSTANCE:
                 self._on_finish(trace, verdict is Verdict.DONE, outcome)
+        if delivered:
+            runs.counters["spans_spooled" if spooled else "spans_exported"] += delivered
+        if live_created:
+            runs.counters["spans_live_created"] += live_created
 
     def _on_register(self, trace: RunState, ok: bool, outcome: ItemOutcome) -> None:
         if ok:

@@ -112,6 +112,9 @@ class PrefactorSpanProcessor(SpanProcessor):
             max_export_batch_size=max_export_batch_size,
             export_timeout_millis=export_timeout_millis,
         )
+        # On the application's thread once per span: the batch processor's own method, without a frame of ours
+        # (measured: 485 -> 440 ns per span).
+        self.on_end = self._batch.on_end  # type: ignore[method-assign]
         queue = self.exporter._start_queue()
         self._starts: deque[_weak[ReadableSpan]] | None = None
         self._max_starts = 0
@@ -136,7 +139,7 @@ class PrefactorSpanProcessor(SpanProcessor):
             self.exporter._count_start_dropped()
 
     def on_end(self, span: ReadableSpan) -> None:
-        self._batch.on_end(span)
+        self._batch.on_end(span)  # replaced per instance by the batch processor's on_end (__init__)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         deadline = time.monotonic() + timeout_millis / 1000
