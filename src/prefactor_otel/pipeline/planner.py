@@ -33,7 +33,8 @@ bounded). A span of the new run whose parent is a span of an earlier run is the 
 root: no wait of max_wait_seconds for a parent that is not coming), its payload keeping its OTel parent ids and
 marking `metadata["prefactor.parent_in_earlier_run"]` (docs/gateway.md, "Late spans"). Such a run is held until it
 has been quiet for the grace period, then sent whole -- register, start, spans and finish in one plan -- so a gateway
-killed meanwhile leaves no run of it open on the server (its replay skips a finished trace's spans). Without the
+killed meanwhile leaves no half-sent run on the server (its replay carries the trace's state over and sends the run
+whole then: `finished_trace_state` / `restore_finished_trace`). Without the
 option (the exporter: a late span of its own process is a span that outlived its run's grace) such a span is
 dropped, counted `instance_already_finished`.
 

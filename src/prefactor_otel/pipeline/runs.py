@@ -134,7 +134,7 @@ class RunState:
     finished_without_root: bool = False
     # A run opened for spans that came after the trace's run was finished (late_spans_open_a_run): nothing of it is
     # planned until it has been quiet for the grace period, when it is sent whole, finish included. A gateway killed
-    # before then has registered nothing of it, so it leaves no run `active` (its replay skips the trace's spans).
+    # before then has registered nothing of it, so it leaves no run `active`; its replay sends the run whole.
     hold_until_quiet: bool = False
 
 
