@@ -783,7 +783,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds (median reported)")
     parser.add_argument("--workload", choices=WORKLOADS, action="append", help="only this workload (repeatable)")
     parser.add_argument("--ref", help="also measure our stages as committed at this git ref (interleaved)")
-    parser.add_argument("--write", action="store_true", help="write benchmarks/floors_notes.md")
+    parser.add_argument("--write", action="store_true", help="write benchmarks/floors_notes.md (or --notes)")
+    parser.add_argument("--notes", type=Path, default=NOTES, help="where --write writes (default %(default)s)")
     parser.add_argument("--json", type=Path, help="dump the raw figures (every round) as JSON here")
     args = parser.parse_args(argv)
     contenders = [Contender("work tree", "prefactor_otel")]
@@ -812,8 +813,8 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps({"load": load, "results": results, "rows": {
                 r["workload"]: rows(r, "work tree") for r in results}}, indent=1))  # fmt: skip
         if args.write:
-            NOTES.write_text(notes(results, args, load))
-            print(f"wrote {NOTES}")
+            args.notes.write_text(notes(results, args, load))
+            print(f"wrote {args.notes}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
