@@ -78,6 +78,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -98,6 +99,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from workload import SpanSource
 
 BATCH = 512
+MEASURING_THREAD = threading.get_ident()  # the thread that exports and whose CPU time is measured
 NOTES = HERE / "floors_notes.md"
 WORKLOADS = ("realistic", "small")
 # GenAI attributes whose values are JSON in a string (what the typed stage parses), the typed floor's keys.
@@ -119,9 +121,13 @@ STAGES: tuple[tuple[str, str, str], ...] = (
         "copy the attributes (C copy), build one payload + one result dict of the same keys",
     ),
     ("redaction", "mapping: redaction", "one google-re2 Set match over the span's strings joined"),
-    ("typed", "mapping: typed fields + message parsing", "pydantic_core.from_json of each message string"),
+    (
+        "typed",
+        "mapping: typed fields + message parsing",
+        "pydantic_core.from_json of each message string (the other fields: the envelope's copy)",
+    ),
     ("planning", "planning (add, plan, apply; without span ids)", "dict lookup by trace + one item tuple per span"),
-    ("ids", "span ids (PFIDs)", "one blake2b (80 bits) + one b32encode per span"),
+    ("ids", "span ids (PFIDs)", "one blake2b (80 bits) + one base64.b32encode per span (Python code until 3.13)"),
     (
         "encoding",
         "encoding (payloads + items -> JSON)",
@@ -168,6 +174,8 @@ def _wrap(owner: Any, name: str, on_call: OnCall) -> bool:
     call: Callable[..., Any] = original
 
     def timed(*args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() != MEASURING_THREAD:  # the exporter's own threads: not this thread's time
+            return call(*args, **kwargs)
         start = time.thread_time()
         result = call(*args, **kwargs)
         on_call(time.thread_time() - start, args, kwargs, result)
@@ -414,6 +422,7 @@ class FloorInputs:
     zstd_level: int = 0
     zstd_bytes: int = 0
     regex_set: Any = None
+    origins: dict[Any, dict[str, Any]] = field(default_factory=dict)  # scope -> its metadata keys and the Resource's
 
 
 def floor_inputs(prepared: Prepared, capture: dict[str, list[Any]]) -> FloorInputs:
@@ -433,6 +442,11 @@ def floor_inputs(prepared: Prepared, capture: dict[str, list[Any]]) -> FloorInpu
         requests=list(capture["requests"]),
         otlp_bytes=prepared.otlp_bytes,
     )
+    for span in spans:
+        scope = span.instrumentation_scope
+        if scope not in inputs.origins:
+            resource = dict(span.resource.attributes) if span.resource is not None else {}
+            inputs.origins[scope] = {"otel.scope.name": getattr(scope, "name", None), **resource}
     for level in ZSTD_LEVELS:  # the fastest level whose bytes stay <= OTLP's (sizes do not depend on the load)
         compressor = zstandard.ZstdCompressor(level=level)
         size = sum(len(compressor.compress(body)) for body in inputs.plain_bodies)
@@ -455,10 +469,17 @@ def floor_inputs(prepared: Prepared, capture: dict[str, list[Any]]) -> FloorInpu
 
 
 def floor_envelope(inputs: FloorInputs) -> None:
+    origins = inputs.origins
     for span in inputs.spans:
         context, parent = span.context, span.parent
         attributes = span.attributes
         metadata = attributes.copy() if attributes is not None else {}  # type: ignore[attr-defined]
+        metadata.update(origins[span.instrumentation_scope])  # the scope and Resource keys, made once per scope
+        events = (
+            [{"name": e.name, "timestamp": e.timestamp, "attributes": e.attributes} for e in span.events]
+            if span._events  # type: ignore[attr-defined]
+            else []
+        )
         status = span.status.status_code
         failed = status.value == 2
         error = {"error_type": "error", "message": span.status.description} if failed else None
@@ -473,7 +494,7 @@ def floor_envelope(inputs: FloorInputs) -> None:
             "metadata": metadata,
             "token_usage": None,
             "error": error,
-            "events": [],
+            "events": events,
             "links": [],
         }
         result = {"outputs": {}, "token_usage": None, "error": error}
@@ -486,6 +507,12 @@ def floor_redaction(inputs: FloorInputs) -> None:
     for span, attributes in zip(inputs.spans, inputs.attributes, strict=True):
         strings = [value for value in attributes.values() if type(value) is str]
         strings.append(span.name)
+        if span._events:  # type: ignore[attr-defined]
+            for event in span.events:  # exception messages and stack traces
+                strings.append(event.name)
+                strings.extend(v for v in (event.attributes or {}).values() if type(v) is str)
+            if span.status.description:
+                strings.append(span.status.description)
         match("\x1f".join(strings).encode("utf-8", "surrogatepass"))
 
 
@@ -631,6 +658,8 @@ def measure_workload(
     for contender in contenders:
         measure_contender(contender, prepared, sinks["bulk"], spool, capture=contender is tree)
     inputs = floor_inputs(prepared, prepared.mapping[f"{tree.label}:capture"])
+    gc.collect()
+    gc.freeze()  # the floors' inputs too
     with httpx.Client() as client:
         measure_floors(inputs, client)
         measure_otlp(prepared, sinks["otlp"])
@@ -686,6 +715,15 @@ def rows(result: dict[str, Any], label: str) -> list[dict[str, Any]]:
     return out
 
 
+def least(row: dict[str, Any]) -> float:
+    """What a row adds to the sum of the floors: its floor, or our cost where ours is already below the floor
+    measured (our code is itself a way to do that stage with the allowed libraries); 0 where not measured."""
+    values = [value for value in (row["floor"], row["ours"]) if value is not None]
+    if not values:
+        return 0.0
+    return max(0.0, min(values)) if row["at_floor"] else max(0.0, row["floor"] or 0.0)
+
+
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -701,7 +739,7 @@ def table(result: dict[str, Any], label: str, refs: Sequence[str] = ()) -> list[
     ]
     floor_sum = 0.0
     for row in rows(result, label):
-        floor_sum += row["floor"] or 0.0
+        floor_sum += least(row)
         ratio = "at floor" if row["at_floor"] else (f"{row['ratio']:.1f}x" if row["ratio"] is not None else "n/a")
         line = f"| {row['stage']} | {_fmt(row['ours'])} | {_fmt(row['floor'])} | {row['method']} | {ratio} |"
         for ref in refs:
@@ -718,7 +756,7 @@ def table(result: dict[str, Any], label: str, refs: Sequence[str] = ()) -> list[
     extra = "".join(f" {_fmt(result['ours'][ref]['total'])} | |" for ref in refs)
     lines.append(f"| **ours total** (export + shutdown) | **{_fmt(ours['total'])}** | | | |{extra}")
     lines += [
-        f"| **sum of the floors** | | **{floor_sum:.2f}** | | |" + " | |" * len(refs),
+        f"| **sum of the floors** (a row at floor counts at ours) | | **{floor_sum:.2f}** | | |" + " | |" * len(refs),
         f"| OTLP: protobuf encoding (its own stage) | {otlp['encode']:.2f} | | `encode_spans(batch)`, serialized | |"
         + " | |" * len(refs),
         f"| OTLP: HTTP post (its own stage) | {otlp['http']:.2f} | | its `_client.export` of those bodies | |"

@@ -4,8 +4,9 @@ the work tree's source.
 
 What it proves about the script's output (never a speed): every stage of the table is there for both workloads,
 measured for our code and for its floor; each floor is at most our cost, or the row says "at floor"; the ratio
-column is ours / floor; the sum of the floors printed is the sum of the rows; the compression floor keeps bytes
-at or under OTLP's; the notes file it writes for RESULTS.md holds both tables between its markers.
+column is ours / floor; the sum of the floors printed is the sum of the rows (a row at floor counts at ours); the
+compression floor keeps bytes at or under OTLP's; the notes file it writes for RESULTS.md holds both tables
+between its markers.
 """
 
 from __future__ import annotations
@@ -62,9 +63,10 @@ def test_the_floor_table_has_every_stage_and_no_floor_above_our_cost_unless_it_s
         assert measured["requests"] >= 1 and measured["spans"] >= 120
         assert 0 < measured["zstd_floor_bytes_per_span"] <= measured["otlp_bytes_per_span"]
         assert measured["otlp"]["total"] > 0 and measured["ours"]["work tree"]["total"] > 0
-        floor_sum = sum(row["floor"] for row in rows)
+        # A row at floor counts at our cost: our code is itself a way to do that stage.
+        floor_sum = sum(max(0.0, row["ours"]) if row["at_floor"] else row["floor"] for row in rows)
         table = printed.split(f"**{workload}** workload", 1)[1]
-        printed_sum = re.search(r"\*\*sum of the floors\*\* \| \| \*\*([0-9.]+)\*\*", table)
+        printed_sum = re.search(r"\*\*sum of the floors\*\*[^|]*\| \| \*\*([0-9.]+)\*\*", table)
         assert printed_sum is not None and math.isclose(float(printed_sum.group(1)), floor_sum, abs_tol=0.006)
     text = notes.read_text()
     assert text.startswith("<!-- floors:start -->\n## ") and text.rstrip().endswith("<!-- floors:end -->")
