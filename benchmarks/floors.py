@@ -58,10 +58,12 @@ Depends on these names of `prefactor_otel` (on main, and kept by --ref commits s
 `mapping.map_span`, `mapping.MappingOptions`, `mapping.conventions.classify`, `mapping.typed.build` /
 `Context` / `token_usage`, `mapping.values.plain_attributes`, `mapping.secret_patterns.PREFILTER_PATTERNS`,
 `model.ids.span_pfid` / `encode`, `transport.wire.encode_json`, `PrefactorSpanExporter`, `pipeline.planner.Planner`
-(`add`, `plan`, `apply`, `partition`), `pipeline.delivery.Delivery._encode`,
-`transport.compression.BodyCompression.compress`, `transport.answers.AnswerReader.bulk_outcomes`,
-`transport.client.BulkTransport._post` / `_request`. A stage whose names are missing at a commit is shown "n/a";
-the others are still measured. Single-threaded orchestration; the sinks run in their own process on 127.0.0.1.
+(`add`, `plan`, `apply`), `pipeline.delivery.Delivery._encode` (returns `(encoded, sendable items)`, each with a
+`.body`), `transport.compression.BodyCompression.compress(body)`, `transport.answers.AnswerReader.bulk_outcomes`,
+`transport.client.BulkTransport._post` and `_request(path, body, deadline, encoding=)` (with its `_headers`,
+`_encoded_headers` and `_config.api_base`: the floors' HTTP requests are the work tree's, captured there). A
+stage whose names are missing at a `--ref` commit is shown "n/a" for it; the others are still measured.
+Single-threaded orchestration; the sinks run in their own process on 127.0.0.1.
 """
 
 from __future__ import annotations
