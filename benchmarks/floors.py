@@ -786,6 +786,15 @@ def table(result: dict[str, Any], label: str, refs: Sequence[str] = ()) -> list[
         f"**Sum of the floors {floor_sum:.2f} = {floor_sum / otlp['total']:.2f}x OTLP**; "
         f"ours = {_ratio(ours['total'], floor_sum)} the sum of the floors.",
     ]
+    gaps = sorted(
+        ((row["ours"] - least(row), row["key"]) for row in rows(result, label) if row["ours"] is not None),
+        reverse=True,
+    )
+    if ours["total"] is not None:
+        lines.append(
+            f"To reach 1.0x OTLP ours must shed {ours['total'] - otlp['total']:.1f} µs/span; the stages' gaps to "
+            f"their floors (ours - floor), largest first: " + ", ".join(f"{key} {gap:.1f}" for gap, key in gaps) + "."
+        )
     return lines
 
 
