@@ -1402,6 +1402,9 @@ def write_results(
     fleet = HERE / "fleet_notes.md"  # written by benchmarks/fleet.py (the Collector and two replicas)
     if fleet.exists():
         parts += [fleet.read_text().strip(), ""]
+    floors = HERE / "floors_notes.md"  # written by benchmarks/floors.py --write (per stage: our cost and its floor)
+    if floors.exists():
+        parts += [floors.read_text().strip(), ""]
     if hostile:
         parts += [hostile, ""]
     parts += [
