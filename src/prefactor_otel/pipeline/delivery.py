@@ -10,7 +10,8 @@ stop. What an outcome means (delivered, send again as an orphan, rejected, not p
 
 Threads: `drain` runs only on the thread that holds the exporter's send lock, so one request per exporter is in
 flight at a time, and `rest_only` is read and written by that thread only. `PlannedSource` takes the exporter's
-state lock around every planner call, because `export()` adds spans to the planner from other threads.
+state lock around every planner call, because `export()` adds spans to the planner from other threads; its
+`before_send` hook runs on the sending thread without it.
 `SpooledSource` belongs to the sending thread alone.
 """
 
@@ -51,10 +52,18 @@ class ItemSource(Protocol):
         """These items were in a request the server refused whole for its token (401/403), or that could not be
         sent at all (an unusable proxy): not processed, and a run they would have registered does not exist."""
 
+    def before_send(self) -> None:
+        """Called once per plan, after its items are encoded and before the first of them is sent, without any
+        lock held: where what `plan` started (a journal's fsync) is waited for."""
+
 
 class PlannedSource:
     """The planner as a source. `on_change` runs under the state lock after each plan and each apply: the
-    exporter journals there the runs a plan opens (before any of its items is sent) and those it closes."""
+    exporter journals there the runs a plan opens (before any of its items is sent) and those it closes.
+    `before_send` (optional) runs without the state lock once the plan's items are encoded, before any is sent:
+    a journal that writes its lines under the lock in `on_change` and syncs them meanwhile (the fsync releases the
+    GIL and overlaps the encoding) waits there until they are durable, so no `export()` waits behind an fsync for
+    the state lock, and a run's register still never leaves before its journal line is on disk."""
 
     def __init__(
         self,
@@ -64,12 +73,14 @@ class PlannedSource:
         flush: bool = False,
         shutdown: bool = False,
         on_change: Callable[[], None] | None = None,
+        before_send: Callable[[], None] | None = None,
     ) -> None:
         self._planner = planner
         self._lock = lock
         self._flush = flush
         self._shutdown = shutdown
         self._on_change = on_change
+        self._before_send = before_send
         # One clock reading per drain: re-plans within it must not pick up, one by one, the runs whose grace
         # period ends meanwhile (that made single-item requests under load); the next drain takes them together.
         self._now = time.monotonic()
@@ -86,6 +97,10 @@ class PlannedSource:
             self._planner.apply(outcomes, time.monotonic())
             if self._on_change is not None:
                 self._on_change()
+
+    def before_send(self) -> None:
+        if self._before_send is not None:
+            self._before_send()
 
     def too_large(self, key: str, size: int) -> None:
         with self._lock:
@@ -163,6 +178,9 @@ class SpooledSource:
     def refused(self, keys: list[str]) -> None:
         """Nothing to do: the items stay in their file, which keeps its place at the head of the spool."""
 
+    def before_send(self) -> None:
+        """Nothing to wait for: a spool file's runs were journaled by the process that wrote it."""
+
     def _reject(self, action: str, code: str | None, *, prefix: bool = True) -> None:
         if action == BULK_CREATE_SPAN:
             self.dropped[f"rejected:{code or 'error'}" if prefix else str(code)] += 1
@@ -205,6 +223,11 @@ class Delivery:
             encoded, sendable = self._encode(items, source)
             if not sendable:
                 continue  # items were replaced or dropped: plan again
+            try:
+                source.before_send()
+            except Exception as exc:  # what the plan started is in doubt, not the items: they go all the same
+                self.counters["before_send_errors"] += 1
+                self._log.log(logging.ERROR, "before_send", "Prefactor: waiting before a send failed (%r)", exc)
             verdict = self._send_round(source, sendable, encoded, max_items, deadline)
             if verdict is False:
                 return False
