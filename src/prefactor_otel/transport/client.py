@@ -134,6 +134,11 @@ class BulkTransport:
         self._encoded_headers = {
             encoding: {**self._headers, "Content-Encoding": encoding} for encoding in ("gzip", "zstd")
         }
+        # The same, as httpx.Headers: a request copies their normalized list instead of normalizing every header.
+        self._wire_headers = {
+            encoding: httpx.Headers(headers)
+            for encoding, headers in ((IDENTITY, self._headers), *self._encoded_headers.items())
+        }
 
     def _new_client(self) -> httpx.Client:
         self.proxy_error = None
@@ -294,7 +299,7 @@ class BulkTransport:
                     method,
                     url,
                     content=content,
-                    headers=headers,
+                    headers=self._wire_headers[encoding],
                     extensions={
                         "timeout": {"connect": remaining, "read": remaining, "write": remaining, "pool": remaining}
                     },
