@@ -130,8 +130,9 @@ def measure(
       "otlp_encode_us": µs per span, "schema_once_bytes": {codec: bytes per span},
       "schema_once_cpu_us": {codec: µs per span}}`
 
-    Codecs: "identity", "gzip 1", "gzip 3", "gzip 6", "zstd 3", "zstd 1", "zstd -1" ... "zstd -10" (zstd only with
-    a codec installed; transport.compression.ZSTD_LEVEL is the default).
+    Codecs: "identity", "gzip-1", "gzip-3", "gzip-6", "zstd-3", "zstd-1", and zstd's fast levels -1 ... -10 as
+    "zstd-fast1" ... "zstd-fast10" (zstd only with a codec installed; transport.compression.ZSTD_LEVEL is the
+    default).
     `cpu_us[codec]` is compressing only; the send path's total is `encode_us + cpu_us[codec]`. The bodies are those
     sent to the local server by an exporter with its defaults (every register carries the schema set), or with
     `register_without_schema` by one with PREFACTOR_SCHEMA_ONCE on to a server that takes that (the exporter leaves
@@ -151,11 +152,11 @@ def measure(
 
     codecs: dict[str, Callable[[bytes], bytes]] = {"identity": lambda body: body}
     for level in (1, 3, 6):
-        codecs[f"gzip {level}"] = lambda body, level=level: compression.gzip_compress(body, level)
+        codecs[f"gzip-{level}"] = lambda body, level=level: compression.gzip_compress(body, level)
     for level in (3, 1, -1, -3, -5, -7, -10):
         zstd = compression.zstd_compressor(level)
         if zstd is not None:
-            codecs[f"zstd {level}"] = zstd
+            codecs[f"zstd-{level}" if level > 0 else f"zstd-fast{-level}"] = zstd
 
     def sized(codec: Callable[[bytes], bytes], of: list[bytes]) -> Callable[[], int]:
         small = compression.MIN_COMPRESS_BYTES
