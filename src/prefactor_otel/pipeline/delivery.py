@@ -22,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 from typing import Any, Protocol
 
 from prefactor_otel._logging import RateLimitedLog, logger
@@ -36,6 +37,10 @@ from prefactor_otel.transport.outcomes import NOT_PROCESSED, BulkResult, ItemOut
 from prefactor_otel.transport.wire import chunk_encoded, encode_item, instance_id_of
 
 _MAX_ROUNDS = 10_000  # every round makes progress or returns; this only bounds a misbehaving server
+# Per-request passes over up to 500 outcomes run in C (map + attrgetter) rather than as Python generators.
+_KEY = attrgetter("key")
+_STATUS = attrgetter("status")
+_TERMINATE = attrgetter("terminate")
 
 
 class ItemSource(Protocol):
@@ -284,14 +289,20 @@ class Delivery:
                     result.outcomes = {item.key: ItemOutcome("error", result.code, result.message)}
                     result.error = None
                 chunk = [item]
-                sizes = [len(encoded[segment])]
+                first = segment
             else:
-                chunk = [items[i] for i in segment]
-                sizes = [len(encoded[i]) for i in segment]
-                result = transport.send_bulk([encoded[i] for i in segment], [item.key for item in chunk], deadline)
-                self._learn_rest_only(chunk, result.outcomes)
+                # Segments are consecutive ranges (chunk_encoded): slices copy them in C.
+                first = segment.start
+                chunk = items[first : segment.stop]
+                result = transport.send_bulk(encoded[first : segment.stop], list(map(_KEY, chunk)), deadline)
+                if "error" in set(map(_STATUS, result.outcomes.values())):  # it only learns from errors
+                    self._learn_rest_only(chunk, result.outcomes)
                 replan = self._learn_schema_once(chunk, result)
-            terminating = [(item, o) for item in chunk if (o := result.outcomes.get(item.key)) and o.terminate]
+            terminating = (
+                [(item, o) for item in chunk if (o := result.outcomes.get(item.key)) and o.terminate]
+                if any(map(_TERMINATE, result.outcomes.values()))
+                else []
+            )
             source.apply(result.outcomes)
             if transport.outage.resuming:
                 transport.outage.sent(_spans_delivered(chunk, result.outcomes))
@@ -304,7 +315,7 @@ class Delivery:
             if result.error in ("too_large", "rejected"):
                 if len(chunk) == 1:
                     if result.error == "too_large":
-                        source.too_large(chunk[0].key, sizes[0])
+                        source.too_large(chunk[0].key, len(encoded[first]))
                     else:  # one item the server will not take in any request: drop it, counted
                         source.apply({chunk[0].key: ItemOutcome("error", result.code or "rejected")})
                     return True
@@ -313,11 +324,12 @@ class Delivery:
                 source.refused([item.key for item in items])  # this chunk and the rest of the plan: all unsent
             if result.error is not None:
                 return False
-            if not self._progress(result) and not self._rest_only_changed:
+            statuses = set(map(_STATUS, result.outcomes.values()))
+            if not statuses - {"not_processed"} and not self._rest_only_changed:  # no item processed
                 self.counters["empty_bulk_answers"] += 1
                 self._log.log(logging.WARNING, "empty", "Prefactor export: the server processed no item of a request")
                 return False
-            if self._rest_only_changed or any(o.status != "success" for o in result.outcomes.values()):
+            if self._rest_only_changed or not statuses <= {"success"}:
                 self._rest_only_changed = False
                 return True
         return True
@@ -335,10 +347,6 @@ class Delivery:
             except Exception as exc:  # the hook must not cost the delivery of the items around it
                 self.counters["control_hook_errors"] += 1
                 self._log.log(logging.ERROR, "on_terminate", "Prefactor: recording a termination failed (%r)", exc)
-
-    @staticmethod
-    def _progress(result: BulkResult) -> bool:
-        return any(outcome.status != "not_processed" for outcome in result.outcomes.values())
 
     def _segments(self, items: list[PlannedItem], encoded: list[bytes], max_items: int) -> list[range | int]:
         """Consecutive bulk-able items chunked by count and bytes; REST-only actions as single indices."""
