@@ -8,24 +8,29 @@ BatchSpanProcessor cuts them. Every bulk body the exporter sends is kept, and ev
 the exporter and timed with `time.thread_time()` (the best of `repeat` passes):
 
 - `encode`: `wire.encode_item` over every item, the bodies joined (what the send path does per request);
-- each codec and level (identity, gzip 1/3/6, zstd 1/3 where a zstd codec is installed) over every body, as
-  `transport.compression` would send it (bodies under its MIN_COMPRESS_BYTES go uncompressed);
+- each codec and level (identity, gzip 1/3/6, zstd 3/1 and the fast levels -1/-3/-5/-7/-10 where a zstd codec is
+  installed) over every body, as `transport.compression` would send it (bodies under its MIN_COMPRESS_BYTES go
+  uncompressed);
 - the same bodies with the schema set left out of every register after an agent's first (docs/wire.md,
   "The schema set"), to show what that saves;
 - OTLP: `encode_spans(batch).SerializeToString()` per batch (what OTLPSpanExporter sends, uncompressed) and gzip
   of it (its `Compression.Gzip`, level 9 by default in the SDK: `gzip.compress`).
 
 `measure(spans)` is the importable form (benchmarks/run.py uses it): it returns a dict of per-span figures, see
-its docstring. Nothing leaves 127.0.0.1.
+its docstring. `--exporter` adds the whole exporter's CPU per compression setting beside OTLP's; `--http` the
+request itself beside its floor (`http_cost`: the same compressed bodies POSTed by a bare `httpx.Client.post`, by
+`http.client`, and by our transport, into the benchmark's fast bulk sink). Nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import json
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "benchmarks") not in sys.path:
     sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import httpx
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 
@@ -124,7 +130,9 @@ def measure(
       "otlp_encode_us": µs per span, "schema_once_bytes": {codec: bytes per span},
       "schema_once_cpu_us": {codec: µs per span}}`
 
-    Codecs: "identity", "gzip-1", "gzip-3", "gzip-6", "zstd-1", "zstd-3" (zstd only with a codec installed).
+    Codecs: "identity", "gzip-1", "gzip-3", "gzip-6", "zstd-3", "zstd-1", and zstd's fast levels -1 ... -10 as
+    "zstd-fast1" ... "zstd-fast10" (zstd only with a codec installed; transport.compression.ZSTD_LEVEL is the
+    default).
     `cpu_us[codec]` is compressing only; the send path's total is `encode_us + cpu_us[codec]`. The bodies are those
     sent to the local server by an exporter with its defaults (every register carries the schema set), or with
     `register_without_schema` by one with PREFACTOR_SCHEMA_ONCE on to a server that takes that (the exporter leaves
@@ -145,10 +153,10 @@ def measure(
     codecs: dict[str, Callable[[bytes], bytes]] = {"identity": lambda body: body}
     for level in (1, 3, 6):
         codecs[f"gzip-{level}"] = lambda body, level=level: compression.gzip_compress(body, level)
-    for level in (1, 3):
+    for level in (3, 1, -1, -3, -5, -7, -10):
         zstd = compression.zstd_compressor(level)
         if zstd is not None:
-            codecs[f"zstd-{level}"] = zstd
+            codecs[f"zstd-{level}" if level > 0 else f"zstd-fast{-level}"] = zstd
 
     def sized(codec: Callable[[bytes], bytes], of: list[bytes]) -> Callable[[], int]:
         small = compression.MIN_COMPRESS_BYTES
@@ -257,6 +265,130 @@ def exporter_cpu(
     return {name: median(values) for name, values in timings.items()}
 
 
+def http_cost(spans: Sequence[ReadableSpan], *, runs: int = 15) -> dict[str, float]:
+    """The HTTP request itself, thread CPU µs per span (the least of `runs` interleaved passes over every request the
+    exporter sends for `spans`), into the fast bulk sink (sinks.py, its own process; the answer ~130 B per item):
+
+    - "httpx_post": `httpx.Client().post(...).content` of the bodies as the exporter compresses them (the floor with
+      the HTTP library the exporter uses), with the exporter's headers;
+    - "http_client": the stdlib's `http.client` doing the same (the floor of any Python HTTP client here);
+    - "request": the exporter's `BulkTransport._request` (deadline, size cap, instrumentation suppressed);
+    - "send_bulk": `BulkTransport.send_bulk` from the encoded items: the body joined, compressed, sent, the answer
+      read and judged per item (what the export path pays per request);
+    - "compress", "answer": the compression and the answer's reading alone, for the remainder.
+    """
+    import http.client
+    import subprocess
+
+    spans = list(spans)
+    count = len(spans)
+    _, items = _captured(spans, BATCH, False)
+    encoded = [[wire.encode_item(item) for item in request] for request in items]
+    keys = [[item["idempotency_key"] for item in request] for request in items]
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SINK_CHILD],
+        cwd=ROOT / "benchmarks",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        urls = json.loads(child.stdout.readline())
+        exporter = PrefactorSpanExporter(
+            api_url=urls["bulk"],
+            api_token="pf_bench_token",
+            agent_id="01m982a39700044j0000000000000qqd",
+            spool=False,
+            control_poll_interval=0,
+        )
+        transport = exporter._transport
+        assert transport is not None
+        sent = [transport.compression.compress(wire.bulk_body(request)) for request in encoded]
+        bodies = [body for _, body in sent]
+        headers = [transport._encoded_headers.get(encoding, transport._headers) for encoding, _ in sent]
+        url = transport._config.api_base + "/bulk"
+        parsed = urllib.parse.urlsplit(url)
+        bare = httpx.Client()
+        connection = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port)
+        answers = [transport._request("/bulk", body, time.monotonic() + 10, encoding=e)[1] for e, body in sent]
+
+        def httpx_post() -> None:
+            for body, head in zip(bodies, headers, strict=True):
+                bare.post(url, content=body, headers=head).read()
+
+        def stdlib() -> None:
+            for body, head in zip(bodies, headers, strict=True):
+                connection.request("POST", parsed.path, body=body, headers=head)
+                connection.getresponse().read()
+
+        def request() -> None:
+            for encoding, body in sent:
+                transport._request("/bulk", body, time.monotonic() + 10, encoding=encoding)
+
+        def send_bulk() -> None:
+            for request_items, request_keys in zip(encoded, keys, strict=True):
+                result = transport.send_bulk(request_items, request_keys, time.monotonic() + 10)
+                assert result.error is None, result
+
+        def compress() -> None:
+            for request_items in encoded:
+                transport.compression.compress(wire.bulk_body(request_items))
+
+        def answer() -> None:
+            for body, request_keys in zip(answers, keys, strict=True):
+                transport._answers.bulk_outcomes(200, body, request_keys)
+
+        passes = {
+            "httpx_post": httpx_post,
+            "http_client": stdlib,
+            "request": request,
+            "send_bulk": send_bulk,
+            "compress": compress,
+            "answer": answer,
+        }
+        best = {name: float("inf") for name in passes}
+        for work in passes.values():  # warm-up: connections, first calls
+            work()
+        gc.collect()
+        gc.freeze()
+        try:
+            for _ in range(runs):
+                for name, work in passes.items():
+                    started = time.thread_time()
+                    work()
+                    best[name] = min(best[name], time.thread_time() - started)
+        finally:
+            gc.unfreeze()
+        exporter.shutdown()
+        bare.close()
+        connection.close()
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        child.wait(timeout=30)
+    result = {name: seconds / count * 1e6 for name, seconds in best.items()}
+    result["requests"] = len(bodies)
+    result["spans"] = count
+    return result
+
+
+def http_table(result: dict[str, float]) -> str:
+    per_request = result["spans"] / result["requests"]
+    lines = [
+        f"HTTP, {result['spans']:.0f} spans in {result['requests']:.0f} requests (thread CPU, least of the passes):",
+        "",
+        "| pass | µs/span | µs/request | x httpx post |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name in ("http_client", "httpx_post", "request", "compress", "answer", "send_bulk"):
+        value = result[name]
+        lines.append(f"| {name} | {value:.2f} | {value * per_request:.0f} | {value / result['httpx_post']:.2f} |")
+    rest = result["send_bulk"] - result["request"] - result["compress"] - result["answer"]
+    lines.append(f"\nsend_bulk - request - compress - answer = {rest:.2f} µs/span (the body's join, counters, wiring)")
+    return "\n".join(lines)
+
+
 def table(result: dict[str, Any]) -> str:
     otlp = result["otlp_bytes"]
     lines = [
@@ -286,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--exporter", action="store_true", help="also the whole exporter's CPU per setting")
+    parser.add_argument("--http", action="store_true", help="also the HTTP request beside its floor (http_cost)")
     parser.add_argument(
         "--register-without-schema", action="store_true", help="a local server that takes registers without the set"
     )
@@ -294,11 +427,15 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(spans, repeat=args.repeat, register_without_schema=args.register_without_schema)
     if args.exporter:
         result["exporter_cpu_us"] = exporter_cpu(spans)
+    if args.http:
+        result["http_us"] = http_cost(spans)
     print(json.dumps(result, indent=1) if args.json else table(result))
     if args.exporter and not args.json:
         cpu = result["exporter_cpu_us"]
         print("\nwhole exporter, µs/span (median): " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
         print("ratio to OTLP: " + ", ".join(f"{k} {v / cpu['otlp']:.2f}x" for k, v in cpu.items() if k != "otlp"))
+    if args.http and not args.json:
+        print("\n" + http_table(result["http_us"]))
     return 0
 
 

@@ -10,7 +10,8 @@ stop. What an outcome means (delivered, send again as an orphan, rejected, not p
 
 Threads: `drain` runs only on the thread that holds the exporter's send lock, so one request per exporter is in
 flight at a time, and `rest_only` is read and written by that thread only. `PlannedSource` takes the exporter's
-state lock around every planner call, because `export()` adds spans to the planner from other threads.
+state lock around every planner call, because `export()` adds spans to the planner from other threads; its
+`before_send` hook runs on the sending thread without it.
 `SpooledSource` belongs to the sending thread alone.
 """
 
@@ -21,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 from typing import Any, Protocol
 
 from prefactor_otel._logging import RateLimitedLog, logger
@@ -35,6 +37,10 @@ from prefactor_otel.transport.outcomes import NOT_PROCESSED, BulkResult, ItemOut
 from prefactor_otel.transport.wire import chunk_encoded, encode_item, instance_id_of
 
 _MAX_ROUNDS = 10_000  # every round makes progress or returns; this only bounds a misbehaving server
+# Per-request passes over up to 500 outcomes run in C (map + attrgetter) rather than as Python generators.
+_KEY = attrgetter("key")
+_STATUS = attrgetter("status")
+_TERMINATE = attrgetter("terminate")
 
 
 class ItemSource(Protocol):
@@ -51,10 +57,18 @@ class ItemSource(Protocol):
         """These items were in a request the server refused whole for its token (401/403), or that could not be
         sent at all (an unusable proxy): not processed, and a run they would have registered does not exist."""
 
+    def before_send(self) -> None:
+        """Called once per plan, after its items are encoded and before the first of them is sent, without any
+        lock held: where what `plan` started (a journal's fsync) is waited for."""
+
 
 class PlannedSource:
     """The planner as a source. `on_change` runs under the state lock after each plan and each apply: the
-    exporter journals there the runs a plan opens (before any of its items is sent) and those it closes."""
+    exporter journals there the runs a plan opens (before any of its items is sent) and those it closes.
+    `before_send` (optional) runs without the state lock once the plan's items are encoded, before any is sent:
+    a journal that writes its lines under the lock in `on_change` and syncs them meanwhile (the fsync releases the
+    GIL and overlaps the encoding) waits there until they are durable, so no `export()` waits behind an fsync for
+    the state lock, and a run's register still never leaves before its journal line is on disk."""
 
     def __init__(
         self,
@@ -64,12 +78,14 @@ class PlannedSource:
         flush: bool = False,
         shutdown: bool = False,
         on_change: Callable[[], None] | None = None,
+        before_send: Callable[[], None] | None = None,
     ) -> None:
         self._planner = planner
         self._lock = lock
         self._flush = flush
         self._shutdown = shutdown
         self._on_change = on_change
+        self._before_send = before_send
         # One clock reading per drain: re-plans within it must not pick up, one by one, the runs whose grace
         # period ends meanwhile (that made single-item requests under load); the next drain takes them together.
         self._now = time.monotonic()
@@ -86,6 +102,10 @@ class PlannedSource:
             self._planner.apply(outcomes, time.monotonic())
             if self._on_change is not None:
                 self._on_change()
+
+    def before_send(self) -> None:
+        if self._before_send is not None:
+            self._before_send()
 
     def too_large(self, key: str, size: int) -> None:
         with self._lock:
@@ -163,6 +183,9 @@ class SpooledSource:
     def refused(self, keys: list[str]) -> None:
         """Nothing to do: the items stay in their file, which keeps its place at the head of the spool."""
 
+    def before_send(self) -> None:
+        """Nothing to wait for: a spool file's runs were journaled by the process that wrote it."""
+
     def _reject(self, action: str, code: str | None, *, prefix: bool = True) -> None:
         if action == BULK_CREATE_SPAN:
             self.dropped[f"rejected:{code or 'error'}" if prefix else str(code)] += 1
@@ -205,6 +228,11 @@ class Delivery:
             encoded, sendable = self._encode(items, source)
             if not sendable:
                 continue  # items were replaced or dropped: plan again
+            try:
+                source.before_send()
+            except Exception as exc:  # what the plan started is in doubt, not the items: they go all the same
+                self.counters["before_send_errors"] += 1
+                self._log.log(logging.ERROR, "before_send", "Prefactor: waiting before a send failed (%r)", exc)
             verdict = self._send_round(source, sendable, encoded, max_items, deadline)
             if verdict is False:
                 return False
@@ -261,14 +289,20 @@ class Delivery:
                     result.outcomes = {item.key: ItemOutcome("error", result.code, result.message)}
                     result.error = None
                 chunk = [item]
-                sizes = [len(encoded[segment])]
+                first = segment
             else:
-                chunk = [items[i] for i in segment]
-                sizes = [len(encoded[i]) for i in segment]
-                result = transport.send_bulk([encoded[i] for i in segment], [item.key for item in chunk], deadline)
-                self._learn_rest_only(chunk, result.outcomes)
+                # Segments are consecutive ranges (chunk_encoded): slices copy them in C.
+                first = segment.start
+                chunk = items[first : segment.stop]
+                result = transport.send_bulk(encoded[first : segment.stop], list(map(_KEY, chunk)), deadline)
+                if "error" in set(map(_STATUS, result.outcomes.values())):  # it only learns from errors
+                    self._learn_rest_only(chunk, result.outcomes)
                 replan = self._learn_schema_once(chunk, result)
-            terminating = [(item, o) for item in chunk if (o := result.outcomes.get(item.key)) and o.terminate]
+            terminating = (
+                [(item, o) for item in chunk if (o := result.outcomes.get(item.key)) and o.terminate]
+                if any(map(_TERMINATE, result.outcomes.values()))
+                else []
+            )
             source.apply(result.outcomes)
             if transport.outage.resuming:
                 transport.outage.sent(_spans_delivered(chunk, result.outcomes))
@@ -281,7 +315,7 @@ class Delivery:
             if result.error in ("too_large", "rejected"):
                 if len(chunk) == 1:
                     if result.error == "too_large":
-                        source.too_large(chunk[0].key, sizes[0])
+                        source.too_large(chunk[0].key, len(encoded[first]))
                     else:  # one item the server will not take in any request: drop it, counted
                         source.apply({chunk[0].key: ItemOutcome("error", result.code or "rejected")})
                     return True
@@ -290,11 +324,12 @@ class Delivery:
                 source.refused([item.key for item in items])  # this chunk and the rest of the plan: all unsent
             if result.error is not None:
                 return False
-            if not self._progress(result) and not self._rest_only_changed:
+            statuses = set(map(_STATUS, result.outcomes.values()))
+            if not statuses - {"not_processed"} and not self._rest_only_changed:  # no item processed
                 self.counters["empty_bulk_answers"] += 1
                 self._log.log(logging.WARNING, "empty", "Prefactor export: the server processed no item of a request")
                 return False
-            if self._rest_only_changed or any(o.status != "success" for o in result.outcomes.values()):
+            if self._rest_only_changed or not statuses <= {"success"}:
                 self._rest_only_changed = False
                 return True
         return True
@@ -312,10 +347,6 @@ class Delivery:
             except Exception as exc:  # the hook must not cost the delivery of the items around it
                 self.counters["control_hook_errors"] += 1
                 self._log.log(logging.ERROR, "on_terminate", "Prefactor: recording a termination failed (%r)", exc)
-
-    @staticmethod
-    def _progress(result: BulkResult) -> bool:
-        return any(outcome.status != "not_processed" for outcome in result.outcomes.values())
 
     def _segments(self, items: list[PlannedItem], encoded: list[bytes], max_items: int) -> list[range | int]:
         """Consecutive bulk-able items chunked by count and bytes; REST-only actions as single indices."""
