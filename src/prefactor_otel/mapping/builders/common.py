@@ -5,7 +5,6 @@ Pure functions, called from map_span on the exporting thread; no state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from prefactor_otel.mapping.chains import (
@@ -46,7 +45,7 @@ def unwrap_envelope(key: str, parsed: Any, raw: object) -> Any:
     return parsed
 
 
-def generic_value(ctx: Context, keys: Sequence[str]) -> tuple[str, Any] | None:
+def generic_value(ctx: Context, keys: tuple[str, ...]) -> tuple[str, Any] | None:
     hit = ctx.first(keys)
     if hit is None:
         return None
