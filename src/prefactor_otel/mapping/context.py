@@ -27,11 +27,12 @@ class NamePlan:
     checked): the plan only spares the walk over names that are not there, so it can never pick another key than
     the walk over the whole chain would."""
 
-    __slots__ = ("_families", "_ordered", "chains", "names")
+    __slots__ = ("_families", "_ordered", "anys", "chains", "names")
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = frozenset(names)
         self.chains: dict[Chain, Chain] = {}  # chain -> its names that are there
+        self.anys: dict[frozenset[str], bool] = {}  # a set of names -> whether the span has any of them
         self._families: dict[str, dict[int, dict[str, str]]] | None = None
         self._ordered = names
 
@@ -41,6 +42,12 @@ class NamePlan:
         found = tuple([key for key in keys if key in names])
         if len(self.chains) < _PLAN_CHAINS_LIMIT:  # the chains are module constants: a bound only against misuse
             self.chains[keys] = found
+        return found
+
+    def has_any(self, keys: frozenset[str]) -> bool:
+        found = not self.names.isdisjoint(keys)
+        if len(self.anys) < _PLAN_CHAINS_LIMIT:
+            self.anys[keys] = found
         return found
 
     def families(self) -> dict[str, dict[int, dict[str, str]]]:
@@ -54,6 +61,7 @@ class Context:
     families."""
 
     __slots__ = (
+        "_anys",
         "_chains",
         "_families",
         "_keys",
@@ -91,6 +99,7 @@ class Context:
         plan = name_plan(attributes)
         self._plan = plan
         self._chains = plan.chains if plan is not None else None
+        self._anys = plan.anys if plan is not None else None
 
     def _present(self, keys: Chain) -> Chain:
         """The names of the chain the span has, in chain order; without a plan, the whole chain (the walk reads
@@ -102,6 +111,20 @@ class Context:
         if present is None:
             present = self._plan.present(keys)  # type: ignore[union-attr]
         return present
+
+    def has_any(self, keys: frozenset[str]) -> bool:
+        """Whether the span has any of these names (a builder's test before a group of chains)."""
+        anys = self._anys
+        if anys is None:
+            return not self._keys.isdisjoint(keys)
+        found = anys.get(keys)
+        if found is None:
+            found = self._plan.has_any(keys)  # type: ignore[union-attr]
+        return found
+
+    def present(self, keys: Chain) -> Chain:
+        """The names of the chain the span has, in chain order (for a builder that reads every one of them)."""
+        return self._present(keys)
 
     def first(self, keys: Chain) -> tuple[str, object] | None:
         """First present, non-empty attribute of the chain; later duplicates of its value are consumed too."""

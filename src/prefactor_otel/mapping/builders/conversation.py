@@ -201,7 +201,7 @@ def output_messages(ctx: Context, *, generic: bool = True, flattened: bool = Tru
     if hit is not None:
         messages = normalize_messages(hit[1])
         return messages if messages is not None else hit[1]
-    if not ctx.attributes.keys().isdisjoint(_AI_ANSWER_KEYS):
+    if ctx.has_any(_AI_ANSWER_KEYS):
         message = ai_response_message(ctx)
         if message["content"] is None and "tool_calls" not in message:
             # generateObject / streamObject: the model answered the object's JSON text
