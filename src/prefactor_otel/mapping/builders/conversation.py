@@ -271,10 +271,17 @@ def finish_reasons(ctx: Context, output_messages: Any) -> list[Any] | None:
     hit = ctx.first(FINISH_REASONS)
     if hit is not None:
         value = hit[1]
-        if isinstance(value, str) and value.startswith("["):
-            value = parse_json_maybe(value)  # Mastra writes the list as JSON: '["stop"]'
-        reasons = as_list(json_safe(value))
-        if hit[0] != _AI_FINISH_REASON and reasons == [ctx.attributes.get(_AI_FINISH_REASON)]:
+        if type(value) is tuple and all(type(reason) is str for reason in value):
+            reasons: list[Any] | None = list(value)  # the common shape (a string array): what the line below gives
+        else:
+            if isinstance(value, str) and value.startswith("["):
+                value = parse_json_maybe(value)  # Mastra writes the list as JSON: '["stop"]'
+            reasons = as_list(json_safe(value))
+        if (
+            hit[0] != _AI_FINISH_REASON
+            and _AI_FINISH_REASON in ctx.attributes
+            and reasons == [ctx.attributes[_AI_FINISH_REASON]]
+        ):
             ctx.consume(_AI_FINISH_REASON)  # the AI SDK's own copy beside gen_ai.response.finish_reasons
         return reasons
     if isinstance(output_messages, list):
