@@ -135,6 +135,13 @@ class Context:
                 present = self._plan.present(keys)  # type: ignore[union-attr]
             if not present:
                 return None  # most chains miss on most spans: one dict lookup, whatever the chain's length
+            if len(present) == 1:  # most hits: one name of the chain there, no later duplicate to look for
+                key = present[0]
+                value = self.attributes.get(key)
+                if value is None or value == "":
+                    return None
+                self.consumed.add(key)
+                return key, value
         elif self._keys.isdisjoint(keys):
             return None  # no plan: one C-level check instead of a Python loop
         else:
@@ -153,6 +160,19 @@ class Context:
         return None
 
     def value(self, keys: Chain) -> Any:
+        """The JSON-safe value of the chain's first hit, or None."""
+        chains = self._chains
+        if chains is not None:
+            present = chains.get(keys)
+            if present is not None and len(present) < 2:  # `first`'s two common cases, without its call
+                if not present:
+                    return None
+                key = present[0]
+                value = self.attributes.get(key)
+                if value is None or value == "":
+                    return None
+                self.consumed.add(key)
+                return value if type(value) is str else json_safe(value)
         hit = self.first(keys)
         if hit is None:
             return None
