@@ -199,12 +199,18 @@ class Context:
         """First attribute of the chain that is a count. A number that is not one (NaN, infinite, negative,
         fractional) is skipped, left in metadata as it came and named in `invalid_counts`: one bad count must not
         cost the span its other typed fields."""
-        present = self._present(keys)
+        chains = self._chains
+        present: Chain | None = chains.get(keys) if chains is not None else None  # `_present`, without its call
+        if present is None:
+            present = self._present(keys)
         if not present:
             return None
         attributes = self.attributes
         for key in present:
             value = attributes.get(key)
+            if type(value) is int and value >= 0:  # a count, as `as_count` says for an int (a bool is not one)
+                self.consumed.add(key)
+                return value
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 count = as_count(value)
                 if count is None:

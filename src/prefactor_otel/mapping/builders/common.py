@@ -93,7 +93,9 @@ def request_params(ctx: Context, typed: Typed) -> dict[str, Any] | None:
         name = _PARAM_NAMES[key]
         if name not in params:
             ctx.consumed.add(key)
-            value = json_safe(attributes[key])
+            value = attributes[key]
+            if type(value) is not int and type(value) is not str:  # ints and strings are JSON as they are
+                value = json_safe(value)
             if value is not None and value != []:
                 params[name] = value
         elif key.startswith(_AI_SETTINGS) and params.get(name) == json_safe(attributes[key]):
@@ -164,7 +166,7 @@ def model_fields(ctx: Context, typed: Typed) -> None:
         ctx.consumed.discard(hit[0])
         ctx.consumed.discard("gen_ai.response.model")
         hit = None
-    model = json_safe(hit[1]) if hit is not None else None
+    model = (hit[1] if type(hit[1]) is str else json_safe(hit[1])) if hit is not None else None
     typed.put(typed.fields, "model", model)
     typed.put(typed.fields, "provider", ctx.value(PROVIDER))
     response_model = ctx.value(RESPONSE_MODEL) if ctx.attributes.get("gen_ai.response.model") != UNKNOWN_MODEL else None
