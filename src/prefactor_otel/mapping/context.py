@@ -124,6 +124,9 @@ class Context:
 
     def present(self, keys: Chain) -> Chain:
         """The names of the chain the span has, in chain order (for a builder that reads every one of them)."""
+        if self._chains is None:
+            attributes = self.attributes
+            return tuple([key for key in keys if key in attributes])
         return self._present(keys)
 
     def first(self, keys: Chain) -> tuple[str, object] | None:
