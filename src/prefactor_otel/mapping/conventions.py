@@ -334,6 +334,13 @@ def _agreeing(operation: str | None, schema: str, fallback: str) -> str:
     return fallback
 
 
+# What rule 6 decides for each known operation, built once (a NamedTuple costs a Python-level __new__ per build).
+_BY_OPERATION = {
+    operation: Classification(schema, GEN_AI, operation, "gen_ai.operation.name")
+    for operation, schema in _OPERATIONS.items()
+}
+
+
 def classify(attributes: Mapping[str, object], name: str | None = None) -> Classification:
     """The span type of a span with these attributes (and, for the last-resort patterns, this name)."""
     if genai_attribute_convention(attributes) is None:
@@ -366,11 +373,11 @@ def classify(attributes: Mapping[str, object], name: str | None = None) -> Class
     if isinstance(value, str) and value.lower() in _TRACELOOP:
         return _traceloop(attributes, value.lower(), operation)
     if operation is not None:
-        by_operation = _OPERATIONS.get(operation)
-        if by_operation is None and "memory" in operation:
-            by_operation = CHAIN
-        if by_operation is not None:
-            return Classification(by_operation, GEN_AI, operation, "gen_ai.operation.name")
+        known = _BY_OPERATION.get(operation)
+        if known is not None:
+            return known  # the OTel GenAI operations: one shared, immutable Classification each
+        if "memory" in operation:
+            return Classification(CHAIN, GEN_AI, operation, "gen_ai.operation.name")
         value = attributes.get("mastra.span.type")
         if isinstance(value, str) and value.lower() in _MASTRA_SPAN_TYPES:
             return Classification(_MASTRA_SPAN_TYPES[value.lower()], MASTRA, operation, "mastra.span.type")
