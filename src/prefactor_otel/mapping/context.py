@@ -232,6 +232,13 @@ class Context:
             if value == count and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.consumed.add(key)
 
+    def has_families(self) -> bool:
+        """Whether the span has any flattened family (`llm.input_messages.0.message.role`, ...)."""
+        if self._families is None:
+            plan = self._plan
+            self._families = plan.families() if plan is not None else family_index(tuple(self.attributes))
+        return bool(self._families)
+
     def family(self, prefix: str) -> dict[int, dict[str, Any]] | None:
         """Consume and return one flattened family (`llm.input_messages.` -> {0: {"message.role": ...}})."""
         if self._families is None:
