@@ -284,7 +284,7 @@ def name_plan(attributes: Mapping[str, object]) -> NamePlan | None:
     return plan
 
 
-_PLAN_CACHE_SIZE = 256
+_PLAN_CACHE_SIZE = 128  # plans of 64 names at most, each a few KB once its chains are filled: <= ~1 MB
 _PLAN_MAX_NAMES = 64
 _PLAN_CHAINS_LIMIT = 512
 _PLANS: dict[tuple[str, ...], NamePlan] = {}
