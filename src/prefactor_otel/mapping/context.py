@@ -64,7 +64,6 @@ class Context:
         "_anys",
         "_chains",
         "_families",
-        "_keys",
         "_plan",
         "attributes",
         "consumed",
@@ -83,7 +82,6 @@ class Context:
         event_records: Sequence[tuple[str, Mapping[str, object]]] = (),
     ) -> None:
         self.attributes = attributes
-        self._keys = attributes.keys()  # one view for every chain's disjointness test (a live view: never stale)
         # The span's events as the SDK holds them, read once by the caller (each read of span.events copies them):
         # for their timestamps only. Their content is NOT redacted: builders read `event_records` for content.
         self.events = events
@@ -96,7 +94,9 @@ class Context:
         # The plan of these attribute names (None for a span with more names than plans are kept for: the chains
         # are then walked whole, as before plans). The builders never add or remove an attribute, so the names the
         # plan was made for stay the span's names for the Context's life.
-        plan = name_plan(attributes)
+        plan = _PLANS.get(tuple(attributes))  # `name_plan`, its common case inline (once per GenAI span)
+        if plan is None:
+            plan = name_plan(attributes)
         self._plan = plan
         self._chains = plan.chains if plan is not None else None
         self._anys = plan.anys if plan is not None else None
@@ -106,7 +106,7 @@ class Context:
         None for a name that is not there, and skips it)."""
         chains = self._chains
         if chains is None:
-            return () if self._keys.isdisjoint(keys) else keys
+            return () if self.attributes.keys().isdisjoint(keys) else keys
         present = chains.get(keys)
         if present is None:
             present = self._plan.present(keys)  # type: ignore[union-attr]
@@ -116,7 +116,7 @@ class Context:
         """Whether the span has any of these names (a builder's test before a group of chains)."""
         anys = self._anys
         if anys is None:
-            return not self._keys.isdisjoint(keys)
+            return not self.attributes.keys().isdisjoint(keys)
         found = anys.get(keys)
         if found is None:
             found = self._plan.has_any(keys)  # type: ignore[union-attr]
@@ -145,7 +145,7 @@ class Context:
                     return None
                 self.consumed.add(key)
                 return key, value
-        elif self._keys.isdisjoint(keys):
+        elif self.attributes.keys().isdisjoint(keys):
             return None  # no plan: one C-level check instead of a Python loop
         else:
             present = keys
