@@ -220,3 +220,25 @@ def test_the_chain_memo_of_a_plan_is_bounded() -> None:
 def test_message_shapes_normalise_alike_on_the_fast_path_and_the_general_walk(raw: Any, expected: Any) -> None:
     assert normalize_message(raw) == expected
     assert normalize_messages([raw]) == [expected]
+
+
+def test_the_plain_names_set_is_bounded_with_the_name_cache_and_never_hides_a_genai_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prefactor_otel.mapping import conventions
+
+    monkeypatch.setattr(conventions, "_KEY_CONVENTIONS", {})
+    monkeypatch.setattr(conventions, "_PLAIN_NAMES", set())
+    plain = {"http.route": "/x", "db.system.name": "redis"}
+    assert conventions.genai_attribute_convention(plain) is None  # looked up name by name, then remembered
+    assert sorted(conventions._PLAIN_NAMES) == ["db.system.name", "http.route"]
+    assert conventions.genai_attribute_convention(plain) is None  # answered by the set
+    # Known plain names beside one GenAI name: the set does not answer, the name does.
+    assert conventions.genai_attribute_convention({**plain, "gen_ai.system": "openai"}) == conventions.GEN_AI
+    assert conventions.classify({**plain, "gen_ai.operation.name": "chat"}).schema_name == conventions.LLM
+    assert "gen_ai.system" not in conventions._PLAIN_NAMES
+    limit = conventions._KEY_CONVENTIONS_LIMIT
+    for number in range(limit + 5):
+        assert conventions.genai_attribute_convention({f"app.field_{number}": 1}) is None
+        assert len(conventions._PLAIN_NAMES) <= len(conventions._KEY_CONVENTIONS) <= limit
+    assert conventions.genai_attribute_convention({**plain, "llm.model_name": "m"}) == conventions.OPENINFERENCE
