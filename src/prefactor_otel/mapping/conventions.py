@@ -276,6 +276,8 @@ _PREFIX_CONVENTIONS = (
 
 def genai_attribute_convention(attributes: Mapping[str, object]) -> str | None:
     """The convention of the first GenAI-marked attribute, or None for a span without any."""
+    if _PLAIN_NAMES.issuperset(attributes):
+        return None  # every name already known to mark nothing (most spans): one C-level pass, no Python loop
     known = _KEY_CONVENTIONS
     for key in attributes:
         convention = known.get(key, _UNKNOWN)
@@ -299,7 +301,10 @@ def _key_convention(key: str) -> str | None:
                 break
     if len(_KEY_CONVENTIONS) >= _KEY_CONVENTIONS_LIMIT:
         _KEY_CONVENTIONS.clear()  # bounded: names with ids in them (flattened families) must not grow it
+        _PLAIN_NAMES.clear()
     _KEY_CONVENTIONS[key] = convention
+    if convention is None:
+        _PLAIN_NAMES.add(key)
     return convention
 
 
@@ -308,6 +313,9 @@ _KEY_CONVENTIONS_LIMIT = 4096
 # Attribute name -> the convention it marks (None: none). Shared by every thread that maps: a plain dict whose races
 # can only repeat a computation (item assignment and clear() are atomic under the GIL).
 _KEY_CONVENTIONS: dict[str, str | None] = {}
+# The names of _KEY_CONVENTIONS that mark no convention, as a set (a span's names tested against it in C). Filled and
+# cleared with it (so bounded by it), under the same rule: a race only repeats a lookup.
+_PLAIN_NAMES: set[str] = set()
 
 
 def _traceloop(attributes: Mapping[str, object], kind: str, operation: str | None) -> Classification:
@@ -332,6 +340,13 @@ def _agreeing(operation: str | None, schema: str, fallback: str) -> str:
     if operation is not None and _OPERATIONS.get(operation) == schema:
         return operation
     return fallback
+
+
+# What rule 6 decides for each known operation, built once (a NamedTuple costs a Python-level __new__ per build).
+_BY_OPERATION = {
+    operation: Classification(schema, GEN_AI, operation, "gen_ai.operation.name")
+    for operation, schema in _OPERATIONS.items()
+}
 
 
 def classify(attributes: Mapping[str, object], name: str | None = None) -> Classification:
@@ -366,11 +381,11 @@ def classify(attributes: Mapping[str, object], name: str | None = None) -> Class
     if isinstance(value, str) and value.lower() in _TRACELOOP:
         return _traceloop(attributes, value.lower(), operation)
     if operation is not None:
-        by_operation = _OPERATIONS.get(operation)
-        if by_operation is None and "memory" in operation:
-            by_operation = CHAIN
-        if by_operation is not None:
-            return Classification(by_operation, GEN_AI, operation, "gen_ai.operation.name")
+        known = _BY_OPERATION.get(operation)
+        if known is not None:
+            return known  # the OTel GenAI operations: one shared, immutable Classification each
+        if "memory" in operation:
+            return Classification(CHAIN, GEN_AI, operation, "gen_ai.operation.name")
         value = attributes.get("mastra.span.type")
         if isinstance(value, str) and value.lower() in _MASTRA_SPAN_TYPES:
             return Classification(_MASTRA_SPAN_TYPES[value.lower()], MASTRA, operation, "mastra.span.type")

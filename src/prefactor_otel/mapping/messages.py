@@ -229,6 +229,23 @@ def run_prompt_messages(value: object) -> list[Message] | None:
 
 def normalize_message(raw: object) -> Message:
     """One message of any JSON shape above."""
+    if type(raw) is dict and "lc" not in raw and "data" not in raw:
+        # The common shapes first, without the general walk's calls and lists: one text part (OTel GenAI), or a
+        # string content (OpenAI). They build what the general path below builds for them.
+        role = raw.get("role")
+        if role is None or type(role) is str:
+            parts = raw.get("parts")
+            if type(parts) is list:
+                if len(parts) == 1:
+                    part = parts[0]
+                    if type(part) is dict and part.get("type") in _TEXT_PARTS:
+                        content = part["content"] if "content" in part else part.get("text")
+                        if type(content) is str:
+                            return _with_extras({"role": role, "content": content}, raw)
+            elif parts is None and "tool_calls" not in raw and "tool_call_id" not in raw:
+                content = raw.get("content")
+                if content is None or type(content) is str:
+                    return _with_extras({"role": role, "content": content}, raw)
     if not isinstance(raw, dict):
         return {"role": None, "content": _as_text(raw)}
     if "lc" in raw or ("data" in raw and "type" in raw and isinstance(raw.get("data"), dict)):
@@ -251,6 +268,11 @@ def normalize_message(raw: object) -> Message:
             message["tool_calls"] = [normalize_tool_call(c) for c in calls if isinstance(c, dict)]
         if raw.get("tool_call_id") is not None:
             message["tool_call_id"] = _name(raw["tool_call_id"])
+    return _with_extras(message, raw)
+
+
+def _with_extras(message: Message, raw: dict[str, Any]) -> Message:
+    """The message's name and finish reason, from the raw message."""
     if raw.get("name") is not None and "name" not in message:
         message["name"] = _name(raw["name"])
     finish = raw.get("finish_reason")

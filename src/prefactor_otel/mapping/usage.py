@@ -36,7 +36,7 @@ def token_usage(ctx: Context, schema_name: str) -> dict[str, Any] | None:
     the model call). So is the usage of a model-call span wrapping the real one (ADK's legacy `call_llm` around
     its `generate_content` span). Summing the non-aggregated usage of a trace counts every model call once.
     """
-    if ctx.attributes.keys().isdisjoint(_USAGE_KEYS):
+    if not ctx.has_any(_USAGE_KEYS):
         return None  # tool, agent and chain spans mostly carry no usage at all
     prompt = ctx.number(PROMPT_TOKENS)
     completion = ctx.number(COMPLETION_TOKENS)
@@ -54,7 +54,7 @@ def token_usage(ctx: Context, schema_name: str) -> dict[str, Any] | None:
             prompt = ctx.number(AGGREGATED_PROMPT)
             completion = ctx.number(AGGREGATED_COMPLETION)
             aggregated = aggregated or prompt is not None or completion is not None
-    if not ctx.attributes.keys().isdisjoint(_LATER_COUNT_KEYS):
+    if ctx.has_any(_LATER_COUNT_KEYS):
         # A count under a lower-priority name may duplicate the one used (Strands and Traceloop write
         # prompt_tokens beside input_tokens): equal duplicates are consumed, not left in metadata.
         for keys, count in ((PROMPT_TOKENS, prompt), (COMPLETION_TOKENS, completion), (TOTAL_TOKENS, total)):
@@ -69,12 +69,12 @@ def token_usage(ctx: Context, schema_name: str) -> dict[str, Any] | None:
         usage_out["total_tokens"] = total
     elif prompt is not None and completion is not None:
         usage_out["total_tokens"] = prompt + completion
-    details = () if ctx.attributes.keys().isdisjoint(_DETAIL_KEYS) else _DETAILS  # most spans carry none
+    details = _DETAILS if ctx.has_any(_DETAIL_KEYS) else ()  # most spans carry none
     for name, keys in details:
         value = ctx.number(keys)
         if value is not None:
             usage_out[name] = value
-            if not ctx.attributes.keys().isdisjoint(_AI_DETAIL_KEYS):
+            if ctx.has_any(_AI_DETAIL_KEYS):
                 ctx.consume_equal(keys, value)  # the AI SDK writes each detail count twice (v5 and v6 names)
     if not usage_out:
         return None

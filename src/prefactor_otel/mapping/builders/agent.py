@@ -80,11 +80,11 @@ def agent(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
     typed.put(typed.fields, "model", ctx.value(MODEL))
     typed.put(typed.fields, "provider", ctx.value(PROVIDER))
     typed.put(typed.fields, "params", request_params(ctx, typed))
-    if not ctx.attributes.keys().isdisjoint(_RUN_KEYS):
+    if ctx.has_any(_RUN_KEYS):
         _run_io(ctx, typed)
         return
     # Most agent spans carry no conversation at all: one C-level check skips the chains below.
-    conversation_keys = not ctx.attributes.keys().isdisjoint(_CONVERSATION_KEYS)
+    conversation_keys = ctx.has_any(_CONVERSATION_KEYS)
     if not conversation_keys and not ctx.event_records:
         _generic_io(ctx, typed, inputs=True, outputs=True)
         return
@@ -132,7 +132,7 @@ def _run_io(ctx: Context, typed: Typed) -> None:
         messages = [system, *(messages or ())]
     typed.put(typed.inputs, "messages", messages)
     output: list[Message] | None = None
-    if not ctx.attributes.keys().isdisjoint(AI_RESPONSE_KEYS):
+    if ctx.has_any(AI_RESPONSE_KEYS):
         output = [ai_response_message(ctx)]
     hit = ctx.first_json(AI_RESPONSE_OBJECT)
     if hit is not None:

@@ -5,7 +5,6 @@ Pure functions, called from map_span on the exporting thread; no state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from prefactor_otel.mapping.chains import (
@@ -46,7 +45,7 @@ def unwrap_envelope(key: str, parsed: Any, raw: object) -> Any:
     return parsed
 
 
-def generic_value(ctx: Context, keys: Sequence[str]) -> tuple[str, Any] | None:
+def generic_value(ctx: Context, keys: tuple[str, ...]) -> tuple[str, Any] | None:
     hit = ctx.first(keys)
     if hit is None:
         return None
@@ -87,15 +86,16 @@ def tags(ctx: Context) -> list[Any] | None:
 
 def request_params(ctx: Context, typed: Typed) -> dict[str, Any] | None:
     attributes = ctx.attributes
-    if attributes.keys().isdisjoint(_PARAM_KEYS):
-        return None  # agent spans mostly carry none: one C-level check instead of the loop
+    if not ctx.has_any(_PARAM_KEYS):
+        return None  # agent spans mostly carry none
     params: dict[str, Any] = {}
-    for key, name in REQUEST_PARAMS:
-        if key not in attributes:
-            continue  # most: one lookup per name
+    for key in ctx.present(_REQUEST_PARAM_KEYS):  # the parameters the span has, in REQUEST_PARAMS order
+        name = _PARAM_NAMES[key]
         if name not in params:
             ctx.consumed.add(key)
-            value = json_safe(attributes[key])
+            value = attributes[key]
+            if type(value) is not int and type(value) is not str:  # ints and strings are JSON as they are
+                value = json_safe(value)
             if value is not None and value != []:
                 params[name] = value
         elif key.startswith(_AI_SETTINGS) and params.get(name) == json_safe(attributes[key]):
@@ -112,7 +112,9 @@ def request_params(ctx: Context, typed: Typed) -> dict[str, Any] | None:
     return params or None
 
 
-_PARAM_KEYS = frozenset((*(key for key, _ in REQUEST_PARAMS), *INVOCATION_PARAMS))
+_REQUEST_PARAM_KEYS = tuple(key for key, _ in REQUEST_PARAMS)
+_PARAM_NAMES = dict(REQUEST_PARAMS)
+_PARAM_KEYS = frozenset((*_REQUEST_PARAM_KEYS, *INVOCATION_PARAMS))
 _AI_SETTINGS = "ai.settings."
 
 
@@ -130,7 +132,7 @@ def strip_method(name: str, suffixes: tuple[str, ...]) -> str:
 
 def common_fields(ctx: Context, typed: Typed, operation: str | None) -> None:
     typed.put(typed.fields, "operation", operation)
-    if ctx.attributes.keys().isdisjoint(_COMMON_KEYS):
+    if not ctx.has_any(_COMMON_KEYS):
         return  # most spans name no session, user or tags: one test for the three chains
     typed.put(typed.fields, "session_id", ctx.value(SESSION))
     typed.put(typed.fields, "user_id", ctx.value(USER))
@@ -164,7 +166,7 @@ def model_fields(ctx: Context, typed: Typed) -> None:
         ctx.consumed.discard(hit[0])
         ctx.consumed.discard("gen_ai.response.model")
         hit = None
-    model = json_safe(hit[1]) if hit is not None else None
+    model = (hit[1] if type(hit[1]) is str else json_safe(hit[1])) if hit is not None else None
     typed.put(typed.fields, "model", model)
     typed.put(typed.fields, "provider", ctx.value(PROVIDER))
     response_model = ctx.value(RESPONSE_MODEL) if ctx.attributes.get("gen_ai.response.model") != UNKNOWN_MODEL else None

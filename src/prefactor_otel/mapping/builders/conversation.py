@@ -144,6 +144,12 @@ def input_messages(ctx: Context, *, generic: bool = True, flattened: bool = True
 
     generic: fall back on the generic input value (`input.value`, ...); agents keep that as their `value`.
     flattened: look for the flattened families (model-call conventions only: agent spans have none)."""
+    if (
+        not ctx.has_any(_INPUT_KEYS if generic else _INPUT_KEYS_NOT_GENERIC)
+        and not ctx.event_records
+        and not (flattened and ctx.has_families())
+    ):
+        return None  # no source of input messages at all (most model calls of a small span's kind): none found
     system = None
     hit = ctx.first_json(SYSTEM_INSTRUCTIONS)
     if hit is not None:
@@ -197,11 +203,17 @@ def input_messages(ctx: Context, *, generic: bool = True, flattened: bool = True
 
 def output_messages(ctx: Context, *, generic: bool = True, flattened: bool = True) -> list[Message] | Any:
     """Output messages through the chain (generic, flattened: as in input_messages)."""
+    if (
+        not ctx.has_any(_OUTPUT_KEYS if generic else _OUTPUT_KEYS_NOT_GENERIC)
+        and not ctx.event_records
+        and not (flattened and ctx.has_families())
+    ):
+        return None  # as in input_messages
     hit = ctx.first_json(OUTPUT_MESSAGES)
     if hit is not None:
         messages = normalize_messages(hit[1])
         return messages if messages is not None else hit[1]
-    if not ctx.attributes.keys().isdisjoint(_AI_ANSWER_KEYS):
+    if ctx.has_any(_AI_ANSWER_KEYS):
         message = ai_response_message(ctx)
         if message["content"] is None and "tool_calls" not in message:
             # generateObject / streamObject: the model answered the object's JSON text
@@ -265,16 +277,29 @@ def ai_response_message(ctx: Context) -> Message:
 # What `ai_response_message` reads; with the object, what an AI SDK answer may carry.
 AI_RESPONSE_KEYS = frozenset((*AI_RESPONSE_TEXT, *AI_RESPONSE_TOOL_CALLS, *AI_RESPONSE_REASONING))
 _AI_ANSWER_KEYS = frozenset((*AI_RESPONSE_KEYS, *AI_RESPONSE_OBJECT))
+# Every attribute input_messages / output_messages read, but the flattened families' (events apart): a span with
+# none of them, no events and no family has no messages, and every chain below would miss.
+_INPUT_KEYS_NOT_GENERIC = frozenset((*SYSTEM_INSTRUCTIONS, *INPUT_MESSAGES, *ADK_LLM_REQUEST, "llm.prompts"))
+_INPUT_KEYS = frozenset((*_INPUT_KEYS_NOT_GENERIC, *GENERIC_INPUT))
+_OUTPUT_KEYS_NOT_GENERIC = frozenset((*OUTPUT_MESSAGES, *_AI_ANSWER_KEYS, *ADK_LLM_RESPONSE))
+_OUTPUT_KEYS = frozenset((*_OUTPUT_KEYS_NOT_GENERIC, *GENERIC_OUTPUT))
 
 
 def finish_reasons(ctx: Context, output_messages: Any) -> list[Any] | None:
     hit = ctx.first(FINISH_REASONS)
     if hit is not None:
         value = hit[1]
-        if isinstance(value, str) and value.startswith("["):
-            value = parse_json_maybe(value)  # Mastra writes the list as JSON: '["stop"]'
-        reasons = as_list(json_safe(value))
-        if hit[0] != _AI_FINISH_REASON and reasons == [ctx.attributes.get(_AI_FINISH_REASON)]:
+        if type(value) is tuple and all(type(reason) is str for reason in value):
+            reasons: list[Any] | None = list(value)  # the common shape (a string array): what the line below gives
+        else:
+            if isinstance(value, str) and value.startswith("["):
+                value = parse_json_maybe(value)  # Mastra writes the list as JSON: '["stop"]'
+            reasons = as_list(json_safe(value))
+        if (
+            hit[0] != _AI_FINISH_REASON
+            and _AI_FINISH_REASON in ctx.attributes
+            and reasons == [ctx.attributes[_AI_FINISH_REASON]]
+        ):
             ctx.consume(_AI_FINISH_REASON)  # the AI SDK's own copy beside gen_ai.response.finish_reasons
         return reasons
     if isinstance(output_messages, list):

@@ -45,7 +45,7 @@ def embedding(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
         if hit is not None:
             messages = normalize_messages(hit[1])
             texts = [m.get("content") for m in messages] if messages is not None else as_list(hit[1])
-    if not texts and not ctx.attributes.keys().isdisjoint(_AI_EMBED_KEYS):
+    if not texts and ctx.has_any(_AI_EMBED_KEYS):
         texts, vectors, dimension = _ai_embed(ctx, vectors, dimension)
     if not texts:
         generic = generic_value(ctx, GENERIC_INPUT)
