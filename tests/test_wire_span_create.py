@@ -115,3 +115,19 @@ def test_the_empty_result_payload_is_the_serializers_bytes_and_look_alikes_are_e
     ]
     for value in look_alikes:
         assert wire.encode_json(value) == wire._to_json(value), value
+
+
+def test_encoded_payloads_leave_span_creates_untracked_by_the_garbage_collector() -> None:
+    """Encoded payloads are plain bytes: a span create's details (strings and payloads) drop out of the collector's
+    scans after one collection, as they would not if a payload were an instance of a bytes subclass."""
+    import gc
+
+    payload = wire.encode_json({"name": "chat", "inputs": {"text": "hi"}, "n": 1.5})
+    result = wire.encode_json({"outputs": {}, "token_usage": None, "error": None})
+    assert type(payload) is bytes and type(result) is bytes and not gc.is_tracked(payload)
+    details = {"agent_instance_id": "i", "id": "s", "status": "complete", "payload": payload, "result_payload": result}
+    item = {"_type": CREATE, "idempotency_key": "k", "details": details}
+    gc.collect()
+    assert not gc.is_tracked(details)
+    decoded = json.loads(wire.encode_item(item))
+    assert decoded["details"]["payload"] == {"name": "chat", "inputs": {"text": "hi"}, "n": 1.5}
