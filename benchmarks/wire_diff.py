@@ -11,7 +11,9 @@ string subclass, a value of another type, a key to escape. Each item is encoded 
 as mapping_diff.py does; encoded payloads are handed to it as its own RawJson), and the bytes compared. Then both
 encode the workloads' items, rounds interleaved, best round reported in CPU µs per span create (the span creates
 alone) and per span (every item: registers, starts, finishes too), with the ratio work tree / REF. Prints the
-first differences; exits 1 if any item differs. Nothing leaves 127.0.0.1.
+first differences; exits 1 if any item differs. The payloads too: every span of both workloads and the odd shapes
+mapped (`map_span`), its payload and result encoded by both `encode_json`s (what the exporter does right after
+mapping), compared, and timed per span. Nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from mapping_cost import workloads
 from mapping_diff import load_ref, odd_spans
 from wire_cost import _captured
 
+from prefactor_otel.mapping import map_span
 from prefactor_otel.mapping.values import RawJson
 from prefactor_otel.transport import wire
 
@@ -130,12 +133,16 @@ def _round(encode: Callable[[dict[str, Any]], bytes], items: list[dict[str, Any]
 
 
 def measure(
-    ref_encode: Callable[[dict[str, Any]], bytes], mine: list[dict[str, Any]], theirs: list[dict[str, Any]], rounds: int
+    ref_encode: Callable[[dict[str, Any]], bytes],
+    mine: list[dict[str, Any]],
+    theirs: list[dict[str, Any]],
+    rounds: int,
+    tree_encode: Callable[[dict[str, Any]], bytes] = wire.encode_item,
 ) -> tuple[float, float]:
     """Best total µs of the work tree's and the reference's encoder over the same items, rounds interleaved."""
     tree, ref = [], []
     for index in range(rounds):
-        pair = [(wire.encode_item, mine, tree), (ref_encode, theirs, ref)]
+        pair = [(tree_encode, mine, tree), (ref_encode, theirs, ref)]
         for encode, items, out in pair if index % 2 == 0 else reversed(pair):
             out.append(_round(encode, items))
     return min(tree), min(ref)
@@ -171,6 +178,26 @@ def main(argv: list[str] | None = None) -> int:
                             f"DIFFERS ({label}): {item!r:.300}\n  {args.ref}: {old!r:.400}\n  work tree: {new!r:.400}"
                         )
         print(f"{compared:,} items compared: {differ} differ")
+        # The payloads, as PrefactorSpanExporter._map encodes them right after mapping (the items above hold the
+        # work tree's bytes of them): each mapped payload and result by both encoders.
+        payloads: dict[str, list[dict[str, Any]]] = {}
+        for label, spans in {**workloads(args.spans), "odd shapes": odd_spans(args.spans // 3)}.items():
+            records = [map_span(span) for span in spans]
+            payloads[label] = [payload for record in records for payload in (record.payload, record.result_payload)]
+        payloads_compared = payloads_differ = 0
+        for label, values in payloads.items():
+            for value in values:
+                payloads_compared += 1
+                new, old = outcome(wire.encode_json, value), outcome(ref_wire.encode_json, value)
+                if type(new) is not str and type(old) is not str:
+                    new, old = bytes(new), bytes(old)
+                if new != old:
+                    payloads_differ += 1
+                    if payloads_differ <= 3:
+                        print(f"PAYLOAD DIFFERS ({label}): {value!r:.300}")
+                        print(f"  {args.ref}: {old!r:.400}\n  work tree: {new!r:.400}")
+        differ += payloads_differ
+        print(f"{payloads_compared:,} payloads compared: {payloads_differ} differ")
         print(f"encode_item; load average {load:.2f}; {args.spans} spans per workload, CPU µs, best of {args.rounds}")
         for label in ("realistic", "small spans"):
             items = captured[label]
@@ -184,6 +211,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"{label:>12} {what:>20}: work tree {tree / per:5.2f}   {args.ref} {ref / per:5.2f}"
                     f"   ratio {tree / ref:.3f}"
                 )
+        for label in ("realistic", "small spans"):
+            values = payloads[label]
+            tree, ref = measure(ref_wire.encode_json, values, values, args.rounds, wire.encode_json)
+            per = len(values) / 2
+            print(
+                f"{label:>12} {'payloads per span':>20}: work tree {tree / per:5.2f}   {args.ref} {ref / per:5.2f}"
+                f"   ratio {tree / ref:.3f}"
+            )
     return 1 if differ else 0
 
 

@@ -11,21 +11,23 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeAlias
 
 import pydantic_core
 
 JsonValue = Any
 
 
-class RawJson(bytes):
-    """A JSON value already encoded (compact UTF-8). The bulk encoder embeds it as it is.
+RawJson: TypeAlias = bytes
+"""A JSON value already encoded (compact UTF-8): plain `bytes`. The bulk encoder embeds a `bytes` value of a span
+create's `details` as it is (no other value there is bytes: the mapping turns attribute bytes into text).
 
-    The exporter encodes each span's payloads as soon as they are mapped, so the dict trees the mapping built
-    die young instead of surviving, and being scanned by the garbage collector, until the span is delivered.
-    """
-
-    __slots__ = ()
+The exporter encodes each span's payloads as soon as they are mapped, so the dict trees the mapping built die young
+instead of surviving, and being scanned by the garbage collector, until the span is delivered. Plain `bytes`, not a
+subclass: a subclass of bytes is a heap type the collector tracks, and one tracked value keeps the `details` dict
+holding it tracked too (every span create's); `bytes` objects are never tracked, so after a collection the details
+dicts of strings and payloads are untracked and later collections skip them (docs/wire.md has the figures).
+"""
 
 
 def as_dict(value: dict[str, Any] | RawJson) -> dict[str, Any]:
