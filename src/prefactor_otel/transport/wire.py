@@ -3,9 +3,9 @@
 Pure functions; the module state is two small bounded caches, plain dicts without a lock: the encoded schema sets
 (`_encoded_once`), read and written by the one sender thread at a time (the exporter's send lock), and the
 span-create layouts (`_LAYOUTS`), which any encoding thread (the exporter's sender, the gateway's worker) reads and
-fills; a race there only prepares a layout twice. JSON is written by orjson when it is installed, where it writes
-the bytes the other encoders would (pydantic-core, the stdlib, the hand-written span create): docs/wire.md, "The JSON
-encoder".
+fills; a race there only prepares a layout twice. JSON is written by orjson (a dependency; without it the other
+encoders write the same bytes, slower), where it writes the bytes the other encoders would (pydantic-core, the
+stdlib, the hand-written span create): docs/wire.md, "The JSON encoder".
 """
 
 from __future__ import annotations
