@@ -644,19 +644,36 @@ class Planner:
             # Not yet, whatever the spans planned (most plans of a run in its grace period): a run whose root is in
             # waits for one of these, and one without its root for an idle time (max wait + grace) longer still.
             return None
-        creates = [item for item in span_items if item.action == BULK_CREATE_SPAN]
-        if len(creates) != len(trace.pending):
-            return None  # somebody still waits for a parent: the run is not over
-        if len(span_items) - len(creates) != len(trace.live):
-            return None  # a live span is still open, or waits for its create
-        planned = [trace.pending[item.span_id].record for item in creates if item.span_id is not None]
-        planned = [record for record in planned if record.status != "active"]
+        # One pass over the plan's items (a run's last plan often holds all its spans): how many are creates, which
+        # planned spans (ended ones: creates and live spans' finishes) are local roots, whether one failed.
+        pending_spans, live_spans = trace.pending, trace.live
+        creates = 0
+        roots: list[SpanRecord] = []
+        planned_failed = False
         for item in span_items:
-            if item.action == BULK_FINISH_SPAN and item.span_id is not None:
-                ended = trace.live[item.span_id].ended
-                if ended is not None:  # always: a finish is planned only for a live span that ended
-                    planned.append(ended)
-        roots = [record for record in planned if record.is_local_root]
+            action, span_id = item.action, item.span_id
+            if action == BULK_CREATE_SPAN:
+                creates += 1
+                if span_id is None:
+                    continue
+                record = pending_spans[span_id].record
+                if record.status == "active":
+                    continue
+            elif action == BULK_FINISH_SPAN and span_id is not None:
+                ended = live_spans[span_id].ended
+                if ended is None:  # never: a finish is planned only for a live span that ended
+                    continue
+                record = ended
+            else:
+                continue
+            if record.parent_span_id is None or record.parent_is_remote:  # a local root
+                roots.append(record)
+            if record.status == "failed":
+                planned_failed = True
+        if creates != len(pending_spans):
+            return None  # somebody still waits for a parent: the run is not over
+        if len(span_items) - creates != len(live_spans):
+            return None  # a live span is still open, or waits for its create
         root_in = trace.root_delivered or trace.root_skipped or bool(roots)
         rootless = not root_in and (trace.finished_without_root or self._over_without_root(trace, now))
         if not (shutdown or rootless or (root_in and (over or quiet or (flush and not waiting_for_open)))):
@@ -672,7 +689,7 @@ class Planner:
         else:
             # Shutdown before the root ended, or a root that never came: close the run at its last known span (at
             # its start when none has ended: never before it, which the API refuses), failed if any span failed.
-            failed = trace.any_failed or any(record.status == "failed" for record in planned)
+            failed = trace.any_failed or planned_failed
             end_ns = max(trace.last_end_ns, trace.first_start_ns, trace.planned_start_ns or 0)
         body = finish_item(trace.instance_id, "failed" if failed else "complete", end_ns)
         return PlannedItem(body["idempotency_key"], BULK_FINISH_INSTANCE, body, trace.trace_id)
