@@ -73,6 +73,7 @@ from prefactor_otel.model.http import (
     BULK_FINISH_SPAN,
     AgentSchemaVersionForRegister,
 )
+from prefactor_otel.pipeline import runs as runs_module
 from prefactor_otel.pipeline.items import (
     PlannedItem,
     ended_span_create_item,
@@ -92,7 +93,6 @@ from prefactor_otel.pipeline.runs import (
     RunState,
     RunTable,
     passes_filter,
-    remember,
 )
 from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan
 from prefactor_otel.transport.outcomes import ItemOutcome
@@ -574,6 +574,7 @@ class Planner:
         span with its own payloads -- is built here with the run's fields read once; the rest go to _create_item."""
         span_ids, pending_spans, instance_id = trace.span_ids, trace.pending, trace.instance_id
         partition, span_pfid, trace_id = self.partition, ids.span_pfid, trace.trace_id
+        bound = runs_module.MAX_SPANS_REMEMBERED_PER_TRACE  # remember()'s bound, read at the call (tests lower it)
         items: list[PlannedItem] = []
         append = items.append
         for pending in order:
@@ -593,9 +594,11 @@ class Planner:
                     parent_id = self.runs.span_pfid(trace, parent_span_id, start_ns)
             otel_span_id = record.span_id
             span_id = span_ids.get(otel_span_id)
-            if span_id is None:  # RunTable.span_pfid, without the call
+            if span_id is None:  # RunTable.span_pfid and remember(), without the calls
                 span_id = span_pfid(partition, trace_id, otel_span_id, record.start_time_ns)
-                remember(span_ids, otel_span_id, span_id)
+                span_ids[otel_span_id] = span_id
+                if len(span_ids) > bound:
+                    del span_ids[next(iter(span_ids))]
             body = ended_span_create_item(record, instance_id, span_id, parent_id)
             append(_new_item((body["idempotency_key"], BULK_CREATE_SPAN, body, trace_id, otel_span_id)))
         return items
@@ -692,7 +695,7 @@ class Planner:
             failed = trace.any_failed or planned_failed
             end_ns = max(trace.last_end_ns, trace.first_start_ns, trace.planned_start_ns or 0)
         body = finish_item(trace.instance_id, "failed" if failed else "complete", end_ns)
-        return PlannedItem(body["idempotency_key"], BULK_FINISH_INSTANCE, body, trace.trace_id)
+        return _new_item((body["idempotency_key"], BULK_FINISH_INSTANCE, body, trace.trace_id, None))
 
     def _over_without_root(self, trace: RunState, now: float) -> bool:
         """The rule for a run whose root has not come (never in this planner's hands: the exporter alone and the
