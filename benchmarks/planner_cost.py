@@ -15,6 +15,10 @@ ratio, GC-tracked objects created per span and still alive after the plan and af
 both versions plan the same items in the same order (key, action, body as JSON, trace and span ids) and the same
 span PFIDs on 20,000 random inputs: exits 1 if either differs. Run it with the work tree first on the path
 (`PYTHONPATH=$PWD/src`).
+
+Instruction counts (immune to load): `--only ref|work --passes N` maps the records and drives only that version's
+planner N times, nothing timed or checked; under `valgrind --tool=cachegrind --cache-sim=no` (the real interpreter,
+not a shim), (I refs at N=3 - I refs at N=1) / 2 / spans is the planner's instructions per span, harness included.
 Nothing leaves the process.
 """
 
@@ -199,11 +203,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workload", default="realistic", choices=("realistic", "small"))
     parser.add_argument("--grace", type=float, default=6.0)
     parser.add_argument("--starts", action="store_true", help="span starts too (PrefactorSpanProcessor's path)")
+    parser.add_argument("--only", choices=("ref", "work"), help="drive only this version (instruction counts)")
+    parser.add_argument("--passes", type=int, default=1, help="with --only: planner passes over the records")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="planner-cost-") as tmp:
         load_ref(args.ref, Path(tmp))
         ref, new = Version(args.ref, REF_PACKAGE), Version("work tree", "prefactor_otel")
         spans = SpanSource(seed=3, workload=args.workload).spans(args.spans)[: args.spans]
+        if args.only is not None:
+            version = ref if args.only == "ref" else new
+            mapped = version.records(spans)
+            for _ in range(args.passes):
+                gc.collect()
+                run_once(version, mapped, spans if args.starts else None, args.grace, False)
+            return 0
         records = {version.name: version.records(spans) for version in (ref, new)}
         count = len(spans)
         with_starts = spans if args.starts else None

@@ -73,6 +73,7 @@ from prefactor_otel.model.http import (
     BULK_FINISH_SPAN,
     AgentSchemaVersionForRegister,
 )
+from prefactor_otel.pipeline import runs as runs_module
 from prefactor_otel.pipeline.items import (
     PlannedItem,
     ended_span_create_item,
@@ -92,7 +93,6 @@ from prefactor_otel.pipeline.runs import (
     RunState,
     RunTable,
     passes_filter,
-    remember,
 )
 from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan
 from prefactor_otel.transport.outcomes import ItemOutcome
@@ -238,6 +238,13 @@ class Planner:
         counters["spans_added"] += len(records)  # once per batch: the loop below runs per span
         fork, span_filter, live = self._fork, self._span_filter, self._live
         with_pending, move_to_end, queued = runs.with_pending, traces.move_to_end, 0
+        # The run the previous span joined, while every span since was of it: a batch holds a run's spans mostly
+        # one after another (9 in 10 on both benchmark workloads), so what is true of the run after its first span
+        # joined it stays true for the next -- open, not finished, not rejected, last in `traces` (most recently
+        # active), in `with_pending`, active `now` -- and is not checked or written again (once per run, not per
+        # span). Reset by any span of another run: it may move that run last, or open it.
+        joined_id: int | None = None
+        joined: RunState | None = None
         try:
             for record in records:
                 trace_id = record.trace_id
@@ -247,26 +254,35 @@ class Planner:
                 if earlier is not None and record.span_id in earlier:
                     counters["spans_duplicate_ignored"] += 1  # created by an earlier run: a retried copy
                     continue
-                late_run = False
-                if trace_id in finished:
-                    if new_parts is None:
-                        new_parts = self._new_parts(records)
-                    if not self._reopen(trace_id, trace_id in new_parts):
-                        # A finished instance accepts no spans; this one came after the grace period.
-                        runs.drop(1, "run_terminated" if trace_id in runs.terminated else "instance_already_finished")
+                if joined is not None and trace_id == joined_id:
+                    trace = joined
+                    if record.start_time_ns < trace.first_start_ns:
+                        trace.first_start_ns = record.start_time_ns
+                else:
+                    joined = None
+                    late_run = False
+                    if trace_id in finished:
+                        if new_parts is None:
+                            new_parts = self._new_parts(records)
+                        if not self._reopen(trace_id, trace_id in new_parts):
+                            # A finished instance accepts no spans; this one came after the grace period.
+                            reason = "run_terminated" if trace_id in runs.terminated else "instance_already_finished"
+                            runs.drop(1, reason)
+                            continue
+                        if not record.parent_is_remote:
+                            counters["runs_reopened_late"] += 1  # not a new part entering here: a span after its run
+                            late_run = self._late_spans_open_a_run
+                    found = traces.get(trace_id)
+                    if found is None:
+                        trace = self._new_trace(trace_id, record.start_time_ns, record.resource)
+                        trace.hold_until_quiet = late_run  # sent whole, once quiet (RunState.hold_until_quiet)
+                    else:
+                        trace = found
+                        if record.start_time_ns < trace.first_start_ns:
+                            trace.first_start_ns = record.start_time_ns  # e.g. the root, exported after its children
+                    if trace.rejected:
+                        runs.drop(1, "instance_rejected")
                         continue
-                    if not record.parent_is_remote:
-                        counters["runs_reopened_late"] += 1  # not a new part entering here: a span after its run
-                        late_run = self._late_spans_open_a_run
-                trace = traces.get(trace_id)
-                if trace is None:
-                    trace = self._new_trace(trace_id, record.start_time_ns, record.resource)
-                    trace.hold_until_quiet = late_run  # sent whole, once quiet (RunState.hold_until_quiet)
-                elif record.start_time_ns < trace.first_start_ns:
-                    trace.first_start_ns = record.start_time_ns  # e.g. the root, exported after its children
-                if trace.rejected:
-                    runs.drop(1, "instance_rejected")
-                    continue
                 if (trace.open or trace.live) and live.ended(trace, record, now):
                     continue  # a live span: its create is replaced, or its finish is due
                 span_id = record.span_id
@@ -279,12 +295,14 @@ class Planner:
                 if earlier is not None and record.parent_span_id in earlier and not record.is_local_root:
                     continue_earlier_run(record)  # its parent is in an earlier run: this run's top, at once
                 trace.pending[span_id] = PendingSpan(record, now)  # RunTable.enqueue, counted once per batch
-                with_pending[trace_id] = None
                 queued += 1
-                trace.last_activity = now
                 if record.end_time_ns > trace.last_end_ns:
                     trace.last_end_ns = record.end_time_ns
-                move_to_end(trace_id)
+                if joined is None:
+                    with_pending[trace_id] = None
+                    trace.last_activity = now
+                    move_to_end(trace_id)
+                    joined_id, joined = trace_id, trace
         finally:
             runs.queued += queued  # true even if a span raised midway
         self._bounds.enforce(now)
@@ -556,6 +574,7 @@ class Planner:
         span with its own payloads -- is built here with the run's fields read once; the rest go to _create_item."""
         span_ids, pending_spans, instance_id = trace.span_ids, trace.pending, trace.instance_id
         partition, span_pfid, trace_id = self.partition, ids.span_pfid, trace.trace_id
+        bound = runs_module.MAX_SPANS_REMEMBERED_PER_TRACE  # remember()'s bound, read at the call (tests lower it)
         items: list[PlannedItem] = []
         append = items.append
         for pending in order:
@@ -575,9 +594,11 @@ class Planner:
                     parent_id = self.runs.span_pfid(trace, parent_span_id, start_ns)
             otel_span_id = record.span_id
             span_id = span_ids.get(otel_span_id)
-            if span_id is None:  # RunTable.span_pfid, without the call
+            if span_id is None:  # RunTable.span_pfid and remember(), without the calls
                 span_id = span_pfid(partition, trace_id, otel_span_id, record.start_time_ns)
-                remember(span_ids, otel_span_id, span_id)
+                span_ids[otel_span_id] = span_id
+                if len(span_ids) > bound:
+                    del span_ids[next(iter(span_ids))]
             body = ended_span_create_item(record, instance_id, span_id, parent_id)
             append(_new_item((body["idempotency_key"], BULK_CREATE_SPAN, body, trace_id, otel_span_id)))
         return items
@@ -626,19 +647,36 @@ class Planner:
             # Not yet, whatever the spans planned (most plans of a run in its grace period): a run whose root is in
             # waits for one of these, and one without its root for an idle time (max wait + grace) longer still.
             return None
-        creates = [item for item in span_items if item.action == BULK_CREATE_SPAN]
-        if len(creates) != len(trace.pending):
-            return None  # somebody still waits for a parent: the run is not over
-        if len(span_items) - len(creates) != len(trace.live):
-            return None  # a live span is still open, or waits for its create
-        planned = [trace.pending[item.span_id].record for item in creates if item.span_id is not None]
-        planned = [record for record in planned if record.status != "active"]
+        # One pass over the plan's items (a run's last plan often holds all its spans): how many are creates, which
+        # planned spans (ended ones: creates and live spans' finishes) are local roots, whether one failed.
+        pending_spans, live_spans = trace.pending, trace.live
+        creates = 0
+        roots: list[SpanRecord] = []
+        planned_failed = False
         for item in span_items:
-            if item.action == BULK_FINISH_SPAN and item.span_id is not None:
-                ended = trace.live[item.span_id].ended
-                if ended is not None:  # always: a finish is planned only for a live span that ended
-                    planned.append(ended)
-        roots = [record for record in planned if record.is_local_root]
+            action, span_id = item.action, item.span_id
+            if action == BULK_CREATE_SPAN:
+                creates += 1
+                if span_id is None:
+                    continue
+                record = pending_spans[span_id].record
+                if record.status == "active":
+                    continue
+            elif action == BULK_FINISH_SPAN and span_id is not None:
+                ended = live_spans[span_id].ended
+                if ended is None:  # never: a finish is planned only for a live span that ended
+                    continue
+                record = ended
+            else:
+                continue
+            if record.parent_span_id is None or record.parent_is_remote:  # a local root
+                roots.append(record)
+            if record.status == "failed":
+                planned_failed = True
+        if creates != len(pending_spans):
+            return None  # somebody still waits for a parent: the run is not over
+        if len(span_items) - creates != len(live_spans):
+            return None  # a live span is still open, or waits for its create
         root_in = trace.root_delivered or trace.root_skipped or bool(roots)
         rootless = not root_in and (trace.finished_without_root or self._over_without_root(trace, now))
         if not (shutdown or rootless or (root_in and (over or quiet or (flush and not waiting_for_open)))):
@@ -654,10 +692,10 @@ class Planner:
         else:
             # Shutdown before the root ended, or a root that never came: close the run at its last known span (at
             # its start when none has ended: never before it, which the API refuses), failed if any span failed.
-            failed = trace.any_failed or any(record.status == "failed" for record in planned)
+            failed = trace.any_failed or planned_failed
             end_ns = max(trace.last_end_ns, trace.first_start_ns, trace.planned_start_ns or 0)
         body = finish_item(trace.instance_id, "failed" if failed else "complete", end_ns)
-        return PlannedItem(body["idempotency_key"], BULK_FINISH_INSTANCE, body, trace.trace_id)
+        return _new_item((body["idempotency_key"], BULK_FINISH_INSTANCE, body, trace.trace_id, None))
 
     def _over_without_root(self, trace: RunState, now: float) -> bool:
         """The rule for a run whose root has not come (never in this planner's hands: the exporter alone and the

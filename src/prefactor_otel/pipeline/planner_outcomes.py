@@ -23,6 +23,7 @@ from prefactor_otel.model.http import (
     BULK_REGISTER,
     BULK_START,
 )
+from prefactor_otel.pipeline import runs as runs_module
 from prefactor_otel.pipeline.items import PlannedItem
 from prefactor_otel.pipeline.runs import RunState, RunTable, remember
 from prefactor_otel.transport.outcomes import SUCCESS, ItemOutcome, Verdict, judge
@@ -79,65 +80,85 @@ class OutcomeRules:
         runs = self._runs
         traces_get, items_get = runs.traces.get, self._items.get
         run_changes = runs.run_changes
+        bound = runs_module.MAX_SPANS_REMEMBERED_PER_TRACE  # remember()'s bound, read at the call (tests lower it)
         # The common item, a finished span created (or spooled), is recorded inline and counted once per call:
-        # what _on_span and _delivered do for it, without their calls (once per exported span).
-        delivered = live_created = 0
-        for key, outcome in outcomes.items():
-            item = items_get(key)
-            if item is None:
-                continue
-            action = item.action
-            if outcome is SUCCESS and action == BULK_CREATE_SPAN:
-                trace = traces_get(item.trace_id)
-                if trace is None:
+        # what _on_span and _delivered do for it, without their calls (once per exported span). A plan's items
+        # come run by run, so the run of the last such item is kept (`run_id`, `trace`) while items of it follow;
+        # any other item forgets it (it may finish or reject a run, which leaves the table).
+        delivered = live_created = dequeued = 0
+        run_id: int | None = None
+        trace: RunState | None = None
+        try:
+            for key, outcome in outcomes.items():
+                item = items_get(key)
+                if item is None:
                     continue
-                span_id = item.span_id
-                pending = trace.pending.pop(span_id, None)  # type: ignore[arg-type]
-                if pending is None:
+                action = item.action
+                if outcome is SUCCESS and action == BULK_CREATE_SPAN:
+                    if trace is None or item.trace_id != run_id:
+                        run_id = item.trace_id
+                        trace = traces_get(run_id)
+                        if trace is None:
+                            continue
+                    span_id = item.span_id
+                    pending = trace.pending.pop(span_id, None)  # type: ignore[arg-type]
+                    if pending is None:
+                        continue
+                    dequeued += 1
+                    created = trace.created  # remember(), inline
+                    created[span_id] = None  # type: ignore[index]
+                    if len(created) > bound:
+                        del created[next(iter(created))]
+                    record = pending.record
+                    status = record.status
+                    if status == "active":
+                        live_created += 1  # counted as exported once finished
+                        continue
+                    delivered += 1
+                    if record.parent_span_id is None or record.parent_is_remote:  # a local root
+                        trace.root_delivered = True
+                        trace.root_failed = trace.root_failed or status == "failed"
+                        trace.root_end_ns = max(trace.root_end_ns, record.end_time_ns)
+                    if status == "failed":
+                        trace.any_failed = True
+                    if trace.journaled:
+                        run_changes[trace.instance_id] = trace.last_end_ns
                     continue
-                runs.queued -= 1
-                remember(trace.created, span_id, None)
-                record = pending.record
-                status = record.status
-                if status == "active":
-                    live_created += 1  # counted as exported once finished
-                    continue
-                delivered += 1
-                if record.parent_span_id is None or record.parent_is_remote:  # a local root
-                    trace.root_delivered = True
-                    trace.root_failed = trace.root_failed or status == "failed"
-                    trace.root_end_ns = max(trace.root_end_ns, record.end_time_ns)
-                if status == "failed":
-                    trace.any_failed = True
-                if trace.journaled:
-                    run_changes[trace.instance_id] = trace.last_end_ns
-                continue
-            if outcome.status == "not_processed":
-                continue
-            trace = traces_get(item.trace_id)
-            if trace is None:
-                continue
-            span_id = item.span_id
-            if outcome is SUCCESS:  # the shared outcome of most items: judge's first answer, without the call
-                verdict = Verdict.DONE
-            else:
-                pending = trace.pending.get(span_id) if span_id is not None else None
-                verdict = judge(action, outcome, can_orphan=pending is not None and not pending.orphaned)
-            if action == BULK_CREATE_SPAN:
-                if span_id is not None:
-                    self._on_span(trace, span_id, verdict, outcome, spooled)
-            elif action == BULK_REGISTER:
-                self._on_register(trace, verdict is Verdict.DONE, outcome)
-            elif action == BULK_START:
-                self._on_start(trace, verdict is Verdict.DONE, outcome)
-            elif action == BULK_FINISH_SPAN and span_id is not None:
-                self._on_span_finish(trace, span_id, verdict, outcome, spooled)
-            elif action == BULK_FINISH_INSTANCE:
-                self._on_finish(trace, verdict is Verdict.DONE, outcome)
+                trace = None
+                self._apply_other(item, outcome, spooled)
+        finally:
+            runs.queued -= dequeued  # true even if an item raised midway
         if delivered:
             runs.counters["spans_spooled" if spooled else "spans_exported"] += delivered
         if live_created:
             runs.counters["spans_live_created"] += live_created
+
+    def _apply_other(self, item: PlannedItem, outcome: ItemOutcome, spooled: bool) -> None:
+        """What `apply` does for an item other than a finished span created: registers, starts, finishes, live
+        spans, and any item the server did not accept."""
+        action = item.action
+        if outcome.status == "not_processed":
+            return
+        trace = self._runs.traces.get(item.trace_id)
+        if trace is None:
+            return
+        span_id = item.span_id
+        if outcome is SUCCESS:  # the shared outcome of most items: judge's first answer, without the call
+            verdict = Verdict.DONE
+        else:
+            pending = trace.pending.get(span_id) if span_id is not None else None
+            verdict = judge(action, outcome, can_orphan=pending is not None and not pending.orphaned)
+        if action == BULK_CREATE_SPAN:
+            if span_id is not None:
+                self._on_span(trace, span_id, verdict, outcome, spooled)
+        elif action == BULK_REGISTER:
+            self._on_register(trace, verdict is Verdict.DONE, outcome)
+        elif action == BULK_START:
+            self._on_start(trace, verdict is Verdict.DONE, outcome)
+        elif action == BULK_FINISH_SPAN and span_id is not None:
+            self._on_span_finish(trace, span_id, verdict, outcome, spooled)
+        elif action == BULK_FINISH_INSTANCE:
+            self._on_finish(trace, verdict is Verdict.DONE, outcome)
 
     def _on_register(self, trace: RunState, ok: bool, outcome: ItemOutcome) -> None:
         if ok:

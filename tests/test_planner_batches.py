@@ -1,0 +1,157 @@
+"""The planner's per-run shortcuts (issue 22): `add` does a run's checks once per run of consecutive spans of it,
+`apply` looks a run up once per run of consecutive items. Held here to what the planner does span by span: a batch
+added (or answered) in one call leaves the same state, plans the same items in the same order, and counts the
+same, as its spans added (answered) one call each -- on batches whose runs interleave, with duplicates, filtered
+spans, spans of finished and rejected runs, and answers that mix successes with failures. Real mapped spans; no
+server (the planner does no I/O)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+from prefactor_otel.mapping import agent_schema_version, agent_version_from_resource, map_span
+from prefactor_otel.mapping.payload import SpanRecord
+from prefactor_otel.pipeline.items import PlannedItem
+from prefactor_otel.pipeline.planner import Planner
+from prefactor_otel.transport.outcomes import ItemOutcome
+from tests.spans import agent_trace, make_provider
+
+
+def _planner(**kw: Any) -> Planner:
+    return Planner(
+        partition=4242,
+        agent_key="agent",
+        agent_id=None,
+        environment_id=None,
+        purpose=None,
+        agent_version_for=lambda r: agent_version_from_resource(r, sdk_version="0").model_dump(exclude_none=True),
+        schema_version=agent_schema_version(),
+        run_part="part-1",
+        **kw,
+    )
+
+
+def _traces(count: int, *, fail_every: int = 0) -> list[list[SpanRecord]]:
+    """`count` agent runs, each its spans in the order they ended (children first)."""
+    out = []
+    for n in range(count):
+        provider, collector = make_provider()
+        with suppress(RuntimeError):  # a failing run's tool raises through its spans, as an application's would
+            agent_trace(provider, fail=bool(fail_every) and n % fail_every == 0)
+        out.append([map_span(s) for s in collector.spans])
+    return out
+
+
+def _interleave(traces: list[list[SpanRecord]]) -> list[SpanRecord]:
+    """Runs of one, two and three consecutive spans of a trace, alternating between traces."""
+    queues = [list(t) for t in traces]
+    out: list[SpanRecord] = []
+    step = 0
+    while any(queues):
+        for queue in queues:
+            take = 1 + step % 3
+            out.extend(queue[:take])
+            del queue[:take]
+            step += 1
+    return out
+
+
+def _state(planner: Planner) -> tuple[Any, ...]:
+    runs = planner.runs
+    return (
+        [
+            (t.trace_id, sorted(t.pending), list(t.created), t.last_activity, t.last_end_ns)
+            for t in runs.traces.values()
+        ],
+        list(runs.with_pending),
+        runs.queued,
+        dict(runs.counters),
+        dict(runs.dropped),
+        dict(runs.finished),
+    )
+
+
+def _view(items: list[PlannedItem]) -> list[tuple[Any, ...]]:
+    return [(i.key, i.action, repr(i.body), i.trace_id, i.span_id) for i in items]
+
+
+def _both(records: list[SpanRecord], now: float, **kw: Any) -> tuple[Planner, Planner]:
+    """Two planners given the same records: one batch, and one span per call."""
+    whole, single = _planner(**kw), _planner(**kw)
+    whole.add(copy.deepcopy(records), now)
+    for record in copy.deepcopy(records):
+        single.add([record], now)
+    return whole, single
+
+
+def test_interleaved_runs_with_duplicates_add_as_span_by_span() -> None:
+    traces = _traces(4)
+    records = _interleave(traces)
+    records.insert(3, records[1])  # a duplicate right after another run's span
+    records.insert(7, records[6])  # and one right after itself
+    for grace in (0.0, 6.0):
+        whole, single = _both(records, 1.0, finish_grace_seconds=grace)
+        assert _state(whole) == _state(single)
+        assert whole.counters["spans_duplicate_ignored"] == 2
+        assert _view(whole.plan(1.0)) == _view(single.plan(1.0))
+
+
+def test_a_filter_between_a_runs_spans_adds_as_span_by_span() -> None:
+    records = _interleave(_traces(3))
+    whole, single = _both(records, 2.0, span_filter=lambda r: r.schema_name != "otel:span")
+    assert _state(whole) == _state(single)
+    assert _view(whole.plan(2.0, flush=True)) == _view(single.plan(2.0, flush=True))
+
+
+def test_spans_of_finished_and_rejected_runs_among_others_add_as_span_by_span() -> None:
+    traces = _traces(3)
+    finished, rejected, fresh = traces
+    pair = [_planner(finish_grace_seconds=0.0), _planner(finish_grace_seconds=0.0)]
+    for planner in pair:
+        planner.add(copy.deepcopy(finished + rejected), 0.0)
+        items = planner.plan(0.0)
+        outcomes = {i.key: ItemOutcome("success") for i in items if i.trace_id == finished[0].trace_id}
+        register = next(i for i in items if i.trace_id == rejected[0].trace_id)
+        outcomes[register.key] = ItemOutcome("error", "invalid_value", "no")
+        planner.apply(outcomes, 0.0)
+    # A batch: a late span of the finished run, fresh spans, a span of the rejected run, fresh again.
+    batch = [finished[0], fresh[0], fresh[1], rejected[0], fresh[2], finished[1], *fresh[3:]]
+    whole, single = pair
+    whole.add(copy.deepcopy(batch), 1.0)
+    for record in copy.deepcopy(batch):
+        single.add([record], 1.0)
+    assert _state(whole) == _state(single)
+    assert whole.dropped["instance_already_finished"] == 2
+    assert _view(whole.plan(1.0)) == _view(single.plan(1.0))
+
+
+def _answer(items: list[PlannedItem]) -> dict[str, ItemOutcome]:
+    """Successes, a span refused, one not processed, a register refused (its run's later items answered too)."""
+    outcomes: dict[str, ItemOutcome] = {}
+    registers = [i for i in items if i.action == "agent_instances/register"]
+    creates = [i for i in items if i.action == "agent_spans/create"]
+    for item in items:
+        outcomes[item.key] = ItemOutcome("success")
+    outcomes[creates[2].key] = ItemOutcome("error", "invalid_value", "bad span")
+    outcomes[creates[5].key] = ItemOutcome("not_processed")
+    outcomes[registers[-1].key] = ItemOutcome("error", "invalid_value", "bad run")
+    return outcomes
+
+
+def test_outcomes_applied_at_once_as_one_by_one() -> None:
+    records = [r for t in _traces(5, fail_every=2) for r in t]
+    for grace in (0.0, 6.0):
+        whole, single = _both(records, 1.0, finish_grace_seconds=grace)
+        items = whole.plan(1.0)
+        assert _view(items) == _view(single.plan(1.0))
+        outcomes = _answer(items)
+        whole.apply(outcomes, 1.0)
+        for key, outcome in outcomes.items():
+            single.apply({key: outcome}, 1.0)
+        assert _state(whole) == _state(single)
+        assert whole.counters["spans_exported"] > 0 and whole.dropped["rejected:invalid_value"] == 1
+        after: Callable[[Planner], list[tuple[Any, ...]]] = lambda p: _view(p.plan(20.0, shutdown=True))  # noqa: E731
+        assert after(whole) == after(single)
