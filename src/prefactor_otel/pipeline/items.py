@@ -91,22 +91,24 @@ def span_create_item(
             "id": span_id,
             "schema_name": record.schema_name,
             "status": status,
-            "payload": payload,
             "started_at": iso_from_ns(record.start_time_ns) or "",
         }
+        if parent_id is not None:
+            details["parent_span_id"] = parent_id
+        details["payload"] = payload
     else:
         details = {
             "agent_instance_id": instance_id,
             "id": span_id,
             "schema_name": record.schema_name,
             "status": status,
-            "payload": payload,
             "started_at": iso_from_ns(record.start_time_ns) or "",
-            "result_payload": result_payload,
             "finished_at": iso_from_ns(record.end_time_ns) or "",
         }
-    if parent_id is not None:
-        details["parent_span_id"] = parent_id
+        if parent_id is not None:
+            details["parent_span_id"] = parent_id
+        details["payload"] = payload
+        details["result_payload"] = result_payload
     if orphan or placeholder or status == "active":
         # A live create is another body for the same span id: its own key (its finish follows it).
         key = span_create_key(span_id, orphan=orphan, placeholder=placeholder, live=status == "active")
@@ -123,13 +125,13 @@ def ended_span_create_item(record: SpanRecord, instance_id: str, span_id: str, p
         "id": span_id,
         "schema_name": record.schema_name,
         "status": record.status,
-        "payload": record.payload,
         "started_at": iso_from_ns(record.start_time_ns) or "",
-        "result_payload": record.result_payload,
         "finished_at": iso_from_ns(record.end_time_ns) or "",
     }
     if parent_id is not None:
         details["parent_span_id"] = parent_id
+    details["payload"] = record.payload
+    details["result_payload"] = record.result_payload
     return {"_type": BULK_CREATE_SPAN, "idempotency_key": _CREATE_KEY_PREFIX + span_id, "details": details}
 
 
