@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from prefactor_otel.mapping.prefilter import LongTextGate, long_text_gate
+from prefactor_otel.mapping.prefilter import LongTextGate, _direct_match, long_text_gate
 from prefactor_otel.mapping.redaction import _SHORT, Redactor
 from prefactor_otel.mapping.secret_patterns import ALWAYS_RUN, PREFILTER_PATTERNS, default_rules
 
@@ -229,3 +229,44 @@ def test_a_trigger_at_the_end_of_a_large_text_is_found() -> None:
     if HAVE_RE2:
         assert _gate().may_match(text)
     _both(text)
+
+
+class _WrapperOnly:
+    """A set wrapper laid out otherwise than google-re2's (no `_set` inside): its public `Match` is used."""
+
+    def Match(self, text: bytes) -> list[int] | None:
+        return [0] if b"sk-" in text else None
+
+
+class _DisagreeingInner:
+    def Match(self, text: bytes) -> list[int]:
+        return [1]  # answers a match on every text: not what the wrapper says
+
+
+class _WrapperWithOddInner(_WrapperOnly):
+    _set = _DisagreeingInner()
+
+
+def test_the_gate_matches_with_the_compiled_set_only_when_it_answers_as_the_wrapper_does() -> None:
+    # google-re2's own layout: the compiled set's Match, which answers every text as the wrapper does.
+    gate = _gate()
+    if HAVE_RE2:
+        import re2
+
+        regex_set = re2.Set.SearchSet(re2.Options())
+        for pattern in dict.fromkeys(PREFILTER_PATTERNS.values()):
+            regex_set.Add(pattern)
+        regex_set.Compile()
+        direct = _direct_match(regex_set)
+        assert direct is not regex_set.Match and type(direct(b"")) is list
+        rng = random.Random(11)
+        texts = [*SAMPLES, *(" ".join(rng.choices(WORDS, k=200)) for _ in range(50))]
+        for text in texts:
+            data = text.encode()
+            assert sorted(direct(data)) == sorted(regex_set.Match(data) or [])
+            assert gate.may_match(text) == (regex_set.Match(data) is not None)
+    # Another layout, or an inner matcher that answers otherwise: the wrapper's public Match.
+    plain = _WrapperOnly()
+    assert _direct_match(plain) == plain.Match
+    odd = _WrapperWithOddInner()
+    assert _direct_match(odd) == odd.Match

@@ -176,14 +176,19 @@ def _limit(section: dict[str, Any], limit: int, longest: int, name: str, log: li
 
 def _redact_section_keys(redactor: Redactor, section: dict[str, Any], name: str, log: list[dict[str, Any]]) -> None:
     for key, value in section.items():
+        value_type = type(value)
+        if value_type in _JSON_SCALARS or value_type is float:
+            continue  # a section's text and numbers: value-scanned as raw attributes, no keys inside
         if key == "messages" and isinstance(value, list):
             # Message text was value-scanned; only tool-call arguments and extra parts can hold keyed secrets.
+            # Most messages have neither: told by two key tests, no loop over the field names.
             for index, message in enumerate(value):
-                if isinstance(message, dict):
-                    for field in ("tool_calls", "parts"):
-                        if field in message:
-                            redactor.redact_keys_in(message[field], f"{name}.messages[{index}].{field}", log)
-        elif isinstance(value, (dict, list)):
+                if isinstance(message, dict) and ("tool_calls" in message or "parts" in message):
+                    if "tool_calls" in message:
+                        redactor.redact_keys_in(message["tool_calls"], f"{name}.messages[{index}].tool_calls", log)
+                    if "parts" in message:
+                        redactor.redact_keys_in(message["parts"], f"{name}.messages[{index}].parts", log)
+        elif value_type is dict or value_type is list or isinstance(value, (dict, list)):
             redactor.redact_keys_in(value, f"{name}.{key}", log)
 
 
