@@ -25,13 +25,15 @@ request itself beside its floor (`http_cost`: the same compressed bodies POSTed 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import gzip
 import json
+import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,13 +207,31 @@ sys.exit(sinks.main(["--max-seconds", "900"]))
 """
 
 
+@contextlib.contextmanager
+def _sink_child() -> Iterator[dict[str, str]]:
+    """The fast sinks (sinks.py) in a process of their own, for as long as the block runs: their URLs."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SINK_CHILD],
+        cwd=ROOT / "benchmarks",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        yield json.loads(child.stdout.readline())
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()  # the sink exits when its parent's pipe closes
+        child.wait(timeout=30)
+
+
 def exporter_cpu(
     spans: Sequence[ReadableSpan], settings: Sequence[str] = ("none", "gzip", "zstd"), *, runs: int = 5
 ) -> dict[str, float]:
     """The whole exporter's CPU per span (µs: thread time of export() and shutdown(), the median of `runs`
     interleaved runs, a fresh exporter each) for each PREFACTOR_COMPRESSION setting, into the benchmark's fast bulk
     sink (sinks.py, in its own process); plus "otlp", OTLPSpanExporter into the fast OTLP sink, for the ratio."""
-    import subprocess
     from statistics import median
 
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -222,16 +242,7 @@ def exporter_cpu(
     batches = [spans[i : i + BATCH] for i in range(0, len(spans), BATCH)]
     timings: dict[str, list[float]] = {name: [] for name in (*settings, "otlp")}
     agent_id = ids.encode(int(time.time() * 1000), 4242, 0x5EED)
-    child = subprocess.Popen(
-        [sys.executable, "-c", _SINK_CHILD],
-        cwd=ROOT / "benchmarks",
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        urls = json.loads(child.stdout.readline())
+    with _sink_child() as urls:
 
         def one(name: str) -> float:
             exporter: Any
@@ -258,10 +269,6 @@ def exporter_cpu(
         for _ in range(runs):
             for name in timings:
                 timings[name].append(one(name))
-    finally:
-        if child.stdin is not None:
-            child.stdin.close()
-        child.wait(timeout=30)
     return {name: median(values) for name, values in timings.items()}
 
 
@@ -278,23 +285,13 @@ def http_cost(spans: Sequence[ReadableSpan], *, runs: int = 15) -> dict[str, flo
     - "compress", "answer": the compression and the answer's reading alone, for the remainder.
     """
     import http.client
-    import subprocess
 
     spans = list(spans)
     count = len(spans)
     _, items = _captured(spans, BATCH, False)
     encoded = [[wire.encode_item(item) for item in request] for request in items]
     keys = [[item["idempotency_key"] for item in request] for request in items]
-    child = subprocess.Popen(
-        [sys.executable, "-c", _SINK_CHILD],
-        cwd=ROOT / "benchmarks",
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        urls = json.loads(child.stdout.readline())
+    with _sink_child() as urls:
         exporter = PrefactorSpanExporter(
             api_url=urls["bulk"],
             api_token="pf_bench_token",
@@ -363,10 +360,6 @@ def http_cost(spans: Sequence[ReadableSpan], *, runs: int = 15) -> dict[str, flo
         exporter.shutdown()
         bare.close()
         connection.close()
-    finally:
-        if child.stdin is not None:
-            child.stdin.close()
-        child.wait(timeout=30)
     result = {name: seconds / count * 1e6 for name, seconds in best.items()}
     result["requests"] = len(bodies)
     result["spans"] = count
