@@ -63,7 +63,7 @@ def _spans() -> _Keep:
 
 def test_the_sdk_span_classes_are_read_through_their_fields() -> None:
     keep = _spans()
-    assert keep.ended and {type(span) for span in keep.ended + keep.started} <= payload._SDK_SPANS
+    assert keep.ended and {type(span) for span in keep.ended + keep.started} <= payload.SDK_SPAN_CLASSES
 
 
 def test_fields_and_properties_read_the_same() -> None:
@@ -85,7 +85,7 @@ def test_records_are_the_same_through_either_reader(monkeypatch: pytest.MonkeyPa
     options = MappingOptions()
     fast = [map_span(span, options) for span in keep.ended]
     live = [map_span(span, options, started=True) for span in keep.started]
-    monkeypatch.setattr(payload, "_SDK_SPANS", frozenset())
+    monkeypatch.setattr(payload, "SDK_SPAN_CLASSES", frozenset())
     assert [map_span(span, options) for span in keep.ended] == fast
     assert [map_span(span, options, started=True) for span in keep.started] == live
 
@@ -105,7 +105,7 @@ class _Wrapped(ReadableSpan):
 def test_another_span_class_is_read_through_its_public_properties() -> None:
     context = SpanContext(0x1, 0x2, is_remote=False, trace_flags=SAMPLED)
     span = _Wrapped(name="field name", context=context, start_time=10, end_time=20, attributes={"from": "field"})
-    assert type(span) not in payload._SDK_SPANS
+    assert type(span) not in payload.SDK_SPAN_CLASSES
     record = map_span(span, MappingOptions())
     assert record.name == "wrapped name"
     assert record.payload["metadata"]["from"] == "property"  # type: ignore[index]
@@ -126,10 +126,10 @@ def test_an_sdk_whose_fields_do_not_hold_what_its_properties_return_is_read_thro
 ) -> None:
     # The failure mode of the private read: a future SDK that keeps the field names but computes a property
     # differently. The import-time probe must then trust no class, and map_span still maps through the properties.
-    assert payload._sdk_span_classes()  # this SDK: the fields hold
+    assert payload.sdk_span_classes()  # this SDK: the fields hold
     for name, value in (("name", "renamed"), ("end_time", 1), ("kind", SpanKind.CONSUMER), ("dropped_events", 9)):
         monkeypatch.setattr(ReadableSpan, name, property(lambda self, value=value: value))
-        assert payload._sdk_span_classes() == frozenset(), name
+        assert payload.sdk_span_classes() == frozenset(), name
         monkeypatch.undo()
     monkeypatch.setattr(ReadableSpan, "attributes", property(lambda self: {"other": 1}))
-    assert payload._sdk_span_classes() == frozenset()
+    assert payload.sdk_span_classes() == frozenset()

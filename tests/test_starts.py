@@ -14,8 +14,8 @@ from opentelemetry.sdk.trace.sampling import Decision, StaticSampler
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from prefactor_otel.mapping.conventions import AGENT, classify
+from prefactor_otel.mapping.payload import SDK_SPAN_CLASSES, sdk_span_classes
 from prefactor_otel.mapping.values import plain_attributes
-from prefactor_otel.pipeline import starts
 from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan, read_start
 
 
@@ -79,7 +79,7 @@ def _started_spans() -> list[Span]:
 def test_the_sdk_span_classes_take_the_fast_path() -> None:
     """The import-time check passed for the installed SDK: its span classes are read through their fields."""
     spans = _started_spans()
-    assert spans and {type(span) for span in spans} <= starts._SDK_SPANS
+    assert spans and {type(span) for span in spans} <= SDK_SPAN_CLASSES
 
 
 @pytest.mark.parametrize("mode", ["agent", "all", "none"])
@@ -132,7 +132,7 @@ def test_another_span_class_is_read_through_its_public_properties() -> None:
     span = _Wrapped(
         name="inner", context=inner, parent=parent, start_time=10, attributes={"gen_ai.operation.name": "invoke_agent"}
     )
-    assert type(span) not in starts._SDK_SPANS
+    assert type(span) not in SDK_SPAN_CLASSES
     started = read_start(span)
     assert started == StartedSpan(0x77, 0x88, 0x3, True, 10, span)
     assert LivePolicy("agent").wants(started)  # a local root (remote parent)
@@ -148,9 +148,9 @@ def test_an_sdk_whose_fields_do_not_hold_what_its_properties_return_is_read_thro
 ) -> None:
     # The failure mode of the private read: a future SDK that keeps the field names but computes a property
     # differently. The import-time probe must then trust no class, and read_start still gives the public answer.
-    assert starts._sdk_span_classes()  # this SDK: the fields hold
+    assert sdk_span_classes()  # this SDK: the fields hold
     monkeypatch.setattr(ReadableSpan, "name", property(lambda self: "renamed"))
-    assert starts._sdk_span_classes() == frozenset()
+    assert sdk_span_classes() == frozenset()
     monkeypatch.undo()
     monkeypatch.setattr(ReadableSpan, "start_time", property(lambda self: 1))
-    assert starts._sdk_span_classes() == frozenset()
+    assert sdk_span_classes() == frozenset()

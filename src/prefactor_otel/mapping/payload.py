@@ -231,7 +231,7 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
 
     started: map a span that has only started (a live span): what it holds so far, status "active", no result.
     """
-    read = _read_fields(span) if type(span) in _SDK_SPANS else None
+    read = _read_fields(span) if type(span) in SDK_SPAN_CLASSES else None
     if read is None:
         read = _read_properties(span)
     (
@@ -482,7 +482,7 @@ def _read_properties(span: ReadableSpan) -> _Read:
 
 def _read_fields(span: Any) -> _Read | None:
     """`_read_properties` of a span of the SDK's own classes, through the fields their properties return (checked
-    at import by `_sdk_span_classes`), and its SpanContexts as the 6-tuples they are: 1.7 -> 0.4 us a span. None
+    at import by `sdk_span_classes`), and its SpanContexts as the 6-tuples they are: 1.7 -> 0.4 us a span. None
     when a context is not a SpanContext (then the properties are read)."""
     context = span._context
     parent = span._parent
@@ -529,10 +529,11 @@ def _read_fields(span: Any) -> _Read | None:
     )
 
 
-def _sdk_span_classes() -> frozenset[type]:
-    """The SDK span classes `_read_fields` may read: those that inherit ReadableSpan's properties unchanged, if a
-    probe span confirms that the fields hold what those properties return (an SDK that computes a property
-    differently, or names its fields otherwise, gets no class: every span is then read through the properties)."""
+def sdk_span_classes() -> frozenset[type]:
+    """The SDK span classes whose fields `_read_fields` (and pipeline/starts.py's `read_start`) may read: those that
+    inherit ReadableSpan's properties unchanged, if a probe span confirms that the fields hold what those properties
+    return (an SDK that computes a property differently, or names its fields otherwise, gets no class: every span is
+    then read through the properties)."""
     try:
         context = SpanContext(0x1F, 0x2F, False, TraceFlags(TraceFlags.SAMPLED))
         parent = SpanContext(0x1F, 0x3F, True, TraceFlags(TraceFlags.SAMPLED))
@@ -561,7 +562,9 @@ def _sdk_span_classes() -> frozenset[type]:
         holds = read is not None and read == _read_properties(probe)
         holds = holds and read is not None and read[:7] == ("probe", 0x1F, 0x2F, 0x3F, True, 5, 6)
         holds = holds and read is not None and read[7] == {"k": "v"} and read[14] == (1, 2, 0)
-        holds = holds and len(context) == 6 and tuple(context)[5] is True
+        # SpanContext's tuple layout, which both readers unpack: (trace, span, remote, flags, state, valid).
+        holds = holds and len(context) == 6 and tuple(context)[:4] == (0x1F, 0x2F, False, TraceFlags.SAMPLED)
+        holds = holds and tuple(context)[5] is True
     except Exception:  # another SDK layout: the public properties only
         return frozenset()
     if not holds:
@@ -649,4 +652,4 @@ _ORIGINS: dict[
 ] = {}
 
 # Span classes read through their fields (`_read_fields`); checked once, at import.
-_SDK_SPANS = _sdk_span_classes()
+SDK_SPAN_CLASSES = sdk_span_classes()

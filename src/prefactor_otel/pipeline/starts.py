@@ -7,9 +7,10 @@ policy object; no locks, no I/O.
 
 Speed (measured, per started span on the sending thread): spans of the SDK's own classes are read through the
 fields their properties return (`_context`, `_start_time`, `_parent`, `_name`, `_attributes`), and SpanContexts
-as the 6-tuples they are, rather than through a property call per field; a start check at import confirms on a
-probe span that the fields hold what the properties return, and any other span object (a wrapper, another SDK
-version whose check fails) is read through the public properties as before. The results are identical.
+as the 6-tuples they are, rather than through a property call per field. Which classes may be read so is decided
+once, by the mapping's import-time probe (`mapping.payload.sdk_span_classes`: the fields hold what the properties
+return, the SpanContext tuple has the layout unpacked here); any other span object (a wrapper, another SDK version
+whose probe fails) is read through the public properties as before. The results are identical.
 
 A live span is created in Prefactor `active` at its start and finished (`agent_spans/finish`) at its end, so a run
 and its in-flight steps show while they run. PREFACTOR_LIVE_SPANS: `agent` (default) = a run's local root and the
@@ -24,13 +25,13 @@ from functools import partial
 from typing import Any, NamedTuple, cast
 
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from prefactor_otel.mapping import SpanRecord, map_span
 from prefactor_otel.mapping.conventions import AGENT, classify
 from prefactor_otel.mapping.options import MappingOptions
+from prefactor_otel.mapping.payload import SDK_SPAN_CLASSES
 from prefactor_otel.mapping.values import plain_attributes
 
 
@@ -52,7 +53,7 @@ class StartedSpan(NamedTuple):
 
 def read_start(span: ReadableSpan) -> StartedSpan | None:
     """The ids of a started span, or None for one the exporter never sees (not sampled, no valid context)."""
-    if type(span) not in _SDK_SPANS:
+    if type(span) not in SDK_SPAN_CLASSES:
         return _read_start_public(span)
     context: Any = span._context  # the fields the properties return (module docstring: checked at import)
     if type(context) is not SpanContext:
@@ -89,7 +90,7 @@ def _read_start_public(span: ReadableSpan) -> StartedSpan | None:
 def _start_attributes(span: ReadableSpan) -> dict[str, object]:
     """A plain copy of a started span's attributes (the application's thread may still be adding to them): one
     C-level dict copy for the SDK's BoundedAttributes, as `plain_attributes(span.attributes)` makes it."""
-    if type(span) in _SDK_SPANS:
+    if type(span) in SDK_SPAN_CLASSES:
         attributes: Any = span._attributes
         if type(attributes) is BoundedAttributes and _BOUNDED_COPY:
             copied = attributes.copy()
@@ -115,7 +116,7 @@ class LivePolicy:
             return True
         span = started.span
         # The attributes given at start are what instrumentations classify by (operation name, span kind).
-        name = span._name if type(span) in _SDK_SPANS else span.name
+        name = span._name if type(span) in SDK_SPAN_CLASSES else span.name
         return classify(_start_attributes(span), name).schema_name == AGENT
 
 
@@ -136,34 +137,3 @@ _new_started = cast(
     "Callable[[tuple[int, int, int | None, bool, int, ReadableSpan]], StartedSpan]",
     partial(tuple.__new__, StartedSpan),
 )
-
-
-def _sdk_span_classes() -> frozenset[type]:
-    """The SDK span classes whose fields read_start may read directly: those that inherit ReadableSpan's
-    properties unchanged, if a probe span confirms the fields hold what those properties return."""
-    properties = ("context", "start_time", "parent", "attributes", "name")
-    try:
-        context = SpanContext(0x1F, 0x2F, False, TraceFlags(TraceFlags.SAMPLED))
-        parent = SpanContext(0x1F, 0x3F, True, TraceFlags(TraceFlags.SAMPLED))
-        probe = ReadableSpan(name="probe", context=context, parent=parent, start_time=5, attributes={"k": "v"})
-        fields_hold = (
-            probe._context is probe.context
-            and probe._parent is probe.parent
-            and probe._start_time == probe.start_time == 5
-            and probe._name == probe.name == "probe"
-            and type(probe.attributes) is not dict  # a read-only view: its copy must be a copy of `_attributes`
-            and dict(probe.attributes or {}) == dict(probe._attributes or {}) == {"k": "v"}
-            and len(context) == 6
-            and tuple(context) == (0x1F, 0x2F, False, TraceFlags.SAMPLED, context.trace_state, True)
-        )
-    except Exception:  # another SDK layout: the public properties only
-        return frozenset()
-    if not fields_hold:
-        return frozenset()
-    classes = [ReadableSpan, sdk_trace.Span, getattr(sdk_trace, "_Span", sdk_trace.Span)]
-    return frozenset(
-        cls for cls in classes if all(getattr(cls, name, None) is getattr(ReadableSpan, name) for name in properties)
-    )
-
-
-_SDK_SPANS = _sdk_span_classes()
