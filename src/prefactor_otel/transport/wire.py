@@ -10,15 +10,12 @@ stdlib, the hand-written span create): docs/wire.md, "The JSON encoder".
 
 from __future__ import annotations
 
-import importlib
-import json
 from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring as _json_string  # C: quotes and escapes one str
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-import pydantic_core
-
+from prefactor_otel.mapping import values
 from prefactor_otel.mapping.values import RawJson, as_dict
 from prefactor_otel.model.http import (
     BULK_CREATE_SPAN,
@@ -225,59 +222,14 @@ def _span_create_each(item: dict[str, Any], details: dict[str, Any]) -> bytes | 
     return b"".join(parts)
 
 
-def encode_json(value: dict[str, Any]) -> RawJson:
-    """One JSON object, compact, for embedding later (see RawJson). Raises ValueError like encode_item.
-
-    The result payload of a span with no outputs, usage or error (every plain span: most spans of most traces) is
-    always the same bytes: told by its keys and three identity and type tests (no `==` on values, which a foreign
-    object could answer oddly), it is the one encoded object, without a serializer call (0.57 -> 0.14 us)."""
-    if len(value) == 3 and tuple(value) == _NO_RESULT_KEYS:
-        outputs = value["outputs"]
-        if value["token_usage"] is None and value["error"] is None and type(outputs) is dict and not outputs:
-            return _NO_RESULT
-    return RawJson(_to_json(value))
-
-
-_NO_RESULT_KEYS = ("outputs", "token_usage", "error")
-_NO_RESULT = RawJson(b'{"outputs":{},"token_usage":null,"error":null}')
-
-
-def _to_json(value: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON of one object: orjson when installed, else pydantic-core, else the stdlib.
-
-    orjson writes the same bytes as pydantic-core's serializer for every value the mapping builds (strings,
-    ints, finite floats, bools, None, lists, dicts with string keys: tests/test_wire_orjson.py compares them, and
-    benchmarks/wire_diff.py on the workloads' real items) in 0.37x its time on the benchmark's payloads (2.65 ->
-    0.99 us per span realistic, 1.58 -> 0.51 small). What orjson refuses (a non-string key, an int past 64 bits, a
-    lone surrogate, nesting past 254 levels) raises TypeError and goes to pydantic-core, as before. The one value
-    it writes differently is a non-finite float (`null`, pydantic-core "NaN"/"Infinity"): the mapping turns those
-    into strings itself (json_safe, the message parser), so none reaches here but an overflowing number literal in
-    a parsed message (docs/wire.md, "The JSON encoder")."""
-    if _ORJSON_DUMPS is not None:
-        try:
-            return _ORJSON_DUMPS(value)
-        except TypeError:  # orjson.JSONEncodeError is a TypeError
-            pass
-    try:
-        return pydantic_core.to_json(value, inf_nan_mode="strings")
-    except pydantic_core.PydanticSerializationError:
-        text = _ENCODER.encode(value)  # ValueError for what JSON cannot hold (a non-string key, a set, ...)
-        return text.encode("utf-8", errors="replace")
-
-
-def _orjson() -> Any:
-    """The orjson module when it is installed (it is optional: without it pydantic-core encodes), else None."""
-    try:
-        return importlib.import_module("orjson")
-    except ImportError:
-        return None
-
-
-_ORJSON = _orjson()
-_ORJSON_DUMPS: Callable[..., bytes] | None = _ORJSON.dumps if _ORJSON is not None else None
-_ORJSON_FRAGMENT: Callable[[bytes], object] | None = _ORJSON.Fragment if _ORJSON is not None else None
-# The fallback encoder: json.dumps with non-default arguments builds a new encoder per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# The JSON encoder lives in mapping/values.py (the mapping encodes payloads as it maps them); these are its names
+# here, where the send path and its tests have always found them.
+encode_json = values.encode_json
+_to_json = values.to_json
+_NO_RESULT = values.NO_RESULT
+_ORJSON_DUMPS = values.ORJSON_DUMPS
+_ORJSON_FRAGMENT = values.ORJSON_FRAGMENT
+_ENCODER = values._ENCODER  # the stdlib fallback (tests compare against it)
 _ENCODED_SCHEMAS: dict[int, tuple[object, bytes]] = {}
 
 
