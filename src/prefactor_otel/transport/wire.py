@@ -1,11 +1,12 @@
 """The wire form of bulk items: compact JSON encoding, bulk request bodies, chunking, and the REST form of an item.
 
-Pure functions; the module state is two small bounded caches, plain dicts without a lock: the encoded schema sets
-(`_encoded_once`), read and written by the one sender thread at a time (the exporter's send lock), and the
-span-create layouts (`_LAYOUTS`), which any encoding thread (the exporter's sender, the gateway's worker) reads and
-fills; a race there only prepares a layout twice. JSON is written by orjson (a dependency; without it the other
-encoders write the same bytes, slower), where it writes the bytes the other encoders would (pydantic-core, the
-stdlib, the hand-written span create): docs/wire.md, "The JSON encoder".
+Pure functions; the module state is three small bounded caches, plain dicts without a lock: the encoded schema
+sets (`_encoded_once`), read and written by the one sender thread at a time (the exporter's send lock), and the
+span-create layouts (`_LAYOUTS`) and value-type shapes orjson may write (`_ORJSON_SHAPES`), which any encoding thread
+(the exporter's sender, the gateway's worker) reads and fills; a race there only prepares an entry twice. JSON is
+written by orjson (a dependency; without it the other encoders write the same bytes, slower), where it writes the
+bytes the other encoders would (pydantic-core, the stdlib, the hand-written span create): docs/wire.md, "The JSON
+encoder". The encoder itself (`encode_json`, `_to_json`) is mapping/values.py's, named here too.
 """
 
 from __future__ import annotations
@@ -42,31 +43,26 @@ def encode_item(item: dict[str, Any]) -> bytes:
         return b'%s%s"agent_schema_version":%s}' % (rest[:-1], separator, _encoded_once(schema))
     details = item.get("details")
     if type(details) is dict:
-        if (
-            _ORJSON_DUMPS is not None
-            and next(reversed(item)) == "details"
-            and type(next(reversed(details.values()), None)) is bytes  # ends with a payload: told at once
-        ):
+        if _ORJSON_DUMPS is not None:
             # orjson writes the item in its own key order, a payload (bytes: no JSON type to orjson, so `default`
             # makes it a Fragment) embedded as it is. Taken only where that is the hand-written span create's
-            # bytes (below): every value a string or a payload, details last, no string after a payload
-            # (pipeline/items.py builds span creates so). A lone surrogate makes orjson refuse: the paths below
-            # take it. 2.9 -> 0.9 us per span create, isolated (docs/wire.md).
-            payloads = False
-            for value in details.values():
-                if type(value) is bytes:
-                    payloads = True
-                elif payloads or type(value) is not str:
-                    break
-            else:
-                for value in item.values():
-                    if type(value) is not str and value is not details:
-                        break
-                else:
-                    try:
-                        return _ORJSON_DUMPS(item, default=_ORJSON_FRAGMENT)
-                    except TypeError:
-                        pass
+            # bytes (below), which depends on the types of the values in order alone (`_orjson_writes_the_same`):
+            # told once per shape, then by one lookup of the value types (C calls, where the checks in Python cost
+            # ~0.4 us per span create). A lone surrogate makes orjson refuse: the paths below take it. 2.9 -> 0.9
+            # us per span create, isolated (docs/wire.md).
+            shape = (*map(type, item.values()), *map(type, details.values()))
+            same = _ORJSON_SHAPES.get(shape)
+            if same is None:
+                same = _orjson_writes_the_same(item, details)
+                if shape.count(dict) == 1:  # (with another dict, the answer depends on which one is `details`)
+                    if len(_ORJSON_SHAPES) >= _LAYOUTS_KEPT:
+                        _ORJSON_SHAPES.clear()  # more shapes than the items have: start over rather than grow
+                    _ORJSON_SHAPES[shape] = same
+            if same:
+                try:
+                    return _ORJSON_DUMPS(item, default=_ORJSON_FRAGMENT)
+                except TypeError:
+                    pass
         fast = _span_create(item, details)
         if fast is not None:
             return fast
@@ -75,6 +71,23 @@ def encode_item(item: dict[str, Any]) -> bytes:
             details = {key: as_dict(value) if type(value) is RawJson else value for key, value in details.items()}
             return _to_json({**item, "details": details})
     return _to_json(item)
+
+
+def _orjson_writes_the_same(item: dict[str, Any], details: dict[str, Any]) -> bool:
+    """Whether orjson's bytes of this item (payloads as Fragments) are the hand-written span create's: every value a
+    string or a payload, `details` last and ending with a payload, no string after a payload (pipeline/items.py
+    builds span creates so). Where `details` is the one dict among the item's values and its own values, the answer
+    depends on the types of the values in order alone, so every item whose value types are these, in this order,
+    gets the same answer (`_ORJSON_SHAPES` keeps it)."""
+    if next(reversed(item)) != "details" or type(next(reversed(details.values()), None)) is not bytes:
+        return False
+    payloads = False
+    for value in details.values():
+        if type(value) is bytes:
+            payloads = True
+        elif payloads or type(value) is not str:
+            return False
+    return all(type(value) is str or value is details for value in item.values())
 
 
 def _span_create(item: dict[str, Any], details: dict[str, Any]) -> bytes | None:
@@ -187,6 +200,9 @@ _LAYOUTS_KEPT = 64
 # Span-create layouts by (item keys, details keys): read and filled by whichever thread encodes (the exporter's
 # sender, the gateway's worker) without a lock: a plain dict, and a race only builds a layout twice.
 _LAYOUTS: dict[tuple[tuple[str, ...], tuple[str, ...]], _CreateLayout] = {}
+# Whether orjson writes an item as the hand path would, by the types of its values then of its details' values, in
+# order (`_orjson_writes_the_same`): filled and read like _LAYOUTS, by whichever thread encodes, without a lock.
+_ORJSON_SHAPES: dict[tuple[type, ...], bool] = {}
 
 
 def _span_create_each(item: dict[str, Any], details: dict[str, Any]) -> bytes | None:
