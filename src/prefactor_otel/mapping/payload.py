@@ -554,6 +554,21 @@ def _read_fields(span: Any) -> _Read | None:
         attributes = plain_attributes(raw_attributes)
         dropped_attributes = raw_attributes.dropped if isinstance(raw_attributes, BoundedAttributes) else 0
     raw_events, raw_links = span._events, span._links
+    if type(raw_events) is BoundedList and type(raw_links) is BoundedList:
+        # Emptiness by the deque each holds (its len() in C; the list's own __len__ is a Python call), the drop
+        # counts as fields; a list with items is copied as `events` / `links` copy it (tuple(_events), under its
+        # lock: a live span's events may still grow on another thread).
+        span_events: Sequence[Event] = tuple(raw_events) if raw_events._dq else ()  # type: ignore[attr-defined]
+        span_links: Sequence[Link] = tuple(raw_links) if raw_links._dq else ()  # type: ignore[attr-defined]
+        dropped = (dropped_attributes, raw_events.dropped, raw_links.dropped)
+    else:
+        span_events = tuple(raw_events) if raw_events else ()  # `events` is tuple(_events): a copy under its lock
+        span_links = tuple(raw_links) if raw_links else ()
+        dropped = (
+            dropped_attributes,
+            raw_events.dropped if isinstance(raw_events, BoundedList) else 0,
+            raw_links.dropped if isinstance(raw_links, BoundedList) else 0,
+        )
     status = span._status
     if type(status) is SdkStatus:
         status_code, description = status._status_code, status._description  # what its properties return
@@ -568,17 +583,13 @@ def _read_fields(span: Any) -> _Read | None:
         span._start_time,
         span._end_time,
         attributes,
-        tuple(raw_events) if raw_events else (),  # `events` is tuple(_events): a copy under the list's lock
-        tuple(raw_links) if raw_links else (),
+        span_events,
+        span_links,
         status_code,
         span._resource,
         span._instrumentation_scope,
         span._kind,
-        (
-            dropped_attributes,
-            raw_events.dropped if isinstance(raw_events, BoundedList) else 0,
-            raw_links.dropped if isinstance(raw_links, BoundedList) else 0,
-        ),
+        dropped,
         description,
     )
 
