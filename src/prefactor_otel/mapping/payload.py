@@ -14,9 +14,14 @@ metadata's, and here the origins (scope + Resource -> metadata, by identity; the
 one slot replaced whole). mapping/README.md lists them.
 
 Spans of the SDK's own classes are read through the fields their properties return (`_read_fields`: 1.7 -> 0.4 us a
-span), after a probe span at import showed that those fields hold what the properties return; any other span class,
-or an SDK that fails the probe, is read through the public properties (`_read_properties`). The two give the same
-record (tests/test_mapping_span_read.py).
+span), their Status's and attribute dict's too, after a probe span at import showed that those fields hold what the
+properties return; any other span class, or an SDK that fails the probe, is read through the public properties
+(`_read_properties`). The two give the same record (tests/test_mapping_span_read.py, test_mapping_encoded.py).
+
+`map_span(..., encoded=True)` (the exporter's call) writes the payloads as JSON as it maps them: the bytes
+`values.encode_json` writes of the dicts `map_span` returns otherwise (tests/test_mapping_encoded.py compares them on
+every kind of span), one encoder call each, and a plain span's result payload the one shared encoded object
+(docs/wire.md, "Payloads encoded while mapping").
 """
 
 from __future__ import annotations
