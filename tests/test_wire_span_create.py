@@ -176,3 +176,29 @@ def test_encode_item_writes_the_bytes_it_wrote_before_orjson_in_any_key_order() 
             in_order += all(type(value) in (str, RawJson) for value in details.values())
         assert _encoded(item) == _written_before_orjson(item), item
     assert in_order > 1000
+
+
+def test_the_orjson_shape_cache_answers_by_value_types_and_never_for_an_item_with_two_dicts() -> None:
+    """`encode_item` remembers, per sequence of value types, whether orjson writes the hand path's bytes. Items of
+    one shape get one answer whatever their strings; an item with a second dict beside `details` (whose answer
+    depends on which dict is which) is never remembered: each is checked, and written as before."""
+    payload, result = RawJson(b'{"name":"x"}'), RawJson(b'{"outputs":{}}')
+    details = {"id": "01span", "status": "complete", "payload": payload, "result_payload": result}
+    wire._ORJSON_SHAPES.clear()
+    for text in ("plain", 'quo"te', "naïve", "a\udc80b"):
+        item = {"_type": CREATE, "idempotency_key": text, "details": {**details, "id": text}}
+        assert _encoded(item) == _written_before_orjson(item), item
+    assert len(wire._ORJSON_SHAPES) == 1 and all(wire._ORJSON_SHAPES.values())
+    reordered = {"_type": CREATE, "details": {**details}, "idempotency_key": "k"}  # details not last
+    assert _encoded(reordered) == _written_before_orjson(reordered)
+    shape = (*map(type, reordered.values()), str, str, RawJson, RawJson)
+    assert len(wire._ORJSON_SHAPES) == 2 and wire._ORJSON_SHAPES[shape] is False
+    if wire._ORJSON_DUMPS is None:
+        return
+    shared = {**details}
+    twice = {"copy": shared, "details": shared}  # one dict twice, `details` last: orjson wrote it, and still does
+    other = {"copy": {**details}, "details": {**details}}  # two dicts: the general path, as before
+    for _ in range(2):
+        assert _encoded(twice) == wire._ORJSON_DUMPS(twice, default=wire._ORJSON_FRAGMENT)
+        assert _encoded(other) == _written_before_orjson(other)
+    assert len(wire._ORJSON_SHAPES) == 2

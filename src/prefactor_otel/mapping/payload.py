@@ -14,9 +14,14 @@ metadata's, and here the origins (scope + Resource -> metadata, by identity; the
 one slot replaced whole). mapping/README.md lists them.
 
 Spans of the SDK's own classes are read through the fields their properties return (`_read_fields`: 1.7 -> 0.4 us a
-span), after a probe span at import showed that those fields hold what the properties return; any other span class,
-or an SDK that fails the probe, is read through the public properties (`_read_properties`). The two give the same
-record (tests/test_mapping_span_read.py).
+span), their Status's and attribute dict's too, after a probe span at import showed that those fields hold what the
+properties return; any other span class, or an SDK that fails the probe, is read through the public properties
+(`_read_properties`). The two give the same record (tests/test_mapping_span_read.py, test_mapping_encoded.py).
+
+`map_span(..., encoded=True)` (the exporter's call) writes the payloads as JSON as it maps them: the bytes
+`values.encode_json` writes of the dicts `map_span` returns otherwise (tests/test_mapping_encoded.py compares them on
+every kind of span), one encoder call each, and a plain span's result payload the one shared encoded object
+(docs/wire.md, "Payloads encoded while mapping").
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from prefactor_otel.mapping.options import DEFAULT_OPTIONS, MappingOptions
 from prefactor_otel.mapping.redaction import Redactor
 from prefactor_otel.mapping.resource import resource_metadata
 from prefactor_otel.mapping.values import (
+    NO_RESULT,
+    ORJSON_DUMPS,
     RawJson,
     attributes_dict,
     hex_span_id,
@@ -49,6 +56,7 @@ from prefactor_otel.mapping.values import (
     iso_from_ns,
     json_safe,
     plain_attributes,
+    to_json,
 )
 
 Status = Literal["active", "complete", "failed"]
@@ -92,7 +100,12 @@ class MappingError(ValueError):
 
 
 _EXCEPTION_EVENT = "exception"
-_KIND_NAMES = {kind: kind.name.lower() for kind in SpanKind}
+# By the member's id: an Enum's hash is a Python call (hash of its name), an int's is not. The members live as long
+# as the module, so their ids are never reused.
+_KIND_NAMES = {id(kind): kind.name.lower() for kind in SpanKind}
+_ERROR = StatusCode.ERROR
+_NONE_DROPPED = (0, 0, 0)  # nothing dropped: attributes, events, links
+_EMPTY_OBJECT: RawJson = b"{}"  # the encoded result payload of a started span
 # Attribute values that are JSON as they are (floats are not: NaN and infinities go through json_safe).
 _JSON_SCALARS = frozenset({str, int, bool, type(None)})
 _INFINITY = float("inf")  # a float strictly between the infinities is finite and not NaN: JSON as it is
@@ -225,11 +238,16 @@ def _typed(
     return typed, typed_mod.token_usage(ctx, classification.schema_name)
 
 
-def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, started: bool = False) -> SpanRecord:
+def map_span(
+    span: ReadableSpan, options: MappingOptions | None = None, *, started: bool = False, encoded: bool = False
+) -> SpanRecord:
     """Map one ended span. Pure: the same span and options always give the same record; never raises for
     content (a failing redaction callback masks the value), only MappingError for a span without context/end.
 
     started: map a span that has only started (a live span): what it holds so far, status "active", no result.
+    encoded: the record's payloads as their JSON (RawJson), written as they are mapped: the bytes `encode_json`
+    writes of the dicts, without building what a plain span's result needs (what the exporter sends). A payload the
+    encoder refuses stays a dict (the send path reports it), and so does the result payload after it.
     """
     read = _read_fields(span) if type(span) in SDK_SPAN_CLASSES else None
     if read is None:
@@ -245,11 +263,12 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
         attributes,
         span_events,
         span_links,
-        span_status,
+        status_code,
         resource,
         scope,
         span_kind,
         dropped,
+        description,
     ) = read
     if started:
         end_ns = start_ns
@@ -266,98 +285,14 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
         longest = redactor.redact_owned(attributes, "attributes", redactions)
     events = _redacted_events(span_events, redactor, redactions) if span_events else []
     links = _links(span_links, redactor, redactions) if span_links else []
-    description = span_status.description
     if redactor is not None and description:
         description = redactor.redact_text(description, "status.description", redactions)
 
-    # 2. Classification and the typed fields of the span's type.
-    classification = conventions.classify(attributes, name)
-    convention = classification.convention
-    metadata: dict[str, Any]
-    if convention is not None:
-        ctx = typed_mod.Context(attributes, span_events, name, events)
-        mapping_error = None
-        try:
-            typed, token_usage = _typed(ctx, classification, span, attributes, redactor, redactions)
-        except Exception as exc:
-            # A shape no instrumentation we know produces: keep the span, generic, with every attribute in
-            # metadata (already redacted), rather than lose it in the exporter.
-            ctx = typed_mod.Context(attributes, span_events, name, events)
-            typed, token_usage = typed_mod.Typed(), None
-            mapping_error = type(exc).__name__
-        fields, inputs, outputs, result = typed.fields, typed.inputs, typed.outputs, typed.result
-
-        # 3. Content controls: capture switches, then length limits.
-        omitted = []
-        if not opts.capture_inputs and inputs:
-            inputs, omitted = {}, ["inputs"]
-        if not opts.capture_outputs and outputs:
-            outputs = {}
-            omitted.append("outputs")
-        truncated: list[dict[str, Any]] = []
-        if (opts.max_input_length and inputs) or (opts.max_output_length and outputs):
-            if longest is None:
-                longest = _longest_string(attributes)
-            for _, event_attributes in events:  # builders read messages from events too (agent and tool spans)
-                longest = max(longest, _longest_string(event_attributes))
-            inputs = _limit(inputs, opts.max_input_length, longest, "inputs", truncated)
-            outputs = _limit(outputs, opts.max_output_length, longest, "outputs", truncated)
-
-        # 4. Metadata: every attribute no field consumed, then what the mapping itself has to say.
-        consumed = ctx.consumed
-        metadata = {}
-        for key, value in attributes.items():
-            if key not in consumed:
-                value_type = type(value)
-                if value_type in _JSON_SCALARS or (value_type is float and -_INFINITY < value < _INFINITY):  # type: ignore[operator]
-                    metadata[key] = value
-                else:
-                    metadata[key] = json_safe(value)
-    else:
-        # A plain span (most spans of most traces): no typed fields, its attributes stay in metadata as they are.
-        # (Usage attributes are GenAI attributes, so a span carrying any has a convention.)
-        # Its metadata is its attribute dict itself (this span's own copy, redacted): only values that are not JSON
-        # as they are get replaced, in place, where a fresh dict would copy every item.
-        fields = result = _NOTHING
-        inputs, outputs = {}, {}
-        token_usage = None
-        for key, value in attributes.items():
-            value_type = type(value)
-            if value_type not in _JSON_SCALARS and not (value_type is float and -_INFINITY < value < _INFINITY):  # type: ignore[operator]
-                attributes[key] = json_safe(value)
-        metadata = attributes
-    scope_label, origin, origin_redactions = _origin(scope, resource, redactor)
-    metadata.update(origin)
-    if origin_redactions:
-        redactions.extend(origin_redactions)
-    if convention:
-        metadata["convention"] = convention
-        if classification.decided_by:
-            metadata["prefactor.classified_by"] = classification.decided_by
-    if redactions:
-        metadata["prefactor.redactions"] = _dedupe(redactions)
-    if convention is not None:
-        if truncated:
-            metadata["prefactor.truncated"] = truncated
-        if omitted:
-            metadata["prefactor.content_omitted"] = omitted
-        if mapping_error:
-            metadata["prefactor.mapping_error"] = mapping_error
-        if ctx.invalid_counts:
-            metadata["prefactor.invalid_counts"] = ctx.invalid_counts
-    if any(dropped):
-        metadata["otel.dropped"] = {"attributes": dropped[0], "events": dropped[1], "links": dropped[2]}
-
-    failed = span_status.status_code is StatusCode.ERROR and not started
+    # The envelope every span has, whatever its type (nothing below changes what it reads).
+    failed = status_code is _ERROR and not started
     status: Status = "active" if started else "failed" if failed else "complete"
     error = _error(events, description, attributes) if failed else None
-    if parent_is_remote:
-        # Its parent is another process's span (W3C traceparent): this span's run is that process's part of the
-        # trace, continued here. `parent_span_id` and `trace_id` above name the span it continues
-        # (docs/cross-process.md).
-        metadata["otel.parent.is_remote"] = True
-    kind = _KIND_NAMES.get(span_kind) or (span_kind.name.lower() if span_kind is not None else "internal")
-
+    kind = _KIND_NAMES.get(id(span_kind)) or (span_kind.name.lower() if span_kind is not None else "internal")
     # The ids as hex (hex_span_id / hex_trace_id, inline): a valid SpanContext's ids fit their width, and
     # to_bytes().hex() costs half a format spec.
     span_hex = span_id.to_bytes(8, "big").hex()
@@ -371,61 +306,176 @@ def map_span(span: ReadableSpan, options: MappingOptions | None = None, *, start
         if events
         else []
     )
-    payload: dict[str, Any]
+    end_ns = end_ns if end_ns >= start_ns else start_ns
+
+    # 2. Classification and the typed fields of the span's type.
+    classification = conventions.classify(attributes, name)
+    convention = classification.convention
+    if convention is None:
+        # A plain span (most spans of most traces), straight to its record: no typed fields, its attributes stay in
+        # metadata as they are. (Usage attributes are GenAI attributes, so a span carrying any has a convention.)
+        # Its metadata is its attribute dict itself (this span's own copy, redacted): only values that are not JSON
+        # as they are get replaced, in place, where a fresh dict would copy every item.
+        for key, value in attributes.items():
+            value_type = type(value)
+            if value_type not in _JSON_SCALARS and not (value_type is float and -_INFINITY < value < _INFINITY):  # type: ignore[operator]
+                attributes[key] = json_safe(value)
+        scope_label, origin, origin_redactions, resource_attributes = _origin(scope, resource, redactor)
+        attributes.update(origin)
+        if origin_redactions:
+            redactions.extend(origin_redactions)
+        if redactions:
+            attributes["prefactor.redactions"] = _dedupe(redactions)
+        if dropped != _NONE_DROPPED:
+            attributes["otel.dropped"] = {"attributes": dropped[0], "events": dropped[1], "links": dropped[2]}
+        if parent_is_remote:
+            attributes["otel.parent.is_remote"] = True  # see below
+        payload = {
+            "span_id": span_hex,
+            "trace_id": trace_hex,
+            "parent_span_id": parent_hex,
+            "name": name,
+            "kind": kind,
+            "status": status,
+            "inputs": {},
+            "metadata": attributes,
+            "token_usage": None,
+            "error": error,
+            "events": event_list,
+            "links": links,
+        }
+        if not encoded:
+            plain_result: dict[str, Any] | RawJson = (
+                {} if started else {"outputs": {}, "token_usage": None, "error": error}
+            )
+            return SpanRecord(  # positional: a keyword call costs more, once per span
+                trace_id, span_id, parent_id, parent_is_remote, name, classification.schema_name, status, start_ns,
+                end_ns, payload, plain_result, scope_label, resource_attributes, None,
+            )  # fmt: skip
+        payload_json = _as_json(payload)
+        if type(payload_json) is not bytes:
+            plain_result = {} if started else {"outputs": {}, "token_usage": None, "error": error}
+        elif started:
+            plain_result = _EMPTY_OBJECT
+        elif error is None:
+            plain_result = NO_RESULT  # `encode_json`'s bytes of {"outputs": {}, "token_usage": None, "error": None}
+        else:
+            plain_result = _as_json({"outputs": {}, "token_usage": None, "error": error})
+        return SpanRecord(
+            trace_id, span_id, parent_id, parent_is_remote, name, classification.schema_name, status, start_ns,
+            end_ns, payload_json, plain_result, scope_label, resource_attributes, None,
+        )  # fmt: skip
+
+    ctx = typed_mod.Context(attributes, span_events, name, events)
+    mapping_error = None
+    try:
+        typed, token_usage = _typed(ctx, classification, span, attributes, redactor, redactions)
+    except Exception as exc:
+        # A shape no instrumentation we know produces: keep the span, generic, with every attribute in
+        # metadata (already redacted), rather than lose it in the exporter.
+        ctx = typed_mod.Context(attributes, span_events, name, events)
+        typed, token_usage = typed_mod.Typed(), None
+        mapping_error = type(exc).__name__
+    fields, inputs, outputs, result = typed.fields, typed.inputs, typed.outputs, typed.result
+
+    # 3. Content controls: capture switches, then length limits.
+    omitted = []
+    if not opts.capture_inputs and inputs:
+        inputs, omitted = {}, ["inputs"]
+    if not opts.capture_outputs and outputs:
+        outputs = {}
+        omitted.append("outputs")
+    truncated: list[dict[str, Any]] = []
+    if (opts.max_input_length and inputs) or (opts.max_output_length and outputs):
+        if longest is None:
+            longest = _longest_string(attributes)
+        for _, event_attributes in events:  # builders read messages from events too (agent and tool spans)
+            longest = max(longest, _longest_string(event_attributes))
+        inputs = _limit(inputs, opts.max_input_length, longest, "inputs", truncated)
+        outputs = _limit(outputs, opts.max_output_length, longest, "outputs", truncated)
+
+    # 4. Metadata: every attribute no field consumed, then what the mapping itself has to say.
+    consumed = ctx.consumed
+    metadata: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if key not in consumed:
+            value_type = type(value)
+            if value_type in _JSON_SCALARS or (value_type is float and -_INFINITY < value < _INFINITY):  # type: ignore[operator]
+                metadata[key] = value
+            else:
+                metadata[key] = json_safe(value)
+    scope_label, origin, origin_redactions, resource_attributes = _origin(scope, resource, redactor)
+    metadata.update(origin)
+    if origin_redactions:
+        redactions.extend(origin_redactions)
+    if convention:
+        metadata["convention"] = convention
+    if classification.decided_by:
+        metadata["prefactor.classified_by"] = classification.decided_by
+    if redactions:
+        metadata["prefactor.redactions"] = _dedupe(redactions)
+    if truncated:
+        metadata["prefactor.truncated"] = truncated
+    if omitted:
+        metadata["prefactor.content_omitted"] = omitted
+    if mapping_error:
+        metadata["prefactor.mapping_error"] = mapping_error
+    if ctx.invalid_counts:
+        metadata["prefactor.invalid_counts"] = ctx.invalid_counts
+    if dropped != _NONE_DROPPED:
+        metadata["otel.dropped"] = {"attributes": dropped[0], "events": dropped[1], "links": dropped[2]}
+    if parent_is_remote:
+        # Its parent is another process's span (W3C traceparent): this span's run is that process's part of the
+        # trace, continued here. `parent_span_id` and `trace_id` above name the span it continues
+        # (docs/cross-process.md).
+        metadata["otel.parent.is_remote"] = True
+
+    payload = {
+        "span_id": span_hex,
+        "trace_id": trace_hex,
+        "parent_span_id": parent_hex,
+        "name": name,
+        "kind": kind,
+        "status": status,
+        **fields,
+        "inputs": inputs,
+        "metadata": metadata,
+        "token_usage": token_usage,
+        "error": error,
+        "events": event_list,
+        "links": links,
+    }
     result_payload: dict[str, Any]
-    if fields:
-        payload = {
-            "span_id": span_hex,
-            "trace_id": trace_hex,
-            "parent_span_id": parent_hex,
-            "name": name,
-            "kind": kind,
-            "status": status,
-            **fields,
-            "inputs": inputs,
-            "metadata": metadata,
-            "token_usage": token_usage,
-            "error": error,
-            "events": event_list,
-            "links": links,
-        }
-    else:  # the same without the typed fields (all plain spans): a dict display with no spread is built faster
-        payload = {
-            "span_id": span_hex,
-            "trace_id": trace_hex,
-            "parent_span_id": parent_hex,
-            "name": name,
-            "kind": kind,
-            "status": status,
-            "inputs": inputs,
-            "metadata": metadata,
-            "token_usage": token_usage,
-            "error": error,
-            "events": event_list,
-            "links": links,
-        }
     if started:
         result_payload = {}
     elif result:
         result_payload = {"outputs": outputs, **result, "token_usage": token_usage, "error": error}
     else:
         result_payload = {"outputs": outputs, "token_usage": token_usage, "error": error}
+    payload_out: dict[str, Any] | RawJson = payload
+    result_out: dict[str, Any] | RawJson = result_payload
+    if encoded:
+        payload_out = _as_json(payload)
+        if type(payload_out) is bytes:
+            result_out = _as_json(result_payload)
     return SpanRecord(  # positional: a keyword call costs more, once per span
-        trace_id,
-        span_id,
-        parent_id,
-        parent_is_remote,
-        name,
-        classification.schema_name,
-        status,
-        start_ns,
-        max(end_ns, start_ns),
-        payload,
-        result_payload,
-        scope_label,
-        resource.attributes if resource is not None else {},
-        convention,
-    )
+        trace_id, span_id, parent_id, parent_is_remote, name, classification.schema_name, status, start_ns, end_ns,
+        payload_out, result_out, scope_label, resource_attributes, convention,
+    )  # fmt: skip
+
+
+def _as_json(value: dict[str, Any]) -> dict[str, Any] | RawJson:
+    """`encode_json`'s bytes of a payload, or the payload itself where the encoder refuses it (the exporter then
+    keeps it a dict, and the send path reports what cannot be encoded)."""
+    if ORJSON_DUMPS is not None:
+        try:
+            return ORJSON_DUMPS(value)
+        except TypeError:  # orjson refuses it: pydantic-core, then the stdlib, as `to_json` does
+            pass
+    try:
+        return to_json(value)
+    except (TypeError, ValueError):
+        return value
 
 
 _Read = tuple[
@@ -439,11 +489,12 @@ _Read = tuple[
     dict[str, object],  # a copy of the attributes, ours to redact in place
     Sequence[Event],
     Sequence[Link],
-    SdkStatus,
+    StatusCode,
     "Resource | None",
     "InstrumentationScope | None",
     SpanKind,
     tuple[int, int, int],  # dropped attributes, events, links
+    "str | None",  # the status description
 ]
 
 
@@ -461,6 +512,7 @@ def _read_properties(span: ReadableSpan) -> _Read:
     span_events = span.events if span_events is None or span_events else ()
     span_links: Sequence[Link] = getattr(span, "_links", None)  # type: ignore[assignment]
     span_links = span.links if span_links is None or span_links else ()
+    status = span.status
     return (
         span.name,
         context.trace_id,
@@ -472,11 +524,12 @@ def _read_properties(span: ReadableSpan) -> _Read:
         plain_attributes(span.attributes),
         span_events,
         span_links,
-        span.status,
+        status.status_code,
         span.resource,
         span.instrumentation_scope,
         span.kind,
         (span.dropped_attributes, span.dropped_events, span.dropped_links),
+        status.description,
     )
 
 
@@ -499,13 +552,33 @@ def _read_fields(span: Any) -> _Read | None:
             parent_id, remote = parent_span_id, bool(parent_remote)
     raw_attributes = span._attributes
     if type(raw_attributes) is BoundedAttributes:
-        copied: Any = raw_attributes.copy()  # its dict, copied in one C call
-        attributes: dict[str, object] = copied if type(copied) is dict else dict(copied)
+        # What its copy() returns (a copy of its dict), without the Python call.
+        attributes: dict[str, object] = raw_attributes._dict.copy()  # type: ignore[assignment]
         dropped_attributes = raw_attributes.dropped
     else:
         attributes = plain_attributes(raw_attributes)
         dropped_attributes = raw_attributes.dropped if isinstance(raw_attributes, BoundedAttributes) else 0
     raw_events, raw_links = span._events, span._links
+    if type(raw_events) is BoundedList and type(raw_links) is BoundedList:
+        # Emptiness by the deque each holds (its len() in C; the list's own __len__ is a Python call), the drop
+        # counts as fields; a list with items is copied as `events` / `links` copy it (tuple(_events), under its
+        # lock: a live span's events may still grow on another thread).
+        span_events: Sequence[Event] = tuple(raw_events) if raw_events._dq else ()  # type: ignore[attr-defined]
+        span_links: Sequence[Link] = tuple(raw_links) if raw_links._dq else ()  # type: ignore[attr-defined]
+        dropped = (dropped_attributes, raw_events.dropped, raw_links.dropped)
+    else:
+        span_events = tuple(raw_events) if raw_events else ()  # `events` is tuple(_events): a copy under its lock
+        span_links = tuple(raw_links) if raw_links else ()
+        dropped = (
+            dropped_attributes,
+            raw_events.dropped if isinstance(raw_events, BoundedList) else 0,
+            raw_links.dropped if isinstance(raw_links, BoundedList) else 0,
+        )
+    status = span._status
+    if type(status) is SdkStatus:
+        status_code, description = status._status_code, status._description  # what its properties return
+    else:
+        status_code, description = status.status_code, status.description
     return (
         span._name,
         trace_id,
@@ -515,17 +588,14 @@ def _read_fields(span: Any) -> _Read | None:
         span._start_time,
         span._end_time,
         attributes,
-        tuple(raw_events) if raw_events else (),  # `events` is tuple(_events): a copy under the list's lock
-        tuple(raw_links) if raw_links else (),
-        span._status,
+        span_events,
+        span_links,
+        status_code,
         span._resource,
         span._instrumentation_scope,
         span._kind,
-        (
-            dropped_attributes,
-            raw_events.dropped if isinstance(raw_events, BoundedList) else 0,
-            raw_links.dropped if isinstance(raw_links, BoundedList) else 0,
-        ),
+        dropped,
+        description,
     )
 
 
@@ -562,6 +632,7 @@ def sdk_span_classes() -> frozenset[type]:
         holds = read is not None and read == _read_properties(probe)
         holds = holds and read is not None and read[:7] == ("probe", 0x1F, 0x2F, 0x3F, True, 5, 6)
         holds = holds and read is not None and read[7] == {"k": "v"} and read[14] == (1, 2, 0)
+        holds = holds and read is not None and read[10] is StatusCode.ERROR and read[15] == "probe"
         # SpanContext's tuple layout, which both readers unpack: (trace, span, remote, flags, state, valid).
         holds = holds and len(context) == 6 and tuple(context)[:4] == (0x1F, 0x2F, False, TraceFlags.SAMPLED)
         holds = holds and tuple(context)[5] is True
@@ -579,17 +650,14 @@ def sdk_span_classes() -> frozenset[type]:
     )
 
 
-# The typed fields and result fields of a plain span: none (only spread into the payloads, never mutated).
-_NOTHING: dict[str, Any] = {}
-
-
 def _origin(
     scope: InstrumentationScope | None,
     resource: Resource | None,
     redactor: Redactor | None,
-) -> tuple[str | None, dict[str, Any], list[dict[str, Any]]]:
-    """`(scope label, metadata, redactions)` of where a span comes from: its instrumentation scope
-    (`otel.scope.name` / `.version`, redacted) then the selected Resource attributes (resource.py).
+) -> _Origin:
+    """`(scope label, metadata, redactions, Resource attributes)` of where a span comes from: its instrumentation
+    scope (`otel.scope.name` / `.version`, redacted) then the selected Resource attributes (resource.py); the last,
+    the Resource's own attribute mapping (immutable, shared: the record's `resource`), read once, not per span.
 
     Every span of one tracer shares its scope and Resource (both immutable), so the result is computed once per
     (scope, Resource, Redactor) and shared: callers copy the metadata into their own dict and never edit the
@@ -599,7 +667,8 @@ def _origin(
     if redactor is not None and not redactor.caches_texts:
         scope_label, metadata, log = _scope_metadata(scope, redactor)
         resource_meta, resource_log = resource_metadata(resource, redactor)
-        return scope_label, {**metadata, **resource_meta}, [*log, *resource_log]
+        resource_attributes = resource.attributes if resource is not None else {}
+        return scope_label, {**metadata, **resource_meta}, [*log, *resource_log], resource_attributes
     last = _LAST_ORIGIN[0]  # consecutive spans mostly share their tracer: no key to build, no lookup
     if last[0] is scope and last[1] is resource and last[2] is redactor:
         return last[3]
@@ -608,7 +677,8 @@ def _origin(
     if cached is None or cached[0] is not scope or cached[1] is not resource or cached[2] is not redactor:
         scope_label, metadata, log = _scope_metadata(scope, redactor)
         resource_meta, resource_log = resource_metadata(resource, redactor)
-        origin = (scope_label, {**metadata, **resource_meta}, [*log, *resource_log])
+        resource_attributes = resource.attributes if resource is not None else {}
+        origin = (scope_label, {**metadata, **resource_meta}, [*log, *resource_log], resource_attributes)
         if len(_ORIGINS) >= _ORIGIN_CACHE_SIZE:
             _ORIGINS.clear()  # more scopes than any process has: start over rather than grow
         # Holding the scope, Resource and Redactor keeps their ids from being reused while the entry lives.
@@ -636,18 +706,17 @@ def _scope_metadata(
 
 
 _ORIGIN_CACHE_SIZE = 256
+_Origin = tuple[str | None, dict[str, Any], list[dict[str, Any]], Mapping[str, object]]
 # The last entry `_origin` answered with, tried first (one slot: a list item replaced whole, so a thread reads either
 # the old entry or the new one; a race only costs a dict lookup). Its placeholder matches no call.
-_LAST_ORIGIN: list[tuple[Any, Any, Any, tuple[str | None, dict[str, Any], list[dict[str, Any]]]]] = [
-    (object(), object(), object(), (None, {}, []))
-]
+_LAST_ORIGIN: list[tuple[Any, Any, Any, _Origin]] = [(object(), object(), object(), (None, {}, [], {}))]
 _ORIGINS: dict[
     tuple[int, int, int],
     tuple[
         InstrumentationScope | None,
         Resource | None,
         Redactor | None,
-        tuple[str | None, dict[str, Any], list[dict[str, Any]]],
+        _Origin,
     ],
 ] = {}
 

@@ -1,24 +1,22 @@
 """The wire form of bulk items: compact JSON encoding, bulk request bodies, chunking, and the REST form of an item.
 
-Pure functions; the module state is two small bounded caches, plain dicts without a lock: the encoded schema sets
-(`_encoded_once`), read and written by the one sender thread at a time (the exporter's send lock), and the
-span-create layouts (`_LAYOUTS`), which any encoding thread (the exporter's sender, the gateway's worker) reads and
-fills; a race there only prepares a layout twice. JSON is written by orjson (a dependency; without it the other
-encoders write the same bytes, slower), where it writes the bytes the other encoders would (pydantic-core, the
-stdlib, the hand-written span create): docs/wire.md, "The JSON encoder".
+Pure functions; the module state is three small bounded caches, plain dicts without a lock: the encoded schema
+sets (`_encoded_once`), read and written by the one sender thread at a time (the exporter's send lock), and the
+span-create layouts (`_LAYOUTS`) and value-type shapes orjson may write (`_ORJSON_SHAPES`), which any encoding thread
+(the exporter's sender, the gateway's worker) reads and fills; a race there only prepares an entry twice. JSON is
+written by orjson (a dependency; without it the other encoders write the same bytes, slower), where it writes the
+bytes the other encoders would (pydantic-core, the stdlib, the hand-written span create): docs/wire.md, "The JSON
+encoder". The encoder itself (`encode_json`, `_to_json`) is mapping/values.py's, named here too.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
 from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring as _json_string  # C: quotes and escapes one str
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-import pydantic_core
-
+from prefactor_otel.mapping import values
 from prefactor_otel.mapping.values import RawJson, as_dict
 from prefactor_otel.model.http import (
     BULK_CREATE_SPAN,
@@ -45,31 +43,26 @@ def encode_item(item: dict[str, Any]) -> bytes:
         return b'%s%s"agent_schema_version":%s}' % (rest[:-1], separator, _encoded_once(schema))
     details = item.get("details")
     if type(details) is dict:
-        if (
-            _ORJSON_DUMPS is not None
-            and next(reversed(item)) == "details"
-            and type(next(reversed(details.values()), None)) is bytes  # ends with a payload: told at once
-        ):
+        if _ORJSON_DUMPS is not None:
             # orjson writes the item in its own key order, a payload (bytes: no JSON type to orjson, so `default`
             # makes it a Fragment) embedded as it is. Taken only where that is the hand-written span create's
-            # bytes (below): every value a string or a payload, details last, no string after a payload
-            # (pipeline/items.py builds span creates so). A lone surrogate makes orjson refuse: the paths below
-            # take it. 2.9 -> 0.9 us per span create, isolated (docs/wire.md).
-            payloads = False
-            for value in details.values():
-                if type(value) is bytes:
-                    payloads = True
-                elif payloads or type(value) is not str:
-                    break
-            else:
-                for value in item.values():
-                    if type(value) is not str and value is not details:
-                        break
-                else:
-                    try:
-                        return _ORJSON_DUMPS(item, default=_ORJSON_FRAGMENT)
-                    except TypeError:
-                        pass
+            # bytes (below), which depends on the types of the values in order alone (`_orjson_writes_the_same`):
+            # told once per shape, then by one lookup of the value types (C calls, where the checks in Python cost
+            # ~0.4 us per span create). A lone surrogate makes orjson refuse: the paths below take it. 2.9 -> 0.9
+            # us per span create, isolated (docs/wire.md).
+            shape = (*map(type, item.values()), *map(type, details.values()))
+            same = _ORJSON_SHAPES.get(shape)
+            if same is None:
+                same = _orjson_writes_the_same(item, details)
+                if shape.count(dict) == 1:  # (with another dict, the answer depends on which one is `details`)
+                    if len(_ORJSON_SHAPES) >= _LAYOUTS_KEPT:
+                        _ORJSON_SHAPES.clear()  # more shapes than the items have: start over rather than grow
+                    _ORJSON_SHAPES[shape] = same
+            if same:
+                try:
+                    return _ORJSON_DUMPS(item, default=_ORJSON_FRAGMENT)
+                except TypeError:
+                    pass
         fast = _span_create(item, details)
         if fast is not None:
             return fast
@@ -78,6 +71,23 @@ def encode_item(item: dict[str, Any]) -> bytes:
             details = {key: as_dict(value) if type(value) is RawJson else value for key, value in details.items()}
             return _to_json({**item, "details": details})
     return _to_json(item)
+
+
+def _orjson_writes_the_same(item: dict[str, Any], details: dict[str, Any]) -> bool:
+    """Whether orjson's bytes of this item (payloads as Fragments) are the hand-written span create's: every value a
+    string or a payload, `details` last and ending with a payload, no string after a payload (pipeline/items.py
+    builds span creates so). Where `details` is the one dict among the item's values and its own values, the answer
+    depends on the types of the values in order alone, so every item whose value types are these, in this order,
+    gets the same answer (`_ORJSON_SHAPES` keeps it)."""
+    if next(reversed(item)) != "details" or type(next(reversed(details.values()), None)) is not bytes:
+        return False
+    payloads = False
+    for value in details.values():
+        if type(value) is bytes:
+            payloads = True
+        elif payloads or type(value) is not str:
+            return False
+    return all(type(value) is str or value is details for value in item.values())
 
 
 def _span_create(item: dict[str, Any], details: dict[str, Any]) -> bytes | None:
@@ -190,6 +200,9 @@ _LAYOUTS_KEPT = 64
 # Span-create layouts by (item keys, details keys): read and filled by whichever thread encodes (the exporter's
 # sender, the gateway's worker) without a lock: a plain dict, and a race only builds a layout twice.
 _LAYOUTS: dict[tuple[tuple[str, ...], tuple[str, ...]], _CreateLayout] = {}
+# Whether orjson writes an item as the hand path would, by the types of its values then of its details' values, in
+# order (`_orjson_writes_the_same`): filled and read like _LAYOUTS, by whichever thread encodes, without a lock.
+_ORJSON_SHAPES: dict[tuple[type, ...], bool] = {}
 
 
 def _span_create_each(item: dict[str, Any], details: dict[str, Any]) -> bytes | None:
@@ -225,59 +238,14 @@ def _span_create_each(item: dict[str, Any], details: dict[str, Any]) -> bytes | 
     return b"".join(parts)
 
 
-def encode_json(value: dict[str, Any]) -> RawJson:
-    """One JSON object, compact, for embedding later (see RawJson). Raises ValueError like encode_item.
-
-    The result payload of a span with no outputs, usage or error (every plain span: most spans of most traces) is
-    always the same bytes: told by its keys and three identity and type tests (no `==` on values, which a foreign
-    object could answer oddly), it is the one encoded object, without a serializer call (0.57 -> 0.14 us)."""
-    if len(value) == 3 and tuple(value) == _NO_RESULT_KEYS:
-        outputs = value["outputs"]
-        if value["token_usage"] is None and value["error"] is None and type(outputs) is dict and not outputs:
-            return _NO_RESULT
-    return RawJson(_to_json(value))
-
-
-_NO_RESULT_KEYS = ("outputs", "token_usage", "error")
-_NO_RESULT = RawJson(b'{"outputs":{},"token_usage":null,"error":null}')
-
-
-def _to_json(value: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON of one object: orjson when installed, else pydantic-core, else the stdlib.
-
-    orjson writes the same bytes as pydantic-core's serializer for every value the mapping builds (strings,
-    ints, finite floats, bools, None, lists, dicts with string keys: tests/test_wire_orjson.py compares them, and
-    benchmarks/wire_diff.py on the workloads' real items) in 0.37x its time on the benchmark's payloads (2.65 ->
-    0.99 us per span realistic, 1.58 -> 0.51 small). What orjson refuses (a non-string key, an int past 64 bits, a
-    lone surrogate, nesting past 254 levels) raises TypeError and goes to pydantic-core, as before. The one value
-    it writes differently is a non-finite float (`null`, pydantic-core "NaN"/"Infinity"): the mapping turns those
-    into strings itself (json_safe, the message parser), so none reaches here but an overflowing number literal in
-    a parsed message (docs/wire.md, "The JSON encoder")."""
-    if _ORJSON_DUMPS is not None:
-        try:
-            return _ORJSON_DUMPS(value)
-        except TypeError:  # orjson.JSONEncodeError is a TypeError
-            pass
-    try:
-        return pydantic_core.to_json(value, inf_nan_mode="strings")
-    except pydantic_core.PydanticSerializationError:
-        text = _ENCODER.encode(value)  # ValueError for what JSON cannot hold (a non-string key, a set, ...)
-        return text.encode("utf-8", errors="replace")
-
-
-def _orjson() -> Any:
-    """The orjson module when it is installed (it is optional: without it pydantic-core encodes), else None."""
-    try:
-        return importlib.import_module("orjson")
-    except ImportError:
-        return None
-
-
-_ORJSON = _orjson()
-_ORJSON_DUMPS: Callable[..., bytes] | None = _ORJSON.dumps if _ORJSON is not None else None
-_ORJSON_FRAGMENT: Callable[[bytes], object] | None = _ORJSON.Fragment if _ORJSON is not None else None
-# The fallback encoder: json.dumps with non-default arguments builds a new encoder per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# The JSON encoder lives in mapping/values.py (the mapping encodes payloads as it maps them); these are its names
+# here, where the send path and its tests have always found them.
+encode_json = values.encode_json
+_to_json = values.to_json
+_NO_RESULT = values.NO_RESULT
+_ORJSON_DUMPS = values.ORJSON_DUMPS
+_ORJSON_FRAGMENT = values.ORJSON_FRAGMENT
+_ENCODER = values._ENCODER  # the stdlib fallback (tests compare against it)
 _ENCODED_SCHEMAS: dict[int, tuple[object, bytes]] = {}
 
 
