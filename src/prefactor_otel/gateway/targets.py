@@ -45,7 +45,6 @@ from prefactor_otel.pipeline.counts import gather
 from prefactor_otel.pipeline.delivery import Delivery
 from prefactor_otel.pipeline.pipeline import Pipeline
 from prefactor_otel.transport.client import BulkTransport
-from prefactor_otel.transport.wire import encode_json
 
 SDK_HEADER = f"prefactor-otel-gateway@{__version__}"
 BACKOFF_FIRST_S = 0.5
@@ -108,7 +107,9 @@ class AgentPipeline:
         records: list[SpanRecord] = []
         for span in spans:
             try:
-                record = map_span(span, self.options)
+                # Payloads encoded as they are mapped (as the exporter's): one encoder call each, trees freed young.
+                # One that cannot be encoded stays a dict: the send path reports it.
+                record = map_span(span, self.options, encoded=True)
             except Exception as exc:  # one bad span must not cost the request
                 self.dropped["mapping_error"] += 1
                 self._log.log(
@@ -118,11 +119,6 @@ class AgentPipeline:
             # The gateway sees every service of the trace: a parent in another service is (or will be) received
             # here, so it is an ordinary parent link, not the top of a run of this service's own.
             record.parent_is_remote = False
-            try:
-                record.payload = encode_json(record.payload)  # type: ignore[arg-type]
-                record.result_payload = encode_json(record.result_payload)  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                pass  # kept as dicts: the send path reports what cannot be encoded
             records.append(record)
         self.counters["spans_received"] += len(spans)
         return records
