@@ -25,8 +25,10 @@ How (everything in this process but the sinks; CPU is thread time, `time.thread_
   `typed.build` + `typed.token_usage` on a copy of each span's attributes (made before the clock starts), GenAI
   spans only, as map_span calls them; envelope = `map_span` without redaction minus the typed stage (ids, times,
   metadata, events, origin, the payload dicts).
-- Our span ids: `model.ids.span_pfid` over the spans' ids. Payload encoding: `transport.wire.encode_json` of each
-  mapped record's two payloads (what `PrefactorSpanExporter._map` does after `map_span`).
+- Our span ids: `model.ids.span_pfid` over the spans' ids. Payload encoding: where `map_span` takes `encoded` (the
+  exporter's `_map` writes the payloads while mapping), `map_span(..., encoded=True)` minus `map_span` with the same
+  options, per round; at an older commit, `transport.wire.encode_json` of each mapped record's two payloads (what its
+  `_map` did after `map_span`).
 - Our pipeline stages, from a real `PrefactorSpanExporter` (defaults, finish grace 0, its own spool directory)
   exporting the spans in batches of 512 into the fast bulk sink (sinks.py, its own process), with thread-time
   wrappers on `Planner.add` / `plan` / `apply` (planning = their sum minus the span ids above), `Delivery._encode`
@@ -74,6 +76,7 @@ import datetime as dt
 import gc
 import hashlib
 import importlib
+import inspect
 import json
 import os
 import shutil
@@ -341,11 +344,18 @@ def measure_contender(
     keys = [(span.context.trace_id, span.context.span_id, span.start_time) for span in spans if span.context]
     out["ids"] = _timed(_each(span_pfid, [(4249, *key) for key in keys])) if span_pfid else None
     encode_json = contender.attr("transport.wire", "encode_json")
-    out["payload_encoding"] = (
-        _timed(_each(lambda r: (encode_json(r.payload), encode_json(r.result_payload)), [(r,) for r in records]))
-        if encode_json
-        else None
-    )
+    if "encoded" in inspect.signature(map_span).parameters:
+        # The exporter writes the payloads while it maps (`map_span(..., encoded=True)`): their encoding is that
+        # call minus the same mapping without it, this round.
+        fresh = mapping.MappingOptions()  # its own empty text cache, as map_full's had
+        encoded = _timed(_each(lambda span: map_span(span, fresh, encoded=True), [(span,) for span in spans]))
+        out["payload_encoding"] = encoded - out["map_full"]
+    else:  # a version whose exporter encodes a mapped record's two payloads after mapping
+        out["payload_encoding"] = (
+            _timed(_each(lambda r: (encode_json(r.payload), encode_json(r.result_payload)), [(r,) for r in records]))
+            if encode_json
+            else None
+        )
     contender.spent.clear()
     contender.capture = {"plans": [], "plain_bodies": [], "requests": []} if capture else None
     exporter = new_exporter(contender, bulk_url, spool_root)
