@@ -30,6 +30,7 @@ class _Recorder(socketserver.ThreadingTCPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.heads: list[tuple[int, str, dict[str, str], bytes]] = []  # (client port, request line, headers, body)
+        self.raw_heads: list[tuple[str, list[str]]] = []  # (request line, header lines as sent, in order)
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -41,14 +42,17 @@ class _Handler(socketserver.StreamRequestHandler):
             if not line:
                 return
             headers: dict[str, str] = {}
+            lines: list[str] = []
             for _ in range(100):
                 raw = self.rfile.readline(65537).decode("latin-1")
                 if raw in ("\r\n", "\n", ""):
                     break
+                lines.append(raw.rstrip("\r\n"))
                 name, _, value = raw.partition(":")
                 headers[name.strip().lower()] = value.strip()
             body = self.rfile.read(int(headers.get("content-length", "0")))
             self.server.heads.append((self.client_address[1], line, headers, body))
+            self.server.raw_heads.append((line, lines))
             if line.startswith("POST"):
                 answer = json.dumps({"status": "success", "outputs": {KEY: {"status": "success"}}}).encode()
             else:
@@ -104,6 +108,32 @@ def test_our_own_client_sends_the_request_head_and_body_it_always_did_on_one_con
     assert int(post["content-length"]) == len(body)
     items = json.loads(zstandard.ZstdDecompressor().decompress(body))["items"]
     assert [item["idempotency_key"] for item in items] == [KEY]
+
+
+def test_the_request_head_is_line_for_line_what_httpx_writes_for_the_same_content() -> None:
+    """Our own client's requests are built from headers made once per encoding (`stream=`, no header work per
+    request): the same header lines in the same order as `httpx.Request(content=...)` writes for the same method,
+    target, headers and body (a compressed POST, a POST under the compression threshold, a GET)."""
+    with recorder() as server:
+        transport = _transport(server)
+        small = encode_item({"_type": "agent_instances/finish", "idempotency_key": KEY})
+        assert transport.send_bulk([small], [KEY], time.monotonic() + 10).error is None
+        _exchange(transport)
+        transport.close()
+        ours = list(server.raw_heads)
+        assert len(ours) == 3
+        plain = httpx.HTTPTransport()
+        origin = f"http://127.0.0.1:{server.server_address[1]}"
+        for (line, _), (_, _, headers, body) in zip(ours, list(server.heads), strict=True):
+            method, target, _ = line.split(" ")
+            encoding = headers.get("content-encoding")
+            sent = transport._encoded_headers[encoding] if encoding else transport._headers
+            content = body if method == "POST" else None
+            plain.handle_request(httpx.Request(method, origin + target, content=content, headers=sent)).read()
+        plain.close()
+    assert server.raw_heads[3:] == ours
+    assert [lines[0].split(":")[0] for _, lines in ours] == ["Host"] * 3
+    assert [lines[-1].split(":")[0] for _, lines in ours] == ["Content-Length", "Content-Length", "User-Agent"]
 
 
 def test_a_caller_supplied_client_still_carries_every_request_with_its_own_settings() -> None:

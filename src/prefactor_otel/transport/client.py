@@ -134,9 +134,12 @@ class BulkTransport:
         self._encoded_headers = {
             encoding: {**self._headers, "Content-Encoding": encoding} for encoding in ("gzip", "zstd")
         }
-        # The same, as httpx.Headers: a request copies their normalized list instead of normalizing every header.
+        # The head of our own client's requests (`_request`), as httpx.Headers, once per Content-Encoding: what
+        # httpx.Request(content=...) writes (Host first, then ours, then Content-Length), without its per-request
+        # header normalization and lookups (21 -> 4.5 us per request). Host is httpx's own value for our URLs.
+        host = self._bulk_url.netloc.decode("ascii")
         self._wire_headers = {
-            encoding: httpx.Headers(headers)
+            encoding: httpx.Headers([("Host", host), *headers.items()])
             for encoding, headers in ((IDENTITY, self._headers), *self._encoded_headers.items())
         }
 
@@ -295,11 +298,16 @@ class BulkTransport:
                 # redirects are followed, no auth flow, no mounts: the transport is the only one) and costs ~200 µs
                 # per request (benchmarks/wire_cost.py --http), mostly its cookie jar (the API sets no cookies).
                 url = self._bulk_url if path == "/bulk" else httpx.URL(self._config.api_base + path)
+                # The head httpx.Request(content=...) would write, built from the headers made once (`stream=`
+                # makes httpx add none): Content-Length last, for a POST only, as httpx writes it.
+                wire_headers = self._wire_headers[encoding].copy()
+                if content is not None:
+                    wire_headers["Content-Length"] = str(len(content))
                 request = httpx.Request(
                     method,
                     url,
-                    content=content,
-                    headers=self._wire_headers[encoding],
+                    headers=wire_headers,
+                    stream=httpx.ByteStream(content or b""),
                     extensions={
                         "timeout": {"connect": remaining, "read": remaining, "write": remaining, "pool": remaining}
                     },
