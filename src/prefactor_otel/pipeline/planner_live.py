@@ -129,11 +129,11 @@ class LiveSpans:
         trace.last_activity = now
         trace.last_end_ns = max(trace.last_end_ns, record.end_time_ns)
         self._runs.traces.move_to_end(record.trace_id)
-        pending = trace.pending.get(record.span_id)
-        if pending is not None and not pending.attempted:
-            del trace.live[record.span_id]
-            pending.record = record
-            pending.arrived_at = now
+        span_id = record.span_id
+        if span_id in trace.pending and span_id not in trace.attempted:
+            del trace.live[span_id]
+            trace.pending[span_id] = record  # keeps its place in the queue
+            trace.arrived[span_id] = now
             return
         live.ended = record
         self._runs.with_pending[trace.trace_id] = None
