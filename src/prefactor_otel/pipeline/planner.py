@@ -243,6 +243,13 @@ class Planner:
         # span). Reset by any span of another run: it may move that run last, or open it.
         joined_id: int | None = None
         joined: RunState | None = None
+        # The run's queue, what it created and whether it has spans open or live, read when the run is found (its
+        # open and live spans only shrink while spans are added: a span that finds none, none of its run after it
+        # in the stretch will either).
+        pending: dict[int, SpanRecord] = {}
+        arrived: dict[int, float] = {}
+        created: dict[int, None] = {}
+        watch_live = False
         try:
             for record in records:
                 trace_id = record.trace_id
@@ -281,10 +288,12 @@ class Planner:
                     if trace.rejected:
                         runs.drop(1, "instance_rejected")
                         continue
-                if (trace.open or trace.live) and live.ended(trace, record, now):
+                    pending, arrived, created = trace.pending, trace.arrived, trace.created
+                    watch_live = bool(trace.open or trace.live)
+                if watch_live and (trace.open or trace.live) and live.ended(trace, record, now):
                     continue  # a live span: its create is replaced, or its finish is due
                 span_id = record.span_id
-                if span_id in trace.pending or span_id in trace.created:
+                if span_id in pending or span_id in created:
                     counters["spans_duplicate_ignored"] += 1
                     continue
                 if span_filter is not None and not passes_filter(trace, record, span_filter(record), counters):
@@ -292,8 +301,8 @@ class Planner:
                     continue
                 if earlier is not None and record.parent_span_id in earlier and not record.is_local_root:
                     continue_earlier_run(record)  # its parent is in an earlier run: this run's top, at once
-                trace.pending[span_id] = record  # RunTable.enqueue, counted once per batch
-                trace.arrived[span_id] = now
+                pending[span_id] = record  # RunTable.enqueue, counted once per batch
+                arrived[span_id] = now
                 queued += 1
                 if record.end_time_ns > trace.last_end_ns:
                     trace.last_end_ns = record.end_time_ns
