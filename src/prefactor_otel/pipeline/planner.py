@@ -331,10 +331,14 @@ class Planner:
     def start(self, started_spans: Iterable[StartedSpan], now: float) -> None:
         """Spans that started in this process (PrefactorSpanProcessor), in the order they started: the run of each is
         found or opened here, the span itself goes to the live spans part."""
-        traces, finished = self.runs.traces, self.runs.finished
+        traces, finished, fork, live_open = self.runs.traces, self.runs.finished, self._fork, self._live.open
         for started in started_spans:
             trace_id = started.trace_id
-            if not started.parent_is_remote and self._under_parent_process(trace_id, started.parent_span_id):
+            if (
+                fork is not None
+                and not started.parent_is_remote
+                and self._under_parent_process(trace_id, started.parent_span_id)
+            ):
                 started = started._replace(parent_is_remote=True)  # forked child: a local root of its own run
             if trace_id in finished and not self._reopen(trace_id, started.parent_is_remote or finished[trace_id]):
                 continue  # a span of a run already finished (or terminated): its end is counted when it comes
@@ -346,7 +350,7 @@ class Planner:
                 trace.first_start_ns = started.start_time_ns
             if trace.rejected or started.span_id in trace.created or started.span_id in trace.pending:
                 continue  # rejected run, or the span has already ended and arrived
-            self._live.open(trace, started, now)
+            live_open(trace, started, now)
         self._live.limit_open()
 
     def _under_parent_process(self, trace_id: int, parent_span_id: int | None) -> bool:
@@ -391,9 +395,9 @@ class Planner:
         for record in trace.pending.values():
             if record.parent_span_id in known:
                 record.parent_is_remote = True
-        for opened in trace.open.values():
-            if opened.started.parent_span_id in known:
-                opened.started = opened.started._replace(parent_is_remote=True)
+        for span_id, started in list(trace.open.items()):
+            if started.parent_span_id in known:
+                trace.open[span_id] = started._replace(parent_is_remote=True)
 
     def _new_trace(self, trace_id: int, first_start_ns: int, resource: Mapping[str, object]) -> RunState:
         key = self._agent_key

@@ -74,14 +74,6 @@ class EarlierSpans:
 
 
 @dataclass(slots=True)
-class OpenSpan:
-    """A span started in this process (PrefactorSpanProcessor) and not yet received ended."""
-
-    started: StartedSpan
-    live: bool = False  # created (or planned) active in Prefactor
-
-
-@dataclass(slots=True)
 class LiveSpan:
     """A span created active: its payload at the start (to tell what appeared later) and, once it has ended and
     its create may have reached the server, the ended record to finish it with."""
@@ -131,7 +123,8 @@ class RunState:
     # Starts (PrefactorSpanProcessor): spans started here and not yet received ended, live spans, and whether the
     # run is to be registered before any span of it is sent (its local root has started).
     tracked: bool = False
-    open: dict[int, OpenSpan] = field(default_factory=dict)
+    open: dict[int, StartedSpan] = field(default_factory=dict)  # started here, not yet received ended
+    open_live: dict[int, None] = field(default_factory=dict)  # the open spans gone live (created or planned active)
     live: dict[int, LiveSpan] = field(default_factory=dict)
     announce: bool = False
     # Its finish was planned without its root (the planner's rule for a root that never comes): from then on the
