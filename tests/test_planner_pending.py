@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import copy
 
-from prefactor_otel.mapping import agent_schema_version, agent_version_from_resource, map_span
+from prefactor_otel.mapping import MappingOptions, agent_schema_version, agent_version_from_resource, map_span
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.pipeline.items import PlannedItem
 from prefactor_otel.pipeline.planner import Planner
+from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan, live_mapper, read_start
 from prefactor_otel.transport.outcomes import ItemOutcome
 from tests.spans import agent_trace, make_provider
 
@@ -154,3 +155,46 @@ def test_the_queue_bound_drops_the_earliest_arrivals() -> None:
     assert list(trace.pending) == [spans["chat gpt-4o"].span_id, spans["execute_tool lookup"].span_id]
     assert trace.arrived == {spans["chat gpt-4o"].span_id: 1.0, spans["execute_tool lookup"].span_id: 2.0}
     _side_state_holds(planner)
+
+
+def _started_and_ended() -> tuple[list[StartedSpan], dict[str, SpanRecord]]:
+    """The agent trace's spans as started (in start order) and as ended (mapped, by name)."""
+    provider, collector = make_provider()
+    agent_trace(provider)
+    spans = sorted(collector.spans, key=lambda span: span.start_time or 0)
+    started = [read_start(span) for span in spans]
+    assert all(s is not None for s in started)
+    return [s for s in started if s is not None], {span.name: map_span(span) for span in spans}
+
+
+def _open_side_state_holds(planner: Planner) -> None:
+    for trace in planner.runs.traces.values():
+        assert set(trace.open_live) <= set(trace.open)
+
+
+def test_open_spans_gone_live_leave_the_side_state_when_they_end_or_are_forgotten() -> None:
+    live = {"live_policy": LivePolicy("all"), "map_started": live_mapper(MappingOptions())}
+    planner = _planner(**live)
+    started, ended = _started_and_ended()
+    planner.start(started, 0.0)
+    trace = planner.runs.traces[started[0].trace_id]
+    assert set(trace.open) == set(trace.open_live) == {s.span_id for s in started}
+    items = planner.plan(0.0)
+    assert sum(1 for i in items if i.action == CREATE) == 4  # all created active
+    planner.apply(_answer(items), 0.0)
+    planner.add([copy.deepcopy(ended["chat gpt-4o"])], 1.0)
+    _open_side_state_holds(planner)
+    assert ended["chat gpt-4o"].span_id not in trace.open_live
+    planner.add([copy.deepcopy(r) for name, r in ended.items() if name != "chat gpt-4o"], 2.0)
+    assert not trace.open and not trace.open_live
+    items = planner.plan(2.0)
+    assert sum(1 for i in items if i.action == "agent_spans/finish") == 4
+    planner.apply(_answer(items), 2.0)
+    assert planner.open_traces == 0
+
+    bounded = _planner(max_open_spans=2, **live)
+    bounded.start(started, 0.0)  # two too many: the oldest two are forgotten, counted
+    trace = bounded.runs.traces[started[0].trace_id]
+    assert bounded.counters["open_spans_forgotten"] == 2
+    assert set(trace.open) == set(trace.open_live) == {s.span_id for s in started[2:]}
+    _open_side_state_holds(bounded)
