@@ -166,22 +166,32 @@ class LiveSpans:
         """Finishes of live spans that have ended, once their create is delivered or in this plan. A live span still
         open is finished `failed` at shutdown (the process ends before it does), or when its run's root has ended and
         the run has been quiet for the longest a span may wait (its end was lost, e.g. by a full batch queue)."""
-        planned = {item.span_id for item in span_items}
-        root_ended = trace.root_delivered or any(
-            live.ended is not None and live.ended.is_local_root for live in trace.live.values()
-        )
-        lost = root_ended and now - trace.last_activity >= max(self._grace, self._max_wait)
+        # What the plan creates and whether the run's end was lost: asked only when a live span needs them (most
+        # plans of a run: its live span still open, or ended with its create delivered), before any is changed.
+        planned: set[int | None] | None = None
+        lost: bool | None = None
         items = []
         for span_id, live in trace.live.items():
             record = live.ended
             if record is None:
                 opened = trace.open.get(span_id)
-                if not (shutdown or lost) or opened is None:
+                if opened is None:
                     continue
+                if not shutdown:
+                    if lost is None:
+                        root_ended = trace.root_delivered or any(
+                            other.ended is not None and other.ended.is_local_root for other in trace.live.values()
+                        )
+                        lost = root_ended and now - trace.last_activity >= max(self._grace, self._max_wait)
+                    if not lost:
+                        continue
                 why = "the process shut down before this span ended" if shutdown else "its end never arrived"
                 record = live.ended = self._unended(trace, opened, live, why)
-            if span_id not in trace.created and span_id not in planned:
-                continue  # its create waits (for a parent) or failed: the finish follows it
+            if span_id not in trace.created:
+                if planned is None:
+                    planned = {item.span_id for item in span_items}
+                if span_id not in planned:
+                    continue  # its create waits (for a parent) or failed: the finish follows it
             pfid = self._runs.span_pfid(trace, span_id, record.start_time_ns)
             result = dict(decoded(record.result_payload))
             late = params_at_end(live.started_payload, decoded(record.payload))
