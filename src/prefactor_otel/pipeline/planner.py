@@ -70,7 +70,6 @@ from prefactor_otel.model import ids
 from prefactor_otel.model.http import (
     BULK_CREATE_SPAN,
     BULK_FINISH_INSTANCE,
-    BULK_FINISH_SPAN,
     AgentSchemaVersionForRegister,
 )
 from prefactor_otel.pipeline import runs as runs_module
@@ -89,7 +88,6 @@ from prefactor_otel.pipeline.planner_live import LiveSpans, has_start_work
 from prefactor_otel.pipeline.planner_outcomes import OutcomeRules
 from prefactor_otel.pipeline.runs import (
     MAX_FINISHED_TRACES_REMEMBERED,
-    PendingSpan,
     RunState,
     RunTable,
     passes_filter,
@@ -245,6 +243,13 @@ class Planner:
         # span). Reset by any span of another run: it may move that run last, or open it.
         joined_id: int | None = None
         joined: RunState | None = None
+        # The run's queue, what it created and whether it has spans open or live, read when the run is found (its
+        # open and live spans only shrink while spans are added: a span that finds none, none of its run after it
+        # in the stretch will either).
+        pending: dict[int, SpanRecord] = {}
+        arrived: dict[int, float] = {}
+        created: dict[int, None] = {}
+        watch_live = False
         try:
             for record in records:
                 trace_id = record.trace_id
@@ -283,10 +288,12 @@ class Planner:
                     if trace.rejected:
                         runs.drop(1, "instance_rejected")
                         continue
-                if (trace.open or trace.live) and live.ended(trace, record, now):
+                    pending, arrived, created = trace.pending, trace.arrived, trace.created
+                    watch_live = bool(trace.open or trace.live)
+                if watch_live and (trace.open or trace.live) and live.ended(trace, record, now):
                     continue  # a live span: its create is replaced, or its finish is due
                 span_id = record.span_id
-                if span_id in trace.pending or span_id in trace.created:
+                if span_id in pending or span_id in created:
                     counters["spans_duplicate_ignored"] += 1
                     continue
                 if span_filter is not None and not passes_filter(trace, record, span_filter(record), counters):
@@ -294,7 +301,8 @@ class Planner:
                     continue
                 if earlier is not None and record.parent_span_id in earlier and not record.is_local_root:
                     continue_earlier_run(record)  # its parent is in an earlier run: this run's top, at once
-                trace.pending[span_id] = PendingSpan(record, now)  # RunTable.enqueue, counted once per batch
+                pending[span_id] = record  # RunTable.enqueue, counted once per batch
+                arrived[span_id] = now
                 queued += 1
                 if record.end_time_ns > trace.last_end_ns:
                     trace.last_end_ns = record.end_time_ns
@@ -323,10 +331,14 @@ class Planner:
     def start(self, started_spans: Iterable[StartedSpan], now: float) -> None:
         """Spans that started in this process (PrefactorSpanProcessor), in the order they started: the run of each is
         found or opened here, the span itself goes to the live spans part."""
-        traces, finished = self.runs.traces, self.runs.finished
+        traces, finished, fork, live_open = self.runs.traces, self.runs.finished, self._fork, self._live.open
         for started in started_spans:
             trace_id = started.trace_id
-            if not started.parent_is_remote and self._under_parent_process(trace_id, started.parent_span_id):
+            if (
+                fork is not None
+                and not started.parent_is_remote
+                and self._under_parent_process(trace_id, started.parent_span_id)
+            ):
                 started = started._replace(parent_is_remote=True)  # forked child: a local root of its own run
             if trace_id in finished and not self._reopen(trace_id, started.parent_is_remote or finished[trace_id]):
                 continue  # a span of a run already finished (or terminated): its end is counted when it comes
@@ -338,7 +350,7 @@ class Planner:
                 trace.first_start_ns = started.start_time_ns
             if trace.rejected or started.span_id in trace.created or started.span_id in trace.pending:
                 continue  # rejected run, or the span has already ended and arrived
-            self._live.open(trace, started, now)
+            live_open(trace, started, now)
         self._live.limit_open()
 
     def _under_parent_process(self, trace_id: int, parent_span_id: int | None) -> bool:
@@ -380,12 +392,12 @@ class Planner:
         trace = self.runs.traces.get(trace_id)
         if trace is None:
             return
-        for pending in trace.pending.values():
-            if pending.record.parent_span_id in known:
-                pending.record.parent_is_remote = True
-        for opened in trace.open.values():
-            if opened.started.parent_span_id in known:
-                opened.started = opened.started._replace(parent_is_remote=True)
+        for record in trace.pending.values():
+            if record.parent_span_id in known:
+                record.parent_is_remote = True
+        for span_id, started in list(trace.open.items()):
+            if started.parent_span_id in known:
+                trace.open[span_id] = started._replace(parent_is_remote=True)
 
     def _new_trace(self, trace_id: int, first_start_ns: int, resource: Mapping[str, object]) -> RunState:
         key = self._agent_key
@@ -484,14 +496,16 @@ class Planner:
                 else:
                     self._bounds.orphan_waiting_tops(trace, "age", now)
                 order = self._creation_order(trace)
-            span_items = self._create_items(trace, order)
+            roots: list[SpanRecord] = []  # the ended local roots among the creates (one per run at most, usually)
+            span_items = self._create_items(trace, order, roots)
             if trace.root_skipped and not trace.pending and not trace.created and not trace.registered:
                 if shutdown or flush or now - trace.last_activity >= self._grace:
                     empty.append(trace.trace_id)  # the filter kept nothing: no agent run to report
                 continue
-            if trace.live:
-                span_items.extend(self._live.plan_finishes(trace, span_items, now, shutdown=shutdown))
-            finish = self._plan_finish(trace, now, span_items, flush=flush, shutdown=shutdown)
+            finishes = self._live.plan_finishes(trace, span_items, now, shutdown=shutdown) if trace.live else []
+            finish = self._plan_finish(trace, now, order, roots, finishes, flush=flush, shutdown=shutdown)
+            if finishes:
+                span_items.extend(finishes)
             announce = trace.announce and (trace.register_item is not None or trace.start_item is not None)
             if not span_items and finish is None and not announce:
                 continue
@@ -540,49 +554,62 @@ class Planner:
         return list(chosen.values())
 
     @staticmethod
-    def _creation_order(trace: RunState) -> list[PendingSpan]:
+    def _creation_order(trace: RunState) -> list[SpanRecord]:
         """The pending spans that can be created now, parents before children: those whose parent is created (or
         that need none: local roots, orphans), then their descendants, breadth first. A span missing from it waits
         for a parent (runs.waiting_chains: the same reachability, span by span)."""
         pending_spans = trace.pending
         if not pending_spans:
             return []
-        created = trace.created
-        children: dict[int | None, list[PendingSpan]] = {}
-        order: list[PendingSpan] = []
-        for pending in pending_spans.values():
-            record = pending.record
+        created, orphaned = trace.created, trace.orphaned
+        children: dict[int, list[SpanRecord]] = {}
+        order: list[SpanRecord] = []
+        append = order.append
+        for record in pending_spans.values():
             parent_span_id = record.parent_span_id
-            if pending.orphaned or parent_span_id is None or record.parent_is_remote or parent_span_id in created:
-                order.append(pending)
+            if (
+                parent_span_id is None
+                or record.parent_is_remote
+                or parent_span_id in created
+                or (orphaned and record.span_id in orphaned)
+            ):
+                append(record)
             else:
-                children.setdefault(parent_span_id, []).append(pending)
+                below = children.get(parent_span_id)
+                if below is None:
+                    children[parent_span_id] = [record]
+                else:
+                    below.append(record)
         if children:
             # `order` grows while it is walked: each span's children join the end (a queue, without a deque).
+            pop, extend = children.pop, order.extend
             index = 0
             while index < len(order):
-                below = children.pop(order[index].record.span_id, None)
+                below = pop(order[index].span_id, None)
                 if below is not None:
-                    order.extend(below)
+                    extend(below)
                     if not children:
                         break
                 index += 1
         return order
 
-    def _create_items(self, trace: RunState, order: list[PendingSpan]) -> list[PlannedItem]:
-        """The creates of a run's pending spans, in `order`. Once per exported span, so the common case -- an ended
-        span with its own payloads -- is built here with the run's fields read once; the rest go to _create_item."""
+    def _create_items(self, trace: RunState, order: list[SpanRecord], roots: list[SpanRecord]) -> list[PlannedItem]:
+        """The creates of a run's pending spans, in `order`; the ended local roots among them join `roots` (what
+        the run's finish needs, found here rather than in a pass of its own). Once per exported span, so the
+        common case -- an ended span with its own payloads -- is built here with the run's fields read once; the
+        rest go to _create_item."""
         span_ids, pending_spans, instance_id = trace.span_ids, trace.pending, trace.instance_id
         partition, span_pfid, trace_id = self.partition, ids.span_pfid, trace.trace_id
         bound = runs_module.MAX_SPANS_REMEMBERED_PER_TRACE  # remember()'s bound, read at the call (tests lower it)
+        orphaned, too_large = trace.orphaned, trace.too_large
+        special = bool(orphaned or too_large)  # most runs have no span sent as an orphan or a placeholder
         items: list[PlannedItem] = []
         append = items.append
-        for pending in order:
-            record = pending.record
-            if pending.orphaned or pending.too_large_bytes is not None or record.status == "active":
-                append(self._create_item(trace, pending))
+        for record in order:
+            otel_span_id = record.span_id
+            if record.status == "active" or (special and (otel_span_id in orphaned or otel_span_id in too_large)):
+                append(self._create_item(trace, record, roots))
                 continue
-            pending.attempted = True
             # Prefactor ids: a span's is often known already (a child asked for it as its parent's).
             parent_id: str | None = None
             parent_span_id = record.parent_span_id
@@ -590,9 +617,15 @@ class Planner:
                 parent_id = span_ids.get(parent_span_id)
                 if parent_id is None:
                     parent = pending_spans.get(parent_span_id)
-                    start_ns = parent.record.start_time_ns if parent is not None else None
-                    parent_id = self.runs.span_pfid(trace, parent_span_id, start_ns)
-            otel_span_id = record.span_id
+                    if parent is None:
+                        parent_id = self.runs.span_pfid(trace, parent_span_id, None)  # LookupError: never seen
+                    else:  # RunTable.span_pfid and remember(), without the calls
+                        parent_id = span_pfid(partition, trace_id, parent_span_id, parent.start_time_ns)
+                        span_ids[parent_span_id] = parent_id
+                        if len(span_ids) > bound:
+                            del span_ids[next(iter(span_ids))]
+            else:
+                roots.append(record)
             span_id = span_ids.get(otel_span_id)
             if span_id is None:  # RunTable.span_pfid and remember(), without the calls
                 span_id = span_pfid(partition, trace_id, otel_span_id, record.start_time_ns)
@@ -603,25 +636,27 @@ class Planner:
             append(_new_item((body["idempotency_key"], BULK_CREATE_SPAN, body, trace_id, otel_span_id)))
         return items
 
-    def _create_item(self, trace: RunState, pending: PendingSpan) -> PlannedItem:
+    def _create_item(self, trace: RunState, record: SpanRecord, roots: list[SpanRecord]) -> PlannedItem:
         """The create of any pending span: orphaned, a placeholder, live (`active`), or as _create_items builds."""
-        pending.attempted = True
-        record = pending.record
+        otel_span_id = record.span_id
+        trace.attempted[otel_span_id] = None  # the server may have it from now on (read for live spans)
         parent_id: str | None = None
-        orphaned = pending.orphaned
+        orphaned = otel_span_id in trace.orphaned
         if not orphaned and not record.is_local_root:
             parent = trace.pending.get(record.parent_span_id)  # type: ignore[arg-type]
-            start_ns = parent.record.start_time_ns if parent is not None else None
+            start_ns = parent.start_time_ns if parent is not None else None
             parent_id = self.runs.span_pfid(trace, record.parent_span_id, start_ns)  # type: ignore[arg-type]
-        span_id = self.runs.span_pfid(trace, record.span_id, record.start_time_ns)
+        span_id = self.runs.span_pfid(trace, otel_span_id, record.start_time_ns)
         payload, result_payload = record.payload, record.result_payload
-        too_large = pending.too_large_bytes
+        too_large = trace.too_large.get(otel_span_id)
         if too_large is not None:
             payload, result_payload = placeholder_payloads(record, too_large)
         if orphaned:
             payload = orphan_payload(payload)
         if record.status == "active":
             self.runs.live_span_changes[span_id] = (trace.instance_id, record.start_time_ns)
+        elif record.is_local_root:
+            roots.append(record)
         body = span_create_item(
             record,
             trace.instance_id,
@@ -632,11 +667,21 @@ class Planner:
             orphan=orphaned,
             placeholder=too_large is not None,
         )
-        return _new_item((body["idempotency_key"], BULK_CREATE_SPAN, body, record.trace_id, record.span_id))
+        return _new_item((body["idempotency_key"], BULK_CREATE_SPAN, body, record.trace_id, otel_span_id))
 
     def _plan_finish(
-        self, trace: RunState, now: float, span_items: list[PlannedItem], *, flush: bool, shutdown: bool
+        self,
+        trace: RunState,
+        now: float,
+        order: list[SpanRecord],
+        roots: list[SpanRecord],
+        finishes: list[PlannedItem],
+        *,
+        flush: bool,
+        shutdown: bool,
     ) -> PlannedItem | None:
+        """The run's finish, if it is due with this plan: `order` the spans it creates (`_creation_order`), `roots`
+        the ended local roots among them (`_create_items`), `finishes` its live spans' finishes."""
         # With starts known: over once every span started here has ended and arrived; while one has not (its
         # end may have been lost), the grace period is stretched to the longest a child may wait for its parent.
         waiting_for_open = trace.tracked and bool(trace.open)
@@ -647,41 +692,25 @@ class Planner:
             # Not yet, whatever the spans planned (most plans of a run in its grace period): a run whose root is in
             # waits for one of these, and one without its root for an idle time (max wait + grace) longer still.
             return None
-        # One pass over the plan's items (a run's last plan often holds all its spans): how many are creates, which
-        # planned spans (ended ones: creates and live spans' finishes) are local roots, whether one failed.
-        pending_spans, live_spans = trace.pending, trace.live
-        creates = 0
-        roots: list[SpanRecord] = []
-        planned_failed = False
-        for item in span_items:
-            action, span_id = item.action, item.span_id
-            if action == BULK_CREATE_SPAN:
-                creates += 1
-                if span_id is None:
-                    continue
-                record = pending_spans[span_id].record
-                if record.status == "active":
-                    continue
-            elif action == BULK_FINISH_SPAN and span_id is not None:
-                ended = live_spans[span_id].ended
-                if ended is None:  # never: a finish is planned only for a live span that ended
-                    continue
-                record = ended
-            else:
-                continue
-            if record.parent_span_id is None or record.parent_is_remote:  # a local root
-                roots.append(record)
-            if record.status == "failed":
-                planned_failed = True
-        if creates != len(pending_spans):
+        # Every pending span is created in this plan and every live span finished, or the run is not over. The
+        # planned ended spans that are local roots: the creates' (found as they were built) and the live spans'.
+        if len(order) != len(trace.pending):
             return None  # somebody still waits for a parent: the run is not over
-        if len(span_items) - creates != len(live_spans):
+        live_spans = trace.live
+        if len(finishes) != len(live_spans):
             return None  # a live span is still open, or waits for its create
+        ended_live: list[SpanRecord] = []
+        for item in finishes:
+            ended = live_spans[item.span_id].ended  # type: ignore[index]  # a live span's finish names it
+            if ended is not None:  # always: a finish is planned only for a live span that ended
+                ended_live.append(ended)
+                if ended.parent_span_id is None or ended.parent_is_remote:  # a local root
+                    roots.append(ended)
         root_in = trace.root_delivered or trace.root_skipped or bool(roots)
         rootless = not root_in and (trace.finished_without_root or self._over_without_root(trace, now))
         if not (shutdown or rootless or (root_in and (over or quiet or (flush and not waiting_for_open)))):
             return None
-        if not span_items and not trace.created:
+        if not order and not finishes and not trace.created:
             return None
         if rootless and not trace.finished_without_root:
             trace.finished_without_root = True  # over now, whatever comes before the finish is delivered
@@ -692,7 +721,11 @@ class Planner:
         else:
             # Shutdown before the root ended, or a root that never came: close the run at its last known span (at
             # its start when none has ended: never before it, which the API refuses), failed if any span failed.
-            failed = trace.any_failed or planned_failed
+            failed = (
+                trace.any_failed
+                or any(record.status == "failed" for record in order)
+                or any(record.status == "failed" for record in ended_live)
+            )
             end_ns = max(trace.last_end_ns, trace.first_start_ns, trace.planned_start_ns or 0)
         body = finish_item(trace.instance_id, "failed" if failed else "complete", end_ns)
         return _new_item((body["idempotency_key"], BULK_FINISH_INSTANCE, body, trace.trace_id, None))
@@ -802,11 +835,12 @@ class Planner:
                 return True
             if trace.tracked and has_start_work(trace):
                 return True
-            for pending in trace.pending.values():
+            arrived, orphaned = trace.arrived, trace.orphaned
+            for span_id, record in trace.pending.items():
                 if (
-                    pending.orphaned
-                    or now - pending.arrived_at >= self._max_wait
-                    or self._parent_resolved(trace, pending.record, frozenset())
+                    span_id in orphaned
+                    or now - arrived[span_id] >= self._max_wait
+                    or self._parent_resolved(trace, record, frozenset())
                 ):
                     return True
         return False

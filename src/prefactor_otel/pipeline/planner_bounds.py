@@ -37,12 +37,12 @@ class MemoryBounds:
         if runs.queued > self._max_queued:
             self._drop_oldest(runs.queued - self._max_queued)
         if runs.queued > self._max_waiting:  # waiting spans are queued spans: fewer queued, nothing to check
-            chains = [chain for trace in self._traces_with_pending() for chain in waiting_chains(trace)]
-            excess = sum(size for _top, size, _earliest in chains) - self._max_waiting
-            for top, size, _earliest in sorted(chains, key=lambda chain: chain[2]):  # oldest waiting first
+            chains = [(trace, *chain) for trace in self._traces_with_pending() for chain in waiting_chains(trace)]
+            excess = sum(size for _trace, _top, size, _earliest in chains) - self._max_waiting
+            for trace, top, size, _earliest in sorted(chains, key=lambda chain: chain[3]):  # oldest waiting first
                 if excess <= 0:
                     break
-                runs.orphan(top, "count")
+                runs.orphan(trace, top, "count")
                 excess -= size
         if len(runs.traces) > MAX_OPEN_TRACES:
             # Bounded memory: the least recently active trace is closed early.
@@ -53,11 +53,11 @@ class MemoryBounds:
         Spans caught in a parent cycle (corrupt input) have no top: at shutdown they are orphaned one by one."""
         for top, _size, earliest in waiting_chains(trace):
             if now is None or now - earliest >= self._max_wait:
-                self._runs.orphan(top, why)
+                self._runs.orphan(trace, top, why)
         if now is None:
-            for pending in trace.pending.values():
-                if not pending.orphaned and not parent_resolved_deep(trace, pending.record):
-                    self._runs.orphan(pending, why)
+            for span_id, record in trace.pending.items():
+                if span_id not in trace.orphaned and not parent_resolved_deep(trace, record):
+                    self._runs.orphan(trace, span_id, why)
 
     def _traces_with_pending(self) -> list[RunState]:
         # Only traces with pending spans: not O(open runs).
@@ -67,9 +67,9 @@ class MemoryBounds:
     def _drop_oldest(self, count: int) -> None:
         runs = self._runs
         candidates = sorted(
-            (p.arrived_at, t.trace_id, span_id)
+            (t.arrived[span_id], t.trace_id, span_id)
             for t in (runs.traces[i] for i in runs.with_pending if i in runs.traces)
-            for span_id, p in t.pending.items()
+            for span_id in t.pending
         )
         for _, trace_id, span_id in candidates[:count]:
             runs.dequeue(runs.traces[trace_id], span_id)

@@ -7,8 +7,9 @@ for the finishes of live spans when it plans a run (`plan_finishes`). It works o
 the Planner, under the pipeline's state lock. What it adds to a run (runs.py `RunState`):
 - each started span is remembered in `open` until its ended record arrives (bounded over all runs: the oldest is
   forgotten, counted), and spans the LivePolicy wants go live -- with their open ancestors, so a live span's parent
-  exists in Prefactor before it. A run whose local root has started is announced (registered and started with
-  that time) before any span of it has ended.
+  exists in Prefactor before it. An open span is its `StartedSpan` (no object of its own); those gone live are in
+  the run's `open_live` too, which holds open spans only. A run whose local root has started is announced
+  (registered and started with that time) before any span of it has ended.
 - A live span is a pending create with status "active"; when it ends, either its create was never tried (the ended
   record replaces it: one complete create) or it was (the ended record waits in `LiveSpan.ended` for its
   `agent_spans/finish`, planned right after the create is delivered, with what appeared after the start in
@@ -27,7 +28,7 @@ from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.mapping.values import RawJson, as_dict
 from prefactor_otel.model.http import BULK_FINISH_SPAN
 from prefactor_otel.pipeline.items import PlannedItem, params_at_end, span_finish_item
-from prefactor_otel.pipeline.runs import LiveSpan, OpenSpan, RunState, RunTable
+from prefactor_otel.pipeline.runs import LiveSpan, RunState, RunTable
 from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan
 
 
@@ -61,7 +62,7 @@ class LiveSpans:
         runs.traces.move_to_end(trace.trace_id)
         if started.parent_span_id is None or started.parent_is_remote:  # a local root (is_local_root, inlined)
             trace.announce = True
-        trace.open[started.span_id] = OpenSpan(started)
+        trace.open[started.span_id] = started
         self.open_spans += 1
         runs.with_pending[trace.trace_id] = None
         policy = self._live_policy
@@ -76,10 +77,10 @@ class LiveSpans:
     def ended(self, trace: RunState, record: SpanRecord, now: float) -> bool:
         """An ended span of a run with spans open or live: no longer open. True if it was live (handled here: its
         create is replaced or its finish is due), False if it goes the usual way (a create)."""
-        if trace.open:
-            opened = trace.open.pop(record.span_id, None)
-            if opened is not None:
-                self.open_spans -= 1
+        if trace.open and trace.open.pop(record.span_id, None) is not None:
+            self.open_spans -= 1
+            if trace.open_live:
+                trace.open_live.pop(record.span_id, None)
         live = trace.live.get(record.span_id)
         if live is None:
             return False
@@ -93,23 +94,24 @@ class LiveSpans:
         self.open_spans -= len(trace.open)
         trace.live.clear()
         trace.open.clear()
+        trace.open_live.clear()
         return ended
 
     def _go_live(self, trace: RunState, span_id: int, now: float) -> None:
         """Create the span active now, and its open ancestors not yet live (a live span's parent must exist)."""
-        chain: list[OpenSpan] = []
-        current = trace.open.get(span_id)
-        while current is not None and not current.live and len(chain) <= len(trace.open):
+        chain: list[StartedSpan] = []
+        open_spans, gone_live = trace.open, trace.open_live
+        current = open_spans.get(span_id)
+        while current is not None and current.span_id not in gone_live and len(chain) <= len(open_spans):
             chain.append(current)
-            started = current.started
-            parent_id = started.parent_span_id
-            current = None if started.is_local_root or parent_id is None else trace.open.get(parent_id)
-        for opened in reversed(chain):  # ancestors first
-            opened.live = True
-            record = self._map_live(opened.started)
+            parent_id = current.parent_span_id
+            current = None if current.is_local_root or parent_id is None else open_spans.get(parent_id)
+        for started in reversed(chain):  # ancestors first
+            gone_live[started.span_id] = None
+            record = self._map_live(started)
             if record is None:
                 continue  # not mappable: the span goes the usual way, once it has ended
-            record.parent_is_remote = opened.started.parent_is_remote  # a forked child's local root stays one
+            record.parent_is_remote = started.parent_is_remote  # a forked child's local root stays one
             trace.live[record.span_id] = LiveSpan(decoded(record.payload))
             self._runs.enqueue(trace, record, now)
             self._runs.counters["spans_live"] += 1
@@ -129,11 +131,11 @@ class LiveSpans:
         trace.last_activity = now
         trace.last_end_ns = max(trace.last_end_ns, record.end_time_ns)
         self._runs.traces.move_to_end(record.trace_id)
-        pending = trace.pending.get(record.span_id)
-        if pending is not None and not pending.attempted:
-            del trace.live[record.span_id]
-            pending.record = record
-            pending.arrived_at = now
+        span_id = record.span_id
+        if span_id in trace.pending and span_id not in trace.attempted:
+            del trace.live[span_id]
+            trace.pending[span_id] = record  # keeps its place in the queue
+            trace.arrived[span_id] = now
             return
         live.ended = record
         self._runs.with_pending[trace.trace_id] = None
@@ -145,6 +147,7 @@ class LiveSpans:
             while trace.open and count > 0:
                 span_id = next(iter(trace.open))
                 opened = trace.open.pop(span_id)
+                trace.open_live.pop(span_id, None)
                 self.open_spans -= 1
                 count -= 1
                 runs.counters["open_spans_forgotten"] += 1
@@ -163,22 +166,32 @@ class LiveSpans:
         """Finishes of live spans that have ended, once their create is delivered or in this plan. A live span still
         open is finished `failed` at shutdown (the process ends before it does), or when its run's root has ended and
         the run has been quiet for the longest a span may wait (its end was lost, e.g. by a full batch queue)."""
-        planned = {item.span_id for item in span_items}
-        root_ended = trace.root_delivered or any(
-            live.ended is not None and live.ended.is_local_root for live in trace.live.values()
-        )
-        lost = root_ended and now - trace.last_activity >= max(self._grace, self._max_wait)
+        # What the plan creates and whether the run's end was lost: asked only when a live span needs them (most
+        # plans of a run: its live span still open, or ended with its create delivered), before any is changed.
+        planned: set[int | None] | None = None
+        lost: bool | None = None
         items = []
         for span_id, live in trace.live.items():
             record = live.ended
             if record is None:
                 opened = trace.open.get(span_id)
-                if not (shutdown or lost) or opened is None:
+                if opened is None:
                     continue
+                if not shutdown:
+                    if lost is None:
+                        root_ended = trace.root_delivered or any(
+                            other.ended is not None and other.ended.is_local_root for other in trace.live.values()
+                        )
+                        lost = root_ended and now - trace.last_activity >= max(self._grace, self._max_wait)
+                    if not lost:
+                        continue
                 why = "the process shut down before this span ended" if shutdown else "its end never arrived"
                 record = live.ended = self._unended(trace, opened, live, why)
-            if span_id not in trace.created and span_id not in planned:
-                continue  # its create waits (for a parent) or failed: the finish follows it
+            if span_id not in trace.created:
+                if planned is None:
+                    planned = {item.span_id for item in span_items}
+                if span_id not in planned:
+                    continue  # its create waits (for a parent) or failed: the finish follows it
             pfid = self._runs.span_pfid(trace, span_id, record.start_time_ns)
             result = dict(decoded(record.result_payload))
             late = params_at_end(live.started_payload, decoded(record.payload))
@@ -189,9 +202,8 @@ class LiveSpans:
         return items
 
     @staticmethod
-    def _unended(trace: RunState, opened: OpenSpan, live: LiveSpan, why: str) -> SpanRecord:
+    def _unended(trace: RunState, started: StartedSpan, live: LiveSpan, why: str) -> SpanRecord:
         """The record a live span that will not end here is finished with: failed, at the run's last activity."""
-        started = opened.started
         error = {"error_type": "SpanNotEnded", "message": why, "stacktrace": None}
         return SpanRecord(
             started.trace_id,

@@ -47,10 +47,10 @@ class OutcomeRules:
         if item is None or item.action != BULK_CREATE_SPAN or item.span_id is None:
             return False
         trace = self._runs.traces.get(item.trace_id)
-        pending = trace.pending.get(item.span_id) if trace is not None else None
-        if pending is None or pending.too_large_bytes is not None:
+        span_id = item.span_id
+        if trace is None or span_id not in trace.pending or span_id in trace.too_large:
             return False
-        pending.too_large_bytes = original_bytes
+        trace.too_large[span_id] = original_bytes
         self._runs.counters["spans_replaced_too_large"] += 1
         return True
 
@@ -83,33 +83,46 @@ class OutcomeRules:
         bound = runs_module.MAX_SPANS_REMEMBERED_PER_TRACE  # remember()'s bound, read at the call (tests lower it)
         # The common item, a finished span created (or spooled), is recorded inline and counted once per call:
         # what _on_span and _delivered do for it, without their calls (once per exported span). A plan's items
-        # come run by run, so the run of the last such item is kept (`run_id`, `trace`) while items of it follow;
-        # any other item forgets it (it may finish or reject a run, which leaves the table).
+        # come run by run, so the run of the last such item is kept (`run_id`, `trace`, its queue's methods) while
+        # items of it follow -- its journal line written once for them (`journal`, before any other item: a finish
+        # closes the line) -- and any other item forgets it (it may finish or reject a run, which leaves the table).
         delivered = live_created = dequeued = 0
         run_id: int | None = None
         trace: RunState | None = None
+        journal: RunState | None = None  # the run whose delivered spans move its journal line
+        pending: dict[int, SpanRecord] = {}
+        arrived: dict[int, float] = {}
+        created: dict[int, None] = {}
+        flagged = False  # the run has rare per-span state (runs.py): taken out with the span
         try:
             for key, outcome in outcomes.items():
                 item = items_get(key)
                 if item is None:
                     continue
-                action = item.action
-                if outcome is SUCCESS and action == BULK_CREATE_SPAN:
+                if outcome is SUCCESS and item.action == BULK_CREATE_SPAN:
                     if trace is None or item.trace_id != run_id:
+                        if journal is not None:
+                            run_changes[journal.instance_id] = journal.last_end_ns
+                            journal = None
                         run_id = item.trace_id
                         trace = traces_get(run_id)
                         if trace is None:
                             continue
-                    span_id = item.span_id
-                    pending = trace.pending.pop(span_id, None)  # type: ignore[arg-type]
-                    if pending is None:
+                        pending, arrived, created = trace.pending, trace.arrived, trace.created
+                        flagged = bool(trace.orphaned or trace.too_large or trace.attempted)
+                    span_id: int = item.span_id  # type: ignore[assignment]  # a span create's is never None
+                    record = pending.pop(span_id, None)
+                    if record is None:
                         continue
+                    arrived.pop(span_id, None)
+                    if flagged:
+                        trace.orphaned.pop(span_id, None)
+                        trace.too_large.pop(span_id, None)
+                        trace.attempted.pop(span_id, None)
                     dequeued += 1
-                    created = trace.created  # remember(), inline
-                    created[span_id] = None  # type: ignore[index]
+                    created[span_id] = None  # remember(), inline
                     if len(created) > bound:
                         del created[next(iter(created))]
-                    record = pending.record
                     status = record.status
                     if status == "active":
                         live_created += 1  # counted as exported once finished
@@ -122,11 +135,16 @@ class OutcomeRules:
                     if status == "failed":
                         trace.any_failed = True
                     if trace.journaled:
-                        run_changes[trace.instance_id] = trace.last_end_ns
+                        journal = trace
                     continue
+                if journal is not None:
+                    run_changes[journal.instance_id] = journal.last_end_ns
+                    journal = None
                 trace = None
                 self._apply_other(item, outcome, spooled)
         finally:
+            if journal is not None:
+                run_changes[journal.instance_id] = journal.last_end_ns
             runs.queued -= dequeued  # true even if an item raised midway
         if delivered:
             runs.counters["spans_spooled" if spooled else "spans_exported"] += delivered
@@ -146,8 +164,8 @@ class OutcomeRules:
         if outcome is SUCCESS:  # the shared outcome of most items: judge's first answer, without the call
             verdict = Verdict.DONE
         else:
-            pending = trace.pending.get(span_id) if span_id is not None else None
-            verdict = judge(action, outcome, can_orphan=pending is not None and not pending.orphaned)
+            can_orphan = span_id is not None and span_id in trace.pending and span_id not in trace.orphaned
+            verdict = judge(action, outcome, can_orphan=can_orphan)
         if action == BULK_CREATE_SPAN:
             if span_id is not None:
                 self._on_span(trace, span_id, verdict, outcome, spooled)
@@ -182,21 +200,21 @@ class OutcomeRules:
         self._runs.drop(self._runs.clear_pending(trace), f"instance_rejected:{reason}")
 
     def _on_span(self, trace: RunState, span_id: int, verdict: Verdict, outcome: ItemOutcome, spooled: bool) -> None:
-        pending = trace.pending.get(span_id)
-        if pending is None:
+        record = trace.pending.get(span_id)
+        if record is None:
             return
         runs = self._runs
         if verdict is Verdict.DONE:
             runs.dequeue(trace, span_id)
             remember(trace.created, span_id, None)
-            if pending.record.status == "active":
+            if record.status == "active":
                 runs.counters["spans_live_created"] += 1  # counted as exported once finished
                 return
-            self._delivered(trace, pending.record, spooled)
+            self._delivered(trace, record, spooled)
             return
         if verdict is Verdict.ORPHAN:
             # The server does not know the parent (e.g. it was dropped): keep the span, without the link.
-            runs.orphan(pending, "parent_rejected")
+            runs.orphan(trace, span_id, "parent_rejected")
             return
         runs.dequeue(trace, span_id)
         if trace.live.pop(span_id, None) is not None:  # when it ends it is sent whole

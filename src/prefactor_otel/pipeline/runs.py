@@ -6,6 +6,11 @@ lock, are the only callers.
   span filter's bookkeeping. Every per-span collection is bounded (`remember`): a run that lasts for hours keeps
   the newest MAX_SPANS_REMEMBERED_PER_TRACE span ids; a late child of a forgotten parent waits, then goes as an
   orphan.
+- A pending span is its record in `RunState.pending` (span id -> `SpanRecord`, in the order queued) and its arrival
+  in `RunState.arrived`: no object of its own. What is rare -- sent as an orphan, replaced by a placeholder, its
+  create tried while live -- is in the run's side collections keyed by span id (`orphaned`, `too_large`,
+  `attempted`), which hold pending spans only: whoever takes a span out of `pending` takes it out of them too
+  (`RunTable.dequeue`, `clear_pending`; the outcomes' inline path, planner_outcomes.py).
 - `RunTable`: the one owner of the state the planner's parts share -- the open runs, what is remembered of the
   runs closed (finished, terminated, opened here; with `keep_finished_spans`, the span ids each finished run of a
   trace created: `EarlierSpans`), the count of queued spans, the journal's changes and the counters. The planner
@@ -69,23 +74,6 @@ class EarlierSpans:
 
 
 @dataclass(slots=True)
-class PendingSpan:
-    record: SpanRecord
-    arrived_at: float
-    orphaned: bool = False
-    too_large_bytes: int | None = None  # set: send a small placeholder in its place
-    attempted: bool = False  # planned at least once: the server may have it
-
-
-@dataclass(slots=True)
-class OpenSpan:
-    """A span started in this process (PrefactorSpanProcessor) and not yet received ended."""
-
-    started: StartedSpan
-    live: bool = False  # created (or planned) active in Prefactor
-
-
-@dataclass(slots=True)
 class LiveSpan:
     """A span created active: its payload at the start (to tell what appeared later) and, once it has ended and
     its create may have reached the server, the ended record to finish it with."""
@@ -103,7 +91,16 @@ class RunState:
     registered: bool = False
     started: bool = False
     created: dict[int, None] = field(default_factory=dict)  # an insertion-ordered set, bounded (oldest forgotten)
-    pending: dict[int, PendingSpan] = field(default_factory=dict)
+    # Spans to create: span id -> record, in the order queued (a live span ended before its create was tried keeps
+    # its place, its ended record replacing the live one), and when each was queued (`now` of the call that queued
+    # it; a live span's when it ended). The rare state of a pending span is in the side collections below, which
+    # never hold a span that is not pending.
+    pending: dict[int, SpanRecord] = field(default_factory=dict)
+    arrived: dict[int, float] = field(default_factory=dict)
+    # Insertion-ordered sets as dicts: an empty dict, or one of ints only, is no object for the GC to track.
+    orphaned: dict[int, None] = field(default_factory=dict)  # sent without its parent link (RunTable.orphan)
+    too_large: dict[int, int] = field(default_factory=dict)  # -> its bytes: a small placeholder is sent in its place
+    attempted: dict[int, None] = field(default_factory=dict)  # a live span's create planned: the server may have it
     root_delivered: bool = False
     root_failed: bool = False
     root_end_ns: int = 0
@@ -126,7 +123,8 @@ class RunState:
     # Starts (PrefactorSpanProcessor): spans started here and not yet received ended, live spans, and whether the
     # run is to be registered before any span of it is sent (its local root has started).
     tracked: bool = False
-    open: dict[int, OpenSpan] = field(default_factory=dict)
+    open: dict[int, StartedSpan] = field(default_factory=dict)  # started here, not yet received ended
+    open_live: dict[int, None] = field(default_factory=dict)  # the open spans gone live (created or planned active)
     live: dict[int, LiveSpan] = field(default_factory=dict)
     announce: bool = False
     # Its finish was planned without its root (the planner's rule for a root that never comes): from then on the
@@ -239,26 +237,36 @@ class RunTable:
 
     def enqueue(self, trace: RunState, record: SpanRecord, now: float) -> None:
         """A span to create, waiting in its run until it is planned and delivered."""
-        trace.pending[record.span_id] = PendingSpan(record, now)
+        trace.pending[record.span_id] = record
+        trace.arrived[record.span_id] = now
         self.with_pending[trace.trace_id] = None
         self.queued += 1
 
-    def dequeue(self, trace: RunState, span_id: int) -> PendingSpan:
-        """A pending span leaves the queue (delivered, or dropped by the caller, who counts it)."""
-        pending = trace.pending.pop(span_id)
+    def dequeue(self, trace: RunState, span_id: int) -> SpanRecord:
+        """A pending span leaves the queue (delivered, or dropped by the caller, who counts it), and its side
+        state with it."""
+        record = trace.pending.pop(span_id)
+        trace.arrived.pop(span_id, None)
+        trace.orphaned.pop(span_id, None)
+        trace.too_large.pop(span_id, None)
+        trace.attempted.pop(span_id, None)
         self.queued -= 1
-        return pending
+        return record
 
     def clear_pending(self, trace: RunState) -> int:
         """Every pending span of the run leaves the queue; returns how many (the caller counts them)."""
         count = len(trace.pending)
         self.queued -= count
         trace.pending.clear()
+        trace.arrived.clear()
+        trace.orphaned.clear()
+        trace.too_large.clear()
+        trace.attempted.clear()
         return count
 
-    def orphan(self, pending: PendingSpan, why: str) -> None:
-        """Send the span without its parent link (counted by why): never dropped for a missing parent."""
-        pending.orphaned = True
+    def orphan(self, trace: RunState, span_id: int, why: str) -> None:
+        """Send the pending span without its parent link (counted by why): never dropped for a missing parent."""
+        trace.orphaned[span_id] = None
         self.counters[f"spans_orphaned_{why}"] += 1
 
     def drop(self, count: int, reason: str) -> None:
@@ -324,44 +332,45 @@ def parent_resolved_deep(trace: RunState, record: SpanRecord) -> bool:
         if current.is_local_root or current.parent_span_id in trace.created:
             return True
         parent = trace.pending.get(current.parent_span_id)  # type: ignore[arg-type]
-        if parent is None or parent.record.span_id in seen:
+        if parent is None or parent.span_id in seen:
             return False
-        if parent.orphaned:
+        if parent.span_id in trace.orphaned:
             return True
-        seen.add(parent.record.span_id)
-        current = parent.record
+        seen.add(parent.span_id)
+        current = parent
 
 
-def waiting_chains(trace: RunState) -> list[tuple[PendingSpan, int, float]]:
-    """The waiting chains of a trace: (top, spans in the chain, earliest arrival in the chain).
+def waiting_chains(trace: RunState) -> list[tuple[int, int, float]]:
+    """The waiting chains of a trace: (span id of the top, spans in the chain, earliest arrival in the chain).
 
     A top waits for a parent that is not here; the spans below it wait for it. Orphaning the top releases
     the whole chain with its links intact (orphaning a grandchild first would cut it from its parent).
     """
+    orphaned, arrived = trace.orphaned, trace.arrived
     waiting = {
-        span_id: p
-        for span_id, p in trace.pending.items()
-        if not p.orphaned and not parent_resolved_deep(trace, p.record)
+        span_id: record
+        for span_id, record in trace.pending.items()
+        if span_id not in orphaned and not parent_resolved_deep(trace, record)
     }
     if not waiting:
         return []
     children: dict[int | None, list[int]] = {}
-    for span_id, pending in waiting.items():
-        children.setdefault(pending.record.parent_span_id, []).append(span_id)
+    for span_id, record in waiting.items():
+        children.setdefault(record.parent_span_id, []).append(span_id)
     chains = []
     for span_id, top in waiting.items():
-        if top.record.parent_span_id in waiting:
+        if top.parent_span_id in waiting:
             continue
-        size, earliest, stack, seen = 0, top.arrived_at, [span_id], set()
+        size, earliest, stack, seen = 0, arrived[span_id], [span_id], set()
         while stack:
             current = stack.pop()
             if current in seen:
                 continue
             seen.add(current)
             size += 1
-            earliest = min(earliest, waiting[current].arrived_at)
+            earliest = min(earliest, arrived[current])
             stack.extend(children.get(current, ()))
-        chains.append((top, size, earliest))
+        chains.append((span_id, size, earliest))
     return chains
 
 
