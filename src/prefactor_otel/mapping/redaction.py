@@ -18,10 +18,11 @@ Three kinds of rules, applied in this order:
    it sits in. Each default rule has literal trigger strings; a value that contains none of them is not scanned by
    the rule's regex at all (this runs in the export hot path). Two gates in front decide for all rules at once:
    below 128 characters one stdlib regex of every default literal; from 128 up, with google-re2 installed, one
-   RE2 set pass (prefilter.py) over each rule's necessary pattern. When a gate says no default rule can match,
-   only the user's patterns (and, for long strings, the private-key rule, whose probes are cheaper than any
-   description of them) run; should those change the text, the whole list runs again on the original, so the
-   outcome never depends on the gates (tests/test_redaction_prefilter.py compares).
+   RE2 set pass (prefilter.py) over each rule's necessary pattern (the private-key probes' too), which names the
+   rules that may match and fails open (a failed pass runs every rule). When a gate says no default rule can
+   match, only the user's patterns run; when it names some, they and the user's patterns run, and should they
+   change the text, the whole list runs again on the original, so the outcome never depends on the gates
+   (tests/test_redaction_prefilter.py compares).
 3. The user's **callback** `(path, value) -> value`, last. If it raises or returns a non-string, the value is masked
    (fail closed): an unreviewed value is never sent.
 
@@ -191,19 +192,16 @@ class Redactor:
         # One regex over every default literal (and a key's DER header): cheaper than the per-rule checks on short
         # strings (identifiers, model names), which are most values; long strings go through the per-rule gates.
         self._short_gate = re.compile(SHORT_GATE_PATTERN) if defaults else None
-        # Long strings (messages): one RE2 pass tells whether any default rule but the always-run ones can change
-        # the text (prefilter.py; None without google-re2). When none can, only the always-run rules and the
-        # user's patterns run (`_quiet_rules`); should one of them change the text, the whole list runs again on
-        # the original, so the outcome is the per-rule path's whatever the rules are.
+        # Long strings (messages): one RE2 pass tells which default rules can change the text (prefilter.py; None
+        # without google-re2). When none can, only the user's patterns run; when some can, they and the user's
+        # patterns run first (`_selected`), and should they change the text, the whole list runs again on the
+        # original, so the outcome is the per-rule path's whatever the rules are.
         self._long_gate = (
             long_text_gate((rule.name for rule in rules), PREFILTER_PATTERNS, ALWAYS_RUN)
             if defaults and prefilter
             else None
         )
-        self._quiet_rules: tuple[ValueRule, ...] = (
-            *(rule for rule in rules if rule.name in ALWAYS_RUN),
-            *user_rules,
-        )
+        self._default_rules = tuple(rules)
         self._structural = _STRUCTURAL_KEYS if defaults and not user_rules else frozenset()
         self._defaults = defaults
         user_keys = {k.strip().lower() for k in keys if k.strip()}
@@ -275,22 +273,33 @@ class Redactor:
             if size < _SHORT:
                 if self._short_gate is not None and self._short_gate.search(text) is None:
                     rules = self._user_rules
-            elif self._long_gate is not None and not self._long_gate.may_match(text):
-                quiet: list[dict[str, Any]] = []
-                self._apply(text, self._quiet_rules, where, key, quiet)
-                if not quiet:  # nothing changed (the common case): the per-rule path would change nothing either
-                    rules = ()
+            elif self._long_gate is not None:
+                names = self._long_gate.select(text)
+                if names is not None:  # None: the pass failed, every rule runs
+                    rules = self._selected(text, names, where, key) if names else self._user_rules
             if rules:
                 text = self._apply(text, rules, where, key, log)
         if self._callback is not None:
             text = self._call(text, _path(where, key), log)
         return text
 
+    def _selected(self, text: str, names: frozenset[str], where: str, key: str | None) -> tuple[ValueRule, ...]:
+        """The rules to run on a long text of which the gate named the default rules that may change it: none, when
+        those rules and the user's change nothing (every other default rule finds nothing to change either, so the
+        per-rule path would leave the text as it is); else the whole list, on the original text. Rare on GenAI text:
+        most texts hold no rule's trigger."""
+        trial: list[dict[str, Any]] = []
+        chosen = [rule for rule in self._default_rules if rule.name in names]
+        self._apply(text, (*chosen, *self._user_rules), where, key, trial)
+        return self._rules if trial else ()
+
     def _apply(
         self, text: str, rules: Sequence[ValueRule], where: str, key: str | None, log: list[dict[str, Any]]
     ) -> str:
         """The value rules, in order, each on what the previous ones left."""
-        lowered = text.lower() if self._any_lower and rules is self._rules else None
+        lowered = (
+            text.lower() if self._any_lower and (rules is self._rules or any(rule.lower for rule in rules)) else None
+        )
         for rule in rules:
             # The rule's gate inline: most rules stop here, and a method call per rule and string cost more than
             # the one-character search itself.
