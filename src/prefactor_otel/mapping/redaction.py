@@ -20,9 +20,9 @@ Three kinds of rules, applied in this order:
    below 128 characters one stdlib regex of every default literal; from 128 up, with google-re2 installed, one
    RE2 set pass (prefilter.py) over each rule's necessary pattern (the private-key probes' too), which names the
    rules that may match and fails open (a failed pass runs every rule). When a gate says no default rule can
-   match, only the user's patterns run; when it names some, they and the user's patterns run, and should they
-   change the text, the whole list runs again on the original, so the outcome never depends on the gates
-   (tests/test_redaction_prefilter.py compares).
+   match, only the user's patterns run; when it names some, the list runs without the others until a rule changes
+   the text, and whole from there on (the others cannot change the original text), so the outcome never depends
+   on the gates (tests/test_redaction_prefilter.py compares).
 3. The user's **callback** `(path, value) -> value`, last. If it raises or returns a non-string, the value is masked
    (fail closed): an unreviewed value is never sent.
 
@@ -193,15 +193,15 @@ class Redactor:
         # strings (identifiers, model names), which are most values; long strings go through the per-rule gates.
         self._short_gate = re.compile(SHORT_GATE_PATTERN) if defaults else None
         # Long strings (messages): one RE2 pass tells which default rules can change the text (prefilter.py; None
-        # without google-re2). When none can, only the user's patterns run; when some can, they and the user's
-        # patterns run first (`_selected`), and should they change the text, the whole list runs again on the
-        # original, so the outcome is the per-rule path's whatever the rules are.
+        # without google-re2). When none can, only the user's patterns run; when some can, the list runs without
+        # the others up to the first change, and whole after it (`_apply_named`), so the outcome is the per-rule
+        # path's whatever the rules are.
         self._long_gate = (
             long_text_gate((rule.name for rule in rules), PREFILTER_PATTERNS, ALWAYS_RUN)
             if defaults and prefilter
             else None
         )
-        self._default_rules = tuple(rules)
+        self._defaults_count = len(rules)
         self._structural = _STRUCTURAL_KEYS if defaults and not user_rules else frozenset()
         self._defaults = defaults
         user_keys = {k.strip().lower() for k in keys if k.strip()}
@@ -276,22 +276,40 @@ class Redactor:
             elif self._long_gate is not None:
                 names = self._long_gate.select(text)
                 if names is not None:  # None: the pass failed, every rule runs
-                    rules = self._selected(text, names, where, key) if names else self._user_rules
+                    if names:
+                        text = self._apply_named(text, names, where, key, log)
+                        rules = ()
+                    else:
+                        rules = self._user_rules
             if rules:
                 text = self._apply(text, rules, where, key, log)
         if self._callback is not None:
             text = self._call(text, _path(where, key), log)
         return text
 
-    def _selected(self, text: str, names: frozenset[str], where: str, key: str | None) -> tuple[ValueRule, ...]:
-        """The rules to run on a long text of which the gate named the default rules that may change it: none, when
-        those rules and the user's change nothing (every other default rule finds nothing to change either, so the
-        per-rule path would leave the text as it is); else the whole list, on the original text. Rare on GenAI text:
-        most texts hold no rule's trigger."""
-        trial: list[dict[str, Any]] = []
-        chosen = [rule for rule in self._default_rules if rule.name in names]
-        self._apply(text, (*chosen, *self._user_rules), where, key, trial)
-        return self._rules if trial else ()
+    def _apply_named(
+        self, text: str, names: frozenset[str], where: str, key: str | None, log: list[dict[str, Any]]
+    ) -> str:
+        """The per-rule path on a long text of which the gate named the default rules that may change it: until a
+        rule changes the text, it is the original, which no other default rule can change, so those are skipped;
+        from the first change on, every rule that follows runs on what the previous ones left, as in `_apply`.
+        Rare on GenAI text (most texts hold no rule's trigger), and no rule runs twice."""
+        rules = self._rules
+        defaults = self._defaults_count
+        lowered: str | None = None
+        for index, rule in enumerate(rules):
+            if index < defaults and rule.name not in names:
+                continue
+            gate = rule.gate
+            if gate is not None and gate not in text:
+                continue
+            if rule.lower and lowered is None:
+                lowered = text.lower()
+            new, count = rule.apply(text, lowered if rule.lower else None)
+            if count:
+                log.append({"path": _path(where, key), "rule": rule.name, "count": count})
+                return self._apply(new, rules[index + 1 :], where, key, log) if index + 1 < len(rules) else new
+        return text
 
     def _apply(
         self, text: str, rules: Sequence[ValueRule], where: str, key: str | None, log: list[dict[str, Any]]
