@@ -450,3 +450,25 @@ def test_a_failed_pass_runs_every_rule(answer: list[int] | None) -> None:
     assert log == [{"path": "p", "rule": "password", "count": 1}]
     if HAVE_RE2:
         assert _gate().select("") == frozenset()  # a real pass always finds the end of the text
+
+
+def test_a_short_text_the_short_gate_passes_is_remembered_as_the_rules_leave_it() -> None:
+    # `_remember` decides a short text by the short gate alone when no user pattern or callback can change it: the
+    # same outcome as the rules' on every rule's secrets, their pieces and fuzzed short text.
+    rng = random.Random(12)
+    texts = [*SAMPLES, *FRAGMENTS, *(sample[:n] for sample in SAMPLES for n in (4, 5, 9, 20, 40, 127))]
+    for _ in range(2000):  # bounded
+        pieces: list[str] = []
+        while sum(map(len, pieces)) < rng.randrange(1, _SHORT):
+            pieces.append(rng.choice(FRAGMENTS) if rng.random() < 0.4 else rng.choice(WORDS) + " ")
+        texts.append("".join(pieces)[: _SHORT - 1])
+    quick, full = Redactor(), Redactor()
+    assert quick._plain_short_search is not None
+    for text in texts:
+        log: list[dict[str, object]] = []
+        expected = (full._text(text, "", None, log), tuple((e["rule"], e.get("count", 1)) for e in log))
+        assert quick._remember(text) == expected, text
+    # With a user pattern the gate alone cannot decide: every short text goes through the rules.
+    user = Redactor(patterns=[r"order_\d+"])
+    assert user._plain_short_search is None
+    assert user._remember("see order_1234 now") == ("see [REDACTED:user_pattern_1] now", (("user_pattern_1", 1),))

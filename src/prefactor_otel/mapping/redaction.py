@@ -192,6 +192,11 @@ class Redactor:
         # One regex over every default literal (and a key's DER header): cheaper than the per-rule checks on short
         # strings (identifiers, model names), which are most values; long strings go through the per-rule gates.
         self._short_gate = re.compile(SHORT_GATE_PATTERN) if defaults else None
+        # The short gate alone decides a short text when nothing else can change it (no user pattern, no callback):
+        # its "no" leaves the text as it is (`_remember`).
+        self._plain_short_search = (
+            self._short_gate.search if self._short_gate is not None and not user_rules and callback is None else None
+        )
         # Long strings (messages): one RE2 pass tells which default rules can change the text (prefilter.py; None
         # without google-re2). When none can, only the user's patterns run; when some can, the list runs without
         # the others up to the first change, and whole after it (`_apply_named`), so the outcome is the per-rule
@@ -257,9 +262,14 @@ class Redactor:
         in the bounded text cache: names and short attribute values repeat (a database system, a query, a route,
         a host), and a dict lookup costs a tenth of the short gate's scan. Cleared whole when full: values with
         ids in them must not grow it without end, and each repeated value then costs one scan again."""
-        own: list[dict[str, Any]] = []
-        result = self._text(text, "", None, own)
-        cached = (result, tuple((entry["rule"], entry.get("count", 1)) for entry in own))
+        plain = self._plain_short_search
+        if plain is not None and len(text) < _SHORT and plain(text) is None:
+            # What `_text` decides for it, without its calls and log (a one-off id costs the scan and little more)
+            cached: tuple[str, tuple[tuple[str, int], ...]] = (text, ())
+        else:
+            own: list[dict[str, Any]] = []
+            result = self._text(text, "", None, own)
+            cached = (result, tuple((entry["rule"], entry.get("count", 1)) for entry in own))
         if len(self._text_cache) >= _TEXT_CACHE_LIMIT:
             self._text_cache.clear()
         self._text_cache[text] = cached
