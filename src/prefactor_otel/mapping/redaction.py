@@ -284,15 +284,23 @@ class Redactor:
                 if self._short_gate is not None and self._short_gate.search(text) is None:
                     rules = self._user_rules
             elif self._long_gate is not None:
-                names = self._long_gate.select(text)
-                if names is not None:  # None: the pass failed, every rule runs
-                    if names:
-                        text = self._apply_named(text, names, where, key, log)
-                        rules = ()
-                    else:
-                        rules = self._user_rules
+                return self._long_text(text, self._long_gate.select(text), where, key, log)
             if rules:
                 text = self._apply(text, rules, where, key, log)
+        if self._callback is not None:
+            text = self._call(text, _path(where, key), log)
+        return text
+
+    def _long_text(
+        self, text: str, names: frozenset[str] | None, where: str, key: str | None, log: list[dict[str, Any]]
+    ) -> str:
+        """`_text` on a long string, given the gate's answer on it (`LongTextGate.select`)."""
+        if names is None:  # the pass failed: every rule runs
+            text = self._apply(text, self._rules, where, key, log)
+        elif names:
+            text = self._apply_named(text, names, where, key, log)
+        elif self._user_rules:
+            text = self._apply(text, self._user_rules, where, key, log)
         if self._callback is not None:
             text = self._call(text, _path(where, key), log)
         return text
@@ -373,6 +381,8 @@ class Redactor:
         texts = self._text_cache
         scan_all = self._callback is not None
         structural = self._structural
+        long_select = self._long_gate.select if self._long_gate is not None else None
+        user_rules = self._user_rules
         longest = 0
         items: Iterable[tuple[str, Any]] = attributes.items()  # Any: the type tests below narrow what mypy cannot
         for key, value in items:
@@ -388,7 +398,14 @@ class Redactor:
                     value = attributes[key] = self._text(value, where, key, log)
                 elif len(value) >= _MIN_SECRET_LENGTH and key not in structural:
                     if len(value) >= _SHORT:
-                        value = attributes[key] = self._text(value, where, key, log)
+                        if long_select is None:
+                            value = attributes[key] = self._text(value, where, key, log)
+                        else:
+                            # The gate called here, not through `_text`: a message string that no rule can change
+                            # (most) costs the pass and nothing more.
+                            names = long_select(value)
+                            if names is None or names or user_rules:
+                                value = attributes[key] = self._long_text(value, names, where, key, log)
                     else:
                         known = texts.get(value)  # a short value: most repeat (hosts, queries, routes, enum values)
                         if known is None:
