@@ -270,3 +270,205 @@ def test_the_gate_matches_with_the_compiled_set_only_when_it_answers_as_the_wrap
     assert _direct_match(plain) == plain.Match
     odd = _WrapperWithOddInner()
     assert _direct_match(odd) == odd.Match
+
+
+# --------------------------------------------------------------------------- the private-key probes in the set
+
+_PK_BODY = "IIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7"  # base64 after an `M` (a PKCS#8 header)
+
+
+def _python_probes_hit(text: str) -> bool:
+    """Whether any of the private-key rule's own probes finds something to look at (what the set must cover)."""
+    from prefactor_otel.mapping import secret_patterns as sp
+
+    return (
+        sp._MARKED.search(text) is not None
+        or sp._WIDTH_PROBE.search(text) is not None
+        or sp._ESCAPED_WIDTH_PROBE.search(text) is not None
+        or sp._HEADER_PROBE.search(text) is not None
+        or sp._OPENSSH in text
+        or sp._BASE64_PEM in text
+    )
+
+
+_SHARED_GATE: list[LongTextGate] = []
+
+
+def _names(text: str) -> frozenset[str] | None:
+    """The default gate's answer (one gate, compiled once for all these tests)."""
+    if not _SHARED_GATE:
+        _SHARED_GATE.append(_gate())
+    return _SHARED_GATE[0].select(text)
+
+
+def test_the_header_probe_is_covered_whatever_character_comes_before_it() -> None:
+    # The Python probe's lookbehind (`M` starting a base64 word) is, in RE2, the character before the `M`: every
+    # code point below U+0800, every surrogate (lone ones are sent as surrogatepass bytes), and a stride of the rest.
+    if not HAVE_RE2:
+        return
+    from prefactor_otel.mapping.secret_patterns import _HEADER_PROBE, KEY_BODY_RULE
+
+    points = [*range(0x800), *range(0xD800, 0xE000), *range(0x800, 0x110000, 97), 0xFFFF, 0x10000, 0x10FFFF]
+    checked = 0
+    for code in points:
+        for head in ("", "\\n", "x\\n"):
+            text = f"{head}{chr(code)}M{_PK_BODY}"
+            if _HEADER_PROBE.search(text) is not None:
+                names = _names(text)
+                assert names is None or KEY_BODY_RULE in names, (hex(code), head)
+                checked += 1
+    assert checked > 5000
+    assert KEY_BODY_RULE in (_names(f"M{_PK_BODY}") or {KEY_BODY_RULE})  # at the very start
+
+
+def test_each_private_key_probe_names_the_rule_and_plain_text_does_not() -> None:
+    if not HAVE_RE2:
+        return
+    from prefactor_otel.mapping.secret_patterns import _BASE64_PEM, _OPENSSH, KEY_BODY_RULE
+
+    line = PEM_LINES[3]
+    hits = [
+        "-----BEGIN RSA PRIVATE KEY-----",
+        "-----BEGIN PRIVATE KEY-----",
+        "-----END OPENSSH PRIVATE KEY-----",
+        "-----BEGIN PGP PRIVATE KEY BLOCK-----",
+        f"x\n{line}",
+        f"x\r\n{line}",
+        f"x\\n{line}",
+        f"x\\r\\n{line}",
+        f" M{_PK_BODY}",
+        f"\\nM{_PK_BODY}",
+        f"x {_OPENSSH}",
+        f"x {_BASE64_PEM}",
+    ]
+    rng = random.Random(4)
+    for hit in hits:
+        text = f"{_prose(rng, 200)} {hit} {_prose(rng, 200)}"
+        assert _python_probes_hit(text), hit
+        assert KEY_BODY_RULE in (_names(text) or set()), hit
+    plain = _prose(rng, 3000).replace(" ", "\n")  # line breaks, but short words after them
+    assert not _python_probes_hit(plain)
+    assert _names(plain) == frozenset()
+    assert _names(f"{_prose(rng, 300)} -----BEGIN CERTIFICATE----- {_prose(rng, 300)}") == frozenset()
+
+
+KEYISH = [
+    *PEM_LINES, *(line[:40] for line in PEM_LINES[:3]), "\n", "\r\n", "\\n", "\\r\\n", " ", "M", "MII", "MIIE",
+    _PK_BODY, "-----", "-----BEGIN ", "-----END ", "PRIVATE KEY-----", "RSA ", "CERTIFICATE-----", "=", "==",
+    "b3BlbnNzaC1rZXktdjE", "LS0tLS1CRUdJTi", "\ud800", "é", "漢", "+/", "sk-", "secret=", "x",
+    *("\n".join(PEM_LINES[i : i + 3]) for i in range(0, 9, 3)), "\\n".join(PEM_LINES[4:7]),
+]  # fmt: skip
+
+
+def test_fuzzed_key_material_the_rule_would_change_is_always_named() -> None:
+    from prefactor_otel.mapping.secret_patterns import KEY_BODY_RULE
+
+    rule = next(rule for rule in default_rules() if rule.name == KEY_BODY_RULE)
+    rng = random.Random(2027)
+    fast, slow = Redactor(), Redactor(prefilter=False)
+    changed = 0
+    for _ in range(600):  # bounded
+        pieces: list[str] = []
+        while sum(map(len, pieces)) < _SHORT + rng.randrange(600):
+            pieces.append(rng.choice(KEYISH) if rng.random() < 0.7 else rng.choice(WORDS) + " ")
+        text = "".join(pieces)
+        if rule.apply(text, None)[1]:
+            changed += 1
+            if HAVE_RE2:
+                names = _names(text)
+                assert names is None or KEY_BODY_RULE in names, text
+        fast_log: list[dict[str, object]] = []
+        slow_log: list[dict[str, object]] = []
+        assert (fast.redact_text(text, "p", fast_log), fast_log) == (
+            slow.redact_text(text, "p", slow_log),
+            slow_log,
+        ), text
+    assert changed > 100
+
+
+def test_the_gate_names_only_the_rules_whose_trigger_is_there() -> None:
+    if not HAVE_RE2:
+        return
+    rng = random.Random(8)
+    prose = _prose(rng, 400)
+    assert _names(f"{prose} the secretary {prose}") == {"secret_assignment"}
+    assert _names(f"{prose} AKIA {prose}") == {"aws_secret_key", "aws_access_key"}
+    assert _names(f"{prose} \u212aBEARER x {prose}") == {"bearer_token"}
+    # A named rule that changes nothing: nothing else runs, nothing is recorded; one that does: the whole list.
+    for text in (f"{prose} the secretary: Jane {prose}", f"{prose} BEARER abcdefgh12345678 {prose}"):
+        _both(text)
+        _both(text, patterns=[r"ACME-\d{4}"])
+
+
+class _FailingSet:
+    """What RE2 gives when its DFA runs out of memory: no match at all (the wrapper's None, the compiled set's
+    empty list), whatever the text."""
+
+    def __init__(self, answer: list[int] | None) -> None:
+        self._answer = answer
+
+    def Add(self, pattern: str) -> int:
+        return 0
+
+    def Compile(self) -> bool:
+        return True
+
+    def Match(self, text: bytes) -> list[int] | None:
+        return self._answer
+
+
+class _FailingRe2:
+    """A module laid out as google-re2 is, whose set fails every pass."""
+
+    def __init__(self, answer: list[int] | None) -> None:
+        answer_ = answer
+
+        class _Set:
+            @staticmethod
+            def SearchSet(options: object) -> _FailingSet:
+                return _FailingSet(answer_)
+
+        self.Set = _Set
+
+    @staticmethod
+    def Options() -> object:
+        return object()
+
+
+@pytest.mark.parametrize("answer", [None, []])
+def test_a_failed_pass_runs_every_rule(answer: list[int] | None) -> None:
+    # RE2 answers "no match" when its DFA runs out of memory: the end-of-text pattern is then missing too, and the
+    # gate fails open (every rule runs) instead of letting a secret through.
+    gate = LongTextGate(_FailingRe2(answer), PREFILTER_PATTERNS, ALWAYS_RUN)
+    rng = random.Random(6)
+    text = f"{_prose(rng, 300)} password=hunter2hunter2 {_prose(rng, 300)}"
+    assert gate.select(text) is None and gate.may_match(text)
+    redactor = Redactor()
+    redactor._long_gate = gate
+    log: list[dict[str, object]] = []
+    assert "[REDACTED:password]" in redactor.redact_text(text, "p", log)
+    assert log == [{"path": "p", "rule": "password", "count": 1}]
+    if HAVE_RE2:
+        assert _gate().select("") == frozenset()  # a real pass always finds the end of the text
+
+
+def test_a_short_text_the_short_gate_passes_is_remembered_as_the_rules_leave_it() -> None:
+    # `_remember` decides a short text by the short gate alone when no user pattern or callback can change it: the
+    # same outcome as the rules' on every rule's secrets, their pieces and fuzzed short text.
+    rng = random.Random(12)
+    texts = [*SAMPLES, *FRAGMENTS, *(sample[:n] for sample in SAMPLES for n in (4, 5, 9, 20, 40, 127))]
+    for _ in range(2000):  # bounded
+        pieces: list[str] = []
+        while sum(map(len, pieces)) < rng.randrange(1, _SHORT):
+            pieces.append(rng.choice(FRAGMENTS) if rng.random() < 0.4 else rng.choice(WORDS) + " ")
+        texts.append("".join(pieces)[: _SHORT - 1])
+    quick, full = Redactor(), Redactor()
+    assert quick._plain_short_search is not None
+    for text in texts:
+        log: list[dict[str, object]] = []
+        expected = (full._text(text, "", None, log), tuple((e["rule"], e.get("count", 1)) for e in log))
+        assert quick._remember(text) == expected, text
+    # With a user pattern the gate alone cannot decide: every short text goes through the rules.
+    user = Redactor(patterns=[r"order_\d+"])
+    assert user._plain_short_search is None
+    assert user._remember("see order_1234 now") == ("see [REDACTED:user_pattern_1] now", (("user_pattern_1", 1),))

@@ -18,10 +18,11 @@ Three kinds of rules, applied in this order:
    it sits in. Each default rule has literal trigger strings; a value that contains none of them is not scanned by
    the rule's regex at all (this runs in the export hot path). Two gates in front decide for all rules at once:
    below 128 characters one stdlib regex of every default literal; from 128 up, with google-re2 installed, one
-   RE2 set pass (prefilter.py) over each rule's necessary pattern. When a gate says no default rule can match,
-   only the user's patterns (and, for long strings, the private-key rule, whose probes are cheaper than any
-   description of them) run; should those change the text, the whole list runs again on the original, so the
-   outcome never depends on the gates (tests/test_redaction_prefilter.py compares).
+   RE2 set pass (prefilter.py) over each rule's necessary pattern (the private-key probes' too), which names the
+   rules that may match and fails open (a failed pass runs every rule). When a gate says no default rule can
+   match, only the user's patterns run; when it names some, the list runs without the others until a rule changes
+   the text, and whole from there on (the others cannot change the original text), so the outcome never depends
+   on the gates (tests/test_redaction_prefilter.py compares).
 3. The user's **callback** `(path, value) -> value`, last. If it raises or returns a non-string, the value is masked
    (fail closed): an unreviewed value is never sent.
 
@@ -191,19 +192,21 @@ class Redactor:
         # One regex over every default literal (and a key's DER header): cheaper than the per-rule checks on short
         # strings (identifiers, model names), which are most values; long strings go through the per-rule gates.
         self._short_gate = re.compile(SHORT_GATE_PATTERN) if defaults else None
-        # Long strings (messages): one RE2 pass tells whether any default rule but the always-run ones can change
-        # the text (prefilter.py; None without google-re2). When none can, only the always-run rules and the
-        # user's patterns run (`_quiet_rules`); should one of them change the text, the whole list runs again on
-        # the original, so the outcome is the per-rule path's whatever the rules are.
+        # The short gate alone decides a short text when nothing else can change it (no user pattern, no callback):
+        # its "no" leaves the text as it is (`_remember`).
+        self._plain_short_search = (
+            self._short_gate.search if self._short_gate is not None and not user_rules and callback is None else None
+        )
+        # Long strings (messages): one RE2 pass tells which default rules can change the text (prefilter.py; None
+        # without google-re2). When none can, only the user's patterns run; when some can, the list runs without
+        # the others up to the first change, and whole after it (`_apply_named`), so the outcome is the per-rule
+        # path's whatever the rules are.
         self._long_gate = (
             long_text_gate((rule.name for rule in rules), PREFILTER_PATTERNS, ALWAYS_RUN)
             if defaults and prefilter
             else None
         )
-        self._quiet_rules: tuple[ValueRule, ...] = (
-            *(rule for rule in rules if rule.name in ALWAYS_RUN),
-            *user_rules,
-        )
+        self._defaults_count = len(rules)
         self._structural = _STRUCTURAL_KEYS if defaults and not user_rules else frozenset()
         self._defaults = defaults
         user_keys = {k.strip().lower() for k in keys if k.strip()}
@@ -259,9 +262,14 @@ class Redactor:
         in the bounded text cache: names and short attribute values repeat (a database system, a query, a route,
         a host), and a dict lookup costs a tenth of the short gate's scan. Cleared whole when full: values with
         ids in them must not grow it without end, and each repeated value then costs one scan again."""
-        own: list[dict[str, Any]] = []
-        result = self._text(text, "", None, own)
-        cached = (result, tuple((entry["rule"], entry.get("count", 1)) for entry in own))
+        plain = self._plain_short_search
+        if plain is not None and len(text) < _SHORT and plain(text) is None:
+            # What `_text` decides for it, without its calls and log (a one-off id costs the scan and little more)
+            cached: tuple[str, tuple[tuple[str, int], ...]] = (text, ())
+        else:
+            own: list[dict[str, Any]] = []
+            result = self._text(text, "", None, own)
+            cached = (result, tuple((entry["rule"], entry.get("count", 1)) for entry in own))
         if len(self._text_cache) >= _TEXT_CACHE_LIMIT:
             self._text_cache.clear()
         self._text_cache[text] = cached
@@ -275,22 +283,59 @@ class Redactor:
             if size < _SHORT:
                 if self._short_gate is not None and self._short_gate.search(text) is None:
                     rules = self._user_rules
-            elif self._long_gate is not None and not self._long_gate.may_match(text):
-                quiet: list[dict[str, Any]] = []
-                self._apply(text, self._quiet_rules, where, key, quiet)
-                if not quiet:  # nothing changed (the common case): the per-rule path would change nothing either
-                    rules = ()
+            elif self._long_gate is not None:
+                return self._long_text(text, self._long_gate.select(text), where, key, log)
             if rules:
                 text = self._apply(text, rules, where, key, log)
         if self._callback is not None:
             text = self._call(text, _path(where, key), log)
         return text
 
+    def _long_text(
+        self, text: str, names: frozenset[str] | None, where: str, key: str | None, log: list[dict[str, Any]]
+    ) -> str:
+        """`_text` on a long string, given the gate's answer on it (`LongTextGate.select`)."""
+        if names is None:  # the pass failed: every rule runs
+            text = self._apply(text, self._rules, where, key, log)
+        elif names:
+            text = self._apply_named(text, names, where, key, log)
+        elif self._user_rules:
+            text = self._apply(text, self._user_rules, where, key, log)
+        if self._callback is not None:
+            text = self._call(text, _path(where, key), log)
+        return text
+
+    def _apply_named(
+        self, text: str, names: frozenset[str], where: str, key: str | None, log: list[dict[str, Any]]
+    ) -> str:
+        """The per-rule path on a long text of which the gate named the default rules that may change it: until a
+        rule changes the text, it is the original, which no other default rule can change, so those are skipped;
+        from the first change on, every rule that follows runs on what the previous ones left, as in `_apply`.
+        Rare on GenAI text (most texts hold no rule's trigger), and no rule runs twice."""
+        rules = self._rules
+        defaults = self._defaults_count
+        lowered: str | None = None
+        for index, rule in enumerate(rules):
+            if index < defaults and rule.name not in names:
+                continue
+            gate = rule.gate
+            if gate is not None and gate not in text:
+                continue
+            if rule.lower and lowered is None:
+                lowered = text.lower()
+            new, count = rule.apply(text, lowered if rule.lower else None)
+            if count:
+                log.append({"path": _path(where, key), "rule": rule.name, "count": count})
+                return self._apply(new, rules[index + 1 :], where, key, log) if index + 1 < len(rules) else new
+        return text
+
     def _apply(
         self, text: str, rules: Sequence[ValueRule], where: str, key: str | None, log: list[dict[str, Any]]
     ) -> str:
         """The value rules, in order, each on what the previous ones left."""
-        lowered = text.lower() if self._any_lower and rules is self._rules else None
+        lowered = (
+            text.lower() if self._any_lower and (rules is self._rules or any(rule.lower for rule in rules)) else None
+        )
         for rule in rules:
             # The rule's gate inline: most rules stop here, and a method call per rule and string cost more than
             # the one-character search itself.
@@ -336,6 +381,8 @@ class Redactor:
         texts = self._text_cache
         scan_all = self._callback is not None
         structural = self._structural
+        long_select = self._long_gate.select if self._long_gate is not None else None
+        user_rules = self._user_rules
         longest = 0
         items: Iterable[tuple[str, Any]] = attributes.items()  # Any: the type tests below narrow what mypy cannot
         for key, value in items:
@@ -351,7 +398,14 @@ class Redactor:
                     value = attributes[key] = self._text(value, where, key, log)
                 elif len(value) >= _MIN_SECRET_LENGTH and key not in structural:
                     if len(value) >= _SHORT:
-                        value = attributes[key] = self._text(value, where, key, log)
+                        if long_select is None:
+                            value = attributes[key] = self._text(value, where, key, log)
+                        else:
+                            # The gate called here, not through `_text`: a message string that no rule can change
+                            # (most) costs the pass and nothing more.
+                            names = long_select(value)
+                            if names is None or names or user_rules:
+                                value = attributes[key] = self._long_text(value, names, where, key, log)
                     else:
                         known = texts.get(value)  # a short value: most repeat (hosts, queries, routes, enum values)
                         if known is None:
