@@ -9,7 +9,7 @@ only on its names, so two threads computing one store equal values).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import Event
@@ -27,12 +27,14 @@ class NamePlan:
     checked): the plan only spares the walk over names that are not there, so it can never pick another key than
     the walk over the whole chain would."""
 
-    __slots__ = ("_families", "_ordered", "anys", "chains", "names")
+    __slots__ = ("_families", "_ordered", "anys", "chains", "layouts", "names")
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = frozenset(names)
         self.chains: dict[Chain, Chain] = {}  # chain -> its names that are there
         self.anys: dict[frozenset[str], bool] = {}  # a set of names -> whether the span has any of them
+        # A builder's fast-path layout of these names (builders/otel.py), by builder: one entry per fast builder.
+        self.layouts: dict[str, Any] = {}
         self._families: dict[str, dict[int, dict[str, str]]] | None = None
         self._ordered = names
 
@@ -111,6 +113,20 @@ class Context:
         if present is None:
             present = self._plan.present(keys)  # type: ignore[union-attr]
         return present
+
+    def layout(self, builder: str, make: Callable[[frozenset[str]], Any]) -> Any:
+        """What `make` says of the span's attribute names (a builder's fast-path layout, builders/otel.py: None when
+        the names do not allow the fast path), made once per name plan. None for a span without a plan."""
+        plan = self._plan
+        if plan is None:
+            return None
+        layouts = plan.layouts
+        found = layouts.get(builder, _NOT_MADE)
+        if found is _NOT_MADE:
+            found = make(plan.names)
+            if len(layouts) < _PLAN_CHAINS_LIMIT:  # the builders are a handful of constants: a bound against misuse
+                layouts[builder] = found
+        return found
 
     def has_any(self, keys: frozenset[str]) -> bool:
         """Whether the span has any of these names (a builder's test before a group of chains)."""
@@ -284,6 +300,7 @@ def name_plan(attributes: Mapping[str, object]) -> NamePlan | None:
     return plan
 
 
+_NOT_MADE = object()  # a layout not made yet (a made one may be None)
 _PLAN_CACHE_SIZE = 128  # plans of 64 names at most, each a few KB once its chains are filled: <= ~1 MB
 _PLAN_MAX_NAMES = 64
 _PLAN_CHAINS_LIMIT = 512
