@@ -140,7 +140,7 @@ def _otel_agent(ctx: Context, typed: Typed, params_there: tuple[tuple[str, str],
     if conversation is not None:
         put(fields, "conversation_id", json_safe(conversation))
     put(fields, "model", first_value(attributes, consumed, otel.MODEL))
-    put(fields, "provider", first_value(attributes, consumed, otel.PROVIDER))
+    put(fields, "provider", otel.provider(attributes, consumed))
     if params_there:
         put(fields, "params", otel.params(attributes, consumed, params_there))
 

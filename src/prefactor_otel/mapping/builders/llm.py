@@ -66,7 +66,7 @@ def _otel_llm(ctx: Context, typed: Typed, params_there: tuple[tuple[str, str], .
         if type(model) is not str:
             model = json_safe(model)
     put(fields, "model", model)
-    put(fields, "provider", otel.first_value(attributes, consumed, otel.PROVIDER))
+    put(fields, "provider", otel.provider(attributes, consumed))
     if attributes.get(otel.RESPONSE_MODEL) != UNKNOWN_MODEL:
         put(result, "response_model", otel.first_value(attributes, consumed, otel.RESPONSE_MODEL))
     if params_there:

@@ -1,14 +1,15 @@
 """Fast paths of the llm, tool and agent builders for spans that carry only OTel GenAI names. Pure functions.
 
 A span's attribute names decide, once per name set (the span's `NamePlan`), whether its builder may take the fast
-path: every name is either one the fast path reads by its OTel GenAI name (each the first name of its chain), one
-the fast path leaves to later steps that read it through the chains as before (usage, session, user, tags,
-`gen_ai.operation.name`), or one that no builder reads at all (`_neutral`: in no chain, read by no builder by name,
-and without any GenAI convention's prefix, as `server.address`). Then each chain the builder walks has at most its
-first name there, so the walk reduces to reading that one name: the fast path reads it directly, with the walk's
-rules on values (None and "" are no hit; the same JSON parsing and message shapes; the same put rules and field
-order), and leaves every shape it does not expect to the general builder: it tests the values it needs before it
-writes anything into the span's Context or Typed. A span with events takes the general builder (conversations and
+path: every name is either one the fast path reads by its OTel GenAI name (the first name of its chain; for the
+provider, `gen_ai.provider.name` and `gen_ai.system`), one the fast path leaves to later steps that read it through
+the chains as before (usage, session, user, tags, `gen_ai.operation.name`), or one that no builder reads at all
+(`_neutral`: in no chain, read by no builder by name, in no flattened family, as `server.address` or
+`gen_ai.server.time_to_first_token`). Then each chain the builder walks has only those names there, so the walk
+reduces to reading them: the fast path reads them directly, with the walk's rules on values (None and "" are no
+hit, an equal later duplicate is consumed; the same JSON parsing and message shapes; the same put rules and field
+order), and leaves every value shape it does not expect to the general builder, deciding so before it writes
+anything into the span's Context or Typed. A span with events takes the general builder (conversations and
 first-token times are read from events there).
 
 `tests/test_builder_fast_paths.py` maps every recorded span and fuzzed OTel GenAI spans with the fast paths and
@@ -23,7 +24,6 @@ from __future__ import annotations
 from typing import Any
 
 from prefactor_otel.mapping import chains
-from prefactor_otel.mapping.conventions import GENAI_KEY_PREFIXES
 from prefactor_otel.mapping.values import json_safe
 
 
@@ -64,14 +64,13 @@ _LITERAL_NAMES = frozenset(
     }
 )
 READ_NAMES = _chain_names() | _LITERAL_NAMES
-# Prefixes of every convention's names (and of the flattened families): such a name is never neutral, even when no
-# chain names it today.
-_CONVENTION_PREFIXES = (*GENAI_KEY_PREFIXES, "ai.", "mastra.", "gcp.", "anthropic.", *chains.FAMILIES)
 
 
 def _neutral(name: str) -> bool:
-    """A name no builder reads: it goes to metadata whatever the builder does."""
-    return name not in READ_NAMES and not name.startswith(_CONVENTION_PREFIXES)
+    """A name no builder reads: in no chain, read by no builder by name, in no flattened family (the only names the
+    builders find by prefix). It goes to metadata whatever the builder does, whichever convention it belongs to
+    (`gen_ai.server.time_to_first_token`, `server.address`)."""
+    return name not in READ_NAMES and not name.startswith(chains.FAMILIES)
 
 
 # Names left to the steps after the builder, which read them through their chains as before: the operation
@@ -96,6 +95,7 @@ _LATER = frozenset(
 
 MODEL = chains.MODEL[0]
 PROVIDER = chains.PROVIDER[0]
+SYSTEM = chains.PROVIDER[1]  # the older name of the provider, often beside gen_ai.provider.name
 RESPONSE_MODEL = chains.RESPONSE_MODEL[0]
 RESPONSE_ID = chains.RESPONSE_ID[0]
 FINISH_REASONS = chains.FINISH_REASONS[0]
@@ -109,6 +109,7 @@ _LLM_NAMES = frozenset(
     {
         MODEL,
         PROVIDER,
+        SYSTEM,
         RESPONSE_MODEL,
         RESPONSE_ID,
         FINISH_REASONS,
@@ -140,6 +141,18 @@ def first_value(attributes: dict[str, object], consumed: set[str], key: str) -> 
     return value if type(value) is str else json_safe(value)
 
 
+def provider(attributes: dict[str, object], consumed: set[str]) -> Any:
+    """`Context.value(PROVIDER)` when the chain's names there are `gen_ai.provider.name` and / or `gen_ai.system`:
+    the first that is not empty, and the other consumed too when it holds the same value."""
+    value = attributes.get(PROVIDER)
+    if value is None or value == "":
+        return first_value(attributes, consumed, SYSTEM)
+    consumed.add(PROVIDER)
+    if SYSTEM in attributes and attributes[SYSTEM] == value:
+        consumed.add(SYSTEM)
+    return value if type(value) is str else json_safe(value)
+
+
 def put(target: dict[str, Any], name: str, value: Any) -> None:
     """`Typed.put`: a value, or a falsy value that is still one (0, False, an empty tuple)."""
     if value:  # most values: one truth test
@@ -167,7 +180,7 @@ AGENT_ID = chains.AGENT_ID[0]
 AGENT_DESCRIPTION = chains.AGENT_DESCRIPTION[0]
 AGENT_VERSION = chains.AGENT_VERSION[0]
 _AGENT_NAMES = frozenset(
-    (AGENT_NAME, AGENT_ID, AGENT_DESCRIPTION, AGENT_VERSION, MODEL, PROVIDER, *(key for key, _ in PARAMS))
+    (AGENT_NAME, AGENT_ID, AGENT_DESCRIPTION, AGENT_VERSION, MODEL, PROVIDER, SYSTEM, *(key for key, _ in PARAMS))
 )
 
 
