@@ -66,13 +66,19 @@ def _compare(monkeypatch: pytest.MonkeyPatch, spans: list[ReadableSpan]) -> None
 
 
 def _taken(spans: list[ReadableSpan]) -> dict[str, int]:
-    """How many of these spans' name plans allow each fast path (after they were mapped)."""
+    """How many of these spans have names that allow their builder's fast path (and the usage fast path)."""
+    layouts = {"chat": ("llm", otel.llm_layout), "execute_tool": ("tool", otel.tool_layout)}
+    layouts["invoke_agent"] = ("agent", otel.agent_layout)
     taken: dict[str, int] = {}
     for span in spans:
-        plan = context._PLANS.get(tuple(span.attributes or {}))
-        for builder, layout in plan.layouts.items() if plan is not None else ():
-            if layout is not None:
-                taken[builder] = taken.get(builder, 0) + 1
+        attributes = span.attributes or {}
+        names = frozenset(attributes)
+        operation = attributes.get("gen_ai.operation.name")
+        chosen = layouts.get(operation) if isinstance(operation, str) else None
+        if chosen is not None and chosen[1](names) is not None:
+            taken[chosen[0]] = taken.get(chosen[0], 0) + 1
+        if usage._otel_counts(names) is not None:
+            taken["usage"] = taken.get("usage", 0) + 1
     return taken
 
 
@@ -217,6 +223,10 @@ def _fuzzed_spans(count: int, seed: int) -> list[ReadableSpan]:
                 attributes[key] = rng.choice(_ODD_VALUES)
         if rng.random() < 0.25:
             attributes[rng.choice(_OTHER_NAMES)] = rng.choice(("x", 3, '{"a": 1}', "[1]"))
+        if operation == "chat" and rng.random() < 0.2:
+            attributes["gen_ai.system_instructions"] = rng.choice(
+                ("be brief", '[{"type": "text", "content": "be brief"}]', "", '["x"]', "[]", 4)
+            )
         if operation != "execute_tool" and rng.random() < 0.3:  # the older provider name: equal, other or empty
             attributes["gen_ai.system"] = rng.choice((attributes.get("gen_ai.provider.name", "openai"), "other", ""))
         name = _SPAN_NAMES[operation] if rng.random() < 0.8 else rng.choice(("x.run", "agent run", ""))
@@ -246,7 +256,7 @@ def test_the_layouts_decide_by_the_names_alone() -> None:
     assert otel.agent_layout(frozenset(_AGENT)) == (("gen_ai.request.seed", "seed"),)
     # A name of another convention, a second name of a chain the builder walks, or a name a builder reads by name
     # sends the span to the general path; a name no builder reads does not.
-    for other in ("llm.provider", "llm.model_name", "input.value", "gen_ai.system_instructions", "ai.prompt"):
+    for other in ("llm.provider", "llm.model_name", "input.value", "gen_ai.agent.system_prompt", "ai.prompt"):
         assert otel.llm_layout(chat | {other}) is None, other
     unread = {"deployment.environment", "gen_ai.server.time_to_first_token", "gen_ai.openai.api_base", "llm.headers"}
     assert otel.llm_layout(chat | unread | {"gen_ai.system"}) is not None  # gen_ai.system: read with the provider

@@ -72,7 +72,9 @@ def _otel_llm(ctx: Context, typed: Typed, params_there: tuple[tuple[str, str], .
     if params_there:
         put(fields, "params", otel.params(attributes, consumed, params_there))
     raw = attributes.get(otel.INPUT_MESSAGES)
-    if raw is not None and raw != "":
+    if otel.SYSTEM_INSTRUCTIONS in attributes:
+        put(typed.inputs, "messages", input_messages(ctx))  # the system message leads: the general reading
+    elif raw is not None and raw != "":
         consumed.add(otel.INPUT_MESSAGES)
         parsed = parse_json_maybe(raw)
         messages = normalize_messages(parsed)

@@ -100,6 +100,7 @@ RESPONSE_MODEL = chains.RESPONSE_MODEL[0]
 RESPONSE_ID = chains.RESPONSE_ID[0]
 FINISH_REASONS = chains.FINISH_REASONS[0]
 INPUT_MESSAGES = chains.INPUT_MESSAGES[0]
+SYSTEM_INSTRUCTIONS = chains.SYSTEM_INSTRUCTIONS[0]
 OUTPUT_MESSAGES = chains.OUTPUT_MESSAGES[0]
 # The OTel GenAI request parameters, in REQUEST_PARAMS order (the order the general builder fills them in): the
 # `gen_ai.*` ones each name a field no other `gen_ai.*` parameter names.
@@ -114,6 +115,7 @@ _LLM_NAMES = frozenset(
         RESPONSE_ID,
         FINISH_REASONS,
         INPUT_MESSAGES,
+        SYSTEM_INSTRUCTIONS,
         OUTPUT_MESSAGES,
         *(key for key, _ in PARAMS),
     }
