@@ -2,9 +2,10 @@
 
 Pure, per span: a Context and a Typed live for one map_span call on the exporting thread. The only shared state is
 the bounded cache of name plans (`_PLANS`: a span's attribute names -> which names of each chain are there, and its
-flattened-family index): a plain dict, read and filled without a lock, as is each plan's own chain dict (a lost
-insert costs one recomputation; `clear()` and item assignment are atomic under the GIL, and a plan's entries depend
-only on its names, so two threads computing one store equal values).
+flattened-family index, and each fast builder's layout, builders/otel.py): a plain dict, read and filled without a
+lock, as are each plan's own chain and layout dicts (a lost insert costs one recomputation; `clear()` and item
+assignment are atomic under the GIL, and a plan's entries depend only on its names, so two threads computing one
+store equal values).
 """
 
 from __future__ import annotations
