@@ -69,7 +69,15 @@ def test_every_recorded_span_maps_the_same_with_and_without_plans(monkeypatch: p
 
 def test_spans_of_one_name_set_share_a_plan_and_another_order_is_another_plan() -> None:
     provider, collector = make_provider()
-    names = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o", "gen_ai.provider.name": "openai"}
+    # `llm.provider` beside `gen_ai.provider.name`: another convention's name in a chain the builder walks, so the
+    # general builder walks the chains
+    # (the OTel GenAI fast path, builders/otel.py, reads the names directly and fills no chain memo)
+    names = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": "gpt-4o",
+        "gen_ai.provider.name": "openai",
+        "llm.provider": "openai",
+    }
     first = map_span(_span(provider, collector, names))
     plan = context._PLANS[tuple(names)]
     second = map_span(_span(provider, collector, {**names, "gen_ai.request.model": "gpt-4o-mini"}))

@@ -2,14 +2,15 @@
 
 Pure, per span: a Context and a Typed live for one map_span call on the exporting thread. The only shared state is
 the bounded cache of name plans (`_PLANS`: a span's attribute names -> which names of each chain are there, and its
-flattened-family index): a plain dict, read and filled without a lock, as is each plan's own chain dict (a lost
-insert costs one recomputation; `clear()` and item assignment are atomic under the GIL, and a plan's entries depend
-only on its names, so two threads computing one store equal values).
+flattened-family index, and each fast builder's layout, builders/otel.py): a plain dict, read and filled without a
+lock, as are each plan's own chain and layout dicts (a lost insert costs one recomputation; `clear()` and item
+assignment are atomic under the GIL, and a plan's entries depend only on its names, so two threads computing one
+store equal values).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import Event
@@ -27,12 +28,14 @@ class NamePlan:
     checked): the plan only spares the walk over names that are not there, so it can never pick another key than
     the walk over the whole chain would."""
 
-    __slots__ = ("_families", "_ordered", "anys", "chains", "names")
+    __slots__ = ("_families", "_ordered", "anys", "chains", "layouts", "names")
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = frozenset(names)
         self.chains: dict[Chain, Chain] = {}  # chain -> its names that are there
         self.anys: dict[frozenset[str], bool] = {}  # a set of names -> whether the span has any of them
+        # A builder's fast-path layout of these names (builders/otel.py), by builder: one entry per fast builder.
+        self.layouts: dict[str, Any] = {}
         self._families: dict[str, dict[int, dict[str, str]]] | None = None
         self._ordered = names
 
@@ -111,6 +114,20 @@ class Context:
         if present is None:
             present = self._plan.present(keys)  # type: ignore[union-attr]
         return present
+
+    def layout(self, builder: str, make: Callable[[frozenset[str]], Any]) -> Any:
+        """What `make` says of the span's attribute names (a builder's fast-path layout, builders/otel.py: None when
+        the names do not allow the fast path), made once per name plan. None for a span without a plan."""
+        plan = self._plan
+        if plan is None:
+            return None
+        layouts = plan.layouts
+        found = layouts.get(builder, _NOT_MADE)
+        if found is _NOT_MADE:
+            found = make(plan.names)
+            if len(layouts) < _PLAN_CHAINS_LIMIT:  # the builders are a handful of constants: a bound against misuse
+                layouts[builder] = found
+        return found
 
     def has_any(self, keys: frozenset[str]) -> bool:
         """Whether the span has any of these names (a builder's test before a group of chains)."""
@@ -284,6 +301,7 @@ def name_plan(attributes: Mapping[str, object]) -> NamePlan | None:
     return plan
 
 
+_NOT_MADE = object()  # a layout not made yet (a made one may be None)
 _PLAN_CACHE_SIZE = 128  # plans of 64 names at most, each a few KB once its chains are filled: <= ~1 MB
 _PLAN_MAX_NAMES = 64
 _PLAN_CHAINS_LIMIT = 512

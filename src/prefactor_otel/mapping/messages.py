@@ -295,7 +295,72 @@ def normalize_messages(value: object) -> list[Message] | None:
     # LangChain batches are a list of conversations: one conversation is what a single call sent.
     if len(value) == 1 and isinstance(value[0], list):
         value = value[0]
+    if type(value) is list:
+        messages = _parts_messages(value)
+        if messages is not None:
+            return messages
     return [normalize_message(m) for m in value]
+
+
+def _parts_messages(value: list[Any]) -> list[Message] | None:
+    """The OTel GenAI shape, `[{role, parts: [text | tool_call parts], finish_reason?, name?}]`, in one loop: what
+    `normalize_message` builds for each message, without its per-message and per-part calls. None as soon as any
+    message or part is another shape (a LangChain serialisation, a role that is not text, a part that is not a text
+    part of text or a plain tool call): the caller then takes the general walk over the whole list, and this
+    loop's half-built messages are dropped (it changes nothing it was given)."""
+    out: list[Message] = []
+    for raw in value:
+        if type(raw) is not dict or "lc" in raw or "data" in raw:
+            return None
+        parts = raw.get("parts")
+        role = raw.get("role")
+        if type(parts) is not list or (role is not None and type(role) is not str):
+            return None
+        text: str | None = None  # the one text part's content (most messages), or the texts joined below
+        texts: list[str] | None = None
+        calls: list[dict[str, Any]] | None = None
+        for part in parts:
+            if type(part) is not dict:
+                return None
+            kind = part.get("type")
+            if type(kind) is not str:
+                return None
+            if kind in _TEXT_PARTS:
+                content = part["content"] if "content" in part else part.get("text")
+                if type(content) is not str:
+                    return None
+                if texts is not None:
+                    texts.append(content)
+                elif text is None:
+                    text = content
+                else:
+                    texts = [text, content]
+            elif kind == "tool_call" and "function" not in part:
+                call_id = part.get("id")
+                name = part.get("name")
+                if (call_id is not None and type(call_id) is not str) or (name is not None and type(name) is not str):
+                    return None
+                arguments = part["arguments"] if "arguments" in part else part.get("args")
+                call = {"id": call_id, "name": name, "arguments": parse_json_maybe(arguments)}
+                if calls is None:
+                    calls = [call]
+                else:
+                    calls.append(call)
+            else:
+                return None
+        if texts is not None:
+            text = "\n".join(texts)  # two or more texts: never empty-joined to "" (`_from_parts`'s `or None`)
+        message: Message = {"role": role, "content": text}
+        if calls is not None:
+            message["tool_calls"] = calls
+        name = raw.get("name")  # `_with_extras`, inline
+        if name is not None:
+            message["name"] = _name(name)
+        finish = raw.get("finish_reason")
+        if finish:
+            message["finish_reason"] = _name(finish)
+        out.append(message)
+    return out
 
 
 def system_message(instructions: object) -> Message | None:

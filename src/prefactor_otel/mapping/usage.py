@@ -36,6 +36,11 @@ def token_usage(ctx: Context, schema_name: str) -> dict[str, Any] | None:
     the model call). So is the usage of a model-call span wrapping the real one (ADK's legacy `call_llm` around
     its `generate_content` span). Summing the non-aggregated usage of a trace counts every model call once.
     """
+    counts = ctx.layout("usage", _otel_counts)
+    if counts is not None:
+        usage = _otel_usage(ctx, counts, schema_name)
+        if usage is not _GENERAL:
+            return usage  # type: ignore[return-value]
     if not ctx.has_any(_USAGE_KEYS):
         return None  # tool, agent and chain spans mostly carry no usage at all
     prompt = ctx.number(PROMPT_TOKENS)
@@ -83,6 +88,58 @@ def token_usage(ctx: Context, schema_name: str) -> dict[str, Any] | None:
     return usage_out
 
 
+def _otel_counts(names: frozenset[str]) -> tuple[str | None, str | None, str | None] | None:
+    """For a name set whose only names token_usage reads are OTel GenAI counts (`gen_ai.usage.input_tokens`,
+    `output_tokens`, `total_tokens`, the first name of their chains), the prompt, completion and total names it has;
+    else None. Then no other count, detail, usage JSON or aggregated name is there, nor the names that make usage a
+    wrapper's copy (`_wraps_the_model_call`)."""
+    if not names.isdisjoint(_USAGE_OTHER_NAMES):
+        return None
+    prompt, completion, total = PROMPT_TOKENS[0], COMPLETION_TOKENS[0], TOTAL_TOKENS[0]
+    return (
+        prompt if prompt in names else None,
+        completion if completion in names else None,
+        total if total in names else None,
+    )
+
+
+def _otel_usage(
+    ctx: Context, counts: tuple[str | None, str | None, str | None], schema_name: str
+) -> dict[str, Any] | object | None:
+    """token_usage for a span of an `_otel_counts` name set whose counts are plain ints (or absent): each count
+    chain has at most its first name there, so the chains' walk is that name's value. `_GENERAL` when a count is
+    anything else (a float, a bool, a negative or a string: the general path's rules decide)."""
+    attributes = ctx.attributes
+    prompt_key, completion_key, total_key = counts
+    prompt = attributes.get(prompt_key) if prompt_key is not None else None
+    completion = attributes.get(completion_key) if completion_key is not None else None
+    total = attributes.get(total_key) if total_key is not None else None
+    for count in (prompt, completion, total):
+        if count is not None and (type(count) is not int or count < 0):
+            return _GENERAL
+    consumed = ctx.consumed
+    usage_out: dict[str, Any] = {}
+    if prompt is not None:
+        consumed.add(prompt_key)  # type: ignore[arg-type]  # not None: its value is there
+        usage_out["prompt_tokens"] = prompt
+    if completion is not None:
+        consumed.add(completion_key)  # type: ignore[arg-type]
+        usage_out["completion_tokens"] = completion
+    if total is not None:
+        consumed.add(total_key)  # type: ignore[arg-type]
+        usage_out["total_tokens"] = total
+    elif prompt is not None and completion is not None:
+        usage_out["total_tokens"] = prompt + completion  # type: ignore[operator]
+    if not usage_out:
+        return None
+    if schema_name not in _MODEL_CALLS:
+        usage_out["aggregated"] = True
+    return usage_out
+
+
+_GENERAL = object()  # `_otel_usage`: the general path decides
+
+
 def _wraps_the_model_call(ctx: Context) -> bool:
     """Google ADK's `call_llm` span (its legacy telemetry: the request and response JSON, no operation name) runs
     the model call as a `generate_content` child span that carries the same usage: its copy is not counted."""
@@ -120,6 +177,12 @@ _USAGE_KEYS = frozenset(
         *CACHE_WRITE_TOKENS,
         *REASONING_TOKENS,
     )
+)
+
+
+# Every name token_usage reads but the three OTel GenAI counts `_otel_counts` reads directly.
+_USAGE_OTHER_NAMES = frozenset(
+    (_USAGE_KEYS | {ADK_LLM_REQUEST[0], "ai.operationId"}) - {PROMPT_TOKENS[0], COMPLETION_TOKENS[0], TOTAL_TOKENS[0]}
 )
 
 

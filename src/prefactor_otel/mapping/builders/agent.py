@@ -14,6 +14,7 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
+from prefactor_otel.mapping.builders import otel
 from prefactor_otel.mapping.builders.common import generic_value, request_params, strip_method
 from prefactor_otel.mapping.builders.conversation import (
     AI_RESPONSE_KEYS,
@@ -70,6 +71,11 @@ def agent_name(ctx: Context) -> str | None:
 
 
 def agent(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
+    if not ctx.event_records:
+        params_there = ctx.layout("agent", otel.agent_layout)
+        if params_there is not None:
+            _otel_agent(ctx, typed, params_there)
+            return
     typed.put(typed.fields, "agent_name", agent_name(ctx))
     typed.put(typed.fields, "agent_id", ctx.value(AGENT_ID))
     typed.put(typed.fields, "agent_description", ctx.value(AGENT_DESCRIPTION))
@@ -113,6 +119,30 @@ def agent(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
     if conversation_keys:
         typed.put(typed.result, "response_id", ctx.value(RESPONSE_ID))
         typed.put(typed.result, "response_model", ctx.value(RESPONSE_MODEL))
+
+
+def _otel_agent(ctx: Context, typed: Typed, params_there: tuple[tuple[str, str], ...]) -> None:
+    """`agent` for a span whose names are OTel GenAI agent names and names no builder reads (builders/otel.py),
+    without events: no conversation, no run prompt or answer, no generic value is there, so `agent` fills the
+    agent's fields, model, provider and parameters only; each chain has at most its first name there, read
+    directly in the order and with the rules of the general path above."""
+    attributes = ctx.attributes
+    consumed = ctx.consumed
+    fields = typed.fields
+    put = otel.put
+    first_value = otel.first_value
+    name = first_value(attributes, consumed, otel.AGENT_NAME)
+    put(fields, "agent_name", name if name is not None else agent_name(ctx))
+    put(fields, "agent_id", first_value(attributes, consumed, otel.AGENT_ID))
+    put(fields, "agent_description", first_value(attributes, consumed, otel.AGENT_DESCRIPTION))
+    put(fields, "agent_version", first_value(attributes, consumed, otel.AGENT_VERSION))
+    conversation = attributes.get("gen_ai.conversation.id")
+    if conversation is not None:
+        put(fields, "conversation_id", json_safe(conversation))
+    put(fields, "model", first_value(attributes, consumed, otel.MODEL))
+    put(fields, "provider", otel.provider(attributes, consumed))
+    if params_there:
+        put(fields, "params", otel.params(attributes, consumed, params_there))
 
 
 def _run_io(ctx: Context, typed: Typed) -> None:

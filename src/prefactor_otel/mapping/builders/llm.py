@@ -7,6 +7,7 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
+from prefactor_otel.mapping.builders import otel
 from prefactor_otel.mapping.builders.common import model_fields, request_params
 from prefactor_otel.mapping.builders.conversation import finish_reasons, input_messages, output_messages
 from prefactor_otel.mapping.chains import (
@@ -15,12 +16,19 @@ from prefactor_otel.mapping.chains import (
     RESPONSE_ID,
     TOOL_DEFINITIONS,
     TTFT_EVENTS,
+    UNKNOWN_MODEL,
 )
 from prefactor_otel.mapping.context import Context, Typed
-from prefactor_otel.mapping.values import parse_json_maybe
+from prefactor_otel.mapping.messages import normalize_messages
+from prefactor_otel.mapping.values import json_safe, parse_json_maybe
 
 
 def llm(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
+    if not ctx.events and not ctx.event_records:
+        params_there = ctx.layout("llm", otel.llm_layout)
+        if params_there is not None:
+            _otel_llm(ctx, typed, params_there)
+            return
     model_fields(ctx, typed)
     params = request_params(ctx, typed)
     tool_choice = ctx.first_json(AI_TOOL_CHOICE)  # the AI SDK's, JSON: {"type": "auto"}
@@ -34,6 +42,63 @@ def llm(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
     typed.put(typed.result, "finish_reasons", finish_reasons(ctx, output))
     typed.put(typed.result, "response_id", ctx.value(RESPONSE_ID))
     typed.put(typed.result, "ttft_ms", _ttft_ms(ctx, span))
+
+
+def _otel_llm(ctx: Context, typed: Typed, params_there: tuple[tuple[str, str], ...]) -> None:
+    """`llm` for a span whose names are OTel GenAI names and names no builder reads (builders/otel.py), without
+    events: each chain below has at most its first name there, read directly, in the order and with the rules of
+    the general path above (model_fields, request_params, input/output messages, finish_reasons, response id);
+    tool definitions, tool choice, invocation parameters, flattened families and first-token times are not there."""
+    attributes = ctx.attributes
+    consumed = ctx.consumed
+    fields = typed.fields
+    result = typed.result
+    put = otel.put
+    model = attributes.get(otel.MODEL)
+    if model is None or model == "":
+        model = None
+    elif model == UNKNOWN_MODEL:
+        # Traceloop's placeholder for a model without a name: left in metadata as it came (model_fields).
+        consumed.discard(otel.RESPONSE_MODEL)
+        model = None
+    else:
+        consumed.add(otel.MODEL)
+        if type(model) is not str:
+            model = json_safe(model)
+    put(fields, "model", model)
+    put(fields, "provider", otel.provider(attributes, consumed))
+    if attributes.get(otel.RESPONSE_MODEL) != UNKNOWN_MODEL:
+        put(result, "response_model", otel.first_value(attributes, consumed, otel.RESPONSE_MODEL))
+    if params_there:
+        put(fields, "params", otel.params(attributes, consumed, params_there))
+    raw = attributes.get(otel.INPUT_MESSAGES)
+    if otel.SYSTEM_INSTRUCTIONS in attributes:
+        put(typed.inputs, "messages", input_messages(ctx))  # the system message leads: the general reading
+    elif raw is not None and raw != "":
+        consumed.add(otel.INPUT_MESSAGES)
+        parsed = parse_json_maybe(raw)
+        messages = normalize_messages(parsed)
+        put(typed.inputs, "messages", messages if messages is not None else parsed)
+    output: Any = None
+    raw = attributes.get(otel.OUTPUT_MESSAGES)
+    if raw is not None and raw != "":
+        consumed.add(otel.OUTPUT_MESSAGES)
+        parsed = parse_json_maybe(raw)
+        output = normalize_messages(parsed)
+        if output is None:
+            output = parsed
+        put(typed.outputs, "messages", output)
+    reasons = attributes.get(otel.FINISH_REASONS)
+    if type(reasons) is tuple and all(type(reason) is str for reason in reasons):
+        consumed.add(otel.FINISH_REASONS)  # a string array (the common shape), as finish_reasons reads it
+        put(result, "finish_reasons", list(reasons))
+    elif reasons is None or reasons == "":
+        if isinstance(output, list):  # none there: the output messages' own, as finish_reasons takes them
+            found = [m["finish_reason"] for m in output if isinstance(m, dict) and m.get("finish_reason")]
+            put(result, "finish_reasons", found or None)
+    else:
+        put(result, "finish_reasons", finish_reasons(ctx, output))
+    put(result, "response_id", otel.first_value(attributes, consumed, otel.RESPONSE_ID))
 
 
 def _tool_definition(raw: Any) -> Any:

@@ -7,6 +7,7 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
+from prefactor_otel.mapping.builders import otel
 from prefactor_otel.mapping.builders.common import strip_method, unwrap_envelope
 from prefactor_otel.mapping.chains import (
     CHOICE_EVENT,
@@ -37,6 +38,9 @@ _EXECUTE_PREFIX = "execute_tool "
 
 
 def tool(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
+    if not ctx.event_records and ctx.layout("tool", otel.tool_layout) is not None:
+        _otel_tool(ctx, typed)
+        return
     typed.put(typed.fields, "tool_name", ctx.value(TOOL_NAME) or _name_from_span(ctx.name))
     typed.put(typed.fields, "tool_call_id", ctx.value(TOOL_CALL_ID))
     typed.put(typed.fields, "tool_type", ctx.value(TOOL_TYPE))
@@ -76,6 +80,31 @@ def tool(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
             typed.put(typed.inputs, "arguments", arguments)
         if "result" not in typed.outputs:
             typed.put(typed.outputs, "result", result)
+
+
+def _otel_tool(ctx: Context, typed: Typed) -> None:
+    """`tool` for a span whose names are OTel GenAI tool names and names no builder reads (builders/otel.py),
+    without events: each chain has at most its first name there, read directly, in the order and with the rules of
+    the general path above (no `tool.parameters`, no generic input or output value)."""
+    attributes = ctx.attributes
+    consumed = ctx.consumed
+    fields = typed.fields
+    put = otel.put
+    first_value = otel.first_value
+    put(fields, "tool_name", first_value(attributes, consumed, otel.TOOL_NAME) or _name_from_span(ctx.name))
+    put(fields, "tool_call_id", first_value(attributes, consumed, otel.TOOL_CALL_ID))
+    put(fields, "tool_type", first_value(attributes, consumed, otel.TOOL_TYPE))
+    put(fields, "tool_description", first_value(attributes, consumed, otel.TOOL_DESCRIPTION))
+    raw = attributes.get(otel.TOOL_ARGUMENTS)
+    if raw is not None and raw != "":
+        consumed.add(otel.TOOL_ARGUMENTS)
+        arguments = unwrap_envelope(otel.TOOL_ARGUMENTS, parse_json_maybe(raw), raw)
+        put(typed.inputs, "arguments", _unwrap_tool_arguments(arguments, typed))
+    raw = attributes.get(otel.TOOL_RESULT)
+    if raw is not None and raw != "":
+        consumed.add(otel.TOOL_RESULT)
+        result = block_text(unwrap_envelope(otel.TOOL_RESULT, parse_json_maybe(raw), raw))
+        put(typed.outputs, "result", _unwrap_tool_result(result, typed))
 
 
 def _io_from_events(records: Sequence[tuple[str, Mapping[str, object]]]) -> tuple[Any, Any]:
