@@ -206,10 +206,15 @@ def test_no_token_app_runs_nothing_sent(server, caplog, monkeypatch):
     assert len(warnings) == 1
 
 
-def test_partition_from_pfid_generate_when_no_agent_id(server):
+def test_partition_from_pfid_generate_when_no_agent_id(server, tmp_path):
     provider, collector = make_provider()
     agent_trace(provider)
-    exporter = PrefactorSpanExporter(environ={}, api_url=server.url, api_token=server.token, finish_grace_seconds=0)
+    # Its own spool directory: the default one is keyed by the API URL, and the partition learnt is kept there. An
+    # earlier DevServer (another random partition, the same token) on the same reused port would have left its
+    # partition in the default directory, and this exporter would plan with it (seen once in CI).
+    exporter = PrefactorSpanExporter(
+        environ={}, api_url=server.url, api_token=server.token, finish_grace_seconds=0, spool_dir=str(tmp_path)
+    )
     assert exporter.export(collector.spans) is SpanExportResult.SUCCESS
     exporter.shutdown()
     assert len(server.spans()) == 4
