@@ -96,3 +96,24 @@ def wait_for(condition: Callable[[], Any], limit_s: float = 10.0) -> Any:
         if value or time.monotonic() > stop:
             return value
         time.sleep(0.02)
+
+
+def planner_for_tests(partition: int, **options: Any) -> Any:
+    """A Planner with the test defaults (agent key "agent", no agent/environment id, no purpose, the agent version
+    built from the Resource, the schema set, runs finished as soon as their root is in); `options` override them."""
+    from prefactor_otel.mapping import agent_schema_version, agent_version_from_resource
+    from prefactor_otel.pipeline.planner import Planner
+
+    def agent_version_for(resource: Any) -> dict[str, Any]:
+        return agent_version_from_resource(resource, sdk_version="0").model_dump(exclude_none=True)
+
+    defaults: dict[str, Any] = {
+        "agent_key": "agent",
+        "agent_id": None,
+        "environment_id": None,
+        "purpose": None,
+        "agent_version_for": agent_version_for,
+        "schema_version": agent_schema_version(),
+        "finish_grace_seconds": 0.0,
+    }
+    return Planner(partition=partition, **{**defaults, **options})

@@ -30,12 +30,12 @@ from prefactor_otel.devserver import DevServer
 from prefactor_otel.devserver.render import render_runs
 from prefactor_otel.devserver.request_log import RequestLog
 from prefactor_otel.devserver.runview import run_views
-from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_version_from_resource, map_span
+from prefactor_otel.mapping import SpanRecord, map_span
 from prefactor_otel.model import ids
 from prefactor_otel.pipeline.pipeline import Pipeline
 from prefactor_otel.pipeline.planner import ForkOrigin, Planner
 from prefactor_otel.transport.outcomes import ItemOutcome
-from tests.spans import make_provider, wait_for
+from tests.spans import make_provider, planner_for_tests, wait_for
 
 PRELUDE = """
 import json, sys
@@ -365,17 +365,7 @@ TRACE = 0x0AF7651916CD43DD8448EB211C80319C
 
 
 def _planner(**options: Any) -> Planner:
-    return Planner(
-        partition=PARTITION,
-        agent_key="agent",
-        agent_id=None,
-        environment_id=None,
-        purpose=None,
-        agent_version_for=lambda r: agent_version_from_resource(r, sdk_version="0").model_dump(exclude_none=True),
-        schema_version=agent_schema_version(),
-        finish_grace_seconds=0.0,
-        **options,
-    )
+    return planner_for_tests(PARTITION, **options)  # type: ignore[no-any-return]
 
 
 def _part_records(start_ns: int | None = None) -> list[SpanRecord]:

@@ -1,24 +1,14 @@
 """The planner alone: real mapped spans in, ordered bulk items out, fake outcomes back. No server."""
 
-from prefactor_otel.mapping import agent_schema_version, agent_version_from_resource, map_span
-from prefactor_otel.pipeline.planner import Planner
+from prefactor_otel.mapping import map_span
 from prefactor_otel.transport.outcomes import ItemOutcome
-from tests.spans import agent_trace, make_provider
+from tests.spans import agent_trace, make_provider, planner_for_tests
 
 PARTITION = 12345
 
 
 def _planner(**kw):
-    return Planner(
-        partition=PARTITION,
-        agent_key="agent",
-        agent_id=None,
-        environment_id=None,
-        purpose=None,
-        agent_version_for=lambda r: agent_version_from_resource(r, sdk_version="0").model_dump(exclude_none=True),
-        schema_version=agent_schema_version(),
-        **{"finish_grace_seconds": 0.0, **kw},
-    )
+    return planner_for_tests(PARTITION, **kw)
 
 
 def _records():

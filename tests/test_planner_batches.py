@@ -12,26 +12,17 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
-from prefactor_otel.mapping import agent_schema_version, agent_version_from_resource, map_span
+from prefactor_otel.mapping import map_span
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.pipeline.items import PlannedItem
 from prefactor_otel.pipeline.planner import Planner
 from prefactor_otel.transport.outcomes import ItemOutcome
-from tests.spans import agent_trace, make_provider
+from tests.spans import agent_trace, make_provider, planner_for_tests
 
 
 def _planner(**kw: Any) -> Planner:
-    return Planner(
-        partition=4242,
-        agent_key="agent",
-        agent_id=None,
-        environment_id=None,
-        purpose=None,
-        agent_version_for=lambda r: agent_version_from_resource(r, sdk_version="0").model_dump(exclude_none=True),
-        schema_version=agent_schema_version(),
-        run_part="part-1",
-        **kw,
-    )
+    # The Planner's own default grace (2 s), not the shared factory's 0.
+    return planner_for_tests(4242, run_part="part-1", **{"finish_grace_seconds": 2.0, **kw})  # type: ignore[no-any-return]
 
 
 def _traces(count: int, *, fail_every: int = 0) -> list[list[SpanRecord]]:

@@ -8,29 +8,20 @@ from __future__ import annotations
 
 import copy
 
-from prefactor_otel.mapping import MappingOptions, agent_schema_version, agent_version_from_resource, map_span
+from prefactor_otel.mapping import MappingOptions, map_span
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.pipeline.items import PlannedItem
 from prefactor_otel.pipeline.planner import Planner
 from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan, live_mapper, read_start
 from prefactor_otel.transport.outcomes import ItemOutcome
-from tests.spans import agent_trace, make_provider
+from tests.spans import agent_trace, make_provider, planner_for_tests
 
 CREATE = "agent_spans/create"
 REJECTED = ItemOutcome("error", "invalid_value", "no")
 
 
 def _planner(**kw: object) -> Planner:
-    return Planner(
-        partition=777,
-        agent_key="agent",
-        agent_id=None,
-        environment_id=None,
-        purpose=None,
-        agent_version_for=lambda r: agent_version_from_resource(r, sdk_version="0").model_dump(exclude_none=True),
-        schema_version=agent_schema_version(),
-        **{"finish_grace_seconds": 0.0, **kw},  # type: ignore[arg-type]
-    )
+    return planner_for_tests(777, **kw)  # type: ignore[no-any-return]
 
 
 def _records() -> dict[str, SpanRecord]:
