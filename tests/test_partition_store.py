@@ -10,12 +10,15 @@ one port, and real exporters sharing one spool directory (what the default direc
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from prefactor_otel import PrefactorSpanExporter
 from prefactor_otel.devserver import DevServer, Fault
+from prefactor_otel.gateway.service import Gateway
 from prefactor_otel.model import ids
-from tests.spans import agent_trace, make_provider
+from tests.spans import agent_trace, make_provider, wait_for
+from tests.test_gateway_core import request_of, settings_for, traced
 
 SPANS_PER_TRACE = 4
 ITEMS_PER_TRACE = SPANS_PER_TRACE + 3  # register, start, the spans, finish
@@ -54,7 +57,8 @@ def _other_partition(partition: int) -> int:
     return (partition + 1) % (ids.MAX_PARTITION + 1)
 
 
-def test_another_account_at_the_same_url_loses_no_span(tmp_path):
+def test_another_account_at_the_same_url_loses_no_span(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="prefactor_otel")
     port, partition = _first_account(tmp_path)
     # Another account (another token, its own partition) answers at the same URL now.
     with DevServer(token="pf_account_b", port=port, partition=_other_partition(partition)) as second:
@@ -62,10 +66,13 @@ def test_another_account_at_the_same_url_loses_no_span(tmp_path):
         assert len(second.spans()) == SPANS_PER_TRACE
         assert _partitions_of(second) == {second.partition}
         assert exporter.stats()["dropped_by_reason"] == {}
-    # The token itself is never written beside the spool.
+    # The token itself is never written beside the spool, nor logged; the file is named by a digest of it.
     for path in tmp_path.rglob("*"):
+        assert "pf_account" not in path.name
         if path.is_file():
             assert b"pf_account" not in path.read_bytes()
+    assert "pf_account" not in caplog.text
+    assert len(list(tmp_path.glob("partition-*"))) == 2  # one per token
 
 
 def test_the_same_token_on_a_reset_account_loses_no_span(tmp_path):
@@ -127,3 +134,27 @@ def test_another_accounts_backlog_is_set_aside_not_sent_and_goes_when_that_accou
         _export_one_trace(back.url, "pf_account_a", tmp_path)
         assert len(back.spans()) == 2 * SPANS_PER_TRACE
     assert not list(tmp_path.glob(f"{PARKED_PREFIX}{partition}/*.json"))
+
+
+def test_a_gateway_route_whose_token_is_now_another_accounts_loses_no_span(tmp_path):
+    """The gateway learns its partition the same way (one spool directory per route and agent, kept across
+    restarts): its route's token now another account's at the same URL."""
+
+    def run_gateway(server: DevServer) -> None:
+        settings = settings_for(server, tmp_path, agent_id=None, environment_id=None, finish_grace_seconds=0.1)
+        gateway = Gateway(settings)
+        gateway.start()
+        try:
+            assert gateway.wait_ready(30), gateway.not_ready_reason()
+            assert gateway.accept("Bearer ingress-1", request_of(traced(runs=1))).rejected_spans == 0
+            assert wait_for(lambda: len(server.instances()) == 1 and server.instances()[0]["finished_at"], 30)
+        finally:
+            gateway.shutdown(5)
+
+    with DevServer(token="pf_account_a") as first:
+        run_gateway(first)
+        port, partition = first.port, first.partition
+    with DevServer(token="pf_account_b", port=port, partition=_other_partition(partition)) as second:
+        run_gateway(second)
+        assert len(second.spans()) == SPANS_PER_TRACE
+        assert _partitions_of(second) == {second.partition}
