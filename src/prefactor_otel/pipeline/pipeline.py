@@ -151,6 +151,11 @@ class Pipeline:
         """The account partition runs are planned in (None: not known yet)."""
         return self._account.value
 
+    @property
+    def partition_confirmed(self) -> bool:
+        """The partition is an agent id's, or the server answered it in this process (not only a saved one)."""
+        return self._account.confirmed
+
     def ensure_planner(self, deadline: float) -> Planner | None:
         planner = self.planner
         account = self._account
@@ -228,6 +233,7 @@ class Pipeline:
             dropped["partition_changed"] -= len(records)
             new.dropped.update(+dropped)
             new.add(records, time.monotonic())
+            new.counters["spans_added"] -= len(records)  # added once already, to the old planner
             self.planner = new
         self._account.counters["runs_replanned"] += len(held)
         logger.warning(

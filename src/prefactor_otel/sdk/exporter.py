@@ -290,8 +290,11 @@ class PrefactorSpanExporter(SpanExporter):
         partition = saved = None
         if self._config.agent_id:
             partition = ids.extract_partition(self._config.agent_id)
-        elif self._pipeline is not None:
-            partition = self._pipeline.partition
+        elif self._pipeline is not None:  # a forked child: what its parent knew, checked as the parent would
+            if self._pipeline.partition_confirmed:
+                partition = self._pipeline.partition
+            else:
+                saved = self._pipeline.partition
         elif self._backlog is not None:  # this token's, checked with the server before it is trusted
             saved = self._backlog.load_partition(self._config.api_token.get())
         return Pipeline(
