@@ -10,13 +10,18 @@ in what it answers; while the server cannot be reached it plans in the saved one
 (1 s doubling to 30 s). Once the server answered, the backlog knows the partition (`Backlog.partition`): spool files
 of another account are set aside rather than sent, and files set aside for this one are put back.
 
-The server may still refuse a run for its partition: it could not be asked before the run was planned, or the
-account was reset under a running process. `RefusalWatch` is the planner's source while a check is allowed (a
-learnt partition, not checked in the last minute): a register refused `invalid_value` (the API's answer to an id
-outside the account's partition, the local server's too) makes it hold every item of that plan the server refused
-as not processed, and stop the drain. The pipeline then asks the server (`recheck`, at most once a minute) and, if
-the partition changed, plans every run it holds again in the new one (Pipeline._replan); if not, it sends again
-and the refusal stands, counted as any other.
+The server may still refuse a run for its partition: it could not be asked before the run was planned (the saved
+one was used while the server was unreachable), or the account was reset under a running process.
+- While the partition is a saved one the server has not answered (`watch_refusals`), `RefusalWatch` is the
+  planner's source: a register refused `invalid_value` (the API's answer to an id outside the account's partition,
+  the local server's too) makes it hold every item of that plan the server refused as not processed, and stop the
+  drain. The pipeline then asks the server (`recheck`) and, if the partition changed, plans every run it holds
+  again in the new one (Pipeline._replan): nothing is lost. If not, it sends again and the refusal stands, counted
+  as any other.
+- Once the server answered (the usual case) nothing watches the requests (no cost per request): a register refused
+  after that is dropped, counted `instance_rejected:register_invalid_value` (`REFUSED_FOR_PARTITION`), and the
+  pipeline, seeing that count grow after a drain, asks the server; if the partition changed, what is still held
+  is planned again in the new one. At most one such check a minute.
 
 Threads: the sending thread only (the exporter's send-lock holder, the gateway's worker): no lock. `counters` is
 written there and copied by the pipeline's `collect` (as `partition:<name>`).
@@ -42,6 +47,7 @@ CHECK_FIRST_S = 1.0
 CHECK_CAP_S = 30.0
 RECHECK_AFTER_S = 60.0  # a refused register asks the server again at most this often
 PARTITION_REFUSAL = "invalid_value"  # what a register with an id outside the account's partition is answered
+REFUSED_FOR_PARTITION = f"instance_rejected:register_{PARTITION_REFUSAL}"  # how the planner counts what it drops so
 _STATUS = attrgetter("status")
 
 
@@ -85,6 +91,10 @@ class AccountPartition:
             return self.value
         self._take(learnt)
         return self.value
+
+    def watch_refusals(self) -> bool:
+        """Hold a refused register until the server is asked: the partition is a saved one it never answered."""
+        return self.learnt and not self.confirmed and self.may_recheck()
 
     def may_recheck(self) -> bool:
         return self.learnt and time.monotonic() - self._checked_at >= RECHECK_AFTER_S

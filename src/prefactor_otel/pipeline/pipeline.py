@@ -49,7 +49,7 @@ from prefactor_otel.mapping.redaction import Redactor
 from prefactor_otel.mapping.resource import installed_instrumentations
 from prefactor_otel.pipeline.backlog import Backlog
 from prefactor_otel.pipeline.delivery import Delivery, PlannedSource
-from prefactor_otel.pipeline.partition import AccountPartition, RefusalWatch
+from prefactor_otel.pipeline.partition import REFUSED_FOR_PARTITION, AccountPartition, RefusalWatch
 from prefactor_otel.pipeline.planner import ForkOrigin, Planner, check_run_part
 from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan, read_start
 from prefactor_otel.transport.client import suppress_instrumentation
@@ -317,20 +317,32 @@ class Pipeline:
             return delivered
 
     def _deliver(self, planner: Planner, deadline: float, *, flush: bool, shutdown: bool) -> tuple[Planner, bool]:
-        """The planner's items to the server. While a refused register may mean the partition is wrong, the
-        refusal is held, the server asked, and the runs planned again in the new partition (partition.py)."""
+        """The planner's items to the server. While the partition is an unchecked saved one, a register refused
+        for its partition is held, the server asked, and the runs planned again in the new partition; once the
+        server answered it, no watch on the way (nothing per request): a refusal after that (the account reset
+        under this process) is counted as usual, and the server asked after the drain (partition.py)."""
+        account = self._account
         source = PlannedSource(planner, self.state_lock, flush=flush, shutdown=shutdown, on_change=self.journal_runs)
-        if not self._account.may_recheck():
-            return planner, self._delivery.drain(source, deadline)
+        if not account.watch_refusals():
+            refused_before = planner.dropped[REFUSED_FOR_PARTITION] if account.learnt else 0
+            delivered = self._delivery.drain(source, deadline)
+            if account.learnt and planner.dropped[REFUSED_FOR_PARTITION] > refused_before and account.may_recheck():
+                planner = self._recheck(planner, deadline)
+            return planner, delivered
         watch = RefusalWatch(source)
         delivered = self._delivery.drain(watch, deadline)
         if not watch.held:
             return planner, delivered
-        if self._account.recheck(deadline) and self._account.value is not None:
-            planner = self._replan(self._account.value)
+        planner = self._recheck(planner, deadline)
         # Changed: the runs again in the new partition. Not changed (or no answer): sent again, the refusal stands.
         source = PlannedSource(planner, self.state_lock, flush=flush, shutdown=shutdown, on_change=self.journal_runs)
         return planner, self._delivery.drain(source, deadline)
+
+    def _recheck(self, planner: Planner, deadline: float) -> Planner:
+        account = self._account
+        if account.recheck(deadline) and account.value is not None:
+            return self._replan(account.value)
+        return planner
 
     @property
     def stopped_reason(self) -> str | None:
