@@ -17,6 +17,7 @@ from prefactor_otel import PrefactorSpanExporter
 from prefactor_otel.devserver import DevServer, Fault
 from prefactor_otel.gateway.service import Gateway
 from prefactor_otel.model import ids
+from prefactor_otel.pipeline import partition as partition_module
 from tests.spans import agent_trace, make_provider, wait_for
 from tests.test_gateway_core import request_of, settings_for, traced
 
@@ -158,3 +159,34 @@ def test_a_gateway_route_whose_token_is_now_another_accounts_loses_no_span(tmp_p
         run_gateway(second)
         assert len(second.spans()) == SPANS_PER_TRACE
         assert _partitions_of(second) == {second.partition}
+
+
+def test_an_account_reset_under_a_running_process_is_relearnt_after_one_refusal(tmp_path, monkeypatch):
+    """The server answered the partition at the start, then the account was reset under the running process: the
+    refused run is counted (nothing watched the requests), the server asked after that drain, and the next runs go
+    to the new partition. (The check is at most once a minute; made immediate here so the test need not wait.)"""
+    monkeypatch.setattr(partition_module, "RECHECK_AFTER_S", 0.0)
+    provider, collector = make_provider()
+    with DevServer(token="pf_same") as first:
+        exporter = PrefactorSpanExporter(
+            environ={}, api_url=first.url, api_token="pf_same", finish_grace_seconds=0, spool_dir=str(tmp_path)
+        )
+        agent_trace(provider)
+        exporter.export(collector.spans)
+        exporter.force_flush()
+        assert len(first.spans()) == SPANS_PER_TRACE
+        port, partition = first.port, first.partition
+    try:
+        with DevServer(token="pf_same", port=port, partition=_other_partition(partition)) as second:
+            for _ in range(2):
+                collector.spans.clear()
+                agent_trace(provider)
+                exporter.export(collector.spans)
+                exporter.force_flush()
+            stats = exporter.stats()
+            assert stats["account_partition"]["relearnt"] == 1
+            assert stats["dropped_by_reason"] == {"instance_rejected:register_invalid_value": SPANS_PER_TRACE}
+            assert len(second.spans()) == SPANS_PER_TRACE  # the run after the refused one
+            assert _partitions_of(second) == {second.partition}
+    finally:
+        exporter.shutdown()
