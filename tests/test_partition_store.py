@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from prefactor_otel import PrefactorSpanExporter
 from prefactor_otel.devserver import DevServer, Fault
@@ -54,6 +55,15 @@ def _first_account(spool: Path, token: str = "pf_account_a") -> tuple[int, int]:
         return first.port, first.partition
 
 
+def _again_at(port: int, **kw: Any) -> DevServer:
+    """A server at the URL of the one before (its port) -- or, should a test running beside this one have taken the
+    port meanwhile, at a fresh one: the spool directory, not the URL, is what the processes share here."""
+    try:
+        return DevServer(port=port, **kw).start()
+    except OSError:
+        return DevServer(**kw).start()
+
+
 def _other_partition(partition: int) -> int:
     return (partition + 1) % (ids.MAX_PARTITION + 1)
 
@@ -62,7 +72,7 @@ def test_another_account_at_the_same_url_loses_no_span(tmp_path, caplog):
     caplog.set_level(logging.DEBUG, logger="prefactor_otel")
     port, partition = _first_account(tmp_path)
     # Another account (another token, its own partition) answers at the same URL now.
-    with DevServer(token="pf_account_b", port=port, partition=_other_partition(partition)) as second:
+    with _again_at(port, token="pf_account_b", partition=_other_partition(partition)) as second:
         exporter = _export_one_trace(second.url, "pf_account_b", tmp_path)
         assert len(second.spans()) == SPANS_PER_TRACE
         assert _partitions_of(second) == {second.partition}
@@ -79,7 +89,7 @@ def test_another_account_at_the_same_url_loses_no_span(tmp_path, caplog):
 def test_the_same_token_on_a_reset_account_loses_no_span(tmp_path):
     """A server whose partition changed under the same token (a local server started anew, a restored API)."""
     port, partition = _first_account(tmp_path, token="pf_same")
-    with DevServer(token="pf_same", port=port, partition=_other_partition(partition)) as second:
+    with _again_at(port, token="pf_same", partition=_other_partition(partition)) as second:
         exporter = _export_one_trace(second.url, "pf_same", tmp_path)
         assert len(second.spans()) == SPANS_PER_TRACE
         assert _partitions_of(second) == {second.partition}
@@ -91,7 +101,7 @@ def test_a_refused_register_relearns_the_partition_and_replans_the_run(tmp_path)
     in it, its register refused for its partition -- the run is planned again in the account's partition, nothing
     dropped."""
     port, partition = _first_account(tmp_path, token="pf_same")
-    with DevServer(token="pf_same", port=port, partition=_other_partition(partition)) as second:
+    with _again_at(port, token="pf_same", partition=_other_partition(partition)) as second:
         second.add_fault(Fault(path="/api/v1/pfid/generate", status=503, times=1))
         exporter = _export_one_trace(second.url, "pf_same", tmp_path)
         assert len(second.spans()) == SPANS_PER_TRACE
@@ -111,7 +121,7 @@ def test_a_rotated_token_of_the_same_account_delivers_the_backlog(tmp_path):
     port, partition = _first_account(tmp_path, token="pf_old_token")
     _spool_one_trace_while_down(port, "pf_old_token", tmp_path)
     # The same account (its partition), its token rotated: one id request relearns the partition, the backlog goes.
-    with DevServer(token="pf_new_token", port=port, partition=partition) as same:
+    with _again_at(port, token="pf_new_token", partition=partition) as same:
         _export_one_trace(same.url, "pf_new_token", tmp_path)
         assert len(same.spans()) == 2 * SPANS_PER_TRACE
         assert len(same.instances()) == 2
@@ -121,7 +131,7 @@ def test_a_rotated_token_of_the_same_account_delivers_the_backlog(tmp_path):
 def test_another_accounts_backlog_is_set_aside_not_sent_and_goes_when_that_account_comes_back(tmp_path):
     port, partition = _first_account(tmp_path)
     _spool_one_trace_while_down(port, "pf_account_a", tmp_path)
-    with DevServer(token="pf_account_b", port=port, partition=_other_partition(partition)) as other:
+    with _again_at(port, token="pf_account_b", partition=_other_partition(partition)) as other:
         exporter = _export_one_trace(other.url, "pf_account_b", tmp_path)
         assert len(other.spans()) == SPANS_PER_TRACE  # its own trace only
         # Nothing of account A was sent to account B's API: only its own trace's items.
@@ -131,7 +141,7 @@ def test_another_accounts_backlog_is_set_aside_not_sent_and_goes_when_that_accou
     parked = list(tmp_path.glob(f"{PARKED_PREFIX}{partition}/*.json"))
     assert parked, "account A's backlog waits aside"
     # Account A at the URL again: its backlog is put back and delivered.
-    with DevServer(token="pf_account_a", port=port, partition=partition) as back:
+    with _again_at(port, token="pf_account_a", partition=partition) as back:
         _export_one_trace(back.url, "pf_account_a", tmp_path)
         assert len(back.spans()) == 2 * SPANS_PER_TRACE
     assert not list(tmp_path.glob(f"{PARKED_PREFIX}{partition}/*.json"))
@@ -155,7 +165,7 @@ def test_a_gateway_route_whose_token_is_now_another_accounts_loses_no_span(tmp_p
     with DevServer(token="pf_account_a") as first:
         run_gateway(first)
         port, partition = first.port, first.partition
-    with DevServer(token="pf_account_b", port=port, partition=_other_partition(partition)) as second:
+    with _again_at(port, token="pf_account_b", partition=_other_partition(partition)) as second:
         run_gateway(second)
         assert len(second.spans()) == SPANS_PER_TRACE
         assert _partitions_of(second) == {second.partition}
