@@ -151,7 +151,7 @@ def test_a_gateway_route_whose_token_is_now_another_accounts_loses_no_span(tmp_p
     """The gateway learns its partition the same way (one spool directory per route and agent, kept across
     restarts): its route's token now another account's at the same URL."""
 
-    def run_gateway(server: DevServer) -> None:
+    def run_gateway(server: DevServer) -> dict[str, Any]:
         settings = settings_for(server, tmp_path, agent_id=None, environment_id=None, finish_grace_seconds=0.1)
         gateway = Gateway(settings)
         gateway.start()
@@ -159,6 +159,7 @@ def test_a_gateway_route_whose_token_is_now_another_accounts_loses_no_span(tmp_p
             assert gateway.wait_ready(30), gateway.not_ready_reason()
             assert gateway.accept("Bearer ingress-1", request_of(traced(runs=1))).rejected_spans == 0
             assert wait_for(lambda: len(server.instances()) == 1 and server.instances()[0]["finished_at"], 30)
+            return dict(gateway.stats()["pipelines"]["default.default"])
         finally:
             gateway.shutdown(5)
 
@@ -166,8 +167,9 @@ def test_a_gateway_route_whose_token_is_now_another_accounts_loses_no_span(tmp_p
         run_gateway(first)
         port, partition = first.port, first.partition
     with _again_at(port, token="pf_account_b", partition=_other_partition(partition)) as second:
-        run_gateway(second)
+        stats = run_gateway(second)
         assert len(second.spans()) == SPANS_PER_TRACE
+        assert stats["dropped_by_reason"] == {} and stats["account_partition"] == {}  # another token: learnt anew
         assert _partitions_of(second) == {second.partition}
 
 

@@ -235,6 +235,10 @@ class AgentPipeline:
             "spool_backlog_bytes": backlog.spool.backlog_bytes if backlog is not None else 0,
             "spool_disk_bytes": backlog.spool.disk_bytes if backlog is not None else 0,
             "spool_enabled": backlog is not None,
+            # the account partition (no agent id): as the exporter's stats() (docs/reliability.md)
+            "account_partition": {
+                k.removeprefix("partition:"): v for k, v in counters.items() if k.startswith("partition:")
+            },
         }
 
     def close(self) -> None:
