@@ -2,7 +2,8 @@
 
 Each holds a `Pipeline` (pipeline/pipeline.py) with the parts the exporter gives it -- the route's configuration for
 that agent, a `Delivery` over its own `BulkTransport`, a `Backlog` over a `Spool` in a directory of its own (under
-the gateway's directory: `spool/<route>.<agent>`), the partition of its agent id (or the one saved beside the spool)
+the gateway's directory: `spool/<route>.<agent>`), the partition of its agent id (or the one saved beside the spool
+for its token, checked with the server first)
 and the mapping options of the same configuration -- and maps decoded spans for it (`map_spans`: as the exporter's
 `export` does, with one difference: a span whose parent is in another service is an ordinary child here, since the
 gateway receives that service's spans too; see docs/gateway.md).
@@ -71,10 +72,11 @@ class AgentPipeline:
                 max_item_bytes=config.max_request_bytes,
             )
             if spool.enabled:
-                self.backlog = Backlog(spool, None)
+                self.backlog = Backlog(spool, None, retention_seconds=config.spool_retention_seconds)
         partition = ids.extract_partition(config.agent_id) if config.agent_id else None
-        if partition is None and self.backlog is not None:
-            partition = self.backlog.load_partition()
+        # Without an agent id: the partition saved for this route's token, checked with the server before it is
+        # trusted (pipeline/partition.py: the route's token may now be another account's).
+        saved = self.backlog.load_partition(config.api_token.get()) if partition is None and self.backlog else None
         # `run_part`: the gateway's replica id, this replica's part of every trace (docs/gateway.md, "Run
         # identity"): a restart keeps its run ids, two replicas never derive the same one.
         self.run_part = run_part
@@ -83,6 +85,7 @@ class AgentPipeline:
             self.delivery,
             self.backlog,
             partition=partition,
+            saved_partition=saved,
             redactor=self.options.redactor,
             run_part=run_part,
             # Spans reach a gateway through retries and reorderings (a client's, the Collector's), after it
@@ -232,6 +235,10 @@ class AgentPipeline:
             "spool_backlog_bytes": backlog.spool.backlog_bytes if backlog is not None else 0,
             "spool_disk_bytes": backlog.spool.disk_bytes if backlog is not None else 0,
             "spool_enabled": backlog is not None,
+            # the account partition (no agent id): as the exporter's stats() (docs/reliability.md)
+            "account_partition": {
+                k.removeprefix("partition:"): v for k, v in counters.items() if k.startswith("partition:")
+            },
         }
 
     def close(self) -> None:

@@ -11,31 +11,46 @@
   that died with runs open (SIGKILL, OOM, a pool worker terminated) and puts a `failed` finish for each of their
   live spans (error `SpanNotEnded`), then for each run, into the spool: no run or span stays `active`.
 - the account partition learnt from the server is kept beside the spool, so a later process without an agent id
-  can plan (and spool) its spans while the API is down. Before any partition was ever learnt (a deployment
-  token, the API down since the first start), bulk items cannot be built at all: at shutdown the mapped span
-  records themselves are kept (`keep_records`, `records-*.jsonl`) and the next process plans them.
+  can plan (and spool) its spans while the API is down. It is kept per token (`partition-<digest>`: a digest of
+  the token, never the token), since one directory (one API URL) may serve several accounts one after the other;
+  the pipeline checks a saved one with the server before trusting it (pipeline/partition.py). Before any partition
+  was ever learnt (a deployment token, the API down since the first start), bulk items cannot be built at all: at
+  shutdown the mapped span records themselves are kept (`keep_records`, `records-*.jsonl`) and the next process
+  plans them.
+- spool files of another account (their ids in another partition than `partition`, the account's as the server
+  confirmed it) are never sent: `replay` sets them aside in `other-account-<partition>/` (outside the spool's
+  queue), and `put_back` returns them to the spool once a process of that account uses the directory again.
+  Set-aside files past the spool's retention are removed, counted (docs/reliability.md, "Another account").
 
 Threads: `replay` runs on the thread holding the exporter's send lock. `spill` runs either there or, when
 shutdown could not get the send lock in time, on the shutting-down thread; it takes the exporter's state lock
 around the planner, and the spool serialises its own writers. The backoff fields are written by the sending
-thread only. `record_runs` runs under the exporter's state lock (the journal has its own leaf lock).
+thread only. `record_runs` runs under the exporter's state lock (the journal has its own leaf lock). `partition`
+is written by the sending thread only (the pipeline, when the server confirmed the partition) and read by `replay`
+on that thread; `put_back` runs there too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from prefactor_otel._logging import logger
+from prefactor_otel._logging import RateLimitedLog, logger
 from prefactor_otel.durability.journal import RunJournal
 from prefactor_otel.durability.spool import Spool
+from prefactor_otel.durability.spool_disk import base_name
+from prefactor_otel.durability.spool_format import CorruptFile, decode
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.mapping.values import RawJson
+from prefactor_otel.model import ids
 from prefactor_otel.pipeline.delivery import Delivery, SpooledSource
 from prefactor_otel.pipeline.items import finish_item, unended_span_finish_item
 from prefactor_otel.pipeline.planner import Planner
@@ -43,23 +58,32 @@ from prefactor_otel.transport.wire import encode_item
 
 BACKOFF_FIRST_S = 1.0
 BACKOFF_CAP_S = 30.0
-_PARTITION_FILE = "partition"
+_LEGACY_PARTITION_FILE = "partition"  # before session six: one file for every token (removed when one is saved)
+PARKED_PREFIX = "other-account-"  # + partition: spool files of that account, set aside (never sent elsewhere)
 
 
 class Backlog:
-    def __init__(self, spool: Spool, journal: RunJournal | None = None) -> None:
+    def __init__(
+        self, spool: Spool, journal: RunJournal | None = None, *, retention_seconds: float = 24 * 3600.0
+    ) -> None:
         self.spool = spool
+        self._retention = retention_seconds  # the spool's: what waits aside for another account is kept as long
         self.journal = journal if journal is not None and journal.enabled else None
         self.retry_at = 0.0
         self._backoff = BACKOFF_FIRST_S
         self.counters: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self.actions_dropped: Counter[str] = Counter()
+        # The account's partition as the server confirmed it (or an agent id gives it): spool files in another
+        # are set aside, not sent. None: not known yet, nothing is set aside.
+        self.partition: int | None = None
+        self._log = RateLimitedLog()
 
     def reset_after_fork(self) -> None:
         self.counters, self.dropped, self.actions_dropped = Counter(), Counter(), Counter()
         self.retry_at = 0.0
         self._backoff = BACKOFF_FIRST_S
+        self._log.reset_after_fork()
         reset = getattr(self.spool, "reset_after_fork", None)
         if reset is not None:
             reset()
@@ -114,6 +138,11 @@ class Backlog:
             file = spool.take_oldest(deadline)
             if file is None:
                 break
+            other = _partition_of(file.items)
+            if self.partition is not None and other is not None and other != self.partition:
+                self._set_aside(file.path, other)  # another account's: its API would refuse every item
+                spool.complete(file)
+                continue
             source = SpooledSource(file.items)
             delivered = delivery.drain(source, deadline)
             self._count(source)
@@ -216,17 +245,116 @@ class Backlog:
 
     # ------------------------------------------------------------------ the account partition
 
-    def load_partition(self) -> int | None:
+    def load_partition(self, token: str) -> int | None:
+        """The partition saved for this token (a digest of it names the file), or None."""
         with contextlib.suppress(OSError, ValueError):
-            return int((self.spool.directory / _PARTITION_FILE).read_text().strip())
+            partition = int((self.spool.directory / partition_file_name(token)).read_text().strip())
+            if 0 <= partition <= ids.MAX_PARTITION:
+                return partition
         return None
 
-    def save_partition(self, partition: int) -> None:
-        path = self.spool.directory / _PARTITION_FILE
+    def save_partition(self, partition: int, token: str) -> None:
+        directory = self.spool.directory
+        path = directory / partition_file_name(token)
         tmp = path.with_name(f".tmp-partition-{os.getpid()}")
         with contextlib.suppress(OSError):
             tmp.write_text(str(partition))
             os.replace(tmp, path)
+            # The file of every token before: whichever token reads it next may be another account's.
+            (directory / _LEGACY_PARTITION_FILE).unlink(missing_ok=True)
+
+    def _set_aside(self, lease: Path, partition: int) -> None:
+        """A leased spool file of another account: moved out of the spool's queue, kept for that account."""
+        directory = self.spool.directory / f"{PARKED_PREFIX}{partition}"
+        try:
+            directory.mkdir(mode=0o700, exist_ok=True)
+            self._remove_expired(directory)
+            os.replace(lease, directory / base_name(lease.name))
+        except OSError as exc:
+            # It cannot wait aside: it is not sent either (its API is not this one), so it goes, counted.
+            with contextlib.suppress(OSError):
+                lease.unlink()
+            self.counters["partition:spool_files_removed"] += 1
+            self._log.log(
+                logging.WARNING,
+                "set_aside",
+                "Prefactor: a spool file of another account (partition %d) could not be set aside (%s): removed",
+                partition,
+                type(exc).__name__,
+            )
+            return
+        self.counters["partition:spool_files_set_aside"] += 1
+        self._log.log(
+            logging.WARNING,
+            "set_aside",
+            "Prefactor: spooled spans of another account (PFID partition %d; this token's account is in %d) are "
+            "not sent here: set aside in %s, sent when a process of that account uses this directory again, removed "
+            "after the spool retention",
+            partition,
+            self.partition,
+            directory,
+        )
+
+    def _remove_expired(self, directory: Path) -> None:
+        oldest = time.time() - self._retention
+        for path in directory.glob("*.json"):
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < oldest:
+                    path.unlink()
+                    self.counters["partition:spool_files_expired_aside"] += 1
+
+    def put_back(self, partition: int) -> int:
+        """The files set aside for this account go back to the spool (oldest first), to be replayed. Returns how
+        many."""
+        directory = self.spool.directory / f"{PARKED_PREFIX}{partition}"
+        if not directory.is_dir():
+            return 0
+        self._remove_expired(directory)
+        returned = 0
+        for path in sorted(directory.glob("*.json")):
+            try:
+                items = decode(path.read_bytes())
+            except (OSError, CorruptFile):
+                self.counters["partition:spool_files_unreadable_aside"] += 1
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            if not self.spool.append(list(items)):
+                break  # the spool is full: the rest waits aside for a later process
+            with contextlib.suppress(OSError):
+                path.unlink()
+            returned += 1
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only once empty
+        if returned:
+            self.counters["partition:spool_files_put_back"] += returned
+            logger.info(
+                "Prefactor: %d spool file(s) of this account set aside by a process of another one are sent now",
+                returned,
+            )
+        return returned
+
+
+def partition_file_name(token: str) -> str:
+    """The file of the partition saved for one token: named by a digest of the token (the token is never written
+    anywhere), so another token -- another account, or this one's rotated token -- learns its own (one request)."""
+    digest = hashlib.sha256(b"prefactor-otel account partition\x1f" + token.encode("utf-8", "surrogatepass"))
+    return f"partition-{digest.hexdigest()[:24]}"
+
+
+def _partition_of(items: list[dict[str, Any]]) -> int | None:
+    """The account partition of a spool file's items: of the first id found (a file is one process's, one account's)."""
+    for item in items:
+        details = item.get("details")
+        for value in (
+            item.get("id"),
+            item.get("agent_instance_id"),
+            item.get("agent_span_id"),
+            details.get("id") if isinstance(details, dict) else None,
+        ):
+            if isinstance(value, str) and ids.is_pfid(value):
+                return ids.extract_partition(value)
+    return None
 
 
 def _record_line(record: SpanRecord) -> bytes:

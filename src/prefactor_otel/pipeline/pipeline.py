@@ -8,7 +8,8 @@ the parent's pipeline at the fork; `note_parent_spans` as the child ends copies 
 A process that can send nothing more (the server refused its token, its proxy is unusable: `stopped_reason`) keeps
 spilling to the spool, stops replaying it, and without a spool drops what it holds, counted under that reason.
 
-It is built from its parts -- a config, a `Delivery` over a transport, a `Backlog` or None, the partition if known --
+It is built from its parts -- a config, a `Delivery` over a transport, a `Backlog` or None, the partition if known
+(or one an earlier process saved, checked with the server first: partition.py) --
 by the exporter, and the same way by anything else that yields span records (a gateway decoding OTLP: it needs
 nothing of the OTel SDK's exporter; tests/test_pipeline_alone.py drives it so). Such an owner keeps the exporter's
 rule: one thread drains at a time (the exporter's send lock). `run_part` says which part of each trace its runs are
@@ -24,6 +25,10 @@ Threads and locks: `add` and `note_parent_spans` are called from any thread expo
 `background_send` by the one thread holding the exporter's send lock (`spill_unsent` by shutdown without it).
 `state_lock` guards `unplanned` and the planner; it is held only for in-memory work, journal writes and one
 spool append on a spill, never across a request. Counters are written by the thread doing the work.
+
+The account partition (`AccountPartition`, partition.py) is the sending thread's: it learns or checks it before the
+planner is built, and when the server says it changed (a register refused for its partition, checked), `_replan`
+builds a planner in the new one, under the state lock, and gives it every span the old one held.
 """
 
 from __future__ import annotations
@@ -42,9 +47,9 @@ from prefactor_otel.config.options import PrefactorConfig
 from prefactor_otel.mapping import SpanRecord, agent_schema_version, agent_version_from_resource
 from prefactor_otel.mapping.redaction import Redactor
 from prefactor_otel.mapping.resource import installed_instrumentations
-from prefactor_otel.model import ids
 from prefactor_otel.pipeline.backlog import Backlog
 from prefactor_otel.pipeline.delivery import Delivery, PlannedSource
+from prefactor_otel.pipeline.partition import REFUSED_FOR_PARTITION, AccountPartition, RefusalWatch
 from prefactor_otel.pipeline.planner import ForkOrigin, Planner, check_run_part
 from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan, read_start
 from prefactor_otel.transport.client import suppress_instrumentation
@@ -64,6 +69,7 @@ class Pipeline:
         *,
         partition: int | None,
         redactor: Redactor | None,
+        saved_partition: int | None = None,
         fork_origin: ForkOrigin | None = None,
         starts: deque[Any] | None = None,
         map_started: Callable[[Any], SpanRecord] | None = None,
@@ -83,7 +89,15 @@ class Pipeline:
         self._map_started = map_started
         self._delivery = delivery
         self._backlog = backlog
-        self.partition = partition
+        # `partition`: known for sure (an agent id's, a parent's); `saved_partition`: an earlier process's, checked.
+        self._account = AccountPartition(
+            delivery.transport,
+            backlog,
+            config.api_token.get(),
+            given=partition,
+            saved=saved_partition,
+            learnt=not config.agent_id,
+        )
         self._redactor = redactor
         self._fork_origin = fork_origin  # in a forked child; shared with the planner, guarded by state_lock
         self.state_lock = threading.Lock()
@@ -132,16 +146,31 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the planner
 
+    @property
+    def partition(self) -> int | None:
+        """The account partition runs are planned in (None: not known yet)."""
+        return self._account.value
+
+    @property
+    def partition_confirmed(self) -> bool:
+        """The partition is an agent id's, or the server answered it in this process (not only a saved one)."""
+        return self._account.confirmed
+
     def ensure_planner(self, deadline: float) -> Planner | None:
-        if self.planner is not None:
-            return self.planner
-        if self.partition is None:
-            pfid = self._delivery.transport.generate_pfid(deadline)
-            if pfid is None or not ids.is_pfid(pfid):
-                return None
-            self.partition = ids.extract_partition(pfid)
-            if self._backlog is not None:
-                self._backlog.save_partition(self.partition)
+        planner = self.planner
+        account = self._account
+        if planner is not None and account.confirmed:
+            return planner
+        partition = account.resolve(deadline)  # learnt, or a saved one checked (partition.py)
+        if partition is None:
+            return None
+        if planner is None:
+            self.planner = planner = self._new_planner(partition)
+        elif planner.partition != partition:
+            planner = self._replan(partition)
+        return planner
+
+    def _new_planner(self, partition: int) -> Planner:
         config = self._config
         redactor = self._redactor
         versions: dict[int, tuple[object, dict[str, Any]]] = {}
@@ -165,8 +194,8 @@ class Pipeline:
             versions[id(resource)] = (resource, version)
             return version
 
-        self.planner = Planner(
-            partition=self.partition,
+        return Planner(
+            partition=partition,
             agent_key=config.agent_id or "deployment",
             agent_id=config.agent_id,
             environment_id=config.environment_id,
@@ -185,7 +214,32 @@ class Pipeline:
             run_part=self.run_part,
             late_spans_open_a_run=self.late_spans_open_a_run,
         )
-        return self.planner
+
+    def _replan(self, partition: int) -> Planner:
+        """The account's partition is not the one the planner builds ids in (another account, or a reset one, at
+        this URL): a planner in the right one takes every span the old one held, so nothing the server refused for
+        its partition is dropped. The old runs never existed there: out of the journal. Its counters carry on."""
+        with self.state_lock:
+            old = self.planner
+            assert old is not None
+            held = [trace for trace in old.runs.traces.values() if trace.pending]
+            records = [record for trace in held for record in trace.pending.values()]
+            old.discard_all("partition_changed")  # what cannot be planned again (live spans that ended) stays counted
+            self.journal_runs()
+            new = self._new_planner(partition)
+            new.counters.update(old.counters)
+            new.actions_dropped.update(old.actions_dropped)
+            dropped = Counter(old.dropped)
+            dropped["partition_changed"] -= len(records)
+            new.dropped.update(+dropped)
+            new.add(records, time.monotonic())
+            new.counters["spans_added"] -= len(records)  # added once already, to the old planner
+            self.planner = new
+        self._account.counters["runs_replanned"] += len(held)
+        logger.warning(
+            "Prefactor: %d run(s) (%d span(s)) planned again in the account's partition", len(held), len(records)
+        )
+        return new
 
     def spans_at_fork(self) -> dict[int, set[int]]:
         """In a forked child, of the parent's pipeline: trace id -> the parent process's spans in each trace open
@@ -256,14 +310,39 @@ class Pipeline:
                     self._keep(planner, flush=flush, shutdown=shutdown)
                     self._report_refusal()
                     return False
-            source = PlannedSource(
-                planner, self.state_lock, flush=flush, shutdown=shutdown, on_change=self.journal_runs
-            )
-            delivered = delivery.drain(source, deadline)
+            planner, delivered = self._deliver(planner, deadline, flush=flush, shutdown=shutdown)
             if not delivered:
                 self._keep(planner, flush=flush, shutdown=shutdown)
             self._report_refusal()
             return delivered
+
+    def _deliver(self, planner: Planner, deadline: float, *, flush: bool, shutdown: bool) -> tuple[Planner, bool]:
+        """The planner's items to the server. While the partition is an unchecked saved one, a register refused
+        for its partition is held, the server asked, and the runs planned again in the new partition; once the
+        server answered it, no watch on the way (nothing per request): a refusal after that (the account reset
+        under this process) is counted as usual, and the server asked after the drain (partition.py)."""
+        account = self._account
+        source = PlannedSource(planner, self.state_lock, flush=flush, shutdown=shutdown, on_change=self.journal_runs)
+        if not account.watch_refusals():
+            refused_before = planner.dropped[REFUSED_FOR_PARTITION] if account.learnt else 0
+            delivered = self._delivery.drain(source, deadline)
+            if account.learnt and planner.dropped[REFUSED_FOR_PARTITION] > refused_before and account.may_recheck():
+                planner = self._recheck(planner, deadline)
+            return planner, delivered
+        watch = RefusalWatch(source)
+        delivered = self._delivery.drain(watch, deadline)
+        if not watch.held:
+            return planner, delivered
+        planner = self._recheck(planner, deadline)
+        # Changed: the runs again in the new partition. Not changed (or no answer): sent again, the refusal stands.
+        source = PlannedSource(planner, self.state_lock, flush=flush, shutdown=shutdown, on_change=self.journal_runs)
+        return planner, self._delivery.drain(source, deadline)
+
+    def _recheck(self, planner: Planner, deadline: float) -> Planner:
+        account = self._account
+        if account.recheck(deadline) and account.value is not None:
+            return self._replan(account.value)
+        return planner
 
     @property
     def stopped_reason(self) -> str | None:
@@ -333,6 +412,8 @@ class Pipeline:
             if self.stopped_reason is not None:
                 return False  # the files stay for a process that can send them
             with suppress_instrumentation():
+                # Learnt or checked first: files of another account at this URL must not be sent (backlog.py).
+                self._account.resolve(deadline)
                 replayed = self._backlog.replay(self._delivery, deadline)
             self._report_refusal()  # the token may first be refused replaying an earlier process's files
             return replayed
@@ -397,6 +478,7 @@ class Pipeline:
     def collect(self, counters: Counter[str], dropped: Counter[str], actions_dropped: Counter[str]) -> tuple[int, int]:
         """Adds this pipeline's counters; returns (spans queued, open runs)."""
         dropped.update(dict(self.dropped))  # dict(): one C call, safe while another thread adds a key
+        counters.update({f"partition:{key}": value for key, value in dict(self._account.counters).items()})
         queued = len(self.unplanned)
         planner = self.planner
         if planner is None:

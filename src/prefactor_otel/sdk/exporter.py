@@ -287,18 +287,22 @@ class PrefactorSpanExporter(SpanExporter):
 
     def _new_pipeline(self, fork_origin: ForkOrigin | None) -> Pipeline:
         assert self._delivery is not None
-        partition = None
+        partition = saved = None
         if self._config.agent_id:
             partition = ids.extract_partition(self._config.agent_id)
-        elif self._pipeline is not None:
-            partition = self._pipeline.partition
-        elif self._backlog is not None:
-            partition = self._backlog.load_partition()
+        elif self._pipeline is not None:  # a forked child: what its parent knew, checked as the parent would
+            if self._pipeline.partition_confirmed:
+                partition = self._pipeline.partition
+            else:
+                saved = self._pipeline.partition
+        elif self._backlog is not None:  # this token's, checked with the server before it is trusted
+            saved = self._backlog.load_partition(self._config.api_token.get())
         return Pipeline(
             self._config,
             self._delivery,
             self._backlog,
             partition=partition,
+            saved_partition=saved,
             redactor=self._mapping_options.redactor,
             fork_origin=fork_origin,
             starts=self._starts,
@@ -354,7 +358,9 @@ class PrefactorSpanExporter(SpanExporter):
             max_item_bytes=self._config.max_request_bytes,  # a larger item could never be sent
         )
         if spool.enabled:
-            self._backlog = Backlog(spool, RunJournal(spool.directory))
+            self._backlog = Backlog(
+                spool, RunJournal(spool.directory), retention_seconds=self._config.spool_retention_seconds
+            )
 
     def __repr__(self) -> str:
         if self._config_error is not None and self._given_settings:

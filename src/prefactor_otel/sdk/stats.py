@@ -101,4 +101,7 @@ def collect_stats(
         "spool_corrupt_files_counted_partly": c["spool_corrupt_files_counted_partly"],
         "spool_enabled": backlog is not None,
         "requests_by_outcome": {k.removeprefix("outcome:"): v for k, v in c.items() if k.startswith("outcome:")},
+        # the account partition (no agent id): learnt again when the one known was another account's (relearnt),
+        # runs planned again in it (runs_replanned), spool files of another account set aside / put back for it
+        "account_partition": {k.removeprefix("partition:"): v for k, v in c.items() if k.startswith("partition:")},
     }
