@@ -470,7 +470,7 @@ class BulkTransport:
             self._log.log(
                 logging.WARNING,
                 "pfid",
-                "Prefactor: cannot reach %s for an id (%s); spans wait in memory meanwhile",
+                "Prefactor: cannot reach %s for an id (%s); spans are kept meanwhile",
                 self._host,
                 connection_error_cause(exc),
             )
