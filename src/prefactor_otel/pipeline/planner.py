@@ -581,16 +581,15 @@ class Planner:
                 else:
                     below.append(record)
         if children:
-            # `order` grows while it is walked: each span's children join the end (a queue, without a deque).
+            # `order` grows while it is walked: each span's children join the end (a queue, without a deque). A
+            # list's iterator reads by index against the current length, so it reaches what is appended behind it.
             pop, extend = children.pop, order.extend
-            index = 0
-            while index < len(order):
-                below = pop(order[index].span_id, None)
+            for parent in order:
+                below = pop(parent.span_id, None)
                 if below is not None:
                     extend(below)
                     if not children:
                         break
-                index += 1
         return order
 
     def _create_items(self, trace: RunState, order: list[SpanRecord], roots: list[SpanRecord]) -> list[PlannedItem]:
