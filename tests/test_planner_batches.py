@@ -1,9 +1,9 @@
-"""The planner's per-run shortcuts (issue 22): `add` does a run's checks once per run of consecutive spans of it,
-`apply` looks a run up once per run of consecutive items. Held here to what the planner does span by span: a batch
-added (or answered) in one call leaves the same state, plans the same items in the same order, and counts the
-same, as its spans added (answered) one call each -- on batches whose runs interleave, with duplicates, filtered
-spans, spans of finished and rejected runs, and answers that mix successes with failures. Real mapped spans; no
-server (the planner does no I/O)."""
+"""The planner's per-run shortcuts (issue 22): `add` and `start` do a run's checks once per run of consecutive spans
+of it, `apply` looks a run up once per run of consecutive items. Held here to what the planner does span by span: a
+batch added, started (or answered) in one call leaves the same state, plans the same items in the same order, and
+counts the same, as its spans added (started, answered) one call each -- on batches whose runs interleave, with
+duplicates, filtered spans, spans of finished and rejected runs, and answers that mix successes with failures. Real
+mapped spans; no server (the planner does no I/O)."""
 
 from __future__ import annotations
 
@@ -146,3 +146,66 @@ def test_outcomes_applied_at_once_as_one_by_one() -> None:
         assert whole.counters["spans_exported"] > 0 and whole.dropped["rejected:invalid_value"] == 1
         after: Callable[[Planner], list[tuple[Any, ...]]] = lambda p: _view(p.plan(20.0, shutdown=True))  # noqa: E731
         assert after(whole) == after(single)
+
+
+def _start_state(planner: Planner) -> tuple[Any, ...]:
+    runs = planner.runs
+    return (
+        _state(planner),
+        [
+            (t.trace_id, list(t.open), list(t.open_live), list(t.live), t.tracked, t.announce, t.first_start_ns)
+            for t in runs.traces.values()
+        ],
+        list(runs.traces),
+        planner.open_spans,
+    )
+
+
+def test_starts_of_interleaved_runs_open_as_span_by_span() -> None:
+    """`start` does a run's checks once per run of consecutive started spans of it: held to one span per call, on
+    starts whose runs interleave, with a span started twice, a span already ended, and spans of a finished run and
+    of a rejected one among them; then the same ends and plans."""
+    from prefactor_otel.mapping import MappingOptions
+    from prefactor_otel.pipeline.starts import LivePolicy, live_mapper, read_start
+
+    spans_of_runs = []
+    for n in range(5):
+        provider, collector = make_provider()
+        with suppress(RuntimeError):
+            agent_trace(provider, fail=n == 1)
+        spans_of_runs.append(sorted(collector.spans, key=lambda s: s.start_time or 0))  # in the order they started
+    finished, rejected, *fresh = spans_of_runs
+    live = {"live_policy": LivePolicy("agent"), "map_started": live_mapper(MappingOptions())}
+    pair = [_planner(finish_grace_seconds=0.0, **live), _planner(finish_grace_seconds=0.0, **live)]
+    for planner in pair:
+        planner.add([map_span(s) for s in finished + rejected], 0.0)
+        items = planner.plan(0.0)
+        outcomes = {i.key: ItemOutcome("success") for i in items if i.trace_id == finished[0].context.trace_id}
+        register = next(i for i in items if i.trace_id == rejected[0].context.trace_id)
+        outcomes[register.key] = ItemOutcome("error", "invalid_value", "no")
+        planner.apply(outcomes, 0.0)
+        planner.add([map_span(fresh[0][-1])], 0.5)  # a span that ended before its start is seen
+    queues = [list(run) for run in fresh]
+    order = [finished[0], rejected[0], rejected[1]]
+    step = 0
+    while any(queues):
+        for queue in queues:
+            take = 1 + step % 3
+            order.extend(queue[:take])
+            del queue[:take]
+            step += 1
+    order.insert(4, order[3])  # started twice, right after itself
+    order.insert(9, rejected[2])  # the rejected run between two of another run's spans
+    started = [s for s in map(read_start, order) if s is not None]
+    whole, single = pair
+    whole.start(started, 1.0)
+    for one in started:
+        single.start([one], 1.0)
+    assert _start_state(whole) == _start_state(single)
+    assert whole.open_spans > 0 and any(t.live for t in whole.runs.traces.values())
+    assert _view(whole.plan(1.0)) == _view(single.plan(1.0))
+    ended = [map_span(s) for run in fresh for s in run]
+    for planner in pair:
+        planner.add(copy.deepcopy(ended), 2.0)
+    assert _start_state(whole) == _start_state(single)
+    assert _view(whole.plan(2.0)) == _view(single.plan(2.0))

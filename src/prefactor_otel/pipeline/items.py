@@ -119,20 +119,56 @@ def span_create_item(
 
 def ended_span_create_item(record: SpanRecord, instance_id: str, span_id: str, parent_id: str | None) -> dict[str, Any]:
     """`span_create_item` of an ended span with its own payloads, neither orphaned nor a placeholder: most span
-    creates, so built without its tests and keyword arguments (the same item, tests/test_planner.py)."""
-    details: dict[str, Any] = {
-        "agent_instance_id": instance_id,
-        "id": span_id,
-        "schema_name": record.schema_name,
-        "status": record.status,
-        "started_at": iso_from_ns(record.start_time_ns) or "",
-        "finished_at": iso_from_ns(record.end_time_ns) or "",
-    }
-    if parent_id is not None:
-        details["parent_span_id"] = parent_id
-    details["payload"] = record.payload
-    details["result_payload"] = record.result_payload
+    creates, so built without its tests and keyword arguments, its two times formatted here rather than by two
+    `iso_from_ns` calls (the same texts: `_second_text`), and each details dict made by one display (the same item,
+    tests/test_planner_items.py)."""
+    start_ns, end_ns = record.start_time_ns, record.end_time_ns
+    seconds, millis = divmod(start_ns // 1_000_000, 1000)
+    started = (_SECOND_TEXTS.get(seconds) or _second_text(seconds)) + _MILLIS[millis]
+    seconds, millis = divmod(end_ns // 1_000_000, 1000)
+    finished = (_SECOND_TEXTS.get(seconds) or _second_text(seconds)) + _MILLIS[millis]
+    if parent_id is None:
+        details = {
+            "agent_instance_id": instance_id,
+            "id": span_id,
+            "schema_name": record.schema_name,
+            "status": record.status,
+            "started_at": started,
+            "finished_at": finished,
+            "payload": record.payload,
+            "result_payload": record.result_payload,
+        }
+    else:
+        details = {
+            "agent_instance_id": instance_id,
+            "id": span_id,
+            "schema_name": record.schema_name,
+            "status": record.status,
+            "started_at": started,
+            "finished_at": finished,
+            "parent_span_id": parent_id,
+            "payload": record.payload,
+            "result_payload": record.result_payload,
+        }
     return {"_type": BULK_CREATE_SPAN, "idempotency_key": _CREATE_KEY_PREFIX + span_id, "details": details}
+
+
+def _second_text(seconds: int) -> str:
+    """The text of one Unix second in an ISO time (`iso_from_ns`'s, without the milliseconds), remembered: a plan's
+    spans start and end within far fewer than _SECONDS_KEPT seconds. Cleared when full, as iso_from_ns's own cache."""
+    text = (iso_from_ns(seconds * 1_000_000_000) or "")[:-5]
+    if len(_SECOND_TEXTS) >= _SECONDS_KEPT:
+        _SECOND_TEXTS.clear()
+    _SECOND_TEXTS[seconds] = text
+    return text
+
+
+# Unix second -> its text in an ISO time; shared by any thread that builds items: a dict's get and set are atomic,
+# two threads formatting one second store the same text, and a clear racing a read costs that read a re-format.
+_SECONDS_KEPT = 256
+_SECOND_TEXTS: dict[int, str] = {}
+# The thousand endings of an ISO time (".123Z"), as iso_from_ns writes them.
+_MILLIS = tuple((iso_from_ns(millis * 1_000_000) or "")[-5:] for millis in range(1000))
 
 
 _CREATE_KEY_PREFIX = ids.idempotency_key_prefix(BULK_CREATE_SPAN)

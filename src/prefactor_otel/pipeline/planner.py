@@ -332,6 +332,10 @@ class Planner:
         """Spans that started in this process (PrefactorSpanProcessor), in the order they started: the run of each is
         found or opened here, the span itself goes to the live spans part."""
         traces, finished, fork, live_open = self.runs.traces, self.runs.finished, self._fork, self._live.open
+        # The run the previous span opened in, while every span since was of it (spans start run by run, mostly):
+        # open, not finished, not rejected, and `LiveSpans.open` has made it active `now` (`joined`), so neither is
+        # checked or written again. Reset by any span of another run.
+        joined: RunState | None = None
         for started in started_spans:
             trace_id = started.trace_id
             if (
@@ -340,17 +344,28 @@ class Planner:
                 and self._under_parent_process(trace_id, started.parent_span_id)
             ):
                 started = started._replace(parent_is_remote=True)  # forked child: a local root of its own run
-            if trace_id in finished and not self._reopen(trace_id, started.parent_is_remote or finished[trace_id]):
-                continue  # a span of a run already finished (or terminated): its end is counted when it comes
-            trace = traces.get(trace_id)
-            if trace is None:
-                resource = getattr(started.span.resource, "attributes", None) or {}
-                trace = self._new_trace(trace_id, started.start_time_ns, resource)
-            elif started.start_time_ns < trace.first_start_ns:
-                trace.first_start_ns = started.start_time_ns
-            if trace.rejected or started.span_id in trace.created or started.span_id in trace.pending:
-                continue  # rejected run, or the span has already ended and arrived
-            live_open(trace, started, now)
+            if joined is not None and trace_id == joined.trace_id:
+                trace = joined
+                if started.start_time_ns < trace.first_start_ns:
+                    trace.first_start_ns = started.start_time_ns
+            else:
+                joined = None
+                if trace_id in finished and not self._reopen(trace_id, started.parent_is_remote or finished[trace_id]):
+                    continue  # a span of a run already finished (or terminated): its end is counted when it comes
+                found = traces.get(trace_id)
+                if found is None:
+                    resource = getattr(started.span.resource, "attributes", None) or {}
+                    trace = self._new_trace(trace_id, started.start_time_ns, resource)
+                else:
+                    trace = found
+                    if started.start_time_ns < trace.first_start_ns:
+                        trace.first_start_ns = started.start_time_ns
+                if trace.rejected:
+                    continue
+            if started.span_id in trace.created or started.span_id in trace.pending:
+                continue  # the span has already ended and arrived
+            live_open(trace, started, now, joined is not None)
+            joined = trace
         self._live.limit_open()
 
     def _under_parent_process(self, trace_id: int, parent_span_id: int | None) -> bool:
@@ -581,16 +596,15 @@ class Planner:
                 else:
                     below.append(record)
         if children:
-            # `order` grows while it is walked: each span's children join the end (a queue, without a deque).
+            # `order` grows while it is walked: each span's children join the end (a queue, without a deque). A
+            # list's iterator reads by index against the current length, so it reaches what is appended behind it.
             pop, extend = children.pop, order.extend
-            index = 0
-            while index < len(order):
-                below = pop(order[index].span_id, None)
+            for parent in order:
+                below = pop(parent.span_id, None)
                 if below is not None:
                     extend(below)
                     if not children:
                         break
-                index += 1
         return order
 
     def _create_items(self, trace: RunState, order: list[SpanRecord], roots: list[SpanRecord]) -> list[PlannedItem]:

@@ -53,18 +53,21 @@ class LiveSpans:
 
     # ------------------------------------------------------------------ starts and ends
 
-    def open(self, trace: RunState, started: StartedSpan, now: float) -> None:
+    def open(self, trace: RunState, started: StartedSpan, now: float, joined: bool = False) -> None:
         """A span started in this run (the Planner found or opened the run): open until it ends, live if the
-        policy wants it. Call `limit_open` after a batch."""
-        runs = self._runs
-        trace.tracked = True
-        trace.last_activity = now
-        runs.traces.move_to_end(trace.trace_id)
+        policy wants it. `joined`: the span opened just before, in the same call of the Planner's, was of this run
+        too, so the run is tracked, active `now`, last of the open runs and due a look already. Call `limit_open`
+        after a batch."""
+        if not joined:
+            runs = self._runs
+            trace.tracked = True
+            trace.last_activity = now
+            runs.traces.move_to_end(trace.trace_id)
+            runs.with_pending[trace.trace_id] = None
         if started.parent_span_id is None or started.parent_is_remote:  # a local root (is_local_root, inlined)
             trace.announce = True
         trace.open[started.span_id] = started
         self.open_spans += 1
-        runs.with_pending[trace.trace_id] = None
         policy = self._live_policy
         if policy is not None and policy.wants(started):
             self._go_live(trace, started.span_id, now)

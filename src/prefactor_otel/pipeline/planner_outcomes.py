@@ -14,6 +14,7 @@ then finished.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from operator import itemgetter
 
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.model.http import (
@@ -28,6 +29,8 @@ from prefactor_otel.pipeline.items import PlannedItem
 from prefactor_otel.pipeline.runs import RunState, RunTable, remember
 from prefactor_otel.transport.outcomes import SUCCESS, ItemOutcome, Verdict, judge
 
+_key_of = itemgetter(0)  # PlannedItem.key (a NamedTuple's first field)
+
 
 class OutcomeRules:
     def __init__(self, runs: RunTable) -> None:
@@ -36,7 +39,7 @@ class OutcomeRules:
 
     def expect(self, items: list[PlannedItem]) -> None:
         """The items of the plan just made: the outcomes that follow are for these (an earlier plan's are void)."""
-        self._items = {item.key: item for item in items}
+        self._items = dict(zip(map(_key_of, items), items, strict=True))  # {item.key: item ...}, built in C
 
     def replace_with_placeholder(self, key: str, original_bytes: int) -> bool:
         """A span too large for any request: next plans send a small placeholder in the same place of the tree.
@@ -86,7 +89,7 @@ class OutcomeRules:
         # come run by run, so the run of the last such item is kept (`run_id`, `trace`, its queue's methods) while
         # items of it follow -- its journal line written once for them (`journal`, before any other item: a finish
         # closes the line) -- and any other item forgets it (it may finish or reject a run, which leaves the table).
-        delivered = live_created = dequeued = 0
+        delivered = live_created = 0  # the spans taken out of their queues: both (counted once per call)
         run_id: int | None = None
         trace: RunState | None = None
         journal: RunState | None = None  # the run whose delivered spans move its journal line
@@ -119,7 +122,6 @@ class OutcomeRules:
                         trace.orphaned.pop(span_id, None)
                         trace.too_large.pop(span_id, None)
                         trace.attempted.pop(span_id, None)
-                    dequeued += 1
                     created[span_id] = None  # remember(), inline
                     if len(created) > bound:
                         del created[next(iter(created))]
@@ -145,7 +147,8 @@ class OutcomeRules:
         finally:
             if journal is not None:
                 run_changes[journal.instance_id] = journal.last_end_ns
-            runs.queued -= dequeued  # true even if an item raised midway
+            runs.queued -= delivered + live_created  # true even if an item raised midway (nothing raises between a
+            # span's dequeue and its count)
         if delivered:
             runs.counters["spans_spooled" if spooled else "spans_exported"] += delivered
         if live_created:

@@ -82,8 +82,12 @@ class LiveSpan:
     ended: SpanRecord | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class RunState:
+    """One open run. The fields below, with their defaults, are what a new run holds; `__init__` is written out
+    (one run is opened per trace: the generated one calls a factory per dict field and tests each argument against
+    its sentinel) and held to these declarations by tests/test_planner_items.py."""
+
     trace_id: int
     instance_id: str
     register_item: dict[str, Any] | None  # dropped once the server has it: open runs hold little
@@ -134,6 +138,47 @@ class RunState:
     # planned until it has been quiet for the grace period, when it is sent whole, finish included. A gateway killed
     # before then has registered nothing of it, so it leaves no run `active`; its replay sends the run whole.
     hold_until_quiet: bool = False
+
+    def __init__(
+        self,
+        trace_id: int,
+        instance_id: str,
+        register_item: dict[str, Any] | None,
+        start_item: dict[str, Any] | None,
+    ) -> None:
+        self.trace_id = trace_id
+        self.instance_id = instance_id
+        self.register_item = register_item
+        self.start_item = start_item
+        self.registered = False
+        self.started = False
+        self.created = {}
+        self.pending = {}
+        self.arrived = {}
+        self.orphaned = {}
+        self.too_large = {}
+        self.attempted = {}
+        self.root_delivered = False
+        self.root_failed = False
+        self.root_end_ns = 0
+        self.last_end_ns = 0
+        self.first_start_ns = 0
+        self.planned_start_ns = None
+        self.any_failed = False
+        self.last_activity = 0.0
+        self.rejected = False
+        self.needed = {}
+        self.skipped = {}
+        self.root_skipped = False
+        self.span_ids = {}
+        self.journaled = False
+        self.tracked = False
+        self.open = {}
+        self.open_live = {}
+        self.live = {}
+        self.announce = False
+        self.finished_without_root = False
+        self.hold_until_quiet = False
 
 
 class RunTable:

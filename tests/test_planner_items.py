@@ -1,0 +1,125 @@
+"""The planner's hand-built shortcuts equal what they stand for: the ended span create (`ended_span_create_item`, its
+times formatted in place) equals the general `span_create_item`, a new `RunState` holds its declared defaults, the
+creation order is breadth first, and the last plan's items are found by key. No server: pure functions and the
+planner alone."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from typing import Any
+
+from prefactor_otel.mapping.payload import SpanRecord
+from prefactor_otel.mapping.values import iso_from_ns
+from prefactor_otel.pipeline import items as items_module
+from prefactor_otel.pipeline.items import ended_span_create_item, span_create_item
+from prefactor_otel.pipeline.runs import RunState
+from prefactor_otel.transport.outcomes import SUCCESS
+from tests.spans import planner_for_tests
+
+PARTITION = 4242
+TRACE = 0x0AF7651916CD43DD8448EB211C80319C
+
+
+def _record(span_id: int, parent: int | None, start_ns: int, end_ns: int, status: str = "complete") -> SpanRecord:
+    payload = {"span_id": f"{span_id:016x}", "name": f"step {span_id}", "metadata": {}}
+    return SpanRecord(
+        TRACE, span_id, parent, False, f"step {span_id}", "prefactor:span", status,  # type: ignore[arg-type]
+        start_ns, end_ns, payload, {"outputs": {}}, None, {},
+    )  # fmt: skip
+
+
+def _wire(item: dict[str, Any]) -> str:
+    return json.dumps(item)  # key order included: the wire's field order
+
+
+def test_ended_span_create_equals_the_general_create_on_edge_and_random_times() -> None:
+    rng = random.Random(22)
+    second = 1_000_000_000
+    edges = [
+        0,
+        1,
+        999_999,
+        1_000_000,
+        second - 1,
+        second,
+        1_767_225_599_999_999_999,  # 2025-12-31T23:59:59.999
+        1_767_225_600_000_000_000,  # the next year's first instant
+        -1,  # before 1970: floor division, as iso_from_ns
+        -second - 1,
+    ]
+    times = edges + [rng.randrange(0, 4_000_000_000 * second) for _ in range(400)]  # more seconds than cached
+    for index, start in enumerate(times):
+        end = start + rng.choice([0, 1, 999_999, second, 7 * second + 123_456_789])
+        parent = None if index % 3 == 0 else rng.getrandbits(64)
+        status = "failed" if index % 5 == 0 else "complete"
+        record = _record(rng.getrandbits(64), parent, start, end, status)
+        parent_id = None if parent is None else f"parent-{parent}"
+        fast = ended_span_create_item(record, "instance-1", f"span-{index}", parent_id)
+        general = span_create_item(
+            record,
+            "instance-1",
+            f"span-{index}",
+            parent_id,
+            record.payload,
+            record.result_payload,
+            orphan=False,
+            placeholder=False,
+        )
+        assert _wire(fast) == _wire(general)
+        assert fast["details"]["started_at"] == iso_from_ns(start)
+        assert fast["details"]["finished_at"] == iso_from_ns(end)
+
+
+def test_second_texts_stay_bounded() -> None:
+    for second in range(3 * items_module._SECONDS_KEPT):
+        record = _record(1, None, second * 1_000_000_000, second * 1_000_000_000 + 5)
+        ended_span_create_item(record, "instance-1", "span-1", None)
+        assert len(items_module._SECOND_TEXTS) <= items_module._SECONDS_KEPT
+
+
+def test_a_new_run_holds_its_declared_defaults_and_dicts_of_its_own() -> None:
+    first, second = RunState(1, "instance-1", None, None), RunState(2, "instance-2", {"a": 1}, {})
+    assert first.trace_id == 1 and first.instance_id == "instance-1" and first.register_item is None
+    assert second.register_item == {"a": 1} and second.start_item == {}
+    for spec in dataclasses.fields(RunState):
+        if spec.name in ("trace_id", "instance_id", "register_item", "start_item"):
+            continue
+        if spec.default_factory is not dataclasses.MISSING:
+            expected = spec.default_factory()
+            assert getattr(first, spec.name) == expected, spec.name
+            assert getattr(first, spec.name) is not getattr(second, spec.name), spec.name  # never shared
+        else:
+            assert spec.default is not dataclasses.MISSING, spec.name
+            assert getattr(first, spec.name) == spec.default and type(getattr(first, spec.name)) is type(
+                spec.default
+            ), spec.name
+
+
+def test_creation_order_is_breadth_first_in_queue_order() -> None:
+    # root -> a, b; a -> a1, a2; b -> b1; ended (and added) children first, as the SDK ends them.
+    second = 1_000_000_000
+    root, a, b, a1, a2, b1 = 1, 2, 3, 4, 5, 6
+    spans = [(a1, a), (b1, b), (a2, a), (a, root), (b, root), (root, None)]
+    records = [_record(span, parent, 1_700_000_000 * second + span, 1_700_000_001 * second) for span, parent in spans]
+    planner = planner_for_tests(PARTITION, run_part="p1")
+    planner.add(records, 0.0)
+    items = planner.plan(0.0)
+    creates = [item.span_id for item in items if item.action == "agent_spans/create"]
+    assert creates == [root, a, b, a1, a2, b1]
+    planner.apply({item.key: SUCCESS for item in items}, 0.0)
+    assert planner.counters["spans_exported"] == 6 and planner.queued_spans == 0 and planner.open_traces == 0
+
+
+def test_outcomes_of_an_earlier_plan_are_void_and_keys_find_their_items() -> None:
+    second = 1_000_000_000
+    planner = planner_for_tests(PARTITION, run_part="p1", finish_grace_seconds=60.0)
+    root = _record(1, None, 1_700_000_000 * second, 1_700_000_002 * second)
+    child = _record(2, 1, 1_700_000_000 * second + 5, 1_700_000_001 * second)
+    planner.add([child, root], 0.0)
+    first = planner.plan(0.0)
+    again = planner.plan(0.0)  # nothing answered: the same items, planned again
+    assert [item.body for item in again] == [item.body for item in first]
+    planner.apply({"no-such-key": SUCCESS, **{item.key: SUCCESS for item in reversed(again)}}, 0.0)
+    assert planner.counters["spans_exported"] == 2 and planner.queued_spans == 0
