@@ -4,7 +4,10 @@ environment sets for the API URL (and whether httpx can use it); a read's answer
 and retries; this module only reads.
 
 Items missing from a bulk answer were not processed (the server stops at the first error): they are
-NOT_PROCESSED, the caller's to send again.
+NOT_PROCESSED, the caller's to send again. A bulk answer is read by msgspec when it is installed (it skips the
+objects the API echoes per item without building them), and by pydantic-core's TypeAdapter otherwise and whenever
+msgspec is unsure (not UTF-8, anything it refuses): the same outcomes and counters either way (docs/wire.md,
+"Reading answers"; the decoder is built once at import and is thread-safe).
 
 `AnswerReader` is a part `BulkTransport` (client.py) holds and calls with each answer it gets. It owns the auth
 latch (`auth_failed`, `auth_status`) and its rate-limited log, and counts into the transport's `counters` (given
