@@ -1,6 +1,7 @@
 """Local sinks for the benchmarks, run in their own process on 127.0.0.1 (never in the process measured).
 
     python benchmarks/sinks.py             # fast sinks: Prefactor bulk + OTLP/HTTP, on two ports
+    python benchmarks/sinks.py --echo      # the fast bulk sink echoes each item's object, as Prefactor's API does
     python benchmarks/sinks.py --devserver # the real local Prefactor-compatible server (prefactor_otel.devserver)
 
 The process prints one JSON line with its addresses, then serves until its standard input closes (the parent
@@ -9,10 +10,15 @@ exits) or `--max-seconds` pass.
 The fast sinks answer as fast as a Python socket loop can, so the benchmark measures the exporter and not a
 server: the bulk sink parses the request and returns a well-formed bulk answer
 (`{"status":"success","outputs":{key:{"status":"success","details":{"id":...}}}}` for every item key), the
-OTLP sink answers 200 with an empty `ExportTraceServiceResponse`. Both count requests and bytes (request line
-and headers separately from the body), served at `GET /_stats`; `POST /_reset` zeroes them. A body sent with a
-`Content-Encoding` (gzip, deflate, zstd) is decoded before it is read: `body_bytes` counts it as sent on the wire,
-`decoded_bytes` as decoded (equal for an uncompressed body), and `encoded_requests:<encoding>` counts each encoding.
+OTLP sink answers 200 with an empty `ExportTraceServiceResponse`. With `--echo` the bulk sink answers as Prefactor's
+API does (and the local server, devserver/span_actions.py and state.py's `render_instance`): each output's `details`
+is the whole object the item created or changed -- a span create's agent span with its payload and result payload,
+a register's agent instance -- so an answer is about as large as its request and response reading is measured
+honestly (`echo_bulk_answer`; the sink keeps no state, so a span finish echoes the fields it sent). Both sinks count
+requests and bytes (request line and headers separately from the body), served at `GET /_stats`; `POST /_reset`
+zeroes them. A body sent with a `Content-Encoding` (gzip, deflate, zstd) is decoded before it is read: `body_bytes`
+counts it as sent on the wire, `decoded_bytes` as decoded (equal for an uncompressed body),
+`encoded_requests:<encoding>` counts each encoding, and `answer_bytes` the bulk answers' bodies.
 
 With `--devserver`, lines on standard input are commands: `counts` prints a JSON line with the instances and
 spans the server holds and the requests it answered.
@@ -43,7 +49,14 @@ class Stats:
         self.counts: Counter[str] = Counter()
 
     def add(
-        self, path: str, head_bytes: int, body_bytes: int, items: int, decoded_bytes: int = -1, encoding: str = ""
+        self,
+        path: str,
+        head_bytes: int,
+        body_bytes: int,
+        items: int,
+        decoded_bytes: int = -1,
+        encoding: str = "",
+        answer_bytes: int = 0,
     ) -> None:
         with self._lock:
             self.counts[f"requests:{path}"] += 1
@@ -54,6 +67,7 @@ class Stats:
             if encoding:
                 self.counts[f"encoded_requests:{encoding}"] += 1
             self.counts["items"] += items
+            self.counts["answer_bytes"] += answer_bytes
             if items == 1:
                 self.counts["single_item_requests"] += 1
 
@@ -95,6 +109,92 @@ def _item_id(item: dict[str, Any]) -> str | None:
         if isinstance(item.get(field), str):
             return item[field]
     return None
+
+
+_ECHO_ACCOUNT = "01m98mkywh0000000000000000000001"  # fixed ids of the echoing sink's one account and agent
+_ECHO_AGENT = "01m98mkywh0000000000000000000002"
+
+
+def _echo_time(ns: object) -> str | None:
+    """An ISO 8601 time (microseconds, Z) as the API writes its timestamps; None for a missing one."""
+    if isinstance(ns, str):
+        return ns
+    if not isinstance(ns, int):
+        return None
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1000:06d}Z"
+
+
+def _echo_span(fields: dict[str, Any], now: str) -> dict[str, Any]:
+    """The agent span object a span create (or finish) answers with: the span as the server stores it."""
+    return {
+        "type": "agent_span",
+        "id": fields.get("id") or fields.get("agent_span_id"),
+        "account_id": _ECHO_ACCOUNT,
+        "agent_id": _ECHO_AGENT,
+        "agent_instance_id": fields.get("agent_instance_id"),
+        "parent_span_id": fields.get("parent_span_id"),
+        "schema_name": fields.get("schema_name"),
+        "schema_title": fields.get("schema_name"),
+        "status": fields.get("status") or "complete",
+        "payload": fields.get("payload", {}),
+        "result_payload": fields.get("result_payload"),
+        "summary": None,
+        "sensitive_encoding": bool(fields.get("sensitive_encoding")),
+        "started_at": _echo_time(fields.get("started_at")),
+        "finished_at": _echo_time(fields.get("finished_at") or fields.get("timestamp")),
+        "inserted_at": now,
+        "updated_at": now,
+    }
+
+
+def _echo_instance(item: dict[str, Any], now: str) -> dict[str, Any]:
+    """The agent instance object a register, start or finish answers with (state.py's `render_instance`)."""
+    kind = item.get("_type", "")
+    status = {"agent_instances/start": "active", "agent_instances/finish": item.get("status") or "complete"}
+    return {
+        "type": "agent_instance",
+        "id": _item_id(item),
+        "account_id": _ECHO_ACCOUNT,
+        "agent_id": _ECHO_AGENT,
+        "agent_version_id": "01m98mkywh0000000000000000000003",
+        "agent_schema_version_id": "01m98mkywh0000000000000000000004",
+        "environment_id": item.get("environment_id") or "01m98mkywh0000000000000000000005",
+        "agent_deployment_id": "01m98mkywh0000000000000000000006",
+        "status": status.get(kind, "pending"),
+        "inserted_at": now,
+        "updated_at": now,
+        "started_at": _echo_time(item.get("timestamp")) if kind != "agent_instances/register" else None,
+        "finished_at": _echo_time(item.get("timestamp")) if kind == "agent_instances/finish" else None,
+        "span_counts": {"total": 0, "pending": 0, "active": 0, "complete": 0, "failed": 0, "cancelled": 0,
+                        "finished": 0},
+        "external_identifier": item.get("external_identifier"),
+        "purpose": item.get("purpose") or "live",
+        "termination_reason": None,
+        "quality_payloads": {},
+        "quality_summaries": {},
+    }  # fmt: skip
+
+
+def echo_bulk_answer(body: bytes) -> tuple[bytes, int]:
+    """A bulk answer as Prefactor's API writes it: success for every item key, `details` the whole object the item
+    created or changed (a span create echoes its payloads), so the answer is about the size of the request."""
+    items = json.loads(body)["items"]
+    now = _echo_time(time.time_ns())
+    outputs = {}
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("_type", "")
+        if kind == "agent_spans/create":
+            details = item.get("details")
+            echoed = _echo_span(details if isinstance(details, dict) else {}, now or "")
+        elif kind == "agent_spans/finish":
+            echoed = _echo_span(item, now or "")
+        else:
+            echoed = _echo_instance(item, now or "")
+        outputs[item["idempotency_key"]] = {"status": "success", "details": echoed}
+    return json.dumps({"status": "success", "outputs": outputs}, separators=(",", ":")).encode(), len(items)
 
 
 def bulk_answer(body: bytes) -> tuple[bytes, int]:
@@ -175,9 +275,10 @@ class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, echo: bool = False) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.kind = kind
+        self.echo = echo  # the bulk sink answers with each item's whole object (`echo_bulk_answer`)
         self.stats = Stats()
 
     @property
@@ -202,8 +303,9 @@ class _Server(socketserver.ThreadingTCPServer):
             except (ValueError, zlib.error, ImportError) as exc:
                 self.stats.add(path, head_bytes, len(body), 0, encoding=encoding or "unreadable")
                 return 415, json_type, json.dumps({"status": "error", "code": "encoding", "message": str(exc)}).encode()
-            payload, items = bulk_answer(decoded)
-            self.stats.add(path, head_bytes, len(body), items, len(decoded), encoding)
+            # Looked up per request: wire_cost.py replaces `bulk_answer` in this module.
+            payload, items = echo_bulk_answer(decoded) if self.echo else bulk_answer(decoded)
+            self.stats.add(path, head_bytes, len(body), items, len(decoded), encoding, len(payload))
             return 200, json_type, payload
         decoded_size = -1
         if encoding not in ("", "identity"):  # OTLP with OTEL_EXPORTER_OTLP_COMPRESSION: counted decoded too
@@ -236,6 +338,9 @@ def _wait_for_parent(max_seconds: float, on_line: Any = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devserver", action="store_true", help="run the real local Prefactor-compatible server")
+    parser.add_argument(
+        "--echo", action="store_true", help="the fast bulk sink echoes each item's object, as Prefactor's API does"
+    )
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="exit after this long in any case")
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -277,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             dev.stop()
         return 0
-    bulk, otlp = _Server("bulk"), _Server("otlp")
+    bulk, otlp = _Server("bulk", echo=args.echo), _Server("otlp")
     _serve(bulk)
     _serve(otlp)
     print(json.dumps({"bulk": bulk.url, "otlp": otlp.url}), flush=True)

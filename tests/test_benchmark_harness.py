@@ -132,3 +132,64 @@ def test_the_setup_measurement_delivers_every_span_in_both_set_ups(sinks: dict[s
         assert rounds[mode]["decoded_bytes"] >= rounds[mode]["body_bytes"] > 0
     assert rounds["otlp"]["requests"] >= 1 and rounds["otlp"]["body_bytes"] > 0
     assert result["on_start"]["prefactor_ns"] > 0
+
+
+@pytest.fixture
+def echoing_sinks() -> Iterator[dict[str, Any]]:
+    process = subprocess.Popen(
+        [sys.executable, str(BENCHMARKS / "sinks.py"), "--echo", "--max-seconds", "120"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        assert process.stdout is not None
+        yield json.loads(process.stdout.readline())
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(timeout=15)
+
+
+def test_the_echoing_bulk_sink_answers_each_item_with_its_whole_object(
+    echoing_sinks: dict[str, Any], tmp_path: Path
+) -> None:
+    """`sinks.py --echo` answers as Prefactor's API does (each span create's agent span, payloads included), and
+    the exporter reads those answers as delivered: every span exported, no contract error."""
+    from prefactor_otel import PrefactorSpanExporter
+    from prefactor_otel.model import ids
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from workload import SpanSource
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    spans = SpanSource(seed=3, workload="realistic").spans(60)
+    exporter = PrefactorSpanExporter(
+        api_url=echoing_sinks["bulk"],
+        api_token="pf_bench_token",
+        agent_id=ids.encode(1_765_000_000_000, 4249, 7),
+        spool_dir=str(tmp_path / "spool"),
+        finish_grace_seconds=0,
+        compression="none",
+    )
+    assert exporter.export(spans).name == "SUCCESS"
+    exporter.shutdown()
+    stats = exporter.stats()
+    assert stats["spans_exported"] == len(spans) and stats["spans_dropped"] == 0
+    assert stats.get("contract_errors", 0) == 0
+    with httpx.Client(timeout=10) as client:
+        counts = client.get(echoing_sinks["bulk"] + "/_stats").json()
+        body = json.dumps(
+            {"items": [{"_type": "agent_spans/create", "idempotency_key": "key-0001", "details": {
+                "id": "span-1", "agent_instance_id": "run-1", "schema_name": "otel:llm", "status": "complete",
+                "payload": {"inputs": {"messages": ["hi"]}}, "result_payload": {"outputs": "ok"}}}]}
+        ).encode()  # fmt: skip
+        answer = client.post(echoing_sinks["bulk"] + "/api/v1/bulk", content=body).json()
+    # The answers are about as large as the requests (the realistic spans' payloads come back)
+    assert counts["items"] >= len(spans) and counts["answer_bytes"] > counts["decoded_bytes"] / 2
+    details = answer["outputs"]["key-0001"]["details"]
+    assert answer["outputs"]["key-0001"]["status"] == "success"
+    assert details["type"] == "agent_span" and details["id"] == "span-1" and details["agent_instance_id"] == "run-1"
+    assert details["payload"] == {"inputs": {"messages": ["hi"]}} and details["result_payload"] == {"outputs": "ok"}

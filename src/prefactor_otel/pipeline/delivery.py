@@ -367,6 +367,11 @@ class Delivery:
         processed (sent again with the set). True when that happened, or the whole request was refused with one in
         it: the caller plans again (the registers go with their set), rather than splitting the request or taking
         a request with nothing processed for an unusable server."""
+        if not self.schema_once.enabled and not self._without_schema:
+            # Omission off (the default, or turned off for good by a refusal) and no register of this plan went
+            # without its set: nothing to learn or judge, and what `delivered` would record is read only while
+            # omission is on. Skips a Python pass over every item of every request (~0.3 us/span realistic).
+            return False
         refused_whole = result.error == "rejected"
         replan = False
         for item in chunk:
