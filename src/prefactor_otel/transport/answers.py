@@ -4,10 +4,10 @@ environment sets for the API URL (and whether httpx can use it); a read's answer
 and retries; this module only reads.
 
 Items missing from a bulk answer were not processed (the server stops at the first error): they are
-NOT_PROCESSED, the caller's to send again. A bulk answer is read by msgspec when it is installed (it skips the
-objects the API echoes per item without building them), and by pydantic-core's TypeAdapter otherwise and whenever
-msgspec is unsure (not UTF-8, anything it refuses): the same outcomes and counters either way (docs/wire.md,
-"Reading answers"; the decoder is built once at import and is thread-safe).
+NOT_PROCESSED, the caller's to send again. A bulk answer is read by msgspec (a dependency: it skips the
+objects the API echoes per item without building them), and by pydantic-core's TypeAdapter where msgspec is
+missing (a broken install) and whenever it is unsure (not UTF-8, anything it refuses): the same outcomes and
+counters either way (docs/wire.md, "Reading answers"; the decoder is built once at import and is thread-safe).
 
 `AnswerReader` is a part `BulkTransport` (client.py) holds and calls with each answer it gets. It owns the auth
 latch (`auth_failed`, `auth_status`) and its rate-limited log, and counts into the transport's `counters` (given
@@ -231,7 +231,7 @@ class AnswerReader:
 def _fast_decoder() -> Any:
     """msgspec's JSON decoder of what `bulk_outcomes` reads of a bulk answer (BulkOutputFields' rules: `status`
     "success" or "error", `code`, `message` and `control` any JSON value, every other field skipped without
-    building it), or None when msgspec is not installed (it is optional: the TypeAdapter then reads every answer).
+    building it), or None when msgspec cannot be imported (a dependency, but the TypeAdapter then reads every answer).
 
     Why: Prefactor's API echoes each item's whole object (a span create's agent span, payloads included), so a
     request's answer is about as large as the request. pydantic-core builds its whole tree before validating;
