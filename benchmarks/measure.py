@@ -191,20 +191,29 @@ def measure_cpu(params: Result) -> Result:
     bulk, otlp = params["bulk"], params["otlp"]
     # "prefactor_unredacted": the same exporter with PREFACTOR_REDACT_DEFAULTS=false, so the table shows what the
     # default secret patterns cost (a feature OTLP does not have) next to the rest of the exporter.
-    kinds = params.get("kinds") or ["floor", "payload_floor", "otlp", "prefactor", "prefactor_unredacted"]
+    # "prefactor_echo": the default exporter against a sink that answers as Prefactor's API does (each item's object
+    # echoed in its output), when the caller started one (`bulk_echo`).
+    kinds = params.get("kinds") or [
+        "floor",
+        "payload_floor",
+        "otlp",
+        "prefactor",
+        "prefactor_unredacted",
+        *(["prefactor_echo"] if params.get("bulk_echo") else []),
+    ]
     runs: dict[str, list[Result]] = {kind: [] for kind in kinds}
 
     def one(kind: str) -> Result:
         if kind in ("floor", "payload_floor"):
             cpu, wall, size = floor_all(batches) if kind == "floor" else payload_floor_all(payloads)
             return {"cpu_us": cpu / count * 1e6, "wall_us": wall / count * 1e6, "json_bytes": size}
-        url = otlp if kind == "otlp" else bulk
+        url = otlp if kind == "otlp" else params["bulk_echo"] if kind == "prefactor_echo" else bulk
         sink_stats(url, reset=True)
         exporter: SpanExporter
         if kind == "otlp":
             exporter = otlp_exporter(otlp)
         else:
-            exporter = prefactor_exporter(bulk, redact_defaults=kind == "prefactor")
+            exporter = prefactor_exporter(url, redact_defaults=kind != "prefactor_unredacted")
         cpu, wall, ok = export_all(exporter, batches)
         sink = sink_stats(url)
         result: Result = {

@@ -293,10 +293,14 @@ def fmt(value: float, digits: int = 1) -> str:
 
 def measure(plan: Plan) -> Result:
     results: Result = {}
-    with server() as sinks:
+    with server() as sinks, server("--echo") as echoing:
         urls = {"bulk": sinks.info["bulk"], "otlp": sinks.info["otlp"]}
         progress(f"CPU per span: {plan.cpu_spans:,} spans, {plan.cpu_runs} runs per exporter")
-        results["cpu"] = child("cpu", {"spans": plan.cpu_spans, "runs": plan.cpu_runs, **urls})
+        # The echoing sink answers as Prefactor's API does (each item's object echoed): the exporter's cost against
+        # the real API, where answers are as large as requests (sinks.py --echo).
+        results["cpu"] = child(
+            "cpu", {"spans": plan.cpu_spans, "runs": plan.cpu_runs, "bulk_echo": echoing.info["bulk"], **urls}
+        )
         progress("CPU per span, small-span workload")
         small_kinds = ["floor", "otlp", "prefactor"]
         results["cpu_small"] = child(
@@ -469,7 +473,7 @@ def summarize(results: Result, plan: Plan) -> Result:
     runs = cpu["runs"]
     spans = cpu["spans"]
     s: Result = {"spans": spans, "traces": cpu["traces"], "cpu_runs": len(runs["prefactor"])}
-    for kind in ("floor", "payload_floor", "otlp", "prefactor", "prefactor_unredacted"):
+    for kind in ("floor", "payload_floor", "otlp", "prefactor", "prefactor_unredacted", "prefactor_echo"):
         if not runs.get(kind):  # the newer rows are absent from dumps made before they existed
             continue
         values = [r["cpu_us"] for r in runs[kind]]
@@ -818,6 +822,7 @@ def tables(s: Result) -> list[tuple[str, list[str], list[list[str]], str]]:
         ("otlp", "OTLPSpanExporter (opentelemetry-exporter-otlp-proto-http)"),
         ("prefactor", "PrefactorSpanExporter"),
         ("prefactor_unredacted", "PrefactorSpanExporter, PREFACTOR_REDACT_DEFAULTS=false (built-in redaction off)"),
+        ("prefactor_echo", "PrefactorSpanExporter, answers echoing each object (as Prefactor's API answers)"),
     ):
         if f"cpu_{kind}" not in s:
             continue
@@ -853,6 +858,14 @@ def tables(s: Result) -> list[tuple[str, list[str], list[list[str]], str]]:
                 " PREFACTOR_REDACT_DEFAULTS=false, and no user rules are configured here) cost"
                 f" {s['cpu_prefactor'] - s['cpu_prefactor_unredacted']:.1f} us/span of it."
                 if "cpu_prefactor_unredacted" in s
+                else ""
+            )
+            + (
+                " The other rows' bulk sink answers each item with its status and id only (~170 B a span); the"
+                " echoing row's answers, like Prefactor's API and the local server, carry each object the item"
+                f" wrote (~2 KB a span): reading them costs {s['cpu_prefactor_echo'] - s['cpu_prefactor']:+.1f}"
+                " us/span more."
+                if "cpu_prefactor_echo" in s
                 else ""
             ),
         )
