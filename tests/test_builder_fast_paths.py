@@ -23,9 +23,10 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 
-from prefactor_otel.mapping import MappingOptions, context, map_span, messages, usage
-from prefactor_otel.mapping.builders import otel
-from prefactor_otel.mapping.messages import normalize_message, normalize_messages
+from prefactor_otel.mapping import MappingOptions, context, conventions, map_span, messages, usage
+from prefactor_otel.mapping.builders import common, otel
+from prefactor_otel.mapping.messages import message_list, normalize_message, normalize_messages
+from prefactor_otel.mapping.values import parse_json_maybe
 from tests.fixtures.semconv import replay
 from tests.spans import make_provider
 
@@ -46,6 +47,7 @@ def _fast_paths_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(otel, "tool_layout", lambda names: None)
     monkeypatch.setattr(otel, "agent_layout", lambda names: None)
     monkeypatch.setattr(usage, "_otel_counts", lambda names: None)
+    monkeypatch.setattr(common, "_common_chains", lambda names: None)  # every chain walked, as without a plan
 
 
 _OPTIONS = (
@@ -182,6 +184,15 @@ _ODD_VALUES: tuple[Any, ...] = (
     '[[{"role": "user", "parts": [{"type": "text", "content": "batch"}]}]]',
     '[{"role": "user", "parts": []}, "text", null]',
     '{"lc": 1, "type": "constructor", "id": ["x", "ToolMessage"], "kwargs": {"content": "r"}}',
+    '{"role": "tool", "content": "r", "tool_call_id": "c8"}',
+    '{"type": "tool", "data": {"content": "y", "tool_call_id": "c7"}}',
+    '{"status": "ok", "note": "\\"lc\\": 1"}',
+    '[{"role": "user", "parts": [{"type": "text", "text": "via text"}]}]',
+    '[{"role": "user", "parts": [{"type": "text", "content": null, "text": "t"}]}]',
+    '[{"role": "assistant", "parts": [{"type": "text", "content": "a"}], "finish_reason": "stop", "name": 3}]',
+    '[{"role": "u", "parts": [{"type": "input_text", "content": "i"}]}, {"parts": [{"type": "text", "content": 1}]}]',
+    "[NaN]",
+    '[{"role": "user", "parts": [{"type": "text", "content": "\\ud800"}]}]',
 )
 # Names the fast paths do not handle: each must send its span to the general path (or be read there as before).
 _OTHER_NAMES = (
@@ -451,3 +462,102 @@ def test_an_otel_genai_chat_span_takes_the_fast_path_and_walks_no_chain() -> Non
     assert plan.chains == {}  # the fast path read the names directly: no chain was walked
     assert record.payload["model"] == "gpt-4o" and record.payload["provider"] == "openai"
     assert record.payload["operation"] == "chat" and "gen_ai.request.model" not in record.payload["metadata"]
+
+
+def test_the_kind_names_shortcut_of_classify_decides_as_the_five_lookups() -> None:
+    """classify skips the five span-kind lookups when none of their names is there (one C-level test): a span's
+    classification is the same with one of those names added with a value the lookups skip (None), which sends it
+    through the lookups."""
+    spans: list[ReadableSpan] = []
+    for path in sorted(replay.HERE.glob("*.json")):
+        spans.extend(replay.load(path.name))
+    spans.extend(_fuzzed_spans(600, seed=6))
+    checked = 0
+    for span in spans:
+        attributes = dict(span.attributes or {})
+        if conventions.genai_attribute_convention(attributes) is None:
+            continue
+        shortcut = conventions.classify(attributes, span.name)
+        for kind_name in sorted(conventions._KIND_NAMES - attributes.keys()):
+            walked = conventions.classify({**attributes, kind_name: None}, span.name)
+            assert walked == shortcut, (kind_name, attributes)
+        checked += attributes.keys().isdisjoint(conventions._KIND_NAMES)
+    assert checked > 500
+
+
+def _message_list_reference(raw: object) -> Any:
+    parsed = parse_json_maybe(raw)
+    found = normalize_messages(parsed)
+    return found if found is not None else parsed
+
+
+def test_message_list_reads_what_parse_json_maybe_and_normalize_messages_read() -> None:
+    rng = random.Random(11)
+    values: list[Any] = [
+        *_ODD_VALUES,
+        "[",
+        "[1,",
+        "[NaN, Infinity]",
+        '["\\ud800"]',
+        "[" * 5000 + "]" * 5000,  # past the parsers' nesting limits
+        "[1e999]",
+        '[{"role": "user", "content": 123456789012345678901234567890}]',
+        '{"messages": [{"role": "user", "parts": [{"type": "text", "content": "wrapped"}]}]}',
+        None,
+        ("a", "b"),
+        3,
+    ]
+    for _ in range(3000):
+        values.append(json.dumps(_fuzzed_messages(rng)))
+    for value in values:
+        assert _outcome(message_list, value) == _outcome(_message_list_reference, value), value
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ([{"role": "user", "parts": [{"type": "text", "content": "hi"}]}], [{"role": "user", "content": "hi"}]),
+        ([{"role": "user", "parts": [{"type": "text", "content": None}]}], None),  # content there, not text
+        ([{"role": "user", "parts": [{"type": "text", "text": "t"}]}], [{"role": "user", "content": "t"}]),
+        ([{"role": 3, "parts": [{"type": "text", "content": "x"}]}], None),
+        ([{"role": "user", "lc": 1}], None),
+        ([{"parts": [{"type": "text", "content": "x"}], "data": 1}], None),
+        (
+            [{"parts": [{"type": "text", "content": "x"}], "finish_reason": "stop"}],
+            [{"role": None, "content": "x", "finish_reason": "stop"}],
+        ),
+    ],
+)
+def test_the_one_text_part_shortcut_on_chosen_shapes(raw: Any, expected: Any) -> None:
+    """`_parts_messages`' first test (a text role, `role` and `parts` only, one text part of string content) and
+    what it leaves to the loop after it."""
+    assert messages._parts_messages(raw) == expected
+    if expected is not None:
+        assert [normalize_message(m) for m in raw] == expected
+
+
+def test_common_fields_read_only_the_chains_whose_names_are_there() -> None:
+    """The session / user / tags decision made once per name plan (`_common_chains`), with its failure modes: a
+    span without a plan reads every chain, and one whose names include none reads nothing."""
+    assert common._common_chains(frozenset({"gen_ai.conversation.id", "app.x"})) == (True, False, False)
+    assert common._common_chains(frozenset({"user.id", "tag.tags"})) == (False, True, True)
+    assert common._common_chains(frozenset({"app.x"})) is common._NONE_THERE
+    provider, collector = make_provider()
+    tracer = provider.get_tracer("tests.fast_paths")
+    many = {f"app.extra.{index}": index for index in range(70)}  # more names than plans are kept for
+    for attributes in (
+        {**_AGENT, "user.id": "u1", "tag.tags": "a, b"},
+        {**_AGENT, **many, "user.id": "u1"},
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": "m",
+            "session.id": "s1",
+            "gen_ai.conversation.id": "",
+        },
+    ):
+        with tracer.start_as_current_span("s", attributes=attributes):
+            pass
+    agent, unplanned, chat = (map_span(span, MappingOptions()).payload for span in collector.spans[-3:])
+    assert (agent["session_id"], agent["user_id"], agent["tags"]) == ("conv-1", "u1", ["a", "b"])
+    assert (unplanned["session_id"], unplanned["user_id"]) == ("conv-1", "u1") and "tags" not in unplanned
+    assert chat["session_id"] == "s1" and "user_id" not in chat

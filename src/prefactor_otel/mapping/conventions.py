@@ -355,6 +355,15 @@ def classify(attributes: Mapping[str, object], name: str | None = None) -> Class
         return _PLAIN  # every rule below reads a GenAI-prefixed attribute: a span without one is plain
     raw_operation = attributes.get("gen_ai.operation.name")
     operation = raw_operation.strip().lower() if isinstance(raw_operation, str) else None
+    if attributes.keys().isdisjoint(_KIND_NAMES):
+        # None of the five conventions' span kinds there (OTel GenAI spans): five lookups in C (a dict's key view
+        # walks the smaller side) instead of five in Python whose values would each be None (rules 1-5 below read
+        # only those names, and skip a None).
+        if operation is not None:
+            known = _BY_OPERATION.get(operation)
+            if known is not None:
+                return known
+        return _after_kinds(attributes, name, operation)
 
     value = attributes.get("langfuse.observation.type")
     if isinstance(value, str) and value.lower() in _LANGFUSE:
@@ -380,6 +389,23 @@ def classify(attributes: Mapping[str, object], name: str | None = None) -> Class
     value = attributes.get("traceloop.span.kind")
     if isinstance(value, str) and value.lower() in _TRACELOOP:
         return _traceloop(attributes, value.lower(), operation)
+    return _after_kinds(attributes, name, operation)
+
+
+# The span kinds classify's rules 1-5 read (Langfuse, OpenInference, MLflow, LangSmith, Traceloop).
+_KIND_NAMES = frozenset(
+    (
+        "langfuse.observation.type",
+        "openinference.span.kind",
+        "mlflow.spanType",
+        "langsmith.span.kind",
+        "traceloop.span.kind",
+    )
+)
+
+
+def _after_kinds(attributes: Mapping[str, object], name: str | None, operation: str | None) -> Classification:
+    """classify's rules after the conventions' span kinds: the operation, then the other conventions' markers."""
     if operation is not None:
         known = _BY_OPERATION.get(operation)
         if known is not None:

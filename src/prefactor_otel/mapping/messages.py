@@ -22,6 +22,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pydantic_core
+
 from prefactor_otel.mapping.values import parse_json_maybe
 
 Message = dict[str, Any]
@@ -307,14 +309,30 @@ def _parts_messages(value: list[Any]) -> list[Message] | None:
     `normalize_message` builds for each message, without its per-message and per-part calls. None as soon as any
     message or part is another shape (a LangChain serialisation, a role that is not text, a part that is not a text
     part of text or a plain tool call): the caller then takes the general walk over the whole list, and this
-    loop's half-built messages are dropped (it changes nothing it was given)."""
+    loop's half-built messages are dropped (it changes nothing it was given).
+
+    Ordered for the common case (a text role, one text part whose `content` is a string, a message of `role` and
+    `parts` only): each test below that the common case passes costs one or two operations, and the rarer readings
+    (`text` instead of `content`, the other text part types, a message's name and finish reason) run only when a
+    cheaper test says they may apply."""
     out: list[Message] = []
     for raw in value:
-        if type(raw) is not dict or "lc" in raw or "data" in raw:
+        if type(raw) is not dict:
             return None
         parts = raw.get("parts")
         role = raw.get("role")
-        if type(parts) is not list or (role is not None and type(role) is not str):
+        if type(parts) is not list:
+            return None
+        if type(role) is str and len(raw) == 2:
+            # `role` and `parts` only (no LangChain keys, name or finish reason); most have one text part
+            if len(parts) == 1:
+                part = parts[0]
+                if type(part) is dict and part.get("type") == "text":
+                    content = part.get("content")
+                    if type(content) is str:
+                        out.append({"role": role, "content": content})
+                        continue
+        elif (role is not None and type(role) is not str) or "lc" in raw or "data" in raw:
             return None
         text: str | None = None  # the one text part's content (most messages), or the texts joined below
         texts: list[str] | None = None
@@ -326,15 +344,19 @@ def _parts_messages(value: list[Any]) -> list[Message] | None:
             if type(kind) is not str:
                 return None
             if kind in _TEXT_PARTS:
-                content = part["content"] if "content" in part else part.get("text")
+                content = part.get("content")
                 if type(content) is not str:
-                    return None
-                if texts is not None:
-                    texts.append(content)
-                elif text is None:
+                    if "content" in part:  # `content` there and not a string: the general walk's reading
+                        return None
+                    content = part.get("text")
+                    if type(content) is not str:
+                        return None
+                if text is None:
                     text = content
-                else:
+                elif texts is None:
                     texts = [text, content]
+                else:
+                    texts.append(content)
             elif kind == "tool_call" and "function" not in part:
                 call_id = part.get("id")
                 name = part.get("name")
@@ -353,14 +375,38 @@ def _parts_messages(value: list[Any]) -> list[Message] | None:
         message: Message = {"role": role, "content": text}
         if calls is not None:
             message["tool_calls"] = calls
-        name = raw.get("name")  # `_with_extras`, inline
-        if name is not None:
-            message["name"] = _name(name)
-        finish = raw.get("finish_reason")
-        if finish:
-            message["finish_reason"] = _name(finish)
+        if role is None or len(raw) != 2:  # more than `role` and `parts`: a name or a finish reason may be there
+            name = raw.get("name")  # `_with_extras`, inline
+            if name is not None:
+                message["name"] = _name(name)
+            finish = raw.get("finish_reason")
+            if finish:
+                message["finish_reason"] = finish if type(finish) is str else _name(finish)
         out.append(message)
     return out
+
+
+def message_list(raw: object) -> Any:
+    """`normalize_messages(parse_json_maybe(raw))`, or the parsed value when it is not messages: what a builder puts
+    for a message attribute. A JSON array in a string (the OTel GenAI attributes) is parsed as `parse_json_maybe`
+    parses it (pydantic-core, then the stdlib for what it refuses, else the raw string) and goes straight to the
+    one-loop path, without the calls between them; every other value takes those calls."""
+    if type(raw) is str and raw[:1] == "[":
+        try:
+            parsed = _from_json(raw, allow_inf_nan=False)  # `values._decode`'s first step
+        except (ValueError, RecursionError):
+            parsed = parse_json_maybe(raw)  # the stdlib's reading, or the raw string: as parse_json_maybe reads it
+        if type(parsed) is list:
+            messages = _parts_messages(parsed)  # normalize_messages' first step for a list (a batch gives None)
+            if messages is not None:
+                return messages
+    else:
+        parsed = parse_json_maybe(raw)
+    messages = normalize_messages(parsed)
+    return messages if messages is not None else parsed
+
+
+_from_json = pydantic_core.from_json
 
 
 def system_message(instructions: object) -> Message | None:

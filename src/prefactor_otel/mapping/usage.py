@@ -38,9 +38,38 @@ def token_usage(ctx: Context, schema_name: str) -> dict[str, Any] | None:
     """
     counts = ctx.layout("usage", _otel_counts)
     if counts is not None:
-        usage = _otel_usage(ctx, counts, schema_name)
-        if usage is not _GENERAL:
-            return usage  # type: ignore[return-value]
+        # The OTel GenAI counts alone (`_otel_counts`): each count chain has at most its first name there, so the
+        # chains' walk is that name's value. Taken when every count there is a plain int >= 0 (checked before
+        # anything is consumed); any other count (a float, a bool, a negative, a string) goes to the general path
+        # below, whose rules decide.
+        attributes = ctx.attributes
+        prompt_key, completion_key, total_key = counts
+        prompt_count = attributes.get(prompt_key) if prompt_key is not None else None
+        completion_count = attributes.get(completion_key) if completion_key is not None else None
+        total_count = attributes.get(total_key) if total_key is not None else None
+        if (
+            (prompt_count is None or (type(prompt_count) is int and prompt_count >= 0))
+            and (completion_count is None or (type(completion_count) is int and completion_count >= 0))
+            and (total_count is None or (type(total_count) is int and total_count >= 0))
+        ):
+            if prompt_count is None and completion_count is None and total_count is None:
+                return None  # no count there (tool and agent spans mostly)
+            consumed = ctx.consumed
+            counted: dict[str, Any] = {}
+            if prompt_count is not None:
+                consumed.add(prompt_key)  # not None: its value is there
+                counted["prompt_tokens"] = prompt_count
+            if completion_count is not None:
+                consumed.add(completion_key)
+                counted["completion_tokens"] = completion_count
+            if total_count is not None:
+                consumed.add(total_key)
+                counted["total_tokens"] = total_count
+            elif prompt_count is not None and completion_count is not None:
+                counted["total_tokens"] = prompt_count + completion_count
+            if schema_name not in _MODEL_CALLS:
+                counted["aggregated"] = True
+            return counted
     if not ctx.has_any(_USAGE_KEYS):
         return None  # tool, agent and chain spans mostly carry no usage at all
     prompt = ctx.number(PROMPT_TOKENS)
@@ -101,43 +130,6 @@ def _otel_counts(names: frozenset[str]) -> tuple[str | None, str | None, str | N
         completion if completion in names else None,
         total if total in names else None,
     )
-
-
-def _otel_usage(
-    ctx: Context, counts: tuple[str | None, str | None, str | None], schema_name: str
-) -> dict[str, Any] | object | None:
-    """token_usage for a span of an `_otel_counts` name set whose counts are plain ints (or absent): each count
-    chain has at most its first name there, so the chains' walk is that name's value. `_GENERAL` when a count is
-    anything else (a float, a bool, a negative or a string: the general path's rules decide)."""
-    attributes = ctx.attributes
-    prompt_key, completion_key, total_key = counts
-    prompt = attributes.get(prompt_key) if prompt_key is not None else None
-    completion = attributes.get(completion_key) if completion_key is not None else None
-    total = attributes.get(total_key) if total_key is not None else None
-    for count in (prompt, completion, total):
-        if count is not None and (type(count) is not int or count < 0):
-            return _GENERAL
-    consumed = ctx.consumed
-    usage_out: dict[str, Any] = {}
-    if prompt is not None:
-        consumed.add(prompt_key)  # type: ignore[arg-type]  # not None: its value is there
-        usage_out["prompt_tokens"] = prompt
-    if completion is not None:
-        consumed.add(completion_key)  # type: ignore[arg-type]
-        usage_out["completion_tokens"] = completion
-    if total is not None:
-        consumed.add(total_key)  # type: ignore[arg-type]
-        usage_out["total_tokens"] = total
-    elif prompt is not None and completion is not None:
-        usage_out["total_tokens"] = prompt + completion  # type: ignore[operator]
-    if not usage_out:
-        return None
-    if schema_name not in _MODEL_CALLS:
-        usage_out["aggregated"] = True
-    return usage_out
-
-
-_GENERAL = object()  # `_otel_usage`: the general path decides
 
 
 def _wraps_the_model_call(ctx: Context) -> bool:

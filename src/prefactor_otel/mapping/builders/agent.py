@@ -125,24 +125,63 @@ def _otel_agent(ctx: Context, typed: Typed, params_there: tuple[tuple[str, str],
     """`agent` for a span whose names are OTel GenAI agent names and names no builder reads (builders/otel.py),
     without events: no conversation, no run prompt or answer, no generic value is there, so `agent` fills the
     agent's fields, model, provider and parameters only; each chain has at most its first name there, read
-    directly in the order and with the rules of the general path above."""
+    directly in the order and with the rules of the general path above. A string value is read inline
+    (`otel.first_value` and `otel.put` reduce to "a non-empty string is consumed and put"); any other value takes
+    those functions, as before."""
     attributes = ctx.attributes
     consumed = ctx.consumed
     fields = typed.fields
     put = otel.put
     first_value = otel.first_value
-    name = first_value(attributes, consumed, otel.AGENT_NAME)
-    put(fields, "agent_name", name if name is not None else agent_name(ctx))
-    put(fields, "agent_id", first_value(attributes, consumed, otel.AGENT_ID))
-    put(fields, "agent_description", first_value(attributes, consumed, otel.AGENT_DESCRIPTION))
-    put(fields, "agent_version", first_value(attributes, consumed, otel.AGENT_VERSION))
+    name = attributes.get(otel.AGENT_NAME)
+    if type(name) is str and name:
+        consumed.add(otel.AGENT_NAME)
+        fields["agent_name"] = name
+    else:
+        name = first_value(attributes, consumed, otel.AGENT_NAME)
+        put(fields, "agent_name", name if name is not None else agent_name(ctx))
+    for key, field in _AGENT_FIELDS:
+        value = attributes.get(key)
+        if type(value) is str:
+            if value:
+                consumed.add(key)
+                fields[field] = value
+        elif value is not None:
+            put(fields, field, first_value(attributes, consumed, key))
     conversation = attributes.get("gen_ai.conversation.id")
     if conversation is not None:
-        put(fields, "conversation_id", json_safe(conversation))
-    put(fields, "model", first_value(attributes, consumed, otel.MODEL))
-    put(fields, "provider", otel.provider(attributes, consumed))
+        if type(conversation) is str:
+            if conversation:
+                fields["conversation_id"] = conversation  # `json_safe` of a string is the string
+        else:
+            put(fields, "conversation_id", json_safe(conversation))
+    value = attributes.get(otel.MODEL)
+    if type(value) is str:
+        if value:
+            consumed.add(otel.MODEL)
+            fields["model"] = value
+    elif value is not None:
+        put(fields, "model", first_value(attributes, consumed, otel.MODEL))
+    value = attributes.get(otel.PROVIDER)
+    if type(value) is str and value:
+        consumed.add(otel.PROVIDER)  # `otel.provider`, inline
+        if otel.SYSTEM in attributes and attributes[otel.SYSTEM] == value:
+            consumed.add(otel.SYSTEM)
+        fields["provider"] = value
+    else:
+        put(fields, "provider", otel.provider(attributes, consumed))
     if params_there:
-        put(fields, "params", otel.params(attributes, consumed, params_there))
+        params = otel.params(attributes, consumed, params_there)
+        if params is not None:  # a dict with at least one parameter
+            fields["params"] = params
+
+
+# The agent's string fields after its name, in the order `agent` puts them.
+_AGENT_FIELDS = (
+    (otel.AGENT_ID, "agent_id"),
+    (otel.AGENT_DESCRIPTION, "agent_description"),
+    (otel.AGENT_VERSION, "agent_version"),
+)
 
 
 def _run_io(ctx: Context, typed: Typed) -> None:

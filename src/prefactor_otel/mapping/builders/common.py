@@ -131,14 +131,32 @@ def strip_method(name: str, suffixes: tuple[str, ...]) -> str:
 
 
 def common_fields(ctx: Context, typed: Typed, operation: str | None) -> None:
-    typed.put(typed.fields, "operation", operation)
-    if not ctx.has_any(_COMMON_KEYS):
-        return  # most spans name no session, user or tags: one test for the three chains
-    typed.put(typed.fields, "session_id", ctx.value(SESSION))
-    typed.put(typed.fields, "user_id", ctx.value(USER))
-    typed.put(typed.fields, "tags", tags(ctx))
+    if operation:  # `typed.put` of a string or None: put when not empty
+        typed.fields["operation"] = operation
+    there = ctx.layout("common", _common_chains)
+    if there is None:  # a span without a name plan
+        if not ctx.has_any(_COMMON_KEYS):
+            return
+        there = (True, True, True)
+    elif there is _NONE_THERE:
+        return  # most spans name no session, user or tags
+    session, user, tags_there = there
+    if session:
+        typed.put(typed.fields, "session_id", ctx.value(SESSION))
+    if user:
+        typed.put(typed.fields, "user_id", ctx.value(USER))
+    if tags_there:
+        typed.put(typed.fields, "tags", tags(ctx))
 
 
+def _common_chains(names: frozenset[str]) -> tuple[bool, bool, bool]:
+    """Which of the session, user and tags chains have a name among these (made once per name plan): a chain
+    without one reads nothing, so common_fields skips it."""
+    there = (not names.isdisjoint(SESSION), not names.isdisjoint(USER), not names.isdisjoint(TAGS))
+    return _NONE_THERE if there == _NONE_THERE else there
+
+
+_NONE_THERE = (False, False, False)
 _COMMON_KEYS = frozenset((*SESSION, *USER, *TAGS))
 
 

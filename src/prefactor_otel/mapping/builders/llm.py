@@ -19,7 +19,7 @@ from prefactor_otel.mapping.chains import (
     UNKNOWN_MODEL,
 )
 from prefactor_otel.mapping.context import Context, Typed
-from prefactor_otel.mapping.messages import normalize_messages
+from prefactor_otel.mapping.messages import message_list
 from prefactor_otel.mapping.values import json_safe, parse_json_maybe
 
 
@@ -48,57 +48,91 @@ def _otel_llm(ctx: Context, typed: Typed, params_there: tuple[tuple[str, str], .
     """`llm` for a span whose names are OTel GenAI names and names no builder reads (builders/otel.py), without
     events: each chain below has at most its first name there, read directly, in the order and with the rules of
     the general path above (model_fields, request_params, input/output messages, finish_reasons, response id);
-    tool definitions, tool choice, invocation parameters, flattened families and first-token times are not there."""
+    tool definitions, tool choice, invocation parameters, flattened families and first-token times are not there.
+
+    A string value (nearly every one) is read inline: `otel.first_value` and `otel.put` reduce to "a non-empty
+    string is consumed and put"; any other value takes those functions, as before."""
     attributes = ctx.attributes
     consumed = ctx.consumed
     fields = typed.fields
     result = typed.result
-    put = otel.put
     model = attributes.get(otel.MODEL)
-    if model is None or model == "":
-        model = None
-    elif model == UNKNOWN_MODEL:
-        # Traceloop's placeholder for a model without a name: left in metadata as it came (model_fields).
-        consumed.discard(otel.RESPONSE_MODEL)
-        model = None
+    if type(model) is str:
+        if model == UNKNOWN_MODEL:
+            # Traceloop's placeholder for a model without a name: left in metadata as it came (model_fields).
+            consumed.discard(otel.RESPONSE_MODEL)
+        elif model:
+            consumed.add(otel.MODEL)
+            fields["model"] = model
+    elif model is not None:
+        _odd_model(model, consumed, fields)
+    provider = attributes.get(otel.PROVIDER)
+    if type(provider) is str and provider:
+        consumed.add(otel.PROVIDER)  # `otel.provider`, inline
+        if otel.SYSTEM in attributes and attributes[otel.SYSTEM] == provider:
+            consumed.add(otel.SYSTEM)
+        fields["provider"] = provider
     else:
-        consumed.add(otel.MODEL)
-        if type(model) is not str:
-            model = json_safe(model)
-    put(fields, "model", model)
-    put(fields, "provider", otel.provider(attributes, consumed))
-    if attributes.get(otel.RESPONSE_MODEL) != UNKNOWN_MODEL:
-        put(result, "response_model", otel.first_value(attributes, consumed, otel.RESPONSE_MODEL))
+        otel.put(fields, "provider", otel.provider(attributes, consumed))
+    response_model = attributes.get(otel.RESPONSE_MODEL)
+    if type(response_model) is str:
+        if response_model and response_model != UNKNOWN_MODEL:
+            consumed.add(otel.RESPONSE_MODEL)
+            result["response_model"] = response_model
+    elif response_model is not None and response_model != UNKNOWN_MODEL:
+        otel.put(result, "response_model", otel.first_value(attributes, consumed, otel.RESPONSE_MODEL))
     if params_there:
-        put(fields, "params", otel.params(attributes, consumed, params_there))
-    raw = attributes.get(otel.INPUT_MESSAGES)
+        params = otel.params(attributes, consumed, params_there)
+        if params is not None:  # a dict with at least one parameter
+            fields["params"] = params
     if otel.SYSTEM_INSTRUCTIONS in attributes:
-        put(typed.inputs, "messages", input_messages(ctx))  # the system message leads: the general reading
-    elif raw is not None and raw != "":
-        consumed.add(otel.INPUT_MESSAGES)
-        parsed = parse_json_maybe(raw)
-        messages = normalize_messages(parsed)
-        put(typed.inputs, "messages", messages if messages is not None else parsed)
+        otel.put(typed.inputs, "messages", input_messages(ctx))  # the system message leads: the general reading
+    else:
+        raw = attributes.get(otel.INPUT_MESSAGES)
+        if raw is not None and raw != "":
+            consumed.add(otel.INPUT_MESSAGES)
+            otel.put(typed.inputs, "messages", message_list(raw))
     output: Any = None
     raw = attributes.get(otel.OUTPUT_MESSAGES)
     if raw is not None and raw != "":
         consumed.add(otel.OUTPUT_MESSAGES)
-        parsed = parse_json_maybe(raw)
-        output = normalize_messages(parsed)
-        if output is None:
-            output = parsed
-        put(typed.outputs, "messages", output)
+        output = message_list(raw)
+        otel.put(typed.outputs, "messages", output)
     reasons = attributes.get(otel.FINISH_REASONS)
-    if type(reasons) is tuple and all(type(reason) is str for reason in reasons):
-        consumed.add(otel.FINISH_REASONS)  # a string array (the common shape), as finish_reasons reads it
-        put(result, "finish_reasons", list(reasons))
+    if type(reasons) is tuple:
+        for reason in reasons:
+            if type(reason) is not str:
+                otel.put(result, "finish_reasons", finish_reasons(ctx, output))
+                break
+        else:  # a string array (the common shape), as finish_reasons reads it
+            consumed.add(otel.FINISH_REASONS)
+            if reasons:
+                result["finish_reasons"] = list(reasons)
     elif reasons is None or reasons == "":
         if isinstance(output, list):  # none there: the output messages' own, as finish_reasons takes them
             found = [m["finish_reason"] for m in output if isinstance(m, dict) and m.get("finish_reason")]
-            put(result, "finish_reasons", found or None)
+            if found:
+                result["finish_reasons"] = found
     else:
-        put(result, "finish_reasons", finish_reasons(ctx, output))
-    put(result, "response_id", otel.first_value(attributes, consumed, otel.RESPONSE_ID))
+        otel.put(result, "finish_reasons", finish_reasons(ctx, output))
+    response_id = attributes.get(otel.RESPONSE_ID)
+    if type(response_id) is str:
+        if response_id:
+            consumed.add(otel.RESPONSE_ID)
+            result["response_id"] = response_id
+    elif response_id is not None:
+        otel.put(result, "response_id", otel.first_value(attributes, consumed, otel.RESPONSE_ID))
+
+
+def _odd_model(model: object, consumed: set[str], fields: dict[str, Any]) -> None:
+    """`_otel_llm`'s model when it is not a string (an array, a number): the general path's rules."""
+    if model == "":
+        return
+    if model == UNKNOWN_MODEL:
+        consumed.discard(otel.RESPONSE_MODEL)
+        return
+    consumed.add(otel.MODEL)
+    otel.put(fields, "model", json_safe(model))
 
 
 def _tool_definition(raw: Any) -> Any:

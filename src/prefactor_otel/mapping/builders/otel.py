@@ -201,9 +201,16 @@ def params(
     found: dict[str, Any] = {}
     for key, name in params_there:
         consumed.add(key)
-        value = attributes[key]
-        if type(value) is not int and type(value) is not str:
+        value: Any = attributes[key]
+        value_type = type(value)
+        if value_type is float:
+            if not -_INFINITY < value < _INFINITY:  # NaN and the infinities: json_safe's strings
+                value = json_safe(value)
+        elif value_type is not int and value_type is not str:
             value = json_safe(value)
         if value is not None and value != []:
             found[name] = value
     return found or None
+
+
+_INFINITY = float("inf")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pydantic_core
 from opentelemetry.sdk.trace import ReadableSpan
 
 from prefactor_otel.mapping.builders import otel
@@ -85,26 +86,72 @@ def tool(ctx: Context, typed: Typed, span: ReadableSpan) -> None:
 def _otel_tool(ctx: Context, typed: Typed) -> None:
     """`tool` for a span whose names are OTel GenAI tool names and names no builder reads (builders/otel.py),
     without events: each chain has at most its first name there, read directly, in the order and with the rules of
-    the general path above (no `tool.parameters`, no generic input or output value)."""
+    the general path above (no `tool.parameters`, no generic input or output value).
+
+    A string value is read inline (`otel.first_value` and `otel.put` reduce to "a non-empty string is consumed and
+    put"), and so are the common shapes of the arguments and the result: a JSON object in a string, parsed as
+    `parse_json_maybe` parses it, that is no envelope (`unwrap_envelope`: no LangChain serialisation in the raw
+    text), no LangChain tool payload (`_unwrap_tool_arguments`: no `input_str`) and no tool message
+    (`_unwrap_tool_result`: no `output` or `role`). Anything else takes those functions, as before."""
     attributes = ctx.attributes
     consumed = ctx.consumed
     fields = typed.fields
-    put = otel.put
-    first_value = otel.first_value
-    put(fields, "tool_name", first_value(attributes, consumed, otel.TOOL_NAME) or _name_from_span(ctx.name))
-    put(fields, "tool_call_id", first_value(attributes, consumed, otel.TOOL_CALL_ID))
-    put(fields, "tool_type", first_value(attributes, consumed, otel.TOOL_TYPE))
-    put(fields, "tool_description", first_value(attributes, consumed, otel.TOOL_DESCRIPTION))
+    value = attributes.get(otel.TOOL_NAME)
+    if type(value) is str and value:
+        consumed.add(otel.TOOL_NAME)
+        fields["tool_name"] = value
+    else:
+        otel.put(
+            fields, "tool_name", otel.first_value(attributes, consumed, otel.TOOL_NAME) or _name_from_span(ctx.name)
+        )
+    for key, field in _TOOL_FIELDS:
+        value = attributes.get(key)
+        if type(value) is str:
+            if value:
+                consumed.add(key)
+                fields[field] = value
+        elif value is not None:
+            otel.put(fields, field, otel.first_value(attributes, consumed, key))
     raw = attributes.get(otel.TOOL_ARGUMENTS)
     if raw is not None and raw != "":
         consumed.add(otel.TOOL_ARGUMENTS)
-        arguments = unwrap_envelope(otel.TOOL_ARGUMENTS, parse_json_maybe(raw), raw)
-        put(typed.inputs, "arguments", _unwrap_tool_arguments(arguments, typed))
+        arguments = _parsed_object(raw)
+        if arguments is None or "input_str" in arguments:
+            arguments = _unwrap_tool_arguments(unwrap_envelope(otel.TOOL_ARGUMENTS, parse_json_maybe(raw), raw), typed)
+        otel.put(typed.inputs, "arguments", arguments)
     raw = attributes.get(otel.TOOL_RESULT)
     if raw is not None and raw != "":
         consumed.add(otel.TOOL_RESULT)
-        result = block_text(unwrap_envelope(otel.TOOL_RESULT, parse_json_maybe(raw), raw))
-        put(typed.outputs, "result", _unwrap_tool_result(result, typed))
+        result = _parsed_object(raw)
+        if result is None or "output" in result or "role" in result:
+            result = _unwrap_tool_result(
+                block_text(unwrap_envelope(otel.TOOL_RESULT, parse_json_maybe(raw), raw)), typed
+            )
+        otel.put(typed.outputs, "result", result)
+
+
+# The tool's string fields after its name, in the order `tool` puts them.
+_TOOL_FIELDS = (
+    (otel.TOOL_CALL_ID, "tool_call_id"),
+    (otel.TOOL_TYPE, "tool_type"),
+    (otel.TOOL_DESCRIPTION, "tool_description"),
+)
+
+
+def _parsed_object(raw: object) -> dict[str, Any] | None:
+    """`unwrap_envelope(key, parse_json_maybe(raw), raw)` for a key that is no Traceloop envelope, when `raw` is a
+    string holding a JSON object and no LangChain serialisation: that object (which `block_text` leaves as it
+    is). None for anything else (the caller then takes the general reading)."""
+    if type(raw) is not str or raw[:1] != "{" or '"lc": 1' in raw or '"lc":1' in raw or '"data": {' in raw:
+        return None
+    try:
+        parsed = _from_json(raw, allow_inf_nan=False)  # `values._decode`'s first step
+    except (ValueError, RecursionError):
+        return None
+    return parsed if type(parsed) is dict else None
+
+
+_from_json = pydantic_core.from_json
 
 
 def _io_from_events(records: Sequence[tuple[str, Mapping[str, object]]]) -> tuple[Any, Any]:
