@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from prefactor_otel import PrefactorSpanExporter
+from prefactor_otel.config.options import PrefactorConfig
 from prefactor_otel.devserver import DevServer, Fault
 from prefactor_otel.gateway.service import Gateway
 from prefactor_otel.model import ids
 from prefactor_otel.pipeline import partition as partition_module
+from prefactor_otel.tools.spool_report import spool_findings, waiting
 from tests.spans import agent_trace, make_provider, wait_for
 from tests.test_gateway_core import request_of, settings_for, traced
 
@@ -140,6 +142,13 @@ def test_another_accounts_backlog_is_set_aside_not_sent_and_goes_when_that_accou
         assert exporter.stats()["account_partition"].get("spool_files_set_aside", 0) >= 1
     parked = list(tmp_path.glob(f"{PARKED_PREFIX}{partition}/*.json"))
     assert parked, "account A's backlog waits aside"
+    # `prefactor-otel spool` and `doctor` say so: not waiting for this account's token, but not hidden either.
+    shown = waiting(tmp_path)
+    assert shown.set_aside == len(parked) and shown.empty
+    assert (
+        f"{len(parked)} file(s) of another account set aside"
+        in spool_findings(PrefactorConfig(spool_dir=str(tmp_path)))[0].text
+    )
     # Account A at the URL again: its backlog is put back and delivered.
     with _again_at(port, token="pf_account_a", partition=partition) as back:
         _export_one_trace(back.url, "pf_account_a", tmp_path)

@@ -18,6 +18,7 @@ No shared state, no lock.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ from prefactor_otel.config.values import ConfigError
 from prefactor_otel.durability.spool import default_spool_dir
 from prefactor_otel.durability.spool_disk import NAME_RE
 from prefactor_otel.durability.spool_format import spans_in
+from prefactor_otel.pipeline.backlog import PARKED_PREFIX
 from prefactor_otel.transport.api_check import Finding
 
 SEND_COMMAND = "prefactor-otel spool send"
@@ -51,10 +53,22 @@ class Waiting:
     oldest_ns: int | None = None
     being_sent: int = 0
     kept_records: int = 0
+    # spool files of another account, set aside in `other-account-<partition>/` (pipeline/backlog.py): not sent
+    # with this configuration's token, so not counted as waiting; sent when a process of that account uses it
+    set_aside: int = 0
 
     @property
     def empty(self) -> bool:
         return self.files == 0 and self.kept_records == 0
+
+    def aside_note(self) -> str:
+        """e.g. `; 2 file(s) of another account set aside (other-account-*/), sent only with that account's token`."""
+        if not self.set_aside:
+            return ""
+        return (
+            f"; {self.set_aside} file(s) of another account set aside ({PARKED_PREFIX}*/), sent only with that "
+            "account's token"
+        )
 
     def summary(self, now_ns: int | None = None) -> str:
         """e.g. `12 span(s) in 3 file(s) (4.1 KiB, oldest written 2026-12-07 08:30:12 UTC, 5 min ago)`."""
@@ -69,7 +83,7 @@ class Waiting:
         text = f"{spans} in {self.files} file(s) ({', '.join(parts)})"
         if self.kept_records:
             text += f", and {self.kept_records} file(s) of span records not yet planned"
-        return text
+        return text + self.aside_note()
 
 
 def _age(seconds: int) -> str:
@@ -91,7 +105,7 @@ def spool_directory(config: PrefactorConfig) -> Path | None:
 
 def waiting(directory: Path) -> Waiting:
     """A read-only listing of `directory` (missing: nothing waits)."""
-    files = spans = size = being_sent = kept = 0
+    files = spans = size = being_sent = kept = aside = 0
     exact = True
     oldest: int | None = None
     try:
@@ -99,6 +113,10 @@ def waiting(directory: Path) -> Waiting:
     except OSError:
         return Waiting(directory)
     for entry in entries:
+        if entry.name.startswith(PARKED_PREFIX):
+            with contextlib.suppress(OSError):
+                aside += sum(1 for parked in os.scandir(entry.path) if NAME_RE.match(parked.name))
+            continue
         if entry.name.startswith("records-") and entry.name.endswith(".jsonl"):
             kept += 1
             continue
@@ -116,7 +134,7 @@ def waiting(directory: Path) -> Waiting:
         count, counted_exactly = spans_in(Path(entry.path))
         spans += count
         exact = exact and counted_exactly
-    return Waiting(directory, files, spans, exact, size, oldest, being_sent, kept)
+    return Waiting(directory, files, spans, exact, size, oldest, being_sent, kept, aside)
 
 
 def spool_findings(config: PrefactorConfig | None) -> list[Finding]:
@@ -128,7 +146,7 @@ def spool_findings(config: PrefactorConfig | None) -> list[Finding]:
         return [Finding("info", "PREFACTOR_SPOOL is off: nothing undeliverable is kept on disk")]
     found = waiting(directory)
     if found.empty:
-        return [Finding("info", f"spool {directory}: nothing waits for delivery")]
+        return [Finding("info", f"spool {directory}: nothing waits for delivery{found.aside_note()}")]
     return [
         Finding(
             "note",
@@ -153,7 +171,7 @@ def send_now(environ: Mapping[str, str], write: Callable[[str], None] = print) -
         return 0
     before = waiting(directory)
     if before.empty:
-        write(f"nothing waits for delivery in {directory}")
+        write(f"nothing waits for delivery in {directory}{before.aside_note()}")
         return 0
     if not config.api_token:
         write(f"{before.summary()} wait in {directory}, but {config.token_source} is not set: set it to send them")
