@@ -71,6 +71,9 @@ MASK = "[REDACTED]"
 MAX_DEPTH = 32  # containers deeper than this are masked whole (fail closed), not walked
 DEPTH_MASK = "[REDACTED:depth_limit]"
 _BINARY = (bytes, bytearray, memoryview)
+_UNKNOWN = "\x00unknown"  # a key-cache miss (no rule is named so)
+# The text cache's entry: the redacted text, (rule, count) of each replacement, whether the text holds a quote.
+_Outcome = tuple[str, tuple[tuple[str, int], ...], bool]
 _JSON_SCALARS = frozenset({int, float, bool, type(None)})  # exact types: never masked by a key rule, never walked
 
 # Last segment of an attribute key (lower case, '-' -> '_') that names a secret.
@@ -254,7 +257,7 @@ class Redactor:
         self._key_free: dict[str, object] | None = None
         self._key_cache: dict[str, str | None] = {}
         # Outcome of the value rules by text, for names and short values (not with a callback: see _remember).
-        self._text_cache: dict[str, tuple[str, tuple[tuple[str, int], ...]]] = {}
+        self._text_cache: dict[str, _Outcome] = {}
         self.active = bool(self._rules or self._user_keys or callback)
         # Whether the outcome on a string depends on the string alone (no callback): what callers may cache.
         self.caches_texts = callback is None
@@ -297,19 +300,20 @@ class Redactor:
             log.append({"path": path, "rule": rule, "count": count})
         return cached[0]
 
-    def _remember(self, text: str) -> tuple[str, tuple[tuple[str, int], ...]]:
-        """The value rules' outcome on `text` (the redacted text, and the (rule, count) of each replacement), kept
+    def _remember(self, text: str) -> _Outcome:
+        """The value rules' outcome on `text` (the redacted text, the (rule, count) of each replacement, and whether
+        the text holds a quote, so may be JSON with keys in it: `redact_owned`'s `keyed`), kept
         in the bounded text cache: names and short attribute values repeat (a database system, a query, a route,
         a host), and a dict lookup costs a tenth of the short gate's scan. Cleared whole when full: values with
         ids in them must not grow it without end, and each repeated value then costs one scan again."""
         plain = self._plain_short_search
         if plain is not None and len(text) < _SHORT and plain(text) is None:
             # What `_text` decides for it, without its calls and log (a one-off id costs the scan and little more)
-            cached: tuple[str, tuple[tuple[str, int], ...]] = (text, ())
+            cached: _Outcome = (text, (), '"' in text)
         else:
             own: list[dict[str, Any]] = []
             result = self._text(text, "", None, own)
-            cached = (result, tuple((entry["rule"], entry.get("count", 1)) for entry in own))
+            cached = (result, tuple((entry["rule"], entry.get("count", 1)) for entry in own), '"' in text)
         if len(self._text_cache) >= _TEXT_CACHE_LIMIT:
             self._text_cache.clear()
         self._text_cache[text] = cached
@@ -472,8 +476,8 @@ class Redactor:
                             path = _path(where, key)
                             for name, count in known[1]:
                                 log.append({"path": path, "rule": name, "count": count})
-                        elif '"' in value:
-                            keyed = True  # it may be JSON (tool arguments): the walk decides (see below)
+                        elif known[2]:
+                            keyed = True  # it may be JSON (tool arguments): the walk decides (see above)
                 elif '"' in value:
                     keyed = True  # an identifier (or too short for any value rule) that may be JSON all the same
                 # else: an identifier or too short for any value rule, the common case: kept as it is
@@ -482,7 +486,8 @@ class Redactor:
             elif value_type in _JSON_SCALARS:
                 # Numbers, booleans and None: never secrets (token counts stay). Under a secret name a builder
                 # may still make a field of one (NaN becomes a string): the walk then runs.
-                if (cache[key] if key in cache else self.key_rule(key)) is not None:
+                rule = cache.get(key, _UNKNOWN)  # one lookup: most names are cached, and name no rule
+                if rule is not None and (rule is not _UNKNOWN or self.key_rule(key) is not None):
                     keyed = True
             else:
                 # bytes, sequences, mappings: rare, walked in full
@@ -502,7 +507,7 @@ class Redactor:
                                 known = self._remember(item)
                             if known[1]:
                                 break
-                            if '"' in item:
+                            if known[2]:
                                 keyed = True
                             if size > longest:
                                 longest = size
