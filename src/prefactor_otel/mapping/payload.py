@@ -229,8 +229,9 @@ def _typed(
     if isinstance(raw_operation, str) and raw_operation.strip().lower() == classification.operation:
         ctx.consume("gen_ai.operation.name")  # now `operation`; a value the span type overrode stays
     typed = typed_mod.build(ctx, classification, span)
-    if redactor is not None:
-        # Key rules inside parsed JSON (`{"password": ...}` in tool arguments, request bodies).
+    if redactor is not None and (ctx.event_records or redactor.needs_key_walk(attributes)):
+        # Key rules inside parsed JSON (`{"password": ...}` in tool arguments, request bodies); skipped when
+        # redaction's pass over the attributes found nothing a key rule could mask there (events: always walked).
         _redact_section_keys(redactor, typed.inputs, "inputs", redactions)
         _redact_section_keys(redactor, typed.outputs, "outputs", redactions)
         if "params" in typed.fields:

@@ -15,6 +15,10 @@ end of the text), which every text matches. An answer without it is a failed pas
 without the prefilter. The patterns (`secret_patterns.PREFILTER_PATTERNS`: literals, a few simple classes and the
 private-key probes' counted runs) keep the DFA small on ordinary text.
 
+Signals: patterns that name no rule but something else the same pass can tell for free (redaction.py's one: that
+the text may hold a JSON object key a key rule masks, so the walk of the parsed sections is needed). `select`
+reports a signal's name beside the rule names; a failed pass (None) stands for every signal too.
+
 Pure after construction: `LongTextGate.select` / `may_match` read a compiled RE2 set (thread-safe in RE2) and
 immutable tables, from any mapping thread, without a lock.
 """
@@ -32,11 +36,20 @@ class LongTextGate:
     """`select(text)`: the names of the rules that may change `text` (empty when none can: the common case), or None
     when the pass failed (then every rule must run)."""
 
-    __slots__ = ("_always", "_match", "_nothing", "_rules_of")
+    __slots__ = ("_always", "_match", "_nothing", "_rules_of", "signals")
 
-    def __init__(self, re2: Any, patterns: Mapping[str, str], always: frozenset[str]) -> None:
+    def __init__(
+        self,
+        re2: Any,
+        patterns: Mapping[str, str],
+        always: frozenset[str],
+        signals: Mapping[str, str] | None = None,
+    ) -> None:
         """`patterns`: rule name -> the RE2 pattern every text the rule can change contains; `always`: rules that
-        may change any text (always reported)."""
+        may change any text (always reported); `signals`: name -> pattern of what else the pass reports (no rule)."""
+        signals = dict(signals or {})
+        self.signals = frozenset(signals)
+        patterns = {**patterns, **signals}
         regex_set = re2.Set.SearchSet(re2.Options())
         distinct = list(dict.fromkeys(patterns.values()))  # each distinct pattern once
         for pattern in distinct:
@@ -68,9 +81,9 @@ class LongTextGate:
         return frozenset(names)
 
     def may_match(self, text: str) -> bool:
-        """Whether any rule may change `text` (a failed pass: True)."""
+        """Whether any rule may change `text` (a failed pass: True); signals are no rules."""
         names = self.select(text)
-        return names is None or bool(names)
+        return names is None or bool(names - self.signals)
 
 
 # Texts both matchers must answer alike before the compiled set's own `Match` is used: none, and each probe.
@@ -96,10 +109,13 @@ def _direct_match(regex_set: Any) -> Callable[[bytes], Any]:
 
 
 def long_text_gate(
-    rule_names: Iterable[str], patterns: Mapping[str, str], always: frozenset[str]
+    rule_names: Iterable[str],
+    patterns: Mapping[str, str],
+    always: frozenset[str],
+    signals: Mapping[str, str] | None = None,
 ) -> LongTextGate | None:
-    """The gate for these default rules, or None: google-re2 is not installed, or a rule has no pattern (a rule
-    added without one must not be skipped)."""
+    """The gate for these default rules (and signals), or None: google-re2 is not installed, or a rule has no
+    pattern (a rule added without one must not be skipped)."""
     names = list(rule_names)
     if any(name not in patterns and name not in always for name in names):
         return None
@@ -107,4 +123,4 @@ def long_text_gate(
         re2 = importlib.import_module("re2")
     except ImportError:
         return None
-    return LongTextGate(re2, {name: patterns[name] for name in names if name in patterns}, always)
+    return LongTextGate(re2, {name: patterns[name] for name in names if name in patterns}, always, signals)

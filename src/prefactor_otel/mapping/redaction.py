@@ -71,6 +71,9 @@ MASK = "[REDACTED]"
 MAX_DEPTH = 32  # containers deeper than this are masked whole (fail closed), not walked
 DEPTH_MASK = "[REDACTED:depth_limit]"
 _BINARY = (bytes, bytearray, memoryview)
+_UNKNOWN = "\x00unknown"  # a key-cache miss (no rule is named so)
+# The text cache's entry: the redacted text, (rule, count) of each replacement, whether the text holds a quote.
+_Outcome = tuple[str, tuple[tuple[str, int], ...], bool]
 _JSON_SCALARS = frozenset({int, float, bool, type(None)})  # exact types: never masked by a key rule, never walked
 
 # Last segment of an attribute key (lower case, '-' -> '_') that names a secret.
@@ -162,6 +165,32 @@ _STRUCTURAL_KEYS = frozenset(
 )
 
 
+# Whether a long string may name a secret key once parsed as JSON (at any depth of JSON-in-a-string): what lets the
+# walk of a span's parsed sections (`redact_keys_in`) be skipped, told by the long-text gate's pass (a signal in its
+# RE2 set, so at no cost of its own; a shorter string with a quote in it is simply walked). A JSON object key is
+# quoted, so a key that a default key rule masks (its last `.` segment, lowered, `-` read as `_`, one of _SECRET_KEYS
+# or ending in one of _SECRET_KEY_SUFFIXES) ends, in the raw text, with that word or suffix written out (any case;
+# the Kelvin sign reads as `k`, as `str.lower` has it) just before its closing quote (`"`, or `\"`, `\\\"`, ...
+# deeper), an exact word right after the opening quote or a `.`. The one way to write such a key otherwise is a `\u`
+# escape of an ASCII character or of the Kelvin sign, which is reported too. No other character lowers to an ASCII
+# letter (U+0130 lowers to two characters, the second no key word holds). A string value spelled like a key word
+# (`"auth"`) is reported too: the walk then runs, as it did before.
+SECRET_KEY_SIGNAL = "secret_key_name"  # the long-text gate's signal (prefilter.py) for this test
+_SIGNAL_ONLY = frozenset({SECRET_KEY_SIGNAL})
+
+
+def _words_pattern(words: Iterable[str]) -> str:
+    return "|".join(word.replace("_", "[-_]") for word in sorted(words, key=len, reverse=True))
+
+
+_ASCII_ESCAPE = r"\\u(?:00[0-7][0-9a-fA-F]|212[aA])"
+# The same test as one RE2 pattern (case-insensitive: RE2 folds the Kelvin sign with `k`), in the long-text gate.
+SECRET_KEY_NAME_PATTERN = (
+    r"(?i)(?:(?:^|[\".])(?:" + _words_pattern(_SECRET_KEYS) + r")|(?:" + _words_pattern(_SECRET_KEY_SUFFIXES) + r"))"
+    r"\\*\"|" + _ASCII_ESCAPE
+)
+
+
 def _path(where: str, key: str | None) -> str:
     return where if key is None else f'{where}["{key}"]'
 
@@ -202,7 +231,12 @@ class Redactor:
         # the others up to the first change, and whole after it (`_apply_named`), so the outcome is the per-rule
         # path's whatever the rules are.
         self._long_gate = (
-            long_text_gate((rule.name for rule in rules), PREFILTER_PATTERNS, ALWAYS_RUN)
+            long_text_gate(
+                (rule.name for rule in rules),
+                PREFILTER_PATTERNS,
+                ALWAYS_RUN,
+                {SECRET_KEY_SIGNAL: SECRET_KEY_NAME_PATTERN},
+            )
             if defaults and prefilter
             else None
         )
@@ -212,9 +246,18 @@ class Redactor:
         user_keys = {k.strip().lower() for k in keys if k.strip()}
         self._user_keys = frozenset(user_keys | {_normalize_key(k) for k in user_keys})
         self._callback = callback
+        # Whether key rules exist at all (without them `redact_keys_in` masks nothing), and whether `redact_owned`
+        # can tell that a span's attributes hold nothing a key rule masks once parsed (`needs_key_walk`): with the
+        # defaults' key rules alone (a user's key may be any word), the long-text gate (its signal decides long
+        # strings) and no callback (which may return any text).
+        self.masks_keys = defaults or bool(self._user_keys)
+        self._tracks_keys = defaults and self._long_gate is not None and not self._user_keys and callback is None
+        # The last attribute dict `redact_owned` found free of anything a key rule masks, or None: one slot, by
+        # identity (another span's call replaces it, and a race can only make the walk run).
+        self._key_free: dict[str, object] | None = None
         self._key_cache: dict[str, str | None] = {}
         # Outcome of the value rules by text, for names and short values (not with a callback: see _remember).
-        self._text_cache: dict[str, tuple[str, tuple[tuple[str, int], ...]]] = {}
+        self._text_cache: dict[str, _Outcome] = {}
         self.active = bool(self._rules or self._user_keys or callback)
         # Whether the outcome on a string depends on the string alone (no callback): what callers may cache.
         self.caches_texts = callback is None
@@ -257,19 +300,20 @@ class Redactor:
             log.append({"path": path, "rule": rule, "count": count})
         return cached[0]
 
-    def _remember(self, text: str) -> tuple[str, tuple[tuple[str, int], ...]]:
-        """The value rules' outcome on `text` (the redacted text, and the (rule, count) of each replacement), kept
+    def _remember(self, text: str) -> _Outcome:
+        """The value rules' outcome on `text` (the redacted text, the (rule, count) of each replacement, and whether
+        the text holds a quote, so may be JSON with keys in it: `redact_owned`'s `keyed`), kept
         in the bounded text cache: names and short attribute values repeat (a database system, a query, a route,
         a host), and a dict lookup costs a tenth of the short gate's scan. Cleared whole when full: values with
         ids in them must not grow it without end, and each repeated value then costs one scan again."""
         plain = self._plain_short_search
         if plain is not None and len(text) < _SHORT and plain(text) is None:
             # What `_text` decides for it, without its calls and log (a one-off id costs the scan and little more)
-            cached: tuple[str, tuple[tuple[str, int], ...]] = (text, ())
+            cached: _Outcome = (text, (), '"' in text)
         else:
             own: list[dict[str, Any]] = []
             result = self._text(text, "", None, own)
-            cached = (result, tuple((entry["rule"], entry.get("count", 1)) for entry in own))
+            cached = (result, tuple((entry["rule"], entry.get("count", 1)) for entry in own), '"' in text)
         if len(self._text_cache) >= _TEXT_CACHE_LIMIT:
             self._text_cache.clear()
         self._text_cache[text] = cached
@@ -294,10 +338,11 @@ class Redactor:
     def _long_text(
         self, text: str, names: frozenset[str] | None, where: str, key: str | None, log: list[dict[str, Any]]
     ) -> str:
-        """`_text` on a long string, given the gate's answer on it (`LongTextGate.select`)."""
+        """`_text` on a long string, given the gate's answer on it (`LongTextGate.select`: rule names, and the
+        secret-key signal, which names no rule)."""
         if names is None:  # the pass failed: every rule runs
             text = self._apply(text, self._rules, where, key, log)
-        elif names:
+        elif names and names != _SIGNAL_ONLY:
             text = self._apply_named(text, names, where, key, log)
         elif self._user_rules:
             text = self._apply(text, self._user_rules, where, key, log)
@@ -376,7 +421,13 @@ class Redactor:
     def redact_owned(self, attributes: dict[str, object], where: str, log: list[dict[str, Any]]) -> int:
         """Redact, in place, an attribute dict the caller owns (a copy made for this span). Returns the length of the
         longest string it holds afterwards, a value or an item of a sequence value (`payload._longest_string`'s
-        answer, which the length limits need: measured here on the way, the mapping need not walk them again)."""
+        answer, which the length limits need: measured here on the way, the mapping need not walk them again).
+
+        On the way it tells whether anything built from these attributes may hold a key a key rule masks
+        (`needs_key_walk`): a secret-named attribute (whatever its value), a redaction, a string that may name a
+        secret key once parsed (the long-text gate's signal; any shorter one with a quote in it: tool arguments are
+        walked, a test per short string costs more than their walk),
+        a value of another kind (bytes, a nested or long sequence), or a failed gate pass."""
         cache = self._key_cache
         texts = self._text_cache
         scan_all = self._callback is not None
@@ -384,6 +435,8 @@ class Redactor:
         long_select = self._long_gate.select if self._long_gate is not None else None
         user_rules = self._user_rules
         longest = 0
+        logged = len(log)
+        keyed = False  # whether something here may give a parsed section a key that a key rule masks
         items: Iterable[tuple[str, Any]] = attributes.items()  # Any: the type tests below narrow what mypy cannot
         for key, value in items:
             # One type() per value: exact str first, then the scalars by set membership (a type test costs less
@@ -391,20 +444,28 @@ class Redactor:
             value_type = type(value)
             if value_type is str or (value_type not in _JSON_SCALARS and isinstance(value, str)):
                 rule = cache[key] if key in cache else self.key_rule(key)
-                if rule is not None and masks_string(rule, value):
-                    value = attributes[key] = f"[REDACTED:{rule}]"
-                    log.append({"path": _path(where, key), "rule": rule})
-                elif scan_all:
+                if rule is not None:
+                    keyed = True  # a builder may name a field after it (a flattened family's last segment)
+                    if masks_string(rule, value):
+                        value = attributes[key] = f"[REDACTED:{rule}]"
+                        log.append({"path": _path(where, key), "rule": rule})
+                        if len(value) > longest:
+                            longest = len(value)
+                        continue
+                if scan_all:
                     value = attributes[key] = self._text(value, where, key, log)
                 elif len(value) >= _MIN_SECRET_LENGTH and key not in structural:
                     if len(value) >= _SHORT:
                         if long_select is None:
+                            keyed = True
                             value = attributes[key] = self._text(value, where, key, log)
                         else:
                             # The gate called here, not through `_text`: a message string that no rule can change
                             # (most) costs the pass and nothing more.
                             names = long_select(value)
                             if names is None or names or user_rules:
+                                if names is None or SECRET_KEY_SIGNAL in names:
+                                    keyed = True
                                 value = attributes[key] = self._long_text(value, names, where, key, log)
                     else:
                         known = texts.get(value)  # a short value: most repeat (hosts, queries, routes, enum values)
@@ -415,11 +476,19 @@ class Redactor:
                             path = _path(where, key)
                             for name, count in known[1]:
                                 log.append({"path": path, "rule": name, "count": count})
+                        elif known[2]:
+                            keyed = True  # it may be JSON (tool arguments): the walk decides (see above)
+                elif '"' in value:
+                    keyed = True  # an identifier (or too short for any value rule) that may be JSON all the same
                 # else: an identifier or too short for any value rule, the common case: kept as it is
                 if len(value) > longest:
                     longest = len(value)
             elif value_type in _JSON_SCALARS:
-                pass  # numbers, booleans and None: never secrets (token counts stay)
+                # Numbers, booleans and None: never secrets (token counts stay). Under a secret name a builder
+                # may still make a field of one (NaN becomes a string): the walk then runs.
+                rule = cache.get(key, _UNKNOWN)  # one lookup: most names are cached, and name no rule
+                if rule is not None and (rule is not _UNKNOWN or self.key_rule(key) is not None):
+                    keyed = True
             else:
                 # bytes, sequences, mappings: rare, walked in full
                 rule = cache[key] if key in cache else self.key_rule(key)
@@ -438,12 +507,15 @@ class Redactor:
                                 known = self._remember(item)
                             if known[1]:
                                 break
+                            if known[2]:
+                                keyed = True
                             if size > longest:
                                 longest = size
                         elif kind is not int and kind is not float and kind is not bool and item is not None:
                             break
                     else:
                         continue
+                keyed = True
                 path = _path(where, key)
                 if rule is not None:
                     masked = _masked(value, rule)
@@ -453,7 +525,24 @@ class Redactor:
                 else:
                     attributes[key] = self._nested(value, path, log, 0)
                 longest = max(longest, _longest_in(attributes[key]))
+        if self._tracks_keys:
+            self._key_free = None if keyed or len(log) != logged else attributes
         return longest
+
+    def needs_key_walk(self, attributes: Mapping[str, object]) -> bool:
+        """Whether the sections parsed and built from this span's attributes (inputs, outputs, params) must be
+        walked for keys a key rule masks (`redact_keys_in`). False when no key rule exists, and when the last
+        `redact_owned` call was on this very dict and found nothing there that could give a section such a key:
+        the sections come from the attribute names (a field is named after a name's last segment, or a tail of
+        it), the JSON in their string values, and the builders' own constant names (none secret-named: a test
+        holds them to it). The caller walks anyway when the span has events (their attributes are sources too).
+        Any doubt (no RE2 gate, a user's key, a callback, a failed pass, another span's call in between) walks."""
+        if not self.masks_keys:
+            return False
+        if self._key_free is attributes:
+            self._key_free = None  # read once: the slot holds no span's attributes longer than needed
+            return False
+        return True
 
     def _nested(self, value: object, path: str, log: list[dict[str, Any]], depth: int) -> object:
         """A redacted copy of one non-string attribute value (or a part of one). Tuples stay tuples (what the SDK
