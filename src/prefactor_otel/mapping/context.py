@@ -34,7 +34,8 @@ class NamePlan:
         self.names = frozenset(names)
         self.chains: dict[Chain, Chain] = {}  # chain -> its names that are there
         self.anys: dict[frozenset[str], bool] = {}  # a set of names -> whether the span has any of them
-        # A builder's fast-path layout of these names (builders/otel.py), by builder: one entry per fast builder.
+        # What a name-plan decision made once says of these names, by its key (`layout`): the fast builders' layouts
+        # (builders/otel.py: "llm", "tool", "agent"), token usage's counts ("usage"), the common chains ("common").
         self.layouts: dict[str, Any] = {}
         self._families: dict[str, dict[int, dict[str, str]]] | None = None
         self._ordered = names
