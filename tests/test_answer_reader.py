@@ -16,25 +16,10 @@ import httpx
 from prefactor_otel.devserver import DevServer
 from prefactor_otel.transport.answers import AnswerReader
 from prefactor_otel.transport.outcomes import BulkResult
+from tests.test_devserver_bulk import register_item
 
 T0 = "2024-01-01T00:00:00.000Z"
 T1 = "2024-01-01T00:00:01.000Z"
-
-
-def _register(srv: DevServer, key: str, instance_id: str) -> dict[str, Any]:
-    return {
-        "_type": "agent_instances/register",
-        "idempotency_key": key,
-        "agent_id": srv.agent_id,
-        "environment_id": srv.environment_id,
-        "id": instance_id,
-        "agent_version": {"name": "reader-agent", "external_identifier": "1.0"},
-        "agent_schema_version": {
-            "external_identifier": "s1",
-            "span_type_schemas": [{"name": "otel:span", "params_schema": {"type": "object"}}],
-        },
-        "purpose": "live",
-    }
 
 
 def _span(key: str, instance_id: str, span_id: str, parent: str | None, payload: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +54,7 @@ def _answers(srv: DevServer) -> list[tuple[bytes, list[str]]]:
         payload = {"name": 'llm \u2603 \\ "quoted"', "inputs": {"messages": [{"role": "user", "content": "hi " * 300}]}}
         post(
             [
-                _register(srv, "reg-00000001", run),
+                register_item(srv, "reg-00000001", run),
                 {"_type": "agent_instances/start", "idempotency_key": "start-000001", "agent_instance_id": run},
                 _span("span-0000001", run, root, None, payload),
                 _span("span-0000002", run, child, root, {"name": "child", "metadata": {"k": None, "n": [1, 2]}}),

@@ -34,10 +34,10 @@ def _env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def sinks() -> Iterator[dict[str, Any]]:
+def _sink_process(*args: str) -> Iterator[dict[str, Any]]:
+    """benchmarks/sinks.py in its own process (as run.py starts it): its addresses, then stopped."""
     process = subprocess.Popen(
-        [sys.executable, str(BENCHMARKS / "sinks.py"), "--max-seconds", "120"],
+        [sys.executable, str(BENCHMARKS / "sinks.py"), *args, "--max-seconds", "120"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -50,6 +50,11 @@ def sinks() -> Iterator[dict[str, Any]]:
         assert process.stdin is not None
         process.stdin.close()  # the sink exits when its parent's pipe closes
         process.wait(timeout=15)
+
+
+@pytest.fixture
+def sinks() -> Iterator[dict[str, Any]]:
+    yield from _sink_process()
 
 
 def _bulk_body(count: int) -> bytes:
@@ -136,20 +141,7 @@ def test_the_setup_measurement_delivers_every_span_in_both_set_ups(sinks: dict[s
 
 @pytest.fixture
 def echoing_sinks() -> Iterator[dict[str, Any]]:
-    process = subprocess.Popen(
-        [sys.executable, str(BENCHMARKS / "sinks.py"), "--echo", "--max-seconds", "120"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
-    try:
-        assert process.stdout is not None
-        yield json.loads(process.stdout.readline())
-    finally:
-        assert process.stdin is not None
-        process.stdin.close()
-        process.wait(timeout=15)
+    yield from _sink_process("--echo")
 
 
 def test_the_echoing_bulk_sink_answers_each_item_with_its_whole_object(

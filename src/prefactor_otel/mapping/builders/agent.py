@@ -140,14 +140,7 @@ def _otel_agent(ctx: Context, typed: Typed, params_there: tuple[tuple[str, str],
     else:
         name = first_value(attributes, consumed, otel.AGENT_NAME)
         put(fields, "agent_name", name if name is not None else agent_name(ctx))
-    for key, field in _AGENT_FIELDS:
-        value = attributes.get(key)
-        if type(value) is str:
-            if value:
-                consumed.add(key)
-                fields[field] = value
-        elif value is not None:
-            put(fields, field, first_value(attributes, consumed, key))
+    otel.put_fields(fields, attributes, consumed, _AGENT_FIELDS)
     conversation = attributes.get("gen_ai.conversation.id")
     if conversation is not None:
         if type(conversation) is str:
@@ -162,14 +155,7 @@ def _otel_agent(ctx: Context, typed: Typed, params_there: tuple[tuple[str, str],
             fields["model"] = value
     elif value is not None:
         put(fields, "model", first_value(attributes, consumed, otel.MODEL))
-    value = attributes.get(otel.PROVIDER)
-    if type(value) is str and value:
-        consumed.add(otel.PROVIDER)  # `otel.provider`, inline
-        if otel.SYSTEM in attributes and attributes[otel.SYSTEM] == value:
-            consumed.add(otel.SYSTEM)
-        fields["provider"] = value
-    else:
-        put(fields, "provider", otel.provider(attributes, consumed))
+    otel.put_provider(fields, attributes, consumed)
     if params_there:
         params = otel.params(attributes, consumed, params_there)
         if params is not None:  # a dict with at least one parameter

@@ -66,14 +66,7 @@ def _otel_llm(ctx: Context, typed: Typed, params_there: tuple[tuple[str, str], .
             fields["model"] = model
     elif model is not None:
         _odd_model(model, consumed, fields)
-    provider = attributes.get(otel.PROVIDER)
-    if type(provider) is str and provider:
-        consumed.add(otel.PROVIDER)  # `otel.provider`, inline
-        if otel.SYSTEM in attributes and attributes[otel.SYSTEM] == provider:
-            consumed.add(otel.SYSTEM)
-        fields["provider"] = provider
-    else:
-        otel.put(fields, "provider", otel.provider(attributes, consumed))
+    otel.put_provider(fields, attributes, consumed)
     response_model = attributes.get(otel.RESPONSE_MODEL)
     if type(response_model) is str:
         if response_model and response_model != UNKNOWN_MODEL:

@@ -163,6 +163,33 @@ def put(target: dict[str, Any], name: str, value: Any) -> None:
         target[name] = value  # 0, False, an empty tuple
 
 
+def put_fields(
+    fields: dict[str, Any], attributes: dict[str, object], consumed: set[str], pairs: tuple[tuple[str, str], ...]
+) -> None:
+    """`put(fields, field, first_value(attributes, consumed, key))` for each (key, field), a string value inline
+    (the two reduce to "a non-empty string is consumed and put"); any other value takes those functions."""
+    for key, field in pairs:
+        value = attributes.get(key)
+        if type(value) is str:
+            if value:
+                consumed.add(key)
+                fields[field] = value
+        elif value is not None:
+            put(fields, field, first_value(attributes, consumed, key))
+
+
+def put_provider(fields: dict[str, Any], attributes: dict[str, object], consumed: set[str]) -> None:
+    """`put(fields, "provider", provider(attributes, consumed))`, a non-empty string `gen_ai.provider.name` inline."""
+    value = attributes.get(PROVIDER)
+    if type(value) is str and value:
+        consumed.add(PROVIDER)
+        if SYSTEM in attributes and attributes[SYSTEM] == value:
+            consumed.add(SYSTEM)
+        fields["provider"] = value
+    else:
+        put(fields, "provider", provider(attributes, consumed))
+
+
 TOOL_NAME = chains.TOOL_NAME[0]
 TOOL_CALL_ID = chains.TOOL_CALL_ID[0]
 TOOL_TYPE = chains.TOOL_TYPE[0]

@@ -104,14 +104,7 @@ def _otel_tool(ctx: Context, typed: Typed) -> None:
         otel.put(
             fields, "tool_name", otel.first_value(attributes, consumed, otel.TOOL_NAME) or _name_from_span(ctx.name)
         )
-    for key, field in _TOOL_FIELDS:
-        value = attributes.get(key)
-        if type(value) is str:
-            if value:
-                consumed.add(key)
-                fields[field] = value
-        elif value is not None:
-            otel.put(fields, field, otel.first_value(attributes, consumed, key))
+    otel.put_fields(fields, attributes, consumed, _TOOL_FIELDS)
     raw = attributes.get(otel.TOOL_ARGUMENTS)
     if raw is not None and raw != "":
         consumed.add(otel.TOOL_ARGUMENTS)
