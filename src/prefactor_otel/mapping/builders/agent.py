@@ -148,13 +148,7 @@ def _otel_agent(ctx: Context, typed: Typed, params_there: tuple[tuple[str, str],
                 fields["conversation_id"] = conversation  # `json_safe` of a string is the string
         else:
             put(fields, "conversation_id", json_safe(conversation))
-    value = attributes.get(otel.MODEL)
-    if type(value) is str:
-        if value:
-            consumed.add(otel.MODEL)
-            fields["model"] = value
-    elif value is not None:
-        put(fields, "model", first_value(attributes, consumed, otel.MODEL))
+    otel.put_fields(fields, attributes, consumed, _MODEL_FIELD)
     otel.put_provider(fields, attributes, consumed)
     if params_there:
         params = otel.params(attributes, consumed, params_there)
@@ -163,6 +157,7 @@ def _otel_agent(ctx: Context, typed: Typed, params_there: tuple[tuple[str, str],
 
 
 # The agent's string fields after its name, in the order `agent` puts them.
+_MODEL_FIELD = ((otel.MODEL, "model"),)
 _AGENT_FIELDS = (
     (otel.AGENT_ID, "agent_id"),
     (otel.AGENT_DESCRIPTION, "agent_description"),

@@ -108,13 +108,7 @@ def _otel_llm(ctx: Context, typed: Typed, params_there: tuple[tuple[str, str], .
                 result["finish_reasons"] = found
     else:
         otel.put(result, "finish_reasons", finish_reasons(ctx, output))
-    response_id = attributes.get(otel.RESPONSE_ID)
-    if type(response_id) is str:
-        if response_id:
-            consumed.add(otel.RESPONSE_ID)
-            result["response_id"] = response_id
-    elif response_id is not None:
-        otel.put(result, "response_id", otel.first_value(attributes, consumed, otel.RESPONSE_ID))
+    otel.put_fields(result, attributes, consumed, _RESPONSE_ID_FIELD)
 
 
 def _odd_model(model: object, consumed: set[str], fields: dict[str, Any]) -> None:
@@ -196,3 +190,6 @@ def _ttft_ms(ctx: Context, span: ReadableSpan) -> float | None:
             return None
         return round((first - start) / 1e6, 3)
     return None
+
+
+_RESPONSE_ID_FIELD = ((otel.RESPONSE_ID, "response_id"),)
