@@ -238,3 +238,21 @@ def test_the_pipeline_and_the_mapping_import_nothing_of_the_sdk_face() -> None:
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_an_item_the_encoder_refuses_is_reported_and_the_rest_of_its_run_delivered(srv: DevServer) -> None:
+    # Planned items carry their bytes (pipeline/items.py, wire_data); one the encoder refuses stays a dict, and the
+    # send path reports it as before: dropped, counted, and nothing else of the run lost with it.
+    pipeline, options = standalone(srv)
+    mapped = records(agent_run(), options)
+    leaf = mapped[3]  # the db query: no span hangs under it
+    leaf.payload = {"value": object()}  # what no encoder writes (the mapping never makes one)
+    pipeline.add(mapped)
+    assert pipeline.drain(time.monotonic() + 10, flush=True)
+    stored = by_otel_id(srv)
+    assert sorted(span_hex for _, span_hex in stored) == ["0000000000000011", "0000000000000012", "0000000000000013"]
+    counters, dropped, _actions, queued, open_runs = figures(pipeline)
+    assert dict(dropped) == {"rejected:unencodable": 1} and counters["spans_exported"] == 3
+    assert queued == 0 and open_runs == 0
+    assert [i["status"] for i in srv.instances()] == ["complete"]
+    pipeline.close()

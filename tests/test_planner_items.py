@@ -123,3 +123,46 @@ def test_outcomes_of_an_earlier_plan_are_void_and_keys_find_their_items() -> Non
     assert [item.body for item in again] == [item.body for item in first]
     planner.apply({"no-such-key": SUCCESS, **{item.key: SUCCESS for item in reversed(again)}}, 0.0)
     assert planner.counters["spans_exported"] == 2 and planner.queued_spans == 0
+
+
+def test_planned_items_carry_their_wire_bytes_and_a_register_its_dict() -> None:
+    # A span create in flight is one tuple and its bytes: its two dicts die as it is planned (items.wire_data).
+    import gc
+
+    from prefactor_otel.transport.wire import encode_item
+
+    second = 1_000_000_000
+    planner = planner_for_tests(PARTITION, run_part="p1")
+    root = _record(1, None, 1_700_000_000 * second, 1_700_000_002 * second)
+    child = _record(2, 1, 1_700_000_000 * second + 5, 1_700_000_001 * second, status="failed")
+    planner.add([child, root], 0.0)
+    items = planner.plan(0.0)
+    actions = [item.action for item in items]
+    assert actions == [
+        "agent_instances/register",
+        "agent_instances/start",
+        "agent_spans/create",
+        "agent_spans/create",
+        "agent_instances/finish",
+    ]
+    for item in items:
+        if item.action == "agent_instances/register":
+            assert type(item.data) is dict and item.body is item.data  # the schema set is sent once: a dict
+            continue
+        assert type(item.data) is bytes
+        body = item.body
+        assert body["_type"] == item.action and body["idempotency_key"] == item.key
+        assert encode_item(body) == item.data  # what the send path would have written
+        assert not [ref for ref in gc.get_referents(item) if isinstance(ref, (dict, list))]
+    creates = [item.body for item in items if item.action == "agent_spans/create"]
+    assert [c["details"]["status"] for c in creates] == ["complete", "failed"]
+    assert creates[1]["details"]["parent_span_id"] == creates[0]["details"]["id"]
+    assert creates[0]["details"]["payload"] == root.payload  # the record's payload, as it was mapped
+
+
+def test_an_item_the_encoder_refuses_stays_a_dict_for_the_send_path_to_report() -> None:
+    refused = {"_type": "agent_spans/create", "idempotency_key": "k", "details": {"payload": object()}}
+    assert items_module.wire_data(refused) is refused
+    fine = {"_type": "agent_spans/create", "idempotency_key": "k", "details": {"payload": {"a": [1, 2.5, None]}}}
+    data = items_module.wire_data(fine)
+    assert type(data) is bytes and json.loads(data) == fine

@@ -52,7 +52,7 @@ from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.mapping.values import RawJson
 from prefactor_otel.model import ids
 from prefactor_otel.pipeline.delivery import Delivery, SpooledSource
-from prefactor_otel.pipeline.items import finish_item, unended_span_finish_item
+from prefactor_otel.pipeline.items import PlannedItem, finish_item, unended_span_finish_item
 from prefactor_otel.pipeline.planner import Planner
 from prefactor_otel.transport.wire import encode_item
 
@@ -106,9 +106,7 @@ class Backlog:
             if not items:
                 return 0
             # Register items as dicts: the spool stores their large shared schema set once per file.
-            encoded: list[dict[str, Any] | bytes] = [
-                item.body if "agent_schema_version" in item.body else encode_item(item.body) for item in items
-            ]
+            encoded: list[dict[str, Any] | bytes] = [_spooled(item) for item in items]
             if not self.spool.append(encoded):
                 return 0
             planner.handoff(items, time.monotonic())
@@ -340,6 +338,15 @@ def partition_file_name(token: str) -> str:
     anywhere), so another token -- another account, or this one's rotated token -- learns its own (one request)."""
     digest = hashlib.sha256(b"prefactor-otel account partition\x1f" + token.encode("utf-8", "surrogatepass"))
     return f"partition-{digest.hexdigest()[:24]}"
+
+
+def _spooled(item: PlannedItem) -> dict[str, Any] | bytes:
+    """What the spool stores of a planned item: its bytes, or a register as its dict (the spool writes the shared
+    schema set once per file), or any other dict encoded."""
+    data = item.data
+    if isinstance(data, bytes) or "agent_schema_version" in data:
+        return data
+    return encode_item(data)
 
 
 def _partition_of(items: list[dict[str, Any]]) -> int | None:

@@ -249,8 +249,11 @@ class Delivery:
         replaced = False
         self._without_schema.clear()
         for item in items:
+            wire = item.data
             try:
-                if item.action == BULK_REGISTER:
+                if isinstance(wire, bytes):
+                    data = wire  # encoded when planned (items.wire_data): most items
+                elif item.action == BULK_REGISTER:
                     data, omitted = self.schema_once.encode(item.body)
                     if omitted:
                         self._without_schema.add(item.key)
@@ -416,5 +419,5 @@ def _spans_delivered(chunk: list[PlannedItem], outcomes: Mapping[str, ItemOutcom
     return sum(
         1
         for item in chunk
-        if item.body.get("_type") == BULK_CREATE_SPAN and (o := outcomes.get(item.key)) and o.status == "success"
+        if item.action == BULK_CREATE_SPAN and (o := outcomes.get(item.key)) and o.status == "success"
     )

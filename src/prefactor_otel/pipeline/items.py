@@ -20,15 +20,39 @@ from prefactor_otel.model.http import (
     BULK_REGISTER,
     BULK_START,
 )
+from prefactor_otel.transport.wire import encode_item
 
 
 # A NamedTuple: immutable like a frozen dataclass, and several times cheaper to build (one or two per span).
 class PlannedItem(NamedTuple):
+    """One bulk item as planned. `data` is the wire item: its JSON bytes (`wire_data`), or the dict where it stays
+    one -- a register (its schema set is sent once, schema_once.py), an item the encoder refused (the send path
+    reports it), an item read back from the spool. `body` is the item as a dict, decoded from the bytes: for the
+    rare paths that read a field (a REST call, an orphan rewrite, a terminated run's answer)."""
+
     key: str
-    action: str
-    body: dict[str, Any]  # the wire item, `_type` and `idempotency_key` included
+    action: str  # the item's `_type`
+    data: dict[str, Any] | bytes
     trace_id: int
     span_id: int | None = None
+
+    @property
+    def body(self) -> dict[str, Any]:
+        data = self.data
+        return data if type(data) is dict else as_dict(data)
+
+
+def wire_data(body: dict[str, Any]) -> dict[str, Any] | bytes:
+    """A planned item's `data`: its JSON bytes, or the dict itself where the encoder refuses it.
+
+    Encoded when planned, so the dicts of a batch's items die as they are built: an item held until its answer
+    (one per span, in flight) is then one tuple and its bytes, not three containers -- fewer garbage collections,
+    of the host's heap too, while a batch is in flight (docs/performance.md, "Containers in flight"). The bytes
+    are `encode_item`'s, which the send path would write (`benchmarks/wire_diff.py`)."""
+    try:
+        return encode_item(body)
+    except (TypeError, ValueError):  # sent as a dict: the send path encodes it again and reports what it refuses
+        return body
 
 
 def register_item(

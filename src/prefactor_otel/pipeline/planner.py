@@ -70,6 +70,7 @@ from prefactor_otel.model import ids
 from prefactor_otel.model.http import (
     BULK_CREATE_SPAN,
     BULK_FINISH_INSTANCE,
+    BULK_REGISTER,
     AgentSchemaVersionForRegister,
 )
 from prefactor_otel.pipeline import runs as runs_module
@@ -82,6 +83,7 @@ from prefactor_otel.pipeline.items import (
     register_item,
     span_create_item,
     start_item,
+    wire_data,
 )
 from prefactor_otel.pipeline.planner_bounds import MemoryBounds
 from prefactor_otel.pipeline.planner_live import LiveSpans, has_start_work
@@ -142,7 +144,8 @@ _START_NOT_BUILT: dict[str, Any] = {}
 
 # tuple.__new__ bound by a C-level partial: a PlannedItem without NamedTuple's Python-level __new__ (once per span).
 _new_item = cast(
-    "Callable[[tuple[str, str, dict[str, Any], int, int | None]], PlannedItem]", partial(tuple.__new__, PlannedItem)
+    "Callable[[tuple[str, str, dict[str, Any] | bytes, int, int | None]], PlannedItem]",
+    partial(tuple.__new__, PlannedItem),
 )
 
 
@@ -647,7 +650,7 @@ class Planner:
                 if len(span_ids) > bound:
                     del span_ids[next(iter(span_ids))]
             body = ended_span_create_item(record, instance_id, span_id, parent_id)
-            append(_new_item((body["idempotency_key"], BULK_CREATE_SPAN, body, trace_id, otel_span_id)))
+            append(_new_item((body["idempotency_key"], BULK_CREATE_SPAN, wire_data(body), trace_id, otel_span_id)))
         return items
 
     def _create_item(self, trace: RunState, record: SpanRecord, roots: list[SpanRecord]) -> PlannedItem:
@@ -681,7 +684,7 @@ class Planner:
             orphan=orphaned,
             placeholder=too_large is not None,
         )
-        return _new_item((body["idempotency_key"], BULK_CREATE_SPAN, body, record.trace_id, otel_span_id))
+        return _new_item((body["idempotency_key"], BULK_CREATE_SPAN, wire_data(body), record.trace_id, otel_span_id))
 
     def _plan_finish(
         self,
@@ -742,7 +745,7 @@ class Planner:
             )
             end_ns = max(trace.last_end_ns, trace.first_start_ns, trace.planned_start_ns or 0)
         body = finish_item(trace.instance_id, "failed" if failed else "complete", end_ns)
-        return _new_item((body["idempotency_key"], BULK_FINISH_INSTANCE, body, trace.trace_id, None))
+        return _new_item((body["idempotency_key"], BULK_FINISH_INSTANCE, wire_data(body), trace.trace_id, None))
 
     def _over_without_root(self, trace: RunState, now: float) -> bool:
         """The rule for a run whose root has not come (never in this planner's hands: the exporter alone and the
@@ -762,7 +765,11 @@ class Planner:
 
     @staticmethod
     def _item(body: dict[str, Any], trace_id: int) -> PlannedItem:
-        return _new_item((body["idempotency_key"], body["_type"], body, trace_id, None))
+        """A run's register (a dict: its schema set is sent once, schema_once.py) or start (its bytes)."""
+        action = body["_type"]
+        return _new_item(
+            (body["idempotency_key"], action, body if action == BULK_REGISTER else wire_data(body), trace_id, None)
+        )
 
     # ------------------------------------------------------------------ introspection
 

@@ -27,7 +27,7 @@ import pydantic_core
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.mapping.values import RawJson, as_dict
 from prefactor_otel.model.http import BULK_FINISH_SPAN
-from prefactor_otel.pipeline.items import PlannedItem, params_at_end, span_finish_item
+from prefactor_otel.pipeline.items import PlannedItem, params_at_end, span_finish_item, wire_data
 from prefactor_otel.pipeline.runs import LiveSpan, RunState, RunTable
 from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan
 
@@ -201,7 +201,9 @@ class LiveSpans:
             if late:
                 result["params_at_end"] = late
             body = span_finish_item(pfid, record, result)
-            items.append(PlannedItem(body["idempotency_key"], BULK_FINISH_SPAN, body, trace.trace_id, span_id))
+            items.append(
+                PlannedItem(body["idempotency_key"], BULK_FINISH_SPAN, wire_data(body), trace.trace_id, span_id)
+            )
         return items
 
     @staticmethod
