@@ -47,7 +47,7 @@ def wire_data(body: dict[str, Any]) -> dict[str, Any] | bytes:
 
     Encoded when planned, so the dicts of a batch's items die as they are built: an item held until its answer
     (one per span, in flight) is then one tuple and its bytes, not three containers -- fewer garbage collections,
-    of the host's heap too, while a batch is in flight (docs/performance.md, "Containers in flight"). The bytes
+    of the host's heap too, while a batch is in flight (docs/wire.md, "Containers in flight"). The bytes
     are `encode_item`'s, which the send path would write (`benchmarks/wire_diff.py`)."""
     try:
         return encode_item(body)
