@@ -185,3 +185,48 @@ def test_the_echoing_bulk_sink_answers_each_item_with_its_whole_object(
     assert answer["outputs"]["key-0001"]["status"] == "success"
     assert details["type"] == "agent_span" and details["id"] == "span-1" and details["agent_instance_id"] == "run-1"
     assert details["payload"] == {"inputs": {"messages": ["hi"]}} and details["result_payload"] == {"outputs": "ok"}
+
+
+def _measure_module() -> Any:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import measure
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return measure
+
+
+def test_the_trend_of_a_run_reads_growth_and_not_one_noisy_batch() -> None:
+    measure = _measure_module()
+    flat = [50.0 + (3.0 if i % 2 else -3.0) for i in range(20)]  # +-6 % noise, no trend
+    assert abs(measure.theil_sen_change(flat)) < 0.02
+    spiky = [*flat[:-2], 80.0, 80.0]  # the last tenth (two batches) dear: the tenths would say +60 %
+    assert abs(measure.theil_sen_change(spiky)) < 0.10
+    growing = [50.0 * (1 + 0.2 * i / 19) for i in range(20)]  # +20 % from the first batch to the last
+    assert abs(measure.theil_sen_change(growing) - 0.2) < 0.01
+    # With a grace, the batches after the first grace period when there are 10 of them: a step when finishes begin
+    # is steady work, not growth; with too few batches after it, the whole run.
+    step = [40.0] * 10 + [50.0] * 30
+    at = [i * 0.5 for i in range(40)]  # the grace (5 s) ends at the 11th batch
+    assert measure.trend(step, at, 5.0) == {"change": 0.0, "batches": 30, "window": "after the first 5 s"}
+    assert measure.trend(step[:15], at[:15], 5.0)["window"] == "whole run"
+    ramp = [40.0] * 10 + [50.0 * (1 + 0.2 * i / 29) for i in range(30)]  # growth after the grace is read
+    assert abs(measure.trend(ramp, at, 5.0)["change"] - 0.2) < 0.01
+
+
+def test_the_scale_measurement_counts_spans_after_the_exporter_first_batch(sinks: dict[str, Any]) -> None:
+    params = {"exporter": "prefactor", "spans": 1024, "warmup_spans": 512, **sinks}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "measure.py"), "scale", json.dumps(params)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["ok"] and result["dropped"] == 0
+    assert result["exported"] == 1024 + 512  # the first batch went too, uncounted
+    assert result["lead_in_us"] > 0 and result["cpu_us"] > 0
+    assert result["trend"]["batches"] == 2 and result["trend"]["window"] == "whole run"
