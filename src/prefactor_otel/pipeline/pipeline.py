@@ -24,7 +24,8 @@ planner before the ended spans of the same drain.
 Threads and locks: `add` and `note_parent_spans` are called from any thread exporting spans; `drain`, `spill_unsent` and
 `background_send` by the one thread holding the exporter's send lock (`spill_unsent` by shutdown without it).
 `state_lock` guards `unplanned` and the planner; it is held only for in-memory work (a plan encodes its items:
-items.wire_data), journal writes and one spool append on a spill, never across a request. Counters are written by the thread doing the work.
+items.wire_data), journal writes and one spool append on a spill, never across a request. Counters are written
+by the thread doing the work.
 
 The account partition (`AccountPartition`, partition.py) is the sending thread's: it learns or checks it before the
 planner is built, and when the server says it changed (a register refused for its partition, checked), `_replan`
