@@ -61,8 +61,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from functools import partial
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.mapping.values import as_dict
@@ -141,12 +140,6 @@ def continue_earlier_run(record: SpanRecord) -> None:
 
 # A run's start item until its first plan builds it (`plan`: never sent, only told apart from None, "started").
 _START_NOT_BUILT: dict[str, Any] = {}
-
-# tuple.__new__ bound by a C-level partial: a PlannedItem without NamedTuple's Python-level __new__ (once per span).
-_new_item = cast(
-    "Callable[[tuple[str, str, dict[str, Any] | bytes, int, int | None]], PlannedItem]",
-    partial(tuple.__new__, PlannedItem),
-)
 
 
 # Resource attributes -> the register item's `agent_version` (AgentVersionForRegister dumped). The planner shares
@@ -650,7 +643,7 @@ class Planner:
                 if len(span_ids) > bound:
                     del span_ids[next(iter(span_ids))]
             body = ended_span_create_item(record, instance_id, span_id, parent_id)
-            append(_new_item((body["idempotency_key"], BULK_CREATE_SPAN, wire_data(body), trace_id, otel_span_id)))
+            append(PlannedItem(body["idempotency_key"], BULK_CREATE_SPAN, wire_data(body), trace_id, otel_span_id))
         return items
 
     def _create_item(self, trace: RunState, record: SpanRecord, roots: list[SpanRecord]) -> PlannedItem:
@@ -684,7 +677,7 @@ class Planner:
             orphan=orphaned,
             placeholder=too_large is not None,
         )
-        return _new_item((body["idempotency_key"], BULK_CREATE_SPAN, wire_data(body), record.trace_id, otel_span_id))
+        return PlannedItem(body["idempotency_key"], BULK_CREATE_SPAN, wire_data(body), record.trace_id, otel_span_id)
 
     def _plan_finish(
         self,
@@ -745,7 +738,7 @@ class Planner:
             )
             end_ns = max(trace.last_end_ns, trace.first_start_ns, trace.planned_start_ns or 0)
         body = finish_item(trace.instance_id, "failed" if failed else "complete", end_ns)
-        return _new_item((body["idempotency_key"], BULK_FINISH_INSTANCE, wire_data(body), trace.trace_id, None))
+        return PlannedItem(body["idempotency_key"], BULK_FINISH_INSTANCE, wire_data(body), trace.trace_id, None)
 
     def _over_without_root(self, trace: RunState, now: float) -> bool:
         """The rule for a run whose root has not come (never in this planner's hands: the exporter alone and the
@@ -767,9 +760,8 @@ class Planner:
     def _item(body: dict[str, Any], trace_id: int) -> PlannedItem:
         """A run's register (a dict: its schema set is sent once, schema_once.py) or start (its bytes)."""
         action = body["_type"]
-        return _new_item(
-            (body["idempotency_key"], action, body if action == BULK_REGISTER else wire_data(body), trace_id, None)
-        )
+        data = body if action == BULK_REGISTER else wire_data(body)
+        return PlannedItem(body["idempotency_key"], action, data, trace_id, None)
 
     # ------------------------------------------------------------------ introspection
 

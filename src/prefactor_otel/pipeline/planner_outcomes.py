@@ -14,7 +14,7 @@ then finished.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from operator import itemgetter
+from operator import attrgetter
 
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.model.http import (
@@ -29,7 +29,7 @@ from prefactor_otel.pipeline.items import PlannedItem
 from prefactor_otel.pipeline.runs import RunState, RunTable, remember
 from prefactor_otel.transport.outcomes import SUCCESS, ItemOutcome, Verdict, judge
 
-_key_of = itemgetter(0)  # PlannedItem.key (a NamedTuple's first field)
+_key_of = attrgetter("key")  # PlannedItem.key, read in C
 
 
 class OutcomeRules:

@@ -231,7 +231,8 @@ class AnswerReader:
 def _fast_decoder() -> Any:
     """msgspec's JSON decoder of what `bulk_outcomes` reads of a bulk answer (BulkOutputFields' rules: `status`
     "success" or "error", `code`, `message` and `control` any JSON value, every other field skipped without
-    building it), or None when msgspec cannot be imported (a dependency, but the TypeAdapter then reads every answer).
+    building it), or None when msgspec cannot be imported (the TypeAdapter then reads every answer; msgspec is a
+    dependency, and the package's span records are msgspec Structs: mapping/payload.py).
 
     Why: Prefactor's API echoes each item's whole object (a span create's agent span, payloads included), so a
     request's answer is about as large as the request. pydantic-core builds its whole tree before validating;
@@ -244,9 +245,10 @@ def _fast_decoder() -> Any:
     output = msgspec.defstruct(
         "BulkOutputFields",
         [("status", Literal["success", "error"]), ("code", Any, None), ("message", Any, None), ("control", Any, None)],
+        gc=False,  # one per item of the answer: not a container the collector counts (decoded JSON holds no cycle)
     )
     outputs: Any = dict.__class_getitem__((str, output))  # dict[str, output]: a type made at run time
-    return msgspec.json.Decoder(msgspec.defstruct("BulkResponseFields", [("outputs", outputs)]))
+    return msgspec.json.Decoder(msgspec.defstruct("BulkResponseFields", [("outputs", outputs)], gc=False))
 
 
 _FAST_DECODER = _fast_decoder()
