@@ -66,8 +66,9 @@ def test_the_set_ups_gc_summary_sits_beside_otlps_and_renders(run_module: Module
     assert gc["bsp"]["gen2_x_otlp"] is None  # OTLP had no full collection: no ratio, the counts say it
     assert gc["otlp"]["total_x_otlp"] == pytest.approx(1.0)
 
-    title, header, rows, _ = run_module.gc_setup_table({"realistic": {"gc": gc}})
+    title, header, rows, note = run_module.gc_setup_table({"realistic": {"spans": 6_000, "gc": gc}})
     assert title.startswith("Garbage collection in the set-ups")
+    assert "more than 16.7 gen1 per 10k spans" in note  # the full collection's threshold at this round size
     assert len(rows) == 4 and all(len(row) == len(header) for row in rows)
     bsp = next(row for row in rows if row[1] == run_module.SETUP_LABELS["bsp"])
     assert bsp[2:5] == ["100.0", "10.0", "1.7"] and bsp[5] == "-" and bsp[-1] == "4.67x"
