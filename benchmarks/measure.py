@@ -236,10 +236,10 @@ class ContainerCount:
             call()
         finally:
             sys.setprofile(None)
-        end = gc.get_count()[0]
-        del ballast
-        if enabled:
-            gc.enable()
+            end = gc.get_count()[0]
+            del ballast
+            if enabled:
+                gc.enable()
         return max(self.peak, end) - start, end - start
 
 
