@@ -5,7 +5,10 @@ A child prints one JSON line (its result) as the last line of its standard outpu
 - `cpu`: CPU per span in the exporting thread (`time.thread_time()` around `export()` and the final `shutdown()`)
   for the JSON floor, OTLPSpanExporter and PrefactorSpanExporter, on one fixed set of spans of one workload
   (`workload`: realistic or small, workload.py), interleaved runs, a fresh exporter per run. Also the HTTP requests
-  and bytes each sends, and what the per-span REST pattern would send for the same spans.
+  and bytes each sends, and what the per-span REST pattern would send for the same spans. Garbage collection: the
+  collections by generation during the timed runs, and (after them, collector disabled around each counted call)
+  the net GC containers one export() of a batch holds at its peak and when it returns (`ContainerCount`), OTLP's
+  and ours (finish grace 0, and the default grace).
 - `setup`: the two set-ups as an application has them, on one workload: spans made by the SDK on this (the
   application's) thread through a TracerProvider with no processor, `BatchSpanProcessor(OTLPSpanExporter)`,
   `BatchSpanProcessor(PrefactorSpanExporter)` or `PrefactorSpanProcessor` (exporter defaults: live spans, finish
@@ -13,7 +16,9 @@ A child prints one JSON line (its result) as the last line of its standard outpu
   no-processor round's = what exporting costs the process; the application thread's CPU while it makes the spans
   (`on_start`/`on_end`, the garbage collector's passes it runs) minus the no-processor round's = its share; bytes
   on the wire per span as the sink received them (as sent, and decoded). Interleaved rounds in one process. Also
-  `on_start` per call beside BatchSpanProcessor's.
+  `on_start` per call beside BatchSpanProcessor's. Garbage collection over the whole round (making, flushing,
+  shutting down): every thread's collections by generation, and the collector's CPU on the application thread and
+  on the other threads (`GcClock`, keyed by thread).
 - `phases`: where PrefactorSpanExporter's CPU goes (thread time per stage, wrappers around the stages).
 - `scale`: one exporter fed N spans generated on the fly; CPU per span, last-10 % CPU per span, peak RSS.
 - `e2e`: spans/s through BatchSpanProcessor into a server in another process.
@@ -24,6 +29,7 @@ A child prints one JSON line (its result) as the last line of its standard outpu
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
 import json
 import re
@@ -107,29 +113,45 @@ def current_rss_mb() -> float:
 
 
 class GcClock:
-    """Thread CPU time spent in garbage collections while `active` (gc.callbacks run in the collecting thread);
-    with `thread` set, only the collections that thread runs."""
+    """Thread CPU time spent in garbage collections while `active` (gc.callbacks run in the collecting thread).
+
+    `seconds` and `collections`: with `thread` set, only the collections that thread runs, else every thread's.
+    `by_thread` (thread id -> seconds) and `by_generation` (collections of generation 0, 1, 2) count every thread's
+    collection while active, whatever `thread` says: the set-ups split the collector's CPU into the application
+    thread's and the others' (BatchSpanProcessor's worker, the exporter's finisher), and count collections by
+    generation the way `gc.get_stats()` deltas would, without an explicit `gc.collect()` outside the window.
+    """
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self.collections = 0
         self.active = False
         self.thread: int | None = None
-        self._started: float | None = None
+        self.by_thread: dict[int, float] = {}
+        self.by_generation = [0, 0, 0]
+        self._started: dict[int, float] = {}
         gc.callbacks.append(self._callback)
 
     def _callback(self, phase: str, info: dict[str, int]) -> None:
-        if not self.active or (self.thread is not None and threading.get_ident() != self.thread):
+        if not self.active:
             return
+        ident = threading.get_ident()
         if phase == "start":
-            self._started = time.thread_time()
-        elif self._started is not None:
-            self.seconds += time.thread_time() - self._started
+            self._started[ident] = time.thread_time()
+            return
+        started = self._started.pop(ident, None)
+        if started is None:
+            return
+        spent = time.thread_time() - started
+        self.by_thread[ident] = self.by_thread.get(ident, 0.0) + spent
+        self.by_generation[min(info.get("generation", 2), 2)] += 1
+        if self.thread is None or ident == self.thread:
+            self.seconds += spent
             self.collections += 1
-            self._started = None
 
     def reset(self) -> None:
         self.seconds, self.collections = 0.0, 0
+        self.by_thread, self.by_generation = {}, [0, 0, 0]
 
 
 GC = GcClock()
@@ -172,6 +194,76 @@ def floor_all(batches: Sequence[Sequence[ReadableSpan]]) -> tuple[float, float, 
         for span in batch:
             size += len(json.dumps(floor_dict(span)))
     return time.thread_time() - cpu, time.perf_counter() - wall, size
+
+
+BALLAST = 50_000  # live GC objects under the count while containers are counted (ContainerCount)
+CONTAINER_BATCHES = 3  # batches whose export() is counted, after one warm-up batch
+
+
+class ContainerCount:
+    """Net GC objects the process holds while one call runs: at its peak and when it returns.
+
+    Why this method: a collection of generation 0 is triggered when generation 0's count passes its threshold (700),
+    and CPython keeps that count as allocations of GC objects (containers: dicts, lists, instances, tuples...) minus
+    their deallocations, by every thread. With the collector disabled nothing resets it, so `count - start` is the
+    net number of containers made since `start`: what a call adds towards the next collection, and what survives
+    into the older generations if a collection lands while it is held. Its maximum over the call is what the call
+    holds in flight. It is sampled on every Python and C call and return of the measuring thread
+    (`sys.setprofile`), frequent enough that no stage's peak falls between samples. A deallocation at count 0 is
+    not counted, so a ballast of live lists lifts the count first; the profiler's own frame objects add at most the
+    stack depth (tens, in every contender alike). The collector is disabled only in this child process, only around
+    the counted call, and only in this measurement (never in a timed one).
+    """
+
+    def __init__(self) -> None:
+        self.peak = 0
+
+    def _sample(self, frame: object, event: str, arg: object) -> None:
+        count = gc.get_count()[0]
+        if count > self.peak:
+            self.peak = count
+
+    def count(self, call: Callable[[], object]) -> tuple[int, int]:
+        """(peak, at return) of the net GC objects made during `call()`, beyond the count when it started."""
+        gc.collect()
+        enabled = gc.isenabled()
+        gc.disable()
+        ballast: list[list[None]] = [[] for _ in range(BALLAST)]
+        sample = self._sample  # made before `start`: the bound method is a GC object too
+        start = self.peak = gc.get_count()[0]
+        sys.setprofile(sample)
+        try:
+            call()
+        finally:
+            sys.setprofile(None)
+            end = gc.get_count()[0]
+            del ballast
+            if enabled:
+                gc.enable()
+        return max(self.peak, end) - start, end - start
+
+
+def containers_in_flight(exporter: SpanExporter, batches: Sequence[Sequence[ReadableSpan]]) -> Result:
+    """GC containers one export() of a batch holds at its peak and still holds when it returns (ContainerCount),
+    median over up to CONTAINER_BATCHES full batches after a warm-up batch (first-use caches, the connection)."""
+    counter = ContainerCount()
+    exporter.export(batches[0])
+    peaks: list[int] = []
+    held: list[int] = []
+    counted = [batch for batch in batches[1:] if len(batch) == len(batches[0])][:CONTAINER_BATCHES] or batches[:1]
+    for batch in counted:
+        peak, after = counter.count(functools.partial(exporter.export, batch))
+        peaks.append(peak)
+        held.append(after)
+    exporter.shutdown()
+    return {
+        "batch": len(counted[0]),
+        "batches": len(peaks),
+        "peak": statistics.median(peaks),
+        "held_after": statistics.median(held),
+        "peaks": peaks,
+        "held": held,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- kinds
@@ -220,6 +312,7 @@ def measure_cpu(params: Result) -> Result:
             "cpu_us": cpu / count * 1e6,
             "wall_us": wall / count * 1e6,
             "gc_us": GC.seconds / count * 1e6,
+            "gc_collections": list(GC.by_generation),  # by generation, every thread, during export() + shutdown()
             "ok": ok,
             "requests": sink.get("requests", 0),
             "body_bytes": sink.get("body_bytes", 0),
@@ -241,9 +334,18 @@ def measure_cpu(params: Result) -> Result:
     for _ in range(params["runs"]):
         for kind in runs:
             runs[kind].append(one(kind))
+    # GC containers in flight, after the timed runs (it disables the collector around each counted export): ours as
+    # in the runs above (finish grace 0) and with the default grace (the set-ups': each open run's state stays).
+    containers: Result = {}
+    if "otlp" in runs:
+        containers["otlp"] = containers_in_flight(otlp_exporter(otlp), batches)
+    if "prefactor" in runs:
+        containers["prefactor"] = containers_in_flight(prefactor_exporter(bulk), batches)
+        default_grace = PrefactorSpanExporter(**prefactor_settings(bulk))
+        containers["prefactor_default_grace"] = containers_in_flight(default_grace, batches)
     rest = rest_pattern.per_span_rest(spans)
     traces = count // source.spans_per_trace
-    return {"spans": count, "traces": traces, "batch": BATCH, "runs": runs, "rest": rest}
+    return {"spans": count, "traces": traces, "batch": BATCH, "runs": runs, "rest": rest, "containers": containers}
 
 
 SETUP_MODES = ("none", "otlp", "bsp", "processor")
@@ -277,26 +379,36 @@ def measure_setup(params: Result) -> Result:
         sink_stats(url, reset=True)
         gc.collect()
         GC.reset()
-        GC.thread, GC.active = threading.get_ident(), True  # the collections the application's thread runs
+        app_thread = threading.get_ident()
+        # The whole round (making, flushing, shutting down) is recorded by thread and generation; `app_gc_us` keeps
+        # its meaning: the collections the application's thread runs while it makes the spans.
+        GC.thread, GC.active = app_thread, True
         process_cpu = time.process_time()
         app_cpu = time.thread_time()
         wall = time.perf_counter()
         for _ in range(count):
             make(agent, llm, rng)
         app_cpu = time.thread_time() - app_cpu
-        GC.active, GC.thread = False, None
+        app_gc = GC.seconds
         provider.force_flush(timeout_millis=120_000)
         provider.shutdown()
         process_cpu = time.process_time() - process_cpu
         wall = time.perf_counter() - wall
+        GC.active, GC.thread = False, None
         made = count * per_trace
+        gc_app = GC.by_thread.get(app_thread, 0.0)
         result: Result = {
             "mode": mode,
             "spans": made,
             "process_us": process_cpu / made * 1e6,
             "app_us": app_cpu / made * 1e6,
-            "app_gc_us": GC.seconds / made * 1e6,
+            "app_gc_us": app_gc / made * 1e6,
             "wall_us": wall / made * 1e6,
+            # every thread's collections during the whole round, by generation; their CPU, the application
+            # thread's (making, flushing and shutting down) and the other threads'
+            "gc_collections": list(GC.by_generation),
+            "gc_app_us": gc_app / made * 1e6,
+            "gc_other_us": (sum(GC.by_thread.values()) - gc_app) / made * 1e6,
         }
         if mode != "none":
             sink = sink_stats(url)

@@ -18,6 +18,13 @@ each target with pass/fail, from one run):
   live spans on) beside `BatchSpanProcessor(OTLPSpanExporter)`, spans made live by the SDK: the **whole process's**
   CPU per span (every thread) beyond making the spans, and the **application thread's** CPU per span beyond making
   them (`on_start`/`on_end` and the collector passes it runs), both workloads.
+- *Garbage collection* (the set-ups' rounds; the exporting thread's runs): collections by generation per 10,000
+  spans and the collector's CPU per span (application thread / other threads) beside OTLP's; the GC containers one
+  export() of 512 spans holds at its peak. Why: the collector runs when the *net* allocations of GC containers by
+  all threads pass 700 (gen0), every 10th gen0 is a gen1, every 10th gen1 a full gen2 of the whole heap (tens of
+  ms); an exporter that holds containers while a batch is in flight brings the host's next full collection
+  forward, and it lands in the exporter's thread. Counts are deterministic where timings are noisy: they show
+  *why* the whole-process line moves between runs (a full collection in a round, or none).
 - *Bytes on the wire per span*: request bodies as the sink received them, as sent (with any `Content-Encoding`) and
   decoded, beside OTLP's uncompressed protobuf, from the same rounds.
 - *The OTLP gateway beside the exporter*: read from benchmarks/gateway.py's last full run (gateway_notes.md).
@@ -378,6 +385,80 @@ def measure(plan: Plan) -> Result:
 APP_MODES = ("none", "otlp", "prefactor", "processor")
 
 
+SETUP_MODES = ("none", "otlp", "bsp", "processor")  # measure.py's, the no-processor round first
+GC_CONTAINER_LABELS = {
+    "otlp": "OTLPSpanExporter",
+    "prefactor": "PrefactorSpanExporter (finish grace 0, as the runs above)",
+    "prefactor_default_grace": "PrefactorSpanExporter, default finish grace (6 s, as in the set-ups)",
+}
+
+
+def collections_per_10k(rows: Sequence[Result], spans: int) -> list[float] | None:
+    """Collections by generation (0, 1, 2) per 10,000 spans over `rows`, each a round or run of `spans` spans with
+    its `gc_collections`; None when the rows predate the figure.
+
+    A mean (all collections / all spans), not a median: collections are whole numbers, a few per round, and a
+    median of rounds would round away a full collection that lands in 3 rounds out of 5.
+    """
+    counted = [r["gc_collections"] for r in rows if "gc_collections" in r]
+    if not rows or len(counted) != len(rows) or spans <= 0:
+        return None
+    return [sum(c[generation] for c in counted) / (len(counted) * spans) * 10_000 for generation in range(3)]
+
+
+def summarize_setup_gc(rounds: Sequence[Result], spans: int) -> Result | None:
+    """Per set-up mode (and the no-processor round): collections by generation per 10,000 spans during the round
+    (every thread's), the collector's CPU per span on the application thread and on the other threads (medians),
+    and each figure against OTLP's; None for a dump made before these figures existed."""
+    out: Result = {}
+    for mode in SETUP_MODES:
+        mine = [r for r in rounds if r["mode"] == mode]
+        per_10k = collections_per_10k(mine, spans)
+        if per_10k is None or any("gc_app_us" not in r for r in mine):
+            return None
+        out[mode] = {
+            "collections_per_10k": per_10k,
+            "app_us": median([r["gc_app_us"] for r in mine]),
+            "other_us": median([r["gc_other_us"] for r in mine]),
+            "total_us": median([r["gc_app_us"] + r["gc_other_us"] for r in mine]),
+        }
+    for mode in SETUP_MODES:
+        cell, peer = out[mode], out["otlp"]
+        cell["gen2_x_otlp"] = ratio_or_none(cell["collections_per_10k"][2], peer["collections_per_10k"][2])
+        cell["total_x_otlp"] = ratio_or_none(cell["total_us"], peer["total_us"])
+    return out
+
+
+def summarize_containers(cpu: Result) -> Result | None:
+    """GC containers one export() of a batch holds (peak, held when it returns) per contender, and collections
+    per 10,000 spans in the timed runs; None for a dump made before these figures existed."""
+    containers = cpu.get("containers")
+    if not containers:
+        return None
+    out: Result = {}
+    for kind, figures in containers.items():
+        rows = cpu["runs"].get(kind, [])
+        out[kind] = {
+            "batch": figures["batch"],
+            "peak": figures["peak"],
+            "held_after": figures["held_after"],
+            "collections_per_10k": collections_per_10k(rows, cpu["spans"]),
+        }
+    if "otlp" in out:
+        for cell in out.values():
+            cell["peak_x_otlp"] = ratio_or_none(cell["peak"], out["otlp"]["peak"])
+    return out
+
+
+def ratio_or_none(value: float, peer: float) -> float | None:
+    """value / peer, or None when the peer is 0 (a count OTLP never reaches: no ratio, the figures say it)."""
+    return value / peer if peer else None
+
+
+def ratio_text(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
 def summarize_small(cpu: Result) -> Result:
     """The exporting thread's CPU per span on the small-span workload (the `cpu` kind's runs)."""
     runs = cpu["runs"]
@@ -390,6 +471,7 @@ def summarize_small(cpu: Result) -> Result:
         r["ok"] and r["exported"] == cpu["spans"] and r["dropped"] == 0 and r["instances_finished"] == cpu["traces"]
         for r in runs["prefactor"]
     )
+    out["gc"] = summarize_containers(cpu)
     return out
 
 
@@ -424,6 +506,7 @@ def summarize_setup(setup: Result) -> Result:
     for mode in ("bsp", "processor"):
         out[mode]["ratio_otlp"] = out[mode]["process_us"] / out["otlp"]["process_us"]
         out[mode]["wire_ratio_otlp"] = out[mode]["wire_bytes"] / out["otlp"]["decoded_bytes"]
+    out["gc"] = summarize_setup_gc(rounds, spans)
     return out
 
 
@@ -483,6 +566,7 @@ def summarize(results: Result, plan: Plan) -> Result:
         s[f"gc_{kind}"] = median([r.get("gc_us", 0.0) for r in runs[kind]])
     s["ratio_otlp"] = s["cpu_prefactor"] / s["cpu_otlp"]
     s["ratio_floor"] = s["cpu_prefactor"] / s["cpu_floor"]
+    s["gc"] = summarize_containers(cpu)
     s["otlp_ratio_floor"] = s["cpu_otlp"] / s["cpu_floor"]
     if "cpu_payload_floor" in s:
         s["ratio_payload_floor"] = s["cpu_prefactor"] / s["cpu_payload_floor"]
@@ -813,6 +897,53 @@ def targets(s: Result, flat: list[Result], graced: list[Result], largest: int, a
                 "PrefactorSpanProcessor.on_start per call (reported; BatchSpanProcessor's no-op beside it)",
                 None,
                 f"{start['prefactor_ns']:.0f} ns vs {start['batch_noop_ns']:.0f} ns",
+            )
+        )
+    return out + gc_targets(s)
+
+
+def gc_targets(s: Result) -> list[Target]:
+    """Informational rows (no threshold): the garbage collector's figures beside OTLP's, where the run has them."""
+    out: list[Target] = []
+    exporting = [("realistic", s.get("gc")), ("small", (s.get("small") or {}).get("gc"))]
+    for workload, gc in exporting:
+        if not gc or "prefactor" not in gc or "otlp" not in gc:
+            continue
+        ours, peer = gc["prefactor"], gc["otlp"]
+        grace = gc.get("prefactor_default_grace")
+        out.append(
+            (
+                f"GC containers at the peak of one export() of {ours['batch']} spans, {workload} workload, x OTLP",
+                None,
+                f"{ours['peak']:,.0f} vs {peer['peak']:,.0f} = {ratio_text(ours['peak_x_otlp'])}"
+                + (
+                    f" (default finish grace: {grace['peak']:,.0f}, {grace['held_after']:,.0f} held after)"
+                    if grace
+                    else ""
+                ),
+            )
+        )
+    for workload, row in s.get("setup", {}).items():
+        gc = row.get("gc")
+        if not gc:
+            continue
+        peer = gc["otlp"]
+        out.append(
+            (
+                f"full (gen2) collections per 10k spans, {workload} workload, set-ups (BSP / processor), x OTLP",
+                None,
+                " / ".join(f"{gc[mode]['collections_per_10k'][2]:.1f}" for mode in ("bsp", "processor"))
+                + f" vs {peer['collections_per_10k'][2]:.1f}"
+                + f" (no processor: {gc['none']['collections_per_10k'][2]:.1f})",
+            )
+        )
+        out.append(
+            (
+                f"GC CPU us/span, every thread, {workload} workload, set-ups (BSP / processor), x OTLP",
+                None,
+                " / ".join(f"{gc[mode]['total_us']:.2f}" for mode in ("bsp", "processor"))
+                + f" vs {peer['total_us']:.2f} us = "
+                + " / ".join(ratio_text(gc[mode]["total_x_otlp"]) for mode in ("bsp", "processor")),
             )
         )
     return out
@@ -1164,6 +1295,9 @@ def setup_tables(s: Result) -> list[tuple[str, list[str], list[list[str]], str]]
                 f" run: {'yes' if small['delivery_ok'] else 'NO'}.",
             )
         )
+    containers = gc_exporting_table(s)
+    if containers:
+        out.append(containers)
     setup = s.get("setup") or {}
     if setup:
         rows = []
@@ -1212,6 +1346,9 @@ def setup_tables(s: Result) -> list[tuple[str, list[str], list[list[str]], str]]
                 " spans are in). BatchSpanProcessor's queue holds a whole round (no drops); ok = every span delivered.",
             )
         )
+        collections = gc_setup_table(setup)
+        if collections:
+            out.append(collections)
         wire_rows = []
         for workload, row in setup.items():
             for mode in ("otlp", "bsp", "processor"):
@@ -1269,6 +1406,105 @@ def setup_tables(s: Result) -> list[tuple[str, list[str], list[list[str]], str]]
             )
         )
     return out
+
+
+def gc_exporting_table(s: Result) -> tuple[str, list[str], list[list[str]], str] | None:
+    """GC containers one export() holds and collections in the exporting-thread runs, both workloads, where the
+    run has them (a dump made before they existed has not)."""
+    rows: list[list[str]] = []
+    for workload, gc in (("realistic", s.get("gc")), ("small", (s.get("small") or {}).get("gc"))):
+        for kind, label in GC_CONTAINER_LABELS.items():
+            cell = (gc or {}).get(kind)
+            if not cell:
+                continue
+            per_10k = cell["collections_per_10k"]
+            rows.append(
+                [
+                    workload,
+                    label,
+                    fmt(cell["peak"], 0),
+                    fmt(cell["held_after"], 0),
+                    ratio_text(cell.get("peak_x_otlp")),
+                    *([f"{value:.1f}" for value in per_10k] if per_10k else ["-", "-", "-"]),
+                ]
+            )
+    if not rows:
+        return None
+    return (
+        "Garbage collection in the exporting thread: GC containers in flight",
+        [
+            "workload",
+            "exporter",
+            "containers at the peak of one export()",
+            "held when it returns",
+            "peak x OTLP",
+            "gen0 per 10k spans",
+            "gen1",
+            "gen2",
+        ],
+        rows,
+        "Net GC objects (dicts, lists, instances, tuples: the containers the collector tracks and counts towards its"
+        " next collection) the process holds during one export() of a 512-span batch, beyond what it held before:"
+        " CPython's generation-0 count (allocations minus deallocations) with the collector disabled, sampled on"
+        " every call and return of the exporting thread (measure.py's ContainerCount, after the timed runs); the"
+        " median of 3 batches after a warm-up batch. 'Held when it returns' includes what the exporter keeps for"
+        " open runs and reference cycles only a collection frees. Each 700 net containers trigger a generation-0"
+        " collection of the whole process, every 10th a gen1, every 10th gen1 a full (gen2) collection when enough"
+        " has survived: what a batch holds in flight is what it adds to the host's collections. Collections per"
+        " 10,000 spans: every thread's, during the timed export() + shutdown() runs of the table above (mean over"
+        " runs; the pre-made spans frozen out of the collector's scans).",
+    )
+
+
+def gc_setup_table(setup: Result) -> tuple[str, list[str], list[list[str]], str] | None:
+    """Collections by generation and the collector's CPU per span in the set-ups' rounds, beside OTLP's."""
+    rows: list[list[str]] = []
+    for workload, row in setup.items():
+        gc = row.get("gc")
+        if not gc:
+            continue
+        for mode in SETUP_MODES:
+            cell = gc[mode]
+            rows.append(
+                [
+                    workload,
+                    SETUP_LABELS.get(mode, "no processor (the spans alone)"),
+                    *(f"{value:.1f}" for value in cell["collections_per_10k"]),
+                    ratio_text(cell["gen2_x_otlp"]),
+                    f"{cell['app_us']:.2f}",
+                    f"{cell['other_us']:.2f}",
+                    f"{cell['total_us']:.2f}",
+                    ratio_text(cell["total_x_otlp"]),
+                ]
+            )
+    if not rows:
+        return None
+    spans = next(iter(setup.values()))["spans"]
+    return (
+        "Garbage collection in the set-ups (same rounds as the set-ups table)",
+        [
+            "workload",
+            "set-up",
+            "gen0 per 10k spans",
+            "gen1",
+            "gen2 (full)",
+            "gen2 x OTLP",
+            "GC CPU us/span, app thread",
+            "other threads",
+            "all",
+            "all x OTLP",
+        ],
+        rows,
+        "Every thread's collections during each round (making the spans, flushing, shutting down; a `gc.collect()`"
+        " before it), by generation, per 10,000 spans: all collections of all rounds / all their spans. GC CPU ="
+        " thread CPU inside the collector's passes (`gc.callbacks`), on the application thread (making, flushing,"
+        " shutting down) and on the others (BatchSpanProcessor's worker, the exporter's finisher), per span, median"
+        " of the rounds; not net of the no-processor round (its row is the spans' own). Counts are deterministic"
+        " where timings are not: a full collection of the whole heap (tens of ms) landing in a round is what moves"
+        " the whole-process line between runs. CPython runs one once more than 10 gen1 collections have run since"
+        " the last (here: since the `gc.collect()` before the round) and the objects they promoted exceed a quarter"
+        f" of the old heap: at {spans:,} spans per round, more than {10 / spans * 10_000:.1f} gen1 per 10k spans.",
+    )
 
 
 def render_text(title: str, header: list[str], rows: list[list[str]], note: str) -> str:

@@ -3,7 +3,9 @@
 - The fast sinks (sinks.py, a real process on 127.0.0.1) count a request body as sent and as decoded, and read
   bulk bodies sent with a Content-Encoding (gzip, zstd), so bytes-on-the-wire figures stay right with compression.
 - The small-span workload (workload.py) has the shape its docstring says: 12 spans per trace, 3 of them GenAI.
-- The `setup` measurement (measure.py) runs both set-ups and OTLP's against the sinks and reports each delivered.
+- The `setup` measurement (measure.py) runs both set-ups and OTLP's against the sinks and reports each delivered,
+  with every round's collections by generation and the collector's CPU by thread.
+- The `cpu` measurement reports, per contender, the GC containers one export() holds at its peak and after it.
 """
 
 from __future__ import annotations
@@ -137,6 +139,31 @@ def test_the_setup_measurement_delivers_every_span_in_both_set_ups(sinks: dict[s
         assert rounds[mode]["decoded_bytes"] >= rounds[mode]["body_bytes"] > 0
     assert rounds["otlp"]["requests"] >= 1 and rounds["otlp"]["body_bytes"] > 0
     assert result["on_start"]["prefactor_ns"] > 0
+    for r in rounds.values():  # the garbage collector's figures of each round: counts by generation, CPU by thread
+        assert len(r["gc_collections"]) == 3 and all(count >= 0 for count in r["gc_collections"])
+        assert r["gc_app_us"] >= 0 and r["gc_other_us"] >= 0 and r["gc_app_us"] >= r["app_gc_us"] >= 0
+
+
+def test_the_cpu_measurement_counts_the_gc_containers_each_export_holds(sinks: dict[str, Any]) -> None:
+    params = {"workload": "small", "spans": 1_100, "runs": 1, "kinds": ["otlp", "prefactor"], **sinks}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "measure.py"), "cpu", json.dumps(params)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    containers = result["containers"]
+    assert set(containers) == {"otlp", "prefactor", "prefactor_default_grace"}
+    for figures in containers.values():
+        assert figures["batch"] == 512 and figures["batches"] == 1  # 1,104 spans: a warm-up batch, a counted one
+        assert figures["peak"] >= figures["held_after"] and figures["peak"] > 0
+    for kind in ("otlp", "prefactor"):
+        (run,) = result["runs"][kind]
+        assert len(run["gc_collections"]) == 3 and all(count >= 0 for count in run["gc_collections"])
 
 
 @pytest.fixture
