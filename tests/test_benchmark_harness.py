@@ -36,6 +36,21 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _measure(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One measurement of benchmarks/measure.py in its own process, as run.py runs it: its result."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "measure.py"), kind, json.dumps(params)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 def _sink_process(*args: str) -> Iterator[dict[str, Any]]:
     """benchmarks/sinks.py in its own process (as run.py starts it): its addresses, then stopped."""
     process = subprocess.Popen(
@@ -121,16 +136,7 @@ def test_the_small_span_workload_is_mostly_plain_spans_with_a_few_genai_ones() -
 
 def test_the_setup_measurement_delivers_every_span_in_both_set_ups(sinks: dict[str, Any]) -> None:
     params = {"workload": "small", "spans": 120, "runs": 1, "on_start_calls": 200, **sinks}
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "measure.py"), "setup", json.dumps(params)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=_env(),
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = _measure("setup", params)
     rounds = {r["mode"]: r for r in result["rounds"]}
     assert set(rounds) == {"none", "otlp", "bsp", "processor"}
     for mode in ("bsp", "processor"):
@@ -146,16 +152,7 @@ def test_the_setup_measurement_delivers_every_span_in_both_set_ups(sinks: dict[s
 
 def test_the_cpu_measurement_counts_the_gc_containers_each_export_holds(sinks: dict[str, Any]) -> None:
     params = {"workload": "small", "spans": 1_100, "runs": 1, "kinds": ["otlp", "prefactor"], **sinks}
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "measure.py"), "cpu", json.dumps(params)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=_env(),
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = _measure("cpu", params)
     containers = result["containers"]
     assert set(containers) == {"otlp", "prefactor", "prefactor_default_grace"}
     for figures in containers.values():
@@ -243,16 +240,7 @@ def test_the_trend_of_a_run_reads_growth_and_not_one_noisy_batch() -> None:
 
 def test_the_scale_measurement_counts_spans_after_the_exporter_first_batch(sinks: dict[str, Any]) -> None:
     params = {"exporter": "prefactor", "spans": 1024, "warmup_spans": 512, **sinks}
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "measure.py"), "scale", json.dumps(params)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=_env(),
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = _measure("scale", params)
     assert result["ok"] and result["dropped"] == 0
     assert result["exported"] == 1024 + 512  # the first batch went too, uncounted
     assert result["lead_in_us"] > 0 and result["cpu_us"] > 0
