@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import json
 import statistics
 import sys
 import tempfile
@@ -160,7 +161,20 @@ def tracked_objects(version: Version, records: list[Any], grace: float) -> tuple
 
 
 def item_view(item: Any) -> tuple[Any, ...]:
-    return (item.key, item.action, to_json(item.body, fallback=repr), item.trace_id, item.span_id)
+    """An item as both versions can show it: its body as plain JSON values in its key order (payloads encoded as
+    bytes, or a whole item's wire bytes since session seven, decoded), its key, action and ids. The bytes on the wire
+    are benchmarks/wire_diff.py's to compare."""
+    return (item.key, item.action, to_json(_plain(item.body), fallback=repr), item.trace_id, item.span_id)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return json.loads(value)
+    if isinstance(value, dict):
+        return {key: _plain(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [_plain(inner) for inner in value]
+    return value
 
 
 def span_ids_differ(ref: Version, new: Version, count: int) -> int:
