@@ -28,7 +28,7 @@ from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.mapping.values import RawJson, as_dict
 from prefactor_otel.model.http import BULK_FINISH_SPAN
 from prefactor_otel.pipeline.items import PlannedItem, params_at_end, span_finish_item, wire_data
-from prefactor_otel.pipeline.runs import LiveSpan, RunState, RunTable
+from prefactor_otel.pipeline.runs import SHARED_EMPTY, LiveSpan, RunState, RunTable, own
 from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan
 
 
@@ -66,7 +66,8 @@ class LiveSpans:
             runs.with_pending[trace.trace_id] = None
         if started.parent_span_id is None or started.parent_is_remote:  # a local root (is_local_root, inlined)
             trace.announce = True
-        trace.open[started.span_id] = started
+        trace.open = open_spans = own(trace.open)
+        open_spans[started.span_id] = started
         self.open_spans += 1
         policy = self._live_policy
         if policy is not None and policy.wants(started):
@@ -95,15 +96,14 @@ class LiveSpans:
         forgotten. Returns how many live spans had ended (their finish was due: the caller counts them dropped)."""
         ended = sum(1 for live in trace.live.values() if live.ended is not None)
         self.open_spans -= len(trace.open)
-        trace.live.clear()
-        trace.open.clear()
-        trace.open_live.clear()
+        trace.live = trace.open = trace.open_live = SHARED_EMPTY
         return ended
 
     def _go_live(self, trace: RunState, span_id: int, now: float) -> None:
         """Create the span active now, and its open ancestors not yet live (a live span's parent must exist)."""
         chain: list[StartedSpan] = []
-        open_spans, gone_live = trace.open, trace.open_live
+        open_spans = trace.open
+        trace.open_live = gone_live = own(trace.open_live)
         current = open_spans.get(span_id)
         while current is not None and current.span_id not in gone_live and len(chain) <= len(open_spans):
             chain.append(current)
@@ -115,7 +115,8 @@ class LiveSpans:
             if record is None:
                 continue  # not mappable: the span goes the usual way, once it has ended
             record.parent_is_remote = started.parent_is_remote  # a forked child's local root stays one
-            trace.live[record.span_id] = LiveSpan(decoded(record.payload))
+            trace.live = live = own(trace.live)
+            live[record.span_id] = LiveSpan(decoded(record.payload))
             self._runs.enqueue(trace, record, now)
             self._runs.counters["spans_live"] += 1
 
@@ -137,8 +138,9 @@ class LiveSpans:
         span_id = record.span_id
         if span_id in trace.pending and span_id not in trace.attempted:
             del trace.live[span_id]
-            trace.pending[span_id] = record  # keeps its place in the queue
-            trace.arrived[span_id] = now
+            trace.pending[span_id] = record  # keeps its place in the queue (pending: a dict of the run's own)
+            trace.arrived = arrived = own(trace.arrived)
+            arrived[span_id] = now
             return
         live.ended = record
         self._runs.with_pending[trace.trace_id] = None

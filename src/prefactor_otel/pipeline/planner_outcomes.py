@@ -26,7 +26,7 @@ from prefactor_otel.model.http import (
 )
 from prefactor_otel.pipeline import runs as runs_module
 from prefactor_otel.pipeline.items import PlannedItem
-from prefactor_otel.pipeline.runs import RunState, RunTable, remember
+from prefactor_otel.pipeline.runs import SHARED_EMPTY, RunState, RunTable, own, remember
 from prefactor_otel.transport.outcomes import SUCCESS, ItemOutcome, Verdict, judge
 
 _key_of = itemgetter(0)  # PlannedItem.key (a NamedTuple's first field)
@@ -53,7 +53,8 @@ class OutcomeRules:
         span_id = item.span_id
         if trace is None or span_id not in trace.pending or span_id in trace.too_large:
             return False
-        trace.too_large[span_id] = original_bytes
+        trace.too_large = too_large = own(trace.too_large)
+        too_large[span_id] = original_bytes
         self._runs.counters["spans_replaced_too_large"] += 1
         return True
 
@@ -112,6 +113,8 @@ class OutcomeRules:
                         if trace is None:
                             continue
                         pending, arrived, created = trace.pending, trace.arrived, trace.created
+                        if created is SHARED_EMPTY:  # runs.own(), inline: its spans delivered are remembered
+                            created = trace.created = {}
                         flagged = bool(trace.orphaned or trace.too_large or trace.attempted)
                     span_id: int = item.span_id  # type: ignore[assignment]  # a span create's is never None
                     record = pending.pop(span_id, None)
@@ -209,7 +212,8 @@ class OutcomeRules:
         runs = self._runs
         if verdict is Verdict.DONE:
             runs.dequeue(trace, span_id)
-            remember(trace.created, span_id, None)
+            trace.created = created = own(trace.created)
+            remember(created, span_id, None)
             if record.status == "active":
                 runs.counters["spans_live_created"] += 1  # counted as exported once finished
                 return
