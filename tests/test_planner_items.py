@@ -18,7 +18,7 @@ from prefactor_otel.mapping.values import iso_from_ns
 from prefactor_otel.pipeline import items as items_module
 from prefactor_otel.pipeline.items import ended_span_create_item, span_create_item
 from prefactor_otel.pipeline.runs import SHARED_EMPTY, RunState, own
-from prefactor_otel.transport.outcomes import SUCCESS
+from prefactor_otel.transport.outcomes import SUCCESS, ItemOutcome
 from tests.spans import planner_for_tests
 
 PARTITION = 4242
@@ -133,7 +133,7 @@ def _dicts_of(run: RunState) -> dict[str, int]:
 def test_an_open_run_holds_only_the_dicts_it_needs() -> None:
     # Fed the common way (a bare exporter: ended spans, delivered, the run open through its finish grace): while
     # its spans are queued it holds its queue and their arrivals; once they are delivered, what it created and its
-    # spans' Prefactor ids -- its queue goes with the next plan -- and nothing else, however many runs are open.
+    # spans' Prefactor ids (its queue given back with the outcomes) and nothing else, however many runs are open.
     second = 1_000_000_000
     planner = planner_for_tests(PARTITION, run_part="p1", finish_grace_seconds=60.0)
     runs = 50
@@ -151,10 +151,10 @@ def test_an_open_run_holds_only_the_dicts_it_needs() -> None:
     items = planner.plan(0.0)
     planner.apply({item.key: SUCCESS for item in items}, 0.0)
     assert planner.open_traces == runs and planner.counters["spans_exported"] == 3 * runs
-    assert not planner.plan(1.0)  # nothing due: the runs wait out their grace
     for run in planner.runs.traces.values():
         assert run.register_item is None and run.start_item is None  # dropped once delivered
         assert _dicts_of(run) == {"created": 3, "span_ids": 3}
+    assert not planner.plan(1.0)  # nothing due: the runs wait out their grace
     # A late child of a delivered span joins its run: a queue again, then gone again once delivered.
     late = _record(4, 1, 1_700_000_000 * second + 4, 1_700_000_000 * second + 5)
     planner.add([late], 2.0)
@@ -164,8 +164,14 @@ def test_an_open_run_holds_only_the_dicts_it_needs() -> None:
     assert [item.span_id for item in items] == [4]
     assert items[0].body["details"]["parent_span_id"] == run.span_ids[1]
     planner.apply({item.key: SUCCESS for item in items}, 2.0)
-    planner.plan(3.0)
     assert _dicts_of(run) == {"created": 4, "span_ids": 4}
+    # A queue emptied another way (a span the server rejected) is given back at the next plan.
+    planner.add([_record(5, 1, 1_700_000_000 * second + 6, 1_700_000_000 * second + 7)], 3.0)
+    items = planner.plan(3.0)
+    planner.apply({items[0].key: ItemOutcome("error", "invalid")}, 3.0)
+    assert planner.dropped["rejected:invalid"] == 1 and not run.pending and type(run.pending) is dict
+    assert not planner.plan(4.0)
+    assert _dicts_of(run) == {"created": 4, "span_ids": 5}
     # At the end of their grace every run is finished and forgotten.
     planner.apply({item.key: SUCCESS for item in planner.plan(100.0)}, 100.0)
     assert planner.open_traces == 0 and planner.counters["instances_finished"] == runs

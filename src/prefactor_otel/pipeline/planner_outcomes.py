@@ -83,7 +83,7 @@ class OutcomeRules:
         """Record what the server did with each item of the last plan. Keys not given = not processed."""
         runs = self._runs
         traces_get, items_get = runs.traces.get, self._items.get
-        run_changes = runs.run_changes
+        run_changes, release_queue = runs.run_changes, runs.release_queue
         bound = runs_module.MAX_SPANS_REMEMBERED_PER_TRACE  # remember()'s bound, read at the call (tests lower it)
         # The common item, a finished span created (or spooled), is recorded inline and counted once per call:
         # what _on_span and _delivered do for it, without their calls (once per exported span). A plan's items
@@ -108,6 +108,8 @@ class OutcomeRules:
                         if journal is not None:
                             run_changes[journal.instance_id] = journal.last_end_ns
                             journal = None
+                        if trace is not None and not pending:
+                            release_queue(trace)  # every span of its queue delivered: the queue goes at once
                         run_id = item.trace_id
                         trace = traces_get(run_id)
                         if trace is None:
@@ -145,11 +147,15 @@ class OutcomeRules:
                 if journal is not None:
                     run_changes[journal.instance_id] = journal.last_end_ns
                     journal = None
+                if trace is not None and not pending:
+                    release_queue(trace)
                 trace = None
                 self._apply_other(item, outcome, spooled)
         finally:
             if journal is not None:
                 run_changes[journal.instance_id] = journal.last_end_ns
+            if trace is not None and not pending:
+                release_queue(trace)
             runs.queued -= delivered + live_created  # true even if an item raised midway (nothing raises between a
             # span's dequeue and its count)
         if delivered:

@@ -353,8 +353,9 @@ class RunTable:
     @staticmethod
     def release_queue(trace: RunState) -> None:
         """A run with nothing pending holds no queue: its queue, arrivals and the side collections of pending spans
-        go back to the shared empty (an emptied dict keeps its table: some 300 bytes for a run of 9 spans). The
-        planner calls it for the runs that had spans since its last plan (`Planner._candidates`)."""
+        go back to the shared empty (an emptied dict keeps its table: some 300 bytes for a run of 9 spans, and a dict
+        that held records stays tracked by the GC). Called as the outcomes empty a run's queue (OutcomeRules.apply)
+        and, for a queue emptied any other way, for the runs with spans since the last plan (Planner._candidates)."""
         if not trace.pending:
             trace.pending = trace.arrived = trace.orphaned = trace.too_large = trace.attempted = SHARED_EMPTY
 
