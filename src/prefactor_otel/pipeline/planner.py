@@ -572,7 +572,7 @@ class Planner:
         release_queue = self.runs.release_queue
         for trace_id in list(with_pending):
             run = traces.get(trace_id)
-            if run is not None and not run.pending:
+            if run is not None and not run.pending and not run.open:
                 release_queue(run)  # its spans are delivered: it holds no queue while it waits out its grace
             if run is None or not (run.pending or (run.tracked and has_start_work(run))):
                 del with_pending[trace_id]  # cleaned lazily: cheaper than at every removal
@@ -679,7 +679,7 @@ class Planner:
             parent_id = self.runs.span_pfid(trace, record.parent_span_id, start_ns)  # type: ignore[arg-type]
         span_id = self.runs.span_pfid(trace, otel_span_id, record.start_time_ns)
         payload, result_payload = record.payload, record.result_payload
-        too_large = trace.too_large.get(otel_span_id)
+        too_large = trace.too_large.get(otel_span_id) if trace.too_large else None
         if too_large is not None:
             payload, result_payload = placeholder_payloads(record, too_large)
         if orphaned:

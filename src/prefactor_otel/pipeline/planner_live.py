@@ -66,7 +66,9 @@ class LiveSpans:
             runs.with_pending[trace.trace_id] = None
         if started.parent_span_id is None or started.parent_is_remote:  # a local root (is_local_root, inlined)
             trace.announce = True
-        trace.open = open_spans = own(trace.open)
+        open_spans = trace.open
+        if open_spans is SHARED_EMPTY:  # runs.own(), inline (once per started span)
+            open_spans = trace.open = {}
         open_spans[started.span_id] = started
         self.open_spans += 1
         policy = self._live_policy
@@ -85,7 +87,7 @@ class LiveSpans:
             self.open_spans -= 1
             if trace.open_live:
                 trace.open_live.pop(record.span_id, None)
-        live = trace.live.get(record.span_id)
+        live = trace.live.get(record.span_id) if trace.live else None
         if live is None:
             return False
         self._on_live_end(trace, record, live, now)
@@ -102,20 +104,22 @@ class LiveSpans:
     def _go_live(self, trace: RunState, span_id: int, now: float) -> None:
         """Create the span active now, and its open ancestors not yet live (a live span's parent must exist)."""
         chain: list[StartedSpan] = []
-        open_spans = trace.open
-        trace.open_live = gone_live = own(trace.open_live)
+        open_spans, gone_live = trace.open, trace.open_live
         current = open_spans.get(span_id)
         while current is not None and current.span_id not in gone_live and len(chain) <= len(open_spans):
             chain.append(current)
             parent_id = current.parent_span_id
             current = None if current.is_local_root or parent_id is None else open_spans.get(parent_id)
+        if not chain:
+            return
+        trace.open_live = gone_live = own(gone_live)
+        trace.live = live = own(trace.live)
         for started in reversed(chain):  # ancestors first
             gone_live[started.span_id] = None
             record = self._map_live(started)
             if record is None:
                 continue  # not mappable: the span goes the usual way, once it has ended
             record.parent_is_remote = started.parent_is_remote  # a forked child's local root stays one
-            trace.live = live = own(trace.live)
             live[record.span_id] = LiveSpan(decoded(record.payload))
             self._runs.enqueue(trace, record, now)
             self._runs.counters["spans_live"] += 1
@@ -152,7 +156,8 @@ class LiveSpans:
             while trace.open and count > 0:
                 span_id = next(iter(trace.open))
                 opened = trace.open.pop(span_id)
-                trace.open_live.pop(span_id, None)
+                if trace.open_live:
+                    trace.open_live.pop(span_id, None)
                 self.open_spans -= 1
                 count -= 1
                 runs.counters["open_spans_forgotten"] += 1

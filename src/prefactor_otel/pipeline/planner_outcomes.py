@@ -108,13 +108,15 @@ class OutcomeRules:
                         if journal is not None:
                             run_changes[journal.instance_id] = journal.last_end_ns
                             journal = None
-                        if trace is not None and not pending:
-                            release_queue(trace)  # every span of its queue delivered: the queue goes at once
+                        if trace is not None and not pending and not trace.open:
+                            release_queue(trace)  # its queue delivered, no span open here: the queue goes at once
                         run_id = item.trace_id
                         trace = traces_get(run_id)
                         if trace is None:
                             continue
                         pending, arrived, created = trace.pending, trace.arrived, trace.created
+                        if pending is SHARED_EMPTY:  # nothing of the run is pending (its spans were dropped)
+                            pending, arrived = {}, {}  # what its items find: nothing (the shared empty has no pop)
                         if created is SHARED_EMPTY:  # runs.own(), inline: its spans delivered are remembered
                             created = trace.created = {}
                         flagged = bool(trace.orphaned or trace.too_large or trace.attempted)
@@ -123,10 +125,13 @@ class OutcomeRules:
                     if record is None:
                         continue
                     arrived.pop(span_id, None)
-                    if flagged:
-                        trace.orphaned.pop(span_id, None)
-                        trace.too_large.pop(span_id, None)
-                        trace.attempted.pop(span_id, None)
+                    if flagged:  # RunTable.dequeue's, inline
+                        if trace.orphaned:
+                            trace.orphaned.pop(span_id, None)
+                        if trace.too_large:
+                            trace.too_large.pop(span_id, None)
+                        if trace.attempted:
+                            trace.attempted.pop(span_id, None)
                     created[span_id] = None  # remember(), inline
                     if len(created) > bound:
                         del created[next(iter(created))]
@@ -147,14 +152,14 @@ class OutcomeRules:
                 if journal is not None:
                     run_changes[journal.instance_id] = journal.last_end_ns
                     journal = None
-                if trace is not None and not pending:
+                if trace is not None and not pending and not trace.open:
                     release_queue(trace)
                 trace = None
                 self._apply_other(item, outcome, spooled)
         finally:
             if journal is not None:
                 run_changes[journal.instance_id] = journal.last_end_ns
-            if trace is not None and not pending:
+            if trace is not None and not pending and not trace.open:
                 release_queue(trace)
             runs.queued -= delivered + live_created  # true even if an item raised midway (nothing raises between a
             # span's dequeue and its count)
@@ -230,7 +235,7 @@ class OutcomeRules:
             runs.orphan(trace, span_id, "parent_rejected")
             return
         runs.dequeue(trace, span_id)
-        if trace.live.pop(span_id, None) is not None:  # when it ends it is sent whole
+        if trace.live and trace.live.pop(span_id, None) is not None:  # when it ends it is sent whole
             self._live_span_closed(trace, span_id)
         runs.drop(1, f"rejected:{outcome.code or 'error'}")
 

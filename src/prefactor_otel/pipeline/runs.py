@@ -18,9 +18,10 @@ lock, are the only callers.
   back once delivered (`RunTable.release_queue`). Why: each dict a run holds is memory and one more object on the
   host's GC count, so full collections of the host's heap came sooner with every run open (issue 22). The rule:
   read a side collection as it is; to write one, take it with `own` and store it back first
-  (`trace.orphaned = orphaned = own(trace.orphaned)`; the planner's hot paths inline it, once per run); to empty
-  it, remove entries or store `SHARED_EMPTY` back. A write that missed `own` raises TypeError (the shared empty
-  refuses insertions), so it fails in tests instead of filling the one dict every run shares.
+  (`trace.orphaned = orphaned = own(trace.orphaned)`; the planner's hot paths inline it, once per run); to remove
+  from one that may be unwritten, guard by its truth (`if trace.orphaned: trace.orphaned.pop(...)`: the shared
+  empty is falsy); to empty one, store `SHARED_EMPTY` back. The shared empty is a read-only view, so a write that
+  missed the rule raises and fails in tests instead of filling the one dict every run shares.
 - `RunTable`: the one owner of the state the planner's parts share -- the open runs, what is remembered of the
   runs closed (finished, terminated, opened here; with `keep_finished_spans`, the span ids each finished run of a
   trace created: `EarlierSpans`), the count of queued spans, the journal's changes and the counters. The planner
@@ -40,7 +41,8 @@ from bisect import bisect_left
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, TypeVar
+from types import MappingProxyType
+from typing import Any, TypeVar, cast
 
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.mapping.values import as_dict, hex_span_id
@@ -87,20 +89,13 @@ _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
-class _SharedEmpty(dict[Any, Any]):
-    """The one empty dict every run's side collection is until the run writes it (`own`). Reads (`in`, `get`,
-    `len`, iteration) are a dict's own; removals find nothing, as in any empty dict; an insertion raises, so a write
-    site that missed `own` fails at once, in tests, instead of filling one dict every run shares."""
-
-    __slots__ = ()
-
-    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
-        raise TypeError("a run's side collection is written through runs.own(): this is the shared empty one")
-
-    __setitem__ = setdefault = update = __ior__ = _refuse
-
-
-SHARED_EMPTY: dict[Any, Any] = _SharedEmpty()
+# The one empty dict every run's side collection is until the run writes it (`own`): a read-only view of an empty
+# dict. Reads (`in`, `len`, iteration, `get`) find nothing, as in any empty dict, and `in` and `len` cost what they
+# cost on a dict (a dict subclass would take Python's slow path for `in`); any write, insertion or removal, raises
+# (TypeError, AttributeError), so a write site that missed `own` -- or a removal not guarded by the collection's
+# truth, the shared empty being falsy -- fails at once, in tests, instead of filling one dict every run shares. Typed
+# as the dict it stands for: what the fields are once written.
+SHARED_EMPTY: dict[Any, Any] = cast("dict[Any, Any]", MappingProxyType({}))
 
 
 def shared_empty() -> dict[Any, Any]:
@@ -311,13 +306,15 @@ class RunTable:
     def span_pfid(self, trace: RunState, span_id: int, start_ns: int | None) -> str:
         """The Prefactor id of a span of the run. It embeds the span's start time: remembered, so a parent's id is
         rebuilt exactly for its children. LookupError for a span neither seen nor given its start."""
-        cached = trace.span_ids.get(span_id)
+        span_ids = trace.span_ids
+        cached = span_ids.get(span_id) if span_ids else None  # (the shared empty's `get` is dearer than a dict's)
         if cached is not None:
             return cached
         if start_ns is None:
             raise LookupError("parent span id requested before the parent was seen")
         value = ids.span_pfid(self.partition, trace.trace_id, span_id, start_ns)
-        trace.span_ids = span_ids = own(trace.span_ids)
+        if span_ids is SHARED_EMPTY:  # own(), inline (once per live span's create and finish)
+            span_ids = trace.span_ids = {}
         remember(span_ids, span_id, value)
         return value
 
@@ -325,8 +322,11 @@ class RunTable:
 
     def enqueue(self, trace: RunState, record: SpanRecord, now: float) -> None:
         """A span to create, waiting in its run until it is planned and delivered."""
-        trace.pending = pending = own(trace.pending)
-        trace.arrived = arrived = own(trace.arrived)
+        pending, arrived = trace.pending, trace.arrived
+        if pending is SHARED_EMPTY:  # own(), inline (once per live span): a queue and its arrivals go together
+            pending = trace.pending = {}
+        if arrived is SHARED_EMPTY:
+            arrived = trace.arrived = {}
         pending[record.span_id] = record
         arrived[record.span_id] = now
         self.with_pending[trace.trace_id] = None
@@ -335,11 +335,14 @@ class RunTable:
     def dequeue(self, trace: RunState, span_id: int) -> SpanRecord:
         """A pending span leaves the queue (delivered, or dropped by the caller, who counts it), and its side
         state with it."""
-        record = trace.pending.pop(span_id)
+        record = trace.pending.pop(span_id)  # the caller's span is pending: the run's queue is a dict of its own
         trace.arrived.pop(span_id, None)
-        trace.orphaned.pop(span_id, None)
-        trace.too_large.pop(span_id, None)
-        trace.attempted.pop(span_id, None)
+        if trace.orphaned:  # the shared empty is falsy, and refuses pop
+            trace.orphaned.pop(span_id, None)
+        if trace.too_large:
+            trace.too_large.pop(span_id, None)
+        if trace.attempted:
+            trace.attempted.pop(span_id, None)
         self.queued -= 1
         return record
 
@@ -355,8 +358,10 @@ class RunTable:
         """A run with nothing pending holds no queue: its queue, arrivals and the side collections of pending spans
         go back to the shared empty (an emptied dict keeps its table: some 300 bytes for a run of 9 spans, and a dict
         that held records stays tracked by the GC). Called as the outcomes empty a run's queue (OutcomeRules.apply)
-        and, for a queue emptied any other way, for the runs with spans since the last plan (Planner._candidates)."""
-        if not trace.pending:
+        and, for a queue emptied any other way, for the runs with spans since the last plan (Planner._candidates).
+        A run with spans open here (PrefactorSpanProcessor) keeps its queue: its spans come again soon, and it
+        finishes as soon as they have, without waiting out a grace period (a queue made again costs its growth)."""
+        if not trace.pending and not trace.open:
             trace.pending = trace.arrived = trace.orphaned = trace.too_large = trace.attempted = SHARED_EMPTY
 
     def orphan(self, trace: RunState, span_id: int, why: str) -> None:
