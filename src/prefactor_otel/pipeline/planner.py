@@ -572,8 +572,8 @@ class Planner:
         release_queue = self.runs.release_queue
         for trace_id in list(with_pending):
             run = traces.get(trace_id)
-            if run is not None and not run.pending and not run.open:
-                release_queue(run)  # its spans are delivered: it holds no queue while it waits out its grace
+            if run is not None and run.pending is not SHARED_EMPTY and not run.pending and not run.open:
+                release_queue(run)  # emptied other than by the outcomes: no queue held while it waits out its grace
             if run is None or not (run.pending or (run.tracked and has_start_work(run))):
                 del with_pending[trace_id]  # cleaned lazily: cheaper than at every removal
             else:
