@@ -67,7 +67,7 @@ class LiveSpans:
         if started.parent_span_id is None or started.parent_is_remote:  # a local root (is_local_root, inlined)
             trace.announce = True
         open_spans = trace.open
-        if open_spans is SHARED_EMPTY:  # runs.own(), inline (once per started span)
+        if open_spans is SHARED_EMPTY:  # runs.own(), inline: asked once per started span
             open_spans = trace.open = {}
         open_spans[started.span_id] = started
         self.open_spans += 1
