@@ -6,16 +6,19 @@ planner alone."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import random
 from typing import Any
+
+import pytest
 
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.mapping.values import iso_from_ns
 from prefactor_otel.pipeline import items as items_module
 from prefactor_otel.pipeline.items import ended_span_create_item, span_create_item
-from prefactor_otel.pipeline.runs import RunState
-from prefactor_otel.transport.outcomes import SUCCESS
+from prefactor_otel.pipeline.runs import SHARED_EMPTY, RunState, own
+from prefactor_otel.transport.outcomes import SUCCESS, ItemOutcome
 from tests.spans import planner_for_tests
 
 PARTITION = 4242
@@ -79,22 +82,100 @@ def test_second_texts_stay_bounded() -> None:
         assert len(items_module._SECOND_TEXTS) <= items_module._SECONDS_KEPT
 
 
-def test_a_new_run_holds_its_declared_defaults_and_dicts_of_its_own() -> None:
+def test_a_new_run_holds_its_declared_defaults_and_no_dict_of_its_own() -> None:
     first, second = RunState(1, "instance-1", None, None), RunState(2, "instance-2", {"a": 1}, {})
     assert first.trace_id == 1 and first.instance_id == "instance-1" and first.register_item is None
     assert second.register_item == {"a": 1} and second.start_item == {}
+    side = 0
     for spec in dataclasses.fields(RunState):
         if spec.name in ("trace_id", "instance_id", "register_item", "start_item"):
             continue
         if spec.default_factory is not dataclasses.MISSING:
-            expected = spec.default_factory()
-            assert getattr(first, spec.name) == expected, spec.name
-            assert getattr(first, spec.name) is not getattr(second, spec.name), spec.name  # never shared
+            # A side collection: the shared empty until the run writes it (runs.own).
+            assert spec.default_factory() is SHARED_EMPTY, spec.name
+            assert getattr(first, spec.name) is SHARED_EMPTY is getattr(second, spec.name), spec.name
+            side += 1
         else:
             assert spec.default is not dataclasses.MISSING, spec.name
             assert getattr(first, spec.name) == spec.default and type(getattr(first, spec.name)) is type(
                 spec.default
             ), spec.name
+    assert side == 12
+    # What every run shares refuses any write (a write site that missed `own`, or a removal its truth did not guard,
+    # fails here, not in production), finds nothing, and is falsy.
+    for write in (
+        lambda: SHARED_EMPTY.__setitem__(1, None),
+        lambda: SHARED_EMPTY.setdefault(1, None),
+        lambda: SHARED_EMPTY.update({1: None}),
+        lambda: SHARED_EMPTY.pop(1, None),
+        lambda: SHARED_EMPTY.clear(),
+        lambda: SHARED_EMPTY.__delitem__(1),
+    ):
+        with pytest.raises((TypeError, AttributeError)):
+            write()
+    assert SHARED_EMPTY == {} and not SHARED_EMPTY and 1 not in SHARED_EMPTY and SHARED_EMPTY.get(1) is None
+    own_dict = own(first.orphaned)
+    assert own_dict == {} and own_dict is not SHARED_EMPTY and own(own_dict) is own_dict
+
+
+def _dicts_of(run: RunState) -> dict[str, int]:
+    """The dicts a run holds of its own (not the shared empty), by field, with their entries; and every dict
+    reachable from the run is one of its fields or its register or start item: nothing else."""
+    own_dicts = {
+        name: len(value)
+        for name in RunState.__slots__
+        if type(value := getattr(run, name)) is dict and name not in ("register_item", "start_item")
+    }
+    reachable = [ref for ref in gc.get_referents(run) if isinstance(ref, dict) and ref is not SHARED_EMPTY]
+    assert len(reachable) == len(own_dicts) + (run.register_item is not None) + (type(run.start_item) is dict)
+    return own_dicts
+
+
+def test_an_open_run_holds_only_the_dicts_it_needs() -> None:
+    # Fed the common way (a bare exporter: ended spans, delivered, the run open through its finish grace): while
+    # its spans are queued it holds its queue and their arrivals; once they are delivered, what it created and its
+    # spans' Prefactor ids (its queue given back with the outcomes) and nothing else, however many runs are open.
+    second = 1_000_000_000
+    planner = planner_for_tests(PARTITION, run_part="p1", finish_grace_seconds=60.0)
+    runs = 50
+    records = []
+    for number in range(runs):
+        trace = TRACE + number
+        start = 1_700_000_000 * second + number
+        for span_id, parent in ((3, 2), (2, 1), (1, None)):
+            record = _record(span_id, parent, start + span_id, start + 10 * second - span_id)
+            record.trace_id = trace
+            records.append(record)
+    planner.add(records, 0.0)
+    for run in planner.runs.traces.values():
+        assert _dicts_of(run) == {"pending": 3, "arrived": 3}
+    items = planner.plan(0.0)
+    planner.apply({item.key: SUCCESS for item in items}, 0.0)
+    assert planner.open_traces == runs and planner.counters["spans_exported"] == 3 * runs
+    for run in planner.runs.traces.values():
+        assert run.register_item is None and run.start_item is None  # dropped once delivered
+        assert _dicts_of(run) == {"created": 3, "span_ids": 3}
+    assert not planner.plan(1.0)  # nothing due: the runs wait out their grace
+    # A late child of a delivered span joins its run: a queue again, then gone again once delivered.
+    late = _record(4, 1, 1_700_000_000 * second + 4, 1_700_000_000 * second + 5)
+    planner.add([late], 2.0)
+    run = planner.runs.traces[TRACE]
+    assert _dicts_of(run) == {"created": 3, "span_ids": 3, "pending": 1, "arrived": 1}
+    items = planner.plan(2.0)
+    assert [item.span_id for item in items] == [4]
+    assert items[0].body["details"]["parent_span_id"] == run.span_ids[1]
+    planner.apply({item.key: SUCCESS for item in items}, 2.0)
+    assert _dicts_of(run) == {"created": 4, "span_ids": 4}
+    # A queue emptied another way (a span the server rejected) is given back at the next plan.
+    planner.add([_record(5, 1, 1_700_000_000 * second + 6, 1_700_000_000 * second + 7)], 3.0)
+    items = planner.plan(3.0)
+    planner.apply({items[0].key: ItemOutcome("error", "invalid")}, 3.0)
+    assert planner.dropped["rejected:invalid"] == 1 and not run.pending and type(run.pending) is dict
+    assert not planner.plan(4.0)
+    assert _dicts_of(run) == {"created": 4, "span_ids": 5}
+    # At the end of their grace every run is finished and forgotten.
+    planner.apply({item.key: SUCCESS for item in planner.plan(100.0)}, 100.0)
+    assert planner.open_traces == 0 and planner.counters["instances_finished"] == runs
 
 
 def test_creation_order_is_breadth_first_in_queue_order() -> None:

@@ -89,8 +89,10 @@ from prefactor_otel.pipeline.planner_live import LiveSpans, has_start_work
 from prefactor_otel.pipeline.planner_outcomes import OutcomeRules
 from prefactor_otel.pipeline.runs import (
     MAX_FINISHED_TRACES_REMEMBERED,
+    SHARED_EMPTY,
     RunState,
     RunTable,
+    own,
     passes_filter,
 )
 from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan
@@ -285,6 +287,10 @@ class Planner:
                         runs.drop(1, "instance_rejected")
                         continue
                     pending, arrived, created = trace.pending, trace.arrived, trace.created
+                    if pending is SHARED_EMPTY:  # runs.own(), inline: the run's queue is made as a span joins it
+                        pending = trace.pending = {}
+                    if arrived is SHARED_EMPTY:
+                        arrived = trace.arrived = {}
                     watch_live = bool(trace.open or trace.live)
                 if watch_live and (trace.open or trace.live) and live.ended(trace, record, now):
                     continue  # a live span: its create is replaced, or its finish is due
@@ -556,8 +562,11 @@ class Planner:
             if now - trace.last_activity < self._grace:
                 break
             chosen[trace_id] = trace
+        release_queue = self.runs.release_queue
         for trace_id in list(with_pending):
             run = traces.get(trace_id)
+            if run is not None and run.pending is not SHARED_EMPTY and not run.pending and not run.open:
+                release_queue(run)  # emptied other than by the outcomes: no queue held while it waits out its grace
             if run is None or not (run.pending or (run.tracked and has_start_work(run))):
                 del with_pending[trace_id]  # cleaned lazily: cheaper than at every removal
             else:
@@ -608,7 +617,11 @@ class Planner:
         the run's finish needs, found here rather than in a pass of its own). Once per exported span, so the
         common case -- an ended span with its own payloads -- is built here with the run's fields read once; the
         rest go to _create_item."""
+        if not order:
+            return []
         span_ids, pending_spans, instance_id = trace.span_ids, trace.pending, trace.instance_id
+        if span_ids is SHARED_EMPTY:  # runs.own(), inline: a span planned is remembered with its Prefactor id
+            span_ids = trace.span_ids = {}
         partition, span_pfid, trace_id = self.partition, ids.span_pfid, trace.trace_id
         bound = runs_module.MAX_SPANS_REMEMBERED_PER_TRACE  # remember()'s bound, read at the call (tests lower it)
         orphaned, too_large = trace.orphaned, trace.too_large
@@ -649,7 +662,8 @@ class Planner:
     def _create_item(self, trace: RunState, record: SpanRecord, roots: list[SpanRecord]) -> PlannedItem:
         """The create of any pending span: orphaned, a placeholder, live (`active`), or as _create_items builds."""
         otel_span_id = record.span_id
-        trace.attempted[otel_span_id] = None  # the server may have it from now on (read for live spans)
+        trace.attempted = attempted = own(trace.attempted)
+        attempted[otel_span_id] = None  # the server may have it from now on (read for live spans)
         parent_id: str | None = None
         orphaned = otel_span_id in trace.orphaned
         if not orphaned and not record.is_local_root:
@@ -658,7 +672,7 @@ class Planner:
             parent_id = self.runs.span_pfid(trace, record.parent_span_id, start_ns)  # type: ignore[arg-type]
         span_id = self.runs.span_pfid(trace, otel_span_id, record.start_time_ns)
         payload, result_payload = record.payload, record.result_payload
-        too_large = trace.too_large.get(otel_span_id)
+        too_large = trace.too_large.get(otel_span_id) if trace.too_large else None
         if too_large is not None:
             payload, result_payload = placeholder_payloads(record, too_large)
         if orphaned:

@@ -28,7 +28,7 @@ from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.mapping.values import RawJson, as_dict
 from prefactor_otel.model.http import BULK_FINISH_SPAN
 from prefactor_otel.pipeline.items import PlannedItem, params_at_end, span_finish_item, wire_data
-from prefactor_otel.pipeline.runs import LiveSpan, RunState, RunTable
+from prefactor_otel.pipeline.runs import SHARED_EMPTY, LiveSpan, RunState, RunTable, own
 from prefactor_otel.pipeline.starts import LivePolicy, StartedSpan
 
 
@@ -66,7 +66,10 @@ class LiveSpans:
             runs.with_pending[trace.trace_id] = None
         if started.parent_span_id is None or started.parent_is_remote:  # a local root (is_local_root, inlined)
             trace.announce = True
-        trace.open[started.span_id] = started
+        open_spans = trace.open
+        if open_spans is SHARED_EMPTY:  # runs.own(), inline: asked once per started span
+            open_spans = trace.open = {}
+        open_spans[started.span_id] = started
         self.open_spans += 1
         policy = self._live_policy
         if policy is not None and policy.wants(started):
@@ -84,7 +87,7 @@ class LiveSpans:
             self.open_spans -= 1
             if trace.open_live:
                 trace.open_live.pop(record.span_id, None)
-        live = trace.live.get(record.span_id)
+        live = trace.live.get(record.span_id) if trace.live else None
         if live is None:
             return False
         self._on_live_end(trace, record, live, now)
@@ -95,9 +98,7 @@ class LiveSpans:
         forgotten. Returns how many live spans had ended (their finish was due: the caller counts them dropped)."""
         ended = sum(1 for live in trace.live.values() if live.ended is not None)
         self.open_spans -= len(trace.open)
-        trace.live.clear()
-        trace.open.clear()
-        trace.open_live.clear()
+        trace.live = trace.open = trace.open_live = SHARED_EMPTY
         return ended
 
     def _go_live(self, trace: RunState, span_id: int, now: float) -> None:
@@ -109,13 +110,17 @@ class LiveSpans:
             chain.append(current)
             parent_id = current.parent_span_id
             current = None if current.is_local_root or parent_id is None else open_spans.get(parent_id)
+        if not chain:
+            return
+        trace.open_live = gone_live = own(gone_live)
+        trace.live = live = own(trace.live)
         for started in reversed(chain):  # ancestors first
             gone_live[started.span_id] = None
             record = self._map_live(started)
             if record is None:
                 continue  # not mappable: the span goes the usual way, once it has ended
             record.parent_is_remote = started.parent_is_remote  # a forked child's local root stays one
-            trace.live[record.span_id] = LiveSpan(decoded(record.payload))
+            live[record.span_id] = LiveSpan(decoded(record.payload))
             self._runs.enqueue(trace, record, now)
             self._runs.counters["spans_live"] += 1
 
@@ -137,8 +142,9 @@ class LiveSpans:
         span_id = record.span_id
         if span_id in trace.pending and span_id not in trace.attempted:
             del trace.live[span_id]
-            trace.pending[span_id] = record  # keeps its place in the queue
-            trace.arrived[span_id] = now
+            trace.pending[span_id] = record  # keeps its place in the queue (pending: a dict of the run's own)
+            trace.arrived = arrived = own(trace.arrived)
+            arrived[span_id] = now
             return
         live.ended = record
         self._runs.with_pending[trace.trace_id] = None
@@ -150,7 +156,8 @@ class LiveSpans:
             while trace.open and count > 0:
                 span_id = next(iter(trace.open))
                 opened = trace.open.pop(span_id)
-                trace.open_live.pop(span_id, None)
+                if trace.open_live:
+                    trace.open_live.pop(span_id, None)
                 self.open_spans -= 1
                 count -= 1
                 runs.counters["open_spans_forgotten"] += 1

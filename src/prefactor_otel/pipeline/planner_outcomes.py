@@ -26,7 +26,7 @@ from prefactor_otel.model.http import (
 )
 from prefactor_otel.pipeline import runs as runs_module
 from prefactor_otel.pipeline.items import PlannedItem
-from prefactor_otel.pipeline.runs import RunState, RunTable, remember
+from prefactor_otel.pipeline.runs import SHARED_EMPTY, RunState, RunTable, own, remember
 from prefactor_otel.transport.outcomes import SUCCESS, ItemOutcome, Verdict, judge
 
 _key_of = attrgetter("key")  # PlannedItem.key, read in C
@@ -53,7 +53,8 @@ class OutcomeRules:
         span_id = item.span_id
         if trace is None or span_id not in trace.pending or span_id in trace.too_large:
             return False
-        trace.too_large[span_id] = original_bytes
+        trace.too_large = too_large = own(trace.too_large)
+        too_large[span_id] = original_bytes
         self._runs.counters["spans_replaced_too_large"] += 1
         return True
 
@@ -82,7 +83,7 @@ class OutcomeRules:
         """Record what the server did with each item of the last plan. Keys not given = not processed."""
         runs = self._runs
         traces_get, items_get = runs.traces.get, self._items.get
-        run_changes = runs.run_changes
+        run_changes, release_queue = runs.run_changes, runs.release_queue
         bound = runs_module.MAX_SPANS_REMEMBERED_PER_TRACE  # remember()'s bound, read at the call (tests lower it)
         # The common item, a finished span created (or spooled), is recorded inline and counted once per call:
         # what _on_span and _delivered do for it, without their calls (once per exported span). A plan's items
@@ -107,21 +108,30 @@ class OutcomeRules:
                         if journal is not None:
                             run_changes[journal.instance_id] = journal.last_end_ns
                             journal = None
+                        if trace is not None and not pending and not trace.open:
+                            release_queue(trace)  # its queue delivered, no span open here: the queue goes at once
                         run_id = item.trace_id
                         trace = traces_get(run_id)
                         if trace is None:
                             continue
                         pending, arrived, created = trace.pending, trace.arrived, trace.created
+                        if pending is SHARED_EMPTY:  # nothing of the run is pending (its spans were dropped)
+                            pending, arrived = {}, {}  # what its items find: nothing (the shared empty has no pop)
+                        if created is SHARED_EMPTY:  # runs.own(), inline: its spans delivered are remembered
+                            created = trace.created = {}
                         flagged = bool(trace.orphaned or trace.too_large or trace.attempted)
                     span_id: int = item.span_id  # type: ignore[assignment]  # a span create's is never None
                     record = pending.pop(span_id, None)
                     if record is None:
                         continue
                     arrived.pop(span_id, None)
-                    if flagged:
-                        trace.orphaned.pop(span_id, None)
-                        trace.too_large.pop(span_id, None)
-                        trace.attempted.pop(span_id, None)
+                    if flagged:  # RunTable.dequeue's, inline
+                        if trace.orphaned:
+                            trace.orphaned.pop(span_id, None)
+                        if trace.too_large:
+                            trace.too_large.pop(span_id, None)
+                        if trace.attempted:
+                            trace.attempted.pop(span_id, None)
                     created[span_id] = None  # remember(), inline
                     if len(created) > bound:
                         del created[next(iter(created))]
@@ -142,11 +152,15 @@ class OutcomeRules:
                 if journal is not None:
                     run_changes[journal.instance_id] = journal.last_end_ns
                     journal = None
+                if trace is not None and not pending and not trace.open:
+                    release_queue(trace)
                 trace = None
                 self._apply_other(item, outcome, spooled)
         finally:
             if journal is not None:
                 run_changes[journal.instance_id] = journal.last_end_ns
+            if trace is not None and not pending and not trace.open:
+                release_queue(trace)
             runs.queued -= delivered + live_created  # true even if an item raised midway (nothing raises between a
             # span's dequeue and its count)
         if delivered:
@@ -209,7 +223,8 @@ class OutcomeRules:
         runs = self._runs
         if verdict is Verdict.DONE:
             runs.dequeue(trace, span_id)
-            remember(trace.created, span_id, None)
+            trace.created = created = own(trace.created)
+            remember(created, span_id, None)
             if record.status == "active":
                 runs.counters["spans_live_created"] += 1  # counted as exported once finished
                 return
@@ -220,7 +235,7 @@ class OutcomeRules:
             runs.orphan(trace, span_id, "parent_rejected")
             return
         runs.dequeue(trace, span_id)
-        if trace.live.pop(span_id, None) is not None:  # when it ends it is sent whole
+        if trace.live and trace.live.pop(span_id, None) is not None:  # when it ends it is sent whole
             self._live_span_closed(trace, span_id)
         runs.drop(1, f"rejected:{outcome.code or 'error'}")
 

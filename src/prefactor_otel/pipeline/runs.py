@@ -11,6 +11,17 @@ lock, are the only callers.
   create tried while live -- is in the run's side collections keyed by span id (`orphaned`, `too_large`,
   `attempted`), which hold pending spans only: whoever takes a span out of `pending` takes it out of them too
   (`RunTable.dequeue`, `clear_pending`; the outcomes' inline path, planner_outcomes.py).
+- Side collections cost nothing until used. Every dict field of a `RunState` (its queue, what it created, its
+  spans' Prefactor ids, the rare per-span state, the filter's and the starts' bookkeeping) is the one
+  `SHARED_EMPTY` dict until the run writes it: a new run allocates no dict, and a run waiting out its finish grace
+  (thousands of them under load) holds two -- what it created and its spans' ids -- not twelve, its queue given
+  back once delivered (`RunTable.release_queue`). Why: each dict a run holds is memory and one more object on the
+  host's GC count, so full collections of the host's heap came sooner with every run open (issue 22). The rule:
+  read a side collection as it is; to write one, take it with `own` and store it back first
+  (`trace.orphaned = orphaned = own(trace.orphaned)`; the planner's hot paths inline it, once per run); to remove
+  from one that may be unwritten, guard by its truth (`if trace.orphaned: trace.orphaned.pop(...)`: the shared
+  empty is falsy); to empty one, store `SHARED_EMPTY` back. The shared empty is a read-only view, so a write that
+  missed the rule raises and fails in tests instead of filling the one dict every run shares.
 - `RunTable`: the one owner of the state the planner's parts share -- the open runs, what is remembered of the
   runs closed (finished, terminated, opened here; with `keep_finished_spans`, the span ids each finished run of a
   trace created: `EarlierSpans`), the count of queued spans, the journal's changes and the counters. The planner
@@ -30,7 +41,8 @@ from bisect import bisect_left
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, TypeVar, cast
 
 from prefactor_otel.mapping.payload import SpanRecord
 from prefactor_otel.mapping.values import as_dict, hex_span_id
@@ -73,6 +85,30 @@ class EarlierSpans:
         return EarlierSpans([*self._ids, *span_ids])
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+# The one empty dict every run's side collection is until the run writes it (`own`): a read-only view of an empty
+# dict. Reads (`in`, `len`, iteration, `get`) find nothing, as in any empty dict, and `in` and `len` cost what they
+# cost on a dict (a dict subclass would take Python's slow path for `in`); any write, insertion or removal, raises
+# (TypeError, AttributeError), so a write site that missed `own` -- or a removal not guarded by the collection's
+# truth, the shared empty being falsy -- fails at once, in tests, instead of filling one dict every run shares. Typed
+# as the dict it stands for: what the fields are once written.
+SHARED_EMPTY: dict[Any, Any] = cast("dict[Any, Any]", MappingProxyType({}))
+
+
+def shared_empty() -> dict[Any, Any]:
+    """What a new run's side collections are (RunState's declarations): the shared empty, not a dict of its own."""
+    return SHARED_EMPTY
+
+
+def own(collection: dict[_K, _V]) -> dict[_K, _V]:
+    """A run's side collection, to write: itself, or a new dict of the run's own in place of the shared empty --
+    which the caller stores back before writing (`trace.orphaned = orphaned = own(trace.orphaned)`)."""
+    return {} if collection is SHARED_EMPTY else collection
+
+
 @dataclass(slots=True)
 class LiveSpan:
     """A span created active: its payload at the start (to tell what appeared later) and, once it has ended and
@@ -94,17 +130,18 @@ class RunState:
     start_item: dict[str, Any] | None
     registered: bool = False
     started: bool = False
-    created: dict[int, None] = field(default_factory=dict)  # an insertion-ordered set, bounded (oldest forgotten)
+    # Side collections (every dict field below): the shared empty until the run writes one (module docstring).
+    created: dict[int, None] = field(default_factory=shared_empty)  # an insertion-ordered set, bounded
     # Spans to create: span id -> record, in the order queued (a live span ended before its create was tried keeps
     # its place, its ended record replacing the live one), and when each was queued (`now` of the call that queued
     # it; a live span's when it ended). The rare state of a pending span is in the side collections below, which
     # never hold a span that is not pending.
-    pending: dict[int, SpanRecord] = field(default_factory=dict)
-    arrived: dict[int, float] = field(default_factory=dict)
+    pending: dict[int, SpanRecord] = field(default_factory=shared_empty)
+    arrived: dict[int, float] = field(default_factory=shared_empty)
     # Insertion-ordered sets as dicts: an empty dict, or one of ints only, is no object for the GC to track.
-    orphaned: dict[int, None] = field(default_factory=dict)  # sent without its parent link (RunTable.orphan)
-    too_large: dict[int, int] = field(default_factory=dict)  # -> its bytes: a small placeholder is sent in its place
-    attempted: dict[int, None] = field(default_factory=dict)  # a live span's create planned: the server may have it
+    orphaned: dict[int, None] = field(default_factory=shared_empty)  # sent without its parent link (RunTable.orphan)
+    too_large: dict[int, int] = field(default_factory=shared_empty)  # -> its bytes: a small placeholder is sent
+    attempted: dict[int, None] = field(default_factory=shared_empty)  # a live span's create planned: server may have it
     root_delivered: bool = False
     root_failed: bool = False
     root_end_ns: int = 0
@@ -118,18 +155,18 @@ class RunState:
     last_activity: float = 0.0
     rejected: bool = False
     # span filter: spans with an exported descendant (kept whole), and filtered spans -> their OTel parent
-    needed: dict[int, None] = field(default_factory=dict)
-    skipped: dict[int, int | None] = field(default_factory=dict)
+    needed: dict[int, None] = field(default_factory=shared_empty)
+    skipped: dict[int, int | None] = field(default_factory=shared_empty)
     root_skipped: bool = False
     # OTel span id -> Prefactor id, for the spans seen: a parent's id is rebuilt exactly for its children
-    span_ids: dict[int, str] = field(default_factory=dict)
+    span_ids: dict[int, str] = field(default_factory=shared_empty)
     journaled: bool = False  # the run is in `run_changes` as open: this process must finish it
     # Starts (PrefactorSpanProcessor): spans started here and not yet received ended, live spans, and whether the
     # run is to be registered before any span of it is sent (its local root has started).
     tracked: bool = False
-    open: dict[int, StartedSpan] = field(default_factory=dict)  # started here, not yet received ended
-    open_live: dict[int, None] = field(default_factory=dict)  # the open spans gone live (created or planned active)
-    live: dict[int, LiveSpan] = field(default_factory=dict)
+    open: dict[int, StartedSpan] = field(default_factory=shared_empty)  # started here, not yet received ended
+    open_live: dict[int, None] = field(default_factory=shared_empty)  # the open spans gone live (created, planned)
+    live: dict[int, LiveSpan] = field(default_factory=shared_empty)
     announce: bool = False
     # Its finish was planned without its root (the planner's rule for a root that never comes): from then on the
     # run is over whatever comes, and once closed a later span of its trace opens a new run (planner.py).
@@ -152,12 +189,12 @@ class RunState:
         self.start_item = start_item
         self.registered = False
         self.started = False
-        self.created = {}
-        self.pending = {}
-        self.arrived = {}
-        self.orphaned = {}
-        self.too_large = {}
-        self.attempted = {}
+        self.created = SHARED_EMPTY
+        self.pending = SHARED_EMPTY
+        self.arrived = SHARED_EMPTY
+        self.orphaned = SHARED_EMPTY
+        self.too_large = SHARED_EMPTY
+        self.attempted = SHARED_EMPTY
         self.root_delivered = False
         self.root_failed = False
         self.root_end_ns = 0
@@ -167,15 +204,15 @@ class RunState:
         self.any_failed = False
         self.last_activity = 0.0
         self.rejected = False
-        self.needed = {}
-        self.skipped = {}
+        self.needed = SHARED_EMPTY
+        self.skipped = SHARED_EMPTY
         self.root_skipped = False
-        self.span_ids = {}
+        self.span_ids = SHARED_EMPTY
         self.journaled = False
         self.tracked = False
-        self.open = {}
-        self.open_live = {}
-        self.live = {}
+        self.open = SHARED_EMPTY
+        self.open_live = SHARED_EMPTY
+        self.live = SHARED_EMPTY
         self.announce = False
         self.finished_without_root = False
         self.hold_until_quiet = False
@@ -269,32 +306,43 @@ class RunTable:
     def span_pfid(self, trace: RunState, span_id: int, start_ns: int | None) -> str:
         """The Prefactor id of a span of the run. It embeds the span's start time: remembered, so a parent's id is
         rebuilt exactly for its children. LookupError for a span neither seen nor given its start."""
-        cached = trace.span_ids.get(span_id)
+        span_ids = trace.span_ids
+        cached = span_ids.get(span_id) if span_ids else None  # (the shared empty's `get` is dearer than a dict's)
         if cached is not None:
             return cached
         if start_ns is None:
             raise LookupError("parent span id requested before the parent was seen")
         value = ids.span_pfid(self.partition, trace.trace_id, span_id, start_ns)
-        remember(trace.span_ids, span_id, value)
+        if span_ids is SHARED_EMPTY:  # own(), inline (once per live span's create and finish)
+            span_ids = trace.span_ids = {}
+        remember(span_ids, span_id, value)
         return value
 
     # ------------------------------------------------------------------ queued spans
 
     def enqueue(self, trace: RunState, record: SpanRecord, now: float) -> None:
         """A span to create, waiting in its run until it is planned and delivered."""
-        trace.pending[record.span_id] = record
-        trace.arrived[record.span_id] = now
+        pending, arrived = trace.pending, trace.arrived
+        if pending is SHARED_EMPTY:  # own(), inline (once per live span): a queue and its arrivals go together
+            pending = trace.pending = {}
+        if arrived is SHARED_EMPTY:
+            arrived = trace.arrived = {}
+        pending[record.span_id] = record
+        arrived[record.span_id] = now
         self.with_pending[trace.trace_id] = None
         self.queued += 1
 
     def dequeue(self, trace: RunState, span_id: int) -> SpanRecord:
         """A pending span leaves the queue (delivered, or dropped by the caller, who counts it), and its side
         state with it."""
-        record = trace.pending.pop(span_id)
+        record = trace.pending.pop(span_id)  # the caller's span is pending: the run's queue is a dict of its own
         trace.arrived.pop(span_id, None)
-        trace.orphaned.pop(span_id, None)
-        trace.too_large.pop(span_id, None)
-        trace.attempted.pop(span_id, None)
+        if trace.orphaned:  # the shared empty is falsy, and refuses pop
+            trace.orphaned.pop(span_id, None)
+        if trace.too_large:
+            trace.too_large.pop(span_id, None)
+        if trace.attempted:
+            trace.attempted.pop(span_id, None)
         self.queued -= 1
         return record
 
@@ -302,16 +350,24 @@ class RunTable:
         """Every pending span of the run leaves the queue; returns how many (the caller counts them)."""
         count = len(trace.pending)
         self.queued -= count
-        trace.pending.clear()
-        trace.arrived.clear()
-        trace.orphaned.clear()
-        trace.too_large.clear()
-        trace.attempted.clear()
+        trace.pending = trace.arrived = trace.orphaned = trace.too_large = trace.attempted = SHARED_EMPTY
         return count
+
+    @staticmethod
+    def release_queue(trace: RunState) -> None:
+        """A run with nothing pending holds no queue: its queue, arrivals and the side collections of pending spans
+        go back to the shared empty (an emptied dict keeps its table: some 300 bytes for a run of 9 spans, and a dict
+        that held records stays tracked by the GC). Called as the outcomes empty a run's queue (OutcomeRules.apply)
+        and, for a queue emptied any other way, for the runs with spans since the last plan (Planner._candidates).
+        A run with spans open here (PrefactorSpanProcessor) keeps its queue: its spans come again soon, and it
+        finishes as soon as they have, without waiting out a grace period (a queue made again costs its growth)."""
+        if not trace.pending and not trace.open:
+            trace.pending = trace.arrived = trace.orphaned = trace.too_large = trace.attempted = SHARED_EMPTY
 
     def orphan(self, trace: RunState, span_id: int, why: str) -> None:
         """Send the pending span without its parent link (counted by why): never dropped for a missing parent."""
-        trace.orphaned[span_id] = None
+        trace.orphaned = orphaned = own(trace.orphaned)
+        orphaned[span_id] = None
         self.counters[f"spans_orphaned_{why}"] += 1
 
     def drop(self, count: int, reason: str) -> None:
@@ -431,9 +487,11 @@ def passes_filter(trace: RunState, record: SpanRecord, wanted: bool, counters: C
             if record.parent_span_id in trace.skipped:
                 _reparent(trace, record, counters)
             if record.parent_span_id is not None:
-                remember(trace.needed, record.parent_span_id, None)
+                trace.needed = needed = own(trace.needed)
+                remember(needed, record.parent_span_id, None)
         return True
-    remember(trace.skipped, record.span_id, None if record.is_local_root else record.parent_span_id)
+    trace.skipped = skipped = own(trace.skipped)
+    remember(skipped, record.span_id, None if record.is_local_root else record.parent_span_id)
     counters["spans_filtered_out"] += 1
     if record.is_local_root:
         trace.root_skipped = True
