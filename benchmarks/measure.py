@@ -605,6 +605,7 @@ def measure_scale(params: Result) -> Result:
             first_tenth_us=statistics.median(without_gc[:tenth]),
             last_tenth_us=statistics.median(without_gc[-tenth:]),
             trend=trend(without_gc, batch_at, params.get("grace", 0)),
+            per_batch_us=[round(value, 2) for value in without_gc],  # the trend's points, for a reader to plot
             shutdown_ms=shutdown_cpu * 1e3,
         )
         if isinstance(exporter, PrefactorSpanExporter):
